@@ -1,0 +1,46 @@
+# OpenFANG — every target sets up what it needs first (a fresh clone with Python 3.11 is enough).
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+NODE_CLIENT := examples/node-client
+DATA_DIR ?= $(CURDIR)/.openfang-data
+
+.PHONY: install run test lint check bench bench-peers guests clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The Node.js example client proves PROTOCOL.md is enough to write a client; its test needs its packages.
+NODE_STAMP := $(if $(wildcard $(NODE_CLIENT)/package.json),$(NODE_CLIENT)/node_modules/.installed)
+$(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package.json
+	cd $(NODE_CLIENT) && npm install --no-audit --no-fund --silent && touch node_modules/.installed
+
+install: $(STAMP) $(NODE_STAMP)
+
+run: install
+	$(PY) -m openfang.demo --data-dir $(DATA_DIR)
+
+test: install
+	$(PY) -m pytest -n auto -q
+
+lint: install
+	$(VENV)/bin/ruff check openfang supervisor workers protocol memory security tests perf
+	$(VENV)/bin/ruff format --check openfang supervisor workers protocol memory security tests perf
+	$(VENV)/bin/mypy openfang supervisor workers protocol memory security
+
+check: lint test
+
+bench: install
+	$(PY) -m perf.run --out perf/results
+
+bench-peers: install
+	$(PY) -m perf.peers.setup
+	$(PY) -m perf.run --peers --out perf/results
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache $(DATA_DIR)

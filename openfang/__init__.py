@@ -1,0 +1,19 @@
+"""OpenFANG: an agent operating system.
+
+Agents run as wasmtime sandboxes inside worker processes that an Erlang/OTP-style supervisor tree forks,
+pins and restarts. Everything talks typed msgpack messages over ZeroMQ.
+
+Subpackages (one import root; the top-level folders of the repository map onto them):
+
+- ``openfang.protocol``   messages, codec, errors, socket helpers (depends on nothing of ours)
+- ``openfang.supervisor`` the supervisor tree, the daemon (``openfang-supervisor``) and the control gateway
+- ``openfang.workers``    worker processes and the sandboxes they host
+- ``openfang.memory``     the single SQLite writer and the read path
+- ``openfang.security``   the security engine
+- ``openfang.cli``        the ``openfang`` control client
+"""
+
+from openfang.protocol.errors import OpenFangError
+
+__version__ = "0.1.0"
+__all__ = ["OpenFangError", "__version__"]

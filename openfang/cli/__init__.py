@@ -1,0 +1,1 @@
+"""The ``openfang`` control client."""

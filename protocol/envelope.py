@@ -1,0 +1,123 @@
+"""The versioned envelope every OpenFANG message travels in, and its msgpack codec.
+
+On the wire an envelope is one msgpack map::
+
+    {"v": 1, "id": "<request id>", "type": "<message type>", "body": {...}}
+
+Replies keep the request's ``id``; a successful reply's type is the request type plus ``.ok``; a failed one
+has type ``error`` and body ``{"code": str, "message": str}`` (see ``openfang.protocol.errors``).
+Body schemas per message type are registered in ``openfang.protocol.messages``; :func:`decode` validates the
+envelope and, when a schema is registered for the type, the body.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from openfang.protocol.errors import FrameTooLarge, OpenFangError, ProtocolError, UnsupportedVersion
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME = 1 << 20  # 1 MiB; the gateway's limit is configurable
+ERROR_TYPE = "error"
+
+# A body validator returns the list of problems ("body.field: what is wrong"); empty means valid.
+BodyValidator = Callable[[Mapping[str, Any]], list[str]]
+_validators: dict[str, BodyValidator] = {}
+
+
+def register_body_validator(message_type: str, validator: BodyValidator) -> None:
+    """Make :func:`decode` validate the body of ``message_type`` with ``validator``."""
+    _validators[message_type] = validator
+
+
+def new_id() -> str:
+    """A fresh request id: 16 random bytes as hex (unique enough to be an idempotency key)."""
+    return os.urandom(16).hex()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    """One message: protocol version, request id, type and body."""
+
+    type: str
+    body: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=new_id)
+    v: int = PROTOCOL_VERSION
+
+    @property
+    def is_error(self) -> bool:
+        return self.type == ERROR_TYPE
+
+    def reply(self, body: Mapping[str, Any] | None = None) -> Envelope:
+        """A success reply to this request."""
+        return Envelope(type=f"{self.type}.ok", body=dict(body or {}), id=self.id)
+
+    def error(self, err: OpenFangError) -> Envelope:
+        """An error reply to this request."""
+        return error_reply(self.id, err)
+
+
+def error_reply(request_id: str, err: OpenFangError) -> Envelope:
+    """An ``error`` envelope for ``request_id`` carrying ``err``'s code and message."""
+    return Envelope(type=ERROR_TYPE, body=err.to_wire(), id=request_id)
+
+
+def encode(env: Envelope) -> bytes:
+    """Serialise an envelope to msgpack bytes."""
+    return msgpack.packb({"v": env.v, "id": env.id, "type": env.type, "body": env.body}, use_bin_type=True)
+
+
+def decode(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Envelope:
+    """Parse and validate one frame. Raises a :class:`ProtocolError` naming what is wrong.
+
+    The request id is recovered whenever the frame is a map with a string ``id``, so that even an invalid
+    request gets an error reply the client can match (see :func:`peek_id`).
+    """
+    if len(data) > max_size:
+        raise FrameTooLarge(f"frame is {len(data)} bytes, the limit is {max_size}")
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=max_size, max_str_len=max_size)
+    except Exception as exc:  # msgpack raises several unrelated types: translate once, here.
+        raise ProtocolError(f"frame is not valid msgpack: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"envelope must be a map, got {type(raw).__name__}")
+    problems: list[str] = []
+    v = raw.get("v")
+    if not isinstance(v, int) or isinstance(v, bool):
+        problems.append("v: missing or not an integer")
+    elif v != PROTOCOL_VERSION:
+        raise UnsupportedVersion(f"v: protocol version {v} is not supported (this peer speaks {PROTOCOL_VERSION})")
+    msg_id = raw.get("id")
+    if not isinstance(msg_id, str) or not msg_id or len(msg_id) > 128:
+        problems.append("id: missing, empty, not a string or longer than 128 characters")
+    msg_type = raw.get("type")
+    if not isinstance(msg_type, str) or not msg_type:
+        problems.append("type: missing or not a non-empty string")
+    body = raw.get("body", {})
+    if not isinstance(body, dict):
+        problems.append(f"body: must be a map, got {type(body).__name__}")
+    unknown = set(raw) - {"v", "id", "type", "body"}
+    if unknown:
+        problems.append(f"unknown envelope fields: {', '.join(sorted(map(str, unknown)))}")
+    if not problems and isinstance(msg_type, str) and msg_type in _validators:
+        problems.extend(_validators[msg_type](body))
+    if problems:
+        raise ProtocolError("; ".join(problems))
+    assert isinstance(msg_id, str) and isinstance(msg_type, str) and isinstance(body, dict)
+    return Envelope(v=PROTOCOL_VERSION, id=msg_id, type=msg_type, body=body)
+
+
+def peek_id(data: bytes) -> str:
+    """Best-effort request id of a (possibly invalid) frame, for addressing an error reply; ``""`` if none."""
+    try:
+        raw = msgpack.unpackb(data, raw=False)
+    except Exception:
+        return ""
+    if isinstance(raw, dict) and isinstance(raw.get("id"), str) and len(raw["id"]) <= 128:
+        return str(raw["id"])
+    return ""

@@ -1,0 +1,114 @@
+"""The one exception hierarchy of OpenFANG.
+
+Every error we raise derives from :class:`OpenFangError`. Between processes, errors travel as data (an error
+reply with a ``code`` string and a ``message``), never as pickled tracebacks; :attr:`OpenFangError.code` is
+that string.
+
+    OpenFangError
+    ├── ConfigError            a config or manifest is invalid (carries every problem, each with its place)
+    ├── ProtocolError          a message could not be decoded or validated        code: bad_request
+    │   ├── UnsupportedVersion  envelope version we do not speak                  code: unsupported_version
+    │   └── FrameTooLarge       frame over the configured size limit             code: too_large
+    ├── RemoteError            the peer answered with an error reply (code from the wire)
+    ├── Busy                   a bounded queue is full; retry later              code: busy
+    ├── Timeout                no answer in time                                 code: timeout
+    ├── NotFound               no such child / agent / service                   code: not_found
+    ├── AlreadyExists          id already present / started                      code: already_exists
+    ├── SupervisorError        start/stop failures inside the tree               code: supervisor_error
+    ├── SandboxError           wasm module, instance or host call failed          code: sandbox_error
+    ├── MemoryStoreError       the memory writer or a reader failed              code: memory_error
+    └── SecurityError          a security layer refused something                code: denied
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class OpenFangError(Exception):
+    """Root of every OpenFANG error. ``code`` is the stable wire name of the error kind."""
+
+    code: str = "internal"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def to_wire(self) -> dict[str, str]:
+        """The error as the data of an error reply."""
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One problem found while validating: where (file, table, key) and what."""
+
+    where: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}"
+
+
+class ConfigError(OpenFangError):
+    """A config file or manifest is invalid. ``problems`` lists every problem found, not just the first."""
+
+    code = "bad_config"
+
+    def __init__(self, problems: list[Problem] | Problem | str) -> None:
+        if isinstance(problems, str):
+            problems = [Problem("<config>", problems)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        self.problems: list[Problem] = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ProtocolError(OpenFangError):
+    code = "bad_request"
+
+
+class UnsupportedVersion(ProtocolError):
+    code = "unsupported_version"
+
+
+class FrameTooLarge(ProtocolError):
+    code = "too_large"
+
+
+class RemoteError(OpenFangError):
+    """The peer replied with an error; ``code`` is the peer's code."""
+
+
+class Busy(OpenFangError):
+    code = "busy"
+
+
+class Timeout(OpenFangError):
+    code = "timeout"
+
+
+class NotFound(OpenFangError):
+    code = "not_found"
+
+
+class AlreadyExists(OpenFangError):
+    code = "already_exists"
+
+
+class SupervisorError(OpenFangError):
+    code = "supervisor_error"
+
+
+class SandboxError(OpenFangError):
+    code = "sandbox_error"
+
+
+class MemoryStoreError(OpenFangError):
+    code = "memory_error"
+
+
+class SecurityError(OpenFangError):
+    code = "denied"

@@ -1,0 +1,159 @@
+"""The contract between a supervisor and a child process it starts.
+
+A child's start is data, like OTP's ``{M, F, A}``: a ``"module:function"`` string and an ``args`` mapping.
+The supervisor forks (from a thread-free, pre-imported process, so a restart costs a fork, not an
+interpreter start), pins the child to its CPU if the spec names one, sets PDEATHSIG, then calls::
+
+    function(ctx: ChildContext) -> None
+
+- The child calls :meth:`ChildContext.ready` once it is serving. The supervisor's start of that child (and so
+  the whole ordered start) waits for it; a child that exits or times out before ``ready`` failed to start.
+  :meth:`ChildContext.ignore` is OTP's ``ignore``: the child is not started and that is not an error.
+- Returning from ``function`` (or ``SystemExit(0)``) is a *normal* exit. An exception, a non-zero exit, or
+  death by a signal the supervisor did not send is *abnormal*. Termination the supervisor asked for
+  (SIGTERM per the child's shutdown policy) is *shutdown*.
+- A child whose spec sets ``heartbeat_ms`` must call :meth:`ChildContext.heartbeat` from its main loop at
+  least that often; one that falls silent is considered hung, killed and handled as an abnormal exit.
+- SIGTERM is the request to stop: the default handler raises :class:`SystemExit` (0); children with a loop
+  may install their own handler and leave the loop cleanly.
+
+The uplink is a ``SOCK_SEQPACKET`` socket pair (one msgpack map per packet, so no framing) that carries, child
+to parent: ``{"t": "ready", "info": {...}}``, ``{"t": "ignore"}``, ``{"t": "hb"}``,
+``{"t": "event", "event": {...}}`` (lifecycle events travel up to the root, which publishes them),
+``{"t": "subtree", "children": [...]}`` (a nested supervisor's view of its children), and requests and replies
+in both directions: ``{"t": "req", "id": str, "op": str, "args": {...}}`` /
+``{"t": "rep", "id": str, "ok": bool, "result": ..., "error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import select
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from openfang.protocol.errors import ProtocolError, SupervisorError, Timeout
+
+MAX_UPLINK_PACKET = 4 << 20
+ChildTarget = Callable[["ChildContext"], None]
+
+
+def resolve_target(start: str) -> ChildTarget:
+    """Import ``"package.module:function"`` and return the function. Raises SupervisorError naming the problem."""
+    module_name, sep, func_name = start.partition(":")
+    if not sep or not module_name or not func_name:
+        raise SupervisorError(f"start {start!r} must look like 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SupervisorError(f"start {start!r}: cannot import {module_name!r}: {exc}") from None
+    target = getattr(module, func_name, None)
+    if not callable(target):
+        raise SupervisorError(f"start {start!r}: {module_name!r} has no callable {func_name!r}")
+    return target  # type: ignore[no-any-return]
+
+
+def uplink_pair() -> tuple[socket.socket, socket.socket]:
+    """A (parent_end, child_end) SOCK_SEQPACKET pair, both close-on-exec."""
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    return parent_end, child_end
+
+
+def pack(msg: Mapping[str, Any]) -> bytes:
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def unpack(packet: bytes) -> dict[str, Any]:
+    try:
+        msg = msgpack.unpackb(packet, raw=False)
+    except Exception as exc:
+        raise ProtocolError(f"uplink packet is not msgpack: {exc}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
+        raise ProtocolError("uplink packet must be a map with a string 't'")
+    return msg
+
+
+@dataclass(kw_only=True)
+class ChildContext:
+    """What a child process gets from its supervisor. ``uplink`` is None when run outside a supervisor."""
+
+    id: str
+    path: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    cpu: int | None = None
+    uplink: socket.socket | None = None
+    _ready_sent: bool = False
+
+    def send(self, msg: Mapping[str, Any]) -> None:
+        """Send one message up. A dead parent is not an error here: PDEATHSIG ends us right after."""
+        if self.uplink is None:
+            return
+        try:
+            self.uplink.send(pack(msg))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def ready(self, **info: Any) -> None:
+        """Tell the supervisor this child is up and serving; ``info`` is shown in ``openfang tree``."""
+        if not self._ready_sent:
+            self._ready_sent = True
+            self.send({"t": "ready", "info": info})
+
+    def ignore(self) -> None:
+        """OTP's ``ignore``: do not count this child as started (call, then return)."""
+        self.send({"t": "ignore"})
+
+    def heartbeat(self) -> None:
+        """Prove liveness; required at least every ``heartbeat_ms`` when the spec sets it."""
+        self.send({"t": "hb"})
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Emit a lifecycle event; the root publishes it on the event stream."""
+        self.send({"t": "event", "event": {"kind": kind, "path": self.path, "pid": os.getpid(), **fields}})
+
+    def fileno(self) -> int:
+        """The uplink's fd, to poll it beside other sockets (zmq.Poller accepts raw fds)."""
+        if self.uplink is None:
+            raise SupervisorError("this child has no uplink")
+        return self.uplink.fileno()
+
+    def recv_nowait(self) -> dict[str, Any] | None:
+        """One message from the parent if one is waiting, else None. Raises EOFError if the parent is gone."""
+        if self.uplink is None:
+            return None
+        try:
+            packet = self.uplink.recv(MAX_UPLINK_PACKET, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        if not packet:
+            raise EOFError("supervisor closed the uplink")
+        return unpack(packet)
+
+    def request(self, op: str, timeout: float = 10.0, **args: Any) -> Any:
+        """Ask the parent supervisor to do ``op`` and wait for the reply (for simple children).
+
+        Messages that arrive meanwhile and are not the reply are dropped; children that also receive
+        events should run their own loop over :meth:`recv_nowait` instead.
+        """
+        if self.uplink is None:
+            raise SupervisorError("this child has no uplink")
+        req_id = os.urandom(8).hex()
+        self.send({"t": "req", "id": req_id, "op": op, "args": args})
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self.uplink], [], [], left)
+            if not readable:
+                continue
+            msg = self.recv_nowait()
+            if msg and msg.get("t") == "rep" and msg.get("id") == req_id:
+                if msg.get("ok"):
+                    return msg.get("result")
+                err = msg.get("error") or {}
+                raise SupervisorError(str(err.get("message", "request failed")), code=err.get("code"))
+        raise Timeout(f"supervisor did not answer {op!r} within {timeout}s")
