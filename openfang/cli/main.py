@@ -1,0 +1,241 @@
+"""``openfang``: the control client. Every verb talks to a running daemon over its control endpoint.
+
+The endpoint comes from ``--endpoint``, else from ``--config`` (the daemon's cluster.toml), else from
+``$OPENFANG_ENDPOINT`` or ``$OPENFANG_CONFIG``. Every verb takes ``--json`` for machine-readable output.
+Exit codes: 0 success, 1 the daemon answered with an error (printed with its code), 2 usage or config
+error, 3 the daemon could not be reached in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from openfang import __version__
+from openfang.cli import render
+from openfang.protocol.errors import ConfigError, OpenFangError, Timeout
+
+EXIT_REMOTE, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+Handler = Callable[[argparse.Namespace], int]
+
+
+def resolve_endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(control endpoint, events endpoint or None) from the flags and environment."""
+    if getattr(args, "endpoint", None):
+        return args.endpoint, getattr(args, "events_endpoint", None)
+    config = getattr(args, "config", None) or os.environ.get("OPENFANG_CONFIG")
+    if config:
+        from openfang.supervisor.config import load_config
+
+        cfg = load_config(config)
+        return cfg.control.endpoint, cfg.control.events
+    env = os.environ.get("OPENFANG_ENDPOINT")
+    if env:
+        return env, os.environ.get("OPENFANG_EVENTS_ENDPOINT")
+    raise ConfigError("no endpoint: pass --endpoint or --config (or set OPENFANG_ENDPOINT / OPENFANG_CONFIG)")
+
+
+def _keys_dir(args: argparse.Namespace) -> str | None:
+    keys = getattr(args, "keys_dir", None) or os.environ.get("OPENFANG_KEYS_DIR")
+    return str(keys) if keys else None
+
+
+def request(args: argparse.Namespace, msg_type: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Send one request and return the reply body (raises RemoteError / Timeout)."""
+    from openfang.protocol.client import Client
+
+    endpoint, _ = resolve_endpoint(args)
+    with Client(endpoint, keys_dir=_keys_dir(args), timeout=args.timeout) as client:
+        return client.request(msg_type, body or {})
+
+
+def output(args: argparse.Namespace, body: Any, human: Callable[[Any], str]) -> int:
+    if args.json:
+        print(json.dumps(body, indent=2, sort_keys=True, default=str))
+    else:
+        print(human(body))
+    return 0
+
+
+# -- verbs ---------------------------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show the daemon's state, uptime, children and endpoints."""
+    return output(args, request(args, "status"), render.status)
+
+
+def cmd_tree(args: argparse.Namespace) -> int:
+    """Show the supervision tree: id, pid, pinned core, RSS, uptime, restarts."""
+    return output(args, request(args, "tree"), render.tree)
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    """Round trip to the gateway (or to one worker with --worker)."""
+    if args.worker:
+        return output(args, request(args, "worker.ping", {"worker": args.worker}), render.kv)
+    return output(args, request(args, "ping"), render.kv)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop the whole tree in reverse order and end the daemon."""
+    return output(args, request(args, "stop"), lambda b: "stopping")
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Re-read cluster.toml and apply the difference (a bad config is rejected, the tree untouched)."""
+    return output(args, request(args, "reload"), render.reload)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Follow the event stream (child started/exited/restarted, escalations, agent states)."""
+    from openfang.protocol.client import Client
+
+    endpoint, events = resolve_endpoint(args)
+    if not events:
+        raise ConfigError("no events endpoint: pass --config or --events-endpoint")
+    kinds = args.kind or None
+    seen = 0
+    with Client(endpoint, events_endpoint=events, keys_dir=_keys_dir(args), timeout=args.timeout) as client:
+        for event in client.events(kinds):
+            print(json.dumps(event, sort_keys=True, default=str) if args.json else render.event(event), flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    return 0
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    """Create CURVE keypairs (server and a client) for tcp:// endpoints."""
+    from openfang.protocol.sockets import generate_keys
+
+    paths = generate_keys(Path(args.keys_dir_out), args.name)
+    return output(args, {k: str(v) for k, v in paths.items()}, render.kv)
+
+
+def cmd_child(args: argparse.Namespace) -> int:
+    """Manage a supervisor's dynamic children (start/terminate/restart/delete/which/count)."""
+    body: dict[str, Any] = {"path": args.path}
+    if args.child_op in ("terminate", "restart", "delete"):
+        body["id"] = args.id
+    if args.child_op == "start":
+        body["spec"] = json.loads(args.spec)
+    reply = request(args, f"child.{args.child_op}", body)
+    return output(args, reply, render.kv)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Agent verbs: spawn, list, send, info, suspend, resume, kill."""
+    op = args.agent_op
+    if op == "spawn":
+        path = Path(args.manifest)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the manifest: {exc.strerror or exc}") from None
+        body: dict[str, Any] = {"manifest": text, "manifest_path": str(path.resolve())}
+        if args.worker:
+            body["worker"] = args.worker
+        return output(args, request(args, "agent.spawn", body), render.kv)
+    if op == "list":
+        return output(args, request(args, "agent.list"), render.agents)
+    if op == "send":
+        body = {"text": args.text}
+        if args.service:
+            body["service"] = args.id
+        else:
+            body["agent_id"] = args.id
+        return output(args, request(args, "agent.send", body), lambda b: str(b.get("reply", "")))
+    return output(args, request(args, f"agent.{op}", {"agent_id": args.id}), render.kv)
+
+
+# -- parser --------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="the daemon's cluster.toml (to find its endpoints)")
+    common.add_argument("--endpoint", help="control endpoint, e.g. ipc:///path/control.sock or tcp://host:port")
+    common.add_argument("--events-endpoint", help="event endpoint (for 'events' with --endpoint)")
+    common.add_argument("--keys-dir", help="CURVE keys directory for tcp:// endpoints")
+    common.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+
+    parser = argparse.ArgumentParser(prog="openfang", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"openfang {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, handler: Handler, **kw: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=(handler.__doc__ or "").strip(), **kw)
+        p.set_defaults(handler=handler)
+        return p
+
+    verb("status", cmd_status)
+    verb("tree", cmd_tree)
+    verb("stop", cmd_stop)
+    verb("reload", cmd_reload)
+    p = verb("ping", cmd_ping)
+    p.add_argument("--worker", help="ping this worker through the gateway")
+    p = verb("events", cmd_events)
+    p.add_argument("--kind", action="append", help="only these event kinds (repeatable; prefix match)")
+    p.add_argument("--count", type=int, help="stop after this many events")
+
+    keys = sub.add_parser("keys", help="CURVE key management")
+    keys_sub = keys.add_subparsers(dest="keys_op", required=True)
+    p = keys_sub.add_parser("generate", parents=[common], help=(cmd_keys_generate.__doc__ or "").strip())
+    p.add_argument("--out", dest="keys_dir_out", default="keys", help="directory to write the keys into")
+    p.add_argument("--name", default="client", help="name of the client keypair")
+    p.set_defaults(handler=cmd_keys_generate)
+
+    child = verb("child", cmd_child)
+    child.add_argument("child_op", choices=["start", "terminate", "restart", "delete", "which", "count"])
+    child.add_argument("--path", default="root", help="supervisor path, e.g. root/workers")
+    child.add_argument("--id", help="child id (terminate/restart/delete)")
+    child.add_argument("--spec", help="child spec as JSON (start)")
+
+    agent = sub.add_parser("agent", help="spawn and talk to agents")
+    agent_sub = agent.add_subparsers(dest="agent_op", required=True)
+    p = agent_sub.add_parser("spawn", parents=[common], help="spawn an agent from a manifest")
+    p.add_argument("manifest")
+    p.add_argument("--worker", help="place it on this worker instead of the least loaded")
+    agent_sub.add_parser("list", parents=[common], help="list agents on every worker")
+    p = agent_sub.add_parser("send", parents=[common], help="send a message and print the reply")
+    p.add_argument("id", help="agent id (or service name with --service)")
+    p.add_argument("text")
+    p.add_argument("--service", action="store_true", help="ID is a service name: load-balanced")
+    for op in ("info", "suspend", "resume", "kill"):
+        p = agent_sub.add_parser(op, parents=[common], help=f"{op} an agent")
+        p.add_argument("id")
+    agent.set_defaults(handler=cmd_agent)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        handler: Handler = args.handler
+        return handler(args)
+    except ConfigError as exc:
+        print(f"openfang: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Timeout as exc:
+        print(f"openfang: {exc} (is the daemon running?)", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except OpenFangError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": exc.to_wire()}, indent=2))
+        else:
+            print(f"openfang: error {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_REMOTE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""``cluster.toml``: the daemon's configuration, parsed into frozen dataclasses, every problem reported.
+
+Tables: ``[cluster]`` (name, data_dir), ``[control]`` (endpoints and limits of the control gateway),
+``[logging]``, ``[supervisor]`` (the tree; parsed by :mod:`openfang.supervisor.tree_config`),
+``[memory]`` and ``[security]`` (passed to their subsystems). See docs/config.md for every key.
+
+The root of the tree is the daemon itself; the control gateway is always its first child (id
+``control``), so a client can reach the tree whatever the user's children are.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from openfang.protocol.errors import ConfigError, Problem
+from openfang.supervisor.spec import ChildSpec, ChildType, Restart, SupervisorSpec
+from openfang.supervisor.tree_config import parse_supervisor
+
+GATEWAY_ID = "control"
+GATEWAY_START = "openfang.supervisor.gateway:main"
+MAX_IPC_PATH = 100  # sun_path is 108 bytes; keep room for the NUL and suffixes
+
+_CLUSTER_KEYS = {"name", "data_dir"}
+_CONTROL_KEYS = {
+    "endpoint",
+    "events",
+    "workers",
+    "socket_mode",
+    "max_frame_bytes",
+    "queue_limit",
+    "hwm",
+    "request_timeout_ms",
+    "keys_dir",
+}
+_LOGGING_KEYS = {"level", "format"}
+_TOP_KEYS = {"cluster", "control", "logging", "supervisor", "memory", "security"}
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlConfig:
+    """The control gateway: client endpoint (ROUTER), event stream (PUB), internal worker endpoint."""
+
+    endpoint: str
+    events: str
+    workers: str
+    socket_mode: int = 0o600
+    max_frame_bytes: int = 1 << 20
+    queue_limit: int = 1000
+    hwm: int = 1000
+    request_timeout_ms: int = 10_000
+    keys_dir: str | None = None
+
+    def as_args(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "events": self.events,
+            "workers": self.workers,
+            "socket_mode": self.socket_mode,
+            "max_frame_bytes": self.max_frame_bytes,
+            "queue_limit": self.queue_limit,
+            "hwm": self.hwm,
+            "request_timeout_ms": self.request_timeout_ms,
+            "keys_dir": self.keys_dir,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "auto"  # auto: console on a terminal, JSON otherwise
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterConfig:
+    """The whole parsed ``cluster.toml``. ``tree`` is the root spec with the gateway already in front."""
+
+    source: str
+    name: str
+    data_dir: Path
+    control: ControlConfig
+    logging: LoggingConfig
+    tree: SupervisorSpec
+    memory: Mapping[str, Any] = field(default_factory=dict)
+    security: Mapping[str, Any] = field(default_factory=dict)
+
+    def child_environment(self) -> dict[str, str]:
+        """Variables every child inherits (children learn the cluster's endpoints from them)."""
+        return {
+            "OPENFANG_CLUSTER": self.name,
+            "OPENFANG_DATA_DIR": str(self.data_dir),
+            "OPENFANG_CONTROL_ENDPOINT": self.control.endpoint,
+            "OPENFANG_EVENTS_ENDPOINT": self.control.events,
+            "OPENFANG_WORKERS_ENDPOINT": self.control.workers,
+        }
+
+
+def load_config(path: str | os.PathLike[str], *, data_dir: str | None = None) -> ClusterConfig:
+    """Read and validate ``path``. Raises ConfigError listing every problem, each with file, table and key."""
+    p = Path(path)
+    source = str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(source, f"cannot read the file: {exc.strerror or exc}")]) from None
+    return parse_config(text, source=source, base_dir=p.absolute().parent, data_dir=data_dir)
+
+
+def parse_config(
+    text: str, *, source: str, base_dir: Path, data_dir: str | None = None
+) -> ClusterConfig:
+    """Parse the TOML text of a cluster config (see :func:`load_config`)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem(source, f"not valid TOML: {exc}")]) from None
+    problems: list[Problem] = []
+    for key in sorted(set(raw) - _TOP_KEYS):
+        problems.append(Problem(f"{source}: [{key}]", f"unknown table (known: {', '.join(sorted(_TOP_KEYS))})"))
+
+    cluster = _table(raw, "cluster", source, problems)
+    _unknown(cluster, _CLUSTER_KEYS, f"{source}: [cluster]", problems)
+    name = _str(cluster, "name", "openfang", f"{source}: [cluster]", problems)
+    data_dir_s = data_dir or _str(cluster, "data_dir", ".openfang-data", f"{source}: [cluster]", problems)
+    resolved_data = (base_dir / os.path.expanduser(data_dir_s)).resolve()
+
+    control = _parse_control(_table(raw, "control", source, problems), resolved_data, base_dir, source, problems)
+    logging_cfg = _parse_logging(_table(raw, "logging", source, problems), source, problems)
+
+    tree: SupervisorSpec | None = None
+    try:
+        tree = parse_supervisor(_table(raw, "supervisor", source, problems), source=source)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if tree is not None and any(c.id == GATEWAY_ID for c in tree.children):
+        problems.append(
+            Problem(f"{source}: [supervisor.children]", f"id {GATEWAY_ID!r} is reserved for the control gateway")
+        )
+    if problems or tree is None or control is None:
+        raise ConfigError(problems)
+    return ClusterConfig(
+        source=source,
+        name=name,
+        data_dir=resolved_data,
+        control=control,
+        logging=logging_cfg,
+        tree=with_gateway(tree, control),
+        memory=_table(raw, "memory", source, problems),
+        security=_table(raw, "security", source, problems),
+    )
+
+
+def with_gateway(tree: SupervisorSpec, control: ControlConfig) -> SupervisorSpec:
+    """The root spec with the control gateway as its first child."""
+    gateway = ChildSpec(
+        id=GATEWAY_ID,
+        start=GATEWAY_START,
+        args=control.as_args(),
+        restart=Restart.PERMANENT,
+        shutdown=2000,
+        type=ChildType.WORKER,
+        heartbeat_ms=5000,
+    )
+    return replace(tree, children=(gateway, *tree.children))
+
+
+def _parse_control(
+    table: Mapping[str, Any], data_dir: Path, base_dir: Path, source: str, problems: list[Problem]
+) -> ControlConfig | None:
+    where = f"{source}: [control]"
+    _unknown(table, _CONTROL_KEYS, where, problems)
+    run_dir = data_dir / "run"
+
+    def endpoint(key: str, default: str) -> str:
+        value = _str(table, key, default, where, problems).replace("{data_dir}", str(data_dir))
+        if value.startswith("ipc://"):
+            path = value[len("ipc://") :]
+            if not path.startswith("/"):
+                path = str((base_dir / path).resolve())
+                value = "ipc://" + path
+            if len(path) > MAX_IPC_PATH:
+                problems.append(
+                    Problem(f"{where} key {key!r}", f"ipc path is {len(path)} characters, the limit is {MAX_IPC_PATH}")
+                )
+        elif value.startswith("tcp://"):
+            if not table.get("keys_dir"):
+                problems.append(
+                    Problem(f"{where} key {key!r}", "tcp:// endpoints require CURVE: set [control] keys_dir")
+                )
+        else:
+            problems.append(Problem(f"{where} key {key!r}", f"must start with ipc:// or tcp://, got {value!r}"))
+        return value
+
+    ep = endpoint("endpoint", f"ipc://{run_dir}/control.sock")
+    events = endpoint("events", f"ipc://{run_dir}/events.sock")
+    workers = endpoint("workers", f"ipc://{run_dir}/workers.sock")
+    mode_s = _str(table, "socket_mode", "0600", where, problems)
+    try:
+        mode = int(mode_s, 8)
+        if mode not in (0o600, 0o660):
+            raise ValueError
+    except ValueError:
+        problems.append(Problem(f"{where} key 'socket_mode'", f"must be \"0600\" or \"0660\", got {mode_s!r}"))
+        mode = 0o600
+    ints = {}
+    for key, default, low in (
+        ("max_frame_bytes", 1 << 20, 64),
+        ("queue_limit", 1000, 1),
+        ("hwm", 1000, 1),
+        ("request_timeout_ms", 10_000, 10),
+    ):
+        value = table.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            problems.append(Problem(f"{where} key {key!r}", f"must be an integer >= {low}, got {value!r}"))
+            value = default
+        ints[key] = value
+    keys_dir = table.get("keys_dir")
+    if keys_dir is not None and not isinstance(keys_dir, str):
+        problems.append(Problem(f"{where} key 'keys_dir'", f"must be a string path, got {keys_dir!r}"))
+        keys_dir = None
+    if isinstance(keys_dir, str):
+        keys_dir = str((base_dir / os.path.expanduser(keys_dir)).resolve())
+    return ControlConfig(
+        endpoint=ep, events=events, workers=workers, socket_mode=mode, keys_dir=keys_dir, **ints
+    )
+
+
+def _parse_logging(table: Mapping[str, Any], source: str, problems: list[Problem]) -> LoggingConfig:
+    where = f"{source}: [logging]"
+    _unknown(table, _LOGGING_KEYS, where, problems)
+    level = _str(table, "level", "info", where, problems)
+    if level not in _LEVELS:
+        problems.append(Problem(f"{where} key 'level'", f"must be one of {', '.join(_LEVELS)}, got {level!r}"))
+        level = "info"
+    fmt = _str(table, "format", "auto", where, problems)
+    if fmt not in ("auto", "json", "console"):
+        problems.append(Problem(f"{where} key 'format'", f"must be auto, json or console, got {fmt!r}"))
+        fmt = "auto"
+    return LoggingConfig(level=level, format=fmt)
+
+
+def _table(raw: Mapping[str, Any], key: str, source: str, problems: list[Problem]) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        problems.append(Problem(f"{source}: [{key}]", f"must be a table, got {type(value).__name__}"))
+        return {}
+    return value
+
+
+def _unknown(table: Mapping[str, Any], known: set[str], where: str, problems: list[Problem]) -> None:
+    for key in sorted(set(table) - known):
+        problems.append(Problem(f"{where} key {key!r}", f"unknown key (known: {', '.join(sorted(known))})"))
+
+
+def _str(table: Mapping[str, Any], key: str, default: str, where: str, problems: list[Problem]) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str) or not value:
+        problems.append(Problem(f"{where} key {key!r}", f"must be a non-empty string, got {value!r}"))
+        return default
+    return value

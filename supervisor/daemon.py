@@ -1,0 +1,311 @@
+"""``openfang-supervisor``: the daemon, which is the root of the supervision tree.
+
+It reads ``cluster.toml``, starts the tree in order (the control gateway first), tells systemd it is ready,
+and then lives in a thread-free event loop: SIGTERM/SIGINT stop the tree in reverse order and exit 0, SIGHUP
+reloads the configuration (a bad one is rejected and the running tree is left as it is), the watchdog is
+fed from the loop, and the gateway's questions about the tree are answered here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import structlog
+
+from openfang import __version__
+from openfang.logs import configure_logging
+from openfang.protocol.errors import ConfigError, OpenFangError, SupervisorError
+from openfang.supervisor.config import GATEWAY_ID, ClusterConfig, load_config
+from openfang.supervisor.loop import Loop
+from openfang.supervisor.notify import Notifier
+from openfang.supervisor.runtime import Supervisor
+
+log = structlog.get_logger("openfang.supervisor")
+PR_SET_CHILD_SUBREAPER = 36
+EXIT_CONFIG = 2
+EXIT_ESCALATED = 1
+Reply = Callable[[bool, Any], None]
+
+
+class Daemon:
+    """The root supervisor process."""
+
+    def __init__(self, config: ClusterConfig, config_path: str, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        self.loop = Loop()
+        self.started_at = time.time()
+        self.state = "starting"
+        self.exit_code = 0
+        self.reloads = 0
+        self.sup = Supervisor(
+            config.tree,
+            loop=self.loop,
+            path="root",
+            on_event=self._on_event,
+            on_request=self._on_request,
+            on_terminate=self._on_terminate,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start the tree, serve until stopped; the process exit code."""
+        _prepare_dirs(self.config)
+        os.environ.update(self.config.child_environment())
+        _become_subreaper()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self.stop)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload_from_signal)
+        self.notifier.status("starting the supervision tree")
+        try:
+            self.sup.start()
+        except OpenFangError as exc:
+            log.error("tree_start_failed", error=str(exc))
+            self.notifier.stopping()
+            return EXIT_ESCALATED
+        self.state = "running"
+        self._write_pidfile()
+        counts = self.sup.count_children()
+        self.notifier.ready(f"running: {counts.get('active', 0)} children")
+        log.info("tree_started", config=self.config_path, endpoint=self.config.control.endpoint, **counts)
+        if self.notifier.watchdog_interval_s:
+            self._feed_watchdog()
+        self.loop.run_until(lambda: self.state == "stopped")
+        return self.exit_code
+
+    def stop(self) -> None:
+        """Stop the whole tree in reverse start order, honouring each child's shutdown policy."""
+        if self.state in ("stopping", "stopped"):
+            return
+        self.state = "stopping"
+        self.notifier.stopping()
+        log.info("tree_stopping")
+        self.sup.shutdown()
+        self.state = "stopped"
+        self._remove_pidfile()
+        log.info("tree_stopped", exit_code=self.exit_code)
+
+    def reload_from_signal(self) -> None:
+        self.reload(lambda ok, result: None)
+
+    def reload(self, reply: Reply) -> None:
+        """Re-read the config file and apply the difference; a bad config leaves the running tree as it is."""
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+            if new.data_dir != self.config.data_dir:
+                raise ConfigError(f"{self.config_path}: [cluster] key 'data_dir' cannot change on reload")
+        except ConfigError as exc:
+            problems = [str(p) for p in exc.problems]
+            log.error("config_rejected", problems=problems)
+            self._on_event({"kind": "config.rejected", "problems": problems})
+            self.notifier.ready("running (last reload rejected)")
+            reply(False, {"code": exc.code, "message": exc.message})
+            return
+        try:
+            diff = self.sup.reconfigure(new.tree)
+        except OpenFangError as exc:
+            log.error("reload_failed", error=str(exc))
+            self.notifier.ready("running (last reload failed)")
+            reply(False, exc.to_wire())
+            return
+        self.config = new
+        self.reloads += 1
+        log.info("config_reloaded", **diff)
+        self._on_event({"kind": "config.reloaded", **diff})
+        self.notifier.ready(f"running: reloaded ({self.reloads})")
+        reply(True, diff)
+
+    def _on_terminate(self, reason: str) -> None:
+        # The root gave up (restart intensity exceeded): like an OTP node whose top supervisor died.
+        log.error("root_supervisor_terminated", reason=reason)
+        self.exit_code = EXIT_ESCALATED
+        self.notifier.stopping()
+        self.state = "stopped"
+        self._remove_pidfile()
+
+    def _feed_watchdog(self) -> None:
+        # Fed from the loop itself: a wedged loop stops feeding and systemd restarts us.
+        self.notifier.watchdog()
+        interval = self.notifier.watchdog_interval_s
+        if interval and self.state not in ("stopped",):
+            self.loop.call_later(interval, self._feed_watchdog)
+
+    # -- events and requests ---------------------------------------------------------------------------------
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        event.setdefault("time", time.time())
+        log.info("event", **{k: v for k, v in event.items() if k != "time"})
+        if self.state != "stopped":
+            self.sup.send_to_child(GATEWAY_ID, {"t": "event", "event": event})
+
+    def _on_request(self, child_id: str, op: str, args: dict[str, Any], reply: Reply) -> None:
+        try:
+            if op == "status":
+                reply(True, self.status())
+            elif op == "tree":
+                reply(True, {"root": self.root_node(), "children": annotate(self.sup.tree())})
+            elif op == "stop":
+                reply(True, {"stopping": True})
+                self.loop.call_soon(self.stop)
+            elif op == "reload":
+                self.reload(reply)
+            elif op.startswith("child."):
+                self._child_op(op, args, reply)
+            else:
+                reply(False, {"code": "unknown_type", "message": f"the supervisor has no operation {op!r}"})
+        except OpenFangError as exc:
+            reply(False, exc.to_wire())
+
+    def _child_op(self, op: str, args: dict[str, Any], reply: Reply) -> None:
+        path = str(args.get("path") or "root")
+        names = {
+            "child.start": "start_child",
+            "child.terminate": "terminate_child",
+            "child.restart": "restart_child",
+            "child.delete": "delete_child",
+            "child.which": "which_children",
+            "child.count": "count_children",
+        }
+        if op not in names:
+            raise SupervisorError(f"no operation {op!r}")
+        op_args = {k: v for k, v in args.items() if k != "path"}
+        self.sup.request(path, names[op], op_args, reply)
+
+    def status(self) -> dict[str, Any]:
+        counts = self.sup.count_children()
+        return {
+            "name": self.config.name,
+            "version": __version__,
+            "pid": os.getpid(),
+            "state": self.state,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "config": self.config_path,
+            "data_dir": str(self.config.data_dir),
+            "endpoint": self.config.control.endpoint,
+            "events": self.config.control.events,
+            "children": counts,
+            "workers": _count_workers(self.sup.tree()),
+            "reloads": self.reloads,
+            "systemd": self.notifier.enabled,
+        }
+
+    def root_node(self) -> dict[str, Any]:
+        return {
+            "id": "root",
+            "path": "root",
+            "type": "supervisor",
+            "pid": os.getpid(),
+            "cpu": None,
+            "state": self.state,
+            "started_at": self.started_at,
+            "restarts": 0,
+            **_process_figures(os.getpid()),
+        }
+
+    # -- files -------------------------------------------------------------------------------------------------
+
+    @property
+    def pidfile(self) -> Path:
+        return self.config.data_dir / "run" / "supervisor.pid"
+
+    def _write_pidfile(self) -> None:
+        self.pidfile.write_text(f"{os.getpid()}\n")
+
+    def _remove_pidfile(self) -> None:
+        try:
+            if self.pidfile.read_text().strip() == str(os.getpid()):
+                self.pidfile.unlink()
+        except OSError:
+            pass
+
+
+def annotate(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add live RSS and uptime to each node of a tree snapshot (recursively)."""
+    out = []
+    for node in nodes:
+        node = dict(node)
+        if node.get("pid"):
+            node.update(_process_figures(int(node["pid"])))
+        node["children"] = annotate(list(node.get("children") or []))
+        out.append(node)
+    return out
+
+
+def _process_figures(pid: int) -> dict[str, Any]:
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            return {"rss_bytes": proc.memory_info().rss, "uptime_s": round(time.time() - proc.create_time(), 3)}
+    except psutil.Error:
+        return {"rss_bytes": None, "uptime_s": None}
+
+
+def _count_workers(nodes: list[dict[str, Any]]) -> int:
+    total = 0
+    for node in nodes:
+        if node.get("type") == "worker" and str(node.get("start", "")).startswith("openfang.workers.worker"):
+            total += 1
+        total += _count_workers(list(node.get("children") or []))
+    return total
+
+
+def _prepare_dirs(config: ClusterConfig) -> None:
+    for d in (config.data_dir, config.data_dir / "run"):
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+
+
+def _become_subreaper() -> None:
+    # Orphaned descendants are re-parented to us instead of init, so we can reap them.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openfang-supervisor",
+        description="Run the OpenFANG supervision tree in the foreground (the root supervisor). "
+        "SIGTERM/SIGINT stop the tree in reverse order and exit 0; SIGHUP reloads the config.",
+    )
+    parser.add_argument("--config", required=True, help="path to cluster.toml")
+    parser.add_argument("--check", action="store_true", help="validate the config and exit (0 ok, 2 invalid)")
+    parser.add_argument("--data-dir", help="override [cluster] data_dir")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override [logging]")
+    parser.add_argument(
+        "--log-format", choices=["auto", "json", "console"], help="override [logging] format"
+    )
+    parser.add_argument("--version", action="version", version=f"openfang-supervisor {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, data_dir=args.data_dir)
+    except ConfigError as exc:
+        print(f"openfang-supervisor: {len(exc.problems)} problem(s) in {args.config}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check:
+        print(f"{args.config}: ok ({len(config.tree.children)} children under root)")
+        return 0
+    configure_logging(args.log_level or config.logging.level, args.log_format or config.logging.format)
+    structlog.contextvars.bind_contextvars(node=config.name, role="supervisor", pid=os.getpid())
+    return Daemon(config, str(Path(args.config).resolve())).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""The control gateway: the one door between clients and the tree.
+
+A child of the root supervisor (always its first child). It binds
+
+- the client endpoint (ROUTER): requests from ``openfang`` and any client written from PROTOCOL.md;
+- the event stream (PUB): lifecycle events the root hands down the uplink, and events from workers;
+- the internal worker endpoint (ROUTER): workers connect a DEALER whose routing id is their child id.
+
+Requests about the tree (status, tree, stop, reload, child.*) go up the uplink to the root; requests about
+agents go to the worker that hosts the agent. Every request gets exactly one reply: the answer, or a typed
+error (bad frame, unknown type, busy when the in-flight table is full, not_found for an absent worker,
+timeout when nobody answered in ``request_timeout_ms``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import zmq
+
+from openfang.supervisor import routing
+from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
+from openfang.protocol.errors import (
+    Busy,
+    NotFound,
+    OpenFangError,
+    ProtocolError,
+    RemoteError,
+    Timeout,
+)
+from openfang.protocol.sockets import bind_pub, bind_router, send_nowait
+from openfang.supervisor.child import ChildContext
+
+log = structlog.get_logger("openfang.gateway")
+
+# Requests the root supervisor answers; the gateway forwards them up the uplink unchanged.
+TREE_OPS = frozenset(
+    {
+        "status",
+        "tree",
+        "stop",
+        "reload",
+        "child.start",
+        "child.terminate",
+        "child.restart",
+        "child.delete",
+        "child.which",
+        "child.count",
+    }
+)
+POLL_MS = 200
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A client request waiting for an answer from the root or a worker."""
+
+    identity: bytes
+    delimited: bool  # REQ-style framing: answer with an empty delimiter frame
+    request: Envelope
+    deadline: float
+    on_reply: Callable[[Envelope], Envelope | None] | None = None
+
+
+@dataclass(slots=True)
+class _Worker:
+    id: str
+    pid: int = 0
+    cpu: int | None = None
+    agents: int = 0
+    in_flight: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class Gateway:
+    """The gateway's state and its poll loop (one thread, no locks)."""
+
+    def __init__(self, ctx: ChildContext, args: dict[str, Any]) -> None:
+        self.child = ctx
+        self.args = args
+        self.max_frame = int(args.get("max_frame_bytes", 1 << 20))
+        self.queue_limit = int(args.get("queue_limit", 1000))
+        self.timeout_s = int(args.get("request_timeout_ms", 10_000)) / 1000
+        mode = int(args.get("socket_mode", 0o600))
+        hwm = int(args.get("hwm", 1000))
+        keys_dir = args.get("keys_dir")
+        self.zctx = zmq.Context()
+        self.clients = bind_router(self.zctx, args["endpoint"], hwm=hwm, mode=mode, keys_dir=keys_dir)
+        self.events = bind_pub(self.zctx, args["events"], hwm=hwm * 10, mode=mode, keys_dir=keys_dir)
+        self.worker_sock = bind_router(self.zctx, args["workers"], hwm=hwm, mode=0o600, keys_dir=keys_dir)
+        self.waiting: dict[str, _Waiting] = {}
+        self.workers: dict[str, _Worker] = {}
+        self.agents = routing.AgentDirectory()
+        self.started = time.time()
+        self.running = True
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.clients, zmq.POLLIN)
+        poller.register(self.worker_sock, zmq.POLLIN)
+        poller.register(self.child.fileno(), zmq.POLLIN)
+        self.child.ready(endpoint=self.args["endpoint"], events=self.args["events"])
+        while self.running:
+            ready = dict(poller.poll(POLL_MS))
+            if self.clients in ready:
+                self._drain(self.clients, self._on_client_frames)
+            if self.worker_sock in ready:
+                self._drain(self.worker_sock, self._on_worker_frames)
+            if self.child.fileno() in ready:
+                self._on_uplink()
+            self._expire()
+            self.child.heartbeat()
+
+    def close(self) -> None:
+        # A short linger lets the last replies (the answer to ``stop``) leave before the process ends.
+        for sock in (self.clients, self.events, self.worker_sock):
+            sock.close(linger=200)
+        self.zctx.term()
+
+    @staticmethod
+    def _drain(sock: zmq.Socket[bytes], handle: Callable[[list[bytes]], None], budget: int = 256) -> None:
+        # Bounded so one busy socket cannot starve the others or the heartbeat.
+        for _ in range(budget):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            handle(frames)
+
+    # -- clients -----------------------------------------------------------------------------------------
+
+    def _on_client_frames(self, frames: list[bytes]) -> None:
+        identity, rest = frames[0], frames[1:]
+        delimited = len(rest) == 2 and rest[0] == b""
+        if not (delimited or len(rest) == 1):
+            self._reply(identity, False, error_reply("", ProtocolError(
+                f"expected one payload frame (DEALER) or an empty delimiter and a payload (REQ), "
+                f"got {len(rest)} frames")))
+            return
+        payload = rest[-1]
+        try:
+            env = decode(payload, max_size=self.max_frame)
+        except OpenFangError as exc:
+            self._reply(identity, delimited, error_reply(peek_id(payload) if len(payload) <= self.max_frame else "", exc))
+            return
+        try:
+            self._route(identity, delimited, env)
+        except OpenFangError as exc:
+            self._reply(identity, delimited, env.error(exc))
+
+    def _route(self, identity: bytes, delimited: bool, env: Envelope) -> None:
+        if env.type == "ping":
+            self._reply(identity, delimited, env.reply({"pid": os.getpid(), "time": time.time()}))
+            return
+        if len(self.waiting) >= self.queue_limit:
+            raise Busy(f"{len(self.waiting)} requests in flight, the limit is {self.queue_limit}; retry later")
+        if env.type in TREE_OPS:
+            key = os.urandom(8).hex()
+            self.waiting[key] = _Waiting(identity, delimited, env, time.monotonic() + self.timeout_s)
+            self.child.send({"t": "req", "id": key, "op": env.type, "args": env.body})
+            return
+        target = routing.route(env, self.agents, self.workers)
+        if target.gather:
+            self._scatter(identity, delimited, env, target.workers)
+            return
+        self._to_worker(identity, delimited, env, target.workers[0], target.on_reply)
+
+    def _to_worker(
+        self,
+        identity: bytes,
+        delimited: bool,
+        env: Envelope,
+        worker_id: str,
+        on_reply: Callable[[Envelope], Envelope] | None = None,
+    ) -> None:
+        key = os.urandom(8).hex()
+        forwarded = Envelope(type=env.type, body=env.body, id=key)
+        send_nowait(self.worker_sock, [worker_id.encode(), encode(forwarded)], peer=f"worker {worker_id}")
+        self.waiting[key] = _Waiting(identity, delimited, env, time.monotonic() + self.timeout_s, on_reply)
+        if worker_id in self.workers:
+            self.workers[worker_id].in_flight += 1
+
+    def _scatter(self, identity: bytes, delimited: bool, env: Envelope, worker_ids: list[str]) -> None:
+        gather = routing.Gather(env, expected=len(worker_ids))
+        for wid in worker_ids:
+            try:
+                self._to_worker(identity, delimited, env, wid, on_reply=gather.collect)
+            except OpenFangError:
+                gather.expected -= 1
+        if gather.expected == 0:
+            self._reply(identity, delimited, gather.result())
+
+    def _reply(self, identity: bytes, delimited: bool, env: Envelope) -> None:
+        frames = [identity, b"", encode(env)] if delimited else [identity, encode(env)]
+        try:
+            send_nowait(self.clients, frames, peer="client")
+        except OpenFangError as exc:
+            # The client left or stopped reading; there is nobody to tell.
+            log.info("reply_dropped", reason=str(exc), request_type=env.type)
+
+    # -- workers -----------------------------------------------------------------------------------------
+
+    def _on_worker_frames(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            log.warning("worker_frame_malformed", frames=len(frames))
+            return
+        worker_id = frames[0].decode(errors="replace")
+        try:
+            env = decode(frames[1], max_size=self.max_frame * 4)
+        except OpenFangError as exc:
+            log.warning("worker_message_invalid", worker=worker_id, error=str(exc))
+            return
+        worker = self.workers.setdefault(worker_id, _Worker(worker_id))
+        worker.last_seen = time.monotonic()
+        if env.type == "worker.hello":
+            worker.pid = int(env.body.get("pid", 0))
+            worker.cpu = env.body.get("cpu")
+            worker.agents = int(env.body.get("agents", 0))
+            worker.in_flight = 0
+            self.agents.forget_worker(worker_id, keep=env.body.get("agent_ids", []))
+            log.info("worker_connected", worker=worker_id, pid=worker.pid, cpu=worker.cpu)
+            return
+        if env.type == "event":
+            self._publish(env.body)
+            return
+        waiting = self.waiting.pop(env.id, None)
+        if waiting is None:
+            return  # a late answer to a request that already timed out
+        worker.in_flight = max(0, worker.in_flight - 1)
+        self.agents.learn(worker_id, waiting.request, env)
+        worker.agents = self.agents.count(worker_id)
+        self._complete(waiting, Envelope(type=env.type, body=env.body, id=waiting.request.id))
+
+    def _complete(self, waiting: _Waiting, answer: Envelope) -> None:
+        """Answer the client, unless ``answer`` is one part of a gather that still waits for others."""
+        if waiting.on_reply is not None:
+            merged = waiting.on_reply(answer)
+            if merged is None:
+                return
+            answer = merged
+        self._reply(waiting.identity, waiting.delimited, answer)
+
+    # -- the root -----------------------------------------------------------------------------------------
+
+    def _on_uplink(self) -> None:
+        while True:
+            try:
+                msg = self.child.recv_nowait()
+            except EOFError:
+                self.running = False
+                return
+            if msg is None:
+                return
+            kind = msg.get("t")
+            if kind == "event":
+                self._publish(msg.get("event") or {})
+            elif kind == "rep":
+                waiting = self.waiting.pop(str(msg.get("id")), None)
+                if waiting is None:
+                    continue
+                if msg.get("ok"):
+                    result = msg.get("result")
+                    answer = waiting.request.reply(result if isinstance(result, dict) else {"result": result})
+                else:
+                    err = msg.get("error") or {}
+                    answer = waiting.request.error(
+                        RemoteError(str(err.get("message", "failed")), code=str(err.get("code", "internal")))
+                    )
+                self._reply(waiting.identity, waiting.delimited, answer)
+            elif kind == "req" and msg.get("op") == "gateway.info":
+                self.child.send({"t": "rep", "id": msg.get("id"), "ok": True, "result": self.info()})
+
+    def info(self) -> dict[str, Any]:
+        """What the gateway knows: connected workers, in-flight requests, agents per worker."""
+        return {
+            "in_flight": len(self.waiting),
+            "workers": {
+                w.id: {"pid": w.pid, "cpu": w.cpu, "agents": w.agents, "in_flight": w.in_flight}
+                for w in self.workers.values()
+            },
+        }
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        event.setdefault("time", time.time())
+        kind = str(event.get("kind", "event"))
+        try:
+            self.events.send_multipart([kind.encode(), encode(Envelope(type="event", body=event))], zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # PUB drops for slow subscribers by design; the publisher never blocks
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        late = [key for key, w in self.waiting.items() if w.deadline <= now]
+        for key in late:
+            waiting = self.waiting.pop(key)
+            err = Timeout(f"no answer to {waiting.request.type!r} within {self.timeout_s:g}s")
+            self._complete(waiting, waiting.request.error(err))
+
+
+def main(ctx: ChildContext) -> None:
+    """Child entry point: bind, tell the supervisor we are ready, serve until SIGTERM."""
+    structlog.contextvars.bind_contextvars(role="gateway", pid=os.getpid())
+    gateway = Gateway(ctx, dict(ctx.args))
+
+    def stop(_signum: int, _frame: object) -> None:
+        gateway.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        gateway.serve()
+    finally:
+        gateway.close()

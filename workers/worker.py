@@ -1,0 +1,158 @@
+"""A worker process: pinned to one core, connected to the gateway, hosting many agent sandboxes.
+
+Started by its supervisor as ``openfang.workers.worker:main`` (the supervisor has already pinned it and set
+PDEATHSIG). It connects a DEALER to the gateway's internal endpoint with its child id as routing id, says
+``worker.hello`` (again every second, so a restarted gateway relearns it), answers ``worker.ping`` and
+hands ``agent.*`` requests to its :class:`~openfang.workers.agent_host.AgentHost`. The main loop sends the
+supervisor a heartbeat every turn: a worker stuck in a loop falls silent and is restarted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import structlog
+import zmq
+
+from openfang.protocol.envelope import Envelope, decode, encode
+from openfang.protocol.errors import OpenFangError, ProtocolError
+from openfang.supervisor.child import ChildContext
+
+log = structlog.get_logger("openfang.worker")
+HELLO_EVERY_S = 1.0
+POLL_MS = 100
+
+
+class Worker:
+    """One worker's sockets, agent host and loop."""
+
+    def __init__(self, ctx: ChildContext) -> None:
+        self.child = ctx
+        self.id = ctx.id
+        self.cpu = ctx.cpu
+        endpoint = str(ctx.args.get("gateway") or os.environ.get("OPENFANG_WORKERS_ENDPOINT", ""))
+        if not endpoint:
+            raise ProtocolError("worker: no gateway endpoint (args.gateway or OPENFANG_WORKERS_ENDPOINT)")
+        self.zctx = zmq.Context()
+        self.sock = self.zctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.ROUTING_ID, self.id.encode())
+        self.sock.setsockopt(zmq.LINGER, 200)
+        self.sock.setsockopt(zmq.SNDHWM, int(ctx.args.get("hwm", 10_000)))
+        self.sock.connect(endpoint)
+        self.host = _make_host(self.id, ctx.args)
+        self.running = True
+        self._last_hello = 0.0
+
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.child.fileno(), zmq.POLLIN)
+        if self.host is not None:
+            poller.register(self.host.wakeup_fd(), zmq.POLLIN)
+        self._hello()
+        self.child.ready(cpu=self.cpu, agents=0)
+        while self.running:
+            timeout = POLL_MS
+            if self.host is not None:
+                deadline = self.host.next_deadline()
+                if deadline is not None:
+                    timeout = max(0, min(timeout, int((deadline - time.monotonic()) * 1000)))
+            ready = dict(poller.poll(timeout))
+            if self.sock in ready:
+                self._drain()
+            if self.child.fileno() in ready:
+                self._on_uplink()
+            if self.host is not None:
+                for reply in self.host.step(0.02):
+                    self._send(reply)
+            if time.monotonic() - self._last_hello >= HELLO_EVERY_S:
+                self._hello()
+            self.child.heartbeat()
+
+    def _drain(self) -> None:
+        for _ in range(512):
+            try:
+                payload = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(payload)
+
+    def _handle(self, payload: bytes) -> None:
+        try:
+            env = decode(payload)
+        except OpenFangError as exc:
+            log.warning("gateway_message_invalid", error=str(exc))
+            return
+        try:
+            if env.type == "worker.ping":
+                self._send(env.reply({"worker": self.id, "pid": os.getpid(), "cpu": self.cpu}))
+            elif env.type.startswith("agent.") and self.host is not None:
+                self.host.submit(env)
+            else:
+                raise ProtocolError(f"type: worker {self.id} does not serve {env.type!r}")
+        except OpenFangError as exc:
+            self._send(env.error(exc))
+
+    def _send(self, env: Envelope) -> None:
+        try:
+            self.sock.send(encode(env), zmq.NOBLOCK)
+        except zmq.Again:
+            # The gateway is gone or not reading; it times the request out for its client.
+            log.warning("reply_dropped_gateway_busy", type=env.type)
+
+    def _hello(self) -> None:
+        self._last_hello = time.monotonic()
+        agents: list[dict[str, Any]] = self.host.agents() if self.host is not None else []
+        ids = [a["agent_id"] for a in agents if "agent_id" in a]
+        self._send(
+            Envelope(
+                type="worker.hello",
+                body={"worker": self.id, "pid": os.getpid(), "cpu": self.cpu, "agents": len(ids), "agent_ids": ids},
+            )
+        )
+
+    def _on_uplink(self) -> None:
+        while True:
+            try:
+                msg = self.child.recv_nowait()
+            except EOFError:
+                self.running = False
+                return
+            if msg is None:
+                return
+
+    def close(self) -> None:
+        if self.host is not None:
+            self.host.close()
+        self.sock.close()
+        self.zctx.term()
+
+
+def _make_host(worker_id: str, args: Any) -> Any:
+    """The agent host for this worker; ``None`` only if the sandbox layer is not installed."""
+    try:
+        from openfang.workers.agent_host import AgentHost
+    except ImportError:
+        log.warning("agent_host_unavailable", worker=worker_id)
+        return None
+    from openfang.workers import host_wiring
+
+    return host_wiring.build_host(worker_id, args)
+
+
+def main(ctx: ChildContext) -> None:
+    """Child entry point."""
+    structlog.contextvars.bind_contextvars(role="worker", worker=ctx.id, pid=os.getpid(), cpu=ctx.cpu)
+    worker = Worker(ctx)
+
+    def stop(_signum: int, _frame: object) -> None:
+        worker.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        worker.serve()
+    finally:
+        worker.close()
