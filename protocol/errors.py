@@ -8,9 +8,11 @@ that string.
     ├── ConfigError            a config or manifest is invalid (carries every problem, each with its place)
     ├── ProtocolError          a message could not be decoded or validated        code: bad_request
     │   ├── UnsupportedVersion  envelope version we do not speak                  code: unsupported_version
-    │   └── FrameTooLarge       frame over the configured size limit             code: too_large
+    │   ├── FrameTooLarge       frame over the configured size limit             code: too_large
+    │   └── UnknownType         request type not in the catalogue                code: unknown_type
     ├── RemoteError            the peer answered with an error reply (code from the wire)
     ├── Busy                   a bounded queue is full; retry later              code: busy
+    ├── RateLimited            a rate limit was hit; retry later                 code: rate_limited
     ├── Timeout                no answer in time                                 code: timeout
     ├── NotFound               no such child / agent / service                   code: not_found
     ├── AlreadyExists          id already present / started                      code: already_exists
@@ -23,6 +25,7 @@ that string.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class OpenFangError(Exception):
@@ -36,7 +39,7 @@ class OpenFangError(Exception):
         if code is not None:
             self.code = code
 
-    def to_wire(self) -> dict[str, str]:
+    def to_wire(self) -> dict[str, Any]:
         """The error as the data of an error reply."""
         return {"code": self.code, "message": self.message}
 
@@ -65,6 +68,12 @@ class ConfigError(OpenFangError):
         self.problems: list[Problem] = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
 
+    def to_wire(self) -> dict[str, Any]:
+        """Error reply data; ``problems`` travels too, so a client can show every problem with its place."""
+        wire = super().to_wire()
+        wire["problems"] = [{"where": p.where, "what": p.what} for p in self.problems]
+        return wire
+
 
 class ProtocolError(OpenFangError):
     code = "bad_request"
@@ -78,12 +87,38 @@ class FrameTooLarge(ProtocolError):
     code = "too_large"
 
 
+class UnknownType(ProtocolError):
+    """The request's ``type`` is not in the message catalogue (``openfang.protocol.messages``)."""
+
+    code = "unknown_type"
+
+
 class RemoteError(OpenFangError):
-    """The peer replied with an error; ``code`` is the peer's code."""
+    """The peer replied with an error; ``code`` is the peer's code.
+
+    ``problems`` carries the ``{where, what}`` list of a ``bad_config`` reply (empty otherwise).
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, problems: list[Problem] | None = None) -> None:
+        super().__init__(message, code=code)
+        self.problems: list[Problem] = list(problems or [])
+
+    def to_wire(self) -> dict[str, Any]:
+        """Relaying a remote error keeps its problems (a gateway forwards a root's bad_config as is)."""
+        wire = super().to_wire()
+        if self.problems:
+            wire["problems"] = [{"where": p.where, "what": p.what} for p in self.problems]
+        return wire
 
 
 class Busy(OpenFangError):
     code = "busy"
+
+
+class RateLimited(OpenFangError):
+    """A token bucket (per client, per agent) is empty; the message says which and when to retry."""
+
+    code = "rate_limited"
 
 
 class Timeout(OpenFangError):
