@@ -1,0 +1,131 @@
+"""``make run``: start the supervision tree on the embedded example config, spawn demo agents, talk to them.
+
+Runs the real daemon (``openfang-supervisor``) as a child process with its log in the data dir, waits until
+it answers, shows the tree, spawns the demo agents shipped in ``openfang/data/agents/`` (scripted model, so
+no API key or network is needed), holds a short conversation, prints where to look, and then keeps the
+daemon running until Ctrl-C (``--once`` stops it after the demo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from openfang.cli import render
+from openfang.protocol.client import Client
+from openfang.protocol.errors import OpenFangError
+from openfang.supervisor.config import load_config
+
+DATA = Path(__file__).resolve().parent / "data"
+CONVERSATION = [
+    ("greeter", "Hello! Who are you?"),
+    ("greeter", "What can you do?"),
+    ("clock", "What time is it?"),
+]
+
+
+def _banner(text: str) -> None:
+    print(f"\n== {text} " + "=" * max(0, 70 - len(text)), flush=True)
+
+
+def _wait_until_up(client: Client, proc: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the supervisor exited with {proc.returncode}; see {log_path}")
+        try:
+            client.request("ping", timeout=0.5)
+            return
+        except OpenFangError:
+            time.sleep(0.1)
+    sys.exit(f"the supervisor did not answer within {timeout}s; see {log_path}")
+
+
+def _spawn_demo_agents(client: Client) -> dict[str, str]:
+    ids: dict[str, str] = {}
+    for manifest in sorted((DATA / "agents").glob("*.toml")):
+        reply: dict[str, Any] = client.request(
+            "agent.spawn", {"manifest": manifest.read_text(), "manifest_path": str(manifest)}
+        )
+        ids[manifest.stem] = reply["agent_id"]
+        print(f"spawned {reply['agent_id']:<24} on {reply.get('worker')}  ({manifest.name})")
+    return ids
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m openfang.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(DATA / "cluster.toml"), help="cluster.toml to run")
+    parser.add_argument("--data-dir", default=".openfang-data", help="where the memory, sockets and logs live")
+    parser.add_argument("--once", action="store_true", help="stop the tree after the demo instead of waiting")
+    args = parser.parse_args(argv)
+
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = load_config(args.config, data_dir=str(data_dir))
+    log_path = data_dir / "supervisor.log"
+    cmd = [sys.executable, "-m", "openfang.supervisor.daemon", "--config", args.config,
+           "--data-dir", str(data_dir), "--log-format", "json"]
+    _banner("starting openfang-supervisor")
+    print(" ".join(cmd))
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    started = time.monotonic()
+    try:
+        with Client(config.control.endpoint, timeout=10.0) as client:
+            _wait_until_up(client, proc, log_path, timeout=30)
+            print(f"up in {(time.monotonic() - started) * 1000:.0f} ms (pid {proc.pid})")
+            _banner("supervision tree (openfang tree)")
+            print(render.tree(client.request("tree")))
+            _banner("demo agents (scripted model: no API key, no network)")
+            ids = _spawn_demo_agents(client)
+            _banner("a conversation")
+            for name, text in CONVERSATION:
+                if name not in ids:
+                    continue
+                reply = client.request("agent.send", {"agent_id": ids[name], "text": text})
+                print(f"you -> {name}: {text}\n{name} -> you: {reply.get('reply')}\n")
+            print(render.agents(client.request("agent.list")))
+        ctl = f"{Path(sys.executable).parent / 'openfang'} --config {args.config}"
+        _banner("where to look")
+        print(f"supervisor log (JSON)  {log_path}")
+        print(f"data dir               {data_dir}")
+        print(f"control endpoint       {config.control.endpoint}")
+        print(f"event stream           {config.control.events}")
+        print(f"try                    OPENFANG_CONFIG={args.config} {ctl.split(' --')[0]} tree")
+        print(f"                       {ctl} events      (follow lifecycle events)")
+        print(f"                       {ctl} agent list")
+        print(f"                       kill -9 <a worker pid from 'tree'> and watch it come back")
+        if args.once:
+            return _stop(proc)
+        print("\nthe tree keeps running; Ctrl-C stops it (in reverse order, gracefully)")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        proc.wait()
+        return proc.returncode or 0
+    except KeyboardInterrupt:
+        return _stop(proc)
+    except BaseException:
+        _stop(proc)
+        raise
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    print(f"supervisor stopped (exit status {proc.returncode})")
+    return 0 if proc.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

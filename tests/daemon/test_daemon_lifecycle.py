@@ -1,0 +1,197 @@
+"""The daemon end to end: a real tree of real processes, real sockets, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from daemon_harness import Cluster, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_daemon_starts_pinned_workers_and_reports_ready(make_cluster: type[Cluster]) -> None:
+    """READY=1 reaches the notify socket once the tree is up; each worker is pinned to its own core."""
+    c = make_cluster(workers=2).start()
+    status = c.ok("status")
+    assert status["state"] == "running" and status["pid"] == c.proc.pid  # type: ignore[union-attr]
+    workers = c.node("workers")["children"]
+    assert [w["id"] for w in workers] == ["workers-0", "workers-1"]
+    allowed = sorted(os.sched_getaffinity(0))
+    for i, w in enumerate(workers):
+        assert w["cpu"] == allowed[i % len(allowed)]
+        assert psutil.Process(w["pid"]).cpu_affinity() == [w["cpu"]]
+        assert w["rss_bytes"] > 0 and w["state"] == "running"
+        pong = c.ok("worker.ping", {"worker": w["id"]})
+        assert pong["pid"] == w["pid"] and pong["cpu"] == w["cpu"]
+    assert c.stop() == 0
+    c.assert_no_survivors()
+
+
+def test_killed_worker_is_restarted_and_serves_again(make_cluster: type[Cluster]) -> None:
+    """kill -9 of a worker: its supervisor restarts it, it answers again, the sibling is untouched."""
+    c = make_cluster(workers=2).start()
+    w0, w1 = c.node("workers")["children"]
+    os.kill(w0["pid"], signal.SIGKILL)
+    new = wait_for(lambda: (n := c.node("workers", "workers-0"))["pid"] not in (None, w0["pid"])
+                   and n["state"] == "running" and n, what="workers-0 to restart")
+    assert new["restarts"] == 1
+    assert wait_for(lambda: not c.call("worker.ping", {"worker": "workers-0"}).is_error, what="ping")
+    assert c.ok("worker.ping", {"worker": "workers-0"})["pid"] == new["pid"]
+    assert c.node("workers", "workers-1")["pid"] == w1["pid"]
+    assert c.stop() == 0
+    c.assert_no_survivors()
+
+
+def test_killed_nested_supervisor_leaves_no_orphans_and_comes_back(make_cluster: type[Cluster]) -> None:
+    """kill -9 of the workers supervisor: its workers die with it, the root restarts the subtree."""
+    c = make_cluster(workers=2).start()
+    sup = c.node("workers")
+    old_workers = [w["pid"] for w in sup["children"]]
+    os.kill(sup["pid"], signal.SIGKILL)
+    # Orphaned workers die by PDEATHSIG and are reaped by the daemon (the subreaper): no zombie stays.
+    wait_for(lambda: not [p for p in old_workers if psutil.pid_exists(p)], what="old workers to die and be reaped")
+    fresh = wait_for(lambda: (n := c.node("workers"))["pid"] != sup["pid"]
+                     and len([w for w in n["children"] if w["state"] == "running"]) == 2 and n,
+                     what="workers subtree back")
+    assert fresh["restarts"] == 1
+    c.remember_pids()
+    assert c.stop() == 0
+    c.assert_no_survivors()
+
+
+def test_sigterm_stops_children_in_reverse_start_order_and_exits_zero(make_cluster: type[Cluster]) -> None:
+    """SIGTERM: STOPPING=1, workers stop before the gateway (reverse of start order), exit status 0."""
+    c = make_cluster(workers=2).start()
+    assert c.stop() == 0
+    c.wait_notification("STOPPING=1", timeout=5)
+    exits = [e.get("id") for e in c.log_events() if e.get("event") == "event" and e.get("kind") == "child.exited"
+             and e.get("path", "").count("/") <= 1]
+    assert exits.index("workers") < exits.index("control"), exits
+    c.assert_no_survivors()
+
+
+def test_kill_9_of_the_daemon_leaves_no_orphans(make_cluster: type[Cluster]) -> None:
+    """kill -9 of the root: PDEATHSIG takes the whole tree down, nothing is left running."""
+    c = make_cluster(workers=2).start()
+    c.remember_pids()
+    assert len(c.known_pids) >= 4  # gateway, workers supervisor, two workers
+    c.proc.kill()  # type: ignore[union-attr]
+    c.proc.wait(5)  # type: ignore[union-attr]
+    c.assert_no_survivors(timeout=10)
+
+
+def test_hung_worker_without_heartbeat_is_killed_and_restarted(make_cluster: type[Cluster]) -> None:
+    """A child that stops heartbeating past heartbeat_ms is killed and restarted (event child.hung)."""
+    extra = """
+[[supervisor.children]]
+id = "wedge"
+start = "daemon_children:hang_after"
+restart = "permanent"
+heartbeat_ms = 400
+shutdown = "brutal_kill"
+args = { seconds = 0.3 }
+"""
+    c = make_cluster(workers=1, extra=extra, intensity=50).start()
+    first = c.node("wedge")["pid"]
+    wait_for(lambda: c.node("wedge")["restarts"] >= 1, what="the hung child to be restarted")
+    assert c.node("wedge")["pid"] != first
+    assert any(e.get("kind") == "child.hung" for e in c.log_events())
+    assert c.stop() == 0
+    c.assert_no_survivors()
+
+
+def test_restart_storm_escalates_and_the_daemon_exits_nonzero(make_cluster: type[Cluster]) -> None:
+    """A child crashing faster than the root's intensity allows takes the root down, with no orphans."""
+    extra = """
+[[supervisor.children]]
+id = "crasher"
+start = "daemon_children:crash_after"
+restart = "permanent"
+args = { seconds = 0.05 }
+"""
+    c = make_cluster(workers=1, extra=extra, intensity=2).start(wait_ready=False)
+    c.proc.wait(30)  # type: ignore[union-attr]
+    assert c.proc.returncode == 1, c.log()[-3000:]  # type: ignore[union-attr]
+    c.remember_pids()
+    c.assert_no_survivors()
+
+
+def test_failed_start_rolls_back_and_names_the_child(make_cluster: type[Cluster]) -> None:
+    """A child that cannot start stops the ones already started and the daemon exits naming it."""
+    extra = """
+[[supervisor.children]]
+id = "broken"
+start = "daemon_children:fail_start"
+"""
+    c = make_cluster(workers=1, extra=extra).start(wait_ready=False)
+    c.proc.wait(30)  # type: ignore[union-attr]
+    assert c.proc.returncode != 0
+    assert "broken" in c.log()
+    c.assert_no_survivors()
+
+
+def test_check_reports_every_problem_and_exits_2(tmp_path: object) -> None:
+    """--check validates without starting anything: every problem with its place, exit status 2."""
+    from pathlib import Path
+
+    cfg = Path(str(tmp_path)) / "bad.toml"
+    cfg.write_text("""
+[cluster]
+name = ""
+[control]
+endpoint = "tcp://127.0.0.1:5555"
+queue_limit = -3
+[supervisor]
+strategy = "one_for_some"
+[[supervisor.children]]
+id = "x"
+start = "no_colon_here"
+restart = "sometimes"
+[bogus]
+""")
+    out = subprocess.run([sys.executable, "-m", "openfang.supervisor.daemon", "--config", str(cfg), "--check"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    for needle in ("[cluster] key 'name'", "keys_dir", "queue_limit", "one_for_some", "no_colon_here",
+                   "sometimes", "[bogus]"):
+        assert needle in out.stderr, (needle, out.stderr)
+    good = Path(__file__).resolve().parents[2] / "examples" / "cluster.toml"
+    ok = subprocess.run([sys.executable, "-m", "openfang.supervisor.daemon", "--config", str(good), "--check"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_stop_request_stops_the_daemon(make_cluster: type[Cluster]) -> None:
+    """The ctl 'stop' request is answered, then the tree stops and the daemon exits 0."""
+    c = make_cluster(workers=1).start()
+    c.remember_pids()
+    assert c.ok("stop") == {"stopping": True}
+    assert c.proc.wait(30) == 0  # type: ignore[union-attr]
+    c.assert_no_survivors()
+
+
+def test_events_stream_publishes_restarts(make_cluster: type[Cluster]) -> None:
+    """A subscriber sees child.exited and child.restarted when a worker is killed."""
+    from openfang.protocol.envelope import decode
+
+    c = make_cluster(workers=1).start()
+    sub = c.subscribe()
+    pid = c.node("workers", "workers-0")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    kinds: list[str] = []
+    deadline = time.monotonic() + 15
+    while "child.restarted" not in kinds and time.monotonic() < deadline:
+        if sub.poll(500):
+            topic, payload = sub.recv_multipart()
+            env = decode(payload)
+            assert env.type == "event" and topic.decode() == env.body["kind"]
+            kinds.append(env.body["kind"])
+    sub.close()
+    assert "child.exited" in kinds and "child.restarted" in kinds, kinds
+    assert c.stop() == 0
