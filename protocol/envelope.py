@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-
 from openfang.protocol.errors import FrameTooLarge, OpenFangError, ProtocolError, UnsupportedVersion
 
 PROTOCOL_VERSION = 1
@@ -69,7 +68,10 @@ def error_reply(request_id: str, err: OpenFangError) -> Envelope:
 
 def encode(env: Envelope) -> bytes:
     """Serialise an envelope to msgpack bytes."""
-    return msgpack.packb({"v": env.v, "id": env.id, "type": env.type, "body": env.body}, use_bin_type=True)
+    packed: bytes = msgpack.packb(
+        {"v": env.v, "id": env.id, "type": env.type, "body": env.body}, use_bin_type=True
+    )
+    return packed
 
 
 def decode(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Envelope:
@@ -81,7 +83,9 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Envelope:
     if len(data) > max_size:
         raise FrameTooLarge(f"frame is {len(data)} bytes, the limit is {max_size}")
     try:
-        raw = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=max_size, max_str_len=max_size)
+        raw = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, max_bin_len=max_size, max_str_len=max_size
+        )
     except Exception as exc:  # msgpack raises several unrelated types: translate once, here.
         raise ProtocolError(f"frame is not valid msgpack: {exc}") from None
     if not isinstance(raw, dict):
@@ -91,7 +95,9 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Envelope:
     if not isinstance(v, int) or isinstance(v, bool):
         problems.append("v: missing or not an integer")
     elif v != PROTOCOL_VERSION:
-        raise UnsupportedVersion(f"v: protocol version {v} is not supported (this peer speaks {PROTOCOL_VERSION})")
+        raise UnsupportedVersion(
+            f"v: protocol version {v} is not supported (this peer speaks {PROTOCOL_VERSION})"
+        )
     msg_id = raw.get("id")
     if not isinstance(msg_id, str) or not msg_id or len(msg_id) > 128:
         problems.append("id: missing, empty, not a string or longer than 128 characters")

@@ -1,0 +1,380 @@
+"""Body schemas from dataclass annotations: one compiled checker per message body, reporting every problem.
+
+A message body is a frozen dataclass whose field annotations say what the wire may carry::
+
+    text: Annotated[str, Len(65536)]             # a string of at most 65536 characters
+    limit: Annotated[int, Range(1, 100)] = 10    # optional: fields with a default may be absent (or nil)
+    children: list[Node]                         # nested dataclasses are maps, checked recursively
+
+Supported annotations: ``str``, ``int`` (never ``bool``), ``float`` (ints accepted), ``bool``, ``Any``,
+``Literal[...]``, ``list[T]``, ``dict[str, T]``, ``T | None``, unions, nested dataclasses, each optionally
+wrapped in ``Annotated[..., Len(...), Range(...)]``. Strings, lists and maps without an explicit ``Len`` get
+a default bound, so no field is unbounded. Problems read ``"body.text: must be a string of at most 65536
+characters, got int"``: the dotted path, what is required, what arrived.
+
+Bodies are *closed* (an unknown field is a problem, so a typo in a request is never silently ignored) or
+*open* (unknown fields are allowed: replies and events, so a newer peer may add fields without breaking
+older clients). Checkers are compiled once per class: validation is on every message's hot path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_STR_LEN = 65536
+DEFAULT_LIST_LEN = 10000
+DEFAULT_MAP_KEYS = 1000
+MAX_KEY_LEN = 128
+MAX_PROBLEMS = 50  # a hostile 10,000-item list must not produce a 10,000-line error
+
+# check(value, where, problems) appends "where: what" strings; it never raises.
+Check = Callable[[Any, str, list[str]], None]
+Build = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Len:
+    """Bounds on the length of a string (characters), list (items) or map (keys)."""
+
+    max: int
+    min: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """Inclusive bounds of a number."""
+
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """A compiled type: its checker, its builder (wire value -> Python value) and its description."""
+
+    check: Check
+    build: Build
+    describe: str
+
+
+def _got(value: Any) -> str:
+    if value is None:
+        return "nil"
+    return type(value).__name__
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _len_text(bound: Len, unit: str) -> str:
+    if bound.min and bound.min == bound.max:
+        return f"of exactly {bound.max} {unit}"
+    if bound.min:
+        return f"of {bound.min} to {bound.max} {unit}"
+    return f"of at most {bound.max} {unit}"
+
+
+def _range_text(bound: Range | None) -> str:
+    if bound is None or (bound.min is None and bound.max is None):
+        return ""
+    if bound.min is not None and bound.max is not None:
+        return f" from {bound.min:g} to {bound.max:g}"
+    if bound.min is not None:
+        return f" of at least {bound.min:g}"
+    return f" of at most {bound.max:g}"
+
+
+def _in_range(value: float, bound: Range | None) -> bool:
+    if bound is None:
+        return True
+    return (bound.min is None or value >= bound.min) and (bound.max is None or value <= bound.max)
+
+
+def _compile_str(bound: Len | None) -> Compiled:
+    bound = bound or Len(DEFAULT_STR_LEN)
+    describe = f"a string {_len_text(bound, 'characters')}"
+    lo, hi = bound.min, bound.max
+
+    def check(value: Any, where: str, problems: list[str]) -> None:
+        if not isinstance(value, str):
+            problems.append(f"{where}: must be {describe}, got {_got(value)}")
+        elif not lo <= len(value) <= hi:
+            problems.append(f"{where}: must be {describe}, got {len(value)} characters")
+
+    return Compiled(check, _identity, describe)
+
+
+def _compile_number(tp: type, bound: Range | None) -> Compiled:
+    is_int = tp is int
+    describe = ("an integer" if is_int else "a finite number") + _range_text(bound)
+
+    def check(value: Any, where: str, problems: list[str]) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int,) if is_int else (int, float)):
+            problems.append(f"{where}: must be {describe}, got {_got(value)}")
+        elif (not is_int and not math.isfinite(value)) or not _in_range(value, bound):
+            problems.append(f"{where}: must be {describe}, got {value}")
+
+    return Compiled(check, _identity if is_int else float, describe)
+
+
+def _compile_bool() -> Compiled:
+    def check(value: Any, where: str, problems: list[str]) -> None:
+        if not isinstance(value, bool):
+            problems.append(f"{where}: must be a boolean, got {_got(value)}")
+
+    return Compiled(check, _identity, "a boolean")
+
+
+def _compile_literal(options: tuple[Any, ...]) -> Compiled:
+    allowed = frozenset(options)
+    describe = "one of " + ", ".join(repr(o) for o in options)
+
+    def check(value: Any, where: str, problems: list[str]) -> None:
+        if isinstance(value, (dict, list)) or value not in allowed:
+            shown = repr(value) if isinstance(value, (str, int, float)) else _got(value)
+            problems.append(f"{where}: must be {describe}, got {shown}")
+
+    return Compiled(check, _identity, describe)
+
+
+def _compile_list(item: Compiled, bound: Len | None) -> Compiled:
+    bound = bound or Len(DEFAULT_LIST_LEN)
+    describe = f"a list {_len_text(bound, 'items')} of {item.describe}"
+    lo, hi = bound.min, bound.max
+    item_check, item_build = item.check, item.build
+
+    def check(value: Any, where: str, problems: list[str]) -> None:
+        if not isinstance(value, list):
+            problems.append(f"{where}: must be a list {_len_text(bound, 'items')}, got {_got(value)}")
+            return
+        if not lo <= len(value) <= hi:
+            problems.append(f"{where}: must be a list {_len_text(bound, 'items')}, got {len(value)} items")
+            return
+        for i, entry in enumerate(value):
+            item_check(entry, f"{where}[{i}]", problems)
+            if len(problems) >= MAX_PROBLEMS:
+                return
+
+    def build(value: Any) -> Any:
+        return [item_build(v) for v in value]
+
+    return Compiled(check, _identity if item_build is _identity else build, describe)
+
+
+def _compile_map(values: Compiled, bound: Len | None) -> Compiled:
+    bound = bound or Len(DEFAULT_MAP_KEYS)
+    describe = f"a map {_len_text(bound, 'keys')} with string keys"
+    hi = bound.max
+    value_check = values.check
+
+    def check(value: Any, where: str, problems: list[str]) -> None:
+        if not isinstance(value, dict):
+            problems.append(f"{where}: must be {describe}, got {_got(value)}")
+            return
+        if len(value) > hi:
+            problems.append(f"{where}: must be {describe}, got {len(value)} keys")
+            return
+        for key, entry in value.items():
+            if not isinstance(key, str) or len(key) > MAX_KEY_LEN:
+                problems.append(f"{where}: keys must be strings of at most {MAX_KEY_LEN} characters")
+            else:
+                value_check(entry, f"{where}.{key}", problems)
+            if len(problems) >= MAX_PROBLEMS:
+                return
+
+    return Compiled(check, _identity, describe)
+
+
+def _compile_union(options: list[Compiled], nullable: bool) -> Compiled:
+    describe = " or ".join(o.describe for o in options) + (" or nil" if nullable else "")
+    if len(options) == 1:
+        inner = options[0]
+
+        def check_one(value: Any, where: str, problems: list[str]) -> None:
+            if value is not None or not nullable:
+                inner.check(value, where, problems)
+
+        def build_one(value: Any) -> Any:
+            return None if value is None else inner.build(value)
+
+        return Compiled(check_one, build_one, describe)
+
+    def check(value: Any, where: str, problems: list[str]) -> None:
+        if value is None and nullable:
+            return
+        for option in options:
+            trial: list[str] = []
+            option.check(value, where, trial)
+            if not trial:
+                return
+        problems.append(f"{where}: must be {describe}, got {_got(value)}")
+
+    def build(value: Any) -> Any:
+        for option in options:
+            trial: list[str] = []
+            option.check(value, "", trial)
+            if not trial:
+                return option.build(value)
+        return value
+
+    return Compiled(check, build, describe)
+
+
+def compile_type(tp: Any, *, open_maps: bool) -> Compiled:
+    """Compile one annotation (see the module docstring for what is supported)."""
+    length: Len | None = None
+    bound: Range | None = None
+    if typing.get_origin(tp) is typing.Annotated:
+        tp, *meta = typing.get_args(tp)
+        for m in meta:
+            if isinstance(m, Len):
+                length = m
+            elif isinstance(m, Range):
+                bound = m
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return Compiled(lambda value, where, problems: None, _identity, "any value")
+    if tp is str:
+        return _compile_str(length)
+    if tp is bool:
+        return _compile_bool()
+    if tp in (int, float):
+        return _compile_number(tp, bound)
+    if origin is typing.Literal:
+        return _compile_literal(typing.get_args(tp))
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return _compile_list(compile_type(item, open_maps=open_maps), length)
+    if origin is dict:
+        key, value = typing.get_args(tp)
+        if key is not str:
+            raise TypeError(f"map keys must be str, not {key!r}")
+        return _compile_map(compile_type(value, open_maps=open_maps), length)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        options = [compile_type(a, open_maps=open_maps) for a in args if a is not type(None)]
+        return _compile_union(options, nullable=type(None) in args)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return compile_dataclass(tp, open_fields=open_maps)
+    raise TypeError(f"unsupported annotation in a message body: {tp!r}")
+
+
+def compile_dataclass(cls: type, *, open_fields: bool) -> Compiled:
+    """Compile a dataclass as a map: required and optional fields, unknown fields refused unless open.
+
+    A class may define ``extra_checks(raw: Mapping[str, Any]) -> list[str]`` (a staticmethod) for rules
+    that span fields (``agent_id`` or ``service``); it runs only when every field is individually valid,
+    and returns problems without the path prefix (``"agent_id: ..."``).
+    """
+    key = (cls, open_fields)
+    if key in _in_progress:
+        # A recursive type (a tree node's children are nodes): delegate to the finished compile at run time.
+        holder = _in_progress[key]
+        return Compiled(
+            lambda value, where, problems: holder[0].check(value, where, problems),
+            lambda value: holder[0].build(value),
+            f"a map ({cls.__name__})",
+        )
+    holder_list: list[Compiled] = []
+    _in_progress[key] = holder_list
+    try:
+        compiled = _compile_dataclass(cls, open_fields)
+    finally:
+        del _in_progress[key]
+    holder_list.append(compiled)
+    return compiled
+
+
+_in_progress: dict[tuple[type, bool], list[Compiled]] = {}
+
+
+def _compile_dataclass(cls: type, open_fields: bool) -> Compiled:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields: list[tuple[str, Compiled, bool]] = []
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        fields.append((f.name, compile_type(hints[f.name], open_maps=open_fields), required))
+    known = frozenset(name for name, _, _ in fields)
+    allowed_text = ", ".join(sorted(known)) or "none"
+    extra: Callable[[Mapping[str, Any]], list[str]] | None = getattr(cls, "extra_checks", None)
+    describe = f"a map ({cls.__name__})"
+
+    def check(value: Any, where: str, problems: list[str]) -> None:
+        if not isinstance(value, dict):
+            problems.append(f"{where}: must be {describe}, got {_got(value)}")
+            return
+        before = len(problems)
+        for name, compiled, required in fields:
+            if name in value:
+                entry = value[name]
+                if entry is None and not required:
+                    continue  # nil means absent for an optional field
+                compiled.check(entry, f"{where}.{name}", problems)
+            elif required:
+                problems.append(f"{where}.{name}: required field is missing")
+        if not open_fields:
+            for key in value:
+                if key not in known:
+                    shown = key if isinstance(key, str) else repr(key)
+                    problems.append(f"{where}.{shown}: unknown field (allowed: {allowed_text})")
+        if extra is not None and len(problems) == before:
+            problems.extend(f"{where}.{p}" for p in extra(value))
+
+    def build(value: Any) -> Any:
+        kwargs = {}
+        for name, compiled, required in fields:
+            entry = value.get(name)
+            if entry is not None:
+                kwargs[name] = compiled.build(entry)
+            elif required:
+                kwargs[name] = None  # a required nullable field (validated): nil travels as None
+        return cls(**kwargs)
+
+    return Compiled(check, build, describe)
+
+
+def body_validator(compiled: Compiled) -> Callable[[Mapping[str, Any]], list[str]]:
+    """The ``envelope.register_body_validator`` form of a compiled body: problems under ``body.``."""
+    check = compiled.check
+
+    def validate(body: Mapping[str, Any]) -> list[str]:
+        problems: list[str] = []
+        try:
+            check(body, "body", problems)
+        except RecursionError:
+            return ["body: nested too deeply"]
+        if len(problems) > MAX_PROBLEMS:
+            hidden = len(problems) - MAX_PROBLEMS
+            problems = [*problems[:MAX_PROBLEMS], f"... and {hidden} more problems"]
+        return problems
+
+    return validate
+
+
+def to_wire(obj: Any) -> Any:
+    """A body dataclass (or a value inside one) as plain msgpack-able data.
+
+    Optional fields (those with a default) whose value is None are left out; a required field that is None
+    (a stopped child's ``pid``) travels as nil.
+    """
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            optional = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            if value is None and optional:
+                continue
+            out[f.name] = to_wire(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_wire(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_wire(v) for k, v in obj.items()}
+    return obj
