@@ -18,7 +18,7 @@ ALLOWED = {
     "openfang.protocol": set(),
     "openfang.security": {"openfang.protocol"},
     "openfang.memory": {"openfang.protocol", "openfang.supervisor.child"},
-    "openfang.supervisor": {"openfang.protocol"},
+    "openfang.supervisor": {"openfang.protocol", "openfang.security"},
     "openfang.workers": {"openfang.protocol", "openfang.security", "openfang.memory", "openfang.supervisor.child",
                          "openfang.supervisor.restart"},
 }

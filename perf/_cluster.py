@@ -1,0 +1,144 @@
+"""Start a real daemon for a benchmark, talk to it with raw sockets, and stop it. Not a test helper."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+
+from openfang.protocol.envelope import Envelope, decode, encode
+
+CONFIG = """
+[cluster]
+name = "bench"
+data_dir = "{data_dir}"
+[control]
+queue_limit = 100000
+hwm = 100000
+{control_extra}
+[logging]
+level = "warning"
+format = "json"
+[supervisor]
+strategy = "one_for_one"
+intensity = 1000
+period = 1
+[[supervisor.children]]
+id = "workers"
+type = "supervisor"
+strategy = "one_for_one"
+intensity = 100000
+period = 1
+[supervisor.children.pool]
+count = {workers}
+pin = true
+start = "openfang.workers.worker:main"
+restart = "permanent"
+shutdown = 2000
+heartbeat_ms = 5000
+"""
+
+
+class BenchCluster:
+    def __init__(self, workers: int | str = "auto", control_extra: str = "", extra: str = "") -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="ofb-", dir="/tmp"))
+        self.data_dir = self.dir / "d"
+        self.config = self.dir / "cluster.toml"
+        count = f'"{workers}"' if isinstance(workers, str) else str(workers)
+        self.config.write_text(
+            CONFIG.format(data_dir=self.data_dir, workers=count, control_extra=control_extra) + extra
+        )
+        self.notify_path = str(self.dir / "n.sock")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.zctx = zmq.Context()
+        self.sock = self.zctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+
+    @property
+    def endpoint(self) -> str:
+        return f"ipc://{self.data_dir}/run/control.sock"
+
+    def start(self, timeout: float = 60) -> float:
+        """Exec the daemon; seconds from exec to READY=1 on the notify socket."""
+        env = dict(os.environ, NOTIFY_SOCKET=self.notify_path)
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "openfang.supervisor.daemon", "--config", str(self.config)],
+            stdout=subprocess.DEVNULL, stderr=open(self.dir / "log", "wb"), env=env,  # noqa: SIM115
+        )
+        self.notify.settimeout(timeout)
+        while True:
+            data = self.notify.recv(4096).decode()
+            if "READY=1" in data.split("\n"):
+                ready = time.perf_counter() - t0
+                break
+        self.sock.connect(self.endpoint)
+        return ready
+
+    def call(self, msg_type: str, body: dict[str, Any] | None = None, timeout: float = 30) -> dict[str, Any]:
+        env = Envelope(type=msg_type, body=body or {})
+        self.sock.send(encode(env))
+        while True:
+            if not self.sock.poll(int(timeout * 1000)):
+                raise TimeoutError(msg_type)
+            reply = decode(self.sock.recv())
+            if reply.id == env.id:
+                if reply.is_error:
+                    raise RuntimeError(f"{msg_type}: {reply.body}")
+                return reply.body
+
+    def pids(self) -> list[int]:
+        assert self.proc is not None
+        proc = psutil.Process(self.proc.pid)
+        return [proc.pid, *(p.pid for p in proc.children(recursive=True))]
+
+    def memory(self) -> tuple[int, int]:
+        """(PSS, RSS) summed over the daemon and all its descendants, in bytes."""
+        pss = rss = 0
+        for pid in self.pids():
+            try:
+                info = psutil.Process(pid).memory_full_info()
+            except psutil.Error:
+                continue
+            pss += info.pss
+            rss += info.rss
+        return pss, rss
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.sock.close()
+        self.zctx.term()
+        self.notify.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> BenchCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[k]
