@@ -195,3 +195,20 @@ def test_events_stream_publishes_restarts(make_cluster: type[Cluster]) -> None:
     sub.close()
     assert "child.exited" in kinds and "child.restarted" in kinds, kinds
     assert c.stop() == 0
+
+
+def test_sd_notify_sequence_ready_reloading_ready_stopping_and_watchdog(make_cluster: type[Cluster]) -> None:
+    """Under a service manager: READY=1, WATCHDOG=1 pings, RELOADING=1 then READY=1 on SIGHUP, STOPPING=1."""
+    c = make_cluster(workers=1).start(env={"WATCHDOG_USEC": "200000"})
+    c.wait_notification("WATCHDOG=1", timeout=5)
+    c.wait_notification("WATCHDOG=1", timeout=5)
+    c.signal(signal.SIGHUP)
+    reloading = c.wait_notification("RELOADING=1", timeout=10)
+    assert any(f.startswith("MONOTONIC_USEC=") for f in reloading)
+    c.wait_notification("READY=1", timeout=10)
+    assert c.stop() == 0
+    c.wait_notification("STOPPING=1", timeout=5)
+    order = [n.split("\n")[0] for n in c.notifications if not n.startswith("WATCHDOG")]
+    assert order[0].startswith("STATUS=") or order[0] == "READY=1"
+    firsts = [o for o in order if o in ("READY=1", "RELOADING=1", "STOPPING=1")]
+    assert firsts == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], firsts
