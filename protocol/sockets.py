@@ -1,0 +1,256 @@
+"""Socket helpers for the gateway, workers, the memory writer and clients: one place for ZeroMQ options.
+
+- Every socket: ``LINGER=0`` (closing never blocks on unsent messages) and explicit high-water marks.
+- ROUTER: ``ROUTER_MANDATORY`` (an unroutable reply raises instead of vanishing) and ``ROUTER_HANDOVER``
+  (a restarted peer reclaims its routing id). Connecting sockets: ``IMMEDIATE`` (no queueing towards a
+  peer that is not connected, so a send fails fast instead of piling up).
+- ``ipc://``: the socket file's directory is created 0700 if missing; the file is made 0600 (or 0660 with a
+  group) right after bind, and is created under a tight umask so it is never wider, not even briefly.
+- ``tcp://``: binding REQUIRES CURVE (a :class:`CurveServer`, or ``keys_dir`` to load one); without it bind
+  raises :class:`ConfigError` naming the endpoint. ``inproc://`` needs neither.
+- :func:`send_nowait` never blocks and never drops silently: a full queue is :class:`Busy`, an unknown or
+  departed ROUTER peer is :class:`NotFound`.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
+from openfang.protocol.curve import CurveClient, CurveServer, KeyFiles, generate_keys
+from openfang.protocol.errors import Busy, ConfigError, NotFound, OpenFangError, Problem
+
+__all__ = [
+    "CurveClient",
+    "CurveServer",
+    "KeyFiles",
+    "bind_pub",
+    "bind_router",
+    "connect_dealer",
+    "connect_sub",
+    "generate_keys",
+    "ipc_path",
+    "send_nowait",
+]
+
+MAX_IPC_PATH = 107  # sun_path is 108 bytes including the terminating NUL
+Context = zmq.Context[Any]
+Socket = zmq.Socket[bytes]
+
+_servers: dict[str, CurveServer] = {}  # keys_dir (real path) -> server, shared by the sockets of a process
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    """The socket file of an ``ipc://`` endpoint, or None for other transports."""
+    scheme, _, address = endpoint.partition("://")
+    return Path(address) if scheme == "ipc" else None
+
+
+def _curve_server(curve: CurveServer | None, keys_dir: str | os.PathLike[str] | None) -> CurveServer | None:
+    if curve is not None or keys_dir is None:
+        return curve
+    key = os.path.realpath(keys_dir)
+    if key not in _servers:
+        _servers[key] = CurveServer(keys_dir)
+    return _servers[key]
+
+
+def _group_id(group: str | int) -> int:
+    if isinstance(group, int):
+        return group
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(Problem(f"socket group {group!r}", "no such group")) from None
+
+
+def _bind(
+    sock: Socket,
+    endpoint: str,
+    *,
+    curve: CurveServer | None,
+    keys_dir: str | os.PathLike[str] | None,
+    mode: int,
+    group: str | int | None,
+) -> None:
+    scheme, sep, address = endpoint.partition("://")
+    if not sep or not address:
+        raise ConfigError(
+            Problem(endpoint, "endpoint must look like ipc:///path, tcp://host:port or inproc://name")
+        )
+    path: Path | None = None
+    if scheme == "tcp":
+        curve = _curve_server(curve, keys_dir)
+        if curve is None:
+            raise ConfigError(
+                Problem(
+                    endpoint,
+                    "tcp endpoints require CURVE: set keys_dir (openfang keys generate) or use ipc://",
+                )
+            )
+    elif scheme == "ipc":
+        if address.startswith("@") or "*" in address:
+            raise ConfigError(
+                Problem(endpoint, "abstract or wildcard ipc endpoints have no file permissions")
+            )
+        if len(os.fsencode(address)) > MAX_IPC_PATH:
+            raise ConfigError(Problem(endpoint, f"ipc path is longer than {MAX_IPC_PATH} bytes"))
+        if mode & 0o007 or mode & ~0o770:
+            raise ConfigError(
+                Problem(endpoint, f"socket mode {mode:o} must be 600 or 660 (no access for others)")
+            )
+        path = Path(address)
+        if not path.parent.is_dir():
+            path.parent.mkdir(mode=0o700, parents=True)
+            path.parent.chmod(0o700)
+    elif scheme != "inproc":
+        raise ConfigError(Problem(endpoint, f"transport {scheme!r} is not supported (ipc, tcp or inproc)"))
+    if curve is not None:
+        curve.apply(sock)
+    old_umask = os.umask(0o177) if path is not None else None
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise ConfigError(Problem(endpoint, f"cannot bind: {exc.strerror}")) from None
+    finally:
+        if old_umask is not None:
+            os.umask(old_umask)
+    if path is not None:
+        if group is not None:
+            os.chown(path, -1, _group_id(group))
+        os.chmod(path, mode)
+
+
+def _connect(sock: Socket, endpoint: str, curve: CurveClient | None) -> None:
+    if curve is not None:
+        curve.apply(sock)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        raise ConfigError(Problem(endpoint, f"cannot connect: {exc.strerror}")) from None
+
+
+def _new(ctx: Context, kind: int, hwm: int) -> Socket:
+    sock: Socket = ctx.socket(kind)
+    sock.linger = 0
+    sock.sndhwm = hwm
+    sock.rcvhwm = hwm
+    return sock
+
+
+def bind_router(
+    ctx: Context,
+    endpoint: str,
+    *,
+    hwm: int = 1000,
+    curve: CurveServer | None = None,
+    keys_dir: str | os.PathLike[str] | None = None,
+    mode: int = 0o600,
+    group: str | int | None = None,
+    mandatory: bool = True,
+    handover: bool = True,
+    max_msgsize: int | None = None,
+) -> Socket:
+    """A bound ROUTER. ``keys_dir`` loads a :class:`CurveServer` for tcp (ipc is guarded by ``mode``).
+
+    ``max_msgsize`` makes libzmq drop the *connection* of a peer sending a bigger frame; leave it above the
+    protocol's frame limit so ordinary oversized requests get a ``too_large`` reply instead.
+    """
+    sock = _new(ctx, zmq.ROUTER, hwm)
+    try:
+        sock.router_mandatory = int(mandatory)
+        sock.router_handover = int(handover)
+        if max_msgsize is not None:
+            sock.maxmsgsize = max_msgsize
+        _bind(sock, endpoint, curve=curve, keys_dir=keys_dir, mode=mode, group=group)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_pub(
+    ctx: Context,
+    endpoint: str,
+    *,
+    hwm: int = 10000,
+    curve: CurveServer | None = None,
+    keys_dir: str | os.PathLike[str] | None = None,
+    mode: int = 0o600,
+    group: str | int | None = None,
+) -> Socket:
+    """A bound PUB for events (a slow subscriber loses events past ``hwm``; the publisher never blocks)."""
+    sock = _new(ctx, zmq.PUB, hwm)
+    try:
+        _bind(sock, endpoint, curve=curve, keys_dir=keys_dir, mode=mode, group=group)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def connect_dealer(
+    ctx: Context,
+    endpoint: str,
+    *,
+    hwm: int = 1000,
+    curve: CurveClient | None = None,
+    identity: str | bytes | None = None,
+) -> Socket:
+    """A connected DEALER; ``identity`` is its routing id (workers use their child id)."""
+    sock = _new(ctx, zmq.DEALER, hwm)
+    try:
+        sock.immediate = 1
+        if identity is not None:
+            sock.routing_id = identity.encode() if isinstance(identity, str) else identity
+        _connect(sock, endpoint, curve)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def connect_sub(
+    ctx: Context,
+    endpoint: str,
+    *,
+    topics: Iterable[str] = ("",),
+    hwm: int = 10000,
+    curve: CurveClient | None = None,
+) -> Socket:
+    """A connected SUB subscribed to ``topics`` (ZeroMQ prefix match; ``""`` = everything)."""
+    sock = _new(ctx, zmq.SUB, hwm)
+    try:
+        sock.immediate = 1
+        for topic in topics:
+            sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        _connect(sock, endpoint, curve)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def send_nowait(sock: Socket, frames: Sequence[bytes], *, peer: str | None = None) -> None:
+    """Send one multipart message without ever blocking; all frames go, or none and an error says why.
+
+    - :class:`Busy`: the queue towards the peer is at its high-water mark, or (DEALER, PUSH with
+      ``IMMEDIATE``) no peer is connected yet. Retry later or answer ``busy``.
+    - :class:`NotFound`: a ROUTER with ``ROUTER_MANDATORY`` has no peer with the first frame's routing id
+      (never connected, or gone): retrying will not help until it reconnects.
+    ``peer`` names the destination in the message (``"worker worker-1"``).
+    """
+    who = peer or "peer"
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK)
+    except zmq.Again:
+        raise Busy(f"send queue to {who} is full (or {who} is not connected yet); nothing was sent") from None
+    except zmq.ZMQError as exc:
+        if exc.errno == zmq.EHOSTUNREACH:
+            routing_id = frames[0][:64] if frames else b""
+            raise NotFound(f"{who} (routing id {routing_id!r}) is not connected; nothing was sent") from None
+        raise OpenFangError(f"send to {who} failed: {exc.strerror}") from None
