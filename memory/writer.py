@@ -1,0 +1,257 @@
+"""The memory writer: the one process that writes the memory database.
+
+Started by the supervisor as ``openfang.memory.writer:main`` (``ctx.args`` -> :class:`WriterConfig`), or by
+hand / in tests as ``python -m openfang.memory.writer --db PATH --endpoint ENDPOINT``.
+
+Loop: drain the ROUTER socket into a bounded queue (overflow gets an explicit ``busy`` error reply, never a
+silent drop), apply up to ``max_batch`` queued requests as one group commit (:class:`~._apply.Applier`),
+send the acks, then, outside the commit path, TRUNCATE-checkpoint the WAL about every second and run TTL
+compaction on a timer. SIGTERM: finish the current group, send its acks, close, exit 0; requests still
+queued are not acknowledged, so their clients resend them to the next writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+import structlog
+import zmq
+from openfang.memory import _db, messages, schema
+from openfang.memory._apply import Applier
+from openfang.protocol.envelope import DEFAULT_MAX_FRAME, Envelope, decode, encode, error_reply, peek_id
+from openfang.protocol.errors import Busy, ConfigError, OpenFangError, Problem
+
+log = structlog.get_logger("openfang.memory.writer")
+
+
+class ChildContext(Protocol):
+    """What the writer uses of ``openfang.supervisor.child.ChildContext`` (memory imports only protocol)."""
+
+    id: str
+    path: str
+    args: Mapping[str, Any]
+    uplink: Any
+
+    def ready(self, **info: Any) -> None: ...
+    def heartbeat(self) -> None: ...
+    def fileno(self) -> int: ...
+    def recv_nowait(self) -> dict[str, Any] | None: ...
+
+
+POLL_MS = 100
+HEARTBEAT_EVERY_S = 0.2
+MAX_IPC_PATH = 100
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriterConfig:
+    """The writer's settings (the memory child's ``args``)."""
+
+    db_path: str
+    endpoint: str = ""  # default: ipc://<db dir>/memory.ipc
+    max_batch: int = 1000
+    queue_max: int = 10_000
+    checkpoint_every_s: float = 1.0
+    compact_every_s: float = 5.0
+    episode_ttl_s: float | None = None
+    ledger_ttl_s: float = 7 * 86400.0
+    journal_size_limit: int = _db.JOURNAL_SIZE_LIMIT
+    max_frame: int = DEFAULT_MAX_FRAME
+
+    @property
+    def bind_endpoint(self) -> str:
+        return (
+            self.endpoint
+            or f"ipc://{os.path.join(os.path.dirname(os.path.abspath(self.db_path)), 'memory.ipc')}"
+        )
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any], where: str = "memory.args") -> WriterConfig:
+        """Validate ``args``; raises ConfigError listing every problem, each with its key."""
+        problems: list[Problem] = []
+        known = {f.name for f in fields(cls)}
+        for key in sorted(set(args) - known):
+            problems.append(Problem(f"{where}.{key}", f"unknown setting (known: {', '.join(sorted(known))})"))
+        db_path = args.get("db_path")
+        if not isinstance(db_path, str) or not db_path:
+            problems.append(Problem(f"{where}.db_path", "required: path of the memory database file"))
+        ints = {"max_batch": 1, "queue_max": 1, "journal_size_limit": 0, "max_frame": 1024}
+        for key, lo in ints.items():
+            v = args.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+                problems.append(Problem(f"{where}.{key}", f"must be an integer >= {lo}, got {v!r}"))
+        for key in ("checkpoint_every_s", "compact_every_s", "episode_ttl_s", "ledger_ttl_s"):
+            v = args.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0):
+                problems.append(Problem(f"{where}.{key}", f"must be a number > 0 (seconds), got {v!r}"))
+        endpoint = args.get("endpoint")
+        if endpoint is not None:
+            if not isinstance(endpoint, str) or not endpoint.startswith(("ipc://", "tcp://")):
+                problems.append(
+                    Problem(f"{where}.endpoint", f"must be an ipc:// or tcp:// endpoint, got {endpoint!r}")
+                )
+            elif endpoint.startswith("ipc://") and len(endpoint) - 6 > MAX_IPC_PATH:
+                problems.append(
+                    Problem(f"{where}.endpoint", f"ipc path longer than {MAX_IPC_PATH} characters")
+                )
+        if problems:
+            raise ConfigError(problems)
+        return cls(**{k: v for k, v in args.items() if v is not None})
+
+
+class Writer:
+    """One writer: its connection, applier, socket and loop."""
+
+    def __init__(self, config: WriterConfig, ctx: ChildContext | None = None) -> None:
+        self.config = config
+        self.child = ctx
+        self.stopping = False
+        self.queue: collections.deque[tuple[list[bytes], Envelope]] = collections.deque()
+        self.log = log.bind(role="memory", pid=os.getpid(), db=config.db_path)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self.stopping = True  # the loop finishes the group in hand, acks it, then leaves
+
+    def run(self) -> None:
+        cfg = self.config
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.db_path)), exist_ok=True)
+        conn = _db.open_writer(cfg.db_path, journal_size_limit=cfg.journal_size_limit)
+        applied = schema.migrate_connection(conn)
+        self.applier = Applier(conn, episode_ttl_s=cfg.episode_ttl_s, ledger_ttl_s=cfg.ledger_ttl_s)
+        zctx = zmq.Context()
+        sock = zctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 2000)  # acks already sent are flushed on close
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)  # ROUTER drops on HWM: never drop an ack
+        sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame + 1024)
+        sock.bind(cfg.bind_endpoint)
+        self.sock = sock
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.log.info(
+            "memory_writer_ready", endpoint=cfg.bind_endpoint, seq=self.applier.seq, migrations=applied
+        )
+        if self.child is not None:
+            self.child.ready(endpoint=cfg.bind_endpoint, db=cfg.db_path, seq=self.applier.seq)
+        try:
+            self._loop()
+        finally:
+            sock.close()
+            zctx.term()
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+            self.log.info("memory_writer_stopped", seq=self.applier.seq)
+
+    def _loop(self) -> None:
+        cfg = self.config
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        uplink = self.child.fileno() if (self.child is not None and self.child.uplink is not None) else None
+        if uplink is not None:
+            poller.register(uplink, zmq.POLLIN)
+        last_ckpt = last_compact = last_hb = time.monotonic()
+        dirty = False
+        while not self.stopping:
+            ready = dict(poller.poll(0 if self.queue else POLL_MS))
+            if self.sock in ready:
+                self._drain()
+            if uplink is not None and uplink in ready:
+                self._on_uplink()
+            if self.queue:
+                group = [self.queue.popleft() for _ in range(min(cfg.max_batch, len(self.queue)))]
+                replies = self.applier.apply_group([env for _, env in group])
+                for (frames, _env), reply in zip(group, replies, strict=True):
+                    self._send(frames, reply)
+                dirty = True
+            now = time.monotonic()
+            # Checkpoint after the acks went out, never inside a commit (notes/memory.md: WAL growth).
+            if dirty and now - last_ckpt >= cfg.checkpoint_every_s:
+                self.applier.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                last_ckpt, dirty = now, False
+            if now - last_compact >= cfg.compact_every_s:
+                last_compact = now
+                try:
+                    counts = self.applier.compact_now()
+                    if any(counts.values()):
+                        self.log.info("memory_compacted", **counts)
+                        dirty = True
+                except OpenFangError as exc:
+                    self.log.error("memory_compaction_failed", error=exc.message)
+            if now - last_hb >= HEARTBEAT_EVERY_S and self.child is not None:
+                self.child.heartbeat()
+                last_hb = now
+
+    def _drain(self) -> None:
+        """Move waiting requests into the queue; past ``queue_max``, answer ``busy`` right away."""
+        cfg = self.config
+        for _ in range(cfg.queue_max + cfg.max_batch):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            route, payload = frames[:-1], frames[-1]
+            try:
+                env = decode(payload, max_size=cfg.max_frame)
+            except OpenFangError as exc:
+                self._send(route, error_reply(peek_id(payload) or "-", exc))
+                continue
+            if env.type == messages.PING:
+                self._send(route, env.reply({"seq": self.applier.seq}))
+            elif len(self.queue) >= cfg.queue_max:
+                self._send(
+                    route, env.error(Busy(f"memory writer queue is full ({cfg.queue_max}); retry later"))
+                )
+            else:
+                self.queue.append((route, env))
+
+    def _send(self, route: list[bytes], reply: Envelope) -> None:
+        try:
+            self.sock.send_multipart([*route, encode(reply)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # the client is gone; it resends to whoever serves next
+            self.log.warning("memory_reply_undeliverable", req_id=reply.id, error=str(exc))
+
+    def _on_uplink(self) -> None:
+        assert self.child is not None
+        try:
+            while self.child.recv_nowait() is not None:
+                pass  # the writer takes no requests from its supervisor today
+        except EOFError:
+            self.stopping = True
+
+
+def main(ctx: ChildContext) -> None:
+    """Supervisor entry: ``ctx.args`` holds the :class:`WriterConfig` fields."""
+    Writer(WriterConfig.from_args(ctx.args, where=f"{ctx.path or ctx.id}.args"), ctx).run()
+
+
+def _cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m openfang.memory.writer", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--db", required=True, dest="db_path")
+    parser.add_argument("--endpoint")
+    for name in ("max_batch", "queue_max", "journal_size_limit", "max_frame"):
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
+    for name in ("checkpoint_every_s", "compact_every_s", "episode_ttl_s", "ledger_ttl_s"):
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=float)
+    ns = parser.parse_args(argv)
+    try:
+        config = WriterConfig.from_args({k: v for k, v in vars(ns).items() if v is not None}, where="argv")
+    except ConfigError as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
+    Writer(config, None).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_cli())
