@@ -1,0 +1,110 @@
+"""The body of a nested supervisor process: a :class:`Supervisor` of its own, talking to its parent.
+
+The parent forks a child of type ``supervisor`` into :func:`run_nested` with the nested spec as data in
+``ctx.args["spec"]``. This process then: starts its children in order (a failure makes it exit 1 before
+``ready``, which the parent sees as a failed start), reports ready, forwards its events and every change
+of its subtree up the uplink, answers the parent's requests (routing deeper ones further down), forwards
+its children's requests up (the root answers them), stops in reverse order on SIGTERM and exits 0, and
+exits with ``EXIT_ESCALATED`` when it gives up (its parent sees an ordinary abnormal exit).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import structlog
+from openfang.protocol.errors import OpenFangError
+from openfang.supervisor._proc import EXIT_ESCALATED
+from openfang.supervisor.child import ChildContext
+from openfang.supervisor.loop import Loop
+from openfang.supervisor.spec import spec_from_dict
+
+log = structlog.get_logger("openfang.supervisor")
+
+
+def run_nested(ctx: ChildContext) -> None:
+    """Entry point of a nested supervisor (``openfang.supervisor.runtime:run_nested``)."""
+    from openfang.supervisor.runtime import Supervisor
+
+    spec = spec_from_dict(ctx.args.get("spec") or {}, where=ctx.path)
+    loop = Loop()
+    outcome: dict[str, int] = {}
+    upward: dict[str, Any] = {}  # our requests to the parent, by id -> reply callback
+    seq = [0]
+
+    def on_event(event: dict[str, Any]) -> None:
+        ctx.send({"t": "event", "event": event})
+
+    def on_request(child_id: str, op: str, args: dict[str, Any], reply: Any) -> None:
+        seq[0] += 1
+        req_id = f"{ctx.path}^{seq[0]}"
+        upward[req_id] = reply
+        ctx.send({"t": "req", "id": req_id, "op": op, "args": args})
+
+    def on_terminate(reason: str) -> None:
+        outcome["code"] = 0 if reason == "auto_shutdown" else EXIT_ESCALATED
+
+    sup = Supervisor(
+        spec,
+        loop=loop,
+        path=ctx.path,
+        on_event=on_event,
+        on_request=on_request,
+        on_terminate=on_terminate,
+        subreaper=False,
+    )
+    sup.extra_close_fds = [ctx.fileno()]
+    sup.on_change = lambda: ctx.send({"t": "subtree", "children": sup.tree()})
+
+    def stop() -> None:
+        if "code" not in outcome:
+            sup._serialize(lambda: (sup.shutdown(), outcome.setdefault("code", 0)))
+
+    def on_parent() -> None:
+        while True:
+            try:
+                msg = ctx.recv_nowait()
+            except EOFError:
+                # The parent is gone; PDEATHSIG is on its way. Stop our children in order meanwhile.
+                loop.remove_reader(ctx.fileno())
+                stop()
+                return
+            except OpenFangError:
+                continue
+            if msg is None:
+                return
+            if msg["t"] == "req":
+                _answer_parent(ctx, sup, msg)
+            elif msg["t"] == "rep":
+                reply = upward.pop(str(msg.get("id")), None)
+                if reply is not None:
+                    ok = bool(msg.get("ok"))
+                    reply(ok, msg.get("result") if ok else (msg.get("error") or {}))
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
+    loop.add_reader(ctx.fileno(), on_parent)
+    sup.start()
+    ctx.ready(strategy=str(spec.flags.strategy), children=len(spec.children), pid=os.getpid())
+    sup.on_change()
+    loop.run_until(lambda: "code" in outcome)
+    loop.close()
+    raise SystemExit(outcome["code"])
+
+
+def _answer_parent(ctx: ChildContext, sup: Any, msg: dict[str, Any]) -> None:
+    req_id = msg.get("id")
+
+    def reply(ok: bool, result: Any) -> None:
+        out: dict[str, Any] = {"t": "rep", "id": req_id, "ok": ok}
+        out["result" if ok else "error"] = result
+        ctx.send(out)
+
+    args = msg.get("args")
+    sup.request(
+        str(msg.get("path") or ctx.path),
+        str(msg.get("op", "")),
+        args if isinstance(args, dict) else {},
+        reply,
+    )

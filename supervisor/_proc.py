@@ -1,0 +1,210 @@
+"""Linux process plumbing for the supervisor: fork a child into its target, signal it, reap it.
+
+The parent side is :func:`spawn` (fork + pidfd), :func:`send_signal` (by pidfd, immune to pid reuse) and
+:func:`reap` (``waitid(P_PIDFD)``). The child side, :func:`_child_main`, never returns: it arms PDEATHSIG,
+pins its CPU, resets the signal dispositions it inherited from the loop, closes the parent's fds, runs
+the target and ``os._exit``\\ s with 0 (normal) or 1 (exception, after a structured crash report).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import structlog
+from openfang.supervisor.child import ChildContext, resolve_target, uplink_pair
+from openfang.supervisor.restart import NORMAL, ExitReason, abnormal
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+EXIT_CRASH = 1
+EXIT_ESCALATED = 3  # a nested supervisor that gave up (its parent sees an ordinary abnormal exit)
+
+log = structlog.get_logger("openfang.supervisor")
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    pid: int
+    pidfd: int
+    uplink: socket.socket  # the parent's end
+
+
+def _prctl(option: int, arg: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, arg, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants are re-parented to this process (which must then reap them)."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def spawn(
+    *,
+    child_id: str,
+    path: str,
+    start: str,
+    args: Mapping[str, Any],
+    cpu: int | None,
+    close_fds: Iterable[int],
+) -> Spawned:
+    """Fork a child that runs ``start(ctx)``; the caller watches ``pidfd`` and ``uplink``."""
+    parent_end, child_end = uplink_pair()
+    parent_pid = os.getpid()
+    to_close = [fd for fd in close_fds if fd not in (0, 1, 2)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, which never returns from here
+        try:
+            parent_end.close()
+            _child_main(child_id, path, start, args, cpu, child_end, parent_pid, to_close)
+        finally:
+            os._exit(EXIT_CRASH)
+    child_end.close()
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        # Cannot happen for our own unreaped child; never leave it running unwatched.
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        parent_end.close()
+        raise
+    parent_end.setblocking(False)
+    return Spawned(pid=pid, pidfd=pidfd, uplink=parent_end)
+
+
+def send_signal(pidfd: int, signum: int) -> bool:
+    """Signal the process behind ``pidfd``; False when it is already gone."""
+    try:
+        signal.pidfd_send_signal(pidfd, signum)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def reap(pidfd: int) -> ExitReason | None:
+    """Reap the exited process behind ``pidfd`` (non-blocking); None if it has not exited (or was reaped)."""
+    try:
+        res = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if res is None:
+        return None
+    return classify(res.si_code, res.si_status)
+
+
+def classify(si_code: int, si_status: int) -> ExitReason:
+    """An exit as seen by waitid: exit code 0 is normal; anything else (a code, a signal) is abnormal."""
+    if si_code == os.CLD_EXITED:
+        if si_status == 0:
+            return NORMAL
+        detail = "escalated" if si_status == EXIT_ESCALATED else ""
+        return abnormal(code=si_status, detail=detail)
+    return abnormal(signal=si_status, detail=signal.Signals(si_status).name if si_status in _SIGNUMS else "")
+
+
+_SIGNUMS = {int(s) for s in signal.Signals}
+
+
+def reap_orphans(ours: set[int]) -> list[int]:
+    """Reap exited children that are not ``ours`` (orphans re-parented to a subreaper); their pids."""
+    reaped: list[int] = []
+    for pid in _children_of_self():
+        if pid in ours:
+            continue
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if done:
+            reaped.append(pid)
+    return reaped
+
+
+def _children_of_self() -> list[int]:
+    pids: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return pids
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return pids
+
+
+# -- the child side ----------
+
+
+def _sigterm_exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def _child_main(
+    child_id: str,
+    path: str,
+    start: str,
+    args: Mapping[str, Any],
+    cpu: int | None,
+    uplink: socket.socket,
+    parent_pid: int,
+    close_fds: list[int],
+) -> None:  # pragma: no cover - exercised in forked children
+    # Die with the parent: armed before anything else, then re-checked (the parent may already be gone).
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_CRASH)
+    # The loop's wakeup fd and handlers were inherited: signals must reach this process's code again.
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGTERM, _sigterm_exit)
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_DFL)
+    keep = uplink.fileno()
+    for fd in close_fds:
+        if fd != keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    structlog.contextvars.bind_contextvars(child=child_id, path=path, pid=os.getpid())
+    code = 0
+    try:
+        target = resolve_target(start)
+        target(ChildContext(id=child_id, path=path, args=args, cpu=cpu, uplink=uplink))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_CRASH)
+    except BaseException as exc:
+        # OTP-style crash report: who, where, why, and the traceback, as one structured line.
+        log.error(
+            "child_crashed",
+            supervisor=path.rpartition("/")[0],
+            offender=child_id,
+            start=start,
+            reason=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+        )
+        code = EXIT_CRASH
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+    os._exit(code)

@@ -1,0 +1,328 @@
+"""Child and supervisor specifications: plain, frozen data validated before anything starts.
+
+Like OTP's child specs these are values, not objects with behaviour: a supervisor is started from a
+:class:`SupervisorSpec`, and specs cross process boundaries (the fork into a nested supervisor, a reload
+request) as plain dicts (:func:`spec_to_dict` / :func:`spec_from_dict`), because they travel as msgpack.
+:func:`check_spec` is OTP's ``check_childspecs`` plus the flag checks: it returns every problem at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal, TypeVar
+
+from openfang.protocol.errors import ConfigError, Problem
+
+NESTED_START = "openfang.supervisor.runtime:run_nested"
+DEFAULT_WORKER_SHUTDOWN_MS = 5000
+_START_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+Shutdown = int | Literal["brutal_kill", "infinity"]
+E = TypeVar("E", bound=StrEnum)
+
+
+class Strategy(StrEnum):
+    ONE_FOR_ONE = "one_for_one"
+    ONE_FOR_ALL = "one_for_all"
+    REST_FOR_ONE = "rest_for_one"
+    SIMPLE_ONE_FOR_ONE = "simple_one_for_one"
+
+
+class Restart(StrEnum):
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    TEMPORARY = "temporary"
+
+
+class AutoShutdown(StrEnum):
+    NEVER = "never"
+    ANY_SIGNIFICANT = "any_significant"
+    ALL_SIGNIFICANT = "all_significant"
+
+
+class ChildType(StrEnum):
+    WORKER = "worker"
+    SUPERVISOR = "supervisor"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SupervisorFlags:
+    """OTP's supervisor flags; defaults are OTP's (one_for_one, 1 restart per 5 s, never auto-shutdown)."""
+
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    intensity: int = 1
+    period: float = 5
+    auto_shutdown: AutoShutdown = AutoShutdown.NEVER
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildSpec:
+    """One child: how to start it (``"module:function"`` + args), when to restart it, how to stop it.
+
+    ``shutdown`` and ``start`` default by ``type``: 5000 ms and required for workers; ``"infinity"`` and
+    the nested-supervisor entry point for supervisors (whose own spec is ``supervisor``).
+    """
+
+    id: str
+    start: str = ""
+    args: Mapping[str, Any] = field(default_factory=dict)
+    restart: Restart = Restart.PERMANENT
+    shutdown: Shutdown | None = None
+    type: ChildType = ChildType.WORKER
+    significant: bool = False
+    cpu: int | None = None
+    heartbeat_ms: int | None = None
+    start_timeout_ms: int = 10000
+    supervisor: SupervisorSpec | None = None
+
+    def __post_init__(self) -> None:
+        # Fill the type-dependent defaults once, so every reader sees the effective values.
+        if self.shutdown is None:
+            default: Shutdown = (
+                "infinity" if self.type == ChildType.SUPERVISOR else DEFAULT_WORKER_SHUTDOWN_MS
+            )
+            object.__setattr__(self, "shutdown", default)
+        if not self.start and self.type == ChildType.SUPERVISOR:
+            object.__setattr__(self, "start", NESTED_START)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SupervisorSpec:
+    """A supervisor: its flags and its children in start order (for simple_one_for_one: the one template)."""
+
+    flags: SupervisorFlags = field(default_factory=SupervisorFlags)
+    children: tuple[ChildSpec, ...] = ()
+
+
+# -- validation ----------
+
+
+def check_spec(spec: SupervisorSpec, where: str = "supervisor") -> list[Problem]:
+    """Every problem of ``spec`` (flags and children, recursively); empty means valid."""
+    problems: list[Problem] = []
+    flags = spec.flags
+    if not isinstance(flags.intensity, int) or isinstance(flags.intensity, bool) or flags.intensity < 0:
+        problems.append(
+            Problem(f"{where} key 'intensity'", f"must be an integer >= 0, got {flags.intensity!r}")
+        )
+    if not _is_number(flags.period) or flags.period <= 0:
+        problems.append(Problem(f"{where} key 'period'", f"must be a number > 0, got {flags.period!r}"))
+    sofo = flags.strategy == Strategy.SIMPLE_ONE_FOR_ONE
+    if sofo and len(spec.children) != 1:
+        problems.append(
+            Problem(
+                f"{where} key 'children'",
+                f"simple_one_for_one needs exactly 1 template child, got {len(spec.children)}",
+            )
+        )
+    if sofo and flags.auto_shutdown != AutoShutdown.NEVER:
+        problems.append(Problem(f"{where} key 'auto_shutdown'", "must be 'never' with simple_one_for_one"))
+    seen: set[str] = set()
+    for i, child in enumerate(spec.children):
+        cwhere = f"{where}.children.{i}"
+        if child.id in seen:
+            problems.append(Problem(f"{cwhere} key 'id'", f"duplicate child id {child.id!r}"))
+        seen.add(child.id)
+        problems.extend(check_child(child, cwhere, flags))
+    return problems
+
+
+def check_child(child: ChildSpec, where: str, flags: SupervisorFlags | None = None) -> list[Problem]:
+    """Every problem of one child spec (OTP ``check_childspec``), in the context of its supervisor's flags."""
+    problems: list[Problem] = []
+    if not isinstance(child.id, str) or not _ID_RE.match(child.id):
+        problems.append(
+            Problem(
+                f"{where} key 'id'", f"must be a non-empty id of letters, digits, _ . -, got {child.id!r}"
+            )
+        )
+    if not isinstance(child.start, str) or not _START_RE.match(child.start):
+        problems.append(
+            Problem(f"{where} key 'start'", f"must look like 'package.module:function', got {child.start!r}")
+        )
+    if not isinstance(child.args, Mapping):
+        problems.append(Problem(f"{where} key 'args'", f"must be a table, got {type(child.args).__name__}"))
+    sd = child.shutdown
+    if not (
+        sd in ("brutal_kill", "infinity") or (isinstance(sd, int) and not isinstance(sd, bool) and sd >= 0)
+    ):
+        problems.append(
+            Problem(
+                f"{where} key 'shutdown'",
+                f"must be 'brutal_kill', 'infinity' or milliseconds >= 0, got {sd!r}",
+            )
+        )
+    if child.cpu is not None and (
+        not isinstance(child.cpu, int) or isinstance(child.cpu, bool) or child.cpu < 0
+    ):
+        problems.append(Problem(f"{where} key 'cpu'", f"must be a CPU number >= 0, got {child.cpu!r}"))
+    hb = child.heartbeat_ms
+    if hb is not None and (not isinstance(hb, int) or isinstance(hb, bool) or hb <= 0):
+        problems.append(Problem(f"{where} key 'heartbeat_ms'", f"must be milliseconds > 0, got {hb!r}"))
+    st = child.start_timeout_ms
+    if not isinstance(st, int) or isinstance(st, bool) or st <= 0:
+        problems.append(Problem(f"{where} key 'start_timeout_ms'", f"must be milliseconds > 0, got {st!r}"))
+    if child.significant:
+        if child.restart == Restart.PERMANENT:
+            problems.append(Problem(f"{where} key 'significant'", "a permanent child cannot be significant"))
+        if flags is not None and flags.auto_shutdown == AutoShutdown.NEVER:
+            problems.append(
+                Problem(
+                    f"{where} key 'significant'", "significant children need auto_shutdown other than 'never'"
+                )
+            )
+        if flags is not None and flags.strategy == Strategy.SIMPLE_ONE_FOR_ONE:
+            problems.append(Problem(f"{where} key 'significant'", "not allowed with simple_one_for_one"))
+    if child.type == ChildType.SUPERVISOR:
+        if child.supervisor is None:
+            problems.append(
+                Problem(f"{where} key 'supervisor'", "a child of type supervisor needs its nested spec")
+            )
+        else:
+            problems.extend(check_spec(child.supervisor, where))
+    elif child.supervisor is not None:
+        problems.append(
+            Problem(f"{where} key 'supervisor'", "only a child of type supervisor has a nested spec")
+        )
+    return problems
+
+
+def validate(spec: SupervisorSpec, where: str = "supervisor") -> SupervisorSpec:
+    """``spec`` itself if valid; otherwise ConfigError listing every problem."""
+    problems = check_spec(spec, where)
+    if problems:
+        raise ConfigError(problems)
+    return spec
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# -- plain data ----------
+
+
+def child_to_dict(child: ChildSpec) -> dict[str, Any]:
+    """A child spec as msgpack-able data."""
+    return {
+        "id": child.id,
+        "start": child.start,
+        "args": dict(child.args),
+        "restart": str(child.restart),
+        "shutdown": child.shutdown,
+        "type": str(child.type),
+        "significant": child.significant,
+        "cpu": child.cpu,
+        "heartbeat_ms": child.heartbeat_ms,
+        "start_timeout_ms": child.start_timeout_ms,
+        "supervisor": spec_to_dict(child.supervisor) if child.supervisor is not None else None,
+    }
+
+
+def spec_to_dict(spec: SupervisorSpec) -> dict[str, Any]:
+    """A supervisor spec as msgpack-able data (inverse of :func:`spec_from_dict`)."""
+    f = spec.flags
+    return {
+        "flags": {
+            "strategy": str(f.strategy),
+            "intensity": f.intensity,
+            "period": f.period,
+            "auto_shutdown": str(f.auto_shutdown),
+        },
+        "children": [child_to_dict(c) for c in spec.children],
+    }
+
+
+def child_from_dict(data: Mapping[str, Any], where: str = "child") -> ChildSpec:
+    """A child spec from data (as made by :func:`child_to_dict`); ConfigError naming every problem."""
+    problems: list[Problem] = []
+    child = _child_from_dict(data, where, problems)
+    if child is not None:
+        problems.extend(check_child(child, where))
+    if problems or child is None:
+        raise ConfigError(problems or [Problem(where, "invalid child spec")])
+    return child
+
+
+def spec_from_dict(data: Mapping[str, Any], where: str = "supervisor") -> SupervisorSpec:
+    """A supervisor spec from data; ConfigError naming every problem (including :func:`check_spec`'s)."""
+    problems: list[Problem] = []
+    spec = _spec_from_dict(data, where, problems)
+    if not problems:
+        problems.extend(check_spec(spec, where))
+    if problems:
+        raise ConfigError(problems)
+    return spec
+
+
+def _spec_from_dict(data: Mapping[str, Any], where: str, problems: list[Problem]) -> SupervisorSpec:
+    if not isinstance(data, Mapping):
+        problems.append(Problem(where, f"must be a map, got {type(data).__name__}"))
+        return SupervisorSpec()
+    raw_flags = data.get("flags", {})
+    flags = SupervisorFlags()
+    if isinstance(raw_flags, Mapping):
+        flags = SupervisorFlags(
+            strategy=_enum(
+                Strategy, raw_flags.get("strategy", "one_for_one"), f"{where} key 'strategy'", problems
+            ),
+            intensity=raw_flags.get("intensity", 1),
+            period=raw_flags.get("period", 5),
+            auto_shutdown=_enum(
+                AutoShutdown,
+                raw_flags.get("auto_shutdown", "never"),
+                f"{where} key 'auto_shutdown'",
+                problems,
+            ),
+        )
+    else:
+        problems.append(Problem(f"{where} key 'flags'", "must be a map"))
+    children: list[ChildSpec] = []
+    raw_children = data.get("children", [])
+    if not isinstance(raw_children, list | tuple):
+        problems.append(Problem(f"{where} key 'children'", "must be a list"))
+        raw_children = []
+    for i, raw in enumerate(raw_children):
+        child = _child_from_dict(raw, f"{where}.children.{i}", problems)
+        if child is not None:
+            children.append(child)
+    return SupervisorSpec(flags=flags, children=tuple(children))
+
+
+def _child_from_dict(data: Any, where: str, problems: list[Problem]) -> ChildSpec | None:
+    if not isinstance(data, Mapping):
+        problems.append(Problem(where, f"must be a map, got {type(data).__name__}"))
+        return None
+    unknown = set(data) - set(ChildSpec.__dataclass_fields__)
+    for key in sorted(map(str, unknown)):
+        problems.append(Problem(f"{where} key {key!r}", "unknown key"))
+    nested = None
+    if data.get("supervisor") is not None:
+        nested = _spec_from_dict(data["supervisor"], where, problems)
+    ctype = _enum(ChildType, data.get("type", "worker"), f"{where} key 'type'", problems)
+    return ChildSpec(
+        id=data.get("id", ""),
+        start=data.get("start", "") or "",
+        args=dict(data.get("args") or {}) if isinstance(data.get("args") or {}, Mapping) else data["args"],
+        restart=_enum(Restart, data.get("restart", "permanent"), f"{where} key 'restart'", problems),
+        shutdown=data.get("shutdown"),
+        type=ctype,
+        significant=bool(data.get("significant", False)),
+        cpu=data.get("cpu"),
+        heartbeat_ms=data.get("heartbeat_ms"),
+        start_timeout_ms=data.get("start_timeout_ms", 10000),
+        supervisor=nested,
+    )
+
+
+def _enum(kind: type[E], value: Any, where: str, problems: list[Problem]) -> E:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in kind)
+        problems.append(Problem(where, f"must be one of {choices}, got {value!r}"))
+        return next(iter(kind))
