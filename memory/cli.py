@@ -1,0 +1,156 @@
+"""What the ``openfang memory ...`` verbs call. Each function takes explicit paths / endpoints.
+
+Reads (search, history, stats, export) open the database read-only and may run beside a live writer.
+``import_jsonl`` goes *through* the writer (it stays the only writer) with request ids derived from each
+record, so importing the same file twice stores every record once. ``migrate`` runs the schema migrations
+(with no writer running, or before starting one).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import IO, Any
+
+from openfang.memory import messages, schema
+from openfang.memory._db import pack_vector
+from openfang.memory.client import MemoryClient
+from openfang.memory.embed import Embedder, best_available
+from openfang.memory.reader import MemoryReader
+from openfang.protocol.errors import ProtocolError
+
+EXPORT_VERSION = 1
+
+
+def migrate(db_path: str | os.PathLike[str]) -> list[str]:
+    """Create / upgrade the database; returns the migrations applied now."""
+    return schema.migrate(db_path)
+
+
+def search(
+    db_path: str | os.PathLike[str],
+    query: str,
+    *,
+    agent: str | None = None,
+    k: int = 10,
+    embedder: Embedder | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Memories (hybrid recall) and messages (full text) matching ``query``, for one agent or all."""
+    embedder = embedder or best_available()
+    vector = pack_vector(embedder.embed_queries([query])[0])
+    with MemoryReader(db_path) as reader:
+        memories = reader.recall(
+            scope=None, agent_id=agent, text=query, vector=vector, embedder_id=embedder.id, k=k
+        )
+        episodes = reader.search_episodes(query, scope=None, agent_ids=[agent] if agent else None, k=k)
+    return {"memories": [asdict(m) for m in memories], "episodes": [asdict(e) for e in episodes]}
+
+
+def history(
+    db_path: str | os.PathLike[str], agent: str, *, session: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """An agent's latest messages, oldest first."""
+    with MemoryReader(db_path) as reader:
+        return [asdict(e) for e in reader.history(scope=None, agent_id=agent, session=session, limit=limit)]
+
+
+def stats(db_path: str | os.PathLike[str], *, embedder: Embedder | None = None) -> dict[str, Any]:
+    """Counts, embedders, seq, file sizes, and the embedder active on this machine."""
+    with MemoryReader(db_path) as reader:
+        out = reader.stats()
+    out["active_embedder"] = (embedder or best_available()).describe()
+    return out
+
+
+def _export_rows(conn: Any, agent: str | None) -> Iterable[dict[str, Any]]:
+    where, params = ("WHERE agent_id = ?", [agent]) if agent else ("", [])
+    cols = "id, agent_id, session, role, text, ts, tokens, archived"
+    for row in conn.execute(f"SELECT {cols} FROM episodes {where} ORDER BY id", params):
+        yield {"table": "episodes", **dict(zip(cols.split(", "), row, strict=True))}
+    cols = "id, agent_id, session, tool, args, status, duration_ms, error, ts, archived"
+    for row in conn.execute(f"SELECT {cols} FROM tool_calls {where} ORDER BY id", params):
+        rec = dict(zip(cols.split(", "), row, strict=True))
+        rec["args"] = json.loads(rec["args"]) if rec["args"] else None
+        yield {"table": "tool_calls", **rec}
+    tables = dict(conn.execute("SELECT id, vec_table FROM embedders").fetchall())
+    cols = "id, agent_id, kind, text, importance, created, expires, embedder, archived"
+    for row in conn.execute(f"SELECT {cols} FROM memories {where} ORDER BY id", params).fetchall():
+        rec = dict(zip(cols.split(", "), row, strict=True))
+        table = tables.get(rec["embedder"])
+        vec = None
+        if table is not None:
+            hit = conn.execute(f"SELECT embedding FROM {table} WHERE rowid = ?", (rec["id"],)).fetchone()
+            vec = None if hit is None else base64.b64encode(hit[0]).decode()
+        yield {"table": "memories", **rec, "vector": vec}
+
+
+def export(db_path: str | os.PathLike[str], stream: IO[str], *, agent: str | None = None) -> int:
+    """Write every row (of one agent, or all) as JSON lines, from one snapshot; returns the rows written."""
+    n = 0
+    with MemoryReader(db_path) as reader, reader.snapshot() as conn:
+        stream.write(json.dumps({"openfang_memory_export": EXPORT_VERSION}) + "\n")
+        for rec in _export_rows(conn, agent):
+            stream.write(json.dumps(rec, sort_keys=True) + "\n")
+            n += 1
+    return n
+
+
+def _request_for(rec: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
+    table = rec.get("table")
+    if table == "episodes":
+        keys = ("agent_id", "session", "role", "text", "ts", "tokens")
+        return messages.EPISODE, {k: rec[k] for k in keys if rec.get(k) is not None}
+    if table == "tool_calls":
+        keys = ("agent_id", "session", "tool", "args", "status", "duration_ms", "error", "ts")
+        return messages.TOOL_CALL, {k: rec[k] for k in keys if rec.get(k) is not None}
+    if table == "memories":
+        body = {k: rec[k] for k in ("agent_id", "kind", "text", "importance") if rec.get(k) is not None}
+        if rec.get("vector") and rec.get("embedder"):
+            body["vector"] = base64.b64decode(rec["vector"])
+            body["embedder"] = rec["embedder"]
+        return messages.STORE, body
+    raise ProtocolError(f"{where}: table must be episodes, tool_calls or memories, got {table!r}")
+
+
+def import_jsonl(endpoint: str, stream: IO[str], *, timeout_s: float = 60.0) -> dict[str, int]:
+    """Send every record of an export through the writer; all-or-report: invalid lines are listed first.
+
+    Archived flags are not carried over (imported rows are live). Returns counts per table and dups.
+    """
+    requests: list[tuple[str, str, dict[str, Any]]] = []
+    problems: list[str] = []
+    for lineno, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        where = f"line {lineno}"
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:
+            problems.append(f"{where}: not JSON ({exc})")
+            continue
+        if "openfang_memory_export" in rec:
+            continue
+        try:
+            msg_type, body = _request_for(rec, where)
+        except (ProtocolError, KeyError, ValueError) as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        problems += [f"{where}: {p}" for p in messages.validate(msg_type, body)]
+        # The same record always gets the same id: a re-import is a no-op (the ledger's dup).
+        req_id = "import-" + hashlib.sha256(line.strip().encode()).hexdigest()[:40]
+        requests.append((req_id, msg_type, body))
+    if problems:
+        raise ProtocolError("import refused, nothing sent:\n" + "\n".join(problems))
+    counts = {"episodes": 0, "tool_calls": 0, "memories": 0, "dup": 0}
+    names = {messages.EPISODE: "episodes", messages.TOOL_CALL: "tool_calls", messages.STORE: "memories"}
+    with MemoryClient(endpoint) as client:
+        for req_id, msg_type, body in requests:
+            client.submit(msg_type, body, req_id=req_id, timeout_s=timeout_s)
+        for done in client.wait_all(timeout_s):
+            body = done.result()
+            counts["dup" if body.get("dup") else names[done.type]] += 1
+    return counts

