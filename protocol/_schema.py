@@ -61,6 +61,9 @@ class Compiled:
     check: Check
     build: Build
     describe: str
+    # For maps compiled from a dataclass: (name, compiled, required) per field, and the class (for docs).
+    fields: tuple[tuple[str, Compiled, bool], ...] = ()
+    cls: type | None = None
 
 
 def _got(value: Any) -> str:
@@ -281,6 +284,7 @@ def compile_dataclass(cls: type, *, open_fields: bool) -> Compiled:
             lambda value, where, problems: holder[0].check(value, where, problems),
             lambda value: holder[0].build(value),
             f"a map ({cls.__name__})",
+            cls=cls,
         )
     holder_list: list[Compiled] = []
     _in_progress[key] = holder_list
@@ -337,7 +341,7 @@ def _compile_dataclass(cls: type, open_fields: bool) -> Compiled:
                 kwargs[name] = None  # a required nullable field (validated): nil travels as None
         return cls(**kwargs)
 
-    return Compiled(check, build, describe)
+    return Compiled(check, build, describe, tuple(fields), cls)
 
 
 def body_validator(compiled: Compiled) -> Callable[[Mapping[str, Any]], list[str]]:

@@ -87,7 +87,7 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Envelope:
             data, raw=False, strict_map_key=True, max_bin_len=max_size, max_str_len=max_size
         )
     except Exception as exc:  # msgpack raises several unrelated types: translate once, here.
-        raise ProtocolError(f"frame is not valid msgpack: {exc}") from None
+        raise ProtocolError(f"frame is not valid msgpack: {exc or type(exc).__name__}") from None
     if not isinstance(raw, dict):
         raise ProtocolError(f"envelope must be a map, got {type(raw).__name__}")
     problems: list[str] = []

@@ -1,0 +1,137 @@
+"""Generate the message reference of PROTOCOL.md from the catalogue, so the document cannot drift.
+
+``python -m openfang.protocol._docgen`` prints the reference; ``--write`` replaces the part of
+protocol/PROTOCOL.md between the BEGIN/END markers. A test fails when the file and the catalogue differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from openfang.protocol import _examples, _schema, messages
+from openfang.protocol._schema import Compiled
+from openfang.protocol.envelope import ERROR_TYPE, PROTOCOL_VERSION
+
+BEGIN = "<!-- BEGIN GENERATED REFERENCE (python -m openfang.protocol._docgen --write) -->"
+END = "<!-- END GENERATED REFERENCE -->"
+DOC = Path(__file__).with_name("PROTOCOL.md")
+_HEX_WIDTH = 96
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Trailing ``# comments`` of a body class's field lines: the catalogue's field documentation."""
+    comments: dict[str, str] = {}
+    for line in inspect.getsource(cls).splitlines():
+        match = re.match(r"^\s+(\w+):[^#]*#\s*(.+)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2).strip()
+    return comments
+
+
+def _nested(cls: type, seen: dict[str, type]) -> None:
+    def walk(tp: Any) -> None:
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            if tp.__name__ not in seen:
+                seen[tp.__name__] = tp
+                _nested(tp, seen)
+            return
+        for arg in typing.get_args(tp):
+            walk(arg)
+
+    for tp in typing.get_type_hints(cls, include_extras=True).values():
+        walk(tp)
+
+
+def _describe(compiled: Compiled) -> str:
+    return re.sub(r"a map \((\w+)\)", r"a `\1` map", compiled.describe)
+
+
+def _table(compiled: Compiled) -> list[str]:
+    if not compiled.fields:
+        return ["(no fields: an empty map)", ""]
+    assert compiled.cls is not None
+    notes = _field_comments(compiled.cls)
+    rows = ["| field | type | required | notes |", "|---|---|---|---|"]
+    for name, field_compiled, required in compiled.fields:
+        text = _describe(field_compiled).replace("|", "\\|")
+        note = notes.get(name, "").replace("|", "\\|")
+        rows.append(f"| `{name}` | {text} | {'yes' if required else 'no'} | {note} |")
+    return [*rows, ""]
+
+
+def _example(type_: str, body: dict[str, Any], number: int) -> list[str]:
+    envelope = {"v": PROTOCOL_VERSION, "id": f"req-{number:02d}", "type": type_, "body": body}
+    compact = json.dumps(envelope, ensure_ascii=False)
+    as_json = compact if len(compact) <= 108 else json.dumps(envelope, indent=2, ensure_ascii=False)
+    packed = msgpack.packb(envelope, use_bin_type=True).hex()
+    lines = [packed[i : i + _HEX_WIDTH] for i in range(0, len(packed), _HEX_WIDTH)]
+    return ["```json", as_json, "```", "```msgpack-hex", *lines, "```", ""]
+
+
+def _body_section(title: str, type_: str, number: int, body: dict[str, Any]) -> list[str]:
+    compiled = messages.body_schema(type_)
+    assert compiled is not None, type_
+    return [f"**{title}** `{type_}`:", "", *_table(compiled), *_example(type_, body, number)]
+
+
+def reference() -> str:
+    """The generated reference section (markdown, without the markers)."""
+    out: list[str] = []
+    number = 0
+    groups: dict[str, list[messages.MessageSpec]] = {}
+    for spec in messages.CATALOGUE.values():
+        groups.setdefault(spec.group, []).append(spec)
+    for group, specs in groups.items():
+        out += [f"### {group.capitalize()} messages", ""]
+        for spec in specs:
+            number += 1
+            errors = ", ".join(f"`{code}`" for code in spec.errors) or "none beyond the envelope's"
+            out += [f"#### `{spec.type}`", "", f"{spec.summary[0].upper()}{spec.summary[1:]}.", ""]
+            out += _body_section("Request", spec.type, number, _examples.REQUESTS[spec.type])
+            out += _body_section("Reply", f"{spec.type}.ok", number, _examples.REPLIES[spec.type])
+            out += [f"Errors: {errors}.", ""]
+    out += ["### Events and errors", "", f"#### `{messages.EVENT_TYPE}`", ""]
+    out += ["Published on the PUB socket with the kind as the topic frame. Kinds:", ""]
+    out += [f"- `{kind}`: {text}" for kind, text in messages.EVENT_KINDS.items()]
+    out += ["", *_body_section("Body of", messages.EVENT_TYPE, 0, _examples.EVENT)]
+    out += [f"#### `{ERROR_TYPE}`", "", "The reply to any request that failed. Codes:", ""]
+    out += [f"- `{code}`: {text}" for code, text in messages.ERROR_CODES.items()]
+    out += ["", *_body_section("Body of", ERROR_TYPE, 0, _examples.ERROR)]
+    structures: dict[str, type] = {}
+    for spec in messages.CATALOGUE.values():
+        _nested(spec.request, structures)
+        _nested(spec.reply, structures)
+    _nested(messages.ErrorBody, structures)
+    out += ["### Structures", "", "Maps used inside the bodies above.", ""]
+    for name, cls in sorted(structures.items()):
+        compiled = _schema.compile_dataclass(cls, open_fields=True)
+        out += [f"#### `{name}`", "", *_table(compiled)]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def current_section(text: str) -> str:
+    """The part of ``text`` between the markers (what :func:`reference` must equal)."""
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    return text[start:end].strip("\n") + "\n"
+
+
+def write(path: Path = DOC) -> None:
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    path.write_text(text[:start] + "\n" + reference() + "\n" + text[end:], encoding="utf-8")
+
+
+if __name__ == "__main__":
+    if "--write" in sys.argv[1:]:
+        write()
+    else:
+        sys.stdout.write(reference())

@@ -1,0 +1,144 @@
+"""One valid example body per message type: PROTOCOL.md shows them, tests round-trip every one.
+
+Fixed values (no clocks, no random ids) so the generated documentation is reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_NODE_WORKER = {
+    "id": "worker-0",
+    "path": "root/workers",
+    "type": "worker",
+    "pid": 4242,
+    "cpu": 0,
+    "state": "running",
+    "started_at": 1767225600.5,
+    "restarts": 0,
+    "rss_bytes": 52428800,
+    "uptime_s": 3600.25,
+    "info": {"agents": 3},
+    "children": [],
+}
+_NODE_WORKERS = {
+    "id": "workers",
+    "path": "root",
+    "type": "supervisor",
+    "pid": 4240,
+    "cpu": None,
+    "state": "running",
+    "started_at": 1767225600.0,
+    "restarts": 0,
+    "rss_bytes": 20971520,
+    "uptime_s": 3600.75,
+    "info": {},
+    "children": [_NODE_WORKER],
+}
+_COUNTS = {"specs": 3, "active": 3, "supervisors": 1, "workers": 2}
+_AGENT = {
+    "agent_id": "a-7f3c",
+    "name": "echo",
+    "worker": "worker-0",
+    "state": "running",
+    "service": "echo",
+    "restarts": 0,
+    "created_at": 1767225660.0,
+}
+_MANIFEST = '[agent]\nname = "echo"\nmodule = "guests/echo.wasm"\n'
+
+REQUESTS: dict[str, dict[str, Any]] = {
+    "ping": {},
+    "status": {},
+    "tree": {},
+    "stop": {},
+    "reload": {},
+    "child.start": {
+        "path": "root",
+        "spec": {"id": "indexer", "start": "myapp.indexer:main", "restart": "transient"},
+    },
+    "child.terminate": {"path": "root", "id": "indexer"},
+    "child.restart": {"path": "root", "id": "indexer"},
+    "child.delete": {"path": "root", "id": "indexer"},
+    "child.which": {"path": "root/workers"},
+    "child.count": {"path": "root/workers"},
+    "worker.ping": {"worker": "worker-0"},
+    "agent.spawn": {"manifest": _MANIFEST, "manifest_path": "agents/echo.toml"},
+    "agent.send": {"agent_id": "a-7f3c", "text": "hello", "session": "s1"},
+    "agent.list": {},
+    "agent.info": {"agent_id": "a-7f3c"},
+    "agent.suspend": {"agent_id": "a-7f3c"},
+    "agent.resume": {"agent_id": "a-7f3c"},
+    "agent.kill": {"agent_id": "a-7f3c"},
+    "memory.search": {"query": "invoice total", "agent_id": "a-7f3c", "mode": "hybrid", "limit": 5},
+    "memory.history": {"agent_id": "a-7f3c", "session": "s1", "limit": 20},
+    "memory.stats": {},
+}
+
+REPLIES: dict[str, dict[str, Any]] = {
+    "ping": {"pid": 4239, "time": 1767229200.125},
+    "status": {
+        "name": "openfang",
+        "version": "0.1.0",
+        "pid": 4238,
+        "uptime_s": 3601.5,
+        "state": "running",
+        "config": "/etc/openfang/openfang.toml",
+        "children": _COUNTS,
+        "workers": 2,
+        "events": "ipc:///run/openfang/events.sock",
+    },
+    "tree": {"children": [_NODE_WORKERS]},
+    "stop": {},
+    "reload": {"started": ["indexer"], "stopped": [], "replaced": ["memory"], "unchanged": ["control", "workers"]},
+    "child.start": {"id": "indexer", "pid": 4300},
+    "child.terminate": {},
+    "child.restart": {"id": "indexer", "pid": 4301},
+    "child.delete": {},
+    "child.which": {"children": [_NODE_WORKER]},
+    "child.count": _COUNTS,
+    "worker.ping": {"worker": "worker-0", "pid": 4242, "cpu": 0},
+    "agent.spawn": {"agent_id": "a-7f3c", "worker": "worker-0", "service": "echo"},
+    "agent.send": {
+        "reply": "hello",
+        "agent_id": "a-7f3c",
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "tool_calls": 0, "fuel": 81250},
+    },
+    "agent.list": {"agents": [_AGENT]},
+    "agent.info": _AGENT,
+    "agent.suspend": {"agent_id": "a-7f3c", "state": "suspended"},
+    "agent.resume": {"agent_id": "a-7f3c", "state": "running"},
+    "agent.kill": {"agent_id": "a-7f3c", "state": "dead"},
+    "memory.search": {
+        "hits": [
+            {"id": 17, "agent_id": "a-7f3c", "text": "Invoice 42: total 310 EUR", "score": 0.91, "kind": "fact"}
+        ]
+    },
+    "memory.history": {
+        "messages": [
+            {"role": "user", "text": "hello", "time": 1767225700.0, "session": "s1", "tokens": 1},
+            {"role": "assistant", "text": "hello", "time": 1767225700.5, "session": "s1", "tokens": 1},
+        ]
+    },
+    "memory.stats": {
+        "counts": {"episodes": 1200, "memories": 85, "tool_calls": 40},
+        "db_bytes": 4194304,
+        "embedder": "hash-384",
+    },
+}
+
+EVENT: dict[str, Any] = {
+    "kind": "child.exited",
+    "time": 1767229260.5,
+    "path": "root/workers",
+    "id": "worker-1",
+    "pid": 4243,
+    "reason": "abnormal",
+    "status": 137,
+}
+
+ERROR: dict[str, Any] = {
+    "code": "bad_config",
+    "message": "openfang.toml: [supervisor].intensity: must be an integer >= 0, got -1",
+    "problems": [{"where": "openfang.toml: [supervisor].intensity", "what": "must be an integer >= 0, got -1"}],
+}
