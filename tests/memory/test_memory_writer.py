@@ -1,0 +1,222 @@
+"""The memory writer process: group commits, idempotency, poison isolation, busy, signals, kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+from conftest import ENV, wait_until
+
+from openfang.memory import _db, schema
+from openfang.memory.client import MemoryClient
+from openfang.memory.reader import MemoryReader
+from openfang.memory.writer import WriterConfig
+from openfang.protocol.envelope import decode
+from openfang.protocol.errors import Busy, ConfigError, ProtocolError
+
+pytestmark = pytest.mark.integration
+
+
+def _episode(agent: str, text: str) -> dict[str, str]:
+    return {"agent_id": agent, "session": "s", "role": "user", "text": text}
+
+
+def _count(db: Path, sql: str, params: tuple[object, ...] = ()) -> int:
+    with MemoryReader(db) as r, r.snapshot() as conn:
+        return int(conn.execute(sql, params).fetchone()[0])
+
+
+def test_writer_ack_carries_seq_and_a_resent_id_gets_the_same_ack(writer) -> None:
+    """A request id is applied once; its resend is answered with the stored ack marked dup."""
+    w = writer()
+    with MemoryClient(w.endpoint) as c:
+        first = c.call("memory.episode", _episode("a", "hello"), req_id="req-1")
+        again = c.call("memory.episode", _episode("a", "hello"), req_id="req-1")
+        assert first["seq"] >= 1 and first["id"] == 1
+        assert again == {**first, "dup": True}
+    assert _count(w.db, "SELECT count(*) FROM episodes") == 1
+
+
+def test_poison_request_fails_alone_while_its_group_commits(writer) -> None:
+    """A request failing inside its savepoint gets an error; the rest of the same group commits."""
+    w = writer()
+    with MemoryClient(w.endpoint) as c:
+        c.store("a", "registers an 8-d embedder", embedder="e8", vector=[0.5] * 8)
+        assert w.proc is not None
+        w.proc.send_signal(signal.SIGSTOP)  # queue everything so it lands in one group
+        ids = [c.submit("memory.episode", _episode("a", f"good {i}")) for i in range(10)]
+        poison = c.submit(
+            "memory.write",
+            {
+                "ops": [
+                    {"type": "memory.episode", "body": _episode("a", "poison part")},
+                    {"type": "memory.store", "body": {"agent_id": "a", "text": "x", "embedder": "e8",
+                                                      "vector": _db.pack_vector([1.0] * 4)}},
+                ]
+            },
+        )
+        ids += [c.submit("memory.episode", _episode("a", f"good {i}")) for i in range(10, 20)]
+        w.proc.send_signal(signal.SIGCONT)
+        done = {d.id: d for d in c.wait_all(20)}
+    assert isinstance(done[poison].error, ProtocolError)
+    assert "ops[1]" in str(done[poison].error) and "dimension 8" in str(done[poison].error)
+    assert all(done[i].ok for i in ids)
+    assert len({done[i].body["seq"] for i in ids}) == 1, "the good requests shared one group commit"
+    assert _count(w.db, "SELECT count(*) FROM episodes WHERE text LIKE 'good %'") == 20
+    assert _count(w.db, "SELECT count(*) FROM episodes WHERE text = 'poison part'") == 0
+
+
+def test_undecodable_frame_gets_a_bad_request_reply_naming_the_problem(writer) -> None:
+    """Garbage on the socket is answered with an error envelope; the writer keeps serving."""
+    w = writer()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(w.endpoint)
+    try:
+        sock.send(b"\xc1 not msgpack")
+        assert sock.poll(10_000)
+        reply = decode(sock.recv())
+        assert reply.is_error and reply.body["code"] == "bad_request" and "msgpack" in reply.body["message"]
+        sock.send(b"\x81\xa1v\x01")  # a map without id/type
+        assert sock.poll(10_000)
+        assert decode(sock.recv()).body["code"] == "bad_request"
+    finally:
+        sock.close(0)
+        ctx.term()
+    with MemoryClient(w.endpoint) as c:
+        with pytest.raises(ProtocolError, match="body.role"):
+            c.call("memory.episode", {"agent_id": "a", "session": "s", "role": "robot", "text": "x"})
+        assert c.ping() == 0
+
+
+def test_full_queue_replies_busy_and_everything_acked_is_stored(writer) -> None:
+    """Past queue_max the writer answers busy at once; acked requests are stored, busy ones are not."""
+    w = writer(queue_max=5, max_batch=2)
+    assert w.proc is not None
+    with MemoryClient(w.endpoint, resend_after_s=60) as c:
+        w.proc.send_signal(signal.SIGSTOP)
+        ids = [c.submit("memory.episode", _episode("a", f"m{i}")) for i in range(200)]
+        w.proc.send_signal(signal.SIGCONT)
+        done = c.wait_all(30)
+    assert {d.id for d in done} == set(ids)
+    busy = [d for d in done if isinstance(d.error, Busy)]
+    acked = [d for d in done if d.ok]
+    assert busy and acked and len(busy) + len(acked) == 200
+    with pytest.raises(Busy, match="queue is full"):
+        busy[0].result()  # what the synchronous API raises
+    assert _count(w.db, "SELECT count(*) FROM episodes WHERE text GLOB 'm[0-9]*'") == len(acked)
+
+
+def test_sigterm_finishes_the_group_exits_zero_and_unacked_writes_reach_the_next_writer(writer) -> None:
+    """SIGTERM: exit 0 after the current group; the client resends the rest to a restarted writer."""
+    w = writer()
+    assert w.proc is not None
+    with MemoryClient(w.endpoint, resend_after_s=0.5) as c:
+        ids = [c.submit("memory.episode", _episode("a", f"t{i}")) for i in range(500)]
+        w.proc.send_signal(signal.SIGTERM)
+        assert w.proc.wait(20) == 0
+        w.restart()
+        done = c.wait_all(30)
+    assert {d.id for d in done} == set(ids) and all(d.ok for d in done)
+    assert _count(w.db, "SELECT count(DISTINCT text) FROM episodes") == 500
+    assert _count(w.db, "SELECT count(*) FROM episodes") == 500
+
+
+LOADER = r"""
+import sys
+from openfang.memory.client import MemoryClient
+endpoint, tag, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+c = MemoryClient(endpoint, resend_after_s=1.0, max_in_flight=100)
+with open(out, "w") as f:
+    def record(done):
+        for d in done:
+            f.write((d.id if d.ok else "ERR %s %s" % (d.id, d.error)) + "\n")
+        f.flush()
+    for i in range(n):
+        body = {"agent_id": tag, "session": "s", "role": "user", "text": "%s message %d" % (tag, i)}
+        c.submit("memory.episode", body, req_id="%s-%d" % (tag, i), timeout_s=60)
+        record(c.poll())
+    record(c.wait_all(60))
+c.close()
+"""
+
+
+def test_kill9_under_load_from_two_processes_loses_no_acknowledged_write(writer, tmp_path: Path) -> None:
+    """kill -9 the writer several times under load: every acked write is stored exactly once, db intact."""
+    w = writer()
+    n = 6000
+    loaders = []
+    for tag in ("p1", "p2"):
+        out = tmp_path / f"{tag}.acks"
+        cmd = [sys.executable, "-c", LOADER, w.endpoint, tag, str(n), str(out)]
+        loaders.append((tag, out, subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE)))
+    try:
+        kills_under_load = 0
+        for _round in range(4):
+            wait_until(lambda: all(o.exists() and o.stat().st_size > 0 for _, o, _ in loaders), 30)
+            time.sleep(0.3)
+            if all(p.poll() is None for _, _, p in loaders):
+                kills_under_load += 1
+            w.kill9()
+            w.restart()
+        for _, _, p in loaders:
+            _, err = p.communicate(timeout=90)
+            assert p.returncode == 0, err.decode()
+    finally:
+        for _, _, p in loaders:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert kills_under_load >= 2, "the writer must die while both loaders are writing"
+    with MemoryReader(w.db) as r, r.snapshot() as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        dupes = conn.execute("SELECT text, count(*) FROM episodes GROUP BY text HAVING count(*) > 1").fetchall()
+        assert dupes == []
+        stored = {row[0] for row in conn.execute("SELECT text FROM episodes")}
+    for tag, out, _ in loaders:
+        acks = out.read_text().split()
+        assert not [a for a in acks if a.startswith("ERR")]
+        assert len(set(acks)) == n
+        missing = [a for a in acks if "%s message %s" % (tag, a.split("-")[1]) not in stored]
+        assert missing == []
+    assert len(stored) == 2 * n
+
+
+def test_ttl_compaction_removes_expired_memories_on_request_and_on_the_timer(writer) -> None:
+    """Expired memories (and their vectors) go away: via memory.compact and via the writer's timer."""
+    w = writer(compact_every_s=0.2)
+    with MemoryClient(w.endpoint) as c:
+        c.store("a", "short lived", ttl_s=0.05, embedder="e4", vector=[1, 0, 0, 0])
+        c.store("a", "long lived", embedder="e4", vector=[0, 1, 0, 0])
+        wait_until(lambda: _count(w.db, "SELECT count(*) FROM memories") == 1, 20)
+        c.store("a", "short again", ttl_s=0.01)
+        time.sleep(0.05)
+        c.call("memory.compact", {})
+    assert _count(w.db, "SELECT count(*) FROM memories WHERE text LIKE 'short%'") == 0
+    assert _count(w.db, "SELECT count(*) FROM vec_1") == 1
+
+
+def test_writer_config_reports_every_problem_with_its_key() -> None:
+    """Invalid writer args raise one ConfigError listing each bad key."""
+    with pytest.raises(ConfigError) as info:
+        WriterConfig.from_args({"max_batch": 0, "endpoint": "udp://x", "checkpoint_every_s": -1, "bogus": 1})
+    wheres = {p.where for p in info.value.problems}
+    assert wheres == {
+        "memory.args.db_path", "memory.args.max_batch", "memory.args.endpoint",
+        "memory.args.checkpoint_every_s", "memory.args.bogus",
+    }
+
+
+def test_migrate_is_tracked_and_idempotent(tmp_path: Path) -> None:
+    """migrate() applies each migration once and records it."""
+    db = tmp_path / "m.db"
+    assert schema.migrate(db) == ["0001_initial"]
+    assert schema.migrate(db) == []
+    assert schema.applied(db) == ["0001_initial"]
+    assert os.path.exists(db)
