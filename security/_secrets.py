@@ -1,0 +1,166 @@
+"""Secret and PII detectors shared by exfiltration detection (layer 10) and redaction (layer 11).
+
+Each detector is a named regular expression, optionally with a validator that removes false positives
+(a Luhn check for card numbers, an entropy floor for generic tokens, JSON-decoding the header of a JWT).
+Provider patterns follow the documented public formats of those keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finding:
+    """One secret found in a text: detector name and span (the value itself is not kept here)."""
+
+    kind: str
+    start: int
+    end: int
+
+
+def shannon_entropy(token: str) -> float:
+    """Bits per character of ``token``'s character distribution."""
+    if not token:
+        return 0.0
+    counts = Counter(token)
+    n = len(token)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def _luhn(digits: str) -> bool:
+    nums = [int(d) for d in re.sub(r"\D", "", digits)]
+    if not 13 <= len(nums) <= 19:
+        return False
+    total = 0
+    for i, d in enumerate(reversed(nums)):
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _jwt_ok(token: str) -> bool:
+    header = token.split(".", 1)[0]
+    try:
+        decoded = base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))
+        return isinstance(json.loads(decoded), dict)
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _high_entropy(token: str) -> bool:
+    # Real random tokens mix classes; long hex/base64 of >= 32 chars with >= 3.5 bits/char rarely are words.
+    classes = sum(bool(re.search(p, token)) for p in (r"[a-z]", r"[A-Z]", r"[0-9]"))
+    if classes < 2:
+        return False
+    if re.fullmatch(r"[0-9a-fA-F]+", token):
+        # Hex strings are mostly digests (git ids, sha256 pins) in ordinary text; hex secrets that matter are
+        # caught by taint tracking, which knows the actual values.
+        return False
+    return shannon_entropy(token) >= 4.2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Detector:
+    kind: str
+    pattern: re.Pattern[str]
+    check: Callable[[str], bool] | None = None
+    group: int = 0
+
+
+_P = re.compile
+SECRET_DETECTORS: tuple[Detector, ...] = (
+    Detector(
+        kind="private_key",
+        pattern=_P(
+            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"
+            r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY"
+            r"(?: BLOCK)?-----"
+        ),
+    ),
+    Detector(kind="aws_access_key", pattern=_P(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[0-9A-Z]{16}\b")),
+    Detector(
+        kind="aws_secret_key",
+        pattern=_P(r"(?i)aws.{0,20}?(?:secret|sk).{0,20}?['\"=:\s]\s*([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"),
+        group=1,
+    ),
+    Detector(
+        kind="github_token",
+        pattern=_P(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{60,255})\b"),
+    ),
+    Detector(kind="anthropic_key", pattern=_P(r"\bsk-ant-[A-Za-z0-9_\-]{20,}")),
+    Detector(kind="openai_key", pattern=_P(r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}")),
+    Detector(kind="slack_token", pattern=_P(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}")),
+    Detector(kind="stripe_key", pattern=_P(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}")),
+    Detector(kind="google_api_key", pattern=_P(r"\bAIza[0-9A-Za-z_\-]{35}")),
+    Detector(kind="gitlab_token", pattern=_P(r"\bglpat-[A-Za-z0-9_\-]{20,}")),
+    Detector(kind="npm_token", pattern=_P(r"\bnpm_[A-Za-z0-9]{36}\b")),
+    Detector(kind="huggingface_token", pattern=_P(r"\bhf_[A-Za-z0-9]{34,}\b")),
+    Detector(
+        kind="jwt",
+        pattern=_P(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,}"),
+        check=_jwt_ok,
+    ),
+    Detector(
+        kind="password_assignment",
+        pattern=_P(
+            r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token)\b"
+            r"\s*[=:]\s*['\"]?([^\s'\"]{8,})"
+        ),
+        group=1,
+    ),
+    Detector(kind="bearer_token", pattern=_P(r"(?i)\bbearer\s+([A-Za-z0-9_\-\.=+/]{20,})"), group=1),
+    Detector(
+        kind="high_entropy_token",
+        pattern=_P(r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{32,}={0,2}(?![A-Za-z0-9+/_\-])"),
+        check=_high_entropy,
+    ),
+)
+
+PII_DETECTORS: tuple[Detector, ...] = (
+    Detector(kind="email", pattern=_P(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")),
+    Detector(kind="credit_card", pattern=_P(r"\b(?:\d[ \-]?){12,18}\d\b"), check=_luhn),
+    Detector(kind="us_ssn", pattern=_P(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")),
+    Detector(kind="phone", pattern=_P(r"(?<![\w+])\+\d{1,3}[ \-.]?\(?\d{1,4}\)?(?:[ \-.]?\d{2,4}){2,4}\b")),
+    Detector(kind="iban", pattern=_P(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}(?: ?[A-Z0-9]{1,3})?\b")),
+)
+
+SECRET_KINDS = frozenset(d.kind for d in SECRET_DETECTORS)
+PII_KINDS = frozenset(d.kind for d in PII_DETECTORS)
+
+
+def select_detectors(kinds: Iterable[str] | None, *, pii: Iterable[str] = ()) -> tuple[Detector, ...]:
+    """Secret detectors (all, or those named in ``kinds``) plus the PII detectors named in ``pii``."""
+    wanted = set(kinds) if kinds is not None else set(SECRET_KINDS)
+    wanted_pii = set(pii)
+    return tuple(d for d in SECRET_DETECTORS if d.kind in wanted) + tuple(
+        d for d in PII_DETECTORS if d.kind in wanted_pii
+    )
+
+
+def find_secrets(text: str, detectors: Iterable[Detector]) -> list[Finding]:
+    """Every non-overlapping finding in ``text``, earlier and longer spans first."""
+    found: list[Finding] = []
+    for det in detectors:
+        for m in det.pattern.finditer(text):
+            value = m.group(det.group)
+            if value is None or (det.check is not None and not det.check(value)):
+                continue
+            found.append(Finding(kind=det.kind, start=m.start(det.group), end=m.end(det.group)))
+    found.sort(key=lambda f: (f.start, -(f.end - f.start)))
+    merged: list[Finding] = []
+    for f in found:
+        if merged and f.start < merged[-1].end:
+            continue  # overlaps a finding already kept (the earlier, then longer, span wins)
+        merged.append(f)
+    return merged

@@ -1,0 +1,207 @@
+"""Layer 10, data-exfiltration detection: secret detectors plus taint tracking at network sinks.
+
+*Taint*: every value the host hands an agent from a secret source (an env var the manifest names as a
+secret, a kv entry marked secret, a key file) is registered with :class:`TaintTracker` under a label. The
+tracker also derives the encodings an agent would use to smuggle it (URL-quoted, hex, base64 in the three
+byte alignments a value can have inside a longer blob, reversed), so ``?q=<base64 of the key>`` is caught.
+
+*Detectors*: independent of taint, provider key formats, private keys, JWTs and high-entropy tokens (and
+configured PII kinds) are recognised in outgoing data.
+
+:meth:`ExfilGuard.check_tool_call` looks at a tool call's URL, headers and body; if it is headed for a
+blocked sink kind (``network`` by default) and carries a tainted value or a detected secret, it is refused
+with :class:`~openfang.security._errors.Denied` and an audit record that names the agent, tool, sink, what
+was found (kind and a short fingerprint) and where (url/headers/body) — never the value.
+"""
+
+from __future__ import annotations
+
+import base64
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from openfang.security._canon import fingerprint
+from openfang.security._errors import Denied
+from openfang.security._secrets import find_secrets, select_detectors
+from openfang.security.audit import AuditSink
+
+MIN_TAINT_LEN = 8  # shorter values occur by chance in ordinary traffic
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExfilConfig:
+    """``block_sinks``: sink kinds where secrets are refused; ``pii``: PII kinds that count as secrets."""
+
+    enabled: bool = True
+    block_sinks: frozenset[str] = field(default_factory=lambda: frozenset({"network"}))
+    secret_kinds: frozenset[str] | None = None
+    pii: frozenset[str] = field(default_factory=frozenset)
+    detect_encoded_taint: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Leak:
+    """One thing found in outgoing data: ``kind`` is ``taint`` or a detector name; ``where`` the part."""
+
+    kind: str
+    where: str
+    label: str
+    fingerprint: str
+
+
+def _b64_variants(raw: bytes) -> set[str]:
+    """Base64 text that appears inside *any* blob containing ``raw``, for each of the 3 byte alignments."""
+    out: set[str] = set()
+    for pad in range(3):
+        enc = base64.b64encode(b"\0" * pad + raw).decode("ascii").rstrip("=")
+        # Drop characters influenced by the padding in front and by unknown bytes after.
+        start = (pad * 8 + 5) // 6 if pad else 0
+        end = (len(enc) // 4) * 4 if (pad + len(raw)) % 3 else len(enc)
+        core = enc[start:end]
+        core = core[: len(core) - 1] if (pad + len(raw)) % 3 else core
+        if len(core) >= MIN_TAINT_LEN:
+            out.add(core)
+            out.add(core.replace("+", "-").replace("/", "_"))
+    return out
+
+
+class TaintTracker:
+    """The secret values an agent was given, with their encodings, by label (e.g. ``env:OPENAI_API_KEY``)."""
+
+    def __init__(self, *, encoded: bool = True) -> None:
+        self._encoded = encoded
+        self._needles: dict[str, tuple[str, str]] = {}  # needle -> (label, fingerprint)
+
+    def taint(self, label: str, value: str | bytes) -> None:
+        """Mark ``value`` as secret. Values under 8 characters are refused (they cause false alarms)."""
+        raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        text = raw.decode("utf-8", errors="replace")
+        if len(raw) < MIN_TAINT_LEN:
+            raise ValueError(f"{label}: a tainted value must be at least {MIN_TAINT_LEN} bytes")
+        fp = fingerprint(raw)
+        needles = {text}
+        if self._encoded:
+            needles |= {
+                urllib.parse.quote(text, safe=""),
+                urllib.parse.quote_plus(text),
+                raw.hex(),
+                raw.hex().upper(),
+            }
+            needles |= _b64_variants(raw)
+            needles.add(text[::-1])
+        for n in needles:
+            if len(n) >= MIN_TAINT_LEN:
+                self._needles.setdefault(n, (label, fp))
+
+    def taint_from_env(self, names: Iterable[str], environ: Mapping[str, str]) -> list[str]:
+        """Taint the env vars ``names`` (as the manifest lists them); returns the names that were set."""
+        done = []
+        for name in names:
+            value = environ.get(name)
+            if value and len(value) >= MIN_TAINT_LEN:
+                self.taint(f"env:{name}", value)
+                done.append(name)
+        return done
+
+    @property
+    def labels(self) -> frozenset[str]:
+        return frozenset(label for label, _ in self._needles.values())
+
+    def find(self, text: str) -> list[tuple[str, str]]:
+        """``(label, fingerprint)`` of every tainted value present in ``text`` (plain or encoded)."""
+        hits: dict[str, str] = {}
+        for needle, (label, fp) in self._needles.items():
+            if needle in text:
+                hits[label] = fp
+        return sorted(hits.items())
+
+
+def _flatten(value: Any, depth: int = 0) -> str:
+    """All strings of a nested value joined with newlines (keys included: secrets hide in keys too)."""
+    if depth > 64:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, Mapping):
+        return "\n".join(f"{_flatten(k, depth + 1)}\n{_flatten(v, depth + 1)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return "\n".join(_flatten(v, depth + 1) for v in value)
+    return ""
+
+
+class ExfilGuard:
+    """Refuses tool calls that would carry secrets to a blocked sink; audits every refusal."""
+
+    def __init__(
+        self,
+        config: ExfilConfig | None = None,
+        *,
+        taint: TaintTracker | None = None,
+        audit: AuditSink | None = None,
+    ) -> None:
+        self.config = config or ExfilConfig()
+        self.taint = taint if taint is not None else TaintTracker(encoded=self.config.detect_encoded_taint)
+        self._audit = audit
+        self._detectors = select_detectors(self.config.secret_kinds, pii=self.config.pii)
+
+    def scan(
+        self, *, url: str = "", headers: Mapping[str, Any] | None = None, body: Any = None
+    ) -> list[Leak]:
+        """Everything secret in the parts of an outgoing call (no decision, no audit)."""
+        parts = {
+            "url": urllib.parse.unquote_plus(url) + "\n" + url,
+            "headers": _flatten(headers or {}),
+            "body": _flatten(body),
+        }
+        leaks: list[Leak] = []
+        for where, text in parts.items():
+            if not text:
+                continue
+            for label, fp in self.taint.find(text):
+                leaks.append(Leak(kind="taint", where=where, label=label, fingerprint=fp))
+            for f in find_secrets(text, self._detectors):
+                leaks.append(
+                    Leak(
+                        kind=f.kind, where=where, label=f.kind, fingerprint=fingerprint(text[f.start : f.end])
+                    )
+                )
+        return leaks
+
+    def check_tool_call(
+        self,
+        *,
+        agent_id: str,
+        tool: str,
+        sink: str,
+        url: str = "",
+        headers: Mapping[str, Any] | None = None,
+        body: Any = None,
+    ) -> list[Leak]:
+        """Raise :class:`Denied` if a secret heads for a blocked sink; otherwise return what was seen."""
+        if not self.config.enabled:
+            return []
+        leaks = self.scan(url=url, headers=headers, body=body)
+        if leaks and sink in self.config.block_sinks:
+            summary = sorted({f"{leak.label}@{leak.where}" for leak in leaks})
+            if self._audit is not None:
+                self._audit.append(
+                    "exfil.blocked",
+                    agent_id=agent_id,
+                    tool=tool,
+                    sink=sink,
+                    findings=[
+                        {"kind": x.kind, "label": x.label, "where": x.where, "fp": x.fingerprint}
+                        for x in leaks
+                    ],
+                )
+            raise Denied(
+                f"tool {tool!r} of agent {agent_id!r} would send secret data to a {sink} sink: "
+                + ", ".join(summary),
+                layer="exfil",
+                reason="secret_to_sink",
+            )
+        return leaks

@@ -1,0 +1,171 @@
+"""Layer 3, rate limiting: token buckets per client and per agent, for requests, LLM tokens and tool calls.
+
+A bucket holds up to ``burst`` units and refills at ``rate`` units per second of the injected clock.
+:meth:`RateLimiter.charge` takes units from every bucket a request touches (the client's request bucket,
+the agent's request/token/tool-call buckets) *all or nothing*: a request refused by one bucket costs no
+other bucket anything. A refusal raises :class:`RateLimitExceeded` (wire code ``rate_limited``) carrying
+``retry_after`` seconds, and writes a ``ratelimit.limited`` audit record.
+
+Buckets are kept in a bounded LRU map so a flood of distinct client ids cannot grow memory without bound; an
+evicted bucket comes back full, which is why client ids should be assigned by the gateway, not claimed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from openfang.protocol.errors import RateLimited
+from openfang.security.audit import AuditSink
+
+
+class RateLimitExceeded(RateLimited):
+    """A bucket is empty. ``retry_after`` is how long (seconds) until the request would fit."""
+
+    def __init__(self, message: str, *, retry_after: float, bucket: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.bucket = bucket
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = super().to_wire()
+        wire["retry_after_ms"] = max(1, math.ceil(self.retry_after * 1000))
+        return wire
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limit:
+    """``rate`` units per second, up to ``burst`` at once. rate 0 means unlimited."""
+
+    rate: float
+    burst: float
+
+    @property
+    def unlimited(self) -> bool:
+        return self.rate <= 0
+
+
+UNLIMITED = Limit(rate=0, burst=0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitConfig:
+    enabled: bool = True
+    client_requests: Limit = Limit(rate=50, burst=100)
+    agent_requests: Limit = Limit(rate=20, burst=40)
+    agent_tokens: Limit = Limit(rate=2000, burst=20_000)
+    agent_tool_calls: Limit = Limit(rate=5, burst=20)
+    max_buckets: int = 100_000
+
+
+class TokenBucket:
+    """One bucket. ``level`` is refilled lazily from the clock on every look."""
+
+    __slots__ = ("_last", "level", "limit")
+
+    def __init__(self, limit: Limit, now: float) -> None:
+        self.limit = limit
+        self.level = limit.burst
+        self._last = now
+
+    def refill(self, now: float) -> None:
+        elapsed = max(0.0, now - self._last)  # a clock that steps back never adds tokens
+        self.level = min(self.limit.burst, self.level + elapsed * self.limit.rate)
+        self._last = max(self._last, now)
+
+    def wait_for(self, units: float) -> float:
+        """Seconds until ``units`` are available (inf if more than the bucket can ever hold)."""
+        if units <= self.level + 1e-6:  # float clocks/refill must not leave a request a rounding error short
+            return 0.0
+        if units > self.limit.burst:
+            return math.inf
+        return (units - self.level) / self.limit.rate
+
+
+class RateLimiter:
+    """Per-client and per-agent buckets. Not thread-safe: one per process loop."""
+
+    def __init__(
+        self,
+        config: RateLimitConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        audit: AuditSink | None = None,
+    ) -> None:
+        self.config = config or RateLimitConfig()
+        self._clock = clock
+        self._audit = audit
+        self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
+
+    def _bucket(self, name: str, key: str, limit: Limit, now: float) -> TokenBucket:
+        bk = (name, key)
+        bucket = self._buckets.get(bk)
+        if bucket is None:
+            bucket = TokenBucket(limit, now)
+            self._buckets[bk] = bucket
+            while len(self._buckets) > self.config.max_buckets:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(bk)
+        bucket.refill(now)
+        return bucket
+
+    def charge(
+        self,
+        *,
+        client: str | None = None,
+        agent: str | None = None,
+        requests: int = 1,
+        tokens: int = 0,
+        tool_calls: int = 0,
+    ) -> None:
+        """Take the units from every relevant bucket, or none of them and raise :class:`RateLimitExceeded`."""
+        if not self.config.enabled:
+            return
+        now = self._clock()
+        cfg = self.config
+        wanted: list[tuple[str, str, Limit, float]] = []
+        if client is not None and requests:
+            wanted.append(("client_requests", client, cfg.client_requests, requests))
+        if agent is not None:
+            if requests:
+                wanted.append(("agent_requests", agent, cfg.agent_requests, requests))
+            if tokens:
+                wanted.append(("agent_tokens", agent, cfg.agent_tokens, tokens))
+            if tool_calls:
+                wanted.append(("agent_tool_calls", agent, cfg.agent_tool_calls, tool_calls))
+        taken: list[tuple[TokenBucket, float]] = []
+        worst: tuple[float, str, str] | None = None
+        for name, key, limit, units in wanted:
+            if limit.unlimited:
+                continue
+            bucket = self._bucket(name, key, limit, now)
+            wait = bucket.wait_for(units)
+            if wait > 0 and (worst is None or wait > worst[0]):
+                worst = (wait, name, key)
+            taken.append((bucket, units))
+        if worst is not None:
+            wait, name, key = worst
+            if self._audit is not None:
+                self._audit.append(
+                    "ratelimit.limited",
+                    bucket=name,
+                    key=key,
+                    retry_after=None if math.isinf(wait) else round(wait, 3),
+                )
+            when = "never (larger than the bucket)" if math.isinf(wait) else f"in {wait:.3f}s"
+            raise RateLimitExceeded(
+                f"rate limit {name} for {key!r} exceeded; retry {when}", retry_after=wait, bucket=name
+            )
+        for bucket, units in taken:
+            bucket.level -= units
+
+    def refund(self, *, agent: str, tokens: int) -> None:
+        """Give back tokens reserved for an LLM call that used fewer than estimated."""
+        bucket = self._buckets.get(("agent_tokens", agent))
+        if bucket is not None and tokens > 0:
+            bucket.level = min(bucket.limit.burst, bucket.level + tokens)
