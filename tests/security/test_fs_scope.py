@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from openfang.protocol.errors import NotFound, SecurityError
 from openfang.security.fs_scope import ScopedFS
 
@@ -96,7 +95,7 @@ def test_scoped_fs_refuses_a_root_that_is_a_symlink(tmp_path: Path) -> None:
 
 
 def test_scoped_fs_enforces_read_and_write_size_limits(scoped: ScopedFS) -> None:
-    """Files over the read limit are refused; writes (and appends) that would pass the limit change nothing."""
+    """Files over the read limit are refused; writes or appends past the limit change nothing."""
     (scoped.root / "big.bin").write_bytes(b"x" * 1001)
     with pytest.raises(SecurityError, match="1001 bytes, the limit is 1000"):
         scoped.read("big.bin")
@@ -121,7 +120,7 @@ def test_scoped_fs_refuses_to_open_a_fifo(scoped: ScopedFS) -> None:
 
 def test_scoped_fs_missing_file_is_not_found(scoped: ScopedFS) -> None:
     """A missing file raises NotFound naming the path."""
-    with pytest.raises(NotFound, match="nope.txt"):
+    with pytest.raises(NotFound, match=r"nope\.txt"):
         scoped.read("nope.txt")
 
 

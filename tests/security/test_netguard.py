@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from openfang.protocol.errors import SecurityError
 from openfang.security.netguard import address_problem, check_url
 
