@@ -87,8 +87,20 @@ def unpack_vector(blob: bytes) -> list[float]:
     return list(struct.unpack(f"<{len(blob) // 4}f", blob))
 
 
+# Function words match nearly every row and would let "the"/"for" decide a keyword rank.
+STOPWORDS = frozenset(
+    "a an and are as at be but by did do does for from had has have he her him his how i in is it its me my "
+    "not of on or our she so that the their them they this to was we were what when where which who why "
+    "will with you your".split()
+)
+
+
 def fts_query(text: str) -> str:
-    """User text as a safe FTS5 query: every word quoted, OR-ed (rank by bm25, not by all-words-match)."""
-    words = ["".join(ch for ch in w if ch.isalnum() or ch in "_-'") for w in text.split()]
-    quoted = ['"' + w.replace('"', '""') + '"' for w in words if w]
-    return " OR ".join(quoted)
+    """User text as a safe FTS5 query: content words quoted, OR-ed (ranked by bm25, not all-words-match).
+
+    Falls back to every word when the text is nothing but stopwords.
+    """
+    words = ["".join(ch for ch in w if ch.isalnum() or ch in "_-'") for w in text.lower().split()]
+    words = [w for w in words if w]
+    content = [w for w in words if w not in STOPWORDS] or words
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in dict.fromkeys(content))
