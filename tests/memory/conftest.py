@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from openfang.memory import _db, schema
 from openfang.memory._apply import Applier
 from openfang.memory.client import MemoryClient
@@ -34,7 +33,15 @@ class WriterHandle:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self) -> WriterHandle:
-        cmd = [sys.executable, "-m", "openfang.memory.writer", "--db", str(self.db), "--endpoint", self.endpoint]
+        cmd = [
+            sys.executable,
+            "-m",
+            "openfang.memory.writer",
+            "--db",
+            str(self.db),
+            "--endpoint",
+            self.endpoint,
+        ]
         for key, value in self.options.items():
             cmd += ["--" + key.replace("_", "-"), str(value)]
         assert self.log is not None
@@ -90,7 +97,9 @@ def writer(tmp_path: Path, ipc_dir: str) -> Iterator[Callable[..., WriterHandle]
     def start(**options: Any) -> WriterHandle:
         n = len(handles)
         h = WriterHandle(
-            db=tmp_path / f"mem{n}.db", endpoint=f"ipc://{ipc_dir}/w{n}.ipc", options=options,
+            db=tmp_path / f"mem{n}.db",
+            endpoint=f"ipc://{ipc_dir}/w{n}.ipc",
+            options=options,
             log=tmp_path / f"writer{n}.log",
         )
         handles.append(h)

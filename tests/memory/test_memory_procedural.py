@@ -6,8 +6,14 @@ from openfang.memory.reader import MemoryReader
 
 
 def _call(store, tool: str, status: str, session: str = "s", ms: float = 10.0, agent: str = "a") -> None:
-    body = {"agent_id": agent, "tool": tool, "status": status, "session": session, "duration_ms": ms,
-            "args": {"q": tool, "raw": b"\x01"}}
+    body = {
+        "agent_id": agent,
+        "tool": tool,
+        "status": status,
+        "session": session,
+        "duration_ms": ms,
+        "args": {"q": tool, "raw": b"\x01"},
+    }
     if status != "ok":
         body["error"] = f"{tool} failed"
     store.ok("memory.tool_call", body)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from conftest import ENV
-
 from openfang.memory import _db
 from openfang.memory.client import MemoryClient
 from openfang.memory.reader import MemoryReader
@@ -21,7 +20,8 @@ endpoint, n = sys.argv[1], int(sys.argv[2])
 c = MemoryClient(endpoint, max_in_flight=20)
 for i in range(n):
     ops = [
-        {"type": "memory.episode", "body": {"agent_id": "a", "session": "s", "role": "tool", "text": "call %d" % i}},
+        {"type": "memory.episode",
+         "body": {"agent_id": "a", "session": "s", "role": "tool", "text": "call %d" % i}},
         {"type": "memory.tool_call", "body": {"agent_id": "a", "tool": "t", "status": "ok", "session": "s"}},
     ]
     c.submit("memory.write", {"ops": ops})
@@ -103,10 +103,18 @@ def test_history_returns_latest_messages_oldest_first_per_session(local_store) -
     for i in range(10):
         local_store.ok(
             "memory.episode",
-            {"agent_id": "a", "session": "s1" if i % 2 else "s2", "role": "user", "text": f"note {i}", "ts": 100 + i},
+            {
+                "agent_id": "a",
+                "session": "s1" if i % 2 else "s2",
+                "role": "user",
+                "text": f"note {i}",
+                "ts": 100 + i,
+            },
         )
     with MemoryReader(local_store.db) as r:
         assert [e.text for e in r.history(scope={"a"}, agent_id="a", session="s1", limit=3)] == [
-            "note 5", "note 7", "note 9",
+            "note 5",
+            "note 7",
+            "note 9",
         ]
         assert [e.text for e in r.search_episodes("note 4", scope={"a"}, k=1)] == ["note 4"]

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import zmq
 from conftest import ENV, wait_until
-
 from openfang.memory import _db, schema
 from openfang.memory.client import MemoryClient
 from openfang.memory.reader import MemoryReader
@@ -56,8 +55,15 @@ def test_poison_request_fails_alone_while_its_group_commits(writer) -> None:
             {
                 "ops": [
                     {"type": "memory.episode", "body": _episode("a", "poison part")},
-                    {"type": "memory.store", "body": {"agent_id": "a", "text": "x", "embedder": "e8",
-                                                      "vector": _db.pack_vector([1.0] * 4)}},
+                    {
+                        "type": "memory.store",
+                        "body": {
+                            "agent_id": "a",
+                            "text": "x",
+                            "embedder": "e8",
+                            "vector": _db.pack_vector([1.0] * 4),
+                        },
+                    },
                 ]
             },
         )
@@ -90,7 +96,7 @@ def test_undecodable_frame_gets_a_bad_request_reply_naming_the_problem(writer) -
         sock.close(0)
         ctx.term()
     with MemoryClient(w.endpoint) as c:
-        with pytest.raises(ProtocolError, match="body.role"):
+        with pytest.raises(ProtocolError, match=r"body\.role"):
             c.call("memory.episode", {"agent_id": "a", "session": "s", "role": "robot", "text": "x"})
         assert c.ping() == 0
 
@@ -176,14 +182,16 @@ def test_kill9_under_load_from_two_processes_loses_no_acknowledged_write(writer,
     assert kills_under_load >= 2, "the writer must die while both loaders are writing"
     with MemoryReader(w.db) as r, r.snapshot() as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        dupes = conn.execute("SELECT text, count(*) FROM episodes GROUP BY text HAVING count(*) > 1").fetchall()
+        dupes = conn.execute(
+            "SELECT text, count(*) FROM episodes GROUP BY text HAVING count(*) > 1"
+        ).fetchall()
         assert dupes == []
         stored = {row[0] for row in conn.execute("SELECT text FROM episodes")}
     for tag, out, _ in loaders:
         acks = out.read_text().split()
         assert not [a for a in acks if a.startswith("ERR")]
         assert len(set(acks)) == n
-        missing = [a for a in acks if "%s message %s" % (tag, a.split("-")[1]) not in stored]
+        missing = [a for a in acks if f"{tag} message {a.split('-')[1]}" not in stored]
         assert missing == []
     assert len(stored) == 2 * n
 
@@ -208,8 +216,11 @@ def test_writer_config_reports_every_problem_with_its_key() -> None:
         WriterConfig.from_args({"max_batch": 0, "endpoint": "udp://x", "checkpoint_every_s": -1, "bogus": 1})
     wheres = {p.where for p in info.value.problems}
     assert wheres == {
-        "memory.args.db_path", "memory.args.max_batch", "memory.args.endpoint",
-        "memory.args.checkpoint_every_s", "memory.args.bogus",
+        "memory.args.db_path",
+        "memory.args.max_batch",
+        "memory.args.endpoint",
+        "memory.args.checkpoint_every_s",
+        "memory.args.bogus",
     }
 
 
