@@ -1,0 +1,255 @@
+"""Host-side work behind parking host calls: LLM completions and tool calls, run off the wasm thread.
+
+A job runs in a small thread pool (threads never touch wasmtime: they get plain Python values and return
+bytes); completion is signalled on a pipe whose read end is the host's ``wakeup_fd``. Providers or tools
+that declare ``blocking = False`` (instant, no I/O: the scripted provider, ``time_now``) run inline on the
+host thread, which saves a thread hand-off per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+from openfang.protocol.errors import OpenFangError
+from openfang.workers import guest_abi as abi
+
+log = structlog.get_logger("openfang.workers.jobs")
+
+
+class ThreadJob:
+    """A job whose fields are written once by the thread that runs it, then ``done`` is set."""
+
+    __slots__ = ("agent_id", "code", "done", "usage", "value")
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        self.done = False
+        self.code = abi.E_FAILED
+        self.value = b""
+        self.usage: dict[str, int] = {}
+
+    def finish(self, code: int, value: bytes, usage: dict[str, int] | None = None) -> None:
+        self.code, self.value = code, value
+        if usage:
+            self.usage = usage
+        self.done = True
+
+
+class JobRunner:
+    """Thread pool + wakeup pipe. ``completed`` holds agent ids whose job finished since the last drain."""
+
+    def __init__(self, max_threads: int = 4) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="agent-io")
+        self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self.completed: deque[str] = deque()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._rfd
+
+    def run(
+        self, job: ThreadJob, work: Callable[[], tuple[int, bytes, dict[str, int]]], *, inline: bool
+    ) -> None:
+        """Run ``work`` for ``job``: inline (now, on this thread) or in the pool with a wakeup when done."""
+        if inline:
+            job.finish(*_guarded(work))
+            return
+
+        def task() -> None:
+            job.finish(*_guarded(work))
+            with self._lock:
+                self.completed.append(job.agent_id)
+            # A full pipe already holds wakeups: the host drains `completed` anyway.
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wfd, b"x")
+
+        self._pool.submit(task)
+
+    def drain(self) -> list[str]:
+        try:
+            while os.read(self._rfd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            done = list(self.completed)
+            self.completed.clear()
+        return done
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        os.close(self._rfd)
+        os.close(self._wfd)
+
+
+def _guarded(work: Callable[[], tuple[int, bytes, dict[str, int]]]) -> tuple[int, bytes, dict[str, int]]:
+    try:
+        return work()
+    except OpenFangError as exc:
+        return abi.E_FAILED, exc.message.encode(), {}
+    except Exception as exc:
+        log.warning("host_job_crashed", error=repr(exc))
+        return abi.E_FAILED, f"internal error: {type(exc).__name__}".encode(), {}
+
+
+# -- LLM ---------------------------------------------------------------------------------------------------
+
+
+class ChatCache:
+    """ChatMessage objects for conversation entries, reused while the same entry stays in the window."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[dict[str, Any], Any]] = {}
+
+    def convert(self, messages: list[dict[str, Any]]) -> list[Any]:
+        from openfang.workers import llm_types as t
+
+        fresh: dict[int, tuple[dict[str, Any], Any]] = {}
+        out = []
+        for m in _well_formed(messages):
+            hit = self._by_id.get(id(m))
+            chat = hit[1] if hit is not None and hit[0] is m else _to_chat(t, m)
+            fresh[id(m)] = (m, chat)  # holding m keeps its id from being reused while cached
+            out.append(chat)
+        self._by_id = fresh
+        return out
+
+
+def llm_work(
+    provider: Any, system_prompt: str, chat_messages: list[Any], tool_specs: Sequence[Any]
+) -> Callable[[], tuple[int, bytes, dict[str, int]]]:
+    """The job body of one ``llm_invoke``: build the ChatRequest, complete it, encode the guest's result."""
+    from openfang.workers import llm_types as t
+
+    def work() -> tuple[int, bytes, dict[str, int]]:
+        chat = [t.ChatMessage.system(system_prompt)] if system_prompt else []
+        chat.extend(chat_messages)
+        resp = provider.complete(t.ChatRequest(messages=chat, tools=tuple(tool_specs)))
+        usage = {"prompt_tokens": resp.usage.prompt_tokens, "completion_tokens": resp.usage.completion_tokens}
+        msg: dict[str, Any] = {"role": "assistant", "content": resp.content}
+        if resp.tool_calls:
+            msg["tool_calls"] = [
+                {"id": c.id, "name": c.name, "arguments": c.arguments} for c in resp.tool_calls
+            ]
+            return _ok(abi.encode_llm_result(msg, None), usage)
+        return _ok(abi.encode_llm_result(msg, resp.content or ""), usage)
+
+    return work
+
+
+def _ok(data: bytes, usage: dict[str, int] | None = None) -> tuple[int, bytes, dict[str, int]]:
+    return len(data), data, usage or {}
+
+
+def _well_formed(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop tool-call messages whose results never came (a failed message) and orphaned results."""
+    out: list[dict[str, Any]] = []
+    start = 0
+    while start < len(messages) and messages[start].get("role") == "tool":
+        start += 1  # the history window cut these results off from their tool-call message
+    messages = messages[start:]
+    for i, m in enumerate(messages):
+        if m.get("role") == "assistant" and m.get("tool_calls"):
+            nxt = messages[i + 1] if i + 1 < len(messages) else None
+            if nxt is None or nxt.get("role") != "tool":
+                continue
+        out.append(m)
+    return out
+
+
+def _to_chat(t: Any, m: Mapping[str, Any]) -> Any:
+    role = m["role"]
+    content = m.get("content")
+    if role == "assistant":
+        calls = [
+            t.ToolCall(
+                id=str(c.get("id", "")), name=str(c.get("name", "")), arguments=dict(c.get("arguments") or {})
+            )
+            for c in m.get("tool_calls") or ()
+        ]
+        return t.ChatMessage.assistant(content, calls)
+    if role == "tool":
+        return t.ChatMessage.tool(str(m.get("tool_call_id", "")), str(content or ""), m.get("name"))
+    if role == "system":
+        return t.ChatMessage.system(str(content or ""))
+    return t.ChatMessage.user(str(content or ""))
+
+
+# -- tools -------------------------------------------------------------------------------------------------
+
+ToolInvoke = Callable[[str, dict[str, Any]], tuple[bool, Any]]
+
+
+def invoke_tool(registry: Any, ctx: Any, name: str, args: dict[str, Any]) -> tuple[bool, Any]:
+    """(ok, value-or-error) through the registry's ``invoke`` (schema-checked) or ``get(name).call``."""
+    if hasattr(registry, "invoke"):
+        res = registry.invoke(ctx, name, args)
+        return bool(res.ok), (res.value if res.ok else res.error)
+    tool = registry.get(name)
+    if tool is None:
+        return False, f"no such tool {name!r}"
+    return True, tool.call(ctx, args)
+
+
+def tools_work(
+    calls: list[dict[str, Any]],
+    allowed: frozenset[str],
+    invoke: ToolInvoke,
+    on_denied: Callable[[str], None],
+    single: bool,
+) -> Callable[[], tuple[int, bytes, dict[str, int]]]:
+    """The job body of one ``tool_call``: run each call in order (allowed ones only), encode tool messages."""
+
+    def work() -> tuple[int, bytes, dict[str, int]]:
+        results: list[dict[str, Any]] = []
+        for call in calls:
+            name = str(call.get("name", ""))
+            args = call.get("arguments") or {}
+            t0 = time.perf_counter()
+            if name not in allowed:
+                on_denied(name)
+                ok, value = False, f"denied: tool {name!r} is not in this agent's tools"
+            elif not isinstance(args, dict):
+                ok, value = False, "arguments must be a JSON object"
+            else:
+                try:
+                    ok, value = invoke(name, args)
+                except OpenFangError as exc:
+                    ok, value = False, exc.message
+            content = (
+                value
+                if isinstance(value, str) and ok
+                else json.dumps(value if ok else {"error": str(value)}, default=str, ensure_ascii=False)
+            )
+            results.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": str(call.get("id", "")),
+                    "name": name,
+                    "content": content,
+                    "ok": ok,
+                    "ms": round((time.perf_counter() - t0) * 1000, 3),
+                }
+            )
+        if single:
+            one = results[0]
+            if not one["ok"] and str(one["content"]).startswith('{"error": "denied'):
+                return abi.E_DENIED, str(one["content"]).encode(), {"tool_calls": 1}
+            data = str(one["content"]).encode()
+            return (len(data) if one["ok"] else abi.E_FAILED), data, {"tool_calls": 1}
+        return _ok(abi.tool_messages(results), {"tool_calls": len(results)})
+
+    return work

@@ -1,0 +1,523 @@
+"""The one wrapper over wasmtime: engine, module cache, linker with host functions, stores, async calls.
+
+This is the ONLY module of OpenFANG that imports ``wasmtime``. It uses wasmtime-py 50.0.1's public API plus
+its private FFI (``wasmtime._ffi``) for the async call path, which the high-level API does not wrap:
+
+- ``wasmtime_func_call_async`` + ``wasmtime_call_future_poll`` give a *resumable* call: with a fuel yield
+  interval set, a poll runs the guest for one fuel slice and returns False (parked) instead of trapping.
+  Deleting an unfinished future cancels the call cleanly.
+- ``wasmtime_linker_define_async_func`` defines host functions that park the guest until a result is
+  ready (LLM and tool calls), without blocking the thread that polls every other agent.
+
+Invariants the rest of the package relies on:
+- All wasm of a process runs on the thread that polls (one Store is never touched by two threads); the only
+  other thread here is the epoch ticker, which calls ``Engine.increment_epoch`` (thread-safe).
+- Host functions never raise across wasm: each callback catches everything and returns an error code.
+- wasmtime errors and traps are translated into :class:`SandboxError` here, once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import threading
+from collections.abc import Callable, Sequence
+from ctypes import POINTER, byref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import wasmtime
+from openfang.protocol.errors import SandboxError
+from wasmtime import _ffi as ffi
+
+WASMTIME_VERSION = "50.0.1"
+FUEL_TANK = 1 << 62  # every store gets a tank this large; budgets are counted per slice, not by running dry
+_NO_FINALIZER = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
+_MEMORY_EXPORT = b"memory"
+_I32, _I64 = ffi.WASMTIME_I32.value, ffi.WASMTIME_I64.value
+_EXTERN_FUNC, _EXTERN_MEMORY = ffi.WASMTIME_EXTERN_FUNC.value, ffi.WASMTIME_EXTERN_MEMORY.value
+
+
+def _kind(item: Any) -> int:
+    """The kind tag of an extern/val (typed c_uint8 by the bindings, an int at run time)."""
+    return int(item.kind)
+
+
+class GuestTrap(SandboxError):
+    """The guest trapped (or was interrupted); ``trap_code`` is a snake_case name like ``stack_overflow``."""
+
+    def __init__(self, message: str, *, trap_code: str) -> None:
+        super().__init__(message)
+        self.trap_code = trap_code
+
+
+def _trap_error(trap_ptr: Any) -> GuestTrap:
+    trap = wasmtime.Trap._from_ptr(trap_ptr)
+    code = trap.trap_code
+    name = code.name.lower() if code is not None else "trap"
+    first = trap.message.splitlines()[0] if trap.message else name
+    return GuestTrap(f"guest trapped: {name} ({first})", trap_code=name)
+
+
+def _wasmtime_error(err_ptr: Any, what: str) -> SandboxError:
+    err = wasmtime.WasmtimeError._from_ptr(err_ptr)
+    return SandboxError(f"{what}: {str(err).splitlines()[0] if str(err) else 'wasmtime error'}")
+
+
+class GuestMemory:
+    """Bounds-checked access to the calling instance's ``memory`` export, valid during one host call."""
+
+    __slots__ = ("_ctx", "_mem")
+
+    def __init__(self, ctx: Any, mem: Any) -> None:
+        self._ctx = ctx
+        self._mem = mem
+
+    def size(self) -> int:
+        return int(ffi.wasmtime_memory_data_size(self._ctx, byref(self._mem)))
+
+    def read(self, ptr: int, length: int) -> bytes | None:
+        """The bytes at [ptr, ptr+length), or None when the range is outside memory."""
+        if ptr < 0 or length < 0 or ptr + length > self.size():
+            return None
+        base = ctypes.addressof(ffi.wasmtime_memory_data(self._ctx, byref(self._mem)).contents)
+        return ctypes.string_at(base + ptr, length)
+
+    def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes] | None:
+        """The bytes of each (ptr, length) range, or None when any range is outside memory."""
+        size = self.size()
+        base = ctypes.addressof(ffi.wasmtime_memory_data(self._ctx, byref(self._mem)).contents)
+        out = []
+        for ptr, length in ranges:
+            if ptr + length > size:
+                return None
+            out.append(ctypes.string_at(base + ptr, length))
+        return out
+
+    def write(self, ptr: int, data: bytes) -> bool:
+        """Copy ``data`` to ``ptr``; False (nothing written) when it would not fit."""
+        if ptr < 0 or ptr + len(data) > self.size():
+            return False
+        base = ctypes.addressof(ffi.wasmtime_memory_data(self._ctx, byref(self._mem)).contents)
+        ctypes.memmove(base + ptr, data, len(data))
+        return True
+
+
+# An async host function returns a poller: None while the result is pending, else the i32 result.
+AsyncPoller = Callable[[], int | None]
+
+
+class HostDispatch(Protocol):
+    """What the sandbox being polled implements so the linker's host functions can reach it."""
+
+    def host_sync(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> int: ...
+
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostFunctionSpec:
+    """One ``env.<name>`` import the host provides: ``nparams`` i32 params, one i32 result."""
+
+    name: str
+    nparams: int
+    is_async: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineOptions:
+    """Engine-wide settings; a serialized module only loads into an engine with the same options."""
+
+    max_wasm_stack_kb: int = 512
+    epoch_tick_ms: int = 10
+    fuel_slice: int = 1_000_000  # fuel per poll before the guest yields back to the scheduler
+
+
+class Runtime:
+    """One engine + linker + compiled-module cache. Create inside the worker process (after fork)."""
+
+    def __init__(
+        self,
+        host_functions: Sequence[HostFunctionSpec],
+        *,
+        options: EngineOptions | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.options = options or EngineOptions()
+        cfg = wasmtime.Config()
+        cfg.consume_fuel = True
+        cfg.epoch_interruption = True
+        # No 4 GiB reservation per linear memory: otherwise ~32k agents exhaust vm.max_map_count.
+        cfg.memory_reservation = 0
+        cfg.memory_guard_size = 0
+        cfg.memory_reservation_for_growth = 0
+        # Workers are forked; parallel compilation after fork deadlocked (see notes/wasmtime.md).
+        cfg.parallel_compilation = False
+        cfg.max_wasm_stack = self.options.max_wasm_stack_kb * 1024
+        ffi.wasmtime_config_async_stack_size_set(cfg.ptr(), self.options.max_wasm_stack_kb * 1024 + (1 << 20))
+        self.engine = wasmtime.Engine(cfg)
+        self.linker = wasmtime.Linker(self.engine)
+        self.current: HostDispatch | None = None  # the sandbox whose call is being polled right now
+        self.live_stores = 0
+        self._cache_dir = cache_dir
+        self._pres: dict[str, tuple[wasmtime.Module, wasmtime.InstancePre]] = {}
+        self._names = [spec.name for spec in host_functions]
+        self.host_specs = {spec.name: spec for spec in host_functions}
+        self._sync_cb = ffi.wasmtime_func_callback_t(self._sync_trampoline)
+        self._async_cb = ffi.wasmtime_func_async_callback_t(self._async_trampoline)
+        self._cont_cb = ffi.wasmtime_func_async_continuation_callback_t(self._continuation)
+        self._fin_cb = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self._forget)
+        self._pending: dict[int, tuple[AsyncPoller, Any]] = {}
+        self._next_pending = 1
+        for idx, spec in enumerate(host_functions):
+            self._define(idx, spec)
+        self._ticker_stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    # -- host functions -------------------------------------------------------------------------------
+    def _define(self, idx: int, spec: HostFunctionSpec) -> None:
+        i32 = wasmtime.ValType.i32()
+        ty = wasmtime.FuncType([i32] * spec.nparams, [i32])
+        mod, name = b"env", spec.name.encode()
+        if spec.is_async:
+            err = ffi.wasmtime_linker_define_async_func(
+                self.linker.ptr(),
+                mod,
+                len(mod),
+                name,
+                len(name),
+                ty.ptr(),
+                self._async_cb,
+                idx,
+                _NO_FINALIZER,
+            )
+        else:
+            err = ffi.wasmtime_linker_define_func(
+                self.linker.ptr(), mod, len(mod), name, len(name), ty.ptr(), self._sync_cb, idx, _NO_FINALIZER
+            )
+        if err:
+            raise _wasmtime_error(err, f"defining host function env.{spec.name}")
+
+    @staticmethod
+    def _memory(caller: Any) -> GuestMemory | None:
+        item = ffi.wasmtime_extern_t()
+        if not ffi.wasmtime_caller_export_get(caller, _MEMORY_EXPORT, len(_MEMORY_EXPORT), byref(item)):
+            return None
+        if _kind(item) != _EXTERN_MEMORY:
+            return None
+        return GuestMemory(ffi.wasmtime_caller_context(caller), item.of.memory)
+
+    def _sync_trampoline(self, env: Any, caller: Any, args: Any, nargs: int, results: Any, nres: int) -> int:
+        # Never raise across wasm: any failure becomes an error code for the guest.
+        code = -2
+        try:
+            target = self.current
+            if target is not None:
+                values = tuple(int(args[i].of.i32) for i in range(nargs))
+                code = int(target.host_sync(self._names[env or 0], self._memory(caller), values))
+        except Exception:
+            code = -2
+        results[0].kind = ffi.WASMTIME_I32.value
+        results[0].of.i32 = code
+        return 0
+
+    def _async_trampoline(
+        self, env: Any, caller: Any, args: Any, nargs: int, results: Any, nres: int, trap: Any, cont: Any
+    ) -> None:
+        poller: AsyncPoller
+        try:
+            target = self.current
+            if target is None:
+                poller = _const(-2)
+            else:
+                values = tuple(int(args[i].of.i32) for i in range(nargs))
+                poller = target.host_async(self._names[env or 0], self._memory(caller), values)
+        except Exception:
+            poller = _const(-2)
+        key = self._next_pending
+        self._next_pending += 1
+        # wasmtime keeps `results` alive until the continuation reports completion.
+        self._pending[key] = (poller, results)
+        cont[0].callback = self._cont_cb
+        cont[0].env = key
+        # Called when wasmtime drops the continuation, also when a parked call is cancelled.
+        cont[0].finalizer = self._fin_cb
+
+    def _forget(self, env: Any) -> None:
+        self._pending.pop(int(env or 0), None)
+
+    def _continuation(self, env: Any) -> bool:
+        key = int(env or 0)
+        entry = self._pending.get(key)
+        if entry is None:
+            return True
+        poller, results = entry
+        try:
+            value = poller()
+        except Exception:
+            value = -2
+        if value is None:
+            return False
+        del self._pending[key]
+        results[0].kind = ffi.WASMTIME_I32.value
+        results[0].of.i32 = int(value)
+        return True
+
+    # -- modules --------------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        o = self.options
+        return hashlib.sha256(
+            f"{WASMTIME_VERSION}/{o.max_wasm_stack_kb}/fuel/epoch/res0".encode()
+        ).hexdigest()[:16]
+
+    def module_imports(self, module: wasmtime.Module) -> list[tuple[str, str, str]]:
+        """(module, name, kind) of each import, for checking against the allowlist before instantiating."""
+        out = []
+        for imp in module.imports:
+            kind = type(imp.type).__name__.removesuffix("Type").lower()
+            out.append((imp.module, imp.name or "", kind))
+        return out
+
+    def module_exports(self, module: wasmtime.Module) -> set[str]:
+        return {exp.name for exp in module.exports}
+
+    def compile(self, code: bytes, *, digest: str, what: str) -> tuple[wasmtime.Module, bool]:
+        """(module, was_cached). Compiled code is cached in memory and, if a cache dir is set, on disk."""
+        hit = self._pres.get(digest)
+        if hit is not None:
+            return hit[0], True
+        path = self._cache_dir / f"{digest}-{self.fingerprint()}.cwasm" if self._cache_dir else None
+        if path is not None and path.is_file():
+            try:
+                return wasmtime.Module.deserialize(self.engine, path.read_bytes()), True
+            except wasmtime.WasmtimeError:
+                path.unlink(missing_ok=True)  # stale or foreign artifact: recompile below
+        try:
+            if code[:4] == b"\0asm":
+                module = wasmtime.Module(self.engine, code)
+            else:
+                module = wasmtime.Module(self.engine, code.decode("utf-8"))
+        except (wasmtime.WasmtimeError, UnicodeDecodeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SandboxError(f"{what}: not a valid wasm module: {first}") from None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(bytes(module.serialize()))
+            tmp.replace(path)
+        return module, False
+
+    def instance_pre(self, module: wasmtime.Module, *, digest: str, what: str) -> wasmtime.InstancePre:
+        hit = self._pres.get(digest)
+        if hit is not None:
+            return hit[1]
+        try:
+            pre = self.linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as exc:
+            raise SandboxError(f"{what}: cannot link: {str(exc).splitlines()[0]}") from None
+        self._pres[digest] = (module, pre)
+        return pre
+
+    def cached_pre(self, digest: str) -> wasmtime.InstancePre | None:
+        hit = self._pres.get(digest)
+        return hit[1] if hit else None
+
+    # -- epoch ----------------------------------------------------------------------------------------
+    def start_ticker(self) -> None:
+        """Advance the engine epoch every tick in a daemon thread: the wall-clock backstop for long slices."""
+        if self._ticker is not None:
+            return
+        tick = self.options.epoch_tick_ms / 1000.0
+
+        def run() -> None:
+            while not self._ticker_stop.wait(tick):
+                self.engine.increment_epoch()
+
+        self._ticker = threading.Thread(target=run, name="wasm-epoch", daemon=True)
+        self._ticker.start()
+
+    def deadline_ticks(self, seconds_left: float) -> int:
+        return max(1, int(seconds_left * 1000 / self.options.epoch_tick_ms) + 1)
+
+    def close(self) -> None:
+        self._ticker_stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=1.0)
+            self._ticker = None
+        for module, pre in self._pres.values():
+            pre.close()
+            module.close()
+        self._pres.clear()
+        self.linker.close()
+
+
+def _const(value: int) -> AsyncPoller:
+    return lambda: value
+
+
+class Instance:
+    """One store + one instance of a module: the native half of a sandbox. close() frees it all."""
+
+    def __init__(self, runtime: Runtime, pre: wasmtime.InstancePre, *, max_memory_bytes: int) -> None:
+        self.runtime = runtime
+        self.store = wasmtime.Store(runtime.engine)
+        runtime.live_stores += 1
+        self._ctx = self.store._context()
+        self.store.set_limits(memory_size=max_memory_bytes, memories=1, instances=1, tables=4)
+        self.store.set_fuel(FUEL_TANK)
+        self.store.set_epoch_deadline(1 << 40)
+        self._raw = ffi.wasmtime_instance_t()
+        self._funcs: dict[str, Any] = {}
+        self._call: AsyncCall | None = None
+        self._fuel_buf = ctypes.c_uint64(0)
+        self._pre = pre
+        self.closed = False
+
+    def instantiate_call(self) -> AsyncCall:
+        """Start the (async) instantiation; poll the returned call to completion like any other call."""
+        call = AsyncCall(self, None, ())
+        call.future = ffi.wasmtime_instance_pre_instantiate_async(
+            self._pre.ptr(), self._ctx, byref(self._raw), byref(call.trap), byref(call.error)
+        )
+        self._call = call
+        return call
+
+    def after_instantiate(self) -> None:
+        err = ffi.wasmtime_context_fuel_async_yield_interval(self._ctx, self.runtime.options.fuel_slice)
+        if err:
+            raise _wasmtime_error(err, "setting the fuel yield interval")
+
+    def has_export(self, name: str) -> bool:
+        return self._func(name) is not None
+
+    def _func(self, name: str) -> Any:
+        if name in self._funcs:
+            return self._funcs[name]
+        item = ffi.wasmtime_extern_t()
+        raw = name.encode()
+        found = ffi.wasmtime_instance_export_get(self._ctx, byref(self._raw), raw, len(raw), byref(item))
+        func = item.of.func if found and _kind(item) == _EXTERN_FUNC else None
+        self._funcs[name] = func
+        return func
+
+    def call(self, name: str, args: Sequence[int], nresults: int) -> AsyncCall:
+        """Start an async call of export ``name`` with i32 args; only one call per store may be alive."""
+        if self.closed:
+            raise SandboxError("instance is closed")
+        if self._call is not None and not self._call.finished:
+            raise SandboxError(f"cannot call {name!r}: another call is in progress on this instance")
+        func = self._func(name)
+        if func is None:
+            raise SandboxError(f"guest does not export function {name!r}")
+        call = AsyncCall(self, func, tuple(args), nresults=nresults)
+        call.start()
+        self._call = call
+        return call
+
+    def fuel_consumed(self) -> int:
+        err = ffi.wasmtime_context_get_fuel(self._ctx, byref(self._fuel_buf))
+        if err:
+            raise _wasmtime_error(err, "reading fuel")
+        return FUEL_TANK - int(self._fuel_buf.value)
+
+    def set_deadline(self, seconds_left: float) -> None:
+        ffi.wasmtime_context_set_epoch_deadline(self._ctx, self.runtime.deadline_ticks(seconds_left))
+
+    def memory_size(self) -> int:
+        item = ffi.wasmtime_extern_t()
+        found = ffi.wasmtime_instance_export_get(self._ctx, byref(self._raw), _MEMORY_EXPORT, 6, byref(item))
+        if not found or _kind(item) != _EXTERN_MEMORY:
+            return 0
+        return int(ffi.wasmtime_memory_data_size(self._ctx, byref(item.of.memory)))
+
+    def memory(self) -> GuestMemory | None:
+        item = ffi.wasmtime_extern_t()
+        found = ffi.wasmtime_instance_export_get(self._ctx, byref(self._raw), _MEMORY_EXPORT, 6, byref(item))
+        if not found or _kind(item) != _EXTERN_MEMORY:
+            return None
+        return GuestMemory(self._ctx, item.of.memory)
+
+    def close(self) -> None:
+        """Cancel any call in flight and free the store (memory, instance, fiber stack) right now."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        self._funcs.clear()
+        self.store.close()
+        self.runtime.live_stores -= 1
+
+
+class AsyncCall:
+    """One resumable call: poll() runs the guest till done, yields (fuel slice) or parks on the host."""
+
+    def __init__(self, inst: Instance, func: Any, args: tuple[int, ...], *, nresults: int = 0) -> None:
+        self.inst = inst
+        self.func = func
+        self.nresults = nresults
+        self.args = (ffi.wasmtime_val_t * max(1, len(args)))()
+        for i, value in enumerate(args):
+            self.args[i].kind = _I32  # type: ignore[assignment]  # ctypes fields take ints
+            self.args[i].of.i32 = value
+        self.nargs = len(args)
+        self.results = (ffi.wasmtime_val_t * max(1, nresults))()
+        self.trap = POINTER(ffi.wasm_trap_t)()
+        self.error = POINTER(ffi.wasmtime_error_t)()
+        self.future: Any = None
+        self.finished = False
+        self._outcome: SandboxError | None = None
+
+    def start(self) -> None:
+        self.future = ffi.wasmtime_func_call_async(
+            self.inst._ctx,
+            byref(self.func),
+            self.args,
+            self.nargs,
+            self.results,
+            self.nresults,
+            byref(self.trap),
+            byref(self.error),
+        )
+
+    def poll(self, dispatch: HostDispatch) -> bool:
+        """Run one slice with ``dispatch`` as the target of host calls. True when the call has finished."""
+        if self.finished:
+            return True
+        runtime = self.inst.runtime
+        runtime.current = dispatch
+        try:
+            done = bool(ffi.wasmtime_call_future_poll(self.future))
+        finally:
+            runtime.current = None
+        if done:
+            self.finished = True
+            ffi.wasmtime_call_future_delete(self.future)
+            self.future = None
+            if self.trap:
+                self._outcome = _trap_error(self.trap)
+            elif self.error:
+                self._outcome = _wasmtime_error(self.error, "call failed")
+        return done
+
+    def result(self) -> int:
+        """The i32/i64 result (0 for none) of a finished call; raises the translated trap or error."""
+        if not self.finished:
+            raise SandboxError("call has not finished")
+        if self._outcome is not None:
+            raise self._outcome
+        if self.nresults == 0:
+            return 0
+        val = self.results[0]
+        return int(val.of.i64) if _kind(val) == _I64 else int(val.of.i32)
+
+    def cancel(self) -> None:
+        """Drop an unfinished call: wasmtime unwinds the guest's fiber; the store stays usable."""
+        if self.future is not None:
+            ffi.wasmtime_call_future_delete(self.future)
+            self.future = None
+        self.finished = True
+        if self._outcome is None:
+            self._outcome = SandboxError("call cancelled")

@@ -1,0 +1,558 @@
+"""AgentHost: one per worker process; hosts many sandboxes on one thread and runs them in fuel slices.
+
+The host is a dynamic supervisor with ``simple_one_for_one`` semantics over its agents: every agent is a
+child started from a manifest; a crashed agent (trap, wall-clock deadline, failed init) is restarted per its
+manifest's ``restart`` policy within an intensity window (more than ``restart_intensity`` restarts in
+``restart_period_ms`` and the agent is given up: only that agent, never its siblings). The window logic is
+local (``_RestartWindow``): ``workers`` may not import ``supervisor`` (package boundary), so this mirrors
+``openfang.supervisor.restart`` semantics instead of importing it.
+
+Driving it (the worker's loop)::
+
+    host.submit(env)               # agent.spawn / send / list / info / suspend / resume / kill
+    replies = host.step(0.02)      # run ready agents round-robin for up to 20 ms, collect finished replies
+    poll(host.wakeup_fd(), timeout=host.next_deadline())
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from openfang.protocol.envelope import Envelope
+from openfang.protocol.errors import (
+    AlreadyExists,
+    Busy,
+    NotFound,
+    OpenFangError,
+    ProtocolError,
+    SandboxError,
+)
+from openfang.workers import _host_jobs as jobs
+from openfang.workers import guest_abi as abi
+from openfang.workers._wasmtime import EngineOptions, HostFunctionSpec, Runtime
+from openfang.workers.manifest import AgentManifest, ModelConfig, load_manifest
+from openfang.workers.sandbox import DoneJob, Job, Outcome, Sandbox
+
+log = structlog.get_logger("openfang.workers.agent_host")
+MAX_INBOX = 1024
+HOST_SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a in abi.HOST_FUNCTIONS)
+
+
+class _RestartWindow:
+    """OTP's add_restart: at most ``intensity`` restarts within ``period`` seconds."""
+
+    def __init__(self, intensity: int, period: float) -> None:
+        self.intensity, self.period = intensity, period
+        self.times: deque[float] = deque()
+
+    def add_restart(self, now: float) -> bool:
+        self.times.append(now)
+        while self.times and self.times[0] <= now - self.period:
+            self.times.popleft()
+        return len(self.times) <= self.intensity
+
+
+@dataclass(kw_only=True)
+class _Agent:
+    agent_id: str
+    manifest: AgentManifest
+    sandbox: Sandbox
+    provider: Any
+    window: _RestartWindow
+    created_at: float = field(default_factory=time.time)
+    restarts: int = 0
+    inbox: deque[tuple[Envelope, bytes]] = field(default_factory=deque)
+    current: Envelope | None = None
+    spawn_env: Envelope | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    fuel_at_start: int = 0
+    chat_cache: jobs.ChatCache = field(default_factory=jobs.ChatCache)
+
+
+class AgentHost:
+    """Hosts many agents in one thread. Not thread-safe: call everything from the worker's loop."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        *,
+        llm_factory: Callable[[ModelConfig], Any] | None = None,
+        tools: Any | None = None,
+        audit: Callable[[dict[str, Any]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        events: Callable[[dict[str, Any]], None] | None = None,
+        tool_context: Callable[[Sandbox], Any] | None = None,
+        engine_options: EngineOptions | None = None,
+        max_threads: int = 4,
+    ) -> None:
+        self.worker_id = worker_id
+        self.llm_factory = llm_factory
+        self.tools = tools
+        self._audit = audit
+        self._events = events
+        self._tool_context = tool_context
+        self.clock = clock
+        self._options = engine_options or EngineOptions()
+        self._runtimes: dict[int, Runtime] = {}
+        self._agents: dict[str, _Agent] = {}
+        self._active: dict[str, _Agent] = {}  # agents with a call in progress (insertion order = round robin)
+        self._replies: list[Envelope] = []
+        self._runner = jobs.JobRunner(max_threads)
+        self._ids = itertools.count(1)
+        self._rr: dict[str, int] = {}
+        self._bound = log.bind(worker=worker_id)
+
+    # -- public API ------------------------------------------------------------------------------------
+    def wakeup_fd(self) -> int:
+        """Readable when a background LLM/tool job finished; poll it beside the worker's sockets."""
+        return self._runner.fileno()
+
+    def submit(self, env: Envelope) -> None:
+        """Accept one agent.* request. Replies come out of :meth:`step` (immediately for cheap requests)."""
+        handler = getattr(self, "_on_" + env.type.removeprefix("agent.").replace(".", "_"), None)
+        if not env.type.startswith("agent.") or handler is None:
+            self._replies.append(env.error(ProtocolError(f"type: agent host does not serve {env.type!r}")))
+            return
+        try:
+            handler(env)
+        except OpenFangError as exc:
+            self._replies.append(env.error(exc))
+
+    def step(self, max_seconds: float) -> list[Envelope]:
+        """Run ready agents round-robin, one fuel slice each per turn, for up to ``max_seconds``."""
+        for agent_id in self._runner.drain():
+            agent = self._active.get(agent_id)
+            if agent is not None:
+                self._apply(agent, agent.sandbox.refresh(self.clock()))
+        end = time.perf_counter() + max_seconds
+        while self._active:
+            ran = False
+            now = self.clock()
+            for agent in list(self._active.values()):
+                sb = agent.sandbox
+                self._apply(agent, sb.refresh(now))
+                if agent.agent_id in self._active and sb.runnable():
+                    ran = True
+                    self._apply(agent, sb.run_slice())
+            if not ran or time.perf_counter() >= end:
+                break
+        out, self._replies = self._replies, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The next moment :meth:`step` has work without new input (now, a refuel, or a call deadline)."""
+        best: float | None = None
+        for agent in self._active.values():
+            if agent.sandbox.runnable():
+                return self.clock()
+            t = agent.sandbox.wake_time()
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def agents(self) -> list[dict[str, Any]]:
+        return [self._record(a) for a in self._agents.values()]
+
+    def runtime_stats(self) -> dict[str, int]:
+        return {
+            "live_stores": sum(rt.live_stores for rt in self._runtimes.values()),
+            "agents": len(self._agents),
+        }
+
+    def close(self) -> None:
+        """Free every sandbox and engine now and stop the job threads."""
+        for agent in list(self._agents.values()):
+            agent.sandbox.close()
+        self._agents.clear()
+        self._active.clear()
+        self._runner.close()
+        for rt in self._runtimes.values():
+            rt.close()
+        self._runtimes.clear()
+
+    # -- requests ---------------------------------------------------------------------------------------
+    def _on_spawn(self, env: Envelope) -> None:
+        text = env.body.get("manifest")
+        if not isinstance(text, str):
+            raise ProtocolError("body.manifest: must be the agent.toml text")
+        mpath = env.body.get("manifest_path")
+        from pathlib import Path
+
+        path = Path(mpath) if isinstance(mpath, str) and mpath else None
+        names = self.tools.names() if self.tools is not None and hasattr(self.tools, "names") else None
+        manifest = load_manifest(
+            text,
+            source=path.name if path else "agent.toml",
+            base_dir=path.parent if path else None,
+            tool_names=set(names) if names is not None else None,
+        )
+        agent_id = manifest.sandbox.agent_id or f"{manifest.name}-{next(self._ids)}"
+        while manifest.sandbox.agent_id is None and agent_id in self._agents:
+            agent_id = f"{manifest.name}-{next(self._ids)}"
+        if agent_id in self._agents:
+            raise AlreadyExists(f"agent {agent_id!r} already exists on worker {self.worker_id}")
+        provider = None
+        if manifest.model is not None and self.llm_factory is not None:
+            provider = self.llm_factory(manifest.model)
+        window = _RestartWindow(manifest.restart_intensity, manifest.restart_period_ms / 1000)
+        sandbox = self._new_sandbox(manifest, agent_id)
+        agent = _Agent(
+            agent_id=agent_id, manifest=manifest, sandbox=sandbox, provider=provider, window=window
+        )
+        self._agents[agent_id] = agent
+        agent.spawn_env = env
+        self._start(agent)
+
+    def _new_sandbox(self, manifest: AgentManifest, agent_id: str) -> Sandbox:
+        sandbox = Sandbox(
+            manifest,
+            self._runtime(manifest.sandbox.memory.stack_size_kb),
+            agent_id=agent_id,
+            services=_Services(self),
+            clock=self.clock,
+        )
+        sandbox.load()  # raises (and frees) on refusal: nothing is registered for a failed spawn
+        return sandbox
+
+    def _start(self, agent: _Agent) -> None:
+        if agent.sandbox.begin_init():
+            self._active[agent.agent_id] = agent
+        else:
+            self._started(agent)
+
+    def _started(self, agent: _Agent) -> None:
+        self._event(agent, "running")
+        if agent.spawn_env is not None:
+            body = {
+                "agent_id": agent.agent_id,
+                "worker": self.worker_id,
+                "service": agent.manifest.service,
+                "spawn": agent.sandbox.spawn_kind,
+                "spawn_ms": round(agent.sandbox.spawn_seconds * 1000, 3),
+            }
+            self._replies.append(agent.spawn_env.reply(body))
+            agent.spawn_env = None
+        self._next_message(agent)
+
+    def _on_send(self, env: Envelope) -> None:
+        text = env.body.get("text")
+        if not isinstance(text, str):
+            raise ProtocolError("body.text: must be a string")
+        agent = self._pick(env.body.get("agent_id"), env.body.get("service"))
+        if len(agent.inbox) >= MAX_INBOX:
+            raise Busy(f"agent {agent.agent_id} has {MAX_INBOX} messages waiting")
+        session = env.body.get("session")
+        agent.inbox.append(
+            (env, abi.user_message(text, session=session if isinstance(session, str) else None))
+        )
+        if agent.current is None and agent.spawn_env is None:
+            self._next_message(agent)
+
+    def _pick(self, agent_id: Any, service: Any) -> _Agent:
+        if isinstance(agent_id, str):
+            agent = self._agents.get(agent_id)
+            if agent is None:
+                raise NotFound(f"no agent {agent_id!r} on worker {self.worker_id}")
+            return agent
+        pool = [a for a in self._agents.values() if a.manifest.service == service]
+        if not pool:
+            raise NotFound(f"no agent serves {service!r} on worker {self.worker_id}")
+        # Least loaded first; ties broken round-robin so equal agents share the traffic.
+        start = self._rr.get(str(service), 0)
+        self._rr[str(service)] = start + 1
+        rotated = pool[start % len(pool) :] + pool[: start % len(pool)]
+        return min(rotated, key=lambda a: len(a.inbox) + (a.current is not None))
+
+    def _on_list(self, env: Envelope) -> None:
+        self._replies.append(env.reply({"agents": self.agents()}))
+
+    def _on_info(self, env: Envelope) -> None:
+        self._replies.append(env.reply(self._record(self._get(env))))
+
+    def _on_suspend(self, env: Envelope) -> None:
+        agent = self._get(env)
+        agent.sandbox.suspend()
+        self._event(agent, "suspended")
+        self._replies.append(env.reply({"agent_id": agent.agent_id, "state": "suspended"}))
+
+    def _on_resume(self, env: Envelope) -> None:
+        agent = self._get(env)
+        agent.sandbox.resume()
+        self._event(agent, "running")
+        self._replies.append(env.reply({"agent_id": agent.agent_id, "state": "running"}))
+
+    def _on_kill(self, env: Envelope) -> None:
+        agent = self._get(env)
+        self._remove(agent, "dead", SandboxError(f"agent {agent.agent_id} was killed"))
+        self._replies.append(env.reply({"agent_id": agent.agent_id, "state": "dead"}))
+
+    def _get(self, env: Envelope) -> _Agent:
+        agent_id = env.body.get("agent_id")
+        agent = self._agents.get(agent_id) if isinstance(agent_id, str) else None
+        if agent is None:
+            raise NotFound(f"no agent {agent_id!r} on worker {self.worker_id}")
+        return agent
+
+    # -- running ------------------------------------------------------------------------------------------
+    def _next_message(self, agent: _Agent) -> None:
+        if agent.current is not None or not agent.inbox:
+            if agent.current is None:
+                self._active.pop(agent.agent_id, None)
+            return
+        env, payload = agent.inbox.popleft()
+        agent.current = env
+        agent.usage = {"prompt_tokens": 0, "completion_tokens": 0, "tool_calls": 0}
+        agent.fuel_at_start = agent.sandbox.fuel_used
+        agent.sandbox.begin_message(payload)
+        self._active[agent.agent_id] = agent
+
+    def _apply(self, agent: _Agent, outcome: Outcome | None) -> None:
+        if outcome is None:
+            return
+        if outcome.phase == "init":
+            if outcome.ok:
+                self._active.pop(agent.agent_id, None)
+                self._started(agent)
+            else:
+                self._crashed(agent, outcome.error or SandboxError("agent_init failed"))
+            return
+        env, agent.current = agent.current, None
+        if env is not None:
+            if outcome.ok:
+                usage = dict(agent.usage, fuel=agent.sandbox.fuel_used - agent.fuel_at_start)
+                reply = outcome.reply.decode("utf-8", "replace")
+                self._replies.append(env.reply({"reply": reply, "agent_id": agent.agent_id, "usage": usage}))
+            else:
+                err = (
+                    outcome.error
+                    if isinstance(outcome.error, OpenFangError)
+                    else SandboxError(str(outcome.error))
+                )
+                self._replies.append(env.error(err))
+        if outcome.crashed:
+            self._crashed(agent, outcome.error or SandboxError("agent crashed"))
+        else:
+            self._next_message(agent)
+
+    def _crashed(self, agent: _Agent, error: BaseException) -> None:
+        """simple_one_for_one: restart this agent per its policy and window; siblings are never touched."""
+        reason = str(error)
+        self._bound.warning("agent_crashed", agent_id=agent.agent_id, reason=reason)
+        agent.sandbox.close()
+        self._active.pop(agent.agent_id, None)
+        policy = agent.manifest.restart
+        if policy == "temporary" or not agent.window.add_restart(self.clock()):
+            gave_up = policy != "temporary"
+            self._remove(
+                agent, "dead", SandboxError(f"agent {agent.agent_id} crashed: {reason}"), reason=reason
+            )
+            if gave_up:
+                self._audit_record({"kind": "agent_gave_up", "agent_id": agent.agent_id, "reason": reason})
+            return
+        self._event(agent, "restarting", reason=reason)
+        try:
+            agent.sandbox = self._new_sandbox(agent.manifest, agent.agent_id)
+        except OpenFangError as exc:
+            self._remove(agent, "dead", exc, reason=f"restart failed: {exc.message}")
+            return
+        agent.restarts += 1
+        self._start(agent)
+
+    def _remove(self, agent: _Agent, state: str, error: OpenFangError, *, reason: str = "") -> None:
+        agent.sandbox.close()
+        self._agents.pop(agent.agent_id, None)
+        self._active.pop(agent.agent_id, None)
+        for env in ([agent.spawn_env] if agent.spawn_env else []) + (
+            [agent.current] if agent.current else []
+        ):
+            self._replies.append(env.error(error))
+        for env, _ in agent.inbox:
+            self._replies.append(env.error(error))
+        agent.inbox.clear()
+        agent.current = agent.spawn_env = None
+        self._event(agent, state, reason=reason)
+
+    def _record(self, agent: _Agent) -> dict[str, Any]:
+        info = agent.sandbox.info()
+        state = (
+            "starting"
+            if agent.spawn_env is not None
+            else ("suspended" if agent.sandbox.user_suspended else "running")
+        )
+        info.update(
+            agent_id=agent.agent_id,
+            name=agent.manifest.name,
+            worker=self.worker_id,
+            state=state,
+            activity=agent.sandbox.state.value,
+            restarts=agent.restarts,
+            created_at=agent.created_at,
+            inbox=len(agent.inbox),
+        )
+        return info
+
+    def _event(self, agent: _Agent, state: str, **extra: Any) -> None:
+        if self._events is not None:
+            self._events(
+                {
+                    "kind": "agent.state",
+                    "agent_id": agent.agent_id,
+                    "worker": self.worker_id,
+                    "state": state,
+                    **extra,
+                }
+            )
+
+    def _audit_record(self, record: dict[str, Any]) -> None:
+        record = {"worker": self.worker_id, "time": time.time(), **record}
+        self._bound.info("audit", **record)
+        if self._audit is not None:
+            self._audit(record)
+
+    def _runtime(self, stack_kb: int) -> Runtime:
+        rt = self._runtimes.get(stack_kb)
+        if rt is None:
+            opts = EngineOptions(
+                max_wasm_stack_kb=stack_kb,
+                epoch_tick_ms=self._options.epoch_tick_ms,
+                fuel_slice=self._options.fuel_slice,
+            )
+            rt = self._runtimes[stack_kb] = Runtime(HOST_SPECS, options=opts)
+            rt.start_ticker()
+        return rt
+
+
+class _Services:
+    """The HostServices a sandbox sees: jobs for its parking host calls, audit."""
+
+    def __init__(self, host: AgentHost) -> None:
+        self.host = host
+
+    def _agent(self, sandbox: Sandbox) -> _Agent | None:
+        agent = self.host._agents.get(sandbox.agent_id)
+        return agent if agent is not None and agent.sandbox is sandbox else None
+
+    def audit(self, record: dict[str, Any]) -> None:
+        self.host._audit_record(record)
+
+    def start_llm(self, sandbox: Sandbox, messages: list[dict[str, Any]]) -> Job:
+        agent = self._agent(sandbox)
+        if agent is None or agent.provider is None:
+            return DoneJob(abi.E_UNAVAILABLE, b"no LLM provider in this host")
+        specs: list[Any] = []
+        if agent.manifest.tools and self.host.tools is not None and hasattr(self.host.tools, "specs_for"):
+            specs = list(self.host.tools.specs_for(frozenset(agent.manifest.tools)))
+        job = _UsageJob(agent)
+        chat = agent.chat_cache.convert(messages)
+        work = jobs.llm_work(agent.provider, agent.manifest.system_prompt, chat, specs)
+        self.host._runner.run(job, work, inline=getattr(agent.provider, "blocking", True) is False)
+        return job
+
+    def start_tools(self, sandbox: Sandbox, request: dict[str, Any]) -> Job:
+        agent = self._agent(sandbox)
+        if agent is None or self.host.tools is None:
+            return DoneJob(abi.E_UNAVAILABLE, b"no tool registry in this host")
+        single = "tool_calls" not in request
+        calls = [request] if single else list(request.get("tool_calls") or [])
+        if not all(isinstance(c, dict) for c in calls) or not calls:
+            return DoneJob(abi.E_INVALID)
+        return self._run_tools(agent, sandbox, calls, single)
+
+    def _run_tools(self, agent: _Agent, sandbox: Sandbox, calls: list[dict[str, Any]], single: bool) -> Job:
+        registry = self.host.tools
+        ctx = (
+            self.host._tool_context(sandbox) if self.host._tool_context else _default_context(sandbox, agent)
+        )
+
+        def denied(name: str) -> None:
+            sandbox.counters["denied"] += 1
+            self.audit({"kind": "tool_denied", "agent_id": sandbox.agent_id, "tool": name})
+
+        work = jobs.tools_work(
+            calls,
+            frozenset(agent.manifest.tools),
+            lambda n, a: jobs.invoke_tool(registry, ctx, n, a),
+            denied,
+            single,
+        )
+        inline = all(getattr(_tool(registry, str(c.get("name"))), "blocking", True) is False for c in calls)
+        job = _UsageJob(agent)
+        self.host._runner.run(job, work, inline=inline)
+        return job
+
+    def start_capability(self, sandbox: Sandbox, name: str, payload: bytes) -> Job:
+        agent = self._agent(sandbox)
+        tool = abi.CAPABILITY_IMPORTS.get(name)
+        if agent is None or tool is None or self.host.tools is None:
+            return DoneJob(abi.E_UNAVAILABLE, f"host function {name} is not available in this host".encode())
+        try:
+            args = json.loads(payload)
+        except ValueError:
+            return DoneJob(abi.E_INVALID)
+        # The import was granted by allowed_host_functions: the capability's backing tool is implied.
+        return self._run_tools_as(agent, sandbox, tool, args)
+
+    def _run_tools_as(self, agent: _Agent, sandbox: Sandbox, tool: str, args: Any) -> Job:
+        registry = self.host.tools
+        ctx = (
+            self.host._tool_context(sandbox) if self.host._tool_context else _default_context(sandbox, agent)
+        )
+        work = jobs.tools_work(
+            [{"name": tool, "arguments": args}],
+            frozenset({tool}),
+            lambda n, a: jobs.invoke_tool(registry, ctx, n, a),
+            lambda n: None,
+            True,
+        )
+        job = _UsageJob(agent)
+        self.host._runner.run(job, work, inline=False)
+        return job
+
+
+class _UsageJob(jobs.ThreadJob):
+    """A job that adds its usage (tokens, tool calls) to the agent's current message when it finishes."""
+
+    __slots__ = ("_agent",)
+
+    def __init__(self, agent: _Agent) -> None:
+        super().__init__(agent.agent_id)
+        self._agent = agent
+
+    def finish(self, code: int, value: bytes, usage: dict[str, int] | None = None) -> None:
+        for key, n in (usage or {}).items():
+            self._agent.usage[key] = self._agent.usage.get(key, 0) + n
+        super().finish(code, value, usage)
+
+
+def _tool(registry: Any, name: str) -> Any:
+    try:
+        return registry.get(name)
+    except (KeyError, LookupError, OpenFangError):
+        return None
+
+
+def _default_context(sandbox: Sandbox, agent: _Agent) -> Any:
+    """A ToolContext for the tools module when it is present, else a minimal stand-in with the same names."""
+    try:
+        from openfang.workers.tools import ToolContext
+    except ImportError:
+        ToolContext = None
+    if ToolContext is not None:
+        try:
+            return ToolContext(agent_id=sandbox.agent_id, allowed=frozenset(agent.manifest.tools))
+        except TypeError:
+            pass
+    return _MiniContext(agent_id=sandbox.agent_id, allowed=frozenset(agent.manifest.tools))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _MiniContext:
+    agent_id: str
+    allowed: frozenset[str]

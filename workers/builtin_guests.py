@@ -1,0 +1,130 @@
+"""Built-in guests, as WebAssembly text (wasmtime compiles WAT directly: no toolchain, reproducible offline).
+
+``builtin:llm-agent`` keeps the conversation in its own linear memory as a table of (ptr, len) entries, one
+per chat message (the user's message, each assistant message, each batch of tool results) and loops:
+``llm_invoke`` over the whole table; a final answer ends the message, a tool-call message is passed to
+``tool_call`` and its results are appended. The host bounds the loop (max_calls_per_message -> E_LIMIT).
+Memory is a bump allocator that never frees: the conversation lives as long as the agent, bounded by the
+manifest's heap cap (alloc returns 0 past it, the message fails with E_NOMEM and the host restarts the agent
+per its policy). The table keeps the newest 8064 entries; the host sends the model the newest
+``history_messages`` of them.
+
+``builtin:echo`` replies with the message it was given (routing and density benchmarks, tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+# The allocator shared by both guests: 8-byte aligned bump pointer, grows memory on demand, 0 on failure.
+_ALLOC = """
+  (global $heap (mut i32) (i32.const 65536))
+  (func $alloc (export "alloc") (param $n i32) (result i32)
+    (local $p i32) (local $end i32) (local $need i32)
+    (if (i32.gt_u (local.get $n) (i32.const 0x7fff0000)) (then (return (i32.const 0))))
+    (local.set $p (global.get $heap))
+    (local.set $end (i32.and (i32.add (i32.add (local.get $p) (local.get $n)) (i32.const 7)) (i32.const -8)))
+    (if (i32.lt_u (local.get $end) (local.get $p)) (then (return (i32.const 0))))
+    (if (i32.gt_u (local.get $end) (i32.shl (memory.size) (i32.const 16)))
+      (then
+        (local.set $need
+          (i32.sub (i32.shr_u (i32.add (local.get $end) (i32.const 65535)) (i32.const 16)) (memory.size)))
+        (if (i32.eq (memory.grow (local.get $need)) (i32.const -1)) (then (return (i32.const 0))))))
+    (global.set $heap (local.get $end))
+    (local.get $p))
+"""
+
+LLM_AGENT_WAT = (
+    """(module
+  (import "env" "llm_invoke" (func $llm (param i32 i32) (result i32)))
+  (import "env" "tool_call" (func $tool (param i32 i32) (result i32)))
+  (import "env" "host_result" (func $result (param i32 i32) (result i32)))
+  ;; page 0: [1024, 65536) holds the conversation table: 8064 entries of (u32 ptr, u32 len)
+  (memory (export "memory") 2)
+  (global $count (mut i32) (i32.const 0))
+"""
+    + _ALLOC
+    + """
+  (func $push (param $p i32) (param $n i32) (result i32)
+    (local $slot i32)
+    ;; table full: forget the oldest half (the host only sends the newest history_messages anyway)
+    (if (i32.ge_u (global.get $count) (i32.const 8064))
+      (then
+        (memory.copy (i32.const 1024) (i32.const 33280) (i32.const 32256))
+        (global.set $count (i32.const 4032))))
+    (local.set $slot (i32.add (i32.const 1024) (i32.shl (global.get $count) (i32.const 3))))
+    (i32.store (local.get $slot) (local.get $p))
+    (i32.store offset=4 (local.get $slot) (local.get $n))
+    (global.set $count (i32.add (global.get $count) (i32.const 1)))
+    (i32.const 1))
+
+  ;; Allocate n bytes and copy the pending host result into them: ptr, or a negative error code.
+  (func $fetch (param $n i32) (result i32)
+    (local $buf i32) (local $got i32)
+    (local.set $buf (call $alloc (local.get $n)))
+    (if (i32.eqz (local.get $buf)) (then (return (i32.const -8))))
+    (local.set $got (call $result (local.get $buf) (local.get $n)))
+    (if (i32.lt_s (local.get $got) (i32.const 0)) (then (return (local.get $got))))
+    (local.get $buf))
+
+  (func (export "agent_init") (result i32) (i32.const 0))
+
+  (func (export "agent_handle") (param $p i32) (param $n i32) (result i64)
+    (local $r i32) (local $buf i32) (local $jlen i32)
+    (if (i32.eqz (call $push (local.get $p) (local.get $n))) (then (return (i64.const -4))))
+    (loop $turn
+      (local.set $r (call $llm (i32.const 1024) (i32.shl (global.get $count) (i32.const 3))))
+      (if (i32.lt_s (local.get $r) (i32.const 0)) (then (return (i64.extend_i32_s (local.get $r)))))
+      (if (i32.lt_u (local.get $r) (i32.const 5)) (then (return (i64.const -2))))
+      (local.set $buf (call $fetch (local.get $r)))
+      (if (i32.lt_s (local.get $buf) (i32.const 0)) (then (return (i64.extend_i32_s (local.get $buf)))))
+      (local.set $jlen (i32.load offset=1 align=1 (local.get $buf)))
+      (if (i32.gt_u (i32.add (local.get $jlen) (i32.const 5)) (local.get $r)) (then (return (i64.const -2))))
+      (if (i32.eqz (call $push (i32.add (local.get $buf) (i32.const 5)) (local.get $jlen)))
+        (then (return (i64.const -4))))
+      ;; 'A': final answer, the text after the message JSON is the reply
+      (if (i32.eq (i32.load8_u (local.get $buf)) (i32.const 65))
+        (then
+          (return
+            (i64.or
+              (i64.shl
+                (i64.extend_i32_u (i32.add (i32.add (local.get $buf) (i32.const 5)) (local.get $jlen)))
+                (i64.const 32))
+              (i64.extend_i32_u (i32.sub (i32.sub (local.get $r) (i32.const 5)) (local.get $jlen)))))))
+      ;; 'T': run the tool calls of the assistant message just appended, append the tool results
+      (local.set $r (call $tool (i32.add (local.get $buf) (i32.const 5)) (local.get $jlen)))
+      (if (i32.lt_s (local.get $r) (i32.const 0)) (then (return (i64.extend_i32_s (local.get $r)))))
+      (local.set $buf (call $fetch (local.get $r)))
+      (if (i32.lt_s (local.get $buf) (i32.const 0)) (then (return (i64.extend_i32_s (local.get $buf)))))
+      (if (i32.eqz (call $push (local.get $buf) (local.get $r))) (then (return (i64.const -4))))
+      (br $turn))
+    (i64.const -2))
+)
+"""
+)
+
+ECHO_WAT = (
+    """(module
+  (memory (export "memory") 2)
+"""
+    + _ALLOC
+    + """
+  (func (export "agent_init") (result i32) (i32.const 0))
+  ;; Reply with the message itself; the heap is reset after each message (nothing is kept).
+  (func (export "agent_handle") (param $p i32) (param $n i32) (result i64)
+    (global.set $heap (i32.const 65536))
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32)) (i64.extend_i32_u (local.get $n))))
+)
+"""
+)
+
+BUILTINS: dict[str, str] = {"llm-agent": LLM_AGENT_WAT, "echo": ECHO_WAT}
+
+
+def builtin_source(name: str) -> bytes:
+    """The WAT source of ``builtin:<name>`` as bytes (what the module cache is keyed on)."""
+    return BUILTINS[name].encode()
+
+
+def builtin_digest(name: str) -> str:
+    return hashlib.sha256(builtin_source(name)).hexdigest()

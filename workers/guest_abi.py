@@ -1,0 +1,121 @@
+"""The guest ABI: what an agent module exports and imports, and the codes that cross the boundary.
+
+docs/guest-abi.md is the prose version of this module; keep them together.
+
+Exports (all i32 unless said): ``memory``; ``alloc(size) -> ptr`` (0 = out of memory);
+``agent_init() -> status`` (optional; non-zero fails the spawn); ``agent_handle(ptr, len) -> i64`` whose
+value is ``(reply_ptr << 32) | reply_len`` on success or a negative error code.
+
+Imports (module ``env``, every function takes i32s and returns one i32; negative = error code):
+``host_result(ptr, cap)`` copies the pending result of the last host call; ``log(ptr, len)``;
+``llm_invoke(iov_ptr, iov_len)`` and ``tool_call(ptr, len)`` park the guest until their result is ready;
+``time_now_ms()``; ``net_fetch(ptr, len)`` / ``fs_read_scoped(ptr, len)`` (tools behind host functions).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+# Error codes a host function returns to the guest (negative i32); the guest's agent_handle may return
+# them too (as negative i64) to fail a message.
+E_DENIED = -1  # the agent's permissions do not allow this host function / tool
+E_INVALID = -2  # bad pointer, bad payload, or no such host function in this host
+E_FAILED = -3  # the host-side operation failed (LLM error, tool failure); details in host_result
+E_LIMIT = -4  # max_calls_per_message reached
+E_RANGE = -5  # buffer too small for the pending result
+E_NO_RESULT = -6  # host_result called with nothing pending
+E_UNAVAILABLE = -7  # this host has no LLM provider / tool registry configured
+E_NOMEM = -8  # (guest side) alloc failed: the memory cap was reached
+
+ERROR_NAMES = {
+    E_DENIED: "denied",
+    E_INVALID: "invalid",
+    E_FAILED: "failed",
+    E_LIMIT: "limit",
+    E_RANGE: "range",
+    E_NO_RESULT: "no_result",
+    E_UNAVAILABLE: "unavailable",
+    E_NOMEM: "nomem",
+}
+
+# Imports every agent may use: they only touch the agent's own memory.
+CORE_IMPORTS = frozenset({"host_result", "log", "time_now_ms"})
+# Imports granted implicitly by the manifest: llm_invoke when [agent.model] is set, tool_call when
+# agent.tools is non-empty (each tool is still checked against agent.tools at call time).
+LLM_IMPORT = "llm_invoke"
+TOOL_IMPORT = "tool_call"
+# Capability host functions: granted only via [sandbox.permissions] allowed_host_functions.
+CAPABILITY_IMPORTS = {"net_fetch": "http_fetch", "fs_read_scoped": "fs_read_scoped"}
+
+# (name, number of i32 params, parks the guest)
+HOST_FUNCTIONS: tuple[tuple[str, int, bool], ...] = (
+    ("host_result", 2, False),
+    ("log", 2, False),
+    ("time_now_ms", 0, False),
+    ("llm_invoke", 2, True),
+    ("tool_call", 2, True),
+    ("net_fetch", 2, True),
+    ("fs_read_scoped", 2, True),
+)
+KNOWN_IMPORTS = frozenset(name for name, _, _ in HOST_FUNCTIONS)
+
+EXPORT_ALLOC = "alloc"
+EXPORT_INIT = "agent_init"
+EXPORT_HANDLE = "agent_handle"
+REQUIRED_EXPORTS = ("memory", EXPORT_ALLOC, EXPORT_HANDLE)
+
+TAG_ANSWER = ord("A")
+TAG_TOOLS = ord("T")
+
+
+def split_reply(value: int) -> tuple[int, int]:
+    """(ptr, len) of an ``agent_handle`` success value."""
+    return (value >> 32) & 0xFFFFFFFF, value & 0xFFFFFFFF
+
+
+def parse_iovecs(raw: bytes) -> list[tuple[int, int]]:
+    """The (ptr, len) pairs of an iovec array (little-endian u32 pairs). Raises ValueError if misaligned."""
+    if len(raw) % 8:
+        raise ValueError(f"iovec array length {len(raw)} is not a multiple of 8")
+    return [struct.unpack_from("<II", raw, off) for off in range(0, len(raw), 8)]
+
+
+def parse_messages(segments: list[bytes]) -> list[dict[str, Any]]:
+    """Chat messages from iovec segments; a segment may hold several newline-separated JSON objects."""
+    out: list[dict[str, Any]] = []
+    for seg in segments:
+        for line in seg.split(b"\n"):
+            if not line.strip():
+                continue
+            msg = json.loads(line)
+            if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+                raise ValueError("each conversation entry must be a JSON object with a string 'role'")
+            out.append(msg)
+    return out
+
+
+def encode_llm_result(message: dict[str, Any], answer: str | None) -> bytes:
+    """The ``llm_invoke`` result: tag, u32 length of the assistant message JSON, the JSON, then the answer.
+
+    Tag ``A`` = final answer (the answer text follows the JSON); tag ``T`` = the message carries tool calls
+    (pass the JSON to ``tool_call`` and append its result to the conversation).
+    """
+    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    if answer is None:
+        return bytes([TAG_TOOLS]) + struct.pack("<I", len(body)) + body
+    return bytes([TAG_ANSWER]) + struct.pack("<I", len(body)) + body + answer.encode()
+
+
+def user_message(text: str, *, session: str | None = None) -> bytes:
+    """The bytes handed to ``agent_handle``: one JSON chat message."""
+    msg: dict[str, Any] = {"role": "user", "content": text}
+    if session:
+        msg["session"] = session
+    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def tool_messages(results: list[dict[str, Any]]) -> bytes:
+    """Newline-separated JSON tool messages (the ``tool_call`` result for an assistant message)."""
+    return b"\n".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() for r in results)

@@ -1,0 +1,338 @@
+"""Agent manifests (agent.toml): parse, validate everything at once, and return frozen dataclasses.
+
+Every problem is reported in one :class:`ConfigError`, each with its place, e.g.
+``agent.toml: [sandbox.fuel] key 'max_fuel'``. Unknown keys are errors (except inside ``[agent.model]``,
+whose semantics belong to the LLM providers: pass ``validate_model`` to check it deeply).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from openfang.protocol.errors import ConfigError, Problem
+from openfang.workers import guest_abi
+
+RestartPolicy = Literal["permanent", "transient", "temporary"]
+RESTART_POLICIES = ("permanent", "transient", "temporary")
+PROVIDERS = ("openai", "anthropic", "scripted", "fallback")
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+ModelValidator = Callable[[Mapping[str, Any], str], list[Problem]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelConfig:
+    """[agent.model]: kept shallow; ``raw`` is the table as written, for ``make_provider``."""
+
+    provider: str
+    name: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FuelConfig:
+    max_fuel: int = 500_000_000  # fuel an agent may burn per refuel interval
+    refuel_interval_ms: int = 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryConfig:
+    max_heap_mb: int = 64
+    stack_size_kb: int = 512
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PermissionsConfig:
+    allowed_host_functions: tuple[str, ...] = ()
+    denied_host_functions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SandboxConfig:
+    agent_id: str | None = None
+    fuel: FuelConfig = field(default_factory=FuelConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    permissions: PermissionsConfig = field(default_factory=PermissionsConfig)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentManifest:
+    """One validated agent.toml."""
+
+    name: str
+    module: str = "builtin:llm-agent"
+    description: str = ""
+    module_sha256: str | None = None
+    version: int = 1
+    system_prompt: str = ""
+    tools: tuple[str, ...] = ()
+    restart: RestartPolicy = "permanent"
+    service: str | None = None
+    max_calls_per_message: int = 16
+    history_messages: int = 64  # newest conversation entries sent to the model per llm_invoke
+    call_timeout_ms: int = 30_000
+    restart_intensity: int = 1  # OTP defaults: more than 1 restart in 5 s gives the agent up
+    restart_period_ms: int = 5_000
+    model: ModelConfig | None = None
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    source: str = "agent.toml"
+    base_dir: Path | None = None
+
+    def granted_imports(self) -> frozenset[str]:
+        """Host functions this agent may import: core ABI + implicit grants + allowed, minus denied."""
+        granted = set(guest_abi.CORE_IMPORTS) | set(self.sandbox.permissions.allowed_host_functions)
+        if self.model is not None:
+            granted.add(guest_abi.LLM_IMPORT)
+        if self.tools:
+            granted.add(guest_abi.TOOL_IMPORT)
+        return frozenset(granted - set(self.sandbox.permissions.denied_host_functions))
+
+    def module_path(self) -> Path | None:
+        """The module file for a path module (None for ``builtin:``)."""
+        if self.module.startswith("builtin:"):
+            return None
+        path = Path(self.module)
+        if not path.is_absolute() and self.base_dir is not None:
+            path = self.base_dir / path
+        return path
+
+
+class _Checker:
+    """Collects problems while reading typed values out of TOML tables."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[Problem] = []
+
+    def where(self, table: str, key: str | None = None) -> str:
+        return f"{self.source}: [{table}]" + (f" key '{key}'" if key is not None else "")
+
+    def add(self, table: str, key: str | None, what: str) -> None:
+        self.problems.append(Problem(self.where(table, key), what))
+
+    def table(self, parent: Mapping[str, Any], key: str, table: str) -> Mapping[str, Any]:
+        value = parent.get(key, {})
+        if not isinstance(value, dict):
+            self.add(table, None, f"must be a table, got {type(value).__name__}")
+            return {}
+        return value
+
+    def unknown(self, data: Mapping[str, Any], table: str, known: Collection[str]) -> None:
+        for key in sorted(set(data) - set(known)):
+            self.add(table, key, f"unknown key (known keys: {', '.join(sorted(known))})")
+
+    def get_str(
+        self,
+        data: Mapping[str, Any],
+        table: str,
+        key: str,
+        default: str | None,
+        *,
+        pattern: re.Pattern[str] | None = None,
+        required: bool = False,
+    ) -> str | None:
+        if key not in data:
+            if required:
+                self.add(table, key, "is required")
+            return default
+        value = data[key]
+        if not isinstance(value, str):
+            self.add(table, key, f"must be a string, got {type(value).__name__}")
+            return default
+        if pattern is not None and not pattern.match(value):
+            self.add(table, key, f"{value!r} does not match {pattern.pattern}")
+            return default
+        return value
+
+    def get_int(self, data: Mapping[str, Any], table: str, key: str, default: int, lo: int, hi: int) -> int:
+        if key not in data:
+            return default
+        value = data[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.add(table, key, f"must be an integer, got {type(value).__name__}")
+            return default
+        if not lo <= value <= hi:
+            self.add(table, key, f"must be between {lo} and {hi}, got {value}")
+            return default
+        return value
+
+    def get_names(self, data: Mapping[str, Any], table: str, key: str) -> tuple[str, ...]:
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.add(table, key, "must be a list of non-empty strings")
+            return ()
+        if len(set(value)) != len(value):
+            self.add(table, key, "lists a name more than once")
+        return tuple(value)
+
+
+_AGENT_KEYS = (
+    "name",
+    "description",
+    "module",
+    "module_sha256",
+    "version",
+    "system_prompt",
+    "tools",
+    "restart",
+    "service",
+    "max_calls_per_message",
+    "history_messages",
+    "call_timeout_ms",
+    "restart_intensity",
+    "restart_period_ms",
+    "model",
+)
+
+
+def load_manifest(
+    path_or_text: str | Path,
+    *,
+    source: str | None = None,
+    base_dir: Path | None = None,
+    validate_model: ModelValidator | None = None,
+    tool_names: Collection[str] | None = None,
+) -> AgentManifest:
+    """Parse and validate a manifest from a file (a :class:`Path`) or TOML text (a :class:`str`).
+
+    ``source`` names the manifest in problems (default: the file name, else ``agent.toml``); relative module
+    paths resolve against ``base_dir`` (default: the file's directory). ``tool_names``, when given, is the
+    registry every listed tool must exist in. Raises :class:`ConfigError` with every problem found.
+    """
+    if isinstance(path_or_text, Path):
+        source = source or path_or_text.name
+        base_dir = base_dir or path_or_text.parent
+        try:
+            text = path_or_text.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(Problem(str(path_or_text), f"cannot read manifest: {exc}")) from None
+    else:
+        text = path_or_text
+    source = source or "agent.toml"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(Problem(source, f"not valid TOML: {exc}")) from None
+    c = _Checker(source)
+    c.unknown(data, "<top level>", ("agent", "sandbox"))
+    agent = c.table(data, "agent", "agent")
+    if "agent" not in data:
+        c.add("agent", None, "table is required")
+    c.unknown(agent, "agent", _AGENT_KEYS)
+    name = c.get_str(agent, "agent", "name", None, pattern=_ID, required=True) or "invalid"
+    module = c.get_str(agent, "agent", "module", "builtin:llm-agent") or "builtin:llm-agent"
+    sha = c.get_str(agent, "agent", "module_sha256", None, pattern=_SHA256)
+    restart = c.get_str(agent, "agent", "restart", "permanent") or "permanent"
+    if restart not in RESTART_POLICIES:
+        c.add("agent", "restart", f"must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}")
+        restart = "permanent"
+    tools = c.get_names(agent, "agent", "tools")
+    if tool_names is not None:
+        for tool in tools:
+            if tool not in tool_names:
+                c.add("agent", "tools", f"unknown tool {tool!r} (known: {', '.join(sorted(tool_names))})")
+    model = _model(c, agent, validate_model)
+    sandbox = _sandbox(c, c.table(data, "sandbox", "sandbox"))
+    manifest = AgentManifest(
+        name=name,
+        module=module,
+        description=c.get_str(agent, "agent", "description", "") or "",
+        module_sha256=sha,
+        version=c.get_int(agent, "agent", "version", 1, 1, 2**31),
+        system_prompt=c.get_str(agent, "agent", "system_prompt", "") or "",
+        tools=tools,
+        restart=restart,  # type: ignore[arg-type]  # checked against RESTART_POLICIES above
+        service=c.get_str(agent, "agent", "service", None, pattern=_ID),
+        max_calls_per_message=c.get_int(agent, "agent", "max_calls_per_message", 16, 1, 1000),
+        history_messages=c.get_int(agent, "agent", "history_messages", 64, 1, 4000),
+        call_timeout_ms=c.get_int(agent, "agent", "call_timeout_ms", 30_000, 1, 3_600_000),
+        restart_intensity=c.get_int(agent, "agent", "restart_intensity", 1, 0, 1000),
+        restart_period_ms=c.get_int(agent, "agent", "restart_period_ms", 5_000, 1, 86_400_000),
+        model=model,
+        sandbox=sandbox,
+        source=source,
+        base_dir=base_dir,
+    )
+    _check_module(c, manifest)
+    if c.problems:
+        raise ConfigError(c.problems)
+    return manifest
+
+
+def _model(c: _Checker, agent: Mapping[str, Any], validate: ModelValidator | None) -> ModelConfig | None:
+    if "model" not in agent:
+        return None
+    table = c.table(agent, "model", "agent.model")
+    if validate is not None:
+        c.problems.extend(validate(table, c.where("agent.model")))
+    provider = c.get_str(table, "agent.model", "provider", None, required=True)
+    if provider is not None and validate is None and provider not in PROVIDERS:
+        c.add("agent.model", "provider", f"must be one of {', '.join(PROVIDERS)}, got {provider!r}")
+    name = c.get_str(table, "agent.model", "name", None)
+    return ModelConfig(provider=provider or "invalid", name=name, raw=dict(table))
+
+
+def _sandbox(c: _Checker, sandbox: Mapping[str, Any]) -> SandboxConfig:
+    c.unknown(sandbox, "sandbox", ("agent_id", "fuel", "memory", "permissions"))
+    fuel_t = c.table(sandbox, "fuel", "sandbox.fuel")
+    c.unknown(fuel_t, "sandbox.fuel", ("max_fuel", "refuel_interval_ms"))
+    mem_t = c.table(sandbox, "memory", "sandbox.memory")
+    c.unknown(mem_t, "sandbox.memory", ("max_heap_mb", "stack_size_kb"))
+    perm_t = c.table(sandbox, "permissions", "sandbox.permissions")
+    c.unknown(perm_t, "sandbox.permissions", ("allowed_host_functions", "denied_host_functions"))
+    allowed = c.get_names(perm_t, "sandbox.permissions", "allowed_host_functions")
+    denied = c.get_names(perm_t, "sandbox.permissions", "denied_host_functions")
+    for fn in allowed:
+        if fn not in guest_abi.KNOWN_IMPORTS:
+            known = ", ".join(sorted(guest_abi.KNOWN_IMPORTS))
+            c.add(
+                "sandbox.permissions",
+                "allowed_host_functions",
+                f"unknown host function {fn!r} (known: {known})",
+            )
+    both = sorted(set(allowed) & set(denied))
+    if both:
+        c.add("sandbox.permissions", "denied_host_functions", f"also listed as allowed: {', '.join(both)}")
+    return SandboxConfig(
+        agent_id=c.get_str(sandbox, "sandbox", "agent_id", None, pattern=_ID),
+        fuel=FuelConfig(
+            max_fuel=c.get_int(fuel_t, "sandbox.fuel", "max_fuel", 500_000_000, 10_000, 10**15),
+            refuel_interval_ms=c.get_int(fuel_t, "sandbox.fuel", "refuel_interval_ms", 1000, 1, 3_600_000),
+        ),
+        memory=MemoryConfig(
+            max_heap_mb=c.get_int(mem_t, "sandbox.memory", "max_heap_mb", 64, 1, 4096),
+            stack_size_kb=c.get_int(mem_t, "sandbox.memory", "stack_size_kb", 512, 64, 65536),
+        ),
+        permissions=PermissionsConfig(allowed_host_functions=allowed, denied_host_functions=denied),
+    )
+
+
+def _check_module(c: _Checker, m: AgentManifest) -> None:
+    if m.module.startswith("builtin:"):
+        # Imported lazily: the built-in guest table is only needed to validate builtin names.
+        from openfang.workers.builtin_guests import BUILTINS
+
+        if m.module.removeprefix("builtin:") not in BUILTINS:
+            c.add(
+                "agent",
+                "module",
+                f"unknown built-in module {m.module!r} (known: {', '.join(sorted(BUILTINS))})",
+            )
+        elif m.module == "builtin:llm-agent" and m.model is None:
+            c.add("agent.model", None, "table is required for module 'builtin:llm-agent'")
+        return
+    path = m.module_path()
+    assert path is not None
+    if path.suffix not in (".wasm", ".wat"):
+        c.add(
+            "agent", "module", f"must be 'builtin:<name>' or a path ending in .wasm or .wat, got {m.module!r}"
+        )
+    elif not path.is_absolute():
+        c.add("agent", "module", f"relative path {m.module!r} needs the manifest's file location to resolve")
+    elif not path.is_file():
+        c.add("agent", "module", f"file not found: {path}")

@@ -1,0 +1,466 @@
+"""One agent instance in a wasmtime sandbox: load, resumable calls in fuel slices, suspend/resume, reclaim.
+
+A :class:`Sandbox` is driven by its host (one thread, many sandboxes): the host starts a message with
+:meth:`Sandbox.begin_message` and calls :meth:`Sandbox.run_slice` while :meth:`Sandbox.runnable` is true.
+Each slice polls the guest's async call once: the guest runs until it finishes, spends one fuel slice (it
+yields and is *resumed* by the next poll, not killed), or parks on a host call (LLM, tool) whose job runs
+elsewhere. An agent that spent ``max_fuel`` in the current refuel interval is throttled until the next one.
+
+Limits: memory via store limits (``memory.grow`` returns -1 past the cap, the guest's alloc fails: no crash);
+stack via the engine's max_wasm_stack (overflow traps this agent only); wall clock per call via the epoch
+deadline (backstop for slices that burn time without fuel) and the host's check between slices.
+Permissions: imports are checked against the manifest before instantiation (the error names the import);
+every host call is checked again at call time (a denial is an error code to the guest plus an audit record).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+import structlog
+from openfang.protocol.errors import SandboxError, SecurityError, Timeout
+from openfang.workers import guest_abi as abi
+from openfang.workers._wasmtime import AsyncCall, AsyncPoller, GuestMemory, GuestTrap, Instance, Runtime
+from openfang.workers.builtin_guests import BUILTINS, builtin_source
+from openfang.workers.manifest import AgentManifest
+
+log = structlog.get_logger("openfang.workers.sandbox")
+
+
+class State(Enum):
+    IDLE = "idle"  # no call in progress
+    RUNNING = "running"  # a call is in progress and may be polled
+    WAITING = "waiting"  # parked on a host call (LLM/tool job) until the job completes
+    THROTTLED = "throttled"  # fuel budget of this refuel interval spent; resumes at the next interval
+    CLOSED = "closed"
+
+
+class Job(Protocol):
+    """A host-side operation started by a parking host call; ``done`` flips once (from any thread)."""
+
+    done: bool
+    code: int  # >= 0: result length (``value`` holds the bytes); < 0: an abi error code
+    value: bytes
+
+
+@dataclass(slots=True)
+class DoneJob:
+    """A job that completed synchronously (cheap host work, errors)."""
+
+    code: int
+    value: bytes = b""
+    done: bool = True
+
+
+class HostServices(Protocol):
+    """What the host gives its sandboxes: jobs for parking host calls, audit, logging."""
+
+    def start_llm(self, sandbox: Sandbox, messages: list[dict[str, Any]]) -> Job: ...
+
+    def start_tools(self, sandbox: Sandbox, request: dict[str, Any]) -> Job: ...
+
+    def start_capability(self, sandbox: Sandbox, name: str, payload: bytes) -> Job: ...
+
+    def audit(self, record: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """How a call ended: ``ok`` with reply bytes, or ``error``; ``crashed`` means the instance is unusable."""
+
+    phase: str
+    ok: bool
+    reply: bytes = b""
+    error: Exception | None = None
+    crashed: bool = False
+
+
+def load_code(manifest: AgentManifest) -> tuple[bytes, str]:
+    """(module bytes, sha256 hex) of the manifest's module; checks the digest pin (SecurityError if wrong)."""
+    path = manifest.module_path()
+    if path is None:
+        name = manifest.module.removeprefix("builtin:")
+        if name not in BUILTINS:
+            raise SandboxError(f"{manifest.source}: unknown built-in module {manifest.module!r}")
+        code = builtin_source(name)
+    else:
+        try:
+            code = path.read_bytes()
+        except OSError as exc:
+            raise SandboxError(f"{manifest.source}: cannot read module {path}: {exc.strerror}") from None
+    digest = hashlib.sha256(code).hexdigest()
+    if manifest.module_sha256 is not None and manifest.module_sha256 != digest:
+        raise SecurityError(
+            f"{manifest.source}: module {manifest.module} has sha256 {digest}, "
+            f"the manifest pins {manifest.module_sha256}"
+        )
+    return code, digest
+
+
+class Sandbox:
+    """One agent: a store + instance, its current call, its fuel budget and its permissions."""
+
+    def __init__(
+        self,
+        manifest: AgentManifest,
+        runtime: Runtime,
+        *,
+        agent_id: str,
+        services: HostServices,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.manifest = manifest
+        self.agent_id = agent_id
+        self.runtime = runtime
+        self.services = services
+        self.clock = clock
+        self.granted: set[str] = set(manifest.granted_imports())  # revocable at run time
+        self.state = State.IDLE
+        self.user_suspended = False
+        self.fuel_used = 0
+        self.spawn_kind = "cold"
+        self.spawn_seconds = 0.0
+        self.calls_this_message = 0
+        self.counters = {"llm_calls": 0, "tool_calls": 0, "denied": 0, "messages": 0, "yields": 0}
+        self._inst: Instance | None = None
+        self._call: AsyncCall | None = None
+        self._phase = ""
+        self._payload = b""
+        self._pending_result: bytes | None = None
+        self._parsed: dict[bytes, list[dict[str, Any]]] = {}
+        self._job: Job | None = None
+        self._interval_end = 0.0
+        self._budget = manifest.sandbox.fuel.max_fuel
+        self._deadline = 0.0
+        self._suspended_at = 0.0
+        self._bound = log.bind(agent_id=agent_id)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Check, compile (cold) or reuse (warm), and instantiate the module. Raises on any refusal."""
+        t0 = time.perf_counter()
+        m = self.manifest
+        code, digest = load_code(m)
+        what = f"{m.source}: module {m.module}"
+        pre = self.runtime.cached_pre(digest)
+        if pre is None:
+            module, cached = self.runtime.compile(code, digest=digest, what=what)
+            self._check_module(module)
+            pre = self.runtime.instance_pre(module, digest=digest, what=what)
+            self.spawn_kind = "warm" if cached else "cold"
+        else:
+            self._check_imports(self.runtime.module_imports(pre.module))
+            self.spawn_kind = "warm"
+        inst = Instance(self.runtime, pre, max_memory_bytes=m.sandbox.memory.max_heap_mb << 20)
+        self._inst = inst
+        try:
+            call = inst.instantiate_call()
+            # Start functions are rare and may not park on host calls (host calls fail with E_UNAVAILABLE).
+            deadline = self.clock() + m.call_timeout_ms / 1000
+            inst.set_deadline(m.call_timeout_ms / 1000)
+            while not call.poll(self):
+                if self.clock() > deadline:
+                    raise Timeout(f"{what}: instantiation exceeded call_timeout_ms={m.call_timeout_ms}")
+            call.result()
+            inst.after_instantiate()
+        except Exception:
+            self.close()
+            raise
+        self.spawn_seconds = time.perf_counter() - t0
+
+    def _check_module(self, module: Any) -> None:
+        self._check_imports(self.runtime.module_imports(module))
+        exports = self.runtime.module_exports(module)
+        missing = [e for e in abi.REQUIRED_EXPORTS if e not in exports]
+        if missing:
+            raise SandboxError(
+                f"{self.manifest.source}: module {self.manifest.module} lacks exports {missing}"
+            )
+
+    def _check_imports(self, imports: list[tuple[str, str, str]]) -> None:
+        denied = set(self.manifest.sandbox.permissions.denied_host_functions)
+        for module, name, kind in imports:
+            where = f"{self.manifest.source}: module {self.manifest.module} imports {module}.{name} ({kind})"
+            if module != "env" or kind != "func":
+                raise SecurityError(f"{where}: only functions from 'env' may be imported")
+            if name in denied:
+                raise SecurityError(f"{where}: denied by [sandbox.permissions] denied_host_functions")
+            if name not in abi.KNOWN_IMPORTS:
+                raise SecurityError(f"{where}: no such host function in OpenFANG")
+            if name not in self.granted:
+                raise SecurityError(f"{where}: not granted by the manifest (see allowed_host_functions)")
+
+    def begin_init(self) -> bool:
+        """Start ``agent_init`` if the guest exports it; False when there is nothing to run."""
+        assert self._inst is not None
+        if not self._inst.has_export(abi.EXPORT_INIT):
+            return False
+        self._start_call("init", abi.EXPORT_INIT, (), 1)
+        return True
+
+    def begin_message(self, payload: bytes) -> None:
+        """Start handling one message: ``alloc`` for the payload, then ``agent_handle``."""
+        if self.state is not State.IDLE:
+            raise SandboxError(f"agent {self.agent_id} is busy ({self.state.value})")
+        self._payload = payload
+        self.calls_this_message = 0
+        self.counters["messages"] += 1
+        self._start_call("alloc", abi.EXPORT_ALLOC, (len(payload),), 1)
+
+    def _start_call(self, phase: str, name: str, args: tuple[int, ...], nresults: int) -> None:
+        assert self._inst is not None
+        self._phase = phase
+        self._call = self._inst.call(name, args, nresults)
+        self._deadline = self.clock() + self.manifest.call_timeout_ms / 1000
+        self.state = State.RUNNING
+
+    # -- scheduling -------------------------------------------------------------------------------------
+    def runnable(self) -> bool:
+        return self.state is State.RUNNING and not self.user_suspended
+
+    def wake_time(self) -> float | None:
+        """When this sandbox next needs attention without outside input: refuel or call deadline."""
+        if self.state is State.THROTTLED:
+            return min(self._interval_end, self._deadline)
+        if self.state in (State.RUNNING, State.WAITING) and not self.user_suspended:
+            return self._deadline
+        return None
+
+    def refresh(self, now: float) -> Outcome | None:
+        """Apply time: refuel a throttled agent, fail a call past its deadline, wake a finished job."""
+        if self.state in (State.IDLE, State.CLOSED) or self.user_suspended:
+            return None
+        if now >= self._deadline:
+            parked = self.state is State.WAITING
+            phase = self._phase
+            self._end_call()
+            err = Timeout(
+                f"agent {self.agent_id}: call exceeded call_timeout_ms={self.manifest.call_timeout_ms}"
+            )
+            # Parked on a host call the guest stopped at a call boundary and stays usable; otherwise restart.
+            return Outcome(phase=phase, ok=False, error=err, crashed=not parked)
+        if self.state is State.THROTTLED and now >= self._interval_end:
+            self.state = State.RUNNING
+        if self.state is State.WAITING and self._job is not None and self._job.done:
+            self.state = State.RUNNING
+        return None
+
+    def run_slice(self) -> Outcome | None:
+        """Poll the current call once. Returns an Outcome when the call has ended, else None."""
+        assert self._inst is not None and self._call is not None
+        now = self.clock()
+        if now >= self._interval_end:
+            self._interval_end = now + self.manifest.sandbox.fuel.refuel_interval_ms / 1000
+            self._budget = self.manifest.sandbox.fuel.max_fuel
+        self._inst.set_deadline(max(0.0, self._deadline - now))
+        before = self._inst.fuel_consumed()
+        done = self._call.poll(self)
+        used = self._inst.fuel_consumed() - before
+        self.fuel_used += used
+        self._budget -= used
+        if not done:
+            self.counters["yields"] += 1
+            if self._job is not None and not self._job.done:
+                self.state = State.WAITING
+            elif self._budget <= 0:
+                self.state = State.THROTTLED
+            return None
+        call, self._call = self._call, None
+        try:
+            value = call.result()
+        except GuestTrap as exc:
+            self._end_call()
+            if exc.trap_code == "interrupt":
+                err: Exception = Timeout(f"agent {self.agent_id}: call exceeded its wall-clock deadline")
+                return Outcome(phase=self._phase, ok=False, error=err, crashed=True)
+            return Outcome(phase=self._phase, ok=False, error=exc, crashed=True)
+        except SandboxError as exc:
+            self._end_call()
+            return Outcome(phase=self._phase, ok=False, error=exc, crashed=True)
+        return self._after_call(value)
+
+    def _after_call(self, value: int) -> Outcome | None:
+        phase = self._phase
+        if phase == "alloc":
+            mem = self._inst.memory() if self._inst else None
+            if value == 0 or mem is None or not mem.write(value, self._payload):
+                self._end_call()
+                return Outcome(
+                    phase="handle", ok=False, error=SandboxError("guest could not allocate the message")
+                )
+            self._start_call("handle", abi.EXPORT_HANDLE, (value, len(self._payload)), 1)
+            return None
+        self._end_call()
+        if phase == "init":
+            if value != 0:
+                return Outcome(
+                    phase=phase, ok=False, error=SandboxError(f"agent_init returned {value}"), crashed=True
+                )
+            return Outcome(phase=phase, ok=True)
+        if value < 0:
+            name = abi.ERROR_NAMES.get(int(value), str(value))
+            return Outcome(
+                phase=phase, ok=False, error=SandboxError(f"agent returned error {value} ({name})")
+            )
+        ptr, length = abi.split_reply(value)
+        mem = self._inst.memory() if self._inst else None
+        reply = mem.read(ptr, length) if mem else None
+        if reply is None:
+            return Outcome(phase=phase, ok=False, error=SandboxError("agent reply points outside its memory"))
+        return Outcome(phase=phase, ok=True, reply=reply)
+
+    def _end_call(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        self._job = None
+        self._pending_result = None
+        self._payload = b""
+        self.state = State.IDLE if self._inst is not None else State.CLOSED
+
+    def suspend(self) -> None:
+        """Stop polling this agent (mid-call too); its call stays parked until resume()."""
+        if not self.user_suspended:
+            self.user_suspended = True
+            self._suspended_at = self.clock()
+
+    def resume(self) -> None:
+        if self.user_suspended:
+            self.user_suspended = False
+            self._deadline += self.clock() - self._suspended_at  # a suspended call does not age
+
+    def close(self) -> None:
+        """Free the store, its memory and any call in flight, now (no reliance on garbage collection)."""
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        if self._inst is not None:
+            self._inst.close()
+            self._inst = None
+        self._job = None
+        self.state = State.CLOSED
+
+    def memory_bytes(self) -> int:
+        return self._inst.memory_size() if self._inst is not None else 0
+
+    def revoke(self, name: str) -> None:
+        """Withdraw a host function at run time: later calls get E_DENIED (and an audit record)."""
+        self.granted.discard(name)
+
+    # -- host calls (HostDispatch) -----------------------------------------------------------------------
+    def _deny(self, name: str, detail: str = "") -> int:
+        self.counters["denied"] += 1
+        self.services.audit(
+            {"kind": "host_call_denied", "agent_id": self.agent_id, "function": name, "detail": detail}
+        )
+        return abi.E_DENIED
+
+    def host_sync(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> int:
+        if name not in self.granted:
+            return self._deny(name)
+        if name == "host_result":
+            if self._pending_result is None:
+                return abi.E_NO_RESULT
+            data = self._pending_result
+            if args[1] < len(data):
+                return abi.E_RANGE
+            if mem is None or not mem.write(args[0], data):
+                return abi.E_INVALID
+            self._pending_result = None
+            return len(data)
+        if name == "log":
+            raw = mem.read(args[0], min(args[1], 4096)) if mem else None
+            if raw is None:
+                return abi.E_INVALID
+            self._bound.info("guest_log", text=raw.decode("utf-8", "replace"))
+            return 0
+        if name == "time_now_ms":
+            return int(time.time() * 1000) & 0x7FFFFFFF
+        return abi.E_INVALID
+
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller:
+        job = self._host_job(name, mem, args)
+        self._job = job
+
+        def poll() -> int | None:
+            if not job.done:
+                return None
+            self._job = None
+            if job.code >= 0:
+                self._pending_result = job.value
+            elif job.value:
+                self._pending_result = job.value  # error details for the guest, via host_result
+            return job.code
+
+        return poll
+
+    def _host_job(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> Job:
+        if name not in self.granted:
+            return DoneJob(self._deny(name))
+        if self._phase != "handle":
+            return DoneJob(abi.E_UNAVAILABLE)
+        self.calls_this_message += 1
+        if self.calls_this_message > self.manifest.max_calls_per_message:
+            return DoneJob(abi.E_LIMIT)
+        ptr, length = args
+        window = 8 * self.manifest.history_messages
+        if name == abi.LLM_IMPORT and length % 8 == 0 and length > window:
+            # Only the newest history_messages entries reach the model: read just the tail of the iovecs.
+            ptr, length = ptr + length - window, window
+        raw = mem.read(ptr, length) if mem else None
+        if raw is None:
+            return DoneJob(abi.E_INVALID)
+        try:
+            if name == abi.LLM_IMPORT:
+                assert mem is not None
+                segments = mem.read_many(abi.parse_iovecs(raw))
+                if segments is None:
+                    return DoneJob(abi.E_INVALID)
+                self.counters["llm_calls"] += 1
+                return self.services.start_llm(self, self._messages(segments))
+            if name == abi.TOOL_IMPORT:
+                import json
+
+                request = json.loads(raw)
+                if not isinstance(request, dict):
+                    return DoneJob(abi.E_INVALID)
+                self.counters["tool_calls"] += 1
+                return self.services.start_tools(self, request)
+            return self.services.start_capability(self, name, raw)
+        except ValueError:  # bad JSON / iovecs from the guest
+            return DoneJob(abi.E_INVALID)
+
+    def _messages(self, segments: list[bytes]) -> list[dict[str, Any]]:
+        """Parse conversation entries, reusing the parse of entries seen before (keyed by their bytes)."""
+        cache: dict[bytes, list[dict[str, Any]]] = {}
+        out: list[dict[str, Any]] = []
+        for seg in segments:
+            parsed = self._parsed.get(seg)
+            if parsed is None:
+                parsed = abi.parse_messages([seg])
+            cache[seg] = parsed
+            out.extend(parsed)
+        self._parsed = cache  # keep only the current window
+        return out
+
+    def info(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "agent_id": self.agent_id,
+            "name": m.name,
+            "version": m.version,
+            "service": m.service,
+            "state": "suspended" if self.user_suspended else self.state.value,
+            "module": m.module,
+            "restart": m.restart,
+            "fuel_used": self.fuel_used,
+            "memory_bytes": self.memory_bytes(),
+            "spawn": self.spawn_kind,
+            "spawn_ms": round(self.spawn_seconds * 1000, 3),
+            **self.counters,
+        }
