@@ -60,3 +60,15 @@ def _alive(p: psutil.Process) -> bool:
         return p.is_running()
     except psutil.Error:
         return False
+
+
+from supervisor_harness import Harness  # noqa: E402
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    h = Harness()
+    try:
+        yield h
+    finally:
+        h.close()

@@ -24,8 +24,8 @@ def _mark(ctx: ChildContext, what: str = "start") -> None:
 def serve(ctx: ChildContext) -> None:
     """Ready, then sleep until told to stop (SIGTERM -> SystemExit(0), the default)."""
     _mark(ctx)
-    ctx.ready(role="serve", **dict(ctx.args.get("info", {})))
     try:
+        ctx.ready(role="serve", **dict(ctx.args.get("info", {})))
         while True:
             time.sleep(3600)
     finally:
@@ -142,3 +142,16 @@ def cpu_report(ctx: ChildContext) -> None:
     ctx.ready(cpus=sorted(os.sched_getaffinity(0)))
     while True:
         time.sleep(3600)
+
+
+def echo_down(ctx: ChildContext) -> None:
+    """Ready, then append every message the supervisor sends down to marks/down (one repr per line)."""
+    import select
+
+    assert ctx.uplink is not None
+    ctx.ready()
+    while True:
+        select.select([ctx.uplink], [], [], 3600)
+        while (msg := ctx.recv_nowait()) is not None:
+            with open(Path(ctx.args["marks"]) / "down", "a") as f:
+                f.write(repr(msg) + "\n")

@@ -1,0 +1,170 @@
+"""Ordered start, failed-start rollback and shutdown policies (OTP supervisor_SUITE sup_start / sup_stop)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+from supervisor_harness import Harness, child, starts, stops
+
+from openfang.protocol.errors import SupervisorError
+from openfang.supervisor.spec import Restart, Strategy
+
+pytestmark = pytest.mark.integration
+
+
+def test_start_normal_starts_children_in_order_and_stops_them_in_reverse(
+    harness: Harness, marks: Path
+) -> None:
+    """OTP supervisor_SUITE:sup_start_normal — children start one at a time in order, stop in reverse."""
+    sup = harness.sup([child(c, marks=marks) for c in ("a", "b", "c")])
+    sup.start()
+    assert starts(marks) == ["a", "b", "c"]
+    assert [e["id"] for e in harness.kinds("child.started")] == ["a", "b", "c"]
+    pids = [n["pid"] for n in sup.tree()]
+    assert all(psutil.pid_exists(p) for p in pids)
+    assert [n["state"] for n in sup.tree()] == ["running"] * 3
+    sup.shutdown()
+    assert stops(marks) == ["c", "b", "a"]
+    assert [e["id"] for e in harness.kinds("child.exited")] == ["c", "b", "a"]
+    assert all(e["reason"] == "shutdown" for e in harness.kinds("child.exited"))
+    assert sup.count_children()["active"] == 0
+
+
+def test_start_child_info_from_ready_is_in_the_tree(harness: Harness, marks: Path) -> None:
+    """The info a child passes to ready() is shown in tree()."""
+    sup = harness.sup([child("a", marks=marks, args={"info": {"port": 7}})])
+    sup.start()
+    node = sup.tree()[0]
+    assert node["info"] == {"role": "serve", "port": 7}
+    assert node["path"] == "root/a" and node["started_at"] > 0 and node["restarts"] == 0
+
+
+def test_start_ignore_child_is_not_started_and_not_an_error(harness: Harness, marks: Path) -> None:
+    """OTP supervisor_SUITE:sup_start_ignore_child — an ignoring child is kept as a spec, not started."""
+    sup = harness.sup([child("a", marks=marks), child("ign", "ignore", marks=marks), child("c", marks=marks)])
+    sup.start()
+    states = {c["id"]: c["state"] for c in sup.which_children()}
+    assert states == {"a": "running", "ign": "undefined", "c": "running"}
+    assert sup.count_children() == {"specs": 3, "active": 2, "supervisors": 0, "workers": 3}
+
+
+def test_start_ignore_temporary_child_forgets_its_spec(harness: Harness, marks: Path) -> None:
+    """OTP supervisor_SUITE:sup_start_ignore_temporary_child — a dynamic temporary child that ignores is dropped."""
+    sup = harness.sup([child("a", marks=marks)])
+    sup.start()
+    result = sup.start_child(child("t", "ignore", marks=marks, restart=Restart.TEMPORARY))
+    assert result["pid"] is None
+    assert [c["id"] for c in sup.which_children()] == ["a"]
+
+
+def test_start_fail_rolls_back_started_children_and_names_the_child(harness: Harness, marks: Path) -> None:
+    """OTP supervisor_SUITE:sup_start_fail — a child failing before ready stops the started ones, in reverse."""
+    sup = harness.sup(
+        [child("a", marks=marks), child("b", marks=marks), child("bad", "fail_start", marks=marks)]
+    )
+    with pytest.raises(SupervisorError, match="'bad'"):
+        sup.start()
+    assert stops(marks) == ["b", "a"]
+    assert sup.which_children() == []
+    failed = harness.kinds("child.start_failed")
+    assert [e["id"] for e in failed] == ["bad"]
+
+
+def test_start_error_return_for_unimportable_start(harness: Harness, marks: Path) -> None:
+    """OTP supervisor_SUITE:sup_start_error_return — a start that cannot be imported fails the start."""
+    spec = child("a", marks=marks)
+    bad = child("nomod", marks=marks).__class__(id="nomod", start="no_such_module_xyz:main", shutdown=100)
+    sup = harness.sup([spec, bad])
+    with pytest.raises(SupervisorError, match="nomod"):
+        sup.start()
+    assert stops(marks) == ["a"]
+
+
+def test_start_timeout_kills_a_child_that_never_reports_ready(harness: Harness, marks: Path) -> None:
+    """A child silent past start_timeout_ms is killed and the start fails naming it."""
+    sup = harness.sup([child("slow", "never_ready", marks=marks, start_timeout_ms=300)])
+    with pytest.raises(SupervisorError, match="start_timeout_ms=300"):
+        sup.start()
+
+
+def test_stop_infinity_waits_for_the_child_to_finish(harness: Harness, marks: Path) -> None:
+    """OTP supervisor_SUITE:sup_stop_infinity — shutdown infinity sends SIGTERM and waits however long it takes."""
+    sup = harness.sup([child("slow", "slow_stop", marks=marks, shutdown="infinity", args={"stop_ms": 400})])
+    sup.start()
+    sup.shutdown()
+    (exited,) = harness.kinds("child.exited")
+    assert exited["status"]["kind"] == "normal"  # it finished its own stop: not killed
+
+
+def test_stop_timeout_kills_a_child_that_ignores_sigterm(harness: Harness, marks: Path) -> None:
+    """OTP supervisor_SUITE:sup_stop_timeout — after shutdown ms, a child ignoring SIGTERM gets SIGKILL."""
+    sup = harness.sup([child("stubborn", "ignore_term", marks=marks, shutdown=200)])
+    sup.start()
+    sup.shutdown()
+    (exited,) = harness.kinds("child.exited")
+    assert exited["reason"] == "shutdown"
+    assert exited["status"]["signal"] == signal.SIGKILL
+
+
+def test_stop_brutal_kill_sends_sigkill_at_once(harness: Harness, marks: Path) -> None:
+    """OTP supervisor_SUITE:sup_stop_brutal_kill — brutal_kill is SIGKILL, with no SIGTERM first."""
+    sup = harness.sup([child("a", "slow_stop", marks=marks, shutdown="brutal_kill", args={"stop_ms": 5000})])
+    sup.start()
+    sup.shutdown()
+    (exited,) = harness.kinds("child.exited")
+    assert exited["status"]["signal"] == signal.SIGKILL
+    assert stops(marks) == []
+
+
+def test_stop_timeout_dynamic_kills_all_in_parallel(harness: Harness, marks: Path) -> None:
+    """OTP supervisor_SUITE:sup_stop_timeout_dynamic — simple_one_for_one children stop together, one timer."""
+    sup = harness.sup(
+        [child("w", "ignore_term", marks=marks, shutdown=300)], strategy=Strategy.SIMPLE_ONE_FOR_ONE
+    )
+    sup.start()
+    for _ in range(3):
+        sup.start_child({})
+    assert sup.count_children()["active"] == 3
+    t0 = harness.loop.time()
+    sup.shutdown()
+    elapsed = harness.loop.time() - t0
+    exits = harness.kinds("child.exited")
+    assert len(exits) == 3 and all(e["status"]["signal"] == signal.SIGKILL for e in exits)
+    # One shared timer: three sequential 300 ms timeouts would take at least 0.9 s.
+    assert elapsed < 0.9
+
+
+def test_stop_brutal_kill_dynamic(harness: Harness, marks: Path) -> None:
+    """OTP supervisor_SUITE:sup_stop_brutal_kill_dynamic — dynamic brutal_kill children are all SIGKILLed."""
+    sup = harness.sup([child("w", marks=marks, shutdown="brutal_kill")], strategy=Strategy.SIMPLE_ONE_FOR_ONE)
+    sup.start()
+    pids = [sup.start_child({})["pid"] for _ in range(3)]
+    sup.shutdown()
+    assert all(not psutil.pid_exists(p) or psutil.Process(p).status() != "running" for p in pids)
+    assert all(e["status"]["signal"] == signal.SIGKILL for e in harness.kinds("child.exited"))
+
+
+def test_stop_leaves_no_zombies(harness: Harness, marks: Path) -> None:
+    """After shutdown no child of ours is left in Z state in /proc."""
+    sup = harness.sup([child(c, marks=marks) for c in ("a", "b")])
+    sup.start()
+    os.kill(sup.tree()[0]["pid"], signal.SIGKILL)
+    harness.wait(lambda: len(harness.kinds("child.restarted")) == 1)
+    sup.shutdown()
+    me = os.getpid()
+    zombies = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z" and int(fields[1]) == me:
+            zombies.append(pid)
+    assert zombies == []
