@@ -1,0 +1,215 @@
+"""Providers without a model: :class:`ScriptedProvider` (deterministic, no I/O) and :class:`FallbackProvider`.
+
+A script is a list of rules tried in order against the latest user message (``re.search``)::
+
+    script = [
+      {match = "(?i)hello", reply = "Hi {input}!"},
+      {match = "time in (?P<tz>[\\w/]+)", tool = "time_now", args = {tz = "{tz}"}, then = "It is {result}"},
+      {match = "outage", error = "simulated outage"},
+    ]
+    default = "I cannot help with that."   # when no rule matches (or echo = true: repeat the input)
+
+A ``tool`` rule answers with a tool call; when the conversation comes back with the tool's result the
+provider answers ``then`` (default ``"{result}"``). Templates fill ``{input}``, ``{result}`` and the
+rule's regex groups (``{1}``, ``{name}``); unknown ``{...}`` stay as written, so JSON text is safe.
+An ``error`` rule raises :class:`LLMError` (to test fallbacks and error paths).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from openfang.protocol.errors import Timeout
+from openfang.workers.llm_types import (
+    ChatMessage,
+    ChatRequest,
+    ChatResponse,
+    DeltaSink,
+    LLMError,
+    Provider,
+    ToolCall,
+    Usage,
+)
+
+log = structlog.get_logger("openfang.llm")
+_VAR = re.compile(r"\{(\w+)\}")
+_CALL_ID = re.compile(r"^call_s(\d+)_\d+$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScriptRule:
+    """One rule: when ``match`` is found in the user's message, reply, call a tool, or fail."""
+
+    match: re.Pattern[str]
+    reply: str | None = None
+    tool: str | None = None
+    args: Mapping[str, Any] = field(default_factory=dict)
+    then: str = "{result}"
+    error: str | None = None
+
+    @classmethod
+    def from_config(cls, raw: Mapping[str, Any]) -> ScriptRule:
+        """A rule from its manifest table (validated by ``validate_model_config`` first)."""
+        return cls(
+            match=re.compile(str(raw.get("match", ""))),
+            reply=raw.get("reply"),
+            tool=raw.get("tool"),
+            args=dict(raw.get("args") or {}),
+            then=str(raw.get("then", "{result}")),
+            error=raw.get("error"),
+        )
+
+
+def render(template: Any, env: Mapping[str, str]) -> Any:
+    """Fill ``{name}`` placeholders known to ``env`` in strings, recursively in lists and tables."""
+    if isinstance(template, str):
+        return _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), template)
+    if isinstance(template, Mapping):
+        return {k: render(v, env) for k, v in template.items()}
+    if isinstance(template, list | tuple):
+        return [render(v, env) for v in template]
+    return template
+
+
+def _words(text: str | None) -> int:
+    return len(text.split()) if text else 0
+
+
+class ScriptedProvider:
+    """Deterministic answers from a script; instant and thread-safe (tests, demos, benchmarks)."""
+
+    blocking = False  # no I/O: the agent host may call it inline
+
+    def __init__(
+        self,
+        rules: Sequence[ScriptRule] = (),
+        *,
+        default: str = "I have no scripted answer for that.",
+        echo: bool = False,
+        name: str = "scripted",
+        model: str = "script",
+    ) -> None:
+        self.rules = tuple(rules)
+        self.default = default
+        self.echo = echo
+        self.name = name
+        self.model = model
+        self._ids = itertools.count(1)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> ScriptedProvider:
+        return cls(
+            [ScriptRule.from_config(r) for r in cfg.get("script") or []],
+            default=str(cfg.get("default", "I have no scripted answer for that.")),
+            echo=bool(cfg.get("echo", False)),
+            name=str(cfg.get("label") or "scripted"),
+            model=str(cfg.get("name") or "script"),
+        )
+
+    def complete(self, req: ChatRequest, *, on_delta: DeltaSink | None = None) -> ChatResponse:
+        """The scripted answer to the conversation so far."""
+        msgs = req.messages
+        user = next((m.content or "" for m in reversed(msgs) if m.role == "user"), "")
+        calls: list[ToolCall] = []
+        content: str | None
+        if msgs and msgs[-1].role == "tool":
+            content = self._after_tool(msgs, user)
+        else:
+            content, calls = self._answer(user)
+        if content and req.stream and on_delta is not None:
+            for piece in re.findall(r"\S+\s*", content):
+                on_delta(piece)
+        return ChatResponse(
+            content=content,
+            tool_calls=calls,
+            usage=Usage(
+                prompt_tokens=sum(_words(m.content) for m in msgs),
+                completion_tokens=_words(content) + len(calls),
+            ),
+            finish_reason="tool_calls" if calls else "stop",
+            provider=self.name,
+            model=req.model or self.model,
+        )
+
+    def _env(self, m: re.Match[str], user: str) -> dict[str, str]:
+        env = {"input": user}
+        env.update({str(i): g or "" for i, g in enumerate(m.groups(), start=1)})
+        env.update({k: v or "" for k, v in m.groupdict().items()})
+        return env
+
+    def _answer(self, user: str) -> tuple[str | None, list[ToolCall]]:
+        for i, rule in enumerate(self.rules):
+            m = rule.match.search(user)
+            if m is None:
+                continue
+            env = self._env(m, user)
+            if rule.error is not None:
+                raise LLMError(self.name, render(rule.error, env))
+            if rule.tool is not None:
+                call = ToolCall(
+                    id=f"call_s{i}_{next(self._ids)}", name=rule.tool, arguments=render(rule.args, env)
+                )
+                return None, [call]
+            return render(rule.reply or "", env), []
+        return (user if self.echo else render(self.default, {"input": user})), []
+
+    def _after_tool(self, msgs: Sequence[ChatMessage], user: str) -> str:
+        results: list[ChatMessage] = []
+        for m in reversed(msgs):
+            if m.role != "tool":
+                break
+            results.append(m)
+        results.reverse()
+        result = "\n".join(m.content or "" for m in results)
+        hit = _CALL_ID.match(results[0].tool_call_id or "")
+        rule = self.rules[int(hit.group(1))] if hit and int(hit.group(1)) < len(self.rules) else None
+        if rule is None:  # a call this script did not make (e.g. after a fallback): report the result
+            return result
+        m = rule.match.search(user)
+        env = self._env(m, user) if m else {"input": user}
+        env["result"] = result
+        return str(render(rule.then, env))
+
+
+class FallbackProvider:
+    """Tries providers in order; the first that answers wins. Counts who answered (``answered``).
+
+    Moves on after :class:`LLMError` or :class:`Timeout`; any other error is a bug and propagates. Text
+    already streamed to ``on_delta`` by a provider that then failed is not taken back.
+    """
+
+    blocking = True
+
+    def __init__(self, providers: Sequence[Provider], *, name: str = "fallback") -> None:
+        if not providers:
+            raise ValueError("FallbackProvider needs at least one provider")
+        self.providers = tuple(providers)
+        self.name = name
+        self.answered: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def complete(self, req: ChatRequest, *, on_delta: DeltaSink | None = None) -> ChatResponse:
+        """The answer of the first provider that does not fail; LLMError listing every failure otherwise."""
+        failures: list[str] = []
+        for i, p in enumerate(self.providers):
+            try:
+                resp = p.complete(req, on_delta=on_delta)
+            except (LLMError, Timeout) as exc:
+                failures.append(str(exc))
+                log.warning("llm_fallback", failed=p.name, position=i, error=str(exc))
+                continue
+            with self._lock:
+                self.answered[p.name] += 1
+            if i:
+                log.info("llm_fallback_answered", provider=p.name, position=i)
+            return resp
+        with self._lock:
+            self.answered["<none>"] += 1
+        raise LLMError(self.name, "every provider failed: " + "; ".join(failures))
