@@ -165,7 +165,8 @@ class HttpClient:
 
     def __repr__(self) -> str:  # never show headers: they hold the API key
         scheme = "https" if self._https else "http"
-        return f"HttpClient({self.provider!r}, {scheme}://{self._host}{self._prefix})"
+        port = f":{self._port}" if self._port else ""
+        return f"HttpClient({self.provider!r}, {scheme}://{self._host}{port}{self._prefix})"
 
     def transport_error(self, exc: BaseException) -> LLMError:
         if isinstance(exc, TimeoutError | socket.timeout):

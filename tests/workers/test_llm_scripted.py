@@ -1,0 +1,218 @@
+"""The scripted provider, the fallback chain, and building providers from [agent.model] tables."""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+
+import pytest
+from openfang.protocol.errors import ConfigError
+from openfang.workers.llm import (
+    AnthropicProvider,
+    ChatMessage,
+    ChatRequest,
+    FallbackProvider,
+    LLMError,
+    OpenAIProvider,
+    ScriptedProvider,
+    make_provider,
+    validate_model_config,
+)
+
+MANIFEST = r"""
+[agent.model]
+provider = "scripted"
+default = "I cannot help with that."
+script = [
+  {match = "(?i)^hello", reply = "Hi {input}!"},
+  {match = 'time in (?P<tz>[\w/]+)', tool = "time_now", args = {tz = "{tz}"}, then = "In {tz}: {result}"},
+  {match = "outage", error = "simulated outage for {input}"},
+  {match = "json", reply = '{"braces": "stay"}'},
+]
+"""
+
+
+def scripted() -> ScriptedProvider:
+    provider = make_provider(tomllib.loads(MANIFEST)["agent"]["model"])
+    assert isinstance(provider, ScriptedProvider)
+    return provider
+
+
+def user(text: str, *, stream: bool = False) -> ChatRequest:
+    return ChatRequest(messages=[ChatMessage.system("sys"), ChatMessage.user(text)], stream=stream)
+
+
+def test_scripted_reply_rule_fills_the_template() -> None:
+    """The first matching rule answers; {input} is the user's message."""
+    resp = scripted().complete(user("Hello there"))
+    assert (resp.content, resp.tool_calls, resp.finish_reason) == ("Hi Hello there!", [], "stop")
+    assert (resp.provider, resp.model) == ("scripted", "script")
+    assert resp.usage.prompt_tokens == 3 and resp.usage.completion_tokens == 3
+
+
+def test_scripted_tool_rule_calls_then_replies_with_the_result() -> None:
+    """A tool rule asks for the tool with templated args; given the result, it answers `then`."""
+    p = scripted()
+    first = p.complete(user("what is the time in Europe/Oslo"))
+    assert first.finish_reason == "tool_calls" and first.content is None
+    (call,) = first.tool_calls
+    assert (call.name, call.arguments) == ("time_now", {"tz": "Europe/Oslo"})
+    convo = [
+        ChatMessage.user("what is the time in Europe/Oslo"),
+        first.to_message(),
+        ChatMessage.tool(call.id, "12:00", name="time_now"),
+    ]
+    second = p.complete(ChatRequest(messages=convo))
+    assert (second.content, second.tool_calls) == ("In Europe/Oslo: 12:00", [])
+
+
+def test_scripted_tool_call_ids_are_unique() -> None:
+    """Each tool call gets a fresh id, so results pair with the right call."""
+    p = scripted()
+    ids = {p.complete(user("time in UTC")).tool_calls[0].id for _ in range(5)}
+    assert len(ids) == 5
+
+
+def test_scripted_error_rule_raises_llm_error() -> None:
+    """An error rule raises LLMError naming the provider."""
+    with pytest.raises(LLMError, match="scripted: simulated outage for outage now"):
+        scripted().complete(user("outage now"))
+
+
+def test_scripted_default_and_echo_modes() -> None:
+    """Without a match the default answers; echo=true repeats the user's text instead."""
+    assert scripted().complete(user("something else")).content == "I cannot help with that."
+    echo = ScriptedProvider(echo=True)
+    assert echo.complete(user("repeat me")).content == "repeat me"
+
+
+def test_scripted_template_leaves_unknown_braces_alone() -> None:
+    """JSON braces in a reply are not mistaken for placeholders."""
+    assert scripted().complete(user("json please")).content == '{"braces": "stay"}'
+
+
+def test_scripted_streams_words_to_on_delta() -> None:
+    """With stream=true the reply is delivered in word pieces that join to the content."""
+    pieces: list[str] = []
+    resp = scripted().complete(user("hello big world", stream=True), on_delta=pieces.append)
+    assert len(pieces) == 4 and "".join(pieces) == resp.content
+
+
+def test_scripted_result_of_a_foreign_tool_call_is_reported() -> None:
+    """A tool result this script did not ask for (e.g. after a fallback) is answered with the result."""
+    convo = [ChatMessage.user("hi"), ChatMessage.tool("call_other", "42")]
+    assert ScriptedProvider().complete(ChatRequest(messages=convo)).content == "42"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.integration
+def test_fallback_moves_on_after_a_failing_provider_and_records_who_answered() -> None:
+    """A dead HTTP provider fails (connection refused), the next answers, and the counter says so."""
+    cfg = {
+        "provider": "openai",
+        "name": "gpt-x",
+        "base_url": f"http://127.0.0.1:{_closed_port()}/v1",
+        "max_retries": 0,
+        "fallback": [{"provider": "scripted", "label": "backup", "echo": True}],
+    }
+    p = make_provider(cfg)
+    assert isinstance(p, FallbackProvider)
+    resp = p.complete(user("are you there?"))
+    assert (resp.content, resp.provider) == ("are you there?", "backup")
+    assert p.answered == {"backup": 1}
+
+
+def test_fallback_reports_every_failure_when_all_fail() -> None:
+    """When every provider fails the error lists each one's reason."""
+    failing = {"provider": "scripted", "script": [{"match": "", "error": "down A"}]}
+    cfg = {
+        "provider": "fallback",
+        "fallback": [failing, {**failing, "label": "b", "script": [{"match": "", "error": "down B"}]}],
+    }
+    p = make_provider(cfg)
+    with pytest.raises(LLMError, match=r"every provider failed: scripted: down A; b: down B"):
+        p.complete(user("x"))
+
+
+def test_make_provider_builds_each_http_kind_with_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """openai/ollama/vllm/llamacpp build OpenAIProvider, anthropic AnthropicProvider, with default URLs."""
+    monkeypatch.setenv("MY_KEY", "sk-secret-value-123")
+    o = make_provider(
+        {"provider": "openai", "name": "gpt-4o-mini", "api_key_env": "MY_KEY", "temperature": 0.5}
+    )
+    assert isinstance(o, OpenAIProvider) and "api.openai.com/v1" in repr(o) and "sk-secret" not in repr(o)
+    assert o.temperature == 0.5
+    ollama = make_provider({"provider": "ollama", "name": "llama3.2"})
+    assert (
+        isinstance(ollama, OpenAIProvider)
+        and "127.0.0.1:11434/v1" in repr(ollama)
+        and ollama.name == "ollama"
+    )
+    a = make_provider({"provider": "anthropic", "name": "claude-x", "max_tokens": 300, "label": "claude"})
+    assert isinstance(a, AnthropicProvider) and a.max_tokens == 300 and a.name == "claude"
+
+
+def test_make_provider_refuses_an_unset_api_key_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An api_key_env naming an unset variable is a ConfigError naming the key and the variable."""
+    monkeypatch.delenv("OPENFANG_TEST_UNSET_KEY", raising=False)
+    with pytest.raises(
+        ConfigError, match=r"\[agent.model\] key 'api_key_env': .*OPENFANG_TEST_UNSET_KEY is not set"
+    ):
+        make_provider({"provider": "openai", "name": "m", "api_key_env": "OPENFANG_TEST_UNSET_KEY"})
+
+
+def test_validate_model_config_reports_every_problem_with_its_place() -> None:
+    """All problems come back at once, each naming the table and key."""
+    cfg = {
+        "provider": "openai",
+        "temperature": 7,
+        "max_tokens": 0,
+        "base_url": "ftp://x",
+        "api_key_env": "sk-live-oops",
+        "max_retries": 99,
+        "colour": "blue",
+        "fallback": [{"provider": "scripted", "script": [{"match": "(", "reply": "x"}, {"match": "a"}]}],
+    }
+    problems = {
+        (p.where, p.what.split(",")[0].split(" (")[0])
+        for p in validate_model_config(cfg, "a.toml: [agent.model]")
+    }
+    w = "a.toml: [agent.model]"
+    expected_places = {
+        f"{w} key 'name'",
+        f"{w} key 'temperature'",
+        f"{w} key 'max_tokens'",
+        f"{w} key 'base_url'",
+        f"{w} key 'api_key_env'",
+        f"{w} key 'max_retries'",
+        f"{w} key 'colour'",
+        f"{w} fallback[0] key 'script[0].match'",
+        f"{w} fallback[0] key 'script[1]'",
+    }
+    assert {where for where, _ in problems} == expected_places
+
+
+def test_validate_model_config_accepts_a_full_valid_table() -> None:
+    """A valid table with a fallback chain has no problems."""
+    cfg = tomllib.loads(MANIFEST)["agent"]["model"]
+    assert validate_model_config(cfg) == []
+    full = {
+        "provider": "vllm",
+        "name": "qwen",
+        "base_url": "http://10.0.0.2:8000/v1",
+        "timeout": 30,
+        "max_retries": 1,
+        "fallback": [cfg],
+    }
+    assert validate_model_config(full) == []
+
+
+def test_validate_model_config_rejects_unknown_provider_and_non_tables() -> None:
+    """An unknown provider or a non-table is reported, not raised."""
+    assert "must be one of" in validate_model_config({"provider": "gpt"})[0].what
+    assert "must be a table" in validate_model_config(["x"])[0].what
