@@ -11,9 +11,8 @@ from typing import Any
 
 import psutil
 import pytest
-from supervisor_harness import Harness, child, starts
-
 from openfang.supervisor.spec import ChildSpec, ChildType, Strategy, SupervisorFlags, SupervisorSpec
+from supervisor_harness import Harness, child, starts
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +95,7 @@ def test_kill_9_of_a_grandchild_is_handled_by_the_nested_supervisor(harness: Har
 
 
 def test_restart_storm_escalates_through_two_levels(harness: Harness, marks: Path) -> None:
-    """OTP supervisor_SUITE:one_for_one_escalation, two levels — the nested one gives up, then the root does."""
+    """OTP supervisor_SUITE:one_for_one_escalation, two levels — the nested one gives up, then the root."""
     crasher = child("w", "crash_after", marks=marks, args={"ms": 50})
     sup = harness.sup([child("a", marks=marks), nested("sub", [crasher], intensity=1)], intensity=1)
     sup.start()
@@ -167,7 +166,7 @@ def test_requests_are_routed_to_nested_supervisors(harness: Harness, marks: Path
 
 
 def test_child_requests_go_up_to_on_request_even_from_deep_in_the_tree(harness: Harness, marks: Path) -> None:
-    """A child's request the runtime does not handle reaches the root's on_request and the reply comes back."""
+    """A child's request reaches the root's on_request and the reply comes back down."""
     asker = child("asker", "ask_parent", marks=marks, args={"op": "tree", "req_args": {"x": 1}})
     sup = harness.sup([nested("sub", [asker])])
     sup.start()

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from supervisor_harness import Harness, child, starts
-
 from openfang.supervisor.spec import AutoShutdown, Restart, Strategy
+from supervisor_harness import Harness, child, starts
 
 pytestmark = pytest.mark.integration
 
@@ -176,7 +175,7 @@ def test_failed_restart_retries_until_the_child_starts_again(harness: Harness, m
 
 
 def test_heartbeat_silence_kills_and_restarts_a_hung_child(harness: Harness, marks: Path) -> None:
-    """A child with heartbeat_ms that stops beating is killed (child.hung) and restarted as an abnormal exit."""
+    """A child that stops beating is killed (child.hung) and restarted as an abnormal exit."""
     sup = harness.sup(
         [child("hb", "serve_hb", marks=marks, heartbeat_ms=300, args={"every_ms": 50, "hang_after": 4})],
         intensity=5,
@@ -214,7 +213,7 @@ def test_temporary_bystander_is_not_restarted_in_a_group_restart(harness: Harnes
 
 
 def test_significant_transient_normal_exit_shuts_the_supervisor_down(harness: Harness, marks: Path) -> None:
-    """OTP supervisor_SUITE:significant_transient — any_significant: a significant child's own exit ends all."""
+    """OTP supervisor_SUITE:significant_transient — any_significant: its own exit ends all."""
     sig = child(
         "sig", "exit_after", marks=marks, restart=Restart.TRANSIENT, significant=True, args={"ms": 200}
     )
@@ -226,7 +225,7 @@ def test_significant_transient_normal_exit_shuts_the_supervisor_down(harness: Ha
 
 
 def test_significant_abnormal_exit_is_restarted_not_shut_down(harness: Harness, marks: Path) -> None:
-    """OTP supervisor_SUITE:significant_bystander — a restarted significant child does not end the supervisor."""
+    """OTP supervisor_SUITE:significant_bystander — a restarted significant child ends nothing."""
     sig = child(
         "sig", "crash_after", marks=marks, restart=Restart.TRANSIENT, significant=True, args={"ms": 200}
     )

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from supervisor_harness import Harness, child, starts, stops
-
 from openfang.protocol.errors import SupervisorError
 from openfang.supervisor.spec import Restart, Strategy
+from supervisor_harness import Harness, child, starts, stops
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +52,7 @@ def test_start_ignore_child_is_not_started_and_not_an_error(harness: Harness, ma
 
 
 def test_start_ignore_temporary_child_forgets_its_spec(harness: Harness, marks: Path) -> None:
-    """OTP supervisor_SUITE:sup_start_ignore_temporary_child — a dynamic temporary child that ignores is dropped."""
+    """OTP supervisor_SUITE:sup_start_ignore_temporary_child — an ignoring temporary child is dropped."""
     sup = harness.sup([child("a", marks=marks)])
     sup.start()
     result = sup.start_child(child("t", "ignore", marks=marks, restart=Restart.TEMPORARY))
@@ -62,7 +61,7 @@ def test_start_ignore_temporary_child_forgets_its_spec(harness: Harness, marks: 
 
 
 def test_start_fail_rolls_back_started_children_and_names_the_child(harness: Harness, marks: Path) -> None:
-    """OTP supervisor_SUITE:sup_start_fail — a child failing before ready stops the started ones, in reverse."""
+    """OTP supervisor_SUITE:sup_start_fail — a child failing before ready stops the started ones."""
     sup = harness.sup(
         [child("a", marks=marks), child("b", marks=marks), child("bad", "fail_start", marks=marks)]
     )
@@ -92,7 +91,7 @@ def test_start_timeout_kills_a_child_that_never_reports_ready(harness: Harness, 
 
 
 def test_stop_infinity_waits_for_the_child_to_finish(harness: Harness, marks: Path) -> None:
-    """OTP supervisor_SUITE:sup_stop_infinity — shutdown infinity sends SIGTERM and waits however long it takes."""
+    """OTP supervisor_SUITE:sup_stop_infinity — SIGTERM, then wait however long it takes."""
     sup = harness.sup([child("slow", "slow_stop", marks=marks, shutdown="infinity", args={"stop_ms": 400})])
     sup.start()
     sup.shutdown()
@@ -121,7 +120,7 @@ def test_stop_brutal_kill_sends_sigkill_at_once(harness: Harness, marks: Path) -
 
 
 def test_stop_timeout_dynamic_kills_all_in_parallel(harness: Harness, marks: Path) -> None:
-    """OTP supervisor_SUITE:sup_stop_timeout_dynamic — simple_one_for_one children stop together, one timer."""
+    """OTP supervisor_SUITE:sup_stop_timeout_dynamic — dynamic children stop together, one timer."""
     sup = harness.sup(
         [child("w", "ignore_term", marks=marks, shutdown=300)], strategy=Strategy.SIMPLE_ONE_FOR_ONE
     )
