@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-
 from openfang.protocol import _examples, _schema, messages
 from openfang.protocol._schema import Compiled
 from openfang.protocol.envelope import ERROR_TYPE, PROTOCOL_VERSION

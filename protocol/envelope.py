@@ -13,12 +13,18 @@ envelope and, when a schema is registered for the type, the body.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-from openfang.protocol.errors import FrameTooLarge, OpenFangError, ProtocolError, UnsupportedVersion
+from openfang.protocol.errors import (
+    FrameTooLarge,
+    OpenFangError,
+    ProtocolError,
+    UnknownType,
+    UnsupportedVersion,
+)
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 1 << 20  # 1 MiB; the gateway's limit is configurable
@@ -74,11 +80,15 @@ def encode(env: Envelope) -> bytes:
     return packed
 
 
-def decode(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Envelope:
+def decode(
+    data: bytes, *, max_size: int = DEFAULT_MAX_FRAME, types: Container[str] | None = None
+) -> Envelope:
     """Parse and validate one frame. Raises a :class:`ProtocolError` naming what is wrong.
 
     The request id is recovered whenever the frame is a map with a string ``id``, so that even an invalid
     request gets an error reply the client can match (see :func:`peek_id`).
+    ``types`` (e.g. ``messages.REQUEST_TYPES`` at a server's door) refuses any other type with
+    :class:`UnknownType` before its body is validated, so a reply sent as a request is ``unknown_type``.
     """
     if len(data) > max_size:
         raise FrameTooLarge(f"frame is {len(data)} bytes, the limit is {max_size}")
@@ -99,9 +109,11 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Envelope:
             f"v: protocol version {v} is not supported (this peer speaks {PROTOCOL_VERSION})"
         )
     msg_id = raw.get("id")
-    if not isinstance(msg_id, str) or not msg_id or len(msg_id) > 128:
-        problems.append("id: missing, empty, not a string or longer than 128 characters")
     msg_type = raw.get("type")
+    # An error reply may carry id "": the answer to a request whose id could not be read.
+    empty_ok = msg_type == ERROR_TYPE and msg_id == ""
+    if not isinstance(msg_id, str) or not (msg_id or empty_ok) or len(msg_id) > 128:
+        problems.append("id: missing, empty, not a string or longer than 128 characters")
     if not isinstance(msg_type, str) or not msg_type:
         problems.append("type: missing or not a non-empty string")
     body = raw.get("body", {})
@@ -110,6 +122,8 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Envelope:
     unknown = set(raw) - {"v", "id", "type", "body"}
     if unknown:
         problems.append(f"unknown envelope fields: {', '.join(sorted(map(str, unknown)))}")
+    if not problems and types is not None and msg_type not in types:
+        raise UnknownType(f"type: {msg_type!r} is not one of the types accepted here")
     if not problems and isinstance(msg_type, str) and msg_type in _validators:
         problems.extend(_validators[msg_type](body))
     if problems:

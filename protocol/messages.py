@@ -312,7 +312,8 @@ class Event:
     path: Path | None = None
     id: Id | None = None
     pid: int | None = None
-    reason: Annotated[str, Len(4096)] | None = None
+    reason: Annotated[str, Len(4096)] | None = None  # child.exited: normal | shutdown | abnormal
+    status: int | None = None  # child.exited: exit status (negative: killed by that signal)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -550,6 +551,7 @@ def parse(env: Envelope, body_class: type[Any]) -> Any:
     """``env.body`` as an instance of ``body_class``, validated; raises ProtocolError naming every problem.
 
     ``body_class`` must be the body of ``env.type`` (``parse(env, AgentSend)`` for an ``agent.send``).
+    Fields an open body (reply, event, error) carries beyond its class are not kept: read ``env.body``.
     """
     compiled = _compiled.get(env.type)
     if compiled is None or _class_of[env.type] is not body_class:

@@ -76,7 +76,7 @@ class RequestServer:
         except ProtocolError as exc:
             return reply_frames(frames[:1], error_reply("", exc))
         try:
-            request = decode(payload, max_size=self.max_frame)
+            request = decode(payload, max_size=self.max_frame, types=messages.REQUEST_TYPES)
         except OpenFangError as exc:
             request_id = peek_id(payload) if len(payload) <= self.max_frame else ""
             return reply_frames(route, error_reply(request_id, exc))

@@ -1,0 +1,252 @@
+"""Socket helpers on real sockets: backpressure, ipc permissions, tcp refused without CURVE, ZAP admission."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from openfang.protocol import _zap
+from openfang.protocol.client import Client
+from openfang.protocol.curve import CurveClient, CurveServer, generate_keys
+from openfang.protocol.errors import AlreadyExists, Busy, ConfigError, NotFound, Timeout
+from openfang.protocol.sockets import bind_pub, bind_router, connect_dealer, send_nowait
+from protocol_testkit import ipc_dir, serving
+
+pytestmark = pytest.mark.integration
+
+NO_ANSWER_S = 1.0  # how long an unauthenticated client waits to prove it gets nothing
+
+
+@pytest.fixture
+def ctx() -> Any:
+    context: zmq.Context[Any] = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def ipc() -> Any:
+    with ipc_dir() as path:
+        yield path
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    generate_keys(tmp_path / "keys", "alice")
+    return tmp_path / "keys"
+
+
+def _mode(path: str | Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_send_nowait_raises_busy_when_a_dealer_queue_is_full(ctx: Any, ipc: str) -> None:
+    """A DEALER towards a peer that never reads hits its high-water mark: Busy, never a block or a drop."""
+    router = bind_router(ctx, f"ipc://{ipc}/r.sock", hwm=1)
+    router.rcvbuf = 4096
+    dealer = connect_dealer(ctx, f"ipc://{ipc}/r.sock", hwm=1)
+    dealer.sndbuf = 4096
+    deadline = time.monotonic() + 10
+    while True:  # wait for the connection (IMMEDIATE: Busy until then)
+        try:
+            send_nowait(dealer, [b"x" * 65536])
+            break
+        except Busy:
+            assert time.monotonic() < deadline, "dealer never connected"
+            time.sleep(0.01)
+    with pytest.raises(Busy, match="full"):
+        for _ in range(100_000):
+            send_nowait(dealer, [b"x" * 65536], peer="router")
+
+
+def test_send_nowait_raises_busy_when_a_dealer_has_no_peer(ctx: Any, ipc: str) -> None:
+    """With IMMEDIATE nothing is queued towards an endpoint nobody listens on: Busy at once."""
+    dealer = connect_dealer(ctx, f"ipc://{ipc}/nobody.sock")
+    with pytest.raises(Busy, match="not connected"):
+        send_nowait(dealer, [b"hello"])
+
+
+def test_send_nowait_raises_not_found_for_an_unknown_router_peer(ctx: Any, ipc: str) -> None:
+    """ROUTER_MANDATORY: a reply to a routing id nobody has is NotFound naming the peer, not a silent drop."""
+    router = bind_router(ctx, f"ipc://{ipc}/r.sock")
+    with pytest.raises(NotFound, match=r"worker w9 \(routing id b'w9'\) is not connected"):
+        send_nowait(router, [b"w9", b"payload"], peer="worker w9")
+
+
+def test_send_nowait_raises_busy_when_a_router_peer_queue_is_full(ctx: Any, ipc: str) -> None:
+    """ROUTER_MANDATORY + a peer that never reads: Busy once that peer's queue is full."""
+    router = bind_router(ctx, f"ipc://{ipc}/r.sock", hwm=1)
+    router.sndbuf = 4096
+    dealer = connect_dealer(ctx, f"ipc://{ipc}/r.sock", identity="w1", hwm=1)
+    dealer.rcvbuf = 4096
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            send_nowait(router, [b"w1", b"x" * 65536])
+            break
+        except NotFound:
+            assert time.monotonic() < deadline, "dealer never connected"
+            time.sleep(0.01)
+    with pytest.raises(Busy, match="full"):
+        for _ in range(100_000):
+            send_nowait(router, [b"w1", b"x" * 65536], peer="worker w1")
+
+
+def test_ipc_socket_file_is_0600_in_a_new_0700_directory(ctx: Any, ipc: str) -> None:
+    """Binding ipc creates the missing directory 0700 and leaves the socket file 0600."""
+    bind_router(ctx, f"ipc://{ipc}/run/ctl.sock")
+    bind_pub(ctx, f"ipc://{ipc}/run/events.sock")
+    assert _mode(f"{ipc}/run") == 0o700
+    assert stat.S_ISSOCK(os.stat(f"{ipc}/run/ctl.sock").st_mode)
+    assert _mode(f"{ipc}/run/ctl.sock") == 0o600 and _mode(f"{ipc}/run/events.sock") == 0o600
+
+
+def test_ipc_socket_file_is_0660_and_group_owned_with_a_group(ctx: Any, ipc: str) -> None:
+    """With a configured group the socket file is 0660 and belongs to that group."""
+    gid = os.getgid()
+    bind_router(ctx, f"ipc://{ipc}/ctl.sock", mode=0o660, group=gid)
+    assert _mode(f"{ipc}/ctl.sock") == 0o660 and os.stat(f"{ipc}/ctl.sock").st_gid == gid
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "mode", "expected"),
+    [
+        ("ipc://{d}/c.sock", 0o666, "must be 600 or 660"),
+        ("ipc://@abstract-name", 0o600, "abstract or wildcard"),
+        ("ipc://{d}/" + "x" * 120, 0o600, "longer than 107 bytes"),
+        ("udp://127.0.0.1:5", 0o600, "not supported"),
+        ("nonsense", 0o600, "must look like"),
+    ],
+    ids=["world-mode", "abstract", "too-long", "udp", "no-scheme"],
+)
+def test_unsafe_or_invalid_endpoints_are_refused_naming_the_endpoint(
+    ctx: Any, ipc: str, endpoint: str, mode: int, expected: str
+) -> None:
+    """Endpoints that cannot be guarded (or cannot exist) raise ConfigError whose place is the endpoint."""
+    endpoint = endpoint.format(d=ipc)
+    with pytest.raises(ConfigError) as info:
+        bind_router(ctx, endpoint, mode=mode)
+    assert info.value.problems[0].where == endpoint and expected in info.value.problems[0].what
+
+
+def test_tcp_bind_without_curve_is_refused(ctx: Any) -> None:
+    """A tcp endpoint without CURVE keys is refused at bind, naming the endpoint."""
+    for bind in (bind_router, bind_pub):
+        with pytest.raises(ConfigError, match=r"tcp://127\.0\.0\.1:0: tcp endpoints require CURVE"):
+            bind(ctx, "tcp://127.0.0.1:0")
+
+
+def test_generate_keys_writes_private_secrets_and_never_overwrites(tmp_path: Path) -> None:
+    """Secrets are 0600 in 0700 directories, the client is authorized, and existing keys are kept."""
+    files = generate_keys(tmp_path / "k", "alice")
+    assert files.client_secret is not None and files.authorized is not None
+    assert _mode(files.server_secret) == 0o600 and _mode(files.client_secret) == 0o600
+    assert _mode(tmp_path / "k") == 0o700 and _mode(tmp_path / "k" / "clients") == 0o700
+    assert files.authorized.read_text().count("public-key") == 1
+    before = files.server_secret.read_bytes()
+    generate_keys(tmp_path / "k", "bob")
+    assert files.server_secret.read_bytes() == before
+    with pytest.raises(AlreadyExists):
+        generate_keys(tmp_path / "k", "alice")
+    with pytest.raises(AlreadyExists):
+        generate_keys(tmp_path / "k", "server")
+    with pytest.raises(ConfigError, match="keys name"):
+        generate_keys(tmp_path / "k", "../evil")
+    assert set(CurveServer(tmp_path / "k").clients.values()) == {"alice", "bob"}
+
+
+def test_curve_server_reports_every_missing_key_file(tmp_path: Path) -> None:
+    """An empty keys directory names both the missing server secret and the missing authorized keys."""
+    with pytest.raises(ConfigError) as info:
+        CurveServer(tmp_path)
+    wheres = [p.where for p in info.value.problems]
+    assert wheres == [str(tmp_path / "server.key_secret"), str(tmp_path / "authorized")]
+
+
+def test_authorized_curve_client_gets_an_answer_over_tcp(keys: Path) -> None:
+    """A client holding an authorized key and the server key is answered over tcp."""
+    alice = CurveClient(keys, name="alice")
+    with (
+        serving("tcp://127.0.0.1:0", keys_dir=str(keys)) as (endpoint, _),
+        Client(endpoint, curve=alice) as c,
+    ):
+        assert c.request("ping")["pid"] == os.getpid()
+
+
+def test_tcp_client_without_keys_gets_no_answer(keys: Path) -> None:
+    """A plain (NULL mechanism) client of a CURVE endpoint never connects: no reply, a client Timeout."""
+    with serving("tcp://127.0.0.1:0", keys_dir=str(keys)) as (endpoint, server):
+        with Client(endpoint, timeout=NO_ANSWER_S) as client, pytest.raises(Timeout):
+            client.request("ping")
+        assert server.handled == 0
+
+
+def test_tcp_client_with_an_unauthorized_key_gets_no_answer(keys: Path, tmp_path: Path) -> None:
+    """A client with the right server key but a key not in authorized/ is refused by ZAP: no reply."""
+    server_key = (keys / "server.key").read_text()
+    generate_keys(tmp_path / "other", "mallory")
+    (tmp_path / "other" / "server.key").write_text(server_key)  # mallory knows the real server key
+    curve = CurveServer(keys)
+    with serving("tcp://127.0.0.1:0", curve=curve) as (endpoint, server):
+        with (
+            Client(endpoint, curve=CurveClient(tmp_path / "other", name="mallory"), timeout=NO_ANSWER_S) as c,
+            pytest.raises(Timeout),
+        ):
+            c.request("ping")
+        assert server.handled == 0
+        assert _zap.handler_for(server.sock.context).denied >= 1
+        with Client(endpoint, curve=CurveClient(keys, name="alice"), timeout=10) as client:
+            assert client.request("ping")["pid"] == os.getpid()
+
+
+def test_tcp_client_with_a_wrong_server_key_gets_no_answer(keys: Path) -> None:
+    """A client that expects another server's key fails the CURVE handshake: no reply."""
+    alice = CurveClient(keys, name="alice")
+    wrong = CurveClient(
+        server_key=zmq.curve_keypair()[0], public_key=alice.public_key, secret_key=alice._secret_key
+    )
+    with serving("tcp://127.0.0.1:0", keys_dir=str(keys)) as (endpoint, server):
+        with Client(endpoint, curve=wrong, timeout=NO_ANSWER_S) as client, pytest.raises(Timeout):
+            client.request("ping")
+        assert server.handled == 0
+
+
+def test_revoked_client_is_refused_after_reload(keys: Path) -> None:
+    """Deleting authorized/NAME.key and reloading refuses that client's new connections."""
+    generate_keys(keys, "bob")
+    curve = CurveServer(keys)
+    with serving("tcp://127.0.0.1:0", curve=curve) as (endpoint, _):
+        with Client(endpoint, curve=CurveClient(keys, name="bob"), timeout=10) as client:
+            assert "pid" in client.request("ping")
+        (keys / "authorized" / "bob.key").unlink()
+        assert curve.reload() == 1
+        bob = CurveClient(keys, name="bob")
+        with Client(endpoint, curve=bob, timeout=NO_ANSWER_S) as client, pytest.raises(Timeout):
+            client.request("ping")
+        with Client(endpoint, curve=CurveClient(keys, name="alice"), timeout=10) as client:
+            assert "pid" in client.request("ping")
+
+
+def test_context_term_returns_while_the_zap_handler_runs(keys: Path) -> None:
+    """ctx.term() with a CURVE socket closed does not hang on the ZAP handler thread (it stops itself)."""
+    context: zmq.Context[Any] = zmq.Context()
+    sock = bind_router(context, "tcp://127.0.0.1:0", curve=CurveServer(keys))
+    handler = _zap.handler_for(context)
+    assert handler.alive
+    sock.close()
+    done = threading.Event()
+
+    def term() -> None:
+        context.term()
+        done.set()
+
+    threading.Thread(target=term, daemon=True).start()
+    assert done.wait(10), "context.term() hung"
+    handler.stop()
+    assert not handler.alive
