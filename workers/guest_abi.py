@@ -42,8 +42,8 @@ ERROR_NAMES = {
 
 # Imports every agent may use: they only touch the agent's own memory.
 CORE_IMPORTS = frozenset({"host_result", "log", "time_now_ms"})
-# Imports granted implicitly by the manifest: llm_invoke when [agent.model] is set, tool_call when
-# agent.tools is non-empty (each tool is still checked against agent.tools at call time).
+# Imports granted implicitly by the manifest: llm_invoke when [agent.model] is set, tool_call when a model
+# is set or agent.tools is non-empty (each tool is still checked against agent.tools at call time).
 LLM_IMPORT = "llm_invoke"
 TOOL_IMPORT = "tool_call"
 # Capability host functions: granted only via [sandbox.permissions] allowed_host_functions.

@@ -88,7 +88,8 @@ class AgentManifest:
         granted = set(guest_abi.CORE_IMPORTS) | set(self.sandbox.permissions.allowed_host_functions)
         if self.model is not None:
             granted.add(guest_abi.LLM_IMPORT)
-        if self.tools:
+        if self.tools or self.model is not None:
+            # Each tool is still checked against agent.tools at call time (default deny).
             granted.add(guest_abi.TOOL_IMPORT)
         return frozenset(granted - set(self.sandbox.permissions.denied_host_functions))
 

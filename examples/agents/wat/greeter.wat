@@ -1,0 +1,21 @@
+;; An OpenFANG agent in WebAssembly text: logs each message and replies with a fixed greeting.
+;; No toolchain needed: wasmtime compiles WAT directly. Guest ABI: docs/guest-abi.md.
+(module
+  (import "env" "log" (func $log (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hello from a WAT agent")
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "alloc") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (if (i32.gt_u (i32.add (local.get $p) (local.get $n)) (i32.shl (memory.size) (i32.const 16)))
+      (then (if (i32.eq (memory.grow (i32.add (i32.shr_u (local.get $n) (i32.const 16)) (i32.const 1)))
+                        (i32.const -1))
+              (then (return (i32.const 0))))))
+    (global.set $heap (i32.add (local.get $p) (local.get $n)))
+    (local.get $p))
+  (func (export "agent_handle") (param $p i32) (param $n i32) (result i64)
+    (drop (call $log (local.get $p) (local.get $n)))
+    (global.set $heap (i32.const 1024))
+    (i64.or (i64.shl (i64.const 16) (i64.const 32)) (i64.const 22)))
+)

@@ -1,0 +1,170 @@
+"""Shared helpers for the sandbox tests: a tiny scripted provider, a tool registry, and a host driver.
+
+The provider and registry implement the same names as workers/llm.py and workers/tools.py (``complete``,
+``get``/``names``/``call``) so the tests do not depend on those modules' progress.
+"""
+
+from __future__ import annotations
+
+import select
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from openfang.protocol.envelope import Envelope
+from openfang.workers import llm_types as t
+from openfang.workers.agent_host import AgentHost
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "agents"
+
+
+def response(content: str | None = None, tools: list[tuple[str, dict[str, Any]]] = ()) -> t.ChatResponse:  # type: ignore[assignment]
+    calls = [t.ToolCall(id=f"call-{i}", name=n, arguments=a) for i, (n, a) in enumerate(tools)]
+    return t.ChatResponse(
+        content=content,
+        tool_calls=calls,
+        usage=t.Usage(prompt_tokens=5, completion_tokens=2),
+        finish_reason="tool_calls" if calls else "stop",
+        provider="test",
+        model="test",
+    )
+
+
+class RuleProvider:
+    """Answers from the last message: tool results are echoed back, user text goes through ``rule``."""
+
+    name = "rules"
+
+    def __init__(self, rule: Callable[[t.ChatRequest], t.ChatResponse], *, blocking: bool = False) -> None:
+        self.rule = rule
+        self.blocking = blocking
+        self.requests: list[t.ChatRequest] = []
+
+    def complete(self, req: t.ChatRequest, *, on_delta: Any = None) -> t.ChatResponse:
+        self.requests.append(req)
+        return self.rule(req)
+
+
+def weather_rule(req: t.ChatRequest) -> t.ChatResponse:
+    """'weather' -> call time_now; after a tool result, answer with it; otherwise echo the user's text."""
+    last = req.messages[-1]
+    if last.role == "tool":
+        return response(f"tool said {last.content}")
+    text = last.content or ""
+    if "weather" in text:
+        return response(None, [("time_now", {})])
+    if "forbidden" in text:
+        return response(None, [("shell_exec", {"cmd": "rm -rf /"})])
+    if "forever" in text:
+        return response(None, [("time_now", {})])
+    return response(f"echo: {text} [{len([m for m in req.messages if m.role == 'user'])} user msgs]")
+
+
+class Tool:
+    def __init__(
+        self, name: str, fn: Callable[[Any, dict[str, Any]], Any], *, blocking: bool = False
+    ) -> None:
+        self.name, self.fn, self.blocking = name, fn, blocking
+        self.schema: dict[str, Any] = {"type": "object"}
+        self.permission = name
+
+    def call(self, ctx: Any, args: dict[str, Any]) -> Any:
+        return self.fn(ctx, args)
+
+
+class Registry:
+    def __init__(self, *tools: Tool) -> None:
+        self._tools = {tool.name: tool for tool in tools}
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+
+def default_registry() -> Registry:
+    return Registry(Tool("time_now", lambda ctx, a: "12:00 UTC"), Tool("shell_exec", lambda ctx, a: "ran"))
+
+
+class Driver:
+    """Runs an AgentHost like a worker loop would, and collects replies by request id."""
+
+    def __init__(self, host: AgentHost) -> None:
+        self.host = host
+        self.replies: dict[str, Envelope] = {}
+        self.audit: list[dict[str, Any]] = []
+
+    def pump(self, seconds: float = 0.01) -> None:
+        got = self.host.step(seconds)
+        for reply in got:
+            self.replies[reply.id] = reply
+        if got:
+            return
+        deadline = self.host.next_deadline()
+        wait = 0.002 if deadline is None else max(0.0, min(0.002, deadline - time.monotonic()))
+        select.select([self.host.wakeup_fd()], [], [], wait)
+
+    def submit(self, type_: str, **body: Any) -> Envelope:
+        env = Envelope(type=type_, body=body)
+        self.host.submit(env)
+        return env
+
+    def wait(self, env: Envelope, timeout: float = 20.0) -> Envelope:
+        end = time.monotonic() + timeout
+        while env.id not in self.replies:
+            if time.monotonic() > end:
+                raise AssertionError(f"no reply to {env.type} within {timeout}s")
+            self.pump()
+        return self.replies.pop(env.id)
+
+    def call(self, type_: str, timeout: float = 20.0, **body: Any) -> Envelope:
+        return self.wait(self.submit(type_, **body), timeout)
+
+    def ok(self, type_: str, **body: Any) -> dict[str, Any]:
+        reply = self.call(type_, **body)
+        assert reply.type == f"{type_}.ok", reply.body
+        return reply.body
+
+
+def make_host(provider: RuleProvider | None = None, registry: Registry | None = None, **kw: Any) -> Driver:
+    audit: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    prov = provider or RuleProvider(weather_rule)
+    host = AgentHost(
+        "w-test",
+        llm_factory=lambda cfg: prov,
+        tools=registry or default_registry(),
+        audit=audit.append,
+        events=events.append,
+        **kw,
+    )
+    driver = Driver(host)
+    driver.audit = audit
+    driver.events = events  # type: ignore[attr-defined]
+    return driver
+
+
+def manifest(
+    name: str, *, module: str = "builtin:llm-agent", agent: str = "", sandbox: str = "", model: bool = True
+) -> str:
+    """A manifest's TOML text; ``agent``/``sandbox`` are extra lines for those tables."""
+    text = f'[agent]\nname = "{name}"\nmodule = "{module}"\n{agent}\n'
+    if model:
+        text += '[agent.model]\nprovider = "scripted"\n'
+    return text + sandbox
+
+
+class Gate:
+    """A blocking provider rule: waits until released (proves an LLM call parks only its agent)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.entered = threading.Event()
+
+    def rule(self, req: t.ChatRequest) -> t.ChatResponse:
+        self.entered.set()
+        self.event.wait(30)
+        return response("released")
