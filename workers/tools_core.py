@@ -1,0 +1,179 @@
+"""Tools an agent may call: the :class:`Tool` value, the context a call runs in, and the registry.
+
+:meth:`ToolRegistry.invoke` is the one door every tool call goes through. In order, it:
+
+1. looks the tool up (``not_found``),
+2. checks the agent's allow list, default deny (``denied``): an entry names a tool (``http_fetch``), a
+   permission (``net.http``), or ``*`` for every tool,
+3. validates the arguments against the tool's JSON schema and fills defaults (``bad_args``),
+4. runs the tool and times it.
+
+It never raises for a failing tool: every failure comes back as a :class:`ToolResult` with ``ok=False``, a
+``code`` (the ``OpenFangError`` code the tool raised, or ``tool_error`` for any other exception) and a
+message, so a broken tool cannot take its agent, or the worker, down with it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from openfang.protocol.errors import AlreadyExists, OpenFangError
+from openfang.workers.llm_types import ToolSpec
+from openfang.workers.tools_schema import check_schema, validate
+
+if TYPE_CHECKING:
+    from openfang.security.netguard import Resolver
+    from openfang.workers.tools_kv import KVNamespace
+
+log = structlog.get_logger("openfang.tools")
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what OpenAI and Anthropic accept as a function name
+ALL = "*"
+
+# A host callback gets the calling agent's id and the validated tool arguments; it returns a JSON value
+# or raises OpenFangError (its code and message become the error result).
+HostCallback = Callable[[str, dict[str, Any]], Any]
+
+
+class ToolError(OpenFangError):  # type: ignore[misc]  # mypy cannot see the editable-install mapping
+    """A tool failed in a way it can explain; ``code`` defaults to ``tool_error``."""
+
+    code = "tool_error"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolContext:
+    """What one agent's tool calls may touch. Absent callbacks make their tools answer "not available"."""
+
+    agent_id: str
+    allowed: frozenset[str] = frozenset()
+    fs_root: Path | None = None
+    kv: KVNamespace | None = None
+    send: HostCallback | None = None
+    spawn: HostCallback | None = None
+    list_agents: HostCallback | None = None
+    memory_store: HostCallback | None = None
+    memory_recall: HostCallback | None = None
+    # http_fetch policy: hosts/addresses/CIDRs exempt from the SSRF address check, and a blanket opt-in
+    # for private addresses (never metadata ones). ``resolver`` replaces DNS (tests, a worker DNS cache).
+    net_allow_hosts: tuple[str, ...] = ()
+    net_allow_private: bool = False
+    resolver: Resolver | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolResult:
+    """The outcome of one call: ``value`` when ``ok``, else ``code`` and ``error``."""
+
+    ok: bool
+    value: Any = None
+    error: str | None = None
+    code: str | None = None
+    duration_ms: float = 0.0
+
+    def to_wire(self) -> dict[str, Any]:
+        """The result as plain data (msgpack/JSON)."""
+        if self.ok:
+            return {"ok": True, "value": self.value, "duration_ms": self.duration_ms}
+        return {"ok": False, "code": self.code, "error": self.error, "duration_ms": self.duration_ms}
+
+    def as_text(self) -> str:
+        """The result as the content of a ``tool`` chat message (JSON text, or ``error (code): ...``)."""
+        if not self.ok:
+            return f"error ({self.code}): {self.error}"
+        if isinstance(self.value, str):
+            return self.value
+        try:
+            return json.dumps(self.value, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            return str(self.value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tool:
+    """A callable tool: what the model sees (name, description, schema) and what guards it (permission)."""
+
+    name: str
+    description: str
+    schema: Mapping[str, Any]
+    permission: str
+    call: Callable[[ToolContext, dict[str, Any]], Any] = field(repr=False)
+    # False: instant and I/O-free, so the agent host may run it inline instead of on a thread.
+    blocking: bool = True
+
+    def spec(self) -> ToolSpec:
+        return ToolSpec(name=self.name, description=self.description, parameters=self.schema)
+
+
+def is_allowed(tool: Tool, allowed: frozenset[str]) -> bool:
+    """Whether an allow list lets ``tool`` run (by its name, its permission, or ``*``)."""
+    return tool.name in allowed or tool.permission in allowed or ALL in allowed
+
+
+class ToolRegistry:
+    """The tools of one worker. Register at start-up; invoke from any thread afterwards."""
+
+    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+        self._tools: dict[str, Tool] = {}
+        for t in tools:
+            self.register(t)
+
+    def register(self, tool: Tool) -> None:
+        """Add ``tool``; a bad name or schema raises ValueError, a taken name AlreadyExists."""
+        if not _NAME.match(tool.name):
+            raise ValueError(f"tool name {tool.name!r} must match {_NAME.pattern}")
+        problems = check_schema(tool.schema, f"tool {tool.name} schema")
+        if problems:
+            raise ValueError("; ".join(problems))
+        if tool.name in self._tools:
+            raise AlreadyExists(f"tool {tool.name!r} is already registered")
+        self._tools[tool.name] = tool
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
+    def specs_for(self, allowed: frozenset[str]) -> list[ToolSpec]:
+        """The specs of the tools ``allowed`` lets run, sorted by name (what the model is offered)."""
+        return [self._tools[n].spec() for n in sorted(self._tools) if is_allowed(self._tools[n], allowed)]
+
+    def invoke(self, ctx: ToolContext, name: str, args: Any) -> ToolResult:
+        """Run tool ``name`` for ``ctx.agent_id``; never raises for the tool's own failures."""
+        start = time.perf_counter()
+
+        def fail(code: str, message: str) -> ToolResult:
+            ms = (time.perf_counter() - start) * 1000
+            log.info("tool_failed", agent_id=ctx.agent_id, tool=name, code=code, error=message)
+            return ToolResult(ok=False, code=code, error=message, duration_ms=ms)
+
+        tool = self._tools.get(name)
+        if tool is None:
+            return fail("not_found", f"no tool named {name!r}")
+        if not is_allowed(tool, ctx.allowed):
+            return fail(
+                "denied",
+                f"agent {ctx.agent_id!r} may not use {name!r} (needs {name!r} or {tool.permission!r})",
+            )
+        if args is None:
+            args = {}
+        if not isinstance(args, Mapping):
+            return fail("bad_args", f"arguments must be an object, got {type(args).__name__}")
+        args, problems = validate(dict(args), tool.schema)
+        if problems:
+            return fail("bad_args", "; ".join(problems))
+        try:
+            value = tool.call(ctx, args)
+        except OpenFangError as exc:
+            return fail(exc.code, exc.message)
+        except Exception as exc:  # a bug in one tool must not reach the agent host: it becomes data
+            log.warning("tool_crashed", agent_id=ctx.agent_id, tool=name, exc_info=True)
+            return fail("tool_error", f"{type(exc).__name__}: {exc}")
+        return ToolResult(ok=True, value=value, duration_ms=(time.perf_counter() - start) * 1000)

@@ -1,0 +1,168 @@
+"""Built-in tools that reach outside the agent through its host: scoped files, other agents, memory.
+
+File tools go through :class:`~openfang.security.fs_scope.ScopedFS` at ``ctx.fs_root``. Agent and memory
+tools call the callbacks the agent host put in the :class:`ToolContext` (with the calling agent's id and
+the validated arguments); a host that did not provide one gets a clear ``unavailable`` error result, not a
+crash. What the callbacks return is the tool's value; what they raise (an ``OpenFangError``) becomes the
+error result with its code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from openfang.security.fs_scope import ScopedFS
+from openfang.workers.tools_core import HostCallback, Tool, ToolContext, ToolError
+
+MAX_FILE = 1 << 20
+
+
+def _fs(ctx: ToolContext) -> ScopedFS:
+    if ctx.fs_root is None:
+        raise ToolError(
+            "file access is not available in this host (the agent has no fs root)", code="unavailable"
+        )
+    return ScopedFS(ctx.fs_root, max_read_bytes=MAX_FILE, max_write_bytes=MAX_FILE)
+
+
+def fs_read(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
+    data = _fs(ctx).read(args["path"], max_bytes=args["max_bytes"])
+    return {"path": args["path"], "content": data.decode("utf-8", errors="replace"), "bytes": len(data)}
+
+
+def fs_write(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
+    n = _fs(ctx).write(args["path"], args["content"], append=args["append"])
+    return {"path": args["path"], "bytes_written": n}
+
+
+def fs_list(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
+    entries = _fs(ctx).list(args["path"])
+    return {
+        "path": args["path"],
+        "entries": [{"name": e.name, "kind": e.kind, "size": e.size} for e in entries],
+    }
+
+
+def _via(
+    tool: str, pick: Callable[[ToolContext], HostCallback | None]
+) -> Callable[[ToolContext, dict[str, Any]], Any]:
+    """A tool body that hands its arguments to the host callback ``pick(ctx)``."""
+
+    def call(ctx: ToolContext, args: dict[str, Any]) -> Any:
+        cb = pick(ctx)
+        if cb is None:
+            raise ToolError(f"{tool} is not available in this host", code="unavailable")
+        return cb(ctx.agent_id, args)
+
+    call.__name__ = tool
+    return call
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": required or [], "additionalProperties": False}
+
+
+_PATH = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 1024,
+    "description": "path relative to the agent's root",
+}
+
+HOST_TOOLS: tuple[Tool, ...] = (
+    Tool(
+        name="fs_read_scoped",
+        description="Read a UTF-8 text file under this agent's own directory.",
+        schema=_obj(
+            {
+                "path": _PATH,
+                "max_bytes": {"type": "integer", "minimum": 1, "maximum": MAX_FILE, "default": MAX_FILE},
+            },
+            ["path"],
+        ),
+        permission="fs.read",
+        call=fs_read,
+    ),
+    Tool(
+        name="fs_write_scoped",
+        description="Write (or append to) a text file under this agent's own directory.",
+        schema=_obj(
+            {
+                "path": _PATH,
+                "content": {"type": "string", "maxLength": MAX_FILE},
+                "append": {"type": "boolean", "default": False},
+            },
+            ["path", "content"],
+        ),
+        permission="fs.write",
+        call=fs_write,
+    ),
+    Tool(
+        name="fs_list_scoped",
+        description="List a directory under this agent's own directory.",
+        schema=_obj({"path": {**_PATH, "minLength": 0, "default": "."}}),
+        permission="fs.read",
+        call=fs_list,
+    ),
+    Tool(
+        name="agent_send",
+        description="Send a message to another agent by id; returns its acknowledgement or reply.",
+        schema=_obj(
+            {
+                "to": {"type": "string", "minLength": 1, "maxLength": 128},
+                "message": {"type": ["string", "object"], "description": "text or a JSON object"},
+            },
+            ["to", "message"],
+        ),
+        permission="agent.send",
+        call=_via("agent_send", lambda c: c.send),
+    ),
+    Tool(
+        name="agent_spawn",
+        description="Start a new agent from a manifest (TOML text or the name of a known manifest).",
+        schema=_obj(
+            {
+                "manifest": {"type": "string", "minLength": 1, "maxLength": 65536},
+                "name": {"type": "string", "minLength": 1, "maxLength": 128},
+            },
+            ["manifest"],
+        ),
+        permission="agent.spawn",
+        call=_via("agent_spawn", lambda c: c.spawn),
+    ),
+    Tool(
+        name="agent_list",
+        description="List the running agents this agent may see.",
+        schema=_obj({}),
+        permission="agent.list",
+        call=_via("agent_list", lambda c: c.list_agents),
+    ),
+    Tool(
+        name="memory_store",
+        description="Remember a text in long-term memory, optionally with tags.",
+        schema=_obj(
+            {
+                "text": {"type": "string", "minLength": 1, "maxLength": 65536},
+                "tags": {"type": "array", "items": {"type": "string", "maxLength": 64}, "maxItems": 32},
+                "kind": {"type": "string", "maxLength": 64, "default": "note"},
+            },
+            ["text"],
+        ),
+        permission="memory.store",
+        call=_via("memory_store", lambda c: c.memory_store),
+    ),
+    Tool(
+        name="memory_recall",
+        description="Recall the memories most relevant to a query.",
+        schema=_obj(
+            {
+                "query": {"type": "string", "minLength": 1, "maxLength": 4096},
+                "k": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5},
+            },
+            ["query"],
+        ),
+        permission="memory.recall",
+        call=_via("memory_recall", lambda c: c.memory_recall),
+    ),
+)

@@ -1,0 +1,156 @@
+"""A small JSON-schema validator for tool arguments: the subset our tool schemas use, checked strictly.
+
+Supported keywords: ``type`` (a name or a list of names: object, array, string, integer, number, boolean,
+null), ``properties``, ``required``, ``additionalProperties`` (true/false or a schema), ``items``,
+``enum``, ``const``, ``minimum``, ``maximum``, ``minLength``, ``maxLength``, ``minItems``, ``maxItems``,
+``pattern``, ``default`` (filled in for absent properties), and ``description``/``title`` (ignored).
+A schema that uses anything else is rejected when the tool is registered (:func:`check_schema`), so a
+schema can never silently mean less than it says. Validation reports every problem, each with its path
+(``args.headers.accept: must be a string``).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from typing import Any
+
+KNOWN_KEYWORDS = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "enum",
+        "const",
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "minItems",
+        "maxItems",
+        "pattern",
+        "default",
+        "description",
+        "title",
+        "examples",
+    }
+)
+TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
+
+
+def _is_type(value: Any, name: str) -> bool:
+    if name == "object":
+        return isinstance(value, Mapping)
+    if name == "array":
+        return isinstance(value, list | tuple)
+    if name == "string":
+        return isinstance(value, str)
+    if name == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if name == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if name == "boolean":
+        return isinstance(value, bool)
+    return value is None  # "null"
+
+
+def check_schema(schema: Any, path: str = "schema") -> list[str]:
+    """Problems with ``schema`` itself: unknown keywords, unknown types, malformed keyword values."""
+    if not isinstance(schema, Mapping):
+        return [f"{path}: must be an object, got {type(schema).__name__}"]
+    problems = [f"{path}: unsupported keyword {k!r}" for k in schema if k not in KNOWN_KEYWORDS]
+    types = schema.get("type")
+    names = types if isinstance(types, list) else [types] if types is not None else []
+    for name in names:
+        if name not in TYPES:
+            problems.append(f"{path}.type: unknown type {name!r}")
+    props = schema.get("properties", {})
+    if not isinstance(props, Mapping):
+        problems.append(f"{path}.properties: must be an object")
+    else:
+        for key, sub in props.items():
+            problems.extend(check_schema(sub, f"{path}.properties.{key}"))
+    req = schema.get("required", [])
+    if not isinstance(req, list) or not all(isinstance(r, str) for r in req):
+        problems.append(f"{path}.required: must be a list of property names")
+    extra = schema.get("additionalProperties", True)
+    if not isinstance(extra, bool):
+        problems.extend(check_schema(extra, f"{path}.additionalProperties"))
+    if "items" in schema:
+        problems.extend(check_schema(schema["items"], f"{path}.items"))
+    if "pattern" in schema:
+        try:
+            re.compile(schema["pattern"])
+        except (re.error, TypeError) as exc:
+            problems.append(f"{path}.pattern: invalid regex: {exc}")
+    if "enum" in schema and not isinstance(schema["enum"], list):
+        problems.append(f"{path}.enum: must be a list")
+    return problems
+
+
+def validate(value: Any, schema: Mapping[str, Any], path: str = "args") -> tuple[Any, list[str]]:
+    """``value`` with defaults filled in, and every problem found (empty when valid). Input is not mutated."""
+    problems: list[str] = []
+    out = _validate(copy.deepcopy(value), schema, path, problems)
+    return out, problems
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _validate(value: Any, schema: Mapping[str, Any], path: str, problems: list[str]) -> Any:
+    types = schema.get("type")
+    names = types if isinstance(types, list) else [types] if types is not None else []
+    if names and not any(_is_type(value, n) for n in names):
+        problems.append(
+            f"{path}: must be {' or '.join(names)}, got {type(value).__name__} {_describe(value)}"
+        )
+        return value
+    if "const" in schema and value != schema["const"]:
+        problems.append(f"{path}: must be {schema['const']!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append(
+            f"{path}: must be one of {', '.join(map(repr, schema['enum']))}, got {_describe(value)}"
+        )
+    if isinstance(value, str):
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            problems.append(f"{path}: must be at least {schema['minLength']} characters")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            problems.append(f"{path}: must be at most {schema['maxLength']} characters, got {len(value)}")
+        if "pattern" in schema and re.search(schema["pattern"], value) is None:
+            problems.append(f"{path}: must match {schema['pattern']!r}")
+    if _is_type(value, "number"):
+        if "minimum" in schema and value < schema["minimum"]:
+            problems.append(f"{path}: must be >= {schema['minimum']}, got {value}")
+        if "maximum" in schema and value > schema["maximum"]:
+            problems.append(f"{path}: must be <= {schema['maximum']}, got {value}")
+    if isinstance(value, list | tuple):
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            problems.append(f"{path}: must have at least {schema['minItems']} items")
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            problems.append(f"{path}: must have at most {schema['maxItems']} items, got {len(value)}")
+        if "items" in schema:
+            value = [_validate(v, schema["items"], f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        value = dict(value)
+        props: Mapping[str, Any] = schema.get("properties", {})
+        for key in schema.get("required", []):
+            if key not in value:
+                problems.append(f"{path}.{key}: required")
+        extra = schema.get("additionalProperties", True)
+        for key in list(value):
+            if key in props:
+                value[key] = _validate(value[key], props[key], f"{path}.{key}", problems)
+            elif extra is False:
+                problems.append(f"{path}.{key}: unknown property (known: {', '.join(props) or 'none'})")
+            elif isinstance(extra, Mapping):
+                value[key] = _validate(value[key], extra, f"{path}.{key}", problems)
+        for key, sub in props.items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+    return value
