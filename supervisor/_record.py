@@ -44,11 +44,11 @@ class ChildRecord:
 
     @property
     def id(self) -> str:
-        return self.spec.id
+        return str(self.spec.id)
 
     @property
     def is_supervisor(self) -> bool:
-        return self.spec.type == ChildType.SUPERVISOR
+        return bool(self.spec.type == ChildType.SUPERVISOR)
 
     @property
     def alive(self) -> bool:

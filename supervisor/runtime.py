@@ -25,7 +25,6 @@ from typing import Any
 import structlog
 from openfang.protocol.errors import ConfigError, OpenFangError, SupervisorError
 from openfang.supervisor import _proc
-from openfang.supervisor._admin import AdminMixin
 from openfang.supervisor._nested import run_nested
 from openfang.supervisor._record import (
     EXITED,
@@ -52,6 +51,8 @@ from openfang.supervisor.restart import (
     should_restart,
 )
 from openfang.supervisor.spec import Restart, Strategy, SupervisorSpec, check_spec, spec_to_dict
+
+from ._admin import AdminMixin  # relative: resolvable by mypy through the package-dir mapping
 
 __all__ = ["Supervisor", "run_nested"]
 log = structlog.get_logger("openfang.supervisor")
@@ -163,8 +164,12 @@ class Supervisor(AdminMixin):
             self._order.insert(index, spec.id)
         return rec
 
+    def _is_current(self, rec: ChildRecord) -> bool:
+        """``rec`` is still the record of its id (not deleted, not replaced by a reload)."""
+        return self._children.get(rec.id, None) is rec
+
     def _remove(self, rec: ChildRecord) -> None:
-        if self._children.get(rec.id) is rec:
+        if self._is_current(rec):
             del self._children[rec.id]
             self._order.remove(rec.id)
 
@@ -363,7 +368,7 @@ class Supervisor(AdminMixin):
     # -- deciding after an exit ----------
 
     def _after_exit(self, rec: ChildRecord, reason: ExitReason) -> None:
-        if self.state != "running" or self._children.get(rec.id) is not rec or rec.state != EXITED:
+        if self.state != "running" or not self._is_current(rec) or rec.state != EXITED:
             return  # shutting down, or the child was terminated/deleted/restarted meanwhile
         if not should_restart(rec.spec.restart, reason):
             rec.state = STOPPED
@@ -412,12 +417,12 @@ class Supervisor(AdminMixin):
                     for later in to_start[i:]:
                         if later in self._children:
                             self._children[later].state = RESTARTING
-                    self.loop.call_soon(lambda c=child: self._serialize(lambda: self._retry(c)))  # type: ignore[misc]
+                    self.loop.call_soon(lambda c=child: self._serialize(lambda: self._retry(c)))
                     break
         self._changed()
 
     def _retry(self, rec: ChildRecord) -> None:
-        if self.state == "running" and self._children.get(rec.id) is rec and rec.state == RESTARTING:
+        if self.state == "running" and self._is_current(rec) and rec.state == RESTARTING:
             self._restart_after_failure(rec)
 
     def _give_up(self, reason: str, offender: ChildRecord) -> None:
@@ -472,7 +477,7 @@ class Supervisor(AdminMixin):
                     rec.state = STOPPED
                 continue
             self._signal_stop(rec)
-            self.loop.run_until(lambda rec=rec: rec.pid is None)  # type: ignore[misc]
+            self.loop.run_until(lambda rec=rec: rec.pid is None)
 
     def _terminate_parallel(self, recs: list[ChildRecord]) -> None:
         """Stop ``recs`` all at once with one shared timer (simple_one_for_one shutdown)."""
