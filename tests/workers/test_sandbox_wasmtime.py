@@ -1,0 +1,186 @@
+"""The wasmtime wrapper on its own: resumable fuel-sliced calls, parking host calls, cancel, epoch, limits."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openfang.protocol.errors import SandboxError
+from openfang.workers._wasmtime import (
+    AsyncPoller,
+    EngineOptions,
+    GuestMemory,
+    GuestTrap,
+    HostFunctionSpec,
+    Instance,
+    Runtime,
+)
+
+WAT = """(module
+  (import "env" "ask" (func $ask (param i32) (result i32)))
+  (import "env" "boom" (func $boom (result i32)))
+  (memory (export "memory") 1)
+  (func (export "spin") (param $n i32) (result i32) (local $i i32)
+    (loop $l
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (local.get $n))))
+    (local.get $i))
+  (func (export "ask_twice") (param $x i32) (result i32)
+    (i32.add (call $ask (local.get $x)) (call $ask (i32.const 1))))
+  (func (export "boom") (result i32) (call $boom))
+  (func (export "grow") (param $pages i32) (result i32) (memory.grow (local.get $pages)))
+  (func (export "fill_forever") (result i32)
+    (loop $l (memory.fill (i32.const 0) (i32.const 7) (i32.const 65536)) (br $l))
+    (i32.const 0))
+)"""
+SPECS = (HostFunctionSpec(name="ask", nparams=1, is_async=True), HostFunctionSpec(name="boom", nparams=0))
+
+
+class Dispatch:
+    """Host side for the test module: ``ask`` parks until ``release`` is called; ``boom`` raises."""
+
+    def __init__(self) -> None:
+        self.released: dict[int, int] = {}
+        self.asked: list[int] = []
+
+    def host_sync(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> int:
+        raise RuntimeError("host bug")  # must become an error code for the guest, never an exception
+
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller:
+        key = len(self.asked)
+        self.asked.append(args[0])
+        return lambda: self.released.get(key)
+
+
+@pytest.fixture
+def runtime() -> Iterator[Runtime]:
+    rt = Runtime(SPECS, options=EngineOptions(fuel_slice=10_000, epoch_tick_ms=5))
+    rt.start_ticker()
+    yield rt
+    rt.close()
+
+
+def _instance(rt: Runtime, *, mem_mb: int = 2) -> Instance:
+    digest = hashlib.sha256(WAT.encode()).hexdigest()
+    module, _ = rt.compile(WAT.encode(), digest=digest, what="test")
+    inst = Instance(rt, rt.instance_pre(module, digest=digest, what="test"), max_memory_bytes=mem_mb << 20)
+    call = inst.instantiate_call()
+    while not call.poll(Dispatch()):
+        pass
+    call.result()
+    inst.after_instantiate()
+    return inst
+
+
+def test_wasmtime_call_yields_per_fuel_slice_and_resumes_to_the_right_result(runtime: Runtime) -> None:
+    """A long loop yields many times (one per fuel slice) and each poll resumes it where it stopped."""
+    inst = _instance(runtime)
+    call = inst.call("spin", (200_000,), 1)
+    polls = 1
+    while not call.poll(Dispatch()):
+        polls += 1
+    assert call.result() == 200_000
+    assert polls > 50  # ~800k+ fuel in 10k slices
+    assert inst.fuel_consumed() > 200_000
+    inst.close()
+
+
+def test_wasmtime_async_host_function_parks_until_released(runtime: Runtime) -> None:
+    """A parking host call keeps the guest suspended across polls until its result is ready."""
+    inst, host = _instance(runtime), Dispatch()
+    call = inst.call("ask_twice", (40,), 1)
+    for _ in range(5):
+        assert not call.poll(host)
+    assert host.asked == [40]
+    host.released[0] = 41
+    while not call.poll(host):
+        if len(host.asked) == 2:
+            host.released[1] = 1
+    assert call.result() == 42
+    inst.close()
+
+
+def test_wasmtime_cancel_mid_call_leaves_the_store_usable(runtime: Runtime) -> None:
+    """Dropping an unfinished call unwinds it; the next call on the same instance works."""
+    inst, host = _instance(runtime), Dispatch()
+    call = inst.call("spin", (2_000_000_000,), 1)
+    for _ in range(3):
+        assert not call.poll(host)
+    call.cancel()
+    with pytest.raises(SandboxError, match="cancelled"):
+        call.result()
+    again = inst.call("spin", (10,), 1)
+    while not again.poll(host):
+        pass
+    assert again.result() == 10
+    inst.close()
+
+
+def test_wasmtime_host_function_failure_is_an_error_code(runtime: Runtime) -> None:
+    """A host function that raises gives the guest E_INVALID (-2) instead of unwinding through wasm."""
+    inst = _instance(runtime)
+    call = inst.call("boom", (), 1)
+    while not call.poll(Dispatch()):
+        pass
+    assert call.result() == -2
+    inst.close()
+
+
+def test_wasmtime_epoch_deadline_interrupts_time_burning_code(runtime: Runtime) -> None:
+    """Code that burns wall time with little fuel (bulk memory.fill) is interrupted by its epoch deadline."""
+    inst = _instance(runtime)
+    call = inst.call("fill_forever", (), 1)
+    inst.set_deadline(0.05)
+    t0 = time.monotonic()
+    while not call.poll(Dispatch()):
+        assert time.monotonic() - t0 < 30
+    with pytest.raises(GuestTrap) as info:
+        call.result()
+    assert info.value.trap_code == "interrupt"
+    inst.close()
+
+
+def test_wasmtime_memory_cap_makes_grow_fail_not_trap(runtime: Runtime) -> None:
+    """memory.grow past the store limit returns -1; growth within it succeeds."""
+    inst = _instance(runtime, mem_mb=1)
+    for pages, expected in ((8, 1), (100, -1)):
+        call = inst.call("grow", (pages,), 1)
+        while not call.poll(Dispatch()):
+            pass
+        assert call.result() == expected
+    assert inst.memory_size() == 9 * 65536
+    inst.close()
+
+
+def test_wasmtime_close_frees_the_store_and_is_idempotent(runtime: Runtime) -> None:
+    """close() frees the store now (live count drops) and a closed instance refuses calls."""
+    inst = _instance(runtime)
+    assert runtime.live_stores == 1
+    inst.close()
+    inst.close()
+    assert runtime.live_stores == 0
+    with pytest.raises(SandboxError, match="closed"):
+        inst.call("spin", (1,), 1)
+
+
+def test_wasmtime_compiled_modules_are_cached_on_disk(tmp_path: Path) -> None:
+    """A second runtime with the same cache dir loads the serialized module instead of compiling."""
+    digest = hashlib.sha256(WAT.encode()).hexdigest()
+    first = Runtime(SPECS, cache_dir=tmp_path)
+    _, cached = first.compile(WAT.encode(), digest=digest, what="t")
+    assert not cached and len(list(tmp_path.glob(f"{digest}-*.cwasm"))) == 1
+    first.close()
+    second = Runtime(SPECS, cache_dir=tmp_path)
+    module, cached = second.compile(WAT.encode(), digest=digest, what="t")
+    assert cached and "spin" in second.module_exports(module)
+    second.close()
+
+
+def test_wasmtime_malformed_module_is_a_sandbox_error(runtime: Runtime) -> None:
+    """Invalid bytes are refused with a message naming what was being compiled."""
+    with pytest.raises(SandboxError, match="my-agent: not a valid wasm module"):
+        runtime.compile(b"\0asm\1\0\0\0\1\xff\xff", digest="x", what="my-agent")
