@@ -106,7 +106,7 @@ def _request_for(rec: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
         return messages.EPISODE, {k: rec[k] for k in keys if rec.get(k) is not None}
     if table == "tool_calls":
         keys = ("agent_id", "session", "tool", "args", "status", "duration_ms", "error", "ts")
-        return messages.TOOL_CALL, {k: rec[k] for k in keys if rec.get(k) is not None}
+        return messages.TOOL_CALL, {k: rec[k] for k in keys if rec.get(k) not in (None, "")}
     if table == "memories":
         body = {k: rec[k] for k in ("agent_id", "kind", "text", "importance") if rec.get(k) is not None}
         if rec.get("vector") and rec.get("embedder"):
