@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.workers.manifest import load_manifest
 
@@ -149,7 +148,8 @@ def test_manifest_tools_checked_against_registry_and_model_validator() -> None:
     def validate(cfg: object, where: str) -> list[Problem]:
         return [Problem(f"{where} key 'temperature'", "must be <= 2")]
 
-    text = '[agent]\nname = "a"\ntools = ["time_now", "nuke"]\n[agent.model]\nprovider = "custom"\ntemperature = 9\n'
+    text = '[agent]\nname = "a"\ntools = ["time_now", "nuke"]\n'
+    text += '[agent.model]\nprovider = "custom"\ntemperature = 9\n'
     got = _problems(text, tool_names={"time_now"}, validate_model=validate)
     assert "unknown tool 'nuke'" in got["agent.toml: [agent] key 'tools'"]
     assert got["agent.toml: [agent.model] key 'temperature'"] == "must be <= 2"

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from openfang.protocol.errors import SandboxError
 from openfang.workers._wasmtime import (
     AsyncPoller,
