@@ -46,9 +46,19 @@ def _prctl(option: int, arg: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def become_subreaper() -> None:
-    """Orphaned descendants are re-parented to this process (which must then reap them)."""
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+PR_GET_CHILD_SUBREAPER = 37
+
+
+def set_subreaper(on: bool) -> bool:
+    """Make orphaned descendants re-parent to this process (which must then reap them), or stop that.
+
+    Returns whether this process was a subreaper before, so a caller can put the previous state back.
+    """
+    was = ctypes.c_int(0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0)
+    return bool(was.value)
 
 
 def spawn(

@@ -83,6 +83,7 @@ class Supervisor(AdminMixin):
         self.on_request = on_request
         self.on_terminate = on_terminate
         self.subreaper = (path == "root") if subreaper is None else subreaper
+        self._was_subreaper = True
         self.state = "new"  # new -> running -> stopping -> stopped | terminated
         self.window = RestartWindow(spec.flags.intensity, spec.flags.period)
         self._children: dict[str, ChildRecord] = {}
@@ -107,7 +108,7 @@ class Supervisor(AdminMixin):
         if self.state != "new":
             raise SupervisorError(f"supervisor {self.path!r} was already started")
         if self.subreaper:
-            _proc.become_subreaper()
+            self._was_subreaper = _proc.set_subreaper(True)
             self.loop.add_signal_handler(signal.SIGCHLD, self._reap_orphans)
         self.state = "running"
         if self.strategy == Strategy.SIMPLE_ONE_FOR_ONE:
@@ -152,6 +153,9 @@ class Supervisor(AdminMixin):
         if self.subreaper:
             self.loop.remove_signal_handler(signal.SIGCHLD)
             _proc.reap_orphans(set())
+            if not self._was_subreaper:
+                # Put the process back as it was (a test process, an embedding application).
+                _proc.set_subreaper(False)
 
     # -- starting one child ----------
 
@@ -205,7 +209,7 @@ class Supervisor(AdminMixin):
         pidfd, uplink = sp.pidfd, sp.uplink
         self.loop.add_reader(pidfd, lambda: self._on_pidfd(rec, pidfd))
         self.loop.add_reader(uplink.fileno(), lambda: self._on_uplink(rec, uplink))
-        in_time = self.loop.run_until(lambda: rec.state != STARTING, timeout=spec.start_timeout_ms / 1000)
+        in_time = self._wait_started(rec)
         if not in_time:
             self._kill_and_wait(rec)
             reason = f"no ready within start_timeout_ms={spec.start_timeout_ms}"
@@ -230,6 +234,20 @@ class Supervisor(AdminMixin):
         self._arm_heartbeat(rec)
         self._emit("child.started", rec, info=rec.info)
         return True
+
+    def _wait_started(self, rec: ChildRecord) -> bool:
+        """Wait for ready/ignore/exit; False on timeout. A nested supervisor starting its own children
+        reports progress (subtree snapshots), and each report restarts its timeout, like OTP's infinity
+        start for supervisors without hanging forever on one that is stuck."""
+        limit = timeout = rec.spec.start_timeout_ms / 1000
+        rec.last_hb = self.loop.time()
+        while True:
+            if self.loop.run_until(lambda: rec.state != STARTING, timeout=timeout):
+                return True
+            silent = self.loop.time() - rec.last_hb
+            if not rec.is_supervisor or silent >= limit:
+                return False
+            timeout = limit - silent
 
     def _kill_and_wait(self, rec: ChildRecord) -> None:
         if rec.pidfd is not None:
@@ -275,6 +293,7 @@ class Supervisor(AdminMixin):
             if isinstance(event, dict) and self.on_event is not None:
                 self.on_event(event)  # forwarded unchanged
         elif kind == "subtree":
+            rec.last_hb = self.loop.time()  # progress of a starting nested supervisor
             children = msg.get("children")
             rec.subtree = list(children) if isinstance(children, list) else []
             self._changed()

@@ -155,3 +155,12 @@ def echo_down(ctx: ChildContext) -> None:
         while (msg := ctx.recv_nowait()) is not None:
             with open(Path(ctx.args["marks"]) / "down", "a") as f:
                 f.write(repr(msg) + "\n")
+
+
+def slow_ready(ctx: ChildContext) -> None:
+    """Take args['ms'] before ready, then serve."""
+    _mark(ctx)
+    time.sleep(ctx.args.get("ms", 100) / 1000)
+    ctx.ready()
+    while True:
+        time.sleep(3600)

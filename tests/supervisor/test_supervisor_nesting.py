@@ -206,3 +206,25 @@ def test_simple_one_for_one_nested_supervisor_takes_dynamic_children(harness: Ha
     assert _node(sup.tree(), "root/pool")["children"][0]["info"]["extra"] is True
     ok, result = _call(harness, sup, "root/pool", "restart_child", {"id": result["id"]})
     assert not ok and "simple_one_for_one" in result["message"]
+
+
+def test_nested_supervisor_start_may_outlast_its_timeout_while_it_makes_progress(
+    harness: Harness, marks: Path
+) -> None:
+    """A nested supervisor's start_timeout_ms restarts on each child it starts (supervisors: OTP infinity)."""
+    slow = [child(f"w{i}", "slow_ready", marks=marks, args={"ms": 250}) for i in range(4)]
+    sub = nested("sub", slow)
+    sup = harness.sup(
+        [ChildSpec(id="sub", type=ChildType.SUPERVISOR, supervisor=sub.supervisor, start_timeout_ms=600)]
+    )
+    sup.start()
+    assert sup.tree()[0]["state"] == "running"
+    stuck = nested("stuck", [child("never", "never_ready", marks=marks, start_timeout_ms=5000)])
+    from openfang.protocol.errors import SupervisorError
+
+    with pytest.raises(SupervisorError, match="start_timeout_ms=600"):
+        sup.start_child(
+            ChildSpec(
+                id="stuck", type=ChildType.SUPERVISOR, supervisor=stuck.supervisor, start_timeout_ms=600
+            )
+        )
