@@ -151,7 +151,7 @@ class ToolRegistry:
 
         def fail(code: str, message: str) -> ToolResult:
             ms = (time.perf_counter() - start) * 1000
-            log.info("tool_failed", agent_id=ctx.agent_id, tool=name, code=code, error=message)
+            log.debug("tool_failed", agent_id=ctx.agent_id, tool=name, code=code, error=message)
             return ToolResult(ok=False, code=code, error=message, duration_ms=ms)
 
         tool = self._tools.get(name)

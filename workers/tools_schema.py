@@ -92,9 +92,13 @@ def check_schema(schema: Any, path: str = "schema") -> list[str]:
 
 
 def validate(value: Any, schema: Mapping[str, Any], path: str = "args") -> tuple[Any, list[str]]:
-    """``value`` with defaults filled in, and every problem found (empty when valid). Input is not mutated."""
+    """``value`` with defaults filled in, and every problem found (empty when valid).
+
+    The input is not mutated: objects and arrays the schema describes are rebuilt; values it does not
+    describe (a property without a schema) are shared with the input, not copied.
+    """
     problems: list[str] = []
-    out = _validate(copy.deepcopy(value), schema, path, problems)
+    out = _validate(value, schema, path, problems)
     return out, problems
 
 
