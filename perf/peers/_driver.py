@@ -79,9 +79,18 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _metric(adapter: Adapter, name: str, value: float | None, unit: str, better: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "system": adapter.system, "value": value, "unit": unit, "better": better,
-            "target": None, **extra}
+def _metric(
+    adapter: Adapter, name: str, value: float | None, unit: str, better: str, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "system": adapter.system,
+        "value": value,
+        "unit": unit,
+        "better": better,
+        "target": None,
+        **extra,
+    }
 
 
 def _check(got: str, want: str, what: str) -> None:
@@ -117,8 +126,18 @@ def measure_cold_start(adapter: Adapter, script: str, reps: int) -> list[dict[st
             samples.append(elapsed * 1000)
     s = wl.summarize(samples)
     _log(f"[{adapter.system}] cold start p50 {s['p50']:.0f} ms over {reps} runs")
-    return [_metric(adapter, "cold_start_ms", s["p50"], "ms", "lower", p50=s["p50"], p99=s["p99"],
-                    notes=f"{reps} runs after 1 warm-up; python exec -> reply line")]
+    return [
+        _metric(
+            adapter,
+            "cold_start_ms",
+            s["p50"],
+            "ms",
+            "lower",
+            p50=s["p50"],
+            p99=s["p99"],
+            notes=f"{reps} runs after 1 warm-up; python exec -> reply line",
+        )
+    ]
 
 
 def measure_warm_start(adapter: Adapter, reps: int) -> list[dict[str, Any]]:
@@ -135,14 +154,25 @@ def measure_warm_start(adapter: Adapter, reps: int) -> list[dict[str, Any]]:
         keep.append(agent)  # agents stay alive, as in a running system
     s = wl.summarize(samples)
     _log(f"[{adapter.system}] warm start p50 {s['p50']:.2f} ms p99 {s['p99']:.2f} ms")
-    return [_metric(adapter, "warm_start_ms", s["p50"], "ms", "lower", p50=s["p50"], p99=s["p99"],
-                    notes=f"{reps} agents built and answered in a running process")]
+    return [
+        _metric(
+            adapter,
+            "warm_start_ms",
+            s["p50"],
+            "ms",
+            "lower",
+            p50=s["p50"],
+            p99=s["p99"],
+            notes=f"{reps} agents built and answered in a running process",
+        )
+    ]
 
 
 def _hold(script: str, count: int) -> tuple[float, int, int]:
     """Start a ``--hold count`` child; return (build seconds, PSS KiB, RSS KiB) of its process tree."""
-    proc = subprocess.Popen(_child_cmd(script, "--hold", str(count)), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _child_cmd(script, "--hold", str(count)), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stdin is not None
     try:
         line = proc.stdout.readline().split()
@@ -168,15 +198,19 @@ def measure_memory(adapter: Adapter, script: str, counts: tuple[int, ...]) -> li
         name = "idle_pss_mb" if count == 1 else f"agents_{count}_pss_mb"
         projected = per_agent_s * count
         if projected > MEMORY_BUILD_BUDGET_S:
-            why = f"not measured: building {count} agents would take ~{projected:.0f} s (budget " \
-                  f"{MEMORY_BUILD_BUDGET_S:.0f} s)"
+            why = (
+                f"not measured: building {count} agents would take ~{projected:.0f} s (budget "
+                f"{MEMORY_BUILD_BUDGET_S:.0f} s)"
+            )
             _log(f"[{adapter.system}] {name}: {why}")
             out.append(_metric(adapter, name, None, "MB", "lower", notes=why))
             continue
         build_s, pss, rss = _hold(script, count)
         per_agent_s = max(per_agent_s, build_s / count)
-        _log(f"[{adapter.system}] {count} agents: PSS {pss / 1024:.1f} MB, RSS {rss / 1024:.1f} MB, "
-             f"built in {build_s:.2f} s")
+        _log(
+            f"[{adapter.system}] {count} agents: PSS {pss / 1024:.1f} MB, RSS {rss / 1024:.1f} MB, "
+            f"built in {build_s:.2f} s"
+        )
         notes = f"{count} agent(s) built in {build_s:.2f} s; RSS {rss / 1024:.1f} MB"
         out.append(_metric(adapter, name, pss / 1024, "MB", "lower", rss_mb=rss / 1024, notes=notes))
         if count == 1:
@@ -184,8 +218,14 @@ def measure_memory(adapter: Adapter, script: str, counts: tuple[int, ...]) -> li
     return out
 
 
-def _throughput(adapter: Adapter, name: str, run: Callable[[str], str], items: list[str],
-                expected: Callable[[str], str], unit_note: str) -> dict[str, Any]:
+def _throughput(
+    adapter: Adapter,
+    name: str,
+    run: Callable[[str], str],
+    items: list[str],
+    expected: Callable[[str], str],
+    unit_note: str,
+) -> dict[str, Any]:
     for item in items[:5]:  # warm-up: first calls build caches in every framework
         _check(run(item), expected(item), f"{name} warm-up")
     done = 0
@@ -199,30 +239,54 @@ def _throughput(adapter: Adapter, name: str, run: Callable[[str], str], items: l
     rate = done / elapsed
     _log(f"[{adapter.system}] {name}: {rate:.1f} tasks/s ({done} tasks in {elapsed:.1f} s)")
     cut = "" if done == len(items) else f" (stopped at the {THROUGHPUT_BUDGET_S:.0f} s budget)"
-    return _metric(adapter, name, rate, "tasks/s", "higher",
-                   notes=f"{done} tasks, one client, sequential; {unit_note}{cut}")
+    return _metric(
+        adapter,
+        name,
+        rate,
+        "tasks/s",
+        "higher",
+        notes=f"{done} tasks, one client, sequential; {unit_note}{cut}",
+    )
 
 
 def measure_routing(adapter: Adapter, count: int) -> list[dict[str, Any]]:
     """Tasks/s of router-classifies-then-agent-answers over ``count`` messages, every reply checked."""
     router = adapter.build_router()
     msgs = wl.routing_messages(count)
-    return [_throughput(adapter, "routing_tasks_per_s", router, msgs,
-                        lambda m: wl.agent_reply(wl.classify(m), m), "2 LLM calls per task")]
+    return [
+        _throughput(
+            adapter,
+            "routing_tasks_per_s",
+            router,
+            msgs,
+            lambda m: wl.agent_reply(wl.classify(m), m),
+            "2 LLM calls per task",
+        )
+    ]
 
 
 def measure_toolchain(adapter: Adapter, count: int) -> list[dict[str, Any]]:
     """Tasks/s of the 4-LLM-call, 3-tool-call chain over ``count`` tasks, every answer checked."""
     chain = adapter.build_toolchain()
-    return [_throughput(adapter, "toolchain_tasks_per_s", chain, wl.toolchain_tasks(count),
-                        wl.toolchain_expected, "4 LLM + 3 tool calls per task")]
+    return [
+        _throughput(
+            adapter,
+            "toolchain_tasks_per_s",
+            chain,
+            wl.toolchain_tasks(count),
+            wl.toolchain_expected,
+            "4 LLM + 3 tool calls per task",
+        )
+    ]
 
 
 def measure_venv(adapter: Adapter) -> list[dict[str, Any]]:
     """Bytes on disk of this venv (the framework, its dependencies, pip and setuptools)."""
     size = wl.dir_size_bytes(sys.prefix) / (1 << 20)
     _log(f"[{adapter.system}] venv {size:.0f} MB")
-    return [_metric(adapter, "venv_mb", size, "MB", "lower", notes=f"du of {os.path.basename(sys.prefix)} venv")]
+    return [
+        _metric(adapter, "venv_mb", size, "MB", "lower", notes=f"du of {os.path.basename(sys.prefix)} venv")
+    ]
 
 
 def versions(adapter: Adapter) -> dict[str, str]:
@@ -249,9 +313,13 @@ def run_metrics(adapter: Adapter, script: str, groups: list[str], quick: bool) -
         elif group == "memory":
             out += measure_memory(adapter, script, AGENT_COUNTS[:2] if quick else AGENT_COUNTS)
         elif group == "routing":
-            out += measure_routing(adapter, wl.ROUTING_MESSAGES_QUICK if quick else wl.ROUTING_MESSAGES_DEFAULT)
+            out += measure_routing(
+                adapter, wl.ROUTING_MESSAGES_QUICK if quick else wl.ROUTING_MESSAGES_DEFAULT
+            )
         elif group == "toolchain":
-            out += measure_toolchain(adapter, wl.TOOLCHAIN_TASKS_QUICK if quick else wl.TOOLCHAIN_TASKS_DEFAULT)
+            out += measure_toolchain(
+                adapter, wl.TOOLCHAIN_TASKS_QUICK if quick else wl.TOOLCHAIN_TASKS_DEFAULT
+            )
         elif group == "venv":
             out += measure_venv(adapter)
     pkgs = versions(adapter)

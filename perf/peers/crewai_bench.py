@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for perf.workloads
 
-from perf.peers import _driver  # noqa: E402
+from perf.peers import _driver
 
 _driver.apply_offline_env()  # before crewai is imported
 
@@ -44,13 +44,21 @@ def _text(messages: str | list[Any]) -> str:
     return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
 
 
-class FakeLLM(BaseLLM):
+class FakeLLM(BaseLLM):  # type: ignore[misc]  # the framework is typed only inside its own venv
     """Instant, deterministic LLM. ``role`` is ``router``, a route name, or ``toolchain``."""
 
     role: str = "general"
 
-    def call(self, messages: Any, tools: Any = None, callbacks: Any = None, available_functions: Any = None,
-             from_task: Any = None, from_agent: Any = None, response_model: Any = None) -> str:
+    def call(
+        self,
+        messages: Any,
+        tools: Any = None,
+        callbacks: Any = None,
+        available_functions: Any = None,
+        from_task: Any = None,
+        from_agent: Any = None,
+        response_model: Any = None,
+    ) -> str:
         prompt = _text(messages)
         if self.role == "toolchain":
             task = wl.unwrap_task(prompt)
@@ -74,30 +82,36 @@ class FakeLLM(BaseLLM):
         return 8192
 
 
-@tool("lookup")
+@tool("lookup")  # type: ignore[untyped-decorator]  # typed only inside its venv
 def lookup(value: str) -> str:
     """Look up the number stored under a key."""
     return wl.tool_lookup(value)
 
 
-@tool("compute")
+@tool("compute")  # type: ignore[untyped-decorator]
 def compute(value: str) -> str:
     """Compute on a number."""
     return wl.tool_compute(value)
 
 
-@tool("render")
+@tool("render")  # type: ignore[untyped-decorator]
 def render(value: str) -> str:
     """Render a number as the result."""
     return wl.tool_render(value)
 
 
 def _crew(role: str, llm_role: str, tools: list[Any] | None = None) -> Crew:
-    agent = Agent(role=role, goal=f"act as the {role}", backstory="a benchmark agent",
-                  llm=FakeLLM(model="fake", role=llm_role), tools=tools or [], cache=False,
-                  allow_delegation=False, verbose=False)
-    task = Task(description=f"Handle this: {wl.wrap_task('{text}')}", expected_output="one line",
-                agent=agent)
+    agent = Agent(
+        role=role,
+        goal=f"act as the {role}",
+        backstory="a benchmark agent",
+        llm=FakeLLM(model="fake", role=llm_role),
+        tools=tools or [],
+        cache=False,
+        allow_delegation=False,
+        verbose=False,
+    )
+    task = Task(description=f"Handle this: {wl.wrap_task('{text}')}", expected_output="one line", agent=agent)
     return Crew(agents=[agent], tasks=[task], process=Process.sequential, verbose=False)
 
 
@@ -106,8 +120,8 @@ def _kickoff(crew: Crew, text: str) -> str:
 
 
 class CrewAIAdapter:
-    system = "crewai"
-    packages = ("crewai", "pydantic")
+    system: str = "crewai"
+    packages: tuple[str, ...] = ("crewai", "pydantic")
 
     def build_agent(self, index: int) -> Any:
         route = wl.ROUTES[index % len(wl.ROUTES)]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for perf.workloads
 
-from perf.peers import _driver  # noqa: E402
+from perf.peers import _driver
 
 _driver.apply_offline_env()  # before langchain is imported
 
@@ -34,7 +34,7 @@ from langgraph.prebuilt import ToolNode, tools_condition  # noqa: E402
 from perf import workloads as wl  # noqa: E402
 
 
-class FakeChatModel(BaseChatModel):
+class FakeChatModel(BaseChatModel):  # type: ignore[misc]  # the framework is typed only inside its own venv
     """Instant, deterministic chat model. ``role`` is ``router``, a route name, or ``toolchain``."""
 
     role: str
@@ -43,8 +43,13 @@ class FakeChatModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "openfang-bench-fake"
 
-    def _generate(self, messages: Sequence[BaseMessage], stop: list[str] | None = None,
-                  run_manager: Any = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: Sequence[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         if self.role == "toolchain":
             task = wl.unwrap_task(str(messages[0].content))
             observations = [str(m.content) for m in messages if isinstance(m, ToolMessage)]
@@ -53,7 +58,9 @@ class FakeChatModel(BaseChatModel):
                 msg = AIMessage(content=arg)
             else:
                 call_id = f"call_{len(observations)}"
-                msg = AIMessage(content="", tool_calls=[{"name": action, "args": {"value": arg}, "id": call_id}])
+                msg = AIMessage(
+                    content="", tool_calls=[{"name": action, "args": {"value": arg}, "id": call_id}]
+                )
         else:
             text = wl.unwrap_task(str(messages[-1].content))
             reply = wl.classify(text) if self.role == "router" else wl.agent_reply(self.role, text)
@@ -61,19 +68,19 @@ class FakeChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
 
-@tool
+@tool  # type: ignore[untyped-decorator]  # typed only inside its venv
 def lookup(value: str) -> str:
     """Look up the number stored under a key."""
     return wl.tool_lookup(value)
 
 
-@tool
+@tool  # type: ignore[untyped-decorator]
 def compute(value: str) -> str:
     """Compute on a number."""
     return wl.tool_compute(value)
 
 
-@tool
+@tool  # type: ignore[untyped-decorator]
 def render(value: str) -> str:
     """Render a number as the result."""
     return wl.tool_render(value)
@@ -93,8 +100,8 @@ def _agent_node(model: FakeChatModel) -> Callable[[RouteState], dict[str, str]]:
 
 
 class LangGraphAdapter:
-    system = "langgraph"
-    packages = ("langgraph", "langchain-core", "pydantic")
+    system: str = "langgraph"
+    packages: tuple[str, ...] = ("langgraph", "langchain-core", "pydantic")
 
     def build_agent(self, index: int) -> Any:
         graph = StateGraph(RouteState)
