@@ -90,12 +90,22 @@ REPLIES: dict[str, dict[str, Any]] = {
     },
     "tree": {"children": [_NODE_WORKERS]},
     "stop": {},
-    "reload": {"started": ["indexer"], "stopped": [], "replaced": ["memory"], "unchanged": ["control", "workers"]},
+    "reload": {
+        "started": ["indexer"],
+        "stopped": [],
+        "replaced": ["memory"],
+        "unchanged": ["control", "workers"],
+    },
     "child.start": {"id": "indexer", "pid": 4300},
     "child.terminate": {},
     "child.restart": {"id": "indexer", "pid": 4301},
     "child.delete": {},
-    "child.which": {"children": [_NODE_WORKER]},
+    "child.which": {
+        "children": [
+            {"id": "worker-0", "type": "worker", "state": "running", "pid": 4242},
+            {"id": "worker-1", "type": "worker", "state": "restarting", "pid": None},
+        ]
+    },
     "child.count": _COUNTS,
     "worker.ping": {"worker": "worker-0", "pid": 4242, "cpu": 0},
     "agent.spawn": {"agent_id": "a-7f3c", "worker": "worker-0", "service": "echo"},
@@ -111,7 +121,13 @@ REPLIES: dict[str, dict[str, Any]] = {
     "agent.kill": {"agent_id": "a-7f3c", "state": "dead"},
     "memory.search": {
         "hits": [
-            {"id": 17, "agent_id": "a-7f3c", "text": "Invoice 42: total 310 EUR", "score": 0.91, "kind": "fact"}
+            {
+                "id": 17,
+                "agent_id": "a-7f3c",
+                "text": "Invoice 42: total 310 EUR",
+                "score": 0.91,
+                "kind": "fact",
+            }
         ]
     },
     "memory.history": {
@@ -140,5 +156,7 @@ EVENT: dict[str, Any] = {
 ERROR: dict[str, Any] = {
     "code": "bad_config",
     "message": "openfang.toml: [supervisor].intensity: must be an integer >= 0, got -1",
-    "problems": [{"where": "openfang.toml: [supervisor].intensity", "what": "must be an integer >= 0, got -1"}],
+    "problems": [
+        {"where": "openfang.toml: [supervisor].intensity", "what": "must be an integer >= 0, got -1"}
+    ],
 }

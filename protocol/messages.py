@@ -138,8 +138,18 @@ class SupervisorRef:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ChildSummary:
+    """OTP's which_children entry: one child of one supervisor, in start order."""
+
+    id: Id
+    type: Annotated[str, Len(16)]  # worker | supervisor
+    state: State  # running | restarting | stopped | undefined
+    pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChildWhichOk:
-    children: Annotated[list[Node], Len(4096)]
+    children: Annotated[list[ChildSummary], Len(4096)]
 
 
 # -- workers and agents ------------------------------------------------------------------------------------
