@@ -16,6 +16,7 @@ Driving it (the worker's loop)::
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import time
@@ -39,6 +40,18 @@ from openfang.workers import guest_abi as abi
 from openfang.workers._wasmtime import EngineOptions, HostFunctionSpec, Runtime
 from openfang.workers.manifest import AgentManifest, ModelConfig, load_manifest
 from openfang.workers.sandbox import DoneJob, Job, Outcome, Sandbox
+
+# The providers and tools modules are optional collaborators: the host works (and is tested) without them.
+try:
+    from openfang.workers import llm as _llm
+except ImportError:  # pragma: no cover - only while the LLM layer is absent
+    _llm = None  # type: ignore[assignment]
+try:
+    from openfang.workers import tools as _tools
+    from openfang.workers import tools_kv as _tools_kv
+except ImportError:  # pragma: no cover - only while the tools layer is absent
+    _tools = None  # type: ignore[assignment]
+    _tools_kv = None  # type: ignore[assignment]
 
 log = structlog.get_logger("openfang.workers.agent_host")
 MAX_INBOX = 1024
@@ -74,6 +87,8 @@ class _Agent:
     usage: dict[str, int] = field(default_factory=dict)
     fuel_at_start: int = 0
     chat_cache: jobs.ChatCache = field(default_factory=jobs.ChatCache)
+    tool_ctx: Any = None
+    tool_ctx_for: Sandbox | None = None
 
 
 class AgentHost:
@@ -108,6 +123,11 @@ class AgentHost:
         self._ids = itertools.count(1)
         self._rr: dict[str, int] = {}
         self._bound = log.bind(worker=worker_id)
+        # Deep model validation when the providers module is present (it owns provider semantics).
+        self._validate_model = (
+            _llm.validate_model_config if _llm is not None and llm_factory is None else None
+        )
+        self._kv = _tools_kv.KVStore() if _tools_kv is not None else None
 
     # -- public API ------------------------------------------------------------------------------------
     def wakeup_fd(self) -> int:
@@ -192,6 +212,7 @@ class AgentHost:
             source=path.name if path else "agent.toml",
             base_dir=path.parent if path else None,
             tool_names=set(names) if names is not None else None,
+            validate_model=self._validate_model,
         )
         agent_id = manifest.sandbox.agent_id or f"{manifest.name}-{next(self._ids)}"
         while manifest.sandbox.agent_id is None and agent_id in self._agents:
@@ -201,6 +222,8 @@ class AgentHost:
         provider = None
         if manifest.model is not None and self.llm_factory is not None:
             provider = self.llm_factory(manifest.model)
+        elif manifest.model is not None and _llm is not None:
+            provider = _llm.make_provider(manifest.model.raw, where=f"{manifest.source}: [agent.model]")
         window = _RestartWindow(manifest.restart_intensity, manifest.restart_period_ms / 1000)
         sandbox = self._new_sandbox(manifest, agent_id)
         agent = _Agent(
@@ -367,6 +390,8 @@ class AgentHost:
 
     def _remove(self, agent: _Agent, state: str, error: OpenFangError, *, reason: str = "") -> None:
         agent.sandbox.close()
+        if self._kv is not None:
+            self._kv.drop(agent.agent_id)
         self._agents.pop(agent.agent_id, None)
         self._active.pop(agent.agent_id, None)
         for env in ([agent.spawn_env] if agent.spawn_env else []) + (
@@ -467,9 +492,7 @@ class _Services:
 
     def _run_tools(self, agent: _Agent, sandbox: Sandbox, calls: list[dict[str, Any]], single: bool) -> Job:
         registry = self.host.tools
-        ctx = (
-            self.host._tool_context(sandbox) if self.host._tool_context else _default_context(sandbox, agent)
-        )
+        ctx = self._context(agent, sandbox)
 
         def denied(name: str) -> None:
             sandbox.counters["denied"] += 1
@@ -487,6 +510,19 @@ class _Services:
         self.host._runner.run(job, work, inline=inline)
         return job
 
+    def _context(self, agent: _Agent, sandbox: Sandbox, extra: frozenset[str] = frozenset()) -> Any:
+        """The agent's ToolContext (one per agent instance); ``extra`` widens ``allowed`` for one call."""
+        if agent.tool_ctx is None or agent.tool_ctx_for is not sandbox:
+            host = self.host
+            agent.tool_ctx = (
+                host._tool_context(sandbox) if host._tool_context else _default_context(host, agent)
+            )
+            agent.tool_ctx_for = sandbox
+        ctx = agent.tool_ctx
+        if extra and dataclasses.is_dataclass(ctx) and hasattr(ctx, "allowed"):
+            ctx = dataclasses.replace(ctx, allowed=frozenset(ctx.allowed) | extra)  # type: ignore[type-var]
+        return ctx
+
     def start_capability(self, sandbox: Sandbox, name: str, payload: bytes) -> Job:
         agent = self._agent(sandbox)
         tool = abi.CAPABILITY_IMPORTS.get(name)
@@ -501,9 +537,7 @@ class _Services:
 
     def _run_tools_as(self, agent: _Agent, sandbox: Sandbox, tool: str, args: Any) -> Job:
         registry = self.host.tools
-        ctx = (
-            self.host._tool_context(sandbox) if self.host._tool_context else _default_context(sandbox, agent)
-        )
+        ctx = self._context(agent, sandbox, extra=frozenset({tool}))
         work = jobs.tools_work(
             [{"name": tool, "arguments": args}],
             frozenset({tool}),
@@ -538,18 +572,13 @@ def _tool(registry: Any, name: str) -> Any:
         return None
 
 
-def _default_context(sandbox: Sandbox, agent: _Agent) -> Any:
-    """A ToolContext for the tools module when it is present, else a minimal stand-in with the same names."""
-    try:
-        from openfang.workers.tools import ToolContext
-    except ImportError:
-        ToolContext = None
-    if ToolContext is not None:
-        try:
-            return ToolContext(agent_id=sandbox.agent_id, allowed=frozenset(agent.manifest.tools))
-        except TypeError:
-            pass
-    return _MiniContext(agent_id=sandbox.agent_id, allowed=frozenset(agent.manifest.tools))
+def _default_context(host: AgentHost, agent: _Agent) -> Any:
+    """A ToolContext (with the agent's KV namespace) when the tools module is present, else a stand-in."""
+    allowed = frozenset(agent.manifest.tools)
+    if _tools is not None:
+        kv = host._kv.namespace(agent.agent_id) if host._kv is not None else None
+        return _tools.ToolContext(agent_id=agent.agent_id, allowed=allowed, kv=kv)
+    return _MiniContext(agent_id=agent.agent_id, allowed=allowed)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

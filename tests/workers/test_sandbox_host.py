@@ -341,3 +341,38 @@ def test_host_thousand_idle_agents() -> None:
         assert time.monotonic() - t0 < 30  # generous: a guard against pathological slowness, not a benchmark
     finally:
         d.host.close()
+
+
+def test_host_with_real_scripted_provider_and_tool_registry() -> None:
+    """Without injected services the host uses workers.llm (scripted) and workers.tools (time_now, kv)."""
+    from openfang.protocol.envelope import Envelope
+    from openfang.workers.agent_host import AgentHost
+    from openfang.workers.tools import default_registry
+    from sandbox_helpers import Driver
+
+    text = """
+[agent]
+name = "scripted"
+tools = ["time_now", "kv_set", "kv_get"]
+[agent.model]
+provider = "scripted"
+default = "no rule"
+script = [
+  {match = "remember (?P<v>\\\\w+)", tool = "kv_set", args = {key = "k", value = "{v}"}, then = "stored"},
+  {match = "recall", tool = "kv_get", args = {key = "k"}, then = "got {result}"},
+  {match = "time", tool = "time_now", args = {}, then = "now: {result}"},
+]
+"""
+    d = Driver(AgentHost("w-real", tools=default_registry()))
+    try:
+        aid = d.ok("agent.spawn", manifest=text)["agent_id"]
+        assert d.ok("agent.send", agent_id=aid, text="remember blue")["reply"] == "stored"
+        assert "blue" in d.ok("agent.send", agent_id=aid, text="recall")["reply"]
+        assert d.ok("agent.send", agent_id=aid, text="time please")["reply"].startswith("now: ")
+        assert d.ok("agent.send", agent_id=aid, text="other")["reply"] == "no rule"
+        bad = Envelope(
+            type="agent.spawn", body={"manifest": text.replace('provider = "scripted"', 'provider = "x"')}
+        )
+        assert d.wait((d.host.submit(bad), bad)[1]).body["code"] == "bad_config"
+    finally:
+        d.host.close()
