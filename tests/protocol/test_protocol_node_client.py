@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from openfang.protocol.curve import generate_keys
 from protocol_testkit import ipc_dir, serving
 
 pytestmark = pytest.mark.integration
@@ -113,3 +114,24 @@ def test_node_client_times_out_when_nobody_answers(node: str) -> None:
             timeout=60,
         )
     assert proc.returncode == 3 and "no reply" in proc.stderr
+
+
+def test_node_client_with_curve_keys_is_answered_over_tcp_and_without_is_not(
+    node: str, tmp_path: Path
+) -> None:
+    """Over tcp the Node client is answered with its generated keys, and gets nothing without them."""
+    generate_keys(tmp_path / "keys", "alice")
+    with serving("tcp://127.0.0.1:0", keys_dir=str(tmp_path / "keys")) as (endpoint, server):
+        code, body, err = _run(
+            node, endpoint, "--keys-dir", str(tmp_path / "keys"), "--name", "alice", "ping"
+        )
+        assert code == 0, err
+        assert body["pid"] == os.getpid()
+        proc = subprocess.run(
+            [node, str(CLIENT_DIR / "client.mjs"), "--endpoint", endpoint, "--timeout", "1000", "ping"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 3 and "no reply" in proc.stderr
+        assert server.handled == 1
