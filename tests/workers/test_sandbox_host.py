@@ -345,7 +345,6 @@ def test_host_thousand_idle_agents() -> None:
 
 def test_host_with_real_scripted_provider_and_tool_registry() -> None:
     """Without injected services the host uses workers.llm (scripted) and workers.tools (time_now, kv)."""
-    from openfang.protocol.envelope import Envelope
     from openfang.workers.agent_host import AgentHost
     from openfang.workers.tools import default_registry
     from sandbox_helpers import Driver
@@ -370,9 +369,7 @@ script = [
         assert "blue" in d.ok("agent.send", agent_id=aid, text="recall")["reply"]
         assert d.ok("agent.send", agent_id=aid, text="time please")["reply"].startswith("now: ")
         assert d.ok("agent.send", agent_id=aid, text="other")["reply"] == "no rule"
-        bad = Envelope(
-            type="agent.spawn", body={"manifest": text.replace('provider = "scripted"', 'provider = "x"')}
-        )
-        assert d.wait((d.host.submit(bad), bad)[1]).body["code"] == "bad_config"
+        reply = d.call("agent.spawn", manifest=text.replace('provider = "scripted"', 'provider = "x"'))
+        assert reply.body["code"] == "bad_config"  # validated deeply by workers.llm
     finally:
         d.host.close()
