@@ -62,6 +62,7 @@ class ChatMessage:
     name: str | None = None  # the tool's name on a tool message (Ollama and older servers want it)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "tool_calls", tuple(self.tool_calls))  # accept a list, stay immutable
         if self.role not in ROLES:
             raise ValueError(f"ChatMessage.role must be one of {', '.join(ROLES)}, got {self.role!r}")
         if self.role == "tool" and not self.tool_call_id:
