@@ -227,14 +227,14 @@ class AdminMixin:
             return self.start_child(args["spec"] if isinstance(args.get("spec"), Mapping) else args)
         if op == "terminate_child":
             self.terminate_child(child_id)
-            return {"id": child_id}
+            return {}
         if op == "restart_child":
             return self.restart_child(child_id)
         if op == "delete_child":
             self.delete_child(child_id)
-            return {"id": child_id}
+            return {}
         if op == "which_children":
-            return self.which_children()
+            return {"children": self.which_children()}
         if op == "count_children":
             return self.count_children()
         if op == "get_childspec":

@@ -335,11 +335,11 @@ class Supervisor(AdminMixin):
             rec.exit = reason
         elif rec.state == STOPPING:
             rec.exit, rec.state = SHUTDOWN, STOPPED
-            self._emit("child.exited", rec, pid=pid, reason="shutdown", status=reason.to_dict())
+            self._emit("child.exited", rec, pid=pid, reason="shutdown", **_status(reason))
             self._changed()
         else:
             rec.exit, rec.state = reason, EXITED
-            self._emit("child.exited", rec, pid=pid, reason=str(reason.kind), status=reason.to_dict())
+            self._emit("child.exited", rec, pid=pid, reason=str(reason.kind), **_status(reason))
             self._serialize(lambda: self._after_exit(rec, reason))
 
     def _forget_process(self, rec: ChildRecord) -> None:
@@ -585,6 +585,13 @@ class _Serial:
         self.sup._busy -= 1
         if not self.sup._busy and self.sup._queue:
             self.sup.loop.call_soon(self.sup._drain)
+
+
+def _status(reason: ExitReason) -> dict[str, Any]:
+    """Event fields of an exit: ``status`` as the wire has it (exit code, or minus the signal number),
+    ``detail`` (hung, escalated, the signal's name) and the whole reason as ``exit``."""
+    status = -reason.signal if reason.signal is not None else (reason.code or 0)
+    return {"status": status, "detail": reason.detail, "exit": reason.to_dict()}
 
 
 def _close_quietly(fd: int) -> None:

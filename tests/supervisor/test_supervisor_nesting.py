@@ -103,7 +103,7 @@ def test_restart_storm_escalates_through_two_levels(harness: Harness, marks: Pat
     escalated = [e["path"] for e in harness.kinds("supervisor.escalated")]
     assert escalated.count("root/sub") == 2 and escalated[-1] == "root"
     sub_exits = harness.kinds("child.exited", "root/sub")
-    assert sub_exits[0]["status"]["detail"] == "escalated"
+    assert sub_exits[0]["exit"]["detail"] == "escalated"
     assert sup.count_children()["active"] == 0
 
 
@@ -118,7 +118,7 @@ def test_nested_supervisor_stops_its_children_in_reverse_order_on_shutdown(
     stops = [log[i + 1] for i in range(0, len(log), 3) if log[i] == "stop"]
     assert stops == ["z", "y", "x"]
     (exited,) = harness.kinds("child.exited", "root/sub")
-    assert exited["status"]["kind"] == "normal"
+    assert exited["exit"]["kind"] == "normal"
 
 
 def test_failed_start_inside_a_nested_supervisor_fails_the_parent_start(
@@ -149,7 +149,7 @@ def test_requests_are_routed_to_nested_supervisors(harness: Harness, marks: Path
     )
     assert ok and result["id"] == "w2" and result["pid"]
     ok, result = _call(harness, sup, "root/sub", "which_children", {})
-    assert ok and [c["id"] for c in result] == ["w1", "w2"]
+    assert ok and [c["id"] for c in result["children"]] == ["w1", "w2"]
     harness.wait(lambda: len(_node(sup.tree(), "root/sub")["children"]) == 2)
     ok, result = _call(
         harness, sup, "root/sub", "start_child", {"spec": {"id": "w2", "start": "supervisor_children:serve"}}

@@ -185,7 +185,7 @@ def test_heartbeat_silence_kills_and_restarts_a_hung_child(harness: Harness, mar
     (hung,) = harness.kinds("child.hung")[:1]
     assert hung["heartbeat_ms"] == 300 and hung["silent_ms"] >= 300
     exited = harness.kinds("child.exited")[0]
-    assert exited["reason"] == "abnormal" and exited["status"]["detail"] == "hung"
+    assert exited["reason"] == "abnormal" and exited["exit"]["detail"] == "hung"
 
 
 def test_heartbeating_child_is_left_alone(harness: Harness, marks: Path) -> None:

@@ -96,7 +96,7 @@ def test_stop_infinity_waits_for_the_child_to_finish(harness: Harness, marks: Pa
     sup.start()
     sup.shutdown()
     (exited,) = harness.kinds("child.exited")
-    assert exited["status"]["kind"] == "normal"  # it finished its own stop: not killed
+    assert exited["exit"]["kind"] == "normal"  # it finished its own stop: not killed
 
 
 def test_stop_timeout_kills_a_child_that_ignores_sigterm(harness: Harness, marks: Path) -> None:
@@ -106,7 +106,8 @@ def test_stop_timeout_kills_a_child_that_ignores_sigterm(harness: Harness, marks
     sup.shutdown()
     (exited,) = harness.kinds("child.exited")
     assert exited["reason"] == "shutdown"
-    assert exited["status"]["signal"] == signal.SIGKILL
+    assert exited["exit"]["signal"] == signal.SIGKILL
+    assert exited["status"] == -signal.SIGKILL  # the wire's form: minus the signal number
 
 
 def test_stop_brutal_kill_sends_sigkill_at_once(harness: Harness, marks: Path) -> None:
@@ -115,7 +116,7 @@ def test_stop_brutal_kill_sends_sigkill_at_once(harness: Harness, marks: Path) -
     sup.start()
     sup.shutdown()
     (exited,) = harness.kinds("child.exited")
-    assert exited["status"]["signal"] == signal.SIGKILL
+    assert exited["exit"]["signal"] == signal.SIGKILL
     assert stops(marks) == []
 
 
@@ -132,7 +133,7 @@ def test_stop_timeout_dynamic_kills_all_in_parallel(harness: Harness, marks: Pat
     sup.shutdown()
     elapsed = harness.loop.time() - t0
     exits = harness.kinds("child.exited")
-    assert len(exits) == 3 and all(e["status"]["signal"] == signal.SIGKILL for e in exits)
+    assert len(exits) == 3 and all(e["exit"]["signal"] == signal.SIGKILL for e in exits)
     # One shared timer: three sequential 300 ms timeouts would take at least 0.9 s.
     assert elapsed < 0.9
 
@@ -144,7 +145,7 @@ def test_stop_brutal_kill_dynamic(harness: Harness, marks: Path) -> None:
     pids = [sup.start_child({})["pid"] for _ in range(3)]
     sup.shutdown()
     assert all(not psutil.pid_exists(p) or psutil.Process(p).status() != "running" for p in pids)
-    assert all(e["status"]["signal"] == signal.SIGKILL for e in harness.kinds("child.exited"))
+    assert all(e["exit"]["signal"] == signal.SIGKILL for e in harness.kinds("child.exited"))
 
 
 def test_stop_leaves_no_zombies(harness: Harness, marks: Path) -> None:
