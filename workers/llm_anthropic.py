@@ -100,7 +100,7 @@ class AnthropicProvider:
         if not isinstance(data, dict):
             raise LLMError(self.name, f"response is not a JSON object: {str(data)[:200]!r}")
         if data.get("type") == "error":
-            raise LLMError(self.name, f"error in the response: {data.get('error')}")
+            raise LLMError(self.name, self._http.scrub(f"error in the response: {data.get('error')}"))
         blocks = data.get("content")
         if not isinstance(blocks, list):
             raise LLMError(self.name, "response has no content blocks")
@@ -150,7 +150,7 @@ class AnthropicProvider:
                 err = data.get("error") or {}
                 msg = err.get("message", err) if isinstance(err, dict) else err
                 retry = isinstance(err, dict) and err.get("type") == "overloaded_error"
-                raise LLMError(self.name, f"error in the stream: {msg}", retryable=retry)
+                raise LLMError(self.name, self._http.scrub(f"error in the stream: {msg}"), retryable=retry)
             if kind == "message_start":
                 msg = data.get("message") or {}
                 model = str(msg.get("model") or model)

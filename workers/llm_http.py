@@ -28,6 +28,7 @@ log = structlog.get_logger("openfang.llm")
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 MAX_ERROR_BODY = 64 * 1024
 MAX_JSON_BODY = 32 * 1024 * 1024
+_SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,7 +113,7 @@ class Exchange:
         try:
             return json.loads(raw)
         except ValueError as exc:
-            snippet = raw[:200].decode("utf-8", errors="replace")
+            snippet = self._client.scrub(raw[:200].decode("utf-8", errors="replace"))
             raise LLMError(
                 self._client.provider, f"malformed JSON in the response: {exc}: {snippet!r}"
             ) from None
@@ -162,6 +163,16 @@ class HttpClient:
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
         self._headers = {"Content-Type": "application/json", "Accept": "application/json", **headers}
+        # Credentials in our headers, to blank out if a server echoes them in an error message.
+        secrets = {v for k, v in headers.items() if k.lower() in _SECRET_HEADERS}
+        secrets |= {s.split(" ", 1)[1] for s in secrets if " " in s}
+        self._secrets = tuple(sorted((s for s in secrets if len(s) >= 8), key=len, reverse=True))
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every credential this client sends replaced by ``***``."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def __repr__(self) -> str:  # never show headers: they hold the API key
         scheme = "https" if self._https else "http"
@@ -235,7 +246,7 @@ class HttpClient:
             conn.close()
         raise LLMError(
             self.provider,
-            error_message(raw),
+            self.scrub(error_message(raw)),
             status=resp.status,
             retryable=resp.status in RETRY_STATUSES,
             retry_after=resp.getheader("Retry-After"),

@@ -101,7 +101,7 @@ class OpenAIProvider:
         if not isinstance(data, dict):
             raise LLMError(self.name, f"response is not a JSON object: {str(data)[:200]!r}")
         if "error" in data:
-            raise LLMError(self.name, f"error in the response: {data['error']}")
+            raise LLMError(self.name, self._http.scrub(f"error in the response: {data['error']}"))
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise LLMError(self.name, "response has no choices")
@@ -162,7 +162,7 @@ class OpenAIProvider:
             if not isinstance(chunk, dict):
                 continue
             if "error" in chunk:
-                raise LLMError(self.name, f"error in the stream: {chunk['error']}")
+                raise LLMError(self.name, self._http.scrub(f"error in the stream: {chunk['error']}"))
             model = str(chunk.get("model") or model)
             if chunk.get("usage"):
                 usage = _usage(chunk["usage"])

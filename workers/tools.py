@@ -25,6 +25,7 @@ from __future__ import annotations
 from openfang.workers.tools_builtin import BUILTIN_TOOLS
 from openfang.workers.tools_core import (
     ALL,
+    EgressCheck,
     HostCallback,
     Tool,
     ToolContext,
@@ -41,6 +42,7 @@ from openfang.workers.tools_schema import check_schema, validate
 __all__ = [
     "ALL",
     "PERMISSIONS",
+    "EgressCheck",
     "HostCallback",
     "KVLimits",
     "KVNamespace",

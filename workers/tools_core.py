@@ -39,6 +39,9 @@ ALL = "*"
 # A host callback gets the calling agent's id and the validated tool arguments; it returns a JSON value
 # or raises OpenFangError (its code and message become the error result).
 HostCallback = Callable[[str, dict[str, Any]], Any]
+# Called before any outgoing request a tool makes, on every hop: (tool, url, headers, body). Raises
+# SecurityError to refuse (the host plugs the exfiltration guard in here).
+EgressCheck = Callable[[str, str, Mapping[str, str], str | None], None]
 
 
 class ToolError(OpenFangError):  # type: ignore[misc]  # mypy cannot see the editable-install mapping
@@ -65,6 +68,7 @@ class ToolContext:
     net_allow_hosts: tuple[str, ...] = ()
     net_allow_private: bool = False
     resolver: Resolver | None = field(default=None, repr=False)
+    egress_check: EgressCheck | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

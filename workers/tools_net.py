@@ -14,7 +14,7 @@ import http.client
 import socket
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urljoin
 
@@ -87,8 +87,12 @@ def fetch(
     allow_private: bool = False,
     resolver: Resolver | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    egress_check: Callable[[str, Mapping[str, str], str | None], None] | None = None,
 ) -> dict[str, Any]:
-    """Fetch ``url`` under the SSRF policy; the JSON-able result ``http_fetch`` returns."""
+    """Fetch ``url`` under the SSRF policy; the JSON-able result ``http_fetch`` returns.
+
+    ``egress_check(url, headers, body)`` runs before every hop and may raise SecurityError to refuse it.
+    """
     deadline = time.monotonic() + timeout_s
     send = {k: v for k, v in (headers or {}).items() if k.lower() not in _DROP_HEADERS}
     send.setdefault("User-Agent", "openfang-http-fetch/1")
@@ -96,6 +100,8 @@ def fetch(
     ctx = ssl_context or ssl.create_default_context()
     for hop in range(MAX_REDIRECTS + 1):
         target = check_url(url, allow_hosts=allow_hosts, allow_private=allow_private, resolver=resolver)
+        if egress_check is not None:
+            egress_check(url, send, payload.decode() if payload is not None else None)
         left = deadline - time.monotonic()
         if left <= 0:
             raise ToolError(f"timed out after {timeout_s:g}s", code="timeout")
@@ -171,6 +177,7 @@ def _charset(ctype: str) -> str:
 
 
 def http_fetch(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
+    check = ctx.egress_check
     return fetch(
         args["url"],
         method=args["method"],
@@ -182,6 +189,7 @@ def http_fetch(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
         allow_hosts=ctx.net_allow_hosts,
         allow_private=ctx.net_allow_private,
         resolver=ctx.resolver,
+        egress_check=(lambda u, h, b: check("http_fetch", u, h, b)) if check is not None else None,
     )
 
 

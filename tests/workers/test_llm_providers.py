@@ -540,3 +540,11 @@ def test_providers_serve_concurrent_calls_from_threads(server: FakeServer) -> No
     for t in threads:
         t.join(30)
     assert sorted(out) == sorted(f"a{i}" for i in range(8))
+
+
+def test_a_key_echoed_by_the_server_is_blanked_in_the_error(server: FakeServer) -> None:
+    """If an error body repeats the API key, the LLMError shows *** instead."""
+    server.replies.append(Reply(status=403, body={"error": {"message": f"key {KEY} is revoked"}}))
+    with pytest.raises(LLMError, match=r"key \*\*\* is revoked") as info:
+        anthropic(server).complete(ask())
+    assert KEY not in str(info.value)

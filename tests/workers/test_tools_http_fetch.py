@@ -257,3 +257,23 @@ def test_fetch_https_verifies_the_certificate_for_the_host_name(tmp_path: Path) 
             fetch(f"https://other.test:{srv.port}/hello", allow_hosts=["other.test"], **pinned)
     finally:
         srv.close()
+
+
+def test_http_fetch_runs_the_egress_check_on_every_hop(server: Server) -> None:
+    """The host's egress check sees each hop (tool, url, headers, body); a refusal stops the fetch."""
+    from openfang.protocol.errors import SecurityError
+
+    seen: list[tuple[str, str]] = []
+
+    def check(tool: str, url: str, headers: Any, body: str | None) -> None:
+        seen.append((tool, url))
+        if "secret" in url:
+            raise SecurityError("would send secret data to a network sink")
+
+    ok = run({"url": server.url("/redirect?to=/hello")}, egress_check=check, **LOCAL)
+    assert ok.ok and [u for _, u in seen] == [server.url("/redirect?to=/hello"), server.url("/hello")]
+    assert {t for t, _ in seen} == {"http_fetch"}
+    hits = len(server.hits)
+    res = run({"url": server.url("/hello?token=secret")}, egress_check=check, **LOCAL)
+    assert res.code == "denied" and "network sink" in (res.error or "")
+    assert len(server.hits) == hits

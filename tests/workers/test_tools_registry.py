@@ -338,3 +338,14 @@ def test_scripted_conversation_runs_a_tool_through_the_registry() -> None:
     convo += [first.to_message(), ChatMessage.tool(call.id, result.as_text(), name=call.name)]
     final = model.complete(ChatRequest(messages=convo))
     assert final.content == 'words: {"chars": 13, "bytes": 13, "words": 3, "lines": 1}'
+
+
+def test_public_exports_resolve_and_docs_list_every_builtin_tool() -> None:
+    """Every name in __all__ exists, and docs/llm-and-tools.md documents each built-in tool."""
+    import openfang.workers.llm as llm_mod
+    import openfang.workers.tools as tools_mod
+
+    for mod in (llm_mod, tools_mod):
+        assert [n for n in mod.__all__ if not hasattr(mod, n)] == []
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "llm-and-tools.md").read_text()
+    assert [n for n in REG.names() if f"| `{n}` |" not in docs] == []
