@@ -27,6 +27,7 @@ Row = sqlite3.Row
 
 JOURNAL_SIZE_LIMIT = 64 << 20
 BUSY_TIMEOUT_MS = 5000
+READER_MMAP_BYTES = 1 << 30
 
 
 def _load_vec(conn: Any) -> None:

@@ -139,6 +139,7 @@ class MemoryReader:
         kind: str | None = None,
         since: float | None = None,
         now: float | None = None,
+        candidates: int | None = None,
     ) -> list[semantic.Recalled]:
         """Hybrid (keyword + vector) recall over the agents' whole stores; see :mod:`.semantic`."""
         with self.snapshot() as conn:
@@ -155,6 +156,7 @@ class MemoryReader:
                 kind=kind,
                 since=since,
                 now=now,
+                candidates=candidates,
             )
 
     # -- procedural --------------------------------------------------------------------------------------
