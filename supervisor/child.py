@@ -22,7 +22,11 @@ to parent: ``{"t": "ready", "info": {...}}``, ``{"t": "ignore"}``, ``{"t": "hb"}
 ``{"t": "event", "event": {...}}`` (lifecycle events travel up to the root, which publishes them),
 ``{"t": "subtree", "children": [...]}`` (a nested supervisor's view of its children), and requests and replies
 in both directions: ``{"t": "req", "id": str, "op": str, "args": {...}}`` /
-``{"t": "rep", "id": str, "ok": bool, "result": ..., "error": {"code", "message"}}``.
+``{"t": "rep", "id": str, "ok": bool, "result": ..., "error": {"code", "message"}}``. A request a parent sends
+down to a nested supervisor may carry ``"path"``: the supervisor further down that must run ``op``.
+
+Exit codes: 0 normal, 1 an exception (after a ``child_crashed`` log line with the traceback), 3 a nested
+supervisor that gave up (restart intensity exceeded). The parent side is :mod:`openfang.supervisor.runtime`.
 """
 
 from __future__ import annotations
