@@ -1,0 +1,370 @@
+"""The body of every message type, as frozen dataclasses whose annotations are the wire schema.
+
+Field types and limits are read by :mod:`openfang.protocol._schema` (``Annotated[str, Len(128)]`` is a string
+of at most 128 characters); a trailing ``# comment`` on a field is its documentation in PROTOCOL.md. Which
+type carries which body is the catalogue in :mod:`openfang.protocol.messages`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from openfang.protocol._schema import Len, Range
+
+__all__ = [
+    "MAX_MANIFEST",
+    "MAX_TEXT",
+    "AgentListOk",
+    "AgentRecord",
+    "AgentRef",
+    "AgentSend",
+    "AgentSendOk",
+    "AgentSpawn",
+    "AgentSpawnOk",
+    "AgentStateOk",
+    "ChildCounts",
+    "ChildRef",
+    "ChildRestartOk",
+    "ChildStart",
+    "ChildStartOk",
+    "ChildSummary",
+    "ChildWhichOk",
+    "Empty",
+    "ErrorBody",
+    "Event",
+    "HistoryEntry",
+    "MemoryHistory",
+    "MemoryHistoryOk",
+    "MemoryHit",
+    "MemorySearch",
+    "MemorySearchOk",
+    "MemoryStats",
+    "MemoryStatsOk",
+    "Node",
+    "PingOk",
+    "ProblemBody",
+    "ReloadOk",
+    "StatusOk",
+    "SupervisorRef",
+    "TreeOk",
+    "Usage",
+    "WorkerPing",
+    "WorkerPingOk",
+]
+
+MAX_TEXT = 65536
+MAX_MANIFEST = 262144
+
+Id = Annotated[str, Len(128, 1)]  # child ids, agent ids, worker ids, session ids
+Path = Annotated[str, Len(256, 1)]  # a supervisor path such as "root/workers"
+Name = Annotated[str, Len(128)]
+State = Annotated[str, Len(32)]
+Count = Annotated[int, Range(0)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Empty:
+    """A body with no fields."""
+
+
+# -- control ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PingOk:
+    pid: int
+    time: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildCounts:
+    """OTP's count_children: child specs, running children, of which supervisors and workers."""
+
+    specs: Count
+    active: Count
+    supervisors: Count
+    workers: Count
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusOk:
+    name: Name
+    version: Annotated[str, Len(64)]
+    pid: int
+    uptime_s: Annotated[float, Range(0)]
+    state: State  # starting | running | reloading | stopping
+    config: Annotated[str, Len(4096)] | None = None  # path of the loaded config file (nil: built-in defaults)
+    children: ChildCounts | None = None  # the root supervisor's children
+    workers: Count = 0  # worker processes currently connected to the gateway
+    events: Annotated[str, Len(512)] | None = None  # the PUB endpoint, so clients can subscribe
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Node:
+    """One child in the tree; a supervisor's ``children`` are its own children (empty for workers).
+
+    Absent (or nil) optional fields mean "not known / not running": a stopped child has no pid.
+    """
+
+    id: Id
+    path: Path
+    type: Annotated[str, Len(16)]  # worker | supervisor
+    state: State  # running | restarting | stopped | undefined
+    pid: int | None = None
+    cpu: int | None = None
+    started_at: float | None = None
+    restarts: Count = 0
+    rss_bytes: Count | None = None
+    uptime_s: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    children: Annotated[list[Node], Len(4096)] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TreeOk:
+    children: Annotated[list[Node], Len(4096)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReloadOk:
+    """Child ids per outcome of applying the re-read config."""
+
+    started: Annotated[list[Id], Len(4096)]
+    stopped: Annotated[list[Id], Len(4096)]
+    replaced: Annotated[list[Id], Len(4096)]
+    unchanged: Annotated[list[Id], Len(4096)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildStart:
+    path: Path
+    spec: Annotated[dict[str, Any], Len(64)]  # a child spec table, as in the config's [[...children]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildStartOk:
+    id: Id
+    pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildRef:
+    """A child of the supervisor at ``path``."""
+
+    path: Path
+    id: Id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildRestartOk:
+    id: Id
+    pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SupervisorRef:
+    path: Path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildSummary:
+    """OTP's which_children entry: one child of one supervisor, in start order."""
+
+    id: Id
+    type: Annotated[str, Len(16)]  # worker | supervisor
+    state: State  # running | restarting | stopped | undefined
+    pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChildWhichOk:
+    children: Annotated[list[ChildSummary], Len(4096)]
+
+
+# -- workers and agents ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerPing:
+    worker: Id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerPingOk:
+    worker: Id
+    pid: int
+    cpu: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentSpawn:
+    manifest: Annotated[str, Len(MAX_MANIFEST, 1)]  # agent.toml text
+    manifest_path: Annotated[str, Len(4096)] | None = None  # where it came from (for error messages)
+    worker: Id | None = None  # place on this worker (default: least loaded)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentSpawnOk:
+    agent_id: Id
+    worker: Id
+    service: Name | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentSend:
+    """Send ``text`` to one agent (``agent_id``) or to the agents serving ``service``: exactly one of them."""
+
+    text: Annotated[str, Len(MAX_TEXT)]
+    agent_id: Id | None = None
+    service: Annotated[str, Len(128, 1)] | None = None
+    session: Id | None = None
+
+    @staticmethod
+    def extra_checks(raw: Mapping[str, Any]) -> list[str]:
+        has_agent, has_service = raw.get("agent_id") is not None, raw.get("service") is not None
+        if has_agent == has_service:
+            return ["agent_id: give exactly one of agent_id and service"]
+        return []
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Usage:
+    prompt_tokens: Count = 0
+    completion_tokens: Count = 0
+    tool_calls: Count = 0
+    fuel: Count = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentSendOk:
+    reply: Annotated[str, Len(MAX_TEXT * 4)]
+    agent_id: Id
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentRecord:
+    """What a worker knows about one agent."""
+
+    agent_id: Id
+    name: Name
+    worker: Id
+    state: State  # starting | running | suspended | restarting | dead
+    service: Name | None = None
+    restarts: Count = 0
+    created_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentListOk:
+    agents: Annotated[list[AgentRecord], Len(100_000)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentRef:
+    agent_id: Id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentStateOk:
+    agent_id: Id
+    state: State
+
+
+# -- memory ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemorySearch:
+    query: Annotated[str, Len(4096, 1)]
+    agent_id: Id | None = None
+    kind: Name | None = None
+    mode: Annotated[str, Len(16)] = "hybrid"  # hybrid | keyword | vector
+    limit: Annotated[int, Range(1, 100)] = 10
+
+    @staticmethod
+    def extra_checks(raw: Mapping[str, Any]) -> list[str]:
+        mode = raw.get("mode", "hybrid")
+        if mode is not None and mode not in ("hybrid", "keyword", "vector"):
+            return [f"mode: must be one of 'hybrid', 'keyword', 'vector', got {mode!r}"]
+        return []
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryHit:
+    id: int | Annotated[str, Len(128)]
+    agent_id: Id
+    text: Annotated[str, Len(MAX_TEXT * 4)]
+    score: float
+    kind: Name | None = None
+    time: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemorySearchOk:
+    hits: Annotated[list[MemoryHit], Len(100)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryHistory:
+    agent_id: Id
+    session: Id | None = None
+    limit: Annotated[int, Range(1, 1000)] = 50
+    before: float | None = None  # only messages older than this unix time (paging)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryEntry:
+    role: Annotated[str, Len(32)]  # user | assistant | tool | system
+    text: Annotated[str, Len(MAX_TEXT * 4)]
+    time: float
+    session: Id | None = None
+    tokens: Count | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryHistoryOk:
+    messages: Annotated[list[HistoryEntry], Len(1000)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryStats:
+    agent_id: Id | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryStatsOk:
+    counts: dict[str, Count]  # rows per memory kind: episodes, memories, tool_calls, ...
+    db_bytes: Count | None = None
+    embedder: Name | None = None
+
+
+# -- events and errors -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """A lifecycle event on the PUB stream; kinds other than :data:`EVENT_KINDS` may appear (ignore them)."""
+
+    kind: Annotated[str, Len(64, 1)]
+    time: float
+    path: Path | None = None
+    id: Id | None = None
+    pid: int | None = None
+    reason: Annotated[str, Len(4096)] | None = None  # child.exited: normal | shutdown | abnormal
+    status: int | None = None  # child.exited: exit status (negative: killed by that signal)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProblemBody:
+    where: Annotated[str, Len(1024)]
+    what: Annotated[str, Len(4096)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorBody:
+    code: Annotated[str, Len(64, 1)]
+    message: Annotated[str, Len(MAX_TEXT)]
+    problems: Annotated[list[ProblemBody], Len(1000)] | None = None  # bad_config: every problem
