@@ -157,6 +157,8 @@ class ScopedFS:
         if not parts:
             raise SecurityError("write refused: the root is a directory, name a file")
         raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if len(raw) > self.max_write_bytes:  # before creating any directory for it
+            raise SecurityError(f"write refused: {len(raw)} bytes, the limit is {self.max_write_bytes}")
         name = parts[-1]
         try:
             with self._dir(parts[:-1], create=make_dirs) as dfd:

@@ -20,7 +20,7 @@ ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
 DeltaSink = Callable[[str], None]
 
 
-class LLMError(OpenFangError):  # type: ignore[misc]  # mypy cannot see the editable-install mapping
+class LLMError(OpenFangError):
     """A model call failed: names the provider, the HTTP status (None when no answer) and the reason."""
 
     code = "llm_error"

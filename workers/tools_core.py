@@ -44,7 +44,7 @@ HostCallback = Callable[[str, dict[str, Any]], Any]
 EgressCheck = Callable[[str, str, Mapping[str, str], str | None], None]
 
 
-class ToolError(OpenFangError):  # type: ignore[misc]  # mypy cannot see the editable-install mapping
+class ToolError(OpenFangError):
     """A tool failed in a way it can explain; ``code`` defaults to ``tool_error``."""
 
     code = "tool_error"

@@ -10,6 +10,7 @@ not returned (only their size), since a model cannot read bytes.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import socket
 import ssl
@@ -97,7 +98,7 @@ def fetch(
     send = {k: v for k, v in (headers or {}).items() if k.lower() not in _DROP_HEADERS}
     send.setdefault("User-Agent", "openfang-http-fetch/1")
     payload = body.encode() if body is not None else None
-    ctx = ssl_context or ssl.create_default_context()
+    ctx = ssl_context or _default_ssl()
     for hop in range(MAX_REDIRECTS + 1):
         target = check_url(url, allow_hosts=allow_hosts, allow_private=allow_private, resolver=resolver)
         if egress_check is not None:
@@ -142,6 +143,13 @@ def fetch(
         log.info("http_fetch", host=target.host, status=resp.status, bytes=len(raw), redirects=hop)
         return out
     raise ToolError(f"more than {MAX_REDIRECTS} redirects, last to {url}", code="fetch_failed")
+
+
+@functools.cache
+def _default_ssl() -> ssl.SSLContext:
+    """One verifying TLS context per process (loading the CA store takes milliseconds; contexts are
+    thread-safe for wrapping sockets). Created on first use, so never before a worker's fork."""
+    return ssl.create_default_context()
 
 
 def _read(
