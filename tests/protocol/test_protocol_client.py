@@ -269,3 +269,32 @@ def test_client_close_does_not_hang_with_an_unfinished_events_iterator(ipc: str)
             thread.join(timeout=10)
         pub.close()
         ctx.term()
+
+
+def test_client_events_finds_the_event_endpoint_through_status(ipc: str) -> None:
+    """Without an events endpoint, events() asks status for body.events and subscribes there."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    pub = bind_pub(ctx, f"ipc://{ipc}/ev.sock")
+    stop = threading.Event()
+
+    def status(_: Envelope) -> dict[str, Any]:
+        return {"name": "t", "version": "1", "pid": 1, "uptime_s": 0.0, "state": "running",
+                "events": f"ipc://{ipc}/ev.sock"}  # fmt: skip
+
+    def publish() -> None:
+        while not stop.is_set():
+            body = {"kind": "config.reloaded", "time": time.time()}
+            pub.send_multipart([b"config.reloaded", encode(Envelope(type="event", body=body))])
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    try:
+        with serving(f"ipc://{ipc}/c.sock", {"status": status}) as (endpoint, _), Client(endpoint) as client:
+            event = next(client.events(timeout=10))
+        assert event["kind"] == "config.reloaded"
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        pub.close()
+        ctx.term()

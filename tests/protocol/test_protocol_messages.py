@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +275,17 @@ def test_protocol_imports_nothing_else_of_ours() -> None:
                 and not (n == "openfang.protocol" or n.startswith("openfang.protocol."))
             ]
     assert offenders == []
+
+
+def test_importing_only_the_envelope_still_registers_every_validator() -> None:
+    """A process importing only openfang.protocol.envelope validates bodies (the package registers them)."""
+    code = (
+        "from openfang.protocol.envelope import _validators, decode, encode, Envelope\n"
+        "assert {'agent.send', 'tree.ok', 'event', 'error'} <= set(_validators)\n"
+        "try:\n"
+        "    decode(encode(Envelope(type='agent.send', body={'text': 1})))\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.startswith("ProtocolError body.text: must be a string")
