@@ -109,6 +109,8 @@ class OpenAIProvider:
         if not isinstance(msg, dict):
             raise LLMError(self.name, "response choice has no message")
         content = msg.get("content")
+        if isinstance(content, list):  # content parts: keep the text ones
+            content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict)) or None
         if content is not None and not isinstance(content, str):
             raise LLMError(self.name, f"message content is not text: {type(content).__name__}")
         calls = [self._tool_call(tc) for tc in msg.get("tool_calls") or []]

@@ -548,3 +548,20 @@ def test_a_key_echoed_by_the_server_is_blanked_in_the_error(server: FakeServer) 
     with pytest.raises(LLMError, match=r"key \*\*\* is revoked") as info:
         anthropic(server).complete(ask())
     assert KEY not in str(info.value)
+
+
+def test_openai_sse_with_crlf_lines_and_multiline_data_is_parsed(server: FakeServer) -> None:
+    """CRLF line ends, 'data:' without a space and a stream without [DONE] are all understood."""
+    chunk = {"choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]}
+    events = [f"data:{json.dumps(chunk)}\r\n\r\n", ": ping\r\n\r\n"]
+    server.replies.append(Reply(events=events))
+    resp = openai(server).complete(ask(stream=True))
+    assert (resp.content, resp.finish_reason) == ("ok", "stop")
+
+
+def test_openai_content_parts_are_joined(server: FakeServer) -> None:
+    """A message whose content is a list of text parts is read as their text."""
+    body = completion(None)
+    body["choices"][0]["message"]["content"] = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    server.replies.append(Reply(body=body))
+    assert openai(server).complete(ask()).content == "ab"
