@@ -428,8 +428,10 @@ class Supervisor(AdminMixin):
                     return
                 try:
                     child.restarts += 1
-                    self._start(child)
-                    self._emit("child.restarted", child, restarts=child.restarts)
+                    if self._start(child):
+                        self._emit("child.restarted", child, restarts=child.restarts)
+                    elif self.strategy == Strategy.SIMPLE_ONE_FOR_ONE:
+                        self._remove(child)  # OTP: a dynamic child that ignores its restart is gone
                 except SupervisorError as exc:
                     # OTP retries a failed restart (and counts it): the rest of the group waits for it.
                     self._log.warning("restart_failed", child=cid, error=exc.message)

@@ -164,3 +164,33 @@ def slow_ready(ctx: ChildContext) -> None:
     ctx.ready()
     while True:
         time.sleep(3600)
+
+
+def ignore_if_file(ctx: ChildContext) -> None:
+    """Answer ignore while the file args['flag'] exists, else serve."""
+    _mark(ctx)
+    if os.path.exists(ctx.args["flag"]):
+        ctx.ignore()
+        return
+    ctx.ready()
+    while True:
+        time.sleep(3600)
+
+
+def hang_if_file(ctx: ChildContext) -> None:
+    """Never get ready while the file args['flag'] exists, else serve."""
+    _mark(ctx)
+    while os.path.exists(ctx.args["flag"]):
+        time.sleep(3600)
+    ctx.ready()
+    while True:
+        time.sleep(3600)
+
+
+def crash_on_term(ctx: ChildContext) -> None:
+    """Ready; on SIGTERM exit with code 5 (a non-shutdown exit while being stopped)."""
+    _mark(ctx)
+    signal.signal(signal.SIGTERM, lambda s, f: os._exit(5))
+    ctx.ready()
+    while True:
+        time.sleep(3600)
