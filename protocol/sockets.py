@@ -4,8 +4,9 @@
 - ROUTER: ``ROUTER_MANDATORY`` (an unroutable reply raises instead of vanishing) and ``ROUTER_HANDOVER``
   (a restarted peer reclaims its routing id). Connecting sockets: ``IMMEDIATE`` (no queueing towards a
   peer that is not connected, so a send fails fast instead of piling up).
-- ``ipc://``: the socket file's directory is created 0700 if missing; the file is made 0600 (or 0660 with a
-  group) right after bind, and is created under a tight umask so it is never wider, not even briefly.
+- ``ipc://``: the socket file's directory is created 0700 if missing; the file is made ``mode`` (default 0600,
+  or 0660 with a ``group``) right after bind, and is created under a tight umask so it is never wider, not
+  even briefly. Modes granting anything to others are refused.
 - ``tcp://``: binding REQUIRES CURVE (a :class:`CurveServer`, or ``keys_dir`` to load one); without it bind
   raises :class:`ConfigError` naming the endpoint. ``inproc://`` needs neither.
 - :func:`send_nowait` never blocks and never drops silently: a full queue is :class:`Busy`, an unknown or
@@ -74,9 +75,11 @@ def _bind(
     *,
     curve: CurveServer | None,
     keys_dir: str | os.PathLike[str] | None,
-    mode: int,
+    mode: int | None,
     group: str | int | None,
 ) -> None:
+    if mode is None:
+        mode = 0o600 if group is None else 0o660
     scheme, sep, address = endpoint.partition("://")
     if not sep or not address:
         raise ConfigError(
@@ -101,7 +104,7 @@ def _bind(
             raise ConfigError(Problem(endpoint, f"ipc path is longer than {MAX_IPC_PATH} bytes"))
         if mode & 0o007 or mode & ~0o770:
             raise ConfigError(
-                Problem(endpoint, f"socket mode {mode:o} must be 600 or 660 (no access for others)")
+                Problem(endpoint, f"socket mode {mode:o} must grant nothing to others (600 or 660)")
             )
         path = Path(address)
         if not path.parent.is_dir():
@@ -149,7 +152,7 @@ def bind_router(
     hwm: int = 1000,
     curve: CurveServer | None = None,
     keys_dir: str | os.PathLike[str] | None = None,
-    mode: int = 0o600,
+    mode: int | None = None,
     group: str | int | None = None,
     mandatory: bool = True,
     handover: bool = True,
@@ -180,7 +183,7 @@ def bind_pub(
     hwm: int = 10000,
     curve: CurveServer | None = None,
     keys_dir: str | os.PathLike[str] | None = None,
-    mode: int = 0o600,
+    mode: int | None = None,
     group: str | int | None = None,
 ) -> Socket:
     """A bound PUB for events (a slow subscriber loses events past ``hwm``; the publisher never blocks)."""

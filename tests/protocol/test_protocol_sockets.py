@@ -110,14 +110,16 @@ def test_ipc_socket_file_is_0600_in_a_new_0700_directory(ctx: Any, ipc: str) -> 
 def test_ipc_socket_file_is_0660_and_group_owned_with_a_group(ctx: Any, ipc: str) -> None:
     """With a configured group the socket file is 0660 and belongs to that group."""
     gid = os.getgid()
-    bind_router(ctx, f"ipc://{ipc}/ctl.sock", mode=0o660, group=gid)
+    bind_router(ctx, f"ipc://{ipc}/ctl.sock", group=gid)
     assert _mode(f"{ipc}/ctl.sock") == 0o660 and os.stat(f"{ipc}/ctl.sock").st_gid == gid
+    bind_pub(ctx, f"ipc://{ipc}/ev.sock", mode=0o640, group=gid)
+    assert _mode(f"{ipc}/ev.sock") == 0o640
 
 
 @pytest.mark.parametrize(
     ("endpoint", "mode", "expected"),
     [
-        ("ipc://{d}/c.sock", 0o666, "must be 600 or 660"),
+        ("ipc://{d}/c.sock", 0o666, "must grant nothing to others"),
         ("ipc://@abstract-name", 0o600, "abstract or wildcard"),
         ("ipc://{d}/" + "x" * 120, 0o600, "longer than 107 bytes"),
         ("udp://127.0.0.1:5", 0o600, "not supported"),
