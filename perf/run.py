@@ -71,26 +71,30 @@ def select(modules: Sequence[str], only: Sequence[str] | None) -> list[str]:
 
 def module_timeout(module: str, default: float = DEFAULT_TIMEOUT_S) -> float:
     """The module's top-level ``TIMEOUT_S`` constant, read from its source (no import), else ``default``."""
-    path = REPO.joinpath(*module.split(".")).with_suffix(".py")
+    return timeout_in_source(REPO.joinpath(*module.split(".")).with_suffix(".py"), default)
+
+
+def timeout_in_source(path: Path, default: float) -> float:
+    """The positive number assigned to ``TIMEOUT_S`` at the top level of ``path``, else ``default``."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (OSError, SyntaxError):
+    except (OSError, SyntaxError, ValueError):
         return default
     for node in tree.body:
-        targets = (
-            node.targets
-            if isinstance(node, ast.Assign)
-            else [node.target]
-            if isinstance(node, ast.AnnAssign)
-            else []
-        )
+        value: ast.expr | None
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign):
+            targets, value = [node.target], node.value
+        else:
+            continue
         for target in targets:
-            value = getattr(node, "value", None)
             if (
                 isinstance(target, ast.Name)
                 and target.id == "TIMEOUT_S"
                 and isinstance(value, ast.Constant)
                 and isinstance(value.value, int | float)
+                and not isinstance(value.value, bool)
                 and value.value > 0
             ):
                 return float(value.value)
@@ -174,10 +178,10 @@ def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def reap_orphans() -> int:
-    """SIGKILL and reap every process still below us (between benchmarks there should be none)."""
+def reap_orphans(existing: set[int]) -> int:
+    """SIGKILL and reap every process below us that was not there before the benchmark (``existing``)."""
     me = os.getpid()
-    leftovers = [p for p in process_tree(me) if p != me]
+    leftovers = [p for p in process_tree(me) if p != me and p not in existing]
     _kill_pids(leftovers)
     for pid in leftovers:
         # ChildProcessError: not our direct child; its own parent (killed too) reaps it, or init does.
@@ -194,6 +198,7 @@ def run_module(module: str, *, quick: bool, timeout: float) -> dict[str, Any]:
         result_file = os.path.join(tmp, "metrics.json")
         cmd = [sys.executable, "-m", "perf.run", "--child", module, "--result-file", result_file]
         cmd += ["--quick"] if quick else []
+        existing = set(process_tree(os.getpid()))
         t0 = time.perf_counter()
         # A new session: on timeout we kill the whole group the benchmark started.
         proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
@@ -204,7 +209,7 @@ def run_module(module: str, *, quick: bool, timeout: float) -> dict[str, Any]:
             code = None
         finally:
             # A benchmark must not leave daemons behind: we are a subreaper, so its orphans are ours now.
-            reap_orphans()
+            reap_orphans(existing)
         record["seconds"] = round(time.perf_counter() - t0, 2)
         if code is None:
             record.update(status="timeout", error=f"killed after {timeout:.0f} s")
