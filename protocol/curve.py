@@ -116,7 +116,10 @@ class CurveServer:
     """The server side: its keypair and the authorized client keys of a keys directory.
 
     Raises :class:`ConfigError` listing every problem (missing server secret, no authorized keys, unreadable
-    certificate). :meth:`apply` secures a socket before it binds; :meth:`reload` re-reads ``authorized/``.
+    certificate). :meth:`apply` secures a socket before it binds and starts the context's ZAP handler thread
+    on first use; the thread ends by itself when the context is terminated (``ctx.term()``; prefer it to
+    ``ctx.destroy()``, which would close the handler's socket under its feet). :meth:`reload` re-reads
+    ``authorized/``.
     """
 
     def __init__(self, keys_dir: str | os.PathLike[str]) -> None:
