@@ -52,15 +52,18 @@ class Leak:
 
 
 def _b64_variants(raw: bytes) -> set[str]:
-    """Base64 text that appears inside *any* blob containing ``raw``, for each of the 3 byte alignments."""
+    """Base64 text that appears inside *any* blob containing ``raw``, for each of the 3 byte alignments.
+
+    Base64 character k carries bits [6k, 6k+6) of the blob; with ``raw`` starting ``pad`` bytes after a
+    3-byte boundary it occupies bits [8*pad, 8*(pad+len)), so exactly the characters fully inside that range
+    are the same whatever surrounds the value.
+    """
     out: set[str] = set()
     for pad in range(3):
-        enc = base64.b64encode(b"\0" * pad + raw).decode("ascii").rstrip("=")
-        # Drop characters influenced by the padding in front and by unknown bytes after.
-        start = (pad * 8 + 5) // 6 if pad else 0
-        end = (len(enc) // 4) * 4 if (pad + len(raw)) % 3 else len(enc)
-        core = enc[start:end]
-        core = core[: len(core) - 1] if (pad + len(raw)) % 3 else core
+        enc = base64.b64encode(b"\0" * pad + raw).decode("ascii")
+        first = -(-8 * pad // 6)  # ceil
+        last = 8 * (pad + len(raw)) // 6  # exclusive
+        core = enc[first:last]
         if len(core) >= MIN_TAINT_LEN:
             out.add(core)
             out.add(core.replace("+", "-").replace("/", "_"))

@@ -1,0 +1,74 @@
+"""Layers 5-7 policy: host-function allowlists merge safely, limits are capped, refusals audited."""
+
+from __future__ import annotations
+
+import pytest
+
+from openfang.protocol.errors import ConfigError
+from openfang.security._errors import Denied
+from openfang.security.audit import AuditLog
+from openfang.security.capabilities import CapabilityPolicy, SandboxPolicyConfig
+
+CLUSTER = SandboxPolicyConfig(
+    fuel_default=1000,
+    fuel_max=5000,
+    memory_default_mb=8,
+    memory_max_mb=64,
+    allow=frozenset({"openfang.*", "wasi_snapshot_preview1.fd_write"}),
+    deny=frozenset({"openfang.shell_*"}),
+)
+
+
+def test_capabilities_forbidden_import_is_refused_naming_it_and_audited(audit: AuditLog) -> None:
+    """A module importing a non-granted host function is refused before instantiation; the rest pass."""
+    policy = CapabilityPolicy(CLUSTER, audit=audit)
+    grant = policy.grant("a1", {}, source="a1.toml")
+    with pytest.raises(Denied) as err:
+        policy.check_imports(grant, [("openfang", "kv_get"), ("openfang", "shell_exec"), ("env", "system")])
+    assert err.value.reason == "import_denied"
+    assert "env.system" in err.value.message and "openfang.shell_exec" in err.value.message
+    policy.check_imports(grant, [("openfang", "kv_get"), ("wasi_snapshot_preview1", "fd_write")])
+    (rec,) = audit.records("capabilities.import_denied")
+    assert rec.fields["imports"] == ["env.system", "openfang.shell_exec"]
+
+
+def test_capabilities_manifest_can_narrow_but_never_widen() -> None:
+    """Manifest allow narrows the cluster list; a manifest allow of '*' does not add anything."""
+    policy = CapabilityPolicy(CLUSTER)
+    narrow = policy.grant("a", {"host_functions": {"allow": ["openfang.kv_*"]}}, source="m")
+    assert narrow.allows("openfang", "kv_get") and not narrow.allows("openfang", "http_get")
+    wide = policy.grant("a", {"host_functions": {"allow": ["*"]}}, source="m")
+    assert not wide.allows("env", "system") and not wide.allows("openfang", "shell_exec")
+    extra_deny = policy.grant("a", {"host_functions": {"deny": ["openfang.http_*"]}}, source="m")
+    assert not extra_deny.allows("openfang", "http_get") and extra_deny.allows("openfang", "kv_get")
+
+
+def test_capabilities_limits_default_and_cap(audit: AuditLog) -> None:
+    """Unset limits take the defaults; asking above the cluster max is refused and audited."""
+    policy = CapabilityPolicy(CLUSTER, audit=audit)
+    g = policy.grant("a", {}, source="m")
+    assert g.fuel == 1000 and g.memory_bytes == 8 * 1024 * 1024
+    g = policy.grant("a", {"limits": {"fuel": 5000, "memory_mb": 64}}, source="m")
+    assert g.fuel == 5000
+    with pytest.raises(Denied, match="fuel 5001 > 5000, memory_mb 65 > 64"):
+        policy.grant("a", {"limits": {"fuel": 5001, "memory_mb": 65}}, source="m")
+    assert audit.records("capabilities.limits_refused")
+
+
+def test_capabilities_malformed_tables_report_every_problem() -> None:
+    """Bad limits and host_function entries are ConfigError problems with their place."""
+    with pytest.raises(ConfigError) as err:
+        CapabilityPolicy(CLUSTER).grant(
+            "a",
+            {"limits": {"fuel": -1, "memory_mb": "lots"}, "host_functions": {"allow": "x"}},
+            source="m.toml",
+        )
+    assert len(err.value.problems) == 3
+
+
+def test_capabilities_sandbox_traps_are_audited(audit: AuditLog) -> None:
+    """record_trap writes one sandbox.<trap> record per event."""
+    policy = CapabilityPolicy(CLUSTER, audit=audit)
+    policy.record_trap("a1", "out_of_fuel", fuel=1000)
+    policy.record_trap("a1", "memory_cap", requested_pages=70000)
+    assert [r.kind for r in audit.records("sandbox.")] == ["sandbox.out_of_fuel", "sandbox.memory_cap"]
