@@ -13,10 +13,12 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import regex
 from openfang.workers.tools_core import Tool, ToolContext, ToolError
 
 MAX_TEXT = 1_000_000
 MAX_PATTERN = 1000
+REGEX_TIMEOUT_S = 1.0
 
 
 def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -129,14 +131,26 @@ def text_count(ctx: ToolContext, args: dict[str, Any]) -> dict[str, int]:
 
 
 def text_regex(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
-    flags = (re.IGNORECASE if args["ignore_case"] else 0) | (re.MULTILINE if args["multiline"] else 0)
+    # The `regex` module, not `re`: a pattern with catastrophic backtracking ((a|aa)+$ on a long text)
+    # must end with an error after REGEX_TIMEOUT_S instead of holding a worker thread (and the GIL)
+    # forever; concurrent=True lets other threads run while it matches.
+    flags = (regex.IGNORECASE if args["ignore_case"] else 0) | (regex.MULTILINE if args["multiline"] else 0)
     try:
-        rx = re.compile(args["pattern"], flags)
-    except re.error as exc:
+        rx = regex.compile(args["pattern"], flags)
+    except (regex.error, ValueError) as exc:
         raise ToolError(f"invalid regex {args['pattern']!r}: {exc}", code="bad_args") from None
+    try:
+        return _run_regex(rx, args)
+    except TimeoutError:
+        msg = f"regex gave up after {REGEX_TIMEOUT_S:g}s (catastrophic backtracking?): {args['pattern']!r}"
+        raise ToolError(msg, code="timeout") from None
+
+
+def _run_regex(rx: Any, args: dict[str, Any]) -> dict[str, Any]:
     text, mode, limit = args["text"], args["mode"], args["max_matches"]
+    opts = {"timeout": REGEX_TIMEOUT_S, "concurrent": True}
     if mode == "search":
-        m = rx.search(text)
+        m = rx.search(text, **opts)
         if m is None:
             return {"matched": False}
         return {
@@ -148,18 +162,18 @@ def text_regex(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
         }
     if mode == "findall":
         out: list[dict[str, Any]] = []
-        for m in rx.finditer(text):
+        for m in rx.finditer(text, **opts):
             if len(out) >= limit:
                 return {"matches": out, "count": len(out), "truncated": True}
             out.append({"match": m.group(0), "groups": list(m.groups()), "span": list(m.span())})
         return {"matches": out, "count": len(out), "truncated": False}
     if mode == "sub":
         try:
-            new, n = rx.subn(args["replacement"], text, count=limit)
-        except (re.error, IndexError) as exc:
+            new, n = rx.subn(args["replacement"], text, count=limit, **opts)
+        except (regex.error, IndexError) as exc:
             raise ToolError(f"bad replacement {args['replacement']!r}: {exc}", code="bad_args") from None
         return {"text": new, "count": n}
-    return {"parts": rx.split(text, maxsplit=limit)}
+    return {"parts": rx.split(text, maxsplit=limit, **opts)}
 
 
 # ---- key-value -----------------------------------------------------------------------------------------
@@ -228,7 +242,7 @@ BUILTIN_TOOLS: tuple[Tool, ...] = (
     ),
     Tool(
         name="text_regex",
-        description="Regular expressions (Python syntax) on a text: search, findall, sub or split.",
+        description="Regular expressions (Python syntax) on a text: search, findall, sub or split (1 s cap).",
         schema=_obj(
             {
                 "text": {"type": "string", "maxLength": MAX_TEXT},
@@ -243,7 +257,7 @@ BUILTIN_TOOLS: tuple[Tool, ...] = (
         ),
         permission="text",
         call=text_regex,
-        blocking=False,
+        blocking=True,  # a bad pattern may run up to REGEX_TIMEOUT_S: keep it off the loop
     ),
     Tool(
         name="kv_get",

@@ -349,3 +349,9 @@ def test_public_exports_resolve_and_docs_list_every_builtin_tool() -> None:
         assert [n for n in mod.__all__ if not hasattr(mod, n)] == []
     docs = (Path(__file__).resolve().parents[2] / "docs" / "llm-and-tools.md").read_text()
     assert [n for n in REG.names() if f"| `{n}` |" not in docs] == []
+
+
+def test_text_regex_catastrophic_backtracking_times_out_instead_of_hanging() -> None:
+    """A pathological pattern ends as a timeout error result (the worker thread is not held forever)."""
+    res = REG.invoke(ctx("text"), "text_regex", {"text": "a" * 5000 + "!", "pattern": "(a|aa)+$"})
+    assert res.code == "timeout" and "backtracking" in (res.error or "")
