@@ -99,7 +99,9 @@ class RemoteError(OpenFangError):
     ``problems`` carries the ``{where, what}`` list of a ``bad_config`` reply (empty otherwise).
     """
 
-    def __init__(self, message: str, *, code: str | None = None, problems: list[Problem] | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, problems: list[Problem] | None = None
+    ) -> None:
         super().__init__(message, code=code)
         self.problems: list[Problem] = list(problems or [])
 
