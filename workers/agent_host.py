@@ -39,7 +39,7 @@ from openfang.workers import _host_jobs as jobs
 from openfang.workers import guest_abi as abi
 from openfang.workers._wasmtime import EngineOptions, HostFunctionSpec, Runtime
 from openfang.workers.manifest import AgentManifest, ModelConfig, load_manifest
-from openfang.workers.sandbox import DoneJob, Job, Outcome, Sandbox
+from openfang.workers.sandbox import DoneJob, Job, Outcome, Sandbox, State
 
 # The providers and tools modules are optional collaborators: the host works (and is tested) without them.
 try:
@@ -144,27 +144,47 @@ class AgentHost:
             handler(env)
         except OpenFangError as exc:
             self._replies.append(env.error(exc))
+        except Exception as exc:  # a bug or a provider's odd exception must not end the worker
+            self._bound.exception("request_failed", type=env.type)
+            self._replies.append(env.error(OpenFangError(f"{env.type} failed: {type(exc).__name__}: {exc}")))
 
     def step(self, max_seconds: float) -> list[Envelope]:
         """Run ready agents round-robin, one fuel slice each per turn, for up to ``max_seconds``."""
         for agent_id in self._runner.drain():
             agent = self._active.get(agent_id)
             if agent is not None:
-                self._apply(agent, agent.sandbox.refresh(self.clock()))
+                self._guarded(agent, lambda a: self._apply(a, a.sandbox.refresh(self.clock())))
         end = time.perf_counter() + max_seconds
         while self._active:
             ran = False
             now = self.clock()
             for agent in list(self._active.values()):
-                sb = agent.sandbox
-                self._apply(agent, sb.refresh(now))
-                if agent.agent_id in self._active and sb.runnable():
-                    ran = True
-                    self._apply(agent, sb.run_slice())
+                ran = self._guarded(agent, lambda a, t=now: self._turn(a, t)) or ran
             if not ran or time.perf_counter() >= end:
                 break
         out, self._replies = self._replies, []
         return out
+
+    def _turn(self, agent: _Agent, now: float) -> bool:
+        sb = agent.sandbox
+        self._apply(agent, sb.refresh(now))
+        if agent.agent_id in self._active and sb.runnable():
+            self._apply(agent, sb.run_slice())
+            return True
+        return False
+
+    def _guarded(self, agent: _Agent, work: Callable[..., bool | None]) -> bool:
+        """Run one agent's turn; an unexpected host-side failure crashes that agent only, never the worker."""
+        try:
+            return bool(work(agent))
+        except Exception as exc:  # isolate the failure to the agent it happened in
+            self._bound.exception("agent_turn_failed", agent_id=agent.agent_id)
+            if agent.agent_id in self._agents and agent.sandbox.state is not State.CLOSED:
+                env, agent.current = agent.current, None
+                if env is not None:
+                    self._replies.append(env.error(SandboxError(f"host error: {type(exc).__name__}: {exc}")))
+                self._crashed(agent, SandboxError(f"host error: {type(exc).__name__}"))
+            return False
 
     def next_deadline(self) -> float | None:
         """The next moment :meth:`step` has work without new input (now, a refuel, or a call deadline)."""
@@ -179,6 +199,13 @@ class AgentHost:
 
     def agents(self) -> list[dict[str, Any]]:
         return [self._record(a) for a in self._agents.values()]
+
+    def revoke(self, agent_id: str, function: str) -> None:
+        """Withdraw a host function from a running agent (its next call gets E_DENIED and is audited)."""
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            raise NotFound(f"no agent {agent_id!r} on worker {self.worker_id}")
+        agent.sandbox.revoke(function)
 
     def runtime_stats(self) -> dict[str, int]:
         return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from sandbox_helpers import EXAMPLES, Gate, RuleProvider, make_host, manifest, response
@@ -371,5 +372,52 @@ script = [
         assert d.ok("agent.send", agent_id=aid, text="other")["reply"] == "no rule"
         reply = d.call("agent.spawn", manifest=text.replace('provider = "scripted"', 'provider = "x"'))
         assert reply.body["code"] == "bad_config"  # validated deeply by workers.llm
+    finally:
+        d.host.close()
+
+
+CAPABILITY_GUEST = """(module
+  (import "env" "fs_read_scoped" (func $read (param i32 i32) (result i32)))
+  (import "env" "host_result" (func $result (param i32 i32) (result i32)))
+  (import "env" "log" (func $log (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "{\\"path\\":\\"note.txt\\"}")
+  (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "agent_handle") (param $p i32) (param $n i32) (result i64)
+    (local $r i32)
+    (local.set $r (call $log (local.get $p) (local.get $n)))
+    (if (i32.lt_s (local.get $r) (i32.const 0)) (then (return (i64.extend_i32_s (local.get $r)))))
+    (local.set $r (call $read (i32.const 16) (i32.const 19)))
+    (if (i32.lt_s (local.get $r) (i32.const 0)) (then (return (i64.extend_i32_s (local.get $r)))))
+    (drop (call $result (i32.const 4096) (local.get $r)))
+    (i64.or (i64.shl (i64.const 4096) (i64.const 32)) (i64.extend_i32_u (local.get $r))))
+)"""
+
+
+def test_host_capability_host_function_runs_its_tool_and_can_be_revoked(tmp_path: Path) -> None:
+    """A granted fs_read_scoped import reads under the agent's root; a revoked import is denied, audited."""
+    from openfang.workers.tools import ToolContext, default_registry
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "note.txt").write_text("secret plans")
+    (tmp_path / "cap.wat").write_text(CAPABILITY_GUEST)
+    d = make_host(registry=default_registry())  # type: ignore[arg-type]
+    d.host._tool_context = lambda sb: ToolContext(agent_id=sb.agent_id, fs_root=tmp_path / "root")
+    try:
+        text = manifest(
+            "cap",
+            module=str(tmp_path / "cap.wat"),
+            model=False,
+            sandbox='[sandbox.permissions]\nallowed_host_functions = ["fs_read_scoped"]\n',
+        )
+        aid = d.ok("agent.spawn", manifest=text)["agent_id"]
+        assert "secret plans" in d.ok("agent.send", agent_id=aid, text="read it")["reply"]
+        d.host.revoke(aid, "log")
+        reply = d.call("agent.send", agent_id=aid, text="again")
+        assert reply.type == "error" and "denied" in reply.body["message"]
+        assert any(r["kind"] == "host_call_denied" and r["function"] == "log" for r in d.audit)
+        without = manifest("cap", module=str(tmp_path / "cap.wat"), model=False)
+        refused = d.call("agent.spawn", manifest=without)
+        assert refused.body["code"] == "denied" and "env.fs_read_scoped" in refused.body["message"]
     finally:
         d.host.close()
