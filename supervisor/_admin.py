@@ -214,9 +214,14 @@ class AdminMixin:
 
     def _local_request(self: Supervisor, op: str, args: dict[str, Any], reply: Reply) -> None:
         try:
-            reply(True, self._do(op, args))
+            result = self._do(op, args)
         except OpenFangError as exc:
             reply(False, exc.to_wire())
+        except Exception as exc:  # a bug must still answer, or the asker waits for its timeout
+            self._log.exception("request_failed", op=op)
+            reply(False, {"code": "internal", "message": f"{op} failed: {type(exc).__name__}: {exc}"})
+        else:
+            reply(True, result)
 
     def _do(self: Supervisor, op: str, args: dict[str, Any]) -> Any:
         child_id = str(args.get("id", ""))
@@ -269,6 +274,9 @@ class AdminMixin:
             self.on_request(rec.id, op, args if isinstance(args, dict) else {}, reply)
         except OpenFangError as exc:
             reply(False, exc.to_wire())
+        except Exception as exc:
+            self._log.exception("child_request_failed", child=rec.id, op=op)
+            reply(False, {"code": "internal", "message": f"{op} failed: {type(exc).__name__}: {exc}"})
 
     # -- reload ----------
 
