@@ -232,3 +232,58 @@ def test_migrate_is_tracked_and_idempotent(tmp_path: Path) -> None:
     assert schema.migrate(db) == []
     assert schema.applied(db) == ["0001_initial"]
     assert os.path.exists(db)
+
+
+CHILD = r"""
+import json, socket, sys
+from openfang.memory.writer import main
+from openfang.supervisor.child import ChildContext
+uplink = socket.socket(fileno=int(sys.argv[1]))
+main(ChildContext(id="memory", path="root/memory", args=json.loads(sys.argv[2]), uplink=uplink))
+"""
+
+
+def test_writer_as_a_supervised_child_reports_ready_heartbeats_and_stops_on_sigterm(
+    tmp_path: Path, ipc_dir
+) -> None:
+    """main(ctx): ready with its endpoint once migrated, heartbeats from the loop, exit 0 on SIGTERM."""
+    import json
+
+    from openfang.supervisor.child import unpack, uplink_pair
+
+    parent_end, child_end = uplink_pair()
+    args = {"db_path": str(tmp_path / "m.db"), "endpoint": f"ipc://{ipc_dir}/sup.ipc"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(child_end.fileno()), json.dumps(args)],
+        pass_fds=[child_end.fileno()],
+        env=ENV,
+    )
+    child_end.close()
+    try:
+        parent_end.settimeout(20)
+        ready = unpack(parent_end.recv(1 << 16))
+        assert ready["t"] == "ready" and ready["info"]["endpoint"] == args["endpoint"]
+        assert ready["info"]["seq"] == 0
+        assert unpack(parent_end.recv(1 << 16)) == {"t": "hb"}
+        with MemoryClient(args["endpoint"]) as c:
+            assert c.episode("a", "s", "user", "hi")["seq"] == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        parent_end.close()
+
+
+def test_writer_child_with_bad_args_fails_naming_each_key(tmp_path: Path) -> None:
+    """main(ctx) refuses invalid args before opening anything, naming the child's path and the keys."""
+    from openfang.memory.writer import main
+    from openfang.supervisor.child import ChildContext
+
+    with pytest.raises(ConfigError) as info:
+        main(ChildContext(id="memory", path="root/memory", args={"db_path": "", "queue_max": "many"}))
+    assert {p.where for p in info.value.problems} == {
+        "root/memory.args.db_path",
+        "root/memory.args.queue_max",
+    }
