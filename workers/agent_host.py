@@ -37,21 +37,12 @@ from openfang.protocol.errors import (
 )
 from openfang.workers import _host_jobs as jobs
 from openfang.workers import guest_abi as abi
+from openfang.workers import llm as _llm
+from openfang.workers import tools as _tools
+from openfang.workers import tools_kv as _tools_kv
 from openfang.workers._wasmtime import EngineOptions, HostFunctionSpec, Runtime
 from openfang.workers.manifest import AgentManifest, ModelConfig, load_manifest
 from openfang.workers.sandbox import DoneJob, Job, Outcome, Sandbox, State
-
-# The providers and tools modules are optional collaborators: the host works (and is tested) without them.
-try:
-    from openfang.workers import llm as _llm
-except ImportError:  # pragma: no cover - only while the LLM layer is absent
-    _llm = None  # type: ignore[assignment]
-try:
-    from openfang.workers import tools as _tools
-    from openfang.workers import tools_kv as _tools_kv
-except ImportError:  # pragma: no cover - only while the tools layer is absent
-    _tools = None  # type: ignore[assignment]
-    _tools_kv = None  # type: ignore[assignment]
 
 log = structlog.get_logger("openfang.workers.agent_host")
 MAX_INBOX = 1024
@@ -124,10 +115,8 @@ class AgentHost:
         self._rr: dict[str, int] = {}
         self._bound = log.bind(worker=worker_id)
         # Deep model validation when the providers module is present (it owns provider semantics).
-        self._validate_model = (
-            _llm.validate_model_config if _llm is not None and llm_factory is None else None
-        )
-        self._kv = _tools_kv.KVStore() if _tools_kv is not None else None
+        self._validate_model = _llm.validate_model_config if llm_factory is None else None
+        self._kv = _tools_kv.KVStore()
 
     # -- public API ------------------------------------------------------------------------------------
     def wakeup_fd(self) -> int:
@@ -249,7 +238,7 @@ class AgentHost:
         provider = None
         if manifest.model is not None and self.llm_factory is not None:
             provider = self.llm_factory(manifest.model)
-        elif manifest.model is not None and _llm is not None:
+        elif manifest.model is not None:
             provider = _llm.make_provider(manifest.model.raw, where=f"{manifest.source}: [agent.model]")
         window = _RestartWindow(manifest.restart_intensity, manifest.restart_period_ms / 1000)
         sandbox = self._new_sandbox(manifest, agent_id)
@@ -417,8 +406,7 @@ class AgentHost:
 
     def _remove(self, agent: _Agent, state: str, error: OpenFangError, *, reason: str = "") -> None:
         agent.sandbox.close()
-        if self._kv is not None:
-            self._kv.drop(agent.agent_id)
+        self._kv.drop(agent.agent_id)
         self._agents.pop(agent.agent_id, None)
         self._active.pop(agent.agent_id, None)
         for env in ([agent.spawn_env] if agent.spawn_env else []) + (
@@ -600,15 +588,6 @@ def _tool(registry: Any, name: str) -> Any:
 
 
 def _default_context(host: AgentHost, agent: _Agent) -> Any:
-    """A ToolContext (with the agent's KV namespace) when the tools module is present, else a stand-in."""
+    """The agent's ToolContext: its tools as the allow list and its own KV namespace."""
     allowed = frozenset(agent.manifest.tools)
-    if _tools is not None:
-        kv = host._kv.namespace(agent.agent_id) if host._kv is not None else None
-        return _tools.ToolContext(agent_id=agent.agent_id, allowed=allowed, kv=kv)
-    return _MiniContext(agent_id=agent.agent_id, allowed=allowed)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _MiniContext:
-    agent_id: str
-    allowed: frozenset[str]
+    return _tools.ToolContext(agent_id=agent.agent_id, allowed=allowed, kv=host._kv.namespace(agent.agent_id))
