@@ -68,7 +68,7 @@ class MemoryAPI:
         body: dict[str, Any] = {"agent_id": agent_id, "session": session, "role": role, "text": text}
         if tokens is not None:
             body["tokens"] = tokens
-        return self.client.submit(messages.EPISODE, body)
+        return str(self.client.submit(messages.EPISODE, body))
 
     def record_tool_call(
         self,
@@ -86,7 +86,7 @@ class MemoryAPI:
         for key, value in (("session", session), ("duration_ms", duration_ms), ("error", error)):
             if value:
                 body[key] = value
-        return self.client.submit(messages.TOOL_CALL, body)
+        return str(self.client.submit(messages.TOOL_CALL, body))
 
     def pump(self, timeout_s: float = 0.0) -> list[Completion]:
         """Acks (and errors) of pipelined writes; the worker calls this from its loop."""

@@ -28,7 +28,8 @@ EXPORT_VERSION = 1
 
 def migrate(db_path: str | os.PathLike[str]) -> list[str]:
     """Create / upgrade the database; returns the migrations applied now."""
-    return schema.migrate(db_path)
+    applied: list[str] = schema.migrate(db_path)
+    return applied
 
 
 def search(
@@ -61,7 +62,7 @@ def history(
 def stats(db_path: str | os.PathLike[str], *, embedder: Embedder | None = None) -> dict[str, Any]:
     """Counts, embedders, seq, file sizes, and the embedder active on this machine."""
     with MemoryReader(db_path) as reader:
-        out = reader.stats()
+        out: dict[str, Any] = reader.stats()
     out["active_embedder"] = (embedder or best_available()).describe()
     return out
 
@@ -102,7 +103,7 @@ def export(db_path: str | os.PathLike[str], stream: IO[str], *, agent: str | Non
 def _request_for(rec: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
     table = rec.get("table")
     if table == "episodes":
-        keys = ("agent_id", "session", "role", "text", "ts", "tokens")
+        keys: tuple[str, ...] = ("agent_id", "session", "role", "text", "ts", "tokens")
         return messages.EPISODE, {k: rec[k] for k in keys if rec.get(k) is not None}
     if table == "tool_calls":
         keys = ("agent_id", "session", "tool", "args", "status", "duration_ms", "error", "ts")

@@ -109,7 +109,10 @@ class MemoryReader:
         """The latest ``limit`` messages (oldest first) of the agent(s), optionally of one session."""
         with self.snapshot() as conn:
             agents = self._agents(conn, scope, agent_id)
-            return episodic.history(conn, agents, session=session, limit=limit, before=before)
+            found: list[episodic.Episode] = episodic.history(
+                conn, agents, session=session, limit=limit, before=before
+            )
+            return found
 
     def search_episodes(
         self,
@@ -146,7 +149,7 @@ class MemoryReader:
             agents = self._agents(conn, scope, agent_id)
             if not agents:
                 return []
-            return semantic.recall(
+            recalled: list[semantic.Recalled] = semantic.recall(
                 conn,
                 agents,
                 text=text,
@@ -158,6 +161,7 @@ class MemoryReader:
                 now=now,
                 candidates=candidates,
             )
+            return recalled
 
     # -- procedural --------------------------------------------------------------------------------------
 
@@ -179,7 +183,10 @@ class MemoryReader:
     ) -> list[procedural.ToolStat]:
         """Success rate and latency per tool per agent."""
         with self.snapshot() as conn:
-            return procedural.tool_stats(conn, self._agents(conn, scope, agent_id))
+            stats: list[procedural.ToolStat] = procedural.tool_stats(
+                conn, self._agents(conn, scope, agent_id)
+            )
+            return stats
 
     def sequences(
         self,
@@ -192,7 +199,10 @@ class MemoryReader:
         """Frequent runs of successful tool calls."""
         with self.snapshot() as conn:
             agents = self._agents(conn, scope, agent_id)
-            return procedural.sequences(conn, agents, length=length, min_count=min_count)
+            seqs: list[procedural.ToolSequence] = procedural.sequences(
+                conn, agents, length=length, min_count=min_count
+            )
+            return seqs
 
     # -- operator ----------------------------------------------------------------------------------------
 
