@@ -4,7 +4,7 @@ The host is a dynamic supervisor with ``simple_one_for_one`` semantics over its 
 child started from a manifest; a crashed agent (trap, wall-clock deadline, failed init) is restarted per its
 manifest's ``restart`` policy within an intensity window (more than ``restart_intensity`` restarts in
 ``restart_period_ms`` and the agent is given up: only that agent, never its siblings). The window logic is
-local (``_RestartWindow``): ``workers`` may not import ``supervisor`` (package boundary), so this mirrors
+local (``_host_services.RestartWindow``): ``workers`` may not import ``supervisor`` (package boundary), so this mirrors
 ``openfang.supervisor.restart`` semantics instead of importing it.
 
 Driving it (the worker's loop)::
@@ -16,13 +16,9 @@ Driving it (the worker's loop)::
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import json
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -38,48 +34,15 @@ from openfang.protocol.errors import (
 from openfang.workers import _host_jobs as jobs
 from openfang.workers import guest_abi as abi
 from openfang.workers import llm as _llm
-from openfang.workers import tools as _tools
 from openfang.workers import tools_kv as _tools_kv
+from openfang.workers._host_services import HostedAgent, RestartWindow, Services
 from openfang.workers._wasmtime import EngineOptions, HostFunctionSpec, Runtime
 from openfang.workers.manifest import AgentManifest, ModelConfig, load_manifest
-from openfang.workers.sandbox import DoneJob, Job, Outcome, Sandbox, State
+from openfang.workers.sandbox import Outcome, Sandbox, State
 
 log = structlog.get_logger("openfang.workers.agent_host")
 MAX_INBOX = 1024
 HOST_SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a in abi.HOST_FUNCTIONS)
-
-
-class _RestartWindow:
-    """OTP's add_restart: at most ``intensity`` restarts within ``period`` seconds."""
-
-    def __init__(self, intensity: int, period: float) -> None:
-        self.intensity, self.period = intensity, period
-        self.times: deque[float] = deque()
-
-    def add_restart(self, now: float) -> bool:
-        self.times.append(now)
-        while self.times and self.times[0] <= now - self.period:
-            self.times.popleft()
-        return len(self.times) <= self.intensity
-
-
-@dataclass(kw_only=True)
-class _Agent:
-    agent_id: str
-    manifest: AgentManifest
-    sandbox: Sandbox
-    provider: Any
-    window: _RestartWindow
-    created_at: float = field(default_factory=time.time)
-    restarts: int = 0
-    inbox: deque[tuple[Envelope, bytes]] = field(default_factory=deque)
-    current: Envelope | None = None
-    spawn_env: Envelope | None = None
-    usage: dict[str, int] = field(default_factory=dict)
-    fuel_at_start: int = 0
-    chat_cache: jobs.ChatCache = field(default_factory=jobs.ChatCache)
-    tool_ctx: Any = None
-    tool_ctx_for: Sandbox | None = None
 
 
 class AgentHost:
@@ -107,8 +70,10 @@ class AgentHost:
         self.clock = clock
         self._options = engine_options or EngineOptions()
         self._runtimes: dict[int, Runtime] = {}
-        self._agents: dict[str, _Agent] = {}
-        self._active: dict[str, _Agent] = {}  # agents with a call in progress (insertion order = round robin)
+        self._agents: dict[str, HostedAgent] = {}
+        self._active: dict[
+            str, HostedAgent
+        ] = {}  # agents with a call in progress (insertion order = round robin)
         self._replies: list[Envelope] = []
         self._runner = jobs.JobRunner(max_threads)
         self._ids = itertools.count(1)
@@ -154,7 +119,7 @@ class AgentHost:
         out, self._replies = self._replies, []
         return out
 
-    def _turn(self, agent: _Agent, now: float) -> bool:
+    def _turn(self, agent: HostedAgent, now: float) -> bool:
         sb = agent.sandbox
         self._apply(agent, sb.refresh(now))
         if agent.agent_id in self._active and sb.runnable():
@@ -162,7 +127,7 @@ class AgentHost:
             return True
         return False
 
-    def _guarded(self, agent: _Agent, work: Callable[..., bool | None]) -> bool:
+    def _guarded(self, agent: HostedAgent, work: Callable[..., bool | None]) -> bool:
         """Run one agent's turn; an unexpected host-side failure crashes that agent only, never the worker."""
         try:
             return bool(work(agent))
@@ -240,9 +205,9 @@ class AgentHost:
             provider = self.llm_factory(manifest.model)
         elif manifest.model is not None:
             provider = _llm.make_provider(manifest.model.raw, where=f"{manifest.source}: [agent.model]")
-        window = _RestartWindow(manifest.restart_intensity, manifest.restart_period_ms / 1000)
+        window = RestartWindow(manifest.restart_intensity, manifest.restart_period_ms / 1000)
         sandbox = self._new_sandbox(manifest, agent_id)
-        agent = _Agent(
+        agent = HostedAgent(
             agent_id=agent_id, manifest=manifest, sandbox=sandbox, provider=provider, window=window
         )
         self._agents[agent_id] = agent
@@ -254,19 +219,19 @@ class AgentHost:
             manifest,
             self._runtime(manifest.sandbox.memory.stack_size_kb),
             agent_id=agent_id,
-            services=_Services(self),
+            services=Services(self),
             clock=self.clock,
         )
         sandbox.load()  # raises (and frees) on refusal: nothing is registered for a failed spawn
         return sandbox
 
-    def _start(self, agent: _Agent) -> None:
+    def _start(self, agent: HostedAgent) -> None:
         if agent.sandbox.begin_init():
             self._active[agent.agent_id] = agent
         else:
             self._started(agent)
 
-    def _started(self, agent: _Agent) -> None:
+    def _started(self, agent: HostedAgent) -> None:
         self._event(agent, "running")
         if agent.spawn_env is not None:
             body = {
@@ -294,7 +259,7 @@ class AgentHost:
         if agent.current is None and agent.spawn_env is None:
             self._next_message(agent)
 
-    def _pick(self, agent_id: Any, service: Any) -> _Agent:
+    def _pick(self, agent_id: Any, service: Any) -> HostedAgent:
         if isinstance(agent_id, str):
             agent = self._agents.get(agent_id)
             if agent is None:
@@ -332,7 +297,7 @@ class AgentHost:
         self._remove(agent, "dead", SandboxError(f"agent {agent.agent_id} was killed"))
         self._replies.append(env.reply({"agent_id": agent.agent_id, "state": "dead"}))
 
-    def _get(self, env: Envelope) -> _Agent:
+    def _get(self, env: Envelope) -> HostedAgent:
         agent_id = env.body.get("agent_id")
         agent = self._agents.get(agent_id) if isinstance(agent_id, str) else None
         if agent is None:
@@ -340,7 +305,7 @@ class AgentHost:
         return agent
 
     # -- running ------------------------------------------------------------------------------------------
-    def _next_message(self, agent: _Agent) -> None:
+    def _next_message(self, agent: HostedAgent) -> None:
         if agent.current is not None or not agent.inbox:
             if agent.current is None:
                 self._active.pop(agent.agent_id, None)
@@ -352,7 +317,7 @@ class AgentHost:
         agent.sandbox.begin_message(payload)
         self._active[agent.agent_id] = agent
 
-    def _apply(self, agent: _Agent, outcome: Outcome | None) -> None:
+    def _apply(self, agent: HostedAgent, outcome: Outcome | None) -> None:
         if outcome is None:
             return
         if outcome.phase == "init":
@@ -380,7 +345,7 @@ class AgentHost:
         else:
             self._next_message(agent)
 
-    def _crashed(self, agent: _Agent, error: BaseException) -> None:
+    def _crashed(self, agent: HostedAgent, error: BaseException) -> None:
         """simple_one_for_one: restart this agent per its policy and window; siblings are never touched."""
         reason = str(error)
         self._bound.warning("agent_crashed", agent_id=agent.agent_id, reason=reason)
@@ -404,7 +369,7 @@ class AgentHost:
         agent.restarts += 1
         self._start(agent)
 
-    def _remove(self, agent: _Agent, state: str, error: OpenFangError, *, reason: str = "") -> None:
+    def _remove(self, agent: HostedAgent, state: str, error: OpenFangError, *, reason: str = "") -> None:
         agent.sandbox.close()
         self._kv.drop(agent.agent_id)
         self._agents.pop(agent.agent_id, None)
@@ -419,7 +384,7 @@ class AgentHost:
         agent.current = agent.spawn_env = None
         self._event(agent, state, reason=reason)
 
-    def _record(self, agent: _Agent) -> dict[str, Any]:
+    def _record(self, agent: HostedAgent) -> dict[str, Any]:
         info = agent.sandbox.info()
         state = (
             "starting"
@@ -438,7 +403,7 @@ class AgentHost:
         )
         return info
 
-    def _event(self, agent: _Agent, state: str, **extra: Any) -> None:
+    def _event(self, agent: HostedAgent, state: str, **extra: Any) -> None:
         if self._events is not None:
             self._events(
                 {
@@ -467,127 +432,3 @@ class AgentHost:
             rt = self._runtimes[stack_kb] = Runtime(HOST_SPECS, options=opts)
             rt.start_ticker()
         return rt
-
-
-class _Services:
-    """The HostServices a sandbox sees: jobs for its parking host calls, audit."""
-
-    def __init__(self, host: AgentHost) -> None:
-        self.host = host
-
-    def _agent(self, sandbox: Sandbox) -> _Agent | None:
-        agent = self.host._agents.get(sandbox.agent_id)
-        return agent if agent is not None and agent.sandbox is sandbox else None
-
-    def audit(self, record: dict[str, Any]) -> None:
-        self.host._audit_record(record)
-
-    def start_llm(self, sandbox: Sandbox, messages: list[dict[str, Any]]) -> Job:
-        agent = self._agent(sandbox)
-        if agent is None or agent.provider is None:
-            return DoneJob(abi.E_UNAVAILABLE, b"no LLM provider in this host")
-        specs: list[Any] = []
-        if agent.manifest.tools and self.host.tools is not None and hasattr(self.host.tools, "specs_for"):
-            specs = list(self.host.tools.specs_for(frozenset(agent.manifest.tools)))
-        job = _UsageJob(agent)
-        chat = agent.chat_cache.convert(messages)
-        work = jobs.llm_work(agent.provider, agent.manifest.system_prompt, chat, specs)
-        self.host._runner.run(job, work, inline=getattr(agent.provider, "blocking", True) is False)
-        return job
-
-    def start_tools(self, sandbox: Sandbox, request: dict[str, Any]) -> Job:
-        agent = self._agent(sandbox)
-        if agent is None or self.host.tools is None:
-            return DoneJob(abi.E_UNAVAILABLE, b"no tool registry in this host")
-        single = "tool_calls" not in request
-        calls = [request] if single else list(request.get("tool_calls") or [])
-        if not all(isinstance(c, dict) for c in calls) or not calls:
-            return DoneJob(abi.E_INVALID)
-        return self._run_tools(agent, sandbox, calls, single)
-
-    def _run_tools(self, agent: _Agent, sandbox: Sandbox, calls: list[dict[str, Any]], single: bool) -> Job:
-        registry = self.host.tools
-        ctx = self._context(agent, sandbox)
-
-        def denied(name: str) -> None:
-            sandbox.counters["denied"] += 1
-            self.audit({"kind": "tool_denied", "agent_id": sandbox.agent_id, "tool": name})
-
-        work = jobs.tools_work(
-            calls,
-            frozenset(agent.manifest.tools),
-            lambda n, a: jobs.invoke_tool(registry, ctx, n, a),
-            denied,
-            single,
-        )
-        inline = all(getattr(_tool(registry, str(c.get("name"))), "blocking", True) is False for c in calls)
-        job = _UsageJob(agent)
-        self.host._runner.run(job, work, inline=inline)
-        return job
-
-    def _context(self, agent: _Agent, sandbox: Sandbox, extra: frozenset[str] = frozenset()) -> Any:
-        """The agent's ToolContext (one per agent instance); ``extra`` widens ``allowed`` for one call."""
-        if agent.tool_ctx is None or agent.tool_ctx_for is not sandbox:
-            host = self.host
-            agent.tool_ctx = (
-                host._tool_context(sandbox) if host._tool_context else _default_context(host, agent)
-            )
-            agent.tool_ctx_for = sandbox
-        ctx = agent.tool_ctx
-        if extra and dataclasses.is_dataclass(ctx) and hasattr(ctx, "allowed"):
-            ctx = dataclasses.replace(ctx, allowed=frozenset(ctx.allowed) | extra)  # type: ignore[type-var]
-        return ctx
-
-    def start_capability(self, sandbox: Sandbox, name: str, payload: bytes) -> Job:
-        agent = self._agent(sandbox)
-        tool = abi.CAPABILITY_IMPORTS.get(name)
-        if agent is None or tool is None or self.host.tools is None:
-            return DoneJob(abi.E_UNAVAILABLE, f"host function {name} is not available in this host".encode())
-        try:
-            args = json.loads(payload)
-        except ValueError:
-            return DoneJob(abi.E_INVALID)
-        # The import was granted by allowed_host_functions: the capability's backing tool is implied.
-        return self._run_tools_as(agent, sandbox, tool, args)
-
-    def _run_tools_as(self, agent: _Agent, sandbox: Sandbox, tool: str, args: Any) -> Job:
-        registry = self.host.tools
-        ctx = self._context(agent, sandbox, extra=frozenset({tool}))
-        work = jobs.tools_work(
-            [{"name": tool, "arguments": args}],
-            frozenset({tool}),
-            lambda n, a: jobs.invoke_tool(registry, ctx, n, a),
-            lambda n: None,
-            True,
-        )
-        job = _UsageJob(agent)
-        self.host._runner.run(job, work, inline=False)
-        return job
-
-
-class _UsageJob(jobs.ThreadJob):
-    """A job that adds its usage (tokens, tool calls) to the agent's current message when it finishes."""
-
-    __slots__ = ("_agent",)
-
-    def __init__(self, agent: _Agent) -> None:
-        super().__init__(agent.agent_id)
-        self._agent = agent
-
-    def finish(self, code: int, value: bytes, usage: dict[str, int] | None = None) -> None:
-        for key, n in (usage or {}).items():
-            self._agent.usage[key] = self._agent.usage.get(key, 0) + n
-        super().finish(code, value, usage)
-
-
-def _tool(registry: Any, name: str) -> Any:
-    try:
-        return registry.get(name)
-    except (KeyError, LookupError, OpenFangError):
-        return None
-
-
-def _default_context(host: AgentHost, agent: _Agent) -> Any:
-    """The agent's ToolContext: its tools as the allow list and its own KV namespace."""
-    allowed = frozenset(agent.manifest.tools)
-    return _tools.ToolContext(agent_id=agent.agent_id, allowed=allowed, kv=host._kv.namespace(agent.agent_id))

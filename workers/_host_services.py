@@ -1,0 +1,185 @@
+"""What an AgentHost keeps per agent, its restart window, and the services its sandboxes call into.
+
+Private to :mod:`openfang.workers.agent_host` (split out to keep each module to one job): ``HostedAgent`` is
+the supervisor's record of one child; ``Services`` turns a sandbox's parking host calls into jobs (LLM
+completions, tool calls) on the host's job runner, with the agent's provider, tools and ToolContext.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from openfang.protocol.envelope import Envelope
+from openfang.protocol.errors import OpenFangError
+from openfang.workers import _host_jobs as jobs
+from openfang.workers import guest_abi as abi
+from openfang.workers import tools as _tools
+from openfang.workers.manifest import AgentManifest
+from openfang.workers.sandbox import DoneJob, Job, Sandbox
+
+if TYPE_CHECKING:
+    from openfang.workers.agent_host import AgentHost
+
+
+class RestartWindow:
+    """OTP's add_restart: at most ``intensity`` restarts within ``period`` seconds."""
+
+    def __init__(self, intensity: int, period: float) -> None:
+        self.intensity, self.period = intensity, period
+        self.times: deque[float] = deque()
+
+    def add_restart(self, now: float) -> bool:
+        self.times.append(now)
+        while self.times and self.times[0] <= now - self.period:
+            self.times.popleft()
+        return len(self.times) <= self.intensity
+
+
+@dataclass(kw_only=True)
+class HostedAgent:
+    agent_id: str
+    manifest: AgentManifest
+    sandbox: Sandbox
+    provider: Any
+    window: RestartWindow
+    created_at: float = field(default_factory=time.time)
+    restarts: int = 0
+    inbox: deque[tuple[Envelope, bytes]] = field(default_factory=deque)
+    current: Envelope | None = None
+    spawn_env: Envelope | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    fuel_at_start: int = 0
+    chat_cache: jobs.ChatCache = field(default_factory=jobs.ChatCache)
+    tool_ctx: Any = None
+    tool_ctx_for: Sandbox | None = None
+
+
+class Services:
+    """The HostServices a sandbox sees: jobs for its parking host calls, audit."""
+
+    def __init__(self, host: AgentHost) -> None:
+        self.host = host
+
+    def _agent(self, sandbox: Sandbox) -> HostedAgent | None:
+        agent = self.host._agents.get(sandbox.agent_id)
+        return agent if agent is not None and agent.sandbox is sandbox else None
+
+    def audit(self, record: dict[str, Any]) -> None:
+        self.host._audit_record(record)
+
+    def start_llm(self, sandbox: Sandbox, messages: list[dict[str, Any]]) -> Job:
+        agent = self._agent(sandbox)
+        if agent is None or agent.provider is None:
+            return DoneJob(abi.E_UNAVAILABLE, b"no LLM provider in this host")
+        specs: list[Any] = []
+        if agent.manifest.tools and self.host.tools is not None and hasattr(self.host.tools, "specs_for"):
+            specs = list(self.host.tools.specs_for(frozenset(agent.manifest.tools)))
+        job = UsageJob(agent)
+        chat = agent.chat_cache.convert(messages)
+        work = jobs.llm_work(agent.provider, agent.manifest.system_prompt, chat, specs)
+        self.host._runner.run(job, work, inline=getattr(agent.provider, "blocking", True) is False)
+        return job
+
+    def start_tools(self, sandbox: Sandbox, request: dict[str, Any]) -> Job:
+        agent = self._agent(sandbox)
+        if agent is None or self.host.tools is None:
+            return DoneJob(abi.E_UNAVAILABLE, b"no tool registry in this host")
+        single = "tool_calls" not in request
+        calls = [request] if single else list(request.get("tool_calls") or [])
+        if not all(isinstance(c, dict) for c in calls) or not calls:
+            return DoneJob(abi.E_INVALID)
+        return self._run_tools(agent, sandbox, calls, single)
+
+    def _run_tools(
+        self, agent: HostedAgent, sandbox: Sandbox, calls: list[dict[str, Any]], single: bool
+    ) -> Job:
+        registry = self.host.tools
+        ctx = self._context(agent, sandbox)
+
+        def denied(name: str) -> None:
+            sandbox.counters["denied"] += 1
+            self.audit({"kind": "tool_denied", "agent_id": sandbox.agent_id, "tool": name})
+
+        work = jobs.tools_work(
+            calls,
+            frozenset(agent.manifest.tools),
+            lambda n, a: jobs.invoke_tool(registry, ctx, n, a),
+            denied,
+            single,
+        )
+        inline = all(getattr(_tool(registry, str(c.get("name"))), "blocking", True) is False for c in calls)
+        job = UsageJob(agent)
+        self.host._runner.run(job, work, inline=inline)
+        return job
+
+    def _context(self, agent: HostedAgent, sandbox: Sandbox, extra: frozenset[str] = frozenset()) -> Any:
+        """The agent's ToolContext (one per agent instance); ``extra`` widens ``allowed`` for one call."""
+        if agent.tool_ctx is None or agent.tool_ctx_for is not sandbox:
+            host = self.host
+            agent.tool_ctx = (
+                host._tool_context(sandbox) if host._tool_context else default_context(host, agent)
+            )
+            agent.tool_ctx_for = sandbox
+        ctx = agent.tool_ctx
+        if extra and dataclasses.is_dataclass(ctx) and hasattr(ctx, "allowed"):
+            ctx = dataclasses.replace(ctx, allowed=frozenset(ctx.allowed) | extra)  # type: ignore[type-var]
+        return ctx
+
+    def start_capability(self, sandbox: Sandbox, name: str, payload: bytes) -> Job:
+        agent = self._agent(sandbox)
+        tool = abi.CAPABILITY_IMPORTS.get(name)
+        if agent is None or tool is None or self.host.tools is None:
+            return DoneJob(abi.E_UNAVAILABLE, f"host function {name} is not available in this host".encode())
+        try:
+            args = json.loads(payload)
+        except ValueError:
+            return DoneJob(abi.E_INVALID)
+        # The import was granted by allowed_host_functions: the capability's backing tool is implied.
+        return self._run_tools_as(agent, sandbox, tool, args)
+
+    def _run_tools_as(self, agent: HostedAgent, sandbox: Sandbox, tool: str, args: Any) -> Job:
+        registry = self.host.tools
+        ctx = self._context(agent, sandbox, extra=frozenset({tool}))
+        work = jobs.tools_work(
+            [{"name": tool, "arguments": args}],
+            frozenset({tool}),
+            lambda n, a: jobs.invoke_tool(registry, ctx, n, a),
+            lambda n: None,
+            True,
+        )
+        job = UsageJob(agent)
+        self.host._runner.run(job, work, inline=False)
+        return job
+
+
+class UsageJob(jobs.ThreadJob):
+    """A job that adds its usage (tokens, tool calls) to the agent's current message when it finishes."""
+
+    __slots__ = ("_agent",)
+
+    def __init__(self, agent: HostedAgent) -> None:
+        super().__init__(agent.agent_id)
+        self._agent = agent
+
+    def finish(self, code: int, value: bytes, usage: dict[str, int] | None = None) -> None:
+        for key, n in (usage or {}).items():
+            self._agent.usage[key] = self._agent.usage.get(key, 0) + n
+        super().finish(code, value, usage)
+
+
+def _tool(registry: Any, name: str) -> Any:
+    try:
+        return registry.get(name)
+    except (KeyError, LookupError, OpenFangError):
+        return None
+
+
+def default_context(host: AgentHost, agent: HostedAgent) -> Any:
+    """The agent's ToolContext: its tools as the allow list and its own KV namespace."""
+    allowed = frozenset(agent.manifest.tools)
+    return _tools.ToolContext(agent_id=agent.agent_id, allowed=allowed, kv=host._kv.namespace(agent.agent_id))
