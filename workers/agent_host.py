@@ -3,9 +3,9 @@
 The host is a dynamic supervisor with ``simple_one_for_one`` semantics over its agents: every agent is a
 child started from a manifest; a crashed agent (trap, wall-clock deadline, failed init) is restarted per its
 manifest's ``restart`` policy within an intensity window (more than ``restart_intensity`` restarts in
-``restart_period_ms`` and the agent is given up: only that agent, never its siblings). The window logic is
-local (``_host_services.RestartWindow``): ``workers`` may not import ``supervisor`` (package boundary), so this mirrors
-``openfang.supervisor.restart`` semantics instead of importing it.
+``restart_period_ms`` and the agent is given up: only that agent, never its siblings). The window is a
+local copy (``_host_services.RestartWindow``) of ``openfang.supervisor.restart`` semantics: ``workers`` may
+not import ``supervisor`` (package boundary).
 
 Driving it (the worker's loop)::
 
