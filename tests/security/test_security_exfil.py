@@ -7,7 +7,6 @@ import json
 import urllib.parse
 
 import pytest
-
 from openfang.security._errors import Denied
 from openfang.security.audit import AuditLog
 from openfang.security.exfil import ExfilConfig, ExfilGuard, TaintTracker

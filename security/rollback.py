@@ -1,0 +1,124 @@
+"""Layer 16, rollback protection: versions only go forward, per manifest/module name.
+
+A small SQLite state file remembers, for each name, the highest version ever accepted and the digest it
+had. :meth:`VersionStore.check` refuses an older version — even one with a valid signature, which is the
+point: an attacker replaying last year's signed release with a known hole gets nowhere — and refuses the
+same version with *different* bytes (a version number must name one artifact). :meth:`VersionStore.accept`
+records a version after a successful spawn. Versions are integers or dotted numbers (``"1.10.2"``), compared
+numerically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+from openfang.protocol.errors import ConfigError, Problem
+from openfang.security._errors import Denied
+from openfang.security.audit import AuditSink
+
+_VERSION = re.compile(r"^\d{1,9}(?:\.\d{1,9}){0,5}$")
+
+
+def parse_version(version: int | str) -> tuple[int, ...]:
+    """``3`` -> (3,), ``"1.10.2"`` -> (1, 10, 2). ValueError for anything else (pre-release tags included)."""
+    if isinstance(version, bool):
+        raise ValueError("a version is an integer or dotted numbers, not a boolean")
+    if isinstance(version, int):
+        if version < 0:
+            raise ValueError(f"version {version} is negative")
+        return (version,)
+    if isinstance(version, str) and _VERSION.match(version):
+        parts = tuple(int(p) for p in version.split("."))
+        return parts
+    raise ValueError(f"version {str(version)[:40]!r} must be an integer or dotted numbers like 1.4.2")
+
+
+def _cmp_key(v: tuple[int, ...]) -> tuple[int, ...]:
+    # 1.2 == 1.2.0: pad so trailing zeros do not make a version "newer".
+    return v + (0,) * (6 - len(v))
+
+
+class VersionStore:
+    """Highest accepted version per name, persisted in SQLite (safe across processes)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, audit: AuditSink | None = None) -> None:
+        self.path = Path(path)
+        self._audit = audit
+        try:
+            self._conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS versions (name TEXT PRIMARY KEY, version TEXT NOT NULL, "
+                "shown TEXT NOT NULL, digest TEXT NOT NULL)"
+            )
+        except sqlite3.Error as exc:
+            raise ConfigError([Problem(str(self.path), f"cannot open the version state: {exc}")]) from None
+
+    def current(self, name: str) -> tuple[tuple[int, ...], str, str] | None:
+        """``(version, shown, digest)`` recorded for ``name``, or None."""
+        row = self._conn.execute(
+            "SELECT version, shown, digest FROM versions WHERE name = ?", (name,)
+        ).fetchone()
+        return (tuple(json.loads(row[0])), row[1], row[2]) if row else None
+
+    def check(self, name: str, version: int | str, digest: str) -> None:
+        """Raise Denied if ``version`` of ``name`` is older than accepted, or reuses a version number."""
+        self._check(name, version, digest, self.current(name))
+
+    def _check(
+        self, name: str, version: int | str, digest: str, cur: tuple[tuple[int, ...], str, str] | None
+    ) -> tuple[int, ...]:
+        try:
+            v = parse_version(version)
+        except ValueError as exc:
+            raise Denied(f"{name}: {exc}", layer="rollback", reason="bad_version") from None
+        if cur is None:
+            return v
+        cur_v, shown, cur_digest = cur
+        if _cmp_key(v) < _cmp_key(cur_v):
+            if self._audit is not None:
+                self._audit.append("rollback.refused", name=name, offered=str(version), current=shown)
+            raise Denied(
+                f"{name}: version {version} is older than the accepted {shown} (rollback refused)",
+                layer="rollback",
+                reason="rollback",
+            )
+        if _cmp_key(v) == _cmp_key(cur_v) and digest != cur_digest:
+            if self._audit is not None:
+                self._audit.append("rollback.version_reuse", name=name, version=str(version))
+            raise Denied(
+                f"{name}: version {version} was accepted before with different bytes",
+                layer="rollback",
+                reason="version_reuse",
+            )
+        return v
+
+    def accept(self, name: str, version: int | str, digest: str) -> None:
+        """Check, then record ``version`` as the newest accepted (atomically against other processes)."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            v = self._check(name, version, digest, self.current(name))
+            conn.execute(
+                "INSERT INTO versions (name, version, shown, digest) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET "
+                "version = excluded.version, shown = excluded.shown, digest = excluded.digest",
+                (name, json.dumps(list(v)), str(version), digest),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> VersionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,67 @@
+"""Layer 16: an older version, even validly signed, is refused; the state survives restarts."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+from openfang.security._errors import Denied
+from openfang.security.audit import AuditLog
+from openfang.security.rollback import VersionStore, parse_version
+
+
+def test_rollback_older_version_is_refused_after_restart(tmp_path: Path, audit: AuditLog) -> None:
+    """Accept 1.4.0, reopen the state file, offer 1.3.9: refused and audited; 1.4.1 is accepted."""
+    with VersionStore(tmp_path / "versions.db") as vs:
+        vs.accept("calc", "1.4.0", "d1")
+    with VersionStore(tmp_path / "versions.db", audit=audit) as vs:
+        with pytest.raises(Denied) as err:
+            vs.check("calc", "1.3.9", "d0")
+        assert err.value.reason == "rollback"
+        vs.accept("calc", "1.4.1", "d2")
+        assert vs.current("calc") == ((1, 4, 1), "1.4.1", "d2")
+    (rec,) = audit.records("rollback.refused")
+    assert rec.fields == {"name": "calc", "offered": "1.3.9", "current": "1.4.0"}
+
+
+def test_rollback_versions_compare_numerically() -> None:
+    """1.10 is newer than 1.9, and 1.2 equals 1.2.0."""
+    assert parse_version("1.10") > parse_version("1.9")
+    with pytest.raises(ValueError):
+        parse_version("1.0-beta")
+
+
+def test_rollback_same_version_with_other_bytes_is_refused(tmp_path: Path) -> None:
+    """Re-using a version number for different bytes is refused; the same bytes re-accept fine."""
+    with VersionStore(tmp_path / "v.db") as vs:
+        vs.accept("calc", 3, "aaa")
+        vs.accept("calc", 3, "aaa")
+        with pytest.raises(Denied) as err:
+            vs.accept("calc", "3.0", "bbb")
+        assert err.value.reason == "version_reuse"
+        vs.accept("other", 1, "ccc")  # names are independent
+
+
+def _accept(path: str, version: int) -> None:
+    with VersionStore(path) as vs:
+        try:
+            vs.accept("calc", version, f"d{version}")
+        except Denied:
+            pass
+
+
+@pytest.mark.integration
+def test_rollback_concurrent_accepts_keep_the_highest(tmp_path: Path) -> None:
+    """Processes racing to record versions leave the highest one recorded."""
+    path = str(tmp_path / "v.db")
+    VersionStore(path).close()
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_accept, args=(path, v)) for v in (5, 9, 2, 7)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    with VersionStore(path) as vs:
+        assert vs.current("calc") == ((9,), "9", "d9")
