@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -137,13 +136,3 @@ def local_store(tmp_path: Path) -> Iterator[LocalStore]:
     schema.migrate_connection(conn)
     yield LocalStore(db=db, conn=conn, applier=Applier(conn))
     conn.close()
-
-
-def wait_until(cond: Callable[[], bool], timeout_s: float = 20.0, every_s: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(every_s)
-
-
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ENV
+from memory_testkit import ENV
 from openfang.memory import _db
 from openfang.memory.client import MemoryClient
 from openfang.memory.reader import MemoryReader

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from conftest import ENV, wait_until
+from memory_testkit import ENV, wait_until
 from openfang.memory import _db, schema
 from openfang.memory.client import MemoryClient
 from openfang.memory.reader import MemoryReader
