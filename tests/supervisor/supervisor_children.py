@@ -194,3 +194,12 @@ def crash_on_term(ctx: ChildContext) -> None:
     ctx.ready()
     while True:
         time.sleep(3600)
+
+
+def record_term(ctx: ChildContext) -> None:
+    """Ready; on SIGTERM write 'term <id>' to the log and keep running (only SIGKILL stops it)."""
+    _mark(ctx)
+    signal.signal(signal.SIGTERM, lambda s, f: _mark(ctx, "term"))
+    ctx.ready()
+    while True:
+        time.sleep(3600)

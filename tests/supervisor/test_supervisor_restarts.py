@@ -190,7 +190,7 @@ def test_heartbeat_silence_kills_and_restarts_a_hung_child(harness: Harness, mar
 
 def test_heartbeating_child_is_left_alone(harness: Harness, marks: Path) -> None:
     """A child that beats more often than heartbeat_ms is never considered hung."""
-    sup = harness.sup([child("hb", "serve_hb", marks=marks, heartbeat_ms=300, args={"every_ms": 50})])
+    sup = harness.sup([child("hb", "serve_hb", marks=marks, heartbeat_ms=1000, args={"every_ms": 50})])
     sup.start()
     harness.settle(1.0)
     assert harness.kinds("child.hung") == [] and harness.kinds("child.exited") == []
