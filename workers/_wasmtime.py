@@ -84,8 +84,10 @@ class GuestMemory:
         base = ctypes.addressof(ffi.wasmtime_memory_data(self._ctx, byref(self._mem)).contents)
         return ctypes.string_at(base + ptr, length)
 
-    def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes] | None:
-        """The bytes of each (ptr, length) range, or None when any range is outside memory."""
+    def read_many(self, ranges: Sequence[tuple[int, int]], *, max_total: int) -> list[bytes] | None:
+        """The bytes of each (ptr, length) range; None if one is outside memory or all exceed max_total."""
+        if sum(length for _, length in ranges) > max_total:
+            return None
         size = self.size()
         base = ctypes.addressof(ffi.wasmtime_memory_data(self._ctx, byref(self._mem)).contents)
         out = []

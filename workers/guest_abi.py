@@ -66,6 +66,9 @@ EXPORT_INIT = "agent_init"
 EXPORT_HANDLE = "agent_handle"
 REQUIRED_EXPORTS = ("memory", EXPORT_ALLOC, EXPORT_HANDLE)
 
+MAX_REPLY = 256 * 1024  # bytes: the protocol's agent.send.ok reply limit is 262,144 characters
+MAX_HOST_PAYLOAD = 1 << 20  # bytes a guest may hand one host call (a tool request, the iovec array)
+
 TAG_ANSWER = ord("A")
 TAG_TOOLS = ord("T")
 

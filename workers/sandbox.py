@@ -308,6 +308,9 @@ class Sandbox:
                 phase=phase, ok=False, error=SandboxError(f"agent returned error {value} ({name})")
             )
         ptr, length = abi.split_reply(value)
+        if length > abi.MAX_REPLY:
+            err = SandboxError(f"agent reply of {length} bytes exceeds the {abi.MAX_REPLY}-byte limit")
+            return Outcome(phase=phase, ok=False, error=err)
         mem = self._inst.memory() if self._inst else None
         reply = mem.read(ptr, length) if mem else None
         if reply is None:
@@ -412,13 +415,13 @@ class Sandbox:
         if name == abi.LLM_IMPORT and length % 8 == 0 and length > window:
             # Only the newest history_messages entries reach the model: read just the tail of the iovecs.
             ptr, length = ptr + length - window, window
-        raw = mem.read(ptr, length) if mem else None
+        raw = mem.read(ptr, length) if mem and length <= abi.MAX_HOST_PAYLOAD else None
         if raw is None:
             return DoneJob(abi.E_INVALID)
         try:
             if name == abi.LLM_IMPORT:
                 assert mem is not None
-                segments = mem.read_many(abi.parse_iovecs(raw))
+                segments = mem.read_many(abi.parse_iovecs(raw), max_total=4 * abi.MAX_HOST_PAYLOAD)
                 if segments is None:
                     return DoneJob(abi.E_INVALID)
                 self.counters["llm_calls"] += 1
