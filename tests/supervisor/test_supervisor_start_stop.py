@@ -175,3 +175,18 @@ def test_stop_leaves_no_zombies(harness: Harness, marks: Path) -> None:
         if fields[0] == "Z" and int(fields[1]) == me:
             zombies.append(pid)
     assert zombies == []
+
+
+def test_no_file_descriptors_leak_across_starts_restarts_and_shutdown(marks: Path) -> None:
+    """Every pidfd, uplink and loop fd is closed again: the process ends with the fds it began with."""
+    before = set(os.listdir("/proc/self/fd"))
+    h = Harness()
+    sup = h.sup([child(c, marks=marks) for c in "abc"], strategy=Strategy.ONE_FOR_ALL, intensity=10)
+    sup.start()
+    os.kill(sup.tree()[1]["pid"], signal.SIGKILL)
+    h.wait(lambda: len(h.kinds("child.restarted")) == 3)
+    sup.start_child(child("d", marks=marks))
+    sup.terminate_child("d")
+    h.close()
+    after = set(os.listdir("/proc/self/fd"))
+    assert after <= before and len(after) <= len(before)
