@@ -83,9 +83,12 @@ class MemoryAPI:
     ) -> str:
         """Pipelined: submit one tool call to procedural memory."""
         body: dict[str, Any] = {"agent_id": agent_id, "tool": tool, "status": status, "args": args}
-        for key, value in (("session", session), ("duration_ms", duration_ms), ("error", error)):
-            if value:
-                body[key] = value
+        if session:
+            body["session"] = session
+        if duration_ms is not None:
+            body["duration_ms"] = duration_ms
+        if error is not None:
+            body["error"] = error
         return str(self.client.submit(messages.TOOL_CALL, body))
 
     def pump(self, timeout_s: float = 0.0) -> list[Completion]:

@@ -131,7 +131,9 @@ class Writer:
         sock.setsockopt(zmq.LINGER, 2000)  # acks already sent are flushed on close
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.SNDHWM, 0)  # ROUTER drops on HWM: never drop an ack
-        sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_frame + 1024)
+        # Frames over max_frame get a too_large reply from decode(); only absurd ones (which ZeroMQ would
+        # otherwise buffer whole) make ZeroMQ drop the connection.
+        sock.setsockopt(zmq.MAXMSGSIZE, max(64 << 20, 4 * cfg.max_frame))
         sock.bind(cfg.bind_endpoint)
         self.sock = sock
         signal.signal(signal.SIGTERM, self._on_sigterm)

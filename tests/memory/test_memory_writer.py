@@ -287,3 +287,27 @@ def test_writer_child_with_bad_args_fails_naming_each_key(tmp_path: Path) -> Non
         "root/memory.args.db_path",
         "root/memory.args.queue_max",
     }
+
+
+def test_oversized_request_gets_too_large_and_the_connection_survives(writer) -> None:
+    """A frame over max_frame is answered too_large; the same client keeps working."""
+    from openfang.protocol.errors import FrameTooLarge
+
+    w = writer(max_frame=4096)
+    with MemoryClient(w.endpoint) as c:
+        with pytest.raises(FrameTooLarge, match="limit is 4096"):
+            c.episode("a", "s", "user", "x" * 10_000)
+        assert c.episode("a", "s", "user", "small")["id"] == 1
+
+
+def test_episode_ttl_compaction_deletes_old_messages_and_tool_calls(local_store) -> None:
+    """With episode_ttl_s, compaction removes messages and tool calls older than the TTL, keeps newer."""
+    local_store.applier.episode_ttl_s = 3600.0
+    for ts in (1.0, 2.0, time.time()):
+        local_store.ok(
+            "memory.episode", {"agent_id": "a", "session": "s", "role": "user", "text": "t", "ts": ts}
+        )
+        local_store.ok("memory.tool_call", {"agent_id": "a", "tool": "t", "status": "ok", "ts": ts})
+    counts = local_store.ok("memory.compact", {})["counts"]
+    assert counts["episodes"] == 2 and counts["tool_calls"] == 2
+    assert _count(local_store.db, "SELECT count(*) FROM episodes") == 1
