@@ -120,6 +120,17 @@ def _parse_child(
         problems.append(_p(source, where, "start", f"must be a string, got {start!r}"))
         start = ""
     nested = _parse_sup(raw, source, where, problems) if is_sup else None
+    cpu = _opt_int(raw, "cpu", 0, source, where, problems)
+    allowed = os.sched_getaffinity(0)
+    if cpu is not None and cpu not in allowed:
+        problems.append(
+            _p(
+                source,
+                where,
+                "cpu",
+                f"CPU {cpu} is not available to this process (allowed: {sorted(allowed)})",
+            )
+        )
     return ChildSpec(
         id=child_id,
         start=start,
@@ -128,7 +139,7 @@ def _parse_child(
         shutdown=_shutdown(raw, source, where, problems),
         type=ctype,
         significant=_bool(raw, "significant", False, source, where, problems),
-        cpu=_opt_int(raw, "cpu", 0, source, where, problems),
+        cpu=cpu,
         heartbeat_ms=_opt_int(raw, "heartbeat_ms", 1, source, where, problems),
         start_timeout_ms=_int(raw, "start_timeout_ms", 10000, 1, source, where, problems),
         supervisor=nested,

@@ -227,3 +227,10 @@ def test_tree_config_accepts_the_shipped_example(tmp_path: Path) -> None:
     example = Path(__file__).parents[2] / "openfang" / "data" / "cluster.toml"
     spec = parse_supervisor(tomllib.loads(example.read_text())["supervisor"], source=str(example))
     assert spec.children[0].id == "workers"
+
+
+def test_tree_config_rejects_a_cpu_this_process_cannot_use() -> None:
+    """cpu must be one of os.sched_getaffinity(0): a pin that cannot work is a config error, not a crash."""
+    bad_cpu = max(os.sched_getaffinity(0)) + 1000
+    with pytest.raises(ConfigError, match=rf"key 'cpu': CPU {bad_cpu} is not available"):
+        parse_supervisor({"children": [{"id": "w", "start": "a:b", "cpu": bad_cpu}]}, source="c.toml")
