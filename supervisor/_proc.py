@@ -191,11 +191,11 @@ def _child_main(
         if fd != keep:
             with contextlib.suppress(OSError):
                 os.close(fd)
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
     structlog.contextvars.bind_contextvars(child=child_id, path=path, pid=os.getpid())
     code = 0
     try:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})  # early: threads the target starts inherit the pin
         target = resolve_target(start)
         target(ChildContext(id=child_id, path=path, args=args, cpu=cpu, uplink=uplink))
     except SystemExit as exc:

@@ -190,3 +190,15 @@ def test_no_file_descriptors_leak_across_starts_restarts_and_shutdown(marks: Pat
     h.close()
     after = set(os.listdir("/proc/self/fd"))
     assert after <= before and len(after) <= len(before)
+
+
+def test_child_is_pinned_to_its_cpu(harness: Harness, marks: Path) -> None:
+    """A child with cpu set runs on that CPU only (sched_setaffinity in the child before its start)."""
+    cpu = max(os.sched_getaffinity(0))
+    sup = harness.sup(
+        [child("p", "cpu_report", marks=marks, cpu=cpu), child("free", "cpu_report", marks=marks)]
+    )
+    sup.start()
+    pinned, free = sup.tree()
+    assert pinned["info"]["cpus"] == [cpu] and pinned["cpu"] == cpu
+    assert free["info"]["cpus"] == sorted(os.sched_getaffinity(0))
