@@ -378,7 +378,7 @@ class Instance:
 
     def instantiate_call(self) -> AsyncCall:
         """Start the (async) instantiation; poll the returned call to completion like any other call."""
-        call = AsyncCall(self, None, ())
+        call = AsyncCall(self, None, (), what="instantiation")
         call.future = ffi.wasmtime_instance_pre_instantiate_async(
             self._pre.ptr(), self._ctx, byref(self._raw), byref(call.trap), byref(call.error)
         )
@@ -412,7 +412,7 @@ class Instance:
         func = self._func(name)
         if func is None:
             raise SandboxError(f"guest does not export function {name!r}")
-        call = AsyncCall(self, func, tuple(args), nresults=nresults)
+        call = AsyncCall(self, func, tuple(args), nresults=nresults, what=f"call to {name}")
         call.start()
         self._call = call
         return call
@@ -456,8 +456,11 @@ class Instance:
 class AsyncCall:
     """One resumable call: poll() runs the guest till done, yields (fuel slice) or parks on the host."""
 
-    def __init__(self, inst: Instance, func: Any, args: tuple[int, ...], *, nresults: int = 0) -> None:
+    def __init__(
+        self, inst: Instance, func: Any, args: tuple[int, ...], *, nresults: int = 0, what: str = "call"
+    ) -> None:
         self.inst = inst
+        self.what = what
         self.func = func
         self.nresults = nresults
         self.args = (ffi.wasmtime_val_t * max(1, len(args)))()
@@ -501,7 +504,7 @@ class AsyncCall:
             if self.trap:
                 self._outcome = _trap_error(self.trap)
             elif self.error:
-                self._outcome = _wasmtime_error(self.error, "call failed")
+                self._outcome = _wasmtime_error(self.error, f"{self.what} failed")
         return done
 
     def result(self) -> int:

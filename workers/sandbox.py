@@ -166,7 +166,10 @@ class Sandbox:
             while not call.poll(self):
                 if self.clock() > deadline:
                     raise Timeout(f"{what}: instantiation exceeded call_timeout_ms={m.call_timeout_ms}")
-            call.result()
+            try:
+                call.result()
+            except SandboxError as exc:
+                raise SandboxError(f"{what}: {exc.message}") from None
             inst.after_instantiate()
         except Exception:
             self.close()

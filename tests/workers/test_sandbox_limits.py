@@ -1,0 +1,98 @@
+"""Guests that break the ABI: each gets a clear error naming the problem, and the host carries on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sandbox_helpers import make_host, manifest
+
+
+def _guest(
+    handle: str, *, init: str = "(i32.const 0)", alloc: str = "(i32.const 1024)", pages: int = 1
+) -> str:
+    return f"""(module
+  (memory (export "memory") {pages})
+  (func (export "alloc") (param i32) (result i32) {alloc})
+  (func (export "agent_init") (result i32) {init})
+  (func (export "agent_handle") (param i32 i32) (result i64) {handle}))"""
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("(i64.const 0x7fff000000000010)", "outside its memory"),
+        ("(i64.const -3)", "error -3 (failed)"),
+        ("(i64.or (i64.const 0x1000000000000) (i64.const 300000))", "exceeds the 262144-byte limit"),
+    ],
+)
+def test_limits_bad_reply_fails_the_message_not_the_agent(tmp_path: Path, body: str, message: str) -> None:
+    """A reply outside memory, an error code or an oversized reply fails that message; the agent stays."""
+    (tmp_path / "g.wat").write_text(_guest(body, pages=6))
+    d = make_host()
+    try:
+        aid = d.ok("agent.spawn", manifest=manifest("g", module=str(tmp_path / "g.wat"), model=False))[
+            "agent_id"
+        ]
+        reply = d.call("agent.send", agent_id=aid, text="x")
+        assert reply.type == "error" and message in reply.body["message"], reply.body
+        info = d.ok("agent.info", agent_id=aid)
+        assert info["restarts"] == 0 and info["activity"] == "idle"
+    finally:
+        d.host.close()
+
+
+def test_limits_alloc_failure_is_reported(tmp_path: Path) -> None:
+    """A guest whose alloc returns 0 cannot receive the message: the sender is told so."""
+    (tmp_path / "g.wat").write_text(_guest("(i64.const 0)", alloc="(i32.const 0)"))
+    d = make_host()
+    try:
+        aid = d.ok("agent.spawn", manifest=manifest("g", module=str(tmp_path / "g.wat"), model=False))[
+            "agent_id"
+        ]
+        reply = d.call("agent.send", agent_id=aid, text="x")
+        assert reply.type == "error" and "could not allocate" in reply.body["message"]
+    finally:
+        d.host.close()
+
+
+def test_limits_failing_agent_init_fails_the_spawn(tmp_path: Path) -> None:
+    """agent_init returning non-zero is a failed start: retried per policy, then the spawn fails with it."""
+    (tmp_path / "g.wat").write_text(_guest("(i64.const 0)", init="(i32.const 7)"))
+    d = make_host()
+    try:
+        reply = d.call("agent.spawn", manifest=manifest("g", module=str(tmp_path / "g.wat"), model=False))
+        assert reply.type == "error" and "agent_init returned 7" in reply.body["message"]
+        assert d.host.runtime_stats() == {"live_stores": 0, "agents": 0}
+    finally:
+        d.host.close()
+
+
+@pytest.mark.parametrize(
+    ("wat", "code", "message"),
+    [
+        ('(module (memory (export "memory") 1))', "sandbox_error", "lacks exports ['alloc', 'agent_handle']"),
+        ('(module (import "env" "memory" (memory 1)))', "denied", "imports env.memory (memory)"),
+        ('(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))',
+         "denied", "wasi_snapshot_preview1.fd_write"),
+        ('(module (import "env" "teleport" (func)))', "denied", "no such host function"),
+        (_guest("(i64.const 0)", pages=100), "sandbox_error", "instantiation failed: memory minimum size"),
+    ],
+)  # fmt: skip
+def test_limits_unfit_modules_are_refused_with_the_reason(
+    tmp_path: Path, wat: str, code: str, message: str
+) -> None:
+    """Missing exports, foreign imports and a too-large initial memory are refused before the agent exists."""
+    (tmp_path / "g.wat").write_text(wat)
+    d = make_host()
+    try:
+        text = manifest(
+            "g", module=str(tmp_path / "g.wat"), model=False, sandbox="[sandbox.memory]\nmax_heap_mb = 4\n"
+        )
+        reply = d.call("agent.spawn", manifest=text)
+        assert reply.type == "error" and reply.body["code"] == code and message in reply.body["message"], (
+            reply.body
+        )
+        assert d.host.runtime_stats()["live_stores"] == 0
+    finally:
+        d.host.close()
