@@ -21,15 +21,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from openfang.protocol.envelope import DEFAULT_MAX_FRAME, Envelope, decode
+from openfang.protocol.errors import ConfigError, Problem
 from openfang.security._canon import canonical_msgpack
 from openfang.security._errors import Denied
 from openfang.security._replay import ReplayCache
@@ -237,3 +240,49 @@ class Verifier:
             raise self._deny(env, "nonce_cache_full", "too many signed requests in the replay window", kid)
         self._nonces.record(nonce, now)
         return Verified(env=stripped, kid=kid)
+
+
+class _KeyRef(Protocol):
+    id: str
+    alg: str
+    file: str
+
+
+def read_key_material(path: str) -> bytes:
+    """Key bytes from a file: 64+ hex characters (text) or raw bytes. Never echoes the content in errors."""
+    raw = Path(path).read_bytes()
+    text = raw.strip()
+    if re.fullmatch(rb"[0-9a-fA-F]{64,}", text):
+        return bytes.fromhex(text.decode("ascii"))
+    return raw
+
+
+def keyring_from_files(specs: Iterable[_KeyRef]) -> KeyRing:
+    """A KeyRing from ``[security.signing] keys`` (HMAC secret files, Ed25519 public key files).
+
+    Raises ConfigError listing every key that could not be loaded (by id and path, never content).
+    """
+    ring = KeyRing()
+    problems: list[Problem] = []
+    for spec in specs:
+        where = f"[security.signing] key {spec.id!r} ({spec.file})"
+        try:
+            material = read_key_material(spec.file)
+        except OSError as exc:
+            problems.append(Problem(where, f"cannot read the key file: {exc.strerror or exc}"))
+            continue
+        if spec.alg == HMAC_ALG:
+            if len(material) < 32:
+                problems.append(Problem(where, "an HMAC secret must be at least 32 bytes"))
+                continue
+            ring.add_hmac(spec.id, material)
+        else:
+            if len(material) != 32:
+                problems.append(
+                    Problem(where, "an Ed25519 public key file holds 32 bytes (or 64 hex characters)")
+                )
+                continue
+            ring.add_ed25519(spec.id, material)
+    if problems:
+        raise ConfigError(problems)
+    return ring

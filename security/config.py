@@ -1,0 +1,383 @@
+"""The ``[security]`` table of cluster.toml as one frozen dataclass tree, every problem reported at once.
+
+Each layer has its own sub-table (all optional; the defaults are the safe ones)::
+
+    [security.audit]        path = "{data_dir}/audit.db", key_file = "keys/audit.key" (HMAC chain key)
+    [security.validation]   max_frame_bytes, max_text, max_bytes, max_depth, max_keys, max_list, max_nodes,
+                            max_key_len
+    [security.injection]    enabled, threshold, action, output_action   (actions: flag | strip | block)
+    [security.ratelimit]    enabled, max_buckets, [security.ratelimit.client_requests] rate/burst, ...
+                            agent_requests, agent_tokens, agent_tool_calls
+    [security.signing]      enabled, require, max_skew_s, nonce_cache,
+                            keys = [{id = "ops-1", alg = "hmac-sha256" | "ed25519", file = "keys/ops-1"}]
+    [security.sandbox]      fuel_default, fuel_max, memory_default_mb, memory_max_mb, allow, deny
+    [security.network]      allow_hosts, allow_private                  (layer 8, netguard)
+    [security.permissions]  enabled                                    (grants live in agent manifests)
+    [security.exfil]        enabled, block_sinks, secret_kinds, pii, detect_encoded_taint
+    [security.redact]       enabled, secret_kinds, pii, redact_sensitive_keys
+    [security.attestation]  enabled, require_pin, require_signature, [security.attestation.publishers]
+                            <key id> = "<64 hex chars of an Ed25519 public key>"
+    [security.integrity]    enabled, interval_s, packages, files
+    [security.identity]     enabled, max_skew_s
+    [security.rollback]     enabled, state = "{data_dir}/versions.db"
+
+Secrets are never inline: signing and audit keys are *files* (their paths are all the config, the report
+and the logs ever show). ``{data_dir}`` in paths is replaced when ``data_dir`` is given; relative paths are
+resolved against ``base_dir`` (the config file's directory) when given.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from openfang.protocol.errors import ConfigError, Problem
+from openfang.security._cfg import MISSING, Table
+from openfang.security._secrets import PII_KINDS, SECRET_KINDS
+from openfang.security.attestation import AttestationConfig
+from openfang.security.capabilities import SandboxPolicyConfig
+from openfang.security.exfil import ExfilConfig
+from openfang.security.injection import ACTIONS, Action, InjectionConfig
+from openfang.security.ratelimit import Limit, RateLimitConfig
+from openfang.security.redact import RedactConfig
+from openfang.security.signing import ED25519_ALG, HMAC_ALG, SigningConfig
+from openfang.security.validation import ValidationLimits
+
+DEFAULT_AUDIT_PATH = "{data_dir}/audit.db"
+DEFAULT_VERSIONS_PATH = "{data_dir}/versions.db"
+_KID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditConfig:
+    path: str = DEFAULT_AUDIT_PATH
+    key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeySpec:
+    """A signing key reference: id, algorithm and the file holding the material (never the material)."""
+
+    id: str
+    alg: str
+    file: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkConfig:
+    allow_hosts: tuple[str, ...] = ()
+    allow_private: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PermissionsConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IntegrityConfig:
+    enabled: bool = True
+    interval_s: float = 60.0
+    packages: tuple[str, ...] = ("openfang",)
+    files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentityConfig:
+    enabled: bool = True
+    max_skew_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RollbackConfig:
+    enabled: bool = True
+    state: str = DEFAULT_VERSIONS_PATH
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecurityConfig:
+    """The whole parsed ``[security]`` table (defaults throughout when the table is empty)."""
+
+    source: str = "<defaults>"
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    validation: ValidationLimits = field(default_factory=ValidationLimits)
+    injection: InjectionConfig = field(default_factory=InjectionConfig)
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    signing: SigningConfig = field(default_factory=SigningConfig)
+    signing_keys: tuple[KeySpec, ...] = ()
+    sandbox: SandboxPolicyConfig = field(default_factory=SandboxPolicyConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    permissions: PermissionsConfig = field(default_factory=PermissionsConfig)
+    exfil: ExfilConfig = field(default_factory=ExfilConfig)
+    redact: RedactConfig = field(default_factory=RedactConfig)
+    attestation: AttestationConfig = field(default_factory=AttestationConfig)
+    integrity: IntegrityConfig = field(default_factory=IntegrityConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    rollback: RollbackConfig = field(default_factory=RollbackConfig)
+
+
+_LAYERS = (
+    "audit",
+    "validation",
+    "injection",
+    "ratelimit",
+    "signing",
+    "sandbox",
+    "network",
+    "permissions",
+    "exfil",
+    "redact",
+    "attestation",
+    "integrity",
+    "identity",
+    "rollback",
+)
+
+
+def _path(value: str, data_dir: Path | None, base_dir: Path | None) -> str:
+    if data_dir is not None:
+        value = value.replace("{data_dir}", str(data_dir))
+    if base_dir is not None and "{data_dir}" not in value and not Path(value).is_absolute():
+        value = str((base_dir / value).resolve())
+    return value
+
+
+def parse_security(
+    table: Mapping[str, Any] | None,
+    source: str,
+    *,
+    data_dir: Path | None = None,
+    base_dir: Path | None = None,
+    check_files: bool = False,
+) -> SecurityConfig:
+    """Validate ``[security]``; ConfigError lists every problem with ``file: [security.x] key 'k'``."""
+    problems: list[Problem] = []
+    top = Table(table, f"{source}: [security]", problems)
+
+    t = top.sub("audit")
+    key_file = t.text("key_file", None)
+    audit = AuditConfig(
+        path=_path(t.text("path", DEFAULT_AUDIT_PATH) or DEFAULT_AUDIT_PATH, data_dir, base_dir),
+        key_file=_path(key_file, data_dir, base_dir) if key_file else None,
+    )
+    t.unknown()
+
+    t = top.sub("validation")
+    d = ValidationLimits()
+    validation = ValidationLimits(
+        max_frame_bytes=t.integer("max_frame_bytes", d.max_frame_bytes, lo=1024, hi=1 << 30),
+        max_text=t.integer("max_text", d.max_text, lo=1),
+        max_bytes=t.integer("max_bytes", d.max_bytes, lo=1),
+        max_depth=t.integer("max_depth", d.max_depth, lo=1, hi=1000),
+        max_keys=t.integer("max_keys", d.max_keys, lo=1),
+        max_list=t.integer("max_list", d.max_list, lo=1),
+        max_nodes=t.integer("max_nodes", d.max_nodes, lo=1),
+        max_key_len=t.integer("max_key_len", d.max_key_len, lo=1),
+    )
+    t.unknown()
+
+    t = top.sub("injection")
+    di = InjectionConfig()
+    injection = InjectionConfig(
+        enabled=t.boolean("enabled", di.enabled),
+        threshold=t.number("threshold", di.threshold, lo=0.01, hi=1.0),
+        action=cast(Action, t.choice("action", di.action, ACTIONS)),
+        output_action=cast(Action, t.choice("output_action", di.output_action, ACTIONS)),
+    )
+    t.unknown()
+
+    t = top.sub("ratelimit")
+    dr = RateLimitConfig()
+
+    def limit(name: str, default: Limit) -> Limit:
+        s = t.sub(name)
+        lim = Limit(
+            rate=s.number("rate", default.rate, hi=1e9), burst=s.number("burst", default.burst, hi=1e12)
+        )
+        if lim.rate > 0 and lim.burst < 1:
+            s.problem("burst", "must be at least 1 when rate is set")
+        s.unknown()
+        return lim
+
+    ratelimit = RateLimitConfig(
+        enabled=t.boolean("enabled", dr.enabled),
+        max_buckets=t.integer("max_buckets", dr.max_buckets, lo=1),
+        client_requests=limit("client_requests", dr.client_requests),
+        agent_requests=limit("agent_requests", dr.agent_requests),
+        agent_tokens=limit("agent_tokens", dr.agent_tokens),
+        agent_tool_calls=limit("agent_tool_calls", dr.agent_tool_calls),
+    )
+    t.unknown()
+
+    t = top.sub("signing")
+    ds = SigningConfig()
+    signing = SigningConfig(
+        enabled=t.boolean("enabled", ds.enabled),
+        require=t.boolean("require", ds.require),
+        max_skew=t.number("max_skew_s", ds.max_skew, lo=1, hi=3600),
+        nonce_cache=t.integer("nonce_cache", ds.nonce_cache, lo=1000),
+    )
+    keys = _keys(t, data_dir, base_dir, check_files)
+    if signing.require and not keys:
+        t.problem("require", "signatures are required but no keys are configured")
+    t.unknown()
+
+    t = top.sub("sandbox")
+    dp = SandboxPolicyConfig()
+    sandbox = SandboxPolicyConfig(
+        fuel_default=t.integer("fuel_default", dp.fuel_default, lo=1),
+        fuel_max=t.integer("fuel_max", dp.fuel_max, lo=1),
+        memory_default_mb=t.integer("memory_default_mb", dp.memory_default_mb, lo=1, hi=4096),
+        memory_max_mb=t.integer("memory_max_mb", dp.memory_max_mb, lo=1, hi=4096),
+        allow=t.strset("allow", dp.allow) or frozenset(),
+        deny=t.strset("deny", dp.deny) or frozenset(),
+    )
+    if sandbox.fuel_default > sandbox.fuel_max:
+        t.problem("fuel_default", f"{sandbox.fuel_default} is above fuel_max {sandbox.fuel_max}")
+    if sandbox.memory_default_mb > sandbox.memory_max_mb:
+        t.problem(
+            "memory_default_mb", f"{sandbox.memory_default_mb} is above memory_max_mb {sandbox.memory_max_mb}"
+        )
+    t.unknown()
+
+    t = top.sub("network")
+    network = NetworkConfig(
+        allow_hosts=tuple(sorted(t.strset("allow_hosts", frozenset()) or ())),
+        allow_private=t.boolean("allow_private", False),
+    )
+    t.unknown()
+
+    t = top.sub("permissions")
+    permissions = PermissionsConfig(enabled=t.boolean("enabled", True))
+    t.unknown()
+
+    t = top.sub("exfil")
+    de = ExfilConfig()
+    exfil = ExfilConfig(
+        enabled=t.boolean("enabled", de.enabled),
+        block_sinks=t.strset("block_sinks", de.block_sinks) or frozenset(),
+        secret_kinds=t.strset("secret_kinds", None, allowed=SECRET_KINDS),
+        pii=t.strset("pii", de.pii, allowed=PII_KINDS) or frozenset(),
+        detect_encoded_taint=t.boolean("detect_encoded_taint", de.detect_encoded_taint),
+    )
+    t.unknown()
+
+    t = top.sub("redact")
+    dd = RedactConfig()
+    redact = RedactConfig(
+        enabled=t.boolean("enabled", dd.enabled),
+        secret_kinds=t.strset("secret_kinds", None, allowed=SECRET_KINDS),
+        pii=t.strset("pii", dd.pii, allowed=PII_KINDS) or frozenset(),
+        redact_sensitive_keys=t.boolean("redact_sensitive_keys", dd.redact_sensitive_keys),
+    )
+    t.unknown()
+
+    t = top.sub("attestation")
+    pubs_t = t.sub("publishers")
+    publishers: dict[str, bytes] = {}
+    for kid, value in pubs_t.raw.items():
+        pubs_t._seen.add(kid)
+        if not _KID.match(str(kid)):
+            pubs_t.problem(kid, "publisher ids are 1-64 letters, digits, '_', '.', ':' or '-'")
+        elif not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            pubs_t.problem(kid, "must be the 64 hex characters of a raw Ed25519 public key")
+        else:
+            publishers[str(kid)] = bytes.fromhex(value)
+    attestation = AttestationConfig(
+        enabled=t.boolean("enabled", True),
+        require_pin=t.boolean("require_pin", True),
+        require_signature=t.boolean("require_signature", False),
+        trusted_publishers=publishers,
+    )
+    if attestation.require_signature and not publishers:
+        t.problem(
+            "require_signature", "signatures are required but [security.attestation.publishers] is empty"
+        )
+    t.unknown()
+
+    t = top.sub("integrity")
+    integrity = IntegrityConfig(
+        enabled=t.boolean("enabled", True),
+        interval_s=t.number("interval_s", 60.0, lo=1.0, hi=86400.0),
+        packages=tuple(sorted(t.strset("packages", frozenset({"openfang"})) or ())),
+        files=tuple(_path(f, data_dir, base_dir) for f in sorted(t.strset("files", frozenset()) or ())),
+    )
+    t.unknown()
+
+    t = top.sub("identity")
+    identity = IdentityConfig(
+        enabled=t.boolean("enabled", True), max_skew_s=t.number("max_skew_s", 30.0, lo=1, hi=3600)
+    )
+    t.unknown()
+
+    t = top.sub("rollback")
+    rollback = RollbackConfig(
+        enabled=t.boolean("enabled", True),
+        state=_path(t.text("state", DEFAULT_VERSIONS_PATH) or DEFAULT_VERSIONS_PATH, data_dir, base_dir),
+    )
+    t.unknown()
+
+    for key in sorted(set(top.raw) - set(_LAYERS)):
+        problems.append(
+            Problem(f"{source}: [security.{key}]", f"unknown table (known: {', '.join(_LAYERS)})")
+        )
+    if problems:
+        raise ConfigError(problems)
+    return SecurityConfig(
+        source=source,
+        audit=audit,
+        validation=validation,
+        injection=injection,
+        ratelimit=ratelimit,
+        signing=signing,
+        signing_keys=keys,
+        sandbox=sandbox,
+        network=network,
+        permissions=permissions,
+        exfil=exfil,
+        redact=redact,
+        attestation=attestation,
+        integrity=integrity,
+        identity=identity,
+        rollback=rollback,
+    )
+
+
+def _keys(t: Table, data_dir: Path | None, base_dir: Path | None, check_files: bool) -> tuple[KeySpec, ...]:
+    raw = t._get("keys")
+    if raw is MISSING:
+        return ()
+    if not isinstance(raw, list):
+        t.problem("keys", "must be an array of tables {id, alg, file}")
+        return ()
+    specs: list[KeySpec] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        where = f"keys[{i}]"
+        if not isinstance(entry, Mapping):
+            t.problem(where, "must be a table {id, alg, file}")
+            continue
+        kid, alg, file = entry.get("id"), entry.get("alg"), entry.get("file")
+        extra = sorted(set(entry) - {"id", "alg", "file"})
+        if extra:
+            t.problem(where, f"unknown keys: {', '.join(map(str, extra))}")
+        if not isinstance(kid, str) or not _KID.match(kid):
+            t.problem(where, "id must be 1-64 letters, digits, '_', '.', ':' or '-'")
+            continue
+        if kid in seen:
+            t.problem(where, f"duplicate key id {kid!r}")
+        seen.add(kid)
+        if alg not in (HMAC_ALG, ED25519_ALG):
+            t.problem(where, f"alg must be {HMAC_ALG} or {ED25519_ALG}, got {alg!r}")
+            continue
+        if not isinstance(file, str) or not file:
+            t.problem(where, "file must name the key file")
+            continue
+        path = _path(file, data_dir, base_dir)
+        if check_files and not Path(path).is_file():
+            t.problem(where, f"key file {path} does not exist")
+        specs.append(KeySpec(id=kid, alg=str(alg), file=path))
+    return tuple(specs)

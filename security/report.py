@@ -1,0 +1,144 @@
+"""``openfang security report``: each of the sixteen layers, whether it is on, and its configuration.
+
+:func:`security_report` returns plain JSON-able dicts, one per layer, in layer order. Secrets never appear:
+key *ids* and key *file paths* are shown, never key material (the config never holds material anyway).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openfang.security.config import SecurityConfig
+from openfang.security.ratelimit import Limit
+
+
+def _limit(lim: Limit) -> dict[str, float] | str:
+    return "unlimited" if lim.unlimited else {"rate_per_s": lim.rate, "burst": lim.burst}
+
+
+def _sorted(values: Any) -> list[str] | None:
+    return None if values is None else sorted(values)
+
+
+def security_report(config: SecurityConfig) -> list[dict[str, Any]]:
+    """One entry per layer: ``{"layer", "name", "module", "enabled", "config"}``."""
+    c = config
+    sb = c.sandbox
+    rows: list[tuple[str, str, bool, dict[str, Any]]] = [
+        (
+            "input validation",
+            "validation",
+            True,
+            {
+                "max_frame_bytes": c.validation.max_frame_bytes,
+                "max_text": c.validation.max_text,
+                "max_depth": c.validation.max_depth,
+                "max_keys": c.validation.max_keys,
+                "max_list": c.validation.max_list,
+                "max_nodes": c.validation.max_nodes,
+            },
+        ),
+        (
+            "prompt-injection detection",
+            "injection",
+            c.injection.enabled,
+            {
+                "threshold": c.injection.threshold,
+                "action": c.injection.action,
+                "output_action": c.injection.output_action,
+            },
+        ),
+        (
+            "rate limiting",
+            "ratelimit",
+            c.ratelimit.enabled,
+            {
+                "client_requests": _limit(c.ratelimit.client_requests),
+                "agent_requests": _limit(c.ratelimit.agent_requests),
+                "agent_tokens": _limit(c.ratelimit.agent_tokens),
+                "agent_tool_calls": _limit(c.ratelimit.agent_tool_calls),
+            },
+        ),
+        (
+            "request signing",
+            "signing",
+            c.signing.enabled,
+            {
+                "require": c.signing.require,
+                "max_skew_s": c.signing.max_skew,
+                "keys": [{"id": k.id, "alg": k.alg, "file": k.file} for k in c.signing_keys],
+            },
+        ),
+        ("fuel metering", "capabilities", True, {"fuel_default": sb.fuel_default, "fuel_max": sb.fuel_max}),
+        (
+            "memory caps",
+            "capabilities",
+            True,
+            {"memory_default_mb": sb.memory_default_mb, "memory_max_mb": sb.memory_max_mb},
+        ),
+        (
+            "host-function allowlist",
+            "capabilities",
+            True,
+            {"allow": sorted(sb.allow), "deny": sorted(sb.deny)},
+        ),
+        (
+            "sandbox boundary (network, files)",
+            "boundary",
+            True,
+            {
+                "allow_hosts": list(c.network.allow_hosts),
+                "allow_private": c.network.allow_private,
+                "filesystem": "per-agent scoped root, no symlinks, no '..'",
+            },
+        ),
+        ("per-agent permissions", "permissions", c.permissions.enabled, {"default": "deny"}),
+        (
+            "data-exfiltration detection",
+            "exfil",
+            c.exfil.enabled,
+            {
+                "block_sinks": sorted(c.exfil.block_sinks),
+                "secret_kinds": _sorted(c.exfil.secret_kinds) or "all",
+                "pii": sorted(c.exfil.pii),
+                "encoded_taint": c.exfil.detect_encoded_taint,
+            },
+        ),
+        (
+            "output filtering",
+            "redact",
+            c.redact.enabled,
+            {
+                "secret_kinds": _sorted(c.redact.secret_kinds) or "all",
+                "pii": sorted(c.redact.pii),
+                "sensitive_keys": c.redact.redact_sensitive_keys,
+            },
+        ),
+        ("audit logging", "audit", True, {"path": c.audit.path, "hmac": c.audit.key_file is not None}),
+        (
+            "binary attestation",
+            "attestation",
+            c.attestation.enabled,
+            {
+                "require_pin": c.attestation.require_pin,
+                "require_signature": c.attestation.require_signature,
+                "publishers": sorted(c.attestation.trusted_publishers),
+            },
+        ),
+        (
+            "runtime integrity",
+            "integrity",
+            c.integrity.enabled,
+            {
+                "interval_s": c.integrity.interval_s,
+                "packages": list(c.integrity.packages),
+                "files": list(c.integrity.files),
+            },
+        ),
+        ("agent identity", "identity", c.identity.enabled, {"max_skew_s": c.identity.max_skew_s}),
+        ("rollback protection", "rollback", c.rollback.enabled, {"state": c.rollback.state}),
+    ]
+    return [
+        {"layer": i, "name": name, "module": f"openfang.security.{module}", "enabled": enabled, "config": cfg}
+        for i, (name, module, enabled, cfg) in enumerate(rows, start=1)
+    ]

@@ -1,0 +1,140 @@
+"""[security] config: defaults are safe, every problem is reported with its place, keys load from files."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from openfang.protocol.errors import ConfigError
+from openfang.security.config import SecurityConfig, parse_security
+from openfang.security.report import security_report
+from openfang.security.signing import keyring_from_files
+
+FULL = """
+[security.audit]
+path = "{data_dir}/audit.db"
+key_file = "keys/audit.key"
+
+[security.injection]
+threshold = 0.6
+action = "flag"
+
+[security.ratelimit.client_requests]
+rate = 5
+burst = 10
+
+[security.signing]
+require = true
+keys = [{ id = "ops-1", alg = "hmac-sha256", file = "keys/ops-1.key" }]
+
+[security.sandbox]
+fuel_max = 1000000
+fuel_default = 1000
+allow = ["openfang.*"]
+
+[security.attestation.publishers]
+acme = "%s"
+
+[security.rollback]
+state = "{data_dir}/versions.db"
+""" % ("ab" * 32)
+
+
+def test_config_empty_table_gives_safe_defaults() -> None:
+    """No [security] table: every layer on, injection blocks user input, permissions default deny."""
+    cfg = parse_security(None, "c.toml")
+    assert cfg == SecurityConfig(source="c.toml")
+    assert cfg.injection.action == "block" and cfg.attestation.require_pin
+
+
+def test_config_full_table_parses_and_resolves_paths(tmp_path: Path) -> None:
+    """Every sub-table is read; {data_dir} and relative paths are resolved."""
+    cfg = parse_security(
+        tomllib.loads(FULL)["security"], "c.toml", data_dir=tmp_path / "data", base_dir=tmp_path
+    )
+    assert cfg.audit.path == str(tmp_path / "data" / "audit.db")
+    assert cfg.audit.key_file == str(tmp_path / "keys" / "audit.key")
+    assert cfg.injection.threshold == 0.6 and cfg.injection.action == "flag"
+    assert cfg.ratelimit.client_requests.rate == 5 and cfg.signing.require
+    assert cfg.signing_keys[0].file == str(tmp_path / "keys" / "ops-1.key")
+    assert cfg.attestation.trusted_publishers == {"acme": bytes.fromhex("ab" * 32)}
+
+
+def test_config_reports_every_problem_with_its_place() -> None:
+    """Typos, bad types, bad choices and contradictions are all listed at once."""
+    bad = {
+        "injection": {"action": "nuke", "treshold": 0.5},
+        "ratelimit": {"agent_tokens": {"rate": 10, "burst": 0}},
+        "signing": {"require": True},
+        "sandbox": {"fuel_default": 10, "fuel_max": 5},
+        "attestation": {"publishers": {"acme": "zz"}},
+        "exfil": {"pii": ["email", "dna"]},
+        "firewall": {},
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_security(bad, "c.toml")
+    wheres = [p.where for p in err.value.problems]
+    assert wheres == [
+        "c.toml: [security.injection] key 'action'",
+        "c.toml: [security.injection] key 'treshold'",
+        "c.toml: [security.ratelimit.agent_tokens] key 'burst'",
+        "c.toml: [security.signing] key 'require'",
+        "c.toml: [security.sandbox] key 'fuel_default'",
+        "c.toml: [security.exfil] key 'pii'",
+        "c.toml: [security.attestation.publishers] key 'acme'",
+        "c.toml: [security.firewall]",
+    ]
+
+
+def test_config_signing_keys_load_from_files_and_errors_never_show_material(tmp_path: Path) -> None:
+    """HMAC and Ed25519 key files load into a KeyRing; a short secret is reported without its content."""
+    (tmp_path / "ops.key").write_text("0f" * 32)
+    (tmp_path / "ci.pub").write_bytes(b"\x01" * 32)
+    (tmp_path / "short.key").write_text("tiny-secret-value")
+    cfg = parse_security(
+        {
+            "signing": {
+                "keys": [
+                    {"id": "ops", "alg": "hmac-sha256", "file": "ops.key"},
+                    {"id": "ci", "alg": "ed25519", "file": "ci.pub"},
+                ]
+            }
+        },
+        "c.toml",
+        base_dir=tmp_path,
+        check_files=True,
+    )
+    ring = keyring_from_files(cfg.signing_keys)
+    assert ring.kids() == ["ci", "ops"]
+    bad = parse_security(
+        {
+            "signing": {
+                "keys": [
+                    {"id": "s", "alg": "hmac-sha256", "file": "short.key"},
+                    {"id": "m", "alg": "hmac-sha256", "file": "missing.key"},
+                ]
+            }
+        },
+        "c.toml",
+        base_dir=tmp_path,
+    )
+    with pytest.raises(ConfigError) as err:
+        keyring_from_files(bad.signing_keys)
+    assert len(err.value.problems) == 2 and "tiny-secret-value" not in str(err.value)
+
+
+def test_report_lists_sixteen_layers_without_secrets(tmp_path: Path) -> None:
+    """The report has layers 1..16 in order, is JSON-able and holds key ids/paths, not key material."""
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "ops-1.key").write_text("5e" * 32)
+    cfg = parse_security(tomllib.loads(FULL)["security"], "c.toml", data_dir=tmp_path, base_dir=tmp_path)
+    report = security_report(cfg)
+    assert [r["layer"] for r in report] == list(range(1, 17))
+    text = json.dumps(report)
+    assert "5e5e5e" not in text and "ops-1" in text
+    by_name = {r["name"]: r for r in report}
+    assert by_name["prompt-injection detection"]["config"]["action"] == "flag"
+    assert by_name["request signing"]["config"]["require"] is True
+    assert all(set(r) == {"layer", "name", "module", "enabled", "config"} for r in report)
