@@ -129,6 +129,15 @@ class Applier:
             err = exc if isinstance(exc, OpenFangError) else MemoryStoreError(f"{env.type}: {exc}")
             log.warning("request_failed", type=env.type, req_id=env.id, code=err.code, error=err.message)
             return env.error(err)
+        except Exception as exc:
+            # A bug tripped by one request must not crash the writer: its client would resend it to every
+            # restarted writer, forever. It fails alone, like any poison request, and is logged loudly.
+            log.exception("request_crashed", type=env.type, req_id=env.id)
+            if not conn.in_transaction:
+                raise _TransactionLost(repr(exc)) from None
+            conn.execute("ROLLBACK TO req")
+            conn.execute("RELEASE req")
+            return env.error(MemoryStoreError(f"{env.type}: internal error ({type(exc).__name__}: {exc})"))
 
     def _write(self, body: dict[str, Any], now: float) -> dict[str, Any]:
         # All-or-nothing: the ops share the request's savepoint; an error in any rolls back all.

@@ -311,3 +311,24 @@ def test_episode_ttl_compaction_deletes_old_messages_and_tool_calls(local_store)
     counts = local_store.ok("memory.compact", {})["counts"]
     assert counts["episodes"] == 2 and counts["tool_calls"] == 2
     assert _count(local_store.db, "SELECT count(*) FROM episodes") == 1
+
+
+def test_a_request_that_trips_a_bug_fails_alone_and_the_writer_keeps_serving(local_store) -> None:
+    """An unexpected exception inside one request is rolled back and answered memory_error, not a crash."""
+    from openfang.protocol.envelope import Envelope
+
+    def explode(body: dict[str, object], now: float) -> dict[str, object]:
+        local_store.conn.execute(
+            "INSERT INTO episodes(agent_id, session, role, text, ts) VALUES ('a','s','user','half', 1)"
+        )
+        raise KeyError("surprise")
+
+    local_store.applier._handlers["memory.bug"] = explode  # a stand-in for a future handler's bug
+    good = Envelope(
+        type="memory.episode", body={"agent_id": "a", "session": "s", "role": "user", "text": "ok"}
+    )
+    bad, ok = local_store.applier.apply_group([Envelope(type="memory.bug", body={}), good])
+    assert bad.is_error and bad.body["code"] == "memory_error" and "KeyError" in bad.body["message"]
+    assert not ok.is_error
+    assert _count(local_store.db, "SELECT count(*) FROM episodes WHERE text = 'half'") == 0
+    assert _count(local_store.db, "SELECT count(*) FROM episodes WHERE text = 'ok'") == 1
