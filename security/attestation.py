@@ -66,6 +66,13 @@ def sign_manifest(manifest: Mapping[str, Any], publisher: str, key: Ed25519Priva
     return out
 
 
+def _pin(manifest: Mapping[str, Any]) -> Any:
+    if "sha256" in manifest:
+        return manifest["sha256"]
+    agent = manifest.get("agent")
+    return agent.get("module_sha256") if isinstance(agent, Mapping) else None
+
+
 class Attestor:
     """Checks module bytes against their manifest at spawn."""
 
@@ -83,12 +90,15 @@ class Attestor:
         return Denied(f"module {name!r}: {message}", layer="attestation", reason=reason)
 
     def attest(self, name: str, module_bytes: bytes, manifest: Mapping[str, Any]) -> Attested:
-        """Return the attestation or raise Denied (digest mismatch, unpinned, unsigned, bad signature)."""
+        """Return the attestation or raise Denied (digest mismatch, unpinned, unsigned, bad signature).
+
+        The pin is the manifest's ``sha256`` (flat layout) or ``[agent] module_sha256`` (agent.toml).
+        """
         actual = module_digest(module_bytes)
         if not self.config.enabled:
             return Attested(name=name, sha256=actual, publisher=None)
         publisher = self._check_signature(name, manifest)
-        pinned = manifest.get("sha256")
+        pinned = _pin(manifest)
         if pinned is None:
             if self.config.require_pin:
                 raise self._deny(name, "unpinned", "manifest pins no sha256 digest", actual=actual)

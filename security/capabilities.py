@@ -52,10 +52,16 @@ class SandboxGrant:
     deny: frozenset[str]
 
     def allows(self, module: str, name: str) -> bool:
+        """Patterns with a dot match ``module.name``; patterns without one match the bare name in any module
+        (the agent.toml lists bare host-function names)."""
         full = f"{module}.{name}"
-        if any(fnmatchcase(full, p) for p in self.deny):
+
+        def hit(p: str) -> bool:
+            return fnmatchcase(full, p) if "." in p else fnmatchcase(name, p)
+
+        if any(hit(p) for p in self.deny):
             return False
-        return all(any(fnmatchcase(full, p) for p in pats) for pats in self.allow)
+        return all(any(hit(p) for p in pats) for pats in self.allow)
 
 
 def _patterns(
@@ -70,6 +76,57 @@ def _patterns(
     return frozenset(raw)
 
 
+@dataclass(frozen=True, slots=True)
+class _View:
+    hf: Mapping[str, Any]
+    hf_where: str
+    allow_key: str
+    deny_key: str
+    fuel: Any
+    fuel_where: str
+    memory_mb: Any
+    mem_where: str
+
+
+def _table(parent: Mapping[str, Any], key: str, where: str, problems: list[Problem]) -> Mapping[str, Any]:
+    value = parent.get(key, {})
+    if not isinstance(value, Mapping):
+        problems.append(Problem(where, "must be a table"))
+        return {}
+    return value
+
+
+def _view(manifest: Mapping[str, Any], source: str, problems: list[Problem]) -> _View:
+    """Where the sandbox keys live in this manifest layout."""
+    if "sandbox" in manifest:
+        sb = _table(manifest, "sandbox", f"{source}: [sandbox]", problems)
+        perm = _table(sb, "permissions", f"{source}: [sandbox.permissions]", problems)
+        fuel = _table(sb, "fuel", f"{source}: [sandbox.fuel]", problems)
+        mem = _table(sb, "memory", f"{source}: [sandbox.memory]", problems)
+        return _View(
+            perm,
+            f"{source}: [sandbox.permissions]",
+            "allowed_host_functions",
+            "denied_host_functions",
+            fuel.get("max_fuel"),
+            f"{source}: [sandbox.fuel] key 'max_fuel'",
+            mem.get("max_heap_mb"),
+            f"{source}: [sandbox.memory] key 'max_heap_mb'",
+        )
+    hf = _table(manifest, "host_functions", f"{source}: [host_functions]", problems)
+    limits = _table(manifest, "limits", f"{source}: [limits]", problems)
+    return _View(
+        hf,
+        f"{source}: [host_functions]",
+        "allow",
+        "deny",
+        limits.get("fuel"),
+        f"{source}: [limits] key 'fuel'",
+        limits.get("memory_mb"),
+        f"{source}: [limits] key 'memory_mb'",
+    )
+
+
 class CapabilityPolicy:
     """Turns a manifest into a :class:`SandboxGrant` under the cluster policy; audits every refusal."""
 
@@ -78,24 +135,23 @@ class CapabilityPolicy:
         self._audit = audit
 
     def grant(self, agent_id: str, manifest: Mapping[str, Any], *, source: str) -> SandboxGrant:
-        """The grant for ``manifest``. ConfigError for malformed tables; Denied for asking too much."""
+        """The grant for ``manifest``. ConfigError for malformed tables; Denied for asking too much.
+
+        Two manifest layouts are understood: the agent.toml of ``openfang.workers.manifest``
+        (``[sandbox.permissions] allowed_host_functions / denied_host_functions``,
+        ``[sandbox.fuel] max_fuel``, ``[sandbox.memory] max_heap_mb``) and a flat one
+        (``[host_functions] allow / deny``, ``[limits] fuel / memory_mb``).
+        """
         cfg = self.config
         problems: list[Problem] = []
-        hf = manifest.get("host_functions", {})
-        limits = manifest.get("limits", {})
-        if not isinstance(hf, Mapping):
-            problems.append(Problem(f"{source}: [host_functions]", "must be a table"))
-            hf = {}
-        if not isinstance(limits, Mapping):
-            problems.append(Problem(f"{source}: [limits]", "must be a table"))
-            limits = {}
-        m_allow = _patterns(hf, "allow", f"{source}: [host_functions]", problems)
-        m_deny = _patterns(hf, "deny", f"{source}: [host_functions]", problems) or frozenset()
-        fuel = limits.get("fuel", cfg.fuel_default)
-        mem = limits.get("memory_mb", cfg.memory_default_mb)
-        for key, value in (("fuel", fuel), ("memory_mb", mem)):
+        view = _view(manifest, source, problems)
+        m_allow = _patterns(view.hf, view.allow_key, view.hf_where, problems)
+        m_deny = _patterns(view.hf, view.deny_key, view.hf_where, problems) or frozenset()
+        fuel = view.fuel if view.fuel is not None else cfg.fuel_default
+        mem = view.memory_mb if view.memory_mb is not None else cfg.memory_default_mb
+        for where, value in ((view.fuel_where, fuel), (view.mem_where, mem)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                problems.append(Problem(f"{source}: [limits] key {key!r}", "must be a positive integer"))
+                problems.append(Problem(where, "must be a positive integer"))
         if problems:
             raise ConfigError(problems)
         over = []

@@ -63,3 +63,11 @@ def test_attestation_untrusted_publisher_and_unsigned_are_refused_when_required(
     with pytest.raises(Denied) as err:
         _attestor(require_signature=True).attest("calc", MODULE, {"sha256": module_digest(MODULE)})
     assert err.value.reason == "unsigned"
+
+
+def test_attestation_reads_the_agent_toml_pin() -> None:
+    """[agent] module_sha256 of agent.toml is the pin when there is no flat sha256."""
+    manifest = {"agent": {"name": "calc", "module_sha256": module_digest(MODULE)}}
+    assert _attestor().attest("calc", MODULE, manifest).sha256 == module_digest(MODULE)
+    with pytest.raises(Denied, match="the manifest pins"):
+        _attestor().attest("calc", EVIL, manifest)

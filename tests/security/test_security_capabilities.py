@@ -71,3 +71,29 @@ def test_capabilities_sandbox_traps_are_audited(audit: AuditLog) -> None:
     policy.record_trap("a1", "out_of_fuel", fuel=1000)
     policy.record_trap("a1", "memory_cap", requested_pages=70000)
     assert [r.kind for r in audit.records("sandbox.")] == ["sandbox.out_of_fuel", "sandbox.memory_cap"]
+
+
+def test_capabilities_understand_the_agent_toml_layout() -> None:
+    """The [sandbox.*] tables of agent.toml map onto the grant; bare host-function names work."""
+    policy = CapabilityPolicy(
+        SandboxPolicyConfig(
+            fuel_max=10**9, memory_max_mb=64, allow=frozenset({"net_fetch", "llm_invoke", "openfang.*"})
+        )
+    )
+    manifest = {
+        "agent": {"name": "x"},
+        "sandbox": {
+            "fuel": {"max_fuel": 1000},
+            "memory": {"max_heap_mb": 32},
+            "permissions": {"allowed_host_functions": ["net_fetch"], "denied_host_functions": ["raw_socket"]},
+        },
+    }
+    g = policy.grant("x-1", manifest, source="agent.toml")
+    assert g.fuel == 1000 and g.memory_bytes == 32 << 20
+    assert (
+        g.allows("env", "net_fetch")
+        and not g.allows("env", "llm_invoke")
+        and not g.allows("env", "raw_socket")
+    )
+    with pytest.raises(Denied, match="memory_mb 128 > 64"):
+        policy.grant("x-1", {"sandbox": {"memory": {"max_heap_mb": 128}}}, source="agent.toml")
