@@ -102,17 +102,28 @@ def test_count_restarting_children(harness: Harness, marks: Path) -> None:
     harness.wait(lambda: sup.which_children()[1]["state"] == "running")
 
 
-def test_hanging_restart_loop_escalates_through_start_timeouts(harness: Harness, marks: Path) -> None:
-    """OTP supervisor_SUITE:hanging_restart_loop — restarts that hang time out, count, and escalate."""
+@pytest.mark.parametrize("strategy", ["one_for_one", "rest_for_one", "simple_one_for_one"])
+def test_hanging_restart_loop_escalates_through_start_timeouts(
+    harness: Harness, marks: Path, strategy: str
+) -> None:
+    """OTP supervisor_SUITE:hanging_restart_loop(_rest_for_one, _simple) — hanging restarts time out, count,
+    and escalate."""
     flag = marks / "flag"
     hanger = child("h", "hang_if_file", marks=marks, start_timeout_ms=200, args={"flag": str(flag)})
-    sup = harness.sup([child("a", marks=marks), hanger], intensity=2)
-    sup.start()
+    if strategy == "simple_one_for_one":
+        sup = harness.sup([hanger], strategy=Strategy.SIMPLE_ONE_FOR_ONE, intensity=2)
+        sup.start()
+        pid = sup.start_child({})["pid"]
+    else:
+        sup = harness.sup([child("a", marks=marks), hanger], strategy=Strategy(strategy), intensity=2)
+        sup.start()
+        pid = sup.tree()[1]["pid"]
     flag.write_text("x")
-    os.kill(sup.tree()[1]["pid"], signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
     harness.wait(lambda: harness.terminated == ["shutdown"], timeout=20)
     failed = harness.kinds("child.start_failed")
     assert len(failed) >= 2 and all("start_timeout_ms=200" in e["reason"] for e in failed)
+    assert sup.count_children()["active"] == 0
 
 
 def test_order_of_children_survives_restarts(harness: Harness, marks: Path) -> None:
