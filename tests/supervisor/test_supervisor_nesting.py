@@ -228,3 +228,33 @@ def test_nested_supervisor_start_may_outlast_its_timeout_while_it_makes_progress
                 id="stuck", type=ChildType.SUPERVISOR, supervisor=stuck.supervisor, start_timeout_ms=600
             )
         )
+
+
+def test_requests_arriving_during_a_start_are_queued_and_answered_in_order(
+    harness: Harness, marks: Path
+) -> None:
+    """OTP's one-message-at-a-time: a request that arrives while a child starts waits, then is answered."""
+    sup = harness.sup([child("a", marks=marks)])
+    sup.start()
+    answers: list[tuple[str, bool, Any]] = []
+    slow = {"spec": {"id": "slow", "start": "supervisor_children:slow_ready", "args": {"ms": 300}}}
+
+    def ask_count() -> None:
+        sup.request("root", "count_children", {}, lambda ok, r: answers.append(("count", ok, r)))
+
+    harness.loop.call_later(0.05, ask_count)  # lands while 'slow' is starting
+    sup.request("root", "start_child", slow, lambda ok, r: answers.append(("start", ok, r)))
+    harness.wait(lambda: len(answers) == 2)
+    assert [a[0] for a in answers] == ["start", "count"]
+    assert answers[1][2]["active"] == 2  # the count saw the started child
+
+
+def test_requests_route_through_three_levels(harness: Harness, marks: Path) -> None:
+    """A request for root/mid/leaf travels down two uplinks and its reply back up."""
+    leaf = nested("leaf", [child("w", marks=marks)])
+    sup = harness.sup([nested("mid", [leaf])])
+    sup.start()
+    ok, result = _call(harness, sup, "root/mid/leaf", "which_children", {})
+    assert ok and [c["id"] for c in result["children"]] == ["w"]
+    harness.wait(lambda: len(_node(sup.tree(), "root/mid/leaf")["children"]) == 1)
+    assert _node(sup.tree(), "root/mid/leaf/w")["state"] == "running"
