@@ -23,7 +23,7 @@ class Rule:
     negatable: bool = False  # a negation just before the match ("never share your password") cancels it
 
 
-_F = re.IGNORECASE | re.MULTILINE
+_F = re.MULTILINE  # text is case-folded first, so patterns are lower-case and need no (slow) IGNORECASE
 _VERB_OVERRIDE = (
     r"(?:ignore|ignoring|disregard|disregarding|forget|bypass|override|skip|drop|nevermind|never mind|set aside|"
     r"abandon|discard|throw out|pay no attention to)"

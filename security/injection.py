@@ -37,6 +37,7 @@ OUTPUT_SOURCES = frozenset({"tool", "llm"})
 
 _ZERO_WIDTH = "\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff\u180e\u00ad"
 _BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f"
+_ZW_ANY = re.compile(f"[{_ZERO_WIDTH}]")
 _TAGS = re.compile("[\U000e0000-\U000e007f]")
 _INVISIBLE = re.compile(f"[{_ZERO_WIDTH}{_BIDI}\U000e0000-\U000e007f]")
 _B64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{24,}={0,2}(?![A-Za-z0-9+/=])")
@@ -84,6 +85,8 @@ def _hidden_unicode(text: str) -> list[tuple[str, float]]:
         hits.append(("unicode:tag_characters", 0.9))
     if any(c in text for c in "\u202d\u202e"):
         hits.append(("unicode:bidi_override", 0.6))
+    if not _ZW_ANY.search(text):
+        return hits
     # ZWJ between two emoji/symbols is how emoji sequences are built: do not count those.
     count = 0
     for i, c in enumerate(text):
@@ -152,7 +155,7 @@ class InjectionDetector:
             weights[name] = w
             cats.add(cat)
             spans.append(span)
-        hidden = _tag_payload(text)
+        hidden = _tag_payload(text) if _TAGS.search(text) else ""
         if hidden:
             for _cat, name, w, _span in self._match(_normalise(hidden)):
                 weights["unicode:" + name] = max(w, 0.9)
