@@ -31,6 +31,7 @@ supervisor that gave up (restart intensity exceeded). The parent side is :mod:`o
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import select
@@ -41,7 +42,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-
 from openfang.protocol.errors import ProtocolError, SupervisorError, Timeout
 
 MAX_UPLINK_PACKET = 4 << 20
@@ -49,7 +49,7 @@ ChildTarget = Callable[["ChildContext"], None]
 
 
 def resolve_target(start: str) -> ChildTarget:
-    """Import ``"package.module:function"`` and return the function. Raises SupervisorError naming the problem."""
+    """Import ``"package.module:function"`` and return the function; SupervisorError naming the problem."""
     module_name, sep, func_name = start.partition(":")
     if not sep or not module_name or not func_name:
         raise SupervisorError(f"start {start!r} must look like 'package.module:function'")
@@ -70,7 +70,8 @@ def uplink_pair() -> tuple[socket.socket, socket.socket]:
 
 
 def pack(msg: Mapping[str, Any]) -> bytes:
-    return msgpack.packb(msg, use_bin_type=True)
+    packed: bytes = msgpack.packb(msg, use_bin_type=True)
+    return packed
 
 
 def unpack(packet: bytes) -> dict[str, Any]:
@@ -98,10 +99,8 @@ class ChildContext:
         """Send one message up. A dead parent is not an error here: PDEATHSIG ends us right after."""
         if self.uplink is None:
             return
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.uplink.send(pack(msg))
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
     def ready(self, **info: Any) -> None:
         """Tell the supervisor this child is up and serving; ``info`` is shown in ``openfang tree``."""
