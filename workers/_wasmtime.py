@@ -150,10 +150,13 @@ class Runtime:
         cfg = wasmtime.Config()
         cfg.consume_fuel = True
         cfg.epoch_interruption = True
-        # No 4 GiB reservation per linear memory: otherwise ~32k agents exhaust vm.max_map_count.
+        # No 4 GiB reservation per linear memory: ~32k agents would exhaust vm.max_map_count. A small
+        # growth reservation (virtual only, one PROT_NONE mapping) spares page-by-page growth a copy of the
+        # whole memory on every grow. Per agent: memory + growth tail + cached fiber stack and its guard =
+        # 4 mappings, so a process holds ~16k agents at the default vm.max_map_count (65530).
         cfg.memory_reservation = 0
         cfg.memory_guard_size = 0
-        cfg.memory_reservation_for_growth = 0
+        cfg.memory_reservation_for_growth = 8 << 20
         # Workers are forked; parallel compilation after fork deadlocked (see notes/wasmtime.md).
         cfg.parallel_compilation = False
         cfg.max_wasm_stack = self.options.max_wasm_stack_kb * 1024

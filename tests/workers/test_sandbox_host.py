@@ -421,3 +421,30 @@ def test_host_capability_host_function_runs_its_tool_and_can_be_revoked(tmp_path
         assert refused.body["code"] == "denied" and "env.fs_read_scoped" in refused.body["message"]
     finally:
         d.host.close()
+
+
+def test_host_kill_returns_guest_memory_to_the_os() -> None:
+    """Agents that touched 4 MiB each give that memory back on kill (RSS falls), without waiting for GC."""
+    import psutil
+
+    proc = psutil.Process()
+    d = make_host()
+    try:
+        bomb = manifest(
+            "bomb",
+            module=str(NASTY / "memory_bomb.wat"),
+            model=False,
+            sandbox="[sandbox.memory]\nmax_heap_mb = 4\n",
+        )
+        before = proc.memory_info().rss
+        ids = [d.ok("agent.spawn", manifest=bomb)["agent_id"] for _ in range(20)]
+        for aid in ids:
+            assert d.ok("agent.send", agent_id=aid, text="boom")["reply"] == "grow failed at page 64"
+        grown = proc.memory_info().rss - before
+        assert grown > 40 << 20  # 20 agents x 4 MiB touched
+        for aid in ids:
+            d.ok("agent.kill", agent_id=aid)
+        freed = before + grown - proc.memory_info().rss
+        assert freed > grown * 0.6
+    finally:
+        d.host.close()

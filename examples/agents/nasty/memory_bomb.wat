@@ -9,8 +9,8 @@
     (block $done
       (loop $grow
         (br_if $done (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
-        ;; touch the new page so the bomb really costs memory
-        (i32.store (i32.sub (i32.shl (memory.size) (i32.const 16)) (i32.const 4)) (i32.const 1))
+        ;; fill the new page so the bomb really costs resident memory
+        (memory.fill (i32.shl (i32.sub (memory.size) (i32.const 1)) (i32.const 16)) (i32.const 1) (i32.const 65536))
         (br $grow)))
     (local.set $pages (memory.size))
     ;; write the decimal page count after the text at 64 + 20
