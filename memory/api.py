@@ -10,7 +10,7 @@ write, and until pipelined writes (:meth:`record_message`, :meth:`record_tool_ca
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -54,11 +54,17 @@ class MemoryAPI:
     # -- writes ------------------------------------------------------------------------------------------
 
     def memory_store(
-        self, agent_id: str, text: str, kind: str = "fact", importance: float = 0.5, ttl: float | None = None
+        self,
+        agent_id: str,
+        text: str,
+        kind: str = "fact",
+        importance: float = 0.5,
+        ttl: float | None = None,
+        tags: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """Embed ``text`` here (never in the writer) and store it; returns the ack ``{id, seq}``."""
         vector = self.embedder.embed([text])[0]
-        body = store_body(agent_id, text, kind, importance, ttl, self.embedder.id, vector)
+        body = store_body(agent_id, text, kind, importance, ttl, self.embedder.id, vector, tags)
         return self._ack(self.client.call(messages.STORE, body))
 
     def record_message(
@@ -162,6 +168,31 @@ class MemoryAPI:
             "tools": [asdict(s) for s in self.reader.tool_stats(scope=allowed, agent_id=agent_id)],
             "sequences": [asdict(s) for s in self.reader.sequences(scope=allowed, agent_id=agent_id)],
         }
+
+    # -- tool callbacks --------------------------------------------------------------------------------
+
+    def host_callbacks(self) -> dict[str, Callable[[str, dict[str, Any]], Any]]:
+        """``memory_store`` / ``memory_recall`` callbacks in the shape of the workers' ToolContext
+        (``callback(agent_id, args)``, args already checked against the tool's JSON schema)."""
+
+        def store(agent_id: str, args: dict[str, Any]) -> dict[str, Any]:
+            ack = self.memory_store(
+                agent_id,
+                str(args["text"]),
+                kind=str(args.get("kind") or "note"),
+                importance=float(args.get("importance", 0.5)),
+                tags=args.get("tags") or None,
+            )
+            return {"id": ack["id"]}
+
+        def recall(agent_id: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+            hits = self.memory_recall(
+                agent_id, str(args["query"]), k=int(args.get("k", 5)), kind=args.get("kind")
+            )
+            keys = ("id", "text", "kind", "tags", "score", "created", "importance")
+            return [{k: (list(h[k]) if k == "tags" else h[k]) for k in keys} for h in hits]
+
+        return {"memory_store": store, "memory_recall": recall}
 
     # -- plumbing ----------------------------------------------------------------------------------------
 

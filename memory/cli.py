@@ -78,9 +78,10 @@ def _export_rows(conn: Any, agent: str | None) -> Iterable[dict[str, Any]]:
         rec["args"] = json.loads(rec["args"]) if rec["args"] else None
         yield {"table": "tool_calls", **rec}
     tables = dict(conn.execute("SELECT id, vec_table FROM embedders").fetchall())
-    cols = "id, agent_id, kind, text, importance, created, expires, embedder, archived"
+    cols = "id, agent_id, kind, text, importance, created, expires, embedder, archived, tags"
     for row in conn.execute(f"SELECT {cols} FROM memories {where} ORDER BY id", params).fetchall():
         rec = dict(zip(cols.split(", "), row, strict=True))
+        rec["tags"] = json.loads(rec["tags"]) if rec["tags"] else []
         table = tables.get(rec["embedder"])
         vec = None
         if table is not None:
@@ -109,7 +110,8 @@ def _request_for(rec: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
         keys = ("agent_id", "session", "tool", "args", "status", "duration_ms", "error", "ts")
         return messages.TOOL_CALL, {k: rec[k] for k in keys if rec.get(k) not in (None, "")}
     if table == "memories":
-        body = {k: rec[k] for k in ("agent_id", "kind", "text", "importance") if rec.get(k) is not None}
+        keys = ("agent_id", "kind", "text", "importance", "tags")
+        body = {k: rec[k] for k in keys if rec.get(k) not in (None, "", [])}
         if rec.get("vector") and rec.get("embedder"):
             body["vector"] = base64.b64decode(rec["vector"])
             body["embedder"] = rec["embedder"]

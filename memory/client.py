@@ -198,11 +198,11 @@ class MemoryClient:
         ttl_s: float | None = None,
         embedder: str | None = None,
         vector: Sequence[float] | bytes | None = None,
+        tags: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """Store one memory with its (already computed) vector."""
-        return self.call(
-            messages.STORE, store_body(agent_id, text, kind, importance, ttl_s, embedder, vector)
-        )
+        body = store_body(agent_id, text, kind, importance, ttl_s, embedder, vector, tags)
+        return self.call(messages.STORE, body)
 
     def tool_call(self, agent_id: str, tool: str, status: str, **extra: Any) -> dict[str, Any]:
         """Record one tool call (``session``, ``args``, ``duration_ms``, ``error``, ``ts`` optional)."""
@@ -295,9 +295,12 @@ def store_body(
     ttl_s: float | None = None,
     embedder: str | None = None,
     vector: Sequence[float] | bytes | None = None,
+    tags: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The body of a ``memory.store`` request (vector packed as float32)."""
     body: dict[str, Any] = {"agent_id": agent_id, "text": text, "kind": kind, "importance": float(importance)}
+    if tags:
+        body["tags"] = list(tags)
     if ttl_s is not None:
         body["ttl_s"] = float(ttl_s)
     if vector is not None:

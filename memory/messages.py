@@ -8,7 +8,7 @@ least ``{"seq": int}``: the commit sequence number a reader waits for to read it
 | type | body | ok body |
 |---|---|---|
 | memory.episode | agent_id, session, role, text, [ts, tokens] | seq, id |
-| memory.store | agent_id, text, [kind, importance 0..1, ttl_s, embedder, vector (f32 LE)] | seq, id |
+| memory.store | agent_id, text, [kind, importance 0..1, ttl_s, tags, embedder, vector (f32)] | seq, id |
 | memory.tool_call | agent_id, tool, status, [session, args, duration_ms, error, ts] | seq, id |
 | memory.write | ops: [{type, body}, ...] applied all-or-nothing | seq, results |
 | memory.forget | agent_id, id | seq, deleted |
@@ -89,6 +89,17 @@ def _any(v: Any) -> str | None:
     return None
 
 
+MAX_TAGS = 32
+
+
+def _tags(v: Any) -> str | None:
+    if not isinstance(v, list) or len(v) > MAX_TAGS:
+        return f"must be a list of at most {MAX_TAGS} strings"
+    if any(not isinstance(t, str) or not t or len(t) > 64 for t in v):
+        return "every tag must be a non-empty string of at most 64 characters"
+    return None
+
+
 _text = _str(MAX_TEXT_LEN)
 # type -> (required fields, optional fields); a field maps to its check.
 SCHEMAS: dict[str, tuple[dict[str, _Check], dict[str, _Check]]] = {
@@ -104,6 +115,7 @@ SCHEMAS: dict[str, tuple[dict[str, _Check], dict[str, _Check]]] = {
             "ttl_s": _num(0.001),
             "embedder": _str(),
             "vector": _bytes,
+            "tags": _tags,
         },
     ),
     TOOL_CALL: (

@@ -94,6 +94,12 @@ def _initial(db: sqlite_utils.Database) -> None:
     db.table("tool_calls").create_index(["ts"])
 
 
+@MIGRATIONS(name="0002_memory_tags")
+def _memory_tags(db: sqlite_utils.Database) -> None:
+    # Tags an agent attaches to a memory (JSON list); returned with recall results.
+    db.table("memories").add_column("tags", str)
+
+
 def migrate_connection(conn: Any) -> list[str]:
     """Apply pending migrations on an open writer connection; returns the names applied."""
     db = sqlite_utils.Database(conn)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,7 @@ class Recalled:
     score: float
     keyword_rank: int | None
     vector_rank: int | None
+    tags: tuple[str, ...] = ()
 
 
 def ensure_embedder(conn: Any, embedder_id: str, dim: int, now: float) -> str:
@@ -76,8 +78,8 @@ def apply_store(conn: Any, body: Mapping[str, Any], now: float) -> dict[str, Any
     embedder = body.get("embedder")
     kind = str(body.get("kind") or "fact")
     cur = conn.execute(
-        "INSERT INTO memories(agent_id, kind, text, importance, created, expires, embedder) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO memories(agent_id, kind, text, importance, created, expires, embedder, tags) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
             body["agent_id"],
             kind,
@@ -86,6 +88,7 @@ def apply_store(conn: Any, body: Mapping[str, Any], now: float) -> dict[str, Any
             now,
             None if ttl is None else now + float(ttl),
             embedder,
+            json.dumps(body["tags"]) if body.get("tags") else None,
         ),
     )
     mem_id = int(cur.lastrowid)
@@ -192,7 +195,7 @@ def recall(
         f"fused AS (SELECT id, sum(1.0 / ({RRF_K} + r)) AS rrf, "
         "max(CASE WHEN src = 'fts' THEN r END) AS kr, max(CASE WHEN src = 'vec' THEN r END) AS vr "
         f"FROM ({union}) GROUP BY id) "
-        "SELECT m.id, m.agent_id, m.kind, m.text, m.importance, m.created, fused.kr, fused.vr, "
+        "SELECT m.id, m.agent_id, m.kind, m.text, m.importance, m.created, fused.kr, fused.vr, m.tags, "
         f"fused.rrf + {top} * (? * m.importance + ? * exp(-max(0.0, ? - m.created) * {math.log(2)} / ?)) "
         "AS score FROM fused JOIN memories m ON m.id = fused.id WHERE m.archived = 0 "
         "ORDER BY score DESC LIMIT ?"
@@ -208,7 +211,8 @@ def recall(
             created=r[5],
             keyword_rank=r[6],
             vector_rank=r[7],
-            score=float(r[8]),
+            tags=tuple(json.loads(r[8])) if r[8] else (),
+            score=float(r[9]),
         )
         for r in conn.execute(sql, params).fetchall()
     ]

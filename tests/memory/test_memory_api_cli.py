@@ -60,7 +60,7 @@ def test_cli_export_then_import_round_trips_and_reimport_stores_nothing_twice(wr
         c.store(
             "a", "vectors survive export", embedder=emb.id, vector=emb.embed(["vectors survive export"])[0]
         )
-        c.store("b", "no vector here")
+        c.store("b", "no vector here", tags=["misc", "x"], importance=0.0)
     out = io.StringIO()
     assert cli.export(src.db, out) == 4
     lines = out.getvalue().splitlines()
@@ -75,6 +75,8 @@ def test_cli_export_then_import_round_trips_and_reimport_stores_nothing_twice(wr
     assert found["memories"][0]["text"] == "vectors survive export"
     assert found["memories"][0]["vector_rank"] == 1
     assert [h["text"] for h in cli.history(dst.db, "a")] == ["hello there"]
+    (b_mem,) = cli.search(dst.db, "vector", agent="b", embedder=emb)["memories"]
+    assert b_mem["tags"] == ("misc", "x") and b_mem["importance"] == 0.0
     stats = cli.stats(dst.db, embedder=emb)
     assert stats["counts"]["memories"] == 2 and stats["agents"] == 2
     assert stats["active_embedder"]["id"] == "hash384-v1"
@@ -94,5 +96,21 @@ def test_cli_import_refuses_a_file_with_bad_lines_and_names_each(writer) -> None
 def test_cli_migrate_creates_a_database_readers_can_open(tmp_path) -> None:
     """migrate on a new path creates the schema; stats then works without a writer."""
     db = tmp_path / "sub" / "memory.db"
-    assert cli.migrate(db) == ["0001_initial"]
+    assert cli.migrate(db) == ["0001_initial", "0002_memory_tags"]
     assert cli.stats(db, embedder=HashingEmbedder())["seq"] == 0
+
+
+def test_host_callbacks_store_and_recall_for_the_calling_agent_only(writer) -> None:
+    """The worker's memory_store / memory_recall tool callbacks: tags kept, other agents invisible."""
+    w = writer()
+    api = MemoryAPI.open(w.endpoint, w.db, HashingEmbedder())
+    try:
+        cbs = api.host_callbacks()
+        stored = cbs["memory_store"]("ag1", {"text": "the wifi password is on the fridge", "tags": ["home"]})
+        cbs["memory_store"]("ag2", {"text": "ag2 knows a different wifi password"})
+        hits = cbs["memory_recall"]("ag1", {"query": "wifi password", "k": 5})
+        assert [h["id"] for h in hits] == [stored["id"]]
+        assert hits[0]["tags"] == ["home"] and hits[0]["kind"] == "note"
+        json.dumps(hits)  # tool results go back to the guest as JSON
+    finally:
+        api.close()

@@ -228,9 +228,9 @@ def test_writer_config_reports_every_problem_with_its_key() -> None:
 def test_migrate_is_tracked_and_idempotent(tmp_path: Path) -> None:
     """migrate() applies each migration once and records it."""
     db = tmp_path / "m.db"
-    assert schema.migrate(db) == ["0001_initial"]
+    assert schema.migrate(db) == ["0001_initial", "0002_memory_tags"]
     assert schema.migrate(db) == []
-    assert schema.applied(db) == ["0001_initial"]
+    assert schema.applied(db) == ["0001_initial", "0002_memory_tags"]
     assert os.path.exists(db)
 
 
