@@ -137,7 +137,7 @@ def llm_work(
     def work() -> tuple[int, bytes, dict[str, int]]:
         chat = [t.ChatMessage.system(system_prompt)] if system_prompt else []
         chat.extend(chat_messages)
-        resp = provider.complete(t.ChatRequest(messages=chat, tools=tuple(tool_specs)))
+        resp = provider.complete(t.ChatRequest(messages=tuple(chat), tools=tuple(tool_specs)))
         usage = {"prompt_tokens": resp.usage.prompt_tokens, "completion_tokens": resp.usage.completion_tokens}
         msg: dict[str, Any] = {"role": "assistant", "content": resp.content}
         if resp.tool_calls:
