@@ -16,10 +16,10 @@ from typing import Any
 
 import structlog
 import zmq
-
 from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.protocol.errors import OpenFangError, ProtocolError
 from openfang.supervisor.child import ChildContext
+from openfang.workers import host_wiring
 
 log = structlog.get_logger("openfang.worker")
 HELLO_EVERY_S = 1.0
@@ -42,7 +42,7 @@ class Worker:
         self.sock.setsockopt(zmq.LINGER, 200)
         self.sock.setsockopt(zmq.SNDHWM, int(ctx.args.get("hwm", 10_000)))
         self.sock.connect(endpoint)
-        self.host = _make_host(self.id, ctx.args)
+        self.host = host_wiring.build_host(self.id, ctx.args, events=self._agent_event, audit=self._audit)
         self.running = True
         self._last_hello = 0.0
 
@@ -50,24 +50,21 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.child.fileno(), zmq.POLLIN)
-        if self.host is not None:
-            poller.register(self.host.wakeup_fd(), zmq.POLLIN)
+        poller.register(self.host.wakeup_fd(), zmq.POLLIN)
         self._hello()
         self.child.ready(cpu=self.cpu, agents=0)
         while self.running:
             timeout = POLL_MS
-            if self.host is not None:
-                deadline = self.host.next_deadline()
-                if deadline is not None:
-                    timeout = max(0, min(timeout, int((deadline - time.monotonic()) * 1000)))
+            deadline = self.host.next_deadline()
+            if deadline is not None:
+                timeout = max(0, min(timeout, int((deadline - time.monotonic()) * 1000)))
             ready = dict(poller.poll(timeout))
             if self.sock in ready:
                 self._drain()
             if self.child.fileno() in ready:
                 self._on_uplink()
-            if self.host is not None:
-                for reply in self.host.step(0.02):
-                    self._send(reply)
+            for reply in self.host.step(0.02):
+                self._send(reply)
             if time.monotonic() - self._last_hello >= HELLO_EVERY_S:
                 self._hello()
             self.child.heartbeat()
@@ -89,7 +86,7 @@ class Worker:
         try:
             if env.type == "worker.ping":
                 self._send(env.reply({"worker": self.id, "pid": os.getpid(), "cpu": self.cpu}))
-            elif env.type.startswith("agent.") and self.host is not None:
+            elif env.type.startswith("agent."):
                 self.host.submit(env)
             else:
                 raise ProtocolError(f"type: worker {self.id} does not serve {env.type!r}")
@@ -105,7 +102,7 @@ class Worker:
 
     def _hello(self) -> None:
         self._last_hello = time.monotonic()
-        agents: list[dict[str, Any]] = self.host.agents() if self.host is not None else []
+        agents: list[dict[str, Any]] = self.host.agents()
         ids = [a["agent_id"] for a in agents if "agent_id" in a]
         self._send(
             Envelope(
@@ -124,23 +121,18 @@ class Worker:
             if msg is None:
                 return
 
+    def _agent_event(self, event: dict[str, Any]) -> None:
+        """Agent state changes go to the gateway, which publishes them on the event stream."""
+        event = {"kind": "agent.state", "worker": self.id, **event}
+        self._send(Envelope(type="event", body=event))
+
+    def _audit(self, record: dict[str, Any]) -> None:
+        log.info("audit", **record)
+
     def close(self) -> None:
-        if self.host is not None:
-            self.host.close()
+        self.host.close()
         self.sock.close()
         self.zctx.term()
-
-
-def _make_host(worker_id: str, args: Any) -> Any:
-    """The agent host for this worker; ``None`` only if the sandbox layer is not installed."""
-    try:
-        from openfang.workers.agent_host import AgentHost
-    except ImportError:
-        log.warning("agent_host_unavailable", worker=worker_id)
-        return None
-    from openfang.workers import host_wiring
-
-    return host_wiring.build_host(worker_id, args)
 
 
 def main(ctx: ChildContext) -> None:

@@ -9,6 +9,7 @@ error, 3 the daemon could not be reached in time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -40,18 +41,32 @@ def resolve_endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
     raise ConfigError("no endpoint: pass --endpoint or --config (or set OPENFANG_ENDPOINT / OPENFANG_CONFIG)")
 
 
-def _keys_dir(args: argparse.Namespace) -> str | None:
+def _curve(args: argparse.Namespace, endpoint: str) -> Any:
+    """CURVE client keys for a tcp:// endpoint (``--keys-dir``, ``--key-name``), None for ipc://."""
     keys = getattr(args, "keys_dir", None) or os.environ.get("OPENFANG_KEYS_DIR")
-    return str(keys) if keys else None
+    if not endpoint.startswith("tcp://"):
+        return None
+    if not keys:
+        raise ConfigError(f"{endpoint} is tcp://: pass --keys-dir (made by 'openfang keys generate')")
+    from openfang.protocol.curve import CurveClient
+
+    return CurveClient(keys, name=getattr(args, "key_name", None) or "client")
+
+
+def _client(args: argparse.Namespace, with_events: bool = False) -> Any:
+    from openfang.protocol.client import Client
+
+    endpoint, events = resolve_endpoint(args)
+    if with_events and not events:
+        raise ConfigError("no events endpoint: pass --config or --events-endpoint")
+    return Client(endpoint, curve=_curve(args, endpoint), timeout=args.timeout, events=events)
 
 
 def request(args: argparse.Namespace, msg_type: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     """Send one request and return the reply body (raises RemoteError / Timeout)."""
-    from openfang.protocol.client import Client
-
-    endpoint, _ = resolve_endpoint(args)
-    with Client(endpoint, keys_dir=_keys_dir(args), timeout=args.timeout) as client:
-        return client.request(msg_type, body or {})
+    with _client(args) as client:
+        reply: dict[str, Any] = client.request(msg_type, body or {})
+        return reply
 
 
 def output(args: argparse.Namespace, body: Any, human: Callable[[Any], str]) -> int:
@@ -94,14 +109,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     """Follow the event stream (child started/exited/restarted, escalations, agent states)."""
-    from openfang.protocol.client import Client
-
-    endpoint, events = resolve_endpoint(args)
-    if not events:
-        raise ConfigError("no events endpoint: pass --config or --events-endpoint")
     kinds = args.kind or None
     seen = 0
-    with Client(endpoint, events_endpoint=events, keys_dir=_keys_dir(args), timeout=args.timeout) as client:
+    with _client(args, with_events=True) as client:
         for event in client.events(kinds):
             print(json.dumps(event, sort_keys=True, default=str) if args.json else render.event(event), flush=True)
             seen += 1
@@ -112,10 +122,11 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     """Create CURVE keypairs (server and a client) for tcp:// endpoints."""
-    from openfang.protocol.sockets import generate_keys
+    from openfang.protocol.curve import generate_keys
 
-    paths = generate_keys(Path(args.keys_dir_out), args.name)
-    return output(args, {k: str(v) for k, v in paths.items()}, render.kv)
+    files = generate_keys(Path(args.keys_dir_out), args.name)
+    made = {k: str(v) for k, v in dataclasses.asdict(files).items() if v is not None}
+    return output(args, made, render.kv)
 
 
 def cmd_child(args: argparse.Namespace) -> int:
@@ -158,16 +169,25 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    def connection_options(p: argparse.ArgumentParser, suppress: bool) -> None:
+        # The same options are accepted before and after the verb; after the verb they must not reset
+        # what was given before it, hence SUPPRESS defaults there.
+        d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+        p.add_argument("--config", default=d(None), help="the daemon's cluster.toml (to find its endpoints)")
+        p.add_argument("--endpoint", default=d(None),
+                       help="control endpoint, e.g. ipc:///path/control.sock or tcp://host:port")
+        p.add_argument("--events-endpoint", default=d(None), help="event endpoint (for 'events' with --endpoint)")
+        p.add_argument("--keys-dir", default=d(None), help="CURVE keys directory for tcp:// endpoints")
+        p.add_argument("--key-name", default=d("client"), help="which client keypair in --keys-dir to use")
+        p.add_argument("--timeout", type=float, default=d(10.0), help="seconds to wait for an answer")
+        p.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
+
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="the daemon's cluster.toml (to find its endpoints)")
-    common.add_argument("--endpoint", help="control endpoint, e.g. ipc:///path/control.sock or tcp://host:port")
-    common.add_argument("--events-endpoint", help="event endpoint (for 'events' with --endpoint)")
-    common.add_argument("--keys-dir", help="CURVE keys directory for tcp:// endpoints")
-    common.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
+    connection_options(common, suppress=True)
 
     parser = argparse.ArgumentParser(prog="openfang", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"openfang {__version__}")
+    connection_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, handler: Handler, **kw: Any) -> argparse.ArgumentParser:
