@@ -448,3 +448,40 @@ def test_host_kill_returns_guest_memory_to_the_os() -> None:
         assert freed > grown * 0.6
     finally:
         d.host.close()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_host_fuel_budget_is_per_refuel_interval_with_an_injected_clock() -> None:
+    """With time frozen a spinner burns one interval's budget and stops; each new interval buys one more."""
+    clock = FakeClock()
+    d = make_host(clock=clock)
+    try:
+        spin = manifest(
+            "spinner",
+            module=str(NASTY / "infinite_loop.wat"),
+            model=False,
+            agent="call_timeout_ms = 3600000",
+            sandbox="[sandbox.fuel]\nmax_fuel = 3_000_000\nrefuel_interval_ms = 1000\n",
+        )
+        aid = d.ok("agent.spawn", manifest=spin)["agent_id"]
+        d.submit("agent.send", agent_id=aid, text="spin")
+        used = []
+        for _ in range(3):
+            for _ in range(50):
+                d.host.step(0.01)
+            used.append(d.ok("agent.info", agent_id=aid)["fuel_used"])
+            assert d.ok("agent.info", agent_id=aid)["activity"] == "throttled"
+            assert d.host.next_deadline() == clock.now + 1.0  # the refuel moment
+            clock.now += 1.0
+        # Each interval: the 3M budget, overshooting by at most one 1M slice.
+        steps = [b - a for a, b in zip([0, *used], used, strict=False)]
+        assert all(3_000_000 <= s <= 4_000_000 for s in steps), steps
+    finally:
+        d.host.close()
