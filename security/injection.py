@@ -184,7 +184,7 @@ class InjectionDetector:
         if detected:
             action = self.config.output_action if source in OUTPUT_SOURCES else self.config.action
             if action == "strip":
-                out = self.strip(text, spans)
+                out = self.strip(text)
         return Verdict(
             score=round(s, 4),
             detected=detected,
@@ -195,32 +195,34 @@ class InjectionDetector:
             spans=tuple(spans),
         )
 
-    def strip(self, text: str, spans: list[tuple[int, int]] | None = None) -> str:
-        """``text`` without invisible characters and with the matched passages replaced by a marker.
+    def strip(self, text: str) -> str:
+        """``text`` without invisible characters, each line that triggers a rule replaced by a marker.
 
-        Spans index the normalised text, so the passages are removed from that form (case-folded), which is
-        acceptable for text that is being neutralised anyway.
+        Lines are judged one by one so the clean ones keep their exact form (case included). If an
+        injection spans lines (a forged ReAct transcript) and survives that, the matched passages are cut
+        from the normalised text instead, which loses case but not safety.
         """
-        norm = _normalise(text)
-        if spans is None:
-            spans = [span for *_x, span in self._match(norm)]
-        if not spans:
-            return norm if _INVISIBLE.search(text) else text
-        out, pos = [], 0
-        for start, end in sorted(spans):
-            if start < pos:
-                start = pos
-            if start >= end:
-                continue
-            # Widen to the whole line: a half-removed instruction can still be followed.
+        marker = "[removed: possible prompt injection]"
+        lines = _INVISIBLE.sub("", text).split("\n")
+        out_lines = [marker if self._match(_normalise(line)) else line for line in lines]
+        out = "\n".join(out_lines)
+        score, _rules, _cats, left = self.score(out)
+        if score < self.config.threshold:
+            return out
+        norm = _normalise(out)
+        spans = sorted(left)
+        pieces, pos = [], 0
+        for start, end in spans:
             line_start = norm.rfind("\n", 0, start) + 1
             line_end = norm.find("\n", end)
             line_end = len(norm) if line_end < 0 else line_end
-            out.append(norm[pos:line_start])
-            out.append("[removed: possible prompt injection]")
+            if line_start < pos:
+                line_start = pos
+            pieces.append(norm[pos:line_start])
+            pieces.append(marker)
             pos = max(pos, line_end)
-        out.append(norm[pos:])
-        return "".join(out)
+        pieces.append(norm[pos:])
+        return "".join(pieces)
 
 
 class InjectionGuard:

@@ -140,12 +140,21 @@ _MANIFEST_KEYS: dict[str, type | tuple[type, ...]] = {
 
 
 def check_manifest(manifest: Mapping[str, Any], limits: ValidationLimits, *, source: str) -> None:
-    """Check an agent manifest's size/shape and the keys security reads; ConfigError lists every problem."""
+    """Check a manifest's size and shape; ConfigError lists every problem.
+
+    For the flat layout (no ``[agent]`` table) the keys the security layers read are checked too; an
+    agent.toml (with ``[agent]``) is schema-checked by ``openfang.workers.manifest``: only the limits here.
+    """
     problems: list[Problem] = []
     try:
         check_value(manifest, limits, root="manifest")
     except ProtocolError as exc:
         problems.append(Problem(source, exc.message))
+    if "agent" in manifest:
+        # agent.toml layout: its schema belongs to openfang.workers.manifest; only the limits apply here.
+        if problems:
+            raise ConfigError(problems)
+        return
     for key, kind in _MANIFEST_KEYS.items():
         if key in manifest and not isinstance(manifest[key], kind):
             problems.append(

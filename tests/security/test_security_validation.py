@@ -90,3 +90,12 @@ def test_validation_manifest_reports_every_problem() -> None:
     assert "agents/bad.toml: key 'secrets'[0]" in wheres
     assert "agents/bad.toml: key 'permissions'" in wheres
     check_manifest({"name": "good-agent", "version": 3, "sha256": "a" * 64}, LIMITS, source="ok.toml")
+
+
+def test_validation_agent_toml_layout_gets_limits_only() -> None:
+    """An agent.toml manifest ([agent] table) is checked for size, not for the flat keys."""
+    check_manifest(
+        {"agent": {"name": "research-analyst", "module": "builtin:echo"}}, LIMITS, source="agent.toml"
+    )
+    with pytest.raises(ConfigError, match="agent.toml: manifest.agent.system_prompt: text is 101"):
+        check_manifest({"agent": {"name": "x", "system_prompt": "p" * 101}}, LIMITS, source="agent.toml")
