@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -60,6 +61,7 @@ class AgentHost:
         tool_context: Callable[[Sandbox], Any] | None = None,
         engine_options: EngineOptions | None = None,
         max_threads: int = 4,
+        module_cache_dir: Path | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.llm_factory = llm_factory
@@ -69,6 +71,8 @@ class AgentHost:
         self._tool_context = tool_context
         self.clock = clock
         self._options = engine_options or EngineOptions()
+        # Compiled modules persist here (by sha256 + engine settings): a restarted worker skips compiling.
+        self._cache_dir = module_cache_dir
         self._runtimes: dict[int, Runtime] = {}
         self._agents: dict[str, HostedAgent] = {}
         self._active: dict[
@@ -184,7 +188,6 @@ class AgentHost:
         if not isinstance(text, str):
             raise ProtocolError("body.manifest: must be the agent.toml text")
         mpath = env.body.get("manifest_path")
-        from pathlib import Path
 
         path = Path(mpath) if isinstance(mpath, str) and mpath else None
         names = self.tools.names() if self.tools is not None and hasattr(self.tools, "names") else None
@@ -429,6 +432,6 @@ class AgentHost:
                 epoch_tick_ms=self._options.epoch_tick_ms,
                 fuel_slice=self._options.fuel_slice,
             )
-            rt = self._runtimes[stack_kb] = Runtime(HOST_SPECS, options=opts)
+            rt = self._runtimes[stack_kb] = Runtime(HOST_SPECS, options=opts, cache_dir=self._cache_dir)
             rt.start_ticker()
         return rt

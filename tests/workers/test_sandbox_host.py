@@ -485,3 +485,20 @@ def test_host_fuel_budget_is_per_refuel_interval_with_an_injected_clock() -> Non
         assert all(3_000_000 <= s <= 4_000_000 for s in steps), steps
     finally:
         d.host.close()
+
+
+def test_host_module_cache_dir_makes_a_restarted_host_spawn_warm(tmp_path: Path) -> None:
+    """A new host (a restarted worker) with the same module cache dir loads compiled code: a warm spawn."""
+    from openfang.workers.agent_host import AgentHost
+    from sandbox_helpers import Driver
+
+    text = manifest("echo", module="builtin:echo", model=False)
+    kinds = []
+    for _ in range(2):
+        d = Driver(AgentHost("w-cache", module_cache_dir=tmp_path / "cache"))
+        try:
+            kinds.append(d.ok("agent.spawn", manifest=text)["spawn"])
+        finally:
+            d.host.close()
+    assert kinds == ["cold", "warm"]
+    assert len(list((tmp_path / "cache").glob("*.cwasm"))) == 1
