@@ -307,7 +307,8 @@ class Runtime:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SandboxError(f"{what}: not a valid wasm module: {first}") from None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # Deserializing is trusting: the cache dir must be private to the daemon (0700).
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(bytes(module.serialize()))
             tmp.replace(path)
