@@ -15,7 +15,7 @@ import signal
 from typing import Any
 
 import structlog
-from openfang.protocol.errors import OpenFangError
+from openfang.protocol.errors import FrameTooLarge, OpenFangError
 from openfang.supervisor._proc import EXIT_ESCALATED
 from openfang.supervisor.child import ChildContext
 from openfang.supervisor.loop import Loop
@@ -56,7 +56,7 @@ def run_nested(ctx: ChildContext) -> None:
         subreaper=False,
     )
     sup.extra_close_fds = [ctx.fileno()]
-    sup.on_change = lambda: ctx.send({"t": "subtree", "children": sup.tree()})
+    sup.on_change = lambda: _push_subtree(ctx, sup.tree())
 
     def stop() -> None:
         if "code" not in outcome:
@@ -108,3 +108,17 @@ def _answer_parent(ctx: ChildContext, sup: Any, msg: dict[str, Any]) -> None:
         args if isinstance(args, dict) else {},
         reply,
     )
+
+
+def _push_subtree(ctx: ChildContext, children: list[dict[str, Any]]) -> None:
+    """Send our subtree up; one too big for a packet goes without the levels below our children."""
+    try:
+        ctx.send({"t": "subtree", "children": children})
+        return
+    except FrameTooLarge:
+        pass
+    trimmed = [{**node, "info": {}, "children": []} for node in children]
+    try:
+        ctx.send({"t": "subtree", "children": trimmed, "truncated": True})
+    except FrameTooLarge:
+        log.warning("subtree_too_large", children=len(children))

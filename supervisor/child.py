@@ -32,6 +32,7 @@ supervisor that gave up (restart intensity exceeded). The parent side is :mod:`o
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import os
 import select
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-from openfang.protocol.errors import ProtocolError, SupervisorError, Timeout
+from openfang.protocol.errors import FrameTooLarge, ProtocolError, SupervisorError, Timeout
 
 MAX_UPLINK_PACKET = 4 << 20
 ChildTarget = Callable[["ChildContext"], None]
@@ -64,8 +65,15 @@ def resolve_target(start: str) -> ChildTarget:
 
 
 def uplink_pair() -> tuple[socket.socket, socket.socket]:
-    """A (parent_end, child_end) SOCK_SEQPACKET pair, both close-on-exec."""
+    """A (parent_end, child_end) SOCK_SEQPACKET pair, both close-on-exec.
+
+    One packet must fit the send buffer (EMSGSIZE otherwise), so the buffers are raised towards
+    MAX_UPLINK_PACKET (the kernel caps them at net.core.wmem_max / rmem_max).
+    """
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for end in (parent_end, child_end):
+        with contextlib.suppress(OSError):
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_UPLINK_PACKET)
     return parent_end, child_end
 
 
@@ -96,11 +104,23 @@ class ChildContext:
     _ready_sent: bool = False
 
     def send(self, msg: Mapping[str, Any]) -> None:
-        """Send one message up. A dead parent is not an error here: PDEATHSIG ends us right after."""
+        """Send one message up. A dead parent is not an error here: PDEATHSIG ends us right after.
+
+        Raises FrameTooLarge when the packet does not fit the uplink (see :func:`uplink_pair`).
+        """
         if self.uplink is None:
             return
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self.uplink.send(pack(msg))
+        packet = pack(msg)
+        try:
+            self.uplink.send(packet)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                raise FrameTooLarge(
+                    f"uplink message {msg.get('t')!r} of {len(packet)} bytes does not fit"
+                ) from None
+            raise
 
     def ready(self, **info: Any) -> None:
         """Tell the supervisor this child is up and serving; ``info`` is shown in ``openfang tree``."""

@@ -258,3 +258,25 @@ def test_requests_route_through_three_levels(harness: Harness, marks: Path) -> N
     assert ok and [c["id"] for c in result["children"]] == ["w"]
     harness.wait(lambda: len(_node(sup.tree(), "root/mid/leaf")["children"]) == 1)
     assert _node(sup.tree(), "root/mid/leaf/w")["state"] == "running"
+
+
+def test_subtree_too_big_for_a_packet_is_sent_trimmed() -> None:
+    """A nested supervisor whose snapshot does not fit one uplink packet sends it without the lower levels."""
+    import socket
+
+    from openfang.supervisor._nested import _push_subtree
+    from openfang.supervisor.child import ChildContext, unpack
+
+    parent, mine = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # a tiny packet limit
+    try:
+        ctx = ChildContext(id="sub", path="root/sub", uplink=mine)
+        deep = [{"id": f"g{i}", "info": {"blob": "x" * 200}, "children": []} for i in range(100)]
+        children = [{"id": "w", "path": "root/sub/w", "info": {"big": "y" * 5000}, "children": deep}]
+        _push_subtree(ctx, children)
+        msg = unpack(parent.recv(1 << 20))
+        assert msg["t"] == "subtree" and msg["truncated"] is True
+        assert msg["children"][0]["id"] == "w" and msg["children"][0]["children"] == []
+    finally:
+        parent.close()
+        mine.close()
