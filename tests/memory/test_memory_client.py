@@ -59,9 +59,9 @@ def test_client_keeps_at_most_max_in_flight_unacked(writer) -> None:
         c.wait_all(20)
 
 
-def test_client_validates_before_sending() -> None:
+def test_client_validates_before_sending(ipc_dir: str) -> None:
     """A bad body is refused locally with every problem named; nothing becomes pending."""
-    with MemoryClient("ipc:///tmp/ofm-nobody-listens.ipc") as c:
+    with MemoryClient(f"ipc://{ipc_dir}/nobody-listens.ipc") as c:
         with pytest.raises(ProtocolError) as info:
             c.submit("memory.store", {"agent_id": "", "text": "x", "importance": 2, "vector": b"abc"})
         msg = str(info.value)
