@@ -35,16 +35,33 @@ def _banner(text: str) -> None:
 
 
 def _wait_until_up(client: Client, proc: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    """Until the whole tree is started and every worker answers through the gateway."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             sys.exit(f"the supervisor exited with {proc.returncode}; see {log_path}")
         try:
-            client.request("ping", timeout=0.5)
-            return
+            if client.request("status", timeout=0.5).get("state") == "running" and _workers_answer(client):
+                return
         except OpenFangError:
-            time.sleep(0.1)
-    sys.exit(f"the supervisor did not answer within {timeout}s; see {log_path}")
+            pass
+        time.sleep(0.05)
+    sys.exit(f"the supervisor did not come up within {timeout}s; see {log_path}")
+
+
+def _workers_answer(client: Client) -> bool:
+    workers = [n["id"] for n in _walk(client.request("tree")["children"]) if n.get("cpu") is not None]
+    for worker in workers:
+        client.request("worker.ping", {"worker": worker}, timeout=0.5)
+    return bool(workers)
+
+
+def _walk(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for node in nodes:
+        out.append(node)
+        out.extend(_walk(node.get("children") or []))
+    return out
 
 
 def _spawn_demo_agents(client: Client) -> dict[str, str]:
@@ -91,16 +108,20 @@ def main(argv: list[str] | None = None) -> int:
                 reply = client.request("agent.send", {"agent_id": ids[name], "text": text})
                 print(f"you -> {name}: {text}\n{name} -> you: {reply.get('reply')}\n")
             print(render.agents(client.request("agent.list")))
-        ctl = f"{Path(sys.executable).parent / 'openfang'} --config {args.config}"
+        ctl = Path(sys.executable).parent / "openfang"
         _banner("where to look")
         print(f"supervisor log (JSON)  {log_path}")
         print(f"data dir               {data_dir}")
         print(f"control endpoint       {config.control.endpoint}")
         print(f"event stream           {config.control.events}")
-        print(f"try                    OPENFANG_CONFIG={args.config} {ctl.split(' --')[0]} tree")
-        print(f"                       {ctl} events      (follow lifecycle events)")
-        print(f"                       {ctl} agent list")
-        print(f"                       kill -9 <a worker pid from 'tree'> and watch it come back")
+        print("try, in another terminal:")
+        print(f"  export OPENFANG_ENDPOINT={config.control.endpoint}")
+        print(f"  export OPENFANG_EVENTS_ENDPOINT={config.control.events}")
+        print(f"  {ctl} tree            # the supervision tree: pids, pinned cores, RSS, restarts")
+        print(f"  {ctl} events          # follow lifecycle events")
+        print(f"  {ctl} agent list")
+        print(f"  {ctl} agent send {next(iter(ids.values()), 'AGENT')} 'who are you?'")
+        print("  kill -9 <a worker pid from 'tree'>   # and watch it come back")
         if args.once:
             return _stop(proc)
         print("\nthe tree keeps running; Ctrl-C stops it (in reverse order, gracefully)")

@@ -26,6 +26,7 @@ import zmq
 
 from openfang.supervisor import routing
 from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
+from openfang.protocol.messages import REQUEST_TYPES
 from openfang.protocol.errors import (
     Busy,
     NotFound,
@@ -100,7 +101,7 @@ class Gateway:
         self.started = time.time()
         self.running = True
 
-    # -- the loop --------------------------------------------------------------------------------------
+    # -- the loop ----------
 
     def serve(self) -> None:
         poller = zmq.Poller()
@@ -135,7 +136,7 @@ class Gateway:
                 return
             handle(frames)
 
-    # -- clients -----------------------------------------------------------------------------------------
+    # -- clients ----------
 
     def _on_client_frames(self, frames: list[bytes]) -> None:
         identity, rest = frames[0], frames[1:]
@@ -147,7 +148,7 @@ class Gateway:
             return
         payload = rest[-1]
         try:
-            env = decode(payload, max_size=self.max_frame)
+            env = decode(payload, max_size=self.max_frame, types=REQUEST_TYPES)
         except OpenFangError as exc:
             self._reply(identity, delimited, error_reply(peek_id(payload) if len(payload) <= self.max_frame else "", exc))
             return
@@ -206,7 +207,7 @@ class Gateway:
             # The client left or stopped reading; there is nobody to tell.
             log.info("reply_dropped", reason=str(exc), request_type=env.type)
 
-    # -- workers -----------------------------------------------------------------------------------------
+    # -- workers ----------
 
     def _on_worker_frames(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -248,7 +249,7 @@ class Gateway:
             answer = merged
         self._reply(waiting.identity, waiting.delimited, answer)
 
-    # -- the root -----------------------------------------------------------------------------------------
+    # -- the root ----------
 
     def _on_uplink(self) -> None:
         while True:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from openfang.protocol.envelope import Envelope
-from openfang.protocol.errors import NotFound, ProtocolError
+from openfang.protocol.errors import NotFound, ProtocolError, UnknownType
 
 # Requests addressed to one agent by id.
 _BY_AGENT = frozenset({"agent.send", "agent.info", "agent.suspend", "agent.resume", "agent.kill"})
@@ -19,10 +19,6 @@ _BY_AGENT = frozenset({"agent.send", "agent.info", "agent.suspend", "agent.resum
 class WorkerLoad(Protocol):
     agents: int
     in_flight: int
-
-
-class UnknownTypeError(ProtocolError):
-    code = "unknown_type"
 
 
 @dataclass(slots=True)
@@ -73,7 +69,7 @@ class Target:
 
 
 def route(env: Envelope, agents: AgentDirectory, workers: Mapping[str, WorkerLoad]) -> Target:
-    """Pick the worker(s) for ``env``. Raises NotFound / UnknownTypeError naming what is missing."""
+    """Pick the worker(s) for ``env``. Raises NotFound / UnknownType naming what is missing."""
     if env.type == "worker.ping":
         wid = env.body.get("worker")
         if not isinstance(wid, str) or wid not in workers:
@@ -105,7 +101,7 @@ def route(env: Envelope, agents: AgentDirectory, workers: Mapping[str, WorkerLoa
             # The host with the fewest requests in flight: a worker that falls behind stops getting work.
             return Target([min(sorted(hosts), key=lambda w: workers[w].in_flight)])
         raise ProtocolError("body.agent_id: required (or body.service for agent.send)")
-    raise UnknownTypeError(f"type: {env.type!r} is not a request this gateway serves")
+    raise UnknownType(f"type: {env.type!r} is not a request this gateway serves")
 
 
 def least_loaded(workers: Mapping[str, WorkerLoad]) -> str:

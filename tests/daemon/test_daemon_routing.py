@@ -8,7 +8,8 @@ import pytest
 
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import NotFound, ProtocolError
-from openfang.supervisor.routing import AgentDirectory, Gather, UnknownTypeError, least_loaded, route
+from openfang.protocol.errors import UnknownType
+from openfang.supervisor.routing import AgentDirectory, Gather, least_loaded, route
 
 
 @dataclass
@@ -79,7 +80,7 @@ def test_kill_removes_the_agent_from_the_directory() -> None:
 
 def test_unknown_type_and_missing_address_are_protocol_errors() -> None:
     """A type nobody serves is unknown_type; an agent request without an address is bad_request."""
-    with pytest.raises(UnknownTypeError) as exc:
+    with pytest.raises(UnknownType) as exc:
         route(Envelope(type="launch.missiles"), AgentDirectory(), {"w-0": Load()})
     assert exc.value.code == "unknown_type"
     with pytest.raises(ProtocolError, match="agent_id"):
