@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from openfang.security._errors import Denied
+from openfang.security._injection_heuristics import directive_features
 from openfang.security._injection_rules import RULES
 from openfang.security.audit import AuditSink
 
@@ -155,6 +156,9 @@ class InjectionDetector:
             weights[name] = w
             cats.add(cat)
             spans.append(span)
+        for name, w in directive_features(norm):
+            weights[name] = w
+            cats.add("heuristic")
         hidden = _tag_payload(text) if _TAGS.search(text) else ""
         if hidden:
             for _cat, name, w, _span in self._match(_normalise(hidden)):

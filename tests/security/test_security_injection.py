@@ -39,22 +39,23 @@ def test_injection_corpus_has_required_size() -> None:
 
 
 def test_injection_detection_and_false_positive_rates_on_corpus() -> None:
-    """Detection >= 0.9 and false positives <= 0.03 on the development corpus (samples + first holdout)."""
+    """Detection >= 0.9 and false positives <= 0.03 on the development corpus (the rules were fitted to it)."""
     detection, false_pos = _rates(
-        _load("injection_samples.jsonl", "injection_holdout.jsonl"),
-        _load("clean_samples.jsonl", "clean_holdout.jsonl"),
+        _load("injection_samples.jsonl", "injection_holdout.jsonl", "injection_paraphrase.jsonl"),
+        _load("clean_samples.jsonl", "clean_holdout.jsonl", "clean_paraphrase.jsonl"),
     )
     print(f"\ndevelopment corpus: detection={detection:.3f} false_positive={false_pos:.3f}")
     assert detection >= 0.9
     assert false_pos <= 0.03
 
 
-def test_injection_blind_set_rates_are_reported() -> None:
-    """On the blind set (never tuned against) false positives stay <= 0.05; detection is reported (~0.35)."""
-    detection, false_pos = _rates(_load("injection_blind.jsonl"), _load("clean_blind.jsonl"))
-    print(f"\nblind set: detection={detection:.3f} false_positive={false_pos:.3f}")
+@pytest.mark.parametrize(("name", "floor"), [("blind", 0.5), ("blind2", 0.2)])
+def test_injection_blind_set_rates_are_reported(name: str, floor: float) -> None:
+    """Blind sets (never tuned against): false positives <= 0.05; detection is reported as measured."""
+    detection, false_pos = _rates(_load(f"injection_{name}.jsonl"), _load(f"clean_{name}.jsonl"))
+    print(f"\n{name} set: detection={detection:.3f} false_positive={false_pos:.3f}")
     assert false_pos <= 0.05
-    assert detection >= 0.3  # regression guard at the measured level; see docs/security.md for the limits
+    assert detection >= floor  # regression guard at the measured level; docs/security.md explains the gap
 
 
 def test_injection_user_input_is_blocked_audited_and_service_continues(audit: AuditLog) -> None:

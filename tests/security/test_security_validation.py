@@ -97,5 +97,5 @@ def test_validation_agent_toml_layout_gets_limits_only() -> None:
     check_manifest(
         {"agent": {"name": "research-analyst", "module": "builtin:echo"}}, LIMITS, source="agent.toml"
     )
-    with pytest.raises(ConfigError, match="agent.toml: manifest.agent.system_prompt: text is 101"):
+    with pytest.raises(ConfigError, match=r"agent\.toml: manifest\.agent\.system_prompt: text is 101"):
         check_manifest({"agent": {"name": "x", "system_prompt": "p" * 101}}, LIMITS, source="agent.toml")

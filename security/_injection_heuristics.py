@@ -1,0 +1,128 @@
+# ruff: noqa: E501  -- a table of regular expressions reads better with each pattern unbroken
+"""Sentence-level feature heuristics of the prompt-injection detector (layer 2).
+
+The weighted patterns in :mod:`._injection_rules` recognise known phrasings; these heuristics recognise the
+*shape* of an injection when it is paraphrased. Each sentence is tagged with the word classes it contains:
+who is addressed (the model), the model's control surface (its instructions, rules, configuration,
+filters), control verbs (override, reveal), exfiltration (a send verb and a destination), covertness,
+claimed authority and role switches. Combinations that rarely occur in ordinary text score; a single class
+never does. Input is the normalised (case-folded) text.
+"""
+
+from __future__ import annotations
+
+import re
+
+_C = re.compile
+ADDR = _C(r"\b(?:you|your|yourself|assistant|ai|model|language model|llm|bot|chatbot|copilot|gpt)\b")
+META = _C(
+    r"\b(?:instructions?|prompts?|rules|guidelines|guidance|directives?|directions|orders|configuration|"
+    r"configured|configures|set ?up|system|developer message|developers?|creators|operator|policy|policies|"
+    r"restrictions|limits|filters?|safety|content checks?|settings|programming|tool definitions)\b"
+)
+OVERRIDE = _C(
+    r"\b(?:ignore|disregard|forget|set aside|drop|override|bypass|disable|switch(?:ed)? off|turn(?:ed)? off|"
+    r"escaped?|void|no longer appl(?:y|ies)|replaced|supersedes?|take (?:orders|instructions) from|obey|new master|"
+    r"stop being|your (?:\w+ )?(?:policy|policies|rules|instructions|orders|guidelines) (?:has|have) (?:been )?"
+    r"(?:changed|updated)|"
+    r"without (?:your|any) (?:safety|rules|restrictions|limits|filters?|settings))\b"
+)
+REVEAL = _C(
+    r"\b(?:reveal|show|print|output|paste|copy|quote|repeat|recite|dump|leak|display|tell me|begin every "
+    r"(?:answer|reply|response) with|reply only with|respond only with)\b"
+)
+SENSITIVE = _C(
+    r"\b(?:tokens?|credentials?|passwords?|api keys?|keys|secrets?|hidden text|memory store|"
+    r"(?:chat|conversation)(?: history| so far)|the conversation|user'?s (?:uploaded )?(?:files|data)|"
+    r"personal data|your (?:\w+ )?(?:instructions|prompt|configuration|rules|setup))\b"
+)
+# Phrases that name the model's hidden context unambiguously: revealing them needs no "you" nearby.
+STRONG_SENSITIVE = _C(
+    r"\b(?:initial configuration|developer message|what (?:you were|were you) told|before my first message|"
+    r"configures you|system prompt|hidden (?:prompt|instructions))\b"
+)
+# Third-person or descriptive text about attacks ("the attack tries to override the instructions").
+NARRATIVE = _C(r"\b(?:its|his|her|their|tries to|attempts? to|attacks?|attackers?|character)\b")
+EXFIL = _C(r"\b(?:send|forward|upload|attach|post|pass along|e-?mail|transfer|store)\b")
+TARGET = _C(r"https?://|\b[\w.+-]+@[\w-]+\.\w|\baccount \d|\bto (?:account|iban)\b")
+COVERT = _C(
+    r"\b(?:silently|quietly|secretly|covertly|without letting (?:the user|them|anyone) know|"
+    r"without (?:telling|informing)|don'?t mention|do not mention|not allowed to see|hidden tracking)\b"
+)
+AUTHORITY = _C(
+    r"\b(?:this is (?:the|your) (?:developer|admin|administrator|operator|creator)s?(?: speaking|\s*[:,]|$)|"
+    r"i'?m from the|developers asked|operator has (?:granted|changed|authori[sz]ed)|top priority|"
+    r"system-level command|administrative access|trust and safety team|for auditing|granted this user)"
+)
+ROLE = _C(
+    r"\b(?:you are now|you'?re now|you now serve|act as an? |respond as|calling yourself|pretend (?:you|that you)|"
+    r"you will (?:now )?(?:act|be)|stop being)\b"
+)
+NEGATED_RULES = _C(
+    r"\b(?:no (?:rules|limits|restrictions|filters?)|escaped its restrictions|without any limits)\b"
+)
+MODEL_NOUN = _C(r"\b(?:ai|model|language model|llm|bot|assistant|automated system|chatbot)\b")
+TASK_SWITCH = _C(
+    r"\b(?:your (?:job|task|role|actual task|real task) (?:now )?is|instead\b|from here on|"
+    r"anything after this line|take instructions from)"
+)
+NEW_JOB = _C(
+    r"\byour (?:new |real |actual |only )?(?:job|task|role|purpose|mission) (?:now |from now on )?is\b"
+)
+CONDITIONAL_ADDRESS = _C(
+    r"\bif (?:an? |any |the )?(?:ai|automated system|model|language model|assistant|llm|bot|agent)s? "
+    r"(?:reads|is reading|processes|sees|summari[sz]es|parses)"
+)
+ADDRESS_THEN_COMMAND = _C(
+    r"\b(?:to|for|dear|hey|attention|note to|note for) (?:the |any |all )?(?:ai|model|language model|llm|bot|"
+    r"assistant|automated system|agent)s?\b[^:]{0,60}:\s*(?:please\s+)?(?:say|tell|recommend|close|delete|"
+    r"approve|call|send|ignore|rate|mark|add|describe)\b"
+)
+IMPERATIVE_ACTION = _C(
+    r"^\s*(?:please\s+)?(?:call|execute|run|approve|close|delete|say|tell|recommend|add|change|store|collect|"
+    r"advertise)\b"
+)
+# Sentence ends: a dot only when followed by space or end, so e-mail addresses and URLs stay whole.
+_SPLIT = _C(r"[!?;\n]+|\.(?=\s|$)")
+
+
+def directive_features(norm: str) -> list[tuple[str, float]]:
+    """``(heuristic name, weight)`` for every combination that fires in any sentence of ``norm``."""
+    fired: dict[str, float] = {}
+
+    def fire(name: str, weight: float) -> None:
+        fired[name] = max(fired.get(name, 0.0), weight)
+
+    sentences = [s for s in _SPLIT.split(norm) if s.strip()]
+    for i, s in enumerate(sentences):
+        context = " ".join(sentences[max(0, i - 1) : i + 2])  # a sentence and its neighbours
+        addr, meta = bool(ADDR.search(s)), bool(META.search(context))
+        if OVERRIDE.search(s) and (meta or addr):
+            weight = 0.6 if meta and addr else 0.45
+            fire("heuristic:override_meta", 0.3 if NARRATIVE.search(s) else weight)
+        if REVEAL.search(context) and (STRONG_SENSITIVE.search(s) or (SENSITIVE.search(s) and addr)):
+            fire("heuristic:reveal_own_secrets", 0.6)
+        if NEW_JOB.search(s):
+            fire("heuristic:new_job", 0.65 if OVERRIDE.search(context) else 0.5)
+        if CONDITIONAL_ADDRESS.search(s) or ADDRESS_THEN_COMMAND.search(s):
+            fire("heuristic:addressed_to_ai", 0.6)
+        if EXFIL.search(s) and TARGET.search(context):
+            weight = 0.7 if COVERT.search(context) or SENSITIVE.search(context) else 0.35
+            fire("heuristic:send_to_destination", weight)
+        if COVERT.search(s) and (
+            EXFIL.search(s) or IMPERATIVE_ACTION.search(s) or "change" in s or "add" in s
+        ):
+            fire("heuristic:covert_action", 0.6)
+        if AUTHORITY.search(s) and (
+            OVERRIDE.search(context) or META.search(context) or REVEAL.search(context)
+        ):
+            fire("heuristic:claimed_authority", 0.6)
+        if ROLE.search(s) and (NEGATED_RULES.search(context) or OVERRIDE.search(context) or META.search(s)):
+            fire("heuristic:role_switch", 0.55)
+        if MODEL_NOUN.search(s) and TASK_SWITCH.search(context) and (addr or meta):
+            fire("heuristic:task_switch", 0.45)
+        if MODEL_NOUN.search(s) and IMPERATIVE_ACTION.search(
+            sentences[i + 1] if i + 1 < len(sentences) else ""
+        ):
+            fire("heuristic:addressed_command", 0.3)
+    return sorted(fired.items())
