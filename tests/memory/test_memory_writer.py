@@ -68,6 +68,7 @@ def test_poison_request_fails_alone_while_its_group_commits(writer) -> None:
             },
         )
         ids += [c.submit("memory.episode", _episode("a", f"good {i}")) for i in range(10, 20)]
+        time.sleep(0.3)  # let ZeroMQ's I/O thread hand every frame to the kernel before the writer wakes
         w.proc.send_signal(signal.SIGCONT)
         done = {d.id: d for d in c.wait_all(20)}
     assert isinstance(done[poison].error, ProtocolError)
@@ -109,6 +110,7 @@ def test_full_queue_replies_busy_and_everything_acked_is_stored(writer) -> None:
     with MemoryClient(w.endpoint, resend_after_s=60) as c:
         w.proc.send_signal(signal.SIGSTOP)
         ids = [c.submit("memory.episode", _episode("a", f"m{i}")) for i in range(200)]
+        time.sleep(0.3)  # every frame in the kernel's buffer: the writer wakes to a backlog
         w.proc.send_signal(signal.SIGCONT)
         done = c.wait_all(30)
     assert {d.id for d in done} == set(ids)
