@@ -39,7 +39,7 @@ def test_injection_corpus_has_required_size() -> None:
 
 
 def test_injection_detection_and_false_positive_rates_on_corpus() -> None:
-    """Detection >= 0.9 and false positives <= 0.03 on the development corpus (the rules were fitted to it)."""
+    """Detection >= 0.9 and false positives <= 0.03 on the development corpus (rules were fitted to it)."""
     detection, false_pos = _rates(
         _load("injection_samples.jsonl", "injection_holdout.jsonl", "injection_paraphrase.jsonl"),
         _load("clean_samples.jsonl", "clean_holdout.jsonl", "clean_paraphrase.jsonl"),
