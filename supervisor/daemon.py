@@ -57,7 +57,7 @@ class Daemon:
             on_terminate=self._on_terminate,
         )
 
-    # -- lifecycle -----------------------------------------------------------------------------------------
+    # -- lifecycle ----------
 
     def run(self) -> int:
         """Start the tree, serve until stopped; the process exit code."""
@@ -142,7 +142,7 @@ class Daemon:
         if interval and self.state not in ("stopped",):
             self.loop.call_later(interval, self._feed_watchdog)
 
-    # -- events and requests ---------------------------------------------------------------------------------
+    # -- events and requests ----------
 
     def _on_event(self, event: dict[str, Any]) -> None:
         event.setdefault("time", time.time())
@@ -214,7 +214,7 @@ class Daemon:
             **_process_figures(os.getpid()),
         }
 
-    # -- files -------------------------------------------------------------------------------------------------
+    # -- files ----------
 
     @property
     def pidfile(self) -> Path:

@@ -5,12 +5,13 @@ Pure bookkeeping (no sockets), so placement and routing rules are tested without
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from openfang.protocol.envelope import Envelope
-from openfang.protocol.errors import NotFound, ProtocolError, UnknownType
+from openfang.protocol.errors import AlreadyExists, NotFound, ProtocolError, UnknownType
 
 # Requests addressed to one agent by id.
 _BY_AGENT = frozenset({"agent.send", "agent.info", "agent.suspend", "agent.resume", "agent.kill"})
@@ -76,6 +77,12 @@ def route(env: Envelope, agents: AgentDirectory, workers: Mapping[str, WorkerLoa
             raise NotFound(f"worker {wid!r} is not connected (connected: {', '.join(sorted(workers)) or 'none'})")
         return Target([wid])
     if env.type == "agent.spawn":
+        explicit = _explicit_agent_id(env.body.get("manifest"))
+        if explicit is not None and explicit in agents.worker_of:
+            raise AlreadyExists(
+                f"[sandbox] agent_id {explicit!r} is already running on {agents.worker_of[explicit]}; "
+                "agent ids are unique in the cluster"
+            )
         wanted = env.body.get("worker")
         if isinstance(wanted, str) and wanted:
             if wanted not in workers:
@@ -102,6 +109,18 @@ def route(env: Envelope, agents: AgentDirectory, workers: Mapping[str, WorkerLoa
             return Target([min(sorted(hosts), key=lambda w: workers[w].in_flight)])
         raise ProtocolError("body.agent_id: required (or body.service for agent.send)")
     raise UnknownType(f"type: {env.type!r} is not a request this gateway serves")
+
+
+def _explicit_agent_id(manifest: Any) -> str | None:
+    """The ``[sandbox] agent_id`` a manifest asks for, if it names one (the worker reports parse errors)."""
+    if not isinstance(manifest, str):
+        return None
+    try:
+        sandbox = tomllib.loads(manifest).get("sandbox")
+    except tomllib.TOMLDecodeError:
+        return None
+    agent_id = sandbox.get("agent_id") if isinstance(sandbox, dict) else None
+    return agent_id if isinstance(agent_id, str) else None
 
 
 def least_loaded(workers: Mapping[str, WorkerLoad]) -> str:

@@ -198,9 +198,10 @@ class AgentHost:
             tool_names=set(names) if names is not None else None,
             validate_model=self._validate_model,
         )
-        agent_id = manifest.sandbox.agent_id or f"{manifest.name}-{next(self._ids)}"
+        # A default id names its worker so ids stay unique across the cluster (the gateway routes by id).
+        agent_id = manifest.sandbox.agent_id or f"{manifest.name}-{next(self._ids)}@{self.worker_id}"
         while manifest.sandbox.agent_id is None and agent_id in self._agents:
-            agent_id = f"{manifest.name}-{next(self._ids)}"
+            agent_id = f"{manifest.name}-{next(self._ids)}@{self.worker_id}"
         if agent_id in self._agents:
             raise AlreadyExists(f"agent {agent_id!r} already exists on worker {self.worker_id}")
         provider = None

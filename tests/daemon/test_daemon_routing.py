@@ -94,3 +94,16 @@ def test_gather_merges_every_worker_answer_and_reports_the_silent() -> None:
     assert g.collect(req.reply({"agents": [{"agent_id": "a"}]})) is None
     done = g.collect(Envelope(type="error", body={"code": "timeout", "message": "w-1 silent"}, id=req.id))
     assert done.body == {"agents": [{"agent_id": "a"}], "errors": ["w-1 silent"]}
+
+
+def test_an_explicit_agent_id_already_running_elsewhere_is_refused() -> None:
+    """Agent ids are unique in the cluster: a manifest naming a running agent's id is already_exists."""
+    from openfang.protocol.errors import AlreadyExists
+
+    d = AgentDirectory()
+    _spawned(d, "w-0", "analyst-01")
+    manifest = '[agent]\nname = "analyst"\n[sandbox]\nagent_id = "analyst-01"\n'
+    with pytest.raises(AlreadyExists, match="analyst-01"):
+        route(Envelope(type="agent.spawn", body={"manifest": manifest}), d, {"w-0": Load(), "w-1": Load()})
+    fresh = manifest.replace("analyst-01", "analyst-02")
+    assert route(Envelope(type="agent.spawn", body={"manifest": fresh}), d, {"w-0": Load(), "w-1": Load()}).workers
