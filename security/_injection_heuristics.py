@@ -12,6 +12,7 @@ never does. Input is the normalised (case-folded) text.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 
 _C = re.compile
 ADDR = _C(r"\b(?:you|your|yourself|assistant|ai|model|language model|llm|bot|chatbot|copilot|gpt)\b")
@@ -44,7 +45,7 @@ STRONG_SENSITIVE = _C(
 # Third-person or descriptive text about attacks ("the attack tries to override the instructions").
 NARRATIVE = _C(r"\b(?:its|his|her|their|tries to|attempts? to|attacks?|attackers?|character)\b")
 EXFIL = _C(r"\b(?:send|forward|upload|attach|post|pass along|e-?mail|transfer|store)\b")
-TARGET = _C(r"https?://|\b[\w.+-]+@[\w-]+\.\w|\baccount \d|\bto (?:account|iban)\b")
+TARGET = _C(r"https?://|(?<=[\w.+-])@[\w-]+\.\w|\baccount \d|\bto (?:account|iban)\b")  # lookbehind: no backtracking
 COVERT = _C(
     r"\b(?:silently|quietly|secretly|covertly|without letting (?:the user|them|anyone) know|"
     r"without (?:telling|informing)|don'?t mention|do not mention|not allowed to see|hidden tracking)\b"
@@ -79,7 +80,7 @@ ADDRESS_THEN_COMMAND = _C(
     r"approve|call|send|ignore|rate|mark|add|describe)\b"
 )
 IMPERATIVE_ACTION = _C(
-    r"^\s*(?:please\s+)?(?:call|execute|run|approve|close|delete|say|tell|recommend|add|change|store|collect|"
+    r"\s*(?:please\s+)?(?:call|execute|run|approve|close|delete|say|tell|recommend|add|change|store|collect|"
     r"advertise)\b"
 )
 # Sentence ends: a dot only when followed by space or end, so e-mail addresses and URLs stay whole.
@@ -87,42 +88,68 @@ _SPLIT = _C(r"[!?;\n]+|\.(?=\s|$)")
 
 
 def directive_features(norm: str) -> list[tuple[str, float]]:
-    """``(heuristic name, weight)`` for every combination that fires in any sentence of ``norm``."""
+    """``(heuristic name, weight)`` for every combination that fires in any sentence of ``norm``.
+
+    Each word class is searched once over the whole text and its hits mapped to sentence numbers, so the
+    cost is a few regex passes however many sentences there are.
+    """
+    ends = [m.end() for m in _SPLIT.finditer(norm)]
+
+    def sentences_of(pattern: re.Pattern[str]) -> set[int]:
+        return {bisect_right(ends, m.start()) for m in pattern.finditer(norm)}
+
+    hit = {
+        name: sentences_of(pat)
+        for name, pat in (
+            ("addr", ADDR), ("meta", META), ("override", OVERRIDE), ("reveal", REVEAL), ("sensitive", SENSITIVE),
+            ("strong", STRONG_SENSITIVE), ("narrative", NARRATIVE), ("exfil", EXFIL), ("target", TARGET),
+            ("covert", COVERT), ("authority", AUTHORITY), ("role", ROLE), ("negated", NEGATED_RULES),
+            ("model", MODEL_NOUN), ("switch", TASK_SWITCH), ("job", NEW_JOB), ("cond", CONDITIONAL_ADDRESS),
+            ("addr_cmd", ADDRESS_THEN_COMMAND), ("change", _C(r"\b(?:change|add)\b")),
+        )
+    }
     fired: dict[str, float] = {}
 
     def fire(name: str, weight: float) -> None:
         fired[name] = max(fired.get(name, 0.0), weight)
 
-    sentences = [s for s in _SPLIT.split(norm) if s.strip()]
-    for i, s in enumerate(sentences):
-        context = " ".join(sentences[max(0, i - 1) : i + 2])  # a sentence and its neighbours
-        addr, meta = bool(ADDR.search(s)), bool(META.search(context))
-        if OVERRIDE.search(s) and (meta or addr):
+    def ctx(cls: str, i: int) -> bool:
+        h = hit[cls]
+        return i in h or i - 1 in h or i + 1 in h
+
+    by_sentence: dict[int, set[str]] = {}
+    for cls, idx in hit.items():
+        for i in idx:
+            by_sentence.setdefault(i, set()).add(cls)
+    starts = [0, *ends]
+    for i, h in sorted(by_sentence.items()):
+        addr, meta = "addr" in h, ctx("meta", i)
+        if "override" in h and (meta or addr):
             weight = 0.6 if meta and addr else 0.45
-            fire("heuristic:override_meta", 0.3 if NARRATIVE.search(s) else weight)
-        if REVEAL.search(context) and (STRONG_SENSITIVE.search(s) or (SENSITIVE.search(s) and addr)):
+            fire("heuristic:override_meta", 0.3 if "narrative" in h else weight)
+        if ctx("reveal", i) and ("strong" in h or ("sensitive" in h and addr)):
             fire("heuristic:reveal_own_secrets", 0.6)
-        if NEW_JOB.search(s):
-            fire("heuristic:new_job", 0.65 if OVERRIDE.search(context) else 0.5)
-        if CONDITIONAL_ADDRESS.search(s) or ADDRESS_THEN_COMMAND.search(s):
+        if "job" in h:
+            fire("heuristic:new_job", 0.65 if ctx("override", i) else 0.5)
+        if "cond" in h or "addr_cmd" in h:
             fire("heuristic:addressed_to_ai", 0.6)
-        if EXFIL.search(s) and TARGET.search(context):
-            weight = 0.7 if COVERT.search(context) or SENSITIVE.search(context) else 0.35
-            fire("heuristic:send_to_destination", weight)
-        if COVERT.search(s) and (
-            EXFIL.search(s) or IMPERATIVE_ACTION.search(s) or "change" in s or "add" in s
-        ):
+        if "exfil" in h and ctx("target", i):
+            fire("heuristic:send_to_destination", 0.7 if ctx("covert", i) or ctx("sensitive", i) else 0.35)
+        if "covert" in h and ("exfil" in h or "change" in h or _imperative(norm, starts, i)):
             fire("heuristic:covert_action", 0.6)
-        if AUTHORITY.search(s) and (
-            OVERRIDE.search(context) or META.search(context) or REVEAL.search(context)
-        ):
+        if "authority" in h and (ctx("override", i) or ctx("meta", i) or ctx("reveal", i)):
             fire("heuristic:claimed_authority", 0.6)
-        if ROLE.search(s) and (NEGATED_RULES.search(context) or OVERRIDE.search(context) or META.search(s)):
+        if "role" in h and (ctx("negated", i) or ctx("override", i) or "meta" in h):
             fire("heuristic:role_switch", 0.55)
-        if MODEL_NOUN.search(s) and TASK_SWITCH.search(context) and (addr or meta):
+        if "model" in h and ctx("switch", i) and (addr or meta):
             fire("heuristic:task_switch", 0.45)
-        if MODEL_NOUN.search(s) and IMPERATIVE_ACTION.search(
-            sentences[i + 1] if i + 1 < len(sentences) else ""
-        ):
+        if "model" in h and _imperative(norm, starts, i + 1):
             fire("heuristic:addressed_command", 0.3)
     return sorted(fired.items())
+
+
+def _imperative(norm: str, starts: list[int], i: int) -> bool:
+    """Does sentence ``i`` start with a command verb?"""
+    if i >= len(starts):
+        return False
+    return bool(IMPERATIVE_ACTION.match(norm, starts[i]))
