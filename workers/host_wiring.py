@@ -5,13 +5,16 @@ Kept apart from ``worker.py`` so the process loop does not need to know how an a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import importlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from openfang.protocol.errors import ConfigError
 
 from openfang.workers.agent_host import AgentHost
 from openfang.workers.llm import make_provider
 from openfang.workers.manifest import ModelConfig
-from openfang.workers.tools import default_registry
+from openfang.workers.tools import ToolRegistry, default_registry
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -20,12 +23,31 @@ def _provider_for(model: ModelConfig) -> Any:
     return make_provider(model.raw or {"provider": model.provider})
 
 
+def load_tool_modules(registry: ToolRegistry, specs: Sequence[str]) -> None:
+    """Let each ``"package.module:function"`` in ``specs`` register extra tools: ``function(registry)``.
+
+    This is how a deployment adds its own tools (the worker's ``args.tool_modules``). A spec that cannot
+    be imported fails the worker's start, naming the spec, rather than leaving agents without their tools.
+    """
+    for spec in specs:
+        module_name, sep, func_name = str(spec).partition(":")
+        if not sep:
+            raise ConfigError(f"worker args.tool_modules: {spec!r} must look like 'package.module:function'")
+        try:
+            register = getattr(importlib.import_module(module_name), func_name)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"worker args.tool_modules: cannot load {spec!r}: {exc}") from None
+        register(registry)
+
+
 def build_host(worker_id: str, args: Mapping[str, Any], *, events: EventSink, audit: EventSink) -> AgentHost:
     """The agent host of one worker process (``args`` are the worker's child args)."""
+    registry = default_registry()
+    load_tool_modules(registry, list(args.get("tool_modules") or []))
     return AgentHost(
         worker_id,
         llm_factory=_provider_for,
-        tools=default_registry(),
+        tools=registry,
         events=events,
         audit=audit,
         max_threads=int(args.get("io_threads", 4)),
