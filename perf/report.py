@@ -253,19 +253,20 @@ def _scaling_section(metrics: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _notes_section(metrics: Sequence[Mapping[str, Any]]) -> list[str]:
-    noted = [m for m in metrics if m.get("notes") or m.get("p99") is not None]
+    noted = [m for m in metrics if m.get("notes") or m.get("p99") is not None or m.get("carried_from")]
     if not noted:
         return []
     out = ["", "## Notes", ""]
     for m in sorted(noted, key=lambda m: (str(m["name"]), str(m["system"]))):
-        extra = (
-            f"p50 {format_value(m['p50'])}, p99 {format_value(m['p99'])} {m.get('unit', '')}; "
-            if (m.get("p99") is not None and m.get("p50") is not None)
-            else ""
-        )
-        carried = f" (carried from {m['carried_from']})" if m.get("carried_from") else ""
+        parts = []
+        if m.get("p50") is not None and m.get("p99") is not None:
+            parts.append(f"p50 {format_value(m['p50'])}, p99 {format_value(m['p99'])}")
+        if m.get("notes"):
+            parts.append(str(m["notes"]))
+        if m.get("carried_from"):
+            parts.append(f"carried from {m['carried_from']}")
         system = TITLES.get(str(m["system"]), str(m["system"]))
-        out.append(f"- `{m['name']}` {system}: {extra}{m.get('notes', '')}{carried}")
+        out.append(f"- `{m['name']}` {system}: {'; '.join(parts)}")
     return out
 
 
