@@ -6,20 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _security_clock import FakeClock
 from openfang.security.audit import AuditLog
-
-
-class FakeClock:
-    """A clock the test moves by hand (seconds)."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

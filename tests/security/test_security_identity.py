@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FakeClock
+from _security_clock import FakeClock
 from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.security._errors import Denied
 from openfang.security.audit import AuditLog

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from conftest import FakeClock
+from _security_clock import FakeClock
 from openfang.protocol.envelope import Envelope, encode
 from openfang.security._errors import Denied
 from openfang.security.audit import AuditLog
