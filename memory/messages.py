@@ -14,7 +14,7 @@ least ``{"seq": int}``: the commit sequence number a reader waits for to read it
 | memory.forget | agent_id, id | seq, deleted |
 | memory.reclaim | agent_id, policy: keep / archive / purge | seq, counts |
 | memory.compact | {} (TTL compaction now; the writer also runs it on a timer) | seq, counts |
-| memory.ping | {} (answered without a commit) | seq |
+| memory.ping | {} (answered without a commit) | seq, queued |
 """
 
 from __future__ import annotations

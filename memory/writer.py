@@ -207,7 +207,7 @@ class Writer:
                 self._send(route, error_reply(peek_id(payload) or "-", exc))
                 continue
             if env.type == messages.PING:
-                self._send(route, env.reply({"seq": self.applier.seq}))
+                self._send(route, env.reply({"seq": self.applier.seq, "queued": len(self.queue)}))
             elif len(self.queue) >= cfg.queue_max:
                 self._send(
                     route, env.error(Busy(f"memory writer queue is full ({cfg.queue_max}); retry later"))

@@ -334,3 +334,29 @@ def test_a_request_that_trips_a_bug_fails_alone_and_the_writer_keeps_serving(loc
     assert not ok.is_error
     assert _count(local_store.db, "SELECT count(*) FROM episodes WHERE text = 'half'") == 0
     assert _count(local_store.db, "SELECT count(*) FROM episodes WHERE text = 'ok'") == 1
+
+
+def test_migrate_upgrades_an_older_database_keeping_its_rows(tmp_path: Path) -> None:
+    """A database at 0001 gains 0002 (memory tags) with its existing memories intact and recallable."""
+    import sqlite_utils
+    from openfang.memory._apply import Applier
+    from openfang.protocol.envelope import Envelope
+
+    db = tmp_path / "old.db"
+    conn = _db.open_writer(db)
+    schema.MIGRATIONS.apply(sqlite_utils.Database(conn), stop_before="0002_memory_tags")
+    conn.execute(
+        "INSERT INTO memories(agent_id, kind, text, importance, created) "
+        "VALUES ('a', 'fact', 'old news', 0.5, 1)"
+    )
+    conn.close()
+    assert schema.migrate(db) == ["0002_memory_tags"]
+    conn = _db.open_writer(db)
+    (reply,) = Applier(conn).apply_group(
+        [Envelope(type="memory.store", body={"agent_id": "a", "text": "new news", "tags": ["t"]})]
+    )
+    conn.close()
+    assert not reply.is_error
+    with MemoryReader(db) as r:
+        hits = r.recall(scope={"a"}, agent_id="a", text="news", k=5)
+    assert {h.text: h.tags for h in hits} == {"old news": (), "new news": ("t",)}
