@@ -106,7 +106,9 @@ def _default_redactor() -> Callable[[Any], Any]:
 class AuditLog:
     """An append-only hash-chained audit log in the SQLite file ``path`` (safe for several processes).
 
-    Use as a context manager or call :meth:`close`. ``key`` switches the chain to HMAC-SHA-256.
+    Use as a context manager or call :meth:`close`. ``key`` switches the chain to HMAC-SHA-256. The SQLite
+    connection belongs to the thread and process that opened it: open the log after ``fork()``, one per
+    process (appends from several processes are serialised by ``BEGIN IMMEDIATE``).
     """
 
     def __init__(

@@ -124,6 +124,9 @@ class RateLimiter:
         tool_calls: int = 0,
     ) -> None:
         """Take the units from every relevant bucket, or none of them and raise :class:`RateLimitExceeded`."""
+        if min(requests, tokens, tool_calls) < 0:
+            # Negative units would refill a bucket: a caller bug, never something a client may cause.
+            raise ValueError("rate-limit units must not be negative")
         if not self.config.enabled:
             return
         now = self._clock()

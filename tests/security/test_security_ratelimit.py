@@ -83,3 +83,9 @@ def test_ratelimit_refund_returns_unused_tokens(clock: FakeClock) -> None:
     rl.charge(agent="a", tokens=1000, requests=0)
     rl.refund(agent="a", tokens=400)
     rl.charge(agent="a", tokens=400, requests=0)
+
+
+def test_ratelimit_negative_units_are_a_caller_error(clock: FakeClock) -> None:
+    """Negative units (which would refill a bucket) raise ValueError instead of adding tokens."""
+    with pytest.raises(ValueError, match="negative"):
+        RateLimiter(CFG, clock=clock).charge(agent="a", tokens=-1000, requests=0)
