@@ -17,9 +17,11 @@ was found (kind and a short fingerprint) and where (url/headers/body) — never 
 from __future__ import annotations
 
 import base64
+import os
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from openfang.security._canon import fingerprint
@@ -107,6 +109,19 @@ class TaintTracker:
                 self.taint(f"env:{name}", value)
                 done.append(name)
         return done
+
+    def taint_file(self, path: str | os.PathLike[str], *, max_bytes: int = 1 << 20) -> None:
+        """Taint a secret file's content, and each of its lines of 16+ characters (a PEM key body leaks
+        line by line as easily as whole)."""
+        raw = Path(path).read_bytes()[:max_bytes]
+        label = f"file:{Path(path).name}"
+        text = raw.decode("utf-8", errors="replace").strip()
+        if len(text) >= MIN_TAINT_LEN:
+            self.taint(label, text)
+        for line in text.splitlines():
+            line = line.strip()
+            if len(line) >= 16 and not line.startswith("-----"):
+                self.taint(label, line)
 
     @property
     def labels(self) -> frozenset[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import urllib.parse
+from pathlib import Path
 
 import pytest
 from openfang.security._errors import Denied
@@ -121,3 +122,21 @@ def test_exfil_ordinary_traffic_is_not_flagged() -> None:
             "text": "The quarterly report is attached; revenue grew 12 percent.",
         },
     )
+
+
+def test_exfil_key_file_lines_are_tainted(tmp_path: Path) -> None:
+    """One line of a tainted PEM key file inside a request body is enough to block it."""
+    key = tmp_path / "deploy.pem"
+    key.write_text(
+        "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBvKw1uYc9mB0Zp6oP0d3C2sLq\nAoGCCqGSM49AwEHoUQDQgAE\n"
+        "-----END EC PRIVATE KEY-----\n"
+    )
+    guard = ExfilGuard(ExfilConfig(secret_kinds=frozenset()))  # taint only: detectors off
+    guard.taint.taint_file(key)
+    with pytest.raises(Denied, match=r"file:deploy\.pem"):
+        guard.check_tool_call(
+            agent_id="a",
+            tool="http_post",
+            sink="network",
+            body={"chunk": "x MHcCAQEEIBvKw1uYc9mB0Zp6oP0d3C2sLq y"},
+        )
