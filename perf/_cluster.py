@@ -65,10 +65,32 @@ class BenchCluster:
         self.zctx = zmq.Context()
         self.sock = self.zctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.sock.setsockopt(zmq.RCVHWM, 100_000)
+
+        self._endpoint = f"ipc://{self.data_dir}/run/control.sock"
 
     @property
     def endpoint(self) -> str:
-        return f"ipc://{self.data_dir}/run/control.sock"
+        return self._endpoint
+
+    def use_tcp(self) -> None:
+        """Switch the control endpoint to tcp:// on a free loopback port, with CURVE keys (required)."""
+        import socket as _socket
+
+        from openfang.protocol.curve import CurveClient, generate_keys
+
+        keys = self.dir / "keys"
+        generate_keys(keys, "bench")
+        with _socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        text = self.config.read_text().replace(
+            "[control]\n", f'[control]\nendpoint = "tcp://127.0.0.1:{port}"\nkeys_dir = "{keys}"\n'
+        )
+        self.config.write_text(text)
+        self._endpoint = f"tcp://127.0.0.1:{port}"
+        CurveClient(keys, name="bench").apply(self.sock)
 
     def start(self, timeout: float = 60) -> float:
         """Exec the daemon; seconds from exec to READY=1 on the notify socket."""

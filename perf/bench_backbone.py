@@ -54,8 +54,11 @@ def bench_worker_restart(rounds: int) -> list[dict[str, Any]]:
                     p50=percentile(samples, 50), p99=percentile(samples, 99), samples=len(samples))]
 
 
-def bench_round_trip(count: int, label: str, control_extra: str = "") -> list[dict[str, Any]]:
-    with BenchCluster(workers=1, control_extra=control_extra) as c:
+def bench_round_trip(count: int, label: str, tcp: bool = False) -> list[dict[str, Any]]:
+    """Sequential ping latency and pipelined msgs/s through the gateway (tcp: with CURVE, as required)."""
+    with BenchCluster(workers=1) as c:
+        if tcp:
+            c.use_tcp()
         c.start()
         lat = []
         for _ in range(count):
@@ -86,6 +89,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     out += bench_ready(3 if quick else 10)
     out += bench_worker_restart(10 if quick else 50)
     out += bench_round_trip(500 if quick else 5000, "ipc")
+    out += bench_round_trip(500 if quick else 5000, "tcp_curve", tcp=True)
     return out
 
 
