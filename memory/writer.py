@@ -177,7 +177,7 @@ class Writer:
             now = time.monotonic()
             # Checkpoint after the acks went out, never inside a commit (notes/memory.md: WAL growth).
             if dirty and now - last_ckpt >= cfg.checkpoint_every_s:
-                self.applier.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._checkpoint()
                 last_ckpt, dirty = now, False
             if now - last_compact >= cfg.compact_every_s:
                 last_compact = now
@@ -191,6 +191,23 @@ class Writer:
             if now - last_hb >= HEARTBEAT_EVERY_S and self.child is not None:
                 self.child.heartbeat()
                 last_hb = now
+
+    def _checkpoint(self) -> None:
+        """TRUNCATE-checkpoint the WAL without waiting: a reader on an old snapshot makes it partial, not slow
+
+        TRUNCATE calls the busy handler until readers move on; with the connection's busy_timeout that could
+        stall acks for seconds, so the checkpoint runs with busy_timeout 0 and simply retries next period.
+        """
+        conn = self.applier.conn
+        try:
+            conn.execute("PRAGMA busy_timeout=0")
+            busy, log_pages, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                self.log.debug("memory_checkpoint_partial", wal_pages=log_pages, checkpointed=done)
+        except _db.DatabaseError as exc:
+            self.log.warning("memory_checkpoint_failed", error=str(exc))
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={_db.BUSY_TIMEOUT_MS}")
 
     def _drain(self) -> None:
         """Move waiting requests into the queue; past ``queue_max``, answer ``busy`` right away."""

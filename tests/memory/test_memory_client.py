@@ -80,3 +80,23 @@ def test_writer_truncates_the_wal_after_acks(writer) -> None:
     wal = w.db.with_name(w.db.name + "-wal")
     time.sleep(0.05)
     wait_until(lambda: wal.exists() and wal.stat().st_size == 0, 20)
+
+
+def test_a_reader_holding_an_old_snapshot_never_stalls_acks(writer) -> None:
+    """Checkpoints cannot finish under a long reader, yet writes keep being acked; the WAL empties later."""
+    w = writer(checkpoint_every_s=0.05)
+    wal = w.db.with_name(w.db.name + "-wal")
+    with MemoryClient(w.endpoint) as c, MemoryReader(w.db) as r:
+        c.episode("a", "s", "user", "before")
+        with r.snapshot() as conn:
+            seen = conn.execute("SELECT count(*) FROM episodes").fetchone()[0]
+            for i in range(20):
+                # A checkpoint waiting on this reader (busy_timeout 5 s) would blow this deadline.
+                c.call("memory.episode", _episode(i), timeout_s=4)
+                time.sleep(0.06)
+            assert (
+                conn.execute("SELECT count(*) FROM episodes").fetchone()[0] == seen
+            )  # still the old snapshot
+            assert wal.stat().st_size > 0
+        c.episode("a", "s", "user", "after")
+    wait_until(lambda: wal.stat().st_size == 0, 20)
