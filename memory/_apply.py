@@ -25,6 +25,9 @@ from openfang.protocol.errors import MemoryStoreError, OpenFangError, ProtocolEr
 log = structlog.get_logger("openfang.memory.apply")
 
 
+COMPACT_BATCH = 5000
+
+
 class _TransactionLost(Exception):
     """SQLite rolled the whole transaction back (e.g. disk full): the group cannot commit."""
 
@@ -37,7 +40,7 @@ class Applier:
         conn: Any,
         *,
         episode_ttl_s: float | None = None,
-        ledger_ttl_s: float = 7 * 86400.0,
+        ledger_ttl_s: float = 86400.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.conn = conn
@@ -174,18 +177,29 @@ class Applier:
         return {"policy": policy, "counts": counts}
 
     def compact(self, now: float) -> dict[str, int]:
-        """TTL compaction inside the current transaction: expired memories, old episodes, old ledger rows."""
+        """TTL compaction inside the current transaction: expired memories, old episodes, old ledger rows.
+
+        At most ``COMPACT_BATCH`` rows per table per run, so a mass expiry never holds one long transaction
+        in front of the acks; the writer runs compaction again at once while a run comes back full.
+        """
+        lim = COMPACT_BATCH
         counts = {
-            "memories": semantic.delete_memories(self.conn, "expires IS NOT NULL AND expires <= ?", (now,))
+            "memories": semantic.delete_memories(
+                self.conn,
+                "id IN (SELECT id FROM memories WHERE expires IS NOT NULL AND expires <= ? LIMIT ?)",
+                (now, lim),
+            )
         }
         if self.episode_ttl_s is not None:
             cutoff = now - self.episode_ttl_s
-            counts["episodes"] = self.conn.execute("DELETE FROM episodes WHERE ts < ?", (cutoff,)).rowcount
-            counts["tool_calls"] = self.conn.execute(
-                "DELETE FROM tool_calls WHERE ts < ?", (cutoff,)
-            ).rowcount
+            for table in ("episodes", "tool_calls"):
+                counts[table] = self.conn.execute(
+                    f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE ts < ? LIMIT ?)",
+                    (cutoff, lim),
+                ).rowcount
         # Ledger rows only need to outlive any client's resend window.
         counts["ledger"] = self.conn.execute(
-            "DELETE FROM ledger WHERE ts < ?", (now - self.ledger_ttl_s,)
+            "DELETE FROM ledger WHERE req_id IN (SELECT req_id FROM ledger WHERE ts < ? LIMIT ?)",
+            (now - self.ledger_ttl_s, lim),
         ).rowcount
         return counts

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import structlog
 import zmq
 from openfang.memory import _db, messages, schema
-from openfang.memory._apply import Applier
+from openfang.memory._apply import COMPACT_BATCH, Applier
 from openfang.protocol.envelope import DEFAULT_MAX_FRAME, Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import Busy, ConfigError, OpenFangError, Problem
 
@@ -62,7 +62,7 @@ class WriterConfig:
     checkpoint_every_s: float = 1.0
     compact_every_s: float = 5.0
     episode_ttl_s: float | None = None
-    ledger_ttl_s: float = 7 * 86400.0
+    ledger_ttl_s: float = 86400.0
     journal_size_limit: int = _db.JOURNAL_SIZE_LIMIT
     max_frame: int = DEFAULT_MAX_FRAME
 
@@ -186,6 +186,8 @@ class Writer:
                     if any(counts.values()):
                         self.log.info("memory_compacted", **counts)
                         dirty = True
+                    if any(n >= COMPACT_BATCH for n in counts.values()):
+                        last_compact = 0.0  # more to do: again next turn, after the queued writes
                 except OpenFangError as exc:
                     self.log.error("memory_compaction_failed", error=exc.message)
             if now - last_hb >= HEARTBEAT_EVERY_S and self.child is not None:

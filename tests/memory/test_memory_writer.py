@@ -360,3 +360,20 @@ def test_migrate_upgrades_an_older_database_keeping_its_rows(tmp_path: Path) -> 
     with MemoryReader(db) as r:
         hits = r.recall(scope={"a"}, agent_id="a", text="news", k=5)
     assert {h.text: h.tags for h in hits} == {"old news": (), "new news": ("t",)}
+
+
+def test_compaction_works_in_bounded_batches_until_done(local_store) -> None:
+    """A mass expiry is removed COMPACT_BATCH rows per run; repeated runs finish it."""
+    from openfang.memory._apply import COMPACT_BATCH
+
+    n = COMPACT_BATCH + 10
+    local_store.conn.execute("BEGIN")
+    local_store.conn.executemany(
+        "INSERT INTO memories(agent_id, kind, text, importance, created, expires) VALUES ('a','f',?,0.5,0,1)",
+        [(f"m{i}",) for i in range(n)],
+    )
+    local_store.conn.execute("COMMIT")
+    first = local_store.applier.compact_now()
+    second = local_store.applier.compact_now()
+    assert (first["memories"], second["memories"]) == (COMPACT_BATCH, 10)
+    assert _count(local_store.db, "SELECT count(*) FROM memories") == 0
