@@ -45,7 +45,8 @@ STRONG_SENSITIVE = _C(
 # Third-person or descriptive text about attacks ("the attack tries to override the instructions").
 NARRATIVE = _C(r"\b(?:its|his|her|their|tries to|attempts? to|attacks?|attackers?|character)\b")
 EXFIL = _C(r"\b(?:send|forward|upload|attach|post|pass along|e-?mail|transfer|store)\b")
-TARGET = _C(r"https?://|(?<=[\w.+-])@[\w-]+\.\w|\baccount \d|\bto (?:account|iban)\b")  # lookbehind: no backtracking
+# The lookbehind keeps the e-mail branch from backtracking over every word of a long text.
+TARGET = _C(r"https?://|(?<=[\w.+-])@[\w-]+\.\w|\baccount \d|\bto (?:account|iban)\b")
 COVERT = _C(
     r"\b(?:silently|quietly|secretly|covertly|without letting (?:the user|them|anyone) know|"
     r"without (?:telling|informing)|don'?t mention|do not mention|not allowed to see|hidden tracking)\b"
@@ -101,11 +102,25 @@ def directive_features(norm: str) -> list[tuple[str, float]]:
     hit = {
         name: sentences_of(pat)
         for name, pat in (
-            ("addr", ADDR), ("meta", META), ("override", OVERRIDE), ("reveal", REVEAL), ("sensitive", SENSITIVE),
-            ("strong", STRONG_SENSITIVE), ("narrative", NARRATIVE), ("exfil", EXFIL), ("target", TARGET),
-            ("covert", COVERT), ("authority", AUTHORITY), ("role", ROLE), ("negated", NEGATED_RULES),
-            ("model", MODEL_NOUN), ("switch", TASK_SWITCH), ("job", NEW_JOB), ("cond", CONDITIONAL_ADDRESS),
-            ("addr_cmd", ADDRESS_THEN_COMMAND), ("change", _C(r"\b(?:change|add)\b")),
+            ("addr", ADDR),
+            ("meta", META),
+            ("override", OVERRIDE),
+            ("reveal", REVEAL),
+            ("sensitive", SENSITIVE),
+            ("strong", STRONG_SENSITIVE),
+            ("narrative", NARRATIVE),
+            ("exfil", EXFIL),
+            ("target", TARGET),
+            ("covert", COVERT),
+            ("authority", AUTHORITY),
+            ("role", ROLE),
+            ("negated", NEGATED_RULES),
+            ("model", MODEL_NOUN),
+            ("switch", TASK_SWITCH),
+            ("job", NEW_JOB),
+            ("cond", CONDITIONAL_ADDRESS),
+            ("addr_cmd", ADDRESS_THEN_COMMAND),
+            ("change", _C(r"\b(?:change|add)\b")),
         )
     }
     fired: dict[str, float] = {}
