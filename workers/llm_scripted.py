@@ -10,9 +10,20 @@ A script is a list of rules tried in order against the latest user message (``re
     default = "I cannot help with that."   # when no rule matches (or echo = true: repeat the input)
 
 A ``tool`` rule answers with a tool call; when the conversation comes back with the tool's result the
-provider answers ``then`` (default ``"{result}"``). Templates fill ``{input}``, ``{result}`` and the
-rule's regex groups (``{1}``, ``{name}``); unknown ``{...}`` stay as written, so JSON text is safe.
-An ``error`` rule raises :class:`LLMError` (to test fallbacks and error paths).
+provider answers ``then`` (default ``"{result}"``). A ``chain`` rule calls several tools strictly one
+after the other, each step's args templated with the previous step's ``{result}``, then answers ``then``::
+
+    {match = 'key=(?P<key>\\S+)', chain = [
+        {tool = "lookup", args = {value = "{key}"}},
+        {tool = "compute", args = {value = "{result}"}},
+    ], then = "done: {result}"}
+
+The step is the number of tool results since the latest user message, so the chain needs no state in the
+provider and survives any number of conversations at once. Templates fill ``{input}``, ``{result}``,
+``{crc16}`` (the low 16 bits of the CRC-32 of ``{input}``'s UTF-8 bytes, 4 hex digits: a deterministic
+per-message checksum for benchmarks) and the rule's regex groups (``{1}``, ``{name}``); unknown ``{...}``
+stay as written, so JSON text is safe. An ``error`` rule raises :class:`LLMError` (to test fallbacks and
+error paths).
 """
 
 from __future__ import annotations
@@ -20,13 +31,14 @@ from __future__ import annotations
 import itertools
 import re
 import threading
+import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from openfang.protocol.errors import Timeout
+from openfang.protocol.errors import Problem, Timeout
 from openfang.workers.llm_types import (
     ChatMessage,
     ChatRequest,
@@ -44,13 +56,22 @@ _CALL_ID = re.compile(r"^call_s(\d+)_\d+$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ChainStep:
+    """One tool call of a ``chain`` rule: the tool's name and its templated arguments."""
+
+    tool: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ScriptRule:
-    """One rule: when ``match`` is found in the user's message, reply, call a tool, or fail."""
+    """One rule: when ``match`` is found in the user's message, reply, call a tool (or a chain), or fail."""
 
     match: re.Pattern[str]
     reply: str | None = None
     tool: str | None = None
     args: Mapping[str, Any] = field(default_factory=dict)
+    chain: tuple[ChainStep, ...] = ()
     then: str = "{result}"
     error: str | None = None
 
@@ -62,9 +83,36 @@ class ScriptRule:
             reply=raw.get("reply"),
             tool=raw.get("tool"),
             args=dict(raw.get("args") or {}),
+            chain=tuple(
+                ChainStep(tool=str(step["tool"]), args=dict(step.get("args") or {}))
+                for step in raw.get("chain") or ()
+            ),
             then=str(raw.get("then", "{result}")),
             error=raw.get("error"),
         )
+
+
+def check_chain(chain: Any, where: str) -> list[Problem]:
+    """Every problem of a rule's ``chain`` value, each placed as ``<where>[i].<key>`` (empty: valid).
+
+    For the model-table validator: a chain is a non-empty array of ``{tool = "name", args = {...}}``.
+    """
+    if not isinstance(chain, list) or not chain:
+        return [Problem(where, "must be a non-empty array of {tool = ..., args = {...}} tables")]
+    problems: list[Problem] = []
+    for i, step in enumerate(chain):
+        at = f"{where}[{i}]"
+        if not isinstance(step, Mapping):
+            problems.append(Problem(at, f"must be a table, got {type(step).__name__}"))
+            continue
+        unknown = sorted(set(step) - {"tool", "args"})
+        if unknown:
+            problems.append(Problem(at, f"unknown keys {unknown} (known: args, tool)"))
+        if not isinstance(step.get("tool"), str) or not step.get("tool"):
+            problems.append(Problem(f"{at}.tool", f"must be a tool name, got {step.get('tool')!r}"))
+        if "args" in step and not isinstance(step["args"], Mapping):
+            problems.append(Problem(f"{at}.args", f"must be a table, got {step['args']!r}"))
+    return problems
 
 
 def render(template: Any, env: Mapping[str, str]) -> Any:
@@ -117,10 +165,10 @@ class ScriptedProvider:
         """The scripted answer to the conversation so far."""
         msgs = req.messages
         user = next((m.content or "" for m in reversed(msgs) if m.role == "user"), "")
-        calls: list[ToolCall] = []
+        calls: list[ToolCall]
         content: str | None
         if msgs and msgs[-1].role == "tool":
-            content = self._after_tool(msgs, user)
+            content, calls = self._after_tool(msgs, user)
         else:
             content, calls = self._answer(user)
         if content and req.stream and on_delta is not None:
@@ -139,7 +187,7 @@ class ScriptedProvider:
         )
 
     def _env(self, m: re.Match[str], user: str) -> dict[str, str]:
-        env = {"input": user}
+        env = _base_env(user)
         env.update({str(i): g or "" for i, g in enumerate(m.groups(), start=1)})
         env.update({k: v or "" for k, v in m.groupdict().items()})
         return env
@@ -153,14 +201,17 @@ class ScriptedProvider:
             if rule.error is not None:
                 raise LLMError(self.name, render(rule.error, env))
             if rule.tool is not None:
-                call = ToolCall(
-                    id=f"call_s{i}_{next(self._ids)}", name=rule.tool, arguments=render(rule.args, env)
-                )
-                return None, [call]
+                return None, [self._call(i, rule.tool, rule.args, env)]
+            if rule.chain:
+                return None, [self._call(i, rule.chain[0].tool, rule.chain[0].args, env)]
             return render(rule.reply or "", env), []
-        return (user if self.echo else render(self.default, {"input": user})), []
+        return (user if self.echo else render(self.default, _base_env(user))), []
 
-    def _after_tool(self, msgs: Sequence[ChatMessage], user: str) -> str:
+    def _call(self, rule_index: int, tool: str, args: Mapping[str, Any], env: Mapping[str, str]) -> ToolCall:
+        # The rule's index travels in the call id, so the result finds its rule again with no state here.
+        return ToolCall(id=f"call_s{rule_index}_{next(self._ids)}", name=tool, arguments=render(args, env))
+
+    def _after_tool(self, msgs: Sequence[ChatMessage], user: str) -> tuple[str | None, list[ToolCall]]:
         results: list[ChatMessage] = []
         for m in reversed(msgs):
             if m.role != "tool":
@@ -169,13 +220,33 @@ class ScriptedProvider:
         results.reverse()
         result = "\n".join(m.content or "" for m in results)
         hit = _CALL_ID.match(results[0].tool_call_id or "")
-        rule = self.rules[int(hit.group(1))] if hit and int(hit.group(1)) < len(self.rules) else None
+        index = int(hit.group(1)) if hit else len(self.rules)
+        rule = self.rules[index] if index < len(self.rules) else None
         if rule is None:  # a call this script did not make (e.g. after a fallback): report the result
-            return result
+            return result, []
         m = rule.match.search(user)
-        env = self._env(m, user) if m else {"input": user}
+        env = self._env(m, user) if m else _base_env(user)
         env["result"] = result
-        return str(render(rule.then, env))
+        if rule.chain:
+            step = _tool_results_since_user(msgs)
+            if step < len(rule.chain):
+                nxt = rule.chain[step]
+                return None, [self._call(index, nxt.tool, nxt.args, env)]
+        return str(render(rule.then, env)), []
+
+
+def _base_env(user: str) -> dict[str, str]:
+    return {"input": user, "crc16": f"{zlib.crc32(user.encode()) & 0xFFFF:04x}"}
+
+
+def _tool_results_since_user(msgs: Sequence[ChatMessage]) -> int:
+    """How many tool results the conversation holds after its latest user message: a chain's step."""
+    count = 0
+    for m in reversed(msgs):
+        if m.role == "user":
+            break
+        count += m.role == "tool"
+    return count
 
 
 class FallbackProvider:

@@ -216,3 +216,86 @@ def test_validate_model_config_rejects_unknown_provider_and_non_tables() -> None
     """An unknown provider or a non-table is reported, not raised."""
     assert "must be one of" in validate_model_config({"provider": "gpt"})[0].what
     assert "must be a table" in validate_model_config(["x"])[0].what
+
+
+CHAIN_MODEL = r"""
+provider = "scripted"
+script = [
+  {match = '^(?P<tid>[^:]*):.*key=(?P<key>\S+)', chain = [
+    {tool = "lookup", args = {value = "{key}"}},
+    {tool = "compute", args = {value = "{result}", task = "{tid}"}},
+    {tool = "render", args = {value = "{result}"}},
+  ], then = "{tid} {result}"},
+  {match = "sum", reply = "{input} -> {crc16}"},
+]
+default = "{crc16}"
+"""
+
+
+def chain_provider() -> ScriptedProvider:
+    return ScriptedProvider.from_config(tomllib.loads(CHAIN_MODEL))
+
+
+def run_chain(p: ScriptedProvider, task: str, tools: dict[str, object]) -> tuple[str, list[tuple[str, dict]]]:
+    """Drive the provider like the agent loop does: call tools until it answers; return answer and calls."""
+    convo = [ChatMessage.system("sys"), ChatMessage.user(task)]
+    calls: list[tuple[str, dict]] = []
+    for _ in range(10):
+        resp = p.complete(ChatRequest(messages=convo))
+        if not resp.tool_calls:
+            assert resp.content is not None
+            return resp.content, calls
+        convo.append(resp.to_message())
+        for call in resp.tool_calls:
+            calls.append((call.name, dict(call.arguments)))
+            result = tools[call.name](call.arguments["value"])  # type: ignore[operator]
+            convo.append(ChatMessage.tool(call.id, str(result), name=call.name))
+    raise AssertionError("the chain did not end")
+
+
+def test_scripted_chain_calls_each_tool_in_order_with_the_previous_result() -> None:
+    """A chain rule makes one call per step, each templated with the previous result, then answers `then`."""
+    tools = {"lookup": lambda v: f"<{v}>", "compute": lambda v: v + "!", "render": lambda v: f"[{v}]"}
+    answer, calls = run_chain(chain_provider(), "t7: key=k7", tools)
+    assert calls == [
+        ("lookup", {"value": "k7"}),
+        ("compute", {"value": "<k7>", "task": "t7"}),
+        ("render", {"value": "<k7>!"}),
+    ]
+    assert answer == "t7 [<k7>!]"
+
+
+def test_scripted_chain_step_restarts_with_each_user_message() -> None:
+    """The step counts tool results since the latest user message, so a second task starts at step one."""
+    p = chain_provider()
+    tools = {"lookup": lambda v: v * 2, "compute": lambda v: v.upper(), "render": lambda v: v[::-1]}
+    first, _ = run_chain(p, "a: key=xy", tools)
+    convo = [ChatMessage.user("a: key=xy"), ChatMessage.assistant(first), ChatMessage.user("b: key=zz")]
+    again = p.complete(ChatRequest(messages=convo))
+    assert [(c.name, c.arguments) for c in again.tool_calls] == [("lookup", {"value": "zz"})]
+    assert first == "a YXYX"
+
+
+def test_scripted_crc16_template_is_the_low_16_bits_of_the_inputs_crc32() -> None:
+    """{crc16} is zlib.crc32 of the user's text & 0xFFFF as 4 hex digits, in rules and the default."""
+    import zlib
+
+    p = chain_provider()
+    text = "please sum this"
+    assert p.complete(user(text)).content == f"{text} -> {zlib.crc32(text.encode()) & 0xFFFF:04x}"
+    assert p.complete(user("nothing")).content == f"{zlib.crc32(b'nothing') & 0xFFFF:04x}"
+
+
+def test_check_chain_reports_every_problem_with_its_place() -> None:
+    """A malformed chain is described step by step; a valid one has no problems."""
+    from openfang.workers.llm_scripted import check_chain
+
+    problems = check_chain([{"tool": ""}, "x", {"tool": "a", "args": 3, "extra": 1}], "script[0].chain")
+    wheres = [p.where for p in problems]
+    assert wheres == [
+        "script[0].chain[0].tool",
+        "script[0].chain[1]",
+        "script[0].chain[2]",
+        "script[0].chain[2].args",
+    ]
+    assert check_chain([], "c") and not check_chain([{"tool": "a", "args": {"v": "{result}"}}], "c")
