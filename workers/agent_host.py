@@ -310,15 +310,18 @@ class AgentHost:
 
     # -- running ------------------------------------------------------------------------------------------
     def _next_message(self, agent: HostedAgent) -> None:
+        if agent.sandbox.state is not State.IDLE:
+            return  # busy (a message, or agent_init after a restart): the inbox waits for _started/_apply
         if agent.current is not None or not agent.inbox:
             if agent.current is None:
                 self._active.pop(agent.agent_id, None)
             return
-        env, payload = agent.inbox.popleft()
+        env, payload = agent.inbox[0]
+        agent.sandbox.begin_message(payload)
+        agent.inbox.popleft()
         agent.current = env
         agent.usage = {"prompt_tokens": 0, "completion_tokens": 0, "tool_calls": 0}
         agent.fuel_at_start = agent.sandbox.fuel_used
-        agent.sandbox.begin_message(payload)
         self._active[agent.agent_id] = agent
 
     def _apply(self, agent: HostedAgent, outcome: Outcome | None) -> None:

@@ -305,6 +305,11 @@ class Sandbox:
                     phase=phase, ok=False, error=SandboxError(f"agent_init returned {value}"), crashed=True
                 )
             return Outcome(phase=phase, ok=True)
+        if value == abi.E_NOMEM:
+            # Out of memory the guest cannot make progress; a restart (per policy) gives it a fresh memory.
+            cap = self.manifest.sandbox.memory.max_heap_mb
+            err = SandboxError(f"agent {self.agent_id} ran out of memory (max_heap_mb={cap})")
+            return Outcome(phase=phase, ok=False, error=err, crashed=True)
         if value < 0:
             name = abi.ERROR_NAMES.get(int(value), str(value))
             return Outcome(

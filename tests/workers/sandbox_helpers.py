@@ -116,7 +116,11 @@ class Driver:
         end = time.monotonic() + timeout
         while env.id not in self.replies:
             if time.monotonic() > end:
-                raise AssertionError(f"no reply to {env.type} within {timeout}s")
+                state = {
+                    a["agent_id"]: (a["state"], a["activity"], a["inbox"], a["messages"])
+                    for a in self.host.agents()
+                }
+                raise AssertionError(f"no reply to {env.type} within {timeout}s; agents: {state}")
             self.pump()
         return self.replies.pop(env.id)
 

@@ -68,17 +68,25 @@ def test_limits_failing_agent_init_fails_the_spawn(tmp_path: Path) -> None:
         d.host.close()
 
 
+WASI_GUEST = (
+    '(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))'
+)
+
+
 @pytest.mark.parametrize(
     ("wat", "code", "message"),
     [
         ('(module (memory (export "memory") 1))', "sandbox_error", "lacks exports ['alloc', 'agent_handle']"),
         ('(module (import "env" "memory" (memory 1)))', "denied", "imports env.memory (memory)"),
-        ('(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))',
-         "denied", "wasi_snapshot_preview1.fd_write"),
+        (
+            WASI_GUEST,
+            "denied",
+            "wasi_snapshot_preview1.fd_write",
+        ),
         ('(module (import "env" "teleport" (func)))', "denied", "no such host function"),
         (_guest("(i64.const 0)", pages=100), "sandbox_error", "instantiation failed: memory minimum size"),
     ],
-)  # fmt: skip
+)
 def test_limits_unfit_modules_are_refused_with_the_reason(
     tmp_path: Path, wat: str, code: str, message: str
 ) -> None:
@@ -94,5 +102,61 @@ def test_limits_unfit_modules_are_refused_with_the_reason(
             reply.body
         )
         assert d.host.runtime_stats()["live_stores"] == 0
+    finally:
+        d.host.close()
+
+
+def test_limits_llm_agent_out_of_memory_is_restarted_with_fresh_memory() -> None:
+    """The built-in agent whose conversation outgrows max_heap_mb fails that message and is restarted."""
+    from sandbox_helpers import RuleProvider, response
+
+    big = "x" * 200_000
+    d = make_host(RuleProvider(lambda req: response(big)))
+    try:
+        text = manifest(
+            "bot",
+            agent='restart = "transient"\nrestart_intensity = 5',
+            sandbox="[sandbox.memory]\nmax_heap_mb = 1\n",
+        )
+        aid = d.ok("agent.spawn", manifest=text)["agent_id"]
+        replies = [d.call("agent.send", agent_id=aid, text="hi") for _ in range(8)]
+        failed = [r for r in replies if r.type == "error"]
+        assert failed and "ran out of memory (max_heap_mb=1)" in failed[0].body["message"]
+        assert replies[0].body["reply"] == big
+        assert d.ok("agent.info", agent_id=aid)["restarts"] >= 1
+        first_failure = replies.index(failed[0])
+        assert replies[first_failure + 1].body["reply"] == big  # the restarted agent answers again
+    finally:
+        d.host.close()
+
+
+SLOW_INIT = """(module
+  (memory (export "memory") 1)
+  (data (i32.const 16) "ok")
+  (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "agent_init") (result i32) (local $i i32)
+    (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (i32.const 20000000))))
+    (i32.const 0))
+  (func (export "agent_handle") (param $p i32) (param $n i32) (result i64)
+    (if (i32.eq (i32.load8_u offset=26 (local.get $p)) (i32.const 114)) (then (unreachable)))
+    (i64.or (i64.shl (i64.const 16) (i64.const 32)) (i64.const 2)))
+)"""
+
+
+def test_limits_message_sent_during_restart_init_waits_for_it(tmp_path: Path) -> None:
+    """A message that arrives while a restarted agent is still in agent_init is queued and answered after."""
+    (tmp_path / "g.wat").write_text(SLOW_INIT)
+    d = make_host()
+    try:
+        text = manifest("g", module=str(tmp_path / "g.wat"), model=False, agent="restart_intensity = 5")
+        aid = d.ok("agent.spawn", manifest=text)["agent_id"]
+        crash = d.submit("agent.send", agent_id=aid, text="r crash")
+        while crash.id not in d.replies:  # tiny steps: stop as soon as the crash is answered
+            d.replies.update({r.id: r for r in d.host.step(0.001)})
+        assert d.replies.pop(crash.id).type == "error"
+        assert d.ok("agent.info", agent_id=aid)["activity"] == "running"  # agent_init of the new instance
+        assert d.ok("agent.send", agent_id=aid, text="hello")["reply"] == "ok"
+        assert d.ok("agent.info", agent_id=aid)["restarts"] == 1
     finally:
         d.host.close()
