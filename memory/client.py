@@ -2,8 +2,8 @@
 
 - One DEALER socket (``IMMEDIATE``: nothing is queued for a writer that is not connected). Every request
   carries a client-generated id; until acked it stays in ``pending`` and is resent with the *same* id when
-  ``resend_after_s`` passes without an ack or when the socket reconnects (a restarted writer). The writer's
-  ledger makes resends idempotent, so an acknowledged write is stored exactly once.
+  ``resend_after_s`` (doubling per attempt, capped) passes without an ack or when the socket reconnects (a
+  restarted writer). The writer's ledger makes resends idempotent: an acknowledged write is stored once.
 - ``max_in_flight`` bounds the pending set: :meth:`submit` waits (pumping replies) for room.
 - Two ways to use it: pipelined (:meth:`submit` then :meth:`poll` for :class:`Completion` s; what workers
   use) and synchronous (:meth:`call` and the helpers :meth:`episode`, :meth:`store`, ... which raise
@@ -34,6 +34,7 @@ from openfang.protocol.errors import (
 )
 from zmq.utils.monitor import recv_monitor_message
 
+MAX_RESEND_AFTER_S = 30.0
 _ERRORS: dict[str, type[OpenFangError]] = {
     "busy": Busy,
     "bad_request": ProtocolError,
@@ -242,7 +243,10 @@ class MemoryClient:
                 self._on_reply(payload)
         now = time.monotonic()
         for req_id, p in list(self.pending.items()):
-            if now - p.sent_at >= self.resend_after_s:
+            # Back off (x2 per attempt, at most MAX_RESEND_AFTER_S) so an overloaded writer is not buried
+            # under copies of what it already queued; a reconnect still resends at once (sent_at = -inf).
+            wait = min(self.resend_after_s * (1 << min(max(p.attempts - 1, 0), 10)), MAX_RESEND_AFTER_S)
+            if now - p.sent_at >= wait:
                 self._send(req_id)
 
     def _on_monitor(self) -> None:
