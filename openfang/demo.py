@@ -78,7 +78,9 @@ def _spawn_demo_agents(client: Client) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m openfang.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(DATA / "cluster.toml"), help="cluster.toml to run")
-    parser.add_argument("--data-dir", default=".openfang-data", help="where the memory, sockets and logs live")
+    parser.add_argument(
+        "--data-dir", default=".openfang-data", help="where the memory, sockets and logs live"
+    )
     parser.add_argument("--once", action="store_true", help="stop the tree after the demo instead of waiting")
     args = parser.parse_args(argv)
 
@@ -86,8 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = load_config(args.config, data_dir=str(data_dir))
     log_path = data_dir / "supervisor.log"
-    cmd = [sys.executable, "-m", "openfang.supervisor.daemon", "--config", args.config,
-           "--data-dir", str(data_dir), "--log-format", "json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "openfang.supervisor.daemon",
+        "--config",
+        args.config,
+        "--data-dir",
+        str(data_dir),
+        "--log-format",
+        "json",
+    ]
     _banner("starting openfang-supervisor")
     print(" ".join(cmd))
     with log_path.open("ab") as log:

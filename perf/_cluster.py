@@ -15,7 +15,6 @@ from typing import Any
 
 import psutil
 import zmq
-
 from openfang.protocol.envelope import Envelope, decode, encode
 
 CONFIG = """
@@ -96,10 +95,14 @@ class BenchCluster:
         """Exec the daemon; seconds from exec to READY=1 on the notify socket."""
         env = dict(os.environ, NOTIFY_SOCKET=self.notify_path)
         t0 = time.perf_counter()
+        log = (self.dir / "log").open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "openfang.supervisor.daemon", "--config", str(self.config)],
-            stdout=subprocess.DEVNULL, stderr=open(self.dir / "log", "wb"), env=env,  # noqa: SIM115
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=env,
         )
+        log.close()  # the child holds its own copy
         self.notify.settimeout(timeout)
         while True:
             data = self.notify.recv(4096).decode()

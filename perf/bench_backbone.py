@@ -8,14 +8,23 @@ import statistics
 import time
 from typing import Any
 
-from perf._cluster import BenchCluster, percentile
-
 from openfang.protocol.envelope import Envelope, encode
 
+from perf._cluster import BenchCluster, percentile
 
-def _metric(name: str, value: float, unit: str, better: str, target: float | None = None, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "system": "openfang", "value": value, "unit": unit, "better": better, "target": target,
-            **extra}
+
+def _metric(
+    name: str, value: float, unit: str, better: str, target: float | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "system": "openfang",
+        "value": value,
+        "unit": unit,
+        "better": better,
+        "target": target,
+        **extra,
+    }
 
 
 def bench_ready(rounds: int) -> list[dict[str, Any]]:
@@ -24,8 +33,17 @@ def bench_ready(rounds: int) -> list[dict[str, Any]]:
         with BenchCluster(workers="auto") as c:
             times.append(c.start() * 1000)
         print(f"  exec->READY round {i + 1}/{rounds}: {times[-1]:.1f} ms", flush=True)
-    return [_metric("daemon_exec_to_ready_ms", statistics.median(times), "ms", "lower",
-                    p50=percentile(times, 50), p99=percentile(times, 99), samples=len(times))]
+    return [
+        _metric(
+            "daemon_exec_to_ready_ms",
+            statistics.median(times),
+            "ms",
+            "lower",
+            p50=percentile(times, 50),
+            p99=percentile(times, 99),
+            samples=len(times),
+        )
+    ]
 
 
 def bench_worker_restart(rounds: int) -> list[dict[str, Any]]:
@@ -50,8 +68,18 @@ def bench_worker_restart(rounds: int) -> list[dict[str, Any]]:
             samples.append((time.perf_counter() - t0) * 1000)
             time.sleep(0.05)
     print(f"  worker restart: p50 {percentile(samples, 50):.1f} ms over {len(samples)}", flush=True)
-    return [_metric("worker_restart_after_kill9_ms", percentile(samples, 50), "ms", "lower", target=30,
-                    p50=percentile(samples, 50), p99=percentile(samples, 99), samples=len(samples))]
+    return [
+        _metric(
+            "worker_restart_after_kill9_ms",
+            percentile(samples, 50),
+            "ms",
+            "lower",
+            target=30,
+            p50=percentile(samples, 50),
+            p99=percentile(samples, 99),
+            samples=len(samples),
+        )
+    ]
 
 
 def bench_round_trip(count: int, label: str, tcp: bool = False) -> list[dict[str, Any]]:
@@ -78,8 +106,15 @@ def bench_round_trip(count: int, label: str, tcp: bool = False) -> list[dict[str
         rate = n / (time.perf_counter() - t0)
     print(f"  control round trip {label}: p50 {percentile(lat, 50):.0f} us, {rate:.0f} msgs/s", flush=True)
     return [
-        _metric(f"control_round_trip_{label}_us", percentile(lat, 50), "us", "lower",
-                p50=percentile(lat, 50), p99=percentile(lat, 99), samples=len(lat)),
+        _metric(
+            f"control_round_trip_{label}_us",
+            percentile(lat, 50),
+            "us",
+            "lower",
+            p50=percentile(lat, 50),
+            p99=percentile(lat, 99),
+            samples=len(lat),
+        ),
         _metric(f"control_msgs_per_s_{label}", rate, "msgs/s", "higher"),
     ]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import os
 import signal
 import socket
@@ -71,6 +72,7 @@ def spawn(
     close_fds: Iterable[int],
 ) -> Spawned:
     """Fork a child that runs ``start(ctx)``; the caller watches ``pidfd`` and ``uplink``."""
+    _preimport(start)
     parent_end, child_end = uplink_pair()
     parent_pid = os.getpid()
     to_close = [fd for fd in close_fds if fd not in (0, 1, 2)]
@@ -94,6 +96,19 @@ def spawn(
         raise
     parent_end.setblocking(False)
     return Spawned(pid=pid, pidfd=pidfd, uplink=parent_end)
+
+
+def _preimport(start: str) -> None:
+    """Import the child's module here, in the parent, once: every later fork (a restart) inherits it warm.
+
+    A worker's imports (zmq, wasmtime, the agent host) cost ~250 ms; paid in each restarted child they
+    would make restart latency an interpreter start. Importing starts no thread (checked in tests), so the
+    parent stays safe to fork. Import errors are left for the child, which reports them as a failed start.
+    """
+    module_name = start.partition(":")[0]
+    if module_name and module_name not in sys.modules:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module_name)
 
 
 def send_signal(pidfd: int, signum: int) -> bool:

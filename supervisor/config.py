@@ -111,9 +111,7 @@ def load_config(path: str | os.PathLike[str], *, data_dir: str | None = None) ->
     return parse_config(text, source=source, base_dir=p.absolute().parent, data_dir=data_dir)
 
 
-def parse_config(
-    text: str, *, source: str, base_dir: Path, data_dir: str | None = None
-) -> ClusterConfig:
+def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None = None) -> ClusterConfig:
     """Parse the TOML text of a cluster config (see :func:`load_config`)."""
     try:
         raw = tomllib.loads(text)
@@ -121,7 +119,9 @@ def parse_config(
         raise ConfigError([Problem(source, f"not valid TOML: {exc}")]) from None
     problems: list[Problem] = []
     for key in sorted(set(raw) - _TOP_KEYS):
-        problems.append(Problem(f"{source}: [{key}]", f"unknown table (known: {', '.join(sorted(_TOP_KEYS))})"))
+        problems.append(
+            Problem(f"{source}: [{key}]", f"unknown table (known: {', '.join(sorted(_TOP_KEYS))})")
+        )
 
     cluster = _table(raw, "cluster", source, problems)
     _unknown(cluster, _CLUSTER_KEYS, f"{source}: [cluster]", problems)
@@ -129,7 +129,9 @@ def parse_config(
     data_dir_s = data_dir or _str(cluster, "data_dir", ".openfang-data", f"{source}: [cluster]", problems)
     resolved_data = (base_dir / os.path.expanduser(data_dir_s)).resolve()
 
-    control = _parse_control(_table(raw, "control", source, problems), resolved_data, base_dir, source, problems)
+    control = _parse_control(
+        _table(raw, "control", source, problems), resolved_data, base_dir, source, problems
+    )
     logging_cfg = _parse_logging(_table(raw, "logging", source, problems), source, problems)
 
     tree: SupervisorSpec | None = None
@@ -139,7 +141,9 @@ def parse_config(
         problems.extend(exc.problems)
     if tree is not None and any(c.id == GATEWAY_ID for c in tree.children):
         problems.append(
-            Problem(f"{source}: [supervisor.children]", f"id {GATEWAY_ID!r} is reserved for the control gateway")
+            Problem(
+                f"{source}: [supervisor.children]", f"id {GATEWAY_ID!r} is reserved for the control gateway"
+            )
         )
     if problems or tree is None or control is None:
         raise ConfigError(problems)
@@ -185,7 +189,10 @@ def _parse_control(
                 value = "ipc://" + path
             if len(path) > MAX_IPC_PATH:
                 problems.append(
-                    Problem(f"{where} key {key!r}", f"ipc path is {len(path)} characters, the limit is {MAX_IPC_PATH}")
+                    Problem(
+                        f"{where} key {key!r}",
+                        f"ipc path is {len(path)} characters, the limit is {MAX_IPC_PATH}",
+                    )
                 )
         elif value.startswith("tcp://"):
             if not table.get("keys_dir"):
@@ -193,7 +200,9 @@ def _parse_control(
                     Problem(f"{where} key {key!r}", "tcp:// endpoints require CURVE: set [control] keys_dir")
                 )
         else:
-            problems.append(Problem(f"{where} key {key!r}", f"must start with ipc:// or tcp://, got {value!r}"))
+            problems.append(
+                Problem(f"{where} key {key!r}", f"must start with ipc:// or tcp://, got {value!r}")
+            )
         return value
 
     ep = endpoint("endpoint", f"ipc://{run_dir}/control.sock")
@@ -205,7 +214,7 @@ def _parse_control(
         if mode not in (0o600, 0o660):
             raise ValueError
     except ValueError:
-        problems.append(Problem(f"{where} key 'socket_mode'", f"must be \"0600\" or \"0660\", got {mode_s!r}"))
+        problems.append(Problem(f"{where} key 'socket_mode'", f'must be "0600" or "0660", got {mode_s!r}'))
         mode = 0o600
     ints = {}
     for key, default, low in (
@@ -235,7 +244,9 @@ def _parse_logging(table: Mapping[str, Any], source: str, problems: list[Problem
     _unknown(table, _LOGGING_KEYS, where, problems)
     level = _str(table, "level", "info", where, problems)
     if level not in _LEVELS:
-        problems.append(Problem(f"{where} key 'level'", f"must be one of {', '.join(_LEVELS)}, got {level!r}"))
+        problems.append(
+            Problem(f"{where} key 'level'", f"must be one of {', '.join(_LEVELS)}, got {level!r}")
+        )
         level = "info"
     fmt = _str(table, "format", "auto", where, problems)
     if fmt not in ("auto", "json", "console"):

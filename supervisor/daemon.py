@@ -20,14 +20,14 @@ from typing import Any
 
 import psutil
 import structlog
-
-from openfang import __version__
-from openfang.logs import configure_logging
 from openfang.protocol.errors import ConfigError, OpenFangError, SupervisorError
 from openfang.supervisor.config import GATEWAY_ID, ClusterConfig, load_config
 from openfang.supervisor.loop import Loop
 from openfang.supervisor.notify import Notifier
 from openfang.supervisor.runtime import Supervisor
+
+from openfang import __version__
+from openfang.logs import configure_logging
 
 log = structlog.get_logger("openfang.supervisor")
 PR_SET_CHILD_SUBREAPER = 36
@@ -247,7 +247,10 @@ def _process_figures(pid: int) -> dict[str, Any]:
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
-            return {"rss_bytes": proc.memory_info().rss, "uptime_s": round(time.time() - proc.create_time(), 3)}
+            return {
+                "rss_bytes": proc.memory_info().rss,
+                "uptime_s": round(time.time() - proc.create_time(), 3),
+            }
     except psutil.Error:
         return {"rss_bytes": None, "uptime_s": None}
 
@@ -282,10 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="path to cluster.toml")
     parser.add_argument("--check", action="store_true", help="validate the config and exit (0 ok, 2 invalid)")
     parser.add_argument("--data-dir", help="override [cluster] data_dir")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override [logging]")
     parser.add_argument(
-        "--log-format", choices=["auto", "json", "console"], help="override [logging] format"
+        "--log-level", choices=["debug", "info", "warning", "error"], help="override [logging]"
     )
+    parser.add_argument("--log-format", choices=["auto", "json", "console"], help="override [logging] format")
     parser.add_argument("--version", action="version", version=f"openfang-supervisor {__version__}")
     return parser
 

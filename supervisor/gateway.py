@@ -14,6 +14,7 @@ timeout when nobody answered in ``request_timeout_ms``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -23,19 +24,18 @@ from typing import Any
 
 import structlog
 import zmq
-
-from openfang.supervisor import routing
 from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
-from openfang.protocol.messages import REQUEST_TYPES
 from openfang.protocol.errors import (
     Busy,
-    NotFound,
     OpenFangError,
     ProtocolError,
     RemoteError,
+    SandboxError,
     Timeout,
 )
+from openfang.protocol.messages import REQUEST_TYPES
 from openfang.protocol.sockets import bind_pub, bind_router, send_nowait
+from openfang.supervisor import routing
 from openfang.supervisor.child import ChildContext
 
 log = structlog.get_logger("openfang.gateway")
@@ -67,6 +67,7 @@ class _Waiting:
     request: Envelope
     deadline: float
     on_reply: Callable[[Envelope], Envelope | None] | None = None
+    worker: str | None = None  # the worker asked, so its death can fail the request at once
 
 
 @dataclass(slots=True)
@@ -142,15 +143,27 @@ class Gateway:
         identity, rest = frames[0], frames[1:]
         delimited = len(rest) == 2 and rest[0] == b""
         if not (delimited or len(rest) == 1):
-            self._reply(identity, False, error_reply("", ProtocolError(
-                f"expected one payload frame (DEALER) or an empty delimiter and a payload (REQ), "
-                f"got {len(rest)} frames")))
+            self._reply(
+                identity,
+                False,
+                error_reply(
+                    "",
+                    ProtocolError(
+                        f"expected one payload frame (DEALER) or an empty delimiter and a payload (REQ), "
+                        f"got {len(rest)} frames"
+                    ),
+                ),
+            )
             return
         payload = rest[-1]
         try:
             env = decode(payload, max_size=self.max_frame, types=REQUEST_TYPES)
         except OpenFangError as exc:
-            self._reply(identity, delimited, error_reply(peek_id(payload) if len(payload) <= self.max_frame else "", exc))
+            self._reply(
+                identity,
+                delimited,
+                error_reply(peek_id(payload) if len(payload) <= self.max_frame else "", exc),
+            )
             return
         try:
             self._route(identity, delimited, env)
@@ -162,7 +175,9 @@ class Gateway:
             self._reply(identity, delimited, env.reply({"pid": os.getpid(), "time": time.time()}))
             return
         if len(self.waiting) >= self.queue_limit:
-            raise Busy(f"{len(self.waiting)} requests in flight, the limit is {self.queue_limit}; retry later")
+            raise Busy(
+                f"{len(self.waiting)} requests in flight, the limit is {self.queue_limit}; retry later"
+            )
         if env.type in TREE_OPS:
             key = os.urandom(8).hex()
             self.waiting[key] = _Waiting(identity, delimited, env, time.monotonic() + self.timeout_s)
@@ -185,7 +200,9 @@ class Gateway:
         key = os.urandom(8).hex()
         forwarded = Envelope(type=env.type, body=env.body, id=key)
         send_nowait(self.worker_sock, [worker_id.encode(), encode(forwarded)], peer=f"worker {worker_id}")
-        self.waiting[key] = _Waiting(identity, delimited, env, time.monotonic() + self.timeout_s, on_reply)
+        self.waiting[key] = _Waiting(
+            identity, delimited, env, time.monotonic() + self.timeout_s, on_reply, worker=worker_id
+        )
         if worker_id in self.workers:
             self.workers[worker_id].in_flight += 1
 
@@ -222,7 +239,11 @@ class Gateway:
         worker = self.workers.setdefault(worker_id, _Worker(worker_id))
         worker.last_seen = time.monotonic()
         if env.type == "worker.hello":
-            worker.pid = int(env.body.get("pid", 0))
+            pid = int(env.body.get("pid", 0))
+            if worker.pid and pid != worker.pid:
+                self._worker_lost(worker_id, f"restarted (pid {worker.pid} -> {pid})")
+                worker = self.workers.setdefault(worker_id, _Worker(worker_id))
+            worker.pid = pid
             worker.cpu = env.body.get("cpu")
             worker.agents = int(env.body.get("agents", 0))
             worker.in_flight = 0
@@ -262,7 +283,12 @@ class Gateway:
                 return
             kind = msg.get("t")
             if kind == "event":
-                self._publish(msg.get("event") or {})
+                event = msg.get("event") or {}
+                if event.get("kind") == "child.exited" and event.get("child") in self.workers:
+                    worker = self.workers[event["child"]]
+                    if not event.get("pid") or event.get("pid") == worker.pid:
+                        self._worker_lost(worker.id, f"exited ({event.get('reason', 'unknown reason')})")
+                self._publish(event)
             elif kind == "rep":
                 waiting = self.waiting.pop(str(msg.get("id")), None)
                 if waiting is None:
@@ -279,6 +305,19 @@ class Gateway:
             elif kind == "req" and msg.get("op") == "gateway.info":
                 self.child.send({"t": "rep", "id": msg.get("id"), "ok": True, "result": self.info()})
 
+    def _worker_lost(self, worker_id: str, why: str) -> None:
+        """A worker died: its agents are gone, and requests it held fail now instead of timing out."""
+        self.workers.pop(worker_id, None)
+        self.agents.forget_worker(worker_id, keep=[])
+        lost = [key for key, w in self.waiting.items() if w.worker == worker_id]
+        for key in lost:
+            waiting = self.waiting.pop(key)
+            err = SandboxError(
+                f"worker {worker_id} {why} while handling this {waiting.request.type!r}; retry"
+            )
+            self._complete(waiting, waiting.request.error(err))
+        log.warning("worker_lost", worker=worker_id, why=why, failed_requests=len(lost))
+
     def info(self) -> dict[str, Any]:
         """What the gateway knows: connected workers, in-flight requests, agents per worker."""
         return {
@@ -292,10 +331,10 @@ class Gateway:
     def _publish(self, event: dict[str, Any]) -> None:
         event.setdefault("time", time.time())
         kind = str(event.get("kind", "event"))
-        try:
-            self.events.send_multipart([kind.encode(), encode(Envelope(type="event", body=event))], zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # PUB drops for slow subscribers by design; the publisher never blocks
+        frames = [kind.encode(), encode(Envelope(type="event", body=event))]
+        # PUB drops for slow subscribers by design; the publisher never blocks.
+        with contextlib.suppress(zmq.Again):
+            self.events.send_multipart(frames, zmq.NOBLOCK)
 
     def _expire(self) -> None:
         now = time.monotonic()

@@ -6,6 +6,7 @@ STOPPING=1 and WATCHDOG=1. Outside systemd ``NOTIFY_SOCKET`` is unset and every 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -36,11 +37,9 @@ class Notifier:
         """Send ``fields`` (e.g. ``"READY=1"``, ``"STATUS=up"``) as one newline-separated datagram."""
         if self._sock is None or self._address is None:
             return
-        try:
+        # The service manager going away must never take the tree down with it.
+        with contextlib.suppress(OSError):
             self._sock.sendto("\n".join(fields).encode(), self._address)
-        except OSError:
-            # The service manager going away must never take the tree down with it.
-            pass
 
     def ready(self, status: str) -> None:
         self.notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")

@@ -74,7 +74,9 @@ def route(env: Envelope, agents: AgentDirectory, workers: Mapping[str, WorkerLoa
     if env.type == "worker.ping":
         wid = env.body.get("worker")
         if not isinstance(wid, str) or wid not in workers:
-            raise NotFound(f"worker {wid!r} is not connected (connected: {', '.join(sorted(workers)) or 'none'})")
+            raise NotFound(
+                f"worker {wid!r} is not connected (connected: {', '.join(sorted(workers)) or 'none'})"
+            )
         return Target([wid])
     if env.type == "agent.spawn":
         explicit = _explicit_agent_id(env.body.get("manifest"))

@@ -10,7 +10,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from openfang.protocol.errors import ConfigError
-
 from openfang.workers.agent_host import AgentHost
 from openfang.workers.llm import make_provider
 from openfang.workers.manifest import ModelConfig

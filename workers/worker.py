@@ -107,7 +107,13 @@ class Worker:
         self._send(
             Envelope(
                 type="worker.hello",
-                body={"worker": self.id, "pid": os.getpid(), "cpu": self.cpu, "agents": len(ids), "agent_ids": ids},
+                body={
+                    "worker": self.id,
+                    "pid": os.getpid(),
+                    "cpu": self.cpu,
+                    "agents": len(ids),
+                    "agent_ids": ids,
+                },
             )
         )
 

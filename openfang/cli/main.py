@@ -113,7 +113,10 @@ def cmd_events(args: argparse.Namespace) -> int:
     seen = 0
     with _client(args, with_events=True) as client:
         for event in client.events(kinds):
-            print(json.dumps(event, sort_keys=True, default=str) if args.json else render.event(event), flush=True)
+            print(
+                json.dumps(event, sort_keys=True, default=str) if args.json else render.event(event),
+                flush=True,
+            )
             seen += 1
             if args.count and seen >= args.count:
                 break
@@ -174,9 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         # what was given before it, hence SUPPRESS defaults there.
         d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
         p.add_argument("--config", default=d(None), help="the daemon's cluster.toml (to find its endpoints)")
-        p.add_argument("--endpoint", default=d(None),
-                       help="control endpoint, e.g. ipc:///path/control.sock or tcp://host:port")
-        p.add_argument("--events-endpoint", default=d(None), help="event endpoint (for 'events' with --endpoint)")
+        p.add_argument(
+            "--endpoint",
+            default=d(None),
+            help="control endpoint, e.g. ipc:///path/control.sock or tcp://host:port",
+        )
+        p.add_argument(
+            "--events-endpoint", default=d(None), help="event endpoint (for 'events' with --endpoint)"
+        )
         p.add_argument("--keys-dir", default=d(None), help="CURVE keys directory for tcp:// endpoints")
         p.add_argument("--key-name", default=d("client"), help="which client keypair in --keys-dir to use")
         p.add_argument("--timeout", type=float, default=d(10.0), help="seconds to wait for an answer")

@@ -62,7 +62,9 @@ def _row(node: dict[str, Any], depth: int) -> str:
 
 
 def reload(body: dict[str, Any]) -> str:
-    parts = [f"{k}: {', '.join(body.get(k) or []) or '-'}" for k in ("started", "stopped", "replaced", "unchanged")]
+    parts = [
+        f"{k}: {', '.join(body.get(k) or []) or '-'}" for k in ("started", "stopped", "replaced", "unchanged")
+    ]
     return "reloaded\n" + "\n".join(parts)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from daemon_harness import Cluster  # noqa: E402
+from daemon_harness import Cluster
 
 
 @pytest.fixture

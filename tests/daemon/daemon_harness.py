@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,6 @@ from typing import Any
 import msgpack
 import psutil
 import zmq
-
 from openfang.protocol.envelope import Envelope, decode, encode
 
 HERE = Path(__file__).resolve().parent
@@ -71,13 +71,24 @@ def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condit
 class Cluster:
     """One daemon process under test: config, notify socket, client socket, log file."""
 
-    def __init__(self, workers: int = 2, extra: str = "", intensity: int = 3, queue_limit: int = 1000,
-                 request_timeout_ms: int = 10000) -> None:
+    def __init__(
+        self,
+        workers: int = 2,
+        extra: str = "",
+        intensity: int = 3,
+        queue_limit: int = 1000,
+        request_timeout_ms: int = 10000,
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="of-", dir="/tmp"))
         self.data_dir = self.dir / "data"
         self.config_path = self.dir / "cluster.toml"
-        self.settings = dict(data_dir=self.data_dir, workers=workers, intensity=intensity, queue_limit=queue_limit,
-                             request_timeout_ms=request_timeout_ms)
+        self.settings = dict(
+            data_dir=self.data_dir,
+            workers=workers,
+            intensity=intensity,
+            queue_limit=queue_limit,
+            request_timeout_ms=request_timeout_ms,
+        )
         self.write_config(extra)
         self.notify_path = str(self.dir / "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -110,7 +121,10 @@ class Cluster:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "openfang.supervisor.daemon", "--config", str(self.config_path)],
-                stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=self.dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                cwd=self.dir,
             )
         if wait_ready:
             self.wait_notification("READY=1", timeout=30)
@@ -199,10 +213,8 @@ class Cluster:
 
     def remember_pids(self) -> None:
         for proc in self.descendants():
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 self.known_pids.setdefault(proc.pid, proc.create_time())
-            except psutil.NoSuchProcess:
-                pass
 
     def subscribe(self) -> zmq.Socket[bytes]:
         sub = self.zctx.socket(zmq.SUB)
@@ -233,6 +245,7 @@ class Cluster:
 
     def assert_no_survivors(self, timeout: float = 10.0) -> None:
         """Every process this daemon ever had is gone (not running, not a zombie)."""
+
         def survivors() -> list[int]:
             return sorted(p for p, t in self.known_pids.items() if _alive(p, t))
 
@@ -245,10 +258,8 @@ class Cluster:
             self.proc.wait(5)
         for pid, created in self.known_pids.items():
             if _alive(pid, created):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         if self._sock is not None:
             self._sock.close()
         self.zctx.term()

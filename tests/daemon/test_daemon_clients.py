@@ -18,8 +18,13 @@ AGENTS = ROOT / "openfang" / "data" / "agents"
 
 
 def _ctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "openfang.cli.main", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "openfang.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
 
 
 def _free_port() -> int:
@@ -36,7 +41,9 @@ def test_ctl_status_tree_and_ping_in_human_and_json_form(make_cluster: type[Clus
     tree = _ctl("--endpoint", c.endpoint, "tree")
     assert tree.returncode == 0
     assert "workers-0" in tree.stdout and "control" in tree.stdout and "RSS" in tree.stdout
-    pong = json.loads(_ctl("ping", "--worker", "workers-1", "--json", env={"OPENFANG_ENDPOINT": c.endpoint}).stdout)
+    pong = json.loads(
+        _ctl("ping", "--worker", "workers-1", "--json", env={"OPENFANG_ENDPOINT": c.endpoint}).stdout
+    )
     assert pong["worker"] == "workers-1"
     missing = _ctl("ping", "--worker", "nope", "--endpoint", c.endpoint)
     assert missing.returncode == 1 and "not_found" in missing.stderr
@@ -50,10 +57,12 @@ def test_ctl_reports_an_unreachable_daemon_with_exit_3(tmp_path: Path) -> None:
 
 
 def test_agents_spawn_talk_and_die_with_their_worker(make_cluster: type[Cluster]) -> None:
-    """Agents spawn on the least-loaded worker, answer through the gateway, and vanish when their worker dies."""
+    """Agents spawn on the least-loaded worker, answer through the gateway, vanish when their worker dies."""
     c = make_cluster(workers=2).start()
-    wait_for(lambda: all(not c.call("worker.ping", {"worker": w}).is_error for w in ("workers-0", "workers-1")),
-             what="workers connected")
+    wait_for(
+        lambda: all(not c.call("worker.ping", {"worker": w}).is_error for w in ("workers-0", "workers-1")),
+        what="workers connected",
+    )
     spawned = [c.ok("agent.spawn", {"manifest": (AGENTS / "greeter.toml").read_text()}) for _ in range(2)]
     assert {s["worker"] for s in spawned} == {"workers-0", "workers-1"}, "spawns spread over the workers"
     first = spawned[0]["agent_id"]
@@ -62,7 +71,9 @@ def test_agents_spawn_talk_and_die_with_their_worker(make_cluster: type[Cluster]
     victim = next(n for n in c.node("workers")["children"] if n["id"] == spawned[0]["worker"])
     os.kill(victim["pid"], signal.SIGKILL)
     wait_for(lambda: c.node("workers", victim["id"])["pid"] not in (None, victim["pid"]), what="restart")
-    gone = wait_for(lambda: (r := c.call("agent.info", {"agent_id": first})).is_error and r, what="agent gone")
+    gone = wait_for(
+        lambda: (r := c.call("agent.info", {"agent_id": first})).is_error and r, what="agent gone"
+    )
     assert gone.body["code"] == "not_found"
     other = spawned[1]["agent_id"]
     assert "WebAssembly" in c.ok("agent.send", {"agent_id": other, "text": "who are you?"})["reply"]
@@ -76,21 +87,27 @@ def test_node_client_written_from_protocol_md_talks_to_the_daemon(make_cluster: 
     client = ROOT / "examples" / "node-client" / "client.mjs"
     assert (client.parent / "node_modules").is_dir(), "make install runs npm install in examples/node-client"
     c = make_cluster(workers=1).start()
-    status = subprocess.run(["node", str(client), "--endpoint", c.endpoint, "status"], capture_output=True,
-                            text=True, timeout=60)
+    status = subprocess.run(
+        ["node", str(client), "--endpoint", c.endpoint, "status"], capture_output=True, text=True, timeout=60
+    )
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["state"] == "running"
-    tree = subprocess.run(["node", str(client), "--endpoint", c.endpoint, "tree"], capture_output=True, text=True,
-                          timeout=60)
+    tree = subprocess.run(
+        ["node", str(client), "--endpoint", c.endpoint, "tree"], capture_output=True, text=True, timeout=60
+    )
     assert "workers-0" in tree.stdout
-    junk = subprocess.run(["node", str(client), "--endpoint", c.endpoint, "raw", "c1ff"], capture_output=True,
-                          text=True, timeout=60)
+    junk = subprocess.run(
+        ["node", str(client), "--endpoint", c.endpoint, "raw", "c1ff"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert junk.returncode == 2 and "bad_request" in junk.stdout + junk.stderr
     assert c.stop() == 0
 
 
 def test_tcp_control_endpoint_requires_curve_and_refuses_strangers(make_cluster: type[Cluster]) -> None:
-    """Over tcp:// an authorized CURVE client is answered; a client without keys or with unknown keys is not."""
+    """Over tcp:// an authorized CURVE client is answered; one without keys or with unknown keys is not."""
     from openfang.protocol.client import Client
     from openfang.protocol.curve import CurveClient, generate_keys
     from openfang.protocol.errors import Timeout
@@ -102,7 +119,8 @@ def test_tcp_control_endpoint_requires_curve_and_refuses_strangers(make_cluster:
     port, events = _free_port(), _free_port()
     text = c.config_path.read_text().replace(
         "[control]\n",
-        f'[control]\nendpoint = "tcp://127.0.0.1:{port}"\nevents = "tcp://127.0.0.1:{events}"\nkeys_dir = "{keys}"\n',
+        f'[control]\nendpoint = "tcp://127.0.0.1:{port}"\nevents = "tcp://127.0.0.1:{events}"\n'
+        f'keys_dir = "{keys}"\n',
     )
     c.config_path.write_text(text)
     c.start()
@@ -111,8 +129,10 @@ def test_tcp_control_endpoint_requires_curve_and_refuses_strangers(make_cluster:
         assert alice.request("status")["state"] == "running"
     with Client(endpoint, timeout=1.5) as anonymous, pytest.raises(Timeout):
         anonymous.request("ping")
-    with Client(endpoint, curve=CurveClient(strangers, name="mallory"), timeout=1.5) as mallory, \
-            pytest.raises(Timeout):
+    with (
+        Client(endpoint, curve=CurveClient(strangers, name="mallory"), timeout=1.5) as mallory,
+        pytest.raises(Timeout),
+    ):
         mallory.request("ping")
     out = _ctl("status", "--endpoint", endpoint, "--keys-dir", str(keys), "--key-name", "alice", "--json")
     assert json.loads(out.stdout)["state"] == "running", out.stderr
@@ -120,12 +140,16 @@ def test_tcp_control_endpoint_requires_curve_and_refuses_strangers(make_cluster:
 
 
 def test_make_run_demo_spawns_agents_and_holds_a_conversation(tmp_path: Path) -> None:
-    """python -m openfang.demo --once (what make run runs) brings the tree up, talks to agents, stops cleanly."""
+    """python -m openfang.demo --once (what make run runs) brings the tree up, talks to agents, stops."""
     import tempfile
 
     data = tempfile.mkdtemp(prefix="ofdemo-", dir="/tmp")
-    out = subprocess.run([sys.executable, "-m", "openfang.demo", "--data-dir", data, "--once"], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "openfang.demo", "--data-dir", data, "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "greeter -> you: I am greeter" in out.stdout
     assert "The tool says:" in out.stdout

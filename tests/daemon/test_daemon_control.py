@@ -5,7 +5,6 @@ from __future__ import annotations
 import msgpack
 import pytest
 from daemon_harness import Cluster, wait_for
-
 from openfang.protocol.envelope import Envelope, decode, encode
 
 pytestmark = pytest.mark.integration
@@ -102,7 +101,9 @@ def test_reload_with_a_bad_config_is_rejected_and_the_tree_is_untouched(make_clu
 
     c = make_cluster(workers=2).start()
     before = {n["id"]: n["pid"] for n in c.tree()}
-    c.config_path.write_text(c.config_path.read_text() + '\n[[supervisor.children]]\nid = "workers"\nstart = "x"\n')
+    c.config_path.write_text(
+        c.config_path.read_text() + '\n[[supervisor.children]]\nid = "workers"\nstart = "x"\n'
+    )
     reply = c.call("reload")
     assert reply.is_error and reply.body["code"] == "bad_config"
     assert "workers" in reply.body["message"]

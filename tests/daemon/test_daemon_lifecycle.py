@@ -38,8 +38,14 @@ def test_killed_worker_is_restarted_and_serves_again(make_cluster: type[Cluster]
     c = make_cluster(workers=2).start()
     w0, w1 = c.node("workers")["children"]
     os.kill(w0["pid"], signal.SIGKILL)
-    new = wait_for(lambda: (n := c.node("workers", "workers-0"))["pid"] not in (None, w0["pid"])
-                   and n["state"] == "running" and n, what="workers-0 to restart")
+    new = wait_for(
+        lambda: (
+            (n := c.node("workers", "workers-0"))["pid"] not in (None, w0["pid"])
+            and n["state"] == "running"
+            and n
+        ),
+        what="workers-0 to restart",
+    )
     assert new["restarts"] == 1
     assert wait_for(lambda: not c.call("worker.ping", {"worker": "workers-0"}).is_error, what="ping")
     assert c.ok("worker.ping", {"worker": "workers-0"})["pid"] == new["pid"]
@@ -55,10 +61,17 @@ def test_killed_nested_supervisor_leaves_no_orphans_and_comes_back(make_cluster:
     old_workers = [w["pid"] for w in sup["children"]]
     os.kill(sup["pid"], signal.SIGKILL)
     # Orphaned workers die by PDEATHSIG and are reaped by the daemon (the subreaper): no zombie stays.
-    wait_for(lambda: not [p for p in old_workers if psutil.pid_exists(p)], what="old workers to die and be reaped")
-    fresh = wait_for(lambda: (n := c.node("workers"))["pid"] != sup["pid"]
-                     and len([w for w in n["children"] if w["state"] == "running"]) == 2 and n,
-                     what="workers subtree back")
+    wait_for(
+        lambda: not [p for p in old_workers if psutil.pid_exists(p)], what="old workers to die and be reaped"
+    )
+    fresh = wait_for(
+        lambda: (
+            (n := c.node("workers"))["pid"] != sup["pid"]
+            and len([w for w in n["children"] if w["state"] == "running"]) == 2
+            and n
+        ),
+        what="workers subtree back",
+    )
     assert fresh["restarts"] == 1
     c.remember_pids()
     assert c.stop() == 0
@@ -70,8 +83,11 @@ def test_sigterm_stops_children_in_reverse_start_order_and_exits_zero(make_clust
     c = make_cluster(workers=2).start()
     assert c.stop() == 0
     c.wait_notification("STOPPING=1", timeout=5)
-    exits = [e.get("id") for e in c.log_events() if e.get("event") == "event" and e.get("kind") == "child.exited"
-             and e.get("path", "").count("/") <= 1]
+    exits = [
+        e.get("id")
+        for e in c.log_events()
+        if e.get("event") == "event" and e.get("kind") == "child.exited" and e.get("path", "").count("/") <= 1
+    ]
     assert exits.index("workers") < exits.index("control"), exits
     c.assert_no_survivors()
 
@@ -155,15 +171,28 @@ start = "no_colon_here"
 restart = "sometimes"
 [bogus]
 """)
-    out = subprocess.run([sys.executable, "-m", "openfang.supervisor.daemon", "--config", str(cfg), "--check"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "openfang.supervisor.daemon", "--config", str(cfg), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2
-    for needle in ("[cluster] key 'name'", "keys_dir", "queue_limit", "one_for_some", "no_colon_here",
-                   "sometimes", "[bogus]"):
+    for needle in (
+        "[cluster] key 'name'",
+        "keys_dir",
+        "queue_limit",
+        "one_for_some",
+        "no_colon_here",
+        "sometimes",
+        "[bogus]",
+    ):
         assert needle in out.stderr, (needle, out.stderr)
     good = Path(__file__).resolve().parents[2] / "examples" / "cluster.toml"
-    ok = subprocess.run([sys.executable, "-m", "openfang.supervisor.daemon", "--config", str(good), "--check"],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "openfang.supervisor.daemon", "--config", str(good), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-
 from openfang.protocol.envelope import Envelope
-from openfang.protocol.errors import NotFound, ProtocolError
-from openfang.protocol.errors import UnknownType
+from openfang.protocol.errors import NotFound, ProtocolError, UnknownType
 from openfang.supervisor.routing import AgentDirectory, Gather, least_loaded, route
 
 
@@ -35,7 +33,9 @@ def test_messages_to_an_agent_go_to_its_worker() -> None:
     d = AgentDirectory()
     _spawned(d, "w-1", "a1")
     workers = {"w-0": Load(), "w-1": Load()}
-    assert route(Envelope(type="agent.send", body={"agent_id": "a1", "text": "hi"}), d, workers).workers == ["w-1"]
+    assert route(Envelope(type="agent.send", body={"agent_id": "a1", "text": "hi"}), d, workers).workers == [
+        "w-1"
+    ]
 
 
 def test_unknown_agent_and_absent_worker_are_not_found() -> None:
@@ -106,4 +106,6 @@ def test_an_explicit_agent_id_already_running_elsewhere_is_refused() -> None:
     with pytest.raises(AlreadyExists, match="analyst-01"):
         route(Envelope(type="agent.spawn", body={"manifest": manifest}), d, {"w-0": Load(), "w-1": Load()})
     fresh = manifest.replace("analyst-01", "analyst-02")
-    assert route(Envelope(type="agent.spawn", body={"manifest": fresh}), d, {"w-0": Load(), "w-1": Load()}).workers
+    assert route(
+        Envelope(type="agent.spawn", body={"manifest": fresh}), d, {"w-0": Load(), "w-1": Load()}
+    ).workers

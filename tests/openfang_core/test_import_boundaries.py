@@ -19,8 +19,13 @@ ALLOWED = {
     "openfang.security": {"openfang.protocol"},
     "openfang.memory": {"openfang.protocol", "openfang.supervisor.child"},
     "openfang.supervisor": {"openfang.protocol", "openfang.security"},
-    "openfang.workers": {"openfang.protocol", "openfang.security", "openfang.memory", "openfang.supervisor.child",
-                         "openfang.supervisor.restart"},
+    "openfang.workers": {
+        "openfang.protocol",
+        "openfang.security",
+        "openfang.memory",
+        "openfang.supervisor.child",
+        "openfang.supervisor.restart",
+    },
 }
 ROOT_MODULES = {"openfang", "openfang.logs"}
 
@@ -57,8 +62,11 @@ def test_only_one_module_imports_wasmtime() -> None:
         for path in (ROOT / folder).rglob("*.py"):
             tree = ast.parse(path.read_text())
             for node in ast.walk(tree):
-                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                    [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                mods = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                )
                 if any(m == "wasmtime" or m.startswith("wasmtime.") for m in mods):
                     users.append(str(path.relative_to(ROOT)))
     assert set(users) <= {"workers/_wasmtime.py"}, users

@@ -12,8 +12,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBPACKAGES = ["openfang.supervisor", "openfang.workers", "openfang.protocol", "openfang.memory",
-               "openfang.security", "openfang.cli"]
+SUBPACKAGES = [
+    "openfang.supervisor",
+    "openfang.workers",
+    "openfang.protocol",
+    "openfang.memory",
+    "openfang.security",
+    "openfang.cli",
+]
 
 
 def test_package_list_names_every_package_folder() -> None:
@@ -30,10 +36,21 @@ def test_package_list_names_every_package_folder() -> None:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_wheel_installs_in_fresh_venv_and_imports_every_subpackage(tmp_path: Path) -> None:
-    """Build the wheel, install it (without deps) into a fresh venv that borrows our deps, import everything."""
+    """Build the wheel, install it (no deps) into a fresh venv that borrows our deps, import everything."""
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(dist),
+            str(ROOT),
+        ],
         check=True,
         cwd=tmp_path,
     )
@@ -42,7 +59,9 @@ def test_wheel_installs_in_fresh_venv_and_imports_every_subpackage(tmp_path: Pat
     venv.create(env_dir, with_pip=False)
     py = env_dir / "bin" / "python"
     site = subprocess.run(
-        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True, capture_output=True,
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
         text=True,
     ).stdout.strip()
     # Dependencies come from the project venv; the package itself only from the wheel.
@@ -56,10 +75,16 @@ def test_wheel_installs_in_fresh_venv_and_imports_every_subpackage(tmp_path: Pat
     assert out.strip().startswith(site), f"openfang imported from {out.strip()}, not from the wheel"
     for script in ("openfang-supervisor", "openfang"):
         helped = subprocess.run(
-            [py, "-c", f"import sys; from importlib.metadata import entry_points; "
-             f"ep = next(e for e in entry_points(group='console_scripts') if e.name == {script!r}); "
-             f"sys.argv = [{script!r}, '--help']; ep.load()()"],
-            capture_output=True, text=True, cwd=tmp_path,
+            [
+                py,
+                "-c",
+                f"import sys; from importlib.metadata import entry_points; "
+                f"ep = next(e for e in entry_points(group='console_scripts') if e.name == {script!r}); "
+                f"sys.argv = [{script!r}, '--help']; ep.load()()",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
         )
         assert helped.returncode == 0, helped.stderr
         assert "usage:" in helped.stdout
