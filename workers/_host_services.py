@@ -56,6 +56,7 @@ class HostedAgent:
     fuel_at_start: int = 0
     chat_cache: jobs.ChatCache = field(default_factory=jobs.ChatCache)
     tool_ctx: Any = None
+    grant: Any = None  # the security.capabilities grant, reapplied on every restart
     tool_ctx_for: Sandbox | None = None
 
 

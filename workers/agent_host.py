@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ class AgentHost:
         engine_options: EngineOptions | None = None,
         max_threads: int = 4,
         module_cache_dir: Path | None = None,
+        capabilities: Any | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.llm_factory = llm_factory
@@ -73,6 +75,8 @@ class AgentHost:
         self._options = engine_options or EngineOptions()
         # Compiled modules persist here (by sha256 + engine settings): a restarted worker skips compiling.
         self._cache_dir = module_cache_dir
+        # security.capabilities.CapabilityPolicy (duck-typed): cluster limits and import allow/deny patterns.
+        self._capabilities = capabilities
         self._runtimes: dict[int, Runtime] = {}
         self._agents: dict[str, HostedAgent] = {}
         self._active: dict[
@@ -210,21 +214,33 @@ class AgentHost:
         elif manifest.model is not None:
             provider = _llm.make_provider(manifest.model.raw, where=f"{manifest.source}: [agent.model]")
         window = RestartWindow(manifest.restart_intensity, manifest.restart_period_ms / 1000)
-        sandbox = self._new_sandbox(manifest, agent_id)
+        grant = None
+        if self._capabilities is not None:
+            grant = self._capabilities.grant(agent_id, tomllib.loads(text), source=manifest.source)
+        sandbox = self._new_sandbox(manifest, agent_id, grant)
         agent = HostedAgent(
             agent_id=agent_id, manifest=manifest, sandbox=sandbox, provider=provider, window=window
         )
+        agent.grant = grant
         self._agents[agent_id] = agent
         agent.spawn_env = env
         self._start(agent)
 
-    def _new_sandbox(self, manifest: AgentManifest, agent_id: str) -> Sandbox:
+    def _new_sandbox(self, manifest: AgentManifest, agent_id: str, grant: Any = None) -> Sandbox:
+        check = None
+        if self._capabilities is not None and grant is not None:
+            caps = self._capabilities
+
+            def check(imports: list[tuple[str, str, str]]) -> None:
+                caps.check_imports(grant, [(module, name) for module, name, _ in imports])
+
         sandbox = Sandbox(
             manifest,
             self._runtime(manifest.sandbox.memory.stack_size_kb),
             agent_id=agent_id,
             services=Services(self),
             clock=self.clock,
+            import_check=check,
         )
         sandbox.load()  # raises (and frees) on refusal: nothing is registered for a failed spawn
         return sandbox
@@ -327,6 +343,8 @@ class AgentHost:
     def _apply(self, agent: HostedAgent, outcome: Outcome | None) -> None:
         if outcome is None:
             return
+        if outcome.limit is not None and self._capabilities is not None:
+            self._capabilities.record_trap(agent.agent_id, outcome.limit, phase=outcome.phase)
         if outcome.phase == "init":
             if outcome.ok:
                 self._active.pop(agent.agent_id, None)
@@ -369,7 +387,7 @@ class AgentHost:
             return
         self._event(agent, "restarting", reason=reason)
         try:
-            agent.sandbox = self._new_sandbox(agent.manifest, agent.agent_id)
+            agent.sandbox = self._new_sandbox(agent.manifest, agent.agent_id, agent.grant)
         except OpenFangError as exc:
             self._remove(agent, "dead", exc, reason=f"restart failed: {exc.message}")
             return
@@ -423,6 +441,9 @@ class AgentHost:
             )
 
     def _audit_record(self, record: dict[str, Any]) -> None:
+        if self._capabilities is not None and record.get("kind") in ("host_call_denied", "tool_denied"):
+            what = record.get("function") or record.get("tool")
+            self._capabilities.record_trap(str(record.get("agent_id")), "call_denied", name=what)
         record = {"worker": self.worker_id, "time": time.time(), **record}
         self._bound.info("audit", **record)
         if self._audit is not None:

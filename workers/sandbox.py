@@ -78,6 +78,7 @@ class Outcome:
     reply: bytes = b""
     error: Exception | None = None
     crashed: bool = False
+    limit: str | None = None  # the sandbox limit that ended the call: "deadline" or "memory_cap"
 
 
 def load_code(manifest: AgentManifest) -> tuple[bytes, str]:
@@ -113,8 +114,10 @@ class Sandbox:
         agent_id: str,
         services: HostServices,
         clock: Callable[[], float] = time.monotonic,
+        import_check: Callable[[list[tuple[str, str, str]]], None] | None = None,
     ) -> None:
         self.manifest = manifest
+        self._import_check = import_check  # an extra policy (security.capabilities), after our own checks
         self.agent_id = agent_id
         self.runtime = runtime
         self.services = services
@@ -197,6 +200,8 @@ class Sandbox:
                 raise SecurityError(f"{where}: no such host function in OpenFANG")
             if name not in self.granted:
                 raise SecurityError(f"{where}: not granted by the manifest (see allowed_host_functions)")
+        if self._import_check is not None:
+            self._import_check(imports)
 
     def begin_init(self) -> bool:
         """Start ``agent_init`` if the guest exports it; False when there is nothing to run."""
@@ -246,7 +251,7 @@ class Sandbox:
                 f"agent {self.agent_id}: call exceeded call_timeout_ms={self.manifest.call_timeout_ms}"
             )
             # Parked on a host call the guest stopped at a call boundary and stays usable; otherwise restart.
-            return Outcome(phase=phase, ok=False, error=err, crashed=not parked)
+            return Outcome(phase=phase, ok=False, error=err, crashed=not parked, limit="deadline")
         if self.state is State.THROTTLED and now >= self._interval_end:
             self.state = State.RUNNING
         if self.state is State.WAITING and self._job is not None and self._job.done:
@@ -280,7 +285,7 @@ class Sandbox:
             self._end_call()
             if exc.trap_code == "interrupt":
                 err: Exception = Timeout(f"agent {self.agent_id}: call exceeded its wall-clock deadline")
-                return Outcome(phase=self._phase, ok=False, error=err, crashed=True)
+                return Outcome(phase=self._phase, ok=False, error=err, crashed=True, limit="deadline")
             return Outcome(phase=self._phase, ok=False, error=exc, crashed=True)
         except SandboxError as exc:
             self._end_call()
@@ -309,7 +314,7 @@ class Sandbox:
             # Out of memory the guest cannot make progress; a restart (per policy) gives it a fresh memory.
             cap = self.manifest.sandbox.memory.max_heap_mb
             err = SandboxError(f"agent {self.agent_id} ran out of memory (max_heap_mb={cap})")
-            return Outcome(phase=phase, ok=False, error=err, crashed=True)
+            return Outcome(phase=phase, ok=False, error=err, crashed=True, limit="memory_cap")
         if value < 0:
             name = abi.ERROR_NAMES.get(int(value), str(value))
             return Outcome(

@@ -160,3 +160,46 @@ def test_limits_message_sent_during_restart_init_waits_for_it(tmp_path: Path) ->
         assert d.ok("agent.info", agent_id=aid)["restarts"] == 1
     finally:
         d.host.close()
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, dict[str, object]]] = []
+
+    def append(self, kind: str, /, **fields: object) -> None:
+        self.records.append((kind, fields))
+
+
+def test_limits_cluster_capability_policy_narrows_what_a_manifest_grants(tmp_path: Path) -> None:
+    """security.capabilities applies on top of the manifest: its deny patterns and limits refuse a spawn."""
+    from openfang.security.capabilities import CapabilityPolicy, SandboxPolicyConfig
+    from openfang.workers.agent_host import AgentHost
+    from sandbox_helpers import Driver, default_registry
+
+    sink = _Sink()
+    policy = CapabilityPolicy(
+        SandboxPolicyConfig(allow=frozenset({"env.*"}), deny=frozenset({"env.log"}), memory_max_mb=8),
+        audit=sink,
+    )
+    d = Driver(AgentHost("w-caps", tools=default_registry(), capabilities=policy))
+    try:
+        echo = manifest(
+            "echo", module="builtin:echo", model=False, sandbox="[sandbox.memory]\nmax_heap_mb = 4\n"
+        )
+        assert d.ok("agent.spawn", manifest=echo)["agent_id"]
+        logs = '(module (import "env" "log" (func (param i32 i32) (result i32))))'
+        (tmp_path / "log.wat").write_text(logs)
+        text = manifest(
+            "l", module=str(tmp_path / "log.wat"), model=False, sandbox="[sandbox.memory]\nmax_heap_mb = 4\n"
+        )
+        refused = d.call("agent.spawn", manifest=text)
+        assert refused.body["code"] == "denied" and "env.log" in refused.body["message"]
+        greedy = manifest(
+            "g", module="builtin:echo", model=False, sandbox="[sandbox.memory]\nmax_heap_mb = 64\n"
+        )
+        refused = d.call("agent.spawn", manifest=greedy)
+        assert refused.body["code"] == "denied" and "memory_mb 64 > 8" in refused.body["message"]
+        kinds = [kind for kind, _ in sink.records]
+        assert "capabilities.import_denied" in kinds and "capabilities.limits_refused" in kinds
+    finally:
+        d.host.close()
