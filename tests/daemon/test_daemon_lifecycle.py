@@ -241,3 +241,12 @@ def test_sd_notify_sequence_ready_reloading_ready_stopping_and_watchdog(make_clu
     assert order[0].startswith("STATUS=") or order[0] == "READY=1"
     firsts = [o for o in order if o in ("READY=1", "RELOADING=1", "STOPPING=1")]
     assert firsts == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], firsts
+
+
+def test_supervisor_processes_stay_single_threaded_so_forking_is_safe(make_cluster: type[Cluster]) -> None:
+    """The root and nested supervisors pre-import worker modules yet never start a thread (fork stays safe)."""
+    c = make_cluster(workers=2).start()
+    sup_pids = [c.proc.pid, c.node("workers")["pid"]]  # type: ignore[union-attr]
+    for pid in sup_pids:
+        assert len(os.listdir(f"/proc/{pid}/task")) == 1, f"supervisor {pid} has threads"
+    assert c.stop() == 0
