@@ -57,6 +57,7 @@ class HostedAgent:
     chat_cache: jobs.ChatCache = field(default_factory=jobs.ChatCache)
     tool_ctx: Any = None
     grant: Any = None  # the security.capabilities grant, reapplied on every restart
+    tool_specs: tuple[Any, ...] | None = None
     tool_ctx_for: Sandbox | None = None
 
 
@@ -77,9 +78,12 @@ class Services:
         agent = self._agent(sandbox)
         if agent is None or agent.provider is None:
             return DoneJob(abi.E_UNAVAILABLE, b"no LLM provider in this host")
-        specs: list[Any] = []
-        if agent.manifest.tools and self.host.tools is not None and hasattr(self.host.tools, "specs_for"):
-            specs = list(self.host.tools.specs_for(frozenset(agent.manifest.tools)))
+        if agent.tool_specs is None:  # what the model is offered: fixed for the agent's life
+            registry = self.host.tools
+            agent.tool_specs = ()
+            if agent.manifest.tools and registry is not None and hasattr(registry, "specs_for"):
+                agent.tool_specs = tuple(registry.specs_for(frozenset(agent.manifest.tools)))
+        specs = agent.tool_specs
         job = UsageJob(agent)
         chat = agent.chat_cache.convert(messages)
         work = jobs.llm_work(agent.provider, agent.manifest.system_prompt, chat, specs)
