@@ -73,6 +73,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "memory.search": {"query": "invoice total", "agent_id": "a-7f3c", "mode": "hybrid", "limit": 5},
     "memory.history": {"agent_id": "a-7f3c", "session": "s1", "limit": 20},
     "memory.stats": {},
+    "security.report": {},
 }
 
 REPLIES: dict[str, dict[str, Any]] = {
@@ -140,6 +141,17 @@ REPLIES: dict[str, dict[str, Any]] = {
         "counts": {"episodes": 1200, "memories": 85, "tool_calls": 40},
         "db_bytes": 4194304,
         "embedder": "hash-384",
+    },
+    "security.report": {
+        "layers": [
+            {
+                "layer": 3,
+                "name": "rate limiting",
+                "module": "openfang.security.ratelimit",
+                "enabled": True,
+                "config": {"client_requests": {"rate": 200.0, "burst": 400.0}},
+            }
+        ]
     },
 }
 

@@ -341,6 +341,13 @@ class MemoryStatsOk:
     embedder: Name | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecurityReportOk:
+    """One entry per security layer: ``{"layer", "name", "module", "enabled", "config"}`` (no key material)."""
+
+    layers: Annotated[list[dict[str, Any]], Len(64)]
+
+
 # -- events and errors -------------------------------------------------------------------------------------
 
 

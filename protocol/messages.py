@@ -44,6 +44,7 @@ from openfang.protocol.bodies import (
     MemorySearchOk,
     MemoryStats,
     MemoryStatsOk,
+    SecurityReportOk,
     PingOk,
     ReloadOk,
     StatusOk,
@@ -231,6 +232,14 @@ CATALOGUE: dict[str, MessageSpec] = {
         ),
         _spec(
             "memory.stats", "memory", MemoryStats, MemoryStatsOk, "sizes of the memory store", *_MEMORY_ERRORS
+        ),
+        _spec(
+            "security.report",
+            "control",
+            Empty,
+            SecurityReportOk,
+            "the state of every security layer of the running system",
+            *_COMMON_ERRORS,
         ),
     ]
 }
