@@ -16,7 +16,7 @@ from typing import Any
 
 from openfang.memory import messages
 from openfang.memory._db import pack_vector
-from openfang.memory.client import Completion, MemoryClient, store_body
+from openfang.memory.client import Completion, MemoryClient, locations, store_body
 from openfang.memory.embed import Embedder, best_available
 from openfang.memory.reader import MemoryReader
 from openfang.protocol.errors import ProtocolError
@@ -46,6 +46,12 @@ class MemoryAPI:
     ) -> MemoryAPI:
         """Connect to the writer at ``endpoint`` and open a reader on ``db_path``."""
         return cls(MemoryClient(endpoint), MemoryReader(db_path), embedder)
+
+    @classmethod
+    def from_env(cls, embedder: Embedder | None = None) -> MemoryAPI:
+        """Connect where this cluster's writer listens (:func:`~openfang.memory.client.locations`)."""
+        endpoint, db_path = locations()
+        return cls.open(endpoint, db_path, embedder)
 
     def close(self) -> None:
         self.client.close()

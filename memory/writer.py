@@ -26,6 +26,7 @@ import structlog
 import zmq
 from openfang.memory import _db, messages, schema
 from openfang.memory._apply import COMPACT_BATCH, Applier
+from openfang.memory.client import locations
 from openfang.protocol.envelope import DEFAULT_MAX_FRAME, Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import Busy, ConfigError, OpenFangError, Problem
 
@@ -74,9 +75,34 @@ class WriterConfig:
         )
 
     @classmethod
-    def from_args(cls, args: Mapping[str, Any], where: str = "memory.args") -> WriterConfig:
-        """Validate ``args``; raises ConfigError listing every problem, each with its key."""
+    def from_args(
+        cls, args: Mapping[str, Any], where: str = "memory.args", env: Mapping[str, str] | None = None
+    ) -> WriterConfig:
+        """Validate ``args``; raises ConfigError listing every problem, each with its key.
+
+        ``{data_dir}`` in ``db_path`` / ``endpoint`` is replaced by ``OPENFANG_DATA_DIR`` (which the daemon
+        gives every child); missing ones default to :func:`openfang.memory.client.locations`, the same
+        place the workers look.
+        """
+        env = os.environ if env is None else env
         problems: list[Problem] = []
+        args = dict(args)
+        data_dir = env.get("OPENFANG_DATA_DIR", "")
+        for key in ("db_path", "endpoint"):
+            value = args.get(key)
+            if isinstance(value, str) and "{data_dir}" in value:
+                if not data_dir:
+                    problems.append(
+                        Problem(f"{where}.{key}", "uses {data_dir} but OPENFANG_DATA_DIR is not set")
+                    )
+                args[key] = value.replace("{data_dir}", data_dir)
+        if data_dir or env.get("OPENFANG_MEMORY_DB"):
+            try:
+                endpoint, db_path = locations(env)
+                args.setdefault("db_path", db_path)
+                args.setdefault("endpoint", endpoint)
+            except ConfigError:
+                pass
         known = {f.name for f in fields(cls)}
         for key in sorted(set(args) - known):
             problems.append(Problem(f"{where}.{key}", f"unknown setting (known: {', '.join(sorted(known))})"))

@@ -216,7 +216,9 @@ def test_ttl_compaction_removes_expired_memories_on_request_and_on_the_timer(wri
 def test_writer_config_reports_every_problem_with_its_key() -> None:
     """Invalid writer args raise one ConfigError listing each bad key."""
     with pytest.raises(ConfigError) as info:
-        WriterConfig.from_args({"max_batch": 0, "endpoint": "udp://x", "checkpoint_every_s": -1, "bogus": 1})
+        WriterConfig.from_args(
+            {"max_batch": 0, "endpoint": "udp://x", "checkpoint_every_s": -1, "bogus": 1}, env={}
+        )
     wheres = {p.where for p in info.value.problems}
     assert wheres == {
         "memory.args.db_path",
@@ -377,3 +379,22 @@ def test_compaction_works_in_bounded_batches_until_done(local_store) -> None:
     second = local_store.applier.compact_now()
     assert (first["memories"], second["memories"]) == (COMPACT_BATCH, 10)
     assert _count(local_store.db, "SELECT count(*) FROM memories") == 0
+
+
+def test_writer_config_finds_its_places_under_the_cluster_data_dir() -> None:
+    """{data_dir} expands from OPENFANG_DATA_DIR; missing paths default to where clients look."""
+    from openfang.memory.client import locations
+
+    env = {"OPENFANG_DATA_DIR": "/srv/of"}
+    cfg = WriterConfig.from_args({}, env=env)
+    assert (
+        (cfg.bind_endpoint, cfg.db_path)
+        == locations(env)
+        == ("ipc:///srv/of/run/memory.sock", "/srv/of/memory.db")
+    )
+    cfg = WriterConfig.from_args({"db_path": "{data_dir}/x/m.db"}, env=env)
+    assert cfg.db_path == "/srv/of/x/m.db"
+    with pytest.raises(ConfigError, match="OPENFANG_DATA_DIR is not set"):
+        WriterConfig.from_args({"db_path": "{data_dir}/m.db"}, env={})
+    with pytest.raises(ConfigError, match="OPENFANG_DATA_DIR"):
+        locations({})
