@@ -39,6 +39,13 @@ _I32, _I64 = ffi.WASMTIME_I32.value, ffi.WASMTIME_I64.value
 _EXTERN_FUNC, _EXTERN_MEMORY = ffi.WASMTIME_EXTERN_FUNC.value, ffi.WASMTIME_EXTERN_MEMORY.value
 
 
+# wasmtime._ffi declares this one with a wasmtime_error_t* result, but the C function returns void in
+# 50.0.1 (reading the "result" segfaulted): call it through the dll with the right signature.
+_epoch_yield_and_update = ffi.dll.wasmtime_context_epoch_deadline_async_yield_and_update
+_epoch_yield_and_update.restype = None
+_epoch_yield_and_update.argtypes = [ctypes.POINTER(ffi.wasmtime_context_t), ctypes.c_uint64]
+
+
 def _kind(item: Any) -> int:
     """The kind tag of an extern/val (typed c_uint8 by the bindings, an int at run time)."""
     return int(item.kind)
@@ -55,9 +62,11 @@ class GuestTrap(SandboxError):
 def _trap_error(trap_ptr: Any) -> GuestTrap:
     trap = wasmtime.Trap._from_ptr(trap_ptr)
     code = trap.trap_code
-    name = code.name.lower() if code is not None else "trap"
-    first = trap.message.splitlines()[0] if trap.message else name
-    return GuestTrap(f"guest trapped: {name} ({first})", trap_code=name)
+    if code is not None:  # the code says it all; the message is a backtrace
+        name = code.name.lower()
+        return GuestTrap(f"guest trapped: {name}", trap_code=name)
+    first = trap.message.splitlines()[0] if trap.message else "unknown"
+    return GuestTrap(f"guest trapped: {first}", trap_code="trap")
 
 
 def _wasmtime_error(err_ptr: Any, what: str) -> SandboxError:
@@ -379,6 +388,7 @@ class Instance:
         self._fuel_buf = ctypes.c_uint64(0)
         self._pre = pre
         self.closed = False
+        self.sliced = False
 
     def instantiate_call(self) -> AsyncCall:
         """Start the (async) instantiation; poll the returned call to completion like any other call."""
@@ -390,9 +400,17 @@ class Instance:
         return call
 
     def after_instantiate(self) -> None:
+        """Switch the store to slices: yield every ``fuel_slice`` fuel and at every epoch tick.
+
+        Fuel alone does not bound wall time (one bulk ``memory.fill`` costs little fuel), so reaching the
+        epoch deadline *yields* too (and moves the deadline one tick on): no poll runs much longer than a
+        tick, and the host enforces the call's wall-clock deadline between polls.
+        """
         err = ffi.wasmtime_context_fuel_async_yield_interval(self._ctx, self.runtime.options.fuel_slice)
         if err:
             raise _wasmtime_error(err, "setting the fuel yield interval")
+        _epoch_yield_and_update(self._ctx, 1)
+        self.sliced = True
 
     def has_export(self, name: str) -> bool:
         return self._func(name) is not None
@@ -428,7 +446,9 @@ class Instance:
         return FUEL_TANK - int(self._fuel_buf.value)
 
     def set_deadline(self, seconds_left: float) -> None:
-        ffi.wasmtime_context_set_epoch_deadline(self._ctx, self.runtime.deadline_ticks(seconds_left))
+        """Before slicing: trap after ``seconds_left``. Once sliced: yield at the next epoch tick."""
+        ticks = 1 if self.sliced else self.runtime.deadline_ticks(seconds_left)
+        ffi.wasmtime_context_set_epoch_deadline(self._ctx, ticks)
 
     def memory_size(self) -> int:
         item = ffi.wasmtime_extern_t()

@@ -172,7 +172,8 @@ class Sandbox:
             try:
                 call.result()
             except SandboxError as exc:
-                raise SandboxError(f"{what}: {exc.message}") from None
+                detail = exc.message.removeprefix("instantiation failed: ")
+                raise SandboxError(f"{what}: instantiation failed: {detail}") from None
             inst.after_instantiate()
         except Exception:
             self.close()

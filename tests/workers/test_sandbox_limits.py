@@ -203,3 +203,23 @@ def test_limits_cluster_capability_policy_narrows_what_a_manifest_grants(tmp_pat
         assert "capabilities.import_denied" in kinds and "capabilities.limits_refused" in kinds
     finally:
         d.host.close()
+
+
+def test_limits_start_function_that_never_returns_fails_the_spawn(tmp_path: Path) -> None:
+    """A module whose start function loops forever is interrupted at call_timeout_ms; the spawn fails."""
+    wat = _guest("(i64.const 0)").replace(
+        '(memory (export "memory") 1)',
+        '(memory (export "memory") 1)\n  (func $s (loop $l (br $l))) (start $s)',
+    )
+    (tmp_path / "g.wat").write_text(wat)
+    d = make_host()
+    try:
+        text = manifest("g", module=str(tmp_path / "g.wat"), model=False, agent="call_timeout_ms = 200")
+        reply = d.call("agent.spawn", manifest=text)
+        assert (
+            reply.type == "error"
+            and "instantiation failed: guest trapped: interrupt" in reply.body["message"]
+        )
+        assert d.host.runtime_stats()["live_stores"] == 0
+    finally:
+        d.host.close()

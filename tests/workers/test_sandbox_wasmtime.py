@@ -129,14 +129,36 @@ def test_wasmtime_host_function_failure_is_an_error_code(runtime: Runtime) -> No
     inst.close()
 
 
-def test_wasmtime_epoch_deadline_interrupts_time_burning_code(runtime: Runtime) -> None:
-    """Code that burns wall time with little fuel (bulk memory.fill) is interrupted by its epoch deadline."""
+def test_wasmtime_epoch_ticks_preempt_time_burning_code(runtime: Runtime) -> None:
+    """Code that burns wall time with little fuel (bulk memory.fill) still yields at every epoch tick."""
     inst = _instance(runtime)
     call = inst.call("fill_forever", (), 1)
-    inst.set_deadline(0.05)
+    polls = 0
     t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.3:
+        inst.set_deadline(60)  # sliced: means "yield at the next tick", not "trap in 60 s"
+        assert not call.poll(Dispatch())  # each poll comes back (preempted), the call goes on
+        polls += 1
+    assert polls >= 3
+    call.cancel()
+    inst.close()
+
+
+def test_wasmtime_epoch_deadline_traps_before_slicing(runtime: Runtime) -> None:
+    """Before after_instantiate (start functions), the epoch deadline is a hard stop: an interrupt trap."""
+    digest = hashlib.sha256(WAT.encode()).hexdigest()
+    module, _ = runtime.compile(WAT.encode(), digest=digest, what="test")
+    inst = Instance(
+        runtime, runtime.instance_pre(module, digest=digest, what="test"), max_memory_bytes=1 << 20
+    )
+    call = inst.instantiate_call()
     while not call.poll(Dispatch()):
-        assert time.monotonic() - t0 < 30
+        pass
+    call.result()
+    call = inst.call("fill_forever", (), 1)  # not sliced yet: fuel/epoch trap instead of yielding
+    inst.set_deadline(0.05)
+    while not call.poll(Dispatch()):
+        pass
     with pytest.raises(GuestTrap) as info:
         call.result()
     assert info.value.trap_code == "interrupt"
