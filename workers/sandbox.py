@@ -7,8 +7,8 @@ yields and is *resumed* by the next poll, not killed), or parks on a host call (
 elsewhere. An agent that spent ``max_fuel`` in the current refuel interval is throttled until the next one.
 
 Limits: memory via store limits (``memory.grow`` returns -1 past the cap, the guest's alloc fails: no crash);
-stack via the engine's max_wasm_stack (overflow traps this agent only); wall clock per call via the epoch
-deadline (backstop for slices that burn time without fuel) and the host's check between slices.
+stack via the engine's max_wasm_stack (overflow traps this agent only); wall clock per call checked between
+slices, which end at the next epoch tick even when the guest burns time without fuel.
 Permissions: imports are checked against the manifest before instantiation (the error names the import);
 every host call is checked again at call time (a denial is an error code to the guest plus an audit record).
 """
