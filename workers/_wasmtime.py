@@ -282,7 +282,7 @@ class Runtime:
     def fingerprint(self) -> str:
         o = self.options
         return hashlib.sha256(
-            f"{WASMTIME_VERSION}/{o.max_wasm_stack_kb}/fuel/epoch/res0".encode()
+            f"{WASMTIME_VERSION}/{o.max_wasm_stack_kb}/fuel/epoch/res0/grow8m".encode()
         ).hexdigest()[:16]
 
     def module_imports(self, module: wasmtime.Module) -> list[tuple[str, str, str]]:
