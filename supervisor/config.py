@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from openfang.protocol.errors import ConfigError, Problem
+from openfang.security.config import SecurityConfig, parse_security
 from openfang.supervisor.spec import ChildSpec, ChildType, Restart, SupervisorSpec
 from openfang.supervisor.tree_config import parse_supervisor
 
@@ -87,7 +88,8 @@ class ClusterConfig:
     logging: LoggingConfig
     tree: SupervisorSpec
     memory: Mapping[str, Any] = field(default_factory=dict)
-    security: Mapping[str, Any] = field(default_factory=dict)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    security_args: Mapping[str, Any] = field(default_factory=dict)  # for children to re-parse after fork
 
     def child_environment(self) -> dict[str, str]:
         """Variables every child inherits (children learn the cluster's endpoints from them)."""
@@ -145,26 +147,43 @@ def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None
                 f"{source}: [supervisor.children]", f"id {GATEWAY_ID!r} is reserved for the control gateway"
             )
         )
+    security_table = _table(raw, "security", source, problems)
+    security = SecurityConfig()
+    try:
+        security = parse_security(
+            security_table, source, data_dir=resolved_data, base_dir=base_dir, check_files=True
+        )
+    except ConfigError as exc:
+        problems.extend(exc.problems)
     if problems or tree is None or control is None:
         raise ConfigError(problems)
+    sec_args = {
+        "table": security_table,
+        "source": source,
+        "data_dir": str(resolved_data),
+        "base_dir": str(base_dir),
+    }
     return ClusterConfig(
         source=source,
         name=name,
         data_dir=resolved_data,
         control=control,
         logging=logging_cfg,
-        tree=with_gateway(tree, control),
+        tree=with_gateway(tree, control, sec_args),
         memory=_table(raw, "memory", source, problems),
-        security=_table(raw, "security", source, problems),
+        security=security,
+        security_args=sec_args,
     )
 
 
-def with_gateway(tree: SupervisorSpec, control: ControlConfig) -> SupervisorSpec:
+def with_gateway(
+    tree: SupervisorSpec, control: ControlConfig, security: Mapping[str, Any] | None = None
+) -> SupervisorSpec:
     """The root spec with the control gateway as its first child."""
     gateway = ChildSpec(
         id=GATEWAY_ID,
         start=GATEWAY_START,
-        args=control.as_args(),
+        args={**control.as_args(), "security": dict(security or {})},
         restart=Restart.PERMANENT,
         shutdown=2000,
         type=ChildType.WORKER,

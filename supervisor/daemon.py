@@ -22,6 +22,7 @@ import psutil
 import structlog
 from openfang.protocol.errors import ConfigError, OpenFangError, SupervisorError
 from openfang.supervisor.config import GATEWAY_ID, ClusterConfig, load_config
+from openfang.supervisor.guard import integrity_monitor, open_audit
 from openfang.supervisor.loop import Loop
 from openfang.supervisor.notify import Notifier
 from openfang.supervisor.runtime import Supervisor
@@ -67,6 +68,8 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.stop)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload_from_signal)
+        self.audit = open_audit(self.config.security)
+        self.integrity = integrity_monitor(self.config.security, self.audit)
         self.notifier.status("starting the supervision tree")
         try:
             self.sup.start()
@@ -81,7 +84,10 @@ class Daemon:
         log.info("tree_started", config=self.config_path, endpoint=self.config.control.endpoint, **counts)
         if self.notifier.watchdog_interval_s:
             self._feed_watchdog()
+        if self.integrity is not None:
+            self.loop.call_later(self.config.security.integrity.interval_s, self._check_integrity)
         self.loop.run_until(lambda: self.state == "stopped")
+        self.audit.close()
         return self.exit_code
 
     def stop(self) -> None:
@@ -134,6 +140,17 @@ class Daemon:
         self.notifier.stopping()
         self.state = "stopped"
         self._remove_pidfile()
+
+    def _check_integrity(self) -> None:
+        """Layer 14: re-hash the daemon's own files; a change is logged, audited and published."""
+        if self.integrity is None or self.state == "stopped":
+            return
+        for violation in self.integrity.check():
+            log.error("integrity_violation", path=violation.path, kind=str(violation.kind))
+            self._on_event(
+                {"kind": "security.integrity", "path": violation.path, "violation": str(violation.kind)}
+            )
+        self.loop.call_later(self.config.security.integrity.interval_s, self._check_integrity)
 
     def _feed_watchdog(self) -> None:
         # Fed from the loop itself: a wedged loop stops feeding and systemd restarts us.

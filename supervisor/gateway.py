@@ -33,10 +33,10 @@ from openfang.protocol.errors import (
     SandboxError,
     Timeout,
 )
-from openfang.protocol.messages import REQUEST_TYPES
 from openfang.protocol.sockets import bind_pub, bind_router, send_nowait
 from openfang.supervisor import routing
 from openfang.supervisor.child import ChildContext
+from openfang.supervisor.guard import Guard, config_from_args
 
 log = structlog.get_logger("openfang.gateway")
 
@@ -92,6 +92,7 @@ class Gateway:
         mode = int(args.get("socket_mode", 0o600))
         hwm = int(args.get("hwm", 1000))
         keys_dir = args.get("keys_dir")
+        self.guard = Guard(config_from_args(args.get("security")), max_frame=self.max_frame)
         self.zctx = zmq.Context()
         self.clients = bind_router(self.zctx, args["endpoint"], hwm=hwm, mode=mode, keys_dir=keys_dir)
         self.events = bind_pub(self.zctx, args["events"], hwm=hwm * 10, mode=mode, keys_dir=keys_dir)
@@ -126,6 +127,7 @@ class Gateway:
         for sock in (self.clients, self.events, self.worker_sock):
             sock.close(linger=200)
         self.zctx.term()
+        self.guard.close()
 
     @staticmethod
     def _drain(sock: zmq.Socket[bytes], handle: Callable[[list[bytes]], None], budget: int = 256) -> None:
@@ -157,13 +159,10 @@ class Gateway:
             return
         payload = rest[-1]
         try:
-            env = decode(payload, max_size=self.max_frame, types=REQUEST_TYPES)
+            env = self.guard.admit(payload, client=identity.hex())
         except OpenFangError as exc:
-            self._reply(
-                identity,
-                delimited,
-                error_reply(peek_id(payload) if len(payload) <= self.max_frame else "", exc),
-            )
+            request_id = peek_id(payload) if len(payload) <= self.max_frame else ""
+            self._reply(identity, delimited, error_reply(request_id, exc))
             return
         try:
             self._route(identity, delimited, env)
@@ -173,6 +172,9 @@ class Gateway:
     def _route(self, identity: bytes, delimited: bool, env: Envelope) -> None:
         if env.type == "ping":
             self._reply(identity, delimited, env.reply({"pid": os.getpid(), "time": time.time()}))
+            return
+        if env.type == "security.report":
+            self._reply(identity, delimited, env.reply({"layers": self.guard.report()}))
             return
         if len(self.waiting) >= self.queue_limit:
             raise Busy(

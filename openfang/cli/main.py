@@ -143,6 +143,44 @@ def cmd_child(args: argparse.Namespace) -> int:
     return output(args, reply, render.kv)
 
 
+def cmd_security_report(args: argparse.Namespace) -> int:
+    """The state of every security layer of the running system."""
+    return output(args, request(args, "security.report"), render.security)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Check the hash chain of the audit log: any edited, deleted, inserted or reordered record is found."""
+    from openfang.security.audit import verify
+    from openfang.security.signing import read_key_material
+
+    path, key_file = args.path, args.key_file
+    if not path:
+        config = getattr(args, "config", None) or os.environ.get("OPENFANG_CONFIG")
+        if not config:
+            raise ConfigError("audit verify: pass --path (the audit db) or --config (the cluster.toml)")
+        from openfang.supervisor.config import load_config
+
+        sec = load_config(config).security
+        path, key_file = sec.audit.path, key_file or sec.audit.key_file
+    result = verify(path, key=read_key_material(key_file) if key_file else None)
+    body = {
+        "ok": result.ok,
+        "records": result.records,
+        "first_bad_index": result.first_bad_index,
+        "reason": result.reason,
+        "path": str(path),
+    }
+    output(
+        args,
+        body,
+        lambda b: (
+            f"{'ok' if b['ok'] else 'BROKEN'}: {b['records']} records in {b['path']}"
+            + ("" if b["ok"] else f"; first bad record #{b['first_bad_index']}: {b['reason']}")
+        ),
+    )
+    return 0 if result.ok else 1
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     """Agent verbs: spawn, list, send, info, suspend, resume, kill."""
     op = args.agent_op
@@ -225,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     child.add_argument("--path", default="root", help="supervisor path, e.g. root/workers")
     child.add_argument("--id", help="child id (terminate/restart/delete)")
     child.add_argument("--spec", help="child spec as JSON (start)")
+
+    security = sub.add_parser("security", help="the security engine")
+    security_sub = security.add_subparsers(dest="security_op", required=True)
+    p = security_sub.add_parser("report", parents=[common], help=(cmd_security_report.__doc__ or "").strip())
+    p.set_defaults(handler=cmd_security_report)
+    audit = sub.add_parser("audit", help="the hash-chained audit log")
+    audit_sub = audit.add_subparsers(dest="audit_op", required=True)
+    p = audit_sub.add_parser("verify", parents=[common], help=(cmd_audit_verify.__doc__ or "").strip())
+    p.add_argument("--path", help="the audit database (default: from --config)")
+    p.add_argument("--key-file", help="the HMAC chain key, if [security.audit] key_file is set")
+    p.set_defaults(handler=cmd_audit_verify)
 
     agent = sub.add_parser("agent", help="spawn and talk to agents")
     agent_sub = agent.add_subparsers(dest="agent_op", required=True)

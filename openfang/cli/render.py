@@ -99,3 +99,12 @@ def _duration(s: Any) -> str:
     if s < 3600:
         return f"{s / 60:.1f}m"
     return f"{s / 3600:.1f}h"
+
+
+def security(body: dict[str, Any]) -> str:
+    lines = [f"{'#':>2} {'LAYER':<32} {'STATE':<8} CONFIG"]
+    for layer in body.get("layers") or []:
+        cfg = ", ".join(f"{k}={v}" for k, v in sorted((layer.get("config") or {}).items()))
+        state = "on" if layer.get("enabled") else "off"
+        lines.append(f"{layer.get('layer', '?'):>2} {layer.get('name', '?'):<32} {state:<8} {cfg[:120]}")
+    return "\n".join(lines)
