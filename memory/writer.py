@@ -29,6 +29,7 @@ from openfang.memory._apply import COMPACT_BATCH, Applier
 from openfang.memory.client import locations
 from openfang.protocol.envelope import DEFAULT_MAX_FRAME, Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import Busy, ConfigError, OpenFangError, Problem
+from openfang.protocol.sockets import bind_router
 
 log = structlog.get_logger("openfang.memory.writer")
 
@@ -66,6 +67,7 @@ class WriterConfig:
     ledger_ttl_s: float = 86400.0
     journal_size_limit: int = _db.JOURNAL_SIZE_LIMIT
     max_frame: int = DEFAULT_MAX_FRAME
+    keys_dir: str | None = None  # CURVE server keys, required for a tcp:// endpoint
 
     @property
     def bind_endpoint(self) -> str:
@@ -118,6 +120,9 @@ class WriterConfig:
             v = args.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0):
                 problems.append(Problem(f"{where}.{key}", f"must be a number > 0 (seconds), got {v!r}"))
+        keys_dir = args.get("keys_dir")
+        if keys_dir is not None and (not isinstance(keys_dir, str) or not keys_dir):
+            problems.append(Problem(f"{where}.keys_dir", f"must be a directory path, got {keys_dir!r}"))
         endpoint = args.get("endpoint")
         if endpoint is not None:
             if not isinstance(endpoint, str) or not endpoint.startswith(("ipc://", "tcp://")):
@@ -153,14 +158,18 @@ class Writer:
         applied = schema.migrate_connection(conn)
         self.applier = Applier(conn, episode_ttl_s=cfg.episode_ttl_s, ledger_ttl_s=cfg.ledger_ttl_s)
         zctx = zmq.Context()
-        sock = zctx.socket(zmq.ROUTER)
+        # The project's socket helper: ipc file 0600 in a 0700 directory, tcp only with CURVE (keys_dir),
+        # ROUTER_MANDATORY (an ack to a departed client raises, logged, instead of vanishing). hwm=0: the
+        # bounded queue here, not ZeroMQ's, decides what is refused, and an ack is never dropped at a HWM.
+        # Frames over max_frame get a too_large reply from decode(); only absurd ones drop the connection.
+        sock = bind_router(
+            zctx,
+            cfg.bind_endpoint,
+            hwm=0,
+            keys_dir=cfg.keys_dir,
+            max_msgsize=max(64 << 20, 4 * cfg.max_frame),
+        )
         sock.setsockopt(zmq.LINGER, 2000)  # acks already sent are flushed on close
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)  # ROUTER drops on HWM: never drop an ack
-        # Frames over max_frame get a too_large reply from decode(); only absurd ones (which ZeroMQ would
-        # otherwise buffer whole) make ZeroMQ drop the connection.
-        sock.setsockopt(zmq.MAXMSGSIZE, max(64 << 20, 4 * cfg.max_frame))
-        sock.bind(cfg.bind_endpoint)
         self.sock = sock
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self.log.info(

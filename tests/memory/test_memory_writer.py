@@ -32,7 +32,7 @@ def _count(db: Path, sql: str, params: tuple[object, ...] = ()) -> int:
 
 
 def test_writer_ack_carries_seq_and_a_resent_id_gets_the_same_ack(writer) -> None:
-    """A request id is applied once; its resend is answered with the stored ack marked dup."""
+    """A request id is applied once; its resend gets the stored ack marked dup; the socket is 0600."""
     w = writer()
     with MemoryClient(w.endpoint) as c:
         first = c.call("memory.episode", _episode("a", "hello"), req_id="req-1")
@@ -40,6 +40,7 @@ def test_writer_ack_carries_seq_and_a_resent_id_gets_the_same_ack(writer) -> Non
         assert first["seq"] >= 1 and first["id"] == 1
         assert again == {**first, "dup": True}
     assert _count(w.db, "SELECT count(*) FROM episodes") == 1
+    assert os.stat(w.endpoint.removeprefix("ipc://")).st_mode & 0o777 == 0o600  # owner only
 
 
 def test_poison_request_fails_alone_while_its_group_commits(writer) -> None:
