@@ -1,0 +1,616 @@
+"""OpenFANG's side of the headline table (perf/README.md), measured on the real running system.
+
+Every figure comes from a real daemon (``openfang.supervisor.daemon``: root supervisor, control gateway,
+one pinned worker per CPU) driven over its ZeroMQ control socket by a client written from PROTOCOL.md
+(raw msgpack on a DEALER, many requests in flight, matched by id). Agents are wasmtime sandboxes running
+the built-in LLM guest with the scripted model; the manifests are in ``perf/agents/``, the tool-chain
+tools in ``perf/bench_tools.py``. Every reply is checked against ``perf/workloads.py``.
+
+    python -m perf.bench_system [--quick] [--only cold warm memory routing scaling toolchain venv]
+
+Metrics (system "openfang"): cold_start_ms, warm_start_ms (+ warm_spawn_ms), idle_pss_mb, idle_rss_mb,
+agents_{100,1000,10000}_pss_mb, routing_tasks_per_s (+ scaling points with ``workers``),
+toolchain_tasks_per_s, venv_mb.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from perf import workloads as wl
+from perf._cluster import BenchCluster
+
+TIMEOUT_S = 900  # read by perf/run.py
+REPO = Path(__file__).resolve().parent.parent
+AGENTS = Path(__file__).resolve().parent / "agents"
+COLD_ROUNDS, COLD_ROUNDS_QUICK = 7, 3
+WARM_SPAWNS, WARM_SPAWNS_QUICK = 200, 50
+AGENT_COUNTS = (1, 100, 1_000, 10_000)
+MEMORY_BUILD_BUDGET_S = 150.0  # as for the peers: a point projected to take longer is not measured
+SPAWN_WINDOW = 1_000  # spawns in flight at once on one DEALER
+ROUTING_WINDOW = 256  # routing tasks in flight
+TOOLCHAIN_WINDOW = 64
+TOOLCHAIN_AGENTS_PER_WORKER = 4
+PHASE_TIMEOUT_S = 120.0
+TOOL_MODULES = 'tool_modules = ["perf.bench_tools:register"]'
+# Rate limits are a policy, not overhead: a benchmark client must not be throttled to the defaults (50
+# requests/s). rate = 0 is "unlimited"; the limiter itself stays enabled, so its cost is still measured.
+NO_RATE_LIMITS = "".join(
+    f"\n[security.ratelimit.{bucket}]\nrate = 0\nburst = 0\n"
+    for bucket in ("client_requests", "agent_requests", "agent_tokens", "agent_tool_calls")
+)
+
+Reply = Callable[[str, dict[str, Any]], None]
+
+
+def _metric(
+    name: str, value: float | None, unit: str, better: str, target: float | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "system": "openfang",
+        "value": None if value is None else round(value, 3),
+        "unit": unit,
+        "better": better,
+        "target": target,
+        **extra,
+    }
+
+
+def _log(msg: str) -> None:
+    print(f"  {msg}", flush=True)
+
+
+def manifest(name: str, route: str = "billing") -> str:
+    """The text of ``perf/agents/<name>.toml`` (``@ROUTE@`` filled in for the class agents)."""
+    return (AGENTS / f"{name}.toml").read_text().replace("@ROUTE@", route)
+
+
+class BenchFailed(RuntimeError):
+    """A reply was wrong or an error came back: the benchmark must not count it."""
+
+
+class Pipe:
+    """A pipelined control client: one DEALER, requests sent at once, replies dispatched by id."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.zctx = zmq.Context()
+        self.sock = self.zctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.connect(endpoint)
+        self.pending: dict[str, Reply] = {}
+        self._n = 0
+
+    def send(self, type_: str, body: dict[str, Any], on_reply: Reply) -> None:
+        self._n += 1
+        rid = f"r{self._n}"
+        self.pending[rid] = on_reply
+        self.sock.send(msgpack.packb({"v": 1, "id": rid, "type": type_, "body": body}))
+
+    def pump(self, timeout_ms: int = 100) -> None:
+        """Wait up to ``timeout_ms`` for replies, then hand every reply available to its callback."""
+        if not self.sock.poll(timeout_ms):
+            return
+        while True:
+            try:
+                raw = msgpack.unpackb(self.sock.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            callback = self.pending.pop(raw.get("id"), None)
+            if callback is not None:
+                callback(raw["type"], raw.get("body") or {})
+
+    def drain(self, timeout: float = PHASE_TIMEOUT_S) -> None:
+        """Pump until every request sent has its reply; TimeoutError past ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.pending)} requests unanswered after {timeout:.0f} s")
+            self.pump()
+
+    def call(self, type_: str, body: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
+        """One request, waited for (other replies arriving meanwhile are dispatched too)."""
+        box: list[tuple[str, dict[str, Any]]] = []
+        self.send(type_, body, lambda t, b: box.append((t, b)))
+        deadline = time.monotonic() + timeout
+        while not box:
+            if time.monotonic() > deadline:
+                raise TimeoutError(type_)
+            self.pump()
+        t, b = box[0]
+        if t == "error":
+            raise BenchFailed(f"{type_}: {b.get('code')}: {b.get('message')}")
+        return b
+
+    def close(self) -> None:
+        self.sock.close()
+        self.zctx.term()
+
+
+@contextmanager
+def cluster(workers: int | str = "auto", extra: str = "") -> Iterator[tuple[BenchCluster, Pipe]]:
+    """A started daemon and a pipelined client on its control socket; both stopped on exit."""
+    with BenchCluster(workers=workers, extra=extra + NO_RATE_LIMITS) as c:
+        c.start()
+        pipe = Pipe(c.endpoint)
+        try:
+            yield c, pipe
+        finally:
+            pipe.close()
+
+
+def worker_ids(pipe: Pipe, expected: int | None = None, timeout: float = 30) -> list[str]:
+    """The ids of the workers, once each answers worker.ping through the gateway."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            tree = pipe.call("tree", {})
+            node = next(n for n in tree["children"] if n["id"] == "workers")
+            ids = [w["id"] for w in node["children"]]
+            if expected is None or len(ids) == expected:
+                for wid in ids:
+                    pipe.call("worker.ping", {"worker": wid}, timeout=2)
+                return ids
+        except (BenchFailed, TimeoutError, StopIteration, KeyError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError("the workers did not all connect to the gateway")
+        time.sleep(0.005)
+
+
+def spawn_many(
+    pipe: Pipe, text: str, count: int, *, worker: str | None = None, window: int = SPAWN_WINDOW
+) -> list[str]:
+    """Spawn ``count`` agents of one manifest with up to ``window`` spawns in flight; their ids."""
+    ids: list[str] = []
+    errors: list[str] = []
+    body: dict[str, Any] = {"manifest": text}
+    if worker is not None:
+        body["worker"] = worker
+    sent = 0
+
+    def done(t: str, b: dict[str, Any]) -> None:
+        if t == "error":
+            errors.append(f"{b.get('code')}: {b.get('message')}")
+        else:
+            ids.append(b["agent_id"])
+
+    deadline = time.monotonic() + PHASE_TIMEOUT_S + count / 100
+    while len(ids) + len(errors) < count:
+        while sent < count and sent - len(ids) - len(errors) < window:
+            pipe.send("agent.spawn", body, done)
+            sent += 1
+        pipe.pump()
+        if errors:
+            raise BenchFailed(f"agent.spawn failed ({len(errors)} times): {errors[0]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"spawned {len(ids)} of {count}")
+    return ids
+
+
+# --- 1. cold start ------------------------------------------------------------------------------------------
+
+
+def bench_cold(rounds: int) -> list[dict[str, Any]]:
+    """Exec of the daemon -> one agent spawned and its reply to one message read by the client."""
+    msg = wl.routing_messages(1)[0]
+    want = wl.agent_reply("billing", msg)
+    text = manifest("route", "billing")
+    samples: list[float] = []
+    ready: list[float] = []
+    for i in range(rounds + 1):
+        with BenchCluster(workers="auto", extra=NO_RATE_LIMITS) as c:
+            t0 = time.perf_counter()
+            ready_s = c.start()
+            while True:  # the workers connect to the gateway just after READY: retry until one takes it
+                try:
+                    agent = c.call("agent.spawn", {"manifest": text}, timeout=10)["agent_id"]
+                    break
+                except RuntimeError as exc:
+                    if "not_found" not in str(exc):
+                        raise
+                    time.sleep(0.001)
+            reply = c.call("agent.send", {"agent_id": agent, "text": msg})["reply"]
+            elapsed = (time.perf_counter() - t0) * 1000
+        if reply != want:
+            raise BenchFailed(f"cold start reply {reply!r}, expected {want!r}")
+        if i > 0:  # as for the peers: one warm-up run (bytecode caches), then the measured runs
+            samples.append(elapsed)
+            ready.append(ready_s * 1000)
+        _log(f"cold start round {i}/{rounds}: {elapsed:.1f} ms (READY at {ready_s * 1000:.1f} ms)")
+    s = wl.summarize(samples)
+    return [
+        _metric(
+            "cold_start_ms",
+            s["p50"],
+            "ms",
+            "lower",
+            150,
+            p50=s["p50"],
+            p99=s["p99"],
+            notes=f"{rounds} runs after 1 warm-up; daemon exec -> spawn -> reply over the control "
+            f"socket; exec->READY p50 {statistics.median(ready):.0f} ms",
+        )
+    ]
+
+
+# --- 2. warm start ------------------------------------------------------------------------------------------
+
+
+def bench_warm(count: int) -> list[dict[str, Any]]:
+    """In a running system: spawn one more agent (module cached) and have it answer; spawn alone too."""
+    msg = wl.routing_messages(1)[0]
+    with cluster() as (_c, pipe):
+        workers = worker_ids(pipe)
+        for wid in workers:  # first spawn on each worker compiles the module: not part of warm start
+            first = pipe.call("agent.spawn", {"manifest": manifest("route", "billing"), "worker": wid})
+            pipe.call("agent.send", {"agent_id": first["agent_id"], "text": msg})
+        total: list[float] = []
+        spawn: list[float] = []
+        inside: list[float] = []
+        for i in range(count):
+            route = wl.ROUTES[i % len(wl.ROUTES)]
+            text = manifest("route", route)
+            t0 = time.perf_counter()
+            body = pipe.call("agent.spawn", {"manifest": text})
+            t1 = time.perf_counter()
+            reply = pipe.call("agent.send", {"agent_id": body["agent_id"], "text": msg})["reply"]
+            t2 = time.perf_counter()
+            if reply != wl.agent_reply(route, msg) or body.get("spawn") != "warm":
+                raise BenchFailed(f"warm agent {i}: {reply!r} ({body.get('spawn')} spawn)")
+            spawn.append((t1 - t0) * 1000)
+            total.append((t2 - t0) * 1000)
+            inside.append(float(body.get("spawn_ms", 0.0)))
+    s, sp, ins = wl.summarize(total), wl.summarize(spawn), wl.summarize(inside)
+    _log(
+        f"warm start p50 {s['p50']:.2f} ms p99 {s['p99']:.2f} ms; spawn alone p50 {sp['p50']:.2f} ms "
+        f"(in the worker {ins['p50']:.3f} ms)"
+    )
+    return [
+        _metric(
+            "warm_start_ms",
+            s["p50"],
+            "ms",
+            "lower",
+            1,
+            p50=s["p50"],
+            p99=s["p99"],
+            notes=f"{count} agents spawned and answered one by one over the control socket, all kept; "
+            f"p99 {s['p99']:.2f} ms",
+        ),
+        _metric(
+            "warm_spawn_ms",
+            sp["p50"],
+            "ms",
+            "lower",
+            1,
+            p50=sp["p50"],
+            p99=sp["p99"],
+            notes=f"agent.spawn round trip alone; inside the worker p50 {ins['p50']:.3f} ms "
+            f"p99 {ins['p99']:.3f} ms",
+        ),
+    ]
+
+
+# --- 3. idle memory -----------------------------------------------------------------------------------------
+
+
+def bench_memory(counts: tuple[int, ...]) -> list[dict[str, Any]]:
+    """PSS/RSS of the whole tree holding N idle agents (one answered once), a fresh system per N."""
+    msg = wl.routing_messages(1)[0]
+    out: list[dict[str, Any]] = []
+    idle_pss: float | None = None
+    per_agent_s = 0.0
+    for count in counts:
+        name = "idle_pss_mb" if count == 1 else f"agents_{count}_pss_mb"
+        target = None
+        if count == 1:
+            target = 60.0
+        elif idle_pss is not None and count in (100, 10_000):
+            target = round(idle_pss + (5 if count == 100 else 200), 1)
+        projected = per_agent_s * count
+        if projected > MEMORY_BUILD_BUDGET_S:
+            budget = f"budget {MEMORY_BUILD_BUDGET_S:.0f} s"
+            why = f"not measured: {count} spawns would take ~{projected:.0f} s ({budget})"
+            out.append(_metric(name, None, "MB", "lower", target, notes=why))
+            continue
+        with cluster() as (c, pipe):
+            worker_ids(pipe)
+            t0 = time.perf_counter()
+            ids = spawn_many(pipe, manifest("route", "billing"), count)
+            build_s = time.perf_counter() - t0
+            reply = pipe.call("agent.send", {"agent_id": ids[0], "text": msg})["reply"]
+            if reply != wl.agent_reply("billing", msg):
+                raise BenchFailed(f"memory {count}: reply {reply!r}")
+            time.sleep(1.5)  # a worker hello (every 1 s) and allocator settling, as the peers wait 0.5 s
+            assert c.proc is not None
+            pids = wl.process_tree(c.proc.pid)
+            pss_kb, rss_kb = wl.memory_kb(pids)
+        pss, rss = pss_kb / 1024, rss_kb / 1024
+        if count > 1:
+            per_agent_s = max(per_agent_s, build_s / count)
+        notes = (
+            f"{count} agent(s) spawned in {build_s:.2f} s ({SPAWN_WINDOW} in flight); {len(pids)} processes"
+        )
+        extra: dict[str, Any] = {"rss_mb": round(rss, 2), "processes": len(pids)}
+        if count == 1:
+            idle_pss = pss
+            idle_rss = rss
+        else:
+            assert idle_pss is not None
+            extra["delta_pss_mb"] = round(pss - idle_pss, 2)
+            extra["delta_rss_mb"] = round(rss - idle_rss, 2)
+            notes += f"; +{pss - idle_pss:.1f} MB PSS (+{rss - idle_rss:.1f} MB RSS) over 1 agent"
+            if target is not None:
+                notes += f"; target = idle + {5 if count == 100 else 200} MB"
+        notes += f"; RSS {rss:.1f} MB"
+        _log(f"{count} agents: PSS {pss:.1f} MB, RSS {rss:.1f} MB, spawned in {build_s:.2f} s")
+        out.append(_metric(name, pss, "MB", "lower", target, **extra, notes=notes))
+        if count == 1:
+            out.append(_metric("idle_rss_mb", rss, "MB", "lower", notes="1 agent; all processes of the tree"))
+    return out
+
+
+# --- 4. routing (and 7. its scaling) ------------------------------------------------------------------------
+
+
+def run_tasks(pipe: Pipe, count: int, window: int, start: Callable[[int, Callable[[], None]], None]) -> float:
+    """Run tasks 0..count-1 with ``window`` in flight (``start(i, done)``); wall seconds."""
+    state = {"next": 0, "done": 0}
+
+    def launch() -> None:
+        i = state["next"]
+        state["next"] += 1
+        start(i, finished)
+
+    def finished() -> None:
+        state["done"] += 1
+        if state["next"] < count:
+            launch()
+
+    t0 = time.perf_counter()
+    for _ in range(min(window, count)):
+        launch()
+    deadline = time.monotonic() + PHASE_TIMEOUT_S
+    while state["done"] < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{state['done']} of {count} tasks done after {PHASE_TIMEOUT_S:.0f} s")
+        pipe.pump()
+    return time.perf_counter() - t0
+
+
+def _check(t: str, b: dict[str, Any], want: str | None, what: str) -> str:
+    if t == "error":
+        raise BenchFailed(f"{what}: {b.get('code')}: {b.get('message')}")
+    reply = str(b.get("reply"))
+    if want is not None and reply != want:
+        raise BenchFailed(f"{what}: expected {want!r}, got {reply!r}")
+    return reply
+
+
+def routing_rate(workers: int | str, count: int, window: int = ROUTING_WINDOW) -> tuple[float, int]:
+    """tasks/s of router-then-class-agent over ``count`` messages, every reply checked; and worker count."""
+    msgs = wl.routing_messages(count + 5)
+    with cluster(workers) as (_c, pipe):
+        ids = worker_ids(pipe)
+        for wid in ids:  # per worker: one router and one agent per class
+            spawn_many(pipe, manifest("router"), 1, worker=wid)
+            for route in wl.ROUTES:
+                spawn_many(pipe, manifest("route", route), 1, worker=wid)
+
+        def start(i: int, done: Callable[[], None]) -> None:
+            msg = msgs[i]
+            route = wl.classify(msg)
+
+            def answered(t: str, b: dict[str, Any]) -> None:
+                _check(t, b, wl.agent_reply(route, msg), f"task {i} agent")
+                done()
+
+            def classified(t: str, b: dict[str, Any]) -> None:
+                _check(t, b, route, f"task {i} router")
+                pipe.send("agent.send", {"service": route, "text": msg}, answered)
+
+            pipe.send("agent.send", {"service": "router", "text": msg}, classified)
+
+        run_tasks(pipe, 5, 5, start)  # warm-up
+        msgs = msgs[5:]
+        elapsed = run_tasks(pipe, count, window, start)
+    return count / elapsed, len(ids)
+
+
+def bench_routing(count: int, max_workers: int) -> list[dict[str, Any]]:
+    """routing_tasks_per_s with the default pool (one worker per CPU), and the 1..N scaling points."""
+    out: list[dict[str, Any]] = []
+    rates: dict[int, float] = {}
+    for k in range(1, max_workers + 1):
+        rate, _ = routing_rate(k, count)
+        rates[k] = rate
+        _log(f"routing with {k} worker(s): {rate:.0f} tasks/s")
+        out.append(
+            _metric(
+                "routing_tasks_per_s",
+                rate,
+                "tasks/s",
+                "higher",
+                15_000,
+                workers=k,
+                notes=f"{count} tasks, {ROUTING_WINDOW} in flight, {k} worker(s)",
+            )
+        )
+    rate, n = routing_rate("auto", count)
+    _log(f"routing (count = auto, {n} workers): {rate:.0f} tasks/s")
+    out.insert(
+        0,
+        _metric(
+            "routing_tasks_per_s",
+            rate,
+            "tasks/s",
+            "higher",
+            15_000,
+            notes=f"{count} tasks after 5 warm-up; one client, {ROUTING_WINDOW} tasks in flight on one "
+            f"DEALER; per task agent.send to service router, then to service <class>; {n} workers, "
+            "each with 1 router + 4 class agents; every reply checked",
+        ),
+    )
+    return out
+
+
+# --- 5. tool chain ------------------------------------------------------------------------------------------
+
+
+def bench_toolchain(count: int) -> list[dict[str, Any]]:
+    """tasks/s of the 4-model-call, 3-tool-call chain inside one agent per task, every answer checked."""
+    tasks = wl.toolchain_tasks(count + 5)
+    extra = f"\n[supervisor.children.pool.args]\n{TOOL_MODULES}\n"
+    with cluster(extra=extra) as (_c, pipe):
+        ids = worker_ids(pipe)
+        try:
+            for wid in ids:
+                spawn_many(pipe, manifest("toolchain"), TOOLCHAIN_AGENTS_PER_WORKER, worker=wid)
+        except BenchFailed as exc:
+            if "chain" not in str(exc):
+                raise
+            why = (
+                "not measured: the worker refuses the scripted model's chain rule: workers/llm.py "
+                "validate_model_config does not know the 'chain' key yet (see the bench_system report)"
+            )
+            _log(why + f" [{exc}]")
+            return [_metric("toolchain_tasks_per_s", None, "tasks/s", "higher", 3_000, notes=why)]
+
+        def start(i: int, done: Callable[[], None]) -> None:
+            task = tasks[i]
+
+            def answered(t: str, b: dict[str, Any]) -> None:
+                _check(t, b, wl.toolchain_expected(task), f"tool-chain task {i}")
+                calls = (b.get("usage") or {}).get("tool_calls")
+                if calls is not None and calls != wl.TOOL_CALLS_PER_TOOLCHAIN_TASK:
+                    raise BenchFailed(f"tool-chain task {i}: {calls} tool calls")
+                done()
+
+            pipe.send("agent.send", {"service": "toolchain", "text": task}, answered)
+
+        run_tasks(pipe, 5, 5, start)
+        tasks = tasks[5:]
+        elapsed = run_tasks(pipe, count, TOOLCHAIN_WINDOW, start)
+    rate = count / elapsed
+    _log(f"tool chain: {rate:.0f} tasks/s")
+    return [
+        _metric(
+            "toolchain_tasks_per_s",
+            rate,
+            "tasks/s",
+            "higher",
+            3_000,
+            notes=f"{count} tasks after 5 warm-up, {TOOLCHAIN_WINDOW} in flight; {len(ids)} workers x "
+            f"{TOOLCHAIN_AGENTS_PER_WORKER} agents (service toolchain); per task 4 llm_invoke + 3 tool_call "
+            "inside one agent; every answer checked",
+        )
+    ]
+
+
+# --- 6. install footprint -----------------------------------------------------------------------------------
+
+
+def bench_venv() -> list[dict[str, Any]]:
+    """Size of a fresh venv with ``pip install .`` (no dev extras), built from a copy of the tracked tree."""
+    tmp = Path(tempfile.mkdtemp(prefix="ofb-venv-", dir="/tmp"))
+    try:
+        src, venv = tmp / "src", tmp / "venv"
+        files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout
+        for rel in filter(None, files.decode().split("\0")):
+            if (REPO / rel).is_file():
+                (src / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / rel, src / rel)
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", str(venv)], check=True)
+        t0 = time.perf_counter()
+        pip = subprocess.run(
+            [str(venv / "bin/python"), "-m", "pip", "install", "--disable-pip-version-check", "-q", str(src)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if pip.returncode != 0:
+            raise BenchFailed(f"pip install . failed:\n{pip.stdout}\n{pip.stderr}")
+        install_s = time.perf_counter() - t0
+        size = wl.dir_size_bytes(str(venv)) / (1 << 20)
+        site = next((venv / "lib").glob("python*/site-packages"))
+        sizes: dict[str, float] = {}
+        for entry in site.iterdir():
+            if entry.name.endswith((".dist-info", ".pth")) or entry.name == "__pycache__":
+                continue
+            key = entry.name.split(".")[0].split("-")[0]
+            b = wl.dir_size_bytes(str(entry)) if entry.is_dir() else entry.stat().st_size
+            sizes[key] = sizes.get(key, 0) + b / (1 << 20)
+        top = sorted(sizes.items(), key=lambda kv: -kv[1])[:6]
+        biggest = ", ".join(f"{k} {v:.1f}" for k, v in top)
+        _log(f"venv {size:.1f} MB (install {install_s:.0f} s); biggest: {biggest}")
+        return [
+            _metric(
+                "venv_mb",
+                size,
+                "MB",
+                "lower",
+                80,
+                notes=f"fresh venv + pip install . (no dev extras; pip/setuptools included); "
+                f"biggest MB: {biggest}",
+            )
+        ]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+PHASES = ("cold", "warm", "memory", "routing", "toolchain", "venv")
+
+
+def run(quick: bool = False, only: tuple[str, ...] = PHASES) -> list[dict[str, Any]]:
+    # Workers load perf.bench_tools: the daemon (and the workers it forks) must find the perf package.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    out: list[dict[str, Any]] = []
+    cpus = os.cpu_count() or 1
+    steps: dict[str, Callable[[], list[dict[str, Any]]]] = {
+        "cold": lambda: bench_cold(COLD_ROUNDS_QUICK if quick else COLD_ROUNDS),
+        "warm": lambda: bench_warm(WARM_SPAWNS_QUICK if quick else WARM_SPAWNS),
+        "memory": lambda: bench_memory(AGENT_COUNTS[:3] if quick else AGENT_COUNTS),
+        "routing": lambda: bench_routing(
+            wl.ROUTING_MESSAGES_QUICK if quick else wl.ROUTING_MESSAGES_DEFAULT, cpus
+        ),
+        "toolchain": lambda: bench_toolchain(
+            wl.TOOLCHAIN_TASKS_QUICK if quick else wl.TOOLCHAIN_TASKS_DEFAULT
+        ),
+        "venv": bench_venv,
+    }
+    for phase in only:
+        print(f"[bench_system] {phase}", flush=True)
+        t0 = time.perf_counter()
+        out += steps[phase]()
+        print(f"[bench_system] {phase} done in {time.perf_counter() - t0:.1f} s", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="+", choices=PHASES, default=list(PHASES))
+    args = parser.parse_args()
+    print(json.dumps(run(quick=args.quick, only=tuple(args.only)), indent=2))
