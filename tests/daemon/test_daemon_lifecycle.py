@@ -244,7 +244,7 @@ def test_sd_notify_sequence_ready_reloading_ready_stopping_and_watchdog(make_clu
 
 
 def test_supervisor_processes_stay_single_threaded_so_forking_is_safe(make_cluster: type[Cluster]) -> None:
-    """The root and nested supervisors pre-import worker modules yet never start a thread (fork stays safe)."""
+    """Root and nested supervisors pre-import worker modules yet never start a thread (fork stays safe)."""
     c = make_cluster(workers=2).start()
     sup_pids = [c.proc.pid, c.node("workers")["pid"]]  # type: ignore[union-attr]
     for pid in sup_pids:
