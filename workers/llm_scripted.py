@@ -92,26 +92,30 @@ class ScriptRule:
         )
 
 
-def check_chain(chain: Any, where: str) -> list[Problem]:
-    """Every problem of a rule's ``chain`` value, each placed as ``<where>[i].<key>`` (empty: valid).
+def check_chain(chain: Any, where: str, key: str = "chain") -> list[Problem]:
+    """Every problem of a rule's ``chain`` value, placed as ``<where> key '<key>[i].tool'`` (empty: valid).
 
-    For the model-table validator: a chain is a non-empty array of ``{tool = "name", args = {...}}``.
+    For the model-table validator (``where`` is the table, ``key`` the path of the chain inside it, e.g.
+    ``script[0].chain``): a chain is a non-empty array of ``{tool = "name", args = {...}}`` tables.
     """
+
+    def at(suffix: str = "") -> str:
+        return f"{where} key '{key}{suffix}'"
+
     if not isinstance(chain, list) or not chain:
-        return [Problem(where, "must be a non-empty array of {tool = ..., args = {...}} tables")]
+        return [Problem(at(), "must be a non-empty array of {tool = ..., args = {...}} tables")]
     problems: list[Problem] = []
     for i, step in enumerate(chain):
-        at = f"{where}[{i}]"
         if not isinstance(step, Mapping):
-            problems.append(Problem(at, f"must be a table, got {type(step).__name__}"))
+            problems.append(Problem(at(f"[{i}]"), f"must be a table, got {type(step).__name__}"))
             continue
         unknown = sorted(set(step) - {"tool", "args"})
         if unknown:
-            problems.append(Problem(at, f"unknown keys {unknown} (known: args, tool)"))
+            problems.append(Problem(at(f"[{i}]"), f"unknown keys {unknown} (known: args, tool)"))
         if not isinstance(step.get("tool"), str) or not step.get("tool"):
-            problems.append(Problem(f"{at}.tool", f"must be a tool name, got {step.get('tool')!r}"))
+            problems.append(Problem(at(f"[{i}].tool"), f"must be a tool name, got {step.get('tool')!r}"))
         if "args" in step and not isinstance(step["args"], Mapping):
-            problems.append(Problem(f"{at}.args", f"must be a table, got {step['args']!r}"))
+            problems.append(Problem(at(f"[{i}].args"), f"must be a table, got {step['args']!r}"))
     return problems
 
 

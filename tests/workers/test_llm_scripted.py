@@ -290,12 +290,13 @@ def test_check_chain_reports_every_problem_with_its_place() -> None:
     """A malformed chain is described step by step; a valid one has no problems."""
     from openfang.workers.llm_scripted import check_chain
 
-    problems = check_chain([{"tool": ""}, "x", {"tool": "a", "args": 3, "extra": 1}], "script[0].chain")
+    chain = [{"tool": ""}, "x", {"tool": "a", "args": 3, "extra": 1}]
+    problems = check_chain(chain, "[agent.model]", "script[0].chain")
     wheres = [p.where for p in problems]
     assert wheres == [
-        "script[0].chain[0].tool",
-        "script[0].chain[1]",
-        "script[0].chain[2]",
-        "script[0].chain[2].args",
+        "[agent.model] key 'script[0].chain[0].tool'",
+        "[agent.model] key 'script[0].chain[1]'",
+        "[agent.model] key 'script[0].chain[2]'",
+        "[agent.model] key 'script[0].chain[2].args'",
     ]
-    assert check_chain([], "c") and not check_chain([{"tool": "a", "args": {"v": "{result}"}}], "c")
+    assert check_chain([], "m") and not check_chain([{"tool": "a", "args": {"v": "{result}"}}], "m")
