@@ -91,6 +91,9 @@ def route(env: Envelope, agents: AgentDirectory, workers: Mapping[str, WorkerLoa
                 raise NotFound(f"worker {wanted!r} is not connected")
             return Target([wanted])
         return Target([least_loaded(workers)])
+    if env.type.startswith("memory."):
+        # Reads of the shared database: any worker holds a WAL reader; the least loaded answers.
+        return Target([least_loaded(workers)])
     if env.type == "agent.list":
         if not workers:
             raise NotFound("no worker is connected")

@@ -9,6 +9,7 @@ import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from openfang.memory.api import MemoryAPI
 from openfang.protocol.errors import ConfigError
 from openfang.workers.agent_host import AgentHost
 from openfang.workers.llm import make_provider
@@ -39,8 +40,18 @@ def load_tool_modules(registry: ToolRegistry, specs: Sequence[str]) -> None:
         register(registry)
 
 
-def build_host(worker_id: str, args: Mapping[str, Any], *, events: EventSink, audit: EventSink) -> AgentHost:
-    """The agent host of one worker process (``args`` are the worker's child args)."""
+def build_host(
+    worker_id: str,
+    args: Mapping[str, Any],
+    *,
+    events: EventSink,
+    audit: EventSink,
+    memory: MemoryAPI | None = None,
+) -> AgentHost:
+    """The agent host of one worker process (``args`` are the worker's child args).
+
+    ``memory`` is this cluster's memory (None when the cluster has no memory writer).
+    """
     registry = default_registry()
     load_tool_modules(registry, list(args.get("tool_modules") or []))
     return AgentHost(

@@ -12,12 +12,16 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
 import zmq
+from openfang.memory.api import MemoryAPI
+from openfang.memory.client import locations
+from openfang.memory.service import MemoryService
 from openfang.protocol.envelope import Envelope, decode, encode
-from openfang.protocol.errors import OpenFangError, ProtocolError
+from openfang.protocol.errors import NotFound, OpenFangError, ProtocolError
 from openfang.supervisor.child import ChildContext
 from openfang.workers import host_wiring
 
@@ -42,7 +46,11 @@ class Worker:
         self.sock.setsockopt(zmq.LINGER, 200)
         self.sock.setsockopt(zmq.SNDHWM, int(ctx.args.get("hwm", 10_000)))
         self.sock.connect(endpoint)
-        self.host = host_wiring.build_host(self.id, ctx.args, events=self._agent_event, audit=self._audit)
+        self.memory = _open_memory()
+        self.memory_service = MemoryService(self.memory.reader) if self.memory is not None else None
+        self.host = host_wiring.build_host(
+            self.id, ctx.args, events=self._agent_event, audit=self._audit, memory=self.memory
+        )
         self.running = True
         self._last_hello = 0.0
 
@@ -88,6 +96,10 @@ class Worker:
                 self._send(env.reply({"worker": self.id, "pid": os.getpid(), "cpu": self.cpu}))
             elif env.type.startswith("agent."):
                 self.host.submit(env)
+            elif env.type.startswith("memory."):
+                if self.memory_service is None:
+                    raise NotFound("memory is not configured in this cluster (no memory writer child)")
+                self._send(env.reply(self.memory_service.answer(env.type, env.body)))
             else:
                 raise ProtocolError(f"type: worker {self.id} does not serve {env.type!r}")
         except OpenFangError as exc:
@@ -137,8 +149,26 @@ class Worker:
 
     def close(self) -> None:
         self.host.close()
+        if self.memory is not None:
+            self.memory.close()
         self.sock.close()
         self.zctx.term()
+
+
+def _open_memory() -> MemoryAPI | None:
+    """This cluster's memory (writer endpoint + a WAL reader), if it has a memory writer.
+
+    The writer is started before the workers (it comes first in the tree), so its database exists and is
+    migrated by the time a worker starts; no database means no memory child is configured.
+    """
+    try:
+        endpoint, db_path = locations()
+    except OpenFangError:
+        return None
+    if not Path(db_path).exists():
+        log.info("memory_not_configured", db=db_path)
+        return None
+    return MemoryAPI.open(endpoint, db_path)
 
 
 def main(ctx: ChildContext) -> None:
