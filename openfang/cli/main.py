@@ -81,8 +81,20 @@ def output(args: argparse.Namespace, body: Any, human: Callable[[Any], str]) -> 
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show the daemon's state, uptime, children and endpoints."""
-    return output(args, request(args, "status"), render.status)
+    """Show the daemon's state, uptime, children, endpoints, and the memory store with its embedder."""
+    with _client(args) as client:
+        body: dict[str, Any] = client.request("status")
+        try:
+            stats = client.request("memory.stats", {})
+        except OpenFangError as exc:
+            body["memory"] = f"unavailable ({exc.code}: {exc.message})"
+        else:
+            counts = stats.get("counts") or {}
+            body["memory"] = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+            embedder = str(stats.get("embedder") or "?")
+            fallback = embedder.startswith("hash")
+            body["embedder"] = embedder + (" (fallback: no semantic model installed)" if fallback else "")
+    return output(args, body, render.status)
 
 
 def cmd_tree(args: argparse.Namespace) -> int:
