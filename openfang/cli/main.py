@@ -193,6 +193,51 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _memory_places(args: argparse.Namespace) -> tuple[str, str]:
+    """(writer endpoint, database path): from --writer/--db, else from the cluster config's data dir."""
+    db, writer = getattr(args, "db", None), getattr(args, "writer", None)
+    if db or writer:  # each verb needs only one of them
+        return writer or "", db or ""
+    config = getattr(args, "config", None) or os.environ.get("OPENFANG_CONFIG")
+    if not config:
+        raise ConfigError("memory: pass --config (the cluster.toml) or --db / --writer")
+    from openfang.supervisor.config import load_config
+
+    data_dir = load_config(config).data_dir
+    return writer or f"ipc://{data_dir}/run/memory.sock", db or str(data_dir / "memory.db")
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    """Memory verbs: search, history, stats (through the running system); export, import, migrate (local)."""
+    op = args.memory_op
+    if op == "search":
+        body: dict[str, Any] = {"query": args.query, "mode": args.mode, "limit": args.limit}
+        if args.agent:
+            body["agent_id"] = args.agent
+        if args.kind:
+            body["kind"] = args.kind
+        return output(args, request(args, "memory.search", body), render.memory_hits)
+    if op == "history":
+        body = {"agent_id": args.agent_id, "limit": args.limit}
+        return output(args, request(args, "memory.history", body), render.memory_history)
+    if op == "stats":
+        return output(args, request(args, "memory.stats", {}), render.kv)
+    from openfang.memory import cli as memory_cli
+
+    writer, db = _memory_places(args)
+    if op == "export":
+        rows = memory_cli.export(db, sys.stdout, agent=args.agent)
+        print(f"exported {rows} rows from {db}", file=sys.stderr)
+        return 0
+    if op == "import":
+        stream = open(args.file, encoding="utf-8") if args.file != "-" else sys.stdin  # noqa: SIM115
+        with stream:
+            counts = memory_cli.import_jsonl(writer, stream)
+        return output(args, counts, render.kv)
+    applied = memory_cli.migrate(db)
+    return output(args, {"db": db, "applied": applied}, render.kv)
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     """Agent verbs: spawn, list, send, info, suspend, resume, kill."""
     op = args.agent_op
@@ -286,6 +331,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="the audit database (default: from --config)")
     p.add_argument("--key-file", help="the HMAC chain key, if [security.audit] key_file is set")
     p.set_defaults(handler=cmd_audit_verify)
+
+    memory = sub.add_parser("memory", help="the agents' memory")
+    memory_sub = memory.add_subparsers(dest="memory_op", required=True)
+    p = memory_sub.add_parser("search", parents=[common], help="hybrid (keyword + vector) search of memories")
+    p.add_argument("query")
+    p.add_argument("--agent", help="only this agent's memories")
+    p.add_argument("--kind", help="only memories of this kind")
+    p.add_argument("--mode", choices=["hybrid", "keyword", "vector"], default="hybrid")
+    p.add_argument("--limit", type=int, default=10)
+    p = memory_sub.add_parser("history", parents=[common], help="an agent's conversation, newest first")
+    p.add_argument("agent_id")
+    p.add_argument("--limit", type=int, default=50)
+    memory_sub.add_parser("stats", parents=[common], help="rows per memory kind, size, embedder")
+    p = memory_sub.add_parser("export", parents=[common], help="every row as JSON lines on stdout")
+    p.add_argument("--agent", help="only this agent")
+    p.add_argument("--db", help="the memory database (default: from --config)")
+    p = memory_sub.add_parser("import", parents=[common], help="JSON lines from 'export' through the writer")
+    p.add_argument("file", help="the .jsonl file, or - for stdin")
+    p.add_argument("--writer", help="the memory writer endpoint (default: from --config)")
+    p = memory_sub.add_parser("migrate", parents=[common], help="create or upgrade a memory database")
+    p.add_argument("--db", help="the memory database (default: from --config)")
+    memory.set_defaults(handler=cmd_memory)
 
     agent = sub.add_parser("agent", help="spawn and talk to agents")
     agent_sub = agent.add_subparsers(dest="agent_op", required=True)

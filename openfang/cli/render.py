@@ -108,3 +108,22 @@ def security(body: dict[str, Any]) -> str:
         state = "on" if layer.get("enabled") else "off"
         lines.append(f"{layer.get('layer', '?'):>2} {layer.get('name', '?'):<32} {state:<8} {cfg[:120]}")
     return "\n".join(lines)
+
+
+def memory_hits(body: dict[str, Any]) -> str:
+    lines = []
+    for hit in body.get("hits") or []:
+        score = hit.get("score")
+        score_s = f"{score:.3f}" if isinstance(score, int | float) else "-"
+        lines.append(
+            f"{score_s}  {hit.get('agent_id', '?'):<24} {hit.get('kind', ''):<10} {hit.get('text', '')}"
+        )
+    return "\n".join(lines) or "(no matches)"
+
+
+def memory_history(body: dict[str, Any]) -> str:
+    lines = []
+    for msg in body.get("messages") or []:
+        when = dt.datetime.fromtimestamp(float(msg.get("time") or 0), tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(f"{when}  {msg.get('role', '?'):<9} {msg.get('text', '')}")
+    return "\n".join(lines) or "(no messages)"
