@@ -41,7 +41,7 @@ strategy = "one_for_one"
 intensity = {intensity}
 period = 5
 
-[[supervisor.children]]
+{memory_child}[[supervisor.children]]
 id = "workers"
 type = "supervisor"
 strategy = "one_for_one"
@@ -55,6 +55,15 @@ start = "openfang.workers.worker:main"
 restart = "permanent"
 shutdown = 2000
 heartbeat_ms = 3000
+"""
+
+
+MEMORY_CHILD = """[[supervisor.children]]
+id = "memory"
+start = "openfang.memory.writer:main"
+shutdown = 5000
+heartbeat_ms = 3000
+
 """
 
 
@@ -78,6 +87,7 @@ class Cluster:
         intensity: int = 3,
         queue_limit: int = 1000,
         request_timeout_ms: int = 10000,
+        memory: bool = False,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="of-", dir="/tmp"))
         self.data_dir = self.dir / "data"
@@ -88,6 +98,7 @@ class Cluster:
             intensity=intensity,
             queue_limit=queue_limit,
             request_timeout_ms=request_timeout_ms,
+            memory_child=MEMORY_CHILD if memory else "",
         )
         self.write_config(extra)
         self.notify_path = str(self.dir / "notify.sock")
