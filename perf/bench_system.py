@@ -575,6 +575,151 @@ def bench_venv() -> list[dict[str, Any]]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# --- where the time goes -----------------------------------------------------------------------------------
+
+
+def cpu_split(phase: str, count: int, pyspy_dir: str | None = None) -> dict[str, float]:
+    """Run the routing or tool-chain load and print CPU seconds per process of the tree (and the client).
+
+    With ``pyspy_dir``, also records every process with py-spy (``py-spy record --format raw``) into that
+    folder, one collapsed-stack file per process, for ``python -m perf.bench_system --profile``.
+    """
+    import psutil
+
+    extra = f"\n[supervisor.children.pool.args]\n{TOOL_MODULES}\n" if phase == "toolchain" else ""
+    with cluster(extra=extra) as (c, pipe):
+        wids = worker_ids(pipe)
+        tasks = wl.toolchain_tasks(count) if phase == "toolchain" else wl.routing_messages(count)
+        for wid in wids:
+            if phase == "toolchain":
+                spawn_many(pipe, manifest("toolchain"), TOOLCHAIN_AGENTS_PER_WORKER, worker=wid)
+            else:
+                spawn_many(pipe, manifest("router"), 1, worker=wid)
+                for route in wl.ROUTES:
+                    spawn_many(pipe, manifest("route", route), 1, worker=wid)
+        assert c.proc is not None
+        procs = {p.pid: p for p in map(psutil.Process, wl.process_tree(c.proc.pid))}
+        names = {pid: " ".join(p.cmdline()[-1:]) or p.name() for pid, p in procs.items()}
+        tree = pipe.call("tree", {})
+
+        def label(nodes: list[dict[str, Any]]) -> None:
+            for n in nodes:
+                if n.get("pid") in names:
+                    names[n["pid"]] = str(n["id"])
+                label(n.get("children") or [])
+
+        label(tree["children"])
+        names[c.proc.pid] = "root supervisor"
+        me = psutil.Process()
+        before = {pid: sum(p.cpu_times()[:2]) for pid, p in procs.items()}
+        threads_before = {pid: _thread_times(pid) for pid in procs}
+        mine = sum(me.cpu_times()[:2])
+        spies = []
+        if pyspy_dir:
+            os.makedirs(pyspy_dir, exist_ok=True)
+            spy = str(Path(sys.executable).parent / "py-spy")
+            for pid, name in names.items():
+                out = os.path.join(pyspy_dir, f"{name}.txt")
+                spies.append(
+                    subprocess.Popen(
+                        [
+                            spy,
+                            "record",
+                            "--pid",
+                            str(pid),
+                            "--format",
+                            "raw",
+                            "--rate",
+                            "200",
+                            "--nonblocking",
+                            "--output",
+                            out,
+                            "--duration",
+                            "30",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+            time.sleep(1.0)
+
+        def start(i: int, done: Callable[[], None]) -> None:
+            task = tasks[i]
+            if phase == "toolchain":
+                pipe.send(
+                    "agent.send",
+                    {"service": "toolchain", "text": task},
+                    lambda t, b: (_check(t, b, wl.toolchain_expected(task), "task"), done()),
+                )
+                return
+            route = wl.classify(task)
+            pipe.send(
+                "agent.send",
+                {"service": "router", "text": task},
+                lambda t, b: (
+                    _check(t, b, route, "router"),
+                    pipe.send(
+                        "agent.send",
+                        {"service": route, "text": task},
+                        lambda t2, b2: (_check(t2, b2, wl.agent_reply(route, task), "agent"), done()),
+                    ),
+                ),
+            )
+
+        window = TOOLCHAIN_WINDOW if phase == "toolchain" else ROUTING_WINDOW
+        elapsed = run_tasks(pipe, count, window, start)
+        split = {names[pid]: sum(p.cpu_times()[:2]) - before[pid] for pid, p in procs.items()}
+        split["client (this process)"] = sum(me.cpu_times()[:2]) - mine
+        by_thread: dict[str, dict[str, float]] = {}
+        for pid in procs:
+            now_t = _thread_times(pid)
+            per: dict[str, float] = {}
+            for tid, (comm, secs) in now_t.items():
+                prev = threads_before[pid].get(tid, (comm, 0.0))[1]
+                kind = "main" if tid == pid else comm
+                per[kind] = per.get(kind, 0.0) + secs - prev
+            by_thread[names[pid]] = per
+        for spy_proc in spies:
+            spy_proc.send_signal(2)
+        for spy_proc in spies:
+            try:
+                spy_proc.wait(20)
+            except subprocess.TimeoutExpired:
+                spy_proc.kill()
+                spy_proc.wait()
+    print(
+        f"{phase}: {count} tasks in {elapsed:.2f} s = {count / elapsed:.0f} tasks/s; CPU seconds per process:"
+    )
+    for name, secs in sorted(split.items(), key=lambda kv: -kv[1]):
+        per = sorted(by_thread.get(name, {}).items(), key=lambda kv: -kv[1])
+        threads = ", ".join(f"{k} {v:.2f}" for k, v in per if v >= 0.01)
+        print(
+            f"  {name:<24} {secs:6.2f} s {secs / elapsed * 100:4.0f} % of a core "
+            f"{secs / count * 1e6:6.0f} us/task" + (f"  [threads: {threads}]" if threads else "")
+        )
+    return split
+
+
+def _thread_times(pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of each thread of ``pid``, with the thread's name, from /proc."""
+    out: dict[int, tuple[str, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.find(b"(") + 1 : stat.rfind(b")")].decode(errors="replace")
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        out[int(tid)] = (comm, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
 # --- the run ------------------------------------------------------------------------------------------------
 
 PHASES = ("cold", "warm", "memory", "routing", "toolchain", "venv")
@@ -612,5 +757,16 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="+", choices=PHASES, default=list(PHASES))
+    parser.add_argument(
+        "--cpu-split",
+        choices=("routing", "toolchain"),
+        help="no metrics: run that load and print CPU seconds per process",
+    )
+    parser.add_argument("--count", type=int, default=20_000, help="tasks for --cpu-split")
+    parser.add_argument("--profile", metavar="DIR", help="with --cpu-split: py-spy every process into DIR")
     args = parser.parse_args()
+    if args.cpu_split:
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        cpu_split(args.cpu_split, args.count, args.profile)
+        sys.exit(0)
     print(json.dumps(run(quick=args.quick, only=tuple(args.only)), indent=2))
