@@ -49,5 +49,16 @@ bench-peers: install
 	$(PY) -m perf.peers.setup
 	$(PY) -m perf.run --peers --out perf/results
 
+# Example guests in C and Rust (the built-in LLM agent is WAT and needs no toolchain). The built .wasm files
+# are checked in; tests rebuild and compare them byte for byte whenever these Debian toolchains are present.
+GUEST_TOOLS := clang lld rustc libstd-rust-dev-wasm32
+guests:
+	@command -v clang >/dev/null && command -v wasm-ld >/dev/null && test -x /usr/bin/rustc || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(GUEST_TOOLS); }
+	clang --target=wasm32 -nostdlib -O2 -Wl,--no-entry -Wl,--export-dynamic \
+	  -o examples/agents/c/upper.wasm examples/agents/c/upper.c
+	/usr/bin/rustc --target wasm32-unknown-unknown --crate-type cdylib -O -C strip=symbols \
+	  -o examples/agents/rust/counter.wasm examples/agents/rust/counter.rs
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache $(DATA_DIR)
