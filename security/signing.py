@@ -243,9 +243,13 @@ class Verifier:
 
 
 class _KeyRef(Protocol):
-    id: str
-    alg: str
-    file: str
+    # Read-only members, so frozen dataclasses (config.KeySpec) satisfy the protocol.
+    @property
+    def id(self) -> str: ...
+    @property
+    def alg(self) -> str: ...
+    @property
+    def file(self) -> str: ...
 
 
 def read_key_material(path: str) -> bytes:
