@@ -33,11 +33,14 @@ Trap = Literal["out_of_fuel", "memory_cap", "deadline", "call_denied"]
 class SandboxPolicyConfig:
     """Cluster-wide sandbox policy (``[security.sandbox]``)."""
 
-    fuel_default: int = 10_000_000
+    # Defaults equal the agent.toml defaults ([sandbox.fuel] max_fuel, [sandbox.memory] max_heap_mb), so a
+    # cluster without [security.sandbox] runs agents exactly as their manifests say.
+    fuel_default: int = 500_000_000
     fuel_max: int = 1_000_000_000
-    memory_default_mb: int = 16
+    memory_default_mb: int = 64
     memory_max_mb: int = 256
-    allow: frozenset[str] = field(default_factory=lambda: frozenset({"openfang.*"}))
+    # Guests import host functions from the "env" module (see docs/guest-abi.md).
+    allow: frozenset[str] = field(default_factory=lambda: frozenset({"env.*"}))
     deny: frozenset[str] = field(default_factory=frozenset)
 
 

@@ -75,6 +75,11 @@ class JobRunner:
 
         self._pool.submit(task)
 
+    def poke(self) -> None:
+        """Wake the host's loop (from any thread) without a finished job: it has host calls to run."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wfd, b"x")
+
     def drain(self) -> list[str]:
         try:
             while os.read(self._rfd, 4096):
@@ -129,9 +134,17 @@ class ChatCache:
 
 
 def llm_work(
-    provider: Any, system_prompt: str, chat_messages: list[Any], tool_specs: Sequence[Any]
+    provider: Any,
+    system_prompt: str,
+    chat_messages: list[Any],
+    tool_specs: Sequence[Any],
+    content_filter: Callable[[str], str] | None = None,
 ) -> Callable[[], tuple[int, bytes, dict[str, int]]]:
-    """The job body of one ``llm_invoke``: build the ChatRequest, complete it, encode the guest's result."""
+    """The job body of one ``llm_invoke``: build the ChatRequest, complete it, encode the guest's result.
+
+    ``content_filter`` sees the model's text before it joins the conversation (injection, redaction); it
+    may return a changed text or raise OpenFangError to fail the call.
+    """
     from openfang.workers import llm_types as t
 
     def work() -> tuple[int, bytes, dict[str, int]]:
@@ -139,13 +152,16 @@ def llm_work(
         chat.extend(chat_messages)
         resp = provider.complete(t.ChatRequest(messages=tuple(chat), tools=tuple(tool_specs)))
         usage = {"prompt_tokens": resp.usage.prompt_tokens, "completion_tokens": resp.usage.completion_tokens}
-        msg: dict[str, Any] = {"role": "assistant", "content": resp.content}
+        content = resp.content
+        if content_filter is not None and content:
+            content = content_filter(content)
+        msg: dict[str, Any] = {"role": "assistant", "content": content}
         if resp.tool_calls:
             msg["tool_calls"] = [
                 {"id": c.id, "name": c.name, "arguments": c.arguments} for c in resp.tool_calls
             ]
             return _ok(abi.encode_llm_result(msg, None), usage)
-        return _ok(abi.encode_llm_result(msg, resp.content or ""), usage)
+        return _ok(abi.encode_llm_result(msg, content or ""), usage)
 
     return work
 

@@ -59,6 +59,10 @@ class HostedAgent:
     grant: Any = None  # the security.capabilities grant, reapplied on every restart
     tool_specs: tuple[Any, ...] | None = None
     tool_ctx_for: Sandbox | None = None
+    guard: Any = None  # _host_security.AgentGuard when the host enforces the security layers
+    manifest_text: str = ""
+    session: str = ""  # the session of the message in progress (memory records carry it)
+    unbilled_tokens: int = 0  # LLM tokens used but not yet charged to the agent's token bucket
 
 
 class Services:
@@ -84,9 +88,21 @@ class Services:
             if agent.manifest.tools and registry is not None and hasattr(registry, "specs_for"):
                 agent.tool_specs = tuple(registry.specs_for(frozenset(agent.manifest.tools)))
         specs = agent.tool_specs
+        sec = self.host._security
+        content_filter = None
+        if sec is not None:
+            refused = self._charge(agent, tokens=agent.unbilled_tokens)
+            if refused is not None:
+                return refused
+            agent.unbilled_tokens = 0
+            agent_id = agent.agent_id
+
+            def content_filter(text: str) -> str:
+                return sec.redact(sec.check_output(agent_id, text, source="llm"))
+
         job = UsageJob(agent)
         chat = agent.chat_cache.convert(messages)
-        work = jobs.llm_work(agent.provider, agent.manifest.system_prompt, chat, specs)
+        work = jobs.llm_work(agent.provider, agent.manifest.system_prompt, chat, specs, content_filter)
         self.host._runner.run(job, work, inline=getattr(agent.provider, "blocking", True) is False)
         return job
 
@@ -98,7 +114,60 @@ class Services:
         calls = [request] if single else list(request.get("tool_calls") or [])
         if not all(isinstance(c, dict) for c in calls) or not calls:
             return DoneJob(abi.E_INVALID)
+        if self.host._security is not None:
+            refused = self._charge(agent, tool_calls=len(calls))
+            if refused is not None:
+                return refused
         return self._run_tools(agent, sandbox, calls, single)
+
+    def _charge(self, agent: HostedAgent, *, tokens: int = 0, tool_calls: int = 0) -> Job | None:
+        """Layer 3 before an LLM or tool call: None when within the agent's budget, else the refusal."""
+        sec = self.host._security
+        assert sec is not None
+        try:
+            sec.charge(agent.agent_id, tokens=tokens, tool_calls=tool_calls)
+        except OpenFangError as exc:
+            if agent.guard is not None:
+                agent.guard.refusal = exc  # the message's error reply says rate_limited, not "denied"
+            return DoneJob(abi.E_DENIED, exc.message.encode())
+        return None
+
+    def _invoke(self, agent: HostedAgent, ctx: Any, name: str, args: dict[str, Any]) -> tuple[bool, Any]:
+        """One tool call through the registry, then the host's layers on its result (any thread)."""
+        registry = self.host.tools
+        sec, mem = self.host._security, self.host._memory
+        if sec is None and mem is None:
+            return jobs.invoke_tool(registry, ctx, name, args)
+        t0 = time.perf_counter()
+        code: str | None = None
+        if hasattr(registry, "invoke"):
+            res = registry.invoke(ctx, name, args)
+            ok, value, code = bool(res.ok), (res.as_text() if res.ok else res.error), res.code
+        else:
+            ok, value = jobs.invoke_tool(registry, ctx, name, args)
+        if sec is not None:
+            if not ok and code == "denied":
+                sec.audit.append("tools.denied", agent_id=agent.agent_id, tool=name, error=str(value))
+            if ok:
+                try:
+                    value = sec.check_output(agent.agent_id, str(value), source="tool")
+                except OpenFangError as exc:  # output_action = block: the model gets the refusal instead
+                    ok, value, code = False, exc.message, exc.code
+            value = sec.redact(str(value)) if isinstance(value, str) else value
+        if mem is not None:
+            safe_args = sec.redactor.redact_value(args) if sec is not None and sec.redactor else args
+            mem.note_tool_call(
+                {
+                    "agent_id": agent.agent_id,
+                    "tool": name,
+                    "status": "ok" if ok else (code or "error"),
+                    "args": safe_args,
+                    "duration_ms": round((time.perf_counter() - t0) * 1000, 3),
+                    "error": None if ok else str(value)[:1000],
+                    "session": agent.session,
+                }
+            )
+        return ok, value
 
     def _run_tools(
         self, agent: HostedAgent, sandbox: Sandbox, calls: list[dict[str, Any]], single: bool
@@ -113,7 +182,7 @@ class Services:
         work = jobs.tools_work(
             calls,
             frozenset(agent.manifest.tools),
-            lambda n, a: jobs.invoke_tool(registry, ctx, n, a),
+            lambda n, a: self._invoke(agent, ctx, n, a),
             denied,
             single,
         )
@@ -148,12 +217,11 @@ class Services:
         return self._run_tools_as(agent, sandbox, tool, args)
 
     def _run_tools_as(self, agent: HostedAgent, sandbox: Sandbox, tool: str, args: Any) -> Job:
-        registry = self.host.tools
         ctx = self._context(agent, sandbox, extra=frozenset({tool}))
         work = jobs.tools_work(
             [{"name": tool, "arguments": args}],
             frozenset({tool}),
-            lambda n, a: jobs.invoke_tool(registry, ctx, n, a),
+            lambda n, a: self._invoke(agent, ctx, n, a),
             lambda n: None,
             True,
         )
@@ -174,6 +242,8 @@ class UsageJob(jobs.ThreadJob):
     def finish(self, code: int, value: bytes, usage: dict[str, int] | None = None) -> None:
         for key, n in (usage or {}).items():
             self._agent.usage[key] = self._agent.usage.get(key, 0) + n
+            if key in ("prompt_tokens", "completion_tokens"):
+                self._agent.unbilled_tokens += n
         super().finish(code, value, usage)
 
 
@@ -185,6 +255,37 @@ def _tool(registry: Any, name: str) -> Any:
 
 
 def default_context(host: AgentHost, agent: HostedAgent) -> Any:
-    """The agent's ToolContext: its tools as the allow list and its own KV namespace."""
+    """The agent's ToolContext: its tools as the allow list, its KV namespace and, with the security layers
+    and memory wired, its scoped files, network policy, egress check and host callbacks."""
     allowed = frozenset(agent.manifest.tools)
-    return _tools.ToolContext(agent_id=agent.agent_id, allowed=allowed, kv=host._kv.namespace(agent.agent_id))
+    kv = host._kv.namespace(agent.agent_id)
+    sec, mem = host._security, host._memory
+    if sec is None and mem is None:
+        return _tools.ToolContext(agent_id=agent.agent_id, allowed=allowed, kv=kv)
+    extra: dict[str, Any] = {}
+    if sec is not None:
+        guard = agent.guard
+        extra.update(
+            fs_root=guard.fs_root if guard is not None else None,
+            net_allow_hosts=tuple(sec.config.network.allow_hosts),
+            net_allow_private=sec.config.network.allow_private,
+            egress_check=sec.egress_check(agent.agent_id),
+        )
+    if mem is not None:
+
+        def recall(agent_id: str, args: dict[str, Any]) -> Any:
+            owners = [str(a) for a in args.get("agents") or []]
+            if sec is not None and owners:
+                sec.memory_scope(agent_id, owners)  # layer 9: raises Denied (audited) for another's memory
+            return mem.recall(agent_id, args, owners)
+
+        extra.update(memory_store=mem.store, memory_recall=recall)
+    return _tools.ToolContext(
+        agent_id=agent.agent_id,
+        allowed=allowed,
+        kv=kv,
+        send=lambda agent_id, args: host.from_tool_thread(lambda: host._agent_send(agent_id, args)),
+        spawn=lambda agent_id, args: host.from_tool_thread(lambda: host._agent_spawn(agent_id, args)),
+        list_agents=lambda agent_id, args: host.from_tool_thread(lambda: host._agent_list(agent_id)),
+        **extra,
+    )

@@ -16,10 +16,15 @@ Driving it (the worker's loop)::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
+import threading
 import time
 import tomllib
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +42,9 @@ from openfang.workers import _host_jobs as jobs
 from openfang.workers import guest_abi as abi
 from openfang.workers import llm as _llm
 from openfang.workers import tools_kv as _tools_kv
+from openfang.workers._host_agents import AgentTraffic
+from openfang.workers._host_memory import HostMemory
+from openfang.workers._host_security import HostSecurity
 from openfang.workers._host_services import HostedAgent, RestartWindow, Services
 from openfang.workers._wasmtime import EngineOptions, HostFunctionSpec, Runtime
 from openfang.workers.manifest import AgentManifest, ModelConfig, load_manifest
@@ -47,8 +55,9 @@ MAX_INBOX = 1024
 HOST_SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a in abi.HOST_FUNCTIONS)
 
 
-class AgentHost:
-    """Hosts many agents in one thread. Not thread-safe: call everything from the worker's loop."""
+class AgentHost(AgentTraffic):
+    """Hosts many agents in one thread. Not thread-safe: call everything from the worker's loop
+    (tool threads reach it only through :meth:`from_tool_thread`)."""
 
     def __init__(
         self,
@@ -64,6 +73,8 @@ class AgentHost:
         max_threads: int = 4,
         module_cache_dir: Path | None = None,
         capabilities: Any | None = None,
+        security: HostSecurity | None = None,
+        memory: HostMemory | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.llm_factory = llm_factory
@@ -75,7 +86,12 @@ class AgentHost:
         self._options = engine_options or EngineOptions()
         # Compiled modules persist here (by sha256 + engine settings): a restarted worker skips compiling.
         self._cache_dir = module_cache_dir
+        # The agent-side security layers (None: only the sandbox's own checks) and the memory recorder.
+        self._security = security
+        self._memory = memory
         # security.capabilities.CapabilityPolicy (duck-typed): cluster limits and import allow/deny patterns.
+        if capabilities is None and security is not None:
+            capabilities = security.capabilities
         self._capabilities = capabilities
         self._runtimes: dict[int, Runtime] = {}
         self._agents: dict[str, HostedAgent] = {}
@@ -90,6 +106,11 @@ class AgentHost:
         # Deep model validation when the providers module is present (it owns provider semantics).
         self._validate_model = _llm.validate_model_config if llm_factory is None else None
         self._kv = _tools_kv.KVStore()
+        # Work tool threads hand to the loop (agent_send/spawn/list), and where internal requests' replies go.
+        self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
+        self._internal: dict[str, Future[Any]] = {}
+        self._spawn_parents: dict[str, str] = {}
+        self._loop_thread = threading.get_ident()
 
     # -- public API ------------------------------------------------------------------------------------
     def wakeup_fd(self) -> int:
@@ -112,6 +133,7 @@ class AgentHost:
 
     def step(self, max_seconds: float) -> list[Envelope]:
         """Run ready agents round-robin, one fuel slice each per turn, for up to ``max_seconds``."""
+        self._run_calls()
         for agent_id in self._runner.drain():
             agent = self._active.get(agent_id)
             if agent is not None:
@@ -125,6 +147,12 @@ class AgentHost:
             if not ran or time.perf_counter() >= end:
                 break
         out, self._replies = self._replies, []
+        if self._internal:
+            out = self._route_internal(out)
+        if self._memory is not None:
+            self._memory.pump()
+        if self._security is not None:
+            self._security.audit.flush()
         return out
 
     def _turn(self, agent: HostedAgent, now: float) -> bool:
@@ -185,6 +213,10 @@ class AgentHost:
         for rt in self._runtimes.values():
             rt.close()
         self._runtimes.clear()
+        if self._memory is not None:
+            self._memory.close()
+        if self._security is not None:
+            self._security.close()
 
     # -- requests ---------------------------------------------------------------------------------------
     def _on_spawn(self, env: Envelope) -> None:
@@ -214,14 +246,30 @@ class AgentHost:
         elif manifest.model is not None:
             provider = _llm.make_provider(manifest.model.raw, where=f"{manifest.source}: [agent.model]")
         window = RestartWindow(manifest.restart_intensity, manifest.restart_period_ms / 1000)
+        sec = self._security
+        parent = self._spawn_parents.pop(env.id, None)
+        digest = _module_digest(manifest)
+        if sec is not None:
+            sec.check_version(manifest, digest)  # layer 16, before any work is spent on an old manifest
         grant = None
         if self._capabilities is not None:
-            grant = self._capabilities.grant(agent_id, tomllib.loads(text), source=manifest.source)
+            raw = tomllib.loads(text)
+            grant = self._capabilities.grant(agent_id, _effective(raw, manifest), source=manifest.source)
+            manifest = _apply_grant(manifest, raw, grant)
         sandbox = self._new_sandbox(manifest, agent_id, grant)
         agent = HostedAgent(
             agent_id=agent_id, manifest=manifest, sandbox=sandbox, provider=provider, window=window
         )
         agent.grant = grant
+        agent.manifest_text = text
+        if sec is not None:
+            try:
+                agent.guard = sec.admit(manifest, agent_id, parent=parent)
+                sec.accept_version(manifest, digest)
+            except BaseException:
+                sandbox.close()
+                sec.release(agent_id)
+                raise
         self._agents[agent_id] = agent
         agent.spawn_env = env
         self._start(agent)
@@ -273,6 +321,12 @@ class AgentHost:
         if len(agent.inbox) >= MAX_INBOX:
             raise Busy(f"agent {agent.agent_id} has {MAX_INBOX} messages waiting")
         session = env.body.get("session")
+        if self._security is not None:
+            self._security.charge(agent.agent_id, requests=1)  # layer 3: rate_limited
+            source = "agent" if env.id in self._internal else "user"
+            text = self._security.check_input(agent.agent_id, text, source=source)  # layer 2: denied
+        if self._memory is not None:
+            self._memory.record_message(agent.agent_id, _session(session), "user", text, None)
         agent.inbox.append(
             (env, abi.user_message(text, session=session if isinstance(session, str) else None))
         )
@@ -315,6 +369,8 @@ class AgentHost:
     def _on_kill(self, env: Envelope) -> None:
         agent = self._get(env)
         self._remove(agent, "dead", SandboxError(f"agent {agent.agent_id} was killed"))
+        if self._memory is not None:
+            self._memory.reclaim(agent.agent_id, agent.manifest.retention)
         self._replies.append(env.reply({"agent_id": agent.agent_id, "state": "dead"}))
 
     def _get(self, env: Envelope) -> HostedAgent:
@@ -337,6 +393,9 @@ class AgentHost:
         agent.inbox.popleft()
         agent.current = env
         agent.usage = {"prompt_tokens": 0, "completion_tokens": 0, "tool_calls": 0}
+        agent.session = _session(env.body.get("session"))
+        if agent.guard is not None:
+            agent.guard.refusal = None
         agent.fuel_at_start = agent.sandbox.fuel_used
         self._active[agent.agent_id] = agent
 
@@ -357,6 +416,11 @@ class AgentHost:
             if outcome.ok:
                 usage = dict(agent.usage, fuel=agent.sandbox.fuel_used - agent.fuel_at_start)
                 reply = outcome.reply.decode("utf-8", "replace")
+                if self._security is not None:
+                    reply = self._security.redact(reply)  # layer 11
+                if self._memory is not None:
+                    tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+                    self._memory.record_message(agent.agent_id, agent.session, "assistant", reply, tokens)
                 self._replies.append(env.reply({"reply": reply, "agent_id": agent.agent_id, "usage": usage}))
             else:
                 err = (
@@ -364,7 +428,8 @@ class AgentHost:
                     if isinstance(outcome.error, OpenFangError)
                     else SandboxError(str(outcome.error))
                 )
-                self._replies.append(env.error(err))
+                refusal = agent.guard.refusal if agent.guard is not None else None
+                self._replies.append(env.error(refusal if refusal is not None else err))
         if outcome.crashed:
             self._crashed(agent, outcome.error or SandboxError("agent crashed"))
         else:
@@ -396,6 +461,8 @@ class AgentHost:
 
     def _remove(self, agent: HostedAgent, state: str, error: OpenFangError, *, reason: str = "") -> None:
         agent.sandbox.close()
+        if self._security is not None:
+            self._security.release(agent.agent_id)
         self._kv.drop(agent.agent_id)
         self._agents.pop(agent.agent_id, None)
         self._active.pop(agent.agent_id, None)
@@ -441,6 +508,13 @@ class AgentHost:
             )
 
     def _audit_record(self, record: dict[str, Any]) -> None:
+        if self._security is not None:
+            # The audit chain: tool denials are layer 9, the sandbox's own refusals and give-ups layers 5-7.
+            fields = dict(record)
+            kind = str(fields.pop("kind", "event"))
+            layer = "permissions" if kind == "tool_denied" else "sandbox"
+            self._security.audit.append(f"{layer}.{kind}", worker=self.worker_id, **fields)
+            return
         if self._capabilities is not None and record.get("kind") in ("host_call_denied", "tool_denied"):
             what = record.get("function") or record.get("tool")
             self._capabilities.record_trap(str(record.get("agent_id")), "call_denied", name=what)
@@ -460,3 +534,46 @@ class AgentHost:
             rt = self._runtimes[stack_kb] = Runtime(HOST_SPECS, options=opts, cache_dir=self._cache_dir)
             rt.start_ticker()
         return rt
+
+
+def _session(value: Any) -> str:
+    return value if isinstance(value, str) and value else "default"
+
+
+def _module_digest(manifest: AgentManifest) -> str:
+    """What a manifest version names (layer 16): its pinned digest, else the module's bytes."""
+    if manifest.module_sha256:
+        return manifest.module_sha256
+    path = manifest.module_path()
+    if path is None:
+        from openfang.workers.builtin_guests import builtin_digest
+
+        return builtin_digest(manifest.module.removeprefix("builtin:"))
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "unreadable"  # the sandbox's load reports the real problem
+
+
+def _effective(raw: dict[str, Any], manifest: AgentManifest) -> dict[str, Any]:
+    """The manifest as the capability policy reads it, with the host functions it is *effectively* granted
+    (core ABI and implied imports included) as its narrowing allow list."""
+    sandbox = dict(raw.get("sandbox") or {})
+    perms = dict(sandbox.get("permissions") or {})
+    perms["allowed_host_functions"] = sorted(manifest.granted_imports())
+    sandbox["permissions"] = perms
+    return {**raw, "sandbox": sandbox}
+
+
+def _apply_grant(manifest: AgentManifest, raw: dict[str, Any], grant: Any) -> AgentManifest:
+    """Cluster defaults (layers 5-6) for the limits a manifest leaves unset."""
+    sandbox = raw.get("sandbox") or {}
+    sb = manifest.sandbox
+    fuel, memory = sb.fuel, sb.memory
+    if "max_fuel" not in (sandbox.get("fuel") or {}):
+        fuel = dataclasses.replace(fuel, max_fuel=int(grant.fuel))
+    if "max_heap_mb" not in (sandbox.get("memory") or {}):
+        memory = dataclasses.replace(memory, max_heap_mb=max(1, int(grant.memory_bytes) >> 20))
+    if fuel is sb.fuel and memory is sb.memory:
+        return manifest
+    return dataclasses.replace(manifest, sandbox=dataclasses.replace(sb, fuel=fuel, memory=memory))

@@ -6,11 +6,18 @@ Kept apart from ``worker.py`` so the process loop does not need to know how an a
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from openfang.memory.api import MemoryAPI
 from openfang.protocol.errors import ConfigError
+from openfang.security.audit import AuditLog
+from openfang.security.config import SecurityConfig
+from openfang.security.signing import read_key_material
+from openfang.workers._host_memory import HostMemory
+from openfang.workers._host_security import HostAudit, HostSecurity, security_from_args
 from openfang.workers.agent_host import AgentHost
 from openfang.workers.llm import make_provider
 from openfang.workers.manifest import ModelConfig
@@ -48,17 +55,35 @@ def build_host(
     audit: EventSink,
     memory: MemoryAPI | None = None,
 ) -> AgentHost:
-    """The agent host of one worker process (``args`` are the worker's child args).
+    """The agent host of one worker process (``args`` are the worker's child args), called after the fork.
 
-    ``memory`` is this cluster's memory (None when the cluster has no memory writer).
+    ``memory`` is this cluster's memory (None when the cluster has no memory writer). The security config
+    is ``args["security"]`` (``{"table", "source", "data_dir", "base_dir"}``, as the gateway gets it) or,
+    without it, the defaults with paths under ``OPENFANG_DATA_DIR``. Every refusal goes to this process's
+    handle on the audit chain (``[security.audit] path``) *and* to ``audit`` (the worker's log line).
     """
     registry = default_registry()
     load_tool_modules(registry, list(args.get("tool_modules") or []))
+    config = security_from_args(args.get("security"), os.environ)
+    data_dir = os.environ.get("OPENFANG_DATA_DIR") or (args.get("security") or {}).get("data_dir")
+    security = HostSecurity(
+        config, HostAudit(open_audit(config), also=audit), data_dir=Path(data_dir) if data_dir else None
+    )
     return AgentHost(
         worker_id,
         llm_factory=_provider_for,
         tools=registry,
         events=events,
-        audit=audit,
         max_threads=int(args.get("io_threads", 4)),
+        security=security,
+        memory=HostMemory(memory) if memory is not None else None,
     )
+
+
+def open_audit(config: SecurityConfig) -> AuditLog | None:
+    """This process's handle on the audit chain (None when its path has no data dir to live in)."""
+    if "{data_dir}" in config.audit.path:
+        return None
+    key = read_key_material(config.audit.key_file) if config.audit.key_file else None
+    Path(config.audit.path).parent.mkdir(parents=True, exist_ok=True)
+    return AuditLog(config.audit.path, key=key)

@@ -23,6 +23,9 @@ PROVIDERS = ("openai", "anthropic", "scripted", "fallback")
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ModelValidator = Callable[[Mapping[str, Any], str], list[Problem]]
+RETENTION_POLICIES = ("keep", "archive", "purge")
+_GRANT = re.compile(r"^!?[A-Za-z0-9_.*?\-:/\[\]@]{1,128}$")
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +56,21 @@ class PermissionsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AgentPermissionsConfig:
+    """[agent.permissions]: what the agent may do beyond its tools (layer 9, default deny).
+
+    Patterns are globs over agent ids (``memory_read``, ``send``; ``self`` is the agent itself) or manifest
+    names (``spawn``); ``!pattern`` denies and wins.
+    """
+
+    memory_read: tuple[str, ...] = ("self",)
+    memory_write: tuple[str, ...] = ("self",)
+    send: tuple[str, ...] = ()
+    spawn: tuple[str, ...] = ()
+    max_children: int = 8  # agents this agent may have running at once through agent_spawn
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SandboxConfig:
     agent_id: str | None = None
     fuel: FuelConfig = field(default_factory=FuelConfig)
@@ -79,6 +97,9 @@ class AgentManifest:
     restart_intensity: int = 1  # OTP defaults: more than 1 restart in 5 s gives the agent up
     restart_period_ms: int = 5_000
     model: ModelConfig | None = None
+    permissions: AgentPermissionsConfig = field(default_factory=AgentPermissionsConfig)
+    retention: str = "keep"  # what happens to the agent's memories when it is killed: keep/archive/purge
+    secret_env: tuple[str, ...] = ()  # env vars whose values are secrets for this agent (exfil, redaction)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     source: str = "agent.toml"
     base_dir: Path | None = None
@@ -188,7 +209,11 @@ _AGENT_KEYS = (
     "restart_intensity",
     "restart_period_ms",
     "model",
+    "permissions",
+    "retention",
+    "secret_env",
 )
+_PERMISSION_KEYS = ("memory_read", "memory_write", "send", "spawn", "max_children")
 
 
 def load_manifest(
@@ -238,6 +263,14 @@ def load_manifest(
             if tool not in tool_names:
                 c.add("agent", "tools", f"unknown tool {tool!r} (known: {', '.join(sorted(tool_names))})")
     model = _model(c, agent, validate_model)
+    retention = c.get_str(agent, "agent", "retention", "keep") or "keep"
+    if retention not in RETENTION_POLICIES:
+        c.add("agent", "retention", f"must be one of {', '.join(RETENTION_POLICIES)}, got {retention!r}")
+        retention = "keep"
+    secret_env = c.get_names(agent, "agent", "secret_env")
+    for name in secret_env:
+        if not _ENV.match(name):
+            c.add("agent", "secret_env", f"{name!r} is not an environment variable name")
     sandbox = _sandbox(c, c.table(data, "sandbox", "sandbox"))
     manifest = AgentManifest(
         name=name,
@@ -255,6 +288,9 @@ def load_manifest(
         restart_intensity=c.get_int(agent, "agent", "restart_intensity", 1, 0, 1000),
         restart_period_ms=c.get_int(agent, "agent", "restart_period_ms", 5_000, 1, 86_400_000),
         model=model,
+        permissions=_permissions(c, c.table(agent, "permissions", "agent.permissions")),
+        retention=retention,
+        secret_env=secret_env,
         sandbox=sandbox,
         source=source,
         base_dir=base_dir,
@@ -276,6 +312,24 @@ def _model(c: _Checker, agent: Mapping[str, Any], validate: ModelValidator | Non
         c.add("agent.model", "provider", f"must be one of {', '.join(PROVIDERS)}, got {provider!r}")
     name = c.get_str(table, "agent.model", "name", None)
     return ModelConfig(provider=provider or "invalid", name=name, raw=dict(table))
+
+
+def _permissions(c: _Checker, table: Mapping[str, Any]) -> AgentPermissionsConfig:
+    c.unknown(table, "agent.permissions", _PERMISSION_KEYS)
+    d = AgentPermissionsConfig()
+    lists: dict[str, tuple[str, ...]] = {}
+    for key in ("memory_read", "memory_write", "send", "spawn"):
+        if key not in table:
+            lists[key] = getattr(d, key)
+            continue
+        names = c.get_names(table, "agent.permissions", key)
+        for i, pattern in enumerate(names):
+            if not _GRANT.match(pattern):
+                c.add("agent.permissions", f"{key}[{i}]", f"not a valid name or glob pattern: {pattern!r}")
+        lists[key] = names
+    return AgentPermissionsConfig(
+        **lists, max_children=c.get_int(table, "agent.permissions", "max_children", d.max_children, 0, 10_000)
+    )
 
 
 def _sandbox(c: _Checker, sandbox: Mapping[str, Any]) -> SandboxConfig:

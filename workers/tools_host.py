@@ -159,6 +159,12 @@ HOST_TOOLS: tuple[Tool, ...] = (
             {
                 "query": {"type": "string", "minLength": 1, "maxLength": 4096},
                 "k": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5},
+                "agents": {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1, "maxLength": 128},
+                    "maxItems": 32,
+                    "description": "whose memories to search (default: your own; others need a grant)",
+                },
             },
             ["query"],
         ),

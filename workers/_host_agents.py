@@ -1,0 +1,182 @@
+"""Agents talking to agents inside one host: ``agent_send``, ``agent_spawn`` and ``agent_list`` tools.
+
+Private to :mod:`openfang.workers.agent_host` (a mixin of :class:`AgentHost`). Tool calls run on the host's
+tool threads, but agents live on the loop thread: a tool thread hands the work to the loop
+(:meth:`AgentTraffic.from_tool_thread`, which wakes the loop through the job runner's pipe) and waits for
+the answer. Messages and spawns made this way are *internal requests*: ordinary ``agent.send`` /
+``agent.spawn`` envelopes whose replies go back to the waiting tool instead of the gateway.
+
+Security (when the host has it): ``send`` and ``spawn`` permissions and the spawn budget (layer 9, default
+deny), the sender's Ed25519 signature on every message, verified before delivery, and refusal of a message
+claiming another sender (layer 15), the receiver's request rate and injection check (layers 2-3, via the
+normal ``agent.send`` path). Cross-worker delivery is not implemented here: the target must live on the
+same worker (NotFound otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING, Any
+
+from openfang.protocol.envelope import Envelope
+from openfang.protocol.errors import NotFound, OpenFangError, ProtocolError, Timeout
+from openfang.security.identity import FROM_KEY, sign_agent_message
+
+if TYPE_CHECKING:
+    from openfang.workers._host_memory import HostMemory
+    from openfang.workers._host_security import HostSecurity
+    from openfang.workers._host_services import HostedAgent
+
+TOOL_WAIT_S = 20.0  # how long a tool thread waits for the loop's answer (a reply or a started agent)
+
+
+class AgentTraffic:
+    """Mixin: the loop side of agent-to-agent tools. Expects the attributes AgentHost defines."""
+
+    worker_id: str
+    _agents: dict[str, HostedAgent]
+    _calls: deque[tuple[Callable[[], Any], Future[Any]]]
+    _internal: dict[str, Future[Any]]
+    _spawn_parents: dict[str, str]
+    _security: HostSecurity | None
+    _memory: HostMemory | None
+    _runner: Any
+
+    def submit(self, env: Envelope) -> None:  # provided by AgentHost
+        raise NotImplementedError
+
+    # -- thread hand-off -----------------------------------------------------------------------------------
+    def from_tool_thread(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` on the loop thread and return its result (raise its error); for tool threads only.
+
+        ``work`` may return a Future (an internal request's reply): then this waits for that too.
+        """
+        fut: Future[Any] = Future()
+        self._calls.append((work, fut))
+        self._runner.poke()
+        try:
+            result = fut.result(TOOL_WAIT_S)
+            if isinstance(result, Future):
+                result = result.result(TOOL_WAIT_S)
+        except FutureTimeout:
+            raise Timeout(f"no answer from the agent host within {TOOL_WAIT_S:g}s") from None
+        return result
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            work, fut = self._calls.popleft()
+            try:
+                fut.set_result(work())
+            except BaseException as exc:  # the waiting tool thread gets it (a tool error result)
+                fut.set_exception(exc)
+
+    def _route_internal(self, out: list[Envelope]) -> list[Envelope]:
+        """Replies to internal requests go to their waiting tool; the rest to the gateway."""
+        keep = []
+        for env in out:
+            fut = self._internal.pop(env.id, None)
+            if fut is None:
+                keep.append(env)
+            elif env.is_error:
+                fut.set_exception(_error(env.body))
+            else:
+                fut.set_result(dict(env.body))
+        return keep
+
+    def _internal_request(self, env: Envelope) -> Future[Any]:
+        fut: Future[Any] = Future()
+        self._internal[env.id] = fut
+        self.submit(env)  # errors come back as replies on this id, routed to the future
+        return fut
+
+    # -- the tools' work, on the loop thread -----------------------------------------------------------------
+    def _agent_send(self, sender: str, args: Mapping[str, Any]) -> Future[Any]:
+        to, message = str(args["to"]), args["message"]
+        target = self._agents.get(to)
+        if target is None:
+            raise NotFound(
+                f"no agent {to!r} on worker {self.worker_id} (agent_send reaches this worker only)"
+            )
+        if to == sender:
+            raise ProtocolError("agent_send: an agent cannot message itself (it would wait on its own reply)")
+        claimed = message.get(FROM_KEY) if isinstance(message, Mapping) else None
+        if isinstance(message, Mapping):
+            message = {k: v for k, v in message.items() if k != FROM_KEY}
+        text = message if isinstance(message, str) else json.dumps(message, ensure_ascii=False)
+        env = Envelope(type="agent.send", body={"agent_id": to, "text": text, "session": f"agent:{sender}"})
+        sec = self._security
+        if sec is not None:
+            sec.check_send(sender, to, target.manifest.name)
+            guard = sec.guards.get(sender)
+            if claimed is not None or guard is None:
+                # The guest wrote its own sender claim: only the host signs, so check the claim as is.
+                forged = Envelope(id=env.id, type=env.type, body={**env.body, FROM_KEY: claimed})
+                sec.verifier.verify(forged, transport_sender=sender)  # raises (audited) for anyone else
+                raise ProtocolError("agent_send: the sender is set by the host, not by the message")
+            signed = sign_agent_message(env, guard.identity)
+            env = sec.verifier.verify(signed, transport_sender=sender).env
+        fut = self._internal_request(env)
+        out: Future[Any] = Future()
+
+        def done(f: Future[Any]) -> None:
+            exc = f.exception()
+            if exc is not None:
+                out.set_exception(exc)
+            else:
+                out.set_result({"from": to, "reply": f.result().get("reply")})
+
+        fut.add_done_callback(done)
+        return out
+
+    def _agent_spawn(self, parent: str, args: Mapping[str, Any]) -> Future[Any]:
+        text = str(args["manifest"])
+        if "[agent" not in text:
+            # A name: the manifest of a running agent of that name on this worker.
+            known = next((a for a in self._agents.values() if a.manifest.name == text), None)
+            if known is None:
+                raise NotFound(f"agent_spawn: no known manifest named {text!r} on worker {self.worker_id}")
+            text = known.manifest_text
+        if self._security is not None:
+            try:
+                name = str(tomllib.loads(text).get("agent", {}).get("name", ""))
+            except tomllib.TOMLDecodeError as exc:
+                raise ProtocolError(f"agent_spawn: manifest is not valid TOML: {exc}") from None
+            if self._security.permissions is not None:
+                self._security.permissions.check_spawn(parent, name)  # layer 9: before any work
+            self._security.check_spawn_budget(parent)
+        env = Envelope(type="agent.spawn", body={"manifest": text})
+        self._spawn_parents[env.id] = parent
+        fut = self._internal_request(env)
+        out: Future[Any] = Future()
+
+        def done(f: Future[Any]) -> None:
+            exc = f.exception()
+            if exc is not None:
+                out.set_exception(exc)
+            else:
+                out.set_result({"agent_id": f.result().get("agent_id"), "worker": self.worker_id})
+
+        fut.add_done_callback(done)
+        return out
+
+    def _agent_list(self, caller: str) -> list[dict[str, Any]]:
+        """The agents ``caller`` may message (all of them on this worker without the security layers)."""
+        out = []
+        perms = None
+        if self._security is not None and self._security.permissions is not None:
+            perms = self._security.permissions.get(caller)
+        for a in self._agents.values():
+            if a.agent_id == caller:
+                continue
+            if perms is None or perms.allows("send", a.agent_id) or perms.allows("send", a.manifest.name):
+                out.append({"agent_id": a.agent_id, "name": a.manifest.name, "service": a.manifest.service})
+        return out
+
+
+def _error(body: Mapping[str, Any]) -> OpenFangError:
+    return OpenFangError(str(body.get("message", "request failed")), code=str(body.get("code", "internal")))

@@ -1,0 +1,286 @@
+"""The security layers an agent host enforces, assembled once per worker from the cluster's ``[security]``.
+
+Private to the agent host (``agent_host`` / ``_host_services`` call it at each boundary):
+
+- spawn: rollback (16), capabilities (5-7: limits and the host-function allowlist), permissions (9),
+  identity key (15), scoped files (8), secret taint for exfiltration (10);
+- ``agent.send``: per-agent request rate (3), injection in the user's text (2);
+- LLM and tool calls: token and tool-call rates (3), injection in tool/LLM output (2), redaction (11);
+- every refusal is a ``Denied`` / ``RateLimitExceeded`` *and* a record in the audit log (12).
+
+:class:`HostAudit` is the audit sink: the hash-chained :class:`~openfang.security.audit.AuditLog` of this
+process (its SQLite connection belongs to the worker's thread, so records made on tool threads are queued
+and written by the loop on its next turn) plus an optional plain callback (the worker's log line).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from openfang.protocol.errors import OpenFangError
+from openfang.security._errors import Denied
+from openfang.security.audit import AuditLog
+from openfang.security.capabilities import CapabilityPolicy
+from openfang.security.config import SecurityConfig
+from openfang.security.exfil import ExfilGuard, TaintTracker
+from openfang.security.identity import AgentIdentity, AgentMessageVerifier, IdentityRegistry
+from openfang.security.injection import InjectionGuard, Source
+from openfang.security.permissions import AgentPermissions, PermissionChecker
+from openfang.security.ratelimit import RateLimiter
+from openfang.security.redact import Redactor
+from openfang.security.rollback import VersionStore
+from openfang.workers.manifest import AgentManifest
+
+log = structlog.get_logger("openfang.workers.security")
+
+
+class HostAudit:
+    """``append(kind, **fields)`` into the audit log from any thread; the owner thread does the writing."""
+
+    def __init__(self, log_: AuditLog | None, also: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.log = log_
+        self._also = also
+        self._owner = threading.get_ident()
+        self._queue: deque[tuple[str, dict[str, Any]]] = deque()
+        self.failures = 0
+
+    def append(self, kind: str, /, **fields: Any) -> None:
+        if threading.get_ident() != self._owner:
+            self._queue.append((kind, fields))  # deque.append is atomic: no lock needed
+            return
+        self.flush()
+        self._write(kind, fields)
+
+    def flush(self) -> None:
+        """Write the records queued by other threads (call from the owner thread)."""
+        while self._queue:
+            kind, fields = self._queue.popleft()
+            self._write(kind, fields)
+
+    def _write(self, kind: str, fields: dict[str, Any]) -> None:
+        if self.log is not None:
+            try:
+                self.log.append(kind, **fields)
+            except Exception:  # a full disk must not take the agents down; the log line below remains
+                self.failures += 1
+                log.exception("audit_write_failed", kind=kind)
+        if self._also is not None:
+            self._also({"kind": kind, **fields})
+
+    def close(self) -> None:
+        self.flush()
+        if self.log is not None:
+            self.log.close()
+
+
+@dataclass(kw_only=True)
+class AgentGuard:
+    """The per-agent security state the host keeps beside a HostedAgent."""
+
+    agent_id: str
+    name: str
+    permissions: AgentPermissions
+    identity: AgentIdentity
+    exfil: ExfilGuard | None
+    fs_root: Path | None
+    parent: str | None = None
+    max_children: int = 8
+    children: set[str] = field(default_factory=set)
+    refusal: OpenFangError | None = None  # the security error that ended the current message, if any
+
+
+class HostSecurity:
+    """Every agent-side layer of one worker. Not thread-safe except where a method says so."""
+
+    def __init__(self, config: SecurityConfig, audit: HostAudit, *, data_dir: Path | None) -> None:
+        self.config = config
+        self.audit = audit
+        self.data_dir = data_dir
+        c = config
+        self.capabilities = CapabilityPolicy(c.sandbox, audit=audit)
+        self.injection = InjectionGuard(c.injection, audit=audit) if c.injection.enabled else None
+        self.limiter = RateLimiter(c.ratelimit, audit=audit) if c.ratelimit.enabled else None
+        self.permissions = PermissionChecker(audit=audit) if c.permissions.enabled else None
+        self.identities = IdentityRegistry(audit=audit)
+        self.verifier = AgentMessageVerifier(self.identities, max_skew=c.identity.max_skew_s, audit=audit)
+        self.versions: VersionStore | None = None
+        if c.rollback.enabled and "{data_dir}" not in c.rollback.state:
+            Path(c.rollback.state).parent.mkdir(parents=True, exist_ok=True)
+            self.versions = VersionStore(c.rollback.state, audit=audit)
+        self.redactor = Redactor(c.redact) if c.redact.enabled else None
+        self.guards: dict[str, AgentGuard] = {}
+        self._limiter_lock = threading.Lock()  # charges come from the loop and from tool threads
+
+    # -- spawn ---------------------------------------------------------------------------------------------
+    def check_version(self, manifest: AgentManifest, digest: str) -> None:
+        """Layer 16: refuse a manifest older than one accepted before under the same name."""
+        if self.versions is not None:
+            self.versions.check(manifest.name, manifest.version, digest)
+
+    def accept_version(self, manifest: AgentManifest, digest: str) -> None:
+        if self.versions is not None:
+            self.versions.accept(manifest.name, manifest.version, digest)
+
+    def admit(self, manifest: AgentManifest, agent_id: str, *, parent: str | None = None) -> AgentGuard:
+        """The agent's guard: permissions (no escalation past ``parent``), identity key, files, taint."""
+        p = manifest.permissions
+        perms = AgentPermissions(
+            agent_id=agent_id,
+            tools=frozenset(manifest.tools),
+            memory_read=frozenset(p.memory_read),
+            memory_write=frozenset(p.memory_write),
+            send=frozenset(p.send),
+            spawn=frozenset(p.spawn),
+        )
+        if parent is not None and self.permissions is not None:
+            self.permissions.check_spawn(parent, manifest.name, perms)
+        identity = AgentIdentity.generate(agent_id)
+        self.identities.register(agent_id, identity.public_bytes())
+        exfil = None
+        names = list(manifest.secret_env)
+        api_env = (manifest.model.raw or {}).get("api_key_env") if manifest.model else None
+        if isinstance(api_env, str):
+            names.append(api_env)
+        if self.config.exfil.enabled:
+            taint = TaintTracker(encoded=self.config.exfil.detect_encoded_taint)
+            tainted = taint.taint_from_env(names, os.environ)
+            exfil = ExfilGuard(self.config.exfil, taint=taint, audit=self.audit)
+            if self.redactor is not None:
+                self.redactor.add_known(*(os.environ[n] for n in tainted))
+        guard = AgentGuard(
+            agent_id=agent_id,
+            name=manifest.name,
+            permissions=perms,
+            identity=identity,
+            exfil=exfil,
+            fs_root=self._fs_root(agent_id),
+            parent=parent,
+            max_children=p.max_children,
+        )
+        if self.permissions is not None:
+            self.permissions.register(perms)
+        self.guards[agent_id] = guard
+        if parent is not None and parent in self.guards:
+            self.guards[parent].children.add(agent_id)
+        return guard
+
+    def release(self, agent_id: str) -> None:
+        guard = self.guards.pop(agent_id, None)
+        self.identities.unregister(agent_id)
+        if self.permissions is not None:
+            self.permissions.unregister(agent_id)
+        if guard is not None and guard.parent in self.guards:
+            self.guards[guard.parent].children.discard(agent_id)
+
+    def _fs_root(self, agent_id: str) -> Path | None:
+        """Layer 8: ``{data_dir}/agents/<agent_id>/files``, 0700 (None without a data dir)."""
+        if self.data_dir is None:
+            return None
+        root = self.data_dir / "agents" / agent_id.replace("/", "_") / "files"
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for d in (root, root.parent, root.parent.parent):
+            os.chmod(d, 0o700)
+        return root
+
+    # -- traffic -------------------------------------------------------------------------------------------
+    def charge(self, agent_id: str, *, requests: int = 0, tokens: int = 0, tool_calls: int = 0) -> None:
+        """Layer 3 for one agent (thread-safe); raises RateLimitExceeded (``rate_limited``)."""
+        if self.limiter is not None:
+            with self._limiter_lock:
+                self.limiter.charge(agent=agent_id, requests=requests, tokens=tokens, tool_calls=tool_calls)
+
+    def check_input(self, agent_id: str, text: str, *, source: Source = "user") -> str:
+        """Layer 2 on text entering an agent: the text to pass on; Denied when the action is block."""
+        if self.injection is None:
+            return text
+        return self.injection.check(text, source=source, agent_id=agent_id).text
+
+    def check_output(self, agent_id: str, text: str, *, source: Source) -> str:
+        """Layer 2 on tool/LLM output flowing back into the conversation (``output_action``)."""
+        if self.injection is None or not text:
+            return text
+        return self.injection.check(text, source=source, agent_id=agent_id).text
+
+    def redact(self, text: str) -> str:
+        """Layer 11: secrets and PII out of what leaves an agent (replies, tool results)."""
+        if self.redactor is None or not text:
+            return text
+        return self.redactor.redact_text(text)
+
+    def egress_check(self, agent_id: str) -> Callable[[str, str, Mapping[str, str], str | None], None] | None:
+        """Layer 10: the ToolContext hook run before every outgoing request of the agent's tools."""
+        guard = self.guards.get(agent_id)
+        exfil = guard.exfil if guard is not None else None
+        if exfil is None:
+            return None
+
+        def check(tool: str, url: str, headers: Mapping[str, str], body: str | None) -> None:
+            exfil.check_tool_call(
+                agent_id=agent_id, tool=tool, sink="network", url=url, headers=headers, body=body
+            )
+
+        return check
+
+    def memory_scope(self, agent_id: str, owners: list[str]) -> list[str]:
+        """Layer 9: the owners ``agent_id`` asked to read, all permitted (else Denied, audited)."""
+        if self.permissions is None:
+            return owners
+        for owner in owners:
+            self.permissions.check_memory_read(agent_id, owner)
+        return owners
+
+    def check_send(self, sender: str, target_id: str, target_name: str) -> None:
+        """Layer 9: may ``sender`` message this agent (by id or manifest name)?"""
+        if self.permissions is None:
+            return
+        perms = self.permissions.get(sender)
+        if perms.allows("send", target_id) or perms.allows("send", target_name):
+            return
+        self.permissions.check_send(sender, target_id)  # raises and audits
+
+    def check_spawn_budget(self, parent: str) -> None:
+        guard = self.guards.get(parent)
+        if guard is not None and len(guard.children) >= guard.max_children:
+            self.audit.append(
+                "permissions.denied",
+                agent_id=parent,
+                kind="spawn",
+                target="max_children",
+                children=len(guard.children),
+            )
+            raise Denied(
+                f"agent {parent!r} already has {len(guard.children)} children (max_children "
+                f"{guard.max_children})",
+                layer="permissions",
+                reason="spawn_limit",
+            )
+
+    def close(self) -> None:
+        if self.versions is not None:
+            self.versions.close()
+        self.audit.close()
+
+
+def security_from_args(args: Mapping[str, Any] | None, environ: Mapping[str, str]) -> SecurityConfig:
+    """The cluster's security config in a worker: ``args["security"]`` (the shape the daemon gives the
+    gateway: table, source, data_dir, base_dir) if present, else defaults under ``OPENFANG_DATA_DIR``."""
+    from openfang.security.config import parse_security
+
+    data_dir = environ.get("OPENFANG_DATA_DIR")
+    if args:
+        dd = args.get("data_dir") or data_dir
+        base = args.get("base_dir") or dd
+        return parse_security(
+            args.get("table") or {},
+            str(args.get("source", "cluster.toml")),
+            data_dir=Path(str(dd)) if dd else None,
+            base_dir=Path(str(base)) if base else None,
+        )
+    return parse_security({}, "<defaults>", data_dir=Path(data_dir) if data_dir else None)
