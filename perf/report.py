@@ -211,7 +211,8 @@ def render_markdown(run: Mapping[str, Any]) -> str:
     if any(row.carried for row in rows):
         lines += [
             "",
-            "† carried over from an earlier run (that benchmark did not run successfully this time).",
+            "† measured in an earlier run (its date is in the notes): that benchmark did not run, or did not "
+            "succeed, this time.",
         ]
     lines += _scaling_section(run.get("metrics", []))
     lines += _notes_section(run.get("metrics", []))

@@ -45,9 +45,20 @@ BETTER = ("higher", "lower")
 
 
 def discover(perf_dir: Path = PERF_DIR, *, peers: bool = False) -> list[str]:
-    """Module names of the benchmarks: ``perf.bench_*`` sorted, then the peers' driver if asked for."""
-    mods = sorted(f"perf.{p.stem}" for p in perf_dir.glob("bench_*.py"))
+    """Benchmark modules: ``perf.bench_*`` defining ``run`` (helpers such as bench_tools.py are skipped),
+    sorted, then the peers' driver if asked for."""
+    mods = sorted(f"perf.{p.stem}" for p in perf_dir.glob("bench_*.py") if defines_run(p))
     return [*mods, PEERS_MODULE] if peers else mods
+
+
+def defines_run(path: Path) -> bool:
+    """True if the file defines a top-level ``run`` function, or cannot be parsed (then its run will fail
+    and say why, rather than silently vanish from the table)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return True
+    return any(isinstance(n, ast.FunctionDef) and n.name == "run" for n in tree.body)
 
 
 def short_name(module: str) -> str:

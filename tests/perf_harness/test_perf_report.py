@@ -119,7 +119,7 @@ def test_report_markdown_marks_carried_values_and_failed_benchmarks() -> None:
     }
     md = report.render_markdown(run)
     assert "99.0 †" in md
-    assert "carried over" in md
+    assert "measured in an earlier run" in md
     assert "| system | **timeout** | 600 | killed after 600 s |" in md
 
 

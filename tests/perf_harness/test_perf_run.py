@@ -20,11 +20,13 @@ def _m(name: str, system: str = "openfang", value: float | None = 1.0, **kw: Any
     return {"name": name, "system": system, "value": value, "unit": "ms", "better": "lower", **kw}
 
 
-def test_run_discover_lists_bench_modules_sorted_and_peers_last(tmp_path: Path) -> None:
-    """Only bench_*.py files are benchmarks; the peers' driver is added last when asked for."""
+def test_run_discover_lists_bench_modules_with_run_sorted_and_peers_last(tmp_path: Path) -> None:
+    """bench_*.py files defining run() are benchmarks (a broken one too); the peers' driver comes last."""
     for name in ("bench_b.py", "bench_a.py", "_cluster.py", "workloads.py"):
-        (tmp_path / name).write_text("")
-    assert prun.discover(tmp_path) == ["perf.bench_a", "perf.bench_b"]
+        (tmp_path / name).write_text("def run():\n    return []\n")
+    (tmp_path / "bench_tools.py").write_text("def register(registry):\n    pass\n")
+    (tmp_path / "bench_broken.py").write_text("def run(:\n")
+    assert prun.discover(tmp_path) == ["perf.bench_a", "perf.bench_b", "perf.bench_broken"]
     assert prun.discover(tmp_path, peers=True)[-1] == prun.PEERS_MODULE
 
 
