@@ -19,6 +19,7 @@ least ``{"seq": int}``: the commit sequence number a reader waits for to read it
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -184,7 +185,7 @@ def _validate_write(body: Mapping[str, Any], prefix: str) -> list[str]:
 
 def _register() -> None:
     for msg_type in [*SCHEMAS, WRITE]:
-        register_body_validator(msg_type, lambda body, t=msg_type: validate(t, body))
+        register_body_validator(msg_type, functools.partial(validate, msg_type))
 
 
 _register()

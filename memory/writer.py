@@ -100,9 +100,9 @@ class WriterConfig:
                 args[key] = value.replace("{data_dir}", data_dir)
         if data_dir or env.get("OPENFANG_MEMORY_DB"):
             try:
-                endpoint, db_path = locations(env)
-                args.setdefault("db_path", db_path)
-                args.setdefault("endpoint", endpoint)
+                default_endpoint, default_db_path = locations(env)
+                args.setdefault("db_path", default_db_path)
+                args.setdefault("endpoint", default_endpoint)
             except ConfigError:
                 pass
         known = {f.name for f in fields(cls)}

@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 from openfang.protocol import _examples, _schema, messages
 from openfang.protocol._schema import Compiled
+from openfang.protocol.bodies import ErrorBody
 from openfang.protocol.envelope import ERROR_TYPE, PROTOCOL_VERSION
 
 BEGIN = "<!-- BEGIN GENERATED REFERENCE (python -m openfang.protocol._docgen --write) -->"
@@ -109,7 +110,7 @@ def reference() -> str:
     for spec in messages.CATALOGUE.values():
         _nested(spec.request, structures)
         _nested(spec.reply, structures)
-    _nested(messages.ErrorBody, structures)
+    _nested(ErrorBody, structures)
     out += ["### Structures", "", "Maps used inside the bodies above.", ""]
     for name, cls in sorted(structures.items()):
         compiled = _schema.compile_dataclass(cls, open_fields=True)

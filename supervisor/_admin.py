@@ -37,7 +37,9 @@ from openfang.supervisor.spec import (
 )
 
 if TYPE_CHECKING:
-    from openfang.supervisor.runtime import Supervisor
+    from openfang.supervisor.restart import RestartWindow
+    from openfang.supervisor.runtime import _Serial
+    from structlog.typing import FilteringBoundLogger
 
 OPS = (
     "start_child",
@@ -55,11 +57,36 @@ OPS = (
 class AdminMixin:
     """Dynamic children, requests and reconfigure (see the module docstring)."""
 
+    # What this mixin uses of its host, :class:`~openfang.supervisor.runtime.Supervisor`, declared so
+    # that it type-checks on its own (annotations only: nothing is created at run time).
+    spec: SupervisorSpec
+    path: str
+    state: str
+    window: RestartWindow
+    on_request: Callable[[str, str, dict[str, Any], Reply], None] | None
+    _children: dict[str, ChildRecord]
+    _order: list[str]
+    _next_dynamic: int
+    _req_seq: int
+    _log: FilteringBoundLogger
+
+    if TYPE_CHECKING:  # defined by Supervisor and WatchMixin; a definition here would shadow theirs
+
+        @property
+        def strategy(self) -> Strategy: ...
+        def tree(self) -> list[dict[str, Any]]: ...
+        def _serial(self) -> _Serial: ...
+        def _serialize(self, work: Callable[[], None]) -> None: ...
+        def _add(self, spec: Any, *, index: int | None = None, dynamic: bool = False) -> ChildRecord: ...
+        def _start(self, rec: ChildRecord) -> bool: ...
+        def _remove(self, rec: ChildRecord) -> None: ...
+        def _changed(self) -> None: ...
+        def send_to_child(self, child_id: str, msg: dict[str, Any]) -> bool: ...
+        def _terminate_many(self, recs: list[ChildRecord]) -> None: ...
+
     # -- dynamic children ----------
 
-    def start_child(
-        self: Supervisor, spec_or_extra_args: ChildSpec | Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
+    def start_child(self, spec_or_extra_args: ChildSpec | Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Add and start a child. simple_one_for_one: ``extra args`` merged over the template's args.
         Returns ``{"id", "pid"}`` (pid None when the child answered ``ignore``)."""
         self._check_running()
@@ -102,7 +129,7 @@ class AdminMixin:
                 self._remove(rec)
             return {"id": spec.id, "pid": rec.pid}
 
-    def terminate_child(self: Supervisor, child_id: str) -> None:
+    def terminate_child(self, child_id: str) -> None:
         """Stop a child per its shutdown policy; its spec stays (temporary / simple_one_for_one: removed)."""
         rec = self._get(child_id)
         with self._serial():
@@ -112,7 +139,7 @@ class AdminMixin:
                 self._remove(rec)
         self._changed()
 
-    def restart_child(self: Supervisor, child_id: str) -> dict[str, Any]:
+    def restart_child(self, child_id: str) -> dict[str, Any]:
         """Start a stopped child again from its kept spec."""
         self._check_running()
         self._no_sofo("restart_child")
@@ -125,7 +152,7 @@ class AdminMixin:
             self._start(rec)
         return {"id": child_id, "pid": rec.pid}
 
-    def delete_child(self: Supervisor, child_id: str) -> None:
+    def delete_child(self, child_id: str) -> None:
         """Forget a stopped child's spec."""
         self._no_sofo("delete_child")
         rec = self._get(child_id)
@@ -138,14 +165,14 @@ class AdminMixin:
         self._remove(rec)
         self._changed()
 
-    def which_children(self: Supervisor) -> list[dict[str, Any]]:
+    def which_children(self) -> list[dict[str, Any]]:
         """``[{id, pid, type, state}]`` in start order (state: running / restarting / stopped / undefined)."""
         return [
             {"id": r.id, "pid": r.pid, "type": str(r.spec.type), "state": r.public_state()}
             for r in (self._children[c] for c in self._order)
         ]
 
-    def count_children(self: Supervisor) -> dict[str, int]:
+    def count_children(self) -> dict[str, int]:
         """OTP's counts: specs, active (alive processes), supervisors, workers."""
         recs = list(self._children.values())
         return {
@@ -155,26 +182,26 @@ class AdminMixin:
             "workers": sum(1 for r in recs if r.spec.type == ChildType.WORKER),
         }
 
-    def get_childspec(self: Supervisor, child_id: str) -> ChildSpec:
+    def get_childspec(self, child_id: str) -> ChildSpec:
         return self._get(child_id).spec
 
-    def _get(self: Supervisor, child_id: str) -> ChildRecord:
+    def _get(self, child_id: str) -> ChildRecord:
         rec = self._children.get(child_id)
         if rec is None:
             raise NotFound(f"not_found: supervisor {self.path!r} has no child {child_id!r}")
         return rec
 
-    def _no_sofo(self: Supervisor, op: str) -> None:
+    def _no_sofo(self, op: str) -> None:
         if self.strategy == Strategy.SIMPLE_ONE_FOR_ONE:
             raise SupervisorError(f"simple_one_for_one: {op} is not supported by supervisor {self.path!r}")
 
-    def _check_running(self: Supervisor) -> None:
+    def _check_running(self) -> None:
         if self.state != "running":
             raise SupervisorError(f"supervisor {self.path!r} is {self.state}")
 
     # -- requests ----------
 
-    def request(self: Supervisor, path: str, op: str, args: dict[str, Any], reply: Reply) -> None:
+    def request(self, path: str, op: str, args: dict[str, Any], reply: Reply) -> None:
         """Run ``op`` on the supervisor at ``path`` (this one or a nested one below); ``reply(ok, result)``
         is called exactly once (on failure with ``{"code", "message"}``)."""
         if path in ("", self.path):
@@ -191,7 +218,7 @@ class AdminMixin:
         self._request_child(rec, op, args, reply, path=path)
 
     def _request_child(
-        self: Supervisor,
+        self,
         rec: ChildRecord,
         op: str,
         args: dict[str, Any],
@@ -212,7 +239,7 @@ class AdminMixin:
             rec.pending.pop(req_id, None)
             reply(False, SupervisorError(f"cannot reach {rec.path!r}").to_wire())
 
-    def _local_request(self: Supervisor, op: str, args: dict[str, Any], reply: Reply) -> None:
+    def _local_request(self, op: str, args: dict[str, Any], reply: Reply) -> None:
         try:
             result = self._do(op, args)
         except OpenFangError as exc:
@@ -223,7 +250,7 @@ class AdminMixin:
         else:
             reply(True, result)
 
-    def _do(self: Supervisor, op: str, args: dict[str, Any]) -> Any:
+    def _do(self, op: str, args: dict[str, Any]) -> Any:
         child_id = str(args.get("id", ""))
         if op == "start_child":
             if self.strategy == Strategy.SIMPLE_ONE_FOR_ONE:
@@ -254,7 +281,7 @@ class AdminMixin:
             f"unknown supervisor operation {op!r} (known: {', '.join(OPS)})", code="unknown_type"
         )
 
-    def _child_request(self: Supervisor, rec: ChildRecord, msg: dict[str, Any]) -> None:
+    def _child_request(self, rec: ChildRecord, msg: dict[str, Any]) -> None:
         """A ``req`` from a child: answered by ``on_request`` (the daemon, or our own parent)."""
         req_id = msg.get("id")
         uplink = rec.uplink
@@ -280,7 +307,7 @@ class AdminMixin:
 
     # -- reload ----------
 
-    def reconfigure(self: Supervisor, new_spec: SupervisorSpec) -> dict[str, list[str]]:
+    def reconfigure(self, new_spec: SupervisorSpec) -> dict[str, list[str]]:
         """Apply a new spec by child id: start new children, stop removed ones, replace changed ones, leave
         unchanged ones running; a nested supervisor whose children alone changed gets its new spec sent
         down instead of a restart. Children added by start_child are kept."""
@@ -314,9 +341,9 @@ class AdminMixin:
             wanted = {c.id: c for c in new_spec.children}
             removed = [c for c in reversed(self._order) if c not in wanted and not self._children[c].dynamic]
             for cid in removed:
-                rec = self._children[cid]
-                self._terminate_many([rec])
-                self._remove(rec)
+                gone = self._children[cid]
+                self._terminate_many([gone])
+                self._remove(gone)
                 diff["stopped"].append(cid)
             for index, spec in enumerate(new_spec.children):
                 rec = self._children.get(spec.id)
@@ -343,7 +370,7 @@ class AdminMixin:
         self._changed()
         return diff
 
-    def _start_logged(self: Supervisor, rec: ChildRecord, diff: dict[str, list[str]], key: str) -> None:
+    def _start_logged(self, rec: ChildRecord, diff: dict[str, list[str]], key: str) -> None:
         try:
             if self._start(rec):
                 diff[key].append(rec.id)
@@ -365,7 +392,7 @@ def _only_children_differ(old: ChildSpec, new: ChildSpec) -> bool:
     )
 
 
-def _log_reply(sup: Supervisor, rec: ChildRecord) -> Callable[[bool, Any], None]:
+def _log_reply(sup: AdminMixin, rec: ChildRecord) -> Callable[[bool, Any], None]:
     def reply(ok: bool, result: Any) -> None:
         if ok:
             sup._log.info("nested_reconfigured", child=rec.id, diff=result)

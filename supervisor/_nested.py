@@ -58,9 +58,13 @@ def run_nested(ctx: ChildContext) -> None:
     sup.extra_close_fds = [ctx.fileno()]
     sup.on_change = lambda: _push_subtree(ctx, sup.tree())
 
+    def shut_down() -> None:
+        sup.shutdown()
+        outcome.setdefault("code", 0)
+
     def stop() -> None:
         if "code" not in outcome:
-            sup._serialize(lambda: (sup.shutdown(), outcome.setdefault("code", 0)))
+            sup._serialize(shut_down)
 
     def on_parent() -> None:
         while True:

@@ -5,9 +5,11 @@ policies. Mixed into :class:`openfang.supervisor.runtime.Supervisor`; the decisi
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from openfang.protocol.errors import OpenFangError
@@ -27,15 +29,31 @@ from openfang.supervisor.child import MAX_UPLINK_PACKET, pack, unpack
 from openfang.supervisor.restart import SHUTDOWN, ExitReason, abnormal
 
 if TYPE_CHECKING:
-    from openfang.supervisor.runtime import Supervisor
+    from openfang.supervisor.loop import Loop
+    from structlog.typing import FilteringBoundLogger
 
 
 class WatchMixin:
     """Watching children (uplinks, pidfds, heartbeats) and stopping them (shutdown policies)."""
 
+    # What this mixin uses of its host, :class:`~openfang.supervisor.runtime.Supervisor`, declared so
+    # that it type-checks on its own (annotations only: nothing is created at run time).
+    loop: Loop
+    on_event: Callable[[dict[str, Any]], None] | None
+    _children: dict[str, ChildRecord]
+    _log: FilteringBoundLogger
+
+    if TYPE_CHECKING:  # defined by Supervisor and AdminMixin; a definition here would shadow theirs
+
+        def _changed(self) -> None: ...
+        def _emit(self, kind: str, rec: ChildRecord, **fields: Any) -> None: ...
+        def _serialize(self, work: Callable[[], None]) -> None: ...
+        def _after_exit(self, rec: ChildRecord, reason: ExitReason) -> None: ...
+        def _child_request(self, rec: ChildRecord, msg: dict[str, Any]) -> None: ...
+
     # -- watching children ----------
 
-    def _on_uplink(self: Supervisor, rec: ChildRecord, uplink: socket.socket) -> None:
+    def _on_uplink(self, rec: ChildRecord, uplink: socket.socket) -> None:
         while True:
             try:
                 packet = uplink.recv(MAX_UPLINK_PACKET, socket.MSG_DONTWAIT)
@@ -54,7 +72,7 @@ class WatchMixin:
             if rec.uplink is uplink:
                 self._dispatch(rec, msg)
 
-    def _dispatch(self: Supervisor, rec: ChildRecord, msg: dict[str, Any]) -> None:
+    def _dispatch(self, rec: ChildRecord, msg: dict[str, Any]) -> None:
         kind = msg["t"]
         if kind == "ready":
             if rec.state == STARTING:
@@ -84,7 +102,7 @@ class WatchMixin:
                 ok = bool(msg.get("ok"))
                 reply(ok, msg.get("result") if ok else (msg.get("error") or {}))
 
-    def send_to_child(self: Supervisor, child_id: str, msg: dict[str, Any]) -> bool:
+    def send_to_child(self, child_id: str, msg: dict[str, Any]) -> bool:
         """Send one message down a child's uplink; False if the child is not running."""
         rec = self._children.get(child_id)
         if rec is None or rec.uplink is None:
@@ -96,7 +114,7 @@ class WatchMixin:
             # A child that does not read its uplink must not block the supervisor: the message is dropped.
             return False
 
-    def _on_pidfd(self: Supervisor, rec: ChildRecord, pidfd: int) -> None:
+    def _on_pidfd(self, rec: ChildRecord, pidfd: int) -> None:
         if rec.pidfd != pidfd:
             return
         reason = _proc.reap(pidfd)
@@ -121,7 +139,7 @@ class WatchMixin:
             self._emit("child.exited", rec, pid=pid, reason=str(reason.kind), **_status(reason))
             self._serialize(lambda: self._after_exit(rec, reason))
 
-    def _forget_process(self: Supervisor, rec: ChildRecord) -> None:
+    def _forget_process(self, rec: ChildRecord) -> None:
         for timer in (rec.hb_timer, rec.kill_timer):
             if timer is not None:
                 timer.cancel()
@@ -138,7 +156,7 @@ class WatchMixin:
         for reply in pending.values():
             reply(False, {"code": "supervisor_error", "message": f"child {rec.id!r} exited before answering"})
 
-    def _arm_heartbeat(self: Supervisor, rec: ChildRecord) -> None:
+    def _arm_heartbeat(self, rec: ChildRecord) -> None:
         hb = rec.spec.heartbeat_ms
         if hb is None or rec.pidfd is None:
             return
@@ -146,7 +164,7 @@ class WatchMixin:
         due = rec.last_hb + hb / 1000 - self.loop.time()
         rec.hb_timer = self.loop.call_later(max(due, 0.0), lambda: self._check_heartbeat(rec, pidfd))
 
-    def _check_heartbeat(self: Supervisor, rec: ChildRecord, pidfd: int) -> None:
+    def _check_heartbeat(self, rec: ChildRecord, pidfd: int) -> None:
         hb = rec.spec.heartbeat_ms
         if rec.pidfd != pidfd or rec.state != RUNNING or hb is None:
             return
@@ -158,14 +176,14 @@ class WatchMixin:
         self._emit("child.hung", rec, silent_ms=round(silent * 1000), heartbeat_ms=hb)
         _proc.send_signal(pidfd, signal.SIGKILL)  # the exit arrives through the pidfd as an abnormal one
 
-    def _reap_orphans(self: Supervisor) -> None:
+    def _reap_orphans(self) -> None:
         ours = {r.pid for r in self._children.values() if r.pid is not None}
         for pid in _proc.reap_orphans(ours):
             self._log.info("orphan_reaped", orphan_pid=pid)
 
     # -- terminating ----------
 
-    def _signal_stop(self: Supervisor, rec: ChildRecord) -> None:
+    def _signal_stop(self, rec: ChildRecord) -> None:
         """Begin stopping ``rec`` per its shutdown policy (SIGKILL, or SIGTERM + a SIGKILL timer)."""
         if rec.pidfd is None:
             return
@@ -179,12 +197,12 @@ class WatchMixin:
             pidfd = rec.pidfd
             rec.kill_timer = self.loop.call_later(policy / 1000, lambda: self._kill_late(rec, pidfd))
 
-    def _kill_late(self: Supervisor, rec: ChildRecord, pidfd: int) -> None:
+    def _kill_late(self, rec: ChildRecord, pidfd: int) -> None:
         if rec.pidfd == pidfd:
             self._log.warning("shutdown_timeout_kill", child=rec.id, shutdown_ms=rec.spec.shutdown)
             _proc.send_signal(pidfd, signal.SIGKILL)
 
-    def _terminate_many(self: Supervisor, recs: list[ChildRecord]) -> None:
+    def _terminate_many(self, recs: list[ChildRecord]) -> None:
         """Stop ``recs`` one after the other (each fully reaped before the next is signalled)."""
         for rec in recs:
             if rec.pid is None:
@@ -192,9 +210,9 @@ class WatchMixin:
                     rec.state = STOPPED
                 continue
             self._signal_stop(rec)
-            self.loop.run_until(lambda rec=rec: rec.pid is None)
+            self.loop.run_until(functools.partial(_reaped, rec))
 
-    def _terminate_parallel(self: Supervisor, recs: list[ChildRecord]) -> None:
+    def _terminate_parallel(self, recs: list[ChildRecord]) -> None:
         """Stop ``recs`` all at once with one shared timer (simple_one_for_one shutdown)."""
         alive = [r for r in recs if r.pid is not None]
         for rec in alive:
@@ -224,6 +242,10 @@ def _status(reason: ExitReason) -> dict[str, Any]:
     ``detail`` (hung, escalated, the signal's name) and the whole reason as ``exit``."""
     status = -reason.signal if reason.signal is not None else (reason.code or 0)
     return {"status": status, "detail": reason.detail, "exit": reason.to_dict()}
+
+
+def _reaped(rec: ChildRecord) -> bool:
+    return rec.pid is None
 
 
 def _close_quietly(fd: int) -> None:

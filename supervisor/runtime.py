@@ -15,6 +15,7 @@ in :mod:`._admin`; the process plumbing is in
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 from collections import deque
@@ -303,7 +304,9 @@ class Supervisor(WatchMixin, AdminMixin):
                     for later in to_start[i:]:
                         if later in self._children:
                             self._children[later].state = RESTARTING
-                    self.loop.call_soon(lambda c=child: self._serialize(lambda: self._retry(c)))
+                    self.loop.call_soon(
+                        functools.partial(self._serialize, functools.partial(self._retry, child))
+                    )
                     break
         self._changed()
 
