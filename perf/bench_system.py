@@ -403,10 +403,49 @@ def _check(t: str, b: dict[str, Any], want: str | None, what: str) -> str:
     return reply
 
 
-def routing_rate(workers: int | str, count: int, window: int = ROUTING_WINDOW) -> tuple[float, int]:
-    """tasks/s of router-then-class-agent over ``count`` messages, every reply checked; and worker count."""
+class CpuMeter:
+    """CPU seconds spent by each role of the tree (workers, gateway, supervisors) and by this client."""
+
+    def __init__(self, c: BenchCluster, pipe: Pipe) -> None:
+        assert c.proc is not None
+        roles: dict[int, str] = {c.proc.pid: "supervisors"}
+
+        def walk(nodes: list[dict[str, Any]]) -> None:
+            for n in nodes:
+                if isinstance(n.get("pid"), int):
+                    kind = "workers" if n.get("cpu") is not None else "supervisors"
+                    roles[n["pid"]] = "gateway" if n["id"] == "control" else kind
+                walk(n.get("children") or [])
+
+        walk(pipe.call("tree", {})["children"])
+        self.roles = roles
+        self.start = self._now()
+
+    def _now(self) -> dict[str, float]:
+        out: dict[str, float] = {"client": sum(os.times()[:2])}
+        for pid, role in self.roles.items():
+            out[role] = out.get(role, 0.0) + _process_cpu(pid)
+        return out
+
+    def per_task_us(self, tasks: int) -> dict[str, float]:
+        """CPU microseconds per task of each role since this meter was made."""
+        now = self._now()
+        return {role: (now[role] - self.start.get(role, 0.0)) / tasks * 1e6 for role in now}
+
+    @staticmethod
+    def describe(per_task: dict[str, float]) -> str:
+        total = sum(per_task.values())
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(per_task.items(), key=lambda kv: -kv[1]))
+        return f"CPU per task {total:.0f} us ({parts})"
+
+
+def routing_rate(
+    workers: int | str, count: int, window: int = ROUTING_WINDOW
+) -> tuple[float, int, dict[str, float]]:
+    """tasks/s of router-then-class-agent over ``count`` messages, every reply checked; the worker count;
+    CPU us per task by role."""
     msgs = wl.routing_messages(count + 5)
-    with cluster(workers) as (_c, pipe):
+    with cluster(workers) as (c, pipe):
         ids = worker_ids(pipe)
         for wid in ids:  # per worker: one router and one agent per class
             spawn_many(pipe, manifest("router"), 1, worker=wid)
@@ -429,8 +468,10 @@ def routing_rate(workers: int | str, count: int, window: int = ROUTING_WINDOW) -
 
         run_tasks(pipe, 5, 5, start)  # warm-up
         msgs = msgs[5:]
+        meter = CpuMeter(c, pipe)
         elapsed = run_tasks(pipe, count, window, start)
-    return count / elapsed, len(ids)
+        cpu = meter.per_task_us(count)
+    return count / elapsed, len(ids), cpu
 
 
 def bench_routing(count: int, max_workers: int) -> list[dict[str, Any]]:
@@ -438,7 +479,7 @@ def bench_routing(count: int, max_workers: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     rates: dict[int, float] = {}
     for k in range(1, max_workers + 1):
-        rate, _ = routing_rate(k, count)
+        rate, _, cpu = routing_rate(k, count)
         rates[k] = rate
         _log(f"routing with {k} worker(s): {rate:.0f} tasks/s")
         out.append(
@@ -449,10 +490,10 @@ def bench_routing(count: int, max_workers: int) -> list[dict[str, Any]]:
                 "higher",
                 15_000,
                 workers=k,
-                notes=f"{count} tasks, {ROUTING_WINDOW} in flight, {k} worker(s)",
+                notes=f"{count} tasks, {ROUTING_WINDOW} in flight, {k} worker(s); {CpuMeter.describe(cpu)}",
             )
         )
-    rate, n = routing_rate("auto", count)
+    rate, n, cpu = routing_rate("auto", count)
     _log(f"routing (count = auto, {n} workers): {rate:.0f} tasks/s")
     out.insert(
         0,
@@ -464,7 +505,7 @@ def bench_routing(count: int, max_workers: int) -> list[dict[str, Any]]:
             15_000,
             notes=f"{count} tasks after 5 warm-up; one client, {ROUTING_WINDOW} tasks in flight on one "
             f"DEALER; per task agent.send to service router, then to service <class>; {n} workers, "
-            "each with 1 router + 4 class agents; every reply checked",
+            f"each with 1 router + 4 class agents; every reply checked; {CpuMeter.describe(cpu)}",
         ),
     )
     return out
@@ -506,7 +547,9 @@ def bench_toolchain(count: int) -> list[dict[str, Any]]:
 
         run_tasks(pipe, 5, 5, start)
         tasks = tasks[5:]
+        meter = CpuMeter(_c, pipe)
         elapsed = run_tasks(pipe, count, TOOLCHAIN_WINDOW, start)
+        cpu = meter.per_task_us(count)
     rate = count / elapsed
     _log(f"tool chain: {rate:.0f} tasks/s")
     return [
@@ -518,7 +561,7 @@ def bench_toolchain(count: int) -> list[dict[str, Any]]:
             3_000,
             notes=f"{count} tasks after 5 warm-up, {TOOLCHAIN_WINDOW} in flight; {len(ids)} workers x "
             f"{TOOLCHAIN_AGENTS_PER_WORKER} agents (service toolchain); per task 4 llm_invoke + 3 tool_call "
-            "inside one agent; every answer checked",
+            f"inside one agent; every answer checked; {CpuMeter.describe(cpu)}",
         )
     ]
 
@@ -698,6 +741,17 @@ def cpu_split(phase: str, count: int, pyspy_dir: str | None = None) -> dict[str,
             f"{secs / count * 1e6:6.0f} us/task" + (f"  [threads: {threads}]" if threads else "")
         )
     return split
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of ``pid`` so far, from /proc; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _thread_times(pid: int) -> dict[int, tuple[str, float]]:
