@@ -688,25 +688,22 @@ def cpu_split(phase: str, count: int, pyspy_dir: str | None = None) -> dict[str,
 
         def start(i: int, done: Callable[[], None]) -> None:
             task = tasks[i]
-            if phase == "toolchain":
-                pipe.send(
-                    "agent.send",
-                    {"service": "toolchain", "text": task},
-                    lambda t, b: (_check(t, b, wl.toolchain_expected(task), "task"), done()),
-                )
-                return
-            route = wl.classify(task)
+            route = "toolchain" if phase == "toolchain" else wl.classify(task)
+
+            def answered(t: str, b: dict[str, Any]) -> None:
+                want = wl.toolchain_expected(task) if phase == "toolchain" else wl.agent_reply(route, task)
+                _check(t, b, want, f"task {i}")
+                done()
+
+            def classified(t: str, b: dict[str, Any]) -> None:
+                _check(t, b, route, f"task {i} router")
+                pipe.send("agent.send", {"service": route, "text": task}, answered)
+
+            first = answered if phase == "toolchain" else classified
             pipe.send(
                 "agent.send",
-                {"service": "router", "text": task},
-                lambda t, b: (
-                    _check(t, b, route, "router"),
-                    pipe.send(
-                        "agent.send",
-                        {"service": route, "text": task},
-                        lambda t2, b2: (_check(t2, b2, wl.agent_reply(route, task), "agent"), done()),
-                    ),
-                ),
+                {"service": "toolchain" if phase == "toolchain" else "router", "text": task},
+                first,
             )
 
         window = TOOLCHAIN_WINDOW if phase == "toolchain" else ROUTING_WINDOW
@@ -734,8 +731,8 @@ def cpu_split(phase: str, count: int, pyspy_dir: str | None = None) -> dict[str,
         f"{phase}: {count} tasks in {elapsed:.2f} s = {count / elapsed:.0f} tasks/s; CPU seconds per process:"
     )
     for name, secs in sorted(split.items(), key=lambda kv: -kv[1]):
-        per = sorted(by_thread.get(name, {}).items(), key=lambda kv: -kv[1])
-        threads = ", ".join(f"{k} {v:.2f}" for k, v in per if v >= 0.01)
+        ranked = sorted(by_thread.get(name, {}).items(), key=lambda kv: -kv[1])
+        threads = ", ".join(f"{k} {v:.2f}" for k, v in ranked if v >= 0.01)
         print(
             f"  {name:<24} {secs:6.2f} s {secs / elapsed * 100:4.0f} % of a core "
             f"{secs / count * 1e6:6.0f} us/task" + (f"  [threads: {threads}]" if threads else "")
