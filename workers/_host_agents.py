@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import NotFound, OpenFangError, ProtocolError, Timeout
+from openfang.security._errors import Denied
 from openfang.security.identity import FROM_KEY, sign_agent_message
 
 if TYPE_CHECKING:
@@ -114,9 +115,18 @@ class AgentTraffic:
             sec.check_send(sender, to, target.manifest.name)
             guard = sec.guards.get(sender)
             if claimed is not None or guard is None:
-                # The guest wrote its own sender claim: only the host signs, so check the claim as is.
-                forged = Envelope(id=env.id, type=env.type, body={**env.body, FROM_KEY: claimed})
-                sec.verifier.verify(forged, transport_sender=sender)  # raises (audited) for anyone else
+                # Only the host signs for an agent: a sender claim written by the guest is refused, and
+                # audited as impersonation when it names anyone but the agent that actually sent it.
+                who = claimed.get("agent") if isinstance(claimed, Mapping) else None
+                if who != sender:
+                    sec.audit.append(
+                        "identity.impersonation", agent_id=sender, claimed=str(who)[:128], target=to
+                    )
+                    raise Denied(
+                        f"agent {sender!r} claims to be {str(who)[:128]!r} (impersonation refused)",
+                        layer="identity",
+                        reason="impersonation",
+                    )
                 raise ProtocolError("agent_send: the sender is set by the host, not by the message")
             signed = sign_agent_message(env, guard.identity)
             env = sec.verifier.verify(signed, transport_sender=sender).env

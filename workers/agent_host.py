@@ -37,7 +37,9 @@ from openfang.protocol.errors import (
     OpenFangError,
     ProtocolError,
     SandboxError,
+    SecurityError,
 )
+from openfang.security._errors import Denied
 from openfang.workers import _host_jobs as jobs
 from openfang.workers import guest_abi as abi
 from openfang.workers import llm as _llm
@@ -220,6 +222,15 @@ class AgentHost(AgentTraffic):
 
     # -- requests ---------------------------------------------------------------------------------------
     def _on_spawn(self, env: Envelope) -> None:
+        try:
+            self._spawn(env)
+        except SecurityError as exc:
+            # The layers audit their own refusals (Denied); the sandbox's import checks do not.
+            if self._security is not None and not isinstance(exc, Denied):
+                self._security.audit.append("sandbox.spawn_refused", worker=self.worker_id, error=exc.message)
+            raise
+
+    def _spawn(self, env: Envelope) -> None:
         text = env.body.get("manifest")
         if not isinstance(text, str):
             raise ProtocolError("body.manifest: must be the agent.toml text")
@@ -404,6 +415,13 @@ class AgentHost(AgentTraffic):
             return
         if outcome.limit is not None and self._capabilities is not None:
             self._capabilities.record_trap(agent.agent_id, outcome.limit, phase=outcome.phase)
+        elif self._security is not None and outcome.phase == "handle":
+            cap = agent.manifest.sandbox.memory.max_heap_mb << 20
+            used = agent.sandbox.memory_bytes()
+            if used + 65536 > cap:  # memory.grow was refused at the cap (the guest coped with it)
+                self._security.audit.append(
+                    "sandbox.memory_cap", agent_id=agent.agent_id, memory_bytes=used, cap_bytes=cap
+                )
         if outcome.phase == "init":
             if outcome.ok:
                 self._active.pop(agent.agent_id, None)

@@ -268,9 +268,9 @@ def load_manifest(
         c.add("agent", "retention", f"must be one of {', '.join(RETENTION_POLICIES)}, got {retention!r}")
         retention = "keep"
     secret_env = c.get_names(agent, "agent", "secret_env")
-    for name in secret_env:
-        if not _ENV.match(name):
-            c.add("agent", "secret_env", f"{name!r} is not an environment variable name")
+    for var in secret_env:
+        if not _ENV.match(var):
+            c.add("agent", "secret_env", f"{var!r} is not an environment variable name")
     sandbox = _sandbox(c, c.table(data, "sandbox", "sandbox"))
     manifest = AgentManifest(
         name=name,
