@@ -1,0 +1,186 @@
+"""Agents and memory on a real daemon: store/recall through a conversation, episodic history through the
+gateway, tool calls in procedural memory, per-agent scopes (layer 9) and retention on kill."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from daemon_harness import Cluster, wait_for
+from openfang.security.audit import verify
+
+pytestmark = pytest.mark.integration
+
+CONFIG = """
+[cluster]
+name = "agent-memory"
+data_dir = "{data_dir}"
+
+[control]
+request_timeout_ms = 20000
+
+[logging]
+level = "info"
+format = "json"
+
+[supervisor]
+strategy = "one_for_one"
+intensity = 5
+period = 5
+
+[[supervisor.children]]
+id = "memory"
+start = "openfang.memory.writer:main"
+restart = "permanent"
+shutdown = 3000
+heartbeat_ms = 3000
+
+[[supervisor.children]]
+id = "workers"
+type = "supervisor"
+strategy = "one_for_one"
+intensity = 10
+period = 10
+
+[supervisor.children.pool]
+count = 1
+pin = true
+start = "openfang.workers.worker:main"
+restart = "permanent"
+shutdown = 3000
+heartbeat_ms = 5000
+"""
+
+STORE = "{match = '^remember (?P<t>.+)', tool = 'memory_store', args = {text = '{t}'}, then = 'stored'},"
+RECALL = "{match = '^recall (?P<q>.+)', tool = 'memory_recall', args = {query = '{q}'}, then = '{result}'},"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    c = Cluster(workers=1)
+    c.config_path.write_text(CONFIG.format(data_dir=c.data_dir))
+    try:
+        c.start(env={"OPENFANG_EMBEDDER": "hash"})
+        yield c
+    finally:
+        c.close()
+
+
+def agent(name: str, rules: str, *, extra: str = "") -> str:
+    return f"""
+[agent]
+name = "{name}"
+module = "builtin:llm-agent"
+tools = ["memory_store", "memory_recall"]
+{extra}
+
+[agent.model]
+provider = "scripted"
+default = "ok"
+script = [
+{rules}
+]
+"""
+
+
+def spawn(c: Cluster, manifest: str) -> str:
+    return str(c.ok("agent.spawn", {"manifest": manifest})["agent_id"])
+
+
+def say(c: Cluster, agent_id: str, text: str, session: str = "s1") -> str:
+    return str(c.ok("agent.send", {"agent_id": agent_id, "text": text, "session": session})["reply"])
+
+
+def rows(c: Cluster, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(f"file:{c.data_dir / 'memory.db'}?mode=ro", uri=True)
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
+def test_agent_recalls_what_it_stored_in_an_earlier_message(cluster: Cluster) -> None:
+    """memory_store then memory_recall through the scripted model: the agent reads its own write."""
+    a = spawn(cluster, agent("notetaker", STORE + "\n" + RECALL))
+    assert say(cluster, a, "remember the launch code word is marmalade") == "stored"
+    hits = json.loads(say(cluster, a, "recall launch code word"))
+    assert hits and "marmalade" in hits[0]["text"] and hits[0]["agent_id"] == a, hits
+
+
+def test_memory_history_through_the_gateway_shows_every_message_in_and_out(cluster: Cluster) -> None:
+    """Episodic memory: each user message and final reply, with session and role, via memory.history."""
+    a = spawn(cluster, agent("historian", "{match = 'hello', reply = 'hello yourself'},"))
+    say(cluster, a, "hello there", session="s-hist")
+    say(cluster, a, "unmatched words", session="s-hist")
+
+    def history() -> list[dict[str, Any]]:
+        msgs = cluster.ok("memory.history", {"agent_id": a, "session": "s-hist"})["messages"]
+        return list(msgs) if len(msgs) >= 4 else []
+
+    msgs = sorted(wait_for(history, 20, "four episodic entries"), key=lambda m: m["time"])
+    assert [(m["role"], m["text"]) for m in msgs] == [
+        ("user", "hello there"),
+        ("assistant", "hello yourself"),
+        ("user", "unmatched words"),
+        ("assistant", "ok"),
+    ]
+    assert all(m["session"] == "s-hist" for m in msgs) and msgs[1]["tokens"] > 0
+
+
+def test_tool_calls_are_recorded_in_procedural_memory(cluster: Cluster) -> None:
+    """Procedural memory: every tool call with its args, status and duration (failures with their error)."""
+    a = spawn(cluster, agent("procedural", STORE + "\n" + RECALL))
+    say(cluster, a, "remember tea at five")
+    say(cluster, a, "recall tea")
+    sql = "SELECT tool, status, args, duration_ms FROM tool_calls WHERE agent_id = ? ORDER BY id"
+    calls = wait_for(lambda: rows(cluster, sql, a) if len(rows(cluster, sql, a)) >= 2 else None, 20)
+    assert [(c[0], c[1]) for c in calls] == [("memory_store", "ok"), ("memory_recall", "ok")]
+    assert json.loads(calls[0][2])["text"] == "tea at five" and calls[0][3] >= 0
+
+
+def test_agent_cannot_recall_another_agents_memories_without_a_grant(cluster: Cluster) -> None:
+    """Layer 9: recalling another agent's memories is denied and audited unless memory_read grants it."""
+    owner = spawn(cluster, agent("owner", STORE))
+    assert say(cluster, owner, "remember the vault combination is 31-7-42") == "stored"
+    peek = f"{{match = '^peek (?P<q>.+)', tool = 'memory_recall', args = {{query = '{{q}}', agents = ['{owner}']}}, then = '{{result}}'}},"
+    spy = spawn(cluster, agent("spy", peek))
+    refused = say(cluster, spy, "peek vault combination")
+    assert "may not read the memory of" in refused and "31-7-42" not in refused, refused
+    friend = spawn(
+        cluster, agent("friend", peek, extra=f'[agent.permissions]\nmemory_read = ["self", "{owner}"]')
+    )
+    hits = json.loads(say(cluster, friend, "peek vault combination"))
+    assert hits and "31-7-42" in hits[0]["text"] and hits[0]["agent_id"] == owner, hits
+
+    def denied() -> list[Any]:
+        with sqlite3.connect(cluster.data_dir / "audit.db") as db:
+            recs = db.execute("SELECT record FROM audit_log WHERE kind = 'permissions.denied'").fetchall()
+        return [r for (r,) in recs if json.loads(r)["fields"].get("agent_id") == spy]
+
+    assert wait_for(denied, 20, "permissions.denied audit record")
+    assert verify(cluster.data_dir / "audit.db").ok
+
+
+def test_retention_policy_applies_when_an_agent_is_killed(cluster: Cluster) -> None:
+    """agent.kill reclaims memory per [agent] retention: purge deletes it, archive hides it, keep keeps it."""
+    ids = {}
+    for policy in ("purge", "archive", "keep"):
+        ids[policy] = spawn(cluster, agent(f"ret-{policy}", STORE, extra=f'retention = "{policy}"'))
+        say(cluster, ids[policy], f"remember retention test {policy}")
+    for agent_id in ids.values():
+        cluster.ok("agent.kill", {"agent_id": agent_id})
+
+    def state(policy: str) -> tuple[int, int]:
+        found = rows(
+            cluster,
+            "SELECT count(*), coalesce(sum(archived), 0) FROM memories WHERE agent_id = ?",
+            ids[policy],
+        )
+        return int(found[0][0]), int(found[0][1])
+
+    wait_for(lambda: state("purge") == (0, 0), 20, "purged memories")
+    wait_for(lambda: state("archive") == (1, 1), 20, "archived memories")
+    assert state("keep") == (1, 0)
