@@ -195,6 +195,7 @@ def render_markdown(run: Mapping[str, Any]) -> str:
         f"git {machine.get('git_rev', '?')}{' — quick mode' if run.get('quick') else ''}. "
         "Ratios: how many times better OpenFANG is (> 1 favours OpenFANG). Targets are 2-core goals. "
         "How each metric is measured: perf/README.md.",
+        *_peer_line(machine),
         "",
         "| metric | unit | OpenFANG | CrewAI | LangGraph | vs CrewAI | vs LangGraph | target | met |",
         "|---|---|--:|--:|--:|--:|--:|--:|:-:|",
@@ -219,6 +220,17 @@ def render_markdown(run: Mapping[str, Any]) -> str:
     lines += _modules_section(run.get("modules", []))
     lines += ["", "## Machine", "", "```", json.dumps(machine, indent=2, sort_keys=True), "```", ""]
     return "\n".join(lines)
+
+
+def _peer_line(machine: Mapping[str, Any]) -> list[str]:
+    peers = machine.get("peer_packages") or {}
+    if not peers:
+        return []
+    listed = "; ".join(
+        f"{TITLES.get(system, system)}: " + ", ".join(f"{pkg} {ver}" for pkg, ver in sorted(pkgs.items()))
+        for system, pkgs in sorted(peers.items())
+    )
+    return ["", f"Peers (fake LLM, no network): {listed}."]
 
 
 def scaling_points(metrics: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, float]]]:
@@ -356,3 +368,24 @@ def write_reports(run: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     _write_atomic(paths["md"], render_markdown(run))
     _write_atomic(paths["svg"], render_svg(run))
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m perf.report [DIR]``: re-render latest.md and latest.svg from DIR/latest.json."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    out_dir = Path(args[0]) if args else Path("perf/results")
+    try:
+        run = json.loads((out_dir / "latest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"cannot read {out_dir / 'latest.json'}: {exc}", file=sys.stderr)
+        return 1
+    _write_atomic(out_dir / "latest.md", render_markdown(run))
+    _write_atomic(out_dir / "latest.svg", render_svg(run))
+    print(f"rendered {out_dir / 'latest.md'} and {out_dir / 'latest.svg'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -171,3 +171,16 @@ def test_report_write_reports_writes_json_md_svg_and_no_temp_files(tmp_path: Pat
     ]
     assert json.loads(paths["json"].read_text()) == run
     assert paths["md"].read_text().startswith("# OpenFANG benchmarks")
+
+
+def test_report_main_rerenders_markdown_and_svg_from_the_json(tmp_path: Path) -> None:
+    """python -m perf.report DIR rebuilds latest.md/svg from latest.json, naming the peers' versions."""
+    run = {
+        "machine": {"peer_packages": {"langgraph": {"langgraph": "1.2.22"}}},
+        "metrics": [_m("cold_start_ms", "langgraph", 900.0)],
+    }
+    (tmp_path / "latest.json").write_text(json.dumps(run))
+    assert report.main([str(tmp_path)]) == 0
+    assert "LangGraph: langgraph 1.2.22" in (tmp_path / "latest.md").read_text()
+    assert (tmp_path / "latest.svg").read_text().startswith("<svg")
+    assert report.main([str(tmp_path / "missing")]) == 1
