@@ -2,6 +2,10 @@
 
 :func:`security_report` returns plain JSON-able dicts, one per layer, in layer order. Secrets never appear:
 key *ids* and key *file paths* are shown, never key material (the config never holds material anyway).
+
+``enabled`` is true only where the layer is actually enforced by the running system; ``config.enforced_by``
+names the processes that enforce it and where, and ``config.not_enforced`` lists configured parts that no
+process enforces yet (so the report never claims more than the code does).
 """
 
 from __future__ import annotations
@@ -20,10 +24,32 @@ def _sorted(values: Any) -> list[str] | None:
     return None if values is None else sorted(values)
 
 
+# Where each layer is enforced (by layer number): kept beside the code that does it, see docs/security.md.
+ENFORCED_BY: dict[int, str] = {
+    1: "gateway: every client frame (size, depth, keys, text)",
+    2: "workers: agent.send text (action), tool results and LLM output (output_action)",
+    3: "gateway: per-client requests; workers: per-agent requests, LLM tokens, tool calls",
+    4: "gateway: every client frame when keys are configured",
+    5: "workers: fuel per refuel interval and call deadline (defaults and maxima checked at spawn)",
+    6: "workers: linear-memory cap per agent (defaults and maxima checked at spawn)",
+    7: "workers: module imports checked before instantiation",
+    8: "workers: http_fetch SSRF guard, per-agent scoped file root {data_dir}/agents/<id>/files",
+    9: "workers: tools, memory_read scopes, agent_send/agent_spawn targets, max_children",
+    10: "workers: every outgoing request of a tool (url, headers, body)",
+    11: "workers: agent replies, tool results, LLM output; every process: audit records and logs",
+    12: "daemon, gateway, workers: one hash chain in the audit file",
+    13: "workers: the sandbox checks module_sha256 when a manifest pins it",
+    14: "daemon: package and configured files re-hashed every interval_s",
+    15: "workers: Ed25519 key per agent; agent_send is signed by the host and verified before delivery",
+    16: "workers: manifest version per name checked at spawn, recorded after",
+}
+
+
 def security_report(config: SecurityConfig) -> list[dict[str, Any]]:
     """One entry per layer: ``{"layer", "name", "module", "enabled", "config"}``."""
     c = config
     sb = c.sandbox
+    signing_on = c.signing.enabled and bool(c.signing_keys or c.signing.require)
     rows: list[tuple[str, str, bool, dict[str, Any]]] = [
         (
             "input validation",
@@ -62,7 +88,7 @@ def security_report(config: SecurityConfig) -> list[dict[str, Any]]:
         (
             "request signing",
             "signing",
-            c.signing.enabled,
+            signing_on,
             {
                 "require": c.signing.require,
                 "max_skew_s": c.signing.max_skew,
@@ -118,11 +144,12 @@ def security_report(config: SecurityConfig) -> list[dict[str, Any]]:
         (
             "binary attestation",
             "attestation",
-            c.attestation.enabled,
+            True,  # the digest pin is checked by the sandbox whatever the config says
             {
                 "require_pin": c.attestation.require_pin,
                 "require_signature": c.attestation.require_signature,
                 "publishers": sorted(c.attestation.trusted_publishers),
+                "not_enforced": ["require_pin", "require_signature (signed manifests)"],
             },
         ),
         (
@@ -139,6 +166,12 @@ def security_report(config: SecurityConfig) -> list[dict[str, Any]]:
         ("rollback protection", "rollback", c.rollback.enabled, {"state": c.rollback.state}),
     ]
     return [
-        {"layer": i, "name": name, "module": f"openfang.security.{module}", "enabled": enabled, "config": cfg}
+        {
+            "layer": i,
+            "name": name,
+            "module": f"openfang.security.{module}",
+            "enabled": enabled,
+            "config": {**cfg, "enforced_by": ENFORCED_BY[i]},
+        }
         for i, (name, module, enabled, cfg) in enumerate(rows, start=1)
     ]

@@ -145,7 +145,8 @@ def test_agent_cannot_recall_another_agents_memories_without_a_grant(cluster: Cl
     """Layer 9: recalling another agent's memories is denied and audited unless memory_read grants it."""
     owner = spawn(cluster, agent("owner", STORE))
     assert say(cluster, owner, "remember the vault combination is 31-7-42") == "stored"
-    peek = f"{{match = '^peek (?P<q>.+)', tool = 'memory_recall', args = {{query = '{{q}}', agents = ['{owner}']}}, then = '{{result}}'}},"
+    args = f"{{query = '{{q}}', agents = ['{owner}']}}"
+    peek = f"{{match = '^peek (?P<q>.+)', tool = 'memory_recall', args = {args}, then = '{{result}}'}},"
     spy = spawn(cluster, agent("spy", peek))
     refused = say(cluster, spy, "peek vault combination")
     assert "may not read the memory of" in refused and "31-7-42" not in refused, refused
