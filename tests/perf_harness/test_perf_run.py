@@ -167,9 +167,9 @@ def test_run_module_kills_a_hung_benchmark_and_the_processes_it_started(
         """,
     )
     t0 = time.monotonic()
-    rec = prun.run_module(mod, quick=False, timeout=3)
+    rec = prun.run_module(mod, quick=False, timeout=10)  # generous: a loaded machine starts slowly
     assert rec["status"] == "timeout"
-    assert rec["error"] == "killed after 3 s"
+    assert rec["error"] == "killed after 10 s"
     assert time.monotonic() - t0 < 60
     pids = [int(p) for p in pidfile.read_text().split()]
     deadline = time.monotonic() + 30
