@@ -47,11 +47,20 @@ TOOLCHAIN_AGENTS_PER_WORKER = 4
 PHASE_TIMEOUT_S = 120.0
 TOOL_MODULES = 'tool_modules = ["perf.bench_tools:register"]'
 # Rate limits are a policy, not overhead: a benchmark client must not be throttled to the defaults (50
-# requests/s). rate = 0 is "unlimited"; the limiter itself stays enabled, so its cost is still measured.
-NO_RATE_LIMITS = "".join(
-    f"\n[security.ratelimit.{bucket}]\nrate = 0\nburst = 0\n"
-    for bucket in ("client_requests", "agent_requests", "agent_tokens", "agent_tool_calls")
-)
+# requests/s per client, 20 per agent, 5 tool calls/s per agent). rate = 0 is "unlimited"; the limiters stay
+# enabled, so their cost is still measured. The gateway reads [security]; a worker reads its pool args'
+# `security` table (workers/host_wiring.py), so the same limits go to both.
+_BUCKETS = ("client_requests", "agent_requests", "agent_tokens", "agent_tool_calls")
+NO_RATE_LIMITS = "".join(f"\n[security.ratelimit.{b}]\nrate = 0\nburst = 0\n" for b in _BUCKETS)
+
+
+def pool_args(tools: bool = False) -> str:
+    """The worker pool's args table: the unlimited rate limits, and the benchmark tools when asked."""
+    text = "\n[supervisor.children.pool.args]\n" + (TOOL_MODULES + "\n" if tools else "")
+    text += '[supervisor.children.pool.args.security]\nsource = "cluster.toml"\n'
+    table = "supervisor.children.pool.args.security.table.ratelimit"
+    return text + "".join(f"[{table}.{b}]\nrate = 0\nburst = 0\n" for b in _BUCKETS)
+
 
 Reply = Callable[[str, dict[str, Any]], None]
 
@@ -145,7 +154,7 @@ class Pipe:
 @contextmanager
 def cluster(workers: int | str = "auto", extra: str = "") -> Iterator[tuple[BenchCluster, Pipe]]:
     """A started daemon and a pipelined client on its control socket; both stopped on exit."""
-    with BenchCluster(workers=workers, extra=extra + NO_RATE_LIMITS) as c:
+    with BenchCluster(workers=workers, extra=(extra or pool_args()) + NO_RATE_LIMITS) as c:
         c.start()
         pipe = Pipe(c.endpoint)
         try:
@@ -214,7 +223,7 @@ def bench_cold(rounds: int) -> list[dict[str, Any]]:
     samples: list[float] = []
     ready: list[float] = []
     for i in range(rounds + 1):
-        with BenchCluster(workers="auto", extra=NO_RATE_LIMITS) as c:
+        with BenchCluster(workers="auto", extra=pool_args() + NO_RATE_LIMITS) as c:
             t0 = time.perf_counter()
             ready_s = c.start()
             while True:  # the workers connect to the gateway just after READY: retry until one takes it
@@ -517,8 +526,7 @@ def bench_routing(count: int, max_workers: int) -> list[dict[str, Any]]:
 def bench_toolchain(count: int) -> list[dict[str, Any]]:
     """tasks/s of the 4-model-call, 3-tool-call chain inside one agent per task, every answer checked."""
     tasks = wl.toolchain_tasks(count + 5)
-    extra = f"\n[supervisor.children.pool.args]\n{TOOL_MODULES}\n"
-    with cluster(extra=extra) as (_c, pipe):
+    with cluster(extra=pool_args(tools=True)) as (_c, pipe):
         ids = worker_ids(pipe)
         try:
             for wid in ids:
@@ -629,8 +637,7 @@ def cpu_split(phase: str, count: int, pyspy_dir: str | None = None) -> dict[str,
     """
     import psutil
 
-    extra = f"\n[supervisor.children.pool.args]\n{TOOL_MODULES}\n" if phase == "toolchain" else ""
-    with cluster(extra=extra) as (c, pipe):
+    with cluster(extra=pool_args(tools=phase == "toolchain")) as (c, pipe):
         wids = worker_ids(pipe)
         tasks = wl.toolchain_tasks(count) if phase == "toolchain" else wl.routing_messages(count)
         for wid in wids:
