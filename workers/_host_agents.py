@@ -29,6 +29,7 @@ from openfang.security._errors import Denied
 from openfang.security.identity import FROM_KEY, sign_agent_message
 
 if TYPE_CHECKING:
+    from openfang.workers._host_jobs import JobRunner
     from openfang.workers._host_memory import HostMemory
     from openfang.workers._host_security import HostSecurity
     from openfang.workers._host_services import HostedAgent
@@ -46,7 +47,7 @@ class AgentTraffic:
     _spawn_parents: dict[str, str]
     _security: HostSecurity | None
     _memory: HostMemory | None
-    _runner: Any
+    _runner: JobRunner
 
     def submit(self, env: Envelope) -> None:  # provided by AgentHost
         raise NotImplementedError

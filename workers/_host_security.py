@@ -125,8 +125,12 @@ class HostSecurity:
             self.versions.check(manifest.name, manifest.version, digest)
 
     def accept_version(self, manifest: AgentManifest, digest: str) -> None:
-        if self.versions is not None:
-            self.versions.accept(manifest.name, manifest.version, digest)
+        if self.versions is None:
+            return
+        cur = self.versions.current(manifest.name)
+        if cur is not None and cur[1] == str(manifest.version) and cur[2] == digest:
+            return  # already the accepted version: spare the write (and its fsync) on every spawn
+        self.versions.accept(manifest.name, manifest.version, digest)
 
     def admit(self, manifest: AgentManifest, agent_id: str, *, parent: str | None = None) -> AgentGuard:
         """The agent's guard: permissions (no escalation past ``parent``), identity key, files, taint."""
@@ -180,13 +184,19 @@ class HostSecurity:
             self.guards[guard.parent].children.discard(agent_id)
 
     def _fs_root(self, agent_id: str) -> Path | None:
-        """Layer 8: ``{data_dir}/agents/<agent_id>/files``, 0700 (None without a data dir)."""
+        """Layer 8: ``{data_dir}/agents/<agent_id>/files`` (None without a data dir); created by
+        :meth:`ensure_fs_root` when the agent first uses a tool, so spawning costs no file system work."""
         if self.data_dir is None:
             return None
-        root = self.data_dir / "agents" / agent_id.replace("/", "_") / "files"
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for d in (root, root.parent, root.parent.parent):
-            os.chmod(d, 0o700)
+        return self.data_dir / "agents" / agent_id.replace("/", "_") / "files"
+
+    @staticmethod
+    def ensure_fs_root(root: Path | None) -> Path | None:
+        """Create the agent's root (and its parents) 0700: no other user may look into an agent's files."""
+        if root is not None and not root.is_dir():
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for d in (root, root.parent, root.parent.parent):
+                os.chmod(d, 0o700)
         return root
 
     # -- traffic -------------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ class Services:
 
     def _invoke(self, agent: HostedAgent, ctx: Any, name: str, args: dict[str, Any]) -> tuple[bool, Any]:
         """One tool call through the registry, then the host's layers on its result (any thread)."""
-        registry = self.host.tools
+        registry: Any = self.host.tools
         sec, mem = self.host._security, self.host._memory
         if sec is None and mem is None:
             return jobs.invoke_tool(registry, ctx, name, args)
@@ -266,7 +266,7 @@ def default_context(host: AgentHost, agent: HostedAgent) -> Any:
     if sec is not None:
         guard = agent.guard
         extra.update(
-            fs_root=guard.fs_root if guard is not None else None,
+            fs_root=sec.ensure_fs_root(guard.fs_root) if guard is not None else None,
             net_allow_hosts=tuple(sec.config.network.allow_hosts),
             net_allow_private=sec.config.network.allow_private,
             egress_check=sec.egress_check(agent.agent_id),

@@ -17,6 +17,7 @@ Driving it (the worker's loop)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import threading
@@ -264,7 +265,7 @@ class AgentHost(AgentTraffic):
             sec.check_version(manifest, digest)  # layer 16, before any work is spent on an old manifest
         grant = None
         if self._capabilities is not None:
-            raw = tomllib.loads(text)
+            raw = _parsed(text)
             grant = self._capabilities.grant(agent_id, _effective(raw, manifest), source=manifest.source)
             manifest = _apply_grant(manifest, raw, grant)
         sandbox = self._new_sandbox(manifest, agent_id, grant)
@@ -334,8 +335,10 @@ class AgentHost(AgentTraffic):
         session = env.body.get("session")
         if self._security is not None:
             self._security.charge(agent.agent_id, requests=1)  # layer 3: rate_limited
-            source = "agent" if env.id in self._internal else "user"
-            text = self._security.check_input(agent.agent_id, text, source=source)  # layer 2: denied
+            from_agent = env.id in self._internal
+            text = self._security.check_input(  # layer 2: denied
+                agent.agent_id, text, source="agent" if from_agent else "user"
+            )
         if self._memory is not None:
             self._memory.record_message(agent.agent_id, _session(session), "user", text, None)
         agent.inbox.append(
@@ -552,6 +555,12 @@ class AgentHost(AgentTraffic):
             rt = self._runtimes[stack_kb] = Runtime(HOST_SPECS, options=opts, cache_dir=self._cache_dir)
             rt.start_ticker()
         return rt
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str) -> dict[str, Any]:
+    """The manifest's TOML as data (read-only: shared by the spawns of the same text)."""
+    return tomllib.loads(text)
 
 
 def _session(value: Any) -> str:
