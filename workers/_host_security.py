@@ -164,7 +164,7 @@ class HostSecurity:
             permissions=perms,
             identity=identity,
             exfil=exfil,
-            fs_root=self._fs_root(agent_id),
+            fs_root=self._fs_root(agent_id, manifest),
             parent=parent,
             max_children=p.max_children,
         )
@@ -183,12 +183,15 @@ class HostSecurity:
         if guard is not None and guard.parent in self.guards:
             self.guards[guard.parent].children.discard(agent_id)
 
-    def _fs_root(self, agent_id: str) -> Path | None:
-        """Layer 8: ``{data_dir}/agents/<agent_id>/files`` (None without a data dir); created by
-        :meth:`ensure_fs_root` when the agent first uses a tool, so spawning costs no file system work."""
+    def _fs_root(self, agent_id: str, manifest: AgentManifest) -> Path | None:
+        """Layer 8: ``{data_dir}/agents/<agent_id>/files`` (None without a data dir), created at spawn for
+        an agent with file tools, else when it first uses a tool (spawning other agents costs no I/O)."""
         if self.data_dir is None:
             return None
-        return self.data_dir / "agents" / agent_id.replace("/", "_") / "files"
+        root = self.data_dir / "agents" / agent_id.replace("/", "_") / "files"
+        if any(t.startswith("fs") for t in manifest.tools):
+            self.ensure_fs_root(root)
+        return root
 
     @staticmethod
     def ensure_fs_root(root: Path | None) -> Path | None:
