@@ -38,7 +38,8 @@ ENFORCED_BY: dict[int, str] = {
     10: "workers: every outgoing request of a tool (url, headers, body)",
     11: "workers: agent replies, tool results, LLM output; every process: audit records and logs",
     12: "daemon, gateway, workers: one hash chain in the audit file",
-    13: "workers: the sandbox checks module_sha256 when a manifest pins it",
+    13: "workers: signed manifests verified at spawn (required with require_signature); the sandbox checks "
+    "module_sha256 when a manifest pins it",
     14: "daemon: package and configured files re-hashed every interval_s",
     15: "workers: Ed25519 key per agent; agent_send is signed by the host and verified before delivery",
     16: "workers: manifest version per name checked at spawn, recorded after",
@@ -149,7 +150,7 @@ def security_report(config: SecurityConfig) -> list[dict[str, Any]]:
                 "require_pin": c.attestation.require_pin,
                 "require_signature": c.attestation.require_signature,
                 "publishers": sorted(c.attestation.trusted_publishers),
-                "not_enforced": ["require_pin", "require_signature (signed manifests)"],
+                "not_enforced": ["require_pin"],
             },
         ),
         (

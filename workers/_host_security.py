@@ -15,6 +15,7 @@ and written by the loop on its next turn) plus an optional plain callback (the w
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections import deque
@@ -26,6 +27,7 @@ from typing import Any
 import structlog
 from openfang.protocol.errors import OpenFangError
 from openfang.security._errors import Denied
+from openfang.security.attestation import Attestor
 from openfang.security.audit import AuditLog
 from openfang.security.capabilities import CapabilityPolicy
 from openfang.security.config import SecurityConfig
@@ -115,6 +117,13 @@ class HostSecurity:
             Path(c.rollback.state).parent.mkdir(parents=True, exist_ok=True)
             self.versions = VersionStore(c.rollback.state, audit=audit)
         self.redactor = Redactor(c.redact) if c.redact.enabled else None
+        # Layer 13: signatures are checked here; the digest pin is the sandbox's (require_pin is not
+        # enforced: builtin and local modules run unpinned).
+        self.attestor = (
+            Attestor(dataclasses.replace(c.attestation, require_pin=False), audit=audit)
+            if c.attestation.enabled
+            else None
+        )
         self.guards: dict[str, AgentGuard] = {}
         self._limiter_lock = threading.Lock()  # charges come from the loop and from tool threads
 
@@ -123,6 +132,15 @@ class HostSecurity:
         """Layer 16: refuse a manifest older than one accepted before under the same name."""
         if self.versions is not None:
             self.versions.check(manifest.name, manifest.version, digest)
+
+    def attest(self, manifest: AgentManifest, raw: Mapping[str, Any]) -> None:
+        """Layer 13: a signed manifest must verify under a trusted publisher (every manifest must be signed
+        when ``require_signature``); the signature covers the whole manifest, module_sha256 included."""
+        if self.attestor is None:
+            return
+        if "signature" not in raw and not self.config.attestation.require_signature:
+            return  # nothing to check: spare reading the module bytes
+        self.attestor.attest(manifest.name, module_bytes(manifest), raw)
 
     def accept_version(self, manifest: AgentManifest, digest: str) -> None:
         if self.versions is None:
@@ -279,6 +297,21 @@ class HostSecurity:
         if self.versions is not None:
             self.versions.close()
         self.audit.close()
+
+
+def module_bytes(manifest: AgentManifest) -> bytes:
+    """The bytes a manifest's module names (the builtin guest's source for ``builtin:``)."""
+    path = manifest.module_path()
+    if path is None:
+        from openfang.workers.builtin_guests import builtin_source
+
+        return builtin_source(manifest.module.removeprefix("builtin:"))
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise Denied(
+            f"cannot read module {path}: {exc.strerror}", layer="attestation", reason="unreadable"
+        ) from None
 
 
 def security_from_args(args: Mapping[str, Any] | None, environ: Mapping[str, str]) -> SecurityConfig:

@@ -263,6 +263,7 @@ class AgentHost(AgentTraffic):
         digest = _module_digest(manifest)
         if sec is not None:
             sec.check_version(manifest, digest)  # layer 16, before any work is spent on an old manifest
+            sec.attest(manifest, _parsed(text))  # layer 13: signed manifests
         grant = None
         if self._capabilities is not None:
             raw = _parsed(text)

@@ -245,7 +245,13 @@ def load_manifest(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(Problem(source, f"not valid TOML: {exc}")) from None
     c = _Checker(source)
-    c.unknown(data, "<top level>", ("agent", "sandbox"))
+    c.unknown(data, "<top level>", ("agent", "sandbox", "publisher", "signature"))
+    # A signed manifest (layer 13): the host checks the signature with security.attestation at spawn.
+    for key in ("publisher", "signature"):
+        if key in data and (not isinstance(data[key], str) or not data[key]):
+            c.add("<top level>", key, "must be a non-empty string")
+    if ("publisher" in data) != ("signature" in data):
+        c.add("<top level>", "signature", "publisher and signature go together")
     agent = c.table(data, "agent", "agent")
     if "agent" not in data:
         c.add("agent", None, "table is required")

@@ -10,13 +10,16 @@ import hashlib
 import json
 import sqlite3
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from daemon_harness import Cluster, wait_for
 from openfang.protocol.envelope import Envelope, encode
+from openfang.security.attestation import sign_manifest
 from openfang.security.audit import verify
 
 pytestmark = pytest.mark.integration
@@ -33,7 +36,12 @@ burst = 12
 [{prefix}injection]
 action = "block"
 output_action = "strip"
+
+[{prefix}attestation.publishers]
+acme = "{publisher}"
 """
+PUBLISHER = Ed25519PrivateKey.generate()
+PUBLISHER_HEX = PUBLISHER.public_key().public_bytes_raw().hex()
 
 CONFIG = """
 [cluster]
@@ -85,12 +93,12 @@ base_dir = "{base_dir}"
 
 def security_config(data_dir: Path, base_dir: Path, name: str) -> str:
     """The cluster config with the same [security] for the gateway and (via pool args) the workers."""
-    pool = SECURITY.format(prefix="supervisor.children.pool.args.security.table.")
+    pool = SECURITY.format(prefix="supervisor.children.pool.args.security.table.", publisher=PUBLISHER_HEX)
     return CONFIG.format(
         data_dir=data_dir,
         base_dir=base_dir,
         pool_security=pool,
-        security=SECURITY.format(prefix="security."),
+        security=SECURITY.format(prefix="security.", publisher=PUBLISHER_HEX),
     ).replace('name = "agent-security"', f'name = "{name}"')
 
 
@@ -425,6 +433,20 @@ def test_module_bytes_that_differ_from_the_pinned_digest_are_refused(cluster: Cl
     still_serving(cluster)
 
 
+def test_signed_manifest_runs_and_an_edited_one_is_refused(cluster: Cluster) -> None:
+    """Layer 13: a manifest signed by a trusted publisher spawns; the same manifest edited is refused."""
+    body = scripted("signed", "{match = 'hi', reply = 'signed hello'},")
+    signed = sign_manifest(tomllib.loads(body), "acme", PUBLISHER)
+    header = f'publisher = "acme"\nsignature = "{signed["signature"]}"\n'
+    a = spawn(cluster, header + body)
+    assert send(cluster, a, "hi").body["reply"] == "signed hello"
+    edited = header + body.replace("signed hello", "pwned hello")
+    reply = cluster.call("agent.spawn", {"manifest": edited})
+    assert reply.is_error and reply.body["code"] == "denied" and reply.body.get("layer") == "attestation"
+    wait_audit(cluster, "attestation.bad_signature", publisher="acme")
+    still_serving(cluster)
+
+
 def test_security_report_tells_which_layers_are_enforced(cluster: Cluster) -> None:
     """security.report from the running gateway: agent layers on, signing off without keys, gaps named."""
     layers = {x["layer"]: x for x in cluster.ok("security.report")["layers"]}
@@ -432,4 +454,4 @@ def test_security_report_tells_which_layers_are_enforced(cluster: Cluster) -> No
     for n in (1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 16):
         assert layers[n]["enabled"] and layers[n]["config"]["enforced_by"], layers[n]
     assert not layers[4]["enabled"], layers[4]  # no signing keys in this cluster: nothing is verified
-    assert "require_signature (signed manifests)" in layers[13]["config"]["not_enforced"]
+    assert layers[13]["config"]["not_enforced"] == ["require_pin"]
