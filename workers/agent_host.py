@@ -78,6 +78,7 @@ class AgentHost(AgentTraffic):
         capabilities: Any | None = None,
         security: HostSecurity | None = None,
         memory: HostMemory | None = None,
+        max_agents: int | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.llm_factory = llm_factory
@@ -92,6 +93,7 @@ class AgentHost(AgentTraffic):
         # The agent-side security layers (None: only the sandbox's own checks) and the memory recorder.
         self._security = security
         self._memory = memory
+        self.max_agents = max_agents  # agents this host accepts at once (None: no limit)
         # security.capabilities.CapabilityPolicy (duck-typed): cluster limits and import allow/deny patterns.
         if capabilities is None and security is not None:
             capabilities = security.capabilities
@@ -252,6 +254,12 @@ class AgentHost(AgentTraffic):
             agent_id = f"{manifest.name}-{next(self._ids)}@{self.worker_id}"
         if agent_id in self._agents:
             raise AlreadyExists(f"agent {agent_id!r} already exists on worker {self.worker_id}")
+        if self.max_agents is not None and len(self._agents) >= self.max_agents:
+            if self._security is not None:
+                self._security.audit.append(
+                    "sandbox.max_agents", worker=self.worker_id, agents=len(self._agents), name=manifest.name
+                )
+            raise Busy(f"worker {self.worker_id} already hosts {len(self._agents)} agents (max_agents)")
         provider = None
         if manifest.model is not None and self.llm_factory is not None:
             provider = self.llm_factory(manifest.model)

@@ -61,6 +61,7 @@ def build_host(
     is ``args["security"]`` (``{"table", "source", "data_dir", "base_dir"}``, as the gateway gets it) or,
     without it, the defaults with paths under ``OPENFANG_DATA_DIR``. Every refusal goes to this process's
     handle on the audit chain (``[security.audit] path``) *and* to ``audit`` (the worker's log line).
+    ``args["max_agents"]`` caps the agents this worker hosts at once (spawns past it answer ``busy``).
     """
     registry = default_registry()
     load_tool_modules(registry, list(args.get("tool_modules") or []))
@@ -77,6 +78,7 @@ def build_host(
         max_threads=int(args.get("io_threads", 4)),
         security=security,
         memory=HostMemory(memory) if memory is not None else None,
+        max_agents=int(args["max_agents"]) if args.get("max_agents") else None,
     )
 
 

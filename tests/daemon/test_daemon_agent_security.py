@@ -29,6 +29,10 @@ NASTY = ROOT / "examples" / "agents" / "nasty"
 SECRET = "sk-test-Zq8dX3vR7mK2pL9wT4yB6nH1"
 
 SECURITY = """
+[{prefix}ratelimit.client_requests]
+rate = 1000
+burst = 1000
+
 [{prefix}ratelimit.agent_requests]
 rate = 2
 burst = 12
@@ -81,6 +85,9 @@ start = "openfang.workers.worker:main"
 restart = "permanent"
 shutdown = 3000
 heartbeat_ms = 5000
+
+[supervisor.children.pool.args]
+max_agents = 80
 
 [supervisor.children.pool.args.security]
 source = "cluster.toml"
@@ -455,3 +462,24 @@ def test_security_report_tells_which_layers_are_enforced(cluster: Cluster) -> No
         assert layers[n]["enabled"] and layers[n]["config"]["enforced_by"], layers[n]
     assert not layers[4]["enabled"], layers[4]  # no signing keys in this cluster: nothing is verified
     assert layers[13]["config"]["not_enforced"] == ["require_pin"]
+
+
+def test_client_spawning_past_the_worker_limit_gets_busy_and_the_worker_serves_on(cluster: Cluster) -> None:
+    """A client spawning in a loop is refused (busy) at the worker's max_agents; existing agents answer."""
+    keeper = spawn(cluster, echo("keeper"))
+    made: list[str] = []
+    refused = None
+    for _ in range(100):
+        reply = cluster.call("agent.spawn", {"manifest": echo("flood")})
+        if reply.is_error:
+            refused = reply
+            break
+        made.append(str(reply.body["agent_id"]))
+    assert refused is not None and refused.body["code"] == "busy", refused
+    assert "max_agents" in refused.body["message"]
+    assert len(cluster.ok("agent.list")["agents"]) == 80
+    assert "alive" in send(cluster, keeper, "alive").body["reply"]
+    wait_audit(cluster, "sandbox.max_agents", name="flood")
+    for agent_id in made:
+        cluster.ok("agent.kill", {"agent_id": agent_id})
+    still_serving(cluster)
