@@ -23,7 +23,7 @@ from openfang.protocol.errors import ConfigError, Problem
 from openfang.workers.llm_anthropic import AnthropicProvider
 from openfang.workers.llm_http import HttpSettings
 from openfang.workers.llm_openai import OpenAIProvider
-from openfang.workers.llm_scripted import FallbackProvider, ScriptedProvider, ScriptRule
+from openfang.workers.llm_scripted import FallbackProvider, ScriptedProvider, ScriptRule, check_chain
 from openfang.workers.llm_types import (
     ChatMessage,
     ChatRequest,
@@ -69,7 +69,7 @@ KINDS: dict[str, tuple[str, str, str | None]] = {
 _COMMON = {"provider", "name", "label", "temperature", "max_tokens", "fallback"}
 _HTTP_KEYS = {"base_url", "api_key_env", "timeout", "connect_timeout", "max_retries", "retry_backoff"}
 _SCRIPT_KEYS = {"script", "default", "echo"}
-_RULE_KEYS = {"match", "reply", "tool", "args", "then", "error"}
+_RULE_KEYS = {"match", "reply", "tool", "args", "chain", "then", "error"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -170,16 +170,22 @@ def _check_script(cfg: Mapping[str, Any], where: str) -> list[Problem]:
                 re.compile(match)
             except re.error as exc:
                 bad("match", f"invalid regex {match!r}: {exc}")
-        actions = [k for k in ("reply", "tool", "error") if k in rule]
+        actions = [k for k in ("reply", "tool", "chain", "error") if k in rule]
         if len(actions) != 1:
-            problems.append(Problem(at, f"needs exactly one of reply, tool, error (has {actions or 'none'})"))
+            problems.append(
+                Problem(at, f"needs exactly one of reply, tool, chain, error (has {actions or 'none'})")
+            )
+        if "chain" in rule:
+            problems.extend(check_chain(rule["chain"], where, f"script[{i}].chain"))
         for key in ("reply", "tool", "error", "then"):
             if key in rule and not isinstance(rule[key], str):
                 bad(key, f"must be a string, got {rule[key]!r}")
         if "args" in rule and not isinstance(rule["args"], Mapping):
             bad("args", f"must be a table, got {rule['args']!r}")
-        if ("args" in rule or "then" in rule) and "tool" not in rule:
-            problems.append(Problem(at, "args and then only apply to a tool rule"))
+        if "args" in rule and "tool" not in rule:
+            problems.append(Problem(at, "args only apply to a tool rule (a chain step has its own args)"))
+        if "then" in rule and "tool" not in rule and "chain" not in rule:
+            problems.append(Problem(at, "then only applies to a tool or chain rule"))
     return problems
 
 
