@@ -120,7 +120,7 @@ def test_memory_history_through_the_gateway_shows_every_message_in_and_out(clust
         msgs = cluster.ok("memory.history", {"agent_id": a, "session": "s-hist"})["messages"]
         return list(msgs) if len(msgs) >= 4 else []
 
-    msgs = sorted(wait_for(history, 20, "four episodic entries"), key=lambda m: m["time"])
+    msgs = list(reversed(wait_for(history, 20, "four episodic entries")))  # the reply is newest first
     assert [(m["role"], m["text"]) for m in msgs] == [
         ("user", "hello there"),
         ("assistant", "hello yourself"),
