@@ -169,11 +169,30 @@ def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None
         data_dir=resolved_data,
         control=control,
         logging=logging_cfg,
-        tree=with_gateway(tree, control, sec_args),
+        tree=with_gateway(with_worker_security(tree, sec_args), control, sec_args),
         memory=_table(raw, "memory", source, problems),
         security=security,
         security_args=sec_args,
     )
+
+
+WORKER_START = "openfang.workers.worker:main"
+
+
+def with_worker_security(tree: SupervisorSpec, security: Mapping[str, Any]) -> SupervisorSpec:
+    """Give every worker (at any depth) the cluster's [security] config in its args, unless it has its own.
+
+    Workers enforce most layers (injection, agent rate limits, permissions, exfiltration, redaction...), so
+    they must see the same config the gateway sees, not the defaults.
+    """
+    children = []
+    for child in tree.children:
+        if child.supervisor is not None:
+            child = replace(child, supervisor=with_worker_security(child.supervisor, security))
+        elif child.start == WORKER_START and "security" not in child.args:
+            child = replace(child, args={**child.args, "security": dict(security)})
+        children.append(child)
+    return replace(tree, children=tuple(children))
 
 
 def with_gateway(

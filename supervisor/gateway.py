@@ -245,12 +245,15 @@ class Gateway:
             if worker.pid and pid != worker.pid:
                 self._worker_lost(worker_id, f"restarted (pid {worker.pid} -> {pid})")
                 worker = self.workers.setdefault(worker_id, _Worker(worker_id))
+            known = worker.pid == pid
             worker.pid = pid
             worker.cpu = env.body.get("cpu")
-            worker.agents = int(env.body.get("agents", 0))
-            worker.in_flight = 0
-            self.agents.forget_worker(worker_id, keep=env.body.get("agent_ids", []))
-            log.info("worker_connected", worker=worker_id, pid=worker.pid, cpu=worker.cpu)
+            if "agent_ids" in env.body:  # the full list comes every few hellos
+                self.agents.forget_worker(worker_id, keep=list(env.body["agent_ids"]))
+                worker.agents = self.agents.count(worker_id)
+            if not known:
+                worker.in_flight = 0
+                log.info("worker_connected", worker=worker_id, pid=worker.pid, cpu=worker.cpu)
             return
         if env.type == "event":
             self._publish(env.body)

@@ -27,6 +27,7 @@ from openfang.workers import host_wiring
 
 log = structlog.get_logger("openfang.worker")
 HELLO_EVERY_S = 1.0
+HELLO_FULL_EVERY = 10
 POLL_MS = 100
 
 
@@ -53,6 +54,7 @@ class Worker:
         )
         self.running = True
         self._last_hello = 0.0
+        self._hellos = 0
 
     def serve(self) -> None:
         poller = zmq.Poller()
@@ -113,21 +115,15 @@ class Worker:
             log.warning("reply_dropped_gateway_busy", type=env.type)
 
     def _hello(self) -> None:
+        # Every hello says how many agents we host; every HELLO_FULL_EVERY-th (and the first) also lists
+        # them, so a restarted gateway relearns the directory without 10,000 records a second.
         self._last_hello = time.monotonic()
-        agents: list[dict[str, Any]] = self.host.agents()
-        ids = [a["agent_id"] for a in agents if "agent_id" in a]
-        self._send(
-            Envelope(
-                type="worker.hello",
-                body={
-                    "worker": self.id,
-                    "pid": os.getpid(),
-                    "cpu": self.cpu,
-                    "agents": len(ids),
-                    "agent_ids": ids,
-                },
-            )
-        )
+        body: dict[str, Any] = {"worker": self.id, "pid": os.getpid(), "cpu": self.cpu}
+        if self._hellos % HELLO_FULL_EVERY == 0:
+            ids = [a["agent_id"] for a in self.host.agents() if "agent_id" in a]
+            body.update(agents=len(ids), agent_ids=ids)
+        self._hellos += 1
+        self._send(Envelope(type="worker.hello", body=body))
 
     def _on_uplink(self) -> None:
         while True:
@@ -141,7 +137,7 @@ class Worker:
 
     def _agent_event(self, event: dict[str, Any]) -> None:
         """Agent state changes go to the gateway, which publishes them on the event stream."""
-        event = {"kind": "agent.state", "worker": self.id, **event}
+        event = {"kind": "agent.state", "worker": self.id, "time": time.time(), **event}
         self._send(Envelope(type="event", body=event))
 
     def _audit(self, record: dict[str, Any]) -> None:
