@@ -98,7 +98,12 @@ class Services:
             agent_id = agent.agent_id
 
             def content_filter(text: str) -> str:
-                return sec.redact(sec.check_output(agent_id, text, source="llm"))
+                try:
+                    return sec.redact(sec.check_output(agent_id, text, source="llm"))
+                except OpenFangError as exc:  # output_action = block: the message fails with this error
+                    if agent.guard is not None:
+                        agent.guard.refusal = exc
+                    raise
 
         job = UsageJob(agent)
         chat = agent.chat_cache.convert(messages)
