@@ -74,7 +74,8 @@ class HostAudit:
                 self.failures += 1
                 log.exception("audit_write_failed", kind=kind)
         if self._also is not None:
-            self._also({"kind": kind, **fields})
+            # A layer's own "kind" field (e.g. permissions.denied kind=send) must not replace the record's.
+            self._also({"kind": kind, **{("kind_" if k == "kind" else k): v for k, v in fields.items()}})
 
     def close(self) -> None:
         self.flush()
