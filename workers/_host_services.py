@@ -284,7 +284,12 @@ def default_context(host: AgentHost, agent: HostedAgent) -> Any:
                 sec.memory_scope(agent_id, owners)  # layer 9: raises Denied (audited) for another's memory
             return mem.recall(agent_id, args, owners)
 
-        extra.update(memory_store=mem.store, memory_recall=recall)
+        def store(agent_id: str, args: dict[str, Any]) -> Any:
+            if sec is not None and sec.permissions is not None:
+                sec.permissions.check_memory_write(agent_id, agent_id)  # memory_write = [] makes it read-only
+            return mem.store(agent_id, args)
+
+        extra.update(memory_store=store, memory_recall=recall)
     return _tools.ToolContext(
         agent_id=agent.agent_id,
         allowed=allowed,
