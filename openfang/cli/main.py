@@ -121,10 +121,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     """Follow the event stream (child started/exited/restarted, escalations, agent states)."""
-    kinds = args.kind or None
+    prefixes = tuple(args.kind or ())
     seen = 0
     with _client(args, with_events=True) as client:
-        for event in client.events(kinds):
+        for event in client.events():
+            if prefixes and not str(event.get("kind", "")).startswith(prefixes):
+                continue
             print(
                 json.dumps(event, sort_keys=True, default=str) if args.json else render.event(event),
                 flush=True,

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,57 @@ def test_make_run_demo_spawns_agents_and_holds_a_conversation(tmp_path: Path) ->
     assert "The tool says:" in out.stdout
     assert "supervisor stopped (exit status 0)" in out.stdout
     assert Path(data, "supervisor.log").stat().st_size > 0
+
+
+def test_ctl_agent_lifecycle_verbs_spawn_suspend_resume_info_kill(make_cluster: type[Cluster]) -> None:
+    """openfang agent spawn/send/suspend/resume/info/kill/list drive one agent through its lifecycle."""
+    c = make_cluster(workers=1).start()
+    ep = ["--endpoint", c.endpoint, "--json"]
+    spawned = json.loads(_ctl("agent", "spawn", str(AGENTS / "greeter.toml"), *ep).stdout)
+    aid = spawned["agent_id"]
+    assert "WebAssembly" in _ctl("agent", "send", aid, "who are you?", "--endpoint", c.endpoint).stdout
+    assert _ctl("agent", "suspend", aid, *ep).returncode == 0
+    assert json.loads(_ctl("agent", "info", aid, *ep).stdout)["state"] == "suspended"
+    assert _ctl("agent", "resume", aid, *ep).returncode == 0
+    info = json.loads(_ctl("agent", "info", aid, *ep).stdout)
+    assert info["state"] == "running" and info["messages"] == 1 and info["worker"] == "workers-0"
+    listed = json.loads(_ctl("agent", "list", *ep).stdout)["agents"]
+    assert [a["agent_id"] for a in listed] == [aid]
+    assert _ctl("agent", "kill", aid, *ep).returncode == 0
+    gone = _ctl("agent", "info", aid, *ep)
+    assert gone.returncode == 1 and "not_found" in gone.stdout + gone.stderr
+    assert c.stop() == 0
+
+
+def test_ctl_events_follows_the_stream_and_keys_generate_writes_keys(make_cluster: type[Cluster]) -> None:
+    """openfang events prints lifecycle events as they happen; keys generate makes a usable keys dir."""
+    c = make_cluster(workers=1).start()
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "openfang.cli.main",
+            "events",
+            "--endpoint",
+            c.endpoint,
+            "--events-endpoint",
+            c.events_endpoint,
+            "--kind",
+            "child.",
+            "--count",
+            "2",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # the subscription must reach the publisher before the events happen
+    os.kill(c.node("workers", "workers-0")["pid"], signal.SIGKILL)
+    out, _ = follower.communicate(timeout=30)
+    kinds = [json.loads(line)["kind"] for line in out.splitlines()]
+    assert len(kinds) == 2 and all(k.startswith("child.") for k in kinds), kinds
+    keys = c.dir / "newkeys"
+    made = json.loads(_ctl("keys", "generate", "--out", str(keys), "--name", "ops", "--json").stdout)
+    assert Path(made["client_secret"]).stat().st_mode & 0o077 == 0
+    assert (keys / "authorized" / "ops.key").exists()
+    assert c.stop() == 0
