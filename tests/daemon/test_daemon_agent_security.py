@@ -483,3 +483,24 @@ def test_client_spawning_past_the_worker_limit_gets_busy_and_the_worker_serves_o
     for agent_id in made:
         cluster.ok("agent.kill", {"agent_id": agent_id})
     still_serving(cluster)
+
+
+def test_secrets_and_pii_in_a_tool_result_are_redacted_from_the_reply(cluster: Cluster) -> None:
+    """Layer 11: an email address, a card number and the agent's secret read from a file never reach the
+    client; the rest of the text does."""
+    a = spawn(
+        cluster,
+        scripted(
+            "redactor",
+            rule(r"read (?P<f>\S+)", "fs_read_scoped", {"path": "{f}"}),
+            tools=["fs_read_scoped"],
+            extra='secret_env = ["OF_TEST_SECRET"]',
+        ),
+    )
+    root = cluster.data_dir / "agents" / a / "files"
+    (root / "crm.txt").write_text(f"customer alice@example.com card 4111 1111 1111 1111 token {SECRET} ok\n")
+    reply = send(cluster, a, "read crm.txt")
+    text = reply.body["reply"]
+    assert "customer" in text and "[REDACTED:email]" in text and "[REDACTED:credit_card]" in text, text
+    assert "alice@example.com" not in text and "4111 1111" not in text and SECRET not in text
+    still_serving(cluster)
