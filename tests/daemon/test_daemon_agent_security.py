@@ -504,3 +504,18 @@ def test_secrets_and_pii_in_a_tool_result_are_redacted_from_the_reply(cluster: C
     assert "customer" in text and "[REDACTED:email]" in text and "[REDACTED:credit_card]" in text, text
     assert "alice@example.com" not in text and "4111 1111" not in text and SECRET not in text
     still_serving(cluster)
+
+
+def test_manifest_asking_above_the_cluster_maxima_is_refused_at_spawn(cluster: Cluster) -> None:
+    """Layers 5-6: fuel or heap above [security.sandbox] fuel_max / memory_max_mb is refused, not clamped."""
+    greedy = (
+        echo("greedy") + "[sandbox.memory]\nmax_heap_mb = 512\n[sandbox.fuel]\nmax_fuel = 2_000_000_000\n"
+    )
+    reply = cluster.call("agent.spawn", {"manifest": greedy})
+    assert reply.is_error and reply.body["code"] == "denied", reply.body
+    assert (
+        "memory_mb 512 > 256" in reply.body["message"]
+        and "fuel 2000000000 > 1000000000" in reply.body["message"]
+    )
+    wait_audit(cluster, "capabilities.limits_refused")
+    still_serving(cluster)
