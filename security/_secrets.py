@@ -130,9 +130,7 @@ SECRET_DETECTORS: tuple[Detector, ...] = (
 PII_DETECTORS: tuple[Detector, ...] = (
     Detector(kind="email", pattern=_P(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")),
     # Not the fraction or integer part of a decimal number (a float's digits pass Luhn one time in ten).
-    Detector(
-        kind="credit_card", pattern=_P(r"(?<![\d.])\b(?:\d[ \-]?){12,18}\d\b(?!\.\d)"), check=_luhn
-    ),
+    Detector(kind="credit_card", pattern=_P(r"(?<![\d.])\b(?:\d[ \-]?){12,18}\d\b(?!\.\d)"), check=_luhn),
     Detector(kind="us_ssn", pattern=_P(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")),
     Detector(kind="phone", pattern=_P(r"(?<![\w+])\+\d{1,3}[ \-.]?\(?\d{1,4}\)?(?:[ \-.]?\d{2,4}){2,4}\b")),
     Detector(kind="iban", pattern=_P(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}(?: ?[A-Z0-9]{1,3})?\b")),
