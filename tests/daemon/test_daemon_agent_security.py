@@ -1,7 +1,7 @@
 """The agent-side security layers on a real daemon: each attack performed, stopped, audited; service goes on.
 
-One cluster for the module (one worker, memory writer, a [security] table the workers receive through the
-pool's args), so agents that attack and agents that keep answering share one worker process.
+One cluster for the module (one worker, memory writer, a [security] table the daemon gives the gateway and
+the workers), so agents that attack and agents that keep answering share one worker process.
 """
 
 from __future__ import annotations
@@ -89,30 +89,21 @@ heartbeat_ms = 5000
 [supervisor.children.pool.args]
 max_agents = 80
 
-[supervisor.children.pool.args.security]
-source = "cluster.toml"
-data_dir = "{data_dir}"
-base_dir = "{base_dir}"
-{pool_security}
 {security}
 """
 
 
-def security_config(data_dir: Path, base_dir: Path, name: str) -> str:
-    """The cluster config with the same [security] for the gateway and (via pool args) the workers."""
-    pool = SECURITY.format(prefix="supervisor.children.pool.args.security.table.", publisher=PUBLISHER_HEX)
+def security_config(data_dir: Path, name: str) -> str:
+    """The cluster config; the daemon hands its [security] to the gateway and to every worker."""
     return CONFIG.format(
-        data_dir=data_dir,
-        base_dir=base_dir,
-        pool_security=pool,
-        security=SECURITY.format(prefix="security.", publisher=PUBLISHER_HEX),
+        data_dir=data_dir, security=SECURITY.format(prefix="security.", publisher=PUBLISHER_HEX)
     ).replace('name = "agent-security"', f'name = "{name}"')
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     c = Cluster(workers=1)
-    c.config_path.write_text(security_config(c.data_dir, c.dir, "agent-security"))
+    c.config_path.write_text(security_config(c.data_dir, "agent-security"))
     try:
         c.start(env={"OF_TEST_SECRET": SECRET, "OPENFANG_EMBEDDER": "hash"})
         yield c
