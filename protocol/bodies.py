@@ -343,7 +343,7 @@ class MemoryStatsOk:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SecurityReportOk:
-    """One entry per security layer: ``{"layer", "name", "module", "enabled", "config"}`` (no key material)."""
+    """One entry per security layer: ``{"layer", "name", "module", "enabled", "config"}``; no key material."""
 
     layers: Annotated[list[dict[str, Any]], Len(64)]
 
