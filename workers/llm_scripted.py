@@ -228,8 +228,8 @@ class ScriptedProvider:
         rule = self.rules[index] if index < len(self.rules) else None
         if rule is None:  # a call this script did not make (e.g. after a fallback): report the result
             return result, []
-        m = rule.match.search(user)
-        env = self._env(m, user) if m else _base_env(user)
+        found = rule.match.search(user)
+        env = self._env(found, user) if found else _base_env(user)
         env["result"] = result
         if rule.chain:
             step = _tool_results_since_user(msgs)
