@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import OpenFangError
+from openfang.supervisor.restart import RestartWindow  # OTP's add_restart, shared with the tree
 from openfang.workers import _host_jobs as jobs
 from openfang.workers import guest_abi as abi
 from openfang.workers import tools as _tools
@@ -24,20 +25,6 @@ from openfang.workers.sandbox import DoneJob, Job, Sandbox
 
 if TYPE_CHECKING:
     from openfang.workers.agent_host import AgentHost
-
-
-class RestartWindow:
-    """OTP's add_restart: at most ``intensity`` restarts within ``period`` seconds."""
-
-    def __init__(self, intensity: int, period: float) -> None:
-        self.intensity, self.period = intensity, period
-        self.times: deque[float] = deque()
-
-    def add_restart(self, now: float) -> bool:
-        self.times.append(now)
-        while self.times and self.times[0] <= now - self.period:
-            self.times.popleft()
-        return len(self.times) <= self.intensity
 
 
 @dataclass(kw_only=True)

@@ -3,9 +3,9 @@
 The host is a dynamic supervisor with ``simple_one_for_one`` semantics over its agents: every agent is a
 child started from a manifest; a crashed agent (trap, wall-clock deadline, failed init) is restarted per its
 manifest's ``restart`` policy within an intensity window (more than ``restart_intensity`` restarts in
-``restart_period_ms`` and the agent is given up: only that agent, never its siblings). The window is a
-local copy (``_host_services.RestartWindow``) of ``openfang.supervisor.restart`` semantics: ``workers`` may
-not import ``supervisor`` (package boundary).
+``restart_period_ms`` and the agent is given up: only that agent, never its siblings). The window is the
+supervisor tree's own pure ``openfang.supervisor.restart.RestartWindow`` (the one part of ``supervisor``
+that ``workers`` may import), so agents and processes restart by the same rule.
 
 Driving it (the worker's loop)::
 
