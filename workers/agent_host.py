@@ -41,6 +41,7 @@ from openfang.protocol.errors import (
     SecurityError,
 )
 from openfang.security._errors import Denied
+from openfang.supervisor.restart import RestartWindow
 from openfang.workers import _host_jobs as jobs
 from openfang.workers import guest_abi as abi
 from openfang.workers import llm as _llm
@@ -48,7 +49,7 @@ from openfang.workers import tools_kv as _tools_kv
 from openfang.workers._host_agents import AgentTraffic
 from openfang.workers._host_memory import HostMemory
 from openfang.workers._host_security import HostSecurity
-from openfang.workers._host_services import HostedAgent, RestartWindow, Services
+from openfang.workers._host_services import HostedAgent, Services
 from openfang.workers._wasmtime import EngineOptions, HostFunctionSpec, Runtime
 from openfang.workers.manifest import AgentManifest, ModelConfig, load_manifest
 from openfang.workers.sandbox import Outcome, Sandbox, State
