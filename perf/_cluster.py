@@ -28,6 +28,10 @@ hwm = 100000
 [logging]
 level = "warning"
 format = "json"
+# The load generator is one client: unlimited (rate = 0) buckets, still checked on every request.
+[security.ratelimit.client_requests]
+rate = 0
+burst = 0
 [supervisor]
 strategy = "one_for_one"
 intensity = 1000
