@@ -54,7 +54,7 @@ def test_full_request_table_answers_busy_not_silence(make_cluster: type[Cluster]
     """Past queue_limit requests in flight, the gateway answers busy at once; every request is answered."""
     c = make_cluster(workers=1, queue_limit=1).start()
     ids = []
-    for _ in range(40):
+    for _ in range(300):
         env = Envelope(type="tree")
         ids.append(env.id)
         c.send_raw(encode(env))
