@@ -52,7 +52,8 @@ def test_req_style_framing_is_answered_with_a_delimiter(make_cluster: type[Clust
 
 def test_full_request_table_answers_busy_not_silence(make_cluster: type[Cluster]) -> None:
     """Past queue_limit requests in flight, the gateway answers busy at once; every request is answered."""
-    c = make_cluster(workers=1, queue_limit=1).start()
+    unlimited = "\n[security.ratelimit.client_requests]\nrate = 0\nburst = 0\n"  # only the queue may refuse
+    c = make_cluster(workers=1, queue_limit=1, extra=unlimited).start()
     ids = []
     for _ in range(300):
         env = Envelope(type="tree")
