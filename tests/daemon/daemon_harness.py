@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -275,6 +276,7 @@ class Cluster:
             self._sock.close()
         self.zctx.term()
         self.notify.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _alive(pid: int, created: float) -> bool:
