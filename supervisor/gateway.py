@@ -31,6 +31,7 @@ from openfang.protocol.errors import (
     ProtocolError,
     RemoteError,
     SandboxError,
+    SecurityError,
     Timeout,
 )
 from openfang.protocol.sockets import bind_pub, bind_router, send_nowait
@@ -68,6 +69,7 @@ class _Waiting:
     deadline: float
     on_reply: Callable[[Envelope], Envelope | None] | None = None
     worker: str | None = None  # the worker asked, so its death can fail the request at once
+    via_workers: bool = False  # the asker is a worker (an agent's message to another worker's agent)
 
 
 @dataclass(slots=True)
@@ -137,7 +139,11 @@ class Gateway:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            handle(frames)
+            try:
+                handle(frames)
+            except Exception:
+                # A bug in handling one message must not take the door down for every client.
+                log.exception("gateway_message_failed", frames=len(frames))
 
     # -- clients ----------
 
@@ -197,13 +203,15 @@ class Gateway:
         delimited: bool,
         env: Envelope,
         worker_id: str,
-        on_reply: Callable[[Envelope], Envelope] | None = None,
+        on_reply: Callable[[Envelope], Envelope | None] | None = None,
+        via_workers: bool = False,
     ) -> None:
         key = os.urandom(8).hex()
         forwarded = Envelope(type=env.type, body=env.body, id=key)
         send_nowait(self.worker_sock, [worker_id.encode(), encode(forwarded)], peer=f"worker {worker_id}")
+        deadline = time.monotonic() + self.timeout_s
         self.waiting[key] = _Waiting(
-            identity, delimited, env, time.monotonic() + self.timeout_s, on_reply, worker=worker_id
+            identity, delimited, env, deadline, on_reply, worker=worker_id, via_workers=via_workers
         )
         if worker_id in self.workers:
             self.workers[worker_id].in_flight += 1
@@ -218,10 +226,10 @@ class Gateway:
         if gather.expected == 0:
             self._reply(identity, delimited, gather.result())
 
-    def _reply(self, identity: bytes, delimited: bool, env: Envelope) -> None:
+    def _reply(self, identity: bytes, delimited: bool, env: Envelope, via_workers: bool = False) -> None:
         frames = [identity, b"", encode(env)] if delimited else [identity, encode(env)]
         try:
-            send_nowait(self.clients, frames, peer="client")
+            send_nowait(self.worker_sock if via_workers else self.clients, frames, peer="client")
         except OpenFangError as exc:
             # The client left or stopped reading; there is nobody to tell.
             log.info("reply_dropped", reason=str(exc), request_type=env.type)
@@ -258,6 +266,9 @@ class Gateway:
         if env.type == "event":
             self._publish(env.body)
             return
+        if env.type == "worker.forward":
+            self._on_forward(worker_id, env)
+            return
         waiting = self.waiting.pop(env.id, None)
         if waiting is None:
             return  # a late answer to a request that already timed out
@@ -273,7 +284,26 @@ class Gateway:
             if merged is None:
                 return
             answer = merged
-        self._reply(waiting.identity, waiting.delimited, answer)
+        self._reply(waiting.identity, waiting.delimited, answer, waiting.via_workers)
+
+    def _on_forward(self, worker_id: str, env: Envelope) -> None:
+        """An agent on ``worker_id`` messages an agent elsewhere: route it like a client request.
+
+        The sender must be an agent this very worker hosts, so a worker cannot speak for another's agents.
+        """
+        identity = worker_id.encode()
+        try:
+            sender = env.body.get("sender")
+            inner = env.body.get("request") or {}
+            if not isinstance(sender, str) or self.agents.worker_of.get(sender) != worker_id:
+                raise SecurityError(f"worker {worker_id} does not host agent {sender!r}; forward refused")
+            if inner.get("type") != "agent.send" or not isinstance(inner.get("body"), dict):
+                raise ProtocolError("worker.forward: only agent.send requests are forwarded")
+            request = decode(encode(Envelope(type="agent.send", body=inner["body"], id=env.id)))
+            target = routing.route(request, self.agents, self.workers)
+            self._to_worker(identity, False, request, target.workers[0], via_workers=True)
+        except OpenFangError as exc:
+            self._reply(identity, False, env.error(exc), via_workers=True)
 
     # -- the root ----------
 

@@ -48,6 +48,7 @@ class AgentTraffic:
     _security: HostSecurity | None
     _memory: HostMemory | None
     _runner: JobRunner
+    _remote_send: Callable[[str, Envelope], Future[Any]] | None = None
 
     def submit(self, env: Envelope) -> None:  # provided by AgentHost
         raise NotImplementedError
@@ -97,13 +98,35 @@ class AgentTraffic:
         return fut
 
     # -- the tools' work, on the loop thread -----------------------------------------------------------------
+    def set_remote_send(self, send: Callable[[str, Envelope], Future[Any]] | None) -> None:
+        """How to reach agents on other workers: ``send(sender_id, agent.send envelope) -> Future``.
+
+        The worker forwards through the gateway, which checks that the sender really lives on this worker
+        (so no worker can speak for another's agents) and routes to the target's worker.
+        """
+        self._remote_send = send
+
+    def _sender_claim_check(self, sender: str, to: str, claimed: Any) -> None:
+        """Only the host speaks for an agent: a sender claim written by the guest is refused (and audited
+        as impersonation when it names anyone but the agent that actually sent it)."""
+        sec = self._security
+        who = claimed.get("agent") if isinstance(claimed, Mapping) else None
+        if who != sender:
+            if sec is not None:
+                sec.audit.append("identity.impersonation", agent_id=sender, claimed=str(who)[:128], target=to)
+            raise Denied(
+                f"agent {sender!r} claims to be {str(who)[:128]!r} (impersonation refused)",
+                layer="identity",
+                reason="impersonation",
+            )
+        raise ProtocolError("agent_send: the sender is set by the host, not by the message")
+
     def _agent_send(self, sender: str, args: Mapping[str, Any]) -> Future[Any]:
         to, message = str(args["to"]), args["message"]
         target = self._agents.get(to)
-        if target is None:
-            raise NotFound(
-                f"no agent {to!r} on worker {self.worker_id} (agent_send reaches this worker only)"
-            )
+        remote = getattr(self, "_remote_send", None)
+        if target is None and remote is None:
+            raise NotFound(f"no agent {to!r} on worker {self.worker_id}")
         if to == sender:
             raise ProtocolError("agent_send: an agent cannot message itself (it would wait on its own reply)")
         claimed = message.get(FROM_KEY) if isinstance(message, Mapping) else None
@@ -113,25 +136,20 @@ class AgentTraffic:
         env = Envelope(type="agent.send", body={"agent_id": to, "text": text, "session": f"agent:{sender}"})
         sec = self._security
         if sec is not None:
-            sec.check_send(sender, to, target.manifest.name)
-            guard = sec.guards.get(sender)
-            if claimed is not None or guard is None:
-                # Only the host signs for an agent: a sender claim written by the guest is refused, and
-                # audited as impersonation when it names anyone but the agent that actually sent it.
-                who = claimed.get("agent") if isinstance(claimed, Mapping) else None
-                if who != sender:
-                    sec.audit.append(
-                        "identity.impersonation", agent_id=sender, claimed=str(who)[:128], target=to
-                    )
-                    raise Denied(
-                        f"agent {sender!r} claims to be {str(who)[:128]!r} (impersonation refused)",
-                        layer="identity",
-                        reason="impersonation",
-                    )
-                raise ProtocolError("agent_send: the sender is set by the host, not by the message")
-            signed = sign_agent_message(env, guard.identity)
-            env = sec.verifier.verify(signed, transport_sender=sender).env
-        fut = self._internal_request(env)
+            if claimed is not None or sec.guards.get(sender) is None:
+                self._sender_claim_check(sender, to, claimed)
+            # A remote target's manifest name is not known here: grants match its id (default ids start
+            # with the manifest name, so "summarizer-*" still matches "summarizer-2@workers-1").
+            sec.check_send(sender, to, target.manifest.name if target is not None else to)
+        if target is None:
+            assert remote is not None
+            fut = remote(sender, env)
+        else:
+            if sec is not None:
+                guard = sec.guards[sender]
+                signed = sign_agent_message(env, guard.identity)
+                env = sec.verifier.verify(signed, transport_sender=sender).env
+            fut = self._internal_request(env)
         out: Future[Any] = Future()
 
         def done(f: Future[Any]) -> None:

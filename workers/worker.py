@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from openfang.memory.client import locations
 from openfang.memory.service import MemoryService
 from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.protocol.errors import NotFound, OpenFangError, ProtocolError
+from openfang.protocol.messages import remote_error
 from openfang.supervisor.child import ChildContext
 from openfang.workers import host_wiring
 
@@ -52,6 +54,8 @@ class Worker:
         self.host = host_wiring.build_host(
             self.id, ctx.args, events=self._agent_event, audit=self._audit, memory=self.memory
         )
+        self.host.set_remote_send(self._forward)
+        self._forwards: dict[str, Future[Any]] = {}
         self.running = True
         self._last_hello = 0.0
         self._hellos = 0
@@ -93,6 +97,13 @@ class Worker:
         except OpenFangError as exc:
             log.warning("gateway_message_invalid", error=str(exc))
             return
+        forwarded = self._forwards.pop(env.id, None)
+        if forwarded is not None:  # the answer to one of our agents' messages to another worker
+            if env.is_error:
+                forwarded.set_exception(remote_error(env.body))
+            else:
+                forwarded.set_result(dict(env.body))
+            return
         try:
             if env.type == "worker.ping":
                 self._send(env.reply({"worker": self.id, "pid": os.getpid(), "cpu": self.cpu}))
@@ -106,6 +117,14 @@ class Worker:
                 raise ProtocolError(f"type: worker {self.id} does not serve {env.type!r}")
         except OpenFangError as exc:
             self._send(env.error(exc))
+
+    def _forward(self, sender: str, request: Envelope) -> Future[Any]:
+        """Send one of our agents' requests (agent_send) to the gateway, for an agent on another worker."""
+        fut: Future[Any] = Future()
+        self._forwards[request.id] = fut
+        body = {"sender": sender, "request": {"type": request.type, "body": request.body}}
+        self._send(Envelope(type="worker.forward", body=body, id=request.id))
+        return fut
 
     def _send(self, env: Envelope) -> None:
         try:
