@@ -113,6 +113,15 @@ class HostMemory:
         cb = self._with_tool_api(lambda api: api.host_callbacks()["memory_store"])
         return dict(self._with_tool_api(lambda api: cb(agent_id, args)))
 
+    def history(self, agent_id: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """``memory_history`` for ``agent_id``: its own messages only (read-your-writes included)."""
+
+        def work(api: MemoryAPI) -> list[dict[str, Any]]:
+            rows = api.memory_history(agent_id, args.get("session"), int(args.get("limit", 20)))
+            return [{k: row.get(k) for k in ("role", "text", "session", "ts")} for row in rows]
+
+        return list(self._with_tool_api(work))
+
     def recall(self, agent_id: str, args: dict[str, Any], owners: list[str]) -> list[dict[str, Any]]:
         """``memory_recall`` over ``owners`` (already permitted by layer 9; default: the agent itself)."""
 

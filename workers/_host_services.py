@@ -276,7 +276,11 @@ def default_context(host: AgentHost, agent: HostedAgent) -> Any:
                 sec.permissions.check_memory_write(agent_id, agent_id)  # memory_write = [] makes it read-only
             return mem.store(agent_id, args)
 
-        extra.update(memory_store=store, memory_recall=recall)
+        extra.update(
+            memory_store=store,
+            memory_recall=recall,
+            memory_history=lambda agent_id, args: mem.history(agent_id, args),
+        )
     return _tools.ToolContext(
         agent_id=agent.agent_id,
         allowed=allowed,

@@ -171,4 +171,16 @@ HOST_TOOLS: tuple[Tool, ...] = (
         permission="memory.recall",
         call=_via("memory_recall", lambda c: c.memory_recall),
     ),
+    Tool(
+        name="memory_history",
+        description="Your own latest conversation messages (oldest first), optionally of one session.",
+        schema=_obj(
+            {
+                "session": {"type": "string", "minLength": 1, "maxLength": 128},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20},
+            }
+        ),
+        permission="memory.recall",
+        call=_via("memory_history", lambda c: c.memory_history),
+    ),
 )

@@ -185,3 +185,26 @@ def test_retention_policy_applies_when_an_agent_is_killed(cluster: Cluster) -> N
     wait_for(lambda: state("purge") == (0, 0), 20, "purged memories")
     wait_for(lambda: state("archive") == (1, 1), 20, "archived memories")
     assert state("keep") == (1, 0)
+
+
+def test_memory_history_tool_shows_the_agent_its_own_conversation(cluster: Cluster) -> None:
+    """The memory_history tool returns the calling agent's earlier messages (and only its own)."""
+    rules = (
+        "{match = 'what did I say', tool = 'memory_history', args = {session = 's-own'}, then = '{result}'},"
+    )
+    manifest = agent("diarist", rules).replace(
+        'tools = ["memory_store", "memory_recall"]', 'tools = ["memory_history"]'
+    )
+    a = spawn(cluster, manifest)
+    other = spawn(cluster, agent("bystander", "{match = 'x', reply = 'y'},"))
+    say(cluster, other, "x marks a secret of the bystander", session="s-own")
+    say(cluster, a, "the sky is green today", session="s-own")
+    wait_for(
+        lambda: len(cluster.ok("memory.history", {"agent_id": a, "session": "s-own"})["messages"]) >= 2,
+        20,
+        "the first exchange to be recorded",
+    )
+    entries = json.loads(say(cluster, a, "what did I say before?", session="s-own"))
+    texts = [e["text"] for e in entries]
+    assert "the sky is green today" in texts, entries
+    assert not any("bystander" in t for t in texts), "an agent sees only its own history"

@@ -145,7 +145,7 @@ def test_every_builtin_tool_has_a_valid_schema_and_a_documented_permission() -> 
         tool = REG.get(name)
         assert tool is not None and check_schema(tool.schema) == []
         assert name in PERMISSIONS[tool.permission]
-    assert len(REG.names()) == 16
+    assert len(REG.names()) == 17
 
 
 def test_validate_fills_defaults_without_mutating_input() -> None:
