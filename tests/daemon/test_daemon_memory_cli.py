@@ -66,3 +66,20 @@ def test_killed_memory_writer_is_restarted_and_acknowledged_writes_survive(
     stats = json.loads(_ctl("memory", "stats", "--endpoint", c.endpoint, "--json").stdout)
     assert stats["counts"]["episodes"] == 60
     assert c.stop() == 0
+
+
+def test_status_names_the_embedder_and_says_when_it_is_the_fallback(make_cluster: type[Cluster]) -> None:
+    """openfang status shows the memory store and which embedder is active, flagging the hashing fallback."""
+    c = make_cluster(workers=1, memory=True).start(env={"OPENFANG_EMBEDDER": "hash"})
+    status = json.loads(_ctl("status", "--endpoint", c.endpoint, "--json").stdout)
+    assert status["embedder"].startswith("hash") and "fallback" in status["embedder"]
+    assert "episodes 0" in status["memory"]
+    assert c.stop() == 0
+
+
+def test_status_without_a_memory_writer_says_memory_is_unavailable(make_cluster: type[Cluster]) -> None:
+    """A cluster with no memory child still answers status, and says memory is not configured."""
+    c = make_cluster(workers=1).start()
+    status = json.loads(_ctl("status", "--endpoint", c.endpoint, "--json").stdout)
+    assert status["state"] == "running" and status["memory"].startswith("unavailable (not_found")
+    assert c.stop() == 0
