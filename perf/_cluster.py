@@ -28,10 +28,6 @@ hwm = 100000
 [logging]
 level = "warning"
 format = "json"
-# The load generator is one client: unlimited (rate = 0) buckets, still checked on every request.
-[security.ratelimit.client_requests]
-rate = 0
-burst = 0
 [supervisor]
 strategy = "one_for_one"
 intensity = 1000
@@ -163,6 +159,10 @@ class BenchCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# The load generator is one client: unlimited (rate = 0) buckets, still checked on every request.
+UNLIMITED_CLIENT = "\n[security.ratelimit.client_requests]\nrate = 0\nburst = 0\n"
 
 
 def percentile(values: list[float], q: float) -> float:

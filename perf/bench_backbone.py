@@ -10,7 +10,7 @@ from typing import Any
 
 from openfang.protocol.envelope import Envelope, encode
 
-from perf._cluster import BenchCluster, percentile
+from perf._cluster import UNLIMITED_CLIENT, BenchCluster, percentile
 
 
 def _metric(
@@ -30,7 +30,7 @@ def _metric(
 def bench_ready(rounds: int) -> list[dict[str, Any]]:
     times = []
     for i in range(rounds):
-        with BenchCluster(workers="auto") as c:
+        with BenchCluster(workers="auto", extra=UNLIMITED_CLIENT) as c:
             times.append(c.start() * 1000)
         print(f"  exec->READY round {i + 1}/{rounds}: {times[-1]:.1f} ms", flush=True)
     return [
@@ -49,7 +49,7 @@ def bench_ready(rounds: int) -> list[dict[str, Any]]:
 def bench_worker_restart(rounds: int) -> list[dict[str, Any]]:
     """kill -9 a worker; time until worker.ping answers from a new pid."""
     samples = []
-    with BenchCluster(workers=2) as c:
+    with BenchCluster(workers=2, extra=UNLIMITED_CLIENT) as c:
         c.start()
         for i in range(rounds):
             node = next(n for n in c.call("tree")["children"] if n["id"] == "workers")
@@ -84,7 +84,7 @@ def bench_worker_restart(rounds: int) -> list[dict[str, Any]]:
 
 def bench_round_trip(count: int, label: str, tcp: bool = False) -> list[dict[str, Any]]:
     """Sequential ping latency and pipelined msgs/s through the gateway (tcp: with CURVE, as required)."""
-    with BenchCluster(workers=1) as c:
+    with BenchCluster(workers=1, extra=UNLIMITED_CLIENT) as c:
         if tcp:
             c.use_tcp()
         c.start()

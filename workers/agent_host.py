@@ -23,7 +23,7 @@ import itertools
 import threading
 import time
 import tomllib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -56,6 +56,7 @@ from openfang.workers.sandbox import Outcome, Sandbox, State
 
 log = structlog.get_logger("openfang.workers.agent_host")
 MAX_INBOX = 1024
+MANIFEST_CACHE = 256  # distinct manifest texts kept parsed
 HOST_SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a in abi.HOST_FUNCTIONS)
 
 
@@ -115,6 +116,7 @@ class AgentHost(AgentTraffic):
         # Work tool threads hand to the loop (agent_send/spawn/list), and where internal requests' replies go.
         self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._internal: dict[str, Future[Any]] = {}
+        self._manifest_cache: OrderedDict[tuple[str, str], AgentManifest] = OrderedDict()
         self._spawn_parents: dict[str, str] = {}
         self._loop_thread = threading.get_ident()
 
@@ -234,13 +236,17 @@ class AgentHost(AgentTraffic):
                 self._security.audit.append("sandbox.spawn_refused", worker=self.worker_id, error=exc.message)
             raise
 
-    def _spawn(self, env: Envelope) -> None:
-        text = env.body.get("manifest")
-        if not isinstance(text, str):
-            raise ProtocolError("body.manifest: must be the agent.toml text")
-        mpath = env.body.get("manifest_path")
+    def _parsed_manifest(self, text: str, path: Path | None) -> AgentManifest:
+        """The validated manifest for ``text``; identical texts (a pool of one manifest) are parsed once.
 
-        path = Path(mpath) if isinstance(mpath, str) and mpath else None
+        Parsing and validating is most of a warm spawn's CPU. The result is a frozen value, so sharing it
+        between agents is safe; only successful parses are kept, so a bad manifest is reported every time.
+        """
+        key = (text, str(path) if path else "")
+        manifest = self._manifest_cache.get(key)
+        if manifest is not None:
+            self._manifest_cache.move_to_end(key)
+            return manifest
         names = self.tools.names() if self.tools is not None and hasattr(self.tools, "names") else None
         manifest = load_manifest(
             text,
@@ -249,6 +255,19 @@ class AgentHost(AgentTraffic):
             tool_names=set(names) if names is not None else None,
             validate_model=self._validate_model,
         )
+        self._manifest_cache[key] = manifest
+        if len(self._manifest_cache) > MANIFEST_CACHE:
+            self._manifest_cache.popitem(last=False)
+        return manifest
+
+    def _spawn(self, env: Envelope) -> None:
+        text = env.body.get("manifest")
+        if not isinstance(text, str):
+            raise ProtocolError("body.manifest: must be the agent.toml text")
+        mpath = env.body.get("manifest_path")
+
+        path = Path(mpath) if isinstance(mpath, str) and mpath else None
+        manifest = self._parsed_manifest(text, path)
         # A default id names its worker so ids stay unique across the cluster (the gateway routes by id).
         agent_id = manifest.sandbox.agent_id or f"{manifest.name}-{next(self._ids)}@{self.worker_id}"
         while manifest.sandbox.agent_id is None and agent_id in self._agents:
