@@ -290,7 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     connection_options(common, suppress=True)
 
-    parser = argparse.ArgumentParser(prog="openfang", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="openfang",
+        description="The OpenFANG control client: every verb talks to a running daemon over its control "
+        "endpoint (from --endpoint, else --config, else $OPENFANG_ENDPOINT / $OPENFANG_CONFIG). "
+        "Options go before or after the verb; every verb takes --json.",
+        epilog="exit status: 0 success, 1 the daemon answered with an error, 2 usage or config error, "
+        "3 the daemon could not be reached in time",
+    )
     parser.add_argument("--version", action="version", version=f"openfang {__version__}")
     connection_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
