@@ -14,54 +14,13 @@ from openfang.security.audit import verify
 
 pytestmark = pytest.mark.integration
 
-CONFIG = """
-[cluster]
-name = "agent-memory"
-data_dir = "{data_dir}"
-
-[control]
-request_timeout_ms = 20000
-
-[logging]
-level = "info"
-format = "json"
-
-[supervisor]
-strategy = "one_for_one"
-intensity = 5
-period = 5
-
-[[supervisor.children]]
-id = "memory"
-start = "openfang.memory.writer:main"
-restart = "permanent"
-shutdown = 3000
-heartbeat_ms = 3000
-
-[[supervisor.children]]
-id = "workers"
-type = "supervisor"
-strategy = "one_for_one"
-intensity = 10
-period = 10
-
-[supervisor.children.pool]
-count = 1
-pin = true
-start = "openfang.workers.worker:main"
-restart = "permanent"
-shutdown = 3000
-heartbeat_ms = 5000
-"""
-
 STORE = "{match = '^remember (?P<t>.+)', tool = 'memory_store', args = {text = '{t}'}, then = 'stored'},"
 RECALL = "{match = '^recall (?P<q>.+)', tool = 'memory_recall', args = {query = '{q}'}, then = '{result}'},"
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    c = Cluster(workers=1)
-    c.config_path.write_text(CONFIG.format(data_dir=c.data_dir))
+    c = Cluster(workers=1, memory=True, intensity=5, request_timeout_ms=20000)
     try:
         c.start(env={"OPENFANG_EMBEDDER": "hash"})
         yield c

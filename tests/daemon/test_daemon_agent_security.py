@@ -47,63 +47,18 @@ acme = "{publisher}"
 PUBLISHER = Ed25519PrivateKey.generate()
 PUBLISHER_HEX = PUBLISHER.public_key().public_bytes_raw().hex()
 
-CONFIG = """
-[cluster]
-name = "agent-security"
-data_dir = "{data_dir}"
-
-[control]
-request_timeout_ms = 20000
-
-[logging]
-level = "info"
-format = "json"
-
-[supervisor]
-strategy = "one_for_one"
-intensity = 5
-period = 5
-
-[[supervisor.children]]
-id = "memory"
-start = "openfang.memory.writer:main"
-restart = "permanent"
-shutdown = 3000
-heartbeat_ms = 3000
-
-[[supervisor.children]]
-id = "workers"
-type = "supervisor"
-strategy = "one_for_one"
-intensity = 10
-period = 10
-
-[supervisor.children.pool]
-count = 1
-pin = true
-start = "openfang.workers.worker:main"
-restart = "permanent"
-shutdown = 3000
-heartbeat_ms = 5000
-
+# The workers cap their agents, so a spawn flood meets the limit quickly.
+POOL_ARGS = """
 [supervisor.children.pool.args]
 max_agents = 80
-
-{security}
 """
-
-
-def security_config(data_dir: Path, name: str) -> str:
-    """The cluster config; the daemon hands its [security] to the gateway and to every worker."""
-    return CONFIG.format(
-        data_dir=data_dir, security=SECURITY.format(prefix="security.", publisher=PUBLISHER_HEX)
-    ).replace('name = "agent-security"', f'name = "{name}"')
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    c = Cluster(workers=1)
-    c.config_path.write_text(security_config(c.data_dir, "agent-security"))
+    # The daemon hands this [security] to the gateway and to every worker.
+    security = SECURITY.format(prefix="security.", publisher=PUBLISHER_HEX)
+    c = Cluster(workers=1, memory=True, intensity=5, request_timeout_ms=20000, extra=POOL_ARGS + security)
     try:
         c.start(env={"OF_TEST_SECRET": SECRET, "OPENFANG_EMBEDDER": "hash"})
         yield c
