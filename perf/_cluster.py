@@ -163,11 +163,3 @@ class BenchCluster:
 
 # The load generator is one client: unlimited (rate = 0) buckets, still checked on every request.
 UNLIMITED_CLIENT = "\n[security.ratelimit.client_requests]\nrate = 0\nburst = 0\n"
-
-
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
-    return s[k]

@@ -28,6 +28,8 @@ from openfang.workers._wasmtime import AsyncPoller, EngineOptions, GuestMemory, 
 from openfang.workers.agent_host import AgentHost
 from openfang.workers.tools import default_registry
 
+from perf.workloads import metric, percentile
+
 TIMEOUT_S = 300
 LLM_AGENT = """
 [agent]
@@ -43,23 +45,6 @@ SPIN = """(module (memory (export "memory") 1)
     (loop $l (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br_if $l (i32.lt_u (local.get $i) (local.get $n))))
     (local.get $i)))"""
-
-
-def _metric(name: str, value: float, unit: str, better: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "system": "openfang",
-        "value": round(value, 3),
-        "unit": unit,
-        "better": better,
-        "target": None,
-        **extra,
-    }
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def _request(host: AgentHost, type_: str, **body: Any) -> Envelope:
@@ -91,21 +76,21 @@ def _spawn_times(quick: bool) -> list[dict[str, Any]]:
     finally:
         host.close()
     return [
-        _metric(
+        metric(
             "agent_spawn_cold_ms",
             statistics.median(cold),
             "ms",
             "lower",
             p50=statistics.median(cold),
-            p99=_pct(cold, 99),
+            p99=percentile(cold, 99),
         ),
-        _metric(
+        metric(
             "agent_spawn_warm_ms",
             statistics.median(warm),
             "ms",
             "lower",
             p50=statistics.median(warm),
-            p99=_pct(warm, 99),
+            p99=percentile(warm, 99),
             target=1.0,
         ),
     ]
@@ -127,11 +112,9 @@ def _idle_memory(quick: bool) -> list[dict[str, Any]]:
             grown = proc.memory_info().rss - before
         finally:
             host.close()
-        out.append(
-            _metric(f"agents_idle_{count}_mb", grown / 2**20, "MB", "lower", target=targets.get(count))
-        )
+        out.append(metric(f"agents_idle_{count}_mb", grown / 2**20, "MB", "lower", target=targets.get(count)))
         last = (count, grown)
-    out.append(_metric("agent_idle_kib", last[1] / last[0] / 1024, "KiB", "lower", agents=last[0]))
+    out.append(metric("agent_idle_kib", last[1] / last[0] / 1024, "KiB", "lower", agents=last[0]))
     return out
 
 
@@ -170,7 +153,7 @@ def _yield_resume(quick: bool) -> dict[str, Any]:
         rt.close()
     sliced, sliced_polls, whole, whole_polls = per_poll
     cost_us = (sliced - whole) / max(1, sliced_polls - whole_polls) * 1e6
-    return _metric("agent_yield_resume_us", cost_us, "us", "lower", polls=int(sliced_polls))
+    return metric("agent_yield_resume_us", cost_us, "us", "lower", polls=int(sliced_polls))
 
 
 def _messages(quick: bool) -> list[dict[str, Any]]:
@@ -186,13 +169,13 @@ def _messages(quick: bool) -> list[dict[str, Any]]:
                 _request(host, "agent.send", agent_id=ids[i % len(ids)], text=text)
                 times.append((time.perf_counter() - t0) * 1e6)
             out.append(
-                _metric(
+                metric(
                     name,
                     statistics.median(times),
                     "us",
                     "lower",
                     p50=statistics.median(times),
-                    p99=_pct(times, 99),
+                    p99=percentile(times, 99),
                 )
             )
     finally:

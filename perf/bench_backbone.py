@@ -10,21 +10,8 @@ from typing import Any
 
 from openfang.protocol.envelope import Envelope, encode
 
-from perf._cluster import UNLIMITED_CLIENT, BenchCluster, percentile
-
-
-def _metric(
-    name: str, value: float, unit: str, better: str, target: float | None = None, **extra: Any
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "system": "openfang",
-        "value": value,
-        "unit": unit,
-        "better": better,
-        "target": target,
-        **extra,
-    }
+from perf._cluster import UNLIMITED_CLIENT, BenchCluster
+from perf.workloads import metric, percentile
 
 
 def bench_ready(rounds: int) -> list[dict[str, Any]]:
@@ -34,7 +21,7 @@ def bench_ready(rounds: int) -> list[dict[str, Any]]:
             times.append(c.start() * 1000)
         print(f"  exec->READY round {i + 1}/{rounds}: {times[-1]:.1f} ms", flush=True)
     return [
-        _metric(
+        metric(
             "daemon_exec_to_ready_ms",
             statistics.median(times),
             "ms",
@@ -69,7 +56,7 @@ def bench_worker_restart(rounds: int) -> list[dict[str, Any]]:
             time.sleep(0.05)
     print(f"  worker restart: p50 {percentile(samples, 50):.1f} ms over {len(samples)}", flush=True)
     return [
-        _metric(
+        metric(
             "worker_restart_after_kill9_ms",
             percentile(samples, 50),
             "ms",
@@ -106,7 +93,7 @@ def bench_round_trip(count: int, label: str, tcp: bool = False) -> list[dict[str
         rate = n / (time.perf_counter() - t0)
     print(f"  control round trip {label}: p50 {percentile(lat, 50):.0f} us, {rate:.0f} msgs/s", flush=True)
     return [
-        _metric(
+        metric(
             f"control_round_trip_{label}_us",
             percentile(lat, 50),
             "us",
@@ -115,7 +102,7 @@ def bench_round_trip(count: int, label: str, tcp: bool = False) -> list[dict[str
             p99=percentile(lat, 99),
             samples=len(lat),
         ),
-        _metric(f"control_msgs_per_s_{label}", rate, "msgs/s", "higher"),
+        metric(f"control_msgs_per_s_{label}", rate, "msgs/s", "higher"),
     ]
 
 

@@ -22,25 +22,9 @@ from openfang.workers.llm import ChatMessage, ChatRequest, ScriptedProvider, Scr
 from openfang.workers.tools import ToolContext, default_registry
 
 from openfang.logs import configure_logging
+from perf.workloads import metric, percentile
 
 TIMEOUT_S = 120
-
-
-def _metric(name: str, value: float, unit: str, better: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "system": "openfang",
-        "value": round(value, 3),
-        "unit": unit,
-        "better": better,
-        "target": None,
-        **extra,
-    }
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def _provider() -> ScriptedProvider:
@@ -79,16 +63,16 @@ def bench_scripted(quick: bool) -> list[dict[str, Any]]:
     )
     us = _batches(lambda: p.complete(req), 20, 200 if quick else 2000)
     rate = 1e6 / statistics.median(us)
-    print(f"  scripted provider: {rate:,.0f} calls/s, p50 {_pct(us, 50):.1f} us", flush=True)
+    print(f"  scripted provider: {rate:,.0f} calls/s, p50 {percentile(us, 50):.1f} us", flush=True)
     return [
-        _metric("scripted_llm_calls_per_s", rate, "calls/s", "higher"),
-        _metric(
+        metric("scripted_llm_calls_per_s", rate, "calls/s", "higher"),
+        metric(
             "scripted_llm_call_us",
-            _pct(us, 50),
+            percentile(us, 50),
             "us",
             "lower",
-            p50=_pct(us, 50),
-            p99=_pct(us, 99),
+            p50=percentile(us, 50),
+            p99=percentile(us, 99),
             samples=len(us),
         ),
     ]
@@ -112,17 +96,17 @@ def bench_tool_overhead(quick: bool) -> list[dict[str, Any]]:
         flush=True,
     )
     return [
-        _metric(
+        metric(
             "tool_invoke_overhead_us",
             overhead,
             "us",
             "lower",
             direct_us=round(statistics.median(direct), 3),
             invoke_us=round(statistics.median(via), 3),
-            p50=round(_pct(via, 50), 3),
-            p99=round(_pct(via, 99), 3),
+            p50=round(percentile(via, 50), 3),
+            p99=round(percentile(via, 99), 3),
         ),
-        _metric("tool_denied_us", statistics.median(denied), "us", "lower"),
+        metric("tool_denied_us", statistics.median(denied), "us", "lower"),
     ]
 
 
@@ -144,7 +128,7 @@ def bench_tool_turn(quick: bool) -> list[dict[str, Any]]:
     us = _batches(turn, 10, 200 if quick else 2000)
     rate = 1e6 / statistics.median(us)
     print(f"  tool turn (llm -> tool -> llm): {rate:,.0f} turns/s", flush=True)
-    return [_metric("tool_turn_per_s", rate, "turns/s", "higher", p50_us=round(_pct(us, 50), 2))]
+    return [metric("tool_turn_per_s", rate, "turns/s", "higher", p50_us=round(percentile(us, 50), 2))]
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:

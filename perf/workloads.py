@@ -166,6 +166,28 @@ def percentile(samples: Iterable[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
+def metric(
+    name: str,
+    value: float,
+    unit: str,
+    better: str,
+    *,
+    target: float | None = None,
+    system: str = "openfang",
+    **extra: object,
+) -> dict[str, object]:
+    """One row of a benchmark's result, in the shape ``perf/run.py`` validates (value rounded to 3 places)."""
+    return {
+        "name": name,
+        "system": system,
+        "value": round(value, 3),
+        "unit": unit,
+        "better": better,
+        "target": target,
+        **extra,
+    }
+
+
 def summarize(samples: Sequence[float]) -> dict[str, float]:
     """p50, p99, mean, min and max of ``samples`` (and their count)."""
     if not samples:
