@@ -38,7 +38,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,6 +166,14 @@ class ChildContext:
         if not packet:
             raise EOFError("supervisor closed the uplink")
         return unpack(packet)
+
+    def pending(self) -> Iterator[dict[str, Any]]:
+        """Every message from the parent that is waiting now (none: the iteration ends at once).
+
+        Raises EOFError when the parent is gone, so a child loop can stop instead of spinning.
+        """
+        while (msg := self.recv_nowait()) is not None:
+            yield msg
 
     def request(self, op: str, timeout: float = 10.0, **args: Any) -> Any:
         """Ask the parent supervisor to do ``op`` and wait for the reply (for simple children).

@@ -308,37 +308,37 @@ class Gateway:
     # -- the root ----------
 
     def _on_uplink(self) -> None:
-        while True:
-            try:
-                msg = self.child.recv_nowait()
-            except EOFError:
-                self.running = False
+        try:
+            for msg in self.child.pending():
+                self._on_parent_message(msg)
+        except EOFError:
+            self.running = False
+
+    def _on_parent_message(self, msg: dict[str, Any]) -> None:
+        """One message from the root: an event to publish, or the answer to a tree request."""
+        kind = msg.get("t")
+        if kind == "event":
+            event = msg.get("event") or {}
+            if event.get("kind") == "child.exited" and event.get("child") in self.workers:
+                worker = self.workers[event["child"]]
+                if not event.get("pid") or event.get("pid") == worker.pid:
+                    self._worker_lost(worker.id, f"exited ({event.get('reason', 'unknown reason')})")
+            self._publish(event)
+        elif kind == "rep":
+            waiting = self.waiting.pop(str(msg.get("id")), None)
+            if waiting is None:
                 return
-            if msg is None:
-                return
-            kind = msg.get("t")
-            if kind == "event":
-                event = msg.get("event") or {}
-                if event.get("kind") == "child.exited" and event.get("child") in self.workers:
-                    worker = self.workers[event["child"]]
-                    if not event.get("pid") or event.get("pid") == worker.pid:
-                        self._worker_lost(worker.id, f"exited ({event.get('reason', 'unknown reason')})")
-                self._publish(event)
-            elif kind == "rep":
-                waiting = self.waiting.pop(str(msg.get("id")), None)
-                if waiting is None:
-                    continue
-                if msg.get("ok"):
-                    result = msg.get("result")
-                    answer = waiting.request.reply(result if isinstance(result, dict) else {"result": result})
-                else:
-                    err = msg.get("error") or {}
-                    answer = waiting.request.error(
-                        RemoteError(str(err.get("message", "failed")), code=str(err.get("code", "internal")))
-                    )
-                self._reply(waiting.identity, waiting.delimited, answer)
-            elif kind == "req" and msg.get("op") == "gateway.info":
-                self.child.send({"t": "rep", "id": msg.get("id"), "ok": True, "result": self.info()})
+            if msg.get("ok"):
+                result = msg.get("result")
+                answer = waiting.request.reply(result if isinstance(result, dict) else {"result": result})
+            else:
+                err = msg.get("error") or {}
+                answer = waiting.request.error(
+                    RemoteError(str(err.get("message", "failed")), code=str(err.get("code", "internal")))
+                )
+            self._reply(waiting.identity, waiting.delimited, answer)
+        elif kind == "req" and msg.get("op") == "gateway.info":
+            self.child.send({"t": "rep", "id": msg.get("id"), "ok": True, "result": self.info()})
 
     def _worker_lost(self, worker_id: str, why: str) -> None:
         """A worker died: its agents are gone, and requests it held fail now instead of timing out."""

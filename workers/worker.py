@@ -145,14 +145,12 @@ class Worker:
         self._send(Envelope(type="worker.hello", body=body))
 
     def _on_uplink(self) -> None:
-        while True:
-            try:
-                msg = self.child.recv_nowait()
-            except EOFError:
-                self.running = False
-                return
-            if msg is None:
-                return
+        # The supervisor sends workers nothing they act on yet; drain it, and stop if it is gone.
+        try:
+            for _msg in self.child.pending():
+                pass
+        except EOFError:
+            self.running = False
 
     def _agent_event(self, event: dict[str, Any]) -> None:
         """Agent state changes go to the gateway, which publishes them on the event stream."""
