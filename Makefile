@@ -32,12 +32,12 @@ test: install
 typecheck: install
 	rm -rf .typecheck && mkdir -p .typecheck/openfang
 	for f in openfang/*; do ln -s ../../$$f .typecheck/openfang/; done
-	for d in supervisor workers protocol memory security; do ln -s ../../$$d .typecheck/openfang/$$d; done
+	for d in supervisor control workers protocol memory security; do ln -s ../../$$d .typecheck/openfang/$$d; done
 	cd .typecheck && ../$(VENV)/bin/mypy -p openfang
 
 lint: install
-	$(VENV)/bin/ruff check openfang supervisor workers protocol memory security tests perf
-	$(VENV)/bin/ruff format --check openfang supervisor workers protocol memory security tests perf
+	$(VENV)/bin/ruff check openfang supervisor control workers protocol memory security tests perf
+	$(VENV)/bin/ruff format --check openfang supervisor control workers protocol memory security tests perf
 	$(MAKE) typecheck
 
 check: lint test

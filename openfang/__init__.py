@@ -6,7 +6,8 @@ pins and restarts. Everything talks typed msgpack messages over ZeroMQ.
 Subpackages (one import root; the top-level folders of the repository map onto them):
 
 - ``openfang.protocol``   messages, codec, errors, socket helpers (depends on nothing of ours)
-- ``openfang.supervisor`` the supervisor tree, the daemon (``openfang-supervisor``) and the control gateway
+- ``openfang.supervisor`` the generic OTP supervisor behaviour (specs, restart rules, runtime)
+- ``openfang.control``    the daemon (``openfang-supervisor``), cluster config, the control gateway
 - ``openfang.workers``    worker processes and the sandboxes they host
 - ``openfang.memory``     the single SQLite writer and the read path
 - ``openfang.security``   the security engine

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from openfang.cli import render
+from openfang.control.config import load_config
 from openfang.protocol.client import Client
 from openfang.protocol.errors import OpenFangError
-from openfang.supervisor.config import load_config
 
 DATA = Path(__file__).resolve().parent / "data"
 CONVERSATION = [
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [
         sys.executable,
         "-m",
-        "openfang.supervisor.daemon",
+        "openfang.control.daemon",
         "--config",
         args.config,
         "--data-dir",

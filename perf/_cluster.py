@@ -97,7 +97,7 @@ class BenchCluster:
         t0 = time.perf_counter()
         log = (self.dir / "log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "openfang.supervisor.daemon", "--config", str(self.config)],
+            [sys.executable, "-m", "openfang.control.daemon", "--config", str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=log,
             env=env,

@@ -1,6 +1,6 @@
 """OpenFANG's side of the headline table (perf/README.md), measured on the real running system.
 
-Every figure comes from a real daemon (``openfang.supervisor.daemon``: root supervisor, control gateway,
+Every figure comes from a real daemon (``openfang.control.daemon``: root supervisor, control gateway,
 one pinned worker per CPU) driven over its ZeroMQ control socket by a client written from PROTOCOL.md
 (raw msgpack on a DEALER, many requests in flight, matched by id). Agents are wasmtime sandboxes running
 the built-in LLM guest with the scripted model; the manifests are in ``perf/agents/``, the tool-chain

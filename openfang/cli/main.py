@@ -31,7 +31,7 @@ def resolve_endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
         return args.endpoint, getattr(args, "events_endpoint", None)
     config = getattr(args, "config", None) or os.environ.get("OPENFANG_CONFIG")
     if config:
-        from openfang.supervisor.config import load_config
+        from openfang.control.config import load_config
 
         cfg = load_config(config)
         return cfg.control.endpoint, cfg.control.events
@@ -172,7 +172,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         config = getattr(args, "config", None) or os.environ.get("OPENFANG_CONFIG")
         if not config:
             raise ConfigError("audit verify: pass --path (the audit db) or --config (the cluster.toml)")
-        from openfang.supervisor.config import load_config
+        from openfang.control.config import load_config
 
         sec = load_config(config).security
         path, key_file = sec.audit.path, key_file or sec.audit.key_file
@@ -203,7 +203,7 @@ def _memory_places(args: argparse.Namespace) -> tuple[str, str]:
     config = getattr(args, "config", None) or os.environ.get("OPENFANG_CONFIG")
     if not config:
         raise ConfigError("memory: pass --config (the cluster.toml) or --db / --writer")
-    from openfang.supervisor.config import load_config
+    from openfang.control.config import load_config
 
     data_dir = load_config(config).data_dir
     return writer or f"ipc://{data_dir}/run/memory.sock", db or str(data_dir / "memory.db")

@@ -132,7 +132,7 @@ class Cluster:
         full_env.update(env or {})
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "openfang.supervisor.daemon", "--config", str(self.config_path)],
+                [sys.executable, "-m", "openfang.control.daemon", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=full_env,

@@ -172,7 +172,7 @@ restart = "sometimes"
 [bogus]
 """)
     out = subprocess.run(
-        [sys.executable, "-m", "openfang.supervisor.daemon", "--config", str(cfg), "--check"],
+        [sys.executable, "-m", "openfang.control.daemon", "--config", str(cfg), "--check"],
         capture_output=True,
         text=True,
     )
@@ -189,7 +189,7 @@ restart = "sometimes"
         assert needle in out.stderr, (needle, out.stderr)
     good = Path(__file__).resolve().parents[2] / "examples" / "cluster.toml"
     ok = subprocess.run(
-        [sys.executable, "-m", "openfang.supervisor.daemon", "--config", str(good), "--check"],
+        [sys.executable, "-m", "openfang.control.daemon", "--config", str(good), "--check"],
         capture_output=True,
         text=True,
     )

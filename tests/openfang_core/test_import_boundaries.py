@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = {
     "protocol": "openfang.protocol",
     "supervisor": "openfang.supervisor",
+    "control": "openfang.control",
     "workers": "openfang.workers",
     "memory": "openfang.memory",
     "security": "openfang.security",
@@ -18,7 +19,8 @@ ALLOWED = {
     "openfang.protocol": set(),
     "openfang.security": {"openfang.protocol"},
     "openfang.memory": {"openfang.protocol", "openfang.supervisor.child"},
-    "openfang.supervisor": {"openfang.protocol", "openfang.security"},
+    "openfang.supervisor": {"openfang.protocol"},
+    "openfang.control": {"openfang.protocol", "openfang.security", "openfang.memory", "openfang.supervisor"},
     "openfang.workers": {
         "openfang.protocol",
         "openfang.security",

@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from openfang.control.tree_config import parse_supervisor
 from openfang.protocol.errors import ConfigError
 from openfang.supervisor.spec import (
     NESTED_START,
@@ -21,7 +22,6 @@ from openfang.supervisor.spec import (
     spec_from_dict,
     spec_to_dict,
 )
-from openfang.supervisor.tree_config import parse_supervisor
 
 
 def _whats(problems: list) -> str:  # type: ignore[type-arg]

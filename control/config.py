@@ -1,7 +1,7 @@
 """``cluster.toml``: the daemon's configuration, parsed into frozen dataclasses, every problem reported.
 
 Tables: ``[cluster]`` (name, data_dir), ``[control]`` (endpoints and limits of the control gateway),
-``[logging]``, ``[supervisor]`` (the tree; parsed by :mod:`openfang.supervisor.tree_config`),
+``[logging]``, ``[supervisor]`` (the tree; parsed by :mod:`openfang.control.tree_config`),
 ``[memory]`` and ``[security]`` (passed to their subsystems). See docs/config.md for every key.
 
 The root of the tree is the daemon itself; the control gateway is always its first child (id
@@ -17,13 +17,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from openfang.control.tree_config import parse_supervisor
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.security.config import SecurityConfig, parse_security
 from openfang.supervisor.spec import ChildSpec, ChildType, Restart, SupervisorSpec
-from openfang.supervisor.tree_config import parse_supervisor
 
 GATEWAY_ID = "control"
-GATEWAY_START = "openfang.supervisor.gateway:main"
+GATEWAY_START = "openfang.control.gateway:main"
 MAX_IPC_PATH = 100  # sun_path is 108 bytes; keep room for the NUL and suffixes
 
 _CLUSTER_KEYS = {"name", "data_dir"}

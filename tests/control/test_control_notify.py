@@ -7,7 +7,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from openfang.supervisor.notify import Notifier
+from openfang.control.notify import Notifier
 
 
 def _listener() -> tuple[socket.socket, str]:

@@ -20,11 +20,11 @@ from typing import Any
 
 import psutil
 import structlog
+from openfang.control.config import GATEWAY_ID, ClusterConfig, load_config
+from openfang.control.guard import integrity_monitor, open_audit
+from openfang.control.notify import Notifier
 from openfang.protocol.errors import ConfigError, OpenFangError, SupervisorError
-from openfang.supervisor.config import GATEWAY_ID, ClusterConfig, load_config
-from openfang.supervisor.guard import integrity_monitor, open_audit
 from openfang.supervisor.loop import Loop
-from openfang.supervisor.notify import Notifier
 from openfang.supervisor.runtime import Supervisor
 
 from openfang import __version__

@@ -24,6 +24,8 @@ from typing import Any
 
 import structlog
 import zmq
+from openfang.control import routing
+from openfang.control.guard import Guard, config_from_args
 from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import (
     Busy,
@@ -35,9 +37,7 @@ from openfang.protocol.errors import (
     Timeout,
 )
 from openfang.protocol.sockets import bind_pub, bind_router, send_nowait
-from openfang.supervisor import routing
 from openfang.supervisor.child import ChildContext
-from openfang.supervisor.guard import Guard, config_from_args
 
 log = structlog.get_logger("openfang.gateway")
 
