@@ -24,9 +24,9 @@ from typing import Any
 
 import psutil
 from openfang.protocol.envelope import Envelope
-from openfang.workers._wasmtime import AsyncPoller, EngineOptions, GuestMemory, Instance, Runtime
-from openfang.workers.agent_host import AgentHost
-from openfang.workers.tools import default_registry
+from openfang.workers.host.agent_host import AgentHost
+from openfang.workers.sandbox._wasmtime import AsyncPoller, EngineOptions, GuestMemory, Instance, Runtime
+from openfang.workers.tools.registry import default_registry
 
 from perf.workloads import metric, percentile
 

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from openfang.workers.llm import ChatMessage, ChatRequest, ScriptedProvider, ScriptRule
-from openfang.workers.tools import ToolContext, default_registry
+from openfang.workers.llm.providers import ChatMessage, ChatRequest, ScriptedProvider, ScriptRule
+from openfang.workers.tools.registry import ToolContext, default_registry
 
 from openfang.logs import configure_logging
 from perf.workloads import metric, percentile

@@ -49,7 +49,7 @@ TOOL_MODULES = 'tool_modules = ["perf.bench_tools:register"]'
 # Rate limits are a policy, not overhead: a benchmark client must not be throttled to the defaults (50
 # requests/s per client, 20 per agent, 5 tool calls/s per agent). rate = 0 is "unlimited"; the limiters stay
 # enabled, so their cost is still measured. The gateway reads [security]; a worker reads its pool args'
-# `security` table (workers/host_wiring.py), so the same limits go to both.
+# `security` table (workers/host/wiring.py), so the same limits go to both.
 _BUCKETS = ("client_requests", "agent_requests", "agent_tokens", "agent_tool_calls")
 NO_RATE_LIMITS = "".join(f"\n[security.ratelimit.{b}]\nrate = 0\nburst = 0\n" for b in _BUCKETS)
 
@@ -535,7 +535,7 @@ def bench_toolchain(count: int) -> list[dict[str, Any]]:
             if "chain" not in str(exc):
                 raise
             why = (
-                "not measured: the worker refuses the scripted model's chain rule: workers/llm.py "
+                "not measured: the worker refuses the scripted model's chain rule: workers/llm/providers.py "
                 "validate_model_config does not know the 'chain' key yet (see the bench_system report)"
             )
             _log(why + f" [{exc}]")

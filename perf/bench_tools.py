@@ -1,7 +1,7 @@
 """The tool-chain workload's three tools as OpenFANG tools, for the system benchmark.
 
 A worker loads them when its pool args say ``tool_modules = ["perf.bench_tools:register"]`` (see
-``workers/host_wiring.py``). Each wraps the shared definition in :mod:`perf.workloads`, so every system
+``workers/host/wiring.py``). Each wraps the shared definition in :mod:`perf.workloads`, so every system
 runs exactly the same tool code; they are pure and instant, hence ``blocking=False`` (run inline by the
 agent host, no thread hop), as a peer's in-process ``@tool`` function is.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from openfang.workers.tools import Tool, ToolContext, ToolRegistry
+from openfang.workers.tools.registry import Tool, ToolContext, ToolRegistry
 
 from perf import workloads
 

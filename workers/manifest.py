@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from openfang.protocol.errors import ConfigError, Problem
-from openfang.workers import guest_abi
+from openfang.workers.sandbox import guest_abi
 
 RestartPolicy = Literal["permanent", "transient", "temporary"]
 RESTART_POLICIES = ("permanent", "transient", "temporary")
@@ -376,7 +376,7 @@ def _sandbox(c: _Checker, sandbox: Mapping[str, Any]) -> SandboxConfig:
 def _check_module(c: _Checker, m: AgentManifest) -> None:
     if m.module.startswith("builtin:"):
         # Imported lazily: the built-in guest table is only needed to validate builtin names.
-        from openfang.workers.builtin_guests import BUILTINS
+        from openfang.workers.sandbox.builtin_guests import BUILTINS
 
         if m.module.removeprefix("builtin:") not in BUILTINS:
             c.add(

@@ -3,8 +3,8 @@
 Started by its supervisor as ``openfang.workers.worker:main`` (the supervisor has already pinned it and set
 PDEATHSIG). It connects a DEALER to the gateway's internal endpoint with its child id as routing id, says
 ``worker.hello`` (again every second, so a restarted gateway relearns it), answers ``worker.ping`` and
-hands ``agent.*`` requests to its :class:`~openfang.workers.agent_host.AgentHost`. The main loop sends the
-supervisor a heartbeat every turn: a worker stuck in a loop falls silent and is restarted.
+hands ``agent.*`` requests to its :class:`~openfang.workers.host.agent_host.AgentHost`. The main loop sends
+the supervisor a heartbeat every turn: a worker stuck in a loop falls silent and is restarted.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.protocol.errors import NotFound, OpenFangError, ProtocolError
 from openfang.protocol.messages import remote_error
 from openfang.supervisor.child import ChildContext
-from openfang.workers import host_wiring
+from openfang.workers.host import wiring as host_wiring
 
 log = structlog.get_logger("openfang.worker")
 HELLO_EVERY_S = 1.0

@@ -1,7 +1,8 @@
 """Shared helpers for the sandbox tests: a tiny scripted provider, a tool registry, and a host driver.
 
-The provider and registry implement the same names as workers/llm.py and workers/tools.py (``complete``,
-``get``/``names``/``call``) so the tests do not depend on those modules' progress.
+The provider and registry implement the same names as workers/llm/providers.py and
+workers/tools/registry.py (``complete``, ``get``/``names``/``call``) so the tests do not depend on those
+modules' progress.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from openfang.protocol.envelope import Envelope
-from openfang.workers import llm_types as t
-from openfang.workers.agent_host import AgentHost
+from openfang.workers.host.agent_host import AgentHost
+from openfang.workers.llm import types as t
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "agents"
 

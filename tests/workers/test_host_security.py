@@ -9,10 +9,10 @@ import pytest
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import ConfigError
 from openfang.security.audit import AuditLog, verify
-from openfang.workers._host_security import HostAudit, HostSecurity, security_from_args
-from openfang.workers.agent_host import AgentHost
+from openfang.workers.host.agent_host import AgentHost
+from openfang.workers.host.security import HostAudit, HostSecurity, security_from_args
 from openfang.workers.manifest import load_manifest
-from openfang.workers.tools import default_registry
+from openfang.workers.tools.registry import default_registry
 
 ECHO = '[agent]\nname = "e"\nmodule = "builtin:echo"\n'
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import structlog
-from openfang.workers.llm import (
+from openfang.workers.llm.providers import (
     AnthropicProvider,
     ChatMessage,
     ChatRequest,

@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 from openfang.protocol.errors import ConfigError
-from openfang.workers.llm import (
+from openfang.workers.llm.providers import (
     AnthropicProvider,
     ChatMessage,
     ChatRequest,
@@ -288,7 +288,7 @@ def test_scripted_crc16_template_is_the_low_16_bits_of_the_inputs_crc32() -> Non
 
 def test_check_chain_reports_every_problem_with_its_place() -> None:
     """A malformed chain is described step by step; a valid one has no problems."""
-    from openfang.workers.llm_scripted import check_chain
+    from openfang.workers.llm.scripted import check_chain
 
     chain = [{"tool": ""}, "x", {"tool": "a", "args": 3, "extra": 1}]
     problems = check_chain(chain, "[agent.model]", "script[0].chain")

@@ -346,8 +346,8 @@ def test_host_thousand_idle_agents() -> None:
 
 def test_host_with_real_scripted_provider_and_tool_registry() -> None:
     """Without injected services the host uses workers.llm (scripted) and workers.tools (time_now, kv)."""
-    from openfang.workers.agent_host import AgentHost
-    from openfang.workers.tools import default_registry
+    from openfang.workers.host.agent_host import AgentHost
+    from openfang.workers.tools.registry import default_registry
     from sandbox_helpers import Driver
 
     text = """
@@ -396,7 +396,7 @@ CAPABILITY_GUEST = """(module
 
 def test_host_capability_host_function_runs_its_tool_and_can_be_revoked(tmp_path: Path) -> None:
     """A granted fs_read_scoped import reads under the agent's root; a revoked import is denied, audited."""
-    from openfang.workers.tools import ToolContext, default_registry
+    from openfang.workers.tools.registry import ToolContext, default_registry
 
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "note.txt").write_text("secret plans")
@@ -489,7 +489,7 @@ def test_host_fuel_budget_is_per_refuel_interval_with_an_injected_clock() -> Non
 
 def test_host_module_cache_dir_makes_a_restarted_host_spawn_warm(tmp_path: Path) -> None:
     """A new host (a restarted worker) with the same module cache dir loads compiled code: a warm spawn."""
-    from openfang.workers.agent_host import AgentHost
+    from openfang.workers.host.agent_host import AgentHost
     from sandbox_helpers import Driver
 
     text = manifest("echo", module="builtin:echo", model=False)

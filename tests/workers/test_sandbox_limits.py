@@ -173,7 +173,7 @@ class _Sink:
 def test_limits_cluster_capability_policy_narrows_what_a_manifest_grants(tmp_path: Path) -> None:
     """security.capabilities applies on top of the manifest: its deny patterns and limits refuse a spawn."""
     from openfang.security.capabilities import CapabilityPolicy, SandboxPolicyConfig
-    from openfang.workers.agent_host import AgentHost
+    from openfang.workers.host.agent_host import AgentHost
     from sandbox_helpers import Driver, default_registry
 
     sink = _Sink()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from openfang.protocol.errors import SandboxError
-from openfang.workers._wasmtime import (
+from openfang.workers.sandbox._wasmtime import (
     AsyncPoller,
     EngineOptions,
     GuestMemory,

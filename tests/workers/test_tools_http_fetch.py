@@ -13,8 +13,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from openfang.workers.tools import ToolContext, ToolError, default_registry
-from openfang.workers.tools_net import fetch
+from openfang.workers.tools.net import fetch
+from openfang.workers.tools.registry import ToolContext, ToolError, default_registry
 
 pytestmark = pytest.mark.integration
 REG = default_registry()

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from openfang.protocol.errors import AlreadyExists, NotFound
-from openfang.workers.llm import ScriptedProvider
-from openfang.workers.tools import (
+from openfang.workers.llm.providers import ScriptedProvider
+from openfang.workers.tools.registry import (
     PERMISSIONS,
     KVLimits,
     KVStore,
@@ -318,7 +318,7 @@ def test_scripted_conversation_runs_a_tool_through_the_registry() -> None:
     """A scripted model asks for a tool, the registry runs it, and the model answers with the result."""
     import re
 
-    from openfang.workers.llm import ChatMessage, ChatRequest, ScriptRule
+    from openfang.workers.llm.providers import ChatMessage, ChatRequest, ScriptRule
 
     model = ScriptedProvider(
         [
@@ -342,8 +342,8 @@ def test_scripted_conversation_runs_a_tool_through_the_registry() -> None:
 
 def test_public_exports_resolve_and_docs_list_every_builtin_tool() -> None:
     """Every name in __all__ exists, and docs/llm-and-tools.md documents each built-in tool."""
-    import openfang.workers.llm as llm_mod
-    import openfang.workers.tools as tools_mod
+    import openfang.workers.llm.providers as llm_mod
+    import openfang.workers.tools.registry as tools_mod
 
     for mod in (llm_mod, tools_mod):
         assert [n for n in mod.__all__ if not hasattr(mod, n)] == []

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
-from openfang.workers.llm_types import LLMError
+from openfang.workers.llm.types import LLMError
 
 log = structlog.get_logger("openfang.llm")
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})

@@ -24,12 +24,19 @@ from typing import Any, Protocol
 
 import structlog
 from openfang.protocol.errors import SandboxError, SecurityError, Timeout
-from openfang.workers import guest_abi as abi
-from openfang.workers._wasmtime import AsyncCall, AsyncPoller, GuestMemory, GuestTrap, Instance, Runtime
-from openfang.workers.builtin_guests import BUILTINS, builtin_source
 from openfang.workers.manifest import AgentManifest
+from openfang.workers.sandbox import guest_abi as abi
+from openfang.workers.sandbox._wasmtime import (
+    AsyncCall,
+    AsyncPoller,
+    GuestMemory,
+    GuestTrap,
+    Instance,
+    Runtime,
+)
+from openfang.workers.sandbox.builtin_guests import BUILTINS, builtin_source
 
-log = structlog.get_logger("openfang.workers.sandbox")
+log = structlog.get_logger("openfang.workers.sandbox.instance")
 
 
 class State(Enum):

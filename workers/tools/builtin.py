@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import regex
-from openfang.workers.tools_core import Tool, ToolContext, ToolError
+from openfang.workers.tools.core import Tool, ToolContext, ToolError
 
 MAX_TEXT = 1_000_000
 MAX_PATTERN = 1000

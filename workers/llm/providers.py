@@ -20,11 +20,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from openfang.protocol.errors import ConfigError, Problem
-from openfang.workers.llm_anthropic import AnthropicProvider
-from openfang.workers.llm_http import HttpSettings
-from openfang.workers.llm_openai import OpenAIProvider
-from openfang.workers.llm_scripted import FallbackProvider, ScriptedProvider, ScriptRule, check_chain
-from openfang.workers.llm_types import (
+from openfang.workers.llm.anthropic_messages import AnthropicProvider
+from openfang.workers.llm.openai_chat import OpenAIProvider
+from openfang.workers.llm.scripted import FallbackProvider, ScriptedProvider, ScriptRule, check_chain
+from openfang.workers.llm.transport import HttpSettings
+from openfang.workers.llm.types import (
     ChatMessage,
     ChatRequest,
     ChatResponse,

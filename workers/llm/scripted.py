@@ -39,7 +39,7 @@ from typing import Any
 
 import structlog
 from openfang.protocol.errors import Problem, Timeout
-from openfang.workers.llm_types import (
+from openfang.workers.llm.types import (
     ChatMessage,
     ChatRequest,
     ChatResponse,

@@ -42,19 +42,19 @@ from openfang.protocol.errors import (
 )
 from openfang.security._errors import Denied
 from openfang.supervisor.restart import RestartWindow
-from openfang.workers import _host_jobs as jobs
-from openfang.workers import guest_abi as abi
-from openfang.workers import llm as _llm
-from openfang.workers import tools_kv as _tools_kv
-from openfang.workers._host_agents import AgentTraffic
-from openfang.workers._host_memory import HostMemory
-from openfang.workers._host_security import HostSecurity
-from openfang.workers._host_services import HostedAgent, Services
-from openfang.workers._wasmtime import EngineOptions, HostFunctionSpec, Runtime
+from openfang.workers.host import jobs as jobs
+from openfang.workers.host.agents import AgentTraffic
+from openfang.workers.host.memory import HostMemory
+from openfang.workers.host.security import HostSecurity
+from openfang.workers.host.services import HostedAgent, Services
+from openfang.workers.llm import providers as _llm
 from openfang.workers.manifest import AgentManifest, ModelConfig, load_manifest
-from openfang.workers.sandbox import Outcome, Sandbox, State
+from openfang.workers.sandbox import guest_abi as abi
+from openfang.workers.sandbox._wasmtime import EngineOptions, HostFunctionSpec, Runtime
+from openfang.workers.sandbox.instance import Outcome, Sandbox, State
+from openfang.workers.tools import kv as _tools_kv
 
-log = structlog.get_logger("openfang.workers.agent_host")
+log = structlog.get_logger("openfang.workers.host.agent_host")
 MAX_INBOX = 1024
 MANIFEST_CACHE = 256  # distinct manifest texts kept parsed
 HOST_SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a in abi.HOST_FUNCTIONS)
@@ -602,7 +602,7 @@ def _module_digest(manifest: AgentManifest) -> str:
         return manifest.module_sha256
     path = manifest.module_path()
     if path is None:
-        from openfang.workers.builtin_guests import builtin_digest
+        from openfang.workers.sandbox.builtin_guests import builtin_digest
 
         return builtin_digest(manifest.module.removeprefix("builtin:"))
     try:

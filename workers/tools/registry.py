@@ -22,8 +22,8 @@ Permissions are listed in ``docs/llm-and-tools.md``.
 
 from __future__ import annotations
 
-from openfang.workers.tools_builtin import BUILTIN_TOOLS
-from openfang.workers.tools_core import (
+from openfang.workers.tools.builtin import BUILTIN_TOOLS
+from openfang.workers.tools.core import (
     ALL,
     EgressCheck,
     HostCallback,
@@ -34,10 +34,10 @@ from openfang.workers.tools_core import (
     ToolResult,
     is_allowed,
 )
-from openfang.workers.tools_host import HOST_TOOLS
-from openfang.workers.tools_kv import KVLimits, KVNamespace, KVStore
-from openfang.workers.tools_net import HTTP_FETCH
-from openfang.workers.tools_schema import check_schema, validate
+from openfang.workers.tools.host import HOST_TOOLS
+from openfang.workers.tools.kv import KVLimits, KVNamespace, KVStore
+from openfang.workers.tools.net import HTTP_FETCH
+from openfang.workers.tools.schema import check_schema, validate
 
 __all__ = [
     "ALL",

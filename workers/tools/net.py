@@ -21,7 +21,7 @@ from urllib.parse import urljoin
 
 import structlog
 from openfang.security.netguard import ResolvedTarget, Resolver, check_url
-from openfang.workers.tools_core import Tool, ToolContext, ToolError
+from openfang.workers.tools.core import Tool, ToolContext, ToolError
 
 log = structlog.get_logger("openfang.tools")
 MAX_REDIRECTS = 5

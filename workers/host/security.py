@@ -304,7 +304,7 @@ def module_bytes(manifest: AgentManifest) -> bytes:
     """The bytes a manifest's module names (the builtin guest's source for ``builtin:``)."""
     path = manifest.module_path()
     if path is None:
-        from openfang.workers.builtin_guests import builtin_source
+        from openfang.workers.sandbox.builtin_guests import builtin_source
 
         return builtin_source(manifest.module.removeprefix("builtin:"))
     try:

@@ -1,7 +1,7 @@
 """What an AgentHost keeps per agent, its restart window, and the services its sandboxes call into.
 
-Private to :mod:`openfang.workers.agent_host` (split out to keep each module to one job): ``HostedAgent`` is
-the supervisor's record of one child; ``Services`` turns a sandbox's parking host calls into jobs (LLM
+Private to :mod:`openfang.workers.host.agent_host` (split out to keep each module to one job): ``HostedAgent``
+is the supervisor's record of one child; ``Services`` turns a sandbox's parking host calls into jobs (LLM
 completions, tool calls) on the host's job runner, with the agent's provider, tools and ToolContext.
 """
 
@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import OpenFangError
 from openfang.supervisor.restart import RestartWindow  # OTP's add_restart, shared with the tree
-from openfang.workers import _host_jobs as jobs
-from openfang.workers import guest_abi as abi
-from openfang.workers import tools as _tools
+from openfang.workers.host import jobs as jobs
 from openfang.workers.manifest import AgentManifest
-from openfang.workers.sandbox import DoneJob, Job, Sandbox
+from openfang.workers.sandbox import guest_abi as abi
+from openfang.workers.sandbox.instance import DoneJob, Job, Sandbox
+from openfang.workers.tools import registry as _tools
 
 if TYPE_CHECKING:
-    from openfang.workers.agent_host import AgentHost
+    from openfang.workers.host.agent_host import AgentHost
 
 
 @dataclass(kw_only=True)

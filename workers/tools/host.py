@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from openfang.security.fs_scope import ScopedFS
-from openfang.workers.tools_core import HostCallback, Tool, ToolContext, ToolError
+from openfang.workers.tools.core import HostCallback, Tool, ToolContext, ToolError
 
 MAX_FILE = 1 << 20
 

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from openfang.protocol.errors import AlreadyExists, OpenFangError
-from openfang.workers.llm_types import ToolSpec
-from openfang.workers.tools_schema import check_schema, validate
+from openfang.workers.llm.types import ToolSpec
+from openfang.workers.tools.schema import check_schema, validate
 
 if TYPE_CHECKING:
     from openfang.security.netguard import Resolver
-    from openfang.workers.tools_kv import KVNamespace
+    from openfang.workers.tools.kv import KVNamespace
 
 log = structlog.get_logger("openfang.tools")
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what OpenAI and Anthropic accept as a function name

@@ -1,7 +1,7 @@
 """Agents talking to agents inside one host: ``agent_send``, ``agent_spawn`` and ``agent_list`` tools.
 
-Private to :mod:`openfang.workers.agent_host` (a mixin of :class:`AgentHost`). Tool calls run on the host's
-tool threads, but agents live on the loop thread: a tool thread hands the work to the loop
+Private to :mod:`openfang.workers.host.agent_host` (a mixin of :class:`AgentHost`). Tool calls run on the
+host's tool threads, but agents live on the loop thread: a tool thread hands the work to the loop
 (:meth:`AgentTraffic.from_tool_thread`, which wakes the loop through the job runner's pipe) and waits for
 the answer. Messages and spawns made this way are *internal requests*: ordinary ``agent.send`` /
 ``agent.spawn`` envelopes whose replies go back to the waiting tool instead of the gateway.
@@ -29,10 +29,10 @@ from openfang.security._errors import Denied
 from openfang.security.identity import FROM_KEY, sign_agent_message
 
 if TYPE_CHECKING:
-    from openfang.workers._host_jobs import JobRunner
-    from openfang.workers._host_memory import HostMemory
-    from openfang.workers._host_security import HostSecurity
-    from openfang.workers._host_services import HostedAgent
+    from openfang.workers.host.jobs import JobRunner
+    from openfang.workers.host.memory import HostMemory
+    from openfang.workers.host.security import HostSecurity
+    from openfang.workers.host.services import HostedAgent
 
 TOOL_WAIT_S = 20.0  # how long a tool thread waits for the loop's answer (a reply or a started agent)
 

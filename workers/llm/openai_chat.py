@@ -14,8 +14,8 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from openfang.workers.llm_http import HttpClient, HttpSettings
-from openfang.workers.llm_types import (
+from openfang.workers.llm.transport import HttpClient, HttpSettings
+from openfang.workers.llm.types import (
     ChatMessage,
     ChatRequest,
     ChatResponse,

@@ -16,12 +16,12 @@ from openfang.protocol.errors import ConfigError
 from openfang.security.audit import AuditLog
 from openfang.security.config import SecurityConfig
 from openfang.security.signing import read_key_material
-from openfang.workers._host_memory import HostMemory
-from openfang.workers._host_security import HostAudit, HostSecurity, security_from_args
-from openfang.workers.agent_host import AgentHost
-from openfang.workers.llm import make_provider
+from openfang.workers.host.agent_host import AgentHost
+from openfang.workers.host.memory import HostMemory
+from openfang.workers.host.security import HostAudit, HostSecurity, security_from_args
+from openfang.workers.llm.providers import make_provider
 from openfang.workers.manifest import ModelConfig
-from openfang.workers.tools import ToolRegistry, default_registry
+from openfang.workers.tools.registry import ToolRegistry, default_registry
 
 EventSink = Callable[[dict[str, Any]], None]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 from openfang.protocol.errors import OpenFangError
-from openfang.workers import guest_abi as abi
+from openfang.workers.sandbox import guest_abi as abi
 
 log = structlog.get_logger("openfang.workers.jobs")
 
@@ -120,7 +120,7 @@ class ChatCache:
         self._by_id: dict[int, tuple[dict[str, Any], Any]] = {}
 
     def convert(self, messages: list[dict[str, Any]]) -> list[Any]:
-        from openfang.workers import llm_types as t
+        from openfang.workers.llm import types as t
 
         fresh: dict[int, tuple[dict[str, Any], Any]] = {}
         out = []
@@ -145,7 +145,7 @@ def llm_work(
     ``content_filter`` sees the model's text before it joins the conversation (injection, redaction); it
     may return a changed text or raise OpenFangError to fail the call.
     """
-    from openfang.workers import llm_types as t
+    from openfang.workers.llm import types as t
 
     def work() -> tuple[int, bytes, dict[str, int]]:
         chat = [t.ChatMessage.system(system_prompt)] if system_prompt else []
