@@ -17,6 +17,7 @@ from openfang.workers.tools.registry import (
     ToolContext,
     ToolError,
     ToolRegistry,
+    builtin_tools,
     check_schema,
     default_registry,
     validate,
@@ -56,8 +57,8 @@ def test_invoke_allows_by_tool_name_by_permission_or_star() -> None:
 def test_specs_for_offers_only_allowed_tools() -> None:
     """The model is offered exactly the tools the agent may call, with their schemas."""
     specs = REG.specs_for(frozenset({"kv", "time_now"}))
-    assert [s.name for s in specs] == ["kv_get", "kv_set", "time_now"]
-    assert specs[0].parameters["required"] == ["key"]
+    assert [s.name for s in specs] == ["kv_delete", "kv_get", "kv_list", "kv_set", "time_now"]
+    assert specs[1].parameters["required"] == ["key"]
     assert REG.specs_for(frozenset()) == []
 
 
@@ -145,7 +146,7 @@ def test_every_builtin_tool_has_a_valid_schema_and_a_documented_permission() -> 
         tool = REG.get(name)
         assert tool is not None and check_schema(tool.schema) == []
         assert name in PERMISSIONS[tool.permission]
-    assert len(REG.names()) == 17
+    assert len(REG.names()) == len(builtin_tools())
 
 
 def test_validate_fills_defaults_without_mutating_input() -> None:

@@ -198,6 +198,16 @@ def kv_set(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
     return {"stored": True}
 
 
+def kv_list(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
+    keys = sorted(_kv(ctx).keys(args["prefix"]))
+    limit = args["limit"]
+    return {"keys": keys[:limit], "count": len(keys), "truncated": len(keys) > limit}
+
+
+def kv_delete(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
+    return {"deleted": _kv(ctx).delete(args["key"])}
+
+
 _KEY = {"type": "string", "minLength": 1, "maxLength": 256, "description": "key in this agent's namespace"}
 
 BUILTIN_TOOLS: tuple[Tool, ...] = (
@@ -275,6 +285,27 @@ BUILTIN_TOOLS: tuple[Tool, ...] = (
         ),
         permission="kv",
         call=kv_set,
+        blocking=False,
+    ),
+    Tool(
+        name="kv_list",
+        description="List the keys this agent stored with kv_set (optionally those starting with a prefix).",
+        schema=_obj(
+            {
+                "prefix": {"type": "string", "default": "", "maxLength": 256},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 1000},
+            }
+        ),
+        permission="kv",
+        call=kv_list,
+        blocking=False,
+    ),
+    Tool(
+        name="kv_delete",
+        description="Delete a key this agent stored with kv_set; says whether it existed.",
+        schema=_obj({"key": _KEY}, ["key"]),
+        permission="kv",
+        call=kv_delete,
         blocking=False,
     ),
 )

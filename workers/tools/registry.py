@@ -23,6 +23,7 @@ Permissions are listed in ``docs/llm-and-tools.md``.
 from __future__ import annotations
 
 from openfang.workers.tools.builtin import BUILTIN_TOOLS
+from openfang.workers.tools.calc import CALC_TOOLS
 from openfang.workers.tools.core import (
     ALL,
     EgressCheck,
@@ -34,10 +35,12 @@ from openfang.workers.tools.core import (
     ToolResult,
     is_allowed,
 )
+from openfang.workers.tools.data import DATA_TOOLS
 from openfang.workers.tools.host import HOST_TOOLS
 from openfang.workers.tools.kv import KVLimits, KVNamespace, KVStore
 from openfang.workers.tools.net import HTTP_FETCH
 from openfang.workers.tools.schema import check_schema, validate
+from openfang.workers.tools.text import TEXT_TOOLS
 
 __all__ = [
     "ALL",
@@ -62,7 +65,7 @@ __all__ = [
 
 def builtin_tools() -> tuple[Tool, ...]:
     """Every built-in tool, in documentation order."""
-    return (*BUILTIN_TOOLS, HTTP_FETCH, *HOST_TOOLS)
+    return (*BUILTIN_TOOLS, *CALC_TOOLS, *TEXT_TOOLS, *DATA_TOOLS, HTTP_FETCH, *HOST_TOOLS)
 
 
 # permission -> the built-in tools it unlocks (an allow list may name either).
