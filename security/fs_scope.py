@@ -228,6 +228,80 @@ class ScopedFS:
         except OSError:
             return False
 
+    # ---- walking, deleting, moving (the file tools beyond read/write/list) -----------------------------
+
+    def walk(self, rel: str = ".", *, max_entries: int | None = None) -> builtins.list[tuple[str, Entry]]:
+        """Every entry below ``rel`` as (path relative to the root, entry), depth first, sorted by name.
+
+        Symlinks are reported, never followed; at most ``max_entries`` (default ``max_entries`` of this fs)
+        are returned, and deeper than ``MAX_DEPTH`` is not descended."""
+        limit = self.max_entries if max_entries is None else max_entries
+        out: builtins.list[tuple[str, Entry]] = []
+
+        def visit(parts: tuple[str, ...]) -> None:
+            for entry in self.list("/".join(parts) or "."):
+                if len(out) >= limit:
+                    return
+                path = "/".join((*parts, entry.name))
+                out.append((path, entry))
+                if entry.kind == "dir" and len(parts) + 1 < MAX_DEPTH:
+                    visit((*parts, entry.name))
+
+        visit(self.parts(rel))
+        return out
+
+    def delete(self, rel: str, *, recursive: bool = False) -> int:
+        """Remove file (or symlink) ``rel``, or directory ``rel`` (empty, or with ``recursive``); returns the
+        number of entries removed. The root itself cannot be deleted."""
+        parts = self.parts(rel)
+        if not parts:
+            raise SecurityError("delete refused: the root cannot be deleted")
+        try:
+            with self._dir(parts[:-1]) as dfd:
+                return _remove(dfd, parts[-1], recursive, rel)
+        except OSError as exc:
+            raise _io_error("delete", rel, exc) from None
+
+    def move(self, src: str, dst: str, *, overwrite: bool = False) -> None:
+        """Rename ``src`` to ``dst`` inside the root (creating ``dst``'s directories); an existing ``dst`` is
+        refused unless ``overwrite`` (and a directory is never overwritten)."""
+        sparts, dparts = self.parts(src), self.parts(dst)
+        if not sparts or not dparts:
+            raise SecurityError("move refused: the root cannot be moved or replaced")
+        if dparts[: len(sparts)] == sparts:
+            raise SecurityError(f"move refused: {dst!r} is inside {src!r}")
+        try:
+            with self._dir(sparts[:-1]) as sfd, self._dir(dparts[:-1], create=True) as dfd:
+                os.stat(sparts[-1], dir_fd=sfd, follow_symlinks=False)  # NotFound before anything else
+                try:
+                    existing = os.stat(dparts[-1], dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    existing = None
+                if existing is not None and (not overwrite or stat.S_ISDIR(existing.st_mode)):
+                    raise SecurityError(
+                        f"move refused: {dst!r} exists" + ("" if overwrite else " (overwrite=false)")
+                    )
+                os.rename(sparts[-1], dparts[-1], src_dir_fd=sfd, dst_dir_fd=dfd)
+        except OSError as exc:
+            raise _io_error("move", src, exc) from None
+
+
+def _remove(dfd: int, name: str, recursive: bool, rel: str) -> int:
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dfd)
+        return 1
+    sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+    try:
+        children = os.listdir(sub)
+        if children and not recursive:
+            raise SecurityError(f"delete refused: {rel!r} is a directory that is not empty (recursive=false)")
+        removed = sum(_remove(sub, child, True, rel) for child in children)
+    finally:
+        os.close(sub)
+    os.rmdir(name, dir_fd=dfd)
+    return removed + 1
+
 
 def _kind(mode: int) -> str:
     if stat.S_ISREG(mode):

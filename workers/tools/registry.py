@@ -36,6 +36,7 @@ from openfang.workers.tools.core import (
     is_allowed,
 )
 from openfang.workers.tools.data import DATA_TOOLS
+from openfang.workers.tools.files import FILE_TOOLS
 from openfang.workers.tools.host import HOST_TOOLS
 from openfang.workers.tools.kv import KVLimits, KVNamespace, KVStore
 from openfang.workers.tools.net import HTTP_FETCH
@@ -65,7 +66,7 @@ __all__ = [
 
 def builtin_tools() -> tuple[Tool, ...]:
     """Every built-in tool, in documentation order."""
-    return (*BUILTIN_TOOLS, *CALC_TOOLS, *TEXT_TOOLS, *DATA_TOOLS, HTTP_FETCH, *HOST_TOOLS)
+    return (*BUILTIN_TOOLS, *CALC_TOOLS, *TEXT_TOOLS, *DATA_TOOLS, HTTP_FETCH, *HOST_TOOLS, *FILE_TOOLS)
 
 
 # permission -> the built-in tools it unlocks (an allow list may name either).
