@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NODE_CLIENT := examples/node-client
 DATA_DIR ?= $(CURDIR)/.openfang-data
 
-.PHONY: install run test lint typecheck check bench bench-peers guests clean
+.PHONY: install run test test-deps lint typecheck check bench bench-peers guests clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -25,7 +25,15 @@ install: $(STAMP) $(NODE_STAMP)
 run: install
 	$(PY) -m openfang.demo --data-dir $(DATA_DIR)
 
-test: install
+# Debian tools some tests drive for real (the shell_exec sandbox): installed when missing, so CI never skips.
+# Each entry is "command:package".
+TEST_TOOLS := bwrap:bubblewrap prlimit:util-linux
+test-deps:
+	@missing=""; for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
+
+test: install test-deps
 	$(PY) -m pytest -n auto -q
 
 # mypy cannot follow setuptools' package-dir mapping, so it checks a tree of links laid out like the wheel.

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.workers.sandbox import guest_abi
+from openfang.workers.tools.core import ShellPolicy
 
 RestartPolicy = Literal["permanent", "transient", "temporary"]
 RESTART_POLICIES = ("permanent", "transient", "temporary")
@@ -101,6 +102,7 @@ class AgentManifest:
     retention: str = "keep"  # what happens to the agent's memories when it is killed: keep/archive/purge
     secret_env: tuple[str, ...] = ()  # env vars whose values are secrets for this agent (exfil, redaction)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    shell: ShellPolicy | None = None  # [agent.shell]: what shell_exec may run (absent: nothing)
     source: str = "agent.toml"
     base_dir: Path | None = None
 
@@ -212,7 +214,9 @@ _AGENT_KEYS = (
     "permissions",
     "retention",
     "secret_env",
+    "shell",
 )
+_SHELL_KEYS = ("allow", "timeout_s", "cpu_s", "memory_mb", "max_output_bytes", "max_processes")
 _PERMISSION_KEYS = ("memory_read", "memory_write", "send", "spawn", "max_children")
 
 
@@ -298,6 +302,7 @@ def load_manifest(
         retention=retention,
         secret_env=secret_env,
         sandbox=sandbox,
+        shell=_shell(c, agent),
         source=source,
         base_dir=base_dir,
     )
@@ -318,6 +323,32 @@ def _model(c: _Checker, agent: Mapping[str, Any], validate: ModelValidator | Non
         c.add("agent.model", "provider", f"must be one of {', '.join(PROVIDERS)}, got {provider!r}")
     name = c.get_str(table, "agent.model", "name", None)
     return ModelConfig(provider=provider or "invalid", name=name, raw=dict(table))
+
+
+def _shell(c: _Checker, agent: Mapping[str, Any]) -> ShellPolicy | None:
+    if "shell" not in agent:
+        return None
+    table = c.table(agent, "shell", "agent.shell")
+    c.unknown(table, "agent.shell", _SHELL_KEYS)
+    allow = c.get_names(table, "agent.shell", "allow")
+    for cmd in allow:
+        if "/" in cmd or cmd.startswith("-"):
+            c.add(
+                "agent.shell",
+                "allow",
+                f"{cmd!r} must be a command name looked up on PATH, not a path or option",
+            )
+    d = ShellPolicy()
+    return ShellPolicy(
+        allow=allow,
+        timeout_s=float(c.get_int(table, "agent.shell", "timeout_s", int(d.timeout_s), 1, 600)),
+        cpu_s=c.get_int(table, "agent.shell", "cpu_s", d.cpu_s, 1, 600),
+        memory_mb=c.get_int(table, "agent.shell", "memory_mb", d.memory_mb, 16, 16384),
+        max_output_bytes=c.get_int(
+            table, "agent.shell", "max_output_bytes", d.max_output_bytes, 1024, 16 << 20
+        ),
+        max_processes=c.get_int(table, "agent.shell", "max_processes", d.max_processes, 1, 4096),
+    )
 
 
 def _permissions(c: _Checker, table: Mapping[str, Any]) -> AgentPermissionsConfig:

@@ -77,3 +77,24 @@ def test_tools_list_cli_shows_every_tool_with_its_permission() -> None:
     rows = {r["name"]: r for r in json.loads(out)}
     assert len(rows) >= 33
     assert rows["sql_query"]["permission"] == "sql" and rows["calc"]["schema"]["required"] == ["expression"]
+
+
+def test_agent_runs_an_allowed_command_in_the_sandbox_through_the_daemon(cluster: Cluster) -> None:
+    """shell_exec from a manifest-only agent: the allowed command runs in bubblewrap; another is denied."""
+    from openfang.workers.tools import shell
+
+    if shell.sandbox_available() is not None:
+        pytest.fail(f"bubblewrap cannot run here ({shell.sandbox_available()}): `make test` installs it")
+    text = (
+        manifest("sheller", '["shell_exec"]')
+        .replace("[agent.model]", '[agent.shell]\nallow = ["echo"]\n\n[agent.model]')
+        .replace(
+            "script = [\n",
+            "script = [\n{match = '^run (?P<c>\\S+) (?P<a>.+)', tool = 'shell_exec', "
+            "args = {argv = ['{c}', '{a}']}, then = '{result}'},\n",
+        )
+    )
+    a = str(cluster.ok("agent.spawn", {"manifest": text})["agent_id"])
+    out = json.loads(say(cluster, a, "run echo sandboxed"))
+    assert out["exit_code"] == 0 and out["stdout"] == "sandboxed\n"
+    assert "not in this agent's allow list" in say(cluster, a, "run cat /etc/passwd")

@@ -161,3 +161,16 @@ def test_manifest_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_manifest(tmp_path / "nope.toml")
     assert "cannot read manifest" in str(info.value)
+
+
+def test_manifest_shell_table_parses_limits_and_reports_bad_entries() -> None:
+    """[agent.shell] gives shell_exec its allow list and limits; paths, unknown keys and bounds are problems."""
+    head, model = '[agent]\nname = "sh"\n', '[agent.model]\nprovider = "scripted"\n'
+    m = load_manifest(head + '[agent.shell]\nallow = ["jq"]\ntimeout_s = 5\n' + model)
+    assert m.shell is not None and m.shell.allow == ("jq",) and m.shell.timeout_s == 5.0
+    assert load_manifest(head + model).shell is None
+    with pytest.raises(ConfigError) as exc:
+        load_manifest(head + '[agent.shell]\nallow = ["/bin/sh"]\ncpu_s = 0\nshells = 1\n' + model)
+    text = str(exc.value)
+    assert "[agent.shell] key 'allow'" in text and "not a path" in text
+    assert "[agent.shell] key 'cpu_s'" in text and "'shells'" in text

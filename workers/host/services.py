@@ -262,6 +262,7 @@ def default_context(host: AgentHost, agent: HostedAgent) -> Any:
             net_allow_hosts=tuple(sec.config.network.allow_hosts),
             net_allow_private=sec.config.network.allow_private,
             egress_check=sec.egress_check(agent.agent_id),
+            shell=agent.manifest.shell,
         )
     if mem is not None:
 

@@ -51,6 +51,18 @@ class ToolError(OpenFangError):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ShellPolicy:
+    """What an agent's ``shell_exec`` may run, and with which limits (``[agent.shell]`` in its manifest)."""
+
+    allow: tuple[str, ...] = ()
+    timeout_s: float = 10.0
+    cpu_s: int = 10
+    memory_mb: int = 512
+    max_output_bytes: int = 256 << 10
+    max_processes: int = 64  # binds only when the daemon does not run as root (RLIMIT_NPROC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ToolContext:
     """What one agent's tool calls may touch. Absent callbacks make their tools answer "not available"."""
 
@@ -70,6 +82,7 @@ class ToolContext:
     net_allow_private: bool = False
     resolver: Resolver | None = field(default=None, repr=False)
     egress_check: EgressCheck | None = field(default=None, repr=False)
+    shell: ShellPolicy | None = None  # shell_exec: the manifest's [agent.shell]; None allows nothing
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

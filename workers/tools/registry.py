@@ -28,6 +28,7 @@ from openfang.workers.tools.core import (
     ALL,
     EgressCheck,
     HostCallback,
+    ShellPolicy,
     Tool,
     ToolContext,
     ToolError,
@@ -41,6 +42,7 @@ from openfang.workers.tools.host import HOST_TOOLS
 from openfang.workers.tools.kv import KVLimits, KVNamespace, KVStore
 from openfang.workers.tools.net import HTTP_FETCH
 from openfang.workers.tools.schema import check_schema, validate
+from openfang.workers.tools.shell import SHELL_TOOLS
 from openfang.workers.tools.text import TEXT_TOOLS
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "KVLimits",
     "KVNamespace",
     "KVStore",
+    "ShellPolicy",
     "Tool",
     "ToolContext",
     "ToolError",
@@ -66,7 +69,16 @@ __all__ = [
 
 def builtin_tools() -> tuple[Tool, ...]:
     """Every built-in tool, in documentation order."""
-    return (*BUILTIN_TOOLS, *CALC_TOOLS, *TEXT_TOOLS, *DATA_TOOLS, HTTP_FETCH, *HOST_TOOLS, *FILE_TOOLS)
+    return (
+        *BUILTIN_TOOLS,
+        *CALC_TOOLS,
+        *TEXT_TOOLS,
+        *DATA_TOOLS,
+        HTTP_FETCH,
+        *HOST_TOOLS,
+        *FILE_TOOLS,
+        *SHELL_TOOLS,
+    )
 
 
 # permission -> the built-in tools it unlocks (an allow list may name either).
