@@ -164,7 +164,7 @@ def test_manifest_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_manifest_shell_table_parses_limits_and_reports_bad_entries() -> None:
-    """[agent.shell] gives shell_exec its allow list and limits; paths, unknown keys and bounds are problems."""
+    """[agent.shell] gives shell_exec its allow list and limits; paths, unknown keys, bounds: problems."""
     head, model = '[agent]\nname = "sh"\n', '[agent.model]\nprovider = "scripted"\n'
     m = load_manifest(head + '[agent.shell]\nallow = ["jq"]\ntimeout_s = 5\n' + model)
     assert m.shell is not None and m.shell.allow == ("jq",) and m.shell.timeout_s == 5.0
