@@ -37,6 +37,7 @@ from openfang.workers.tools.core import (
     is_allowed,
 )
 from openfang.workers.tools.data import DATA_TOOLS
+from openfang.workers.tools.documents import DOCUMENT_TOOLS
 from openfang.workers.tools.files import FILE_TOOLS
 from openfang.workers.tools.host import HOST_TOOLS
 from openfang.workers.tools.kv import KVLimits, KVNamespace, KVStore
@@ -77,6 +78,7 @@ def builtin_tools() -> tuple[Tool, ...]:
         HTTP_FETCH,
         *HOST_TOOLS,
         *FILE_TOOLS,
+        *DOCUMENT_TOOLS,
         *SHELL_TOOLS,
     )
 
