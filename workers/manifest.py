@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from openfang.protocol.errors import ConfigError, Problem
+from openfang.workers.llm.presets import BY_NAME
 from openfang.workers.sandbox import guest_abi
 from openfang.workers.tools.core import ShellPolicy
 
 RestartPolicy = Literal["permanent", "transient", "temporary"]
 RESTART_POLICIES = ("permanent", "transient", "temporary")
-PROVIDERS = ("openai", "anthropic", "scripted", "fallback")
+PROVIDERS = tuple(BY_NAME)  # the named presets (docs/llm-and-tools.md)
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ModelValidator = Callable[[Mapping[str, Any], str], list[Problem]]

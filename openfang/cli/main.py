@@ -19,7 +19,7 @@ from typing import Any
 
 from openfang import __version__
 from openfang.cli import render
-from openfang.cli.tools_cmd import add_tools_verbs
+from openfang.cli.catalog import add_catalog_verbs
 from openfang.protocol.errors import ConfigError, OpenFangError, Timeout
 
 EXIT_REMOTE, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", help="the HMAC chain key, if [security.audit] key_file is set")
     p.set_defaults(handler=cmd_audit_verify)
 
-    add_tools_verbs(sub, common)
+    add_catalog_verbs(sub, common)
 
     memory = sub.add_parser("memory", help="the agents' memory")
     memory_sub = memory.add_subparsers(dest="memory_op", required=True)

@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from openfang.workers.llm.transport import HttpClient, HttpSettings
 from openfang.workers.llm.types import (
@@ -45,6 +46,7 @@ class OpenAIProvider:
         settings: HttpSettings | None = None,
         name: str = "openai",
         extra_headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
     ) -> None:
         if api_key is None and api_key_env:
             api_key = os.environ.get(api_key_env) or None
@@ -53,6 +55,8 @@ class OpenAIProvider:
             headers["Authorization"] = f"Bearer {api_key}"
         self.name = name
         self.model = model
+        # Services that version their API in the URL (Azure's api-version) get it on every request.
+        self._path = "/chat/completions" + (f"?{urlencode(dict(query))}" if query else "")
         self.temperature = temperature
         self.max_tokens = max_tokens
         self._http = HttpClient(name, base_url.rstrip("/"), headers, settings or HttpSettings())
@@ -90,7 +94,7 @@ class OpenAIProvider:
     def complete(self, req: ChatRequest, *, on_delta: DeltaSink | None = None) -> ChatResponse:
         """Send ``req`` and return the whole answer (streamed pieces go to ``on_delta`` as they arrive)."""
         body = self.build_body(req)
-        with self._http.open("/chat/completions", body, accept_sse=req.stream) as ex:
+        with self._http.open(self._path, body, accept_sse=req.stream) as ex:
             if req.stream and ex.is_sse:
                 return self._read_stream(ex.events(), body["model"], on_delta)
             return self._parse(ex.json(), body["model"], on_delta)

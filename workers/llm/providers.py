@@ -22,6 +22,7 @@ from typing import Any
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.workers.llm.anthropic_messages import AnthropicProvider
 from openfang.workers.llm.openai_chat import OpenAIProvider
+from openfang.workers.llm.presets import BY_NAME, PRESETS
 from openfang.workers.llm.scripted import FallbackProvider, ScriptedProvider, ScriptRule, check_chain
 from openfang.workers.llm.transport import HttpSettings
 from openfang.workers.llm.types import (
@@ -56,16 +57,8 @@ __all__ = [
     "validate_model_config",
 ]
 
-# provider kind -> (protocol, default base_url, default api key variable)
-KINDS: dict[str, tuple[str, str, str | None]] = {
-    "openai": ("openai", "https://api.openai.com/v1", "OPENAI_API_KEY"),
-    "vllm": ("openai", "http://127.0.0.1:8000/v1", None),
-    "ollama": ("openai", "http://127.0.0.1:11434/v1", None),
-    "llamacpp": ("openai", "http://127.0.0.1:8080/v1", None),
-    "anthropic": ("anthropic", "https://api.anthropic.com", "ANTHROPIC_API_KEY"),
-    "scripted": ("scripted", "", None),
-    "fallback": ("fallback", "", None),  # only a chain: every model is in `fallback`
-}
+# provider kind -> (protocol, default base_url, default api key variable), from the named presets.
+KINDS: dict[str, tuple[str, str, str | None]] = {p.name: (p.protocol, p.base_url, p.key_env) for p in PRESETS}
 _COMMON = {"provider", "name", "label", "temperature", "max_tokens", "fallback"}
 _HTTP_KEYS = {"base_url", "api_key_env", "timeout", "connect_timeout", "max_retries", "retry_backoff"}
 _SCRIPT_KEYS = {"script", "default", "echo"}
@@ -100,6 +93,8 @@ def validate_model_config(cfg: Any, where: str = "[agent.model]") -> list[Proble
     for key in cfg:
         if key not in known:
             bad(str(key), f"unknown key for provider {kind!r} (known: {', '.join(sorted(known))})")
+    if proto in ("openai", "anthropic") and not KINDS[str(kind)][1] and "base_url" not in cfg:
+        bad("base_url", f"provider {kind!r} has no default URL: give base_url ({BY_NAME[str(kind)].notes})")
     name = cfg.get("name")
     if proto in ("openai", "anthropic") and (not isinstance(name, str) or not name):
         bad("name", f"the model name is required for provider {kind!r}, got {name!r}")
@@ -221,7 +216,11 @@ def _single(cfg: Mapping[str, Any], where: str) -> Provider:
     }
     if proto == "anthropic":
         return AnthropicProvider(**common)
-    return OpenAIProvider(**common)
+    preset = BY_NAME[kind]
+    if preset.key_header is not None:  # e.g. Azure: the key goes in its own header, not a bearer token
+        key = common.pop("api_key")
+        common["extra_headers"] = {preset.key_header: key} if key else {}
+    return OpenAIProvider(**common, query=preset.query)
 
 
 def make_provider(cfg: Mapping[str, Any], *, where: str = "[agent.model]") -> Provider:
