@@ -1,0 +1,124 @@
+"""The scheduler child: fires due schedules (``openfang.control.schedules``) as ``agent.send`` requests.
+
+Declared in cluster.toml like the memory writer (``start = "openfang.control.scheduler:main"``). It is a
+client of the control gateway like any other (no back door into workers): it claims due runs in the store,
+hands each to a small thread pool that sends it through the gateway, and records ``delivered`` or
+``failed`` with the reply or error. Long agent replies never delay the next schedule, and a gateway that is
+restarting only fails the runs in flight (recorded as failed with the reason, and logged).
+
+The loop wakes at the earliest ``next_run`` or every ``POLL_S`` (schedules added by the CLI or by agents'
+tools land in the same SQLite file), and heartbeats its supervisor each turn.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+from openfang.control.schedules import Due, ScheduleStore
+from openfang.protocol.client import Client
+from openfang.protocol.errors import OpenFangError
+from openfang.supervisor.child import ChildContext
+
+log = structlog.get_logger("openfang.scheduler")
+_Resource = TypeVar("_Resource", ScheduleStore, Client)
+POLL_S = 0.5
+SEND_TIMEOUT_S = 120.0
+SENDERS = 4
+
+
+class Scheduler:
+    """Claims due runs and sends them; one store connection on the loop thread, one per sender thread."""
+
+    def __init__(self, db_path: Path, endpoint: str, ctx: ChildContext | None = None) -> None:
+        self.db_path = db_path
+        self.endpoint = endpoint
+        self.ctx = ctx
+        self.running = True
+        self.store = ScheduleStore(db_path)
+        self._local = threading.local()
+        self._opened: list[ScheduleStore | Client] = []  # the sender threads' own, closed in close()
+        self._opened_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=SENDERS, thread_name_prefix="schedule-send")
+
+    def serve(self) -> None:
+        if self.ctx is not None:
+            self.ctx.ready(db=str(self.db_path))
+        log.info("scheduler_started", db=str(self.db_path), endpoint=self.endpoint)
+        while self.running:
+            if self.ctx is not None:
+                self.ctx.heartbeat()
+                for _msg in self.ctx.pending():  # nothing to handle from the parent, but drain (and EOF)
+                    pass
+            for due in self.store.claim_due():
+                self._pool.submit(self._send, due)
+            nxt = self.store.next_due()
+            wait = POLL_S if nxt is None else min(POLL_S, max(nxt - time.time(), 0.0))
+            time.sleep(wait)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+        for resource in self._opened:
+            resource.close()
+        self.store.close()
+
+    def _send(self, due: Due) -> None:
+        store, client = self._thread_state()
+        body: dict[str, Any] = {"agent_id": due.target, "text": due.text}
+        if due.session:
+            body["session"] = due.session
+        bound = log.bind(schedule_id=due.schedule_id, agent_id=due.target, due=due.due, missed=due.missed)
+        try:
+            reply = client.request("agent.send", body, timeout=SEND_TIMEOUT_S)
+        except OpenFangError as exc:
+            bound.warning("schedule_failed", code=exc.code, error=exc.message)
+            store.record(due, "failed", {"code": exc.code, "message": exc.message})
+            self._local.client = None  # a timed-out socket may hold a late reply: start clean
+            with self._opened_lock:
+                self._opened.remove(client)
+            client.close()
+            return
+        bound.info("schedule_fired")
+        store.record(due, "delivered", {"reply": str(reply.get("reply", ""))[:500]})
+
+    def _thread_state(self) -> tuple[ScheduleStore, Client]:
+        if getattr(self._local, "store", None) is None:
+            self._local.store = self._keep(ScheduleStore(self.db_path))
+        if getattr(self._local, "client", None) is None:
+            self._local.client = self._keep(Client(self.endpoint, timeout=SEND_TIMEOUT_S))
+        return self._local.store, self._local.client
+
+    def _keep(self, resource: _Resource) -> _Resource:
+        with self._opened_lock:
+            self._opened.append(resource)
+        return resource
+
+
+def db_path_for(data_dir: str | os.PathLike[str]) -> Path:
+    """Where a data dir keeps its schedules."""
+    return Path(data_dir) / "schedules.db"
+
+
+def main(ctx: ChildContext) -> None:
+    """Child entry point: the data dir and control endpoint come from the cluster's environment."""
+    structlog.contextvars.bind_contextvars(role="scheduler", pid=os.getpid())
+    data_dir = ctx.args.get("data_dir") or os.environ["OPENFANG_DATA_DIR"]
+    endpoint = ctx.args.get("endpoint") or os.environ["OPENFANG_CONTROL_ENDPOINT"]
+    scheduler = Scheduler(db_path_for(data_dir), endpoint, ctx)
+
+    def stop(_signum: int, _frame: object) -> None:
+        scheduler.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        scheduler.serve()
+    except EOFError:
+        pass  # the supervisor is gone: PDEATHSIG follows
+    finally:
+        scheduler.close()
