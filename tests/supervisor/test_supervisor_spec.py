@@ -226,7 +226,7 @@ def test_tree_config_accepts_the_shipped_example(tmp_path: Path) -> None:
     """The example cluster.toml shipped with the package parses."""
     example = Path(__file__).parents[2] / "openfang" / "data" / "cluster.toml"
     spec = parse_supervisor(tomllib.loads(example.read_text())["supervisor"], source=str(example))
-    assert [c.id for c in spec.children] == ["memory", "workers"]
+    assert [c.id for c in spec.children] == ["memory", "workers", "scheduler"]
 
 
 def test_tree_config_rejects_a_cpu_this_process_cannot_use() -> None:
