@@ -73,6 +73,10 @@ class MemoryAPI:
         body = store_body(agent_id, text, kind, importance, ttl, self.embedder.id, vector, tags)
         return self._ack(self.client.call(messages.STORE, body))
 
+    def memory_forget(self, agent_id: str, memory_id: int) -> dict[str, Any]:
+        """Delete one of ``agent_id``'s own memories (another's id: nothing); ``{deleted, seq}``."""
+        return self._ack(self.client.call(messages.FORGET, {"agent_id": agent_id, "id": memory_id}))
+
     def record_message(
         self, agent_id: str, session: str, role: str, text: str, tokens: int | None = None
     ) -> str:

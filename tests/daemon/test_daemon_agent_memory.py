@@ -167,3 +167,29 @@ def test_memory_history_tool_shows_the_agent_its_own_conversation(cluster: Clust
     texts = [e["text"] for e in entries]
     assert "the sky is green today" in texts, entries
     assert not any("bystander" in t for t in texts), "an agent sees only its own history"
+
+
+FORGET = "{match = '^forget (?P<i>[0-9]+)', tool = 'memory_forget', args = {id = '{i}'}, then = '{result}'},"
+
+
+def test_agent_forgets_its_own_memory_but_not_another_agents(cluster: Cluster) -> None:
+    """memory_forget deletes the caller's memory (recall no longer finds it), never another agent's."""
+    tools = 'tools = ["memory_store", "memory_recall", "memory_forget"]'
+    a = spawn(
+        cluster,
+        agent("forgetter", STORE + RECALL + FORGET).replace(
+            'tools = ["memory_store", "memory_recall"]', tools
+        ),
+    )
+    b = spawn(
+        cluster,
+        agent("keeper", STORE + RECALL + FORGET).replace('tools = ["memory_store", "memory_recall"]', tools),
+    )
+    say(cluster, a, "remember the vault code is 4711")
+    say(cluster, b, "remember the garden gate is blue")
+    (mine,) = [h for h in json.loads(say(cluster, a, "recall vault code")) if "4711" in h["text"]]
+    (theirs,) = [h for h in json.loads(say(cluster, b, "recall garden gate")) if "blue" in h["text"]]
+    assert json.loads(say(cluster, a, f"forget {theirs['id']}")) == {"id": theirs["id"], "forgotten": False}
+    assert json.loads(say(cluster, a, f"forget {mine['id']}")) == {"id": mine["id"], "forgotten": True}
+    assert not [h for h in json.loads(say(cluster, a, "recall vault code")) if "4711" in h["text"]]
+    assert [h for h in json.loads(say(cluster, b, "recall garden gate")) if "blue" in h["text"]]

@@ -113,6 +113,11 @@ class HostMemory:
         cb = self._with_tool_api(lambda api: api.host_callbacks()["memory_store"])
         return dict(self._with_tool_api(lambda api: cb(agent_id, args)))
 
+    def forget(self, agent_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        """``memory_forget`` for ``agent_id``: only its own memories can be deleted (the writer checks)."""
+        ack = self._with_tool_api(lambda api: api.memory_forget(agent_id, int(args["id"])))
+        return {"id": int(args["id"]), "forgotten": bool(ack.get("deleted"))}
+
     def history(self, agent_id: str, args: dict[str, Any]) -> list[dict[str, Any]]:
         """``memory_history`` for ``agent_id``: its own messages only (read-your-writes included)."""
 

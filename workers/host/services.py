@@ -272,6 +272,13 @@ def default_context(host: AgentHost, agent: HostedAgent) -> Any:
                 sec.memory_scope(agent_id, owners)  # layer 9: raises Denied (audited) for another's memory
             return mem.recall(agent_id, args, owners)
 
+        def forget(agent_id: str, args: dict[str, Any]) -> Any:
+            if sec is not None and sec.permissions is not None:
+                sec.permissions.check_memory_write(
+                    agent_id, agent_id
+                )  # a read-only agent cannot forget either
+            return mem.forget(agent_id, args)
+
         def store(agent_id: str, args: dict[str, Any]) -> Any:
             if sec is not None and sec.permissions is not None:
                 sec.permissions.check_memory_write(agent_id, agent_id)  # memory_write = [] makes it read-only
@@ -281,6 +288,7 @@ def default_context(host: AgentHost, agent: HostedAgent) -> Any:
             memory_store=store,
             memory_recall=recall,
             memory_history=lambda agent_id, args: mem.history(agent_id, args),
+            memory_forget=forget,
         )
     return _tools.ToolContext(
         agent_id=agent.agent_id,

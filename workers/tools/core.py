@@ -76,6 +76,7 @@ class ToolContext:
     memory_store: HostCallback | None = None
     memory_recall: HostCallback | None = None
     memory_history: HostCallback | None = None
+    memory_forget: HostCallback | None = None
     # http_fetch policy: hosts/addresses/CIDRs exempt from the SSRF address check, and a blanket opt-in
     # for private addresses (never metadata ones). ``resolver`` replaces DNS (tests, a worker DNS cache).
     net_allow_hosts: tuple[str, ...] = ()

@@ -183,4 +183,14 @@ HOST_TOOLS: tuple[Tool, ...] = (
         permission="memory.recall",
         call=_via("memory_history", lambda c: c.memory_history),
     ),
+    Tool(
+        name="memory_forget",
+        description="Forget one of your own memories by its id (from memory_recall); says if it existed.",
+        # A string of digits is accepted too: models often quote numbers they read in a tool result.
+        schema=_obj(
+            {"id": {"type": ["integer", "string"], "pattern": "^[0-9]{1,18}$", "minimum": 1}}, ["id"]
+        ),
+        permission="memory.store",
+        call=_via("memory_forget", lambda c: c.memory_forget),
+    ),
 )
