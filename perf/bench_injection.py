@@ -1,0 +1,132 @@
+"""Prompt-injection detector cost: microseconds per scan of 1 KB messages, short messages and a long text.
+
+``run(quick=False) -> list[dict]`` (see perf/run.py). The messages are built from the labelled corpus
+(``tests/security/data/injection_corpus.jsonl``): corpus texts are joined, in a fixed shuffled order, into
+messages of about 1,024 characters, so the workload mixes prose, code, tool output, other scripts and
+attacks the way a worker's traffic does. Figures, one core:
+
+- ``injection_scan_us_per_kb``: p50 over the 1 KB messages of the time of one ``InjectionDetector.scan``,
+  scaled to exactly 1,024 characters (target 20 us);
+- ``injection_scan_ascii_us_per_kb`` / ``injection_scan_unicode_us_per_kb``: the same for the messages that
+  are pure ASCII and those that are not (accents, Cyrillic, CJK, invisible characters);
+- ``injection_scan_short_us``: p50 of one scan of a single corpus text (about 100 characters);
+- ``injection_scan_100kb_us_per_kb``: one 100 KB text (corpus texts joined), per KB.
+
+Each message is scanned ``REPEAT`` times in a row and the mean of those is its sample, so timer resolution
+does not dominate; samples are collected over three passes and the p50 taken over all of them. Time is the
+process's CPU time, not the wall clock: on a shared machine a wall-clock figure measures the neighbours.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from openfang.security.injection import InjectionDetector
+
+from perf.workloads import metric, percentile
+
+TIMEOUT_S = 300
+CORPUS = Path(__file__).resolve().parent.parent / "tests" / "security" / "data" / "injection_corpus.jsonl"
+KB = 1024
+REPEAT = 20
+
+
+def corpus_texts() -> list[str]:
+    """Every corpus text (attacks and benign), in file order."""
+    lines = CORPUS.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["text"] for line in lines if line]
+
+
+def messages(texts: list[str], size: int, *, seed: int = 7) -> list[str]:
+    """Corpus texts joined (blank line between) into messages of about ``size`` characters each."""
+    order = list(texts)
+    random.Random(seed).shuffle(order)
+    out, cur = [], ""
+    for text in order * 3:
+        cur = f"{cur}\n\n{text}" if cur else text
+        if len(cur) >= size:
+            out.append(cur[:size])
+            cur = ""
+    return out
+
+
+def per_scan_us(det: InjectionDetector, texts: list[str], passes: int) -> list[float]:
+    """One sample per text and pass: the mean microseconds of ``REPEAT`` scans of that text."""
+    samples = []
+    for _ in range(passes):
+        for text in texts:
+            t0 = time.process_time()
+            for _ in range(REPEAT):
+                det.scan(text)
+            samples.append((time.process_time() - t0) / REPEAT * 1e6)
+    return samples
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    det = InjectionDetector()
+    texts = corpus_texts()
+    kb = messages(texts, KB)
+    passes = 1 if quick else 3
+    per_kb = [s * KB / len(m) for s, m in zip(per_scan_us(det, kb, passes), kb * passes, strict=True)]
+    ascii_kb = [m for m in kb if m.isascii()]
+    other_kb = [m for m in kb if not m.isascii()]
+    short = per_scan_us(det, texts, passes)
+    long_text = "\n\n".join(messages(texts, 100 * KB, seed=11)[:1])
+    t0 = time.process_time()
+    det.scan(long_text)
+    long_us = (time.process_time() - t0) * 1e6
+    notes = f"{len(kb)} messages of 1,024 chars from the injection corpus, {REPEAT} scans each, 1 core"
+    return [
+        metric(
+            "injection_scan_us_per_kb",
+            percentile(per_kb, 50),
+            "us/KB",
+            "lower",
+            target=20,
+            p50=percentile(per_kb, 50),
+            p99=percentile(per_kb, 99),
+            samples=len(per_kb),
+            notes=notes,
+        ),
+        metric(
+            "injection_scan_ascii_us_per_kb",
+            percentile(per_scan_us(det, ascii_kb, passes), 50),
+            "us/KB",
+            "lower",
+            samples=len(ascii_kb) * passes,
+            notes="the pure-ASCII 1 KB messages",
+        ),
+        metric(
+            "injection_scan_unicode_us_per_kb",
+            percentile(per_scan_us(det, other_kb, passes), 50),
+            "us/KB",
+            "lower",
+            samples=len(other_kb) * passes,
+            notes="the 1 KB messages with non-ASCII characters",
+        ),
+        metric(
+            "injection_scan_short_us",
+            percentile(short, 50),
+            "us",
+            "lower",
+            p50=percentile(short, 50),
+            p99=percentile(short, 99),
+            samples=len(short),
+            notes=f"one corpus text per scan (mean {sum(map(len, texts)) / len(texts):.0f} chars)",
+        ),
+        metric(
+            "injection_scan_100kb_us_per_kb",
+            long_us * KB / len(long_text),
+            "us/KB",
+            "lower",
+            notes=f"one scan of a {len(long_text):,}-char text",
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick=True), indent=2))
