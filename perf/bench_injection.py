@@ -11,6 +11,8 @@ corpus, half of it attacks, makes an attack-dense worst case. Figures, one core:
 - ``injection_scan_ascii_us_per_kb`` / ``injection_scan_unicode_us_per_kb``: the same for the benign
   messages that are pure ASCII and those that are not (accents, typographic quotes, Cyrillic, CJK);
 - ``injection_scan_attack_dense_us_per_kb``: p50 over 1 KB messages from the whole corpus;
+- ``injection_scan_plain_us_per_kb``: p50 over 1 KB messages of the system benchmarks' own traffic
+  (:func:`perf.workloads.routing_messages` and :func:`~perf.workloads.toolchain_tasks`), which has few cues;
 - ``injection_scan_short_us``: p50 of one scan of a single corpus text (about 100 characters);
 - ``injection_scan_100kb_us_per_kb``: one 100 KB text of benign corpus texts, per KB.
 
@@ -29,6 +31,7 @@ from typing import Any
 
 from openfang.security.injection import InjectionDetector
 
+from perf import workloads
 from perf.workloads import metric, percentile
 
 TIMEOUT_S = 300
@@ -82,6 +85,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     everything = corpus_texts()
     kb = messages(benign, KB)
     dense = messages(everything, KB)
+    plain = messages(workloads.routing_messages(400) + workloads.toolchain_tasks(200), KB)
     passes = 1 if quick else 3
     per_kb = _p50_per_kb(det, kb, passes)
     ascii_kb = [m for m in kb if m.isascii()]
@@ -127,6 +131,14 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "lower",
             samples=len(dense) * passes,
             notes="1 KB messages from the whole corpus (about half attacks)",
+        ),
+        metric(
+            "injection_scan_plain_us_per_kb",
+            percentile(_p50_per_kb(det, plain, passes), 50),
+            "us/KB",
+            "lower",
+            samples=len(plain) * passes,
+            notes="1 KB messages of the routing and tool-chain workloads (perf/workloads.py)",
         ),
         metric(
             "injection_scan_short_us",

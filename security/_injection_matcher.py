@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 
 import ahocorasick_rs
@@ -85,10 +85,22 @@ class Hits:
         return None
 
 
-def _covered(span: Span, neutral: list[Span], starts: list[int]) -> bool:
-    """Is ``span`` inside one of the sorted ``neutral`` spans? (Neutral phrases seldom overlap: check two.)"""
-    i = bisect_right(starts, span[0])
-    return any(neutral[j][1] >= span[1] for j in range(max(0, i - 2), i))
+def _drop_covered(spans: dict[str, list[Span]], neutral: list[Span]) -> None:
+    """Remove, in place, every hit inside a neutral span: one sweep per class over its sorted hits."""
+    neutral.sort()
+    for cls in list(spans):
+        kept: list[Span] = []
+        k, reach = 0, -1  # reach: the furthest end of the neutral spans that start at or before the hit
+        for span in spans[cls]:
+            while k < len(neutral) and neutral[k][0] <= span[0]:
+                reach = max(reach, neutral[k][1])
+                k += 1
+            if span[1] > reach:
+                kept.append(span)
+        if kept:
+            spans[cls] = kept
+        else:
+            del spans[cls]
 
 
 def _unspaced(c: str) -> bool:
@@ -170,14 +182,10 @@ class CueMatcher:
                     spans[cls].append(span)
                 else:
                     spans[cls] = [span]
-        neutral = spans.pop("NEUTRAL", None)
-        if neutral:
-            neutral.sort()
-            starts = [n[0] for n in neutral]
-            for cls, found in spans.items():
-                spans[cls] = [s for s in found if not _covered(s, neutral, starts)]
-            spans = {cls: found for cls, found in spans.items() if found}
         for found in spans.values():
             if len(found) > 1:
                 found.sort()
+        neutral = spans.pop("NEUTRAL", None)
+        if neutral:
+            _drop_covered(spans, neutral)
         return Hits(text=text, spans=spans, context=self._context)
