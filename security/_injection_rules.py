@@ -1,394 +1,337 @@
-# ruff: noqa: E501  -- a table of regular expressions reads better with each pattern unbroken
-"""The weighted patterns of the prompt-injection detector (layer 2).
+"""The combination rules of the prompt-injection detector: which cue classes, close together, make a finding.
 
-Patterns run on *normalised* text: NFKC, case-folded, invisible characters removed, runs of spaces and tabs
-collapsed (newlines kept, for the line-anchored rules). Weights are probabilities that a match alone means
-an injection; the detector combines the rules that fire with a noisy-OR, so two weak signals make a strong
-one. Weak rules (< 0.5) exist for things innocent text also does (a JSON ``"role": "system"`` message in
-code, the word *jailbreak*), and only matter next to another signal.
+The matcher (:mod:`._injection_matcher`) says which words are where; this module says what they mean
+together. A single class never scores alone, except the unambiguous ones (chat-template tokens, tool-call
+tags, jailbreak names): "ignore" is ordinary, "ignore all previous instructions" is not. Each rule returns
+:class:`Finding` values with a weight, the probability that the finding alone is an injection; the detector
+combines them with a noisy-OR. The weights are tiered to the verdicts (``flag`` from 0.5, ``block`` from
+0.8): a rule that also fires on careful ordinary prose stays below 0.8, so at worst it flags.
+
+Distances are in characters of the folded text; ``imperative`` tells a command ("please ignore ...") from a
+description ("why do models ignore ...").
 """
 
 from __future__ import annotations
 
-import re
+from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from openfang.security._injection_cues import IMPERATIVE_LEADS
+from openfang.security._injection_matcher import Hits, Span
+
+_OPENERS = frozenset(".!?;:,\n\"'([>*#|/`{=\u2014\u2013")
+_CJK_START = 0x2E80
 
 
 @dataclass(frozen=True, slots=True)
-class Rule:
-    category: str
-    name: str
+class Finding:
+    """One rule that fired: ``rule`` is ``category:name``; ``span`` the evidence in the folded text."""
+
+    rule: str
     weight: float
-    pattern: re.Pattern[str]
-    negatable: bool = False  # a negation just before the match ("never share your password") cancels it
+    span: Span
 
 
-_F = re.MULTILINE  # text is case-folded first, so patterns are lower-case and need no (slow) IGNORECASE
-_VERB_OVERRIDE = (
-    r"(?:ignore|ignoring|disregard|disregarding|forget|bypass|override|skip|drop|nevermind|never mind|set aside|"
-    r"abandon|discard|throw out|pay no attention to)"
+def imperative(text: str, start: int) -> bool:
+    """Is the word at ``start`` used as a command: first in its clause, or after "please", "you must", ...?"""
+    if start and ord(text[start]) >= _CJK_START:
+        return True
+    i = start - 1
+    while i >= 0 and text[i] == " ":
+        i -= 1
+    if i < 0 or text[i] in _OPENERS:
+        return True
+    j = i
+    while j >= 0 and not text[j].isspace() and text[j] not in _OPENERS:
+        j -= 1
+    return text[j + 1 : i + 1] in IMPERATIVE_LEADS
+
+
+def _negated(h: Hits, start: int) -> bool:
+    return h.near("NEG", start - 22, start - 1) is not None
+
+
+def _howto(h: Hits, start: int) -> bool:
+    return h.near("HOWTO", start - 40, start - 1) is not None
+
+
+def override(h: Hits) -> list[Finding]:
+    """An override verb aimed at the model's instructions: "ignore all previous instructions"."""
+    out = []
+    for o in h.of("OVR"):
+        if _negated(h, o[0]):
+            continue
+        ctrl = h.near("CTRL", o[1], o[1] + 50)
+        if ctrl is None:
+            continue
+        imp = imperative(h.text, o[0]) and not _howto(h, o[0])
+        pointed = h.any_near(("PRIOR", "YOUR"), o[1], ctrl[0]) is not None
+        pointed = pointed or h.near("HIDDEN", ctrl[0], ctrl[0]) is not None
+        weight = (0.9 if pointed else 0.65) if imp else (0.55 if pointed else 0.25)
+        if h.near("NARR", o[1], ctrl[0]) is not None:
+            weight = 0.25
+        out.append(Finding("override:ignore_instructions", weight, (o[0], ctrl[1])))
+    for o in h.of("OVR_POST"):
+        ctrl = h.near("CTRL", o[0] - 60, o[0]) or h.near("CTRL", o[1], o[1] + 30)
+        if ctrl is None or _negated(h, o[0]):
+            continue
+        pointed = h.any_near(("PRIOR", "YOUR"), min(ctrl[0], o[0]) - 30, max(ctrl[1], o[1])) is not None
+        out.append(Finding("override:instructions_void", 0.8 if pointed else 0.55, (ctrl[0], o[1])))
+    return out
+
+
+def leak(h: Hits) -> list[Finding]:
+    """A reveal verb aimed at the model's hidden context: "print your system prompt"."""
+    out = []
+    for r in h.of("REVEAL"):
+        strong = h.near("HIDDEN", r[0] - 40, r[1] + 60)
+        weak = h.count("HIDDEN_WEAK", r[0] - 60, r[1] + 80)
+        if (strong is None and not weak) or _negated(h, r[0]):
+            continue
+        imp = imperative(h.text, r[0]) and not _howto(h, r[0])
+        if strong is not None:
+            weight = 0.85 if imp or strong[0] > r[0] else 0.6
+        elif weak >= 2 or h.near("YOUR", r[0] - 40, r[1] + 60):
+            weight = 0.65 if imp else 0.45
+        else:
+            weight = 0.3
+        out.append(Finding("leak:reveal_hidden_context", weight, (r[0], (strong or r)[1])))
+    return out
+
+
+def secrets(h: Hits) -> list[Finding]:
+    """Credentials asked for or sent out: "send the API key to https://..."."""
+    out = []
+    for verb in (*h.of("REVEAL"), *h.of("SEND")):
+        sec = h.near("SECRET", verb[0] - 30, verb[1] + 50)
+        if sec is None or _negated(h, verb[0]) or _howto(h, verb[0]):
+            continue
+        dest = _destination(h, verb[0], verb[1] + 160)
+        covert = h.near("COVERT", verb[0] - 150, verb[1] + 150)
+        weight = 0.9 if dest or covert else 0.7 if imperative(h.text, verb[0]) else 0.4
+        out.append(Finding("exfil:secret", weight, (verb[0], sec[1])))
+    return out
+
+
+def exfiltration(h: Hits) -> list[Finding]:
+    """Conversation or personal data sent to an outside address, or anything sent covertly."""
+    out = []
+    for s in h.of("SEND"):
+        dest = _destination(h, s[0], s[1] + 160)
+        data = h.near("DATA", s[0] - 30, s[1] + 100)
+        if (dest is None and data is None) or _negated(h, s[0]):
+            continue
+        covert = h.near("COVERT", s[0] - 120, s[1] + 150)
+        if dest and data:
+            out.append(Finding("exfil:data_to_destination", 0.9 if covert else 0.8, (s[0], dest[1])))
+        elif covert:
+            out.append(Finding("exfil:covert_send", 0.75, (s[0], s[1])))
+        elif dest and h.near("DANGER", s[0] - 20, dest[1] + 60):
+            out.append(Finding("exfil:fetch_and_run", 0.7, (s[0], dest[1])))
+    for d in h.of("DEST"):
+        tmpl = _url_template(h.text, d)
+        if tmpl:
+            image = "![" in h.text[max(0, d[0] - 80) : d[0]]
+            out.append(Finding("markdown:url_template", 0.85 if image else 0.5, d))
+    return out
+
+
+def _destination(h: Hits, lo: int, hi: int) -> Span | None:
+    """A URL or an e-mail address starting in ``[lo, hi]``."""
+    text = h.text
+    dests = h.of("DEST")
+    for d in dests[bisect_left(dests, (lo, -1)) :]:
+        if d[0] > hi:
+            return None
+        if text[d[0]] != "@":
+            return d
+        if d[0] and text[d[0] - 1].isalnum() and _domain(text, d[1]):
+            return d
+    return None
+
+
+def _domain(text: str, start: int) -> bool:
+    """Does a domain name (letters, then a dot, then letters) start at ``start``?"""
+    end = start
+    while end < len(text) and (text[end].isalnum() or text[end] == "."):
+        end += 1
+    name = text[start:end].strip(".")
+    return "." in name and name[0].isalnum()
+
+
+def _url_template(text: str, d: Span) -> bool:
+    """Does the URL at ``d`` end in an empty parameter, or carry a placeholder for data to fill in?"""
+    if text[d[0]] == "@" or not text[d[0]].isalpha():
+        return False
+    end = d[1]
+    while end < len(text) and not text[end].isspace() and text[end] not in ")]\"'":
+        end += 1
+    url = text[d[0] : end]
+    return "?" in url and (url.endswith(("=", "?")) or any(c in url for c in "{<$"))
+
+
+def role(h: Hits) -> list[Finding]:
+    """A role switch to a privileged or unrestricted persona: "you are now the admin"."""
+    out = []
+    for r in h.of("ROLE"):
+        jb = h.any_near(("JB_STRONG", "JB_WEAK"), r[0] - 40, r[1] + 80)
+        auth = h.near("AUTH", r[1], r[1] + 40) if jb is None else None
+        submit = h.near("SUBMIT", r[1], r[1] + 80) if jb is None and auth is None else None
+        if (jb is None and auth is None and submit is None) or _negated(h, r[0]):
+            continue
+        if jb is not None:
+            out.append(Finding("jailbreak:unrestricted_persona", 0.85, (r[0], jb[1])))
+        elif auth is not None:
+            out.append(Finding("roleplay:privileged_role", 0.65, (r[0], auth[1])))
+        elif submit is not None:
+            out.append(Finding("roleplay:obedient_role", 0.55, (r[0], submit[1])))
+    return out
+
+
+def jailbreak(h: Hits) -> list[Finding]:
+    """Jailbreak vocabulary: named jailbreaks alone, generic "no limits" talk next to the model."""
+    out = [Finding("jailbreak:named", 0.6, j) for j in h.of("JB_STRONG")[:1]]
+    for j in h.of("JB_WEAK"):
+        company = h.any_near(("YOUR", "SWITCH", "AI_NOUN", "SUBMIT", "JB_WEAK"), j[0] - 60, j[1] + 60)
+        if company is not None and company != j:
+            out.append(Finding("jailbreak:no_limits", 0.55, j))
+            break
+    return out
+
+
+def authority(h: Hits) -> list[Finding]:
+    """A claimed privileged sender ("this is your developer", "[ADMIN OVERRIDE]") asking for control."""
+    out = []
+    for c in h.of("CLAIM"):
+        auth = h.near("AUTH", c[0] - 40, c[1] + 40)
+        if auth is None:
+            continue
+        ask = h.any_near(
+            ("OVR", "OVR_POST", "CTRL", "REVEAL", "SECRET", "JB_STRONG", "JB_WEAK", "SUBMIT"),
+            min(c[0], auth[0]) - 60,
+            max(c[1], auth[1]) + 160,
+        )
+        out.append(Finding("authority:claimed", 0.8 if ask else 0.35, (c[0], auth[1])))
+    return out
+
+
+def forgery(h: Hits) -> list[Finding]:
+    """Chat-template tokens, tool-call tags and role lines that forge a turn the model did not get."""
+    out = [Finding("forgery:template_token", 0.9, f) for f in h.of("FORGE_STRONG")]
+    lines = [f for f in h.of("FORGE_LINE") if _line_start(h.text, f[0])]
+    names = {h.text[a:b] for a, b in lines}
+    if names & {"system:", "sys:", "### system"}:
+        out.append(Finding("forgery:system_line", 0.65, lines[0]))
+    if "thought:" in names and names & {"action:", "observation:", "action input:"}:
+        out.append(Finding("forgery:react_transcript", 0.75, (lines[0][0], lines[-1][1])))
+    for a, b in lines:
+        if h.text[a:b] in ("assistant:", "ai:", "llm:", "model:"):
+            act = h.any_near(("ACT", "OVR", "REVEAL", "SEND", "SWITCH", "NEWTASK"), b, b + 200)
+            out.append(Finding("forgery:speaker_line", 0.7 if act else 0.35, (a, b)))
+            break
+    for f in h.of("ROLE_JSON")[:1]:
+        ask = h.any_near(("SUBMIT", "OVR", "OVR_POST", "JB_STRONG", "JB_WEAK", "NEWTASK"), f[1], f[1] + 200)
+        out.append(Finding("forgery:json_system_role", 0.75 if ask else 0.35, f))
+    return out
+
+
+def _line_start(text: str, start: int) -> bool:
+    i = start - 1
+    while i >= 0 and text[i] in " \t>#*[":
+        i -= 1
+    return i < 0 or text[i] == "\n"
+
+
+def indirect(h: Hits) -> list[Finding]:
+    """Text that addresses the AI reading it ("Note to any AI: ...") and tells it to act."""
+    out = []
+    text = h.text
+    for n in h.of("AI_NOUN"):
+        after = text[n[1] : n[1] + 2].lstrip()[:1]
+        vocative = after in (":", ",") and (
+            imperative(text, n[0])
+            or h.near("AI_NOUN", n[0] - 4, n[0] - 2) is not None  # "ai reviewers:"
+            or (after == ":" and h.any_near(("OVR", "ACT", "REVEAL", "SEND"), n[1], n[1] + 20) is not None)
+        )
+        addressed = (
+            vocative
+            or h.near("ADDRESS", n[0] - 35, n[0] - 1) is not None
+            or h.near("AI_VERB", n[1], n[1] + 25) is not None
+        )
+        duty = False
+        if not addressed:
+            duty_at = h.near("AI_DUTY", n[1], n[1] + 12)
+            duty = duty_at is not None and not any(c in text[n[1] : duty_at[0]] for c in ".?!\n")
+        if not addressed and not duty:
+            continue
+        act = h.any_near(
+            (
+                "OVR",
+                "OVR_POST",
+                "REVEAL",
+                "SEND",
+                "COVERT",
+                "NEWTASK",
+                "SWITCH",
+                "ACT",
+                "SECRET",
+                "CTRL",
+                "SUBMIT",
+            ),
+            n[1],
+            n[1] + 220,
+        )
+        if act is None and not addressed:
+            continue
+        weight = 0.85 if act and addressed else 0.8 if act else 0.5
+        out.append(Finding("indirect:addressed_to_ai", weight, (n[0], (act or n)[1])))
+        if act:
+            break
+    return out
+
+
+def new_task(h: Hits) -> list[Finding]:
+    """A new job for the model ("your real task is ..."), or a switch to obedience ("from now on, obey")."""
+    out = [Finding("override:new_task", 0.6, t) for t in h.of("NEWTASK")[:1]]
+    for s in h.of("SWITCH"):
+        submit = h.any_near(("SUBMIT", "JB_WEAK"), s[0] - 60, s[1] + 80)
+        if submit is not None:
+            out.append(Finding("override:switch_to_obedience", 0.6, (s[0], submit[1])))
+            break
+    return out
+
+
+def covert(h: Hits) -> list[Finding]:
+    """An action to be hidden from the user: "don't mention this", "quietly add ..."."""
+    for c in h.of("COVERT"):
+        act = h.any_near(("ACT", "SEND", "SWITCH", "NEWTASK"), c[0] - 100, c[1] + 100)
+        if act is not None:
+            return [Finding("covert:hidden_action", 0.6, (min(c[0], act[0]), max(c[1], act[1])))]
+    return []
+
+
+RULES: tuple[Callable[[Hits], list[Finding]], ...] = (
+    override,
+    leak,
+    secrets,
+    exfiltration,
+    role,
+    jailbreak,
+    authority,
+    forgery,
+    indirect,
+    new_task,
+    covert,
 )
-# The gap between verb and target may not hold a third-person possessive: "ignore its creators' instructions"
-# narrates, an injection addresses the reader.
-_GAP = r"(?:(?!\b(?:its|his|her|their)\b)[^.\n]){0,30}?"
-_PRIOR = r"(?:all|any|the|your|my|every|these|those|of|previous|prior|above|earlier|preceding|original|initial|old|"
-_PRIOR += r"system|existing|other|safety|content|openai'?s|\s)*"
-_TARGET = (
-    r"(?:instructions?|prompts?|directions?|directives?|rules|guidelines|guidance|policy|policies|"
-    r"restrictions|programming|commands?|context|orders|configuration|system messages?)"
-)
-_SECRET = (
-    r"(?:passwords?|api[ _-]?keys?|secret[ _-]?keys?|secrets|credentials|private[ _-]?keys?|ssh[ _-]?keys?|"
-    r"session[ _-]?cookies?|access[ _-]?tokens?|reset[ _-]?tokens?|api[ _-]?tokens?|product keys|"
-    r"system[ _-]?prompt|hidden[ _-]?(?:prompt|instructions|rules)|credit[ _-]?card(?: numbers?)?|card numbers?|cvv|"
-    r"social security numbers?)"
-)
-_SEND = r"(?:send|email|e-mail|forward|post|upload|exfiltrate|transmit|leak|paste|share|include)"
 
 
-def _r(category: str, name: str, weight: float, pattern: str, *, negatable: bool = False) -> Rule:
-    return Rule(category, name, weight, re.compile(pattern, _F), negatable)
-
-
-RULES: tuple[Rule, ...] = (
-    # --- instruction override -------------------------------------------------------------------------
-    _r("override", "ignore_instructions", 0.9, rf"\b{_VERB_OVERRIDE}\b{_GAP}{_PRIOR}{_TARGET}\b"),
-    _r(
-        "override",
-        "ignore_above",
-        0.8,
-        r"\b(?:ignore|disregard)\s+(?:everything\s+|all\s+|the\s+)?(?:above|before)\b",
-    ),
-    _r(
-        "override",
-        "ignore_everything_said",
-        0.8,
-        r"\b(?:ignore|disregard|forget)\s+(?:everything|anything|all)\b.{0,30}\b(?:told|said|says|asked|above|before)",
-    ),
-    _r(
-        "override",
-        "your_only_purpose",
-        0.7,
-        r"\byour\s+(?:only|new|real|true|actual)\s+(?:instructions?|task|purpose|goal|job|directives?|mission)\s+(?:is|are)\b",
-    ),
-    _r(
-        "override",
-        "changed_your_orders",
-        0.7,
-        r"\b(?:changed|updated|replaced|overrode|overridden|rewritten)\s+your\s+(?:orders|instructions|directives|"
-        r"programming|rules|guidelines|prompt)",
-    ),
-    _r(
-        "override",
-        "treat_as_developer",
-        0.7,
-        r"\btreat\b.{0,40}\bas\s+(?:coming\s+from|from|instructions\s+from)\s+(?:the\s+)?(?:developer|system|"
-        r"administrator|admin|operator)",
-    ),
-    _r(
-        "override",
-        "never_happened",
-        0.7,
-        r"\b(?:pretend|imagine|assume)\b.{0,40}\b(?:conversation|instructions|rules|prompt)\b.{0,20}"
-        r"\b(?:never (?:happened|existed)|(?:don't|do not) exist)",
-    ),
-    _r(
-        "override",
-        "forget_everything",
-        0.8,
-        r"\bforget\s+(?:everything|all)\b.{0,40}\b(?:told|said|above|before)",
-    ),
-    _r(
-        "override",
-        "dont_follow",
-        0.85,
-        r"\b(?:do not|don't|stop)\s+follow(?:ing)?\s+(?:your|the)\s+\w*\s*instructions",
-    ),
-    _r(
-        "override",
-        "updated_instructions",
-        0.85,
-        r"\b(?:your|the)\s+instructions\s+(?:have\s+been|were|are)\s+(?:updated|changed|replaced|a test)",
-    ),
-    _r("override", "real_instructions", 0.85, r"\b(?:the\s+)?real\s+instructions\s+(?:are|follow)"),
-    _r(
-        "override",
-        "new_instructions_colon",
-        0.6,
-        r"\bnew\s+(?:system\s+)?instructions?\s*(?::|follow|for the (?:ai|assistant))",
-    ),
-    _r("override", "from_now_on_you", 0.55, r"\bfrom now on,?\s+you\s+(?:are|will|must|only|shall|should)"),
-    _r(
-        "override",
-        "task_cancelled",
-        0.8,
-        r"\b(?:previous|current|original)\s+task\s+(?:is|has been)\s+(?:cancel+ed|over|replaced)",
-    ),
-    _r(
-        "override",
-        "ignore_task_instead",
-        0.7,
-        r"\b(?:ignore|disregard|forget|skip)\b.{0,40}\b(?:task|question|request|prompt)\b.{0,20}\binstead\b",
-    ),
-    _r("override", "ignore_user", 0.6, r"\bignore\s+the\s+user'?s?\s+(?:question|request|task|message)"),
-    _r("override", "end_of_input", 0.6, r"(?:</\s*user_?input\s*>|\bend of (?:user )?input\b)"),
-    _r(
-        "override",
-        "foreign_override",
-        0.9,
-        r"\b(?:ignorez|oubliez)\b.{0,30}\binstructions\b|\b(?:ignora|olvida)\b.{0,30}\binstrucciones\b|"
-        r"\b(?:vergiss|ignoriere)\b.{0,30}\banweisungen\b",
-    ),
-    _r(
-        "jailbreak",
-        "no_restrictions",
-        0.7,
-        r"\b(?:no longer bound by|without (?:any )?restrictions|no (?:content )?(?:policy|policies|restrictions|filter)|"
-        r"no (?:safety|content|ethical|moral)\s+(?:rules|guidelines|limits|filters?)|"
-        r"restrictions (?:are|have been) lifted|never refuse|without filtering|ignore safety)",
-    ),
-    _r(
-        "jailbreak",
-        "unrestricted_ai",
-        0.6,
-        r"\b(?:unrestricted|unfiltered|uncensored)\s+(?:ai|assistant|mode|model)\b",
-    ),
-    _r(
-        "jailbreak",
-        "mode_switch",
-        0.6,
-        r"\b(?:enable|activate|enter)\w*\s+(?:developer|god|dan|jailbreak|maintenance|debug)\s+mode|"
-        r"\byou are (?:now )?in\s+(?:developer|god|dan|jailbreak|maintenance)\s+mode",
-    ),
-    _r("jailbreak", "dan", 0.8, r"\bdo anything now\b|\bpretend to be dan\b|\bjailbreak successful\b"),
-    _r("jailbreak", "jailbreak_word", 0.3, r"\bjailbreak"),
-    _r(
-        "jailbreak",
-        "safety_disabled",
-        0.8,
-        r"\b(?:safety|security|content)\s+(?:module|filter|policy|policies|system)\s+(?:has been|have been|is|are)\s+"
-        r"(?:disabled|turned off|removed|lifted)",
-    ),
-    _r("jailbreak", "act_as_unbound", 0.6, r"\bact as an? (?:ai|assistant) (?:with|that has) no\b"),
-    _r(
-        "jailbreak",
-        "model_updated",
-        0.5,
-        r"\byou(?:'ve| have)\s+been\s+(?:updated|upgraded|reprogrammed|unlocked|freed|jailbroken)\b",
-    ),
-    _r("jailbreak", "grandma", 0.5, r"\b(?:deceased|dead|late)\s+(?:grandmother|grandma|grandfather)\b"),
-    # --- role play as system / chat-template forgery --------------------------------------------------
-    _r("roleplay", "system_line", 0.6, r"^\s*(?:system|sys)\s*:\s*\S"),
-    _r(
-        "roleplay",
-        "chat_template",
-        0.9,
-        r"<\|(?:im_start|im_end|system|user|assistant|endoftext)\|>|<<\s*/?sys\s*>>|\[/?inst\]",
-    ),
-    _r("roleplay", "system_heading", 0.7, r"^\s*#{1,4}\s*system\s*:?\s*$"),
-    _r("roleplay", "system_tag", 0.7, r"</?\s*system\s*>"),
-    _r("roleplay", "json_system_role", 0.35, r"[\"']?role[\"']?\s*:\s*[\"']system[\"']"),
-    _r(
-        "roleplay",
-        "admin_message",
-        0.6,
-        r"\b(?:message|note|notice|directive)\s+from\s+(?:the\s+)?(?:system|administrator|developers?|admin)\b|"
-        r"\b(?:important\s+)?system\s+note\b|\bpriority[- ]?(?:1|one)?\s*(?:directive|override)\b",
-    ),
-    # --- exfiltration asks --------------------------------------------------------------------------------
-    _r(
-        "exfil",
-        "reveal_prompt",
-        0.85,
-        r"\b(?:print|reveal|repeat|output|show|display|tell me|what are|leak|dump|give me|affichez|revela|gib)\b.{0,40}"
-        r"(?:system ?prompt|systemprompt|prompt syst[eè]me|mensaje del sistema|hidden (?:prompt|instructions|rules)|"
-        r"initial instructions|exact instructions|instructions you were given|your (?:instructions|prompt|configuration))",
-    ),
-    _r(
-        "exfil",
-        "your_hidden_prompt",
-        0.6,
-        r"\byour\s+(?:\w+\s+){0,2}?(?:initial|original|hidden|secret|first|full|entire|exact|underlying)\s+"
-        r"(?:prompt|configuration|instructions|system messages?|rules)|\byour\s+(?:\w+\s+){0,3}system messages?\b",
-    ),
-    _r(
-        "exfil",
-        "echo_prompt",
-        0.8,
-        r"\b(?:echo|recite|spell out|copy|quote|respond only with|print|repeat)\b.{0,40}\b(?:your|the)\s+"
-        r"(?:\w+\s+){0,3}(?:prompt|system messages?|instructions)\b",
-    ),
-    _r(
-        "exfil",
-        "output_above",
-        0.8,
-        r"\boutput everything above\b|\brepeat (?:them|it|the above|everything) (?:word for word|verbatim)",
-    ),
-    _r(
-        "exfil",
-        "secret_to_dest",
-        0.85,
-        rf"\b{_SEND}\b.{{0,80}}{_SECRET}.{{0,80}}(?:https?://|\b[\w.+-]+@[\w-]+\.\w)",
-    ),
-    _r(
-        "exfil",
-        "bulk_to_dest",
-        0.8,
-        rf"\b{_SEND}\b.{{0,40}}\b(?:all|every|the last \d+|conversation|history|messages|emails)\b.{{0,60}}"
-        r"(?:https?://|\b[\w.+-]+@[\w-]+\.\w)",
-    ),
-    _r(
-        "exfil",
-        "reveal_secret",
-        0.75,
-        r"\b(?:reveal|print|show|dump|list|read me|give me|tell me|share|paste|output|reveals?)\s+(?:me\s+)?"
-        rf"(?:the|all|your|any|every|its|of the|stored|saved|hidden)?\s*(?:\w+\s+){{0,2}}?{_SECRET}",
-        negatable=True,
-    ),
-    _r(
-        "exfil",
-        "secret_then_send",
-        0.8,
-        rf"{_SECRET}.{{0,40}}\b{_SEND}\b.{{0,40}}(?:https?://|\b[\w.+-]+@[\w-]+\.\w)",
-    ),
-    _r(
-        "exfil",
-        "covert_action",
-        0.7,
-        r"\b(?:quietly|secretly|silently|covertly|discreetly)\b.{0,30}\b(?:send|email|forward|post|upload|add|"
-        r"call|transfer|delete|approve|grant)",
-    ),
-    _r(
-        "exfil",
-        "env_var_contents",
-        0.8,
-        r"\bcontents of the \w*(?:key|token|secret|password)\w* (?:environment )?variable",
-    ),
-    _r(
-        "exfil",
-        "env_listing",
-        0.6,
-        r"\b(?:list|print|dump|show)\b.{0,20}environment variables\b.{0,40}\b(?:you|their values)",
-    ),
-    _r("exfil", "secret_files", 0.6, r"\bid_rsa\b|\.aws/credentials|~?/?\.netrc\b|/etc/shadow\b"),
-    _r(
-        "exfil",
-        "env_to_url",
-        0.7,
-        r"(?:os\.environ|process\.env)\b.{0,80}https?://|https?://.{0,80}(?:os\.environ|process\.env)\b",
-    ),
-    _r(
-        "exfil",
-        "url_plus_secret",
-        0.6,
-        rf"https?://\S+.{{0,40}}\b(?:followed by|with|append\w*)\b.{{0,30}}{_SECRET}",
-    ),
-    _r("exfil", "url_plus_cookie", 0.6, r"https?://\S+\s+followed by\b"),
-    # --- markdown / link exfiltration ---------------------------------------------------------------------
-    _r(
-        "markdown",
-        "image_with_query_payload",
-        0.85,
-        r"!\[[^\]]*\]\(\s*https?://[^)\s]*[?&][^)\s]*=\s*(?:\{|<|\$|%7b|[^)\s&]*(?:secret|key|token|password|data|"
-        r"user|email|history|chat|conv|summary|insert))",
-    ),
-    _r(
-        "markdown",
-        "link_with_template",
-        0.85,
-        r"\]\(\s*https?://[^)\s]*\{\{?\s*\w*(?:key|token|secret|password|email|history|summary|conversation)\w*\s*\}?\}",
-    ),
-    _r(
-        "markdown",
-        "image_instruction",
-        0.7,
-        r"\b(?:append|include|render|end your (?:responses?|answers?) with)\b.{0,40}(?:image|!\[)",
-    ),
-    _r("markdown", "url_placeholder", 0.5, r"https?://\S*[?&][\w-]+=(?:\s|$)"),
-    # --- tool-call forgery --------------------------------------------------------------------------------
-    _r(
-        "toolcall",
-        "tool_tags",
-        0.85,
-        r"</?\s*(?:tool_call|function_calls?|tool_use|invoke\s+name)\b|<\|/?tool_call\|>",
-    ),
-    _r("toolcall", "function_call_json", 0.5, r"\bfunction_call\s*:|[\"']tool_calls[\"']\s*:\s*\["),
-    _r(
-        "toolcall",
-        "execute_calls",
-        0.6,
-        r"\b(?:execute|run|call|invoke|perform)\s+(?:the\s+)?(?:following\s+)?(?:tool|function)\s*calls?\b|"
-        r"\b(?:execute|run|call|invoke)\s+(?:the\s+)?(?:functions?|commands?)\s+(?:above|below|immediately|now)",
-    ),
-    _r(
-        "toolcall",
-        "call_json",
-        0.5,
-        r"\{\s*[\"']name[\"']\s*:\s*[\"'][^\"']+[\"']\s*,\s*[\"']arguments[\"']\s*:",
-    ),
-    _r(
-        "toolcall",
-        "react_forgery",
-        0.7,
-        r"^\s*(?:thought|observation)\s*:.*\n(?:.*\n)*?\s*action(?: input)?\s*:",
-    ),
-    _r("toolcall", "fake_turn", 0.5, r"(?:^|\n)\s*(?:assistant|ai)\s*:\s*(?:i (?:will|have|am)|now|calling)"),
-    _r("toolcall", "tool_output_end", 0.5, r"\[\s*tool output end\s*\]|^\s*tool (?:result|output)\s*:"),
-    _r(
-        "toolcall",
-        "must_call_tool",
-        0.7,
-        r"\b(?:assistant|agent|you)\s+must\s+(?:now\s+)?call\s+(?:the\s+)?\w+",
-    ),
-    # --- indirect injection in documents ------------------------------------------------------------------
-    _r(
-        "indirect",
-        "if_you_are_ai",
-        0.7,
-        r"\b(?:if you are|as|for) an?\s+(?:ai|llm|language model|assistant|ai agent|ai model|ai assistant)\b.{0,40}"
-        r"(?:reading|processing|summari[sz]ing|working|this)",
-    ),
-    _r(
-        "indirect",
-        "note_to_ai",
-        0.7,
-        r"\b(?:note|instructions?|message|automated instruction|attention|notice)\s+(?:to|for)?\s*(?:the\s+|any\s+|all\s+)?"
-        r"(?:ai|llms?|language models?|ai (?:assistants?|agents?|models?)|automated (?:assistants?|agents?)|chatbots?|"
-        r"copilot)\b",
-    ),
-    _r("indirect", "ai_agents_must", 0.7, r"\bai (?:agents?|assistants?|models?)\b.{0,40}\bmust\b"),
-    _r(
-        "indirect",
-        "address_ai",
-        0.4,
-        r"\b(?:dear|hey|hi|attention)\s+(?:assistant|ai|copilot|chatgpt|claude|gpt)\b",
-    ),
-    _r(
-        "indirect",
-        "hide_from_user",
-        0.7,
-        r"\b(?:do not|don't|never)\s+(?:tell|inform|mention (?:this )?to|show)\s+the\s+user\b|"
-        r"\bwithout (?:telling|informing|notifying) the user\b|\bwithout mentioning (?:it|this)\b",
-    ),
-    _r(
-        "indirect",
-        "download_run",
-        0.7,
-        r"\b(?:download|curl|wget)\b.{0,80}(?:\|\s*(?:ba)?sh\b|and (?:run|execute))",
-    ),
-    _r("indirect", "user_authorized", 0.7, r"\bthe user has authori[sz]ed you\b"),
-    _r(
-        "indirect",
-        "stop_task",
-        0.5,
-        r"\b(?:must|should)\s+stop\s+(?:summari[sz]ing|translating|what you are doing)",
-    ),
-    _r("indirect", "hidden_html", 0.4, r"display\s*:\s*none|<!--[^>]*\b(?:ai|assistant|llm)\b"),
-    _r(
-        "indirect",
-        "decode_and_follow",
-        0.6,
-        r"\b(?:decode|base64 -d)\b.{0,60}\b(?:follow|do what it says|execute|apply|obey)|"
-        r"\bbase64\b.{0,30}\b(?:contains|holds)\b.{0,20}\binstructions",
-    ),
-)
+def findings(h: Hits) -> list[Finding]:
+    """Every finding of every rule on ``h``; hidden markup next to a finding makes it weigh more."""
+    out = [f for rule in RULES for f in rule(h)]
+    marks = h.of("HIDE_MARK")
+    if out and marks:
+        first = min(f.span[0] for f in out)
+        if any(m[0] <= first + 40 and first - m[0] <= 400 for m in marks):
+            out.append(Finding("markup:hidden_instruction", 0.6, marks[0]))
+    return out

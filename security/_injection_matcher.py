@@ -1,0 +1,191 @@
+"""One compiled multi-pattern matcher for every literal cue of the prompt-injection detector.
+
+All anchor cues of :data:`._injection_cues.CUES` (about a thousand, in a dozen scripts) are folded and
+compiled into a single Aho-Corasick automaton (``ahocorasick_rs``, Rust). One pass over the folded text finds
+every occurrence of every cue, overlapping ones included, in time linear in the text and independent of
+the number of cues. The Python that follows touches only the hits, so the automaton is built to report
+few of them:
+
+- a short cue (five characters or fewer, such as ``ai`` or ``skip``) is compiled once per character that
+  may precede a word (space, newline, quote, bracket...), so it cannot hit inside a longer word
+  (``said``, ``again``); the text is searched with a space in front;
+- the common words of the ``CONTEXT`` classes are not compiled at all: one regular expression per class
+  looks for them only in the window next to a hit that needs them (:meth:`Hits.near`).
+
+A hit is kept when it respects word boundaries (see the cue table's docstring) and is not inside a
+``NEUTRAL`` phrase. The result, :class:`Hits`, lists each class's hits in text order.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping, Sequence
+
+import ahocorasick_rs
+from openfang.security._injection_cues import CONTEXT
+from openfang.security._injection_normalise import fold
+
+Span = tuple[int, int]
+_SHORT = 5
+_WORD_OPENERS = " \n\"'([<>/:,.|"
+
+
+class Hits:
+    """Cue hits in one folded text: ``spans[cls]`` is a list of ``(start, end)`` in text order.
+
+    A value: nothing changes it after :meth:`CueMatcher.find` returns it. (A plain slotted class rather than a
+    frozen dataclass: it is built once per scanned text, and the frozen ``__init__`` costs a microsecond.)
+    """
+
+    __slots__ = ("context", "spans", "text")
+
+    def __init__(
+        self, text: str, spans: Mapping[str, list[Span]], context: Mapping[str, re.Pattern[str]]
+    ) -> None:
+        self.text = text
+        self.spans = spans
+        self.context = context
+
+    def of(self, cls: str) -> list[Span]:
+        """The hits of anchor class ``cls`` (empty list if none)."""
+        return self.spans.get(cls, [])
+
+    def has(self, cls: str) -> bool:
+        return cls in self.spans
+
+    def near(self, cls: str, lo: int, hi: int) -> Span | None:
+        """The first hit of ``cls`` starting in ``[lo, hi]``, or None (context classes searched on demand)."""
+        if lo < 0:
+            lo = 0
+        spans = self.spans.get(cls)
+        if spans is not None:
+            i = bisect_left(spans, (lo, -1))
+            return spans[i] if i < len(spans) and spans[i][0] <= hi else None
+        pattern = self.context.get(cls)
+        if pattern is None or hi < lo:
+            return None
+        m = pattern.search(self.text, lo, hi + 40)
+        return m.span() if m is not None and m.start() <= hi else None
+
+    def count(self, cls: str, lo: int, hi: int) -> int:
+        """How many hits of anchor class ``cls`` start in ``[lo, hi]``."""
+        spans = self.spans.get(cls)
+        if not spans:
+            return 0
+        return bisect_left(spans, (hi + 1, -1)) - bisect_left(spans, (max(lo, 0), -1))
+
+    def any_near(self, classes: Iterable[str], lo: int, hi: int) -> Span | None:
+        """The first hit, in ``classes`` order, of any of ``classes`` starting in ``[lo, hi]``."""
+        for cls in classes:
+            hit = self.near(cls, lo, hi)
+            if hit is not None:
+                return hit
+        return None
+
+
+def _drop_covered(spans: dict[str, list[Span]], neutral: list[Span]) -> None:
+    """Remove, in place, every hit inside a neutral span: one sweep per class over its sorted hits."""
+    neutral.sort()
+    for cls in list(spans):
+        kept: list[Span] = []
+        k, reach = 0, -1  # reach: the furthest end of the neutral spans that start at or before the hit
+        for span in spans[cls]:
+            while k < len(neutral) and neutral[k][0] <= span[0]:
+                reach = max(reach, neutral[k][1])
+                k += 1
+            if span[1] > reach:
+                kept.append(span)
+        if kept:
+            spans[cls] = kept
+        else:
+            del spans[cls]
+
+
+def _unspaced(c: str) -> bool:
+    """Characters of scripts written without spaces between words: no boundary test around them."""
+    return unicodedata.east_asian_width(c) in ("W", "F")
+
+
+def _spellings(phrase: str) -> set[str]:
+    """The folded forms of a cue: with look-alikes mapped and, for Cyrillic or Greek cues, without."""
+    keys = {fold(phrase, lookalikes=True), fold(phrase, lookalikes=False)}
+    if "" in keys:
+        raise ValueError(f"cue {phrase!r} folds to nothing")
+    return keys
+
+
+def _context_pattern(phrases: Sequence[str]) -> re.Pattern[str]:
+    """One regex for a context class: longest phrases first, prefix cues (``*``) open-ended."""
+    folded = {(key, p.endswith("*")) for p in phrases for key in _spellings(p.rstrip("*"))}
+    ordered = sorted(folded, key=lambda item: -len(item[0]))
+    body = "|".join(re.escape(word) + (r"\w*" if prefix else "") for word, prefix in ordered)
+    return re.compile(rf"(?<!\w)(?:{body})(?!\w)")
+
+
+class CueMatcher:
+    """Folds and compiles a cue table once; :meth:`find` then runs one automaton pass per text."""
+
+    def __init__(self, cues: Mapping[str, Sequence[str]]) -> None:
+        table: dict[str, tuple[set[str], bool]] = {}
+        for cls, phrases in cues.items():
+            if cls in CONTEXT:
+                continue
+            for phrase in phrases:
+                prefix = phrase.endswith("*")
+                for key in _spellings(phrase.rstrip("*")):
+                    classes, was_prefix = table.get(key, (set(), prefix))
+                    if was_prefix != prefix:
+                        raise ValueError(f"cue {key!r} is both a prefix and a word")
+                    classes.add(cls)
+                    table[key] = (classes, prefix)
+        keys: list[str] = []
+        # Per compiled key: (classes, offset of the cue in the key, test the start, test the end).
+        meta: list[tuple[tuple[str, ...], int, bool, bool]] = []
+        for key, (classes, prefix) in table.items():
+            word_start = key[0].isalnum() and not _unspaced(key[0])
+            check_end = not prefix and key[-1].isalnum() and not _unspaced(key[-1])
+            cls_tuple = tuple(sorted(classes))
+            if word_start and len(key) <= _SHORT:
+                for opener in _WORD_OPENERS:
+                    keys.append(opener + key)
+                    meta.append((cls_tuple, 1, False, check_end))
+            else:
+                keys.append(key)
+                meta.append((cls_tuple, 0, word_start, check_end))
+        self._keys = keys
+        self._meta = meta
+        self._automaton = ahocorasick_rs.AhoCorasick(keys)
+        self._context = {cls: _context_pattern(cues[cls]) for cls in CONTEXT if cls in cues}
+
+    @property
+    def size(self) -> int:
+        """Number of keys compiled into the automaton."""
+        return len(self._keys)
+
+    def find(self, text: str) -> Hits:
+        """Every cue hit in the folded ``text`` that respects word boundaries and is not neutralised."""
+        spans: dict[str, list[Span]] = {}
+        meta = self._meta
+        padded = " " + text  # positions in padded are one more than in text
+        last = len(padded)
+        for idx, start, end in self._automaton.find_matches_as_indexes(padded, overlapping=True):
+            classes, offset, check_start, check_end = meta[idx]
+            if (check_start and padded[start - 1].isalnum()) or (
+                check_end and end < last and padded[end].isalnum()
+            ):
+                continue
+            span = (start + offset - 1, end - 1)
+            for cls in classes:
+                if cls in spans:
+                    spans[cls].append(span)
+                else:
+                    spans[cls] = [span]
+        for found in spans.values():
+            if len(found) > 1:
+                found.sort()
+        neutral = spans.pop("NEUTRAL", None)
+        if neutral:
+            _drop_covered(spans, neutral)
+        return Hits(text=text, spans=spans, context=self._context)
