@@ -5,7 +5,8 @@ Each layer has its own sub-table (all optional; the defaults are the safe ones):
     [security.audit]        path = "{data_dir}/audit.db", key_file = "keys/audit.key" (HMAC chain key)
     [security.validation]   max_frame_bytes, max_text, max_bytes, max_depth, max_keys, max_list, max_nodes,
                             max_key_len
-    [security.injection]    enabled, threshold, action, output_action   (actions: flag | strip | block)
+    [security.injection]    enabled, threshold, block_threshold, action, output_action
+                            (actions: flag | strip | block)
     [security.ratelimit]    enabled, max_buckets, [security.ratelimit.client_requests] rate/burst, ...
                             agent_requests, agent_tokens, agent_tool_calls
     [security.signing]      enabled, require, max_skew_s, nonce_cache,
@@ -184,9 +185,15 @@ def parse_security(
     injection = InjectionConfig(
         enabled=t.boolean("enabled", di.enabled),
         threshold=t.number("threshold", di.threshold, lo=0.01, hi=1.0),
+        block_threshold=t.number("block_threshold", di.block_threshold, lo=0.01, hi=1.0),
         action=cast(Action, t.choice("action", di.action, ACTIONS)),
         output_action=cast(Action, t.choice("output_action", di.output_action, ACTIONS)),
     )
+    if injection.block_threshold < injection.threshold:
+        t.problem(
+            "block_threshold",
+            f"must be >= threshold ({injection.threshold}), got {injection.block_threshold}",
+        )
     t.unknown()
 
     t = top.sub("ratelimit")

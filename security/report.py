@@ -71,6 +71,7 @@ def security_report(config: SecurityConfig) -> list[dict[str, Any]]:
             c.injection.enabled,
             {
                 "threshold": c.injection.threshold,
+                "block_threshold": c.injection.block_threshold,
                 "action": c.injection.action,
                 "output_action": c.injection.output_action,
             },

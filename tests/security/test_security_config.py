@@ -138,3 +138,18 @@ def test_report_lists_sixteen_layers_without_secrets(tmp_path: Path) -> None:
     assert by_name["prompt-injection detection"]["config"]["action"] == "flag"
     assert by_name["request signing"]["config"]["require"] is True
     assert all(set(r) == {"layer", "name", "module", "enabled", "config"} for r in report)
+
+
+def test_injection_block_threshold_is_parsed_and_must_not_be_below_threshold() -> None:
+    """[security.injection] block_threshold: where flagging turns into the action; never below threshold."""
+    from openfang.protocol.errors import ConfigError
+    from openfang.security.config import parse_security
+
+    cfg = parse_security({"injection": {"threshold": 0.4, "block_threshold": 0.9}}, "c.toml")
+    assert (cfg.injection.threshold, cfg.injection.block_threshold) == (0.4, 0.9)
+    try:
+        parse_security({"injection": {"threshold": 0.6, "block_threshold": 0.5}}, "c.toml")
+    except ConfigError as exc:
+        assert "block_threshold" in str(exc) and "must be >= threshold" in str(exc)
+    else:
+        raise AssertionError("a block_threshold below threshold was accepted")
