@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from perf import history
+
 OURS = "openfang"
 PEERS: tuple[str, ...] = ("crewai", "langgraph")
 TITLES: dict[str, str] = {OURS: "OpenFANG", "crewai": "CrewAI", "langgraph": "LangGraph"}
@@ -215,6 +217,8 @@ def render_markdown(run: Mapping[str, Any]) -> str:
             "† measured in an earlier run (its date is in the notes): that benchmark did not run, or did not "
             "succeed, this time.",
         ]
+    if "changes" in run:
+        lines += history.render([history.from_dict(c) for c in run["changes"]])
     lines += _scaling_section(run.get("metrics", []))
     lines += _notes_section(run.get("metrics", []))
     lines += _modules_section(run.get("modules", []))

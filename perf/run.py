@@ -10,6 +10,8 @@ crashes is killed (with every process it started) and shown as failed while the 
 A module may set ``TIMEOUT_S = <seconds>`` at top level; it is read from the source, without importing.
 Metrics of modules that did not run successfully this time are carried over from the previous
 latest.json, marked with the date they were measured, so a partial run (``--only``) loses nothing.
+Every run appends its fresh figures to ``history.jsonl`` (with the git revision and the machine), and the
+report shows each metric's change since the previous comparable run (``perf.history``).
 With ``--rounds N`` the module list runs N times, reversing the order each round (systems alternate), and
 each metric's value is the median over rounds.
 """
@@ -33,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from perf import machine, report
+from perf import history, machine, report
 from perf.workloads import process_tree
 
 PERF_DIR = Path(__file__).resolve().parent
@@ -354,7 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         "modules": list(records.values()),
         "metrics": carry_over(fresh, previous, succeeded),
     }
+    history_path = args.out / history.HISTORY
+    run["changes"] = [history.as_dict(c) for c in history.changes(run, history.load(history_path))]
     paths = report.write_reports(run, args.out)
+    history.append(history_path, run)
     print("\n" + report.render_markdown(run))
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0 if len(succeeded) == len(records) else 1
