@@ -26,6 +26,9 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ModelValidator = Callable[[Mapping[str, Any], str], list[Problem]]
 RETENTION_POLICIES = ("keep", "archive", "purge")
+RestorePolicy = Literal["fresh", "snapshot"]
+RESTORE_POLICIES = ("fresh", "snapshot")
+MAX_IDLE_HIBERNATE_S = 30 * 86_400  # a month: longer is "never" (0)
 _GRANT = re.compile(r"^!?[A-Za-z0-9_.*?\-:/\[\]@]{1,128}$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -102,6 +105,12 @@ class AgentManifest:
     permissions: AgentPermissionsConfig = field(default_factory=AgentPermissionsConfig)
     retention: str = "keep"  # what happens to the agent's memories when it is killed: keep/archive/purge
     secret_env: tuple[str, ...] = ()  # env vars whose values are secrets for this agent (exfil, redaction)
+    # Seconds idle before the host hibernates the agent (its guest state to disk, its sandbox freed); None:
+    # the cluster default applies; 0: never. A hibernated agent wakes on its next message.
+    idle_hibernate_s: float | None = None
+    # What a restart after a crash starts from: "fresh" (a new instance, agent_init runs) or "snapshot" (the
+    # agent's last snapshot, when there is one; refused at spawn for a module with non-exported state).
+    restore: RestorePolicy = "fresh"
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     shell: ShellPolicy | None = None  # [agent.shell]: what shell_exec may run (absent: nothing)
     source: str = "agent.toml"
@@ -216,6 +225,8 @@ _AGENT_KEYS = (
     "retention",
     "secret_env",
     "shell",
+    "idle_hibernate_s",
+    "restore",
 )
 _SHELL_KEYS = ("allow", "timeout_s", "cpu_s", "memory_mb", "max_output_bytes", "max_processes")
 _PERMISSION_KEYS = ("memory_read", "memory_write", "send", "spawn", "max_children")
@@ -282,6 +293,10 @@ def load_manifest(
     for var in secret_env:
         if not _ENV.match(var):
             c.add("agent", "secret_env", f"{var!r} is not an environment variable name")
+    restore = c.get_str(agent, "agent", "restore", "fresh") or "fresh"
+    if restore not in RESTORE_POLICIES:
+        c.add("agent", "restore", f"must be one of {', '.join(RESTORE_POLICIES)}, got {restore!r}")
+        restore = "fresh"
     sandbox = _sandbox(c, c.table(data, "sandbox", "sandbox"))
     manifest = AgentManifest(
         name=name,
@@ -302,6 +317,8 @@ def load_manifest(
         permissions=_permissions(c, c.table(agent, "permissions", "agent.permissions")),
         retention=retention,
         secret_env=secret_env,
+        idle_hibernate_s=_idle_hibernate(c, agent),
+        restore=restore,  # type: ignore[arg-type]  # checked against RESTORE_POLICIES above
         sandbox=sandbox,
         shell=_shell(c, agent),
         source=source,
@@ -350,6 +367,24 @@ def _shell(c: _Checker, agent: Mapping[str, Any]) -> ShellPolicy | None:
         ),
         max_processes=c.get_int(table, "agent.shell", "max_processes", d.max_processes, 1, 4096),
     )
+
+
+def _idle_hibernate(c: _Checker, agent: Mapping[str, Any]) -> float | None:
+    """``idle_hibernate_s``: seconds (int or float) from 0 (never) to a month; absent: the cluster default."""
+    if "idle_hibernate_s" not in agent:
+        return None
+    value = agent["idle_hibernate_s"]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        c.add("agent", "idle_hibernate_s", f"must be a number of seconds, got {type(value).__name__}")
+        return None
+    if not 0 <= value <= MAX_IDLE_HIBERNATE_S:
+        c.add(
+            "agent",
+            "idle_hibernate_s",
+            f"must be between 0 (never) and {MAX_IDLE_HIBERNATE_S} seconds, got {value}",
+        )
+        return None
+    return float(value)
 
 
 def _permissions(c: _Checker, table: Mapping[str, Any]) -> AgentPermissionsConfig:

@@ -550,3 +550,104 @@ class AsyncCall:
         self.finished = True
         if self._outcome is None:
             self._outcome = SandboxError("call cancelled")
+
+
+# -- reading back and restoring guest state (workers/sandbox/snapshot.py) -----------------------------------
+# Module-level functions over an Instance rather than methods: the snapshot code is additive to the call path.
+
+# The numeric value types a snapshot can save, with their wasmtime_val_t kind and their width in bytes.
+_VALUE_KINDS: dict[str, tuple[int, int]] = {
+    "i32": (_I32, 4),
+    "i64": (_I64, 8),
+    "f32": (ffi.WASMTIME_F32.value, 4),
+    "f64": (ffi.WASMTIME_F64.value, 8),
+    "v128": (ffi.WASMTIME_V128.value, 16),
+}
+_EXTERN_GLOBAL, _EXTERN_TABLE = ffi.WASMTIME_EXTERN_GLOBAL.value, ffi.WASMTIME_EXTERN_TABLE.value
+
+
+def wasm_binary(code: bytes, *, what: str) -> bytes:
+    """The binary form of a module given as wasm or WAT text (WAT is converted, as ``compile`` does)."""
+    if code[:4] == b"\0asm":
+        return code
+    try:
+        return bytes(wasmtime.wat2wasm(code.decode("utf-8")))
+    except (wasmtime.WasmtimeError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SandboxError(f"{what}: not a valid wasm module: {first}") from None
+
+
+def _export(inst: Instance, name: str, kind: int) -> Any:
+    """The raw extern ``name`` of ``kind`` exported by the instance, or None."""
+    if inst.closed:
+        raise SandboxError("instance is closed")
+    item = ffi.wasmtime_extern_t()
+    raw = name.encode()
+    found = ffi.wasmtime_instance_export_get(inst._ctx, byref(inst._raw), raw, len(raw), byref(item))
+    return item if found and _kind(item) == kind else None
+
+
+def call_in_flight(inst: Instance) -> bool:
+    """True while a call (or the instantiation) on this instance has not finished: its fiber is live."""
+    return inst._call is not None and not inst._call.finished
+
+
+def export_memory(inst: Instance, name: str) -> GuestMemory | None:
+    """Bounds-checked access to the memory exported as ``name`` (valid until the store is closed)."""
+    item = _export(inst, name, _EXTERN_MEMORY)
+    return GuestMemory(inst._ctx, item.of.memory) if item is not None else None
+
+
+def grow_memory(inst: Instance, name: str, size: int) -> None:
+    """Grow memory ``name`` to ``size`` bytes (a multiple of 64 KiB); SandboxError past the store's limits."""
+    item = _export(inst, name, _EXTERN_MEMORY)
+    if item is None:
+        raise SandboxError(f"the instance exports no memory {name!r}")
+    have = int(ffi.wasmtime_memory_data_size(inst._ctx, byref(item.of.memory)))
+    if size <= have:
+        return
+    prev = ctypes.c_uint64(0)
+    err = ffi.wasmtime_memory_grow(inst._ctx, byref(item.of.memory), (size - have) >> 16, byref(prev))
+    if err:
+        raise _wasmtime_error(err, f"growing memory {name!r} from {have} to {size} bytes")
+
+
+def table_size(inst: Instance, name: str) -> int | None:
+    """The current size of the table exported as ``name`` (None if there is none)."""
+    item = _export(inst, name, _EXTERN_TABLE)
+    return int(ffi.wasmtime_table_size(inst._ctx, byref(item.of.table))) if item is not None else None
+
+
+def read_global(inst: Instance, name: str) -> tuple[str, bool, bytes]:
+    """(value type, mutable, value bits) of the global exported as ``name``.
+
+    The bits are the little-endian bytes of the value (4/8/16 bytes), exact for floats and NaN payloads;
+    reference-typed globals have no bits (b"") since a reference cannot leave its store.
+    """
+    item = _export(inst, name, _EXTERN_GLOBAL)
+    if item is None:
+        raise SandboxError(f"the instance exports no global {name!r}")
+    ty = wasmtime.Global._from_raw(item.of.global_).type(inst.store)
+    valtype = str(ty.content)
+    kind = _VALUE_KINDS.get(valtype)
+    if kind is None:
+        return valtype, ty.mutable, b""
+    val = ffi.wasmtime_val_t()
+    ffi.wasmtime_global_get(inst._ctx, byref(item.of.global_), byref(val))
+    return valtype, ty.mutable, ctypes.string_at(ctypes.addressof(val.of), kind[1])
+
+
+def write_global(inst: Instance, name: str, valtype: str, bits: bytes) -> None:
+    """Set the mutable numeric global ``name`` to ``bits`` (as :func:`read_global` returned them)."""
+    item = _export(inst, name, _EXTERN_GLOBAL)
+    if item is None:
+        raise SandboxError(f"the instance exports no global {name!r}")
+    kind = _VALUE_KINDS.get(valtype)
+    if kind is None or len(bits) != kind[1]:
+        raise SandboxError(f"global {name!r}: cannot set a {valtype} from {len(bits)} bytes")
+    val = ffi.wasmtime_val_t()
+    val.kind = kind[0]  # type: ignore[assignment]  # ctypes fields take ints
+    ctypes.memmove(ctypes.addressof(val.of), bits, len(bits))
+    err = ffi.wasmtime_global_set(inst._ctx, byref(item.of.global_), byref(val))
+    if err:
+        raise _wasmtime_error(err, f"setting global {name!r}")

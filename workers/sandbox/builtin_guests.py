@@ -10,6 +10,11 @@ per its policy). The table keeps the newest 8064 entries; the host sends the mod
 ``history_messages`` of them.
 
 ``builtin:echo`` replies with the message it was given (routing and density benchmarks, tests).
+
+Both export every mutable global they keep (``heap_top``, the bump pointer; ``conversation_entries``, the
+llm-agent's table length), so a snapshot (workers/sandbox/snapshot.py) captures their whole state: linear
+memory plus these globals. A new mutable global in a built-in guest must be exported too, or hibernation
+refuses the module.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import hashlib
 
 # The allocator shared by both guests: 8-byte aligned bump pointer, grows memory on demand, 0 on failure.
 _ALLOC = """
-  (global $heap (mut i32) (i32.const 65536))
+  (global $heap (export "heap_top") (mut i32) (i32.const 65536))
   (func $alloc (export "alloc") (param $n i32) (result i32)
     (local $p i32) (local $end i32) (local $need i32)
     (if (i32.gt_u (local.get $n) (i32.const 0x7fff0000)) (then (return (i32.const 0))))
@@ -41,7 +46,7 @@ LLM_AGENT_WAT = (
   (import "env" "host_result" (func $result (param i32 i32) (result i32)))
   ;; page 0: [1024, 65536) holds the conversation table: 8064 entries of (u32 ptr, u32 len)
   (memory (export "memory") 2)
-  (global $count (mut i32) (i32.const 0))
+  (global $count (export "conversation_entries") (mut i32) (i32.const 0))
 """
     + _ALLOC
     + """

@@ -26,6 +26,7 @@ import structlog
 from openfang.protocol.errors import SandboxError, SecurityError, Timeout
 from openfang.workers.manifest import AgentManifest
 from openfang.workers.sandbox import guest_abi as abi
+from openfang.workers.sandbox._wasm_layout import layout_of
 from openfang.workers.sandbox._wasmtime import (
     AsyncCall,
     AsyncPoller,
@@ -33,6 +34,8 @@ from openfang.workers.sandbox._wasmtime import (
     GuestTrap,
     Instance,
     Runtime,
+    call_in_flight,
+    wasm_binary,
 )
 from openfang.workers.sandbox.builtin_guests import BUILTINS, builtin_source
 
@@ -149,6 +152,7 @@ class Sandbox:
         self._deadline = 0.0
         self._suspended_at = 0.0
         self._bound = log.bind(agent_id=agent_id)
+        self.module_digest = ""  # sha256 of the loaded module's bytes (what a snapshot is bound to)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -157,6 +161,8 @@ class Sandbox:
         m = self.manifest
         code, digest = load_code(m)
         what = f"{m.source}: module {m.module}"
+        self.module_digest = digest
+        self._check_restore_policy(code, digest, what)
         pre = self.runtime.cached_pre(digest)
         if pre is None:
             module, cached = self.runtime.compile(code, digest=digest, what=what)
@@ -210,6 +216,18 @@ class Sandbox:
                 raise SecurityError(f"{where}: not granted by the manifest (see allowed_host_functions)")
         if self._import_check is not None:
             self._import_check(imports)
+
+    def _check_restore_policy(self, code: bytes, digest: str, what: str) -> None:
+        """``restore = "snapshot"`` needs a module whose whole state a snapshot can read back."""
+        if self.manifest.restore != "snapshot":
+            return
+        layout = layout_of(wasm_binary(code, what=what), digest=digest)
+        if layout.hidden:
+            raise SandboxError(
+                f'{what}: restore = "snapshot" is refused: the module keeps state a snapshot cannot read '
+                f"back ({'; '.join(layout.hidden)}). Export that state from the module, or use "
+                f'restore = "fresh" (see docs/guest-abi.md, "Snapshots")'
+            )
 
     def begin_init(self) -> bool:
         """Start ``agent_init`` if the guest exports it; False when there is nothing to run."""
@@ -368,6 +386,29 @@ class Sandbox:
             self._inst = None
         self._job = None
         self.state = State.CLOSED
+
+    # -- snapshots (workers/sandbox/snapshot.py) ----------------------------------------------------------
+    def quiescence_problem(self) -> str | None:
+        """Why this sandbox cannot be snapshotted right now, or None when it is quiescent.
+
+        Quiescent = loaded, no call in flight (the async fiber's native stack cannot be captured), no host
+        job pending and no host result waiting to be fetched.
+        """
+        if self._inst is None or self.state is State.CLOSED:
+            return "it is closed"
+        if self.state is not State.IDLE or self._call is not None:
+            return f"a call is in progress ({self._phase or 'init'}, {self.state.value})"
+        if self._job is not None or self._pending_result is not None:
+            return "a host job is pending"
+        if call_in_flight(self._inst):
+            return "a call is in progress inside wasmtime"
+        return None
+
+    def native_instance(self) -> Instance:
+        """The loaded instance (for snapshot capture and restore); SandboxError when closed."""
+        if self._inst is None:
+            raise SandboxError(f"agent {self.agent_id}: the sandbox is closed")
+        return self._inst
 
     def memory_bytes(self) -> int:
         return self._inst.memory_size() if self._inst is not None else 0
