@@ -174,3 +174,35 @@ def test_manifest_shell_table_parses_limits_and_reports_bad_entries() -> None:
     text = str(exc.value)
     assert "[agent.shell] key 'allow'" in text and "not a path" in text
     assert "[agent.shell] key 'cpu_s'" in text and "'shells'" in text
+
+
+def test_manifest_hibernation_keys_default_to_cluster_default_and_fresh() -> None:
+    """Without the keys an agent takes the cluster's idle_hibernate_s (None) and restarts fresh."""
+    m = load_manifest('[agent]\nname = "e"\nmodule = "builtin:echo"\n')
+    assert (m.idle_hibernate_s, m.restore) == (None, "fresh")
+    m = load_manifest(
+        '[agent]\nname = "e"\nmodule = "builtin:echo"\nidle_hibernate_s = 0.5\nrestore = "snapshot"\n'
+    )
+    assert (m.idle_hibernate_s, m.restore) == (0.5, "snapshot")
+    assert (
+        load_manifest('[agent]\nname = "e"\nmodule = "builtin:echo"\nidle_hibernate_s = 0\n').idle_hibernate_s
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "what"),
+    [
+        ('idle_hibernate_s = "5m"', "must be a number of seconds, got str"),
+        ("idle_hibernate_s = true", "must be a number of seconds, got bool"),
+        ("idle_hibernate_s = -1", "must be between 0 (never) and 2592000 seconds, got -1"),
+        ("idle_hibernate_s = nan", "must be between 0 (never) and 2592000 seconds, got nan"),
+        ('restore = "latest"', "must be one of fresh, snapshot, got 'latest'"),
+        ("restore = 1", "must be a string, got int"),
+    ],
+)
+def test_manifest_hibernation_keys_bad_values_are_reported_with_their_place(line: str, what: str) -> None:
+    """A bad idle_hibernate_s or restore names the key and says what is allowed."""
+    key = line.split(" = ")[0]
+    problems = _problems(f'[agent]\nname = "e"\nmodule = "builtin:echo"\n{line}\n')
+    assert problems == {f"agent.toml: [agent] key '{key}'": what}

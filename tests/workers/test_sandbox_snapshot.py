@@ -441,3 +441,20 @@ def test_snapshot_write_is_atomic_and_a_failed_hibernate_keeps_the_sandbox(
         hibernate(sandbox, tmp_path / "missing" / "c.snap")
     assert _counter_reply(_send(sandbox, "x"))[0] == 3  # still running
     sandbox.close()
+
+
+def test_snapshot_of_a_grown_table_is_refused(runtime: Runtime, tmp_path: Path) -> None:
+    """An exported table that grew holds references no file can keep: capture refuses; unchanged it passes."""
+    wat = """(module
+      (memory (export "memory") 1)
+      (table $t (export "callbacks") 2 funcref)
+      (func (export "alloc") (param $n i32) (result i32) (i32.const 1024))
+      (func (export "agent_handle") (param $p i32) (param $n i32) (result i64)
+        (drop (table.grow $t (ref.null func) (i32.const 3)))
+        (i64.const 0)))"""
+    sandbox = _load(_manifest(tmp_path, wat), runtime)
+    assert capture(sandbox).tables == (("callbacks", 2),)
+    _send(sandbox, "x")
+    with pytest.raises(SnapshotError, match="table 'callbacks' grew from 2 to 5 entries"):
+        capture(sandbox)
+    sandbox.close()
