@@ -458,3 +458,38 @@ def test_snapshot_of_a_grown_table_is_refused(runtime: Runtime, tmp_path: Path) 
     with pytest.raises(SnapshotError, match="table 'callbacks' grew from 2 to 5 entries"):
         capture(sandbox)
     sandbox.close()
+
+
+def test_snapshot_wake_and_restore_into_a_used_sandbox_both_clear_data_segments(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """Wake (fresh: data segments checked) and a restore over a used sandbox (all memory checked) agree."""
+    manifest = _manifest(tmp_path, COUNTER_WAT)
+    source = _load(manifest, runtime)
+    for _ in range(4):
+        _send(source, "x")
+    snap = capture(source)
+    hibernate(source, tmp_path / "c.snap")
+    woken = wake(tmp_path / "c.snap", manifest, runtime, agent_id="a-1", services=Services())
+    assert _counter_reply(_send(woken, "x"))[:2] == (5, bytes(8))
+    woken.close()
+    used = _load(manifest, runtime, "a-2")
+    _send(used, "x")  # count 1; the data segment cleared, the memory grown to the snapshot's size
+    mem = used.native_instance().memory()
+    assert mem is not None and mem.write(8192, b"garbage!") and mem.write(100_000, b"more")
+    restore(used, snap)
+    assert mem.read(100_000, 4) == bytes(4)  # zero in the snapshot: zeroed over the used memory
+    assert _counter_reply(_send(used, "x"))[:2] == (5, bytes(8))
+    used.close()
+
+
+def test_snapshot_layout_knows_what_a_fresh_instance_holds() -> None:
+    """Active data segments are listed; a start function or a computed offset makes it unknown (None)."""
+
+    def layout(body: str) -> Any:
+        return parse_layout(wasm_binary(f'(module (memory (export "m") 1) {body})'.encode(), what="t"))
+
+    assert layout('(data (i32.const 5) "ab") (data "passive")').initialised == ((0, 5, 7),)
+    assert layout('(func $f) (start $f) (data (i32.const 5) "ab")').initialised is None
+    offset = '(global $g i32 (i32.const 4)) (data (offset (i32.add (global.get $g) (i32.const 1))) "ab")'
+    assert layout(offset).initialised is None

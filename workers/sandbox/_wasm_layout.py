@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from openfang.protocol.errors import SandboxError
 
 _SECTION_IMPORT, _SECTION_TABLE, _SECTION_MEMORY, _SECTION_GLOBAL, _SECTION_EXPORT = 2, 4, 5, 6, 7
+_SECTION_START, _SECTION_DATA = 8, 11
 _KIND_FUNC, _KIND_TABLE, _KIND_MEMORY, _KIND_GLOBAL, _KIND_TAG = 0, 1, 2, 3, 4
 _NUMERIC = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x7B: "v128"}
 _REF_SHORTHAND = {
@@ -70,6 +71,9 @@ class ModuleLayout:
     tables: tuple[tuple[int, str | None], ...]  # per table index: (minimum size, export name or None)
     stack_pointer: int | None  # the global index taken as LLVM's __stack_pointer, if any
     hidden: tuple[str, ...]  # state a snapshot cannot capture, each described for an error message
+    # What a fresh instance may hold besides zeros: (memory index, start, end) of each active data segment;
+    # None when that is unknown (a start function, or a segment whose offset is not a constant).
+    initialised: tuple[tuple[int, int, int], ...] | None = ()
 
     @property
     def restorable(self) -> bool:
@@ -158,17 +162,19 @@ class _Reader:
             self.uleb()
         return minimum
 
-    def const_expr(self) -> None:
-        """Skip a constant expression up to its ``end``."""
+    def const_expr(self) -> int | None:
+        """Skip a constant expression up to its ``end``; its value when it is a lone i32/i64.const."""
+        first, value, count = -1, 0, 0
         while True:
             op = self.byte()
             if op == 0x0B:
-                return
-            if op == 0x41:
-                self.sleb(32)
-            elif op == 0x42:
-                self.sleb(64)
-            elif op == 0x43:
+                return value if count == 1 and first in (0x41, 0x42) else None
+            count += 1
+            first = op if count == 1 else first
+            if op in (0x41, 0x42):
+                value = self.sleb(32 if op == 0x41 else 64)
+                continue
+            if op == 0x43:
                 self.take(4)
             elif op == 0x44:
                 self.take(8)
@@ -192,6 +198,7 @@ def parse_layout(wasm: bytes) -> ModuleLayout:
     if r.take(4) != b"\x01\0\0\0":
         raise r.fail("unsupported wasm binary version")
     globals_: list[dict[str, object]] = []
+    initialised: list[tuple[int, int, int]] | None = []
     memories: list[str | None] = []
     tables: list[list[object]] = []
     imported_memories = 0
@@ -253,6 +260,10 @@ def parse_layout(wasm: bytes) -> ModuleLayout:
                 index = s.uleb()
                 exports.setdefault((kind, index), name)
                 export_names.add(name)
+        elif section == _SECTION_START:
+            initialised = None
+        elif section == _SECTION_DATA and initialised is not None:
+            initialised = _data_segments(s)
         elif section == 0 and s.name() == "name":
             global_names = _global_names(s)
         r.pos = body_end
@@ -297,7 +308,29 @@ def parse_layout(wasm: bytes) -> ModuleLayout:
         tables=tuple((int(str(t[0])), t[1] if isinstance(t[1], str) else None) for t in tables),
         stack_pointer=stack_pointer,
         hidden=tuple(hidden),
+        initialised=tuple(initialised) if initialised is not None else None,
     )
+
+
+def _data_segments(s: _Reader) -> list[tuple[int, int, int]] | None:
+    """(memory, start, end) of each active data segment; None if an offset is not a constant."""
+    out: list[tuple[int, int, int]] | None = []
+    for _ in range(s.uleb()):
+        flag = s.uleb()
+        if flag == 1:  # passive: only memory.init at run time copies it
+            s.take(s.uleb())
+            continue
+        if flag not in (0, 2):
+            raise s.fail(f"unknown data segment kind {flag}")
+        memory = s.uleb() if flag == 2 else 0
+        offset = s.const_expr()
+        size = s.uleb()
+        s.take(size)
+        if offset is None or out is None:
+            out = None
+        else:
+            out.append((memory, offset & 0xFFFFFFFFFFFFFFFF, (offset & 0xFFFFFFFFFFFFFFFF) + size))
+    return out
 
 
 def _global_names(s: _Reader) -> dict[int, str]:

@@ -62,6 +62,7 @@ from openfang.protocol.errors import SandboxError
 from openfang.workers.manifest import AgentManifest
 from openfang.workers.sandbox._wasm_layout import ModuleLayout, cached_layout, layout_of
 from openfang.workers.sandbox._wasmtime import (
+    GuestMemory,
     Runtime,
     export_memory,
     grow_memory,
@@ -103,14 +104,18 @@ class MemoryImage:
     def runs(self) -> Iterator[tuple[int, int, bool]]:
         """(start, end, non_zero) byte ranges covering the whole memory, maximal runs."""
         nchunks = -(-self.size // self.chunk)
-        start, state = 0, False
-        for i in range(nchunks):
+        start, state, i = 0, False, 0
+        while i < nchunks:
             byte = self.bitmap[i >> 3]
+            if i & 7 == 0 and byte == (0xFF if state else 0) and i + 8 <= nchunks:
+                i += 8  # eight chunks like the current run: skip them at once
+                continue
             bit = bool(byte >> (i & 7) & 1)
             if bit != state:
                 if i > start:
                     yield start * self.chunk, min(i * self.chunk, self.size), state
                 start, state = i, bit
+            i += 1
         if nchunks > start:
             yield start * self.chunk, self.size, state
 
@@ -260,12 +265,15 @@ def _pack_memory(name: str, data: bytes) -> MemoryImage:
     )
 
 
-def restore(sandbox: Sandbox, snap: Snapshot) -> None:
-    """Write ``snap`` into a loaded, quiescent sandbox of the same module (normally fresh, before agent_init).
+def restore(sandbox: Sandbox, snap: Snapshot, *, fresh: bool = False) -> None:
+    """Write ``snap`` into a loaded, quiescent sandbox of the same module.
 
-    Memories are grown to their snapshot size and written whole (chunks absent from the snapshot are zeroed,
-    so data segments of the fresh instance do not survive where the guest had cleared them); exported
-    mutable globals are set; the host's accounting (fuel used, counters) is carried over.
+    Memories are grown to their snapshot size and written: the non-zero chunks, and zeros wherever the
+    sandbox's memory is not zero already (so a data segment the guest had cleared stays cleared). Zeros are
+    never written over zero pages: that would make the kernel allocate them. ``fresh=True`` promises that
+    nothing ran in the sandbox since ``load()`` (as in :func:`wake`): then only the module's data segments
+    are checked, instead of the whole memory. Exported mutable globals are set, and the host's accounting
+    (fuel used, counters) is carried over.
     """
     what = f"agent {sandbox.agent_id}"
     if snap.module_sha256 != sandbox.module_digest:
@@ -277,6 +285,7 @@ def restore(sandbox: Sandbox, snap: Snapshot) -> None:
     problem = sandbox.quiescence_problem()
     if problem is not None:
         raise SnapshotError(f"{what}: cannot restore while {problem}")
+    layout = snapshot_layout(sandbox)
     inst = sandbox.native_instance()
     for image in snap.memories:
         mem = export_memory(inst, image.name)
@@ -296,14 +305,11 @@ def restore(sandbox: Sandbox, snap: Snapshot) -> None:
                 f"{what}: cannot grow memory {image.name!r} to the snapshot's {image.size} bytes "
                 f"(max_heap_mb={cap}): {exc.message}"
             ) from None
-        pos = 0
-        for start, end, non_zero in image.runs():
-            if non_zero:
-                n = end - start
-                mem.write(start, image.data[pos : pos + n])
-                pos += n
-            elif start < have:  # grown pages are zero already; the fresh ones may hold data segments
-                mem.write(start, bytes(min(end, have) - start))
+        dirty = [(0, have)]  # what may be non-zero now; grown pages are zero
+        if fresh and layout.initialised is not None and image.name in layout.memories:
+            index = layout.memories.index(image.name)
+            dirty = [(a, min(b, have)) for m, a, b in layout.initialised if m == index and a < have]
+        _write_memory(mem, image, dirty)
     for g in snap.globals:
         try:
             write_global(inst, g.name, g.valtype, g.bits)
@@ -320,6 +326,20 @@ def restore(sandbox: Sandbox, snap: Snapshot) -> None:
         for key in _COUNTERS:
             if isinstance(counters.get(key), int):
                 sandbox.counters[key] = counters[key]
+
+
+def _write_memory(mem: GuestMemory, image: MemoryImage, dirty: list[tuple[int, int]]) -> None:
+    pos = 0
+    for start, end, non_zero in image.runs():
+        if non_zero:
+            n = end - start
+            mem.write(start, image.data[pos : pos + n])
+            pos += n
+            continue
+        for a, b in dirty:
+            lo, hi = max(a, start), min(b, end)
+            if lo < hi and mem.read(lo, hi - lo) != bytes(hi - lo):
+                mem.write(lo, bytes(hi - lo))
 
 
 # -- the host's API ----------------------------------------------------------------------------------------
@@ -362,7 +382,7 @@ def wake(
     )
     sandbox.load()
     try:
-        restore(sandbox, snap)
+        restore(sandbox, snap, fresh=True)
     except BaseException:
         sandbox.close()
         raise
@@ -494,7 +514,7 @@ def _parse_body(r: _Body, digest: str) -> Snapshot:
             raise r.fail(f"memory {name!r}: bitmap of {nbitmap} bytes for {nchunks} chunks")
         bitmap = r.take(nbitmap)
         (ndata,) = r.unpack("<Q")
-        set_chunks = sum(bin(b).count("1") for b in bitmap)
+        set_chunks = int.from_bytes(bitmap, "little").bit_count()
         last_set = nchunks > 0 and bool(bitmap[(nchunks - 1) >> 3] >> ((nchunks - 1) & 7) & 1)
         expect = set_chunks * chunk - ((nchunks * chunk - size) if last_set else 0)
         if ndata != expect:
