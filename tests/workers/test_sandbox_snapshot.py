@@ -493,3 +493,25 @@ def test_snapshot_layout_knows_what_a_fresh_instance_holds() -> None:
     assert layout('(func $f) (start $f) (data (i32.const 5) "ab")').initialised is None
     offset = '(global $g i32 (i32.const 4)) (data (offset (i32.add (global.get $g) (i32.const 1))) "ab")'
     assert layout(offset).initialised is None
+
+
+def test_snapshot_well_formed_but_wrong_contents_are_refused(runtime: Runtime, tmp_path: Path) -> None:
+    """Odd memory sizes fail to decode; a global of the wrong type or name fails to restore, clearly."""
+    odd = snap_mod.MemoryImage(name="memory", size=70_000, chunk=4096, bitmap=bytes(3), data=b"")
+    with pytest.raises(SnapshotError, match="70000 bytes is not a whole number of 64 KiB pages"):
+        decode(encode(snap_mod.Snapshot(module_sha256="0" * 64, memories=(odd,))))
+    with pytest.raises(SnapshotError, match="must be 64 hex digits"):
+        encode(snap_mod.Snapshot(module_sha256="xyz", memories=()))
+    manifest = _manifest(tmp_path, COUNTER_WAT)
+    sandbox = _load(manifest, runtime)
+    good = capture(sandbox)
+    for bad_global, message in [
+        (snap_mod.GlobalImage(name="count", valtype="i32", bits=bytes(4)), "cannot restore global 'count'"),
+        (snap_mod.GlobalImage(name="nope", valtype="i32", bits=bytes(4)), "exports no global 'nope'"),
+    ]:
+        lie = snap_mod.Snapshot(
+            module_sha256=good.module_sha256, memories=good.memories, globals=(bad_global,)
+        )
+        with pytest.raises(SnapshotError, match=message):
+            restore(sandbox, decode(encode(lie)))
+    sandbox.close()

@@ -329,11 +329,13 @@ def restore(sandbox: Sandbox, snap: Snapshot, *, fresh: bool = False) -> None:
 
 
 def _write_memory(mem: GuestMemory, image: MemoryImage, dirty: list[tuple[int, int]]) -> None:
+    if mem.size() < image.size:
+        raise SnapshotError(f"memory {image.name!r} is {mem.size()} bytes, the snapshot needs {image.size}")
     pos = 0
     for start, end, non_zero in image.runs():
         if non_zero:
             n = end - start
-            mem.write(start, image.data[pos : pos + n])
+            mem.write(start, image.data[pos : pos + n])  # in bounds: checked above
             pos += n
             continue
         for a, b in dirty:
@@ -397,6 +399,12 @@ def _str(value: str) -> bytes:
 
 def encode(snap: Snapshot) -> bytes:
     """The file bytes of ``snap`` (format version 1, see the module docstring)."""
+    try:
+        digest = bytes.fromhex(snap.module_sha256)
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
+        raise SnapshotError(f"snapshot module_sha256 must be 64 hex digits, got {snap.module_sha256!r}")
     meta = json.dumps(dict(snap.meta), separators=(",", ":"), sort_keys=True).encode()
     parts = [struct.pack("<II", CHUNK, len(meta)), meta, struct.pack("<H", len(snap.memories))]
     for m in snap.memories:
@@ -415,7 +423,7 @@ def encode(snap: Snapshot) -> bytes:
         VERSION,
         CODEC_ZLIB,
         0,
-        bytes.fromhex(snap.module_sha256),
+        digest,
         len(raw),
         len(body),
         zlib.crc32(body),
@@ -501,7 +509,7 @@ def _parse_body(r: _Body, digest: str) -> Snapshot:
         raise r.fail(f"bad chunk size {chunk}")
     try:
         meta = json.loads(r.take(meta_len))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise r.fail("meta is not JSON") from None
     if not isinstance(meta, dict):
         raise r.fail("meta is not a JSON object")
@@ -509,6 +517,8 @@ def _parse_body(r: _Body, digest: str) -> Snapshot:
     for _ in range(r.unpack("<H")[0]):
         name = r.text()
         size, nbitmap = r.unpack("<QI")
+        if size % _PAGE:
+            raise r.fail(f"memory {name!r}: {size} bytes is not a whole number of 64 KiB pages")
         nchunks = -(-size // chunk)
         if nbitmap != -(-nchunks // 8):
             raise r.fail(f"memory {name!r}: bitmap of {nbitmap} bytes for {nchunks} chunks")
