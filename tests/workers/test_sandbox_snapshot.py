@@ -396,7 +396,7 @@ def test_snapshot_of_mostly_zero_1mib_heap_stores_only_non_zero_chunks(
     # header + zlib's worst case on (3 chunks + 32-byte bitmap + names, meta and counts < 1 KiB)
     raw = 3 * 4096 + 32 + 1024
     assert size <= HEADER_SIZE + raw + (raw >> 12) + (raw >> 14) + 13
-    woken = wake(tmp_path / "s.snap", sandbox.manifest, runtime, agent_id="a-2", services=Services())
+    woken = wake(tmp_path / "s.snap", sandbox.manifest, runtime, agent_id="a-1", services=Services())
     inst = woken.native_instance()
     assert inst.memory() is not None
     mem = inst.memory()
@@ -515,3 +515,36 @@ def test_snapshot_well_formed_but_wrong_contents_are_refused(runtime: Runtime, t
         with pytest.raises(SnapshotError, match=message):
             restore(sandbox, decode(encode(lie)))
     sandbox.close()
+
+
+def test_snapshot_wake_refuses_a_snapshot_of_another_agent(runtime: Runtime, tmp_path: Path) -> None:
+    """A snapshot names its agent: waking it under another id is refused before anything is allocated."""
+    manifest = _manifest(tmp_path, COUNTER_WAT)
+    hibernate(_load(manifest, runtime, "owner-1"), tmp_path / "o.snap")
+    before = runtime.live_stores
+    with pytest.raises(SnapshotError, match="the snapshot is of agent owner-1, not thief-1"):
+        wake(tmp_path / "o.snap", manifest, runtime, agent_id="thief-1", services=Services())
+    assert runtime.live_stores == before
+
+
+def test_snapshot_encode_decode_round_trips_random_memories() -> None:
+    """Any mix of zero and non-zero chunks (and whole zero pages) comes back byte for byte."""
+    rng = random.Random(11)
+    for _ in range(40):
+        pages = rng.randrange(1, 6)
+        data = bytearray(pages * 65536)
+        for _ in range(rng.randrange(0, 12)):
+            at = rng.randrange(len(data))
+            data[at : at + rng.randrange(1, 9000)] = rng.randbytes(9000)[: len(data) - at]
+        image = snap_mod._pack_memory("memory", bytes(data[: pages * 65536]))
+        g = snap_mod.GlobalImage(name="g", valtype="v128", bits=rng.randbytes(16))
+        snap = snap_mod.Snapshot(module_sha256="ab" * 32, memories=(image,), globals=(g,), tables=(("t", 3),))
+        back = decode(encode(snap))
+        assert back == snap
+        rebuilt = bytearray(image.size)
+        pos = 0
+        for start, end, non_zero in back.memories[0].runs():
+            if non_zero:
+                rebuilt[start:end] = back.memories[0].data[pos : pos + end - start]
+                pos += end - start
+        assert rebuilt == data[: pages * 65536]

@@ -355,7 +355,7 @@ def hibernate(sandbox: Sandbox, path: Path, *, close: bool = True, fsync: bool =
     if close:
         sandbox.close()
     return SnapshotInfo(
-        path=path,
+        path=Path(path),
         file_bytes=size,
         memory_bytes=snap.memory_bytes,
         stored_bytes=snap.stored_bytes,
@@ -376,9 +376,13 @@ def wake(
     """A new sandbox of ``manifest``'s module with the state saved at ``path``; agent_init is not run.
 
     The usual spawn checks apply (digest pin, imports, limits). Raises SnapshotError (the file, or a
-    snapshot of another module) or the load's own errors; nothing stays allocated on failure.
+    snapshot of another module or another agent id) or the load's own errors; nothing stays allocated on
+    failure.
     """
     snap = read_snapshot(path)
+    owner = snap.meta.get("agent_id")
+    if isinstance(owner, str) and owner != agent_id:
+        raise SnapshotError(f"{path}: the snapshot is of agent {owner}, not {agent_id}")
     sandbox = Sandbox(
         manifest, runtime, agent_id=agent_id, services=services, clock=clock, import_check=import_check
     )
