@@ -26,7 +26,7 @@ import structlog
 from openfang.protocol.errors import SandboxError, SecurityError, Timeout
 from openfang.workers.manifest import AgentManifest
 from openfang.workers.sandbox import guest_abi as abi
-from openfang.workers.sandbox._wasm_layout import layout_of
+from openfang.workers.sandbox._wasm_layout import WasmFormatError, cached_layout, layout_of
 from openfang.workers.sandbox._wasmtime import (
     AsyncCall,
     AsyncPoller,
@@ -162,7 +162,6 @@ class Sandbox:
         code, digest = load_code(m)
         what = f"{m.source}: module {m.module}"
         self.module_digest = digest
-        self._check_restore_policy(code, digest, what)
         pre = self.runtime.cached_pre(digest)
         if pre is None:
             module, cached = self.runtime.compile(code, digest=digest, what=what)
@@ -172,6 +171,7 @@ class Sandbox:
         else:
             self._check_imports(self.runtime.module_imports(pre.module))
             self.spawn_kind = "warm"
+        self._check_restore_policy(code, digest, what)
         inst = Instance(self.runtime, pre, max_memory_bytes=m.sandbox.memory.max_heap_mb << 20)
         self._inst = inst
         try:
@@ -221,7 +221,13 @@ class Sandbox:
         """``restore = "snapshot"`` needs a module whose whole state a snapshot can read back."""
         if self.manifest.restore != "snapshot":
             return
-        layout = layout_of(wasm_binary(code, what=what), digest=digest)
+        try:
+            layout = cached_layout(digest) or layout_of(wasm_binary(code, what=what), digest=digest)
+        except WasmFormatError as exc:  # wasmtime accepted the module, our section reader did not
+            raise SandboxError(
+                f'{what}: restore = "snapshot" is refused: cannot tell where the module keeps its state '
+                f"({exc.message})"
+            ) from None
         if layout.hidden:
             raise SandboxError(
                 f'{what}: restore = "snapshot" is refused: the module keeps state a snapshot cannot read '

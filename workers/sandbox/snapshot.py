@@ -60,7 +60,7 @@ from typing import Any
 
 from openfang.protocol.errors import SandboxError
 from openfang.workers.manifest import AgentManifest
-from openfang.workers.sandbox._wasm_layout import ModuleLayout, cached_layout, layout_of
+from openfang.workers.sandbox._wasm_layout import ModuleLayout, WasmFormatError, cached_layout, layout_of
 from openfang.workers.sandbox._wasmtime import (
     GuestMemory,
     Runtime,
@@ -175,7 +175,15 @@ def snapshot_layout(sandbox: Sandbox) -> ModuleLayout:
                 f"{what}: cannot snapshot: module {sandbox.manifest.module} changed on disk since it was "
                 "loaded"
             )
-        layout = layout_of(wasm_binary(code, what=f"{what}: module {sandbox.manifest.module}"), digest=digest)
+        try:
+            layout = layout_of(
+                wasm_binary(code, what=f"{what}: module {sandbox.manifest.module}"), digest=digest
+            )
+        except WasmFormatError as exc:
+            raise SnapshotError(
+                f"{what}: cannot snapshot: cannot tell where module {sandbox.manifest.module} keeps its "
+                f"state ({exc.message})"
+            ) from None
     if layout.hidden:
         raise SnapshotError(
             f"{what}: cannot snapshot module {sandbox.manifest.module}: it keeps state a snapshot cannot "
