@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from openfang.protocol.errors import SandboxError
 from openfang.workers.manifest import AgentManifest, load_manifest
+from openfang.workers.sandbox import _snapshot_file as snap_file
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox import snapshot as snap_mod
 from openfang.workers.sandbox._wasm_layout import WasmFormatError, parse_layout
@@ -249,11 +250,11 @@ def _valid_file(runtime: Runtime, tmp_path: Path) -> bytes:
 
 def _reheader(data: bytes, **changes: int) -> bytes:
     """``data`` with header fields changed and the header checksum recomputed (a well-formed lie)."""
-    fields = list(snap_mod._HEADER.unpack_from(data))
+    fields = list(snap_file._HEADER.unpack_from(data))
     names = ["magic", "version", "codec", "flags", "digest", "raw_len", "body_len", "body_crc"]
     for key, value in changes.items():
         fields[names.index(key)] = value
-    header = snap_mod._HEADER.pack(*fields)
+    header = snap_file._HEADER.pack(*fields)
     return header + struct.pack("<I", zlib.crc32(header)) + data[HEADER_SIZE:]
 
 
