@@ -271,7 +271,7 @@ def _parse_body(r: _Body, digest: str) -> Snapshot:
 
 
 def write_snapshot(path: Path, snap: Snapshot, *, fsync: bool = True) -> int:
-    """Write ``snap`` to ``path`` atomically (temp file, fsync, rename, fsync of the directory); its size.
+    """Write ``snap`` to ``path`` atomically (temp file, fdatasync, rename, fsync of the directory); its size.
 
     Readers see the old file or the new one, never a mix. ``fsync=False`` skips both fsyncs (a crash of the
     machine, not of the process, may then lose the file: a torn one is refused by its checksum on read).
@@ -286,7 +286,8 @@ def write_snapshot(path: Path, snap: Snapshot, *, fsync: bool = True) -> int:
             while view:
                 view = view[os.write(fd, view) :]
             if fsync:
-                os.fsync(fd)
+                # The data and what is needed to read it back (its size); the times may lag.
+                os.fdatasync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
