@@ -11,6 +11,10 @@ The host's API (a short job to wire in; the file layout is the host's choice, su
     data = encode(snap); snap = decode(data, source=...) # the bytes that travel
     write_snapshot(path, snap) -> int; read_snapshot(path) -> Snapshot
 
+To keep the host's loop free, capture + close on the loop and run ``write_snapshot`` in a thread (zlib and
+the file calls release the GIL; it touches no wasmtime object); until it is written, wake from the
+``Snapshot`` in memory (``restore(fresh_sandbox, snap, fresh=True)``).
+
 Errors are :class:`SnapshotError` (a ``SandboxError``, code ``sandbox_error``): a busy sandbox, a module
 whose state cannot be read back, a snapshot of another module, a corrupt or truncated file. The sandbox
 is left untouched by a refused capture; a failed restore leaves the target sandbox in an undefined state
