@@ -549,3 +549,35 @@ def test_snapshot_encode_decode_round_trips_random_memories() -> None:
                 rebuilt[start:end] = back.memories[0].data[pos : pos + end - start]
                 pos += end - start
         assert rebuilt == data[: pages * 65536]
+
+
+def test_snapshot_writes_from_threads_never_mix(tmp_path: Path) -> None:
+    """Threads writing the same file leave one whole snapshot of theirs and no temp file behind."""
+    import threading
+
+    snaps = [
+        snap_mod.Snapshot(
+            module_sha256=f"{i:02x}" * 32,
+            memories=(snap_mod._pack_memory("memory", bytes([i + 1]) * 65536),),
+        )
+        for i in range(4)
+    ]
+    path = tmp_path / "shared.snap"
+    errors: list[BaseException] = []
+
+    def writer(snap: snap_mod.Snapshot) -> None:
+        try:
+            for _ in range(25):
+                write_snapshot(path, snap, fsync=False)
+                assert read_snapshot(path) in snaps  # whoever renamed last, the file is whole
+        except BaseException as exc:  # reported by the test thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(s,)) for s in snaps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert read_snapshot(path) in snaps
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.snap"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -273,12 +274,15 @@ def _parse_body(r: _Body, digest: str) -> Snapshot:
 def write_snapshot(path: Path, snap: Snapshot, *, fsync: bool = True) -> int:
     """Write ``snap`` to ``path`` atomically (temp file, fdatasync, rename, fsync of the directory); its size.
 
-    Readers see the old file or the new one, never a mix. ``fsync=False`` skips both fsyncs (a crash of the
+    Readers see the old file or the new one, never a mix. ``fsync=False`` skips both syncs (a crash of the
     machine, not of the process, may then lose the file: a torn one is refused by its checksum on read).
+    Safe to call from any thread (it uses only ``snap``); the host orders writes of one agent's file.
     """
     data = encode(snap)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # One temp file per process and thread: writers in threads never share one. A crash may leave one
+    # behind (".<name>.<pid>.<thread>.tmp"): harmless, the host may delete them at start.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
