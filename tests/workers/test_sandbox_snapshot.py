@@ -356,6 +356,15 @@ def test_snapshot_module_with_hidden_mutable_globals_is_refused(runtime: Runtime
     )
     with pytest.raises(SandboxError, match=r"global 0 \(\$heap\)"):
         _load(greeter, runtime)
+    rust = (
+        (EXAMPLES / "rust" / "agent.toml").read_text().replace("[agent]\n", '[agent]\nrestore = "snapshot"\n')
+    )
+    for accepted in (  # modules whose whole state a snapshot reads back are accepted
+        load_manifest(rust, base_dir=EXAMPLES / "rust"),
+        _manifest(tmp_path, None, extra='restore = "snapshot"'),
+        _manifest(tmp_path, COUNTER_WAT, extra='restore = "snapshot"'),
+    ):
+        _load(accepted, runtime).close()
     fresh = _load(_manifest(tmp_path, HIDDEN_WAT), runtime)  # restore = "fresh": it may run ...
     _send(fresh, "x")
     with pytest.raises(SnapshotError, match=r"cannot snapshot module .*non-exported mutable global 0"):
