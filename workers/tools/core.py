@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from openfang.protocol.errors import AlreadyExists, OpenFangError
 from openfang.workers.llm.types import ToolSpec
+from openfang.workers.tools.errors import ToolError as ToolError  # re-exported: tools import it from here
 from openfang.workers.tools.schema import check_schema, validate
 
 if TYPE_CHECKING:
@@ -42,12 +43,6 @@ HostCallback = Callable[[str, dict[str, Any]], Any]
 # Called before any outgoing request a tool makes, on every hop: (tool, url, headers, body). Raises
 # SecurityError to refuse (the host plugs the exfiltration guard in here).
 EgressCheck = Callable[[str, str, Mapping[str, str], str | None], None]
-
-
-class ToolError(OpenFangError):
-    """A tool failed in a way it can explain; ``code`` defaults to ``tool_error``."""
-
-    code = "tool_error"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from openfang.workers.tools.core import ToolError
+from openfang.workers.tools.errors import ToolError
 
 FULL = "limit_exceeded"
 
