@@ -25,7 +25,7 @@ from openfang.control.guard import integrity_monitor, open_audit
 from openfang.control.notify import Notifier
 from openfang.protocol.errors import ConfigError, OpenFangError, SupervisorError
 from openfang.supervisor.loop import Loop
-from openfang.supervisor.runtime import Supervisor
+from openfang.supervisor.runtime import SupervisorCore, supervisor_for
 
 from openfang import __version__
 from openfang.logs import configure_logging
@@ -49,7 +49,7 @@ class Daemon:
         self.state = "starting"
         self.exit_code = 0
         self.reloads = 0
-        self.sup = Supervisor(
+        self.sup: SupervisorCore = supervisor_for(
             config.tree,
             loop=self.loop,
             path="root",

@@ -3,7 +3,9 @@
 The parent side is :func:`spawn` (fork + pidfd), :func:`send_signal` (by pidfd, immune to pid reuse) and
 :func:`reap` (``waitid(P_PIDFD)``). The child side, :func:`_child_main`, never returns: it arms PDEATHSIG,
 pins its CPU, resets the signal dispositions it inherited from the loop, closes the parent's fds, runs
-the target and ``os._exit``\\ s with 0 (normal) or 1 (exception, after a structured crash report).
+the target and ``os._exit``\\ s with 0 (normal) or ``EXIT_CRASH`` (exception, after a structured crash
+report). :func:`set_subreaper` is the one place the subreaper flag is set (the daemon's root supervisor
+sets it at start).
 """
 
 from __future__ import annotations
@@ -22,13 +24,11 @@ from types import FrameType
 from typing import Any
 
 import structlog
-from openfang.supervisor.child import ChildContext, resolve_target, uplink_pair
+from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED, ChildContext, resolve_target, uplink_pair
 from openfang.supervisor.restart import NORMAL, ExitReason, abnormal
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-EXIT_CRASH = 1
-EXIT_ESCALATED = 3  # a nested supervisor that gave up (its parent sees an ordinary abnormal exit)
 
 log = structlog.get_logger("openfang.supervisor")
 

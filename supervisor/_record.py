@@ -1,4 +1,11 @@
-"""The supervisor's bookkeeping for one child (one spec, and the process running it if any)."""
+"""A supervisor's state as one explicit record: its spec, lifecycle and restart window, and per child a
+:class:`ChildRecord` (one spec, and the process running it if any) in start order.
+
+The record is plain bookkeeping with no behaviour beyond lookups: the supervisor decides, and the
+collaborators it hands this record to (the request router) read it. Every mutation of the child table goes
+through :meth:`SupervisorState.add` and :meth:`SupervisorState.remove`, which keep ``children`` and
+``order`` in step (invariant: ``set(order) == set(children)``).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from openfang.protocol.errors import NotFound, SupervisorError
 from openfang.supervisor.loop import TimerHandle
-from openfang.supervisor.restart import ExitReason
-from openfang.supervisor.spec import ChildSpec, ChildType
+from openfang.supervisor.restart import ExitReason, RestartWindow
+from openfang.supervisor.spec import ChildSpec, ChildType, SupervisorSpec
 
 Reply = Callable[[bool, Any], None]
 
@@ -77,3 +85,108 @@ class ChildRecord:
             "info": dict(self.info),
             "children": list(self.subtree) if self.is_supervisor else [],
         }
+
+
+# Supervisor states: new -> running -> stopping -> stopped | terminated (gave up: escalation, auto_shutdown).
+NEW, SUP_RUNNING, SUP_STOPPING, SUP_STOPPED, TERMINATED = (
+    "new",
+    "running",
+    "stopping",
+    "stopped",
+    "terminated",
+)
+
+
+@dataclass(slots=True, kw_only=True)
+class SupervisorState:
+    """Everything one supervisor knows (see the module docstring)."""
+
+    spec: SupervisorSpec
+    path: str
+    window: RestartWindow
+    status: str = NEW
+    children: dict[str, ChildRecord] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # child ids in start order
+
+    # -- the child table ----------
+
+    def add(self, spec: ChildSpec, *, index: int | None = None, dynamic: bool = False) -> ChildRecord:
+        rec = ChildRecord(spec=spec, path=f"{self.path}/{spec.id}", dynamic=dynamic)
+        self.children[spec.id] = rec
+        if index is None:
+            self.order.append(spec.id)
+        else:
+            self.order.insert(index, spec.id)
+        return rec
+
+    def is_current(self, rec: ChildRecord) -> bool:
+        """``rec`` is still the record of its id (not deleted, not replaced by a reload)."""
+        return self.children.get(rec.id, None) is rec
+
+    def remove(self, rec: ChildRecord) -> None:
+        if self.is_current(rec):
+            del self.children[rec.id]
+            self.order.remove(rec.id)
+
+    def clear(self) -> None:
+        self.children.clear()
+        self.order.clear()
+
+    def get(self, child_id: str) -> ChildRecord:
+        """The record of ``child_id``; NotFound (OTP's ``not_found``) naming this supervisor if none."""
+        rec = self.children.get(child_id)
+        if rec is None:
+            raise NotFound(f"not_found: supervisor {self.path!r} has no child {child_id!r}")
+        return rec
+
+    def in_order(self) -> list[ChildRecord]:
+        return [self.children[c] for c in self.order]
+
+    def in_reverse(self) -> list[ChildRecord]:
+        """Shutdown order: the last started first."""
+        return [self.children[c] for c in reversed(self.order)]
+
+    def check_running(self) -> None:
+        if self.status != SUP_RUNNING:
+            raise SupervisorError(f"supervisor {self.path!r} is {self.status}")
+
+    # -- what the processes hold ----------
+
+    def pids(self) -> set[int]:
+        return {r.pid for r in self.children.values() if r.pid is not None}
+
+    def fds(self) -> list[int]:
+        """The pidfds and uplinks of every child (a newly forked child must not keep its siblings')."""
+        fds: list[int] = []
+        for rec in self.children.values():
+            if rec.pidfd is not None:
+                fds.append(rec.pidfd)
+            if rec.uplink is not None:
+                fds.append(rec.uplink.fileno())
+        return fds
+
+    # -- OTP's queries ----------
+
+    def tree(self) -> list[dict[str, Any]]:
+        """A snapshot of the children (nested supervisors: their latest subtree)."""
+        return [rec.node() for rec in self.in_order()]
+
+    def which_children(self) -> list[dict[str, Any]]:
+        """``[{id, pid, type, state}]`` in start order (state: running / restarting / stopped / undefined)."""
+        return [
+            {"id": r.id, "pid": r.pid, "type": str(r.spec.type), "state": r.public_state()}
+            for r in self.in_order()
+        ]
+
+    def count_children(self) -> dict[str, int]:
+        """OTP's counts: specs, active (alive processes), supervisors, workers."""
+        recs = list(self.children.values())
+        return {
+            "specs": len(recs),
+            "active": sum(1 for r in recs if r.alive),
+            "supervisors": sum(1 for r in recs if r.spec.type == ChildType.SUPERVISOR),
+            "workers": sum(1 for r in recs if r.spec.type == ChildType.WORKER),
+        }
+
+    def significant_running(self) -> int:
+        return sum(1 for r in self.children.values() if r.spec.significant and r.alive)

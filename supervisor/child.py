@@ -25,8 +25,9 @@ in both directions: ``{"t": "req", "id": str, "op": str, "args": {...}}`` /
 ``{"t": "rep", "id": str, "ok": bool, "result": ..., "error": {"code", "message"}}``. A request a parent sends
 down to a nested supervisor may carry ``"path"``: the supervisor further down that must run ``op``.
 
-Exit codes: 0 normal, 1 an exception (after a ``child_crashed`` log line with the traceback), 3 a nested
-supervisor that gave up (restart intensity exceeded). The parent side is :mod:`openfang.supervisor.runtime`.
+Exit codes: 0 normal, :data:`EXIT_CRASH` (1) an exception (after a ``child_crashed`` log line with the
+traceback), :data:`EXIT_ESCALATED` (3) a supervisor that gave up (restart intensity exceeded: a nested one,
+and the daemon when the root gives up). The parent side is :mod:`openfang.supervisor.runtime`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from typing import Any
 import msgpack
 from openfang.protocol.errors import FrameTooLarge, ProtocolError, SupervisorError, Timeout
 
+EXIT_CRASH = 1  # the child raised (or failed before running its target)
+EXIT_ESCALATED = 3  # a supervisor that gave up; its parent reports the exit with detail "escalated"
 HEARTBEAT_MIN_GAP_S = 0.05  # well under any sensible heartbeat_ms
 MAX_UPLINK_PACKET = 4 << 20
 ChildTarget = Callable[["ChildContext"], None]

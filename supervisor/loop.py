@@ -8,6 +8,8 @@ runs later in the loop, never in signal context.
 
 ``run_until`` is re-entrant: a callback may run the loop again until its own condition holds (the
 supervisor does this to start a child synchronously); readers and timers keep being served meanwhile.
+:class:`Serial` keeps such loop-running operations from interleaving: one runs at a time, and work that
+arrives meanwhile waits in a queue, as OTP's supervisor handles one message at a time.
 """
 
 from __future__ import annotations
@@ -199,6 +201,50 @@ class Loop:
             raise
         except Exception:
             log.exception("loop_callback_failed", callback=getattr(callback, "__qualname__", repr(callback)))
+
+
+class Serial:
+    """One loop-running operation at a time; work that arrives during one runs right after it.
+
+    ``with serial:`` marks an operation that runs the loop (a start, a group restart, a reload); it nests.
+    :meth:`run` runs work now if no operation is in progress, else queues it. Invariant: the queue is only
+    drained when no operation is in progress, in arrival order, each item as an operation of its own.
+    """
+
+    def __init__(self, loop: Loop) -> None:
+        self._loop = loop
+        self._depth = 0
+        self._queue: deque[Callback] = deque()
+
+    @property
+    def busy(self) -> bool:
+        return self._depth > 0
+
+    def __enter__(self) -> None:
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if not self._depth and self._queue:
+            self._loop.call_soon(self._drain)
+
+    def run(self, work: Callback) -> None:
+        """Run ``work`` now, or after the operation in progress finishes."""
+        if self._depth:
+            self._queue.append(work)
+        else:
+            with self:
+                work()
+
+    def clear(self) -> None:
+        """Drop the queued work (a supervisor that stopped has nobody left to do it for)."""
+        self._queue.clear()
+
+    def _drain(self) -> None:
+        while self._queue and not self._depth:
+            work = self._queue.popleft()
+            with self:
+                work()
 
 
 def _noop_handler(signum: int, frame: FrameType | None) -> None:

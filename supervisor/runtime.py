@@ -1,402 +1,244 @@
 """The supervisor runtime: OTP's ``supervisor`` behaviour over forked processes and a selectors loop.
 
-A :class:`Supervisor` starts its children in order (one at a time, each waiting for its ``ready``), watches
-them through pidfds and their uplinks, applies its strategy, restart types and intensity window when one
-exits, escalates when the window overflows, and stops them in reverse order. Crashes arrive as loop
-callbacks, never as exceptions. Work that runs the loop itself (a start, a group restart, a dynamic
-child operation, a reload) is serialised: anything that would start another such operation while one is
-in progress (a child exit, a request) is queued and runs right after, as OTP's supervisor handles one
-message at a time.
+A supervisor starts its children in order (one at a time, each waiting for its ``ready``), watches them
+through pidfds and their uplinks, applies its strategy, restart types and intensity window when one
+exits, escalates when the window overflows, and stops them in reverse order. Crashes arrive as messages
+from its child watcher, never as exceptions.
 
-Watching and stopping children is in :mod:`._watch`; dynamic-child operations, requests and reloads are
-in :mod:`._admin`; the process plumbing is in
-:mod:`._proc`; the entry point of a nested supervisor process, :func:`run_nested`, is in :mod:`._nested`.
+Two classes, as OTP's static and dynamic supervisors are two behaviours in one module:
+
+- :class:`Supervisor` (one_for_one, one_for_all, rest_for_one): children from the spec, started in order
+  at start; ``start_child`` adds one by spec; terminated children keep their spec (but temporary ones);
+  ``restart_child``, ``delete_child``; a reload applies a new spec by child id.
+- :class:`~openfang.supervisor.dynamic.DynamicSupervisor` (simple_one_for_one): one template, no children
+  at start; ``start_child`` takes extra args for it.
+
+:func:`supervisor_for` picks the class from the spec's strategy. What both share (starting a child,
+deciding after an exit, giving up, events, requests) is :class:`~openfang.supervisor._core.SupervisorCore`;
+the entry point of a nested supervisor process is :func:`openfang.supervisor.nested.run_nested`.
 """
 
 from __future__ import annotations
 
-import functools
-import signal
-import time
-from collections import deque
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import structlog
-from openfang.protocol.errors import ConfigError, SupervisorError
-from openfang.supervisor import _proc
-from openfang.supervisor._nested import run_nested
-from openfang.supervisor._record import (
-    EXITED,
-    FAILED,
-    IGNORING,
-    RESTARTING,
-    RUNNING,
-    STARTING,
-    STOPPED,
-    ChildRecord,
-    Reply,
-)
+from openfang.protocol.errors import AlreadyExists, ConfigError, Problem, SupervisorError
+from openfang.supervisor._core import SupervisorCore
+from openfang.supervisor._record import RESTARTING, STOPPED, SUP_STOPPED, ChildRecord
+from openfang.supervisor._requests import OnRequest
+from openfang.supervisor.dynamic import DynamicSupervisor
 from openfang.supervisor.loop import Loop
-from openfang.supervisor.restart import (
-    ExitReason,
-    RestartWindow,
-    auto_shutdown_due,
-    children_to_restart,
-    should_restart,
+from openfang.supervisor.spec import (
+    ChildSpec,
+    ChildType,
+    Strategy,
+    SupervisorSpec,
+    check_child,
+    check_spec,
+    child_from_dict,
+    spec_to_dict,
 )
-from openfang.supervisor.spec import Restart, Strategy, SupervisorSpec, check_spec, spec_to_dict
 
-from ._admin import AdminMixin  # relative: resolvable by mypy through the package-dir mapping
-from ._watch import WatchMixin
-
-__all__ = ["Supervisor", "run_nested"]
-log = structlog.get_logger("openfang.supervisor")
-IGNORE_GRACE_S = 5.0  # a child that said "ignore" gets this long to return before it is killed
+__all__ = ["DynamicSupervisor", "Supervisor", "SupervisorCore", "supervisor_for"]
 
 
-class Supervisor(WatchMixin, AdminMixin):
-    """One supervisor (the root, or the body of a nested supervisor process). See the module docstring."""
+def supervisor_for(
+    spec: SupervisorSpec,
+    *,
+    loop: Loop,
+    path: str = "root",
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_request: OnRequest | None = None,
+    on_terminate: Callable[[str], None] | None = None,
+    subreaper: bool | None = None,
+) -> SupervisorCore:
+    """The supervisor ``spec`` asks for: dynamic for simple_one_for_one, static for the others."""
+    kind = DynamicSupervisor if spec.flags.strategy == Strategy.SIMPLE_ONE_FOR_ONE else Supervisor
+    return kind(
+        spec,
+        loop=loop,
+        path=path,
+        on_event=on_event,
+        on_request=on_request,
+        on_terminate=on_terminate,
+        subreaper=subreaper,
+    )
 
-    def __init__(
-        self,
-        spec: SupervisorSpec,
-        *,
-        loop: Loop,
-        path: str = "root",
-        on_event: Callable[[dict[str, Any]], None] | None = None,
-        on_request: Callable[[str, str, dict[str, Any], Reply], None] | None = None,
-        on_terminate: Callable[[str], None] | None = None,
-        subreaper: bool | None = None,
-    ) -> None:
-        problems = check_spec(spec, path)
-        if problems:
-            raise ConfigError(problems)
-        self.spec = spec
-        self.loop = loop
-        self.path = path
-        self.on_event = on_event
-        self.on_request = on_request
-        self.on_terminate = on_terminate
-        self.subreaper = (path == "root") if subreaper is None else subreaper
-        self._was_subreaper = True
-        self.state = "new"  # new -> running -> stopping -> stopped | terminated
-        self.window = RestartWindow(spec.flags.intensity, spec.flags.period)
-        self._children: dict[str, ChildRecord] = {}
-        self._order: list[str] = []
-        self._busy = 0
-        self._queue: deque[Callable[[], None]] = deque()
-        self._next_dynamic = 0
-        self._req_seq = 0
-        self.extra_close_fds: list[int] = []  # fds of our own parent that no child may keep
-        self.on_change: Callable[[], None] | None = None  # a nested supervisor pushes its subtree up
-        self._log = log.bind(supervisor=path)
 
-    @property
-    def strategy(self) -> Strategy:
-        return self.spec.flags.strategy
+class Supervisor(SupervisorCore):
+    """A static supervisor: one_for_one, one_for_all or rest_for_one over the children of its spec."""
 
-    # -- start and shutdown ----------
+    def _check_strategy(self, spec: SupervisorSpec, path: str) -> None:
+        if spec.flags.strategy == Strategy.SIMPLE_ONE_FOR_ONE:
+            raise ConfigError(
+                [
+                    Problem(
+                        f"{path} key 'strategy'",
+                        "simple_one_for_one needs a DynamicSupervisor (supervisor_for)",
+                    )
+                ]
+            )
 
-    def start(self) -> None:
-        """Start every child in order, each after the previous is ready; on a failure, stop those started
-        (reverse order) and raise SupervisorError naming the child (OTP's failed-start rollback)."""
-        if self.state != "new":
-            raise SupervisorError(f"supervisor {self.path!r} was already started")
-        if self.subreaper:
-            self._was_subreaper = _proc.set_subreaper(True)
-            self.loop.add_signal_handler(signal.SIGCHLD, self._reap_orphans)
-        self.state = "running"
-        if self.strategy == Strategy.SIMPLE_ONE_FOR_ONE:
-            return
-        with self._serial():
-            for spec in self.spec.children:
-                rec = self._add(spec)
+    def _start_children(self) -> None:
+        with self._serial:
+            for spec in self.record.spec.children:
+                rec = self.record.add(spec)
                 try:
-                    self._start(rec)
+                    self._launcher.start(rec)
                 except SupervisorError as exc:
                     self._log.error("start_failed_rollback", child=rec.id, error=exc.message)
-                    self._terminate_many([self._children[c] for c in reversed(self._order)])
-                    self._children.clear()
-                    self._order.clear()
-                    self.state = "stopped"
+                    self._launcher.stop_in_order(self.record.in_reverse())
+                    self.record.clear()
+                    self.record.status = SUP_STOPPED
                     self._release()
                     raise SupervisorError(
                         f"supervisor {self.path}: child {rec.id!r} failed to start: {exc.message}"
                     ) from None
-        self._changed()
+        self.events.changed()
 
-    def shutdown(self) -> None:
-        """Stop every child in reverse start order (simple_one_for_one: all at once), each per its shutdown
-        policy, and return when all are reaped."""
-        if self.state in ("stopping", "stopped", "terminated"):
-            return
-        self.state = "stopping"
-        self._busy += 1  # nothing queued runs during a shutdown
-        try:
-            recs = [self._children[c] for c in reversed(self._order)]
-            if self.strategy == Strategy.SIMPLE_ONE_FOR_ONE:
-                self._terminate_parallel(recs)
+    def _stop_children(self, recs: list[ChildRecord]) -> None:
+        self._launcher.stop_in_order(recs)
+
+    # -- dynamic children (OTP's start_child / restart_child / delete_child) ----------
+
+    def start_child(self, spec_or_extra_args: ChildSpec | Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Add and start a child from its spec (a ChildSpec or its dict form); ``{"id", "pid"}`` (pid None
+        when the child answered ``ignore``). already_present / already_started if the id is taken."""
+        self.record.check_running()
+        with self._serial:
+            if isinstance(spec_or_extra_args, ChildSpec):
+                spec = spec_or_extra_args
+            elif isinstance(spec_or_extra_args, Mapping):
+                spec = child_from_dict(spec_or_extra_args, where=f"{self.path} start_child")
             else:
-                self._terminate_many(recs)
-        finally:
-            self._busy -= 1
-        self._queue.clear()
-        self.state = "stopped"
-        self._release()
+                raise SupervisorError("start_child needs a child spec")
+            problems = check_child(spec, f"{self.path} start_child", self.record.spec.flags)
+            if problems:
+                raise ConfigError(problems)
+            existing = self.record.children.get(spec.id)
+            if existing is not None:
+                if existing.alive:
+                    raise AlreadyExists(f"already_started: child {spec.id!r} is running (pid {existing.pid})")
+                raise AlreadyExists(
+                    f"already_present: child {spec.id!r} exists; restart_child or delete_child it"
+                )
+            return self._start_or_forget(self.record.add(spec, dynamic=True))
 
-    def _release(self) -> None:
-        if self.subreaper:
-            self.loop.remove_signal_handler(signal.SIGCHLD)
-            _proc.reap_orphans(set())
-            if not self._was_subreaper:
-                # Put the process back as it was (a test process, an embedding application).
-                _proc.set_subreaper(False)
+    def start_child_request(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self.start_child(args["spec"] if isinstance(args.get("spec"), Mapping) else args)
 
-    # -- starting one child ----------
+    def restart_child(self, child_id: str) -> dict[str, Any]:
+        """Start a stopped child again from its kept spec (not_found / running / restarting)."""
+        self.record.check_running()
+        rec = self.record.get(child_id)
+        if rec.alive:
+            raise SupervisorError(f"running: child {child_id!r} is running", code="running")
+        if rec.state == RESTARTING:
+            raise SupervisorError(f"restarting: child {child_id!r} is being restarted", code="restarting")
+        with self._serial:
+            self._launcher.start(rec)
+        return {"id": child_id, "pid": rec.pid}
 
-    def _add(self, spec: Any, *, index: int | None = None, dynamic: bool = False) -> ChildRecord:
-        rec = ChildRecord(spec=spec, path=f"{self.path}/{spec.id}", dynamic=dynamic)
-        self._children[spec.id] = rec
-        if index is None:
-            self._order.append(spec.id)
-        else:
-            self._order.insert(index, spec.id)
-        return rec
-
-    def _is_current(self, rec: ChildRecord) -> bool:
-        """``rec`` is still the record of its id (not deleted, not replaced by a reload)."""
-        return self._children.get(rec.id, None) is rec
-
-    def _remove(self, rec: ChildRecord) -> None:
-        if self._is_current(rec):
-            del self._children[rec.id]
-            self._order.remove(rec.id)
-
-    def _close_fds(self) -> list[int]:
-        fds = list(self.loop.fds()) + list(self.extra_close_fds)
-        for other in self._children.values():
-            if other.pidfd is not None:
-                fds.append(other.pidfd)
-            if other.uplink is not None:
-                fds.append(other.uplink.fileno())
-        return fds
-
-    def _start(self, rec: ChildRecord) -> bool:
-        """Fork ``rec`` and wait for its ready (True) or ignore (False); SupervisorError if it fails."""
-        spec = rec.spec
-        args = dict(spec.args)
-        if rec.is_supervisor and spec.supervisor is not None:
-            args["spec"] = spec_to_dict(spec.supervisor)
-        try:
-            sp = _proc.spawn(
-                child_id=spec.id,
-                path=rec.path,
-                start=spec.start,
-                args=args,
-                cpu=spec.cpu,
-                close_fds=self._close_fds(),
+    def delete_child(self, child_id: str) -> None:
+        """Forget a stopped child's spec (not_found / running / restarting)."""
+        rec = self.record.get(child_id)
+        if rec.alive:
+            raise SupervisorError(
+                f"running: child {child_id!r} is running; terminate_child it first", code="running"
             )
-        except OSError as exc:
-            self._emit("child.start_failed", rec, reason=f"fork failed: {exc}")
-            raise SupervisorError(f"cannot fork child {spec.id!r}: {exc}") from None
-        rec.pid, rec.pidfd, rec.uplink = sp.pid, sp.pidfd, sp.uplink
-        rec.state, rec.exit, rec.hung, rec.info = STARTING, None, False, {}
-        pidfd, uplink = sp.pidfd, sp.uplink
-        self.loop.add_reader(pidfd, lambda: self._on_pidfd(rec, pidfd))
-        self.loop.add_reader(uplink.fileno(), lambda: self._on_uplink(rec, uplink))
-        in_time = self._wait_started(rec)
-        if not in_time:
-            self._kill_and_wait(rec)
-            reason = f"no ready within start_timeout_ms={spec.start_timeout_ms}"
-            self._emit("child.start_failed", rec, reason=reason)
-            rec.state = STOPPED
-            raise SupervisorError(f"child {spec.id!r}: {reason}")
-        if rec.state == FAILED:
-            reason = str(rec.exit) if rec.exit else "exited"
-            self._emit("child.start_failed", rec, reason=f"exited before ready: {reason}")
-            rec.state = STOPPED
-            raise SupervisorError(f"child {spec.id!r} exited before ready: {reason}")
-        if rec.state == IGNORING:
-            if not self.loop.run_until(lambda: rec.pid is None, timeout=IGNORE_GRACE_S):
-                self._kill_and_wait(rec)
-            rec.state = STOPPED
-            self._emit("child.ignored", rec)
-            return False
-        if rec.state != RUNNING:  # stopped under our feet (a shutdown during the start)
-            raise SupervisorError(f"child {spec.id!r}: start interrupted ({rec.state})")
-        rec.started_at = time.time()
-        rec.ever_started = True
-        self._arm_heartbeat(rec)
-        self._emit("child.started", rec, info=rec.info)
-        return True
+        if rec.state == RESTARTING:
+            raise SupervisorError(f"restarting: child {child_id!r} is being restarted", code="restarting")
+        self.record.remove(rec)
+        self.events.changed()
 
-    def _wait_started(self, rec: ChildRecord) -> bool:
-        """Wait for ready/ignore/exit; False on timeout. A nested supervisor starting its own children
-        reports progress (subtree snapshots), and each report restarts its timeout, like OTP's infinity
-        start for supervisors without hanging forever on one that is stuck."""
-        limit = timeout = rec.spec.start_timeout_ms / 1000
-        rec.last_hb = self.loop.time()
-        while True:
-            if self.loop.run_until(lambda: rec.state != STARTING, timeout=timeout):
-                return True
-            silent = self.loop.time() - rec.last_hb
-            if not rec.is_supervisor or silent >= limit:
-                return False
-            timeout = limit - silent
+    # -- reload ----------
 
-    def _kill_and_wait(self, rec: ChildRecord) -> None:
-        if rec.pidfd is not None:
-            _proc.send_signal(rec.pidfd, signal.SIGKILL)
-        self.loop.run_until(lambda: rec.pid is None)
-
-    # -- deciding after an exit ----------
-
-    def _after_exit(self, rec: ChildRecord, reason: ExitReason) -> None:
-        if self.state != "running" or not self._is_current(rec) or rec.state != EXITED:
-            return  # shutting down, or the child was terminated/deleted/restarted meanwhile
-        if not should_restart(rec.spec.restart, reason):
-            rec.state = STOPPED
-            if rec.spec.restart == Restart.TEMPORARY or self.strategy == Strategy.SIMPLE_ONE_FOR_ONE:
-                self._remove(rec)  # temporary specs are forgotten; dynamic children are not kept stopped
-            self._changed()
-            significant_running = sum(1 for r in self._children.values() if r.spec.significant and r.alive)
-            if auto_shutdown_due(
-                self.spec.flags.auto_shutdown,
-                exited_significant=rec.spec.significant,
-                restarted=False,
-                significant_running=significant_running,
-            ):
-                self._give_up("auto_shutdown", rec)
-            return
-        self._restart_after_failure(rec)
-
-    def _restart_after_failure(self, rec: ChildRecord) -> None:
-        if not self.window.add_restart(self.loop.time()):
-            self._give_up("shutdown", rec)
-            return
-        rec.state = RESTARTING
-        active = [c for c in self._order if self._children[c].state in (RUNNING, RESTARTING, EXITED)]
-        to_terminate, to_start = children_to_restart(self.strategy, active, rec.id)
-        with self._serial():
-            self._terminate_many([self._children[c] for c in to_terminate])
-            for cid in to_terminate:
-                sibling = self._children[cid]
-                if sibling.spec.restart == Restart.TEMPORARY:
-                    self._remove(sibling)  # temporary children are never restarted, not even in a group
-                else:
-                    sibling.state = RESTARTING
-            for i, cid in enumerate(to_start):
-                child = self._children.get(cid)
-                if child is None or child.state != RESTARTING:
-                    continue
-                if self.state != "running":
-                    return
-                try:
-                    child.restarts += 1
-                    if self._start(child):
-                        self._emit("child.restarted", child, restarts=child.restarts)
-                    elif self.strategy == Strategy.SIMPLE_ONE_FOR_ONE:
-                        self._remove(child)  # OTP: a dynamic child that ignores its restart is gone
-                except SupervisorError as exc:
-                    # OTP retries a failed restart (and counts it): the rest of the group waits for it.
-                    self._log.warning("restart_failed", child=cid, error=exc.message)
-                    for later in to_start[i:]:
-                        if later in self._children:
-                            self._children[later].state = RESTARTING
-                    self.loop.call_soon(
-                        functools.partial(self._serialize, functools.partial(self._retry, child))
+    def reconfigure(self, new_spec: SupervisorSpec) -> dict[str, list[str]]:
+        """Apply a new spec by child id: start new children, stop removed ones, replace changed ones, leave
+        unchanged ones running; a nested supervisor whose children alone changed gets its new spec sent
+        down instead of a restart. Children added by start_child are kept."""
+        problems = check_spec(new_spec, self.path)
+        if problems:
+            raise ConfigError(problems)
+        self.record.check_running()
+        if new_spec.flags.strategy == Strategy.SIMPLE_ONE_FOR_ONE:
+            raise ConfigError(
+                [
+                    Problem(
+                        f"{self.path} key 'strategy'", "cannot change to or from simple_one_for_one on reload"
                     )
-                    break
-        self._changed()
-
-    def _retry(self, rec: ChildRecord) -> None:
-        if self.state == "running" and self._is_current(rec) and rec.state == RESTARTING:
-            self._restart_after_failure(rec)
-
-    def _give_up(self, reason: str, offender: ChildRecord) -> None:
-        """Intensity exceeded (reason "shutdown") or auto_shutdown: stop everything, tell our owner."""
-        kind = "supervisor.escalated" if reason == "shutdown" else "supervisor.auto_shutdown"
-        self._log.error(
-            kind, offender=offender.id, intensity=self.spec.flags.intensity, period=self.spec.flags.period
-        )
-        self._emit_raw(
-            {
-                "kind": kind,
-                "path": self.path,
-                "id": offender.id,
-                "child": offender.id,
-                "pid": None,
-                "reason": reason,
-                "intensity": self.spec.flags.intensity,
-                "period": self.spec.flags.period,
-            }
-        )
-        self.shutdown()
-        self.state = "terminated"
-        if self.on_terminate is not None:
-            self.on_terminate(reason)
-
-    # -- serialisation, events, snapshot ----------
-
-    def _serial(self) -> _Serial:
-        return _Serial(self)
-
-    def _serialize(self, work: Callable[[], None]) -> None:
-        """Run ``work`` now, or after the loop-running operation in progress finishes."""
-        if self._busy:
-            self._queue.append(work)
-        else:
-            with self._serial():
-                work()
-
-    def _drain(self) -> None:
-        while self._queue and not self._busy:
-            work = self._queue.popleft()
-            with self._serial():
-                work()
-
-    def _emit(self, kind: str, rec: ChildRecord, **fields: Any) -> None:
-        event = {
-            "kind": kind,
-            "path": rec.path,
-            "supervisor": self.path,
-            "id": rec.id,
-            "child": rec.id,
-            "pid": rec.pid,
-            **fields,
+                ]
+            )
+        diff: dict[str, list[str]] = {
+            "started": [],
+            "stopped": [],
+            "replaced": [],
+            "unchanged": [],
+            "reconfigured": [],
+            "failed": [],
         }
-        self._emit_raw(event)
+        state = self.record
+        with self._serial:
+            state.spec = new_spec
+            state.window.reset(new_spec.flags.intensity, new_spec.flags.period)
+            wanted = {c.id: c for c in new_spec.children}
+            for gone in state.in_reverse():
+                if gone.id not in wanted and not gone.dynamic:
+                    self._launcher.stop_in_order([gone])
+                    state.remove(gone)
+                    diff["stopped"].append(gone.id)
+            for index, spec in enumerate(new_spec.children):
+                rec = state.children.get(spec.id)
+                if rec is None:
+                    rec = state.add(spec, index=min(index, len(state.order)))
+                    self._start_logged(rec, diff, "started")
+                elif rec.spec == spec:
+                    diff["unchanged"].append(spec.id)
+                elif _only_children_differ(rec.spec, spec) and rec.alive:
+                    rec.spec = spec
+                    assert spec.supervisor is not None
+                    nested = {"spec": spec_to_dict(spec.supervisor)}
+                    self._requests.ask_child(rec, "reconfigure", nested, self._log_nested_reply(rec))
+                    diff["reconfigured"].append(spec.id)
+                else:
+                    self._launcher.stop_in_order([rec])
+                    rec.spec = spec
+                    self._start_logged(rec, diff, "replaced")
+            # Start order follows the new spec; dynamic children keep their place after it.
+            position = {s.id: i for i, s in enumerate(new_spec.children)}
+            state.order.sort(key=lambda c: position.get(c, len(wanted)))
+        self.events.changed()
+        return diff
 
-    def _emit_raw(self, event: dict[str, Any]) -> None:
-        event["time"] = time.time()
-        self._log.info(
-            event["kind"].replace(".", "_"), **{k: v for k, v in event.items() if k not in ("kind", "time")}
-        )
-        if self.on_event is not None:
-            self.on_event(event)
-        if event["kind"] in ("child.started", "child.exited", "child.restarted"):
-            self._changed()
+    def _start_logged(self, rec: ChildRecord, diff: dict[str, list[str]], key: str) -> None:
+        try:
+            if self._launcher.start(rec):
+                diff[key].append(rec.id)
+        except SupervisorError as exc:
+            self._log.error("reload_start_failed", child=rec.id, error=exc.message)
+            rec.state = STOPPED
+            diff["failed"].append(rec.id)
 
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
+    def _log_nested_reply(self, rec: ChildRecord) -> Callable[[bool, Any], None]:
+        def reply(ok: bool, result: Any) -> None:
+            if ok:
+                self._log.info("nested_reconfigured", child=rec.id, diff=result)
+            else:
+                self._log.error("nested_reconfigure_failed", child=rec.id, error=result)
 
-    def tree(self) -> list[dict[str, Any]]:
-        """A snapshot of this supervisor's children (nested supervisors: their latest subtree)."""
-        return [self._children[c].node() for c in self._order]
+        return reply
 
 
-class _Serial:
-    """Marks a loop-running operation; queued work runs when the outermost one ends."""
-
-    def __init__(self, sup: Supervisor) -> None:
-        self.sup = sup
-
-    def __enter__(self) -> None:
-        self.sup._busy += 1
-
-    def __exit__(self, *exc: object) -> None:
-        self.sup._busy -= 1
-        if not self.sup._busy and self.sup._queue:
-            self.sup.loop.call_soon(self.sup._drain)
+def _only_children_differ(old: ChildSpec, new: ChildSpec) -> bool:
+    """Both are nested supervisors whose specs differ only below them (so the new one can be sent down)."""
+    if old.type != ChildType.SUPERVISOR or new.type != ChildType.SUPERVISOR:
+        return False
+    if old.supervisor is None or new.supervisor is None:
+        return False
+    if dataclasses.replace(old, supervisor=None) != dataclasses.replace(new, supervisor=None):
+        return False
+    return old.supervisor.flags.strategy == new.supervisor.flags.strategy or (
+        Strategy.SIMPLE_ONE_FOR_ONE not in (old.supervisor.flags.strategy, new.supervisor.flags.strategy)
+    )

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 
 from openfang.protocol.errors import ConfigError, Problem
 
-NESTED_START = "openfang.supervisor.runtime:run_nested"
+NESTED_START = "openfang.supervisor.nested:run_nested"
 DEFAULT_WORKER_SHUTDOWN_MS = 5000
 _START_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from openfang.supervisor.loop import Loop
-from openfang.supervisor.runtime import Supervisor
+from openfang.supervisor.runtime import SupervisorCore, supervisor_for
 from openfang.supervisor.spec import (
     ChildSpec,
     Strategy,
@@ -25,7 +25,7 @@ class Harness:
         self.events: list[dict[str, Any]] = []
         self.terminated: list[str] = []
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
-        self.sups: list[Supervisor] = []
+        self.sups: list[SupervisorCore] = []
 
     def sup(
         self,
@@ -35,12 +35,12 @@ class Harness:
         period: float = 5,
         on_request: Callable[[str, str, dict[str, Any], Any], None] | None = None,
         **flags: Any,
-    ) -> Supervisor:
+    ) -> SupervisorCore:
         spec = SupervisorSpec(
             flags=SupervisorFlags(strategy=strategy, intensity=intensity, period=period, **flags),
             children=tuple(children),
         )
-        s = Supervisor(
+        s = supervisor_for(
             spec,
             loop=self.loop,
             on_event=self.events.append,

@@ -10,6 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 from openfang.protocol.errors import AlreadyExists, ConfigError, NotFound, SupervisorError
+from openfang.supervisor.loop import Loop
+from openfang.supervisor.runtime import DynamicSupervisor, Supervisor, supervisor_for
 from openfang.supervisor.spec import (
     ChildType,
     Restart,
@@ -186,3 +188,20 @@ def test_reconfigure_recurses_into_a_nested_supervisor_without_restarting_it(
     harness.wait(lambda: [c["id"] for c in sup.tree()[0]["children"]] == ["w1", "w2"])
     assert sup.tree()[0]["pid"] == sub_pid
     assert starts(marks) == ["w1", "w2"]
+
+
+def test_supervisor_for_makes_simple_one_for_one_a_dynamic_supervisor() -> None:
+    """The strategy picks the class; a static Supervisor refuses simple_one_for_one and vice versa."""
+    loop = Loop()
+    template = child("w")
+    dynamic = SupervisorSpec(
+        flags=SupervisorFlags(strategy=Strategy.SIMPLE_ONE_FOR_ONE), children=(template,)
+    )
+    static = SupervisorSpec(children=(template,))
+    assert isinstance(supervisor_for(dynamic, loop=loop, subreaper=False), DynamicSupervisor)
+    assert isinstance(supervisor_for(static, loop=loop, subreaper=False), Supervisor)
+    with pytest.raises(ConfigError, match="DynamicSupervisor"):
+        Supervisor(dynamic, loop=loop, subreaper=False)
+    with pytest.raises(ConfigError, match="simple_one_for_one"):
+        DynamicSupervisor(static, loop=loop, subreaper=False)
+    loop.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from openfang.supervisor.loop import Loop
+from openfang.supervisor.loop import Loop, Serial
 
 
 def test_loop_call_later_runs_timers_in_time_order_and_cancel_skips() -> None:
@@ -112,4 +112,36 @@ def test_loop_run_forever_until_stop() -> None:
     loop = Loop()
     loop.call_later(0.01, loop.stop)
     loop.run_forever()
+    loop.close()
+
+
+def test_serial_runs_work_that_arrives_during_an_operation_right_after_it() -> None:
+    """Work offered while an operation runs waits, then runs in arrival order once the operation ends."""
+    loop = Loop()
+    serial = Serial(loop)
+    seen: list[str] = []
+    with serial:
+        serial.run(lambda: seen.append("queued 1"))
+        with serial:  # operations nest
+            serial.run(lambda: seen.append("queued 2"))
+        seen.append("operation")
+        assert serial.busy
+    assert seen == ["operation"] and not serial.busy
+    assert loop.run_until(lambda: len(seen) == 3, timeout=5)
+    assert seen == ["operation", "queued 1", "queued 2"]
+    serial.run(lambda: seen.append("now"))  # nothing in progress: runs at once
+    assert seen[-1] == "now"
+    loop.close()
+
+
+def test_serial_clear_drops_the_queued_work() -> None:
+    """Work queued behind an operation is dropped by clear() (a supervisor that stopped does none)."""
+    loop = Loop()
+    serial = Serial(loop)
+    seen: list[str] = []
+    with serial:
+        serial.run(lambda: seen.append("late"))
+        serial.clear()
+    loop.run_until(lambda: False, timeout=0.05)
+    assert seen == []
     loop.close()

@@ -264,8 +264,8 @@ def test_subtree_too_big_for_a_packet_is_sent_trimmed() -> None:
     """A nested supervisor whose snapshot does not fit one uplink packet sends it without the lower levels."""
     import socket
 
-    from openfang.supervisor._nested import _push_subtree
     from openfang.supervisor.child import ChildContext, unpack
+    from openfang.supervisor.nested import _push_subtree
 
     parent, mine = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # a tiny packet limit

@@ -6,6 +6,8 @@ The parent forks a child of type ``supervisor`` into :func:`run_nested` with the
 of its subtree up the uplink, answers the parent's requests (routing deeper ones further down), forwards
 its children's requests up (the root answers them), stops in reverse order on SIGTERM and exits 0, and
 exits with ``EXIT_ESCALATED`` when it gives up (its parent sees an ordinary abnormal exit).
+
+This module is named in data (:data:`openfang.supervisor.spec.NESTED_START`), so it is public.
 """
 
 from __future__ import annotations
@@ -16,18 +18,16 @@ from typing import Any
 
 import structlog
 from openfang.protocol.errors import FrameTooLarge, OpenFangError
-from openfang.supervisor._proc import EXIT_ESCALATED
-from openfang.supervisor.child import ChildContext
+from openfang.supervisor.child import EXIT_ESCALATED, ChildContext
 from openfang.supervisor.loop import Loop
+from openfang.supervisor.runtime import SupervisorCore, supervisor_for
 from openfang.supervisor.spec import spec_from_dict
 
 log = structlog.get_logger("openfang.supervisor")
 
 
 def run_nested(ctx: ChildContext) -> None:
-    """Entry point of a nested supervisor (``openfang.supervisor.runtime:run_nested``)."""
-    from openfang.supervisor.runtime import Supervisor
-
+    """Entry point of a nested supervisor (``openfang.supervisor.nested:run_nested``)."""
     spec = spec_from_dict(ctx.args.get("spec") or {}, where=ctx.path)
     loop = Loop()
     outcome: dict[str, int] = {}
@@ -46,7 +46,7 @@ def run_nested(ctx: ChildContext) -> None:
     def on_terminate(reason: str) -> None:
         outcome["code"] = 0 if reason == "auto_shutdown" else EXIT_ESCALATED
 
-    sup = Supervisor(
+    sup = supervisor_for(
         spec,
         loop=loop,
         path=ctx.path,
@@ -56,7 +56,11 @@ def run_nested(ctx: ChildContext) -> None:
         subreaper=False,
     )
     sup.extra_close_fds = [ctx.fileno()]
-    sup.on_change = lambda: _push_subtree(ctx, sup.tree())
+
+    def push_subtree() -> None:
+        _push_subtree(ctx, sup.tree())
+
+    sup.events.on_change = push_subtree
 
     def shut_down() -> None:
         sup.shutdown()
@@ -64,7 +68,7 @@ def run_nested(ctx: ChildContext) -> None:
 
     def stop() -> None:
         if "code" not in outcome:
-            sup._serialize(shut_down)
+            sup.run_serial(shut_down)
 
     def on_parent() -> None:
         while True:
@@ -91,13 +95,13 @@ def run_nested(ctx: ChildContext) -> None:
     loop.add_reader(ctx.fileno(), on_parent)
     sup.start()
     ctx.ready(strategy=str(spec.flags.strategy), children=len(spec.children), pid=os.getpid())
-    sup.on_change()
+    push_subtree()
     loop.run_until(lambda: "code" in outcome)
     loop.close()
     raise SystemExit(outcome["code"])
 
 
-def _answer_parent(ctx: ChildContext, sup: Any, msg: dict[str, Any]) -> None:
+def _answer_parent(ctx: ChildContext, sup: SupervisorCore, msg: dict[str, Any]) -> None:
     req_id = msg.get("id")
 
     def reply(ok: bool, result: Any) -> None:
