@@ -9,7 +9,6 @@ fed from the loop, and the gateway's questions about the tree are answered here.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import signal
 import sys
@@ -24,6 +23,7 @@ from openfang.control.config import GATEWAY_ID, ClusterConfig, load_config
 from openfang.control.guard import integrity_monitor, open_audit
 from openfang.control.notify import Notifier
 from openfang.protocol.errors import ConfigError, OpenFangError, SupervisorError
+from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED
 from openfang.supervisor.loop import Loop
 from openfang.supervisor.runtime import SupervisorCore, supervisor_for
 
@@ -31,9 +31,8 @@ from openfang import __version__
 from openfang.logs import configure_logging
 
 log = structlog.get_logger("openfang.supervisor")
-PR_SET_CHILD_SUBREAPER = 36
 EXIT_CONFIG = 2
-EXIT_ESCALATED = 1
+EXIT_START_FAILED = EXIT_CRASH  # as a nested supervisor whose children cannot start
 Reply = Callable[[bool, Any], None]
 
 
@@ -49,6 +48,7 @@ class Daemon:
         self.state = "starting"
         self.exit_code = 0
         self.reloads = 0
+        # The root is a subreaper (it sets that itself at start): orphaned descendants are reaped here.
         self.sup: SupervisorCore = supervisor_for(
             config.tree,
             loop=self.loop,
@@ -64,7 +64,6 @@ class Daemon:
         """Start the tree, serve until stopped; the process exit code."""
         _prepare_dirs(self.config)
         os.environ.update(self.config.child_environment())
-        _become_subreaper()
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.stop)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload_from_signal)
@@ -76,7 +75,7 @@ class Daemon:
         except OpenFangError as exc:
             log.error("tree_start_failed", error=str(exc))
             self.notifier.stopping()
-            return EXIT_ESCALATED
+            return EXIT_START_FAILED
         self.state = "running"
         self._write_pidfile()
         counts = self.sup.count_children()
@@ -287,17 +286,14 @@ def _prepare_dirs(config: ClusterConfig) -> None:
         os.chmod(d, 0o700)
 
 
-def _become_subreaper() -> None:
-    # Orphaned descendants are re-parented to us instead of init, so we can reap them.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="openfang-supervisor",
         description="Run the OpenFANG supervision tree in the foreground (the root supervisor). "
         "SIGTERM/SIGINT stop the tree in reverse order and exit 0; SIGHUP reloads the config.",
+        epilog=f"exit status: 0 stopped by a signal, {EXIT_START_FAILED} the tree failed to start, "
+        f"{EXIT_CONFIG} invalid config, {EXIT_ESCALATED} the root supervisor gave up (restart intensity "
+        "exceeded, like a nested supervisor that escalates)",
     )
     parser.add_argument("--config", required=True, help="path to cluster.toml")
     parser.add_argument("--check", action="store_true", help="validate the config and exit (0 ok, 2 invalid)")

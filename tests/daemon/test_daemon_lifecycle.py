@@ -11,6 +11,7 @@ import time
 import psutil
 import pytest
 from daemon_harness import Cluster, wait_for
+from openfang.supervisor.child import EXIT_ESCALATED
 
 pytestmark = pytest.mark.integration
 
@@ -122,8 +123,8 @@ args = { seconds = 0.3 }
     c.assert_no_survivors()
 
 
-def test_restart_storm_escalates_and_the_daemon_exits_nonzero(make_cluster: type[Cluster]) -> None:
-    """A child crashing faster than the root's intensity allows takes the root down, with no orphans."""
+def test_restart_storm_escalates_and_the_daemon_exits_escalated(make_cluster: type[Cluster]) -> None:
+    """A child crashing faster than the root's intensity allows takes the root down: exit 3, no orphans."""
     extra = """
 [[supervisor.children]]
 id = "crasher"
@@ -133,7 +134,7 @@ args = { seconds = 0.05 }
 """
     c = make_cluster(workers=1, extra=extra, intensity=2).start(wait_ready=False)
     c.proc.wait(30)  # type: ignore[union-attr]
-    assert c.proc.returncode == 1, c.log()[-3000:]  # type: ignore[union-attr]
+    assert c.proc.returncode == EXIT_ESCALATED, c.log()[-3000:]  # type: ignore[union-attr]
     c.remember_pids()
     c.assert_no_survivors()
 
