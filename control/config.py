@@ -19,12 +19,12 @@ from typing import Any
 
 from openfang.control.tree_config import parse_supervisor
 from openfang.protocol.errors import ConfigError, Problem
+from openfang.protocol.sockets import MAX_IPC_PATH
 from openfang.security.config import SecurityConfig, parse_security
 from openfang.supervisor.spec import ChildSpec, ChildType, Restart, SupervisorSpec
 
 GATEWAY_ID = "control"
 GATEWAY_START = "openfang.control.gateway:main"
-MAX_IPC_PATH = 100  # sun_path is 108 bytes; keep room for the NUL and suffixes
 
 _CLUSTER_KEYS = {"name", "data_dir"}
 _CONTROL_KEYS = {
@@ -225,11 +225,11 @@ def _parse_control(
             if not path.startswith("/"):
                 path = str((base_dir / path).resolve())
                 value = "ipc://" + path
-            if len(path) > MAX_IPC_PATH:
+            if len(os.fsencode(path)) > MAX_IPC_PATH:
                 problems.append(
                     Problem(
                         f"{where} key {key!r}",
-                        f"ipc path is {len(path)} characters, the limit is {MAX_IPC_PATH}",
+                        f"ipc path is {len(os.fsencode(path))} bytes, the limit is {MAX_IPC_PATH}",
                     )
                 )
         elif value.startswith("tcp://"):

@@ -29,7 +29,7 @@ from openfang.memory._apply import COMPACT_BATCH, Applier
 from openfang.memory.client import locations
 from openfang.protocol.envelope import DEFAULT_MAX_FRAME, Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import Busy, ConfigError, OpenFangError, Problem
-from openfang.protocol.sockets import bind_router
+from openfang.protocol.sockets import MAX_IPC_PATH, bind_router
 
 log = structlog.get_logger("openfang.memory.writer")
 
@@ -50,7 +50,6 @@ class ChildContext(Protocol):
 
 POLL_MS = 100
 HEARTBEAT_EVERY_S = 0.2
-MAX_IPC_PATH = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,10 +128,8 @@ class WriterConfig:
                 problems.append(
                     Problem(f"{where}.endpoint", f"must be an ipc:// or tcp:// endpoint, got {endpoint!r}")
                 )
-            elif endpoint.startswith("ipc://") and len(endpoint) - 6 > MAX_IPC_PATH:
-                problems.append(
-                    Problem(f"{where}.endpoint", f"ipc path longer than {MAX_IPC_PATH} characters")
-                )
+            elif endpoint.startswith("ipc://") and len(os.fsencode(endpoint[6:])) > MAX_IPC_PATH:
+                problems.append(Problem(f"{where}.endpoint", f"ipc path longer than {MAX_IPC_PATH} bytes"))
         if problems:
             raise ConfigError(problems)
         return cls(**{k: v for k, v in args.items() if v is not None})

@@ -26,6 +26,7 @@ from openfang.protocol.curve import CurveClient, CurveServer, KeyFiles, generate
 from openfang.protocol.errors import Busy, ConfigError, NotFound, OpenFangError, Problem
 
 __all__ = [
+    "MAX_IPC_PATH",
     "CurveClient",
     "CurveServer",
     "KeyFiles",
@@ -38,7 +39,10 @@ __all__ = [
     "send_nowait",
 ]
 
-MAX_IPC_PATH = 107  # sun_path is 108 bytes including the terminating NUL
+# The longest ipc:// path, in bytes: Linux's sun_path is 108 bytes with the terminating NUL, and libzmq
+# refuses a path of sizeof(sun_path) or more (ENAMETOOLONG); pyzmq calls this zmq.IPC_PATH_MAX_LEN. Every
+# config check of an ipc path uses this one value.
+MAX_IPC_PATH = 107
 Context = zmq.Context[Any]
 Socket = zmq.Socket[bytes]
 

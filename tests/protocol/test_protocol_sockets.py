@@ -15,7 +15,7 @@ from openfang.protocol import _zap
 from openfang.protocol.client import Client
 from openfang.protocol.curve import CurveClient, CurveServer, generate_keys
 from openfang.protocol.errors import AlreadyExists, Busy, ConfigError, NotFound, Timeout
-from openfang.protocol.sockets import bind_pub, bind_router, connect_dealer, send_nowait
+from openfang.protocol.sockets import MAX_IPC_PATH, bind_pub, bind_router, connect_dealer, send_nowait
 from protocol_testkit import ipc_dir, serving
 
 pytestmark = pytest.mark.integration
@@ -135,6 +135,20 @@ def test_unsafe_or_invalid_endpoints_are_refused_naming_the_endpoint(
     with pytest.raises(ConfigError) as info:
         bind_router(ctx, endpoint, mode=mode)
     assert info.value.problems[0].where == endpoint and expected in info.value.problems[0].what
+
+
+def test_ipc_path_of_max_ipc_path_bytes_binds_and_one_byte_more_is_refused(ctx: Any, ipc: str) -> None:
+    """MAX_IPC_PATH is libzmq's limit (sun_path less its NUL): a path that long binds, one more does not."""
+    assert MAX_IPC_PATH == zmq.IPC_PATH_MAX_LEN
+    longest = ipc + "/" + "s" * (MAX_IPC_PATH - len(ipc) - 1)
+    assert len(os.fsencode(longest)) == MAX_IPC_PATH
+    bind_router(ctx, f"ipc://{longest}").close(linger=0)
+    with pytest.raises(ConfigError, match=f"longer than {MAX_IPC_PATH} bytes"):
+        bind_router(ctx, f"ipc://{longest}x")
+    raw = ctx.socket(zmq.ROUTER)
+    with pytest.raises(zmq.ZMQError):  # libzmq agrees: our check refuses nothing it would take
+        raw.bind(f"ipc://{longest}x")
+    raw.close(linger=0)
 
 
 def test_tcp_bind_without_curve_is_refused(ctx: Any) -> None:
