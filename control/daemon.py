@@ -20,9 +20,10 @@ from typing import Any
 import psutil
 import structlog
 from openfang.control.config import GATEWAY_ID, ClusterConfig, load_config
-from openfang.control.guard import integrity_monitor, open_audit
+from openfang.control.guard import integrity_monitor
 from openfang.control.notify import Notifier
 from openfang.protocol.errors import ConfigError, OpenFangError, SupervisorError
+from openfang.security.config import open_audit
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED
 from openfang.supervisor.loop import Loop
 from openfang.supervisor.runtime import SupervisorCore, supervisor_for
@@ -86,7 +87,8 @@ class Daemon:
         if self.integrity is not None:
             self.loop.call_later(self.config.security.integrity.interval_s, self._check_integrity)
         self.loop.run_until(lambda: self.state == "stopped")
-        self.audit.close()
+        if self.audit is not None:
+            self.audit.close()
         return self.exit_code
 
     def stop(self) -> None:

@@ -15,11 +15,11 @@ from typing import Any
 from openfang.protocol.envelope import Envelope, decode
 from openfang.protocol.messages import check_request
 from openfang.security.audit import AuditLog
-from openfang.security.config import SecurityConfig, parse_security
+from openfang.security.config import SecurityConfig, open_audit, parse_security
 from openfang.security.integrity import IntegrityMonitor, Violation, package_files
 from openfang.security.ratelimit import RateLimiter
 from openfang.security.report import security_report
-from openfang.security.signing import Verifier, keyring_from_files, read_key_material
+from openfang.security.signing import Verifier, keyring_from_files
 from openfang.security.validation import MessageValidator
 
 # The import root's subpackages live in separate folders (setuptools package-dir), so "openfang" alone
@@ -49,12 +49,6 @@ def config_from_args(args: Mapping[str, Any] | None) -> SecurityConfig:
         data_dir=Path(str(args["data_dir"])),
         base_dir=Path(str(args["base_dir"])),
     )
-
-
-def open_audit(config: SecurityConfig) -> AuditLog:
-    """This process's handle on the audit chain (one per process, opened after the fork)."""
-    key = read_key_material(config.audit.key_file) if config.audit.key_file else None
-    return AuditLog(config.audit.path, key=key)
 
 
 class Guard:
@@ -87,7 +81,8 @@ class Guard:
         return security_report(self.config)
 
     def close(self) -> None:
-        self.audit.close()
+        if self.audit is not None:
+            self.audit.close()
 
 
 def integrity_monitor(config: SecurityConfig, audit: AuditLog | None) -> IntegrityMonitor | None:

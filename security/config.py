@@ -39,12 +39,13 @@ from openfang.protocol.errors import ConfigError, Problem
 from openfang.security._cfg import MISSING, Table
 from openfang.security._secrets import PII_KINDS, SECRET_KINDS
 from openfang.security.attestation import AttestationConfig
+from openfang.security.audit import AuditLog
 from openfang.security.capabilities import SandboxPolicyConfig
 from openfang.security.exfil import ExfilConfig
 from openfang.security.injection import ACTIONS, Action, InjectionConfig
 from openfang.security.ratelimit import Limit, RateLimitConfig
 from openfang.security.redact import RedactConfig
-from openfang.security.signing import ED25519_ALG, HMAC_ALG, SigningConfig
+from openfang.security.signing import ED25519_ALG, HMAC_ALG, SigningConfig, read_key_material
 from openfang.security.validation import ValidationLimits
 
 DEFAULT_AUDIT_PATH = "{data_dir}/audit.db"
@@ -388,3 +389,17 @@ def _keys(t: Table, data_dir: Path | None, base_dir: Path | None, check_files: b
             t.problem(where, f"key file {path} does not exist")
         specs.append(KeySpec(id=kid, alg=str(alg), file=path))
     return tuple(specs)
+
+
+def open_audit(config: SecurityConfig) -> AuditLog | None:
+    """This process's handle on the audit chain (layer 12), opened after the fork, one per process.
+
+    The one opener for every process (the daemon, the gateway, the workers): the key is read from its file,
+    the log's directory is created if missing. None when the path still holds ``{data_dir}`` (a process
+    started with no data dir keeps no audit file; its refusals still reach its other sinks).
+    """
+    if "{data_dir}" in config.audit.path:
+        return None
+    key = read_key_material(config.audit.key_file) if config.audit.key_file else None
+    Path(config.audit.path).parent.mkdir(parents=True, exist_ok=True)
+    return AuditLog(config.audit.path, key=key)

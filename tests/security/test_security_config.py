@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from openfang.protocol.errors import ConfigError
-from openfang.security.config import SecurityConfig, parse_security
+from openfang.security.audit import verify
+from openfang.security.config import SecurityConfig, open_audit, parse_security
 from openfang.security.report import security_report
 from openfang.security.signing import keyring_from_files
 
@@ -153,3 +154,19 @@ def test_injection_block_threshold_is_parsed_and_must_not_be_below_threshold() -
         assert "block_threshold" in str(exc) and "must be >= threshold" in str(exc)
     else:
         raise AssertionError("a block_threshold below threshold was accepted")
+
+
+def test_open_audit_creates_its_directory_uses_the_key_and_needs_a_data_dir(tmp_path: Path) -> None:
+    """open_audit makes the log's folder, chains with the key file's HMAC, and is None without a data dir."""
+    (tmp_path / "key").write_text("ab" * 32)
+    table = {"audit": {"path": "{data_dir}/deep/audit.db", "key_file": "key"}}
+    config = parse_security(table, "t.toml", data_dir=tmp_path / "data", base_dir=tmp_path)
+    audit = open_audit(config)
+    assert audit is not None
+    audit.append("test.opened", n=1)
+    audit.close()
+    assert (tmp_path / "data" / "deep" / "audit.db").is_file()
+    assert verify(tmp_path / "data" / "deep" / "audit.db", key=bytes.fromhex("ab" * 32)).ok
+    assert not verify(tmp_path / "data" / "deep" / "audit.db", key=b"wrong").ok
+    assert open_audit(parse_security({}, "t.toml")) is None  # "{data_dir}" unresolved: no stray folder
+    assert not Path("{data_dir}").exists()
