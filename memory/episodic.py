@@ -91,7 +91,8 @@ def search(
     match = fts_query(query)
     if not match:
         return []
-    # FROM fts CROSS JOIN: the FTS search runs once and drives the join (see notes/memory.md).
+    # FROM fts CROSS JOIN: the FTS search runs once and drives the join (a plain JOIN re-ran it per row;
+    # docs/memory.md, "The three memories").
     sql = (
         "SELECT e.id, e.agent_id, e.session, e.role, e.text, e.ts, e.tokens, bm25(episodes_fts) AS r "
         "FROM episodes_fts CROSS JOIN episodes e ON e.id = episodes_fts.rowid "

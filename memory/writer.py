@@ -207,7 +207,9 @@ class Writer:
                     self._send(frames, reply)
                 dirty = True
             now = time.monotonic()
-            # Checkpoint after the acks went out, never inside a commit (notes/memory.md: WAL growth).
+            # Checkpoint after the acks went out, never inside a commit. Readers always holding a snapshot
+            # keep the WAL from resetting on its own (it grew to ~1 GB in 5 s); a TRUNCATE checkpoint every
+            # ~1 s holds it near journal_size_limit (docs/memory.md, "The writer").
             if dirty and now - last_ckpt >= cfg.checkpoint_every_s:
                 self._checkpoint()
                 last_ckpt, dirty = now, False

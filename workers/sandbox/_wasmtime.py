@@ -166,7 +166,7 @@ class Runtime:
         cfg.memory_reservation = 0
         cfg.memory_guard_size = 0
         cfg.memory_reservation_for_growth = 8 << 20
-        # Workers are forked; parallel compilation after fork deadlocked (see notes/wasmtime.md).
+        # Workers are forked, and compiling with parallel_compilation on after a fork deadlocked (measured).
         cfg.parallel_compilation = False
         cfg.max_wasm_stack = self.options.max_wasm_stack_kb * 1024
         ffi.wasmtime_config_async_stack_size_set(cfg.ptr(), self.options.max_wasm_stack_kb * 1024 + (1 << 20))
