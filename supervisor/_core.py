@@ -18,7 +18,9 @@ one message at a time.
 
 Where static and dynamic (simple_one_for_one) supervisors differ, the two subclasses say so (the abstract
 methods below): :class:`openfang.supervisor.runtime.Supervisor` and
-:class:`openfang.supervisor.dynamic.DynamicSupervisor`.
+:class:`openfang.supervisor.dynamic.DynamicSupervisor`. They work through the state record and the
+collaborators (``record``, ``events``, ``_serial``, ``_launcher``, ``_watcher``, ``_requests``) and the
+helpers ``_start_or_forget`` and ``_release``; nothing else of the core is theirs to touch.
 """
 
 from __future__ import annotations

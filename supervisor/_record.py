@@ -107,6 +107,7 @@ class SupervisorState:
     status: str = NEW
     children: dict[str, ChildRecord] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)  # child ids in start order
+    made: int = 0  # children a dynamic supervisor made from its template so far (their ids count up)
 
     # -- the child table ----------
 

@@ -29,8 +29,6 @@ from openfang.supervisor.spec import ChildSpec, Strategy, SupervisorSpec, check_
 class DynamicSupervisor(SupervisorCore):
     """A simple_one_for_one supervisor (see the module docstring)."""
 
-    _next_id = 0  # the last dynamic id number; becomes an instance attribute at the first start_child
-
     def _check_strategy(self, spec: SupervisorSpec, path: str) -> None:
         if spec.flags.strategy != Strategy.SIMPLE_ONE_FOR_ONE:
             raise ConfigError(
@@ -63,10 +61,10 @@ class DynamicSupervisor(SupervisorCore):
         self.record.check_running()
         extra = spec_or_extra_args if isinstance(spec_or_extra_args, Mapping) else {}
         with self._serial:
-            self._next_id += 1
+            self.record.made += 1
             template = self.template
             spec = dataclasses.replace(
-                template, id=f"{template.id}-{self._next_id}", args={**template.args, **extra}
+                template, id=f"{template.id}-{self.record.made}", args={**template.args, **extra}
             )
             return self._start_or_forget(self.record.add(spec, dynamic=True))
 
