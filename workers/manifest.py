@@ -17,7 +17,7 @@ from typing import Any, Literal
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.workers.llm.presets import BY_NAME
 from openfang.workers.sandbox import guest_abi
-from openfang.workers.tools.core import ShellPolicy
+from openfang.workers.tools.core import SearchConfig, ShellPolicy
 
 RestartPolicy = Literal["permanent", "transient", "temporary"]
 RESTART_POLICIES = ("permanent", "transient", "temporary")
@@ -113,6 +113,7 @@ class AgentManifest:
     restore: RestorePolicy = "fresh"
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     shell: ShellPolicy | None = None  # [agent.shell]: what shell_exec may run (absent: nothing)
+    web_search: SearchConfig | None = None  # [agent.web_search]: its backend (absent: the environment's)
     source: str = "agent.toml"
     base_dir: Path | None = None
 
@@ -225,6 +226,7 @@ _AGENT_KEYS = (
     "retention",
     "secret_env",
     "shell",
+    "web_search",
     "idle_hibernate_s",
     "restore",
 )
@@ -321,6 +323,7 @@ def load_manifest(
         restore=restore,  # type: ignore[arg-type]  # checked against RESTORE_POLICIES above
         sandbox=sandbox,
         shell=_shell(c, agent),
+        web_search=_web_search(c, agent),
         source=source,
         base_dir=base_dir,
     )
@@ -341,6 +344,35 @@ def _model(c: _Checker, agent: Mapping[str, Any], validate: ModelValidator | Non
         c.add("agent.model", "provider", f"must be one of {', '.join(PROVIDERS)}, got {provider!r}")
     name = c.get_str(table, "agent.model", "name", None)
     return ModelConfig(provider=provider or "invalid", name=name, raw=dict(table))
+
+
+_SEARCH_BACKENDS = ("searxng", "brave", "tavily")
+
+
+def _web_search(c: _Checker, agent: Mapping[str, Any]) -> SearchConfig | None:
+    if "web_search" not in agent:
+        return None
+    table = c.table(agent, "web_search", "agent.web_search")
+    c.unknown(table, "agent.web_search", ("backend", "base_url", "api_key_env", "max_results"))
+    backend = c.get_str(table, "agent.web_search", "backend", None, required=True) or "searxng"
+    if backend not in _SEARCH_BACKENDS:
+        c.add("agent.web_search", "backend", f"must be one of {', '.join(_SEARCH_BACKENDS)}, got {backend!r}")
+    base_url = c.get_str(table, "agent.web_search", "base_url", None)
+    if base_url is not None and not re.match(r"^https?://[^/\s]+", base_url):
+        c.add("agent.web_search", "base_url", f"must be an http:// or https:// URL, got {base_url!r}")
+    if backend == "searxng" and base_url is None:
+        c.add(
+            "agent.web_search",
+            "base_url",
+            "is required for searxng (your instance, e.g. http://127.0.0.1:8888)",
+        )
+    key_env = c.get_str(table, "agent.web_search", "api_key_env", None, pattern=_ENV)
+    return SearchConfig(
+        backend=backend,
+        base_url=base_url,
+        api_key_env=key_env,
+        max_results=c.get_int(table, "agent.web_search", "max_results", 10, 1, 20),
+    )
 
 
 def _shell(c: _Checker, agent: Mapping[str, Any]) -> ShellPolicy | None:

@@ -263,6 +263,7 @@ def default_context(host: AgentHost, agent: HostedAgent) -> Any:
             net_allow_private=sec.config.network.allow_private,
             egress_check=sec.egress_check(agent.agent_id),
             shell=agent.manifest.shell,
+            web_search=agent.manifest.web_search,
         )
     if mem is not None:
 

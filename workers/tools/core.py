@@ -58,6 +58,16 @@ class ShellPolicy:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SearchConfig:
+    """Where ``web_search`` asks (``[agent.web_search]`` in a manifest, or the daemon's environment)."""
+
+    backend: str  # searxng, brave or tavily
+    base_url: str | None = None  # None: the backend's public API (SearXNG has none: required)
+    api_key_env: str | None = None  # None: BRAVE_API_KEY / TAVILY_API_KEY
+    max_results: int = 10
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ToolContext:
     """What one agent's tool calls may touch. Absent callbacks make their tools answer "not available"."""
 
@@ -79,6 +89,7 @@ class ToolContext:
     resolver: Resolver | None = field(default=None, repr=False)
     egress_check: EgressCheck | None = field(default=None, repr=False)
     shell: ShellPolicy | None = None  # shell_exec: the manifest's [agent.shell]; None allows nothing
+    web_search: SearchConfig | None = None  # the manifest's [agent.web_search]; None: the environment's
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

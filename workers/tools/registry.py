@@ -28,6 +28,7 @@ from openfang.workers.tools.core import (
     ALL,
     EgressCheck,
     HostCallback,
+    SearchConfig,
     ShellPolicy,
     Tool,
     ToolContext,
@@ -45,6 +46,7 @@ from openfang.workers.tools.net import HTTP_FETCH
 from openfang.workers.tools.schema import check_schema, validate
 from openfang.workers.tools.shell import SHELL_TOOLS
 from openfang.workers.tools.text import TEXT_TOOLS
+from openfang.workers.tools.web import WEB_TOOLS
 
 __all__ = [
     "ALL",
@@ -54,6 +56,7 @@ __all__ = [
     "KVLimits",
     "KVNamespace",
     "KVStore",
+    "SearchConfig",
     "ShellPolicy",
     "Tool",
     "ToolContext",
@@ -76,6 +79,7 @@ def builtin_tools() -> tuple[Tool, ...]:
         *TEXT_TOOLS,
         *DATA_TOOLS,
         HTTP_FETCH,
+        *WEB_TOOLS,
         *HOST_TOOLS,
         *FILE_TOOLS,
         *DOCUMENT_TOOLS,
