@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 import zmq
 from openfang.control import routing
-from openfang.control.guard import Guard, config_from_args
+from openfang.control.guard import Guard, config_from_args, peer_identity
 from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import (
     Busy,
@@ -116,12 +116,14 @@ class Gateway:
         while self.running:
             ready = dict(poller.poll(POLL_MS))
             if self.clients in ready:
-                self._drain(self.clients, self._on_client_frames)
+                # copy=False: only zmq Frames carry the connection's identity (guard.peer_identity).
+                self._drain(self.clients, self._on_client_frames, copy=False)
             if self.worker_sock in ready:
                 self._drain(self.worker_sock, self._on_worker_frames)
             if self.child.fileno() in ready:
                 self._on_uplink()
             self._expire()
+            self.guard.tick()
             self.child.heartbeat()
 
     def close(self) -> None:
@@ -132,11 +134,13 @@ class Gateway:
         self.guard.close()
 
     @staticmethod
-    def _drain(sock: zmq.Socket[bytes], handle: Callable[[list[bytes]], None], budget: int = 256) -> None:
+    def _drain(
+        sock: zmq.Socket[bytes], handle: Callable[[list[Any]], None], budget: int = 256, copy: bool = True
+    ) -> None:
         # Bounded so one busy socket cannot starve the others or the heartbeat.
         for _ in range(budget):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames: list[Any] = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
             except zmq.Again:
                 return
             try:
@@ -147,7 +151,9 @@ class Gateway:
 
     # -- clients ----------
 
-    def _on_client_frames(self, frames: list[bytes]) -> None:
+    def _on_client_frames(self, received: list[zmq.Frame]) -> None:
+        peer = peer_identity(received[-1])
+        frames = [frame.bytes for frame in received]
         identity, rest = frames[0], frames[1:]
         delimited = len(rest) == 2 and rest[0] == b""
         if not (delimited or len(rest) == 1):
@@ -165,7 +171,7 @@ class Gateway:
             return
         payload = rest[-1]
         try:
-            env = self.guard.admit(payload, client=identity.hex())
+            env = self.guard.admit(payload, client=identity.hex(), peer=peer)
         except OpenFangError as exc:
             request_id = peek_id(payload) if len(payload) <= self.max_frame else ""
             self._reply(identity, delimited, error_reply(request_id, exc))

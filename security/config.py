@@ -2,13 +2,15 @@
 
 Each layer has its own sub-table (all optional; the defaults are the safe ones)::
 
-    [security.audit]        path = "{data_dir}/audit.db", key_file = "keys/audit.key" (HMAC chain key)
+    [security.audit]        path = "{data_dir}/audit.db", key_file (HMAC chain key; default
+                            {data_dir}/audit.key, made at first start), keyed, refusal_window_s,
+                            refusal_writes_per_s, refusal_burst, refusal_sources
     [security.validation]   max_frame_bytes, max_text, max_bytes, max_depth, max_keys, max_list, max_nodes,
                             max_key_len
     [security.injection]    enabled, threshold, block_threshold, action, output_action
                             (actions: flag | strip | block)
     [security.ratelimit]    enabled, max_buckets, [security.ratelimit.client_requests] rate/burst, ...
-                            agent_requests, agent_tokens, agent_tool_calls
+                            global_requests, agent_requests, agent_tokens, agent_tool_calls
     [security.signing]      enabled, require, max_skew_s, nonce_cache,
                             keys = [{id = "ops-1", alg = "hmac-sha256" | "ed25519", file = "keys/ops-1"}]
     [security.sandbox]      fuel_default, fuel_max, memory_default_mb, memory_max_mb, allow, deny
@@ -44,18 +46,28 @@ from openfang.security.exfil import ExfilConfig
 from openfang.security.injection import ACTIONS, Action, InjectionConfig
 from openfang.security.ratelimit import Limit, RateLimitConfig
 from openfang.security.redact import RedactConfig
+from openfang.security.refusals import RefusalAuditConfig
 from openfang.security.signing import ED25519_ALG, HMAC_ALG, SigningConfig
 from openfang.security.validation import ValidationLimits
 
 DEFAULT_AUDIT_PATH = "{data_dir}/audit.db"
+DEFAULT_AUDIT_KEY = "{data_dir}/audit.key"
 DEFAULT_VERSIONS_PATH = "{data_dir}/versions.db"
 _KID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditConfig:
+    """``key_file`` None means an unkeyed (plain SHA-256) chain, which ``security report`` flags.
+
+    By default the key is ``{data_dir}/audit.key``, created (mode 0600) at first start (``create_key``);
+    a key_file the operator names is never created: it must exist.
+    """
+
     path: str = DEFAULT_AUDIT_PATH
-    key_file: str | None = None
+    key_file: str | None = DEFAULT_AUDIT_KEY
+    create_key: bool = True
+    refusals: RefusalAuditConfig = field(default_factory=RefusalAuditConfig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,9 +172,20 @@ def parse_security(
 
     t = top.sub("audit")
     key_file = t.text("key_file", None)
+    keyed = t.boolean("keyed", True)
+    if key_file and not keyed:
+        t.problem("keyed", "false contradicts key_file (leave key_file out for an unkeyed chain)")
+    dq = RefusalAuditConfig()
     audit = AuditConfig(
         path=_path(t.text("path", DEFAULT_AUDIT_PATH) or DEFAULT_AUDIT_PATH, data_dir, base_dir),
-        key_file=_path(key_file, data_dir, base_dir) if key_file else None,
+        key_file=_path(key_file or DEFAULT_AUDIT_KEY, data_dir, base_dir) if keyed else None,
+        create_key=keyed and not key_file,
+        refusals=RefusalAuditConfig(
+            window_s=t.number("refusal_window_s", dq.window_s, lo=0.1, hi=86400.0),
+            max_writes_per_s=t.number("refusal_writes_per_s", dq.max_writes_per_s, lo=0.01, hi=1e6),
+            burst=t.integer("refusal_burst", dq.burst, lo=1, hi=1_000_000),
+            max_sources=t.integer("refusal_sources", dq.max_sources, lo=1, hi=10_000_000),
+        ),
     )
     t.unknown()
 
@@ -213,6 +236,7 @@ def parse_security(
         enabled=t.boolean("enabled", dr.enabled),
         max_buckets=t.integer("max_buckets", dr.max_buckets, lo=1),
         client_requests=limit("client_requests", dr.client_requests),
+        global_requests=limit("global_requests", dr.global_requests),
         agent_requests=limit("agent_requests", dr.agent_requests),
         agent_tokens=limit("agent_tokens", dr.agent_tokens),
         agent_tool_calls=limit("agent_tool_calls", dr.agent_tool_calls),

@@ -13,9 +13,8 @@ from typing import Any
 
 from openfang.memory.api import MemoryAPI
 from openfang.protocol.errors import ConfigError
-from openfang.security.audit import AuditLog
+from openfang.security.audit import AuditLog, chain_key
 from openfang.security.config import SecurityConfig
-from openfang.security.signing import read_key_material
 from openfang.workers.host.agent_host import AgentHost
 from openfang.workers.host.memory import HostMemory
 from openfang.workers.host.security import HostAudit, HostSecurity, security_from_args
@@ -86,6 +85,6 @@ def open_audit(config: SecurityConfig) -> AuditLog | None:
     """This process's handle on the audit chain (None when its path has no data dir to live in)."""
     if "{data_dir}" in config.audit.path:
         return None
-    key = read_key_material(config.audit.key_file) if config.audit.key_file else None
     Path(config.audit.path).parent.mkdir(parents=True, exist_ok=True)
+    key = chain_key(config.audit.key_file, create=config.audit.create_key, log_path=config.audit.path)
     return AuditLog(config.audit.path, key=key)
