@@ -145,6 +145,8 @@ def _unpack_reason(exc: Exception) -> str:
     text = str(exc).strip()
     if "incomplete input" in text:
         return "the data ends inside a value (truncated frame)"
+    if "exceeds max_" in text:  # a length header larger than the whole frame
+        return f"a length larger than the frame allows ({text}): truncated or forged frame"
     return text or type(exc).__name__
 
 
