@@ -16,7 +16,8 @@ Each layer has its own sub-table (all optional; the defaults are the safe ones):
     [security.sandbox]      fuel_default, fuel_max, memory_default_mb, memory_max_mb, allow, deny
     [security.network]      allow_hosts, allow_private                  (layer 8, netguard)
     [security.permissions]  enabled                                    (grants live in agent manifests)
-    [security.exfil]        enabled, block_sinks, secret_kinds, pii, detect_encoded_taint
+    [security.exfil]        enabled, block_sinks, secret_kinds, pii, detect_encoded_taint, split_window_s,
+                            split_window_bytes, split_min_piece, split_share
     [security.redact]       enabled, secret_kinds, pii, redact_sensitive_keys
     [security.attestation]  enabled, require_pin, require_signature, [security.attestation.publishers]
                             <key id> = "<64 hex chars of an Ed25519 public key>"
@@ -293,6 +294,10 @@ def parse_security(
         secret_kinds=t.strset("secret_kinds", None, allowed=SECRET_KINDS),
         pii=t.strset("pii", de.pii, allowed=PII_KINDS) or frozenset(),
         detect_encoded_taint=t.boolean("detect_encoded_taint", de.detect_encoded_taint),
+        split_window_s=t.number("split_window_s", de.split_window_s, lo=0.0, hi=7 * 86400.0),
+        split_window_bytes=t.integer("split_window_bytes", de.split_window_bytes, lo=0, hi=1 << 34),
+        split_min_piece=t.integer("split_min_piece", de.split_min_piece, lo=3, hi=64),
+        split_share=t.number("split_share", de.split_share, lo=0.05, hi=1.0),
     )
     t.unknown()
 

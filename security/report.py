@@ -152,6 +152,12 @@ def security_report(config: SecurityConfig) -> list[dict[str, Any]]:
                 "secret_kinds": _sorted(c.exfil.secret_kinds) or "all",
                 "pii": sorted(c.exfil.pii),
                 "encoded_taint": c.exfil.detect_encoded_taint,
+                "split_secrets": {
+                    "window_s": c.exfil.split_window_s,
+                    "window_bytes": c.exfil.split_window_bytes,
+                    "min_piece": c.exfil.split_min_piece,
+                    "share": c.exfil.split_share,
+                },
             },
         ),
         (
