@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 import zmq
 from openfang.control import routing
-from openfang.control.guard import Guard, config_from_args, peer_identity
+from openfang.control.guard import Guard, config_from_args, receive_client
 from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import (
     Busy,
@@ -116,8 +116,8 @@ class Gateway:
         while self.running:
             ready = dict(poller.poll(POLL_MS))
             if self.clients in ready:
-                # copy=False: only zmq Frames carry the connection's identity (guard.peer_identity).
-                self._drain(self.clients, self._on_client_frames, copy=False)
+                # receive_client also reads the identity the transport proved (guard.peer_identity).
+                self._drain(self.clients, self._on_client_frames, receive=receive_client)
             if self.worker_sock in ready:
                 self._drain(self.worker_sock, self._on_worker_frames)
             if self.child.fileno() in ready:
@@ -135,12 +135,15 @@ class Gateway:
 
     @staticmethod
     def _drain(
-        sock: zmq.Socket[bytes], handle: Callable[[list[Any]], None], budget: int = 256, copy: bool = True
+        sock: zmq.Socket[bytes],
+        handle: Callable[[Any], None],
+        budget: int = 256,
+        receive: Callable[[zmq.Socket[bytes]], Any] = lambda s: s.recv_multipart(zmq.NOBLOCK),
     ) -> None:
         # Bounded so one busy socket cannot starve the others or the heartbeat.
         for _ in range(budget):
             try:
-                frames: list[Any] = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+                frames = receive(sock)
             except zmq.Again:
                 return
             try:
@@ -151,9 +154,8 @@ class Gateway:
 
     # -- clients ----------
 
-    def _on_client_frames(self, received: list[zmq.Frame]) -> None:
-        peer = peer_identity(received[-1])
-        frames = [frame.bytes for frame in received]
+    def _on_client_frames(self, received: tuple[list[bytes], str | None]) -> None:
+        frames, peer = received
         identity, rest = frames[0], frames[1:]
         delimited = len(rest) == 2 and rest[0] == b""
         if not (delimited or len(rest) == 1):
