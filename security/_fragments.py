@@ -23,7 +23,6 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-
 _FIND_LIMIT = 2000  # k-grams up to which a substring search per k-gram beats one Python pass per text
 
 
