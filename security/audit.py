@@ -192,6 +192,8 @@ def chain_key(key_file: str | None, *, create: bool = False, log_path: str | Non
     if key_file is None:
         return None
     path = Path(key_file)
+    if "{data_dir}" in key_file:
+        raise ConfigError([Problem(f"[security.audit] key_file {path}", "no data dir to put the key in")])
     if create and not path.exists():
         _create_key(path, Path(log_path) if log_path else None)
     try:

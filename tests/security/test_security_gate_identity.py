@@ -111,3 +111,10 @@ def test_load_signing_key_reads_hex_hmac_and_ed25519_seed(tmp_path: Path) -> Non
     short.write_bytes(b"x" * 8)
     with pytest.raises(ConfigError):
         load_signing_key(str(short), "s", HMAC_ALG)
+
+
+def test_chain_key_without_a_data_dir_is_refused_not_made_in_the_cwd() -> None:
+    """A default config never given a data dir fails clearly instead of creating '{data_dir}/' here."""
+    with pytest.raises(ConfigError) as info:
+        chain_key("{data_dir}/audit.key", create=True)
+    assert "no data dir" in str(info.value)
