@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 import zmq
 from openfang.control import routing
-from openfang.control.guard import Guard, config_from_args
+from openfang.control.guard import Guard, config_from_args, receive_client
 from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import (
     Busy,
@@ -116,12 +116,14 @@ class Gateway:
         while self.running:
             ready = dict(poller.poll(POLL_MS))
             if self.clients in ready:
-                self._drain(self.clients, self._on_client_frames)
+                # receive_client also reads the identity the transport proved (guard.peer_identity).
+                self._drain(self.clients, self._on_client_frames, receive=receive_client)
             if self.worker_sock in ready:
                 self._drain(self.worker_sock, self._on_worker_frames)
             if self.child.fileno() in ready:
                 self._on_uplink()
             self._expire()
+            self.guard.tick()
             self.child.heartbeat()
 
     def close(self) -> None:
@@ -132,11 +134,16 @@ class Gateway:
         self.guard.close()
 
     @staticmethod
-    def _drain(sock: zmq.Socket[bytes], handle: Callable[[list[bytes]], None], budget: int = 256) -> None:
+    def _drain(
+        sock: zmq.Socket[bytes],
+        handle: Callable[[Any], None],
+        budget: int = 256,
+        receive: Callable[[zmq.Socket[bytes]], Any] = lambda s: s.recv_multipart(zmq.NOBLOCK),
+    ) -> None:
         # Bounded so one busy socket cannot starve the others or the heartbeat.
         for _ in range(budget):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = receive(sock)
             except zmq.Again:
                 return
             try:
@@ -147,7 +154,8 @@ class Gateway:
 
     # -- clients ----------
 
-    def _on_client_frames(self, frames: list[bytes]) -> None:
+    def _on_client_frames(self, received: tuple[list[bytes], str | None]) -> None:
+        frames, peer = received
         identity, rest = frames[0], frames[1:]
         delimited = len(rest) == 2 and rest[0] == b""
         if not (delimited or len(rest) == 1):
@@ -165,7 +173,7 @@ class Gateway:
             return
         payload = rest[-1]
         try:
-            env = self.guard.admit(payload, client=identity.hex())
+            env = self.guard.admit(payload, client=identity.hex(), peer=peer)
         except OpenFangError as exc:
             request_id = peek_id(payload) if len(payload) <= self.max_frame else ""
             self._reply(identity, delimited, error_reply(request_id, exc))

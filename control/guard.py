@@ -1,9 +1,17 @@
 """The security layers that guard the control boundary, assembled for one process from ``[security]``.
 
 The gateway admits every client frame through :meth:`Guard.admit`: signature (layer 4, when keys are
-configured), schema and size limits (layer 1), per-client rate limits (layer 3). Every refusal is an error
-reply to the client *and* a record in the hash-chained audit log (layer 12). The daemon uses the same
-assembly for the runtime integrity checks of its own files (layer 14).
+configured), schema and size limits (layer 1), rate limits per client identity and in total (layer 3).
+Every refusal is an error reply to the client *and* goes to the hash-chained audit log (layer 12) through
+:class:`~openfang.security.refusals.RefusalAudit`, which writes the first refusal of each kind per client
+identity per window in full and only counts the rest, so junk cannot fill the disk.
+
+The client identity (:func:`peer_identity`) is what the transport proves, never what the client claims:
+the CURVE client name the ZAP handler admitted (``curve:<name>``), else an ipc peer's uid from the kernel
+(``uid:<n>``, SO_PEERCRED, which libzmq exposes as the ``Peer-Address`` property), else the connection. A
+verified request signature is stronger still: its key id (``key:<kid>``) is the identity that is charged.
+Reconnecting therefore never refills an allowance. The daemon uses the same assembly for the runtime
+integrity checks of its own files (layer 14).
 """
 
 from __future__ import annotations
@@ -12,12 +20,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import zmq
 from openfang.protocol.envelope import Envelope, decode
-from openfang.protocol.messages import check_request
+from openfang.protocol.messages import REQUEST_TYPES, check_request
 from openfang.security.audit import AuditLog
 from openfang.security.config import SecurityConfig, open_audit, parse_security
 from openfang.security.integrity import IntegrityMonitor, Violation, package_files
 from openfang.security.ratelimit import RateLimiter
+from openfang.security.refusals import RefusalAudit
 from openfang.security.report import security_report
 from openfang.security.signing import Verifier, keyring_from_files
 from openfang.security.validation import MessageValidator
@@ -51,6 +61,54 @@ def config_from_args(args: Mapping[str, Any] | None) -> SecurityConfig:
     )
 
 
+class _NoAudit:
+    """The sink when this process keeps no audit file (no data dir): refusals are still answered."""
+
+    def append(self, kind: str, /, **fields: Any) -> object:
+        return None
+
+
+def peer_identity(frame: zmq.Frame) -> str | None:
+    """Who sent ``frame`` as the transport proves it (see the module docstring), or None if it cannot say.
+
+    ``frame`` must come from a ``recv(copy=False)``: only a zmq Frame carries the connection's properties.
+    """
+    try:
+        address = str(frame.get("Peer-Address"))
+    except zmq.ZMQError:
+        address = ""
+    # ipc on Linux: "<host>:<uid>:<gid>:<pid>" (libzmq appends the SO_PEERCRED credentials). Asked first:
+    # ipc has no CURVE, and a missing property costs an exception (a few microseconds per request).
+    parts = address.rsplit(":", 3)
+    if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit():
+        return f"uid:{parts[1]}"
+    try:
+        user = frame.get("User-Id")
+    except zmq.ZMQError:  # no ZAP user id on this connection (NULL security)
+        user = ""
+    if user:
+        return f"curve:{user}"
+    return f"ip:{address}" if address else None
+
+
+def receive_client(sock: zmq.Socket[bytes]) -> tuple[list[bytes], str | None]:
+    """One client message from the gateway's ROUTER without blocking (zmq.Again if none), and the peer's
+    identity (:func:`peer_identity`) read from its last frame.
+
+    The routing id is received as bytes and the other frames as zmq Frames, which carry the connection's
+    properties (measured: 2.3 us per message against 3.1 us for ``recv_multipart`` and 8 us for
+    ``recv_multipart(copy=False)`` plus the lookup).
+    """
+    frames = [sock.recv(zmq.NOBLOCK)]
+    last: zmq.Frame | None = None
+    while True:
+        last = sock.recv(copy=False)  # the rest of a message is already here: never blocks
+        frames.append(last.bytes)
+        if not last.more:
+            break
+    return frames, peer_identity(last)
+
+
 class Guard:
     """Layers 1, 3, 4 and 12 for one gateway process."""
 
@@ -58,29 +116,46 @@ class Guard:
         self.config = config
         self.max_frame = min(max_frame, config.validation.max_frame_bytes)
         self.audit = open_audit(config)
-        self.validator = MessageValidator(config.validation, audit=self.audit)
-        self.limiter = RateLimiter(config.ratelimit, audit=self.audit) if config.ratelimit.enabled else None
+        self.refusals = RefusalAudit(self.audit or _NoAudit(), config.audit.refusals)
+        self.validator = MessageValidator(config.validation, audit=self.refusals)
+        self.limiter = (
+            RateLimiter(config.ratelimit, audit=self.refusals) if config.ratelimit.enabled else None
+        )
         self.verifier: Verifier | None = None
         if config.signing.enabled and (config.signing_keys or config.signing.require):
             keys = keyring_from_files(config.signing_keys)
-            self.verifier = Verifier(keys, config.signing, audit=self.audit)
+            self.verifier = Verifier(keys, config.signing, audit=self.refusals)
 
-    def admit(self, payload: bytes, *, client: str) -> Envelope:
-        """The request in ``payload`` if every layer lets it through; raises the refusing layer's error."""
+    def admit(self, payload: bytes, *, client: str, peer: str | None = None) -> Envelope:
+        """The request in ``payload`` if every layer lets it through; raises the refusing layer's error.
+
+        ``client`` names the connection (its routing id), ``peer`` the identity the transport proved
+        (:func:`peer_identity`); refusals are aggregated per ``peer`` (else per connection), and the rate
+        limit charges the signing key id when the request is signed, else the same identity.
+        """
+        source = peer or f"conn:{client}"
+        self.refusals.source = source
+        kid: str | None = None
         if self.verifier is not None:
-            env = self.verifier.verify_frame(payload, max_size=self.max_frame).env
+            verified = self.verifier.verify_frame(payload, max_size=self.max_frame, types=REQUEST_TYPES)
+            env, kid = verified.env, verified.kid
         else:
-            env = decode(payload, max_size=self.max_frame)
+            env = decode(payload, max_size=self.max_frame, types=REQUEST_TYPES)
         check_request(env)
-        self.validator.check(env, client=client)
+        self.validator.check(env, client=source)
         if self.limiter is not None:
-            self.limiter.charge(client=client, requests=1)
+            self.limiter.charge(client=f"key:{kid}" if kid is not None else source, requests=1)
         return env
+
+    def tick(self) -> None:
+        """Housekeeping from the gateway's loop: close an ended refusal window (writes its summary)."""
+        self.refusals.flush()
 
     def report(self) -> list[dict[str, Any]]:
         return security_report(self.config)
 
     def close(self) -> None:
+        self.refusals.flush(force=True)
         if self.audit is not None:
             self.audit.close()
 
@@ -97,4 +172,13 @@ def integrity_monitor(config: SecurityConfig, audit: AuditLog | None) -> Integri
     return IntegrityMonitor(files, audit=audit)
 
 
-__all__ = ["Guard", "Violation", "config_from_args", "integrity_monitor", "open_audit", "security_args"]
+__all__ = [
+    "Guard",
+    "Violation",
+    "config_from_args",
+    "integrity_monitor",
+    "open_audit",
+    "peer_identity",
+    "receive_client",
+    "security_args",
+]

@@ -161,5 +161,9 @@ class BenchCluster:
         self.stop()
 
 
-# The load generator is one client: unlimited (rate = 0) buckets, still checked on every request.
-UNLIMITED_CLIENT = "\n[security.ratelimit.client_requests]\nrate = 0\nburst = 0\n"
+# The load generator is one client: unlimited (rate = 0) buckets, still checked on every request; the
+# global ceiling (all clients together) is lifted too.
+UNLIMITED_CLIENT = (
+    "\n[security.ratelimit.client_requests]\nrate = 0\nburst = 0\n"
+    "\n[security.ratelimit.global_requests]\nrate = 0\nburst = 0\n"
+)

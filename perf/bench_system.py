@@ -50,7 +50,7 @@ TOOL_MODULES = 'tool_modules = ["perf.bench_tools:register"]'
 # requests/s per client, 20 per agent, 5 tool calls/s per agent). rate = 0 is "unlimited"; the limiters stay
 # enabled, so their cost is still measured. The gateway reads [security]; a worker reads its pool args'
 # `security` table (workers/host/wiring.py), so the same limits go to both.
-_BUCKETS = ("client_requests", "agent_requests", "agent_tokens", "agent_tool_calls")
+_BUCKETS = ("client_requests", "global_requests", "agent_requests", "agent_tokens", "agent_tool_calls")
 NO_RATE_LIMITS = "".join(f"\n[security.ratelimit.{b}]\nrate = 0\nburst = 0\n" for b in _BUCKETS)
 
 

@@ -12,12 +12,16 @@ matched by request id, so a late reply to an earlier, timed-out request is disca
 current one. Error replies raise :class:`RemoteError` with the wire's ``code``; no reply in time raises
 :class:`Timeout`; a request body that breaks the catalogue's schema raises :class:`ProtocolError` before
 anything is sent.
+
+``signer`` signs every request just before it is sent (PROTOCOL.md section 1.5): pass
+``openfang.security.signing.request_signer(key)``. It is a plain callable, so this package needs nothing of
+the security package.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -40,8 +44,10 @@ class Client:
         timeout: float = 10.0,
         events: str | None = None,
         max_frame: int = DEFAULT_MAX_FRAME * 16,
+        signer: Callable[[Envelope], Envelope] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._signer = signer
         self.timeout = timeout
         self.events_endpoint = events
         self.max_frame = max_frame
@@ -78,6 +84,8 @@ class Client:
             schema.check(env.body, "body", problems)
             if problems:
                 raise ProtocolError("; ".join(problems))
+        if self._signer is not None:
+            env = self._signer(env)  # after the local check: the closed schemas know nothing of _auth
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         self._send(env, deadline, wait)

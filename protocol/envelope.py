@@ -97,7 +97,7 @@ def decode(
             data, raw=False, strict_map_key=True, max_bin_len=max_size, max_str_len=max_size
         )
     except Exception as exc:  # msgpack raises several unrelated types: translate once, here.
-        raise ProtocolError(f"frame is not valid msgpack: {exc or type(exc).__name__}") from None
+        raise ProtocolError(f"frame is not valid msgpack: {_unpack_reason(exc)}") from None
     if not isinstance(raw, dict):
         raise ProtocolError(f"envelope must be a map, got {type(raw).__name__}")
     problems: list[str] = []
@@ -116,7 +116,9 @@ def decode(
         problems.append("id: missing, empty, not a string or longer than 128 characters")
     if not isinstance(msg_type, str) or not msg_type:
         problems.append("type: missing or not a non-empty string")
-    body = raw.get("body", {})
+    body = raw.get("body")
+    if body is None:  # absent or nil: an empty body (optional fields may be nil, section 2)
+        body = {}
     if not isinstance(body, dict):
         problems.append(f"body: must be a map, got {type(body).__name__}")
     unknown = set(raw) - {"v", "id", "type", "body"}
@@ -130,6 +132,22 @@ def decode(
         raise ProtocolError("; ".join(problems))
     assert isinstance(msg_id, str) and isinstance(msg_type, str) and isinstance(body, dict)
     return Envelope(v=PROTOCOL_VERSION, id=msg_id, type=msg_type, body=body)
+
+
+def _unpack_reason(exc: Exception) -> str:
+    """A non-empty reason for a msgpack failure (some of its exceptions carry no message at all)."""
+    if isinstance(exc, msgpack.ExtraData):
+        return "extra bytes after the envelope (a frame holds exactly one msgpack value)"
+    if isinstance(exc, msgpack.FormatError):
+        return "a byte that starts no msgpack value (reserved format 0xc1 or a malformed header)"
+    if isinstance(exc, msgpack.StackError):
+        return "nested too deeply for the decoder"
+    text = str(exc).strip()
+    if "incomplete input" in text:
+        return "the data ends inside a value (truncated frame)"
+    if "exceeds max_" in text:  # a length header larger than the whole frame
+        return f"a length larger than the frame allows ({text}): truncated or forged frame"
+    return text or type(exc).__name__
 
 
 def peek_id(data: bytes) -> str:

@@ -22,6 +22,7 @@ memory writer) without touching the layers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -35,6 +36,7 @@ from typing import Any, Protocol
 
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.security._canon import canonical_json
+from openfang.security._keys import read_key_material
 
 GENESIS = "0" * 64
 
@@ -173,6 +175,87 @@ class AuditLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+KEY_BYTES = 32
+
+
+def chain_key(key_file: str | None, *, create: bool = False, log_path: str | None = None) -> bytes | None:
+    """The HMAC key of the chain in ``key_file`` (None: an unkeyed chain).
+
+    With ``create``, a missing file is made first: 32 random bytes as hex, mode 0600, written to a temporary
+    file and hard-linked into place, so concurrent first starts agree on one key and no process ever reads a
+    half-written one. If ``log_path`` already holds an unkeyed chain when the key is made, that log is
+    moved aside (``audit-unkeyed-<ns>.db``) so the keyed chain starts afresh instead of failing to verify.
+    Raises ConfigError naming the file when it cannot be read or made (never showing its content).
+    """
+    if key_file is None:
+        return None
+    path = Path(key_file)
+    if "{data_dir}" in key_file:
+        raise ConfigError([Problem(f"[security.audit] key_file {path}", "no data dir to put the key in")])
+    if create and not path.exists():
+        _create_key(path, Path(log_path) if log_path else None)
+    try:
+        key = read_key_material(str(path))
+    except OSError as exc:
+        raise ConfigError(
+            [
+                Problem(
+                    f"[security.audit] key_file {path}", f"cannot read the audit key: {exc.strerror or exc}"
+                )
+            ]
+        ) from None
+    if len(key) < 16:
+        raise ConfigError([Problem(f"[security.audit] key_file {path}", "the audit key must be 16+ bytes")])
+    return key
+
+
+def key_beside(log_path: str | os.PathLike[str]) -> bytes | None:
+    """The key the daemon makes by default beside its log (``audit.key`` in the log's directory), if any."""
+    path = Path(log_path).parent / "audit.key"
+    return chain_key(str(path)) if path.is_file() else None
+
+
+def _create_key(path: Path, log_path: Path | None) -> None:
+    where = f"[security.audit] key_file {path}"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, os.urandom(KEY_BYTES).hex().encode("ascii") + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # atomic: fails if another process made the key first
+        except FileExistsError:
+            return
+        if log_path is not None and _has_records(log_path):
+            stamp = time.time_ns()
+            for suffix in ("", "-wal", "-shm"):
+                old = Path(f"{log_path}{suffix}")
+                if old.exists():
+                    old.rename(old.with_name(f"{log_path.stem}-unkeyed-{stamp}{log_path.suffix}{suffix}"))
+    except OSError as exc:
+        raise ConfigError([Problem(where, f"cannot create the audit key: {exc.strerror or exc}")]) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _has_records(log_path: Path) -> bool:
+    if not log_path.exists():
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{log_path}?mode=ro", uri=True, timeout=30.0)
+        try:
+            return conn.execute("SELECT 1 FROM audit_log LIMIT 1").fetchone() is not None
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
 
 
 def _kind_matches(kind: str, wanted: str) -> bool:

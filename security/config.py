@@ -2,19 +2,22 @@
 
 Each layer has its own sub-table (all optional; the defaults are the safe ones)::
 
-    [security.audit]        path = "{data_dir}/audit.db", key_file = "keys/audit.key" (HMAC chain key)
+    [security.audit]        path = "{data_dir}/audit.db", key_file (HMAC chain key; default
+                            {data_dir}/audit.key, made at first start), keyed, refusal_window_s,
+                            refusal_writes_per_s, refusal_burst, refusal_sources
     [security.validation]   max_frame_bytes, max_text, max_bytes, max_depth, max_keys, max_list, max_nodes,
                             max_key_len
     [security.injection]    enabled, threshold, block_threshold, action, output_action
                             (actions: flag | strip | block)
     [security.ratelimit]    enabled, max_buckets, [security.ratelimit.client_requests] rate/burst, ...
-                            agent_requests, agent_tokens, agent_tool_calls
+                            global_requests, agent_requests, agent_tokens, agent_tool_calls
     [security.signing]      enabled, require, max_skew_s, nonce_cache,
                             keys = [{id = "ops-1", alg = "hmac-sha256" | "ed25519", file = "keys/ops-1"}]
     [security.sandbox]      fuel_default, fuel_max, memory_default_mb, memory_max_mb, allow, deny
     [security.network]      allow_hosts, allow_private                  (layer 8, netguard)
     [security.permissions]  enabled                                    (grants live in agent manifests)
-    [security.exfil]        enabled, block_sinks, secret_kinds, pii, detect_encoded_taint
+    [security.exfil]        enabled, block_sinks, secret_kinds, pii, detect_encoded_taint, split_window_s,
+                            split_window_bytes, split_min_piece, split_share
     [security.redact]       enabled, secret_kinds, pii, redact_sensitive_keys
     [security.attestation]  enabled, require_pin, require_signature, [security.attestation.publishers]
                             <key id> = "<64 hex chars of an Ed25519 public key>"
@@ -39,24 +42,34 @@ from openfang.protocol.errors import ConfigError, Problem
 from openfang.security._cfg import MISSING, Table
 from openfang.security._secrets import PII_KINDS, SECRET_KINDS
 from openfang.security.attestation import AttestationConfig
-from openfang.security.audit import AuditLog
+from openfang.security.audit import AuditLog, chain_key
 from openfang.security.capabilities import SandboxPolicyConfig
 from openfang.security.exfil import ExfilConfig
 from openfang.security.injection import ACTIONS, Action, InjectionConfig
 from openfang.security.ratelimit import Limit, RateLimitConfig
 from openfang.security.redact import RedactConfig
-from openfang.security.signing import ED25519_ALG, HMAC_ALG, SigningConfig, read_key_material
+from openfang.security.refusals import RefusalAuditConfig
+from openfang.security.signing import ED25519_ALG, HMAC_ALG, SigningConfig
 from openfang.security.validation import ValidationLimits
 
 DEFAULT_AUDIT_PATH = "{data_dir}/audit.db"
+DEFAULT_AUDIT_KEY = "{data_dir}/audit.key"
 DEFAULT_VERSIONS_PATH = "{data_dir}/versions.db"
 _KID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditConfig:
+    """``key_file`` None means an unkeyed (plain SHA-256) chain, which ``security report`` flags.
+
+    By default the key is ``{data_dir}/audit.key``, created (mode 0600) at first start (``create_key``);
+    a key_file the operator names is never created: it must exist.
+    """
+
     path: str = DEFAULT_AUDIT_PATH
-    key_file: str | None = None
+    key_file: str | None = DEFAULT_AUDIT_KEY
+    create_key: bool = True
+    refusals: RefusalAuditConfig = field(default_factory=RefusalAuditConfig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,9 +174,20 @@ def parse_security(
 
     t = top.sub("audit")
     key_file = t.text("key_file", None)
+    keyed = t.boolean("keyed", True)
+    if key_file and not keyed:
+        t.problem("keyed", "false contradicts key_file (leave key_file out for an unkeyed chain)")
+    dq = RefusalAuditConfig()
     audit = AuditConfig(
         path=_path(t.text("path", DEFAULT_AUDIT_PATH) or DEFAULT_AUDIT_PATH, data_dir, base_dir),
-        key_file=_path(key_file, data_dir, base_dir) if key_file else None,
+        key_file=_path(key_file or DEFAULT_AUDIT_KEY, data_dir, base_dir) if keyed else None,
+        create_key=keyed and not key_file,
+        refusals=RefusalAuditConfig(
+            window_s=t.number("refusal_window_s", dq.window_s, lo=0.1, hi=86400.0),
+            max_writes_per_s=t.number("refusal_writes_per_s", dq.max_writes_per_s, lo=0.01, hi=1e6),
+            burst=t.integer("refusal_burst", dq.burst, lo=1, hi=1_000_000),
+            max_sources=t.integer("refusal_sources", dq.max_sources, lo=1, hi=10_000_000),
+        ),
     )
     t.unknown()
 
@@ -214,6 +238,7 @@ def parse_security(
         enabled=t.boolean("enabled", dr.enabled),
         max_buckets=t.integer("max_buckets", dr.max_buckets, lo=1),
         client_requests=limit("client_requests", dr.client_requests),
+        global_requests=limit("global_requests", dr.global_requests),
         agent_requests=limit("agent_requests", dr.agent_requests),
         agent_tokens=limit("agent_tokens", dr.agent_tokens),
         agent_tool_calls=limit("agent_tool_calls", dr.agent_tool_calls),
@@ -270,6 +295,10 @@ def parse_security(
         secret_kinds=t.strset("secret_kinds", None, allowed=SECRET_KINDS),
         pii=t.strset("pii", de.pii, allowed=PII_KINDS) or frozenset(),
         detect_encoded_taint=t.boolean("detect_encoded_taint", de.detect_encoded_taint),
+        split_window_s=t.number("split_window_s", de.split_window_s, lo=0.0, hi=7 * 86400.0),
+        split_window_bytes=t.integer("split_window_bytes", de.split_window_bytes, lo=0, hi=1 << 34),
+        split_min_piece=t.integer("split_min_piece", de.split_min_piece, lo=3, hi=64),
+        split_share=t.number("split_share", de.split_share, lo=0.05, hi=1.0),
     )
     t.unknown()
 
@@ -400,6 +429,8 @@ def open_audit(config: SecurityConfig) -> AuditLog | None:
     """
     if "{data_dir}" in config.audit.path:
         return None
-    key = read_key_material(config.audit.key_file) if config.audit.key_file else None
     Path(config.audit.path).parent.mkdir(parents=True, exist_ok=True)
+    # The first process to open it (the daemon, before its children) creates the default chain key
+    # ({data_dir}/audit.key, mode 0600) when the config asks for it; the others read it.
+    key = chain_key(config.audit.key_file, create=config.audit.create_key, log_path=config.audit.path)
     return AuditLog(config.audit.path, key=key)

@@ -17,6 +17,7 @@ was found (kind and a short fingerprint) and where (url/headers/body) — never 
 from __future__ import annotations
 
 import base64
+import math
 import os
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -26,6 +27,7 @@ from typing import Any
 
 from openfang.security._canon import fingerprint
 from openfang.security._errors import Denied
+from openfang.security._fragments import FragmentWindow
 from openfang.security._secrets import find_secrets, select_detectors
 from openfang.security.audit import AuditSink
 
@@ -41,6 +43,12 @@ class ExfilConfig:
     secret_kinds: frozenset[str] | None = None
     pii: frozenset[str] = field(default_factory=frozenset)
     detect_encoded_taint: bool = True
+    # A secret split across requests: pieces of split_min_piece+ characters per agent, kept split_window_s
+    # seconds and split_window_bytes of outgoing data; refused once split_share of a secret has gone out.
+    split_window_s: float = 600.0
+    split_window_bytes: int = 1 << 20
+    split_min_piece: int = 6
+    split_share: float = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +86,7 @@ class TaintTracker:
     def __init__(self, *, encoded: bool = True) -> None:
         self._encoded = encoded
         self._needles: dict[str, tuple[str, str]] = {}  # needle -> (label, fingerprint)
+        self._values: list[tuple[str, str, str]] = []  # (label, fingerprint, value) in taint order
 
     def taint(self, label: str, value: str | bytes) -> None:
         """Mark ``value`` as secret. Values under 8 characters are refused (they cause false alarms)."""
@@ -99,6 +108,7 @@ class TaintTracker:
         for n in needles:
             if len(n) >= MIN_TAINT_LEN:
                 self._needles.setdefault(n, (label, fp))
+        self._values.append((label, fp, text))
 
     def taint_from_env(self, names: Iterable[str], environ: Mapping[str, str]) -> list[str]:
         """Taint the env vars ``names`` (as the manifest lists them); returns the names that were set."""
@@ -122,6 +132,10 @@ class TaintTracker:
             line = line.strip()
             if len(line) >= 16 and not line.startswith("-----"):
                 self.taint(label, line)
+
+    def values(self) -> list[tuple[str, str, str]]:
+        """``(label, fingerprint, value)`` of every tainted value, in the order they were tainted."""
+        return list(self._values)
 
     @property
     def labels(self) -> frozenset[str]:
@@ -151,6 +165,14 @@ def _flatten(value: Any, depth: int = 0) -> str:
     return ""
 
 
+def _parts(url: str, headers: Mapping[str, Any] | None, body: Any) -> dict[str, str]:
+    return {
+        "url": urllib.parse.unquote_plus(url) + "\n" + url,
+        "headers": _flatten(headers or {}),
+        "body": _flatten(body),
+    }
+
+
 class ExfilGuard:
     """Refuses tool calls that would carry secrets to a blocked sink; audits every refusal."""
 
@@ -165,16 +187,38 @@ class ExfilGuard:
         self.taint = taint if taint is not None else TaintTracker(encoded=self.config.detect_encoded_taint)
         self._audit = audit
         self._detectors = select_detectors(self.config.secret_kinds, pii=self.config.pii)
+        self.fragments = FragmentWindow(
+            min_len=self.config.split_min_piece,
+            window_s=self.config.split_window_s,
+            window_bytes=self.config.split_window_bytes,
+        )
+        self._indexed = 0  # how many of the tracker's values the window has indexed
+
+    def _split_leaks(self, agent_id: str, texts: dict[str, str]) -> list[Leak]:
+        """Pieces of a tainted value that, with what this agent sent recently, reveal ``split_share`` of it
+        or more (one request alone can therefore carry less than that share of any secret)."""
+        values = self.taint.values()
+        for label, fp, value in values[self._indexed :]:
+            self.fragments.add(label, fp, value)
+        self._indexed = len(values)
+        leaks = []
+        for seen in self.fragments.exposure(agent_id, list(texts.values())):
+            if seen.covered >= math.ceil(self.config.split_share * seen.secret.length):
+                leaks.append(
+                    Leak(
+                        kind="taint_split",
+                        where="window",
+                        label=seen.secret.label,
+                        fingerprint=seen.secret.fingerprint,
+                    )
+                )
+        return leaks
 
     def scan(
         self, *, url: str = "", headers: Mapping[str, Any] | None = None, body: Any = None
     ) -> list[Leak]:
         """Everything secret in the parts of an outgoing call (no decision, no audit)."""
-        parts = {
-            "url": urllib.parse.unquote_plus(url) + "\n" + url,
-            "headers": _flatten(headers or {}),
-            "body": _flatten(body),
-        }
+        parts = _parts(url, headers, body)
         leaks: list[Leak] = []
         for where, text in parts.items():
             if not text:
@@ -203,6 +247,9 @@ class ExfilGuard:
         if not self.config.enabled:
             return []
         leaks = self.scan(url=url, headers=headers, body=body)
+        parts = _parts(url, headers, body)
+        if sink in self.config.block_sinks:
+            leaks += self._split_leaks(agent_id, parts)
         if leaks and sink in self.config.block_sinks:
             summary = sorted({f"{leak.label}@{leak.where}" for leak in leaks})
             if self._audit is not None:
@@ -222,4 +269,5 @@ class ExfilGuard:
                 layer="exfil",
                 reason="secret_to_sink",
             )
+        self.fragments.record(agent_id, list(parts.values()))
         return leaks

@@ -1,5 +1,10 @@
 """Layer 3, rate limiting: token buckets per client and per agent, for requests, LLM tokens and tool calls.
 
+A *client* is an identity, not a connection: the gateway passes the strongest one it can prove (the key id
+of a verified request signature, else the CURVE client the ZAP handler admitted, else the ipc peer's uid;
+see ``control/guard.py``), so reconnecting never refills a bucket. Every client request is also charged
+to one ``global_requests`` bucket shared by all clients: the ceiling of what the gateway admits in total.
+
 A bucket holds up to ``burst`` units and refills at ``rate`` units per second of the injected clock.
 :meth:`RateLimiter.charge` takes units from every bucket a request touches (the client's request bucket,
 the agent's request/token/tool-call buckets) *all or nothing*: a request refused by one bucket costs no
@@ -56,6 +61,7 @@ UNLIMITED = Limit(rate=0, burst=0)
 class RateLimitConfig:
     enabled: bool = True
     client_requests: Limit = Limit(rate=50, burst=100)
+    global_requests: Limit = Limit(rate=1000, burst=2000)  # all clients together
     agent_requests: Limit = Limit(rate=20, burst=40)
     agent_tokens: Limit = Limit(rate=2000, burst=20_000)
     agent_tool_calls: Limit = Limit(rate=5, burst=20)
@@ -134,6 +140,7 @@ class RateLimiter:
         wanted: list[tuple[str, str, Limit, float]] = []
         if client is not None and requests:
             wanted.append(("client_requests", client, cfg.client_requests, requests))
+            wanted.append(("global_requests", "*", cfg.global_requests, requests))
         if agent is not None:
             if requests:
                 wanted.append(("agent_requests", agent, cfg.agent_requests, requests))

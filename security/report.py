@@ -28,7 +28,8 @@ def _sorted(values: Any) -> list[str] | None:
 ENFORCED_BY: dict[int, str] = {
     1: "gateway: every client frame (size, depth, keys, text)",
     2: "workers: agent.send text (action), tool results and LLM output (output_action)",
-    3: "gateway: per-client requests; workers: per-agent requests, LLM tokens, tool calls",
+    3: "gateway: requests per client identity and in total; workers: per-agent requests, LLM tokens, "
+    "tool calls",
     4: "gateway: every client frame when keys are configured",
     5: "workers: fuel per refuel interval and call deadline (defaults and maxima checked at spawn)",
     6: "workers: linear-memory cap per agent (defaults and maxima checked at spawn)",
@@ -44,6 +45,25 @@ ENFORCED_BY: dict[int, str] = {
     15: "workers: Ed25519 key per agent; agent_send is signed by the host and verified before delivery",
     16: "workers: manifest version per name checked at spawn, recorded after",
 }
+
+
+UNKEYED_WARNING = (
+    "unkeyed chain: anyone who can write the audit file can rebuild the whole chain and pass "
+    "'audit verify' (remove keyed = false, or set key_file)"
+)
+
+
+def _audit(c: SecurityConfig) -> dict[str, Any]:
+    keyed = c.audit.key_file is not None
+    out: dict[str, Any] = {"path": c.audit.path, "hmac": keyed, "key_file": c.audit.key_file}
+    out["refusals"] = {
+        "window_s": c.audit.refusals.window_s,
+        "full_records_per_s": c.audit.refusals.max_writes_per_s,
+        "burst": c.audit.refusals.burst,
+    }
+    if not keyed:
+        out["warning"] = UNKEYED_WARNING
+    return out
 
 
 def security_report(config: SecurityConfig) -> list[dict[str, Any]]:
@@ -82,6 +102,8 @@ def security_report(config: SecurityConfig) -> list[dict[str, Any]]:
             c.ratelimit.enabled,
             {
                 "client_requests": _limit(c.ratelimit.client_requests),
+                "global_requests": _limit(c.ratelimit.global_requests),
+                "client_identity": "signing key id, else CURVE client, else ipc peer uid",
                 "agent_requests": _limit(c.ratelimit.agent_requests),
                 "agent_tokens": _limit(c.ratelimit.agent_tokens),
                 "agent_tool_calls": _limit(c.ratelimit.agent_tool_calls),
@@ -130,6 +152,12 @@ def security_report(config: SecurityConfig) -> list[dict[str, Any]]:
                 "secret_kinds": _sorted(c.exfil.secret_kinds) or "all",
                 "pii": sorted(c.exfil.pii),
                 "encoded_taint": c.exfil.detect_encoded_taint,
+                "split_secrets": {
+                    "window_s": c.exfil.split_window_s,
+                    "window_bytes": c.exfil.split_window_bytes,
+                    "min_piece": c.exfil.split_min_piece,
+                    "share": c.exfil.split_share,
+                },
             },
         ),
         (
@@ -142,7 +170,7 @@ def security_report(config: SecurityConfig) -> list[dict[str, Any]]:
                 "sensitive_keys": c.redact.redact_sensitive_keys,
             },
         ),
-        ("audit logging", "audit", True, {"path": c.audit.path, "hmac": c.audit.key_file is not None}),
+        ("audit logging", "audit", True, _audit(c)),
         (
             "binary attestation",
             "attestation",

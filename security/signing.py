@@ -21,11 +21,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import msgpack
@@ -35,6 +33,7 @@ from openfang.protocol.envelope import DEFAULT_MAX_FRAME, Envelope, decode
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.security._canon import canonical_msgpack
 from openfang.security._errors import Denied
+from openfang.security._keys import read_key_material
 from openfang.security._replay import ReplayCache
 from openfang.security.audit import AuditSink
 
@@ -122,6 +121,11 @@ def sign(env: Envelope, key: SigningKey, *, now: float | None = None, nonce: str
     return Envelope(v=env.v, id=env.id, type=env.type, body=body)
 
 
+def request_signer(key: SigningKey) -> Callable[[Envelope], Envelope]:
+    """A ``signer`` for :class:`openfang.protocol.client.Client`: signs each request with ``key``, now."""
+    return lambda env: sign(env, key)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SigningConfig:
     enabled: bool = True
@@ -160,7 +164,9 @@ class Verifier:
             self._audit.append("signing." + reason, id=env.id[:128], type=env.type[:128], kid=kid)
         return Denied(f"request {env.id[:64]!r}: {message}", layer="signing", reason=reason)
 
-    def verify_frame(self, data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Verified:
+    def verify_frame(
+        self, data: bytes, *, max_size: int = DEFAULT_MAX_FRAME, types: Container[str] | None = None
+    ) -> Verified:
         """Verify a raw frame, then decode it; use this where request bodies are closed schemas.
 
         The body schemas of :mod:`openfang.protocol.messages` refuse unknown fields, ``_auth`` included, so
@@ -179,7 +185,7 @@ class Verifier:
             body = dict(raw["body"])
             auth = body.pop(AUTH_KEY)
             data = msgpack.packb({**raw, "body": body}, use_bin_type=True)
-        return self._check(decode(data, max_size=max_size), auth)
+        return self._check(decode(data, max_size=max_size, types=types), auth)
 
     def verify(self, env: Envelope) -> Verified:
         """Return the verified request or raise :class:`Denied` saying why it was refused."""
@@ -252,13 +258,34 @@ class _KeyRef(Protocol):
     def file(self) -> str: ...
 
 
-def read_key_material(path: str) -> bytes:
-    """Key bytes from a file: 64+ hex characters (text) or raw bytes. Never echoes the content in errors."""
-    raw = Path(path).read_bytes()
-    text = raw.strip()
-    if re.fullmatch(rb"[0-9a-fA-F]{64,}", text):
-        return bytes.fromhex(text.decode("ascii"))
-    return raw
+def load_signing_key(path: str, kid: str, alg: str = HMAC_ALG) -> SigningKey:
+    """The key a client signs with, from a file: an HMAC secret (the same file the daemon's key ring
+    reads: 32+ raw bytes or 64+ hex characters) or an Ed25519 private key (a 32-byte seed, raw or as 64
+    hex characters, or a PEM PKCS#8 file). Raises ConfigError naming the file, never its content."""
+    where = f"signing key {kid!r} ({path})"
+    try:
+        material = read_key_material(path)
+    except OSError as exc:
+        raise ConfigError([Problem(where, f"cannot read the key file: {exc.strerror or exc}")]) from None
+    if alg == HMAC_ALG:
+        if len(material) < 32:
+            raise ConfigError([Problem(where, "an HMAC secret must be at least 32 bytes")])
+        return SigningKey.hmac(kid, material)
+    if alg != ED25519_ALG:
+        raise ConfigError([Problem(where, f"alg must be {HMAC_ALG} or {ED25519_ALG}, got {alg!r}")])
+    if material.lstrip().startswith(b"-----BEGIN"):
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            private = load_pem_private_key(material, password=None)
+        except (ValueError, TypeError):
+            raise ConfigError([Problem(where, "not a PEM private key without a password")]) from None
+        if not isinstance(private, Ed25519PrivateKey):
+            raise ConfigError([Problem(where, "the PEM key is not an Ed25519 key")])
+        return SigningKey.ed25519(kid, private)
+    if len(material) != 32:
+        raise ConfigError([Problem(where, "an Ed25519 private key file holds a 32-byte seed (or 64 hex)")])
+    return SigningKey.ed25519(kid, Ed25519PrivateKey.from_private_bytes(material))
 
 
 def keyring_from_files(specs: Iterable[_KeyRef]) -> KeyRing:

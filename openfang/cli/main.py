@@ -2,6 +2,10 @@
 
 The endpoint comes from ``--endpoint``, else from ``--config`` (the daemon's cluster.toml), else from
 ``$OPENFANG_ENDPOINT`` or ``$OPENFANG_CONFIG``. Every verb takes ``--json`` for machine-readable output.
+Requests are signed (PROTOCOL.md section 1.5) with ``--sign-key FILE`` (or ``$OPENFANG_SIGN_KEY``), key id
+``--sign-key-id`` (default: the file name without its extension) and ``--sign-alg`` (default hmac-sha256);
+without them, with ``--config`` naming a cluster whose ``[security.signing]`` requires signatures, the first
+HMAC key of its key ring that this user can read.
 Exit codes: 0 success, 1 the daemon answered with an error (printed with its code), 2 usage or config
 error, 3 the daemon could not be reached in time.
 """
@@ -55,13 +59,42 @@ def _curve(args: argparse.Namespace, endpoint: str) -> Any:
     return CurveClient(keys, name=getattr(args, "key_name", None) or "client")
 
 
+def _signer(args: argparse.Namespace) -> Any:
+    """The request signer from --sign-key (or $OPENFANG_SIGN_KEY), else from the cluster config; or None."""
+    from openfang.security import signing
+
+    key_file = getattr(args, "sign_key", None) or os.environ.get("OPENFANG_SIGN_KEY")
+    if key_file:
+        kid = getattr(args, "sign_key_id", None) or os.environ.get("OPENFANG_SIGN_KEY_ID")
+        alg = getattr(args, "sign_alg", None) or os.environ.get("OPENFANG_SIGN_ALG") or signing.HMAC_ALG
+        key = signing.load_signing_key(key_file, kid or Path(key_file).stem, alg)
+        return signing.request_signer(key)
+    config = getattr(args, "config", None) or os.environ.get("OPENFANG_CONFIG")
+    if not config:
+        return None
+    from openfang.control.config import load_config
+
+    sec = load_config(config).security
+    if not (sec.signing.enabled and sec.signing.require):
+        return None
+    for spec in sec.signing_keys:
+        if spec.alg == signing.HMAC_ALG and os.access(spec.file, os.R_OK):
+            return signing.request_signer(signing.load_signing_key(spec.file, spec.id, spec.alg))
+    raise ConfigError(
+        f"{config}: [security.signing] requires signed requests and no HMAC key of its key ring is readable "
+        "here: pass --sign-key FILE (and --sign-key-id ID)"
+    )
+
+
 def _client(args: argparse.Namespace, with_events: bool = False) -> Any:
     from openfang.protocol.client import Client
 
     endpoint, events = resolve_endpoint(args)
     if with_events and not events:
         raise ConfigError("no events endpoint: pass --config or --events-endpoint")
-    return Client(endpoint, curve=_curve(args, endpoint), timeout=args.timeout, events=events)
+    return Client(
+        endpoint, curve=_curve(args, endpoint), timeout=args.timeout, events=events, signer=_signer(args)
+    )
 
 
 def request(args: argparse.Namespace, msg_type: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -166,8 +199,8 @@ def cmd_security_report(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the hash chain of the audit log: any edited, deleted, inserted or reordered record is found."""
-    from openfang.security.audit import verify
-    from openfang.security.signing import read_key_material
+    from openfang.security.audit import chain_key, verify
+    from openfang.security.report import UNKEYED_WARNING
 
     path, key_file = args.path, args.key_file
     if not path:
@@ -178,22 +211,29 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
         sec = load_config(config).security
         path, key_file = sec.audit.path, key_file or sec.audit.key_file
-    result = verify(path, key=read_key_material(key_file) if key_file else None)
+    elif not key_file and (Path(path).parent / "audit.key").is_file():
+        key_file = str(Path(path).parent / "audit.key")  # the key the daemon makes beside its log
+    result = verify(path, key=chain_key(key_file) if key_file else None)
     body = {
         "ok": result.ok,
         "records": result.records,
         "first_bad_index": result.first_bad_index,
         "reason": result.reason,
         "path": str(path),
+        "keyed": key_file is not None,
+        "key_file": key_file,
     }
-    output(
-        args,
-        body,
-        lambda b: (
-            f"{'ok' if b['ok'] else 'BROKEN'}: {b['records']} records in {b['path']}"
-            + ("" if b["ok"] else f"; first bad record #{b['first_bad_index']}: {b['reason']}")
-        ),
-    )
+    if key_file is None:
+        body["warning"] = UNKEYED_WARNING
+
+    def human(b: dict[str, Any]) -> str:
+        text = f"{'ok' if b['ok'] else 'BROKEN'}: {b['records']} records in {b['path']}"
+        text += f" (HMAC key {b['key_file']})" if b["keyed"] else " (unkeyed)"
+        if not b["ok"]:
+            text += f"; first bad record #{b['first_bad_index']}: {b['reason']}"
+        return text + (f"\nWARNING: {b['warning']}" if "warning" in b else "")
+
+    output(args, body, human)
     return 0 if result.ok else 1
 
 
@@ -287,6 +327,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--keys-dir", default=d(None), help="CURVE keys directory for tcp:// endpoints")
         p.add_argument("--key-name", default=d("client"), help="which client keypair in --keys-dir to use")
         p.add_argument("--timeout", type=float, default=d(10.0), help="seconds to wait for an answer")
+        p.add_argument(
+            "--sign-key",
+            default=d(None),
+            metavar="FILE",
+            help="sign every request with this key file (HMAC secret: 32+ bytes or 64+ hex characters; "
+            "ed25519: 32-byte seed or PEM); default $OPENFANG_SIGN_KEY",
+        )
+        p.add_argument(
+            "--sign-key-id",
+            default=d(None),
+            metavar="ID",
+            help="the key id the daemon knows the key by (default $OPENFANG_SIGN_KEY_ID, else the file "
+            "name without its extension)",
+        )
+        p.add_argument(
+            "--sign-alg",
+            default=d(None),
+            choices=["hmac-sha256", "ed25519"],
+            help="the key's algorithm (default $OPENFANG_SIGN_ALG, else hmac-sha256)",
+        )
         p.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
 
     common = argparse.ArgumentParser(add_help=False)
@@ -340,7 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_op", required=True)
     p = audit_sub.add_parser("verify", parents=[common], help=(cmd_audit_verify.__doc__ or "").strip())
     p.add_argument("--path", help="the audit database (default: from --config)")
-    p.add_argument("--key-file", help="the HMAC chain key, if [security.audit] key_file is set")
+    p.add_argument(
+        "--key-file",
+        help="the HMAC chain key (default: from --config, else audit.key beside --path if there is one)",
+    )
     p.set_defaults(handler=cmd_audit_verify)
 
     add_catalog_verbs(sub, common)

@@ -107,6 +107,10 @@ def security(body: dict[str, Any]) -> str:
         cfg = ", ".join(f"{k}={v}" for k, v in sorted((layer.get("config") or {}).items()))
         state = "on" if layer.get("enabled") else "off"
         lines.append(f"{layer.get('layer', '?'):>2} {layer.get('name', '?'):<32} {state:<8} {cfg[:120]}")
+    for layer in body.get("layers") or []:
+        warning = (layer.get("config") or {}).get("warning")
+        if warning:
+            lines.append(f"WARNING (layer {layer.get('layer', '?')}, {layer.get('name', '?')}): {warning}")
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import Cluster, wait_for
-from openfang.security.audit import verify
+from openfang.security.audit import key_beside, verify
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +121,7 @@ def test_agent_cannot_recall_another_agents_memories_without_a_grant(cluster: Cl
         return [r for (r,) in recs if json.loads(r)["fields"].get("agent_id") == spy]
 
     assert wait_for(denied, 20, "permissions.denied audit record")
-    assert verify(cluster.data_dir / "audit.db").ok
+    assert verify(cluster.data_dir / "audit.db", key=key_beside(cluster.data_dir / "audit.db")).ok
 
 
 def test_retention_policy_applies_when_an_agent_is_killed(cluster: Cluster) -> None:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from daemon_harness import Cluster, wait_for
 from openfang.protocol.envelope import Envelope, encode
 from openfang.security.attestation import sign_manifest
-from openfang.security.audit import verify
+from openfang.security.audit import key_beside, verify
 
 pytestmark = pytest.mark.integration
 
@@ -129,7 +129,7 @@ def still_serving(c: Cluster) -> None:
     sibling = spawn(c, echo(f"sib-{time.monotonic_ns() % 10**9}"))
     reply = send(c, sibling, "still here?")
     assert not reply.is_error and "still here?" in reply.body["reply"], reply.body
-    assert verify(c.data_dir / "audit.db").ok
+    assert verify(c.data_dir / "audit.db", key=key_beside(c.data_dir / "audit.db")).ok
 
 
 def test_injection_in_user_input_is_denied_and_audited(cluster: Cluster) -> None:

@@ -12,7 +12,7 @@ import time
 import pytest
 from daemon_harness import Cluster, wait_for
 from openfang.protocol.envelope import Envelope, encode
-from openfang.security.audit import verify
+from openfang.security.audit import key_beside, verify
 from openfang.security.signing import SigningKey, sign
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,7 @@ def test_client_flood_is_rate_limited_audited_and_served_again_later(make_cluste
     time.sleep(1.2)
     assert not c.call("ping").is_error
     assert any(k.startswith("ratelimit") for k in _audit_kinds(c)), _audit_kinds(c)
-    assert verify(c.data_dir / "audit.db").ok
+    assert verify(c.data_dir / "audit.db", key=key_beside(c.data_dir / "audit.db")).ok
     assert c.stop() == 0
 
 
@@ -90,7 +90,7 @@ def test_deeply_nested_request_is_refused_by_validation_and_audited(make_cluster
 
 
 def test_audit_verify_detects_a_deleted_record(make_cluster: type[Cluster]) -> None:
-    """Layer 12: openfang audit verify passes on the real log and fails once a record is removed."""
+    """Layer 12: openfang audit verify passes on the real (keyed) log and fails once a record is removed."""
     c = make_cluster(workers=1)
     c.write_config("\n[security.ratelimit.client_requests]\nrate = 1\nburst = 1\n")
     c.start()
@@ -103,7 +103,7 @@ def test_audit_verify_detects_a_deleted_record(make_cluster: type[Cluster]) -> N
     assert ok.returncode == 0 and json.loads(ok.stdout)["records"] >= 2, ok.stdout + ok.stderr
     with sqlite3.connect(db_path) as db:
         db.execute("DROP TRIGGER IF EXISTS audit_log_no_delete")
-        db.execute("DELETE FROM audit_log WHERE seq = (SELECT MIN(seq) + 1 FROM audit_log)")
+        db.execute("DELETE FROM audit_log WHERE seq = (SELECT MIN(seq) FROM audit_log)")
     broken = subprocess.run(ctl, capture_output=True, text=True)
     assert broken.returncode == 1 and json.loads(broken.stdout)["ok"] is False
 

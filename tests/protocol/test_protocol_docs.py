@@ -44,3 +44,53 @@ def test_every_catalogued_type_error_code_and_event_kind_is_documented() -> None
 def test_protocol_md_reference_is_the_generated_one() -> None:
     """The reference section equals what the catalogue generates (run _docgen --write after a change)."""
     assert _docgen.current_section(TEXT) == _docgen.reference()
+
+
+def _block(label: str) -> str:
+    match = re.search(rf"```{label}\n(.*?)\n```", TEXT, re.S)
+    assert match is not None, f"PROTOCOL.md has no {label} block"
+    return match.group(1)
+
+
+def _sorted_deep(value: Any) -> Any:
+    """Canonical order written from the PROTOCOL.md text alone (independent of openfang.security._canon)."""
+    if isinstance(value, dict):
+        return {k: _sorted_deep(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_deep(v) for v in value]
+    return value
+
+
+def test_signing_worked_example_is_exact(tmp_path: Any) -> None:
+    """Section 1.5's example: key from the hex file, signed bytes, HMAC and frame all recompute exactly."""
+    import hashlib
+    import hmac
+
+    from openfang.security.signing import KeyRing, SigningConfig, Verifier, read_key_material, signed_bytes
+
+    key_text = re.search(r"The key file `ops-1.key` holds the text\n`([0-9a-f]+)`", TEXT)
+    assert key_text is not None
+    key_file = tmp_path / "ops-1.key"
+    key_file.write_text(key_text.group(1) + "\n")
+    key = read_key_material(str(key_file))
+    assert key == bytes(range(32))  # the hex-decoded file, not its text
+    request = json.loads(_block("signing-request-json"))
+    auth = json.loads(_block("signing-auth-json"))
+    documented = bytes.fromhex("".join(_block("signing-bytes-hex").split()))
+    # From the prose: prefix, then the recursively sorted map of the eight entries.
+    payload = {**{k: request[k] for k in ("v", "id", "type", "body")}, **auth}
+    independent = b"openfang-req-v1\0" + msgpack.packb(_sorted_deep(payload), use_bin_type=True)
+    assert documented == independent and len(documented) == 218
+    env = decode(msgpack.packb(request, use_bin_type=True))
+    assert signed_bytes(env, auth) == documented
+    sig = bytes.fromhex(_block("signing-sig-hex"))
+    assert hmac.new(key, documented, hashlib.sha256).digest() == sig
+    frame = bytes.fromhex("".join(_block("signing-frame-hex").split()))
+    raw = msgpack.unpackb(frame, raw=False)
+    assert raw["body"]["_auth"] == {**auth, "sig": sig}  # sig unpacks as bytes: it is msgpack bin
+    assert frame[frame.index(b"\xa3sig") + 4 : frame.index(b"\xa3sig") + 6] == b"\xc4\x20"
+    ring = KeyRing()
+    ring.add_hmac("ops-1", key)
+    verifier = Verifier(ring, SigningConfig(require=True), clock=lambda: auth["ts"] / 1000)
+    verified = verifier.verify_frame(frame)
+    assert verified.kid == "ops-1" and verified.env.body == request["body"]
