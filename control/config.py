@@ -177,6 +177,9 @@ def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None
 
 
 WORKER_START = "openfang.workers.worker:main"
+SCHEDULER_START = "openfang.control.scheduler:main"
+# Children that apply or need the cluster's [security] (workers enforce layers; the scheduler signs).
+_SECURITY_CHILDREN = (WORKER_START, SCHEDULER_START)
 
 
 def with_worker_security(tree: SupervisorSpec, security: Mapping[str, Any]) -> SupervisorSpec:
@@ -189,7 +192,7 @@ def with_worker_security(tree: SupervisorSpec, security: Mapping[str, Any]) -> S
     for child in tree.children:
         if child.supervisor is not None:
             child = replace(child, supervisor=with_worker_security(child.supervisor, security))
-        elif child.start == WORKER_START and "security" not in child.args:
+        elif child.start in _SECURITY_CHILDREN and "security" not in child.args:
             child = replace(child, args={**child.args, "security": dict(security)})
         children.append(child)
     return replace(tree, children=tuple(children))

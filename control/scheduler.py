@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 import structlog
 from openfang.control.schedules import Due, ScheduleStore
 from openfang.protocol.client import Client
+from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import OpenFangError
 from openfang.supervisor.child import ChildContext
 
@@ -36,9 +38,16 @@ SENDERS = 4
 class Scheduler:
     """Claims due runs and sends them; one store connection on the loop thread, one per sender thread."""
 
-    def __init__(self, db_path: Path, endpoint: str, ctx: ChildContext | None = None) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        endpoint: str,
+        ctx: ChildContext | None = None,
+        signer: Callable[[Envelope], Envelope] | None = None,
+    ) -> None:
         self.db_path = db_path
         self.endpoint = endpoint
+        self.signer = signer
         self.ctx = ctx
         self.running = True
         self.store = ScheduleStore(db_path)
@@ -91,13 +100,38 @@ class Scheduler:
         if getattr(self._local, "store", None) is None:
             self._local.store = self._keep(ScheduleStore(self.db_path))
         if getattr(self._local, "client", None) is None:
-            self._local.client = self._keep(Client(self.endpoint, timeout=SEND_TIMEOUT_S))
+            self._local.client = self._keep(Client(self.endpoint, timeout=SEND_TIMEOUT_S, signer=self.signer))
         return self._local.store, self._local.client
 
     def _keep(self, resource: _Resource) -> _Resource:
         with self._opened_lock:
             self._opened.append(resource)
         return resource
+
+
+def signer_for(security: Mapping[str, Any] | None, data_dir: str) -> Callable[[Envelope], Envelope] | None:
+    """When the cluster requires signed requests, sign with the first HMAC key of its key ring (as the CLI
+    does with --config); None when signing is not required."""
+    if not security:
+        return None
+    from openfang.security import signing
+    from openfang.security.config import parse_security
+
+    sec = parse_security(
+        security.get("table") or {},
+        str(security.get("source", "cluster.toml")),
+        data_dir=Path(str(security.get("data_dir") or data_dir)),
+        base_dir=Path(str(security.get("base_dir") or data_dir)),
+    )
+    if not (sec.signing.enabled and sec.signing.require):
+        return None
+    for spec in sec.signing_keys:
+        if spec.alg == signing.HMAC_ALG and os.access(spec.file, os.R_OK):
+            return signing.request_signer(signing.load_signing_key(spec.file, spec.id, spec.alg))
+    log.error(
+        "scheduler_cannot_sign", reason="signing is required and no HMAC key of the key ring is readable"
+    )
+    return None
 
 
 def db_path_for(data_dir: str | os.PathLike[str]) -> Path:
@@ -110,7 +144,9 @@ def main(ctx: ChildContext) -> None:
     structlog.contextvars.bind_contextvars(role="scheduler", pid=os.getpid())
     data_dir = ctx.args.get("data_dir") or os.environ["OPENFANG_DATA_DIR"]
     endpoint = ctx.args.get("endpoint") or os.environ["OPENFANG_CONTROL_ENDPOINT"]
-    scheduler = Scheduler(db_path_for(data_dir), endpoint, ctx)
+    scheduler = Scheduler(
+        db_path_for(data_dir), endpoint, ctx, signer_for(ctx.args.get("security"), data_dir)
+    )
 
     def stop(_signum: int, _frame: object) -> None:
         scheduler.running = False

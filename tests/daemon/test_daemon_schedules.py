@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -97,3 +98,36 @@ def test_schedule_due_while_the_daemon_is_dead_fires_once_after_restart(make_clu
     time.sleep(2)  # a scheduler that fired twice would have done it by now
     runs = schedule(c, sid)["recent_runs"]
     assert len(runs) == 1 and runs[0]["status"] in ("delivered", "failed"), runs
+
+
+def test_scheduler_signs_its_requests_when_the_cluster_requires_signatures(make_cluster: Any) -> None:
+    """With [security.signing] require = true, a scheduled message is still delivered: the scheduler signs."""
+    c = make_cluster(workers=1, extra=SCHEDULER)
+    key = c.dir / "ops.key"
+    key.write_text(os.urandom(32).hex())
+    keys = f'keys = [{{id = "ops", alg = "hmac-sha256", file = "{key}"}}]\n'
+    c.write_config(SCHEDULER + f"\n[security.signing]\nrequire = true\n{keys}")
+    c.start()
+    manifest = c.dir / "alarm.toml"
+    manifest.write_text(AGENT)
+    spawned = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openfang.cli.main",
+            "agent",
+            "spawn",
+            str(manifest),
+            "--config",
+            str(c.config_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert spawned.returncode == 0, spawned.stdout + spawned.stderr  # the CLI signs with the config's key
+    agent_id = json.loads(spawned.stdout)["agent_id"]
+    sid = cli(c, "add", agent_id, "wake up", "--in", "1s")["id"]
+    s = wait_for(lambda: (s := schedule(c, sid))["last_status"] and s, 20, "the schedule to fire")
+    assert s["last_status"] == "delivered", s["recent_runs"]
