@@ -52,6 +52,10 @@ class FuelConfig:
 class MemoryConfig:
     max_heap_mb: int = 64
     stack_size_kb: int = 512
+    # Tables count toward the agent's memory (8 bytes an element): C and Rust guests need one table of a
+    # few hundred to a few thousand function references. table.grow past the cap returns -1.
+    max_table_elements: int = 10_000  # per table
+    max_tables: int = 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -442,7 +446,7 @@ def _sandbox(c: _Checker, sandbox: Mapping[str, Any]) -> SandboxConfig:
     fuel_t = c.table(sandbox, "fuel", "sandbox.fuel")
     c.unknown(fuel_t, "sandbox.fuel", ("max_fuel", "refuel_interval_ms"))
     mem_t = c.table(sandbox, "memory", "sandbox.memory")
-    c.unknown(mem_t, "sandbox.memory", ("max_heap_mb", "stack_size_kb"))
+    c.unknown(mem_t, "sandbox.memory", ("max_heap_mb", "stack_size_kb", "max_table_elements", "max_tables"))
     perm_t = c.table(sandbox, "permissions", "sandbox.permissions")
     c.unknown(perm_t, "sandbox.permissions", ("allowed_host_functions", "denied_host_functions"))
     allowed = c.get_names(perm_t, "sandbox.permissions", "allowed_host_functions")
@@ -467,6 +471,8 @@ def _sandbox(c: _Checker, sandbox: Mapping[str, Any]) -> SandboxConfig:
         memory=MemoryConfig(
             max_heap_mb=c.get_int(mem_t, "sandbox.memory", "max_heap_mb", 64, 1, 4096),
             stack_size_kb=c.get_int(mem_t, "sandbox.memory", "stack_size_kb", 512, 64, 65536),
+            max_table_elements=c.get_int(mem_t, "sandbox.memory", "max_table_elements", 10_000, 0, 1 << 27),
+            max_tables=c.get_int(mem_t, "sandbox.memory", "max_tables", 4, 0, 64),
         ),
         permissions=PermissionsConfig(allowed_host_functions=allowed, denied_host_functions=denied),
     )

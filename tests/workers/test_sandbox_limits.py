@@ -206,7 +206,7 @@ def test_limits_cluster_capability_policy_narrows_what_a_manifest_grants(tmp_pat
 
 
 def test_limits_start_function_that_never_returns_fails_the_spawn(tmp_path: Path) -> None:
-    """A module whose start function loops forever is interrupted at call_timeout_ms; the spawn fails."""
+    """A module whose start function loops forever is cancelled at call_timeout_ms; the spawn is refused."""
     wat = _guest("(i64.const 0)").replace(
         '(memory (export "memory") 1)',
         '(memory (export "memory") 1)\n  (func $s (loop $l (br $l))) (start $s)',
@@ -216,10 +216,9 @@ def test_limits_start_function_that_never_returns_fails_the_spawn(tmp_path: Path
     try:
         text = manifest("g", module=str(tmp_path / "g.wat"), model=False, agent="call_timeout_ms = 200")
         reply = d.call("agent.spawn", manifest=text)
-        assert (
-            reply.type == "error"
-            and "instantiation failed: guest trapped: interrupt" in reply.body["message"]
-        )
-        assert d.host.runtime_stats()["live_stores"] == 0
+        assert reply.type == "error" and reply.body["code"] == "sandbox_error"
+        assert "refused: its start function did not finish within call_timeout_ms=200" in reply.body["message"]
+        assert d.host.runtime_stats() == {"live_stores": 0, "agents": 0}
+        assert [r["kind"] for r in d.audit] == ["start_refused"]
     finally:
         d.host.close()

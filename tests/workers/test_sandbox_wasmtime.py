@@ -14,9 +14,13 @@ from openfang.workers.sandbox._wasmtime import (
     EngineOptions,
     GuestMemory,
     GuestTrap,
+    TABLE_ELEMENT_BYTES,
+    TABLE_EXPORT_PREFIX,
     HostFunctionSpec,
     Instance,
     Runtime,
+    StoreLimits,
+    export_tables,
 )
 
 WAT = """(module
@@ -144,25 +148,104 @@ def test_wasmtime_epoch_ticks_preempt_time_burning_code(runtime: Runtime) -> Non
     inst.close()
 
 
-def test_wasmtime_epoch_deadline_traps_before_slicing(runtime: Runtime) -> None:
-    """Before after_instantiate (start functions), the epoch deadline is a hard stop: an interrupt trap."""
-    digest = hashlib.sha256(WAT.encode()).hexdigest()
-    module, _ = runtime.compile(WAT.encode(), digest=digest, what="test")
-    inst = Instance(
-        runtime, runtime.instance_pre(module, digest=digest, what="test"), max_memory_bytes=1 << 20
-    )
+START_LOOP = """(module (memory (export "memory") 1)
+  (func $s (loop $l (br $l))) (start $s))"""
+
+
+def test_wasmtime_start_function_yields_per_slice_and_can_be_cancelled(runtime: Runtime) -> None:
+    """Instantiation is sliced: a start function that never ends yields every poll and is cancelled cleanly."""
+    digest = hashlib.sha256(START_LOOP.encode()).hexdigest()
+    module, _ = runtime.compile(START_LOOP.encode(), digest=digest, what="test")
+    inst = Instance(runtime, runtime.instance_pre(module, digest=digest, what="test"), max_memory_bytes=1 << 20)
+    call = inst.instantiate_call()
+    for _ in range(5):
+        assert not call.poll(Dispatch())  # one fuel slice (or epoch tick) each, then back to the caller
+    assert inst.fuel_consumed() >= 4 * runtime.options.fuel_slice
+    call.cancel()
+    with pytest.raises(SandboxError, match="cancelled"):
+        call.result()
+    inst.close()
+    assert runtime.live_stores == 0
+
+
+TABLES = """(module (memory (export "memory") 1)
+  (table $hidden 3 funcref) (table (export "shown") 1 funcref)
+  (func (export "grow") (param $n i32) (result i32) (table.grow $hidden (ref.null func) (local.get $n))))"""
+
+
+def _tables_instance(rt: Runtime, limits: StoreLimits) -> Instance:
+    digest = hashlib.sha256(TABLES.encode()).hexdigest()
+    module, _ = rt.compile(TABLES.encode(), digest=digest, what="test")
+    inst = Instance(rt, rt.instance_pre(module, digest=digest, what="test"), limits=limits)
     call = inst.instantiate_call()
     while not call.poll(Dispatch()):
         pass
     call.result()
-    call = inst.call("fill_forever", (), 1)  # not sliced yet: fuel/epoch trap instead of yielding
-    inst.set_deadline(0.05)
-    while not call.poll(Dispatch()):
-        pass
-    with pytest.raises(GuestTrap) as info:
-        call.result()
-    assert info.value.trap_code == "interrupt"
+    return inst
+
+
+def test_wasmtime_table_grow_past_the_cap_returns_minus_one(runtime: Runtime) -> None:
+    """table.grow within table_elements succeeds; past it returns -1 (no trap) and the size stays."""
+    inst = _tables_instance(runtime, StoreLimits(memory_bytes=1 << 20, table_elements=100))
+    for n, expected in ((50, 3), (47, 53), (1, -1), (1_000_000, -1)):
+        call = inst.call("grow", (n,), 1)
+        while not call.poll(Dispatch()):
+            pass
+        assert call.result() == expected
+    assert sorted(inst.table_elements()) == [1, 100]
+    assert inst.table_bytes() == 101 * TABLE_ELEMENT_BYTES
     inst.close()
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        (StoreLimits(memory_bytes=1 << 20, table_elements=2), "table minimum size of 3 elements exceeds"),
+        (StoreLimits(memory_bytes=1 << 20, tables=1), "table count too high"),
+        (StoreLimits(memory_bytes=(1 << 16) - 1), "memory minimum size"),
+    ],
+)
+def test_wasmtime_store_limits_refuse_instantiation(runtime: Runtime, limits: StoreLimits, message: str) -> None:
+    """A module needing more tables, table elements or memory than the store allows fails to instantiate."""
+    with pytest.raises(SandboxError, match=message):
+        _tables_instance(runtime, limits)
+
+
+def test_wasmtime_every_table_is_exported_for_metering() -> None:
+    """export_tables adds a reserved export for each private table and leaves other modules unchanged."""
+    import wasmtime
+
+    binary = bytes(wasmtime.wat2wasm(TABLES))
+    rewritten = export_tables(binary)
+    module = wasmtime.Module(wasmtime.Engine(), rewritten)
+    tables = sorted(e.name for e in module.exports if isinstance(e.type, wasmtime.TableType))
+    assert tables == [f"{TABLE_EXPORT_PREFIX}0", "shown"]
+    plain = bytes(wasmtime.wat2wasm('(module (table (export "t") 1 funcref))'))
+    assert export_tables(plain) == plain
+    assert export_tables(b"\0asm\1\0\0\0\7\xff") == b"\0asm\1\0\0\0\7\xff"  # unreadable: unchanged
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        (bytes(range(256)) * 4, r"not a WebAssembly module: no \\0asm header, and not WAT text \(byte 128"),
+        (b"hello", r"not a WebAssembly module: no \\0asm header, and not valid WAT text: expected"),
+    ],
+)
+def test_wasmtime_non_wasm_bytes_are_named_as_such(runtime: Runtime, code: bytes, message: str) -> None:
+    """Random bytes or plain text are "not a WebAssembly module", never a codec error."""
+    with pytest.raises(SandboxError, match="my-agent: " + message):
+        runtime.compile(code, digest="r", what="my-agent")
+
+
+def test_wasmtime_export_types_are_plain_names(runtime: Runtime) -> None:
+    """module_export_types gives each export's kind, and params/results of functions."""
+    digest = hashlib.sha256(WAT.encode()).hexdigest()
+    module, _ = runtime.compile(WAT.encode(), digest=digest, what="test")
+    types = runtime.module_export_types(module)
+    assert types["memory"] == ("memory",)
+    assert types["ask_twice"] == ("func", "i32", "i32")
+    assert types["boom"] == ("func", "", "i32")
 
 
 def test_wasmtime_memory_cap_makes_grow_fail_not_trap(runtime: Runtime) -> None:

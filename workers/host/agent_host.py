@@ -458,6 +458,9 @@ class AgentHost(AgentTraffic):
             if outcome.ok:
                 self._active.pop(agent.agent_id, None)
                 self._started(agent)
+            elif outcome.refused:  # the module cannot start (its start function): no restart can help
+                err = outcome.error if isinstance(outcome.error, OpenFangError) else SandboxError("refused")
+                self._remove(agent, "dead", err, reason=err.message)
             else:
                 self._crashed(agent, outcome.error or SandboxError("agent_init failed"))
             return

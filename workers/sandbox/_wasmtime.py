@@ -14,6 +14,10 @@ Invariants the rest of the package relies on:
   other thread here is the epoch ticker, which calls ``Engine.increment_epoch`` (thread-safe).
 - Host functions never raise across wasm: each callback catches everything and returns an error code.
 - wasmtime errors and traps are translated into :class:`SandboxError` here, once.
+- Every store is sliced from its creation, instantiation included: a module's ``start`` function yields on
+  fuel and epoch ticks like any call, so it cannot hold the polling thread (and every neighbour) hostage.
+- Every table of a module is exported (under a reserved name when the module does not export it) so the
+  host can meter it: wasmtime's C API has no other way to see a table the guest keeps to itself.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ _NO_FINALIZER = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
 _MEMORY_EXPORT = b"memory"
 _I32, _I64 = ffi.WASMTIME_I32.value, ffi.WASMTIME_I64.value
 _EXTERN_FUNC, _EXTERN_MEMORY = ffi.WASMTIME_EXTERN_FUNC.value, ffi.WASMTIME_EXTERN_MEMORY.value
+_EXTERN_TABLE = ffi.WASMTIME_EXTERN_TABLE.value
+TABLE_ELEMENT_BYTES = 8  # what wasmtime 50 stores per table element (Store.set_limits' docstring)
+TABLE_EXPORT_PREFIX = "\0openfang.table."  # reserved export names for the tables a module keeps private
 
 
 # wasmtime._ffi declares this one with a wasmtime_error_t* result, but the C function returns void in
@@ -143,6 +150,18 @@ class EngineOptions:
     max_wasm_stack_kb: int = 512
     epoch_tick_ms: int = 10
     fuel_slice: int = 1_000_000  # fuel per poll before the guest yields back to the scheduler
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreLimits:
+    """What one store may hold; wasmtime refuses more (instantiation fails, ``memory.grow`` and
+    ``table.grow`` return -1). One instance with one linear memory is all the guest ABI needs."""
+
+    memory_bytes: int  # per linear memory
+    table_elements: int = 10_000  # per table
+    tables: int = 4
+    memories: int = 1
+    instances: int = 1
 
 
 class Runtime:
@@ -282,7 +301,7 @@ class Runtime:
     def fingerprint(self) -> str:
         o = self.options
         return hashlib.sha256(
-            f"{WASMTIME_VERSION}/{o.max_wasm_stack_kb}/fuel/epoch/res0/grow8m".encode()
+            f"{WASMTIME_VERSION}/{o.max_wasm_stack_kb}/fuel/epoch/res0/grow8m/tables-exported".encode()
         ).hexdigest()[:16]
 
     def module_imports(self, module: wasmtime.Module) -> list[tuple[str, str, str]]:
@@ -296,6 +315,18 @@ class Runtime:
     def module_exports(self, module: wasmtime.Module) -> set[str]:
         return {exp.name for exp in module.exports}
 
+    def module_export_types(self, module: wasmtime.Module) -> dict[str, tuple[str, ...]]:
+        """Each export's type as plain names: ``("func", "i32,i32", "i64")`` (params, results) for a
+        function, ``("memory",)``, ``("table",)`` or ``("global",)`` otherwise."""
+        out: dict[str, tuple[str, ...]] = {}
+        for exp in module.exports:
+            ty = exp.type
+            if isinstance(ty, wasmtime.FuncType):
+                out[exp.name] = ("func", ",".join(map(str, ty.params)), ",".join(map(str, ty.results)))
+            else:
+                out[exp.name] = (type(ty).__name__.removesuffix("Type").lower(),)
+        return out
+
     def compile(self, code: bytes, *, digest: str, what: str) -> tuple[wasmtime.Module, bool]:
         """(module, was_cached). Compiled code is cached in memory and, if a cache dir is set, on disk."""
         hit = self._pres.get(digest)
@@ -307,12 +338,10 @@ class Runtime:
                 return wasmtime.Module.deserialize(self.engine, path.read_bytes()), True
             except wasmtime.WasmtimeError:
                 path.unlink(missing_ok=True)  # stale or foreign artifact: recompile below
+        binary = _binary(code, what)
         try:
-            if code[:4] == b"\0asm":
-                module = wasmtime.Module(self.engine, code)
-            else:
-                module = wasmtime.Module(self.engine, code.decode("utf-8"))
-        except (wasmtime.WasmtimeError, UnicodeDecodeError) as exc:
+            module = wasmtime.Module(self.engine, export_tables(binary))
+        except wasmtime.WasmtimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SandboxError(f"{what}: not a valid wasm module: {first}") from None
         if path is not None:
@@ -371,27 +400,162 @@ def _const(value: int) -> AsyncPoller:
     return lambda: value
 
 
+def _binary(code: bytes, what: str) -> bytes:
+    """The wasm binary of ``code``: binary as is, WAT text converted; anything else is refused clearly."""
+    if code[:4] == b"\0asm":
+        return code
+    try:
+        text = code.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SandboxError(
+            f"{what}: not a WebAssembly module: no \\0asm header, and not WAT text "
+            f"(byte {exc.start} is not UTF-8)"
+        ) from None
+    try:
+        return bytes(wasmtime.wat2wasm(text))
+    except wasmtime.WasmtimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "parse error"
+        raise SandboxError(
+            f"{what}: not a WebAssembly module: no \\0asm header, and not valid WAT text: {first}"
+        ) from None
+
+
+def _leb(data: bytes, pos: int) -> tuple[int, int]:
+    """(value, next position) of the unsigned LEB128 at ``pos``; IndexError/ValueError when malformed."""
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 35:
+            raise ValueError("LEB128 too long")
+
+
+def _uleb(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _name(data: bytes, pos: int) -> tuple[bytes, int]:
+    length, pos = _leb(data, pos)
+    if pos + length > len(data):
+        raise ValueError("name runs past its section")
+    return data[pos : pos + length], pos + length
+
+
+def export_tables(wasm: bytes) -> bytes:
+    """``wasm`` with every table the module defines exported, so the host can see (meter) all of them.
+
+    Only the section layout, the table count and the export section are read; a module this cannot read
+    (malformed, or importing anything but functions, which the import check refuses anyway) is returned
+    unchanged for wasmtime to judge. The added exports get reserved names no guest import can reach.
+    """
+    try:
+        sections: list[tuple[int, int, int, int]] = []  # (id, start, payload start, end)
+        pos = 8
+        while pos < len(wasm):
+            size, body = _leb(wasm, pos + 1)
+            sections.append((wasm[pos], pos, body, body + size))
+            pos = body + size
+        if pos != len(wasm):
+            return wasm
+        by_id = {sid: (start, body, end) for sid, start, body, end in sections if sid}
+        if 2 in by_id:  # imported tables would shift the indices; only function imports are readable here
+            _, body, end = by_id[2]
+            count, p = _leb(wasm, body)
+            for _ in range(count):
+                _, p = _name(wasm, p)
+                _, p = _name(wasm, p)
+                if wasm[p] != 0x00:
+                    return wasm
+                _, p = _leb(wasm, p + 1)
+        if 4 not in by_id or 7 not in by_id:
+            return wasm
+        ntables, _ = _leb(wasm, by_id[4][1])
+        start, body, end = by_id[7]
+        count, p = _leb(wasm, body)
+        names: set[bytes] = set()
+        exported: set[int] = set()
+        for _ in range(count):
+            name, p = _name(wasm, p)
+            kind = wasm[p]
+            index, p = _leb(wasm, p + 1)
+            names.add(name)
+            if kind == 0x01:
+                exported.add(index)
+        if p != end:
+            return wasm
+    except (IndexError, ValueError):
+        return wasm
+    missing = [i for i in range(ntables) if i not in exported]
+    if not missing:
+        return wasm
+    extra = bytearray()
+    for i in missing:
+        name = f"{TABLE_EXPORT_PREFIX}{i}".encode()
+        while name in names:
+            name += b"_"
+        extra += _uleb(len(name)) + name + b"\x01" + _uleb(i)
+    payload = _uleb(count + len(missing)) + wasm[_leb(wasm, body)[1] : end] + bytes(extra)
+    section = b"\x07" + _uleb(len(payload)) + payload
+    return wasm[:start] + section + wasm[end:]
+
+
 class Instance:
     """One store + one instance of a module: the native half of a sandbox. close() frees it all."""
 
-    def __init__(self, runtime: Runtime, pre: wasmtime.InstancePre, *, max_memory_bytes: int) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        pre: wasmtime.InstancePre,
+        *,
+        max_memory_bytes: int | None = None,
+        limits: StoreLimits | None = None,
+    ) -> None:
+        if limits is None:
+            if max_memory_bytes is None:
+                raise SandboxError("an instance needs limits (or max_memory_bytes)")
+            limits = StoreLimits(memory_bytes=max_memory_bytes)
         self.runtime = runtime
+        self.limits = limits
         self.store = wasmtime.Store(runtime.engine)
         runtime.live_stores += 1
         self._ctx = self.store._context()
-        self.store.set_limits(memory_size=max_memory_bytes, memories=1, instances=1, tables=4)
+        self.store.set_limits(
+            memory_size=limits.memory_bytes,
+            table_elements=limits.table_elements,
+            instances=limits.instances,
+            tables=limits.tables,
+            memories=limits.memories,
+        )
         self.store.set_fuel(FUEL_TANK)
         self.store.set_epoch_deadline(1 << 40)
         self._raw = ffi.wasmtime_instance_t()
         self._funcs: dict[str, Any] = {}
+        self._tables: list[Any] | None = None
         self._call: AsyncCall | None = None
         self._fuel_buf = ctypes.c_uint64(0)
         self._pre = pre
         self.closed = False
         self.sliced = False
+        self.after_instantiate()
 
     def instantiate_call(self) -> AsyncCall:
-        """Start the (async) instantiation; poll the returned call to completion like any other call."""
+        """Start the (async) instantiation; poll the returned call to completion like any other call.
+
+        The store is already sliced, so a ``start`` function yields every fuel slice and epoch tick like
+        any call: the caller decides between polls whether it has spent too much.
+        """
         call = AsyncCall(self, None, (), what="instantiation")
         call.future = ffi.wasmtime_instance_pre_instantiate_async(
             self._pre.ptr(), self._ctx, byref(self._raw), byref(call.trap), byref(call.error)
@@ -400,12 +564,15 @@ class Instance:
         return call
 
     def after_instantiate(self) -> None:
-        """Switch the store to slices: yield every ``fuel_slice`` fuel and at every epoch tick.
+        """Switch the store to slices: yield every ``fuel_slice`` fuel and at every epoch tick (idempotent;
+        the constructor does it, so instantiation is sliced too).
 
         Fuel alone does not bound wall time (one bulk ``memory.fill`` costs little fuel), so reaching the
         epoch deadline *yields* too (and moves the deadline one tick on): no poll runs much longer than a
         tick, and the host enforces the call's wall-clock deadline between polls.
         """
+        if self.sliced:
+            return
         err = ffi.wasmtime_context_fuel_async_yield_interval(self._ctx, self.runtime.options.fuel_slice)
         if err:
             raise _wasmtime_error(err, "setting the fuel yield interval")
@@ -457,6 +624,25 @@ class Instance:
             return 0
         return int(ffi.wasmtime_memory_data_size(self._ctx, byref(item.of.memory)))
 
+    def table_elements(self) -> list[int]:
+        """The current size of each table of the instance (every table is exported: see export_tables)."""
+        if self._tables is None:
+            self._tables = []
+            item = ffi.wasmtime_extern_t()
+            name = ctypes.POINTER(ctypes.c_char)()
+            length = ctypes.c_size_t(0)
+            i = 0
+            while ffi.wasmtime_instance_export_nth(
+                self._ctx, byref(self._raw), i, byref(name), byref(length), byref(item)
+            ):
+                if _kind(item) == _EXTERN_TABLE:
+                    self._tables.append(ffi.wasmtime_table_t.from_buffer_copy(item.of.table))
+                i += 1
+        return [int(ffi.wasmtime_table_size(self._ctx, byref(t))) for t in self._tables]
+
+    def table_bytes(self) -> int:
+        return sum(self.table_elements()) * TABLE_ELEMENT_BYTES
+
     def memory(self) -> GuestMemory | None:
         item = ffi.wasmtime_extern_t()
         found = ffi.wasmtime_instance_export_get(self._ctx, byref(self._raw), _MEMORY_EXPORT, 6, byref(item))
@@ -473,6 +659,7 @@ class Instance:
             self._call.cancel()
             self._call = None
         self._funcs.clear()
+        self._tables = None
         self.store.close()
         self.runtime.live_stores -= 1
 

@@ -65,6 +65,24 @@ EXPORT_ALLOC = "alloc"
 EXPORT_INIT = "agent_init"
 EXPORT_HANDLE = "agent_handle"
 REQUIRED_EXPORTS = ("memory", EXPORT_ALLOC, EXPORT_HANDLE)
+# The type the host calls each export with, checked at spawn (a wrong one would fail every message):
+# ("func", params, results) with comma-separated value types, or the kind of a non-function export.
+EXPORT_TYPES: dict[str, tuple[str, ...]] = {
+    "memory": ("memory",),
+    EXPORT_ALLOC: ("func", "i32", "i32"),
+    EXPORT_INIT: ("func", "", "i32"),
+    EXPORT_HANDLE: ("func", "i32,i32", "i64"),
+}
+
+
+def describe_type(ty: tuple[str, ...]) -> str:
+    """An export type for people: ``(i32, i32) -> i64``, ``() -> i32`` or the kind (``memory``)."""
+    if ty[0] != "func":
+        return ty[0]
+    params = ", ".join(t for t in ty[1].split(",") if t)
+    results = ", ".join(t for t in ty[2].split(",") if t) or "()"
+    return f"({params}) -> {results}"
+
 
 MAX_REPLY = 256 * 1024  # bytes: the protocol's agent.send.ok reply limit is 262,144 characters
 MAX_HOST_PAYLOAD = 1 << 20  # bytes a guest may hand one host call (a tool request, the iovec array)

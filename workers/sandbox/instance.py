@@ -6,11 +6,17 @@ Each slice polls the guest's async call once: the guest runs until it finishes, 
 yields and is *resumed* by the next poll, not killed), or parks on a host call (LLM, tool) whose job runs
 elsewhere. An agent that spent ``max_fuel`` in the current refuel interval is throttled until the next one.
 
-Limits: memory via store limits (``memory.grow`` returns -1 past the cap, the guest's alloc fails: no crash);
-stack via the engine's max_wasm_stack (overflow traps this agent only); wall clock per call checked between
-slices, which end at the next epoch tick even when the guest burns time without fuel.
-Permissions: imports are checked against the manifest before instantiation (the error names the import);
-every host call is checked again at call time (a denial is an error code to the guest plus an audit record).
+Limits: memory and tables via store limits (``memory.grow`` and ``table.grow`` return -1 past the cap, the
+guest's alloc fails: no crash; a module whose initial memory, tables or counts exceed them is refused); one
+instance and one linear memory per store; stack via the engine's max_wasm_stack (overflow traps this agent
+only); wall clock per call checked between slices, which end at the next epoch tick even when the guest burns
+time without fuel.
+Instantiation is a call like any other: a module's ``start`` function runs in fuel slices between the other
+agents' slices (phase ``start``). It must finish within one refuel interval's fuel (``max_fuel``) and
+``call_timeout_ms``, else the spawn is refused (and audited): it is never throttled or restarted.
+Permissions: imports are checked against the manifest before instantiation (the error names the import),
+exports against the guest ABI's types; every host call is checked again at call time (a denial is an error
+code to the guest plus an audit record).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from openfang.workers.sandbox._wasmtime import (
     GuestTrap,
     Instance,
     Runtime,
+    StoreLimits,
     call_in_flight,
     wasm_binary,
 )
@@ -89,6 +96,7 @@ class Outcome:
     error: Exception | None = None
     crashed: bool = False
     limit: str | None = None  # the sandbox limit that ended the call: "deadline" or "memory_cap"
+    refused: bool = False  # the module itself is unfit (its start function failed): restarting cannot help
 
 
 def load_code(manifest: AgentManifest) -> tuple[bytes, str]:
@@ -153,10 +161,16 @@ class Sandbox:
         self._suspended_at = 0.0
         self._bound = log.bind(agent_id=agent_id)
         self.module_digest = ""  # sha256 of the loaded module's bytes (what a snapshot is bound to)
+        self._spawn_t0 = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def load(self) -> None:
-        """Check, compile (cold) or reuse (warm), and instantiate the module. Raises on any refusal."""
+        """Check, compile (cold) or reuse (warm), and start instantiating the module. Raises on any refusal.
+
+        The first slice of the instantiation runs here: a module without a long ``start`` function is ready
+        when this returns (:meth:`begin_init` then runs ``agent_init``). Otherwise the sandbox stays in phase
+        ``start`` and the host polls it like any running call, one slice per turn.
+        """
         t0 = time.perf_counter()
         m = self.manifest
         code, digest = load_code(m)
@@ -172,35 +186,41 @@ class Sandbox:
             self._check_imports(self.runtime.module_imports(pre.module))
             self.spawn_kind = "warm"
         self._check_restore_policy(code, digest, what)
-        inst = Instance(self.runtime, pre, max_memory_bytes=m.sandbox.memory.max_heap_mb << 20)
-        self._inst = inst
+        mem = m.sandbox.memory
+        limits = StoreLimits(
+            memory_bytes=mem.max_heap_mb << 20, table_elements=mem.max_table_elements, tables=mem.max_tables
+        )
+        self._inst = Instance(self.runtime, pre, limits=limits)
+        self._spawn_t0 = t0
         try:
-            call = inst.instantiate_call()
-            # Start functions are rare and may not park on host calls (host calls fail with E_UNAVAILABLE).
-            deadline = self.clock() + m.call_timeout_ms / 1000
-            inst.set_deadline(m.call_timeout_ms / 1000)
-            while not call.poll(self):
-                if self.clock() > deadline:
-                    raise Timeout(f"{what}: instantiation exceeded call_timeout_ms={m.call_timeout_ms}")
-            try:
-                call.result()
-            except SandboxError as exc:
-                detail = exc.message.removeprefix("instantiation failed: ")
-                raise SandboxError(f"{what}: instantiation failed: {detail}") from None
-            inst.after_instantiate()
+            # Start functions may not park on host calls (those fail with E_UNAVAILABLE outside a message).
+            self._phase = "start"
+            self._call = self._inst.instantiate_call()
+            self._deadline = self.clock() + m.call_timeout_ms / 1000
+            self.state = State.RUNNING
+            outcome = self.run_slice()
         except Exception:
             self.close()
             raise
+        if outcome is not None and not outcome.ok:  # instantiation failed at once
+            self.close()
+            raise outcome.error or SandboxError(f"{what}: instantiation failed")
         self.spawn_seconds = time.perf_counter() - t0
 
     def _check_module(self, module: Any) -> None:
         self._check_imports(self.runtime.module_imports(module))
-        exports = self.runtime.module_exports(module)
-        missing = [e for e in abi.REQUIRED_EXPORTS if e not in exports]
+        where = f"{self.manifest.source}: module {self.manifest.module}"
+        types = self.runtime.module_export_types(module)
+        missing = [e for e in abi.REQUIRED_EXPORTS if e not in types]
         if missing:
-            raise SandboxError(
-                f"{self.manifest.source}: module {self.manifest.module} lacks exports {missing}"
-            )
+            raise SandboxError(f"{where} lacks exports {missing}")
+        for name, expected in abi.EXPORT_TYPES.items():
+            found = types.get(name)
+            if found is not None and found != expected:
+                raise SandboxError(
+                    f"{where}: export {name!r} has type {abi.describe_type(found)}, the guest ABI expects "
+                    f"{abi.describe_type(expected)} (docs/guest-abi.md)"
+                )
 
     def _check_imports(self, imports: list[tuple[str, str, str]]) -> None:
         denied = set(self.manifest.sandbox.permissions.denied_host_functions)
@@ -236,8 +256,14 @@ class Sandbox:
             )
 
     def begin_init(self) -> bool:
-        """Start ``agent_init`` if the guest exports it; False when there is nothing to run."""
+        """Start ``agent_init`` if the guest exports it; False when there is nothing to run.
+
+        True too while the module is still instantiating (phase ``start``): ``agent_init`` follows it, and the
+        host learns how the start went from the ``init`` outcome.
+        """
         assert self._inst is not None
+        if self.state is State.RUNNING:
+            return True
         if not self._inst.has_export(abi.EXPORT_INIT):
             return False
         self._start_call("init", abi.EXPORT_INIT, (), 1)
@@ -276,6 +302,10 @@ class Sandbox:
         if self.state in (State.IDLE, State.CLOSED) or self.user_suspended:
             return None
         if now >= self._deadline:
+            if self._phase == "start":
+                return self._refuse_start(
+                    f"did not finish within call_timeout_ms={self.manifest.call_timeout_ms}"
+                )
             parked = self.state is State.WAITING
             phase = self._phase
             self._end_call()
@@ -305,12 +335,20 @@ class Sandbox:
         self._budget -= used
         if not done:
             self.counters["yields"] += 1
+            if self._phase == "start":
+                # A start function gets one interval's fuel, once: it is refused, never throttled.
+                if self.fuel_used > self.manifest.sandbox.fuel.max_fuel:
+                    max_fuel = self.manifest.sandbox.fuel.max_fuel
+                    return self._refuse_start(f"used more than max_fuel={max_fuel} without finishing")
+                return None
             if self._job is not None and not self._job.done:
                 self.state = State.WAITING
             elif self._budget <= 0:
                 self.state = State.THROTTLED
             return None
         call, self._call = self._call, None
+        if self._phase == "start":
+            return self._instantiated(call)
         try:
             value = call.result()
         except GuestTrap as exc:
@@ -323,6 +361,38 @@ class Sandbox:
             self._end_call()
             return Outcome(phase=self._phase, ok=False, error=exc, crashed=True)
         return self._after_call(value)
+
+    def _instantiated(self, call: AsyncCall) -> Outcome | None:
+        """The instantiation ended: go on to ``agent_init`` (or be ready), or refuse the module."""
+        what = f"{self.manifest.source}: module {self.manifest.module}"
+        try:
+            call.result()
+        except SandboxError as exc:
+            detail = exc.message.removeprefix("instantiation failed: ")
+            self._audit_refusal("instantiate_refused", detail)
+            self._end_call()
+            err = SandboxError(f"{what}: instantiation failed: {detail}")
+            return Outcome(phase="init", ok=False, error=err, crashed=True, refused=True)
+        self.spawn_seconds = time.perf_counter() - self._spawn_t0
+        self._end_call()
+        if self._inst is not None and self._inst.has_export(abi.EXPORT_INIT):
+            self._start_call("init", abi.EXPORT_INIT, (), 1)
+            return None
+        return Outcome(phase="init", ok=True)
+
+    def _refuse_start(self, why: str) -> Outcome:
+        """A start function over its budget: cancel it and refuse the module (never a restart)."""
+        self._audit_refusal("start_refused", why, fuel_used=self.fuel_used)
+        self._end_call()
+        what = f"{self.manifest.source}: module {self.manifest.module}"
+        err = SandboxError(f"{what}: refused: its start function {why}")
+        return Outcome(phase="init", ok=False, error=err, crashed=True, refused=True)
+
+    def _audit_refusal(self, kind: str, detail: str, **extra: Any) -> None:
+        m = self.manifest
+        self.services.audit(
+            {"kind": kind, "agent_id": self.agent_id, "module": m.module, "detail": detail, **extra}
+        )
 
     def _after_call(self, value: int) -> Outcome | None:
         phase = self._phase
@@ -417,7 +487,10 @@ class Sandbox:
         return self._inst
 
     def memory_bytes(self) -> int:
-        return self._inst.memory_size() if self._inst is not None else 0
+        """The agent's memory meter: its linear memory plus its tables (8 bytes an element)."""
+        if self._inst is None or (self._phase == "start" and self.state is State.RUNNING):
+            return 0  # nothing to measure until the instance exists
+        return self._inst.memory_size() + self._inst.table_bytes()
 
     def revoke(self, name: str) -> None:
         """Withdraw a host function at run time: later calls get E_DENIED (and an audit record)."""
