@@ -9,6 +9,8 @@ module's imports before instantiating); this module decides *what* each agent ge
   deny pattern of either does. Denylists always win; a manifest can never widen the cluster allowlist.
 - **Fuel and memory.** A manifest's ``[limits]`` ``fuel`` and ``memory_mb`` default to the cluster defaults
   and may not exceed the cluster maxima (a spawn asking for more is refused, not silently clamped).
+- **Tables.** A manifest's ``max_table_elements`` (per table) and ``max_tables`` may not exceed the cluster's
+  ``table_elements_max`` / ``tables_max`` either; left unset, the manifest default applies, capped at them.
 
 :meth:`CapabilityPolicy.check_imports` refuses a module whose imports include anything not granted, naming
 every offending import; :meth:`CapabilityPolicy.record_trap` audits fuel exhaustion, memory-cap hits and
@@ -39,6 +41,8 @@ class SandboxPolicyConfig:
     fuel_max: int = 1_000_000_000
     memory_default_mb: int = 64
     memory_max_mb: int = 256
+    table_elements_max: int = 1_000_000  # per table, 8 bytes each: 8 MB
+    tables_max: int = 16
     # Guests import host functions from the "env" module (see docs/guest-abi.md).
     allow: frozenset[str] = field(default_factory=lambda: frozenset({"env.*"}))
     deny: frozenset[str] = field(default_factory=frozenset)
@@ -53,6 +57,8 @@ class SandboxGrant:
     memory_bytes: int
     allow: tuple[frozenset[str], ...]  # every set must match (cluster, then manifest if it narrows)
     deny: frozenset[str]
+    table_elements: int = 1_000_000  # asked for, else the most the cluster allows
+    tables: int = 16
 
     def allows(self, module: str, name: str) -> bool:
         """Patterns with a dot match ``module.name``; patterns without one match the bare name in any module
@@ -89,6 +95,7 @@ class _View:
     fuel_where: str
     memory_mb: Any
     mem_where: str
+    tables: tuple[tuple[str, Any, str], ...] = ()  # (what, value, where) of the table limits
 
 
 def _table(parent: Mapping[str, Any], key: str, where: str, problems: list[Problem]) -> Mapping[str, Any]:
@@ -115,6 +122,10 @@ def _view(manifest: Mapping[str, Any], source: str, problems: list[Problem]) -> 
             f"{source}: [sandbox.fuel] key 'max_fuel'",
             mem.get("max_heap_mb"),
             f"{source}: [sandbox.memory] key 'max_heap_mb'",
+            tuple(
+                (what, mem.get(key), f"{source}: [sandbox.memory] key '{key}'")
+                for what, key in (("table_elements", "max_table_elements"), ("tables", "max_tables"))
+            ),
         )
     hf = _table(manifest, "host_functions", f"{source}: [host_functions]", problems)
     limits = _table(manifest, "limits", f"{source}: [limits]", problems)
@@ -127,6 +138,9 @@ def _view(manifest: Mapping[str, Any], source: str, problems: list[Problem]) -> 
         f"{source}: [limits] key 'fuel'",
         limits.get("memory_mb"),
         f"{source}: [limits] key 'memory_mb'",
+        tuple(
+            (key, limits.get(key), f"{source}: [limits] key '{key}'") for key in ("table_elements", "tables")
+        ),
     )
 
 
@@ -155,6 +169,15 @@ class CapabilityPolicy:
         for where, value in ((view.fuel_where, fuel), (view.mem_where, mem)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 problems.append(Problem(where, "must be a positive integer"))
+        tables = {"table_elements": cfg.table_elements_max, "tables": cfg.tables_max}
+        asked: dict[str, int] = {}
+        for what, value, where in view.tables:
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                problems.append(Problem(where, "must be a non-negative integer"))
+            else:
+                asked[what] = value
         if problems:
             raise ConfigError(problems)
         over = []
@@ -162,6 +185,9 @@ class CapabilityPolicy:
             over.append(f"fuel {fuel} > {cfg.fuel_max}")
         if mem > cfg.memory_max_mb:
             over.append(f"memory_mb {mem} > {cfg.memory_max_mb}")
+        for what, value in asked.items():
+            if value > tables[what]:
+                over.append(f"{what} {value} > {tables[what]}")
         if over:
             if self._audit is not None:
                 self._audit.append("capabilities.limits_refused", agent_id=agent_id, over=over)
@@ -172,7 +198,13 @@ class CapabilityPolicy:
             )
         allow = (cfg.allow,) if m_allow is None else (cfg.allow, m_allow)
         return SandboxGrant(
-            agent_id=agent_id, fuel=fuel, memory_bytes=mem * 1024 * 1024, allow=allow, deny=cfg.deny | m_deny
+            agent_id=agent_id,
+            fuel=fuel,
+            memory_bytes=mem * 1024 * 1024,
+            allow=allow,
+            deny=cfg.deny | m_deny,
+            table_elements=asked.get("table_elements", tables["table_elements"]),
+            tables=asked.get("tables", tables["tables"]),
         )
 
     def check_imports(self, grant: SandboxGrant, imports: Iterable[tuple[str, str]]) -> None:

@@ -13,7 +13,8 @@ Each layer has its own sub-table (all optional; the defaults are the safe ones):
                             global_requests, agent_requests, agent_tokens, agent_tool_calls
     [security.signing]      enabled, require, max_skew_s, nonce_cache,
                             keys = [{id = "ops-1", alg = "hmac-sha256" | "ed25519", file = "keys/ops-1"}]
-    [security.sandbox]      fuel_default, fuel_max, memory_default_mb, memory_max_mb, allow, deny
+    [security.sandbox]      fuel_default, fuel_max, memory_default_mb, memory_max_mb, table_elements_max,
+                            tables_max, allow, deny
     [security.network]      allow_hosts, allow_private                  (layer 8, netguard)
     [security.permissions]  enabled                                    (grants live in agent manifests)
     [security.exfil]        enabled, block_sinks, secret_kinds, pii, detect_encoded_taint, split_window_s,
@@ -265,6 +266,8 @@ def parse_security(
         fuel_max=t.integer("fuel_max", dp.fuel_max, lo=1),
         memory_default_mb=t.integer("memory_default_mb", dp.memory_default_mb, lo=1, hi=4096),
         memory_max_mb=t.integer("memory_max_mb", dp.memory_max_mb, lo=1, hi=4096),
+        table_elements_max=t.integer("table_elements_max", dp.table_elements_max, lo=0, hi=1 << 27),
+        tables_max=t.integer("tables_max", dp.tables_max, lo=0, hi=64),
         allow=t.strset("allow", dp.allow) or frozenset(),
         deny=t.strset("deny", dp.deny) or frozenset(),
     )

@@ -217,7 +217,9 @@ def test_limits_start_function_that_never_returns_fails_the_spawn(tmp_path: Path
         text = manifest("g", module=str(tmp_path / "g.wat"), model=False, agent="call_timeout_ms = 200")
         reply = d.call("agent.spawn", manifest=text)
         assert reply.type == "error" and reply.body["code"] == "sandbox_error"
-        assert "refused: its start function did not finish within call_timeout_ms=200" in reply.body["message"]
+        assert (
+            "refused: its start function did not finish within call_timeout_ms=200" in reply.body["message"]
+        )
         assert d.host.runtime_stats() == {"live_stores": 0, "agents": 0}
         assert [r["kind"] for r in d.audit] == ["start_refused"]
     finally:

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 from openfang.protocol.errors import SandboxError
 from openfang.workers.sandbox._wasmtime import (
+    TABLE_ELEMENT_BYTES,
+    TABLE_EXPORT_PREFIX,
     AsyncPoller,
     EngineOptions,
     GuestMemory,
-    GuestTrap,
-    TABLE_ELEMENT_BYTES,
-    TABLE_EXPORT_PREFIX,
     HostFunctionSpec,
     Instance,
     Runtime,
@@ -153,10 +152,12 @@ START_LOOP = """(module (memory (export "memory") 1)
 
 
 def test_wasmtime_start_function_yields_per_slice_and_can_be_cancelled(runtime: Runtime) -> None:
-    """Instantiation is sliced: a start function that never ends yields every poll and is cancelled cleanly."""
+    """Instantiation is sliced: a start function that never ends yields every poll and cancels cleanly."""
     digest = hashlib.sha256(START_LOOP.encode()).hexdigest()
     module, _ = runtime.compile(START_LOOP.encode(), digest=digest, what="test")
-    inst = Instance(runtime, runtime.instance_pre(module, digest=digest, what="test"), max_memory_bytes=1 << 20)
+    inst = Instance(
+        runtime, runtime.instance_pre(module, digest=digest, what="test"), max_memory_bytes=1 << 20
+    )
     call = inst.instantiate_call()
     for _ in range(5):
         assert not call.poll(Dispatch())  # one fuel slice (or epoch tick) each, then back to the caller
@@ -205,7 +206,9 @@ def test_wasmtime_table_grow_past_the_cap_returns_minus_one(runtime: Runtime) ->
         (StoreLimits(memory_bytes=(1 << 16) - 1), "memory minimum size"),
     ],
 )
-def test_wasmtime_store_limits_refuse_instantiation(runtime: Runtime, limits: StoreLimits, message: str) -> None:
+def test_wasmtime_store_limits_refuse_instantiation(
+    runtime: Runtime, limits: StoreLimits, message: str
+) -> None:
     """A module needing more tables, table elements or memory than the store allows fails to instantiate."""
     with pytest.raises(SandboxError, match=message):
         _tables_instance(runtime, limits)

@@ -633,6 +633,9 @@ def _apply_grant(manifest: AgentManifest, raw: dict[str, Any], grant: Any) -> Ag
         fuel = dataclasses.replace(fuel, max_fuel=int(grant.fuel))
     if "max_heap_mb" not in (sandbox.get("memory") or {}):
         memory = dataclasses.replace(memory, max_heap_mb=max(1, int(grant.memory_bytes) >> 20))
+    for key, most in (("max_table_elements", "table_elements"), ("max_tables", "tables")):
+        if key not in (sandbox.get("memory") or {}) and getattr(memory, key) > getattr(grant, most, 1 << 62):
+            memory = dataclasses.replace(memory, **{key: int(getattr(grant, most))})
     if fuel is sb.fuel and memory is sb.memory:
         return manifest
     return dataclasses.replace(manifest, sandbox=dataclasses.replace(sb, fuel=fuel, memory=memory))

@@ -162,6 +162,8 @@ class Sandbox:
         self._bound = log.bind(agent_id=agent_id)
         self.module_digest = ""  # sha256 of the loaded module's bytes (what a snapshot is bound to)
         self._spawn_t0 = 0.0
+        self._ready = False  # instantiated: its exports (tables) can be read
+        self._table_cap_audited = False
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -375,6 +377,7 @@ class Sandbox:
             return Outcome(phase="init", ok=False, error=err, crashed=True, refused=True)
         self.spawn_seconds = time.perf_counter() - self._spawn_t0
         self._end_call()
+        self._ready = True
         if self._inst is not None and self._inst.has_export(abi.EXPORT_INIT):
             self._start_call("init", abi.EXPORT_INIT, (), 1)
             return None
@@ -432,10 +435,28 @@ class Sandbox:
             return Outcome(phase=phase, ok=False, error=SandboxError("agent reply points outside its memory"))
         return Outcome(phase=phase, ok=True, reply=reply)
 
+    def _check_tables(self) -> None:
+        """Audit (once per instance) a table that ended a call above 3/4 of its element cap.
+
+        A refused ``table.grow`` is invisible to the host (the guest just gets -1; wasmtime's C API has no
+        limiter callback), so a table this close to the cap is the sign we can see of it.
+        """
+        if self._table_cap_audited or self._inst is None:
+            return
+        cap = self.manifest.sandbox.memory.max_table_elements
+        sizes = self._inst.table_elements()
+        if any(4 * n > 3 * cap for n in sizes):
+            self._table_cap_audited = True
+            self._audit_refusal(
+                "table_cap", f"a table holds {max(sizes)} of max_table_elements={cap}", table_elements=sizes
+            )
+
     def _end_call(self) -> None:
         if self._call is not None:
             self._call.cancel()
             self._call = None
+        if self._ready:  # after the cancel: the store is not borrowed by a call any more
+            self._check_tables()
         self._job = None
         self._pending_result = None
         self._payload = b""
@@ -488,7 +509,7 @@ class Sandbox:
 
     def memory_bytes(self) -> int:
         """The agent's memory meter: its linear memory plus its tables (8 bytes an element)."""
-        if self._inst is None or (self._phase == "start" and self.state is State.RUNNING):
+        if self._inst is None or not self._ready:
             return 0  # nothing to measure until the instance exists
         return self._inst.memory_size() + self._inst.table_bytes()
 
