@@ -170,3 +170,16 @@ def test_open_audit_creates_its_directory_uses_the_key_and_needs_a_data_dir(tmp_
     assert not verify(tmp_path / "data" / "deep" / "audit.db", key=b"wrong").ok
     assert open_audit(parse_security({}, "t.toml")) is None  # "{data_dir}" unresolved: no stray folder
     assert not Path("{data_dir}").exists()
+
+
+def test_config_sandbox_table_maxima_parse_and_are_bounded() -> None:
+    """[security.sandbox] table_elements_max / tables_max default to 1,000,000 / 16 and are range-checked."""
+    assert parse_security(None, "c.toml").sandbox.table_elements_max == 1_000_000
+    cfg = parse_security({"sandbox": {"table_elements_max": 5000, "tables_max": 2}}, "c.toml")
+    assert (cfg.sandbox.table_elements_max, cfg.sandbox.tables_max) == (5000, 2)
+    with pytest.raises(ConfigError) as err:
+        parse_security({"sandbox": {"table_elements_max": -1, "tables_max": 1000}}, "c.toml")
+    assert [p.where for p in err.value.problems] == [
+        "c.toml: [security.sandbox] key 'table_elements_max'",
+        "c.toml: [security.sandbox] key 'tables_max'",
+    ]

@@ -206,3 +206,21 @@ def test_manifest_hibernation_keys_bad_values_are_reported_with_their_place(line
     key = line.split(" = ")[0]
     problems = _problems(f'[agent]\nname = "e"\nmodule = "builtin:echo"\n{line}\n')
     assert problems == {f"agent.toml: [agent] key '{key}'": what}
+
+
+def test_manifest_table_limits_default_and_bounds() -> None:
+    """[sandbox.memory] max_table_elements / max_tables default to 10,000 / 4 and are range-checked."""
+    m = load_manifest('[agent]\nname = "echo"\nmodule = "builtin:echo"\n')
+    assert (m.sandbox.memory.max_table_elements, m.sandbox.memory.max_tables) == (10_000, 4)
+    m = load_manifest(
+        '[agent]\nname = "e"\nmodule = "builtin:echo"\n'
+        "[sandbox.memory]\nmax_table_elements = 0\nmax_tables = 1\n"
+    )
+    assert (m.sandbox.memory.max_table_elements, m.sandbox.memory.max_tables) == (0, 1)
+    got = _problems(
+        '[agent]\nname = "e"\nmodule = "builtin:echo"\n'
+        "[sandbox.memory]\nmax_table_elements = 1_000_000_000\nmax_tables = 65\n",
+        source="t.toml",
+    )
+    assert "must be between 0 and 134217728" in got["t.toml: [sandbox.memory] key 'max_table_elements'"]
+    assert "must be between 0 and 64" in got["t.toml: [sandbox.memory] key 'max_tables'"]
