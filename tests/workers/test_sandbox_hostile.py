@@ -71,20 +71,22 @@ SLOW_START = """(module
       (br_if $l (i32.lt_u (local.get $i) (i32.const 3000000))))
     (global.set $ready (i32.const 1)))
   (start $count)
-  (data (i32.const 16) "started")
+  (data (i32.const 16) "startedinit")
+  (func (export "agent_init") (result i32)
+    (global.set $ready (i32.mul (global.get $ready) (i32.const 11))) (i32.const 0))
   (func (export "alloc") (param i32) (result i32) (i32.const 1024))
   (func (export "agent_handle") (param i32 i32) (result i64)
     (i64.or (i64.shl (i64.const 16) (i64.const 32))
-      (i64.extend_i32_u (i32.mul (global.get $ready) (i32.const 7))))))"""
+      (i64.extend_i32_u (global.get $ready)))))"""
 
 
 def test_hostile_long_but_finite_start_function_is_accepted(tmp_path: Path) -> None:
-    """A start function that needs several slices (but fits its budget) finishes; the agent then answers."""
+    """A start function needing several slices (within budget) finishes, then agent_init, then messages."""
     (tmp_path / "slow_start.wat").write_text(SLOW_START)
     d = make_host()
     try:
         spawned = d.ok("agent.spawn", manifest=_spawn_text("slow", tmp_path / "slow_start.wat"))
-        assert d.ok("agent.send", agent_id=spawned["agent_id"], text="hi")["reply"] == "started"
+        assert d.ok("agent.send", agent_id=spawned["agent_id"], text="hi")["reply"] == "startedinit"
         assert d.ok("agent.info", agent_id=spawned["agent_id"])["yields"] >= 2  # it was sliced
         assert d.audit == []
     finally:

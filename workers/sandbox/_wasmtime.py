@@ -195,6 +195,7 @@ class Runtime:
         self.live_stores = 0
         self._cache_dir = cache_dir
         self._pres: dict[str, tuple[wasmtime.Module, wasmtime.InstancePre]] = {}
+        self._table_names: dict[int, tuple[bytes, ...]] = {}  # by InstancePre address
         self._names = [spec.name for spec in host_functions]
         self.host_specs = {spec.name: spec for spec in host_functions}
         self._sync_cb = ffi.wasmtime_func_callback_t(self._sync_trampoline)
@@ -363,6 +364,17 @@ class Runtime:
         self._pres[digest] = (module, pre)
         return pre
 
+    def table_exports(self, pre: wasmtime.InstancePre) -> tuple[bytes, ...]:
+        """The names of the table exports of ``pre``'s module (all its tables), computed once per module."""
+        key = ctypes.addressof(pre.ptr().contents)
+        names = self._table_names.get(key)
+        if names is None:
+            module = pre.module
+            names = tuple(e.name.encode() for e in module.exports if isinstance(e.type, wasmtime.TableType))
+            module.close()
+            self._table_names[key] = names
+        return names
+
     def cached_pre(self, digest: str) -> wasmtime.InstancePre | None:
         hit = self._pres.get(digest)
         return hit[1] if hit else None
@@ -393,6 +405,7 @@ class Runtime:
             pre.close()
             module.close()
         self._pres.clear()
+        self._table_names.clear()
         self.linker.close()
 
 
@@ -625,19 +638,20 @@ class Instance:
         return int(ffi.wasmtime_memory_data_size(self._ctx, byref(item.of.memory)))
 
     def table_elements(self) -> list[int]:
-        """The current size of each table of the instance (every table is exported: see export_tables)."""
+        """The current size of each table of the instance (every table is exported: see export_tables).
+
+        Only the table exports are looked up, once: fetching every export would register each function
+        in the store (about 0.4 KiB an agent).
+        """
         if self._tables is None:
             self._tables = []
             item = ffi.wasmtime_extern_t()
-            name = ctypes.POINTER(ctypes.c_char)()
-            length = ctypes.c_size_t(0)
-            i = 0
-            while ffi.wasmtime_instance_export_nth(
-                self._ctx, byref(self._raw), i, byref(name), byref(length), byref(item)
-            ):
-                if _kind(item) == _EXTERN_TABLE:
+            for raw in self.runtime.table_exports(self._pre):
+                found = ffi.wasmtime_instance_export_get(
+                    self._ctx, byref(self._raw), raw, len(raw), byref(item)
+                )
+                if found and _kind(item) == _EXTERN_TABLE:
                     self._tables.append(ffi.wasmtime_table_t.from_buffer_copy(item.of.table))
-                i += 1
         return [int(ffi.wasmtime_table_size(self._ctx, byref(t))) for t in self._tables]
 
     def table_bytes(self) -> int:
