@@ -43,6 +43,7 @@ _I32, _I64 = ffi.WASMTIME_I32.value, ffi.WASMTIME_I64.value
 _EXTERN_FUNC, _EXTERN_MEMORY = ffi.WASMTIME_EXTERN_FUNC.value, ffi.WASMTIME_EXTERN_MEMORY.value
 _EXTERN_TABLE = ffi.WASMTIME_EXTERN_TABLE.value
 TABLE_ELEMENT_BYTES = 8  # what wasmtime 50 stores per table element (Store.set_limits' docstring)
+MAX_TABLES = 64  # tables a store may ever be allowed (manifest max_tables, cluster tables_max)
 TABLE_EXPORT_PREFIX = "\0openfang.table."  # reserved export names for the tables a module keeps private
 
 
@@ -473,6 +474,8 @@ def export_tables(wasm: bytes) -> bytes:
     (malformed, or importing anything but functions, which the import check refuses anyway) is returned
     unchanged for wasmtime to judge. The added exports get reserved names no guest import can reach.
     """
+    if wasm[:8] != b"\0asm\1\0\0\0":  # a core module, version 1 (a component is laid out otherwise)
+        return wasm
     try:
         sections: list[tuple[int, int, int, int]] = []  # (id, start, payload start, end)
         pos = 8
@@ -495,6 +498,8 @@ def export_tables(wasm: bytes) -> bytes:
         if 4 not in by_id or 7 not in by_id:
             return wasm
         ntables, _ = _leb(wasm, by_id[4][1])
+        if ntables > MAX_TABLES:  # more than any store admits (refused at instantiation); never loop on it
+            return wasm
         start, body, end = by_id[7]
         count, p = _leb(wasm, body)
         names: set[bytes] = set()
