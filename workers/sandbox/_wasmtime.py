@@ -560,7 +560,7 @@ class Instance:
         self.store.set_epoch_deadline(1 << 40)
         self._raw = ffi.wasmtime_instance_t()
         self._funcs: dict[str, Any] = {}
-        self._tables: list[Any] | None = None
+        self._tables: tuple[Any, ...] | None = None
         self._call: AsyncCall | None = None
         self._fuel_buf = ctypes.c_uint64(0)
         self._pre = pre
@@ -649,14 +649,13 @@ class Instance:
         in the store (about 0.4 KiB an agent).
         """
         if self._tables is None:
-            self._tables = []
+            found = []
             item = ffi.wasmtime_extern_t()
             for raw in self.runtime.table_exports(self._pre):
-                found = ffi.wasmtime_instance_export_get(
-                    self._ctx, byref(self._raw), raw, len(raw), byref(item)
-                )
-                if found and _kind(item) == _EXTERN_TABLE:
-                    self._tables.append(ffi.wasmtime_table_t.from_buffer_copy(item.of.table))
+                ok = ffi.wasmtime_instance_export_get(self._ctx, byref(self._raw), raw, len(raw), byref(item))
+                if ok and _kind(item) == _EXTERN_TABLE:
+                    found.append(ffi.wasmtime_table_t.from_buffer_copy(item.of.table))
+            self._tables = tuple(found)  # () for most modules: the shared empty tuple
         return [int(ffi.wasmtime_table_size(self._ctx, byref(t))) for t in self._tables]
 
     def table_bytes(self) -> int:

@@ -21,6 +21,7 @@ code to the guest plus an audit record).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Callable
@@ -121,6 +122,12 @@ def load_code(manifest: AgentManifest) -> tuple[bytes, str]:
     return code, digest
 
 
+@functools.lru_cache(maxsize=64)
+def _store_limits(max_heap_mb: int, table_elements: int, tables: int) -> StoreLimits:
+    """One shared (frozen) limits value per distinct manifest setting, not one per agent."""
+    return StoreLimits(memory_bytes=max_heap_mb << 20, table_elements=table_elements, tables=tables)
+
+
 class Sandbox:
     """One agent: a store + instance, its current call, its fuel budget and its permissions."""
 
@@ -189,9 +196,7 @@ class Sandbox:
             self.spawn_kind = "warm"
         self._check_restore_policy(code, digest, what)
         mem = m.sandbox.memory
-        limits = StoreLimits(
-            memory_bytes=mem.max_heap_mb << 20, table_elements=mem.max_table_elements, tables=mem.max_tables
-        )
+        limits = _store_limits(mem.max_heap_mb, mem.max_table_elements, mem.max_tables)
         self._inst = Instance(self.runtime, pre, limits=limits)
         self._spawn_t0 = t0
         try:
