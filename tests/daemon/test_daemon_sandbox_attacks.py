@@ -26,9 +26,16 @@ pytestmark = pytest.mark.integration
 NASTY = Path(__file__).resolve().parents[2] / "examples" / "agents" / "nasty"
 # fuel_max is raised so that a hostile manifest may ask for enough fuel to outlast the worker's heartbeat
 # (3 s): the start function must then be stopped by its call deadline, with the worker alive all along.
+# The neighbour is pinged as fast as it answers: rate limits (layer 3) are not what is tested here.
 EXTRA = """
 [security.sandbox]
 fuel_max = 100_000_000_000
+
+[security.ratelimit.client_requests]
+rate = 0
+
+[security.ratelimit.agent_requests]
+rate = 0
 """
 
 
