@@ -93,6 +93,39 @@ def test_hostile_long_but_finite_start_function_is_accepted(tmp_path: Path) -> N
         d.host.close()
 
 
+def test_hostile_sliced_start_runs_agent_init_only_when_asked(tmp_path: Path) -> None:
+    """load() alone never runs agent_init, even after a sliced start (a woken snapshot relies on it)."""
+    import time
+
+    from openfang.workers.host.agent_host import HOST_SPECS
+    from openfang.workers.manifest import load_manifest
+    from openfang.workers.sandbox import guest_abi as abi
+    from openfang.workers.sandbox._wasmtime import Runtime
+    from openfang.workers.sandbox.instance import Sandbox, State
+
+    class Services:
+        def audit(self, record: dict[str, object]) -> None:
+            raise AssertionError(f"nothing to audit: {record}")
+
+    (tmp_path / "slow_start.wat").write_text(SLOW_START)
+    runtime = Runtime(HOST_SPECS)
+    runtime.start_ticker()
+    try:
+        m = load_manifest(_spawn_text("slow", tmp_path / "slow_start.wat"))
+        sandbox = Sandbox(m, runtime, agent_id="s-1", services=Services())  # type: ignore[arg-type]
+        sandbox.load()
+        while sandbox.state is State.RUNNING:  # the start function, slice by slice; nothing follows it
+            sandbox.refresh(time.monotonic())
+            assert sandbox.run_slice() is None
+        sandbox.begin_message(abi.user_message("hi"))
+        while (outcome := sandbox.run_slice()) is None:
+            pass
+        assert outcome.ok and outcome.reply == b"s"  # $ready = 1: agent_init (x 11) never ran
+        sandbox.close()
+    finally:
+        runtime.close()
+
+
 @pytest.mark.parametrize(
     ("guest", "message"),
     [

@@ -340,7 +340,7 @@ class Runtime:
                 return wasmtime.Module.deserialize(self.engine, path.read_bytes()), True
             except wasmtime.WasmtimeError:
                 path.unlink(missing_ok=True)  # stale or foreign artifact: recompile below
-        binary = _binary(code, what)
+        binary = wasm_binary(code, what=what)
         try:
             module = wasmtime.Module(self.engine, export_tables(binary))
         except wasmtime.WasmtimeError as exc:
@@ -414,8 +414,9 @@ def _const(value: int) -> AsyncPoller:
     return lambda: value
 
 
-def _binary(code: bytes, what: str) -> bytes:
-    """The wasm binary of ``code``: binary as is, WAT text converted; anything else is refused clearly."""
+def wasm_binary(code: bytes, *, what: str) -> bytes:
+    """The wasm binary of ``code``: binary as is, WAT text converted; anything else is refused clearly
+    (what ``compile`` and the snapshot layout reader both start from)."""
     if code[:4] == b"\0asm":
         return code
     try:
@@ -768,18 +769,7 @@ _VALUE_KINDS: dict[str, tuple[int, int]] = {
     "f64": (ffi.WASMTIME_F64.value, 8),
     "v128": (ffi.WASMTIME_V128.value, 16),
 }
-_EXTERN_GLOBAL, _EXTERN_TABLE = ffi.WASMTIME_EXTERN_GLOBAL.value, ffi.WASMTIME_EXTERN_TABLE.value
-
-
-def wasm_binary(code: bytes, *, what: str) -> bytes:
-    """The binary form of a module given as wasm or WAT text (WAT is converted, as ``compile`` does)."""
-    if code[:4] == b"\0asm":
-        return code
-    try:
-        return bytes(wasmtime.wat2wasm(code.decode("utf-8")))
-    except (wasmtime.WasmtimeError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SandboxError(f"{what}: not a valid wasm module: {first}") from None
+_EXTERN_GLOBAL = ffi.WASMTIME_EXTERN_GLOBAL.value
 
 
 def _export(inst: Instance, name: str, kind: int) -> Any:

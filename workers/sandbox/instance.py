@@ -171,6 +171,7 @@ class Sandbox:
         self._spawn_t0 = 0.0
         self._ready = False  # instantiated: its exports (tables) can be read
         self._table_cap_audited = False
+        self._init_after_start = False  # begin_init came while the module was still instantiating
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -265,11 +266,13 @@ class Sandbox:
     def begin_init(self) -> bool:
         """Start ``agent_init`` if the guest exports it; False when there is nothing to run.
 
-        True too while the module is still instantiating (phase ``start``): ``agent_init`` follows it, and the
-        host learns how the start went from the ``init`` outcome.
+        True too while the module is still instantiating (phase ``start``): ``agent_init`` then follows it,
+        and the host learns how the start went from the ``init`` outcome. (Without this call nothing follows
+        the instantiation: a woken snapshot must not run ``agent_init``.)
         """
         assert self._inst is not None
-        if self.state is State.RUNNING:
+        if self._phase == "start" and self.state is State.RUNNING:
+            self._init_after_start = True
             return True
         if not self._inst.has_export(abi.EXPORT_INIT):
             return False
@@ -383,6 +386,8 @@ class Sandbox:
         self.spawn_seconds = time.perf_counter() - self._spawn_t0
         self._end_call()
         self._ready = True
+        if not self._init_after_start:
+            return None  # loaded: begin_init (or a snapshot restore) comes next
         if self._inst is not None and self._inst.has_export(abi.EXPORT_INIT):
             self._start_call("init", abi.EXPORT_INIT, (), 1)
             return None
