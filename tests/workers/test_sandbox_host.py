@@ -502,3 +502,14 @@ def test_host_module_cache_dir_makes_a_restarted_host_spawn_warm(tmp_path: Path)
             d.host.close()
     assert kinds == ["cold", "warm"]
     assert len(list((tmp_path / "cache").glob("*.cwasm"))) == 1
+
+
+def test_host_sandbox_keeps_few_enough_attributes_to_share_dict_keys() -> None:
+    """A Sandbox has at most 30 attributes: past that CPython 3.11 stops sharing dict keys (+1.5 KiB/agent)."""
+    d = make_host()
+    try:
+        aid = d.ok("agent.spawn", manifest=manifest("e", module="builtin:echo", model=False))["agent_id"]
+        sandbox = d.host._agents[aid].sandbox
+        assert len(vars(sandbox)) <= 30, sorted(vars(sandbox))
+    finally:
+        d.host.close()

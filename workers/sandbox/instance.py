@@ -122,6 +122,14 @@ def load_code(manifest: AgentManifest) -> tuple[bytes, str]:
     return code, digest
 
 
+@dataclass(slots=True, kw_only=True)
+class _Starting:
+    """A module being instantiated: when it started, and whether agent_init is to follow (begin_init)."""
+
+    t0: float
+    init_after: bool = False
+
+
 @functools.lru_cache(maxsize=64)
 def _store_limits(max_heap_mb: int, table_elements: int, tables: int) -> StoreLimits:
     """One shared (frozen) limits value per distinct manifest setting, not one per agent."""
@@ -168,10 +176,10 @@ class Sandbox:
         self._suspended_at = 0.0
         self._bound = log.bind(agent_id=agent_id)
         self.module_digest = ""  # sha256 of the loaded module's bytes (what a snapshot is bound to)
-        self._spawn_t0 = 0.0
-        self._ready = False  # instantiated: its exports (tables) can be read
+        # Set while the module instantiates (phase "start"); None once it is ready (or before load()).
+        # Few attributes on purpose: past 30, instance dicts stop sharing keys (+1.5 KiB an agent).
+        self._starting: _Starting | None = None
         self._table_cap_audited = False
-        self._init_after_start = False  # begin_init came while the module was still instantiating
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -199,7 +207,7 @@ class Sandbox:
         mem = m.sandbox.memory
         limits = _store_limits(mem.max_heap_mb, mem.max_table_elements, mem.max_tables)
         self._inst = Instance(self.runtime, pre, limits=limits)
-        self._spawn_t0 = t0
+        self._starting = _Starting(t0=t0)
         try:
             # Start functions may not park on host calls (those fail with E_UNAVAILABLE outside a message).
             self._phase = "start"
@@ -271,8 +279,8 @@ class Sandbox:
         the instantiation: a woken snapshot must not run ``agent_init``.)
         """
         assert self._inst is not None
-        if self._phase == "start" and self.state is State.RUNNING:
-            self._init_after_start = True
+        if self._starting is not None and self.state is State.RUNNING:
+            self._starting.init_after = True
             return True
         if not self._inst.has_export(abi.EXPORT_INIT):
             return False
@@ -383,10 +391,12 @@ class Sandbox:
             self._end_call()
             err = SandboxError(f"{what}: instantiation failed: {detail}")
             return Outcome(phase="init", ok=False, error=err, crashed=True, refused=True)
-        self.spawn_seconds = time.perf_counter() - self._spawn_t0
+        starting = self._starting
+        assert starting is not None
+        self.spawn_seconds = time.perf_counter() - starting.t0
         self._end_call()
-        self._ready = True
-        if not self._init_after_start:
+        self._starting = None  # ready: its exports (tables) can be read from now on
+        if not starting.init_after:
             return None  # loaded: begin_init (or a snapshot restore) comes next
         if self._inst is not None and self._inst.has_export(abi.EXPORT_INIT):
             self._start_call("init", abi.EXPORT_INIT, (), 1)
@@ -445,6 +455,10 @@ class Sandbox:
             return Outcome(phase=phase, ok=False, error=SandboxError("agent reply points outside its memory"))
         return Outcome(phase=phase, ok=True, reply=reply)
 
+    def _ready(self) -> bool:
+        """Instantiated: the instance's exports (its tables) can be read. A failed start never gets here."""
+        return self._inst is not None and self._starting is None
+
     def _check_tables(self) -> None:
         """Audit (once per instance) a table that ended a call above 3/4 of its element cap.
 
@@ -465,7 +479,7 @@ class Sandbox:
         if self._call is not None:
             self._call.cancel()
             self._call = None
-        if self._ready:  # after the cancel: the store is not borrowed by a call any more
+        if self._ready():  # after the cancel: the store is not borrowed by a call any more
             self._check_tables()
         self._job = None
         self._pending_result = None
@@ -519,7 +533,7 @@ class Sandbox:
 
     def memory_bytes(self) -> int:
         """The agent's memory meter: its linear memory plus its tables (8 bytes an element)."""
-        if self._inst is None or not self._ready:
+        if not self._ready():
             return 0  # nothing to measure until the instance exists
         return self._inst.memory_size() + self._inst.table_bytes()
 
