@@ -505,7 +505,7 @@ def test_host_module_cache_dir_makes_a_restarted_host_spawn_warm(tmp_path: Path)
 
 
 def test_host_sandbox_keeps_few_enough_attributes_to_share_dict_keys() -> None:
-    """A Sandbox has at most 30 attributes: past that CPython 3.11 stops sharing dict keys (+1.5 KiB/agent)."""
+    """A Sandbox has at most 30 attributes: past that CPython 3.11 stops sharing dict keys (+1.5 KiB)."""
     d = make_host()
     try:
         aid = d.ok("agent.spawn", manifest=manifest("e", module="builtin:echo", model=False))["agent_id"]
