@@ -533,9 +533,10 @@ class Sandbox:
 
     def memory_bytes(self) -> int:
         """The agent's memory meter: its linear memory plus its tables (8 bytes an element)."""
-        if not self._ready():
+        inst = self._inst
+        if inst is None or self._starting is not None:
             return 0  # nothing to measure until the instance exists
-        return self._inst.memory_size() + self._inst.table_bytes()
+        return inst.memory_size() + inst.table_bytes()
 
     def revoke(self, name: str) -> None:
         """Withdraw a host function at run time: later calls get E_DENIED (and an audit record)."""
