@@ -19,7 +19,7 @@ import psutil
 import pytest
 from daemon_harness import Cluster, wait_for
 from openfang.protocol.envelope import Envelope, encode
-from openfang.security.audit import verify
+from openfang.security.audit import key_beside, verify
 
 pytestmark = pytest.mark.integration
 
@@ -165,7 +165,7 @@ def test_table_grow_loop_stops_at_the_cap_and_the_worker_stays_small(cluster: Cl
     grown = psutil.Process(pid).memory_info().rss - before
     assert grown < 64 << 20, f"worker grew by {grown >> 20} MiB"  # on main: gigabytes within the deadline
     wait_audit(cluster, "sandbox.table_cap", agent_id=agent)
-    assert verify(cluster.data_dir / "audit.db").ok
+    assert verify(cluster.data_dir / "audit.db", key=key_beside(cluster.data_dir / "audit.db")).ok
 
 
 def test_handler_with_the_wrong_signature_is_refused_at_spawn(cluster: Cluster) -> None:
