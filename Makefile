@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,embed,tools]'
+	$(PY) -m pip install --quiet -e '.[dev,embed,tools,tui]'
 	touch $(STAMP)
 
 # The Node.js example client proves PROTOCOL.md is enough to write a client; its test needs its packages.
@@ -25,9 +25,9 @@ install: $(STAMP) $(NODE_STAMP)
 run: install
 	$(PY) -m openfang.demo --data-dir $(DATA_DIR)
 
-# Debian tools some tests drive for real (the shell_exec sandbox): installed when missing, so CI never skips.
-# Each entry is "command:package".
-TEST_TOOLS := bwrap:bubblewrap prlimit:util-linux
+# Debian tools some tests drive for real (the shell_exec sandbox; tmux for `openfang top`): installed when
+# missing, so CI never skips. Each entry is "command:package".
+TEST_TOOLS := bwrap:bubblewrap prlimit:util-linux tmux:tmux
 test-deps:
 	@missing=""; for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \

@@ -25,6 +25,7 @@ from openfang import __version__
 from openfang.cli import render
 from openfang.cli.catalog import add_catalog_verbs
 from openfang.cli.schedule_cmd import add_schedule_verbs
+from openfang.cli.top import add_top_verb
 from openfang.protocol.errors import ConfigError, OpenFangError, Timeout
 
 EXIT_REMOTE, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_catalog_verbs(sub, common)
     add_schedule_verbs(sub, common)
+    add_top_verb(sub, common)
 
     memory = sub.add_parser("memory", help="the agents' memory")
     memory_sub = memory.add_subparsers(dest="memory_op", required=True)
