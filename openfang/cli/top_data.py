@@ -119,7 +119,8 @@ def _walk(node: Mapping[str, Any], depth: int, rows: list[NodeRow]) -> None:
 
 
 def _node_row(node: Mapping[str, Any], depth: int) -> NodeRow:
-    info = node.get("info") if isinstance(node.get("info"), Mapping) else {}
+    info = node.get("info")
+    info = info if isinstance(info, Mapping) else {}
     start = str(node.get("start") or "")
     return NodeRow(
         depth=depth,

@@ -165,10 +165,10 @@ class Monitor:
         self,
         feed: Feed,
         *,
-        on_snapshot: Callable[[Snapshot], None],
-        on_status: Callable[[str], None],
-        on_down: Callable[[str | None], None] | None = None,
-        on_events_endpoint: Callable[[str], None] | None = None,
+        on_snapshot: Callable[[Snapshot], object],
+        on_status: Callable[[str], object],
+        on_down: Callable[[str | None], object] | None = None,
+        on_events_endpoint: Callable[[str], object] | None = None,
         interval: float = 1.0,
     ) -> None:
         self.feed = feed
@@ -254,7 +254,7 @@ class EventTail:
         endpoint: str,
         *,
         curve: CurveClient | None = None,
-        on_event: Callable[[dict[str, Any]], None],
+        on_event: Callable[[dict[str, Any]], object],
         poll_ms: int = 200,
     ) -> None:
         self.endpoint = endpoint

@@ -11,6 +11,7 @@ import datetime as dt
 from typing import Any, ClassVar
 
 from rich.text import Text
+from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -191,8 +192,6 @@ class TopApp(App[None]):
         self._fill("#tree", [node_cells(n) for n in message.snapshot.nodes])
         self._fill("#workers", [worker_cells(w) for w in message.snapshot.workers])
         self._show_agents()
-        if message.snapshot.problems:
-            self._status("; ".join(message.snapshot.problems))
 
     def on_status_text(self, message: StatusText) -> None:
         self._status(message.text)
@@ -247,6 +246,11 @@ class TopApp(App[None]):
         box.add_class("shown")
         box.focus()
 
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        # Said only once the box really has the focus: keys typed before that would still act on agents.
+        if event.widget.id == "filter":
+            self._status("filter: type words or field:text; enter keeps the filter, escape clears it")
+
     def action_clear_filter(self) -> None:
         box = self.query_one("#filter", Input)
         box.value = ""
@@ -282,6 +286,8 @@ class TopApp(App[None]):
         title = f"agents  {len(self.shown)} of {len(rows)}"
         if self.filter.text:
             title += f"  filter: {self.filter.text}"
+        if self.last is not None and self.last.problems:
+            title += "  (" + "; ".join(self.last.problems) + ")"
         self.query_one("#agents-title", Static).update(title)
 
     def _fill(self, table_id: str, rows: list[tuple[str, ...]], keys: list[str] | None = None) -> None:
