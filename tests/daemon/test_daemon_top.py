@@ -12,11 +12,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_harness import ROOT, Cluster, wait_for
 from openfang.protocol import messages
+from openfang.protocol.curve import CurveClient
 
 from openfang.cli.top_data import Snapshot
 from openfang.cli.top_feed import EventTail, Feed, Monitor, NoDaemon
@@ -87,6 +89,13 @@ def test_feed_samples_acts_and_tails_events_of_a_running_cluster(make_cluster: t
         assert feed.act("kill", "nobody@workers-0").startswith("agent.kill nobody@workers-0: error not_found")
         assert feed.act("kill", a1) == f"killed {a1} (state: dead)"
         assert [a.agent_id for a in feed.sample().agents] == [a0]
+        once = subprocess.run(
+            [sys.executable, "-m", "openfang.cli.main", "top", "--once", "--endpoint", c.endpoint],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert once.returncode == 0, once.stderr
+        assert once.stdout.startswith("test  running") and "2 workers connected  1 agents" in once.stdout
+        assert _agent_line(once.stdout, a0).split()[:4] == [a0, "running", "idle", "workers-0"]
         wait_for(
             lambda: any(e.get("kind") == "agent.state" and e.get("state") == "suspended" for e in events),
             30,
@@ -96,6 +105,26 @@ def test_feed_samples_acts_and_tails_events_of_a_running_cluster(make_cluster: t
         tail.stop()
         feed.close()
     assert c.stop() == 0
+
+
+def _tcp_cluster(make_cluster: type[Cluster]) -> tuple[Cluster, Path, str, int]:
+    """A started two-worker cluster whose control endpoint is tcp+CURVE (client key "ops") and whose events
+    are bound on the wildcard host; (cluster, keys dir, control endpoint, events port)."""
+    from openfang.protocol.curve import generate_keys
+
+    c = make_cluster(workers=2)
+    keys = c.dir / "keys"
+    generate_keys(keys, "ops")
+    port, events_port = _free_port(), _free_port()
+    c.config_path.write_text(
+        c.config_path.read_text().replace(
+            "[control]\n",
+            f'[control]\nendpoint = "tcp://127.0.0.1:{port}"\nevents = "tcp://0.0.0.0:{events_port}"\n'
+            f'keys_dir = "{keys}"\n',
+        )
+    )
+    c.start()
+    return c, keys, f"tcp://127.0.0.1:{port}", events_port
 
 
 def _with_agents(snap: Snapshot, n: int) -> Snapshot | None:
@@ -137,21 +166,7 @@ def test_monitor_reports_the_outage_once_and_reconnects(make_cluster: type[Clust
 
 def test_feed_and_once_work_over_tcp_with_curve(make_cluster: type[Cluster]) -> None:
     """Over tcp+CURVE the feed samples and acts, the tail finds the wildcard-bound events, --once prints."""
-    from openfang.protocol.curve import CurveClient, generate_keys
-
-    c = make_cluster(workers=2)
-    keys = c.dir / "keys"
-    generate_keys(keys, "ops")
-    port, events_port = _free_port(), _free_port()
-    c.config_path.write_text(
-        c.config_path.read_text().replace(
-            "[control]\n",
-            f'[control]\nendpoint = "tcp://127.0.0.1:{port}"\nevents = "tcp://0.0.0.0:{events_port}"\n'
-            f'keys_dir = "{keys}"\n',
-        )
-    )
-    c.start()
-    endpoint = f"tcp://127.0.0.1:{port}"
+    c, keys, endpoint, events_port = _tcp_cluster(make_cluster)
     feed = Feed(endpoint, curve=CurveClient(keys, name="ops"), timeout=10)
     events: list[dict[str, Any]] = []
     tail: EventTail | None = None
@@ -303,6 +318,32 @@ def test_top_in_tmux_shows_the_system_and_acts_on_agents(
         term.wait(lambda s: "top exited 0" in s, "top to exit with status 0 on q")
     finally:
         term.close()
+    assert c.stop() == 0
+
+
+def test_top_in_tmux_over_tcp_with_curve(make_cluster: type[Cluster], tmux_available: None) -> None:
+    """Over tcp+CURVE (--endpoint, --keys-dir): agents show, s suspends, the event tail has it, q quits."""
+    c, keys, endpoint, _ = _tcp_cluster(make_cluster)
+    feed = Feed(endpoint, curve=CurveClient(keys, name="ops"), timeout=10)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["TERM"] = "xterm-256color"
+    top = (
+        f"{sys.executable} -m openfang.cli.main top --endpoint {endpoint} --keys-dir {keys} --key-name ops "
+        "--interval 0.5"
+    )
+    term = Tmux(f"{top}; echo top exited $?; sleep 300", env)
+    try:
+        a0, a1 = _two_agents(lambda t, b: feed._ask(t, b))
+        term.wait(lambda s: bool(_agent_line(s, a0) and _agent_line(s, a1)), "both agents listed over tcp")
+        term.keys("s")
+        term.wait(lambda s: "suspended" in _agent_line(s, a0), f"{a0} shown suspended")
+        assert feed._ask("agent.info", {"agent_id": a0})["state"] == "suspended", "the daemon agrees"
+        term.wait(lambda s: "agent.state" in s and "state=suspended" in s, "the event tail over CURVE")
+        term.keys("q")
+        term.wait(lambda s: "top exited 0" in s, "top to exit with status 0 on q")
+    finally:
+        term.close()
+        feed.close()
     assert c.stop() == 0
 
 
