@@ -62,7 +62,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     endpoint, events = resolve_endpoint(args)
     curve = curve_keys(args, endpoint)
     feed = Feed(endpoint, curve=curve, timeout=min(args.timeout, 5.0), events=events)
-    if args.once:
+    if args.once or args.json:
         return _once(args, feed)
     try:
         from openfang.cli.top_view import TopApp
@@ -110,6 +110,6 @@ def add_top_verb(
     p.add_argument(
         "--once",
         action="store_true",
-        help="print one sample as text (or JSON with --json) and exit; needs no terminal and no Textual",
+        help="print one sample as text and exit (--json: as JSON); needs no terminal and no Textual",
     )
     p.set_defaults(handler=cmd_top)

@@ -141,30 +141,31 @@ def _node_row(node: Mapping[str, Any], depth: int) -> NodeRow:
 
 
 def agent_rows(body: Mapping[str, Any], rates: Mapping[str, float | None] | None = None) -> list[AgentRow]:
-    """The ``agent.list`` reply as rows sorted by agent id, with msgs/s from ``rates`` where known."""
-    rows = []
+    """The ``agent.list`` reply as rows sorted by agent id, with msgs/s from ``rates`` where known.
+
+    An id listed twice (a record from the registry and one from a worker, say) keeps its last record: the
+    view keys its rows by agent id.
+    """
+    rows: dict[str, AgentRow] = {}
     for rec in body.get("agents") or []:
         if not isinstance(rec, Mapping) or not rec.get("agent_id"):
             continue
         aid = str(rec["agent_id"])
-        rows.append(
-            AgentRow(
-                agent_id=aid,
-                name=str(rec.get("name") or ""),
-                worker=str(rec.get("worker") or ""),
-                state=str(rec.get("state") or "?"),
-                activity=str(rec.get("activity") or ""),
-                service=str(rec.get("service") or ""),
-                messages=_int(rec.get("messages")),
-                msgs_per_s=(rates or {}).get(aid),
-                fuel_used=_int(rec.get("fuel_used")),
-                memory_bytes=_int(rec.get("memory_bytes")),
-                inbox=_int(rec.get("inbox")),
-                restarts=_int(rec.get("restarts")) or 0,
-            )
+        rows[aid] = AgentRow(
+            agent_id=aid,
+            name=str(rec.get("name") or ""),
+            worker=str(rec.get("worker") or ""),
+            state=str(rec.get("state") or "?"),
+            activity=str(rec.get("activity") or ""),
+            service=str(rec.get("service") or ""),
+            messages=_int(rec.get("messages")),
+            msgs_per_s=(rates or {}).get(aid),
+            fuel_used=_int(rec.get("fuel_used")),
+            memory_bytes=_int(rec.get("memory_bytes")),
+            inbox=_int(rec.get("inbox")),
+            restarts=_int(rec.get("restarts")) or 0,
         )
-    rows.sort(key=lambda r: r.agent_id)
-    return rows
+    return [rows[k] for k in sorted(rows)]
 
 
 def worker_rows(

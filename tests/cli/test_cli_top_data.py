@@ -115,6 +115,9 @@ def test_agent_rows_sorts_by_id_and_tolerates_missing_fields() -> None:
     assert rows[0].msgs_per_s == 2.5 and rows[1].msgs_per_s is None
     assert rows[2].worker == "" and rows[2].messages is None
     assert agent_cells(rows[2])[3] == "-", "an unplaced agent shows '-' as its worker"
+    twice = {"agents": [*AGENTS["agents"], {**AGENTS["agents"][1], "state": "running"}]}
+    again = agent_rows(twice)
+    assert len(again) == 3 and again[0].state == "running", "an id listed twice keeps its last record"
 
 
 def test_worker_rows_sum_agents_busy_and_queued_per_worker() -> None:
@@ -200,12 +203,13 @@ def test_cpu_meter_measures_a_busy_process_and_refuses_a_recycled_pid() -> None:
         now = time.time()
         assert meter.measure([node(now - created)], now) == {spin.pid: None}, "the first reading starts"
         deadline = time.monotonic() + 30
-        cpu = None
-        while time.monotonic() < deadline and not cpu:
+        readings: list[float | None] = []
+        while time.monotonic() < deadline and not any(r is not None and r > 5.0 for r in readings):
             time.sleep(0.5)
             now = time.time()
-            cpu = meter.measure([node(now - created)], now)[spin.pid]
-        assert cpu is not None and cpu > 5.0, cpu
+            readings.append(meter.measure([node(now - created)], now)[spin.pid])
+        assert None not in readings, "a known process reads a figure from its second sample on"
+        assert max(r for r in readings if r is not None) > 5.0, readings
         other = CpuMeter()
         now = time.time()
         assert other.measure([node(now - created + 3600)], now) == {spin.pid: None}
