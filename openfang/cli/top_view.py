@@ -68,7 +68,7 @@ class EventArrived(Message):
 
 
 class ConfirmKill(ModalScreen[bool]):
-    """Asks before killing: y kills, anything bound here else cancels."""
+    """Asks before killing: y kills, n or escape cancels (modal: the app's keys are off meanwhile)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("y", "answer(True)", "kill"),

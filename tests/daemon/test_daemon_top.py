@@ -265,7 +265,8 @@ def test_top_in_tmux_shows_the_system_and_acts_on_agents(
     make_cluster: type[Cluster], tmux_available: None
 ) -> None:
     """In a real terminal: 'no daemon at' until the daemon starts; then the tree, workers and agents; s
-    suspends (the daemon agrees), h answers in the status line, / filters, K y kills, q exits with 0."""
+    suspends (the daemon agrees), h answers in the status line, / filters, K asks (n cancels, y kills), q
+    exits with 0."""
     c = make_cluster(workers=2)
     # COLUMNS/LINES (pytest may set them) would override the pane's size in Textual.
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
@@ -306,6 +307,12 @@ def test_top_in_tmux_shows_the_system_and_acts_on_agents(
 
         term.keys("K")
         term.wait(lambda s: f"Kill agent {a0}?" in s, "the kill confirmation")
+        term.keys("r", "n")  # r is not for the confirmation: ignored there
+        screen = term.wait(lambda s: f"kill {a0}: cancelled" in s, "the kill cancelled")
+        assert f"resumed {a0}" not in screen
+        assert c.ok("agent.info", {"agent_id": a0})["state"] == "suspended", "neither resumed nor killed"
+        term.keys("K")
+        term.wait(lambda s: f"Kill agent {a0}?" in s, "the kill confirmation again")
         term.keys("y")
         term.wait(lambda s: "agents  0 of 1" in s, "the killed agent gone from the list")
         wait_for(lambda: c.call("agent.info", {"agent_id": a0}).is_error, 30, "the daemon forgot it")
