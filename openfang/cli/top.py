@@ -1,7 +1,8 @@
 """``openfang top``: a live terminal view of a running system (tree, workers, agents, events).
 
 The view needs the ``tui`` extra (Textual); ``--once`` prints one plain-text sample and needs nothing more.
-The daemon is found like every other verb finds it (:func:`openfang.cli.main.resolve_endpoint`); a
+The daemon is found like every other verb finds it (:func:`openfang.cli.main.resolve_endpoint`), and
+requests are signed like theirs when the cluster requires it (``--sign-key`` or the config's key ring); a
 ``tcp://`` endpoint needs ``--keys-dir`` (CURVE), for requests and for the event stream alike.
 """
 
@@ -54,14 +55,15 @@ def curve_keys(args: argparse.Namespace, endpoint: str) -> CurveClient | None:
 
 def cmd_top(args: argparse.Namespace) -> int:
     """a live view of the running system: tree, workers, agents, events; keys act on agents"""
-    from openfang.cli.main import resolve_endpoint
+    # Found, keyed and signed exactly as every other verb (main's helpers, imported late: main imports us).
+    from openfang.cli.main import _signer, resolve_endpoint
     from openfang.cli.top_feed import Feed
 
     if args.interval <= 0:
         raise ConfigError(f"--interval must be more than 0 seconds, got {args.interval}")
     endpoint, events = resolve_endpoint(args)
     curve = curve_keys(args, endpoint)
-    feed = Feed(endpoint, curve=curve, timeout=min(args.timeout, 5.0), events=events)
+    feed = Feed(endpoint, curve=curve, timeout=min(args.timeout, 5.0), events=events, signer=_signer(args))
     if args.once or args.json:
         return _once(args, feed)
     try:

@@ -437,7 +437,7 @@ def text_report(snapshot: Snapshot, endpoint: str) -> str:
         ("workers", WORKER_COLUMNS, [worker_cells(w) for w in snapshot.workers]),
         ("agents", AGENT_COLUMNS, [agent_cells(a) for a in snapshot.agents]),
     ):
-        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+        widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
         lines = [
             "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
             for line in [columns, *rows]

@@ -35,7 +35,7 @@ from openfang.cli.top_data import (
 from openfang.protocol import messages
 from openfang.protocol.client import Client
 from openfang.protocol.curve import CurveClient
-from openfang.protocol.envelope import decode
+from openfang.protocol.envelope import Envelope, decode
 from openfang.protocol.errors import OpenFangError, ProtocolError, Timeout
 from openfang.protocol.sockets import connect_sub
 
@@ -65,10 +65,12 @@ class Feed:
         curve: CurveClient | None = None,
         timeout: float = 5.0,
         events: str | None = None,
+        signer: Callable[[Envelope], Envelope] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.endpoint = endpoint
         self.curve = curve
+        self.signer = signer  # signs each request when the cluster requires signatures (PROTOCOL.md 1.5)
         self.timeout = timeout
         self.events_endpoint = events  # learned from status when not given
         self.clock = clock
@@ -124,7 +126,7 @@ class Feed:
             self.close()
             raise NoDaemon(f"no daemon at {self.endpoint}")
         if self._client is None:
-            self._client = Client(self.endpoint, curve=self.curve, timeout=self.timeout)
+            self._client = Client(self.endpoint, curve=self.curve, timeout=self.timeout, signer=self.signer)
         try:
             return self._client.request(msg_type, body or {})
         except Timeout:

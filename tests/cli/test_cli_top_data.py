@@ -259,6 +259,8 @@ def test_formatting_of_sizes_durations_and_the_text_report() -> None:
         "0",
     ]
     assert header.split()[:4] == ["AGENT", "STATE", "ACTIVITY", "WORKER"]
+    empty = text_report(Snapshot(taken_at=1.0), "ipc:///r/control.sock")
+    assert "\nagents\nAGENT" in empty and "?  ?  up -" in empty, "a system with nothing in it still prints"
 
 
 def test_top_without_textual_says_what_to_install(tmp_path: Any) -> None:

@@ -375,3 +375,24 @@ def test_monitor_stops_promptly_and_calls_back_no_more(make_cluster: type[Cluste
     time.sleep(0.5)
     assert len(calls) == seen
     assert c.stop() == 0
+
+
+def test_top_signs_its_requests_when_the_cluster_requires_it(make_cluster: type[Cluster]) -> None:
+    """With [security.signing] require = true, top is refused unsigned and served with --sign-key."""
+    c = make_cluster(workers=1)
+    key = c.dir / "ops.key"
+    key.write_text(os.urandom(32).hex())
+    ring = f'keys = [{{id = "ops", alg = "hmac-sha256", file = "{key}"}}]\n'
+    c.write_config(f"\n[security.signing]\nrequire = true\n{ring}")
+    c.start()
+    top = [sys.executable, "-m", "openfang.cli.main", "top", "--once", "--endpoint", c.endpoint]
+    unsigned = subprocess.run(top, capture_output=True, text=True, timeout=60)
+    assert unsigned.returncode == 1 and "unsigned" in unsigned.stderr, unsigned.stderr
+    signed = subprocess.run([*top, "--sign-key", str(key)], capture_output=True, text=True, timeout=60)
+    assert signed.returncode == 0 and signed.stdout.startswith("test  running"), signed.stderr
+    by_config = subprocess.run(
+        [sys.executable, "-m", "openfang.cli.main", "top", "--once", "--config", str(c.config_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert by_config.returncode == 0 and "workers-0" in by_config.stdout, by_config.stderr
+    assert c.stop() == 0
