@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_catalog_verbs(sub, common)
     add_schedule_verbs(sub, common)
-    add_top_verb(sub, common)
+    add_top_verb(sub, common, resolve=resolve_endpoint, signer=_signer)
 
     memory = sub.add_parser("memory", help="the agents' memory")
     memory_sub = memory.add_subparsers(dest="memory_op", required=True)

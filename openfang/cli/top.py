@@ -1,7 +1,7 @@
 """``openfang top``: a live terminal view of a running system (tree, workers, agents, events).
 
 The view needs the ``tui`` extra (Textual); ``--once`` prints one plain-text sample and needs nothing more.
-The daemon is found like every other verb finds it (:func:`openfang.cli.main.resolve_endpoint`), and
+The daemon is found like every other verb finds it (the CLI hands :func:`add_top_verb` its resolver), and
 requests are signed like theirs when the cluster requires it (``--sign-key`` or the config's key ring); a
 ``tcp://`` endpoint needs ``--keys-dir`` (CURVE), for requests and for the event stream alike.
 """
@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from openfang.protocol.curve import CurveClient
 from openfang.protocol.errors import ConfigError
 
 if TYPE_CHECKING:
     from openfang.cli.top_feed import Feed
+
+# (control endpoint, events endpoint or None) from the command line; the request signer (or None).
+Resolve = Callable[[argparse.Namespace], tuple[str, str | None]]
+SignerFor = Callable[[argparse.Namespace], Any]
 
 INSTALL_HINT = (
     "openfang top needs the Textual terminal UI library, from the 'tui' extra:\n"
@@ -53,17 +59,15 @@ def curve_keys(args: argparse.Namespace, endpoint: str) -> CurveClient | None:
     return CurveClient(keys, name=getattr(args, "key_name", None) or "client")
 
 
-def cmd_top(args: argparse.Namespace) -> int:
+def cmd_top(args: argparse.Namespace, *, resolve: Resolve, signer: SignerFor) -> int:
     """a live view of the running system: tree, workers, agents, events; keys act on agents"""
-    # Found, keyed and signed exactly as every other verb (main's helpers, imported late: main imports us).
-    from openfang.cli.main import _signer, resolve_endpoint
     from openfang.cli.top_feed import Feed
 
     if args.interval <= 0:
         raise ConfigError(f"--interval must be more than 0 seconds, got {args.interval}")
-    endpoint, events = resolve_endpoint(args)
+    endpoint, events = resolve(args)
     curve = curve_keys(args, endpoint)
-    feed = Feed(endpoint, curve=curve, timeout=min(args.timeout, 5.0), events=events, signer=_signer(args))
+    feed = Feed(endpoint, curve=curve, timeout=min(args.timeout, 5.0), events=events, signer=signer(args))
     if args.once or args.json:
         return _once(args, feed)
     try:
@@ -98,9 +102,18 @@ def _once(args: argparse.Namespace, feed: Feed) -> int:
 
 
 def add_top_verb(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    *,
+    resolve: Resolve,
+    signer: SignerFor,
 ) -> None:
-    """Register ``top`` on the CLI's verb parser."""
+    """Register ``top`` on the CLI's verb parser.
+
+    ``resolve`` and ``signer`` are the CLI's own ways to find the daemon and to sign requests, handed in
+    (rather than imported from :mod:`openfang.cli.main`, which imports this module) so that ``top``
+    connects exactly as every other verb does.
+    """
     p = sub.add_parser(
         "top",
         parents=[common],
@@ -114,4 +127,4 @@ def add_top_verb(
         action="store_true",
         help="print one sample as text and exit (--json: as JSON); needs no terminal and no Textual",
     )
-    p.set_defaults(handler=cmd_top)
+    p.set_defaults(handler=functools.partial(cmd_top, resolve=resolve, signer=signer))
