@@ -99,6 +99,8 @@ class StatusOk:
     children: ChildCounts | None = None  # the root supervisor's children
     workers: Count = 0  # worker processes currently connected to the gateway
     events: Annotated[str, Len(512)] | None = None  # the PUB endpoint, so clients can subscribe
+    workers_expected: Count | None = None  # worker processes in the tree
+    ready: bool | None = None  # running and every worker connected: spawns and sends can be placed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -294,12 +296,19 @@ class MemorySearch:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryHit:
+    """One recalled memory. ``score`` fuses the keyword and vector ranks (reciprocal rank fusion,
+    ``sum 1/(60 + rank)``) plus small importance and recency terms: it orders hits, it is not a similarity.
+    ``similarity`` is the cosine similarity of the vector match (nil when only the keywords matched)."""
+
     id: int | Annotated[str, Len(128)]
     agent_id: Id
     text: Annotated[str, Len(MAX_TEXT * 4)]
     score: float
     kind: Name | None = None
     time: float | None = None
+    similarity: float | None = None
+    keyword_rank: int | None = None  # rank in the keyword (bm25) list, nil when not in it
+    vector_rank: int | None = None  # rank in the vector (KNN) list, nil when not in it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -371,7 +380,34 @@ class ProblemBody:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LLMAttemptBody:
+    """One provider's failure: who (provider, model), and why (HTTP status, or the cause)."""
+
+    provider: Annotated[str, Len(128)]
+    model: Annotated[str, Len(256)] | None = None
+    status: int | None = None  # the HTTP status the server answered (nil: no answer, or a bad body)
+    cause: Annotated[
+        str, Len(32)
+    ]  # http_status | timeout | connection | malformed | refused | config | error
+    reason: Annotated[str, Len(MAX_TEXT)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LLMFailureBody:
+    """What failed in an ``llm_error``: the provider that answered last and every attempt of a fallback."""
+
+    provider: Annotated[str, Len(128)]
+    model: Annotated[str, Len(256)] | None = None
+    status: int | None = None
+    cause: Annotated[str, Len(32)]
+    reason: Annotated[str, Len(MAX_TEXT)]
+    fallback_tried: bool
+    attempts: Annotated[list[LLMAttemptBody], Len(32)] | None = None  # each provider of the fallback chain
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ErrorBody:
     code: Annotated[str, Len(64, 1)]
     message: Annotated[str, Len(MAX_TEXT)]
     problems: Annotated[list[ProblemBody], Len(1000)] | None = None  # bad_config: every problem
+    llm: LLMFailureBody | None = None  # llm_error: provider, model, status or cause, fallback

@@ -19,7 +19,8 @@ that string.
     ├── SupervisorError        start/stop failures inside the tree               code: supervisor_error
     ├── SandboxError           wasm module, instance or host call failed          code: sandbox_error
     ├── MemoryStoreError       the memory writer or a reader failed              code: memory_error
-    └── SecurityError          a security layer refused something                code: denied
+    ├── SecurityError          a security layer refused something                code: denied
+    └── (workers.llm) LLMError an agent's model call failed; body.llm details   code: llm_error
 """
 
 from __future__ import annotations
@@ -100,14 +101,20 @@ class RemoteError(OpenFangError):
     """
 
     def __init__(
-        self, message: str, *, code: str | None = None, problems: list[Problem] | None = None
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        problems: list[Problem] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message, code=code)
         self.problems: list[Problem] = list(problems or [])
+        self.details: dict[str, Any] = dict(details or {})  # the body's other fields, e.g. ``llm``
 
     def to_wire(self) -> dict[str, Any]:
-        """Relaying a remote error keeps its problems (a gateway forwards a root's bad_config as is)."""
-        wire = super().to_wire()
+        """Relaying a remote error keeps its problems and details (a gateway forwards it as is)."""
+        wire = {**self.details, **super().to_wire()}
         if self.problems:
             wire["problems"] = [{"where": p.where, "what": p.what} for p in self.problems]
         return wire

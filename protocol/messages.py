@@ -84,6 +84,8 @@ ERROR_CODES: dict[str, str] = {
     "denied": "a security layer refused the request",
     "bad_config": "a config or manifest is invalid; body.problems lists every problem with its place",
     "rate_limited": "a rate limit was hit; retry later",
+    "llm_error": "the agent's model call failed; body.llm names the provider, model, HTTP status or cause, "
+    "and whether a fallback was tried",
     "unknown_type": "the request type is not in the catalogue",
     "internal": "an unexpected failure inside the server",
 }
@@ -194,6 +196,7 @@ CATALOGUE: dict[str, MessageSpec] = {
             AgentSendOk,
             "send a message to an agent, get its reply",
             *_AGENT_ERRORS,
+            "llm_error",
         ),
         _spec("agent.list", "agents", Empty, AgentListOk, "every agent on every worker", *_COMMON_ERRORS),
         _spec("agent.info", "agents", AgentRef, AgentRecord, "one agent", *_AGENT_ERRORS),
@@ -323,4 +326,5 @@ def remote_error(body: Mapping[str, Any]) -> RemoteError:
         if isinstance(p, Mapping)
     ]
     code = str(body.get("code", "internal"))
-    return RemoteError(str(body.get("message", "")), code=code, problems=problems)
+    details = {k: v for k, v in body.items() if k not in ("code", "message", "problems")}
+    return RemoteError(str(body.get("message", "")), code=code, problems=problems, details=details)

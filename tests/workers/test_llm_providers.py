@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import threading
 from collections import deque
@@ -302,7 +303,10 @@ def test_openai_401_is_not_retried_and_names_provider_status_and_message(server:
         openai(server).complete(ask())
     err = info.value
     assert err.code == "llm_error" and err.status == 401 and err.provider == "openai"
-    assert "openai (HTTP 401): Incorrect API key provided (invalid_request_error)" in str(err)
+    assert re.search(
+        r"openai model \S+ \(HTTP 401\): Incorrect API key provided \(invalid_request_error\)", str(err)
+    )
+    assert err.model and err.model in str(err)
     assert KEY not in str(err)
     assert len(server.requests) == 1
 
@@ -515,7 +519,7 @@ def test_anthropic_error_body_names_type_and_message(server: FakeServer) -> None
     body = {"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: too large"}}
     server.replies.append(Reply(status=400, body=body))
     with pytest.raises(
-        LLMError, match=r"anthropic \(HTTP 400\): max_tokens: too large \(invalid_request_error\)"
+        LLMError, match=r"anthropic model \S+ \(HTTP 400\): max_tokens: too large \(invalid_request_error\)"
     ):
         anthropic(server).complete(ask())
 

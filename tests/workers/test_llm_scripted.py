@@ -135,7 +135,9 @@ def test_fallback_reports_every_failure_when_all_fail() -> None:
         "fallback": [failing, {**failing, "label": "b", "script": [{"match": "", "error": "down B"}]}],
     }
     p = make_provider(cfg)
-    with pytest.raises(LLMError, match=r"every provider failed: scripted: down A; b: down B"):
+    with pytest.raises(
+        LLMError, match=r"every provider failed \(fallback tried, 2 in all\): scripted: down A; b: down B"
+    ):
         p.complete(user("x"))
 
 

@@ -437,6 +437,7 @@ class AgentHost(AgentTraffic):
         agent.current = env
         agent.usage = {"prompt_tokens": 0, "completion_tokens": 0, "tool_calls": 0}
         agent.session = _session(env.body.get("session"))
+        agent.failure = None
         if agent.guard is not None:
             agent.guard.refusal = None
         agent.fuel_at_start = agent.sandbox.fuel_used
@@ -482,7 +483,15 @@ class AgentHost(AgentTraffic):
                     else SandboxError(str(outcome.error))
                 )
                 refusal = agent.guard.refusal if agent.guard is not None else None
-                self._replies.append(env.error(refusal if refusal is not None else err))
+                if refusal is not None:
+                    err = refusal
+                elif agent.failure is not None and not outcome.crashed:
+                    err = agent.failure  # the guest gave up on an LLM error: report the LLM error itself
+                llm = err.details() if hasattr(err, "details") else None
+                self._bound.warning(
+                    "agent_message_failed", agent_id=agent.agent_id, code=err.code, error=err.message, llm=llm
+                )
+                self._replies.append(env.error(err))
         if outcome.crashed:
             self._crashed(agent, outcome.error or SandboxError("agent crashed"))
         else:

@@ -9,6 +9,7 @@ host thread, which saves a thread hand-off per call.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import threading
@@ -28,7 +29,7 @@ log = structlog.get_logger("openfang.workers.jobs")
 class ThreadJob:
     """A job whose fields are written once by the thread that runs it, then ``done`` is set."""
 
-    __slots__ = ("agent_id", "code", "done", "usage", "value")
+    __slots__ = ("agent_id", "code", "done", "error", "usage", "value")
 
     def __init__(self, agent_id: str) -> None:
         self.agent_id = agent_id
@@ -36,9 +37,16 @@ class ThreadJob:
         self.code = abi.E_FAILED
         self.value = b""
         self.usage: dict[str, int] = {}
+        self.error: OpenFangError | None = None  # what failed the job, for the message's error reply
 
-    def finish(self, code: int, value: bytes, usage: dict[str, int] | None = None) -> None:
-        self.code, self.value = code, value
+    def finish(
+        self,
+        code: int,
+        value: bytes,
+        usage: dict[str, int] | None = None,
+        error: OpenFangError | None = None,
+    ) -> None:
+        self.code, self.value, self.error = code, value, error
         if usage:
             self.usage = usage
         self.done = True
@@ -60,13 +68,19 @@ class JobRunner:
     def run(
         self, job: ThreadJob, work: Callable[[], tuple[int, bytes, dict[str, int]]], *, inline: bool
     ) -> None:
-        """Run ``work`` for ``job``: inline (now, on this thread) or in the pool with a wakeup when done."""
+        """Run ``work`` for ``job``: inline (now, on this thread) or in the pool with a wakeup when done.
+
+        The work runs in a copy of this thread's logging context with ``agent_id`` bound, so whatever it
+        logs (``llm_retry``, ``llm_fallback``, a crash) names the worker and the agent.
+        """
+        ctx = contextvars.copy_context()
+        ctx.run(structlog.contextvars.bind_contextvars, agent_id=job.agent_id)
         if inline:
-            job.finish(*_guarded(work))
+            job.finish(*ctx.run(_guarded, work))
             return
 
         def task() -> None:
-            job.finish(*_guarded(work))
+            job.finish(*ctx.run(_guarded, work))
             with self._lock:
                 self.completed.append(job.agent_id)
             # A full pipe already holds wakeups: the host drains `completed` anyway.
@@ -100,14 +114,18 @@ class JobRunner:
         os.close(self._wfd)
 
 
-def _guarded(work: Callable[[], tuple[int, bytes, dict[str, int]]]) -> tuple[int, bytes, dict[str, int]]:
+def _guarded(
+    work: Callable[[], tuple[int, bytes, dict[str, int]]],
+) -> tuple[int, bytes, dict[str, int], OpenFangError | None]:
+    """(code, value, usage, error): a failure becomes E_FAILED with its message for the guest (host_result)
+    and the error itself for the host (an LLM failure is what the message's error reply reports)."""
     try:
-        return work()
+        return (*work(), None)
     except OpenFangError as exc:
-        return abi.E_FAILED, exc.message.encode(), {}
+        return abi.E_FAILED, exc.message.encode(), {}, exc
     except Exception as exc:
         log.warning("host_job_crashed", error=repr(exc))
-        return abi.E_FAILED, f"internal error: {type(exc).__name__}".encode(), {}
+        return abi.E_FAILED, f"internal error: {type(exc).__name__}".encode(), {}, None
 
 
 # -- LLM ---------------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class HostedAgent:
     manifest_text: str = ""
     session: str = ""  # the session of the message in progress (memory records carry it)
     unbilled_tokens: int = 0  # LLM tokens used but not yet charged to the agent's token bucket
+    failure: OpenFangError | None = None  # the LLM error of the message in progress, for its error reply
 
 
 class Services:
@@ -231,12 +232,20 @@ class UsageJob(jobs.ThreadJob):
         super().__init__(agent.agent_id)
         self._agent = agent
 
-    def finish(self, code: int, value: bytes, usage: dict[str, int] | None = None) -> None:
+    def finish(
+        self,
+        code: int,
+        value: bytes,
+        usage: dict[str, int] | None = None,
+        error: OpenFangError | None = None,
+    ) -> None:
         for key, n in (usage or {}).items():
             self._agent.usage[key] = self._agent.usage.get(key, 0) + n
             if key in ("prompt_tokens", "completion_tokens"):
                 self._agent.unbilled_tokens += n
-        super().finish(code, value, usage)
+        # The latest host job decides: an LLM failure the guest then recovered from is not reported.
+        self._agent.failure = error if error is not None and error.code == "llm_error" else None
+        super().finish(code, value, usage, error)
 
 
 def _tool(registry: Any, name: str) -> Any:

@@ -52,6 +52,7 @@ class AnthropicProvider:
         settings: HttpSettings | None = None,
         name: str = "anthropic",
         extra_headers: Mapping[str, str] | None = None,
+        missing_key_hint: str | None = None,
     ) -> None:
         if api_key is None and api_key_env:
             api_key = os.environ.get(api_key_env) or None
@@ -63,6 +64,8 @@ class AnthropicProvider:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self._http = HttpClient(name, base_url.rstrip("/"), headers, settings or HttpSettings())
+        # Said with a 401/403 when no key was sent: the variable is missing from the daemon's environment.
+        self._http.auth_hint = None if api_key else missing_key_hint
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(name={self.name!r}, model={self.model!r}, {self._http!r})"
@@ -91,19 +94,26 @@ class AnthropicProvider:
     def complete(self, req: ChatRequest, *, on_delta: DeltaSink | None = None) -> ChatResponse:
         """Send ``req`` and return the whole answer (streamed pieces go to ``on_delta`` as they arrive)."""
         body = self.build_body(req)
-        with self._http.open("/v1/messages", body, accept_sse=req.stream) as ex:
-            if req.stream and ex.is_sse:
-                return self._read_stream(ex.events(), body["model"], on_delta)
-            return self._parse(ex.json(), body["model"], on_delta)
+        try:
+            with self._http.open("/v1/messages", body, accept_sse=req.stream) as ex:
+                if req.stream and ex.is_sse:
+                    return self._read_stream(ex.events(), body["model"], on_delta)
+                return self._parse(ex.json(), body["model"], on_delta)
+        except LLMError as exc:
+            raise exc.with_model(str(body["model"])) from None
 
     def _parse(self, data: Any, model: str, on_delta: DeltaSink | None) -> ChatResponse:
         if not isinstance(data, dict):
-            raise LLMError(self.name, f"response is not a JSON object: {str(data)[:200]!r}")
+            raise LLMError(
+                self.name, f"response is not a JSON object: {str(data)[:200]!r}", cause="malformed"
+            )
         if data.get("type") == "error":
-            raise LLMError(self.name, self._http.scrub(f"error in the response: {data.get('error')}"))
+            raise LLMError(
+                self.name, self._http.scrub(f"error in the response: {data.get('error')}"), cause="refused"
+            )
         blocks = data.get("content")
         if not isinstance(blocks, list):
-            raise LLMError(self.name, "response has no content blocks")
+            raise LLMError(self.name, "response has no content blocks", cause="malformed")
         text: list[str] = []
         calls: list[ToolCall] = []
         for block in blocks:
@@ -144,13 +154,20 @@ class AnthropicProvider:
             try:
                 data = json.loads(ev.data) if ev.data else {}
             except ValueError:
-                raise LLMError(self.name, f"malformed JSON in the stream: {ev.data[:200]!r}") from None
+                raise LLMError(
+                    self.name, f"malformed JSON in the stream: {ev.data[:200]!r}", cause="malformed"
+                ) from None
             kind = data.get("type", ev.event) if isinstance(data, dict) else ev.event
             if kind == "error":
                 err = data.get("error") or {}
                 msg = err.get("message", err) if isinstance(err, dict) else err
                 retry = isinstance(err, dict) and err.get("type") == "overloaded_error"
-                raise LLMError(self.name, self._http.scrub(f"error in the stream: {msg}"), retryable=retry)
+                raise LLMError(
+                    self.name,
+                    self._http.scrub(f"error in the stream: {msg}"),
+                    retryable=retry,
+                    cause="refused",
+                )
             if kind == "message_start":
                 msg = data.get("message") or {}
                 model = str(msg.get("model") or model)

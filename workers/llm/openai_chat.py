@@ -47,6 +47,7 @@ class OpenAIProvider:
         name: str = "openai",
         extra_headers: Mapping[str, str] | None = None,
         query: Mapping[str, str] | None = None,
+        missing_key_hint: str | None = None,
     ) -> None:
         if api_key is None and api_key_env:
             api_key = os.environ.get(api_key_env) or None
@@ -60,6 +61,8 @@ class OpenAIProvider:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self._http = HttpClient(name, base_url.rstrip("/"), headers, settings or HttpSettings())
+        # Said with a 401/403 when no key was sent: the variable is missing from the daemon's environment.
+        self._http.auth_hint = None if api_key else missing_key_hint
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(name={self.name!r}, model={self.model!r}, {self._http!r})"
@@ -94,24 +97,31 @@ class OpenAIProvider:
     def complete(self, req: ChatRequest, *, on_delta: DeltaSink | None = None) -> ChatResponse:
         """Send ``req`` and return the whole answer (streamed pieces go to ``on_delta`` as they arrive)."""
         body = self.build_body(req)
-        with self._http.open(self._path, body, accept_sse=req.stream) as ex:
-            if req.stream and ex.is_sse:
-                return self._read_stream(ex.events(), body["model"], on_delta)
-            return self._parse(ex.json(), body["model"], on_delta)
+        try:
+            with self._http.open(self._path, body, accept_sse=req.stream) as ex:
+                if req.stream and ex.is_sse:
+                    return self._read_stream(ex.events(), body["model"], on_delta)
+                return self._parse(ex.json(), body["model"], on_delta)
+        except LLMError as exc:
+            raise exc.with_model(str(body["model"])) from None
 
     # ---- response ------------------------------------------------------------------------------------
 
     def _parse(self, data: Any, model: str, on_delta: DeltaSink | None) -> ChatResponse:
         if not isinstance(data, dict):
-            raise LLMError(self.name, f"response is not a JSON object: {str(data)[:200]!r}")
+            raise LLMError(
+                self.name, f"response is not a JSON object: {str(data)[:200]!r}", cause="malformed"
+            )
         if "error" in data:
-            raise LLMError(self.name, self._http.scrub(f"error in the response: {data['error']}"))
+            raise LLMError(
+                self.name, self._http.scrub(f"error in the response: {data['error']}"), cause="refused"
+            )
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise LLMError(self.name, "response has no choices")
+            raise LLMError(self.name, "response has no choices", cause="malformed")
         msg = choices[0].get("message")
         if not isinstance(msg, dict):
-            raise LLMError(self.name, "response choice has no message")
+            raise LLMError(self.name, "response choice has no message", cause="malformed")
         content = msg.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
             content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict)) or None
@@ -164,7 +174,9 @@ class OpenAIProvider:
             try:
                 chunk = json.loads(ev.data)
             except ValueError:
-                raise LLMError(self.name, f"malformed JSON in the stream: {ev.data[:200]!r}") from None
+                raise LLMError(
+                    self.name, f"malformed JSON in the stream: {ev.data[:200]!r}", cause="malformed"
+                ) from None
             if not isinstance(chunk, dict):
                 continue
             if "error" in chunk:

@@ -53,6 +53,7 @@ __all__ = [
     "ToolCall",
     "ToolSpec",
     "Usage",
+    "check_model_environment",
     "make_provider",
     "validate_model_config",
 ]
@@ -184,14 +185,58 @@ def _check_script(cfg: Mapping[str, Any], where: str) -> list[Problem]:
     return problems
 
 
+DAEMON_ENV_HINT = (
+    "it must be set in the daemon's environment (workers read it when the agent spawns): export it where "
+    "openfang-supervisor starts, or Environment= / EnvironmentFile= in its systemd unit"
+)
+
+
 def _api_key(cfg: Mapping[str, Any], default_env: str | None, where: str) -> str | None:
     name = cfg.get("api_key_env")
     if name is None:
         return os.environ.get(default_env) or None if default_env else None
     value = os.environ.get(str(name))
     if not value:
-        raise ConfigError(Problem(f"{where} key 'api_key_env'", f"environment variable {name} is not set"))
+        raise ConfigError(
+            Problem(
+                f"{where} key 'api_key_env'", f"environment variable {name} is not set: {DAEMON_ENV_HINT}"
+            )
+        )
     return value
+
+
+def _missing_key_hint(cfg: Mapping[str, Any], default_env: str | None) -> str | None:
+    """What to say when a server refuses us for want of a key we did not send (None: a key is sent)."""
+    if cfg.get("api_key_env") is not None or not default_env or os.environ.get(default_env):
+        return None
+    return f"no API key was sent: {default_env} is not set; {DAEMON_ENV_HINT}"
+
+
+def check_model_environment(cfg: Mapping[str, Any], where: str = "[agent.model]") -> list[Problem]:
+    """API-key variables an ``[agent.model]`` table needs that are not set in *this* process's environment
+    (for ``openfang agent check``: the daemon's environment is what counts at spawn)."""
+    out: list[Problem] = []
+    tables = [(cfg, where)] + [
+        (sub, f"{where} fallback[{i}]")
+        for i, sub in enumerate(cfg.get("fallback") or [])
+        if isinstance(sub, Mapping)
+    ]
+    for table, at in tables:
+        kind = KINDS.get(str(table.get("provider")))
+        if kind is None or kind[0] not in ("openai", "anthropic"):
+            continue
+        name = table.get("api_key_env")
+        if isinstance(name, str) and not os.environ.get(name):
+            out.append(Problem(f"{at} key 'api_key_env'", f"{name} is not set here; {DAEMON_ENV_HINT}"))
+        elif name is None and kind[2] and not table.get("base_url") and not os.environ.get(kind[2]):
+            out.append(
+                Problem(
+                    at,
+                    f"the {table.get('provider')} API needs a key: {kind[2]} is not set here; "
+                    f"{DAEMON_ENV_HINT}",
+                )
+            )
+    return out
 
 
 def _single(cfg: Mapping[str, Any], where: str) -> Provider:
@@ -209,6 +254,7 @@ def _single(cfg: Mapping[str, Any], where: str) -> Provider:
         "model": str(cfg["name"]),
         "base_url": str(cfg.get("base_url") or default_url),
         "api_key": _api_key(cfg, default_env, where),
+        "missing_key_hint": _missing_key_hint(cfg, default_env),
         "temperature": cfg.get("temperature"),
         "max_tokens": cfg.get("max_tokens"),
         "settings": settings,

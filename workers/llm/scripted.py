@@ -272,13 +272,15 @@ class FallbackProvider:
 
     def complete(self, req: ChatRequest, *, on_delta: DeltaSink | None = None) -> ChatResponse:
         """The answer of the first provider that does not fail; LLMError listing every failure otherwise."""
-        failures: list[str] = []
+        failures: list[LLMError] = []
         for i, p in enumerate(self.providers):
             try:
                 resp = p.complete(req, on_delta=on_delta)
             except (LLMError, Timeout) as exc:
-                failures.append(str(exc))
-                log.warning("llm_fallback", failed=p.name, position=i, error=str(exc))
+                err = exc if isinstance(exc, LLMError) else LLMError(p.name, exc.message, cause="timeout")
+                failures.append(err)
+                nxt = self.providers[i + 1].name if i + 1 < len(self.providers) else None
+                log.warning("llm_fallback", failed=p.name, position=i, error=str(exc), next=nxt)
                 continue
             with self._lock:
                 self.answered[p.name] += 1
@@ -287,4 +289,6 @@ class FallbackProvider:
             return resp
         with self._lock:
             self.answered["<none>"] += 1
-        raise LLMError(self.name, "every provider failed: " + "; ".join(failures))
+        if len(failures) == 1:
+            raise failures[0]  # a chain of one: nothing else was tried
+        raise LLMError(self.name, "every provider failed", cause=failures[-1].cause, attempts=failures)

@@ -97,7 +97,11 @@ class Exchange:
         """Shrink the socket timeout to what is left of the deadline (a slow trickle cannot run forever)."""
         left = self._deadline - time.monotonic()
         if left <= 0:
-            raise LLMError(self._client.provider, f"timed out after {self._client.settings.timeout_s:g}s")
+            raise LLMError(
+                self._client.provider,
+                f"timed out after {self._client.settings.timeout_s:g}s",
+                cause="timeout",
+            )
         if self._conn.sock is not None:
             self._conn.sock.settimeout(left)
 
@@ -109,13 +113,17 @@ class Exchange:
         except (OSError, http.client.HTTPException) as exc:
             raise self._client.transport_error(exc) from None
         if len(raw) > MAX_JSON_BODY:
-            raise LLMError(self._client.provider, f"response body over {MAX_JSON_BODY} bytes")
+            raise LLMError(
+                self._client.provider, f"response body over {MAX_JSON_BODY} bytes", cause="malformed"
+            )
         try:
             return json.loads(raw)
         except ValueError as exc:
             snippet = self._client.scrub(raw[:200].decode("utf-8", errors="replace"))
             raise LLMError(
-                self._client.provider, f"malformed JSON in the response: {exc}: {snippet!r}"
+                self._client.provider,
+                f"malformed JSON in the response: {exc}: {snippet!r}",
+                cause="malformed",
             ) from None
 
     def events(self) -> Iterator[SSEEvent]:
@@ -167,6 +175,7 @@ class HttpClient:
         secrets = {v for k, v in headers.items() if k.lower() in _SECRET_HEADERS}
         secrets |= {s.split(" ", 1)[1] for s in secrets if " " in s}
         self._secrets = tuple(sorted((s for s in secrets if len(s) >= 8), key=len, reverse=True))
+        self.auth_hint: str | None = None  # appended to a 401/403 (e.g. "no API key was sent: ...")
 
     def scrub(self, text: str) -> str:
         """``text`` with every credential this client sends replaced by ``***``."""
@@ -181,8 +190,13 @@ class HttpClient:
 
     def transport_error(self, exc: BaseException) -> LLMError:
         if isinstance(exc, TimeoutError | socket.timeout):
-            return LLMError(self.provider, f"timed out after {self.settings.timeout_s:g}s", retryable=True)
-        return LLMError(self.provider, f"connection failed: {exc}", retryable=True)
+            return LLMError(
+                self.provider,
+                f"timed out after {self.settings.timeout_s:g}s",
+                retryable=True,
+                cause="timeout",
+            )
+        return LLMError(self.provider, f"connection failed: {exc}", retryable=True, cause="connection")
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         s = self.settings
@@ -212,11 +226,15 @@ class HttpClient:
             attempt += 1
             if time.monotonic() + delay >= deadline:
                 raise last
+            # agent_id (and the worker's node, role, pid) come from the job's bound context.
             log.warning(
                 "llm_retry",
                 provider=self.provider,
+                model=body.get("model"),
                 attempt=attempt,
                 status=last.status,
+                cause=last.cause,
+                error=last.reason[:300],
                 delay_s=round(delay, 3),
             )
             time.sleep(delay)
@@ -224,7 +242,7 @@ class HttpClient:
     def _attempt(self, path: str, payload: bytes, headers: dict[str, str], deadline: float) -> Exchange:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise LLMError(self.provider, f"timed out after {self.settings.timeout_s:g}s")
+            raise LLMError(self.provider, f"timed out after {self.settings.timeout_s:g}s", cause="timeout")
         cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
         conn = cls(self._host, self._port, timeout=min(self.settings.connect_timeout_s, left))
         try:
@@ -244,9 +262,12 @@ class HttpClient:
             raw = b""
         finally:
             conn.close()
+        reason = self.scrub(error_message(raw))
+        if resp.status in (401, 403) and self.auth_hint:
+            reason = f"{reason} ({self.auth_hint})"
         raise LLMError(
             self.provider,
-            self.scrub(error_message(raw)),
+            reason,
             status=resp.status,
             retryable=resp.status in RETRY_STATUSES,
             retry_after=resp.getheader("Retry-After"),

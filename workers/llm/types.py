@@ -21,7 +21,14 @@ DeltaSink = Callable[[str], None]
 
 
 class LLMError(OpenFangError):
-    """A model call failed: names the provider, the HTTP status (None when no answer) and the reason."""
+    """A model call failed: names the provider, the model, the HTTP status or the cause, and the fallbacks.
+
+    ``cause`` is one word for programs: ``http_status`` (the server answered ``status``), ``timeout``,
+    ``connection``, ``malformed`` (not JSON, or JSON without what the protocol requires), ``refused``
+    (an error object in a 2xx answer), ``config`` or ``error``. ``attempts`` lists the failure of each
+    provider of a fallback chain, in order (empty for a single provider). On the wire the error body carries
+    :meth:`details` as ``llm``.
+    """
 
     code = "llm_error"
 
@@ -33,13 +40,66 @@ class LLMError(OpenFangError):
         status: int | None = None,
         retryable: bool = False,
         retry_after: str | None = None,
+        model: str | None = None,
+        cause: str | None = None,
+        attempts: Sequence[LLMError] = (),
     ) -> None:
         self.provider = provider
+        self.reason = message
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after  # the server's Retry-After header, when it sent one
-        where = f"{provider} (HTTP {status})" if status is not None else provider
-        super().__init__(f"{where}: {message}")
+        self.model = model
+        self.cause = cause or ("http_status" if status is not None else "error")
+        self.attempts = tuple(attempts)
+        super().__init__(self._compose())
+
+    @property
+    def fallback_tried(self) -> bool:
+        return len(self.attempts) > 1
+
+    def summary(self) -> str:
+        """``provider model M (HTTP s): reason``, without the fallback part."""
+        who = self.provider + (f" model {self.model}" if self.model else "")
+        where = f"{who} (HTTP {self.status})" if self.status is not None else who
+        return f"{where}: {self.reason}"
+
+    def _compose(self) -> str:
+        if self.attempts:
+            failures = "; ".join(a.summary() for a in self.attempts)
+            n = len(self.attempts)
+            return f"{self.provider}: every provider failed (fallback tried, {n} in all): {failures}"
+        return self.summary()
+
+    def with_model(self, model: str) -> LLMError:
+        """This error, naming ``model`` unless it names one already (providers add it at their boundary)."""
+        if self.model is None and not self.attempts:
+            self.model = model
+            self.message = self._compose()
+            self.args = (self.message,)
+        return self
+
+    def details(self) -> dict[str, Any]:
+        """The structured error: provider, model, status, cause, reason, fallback_tried, attempts."""
+        out: dict[str, Any] = {
+            "provider": self.provider,
+            "model": self.model,
+            "status": self.status,
+            "cause": self.cause,
+            "reason": self.reason,
+            "fallback_tried": self.fallback_tried,
+        }
+        if self.attempts:
+            out["attempts"] = [
+                {k: v for k, v in a.details().items() if k not in ("attempts", "fallback_tried")}
+                for a in self.attempts
+            ]
+        return out
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = super().to_wire()
+        wire["llm"] = self.details()
+        return wire
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

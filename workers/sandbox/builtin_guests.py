@@ -7,7 +7,8 @@ per chat message (the user's message, each assistant message, each batch of tool
 Memory is a bump allocator that never frees: the conversation lives as long as the agent, bounded by the
 manifest's heap cap (alloc returns 0 past it, the message fails with E_NOMEM and the host restarts the agent
 per its policy). The table keeps the newest 8064 entries; the host sends the model the newest
-``history_messages`` of them.
+``history_messages`` of them. A message that fails (an LLM error, a tool-call limit) is taken back out of
+the table, so the next message's conversation has no half-turn in it.
 
 ``builtin:echo`` replies with the message it was given (routing and density benchmarks, tests).
 
@@ -74,7 +75,20 @@ LLM_AGENT_WAT = (
 
   (func (export "agent_init") (result i32) (i32.const 0))
 
+  ;; A failed message leaves no trace in the conversation (no dangling user turn, no unanswered tool call):
+  ;; the table is cut back to where it was. If the table was halved meanwhile, its entries moved down 4032.
   (func (export "agent_handle") (param $p i32) (param $n i32) (result i64)
+    (local $saved i32) (local $r i64)
+    (local.set $saved (global.get $count))
+    (local.set $r (call $handle (local.get $p) (local.get $n)))
+    (if (i64.lt_s (local.get $r) (i64.const 0))
+      (then
+        (if (i32.lt_u (global.get $count) (local.get $saved))
+          (then (global.set $count (i32.sub (local.get $saved) (i32.const 4032))))
+          (else (global.set $count (local.get $saved))))))
+    (local.get $r))
+
+  (func $handle (param $p i32) (param $n i32) (result i64)
     (local $r i32) (local $buf i32) (local $jlen i32)
     (if (i32.eqz (call $push (local.get $p) (local.get $n))) (then (return (i64.const -4))))
     (loop $turn
