@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 import structlog
+from openfang.control import runfile
 from openfang.control.config import GATEWAY_ID, ClusterConfig, load_config
 from openfang.control.guard import integrity_monitor
 from openfang.control.notify import Notifier
@@ -240,8 +241,21 @@ class Daemon:
 
     def _write_pidfile(self) -> None:
         self.pidfile.write_text(f"{os.getpid()}\n")
+        # The run record lets `openfang` find this daemon whatever data dir it was started with.
+        runfile.publish(
+            runfile.RunRecord(
+                name=self.config.name,
+                pid=os.getpid(),
+                started=psutil.Process().create_time(),
+                config=self.config_path,
+                data_dir=str(self.config.data_dir),
+                endpoint=self.config.control.endpoint,
+                events=self.config.control.events,
+            )
+        )
 
     def _remove_pidfile(self) -> None:
+        runfile.withdraw(self.config.name, os.getpid())
         try:
             if self.pidfile.read_text().strip() == str(os.getpid()):
                 self.pidfile.unlink()

@@ -1,13 +1,13 @@
 """``openfang``: the control client. Every verb talks to a running daemon over its control endpoint.
 
-The endpoint comes from ``--endpoint``, else from ``--config`` (the daemon's cluster.toml), else from
-``$OPENFANG_ENDPOINT`` or ``$OPENFANG_CONFIG``. Every verb takes ``--json`` for machine-readable output.
-Requests are signed (PROTOCOL.md section 1.5) with ``--sign-key FILE`` (or ``$OPENFANG_SIGN_KEY``), key id
-``--sign-key-id`` (default: the file name without its extension) and ``--sign-alg`` (default hmac-sha256);
-without them, with ``--config`` naming a cluster whose ``[security.signing]`` requires signatures, the first
-HMAC key of its key ring that this user can read.
-Exit codes: 0 success, 1 the daemon answered with an error (printed with its code), 2 usage or config
-error, 3 the daemon could not be reached in time.
+How the daemon is found (``--endpoint``, ``--config`` with ``--data-dir``, ``$OPENFANG_*``, or the run
+record of the daemon ``make run`` started) is :mod:`openfang.cli.connect`. Every verb takes ``--json`` for
+machine-readable output. Requests are signed (PROTOCOL.md section 1.5) with ``--sign-key FILE`` (or
+``$OPENFANG_SIGN_KEY``), key id ``--sign-key-id`` (default: the file name without its extension) and
+``--sign-alg`` (default hmac-sha256); without them, with ``--config`` naming a cluster whose
+``[security.signing]`` requires signatures, the first HMAC key of its key ring that this user can read.
+Exit codes: 0 success, 1 the daemon answered with an error (printed with its code) or a check failed, 2 usage
+or config error, 3 no daemon at the endpoint or no answer in time.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from openfang import __version__
-from openfang.cli import render
+from openfang.cli import connect, render
 from openfang.cli.catalog import add_catalog_verbs
+from openfang.cli.connect import Unreachable, UsageError
 from openfang.cli.schedule_cmd import add_schedule_verbs
 from openfang.cli.top import add_top_verb
 from openfang.protocol.errors import ConfigError, OpenFangError, Timeout
@@ -33,74 +33,14 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def resolve_endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
-    """(control endpoint, events endpoint or None) from the flags and environment."""
-    if getattr(args, "endpoint", None):
-        return args.endpoint, getattr(args, "events_endpoint", None)
-    config = getattr(args, "config", None) or os.environ.get("OPENFANG_CONFIG")
-    if config:
-        from openfang.control.config import load_config
-
-        cfg = load_config(config)
-        return cfg.control.endpoint, cfg.control.events
-    env = os.environ.get("OPENFANG_ENDPOINT")
-    if env:
-        return env, os.environ.get("OPENFANG_EVENTS_ENDPOINT")
-    raise ConfigError("no endpoint: pass --endpoint or --config (or set OPENFANG_ENDPOINT / OPENFANG_CONFIG)")
-
-
-def _curve(args: argparse.Namespace, endpoint: str) -> Any:
-    """CURVE client keys for a tcp:// endpoint (``--keys-dir``, ``--key-name``), None for ipc://."""
-    keys = getattr(args, "keys_dir", None) or os.environ.get("OPENFANG_KEYS_DIR")
-    if not endpoint.startswith("tcp://"):
-        return None
-    if not keys:
-        raise ConfigError(f"{endpoint} is tcp://: pass --keys-dir (made by 'openfang keys generate')")
-    from openfang.protocol.curve import CurveClient
-
-    return CurveClient(keys, name=getattr(args, "key_name", None) or "client")
-
-
-def _signer(args: argparse.Namespace) -> Any:
-    """The request signer from --sign-key (or $OPENFANG_SIGN_KEY), else from the cluster config; or None."""
-    from openfang.security import signing
-
-    key_file = getattr(args, "sign_key", None) or os.environ.get("OPENFANG_SIGN_KEY")
-    if key_file:
-        kid = getattr(args, "sign_key_id", None) or os.environ.get("OPENFANG_SIGN_KEY_ID")
-        alg = getattr(args, "sign_alg", None) or os.environ.get("OPENFANG_SIGN_ALG") or signing.HMAC_ALG
-        key = signing.load_signing_key(key_file, kid or Path(key_file).stem, alg)
-        return signing.request_signer(key)
-    config = getattr(args, "config", None) or os.environ.get("OPENFANG_CONFIG")
-    if not config:
-        return None
-    from openfang.control.config import load_config
-
-    sec = load_config(config).security
-    if not (sec.signing.enabled and sec.signing.require):
-        return None
-    for spec in sec.signing_keys:
-        if spec.alg == signing.HMAC_ALG and os.access(spec.file, os.R_OK):
-            return signing.request_signer(signing.load_signing_key(spec.file, spec.id, spec.alg))
-    raise ConfigError(
-        f"{config}: [security.signing] requires signed requests and no HMAC key of its key ring is readable "
-        "here: pass --sign-key FILE (and --sign-key-id ID)"
-    )
-
-
-def _client(args: argparse.Namespace, with_events: bool = False) -> Any:
-    from openfang.protocol.client import Client
-
-    endpoint, events = resolve_endpoint(args)
-    if with_events and not events:
-        raise ConfigError("no events endpoint: pass --config or --events-endpoint")
-    return Client(
-        endpoint, curve=_curve(args, endpoint), timeout=args.timeout, events=events, signer=_signer(args)
-    )
+    """(control endpoint, events endpoint or None) from the flags and environment (see connect.resolve)."""
+    target = connect.resolve(args)
+    return target.endpoint, target.events
 
 
 def request(args: argparse.Namespace, msg_type: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Send one request and return the reply body (raises RemoteError / Timeout)."""
-    with _client(args) as client:
+    """Send one request and return the reply body (raises RemoteError / Timeout / Unreachable)."""
+    with connect.client(args) as client:
         reply: dict[str, Any] = client.request(msg_type, body or {})
         return reply
 
@@ -118,7 +58,7 @@ def output(args: argparse.Namespace, body: Any, human: Callable[[Any], str]) -> 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Show the daemon's state, uptime, children, endpoints, and the memory store with its embedder."""
-    with _client(args) as client:
+    with connect.client(args) as client:
         body: dict[str, Any] = client.request("status")
         try:
             stats = client.request("memory.stats", {})
@@ -159,7 +99,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     """Follow the event stream (child started/exited/restarted, escalations, agent states)."""
     prefixes = tuple(args.kind or ())
     seen = 0
-    with _client(args, with_events=True) as client:
+    with connect.client(args, with_events=True) as client:
         for event in client.events():
             if prefixes and not str(event.get("kind", "")).startswith(prefixes):
                 continue
@@ -205,15 +145,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     path, key_file = args.path, args.key_file
     if not path:
-        config = getattr(args, "config", None) or os.environ.get("OPENFANG_CONFIG")
-        if not config:
-            raise ConfigError("audit verify: pass --path (the audit db) or --config (the cluster.toml)")
-        from openfang.control.config import load_config
-
-        sec = load_config(config).security
+        sec = connect.places(args, "audit verify (or pass --path)").config.security
         path, key_file = sec.audit.path, key_file or sec.audit.key_file
     elif not key_file and (Path(path).parent / "audit.key").is_file():
         key_file = str(Path(path).parent / "audit.key")  # the key the daemon makes beside its log
+    if not Path(path).exists():
+        raise UsageError(f"audit verify: there is no audit log at {path}")
     result = verify(path, key=chain_key(key_file) if key_file else None)
     body = {
         "ok": result.ok,
@@ -238,22 +175,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def _memory_places(args: argparse.Namespace) -> tuple[str, str]:
-    """(writer endpoint, database path): from --writer/--db, else from the cluster config's data dir."""
-    db, writer = getattr(args, "db", None), getattr(args, "writer", None)
-    if db or writer:  # each verb needs only one of them
-        return writer or "", db or ""
-    config = getattr(args, "config", None) or os.environ.get("OPENFANG_CONFIG")
-    if not config:
-        raise ConfigError("memory: pass --config (the cluster.toml) or --db / --writer")
-    from openfang.control.config import load_config
-
-    data_dir = load_config(config).data_dir
-    return writer or f"ipc://{data_dir}/run/memory.sock", db or str(data_dir / "memory.db")
-
-
 def cmd_memory(args: argparse.Namespace) -> int:
-    """Memory verbs: search, history, stats (through the running system); export, import, migrate (local)."""
+    """Memory verbs: search, history, stats (answered by the running system); store, import (through the
+    memory writer); export, migrate (on the database file). Without --db / --writer the files are those
+    of the daemon found as for every verb (--endpoint, --config, --data-dir, or the running one)."""
     op = args.memory_op
     if op == "search":
         body: dict[str, Any] = {"query": args.query, "mode": args.mode, "limit": args.limit}
@@ -269,18 +194,75 @@ def cmd_memory(args: argparse.Namespace) -> int:
         return output(args, request(args, "memory.stats", {}), render.kv)
     from openfang.memory import cli as memory_cli
 
-    writer, db = _memory_places(args)
     if op == "export":
+        db = args.db or connect.places(args, "memory export (or pass --db)").memory_db
         rows = memory_cli.export(db, sys.stdout, agent=args.agent)
         print(f"exported {rows} rows from {db}", file=sys.stderr)
         return 0
-    if op == "import":
-        stream = open(args.file, encoding="utf-8") if args.file != "-" else sys.stdin  # noqa: SIM115
-        with stream:
-            counts = memory_cli.import_jsonl(writer, stream)
-        return output(args, counts, render.kv)
-    applied = memory_cli.migrate(db)
-    return output(args, {"db": db, "applied": applied}, render.kv)
+    if op == "migrate":
+        db = args.db or connect.places(args, "memory migrate (or pass --db)").memory_db
+        return output(args, {"db": db, "applied": memory_cli.migrate(db)}, render.kv)
+    writer, db = args.writer, getattr(args, "db", None)
+    if not writer:
+        where = connect.places(args, f"memory {op} (or pass --writer)")
+        writer, db = where.memory_writer, db or where.memory_db
+    elif not db:
+        db = memory_cli.db_beside(
+            writer
+        )  # the cluster layout: <data_dir>/run/memory.sock, <data_dir>/memory.db
+    connect.check_reachable(writer)
+    if op == "store":
+        tags = [t for t in (args.tags or "").split(",") if t]
+        ack = memory_cli.store(
+            writer,
+            args.agent_id,
+            args.text,
+            kind=args.kind,
+            importance=args.importance,
+            ttl_s=args.ttl,
+            tags=tags,
+        )
+        return output(args, ack, render.kv)
+    stream = open(args.file, encoding="utf-8") if args.file != "-" else sys.stdin  # noqa: SIM115
+    with stream:
+        counts = memory_cli.import_jsonl(writer, stream, db_path=db)
+    return output(args, counts, render.kv)
+
+
+def cmd_agent_check(args: argparse.Namespace) -> int:
+    """Validate agent manifests offline: every problem of each file, with its file, table and key."""
+    from openfang.workers.llm.providers import check_model_environment, validate_model_config
+    from openfang.workers.manifest import load_manifest
+    from openfang.workers.tools.registry import default_registry
+
+    tools = set(default_registry().names())
+    results: dict[str, dict[str, list[str]]] = {}
+    for name in args.manifests:
+        path = Path(name)
+        problems: list[str] = []
+        warnings: list[str] = []
+        try:
+            manifest = load_manifest(
+                path, source=str(path), tool_names=tools, validate_model=validate_model_config
+            )
+        except ConfigError as exc:
+            problems = [str(p) for p in exc.problems]
+        else:
+            if manifest.model is not None:
+                found = check_model_environment(manifest.model.raw, f"{path}: [agent.model]")
+                warnings = [str(p) for p in found]
+        results[str(path)] = {"problems": problems, "warnings": warnings}
+
+    def human(body: dict[str, dict[str, list[str]]]) -> str:
+        lines = []
+        for file, found in body.items():
+            lines += found["problems"] + [f"{w} (warning: checked in this shell)" for w in found["warnings"]]
+            if not found["problems"]:
+                lines.append(f"{file}: ok")
+        return "\n".join(lines)
+
+    output(args, results, human)
+    return EXIT_REMOTE if any(r["problems"] for r in results.values()) else 0
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -291,7 +273,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the manifest: {exc.strerror or exc}") from None
+            raise UsageError(f"{path}: cannot read the manifest: {exc.strerror or exc}") from None
         body: dict[str, Any] = {"manifest": text, "manifest_path": str(path.resolve())}
         if args.worker:
             body["worker"] = args.worker
@@ -300,6 +282,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return output(args, request(args, "agent.list"), render.agents)
     if op == "send":
         body = {"text": args.text}
+        if args.session:
+            body["session"] = args.session
         if args.service:
             body["service"] = args.id
         else:
@@ -317,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
         # what was given before it, hence SUPPRESS defaults there.
         d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
         p.add_argument("--config", default=d(None), help="the daemon's cluster.toml (to find its endpoints)")
+        p.add_argument(
+            "--data-dir",
+            default=d(None),
+            help="the daemon's data dir, as given to openfang-supervisor --data-dir (or $OPENFANG_DATA_DIR)",
+        )
         p.add_argument(
             "--endpoint",
             default=d(None),
@@ -356,10 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="openfang",
         description="The OpenFANG control client: every verb talks to a running daemon over its control "
-        "endpoint (from --endpoint, else --config, else $OPENFANG_ENDPOINT / $OPENFANG_CONFIG). "
-        "Options go before or after the verb; every verb takes --json.",
-        epilog="exit status: 0 success, 1 the daemon answered with an error, 2 usage or config error, "
-        "3 the daemon could not be reached in time",
+        "endpoint: from --endpoint; else --config (with --data-dir if the daemon was started with one; "
+        "when the config's socket is absent, the running daemon of the same cluster name); else "
+        "$OPENFANG_ENDPOINT; else --data-dir alone; else the only daemon running for this user (as "
+        "'make run' starts it). Options go before or after the verb; every verb takes --json.",
+        epilog="exit status: 0 success, 1 the daemon answered with an error (or a check failed), 2 usage or "
+        "config error, 3 no daemon at the endpoint or no answer in time. Watching a running system: "
+        "'openfang status' (ready once every worker is connected), 'openfang tree', 'openfang events', "
+        "'openfang agent list', and the daemon's JSON log.",
     )
     parser.add_argument("--version", action="version", version=f"openfang {__version__}")
     connection_options(parser, suppress=False)
@@ -400,16 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="the hash-chained audit log")
     audit_sub = audit.add_subparsers(dest="audit_op", required=True)
     p = audit_sub.add_parser("verify", parents=[common], help=(cmd_audit_verify.__doc__ or "").strip())
-    p.add_argument("--path", help="the audit database (default: from --config)")
+    p.add_argument("--path", help="the audit database (default: the daemon's, or from --config)")
     p.add_argument(
         "--key-file",
-        help="the HMAC chain key (default: from --config, else audit.key beside --path if there is one)",
+        help="the HMAC chain key (default: the daemon's, else audit.key beside --path if there is one)",
     )
     p.set_defaults(handler=cmd_audit_verify)
 
     add_catalog_verbs(sub, common)
     add_schedule_verbs(sub, common)
-    add_top_verb(sub, common, resolve=resolve_endpoint, signer=_signer)
+    add_top_verb(sub, common, resolve=resolve_endpoint, signer=connect.signer)
 
     memory = sub.add_parser("memory", help="the agents' memory")
     memory_sub = memory.add_subparsers(dest="memory_op", required=True)
@@ -423,14 +416,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("agent_id")
     p.add_argument("--limit", type=int, default=50)
     memory_sub.add_parser("stats", parents=[common], help="rows per memory kind, size, embedder")
+    p = memory_sub.add_parser(
+        "store", parents=[common], help="store a memory for an agent (embedded here, written by the writer)"
+    )
+    p.add_argument("agent_id")
+    p.add_argument("text")
+    p.add_argument("--kind", default="note", help="the memory's kind (default: note)")
+    p.add_argument("--importance", type=float, default=0.5, help="0..1 (default: 0.5)")
+    p.add_argument("--ttl", type=float, help="forget it after this many seconds")
+    p.add_argument("--tags", help="comma-separated tags")
+    p.add_argument("--writer", help="the memory writer endpoint (default: the daemon's)")
     p = memory_sub.add_parser("export", parents=[common], help="every row as JSON lines on stdout")
     p.add_argument("--agent", help="only this agent")
-    p.add_argument("--db", help="the memory database (default: from --config)")
-    p = memory_sub.add_parser("import", parents=[common], help="JSON lines from 'export' through the writer")
+    p.add_argument("--db", help="the memory database (default: the daemon's)")
+    p = memory_sub.add_parser(
+        "import",
+        parents=[common],
+        help="JSON lines from 'export' through the writer; idempotent: rows already in the database "
+        "(the same table, agent, text and time) are skipped, so importing twice stores each row once",
+    )
     p.add_argument("file", help="the .jsonl file, or - for stdin")
-    p.add_argument("--writer", help="the memory writer endpoint (default: from --config)")
+    p.add_argument("--writer", help="the memory writer endpoint (default: the daemon's)")
+    p.add_argument("--db", help="the database the writer writes (default: the daemon's; for the dedup)")
     p = memory_sub.add_parser("migrate", parents=[common], help="create or upgrade a memory database")
-    p.add_argument("--db", help="the memory database (default: from --config)")
+    p.add_argument("--db", help="the memory database (default: the daemon's)")
     memory.set_defaults(handler=cmd_memory)
 
     agent = sub.add_parser("agent", help="spawn and talk to agents")
@@ -443,6 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", help="agent id (or service name with --service)")
     p.add_argument("text")
     p.add_argument("--service", action="store_true", help="ID is a service name: load-balanced")
+    p.add_argument("--session", help="the conversation session the message belongs to (memory keeps it)")
+    p = agent_sub.add_parser("check", parents=[common], help=(cmd_agent_check.__doc__ or "").strip())
+    p.add_argument("manifests", nargs="+", metavar="FILE", help="agent.toml files")
+    p.set_defaults(handler=cmd_agent_check)
     for op in ("info", "suspend", "resume", "kill"):
         p = agent_sub.add_parser(op, parents=[common], help=f"{op} an agent")
         p.add_argument("id")
@@ -456,15 +469,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handler: Handler = args.handler
         return handler(args)
-    except ConfigError as exc:
+    except (ConfigError, UsageError) as exc:
         print(f"openfang: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Unreachable as exc:
+        print(f"openfang: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except Timeout as exc:
         print(f"openfang: {exc} (is the daemon running?)", file=sys.stderr)
         return EXIT_UNREACHABLE
     except OpenFangError as exc:
         if getattr(args, "json", False):
-            print(json.dumps({"error": exc.to_wire()}, indent=2))
+            print(json.dumps({"error": exc.to_wire()}, indent=2, sort_keys=True, default=str))
         else:
             print(f"openfang: error {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_REMOTE

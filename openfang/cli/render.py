@@ -15,8 +15,17 @@ def kv(body: Any) -> str:
 
 def status(body: dict[str, Any]) -> str:
     children = body.get("children") or {}
+    expected = body.get("workers_expected")
+    if body.get("ready"):
+        ready = "ready"
+    elif body.get("ready") is False:
+        of = expected if expected is not None else "?"
+        ready = f"not ready: {body.get('workers', 0)} of {of} workers connected"
+    else:
+        ready = str(body.get("state"))
     lines = [
-        f"{body.get('name')}  {body.get('state')}  (openfang {body.get('version')}, pid {body.get('pid')})",
+        f"{body.get('name')}  {ready}  (openfang {body.get('version')}, pid {body.get('pid')})",
+        f"state     {body.get('state')}",
         f"uptime    {_duration(body.get('uptime_s'))}",
         f"config    {body.get('config')}",
         f"data dir  {body.get('data_dir')}",
@@ -24,7 +33,7 @@ def status(body: dict[str, Any]) -> str:
         f"events    {body.get('events')}",
         f"children  {children.get('active', '?')} active of {children.get('specs', '?')} "
         f"({children.get('supervisors', '?')} supervisors, {children.get('workers', '?')} workers)",
-        f"workers   {body.get('workers')}",
+        f"workers   {body.get('workers')} connected" + (f" of {expected}" if expected is not None else ""),
         f"reloads   {body.get('reloads')}",
     ]
     for key in ("embedder", "memory"):
@@ -115,14 +124,26 @@ def security(body: dict[str, Any]) -> str:
 
 
 def memory_hits(body: dict[str, Any]) -> str:
-    lines = []
-    for hit in body.get("hits") or []:
-        score = hit.get("score")
-        score_s = f"{score:.3f}" if isinstance(score, int | float) else "-"
+    hits = body.get("hits") or []
+    if not hits:
+        return "(no matches)"
+    lines = [f"{'SCORE':>6} {'SIM':>5} {'KW#':>3} {'VEC#':>4}  {'AGENT':<24} {'KIND':<10} TEXT"]
+    for hit in hits:
         lines.append(
-            f"{score_s}  {hit.get('agent_id', '?'):<24} {hit.get('kind', ''):<10} {hit.get('text', '')}"
+            f"{_num(hit.get('score'), 4):>6} {_num(hit.get('similarity'), 3):>5} "
+            f"{hit.get('keyword_rank') or '-':>3} {hit.get('vector_rank') or '-':>4}  "
+            f"{hit.get('agent_id', '?'):<24} {hit.get('kind', ''):<10} {hit.get('text', '')}"
         )
-    return "\n".join(lines) or "(no matches)"
+    lines.append(
+        "SCORE fuses the ranks (sum of 1/(60 + rank) over the keyword and vector lists, plus small "
+        "importance and recency terms): it orders the hits. SIM is the cosine similarity of the vector "
+        "match; KW# and VEC# are the ranks in each list (- : not in it)."
+    )
+    return "\n".join(lines)
+
+
+def _num(v: Any, digits: int) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, int | float) else "-"
 
 
 def memory_history(body: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from openfang.protocol.errors import ConfigError
+from openfang.cli.connect import UsageError
 
 
 def _db(args: argparse.Namespace) -> Path:
@@ -25,7 +25,7 @@ def _db(args: argparse.Namespace) -> Path:
     if not data_dir:
         config = getattr(args, "config", None) or os.environ.get("OPENFANG_CONFIG")
         if not config:
-            raise ConfigError("schedule: pass --config (the cluster.toml), --data-dir or --db")
+            raise UsageError("schedule: pass --config (the cluster.toml), --data-dir or --db")
         from openfang.control.config import load_config
 
         data_dir = str(load_config(config).data_dir)
@@ -87,7 +87,6 @@ def add_schedule_verbs(
     """Register ``schedule list|add|remove`` on the CLI's verb parser."""
     place = argparse.ArgumentParser(add_help=False)
     place.add_argument("--db", help="the schedules database (default: <data dir>/schedules.db)")
-    place.add_argument("--data-dir", help="the daemon's data dir (default: $OPENFANG_DATA_DIR or --config's)")
     schedule = sub.add_parser("schedule", help="durable messages to agents, once or by cron")
     schedule_sub = schedule.add_subparsers(dest="schedule_op", required=True)
     p = schedule_sub.add_parser("list", parents=[common, place], help="every schedule with its next run")

@@ -1,0 +1,109 @@
+"""Where a running daemon says it listens: one small JSON file per cluster name, for ``openfang`` to find it.
+
+A daemon's endpoints depend on its data dir, and the data dir on how it was started (``--data-dir``,
+``OPENFANG_DATA_DIR``, or ``[cluster] data_dir`` relative to the config file). ``make run`` starts the
+example cluster with a data dir of its own, so a client reading ``examples/cluster.toml`` alone would look
+in the wrong place. Each daemon therefore writes ``<runtime dir>/<cluster name>.json`` once its tree is up
+(pid, start time, config, data dir, endpoints) and removes it when it stops; the client falls back on it
+when the socket its config names is absent, and uses it when it is given no config and no endpoint.
+
+The runtime dir is ``$OPENFANG_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/openfang``, else
+``/tmp/openfang-<uid>`` (created 0700; a directory owned by someone else is not used). A record whose
+process is gone (or whose pid was reused: the start time differs) is stale and ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRecord:
+    """What one running daemon publishes about itself."""
+
+    name: str
+    pid: int
+    started: float  # the process's create time (psutil), to tell a reused pid apart
+    config: str
+    data_dir: str
+    endpoint: str
+    events: str
+
+    def alive(self) -> bool:
+        try:
+            return abs(psutil.Process(self.pid).create_time() - self.started) < 0.01
+        except psutil.Error:
+            return False
+
+
+def runtime_dir() -> Path:
+    """The directory holding the run records of this user's daemons (see the module docstring)."""
+    if os.environ.get("OPENFANG_RUNTIME_DIR"):
+        return Path(os.environ["OPENFANG_RUNTIME_DIR"])
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "openfang"
+    return Path(tempfile.gettempdir()) / f"openfang-{os.getuid()}"
+
+
+def _path(name: str, directory: Path | None = None) -> Path:
+    return (directory or runtime_dir()) / (_SAFE.sub("_", name) + ".json")
+
+
+def publish(record: RunRecord, directory: Path | None = None) -> Path | None:
+    """Write ``record`` atomically; None (and nothing written) when the runtime dir is not usable."""
+    d = directory or runtime_dir()
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if d.stat().st_uid != os.getuid():
+            return None
+        path = _path(record.name, d)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(record), sort_keys=True))
+        os.replace(tmp, path)
+        return path
+    except OSError:
+        return None
+
+
+def withdraw(name: str, pid: int, directory: Path | None = None) -> None:
+    """Remove the record of cluster ``name`` if it is still the one process ``pid`` wrote."""
+    path = _path(name, directory)
+    record = _read(path)
+    if record is not None and record.pid == pid:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def find(name: str, directory: Path | None = None) -> RunRecord | None:
+    """The live record of cluster ``name``, or None."""
+    record = _read(_path(name, directory))
+    return record if record is not None and record.alive() else None
+
+
+def running(directory: Path | None = None) -> list[RunRecord]:
+    """Every live record in the runtime dir, by name."""
+    d = directory or runtime_dir()
+    try:
+        paths = sorted(d.glob("*.json"))
+    except OSError:
+        return []
+    return [r for r in (_read(p) for p in paths) if r is not None and r.alive()]
+
+
+def _read(path: Path) -> RunRecord | None:
+    try:
+        raw: Any = json.loads(path.read_text())
+        return RunRecord(**{k: raw[k] for k in RunRecord.__dataclass_fields__})
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
