@@ -1,9 +1,12 @@
 """What the ``openfang memory ...`` verbs call. Each function takes explicit paths / endpoints.
 
 Reads (search, history, stats, export) open the database read-only and may run beside a live writer.
-``import_jsonl`` goes *through* the writer (it stays the only writer) with request ids derived from each
-record, so importing the same file twice stores every record once. ``migrate`` runs the schema migrations
-(with no writer running, or before starting one).
+``store`` and ``import_jsonl`` go *through* the writer (it stays the only writer). Import is idempotent:
+given the database the writer writes, a record whose row is already there (same table, agent and content,
+see :func:`_natural_key`) is skipped, as many times as it is there, so importing an export back into its
+own database, or the same file twice, changes nothing; without the database, request ids derived from
+each record still make a re-import within the writer's ledger window (a day) a no-op. ``migrate`` runs the
+schema migrations (with no writer running, or before starting one).
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import IO, Any
 
 from openfang.memory import messages, schema
 from openfang.memory._db import pack_vector
-from openfang.memory.client import MemoryClient
+from openfang.memory.client import MemoryClient, store_body
 from openfang.memory.embed import Embedder, active_embedder_info, best_available
 from openfang.memory.reader import MemoryReader
 from openfang.protocol.errors import ProtocolError
@@ -119,12 +123,84 @@ def _request_for(rec: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
     raise ProtocolError(f"{where}: table must be episodes, tool_calls or memories, got {table!r}")
 
 
-def import_jsonl(endpoint: str, stream: IO[str], *, timeout_s: float = 60.0) -> dict[str, int]:
+def store(
+    endpoint: str,
+    agent_id: str,
+    text: str,
+    *,
+    kind: str = "note",
+    importance: float = 0.5,
+    ttl_s: float | None = None,
+    tags: Sequence[str] | None = None,
+    embedder: Embedder | None = None,
+    timeout_s: float = 30.0,
+) -> dict[str, Any]:
+    """Embed ``text`` here (with the embedder this machine has, as a worker would) and store it through
+    the writer at ``endpoint``; returns the ack ``{id, seq}`` plus the embedder used."""
+    embedder = embedder or best_available()
+    vector = embedder.embed([text])[0]
+    body = store_body(agent_id, text, kind, importance, ttl_s, embedder.id, vector, tags)
+    problems = messages.validate(messages.STORE, body)
+    if problems:
+        raise ProtocolError("memory store: " + "; ".join(problems))
+    with MemoryClient(endpoint) as client:
+        ack = dict(client.call(messages.STORE, body, timeout_s=timeout_s))
+    ack["embedder"] = embedder.id
+    return ack
+
+
+# What makes two rows the same row, per table: a memory's ``created`` is not carried by an import (the writer
+# stamps it), so memories are compared by agent, kind and text.
+_KEYS: dict[str, tuple[str, ...]] = {
+    "episodes": ("agent_id", "session", "role", "text", "ts"),
+    "tool_calls": ("agent_id", "session", "tool", "status", "ts"),
+    "memories": ("agent_id", "kind", "text"),
+}
+
+
+def _natural_key(rec: dict[str, Any]) -> tuple[Any, ...]:
+    table = str(rec.get("table"))
+    return (table, *(rec.get(k) for k in _KEYS.get(table, ())))
+
+
+def _present(db_path: str | os.PathLike[str], keys: Iterable[tuple[Any, ...]]) -> Counter[tuple[Any, ...]]:
+    """How many rows of each natural key the database holds already (one snapshot)."""
+    found: Counter[tuple[Any, ...]] = Counter()
+    with MemoryReader(db_path) as reader, reader.snapshot() as conn:
+        for key in set(keys):
+            table, values = key[0], key[1:]
+            if table not in _KEYS:
+                continue
+            where = " AND ".join(f"{col} IS ?" for col in _KEYS[table])
+            (n,) = conn.execute(f"SELECT count(*) FROM {table} WHERE {where}", values).fetchone()
+            found[key] = int(n)
+    return found
+
+
+def db_beside(endpoint: str) -> str | None:
+    """The database a cluster's writer at ``endpoint`` writes, by the cluster layout (``locations``):
+    ``ipc://<data_dir>/run/memory.sock`` writes ``<data_dir>/memory.db``; None when it does not fit."""
+    path = endpoint.removeprefix("ipc://")
+    if path == endpoint or not path.endswith("/run/memory.sock"):
+        return None
+    db = path[: -len("/run/memory.sock")] + "/memory.db"
+    return db if os.path.exists(db) else None
+
+
+def import_jsonl(
+    endpoint: str,
+    stream: IO[str],
+    *,
+    db_path: str | os.PathLike[str] | None = None,
+    timeout_s: float = 60.0,
+) -> dict[str, int]:
     """Send every record of an export through the writer; all-or-report: invalid lines are listed first.
 
-    Archived flags are not carried over (imported rows are live). Returns counts per table and dups.
+    With ``db_path`` (the database the writer at ``endpoint`` writes), records whose rows are already there
+    are skipped (``present`` in the counts). Archived flags are not carried over (imported rows are live).
+    Returns counts per table stored now, ``present`` and ``dup`` (ledger duplicates).
     """
-    requests: list[tuple[str, str, dict[str, Any]]] = []
+    requests: list[tuple[str, str, dict[str, Any], tuple[Any, ...]]] = []
     problems: list[str] = []
     for lineno, line in enumerate(stream, 1):
         if not line.strip():
@@ -145,13 +221,23 @@ def import_jsonl(endpoint: str, stream: IO[str], *, timeout_s: float = 60.0) -> 
         problems += [f"{where}: {p}" for p in messages.validate(msg_type, body)]
         # The same record always gets the same id: a re-import is a no-op (the ledger's dup).
         req_id = "import-" + hashlib.sha256(line.strip().encode()).hexdigest()[:40]
-        requests.append((req_id, msg_type, body))
+        requests.append((req_id, msg_type, body, _natural_key(rec)))
     if problems:
         raise ProtocolError("import refused, nothing sent:\n" + "\n".join(problems))
-    counts = {"episodes": 0, "tool_calls": 0, "memories": 0, "dup": 0}
+    counts = {"episodes": 0, "tool_calls": 0, "memories": 0, "dup": 0, "present": 0}
+    if db_path is not None and os.path.exists(db_path):
+        present = _present(db_path, (key for *_, key in requests))
+        kept = []
+        for req in requests:
+            if present[req[3]] > 0:
+                present[req[3]] -= 1
+                counts["present"] += 1
+            else:
+                kept.append(req)
+        requests = kept
     names = {messages.EPISODE: "episodes", messages.TOOL_CALL: "tool_calls", messages.STORE: "memories"}
     with MemoryClient(endpoint) as client:
-        for req_id, msg_type, body in requests:
+        for req_id, msg_type, body, _ in requests:
             client.submit(msg_type, body, req_id=req_id, timeout_s=timeout_s)
         for done in client.wait_all(timeout_s):
             body = done.result()

@@ -44,6 +44,7 @@ class Recalled:
     keyword_rank: int | None
     vector_rank: int | None
     tags: tuple[str, ...] = ()
+    similarity: float | None = None  # cosine similarity of the vector match (None: not a vector hit)
 
 
 def ensure_embedder(conn: Any, embedder_id: str, dim: int, now: float) -> str:
@@ -174,8 +175,8 @@ def recall(
                 f"query vector has dimension {len(vector) // 4}, embedder {embedder_id!r} uses {dim}"
             )
         sql = (
-            f"vec AS (SELECT rowid AS id, row_number() OVER (ORDER BY distance) AS r FROM {table} "
-            f"WHERE embedding MATCH ? AND k = ? AND agent_id IN ({agents_ph})"
+            "vec AS (SELECT rowid AS id, row_number() OVER (ORDER BY distance) AS r, distance AS d "
+            f"FROM {table} WHERE embedding MATCH ? AND k = ? AND agent_id IN ({agents_ph})"
         )
         params += [vector, n, *agent_ids]
         if kind is not None:
@@ -188,16 +189,18 @@ def recall(
     if not ctes:
         return []
     names = [c.split(" ", 1)[0] for c in ctes]
-    union = " UNION ALL ".join(f"SELECT id, r, '{nm}' AS src FROM {nm}" for nm in names)
+    dist = {"fts": "NULL", "vec": "d"}
+    union = " UNION ALL ".join(f"SELECT id, r, {dist[nm]} AS d, '{nm}' AS src FROM {nm}" for nm in names)
     top = 1.0 / (RRF_K + 1)
     sql = (
         "WITH " + ", ".join(ctes) + ", "
         f"fused AS (SELECT id, sum(1.0 / ({RRF_K} + r)) AS rrf, "
-        "max(CASE WHEN src = 'fts' THEN r END) AS kr, max(CASE WHEN src = 'vec' THEN r END) AS vr "
+        "max(CASE WHEN src = 'fts' THEN r END) AS kr, max(CASE WHEN src = 'vec' THEN r END) AS vr, "
+        "min(d) AS vd "
         f"FROM ({union}) GROUP BY id) "
         "SELECT m.id, m.agent_id, m.kind, m.text, m.importance, m.created, fused.kr, fused.vr, m.tags, "
         f"fused.rrf + {top} * (? * m.importance + ? * exp(-max(0.0, ? - m.created) * {math.log(2)} / ?)) "
-        "AS score FROM fused JOIN memories m ON m.id = fused.id WHERE m.archived = 0 "
+        "AS score, fused.vd FROM fused JOIN memories m ON m.id = fused.id WHERE m.archived = 0 "
         "ORDER BY score DESC LIMIT ?"
     )
     params += [IMPORTANCE_WEIGHT, RECENCY_WEIGHT, now, RECENCY_HALF_LIFE_S, int(k)]
@@ -213,6 +216,7 @@ def recall(
             vector_rank=r[7],
             tags=tuple(json.loads(r[8])) if r[8] else (),
             score=float(r[9]),
+            similarity=None if r[10] is None else round(1.0 - float(r[10]), 6),
         )
         for r in conn.execute(sql, params).fetchall()
     ]

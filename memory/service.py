@@ -60,6 +60,9 @@ class MemoryService:
                 "agent_id": m.agent_id,
                 "text": m.text,
                 "score": m.score,
+                "similarity": m.similarity,
+                "keyword_rank": m.keyword_rank,
+                "vector_rank": m.vector_rank,
                 "kind": m.kind,
                 "time": m.created,
             }

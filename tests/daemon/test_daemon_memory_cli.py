@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from daemon_harness import Cluster, wait_for
@@ -42,8 +43,46 @@ def test_memory_verbs_search_history_stats_export_and_import(make_cluster: type[
     dump.write_text(export.stdout)
     again = _ctl("memory", "import", str(dump), "--writer", f"ipc://{c.data_dir}/run/memory.sock", "--json")
     assert again.returncode == 0, again.stderr
-    assert json.loads(_ctl("memory", "stats", *ep).stdout)["counts"]["memories"] == 2
+    # Import is idempotent: the rows are in the database already (docs/memory.md).
+    assert json.loads(again.stdout)["present"] == 2
+    assert json.loads(_ctl("memory", "stats", *ep).stdout)["counts"]["memories"] == 1
     assert c.stop() == 0
+
+
+def test_memory_export_import_and_audit_verify_follow_endpoint(make_cluster: type[Cluster]) -> None:
+    """With only --endpoint: export reads the daemon's database, importing it back twice keeps every count,
+    memory store adds one, and audit verify checks the daemon's audit log."""
+    c = make_cluster(workers=1, memory=True).start()
+    ep = ["--endpoint", c.endpoint]
+    for i in range(10):
+        stored = _ctl("memory", "store", "scribe-1", f"fact number {i} about Lisbon", "--kind", "fact", *ep)
+        assert stored.returncode == 0, stored.stderr
+    export = _ctl("memory", "export", *ep)
+    assert export.returncode == 0 and f"from {c.data_dir / 'memory.db'}" in export.stderr, export.stderr
+    dump = c.dir / "dump.jsonl"
+    dump.write_text(export.stdout)
+    for _ in range(2):
+        res = _ctl("memory", "import", str(dump), "--json", *ep)
+        assert res.returncode == 0 and json.loads(res.stdout)["present"] == 10, res.stderr
+    assert json.loads(_ctl("memory", "stats", "--json", *ep).stdout)["counts"]["memories"] == 10
+    hits = json.loads(_ctl("memory", "search", "Lisbon fact number 3", "--json", *ep).stdout)["hits"]
+    assert hits[0]["text"] == "fact number 3 about Lisbon"
+    sims = [h["similarity"] for h in hits if h["similarity"] is not None]
+    assert sims and len(set(sims)) > 1 and all(-1.0 <= s <= 1.0 for s in sims)  # not one flat score
+    human = _ctl("memory", "search", "Lisbon", *ep).stdout
+    assert "SIM" in human and "cosine similarity" in human
+    audit = _ctl("audit", "verify", "--json", *ep)
+    assert audit.returncode == 0, audit.stderr
+    assert json.loads(audit.stdout)["path"] == str(c.data_dir / "audit.db")
+    assert c.stop() == 0
+
+
+def test_memory_and_audit_verbs_without_a_daemon_name_what_is_missing(tmp_path: Path) -> None:
+    """No daemon at --endpoint: export and audit verify say so (no '<config>' placeholder), exit 2."""
+    for verb in (["memory", "export"], ["audit", "verify"], ["memory", "import", "x.jsonl"]):
+        res = _ctl(*verb, "--endpoint", f"ipc://{tmp_path}/control.sock")
+        assert res.returncode == 2, (verb, res.stderr)
+        assert "<config>" not in res.stderr and f"no daemon at ipc://{tmp_path}/control.sock" in res.stderr
 
 
 def test_killed_memory_writer_is_restarted_and_acknowledged_writes_survive(

@@ -68,8 +68,8 @@ def test_cli_export_then_import_round_trips_and_reimport_stores_nothing_twice(wr
 
     first = cli.import_jsonl(dst.endpoint, io.StringIO(out.getvalue()))
     again = cli.import_jsonl(dst.endpoint, io.StringIO(out.getvalue()))
-    assert first == {"episodes": 1, "tool_calls": 1, "memories": 2, "dup": 0}
-    assert again == {"episodes": 0, "tool_calls": 0, "memories": 0, "dup": 4}
+    assert first == {"episodes": 1, "tool_calls": 1, "memories": 2, "dup": 0, "present": 0}
+    assert again == {"episodes": 0, "tool_calls": 0, "memories": 0, "dup": 4, "present": 0}
 
     found = cli.search(dst.db, "vectors export", agent="a", embedder=emb)
     assert found["memories"][0]["text"] == "vectors survive export"
@@ -80,6 +80,52 @@ def test_cli_export_then_import_round_trips_and_reimport_stores_nothing_twice(wr
     stats = cli.stats(dst.db, embedder=emb)
     assert stats["counts"]["memories"] == 2 and stats["agents"] == 2
     assert stats["active_embedder"]["id"] == "hash384-v1"
+
+
+def test_cli_import_into_its_own_database_twice_keeps_the_count(writer) -> None:
+    """export, then import the export twice into the database it came from: still ten memories."""
+    w = writer()
+    emb = HashingEmbedder()
+    with MemoryClient(w.endpoint) as c:
+        for i in range(10):
+            c.store("a", f"fact number {i}", embedder=emb.id, vector=emb.embed([f"fact number {i}"])[0])
+        c.store("a", "fact number 0", embedder=emb.id, vector=emb.embed(["fact number 0"])[0])  # a twin
+        c.episode("a", "s", "user", "hello", ts=1000.0)
+    out = io.StringIO()
+    cli.export(w.db, out)
+    for _ in range(2):
+        counts = cli.import_jsonl(w.endpoint, io.StringIO(out.getvalue()), db_path=w.db)
+        assert counts == {"episodes": 0, "tool_calls": 0, "memories": 0, "dup": 0, "present": 12}
+    stats = cli.stats(w.db, embedder=emb)["counts"]
+    assert stats["memories"] == 11 and stats["episodes"] == 1
+
+
+def test_cli_import_stores_only_the_rows_a_database_lacks(writer) -> None:
+    """A partial database gets exactly the missing rows, twins counted as many times as they occur."""
+    src, dst = writer(), writer()
+    with MemoryClient(src.endpoint) as c:
+        c.store("a", "twice")
+        c.store("a", "twice")
+        c.store("a", "once")
+    with MemoryClient(dst.endpoint) as c:
+        c.store("a", "twice")
+    out = io.StringIO()
+    cli.export(src.db, out)
+    counts = cli.import_jsonl(dst.endpoint, io.StringIO(out.getvalue()), db_path=dst.db)
+    assert counts["memories"] == 2 and counts["present"] == 1
+    assert cli.stats(dst.db, embedder=HashingEmbedder())["counts"]["memories"] == 3
+
+
+def test_cli_store_embeds_here_and_recall_reports_the_similarity(writer) -> None:
+    """memory store writes through the writer with this machine's embedder; a vector hit has a similarity."""
+    w = writer()
+    emb = HashingEmbedder()
+    ack = cli.store(w.endpoint, "a", "the launch is in Lisbon", kind="fact", tags=["trip"], embedder=emb)
+    assert ack["id"] >= 1 and ack["embedder"] == emb.id
+    (hit,) = cli.search(w.db, "launch Lisbon", agent="a", embedder=emb)["memories"]
+    assert hit["kind"] == "fact" and hit["tags"] == ("trip",)
+    assert hit["vector_rank"] == 1 and 0.5 < hit["similarity"] <= 1.0
+    assert hit["score"] < 0.05  # the fused score orders hits; it is not the similarity
 
 
 def test_cli_import_refuses_a_file_with_bad_lines_and_names_each(writer) -> None:
