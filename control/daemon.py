@@ -26,6 +26,7 @@ from openfang.control.notify import Notifier
 from openfang.protocol.errors import ConfigError, OpenFangError, SupervisorError
 from openfang.security.config import open_audit
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED
+from openfang.supervisor._proc import set_title
 from openfang.supervisor.loop import Loop
 from openfang.supervisor.runtime import SupervisorCore, supervisor_for
 
@@ -164,8 +165,9 @@ class Daemon:
     # -- events and requests ----------
 
     def _on_event(self, event: dict[str, Any]) -> None:
+        # Not logged here: the supervisor that owns a child logs its events (child_started, ...), and the
+        # daemon's own events are logged where they happen (config_reloaded, integrity_violation...).
         event.setdefault("time", time.time())
-        log.info("event", **{k: v for k, v in event.items() if k != "time"})
         if self.state != "stopped":
             self.sup.send_to_child(GATEWAY_ID, {"t": "event", "event": event})
 
@@ -270,7 +272,9 @@ def annotate(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         node = dict(node)
         if node.get("pid"):
             node.update(_process_figures(int(node["pid"])))
-        node["children"] = annotate(list(node.get("children") or []))
+        # A supervisor that is not running has no children (its last snapshot would list them as stopped).
+        gone = node.get("type") == "supervisor" and not node.get("pid")
+        node["children"] = [] if gone else annotate(list(node.get("children") or []))
         out.append(node)
     return out
 
@@ -334,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"{args.config}: ok ({len(config.tree.children)} children under root)")
         return 0
+    set_title("openfang: supervisor")
     configure_logging(args.log_level or config.logging.level, args.log_format or config.logging.format)
     structlog.contextvars.bind_contextvars(node=config.name, role="supervisor", pid=os.getpid())
     return Daemon(config, str(Path(args.config).resolve())).run()

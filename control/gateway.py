@@ -338,6 +338,8 @@ class Gateway:
                 return
             if msg.get("ok"):
                 result = msg.get("result")
+                if waiting.request.type == "status" and isinstance(result, dict):
+                    result = self._readiness(result)
                 answer = waiting.request.reply(result if isinstance(result, dict) else {"result": result})
             else:
                 err = msg.get("error") or {}
@@ -347,6 +349,14 @@ class Gateway:
             self._reply(waiting.identity, waiting.delimited, answer)
         elif kind == "req" and msg.get("op") == "gateway.info":
             self.child.send({"t": "rep", "id": msg.get("id"), "ok": True, "result": self.info()})
+
+    def _readiness(self, status: dict[str, Any]) -> dict[str, Any]:
+        """The root's status with what only the gateway knows: ready once every worker of the tree has
+        connected here (before that, a spawn finds no worker), ``workers`` = connected ones."""
+        expected = int(status.get("workers") or 0)
+        connected = sum(1 for w in self.workers.values() if w.pid)
+        ready = status.get("state") == "running" and connected >= expected
+        return {**status, "workers": connected, "workers_expected": expected, "ready": ready}
 
     def _worker_lost(self, worker_id: str, why: str) -> None:
         """A worker died: its agents are gone, and requests it held fail now instead of timing out."""

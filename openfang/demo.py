@@ -35,13 +35,13 @@ def _banner(text: str) -> None:
 
 
 def _wait_until_up(client: Client, proc: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
-    """Until the whole tree is started and every worker answers through the gateway."""
+    """Until the status says ready (the whole tree started, every worker connected to the gateway)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             sys.exit(f"the supervisor exited with {proc.returncode}; see {log_path}")
         try:
-            if client.request("status", timeout=0.5).get("state") == "running" and _workers_answer(client):
+            if client.request("status", timeout=0.5).get("ready") and _workers_answer(client):
                 return
         except OpenFangError:
             pass
@@ -125,13 +125,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data dir               {data_dir}")
         print(f"control endpoint       {config.control.endpoint}")
         print(f"event stream           {config.control.events}")
-        print("try, in another terminal:")
-        print(f"  export OPENFANG_ENDPOINT={config.control.endpoint}")
-        print(f"  export OPENFANG_EVENTS_ENDPOINT={config.control.events}")
+        print("try, in another terminal (openfang finds this daemon by itself: it is the only one running;")
+        print(f"otherwise pass --data-dir {data_dir} or --endpoint {config.control.endpoint}):")
+        print(f"  {ctl} status          # ready once every worker is connected")
         print(f"  {ctl} tree            # the supervision tree: pids, pinned cores, RSS, restarts")
-        print(f"  {ctl} events          # follow lifecycle events")
+        print(f"  {ctl} events          # follow lifecycle events (child, agent state, config)")
         print(f"  {ctl} agent list")
         print(f"  {ctl} agent send {next(iter(ids.values()), 'AGENT')} 'who are you?'")
+        print(f"  tail -f {log_path}   # the JSON log: every process, every event once")
+        print("  ps -o pid,args --ppid <the supervisor pid>   # openfang: control, memory, workers, ...")
         print("  kill -9 <a worker pid from 'tree'>   # and watch it come back")
         if args.once:
             return _stop(proc)

@@ -28,6 +28,7 @@ from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED, ChildContext, 
 from openfang.supervisor.restart import NORMAL, ExitReason, abnormal
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 
 log = structlog.get_logger("openfang.supervisor")
@@ -48,6 +49,30 @@ def _prctl(option: int, arg: int) -> None:
 
 
 PR_GET_CHILD_SUBREAPER = 37
+
+
+def set_title(title: str) -> None:
+    """Name this process in ``ps``/``top`` (``/proc/<pid>/cmdline``) and its main thread (``comm``).
+
+    Every child is a fork of the same interpreter, so without this they all show the daemon's command line.
+    setproctitle rewrites the argv area; without it only the 15-byte thread name changes.
+    """
+    try:
+        import setproctitle
+    except ImportError:  # pragma: no cover - a core dependency; the name alone is the fallback
+        with contextlib.suppress(OSError):
+            _prctl_name(title)
+        return
+    setproctitle.setproctitle(title)
+    with contextlib.suppress(OSError):
+        _prctl_name(title)
+
+
+def _prctl_name(title: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NAME, ctypes.c_char_p(title.encode()[:15]), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def set_subreaper(on: bool) -> bool:
@@ -207,6 +232,7 @@ def _child_main(
             with contextlib.suppress(OSError):
                 os.close(fd)
     structlog.contextvars.bind_contextvars(child=child_id, path=path, pid=os.getpid())
+    set_title(f"openfang: {child_id}")
     code = 0
     try:
         if cpu is not None:

@@ -37,3 +37,12 @@ def crash_after(ctx: ChildContext) -> None:
 def fail_start(ctx: ChildContext) -> None:
     """Exit before ever being ready (a failed start)."""
     raise SystemExit(3)
+
+
+def finish_after(ctx: ChildContext) -> None:
+    """Ready, then end normally after args.seconds (a significant job that is done)."""
+    ctx.ready()
+    until = time.monotonic() + float(ctx.args.get("seconds", 0.3))
+    while time.monotonic() < until:
+        ctx.heartbeat()
+        time.sleep(0.05)
