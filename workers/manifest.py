@@ -40,6 +40,7 @@ class ModelConfig:
     provider: str
     name: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
+    where: str = "[agent.model]"  # "<manifest>: [agent.model]", for the provider's problems at spawn
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -347,7 +348,7 @@ def _model(c: _Checker, agent: Mapping[str, Any], validate: ModelValidator | Non
     if provider is not None and validate is None and provider not in PROVIDERS:
         c.add("agent.model", "provider", f"must be one of {', '.join(PROVIDERS)}, got {provider!r}")
     name = c.get_str(table, "agent.model", "name", None)
-    return ModelConfig(provider=provider or "invalid", name=name, raw=dict(table))
+    return ModelConfig(provider=provider or "invalid", name=name, raw=dict(table), where=c.where("agent.model"))
 
 
 _SEARCH_BACKENDS = ("searxng", "brave", "tavily")

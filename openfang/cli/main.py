@@ -243,7 +243,7 @@ def cmd_agent_check(args: argparse.Namespace) -> int:
         warnings: list[str] = []
         try:
             manifest = load_manifest(
-                path, source=str(path), tool_names=tools, validate_model=validate_model_config
+                path.absolute(), source=str(path), tool_names=tools, validate_model=validate_model_config
             )
         except ConfigError as exc:
             problems = [str(p) for p in exc.problems]

@@ -25,7 +25,7 @@ EventSink = Callable[[dict[str, Any]], None]
 
 
 def _provider_for(model: ModelConfig) -> Any:
-    return make_provider(model.raw or {"provider": model.provider})
+    return make_provider(model.raw or {"provider": model.provider}, where=model.where)
 
 
 def load_tool_modules(registry: ToolRegistry, specs: Sequence[str]) -> None:
