@@ -25,9 +25,9 @@ install: $(STAMP) $(NODE_STAMP)
 run: install
 	$(PY) -m openfang.demo --data-dir $(DATA_DIR)
 
-# Debian tools some tests drive for real (the shell_exec sandbox; tmux for `openfang top`): installed when
-# missing, so CI never skips. Each entry is "command:package".
-TEST_TOOLS := bwrap:bubblewrap prlimit:util-linux tmux:tmux
+# Debian tools some tests drive for real (the shell_exec sandbox; tmux for `openfang top`; systemd-analyze for
+# the systemd unit's test): installed when missing, so CI never skips. Each entry is "command:package".
+TEST_TOOLS := bwrap:bubblewrap prlimit:util-linux tmux:tmux systemd-analyze:systemd
 test-deps:
 	@missing=""; for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \

@@ -8,8 +8,9 @@ in the wrong place. Each daemon therefore writes ``<runtime dir>/<cluster name>.
 when the socket its config names is absent, and uses it when it is given no config and no endpoint.
 
 The runtime dir is ``$OPENFANG_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/openfang``, else
-``/tmp/openfang-<uid>`` (created 0700; a directory owned by someone else is not used). A record whose
-process is gone (or whose pid was reused: the start time differs) is stale and ignored.
+``/tmp/openfang-<uid>`` (created 0700; a directory owned by someone else is not used). Readers also look in
+``/run/openfang``, where the systemd unit (``examples/openfang.service``) has the daemon write its record.
+A record whose process is gone (or whose pid was reused: the start time differs) is stale and ignored.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import psutil
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+SYSTEM_RUNTIME_DIR = Path("/run/openfang")  # the systemd unit's RuntimeDirectory
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,20 +87,32 @@ def withdraw(name: str, pid: int, directory: Path | None = None) -> None:
             path.unlink()
 
 
+def _search(directory: Path | None) -> list[Path]:
+    if directory is not None:
+        return [directory]
+    own = runtime_dir()
+    return [own] if own == SYSTEM_RUNTIME_DIR else [own, SYSTEM_RUNTIME_DIR]
+
+
 def find(name: str, directory: Path | None = None) -> RunRecord | None:
-    """The live record of cluster ``name``, or None."""
-    record = _read(_path(name, directory))
-    return record if record is not None and record.alive() else None
+    """The live record of cluster ``name`` (this user's first, then the system service's), or None."""
+    for d in _search(directory):
+        record = _read(_path(name, d))
+        if record is not None and record.alive():
+            return record
+    return None
 
 
 def running(directory: Path | None = None) -> list[RunRecord]:
-    """Every live record in the runtime dir, by name."""
-    d = directory or runtime_dir()
-    try:
-        paths = sorted(d.glob("*.json"))
-    except OSError:
-        return []
-    return [r for r in (_read(p) for p in paths) if r is not None and r.alive()]
+    """Every live record in the runtime dirs, by name."""
+    out: list[RunRecord] = []
+    for d in _search(directory):
+        try:
+            paths = sorted(d.glob("*.json"))
+        except OSError:
+            continue
+        out += [r for r in (_read(p) for p in paths) if r is not None and r.alive()]
+    return out
 
 
 def _read(path: Path) -> RunRecord | None:
