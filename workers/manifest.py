@@ -348,7 +348,9 @@ def _model(c: _Checker, agent: Mapping[str, Any], validate: ModelValidator | Non
     if provider is not None and validate is None and provider not in PROVIDERS:
         c.add("agent.model", "provider", f"must be one of {', '.join(PROVIDERS)}, got {provider!r}")
     name = c.get_str(table, "agent.model", "name", None)
-    return ModelConfig(provider=provider or "invalid", name=name, raw=dict(table), where=c.where("agent.model"))
+    return ModelConfig(
+        provider=provider or "invalid", name=name, raw=dict(table), where=c.where("agent.model")
+    )
 
 
 _SEARCH_BACKENDS = ("searxng", "brave", "tavily")

@@ -66,7 +66,10 @@ def test_unit_exposure_is_at_most_2_5(tmp_path: Path) -> None:
     tool = _analyze()
     unit = _installed_copy(tmp_path)
     res = subprocess.run(
-        [tool, "security", "--offline=true", "--no-pager", str(unit)], capture_output=True, text=True, timeout=60
+        [tool, "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     out = res.stdout + res.stderr
     match = re.search(r"Overall exposure level for openfang\.service: (\d+(?:\.\d+)?)", out)
