@@ -133,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {ctl} agent list")
         print(f"  {ctl} agent send {next(iter(ids.values()), 'AGENT')} 'who are you?'")
         print(f"  tail -f {log_path}   # the JSON log: every process, every event once")
-        print(
-            "  ps -eo pid,args | grep 'openfang:'   # every process by name: supervisor, control, workers-0, ..."
-        )
+        print("  ps -eo pid,args | grep 'openfang:'   # each process by name: supervisor, control, ...")
         print("  kill -9 <a worker pid from 'tree'>   # and watch it come back")
         if args.once:
             return _stop(proc)
