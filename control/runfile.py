@@ -44,9 +44,10 @@ class RunRecord:
 
     def alive(self) -> bool:
         try:
-            return abs(psutil.Process(self.pid).create_time() - self.started) < 0.01
+            created = float(psutil.Process(self.pid).create_time())
         except psutil.Error:
             return False
+        return abs(created - self.started) < 0.01
 
 
 def runtime_dir() -> Path:
