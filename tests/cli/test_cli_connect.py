@@ -93,10 +93,18 @@ class Daemon:
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not list(self.runtime.glob("*.json")):
-            assert self.proc.poll() is None and time.monotonic() < deadline, "the daemon did not come up"
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close_log()
+                log = (self.dir / "daemon.log").read_text(errors="replace")[-3000:]
+                self.close()
+                raise AssertionError(f"the daemon did not come up (exit {self.proc.returncode}):\n{log}")
             time.sleep(0.05)
+
+    def close_log(self) -> None:
+        if not self.log.closed:
+            self.log.flush()
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -87,7 +87,7 @@ def test_sigterm_stops_children_in_reverse_start_order_and_exits_zero(make_clust
     exits = [
         e.get("id")
         for e in c.log_events()
-        if e.get("event") == "event" and e.get("kind") == "child.exited" and e.get("path", "").count("/") <= 1
+        if e.get("event") == "child_exited" and e.get("path", "").count("/") <= 1
     ]
     assert exits.index("workers") < exits.index("control"), exits
     c.assert_no_survivors()
@@ -118,7 +118,7 @@ args = { seconds = 0.3 }
     first = c.node("wedge")["pid"]
     wait_for(lambda: c.node("wedge")["restarts"] >= 1, what="the hung child to be restarted")
     assert c.node("wedge")["pid"] != first
-    assert any(e.get("kind") == "child.hung" for e in c.log_events())
+    assert any(e.get("event") == "child_hung" for e in c.log_events())
     assert c.stop() == 0
     c.assert_no_survivors()
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from daemon_harness import Cluster, wait_for
-from openfang.protocol.envelope import Envelope, encode
+from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.security.audit import key_beside, verify
 from openfang.security.signing import SigningKey, sign
 
@@ -128,7 +128,18 @@ def test_changed_daemon_file_is_reported_by_the_integrity_check(make_cluster: ty
     watched.write_text("v1")
     c.write_config(f'\n[security.integrity]\ninterval_s = 1\nfiles = ["{watched}"]\n')
     c.start()
+    sub = c.subscribe()
     watched.write_text("v2 tampered")
     wait_for(lambda: "integrity_violation" in c.log(), what="the integrity violation to be logged")
-    assert any(e.get("kind") == "security.integrity" for e in c.log_events())
+    logged = [e for e in c.log_events() if e.get("event") == "integrity_violation"]
+    assert logged and logged[0]["path"] == str(watched)
+    published = []
+    deadline = time.monotonic() + 15
+    while not published and time.monotonic() < deadline:
+        if sub.poll(500):
+            topic, payload = sub.recv_multipart()
+            if topic == b"security.integrity":
+                published.append(decode(payload).body)
+    sub.close()
+    assert published and published[0]["path"] == str(watched)
     assert c.stop() == 0
