@@ -126,7 +126,7 @@ def route(env: Envelope, agents: AgentDirectory, workers: Mapping[str, WorkerLoa
         return Target([least_loaded(workers)])
     if env.type == "agent.list":
         if not workers:
-            raise NotFound("no worker is connected")
+            raise NotFound("no worker is connected (yet? 'openfang status' says ready once every worker is)")
         return Target(sorted(workers), gather=True)
     if env.type in _BY_AGENT:
         agent_id = env.body.get("agent_id")
@@ -160,7 +160,7 @@ def _explicit_agent_id(manifest: Any) -> str | None:
 
 def least_loaded(workers: Mapping[str, WorkerLoad]) -> str:
     if not workers:
-        raise NotFound("no worker is connected")
+        raise NotFound("no worker is connected (yet? 'openfang status' says ready once every worker is)")
     return min(sorted(workers), key=lambda w: (workers[w].agents + workers[w].in_flight, w))
 
 

@@ -57,7 +57,8 @@ def output(args: argparse.Namespace, body: Any, human: Callable[[Any], str]) -> 
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Show the daemon's state, uptime, children, endpoints, and the memory store with its embedder."""
+    """Show whether the daemon is ready (running, every worker connected), its uptime, children,
+    endpoints, and the memory store with its embedder."""
     with connect.client(args) as client:
         body: dict[str, Any] = client.request("status")
         try:
@@ -359,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, handler: Handler, **kw: Any) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=(handler.__doc__ or "").strip(), **kw)
+        doc = " ".join((handler.__doc__ or "").split())
+        p = sub.add_parser(name, parents=[common], help=doc, description=doc, **kw)
         p.set_defaults(handler=handler)
         return p
 
@@ -406,7 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     memory = sub.add_parser("memory", help="the agents' memory")
     memory_sub = memory.add_subparsers(dest="memory_op", required=True)
-    p = memory_sub.add_parser("search", parents=[common], help="hybrid (keyword + vector) search of memories")
+    p = memory_sub.add_parser(
+        "search",
+        parents=[common],
+        help="hybrid (keyword + vector) search of memories: each hit with its fused score (it orders the "
+        "hits), the cosine similarity of its vector match and its rank in each list",
+    )
     p.add_argument("query")
     p.add_argument("--agent", help="only this agent's memories")
     p.add_argument("--kind", help="only memories of this kind")
@@ -448,7 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest")
     p.add_argument("--worker", help="place it on this worker instead of the least loaded")
     agent_sub.add_parser("list", parents=[common], help="list agents on every worker")
-    p = agent_sub.add_parser("send", parents=[common], help="send a message and print the reply")
+    p = agent_sub.add_parser(
+        "send",
+        parents=[common],
+        help="send a message and print the reply (a failed model call is an llm_error naming provider, "
+        "model, HTTP status or cause, and whether a fallback was tried)",
+    )
     p.add_argument("id", help="agent id (or service name with --service)")
     p.add_argument("text")
     p.add_argument("--service", action="store_true", help="ID is a service name: load-balanced")
