@@ -5,8 +5,9 @@ Order (the first that applies wins):
 1. ``--endpoint`` (with ``--events-endpoint``);
 2. ``--config`` or ``$OPENFANG_CONFIG``: the config's endpoints, with ``--data-dir`` / ``$OPENFANG_DATA_DIR``
    applied as the daemon applies it. When neither is given and the config's ipc socket is absent, the run
-   record of a live daemon of the same cluster name is used instead (``make run`` starts the example
-   cluster with a data dir of its own; see :mod:`openfang.control.runfile`);
+   record of a live daemon started from the same config (the same file, or one with the same content) is
+   used instead (``make run`` starts the example cluster with a data dir of its own; see
+   :mod:`openfang.control.runfile`);
 3. ``$OPENFANG_ENDPOINT`` (with ``$OPENFANG_EVENTS_ENDPOINT``);
 4. ``--data-dir`` / ``$OPENFANG_DATA_DIR`` alone: the default sockets under that data dir;
 5. the only live daemon in the run records (several: an error naming them).
@@ -70,7 +71,7 @@ def resolve(args: argparse.Namespace) -> Target:
         target = Target(cfg.control.endpoint, cfg.control.events, f"--config {config}")
         if data_dir is None and _socket_absent(cfg.control.endpoint):
             record = runfile.find(cfg.name)
-            if record is not None:
+            if record is not None and _same_file_or_content(record.config, config):
                 how = f"the running daemon of {cfg.name!r} (pid {record.pid}, data dir {record.data_dir})"
                 return Target(record.endpoint, record.events, how)
         return target
@@ -92,6 +93,16 @@ def resolve(args: argparse.Namespace) -> Target:
         f"{runfile.runtime_dir()}); pass --endpoint, --config or --data-dir "
         "(or set OPENFANG_ENDPOINT / OPENFANG_CONFIG / OPENFANG_DATA_DIR)"
     )
+
+
+def _same_file_or_content(a: str, b: str) -> bool:
+    """Whether two configs describe the same cluster: one file, or two copies of it (another cluster that
+    merely shares the name must not be reached instead of the one asked for)."""
+    try:
+        pa, pb = Path(a), Path(b)
+        return pa.resolve() == pb.resolve() or pa.read_bytes() == pb.read_bytes()
+    except OSError:
+        return False
 
 
 def _socket_absent(endpoint: str) -> bool:

@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="openfang",
         description="The OpenFANG control client: every verb talks to a running daemon over its control "
         "endpoint: from --endpoint; else --config (with --data-dir if the daemon was started with one; "
-        "when the config's socket is absent, the running daemon of the same cluster name); else "
+        "when the config's socket is absent, the running daemon started from the same config); else "
         "$OPENFANG_ENDPOINT; else --data-dir alone; else the only daemon running for this user (as "
         "'make run' starts it). Options go before or after the verb; every verb takes --json.",
         epilog="exit status: 0 success, 1 the daemon answered with an error (or a check failed), 2 usage or "

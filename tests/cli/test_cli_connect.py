@@ -144,6 +144,18 @@ def test_cli_finds_a_daemon_started_with_its_own_data_dir(daemon: Daemon) -> Non
 
 
 @pytest.mark.integration
+def test_cli_config_of_another_cluster_with_the_same_name_is_not_redirected(daemon: Daemon) -> None:
+    """A different config that shares the cluster name is not sent to the running daemon: no daemon at."""
+    other = daemon.dir / "other.toml"
+    other.write_text(daemon.config.read_text().replace("intensity = 3", "intensity = 4"))
+    res = _ctl("--config", str(other), "tree", env=daemon.env)
+    assert (
+        res.returncode == 3
+        and f"no daemon at ipc://{daemon.dir}/.openfang-data/run/control.sock" in res.stderr
+    )
+
+
+@pytest.mark.integration
 def test_cli_run_record_is_removed_when_the_daemon_stops(daemon: Daemon) -> None:
     """After a clean stop the run record is gone, and the config alone fails at once again."""
     daemon.proc.send_signal(signal.SIGTERM)
