@@ -386,9 +386,7 @@ class LLMAttemptBody:
     provider: Annotated[str, Len(128)]
     model: Annotated[str, Len(256)] | None = None
     status: int | None = None  # the HTTP status the server answered (nil: no answer, or a bad body)
-    cause: Annotated[
-        str, Len(32)
-    ]  # http_status | timeout | connection | malformed | refused | config | error
+    cause: Annotated[str, Len(32)]  # http_status, timeout, connection, malformed, refused, config, error
     reason: Annotated[str, Len(MAX_TEXT)]
 
 
