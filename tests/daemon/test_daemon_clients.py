@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -200,9 +201,22 @@ def test_ctl_events_follows_the_stream_and_keys_generate_writes_keys(make_cluste
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)  # the subscription must reach the publisher before the events happen
-    os.kill(c.node("workers", "workers-0")["pid"], signal.SIGKILL)
-    out, _ = follower.communicate(timeout=30)
+    try:
+        # The subscription must reach the publisher before the events happen, and a loaded machine may
+        # take seconds to start the client: kill the worker again until the follower has its two events.
+        deadline = time.monotonic() + 60
+        time.sleep(1.0)
+        while follower.poll() is None and time.monotonic() < deadline:
+            node = c.node("workers", "workers-0")
+            if node["pid"] and node["state"] == "running":
+                os.kill(node["pid"], signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                follower.wait(timeout=5)
+        out, _ = follower.communicate(timeout=5)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
     kinds = [json.loads(line)["kind"] for line in out.splitlines()]
     assert len(kinds) == 2 and all(k.startswith("child.") for k in kinds), kinds
     keys = c.dir / "newkeys"
