@@ -25,8 +25,8 @@ from openfang.control.guard import integrity_monitor
 from openfang.control.notify import Notifier
 from openfang.protocol.errors import ConfigError, OpenFangError, SupervisorError
 from openfang.security.config import open_audit
-from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED
 from openfang.supervisor._proc import set_title
+from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED
 from openfang.supervisor.loop import Loop
 from openfang.supervisor.runtime import SupervisorCore, supervisor_for
 
