@@ -1,0 +1,100 @@
+"""An asyncio client of the control gateway: many requests in flight on one DEALER socket.
+
+The HTTP face serves many callers at once; :class:`openfang.protocol.client.Client` is one request at a
+time. Here every request gets a fresh envelope id and a future; one reader task matches replies to futures
+by id, so answers may come back in any order. Error replies raise :class:`RemoteError` (with the wire's
+code), no answer in time raises :class:`Timeout`. Request bodies are checked against the catalogue before
+anything is sent, like the synchronous client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from openfang.protocol import messages
+from openfang.protocol.envelope import Envelope, decode, encode
+from openfang.protocol.errors import ProtocolError, Timeout
+from openfang.protocol.sockets import connect_dealer
+
+__all__ = ["GatewayBridge"]
+
+
+class GatewayBridge:
+    """One connection to the control endpoint, shared by every HTTP request of this process."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = 30.0,
+        keys_dir: str | None = None,
+        key_name: str = "client",
+        max_frame: int = 16 << 20,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.max_frame = max_frame
+        curve = None
+        if keys_dir and endpoint.startswith("tcp://"):
+            from openfang.protocol.curve import CurveClient
+
+            curve = CurveClient(keys_dir, name=key_name)
+        self._ctx = zmq.asyncio.Context()
+        self._sock: zmq.asyncio.Socket = connect_dealer(self._ctx, endpoint, curve=curve)  # type: ignore[arg-type]
+        # IMMEDIATE is right for a CLI (fail fast) but here the gateway may restart under us: queue instead.
+        self._sock.immediate = 0
+        self._waiting: dict[str, asyncio.Future[Envelope]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def request(
+        self, type: str, body: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send one request and return the reply body; RemoteError for an error reply."""
+        env = Envelope(type=type, body=dict(body or {}))
+        schema = messages.body_schema(type) if type in messages.REQUEST_TYPES else None
+        if schema is not None:
+            problems: list[str] = []
+            schema.check(env.body, "body", problems)
+            if problems:
+                raise ProtocolError("; ".join(problems))
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+        future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        self._waiting[env.id] = future
+        wait = self.timeout if timeout is None else timeout
+        try:
+            await self._sock.send_multipart([encode(env)])
+            reply = await asyncio.wait_for(future, wait)
+        except TimeoutError:
+            raise Timeout(f"no reply to {type!r} from the gateway within {wait:g}s") from None
+        finally:
+            self._waiting.pop(env.id, None)
+        if reply.is_error:
+            raise messages.remote_error(reply.body)
+        if reply.type != f"{type}.ok":
+            raise ProtocolError(f"reply type {reply.type!r} does not answer {type!r}")
+        return dict(reply.body)
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self._sock.recv_multipart()
+            try:
+                reply = decode(frames[-1], max_size=self.max_frame)
+            except ProtocolError:
+                continue  # garbage: nothing to match it with
+            future = self._waiting.get(reply.id)
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        self._sock.close(linger=0)
+        self._ctx.term()
