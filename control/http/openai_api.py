@@ -174,7 +174,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 
 def _parse_chat(body: dict[str, Any], header_session: str | None) -> tuple[str, str, str, bool, bool]:
-    """(agent ref, text, session, stream, include_usage) from a chat request, or HttpError naming the field."""
+    """(agent ref, text, session, stream, include_usage) of a chat request; HttpError names a bad field."""
     unknown = sorted(set(body) - _KNOWN)
     if unknown:
         raise HttpError(400, "bad_request", f"unknown field {unknown[0]!r}", param=unknown[0])

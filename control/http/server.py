@@ -1,4 +1,4 @@
-"""The ``http`` child: uvicorn serving :func:`openfang.control.http.app.build_app`, supervised like the gateway.
+"""The ``http`` child: uvicorn serving :func:`openfang.control.http.app.build_app`, supervised.
 
 Started by the root supervisor as ``openfang.control.http.server:main`` when ``[http]`` is enabled
 (:func:`openfang.control.config.with_http`). It says ``ready`` once the listening socket is bound, then
