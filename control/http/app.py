@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute
 log = structlog.get_logger("openfang.http")
 
 # module names under openfang.control.http, in route order
-PROTOCOLS: tuple[str, ...] = ("openai_api",)
+PROTOCOLS: tuple[str, ...] = ("openai_api", "mcp_server")
 
 
 @dataclass(frozen=True, slots=True)

@@ -539,6 +539,9 @@ class AgentHost(AgentTraffic):
         info.update(
             agent_id=agent.agent_id,
             name=agent.manifest.name,
+            # The HTTP face builds MCP tools and A2A cards from these (issue 12).
+            description=agent.manifest.description,
+            tools=list(agent.manifest.tools),
             worker=self.worker_id,
             state=state,
             activity=agent.sandbox.state.value,
