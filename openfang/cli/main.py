@@ -308,6 +308,33 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return output(args, request(args, f"agent.{op}", {"agent_id": args.id}), render.kv)
 
 
+def cmd_mcp_serve(args: argparse.Namespace) -> int:
+    """Serve the cluster's agents as MCP tools on stdin/stdout (for MCP clients that launch a command)."""
+    from openfang.control.config import missing_http_modules
+
+    missing = missing_http_modules()
+    if missing:
+        raise ConfigError(f"'mcp serve' needs the 'http' extra (missing: {', '.join(missing)}): "
+                          "pip install 'openfang[http]'")  # fmt: skip
+    import asyncio
+
+    from openfang.control.http.app import Face
+    from openfang.control.http.bridge import GatewayBridge
+    from openfang.control.http.mcp_server import serve_stdio
+
+    endpoint, _ = resolve_endpoint(args)
+    keys = getattr(args, "keys_dir", None) or os.environ.get("OPENFANG_KEYS_DIR")
+    bridge = GatewayBridge(endpoint, timeout=args.timeout, keys_dir=keys, key_name=args.key_name)
+    face = Face(
+        bridge=bridge,
+        base_url="stdio:",
+        data_dir=Path(os.environ.get("OPENFANG_DATA_DIR", ".")),
+        cluster=os.environ.get("OPENFANG_CLUSTER", "openfang"),
+    )
+    asyncio.run(serve_stdio(face))
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------------------------
 
 
@@ -432,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = memory_sub.add_parser("migrate", parents=[common], help="create or upgrade a memory database")
     p.add_argument("--db", help="the memory database (default: from --config)")
     memory.set_defaults(handler=cmd_memory)
+
+    mcp = sub.add_parser("mcp", help="the Model Context Protocol face of the cluster")
+    mcp_sub = mcp.add_subparsers(dest="mcp_op", required=True)
+    p = mcp_sub.add_parser("serve", parents=[common], help=(cmd_mcp_serve.__doc__ or "").strip())
+    p.set_defaults(handler=cmd_mcp_serve)
 
     agent = sub.add_parser("agent", help="spawn and talk to agents")
     agent_sub = agent.add_subparsers(dest="agent_op", required=True)
