@@ -194,7 +194,11 @@ def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None
                 f"{source}: [supervisor.children]", f"id {GATEWAY_ID!r} is reserved for the control gateway"
             )
         )
-    http = _parse_http(_table(raw, "http", source, problems), base_dir, source, problems)
+    http = (
+        _parse_http(_table(raw, "http", source, problems), base_dir, source, problems)
+        if "http" in raw
+        else HttpConfig()
+    )
     if http.enabled and tree is not None and any(c.id == HTTP_ID for c in tree.children):
         problems.append(
             Problem(f"{source}: [supervisor.children]", f"id {HTTP_ID!r} is reserved for the [http] face")
@@ -286,13 +290,18 @@ def missing_http_modules() -> list[str]:
     """The modules of the ``http`` extra that cannot be imported here (empty: it is installed)."""
     import importlib.util
 
-    return [name for name in HTTP_MODULES if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in HTTP_MODULES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):  # a broken or blocked install counts as missing
+            missing.append(name)
+    return missing
 
 
 def _parse_http(table: Mapping[str, Any], base_dir: Path, source: str, problems: list[Problem]) -> HttpConfig:
     where = f"{source}: [http]"
-    if not table:
-        return HttpConfig()
     _unknown(table, _HTTP_KEYS, where, problems)
     enabled = table.get("enabled", True)
     if not isinstance(enabled, bool):
