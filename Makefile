@@ -20,7 +20,12 @@ NODE_STAMP := $(if $(wildcard $(NODE_CLIENT)/package.json),$(NODE_CLIENT)/node_m
 $(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package.json
 	cd $(NODE_CLIENT) && npm install --no-audit --no-fund --silent && touch node_modules/.installed
 
-install: $(STAMP) $(NODE_STAMP)
+# The HTTP tests' npm tools: the MCP conformance kit (with the Node 22 it needs) and the reference MCP server.
+HTTP_NPM := tests/http/npm
+$(HTTP_NPM)/node_modules/.installed: $(HTTP_NPM)/package.json
+	cd $(HTTP_NPM) && npm install --no-audit --no-fund --silent && touch node_modules/.installed
+
+install: $(STAMP) $(NODE_STAMP) $(HTTP_NPM)/node_modules/.installed
 
 run: install
 	$(PY) -m openfang.demo --data-dir $(DATA_DIR)
