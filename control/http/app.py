@@ -11,7 +11,7 @@ import contextlib
 import importlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute
 log = structlog.get_logger("openfang.http")
 
 # module names under openfang.control.http, in route order
-PROTOCOLS: tuple[str, ...] = ("openai_api", "mcp_server")
+PROTOCOLS: tuple[str, ...] = ("openai_api", "mcp_server", "a2a_api")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ class Face:
     data_dir: Path
     cluster: str = "openfang"
     default_agent: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    tokens_required: bool = False  # cards then name the bearer scheme
 
     async def agents(self) -> list[dict[str, Any]]:
         """Every agent on every worker (``agent.list``)."""

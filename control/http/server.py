@@ -41,6 +41,7 @@ def make_face(args: Mapping[str, Any]) -> Any:
         data_dir=Path(os.environ.get("OPENFANG_DATA_DIR", ".")),
         cluster=os.environ.get("OPENFANG_CLUSTER", "openfang"),
         default_agent=args.get("default_agent"),
+        tokens_required=bool(args.get("tokens")),
     )
 
 
