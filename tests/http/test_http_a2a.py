@@ -1,0 +1,151 @@
+"""Agents as A2A 1.0 agents, driven by the a2a-sdk's own client against a running daemon."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from a2a.client import ClientConfig, create_client
+from a2a.helpers import new_text_message
+from a2a.types.a2a_pb2 import (
+    CancelTaskRequest,
+    GetTaskRequest,
+    ListTasksRequest,
+    Role,
+    SendMessageRequest,
+    StreamResponse,
+    TaskState,
+)
+from conftest import CLOCK, GREETER, start_with_agents
+from daemon_harness import Cluster, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+async def _send(url: str, text: str, *, streaming: bool, polling: bool = False) -> list[StreamResponse]:
+    client = await create_client(url, client_config=ClientConfig(streaming=streaming, polling=polling))
+    async with client:
+        message = new_text_message(text, role=Role.ROLE_USER)
+        return [event async for event in client.send_message(SendMessageRequest(message=message))]
+
+
+def test_a2a_card_is_built_from_the_manifest(make_cluster: type[Cluster]) -> None:
+    """The per-agent card names the agent, its description, a skill per tool and the JSON-RPC endpoint."""
+    c = make_cluster(workers=1, http=True)
+    start_with_agents(c, CLOCK)
+    card = httpx.get(c.http_url + "/a2a/clock/.well-known/agent-card.json").json()
+    assert card["name"] == "clock" and card["description"] == "Tells the time using the time_now tool"
+    assert card["supportedInterfaces"] == [
+        {"url": c.http_url + "/a2a/clock", "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}
+    ]
+    assert card["capabilities"]["streaming"] is True
+    assert {s["id"] for s in card["skills"]} == {"clock", "tool:time_now"}
+    missing = httpx.get(c.http_url + "/a2a/ghost/.well-known/agent-card.json")
+    assert (
+        missing.status_code == 404
+        and "no agent with id or name 'ghost'" in missing.json()["error"]["message"]
+    )
+    no_default = httpx.get(c.http_url + "/.well-known/agent-card.json")
+    assert no_default.status_code == 404 and "default_agent" in no_default.json()["error"]["message"]
+    assert c.stop() == 0
+
+
+def test_a2a_cluster_card_is_the_default_agents(make_cluster: type[Cluster]) -> None:
+    """[http] default_agent: /.well-known/agent-card.json is that agent's card, and the SDK can use it."""
+    c = make_cluster(workers=1, http=True)
+    c.settings["http_table"] = f'[http]\nlisten = "127.0.0.1:{c.http_port}"\ndefault_agent = "greeter"\n\n'
+    c.write_config()
+    start_with_agents(c, GREETER)
+    card = httpx.get(c.http_url + "/.well-known/agent-card.json").json()
+    assert card["name"] == "greeter" and card["supportedInterfaces"][0]["url"] == c.http_url + "/a2a/greeter"
+    events = asyncio.run(_send(c.http_url, "who are you?", streaming=False))
+    assert events[-1].task.status.state == TaskState.TASK_STATE_COMPLETED
+    assert c.stop() == 0
+
+
+def test_a2a_send_and_stream_complete_tasks_with_the_reply(make_cluster: type[Cluster]) -> None:
+    """SendMessage returns a completed task; SendStreamingMessage streams working, the artifact, completed."""
+    c = make_cluster(workers=1, http=True)
+    start_with_agents(c, GREETER)
+    url = c.http_url + "/a2a/greeter"
+    (done,) = asyncio.run(_send(url, "who are you?", streaming=False))
+    assert done.task.status.state == TaskState.TASK_STATE_COMPLETED
+    assert "WebAssembly agent" in done.task.artifacts[0].parts[0].text
+    events = asyncio.run(_send(url, "what can you do?", streaming=True))
+    kinds = [e.WhichOneof("payload") for e in events]
+    assert kinds[0] == "task" and "artifact_update" in kinds, kinds
+    states = [e.status_update.status.state for e in events if e.HasField("status_update")]
+    assert states == [TaskState.TASK_STATE_WORKING, TaskState.TASK_STATE_COMPLETED]
+    artifact = next(e.artifact_update.artifact for e in events if e.HasField("artifact_update"))
+    assert artifact.parts[0].text.startswith("I keep our conversation")
+    assert c.stop() == 0
+
+
+def test_a2a_tasks_survive_a_daemon_restart(make_cluster: type[Cluster]) -> None:
+    """Tasks live in SQLite under the data dir: after a restart GetTask and ListTasks still find them."""
+    c = make_cluster(workers=1, http=True)
+    start_with_agents(c, GREETER)
+    url = c.http_url + "/a2a/greeter"
+    task_ids = [
+        asyncio.run(_send(url, text, streaming=False))[-1].task.id for text in ("hello", "who are you?")
+    ]
+    assert c.stop() == 0
+    assert (c.data_dir / "http" / "a2a-tasks.db").is_file()
+    start_with_agents(c, GREETER)
+
+    async def read_back() -> tuple[list[str], list[str], int]:
+        client = await create_client(url)
+        async with client:
+            got = [await client.get_task(GetTaskRequest(id=tid)) for tid in task_ids]
+            page = await client.list_tasks(ListTasksRequest(page_size=1, include_artifacts=True))
+            rest = await client.list_tasks(ListTasksRequest(page_size=1, page_token=page.next_page_token))
+            return (
+                [t.artifacts[0].parts[0].text for t in got],
+                [t.id for t in [*page.tasks, *rest.tasks]],
+                page.total_size,
+            )
+
+    replies, listed, total = asyncio.run(read_back())
+    assert replies == [
+        "Hello! Ask me who I am.",
+        "I am greeter, a WebAssembly agent sandboxed by wasmtime inside an OpenFANG worker.",
+    ]
+    assert sorted(listed) == sorted(task_ids) and total == 2
+    assert c.stop() == 0
+
+
+def test_a2a_cancel_task_cancels_a_running_task(make_cluster: type[Cluster]) -> None:
+    """A task whose agent is busy (suspended) can be cancelled; its state is then canceled."""
+    c = make_cluster(workers=1, http=True, request_timeout_ms=4000)
+    (greeter,) = start_with_agents(c, GREETER)
+    c.ok("agent.suspend", {"agent_id": greeter})
+    url = c.http_url + "/a2a/greeter"
+
+    async def cancel() -> tuple[int, int]:
+        client = await create_client(url, client_config=ClientConfig(streaming=False, polling=True))
+        async with client:
+            message = new_text_message("who are you?", role=Role.ROLE_USER)
+            (first,) = [e async for e in client.send_message(SendMessageRequest(message=message))]
+            task_id = first.task.id
+            running = first.task.status.state
+            cancelled = await client.cancel_task(CancelTaskRequest(id=task_id))
+            return running, cancelled.status.state
+
+    running, cancelled = asyncio.run(cancel())
+    assert running in (TaskState.TASK_STATE_SUBMITTED, TaskState.TASK_STATE_WORKING)
+    assert cancelled == TaskState.TASK_STATE_CANCELED
+    c.ok("agent.resume", {"agent_id": greeter})
+    wait_for(lambda: c.ok("agent.info", {"agent_id": greeter})["state"] == "running", what="agent resumed")
+    assert c.stop() == 0
+
+
+def test_a2a_failed_agent_fails_the_task_with_the_reason(make_cluster: type[Cluster]) -> None:
+    """When the agent cannot answer in time the task ends failed, its status message saying why."""
+    c = make_cluster(workers=1, http=True, request_timeout_ms=1500)
+    (greeter,) = start_with_agents(c, GREETER)
+    c.ok("agent.suspend", {"agent_id": greeter})
+    (done,) = asyncio.run(_send(c.http_url + "/a2a/greeter", "hello", streaming=False))
+    assert done.task.status.state == TaskState.TASK_STATE_FAILED
+    assert done.task.status.message.parts[0].text.startswith("timeout:")
+    assert c.stop() == 0
