@@ -18,6 +18,7 @@ from openfang.protocol.errors import ConfigError, Problem
 from openfang.workers.llm.presets import BY_NAME
 from openfang.workers.sandbox import guest_abi
 from openfang.workers.tools.core import SearchConfig, ShellPolicy
+from openfang.workers.tools.mcp import McpServerConfig, declared, parse_servers
 
 RestartPolicy = Literal["permanent", "transient", "temporary"]
 RESTART_POLICIES = ("permanent", "transient", "temporary")
@@ -115,6 +116,7 @@ class AgentManifest:
     # What a restart after a crash starts from: "fresh" (a new instance, agent_init runs) or "snapshot" (the
     # agent's last snapshot, when there is one; refused at spawn for a module with non-exported state).
     restore: RestorePolicy = "fresh"
+    mcp: tuple[McpServerConfig, ...] = ()  # MCP servers whose tools this agent may use (workers/tools/mcp.py)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     shell: ShellPolicy | None = None  # [agent.shell]: what shell_exec may run (absent: nothing)
     web_search: SearchConfig | None = None  # [agent.web_search]: its backend (absent: the environment's)
@@ -233,6 +235,7 @@ _AGENT_KEYS = (
     "web_search",
     "idle_hibernate_s",
     "restore",
+    "mcp",
 )
 _SHELL_KEYS = ("allow", "timeout_s", "cpu_s", "memory_mb", "max_output_bytes", "max_processes")
 _PERMISSION_KEYS = ("memory_read", "memory_write", "send", "spawn", "max_children")
@@ -286,9 +289,13 @@ def load_manifest(
         c.add("agent", "restart", f"must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}")
         restart = "permanent"
     tools = c.get_names(agent, "agent", "tools")
+    mcp: tuple[McpServerConfig, ...] = ()
+    if "mcp" in agent:
+        mcp, mcp_problems = parse_servers(agent["mcp"], c.where("agent"))
+        c.problems.extend(mcp_problems)
     if tool_names is not None:
         for tool in tools:
-            if tool not in tool_names:
+            if tool not in tool_names and not declared(tool, mcp):  # MCP tools are checked at spawn
                 c.add("agent", "tools", f"unknown tool {tool!r} (known: {', '.join(sorted(tool_names))})")
     model = _model(c, agent, validate_model)
     retention = c.get_str(agent, "agent", "retention", "keep") or "keep"
@@ -325,6 +332,7 @@ def load_manifest(
         secret_env=secret_env,
         idle_hibernate_s=_idle_hibernate(c, agent),
         restore=restore,  # type: ignore[arg-type]  # checked against RESTORE_POLICIES above
+        mcp=mcp,
         sandbox=sandbox,
         shell=_shell(c, agent),
         web_search=_web_search(c, agent),

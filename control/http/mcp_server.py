@@ -1,8 +1,9 @@
 """The cluster as an MCP server: every running agent is one tool (official ``mcp`` SDK, low-level Server).
 
-Tool name: the agent id with ``@`` turned into ``.`` (MCP tool names allow ``[A-Za-z0-9_.-]``), e.g.
-``greeter-1.workers-0``; description: the manifest's; input ``{"message": str, "session"?: str}``; the
-result is the agent's reply as text (``is_error`` with the reason when the agent or the cluster failed).
+Tool name: the agent's name (``greeter``) when no other live agent has it, else its id with ``@`` turned
+into ``.`` (MCP tool names allow ``[A-Za-z0-9_.-]``): ``greeter-1.workers-0``. Description: the
+manifest's; input ``{"message": str, "session"?: str}``; the result is the agent's reply as text
+(``is_error`` with the reason when the agent or the cluster failed).
 The list is read from the gateway on every ``tools/list``, so agents spawned later appear.
 
 Served over streamable HTTP at ``/mcp`` (the SDK's session manager, stateful, speaking every revision the
@@ -41,8 +42,18 @@ INPUT_SCHEMA: dict[str, Any] = {
 }
 
 
-def tool_name(agent_id: str) -> str:
-    return agent_id.replace("@", ".")
+def tool_names(agents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """tool name -> live agent: its name when no other live agent has it, else its id (``@`` -> ``.``)."""
+    live = [a for a in agents if a.get("state") != "dead"]
+    counts: dict[str, int] = {}
+    for agent in live:
+        counts[str(agent.get("name"))] = counts.get(str(agent.get("name")), 0) + 1
+    out: dict[str, dict[str, Any]] = {}
+    for agent in live:
+        name = str(agent.get("name"))
+        unique = counts[name] == 1 and name not in {str(a["agent_id"]) for a in live}
+        out[name if unique else str(agent["agent_id"]).replace("@", ".")] = agent
+    return out
 
 
 def make_server(face: Face) -> Server[Any]:
@@ -52,14 +63,12 @@ def make_server(face: Face) -> Server[Any]:
         _ctx: ServerRequestContext[Any], _params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         tools = []
-        for agent in await face.agents():
-            if agent.get("state") == "dead":
-                continue
+        for name, agent in tool_names(await face.agents()).items():
             description = str(agent.get("description") or f"the OpenFANG agent {agent.get('name')}")
             description = f"{description} (agent {agent['agent_id']}: send it a message, get its reply)"
             tools.append(
                 types.Tool(
-                    name=tool_name(str(agent["agent_id"])),
+                    name=name,
                     title=str(agent.get("name") or agent["agent_id"]),
                     description=description[:1024],
                     input_schema=INPUT_SCHEMA,
@@ -70,7 +79,7 @@ def make_server(face: Face) -> Server[Any]:
     async def call_tool(
         _ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        agents = {tool_name(str(a["agent_id"])): a for a in await face.agents()}
+        agents = tool_names(await face.agents())
         agent = agents.get(params.name)
         if agent is None:
             known = ", ".join(sorted(agents)) or "no agents are running"

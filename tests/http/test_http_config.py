@@ -82,7 +82,7 @@ def test_http_config_reserves_the_http_id(tmp_path: Path) -> None:
 
 
 def test_http_config_without_the_extra_says_what_to_install(tmp_path: Path) -> None:
-    """When the SDKs cannot be imported, the daemon refuses [http] and names `pip install 'openfang[http]'`."""
+    """Without the SDKs the daemon refuses [http] and names `pip install 'openfang[http]'`."""
     config = tmp_path / "cluster.toml"
     config.write_text(BASE + "[http]\n")
     blocker = textwrap.dedent(f"""

@@ -268,6 +268,11 @@ class AgentHost(AgentTraffic):
 
         path = Path(mpath) if isinstance(mpath, str) and mpath else None
         manifest = self._parsed_manifest(text, path)
+        if manifest.mcp and self.tools is not None:  # issue 12: MCP servers' tools join the registry
+            from openfang.workers.tools import mcp as _mcp
+
+            tools = _mcp.attach(self.tools, manifest.mcp, manifest.tools, manifest.source)
+            manifest = dataclasses.replace(manifest, tools=tools)
         # A default id names its worker so ids stay unique across the cluster (the gateway routes by id).
         agent_id = manifest.sandbox.agent_id or f"{manifest.name}-{next(self._ids)}@{self.worker_id}"
         while manifest.sandbox.agent_id is None and agent_id in self._agents:

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from openfang.workers.tools.kv import KVNamespace
 
 log = structlog.get_logger("openfang.tools")
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what OpenAI and Anthropic accept as a function name
+# What OpenAI and Anthropic accept as a function name, plus "." for MCP tools (``server.tool``).
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 ALL = "*"
 
 # A host callback gets the calling agent's id and the validated tool arguments; it returns a JSON value
