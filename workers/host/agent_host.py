@@ -271,6 +271,13 @@ class AgentHost(AgentTraffic):
         if manifest.mcp and self.tools is not None:  # issue 12: MCP servers' tools join the registry
             from openfang.workers.tools import mcp as _mcp
 
+            if not _mcp.ready(self.tools, manifest.mcp):
+                # Starting a server takes seconds: off this loop, then this spawn runs again on it.
+                again = (lambda: self.submit(env), Future())
+                _mcp.connect_later(
+                    self.tools, manifest.mcp, lambda: (self._calls.append(again), self._runner.poke())
+                )
+                return
             tools = _mcp.attach(self.tools, manifest.mcp, manifest.tools, manifest.source)
             manifest = dataclasses.replace(manifest, tools=tools)
         # A default id names its worker so ids stay unique across the cluster (the gateway routes by id).

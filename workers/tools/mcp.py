@@ -5,8 +5,9 @@ A manifest names its servers in ``[agent] mcp`` (a stdio command, or a streamabl
     mcp = [{name = "everything", command = "npx", args = ["-y", "@modelcontextprotocol/server-everything"]}]
     tools = ["mcp.everything"]          # every tool of that server; or one: "everything.echo"
 
-At spawn the host calls :func:`attach`: the worker connects to each server it does not know yet (the
-official ``mcp`` SDK's client, from the ``http`` extra), lists its tools and registers each as a
+At spawn the host connects each server this worker does not know yet (:func:`connect_later`: off the
+host's loop, which must keep heartbeating while a server starts; the spawn resumes when all settled), with
+the official ``mcp`` SDK's client (the ``http`` extra); :func:`attach` then registers each tool as a
 :class:`~openfang.workers.tools.core.Tool` with permission ``mcp.<server>``. Calls then go through the
 registry's one door like every other tool (allow list, argument check, and the host's injection,
 exfiltration and audit layers on the result). A tool result the server flags ``isError`` is a failed call
@@ -24,7 +25,7 @@ import contextlib
 import re
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -134,19 +135,35 @@ def declared(tool: str, servers: tuple[McpServerConfig, ...]) -> bool:
     )
 
 
+def ready(registry: ToolRegistry, servers: tuple[McpServerConfig, ...]) -> bool:
+    """Whether every server has been tried on this worker (so :func:`attach` will not wait for one)."""
+    return _hub_for(registry).ready(servers)
+
+
+def connect_later(
+    registry: ToolRegistry, servers: tuple[McpServerConfig, ...], then: Callable[[], None]
+) -> None:
+    """Start (or join) the connections to ``servers`` off the caller's thread; ``then()`` once all settled.
+
+    ``then`` runs on the MCP thread: hand the rest of the work to your own loop from there.
+    """
+    _hub_for(registry).connect_later(servers, then)
+
+
 def attach(
     registry: ToolRegistry, servers: tuple[McpServerConfig, ...], wanted: tuple[str, ...], source: str
 ) -> tuple[str, ...]:
-    """Connect ``servers`` (once per worker) and register their tools; the agent's tools list expanded.
+    """Register the tools of ``servers`` (connected before: :func:`ready`); the agent's tools list expanded.
 
     ``mcp.<server>`` in ``wanted`` stands for every tool of that server and is replaced by their names (the
-    host's allow list is by name). ConfigError names a wanted ``server.tool`` the server does not offer.
+    host's allow list is by name). ConfigError names a server that could not connect (the next spawn tries
+    it again) and a wanted ``server.tool`` the server does not offer.
     """
     hub = _hub_for(registry)
     problems: list[Problem] = []
     for server in servers:
         try:
-            hub.ensure(registry, server)
+            hub.register(registry, server, source)
         except ConfigError as exc:
             problems.extend(exc.problems)
     names = registry.names()
@@ -155,21 +172,22 @@ def attach(
         if not declared(tool, servers):
             expanded.append(tool)
             continue
-        server = (
+        server_name = (
             tool.removeprefix(PERMISSION_PREFIX)
             if tool.startswith(PERMISSION_PREFIX)
             else tool.partition(".")[0]
         )
-        offered = [n for n in names if n.startswith(server + ".")]
+        offered = [n for n in names if n.startswith(server_name + ".")]
         if tool.startswith(PERMISSION_PREFIX):
-            expanded.extend(n for n in offered if n not in expanded)
+            expanded.extend(offered)
         elif tool in offered:
             expanded.append(tool)
-        else:
+        elif not problems:
             problems.append(
                 Problem(
                     f"{source}: [agent] key 'tools'",
-                    f"MCP server {server!r} has no tool {tool!r} (offered: {', '.join(offered) or 'none'})",
+                    f"MCP server {server_name!r} has no tool {tool!r} "
+                    f"(offered: {', '.join(offered) or 'none'})",
                 )
             )
     if problems:
@@ -190,14 +208,21 @@ def _hub_for(registry: ToolRegistry) -> McpHub:
 
 
 class McpHub:
-    """The MCP sessions of one worker, held open on an event loop thread of their own."""
+    """The MCP sessions of one worker, held open on an event loop thread of their own.
+
+    ``_settled`` (name -> the server's tools, or the exception its connection raised) is written by the MCP
+    thread and read by the host's thread; ``_pending`` (name -> future of that outcome) and ``_sessions``
+    belong to the MCP thread.
+    """
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._configs: dict[str, McpServerConfig] = {}
+        self._settled: dict[str, list[Any] | BaseException] = {}
+        self._pending: dict[str, asyncio.Future[list[Any]]] = {}
+        self._registered: set[str] = set()
         self._sessions: dict[str, Any] = {}  # name -> ClientSession while connected
-        self._stops: dict[str, asyncio.Event] = {}
 
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -207,58 +232,77 @@ class McpHub:
                 self._loop = loop
             return self._loop
 
-    def ensure(self, registry: ToolRegistry, server: McpServerConfig) -> None:
-        """Connect ``server`` and register its tools, unless this worker already did; ConfigError if not."""
-        known = self._configs.get(server.name)
-        if known is not None:
-            if known.identity() != server.identity():
-                raise ConfigError(
-                    Problem(
-                        f"[agent] key 'mcp' server {server.name!r}",
-                        "this worker already runs an MCP server of that name with another command or url",
-                    )
-                )
+    def ready(self, servers: tuple[McpServerConfig, ...]) -> bool:
+        return all(s.name in self._settled for s in servers)
+
+    def connect_later(self, servers: tuple[McpServerConfig, ...], then: Callable[[], None]) -> None:
+        async def settle_all() -> None:
+            try:
+                for server in servers:
+                    future = self._pending.get(server.name)
+                    if future is None:
+                        future = self._pending[server.name] = asyncio.get_running_loop().create_future()
+                        asyncio.get_running_loop().create_task(self._settle(server, future))
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(future)
+            finally:
+                then()
+
+        asyncio.run_coroutine_threadsafe(settle_all(), self.loop())
+
+    async def _settle(self, server: McpServerConfig, future: asyncio.Future[list[Any]]) -> None:
+        try:
+            tools = await asyncio.wait_for(self._connect(server), server.timeout_s)
+        except BaseException as exc:
+            self._settled[server.name] = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+            future.set_exception(self._settled[server.name])
             return
-        tools = self._run(
-            self._connect(server), server.timeout_s + 5, f"connecting MCP server {server.name!r}"
-        )
         self._configs[server.name] = server
-        for mcp_tool in tools:
+        self._settled[server.name] = tools
+        future.set_result(tools)
+
+    def register(self, registry: ToolRegistry, server: McpServerConfig, source: str) -> None:
+        """Register the settled server's tools once (host thread); ConfigError for a failure or a clash."""
+        where = f"{source}: [agent] key 'mcp' server {server.name!r}"
+        outcome = self._settled.get(server.name)
+        if isinstance(outcome, BaseException) or outcome is None:
+            # Forget the failure so the next spawn tries again (the MCP thread drops its future too).
+            self._settled.pop(server.name, None)
+            self.loop().call_soon_threadsafe(self._pending.pop, server.name, None)
+            why = f"{type(outcome).__name__}: {outcome}" if outcome is not None else "not connected"
+            raise ConfigError(Problem(where, f"cannot connect: {why}"))
+        known = self._configs.get(server.name)
+        if known is not None and known.identity() != server.identity():
+            raise ConfigError(
+                Problem(where, "this worker runs an MCP server of that name with another command or url")
+            )
+        if server.name in self._registered:
+            return
+        for mcp_tool in outcome:
             tool = _as_tool(self, server, mcp_tool)
             if registry.get(tool.name) is None:
                 registry.register(tool)
+        self._registered.add(server.name)
 
     def call(self, server: McpServerConfig, tool: str, args: dict[str, Any]) -> Any:
         """Call ``tool`` on ``server`` (reconnecting a dead session once); the result's text, or ToolError."""
-        return self._run(self._call(server, tool, args), server.timeout_s, f"MCP tool {server.name}.{tool}")
-
-    def _run(self, coro: Any, timeout: float, what: str) -> Any:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop())
+        future = asyncio.run_coroutine_threadsafe(self._call(server, tool, args), self.loop())
         try:
-            return future.result(timeout)
+            return future.result(server.timeout_s)
         except TimeoutError:
             future.cancel()
-            raise Timeout(f"{what}: no answer within {timeout:g}s") from None
+            raise Timeout(f"MCP tool {server.name}.{tool}: no answer within {server.timeout_s:g}s") from None
 
     async def _connect(self, server: McpServerConfig) -> list[Any]:
         ready: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        stop = asyncio.Event()
-        self._stops[server.name] = stop
-        asyncio.get_running_loop().create_task(self._hold(server, ready, stop))
-        try:
-            return await ready
-        except Exception as exc:
-            raise ConfigError(
-                Problem(
-                    f"[agent] key 'mcp' server {server.name!r}",
-                    f"cannot connect: {type(exc).__name__}: {exc}",
-                )
-            ) from None
+        asyncio.get_running_loop().create_task(self._hold(server, ready))
+        return await ready
 
-    async def _hold(
-        self, server: McpServerConfig, ready: asyncio.Future[list[Any]], stop: asyncio.Event
-    ) -> None:
-        """Keep one session open until ``stop`` (or the server goes away); one task enters and leaves it."""
+    async def _hold(self, server: McpServerConfig, ready: asyncio.Future[list[Any]]) -> None:
+        """Keep one session open while the worker lives (or until the server goes away).
+
+        One task enters and leaves the SDK's context managers (anyio's cancel scopes require it).
+        """
         from mcp import ClientSession
 
         try:
@@ -286,7 +330,7 @@ class McpHub:
                 self._sessions[server.name] = session
                 if not ready.done():
                     ready.set_result(list(tools))
-                await stop.wait()
+                await asyncio.Event().wait()  # forever: the session lives as long as the worker
         except Exception as exc:
             if not ready.done():
                 ready.set_exception(exc)
@@ -297,8 +341,8 @@ class McpHub:
         session = self._sessions.get(server.name)
         if session is None:  # died since: start it again, once
             try:
-                await self._connect(server)
-            except ConfigError as exc:
+                await asyncio.wait_for(self._connect(server), server.timeout_s)
+            except Exception as exc:
                 raise ToolError(f"MCP server {server.name!r} is down and did not come back: {exc}") from None
             session = self._sessions[server.name]
         result = await session.call_tool(tool, args)
