@@ -89,11 +89,13 @@ mcp = [{{name = "self", url = "{c.http_url}/mcp"}}]
 [agent.model]
 provider = "scripted"
 default = "?"
-script = [{{match = '^ask (?P<m>.+)', tool = "self.greeter", args = {{message = "{{m}}"}}, then = "greeter: {{result}}"}}]
+script = [
+  {{match = '^ask (?P<m>.+)', tool = "self.greeter", args = {{message = "{{m}}"}}, then = "got: {{result}}"}},
+]
 """
     agent = c.ok("agent.spawn", {"manifest": asker})["agent_id"]
     reply = c.ok("agent.send", {"agent_id": agent, "text": "ask who are you?"})["reply"]
-    assert reply.startswith("greeter: I am greeter, a WebAssembly agent"), reply
+    assert reply.startswith("got: I am greeter, a WebAssembly agent"), reply
     assert c.stop() == 0
 
 
