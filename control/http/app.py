@@ -123,7 +123,8 @@ def build_app(face: Face, *, tokens: Sequence[str] = (), protocols: Sequence[str
             message = f"method {request.method} is not allowed on {request.url.path!r}"
         else:
             message = str(exc.detail)
-        return error_response(exc.status_code, _code_of(exc.status_code), message, headers=exc.headers)
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(exc.status_code, _code_of(exc.status_code), message, headers=headers)
 
     async def crash(request: Request, exc: Exception) -> Response:
         log.exception("http_request_failed", path=request.url.path, error=str(exc))

@@ -45,7 +45,8 @@ class GatewayBridge:
 
             curve = CurveClient(keys_dir, name=key_name)
         self._ctx = zmq.asyncio.Context()
-        self._sock: zmq.asyncio.Socket = connect_dealer(self._ctx, endpoint, curve=curve)  # type: ignore[arg-type]
+        # connect_dealer is typed for sync contexts; an asyncio context makes asyncio sockets the same way.
+        self._sock: zmq.asyncio.Socket = connect_dealer(self._ctx, endpoint, curve=curve)  # type: ignore[assignment]
         # IMMEDIATE is right for a CLI (fail fast) but here the gateway may restart under us: queue instead.
         self._sock.immediate = 0
         self._waiting: dict[str, asyncio.Future[Envelope]] = {}

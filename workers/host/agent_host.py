@@ -273,10 +273,11 @@ class AgentHost(AgentTraffic):
 
             if not _mcp.ready(self.tools, manifest.mcp):
                 # Starting a server takes seconds: off this loop, then this spawn runs again on it.
-                again = (lambda: self.submit(env), Future())
-                _mcp.connect_later(
-                    self.tools, manifest.mcp, lambda: (self._calls.append(again), self._runner.poke())
-                )
+                def resume() -> None:  # on the MCP thread: hand the spawn back to this loop
+                    self._calls.append((lambda: self.submit(env), Future()))
+                    self._runner.poke()
+
+                _mcp.connect_later(self.tools, manifest.mcp, resume)
                 return
             tools = _mcp.attach(self.tools, manifest.mcp, manifest.tools, manifest.source)
             manifest = dataclasses.replace(manifest, tools=tools)

@@ -254,8 +254,9 @@ class McpHub:
         try:
             tools = await asyncio.wait_for(self._connect(server), server.timeout_s)
         except BaseException as exc:
-            self._settled[server.name] = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
-            future.set_exception(self._settled[server.name])
+            failure = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+            self._settled[server.name] = failure
+            future.set_exception(failure)
             return
         self._configs[server.name] = server
         self._settled[server.name] = tools
