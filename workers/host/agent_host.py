@@ -40,6 +40,7 @@ from openfang.protocol.errors import (
     SandboxError,
     SecurityError,
 )
+from openfang.protocol.messages import CHUNK_TYPE
 from openfang.security._errors import Denied
 from openfang.supervisor.restart import RestartWindow
 from openfang.workers.host import jobs as jobs
@@ -119,6 +120,8 @@ class AgentHost(AgentTraffic):
         self._manifest_cache: OrderedDict[tuple[str, str], AgentManifest] = OrderedDict()
         self._spawn_parents: dict[str, str] = {}
         self._loop_thread = threading.get_ident()
+        # Parts of streamed replies (agent.send with stream = true), from any thread; step() sends them first.
+        self._chunks: deque[Envelope] = deque()
 
     # -- public API ------------------------------------------------------------------------------------
     def wakeup_fd(self) -> int:
@@ -155,6 +158,11 @@ class AgentHost(AgentTraffic):
             if not ran or time.perf_counter() >= end:
                 break
         out, self._replies = self._replies, []
+        if self._chunks:  # a stream's parts go out before the reply that ends it
+            parts = []
+            while self._chunks:
+                parts.append(self._chunks.popleft())
+            out = [*parts, *out]
         if self._internal:
             out = self._route_internal(out)
         if self._memory is not None:
@@ -162,6 +170,11 @@ class AgentHost(AgentTraffic):
         if self._security is not None:
             self._security.audit.flush()
         return out
+
+    def emit_chunk(self, request: Envelope, body: dict[str, Any]) -> None:
+        """Queue one part of ``request``'s streamed reply (any thread); the loop sends it next step."""
+        self._chunks.append(Envelope(type=CHUNK_TYPE, body=body, id=request.id))
+        self._runner.poke()
 
     def _turn(self, agent: HostedAgent, now: float) -> bool:
         sb = agent.sandbox

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -94,9 +95,36 @@ class Services:
 
         job = UsageJob(agent)
         chat = agent.chat_cache.convert(messages)
-        work = jobs.llm_work(agent.provider, agent.manifest.system_prompt, chat, specs, content_filter)
+        on_delta = self._delta_sink(agent)
+        model_stream = bool(agent.manifest.model is not None and agent.manifest.model.raw.get("stream"))
+        work = jobs.llm_work(
+            agent.provider,
+            agent.manifest.system_prompt,
+            chat,
+            specs,
+            content_filter,
+            stream=model_stream or on_delta is not None,
+            on_delta=on_delta,
+        )
         self.host._runner.run(job, work, inline=getattr(agent.provider, "blocking", True) is False)
         return job
+
+    def _delta_sink(self, agent: HostedAgent) -> Callable[[str], None] | None:
+        """Where the model's text pieces go when the message in progress asked for a stream (else None).
+
+        Each piece is redacted on its own (a secret split across two pieces is not caught: the final
+        reply, checked whole, is the authoritative text).
+        """
+        request = agent.current
+        if request is None or not request.body.get("stream"):
+            return None
+        sec, host, agent_id = self.host._security, self.host, agent.agent_id
+
+        def sink(piece: str) -> None:
+            text = sec.redact(piece) if sec is not None else piece
+            host.emit_chunk(request, {"agent_id": agent_id, "kind": "text", "text": text})
+
+        return sink
 
     def start_tools(self, sandbox: Sandbox, request: dict[str, Any]) -> Job:
         agent = self._agent(sandbox)
@@ -171,13 +199,19 @@ class Services:
             sandbox.counters["denied"] += 1
             self.audit({"kind": "tool_denied", "agent_id": sandbox.agent_id, "tool": name})
 
-        work = jobs.tools_work(
-            calls,
-            frozenset(agent.manifest.tools),
-            lambda n, a: self._invoke(agent, ctx, n, a),
-            denied,
-            single,
-        )
+        invoke = lambda n, a: self._invoke(agent, ctx, n, a)  # noqa: E731
+        request = agent.current
+        if request is not None and request.body.get("stream"):  # tool progress for a streamed reply
+            host, plain = self.host, invoke
+
+            def invoke(name: str, args: dict[str, Any]) -> tuple[bool, Any]:
+                part = {"agent_id": agent.agent_id, "kind": "tool", "tool": name}
+                host.emit_chunk(request, {**part, "state": "start"})
+                ok, value = plain(name, args)
+                host.emit_chunk(request, {**part, "state": "done", "ok": bool(ok)})
+                return ok, value
+
+        work = jobs.tools_work(calls, frozenset(agent.manifest.tools), invoke, denied, single)
         inline = all(getattr(_tool(registry, str(c.get("name"))), "blocking", True) is False for c in calls)
         job = UsageJob(agent)
         self.host._runner.run(job, work, inline=inline)
