@@ -8,8 +8,9 @@ Routes (``{agent}`` is an agent id or the name of a running agent)::
     GET  /.well-known/agent-card.json                the cluster's card: [http] default_agent's
 
 The SDK's request handler does the protocol; :class:`AgentExecutor` turns one message into one
-``agent.send`` (session ``a2a:<contextId>``, so a context is one conversation) and the task's events:
-working, the reply as an artifact, then completed (or failed with the reason). Tasks are kept per agent
+streamed ``agent.send`` (session ``a2a:<contextId>``, so a context is one conversation) and the task's
+events: working, the reply's text pieces as chunks of one artifact (tool calls as working updates), the
+whole reply replacing them, then completed (or failed with the reason). Tasks are kept per agent
 name in :mod:`~openfang.control.http.a2a_store`, so they survive a restart of the daemon.
 """
 
@@ -36,11 +37,13 @@ from a2a.types.a2a_pb2 import (
     SecurityRequirement,
     SecurityScheme,
     StringList,
+    TaskState,
 )
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH, PROTOCOL_VERSION_CURRENT, TransportProtocol
 from openfang.control.http.a2a_store import TaskDatabase
 from openfang.control.http.app import Face, Installed
 from openfang.control.http.errors import HttpError
+from openfang.protocol.messages import CHUNK_TYPE
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -66,9 +69,32 @@ class OpenFangExecutor(AgentExecutor):
         updater = TaskUpdater(event_queue, task.id, task.context_id)
         await updater.start_work()
         text = context.get_user_input()
+        artifact_id = f"{task.id}-reply"
+        reply: dict[str, Any] = {}
         try:
             agent = await self.face.resolve(self.ref, param="agent")
-            reply = await self.face.send(str(agent["agent_id"]), text, f"a2a:{task.context_id}"[:128])
+            session = f"a2a:{task.context_id}"[:128]
+            pieces = 0
+            async with contextlib.aclosing(self.face.stream(str(agent["agent_id"]), text, session)) as parts:
+                async for kind, part in parts:
+                    if kind != CHUNK_TYPE:
+                        reply = part
+                    elif part.get("kind") == "text" and part.get("text"):
+                        # The reply's text as it comes: chunks of one artifact, appended.
+                        await updater.add_artifact(
+                            [new_text_part(str(part["text"]))],
+                            artifact_id=artifact_id,
+                            name="reply",
+                            append=pieces > 0,
+                            last_chunk=False,
+                        )
+                        pieces += 1
+                    elif part.get("kind") == "tool":
+                        note = f"tool {part.get('tool')}: {part.get('state')}"
+                        await updater.update_status(
+                            TaskState.TASK_STATE_WORKING,
+                            message=new_text_message(note, context_id=task.context_id, task_id=task.id),
+                        )
         except HttpError as exc:
             await updater.failed(
                 new_text_message(
@@ -79,8 +105,11 @@ class OpenFangExecutor(AgentExecutor):
                 )
             )
             return
-        answer = str(reply["reply"])
-        await updater.add_artifact([new_text_part(answer)], name="reply", last_chunk=True)
+        answer = str(reply.get("reply", ""))
+        # The whole reply replaces the streamed chunks (append = false): the stored task has it in one part.
+        await updater.add_artifact(
+            [new_text_part(answer)], artifact_id=artifact_id, name="reply", append=False, last_chunk=True
+        )
         await updater.complete(
             new_text_message(answer, context_id=task.context_id, task_id=task.id, role=Role.ROLE_AGENT)
         )

@@ -82,6 +82,12 @@ class Face:
         except OpenFangError as exc:
             raise from_openfang(exc, param="agent_id") from None
 
+    def stream(
+        self, agent_id: str, text: str, session: str | None
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """``agent.send`` with ``stream = true``: ``(CHUNK_TYPE, part)`` as parts come, then the reply."""
+        return _stream(self, agent_id, text, session)
+
     async def send(self, agent_id: str, text: str, session: str | None) -> dict[str, Any]:
         """``agent.send``; errors of ours become HttpError."""
         body: dict[str, Any] = {"agent_id": agent_id, "text": text}
@@ -91,6 +97,20 @@ class Face:
             return await self.bridge.request("agent.send", body)
         except OpenFangError as exc:
             raise from_openfang(exc) from None
+
+
+async def _stream(
+    face: Face, agent_id: str, text: str, session: str | None
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    body: dict[str, Any] = {"agent_id": agent_id, "text": text}
+    if session is not None:
+        body["session"] = session
+    try:
+        async with contextlib.aclosing(face.bridge.stream("agent.send", body)) as parts:
+            async for item in parts:
+                yield item
+    except OpenFangError as exc:
+        raise from_openfang(exc) from None
 
 
 def build_app(face: Face, *, tokens: Sequence[str] = (), protocols: Sequence[str] = PROTOCOLS) -> Starlette:

@@ -1,17 +1,17 @@
 """An asyncio client of the control gateway: many requests in flight on one DEALER socket.
 
 The HTTP face serves many callers at once; :class:`openfang.protocol.client.Client` is one request at a
-time. Here every request gets a fresh envelope id and a future; one reader task matches replies to futures
-by id, so answers may come back in any order. Error replies raise :class:`RemoteError` (with the wire's
-code), no answer in time raises :class:`Timeout`. Request bodies are checked against the catalogue before
-anything is sent, like the synchronous client does.
+time. Here every request gets a fresh envelope id and a queue; one reader task hands each reply (and each
+part of a streamed reply) to its request's queue by id, so answers may come back in any order. Error
+replies raise :class:`RemoteError` (with the wire's code), no answer in time raises :class:`Timeout`.
+Request bodies are checked against the catalogue before anything is sent, like the synchronous client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import zmq
@@ -49,14 +49,36 @@ class GatewayBridge:
         self._sock: zmq.asyncio.Socket = connect_dealer(self._ctx, endpoint, curve=curve)  # type: ignore[assignment]
         # IMMEDIATE is right for a CLI (fail fast) but here the gateway may restart under us: queue instead.
         self._sock.immediate = 0
-        self._waiting: dict[str, asyncio.Future[Envelope]] = {}
+        self._waiting: dict[str, asyncio.Queue[Envelope]] = {}  # request id -> what came back for it
         self._reader: asyncio.Task[None] | None = None
 
     async def request(
         self, type: str, body: Mapping[str, Any] | None = None, *, timeout: float | None = None
     ) -> dict[str, Any]:
         """Send one request and return the reply body; RemoteError for an error reply."""
-        env = Envelope(type=type, body=dict(body or {}))
+        async with contextlib.aclosing(self._exchange(type, dict(body or {}), timeout)) as replies:
+            async for kind, reply in replies:
+                if kind != messages.CHUNK_TYPE:
+                    return reply
+        raise ProtocolError(f"no reply to {type!r}")  # _exchange always ends with the reply or raises
+
+    async def stream(
+        self, type: str, body: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Send a streaming request; yield ``(CHUNK_TYPE, part)`` per part, then ``("<type>.ok", reply)``.
+
+        ``timeout`` bounds the wait for each next message, not the whole stream.
+        """
+        async with contextlib.aclosing(
+            self._exchange(type, {**dict(body or {}), "stream": True}, timeout)
+        ) as parts:
+            async for item in parts:
+                yield item
+
+    async def _exchange(
+        self, type: str, body: dict[str, Any], timeout: float | None
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        env = Envelope(type=type, body=body)
         schema = messages.body_schema(type) if type in messages.REQUEST_TYPES else None
         if schema is not None:
             problems: list[str] = []
@@ -65,21 +87,27 @@ class GatewayBridge:
                 raise ProtocolError("; ".join(problems))
         if self._reader is None or self._reader.done():
             self._reader = asyncio.get_running_loop().create_task(self._read())
-        future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
-        self._waiting[env.id] = future
+        inbox: asyncio.Queue[Envelope] = asyncio.Queue()
+        self._waiting[env.id] = inbox
         wait = self.timeout if timeout is None else timeout
         try:
             await self._sock.send_multipart([encode(env)])
-            reply = await asyncio.wait_for(future, wait)
-        except TimeoutError:
-            raise Timeout(f"no reply to {type!r} from the gateway within {wait:g}s") from None
+            while True:
+                try:
+                    reply = await asyncio.wait_for(inbox.get(), wait)
+                except TimeoutError:
+                    raise Timeout(f"no reply to {type!r} from the gateway within {wait:g}s") from None
+                if reply.type == messages.CHUNK_TYPE:
+                    yield reply.type, dict(reply.body)
+                    continue
+                if reply.is_error:
+                    raise messages.remote_error(reply.body)
+                if reply.type != f"{type}.ok":
+                    raise ProtocolError(f"reply type {reply.type!r} does not answer {type!r}")
+                yield reply.type, dict(reply.body)
+                return
         finally:
             self._waiting.pop(env.id, None)
-        if reply.is_error:
-            raise messages.remote_error(reply.body)
-        if reply.type != f"{type}.ok":
-            raise ProtocolError(f"reply type {reply.type!r} does not answer {type!r}")
-        return dict(reply.body)
 
     async def _read(self) -> None:
         while True:
@@ -88,9 +116,9 @@ class GatewayBridge:
                 reply = decode(frames[-1], max_size=self.max_frame)
             except ProtocolError:
                 continue  # garbage: nothing to match it with
-            future = self._waiting.get(reply.id)
-            if future is not None and not future.done():
-                future.set_result(reply)
+            inbox = self._waiting.get(reply.id)
+            if inbox is not None:
+                inbox.put_nowait(reply)
 
     async def close(self) -> None:
         if self._reader is not None:

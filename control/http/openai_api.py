@@ -3,11 +3,13 @@
 Each agent is a model: ``model`` is an agent id or the name of a running agent. Agents keep their own
 conversation, so only the newest ``user`` message is sent (``agent.send``); the session is
 ``openai:<user>`` when the request names a ``user``, else ``openai:<X-OpenFang-Session header>``, else
-``openai``. Official clients work unchanged (tests drive it with the ``openai`` package).
+``openai``. With ``stream`` the agent's reply streams (``agent.send`` with ``stream = true``): each text
+piece the model produces is one chunk. Official clients work unchanged (tests drive it with ``openai``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +19,7 @@ from typing import Any
 
 from openfang.control.http.app import Face, Installed
 from openfang.control.http.errors import HttpError
+from openfang.protocol.messages import CHUNK_TYPE
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -125,14 +128,22 @@ def install(face: Face) -> Installed:
                 return f"data: {json.dumps(obj)}\n\n"
 
             yield chunk({"role": "assistant", "content": ""})
+            streamed = False
+            reply: dict[str, Any] = {}
             try:
-                reply = await face.send(agent["agent_id"], text, session)
+                async with contextlib.aclosing(face.stream(agent["agent_id"], text, session)) as parts:
+                    async for kind, part in parts:
+                        if kind != CHUNK_TYPE:
+                            reply = part
+                        elif part.get("kind") == "text" and part.get("text"):
+                            streamed = True
+                            yield chunk({"content": part["text"]})
             except HttpError as exc:
                 # Headers are gone: the error travels in the stream, as OpenAI's own streams do.
                 err = {"error": {"message": exc.message, "type": exc.code, "code": exc.code, "param": None}}
                 yield f"data: {json.dumps(err)}\n\n"
                 return
-            if reply["reply"]:
+            if reply.get("reply") and not streamed:  # a guest without a streaming model: all at once
                 yield chunk({"content": reply["reply"]})
             yield chunk({}, "stop")
             if include_usage:

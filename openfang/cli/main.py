@@ -304,8 +304,29 @@ def cmd_agent(args: argparse.Namespace) -> int:
             body["service"] = args.id
         else:
             body["agent_id"] = args.id
+        if args.stream:
+            return _send_streaming(args, body)
         return output(args, request(args, "agent.send", body), lambda b: str(b.get("reply", "")))
     return output(args, request(args, f"agent.{op}", {"agent_id": args.id}), render.kv)
+
+
+def _send_streaming(args: argparse.Namespace, body: dict[str, Any]) -> int:
+    """Print a streamed reply as it comes: text pieces on stdout, tool progress on stderr (--json: lines)."""
+    from openfang.protocol.messages import CHUNK_TYPE
+
+    with _client(args) as client:
+        for kind, part in client.stream("agent.send", body):
+            if args.json:
+                print(json.dumps({"type": kind, "body": part}, sort_keys=True, default=str), flush=True)
+            elif kind != CHUNK_TYPE:
+                print(flush=True)  # the pieces already showed the reply; end its line
+            elif part.get("kind") == "text":
+                print(part.get("text", ""), end="", flush=True)
+            elif part.get("kind") == "tool":
+                state = part.get("state")
+                mark = "" if state == "start" else (" ok" if part.get("ok") else " failed")
+                print(f"[tool {part.get('tool')} {state}{mark}]", file=sys.stderr, flush=True)
+    return 0
 
 
 def cmd_mcp_serve(args: argparse.Namespace) -> int:
@@ -475,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", help="agent id (or service name with --service)")
     p.add_argument("text")
     p.add_argument("--service", action="store_true", help="ID is a service name: load-balanced")
+    p.add_argument(
+        "--stream", action="store_true", help="print the reply as it is produced (tool progress on stderr)"
+    )
     for op in ("info", "suspend", "resume", "kill"):
         p = agent_sub.add_parser(op, parents=[common], help=f"{op} an agent")
         p.add_argument("id")

@@ -65,7 +65,7 @@ def test_a2a_cluster_card_is_the_default_agents(make_cluster: type[Cluster]) -> 
 
 
 def test_a2a_send_and_stream_complete_tasks_with_the_reply(make_cluster: type[Cluster]) -> None:
-    """SendMessage returns a completed task; SendStreamingMessage streams working, the artifact, completed."""
+    """SendMessage returns a completed task; SendStreamingMessage streams the reply's pieces, then done."""
     c = make_cluster(workers=1, http=True)
     start_with_agents(c, GREETER)
     url = c.http_url + "/a2a/greeter"
@@ -77,8 +77,11 @@ def test_a2a_send_and_stream_complete_tasks_with_the_reply(make_cluster: type[Cl
     assert kinds[0] == "task" and "artifact_update" in kinds, kinds
     states = [e.status_update.status.state for e in events if e.HasField("status_update")]
     assert states == [TaskState.TASK_STATE_WORKING, TaskState.TASK_STATE_COMPLETED]
-    artifact = next(e.artifact_update.artifact for e in events if e.HasField("artifact_update"))
-    assert artifact.parts[0].text.startswith("I keep our conversation")
+    updates = [e.artifact_update for e in events if e.HasField("artifact_update")]
+    assert len(updates) > 3 and all(u.append for u in updates[1:-1]), "text pieces as appended chunks"
+    streamed = "".join(u.artifact.parts[0].text for u in updates[:-1])
+    assert not updates[-1].append and updates[-1].last_chunk, "the whole reply replaces the chunks last"
+    assert streamed == updates[-1].artifact.parts[0].text and streamed.startswith("I keep our conversation")
     assert c.stop() == 0
 
 
