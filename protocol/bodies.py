@@ -221,7 +221,7 @@ class AgentSend:
     agent_id: Id | None = None
     service: Annotated[str, Len(128, 1)] | None = None
     session: Id | None = None
-    stream: bool = False  # true: agent.send.chunk messages with this request's id come before the reply
+    stream: bool | None = None  # true: agent.send.chunk messages with this request's id come before the reply
 
     @staticmethod
     def extra_checks(raw: Mapping[str, Any]) -> list[str]:
