@@ -5,6 +5,7 @@ Routes (``{agent}`` is an agent id or the name of a running agent)::
     GET  /a2a/{agent}/.well-known/agent-card.json   the agent's card, built from its manifest
     POST /a2a/{agent}                                JSON-RPC: SendMessage, SendStreamingMessage, GetTask,
                                                      ListTasks, CancelTask, SubscribeToTask
+    POST /a2a/{agent}/message:send, GET .../tasks/{id} the same over the HTTP+JSON binding
     GET  /.well-known/agent-card.json                the cluster's card: [http] default_agent's
 
 The SDK's request handler does the protocol; :class:`AgentExecutor` turns one message into one
@@ -24,7 +25,7 @@ from a2a.helpers import new_task_from_user_message, new_text_message, new_text_p
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
-from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes, create_rest_routes
 from a2a.server.tasks import TaskUpdater
 from a2a.types.a2a_pb2 import (
     AgentCapabilities,
@@ -147,9 +148,10 @@ def build_card(face: Face, agent: dict[str, Any], ref: str, tokens: bool) -> Age
         supported_interfaces=[
             AgentInterface(
                 url=f"{face.base_url}/a2a/{ref}",
-                protocol_binding=TransportProtocol.JSONRPC.value,
+                protocol_binding=binding.value,
                 protocol_version=PROTOCOL_VERSION_CURRENT,
             )
+            for binding in (TransportProtocol.JSONRPC, TransportProtocol.HTTP_JSON)
         ],
         capabilities=AgentCapabilities(streaming=True, push_notifications=False),
         default_input_modes=["text/plain"],
@@ -186,21 +188,24 @@ class AgentApps:
         )
         app = Starlette(
             routes=[
-                *create_jsonrpc_routes(handler, rpc_url="/"),
+                # the card first: the REST routes' "/{tenant}" mount would take its path
                 *create_agent_card_routes(card, card_url=AGENT_CARD_WELL_KNOWN_PATH),
+                *create_jsonrpc_routes(handler, rpc_url="/"),
+                *create_rest_routes(handler),
             ]
         )
         self.apps[ref] = (str(agent["agent_id"]), app)
         return app
 
-    def dispatch(self, inner_path: str) -> _Dispatch:
+    def dispatch(self, inner_path: str | None) -> _Dispatch:
+        """An endpoint for ``inner_path`` in the agent's app (None: the ``{rest}`` after the agent)."""
         return _Dispatch(self, inner_path)
 
 
 class _Dispatch:
     """An ASGI endpoint that hands a request to its agent's SDK app, at ``inner_path`` inside it."""
 
-    def __init__(self, apps: AgentApps, inner_path: str) -> None:
+    def __init__(self, apps: AgentApps, inner_path: str | None) -> None:
         self.apps = apps
         self.inner_path = inner_path
 
@@ -212,7 +217,7 @@ class _Dispatch:
                 404, "not_found", "this cluster has no card: set [http] default_agent in cluster.toml"
             )
         app = await self.apps.app_for(str(ref))
-        path = self.inner_path
+        path = self.inner_path or "/" + str(params.get("rest", ""))
         await app({**scope, "path": path, "raw_path": path.encode(), "root_path": ""}, receive, send)
 
 
@@ -236,6 +241,8 @@ def install(face: Face) -> Installed:
                 methods=["GET"],
             ),
             Route(AGENT_CARD_WELL_KNOWN_PATH, apps.dispatch(AGENT_CARD_WELL_KNOWN_PATH), methods=["GET"]),
+            # the HTTP+JSON binding: /a2a/{agent}/message:send, /tasks/{id}, ...
+            Route("/a2a/{agent}/{rest:path}", apps.dispatch(None), methods=["GET", "POST", "DELETE"]),
         ],
         lifespan=lifespan,
     )

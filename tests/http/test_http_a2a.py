@@ -15,6 +15,7 @@ from a2a.types.a2a_pb2 import (
     Role,
     SendMessageRequest,
     StreamResponse,
+    SubscribeToTaskRequest,
     TaskState,
 )
 from conftest import CLOCK, GREETER, start_with_agents
@@ -37,7 +38,8 @@ def test_a2a_card_is_built_from_the_manifest(make_cluster: type[Cluster]) -> Non
     card = httpx.get(c.http_url + "/a2a/clock/.well-known/agent-card.json").json()
     assert card["name"] == "clock" and card["description"] == "Tells the time using the time_now tool"
     assert card["supportedInterfaces"] == [
-        {"url": c.http_url + "/a2a/clock", "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}
+        {"url": c.http_url + "/a2a/clock", "protocolBinding": binding, "protocolVersion": "1.0"}
+        for binding in ("JSONRPC", "HTTP+JSON")
     ]
     assert card["capabilities"]["streaming"] is True
     assert {s["id"] for s in card["skills"]} == {"clock", "tool:time_now"}
@@ -151,4 +153,63 @@ def test_a2a_failed_agent_fails_the_task_with_the_reason(make_cluster: type[Clus
     (done,) = asyncio.run(_send(c.http_url + "/a2a/greeter", "hello", streaming=False))
     assert done.task.status.state == TaskState.TASK_STATE_FAILED
     assert done.task.status.message.parts[0].text.startswith("timeout:")
+    assert c.stop() == 0
+
+
+def test_a2a_http_json_binding_sends_and_reads_tasks(make_cluster: type[Cluster]) -> None:
+    """The SDK client on the HTTP+JSON binding (message:send, tasks/{id}) gets the same task as JSON-RPC."""
+    c = make_cluster(workers=1, http=True)
+    start_with_agents(c, GREETER)
+
+    async def over_rest() -> tuple[int, str, int]:
+        config = ClientConfig(streaming=False, supported_protocol_bindings=["HTTP+JSON"])
+        client = await create_client(c.http_url + "/a2a/greeter", client_config=config)
+        async with client:
+            message = new_text_message("who are you?", role=Role.ROLE_USER)
+            (done,) = [e async for e in client.send_message(SendMessageRequest(message=message))]
+            again = await client.get_task(GetTaskRequest(id=done.task.id))
+            listed = await client.list_tasks(ListTasksRequest())
+            return again.status.state, again.artifacts[0].parts[0].text, listed.total_size
+
+    state, text, total = asyncio.run(over_rest())
+    assert state == TaskState.TASK_STATE_COMPLETED and text.startswith("I am greeter") and total == 1
+    raw = httpx.post(
+        c.http_url + "/a2a/greeter/message:send", json={"message": {}}, headers={"A2A-Version": "1.0"}
+    )
+    assert raw.status_code == 400, raw.text
+    assert c.stop() == 0
+
+
+def test_a2a_subscribe_follows_a_running_task_to_its_end(make_cluster: type[Cluster]) -> None:
+    """SubscribeToTask on a task still waiting for its (suspended) agent streams it to completed."""
+    c = make_cluster(workers=1, http=True, request_timeout_ms=8000)
+    (greeter,) = start_with_agents(c, GREETER)
+    c.ok("agent.suspend", {"agent_id": greeter})
+    url = c.http_url + "/a2a/greeter"
+
+    async def follow() -> list[int]:
+        poster = await create_client(url, client_config=ClientConfig(streaming=False, polling=True))
+        async with poster:
+            message = new_text_message("hello", role=Role.ROLE_USER)
+            (first,) = [e async for e in poster.send_message(SendMessageRequest(message=message))]
+            task_id = first.task.id
+        client = await create_client(url, client_config=ClientConfig(streaming=True))
+        async with client:
+            states: list[int] = []
+
+            async def watch() -> None:
+                async for event in client.subscribe(SubscribeToTaskRequest(id=task_id)):
+                    if event.HasField("status_update"):
+                        states.append(event.status_update.status.state)
+                    elif event.HasField("task"):
+                        states.append(event.task.status.state)
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(c.ok, "agent.resume", {"agent_id": greeter})
+            await asyncio.wait_for(watcher, 20)
+            return states
+
+    states = asyncio.run(follow())
+    assert states[-1] == TaskState.TASK_STATE_COMPLETED, states
     assert c.stop() == 0
