@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 
 import httpx
 import pytest
@@ -20,8 +22,10 @@ from a2a.types.a2a_pb2 import (
 )
 from conftest import CLOCK, GREETER, start_with_agents
 from daemon_harness import Cluster, wait_for
+from npm_tools import NPM_DIR, npm_bin
 
 pytestmark = pytest.mark.integration
+REPLY = "I am greeter, a WebAssembly agent sandboxed by wasmtime inside an OpenFANG worker."
 
 
 async def _send(url: str, text: str, *, streaming: bool, polling: bool = False) -> list[StreamResponse]:
@@ -212,4 +216,26 @@ def test_a2a_subscribe_follows_a_running_task_to_its_end(make_cluster: type[Clus
 
     states = asyncio.run(follow())
     assert states[-1] == TaskState.TASK_STATE_COMPLETED, states
+    assert c.stop() == 0
+
+
+def test_a2a_javascript_sdk_client_sends_and_streams(make_cluster: type[Cluster]) -> None:
+    """The npm @a2a-js/sdk client reads the card, completes a task and streams the reply's pieces."""
+    node = npm_bin("node")
+    c = make_cluster(workers=1, http=True)
+    start_with_agents(c, GREETER)
+    script = NPM_DIR / "a2a_client.mjs"
+    out = subprocess.run(
+        [str(node), str(script), c.http_url + "/a2a/greeter", "who are you?"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    sent, streamed = (json.loads(line) for line in out.stdout.splitlines())
+    assert sent == {"step": "send", "state": 3, "reply": REPLY}
+    kinds = [e["kind"] for e in streamed["events"]]
+    assert kinds[0] == "task" and kinds[-1] == "status" and streamed["events"][-1]["state"] == 3
+    chunks = [e for e in streamed["events"] if e["kind"] == "artifact"]
+    assert "".join(e["text"] for e in chunks[:-1]) == chunks[-1]["text"] == REPLY
     assert c.stop() == 0
