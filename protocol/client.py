@@ -91,7 +91,8 @@ class Client:
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         self._send(env, deadline, wait)
-        return self._await_reply(env, deadline, wait)
+        reply: dict[str, Any] = self._await_reply(env, deadline, wait)
+        return reply
 
     def stream(
         self, type: str, body: Mapping[str, Any] | None = None, timeout: float | None = None

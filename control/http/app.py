@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +84,7 @@ class Face:
 
     def stream(
         self, agent_id: str, text: str, session: str | None
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
         """``agent.send`` with ``stream = true``: ``(CHUNK_TYPE, part)`` as parts come, then the reply."""
         return _stream(self, agent_id, text, session)
 
@@ -101,7 +101,7 @@ class Face:
 
 async def _stream(
     face: Face, agent_id: str, text: str, session: str | None
-) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
     body: dict[str, Any] = {"agent_id": agent_id, "text": text}
     if session is not None:
         body["session"] = session

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import zmq
@@ -64,7 +64,7 @@ class GatewayBridge:
 
     async def stream(
         self, type: str, body: Mapping[str, Any] | None = None, *, timeout: float | None = None
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
         """Send a streaming request; yield ``(CHUNK_TYPE, part)`` per part, then ``("<type>.ok", reply)``.
 
         ``timeout`` bounds the wait for each next message, not the whole stream.
@@ -77,7 +77,7 @@ class GatewayBridge:
 
     async def _exchange(
         self, type: str, body: dict[str, Any], timeout: float | None
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
         env = Envelope(type=type, body=body)
         schema = messages.body_schema(type) if type in messages.REQUEST_TYPES else None
         if schema is not None:

@@ -239,3 +239,31 @@ def test_a2a_javascript_sdk_client_sends_and_streams(make_cluster: type[Cluster]
     chunks = [e for e in streamed["events"] if e["kind"] == "artifact"]
     assert "".join(e["text"] for e in chunks[:-1]) == chunks[-1]["text"] == REPLY
     assert c.stop() == 0
+
+
+def test_a2a_send_tool_calls_a_remote_agent_under_network_rules(make_cluster: type[Cluster]) -> None:
+    """An agent's a2a_send reaches an A2A agent on an allowed host; a loopback host not allowed is refused."""
+    c = make_cluster(workers=1, http=True, extra='\n[security.network]\nallow_hosts = ["127.0.0.1"]\n')
+    start_with_agents(c, GREETER)
+    asker = """
+[agent]
+name = "asker"
+tools = ["a2a_send"]
+
+[agent.model]
+provider = "scripted"
+default = "?"
+script = [
+  {match = '^ask (?P<u>\\S+) (?P<m>.+)', tool = "a2a_send", args = {url = "{u}", message = "{m}"}},
+]
+"""
+    agent = c.ok("agent.spawn", {"manifest": asker})["agent_id"]
+    reply = c.ok("agent.send", {"agent_id": agent, "text": f"ask {c.http_url}/a2a/greeter who are you?"})[
+        "reply"
+    ]
+    result = json.loads(reply)
+    assert result["state"] == "TASK_STATE_COMPLETED" and result["text"] == REPLY, result
+    other = c.http_url.replace("127.0.0.1", "127.0.0.2")  # loopback too, but not in allow_hosts
+    refused = c.ok("agent.send", {"agent_id": agent, "text": f"ask {other}/a2a/greeter hi"})["reply"]
+    assert "url refused" in refused and "loopback" in refused, refused
+    assert c.stop() == 0

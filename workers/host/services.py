@@ -199,17 +199,17 @@ class Services:
             sandbox.counters["denied"] += 1
             self.audit({"kind": "tool_denied", "agent_id": sandbox.agent_id, "tool": name})
 
-        invoke = lambda n, a: self._invoke(agent, ctx, n, a)  # noqa: E731
         request = agent.current
-        if request is not None and request.body.get("stream"):  # tool progress for a streamed reply
-            host, plain = self.host, invoke
+        streaming = request is not None and bool(request.body.get("stream"))
 
-            def invoke(name: str, args: dict[str, Any]) -> tuple[bool, Any]:
-                part = {"agent_id": agent.agent_id, "kind": "tool", "tool": name}
-                host.emit_chunk(request, {**part, "state": "start"})
-                ok, value = plain(name, args)
-                host.emit_chunk(request, {**part, "state": "done", "ok": bool(ok)})
-                return ok, value
+        def invoke(name: str, args: dict[str, Any]) -> tuple[bool, Any]:
+            if not streaming or request is None:
+                return self._invoke(agent, ctx, name, args)
+            part = {"agent_id": agent.agent_id, "kind": "tool", "tool": name}  # progress of a streamed reply
+            self.host.emit_chunk(request, {**part, "state": "start"})
+            ok, value = self._invoke(agent, ctx, name, args)
+            self.host.emit_chunk(request, {**part, "state": "done", "ok": bool(ok)})
+            return ok, value
 
         work = jobs.tools_work(calls, frozenset(agent.manifest.tools), invoke, denied, single)
         inline = all(getattr(_tool(registry, str(c.get("name"))), "blocking", True) is False for c in calls)
