@@ -155,8 +155,9 @@ def test_a2a_failed_agent_fails_the_task_with_the_reason(make_cluster: type[Clus
     (greeter,) = start_with_agents(c, GREETER)
     c.ok("agent.suspend", {"agent_id": greeter})
     (done,) = asyncio.run(_send(c.http_url + "/a2a/greeter", "hello", streaming=False))
-    assert done.task.status.state == TaskState.TASK_STATE_FAILED
-    assert done.task.status.message.parts[0].text.startswith("timeout:")
+    why = done.task.status.message.parts[0].text
+    assert done.task.status.state == TaskState.TASK_STATE_FAILED, (done.task.status.state, why)
+    assert why.startswith("timeout:"), why
     assert c.stop() == 0
 
 

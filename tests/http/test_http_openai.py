@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 from conftest import CLOCK, GREETER, start_with_agents
-from daemon_harness import Cluster
+from daemon_harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +70,7 @@ def test_openai_sessions_follow_the_user_field_and_header(make_cluster: type[Clu
         body = {"agent_id": greeter, "session": session}
         return [m["text"] for m in c.ok("memory.history", body)["messages"] if m["role"] == "user"]
 
-    assert said("openai:alice") == ["hi from alice"]
-    assert said("openai:bob") == ["hi from bob"]
+    # The memory writer commits in groups: the records are there soon, not at once.
+    wait_for(lambda: said("openai:alice") == ["hi from alice"], what="alice's session in memory")
+    wait_for(lambda: said("openai:bob") == ["hi from bob"], what="bob's session in memory")
     assert c.stop() == 0

@@ -24,7 +24,11 @@ def test_http_child_is_restarted_after_a_kill_and_serves_again(make_cluster: typ
     before = c.node("http")
     assert before["state"] == "running" and httpx.get(c.http_url + "/v1/models").status_code == 200
     os.kill(before["pid"], signal.SIGKILL)
-    wait_for(lambda: c.node("http").get("pid") not in (None, before["pid"]), what="http child restarted")
+    wait_for(
+        lambda: c.node("http").get("pid") not in (None, before["pid"]),
+        timeout=60,
+        what="http child restarted",
+    )
 
     def answers() -> bool:
         try:
@@ -32,7 +36,7 @@ def test_http_child_is_restarted_after_a_kill_and_serves_again(make_cluster: typ
         except httpx.HTTPError:
             return False
 
-    wait_for(answers, what="the restarted http child to serve")
+    wait_for(answers, timeout=60, what="the restarted http child to serve")
     assert c.node("http")["restarts"] >= 1
     assert c.stop() == 0
 
