@@ -11,7 +11,9 @@ Routes (``{agent}`` is an agent id or the name of a running agent)::
 The SDK's request handler does the protocol; :class:`AgentExecutor` turns one message into one
 streamed ``agent.send`` (session ``a2a:<contextId>``, so a context is one conversation) and the task's
 events: working, the reply's text pieces as chunks of one artifact (tool calls as working updates), the
-whole reply replacing them, then completed (or failed with the reason). Tasks are kept per agent
+whole reply replacing them, then completed (or failed with the reason). The agent may set another outcome
+with the ``task_update`` tool (input-required, rejected, failed, auth-required, and artifacts of text, data
+or file URIs): it comes with the reply (``task`` in ``agent.send.ok``). Tasks are kept per agent
 name in :mod:`~openfang.control.http.a2a_store`, so they survive a restart of the daemon.
 """
 
@@ -21,7 +23,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from a2a.helpers import new_task_from_user_message, new_text_message, new_text_part
+from a2a.helpers import (
+    new_data_part,
+    new_task_from_user_message,
+    new_text_message,
+    new_text_part,
+    new_url_part,
+)
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
@@ -111,15 +119,43 @@ class OpenFangExecutor(AgentExecutor):
         await updater.add_artifact(
             [new_text_part(answer)], artifact_id=artifact_id, name="reply", append=False, last_chunk=True
         )
-        await updater.complete(
-            new_text_message(answer, context_id=task.context_id, task_id=task.id, role=Role.ROLE_AGENT)
+        outcome = reply.get("task") if isinstance(reply.get("task"), dict) else {}
+        for i, artifact in enumerate(outcome.get("artifacts") or []):
+            await updater.add_artifact(
+                [_part(artifact)],
+                artifact_id=f"{task.id}-{i}",
+                name=str(artifact.get("name") or f"artifact-{i}"),
+                last_chunk=True,
+            )
+        message = new_text_message(
+            str(outcome.get("message") or answer),
+            context_id=task.context_id,
+            task_id=task.id,
+            role=Role.ROLE_AGENT,
         )
+        finish = {
+            "input-required": updater.requires_input,
+            "auth-required": updater.requires_auth,
+            "rejected": updater.reject,
+            "failed": updater.failed,
+        }.get(str(outcome.get("state")), updater.complete)
+        await finish(message)
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         # The framework has already cancelled execute(); a reply still in flight is dropped when it lands.
         task = context.current_task
         if task is not None:
             await TaskUpdater(event_queue, task.id, task.context_id).cancel()
+
+
+def _part(artifact: dict[str, Any]) -> Any:
+    """The A2A part of one ``task_update`` artifact: text, data (a JSON object) or a file URI."""
+    media = artifact.get("media_type") or None
+    if "data" in artifact:
+        return new_data_part(artifact["data"], media_type=media)
+    if "uri" in artifact:
+        return new_url_part(str(artifact["uri"]), media_type=media, filename=artifact.get("name") or None)
+    return new_text_part(str(artifact.get("text", "")), media_type=media)
 
 
 def build_card(face: Face, agent: dict[str, Any], ref: str, tokens: bool) -> AgentCard:

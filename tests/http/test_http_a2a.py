@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from typing import Any
 
 import httpx
 import pytest
@@ -267,4 +268,67 @@ script = [
     other = c.http_url.replace("127.0.0.1", "127.0.0.2")  # loopback too, but not in allow_hosts
     refused = c.ok("agent.send", {"agent_id": agent, "text": f"ask {other}/a2a/greeter hi"})["reply"]
     assert "url refused" in refused and "loopback" in refused, refused
+    assert c.stop() == 0
+
+
+BOOKER = """
+[agent]
+name = "booker"
+tools = ["task_update"]
+
+[agent.model]
+provider = "scripted"
+default = "?"
+script = [
+  {match = '(?i)^book', tool = "task_update", args = {state = "input-required", message = "Which city?"}},
+  {match = '(?i)^in (?P<city>\\w+)', tool = "task_update", then = "Booked {city}.", args = {artifacts = [
+    {name = "booking", data = {city = "{city}", nights = "2"}},
+    {name = "ticket", uri = "https://example.com/t/{city}.pdf", media_type = "application/pdf"},
+    {name = "note", text = "Booked {city}"}]}},
+  {match = '(?i)^refuse', tool = "task_update", args = {state = "rejected", message = "Not my job."}},
+  {match = '(?i)^break', tool = "task_update", args = {state = "failed", message = "The backend is down."}},
+]
+"""
+
+
+def test_a2a_agent_sets_task_states_and_artifacts_with_task_update(make_cluster: type[Cluster]) -> None:
+    """task_update: input-required then completed (data, file and text artifacts), rejected, failed."""
+    c = make_cluster(workers=1, http=True)
+    (booker,) = start_with_agents(c, BOOKER)
+    plain = c.ok("agent.send", {"agent_id": booker, "text": "refuse this"})
+    assert plain["task"]["state"] == "rejected", "the wire reply carries the agent's task outcome"
+    url = c.http_url + "/a2a/booker"
+
+    async def converse() -> list[Any]:
+        client = await create_client(url, client_config=ClientConfig(streaming=False))
+        async with client:
+
+            async def say(text: str, task: Any = None) -> Any:
+                message = new_text_message(text, role=Role.ROLE_USER)
+                if task is not None:
+                    message.task_id, message.context_id = task.id, task.context_id
+                (event,) = [e async for e in client.send_message(SendMessageRequest(message=message))]
+                return event.task
+
+            asked = await say("book a room")
+            done = await say("in Paris", asked)
+            stored = await client.get_task(GetTaskRequest(id=done.id))
+            return [asked, done, stored, await say("refuse"), await say("break it")]
+
+    asked, done, stored, rejected, failed = asyncio.run(converse())
+    assert asked.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+    assert asked.status.message.parts[0].text == "Which city?"
+    assert done.id == asked.id and done.status.state == TaskState.TASK_STATE_COMPLETED
+    parts = {a.name: a.parts[0] for a in stored.artifacts}
+    assert parts["reply"].text == "Booked Paris."
+    assert dict(parts["booking"].data.struct_value) == {"city": "Paris", "nights": "2"}
+    assert (parts["ticket"].url, parts["ticket"].media_type) == (
+        "https://example.com/t/Paris.pdf",
+        "application/pdf",
+    )
+    assert parts["note"].text == "Booked Paris"
+    assert rejected.status.state == TaskState.TASK_STATE_REJECTED
+    assert rejected.status.message.parts[0].text == "Not my job."
+    assert failed.status.state == TaskState.TASK_STATE_FAILED
+    assert failed.status.message.parts[0].text == "The backend is down."
     assert c.stop() == 0

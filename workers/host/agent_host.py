@@ -463,6 +463,7 @@ class AgentHost(AgentTraffic):
         agent.current = env
         agent.usage = {"prompt_tokens": 0, "completion_tokens": 0, "tool_calls": 0}
         agent.session = _session(env.body.get("session"))
+        agent.task = None
         if agent.guard is not None:
             agent.guard.refusal = None
         agent.fuel_at_start = agent.sandbox.fuel_used
@@ -500,7 +501,11 @@ class AgentHost(AgentTraffic):
                 if self._memory is not None:
                     tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
                     self._memory.record_message(agent.agent_id, agent.session, "assistant", reply, tokens)
-                self._replies.append(env.reply({"reply": reply, "agent_id": agent.agent_id, "usage": usage}))
+                body = {"reply": reply, "agent_id": agent.agent_id, "usage": usage}
+                if agent.task is not None:  # task_update: the A2A state and artifacts of this message
+                    body["task"] = agent.task
+                    agent.task = None
+                self._replies.append(env.reply(body))
             else:
                 err = (
                     outcome.error

@@ -51,6 +51,7 @@ class HostedAgent:
     manifest_text: str = ""
     session: str = ""  # the session of the message in progress (memory records carry it)
     unbilled_tokens: int = 0  # LLM tokens used but not yet charged to the agent's token bucket
+    task: dict[str, Any] | None = None  # task_update of the message in progress: goes with its reply
 
 
 class Services:
@@ -286,9 +287,24 @@ def default_context(host: AgentHost, agent: HostedAgent) -> Any:
     allowed = frozenset(agent.manifest.tools)
     kv = host._kv.namespace(agent.agent_id)
     sec, mem = host._security, host._memory
+
+    def task_update(_agent_id: str, args: dict[str, Any]) -> Any:
+        # The last state and message win; artifacts add up over the message (any tool thread).
+        task = agent.task or {"artifacts": []}
+        for key in ("state", "message"):
+            if key in args:
+                task[key] = args[key]
+        task["artifacts"] = [*task["artifacts"], *(args.get("artifacts") or [])]
+        agent.task = task
+        return {
+            "recorded": True,
+            "state": task.get("state", "completed"),
+            "artifacts": len(task["artifacts"]),
+        }
+
     if sec is None and mem is None:
-        return _tools.ToolContext(agent_id=agent.agent_id, allowed=allowed, kv=kv)
-    extra: dict[str, Any] = {}
+        return _tools.ToolContext(agent_id=agent.agent_id, allowed=allowed, kv=kv, task_update=task_update)
+    extra: dict[str, Any] = {"task_update": task_update}
     if sec is not None:
         guard = agent.guard
         extra.update(

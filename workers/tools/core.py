@@ -82,6 +82,7 @@ class ToolContext:
     memory_store: HostCallback | None = None
     memory_recall: HostCallback | None = None
     memory_history: HostCallback | None = None
+    task_update: HostCallback | None = None  # task_update: the outcome of the message in progress
     memory_forget: HostCallback | None = None
     # http_fetch policy: hosts/addresses/CIDRs exempt from the SSRF address check, and a blanket opt-in
     # for private addresses (never metadata ones). ``resolver`` replaces DNS (tests, a worker DNS cache).

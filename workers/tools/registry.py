@@ -48,6 +48,7 @@ from openfang.workers.tools.kv import KVLimits, KVNamespace, KVStore
 from openfang.workers.tools.net import HTTP_FETCH
 from openfang.workers.tools.schema import check_schema, validate
 from openfang.workers.tools.shell import SHELL_TOOLS
+from openfang.workers.tools.task import TASK_UPDATE
 from openfang.workers.tools.text import TEXT_TOOLS
 from openfang.workers.tools.web import WEB_TOOLS
 
@@ -84,6 +85,7 @@ def builtin_tools() -> tuple[Tool, ...]:
         HTTP_FETCH,
         *WEB_TOOLS,
         A2A_SEND,
+        TASK_UPDATE,
         *HOST_TOOLS,
         *FILE_TOOLS,
         *DOCUMENT_TOOLS,
