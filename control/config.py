@@ -44,7 +44,17 @@ _CONTROL_KEYS = {
     "keys_dir",
 }
 _LOGGING_KEYS = {"level", "format"}
-_HTTP_KEYS = {"enabled", "listen", "tokens", "tls_cert", "tls_key", "default_agent", "public_url", "key_name"}
+_HTTP_KEYS = {
+    "enabled",
+    "listen",
+    "tokens",
+    "tls_cert",
+    "tls_key",
+    "default_agent",
+    "public_url",
+    "key_name",
+    "push_allow_hosts",
+}
 _TOP_KEYS = {"cluster", "control", "logging", "supervisor", "memory", "security", "http"}
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _LEVELS = ("debug", "info", "warning", "error")
@@ -101,6 +111,7 @@ class HttpConfig:
     default_agent: str | None = None  # the agent (name or id) behind the cluster's A2A card
     public_url: str | None = None  # the base URL clients see (cards name it); default from listen
     key_name: str = "client"  # the CURVE key pair in [control] keys_dir, when the control endpoint is tcp
+    push_allow_hosts: tuple[str, ...] = ()  # A2A webhook hosts allowed although private or loopback
 
     @property
     def base_url(self) -> str:
@@ -120,6 +131,7 @@ class HttpConfig:
             "default_agent": self.default_agent,
             "base_url": self.base_url,
             "key_name": self.key_name,
+            "push_allow_hosts": list(self.push_allow_hosts),
         }
 
 
@@ -357,6 +369,12 @@ def _parse_http(table: Mapping[str, Any], base_dir: Path, source: str, problems:
             Problem(f"{where} key 'public_url'", f"must start with http:// or https://, got {url!r}")
         )
     key_name = _str(table, "key_name", "client", where, problems)
+    push_hosts = table.get("push_allow_hosts", [])
+    if not isinstance(push_hosts, list) or not all(isinstance(h, str) and h for h in push_hosts):
+        problems.append(
+            Problem(f"{where} key 'push_allow_hosts'", "must be a list of host names or addresses")
+        )
+        push_hosts = []
     if enabled and (missing := missing_http_modules()):
         problems.append(
             Problem(
@@ -375,6 +393,7 @@ def _parse_http(table: Mapping[str, Any], base_dir: Path, source: str, problems:
         default_agent=optional["default_agent"],
         public_url=url,
         key_name=key_name,
+        push_allow_hosts=tuple(push_hosts),
     )
 
 

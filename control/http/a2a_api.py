@@ -20,9 +20,11 @@ name in :mod:`~openfang.control.http.a2a_store`, so they survive a restart of th
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 from a2a.helpers import (
     new_data_part,
     new_task_from_user_message,
@@ -34,7 +36,7 @@ from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes, create_rest_routes
-from a2a.server.tasks import TaskUpdater
+from a2a.server.tasks import BasePushNotificationSender, TaskUpdater
 from a2a.types.a2a_pb2 import (
     AgentCapabilities,
     AgentCard,
@@ -49,6 +51,7 @@ from a2a.types.a2a_pb2 import (
     TaskState,
 )
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH, PROTOCOL_VERSION_CURRENT, TransportProtocol
+from a2a.utils.push_url_validator import validate_push_notification_url
 from openfang.control.http.a2a_store import TaskDatabase
 from openfang.control.http.app import Face, Installed
 from openfang.control.http.errors import HttpError
@@ -119,7 +122,8 @@ class OpenFangExecutor(AgentExecutor):
         await updater.add_artifact(
             [new_text_part(answer)], artifact_id=artifact_id, name="reply", append=False, last_chunk=True
         )
-        outcome = reply.get("task") if isinstance(reply.get("task"), dict) else {}
+        raw_task = reply.get("task")
+        outcome: dict[str, Any] = raw_task if isinstance(raw_task, dict) else {}
         for i, artifact in enumerate(outcome.get("artifacts") or []):
             await updater.add_artifact(
                 [_part(artifact)],
@@ -189,7 +193,7 @@ def build_card(face: Face, agent: dict[str, Any], ref: str, tokens: bool) -> Age
             )
             for binding in (TransportProtocol.JSONRPC, TransportProtocol.HTTP_JSON)
         ],
-        capabilities=AgentCapabilities(streaming=True, push_notifications=False),
+        capabilities=AgentCapabilities(streaming=True, push_notifications=True),
         default_input_modes=["text/plain"],
         default_output_modes=["text/plain"],
         skills=skills,
@@ -210,6 +214,14 @@ class AgentApps:
         self.db = db
         self.tokens = tokens
         self.apps: dict[str, tuple[str, Starlette]] = {}  # ref -> (agent_id it was built for, app)
+        self.webhooks = httpx.AsyncClient(timeout=10.0)  # push notifications go out through it
+
+    async def push_url_ok(self, url: str) -> bool:
+        """A webhook URL must be http(s) to a public address, or to a host in [http] push_allow_hosts."""
+        parts = urllib.parse.urlparse(url)
+        if parts.scheme in ("http", "https") and (parts.hostname or "") in self.face.push_allow_hosts:
+            return True
+        return await validate_push_notification_url(url)
 
     async def app_for(self, ref: str) -> Starlette:
         agent = await self.face.resolve(ref, param="agent")
@@ -217,10 +229,17 @@ class AgentApps:
         if cached is not None and cached[0] == agent["agent_id"]:
             return cached[1]
         card = build_card(self.face, agent, ref, self.tokens)
+        name = str(agent.get("name") or agent["agent_id"])
+        push_store = self.db.push_store(name)
         handler = DefaultRequestHandler(
             agent_executor=OpenFangExecutor(self.face, ref),
-            task_store=self.db.store(str(agent.get("name") or agent["agent_id"])),
+            task_store=self.db.store(name),
             agent_card=card,
+            push_config_store=push_store,
+            push_sender=BasePushNotificationSender(
+                self.webhooks, push_store, push_url_validator=self.push_url_ok
+            ),
+            push_url_validator=self.push_url_ok,
         )
         app = Starlette(
             routes=[
@@ -266,6 +285,7 @@ def install(face: Face) -> Installed:
         try:
             yield
         finally:
+            await apps.webhooks.aclose()
             db.close()
 
     return Installed(

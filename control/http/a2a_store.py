@@ -1,4 +1,5 @@
-"""A2A tasks in SQLite (``{data_dir}/http/a2a-tasks.db``), so they survive a restart of the daemon.
+"""A2A tasks and push-notification configs in SQLite (``{data_dir}/http/a2a-tasks.db``): they survive a
+restart of the daemon.
 
 One database for the face; each :class:`SqliteTaskStore` is a view scoped to one agent *name* (an agent
 respawned after a restart gets a new id but keeps its tasks) and, inside it, to the caller (the SDK's
@@ -17,8 +18,12 @@ from typing import Any
 
 from a2a.server.context import ServerCallContext
 from a2a.server.owner_resolver import OwnerResolver, resolve_user_scope
+from a2a.server.tasks.push_notification_config_store import (
+    PushNotificationConfigStore,
+    normalize_push_notification_config,
+)
 from a2a.server.tasks.task_store import TaskStore
-from a2a.types.a2a_pb2 import ListTasksRequest, ListTasksResponse, Task
+from a2a.types.a2a_pb2 import ListTasksRequest, ListTasksResponse, Task, TaskPushNotificationConfig
 from a2a.utils.constants import DEFAULT_LIST_TASKS_PAGE_SIZE
 from a2a.utils.errors import InvalidParamsError
 from a2a.utils.task import ListTasksCursor, decode_list_tasks_cursor, encode_list_tasks_cursor
@@ -36,6 +41,14 @@ CREATE TABLE IF NOT EXISTS a2a_tasks (
     PRIMARY KEY (agent, owner, task_id)
 );
 CREATE INDEX IF NOT EXISTS a2a_tasks_order ON a2a_tasks (agent, owner, has_ts DESC, ts_ns DESC, task_id DESC);
+CREATE TABLE IF NOT EXISTS a2a_push (
+    agent     TEXT NOT NULL,
+    owner     TEXT NOT NULL,
+    task_id   TEXT NOT NULL,
+    config_id TEXT NOT NULL,
+    config    BLOB NOT NULL,          -- the TaskPushNotificationConfig protobuf
+    PRIMARY KEY (agent, owner, task_id, config_id)
+);
 """
 
 
@@ -54,6 +67,15 @@ class TaskDatabase:
     def store(self, agent: str, owner_resolver: OwnerResolver = resolve_user_scope) -> SqliteTaskStore:
         return SqliteTaskStore(self, agent, owner_resolver)
 
+    def push_store(
+        self, agent: str, owner_resolver: OwnerResolver = resolve_user_scope
+    ) -> SqlitePushConfigStore:
+        return SqlitePushConfigStore(self, agent, owner_resolver)
+
+    def run(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self.lock:
+            return self.conn.execute(sql, args).fetchall()
+
     def close(self) -> None:
         with self.lock:
             self.conn.close()
@@ -68,8 +90,7 @@ class SqliteTaskStore(TaskStore):
         self.owner_resolver = owner_resolver
 
     def _run(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        with self.db.lock:
-            return self.db.conn.execute(sql, args).fetchall()
+        return self.db.run(sql, args)
 
     async def save(self, task: Task, context: ServerCallContext) -> None:
         has_ts = task.HasField("status") and task.status.HasField("timestamp")
@@ -143,3 +164,45 @@ class SqliteTaskStore(TaskStore):
             total_size=total,
             page_size=page_size,
         )
+
+
+class SqlitePushConfigStore(PushNotificationConfigStore):
+    """The SDK's push-notification config store over :class:`TaskDatabase`, for one agent name."""
+
+    def __init__(self, db: TaskDatabase, agent: str, owner_resolver: OwnerResolver) -> None:
+        self.db = db
+        self.agent = agent
+        self.owner_resolver = owner_resolver
+
+    async def set_info(
+        self, task_id: str, notification_config: TaskPushNotificationConfig, context: ServerCallContext
+    ) -> TaskPushNotificationConfig:
+        config = normalize_push_notification_config(task_id, notification_config)
+        self.db.run(
+            "INSERT OR REPLACE INTO a2a_push VALUES (?, ?, ?, ?, ?)",
+            (self.agent, self.owner_resolver(context), task_id, config.id, config.SerializeToString()),
+        )
+        return config
+
+    async def get_info(self, task_id: str, context: ServerCallContext) -> list[TaskPushNotificationConfig]:
+        rows = self.db.run(
+            "SELECT config FROM a2a_push WHERE agent = ? AND owner = ? AND task_id = ? ORDER BY config_id",
+            (self.agent, self.owner_resolver(context), task_id),
+        )
+        return [TaskPushNotificationConfig.FromString(row[0]) for row in rows]
+
+    async def get_info_for_dispatch(self, task_id: str) -> list[TaskPushNotificationConfig]:
+        rows = self.db.run(
+            "SELECT config FROM a2a_push WHERE agent = ? AND task_id = ? ORDER BY owner, config_id",
+            (self.agent, task_id),
+        )
+        return [TaskPushNotificationConfig.FromString(row[0]) for row in rows]
+
+    async def delete_info(
+        self, task_id: str, context: ServerCallContext, config_id: str | None = None
+    ) -> None:
+        sql = "DELETE FROM a2a_push WHERE agent = ? AND owner = ? AND task_id = ?"
+        args: tuple[Any, ...] = (self.agent, self.owner_resolver(context), task_id)
+        if config_id is not None:
+            sql, args = sql + " AND config_id = ?", (*args, config_id)
+        self.db.run(sql, args)

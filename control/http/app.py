@@ -51,6 +51,7 @@ class Face:
     cluster: str = "openfang"
     default_agent: str | None = None
     tokens_required: bool = False  # cards then name the bearer scheme
+    push_allow_hosts: tuple[str, ...] = ()  # A2A webhooks allowed on these private or loopback hosts
 
     async def agents(self) -> list[dict[str, Any]]:
         """Every agent on every worker (``agent.list``)."""

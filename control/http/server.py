@@ -42,6 +42,7 @@ def make_face(args: Mapping[str, Any]) -> Any:
         cluster=os.environ.get("OPENFANG_CLUSTER", "openfang"),
         default_agent=args.get("default_agent"),
         tokens_required=bool(args.get("tokens")),
+        push_allow_hosts=tuple(args.get("push_allow_hosts") or ()),
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -14,13 +16,17 @@ from a2a.helpers import new_text_message
 from a2a.types.a2a_pb2 import (
     CancelTaskRequest,
     GetTaskRequest,
+    ListTaskPushNotificationConfigsRequest,
     ListTasksRequest,
     Role,
+    SendMessageConfiguration,
     SendMessageRequest,
     StreamResponse,
     SubscribeToTaskRequest,
+    TaskPushNotificationConfig,
     TaskState,
 )
+from a2a.utils.errors import InvalidParamsError
 from conftest import CLOCK, GREETER, start_with_agents
 from daemon_harness import Cluster, wait_for
 from npm_tools import NPM_DIR, npm_bin
@@ -331,4 +337,82 @@ def test_a2a_agent_sets_task_states_and_artifacts_with_task_update(make_cluster:
     assert rejected.status.message.parts[0].text == "Not my job."
     assert failed.status.state == TaskState.TASK_STATE_FAILED
     assert failed.status.message.parts[0].text == "The backend is down."
+    assert c.stop() == 0
+
+
+class _Webhook:
+    """A real HTTP server on 127.0.0.1 that records the JSON bodies and tokens POSTed to it."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, dict[str, Any]]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                outer.posts.append((self.headers.get("X-A2A-Notification-Token", ""), body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a2a_push_notifications_reach_an_allowed_webhook_and_configs_persist(
+    make_cluster: type[Cluster],
+) -> None:
+    """A task's events are POSTed to its webhook (with its token); the config survives a restart."""
+    c = make_cluster(workers=1, http=True)
+    c.settings["http_table"] = (
+        f'[http]\nlisten = "127.0.0.1:{c.http_port}"\npush_allow_hosts = ["127.0.0.1"]\n\n'
+    )
+    c.write_config()
+    start_with_agents(c, GREETER)
+    hook = _Webhook()
+    url = c.http_url + "/a2a/greeter"
+    try:
+
+        async def send() -> str:
+            client = await create_client(url, client_config=ClientConfig(streaming=False))
+            async with client:
+                push = TaskPushNotificationConfig(url=hook.url, token="hook-token-1")
+                request = SendMessageRequest(
+                    message=new_text_message("who are you?", role=Role.ROLE_USER),
+                    configuration=SendMessageConfiguration(task_push_notification_config=push),
+                )
+                (done,) = [e async for e in client.send_message(request)]
+                refused = TaskPushNotificationConfig(task_id=done.task.id, url="http://10.1.2.3/hook")
+                with pytest.raises(InvalidParamsError, match="Invalid push notification URL"):
+                    await client.create_task_push_notification_config(refused)
+                return str(done.task.id)
+
+        task_id = asyncio.run(send())
+        wait_for(
+            lambda: any("COMPLETED" in json.dumps(body) for _, body in hook.posts), what="the completed event"
+        )
+        assert {token for token, _ in hook.posts} == {"hook-token-1"}
+        assert c.stop() == 0
+        start_with_agents(c, GREETER)
+
+        async def configs() -> list[str]:
+            client = await create_client(url)
+            async with client:
+                listed = await client.list_task_push_notification_configs(
+                    ListTaskPushNotificationConfigsRequest(task_id=task_id)
+                )
+                return [cfg.url for cfg in listed.configs]
+
+        assert asyncio.run(configs()) == [hook.url]
+    finally:
+        hook.close()
     assert c.stop() == 0
