@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import GREETER, start_with_agents
-from daemon_harness import Cluster
+from daemon_harness import Cluster, wait_for
 from npm_tools import npm_bin
 from openfang.protocol.errors import ConfigError
 from openfang.workers.manifest import load_manifest
@@ -111,3 +111,18 @@ def test_mcp_manifest_entries_are_validated_with_their_place() -> None:
     assert "mcp[0]" in message and "name must match" in message
     assert "mcp[1]" in message and "exactly one of command" in message
     assert "mcp[2]" in message and "url must be an http" in message
+
+
+def test_mcp_client_results_pass_the_same_output_layers(make_cluster: type[Cluster]) -> None:
+    """An MCP tool's result is redacted like a built-in tool's: an e-mail address and a card number never
+    reach the client, and the call is in the agent's tool-call memory."""
+    c = make_cluster(workers=1, memory=True)
+    (agent,) = start_with_agents(c, _user('"everything.echo"', _everything()))
+    text = "echo mail alice@example.com card 4111 1111 1111 1111 please"
+    reply = c.ok("agent.send", {"agent_id": agent, "text": text})["reply"]
+    assert "[REDACTED:email]" in reply and "[REDACTED:credit_card]" in reply, reply
+    assert "alice@example.com" not in reply and "4111 1111" not in reply
+    assert reply.endswith("please")
+    calls = lambda: c.ok("memory.stats", {"agent_id": agent})["counts"].get("tool_calls", 0)  # noqa: E731
+    wait_for(lambda: calls() >= 1, what="the MCP call in the agent's tool-call memory")
+    assert c.stop() == 0
