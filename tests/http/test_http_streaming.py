@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 from conftest import CLOCK, GREETER, start_with_agents
-from daemon_harness import Cluster
+from daemon_harness import ROOT, Cluster
 from openfang.protocol.client import Client
 from openfang.protocol.messages import CHUNK_TYPE
 
@@ -65,7 +67,7 @@ def test_cli_agent_send_stream_prints_pieces_and_tool_progress(make_cluster: typ
     lines = subprocess.run(
         [*cmd, "--endpoint", c.endpoint, "--json"], capture_output=True, text=True, timeout=60
     )
-    kinds = [__import__("json").loads(line)["type"] for line in lines.stdout.splitlines()]
+    kinds = [json.loads(line)["type"] for line in lines.stdout.splitlines()]
     assert kinds[0] == CHUNK_TYPE and kinds[-1] == "agent.send.ok"
     assert c.stop() == 0
 
@@ -81,4 +83,31 @@ def test_manifest_model_stream_true_is_accepted_and_answers(make_cluster: type[C
         {"manifest": GREETER.replace('provider = "scripted"', 'provider = "scripted"\nstream = 1')},
     )
     assert bad.is_error and "key 'stream'" in str(bad.body) and "true or false" in str(bad.body)
+    assert c.stop() == 0
+
+
+def test_node_example_client_shows_the_streamed_parts(make_cluster: type[Cluster]) -> None:
+    """examples/node-client --stream prints each agent.send.chunk as a JSON line, then the whole reply."""
+    client = ROOT / "examples" / "node-client"
+    node = shutil.which("node")
+    assert node is not None and (client / "node_modules" / "zeromq").is_dir(), (
+        "make install sets the client up"
+    )
+    c = make_cluster(workers=1)
+    (clock,) = start_with_agents(c, CLOCK)
+    body = json.dumps({"agent_id": clock, "text": "what time is it?"})
+    out = subprocess.run(
+        [node, "client.mjs", "--endpoint", c.endpoint, "--stream", "--body", body, "agent.send"],
+        cwd=client,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    chunks = [json.loads(line)["chunk"] for line in lines if line.startswith('{"chunk"')]
+    reply = json.loads("\n".join(line for line in lines if not line.startswith('{"chunk"')))
+    assert [p["state"] for p in chunks if p["kind"] == "tool"] == ["start", "done"]
+    assert "".join(p["text"] for p in chunks if p["kind"] == "text") == reply["reply"]
+    assert reply["reply"].startswith("The tool says:")
     assert c.stop() == 0
