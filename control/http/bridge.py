@@ -47,8 +47,8 @@ class GatewayBridge:
         self._ctx = zmq.asyncio.Context()
         # connect_dealer is typed for sync contexts; an asyncio context makes asyncio sockets the same way.
         self._sock: zmq.asyncio.Socket = connect_dealer(self._ctx, endpoint, curve=curve)  # type: ignore[assignment]
-        # IMMEDIATE is right for a CLI (fail fast) but here the gateway may restart under us: queue instead.
-        self._sock.immediate = 0
+        # IMMEDIATE (set by connect_dealer) stays on: changing it after connect trips a libzmq assertion, and
+        # while the gateway restarts a send waits for the connection, bounded by the request's timeout.
         self._waiting: dict[str, asyncio.Queue[Envelope]] = {}  # request id -> what came back for it
         self._reader: asyncio.Task[None] | None = None
 
@@ -91,7 +91,12 @@ class GatewayBridge:
         self._waiting[env.id] = inbox
         wait = self.timeout if timeout is None else timeout
         try:
-            await self._sock.send_multipart([encode(env)])
+            try:
+                await asyncio.wait_for(self._sock.send_multipart([encode(env)]), wait)
+            except TimeoutError:
+                raise Timeout(
+                    f"could not send {type!r} to the gateway within {wait:g}s: not connected"
+                ) from None
             while True:
                 try:
                     reply = await asyncio.wait_for(inbox.get(), wait)

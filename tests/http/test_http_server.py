@@ -12,6 +12,8 @@ import httpx
 import pytest
 from conftest import GREETER, start_with_agents
 from daemon_harness import Cluster, wait_for
+from openfang.protocol.client import Client
+from openfang.protocol.errors import OpenFangError
 
 pytestmark = pytest.mark.integration
 TOKEN = "test-token-0123456789abcdef"
@@ -137,4 +139,49 @@ def test_http_bad_requests_get_json_errors_naming_the_problem(make_cluster: type
         assert response.status_code == status, (response.status_code, error)
         assert needle in error["message"], (needle, error)
         assert error["param"] == param, error
+    assert c.stop() == 0
+
+
+def test_http_face_serves_again_after_the_gateway_restarts(make_cluster: type[Cluster]) -> None:
+    """The face is a gateway client: when the gateway is killed and restarted, its requests flow again."""
+    c = make_cluster(workers=1, http=True)
+    start_with_agents(c, GREETER)
+    chat = {"model": "greeter", "messages": [{"role": "user", "content": "hello"}]}
+    assert httpx.post(c.http_url + "/v1/chat/completions", json=chat, timeout=30).status_code == 200
+    gateway = c.node("control")["pid"]
+    os.kill(gateway, signal.SIGKILL)
+
+    def gateway_back() -> bool:
+        # A fresh client each time: a request sent into the dead connection is lost, not late.
+        try:
+            with Client(c.endpoint, timeout=2) as client:
+                pids = [n.get("pid") for n in client.request("tree")["children"] if n["id"] == "control"]
+                client.request("worker.ping", {"worker": "workers-0"})
+                return pids[0] not in (None, gateway)
+        except OpenFangError:
+            return False
+
+    wait_for(gateway_back, timeout=60, what="the gateway restarted, with its worker")
+
+    def answers() -> bool:
+        try:
+            reply = httpx.post(c.http_url + "/v1/chat/completions", json=chat, timeout=30)
+        except httpx.HTTPError:
+            return False
+        return reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"].startswith(
+            "Hello"
+        )
+
+    wait_for(answers, timeout=60, what="a chat through the restarted gateway")
+    assert c.stop() == 0
+
+
+def test_http_oversized_message_is_refused_naming_the_limit(make_cluster: type[Cluster]) -> None:
+    """A user message over the wire protocol's text limit is a 400 that says which field and which limit."""
+    c = make_cluster(workers=1, http=True)
+    start_with_agents(c, GREETER)
+    chat = {"model": "greeter", "messages": [{"role": "user", "content": "x" * 70_000}]}
+    reply = httpx.post(c.http_url + "/v1/chat/completions", json=chat, timeout=30)
+    assert reply.status_code == 400, reply.text
+    assert "body.text: must be a string of at most 65536 characters" in reply.json()["error"]["message"]
     assert c.stop() == 0
