@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psutil
 import pytest
 from conftest import GREETER, start_with_agents
 from daemon_harness import Cluster, wait_for
@@ -125,4 +126,19 @@ def test_mcp_client_results_pass_the_same_output_layers(make_cluster: type[Clust
     assert reply.endswith("please")
     calls = lambda: c.ok("memory.stats", {"agent_id": agent})["counts"].get("tool_calls", 0)  # noqa: E731
     wait_for(lambda: calls() >= 1, what="the MCP call in the agent's tool-call memory")
+    assert c.stop() == 0
+
+
+def test_mcp_client_stdio_server_runs_under_its_resource_limits(make_cluster: type[Cluster]) -> None:
+    """cpu_s and max_files put the stdio server under RLIMIT_CPU / RLIMIT_NOFILE; a server that cannot start
+    inside memory_mb fails the spawn as bad_config."""
+    c = make_cluster(workers=1)
+    server = f'{{name = "everything", command = "{npm_bin("mcp-server-everything")}", args = ["stdio"], '
+    (agent,) = start_with_agents(c, _user('"everything.echo"', server + "cpu_s = 600, max_files = 512}"))
+    assert c.ok("agent.send", {"agent_id": agent, "text": "echo limited"})["reply"] == "echoed: Echo: limited"
+    (proc,) = [p for p in c.descendants() if "mcp-server-everything" in " ".join(p.cmdline())]
+    assert proc.rlimit(psutil.RLIMIT_CPU) == (600, 601) and proc.rlimit(psutil.RLIMIT_NOFILE) == (512, 512)
+    starved = _user('"mcp.tiny"', server.replace('"everything"', '"tiny"') + "memory_mb = 8}")
+    refused = c.call("agent.spawn", {"manifest": starved})
+    assert refused.is_error and refused.body["code"] == "bad_config" and "cannot connect" in str(refused.body)
     assert c.stop() == 0

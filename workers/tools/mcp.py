@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
 _SERVER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-_KEYS = {"name", "command", "args", "env", "url", "headers", "timeout_s"}
+_KEYS = {"name", "command", "args", "env", "url", "headers", "timeout_s", "memory_mb", "cpu_s", "max_files"}
+PRLIMIT = "prlimit"
 PERMISSION_PREFIX = "mcp."
 
 
@@ -53,6 +54,26 @@ class McpServerConfig:
     url: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     timeout_s: float = 30.0
+    # Resource limits of a stdio server (util-linux prlimit in front of the command; None: not limited).
+    memory_mb: int | None = None  # address space (RLIMIT_AS)
+    cpu_s: int | None = None  # CPU seconds over the server's life (RLIMIT_CPU)
+    max_files: int | None = None  # open files (RLIMIT_NOFILE)
+
+    def argv(self) -> tuple[str, list[str]]:
+        """The command and arguments to start a stdio server, behind prlimit when it has limits."""
+        assert self.command is not None
+        limits = [
+            f"--{flag}={value}"
+            for flag, value in (
+                ("as", self.memory_mb << 20 if self.memory_mb else None),
+                ("cpu", f"{self.cpu_s}:{self.cpu_s + 1}" if self.cpu_s else None),
+                ("nofile", self.max_files),
+            )
+            if value is not None
+        ]
+        if not limits:
+            return self.command, list(self.args)
+        return PRLIMIT, [*limits, "--", self.command, *self.args]
 
     @property
     def permission(self) -> str:
@@ -66,6 +87,7 @@ class McpServerConfig:
             tuple(sorted(self.env.items())),
             self.url,
             tuple(sorted(self.headers.items())),
+            (self.memory_mb, self.cpu_s, self.max_files),
         )
 
 
@@ -105,6 +127,17 @@ def parse_servers(value: Any, where: str) -> tuple[tuple[McpServerConfig, ...], 
             table = raw.get(key, {})
             if not isinstance(table, Mapping) or not all(isinstance(v, str) for v in table.values()):
                 problems.append(Problem(at, f"{key} must be a table of strings"))
+        limits: dict[str, int | None] = {}
+        for key in ("memory_mb", "cpu_s", "max_files"):
+            value = raw.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                problems.append(Problem(at, f"{key} must be an integer >= 1, got {value!r}"))
+                value = None
+            limits[key] = value
+        if url is not None and any(v is not None for v in limits.values()):
+            problems.append(
+                Problem(at, "memory_mb, cpu_s and max_files limit a stdio server (command), not a url")
+            )
         timeout = raw.get("timeout_s", 30.0)
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 3600:
             problems.append(
@@ -120,6 +153,7 @@ def parse_servers(value: Any, where: str) -> tuple[tuple[McpServerConfig, ...], 
                     url=url,
                     headers=dict(raw.get("headers", {})),
                     timeout_s=float(timeout),
+                    **limits,
                 )
             )
     return tuple(servers), problems
@@ -311,9 +345,8 @@ class McpHub:
                 if server.command is not None:
                     from mcp.client.stdio import StdioServerParameters, stdio_client
 
-                    params = StdioServerParameters(
-                        command=server.command, args=list(server.args), env=dict(server.env) or None
-                    )
+                    command, argv = server.argv()
+                    params = StdioServerParameters(command=command, args=argv, env=dict(server.env) or None)
                     read, write = await stack.enter_async_context(stdio_client(params))
                 else:
                     import httpx2
