@@ -248,12 +248,15 @@ def load_manifest(
     base_dir: Path | None = None,
     validate_model: ModelValidator | None = None,
     tool_names: Collection[str] | None = None,
+    shared_mcp: tuple[McpServerConfig, ...] = (),
 ) -> AgentManifest:
     """Parse and validate a manifest from a file (a :class:`Path`) or TOML text (a :class:`str`).
 
     ``source`` names the manifest in problems (default: the file name, else ``agent.toml``); relative module
     paths resolve against ``base_dir`` (default: the file's directory). ``tool_names``, when given, is the
-    registry every listed tool must exist in. Raises :class:`ConfigError` with every problem found.
+    registry every listed tool must exist in. ``shared_mcp`` are MCP servers every agent of the worker may
+    name (the worker's ``mcp`` args): those the tools name join the manifest's ``mcp``. Raises
+    :class:`ConfigError` with every problem found.
     """
     if isinstance(path_or_text, Path):
         source = source or path_or_text.name
@@ -293,6 +296,9 @@ def load_manifest(
     if "mcp" in agent:
         mcp, mcp_problems = parse_servers(agent["mcp"], c.where("agent"))
         c.problems.extend(mcp_problems)
+    # The worker's shared servers (cluster.toml) that this manifest's tools name and it does not redefine.
+    own = {s.name for s in mcp}
+    mcp += tuple(s for s in shared_mcp if s.name not in own and any(declared(t, (s,)) for t in tools))
     if tool_names is not None:
         for tool in tools:
             if tool not in tool_names and not declared(tool, mcp):  # MCP tools are checked at spawn

@@ -142,3 +142,22 @@ def test_mcp_client_stdio_server_runs_under_its_resource_limits(make_cluster: ty
     refused = c.call("agent.spawn", {"manifest": starved})
     assert refused.is_error and refused.body["code"] == "bad_config" and "cannot connect" in str(refused.body)
     assert c.stop() == 0
+
+
+def test_mcp_client_servers_in_cluster_toml_serve_every_agent_that_names_them(
+    make_cluster: type[Cluster],
+) -> None:
+    """An `mcp` list in the workers' args (cluster.toml) lets any manifest name the server's tools without
+    declaring it; an agent that does not name them does not get them (default deny)."""
+    shared = f"\n[supervisor.children.pool.args]\nmcp = [{_everything()}]\n"
+    c = make_cluster(workers=1, extra=shared)
+    plain = _user('"mcp.everything"', "").replace("mcp = []\n", "")
+    (agent,) = start_with_agents(c, plain)
+    assert c.ok("agent.send", {"agent_id": agent, "text": "echo shared"})["reply"] == "echoed: Echo: shared"
+    other = plain.replace('tools = ["mcp.everything"]', 'tools = ["time_now"]').replace(
+        '"mcpuser"', '"other"'
+    )
+    stranger = c.ok("agent.spawn", {"manifest": other})["agent_id"]
+    refused = c.ok("agent.send", {"agent_id": stranger, "text": "echo no"})["reply"]
+    assert "denied: tool 'everything.echo' is not in this agent's tools" in refused, refused
+    assert c.stop() == 0

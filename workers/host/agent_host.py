@@ -54,6 +54,7 @@ from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox._wasmtime import EngineOptions, HostFunctionSpec, Runtime
 from openfang.workers.sandbox.instance import Outcome, Sandbox, State
 from openfang.workers.tools import kv as _tools_kv
+from openfang.workers.tools.mcp import McpServerConfig
 
 log = structlog.get_logger("openfang.workers.host.agent_host")
 MAX_INBOX = 1024
@@ -64,6 +65,8 @@ HOST_SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a i
 class AgentHost(AgentTraffic):
     """Hosts many agents in one thread. Not thread-safe: call everything from the worker's loop
     (tool threads reach it only through :meth:`from_tool_thread`)."""
+
+    mcp_servers: tuple[McpServerConfig, ...] = ()  # MCP servers any agent here may name (worker args)
 
     def __init__(
         self,
@@ -266,6 +269,7 @@ class AgentHost(AgentTraffic):
             source=path.name if path else "agent.toml",
             base_dir=path.parent if path else None,
             tool_names=set(names) if names is not None else None,
+            shared_mcp=self.mcp_servers,
             validate_model=self._validate_model,
         )
         self._manifest_cache[key] = manifest
