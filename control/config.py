@@ -238,7 +238,7 @@ def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None
         data_dir=resolved_data,
         control=control,
         logging=logging_cfg,
-        tree=with_http(full_tree, http, control) if http.enabled else full_tree,
+        tree=with_http(full_tree, http, control, sec_args) if http.enabled else full_tree,
         memory=_table(raw, "memory", source, problems),
         security=security,
         security_args=sec_args,
@@ -284,12 +284,17 @@ def with_gateway(
     return replace(tree, children=(gateway, *tree.children))
 
 
-def with_http(tree: SupervisorSpec, http: HttpConfig, control: ControlConfig) -> SupervisorSpec:
-    """The root spec with the HTTP face as its last child (it serves once the workers are up)."""
+def with_http(
+    tree: SupervisorSpec, http: HttpConfig, control: ControlConfig, security: Mapping[str, Any] | None = None
+) -> SupervisorSpec:
+    """The root spec with the HTTP face as its last child (it serves once the workers are up).
+
+    It gets [security] like the scheduler: to sign its requests when the cluster requires signatures.
+    """
     child = ChildSpec(
         id=HTTP_ID,
         start=HTTP_START,
-        args={**http.as_args(), "control": control.as_args()},
+        args={**http.as_args(), "control": control.as_args(), "security": dict(security or {})},
         restart=Restart.PERMANENT,
         shutdown=5000,
         type=ChildType.WORKER,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import zmq
@@ -35,10 +35,12 @@ class GatewayBridge:
         keys_dir: str | None = None,
         key_name: str = "client",
         max_frame: int = 16 << 20,
+        signer: Callable[[Envelope], Envelope] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.max_frame = max_frame
+        self._signer = signer  # signs every request when the cluster requires it (PROTOCOL.md 1.5)
         curve = None
         if keys_dir and endpoint.startswith("tcp://"):
             from openfang.protocol.curve import CurveClient
@@ -85,6 +87,8 @@ class GatewayBridge:
             schema.check(env.body, "body", problems)
             if problems:
                 raise ProtocolError("; ".join(problems))
+        if self._signer is not None:
+            env = self._signer(env)  # after the local check: the closed schemas know nothing of _auth
         if self._reader is None or self._reader.done():
             self._reader = asyncio.get_running_loop().create_task(self._read())
         inbox: asyncio.Queue[Envelope] = asyncio.Queue()

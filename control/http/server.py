@@ -27,18 +27,21 @@ def make_face(args: Mapping[str, Any]) -> Any:
     """The shared state of the app from the child's args (the ``[http]`` and ``[control]`` tables)."""
     from openfang.control.http.app import Face
     from openfang.control.http.bridge import GatewayBridge
+    from openfang.control.scheduler import signer_for
 
     control = args["control"]
+    data_dir = os.environ.get("OPENFANG_DATA_DIR", ".")
     bridge = GatewayBridge(
         control["endpoint"],
         timeout=max(30.0, int(control.get("request_timeout_ms", 10_000)) / 1000 + 5),
         keys_dir=control.get("keys_dir"),
         key_name=str(args.get("key_name", "client")),
+        signer=signer_for(args.get("security"), data_dir),  # when [security.signing] require = true
     )
     return Face(
         bridge=bridge,
         base_url=str(args["base_url"]),
-        data_dir=Path(os.environ.get("OPENFANG_DATA_DIR", ".")),
+        data_dir=Path(data_dir),
         cluster=os.environ.get("OPENFANG_CLUSTER", "openfang"),
         default_agent=args.get("default_agent"),
         tokens_required=bool(args.get("tokens")),

@@ -345,7 +345,9 @@ def cmd_mcp_serve(args: argparse.Namespace) -> int:
 
     endpoint, _ = resolve_endpoint(args)
     keys = getattr(args, "keys_dir", None) or os.environ.get("OPENFANG_KEYS_DIR")
-    bridge = GatewayBridge(endpoint, timeout=args.timeout, keys_dir=keys, key_name=args.key_name)
+    bridge = GatewayBridge(
+        endpoint, timeout=args.timeout, keys_dir=keys, key_name=args.key_name, signer=_signer(args)
+    )
     face = Face(
         bridge=bridge,
         base_url="stdio:",

@@ -6,6 +6,8 @@ import datetime
 import os
 import signal
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -184,4 +186,28 @@ def test_http_oversized_message_is_refused_naming_the_limit(make_cluster: type[C
     reply = httpx.post(c.http_url + "/v1/chat/completions", json=chat, timeout=30)
     assert reply.status_code == 400, reply.text
     assert "body.text: must be a string of at most 65536 characters" in reply.json()["error"]["message"]
+    assert c.stop() == 0
+
+
+def test_http_face_signs_its_requests_when_the_cluster_requires_signatures(
+    make_cluster: type[Cluster],
+) -> None:
+    """With [security.signing] require = true, unsigned clients are refused but the face still works: it
+    signs with the cluster's key ring, like the scheduler and the CLI."""
+    c = make_cluster(workers=1, http=True)
+    key = c.dir / "ops.key"
+    key.write_text(os.urandom(32).hex())
+    keys = f'keys = [{{id = "ops", alg = "hmac-sha256", file = "{key}"}}]\n'
+    c.write_config(f"\n[security.signing]\nrequire = true\n{keys}")
+    c.start()
+    manifest = c.dir / "greeter.toml"
+    manifest.write_text(GREETER)
+    spawn = [sys.executable, "-m", "openfang.cli.main", "agent", "spawn", str(manifest), "--config"]
+    out = subprocess.run([*spawn, str(c.config_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert c.call("agent.list").body["code"] == "denied", "an unsigned request is refused"
+    chat = {"model": "greeter", "messages": [{"role": "user", "content": "who are you?"}]}
+    reply = httpx.post(c.http_url + "/v1/chat/completions", json=chat, timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"].startswith("I am greeter")
     assert c.stop() == 0
