@@ -62,7 +62,8 @@ def test_cli_agent_send_stream_prints_pieces_and_tool_progress(make_cluster: typ
     cmd = [sys.executable, "-m", "openfang.cli.main", "agent", "send", clock, "what time is it?", "--stream"]
     out = subprocess.run([*cmd, "--endpoint", c.endpoint], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("The tool says: {") and out.stdout.endswith("}\n")
+    # The injection detector may put a warning line before the tool's JSON; the reply is still printed.
+    assert out.stdout.startswith("The tool says: ") and out.stdout.endswith("}\n"), out.stdout
     assert out.stderr.splitlines() == ["[tool time_now start]", "[tool time_now done ok]"]
     lines = subprocess.run(
         [*cmd, "--endpoint", c.endpoint, "--json"], capture_output=True, text=True, timeout=60
@@ -108,6 +109,8 @@ def test_node_example_client_shows_the_streamed_parts(make_cluster: type[Cluster
     chunks = [json.loads(line)["chunk"] for line in lines if line.startswith('{"chunk"')]
     reply = json.loads("\n".join(line for line in lines if not line.startswith('{"chunk"')))
     assert [p["state"] for p in chunks if p["kind"] == "tool"] == ["start", "done"]
-    assert "".join(p["text"] for p in chunks if p["kind"] == "text") == reply["reply"]
-    assert reply["reply"].startswith("The tool says:")
+    # The pieces are the model's text as it came; the reply is that text after the output layers, which
+    # may add a warning line in front (the injection detector), never take from it.
+    streamed = "".join(p["text"] for p in chunks if p["kind"] == "text")
+    assert streamed.startswith("The tool says:") and reply["reply"].endswith(streamed), (streamed, reply)
     assert c.stop() == 0
