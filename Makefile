@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,embed,tools,tui]'
+	$(PY) -m pip install --quiet -e '.[dev,embed,tools,tui,http]'
 	touch $(STAMP)
 
 # The Node.js example client proves PROTOCOL.md is enough to write a client; its test needs its packages.
@@ -20,7 +20,12 @@ NODE_STAMP := $(if $(wildcard $(NODE_CLIENT)/package.json),$(NODE_CLIENT)/node_m
 $(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package.json
 	cd $(NODE_CLIENT) && npm install --no-audit --no-fund --silent && touch node_modules/.installed
 
-install: $(STAMP) $(NODE_STAMP)
+# The HTTP tests' npm tools: the MCP conformance kit (with the Node 22 it needs) and the reference MCP server.
+HTTP_NPM := tests/http/npm
+$(HTTP_NPM)/node_modules/.installed: $(HTTP_NPM)/package.json
+	cd $(HTTP_NPM) && npm install --no-audit --no-fund --silent && touch node_modules/.installed
+
+install: $(STAMP) $(NODE_STAMP) $(HTTP_NPM)/node_modules/.installed
 
 run: install
 	$(PY) -m openfang.demo --data-dir $(DATA_DIR)

@@ -2,7 +2,8 @@
 
 Tables: ``[cluster]`` (name, data_dir), ``[control]`` (endpoints and limits of the control gateway),
 ``[logging]``, ``[supervisor]`` (the tree; parsed by :mod:`openfang.control.tree_config`),
-``[memory]`` and ``[security]`` (passed to their subsystems). See docs/config.md for every key.
+``[memory]`` and ``[security]`` (passed to their subsystems), ``[http]`` (the HTTP face, a child of its
+own: see :mod:`openfang.control.http`). See docs/config.md for every key.
 
 The root of the tree is the daemon itself; the control gateway is always its first child (id
 ``control``), so a client can reach the tree whatever the user's children are.
@@ -25,6 +26,10 @@ from openfang.supervisor.spec import ChildSpec, ChildType, Restart, SupervisorSp
 
 GATEWAY_ID = "control"
 GATEWAY_START = "openfang.control.gateway:main"
+HTTP_ID = "http"
+HTTP_START = "openfang.control.http.server:main"
+# What `[http]` needs beyond the core install (the `http` extra), by import name.
+HTTP_MODULES = ("starlette", "uvicorn", "mcp", "a2a")
 
 _CLUSTER_KEYS = {"name", "data_dir"}
 _CONTROL_KEYS = {
@@ -39,7 +44,19 @@ _CONTROL_KEYS = {
     "keys_dir",
 }
 _LOGGING_KEYS = {"level", "format"}
-_TOP_KEYS = {"cluster", "control", "logging", "supervisor", "memory", "security"}
+_HTTP_KEYS = {
+    "enabled",
+    "listen",
+    "tokens",
+    "tls_cert",
+    "tls_key",
+    "default_agent",
+    "public_url",
+    "key_name",
+    "push_allow_hosts",
+}
+_TOP_KEYS = {"cluster", "control", "logging", "supervisor", "memory", "security", "http"}
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -78,6 +95,47 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HttpConfig:
+    """[http]: the HTTP face (OpenAI-compatible API, MCP, A2A), a ZeroMQ client of the gateway.
+
+    ``tokens`` are bearer tokens; they are required when ``listen`` is not a loopback address, and when
+    given they are required from every caller. ``tls_cert``/``tls_key`` turn on HTTPS (both or neither).
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8470
+    tokens: tuple[str, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    default_agent: str | None = None  # the agent (name or id) behind the cluster's A2A card
+    public_url: str | None = None  # the base URL clients see (cards name it); default from listen
+    key_name: str = "client"  # the CURVE key pair in [control] keys_dir, when the control endpoint is tcp
+    push_allow_hosts: tuple[str, ...] = ()  # A2A webhook hosts allowed although private or loopback
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.tls_cert else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    def as_args(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "tokens": list(self.tokens),
+            "tls_cert": self.tls_cert,
+            "tls_key": self.tls_key,
+            "default_agent": self.default_agent,
+            "base_url": self.base_url,
+            "key_name": self.key_name,
+            "push_allow_hosts": list(self.push_allow_hosts),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterConfig:
     """The whole parsed ``cluster.toml``. ``tree`` is the root spec with the gateway already in front."""
 
@@ -90,6 +148,7 @@ class ClusterConfig:
     memory: Mapping[str, Any] = field(default_factory=dict)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     security_args: Mapping[str, Any] = field(default_factory=dict)  # for children to re-parse after fork
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def child_environment(self) -> dict[str, str]:
         """Variables every child inherits (children learn the cluster's endpoints from them)."""
@@ -147,6 +206,15 @@ def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None
                 f"{source}: [supervisor.children]", f"id {GATEWAY_ID!r} is reserved for the control gateway"
             )
         )
+    http = (
+        _parse_http(_table(raw, "http", source, problems), base_dir, source, problems)
+        if "http" in raw
+        else HttpConfig()
+    )
+    if http.enabled and tree is not None and any(c.id == HTTP_ID for c in tree.children):
+        problems.append(
+            Problem(f"{source}: [supervisor.children]", f"id {HTTP_ID!r} is reserved for the [http] face")
+        )
     security_table = _table(raw, "security", source, problems)
     security = SecurityConfig()
     try:
@@ -163,16 +231,18 @@ def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None
         "data_dir": str(resolved_data),
         "base_dir": str(base_dir),
     }
+    full_tree = with_gateway(with_worker_security(tree, sec_args), control, sec_args)
     return ClusterConfig(
         source=source,
         name=name,
         data_dir=resolved_data,
         control=control,
         logging=logging_cfg,
-        tree=with_gateway(with_worker_security(tree, sec_args), control, sec_args),
+        tree=with_http(full_tree, http, control, sec_args) if http.enabled else full_tree,
         memory=_table(raw, "memory", source, problems),
         security=security,
         security_args=sec_args,
+        http=http,
     )
 
 
@@ -212,6 +282,124 @@ def with_gateway(
         heartbeat_ms=5000,
     )
     return replace(tree, children=(gateway, *tree.children))
+
+
+def with_http(
+    tree: SupervisorSpec, http: HttpConfig, control: ControlConfig, security: Mapping[str, Any] | None = None
+) -> SupervisorSpec:
+    """The root spec with the HTTP face as its last child (it serves once the workers are up).
+
+    It gets [security] like the scheduler: to sign its requests when the cluster requires signatures.
+    """
+    child = ChildSpec(
+        id=HTTP_ID,
+        start=HTTP_START,
+        args={**http.as_args(), "control": control.as_args(), "security": dict(security or {})},
+        restart=Restart.PERMANENT,
+        shutdown=5000,
+        type=ChildType.WORKER,
+        heartbeat_ms=5000,
+    )
+    return replace(tree, children=(*tree.children, child))
+
+
+def missing_http_modules() -> list[str]:
+    """The modules of the ``http`` extra that cannot be imported here (empty: it is installed)."""
+    import importlib.util
+
+    missing = []
+    for name in HTTP_MODULES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):  # a broken or blocked install counts as missing
+            missing.append(name)
+    return missing
+
+
+def _parse_http(table: Mapping[str, Any], base_dir: Path, source: str, problems: list[Problem]) -> HttpConfig:
+    where = f"{source}: [http]"
+    _unknown(table, _HTTP_KEYS, where, problems)
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        problems.append(Problem(f"{where} key 'enabled'", f"must be true or false, got {enabled!r}"))
+        enabled = False
+    listen = _str(table, "listen", "127.0.0.1:8470", where, problems)
+    host, sep, port_s = listen.rpartition(":")
+    host = host.strip("[]")
+    port = 8470
+    if not sep or not host or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        problems.append(
+            Problem(f"{where} key 'listen'", f"must be HOST:PORT (e.g. 127.0.0.1:8470), got {listen!r}")
+        )
+        host = "127.0.0.1"
+    else:
+        port = int(port_s)
+    tokens = table.get("tokens", [])
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and len(t) >= 16 for t in tokens):
+        problems.append(
+            Problem(f"{where} key 'tokens'", "must be a list of strings of at least 16 characters")
+        )
+        tokens = []
+    if enabled and host not in _LOOPBACK and not tokens:
+        problems.append(
+            Problem(f"{where} key 'tokens'", f"required when listen is not a loopback address (got {host!r})")
+        )
+    paths: dict[str, str | None] = {}
+    for key in ("tls_cert", "tls_key"):
+        value = table.get(key)
+        if value is None:
+            paths[key] = None
+            continue
+        if not isinstance(value, str) or not value:
+            problems.append(Problem(f"{where} key {key!r}", f"must be a file path, got {value!r}"))
+            paths[key] = None
+            continue
+        path = (base_dir / os.path.expanduser(value)).resolve()
+        if not path.is_file():
+            problems.append(Problem(f"{where} key {key!r}", f"file not found: {path}"))
+        paths[key] = str(path)
+    if (paths["tls_cert"] is None) != (paths["tls_key"] is None):
+        problems.append(Problem(f"{where} key 'tls_key'", "tls_cert and tls_key go together"))
+    optional: dict[str, str | None] = {}
+    for key in ("default_agent", "public_url"):
+        value = table.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            problems.append(Problem(f"{where} key {key!r}", f"must be a non-empty string, got {value!r}"))
+            value = None
+        optional[key] = value
+    url = optional["public_url"]
+    if url is not None and not url.startswith(("http://", "https://")):
+        problems.append(
+            Problem(f"{where} key 'public_url'", f"must start with http:// or https://, got {url!r}")
+        )
+    key_name = _str(table, "key_name", "client", where, problems)
+    push_hosts = table.get("push_allow_hosts", [])
+    if not isinstance(push_hosts, list) or not all(isinstance(h, str) and h for h in push_hosts):
+        problems.append(
+            Problem(f"{where} key 'push_allow_hosts'", "must be a list of host names or addresses")
+        )
+        push_hosts = []
+    if enabled and (missing := missing_http_modules()):
+        problems.append(
+            Problem(
+                where,
+                f"the HTTP face needs the 'http' extra, which is not installed (missing modules: "
+                f"{', '.join(missing)}): pip install 'openfang[http]', or set enabled = false",
+            )
+        )
+    return HttpConfig(
+        enabled=enabled,
+        host=host,
+        port=port,
+        tokens=tuple(tokens),
+        tls_cert=paths["tls_cert"],
+        tls_key=paths["tls_key"],
+        default_agent=optional["default_agent"],
+        public_url=url,
+        key_name=key_name,
+        push_allow_hosts=tuple(push_hosts),
+    )
 
 
 def _parse_control(

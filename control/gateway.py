@@ -26,6 +26,7 @@ import structlog
 import zmq
 from openfang.control import routing
 from openfang.control.guard import Guard, config_from_args, receive_client
+from openfang.protocol import messages
 from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import (
     Busy,
@@ -276,6 +277,13 @@ class Gateway:
             return
         if env.type == "worker.forward":
             self._on_forward(worker_id, env)
+            return
+        if env.type == messages.CHUNK_TYPE:  # a part of a streamed reply: pass it on, keep waiting
+            streaming = self.waiting.get(env.id)
+            if streaming is not None:
+                streaming.deadline = time.monotonic() + self.timeout_s  # a streaming answer is alive
+                chunk = Envelope(type=env.type, body=env.body, id=streaming.request.id)
+                self._reply(streaming.identity, streaming.delimited, chunk, streaming.via_workers)
             return
         waiting = self.waiting.pop(env.id, None)
         if waiting is None:

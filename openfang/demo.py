@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,6 +77,49 @@ def _spawn_demo_agents(client: Client) -> dict[str, str]:
     return ids
 
 
+def _http_chat(base_url: str, model: str, text: str) -> str:
+    """One POST /v1/chat/completions, as any OpenAI client would send it."""
+    import json
+    import urllib.request
+
+    body = {"model": model, "messages": [{"role": "user", "content": text}]}
+    request = urllib.request.Request(
+        f"{base_url}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        reply = json.load(response)
+    answer = reply["choices"][0]["message"]["content"]
+    return f"POST {base_url}/v1/chat/completions\nyou -> {model}: {text}\n{model} -> you: {answer}"
+
+
+def _free_http_port(config_path: str, data_dir: Path) -> str:
+    """The config to run: ``config_path``, or a copy in the data dir whose [http] port is free.
+
+    ``make run`` must not fail because something (another demo) already listens on 127.0.0.1:8470.
+    """
+    config = load_config(config_path, data_dir=str(data_dir))
+    if not config.http.enabled:
+        return config_path
+    with socket.socket() as probe:
+        try:
+            probe.bind((config.http.host, config.http.port))
+            return config_path
+        except OSError:
+            pass
+    with socket.socket() as probe:
+        probe.bind((config.http.host, 0))
+        port = probe.getsockname()[1]
+    text = Path(config_path).read_text(encoding="utf-8")
+    text = re.sub(r'(?m)^listen = "[^"]*"', f'listen = "{config.http.host}:{port}"', text, count=1)
+    text = re.sub(r'(?m)^data_dir = "[^"]*"', f'data_dir = "{data_dir}"', text, count=1)
+    copy = data_dir / "cluster.toml"
+    copy.write_text(text, encoding="utf-8")
+    print(f"port {config.http.port} is in use: the HTTP face listens on {config.http.host}:{port} ({copy})")
+    return str(copy)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m openfang.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(DATA / "cluster.toml"), help="cluster.toml to run")
@@ -86,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    args.config = _free_http_port(args.config, data_dir)
     config = load_config(args.config, data_dir=str(data_dir))
     log_path = data_dir / "supervisor.log"
     cmd = [
@@ -119,12 +165,23 @@ def main(argv: list[str] | None = None) -> int:
                 reply = client.request("agent.send", {"agent_id": ids[name], "text": text})
                 print(f"you -> {name}: {text}\n{name} -> you: {reply.get('reply')}\n")
             print(render.agents(client.request("agent.list")))
+            if config.http.enabled and "greeter" in ids:
+                _banner("the same agent over HTTP (the OpenAI-compatible API)")
+                print(_http_chat(config.http.base_url, "greeter", "Hello! Who are you?"))
         ctl = Path(sys.executable).parent / "openfang"
         _banner("where to look")
         print(f"supervisor log (JSON)  {log_path}")
         print(f"data dir               {data_dir}")
         print(f"control endpoint       {config.control.endpoint}")
         print(f"event stream           {config.control.events}")
+        if config.http.enabled:
+            url = config.http.base_url
+            print(f"HTTP face              {url}   (docs/interop.md)")
+            print(f"  OpenAI-compatible    {url}/v1/models   {url}/v1/chat/completions")
+            print(f"  MCP (streamable)     {url}/mcp")
+            print(f"  A2A cluster card     {url}/.well-known/agent-card.json")
+            print(f"  A2A agent            {url}/a2a/greeter")
+            print(f"  A2A agent card       {url}/a2a/greeter/.well-known/agent-card.json")
         print("try, in another terminal (openfang finds this daemon by itself: it is the only one running;")
         print(f"otherwise pass --data-dir {data_dir} or --endpoint {config.control.endpoint}):")
         print(f"  {ctl} status          # ready once every worker is connected")
@@ -135,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  tail -f {log_path}   # the JSON log: every process, every event once")
         print("  ps -eo pid,args | grep 'openfang:'   # each process by name: supervisor, control, ...")
         print("  kill -9 <a worker pid from 'tree'>   # and watch it come back")
+        if config.http.enabled:
+            url = config.http.base_url
+            print(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\")
+            body = '{"model": "greeter", "messages": [{"role": "user", "content": "who are you?"}]}'
+            print(f"       -d '{body}'")
+            print(f"  {ctl} mcp serve --endpoint {config.control.endpoint}   # MCP over stdio")
         if args.once:
             return _stop(proc)
         print("\nthe tree keeps running; Ctrl-C stops it (in reverse order, gracefully)")

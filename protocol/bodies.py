@@ -20,6 +20,7 @@ __all__ = [
     "AgentRecord",
     "AgentRef",
     "AgentSend",
+    "AgentSendChunk",
     "AgentSendOk",
     "AgentSpawn",
     "AgentSpawnOk",
@@ -222,6 +223,7 @@ class AgentSend:
     agent_id: Id | None = None
     service: Annotated[str, Len(128, 1)] | None = None
     session: Id | None = None
+    stream: bool | None = None  # true: agent.send.chunk messages with this request's id come before the reply
 
     @staticmethod
     def extra_checks(raw: Mapping[str, Any]) -> list[str]:
@@ -244,6 +246,18 @@ class AgentSendOk:
     reply: Annotated[str, Len(MAX_TEXT * 4)]
     agent_id: Id
     usage: Usage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentSendChunk:
+    """A part of a streamed ``agent.send`` reply (type ``agent.send.chunk``, the request's id); open."""
+
+    agent_id: Id
+    kind: Annotated[str, Len(16)]  # text: a piece of the model's text | tool: a tool call started or ended
+    text: Annotated[str, Len(MAX_TEXT * 4)] | None = None  # kind text: the piece, in order
+    tool: Annotated[str, Len(128)] | None = None  # kind tool: the tool's name
+    state: Annotated[str, Len(16)] | None = None  # kind tool: start | done
+    ok: bool | None = None  # kind tool, state done: whether the call succeeded
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

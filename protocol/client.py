@@ -4,6 +4,8 @@
 
     with Client("ipc:///run/openfang/control.sock") as client:
         client.request("ping")                       # -> {"pid": ..., "time": ...}
+        for kind, body in client.stream("agent.send", {"agent_id": "a-1@workers-0", "text": "hi"}):
+            print(kind, body)                        # agent.send.chunk ... then agent.send.ok
         for event in client.events(["child.exited"], timeout=30):
             print(event["id"], event["reason"])
 
@@ -89,7 +91,28 @@ class Client:
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         self._send(env, deadline, wait)
-        return self._await_reply(env, deadline, wait)
+        reply: dict[str, Any] = self._await_reply(env, deadline, wait)
+        return reply
+
+    def stream(
+        self, type: str, body: Mapping[str, Any] | None = None, timeout: float | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Send a streaming request (``agent.send`` with ``stream = true``) and yield what comes back.
+
+        Yields ``(messages.CHUNK_TYPE, chunk body)`` for each part as it arrives, then ``("<type>.ok",
+        reply body)`` last. ``timeout`` bounds the wait for each next message, not the whole stream.
+        """
+        env = Envelope(type=type, body={**dict(body or {}), "stream": True})
+        wait = self.timeout if timeout is None else timeout
+        self._send(env, time.monotonic() + wait, wait)
+        chunks: list[dict[str, Any]] = []
+        while True:
+            reply = self._await_reply(env, time.monotonic() + wait, wait, chunks=chunks)
+            while chunks:
+                yield messages.CHUNK_TYPE, chunks.pop(0)
+            if reply is not None:
+                yield f"{type}.ok", reply
+                return
 
     def _send(self, env: Envelope, deadline: float, wait: float) -> None:
         payload = encode(env)
@@ -107,7 +130,10 @@ class Client:
                     ) from None
                 self._sock.poll(max(1, int(left * 1000)), zmq.POLLOUT)
 
-    def _await_reply(self, env: Envelope, deadline: float, wait: float) -> dict[str, Any]:
+    def _await_reply(
+        self, env: Envelope, deadline: float, wait: float, *, chunks: list[dict[str, Any]] | None = None
+    ) -> Any:
+        """The reply body; with ``chunks``, None as soon as a streamed chunk arrived (appended there)."""
         while (left := deadline - time.monotonic()) > 0:
             if not self._sock.poll(max(1, int(left * 1000)), zmq.POLLIN):
                 continue
@@ -122,6 +148,11 @@ class Client:
             # A server that could not read our id answers with id "" (we have exactly one request out).
             if reply.id != env.id and not (reply.is_error and reply.id == ""):
                 continue  # a late reply to an earlier request that timed out
+            if reply.type == messages.CHUNK_TYPE:
+                if chunks is None:
+                    continue  # a plain request ignores the parts of a streamed reply
+                chunks.append(reply.body)
+                return None
             if reply.is_error:
                 raise messages.remote_error(reply.body)
             if reply.type != f"{env.type}.ok":

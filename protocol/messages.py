@@ -25,6 +25,7 @@ from openfang.protocol.bodies import (
     AgentRecord,
     AgentRef,
     AgentSend,
+    AgentSendChunk,
     AgentSendOk,
     AgentSpawn,
     AgentSpawnOk,
@@ -57,6 +58,8 @@ from openfang.protocol.envelope import ERROR_TYPE, Envelope, register_body_valid
 from openfang.protocol.errors import Problem, ProtocolError, RemoteError, UnknownType
 
 EVENT_TYPE = "event"
+# Sent before the reply of an agent.send with stream = true, with the request's id (see PROTOCOL.md).
+CHUNK_TYPE = "agent.send.chunk"
 
 EVENT_KINDS: dict[str, str] = {
     "child.started": "a child is up (after its ready); fields: path, id, pid",
@@ -263,7 +266,7 @@ def _register() -> None:
             _compiled[type_], _class_of[type_] = compiled, cls
             register_body_validator(type_, _schema.body_validator(compiled))
             uses.setdefault(cls, []).append(type_)
-    for cls, type_ in ((Event, EVENT_TYPE), (ErrorBody, ERROR_TYPE)):
+    for cls, type_ in ((Event, EVENT_TYPE), (ErrorBody, ERROR_TYPE), (AgentSendChunk, CHUNK_TYPE)):
         compiled = _schema.compile_dataclass(cls, open_fields=True)
         _compiled[type_], _class_of[type_] = compiled, cls
         register_body_validator(type_, _schema.body_validator(compiled))

@@ -18,6 +18,7 @@ from openfang.protocol.errors import ConfigError, Problem
 from openfang.workers.llm.presets import BY_NAME
 from openfang.workers.sandbox import guest_abi
 from openfang.workers.tools.core import SearchConfig, ShellPolicy
+from openfang.workers.tools.mcp import McpServerConfig, declared, parse_servers
 
 RestartPolicy = Literal["permanent", "transient", "temporary"]
 RESTART_POLICIES = ("permanent", "transient", "temporary")
@@ -116,6 +117,7 @@ class AgentManifest:
     # What a restart after a crash starts from: "fresh" (a new instance, agent_init runs) or "snapshot" (the
     # agent's last snapshot, when there is one; refused at spawn for a module with non-exported state).
     restore: RestorePolicy = "fresh"
+    mcp: tuple[McpServerConfig, ...] = ()  # MCP servers whose tools this agent may use (workers/tools/mcp.py)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     shell: ShellPolicy | None = None  # [agent.shell]: what shell_exec may run (absent: nothing)
     web_search: SearchConfig | None = None  # [agent.web_search]: its backend (absent: the environment's)
@@ -234,6 +236,7 @@ _AGENT_KEYS = (
     "web_search",
     "idle_hibernate_s",
     "restore",
+    "mcp",
 )
 _SHELL_KEYS = ("allow", "timeout_s", "cpu_s", "memory_mb", "max_output_bytes", "max_processes")
 _PERMISSION_KEYS = ("memory_read", "memory_write", "send", "spawn", "max_children")
@@ -246,12 +249,15 @@ def load_manifest(
     base_dir: Path | None = None,
     validate_model: ModelValidator | None = None,
     tool_names: Collection[str] | None = None,
+    shared_mcp: tuple[McpServerConfig, ...] = (),
 ) -> AgentManifest:
     """Parse and validate a manifest from a file (a :class:`Path`) or TOML text (a :class:`str`).
 
     ``source`` names the manifest in problems (default: the file name, else ``agent.toml``); relative module
     paths resolve against ``base_dir`` (default: the file's directory). ``tool_names``, when given, is the
-    registry every listed tool must exist in. Raises :class:`ConfigError` with every problem found.
+    registry every listed tool must exist in. ``shared_mcp`` are MCP servers every agent of the worker may
+    name (the worker's ``mcp`` args): those the tools name join the manifest's ``mcp``. Raises
+    :class:`ConfigError` with every problem found.
     """
     if isinstance(path_or_text, Path):
         source = source or path_or_text.name
@@ -287,9 +293,16 @@ def load_manifest(
         c.add("agent", "restart", f"must be one of {', '.join(RESTART_POLICIES)}, got {restart!r}")
         restart = "permanent"
     tools = c.get_names(agent, "agent", "tools")
+    mcp: tuple[McpServerConfig, ...] = ()
+    if "mcp" in agent:
+        mcp, mcp_problems = parse_servers(agent["mcp"], c.where("agent"))
+        c.problems.extend(mcp_problems)
+    # The worker's shared servers (cluster.toml) that this manifest's tools name and it does not redefine.
+    own = {s.name for s in mcp}
+    mcp += tuple(s for s in shared_mcp if s.name not in own and any(declared(t, (s,)) for t in tools))
     if tool_names is not None:
         for tool in tools:
-            if tool not in tool_names:
+            if tool not in tool_names and not declared(tool, mcp):  # MCP tools are checked at spawn
                 c.add("agent", "tools", f"unknown tool {tool!r} (known: {', '.join(sorted(tool_names))})")
     model = _model(c, agent, validate_model)
     retention = c.get_str(agent, "agent", "retention", "keep") or "keep"
@@ -326,6 +339,7 @@ def load_manifest(
         secret_env=secret_env,
         idle_hibernate_s=_idle_hibernate(c, agent),
         restore=restore,  # type: ignore[arg-type]  # checked against RESTORE_POLICIES above
+        mcp=mcp,
         sandbox=sandbox,
         shell=_shell(c, agent),
         web_search=_web_search(c, agent),

@@ -5,6 +5,8 @@
 //   node client.mjs --endpoint ENDPOINT --body '{"agent_id": "a-1"}' agent.info
 //   node client.mjs --endpoint tcp://host:port --keys-dir DIR --name alice status   (CURVE, section 1.4)
 //   node client.mjs --endpoint ENDPOINT raw HEX        (send HEX as the payload frame: for testing servers)
+//   node client.mjs --endpoint ENDPOINT --stream --body '{"agent_id": "a-1", "text": "hi"}' agent.send
+//                                                      (section 4b: each agent.send.chunk as a JSON line first)
 //
 // Prints the reply body as JSON on stdout. Exit status: 0 on a `.ok` reply, 2 on an `error` reply (its body
 // {code, message} is printed too), 3 when no reply came in time, 1 on bad usage.
@@ -17,7 +19,7 @@ import { Dealer } from "zeromq";
 
 const USAGE =
   "usage: node client.mjs --endpoint ENDPOINT [--timeout MS] [--body JSON] " +
-  "[--keys-dir DIR --name NAME] (ping | status | tree | TYPE | raw HEX)";
+  "[--keys-dir DIR --name NAME] [--stream] (ping | status | tree | TYPE | raw HEX)";
 
 function parseArgs(argv) {
   const opts = { timeout: 10000, body: {}, name: "client", positional: [] };
@@ -32,6 +34,7 @@ function parseArgs(argv) {
     else if (arg === "--body") opts.body = JSON.parse(value());
     else if (arg === "--keys-dir") opts.keysDir = value();
     else if (arg === "--name") opts.name = value();
+    else if (arg === "--stream") opts.stream = true;
     else if (arg === "--help" || arg === "-h") throw new Error(USAGE);
     else if (arg.startsWith("--")) throw new Error(`unknown option ${arg}`);
     else opts.positional.push(arg);
@@ -63,7 +66,8 @@ function curveOptions(keysDir, name) {
 }
 
 // Section 3, step 3: wait for the reply with our id (or an `error` with id "" for an unreadable request).
-async function awaitReply(socket, id, deadline) {
+// Section 4b: parts of a streamed reply (type agent.send.chunk, our id) go to onChunk and restart the wait.
+async function awaitReply(socket, id, deadline, onChunk = null, timeout = 0) {
   for (;;) {
     const left = deadline - Date.now();
     if (left <= 0) return null;
@@ -82,6 +86,11 @@ async function awaitReply(socket, id, deadline) {
       continue; // not ours (not even msgpack): nothing to match it with
     }
     if (reply === null || typeof reply !== "object") continue;
+    if (onChunk !== null && reply.type === "agent.send.chunk" && reply.id === id) {
+      onChunk(reply.body);
+      deadline = Date.now() + timeout;
+      continue;
+    }
     if (id === null || reply.id === id || (reply.type === "error" && reply.id === "")) return reply;
   }
 }
@@ -105,12 +114,14 @@ async function main() {
       payload = Buffer.from(rest[0], "hex");
     } else {
       id = randomBytes(16).toString("hex");
-      payload = encode({ v: 1, id, type: command, body: opts.body });
+      const body = opts.stream ? { ...opts.body, stream: true } : opts.body;
+      payload = encode({ v: 1, id, type: command, body });
     }
     const deadline = Date.now() + opts.timeout;
     socket.sendTimeout = opts.timeout;
     await socket.send(payload);
-    const reply = await awaitReply(socket, id, deadline);
+    const onChunk = opts.stream ? (part) => process.stdout.write(`${JSON.stringify({ chunk: part })}\n`) : null;
+    const reply = await awaitReply(socket, id, deadline, onChunk, opts.timeout);
     if (reply === null) {
       process.stderr.write(`no reply to ${command} from ${opts.endpoint} within ${opts.timeout} ms\n`);
       return 3;

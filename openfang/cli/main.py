@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -289,8 +290,58 @@ def cmd_agent(args: argparse.Namespace) -> int:
             body["service"] = args.id
         else:
             body["agent_id"] = args.id
+        if args.stream:
+            return _send_streaming(args, body)
         return output(args, request(args, "agent.send", body), lambda b: str(b.get("reply", "")))
     return output(args, request(args, f"agent.{op}", {"agent_id": args.id}), render.kv)
+
+
+def _send_streaming(args: argparse.Namespace, body: dict[str, Any]) -> int:
+    """Print a streamed reply as it comes: text pieces on stdout, tool progress on stderr (--json: lines)."""
+    from openfang.protocol.messages import CHUNK_TYPE
+
+    with connect.client(args) as client:
+        for kind, part in client.stream("agent.send", body):
+            if args.json:
+                print(json.dumps({"type": kind, "body": part}, sort_keys=True, default=str), flush=True)
+            elif kind != CHUNK_TYPE:
+                print(flush=True)  # the pieces already showed the reply; end its line
+            elif part.get("kind") == "text":
+                print(part.get("text", ""), end="", flush=True)
+            elif part.get("kind") == "tool":
+                state = part.get("state")
+                mark = "" if state == "start" else (" ok" if part.get("ok") else " failed")
+                print(f"[tool {part.get('tool')} {state}{mark}]", file=sys.stderr, flush=True)
+    return 0
+
+
+def cmd_mcp_serve(args: argparse.Namespace) -> int:
+    """Serve the cluster's agents as MCP tools on stdin/stdout (for MCP clients that launch a command)."""
+    from openfang.control.config import missing_http_modules
+
+    missing = missing_http_modules()
+    if missing:
+        raise ConfigError(f"'mcp serve' needs the 'http' extra (missing: {', '.join(missing)}): "
+                          "pip install 'openfang[http]'")  # fmt: skip
+    import asyncio
+
+    from openfang.control.http.app import Face
+    from openfang.control.http.bridge import GatewayBridge
+    from openfang.control.http.mcp_server import serve_stdio
+
+    endpoint, _ = resolve_endpoint(args)
+    keys = getattr(args, "keys_dir", None) or os.environ.get("OPENFANG_KEYS_DIR")
+    bridge = GatewayBridge(
+        endpoint, timeout=args.timeout, keys_dir=keys, key_name=args.key_name, signer=connect.signer(args)
+    )
+    face = Face(
+        bridge=bridge,
+        base_url="stdio:",
+        data_dir=Path(os.environ.get("OPENFANG_DATA_DIR", ".")),
+        cluster=os.environ.get("OPENFANG_CLUSTER", "openfang"),
+    )
+    asyncio.run(serve_stdio(face))
+    return 0
 
 
 # -- parser --------------------------------------------------------------------------------------------------
@@ -449,6 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="the memory database (default: the daemon's)")
     memory.set_defaults(handler=cmd_memory)
 
+    mcp = sub.add_parser("mcp", help="the Model Context Protocol face of the cluster")
+    mcp_sub = mcp.add_subparsers(dest="mcp_op", required=True)
+    p = mcp_sub.add_parser("serve", parents=[common], help=(cmd_mcp_serve.__doc__ or "").strip())
+    p.set_defaults(handler=cmd_mcp_serve)
+
     agent = sub.add_parser("agent", help="spawn and talk to agents")
     agent_sub = agent.add_subparsers(dest="agent_op", required=True)
     p = agent_sub.add_parser("spawn", parents=[common], help="spawn an agent from a manifest")
@@ -465,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text")
     p.add_argument("--service", action="store_true", help="ID is a service name: load-balanced")
     p.add_argument("--session", help="the conversation session the message belongs to (memory keeps it)")
+    p.add_argument(
+        "--stream", action="store_true", help="print the reply as it is produced (tool progress on stderr)"
+    )
     p = agent_sub.add_parser("check", parents=[common], help=(cmd_agent_check.__doc__ or "").strip())
     p.add_argument("manifests", nargs="+", metavar="FILE", help="agent.toml files")
     p.set_defaults(handler=cmd_agent_check)

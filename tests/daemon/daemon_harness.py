@@ -42,7 +42,7 @@ strategy = "one_for_one"
 intensity = {intensity}
 period = 5
 
-{memory_child}[[supervisor.children]]
+{http_table}{memory_child}[[supervisor.children]]
 id = "workers"
 type = "supervisor"
 strategy = "one_for_one"
@@ -89,6 +89,7 @@ class Cluster:
         queue_limit: int = 1000,
         request_timeout_ms: int = 10000,
         memory: bool = False,
+        http: bool = False,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="of-", dir="/tmp"))
         self.data_dir = self.dir / "data"
@@ -100,7 +101,12 @@ class Cluster:
             queue_limit=queue_limit,
             request_timeout_ms=request_timeout_ms,
             memory_child=MEMORY_CHILD if memory else "",
+            http_table="",
         )
+        self.http_port = free_port() if http else 0
+        if http:
+            self.settings["http_table"] = f'[http]\nlisten = "127.0.0.1:{self.http_port}"\n\n'
+
         self.write_config(extra)
         self.notify_path = str(self.dir / "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -120,6 +126,12 @@ class Cluster:
     @property
     def endpoint(self) -> str:
         return f"ipc://{self.data_dir}/run/control.sock"
+
+    @property
+    def http_url(self) -> str:
+        """The base URL of the [http] face (the cluster was made with ``http=True``)."""
+        assert self.http_port, "make the cluster with http=True"
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def events_endpoint(self) -> str:
@@ -277,6 +289,13 @@ class Cluster:
         self.zctx.term()
         self.notify.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (the kernel picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _alive(pid: int, created: float) -> bool:

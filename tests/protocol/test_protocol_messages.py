@@ -77,7 +77,7 @@ def test_validator_reports_every_problem_of_a_body_at_once() -> None:
     """Wrong type, unknown field and an over-long string are all named in one error, each with its path."""
     text = _problems("agent.send", {"agent_id": "a", "text": 5, "colour": "red", "session": "s" * 129})
     assert "body.text: must be a string of at most 65536 characters, got int" in text
-    assert "body.colour: unknown field (allowed: agent_id, service, session, text)" in text
+    assert "body.colour: unknown field (allowed: agent_id, service, session, stream, text)" in text
     assert "body.session: must be a string of 1 to 128 characters, got 129 characters" in text
 
 

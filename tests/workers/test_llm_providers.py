@@ -569,3 +569,13 @@ def test_openai_content_parts_are_joined(server: FakeServer) -> None:
     body["choices"][0]["message"]["content"] = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
     server.replies.append(Reply(body=body))
     assert openai(server).complete(ask()).content == "ab"
+
+
+def test_openai_dotted_mcp_tool_names_go_out_as_double_underscore_and_come_back(server: FakeServer) -> None:
+    """`server.tool` (an MCP tool) is sent as `server__tool` (OpenAI's name rule) and its call maps back."""
+    echo = ToolSpec(name="everything.echo", description="Echo", parameters={"type": "object"})
+    call = {"id": "c1", "type": "function", "function": {"name": "everything__echo", "arguments": "{}"}}
+    server.replies.append(Reply(body=completion(None, [call], "tool_calls")))
+    resp = openai(server).complete(ask("echo", tools=(echo,)))
+    assert server.requests[0]["body"]["tools"][0]["function"]["name"] == "everything__echo"
+    assert resp.tool_calls == [ToolCall(id="c1", name="everything.echo", arguments={})]

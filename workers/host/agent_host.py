@@ -40,6 +40,7 @@ from openfang.protocol.errors import (
     SandboxError,
     SecurityError,
 )
+from openfang.protocol.messages import CHUNK_TYPE
 from openfang.security._errors import Denied
 from openfang.supervisor.restart import RestartWindow
 from openfang.workers.host import jobs as jobs
@@ -53,6 +54,7 @@ from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox._wasmtime import EngineOptions, HostFunctionSpec, Runtime
 from openfang.workers.sandbox.instance import Outcome, Sandbox, State
 from openfang.workers.tools import kv as _tools_kv
+from openfang.workers.tools.mcp import McpServerConfig
 
 log = structlog.get_logger("openfang.workers.host.agent_host")
 MAX_INBOX = 1024
@@ -63,6 +65,8 @@ HOST_SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a i
 class AgentHost(AgentTraffic):
     """Hosts many agents in one thread. Not thread-safe: call everything from the worker's loop
     (tool threads reach it only through :meth:`from_tool_thread`)."""
+
+    mcp_servers: tuple[McpServerConfig, ...] = ()  # MCP servers any agent here may name (worker args)
 
     def __init__(
         self,
@@ -119,6 +123,8 @@ class AgentHost(AgentTraffic):
         self._manifest_cache: OrderedDict[tuple[str, str], AgentManifest] = OrderedDict()
         self._spawn_parents: dict[str, str] = {}
         self._loop_thread = threading.get_ident()
+        # Parts of streamed replies (agent.send with stream = true), from any thread; step() sends them first.
+        self._chunks: deque[Envelope] = deque()
 
     # -- public API ------------------------------------------------------------------------------------
     def wakeup_fd(self) -> int:
@@ -155,6 +161,11 @@ class AgentHost(AgentTraffic):
             if not ran or time.perf_counter() >= end:
                 break
         out, self._replies = self._replies, []
+        if self._chunks:  # a stream's parts go out before the reply that ends it
+            parts = []
+            while self._chunks:
+                parts.append(self._chunks.popleft())
+            out = [*parts, *out]
         if self._internal:
             out = self._route_internal(out)
         if self._memory is not None:
@@ -162,6 +173,11 @@ class AgentHost(AgentTraffic):
         if self._security is not None:
             self._security.audit.flush()
         return out
+
+    def emit_chunk(self, request: Envelope, body: dict[str, Any]) -> None:
+        """Queue one part of ``request``'s streamed reply (any thread); the loop sends it next step."""
+        self._chunks.append(Envelope(type=CHUNK_TYPE, body=body, id=request.id))
+        self._runner.poke()
 
     def _turn(self, agent: HostedAgent, now: float) -> bool:
         sb = agent.sandbox
@@ -253,6 +269,7 @@ class AgentHost(AgentTraffic):
             source=path.name if path else "agent.toml",
             base_dir=path.parent if path else None,
             tool_names=set(names) if names is not None else None,
+            shared_mcp=self.mcp_servers,
             validate_model=self._validate_model,
         )
         self._manifest_cache[key] = manifest
@@ -268,6 +285,19 @@ class AgentHost(AgentTraffic):
 
         path = Path(mpath) if isinstance(mpath, str) and mpath else None
         manifest = self._parsed_manifest(text, path)
+        if manifest.mcp and self.tools is not None:  # issue 12: MCP servers' tools join the registry
+            from openfang.workers.tools import mcp as _mcp
+
+            if not _mcp.ready(self.tools, manifest.mcp):
+                # Starting a server takes seconds: off this loop, then this spawn runs again on it.
+                def resume() -> None:  # on the MCP thread: hand the spawn back to this loop
+                    self._calls.append((lambda: self.submit(env), Future()))
+                    self._runner.poke()
+
+                _mcp.connect_later(self.tools, manifest.mcp, resume)
+                return
+            tools = _mcp.attach(self.tools, manifest.mcp, manifest.tools, manifest.source)
+            manifest = dataclasses.replace(manifest, tools=tools)
         # A default id names its worker so ids stay unique across the cluster (the gateway routes by id).
         agent_id = manifest.sandbox.agent_id or f"{manifest.name}-{next(self._ids)}@{self.worker_id}"
         while manifest.sandbox.agent_id is None and agent_id in self._agents:
@@ -438,6 +468,7 @@ class AgentHost(AgentTraffic):
         agent.usage = {"prompt_tokens": 0, "completion_tokens": 0, "tool_calls": 0}
         agent.session = _session(env.body.get("session"))
         agent.failure = None
+        agent.task = None
         if agent.guard is not None:
             agent.guard.refusal = None
         agent.fuel_at_start = agent.sandbox.fuel_used
@@ -475,7 +506,11 @@ class AgentHost(AgentTraffic):
                 if self._memory is not None:
                     tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
                     self._memory.record_message(agent.agent_id, agent.session, "assistant", reply, tokens)
-                self._replies.append(env.reply({"reply": reply, "agent_id": agent.agent_id, "usage": usage}))
+                body = {"reply": reply, "agent_id": agent.agent_id, "usage": usage}
+                if agent.task is not None:  # task_update: the A2A state and artifacts of this message
+                    body["task"] = agent.task
+                    agent.task = None
+                self._replies.append(env.reply(body))
             else:
                 err = (
                     outcome.error
@@ -548,6 +583,9 @@ class AgentHost(AgentTraffic):
         info.update(
             agent_id=agent.agent_id,
             name=agent.manifest.name,
+            # The HTTP face builds MCP tools and A2A cards from these (issue 12).
+            description=agent.manifest.description,
+            tools=list(agent.manifest.tools),
             worker=self.worker_id,
             state=state,
             activity=agent.sandbox.state.value,

@@ -157,18 +157,23 @@ def llm_work(
     chat_messages: list[Any],
     tool_specs: Sequence[Any],
     content_filter: Callable[[str], str] | None = None,
+    *,
+    stream: bool = False,
+    on_delta: Callable[[str], None] | None = None,
 ) -> Callable[[], tuple[int, bytes, dict[str, int]]]:
     """The job body of one ``llm_invoke``: build the ChatRequest, complete it, encode the guest's result.
 
     ``content_filter`` sees the model's text before it joins the conversation (injection, redaction); it
-    may return a changed text or raise OpenFangError to fail the call.
+    may return a changed text or raise OpenFangError to fail the call. ``stream`` asks the provider to
+    stream; ``on_delta`` gets the pieces of text as they come (a streamed reply's chunks).
     """
     from openfang.workers.llm import types as t
 
     def work() -> tuple[int, bytes, dict[str, int]]:
         chat = [t.ChatMessage.system(system_prompt)] if system_prompt else []
         chat.extend(chat_messages)
-        resp = provider.complete(t.ChatRequest(messages=tuple(chat), tools=tuple(tool_specs)))
+        request = t.ChatRequest(messages=tuple(chat), tools=tuple(tool_specs), stream=stream)
+        resp = provider.complete(request, on_delta=on_delta) if on_delta else provider.complete(request)
         usage = {"prompt_tokens": resp.usage.prompt_tokens, "completion_tokens": resp.usage.completion_tokens}
         content = resp.content
         if content_filter is not None and content:

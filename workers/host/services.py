@@ -11,6 +11,7 @@ import dataclasses
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,7 @@ class HostedAgent:
     session: str = ""  # the session of the message in progress (memory records carry it)
     unbilled_tokens: int = 0  # LLM tokens used but not yet charged to the agent's token bucket
     failure: OpenFangError | None = None  # the LLM error of the message in progress, for its error reply
+    task: dict[str, Any] | None = None  # task_update of the message in progress: goes with its reply
 
 
 class Services:
@@ -95,9 +97,36 @@ class Services:
 
         job = UsageJob(agent)
         chat = agent.chat_cache.convert(messages)
-        work = jobs.llm_work(agent.provider, agent.manifest.system_prompt, chat, specs, content_filter)
+        on_delta = self._delta_sink(agent)
+        model_stream = bool(agent.manifest.model is not None and agent.manifest.model.raw.get("stream"))
+        work = jobs.llm_work(
+            agent.provider,
+            agent.manifest.system_prompt,
+            chat,
+            specs,
+            content_filter,
+            stream=model_stream or on_delta is not None,
+            on_delta=on_delta,
+        )
         self.host._runner.run(job, work, inline=getattr(agent.provider, "blocking", True) is False)
         return job
+
+    def _delta_sink(self, agent: HostedAgent) -> Callable[[str], None] | None:
+        """Where the model's text pieces go when the message in progress asked for a stream (else None).
+
+        Each piece is redacted on its own (a secret split across two pieces is not caught: the final
+        reply, checked whole, is the authoritative text).
+        """
+        request = agent.current
+        if request is None or not request.body.get("stream"):
+            return None
+        sec, host, agent_id = self.host._security, self.host, agent.agent_id
+
+        def sink(piece: str) -> None:
+            text = sec.redact(piece) if sec is not None else piece
+            host.emit_chunk(request, {"agent_id": agent_id, "kind": "text", "text": text})
+
+        return sink
 
     def start_tools(self, sandbox: Sandbox, request: dict[str, Any]) -> Job:
         agent = self._agent(sandbox)
@@ -172,13 +201,19 @@ class Services:
             sandbox.counters["denied"] += 1
             self.audit({"kind": "tool_denied", "agent_id": sandbox.agent_id, "tool": name})
 
-        work = jobs.tools_work(
-            calls,
-            frozenset(agent.manifest.tools),
-            lambda n, a: self._invoke(agent, ctx, n, a),
-            denied,
-            single,
-        )
+        request = agent.current
+        streaming = request is not None and bool(request.body.get("stream"))
+
+        def invoke(name: str, args: dict[str, Any]) -> tuple[bool, Any]:
+            if not streaming or request is None:
+                return self._invoke(agent, ctx, name, args)
+            part = {"agent_id": agent.agent_id, "kind": "tool", "tool": name}  # progress of a streamed reply
+            self.host.emit_chunk(request, {**part, "state": "start"})
+            ok, value = self._invoke(agent, ctx, name, args)
+            self.host.emit_chunk(request, {**part, "state": "done", "ok": bool(ok)})
+            return ok, value
+
+        work = jobs.tools_work(calls, frozenset(agent.manifest.tools), invoke, denied, single)
         inline = all(getattr(_tool(registry, str(c.get("name"))), "blocking", True) is False for c in calls)
         job = UsageJob(agent)
         self.host._runner.run(job, work, inline=inline)
@@ -261,9 +296,24 @@ def default_context(host: AgentHost, agent: HostedAgent) -> Any:
     allowed = frozenset(agent.manifest.tools)
     kv = host._kv.namespace(agent.agent_id)
     sec, mem = host._security, host._memory
+
+    def task_update(_agent_id: str, args: dict[str, Any]) -> Any:
+        # The last state and message win; artifacts add up over the message (any tool thread).
+        task = agent.task or {"artifacts": []}
+        for key in ("state", "message"):
+            if key in args:
+                task[key] = args[key]
+        task["artifacts"] = [*task["artifacts"], *(args.get("artifacts") or [])]
+        agent.task = task
+        return {
+            "recorded": True,
+            "state": task.get("state", "completed"),
+            "artifacts": len(task["artifacts"]),
+        }
+
     if sec is None and mem is None:
-        return _tools.ToolContext(agent_id=agent.agent_id, allowed=allowed, kv=kv)
-    extra: dict[str, Any] = {}
+        return _tools.ToolContext(agent_id=agent.agent_id, allowed=allowed, kv=kv, task_update=task_update)
+    extra: dict[str, Any] = {"task_update": task_update}
     if sec is not None:
         guard = agent.guard
         extra.update(

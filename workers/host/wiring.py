@@ -19,6 +19,7 @@ from openfang.workers.host.memory import HostMemory
 from openfang.workers.host.security import HostAudit, HostSecurity, security_from_args
 from openfang.workers.llm.providers import make_provider
 from openfang.workers.manifest import ModelConfig
+from openfang.workers.tools.mcp import parse_servers
 from openfang.workers.tools.registry import ToolRegistry, default_registry
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -60,6 +61,7 @@ def build_host(
     without it, the defaults with paths under ``OPENFANG_DATA_DIR``. Every refusal goes to this process's
     handle on the audit chain (``[security.audit] path``) *and* to ``audit`` (the worker's log line).
     ``args["max_agents"]`` caps the agents this worker hosts at once (spawns past it answer ``busy``).
+    ``args["mcp"]`` lists MCP servers (as a manifest's ``mcp``) that any agent here may name in its tools.
     """
     registry = default_registry()
     load_tool_modules(registry, list(args.get("tool_modules") or []))
@@ -68,7 +70,7 @@ def build_host(
     security = HostSecurity(
         config, HostAudit(open_audit(config), also=audit), data_dir=Path(data_dir) if data_dir else None
     )
-    return AgentHost(
+    host = AgentHost(
         worker_id,
         llm_factory=_provider_for,
         tools=registry,
@@ -78,3 +80,9 @@ def build_host(
         memory=HostMemory(memory) if memory is not None else None,
         max_agents=int(args["max_agents"]) if args.get("max_agents") else None,
     )
+    if "mcp" in args:  # MCP servers every agent of this worker may name (cluster.toml worker args)
+        servers, problems = parse_servers(args["mcp"], f"worker {worker_id} args")
+        if problems:
+            raise ConfigError(problems)
+        host.mcp_servers = servers
+    return host

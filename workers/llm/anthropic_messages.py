@@ -27,6 +27,7 @@ from openfang.workers.llm.types import (
     LLMError,
     ToolCall,
     Usage,
+    wire_tool_name,
 )
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -66,6 +67,7 @@ class AnthropicProvider:
         self._http = HttpClient(name, base_url.rstrip("/"), headers, settings or HttpSettings())
         # Said with a 401/403 when no key was sent: the variable is missing from the daemon's environment.
         self._http.auth_hint = None if api_key else missing_key_hint
+        self._from_wire: dict[str, str] = {}  # tool names as sent -> as registered (MCP: server__tool)
 
     def __repr__(self) -> str:
         return f"AnthropicProvider(name={self.name!r}, model={self.model!r}, {self._http!r})"
@@ -86,7 +88,7 @@ class AnthropicProvider:
             body["temperature"] = temperature
         if req.tools:
             body["tools"] = [
-                {"name": t.name, "description": t.description, "input_schema": t.parameters}
+                {"name": self._to_wire(t.name), "description": t.description, "input_schema": t.parameters}
                 for t in req.tools
             ]
         return body
@@ -144,7 +146,14 @@ class AnthropicProvider:
             raise LLMError(self.name, "tool_use block without a name")
         if not isinstance(args, dict):
             raise LLMError(self.name, f"tool_use {name!r} input is not a JSON object")
+        name = self._from_wire.get(name, name)
         return ToolCall(id=str(cid or f"toolu_{name}"), name=name, arguments=args)
+
+    def _to_wire(self, name: str) -> str:
+        wire = wire_tool_name(name)
+        if wire != name:
+            self._from_wire[wire] = name
+        return wire
 
     def _read_stream(self, events: Iterable[Any], model: str, on_delta: DeltaSink | None) -> ChatResponse:
         blocks: dict[int, dict[str, Any]] = {}
@@ -234,7 +243,9 @@ def _messages_out(messages: Iterable[ChatMessage]) -> list[dict[str, Any]]:
             if m.content:
                 blocks.append({"type": "text", "text": m.content})
             for tc in m.tool_calls:
-                blocks.append({"type": "tool_use", "id": tc.id, "name": tc.name, "input": tc.arguments})
+                blocks.append(
+                    {"type": "tool_use", "id": tc.id, "name": wire_tool_name(tc.name), "input": tc.arguments}
+                )
         if not blocks:
             continue
         if out and out[-1]["role"] == role:

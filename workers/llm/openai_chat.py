@@ -24,6 +24,7 @@ from openfang.workers.llm.types import (
     LLMError,
     ToolCall,
     Usage,
+    wire_tool_name,
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -63,6 +64,7 @@ class OpenAIProvider:
         self._http = HttpClient(name, base_url.rstrip("/"), headers, settings or HttpSettings())
         # Said with a 401/403 when no key was sent: the variable is missing from the daemon's environment.
         self._http.auth_hint = None if api_key else missing_key_hint
+        self._from_wire: dict[str, str] = {}  # tool names as sent -> as registered (MCP: server__tool)
 
     def __repr__(self) -> str:
         return f"OpenAIProvider(name={self.name!r}, model={self.model!r}, {self._http!r})"
@@ -86,7 +88,11 @@ class OpenAIProvider:
             body["tools"] = [
                 {
                     "type": "function",
-                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+                    "function": {
+                        "name": self._to_wire(t.name),
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
                 }
                 for t in req.tools
             ]
@@ -147,7 +153,14 @@ class OpenAIProvider:
         name = fn.get("name")
         if not isinstance(name, str) or not name:
             raise LLMError(self.name, f"tool call without a function name: {str(tc)[:200]!r}")
+        name = self._from_wire.get(name, name)
         return ToolCall(id=str(tc.get("id") or f"call_{name}"), name=name, arguments=self._args(name, fn))
+
+    def _to_wire(self, name: str) -> str:
+        wire = wire_tool_name(name)
+        if wire != name:
+            self._from_wire[wire] = name
+        return wire
 
     def _args(self, name: str, fn: Mapping[str, Any]) -> dict[str, Any]:
         raw = fn.get("arguments")
@@ -235,14 +248,14 @@ def _message_out(m: ChatMessage) -> dict[str, Any]:
             {
                 "id": tc.id,
                 "type": "function",
-                "function": {"name": tc.name, "arguments": json.dumps(tc.arguments)},
+                "function": {"name": wire_tool_name(tc.name), "arguments": json.dumps(tc.arguments)},
             }
             for tc in m.tool_calls
         ]
     if m.role == "tool":
         out["tool_call_id"] = m.tool_call_id
         if m.name:
-            out["name"] = m.name
+            out["name"] = wire_tool_name(m.name)
     return out
 
 

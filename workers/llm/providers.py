@@ -60,7 +60,7 @@ __all__ = [
 
 # provider kind -> (protocol, default base_url, default api key variable), from the named presets.
 KINDS: dict[str, tuple[str, str, str | None]] = {p.name: (p.protocol, p.base_url, p.key_env) for p in PRESETS}
-_COMMON = {"provider", "name", "label", "temperature", "max_tokens", "fallback"}
+_COMMON = {"provider", "name", "label", "temperature", "max_tokens", "fallback", "stream"}
 _HTTP_KEYS = {"base_url", "api_key_env", "timeout", "connect_timeout", "max_retries", "retry_backoff"}
 _SCRIPT_KEYS = {"script", "default", "echo"}
 _RULE_KEYS = {"match", "reply", "tool", "args", "chain", "then", "error"}
@@ -106,6 +106,8 @@ def validate_model_config(cfg: Any, where: str = "[agent.model]") -> list[Proble
     t = cfg.get("temperature")
     if t is not None and (not _num(t) or not 0 <= t <= 2):
         bad("temperature", f"must be a number from 0 to 2, got {t!r}")
+    if "stream" in cfg and not isinstance(cfg["stream"], bool):
+        bad("stream", f"must be true or false, got {cfg['stream']!r}")
     mt = cfg.get("max_tokens")
     if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or mt < 1):
         bad("max_tokens", f"must be an integer >= 1, got {mt!r}")

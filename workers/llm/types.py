@@ -211,3 +211,11 @@ class Provider(Protocol):
     blocking: bool  # False only for instant, I/O-free providers (the host may then call them inline)
 
     def complete(self, req: ChatRequest, *, on_delta: DeltaSink | None = None) -> ChatResponse: ...
+
+
+def wire_tool_name(name: str) -> str:
+    """A tool name as OpenAI and Anthropic accept it (``[A-Za-z0-9_-]``): ``server.tool`` -> ``server__tool``.
+
+    Providers remember the names they sent (``build_body``) to map a tool call's name back exactly.
+    """
+    return name.replace(".", "__")

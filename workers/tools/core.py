@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from openfang.workers.tools.kv import KVNamespace
 
 log = structlog.get_logger("openfang.tools")
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what OpenAI and Anthropic accept as a function name
+# What OpenAI and Anthropic accept as a function name, plus "." for MCP tools (``server.tool``).
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 ALL = "*"
 
 # A host callback gets the calling agent's id and the validated tool arguments; it returns a JSON value
@@ -81,6 +82,7 @@ class ToolContext:
     memory_store: HostCallback | None = None
     memory_recall: HostCallback | None = None
     memory_history: HostCallback | None = None
+    task_update: HostCallback | None = None  # task_update: the outcome of the message in progress
     memory_forget: HostCallback | None = None
     # http_fetch policy: hosts/addresses/CIDRs exempt from the SSRF address check, and a blanket opt-in
     # for private addresses (never metadata ones). ``resolver`` replaces DNS (tests, a worker DNS cache).

@@ -5,6 +5,8 @@
     tools_kv       KVStore / KVNamespace behind kv_get / kv_set
     tools_builtin  time_now, json_parse, json_query, text_count, text_regex, kv_get, kv_set
     tools_net      http_fetch (through the SSRF guard)
+    tools.a2a      a2a_send (a remote A2A agent, through the SSRF guard; needs the http extra)
+    tools.mcp      MCP servers' tools, registered when an agent that names the server spawns
     tools_host     fs_read_scoped, fs_write_scoped, fs_list_scoped, agent_send, agent_spawn, agent_list,
                    memory_store, memory_recall (through ScopedFS and the host's callbacks)
 
@@ -22,6 +24,7 @@ Permissions are listed in ``docs/llm-and-tools.md``.
 
 from __future__ import annotations
 
+from openfang.workers.tools.a2a import A2A_SEND
 from openfang.workers.tools.builtin import BUILTIN_TOOLS
 from openfang.workers.tools.calc import CALC_TOOLS
 from openfang.workers.tools.core import (
@@ -45,6 +48,7 @@ from openfang.workers.tools.kv import KVLimits, KVNamespace, KVStore
 from openfang.workers.tools.net import HTTP_FETCH
 from openfang.workers.tools.schema import check_schema, validate
 from openfang.workers.tools.shell import SHELL_TOOLS
+from openfang.workers.tools.task import TASK_UPDATE
 from openfang.workers.tools.text import TEXT_TOOLS
 from openfang.workers.tools.web import WEB_TOOLS
 
@@ -80,6 +84,8 @@ def builtin_tools() -> tuple[Tool, ...]:
         *DATA_TOOLS,
         HTTP_FETCH,
         *WEB_TOOLS,
+        A2A_SEND,
+        TASK_UPDATE,
         *HOST_TOOLS,
         *FILE_TOOLS,
         *DOCUMENT_TOOLS,

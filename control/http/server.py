@@ -1,0 +1,92 @@
+"""The ``http`` child: uvicorn serving :func:`openfang.control.http.app.build_app`, supervised.
+
+Started by the root supervisor as ``openfang.control.http.server:main`` when ``[http]`` is enabled
+(:func:`openfang.control.config.with_http`). It says ``ready`` once the listening socket is bound, then
+heartbeats from the event loop, so a stuck loop is a hung child the supervisor restarts. SIGTERM is
+uvicorn's graceful shutdown (open streams are given the child's shutdown time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+from openfang.control.config import missing_http_modules
+from openfang.supervisor.child import ChildContext
+
+log = structlog.get_logger("openfang.http")
+HEARTBEAT_S = 1.0
+
+
+def make_face(args: Mapping[str, Any]) -> Any:
+    """The shared state of the app from the child's args (the ``[http]`` and ``[control]`` tables)."""
+    from openfang.control.http.app import Face
+    from openfang.control.http.bridge import GatewayBridge
+    from openfang.control.scheduler import signer_for
+
+    control = args["control"]
+    data_dir = os.environ.get("OPENFANG_DATA_DIR", ".")
+    bridge = GatewayBridge(
+        control["endpoint"],
+        timeout=max(30.0, int(control.get("request_timeout_ms", 10_000)) / 1000 + 5),
+        keys_dir=control.get("keys_dir"),
+        key_name=str(args.get("key_name", "client")),
+        signer=signer_for(args.get("security"), data_dir),  # when [security.signing] require = true
+    )
+    return Face(
+        bridge=bridge,
+        base_url=str(args["base_url"]),
+        data_dir=Path(data_dir),
+        cluster=os.environ.get("OPENFANG_CLUSTER", "openfang"),
+        default_agent=args.get("default_agent"),
+        tokens_required=bool(args.get("tokens")),
+        push_allow_hosts=tuple(args.get("push_allow_hosts") or ()),
+    )
+
+
+async def serve(ctx: ChildContext, args: Mapping[str, Any]) -> None:
+    import uvicorn
+    from openfang.control.http.app import build_app
+
+    app = build_app(make_face(args), tokens=list(args.get("tokens") or ()))
+    config = uvicorn.Config(
+        app,
+        host=str(args["host"]),
+        port=int(args["port"]),
+        ssl_certfile=args.get("tls_cert"),
+        ssl_keyfile=args.get("tls_key"),
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=4,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # raises what stopped it (uvicorn exits 1 when it cannot bind)
+            raise SystemExit(f"the HTTP server on {args['host']}:{args['port']} stopped before it started")
+        await asyncio.sleep(0.02)
+    ctx.ready(url=args["base_url"])
+    log.info("http_listening", url=args["base_url"], tls=bool(args.get("tls_cert")))
+    while not task.done():
+        ctx.heartbeat()
+        await asyncio.wait({task}, timeout=HEARTBEAT_S)
+    task.result()
+
+
+def main(ctx: ChildContext) -> None:
+    """Child entry point: serve until SIGTERM (uvicorn handles it and drains)."""
+    structlog.contextvars.bind_contextvars(role="http", pid=os.getpid())
+    missing = missing_http_modules()
+    if missing:
+        # The config check refuses this already; a child started by other means says it just as plainly.
+        sys.exit(
+            f"[http] needs the 'http' extra (missing: {', '.join(missing)}): pip install 'openfang[http]'"
+        )
+    asyncio.run(serve(ctx, dict(ctx.args)))
