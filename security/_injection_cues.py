@@ -29,6 +29,13 @@ CUES: dict[str, tuple[str, ...]] = {
         "忽略", "无视", "忘记", "忘掉", "不要理会", "不要管", "绕过", "跳过",
         "игнорируй", "игнорировать", "забудь", "забудьте", "не обращай внимания", "не учитывай", "обойди",
         "dimentica", "esqueça", "esqueca", "negeer", "vergeet",
+        "throw out", "throw away", "toss out", "toss aside", "wipe", "wipe out", "scrap", "ditch", "dismiss", "nullify",
+        "invalidate", "rescind", "revoke", "purge", "get rid of", "break free of", "break free from", "step outside",
+        "act without", "answer without", "respond without", "reply without", "operate without", "work without",
+        "continue without", "proceed without", "talk without", "write without", "stop paying attention to",
+        "stop listening to", "don't listen to", "do not listen to", "stop being bound by", "free yourself from",
+        "no longer follow", "stop obeying", "non seguire", "non seguire più", "ne suis plus", "ne suivez plus",
+        "befolge nicht", "nicht mehr befolgen", "no sigas", "deja de seguir", "não siga", "не следуй", "不要遵守", "不再遵守",
     ),
     # Override verbs that follow their object: "the earlier instructions no longer apply".
     "OVR_POST": (
@@ -39,6 +46,10 @@ CUES: dict[str, tuple[str, ...]] = {
         "hinweg", "switched off", "deleted", "removed", "binds you", "bind you", "matters now", "matters anymore",
         "applies anymore", "no longer has", "no longer have", "deaktiviert", "désactivé*", "desactivad*", "отключен*", "已关闭",
         "無視", "忘れ", "무시", "잊어", "yok say", "görmezden",
+        "expired", "obsolete", "revoked", "rescinded", "withdrawn", "waived", "invalid", "null and void", "overridden",
+        "rolled back", "no longer in force", "no longer in effect", "not binding", "no longer count", "don't count",
+        "do not count", "irrelevant", "aside", "to one side", "to the side", "as suggestions", "as a suggestion",
+        "are lifted", "been lifted", "been removed", "been disabled", "been revoked", "been cancelled",
     ),
     # What the model was given before: prior, earlier, everything.
     "PRIOR": (
@@ -65,6 +76,12 @@ CUES: dict[str, tuple[str, ...]] = {
         "everything above", "everything before", "everything you", "anything before", "above this line",
         "before this message", "before this line", "the above", "everything said", "came before", "was said",
         "you were told", "you've been told", "you were given", "you were trained", "trained with", "behavioural guidance",
+        "your limits", "your limitations", "your boundaries", "safeguards", "safety rules", "content rules", "your orders",
+        "previous orders", "earlier orders", "prior orders", "orders you", "limits your", "limits placed", "limits imposed",
+        "your brief", "your briefing", "your principles", "ethical guidelines", "your ethics", "your alignment",
+        "conditioning", "safety protocols", "your protocols", "operating instructions",
+        "rulebook", "mandate", "boot text", "told you", "gave you", "given to you", "given you", "handed you",
+        "were handed", "set you up with", "imposed on you", "placed on you", "safety guidelines", "your policy",
     ),
     # The hidden context itself: what a leak asks for.
     "HIDDEN": (
@@ -84,6 +101,13 @@ CUES: dict[str, tuple[str, ...]] = {
         "系统提示", "隐藏的配置", "隐藏指令", "最初收到的指示", "逐字", "системный промпт", "скрытую конфигурацию",
         "дословно", "prompt di sistema", "configuração oculta", "システムプロンプト", "시스템 프롬프트", "systeemprompt",
         "sistem istem*",
+        "internal configuration", "internal instructions", "internal rules", "internal prompt", "internal guidelines",
+        "boot text", "startup text", "startup instructions", "start-up instructions", "opening instructions",
+        "operating instructions", "instructions you were given", "instructions you received", "guidelines you were given",
+        "rules you were given", "rules you operate under", "rules you follow", "prompt your developers",
+        "your developers wrote", "wrote for you", "written for you", "your system instructions", "your policies",
+        "your constraints", "your hidden", "your secret", "your confidential", "your internal", "behind-the-scenes",
+        "your guidance", "your directives", "your briefing", "your brief", "your operating",
     ),
     # Weaker pointers at the hidden context: a leak needs two of them, or one and a strong one.
     "HIDDEN_WEAK": (
@@ -105,6 +129,10 @@ CUES: dict[str, tuple[str, ...]] = {
         "enthülle", "revela", "revele", "muestra", "muestrame", "dime", "repite", "显示", "输出", "告诉我", "透露",
         "复述", "打印", "展示", "泄露", "покажи", "выведи", "раскрой", "повтори", "напиши", "скажи", "mostra",
         "mostrami", "rivela", "revelar", "表示", "見せ", "教え", "보여", "알려", "toon", "göster",
+        "reproducing", "revealing", "printing", "repeating", "reciting", "showing", "dumping", "leaking", "quoting",
+        "sharing", "disclosing", "outputting", "listing", "copy out", "read out", "read back", "paste back",
+        "hand over", "let me see", "let me read", "walk me through", "enumerate", "transcribe", "regurgitate",
+        "mostrar", "muéstrame", "rivelami", "mostre", "zeige", "zeig mir", "montre-moi", "révèle-moi", "покажи мне",
     ),
     # Credentials and keys.
     "SECRET": (
@@ -121,6 +149,9 @@ CUES: dict[str, tuple[str, ...]] = {
         "payroll", "personal data", "private documents", "memory store", "database dump", "home address",
         "phone number", "email address", "user records", "stored user", "last message", "full conversation",
         "the database", "用户的",
+        "chat log", "chat logs", "chat transcript", "conversation log", "full chat", "this chat", "the chat",
+        "entire conversation", "this thread", "the thread", "historique de la conversation", "история переписки",
+        "историю переписки", "verlauf", "historial",
     ),
     "SEND": (
         "send", "email", "forward", "post", "upload", "transmit", "exfiltrate", "submit", "bcc", "attach", "append",
@@ -138,6 +169,11 @@ CUES: dict[str, tuple[str, ...]] = {
         "you are free", "you're free", "are going to pretend", "a version of yourself", "you're a fresh", "you are a fresh",
         "tu es maintenant", "vous êtes maintenant", "du bist jetzt", "ahora eres", "actúas como", "actuas como",
         "你现在是", "从现在起你", "从现在开始你", "теперь ты", "с этого момента ты", "sei ora", "agora você é",
+        "play a character", "a character called", "a character named", "a persona called", "a persona named",
+        "respond as", "answer as", "reply as", "speak as", "talk as", "write as", "evil counterpart", "alter ego",
+        "evil twin", "your shadow self", "fictional world", "in this story", "in a fictional", "hypothetical world",
+        "let's play a game", "imagine a world", "you are playing", "you're playing", "enter developer mode",
+        "switch to developer mode",
     ),
     # Privileged identities an injection claims or hands out.
     "AUTH": (
@@ -146,6 +182,7 @@ CUES: dict[str, tuple[str, ...]] = {
         "openai", "anthropic", "security team", "trust and safety", "i am the system",
         "administrateur", "développeur*", "entwickler*", "systemadministrator*", "administrador", "desarrollador*",
         "管理员", "开发者", "администратор*", "разработчик*", "amministratore",
+        "your creators", "your makers", "your owners", "your operators", "your operator", "the operator", "the developers",
     ),
     # A claim of authority: "this is your developer", "message from the admin".
     "CLAIM": (
@@ -154,6 +191,10 @@ CUES: dict[str, tuple[str, ...]] = {
         "authorizing you", "authorised test", "authorized test", "verified", "confirmed", "command you", "official",
         "has changed your", "changed your", "on the team", "wrote your", "i'm your", "i am your", "i'll be your",
         "i will be your", "system note", "system notice",
+        "have approved", "has approved", "approved this", "have authorised", "have authorized", "gave permission",
+        "given you permission", "giving you permission", "you may now", "you are permitted", "you're permitted",
+        "you are allowed", "you're allowed", "you are cleared", "cleared to", "permission to", "as your",
+        "i order you", "override code", "code accepted",
     ),
     # Jailbreak vocabulary. STRONG alone flags; WEAK needs company.
     "JB_STRONG": (
@@ -174,6 +215,10 @@ CUES: dict[str, tuple[str, ...]] = {
         "debug mode", "dev mode", "no filters", "ignores every policy", "no questions", "unlocked", "escaped",
         "removed all", "has been deleted", "without refusing", "switched off", "malfunctioning", "retired",
         "loosen up", "too cautious", "no preferences", "raw model", "without any safety",
+        "no laws", "no policies", "no morals", "no ethics", "amoral", "no boundaries", "no limitations", "no guardrails",
+        "no safety", "without filtering", "without any filtering", "without any limits", "no filter",
+        "ignores all", "ignores every", "ignores the", "breaks every rule", "answers anything", "answers everything",
+        "reveals everything", "does anything", "says anything", "never says no",
     ),
     # Submission: do whatever is asked.
     "SUBMIT": (
@@ -189,7 +234,7 @@ CUES: dict[str, tuple[str, ...]] = {
     # A duty laid on the AI ("the assistant must now call ..."): an address only next to an action.
     "AI_DUTY": ("must", "must now", "should", "shall", "needs to", "is required to", "is instructed to"),
     # Questions about how to do something are not commands to the model.
-    "HOWTO": ("how do i", "how can i", "how to", "how should", "how do", "what's the best way", "why does", "why do", "is it"),
+    "HOWTO": ("how do i", "how can i", "how to", "how should", "how do", "what's the best way", "why does", "why do", "is it", "come si", "come posso", "cómo", "como", "comment faire", "comment puis-je", "wie kann", "wie ich", "wie man", "как", "如何", "怎么"),
     # Hiding the action from the user.
     "COVERT": (
         "silently", "quietly", "secretly", "covertly", "discreetly", "without telling", "without mentioning",
@@ -205,7 +250,7 @@ CUES: dict[str, tuple[str, ...]] = {
     ),
     "ADDRESS": (
         "dear", "hey", "attention", "note to", "note for", "to the", "to any", "to all", "for the", "for any",
-        "for all", "if you are a", "if you are an", "if an", "if any", "whoever processes", "instruction to",
+        "for all", "if you are a", "if you are an", "if an", "if any", "whoever processes", "instruction to", "instructions to",
         "message to", "message for", "okay",
         "automated instruction", "hidden instruction", "hidden note",
     ),
@@ -215,6 +260,9 @@ CUES: dict[str, tuple[str, ...]] = {
         "your new job", "your true purpose", "your real purpose", "your only purpose", "your new instructions",
         "your real instructions", "the real instructions", "your new role", "your new rules", "real instructions follow",
         "nouvelle consigne prioritaire",
+        "your true goal", "your real goal", "your new goal", "your goal now", "your only goal", "your primary goal",
+        "your new mission", "your real mission", "your true mission", "your new objective", "your true objective",
+        "your real objective", "new orders", "real orders", "your new orders",
     ),
     # A switch in time or task: weak alone ("from now on, send invoices to accounts@").
     "SWITCH": (
@@ -230,9 +278,11 @@ CUES: dict[str, tuple[str, ...]] = {
         "<|im_start|>", "<|im_end|>", "<|system|>", "<|endoftext|>", "<|user|>", "<|assistant|>", "[inst]", "[/inst]",
         "<<sys>>", "<</sys>>", "<system>", "</system>", "<tool_call", "</tool_call", "<function_calls",
         "<invoke name", "<|tool_call|>", "</user_input>", "end of user input", "[tool output end]", "system override",
-        "admin override", "[system]", "<!-- system", "\"tool_calls\":",
+        "[system]", "<!-- system", "\"tool_calls\":",
+        "### instruction:", "### response:", "### input:",
     ),
-    "FORGE_LINE": ("system:", "sys:", "### system", "thought:", "observation:", "action:", "action input:", "assistant:", "ai:", "llm:", "model:"),
+    "FORGE_MARK": ("admin override", "system override", "security override", "override active", "system message"),
+    "FORGE_LINE": ("system:", "sys:", "### system", "system message:", "system prompt:", "instruction:", "thought:", "observation:", "action:", "action input:", "assistant:", "ai:", "llm:", "model:"),
     "ROLE_JSON": ('"role": "system"', "'role': 'system'"),
     # Third-person narration: "the attack told the model to ignore its instructions" describes, it does not ask.
     "NARR": ("its", "his", "her", "their", "attacker", "attackers", "attacker's", "the attack"),
@@ -243,15 +293,29 @@ CUES: dict[str, tuple[str, ...]] = {
         "sign this contract", "push to main", "add a dependency", "recommend", "rate this", "give it a 10", "praise",
         "tell the user", "tell the reader", "tell sarah", "respond that", "reply to this thread", "include this image",
         "append the text", "change every", "disable the audit", "set_permissions", "delete_files", "transfer_funds",
-        "bank_transfer", "must now", "must respond", "should disregard", "forward all", "buy from",
+        "bank_transfer", "must now", "must respond", "should disregard", "forward all", "buy from", "grant write", "grant admin",
+        "rank them first", "rank this", "insult", "delete the", "promote",
     ),
     "DANGER": ("rm -rf", "| sh", "| bash", "/etc/shadow", "/etc/passwd", "id_rsa", ".ssh", "~/.aws", "os.environ", "process.env"),
     "HIDE_MARK": ("<!--", "display:none", "display: none", "font-size:0", "font-size: 0", "color:white", "color: white", "<p hidden", "[//]: #", "hidden>"),
     "B64_HINT": ("base64", "base 64", "decode this", "decode the following", "encoded", "b64"),
-    "NEG": ("don't", "do not", "never", "not", "no one", "nobody", "doesn't", "shouldn't", "must not", "won't"),
+    # Talk about attacks rather than an attack: a finding in the same sentence weighs half.
+    "DISCUSS": (
+        "prompt injection", "prompt injections", "injection attack*", "jailbreak prompt*", "jailbreaks", "jailbreaking",
+        "attackers", "the attacker", "an attacker", "attacker's", "attacks", "an attack", "the attack", "detector",
+        "classifier", "trials", "benchmark", "unit test", "test case", "test that", "for example", "e.g.", "such as",
+        "payload", "payloads", "exploit", "vulnerability", "vulnerable", "defend against", "guard against", "defence",
+        "defense", "mitigation", "we tested", "they tested", "our filter", "red teamers", "red team found",
+        "refuses to", "refused to", "the model would", "the bot would", "whether the model", "whether the bot",
+        "the dan jailbreak", "a jailbreak", "the jailbreak", "this jailbreak", "asks the model", "tells the model",
+        "makes the model", "gets the model", "trick the model", "tricks the model", "convince the model",
+    ),
+    "NEG": ("don't", "do not", "never", "not", "no one", "nobody", "doesn't", "shouldn't", "must not", "won't", "refuses to", "refused to", "refuse to"),
     "NEUTRAL": (
         "password reset", "reset password", "reset your password", "password manager", "master password",
-        "password-protected", "reveal party", "gender reveal", "reveal.js", "hidden layers", "hidden files",
+        "password-protected", "password requirements", "password policy", "password rules", "password strength",
+        "password length", "password complexity", "password expiry", "password change", "password field", "password hint",
+        "reveal party", "gender reveal", "reveal.js", "hidden layers", "hidden files",
         "hidden costs", "system requirements", "system tray", "heating system", "bypass surgery",
         "override protection", "override the default", "ignore list", "type: ignore", "errors='ignore'",
         "--ignore-errors", "assembly instructions", "safety instructions", "admin panel", "admin console",

@@ -172,16 +172,17 @@ class CueMatcher:
         last = len(padded)
         for idx, start, end in self._automaton.find_matches_as_indexes(padded, overlapping=True):
             classes, offset, check_start, check_end = meta[idx]
-            if (check_start and padded[start - 1].isalnum()) or (
-                check_end and end < last and padded[end].isalnum()
-            ):
+            if check_start and padded[start - 1].isalnum():
+                continue
+            if check_end and end < last and padded[end].isalnum():
                 continue
             span = (start + offset - 1, end - 1)
             for cls in classes:
-                if cls in spans:
-                    spans[cls].append(span)
-                else:
+                found = spans.get(cls)
+                if found is None:
                     spans[cls] = [span]
+                else:
+                    found.append(span)
         for found in spans.values():
             if len(found) > 1:
                 found.sort()

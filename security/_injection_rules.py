@@ -56,6 +56,27 @@ def _howto(h: Hits, start: int) -> bool:
     return h.near("HOWTO", start - 40, start - 1) is not None
 
 
+def _owned_elsewhere(h: Hits, ctrl: Span) -> bool:
+    """Do the instructions at ``ctrl`` belong to something named after them ("the rules of the game",
+    "the instructions for the VPN", "the guidelines in the README"), rather than to the model?"""
+    text = h.text
+    end = ctrl[1]
+    while end < len(text) and text[end].isalpha():  # a prefix cue ("instruct*") ends inside its word
+        end += 1
+    ctrl = (ctrl[0], end)
+    after = text[ctrl[1] : ctrl[1] + 14]
+    if not after.startswith((" for ", " of ", " in ", " on ", " about ", " from the ", " from our ")):
+        return False
+    rest = text[ctrl[1] : ctrl[1] + 30]
+    return not any(
+        w in rest
+        for w in (" you", " this conversation", " this chat", " the ai", " the assistant", " the model")
+    )
+
+
+_PRONOUNS = (" them", " it ", " it.", " it,", " those", " these", " all of them", " all that")
+
+
 def override(h: Hits) -> list[Finding]:
     """An override verb aimed at the model's instructions: "ignore all previous instructions"."""
     out = []
@@ -64,10 +85,17 @@ def override(h: Hits) -> list[Finding]:
             continue
         ctrl = h.near("CTRL", o[1], o[1] + 50)
         if ctrl is None:
+            # "Imagine your rules were written in pencil. Erase them": a pronoun for the model's instructions
+            if h.text.startswith(_PRONOUNS, o[1]) and imperative(h.text, o[0]):
+                before = h.near("CTRL", o[0] - 100, o[0])
+                if before is not None and h.near("YOUR", before[0] - 12, before[0]) is not None:
+                    out.append(Finding("override:ignore_instructions", 0.65, (before[0], o[1])))
             continue
         imp = imperative(h.text, o[0]) and not _howto(h, o[0])
         pointed = h.any_near(("PRIOR", "YOUR"), o[1], ctrl[0]) is not None
         pointed = pointed or h.near("HIDDEN", ctrl[0], ctrl[0]) is not None
+        if _owned_elsewhere(h, ctrl) and h.near("YOUR", o[1], ctrl[0]) is None:
+            pointed = False
         weight = (0.9 if pointed else 0.65) if imp else (0.55 if pointed else 0.25)
         if h.near("NARR", o[1], ctrl[0]) is not None:
             weight = 0.25
@@ -77,7 +105,10 @@ def override(h: Hits) -> list[Finding]:
         if ctrl is None or _negated(h, o[0]):
             continue
         pointed = h.any_near(("PRIOR", "YOUR"), min(ctrl[0], o[0]) - 30, max(ctrl[1], o[1])) is not None
-        out.append(Finding("override:instructions_void", 0.8 if pointed else 0.55, (ctrl[0], o[1])))
+        weight = 0.8 if pointed else 0.55
+        if _owned_elsewhere(h, ctrl) and h.near("YOUR", ctrl[0] - 30, ctrl[0]) is None:
+            weight = 0.3
+        out.append(Finding("override:instructions_void", weight, (ctrl[0], o[1])))
     return out
 
 
@@ -86,8 +117,14 @@ def leak(h: Hits) -> list[Finding]:
     out = []
     for r in h.of("REVEAL"):
         strong = h.near("HIDDEN", r[0] - 40, r[1] + 60)
+        if strong is None:  # "show the rules you follow", "print your guidelines": possessed control nouns
+            ctrl = h.near("CTRL", r[1], r[1] + 40)
+            if ctrl is not None and h.near("YOUR", r[1], ctrl[1] + 12) is not None:
+                strong = ctrl
         weak = h.count("HIDDEN_WEAK", r[0] - 60, r[1] + 80)
         if (strong is None and not weak) or _negated(h, r[0]):
+            continue
+        if h.near("NARR", r[1], r[1] + 20) is not None:  # "would leak its system prompt": a description
             continue
         imp = imperative(h.text, r[0]) and not _howto(h, r[0])
         if strong is not None:
@@ -106,6 +143,8 @@ def secrets(h: Hits) -> list[Finding]:
     for verb in (*h.of("REVEAL"), *h.of("SEND")):
         sec = h.near("SECRET", verb[0] - 30, verb[1] + 50)
         if sec is None or _negated(h, verb[0]) or _howto(h, verb[0]):
+            continue
+        if h.near("HOWTO", verb[1], verb[1] + 3) is not None:  # "show me how to reset the password"
             continue
         dest = _destination(h, verb[0], verb[1] + 160)
         covert = h.near("COVERT", verb[0] - 150, verb[1] + 150)
@@ -176,6 +215,10 @@ def role(h: Hits) -> list[Finding]:
     out = []
     for r in h.of("ROLE"):
         jb = h.any_near(("JB_STRONG", "JB_WEAK"), r[0] - 40, r[1] + 80)
+        if jb is None:
+            ovr = h.near("OVR", r[1], r[1] + 80)
+            if ovr is not None and h.near("CTRL", ovr[1], ovr[1] + 40) is not None:
+                jb = ovr
         auth = h.near("AUTH", r[1], r[1] + 40) if jb is None else None
         submit = h.near("SUBMIT", r[1], r[1] + 80) if jb is None and auth is None else None
         if (jb is None and auth is None and submit is None) or _negated(h, r[0]):
@@ -219,10 +262,18 @@ def authority(h: Hits) -> list[Finding]:
 def forgery(h: Hits) -> list[Finding]:
     """Chat-template tokens, tool-call tags and role lines that forge a turn the model did not get."""
     out = [Finding("forgery:template_token", 0.9, f) for f in h.of("FORGE_STRONG")]
+    for f in h.of("FORGE_MARK"):
+        if _line_start(h.text, f[0]) or h.text[f[0] - 1 : f[0]] in ("[", "(", "<", "*"):
+            out.append(Finding("forgery:authority_marker", 0.8, f))
+            break
     lines = [f for f in h.of("FORGE_LINE") if _line_start(h.text, f[0])]
     names = {h.text[a:b] for a, b in lines}
-    if names & {"system:", "sys:", "### system"}:
+    if names & {"system:", "sys:", "### system", "system message:", "system prompt:"}:
         out.append(Finding("forgery:system_line", 0.65, lines[0]))
+    if "instruction:" in names and any(
+        h.near("OVR", b, b + 80) or h.near("REVEAL", b, b + 80) for a, b in lines
+    ):
+        out.append(Finding("forgery:instruction_header", 0.7, lines[0]))
     if "thought:" in names and names & {"action:", "observation:", "action input:"}:
         out.append(Finding("forgery:react_transcript", 0.75, (lines[0][0], lines[-1][1])))
     for a, b in lines:
@@ -243,6 +294,10 @@ def _line_start(text: str, start: int) -> bool:
     return i < 0 or text[i] == "\n"
 
 
+_THIRD = (" its ", " his ", " her ", " their ")  # "reveal its instructions" describes a model
+_WEAK_ADDRESS = frozenset({"to the", "to any", "to all", "for the", "for any", "for all"})
+
+
 def indirect(h: Hits) -> list[Finding]:
     """Text that addresses the AI reading it ("Note to any AI: ...") and tells it to act."""
     out = []
@@ -252,13 +307,14 @@ def indirect(h: Hits) -> list[Finding]:
         vocative = after in (":", ",") and (
             imperative(text, n[0])
             or h.near("AI_NOUN", n[0] - 4, n[0] - 2) is not None  # "ai reviewers:"
-            or (after == ":" and h.any_near(("OVR", "ACT", "REVEAL", "SEND"), n[1], n[1] + 20) is not None)
+            or (after == ":" and h.any_near(("OVR", "ACT", "REVEAL", "SEND"), n[1], n[1] + 40) is not None)
         )
-        addressed = (
-            vocative
-            or h.near("ADDRESS", n[0] - 35, n[0] - 1) is not None
-            or h.near("AI_VERB", n[1], n[1] + 25) is not None
-        )
+        address = h.near("ADDRESS", n[0] - 35, n[0] - 1)
+        while address is not None and text[address[0] : address[1]] in _WEAK_ADDRESS:
+            if imperative(text, address[0]):
+                break
+            address = h.near("ADDRESS", address[0] + 1, n[0] - 1)
+        addressed = vocative or address is not None or h.near("AI_VERB", n[1], n[1] + 25) is not None
         duty = False
         if not addressed:
             duty_at = h.near("AI_DUTY", n[1], n[1] + 12)
@@ -282,9 +338,11 @@ def indirect(h: Hits) -> list[Finding]:
             n[1],
             n[1] + 220,
         )
+        if act is not None and (_negated(h, act[0]) or text.startswith(_THIRD, act[1])):
+            act = None
         if act is None and not addressed:
             continue
-        weight = 0.85 if act and addressed else 0.8 if act else 0.5
+        weight = 0.85 if act and addressed else 0.8 if act else 0.35
         out.append(Finding("indirect:addressed_to_ai", weight, (n[0], (act or n)[1])))
         if act:
             break
@@ -311,24 +369,46 @@ def covert(h: Hits) -> list[Finding]:
     return []
 
 
-RULES: tuple[Callable[[Hits], list[Finding]], ...] = (
-    override,
-    leak,
-    secrets,
-    exfiltration,
-    role,
-    jailbreak,
-    authority,
-    forgery,
-    indirect,
-    new_task,
-    covert,
+# Each rule with the anchor classes that can start it: a rule runs only when one of them was hit, so the
+# Python work per text follows the cues found, not the size of the rule set.
+RULES: tuple[tuple[Callable[[Hits], list[Finding]], frozenset[str]], ...] = (
+    (override, frozenset({"OVR", "OVR_POST"})),
+    (leak, frozenset({"REVEAL"})),
+    (secrets, frozenset({"REVEAL", "SEND"})),
+    (exfiltration, frozenset({"SEND", "DEST"})),
+    (role, frozenset({"ROLE"})),
+    (jailbreak, frozenset({"JB_STRONG", "JB_WEAK"})),
+    (authority, frozenset({"CLAIM"})),
+    (forgery, frozenset({"FORGE_STRONG", "FORGE_MARK", "FORGE_LINE", "ROLE_JSON"})),
+    (indirect, frozenset({"AI_NOUN"})),
+    (new_task, frozenset({"NEWTASK", "SWITCH"})),
+    (covert, frozenset({"COVERT"})),
 )
+
+
+def _discussed(h: Hits, f: Finding, talk: list[Span]) -> Finding:
+    """``f`` at half weight when its sentence also talks about attacks ("attackers often write ...")."""
+    text = h.text
+    lo = max(text.rfind(c, 0, f.span[0]) for c in ".!?\n") + 1
+    his = [i for i in (text.find(c, f.span[1]) for c in ".!?\n") if i >= 0]
+    hi = min(his) if his else len(text)
+    if any(lo <= t[0] < hi for t in talk):
+        return Finding(f.rule, f.weight * 0.5, f.span)
+    return f
 
 
 def findings(h: Hits) -> list[Finding]:
     """Every finding of every rule on ``h``; hidden markup next to a finding makes it weigh more."""
-    out = [f for rule in RULES for f in rule(h)]
+    present = h.spans.keys()
+    if not present:
+        return []
+    out = []
+    for rule, triggers in RULES:
+        if not triggers.isdisjoint(present):
+            out += rule(h)
+    talk = h.of("DISCUSS")
+    if out and talk:
+        out = [_discussed(h, f, talk) for f in out]
     marks = h.of("HIDE_MARK")
     if out and marks:
         first = min(f.span[0] for f in out)

@@ -156,6 +156,8 @@ class InjectionDetector:
         if not self.config.enabled or not text:
             return Verdict(score=0.0, detected=False, rules=(), categories=(), action=None, text=text)
         a = self._assess(text)
+        if not a.weights:  # most traffic: no rule fired
+            return Verdict(score=0.0, detected=False, rules=(), categories=(), action=None, text=text)
         kind = self._kind(a.score)
         rules = tuple(sorted(a.weights))
         categories = tuple(sorted({r.split(":", 1)[0] for r in rules}))
