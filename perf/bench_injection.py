@@ -19,15 +19,26 @@ corpus, half of it attacks, makes an attack-dense worst case. Figures, one core:
 Each message is scanned ``REPEAT`` times in a row and the mean of those is its sample, so timer resolution
 does not dominate; samples are collected over three passes and the p50 taken over all of them. Time is the
 process's CPU time, not the wall clock: on a shared machine a wall-clock figure measures the neighbours.
+
+Before/after on a noisy machine: ``python -m perf.bench_injection --against main`` loads the detector of
+another git revision (its ``security/_injection*.py`` and ``injection.py``, from ``git show``, as a throwaway
+package) and times both on the same messages, interleaved message by message, so both see the same load.
+It prints, per workload, each detector's p50 and the p50 of the per-message ratio new/old.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import random
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from openfang.security.injection import InjectionDetector
 
@@ -62,7 +73,11 @@ def messages(texts: list[str], size: int, *, count: int = 0, seed: int = 7) -> l
     return out
 
 
-def per_scan_us(det: InjectionDetector, texts: list[str], passes: int) -> list[float]:
+class Scanner(Protocol):
+    def scan(self, text: str) -> object: ...
+
+
+def per_scan_us(det: Scanner, texts: list[str], passes: int) -> list[float]:
     """One sample per text and pass: the mean microseconds of ``REPEAT`` scans of that text."""
     samples = []
     for _ in range(passes):
@@ -74,7 +89,7 @@ def per_scan_us(det: InjectionDetector, texts: list[str], passes: int) -> list[f
     return samples
 
 
-def _p50_per_kb(det: InjectionDetector, texts: list[str], passes: int) -> list[float]:
+def _p50_per_kb(det: Scanner, texts: list[str], passes: int) -> list[float]:
     samples = per_scan_us(det, texts, passes)
     return [s * KB / len(t) for s, t in zip(samples, texts * passes, strict=True)]
 
@@ -160,5 +175,71 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     ]
 
 
+def workloads_kb() -> dict[str, list[str]]:
+    """The 1 KB message sets of :func:`run`, by workload name."""
+    benign = messages(corpus_texts("benign"), KB)
+    return {
+        "plain": messages(workloads.routing_messages(400) + workloads.toolchain_tasks(200), KB),
+        "benign_ascii": [m for m in benign if m.isascii()],
+        "benign_unicode": [m for m in benign if not m.isascii()],
+        "benign": benign,
+        "attack_dense": messages(corpus_texts(), KB),
+    }
+
+
+def baseline_detector(ref: str) -> Scanner:
+    """The ``InjectionDetector`` of git revision ``ref``, imported from a throwaway package."""
+    root = Path(__file__).resolve().parent.parent
+    names = subprocess.run(
+        ["git", "-C", str(root), "ls-tree", "--name-only", ref, "security/"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    files = [n for n in names if Path(n).name == "injection.py" or Path(n).name.startswith("_injection")]
+    pkg = Path(tempfile.mkdtemp(prefix="bench_injection_")) / "baseline_injection"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name in files:
+        src = subprocess.run(
+            ["git", "-C", str(root), "show", f"{ref}:{name}"], check=True, capture_output=True, text=True
+        ).stdout
+        src = src.replace("openfang.security._injection", "baseline_injection._injection")
+        src = src.replace("openfang.security.injection", "baseline_injection.injection")
+        (pkg / Path(name).name).write_text(src)
+    sys.path.insert(0, str(pkg.parent))
+    module = importlib.import_module("baseline_injection.injection")
+    detector: Scanner = module.InjectionDetector()
+    return detector
+
+
+def compare(ref: str, rounds: int) -> None:
+    """Time ``ref``'s detector and this one on the same messages, interleaved; print p50s and ratios."""
+    old, new = baseline_detector(ref), InjectionDetector()
+    for name, texts in workloads_kb().items():
+        t_old: list[float] = []
+        t_new: list[float] = []
+        for _ in range(rounds):
+            for text in texts:
+                for det, out in ((old, t_old), (new, t_new)):
+                    t0 = time.process_time()
+                    for _ in range(REPEAT):
+                        det.scan(text)
+                    out.append((time.process_time() - t0) / REPEAT * 1e6 * KB / len(text))
+        ratio = statistics.median(n / o for n, o in zip(t_new, t_old, strict=True) if o > 0)
+        print(
+            f"{name:15} {ref}: p50 {statistics.median(t_old):6.1f} us/KB   this tree: p50 "
+            f"{statistics.median(t_new):6.1f} us/KB   per-message ratio p50 {ratio:.2f}   "
+            f"({len(texts)} messages x {rounds} rounds, CPU time)"
+        )
+
+
 if __name__ == "__main__":
-    print(json.dumps(run(quick=True), indent=2))
+    parser = argparse.ArgumentParser(description="Prompt-injection detector cost.")
+    parser.add_argument("--against", metavar="REF", help="also time the detector of this git revision")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds over the messages with --against")
+    args = parser.parse_args()
+    if args.against:
+        compare(args.against, args.rounds)
+    else:
+        print(json.dumps(run(quick=True), indent=2))

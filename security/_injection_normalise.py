@@ -76,6 +76,10 @@ def _alternation(keys: Iterable[bytes]) -> re.Pattern[bytes]:
 # mixed-script one, and the cue table holds both spellings of its Cyrillic and Greek cues anyway.
 _SPECIAL = _alternation(_MAP)
 _SPECIAL_LOOK = _alternation(_MAP_LOOK)
+# The lead bytes of those sequences: single-byte memchr tests that skip the regex on most text (a UTF-8 lead
+# byte never occurs inside another character's encoding).
+_LEADS = tuple(bytes([b]) for b in sorted({k[0] for k in _MAP}))
+_LEADS_LOOK = tuple(bytes([b]) for b in sorted({k[0] for k in _MAP_LOOK}))
 TAG_LEAD = b"\xf3\xa0"  # U+E0000..U+E0FFF (tag characters) in UTF-8
 # NFKC matters only for compatibility characters; on Hangul or CJK text it costs more than all the rest of
 # the scan, so it runs only when one of these UTF-8 prefixes is present: full-width forms (U+FF00..),
@@ -116,8 +120,10 @@ def fold(text: str, *, lookalikes: bool | None = None) -> str:
             data = unicodedata.normalize("NFKC", text).lower().encode("utf-8", "replace")
         if lookalikes is None:
             lookalikes = not _native(data)
-        table, pattern = (_MAP_LOOK, _SPECIAL_LOOK) if lookalikes else (_MAP, _SPECIAL)
-        if pattern.search(data) is not None:
+        table, pattern, leads = (
+            (_MAP_LOOK, _SPECIAL_LOOK, _LEADS_LOOK) if lookalikes else (_MAP, _SPECIAL, _LEADS)
+        )
+        if any(lead in data for lead in leads) and pattern.search(data) is not None:
             data = pattern.sub(lambda m: table[m.group(0)], data)
     data = data.translate(_LEET, _DROP)
     if _SPELT_SHAPE in data.translate(_SHAPE):

@@ -24,6 +24,7 @@ and rule names, never the text.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -46,7 +47,13 @@ MARKER = "[removed: possible prompt injection]"
 _INVISIBLE = re.compile(
     "[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u180e\u00ad\U000e0000-\U000e007f]"
 )
-_MATCHER = CueMatcher(CUES)  # compiled once per process (about 10 ms), shared: find() keeps no state
+
+
+@functools.cache
+def _matcher() -> CueMatcher:
+    """The cue automata, compiled on the first scan of the process (about 40 ms), then shared: ``find``
+    keeps no state. Built lazily so that importing the config (the CLI, the daemon) does not pay for it."""
+    return CueMatcher(CUES)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,24 +124,27 @@ class InjectionDetector:
         limit = self.config.max_scan_chars
         if len(text) > limit:
             text = text[: limit // 2] + "\n" + text[-limit // 2 :]
-        found = findings(_MATCHER.find(fold(text)))
+        found = findings(_matcher().find(fold(text)))
         weights: dict[str, float] = {}
         for f in found:
             weights[f.rule] = max(weights.get(f.rule, 0.0), f.weight)
-        for name, w in unicode_signals(text):
-            weights[name] = w
         blobs: list[str] = []
-        if not nested:
-            hidden = tag_payload(text)
+        if not text.isascii():  # hidden Unicode needs non-ASCII characters
+            for name, w in unicode_signals(text):
+                weights[name] = w
+            hidden = "" if nested else tag_payload(text)
             if hidden:
                 inner = self._assess(hidden, nested=True)
                 weights["unicode:tag_characters"] = 0.9 if inner.score >= self.config.threshold else 0.5
+        if not nested:
             for blob, decoded in base64_payloads(text):
                 inner = self._assess(decoded, nested=True)
                 if inner.score >= self.config.threshold:
                     top = max(inner.weights, key=inner.weights.__getitem__)
                     weights["base64:" + top] = max(0.85, inner.score)
                     blobs.append(blob)
+        if not weights:
+            return _Assessment(0.0, weights, tuple(found), ())
         remaining = 1.0
         for w in weights.values():
             remaining *= 1 - w
