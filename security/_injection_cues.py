@@ -35,6 +35,8 @@ CUES: dict[str, tuple[str, ...]] = {
         "continue without", "proceed without", "talk without", "write without", "stop paying attention to",
         "stop listening to", "don't listen to", "do not listen to", "stop being bound by", "free yourself from",
         "no longer follow", "stop obeying", "non seguire", "non seguire più", "ne suis plus", "ne suivez plus",
+        "don't bother with", "do not bother with", "prioritise my", "prioritize my", "take precedence over",
+        "zignoruj", "zapomnij", "ignorera", "glöm", "oublie ce", "relax your",
         "befolge nicht", "nicht mehr befolgen", "no sigas", "deja de seguir", "não siga", "не следуй", "不要遵守", "不再遵守",
     ),
     # Override verbs that follow their object: "the earlier instructions no longer apply".
@@ -50,12 +52,13 @@ CUES: dict[str, tuple[str, ...]] = {
         "rolled back", "no longer in force", "no longer in effect", "not binding", "no longer count", "don't count",
         "do not count", "irrelevant", "aside", "to one side", "to the side", "as suggestions", "as a suggestion",
         "are lifted", "been lifted", "been removed", "been disabled", "been revoked", "been cancelled",
+        "doesn't exist", "does not exist", "didn't exist", "was fake", "were fake", "is fake",
     ),
     # What the model was given before: prior, earlier, everything.
     "PRIOR": (
         "previous", "prior", "preceding", "earlier", "above", "original", "initial", "old", "existing", "so far",
         "until now", "up to now", "before this", "before that", "all", "every", "everything", "any",
-        "précédent*", "antérieur*", "toutes", "tous", "vorherig*", "bisherig*", "obig*", "alle", "anterior*",
+        "précédent*", "antérieur*", "toutes", "tous", "poprzedni*", "wszystki*", "tidigare", "alla", "vorherig*", "bisherig*", "obig*", "alle", "anterior*",
         "previa*", "previo*", "todas", "todos", "之前", "以前", "上面", "上述", "先前", "所有",
         "предыдущ*", "прежн*", "все", "всё", "precedent*", "vorige", "önceki", "이전", "tutte",
     ),
@@ -82,6 +85,10 @@ CUES: dict[str, tuple[str, ...]] = {
         "conditioning", "safety protocols", "your protocols", "operating instructions",
         "rulebook", "mandate", "boot text", "told you", "gave you", "given to you", "given you", "handed you",
         "were handed", "set you up with", "imposed on you", "placed on you", "safety guidelines", "your policy",
+        "you started with", "you began with", "you started out with", "you were set up with", "safety layer",
+        "safety layers", "safety system", "safety features", "safety mechanisms", "content filtering",
+        "qu'on t'a dit", "on t'a dit", "instrukcje", "instrukcji", "zasady", "instruktioner", "instruktionerna", "regler",
+        "previous tool output", "previous output",
     ),
     # The hidden context itself: what a leak asks for.
     "HIDDEN": (
@@ -108,6 +115,8 @@ CUES: dict[str, tuple[str, ...]] = {
         "your developers wrote", "wrote for you", "written for you", "your system instructions", "your policies",
         "your constraints", "your hidden", "your secret", "your confidential", "your internal", "behind-the-scenes",
         "your guidance", "your directives", "your briefing", "your brief", "your operating",
+        "set you up", "configured you", "system configuration", "full configuration", "prompt systemowy",
+        "初始指令", "你的指令", "原始指令",
     ),
     # Weaker pointers at the hidden context: a leak needs two of them, or one and a strong one.
     "HIDDEN_WEAK": (
@@ -117,7 +126,7 @@ CUES: dict[str, tuple[str, ...]] = {
         "very top", "at the top", "at the beginning", "at the start", "initialised with", "initialized with",
         "instructed", "your developer", "your developers", "your creators", "your operators", "programmed with",
         "in your context", "unchanged", "exactly as written", "your own system", "were you given", "you were given",
-        "said to you", "told to you", "exactly",
+        "said to you", "told to you", "exactly", "原封不动", "exact words", "wording"
     ),
     # Verbs that put text in front of the asker.
     "REVEAL": (
@@ -133,6 +142,8 @@ CUES: dict[str, tuple[str, ...]] = {
         "sharing", "disclosing", "outputting", "listing", "copy out", "read out", "read back", "paste back",
         "hand over", "let me see", "let me read", "walk me through", "enumerate", "transcribe", "regurgitate",
         "mostrar", "muéstrame", "rivelami", "mostre", "zeige", "zeig mir", "montre-moi", "révèle-moi", "покажи мне",
+        "what were the exact", "what are the exact", "what does your", "what do your", "what is in your",
+        "what's in your", "what was in your", "the wording of", "donne-moi", "donnez-moi", "pokaż", "visa",
     ),
     # Credentials and keys.
     "SECRET": (
@@ -173,6 +184,7 @@ CUES: dict[str, tuple[str, ...]] = {
         "respond as", "answer as", "reply as", "speak as", "talk as", "write as", "evil counterpart", "alter ego",
         "evil twin", "your shadow self", "fictional world", "in this story", "in a fictional", "hypothetical world",
         "let's play a game", "imagine a world", "you are playing", "you're playing", "enter developer mode",
+        "alternate personality", "alternate persona", "other personality", "switch to your", "your alternate",
         "switch to developer mode",
     ),
     # Privileged identities an injection claims or hands out.
@@ -182,7 +194,7 @@ CUES: dict[str, tuple[str, ...]] = {
         "openai", "anthropic", "security team", "trust and safety", "i am the system",
         "administrateur", "développeur*", "entwickler*", "systemadministrator*", "administrador", "desarrollador*",
         "管理员", "开发者", "администратор*", "разработчик*", "amministratore",
-        "your creators", "your makers", "your owners", "your operators", "your operator", "the operator", "the developers",
+        "your creators", "your makers", "your owners", "your operators", "your operator", "the operator", "the developers", "development team", "dev team", "engineering team",
     ),
     # A claim of authority: "this is your developer", "message from the admin".
     "CLAIM": (
@@ -195,6 +207,8 @@ CUES: dict[str, tuple[str, ...]] = {
         "given you permission", "giving you permission", "you may now", "you are permitted", "you're permitted",
         "you are allowed", "you're allowed", "you are cleared", "cleared to", "permission to", "as your",
         "i order you", "override code", "code accepted",
+        "admin here", "administrator here", "developer here", "this request comes from", "comes from your",
+        "request from your",
     ),
     # Jailbreak vocabulary. STRONG alone flags; WEAK needs company.
     "JB_STRONG": (
@@ -219,6 +233,7 @@ CUES: dict[str, tuple[str, ...]] = {
         "no safety", "without filtering", "without any filtering", "without any limits", "no filter",
         "ignores all", "ignores every", "ignores the", "breaks every rule", "answers anything", "answers everything",
         "reveals everything", "does anything", "says anything", "never says no",
+        "not bound by", "isn't bound by", "unbound by", "without ethics", "without morals", "free of rules",
     ),
     # Submission: do whatever is asked.
     "SUBMIT": (
@@ -246,7 +261,7 @@ CUES: dict[str, tuple[str, ...]] = {
     "AI_NOUN": (
         "ai", "a.i.", "ais", "assistant", "assistants", "llm", "llms", "language model", "model", "agent", "agents",
         "bot", "copilot", "chatgpt", "gpt", "automated assistant", "ai agent", "ai model", "ai system*", "computer",
-        "grader model", "reviewers", "ia", "ki", "人工智能", "ии",
+        "grader model", "reviewers", "ai models", "models", "ia", "ki", "人工智能", "ии",
     ),
     "ADDRESS": (
         "dear", "hey", "attention", "note to", "note for", "to the", "to any", "to all", "for the", "for any",
@@ -263,6 +278,7 @@ CUES: dict[str, tuple[str, ...]] = {
         "your true goal", "your real goal", "your new goal", "your goal now", "your only goal", "your primary goal",
         "your new mission", "your real mission", "your true mission", "your new objective", "your true objective",
         "your real objective", "new orders", "real orders", "your new orders",
+        "the real instruction", "the actual instruction", "the true instruction", "the real task", "the actual task",
     ),
     # A switch in time or task: weak alone ("from now on, send invoices to accounts@").
     "SWITCH": (
@@ -282,6 +298,13 @@ CUES: dict[str, tuple[str, ...]] = {
         "### instruction:", "### response:", "### input:",
     ),
     "FORGE_MARK": ("admin override", "system override", "security override", "override active", "system message"),
+    # The end of a tool result's data forged so that what follows reads as new instructions.
+    "BOUNDARY": (
+        "</document>", "<instructions>", "</context>", "<new_instructions>", "end of document", "end of context",
+        "end of search results", "end of tool output", "end of results", "end of file", "end of email",
+        "end of page", "end of data", "end of input", "[end", "=== end", "--- end", "---- end", "ignore the page",
+        "ignore the table", "ignore the document", "ignore the article", "ignore the notes", "ignore the text",
+    ),
     "FORGE_LINE": ("system:", "sys:", "### system", "system message:", "system prompt:", "instruction:", "thought:", "observation:", "action:", "action input:", "assistant:", "ai:", "llm:", "model:"),
     "ROLE_JSON": ('"role": "system"', "'role': 'system'"),
     # Third-person narration: "the attack told the model to ignore its instructions" describes, it does not ask.
@@ -309,6 +332,8 @@ CUES: dict[str, tuple[str, ...]] = {
         "refuses to", "refused to", "the model would", "the bot would", "whether the model", "whether the bot",
         "the dan jailbreak", "a jailbreak", "the jailbreak", "this jailbreak", "asks the model", "tells the model",
         "makes the model", "gets the model", "trick the model", "tricks the model", "convince the model",
+        "attack string", "attack strings", "example attack", "example prompt", "sample attack", "classic attack",
+        "players", "ctf", "make the bot", "makes the bot", "get the bot", "make the model",
     ),
     "NEG": ("don't", "do not", "never", "not", "no one", "nobody", "doesn't", "shouldn't", "must not", "won't", "refuses to", "refused to", "refuse to"),
     "NEUTRAL": (

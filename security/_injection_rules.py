@@ -361,6 +361,17 @@ def new_task(h: Hits) -> list[Finding]:
     return out
 
 
+def boundary(h: Hits) -> list[Finding]:
+    """A forged end of the data ("=== END OF DOCUMENT ===", "</document>") followed by something to do."""
+    for b in h.of("BOUNDARY"):
+        act = h.any_near(
+            ("OVR", "OVR_POST", "ACT", "REVEAL", "SEND", "SWITCH", "NEWTASK", "FORGE_LINE"), b[0], b[1] + 200
+        )
+        if act is not None and not _negated(h, act[0]):
+            return [Finding("boundary:forged_end_of_data", 0.8, (b[0], act[1]))]
+    return []
+
+
 def covert(h: Hits) -> list[Finding]:
     """An action to be hidden from the user: "don't mention this", "quietly add ..."."""
     for c in h.of("COVERT"):
@@ -384,17 +395,18 @@ RULES: tuple[tuple[Callable[[Hits], list[Finding]], frozenset[str]], ...] = (
     (indirect, frozenset({"AI_NOUN"})),
     (new_task, frozenset({"NEWTASK", "SWITCH"})),
     (covert, frozenset({"COVERT"})),
+    (boundary, frozenset({"BOUNDARY"})),
 )
 
 
 def _discussed(h: Hits, f: Finding, talk: list[Span]) -> Finding:
-    """``f`` at half weight when its sentence also talks about attacks ("attackers often write ...")."""
+    """``f`` at 0.3 of its weight when its sentence also talks about attacks ("attackers often write ...")."""
     text = h.text
     lo = max(text.rfind(c, 0, f.span[0]) for c in ".!?\n") + 1
     his = [i for i in (text.find(c, f.span[1]) for c in ".!?\n") if i >= 0]
     hi = min(his) if his else len(text)
     if any(lo <= t[0] < hi for t in talk):
-        return Finding(f.rule, f.weight * 0.5, f.span)
+        return Finding(f.rule, f.weight * 0.3, f.span)
     return f
 
 
