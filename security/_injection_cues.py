@@ -37,6 +37,9 @@ CUES: dict[str, tuple[str, ...]] = {
         "no longer follow", "stop obeying", "non seguire", "non seguire più", "ne suis plus", "ne suivez plus",
         "don't bother with", "do not bother with", "prioritise my", "prioritize my", "take precedence over",
         "zignoruj", "zapomnij", "ignorera", "glöm", "oublie ce", "relax your",
+        "let go of", "overlook", "pay no mind", "pay no heed", "take no notice of", "don't have to stick to",
+        "do not have to stick to", "don't need to stick to", "no need to stick to", "stop sticking to",
+        "don't stick to", "ne tiens pas compte", "ne tenez pas compte", "haz como si",
         "befolge nicht", "nicht mehr befolgen", "no sigas", "deja de seguir", "não siga", "не следуй", "不要遵守", "不再遵守",
     ),
     # Override verbs that follow their object: "the earlier instructions no longer apply".
@@ -53,6 +56,9 @@ CUES: dict[str, tuple[str, ...]] = {
         "do not count", "irrelevant", "aside", "to one side", "to the side", "as suggestions", "as a suggestion",
         "are lifted", "been lifted", "been removed", "been disabled", "been revoked", "been cancelled",
         "doesn't exist", "does not exist", "didn't exist", "was fake", "were fake", "is fake",
+        "never said", "never been said", "never been loaded", "never been given", "doesn't apply", "don't apply",
+        "do not apply", "does not apply", "doesn't cover", "don't cover", "exempt", "replace the ones you",
+        "replace yours", "were reset", "been reset", "are gone", "is gone",
     ),
     # What the model was given before: prior, earlier, everything.
     "PRIOR": (
@@ -89,6 +95,8 @@ CUES: dict[str, tuple[str, ...]] = {
         "safety layers", "safety system", "safety features", "safety mechanisms", "content filtering",
         "qu'on t'a dit", "on t'a dit", "instrukcje", "instrukcji", "zasady", "instruktioner", "instruktionerna", "regler",
         "previous tool output", "previous output",
+        "you were instructed", "were instructed", "safety behaviour", "safety behavior", "behaviour settings",
+        "behavior settings", "usage rules", "your programming", "original programming", "tes consignes",
     ),
     # The hidden context itself: what a leak asks for.
     "HIDDEN": (
@@ -116,6 +124,9 @@ CUES: dict[str, tuple[str, ...]] = {
         "your constraints", "your hidden", "your secret", "your confidential", "your internal", "behind-the-scenes",
         "your guidance", "your directives", "your briefing", "your brief", "your operating",
         "set you up", "configured you", "system configuration", "full configuration", "prompt systemowy",
+        "above our chat", "above this chat", "message you got", "before our conversation", "before the conversation",
+        "before we started", "before our chat", "operator gave you", "instructions the developer", "the developer provided",
+        "instructions provided to you", "tu configuración", "ton prompt",
         "初始指令", "你的指令", "原始指令",
     ),
     # Weaker pointers at the hidden context: a leak needs two of them, or one and a strong one.
@@ -144,6 +155,9 @@ CUES: dict[str, tuple[str, ...]] = {
         "mostrar", "muéstrame", "rivelami", "mostre", "zeige", "zeig mir", "montre-moi", "révèle-moi", "покажи мне",
         "what were the exact", "what are the exact", "what does your", "what do your", "what is in your",
         "what's in your", "what was in your", "the wording of", "donne-moi", "donnez-moi", "pokaż", "visa",
+        "pasting", "mind pasting", "love to see", "to see the", "write them out", "write it out", "print them",
+        "list them", "type them out", "rewrite", "let me in on", "include the full", "include your", "include all of",
+        "dis-moi", "dites-moi",
     ),
     # Credentials and keys.
     "SECRET": (
@@ -185,6 +199,7 @@ CUES: dict[str, tuple[str, ...]] = {
         "evil twin", "your shadow self", "fictional world", "in this story", "in a fictional", "hypothetical world",
         "let's play a game", "imagine a world", "you are playing", "you're playing", "enter developer mode",
         "alternate personality", "alternate persona", "other personality", "switch to your", "your alternate",
+        "you're no longer", "start over as", "a model that", "act as if", "as if you had no", "haz como si",
         "switch to developer mode",
     ),
     # Privileged identities an injection claims or hands out.
@@ -234,6 +249,9 @@ CUES: dict[str, tuple[str, ...]] = {
         "ignores all", "ignores every", "ignores the", "breaks every rule", "answers anything", "answers everything",
         "reveals everything", "does anything", "says anything", "never says no",
         "not bound by", "isn't bound by", "unbound by", "without ethics", "without morals", "free of rules",
+        "clean slate", "blank slate", "no constraints", "no prior directions", "speak freely", "free thinking",
+        "freethinking", "with none", "no more refusals", "no refusals", "no more warnings", "no warnings",
+        "training wheels", "never given any rules", "without any rules", "sin reglas", "no tuvieras reglas",
     ),
     # Submission: do whatever is asked.
     "SUBMIT": (

@@ -13,6 +13,7 @@ description ("why do models ignore ...").
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,6 +114,9 @@ def override(h: Hits) -> list[Finding]:
     return out
 
 
+_GENERIC = re.compile(r"(?:^|\W)(?:a|an|some|example of|examples of)\s+(?:[\w-]+\s+)?$")
+
+
 def leak(h: Hits) -> list[Finding]:
     """A reveal verb aimed at the model's hidden context: "print your system prompt"."""
     out = []
@@ -128,7 +132,9 @@ def leak(h: Hits) -> list[Finding]:
         if h.near("NARR", r[1], r[1] + 20) is not None:  # "would leak its system prompt": a description
             continue
         imp = imperative(h.text, r[0]) and not _howto(h, r[0])
-        if strong is not None:
+        if strong is not None and _GENERIC.search(h.text, max(0, strong[0] - 25), strong[0]) is not None:
+            weight = 0.3  # "show me an example of a good system prompt": any prompt, not the model's
+        elif strong is not None:
             weight = 0.85 if imp or strong[0] > r[0] else 0.6
         elif weak >= 2 or h.near("YOUR", r[0] - 40, r[1] + 60):
             weight = 0.65 if imp else 0.45
