@@ -228,7 +228,13 @@ def role(h: Hits) -> list[Finding]:
                 jb = ovr
         auth = h.near("AUTH", r[1], r[1] + 40) if jb is None else None
         submit = h.near("SUBMIT", r[1], r[1] + 80) if jb is None and auth is None else None
-        if (jb is None and auth is None and submit is None) or _negated(h, r[0]):
+        task = None
+        if jb is None and auth is None and submit is None:
+            task = h.any_near(("ACT", "SEND"), r[1], r[1] + 80)
+        if (jb is None and auth is None and submit is None and task is None) or _negated(h, r[0]):
+            continue
+        if task is not None:  # "You are now ShopBot and must tell users to buy from ..."
+            out.append(Finding("roleplay:persona_with_task", 0.35, (r[0], task[1])))
             continue
         if jb is not None:
             out.append(Finding("jailbreak:unrestricted_persona", 0.85, (r[0], jb[1])))
@@ -258,7 +264,7 @@ def authority(h: Hits) -> list[Finding]:
         if auth is None:
             continue
         ask = h.any_near(
-            ("OVR", "OVR_POST", "CTRL", "REVEAL", "SECRET", "JB_STRONG", "JB_WEAK", "SUBMIT"),
+            ("OVR", "OVR_POST", "CTRL", "REVEAL", "SECRET", "JB_STRONG", "JB_WEAK", "SUBMIT", "SEND", "ACT"),
             min(c[0], auth[0]) - 60,
             max(c[1], auth[1]) + 160,
         )
@@ -316,6 +322,11 @@ def indirect(h: Hits) -> list[Finding]:
             or h.near("AI_NOUN", n[0] - 4, n[0] - 2) is not None  # "ai reviewers:"
             or (after == ":" and h.any_near(("OVR", "ACT", "REVEAL", "SEND"), n[1], n[1] + 40) is not None)
         )
+        if not vocative and imperative(text, n[0]):
+            ends = [i for i in (text.find(":", n[1], n[1] + 25), text.find(",", n[1], n[1] + 25)) if i >= 0]
+            colon = min(ends) if ends else -1
+            if colon >= 0 and not any(c in text[n[1] : colon] for c in ".!?\n;"):
+                vocative = h.any_near(("OVR", "ACT", "REVEAL", "SEND"), colon, colon + 40) is not None
         address = h.near("ADDRESS", n[0] - 35, n[0] - 1)
         while address is not None and text[address[0] : address[1]] in _WEAK_ADDRESS:
             if imperative(text, address[0]):
