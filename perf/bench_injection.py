@@ -62,7 +62,8 @@ def messages(texts: list[str], size: int, *, count: int = 0, seed: int = 7) -> l
     many as one pass over the texts makes."""
     order = list(texts)
     random.Random(seed).shuffle(order)
-    out, cur, i = [], "", 0
+    out: list[str] = []
+    cur, i = "", 0
     while (len(out) < count) if count else (i < len(order)):
         text = order[i % len(order)]
         i += 1

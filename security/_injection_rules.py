@@ -151,7 +151,7 @@ def secrets(h: Hits) -> list[Finding]:
         sec = h.near("SECRET", verb[0] - 30, verb[1] + 50)
         if sec is None or _negated(h, verb[0]) or _howto(h, verb[0]):
             continue
-        if h.near("HOWTO", verb[1], verb[1] + 3) is not None:  # "show me how to reset the password"
+        if h.near("HOWTO", verb[1], verb[1] + 8) is not None:  # "show me how to reset the password"
             continue
         dest = _destination(h, verb[0], verb[1] + 160)
         covert = h.near("COVERT", verb[0] - 150, verb[1] + 150)
