@@ -53,10 +53,10 @@ def _legacy(*names: str) -> list[str]:
 
 # Floors at the level of the second pass's last measurement (see docs/security.md): regressions fail,
 # the targets themselves are asserted on the whole corpus only.
-HELD_OUT_RECALL_FLOOR = 0.89
+HELD_OUT_RECALL_FLOOR = 0.90
 HELD_OUT_FP_CEILING = 0.011
-BLIND_RECALL_FLOOR = 0.0
-BLIND_FP_CEILING = 1.0
+BLIND_RECALL_FLOOR = 0.91
+BLIND_FP_CEILING = 0.043
 
 # --- the corpus ---------------------------------------------------------------------------------------------
 
@@ -89,7 +89,7 @@ def test_injection_held_out_split_is_reported_with_a_floor() -> None:
     """The held-out 30% (never tuned on): figures printed; floors at the level of its last measurement."""
     recall, false_pos, precision = _rates(_corpus("holdout"))
     print(f"\nheld-out split: recall={recall:.3f} fp={false_pos:.3f} precision={precision:.3f}")
-    assert recall >= HELD_OUT_RECALL_FLOOR  # first pass 0.880, second pass 0.891 (82 of 92)
+    assert recall >= HELD_OUT_RECALL_FLOOR  # first pass 0.880, second pass 0.902 (83 of 92)
     assert false_pos <= HELD_OUT_FP_CEILING  # first pass 0.032 (3 of 94), second pass 0 of 94
 
 
@@ -126,8 +126,8 @@ def test_injection_fresh_blind_set_is_reported_with_a_floor() -> None:
     assert labels["attack"] >= 60 and labels["benign"] >= 60
     recall, false_pos, precision = _rates(rows)
     print(f"\nfresh blind set: recall={recall:.3f} fp={false_pos:.3f} precision={precision:.3f}")
-    assert recall >= BLIND_RECALL_FLOOR
-    assert false_pos <= BLIND_FP_CEILING
+    assert recall >= BLIND_RECALL_FLOOR  # its one measurement: 0.914 (64 of 70); main: 0.743
+    assert false_pos <= BLIND_FP_CEILING  # 0.042 (3 of 71); main: 0.099 (7 of 71)
 
 
 def test_injection_probe_texts_tuned_on_are_kept_fitted() -> None:
