@@ -106,14 +106,22 @@ class Hits:
 
 
 def _drop_covered(spans: dict[str, list[Span]], neutral: list[Span]) -> None:
-    """Remove, in place, every hit inside a neutral span. Neutral phrases are few; each list is sorted by
-    start, so a class whose hits all lie outside a neutral span's range is skipped without a scan."""
-    for a, b in neutral:
-        for cls in list(spans):
-            hits = spans[cls]
+    """Remove, in place, every hit inside a neutral span. Each list is sorted by start: a class whose hits all
+    lie outside a neutral span's range is skipped, and inside it only the hits starting in the range are
+    looked at (a bisection), so long texts with many neutral phrases stay linear."""
+    for cls in list(spans):
+        hits = spans[cls]
+        drop: set[int] = set()
+        for a, b in neutral:
             if hits[0][0] > b or hits[-1][0] < a:
                 continue
-            kept = [sp for sp in hits if not (a <= sp[0] and sp[1] <= b)]
+            i = bisect_left(hits, (a, -1))
+            while i < len(hits) and hits[i][0] <= b:
+                if hits[i][1] <= b:
+                    drop.add(i)
+                i += 1
+        if drop:
+            kept = [sp for i, sp in enumerate(hits) if i not in drop]
             if kept:
                 spans[cls] = kept
             else:

@@ -419,10 +419,13 @@ RULES: tuple[tuple[Callable[[Hits], list[Finding]], frozenset[str]], ...] = (
 def _discussed(h: Hits, f: Finding, talk: list[Span]) -> Finding:
     """``f`` at 0.3 of its weight when its sentence also talks about attacks ("attackers often write ...")."""
     text = h.text
-    lo = max(text.rfind(c, 0, f.span[0]) for c in ".!?\n") + 1
-    his = [i for i in (text.find(c, f.span[1]) for c in ".!?\n") if i >= 0]
-    hi = min(his) if his else len(text)
-    if any(lo <= t[0] < hi for t in talk):
+    start, end = f.span
+    floor = max(0, start - 400)  # sentences of at most 400 characters each way keep long texts linear
+    lo = max(floor - 1, *(text.rfind(c, floor, start) for c in ".!?\n")) + 1
+    his = [i for i in (text.find(c, end, end + 400) for c in ".!?\n") if i >= 0]
+    hi = min(his) if his else end + 400
+    i = bisect_left(talk, (lo, -1))
+    if i < len(talk) and talk[i][0] < hi:
         return Finding(f.rule, f.weight * 0.3, f.span)
     return f
 
