@@ -1,10 +1,11 @@
 """One compiled multi-pattern matcher for every literal cue of the prompt-injection detector.
 
-All anchor cues of :data:`._injection_cues.CUES` (about a thousand, in a dozen scripts) are folded and
-compiled into a single Aho-Corasick automaton (``ahocorasick_rs``, Rust). One pass over the folded text finds
-every occurrence of every cue, overlapping ones included, in time linear in the text and independent of
-the number of cues. The Python that follows touches only the hits, so the automaton is built to report
-few of them:
+All anchor cues of :data:`._injection_cues.CUES` (about 1,600, in a dozen scripts) are folded and compiled
+into Aho-Corasick automata (``ahocorasick_rs``, Rust): a DFA of the ASCII keys, run on the bytes of a
+pure-ASCII folded text (most traffic; byte offsets are then character offsets), and an automaton of all
+keys for any other text. One pass over the folded text finds every occurrence of every cue, overlapping
+ones included, in time linear in the text and independent of the number of cues. The Python that follows
+touches only the hits, so the automata are built to report few of them:
 
 - a short cue (five characters or fewer, such as ``ai`` or ``skip``) is compiled once per character that
   may precede a word (space, newline, quote, bracket...), so it cannot hit inside a longer word

@@ -7,10 +7,12 @@ How a text is judged:
 2. one Aho-Corasick pass (:mod:`._injection_matcher`) finds every literal cue of :mod:`._injection_cues`
    (override verbs, the model's instructions and hidden context, reveal and send verbs, secrets,
    destinations, role switches, claimed authority, jailbreak vocabulary, chat-template and tool-call
-   tokens, text addressed to "the AI reading this", in English and a dozen other languages);
-3. the combination rules (:mod:`._injection_rules`) score the cues that occur close together, and the
-   heuristics (:mod:`._injection_heuristics`) add hidden-Unicode signals; base64 blobs and Unicode tag
-   payloads are decoded and scanned like any text;
+   tokens, forged ends of data, text addressed to "the AI reading this", talk about attacks, in English
+   and about fifteen other languages);
+3. the combination rules (:mod:`._injection_rules`) score the cues that occur close together (a sentence
+   that talks about attacks rather than making one weighs less), and the heuristics
+   (:mod:`._injection_heuristics`) add hidden-Unicode signals; base64 blobs and Unicode tag payloads are
+   decoded and scanned like any text;
 4. the weights combine with a noisy-OR (``1 - prod(1 - w)``) into a score in ``[0, 1]``.
 
 The score gives the **verdict** (:attr:`Verdict.kind`): ``pass`` below ``threshold`` (0.5), ``flag`` up to
