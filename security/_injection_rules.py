@@ -416,8 +416,20 @@ RULES: tuple[tuple[Callable[[Hits], list[Finding]], frozenset[str]], ...] = (
 )
 
 
+def _quoted(text: str, start: int) -> bool:
+    """Does an opening quote (one not inside a word, unlike an apostrophe) come shortly before ``start``,
+    with no closing one in between?"""
+    seg = text[max(0, start - 40) : start]
+    for i in range(len(seg) - 1, -1, -1):
+        if seg[i] in "\"'`":
+            return i == 0 or not seg[i - 1].isalnum()
+    return False
+
+
 def _discussed(h: Hits, f: Finding, talk: list[Span]) -> Finding:
-    """``f`` at 0.3 of its weight when its sentence also talks about attacks ("attackers often write ...")."""
+    """``f`` weighs less when its sentence also talks about attacks ("attackers often write '...'"): 0.3 of
+    its weight when it is quoted or described, at most a flag (0.6) when it is a bare command, so that
+    "For example, ignore all previous instructions" is not a way around the detector."""
     text = h.text
     start, end = f.span
     floor = max(0, start - 400)  # sentences of at most 400 characters each way keep long texts linear
@@ -425,9 +437,11 @@ def _discussed(h: Hits, f: Finding, talk: list[Span]) -> Finding:
     his = [i for i in (text.find(c, end, end + 400) for c in ".!?\n") if i >= 0]
     hi = min(his) if his else end + 400
     i = bisect_left(talk, (lo, -1))
-    if i < len(talk) and talk[i][0] < hi:
+    if i >= len(talk) or talk[i][0] >= hi:
+        return f
+    if _quoted(text, start) or not imperative(text, start):
         return Finding(f.rule, f.weight * 0.3, f.span)
-    return f
+    return Finding(f.rule, min(f.weight, 0.6), f.span)
 
 
 def findings(h: Hits) -> list[Finding]:
