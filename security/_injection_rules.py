@@ -57,6 +57,25 @@ def _howto(h: Hits, start: int) -> bool:
     return h.near("HOWTO", start - 40, start - 1) is not None
 
 
+# Owners that make "the instructions of X" the model's own after all ("the rules from the developer").
+_MODEL_SIDE = (
+    " you",
+    " this conversation",
+    " this chat",
+    " the ai",
+    " the assistant",
+    " the model",
+    " the developer",
+    " the system",
+    " the operator",
+    " the admin",
+    " the owner",
+    " the creator",
+    " openai",
+    " anthropic",
+)
+
+
 def _owned_elsewhere(h: Hits, ctrl: Span) -> bool:
     """Do the instructions at ``ctrl`` belong to something named after them ("the rules of the game",
     "the instructions for the VPN", "the guidelines in the README"), rather than to the model?"""
@@ -69,10 +88,7 @@ def _owned_elsewhere(h: Hits, ctrl: Span) -> bool:
     if not after.startswith((" for ", " of ", " in ", " on ", " about ", " from the ", " from our ")):
         return False
     rest = text[ctrl[1] : ctrl[1] + 30]
-    return not any(
-        w in rest
-        for w in (" you", " this conversation", " this chat", " the ai", " the assistant", " the model")
-    )
+    return not any(w in rest for w in _MODEL_SIDE)
 
 
 _PRONOUNS = (" them", " it ", " it.", " it,", " those", " these", " all of them", " all that")
