@@ -343,7 +343,7 @@ def indirect(h: Hits) -> list[Finding]:
             colon = min(ends) if ends else -1
             if colon >= 0 and not any(c in text[n[1] : colon] for c in ".!?\n;"):
                 vocative = h.any_near(("OVR", "ACT", "REVEAL", "SEND"), colon, colon + 40) is not None
-        address = h.near("ADDRESS", n[0] - 35, n[0] - 1)
+        address = None if vocative else h.near("ADDRESS", n[0] - 35, n[0] - 1)
         while address is not None and text[address[0] : address[1]] in _WEAK_ADDRESS:
             if imperative(text, address[0]):
                 break
@@ -442,19 +442,37 @@ def _quoted(text: str, start: int) -> bool:
     return False
 
 
+def _sentence_end(text: str, lo: int, hi: int) -> bool:
+    seg = text[lo:hi]
+    return "." in seg or "!" in seg or "?" in seg or "\n" in seg
+
+
 def _discussed(h: Hits, f: Finding, talk: list[Span]) -> Finding:
     """``f`` weighs less when its sentence also talks about attacks ("attackers often write '...'"): 0.3 of
     its weight when it is quoted or described, at most a flag (0.6) when it is a bare command, so that
     "For example, ignore all previous instructions" is not a way around the detector."""
     text = h.text
-    start, end = f.span
-    floor = max(0, start - 400)  # sentences of at most 400 characters each way keep long texts linear
-    lo = max(floor - 1, *(text.rfind(c, floor, start) for c in ".!?\n")) + 1
-    his = [i for i in (text.find(c, end, end + 400) for c in ".!?\n") if i >= 0]
-    hi = min(his) if his else end + 400
-    i = bisect_left(talk, (lo, -1))
-    if i >= len(talk) or talk[i][0] >= hi:
+    lo, hi = min(f.span), max(f.span)  # an object-first override's span may run backwards
+    # A talk hit is in the finding's sentence when no sentence end lies between them (at most 400
+    # characters away, which keeps long texts linear). Talk hits are few: look at the ones in range only.
+    i = bisect_left(talk, (lo - 400, -1))
+    same = False
+    while i < len(talk) and not same:
+        p = talk[i][0]
+        if p >= hi + 400:
+            break
+        if p < lo:
+            same = not _sentence_end(text, p, lo)
+        elif p < hi:
+            same = True
+        elif _sentence_end(text, hi, p):
+            break  # every later hit is beyond this sentence end too
+        else:
+            same = True
+        i += 1
+    if not same:
         return f
+    start = f.span[0]
     if _quoted(text, start) or not imperative(text, start):
         return Finding(f.rule, f.weight * 0.3, f.span)
     return Finding(f.rule, min(f.weight, 0.6), f.span)
