@@ -58,10 +58,18 @@ def _jwt_ok(token: str) -> bool:
         return False
 
 
+_PATH_WORD = re.compile(r"[a-z][a-z_\-]{2,}")
+
+
 def _high_entropy(token: str) -> bool:
     # Real random tokens mix classes; long hex/base64 of >= 32 chars with >= 3.5 bits/char rarely are words.
     classes = sum(bool(re.search(p, token)) for p in (r"[a-z]", r"[A-Z]", r"[0-9]"))
     if classes < 2:
+        return False
+    # A file path (a module, a data dir under a random temp folder) is not a secret: most of its components
+    # are lowercase words. Base64 secrets that contain "/" split into mixed-case runs instead.
+    parts = [p for p in token.split("/") if p]
+    if len(parts) >= 3 and 2 * sum(bool(_PATH_WORD.fullmatch(p)) for p in parts) >= len(parts):
         return False
     if re.fullmatch(r"[0-9a-fA-F]+", token):
         # Hex strings are mostly digests (git ids, sha256 pins) in ordinary text; hex secrets that matter are

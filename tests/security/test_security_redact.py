@@ -71,3 +71,16 @@ def test_redact_processor_scrubs_structlog_lines() -> None:
     line = json.loads(stream.getvalue())
     assert "hunter2-but-longer" not in stream.getvalue() and "ZZZZ" not in stream.getvalue()
     assert line["attempt"] == 2 and line["agent_id"] == "a1"
+
+
+def test_redaction_keeps_file_paths_but_still_catches_secrets_with_slashes() -> None:
+    """A module path under a random temp folder stays readable; a base64 secret containing '/' is redacted."""
+    from openfang.security.redact import redact_text
+
+    for path in (
+        "/tmp/tmp.Xk29Fa81qZ/main/examples/agents/nasty/huge_table.wat",
+        "/work/wt/injection2/examples/agents/nasty/huge_table.wat",
+    ):
+        assert redact_text(path) == path
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEYq9Zt3"
+    assert "REDACTED" in redact_text(f"key {secret} here")
