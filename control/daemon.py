@@ -23,7 +23,7 @@ from openfang.control import runfile
 from openfang.control.config import GATEWAY_ID, ClusterConfig, load_config
 from openfang.control.guard import integrity_monitor
 from openfang.control.notify import Notifier
-from openfang.protocol.errors import ConfigError, OpenFangError, SupervisorError
+from openfang.protocol.errors import ConfigError, OpenFangError, Problem, SupervisorError
 from openfang.security.config import open_audit
 from openfang.supervisor._proc import set_title
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED
@@ -42,9 +42,20 @@ Reply = Callable[[bool, Any], None]
 class Daemon:
     """The root supervisor process."""
 
-    def __init__(self, config: ClusterConfig, config_path: str, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        config_path: str,
+        notifier: Notifier | None = None,
+        *,
+        data_dir: str | None = None,
+    ) -> None:
         self.config = config
+        # Reloads read the same path with the same overrides as the first load: any difference between the
+        # two parses (a relative path resolved differently, a --data-dir not re-applied) would show up in the
+        # children's args and restart children whose config did not change.
         self.config_path = config_path
+        self.data_dir_override = data_dir
         self.notifier = notifier or Notifier()
         self.loop = Loop()
         self.started_at = time.time()
@@ -100,6 +111,9 @@ class Daemon:
         self.state = "stopping"
         self.notifier.stopping()
         log.info("tree_stopping")
+        # The gateway must not take the workers' exits for deaths: their agents stay registered where they
+        # are and come back on the next start.
+        self.sup.send_to_child(GATEWAY_ID, {"t": "event", "event": {"kind": "tree.stopping"}})
         self.sup.shutdown()
         self.state = "stopped"
         self._remove_pidfile()
@@ -112,9 +126,17 @@ class Daemon:
         """Re-read the config file and apply the difference; a bad config leaves the running tree as it is."""
         self.notifier.reloading()
         try:
-            new = load_config(self.config_path)
+            new = load_config(self.config_path, data_dir=self.data_dir_override)
             if new.data_dir != self.config.data_dir:
-                raise ConfigError(f"{self.config_path}: [cluster] key 'data_dir' cannot change on reload")
+                raise ConfigError(
+                    [
+                        Problem(
+                            f"{self.config_path}: [cluster] key 'data_dir'",
+                            f"cannot change on reload (running with {self.config.data_dir}, the file now "
+                            f"gives {new.data_dir}); restart the daemon to move it",
+                        )
+                    ]
+                )
         except ConfigError as exc:
             problems = [str(p) for p in exc.problems]
             log.error("config_rejected", problems=problems)
@@ -328,8 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # One absolute path for the first load and every reload: the path is part of what children see
+    # (their [security] source), so a relative --config must not parse differently on SIGHUP.
+    config_path = str(Path(args.config).resolve())
     try:
-        config = load_config(args.config, data_dir=args.data_dir)
+        config = load_config(config_path, data_dir=args.data_dir)
     except ConfigError as exc:
         print(f"openfang-supervisor: {len(exc.problems)} problem(s) in {args.config}:", file=sys.stderr)
         for problem in exc.problems:
@@ -341,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     set_title("openfang: supervisor")
     configure_logging(args.log_level or config.logging.level, args.log_format or config.logging.format)
     structlog.contextvars.bind_contextvars(node=config.name, role="supervisor", pid=os.getpid())
-    return Daemon(config, str(Path(args.config).resolve())).run()
+    return Daemon(config, config_path, data_dir=args.data_dir).run()
 
 
 if __name__ == "__main__":

@@ -8,8 +8,14 @@ A child of the root supervisor (always its first child). It binds
 
 Requests about the tree (status, tree, stop, reload, child.*) go up the uplink to the root; requests about
 agents go to the worker that hosts the agent. Every request gets exactly one reply: the answer, or a typed
-error (bad frame, unknown type, busy when the in-flight table is full, not_found for an absent worker,
-timeout when nobody answered in ``request_timeout_ms``).
+error (bad frame, unknown type, busy when the in-flight table is full, not_found for an absent worker or an
+unregistered agent, restarting while an agent comes back, timeout when nobody answered in
+``request_timeout_ms``).
+
+Agents are durable: the gateway owns the agent registry (``<data_dir>/agents.db``, :mod:`.registry`),
+assigns every agent its id, and keeps agents placed and restarted across worker deaths, reloads and its own
+restarts (:mod:`.placement`). A spawn's acknowledgement leaves only after its row is committed: replies
+that must wait for the disk are held until the end of the loop turn, when the registry commits.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ import structlog
 import zmq
 from openfang.control import routing
 from openfang.control.guard import Guard, config_from_args, receive_client
-from openfang.protocol import messages
+from openfang.control.placement import Placement
+from openfang.control.registry import AgentRegistry, AgentRow
 from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import (
     Busy,
+    NotFound,
     OpenFangError,
     ProtocolError,
     RemoteError,
@@ -71,6 +79,18 @@ class _Waiting:
     on_reply: Callable[[Envelope], Envelope | None] | None = None
     worker: str | None = None  # the worker asked, so its death can fail the request at once
     via_workers: bool = False  # the asker is a worker (an agent's message to another worker's agent)
+    internal: Callable[[Envelope], None] | None = None  # the gateway's own request: no client to answer
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A client request for an agent that is away (restarting, not announced yet): held by Placement."""
+
+    identity: bytes
+    delimited: bool
+    request: Envelope
+    via_workers: bool
+    on_reply: Callable[[Envelope], Envelope | None] | None = None
 
 
 @dataclass(slots=True)
@@ -102,7 +122,19 @@ class Gateway:
         self.worker_sock = bind_router(self.zctx, args["workers"], hwm=hwm, mode=0o600, keys_dir=keys_dir)
         self.waiting: dict[str, _Waiting] = {}
         self.workers: dict[str, _Worker] = {}
-        self.agents = routing.AgentDirectory()
+        self.registry = AgentRegistry(_registry_path(args))
+        t0 = time.perf_counter()
+        self.placement = Placement(self.registry, _GatewayPort(self))
+        self.agents = self.placement.directory
+        log.info(
+            "agent_registry_loaded",
+            path=str(self.registry.path),
+            agents=len(self.registry),
+            live=len(self.placement.restored),
+            ms=round((time.perf_counter() - t0) * 1000, 1),
+        )
+        self._held: list[tuple[bytes, bool, Envelope, bool]] = []  # replies waiting for the commit
+        self.stopping = False  # the tree is stopping: workers that go away take no agents with them
         self.started = time.time()
         self.running = True
 
@@ -125,7 +157,16 @@ class Gateway:
                 self._on_uplink()
             self._expire()
             self.guard.tick()
+            self.placement.tick()
+            self._commit()
             self.child.heartbeat()
+
+    def _commit(self) -> None:
+        """Write the registry's changes, then send the replies that promised them (spawn acks)."""
+        self.registry.commit()
+        held, self._held = self._held, []
+        for identity, delimited, env, via_workers in held:
+            self._reply(identity, delimited, env, via_workers)
 
     def close(self) -> None:
         # A short linger lets the last replies (the answer to ``stop``) leave before the process ends.
@@ -133,6 +174,7 @@ class Gateway:
             sock.close(linger=200)
         self.zctx.term()
         self.guard.close()
+        self.registry.close()
 
     @staticmethod
     def _drain(
@@ -200,11 +242,165 @@ class Gateway:
             self.waiting[key] = _Waiting(identity, delimited, env, time.monotonic() + self.timeout_s)
             self.child.send({"t": "req", "id": key, "op": env.type, "args": env.body})
             return
-        target = routing.route(env, self.agents, self.workers)
-        if target.gather:
-            self._scatter(identity, delimited, env, target.workers)
+        if env.type == "agent.spawn":
+            for key in ("agent_id", "parent", "resume"):
+                if env.body.get(key) not in (None, False):
+                    raise ProtocolError(f"body.{key}: set by the gateway, not by clients")
+            self._spawn(identity, delimited, env)
             return
+        if env.type == "agent.list":
+            self._list(identity, delimited, env)
+            return
+        agent_id = env.body.get("agent_id")
+        if env.type in routing.BY_AGENT and isinstance(agent_id, str) and agent_id:
+            self._to_agent(_Pending(identity, delimited, env, via_workers=False))
+            return
+        target = routing.route(env, self.agents, self.workers)
         self._to_worker(identity, delimited, env, target.workers[0], target.on_reply)
+
+    # -- agents ----------
+
+    def _spawn(
+        self,
+        identity: bytes,
+        delimited: bool,
+        env: Envelope,
+        *,
+        via_workers: bool = False,
+        parent: str | None = None,
+        worker: str | None = None,
+    ) -> None:
+        """Register the agent (its id assigned here), place it, forward the spawn; ack after the commit."""
+        text = env.body.get("manifest")
+        if not isinstance(text, str):
+            raise ProtocolError("body.manifest: must be the agent.toml text")
+        mpath = env.body.get("manifest_path")
+        source = mpath if isinstance(mpath, str) and mpath else "agent.toml"
+        wanted = worker or env.body.get("worker")
+        if isinstance(wanted, str) and wanted:
+            if wanted not in self.placement.workers:
+                raise NotFound(f"worker {wanted!r} is not connected")
+        else:
+            wanted = self.placement.least_loaded()
+            if wanted is None:
+                raise NotFound("no worker is connected (yet? 'openfang status' says ready once every worker is)")
+        row = self.placement.register(
+            text, source=source, parent=parent, manifest_path=mpath if isinstance(mpath, str) else None
+        )
+        self.placement.assign(row, wanted)
+        body = {**env.body, "agent_id": row.agent_id, "worker": wanted}
+        if parent:
+            body["parent"] = parent
+        forwarded = Envelope(type="agent.spawn", body=body, id=env.id)
+        agent_id = row.agent_id
+
+        def answered(reply: Envelope) -> Envelope | None:
+            reason = str(reply.body.get("message", "")) if reply.is_error else ""
+            self.placement.spawned(agent_id, wanted, not reply.is_error, reason)
+            if reply.is_error:
+                return reply
+            # Held until the registry has committed this agent's row (see _commit).
+            self._held.append((identity, delimited, reply, via_workers))
+            return None
+
+        try:
+            self._to_worker(identity, delimited, forwarded, wanted, answered, via_workers=via_workers)
+        except OpenFangError:
+            self.placement.spawned(agent_id, wanted, False, "the worker could not be reached")
+            raise
+
+    def _to_agent(self, pending: _Pending) -> None:
+        """A request for one agent by id: forward it, answer it from the registry, or hold it."""
+        env = pending.request
+        agent_id = str(env.body["agent_id"])
+        row = self.placement.resolve(agent_id)
+        if env.type == "agent.kill" and (not row.live or not self.placement.announced(row.agent_id)):
+            self.placement.killed(row.agent_id)
+            self._reply_pending(pending, env.reply({"agent_id": row.agent_id, "state": "dead"}))
+            return
+        if env.type == "agent.info" and not self.placement.announced(row.agent_id):
+            self._reply_pending(pending, env.reply(row.record()))
+            return
+        row, worker = self.placement.target(agent_id)
+        if row.agent_id != agent_id:  # the old located form (name@worker): the worker knows the bare id
+            env = Envelope(type=env.type, body={**env.body, "agent_id": row.agent_id}, id=env.id)
+            pending = _Pending(pending.identity, pending.delimited, env, pending.via_workers)
+        if worker is None:
+            if env.type in ("agent.suspend", "agent.resume"):
+                state = "suspended" if env.type == "agent.suspend" else "restarting"
+                self.placement.set_state(row.agent_id, state)
+                self._reply_pending(pending, env.reply({"agent_id": row.agent_id, "state": state}))
+                return
+            self.placement.enqueue(row, pending)
+            return
+        self._deliver(pending, worker)
+
+    def _deliver(self, pending: _Pending, worker: str) -> None:
+        env = pending.request
+        agent_id = str(env.body.get("agent_id"))
+        on_reply: Callable[[Envelope], Envelope | None] | None = None
+        if env.type == "agent.kill":
+
+            def on_reply(reply: Envelope) -> Envelope:
+                if not reply.is_error or reply.body.get("code") == "not_found":
+                    self.placement.killed(agent_id)
+                    return env.reply({"agent_id": agent_id, "state": "dead"})
+                return reply
+
+        elif env.type in ("agent.suspend", "agent.resume"):
+
+            def on_reply(reply: Envelope) -> Envelope:
+                if not reply.is_error:
+                    self.placement.set_state(agent_id, str(reply.body.get("state")))
+                return reply
+
+        elif env.type == "agent.info":
+
+            def on_reply(reply: Envelope) -> Envelope:
+                row = self.registry.get(agent_id)
+                if reply.is_error or row is None:
+                    return reply
+                return Envelope(type=reply.type, body={**row.record(), **reply.body}, id=reply.id)
+
+        self._to_worker(
+            pending.identity, pending.delimited, env, worker, on_reply, via_workers=pending.via_workers
+        )
+
+    def _reply_pending(self, pending: _Pending, answer: Envelope) -> None:
+        self._reply(pending.identity, pending.delimited, answer, pending.via_workers)
+
+    def _list(self, identity: bytes, delimited: bool, env: Envelope) -> None:
+        """Every registered agent with its state, with live figures from the workers that host them."""
+        workers = sorted(self.placement.workers & set(self.workers))
+        gather = routing.Gather(env, expected=len(workers))
+
+        def merged(reply: Envelope) -> Envelope | None:
+            result = gather.collect(reply)
+            return None if result is None else self._merge_list(env, result)
+
+        for wid in workers:
+            try:
+                self._to_worker(identity, delimited, env, wid, on_reply=merged)
+            except OpenFangError:
+                gather.expected -= 1
+        if gather.expected <= 0:
+            self._reply(identity, delimited, self._merge_list(env, gather.result()))
+
+    def _merge_list(self, env: Envelope, gathered: Envelope) -> Envelope:
+        live = {a.get("agent_id"): a for a in gathered.body.get("agents", []) if isinstance(a, dict)}
+        out = []
+        for row in sorted(self.registry.rows.values(), key=lambda r: (r.spawned_at, r.agent_id)):
+            record = row.record()
+            hosted = live.get(row.agent_id) if self.placement.announced(row.agent_id) else None
+            if hosted is not None:
+                record.update(hosted)
+                for key in ("restart", "reason", "parent"):
+                    record[key] = row.record()[key]
+                record["restarts"] = row.restarts
+                if row.state == "restarting":
+                    record["state"] = "restarting"
+            out.append(record)
+        return env.reply({"agents": out, "errors": gathered.body.get("errors", [])})
 
     def _to_worker(
         self,
@@ -214,26 +410,24 @@ class Gateway:
         worker_id: str,
         on_reply: Callable[[Envelope], Envelope | None] | None = None,
         via_workers: bool = False,
+        internal: Callable[[Envelope], None] | None = None,
     ) -> None:
         key = os.urandom(8).hex()
         forwarded = Envelope(type=env.type, body=env.body, id=key)
         send_nowait(self.worker_sock, [worker_id.encode(), encode(forwarded)], peer=f"worker {worker_id}")
         deadline = time.monotonic() + self.timeout_s
         self.waiting[key] = _Waiting(
-            identity, delimited, env, deadline, on_reply, worker=worker_id, via_workers=via_workers
+            identity,
+            delimited,
+            env,
+            deadline,
+            on_reply,
+            worker=worker_id,
+            via_workers=via_workers,
+            internal=internal,
         )
         if worker_id in self.workers:
             self.workers[worker_id].in_flight += 1
-
-    def _scatter(self, identity: bytes, delimited: bool, env: Envelope, worker_ids: list[str]) -> None:
-        gather = routing.Gather(env, expected=len(worker_ids))
-        for wid in worker_ids:
-            try:
-                self._to_worker(identity, delimited, env, wid, on_reply=gather.collect)
-            except OpenFangError:
-                gather.expected -= 1
-        if gather.expected == 0:
-            self._reply(identity, delimited, gather.result())
 
     def _reply(self, identity: bytes, delimited: bool, env: Envelope, via_workers: bool = False) -> None:
         frames = [identity, b"", encode(env)] if delimited else [identity, encode(env)]
@@ -265,14 +459,23 @@ class Gateway:
             known = worker.pid == pid
             worker.pid = pid
             worker.cpu = env.body.get("cpu")
-            if "agent_ids" in env.body:  # the full list comes every few hellos
-                self.agents.forget_worker(worker_id, keep=list(env.body["agent_ids"]))
+            if isinstance(env.body.get("agent_ids"), list):  # its first hello to us, or after a resync
+                self.placement.worker_synced(worker_id, [str(a) for a in env.body["agent_ids"]])
                 worker.agents = self.agents.count(worker_id)
+            elif worker_id not in self.placement.workers:
+                # A worker that was there before this gateway: ask for its full agent list now.
+                send_nowait(
+                    self.worker_sock,
+                    [frames[0], encode(Envelope(type="worker.resync", body={}))],
+                    peer=f"worker {worker_id}",
+                )
             if not known:
                 worker.in_flight = 0
                 log.info("worker_connected", worker=worker_id, pid=worker.pid, cpu=worker.cpu)
             return
         if env.type == "event":
+            if env.body.get("kind") == "agent.state":
+                self.placement.agent_event(worker_id, env.body)
             self._publish(env.body)
             return
         if env.type == "worker.forward":
@@ -289,12 +492,14 @@ class Gateway:
         if waiting is None:
             return  # a late answer to a request that already timed out
         worker.in_flight = max(0, worker.in_flight - 1)
-        self.agents.learn(worker_id, waiting.request, env)
-        worker.agents = self.agents.count(worker_id)
         self._complete(waiting, Envelope(type=env.type, body=env.body, id=waiting.request.id))
+        worker.agents = self.agents.count(worker_id)
 
     def _complete(self, waiting: _Waiting, answer: Envelope) -> None:
         """Answer the client, unless ``answer`` is one part of a gather that still waits for others."""
+        if waiting.internal is not None:
+            waiting.internal(answer)
+            return
         if waiting.on_reply is not None:
             merged = waiting.on_reply(answer)
             if merged is None:
@@ -313,9 +518,19 @@ class Gateway:
             inner = env.body.get("request") or {}
             if not isinstance(sender, str) or self.agents.worker_of.get(sender) != worker_id:
                 raise SecurityError(f"worker {worker_id} does not host agent {sender!r}; forward refused")
-            if inner.get("type") != "agent.send" or not isinstance(inner.get("body"), dict):
-                raise ProtocolError("worker.forward: only agent.send requests are forwarded")
-            request = decode(encode(Envelope(type="agent.send", body=inner["body"], id=env.id)))
+            kind = inner.get("type")
+            if kind not in ("agent.send", "agent.spawn") or not isinstance(inner.get("body"), dict):
+                raise ProtocolError("worker.forward: only agent.send and agent.spawn requests are forwarded")
+            request = decode(encode(Envelope(type=str(kind), body=inner["body"], id=env.id)))
+            if kind == "agent.spawn":
+                # A child agent (agent_spawn): registered like any other, placed beside its parent.
+                body = {k: v for k, v in request.body.items() if k not in ("agent_id", "parent", "resume")}
+                request = Envelope(type="agent.spawn", body=body, id=env.id)
+                self._spawn(identity, False, request, via_workers=True, parent=sender, worker=worker_id)
+                return
+            if isinstance(request.body.get("agent_id"), str):
+                self._to_agent(_Pending(identity, False, request, via_workers=True))
+                return
             target = routing.route(request, self.agents, self.workers)
             self._to_worker(identity, False, request, target.workers[0], via_workers=True)
         except OpenFangError as exc:
@@ -335,10 +550,15 @@ class Gateway:
         kind = msg.get("t")
         if kind == "event":
             event = msg.get("event") or {}
+            if event.get("kind") == "tree.stopping":
+                self.stopping = True
             if event.get("kind") == "child.exited" and event.get("child") in self.workers:
                 worker = self.workers[event["child"]]
                 if not event.get("pid") or event.get("pid") == worker.pid:
-                    self._worker_lost(worker.id, f"exited ({event.get('reason', 'unknown reason')})")
+                    reason = str(event.get("reason", "unknown reason"))
+                    self._worker_lost(
+                        worker.id, f"exited ({reason})", stopped=reason in ("normal", "shutdown")
+                    )
             self._publish(event)
         elif kind == "rep":
             waiting = self.waiting.pop(str(msg.get("id")), None)
@@ -366,10 +586,10 @@ class Gateway:
         ready = status.get("state") == "running" and connected >= expected
         return {**status, "workers": connected, "workers_expected": expected, "ready": ready}
 
-    def _worker_lost(self, worker_id: str, why: str) -> None:
-        """A worker died: its agents are gone, and requests it held fail now instead of timing out."""
+    def _worker_lost(self, worker_id: str, why: str, *, stopped: bool = False) -> None:
+        """A worker died or was stopped: requests it held fail now instead of timing out, and its agents are
+        restarted elsewhere or reported lost by their policy (:meth:`Placement.worker_lost`)."""
         self.workers.pop(worker_id, None)
-        self.agents.forget_worker(worker_id, keep=[])
         lost = [key for key, w in self.waiting.items() if w.worker == worker_id]
         for key in lost:
             waiting = self.waiting.pop(key)
@@ -377,12 +597,19 @@ class Gateway:
                 f"worker {worker_id} {why} while handling this {waiting.request.type!r}; retry"
             )
             self._complete(waiting, waiting.request.error(err))
-        log.warning("worker_lost", worker=worker_id, why=why, failed_requests=len(lost))
+        if self.stopping:
+            self.placement.worker_detached(worker_id)
+            moved: list[str] = []
+        else:
+            moved = self.placement.worker_lost(worker_id, why, stopped=stopped)
+        log.warning("worker_lost", worker=worker_id, why=why, failed_requests=len(lost), agents=len(moved))
 
     def info(self) -> dict[str, Any]:
         """What the gateway knows: connected workers, in-flight requests, agents per worker."""
         return {
             "in_flight": len(self.waiting),
+            "agents_registered": len(self.registry),
+            "agents_queued_messages": self.placement.queued,
             "workers": {
                 w.id: {"pid": w.pid, "cpu": w.cpu, "agents": w.agents, "in_flight": w.in_flight}
                 for w in self.workers.values()
@@ -404,6 +631,62 @@ class Gateway:
             waiting = self.waiting.pop(key)
             err = Timeout(f"no answer to {waiting.request.type!r} within {self.timeout_s:g}s")
             self._complete(waiting, waiting.request.error(err))
+
+
+class _GatewayPort:
+    """What :class:`Placement` asks of the gateway, done with the gateway's sockets."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    def _internal(self, worker_id: str, env: Envelope, done: Callable[[Envelope], None]) -> None:
+        try:
+            self.gw._to_worker(b"", False, env, worker_id, internal=done)
+        except OpenFangError as exc:
+            done(env.error(exc))
+
+    def spawn(self, worker_id: str, row: AgentRow, manifest: str, *, resume: bool) -> None:
+        body: dict[str, Any] = {"manifest": manifest, "agent_id": row.agent_id, "resume": resume}
+        if row.parent:
+            body["parent"] = row.parent
+        if row.manifest_path:
+            body["manifest_path"] = row.manifest_path
+        agent_id = row.agent_id
+
+        def done(reply: Envelope) -> None:
+            reason = str(reply.body.get("message", "")) if reply.is_error else ""
+            self.gw.placement.spawned(agent_id, worker_id, not reply.is_error, reason)
+
+        self._internal(worker_id, Envelope(type="agent.spawn", body=body), done)
+
+    def kill(self, worker_id: str, agent_id: str) -> None:
+        self._internal(worker_id, Envelope(type="agent.kill", body={"agent_id": agent_id}), lambda r: None)
+
+    def suspend(self, worker_id: str, agent_id: str) -> None:
+        self._internal(worker_id, Envelope(type="agent.suspend", body={"agent_id": agent_id}), lambda r: None)
+
+    def deliver(self, item: Any, worker_id: str) -> None:
+        try:
+            self.gw._deliver(item, worker_id)
+        except OpenFangError as exc:
+            self.gw._reply_pending(item, item.request.error(exc))
+
+    def fail(self, item: Any, error: Exception) -> None:
+        err = error if isinstance(error, OpenFangError) else OpenFangError(str(error))
+        self.gw._reply_pending(item, item.request.error(err))
+
+    def publish(self, event: dict[str, Any]) -> None:
+        self.gw._publish(event)
+
+
+def _registry_path(args: dict[str, Any]) -> str:
+    """``<data_dir>/agents.db``: ``args.registry`` if given, else under the cluster's data dir."""
+    if args.get("registry"):
+        return str(args["registry"])
+    data_dir = os.environ.get("OPENFANG_DATA_DIR") or (args.get("security") or {}).get("data_dir")
+    if not data_dir:
+        raise ProtocolError("gateway: no data dir for the agent registry (OPENFANG_DATA_DIR or args)")
+    return os.path.join(str(data_dir), "agents.db")
 
 
 def main(ctx: ChildContext) -> None:

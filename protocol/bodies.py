@@ -206,6 +206,9 @@ class AgentSpawn:
     manifest: Annotated[str, Len(MAX_MANIFEST, 1)]  # agent.toml text
     manifest_path: Annotated[str, Len(4096)] | None = None  # where it came from (for error messages)
     worker: Id | None = None  # place on this worker (default: least loaded)
+    agent_id: Id | None = None  # set by the gateway for the worker (a client's value is refused)
+    parent: Id | None = None  # set by the gateway: the agent that spawned this one (agent_spawn)
+    resume: bool | None = None  # set by the gateway on a re-spawn: resume the conversation from memory
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -266,16 +269,19 @@ class AgentRecord:
 
     agent_id: Id
     name: Name
-    worker: Id
-    state: State  # starting | running | suspended | restarting | dead
+    worker: Id | None  # where it runs now (nil: not placed, e.g. restarting or dead)
+    state: State  # starting | running | suspended | restarting | hibernated | dead
     service: Name | None = None
     restarts: Count = 0
     created_at: float | None = None
+    restart: Annotated[str, Len(16)] | None = None  # its policy: permanent | transient | temporary
+    reason: Annotated[str, Len(4096)] | None = None  # why it last restarted or died
+    parent: Id | None = None  # the agent that spawned it (agent_spawn)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentListOk:
-    agents: Annotated[list[AgentRecord], Len(100_000)]
+    agents: Annotated[list[AgentRecord], Len(1_000_000)]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -423,3 +429,4 @@ class ErrorBody:
     message: Annotated[str, Len(MAX_TEXT)]
     problems: Annotated[list[ProblemBody], Len(1000)] | None = None  # bad_config: every problem
     llm: LLMFailureBody | None = None  # llm_error: provider, model, status or cause, fallback
+    retry_after_ms: Count | None = None  # restarting: when the agent should answer again

@@ -15,6 +15,8 @@ that string.
     ├── RateLimited            a rate limit was hit; retry later                 code: rate_limited
     ├── Timeout                no answer in time                                 code: timeout
     ├── NotFound               no such child / agent / service                   code: not_found
+    ├── Restarting             the agent is being restarted; retry after a delay code: restarting
+    ├── Gone                   the agent was registered but is dead (lost, given up) code: gone
     ├── AlreadyExists          id already present / started                      code: already_exists
     ├── SupervisorError        start/stop failures inside the tree               code: supervisor_error
     ├── SandboxError           wasm module, instance or host call failed          code: sandbox_error
@@ -136,6 +138,34 @@ class Timeout(OpenFangError):
 
 class NotFound(OpenFangError):
     code = "not_found"
+
+
+class Restarting(OpenFangError):
+    """The agent is registered and coming back (its worker or the gateway restarted); retry later.
+
+    ``retry_after_ms`` travels in the error body: the gateway's estimate of when the agent answers again.
+    """
+
+    code = "restarting"
+
+    def __init__(self, message: str, *, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = super().to_wire()
+        wire["retry_after_ms"] = self.retry_after_ms
+        return wire
+
+
+class Gone(OpenFangError):
+    """The agent was registered but is dead (lost with its worker, or given up after too many restarts).
+
+    Unlike ``not_found`` the id is known: ``agent.list`` shows it as ``dead`` with its reason. It does not
+    come back by itself; spawn it again (an explicit ``agent_id``) or kill it to forget it.
+    """
+
+    code = "gone"
 
 
 class AlreadyExists(OpenFangError):

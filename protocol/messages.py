@@ -70,7 +70,14 @@ EVENT_KINDS: dict[str, str] = {
     "supervisor.escalated": "restart intensity exceeded: the supervisor gave up; fields: path, reason",
     "config.reloaded": "a reload was applied; fields: started, stopped, replaced, unchanged",
     "config.rejected": "a reload was refused, nothing changed; fields: reason, problems",
-    "agent.state": "an agent changed state; fields: agent_id, worker, state",
+    "tree.stopping": "the daemon is stopping the whole tree (agents stay registered for the next start)",
+    "agent.state": "an agent changed state inside its worker; fields: agent_id, worker, state, reason",
+    "agent.restarting": "a registered agent is being restarted (its worker died, or it crashed); fields: "
+    "agent_id, worker (the one it was on), reason",
+    "agent.restarted": "a restarted agent answers again, with the same id; fields: agent_id, worker, "
+    "restarts",
+    "agent.lost": "a registered agent is dead and will not come back; fields: agent_id, worker, reason "
+    "(worker_crashed | worker_stopped for temporary agents, restart_intensity, restart_failed, crashed)",
 }
 
 ERROR_CODES: dict[str, str] = {
@@ -81,6 +88,10 @@ ERROR_CODES: dict[str, str] = {
     "timeout": "the component that should answer did not answer in time",
     "not_found": "no such child, agent, worker or service",
     "already_exists": "the id is already present or started",
+    "restarting": "the agent is registered and being restarted; nothing was done; body.retry_after_ms says "
+    "when to retry (the gateway queues messages for a restarting agent first and answers this on overflow "
+    "or after its queue deadline)",
+    "gone": "the agent was registered but is dead (lost with its worker, or given up); agent.list shows why",
     "supervisor_error": "the supervisor could not do it (start failed, child running, ...)",
     "sandbox_error": "the agent's sandbox failed (wasm trap, fuel, memory limit, host call)",
     "memory_error": "the memory store failed",
@@ -108,7 +119,15 @@ class MessageSpec:
 
 _COMMON_ERRORS = ("bad_request", "too_large", "busy", "timeout")
 _TREE_ERRORS = (*_COMMON_ERRORS, "not_found", "supervisor_error")
-_AGENT_ERRORS = (*_COMMON_ERRORS, "not_found", "sandbox_error", "denied", "rate_limited")
+_AGENT_ERRORS = (
+    *_COMMON_ERRORS,
+    "not_found",
+    "restarting",
+    "gone",
+    "sandbox_error",
+    "denied",
+    "rate_limited",
+)
 _MEMORY_ERRORS = (*_COMMON_ERRORS, "not_found", "memory_error")
 
 
@@ -201,7 +220,14 @@ CATALOGUE: dict[str, MessageSpec] = {
             *_AGENT_ERRORS,
             "llm_error",
         ),
-        _spec("agent.list", "agents", Empty, AgentListOk, "every agent on every worker", *_COMMON_ERRORS),
+        _spec(
+            "agent.list",
+            "agents",
+            Empty,
+            AgentListOk,
+            "every registered agent with its state (live figures from the worker hosting it)",
+            *_COMMON_ERRORS,
+        ),
         _spec("agent.info", "agents", AgentRef, AgentRecord, "one agent", *_AGENT_ERRORS),
         _spec(
             "agent.suspend",

@@ -2,7 +2,8 @@
 
 Started by its supervisor as ``openfang.workers.worker:main`` (the supervisor has already pinned it and set
 PDEATHSIG). It connects a DEALER to the gateway's internal endpoint with its child id as routing id, says
-``worker.hello`` (again every second, so a restarted gateway relearns it), answers ``worker.ping`` and
+``worker.hello`` (again every second; the first one, and the one after a gateway's ``worker.resync``, lists
+every agent it hosts, so a restarted gateway knows them at once), answers ``worker.ping`` and
 hands ``agent.*`` requests to its :class:`~openfang.workers.host.agent_host.AgentHost`. The main loop sends
 the supervisor a heartbeat every turn: a worker stuck in a loop falls silent and is restarted.
 """
@@ -29,7 +30,6 @@ from openfang.workers.host import wiring as host_wiring
 
 log = structlog.get_logger("openfang.worker")
 HELLO_EVERY_S = 1.0
-HELLO_FULL_EVERY = 10
 POLL_MS = 100
 
 
@@ -58,7 +58,7 @@ class Worker:
         self._forwards: dict[str, Future[Any]] = {}
         self.running = True
         self._last_hello = 0.0
-        self._hellos = 0
+        self._full_hello = True  # the next hello lists every agent (the first one, or after a resync)
 
     def serve(self) -> None:
         poller = zmq.Poller()
@@ -105,7 +105,10 @@ class Worker:
                 forwarded.set_result(dict(env.body))
             return
         try:
-            if env.type == "worker.ping":
+            if env.type == "worker.resync":  # a (new) gateway wants our full agent list now
+                self._full_hello = True
+                self._hello()
+            elif env.type == "worker.ping":
                 self._send(env.reply({"worker": self.id, "pid": os.getpid(), "cpu": self.cpu}))
             elif env.type.startswith("agent."):
                 self.host.submit(env)
@@ -119,7 +122,8 @@ class Worker:
             self._send(env.error(exc))
 
     def _forward(self, sender: str, request: Envelope) -> Future[Any]:
-        """Send one of our agents' requests (agent_send) to the gateway, for an agent on another worker."""
+        """Send one of our agents' requests to the gateway: ``agent_send`` to an agent on another worker,
+        or ``agent_spawn`` (the gateway registers the child and assigns its id)."""
         fut: Future[Any] = Future()
         self._forwards[request.id] = fut
         body = {"sender": sender, "request": {"type": request.type, "body": request.body}}
@@ -134,14 +138,15 @@ class Worker:
             log.warning("reply_dropped_gateway_busy", type=env.type)
 
     def _hello(self) -> None:
-        # Every hello says how many agents we host; every HELLO_FULL_EVERY-th (and the first) also lists
-        # them, so a restarted gateway relearns the directory without 10,000 records a second.
+        # Every hello says how many agents we host; the first one and the one answering a gateway's
+        # worker.resync also list them, so a restarted gateway relearns the directory at once, without
+        # 10,000 records a second in the steady state.
         self._last_hello = time.monotonic()
         body: dict[str, Any] = {"worker": self.id, "pid": os.getpid(), "cpu": self.cpu}
-        if self._hellos % HELLO_FULL_EVERY == 0:
-            ids = [a["agent_id"] for a in self.host.agents() if "agent_id" in a]
-            body.update(agents=len(ids), agent_ids=ids)
-        self._hellos += 1
+        body["agents"] = self.host.agent_count()
+        if self._full_hello:
+            body["agent_ids"] = self.host.agent_ids()
+            self._full_hello = False
         self._send(Envelope(type="worker.hello", body=body))
 
     def _on_uplink(self) -> None:

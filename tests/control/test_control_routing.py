@@ -17,31 +17,20 @@ class Load:
 
 
 def _spawned(directory: AgentDirectory, worker: str, agent_id: str, service: str | None = None) -> None:
-    req = Envelope(type="agent.spawn", body={"manifest": ""})
-    body = {"agent_id": agent_id, **({"service": service} if service else {})}
-    directory.learn(worker, req, req.reply(body))
+    directory.add(agent_id, worker, service)
 
 
-def test_spawn_goes_to_the_least_loaded_worker() -> None:
-    """A spawn without a worker lands on the worker with the fewest agents plus requests in flight."""
+def test_memory_reads_go_to_the_least_loaded_worker() -> None:
+    """A memory read lands on the worker with the fewest agents plus requests in flight."""
     workers = {"w-0": Load(agents=3), "w-1": Load(agents=1, in_flight=1), "w-2": Load(agents=1)}
-    assert route(Envelope(type="agent.spawn"), AgentDirectory(), workers).workers == ["w-2"]
+    assert route(Envelope(type="memory.stats"), AgentDirectory(), workers).workers == ["w-2"]
 
 
-def test_messages_to_an_agent_go_to_its_worker() -> None:
-    """agent.send by id is routed to the worker that answered the spawn."""
-    d = AgentDirectory()
-    _spawned(d, "w-1", "a1")
-    workers = {"w-0": Load(), "w-1": Load()}
-    assert route(Envelope(type="agent.send", body={"agent_id": "a1", "text": "hi"}), d, workers).workers == [
-        "w-1"
-    ]
-
-
-def test_unknown_agent_and_absent_worker_are_not_found() -> None:
-    """Routing to an agent nobody hosts, or a worker that is not connected, names what is missing."""
-    with pytest.raises(NotFound, match="'ghost'"):
-        route(Envelope(type="agent.info", body={"agent_id": "ghost"}), AgentDirectory(), {"w-0": Load()})
+def test_absent_worker_and_service_are_not_found() -> None:
+    """Routing to a worker that is not connected, or a service nobody serves, names what is missing."""
+    with pytest.raises(NotFound, match="'nobody'"):
+        env = Envelope(type="agent.send", body={"service": "nobody", "text": "x"})
+        route(env, AgentDirectory(), {"w-0": Load()})
     with pytest.raises(NotFound, match="'w-9'"):
         route(Envelope(type="worker.ping", body={"worker": "w-9"}), AgentDirectory(), {"w-0": Load()})
     with pytest.raises(NotFound, match="no worker"):
@@ -60,22 +49,12 @@ def test_service_requests_avoid_the_worker_that_falls_behind() -> None:
     assert route(env, d, workers).workers == ["w-0"]
 
 
-def test_restarted_worker_forgets_its_old_agents() -> None:
-    """A worker that says hello with no agents no longer hosts the ones it had before its restart."""
+def test_removed_agent_leaves_the_counts() -> None:
+    """Removing an agent drops it from its worker's and its service's counts."""
     d = AgentDirectory()
-    _spawned(d, "w-0", "a1")
-    _spawned(d, "w-1", "a2")
-    d.forget_worker("w-0", keep=[])
-    assert "a1" not in d.worker_of and d.worker_of["a2"] == "w-1"
-
-
-def test_kill_removes_the_agent_from_the_directory() -> None:
-    """After agent.kill succeeds, the agent is no longer routable."""
-    d = AgentDirectory()
-    _spawned(d, "w-0", "a1")
-    req = Envelope(type="agent.kill", body={"agent_id": "a1"})
-    d.learn("w-0", req, req.reply({}))
-    assert d.count("w-0") == 0
+    _spawned(d, "w-0", "a1", "svc")
+    d.remove("a1")
+    assert d.count("w-0") == 0 and d.workers_serving("svc") == set()
 
 
 def test_unknown_type_and_missing_address_are_protocol_errors() -> None:
@@ -94,18 +73,3 @@ def test_gather_merges_every_worker_answer_and_reports_the_silent() -> None:
     assert g.collect(req.reply({"agents": [{"agent_id": "a"}]})) is None
     done = g.collect(Envelope(type="error", body={"code": "timeout", "message": "w-1 silent"}, id=req.id))
     assert done.body == {"agents": [{"agent_id": "a"}], "errors": ["w-1 silent"]}
-
-
-def test_an_explicit_agent_id_already_running_elsewhere_is_refused() -> None:
-    """Agent ids are unique in the cluster: a manifest naming a running agent's id is already_exists."""
-    from openfang.protocol.errors import AlreadyExists
-
-    d = AgentDirectory()
-    _spawned(d, "w-0", "analyst-01")
-    manifest = '[agent]\nname = "analyst"\n[sandbox]\nagent_id = "analyst-01"\n'
-    with pytest.raises(AlreadyExists, match="analyst-01"):
-        route(Envelope(type="agent.spawn", body={"manifest": manifest}), d, {"w-0": Load(), "w-1": Load()})
-    fresh = manifest.replace("analyst-01", "analyst-02")
-    assert route(
-        Envelope(type="agent.spawn", body={"manifest": fresh}), d, {"w-0": Load(), "w-1": Load()}
-    ).workers

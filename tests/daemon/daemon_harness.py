@@ -137,14 +137,22 @@ class Cluster:
     def events_endpoint(self) -> str:
         return f"ipc://{self.data_dir}/run/events.sock"
 
-    def start(self, wait_ready: bool = True, env: dict[str, str] | None = None) -> Cluster:
+    def start(
+        self,
+        wait_ready: bool = True,
+        env: dict[str, str] | None = None,
+        config_arg: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> Cluster:
+        """Start the daemon; ``config_arg`` is what ``--config`` is given (default: the absolute path)."""
         full_env = dict(os.environ)
         full_env["NOTIFY_SOCKET"] = self.notify_path
         full_env["PYTHONPATH"] = os.pathsep.join([str(HERE), full_env.get("PYTHONPATH", "")])
         full_env.update(env or {})
-        with self.log_path.open("wb") as log:
+        config = config_arg or str(self.config_path)
+        with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "openfang.control.daemon", "--config", str(self.config_path)],
+                [sys.executable, "-m", "openfang.control.daemon", "--config", config, *extra_args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=full_env,

@@ -58,8 +58,9 @@ def test_ctl_reports_an_unreachable_daemon_with_exit_3(tmp_path: Path) -> None:
     assert out.returncode == 3 and f"no daemon at ipc://{tmp_path}/none.sock" in out.stderr
 
 
-def test_agents_spawn_talk_and_die_with_their_worker(make_cluster: type[Cluster]) -> None:
-    """Agents spawn on the least-loaded worker, answer through the gateway, vanish when their worker dies."""
+def test_agents_spawn_talk_and_come_back_after_their_worker_dies(make_cluster: type[Cluster]) -> None:
+    """Agents spawn on the least-loaded worker, answer through the gateway, and a permanent one whose worker
+    is killed answers again with the same id (durable agents, docs/agents.md)."""
     c = make_cluster(workers=2).start()
     wait_for(
         lambda: all(not c.call("worker.ping", {"worker": w}).is_error for w in ("workers-0", "workers-1")),
@@ -73,10 +74,11 @@ def test_agents_spawn_talk_and_die_with_their_worker(make_cluster: type[Cluster]
     victim = next(n for n in c.node("workers")["children"] if n["id"] == spawned[0]["worker"])
     os.kill(victim["pid"], signal.SIGKILL)
     wait_for(lambda: c.node("workers", victim["id"])["pid"] not in (None, victim["pid"]), what="restart")
-    gone = wait_for(
-        lambda: (r := c.call("agent.info", {"agent_id": first})).is_error and r, what="agent gone"
+    back = wait_for(
+        lambda: not (r := c.call("agent.send", {"agent_id": first, "text": "who are you?"})).is_error and r,
+        what="the agent back",
     )
-    assert gone.body["code"] == "not_found"
+    assert back.body["agent_id"] == first and "WebAssembly agent" in back.body["reply"]
     other = spawned[1]["agent_id"]
     assert "WebAssembly" in c.ok("agent.send", {"agent_id": other, "text": "who are you?"})["reply"]
     c.remember_pids()

@@ -27,6 +27,7 @@ ALLOWED = {
         "openfang.memory",
         "openfang.supervisor.child",
         "openfang.supervisor.restart",
+        "openfang.supervisor.spec",  # the Restart policy the restart rules take (pure data)
     },
 }
 ROOT_MODULES = {"openfang", "openfang.logs"}

@@ -42,7 +42,8 @@ from openfang.protocol.errors import (
 )
 from openfang.protocol.messages import CHUNK_TYPE
 from openfang.security._errors import Denied
-from openfang.supervisor.restart import RestartWindow
+from openfang.supervisor.restart import RestartWindow, abnormal, should_restart
+from openfang.supervisor.spec import Restart
 from openfang.workers.host import jobs as jobs
 from openfang.workers.host.agents import AgentTraffic
 from openfang.workers.host.memory import HostMemory
@@ -214,6 +215,12 @@ class AgentHost(AgentTraffic):
     def agents(self) -> list[dict[str, Any]]:
         return [self._record(a) for a in self._agents.values()]
 
+    def agent_ids(self) -> list[str]:
+        return list(self._agents)
+
+    def agent_count(self) -> int:
+        return len(self._agents)
+
     def revoke(self, agent_id: str, function: str) -> None:
         """Withdraw a host function from a running agent (its next call gets E_DENIED and is audited)."""
         agent = self._agents.get(agent_id)
@@ -285,23 +292,14 @@ class AgentHost(AgentTraffic):
 
         path = Path(mpath) if isinstance(mpath, str) and mpath else None
         manifest = self._parsed_manifest(text, path)
-        if manifest.mcp and self.tools is not None:  # issue 12: MCP servers' tools join the registry
-            from openfang.workers.tools import mcp as _mcp
-
-            if not _mcp.ready(self.tools, manifest.mcp):
-                # Starting a server takes seconds: off this loop, then this spawn runs again on it.
-                def resume() -> None:  # on the MCP thread: hand the spawn back to this loop
-                    self._calls.append((lambda: self.submit(env), Future()))
-                    self._runner.poke()
-
-                _mcp.connect_later(self.tools, manifest.mcp, resume)
-                return
-            tools = _mcp.attach(self.tools, manifest.mcp, manifest.tools, manifest.source)
-            manifest = dataclasses.replace(manifest, tools=tools)
-        # A default id names its worker so ids stay unique across the cluster (the gateway routes by id).
-        agent_id = manifest.sandbox.agent_id or f"{manifest.name}-{next(self._ids)}@{self.worker_id}"
-        while manifest.sandbox.agent_id is None and agent_id in self._agents:
-            agent_id = f"{manifest.name}-{next(self._ids)}@{self.worker_id}"
+        # In a cluster the gateway assigns the id (from its registry: never reused); a host on its own
+        # (tests, benchmarks) falls back to the manifest's agent_id or <name>-<n>.
+        given = env.body.get("agent_id")
+        agent_id = given if isinstance(given, str) and given else manifest.sandbox.agent_id
+        if agent_id is None:
+            agent_id = f"{manifest.name}-{next(self._ids)}"
+            while agent_id in self._agents:
+                agent_id = f"{manifest.name}-{next(self._ids)}"
         if agent_id in self._agents:
             raise AlreadyExists(f"agent {agent_id!r} already exists on worker {self.worker_id}")
         if self.max_agents is not None and len(self._agents) >= self.max_agents:
@@ -317,7 +315,7 @@ class AgentHost(AgentTraffic):
             provider = _llm.make_provider(manifest.model.raw, where=f"{manifest.source}: [agent.model]")
         window = RestartWindow(manifest.restart_intensity, manifest.restart_period_ms / 1000)
         sec = self._security
-        parent = self._spawn_parents.pop(env.id, None)
+        parent = self._spawn_parents.pop(env.id, None) or env.body.get("parent")
         digest = _module_digest(manifest)
         if sec is not None:
             sec.check_version(manifest, digest)  # layer 16, before any work is spent on an old manifest
@@ -343,7 +341,30 @@ class AgentHost(AgentTraffic):
                 raise
         self._agents[agent_id] = agent
         agent.spawn_env = env
+        if env.body.get("resume"):
+            self._resume_conversation(agent)
         self._start(agent)
+
+    def _resume_conversation(self, agent: HostedAgent) -> None:
+        """A re-spawned built-in LLM agent picks its conversation up from episodic memory.
+
+        Its guest memory (where the built-in agent keeps the conversation) is new, so the newest
+        ``history_messages`` user and assistant turns are read back and put before what the new instance
+        sends the model (:meth:`Services.start_llm`). Custom guests keep their own state: not touched.
+        """
+        if self._memory is None or agent.manifest.module != "builtin:llm-agent":
+            return
+        try:
+            rows = self._memory.history(agent.agent_id, {"limit": agent.manifest.history_messages})
+        except OpenFangError as exc:
+            self._bound.warning("agent_resume_failed", agent_id=agent.agent_id, error=str(exc))
+            return
+        agent.resumed = [
+            {"role": r["role"], "content": r["text"]}
+            for r in rows
+            if r.get("role") in ("user", "assistant") and isinstance(r.get("text"), str)
+        ]
+        self._bound.info("agent_resumed", agent_id=agent.agent_id, turns=len(agent.resumed))
 
     def _new_sandbox(self, manifest: AgentManifest, agent_id: str, grant: Any = None) -> Sandbox:
         check = None
@@ -538,25 +559,33 @@ class AgentHost(AgentTraffic):
         self._bound.warning("agent_crashed", agent_id=agent.agent_id, reason=reason)
         agent.sandbox.close()
         self._active.pop(agent.agent_id, None)
-        policy = agent.manifest.restart
-        if policy == "temporary" or not agent.window.add_restart(self.clock()):
-            gave_up = policy != "temporary"
+        # The tree's own rules: a crash is an abnormal exit; the window is OTP's add_restart.
+        restart = should_restart(Restart(agent.manifest.restart), abnormal(detail=reason))
+        if not restart or not agent.window.add_restart(self.clock()):
+            why = "restart_intensity" if restart else "crashed"
             self._remove(
-                agent, "dead", SandboxError(f"agent {agent.agent_id} crashed: {reason}"), reason=reason
+                agent,
+                "dead",
+                SandboxError(f"agent {agent.agent_id} crashed: {reason}"),
+                reason=reason,
+                why=why,
             )
-            if gave_up:
+            if restart:
                 self._audit_record({"kind": "agent_gave_up", "agent_id": agent.agent_id, "reason": reason})
             return
         self._event(agent, "restarting", reason=reason)
         try:
             agent.sandbox = self._new_sandbox(agent.manifest, agent.agent_id, agent.grant)
         except OpenFangError as exc:
-            self._remove(agent, "dead", exc, reason=f"restart failed: {exc.message}")
+            self._remove(agent, "dead", exc, reason=f"restart failed: {exc.message}", why="restart_failed")
             return
         agent.restarts += 1
+        self._resume_conversation(agent)
         self._start(agent)
 
-    def _remove(self, agent: HostedAgent, state: str, error: OpenFangError, *, reason: str = "") -> None:
+    def _remove(
+        self, agent: HostedAgent, state: str, error: OpenFangError, *, reason: str = "", why: str = ""
+    ) -> None:
         agent.sandbox.close()
         if self._security is not None:
             self._security.release(agent.agent_id)
@@ -571,7 +600,7 @@ class AgentHost(AgentTraffic):
             self._replies.append(env.error(error))
         agent.inbox.clear()
         agent.current = agent.spawn_env = None
-        self._event(agent, state, reason=reason)
+        self._event(agent, state, reason=reason, **({"why": why} if why else {}))
 
     def _record(self, agent: HostedAgent) -> dict[str, Any]:
         info = agent.sandbox.info()
@@ -588,7 +617,7 @@ class AgentHost(AgentTraffic):
             tools=list(agent.manifest.tools),
             worker=self.worker_id,
             state=state,
-            activity=agent.sandbox.state.value,
+            activity="suspended" if agent.sandbox.user_suspended else agent.sandbox.state.value,
             restarts=agent.restarts,
             created_at=agent.created_at,
             inbox=len(agent.inbox),

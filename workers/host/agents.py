@@ -179,8 +179,14 @@ class AgentTraffic:
                 self._security.permissions.check_spawn(parent, name)  # layer 9: before any work
             self._security.check_spawn_budget(parent)
         env = Envelope(type="agent.spawn", body={"manifest": text})
-        self._spawn_parents[env.id] = parent
-        fut = self._internal_request(env)
+        remote = getattr(self, "_remote_send", None)
+        if remote is not None:
+            # In a cluster the gateway registers the child (durable, its id from the registry) and places
+            # it on this worker, beside its parent.
+            fut = remote(parent, env)
+        else:
+            self._spawn_parents[env.id] = parent
+            fut = self._internal_request(env)
         out: Future[Any] = Future()
 
         def done(f: Future[Any]) -> None:
@@ -188,7 +194,10 @@ class AgentTraffic:
             if exc is not None:
                 out.set_exception(exc)
             else:
-                out.set_result({"agent_id": f.result().get("agent_id"), "worker": self.worker_id})
+                body = f.result()
+                out.set_result(
+                    {"agent_id": body.get("agent_id"), "worker": body.get("worker", self.worker_id)}
+                )
 
         fut.add_done_callback(done)
         return out

@@ -52,7 +52,7 @@ class HostedAgent:
     session: str = ""  # the session of the message in progress (memory records carry it)
     unbilled_tokens: int = 0  # LLM tokens used but not yet charged to the agent's token bucket
     failure: OpenFangError | None = None  # the LLM error of the message in progress, for its error reply
-    task: dict[str, Any] | None = None  # task_update of the message in progress: goes with its reply
+    resumed: list[dict[str, Any]] = field(default_factory=list)  # turns before a re-spawn (from memory)
 
 
 class Services:
@@ -96,6 +96,10 @@ class Services:
                     raise
 
         job = UsageJob(agent)
+        if agent.resumed:
+            # The conversation before the re-spawn, then this instance's own: the newest history_messages.
+            room = agent.manifest.history_messages - len(messages)
+            messages = (agent.resumed[-room:] if room > 0 else []) + messages
         chat = agent.chat_cache.convert(messages)
         on_delta = self._delta_sink(agent)
         model_stream = bool(agent.manifest.model is not None and agent.manifest.model.raw.get("stream"))

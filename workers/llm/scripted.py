@@ -21,9 +21,10 @@ after the other, each step's args templated with the previous step's ``{result}`
 The step is the number of tool results since the latest user message, so the chain needs no state in the
 provider and survives any number of conversations at once. Templates fill ``{input}``, ``{result}``,
 ``{crc16}`` (the low 16 bits of the CRC-32 of ``{input}``'s UTF-8 bytes, 4 hex digits: a deterministic
-per-message checksum for benchmarks) and the rule's regex groups (``{1}``, ``{name}``); unknown ``{...}``
-stay as written, so JSON text is safe. An ``error`` rule raises :class:`LLMError` (to test fallbacks and
-error paths).
+per-message checksum for benchmarks), ``{history}`` (the earlier user messages of the conversation the
+model was sent, joined by `` | ``: what a model would remember) and the rule's regex groups (``{1}``,
+``{name}``); unknown ``{...}`` stay as written, so JSON text is safe. An ``error`` rule raises
+:class:`LLMError` (to test fallbacks and error paths).
 """
 
 from __future__ import annotations
@@ -169,12 +170,14 @@ class ScriptedProvider:
         """The scripted answer to the conversation so far."""
         msgs = req.messages
         user = next((m.content or "" for m in reversed(msgs) if m.role == "user"), "")
+        users = [m.content or "" for m in msgs if m.role == "user"]
+        history = " | ".join(users[:-1])
         calls: list[ToolCall]
         content: str | None
         if msgs and msgs[-1].role == "tool":
-            content, calls = self._after_tool(msgs, user)
+            content, calls = self._after_tool(msgs, user, history)
         else:
-            content, calls = self._answer(user)
+            content, calls = self._answer(user, history)
         if content and req.stream and on_delta is not None:
             for piece in re.findall(r"\S+\s*", content):
                 on_delta(piece)
@@ -190,18 +193,18 @@ class ScriptedProvider:
             model=req.model or self.model,
         )
 
-    def _env(self, m: re.Match[str], user: str) -> dict[str, str]:
-        env = _base_env(user)
+    def _env(self, m: re.Match[str], user: str, history: str = "") -> dict[str, str]:
+        env = _base_env(user, history)
         env.update({str(i): g or "" for i, g in enumerate(m.groups(), start=1)})
         env.update({k: v or "" for k, v in m.groupdict().items()})
         return env
 
-    def _answer(self, user: str) -> tuple[str | None, list[ToolCall]]:
+    def _answer(self, user: str, history: str = "") -> tuple[str | None, list[ToolCall]]:
         for i, rule in enumerate(self.rules):
             m = rule.match.search(user)
             if m is None:
                 continue
-            env = self._env(m, user)
+            env = self._env(m, user, history)
             if rule.error is not None:
                 raise LLMError(self.name, render(rule.error, env))
             if rule.tool is not None:
@@ -209,13 +212,15 @@ class ScriptedProvider:
             if rule.chain:
                 return None, [self._call(i, rule.chain[0].tool, rule.chain[0].args, env)]
             return render(rule.reply or "", env), []
-        return (user if self.echo else render(self.default, _base_env(user))), []
+        return (user if self.echo else render(self.default, _base_env(user, history))), []
 
     def _call(self, rule_index: int, tool: str, args: Mapping[str, Any], env: Mapping[str, str]) -> ToolCall:
         # The rule's index travels in the call id, so the result finds its rule again with no state here.
         return ToolCall(id=f"call_s{rule_index}_{next(self._ids)}", name=tool, arguments=render(args, env))
 
-    def _after_tool(self, msgs: Sequence[ChatMessage], user: str) -> tuple[str | None, list[ToolCall]]:
+    def _after_tool(
+        self, msgs: Sequence[ChatMessage], user: str, history: str = ""
+    ) -> tuple[str | None, list[ToolCall]]:
         results: list[ChatMessage] = []
         for m in reversed(msgs):
             if m.role != "tool":
@@ -229,7 +234,7 @@ class ScriptedProvider:
         if rule is None:  # a call this script did not make (e.g. after a fallback): report the result
             return result, []
         found = rule.match.search(user)
-        env = self._env(found, user) if found else _base_env(user)
+        env = self._env(found, user, history) if found else _base_env(user, history)
         env["result"] = result
         if rule.chain:
             step = _tool_results_since_user(msgs)
@@ -239,8 +244,8 @@ class ScriptedProvider:
         return str(render(rule.then, env)), []
 
 
-def _base_env(user: str) -> dict[str, str]:
-    return {"input": user, "crc16": f"{zlib.crc32(user.encode()) & 0xFFFF:04x}"}
+def _base_env(user: str, history: str = "") -> dict[str, str]:
+    return {"input": user, "crc16": f"{zlib.crc32(user.encode()) & 0xFFFF:04x}", "history": history}
 
 
 def _tool_results_since_user(msgs: Sequence[ChatMessage]) -> int:

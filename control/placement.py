@@ -1,0 +1,542 @@
+"""Agents as durable children of the cluster: where each lives, what happens when its worker dies.
+
+The gateway's agent supervisor, without sockets (the gateway does the I/O through a :class:`Port`), so
+every rule here is tested with an injected clock and no processes:
+
+- **Placement.** Every live row of the :class:`~openfang.control.registry.AgentRegistry` has a worker or is
+  waiting for one. An agent is *announced* once its worker has confirmed it (its spawn reply, or its id in
+  the worker's full agent list after a gateway restart); only then are messages forwarded to it.
+- **Worker death** (:meth:`Placement.worker_lost`). Each agent of the worker is decided by the tree's own
+  rules (:func:`openfang.supervisor.restart.should_restart` with an abnormal exit, and a per-agent
+  :class:`~openfang.supervisor.restart.RestartWindow` of the manifest's ``restart_intensity`` within
+  ``restart_period_ms``): ``temporary`` agents are lost (``agent.lost``, reason ``worker_crashed``);
+  ``permanent`` and ``transient`` ones go to ``restarting`` and are re-spawned, with the same id and
+  manifest, on the least loaded connected worker as soon as there is one; an agent whose window overflows
+  is given up (``agent.lost``, reason ``restart_intensity``). Restarts an agent's own host made (a trap)
+  are reported up as ``agent.state`` events and counted in the same window.
+- **Messages while an agent is away** are queued here (bounded per agent and in total) and delivered in
+  order when it is announced again; past the bound or the deadline they are answered ``restarting`` with
+  ``retry_after_ms``. ``not_found`` is only for ids never registered (or killed and forgotten).
+- **Gateway restart.** The registry is read from disk, so every id is known at once. A worker's first
+  hello to this gateway carries its full agent list (:meth:`Placement.worker_synced`): listed agents are
+  announced, registered agents placed on it but missing are re-spawned, agents it hosts that the registry
+  does not know (a spawn that never reached the disk) are killed. Agents whose worker never reconnects are
+  re-placed after ``grace_s``.
+"""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+from openfang.control.registry import AgentRegistry, AgentRow, manifest_digest
+from openfang.control.routing import AgentDirectory
+from openfang.protocol.errors import ConfigError, Gone, NotFound, Problem, Restarting
+from openfang.supervisor.restart import RestartWindow, abnormal, should_restart
+from openfang.supervisor.spec import Restart
+
+log = structlog.get_logger("openfang.placement")
+
+QUEUE_PER_AGENT = 256
+QUEUE_TOTAL = 10_000
+QUEUE_MS = 5_000
+GRACE_S = 3.0
+RETRY_AFTER_MS = 250
+
+
+class Port(Protocol):
+    """What the placement logic asks of the gateway (sockets, the event stream)."""
+
+    def spawn(self, worker_id: str, row: AgentRow, manifest: str, *, resume: bool) -> None:
+        """Send an internal ``agent.spawn`` for ``row`` to ``worker_id``; answer with :meth:`spawned`."""
+
+    def kill(self, worker_id: str, agent_id: str) -> None:
+        """Send an internal ``agent.kill`` (an agent the registry does not want there)."""
+
+    def suspend(self, worker_id: str, agent_id: str) -> None:
+        """Send an internal ``agent.suspend`` (a re-spawned agent that was suspended)."""
+
+    def deliver(self, item: Any, worker_id: str) -> None:
+        """Forward a queued request to ``worker_id``."""
+
+    def fail(self, item: Any, error: Exception) -> None:
+        """Answer a queued request with ``error``."""
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """Put an event on the PUB stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestFacts:
+    """What the gateway reads from a manifest (the worker validates the rest)."""
+
+    name: str
+    agent_id: str | None
+    restart: str
+    intensity: int
+    period_ms: int
+    service: str | None
+
+
+def manifest_facts(text: str, source: str = "agent.toml") -> ManifestFacts:
+    """The manifest's name, id, restart policy and service; ConfigError for what the gateway cannot use."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem(source, f"not valid TOML: {exc}")]) from None
+    agent_table, sandbox_table = raw.get("agent"), raw.get("sandbox")
+    agent: dict[str, Any] = agent_table if isinstance(agent_table, dict) else {}
+    sandbox: dict[str, Any] = sandbox_table if isinstance(sandbox_table, dict) else {}
+    name = agent.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError([Problem(f"{source}: [agent] key 'name'", "required, a non-empty string")])
+    agent_id = sandbox.get("agent_id")
+    restart = agent.get("restart", "permanent")
+    intensity = agent.get("restart_intensity", 1)
+    period = agent.get("restart_period_ms", 5000)
+    service = agent.get("service")
+    return ManifestFacts(
+        name=name,
+        agent_id=agent_id if isinstance(agent_id, str) and agent_id else None,
+        restart=restart if restart in ("permanent", "transient", "temporary") else "permanent",
+        intensity=intensity if isinstance(intensity, int) and intensity >= 0 else 1,
+        period_ms=period if isinstance(period, int) and period > 0 else 5000,
+        service=service if isinstance(service, str) and service else None,
+    )
+
+
+@dataclass(slots=True)
+class _Queued:
+    item: Any
+    at: float
+
+
+@dataclass(slots=True)
+class _Away:
+    """An agent that is not answering now: why, since when, and the requests waiting for it."""
+
+    since: float
+    queue: deque[_Queued] = field(default_factory=deque)
+
+
+class Placement:
+    """The gateway's agent supervisor (see the module docstring). One thread; not thread-safe."""
+
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        port: Port,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        queue_per_agent: int = QUEUE_PER_AGENT,
+        queue_total: int = QUEUE_TOTAL,
+        queue_ms: int = QUEUE_MS,
+        grace_s: float = GRACE_S,
+    ) -> None:
+        self.registry = registry
+        self.port = port
+        self.clock = clock
+        self.queue_per_agent = queue_per_agent
+        self.queue_total = queue_total
+        self.queue_s = queue_ms / 1000
+        self.grace_s = grace_s
+        self.started = clock()
+        self.workers: set[str] = set()  # workers whose full agent list this gateway has seen
+        self.directory = AgentDirectory()  # the announced agents: confirmed by the worker they are on
+        self.unplaced: set[str] = set()  # live agents waiting for a worker
+        self.spawning: dict[str, str] = {}  # agent id -> worker an internal spawn was sent to
+        self.away: dict[str, _Away] = {}
+        self.queued = 0
+        self.load: Counter[str] = Counter()  # placed agents per worker
+        self._windows: dict[str, RestartWindow] = {}
+        self._facts: dict[str, ManifestFacts] = {}
+        # Restored from disk and not confirmed yet: their worker may still host them (a gateway restart).
+        self.restored: set[str] = set()
+        for row in registry.live():
+            self.restored.add(row.agent_id)
+            if row.placement:
+                self.load[row.placement] += 1
+            else:
+                self.unplaced.add(row.agent_id)
+
+    def announced(self, agent_id: str) -> bool:
+        return agent_id in self.directory.worker_of
+
+    def _announce(self, row: AgentRow, worker_id: str) -> None:
+        self.restored.discard(row.agent_id)
+        self.directory.add(row.agent_id, worker_id, row.service)
+
+    def _unannounce(self, agent_id: str) -> None:
+        self.directory.remove(agent_id)
+
+    # -- facts and ids ----------------------------------------------------------------------------------
+    def facts(self, text: str, source: str = "agent.toml") -> tuple[str, ManifestFacts]:
+        """(digest, facts) of a manifest text, parsed once per distinct text."""
+        digest = manifest_digest(text)
+        facts = self._facts.get(digest)
+        if facts is None:
+            facts = manifest_facts(text, source)
+            if len(self._facts) > 1024:
+                self._facts.clear()
+            self._facts[digest] = facts
+        return digest, facts
+
+    def register(
+        self, text: str, *, source: str, parent: str | None = None, manifest_path: str | None = None
+    ) -> AgentRow:
+        """A new agent's row (state ``starting``, not placed yet); raises already_exists / bad_config."""
+        digest, facts = self.facts(text, source)
+        agent_id = facts.agent_id or self.registry.next_id(facts.name)
+        row = AgentRow(
+            agent_id=agent_id,
+            name=facts.name,
+            manifest_digest=digest,
+            restart=facts.restart,
+            intensity=facts.intensity,
+            period_ms=facts.period_ms,
+            service=facts.service,
+            parent=parent,
+            manifest_path=manifest_path,
+        )
+        self.registry.add(row, text)
+        self._windows.pop(agent_id, None)
+        return row
+
+    def assign(self, row: AgentRow, worker_id: str) -> None:
+        """A client's spawn of ``row`` goes to ``worker_id`` (announced when the worker confirms it)."""
+        self._place(row, worker_id)
+        self.restored.discard(row.agent_id)
+
+    def resolve(self, agent_id: str) -> AgentRow:
+        """The row of ``agent_id`` (``name@worker``, the old located form, resolves to the same agent)."""
+        row = self.registry.get(agent_id)
+        if row is None and "@" in agent_id:
+            row = self.registry.get(agent_id.rpartition("@")[0])
+        if row is None:
+            raise NotFound(f"agent {agent_id!r} is not registered (never spawned, or killed)")
+        return row
+
+    # -- where requests go ------------------------------------------------------------------------------
+    def target(self, agent_id: str) -> tuple[AgentRow, str | None]:
+        """(row, worker to forward to) or (row, None) when the agent is away (queue the request).
+
+        Raises not_found for an unknown id and gone for a dead agent.
+        """
+        row = self.resolve(agent_id)
+        if not row.live:
+            raise Gone(f"agent {row.agent_id!r} is dead ({row.reason or 'no reason recorded'})")
+        if row.placement and self.announced(row.agent_id) and row.placement in self.workers:
+            return row, row.placement
+        return row, None
+
+    def enqueue(self, row: AgentRow, item: Any) -> None:
+        """Hold ``item`` until ``row`` is back; raises restarting when the bounds are reached."""
+        away = self.away.setdefault(row.agent_id, _Away(self.clock()))
+        if len(away.queue) >= self.queue_per_agent or self.queued >= self.queue_total:
+            raise Restarting(
+                f"agent {row.agent_id!r} is {row.state} and {len(away.queue)} messages already wait for it; "
+                "retry later",
+                retry_after_ms=self._retry_after(away),
+            )
+        away.queue.append(_Queued(item, self.clock()))
+        self.queued += 1
+
+    def _retry_after(self, away: _Away | None) -> int:
+        if away is None:
+            return RETRY_AFTER_MS
+        return max(RETRY_AFTER_MS, int((self.queue_s - (self.clock() - away.since)) * 1000))
+
+    def least_loaded(self, exclude: Iterable[str] = ()) -> str | None:
+        """The connected (synced) worker with the fewest placed agents."""
+        candidates = sorted(self.workers - set(exclude))
+        if not candidates:
+            return None
+        return min(candidates, key=lambda w: (self.load[w], w))
+
+    # -- confirmations from workers ---------------------------------------------------------------------
+    def spawned(self, agent_id: str, worker_id: str, ok: bool, reason: str = "") -> None:
+        """The answer to a spawn (a client's or an internal re-spawn) for ``agent_id`` on ``worker_id``."""
+        row = self.registry.get(agent_id)
+        internal = self.spawning.pop(agent_id, None) is not None
+        if row is None or not row.live:
+            if ok:
+                self.port.kill(worker_id, agent_id)  # killed while its spawn was on the way
+            return
+        if ok:
+            was = row.state
+            self._place(row, worker_id)
+            if was == "suspended":
+                self.port.suspend(worker_id, agent_id)
+            else:
+                row.state = "running"
+            self._announce(row, worker_id)
+            self.registry.save(row)
+            if internal:
+                row.restarts += 1
+                log.info("agent_restarted", agent_id=agent_id, worker=worker_id, restarts=row.restarts)
+                self.port.publish(
+                    {
+                        "kind": "agent.restarted",
+                        "agent_id": agent_id,
+                        "worker": worker_id,
+                        "restarts": row.restarts,
+                    }
+                )
+            self._flush(agent_id, worker_id)
+            return
+        if not internal:
+            # A client's spawn the worker refused: never acknowledged, so it was never registered.
+            self._unplace(row)
+            self.registry.remove(agent_id)
+            self._fail_queue(agent_id, NotFound(f"agent {agent_id!r} failed to spawn: {reason}"))
+            return
+        # A failed re-spawn counts as a restart (OTP retries a failed restart, and every retry counts).
+        self._unplace(row)
+        self._restart(row, f"restart failed: {reason}", lost_reason="restart_failed", worker=worker_id)
+
+    def worker_synced(self, worker_id: str, agent_ids: Iterable[str]) -> None:
+        """A worker's full agent list, the first time this gateway hears it (or after a resync)."""
+        self.workers.add(worker_id)
+        listed = set(agent_ids)
+        for agent_id in listed:
+            row = self.registry.get(agent_id)
+            if (
+                row is None
+                or not row.live
+                or (row.placement not in (None, worker_id) and self.announced(agent_id))
+            ):
+                log.warning("agent_unregistered_killed", agent_id=agent_id, worker=worker_id)
+                self.port.kill(worker_id, agent_id)
+                continue
+            if self.spawning.get(agent_id) not in (None, worker_id):
+                self.port.kill(worker_id, agent_id)  # already being re-spawned elsewhere
+                continue
+            self._place(row, worker_id)
+            if row.state in ("starting", "restarting"):
+                row.state = "running"
+                self.registry.save(row)
+            self._announce(row, worker_id)
+            self._flush(agent_id, worker_id)
+        for row in list(self.registry.live()):
+            if (
+                row.placement == worker_id
+                and row.agent_id not in listed
+                and row.agent_id not in self.spawning
+            ):
+                self._unannounce(row.agent_id)
+                self._unplace(row)
+                reason = f"not on {worker_id} when it reconnected"
+                self._restart(row, reason, lost_reason="worker_crashed", worker=worker_id)
+
+    def worker_lost(self, worker_id: str, why: str, *, stopped: bool = False) -> list[str]:
+        """``worker_id`` is gone: restart or lose each of its agents (by policy); the affected ids."""
+        self.workers.discard(worker_id)
+        affected = [r for r in self.registry.live() if r.placement == worker_id]
+        affected += [
+            r
+            for a, w in list(self.spawning.items())
+            if w == worker_id and (r := self.registry.get(a)) is not None and r.placement != worker_id
+        ]
+        for row in affected:
+            self.spawning.pop(row.agent_id, None)
+            self._unannounce(row.agent_id)
+            self._unplace(row)
+            reason = f"worker {worker_id} {why}"
+            lost = "worker_stopped" if stopped else "worker_crashed"
+            self._restart(row, reason, lost_reason=lost, worker=worker_id)
+        self.load.pop(worker_id, None)
+        return [r.agent_id for r in affected]
+
+    def worker_detached(self, worker_id: str) -> None:
+        """The tree is stopping and ``worker_id`` with it: its agents keep their place and state on disk
+        (a daemon stop is not an agent's death); the next start re-spawns them where they were."""
+        self.workers.discard(worker_id)
+        for agent_id in [a for a, w in self.directory.worker_of.items() if w == worker_id]:
+            self._unannounce(agent_id)
+
+    def agent_event(self, worker_id: str, event: dict[str, Any]) -> None:
+        """An ``agent.state`` event from a worker's host: its own restarts, deaths, suspends."""
+        row = self.registry.get(str(event.get("agent_id")))
+        if row is None or not row.live or row.placement != worker_id or row.agent_id in self.spawning:
+            return  # (a re-spawn in flight is settled by its reply, not by the host's events)
+        state, reason = str(event.get("state")), str(event.get("reason") or "")
+        if state == "restarting":
+            self._window(row).add_restart(self.clock())  # counted here too: one window per agent
+            row.state, row.reason = "restarting", reason
+            self._publish_restarting(row, worker_id, reason)
+        elif state == "running" and row.state == "restarting":
+            row.state = "running"
+            row.restarts += 1
+            self.port.publish(
+                {
+                    "kind": "agent.restarted",
+                    "agent_id": row.agent_id,
+                    "worker": worker_id,
+                    "restarts": row.restarts,
+                }
+            )
+        elif (state == "running" and row.state == "starting") or state == "suspended":
+            row.state = state
+        elif state == "running":
+            return  # a resume is learnt from its reply; a re-spawned suspended agent is suspended again
+        elif state == "dead":
+            why = str(event.get("why") or "crashed")
+            self._lose(row, reason or why, why)
+        else:
+            return
+        self.registry.save(row)
+
+    # -- client operations ------------------------------------------------------------------------------
+    def killed(self, agent_id: str) -> None:
+        """``agent.kill`` succeeded (or the agent was not running): forget it, fail what waited for it."""
+        row = self.registry.get(agent_id)
+        if row is None:
+            return
+        self._unplace(row)
+        self._unannounce(agent_id)
+        self.restored.discard(agent_id)
+        self.registry.remove(agent_id)
+        self._windows.pop(agent_id, None)
+        self._fail_queue(agent_id, NotFound(f"agent {agent_id!r} was killed"))
+
+    def set_state(self, agent_id: str, state: str) -> None:
+        row = self.registry.get(agent_id)
+        if row is not None and row.live:
+            row.state = state
+            self.registry.save(row)
+
+    # -- time ------------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Place waiting agents, expire old queued requests (call every loop turn)."""
+        grace_over = self.clock() - self.started >= self.grace_s
+        if grace_over and self.restored and self.workers:
+            # Restored agents no worker has announced: their worker is gone for good (or never came back).
+            for agent_id in sorted(self.restored):
+                row = self.registry.get(agent_id)
+                if row is not None and row.live and agent_id not in self.spawning:
+                    old = row.placement
+                    self._unplace(row)
+                    reason = f"worker {old or '(none)'} did not announce it"
+                    self._restart(row, reason, lost_reason="worker_crashed", worker=old)
+            self.restored.clear()
+        if self.unplaced and self.workers:
+            for agent_id in sorted(self.unplaced):
+                row = self.registry.get(agent_id)
+                if row is None or not row.live:
+                    self.unplaced.discard(agent_id)
+                    continue
+                if agent_id in self.spawning or agent_id in self.restored:
+                    continue  # restored from disk: its old worker may still announce it
+                worker = self.least_loaded()
+                if worker is None:
+                    break
+                self.unplaced.discard(agent_id)
+                self.spawning[agent_id] = worker
+                self.load[worker] += 1
+                row.placement = worker
+                self.registry.save(row)
+                self.port.spawn(worker, row, self.registry.manifest(row), resume=True)
+        if self.away:
+            now = self.clock()
+            for agent_id, away in list(self.away.items()):
+                while away.queue and now - away.queue[0].at >= self.queue_s:
+                    queued = away.queue.popleft()
+                    self.queued -= 1
+                    row = self.registry.get(agent_id)
+                    state = row.state if row is not None else "away"
+                    self.port.fail(
+                        queued.item,
+                        Restarting(
+                            f"agent {agent_id!r} is {state}; it did not answer within {self.queue_s:g}s",
+                            retry_after_ms=RETRY_AFTER_MS * 4,
+                        ),
+                    )
+                if not away.queue:
+                    del self.away[agent_id]
+
+    # -- internals -------------------------------------------------------------------------------------
+    def _window(self, row: AgentRow) -> RestartWindow:
+        window = self._windows.get(row.agent_id)
+        if window is None:
+            window = self._windows[row.agent_id] = RestartWindow(row.intensity, row.period_ms / 1000)
+        return window
+
+    def _restart(self, row: AgentRow, reason: str, *, lost_reason: str, worker: str | None = None) -> None:
+        """The tree's rules for one agent whose instance is gone (its worker died, or its re-spawn failed)."""
+        policy = Restart(row.restart)
+        if not should_restart(policy, abnormal(detail=reason)):
+            self._lose(row, reason, lost_reason, worker)
+            return
+        self.restored.discard(row.agent_id)
+        if not self._window(row).add_restart(self.clock()):
+            self._lose(row, reason, "restart_intensity", worker)
+            return
+        row.state, row.reason = "restarting" if row.state != "suspended" else "suspended", reason
+        self.unplaced.add(row.agent_id)
+        self.registry.save(row)
+        self.away.setdefault(row.agent_id, _Away(self.clock()))
+        self._publish_restarting(row, worker, reason)
+
+    def _publish_restarting(self, row: AgentRow, worker: str | None, reason: str) -> None:
+        log.warning("agent_restarting", agent_id=row.agent_id, worker=worker, reason=reason)
+        self.port.publish(
+            {"kind": "agent.restarting", "agent_id": row.agent_id, "worker": worker, "reason": reason}
+        )
+
+    def _lose(self, row: AgentRow, detail: str, reason: str, worker: str | None = None) -> None:
+        worker = worker or row.placement
+        self._unplace(row)
+        self._unannounce(row.agent_id)
+        self.restored.discard(row.agent_id)
+        row.state, row.reason = "dead", f"{reason}: {detail}" if detail and detail != reason else reason
+        self.registry.save(row)
+        log.error("agent_lost", agent_id=row.agent_id, worker=worker, reason=reason, detail=detail)
+        self.port.publish(
+            {
+                "kind": "agent.lost",
+                "agent_id": row.agent_id,
+                "worker": worker,
+                "reason": reason,
+                "detail": detail,
+            }
+        )
+        self._fail_queue(row.agent_id, Gone(f"agent {row.agent_id!r} is dead ({row.reason})"))
+
+    def _place(self, row: AgentRow, worker_id: str) -> None:
+        if row.placement != worker_id:
+            if row.placement:
+                self.load[row.placement] -= 1
+            self.load[worker_id] += 1
+            row.placement = worker_id
+            self.registry.save(row)
+        self.unplaced.discard(row.agent_id)
+
+    def _unplace(self, row: AgentRow) -> None:
+        if row.placement:
+            self.load[row.placement] -= 1
+            if self.load[row.placement] <= 0:
+                del self.load[row.placement]
+            row.placement = None
+            self.registry.save(row)
+        self.unplaced.discard(row.agent_id)
+
+    def _flush(self, agent_id: str, worker_id: str) -> None:
+        away = self.away.pop(agent_id, None)
+        if away is None:
+            return
+        for queued in away.queue:
+            self.queued -= 1
+            self.port.deliver(queued.item, worker_id)
+
+    def _fail_queue(self, agent_id: str, error: Exception) -> None:
+        away = self.away.pop(agent_id, None)
+        if away is None:
+            return
+        for queued in away.queue:
+            self.queued -= 1
+            self.port.fail(queued.item, error)

@@ -1,0 +1,273 @@
+"""The durable agent registry: every agent the cluster ever acknowledged, in ``<data_dir>/agents.db``.
+
+Owned by the gateway process (one writer, one thread). A spawn is written here before it is acknowledged
+to its client, and every later change of an agent's state or placement after it, so the gateway can
+rebuild the whole agent directory from disk after ``kill -9`` of any process, the daemon's included.
+
+Why its own SQLite file and not the memory writer: this is control-plane metadata, needed on the spawn path
+and at gateway start before (or without) a memory child; going through the writer would make every spawn
+wait on another process and make agents depend on memory being configured. One table of small rows, WAL,
+``synchronous = FULL``: a committed row survives a crash of the process and of the machine.
+
+Writes are grouped: :meth:`AgentRegistry.commit` runs once per turn of the gateway's loop, and a spawn's
+acknowledgement leaves only on a later turn (the worker must answer first), so every acknowledged spawn is
+on disk. Manifest texts are stored once per distinct digest (a pool of 10,000 agents of one manifest holds
+one text). Ids are assigned here: the manifest's ``agent_id`` when given, else ``<name>-<n>`` with ``n``
+from a per-name counter that is persisted and never goes back, so an id is never handed to a second agent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from openfang.protocol.errors import AlreadyExists, OpenFangError
+
+STATES = ("starting", "running", "suspended", "restarting", "hibernated", "dead")
+LIVE_STATES = frozenset(STATES) - {"dead"}
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    agent_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    manifest_digest TEXT NOT NULL,
+    module_digest TEXT NOT NULL DEFAULT '',
+    restart TEXT NOT NULL,
+    intensity INTEGER NOT NULL,
+    period_ms INTEGER NOT NULL,
+    service TEXT,
+    placement TEXT,
+    state TEXT NOT NULL,
+    parent TEXT,
+    spawned_at REAL NOT NULL,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT '',
+    manifest_path TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS manifests (digest TEXT PRIMARY KEY, text TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+"""
+_COLUMNS = (
+    "agent_id, name, manifest_digest, module_digest, restart, intensity, period_ms, service, placement, "
+    "state, parent, spawned_at, restarts, reason, manifest_path"
+)
+
+
+class RegistryError(OpenFangError):
+    """The registry file cannot be opened or written (named in the message)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class AgentRow:
+    """One registered agent. Mutable: the gateway changes ``state``/``placement`` and calls ``save``."""
+
+    agent_id: str
+    name: str
+    manifest_digest: str
+    restart: str = "permanent"  # permanent | transient | temporary
+    intensity: int = 3
+    period_ms: int = 5000
+    module_digest: str = ""
+    service: str | None = None
+    placement: str | None = None  # the worker it runs on (None: not placed)
+    state: str = "starting"
+    parent: str | None = None
+    spawned_at: float = 0.0
+    restarts: int = 0
+    reason: str = ""
+    manifest_path: str | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+    def record(self) -> dict[str, object]:
+        """The row as an ``AgentRecord`` body (what ``agent.list`` / ``agent.info`` show)."""
+        return {
+            "agent_id": self.agent_id,
+            "name": self.name,
+            "worker": self.placement,
+            "state": self.state,
+            "service": self.service,
+            "restarts": self.restarts,
+            "created_at": self.spawned_at,
+            "restart": self.restart,
+            "reason": self.reason or None,
+            "parent": self.parent,
+        }
+
+    def _values(self) -> tuple[object, ...]:
+        return (
+            self.agent_id,
+            self.name,
+            self.manifest_digest,
+            self.module_digest,
+            self.restart,
+            self.intensity,
+            self.period_ms,
+            self.service,
+            self.placement,
+            self.state,
+            self.parent,
+            self.spawned_at,
+            self.restarts,
+            self.reason,
+            self.manifest_path,
+        )
+
+
+def manifest_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class AgentRegistry:
+    """The rows of ``agents.db`` in memory (by id), written through to disk on :meth:`commit`."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), isolation_level=None)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise RegistryError(f"agent registry {self.path}: cannot open: {exc}") from None
+        self.rows: dict[str, AgentRow] = {}
+        self._manifests: dict[str, str] = {}
+        self._counters: dict[str, int] = {}
+        self._dirty: set[str] = set()
+        self._deleted: set[str] = set()
+        self._new_manifests: set[str] = set()
+        self._dirty_counters: set[str] = set()
+        self._load()
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def _load(self) -> None:
+        for values in self._db.execute(f"SELECT {_COLUMNS} FROM agents"):
+            row = AgentRow(
+                agent_id=values[0],
+                name=values[1],
+                manifest_digest=values[2],
+                module_digest=values[3],
+                restart=values[4],
+                intensity=values[5],
+                period_ms=values[6],
+                service=values[7],
+                placement=values[8],
+                state=values[9],
+                parent=values[10],
+                spawned_at=values[11],
+                restarts=values[12],
+                reason=values[13],
+                manifest_path=values[14],
+            )
+            self.rows[row.agent_id] = row
+        self._manifests = dict(self._db.execute("SELECT digest, text FROM manifests"))
+        self._counters = dict(self._db.execute("SELECT name, n FROM counters"))
+
+    def get(self, agent_id: str) -> AgentRow | None:
+        return self.rows.get(agent_id)
+
+    def manifest(self, row: AgentRow) -> str:
+        return self._manifests[row.manifest_digest]
+
+    def live(self) -> Iterator[AgentRow]:
+        return (r for r in self.rows.values() if r.live)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    # -- changing ---------------------------------------------------------------------------------------
+    def next_id(self, name: str) -> str:
+        """``<name>-<n>``, ``n`` one past the last one handed out for ``name`` (persisted, never reused).
+
+        An id some agent took explicitly (``agent_id = "greeter-3"``) is skipped.
+        """
+        n = self._counters.get(name, 0)
+        while True:
+            n += 1
+            agent_id = f"{name}-{n}"
+            if agent_id not in self.rows:
+                break
+        self._counters[name] = n
+        self._dirty_counters.add(name)
+        return agent_id
+
+    def add(self, row: AgentRow, manifest_text: str) -> AgentRow:
+        """Register a new agent (state ``starting``). A live agent of the same id is ``already_exists``;
+        a dead one's row is replaced (an explicit ``agent_id`` spawned again)."""
+        old = self.rows.get(row.agent_id)
+        if old is not None and old.live:
+            where = f" on {old.placement}" if old.placement else ""
+            raise AlreadyExists(
+                f"agent_id {row.agent_id!r} is already registered ({old.state}{where}); "
+                "agent ids are unique in the cluster"
+            )
+        if row.manifest_digest not in self._manifests:
+            self._manifests[row.manifest_digest] = manifest_text
+            self._new_manifests.add(row.manifest_digest)
+        row.spawned_at = row.spawned_at or time.time()
+        self.rows[row.agent_id] = row
+        self._deleted.discard(row.agent_id)
+        self._dirty.add(row.agent_id)
+        return row
+
+    def save(self, row: AgentRow) -> None:
+        """Mark a changed row for the next commit."""
+        if row.agent_id in self.rows:
+            self._dirty.add(row.agent_id)
+
+    def remove(self, agent_id: str) -> None:
+        """Forget an agent (killed, or its spawn was refused). Its id stays used: the counter never goes
+        back."""
+        if self.rows.pop(agent_id, None) is not None:
+            self._dirty.discard(agent_id)
+            self._deleted.add(agent_id)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._dirty or self._deleted or self._new_manifests or self._dirty_counters)
+
+    def commit(self) -> int:
+        """Write every change since the last commit in one transaction; the number of rows written."""
+        if not self.pending:
+            return 0
+        n = len(self._dirty) + len(self._deleted)
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO manifests (digest, text) VALUES (?, ?)",
+                [(d, self._manifests[d]) for d in self._new_manifests],
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO counters (name, n) VALUES (?, ?)",
+                [(name, self._counters[name]) for name in self._dirty_counters],
+            )
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO agents ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",
+                [self.rows[a]._values() for a in self._dirty],
+            )
+            self._db.executemany("DELETE FROM agents WHERE agent_id = ?", [(a,) for a in self._deleted])
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise RegistryError(f"agent registry {self.path}: write failed: {exc}") from None
+        self._dirty.clear()
+        self._deleted.clear()
+        self._new_manifests.clear()
+        self._dirty_counters.clear()
+        return n
+
+    def close(self) -> None:
+        try:
+            self.commit()
+        finally:
+            self._db.close()
