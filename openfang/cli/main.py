@@ -510,7 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = agent_sub.add_parser("spawn", parents=[common], help="spawn an agent from a manifest")
     p.add_argument("manifest")
     p.add_argument("--worker", help="place it on this worker instead of the least loaded")
-    agent_sub.add_parser("list", parents=[common], help="list agents on every worker")
+    agent_sub.add_parser(
+        "list",
+        parents=[common],
+        help="list every registered agent with its state (running, suspended, restarting, hibernated, dead)",
+    )
     p = agent_sub.add_parser(
         "send",
         parents=[common],

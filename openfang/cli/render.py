@@ -78,12 +78,17 @@ def reload(body: dict[str, Any]) -> str:
 
 
 def agents(body: dict[str, Any]) -> str:
+    """Every registered agent: running, suspended, restarting, hibernated and dead ones (with the reason)."""
     rows = body.get("agents") or []
-    lines = [f"{'AGENT':<28} {'WORKER':<12} {'STATE':<11} {'FUEL USED':>12} {'MEMORY':>9}"]
+    lines = [
+        f"{'AGENT':<28} {'WORKER':<12} {'STATE':<11} {'RESTARTS':>8} {'FUEL USED':>12} {'MEMORY':>9}  REASON"
+    ]
     for a in rows:
+        reason = a.get("reason") or "" if a.get("state") in ("dead", "restarting") else ""
         lines.append(
-            f"{a.get('agent_id', '?'):<28} {a.get('worker', '?'):<12} {a.get('state', '?'):<11} "
-            f"{a.get('fuel_used', 0):>12} {_mb(a.get('memory_bytes')):>9}"
+            f"{a.get('agent_id', '?'):<28} {a.get('worker') or '-':<12} {a.get('state', '?'):<11} "
+            f"{a.get('restarts', 0):>8} {a.get('fuel_used', 0):>12} {_mb(a.get('memory_bytes')):>9}  "
+            f"{reason}".rstrip()
         )
     for err in body.get("errors") or []:
         lines.append(f"(a worker did not answer: {err})")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -339,4 +341,14 @@ def test_agent_list_shows_every_registered_agent_with_its_state(make_cluster: ty
     assert states == {runner: "running", pauser: "suspended", temp: "dead"}
     info = c.ok("agent.info", {"agent_id": pauser})
     assert info["state"] == "suspended" and info["activity"] == "suspended"
+    table = subprocess.run(
+        [sys.executable, "-m", "openfang.cli.main", "agent", "list", "--endpoint", c.endpoint],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert table.returncode == 0, table.stderr
+    lines = {line.split()[0]: line.split() for line in table.stdout.splitlines()[1:]}
+    assert lines[runner][2] == "running" and lines[pauser][2] == "suspended"
+    assert lines[temp][1:3] == ["-", "dead"] and "worker_crashed" in table.stdout
     assert c.stop() == 0
