@@ -386,6 +386,8 @@ class Placement:
             return  # a resume is learnt from its reply; a re-spawned suspended agent is suspended again
         elif state == "dead":
             why = str(event.get("why") or "crashed")
+            if why == "killed":
+                return  # agent.kill: its reply forgets the agent (Placement.killed)
             self._lose(row, reason or why, why)
         else:
             return

@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 from openfang.protocol.envelope import Envelope
-from openfang.workers.host.agent_host import AgentHost
+from openfang.workers.host.agent_host import AgentHost, HostParts
 from openfang.workers.sandbox._wasmtime import AsyncPoller, EngineOptions, GuestMemory, Instance, Runtime
 from openfang.workers.tools.registry import default_registry
 
@@ -61,12 +61,12 @@ def _request(host: AgentHost, type_: str, **body: Any) -> Envelope:
 def _spawn_times(quick: bool) -> list[dict[str, Any]]:
     cold: list[float] = []
     for _ in range(5 if quick else 20):
-        host = AgentHost("bench", tools=default_registry())
+        host = AgentHost("bench", HostParts(tools=default_registry()))
         t0 = time.perf_counter()
         _request(host, "agent.spawn", manifest=LLM_AGENT)
         cold.append((time.perf_counter() - t0) * 1000)
         host.close()
-    host = AgentHost("bench", tools=default_registry())
+    host = AgentHost("bench", HostParts(tools=default_registry()))
     warm: list[float] = []
     try:
         for _ in range(200 if quick else 2000):
@@ -101,7 +101,7 @@ def _idle_memory(quick: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     targets = {100: 5.0, 1000: None, 10_000: 200.0}
     for count in (100, 1000) if quick else (100, 1000, 10_000):
-        host = AgentHost("bench", tools=default_registry())
+        host = AgentHost("bench", HostParts(tools=default_registry()))
         try:
             _request(host, "agent.spawn", manifest=LLM_AGENT)  # compile first: measure agents, not code
             gc.collect()
@@ -157,7 +157,7 @@ def _yield_resume(quick: bool) -> dict[str, Any]:
 
 
 def _messages(quick: bool) -> list[dict[str, Any]]:
-    host = AgentHost("bench", tools=default_registry())
+    host = AgentHost("bench", HostParts(tools=default_registry()))
     out = []
     try:
         n = 300 if quick else 2000

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from openfang.protocol.envelope import Envelope
-from openfang.workers.host.agent_host import AgentHost
+from openfang.workers.host.agent_host import AgentHost, HostParts
 from openfang.workers.llm import types as t
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "agents"
@@ -138,13 +138,16 @@ def make_host(provider: RuleProvider | None = None, registry: Registry | None = 
     audit: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     prov = provider or RuleProvider(weather_rule)
+    llm_factory = kw.pop("llm_factory", lambda cfg: prov)
     host = AgentHost(
         "w-test",
-        llm_factory=lambda cfg: prov,
-        tools=registry or default_registry(),
-        audit=audit.append,
-        events=events.append,
-        **kw,
+        HostParts(
+            llm_factory=llm_factory,
+            tools=registry or default_registry(),
+            audit=audit.append,
+            events=events.append,
+            **kw,
+        ),
     )
     driver = Driver(host)
     driver.audit = audit

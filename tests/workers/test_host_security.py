@@ -9,7 +9,7 @@ import pytest
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import ConfigError
 from openfang.security.audit import AuditLog, verify
-from openfang.workers.host.agent_host import AgentHost
+from openfang.workers.host.agent_host import AgentHost, HostParts
 from openfang.workers.host.security import HostAudit, HostSecurity, security_from_args
 from openfang.workers.manifest import load_manifest
 from openfang.workers.tools.registry import default_registry
@@ -68,7 +68,7 @@ def test_host_with_security_serves_and_refuses_an_injection(tmp_path: Path) -> N
     env = {"OPENFANG_DATA_DIR": str(tmp_path)}
     cfg = security_from_args(None, env)
     sec = HostSecurity(cfg, HostAudit(AuditLog(tmp_path / "audit.db")), data_dir=tmp_path)
-    host = AgentHost("w-sec", tools=default_registry(), security=sec)
+    host = AgentHost("w-sec", HostParts(tools=default_registry(), security=sec))
     try:
 
         def call(type_: str, **body: object) -> Envelope:

@@ -86,8 +86,7 @@ def test_host_blocking_llm_call_parks_only_its_agent() -> None:
     gate = Gate()
     slow = RuleProvider(gate.rule, blocking=True)
     fast = RuleProvider(lambda req: response("fast"))
-    d = make_host()
-    d.host.llm_factory = lambda cfg: slow if cfg.name == "slow" else fast
+    d = make_host(llm_factory=lambda cfg: slow if cfg.name == "slow" else fast)
     try:
         slow_id = d.ok("agent.spawn", manifest=manifest("slow") + 'name = "slow"\n')["agent_id"]
         fast_id = d.ok("agent.spawn", manifest=manifest("fast") + 'name = "fast"\n')["agent_id"]
@@ -346,7 +345,7 @@ def test_host_thousand_idle_agents() -> None:
 
 def test_host_with_real_scripted_provider_and_tool_registry() -> None:
     """Without injected services the host uses workers.llm (scripted) and workers.tools (time_now, kv)."""
-    from openfang.workers.host.agent_host import AgentHost
+    from openfang.workers.host.agent_host import AgentHost, HostParts
     from openfang.workers.tools.registry import default_registry
     from sandbox_helpers import Driver
 
@@ -363,7 +362,7 @@ script = [
   {match = "time", tool = "time_now", args = {}, then = "now: {result}"},
 ]
 """
-    d = Driver(AgentHost("w-real", tools=default_registry()))
+    d = Driver(AgentHost("w-real", HostParts(tools=default_registry())))
     try:
         aid = d.ok("agent.spawn", manifest=text)["agent_id"]
         assert d.ok("agent.send", agent_id=aid, text="remember blue")["reply"] == "stored"
@@ -401,8 +400,10 @@ def test_host_capability_host_function_runs_its_tool_and_can_be_revoked(tmp_path
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "note.txt").write_text("secret plans")
     (tmp_path / "cap.wat").write_text(CAPABILITY_GUEST)
-    d = make_host(registry=default_registry())  # type: ignore[arg-type]
-    d.host._tool_context = lambda sb: ToolContext(agent_id=sb.agent_id, fs_root=tmp_path / "root")
+    d = make_host(
+        registry=default_registry(),  # type: ignore[arg-type]
+        tool_context=lambda sb: ToolContext(agent_id=sb.agent_id, fs_root=tmp_path / "root"),
+    )
     try:
         text = manifest(
             "cap",
@@ -489,13 +490,13 @@ def test_host_fuel_budget_is_per_refuel_interval_with_an_injected_clock() -> Non
 
 def test_host_module_cache_dir_makes_a_restarted_host_spawn_warm(tmp_path: Path) -> None:
     """A new host (a restarted worker) with the same module cache dir loads compiled code: a warm spawn."""
-    from openfang.workers.host.agent_host import AgentHost
+    from openfang.workers.host.agent_host import AgentHost, HostParts
     from sandbox_helpers import Driver
 
     text = manifest("echo", module="builtin:echo", model=False)
     kinds = []
     for _ in range(2):
-        d = Driver(AgentHost("w-cache", module_cache_dir=tmp_path / "cache"))
+        d = Driver(AgentHost("w-cache", HostParts(module_cache_dir=tmp_path / "cache")))
         try:
             kinds.append(d.ok("agent.spawn", manifest=text)["spawn"])
         finally:

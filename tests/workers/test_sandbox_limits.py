@@ -173,7 +173,7 @@ class _Sink:
 def test_limits_cluster_capability_policy_narrows_what_a_manifest_grants(tmp_path: Path) -> None:
     """security.capabilities applies on top of the manifest: its deny patterns and limits refuse a spawn."""
     from openfang.security.capabilities import CapabilityPolicy, SandboxPolicyConfig
-    from openfang.workers.host.agent_host import AgentHost
+    from openfang.workers.host.agent_host import AgentHost, HostParts
     from sandbox_helpers import Driver, default_registry
 
     sink = _Sink()
@@ -181,7 +181,7 @@ def test_limits_cluster_capability_policy_narrows_what_a_manifest_grants(tmp_pat
         SandboxPolicyConfig(allow=frozenset({"env.*"}), deny=frozenset({"env.log"}), memory_max_mb=8),
         audit=sink,
     )
-    d = Driver(AgentHost("w-caps", tools=default_registry(), capabilities=policy))
+    d = Driver(AgentHost("w-caps", HostParts(tools=default_registry(), capabilities=policy)))
     try:
         echo = manifest(
             "echo", module="builtin:echo", model=False, sandbox="[sandbox.memory]\nmax_heap_mb = 4\n"

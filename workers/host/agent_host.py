@@ -1,11 +1,17 @@
-"""AgentHost: one per worker process; hosts many sandboxes on one thread and runs them in fuel slices.
+"""AgentHost: one per worker process, an agent supervisor over many sandboxes run in fuel slices.
 
 The host is a dynamic supervisor with ``simple_one_for_one`` semantics over its agents: every agent is a
-child started from a manifest; a crashed agent (trap, wall-clock deadline, failed init) is restarted per its
-manifest's ``restart`` policy within an intensity window (more than ``restart_intensity`` restarts in
-``restart_period_ms`` and the agent is given up: only that agent, never its siblings). The window is the
-supervisor tree's own pure ``openfang.supervisor.restart.RestartWindow`` (the one part of ``supervisor``
-that ``workers`` may import), so agents and processes restart by the same rule.
+child started from a manifest; a crashed agent (trap, wall-clock deadline, failed init) is an abnormal exit,
+decided by the tree's own rules (:func:`openfang.supervisor.restart.should_restart` with the manifest's
+``restart`` policy, and a :class:`~openfang.supervisor.restart.RestartWindow` of ``restart_intensity``
+within ``restart_period_ms``): restarted, or given up — only that agent, never its siblings. Every restart
+and death is reported (``events``) so the gateway's agent registry stays right.
+
+Requests go through an explicit ``{message type: (body class, handler)}`` dispatcher: each handler gets
+its body typed by the protocol catalogue. Each agent's state is an explicit record
+(:class:`~openfang.workers.host.record.HostedAgent`); collaborators get what they need passed in:
+:class:`~openfang.workers.host.spawner.Spawner` (manifest -> loaded sandbox), ``Services`` (LLM and tool
+jobs), ``ToolContexts``, ``AgentTraffic`` (agent-to-agent tools).
 
 Driving it (the worker's loop)::
 
@@ -16,20 +22,17 @@ Driving it (the worker's loop)::
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import hashlib
 import itertools
-import threading
 import time
-import tomllib
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
+from openfang.protocol import messages
+from openfang.protocol.bodies import AgentRef, AgentSend, AgentSpawn, Empty
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import (
     AlreadyExists,
@@ -42,104 +45,135 @@ from openfang.protocol.errors import (
 )
 from openfang.protocol.messages import CHUNK_TYPE
 from openfang.security._errors import Denied
-from openfang.supervisor.restart import RestartWindow, abnormal, should_restart
+from openfang.supervisor.restart import abnormal, should_restart
 from openfang.supervisor.spec import Restart
-from openfang.workers.host import jobs as jobs
-from openfang.workers.host.agents import AgentTraffic
+from openfang.workers.host import jobs
+from openfang.workers.host.agents import AgentTraffic, LoopHandoff
 from openfang.workers.host.memory import HostMemory
+from openfang.workers.host.record import HostedAgent, Phase
 from openfang.workers.host.security import HostSecurity
-from openfang.workers.host.services import HostedAgent, Services
-from openfang.workers.llm import providers as _llm
-from openfang.workers.manifest import AgentManifest, ModelConfig, load_manifest
+from openfang.workers.host.services import Services, ToolContexts
+from openfang.workers.host.spawner import Spawner
+from openfang.workers.manifest import ModelConfig
 from openfang.workers.sandbox import guest_abi as abi
-from openfang.workers.sandbox._wasmtime import EngineOptions, HostFunctionSpec, Runtime
+from openfang.workers.sandbox._wasmtime import EngineOptions
 from openfang.workers.sandbox.instance import Outcome, Sandbox, State
 from openfang.workers.tools import kv as _tools_kv
 from openfang.workers.tools.mcp import McpServerConfig
 
 log = structlog.get_logger("openfang.workers.host.agent_host")
 MAX_INBOX = 1024
-MANIFEST_CACHE = 256  # distinct manifest texts kept parsed
-HOST_SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a in abi.HOST_FUNCTIONS)
+Sink = Callable[[dict[str, Any]], None]
 
 
-class AgentHost(AgentTraffic):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostParts:
+    """What a host is built from (all optional: a bare host runs built-in guests with no tools)."""
+
+    llm_factory: Callable[[ModelConfig], Any] | None = None  # default: workers.llm.make_provider
+    tools: Any = None  # a workers.tools.ToolRegistry
+    audit: Sink | None = None  # denials and give-ups (besides the audit chain, when security is on)
+    events: Sink | None = None  # agent.state changes
+    clock: Callable[[], float] = time.monotonic
+    tool_context: Callable[[Sandbox], Any] | None = None  # replaces each agent's default ToolContext
+    engine_options: EngineOptions | None = None
+    max_threads: int = 4  # job threads for LLM and tool calls
+    module_cache_dir: Path | None = None  # compiled modules persist here (0700): a restarted worker is warm
+    capabilities: Any = None  # security.capabilities.CapabilityPolicy (default: the security's own)
+    security: HostSecurity | None = None  # the agent-side security layers
+    memory: HostMemory | None = None  # episodic/procedural recording and memory tools
+    max_agents: int | None = None  # agents hosted at once (spawns past it answer busy)
+
+
+class AgentHost:
     """Hosts many agents in one thread. Not thread-safe: call everything from the worker's loop
-    (tool threads reach it only through :meth:`from_tool_thread`)."""
+    (tool threads reach it only through the :class:`LoopHandoff`)."""
 
-    mcp_servers: tuple[McpServerConfig, ...] = ()  # MCP servers any agent here may name (worker args)
-
-    def __init__(
-        self,
-        worker_id: str,
-        *,
-        llm_factory: Callable[[ModelConfig], Any] | None = None,
-        tools: Any | None = None,
-        audit: Callable[[dict[str, Any]], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        events: Callable[[dict[str, Any]], None] | None = None,
-        tool_context: Callable[[Sandbox], Any] | None = None,
-        engine_options: EngineOptions | None = None,
-        max_threads: int = 4,
-        module_cache_dir: Path | None = None,
-        capabilities: Any | None = None,
-        security: HostSecurity | None = None,
-        memory: HostMemory | None = None,
-        max_agents: int | None = None,
-    ) -> None:
+    def __init__(self, worker_id: str, parts: HostParts | None = None) -> None:
+        parts = parts or HostParts()
         self.worker_id = worker_id
-        self.llm_factory = llm_factory
-        self.tools = tools
-        self._audit = audit
-        self._events = events
-        self._tool_context = tool_context
-        self.clock = clock
-        self._options = engine_options or EngineOptions()
-        # Compiled modules persist here (by sha256 + engine settings): a restarted worker skips compiling.
-        self._cache_dir = module_cache_dir
-        # The agent-side security layers (None: only the sandbox's own checks) and the memory recorder.
-        self._security = security
-        self._memory = memory
-        self.max_agents = max_agents  # agents this host accepts at once (None: no limit)
-        # security.capabilities.CapabilityPolicy (duck-typed): cluster limits and import allow/deny patterns.
-        if capabilities is None and security is not None:
-            capabilities = security.capabilities
-        self._capabilities = capabilities
-        self._runtimes: dict[int, Runtime] = {}
+        self.clock = parts.clock
+        self.max_agents = parts.max_agents
+        self._events = parts.events
+        self._audit = parts.audit
+        self._security = parts.security
+        self._memory = parts.memory
         self._agents: dict[str, HostedAgent] = {}
-        self._active: dict[
-            str, HostedAgent
-        ] = {}  # agents with a call in progress (insertion order = round robin)
+        # Agents with a call in progress (insertion order = round robin).
+        self._active: dict[str, HostedAgent] = {}
         self._replies: list[Envelope] = []
-        self._runner = jobs.JobRunner(max_threads)
         self._ids = itertools.count(1)
         self._rr: dict[str, int] = {}
         self._bound = log.bind(worker=worker_id)
-        # Deep model validation when the providers module is present (it owns provider semantics).
-        self._validate_model = _llm.validate_model_config if llm_factory is None else None
+        self._runner = jobs.JobRunner(parts.max_threads)
+        self._handoff = LoopHandoff(self._runner)
+        self.traffic = AgentTraffic(
+            worker_id,
+            agents=self._agents,
+            submit=self.submit,
+            security=parts.security,
+            handoff=self._handoff,
+        )
         self._kv = _tools_kv.KVStore()
-        # Work tool threads hand to the loop (agent_send/spawn/list), and where internal requests' replies go.
-        self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
-        self._internal: dict[str, Future[Any]] = {}
-        self._manifest_cache: OrderedDict[tuple[str, str], AgentManifest] = OrderedDict()
-        self._spawn_parents: dict[str, str] = {}
-        self._loop_thread = threading.get_ident()
-        # Parts of streamed replies (agent.send with stream = true), from any thread; step() sends them first.
-        self._chunks: deque[Envelope] = deque()
+        contexts = ToolContexts(
+            kv=self._kv,
+            traffic=self.traffic,
+            security=parts.security,
+            memory=parts.memory,
+            custom=parts.tool_context,
+        )
+        services = Services(
+            agents=self._agents,
+            tools=parts.tools,
+            runner=self._runner,
+            contexts=contexts,
+            audit=self._audit_record,
+            security=parts.security,
+            memory=parts.memory,
+        )
+        self._spawner = Spawner(
+            services=services,
+            clock=parts.clock,
+            tools=parts.tools,
+            llm_factory=parts.llm_factory,
+            engine_options=parts.engine_options,
+            module_cache_dir=parts.module_cache_dir,
+            security=parts.security,
+            capabilities=parts.capabilities,
+        )
+        self._capabilities = self._spawner.capabilities
+        self._dispatch: dict[str, tuple[type[Any], Callable[[Envelope, Any], None]]] = {
+            "agent.spawn": (AgentSpawn, self._on_spawn),
+            "agent.send": (AgentSend, self._on_send),
+            "agent.list": (Empty, self._on_list),
+            "agent.info": (AgentRef, self._on_info),
+            "agent.suspend": (AgentRef, self._on_suspend),
+            "agent.resume": (AgentRef, self._on_resume),
+            "agent.kill": (AgentRef, self._on_kill),
+        }
 
     # -- public API ------------------------------------------------------------------------------------
     def wakeup_fd(self) -> int:
         """Readable when a background LLM/tool job finished; poll it beside the worker's sockets."""
         return self._runner.fileno()
 
+    def set_remote_send(self, send: Callable[[str, Envelope], Future[Any]] | None) -> None:
+        """How agents reach the gateway: ``send(sender_id, agent.send | agent.spawn envelope) -> Future``.
+
+        The worker forwards through the gateway, which checks that the sender really lives on this worker
+        (so no worker can speak for another's agents), routes messages and registers spawned children.
+        """
+        self.traffic.remote_send = send
+
     def submit(self, env: Envelope) -> None:
         """Accept one agent.* request. Replies come out of :meth:`step` (immediately for cheap requests)."""
-        handler = getattr(self, "_on_" + env.type.removeprefix("agent.").replace(".", "_"), None)
-        if not env.type.startswith("agent.") or handler is None:
+        entry = self._dispatch.get(env.type)
+        if entry is None:
             self._replies.append(env.error(ProtocolError(f"type: agent host does not serve {env.type!r}")))
             return
+        body_class, handler = entry
         try:
-            handler(env)
+            handler(env, messages.parse(env, body_class))
         except OpenFangError as exc:
             self._replies.append(env.error(exc))
         except Exception as exc:  # a bug or a provider's odd exception must not end the worker
@@ -148,7 +182,7 @@ class AgentHost(AgentTraffic):
 
     def step(self, max_seconds: float) -> list[Envelope]:
         """Run ready agents round-robin, one fuel slice each per turn, for up to ``max_seconds``."""
-        self._run_calls()
+        self._handoff.run_pending()
         for agent_id in self._runner.drain():
             agent = self._active.get(agent_id)
             if agent is not None:
@@ -162,44 +196,12 @@ class AgentHost(AgentTraffic):
             if not ran or time.perf_counter() >= end:
                 break
         out, self._replies = self._replies, []
-        if self._chunks:  # a stream's parts go out before the reply that ends it
-            parts = []
-            while self._chunks:
-                parts.append(self._chunks.popleft())
-            out = [*parts, *out]
-        if self._internal:
-            out = self._route_internal(out)
+        out = self.traffic.route_replies(out)
         if self._memory is not None:
             self._memory.pump()
         if self._security is not None:
             self._security.audit.flush()
         return out
-
-    def emit_chunk(self, request: Envelope, body: dict[str, Any]) -> None:
-        """Queue one part of ``request``'s streamed reply (any thread); the loop sends it next step."""
-        self._chunks.append(Envelope(type=CHUNK_TYPE, body=body, id=request.id))
-        self._runner.poke()
-
-    def _turn(self, agent: HostedAgent, now: float) -> bool:
-        sb = agent.sandbox
-        self._apply(agent, sb.refresh(now))
-        if agent.agent_id in self._active and sb.runnable():
-            self._apply(agent, sb.run_slice())
-            return True
-        return False
-
-    def _guarded(self, agent: HostedAgent, work: Callable[..., bool | None]) -> bool:
-        """Run one agent's turn; an unexpected host-side failure crashes that agent only, never the worker."""
-        try:
-            return bool(work(agent))
-        except Exception as exc:  # isolate the failure to the agent it happened in
-            self._bound.exception("agent_turn_failed", agent_id=agent.agent_id)
-            if agent.agent_id in self._agents and agent.sandbox.state is not State.CLOSED:
-                env, agent.current = agent.current, None
-                if env is not None:
-                    self._replies.append(env.error(SandboxError(f"host error: {type(exc).__name__}: {exc}")))
-                self._crashed(agent, SandboxError(f"host error: {type(exc).__name__}"))
-            return False
 
     def next_deadline(self) -> float | None:
         """The next moment :meth:`step` has work without new input (now, a refuel, or a call deadline)."""
@@ -229,10 +231,7 @@ class AgentHost(AgentTraffic):
         agent.sandbox.revoke(function)
 
     def runtime_stats(self) -> dict[str, int]:
-        return {
-            "live_stores": sum(rt.live_stores for rt in self._runtimes.values()),
-            "agents": len(self._agents),
-        }
+        return {"live_stores": self._spawner.live_stores(), "agents": len(self._agents)}
 
     def close(self) -> None:
         """Free every sandbox and engine now and stop the job threads."""
@@ -241,61 +240,29 @@ class AgentHost(AgentTraffic):
         self._agents.clear()
         self._active.clear()
         self._runner.close()
-        for rt in self._runtimes.values():
-            rt.close()
-        self._runtimes.clear()
+        self._spawner.close()
         if self._memory is not None:
             self._memory.close()
         if self._security is not None:
             self._security.close()
 
     # -- requests ---------------------------------------------------------------------------------------
-    def _on_spawn(self, env: Envelope) -> None:
+    def _on_spawn(self, env: Envelope, body: AgentSpawn) -> None:
         try:
-            self._spawn(env)
+            self._spawn(env, body)
         except SecurityError as exc:
             # The layers audit their own refusals (Denied); the sandbox's import checks do not.
             if self._security is not None and not isinstance(exc, Denied):
                 self._security.audit.append("sandbox.spawn_refused", worker=self.worker_id, error=exc.message)
             raise
 
-    def _parsed_manifest(self, text: str, path: Path | None) -> AgentManifest:
-        """The validated manifest for ``text``; identical texts (a pool of one manifest) are parsed once.
-
-        Parsing and validating is most of a warm spawn's CPU. The result is a frozen value, so sharing it
-        between agents is safe; only successful parses are kept, so a bad manifest is reported every time.
-        """
-        key = (text, str(path) if path else "")
-        manifest = self._manifest_cache.get(key)
-        if manifest is not None:
-            self._manifest_cache.move_to_end(key)
-            return manifest
-        names = self.tools.names() if self.tools is not None and hasattr(self.tools, "names") else None
-        manifest = load_manifest(
-            text,
-            source=path.name if path else "agent.toml",
-            base_dir=path.parent if path else None,
-            tool_names=set(names) if names is not None else None,
-            shared_mcp=self.mcp_servers,
-            validate_model=self._validate_model,
+    def _spawn(self, env: Envelope, body: AgentSpawn) -> None:
+        manifest = self._spawner.manifest(
+            body.manifest, Path(body.manifest_path) if body.manifest_path else None
         )
-        self._manifest_cache[key] = manifest
-        if len(self._manifest_cache) > MANIFEST_CACHE:
-            self._manifest_cache.popitem(last=False)
-        return manifest
-
-    def _spawn(self, env: Envelope) -> None:
-        text = env.body.get("manifest")
-        if not isinstance(text, str):
-            raise ProtocolError("body.manifest: must be the agent.toml text")
-        mpath = env.body.get("manifest_path")
-
-        path = Path(mpath) if isinstance(mpath, str) and mpath else None
-        manifest = self._parsed_manifest(text, path)
         # In a cluster the gateway assigns the id (from its registry: never reused); a host on its own
         # (tests, benchmarks) falls back to the manifest's agent_id or <name>-<n>.
-        given = env.body.get("agent_id")
-        agent_id = given if isinstance(given, str) and given else manifest.sandbox.agent_id
+        agent_id = body.agent_id or manifest.sandbox.agent_id
         if agent_id is None:
             agent_id = f"{manifest.name}-{next(self._ids)}"
             while agent_id in self._agents:
@@ -308,127 +275,33 @@ class AgentHost(AgentTraffic):
                     "sandbox.max_agents", worker=self.worker_id, agents=len(self._agents), name=manifest.name
                 )
             raise Busy(f"worker {self.worker_id} already hosts {len(self._agents)} agents (max_agents)")
-        provider = None
-        if manifest.model is not None and self.llm_factory is not None:
-            provider = self.llm_factory(manifest.model)
-        elif manifest.model is not None:
-            provider = _llm.make_provider(manifest.model.raw, where=f"{manifest.source}: [agent.model]")
-        window = RestartWindow(manifest.restart_intensity, manifest.restart_period_ms / 1000)
-        sec = self._security
-        parent = self._spawn_parents.pop(env.id, None) or env.body.get("parent")
-        digest = _module_digest(manifest)
-        if sec is not None:
-            sec.check_version(manifest, digest)  # layer 16, before any work is spent on an old manifest
-            sec.attest(manifest, _parsed(text))  # layer 13: signed manifests
-        grant = None
-        if self._capabilities is not None:
-            raw = _parsed(text)
-            grant = self._capabilities.grant(agent_id, _effective(raw, manifest), source=manifest.source)
-            manifest = _apply_grant(manifest, raw, grant)
-        sandbox = self._new_sandbox(manifest, agent_id, grant)
-        agent = HostedAgent(
-            agent_id=agent_id, manifest=manifest, sandbox=sandbox, provider=provider, window=window
-        )
-        agent.grant = grant
-        agent.manifest_text = text
-        if sec is not None:
-            try:
-                agent.guard = sec.admit(manifest, agent_id, parent=parent)
-                sec.accept_version(manifest, digest)
-            except BaseException:
-                sandbox.close()
-                sec.release(agent_id)
-                raise
+        parent = self.traffic.spawn_parents.pop(env.id, None) or body.parent
+        agent = self._spawner.build(body, manifest, agent_id, parent)
         self._agents[agent_id] = agent
         agent.spawn_env = env
-        if env.body.get("resume"):
+        if body.resume:
             self._resume_conversation(agent)
         self._start(agent)
 
-    def _resume_conversation(self, agent: HostedAgent) -> None:
-        """A re-spawned built-in LLM agent picks its conversation up from episodic memory.
-
-        Its guest memory (where the built-in agent keeps the conversation) is new, so the newest
-        ``history_messages`` user and assistant turns are read back and put before what the new instance
-        sends the model (:meth:`Services.start_llm`). Custom guests keep their own state: not touched.
-        """
-        if self._memory is None or agent.manifest.module != "builtin:llm-agent":
-            return
-        try:
-            rows = self._memory.history(agent.agent_id, {"limit": agent.manifest.history_messages})
-        except OpenFangError as exc:
-            self._bound.warning("agent_resume_failed", agent_id=agent.agent_id, error=str(exc))
-            return
-        agent.resumed = [
-            {"role": r["role"], "content": r["text"]}
-            for r in rows
-            if r.get("role") in ("user", "assistant") and isinstance(r.get("text"), str)
-        ]
-        self._bound.info("agent_resumed", agent_id=agent.agent_id, turns=len(agent.resumed))
-
-    def _new_sandbox(self, manifest: AgentManifest, agent_id: str, grant: Any = None) -> Sandbox:
-        check = None
-        if self._capabilities is not None and grant is not None:
-            caps = self._capabilities
-
-            def check(imports: list[tuple[str, str, str]]) -> None:
-                caps.check_imports(grant, [(module, name) for module, name, _ in imports])
-
-        sandbox = Sandbox(
-            manifest,
-            self._runtime(manifest.sandbox.memory.stack_size_kb),
-            agent_id=agent_id,
-            services=Services(self),
-            clock=self.clock,
-            import_check=check,
-        )
-        sandbox.load()  # raises (and frees) on refusal: nothing is registered for a failed spawn
-        return sandbox
-
-    def _start(self, agent: HostedAgent) -> None:
-        if agent.sandbox.begin_init():
-            self._active[agent.agent_id] = agent
-        else:
-            self._started(agent)
-
-    def _started(self, agent: HostedAgent) -> None:
-        self._event(agent, "running")
-        if agent.spawn_env is not None:
-            body = {
-                "agent_id": agent.agent_id,
-                "worker": self.worker_id,
-                "service": agent.manifest.service,
-                "spawn": agent.sandbox.spawn_kind,
-                "spawn_ms": round(agent.sandbox.spawn_seconds * 1000, 3),
-            }
-            self._replies.append(agent.spawn_env.reply(body))
-            agent.spawn_env = None
-        self._next_message(agent)
-
-    def _on_send(self, env: Envelope) -> None:
-        text = env.body.get("text")
-        if not isinstance(text, str):
-            raise ProtocolError("body.text: must be a string")
-        agent = self._pick(env.body.get("agent_id"), env.body.get("service"))
+    def _on_send(self, env: Envelope, body: AgentSend) -> None:
+        agent = self._pick(body.agent_id, body.service)
         if len(agent.inbox) >= MAX_INBOX:
             raise Busy(f"agent {agent.agent_id} has {MAX_INBOX} messages waiting")
-        session = env.body.get("session")
+        text = body.text
         if self._security is not None:
             self._security.charge(agent.agent_id, requests=1)  # layer 3: rate_limited
-            from_agent = env.id in self._internal
+            from_agent = self.traffic.is_internal(env.id)
             text = self._security.check_input(  # layer 2: denied
                 agent.agent_id, text, source="agent" if from_agent else "user"
             )
         if self._memory is not None:
-            self._memory.record_message(agent.agent_id, _session(session), "user", text, None)
-        agent.inbox.append(
-            (env, abi.user_message(text, session=session if isinstance(session, str) else None))
-        )
-        if agent.current is None and agent.spawn_env is None:
+            self._memory.record_message(agent.agent_id, _session(body.session), "user", text, None)
+        agent.inbox.append((env, abi.user_message(text, session=body.session)))
+        if agent.current is None and agent.phase is Phase.READY:
             self._next_message(agent)
 
-    def _pick(self, agent_id: Any, service: Any) -> HostedAgent:
-        if isinstance(agent_id, str):
+    def _pick(self, agent_id: str | None, service: str | None) -> HostedAgent:
+        if agent_id is not None:
             agent = self._agents.get(agent_id)
             if agent is None:
                 raise NotFound(f"no agent {agent_id!r} on worker {self.worker_id}")
@@ -442,39 +315,59 @@ class AgentHost(AgentTraffic):
         rotated = pool[start % len(pool) :] + pool[: start % len(pool)]
         return min(rotated, key=lambda a: len(a.inbox) + (a.current is not None))
 
-    def _on_list(self, env: Envelope) -> None:
+    def _on_list(self, env: Envelope, _body: Empty) -> None:
         self._replies.append(env.reply({"agents": self.agents()}))
 
-    def _on_info(self, env: Envelope) -> None:
-        self._replies.append(env.reply(self._record(self._get(env))))
+    def _on_info(self, env: Envelope, body: AgentRef) -> None:
+        self._replies.append(env.reply(self._record(self._get(body))))
 
-    def _on_suspend(self, env: Envelope) -> None:
-        agent = self._get(env)
+    def _on_suspend(self, env: Envelope, body: AgentRef) -> None:
+        agent = self._get(body)
         agent.sandbox.suspend()
         self._event(agent, "suspended")
         self._replies.append(env.reply({"agent_id": agent.agent_id, "state": "suspended"}))
 
-    def _on_resume(self, env: Envelope) -> None:
-        agent = self._get(env)
+    def _on_resume(self, env: Envelope, body: AgentRef) -> None:
+        agent = self._get(body)
         agent.sandbox.resume()
         self._event(agent, "running")
         self._replies.append(env.reply({"agent_id": agent.agent_id, "state": "running"}))
 
-    def _on_kill(self, env: Envelope) -> None:
-        agent = self._get(env)
-        self._remove(agent, "dead", SandboxError(f"agent {agent.agent_id} was killed"))
+    def _on_kill(self, env: Envelope, body: AgentRef) -> None:
+        agent = self._get(body)
+        self._remove(agent, "dead", SandboxError(f"agent {agent.agent_id} was killed"), why="killed")
         if self._memory is not None:
             self._memory.reclaim(agent.agent_id, agent.manifest.retention)
         self._replies.append(env.reply({"agent_id": agent.agent_id, "state": "dead"}))
 
-    def _get(self, env: Envelope) -> HostedAgent:
-        agent_id = env.body.get("agent_id")
-        agent = self._agents.get(agent_id) if isinstance(agent_id, str) else None
+    def _get(self, body: AgentRef) -> HostedAgent:
+        agent = self._agents.get(body.agent_id)
         if agent is None:
-            raise NotFound(f"no agent {agent_id!r} on worker {self.worker_id}")
+            raise NotFound(f"no agent {body.agent_id!r} on worker {self.worker_id}")
         return agent
 
-    # -- running ------------------------------------------------------------------------------------------
+    # -- the supervisor: start, run, crash, restart, remove -------------------------------------------------
+    def _start(self, agent: HostedAgent) -> None:
+        if agent.sandbox.begin_init():
+            self._active[agent.agent_id] = agent
+        else:
+            self._started(agent)
+
+    def _started(self, agent: HostedAgent) -> None:
+        agent.phase = Phase.READY
+        self._event(agent, "running")
+        if agent.spawn_env is not None:
+            body = {
+                "agent_id": agent.agent_id,
+                "worker": self.worker_id,
+                "service": agent.manifest.service,
+                "spawn": agent.sandbox.spawn_kind,
+                "spawn_ms": round(agent.sandbox.spawn_seconds * 1000, 3),
+            }
+            self._replies.append(agent.spawn_env.reply(body))
+            agent.spawn_env = None
+        self._next_message(agent)
+
     def _next_message(self, agent: HostedAgent) -> None:
         if agent.sandbox.state is not State.IDLE:
             return  # busy (a message, or agent_init after a restart): the inbox waits for _started/_apply
@@ -495,9 +388,51 @@ class AgentHost(AgentTraffic):
         agent.fuel_at_start = agent.sandbox.fuel_used
         self._active[agent.agent_id] = agent
 
+    def _turn(self, agent: HostedAgent, now: float) -> bool:
+        sb = agent.sandbox
+        self._apply(agent, sb.refresh(now))
+        if agent.agent_id in self._active and sb.runnable():
+            self._apply(agent, sb.run_slice())
+            return True
+        return False
+
+    def _guarded(self, agent: HostedAgent, work: Callable[..., bool | None]) -> bool:
+        """Run one agent's turn; an unexpected host-side failure crashes that agent only, never the worker."""
+        try:
+            return bool(work(agent))
+        except Exception as exc:  # isolate the failure to the agent it happened in
+            self._bound.exception("agent_turn_failed", agent_id=agent.agent_id)
+            if agent.agent_id in self._agents and agent.sandbox.state is not State.CLOSED:
+                env, agent.current = agent.current, None
+                if env is not None:
+                    self._replies.append(env.error(SandboxError(f"host error: {type(exc).__name__}: {exc}")))
+                self._crashed(agent, SandboxError(f"host error: {type(exc).__name__}"))
+            return False
+
     def _apply(self, agent: HostedAgent, outcome: Outcome | None) -> None:
         if outcome is None:
             return
+        self._account(agent, outcome)
+        if outcome.phase == "init":
+            if outcome.ok:
+                self._active.pop(agent.agent_id, None)
+                self._started(agent)
+            elif outcome.refused:  # the module cannot start (its start function): no restart can help
+                err = outcome.error if isinstance(outcome.error, OpenFangError) else SandboxError("refused")
+                self._remove(agent, "dead", err, reason=err.message, why="restart_failed")
+            else:
+                self._crashed(agent, outcome.error or SandboxError("agent_init failed"))
+            return
+        env, agent.current = agent.current, None
+        if env is not None:
+            self._replies.append(self._answer(agent, env, outcome))
+        if outcome.crashed:
+            self._crashed(agent, outcome.error or SandboxError("agent crashed"))
+        else:
+            self._next_message(agent)
+
+    def _account(self, agent: HostedAgent, outcome: Outcome) -> None:
+        """Limits hit by the call (traps for the capability policy, memory caps for the audit chain)."""
         if outcome.limit is not None and self._capabilities is not None:
             self._capabilities.record_trap(agent.agent_id, outcome.limit, phase=outcome.phase)
         elif self._security is not None and outcome.phase == "handle":
@@ -507,51 +442,25 @@ class AgentHost(AgentTraffic):
                 self._security.audit.append(
                     "sandbox.memory_cap", agent_id=agent.agent_id, memory_bytes=used, cap_bytes=cap
                 )
-        if outcome.phase == "init":
-            if outcome.ok:
-                self._active.pop(agent.agent_id, None)
-                self._started(agent)
-            elif outcome.refused:  # the module cannot start (its start function): no restart can help
-                err = outcome.error if isinstance(outcome.error, OpenFangError) else SandboxError("refused")
-                self._remove(agent, "dead", err, reason=err.message)
-            else:
-                self._crashed(agent, outcome.error or SandboxError("agent_init failed"))
-            return
-        env, agent.current = agent.current, None
-        if env is not None:
-            if outcome.ok:
-                usage = dict(agent.usage, fuel=agent.sandbox.fuel_used - agent.fuel_at_start)
-                reply = outcome.reply.decode("utf-8", "replace")
-                if self._security is not None:
-                    reply = self._security.redact(reply)  # layer 11
-                if self._memory is not None:
-                    tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
-                    self._memory.record_message(agent.agent_id, agent.session, "assistant", reply, tokens)
-                body = {"reply": reply, "agent_id": agent.agent_id, "usage": usage}
-                if agent.task is not None:  # task_update: the A2A state and artifacts of this message
-                    body["task"] = agent.task
-                    agent.task = None
-                self._replies.append(env.reply(body))
-            else:
-                err = (
-                    outcome.error
-                    if isinstance(outcome.error, OpenFangError)
-                    else SandboxError(str(outcome.error))
-                )
-                refusal = agent.guard.refusal if agent.guard is not None else None
-                if refusal is not None:
-                    err = refusal
-                elif agent.failure is not None and not outcome.crashed:
-                    err = agent.failure  # the guest gave up on an LLM error: report the LLM error itself
-                llm = err.details() if hasattr(err, "details") else None
-                self._bound.warning(
-                    "agent_message_failed", agent_id=agent.agent_id, code=err.code, error=err.message, llm=llm
-                )
-                self._replies.append(env.error(err))
-        if outcome.crashed:
-            self._crashed(agent, outcome.error or SandboxError("agent crashed"))
-        else:
-            self._next_message(agent)
+
+    def _answer(self, agent: HostedAgent, env: Envelope, outcome: Outcome) -> Envelope:
+        """The reply to the message ``outcome`` ended: the guest's answer, or its error."""
+        if not outcome.ok:
+            err = (
+                outcome.error
+                if isinstance(outcome.error, OpenFangError)
+                else SandboxError(str(outcome.error))
+            )
+            refusal = agent.guard.refusal if agent.guard is not None else None
+            return env.error(refusal if refusal is not None else err)
+        usage = dict(agent.usage, fuel=agent.sandbox.fuel_used - agent.fuel_at_start)
+        reply = outcome.reply.decode("utf-8", "replace")
+        if self._security is not None:
+            reply = self._security.redact(reply)  # layer 11
+        if self._memory is not None:
+            tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+            self._memory.record_message(agent.agent_id, agent.session, "assistant", reply, tokens)
+        return env.reply({"reply": reply, "agent_id": agent.agent_id, "usage": usage})
 
     def _crashed(self, agent: HostedAgent, error: BaseException) -> None:
         """simple_one_for_one: restart this agent per its policy and window; siblings are never touched."""
@@ -563,25 +472,42 @@ class AgentHost(AgentTraffic):
         restart = should_restart(Restart(agent.manifest.restart), abnormal(detail=reason))
         if not restart or not agent.window.add_restart(self.clock()):
             why = "restart_intensity" if restart else "crashed"
-            self._remove(
-                agent,
-                "dead",
-                SandboxError(f"agent {agent.agent_id} crashed: {reason}"),
-                reason=reason,
-                why=why,
-            )
+            err = SandboxError(f"agent {agent.agent_id} crashed: {reason}")
+            self._remove(agent, "dead", err, reason=reason, why=why)
             if restart:
                 self._audit_record({"kind": "agent_gave_up", "agent_id": agent.agent_id, "reason": reason})
             return
+        agent.phase = Phase.RESTARTING
         self._event(agent, "restarting", reason=reason)
         try:
-            agent.sandbox = self._new_sandbox(agent.manifest, agent.agent_id, agent.grant)
+            agent.sandbox = self._spawner.sandbox(agent.manifest, agent.agent_id, agent.grant)
         except OpenFangError as exc:
             self._remove(agent, "dead", exc, reason=f"restart failed: {exc.message}", why="restart_failed")
             return
         agent.restarts += 1
         self._resume_conversation(agent)
         self._start(agent)
+
+    def _resume_conversation(self, agent: HostedAgent) -> None:
+        """A re-spawned built-in LLM agent picks its conversation up from episodic memory.
+
+        Its guest memory (where the built-in agent keeps the conversation) is new, so the newest
+        ``history_messages`` user and assistant turns are read back and put before what the new instance
+        sends the model (``Services.start_llm``). Custom guests keep their own state: not touched.
+        """
+        if self._memory is None or agent.manifest.module != "builtin:llm-agent":
+            return
+        try:
+            rows = self._memory.history(agent.agent_id, {"limit": agent.manifest.history_messages})
+        except OpenFangError as exc:
+            self._bound.warning("agent_resume_failed", agent_id=agent.agent_id, error=str(exc))
+            return
+        agent.resumed = [
+            {"role": r["role"], "content": r["text"]}
+            for r in rows
+            if r.get("role") in ("user", "assistant") and isinstance(r.get("text"), str)
+        ]
+        self._bound.info("agent_resumed", agent_id=agent.agent_id, turns=len(agent.resumed))
 
     def _remove(
         self, agent: HostedAgent, state: str, error: OpenFangError, *, reason: str = "", why: str = ""
@@ -592,23 +518,19 @@ class AgentHost(AgentTraffic):
         self._kv.drop(agent.agent_id)
         self._agents.pop(agent.agent_id, None)
         self._active.pop(agent.agent_id, None)
-        for env in ([agent.spawn_env] if agent.spawn_env else []) + (
-            [agent.current] if agent.current else []
-        ):
-            self._replies.append(env.error(error))
-        for env, _ in agent.inbox:
+        waiting = [agent.spawn_env] if agent.spawn_env else []
+        waiting += [agent.current] if agent.current else []
+        waiting += [env for env, _ in agent.inbox]
+        for env in waiting:
             self._replies.append(env.error(error))
         agent.inbox.clear()
         agent.current = agent.spawn_env = None
         self._event(agent, state, reason=reason, **({"why": why} if why else {}))
 
+    # -- reporting ----------------------------------------------------------------------------------------
     def _record(self, agent: HostedAgent) -> dict[str, Any]:
         info = agent.sandbox.info()
-        state = (
-            "starting"
-            if agent.spawn_env is not None
-            else ("suspended" if agent.sandbox.user_suspended else "running")
-        )
+        suspended = agent.sandbox.user_suspended
         info.update(
             agent_id=agent.agent_id,
             name=agent.manifest.name,
@@ -616,8 +538,8 @@ class AgentHost(AgentTraffic):
             description=agent.manifest.description,
             tools=list(agent.manifest.tools),
             worker=self.worker_id,
-            state=state,
-            activity="suspended" if agent.sandbox.user_suspended else agent.sandbox.state.value,
+            state=agent.state,
+            activity="suspended" if suspended else agent.sandbox.state.value,
             restarts=agent.restarts,
             created_at=agent.created_at,
             inbox=len(agent.inbox),
@@ -652,66 +574,6 @@ class AgentHost(AgentTraffic):
         if self._audit is not None:
             self._audit(record)
 
-    def _runtime(self, stack_kb: int) -> Runtime:
-        rt = self._runtimes.get(stack_kb)
-        if rt is None:
-            opts = EngineOptions(
-                max_wasm_stack_kb=stack_kb,
-                epoch_tick_ms=self._options.epoch_tick_ms,
-                fuel_slice=self._options.fuel_slice,
-            )
-            rt = self._runtimes[stack_kb] = Runtime(HOST_SPECS, options=opts, cache_dir=self._cache_dir)
-            rt.start_ticker()
-        return rt
-
-
-@functools.lru_cache(maxsize=64)
-def _parsed(text: str) -> dict[str, Any]:
-    """The manifest's TOML as data (read-only: shared by the spawns of the same text)."""
-    return tomllib.loads(text)
-
 
 def _session(value: Any) -> str:
     return value if isinstance(value, str) and value else "default"
-
-
-def _module_digest(manifest: AgentManifest) -> str:
-    """What a manifest version names (layer 16): its pinned digest, else the module's bytes."""
-    if manifest.module_sha256:
-        return manifest.module_sha256
-    path = manifest.module_path()
-    if path is None:
-        from openfang.workers.sandbox.builtin_guests import builtin_digest
-
-        return builtin_digest(manifest.module.removeprefix("builtin:"))
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return "unreadable"  # the sandbox's load reports the real problem
-
-
-def _effective(raw: dict[str, Any], manifest: AgentManifest) -> dict[str, Any]:
-    """The manifest as the capability policy reads it, with the host functions it is *effectively* granted
-    (core ABI and implied imports included) as its narrowing allow list."""
-    sandbox = dict(raw.get("sandbox") or {})
-    perms = dict(sandbox.get("permissions") or {})
-    perms["allowed_host_functions"] = sorted(manifest.granted_imports())
-    sandbox["permissions"] = perms
-    return {**raw, "sandbox": sandbox}
-
-
-def _apply_grant(manifest: AgentManifest, raw: dict[str, Any], grant: Any) -> AgentManifest:
-    """Cluster defaults (layers 5-6) for the limits a manifest leaves unset."""
-    sandbox = raw.get("sandbox") or {}
-    sb = manifest.sandbox
-    fuel, memory = sb.fuel, sb.memory
-    if "max_fuel" not in (sandbox.get("fuel") or {}):
-        fuel = dataclasses.replace(fuel, max_fuel=int(grant.fuel))
-    if "max_heap_mb" not in (sandbox.get("memory") or {}):
-        memory = dataclasses.replace(memory, max_heap_mb=max(1, int(grant.memory_bytes) >> 20))
-    for key, most in (("max_table_elements", "table_elements"), ("max_tables", "tables")):
-        if key not in (sandbox.get("memory") or {}) and getattr(memory, key) > getattr(grant, most, 1 << 62):
-            memory = dataclasses.replace(memory, **{key: int(getattr(grant, most))})
-    if fuel is sb.fuel and memory is sb.memory:
-        return manifest
-    return dataclasses.replace(manifest, sandbox=dataclasses.replace(sb, fuel=fuel, memory=memory))

@@ -1,16 +1,20 @@
-"""Agents talking to agents inside one host: ``agent_send``, ``agent_spawn`` and ``agent_list`` tools.
+"""Agents talking to agents: the ``agent_send``, ``agent_spawn`` and ``agent_list`` tools' work.
 
-Private to :mod:`openfang.workers.host.agent_host` (a mixin of :class:`AgentHost`). Tool calls run on the
-host's tool threads, but agents live on the loop thread: a tool thread hands the work to the loop
-(:meth:`AgentTraffic.from_tool_thread`, which wakes the loop through the job runner's pipe) and waits for
-the answer. Messages and spawns made this way are *internal requests*: ordinary ``agent.send`` /
-``agent.spawn`` envelopes whose replies go back to the waiting tool instead of the gateway.
+Tool calls run on the host's tool threads, but agents live on the loop thread: a tool thread hands the work
+to the loop (:class:`LoopHandoff`, which wakes the loop through the job runner's pipe) and waits for the
+answer. Messages and spawns made this way are *internal requests*: ordinary ``agent.send`` /
+``agent.spawn`` envelopes whose replies go back to the waiting tool instead of the gateway
+(:meth:`AgentTraffic.route_replies`).
+
+:class:`AgentTraffic` gets what it needs passed in (the host's agents, read only; a ``submit`` callback;
+the security layers; the hand-off): it never reaches into the host.
 
 Security (when the host has it): ``send`` and ``spawn`` permissions and the spawn budget (layer 9, default
 deny), the sender's Ed25519 signature on every message, verified before delivery, and refusal of a message
 claiming another sender (layer 15), the receiver's request rate and injection check (layers 2-3, via the
-normal ``agent.send`` path). Cross-worker delivery is not implemented here: the target must live on the
-same worker (NotFound otherwise).
+normal ``agent.send`` path). In a cluster, a message to an agent on another worker and every child spawn go
+through the gateway (``remote_send``): it checks that the sender lives on this worker, routes the message,
+and registers the child (durable, its id from the registry).
 """
 
 from __future__ import annotations
@@ -21,40 +25,28 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import NotFound, OpenFangError, ProtocolError, Timeout
 from openfang.security._errors import Denied
 from openfang.security.identity import FROM_KEY, sign_agent_message
-
-if TYPE_CHECKING:
-    from openfang.workers.host.jobs import JobRunner
-    from openfang.workers.host.memory import HostMemory
-    from openfang.workers.host.security import HostSecurity
-    from openfang.workers.host.services import HostedAgent
+from openfang.workers.host.jobs import JobRunner
+from openfang.workers.host.record import HostedAgent
+from openfang.workers.host.security import HostSecurity
 
 TOOL_WAIT_S = 20.0  # how long a tool thread waits for the loop's answer (a reply or a started agent)
+RemoteSend = Callable[[str, Envelope], "Future[Any]"]
 
 
-class AgentTraffic:
-    """Mixin: the loop side of agent-to-agent tools. Expects the attributes AgentHost defines."""
+class LoopHandoff:
+    """Work that tool threads hand to the loop thread, and the loop's side of running it."""
 
-    worker_id: str
-    _agents: dict[str, HostedAgent]
-    _calls: deque[tuple[Callable[[], Any], Future[Any]]]
-    _internal: dict[str, Future[Any]]
-    _spawn_parents: dict[str, str]
-    _security: HostSecurity | None
-    _memory: HostMemory | None
-    _runner: JobRunner
-    _remote_send: Callable[[str, Envelope], Future[Any]] | None = None
+    def __init__(self, runner: JobRunner) -> None:
+        self._runner = runner
+        self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
 
-    def submit(self, env: Envelope) -> None:  # provided by AgentHost
-        raise NotImplementedError
-
-    # -- thread hand-off -----------------------------------------------------------------------------------
-    def from_tool_thread(self, work: Callable[[], Any]) -> Any:
+    def call(self, work: Callable[[], Any]) -> Any:
         """Run ``work`` on the loop thread and return its result (raise its error); for tool threads only.
 
         ``work`` may return a Future (an internal request's reply): then this waits for that too.
@@ -70,7 +62,8 @@ class AgentTraffic:
             raise Timeout(f"no answer from the agent host within {TOOL_WAIT_S:g}s") from None
         return result
 
-    def _run_calls(self) -> None:
+    def run_pending(self) -> None:
+        """Run what tool threads handed over (the loop thread, every step)."""
         while self._calls:
             work, fut = self._calls.popleft()
             try:
@@ -78,8 +71,40 @@ class AgentTraffic:
             except BaseException as exc:  # the waiting tool thread gets it (a tool error result)
                 fut.set_exception(exc)
 
-    def _route_internal(self, out: list[Envelope]) -> list[Envelope]:
+
+class AgentTraffic:
+    """The loop side of the agent-to-agent tools of one host."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        *,
+        agents: Mapping[str, HostedAgent],
+        submit: Callable[[Envelope], None],
+        security: HostSecurity | None,
+        handoff: LoopHandoff,
+    ) -> None:
+        self.worker_id = worker_id
+        self._agents = agents  # the host's own table: read here, never changed
+        self._submit = submit
+        self._security = security
+        self.handoff = handoff
+        self._internal: dict[str, Future[Any]] = {}
+        self.spawn_parents: dict[str, str] = {}  # local spawns' request id -> parent (no gateway)
+        self.remote_send: RemoteSend | None = None
+
+    def is_internal(self, request_id: str) -> bool:
+        """Whether ``request_id`` is a message an agent of this host sent (not a client's)."""
+        return request_id in self._internal
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._internal)
+
+    def route_replies(self, out: list[Envelope]) -> list[Envelope]:
         """Replies to internal requests go to their waiting tool; the rest to the gateway."""
+        if not self._internal:
+            return out
         keep = []
         for env in out:
             fut = self._internal.pop(env.id, None)
@@ -94,17 +119,10 @@ class AgentTraffic:
     def _internal_request(self, env: Envelope) -> Future[Any]:
         fut: Future[Any] = Future()
         self._internal[env.id] = fut
-        self.submit(env)  # errors come back as replies on this id, routed to the future
+        self._submit(env)  # errors come back as replies on this id, routed to the future
         return fut
 
     # -- the tools' work, on the loop thread -----------------------------------------------------------------
-    def set_remote_send(self, send: Callable[[str, Envelope], Future[Any]] | None) -> None:
-        """How to reach agents on other workers: ``send(sender_id, agent.send envelope) -> Future``.
-
-        The worker forwards through the gateway, which checks that the sender really lives on this worker
-        (so no worker can speak for another's agents) and routes to the target's worker.
-        """
-        self._remote_send = send
 
     def _sender_claim_check(self, sender: str, to: str, claimed: Any) -> None:
         """Only the host speaks for an agent: a sender claim written by the guest is refused (and audited
@@ -121,10 +139,11 @@ class AgentTraffic:
             )
         raise ProtocolError("agent_send: the sender is set by the host, not by the message")
 
-    def _agent_send(self, sender: str, args: Mapping[str, Any]) -> Future[Any]:
+    def send(self, sender: str, args: Mapping[str, Any]) -> Future[Any]:
+        """``agent_send {to, message}`` from ``sender``: the reply as ``{from, reply}``."""
         to, message = str(args["to"]), args["message"]
         target = self._agents.get(to)
-        remote = getattr(self, "_remote_send", None)
+        remote = self.remote_send
         if target is None and remote is None:
             raise NotFound(f"no agent {to!r} on worker {self.worker_id}")
         if to == sender:
@@ -162,7 +181,8 @@ class AgentTraffic:
         fut.add_done_callback(done)
         return out
 
-    def _agent_spawn(self, parent: str, args: Mapping[str, Any]) -> Future[Any]:
+    def spawn(self, parent: str, args: Mapping[str, Any]) -> Future[Any]:
+        """``agent_spawn {manifest}`` by ``parent``: ``{agent_id, worker}`` of the child."""
         text = str(args["manifest"])
         if "[agent" not in text:
             # A name: the manifest of a running agent of that name on this worker.
@@ -179,13 +199,13 @@ class AgentTraffic:
                 self._security.permissions.check_spawn(parent, name)  # layer 9: before any work
             self._security.check_spawn_budget(parent)
         env = Envelope(type="agent.spawn", body={"manifest": text})
-        remote = getattr(self, "_remote_send", None)
+        remote = self.remote_send
         if remote is not None:
             # In a cluster the gateway registers the child (durable, its id from the registry) and places
             # it on this worker, beside its parent.
             fut = remote(parent, env)
         else:
-            self._spawn_parents[env.id] = parent
+            self.spawn_parents[env.id] = parent
             fut = self._internal_request(env)
         out: Future[Any] = Future()
 
@@ -202,7 +222,7 @@ class AgentTraffic:
         fut.add_done_callback(done)
         return out
 
-    def _agent_list(self, caller: str) -> list[dict[str, Any]]:
+    def listing(self, caller: str) -> list[dict[str, Any]]:
         """The agents ``caller`` may message (all of them on this worker without the security layers)."""
         out = []
         perms = None

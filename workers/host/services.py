@@ -1,8 +1,9 @@
-"""What an AgentHost keeps per agent, its restart window, and the services its sandboxes call into.
+"""The services an agent's sandbox calls into: LLM completions and tool calls as jobs, and tool contexts.
 
-Private to :mod:`openfang.workers.host.agent_host` (split out to keep each module to one job): ``HostedAgent``
-is the supervisor's record of one child; ``Services`` turns a sandbox's parking host calls into jobs (LLM
-completions, tool calls) on the host's job runner, with the agent's provider, tools and ToolContext.
+``Services`` turns a sandbox's parking host calls into jobs on the host's job runner, with the agent's
+provider, tools and ToolContext; ``ToolContexts`` builds each agent's ToolContext. Both get every
+collaborator they use passed in (tools, security layers, memory, the job runner, the agent table, the
+agent-to-agent traffic): nothing here reaches into the host.
 """
 
 from __future__ import annotations
@@ -10,75 +11,61 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import OpenFangError
-from openfang.supervisor.restart import RestartWindow  # OTP's add_restart, shared with the tree
-from openfang.workers.host import jobs as jobs
-from openfang.workers.manifest import AgentManifest
+from openfang.workers.host import jobs
+from openfang.workers.host.agents import AgentTraffic
+from openfang.workers.host.memory import HostMemory
+from openfang.workers.host.record import HostedAgent
+from openfang.workers.host.security import HostSecurity
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox.instance import DoneJob, Job, Sandbox
+from openfang.workers.tools import kv as _tools_kv
 from openfang.workers.tools import registry as _tools
-
-if TYPE_CHECKING:
-    from openfang.workers.host.agent_host import AgentHost
-
-
-@dataclass(kw_only=True)
-class HostedAgent:
-    agent_id: str
-    manifest: AgentManifest
-    sandbox: Sandbox
-    provider: Any
-    window: RestartWindow
-    created_at: float = field(default_factory=time.time)
-    restarts: int = 0
-    inbox: deque[tuple[Envelope, bytes]] = field(default_factory=deque)
-    current: Envelope | None = None
-    spawn_env: Envelope | None = None
-    usage: dict[str, int] = field(default_factory=dict)
-    fuel_at_start: int = 0
-    chat_cache: jobs.ChatCache = field(default_factory=jobs.ChatCache)
-    tool_ctx: Any = None
-    grant: Any = None  # the security.capabilities grant, reapplied on every restart
-    tool_specs: tuple[Any, ...] | None = None
-    tool_ctx_for: Sandbox | None = None
-    guard: Any = None  # _host_security.AgentGuard when the host enforces the security layers
-    manifest_text: str = ""
-    session: str = ""  # the session of the message in progress (memory records carry it)
-    unbilled_tokens: int = 0  # LLM tokens used but not yet charged to the agent's token bucket
-    failure: OpenFangError | None = None  # the LLM error of the message in progress, for its error reply
-    resumed: list[dict[str, Any]] = field(default_factory=list)  # turns before a re-spawn (from memory)
 
 
 class Services:
     """The HostServices a sandbox sees: jobs for its parking host calls, audit."""
 
-    def __init__(self, host: AgentHost) -> None:
-        self.host = host
+    def __init__(
+        self,
+        *,
+        agents: Mapping[str, HostedAgent],
+        tools: Any,
+        runner: jobs.JobRunner,
+        contexts: ToolContexts,
+        audit: Callable[[dict[str, Any]], None],
+        security: HostSecurity | None = None,
+        memory: HostMemory | None = None,
+    ) -> None:
+        self._agents = agents  # the host's table, read only
+        self.tools = tools
+        self._runner = runner
+        self._contexts = contexts
+        self._audit = audit
+        self._security = security
+        self._memory = memory
 
     def _agent(self, sandbox: Sandbox) -> HostedAgent | None:
-        agent = self.host._agents.get(sandbox.agent_id)
+        agent = self._agents.get(sandbox.agent_id)
         return agent if agent is not None and agent.sandbox is sandbox else None
 
     def audit(self, record: dict[str, Any]) -> None:
-        self.host._audit_record(record)
+        self._audit(record)
 
     def start_llm(self, sandbox: Sandbox, messages: list[dict[str, Any]]) -> Job:
         agent = self._agent(sandbox)
         if agent is None or agent.provider is None:
             return DoneJob(abi.E_UNAVAILABLE, b"no LLM provider in this host")
         if agent.tool_specs is None:  # what the model is offered: fixed for the agent's life
-            registry = self.host.tools
+            registry = self.tools
             agent.tool_specs = ()
             if agent.manifest.tools and registry is not None and hasattr(registry, "specs_for"):
                 agent.tool_specs = tuple(registry.specs_for(frozenset(agent.manifest.tools)))
         specs = agent.tool_specs
-        sec = self.host._security
+        sec = self._security
         content_filter = None
         if sec is not None:
             refused = self._charge(agent, tokens=agent.unbilled_tokens)
@@ -101,18 +88,8 @@ class Services:
             room = agent.manifest.history_messages - len(messages)
             messages = (agent.resumed[-room:] if room > 0 else []) + messages
         chat = agent.chat_cache.convert(messages)
-        on_delta = self._delta_sink(agent)
-        model_stream = bool(agent.manifest.model is not None and agent.manifest.model.raw.get("stream"))
-        work = jobs.llm_work(
-            agent.provider,
-            agent.manifest.system_prompt,
-            chat,
-            specs,
-            content_filter,
-            stream=model_stream or on_delta is not None,
-            on_delta=on_delta,
-        )
-        self.host._runner.run(job, work, inline=getattr(agent.provider, "blocking", True) is False)
+        work = jobs.llm_work(agent.provider, agent.manifest.system_prompt, chat, specs, content_filter)
+        self._runner.run(job, work, inline=getattr(agent.provider, "blocking", True) is False)
         return job
 
     def _delta_sink(self, agent: HostedAgent) -> Callable[[str], None] | None:
@@ -134,13 +111,13 @@ class Services:
 
     def start_tools(self, sandbox: Sandbox, request: dict[str, Any]) -> Job:
         agent = self._agent(sandbox)
-        if agent is None or self.host.tools is None:
+        if agent is None or self.tools is None:
             return DoneJob(abi.E_UNAVAILABLE, b"no tool registry in this host")
         single = "tool_calls" not in request
         calls = [request] if single else list(request.get("tool_calls") or [])
         if not all(isinstance(c, dict) for c in calls) or not calls:
             return DoneJob(abi.E_INVALID)
-        if self.host._security is not None:
+        if self._security is not None:
             refused = self._charge(agent, tool_calls=len(calls))
             if refused is not None:
                 return refused
@@ -148,7 +125,7 @@ class Services:
 
     def _charge(self, agent: HostedAgent, *, tokens: int = 0, tool_calls: int = 0) -> Job | None:
         """Layer 3 before an LLM or tool call: None when within the agent's budget, else the refusal."""
-        sec = self.host._security
+        sec = self._security
         assert sec is not None
         try:
             sec.charge(agent.agent_id, tokens=tokens, tool_calls=tool_calls)
@@ -160,8 +137,8 @@ class Services:
 
     def _invoke(self, agent: HostedAgent, ctx: Any, name: str, args: dict[str, Any]) -> tuple[bool, Any]:
         """One tool call through the registry, then the host's layers on its result (any thread)."""
-        registry: Any = self.host.tools
-        sec, mem = self.host._security, self.host._memory
+        registry: Any = self.tools
+        sec, mem = self._security, self._memory
         if sec is None and mem is None:
             return jobs.invoke_tool(registry, ctx, name, args)
         t0 = time.perf_counter()
@@ -198,7 +175,7 @@ class Services:
     def _run_tools(
         self, agent: HostedAgent, sandbox: Sandbox, calls: list[dict[str, Any]], single: bool
     ) -> Job:
-        registry = self.host.tools
+        registry = self.tools
         ctx = self._context(agent, sandbox)
 
         def denied(name: str) -> None:
@@ -220,16 +197,13 @@ class Services:
         work = jobs.tools_work(calls, frozenset(agent.manifest.tools), invoke, denied, single)
         inline = all(getattr(_tool(registry, str(c.get("name"))), "blocking", True) is False for c in calls)
         job = UsageJob(agent)
-        self.host._runner.run(job, work, inline=inline)
+        self._runner.run(job, work, inline=inline)
         return job
 
     def _context(self, agent: HostedAgent, sandbox: Sandbox, extra: frozenset[str] = frozenset()) -> Any:
         """The agent's ToolContext (one per agent instance); ``extra`` widens ``allowed`` for one call."""
         if agent.tool_ctx is None or agent.tool_ctx_for is not sandbox:
-            host = self.host
-            agent.tool_ctx = (
-                host._tool_context(sandbox) if host._tool_context else default_context(host, agent)
-            )
+            agent.tool_ctx = self._contexts.build(agent, sandbox)
             agent.tool_ctx_for = sandbox
         ctx = agent.tool_ctx
         if extra and dataclasses.is_dataclass(ctx) and hasattr(ctx, "allowed"):
@@ -239,7 +213,7 @@ class Services:
     def start_capability(self, sandbox: Sandbox, name: str, payload: bytes) -> Job:
         agent = self._agent(sandbox)
         tool = abi.CAPABILITY_IMPORTS.get(name)
-        if agent is None or tool is None or self.host.tools is None:
+        if agent is None or tool is None or self.tools is None:
             return DoneJob(abi.E_UNAVAILABLE, f"host function {name} is not available in this host".encode())
         try:
             args = json.loads(payload)
@@ -258,7 +232,7 @@ class Services:
             True,
         )
         job = UsageJob(agent)
-        self.host._runner.run(job, work, inline=False)
+        self._runner.run(job, work, inline=False)
         return job
 
 
@@ -294,72 +268,78 @@ def _tool(registry: Any, name: str) -> Any:
         return None
 
 
-def default_context(host: AgentHost, agent: HostedAgent) -> Any:
-    """The agent's ToolContext: its tools as the allow list, its KV namespace and, with the security layers
-    and memory wired, its scoped files, network policy, egress check and host callbacks."""
-    allowed = frozenset(agent.manifest.tools)
-    kv = host._kv.namespace(agent.agent_id)
-    sec, mem = host._security, host._memory
+class ToolContexts:
+    """Builds each agent's ToolContext: its tools as the allow list, its KV namespace and, with the security
+    layers and memory wired, its scoped files, network policy, egress check and host callbacks."""
 
-    def task_update(_agent_id: str, args: dict[str, Any]) -> Any:
-        # The last state and message win; artifacts add up over the message (any tool thread).
-        task = agent.task or {"artifacts": []}
-        for key in ("state", "message"):
-            if key in args:
-                task[key] = args[key]
-        task["artifacts"] = [*task["artifacts"], *(args.get("artifacts") or [])]
-        agent.task = task
-        return {
-            "recorded": True,
-            "state": task.get("state", "completed"),
-            "artifacts": len(task["artifacts"]),
-        }
+    def __init__(
+        self,
+        *,
+        kv: _tools_kv.KVStore,
+        traffic: AgentTraffic,
+        security: HostSecurity | None = None,
+        memory: HostMemory | None = None,
+        custom: Callable[[Sandbox], Any] | None = None,
+    ) -> None:
+        self.kv = kv
+        self._traffic = traffic
+        self._security = security
+        self._memory = memory
+        self.custom = custom  # a caller's own factory (tests) replaces the default context
 
-    if sec is None and mem is None:
-        return _tools.ToolContext(agent_id=agent.agent_id, allowed=allowed, kv=kv, task_update=task_update)
-    extra: dict[str, Any] = {"task_update": task_update}
-    if sec is not None:
-        guard = agent.guard
-        extra.update(
-            fs_root=sec.ensure_fs_root(guard.fs_root) if guard is not None else None,
-            net_allow_hosts=tuple(sec.config.network.allow_hosts),
-            net_allow_private=sec.config.network.allow_private,
-            egress_check=sec.egress_check(agent.agent_id),
-            shell=agent.manifest.shell,
-            web_search=agent.manifest.web_search,
+    def build(self, agent: HostedAgent, sandbox: Sandbox) -> Any:
+        if self.custom is not None:
+            return self.custom(sandbox)
+        allowed = frozenset(agent.manifest.tools)
+        kv = self.kv.namespace(agent.agent_id)
+        sec, mem = self._security, self._memory
+        if sec is None and mem is None:
+            return _tools.ToolContext(agent_id=agent.agent_id, allowed=allowed, kv=kv)
+        extra: dict[str, Any] = {}
+        if sec is not None:
+            guard = agent.guard
+            extra.update(
+                fs_root=sec.ensure_fs_root(guard.fs_root) if guard is not None else None,
+                net_allow_hosts=tuple(sec.config.network.allow_hosts),
+                net_allow_private=sec.config.network.allow_private,
+                egress_check=sec.egress_check(agent.agent_id),
+                shell=agent.manifest.shell,
+                web_search=agent.manifest.web_search,
+            )
+        if mem is not None:
+            extra.update(_memory_callbacks(mem, sec))
+        traffic, handoff = self._traffic, self._traffic.handoff
+        return _tools.ToolContext(
+            agent_id=agent.agent_id,
+            allowed=allowed,
+            kv=kv,
+            send=lambda agent_id, args: handoff.call(lambda: traffic.send(agent_id, args)),
+            spawn=lambda agent_id, args: handoff.call(lambda: traffic.spawn(agent_id, args)),
+            list_agents=lambda agent_id, args: handoff.call(lambda: traffic.listing(agent_id)),
+            **extra,
         )
-    if mem is not None:
 
-        def recall(agent_id: str, args: dict[str, Any]) -> Any:
-            owners = [str(a) for a in args.get("agents") or []]
-            if sec is not None and owners:
-                sec.memory_scope(agent_id, owners)  # layer 9: raises Denied (audited) for another's memory
-            return mem.recall(agent_id, args, owners)
 
-        def forget(agent_id: str, args: dict[str, Any]) -> Any:
-            if sec is not None and sec.permissions is not None:
-                sec.permissions.check_memory_write(
-                    agent_id, agent_id
-                )  # a read-only agent cannot forget either
-            return mem.forget(agent_id, args)
+def _memory_callbacks(mem: HostMemory, sec: HostSecurity | None) -> dict[str, Any]:
+    def recall(agent_id: str, args: dict[str, Any]) -> Any:
+        owners = [str(a) for a in args.get("agents") or []]
+        if sec is not None and owners:
+            sec.memory_scope(agent_id, owners)  # layer 9: raises Denied (audited) for another's memory
+        return mem.recall(agent_id, args, owners)
 
-        def store(agent_id: str, args: dict[str, Any]) -> Any:
-            if sec is not None and sec.permissions is not None:
-                sec.permissions.check_memory_write(agent_id, agent_id)  # memory_write = [] makes it read-only
-            return mem.store(agent_id, args)
+    def store(agent_id: str, args: dict[str, Any]) -> Any:
+        if sec is not None and sec.permissions is not None:
+            sec.permissions.check_memory_write(agent_id, agent_id)  # memory_write = [] makes it read-only
+        return mem.store(agent_id, args)
 
-        extra.update(
-            memory_store=store,
-            memory_recall=recall,
-            memory_history=lambda agent_id, args: mem.history(agent_id, args),
-            memory_forget=forget,
-        )
-    return _tools.ToolContext(
-        agent_id=agent.agent_id,
-        allowed=allowed,
-        kv=kv,
-        send=lambda agent_id, args: host.from_tool_thread(lambda: host._agent_send(agent_id, args)),
-        spawn=lambda agent_id, args: host.from_tool_thread(lambda: host._agent_spawn(agent_id, args)),
-        list_agents=lambda agent_id, args: host.from_tool_thread(lambda: host._agent_list(agent_id)),
-        **extra,
-    )
+    def forget(agent_id: str, args: dict[str, Any]) -> Any:
+        if sec is not None and sec.permissions is not None:
+            sec.permissions.check_memory_write(agent_id, agent_id)  # a read-only agent cannot forget either
+        return mem.forget(agent_id, args)
+
+    return {
+        "memory_store": store,
+        "memory_recall": recall,
+        "memory_history": lambda agent_id, args: mem.history(agent_id, args),
+        "memory_forget": forget,
+    }

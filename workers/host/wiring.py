@@ -14,7 +14,7 @@ from typing import Any
 from openfang.memory.api import MemoryAPI
 from openfang.protocol.errors import ConfigError
 from openfang.security.config import open_audit
-from openfang.workers.host.agent_host import AgentHost
+from openfang.workers.host.agent_host import AgentHost, HostParts
 from openfang.workers.host.memory import HostMemory
 from openfang.workers.host.security import HostAudit, HostSecurity, security_from_args
 from openfang.workers.llm.providers import make_provider
@@ -70,8 +70,7 @@ def build_host(
     security = HostSecurity(
         config, HostAudit(open_audit(config), also=audit), data_dir=Path(data_dir) if data_dir else None
     )
-    host = AgentHost(
-        worker_id,
+    parts = HostParts(
         llm_factory=_provider_for,
         tools=registry,
         events=events,
@@ -80,9 +79,4 @@ def build_host(
         memory=HostMemory(memory) if memory is not None else None,
         max_agents=int(args["max_agents"]) if args.get("max_agents") else None,
     )
-    if "mcp" in args:  # MCP servers every agent of this worker may name (cluster.toml worker args)
-        servers, problems = parse_servers(args["mcp"], f"worker {worker_id} args")
-        if problems:
-            raise ConfigError(problems)
-        host.mcp_servers = servers
-    return host
+    return AgentHost(worker_id, parts)

@@ -1,0 +1,71 @@
+"""The agent host's record of one agent: an explicit state, what it is doing, and what it is owed.
+
+One :class:`HostedAgent` per agent, owned by the :class:`~openfang.workers.host.agent_host.AgentHost`; its
+collaborators (services, agent traffic) read it but never change its lifecycle fields.
+
+Lifecycle (``phase``)::
+
+    STARTING ──init ok──> READY ──crash──> RESTARTING ──init ok──> READY
+        │                   │                   │
+        └──── given up / killed / temporary ────┴──> (removed: the record is dropped)
+
+``suspended`` is orthogonal (the sandbox is not polled; messages wait in ``inbox``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from openfang.protocol.envelope import Envelope
+from openfang.protocol.errors import OpenFangError
+from openfang.supervisor.restart import RestartWindow  # OTP's add_restart, shared with the tree
+from openfang.workers.host import jobs
+from openfang.workers.manifest import AgentManifest
+from openfang.workers.sandbox.instance import Sandbox
+
+
+class Phase(StrEnum):
+    STARTING = "starting"  # spawned, agent_init not finished; the spawn reply waits for it
+    READY = "ready"  # answering messages (idle or busy)
+    RESTARTING = "restarting"  # crashed, a fresh instance is in agent_init; messages wait in the inbox
+
+
+@dataclass(kw_only=True)
+class HostedAgent:
+    agent_id: str
+    manifest: AgentManifest
+    manifest_text: str
+    sandbox: Sandbox
+    provider: Any
+    window: RestartWindow
+    phase: Phase = Phase.STARTING
+    created_at: float = field(default_factory=time.time)
+    restarts: int = 0
+    inbox: deque[tuple[Envelope, bytes]] = field(default_factory=deque)
+    current: Envelope | None = None  # the message in progress
+    spawn_env: Envelope | None = None  # the spawn to answer once agent_init is done
+    usage: dict[str, int] = field(default_factory=dict)
+    fuel_at_start: int = 0
+    chat_cache: jobs.ChatCache = field(default_factory=jobs.ChatCache)
+    tool_ctx: Any = None
+    grant: Any = None  # the security.capabilities grant, reapplied on every restart
+    tool_specs: tuple[Any, ...] | None = None
+    tool_ctx_for: Sandbox | None = None
+    guard: Any = None  # security.AgentGuard when the host enforces the security layers
+    session: str = ""  # the session of the message in progress (memory records carry it)
+    unbilled_tokens: int = 0  # LLM tokens used but not yet charged to the agent's token bucket
+    failure: OpenFangError | None = None  # the LLM error of the message in progress, for its error reply
+    resumed: list[dict[str, Any]] = field(default_factory=list)  # turns before a re-spawn (from memory)
+
+    @property
+    def state(self) -> str:
+        """The state clients see: starting | restarting | suspended | running."""
+        if self.phase is Phase.STARTING:
+            return "starting"
+        if self.sandbox.user_suspended:
+            return "suspended"
+        return "restarting" if self.phase is Phase.RESTARTING else "running"

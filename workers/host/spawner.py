@@ -1,0 +1,216 @@
+"""Turning an ``agent.spawn`` into a loaded sandbox: manifest, provider, security layers, grant, sandbox.
+
+:class:`Spawner` holds what a spawn needs (the parsed-manifest cache, the engines per stack size, the
+security layers, the capability policy) and builds a :class:`~openfang.workers.host.record.HostedAgent`
+whose sandbox is loaded and whose imports were checked; the host registers and starts it. A refused spawn
+frees everything it made: nothing half-built is left behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import tomllib
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from openfang.protocol.bodies import AgentSpawn
+from openfang.supervisor.restart import RestartWindow
+from openfang.workers.host.record import HostedAgent
+from openfang.workers.host.security import HostSecurity
+from openfang.workers.llm import providers as _llm
+from openfang.workers.manifest import AgentManifest, ModelConfig, load_manifest
+from openfang.workers.sandbox import guest_abi as abi
+from openfang.workers.sandbox._wasmtime import EngineOptions, HostFunctionSpec, Runtime
+from openfang.workers.sandbox.instance import HostServices, Sandbox
+
+MANIFEST_CACHE = 256  # distinct manifest texts kept parsed
+HOST_SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a in abi.HOST_FUNCTIONS)
+
+
+class Spawner:
+    """Builds agents for one host (see the module docstring). Loop thread only."""
+
+    def __init__(
+        self,
+        *,
+        services: HostServices,
+        clock: Callable[[], float],
+        tools: Any = None,
+        llm_factory: Callable[[ModelConfig], Any] | None = None,
+        engine_options: EngineOptions | None = None,
+        module_cache_dir: Path | None = None,
+        security: HostSecurity | None = None,
+        capabilities: Any = None,
+    ) -> None:
+        self._services = services
+        self._clock = clock
+        self._tools = tools
+        self._llm_factory = llm_factory
+        # Deep model validation when the providers module is present (it owns provider semantics).
+        self._validate_model = _llm.validate_model_config if llm_factory is None else None
+        self._options = engine_options or EngineOptions()
+        # Compiled modules persist here (by sha256 + engine settings): a restarted worker skips compiling.
+        self._cache_dir = module_cache_dir
+        self._security = security
+        # security.capabilities.CapabilityPolicy (duck-typed): cluster limits and import allow/deny patterns.
+        self.capabilities: Any = capabilities
+        if capabilities is None and security is not None:
+            self.capabilities = security.capabilities
+        self._runtimes: dict[int, Runtime] = {}
+        self._manifests: OrderedDict[tuple[str, str], AgentManifest] = OrderedDict()
+
+    def manifest(self, text: str, path: Path | None) -> AgentManifest:
+        """The validated manifest for ``text``; identical texts (a pool of one manifest) are parsed once.
+
+        Parsing and validating is most of a warm spawn's CPU. The result is a frozen value, so sharing it
+        between agents is safe; only successful parses are kept, so a bad manifest is reported every time.
+        """
+        key = (text, str(path) if path else "")
+        manifest = self._manifests.get(key)
+        if manifest is not None:
+            self._manifests.move_to_end(key)
+            return manifest
+        names = self._tools.names() if self._tools is not None and hasattr(self._tools, "names") else None
+        manifest = load_manifest(
+            text,
+            source=path.name if path else "agent.toml",
+            base_dir=path.parent if path else None,
+            tool_names=set(names) if names is not None else None,
+            validate_model=self._validate_model,
+        )
+        self._manifests[key] = manifest
+        if len(self._manifests) > MANIFEST_CACHE:
+            self._manifests.popitem(last=False)
+        return manifest
+
+    def build(
+        self, body: AgentSpawn, manifest: AgentManifest, agent_id: str, parent: str | None
+    ) -> HostedAgent:
+        """A new agent for ``body``: checked by the security layers, its sandbox loaded (not started)."""
+        text = body.manifest
+        provider = None
+        if manifest.model is not None and self._llm_factory is not None:
+            provider = self._llm_factory(manifest.model)
+        elif manifest.model is not None:
+            provider = _llm.make_provider(manifest.model.raw, where=f"{manifest.source}: [agent.model]")
+        sec = self._security
+        digest = module_digest(manifest)
+        if sec is not None:
+            sec.check_version(manifest, digest)  # layer 16, before any work is spent on an old manifest
+            sec.attest(manifest, parsed(text))  # layer 13: signed manifests
+        grant = None
+        if self.capabilities is not None:
+            raw = parsed(text)
+            grant = self.capabilities.grant(agent_id, _effective(raw, manifest), source=manifest.source)
+            manifest = _apply_grant(manifest, raw, grant)
+        sandbox = self.sandbox(manifest, agent_id, grant)
+        agent = HostedAgent(
+            agent_id=agent_id,
+            manifest=manifest,
+            manifest_text=text,
+            sandbox=sandbox,
+            provider=provider,
+            window=RestartWindow(manifest.restart_intensity, manifest.restart_period_ms / 1000),
+            grant=grant,
+        )
+        if sec is not None:
+            try:
+                agent.guard = sec.admit(manifest, agent_id, parent=parent)
+                sec.accept_version(manifest, digest)
+            except BaseException:
+                sandbox.close()
+                sec.release(agent_id)
+                raise
+        return agent
+
+    def sandbox(self, manifest: AgentManifest, agent_id: str, grant: Any = None) -> Sandbox:
+        """A loaded sandbox (imports checked, instantiated lazily by ``begin_init``); raises on refusal."""
+        check = None
+        if self.capabilities is not None and grant is not None:
+            caps = self.capabilities
+
+            def check(imports: list[tuple[str, str, str]]) -> None:
+                caps.check_imports(grant, [(module, name) for module, name, _ in imports])
+
+        sandbox = Sandbox(
+            manifest,
+            self._runtime(manifest.sandbox.memory.stack_size_kb),
+            agent_id=agent_id,
+            services=self._services,
+            clock=self._clock,
+            import_check=check,
+        )
+        sandbox.load()  # raises (and frees) on refusal: nothing is registered for a failed spawn
+        return sandbox
+
+    def _runtime(self, stack_kb: int) -> Runtime:
+        rt = self._runtimes.get(stack_kb)
+        if rt is None:
+            opts = EngineOptions(
+                max_wasm_stack_kb=stack_kb,
+                epoch_tick_ms=self._options.epoch_tick_ms,
+                fuel_slice=self._options.fuel_slice,
+            )
+            rt = self._runtimes[stack_kb] = Runtime(HOST_SPECS, options=opts, cache_dir=self._cache_dir)
+            rt.start_ticker()
+        return rt
+
+    def live_stores(self) -> int:
+        return sum(rt.live_stores for rt in self._runtimes.values())
+
+    def close(self) -> None:
+        for rt in self._runtimes.values():
+            rt.close()
+        self._runtimes.clear()
+
+
+@functools.lru_cache(maxsize=64)
+def parsed(text: str) -> dict[str, Any]:
+    """The manifest's TOML as data (read-only: shared by the spawns of the same text)."""
+    return tomllib.loads(text)
+
+
+def module_digest(manifest: AgentManifest) -> str:
+    """What a manifest version names (layer 16): its pinned digest, else the module's bytes."""
+    if manifest.module_sha256:
+        return manifest.module_sha256
+    path = manifest.module_path()
+    if path is None:
+        from openfang.workers.sandbox.builtin_guests import builtin_digest
+
+        return builtin_digest(manifest.module.removeprefix("builtin:"))
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "unreadable"  # the sandbox's load reports the real problem
+
+
+def _effective(raw: dict[str, Any], manifest: AgentManifest) -> dict[str, Any]:
+    """The manifest as the capability policy reads it, with the host functions it is *effectively* granted
+    (core ABI and implied imports included) as its narrowing allow list."""
+    sandbox = dict(raw.get("sandbox") or {})
+    perms = dict(sandbox.get("permissions") or {})
+    perms["allowed_host_functions"] = sorted(manifest.granted_imports())
+    sandbox["permissions"] = perms
+    return {**raw, "sandbox": sandbox}
+
+
+def _apply_grant(manifest: AgentManifest, raw: dict[str, Any], grant: Any) -> AgentManifest:
+    """Cluster defaults (layers 5-6) for the limits a manifest leaves unset."""
+    sandbox = raw.get("sandbox") or {}
+    sb = manifest.sandbox
+    fuel, memory = sb.fuel, sb.memory
+    if "max_fuel" not in (sandbox.get("fuel") or {}):
+        fuel = dataclasses.replace(fuel, max_fuel=int(grant.fuel))
+    if "max_heap_mb" not in (sandbox.get("memory") or {}):
+        memory = dataclasses.replace(memory, max_heap_mb=max(1, int(grant.memory_bytes) >> 20))
+    for key, most in (("max_table_elements", "table_elements"), ("max_tables", "tables")):
+        if key not in (sandbox.get("memory") or {}) and getattr(memory, key) > getattr(grant, most, 1 << 62):
+            memory = dataclasses.replace(memory, **{key: int(getattr(grant, most))})
+    if fuel is sb.fuel and memory is sb.memory:
+        return manifest
+    return dataclasses.replace(manifest, sandbox=dataclasses.replace(sb, fuel=fuel, memory=memory))
