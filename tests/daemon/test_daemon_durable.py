@@ -26,6 +26,14 @@ TRAP_WAT = """(module
 )"""
 
 
+# The load below comes from one client (one uid): lift the per-client and global request rates, and the
+# per-agent one, so every answer is about the agent, not about the rate limits.
+UNLIMITED = "".join(
+    f"\n[security.ratelimit.{bucket}]\nrate = 0\nburst = 0\n"
+    for bucket in ("client_requests", "global_requests", "agent_requests")
+)
+
+
 def echo(name: str, restart: str = "permanent", extra: str = "") -> str:
     return f'[agent]\nname = "{name}"\nmodule = "builtin:echo"\nrestart = "{restart}"\n{extra}\n'
 
@@ -155,7 +163,7 @@ def test_worker_kill_under_load_same_ids_answer_every_request_answered_conversat
 ) -> None:
     """kill -9 of a worker under load: its agents come back with their ids, every request gets an answer
     (a reply, or an explicit error), none is not_found, and the LLM agent remembers what it was told."""
-    c = make_cluster(workers=2, memory=True, intensity=5, request_timeout_ms=20000)
+    c = make_cluster(workers=2, memory=True, intensity=5, request_timeout_ms=20000, extra=UNLIMITED)
     c.start(env={"OPENFANG_EMBEDDER": "hash"})
     ids = [spawn(c, echo("pinger")) for _ in range(6)]
     pal = spawn(c, friend())
@@ -252,7 +260,7 @@ def test_daemon_kill_and_restart_brings_every_agent_back_with_its_id(make_cluste
 
 def test_gateway_kill_gives_no_false_not_found(make_cluster: type[Cluster]) -> None:
     """kill -9 of the control gateway under load: live agents never answer not_found; all answer after."""
-    c = make_cluster(workers=2).start()
+    c = make_cluster(workers=2, extra=UNLIMITED).start()
     ids = [spawn(c, echo("steady")) for _ in range(4)]
     gateway = c.node("control")["pid"]
     # Requests in flight inside the killed gateway die with it (the client's own timeout covers them).
