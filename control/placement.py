@@ -47,6 +47,7 @@ QUEUE_TOTAL = 10_000
 QUEUE_MS = 5_000
 GRACE_S = 3.0
 RETRY_AFTER_MS = 250
+MAX_SPAWNING = 256  # re-spawns in flight at once: 100,000 restored agents must not time out in a burst
 
 
 class Port(Protocol):
@@ -434,6 +435,8 @@ class Placement:
                     continue
                 if agent_id in self.spawning or agent_id in self.restored:
                     continue  # restored from disk: its old worker may still announce it
+                if len(self.spawning) >= MAX_SPAWNING:
+                    break  # the rest on a later turn, as answers come back
                 worker = self.least_loaded()
                 if worker is None:
                     break

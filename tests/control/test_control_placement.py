@@ -251,3 +251,21 @@ def test_manifest_facts_reads_policy_and_refuses_a_nameless_manifest() -> None:
     assert (facts.name, facts.agent_id, facts.restart, facts.intensity) == ("x", "x-01", "transient", 4)
     with pytest.raises(ConfigError, match="name"):
         manifest_facts('[agent]\nmodule = "builtin:echo"\n')
+
+
+def test_placement_respawns_in_bounded_batches(tmp_path: Path) -> None:
+    """At most MAX_SPAWNING re-spawns are in flight; the rest go out as answers come back."""
+    from openfang.control.placement import MAX_SPAWNING
+
+    p, port, _ = make(tmp_path)
+    p.worker_synced("w0", [])
+    ids = [running(p, manifest("bulk"), "w0") for _ in range(MAX_SPAWNING + 10)]
+    p.worker_lost("w0", "crashed")
+    p.worker_synced("w1", [])
+    p.tick()
+    assert len(port.spawns) == MAX_SPAWNING
+    for _, agent_id, _ in list(port.spawns)[:10]:
+        p.spawned(agent_id, "w1", True)
+    p.tick()
+    assert len(port.spawns) == MAX_SPAWNING + 10
+    assert {a for _, a, _ in port.spawns} == set(ids)
