@@ -302,3 +302,18 @@ def test_check_chain_reports_every_problem_with_its_place() -> None:
         "[agent.model] key 'script[0].chain[2].args'",
     ]
     assert check_chain([], "m") and not check_chain([{"tool": "a", "args": {"v": "{result}"}}], "m")
+
+
+def test_scripted_history_template_holds_the_earlier_user_messages() -> None:
+    """{history} is the conversation's earlier user messages (not the latest), joined by ' | '."""
+    provider = make_provider(
+        {"provider": "scripted", "script": [{"match": "recall", "reply": "you said: {history}"}]}
+    )
+    convo = [
+        ChatMessage.user("my name is Ada"),
+        ChatMessage.assistant("hi", []),
+        ChatMessage.user("I like tea"),
+        ChatMessage.user("recall"),
+    ]
+    assert provider.complete(ChatRequest(messages=convo)).content == "you said: my name is Ada | I like tea"
+    assert provider.complete(user("recall")).content == "you said: "
