@@ -294,7 +294,7 @@ class Cluster:
                     os.kill(pid, signal.SIGKILL)
         if self._sock is not None:
             self._sock.close()
-        self.zctx.term()
+        self.zctx.destroy(linger=0)  # also closes sockets a failed test left open (a SUB in its frame)
         self.notify.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -312,7 +312,14 @@ def test_sighup_with_an_unchanged_config_restarts_no_child(make_cluster: type[Cl
     c.signal(signal.SIGHUP)
     wait_for(lambda: c.ok("status")["reloads"] == 1, what="the reload")
     reloaded = [e for e in c.log_events() if e.get("event") == "config_reloaded"]
-    assert reloaded and reloaded[-1]["replaced"] == [] and reloaded[-1]["started"] == [], reloaded
+    assert reloaded, "no config_reloaded line"
+    diff = reloaded[-1]
+    assert (diff["replaced"], diff["started"], diff["stopped"], diff.get("reconfigured", [])) == (
+        [],
+        [],
+        [],
+        [],
+    )
     assert {n["id"]: n["pid"] for n in c.tree()} == before
     assert {n["id"]: n["pid"] for n in c.node("workers")["children"]} == workers_before
     assert answers(c, agent)
@@ -360,4 +367,24 @@ def test_agent_list_shows_every_registered_agent_with_its_state(make_cluster: ty
     lines = {line.split()[0]: line.split() for line in table.stdout.splitlines()[1:]}
     assert lines[runner][2] == "running" and lines[pauser][2] == "suspended"
     assert lines[temp][1:3] == ["-", "dead"] and "worker_crashed" in table.stdout
+    assert c.stop() == 0
+
+
+def test_reload_replacing_the_only_worker_brings_its_agents_back(make_cluster: type[Cluster]) -> None:
+    """A reload that replaces the only worker (its spec changed): its agents wait, then come back on the
+    replacement with their ids; a temporary one is reported lost (worker_stopped)."""
+    c = make_cluster(workers=1).start()
+    sub = c.subscribe()
+    ids = [spawn(c, echo("stayer")) for _ in range(3)]
+    temp = spawn(c, echo("passing", restart="temporary"))
+    old_pid = worker_pid(c, "workers-0")
+    c.config_path.write_text(c.config_path.read_text().replace("heartbeat_ms = 3000", "heartbeat_ms = 4000"))
+    c.signal(signal.SIGHUP)
+    wait_for(lambda: c.ok("status")["reloads"] == 1, what="the reload")
+    reloaded = [e for e in c.log_events() if e.get("event") == "config_reloaded"]
+    assert reloaded and reloaded[-1]["reconfigured"] == ["workers"], reloaded[-1]  # workers-0 replaced
+    assert wait_event(sub, "agent.lost", agent_id=temp)["reason"] == "worker_stopped"
+    for agent_id in ids:
+        wait_for(lambda a=agent_id: answers(c, a), what=f"{agent_id} back on the replacement worker")
+    assert worker_pid(c, "workers-0") != old_pid
     assert c.stop() == 0
