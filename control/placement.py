@@ -264,6 +264,13 @@ class Placement:
         """The answer to a spawn (a client's or an internal re-spawn) for ``agent_id`` on ``worker_id``."""
         row = self.registry.get(agent_id)
         internal = self.spawning.pop(agent_id, None) is not None
+        if row is not None and not ok and not internal:
+            # A client's spawn the worker refused: never acknowledged, so it was never registered.
+            self._unplace(row)
+            self._unannounce(agent_id)
+            self.registry.remove(agent_id)
+            self._fail_queue(agent_id, NotFound(f"agent {agent_id!r} failed to spawn: {reason}"))
+            return
         if row is None or not row.live:
             if ok:
                 self.port.kill(worker_id, agent_id)  # killed while its spawn was on the way
@@ -289,12 +296,6 @@ class Placement:
                     }
                 )
             self._flush(agent_id, worker_id)
-            return
-        if not internal:
-            # A client's spawn the worker refused: never acknowledged, so it was never registered.
-            self._unplace(row)
-            self.registry.remove(agent_id)
-            self._fail_queue(agent_id, NotFound(f"agent {agent_id!r} failed to spawn: {reason}"))
             return
         # A failed re-spawn counts as a restart (OTP retries a failed restart, and every retry counts).
         self._unplace(row)
@@ -365,6 +366,8 @@ class Placement:
         row = self.registry.get(str(event.get("agent_id")))
         if row is None or not row.live or row.placement != worker_id or row.agent_id in self.spawning:
             return  # (a re-spawn in flight is settled by its reply, not by the host's events)
+        if row.state == "starting":
+            return  # a client's spawn not acknowledged yet: its reply decides (refused: never registered)
         state, reason = str(event.get("state")), str(event.get("reason") or "")
         if state == "restarting":
             self._window(row).add_restart(self.clock())  # counted here too: one window per agent

@@ -269,3 +269,16 @@ def test_placement_respawns_in_bounded_batches(tmp_path: Path) -> None:
     p.tick()
     assert len(port.spawns) == MAX_SPAWNING + 10
     assert {a for _, a, _ in port.spawns} == set(ids)
+
+
+def test_placement_refused_client_spawn_is_never_registered(tmp_path: Path) -> None:
+    """A spawn the worker refuses (its init crashed: the host reports it dead first) leaves no row behind."""
+    p, port, _ = make(tmp_path)
+    p.worker_synced("w0", [])
+    row = p.register(manifest("doomed"), source="agent.toml")
+    p.assign(row, "w0")
+    p.agent_event("w0", {"agent_id": row.agent_id, "state": "dead", "why": "crashed"})
+    p.spawned(row.agent_id, "w0", False, "agent_init trapped")
+    assert p.registry.get(row.agent_id) is None and port.events == []
+    with pytest.raises(NotFound):
+        p.target(row.agent_id)
