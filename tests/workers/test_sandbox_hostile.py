@@ -97,7 +97,7 @@ def test_hostile_sliced_start_runs_agent_init_only_when_asked(tmp_path: Path) ->
     """load() alone never runs agent_init, even after a sliced start (a woken snapshot relies on it)."""
     import time
 
-    from openfang.workers.host.agent_host import HOST_SPECS
+    from openfang.workers.host.spawner import HOST_SPECS
     from openfang.workers.manifest import load_manifest
     from openfang.workers.sandbox import guest_abi as abi
     from openfang.workers.sandbox._wasmtime import Runtime
@@ -224,7 +224,7 @@ def test_hostile_random_bytes_are_not_a_webassembly_module(tmp_path: Path) -> No
 def test_hostile_cluster_table_maxima_refuse_and_cap_the_default() -> None:
     """[security.sandbox] tables_max/table_elements_max refuse a manifest asking more and cap its default."""
     from openfang.security.capabilities import CapabilityPolicy, SandboxPolicyConfig
-    from openfang.workers.host.agent_host import AgentHost
+    from openfang.workers.host.agent_host import AgentHost, HostParts
 
     class Sink:
         def __init__(self) -> None:
@@ -235,7 +235,7 @@ def test_hostile_cluster_table_maxima_refuse_and_cap_the_default() -> None:
 
     sink = Sink()
     policy = CapabilityPolicy(SandboxPolicyConfig(table_elements_max=3000, tables_max=2), audit=sink)
-    d = Driver(AgentHost("w-caps", tools=default_registry(), capabilities=policy))
+    d = Driver(AgentHost("w-caps", HostParts(tools=default_registry(), capabilities=policy)))
     try:
         greedy = _spawn_text(
             "g", NASTY / "table_grow.wat", sandbox="[sandbox.memory]\nmax_table_elements = 5000\n"
