@@ -32,7 +32,7 @@ import structlog
 import zmq
 from openfang.control import routing
 from openfang.control.guard import Guard, config_from_args, receive_client
-from openfang.control.placement import Placement
+from openfang.control.placement import GRACE_S, Placement
 from openfang.control.registry import AgentRegistry, AgentRow
 from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import (
@@ -41,6 +41,7 @@ from openfang.protocol.errors import (
     OpenFangError,
     ProtocolError,
     RemoteError,
+    Restarting,
     SandboxError,
     SecurityError,
     Timeout,
@@ -282,6 +283,12 @@ class Gateway:
                 raise NotFound(f"worker {wanted!r} is not connected")
         else:
             wanted = self.placement.least_loaded()
+            if wanted is None and (self.workers or time.monotonic() - self.placement.started < GRACE_S):
+                # Workers are there (or about to be) but have not listed their agents to this gateway yet.
+                raise Restarting(
+                    "the gateway is relearning its workers' agents (it restarted); retry shortly",
+                    retry_after_ms=500,
+                )
             if wanted is None:
                 raise NotFound("no worker is connected (yet? 'openfang status' says ready once every worker is)")
         row = self.placement.register(

@@ -88,7 +88,8 @@ ERROR_CODES: dict[str, str] = {
     "timeout": "the component that should answer did not answer in time",
     "not_found": "no such child, agent, worker or service",
     "already_exists": "the id is already present or started",
-    "restarting": "the agent is registered and being restarted; nothing was done; body.retry_after_ms says "
+    "restarting": "the agent is registered and being restarted (or, for agent.spawn, a restarted gateway is "
+    "relearning its workers); nothing was done; body.retry_after_ms says "
     "when to retry (the gateway queues messages for a restarting agent first and answers this on overflow "
     "or after its queue deadline)",
     "gone": "the agent was registered but is dead (lost with its worker, or given up); agent.list shows why",

@@ -272,9 +272,19 @@ def test_gateway_kill_gives_no_false_not_found(make_cluster: type[Cluster]) -> N
     codes = {str(r.body.get("code")) if r.is_error else "ok" for r in load.answers.values()}
     assert "not_found" not in codes and "gone" not in codes, load.codes()
     assert load.codes().get("ok", 0) > len(load.sent) / 2, load.codes()
+    codes_seen: set[str] = set()
+
+    def spawned() -> bool:
+        reply = c.call("agent.spawn", {"manifest": echo("late")})
+        codes_seen.add(str(reply.body.get("code")) if reply.is_error else "ok")
+        return not reply.is_error
+
+    wait_for(spawned, what="a spawn after the gateway restart")
+    assert codes_seen <= {"ok", "restarting"}, codes_seen  # never not_found while workers reconnect
     for agent_id in ids:
         wait_for(lambda a=agent_id: answers(c, a), what=f"{agent_id} after the gateway restart")
-    assert {a: r["state"] for a, r in listing(c).items()} == dict.fromkeys(ids, "running")
+    states = {a: r["state"] for a, r in listing(c).items()}
+    assert {a: states[a] for a in ids} == dict.fromkeys(ids, "running") and len(states) == len(ids) + 1
     assert c.stop() == 0
 
 
