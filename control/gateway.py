@@ -290,7 +290,9 @@ class Gateway:
                     retry_after_ms=500,
                 )
             if wanted is None:
-                raise NotFound("no worker is connected (yet? 'openfang status' says ready once every worker is)")
+                raise NotFound(
+                    "no worker is connected (yet? 'openfang status' says ready once every worker is)"
+                )
         row = self.placement.register(
             text, source=source, parent=parent, manifest_path=mpath if isinstance(mpath, str) else None
         )

@@ -452,7 +452,15 @@ class AgentHost:
                 else SandboxError(str(outcome.error))
             )
             refusal = agent.guard.refusal if agent.guard is not None else None
-            return env.error(refusal if refusal is not None else err)
+            if refusal is not None:
+                err = refusal
+            elif agent.failure is not None and not outcome.crashed:
+                err = agent.failure  # the guest gave up on an LLM error: report the LLM error itself
+            llm = err.details() if hasattr(err, "details") else None
+            self._bound.warning(
+                "agent_message_failed", agent_id=agent.agent_id, code=err.code, error=err.message, llm=llm
+            )
+            return env.error(err)
         usage = dict(agent.usage, fuel=agent.sandbox.fuel_used - agent.fuel_at_start)
         reply = outcome.reply.decode("utf-8", "replace")
         if self._security is not None:
