@@ -34,6 +34,7 @@ from openfang.control import routing
 from openfang.control.guard import Guard, config_from_args, receive_client
 from openfang.control.placement import GRACE_S, Placement
 from openfang.control.registry import AgentRegistry, AgentRow
+from openfang.protocol import messages
 from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import (
     Busy,

@@ -22,8 +22,10 @@ Driving it (the worker's loop)::
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -83,6 +85,7 @@ class HostParts:
     security: HostSecurity | None = None  # the agent-side security layers
     memory: HostMemory | None = None  # episodic/procedural recording and memory tools
     max_agents: int | None = None  # agents hosted at once (spawns past it answer busy)
+    mcp_servers: tuple[McpServerConfig, ...] = ()  # MCP servers any agent here may name (worker args)
 
 
 class AgentHost:
@@ -102,6 +105,9 @@ class AgentHost:
         # Agents with a call in progress (insertion order = round robin).
         self._active: dict[str, HostedAgent] = {}
         self._replies: list[Envelope] = []
+        # Parts of streamed replies (agent.send with stream = true), from any thread; step() sends them first.
+        self._chunks: deque[Envelope] = deque()
+        self._tools = parts.tools
         self._ids = itertools.count(1)
         self._rr: dict[str, int] = {}
         self._bound = log.bind(worker=worker_id)
@@ -128,6 +134,7 @@ class AgentHost:
             runner=self._runner,
             contexts=contexts,
             audit=self._audit_record,
+            emit_chunk=self.emit_chunk,
             security=parts.security,
             memory=parts.memory,
         )
@@ -140,6 +147,7 @@ class AgentHost:
             module_cache_dir=parts.module_cache_dir,
             security=parts.security,
             capabilities=parts.capabilities,
+            mcp_servers=parts.mcp_servers,
         )
         self._capabilities = self._spawner.capabilities
         self._dispatch: dict[str, tuple[type[Any], Callable[[Envelope, Any], None]]] = {
@@ -196,12 +204,22 @@ class AgentHost:
             if not ran or time.perf_counter() >= end:
                 break
         out, self._replies = self._replies, []
+        if self._chunks:  # a stream's parts go out before the reply that ends it
+            parts = []
+            while self._chunks:
+                parts.append(self._chunks.popleft())
+            out = [*parts, *out]
         out = self.traffic.route_replies(out)
         if self._memory is not None:
             self._memory.pump()
         if self._security is not None:
             self._security.audit.flush()
         return out
+
+    def emit_chunk(self, request: Envelope, body: dict[str, Any]) -> None:
+        """Queue one part of ``request``'s streamed reply (any thread); the loop sends it next step."""
+        self._chunks.append(Envelope(type=CHUNK_TYPE, body=body, id=request.id))
+        self._runner.poke()
 
     def next_deadline(self) -> float | None:
         """The next moment :meth:`step` has work without new input (now, a refuel, or a call deadline)."""
@@ -260,6 +278,20 @@ class AgentHost:
         manifest = self._spawner.manifest(
             body.manifest, Path(body.manifest_path) if body.manifest_path else None
         )
+        if manifest.mcp and self._tools is not None:  # issue 12: MCP servers' tools join the registry
+            from openfang.workers.tools import mcp as _mcp
+
+            if not _mcp.ready(self._tools, manifest.mcp):
+                # Starting a server takes seconds: off this loop, then this spawn runs again on it.
+                handoff = self._handoff
+
+                def resume() -> None:  # on the MCP thread: hand the spawn back to this loop
+                    handoff.later(lambda: self.submit(env))
+
+                _mcp.connect_later(self._tools, manifest.mcp, resume)
+                return
+            tools = _mcp.attach(self._tools, manifest.mcp, manifest.tools, manifest.source)
+            manifest = dataclasses.replace(manifest, tools=tools)
         # In a cluster the gateway assigns the id (from its registry: never reused); a host on its own
         # (tests, benchmarks) falls back to the manifest's agent_id or <name>-<n>.
         agent_id = body.agent_id or manifest.sandbox.agent_id
@@ -468,7 +500,11 @@ class AgentHost:
         if self._memory is not None:
             tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
             self._memory.record_message(agent.agent_id, agent.session, "assistant", reply, tokens)
-        return env.reply({"reply": reply, "agent_id": agent.agent_id, "usage": usage})
+        body = {"reply": reply, "agent_id": agent.agent_id, "usage": usage}
+        if agent.task is not None:  # task_update: the A2A state and artifacts of this message
+            body["task"] = agent.task
+            agent.task = None
+        return env.reply(body)
 
     def _crashed(self, agent: HostedAgent, error: BaseException) -> None:
         """simple_one_for_one: restart this agent per its policy and window; siblings are never touched."""

@@ -62,6 +62,11 @@ class LoopHandoff:
             raise Timeout(f"no answer from the agent host within {TOOL_WAIT_S:g}s") from None
         return result
 
+    def later(self, work: Callable[[], Any]) -> None:
+        """Run ``work`` on the loop thread at its next step, nobody waiting for it (any thread)."""
+        self._calls.append((work, Future()))
+        self._runner.poke()
+
     def run_pending(self) -> None:
         """Run what tool threads handed over (the loop thread, every step)."""
         while self._calls:

@@ -59,6 +59,7 @@ class HostedAgent:
     session: str = ""  # the session of the message in progress (memory records carry it)
     unbilled_tokens: int = 0  # LLM tokens used but not yet charged to the agent's token bucket
     failure: OpenFangError | None = None  # the LLM error of the message in progress, for its error reply
+    task: dict[str, Any] | None = None  # task_update of the message in progress: goes with its reply
     resumed: list[dict[str, Any]] = field(default_factory=list)  # turns before a re-spawn (from memory)
 
     @property

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import OpenFangError
 from openfang.workers.host import jobs
 from openfang.workers.host.agents import AgentTraffic
@@ -37,10 +38,12 @@ class Services:
         runner: jobs.JobRunner,
         contexts: ToolContexts,
         audit: Callable[[dict[str, Any]], None],
+        emit_chunk: Callable[[Envelope, dict[str, Any]], None],
         security: HostSecurity | None = None,
         memory: HostMemory | None = None,
     ) -> None:
         self._agents = agents  # the host's table, read only
+        self._emit_chunk = emit_chunk  # a part of a streamed reply (any thread)
         self.tools = tools
         self._runner = runner
         self._contexts = contexts
@@ -88,7 +91,17 @@ class Services:
             room = agent.manifest.history_messages - len(messages)
             messages = (agent.resumed[-room:] if room > 0 else []) + messages
         chat = agent.chat_cache.convert(messages)
-        work = jobs.llm_work(agent.provider, agent.manifest.system_prompt, chat, specs, content_filter)
+        on_delta = self._delta_sink(agent)
+        model_stream = bool(agent.manifest.model is not None and agent.manifest.model.raw.get("stream"))
+        work = jobs.llm_work(
+            agent.provider,
+            agent.manifest.system_prompt,
+            chat,
+            specs,
+            content_filter,
+            stream=model_stream or on_delta is not None,
+            on_delta=on_delta,
+        )
         self._runner.run(job, work, inline=getattr(agent.provider, "blocking", True) is False)
         return job
 
@@ -101,11 +114,11 @@ class Services:
         request = agent.current
         if request is None or not request.body.get("stream"):
             return None
-        sec, host, agent_id = self.host._security, self.host, agent.agent_id
+        sec, emit, agent_id = self._security, self._emit_chunk, agent.agent_id
 
         def sink(piece: str) -> None:
             text = sec.redact(piece) if sec is not None else piece
-            host.emit_chunk(request, {"agent_id": agent_id, "kind": "text", "text": text})
+            emit(request, {"agent_id": agent_id, "kind": "text", "text": text})
 
         return sink
 
@@ -189,9 +202,9 @@ class Services:
             if not streaming or request is None:
                 return self._invoke(agent, ctx, name, args)
             part = {"agent_id": agent.agent_id, "kind": "tool", "tool": name}  # progress of a streamed reply
-            self.host.emit_chunk(request, {**part, "state": "start"})
+            self._emit_chunk(request, {**part, "state": "start"})
             ok, value = self._invoke(agent, ctx, name, args)
-            self.host.emit_chunk(request, {**part, "state": "done", "ok": bool(ok)})
+            self._emit_chunk(request, {**part, "state": "done", "ok": bool(ok)})
             return ok, value
 
         work = jobs.tools_work(calls, frozenset(agent.manifest.tools), invoke, denied, single)
@@ -293,9 +306,26 @@ class ToolContexts:
         allowed = frozenset(agent.manifest.tools)
         kv = self.kv.namespace(agent.agent_id)
         sec, mem = self._security, self._memory
+
+        def task_update(_agent_id: str, args: dict[str, Any]) -> Any:
+            # The last state and message win; artifacts add up over the message (any tool thread).
+            task = agent.task or {"artifacts": []}
+            for key in ("state", "message"):
+                if key in args:
+                    task[key] = args[key]
+            task["artifacts"] = [*task["artifacts"], *(args.get("artifacts") or [])]
+            agent.task = task
+            return {
+                "recorded": True,
+                "state": task.get("state", "completed"),
+                "artifacts": len(task["artifacts"]),
+            }
+
         if sec is None and mem is None:
-            return _tools.ToolContext(agent_id=agent.agent_id, allowed=allowed, kv=kv)
-        extra: dict[str, Any] = {}
+            return _tools.ToolContext(
+                agent_id=agent.agent_id, allowed=allowed, kv=kv, task_update=task_update
+            )
+        extra: dict[str, Any] = {"task_update": task_update}
         if sec is not None:
             guard = agent.guard
             extra.update(

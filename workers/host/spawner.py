@@ -26,6 +26,7 @@ from openfang.workers.manifest import AgentManifest, ModelConfig, load_manifest
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox._wasmtime import EngineOptions, HostFunctionSpec, Runtime
 from openfang.workers.sandbox.instance import HostServices, Sandbox
+from openfang.workers.tools.mcp import McpServerConfig
 
 MANIFEST_CACHE = 256  # distinct manifest texts kept parsed
 HOST_SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a in abi.HOST_FUNCTIONS)
@@ -45,8 +46,10 @@ class Spawner:
         module_cache_dir: Path | None = None,
         security: HostSecurity | None = None,
         capabilities: Any = None,
+        mcp_servers: tuple[McpServerConfig, ...] = (),
     ) -> None:
         self._services = services
+        self._mcp_servers = mcp_servers  # MCP servers any agent of this host may name (worker args)
         self._clock = clock
         self._tools = tools
         self._llm_factory = llm_factory
@@ -80,6 +83,7 @@ class Spawner:
             source=path.name if path else "agent.toml",
             base_dir=path.parent if path else None,
             tool_names=set(names) if names is not None else None,
+            shared_mcp=self._mcp_servers,
             validate_model=self._validate_model,
         )
         self._manifests[key] = manifest

@@ -19,7 +19,7 @@ from openfang.workers.host.memory import HostMemory
 from openfang.workers.host.security import HostAudit, HostSecurity, security_from_args
 from openfang.workers.llm.providers import make_provider
 from openfang.workers.manifest import ModelConfig
-from openfang.workers.tools.mcp import parse_servers
+from openfang.workers.tools.mcp import McpServerConfig, parse_servers
 from openfang.workers.tools.registry import ToolRegistry, default_registry
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -78,5 +78,16 @@ def build_host(
         security=security,
         memory=HostMemory(memory) if memory is not None else None,
         max_agents=int(args["max_agents"]) if args.get("max_agents") else None,
+        mcp_servers=_mcp_servers(worker_id, args),
     )
     return AgentHost(worker_id, parts)
+
+
+def _mcp_servers(worker_id: str, args: Mapping[str, Any]) -> tuple[McpServerConfig, ...]:
+    """MCP servers every agent of this worker may name (cluster.toml worker args ``mcp``)."""
+    if "mcp" not in args:
+        return ()
+    servers, problems = parse_servers(args["mcp"], f"worker {worker_id} args")
+    if problems:
+        raise ConfigError(problems)
+    return tuple(servers)
