@@ -32,9 +32,12 @@ run: install
 
 # Debian tools some tests drive for real (the shell_exec sandbox; tmux for `openfang top`; systemd-analyze for
 # the systemd unit's test): installed when missing, so CI never skips. Each entry is "command:package".
-TEST_TOOLS := bwrap:bubblewrap prlimit:util-linux tmux:tmux systemd-analyze:systemd
+# An entry starting with / is a path that must exist (a package without a command).
+TEST_TOOLS := bwrap:bubblewrap prlimit:util-linux tmux:tmux systemd-analyze:systemd \
+	clang:clang wasm-ld:lld /usr/bin/rustc:rustc /usr/lib/rustlib/wasm32-unknown-unknown:libstd-rust-dev-wasm32
 test-deps:
-	@missing=""; for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	@missing=""; for t in $(TEST_TOOLS); do c=$${t%%:*}; \
+	  case $$c in /*) test -e $$c ;; *) command -v $$c >/dev/null 2>&1 ;; esac || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
 
