@@ -34,6 +34,7 @@ from openfang.control import routing
 from openfang.control.guard import Guard, config_from_args, receive_client
 from openfang.control.placement import GRACE_S, Placement
 from openfang.control.registry import AgentRegistry, AgentRow
+from openfang.control.schedules import ScheduleStore, parse_when
 from openfang.protocol import messages
 from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import (
@@ -68,6 +69,10 @@ TREE_OPS = frozenset(
     }
 )
 POLL_MS = 200
+# An agent's schedule_* tools: answered by the gateway itself from the schedule store.
+SCHEDULE_OPS = frozenset({"schedule.add", "schedule.list", "schedule.remove"})
+# What a worker may forward on behalf of one of its agents (worker.forward).
+FORWARDED = frozenset({"agent.send", "agent.spawn"}) | SCHEDULE_OPS
 
 
 @dataclass(slots=True)
@@ -138,6 +143,7 @@ class Gateway:
         self._held: list[tuple[bytes, bool, Envelope, bool]] = []  # replies waiting for the commit
         self.stopping = False  # the tree is stopping: workers that go away take no agents with them
         self.started = time.time()
+        self.schedules: ScheduleStore | None = None  # opened on an agent's first schedule.* request
         self.running = True
 
     # -- the loop ----------
@@ -177,6 +183,8 @@ class Gateway:
         self.zctx.term()
         self.guard.close()
         self.registry.close()
+        if self.schedules is not None:
+            self.schedules.close()
 
     @staticmethod
     def _drain(
@@ -529,9 +537,15 @@ class Gateway:
             if not isinstance(sender, str) or self.agents.worker_of.get(sender) != worker_id:
                 raise SecurityError(f"worker {worker_id} does not host agent {sender!r}; forward refused")
             kind = inner.get("type")
-            if kind not in ("agent.send", "agent.spawn") or not isinstance(inner.get("body"), dict):
-                raise ProtocolError("worker.forward: only agent.send and agent.spawn requests are forwarded")
+            if kind not in FORWARDED or not isinstance(inner.get("body"), dict):
+                raise ProtocolError(
+                    f"worker.forward: only {', '.join(sorted(FORWARDED))} requests are forwarded"
+                )
             request = decode(encode(Envelope(type=str(kind), body=inner["body"], id=env.id)))
+            if kind in SCHEDULE_OPS:
+                answer = self._schedule(sender, str(kind), request.body)
+                self._reply(identity, False, env.reply(answer), via_workers=True)
+                return
             if kind == "agent.spawn":
                 # A child agent (agent_spawn): registered like any other, placed beside its parent.
                 body = {k: v for k, v in request.body.items() if k not in ("agent_id", "parent", "resume")}
@@ -545,6 +559,42 @@ class Gateway:
             self._to_worker(identity, False, request, target.workers[0], via_workers=True)
         except OpenFangError as exc:
             self._reply(identity, False, env.error(exc), via_workers=True)
+
+    def _schedule(self, sender: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An agent's ``schedule.*`` request (the worker checked its send permission for the target): the
+        store is opened on first use; every schedule an agent makes is ``created_by`` it, and it lists and
+        removes only its own."""
+        if self.schedules is None:
+            self.schedules = ScheduleStore(_data_path(self.args, "schedules.db"))
+        store = self.schedules
+        if kind == "schedule.list":
+            return {"schedules": [s.to_wire() for s in store.all(owner=sender)]}
+        if kind == "schedule.remove":
+            sid = body.get("schedule_id")
+            if not isinstance(sid, str) or not sid:
+                raise ProtocolError("schedule.remove: body.schedule_id must be a schedule id")
+            store.remove(sid, owner=sender)
+            return {"schedule_id": sid, "removed": True}
+        target = body.get("target")
+        text = body.get("text")
+        if not isinstance(target, str) or not target or not isinstance(text, str):
+            raise ProtocolError("schedule.add: body.target and body.text must be strings")
+        target = self.placement.resolve(target).agent_id  # not_found for an agent never spawned
+        tz = str(body.get("tz") or "UTC")
+        when, cron = body.get("at"), body.get("cron")
+        at = parse_when(str(when), tz=tz) if when not in (None, "") else None
+        added = store.add(
+            target=target,
+            text=text,
+            created_by=sender,
+            at=at,
+            cron=str(cron) if cron not in (None, "") else None,
+            tz=tz,
+            misfire=str(body.get("misfire") or "once"),
+            session=f"schedule:{sender}",
+        )
+        log.info("schedule_added_by_agent", agent_id=sender, schedule_id=added.id, target=target)
+        return added.to_wire()
 
     # -- the root ----------
 
@@ -693,10 +743,15 @@ def _registry_path(args: dict[str, Any]) -> str:
     """``<data_dir>/agents.db``: ``args.registry`` if given, else under the cluster's data dir."""
     if args.get("registry"):
         return str(args["registry"])
+    return _data_path(args, "agents.db")
+
+
+def _data_path(args: dict[str, Any], name: str) -> str:
+    """``<data_dir>/<name>``, the data dir from the environment or the security args."""
     data_dir = os.environ.get("OPENFANG_DATA_DIR") or (args.get("security") or {}).get("data_dir")
     if not data_dir:
-        raise ProtocolError("gateway: no data dir for the agent registry (OPENFANG_DATA_DIR or args)")
-    return os.path.join(str(data_dir), "agents.db")
+        raise ProtocolError(f"gateway: no data dir for {name} (OPENFANG_DATA_DIR or args)")
+    return os.path.join(str(data_dir), name)
 
 
 def main(ctx: ChildContext) -> None:

@@ -20,6 +20,7 @@ and registers the child (durable, its id from the registry).
 from __future__ import annotations
 
 import json
+import threading
 import tomllib
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -226,6 +227,84 @@ class AgentTraffic:
 
         fut.add_done_callback(done)
         return out
+
+    def broadcast(self, sender: str, args: Mapping[str, Any]) -> Future[Any]:
+        """``agent_broadcast {to | service, message}``: one ``send`` per target, each under the sender's
+        ``send`` grant; the results per target, in order, once every target answered or failed."""
+        ids, service = args.get("to"), args.get("service")
+        if (ids is None) == (service is None):
+            raise ProtocolError("agent_broadcast: give exactly one of to (a list of agent ids) or service")
+        if service is not None:
+            targets = sorted(
+                a.agent_id
+                for a in self._agents.values()
+                if a.manifest.service == service and a.agent_id != sender
+            )
+            if not targets:
+                raise NotFound(f"agent_broadcast: no agent of service {service!r} on worker {self.worker_id}")
+        else:
+            targets = list(dict.fromkeys(str(t) for t in ids or []))  # each target once, in order
+        results: list[dict[str, Any] | None] = [None] * len(targets)
+        out: Future[Any] = Future()
+        left = [len(targets)]
+        lock = threading.Lock()  # replies from the gateway and local replies may settle from two threads
+
+        def settle(i: int, result: dict[str, Any]) -> None:
+            with lock:
+                results[i] = result
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                failed = sum(1 for r in results if r is not None and not r["ok"])
+                out.set_result({"results": results, "sent": len(targets) - failed, "failed": failed})
+
+        for i, to in enumerate(targets):
+            try:
+                fut = self.send(sender, {"to": to, "message": args["message"]})
+            except OpenFangError as exc:  # denied, not found, bad sender claim: this target only
+                settle(i, {"to": to, "ok": False, "code": exc.code, "error": exc.message})
+                continue
+
+            def done(f: Future[Any], i: int = i, to: str = to) -> None:
+                exc = f.exception()
+                if exc is None:
+                    settle(i, {"to": to, "ok": True, "reply": f.result().get("reply")})
+                else:
+                    code = exc.code if isinstance(exc, OpenFangError) else "internal"
+                    settle(i, {"to": to, "ok": False, "code": code, "error": str(exc)})
+
+            fut.add_done_callback(done)
+        return out
+
+    def schedule(self, sender: str, op: str, args: Mapping[str, Any]) -> Future[Any]:
+        """``schedule_add`` / ``schedule_list`` / ``schedule_remove`` by ``sender``: the gateway keeps the
+        schedules (``control.schedules``); a schedule to another agent needs the same ``send`` grant as a
+        message to it, checked here before anything leaves the worker."""
+        remote = self.remote_send
+        if remote is None:
+            raise OpenFangError(
+                "schedules need the control gateway (this host runs without one)", code="unavailable"
+            )
+        body: dict[str, Any]
+        if op == "add":
+            to = str(args.get("to") or sender)
+            if to != sender and self._security is not None:
+                target = self._agents.get(to)
+                self._security.check_send(sender, to, target.manifest.name if target is not None else to)
+            when = [k for k in ("at", "in", "cron") if args.get(k)]
+            if len(when) != 1:
+                raise ProtocolError("schedule_add: give exactly one of at (a time), in (a delay) or cron")
+            body = {"target": to, "text": str(args["text"]), "tz": args.get("tz") or "UTC"}
+            body["misfire"] = args.get("misfire") or "once"
+            if when[0] == "cron":
+                body["cron"] = str(args["cron"])
+            else:
+                body["at"] = str(args[when[0]])  # the gateway reads an ISO time or a delay like 10m
+        elif op == "remove":
+            body = {"schedule_id": str(args["id"])}
+        else:
+            body = {}
+        return remote(sender, Envelope(type=f"schedule.{op}", body=body))
 
     def listing(self, caller: str) -> list[dict[str, Any]]:
         """The agents ``caller`` may message (all of them on this worker without the security layers)."""

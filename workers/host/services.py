@@ -346,6 +346,10 @@ class ToolContexts:
             send=lambda agent_id, args: handoff.call(lambda: traffic.send(agent_id, args)),
             spawn=lambda agent_id, args: handoff.call(lambda: traffic.spawn(agent_id, args)),
             list_agents=lambda agent_id, args: handoff.call(lambda: traffic.listing(agent_id)),
+            broadcast=lambda agent_id, args: handoff.call(lambda: traffic.broadcast(agent_id, args)),
+            schedule=lambda agent_id, args: handoff.call(
+                lambda: traffic.schedule(agent_id, str(args["op"]), args)
+            ),
             **extra,
         )
 

@@ -84,6 +84,9 @@ class ToolContext:
     memory_history: HostCallback | None = None
     task_update: HostCallback | None = None  # task_update: the outcome of the message in progress
     memory_forget: HostCallback | None = None
+    # schedule_add / schedule_list / schedule_remove: args carry "op" (add, list, remove)
+    schedule: HostCallback | None = None
+    broadcast: HostCallback | None = None  # agent_broadcast
     # http_fetch policy: hosts/addresses/CIDRs exempt from the SSRF address check, and a blanket opt-in
     # for private addresses (never metadata ones). ``resolver`` replaces DNS (tests, a worker DNS cache).
     net_allow_hosts: tuple[str, ...] = ()

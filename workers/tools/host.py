@@ -59,6 +59,22 @@ def _via(
     return call
 
 
+def _schedule(op: str) -> Callable[[ToolContext, dict[str, Any]], Any]:
+    """A schedule tool body: the host's ``schedule`` callback with the operation named."""
+
+    def call(ctx: ToolContext, args: dict[str, Any]) -> Any:
+        if ctx.schedule is None:
+            raise ToolError(f"schedule_{op} is not available in this host", code="unavailable")
+        if op == "add" and len([k for k in ("at", "in", "cron") if args.get(k)]) != 1:
+            raise ToolError(
+                "schedule_add: give exactly one of at (a time), in (a delay) or cron", code="bad_args"
+            )
+        return ctx.schedule(ctx.agent_id, {**args, "op": op})
+
+    call.__name__ = f"schedule_{op}"
+    return call
+
+
 def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": required or [], "additionalProperties": False}
 
@@ -69,6 +85,8 @@ _PATH = {
     "maxLength": 1024,
     "description": "path relative to the agent's root",
 }
+
+_AGENT_ID = {"type": "string", "minLength": 1, "maxLength": 128}
 
 HOST_TOOLS: tuple[Tool, ...] = (
     Tool(
@@ -192,5 +210,57 @@ HOST_TOOLS: tuple[Tool, ...] = (
         ),
         permission="memory.store",
         call=_via("memory_forget", lambda c: c.memory_forget),
+    ),
+    Tool(
+        name="agent_broadcast",
+        description=(
+            "Send one message to several agents (a list of ids, or every agent of a service on this "
+            "worker); returns each target's reply or error."
+        ),
+        schema=_obj(
+            {
+                "to": {"type": "array", "items": _AGENT_ID, "minItems": 1, "maxItems": 32},
+                "service": {"type": "string", "minLength": 1, "maxLength": 128},
+                "message": {"type": ["string", "object"], "description": "text or a JSON object"},
+            },
+            ["message"],
+        ),
+        permission="agent.send",
+        call=_via("agent_broadcast", lambda c: c.broadcast),
+    ),
+    Tool(
+        name="schedule_add",
+        description=(
+            "Schedule a message to yourself (default) or to an agent you may message: once (at: an ISO "
+            "time, or in: a delay like 10m) or by cron (five fields, in tz). Durable across restarts."
+        ),
+        schema=_obj(
+            {
+                "text": {"type": "string", "minLength": 1, "maxLength": 100_000},
+                "to": {**_AGENT_ID, "description": "the agent to message (default: yourself)"},
+                "at": {"type": "string", "minLength": 1, "maxLength": 64},
+                "in": {"type": "string", "minLength": 1, "maxLength": 32},
+                "cron": {"type": "string", "minLength": 1, "maxLength": 128},
+                "tz": {"type": "string", "minLength": 1, "maxLength": 64, "default": "UTC"},
+                "misfire": {"type": "string", "enum": ["once", "skip", "all"], "default": "once"},
+            },
+            ["text"],
+        ),
+        permission="agent.schedule",
+        call=_schedule("add"),
+    ),
+    Tool(
+        name="schedule_list",
+        description="List the schedules you created (next run, runs, last status).",
+        schema=_obj({}),
+        permission="agent.schedule",
+        call=_schedule("list"),
+    ),
+    Tool(
+        name="schedule_remove",
+        description="Remove one of the schedules you created, by its id (sch-...).",
+        schema=_obj({"id": {"type": "string", "pattern": "^sch-[0-9a-f]{12}$"}}, ["id"]),
+        permission="agent.schedule",
+        call=_schedule("remove"),
     ),
 )
