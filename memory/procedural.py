@@ -13,6 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# The agent host records every LLM call that reported usage as a tool call of this name; its args are
+# {provider, model, prompt_tokens, completion_tokens, cost_usd}. Not a tool: left out of tool sequences.
+USAGE_TOOL = "llm"
 STATS_WINDOW = 10_000  # latest calls per agent considered for patterns (bounded work per query)
 
 
@@ -169,6 +172,8 @@ def sequences(
         calls.sort()
         run: list[str] = []
         for _id, tool, status in calls:
+            if tool == USAGE_TOOL:  # the model's turns between tool calls do not break a run
+                continue
             # A failure breaks the run: a pattern is what worked end to end.
             run = [*run, tool] if status == "ok" else []
             if len(run) >= length:
@@ -176,3 +181,30 @@ def sequences(
     found = [ToolSequence(agent_id=a, tools=t, count=c) for (a, t), c in counts.items() if c >= min_count]
     found.sort(key=lambda s: (-s.count, s.agent_id, s.tools))
     return found[:limit]
+
+
+def usage_totals(conn: Any, agent_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Per agent and model: LLM calls, prompt and completion tokens, and the cost of the priced calls
+    (``cost_usd`` null when none of them had a price), from the ``llm`` records; archived ones included."""
+    out: list[dict[str, Any]] = []
+    for agent in agent_ids:
+        rows = conn.execute(
+            "SELECT json_extract(args, '$.provider'), json_extract(args, '$.model'), count(*), "
+            "sum(json_extract(args, '$.prompt_tokens')), sum(json_extract(args, '$.completion_tokens')), "
+            "sum(json_extract(args, '$.cost_usd')) FROM tool_calls WHERE agent_id = ? AND tool = ? "
+            "AND json_valid(args) GROUP BY 1, 2 ORDER BY 2",
+            (agent, USAGE_TOOL),
+        ).fetchall()
+        for provider, model, calls, prompt, completion, cost in rows:
+            out.append(
+                {
+                    "agent_id": agent,
+                    "provider": provider,
+                    "model": model,
+                    "llm_calls": int(calls),
+                    "prompt_tokens": int(prompt or 0),
+                    "completion_tokens": int(completion or 0),
+                    "cost_usd": None if cost is None else round(float(cost), 8),
+                }
+            )
+    return out

@@ -204,6 +204,12 @@ class MemoryReader:
             )
             return seqs
 
+    def usage(self, *, scope: Scope, agent_id: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """LLM token use (and cost where priced) per agent and model, from the ``llm`` procedural records."""
+        with self.snapshot() as conn:
+            agents = self._agents(conn, scope, agent_id)
+            return procedural.usage_totals(conn, agents) if agents else []
+
     # -- operator ----------------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:

@@ -201,6 +201,13 @@ def cmd_memory(args: argparse.Namespace) -> int:
         rows = memory_cli.export(db, sys.stdout, agent=args.agent)
         print(f"exported {rows} rows from {db}", file=sys.stderr)
         return 0
+    if op == "usage":
+        from openfang.memory.reader import MemoryReader
+
+        db = args.db or connect.places(args, "memory usage (or pass --db)").memory_db
+        with MemoryReader(db) as reader:
+            usage = reader.usage(scope=None, agent_id=args.agent)
+        return output(args, {"usage": usage}, render.memory_usage)
     if op == "migrate":
         db = args.db or connect.places(args, "memory migrate (or pass --db)").memory_db
         return output(args, {"db": db, "applied": memory_cli.migrate(db)}, render.kv)
@@ -496,6 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the .jsonl file, or - for stdin")
     p.add_argument("--writer", help="the memory writer endpoint (default: the daemon's)")
     p.add_argument("--db", help="the database the writer writes (default: the daemon's; for the dedup)")
+    p = memory_sub.add_parser(
+        "usage",
+        parents=[common],
+        help="LLM calls, prompt/completion tokens and cost (where the model has a price) per agent and "
+        "model, from procedural memory",
+    )
+    p.add_argument("--agent", help="only this agent")
+    p.add_argument("--db", help="the memory database (default: the daemon's)")
     p = memory_sub.add_parser("migrate", parents=[common], help="create or upgrade a memory database")
     p.add_argument("--db", help="the memory database (default: the daemon's)")
     memory.set_defaults(handler=cmd_memory)

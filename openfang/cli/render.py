@@ -151,6 +151,21 @@ def _num(v: Any, digits: int) -> str:
     return f"{v:.{digits}f}" if isinstance(v, int | float) else "-"
 
 
+def memory_usage(body: dict[str, Any]) -> str:
+    """LLM use per agent and model, then a total line per agent."""
+    rows = body.get("usage") or []
+    if not rows:
+        return "(no LLM usage recorded)"
+    lines = [f"{'AGENT':<24} {'MODEL':<28} {'CALLS':>6} {'PROMPT':>10} {'COMPLETION':>10} {'COST USD':>10}"]
+    for r in rows:
+        cost = "-" if r.get("cost_usd") is None else f"{r['cost_usd']:.6f}"
+        lines.append(
+            f"{r['agent_id']:<24} {r.get('model')!s:<28} {r['llm_calls']:>6} {r['prompt_tokens']:>10} "
+            f"{r['completion_tokens']:>10} {cost:>10}"
+        )
+    return "\n".join(lines)
+
+
 def memory_history(body: dict[str, Any]) -> str:
     lines = []
     for msg in body.get("messages") or []:

@@ -48,3 +48,64 @@ def test_sequences_count_runs_of_successful_calls_within_sessions(local_store) -
         triples = {s.tools: s.count for s in r.sequences(scope={"a"}, agent_id="a", length=3, min_count=3)}
     assert pairs == {("search", "fetch"): 3, ("fetch", "summarize"): 3}
     assert triples == {("search", "fetch", "summarize"): 3}
+
+
+def _llm(
+    store, agent: str, model: str, prompt: int, completion: int, cost: float | None, session: str
+) -> None:
+    args = {"provider": "openai", "model": model, "prompt_tokens": prompt, "completion_tokens": completion}
+    store.ok(
+        "memory.tool_call",
+        {
+            "agent_id": agent,
+            "tool": "llm",
+            "status": "ok",
+            "session": session,
+            "args": {**args, "cost_usd": cost},
+        },
+    )
+
+
+def test_usage_totals_sum_llm_records_per_agent_and_model(local_store) -> None:
+    """LLM records add up per agent and model; an unpriced model keeps cost null; other agents stay apart."""
+    _llm(local_store, "a", "gpt-4o-mini", 100, 20, 0.000027, "s1")
+    _llm(local_store, "a", "gpt-4o-mini", 50, 10, 0.0000135, "s2")
+    _llm(local_store, "a", "local-llama", 70, 7, None, "s1")
+    _llm(local_store, "b", "gpt-4o-mini", 1, 1, 0.00000075, "s1")
+    _call(local_store, "search", "ok", "s1")  # a real tool call is not usage
+    with MemoryReader(local_store.db) as r:
+        rows = r.usage(scope=None, agent_id="a")
+        everyone = r.usage(scope=None)
+    assert rows == [
+        {
+            "agent_id": "a",
+            "provider": "openai",
+            "model": "gpt-4o-mini",
+            "llm_calls": 2,
+            "prompt_tokens": 150,
+            "completion_tokens": 30,
+            "cost_usd": 0.0000405,
+        },
+        {
+            "agent_id": "a",
+            "provider": "openai",
+            "model": "local-llama",
+            "llm_calls": 1,
+            "prompt_tokens": 70,
+            "completion_tokens": 7,
+            "cost_usd": None,
+        },
+    ]
+    assert {r["agent_id"] for r in everyone} == {"a", "b"}
+
+
+def test_sequences_skip_the_llm_turns_between_tool_calls(local_store) -> None:
+    """The model's turns (llm records) between two tool calls do not break or join a tool sequence."""
+    for session in ("s1", "s2"):
+        _llm(local_store, "a", "m", 1, 1, None, session)
+        _call(local_store, "search", "ok", session)
+        _llm(local_store, "a", "m", 1, 1, None, session)
+        _call(local_store, "fetch", "ok", session)
+    with MemoryReader(local_store.db) as r:
+        pairs = {s.tools: s.count for s in r.sequences(scope={"a"}, agent_id="a", length=2, min_count=2)}
+    assert pairs == {("search", "fetch"): 2}

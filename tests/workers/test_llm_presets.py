@@ -90,3 +90,18 @@ def test_models_list_cli_shows_every_preset() -> None:
     rows = {r["provider"]: r for r in json.loads(out)}
     assert len(rows) == len(PRESETS) >= 15
     assert rows["mistral"]["api_key_env"] == "MISTRAL_API_KEY" and rows["ollama"]["local"] is True
+
+
+def test_price_for_knows_a_few_models_and_their_dated_names() -> None:
+    """Priced models match exactly, by a dated or -latest version, or as vendor/model; others: no price."""
+    from openfang.workers.llm.presets import PRICES, cost_usd, price_for
+
+    assert price_for("gpt-4o-mini") is PRICES["gpt-4o-mini"]
+    assert price_for("gpt-4o-mini-2024-07-18") is PRICES["gpt-4o-mini"]
+    assert price_for("claude-sonnet-4-20250514") is PRICES["claude-sonnet-4"]
+    assert price_for("openai/gpt-4o") is PRICES["gpt-4o"]
+    assert price_for("gpt-4o-audio-preview") is None, "a different model is not priced as gpt-4o"
+    assert price_for("llama3.1:8b") is None and cost_usd("llama3.1:8b", 10, 10) is None
+    assert cost_usd("gpt-4o-mini", 1_000_000, 1_000_000) == 0.75
+    assert cost_usd("claude-sonnet-4", 2000, 500) == 0.0135
+    assert all(p.source.startswith("https://") for p in PRICES.values())

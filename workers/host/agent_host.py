@@ -587,6 +587,7 @@ class AgentHost:
             restarts=agent.restarts,
             created_at=agent.created_at,
             inbox=len(agent.inbox),
+            llm_usage=dict(agent.llm_usage),
         )
         return info
 

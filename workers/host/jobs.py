@@ -160,12 +160,15 @@ def llm_work(
     *,
     stream: bool = False,
     on_delta: Callable[[str], None] | None = None,
+    on_usage: Callable[[Any, float], None] | None = None,
 ) -> Callable[[], tuple[int, bytes, dict[str, int]]]:
     """The job body of one ``llm_invoke``: build the ChatRequest, complete it, encode the guest's result.
 
     ``content_filter`` sees the model's text before it joins the conversation (injection, redaction); it
     may return a changed text or raise OpenFangError to fail the call. ``stream`` asks the provider to
-    stream; ``on_delta`` gets the pieces of text as they come (a streamed reply's chunks).
+    stream; ``on_delta`` gets the pieces of text as they come (a streamed reply's chunks); ``on_usage`` gets
+    every answer the provider gave and the call's duration in ms (before the content filter: the tokens
+    were spent even when the filter refuses the text).
     """
     from openfang.workers.llm import types as t
 
@@ -173,7 +176,10 @@ def llm_work(
         chat = [t.ChatMessage.system(system_prompt)] if system_prompt else []
         chat.extend(chat_messages)
         request = t.ChatRequest(messages=tuple(chat), tools=tuple(tool_specs), stream=stream)
+        started = time.perf_counter()
         resp = provider.complete(request, on_delta=on_delta) if on_delta else provider.complete(request)
+        if on_usage is not None:
+            on_usage(resp, (time.perf_counter() - started) * 1000)
         usage = {"prompt_tokens": resp.usage.prompt_tokens, "completion_tokens": resp.usage.completion_tokens}
         content = resp.content
         if content_filter is not None and content:

@@ -49,6 +49,8 @@ class HostedAgent:
     current: Envelope | None = None  # the message in progress
     spawn_env: Envelope | None = None  # the spawn to answer once agent_init is done
     usage: dict[str, int] = field(default_factory=dict)
+    # Every LLM call of this agent on this worker: llm_calls, prompt/completion_tokens, cost_usd (if priced).
+    llm_usage: dict[str, Any] = field(default_factory=dict)
     fuel_at_start: int = 0
     chat_cache: jobs.ChatCache = field(default_factory=jobs.ChatCache)
     tool_ctx: Any = None

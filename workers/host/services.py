@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from openfang.memory.procedural import USAGE_TOOL
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import OpenFangError
 from openfang.workers.host import jobs
@@ -21,10 +23,13 @@ from openfang.workers.host.agents import AgentTraffic
 from openfang.workers.host.memory import HostMemory
 from openfang.workers.host.record import HostedAgent
 from openfang.workers.host.security import HostSecurity
+from openfang.workers.llm.presets import cost_usd
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox.instance import DoneJob, Job, Sandbox
 from openfang.workers.tools import kv as _tools_kv
 from openfang.workers.tools import registry as _tools
+
+_TOTALS_LOCK = threading.Lock()
 
 
 class Services:
@@ -101,6 +106,7 @@ class Services:
             content_filter,
             stream=model_stream or on_delta is not None,
             on_delta=on_delta,
+            on_usage=usage_recorder(agent, self._memory),
         )
         self._runner.run(job, work, inline=getattr(agent.provider, "blocking", True) is False)
         return job
@@ -247,6 +253,46 @@ class Services:
         job = UsageJob(agent)
         self._runner.run(job, work, inline=False)
         return job
+
+
+def usage_recorder(agent: HostedAgent, memory: HostMemory | None) -> Callable[[Any, float], None]:
+    """What each LLM answer costs: added to the agent's running totals (``agent info``) and, where the
+    provider reported usage, recorded in procedural memory as a tool call named ``llm`` whose args are
+    the provider, model, tokens and cost (null for a model without a price: workers/llm/presets.py)."""
+    session = agent.session
+
+    def record(resp: Any, duration_ms: float) -> None:
+        usage = resp.usage
+        prompt, completion = int(usage.prompt_tokens), int(usage.completion_tokens)
+        cost = cost_usd(str(resp.model), prompt, completion)
+        totals = agent.llm_usage
+        with _TOTALS_LOCK:  # LLM jobs of one agent may finish on different threads
+            totals["llm_calls"] = totals.get("llm_calls", 0) + 1
+            totals["prompt_tokens"] = totals.get("prompt_tokens", 0) + prompt
+            totals["completion_tokens"] = totals.get("completion_tokens", 0) + completion
+            if cost is not None:
+                totals["cost_usd"] = round(totals.get("cost_usd", 0) + cost, 8)
+        if memory is None or prompt + completion == 0:  # the provider did not report usage
+            return
+        args = {
+            "provider": str(resp.provider),
+            "model": str(resp.model),
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "cost_usd": cost,
+        }
+        memory.note_tool_call(
+            {
+                "agent_id": agent.agent_id,
+                "tool": USAGE_TOOL,
+                "status": "ok",
+                "session": session,
+                "args": args,
+                "duration_ms": round(duration_ms, 3),
+            }
+        )
+
+    return record
 
 
 class UsageJob(jobs.ThreadJob):

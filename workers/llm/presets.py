@@ -10,6 +10,7 @@ parameter, and its base URL names the resource and the deployment, so it has no 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 
@@ -97,3 +98,48 @@ PRESETS: tuple[Preset, ...] = (
 )
 
 BY_NAME: dict[str, Preset] = {p.name: p for p in PRESETS}
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """US dollars per million tokens, as the vendor lists them (input = prompt, output = completion)."""
+
+    input_per_m: float
+    output_per_m: float
+    source: str
+
+
+# Only a few well-known models, with their vendor's public price page as the source. Prices change: these
+# are the list prices as of 2025 (standard tier, no batch or cache discounts). Any other model records its
+# tokens with ``cost_usd = null``.
+_OPENAI = "https://openai.com/api/pricing (2025)"
+_ANTHROPIC = "https://www.anthropic.com/pricing (2025)"
+PRICES: dict[str, Price] = {
+    "gpt-4o": Price(2.50, 10.00, _OPENAI),
+    "gpt-4o-mini": Price(0.15, 0.60, _OPENAI),
+    "claude-sonnet-4": Price(3.00, 15.00, _ANTHROPIC),
+    "claude-3-5-haiku": Price(0.80, 4.00, _ANTHROPIC),
+}
+# A dated or aliased name of a priced model: gpt-4o-mini-2024-07-18, claude-sonnet-4-20250514, ...-latest.
+_VERSION_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
+
+
+def price_for(model: str) -> Price | None:
+    """The price of ``model`` (its exact name, or a dated/``-latest`` version of a priced name), else None.
+
+    An OpenRouter-style ``vendor/model`` name is looked up by its model part.
+    """
+    name = model.rpartition("/")[2].strip().lower()
+    found = PRICES.get(name)
+    if found is None:
+        found = PRICES.get(_VERSION_SUFFIX.sub("", name))
+    return found
+
+
+def cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """What one call cost in US dollars by the PRICES table (None for a model not in it)."""
+    price = price_for(model)
+    if price is None:
+        return None
+    cost = (prompt_tokens * price.input_per_m + completion_tokens * price.output_per_m) / 1_000_000
+    return round(cost, 8)

@@ -1,0 +1,65 @@
+"""The agent host's LLM usage recorder: running totals per agent, procedural records only for real usage."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from openfang.workers.host.services import usage_recorder
+from openfang.workers.llm.types import ChatResponse, Usage
+
+
+class Sink:
+    """Collects what the recorder hands to procedural memory (HostMemory.note_tool_call's shape)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def note_tool_call(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+
+def _resp(model: str, prompt: int, completion: int) -> ChatResponse:
+    return ChatResponse(
+        content="x",
+        tool_calls=[],
+        usage=Usage(prompt_tokens=prompt, completion_tokens=completion),
+        finish_reason="stop",
+        provider="openai",
+        model=model,
+    )
+
+
+def test_usage_recorder_adds_totals_and_records_priced_calls() -> None:
+    """Each answer adds to the agent's totals; a priced model gets a cost; the record names model, tokens."""
+    agent = SimpleNamespace(agent_id="a-1", session="s", llm_usage={})
+    sink = Sink()
+    record = usage_recorder(agent, sink)  # type: ignore[arg-type]
+    record(_resp("gpt-4o", 1000, 100), 12.5)
+    record(_resp("gpt-4o", 1000, 100), 10.0)
+    assert agent.llm_usage == {
+        "llm_calls": 2,
+        "prompt_tokens": 2000,
+        "completion_tokens": 200,
+        "cost_usd": 0.007,
+    }
+    assert [r["tool"] for r in sink.records] == ["llm", "llm"]
+    assert sink.records[0]["args"] == {
+        "provider": "openai",
+        "model": "gpt-4o",
+        "prompt_tokens": 1000,
+        "completion_tokens": 100,
+        "cost_usd": 0.0035,
+    }
+    assert sink.records[0]["session"] == "s" and sink.records[0]["duration_ms"] == 12.5
+
+
+def test_usage_recorder_skips_the_record_when_the_provider_reports_no_usage() -> None:
+    """A provider that reported no tokens is counted as a call but leaves no usage record; no memory: totals
+    only."""
+    agent = SimpleNamespace(agent_id="a-1", session="s", llm_usage={})
+    sink = Sink()
+    usage_recorder(agent, sink)(_resp("gpt-4o", 0, 0), 1.0)  # type: ignore[arg-type]
+    assert sink.records == [] and agent.llm_usage["llm_calls"] == 1
+    usage_recorder(agent, None)(_resp("some-local", 5, 5), 1.0)  # type: ignore[arg-type]
+    assert agent.llm_usage["prompt_tokens"] == 5 and agent.llm_usage["cost_usd"] == 0.0
