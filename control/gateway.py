@@ -35,6 +35,7 @@ from openfang.control.guard import Guard, config_from_args, receive_client
 from openfang.control.placement import GRACE_S, Placement
 from openfang.control.registry import AgentRegistry, AgentRow
 from openfang.control.schedules import ScheduleStore, parse_when
+from openfang.control.topics import TopicStore, check_topic
 from openfang.protocol import messages
 from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import (
@@ -71,8 +72,10 @@ TREE_OPS = frozenset(
 POLL_MS = 200
 # An agent's schedule_* tools: answered by the gateway itself from the schedule store.
 SCHEDULE_OPS = frozenset({"schedule.add", "schedule.list", "schedule.remove"})
+# topic_subscribe / topic_unsubscribe / topic_publish: the subscriptions are the gateway's (control.topics).
+TOPIC_OPS = frozenset({"topic.subscribe", "topic.unsubscribe", "topic.subscribers"})
 # What a worker may forward on behalf of one of its agents (worker.forward).
-FORWARDED = frozenset({"agent.send", "agent.spawn"}) | SCHEDULE_OPS
+FORWARDED = frozenset({"agent.send", "agent.spawn"}) | SCHEDULE_OPS | TOPIC_OPS
 
 
 @dataclass(slots=True)
@@ -144,6 +147,7 @@ class Gateway:
         self.stopping = False  # the tree is stopping: workers that go away take no agents with them
         self.started = time.time()
         self.schedules: ScheduleStore | None = None  # opened on an agent's first schedule.* request
+        self.topics: TopicStore | None = None  # opened on an agent's first topic.* request
         self.running = True
 
     # -- the loop ----------
@@ -185,6 +189,8 @@ class Gateway:
         self.registry.close()
         if self.schedules is not None:
             self.schedules.close()
+        if self.topics is not None:
+            self.topics.close()
 
     @staticmethod
     def _drain(
@@ -542,8 +548,9 @@ class Gateway:
                     f"worker.forward: only {', '.join(sorted(FORWARDED))} requests are forwarded"
                 )
             request = decode(encode(Envelope(type=str(kind), body=inner["body"], id=env.id)))
-            if kind in SCHEDULE_OPS:
-                answer = self._schedule(sender, str(kind), request.body)
+            if kind in SCHEDULE_OPS or kind in TOPIC_OPS:
+                handle = self._schedule if kind in SCHEDULE_OPS else self._topic
+                answer = handle(sender, str(kind), request.body)
                 self._reply(identity, False, env.reply(answer), via_workers=True)
                 return
             if kind == "agent.spawn":
@@ -595,6 +602,28 @@ class Gateway:
         )
         log.info("schedule_added_by_agent", agent_id=sender, schedule_id=added.id, target=target)
         return added.to_wire()
+
+    def _topic(self, sender: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An agent's topic request: subscribe or unsubscribe itself, or (to publish) the live subscribers
+        other than itself; subscribers found dead are dropped from the store."""
+        if self.topics is None:
+            self.topics = TopicStore(_data_path(self.args, "topics.db"))
+        store = self.topics
+        topic = check_topic(body.get("topic"))
+        if kind == "topic.subscribe":
+            added = store.subscribe(topic, sender)
+            return {"topic": topic, "subscribed": True, "new": added, "topics": store.topics_of(sender)}
+        if kind == "topic.unsubscribe":
+            return {"topic": topic, "unsubscribed": store.unsubscribe(topic, sender)}
+        live = []
+        for agent_id in store.subscribers(topic):
+            row = self.registry.get(agent_id)
+            if row is None or not row.live:
+                store.drop_agent(agent_id)
+                log.info("topic_subscriber_dropped", topic=topic, agent_id=agent_id)
+            elif agent_id != sender:
+                live.append(agent_id)
+        return {"topic": topic, "subscribers": live}
 
     # -- the root ----------
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -52,13 +54,24 @@ RULES = [
     "args = {to = ['{a}', '{b}'], message = '{msg}'}, then = 'R: {result}'}",
     "{match = '^svcbcast (?P<svc>\\S+) (?P<msg>.+)', tool = 'agent_broadcast', "
     "args = {service = '{svc}', message = '{msg}'}, then = 'R: {result}'}",
+    "{match = '^pub (?P<t>\\S+) (?P<msg>.+)', tool = 'topic_publish', "
+    "args = {topic = '{t}', message = '{msg}'}, then = 'R: {result}'}",
+    "{match = '^sub (?P<t>.+)', tool = 'topic_subscribe', args = {topic = '{t}'}, then = 'R: {result}'}",
+    "{match = '^unsub (?P<t>\\S+)', tool = 'topic_unsubscribe', args = {topic = '{t}'}, "
+    "then = 'R: {result}'}",
     "{match = '^ping', reply = 'pong'}",
 ]
 
 
-def planner(
-    name: str, send: str, tools: str = '"schedule_add", "schedule_list", "schedule_remove", "agent_broadcast"'
-) -> str:
+ALL_TOOLS = (
+    '"schedule_add", "schedule_list", "schedule_remove", "agent_broadcast", "topic_subscribe", '
+    '"topic_unsubscribe", "topic_publish"'
+)
+# A subscriber: answers a published "wake" like the alarm, and subscribes on request.
+LISTENER_RULES = "{match = 'wake', reply = 'awake now'}, " + ", ".join(RULES)
+
+
+def planner(name: str, send: str, tools: str = ALL_TOOLS) -> str:
     return f"""
 [agent]
 name = "{name}"
@@ -215,5 +228,63 @@ def test_agent_broadcast_reaches_each_permitted_target_and_reports_per_target(
         "error"
     ]
     assert c.ok("agent.info", {"agent_id": other})["messages"] == 0, "the refused target got nothing"
+    assert c.ok("agent.send", {"agent_id": boss, "text": "ping"})["reply"] == "pong"
+    assert c.stop() == 0
+
+
+def listener(name: str) -> str:
+    return planner(name, '"*"').replace(", ".join(RULES), LISTENER_RULES)
+
+
+def test_topics_deliver_to_permitted_subscribers_and_survive_a_gateway_restart(
+    make_cluster: type[Cluster],
+) -> None:
+    """Subscribers on two workers get a published message through agent.send (a subscriber the publisher may
+    not message is reported denied and gets nothing); the subscriptions survive kill -9 of the gateway;
+    unsubscribed and killed agents get nothing more; bad topics and a missing tool are clear errors."""
+    c = make_cluster(workers=2).start()
+    wait_for(
+        lambda: all(not c.call("worker.ping", {"worker": w}).is_error for w in ("workers-0", "workers-1")),
+        what="workers connected",
+    )
+    near = c.ok("agent.spawn", {"manifest": listener("alarm"), "worker": "workers-0"})["agent_id"]
+    far = c.ok("agent.spawn", {"manifest": listener("alarm"), "worker": "workers-1"})["agent_id"]
+    stranger = c.ok("agent.spawn", {"manifest": listener("other"), "worker": "workers-1"})["agent_id"]
+    for agent_id in (near, far, stranger):
+        assert ask(c, agent_id, "sub news")["subscribed"] is True
+    again = ask(c, near, "sub news")
+    assert again["new"] is False and again["topics"] == ["news"]
+    boss = c.ok("agent.spawn", {"manifest": planner("boss", '"alarm-*"'), "worker": "workers-0"})["agent_id"]
+    out = ask(c, boss, "pub news wake up")
+    assert out["topic"] == "news" and out["sent"] == 2 and out["failed"] == 1, out
+    by = {r["to"]: r for r in out["results"]}
+    assert by[near]["reply"] == by[far]["reply"] == "awake now"
+    assert by[stranger]["code"] == "denied" and c.ok("agent.info", {"agent_id": stranger})["messages"] == 1
+
+    os.kill(c.node("control")["pid"], signal.SIGKILL)  # subscriptions are on disk, not in the gateway
+    wait_for(
+        lambda: not c.call("agent.send", {"agent_id": boss, "text": "ping"}).is_error, 30, "gateway back"
+    )
+    after = wait_for(
+        lambda: (o := ask(c, boss, "pub news wake")) and isinstance(o, dict) and "topic" in o and o,
+        30,
+        "a publish after the gateway restart",
+    )
+    assert after["sent"] == 2, after
+
+    assert ask(c, near, "unsub news") == {"topic": "news", "unsubscribed": True}
+    assert ask(c, near, "unsub news") == {"topic": "news", "unsubscribed": False}
+    c.ok("agent.kill", {"agent_id": far})
+    last = ask(c, boss, "pub news wake")
+    assert [r["to"] for r in last["results"]] == [stranger], last
+    assert ask(c, boss, "pub empty-topic wake") == {
+        "topic": "empty-topic",
+        "results": [],
+        "sent": 0,
+        "failed": 0,
+    }
+    assert "args.topic: must match" in error(ask(c, boss, "sub bad topic!"))
+    plain = c.ok("agent.spawn", {"manifest": planner("plain", '"*"', tools='"agent_send"')})["agent_id"]
+    assert "'topic_publish' is not in this agent's tools" in error(ask(c, plain, "pub news wake"))
     assert c.ok("agent.send", {"agent_id": boss, "text": "ping"})["reply"] == "pong"
     assert c.stop() == 0

@@ -246,6 +246,9 @@ class AgentTraffic:
             targets = list(dict.fromkeys(str(t) for t in ids or []))  # each target once, in order
         results: list[dict[str, Any] | None] = [None] * len(targets)
         out: Future[Any] = Future()
+        if not targets:
+            out.set_result({"results": [], "sent": 0, "failed": 0})
+            return out
         left = [len(targets)]
         lock = threading.Lock()  # replies from the gateway and local replies may settle from two threads
 
@@ -274,6 +277,48 @@ class AgentTraffic:
                     settle(i, {"to": to, "ok": False, "code": code, "error": str(exc)})
 
             fut.add_done_callback(done)
+        return out
+
+    def topic(self, sender: str, op: str, args: Mapping[str, Any]) -> Future[Any]:
+        """``topic_subscribe`` / ``topic_unsubscribe`` (the gateway keeps the subscriptions, by agent id) and
+        ``topic_publish``: the gateway names the live subscribers, then the message goes to each through
+        :meth:`broadcast` (the normal ``agent.send`` path, under the publisher's ``send`` grant)."""
+        remote = self.remote_send
+        if remote is None:
+            raise OpenFangError(
+                "topics need the control gateway (this host runs without one)", code="unavailable"
+            )
+        topic = str(args["topic"])
+        if op != "publish":
+            return remote(sender, Envelope(type=f"topic.{op}", body={"topic": topic}))
+        out: Future[Any] = Future()
+        message = args["message"]
+
+        def deliver(subscribers: list[str]) -> None:
+            try:
+                fanned = self.broadcast(sender, {"to": subscribers, "message": message})
+            except OpenFangError as exc:
+                out.set_exception(exc)
+                return
+
+            def done(f: Future[Any]) -> None:
+                exc = f.exception()
+                if exc is not None:
+                    out.set_exception(exc)
+                else:
+                    out.set_result({"topic": topic, **f.result()})
+
+            fanned.add_done_callback(done)
+
+        def looked_up(f: Future[Any]) -> None:
+            exc = f.exception()
+            if exc is not None:
+                out.set_exception(exc)
+                return
+            subscribers = [str(a) for a in f.result().get("subscribers") or []]
+            self.handoff.later(lambda: deliver(subscribers))  # sends happen on the loop thread
+
+        remote(sender, Envelope(type="topic.subscribers", body={"topic": topic})).add_done_callback(looked_up)
         return out
 
     def schedule(self, sender: str, op: str, args: Mapping[str, Any]) -> Future[Any]:

@@ -393,6 +393,7 @@ class ToolContexts:
             spawn=lambda agent_id, args: handoff.call(lambda: traffic.spawn(agent_id, args)),
             list_agents=lambda agent_id, args: handoff.call(lambda: traffic.listing(agent_id)),
             broadcast=lambda agent_id, args: handoff.call(lambda: traffic.broadcast(agent_id, args)),
+            topic=lambda agent_id, args: handoff.call(lambda: traffic.topic(agent_id, str(args["op"]), args)),
             schedule=lambda agent_id, args: handoff.call(
                 lambda: traffic.schedule(agent_id, str(args["op"]), args)
             ),

@@ -87,6 +87,7 @@ class ToolContext:
     # schedule_add / schedule_list / schedule_remove: args carry "op" (add, list, remove)
     schedule: HostCallback | None = None
     broadcast: HostCallback | None = None  # agent_broadcast
+    topic: HostCallback | None = None  # topic_subscribe / topic_unsubscribe / topic_publish: args carry "op"
     # http_fetch policy: hosts/addresses/CIDRs exempt from the SSRF address check, and a blanket opt-in
     # for private addresses (never metadata ones). ``resolver`` replaces DNS (tests, a worker DNS cache).
     net_allow_hosts: tuple[str, ...] = ()

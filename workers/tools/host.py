@@ -63,15 +63,27 @@ def _schedule(op: str) -> Callable[[ToolContext, dict[str, Any]], Any]:
     """A schedule tool body: the host's ``schedule`` callback with the operation named."""
 
     def call(ctx: ToolContext, args: dict[str, Any]) -> Any:
-        if ctx.schedule is None:
-            raise ToolError(f"schedule_{op} is not available in this host", code="unavailable")
         if op == "add" and len([k for k in ("at", "in", "cron") if args.get(k)]) != 1:
             raise ToolError(
                 "schedule_add: give exactly one of at (a time), in (a delay) or cron", code="bad_args"
             )
+        if ctx.schedule is None:
+            raise ToolError(f"schedule_{op} is not available in this host", code="unavailable")
         return ctx.schedule(ctx.agent_id, {**args, "op": op})
 
     call.__name__ = f"schedule_{op}"
+    return call
+
+
+def _topic(op: str) -> Callable[[ToolContext, dict[str, Any]], Any]:
+    """A topic tool body: the host's ``topic`` callback with the operation named."""
+
+    def call(ctx: ToolContext, args: dict[str, Any]) -> Any:
+        if ctx.topic is None:
+            raise ToolError(f"topic_{op} is not available in this host", code="unavailable")
+        return ctx.topic(ctx.agent_id, {**args, "op": op})
+
+    call.__name__ = f"topic_{op}"
     return call
 
 
@@ -87,6 +99,7 @@ _PATH = {
 }
 
 _AGENT_ID = {"type": "string", "minLength": 1, "maxLength": 128}
+_TOPIC = {"type": "string", "pattern": "^[A-Za-z0-9_.:/-]{1,128}$", "description": "the topic's name"}
 
 HOST_TOOLS: tuple[Tool, ...] = (
     Tool(
@@ -262,5 +275,35 @@ HOST_TOOLS: tuple[Tool, ...] = (
         schema=_obj({"id": {"type": "string", "pattern": "^sch-[0-9a-f]{12}$"}}, ["id"]),
         permission="agent.schedule",
         call=_schedule("remove"),
+    ),
+    Tool(
+        name="topic_subscribe",
+        description="Subscribe to a named topic: messages published on it come to you as ordinary messages.",
+        schema=_obj({"topic": _TOPIC}, ["topic"]),
+        permission="agent.topic",
+        call=_topic("subscribe"),
+    ),
+    Tool(
+        name="topic_unsubscribe",
+        description="Stop receiving a topic's messages; says whether you were subscribed.",
+        schema=_obj({"topic": _TOPIC}, ["topic"]),
+        permission="agent.topic",
+        call=_topic("unsubscribe"),
+    ),
+    Tool(
+        name="topic_publish",
+        description=(
+            "Publish a message on a named topic: every subscriber you may message gets it; returns each "
+            "subscriber's reply or error."
+        ),
+        schema=_obj(
+            {
+                "topic": _TOPIC,
+                "message": {"type": ["string", "object"], "description": "text or a JSON object"},
+            },
+            ["topic", "message"],
+        ),
+        permission="agent.topic",
+        call=_topic("publish"),
     ),
 )
