@@ -1,6 +1,6 @@
 """Linux process plumbing for the supervisor: fork a child into its target, signal it, reap it.
 
-The parent side is :func:`spawn` (fork + pidfd), :func:`send_signal` (by pidfd, immune to pid reuse) and
+The parent side is :func:`spawn` (freeze the heap, fork, pidfd), :func:`send_signal` (by pidfd, immune to pid reuse) and
 :func:`reap` (``waitid(P_PIDFD)``). The child side, :func:`_child_main`, never returns: it arms PDEATHSIG,
 pins its CPU, resets the signal dispositions it inherited from the loop, closes the parent's fds, runs
 the target and ``os._exit``\\ s with 0 (normal) or ``EXIT_CRASH`` (exception, after a structured crash
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import importlib
 import os
 import signal
@@ -103,6 +104,12 @@ def spawn(
     to_close = [fd for fd in close_fds if fd not in (0, 1, 2)]
     sys.stdout.flush()
     sys.stderr.flush()
+    # Every object alive now goes to the permanent generation, on both sides of the fork: the cyclic GC
+    # of neither process walks (and so writes to) the GC headers of the heap they share, so those pages
+    # stay shared instead of being copied into each child at its first collection. Refcount writes still
+    # copy the pages of the objects a child really uses; the others stay shared for good. What is garbage
+    # now (cycles) is kept, not collected: a supervisor forks rarely and holds little garbage.
+    gc.freeze()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, which never returns from here
         try:

@@ -5,6 +5,7 @@ Each child appends a line to ``args["marks"]/<id>`` when it starts, so tests can
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -140,6 +141,13 @@ def ask_parent(ctx: ChildContext) -> None:
 def cpu_report(ctx: ChildContext) -> None:
     """Ready with info = the CPU set this process may run on."""
     ctx.ready(cpus=sorted(os.sched_getaffinity(0)))
+    while True:
+        time.sleep(3600)
+
+
+def gc_report(ctx: ChildContext) -> None:
+    """Ready with info = how many objects this process's cyclic GC leaves alone (frozen before the fork)."""
+    ctx.ready(frozen=gc.get_freeze_count())
     while True:
         time.sleep(3600)
 

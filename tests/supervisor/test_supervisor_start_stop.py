@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from pathlib import Path
@@ -202,3 +203,12 @@ def test_child_is_pinned_to_its_cpu(harness: Harness, marks: Path) -> None:
     pinned, free = sup.tree()
     assert pinned["info"]["cpus"] == [cpu] and pinned["cpu"] == cpu
     assert free["info"]["cpus"] == sorted(os.sched_getaffinity(0))
+
+
+def test_start_freezes_the_parent_heap_before_the_fork(harness: Harness, marks: Path) -> None:
+    """A child starts with the parent's heap frozen (gc.freeze): neither side's GC touches the shared pages."""
+    sup = harness.sup([child("g", "gc_report", marks=marks)])
+    sup.start()
+    (node,) = sup.tree()
+    assert node["info"]["frozen"] > 1000  # the parent's imports, at least
+    assert gc.get_freeze_count() > 1000  # and still frozen here, after the fork
