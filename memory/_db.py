@@ -42,7 +42,7 @@ def vec_extension_path() -> str:
     spec = importlib.util.find_spec("sqlite_vec")
     if spec is None or not spec.submodule_search_locations:
         raise MemoryStoreError("the sqlite-vec package is not installed (a dependency of the memory store)")
-    return os.path.join(list(spec.submodule_search_locations)[0], "vec0")
+    return os.path.join(next(iter(spec.submodule_search_locations)), "vec0")
 
 
 def _load_vec(conn: Any) -> None:

@@ -1,9 +1,9 @@
 """Linux process plumbing for the supervisor: fork a child into its target, signal it, reap it.
 
-The parent side is :func:`spawn` (freeze the heap, fork, pidfd), :func:`send_signal` (by pidfd, immune to pid reuse) and
-:func:`reap` (``waitid(P_PIDFD)``). The child side, :func:`_child_main`, never returns: it arms PDEATHSIG,
-pins its CPU, resets the signal dispositions it inherited from the loop, closes the parent's fds, runs
-the target and ``os._exit``\\ s with 0 (normal) or ``EXIT_CRASH`` (exception, after a structured crash
+The parent side is :func:`spawn` (gc.freeze, fork, pidfd), :func:`send_signal` (by pidfd, immune to pid
+reuse) and :func:`reap` (``waitid(P_PIDFD)``). The child side, :func:`_child_main`, never returns: it arms
+PDEATHSIG, pins its CPU, resets the signal dispositions it inherited from the loop, closes the parent's fds,
+runs the target and ``os._exit``\\ s with 0 (normal) or ``EXIT_CRASH`` (exception, after a structured crash
 report). :func:`set_subreaper` is the one place the subreaper flag is set (the daemon's root supervisor
 sets it at start).
 """
