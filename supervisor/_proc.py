@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED, ChildContext, resolve_target, uplink_pair
 from openfang.supervisor.restart import NORMAL, ExitReason, abnormal
+from openfang.supervisor.spec import SupervisorSpec
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
@@ -128,6 +129,21 @@ def spawn(
         raise
     parent_end.setblocking(False)
     return Spawned(pid=pid, pidfd=pidfd, uplink=parent_end)
+
+
+def preimport_tree(spec: SupervisorSpec) -> None:
+    """Import the start module of every child in ``spec``'s tree (nested supervisors' children included)
+    here, before the first fork.
+
+    Every process forked below then maps those modules' pages from this one: a nested supervisor that
+    imported its workers' module itself, after its own fork, would write to pages it shares with its
+    siblings (sys.modules, interned strings), making private copies on both sides. The total import work
+    is the same; it only moves up to the top of the tree. Import errors are left for the child (below).
+    """
+    for child in spec.children:
+        _preimport(child.start)
+        if child.supervisor is not None:
+            preimport_tree(child.supervisor)
 
 
 def _preimport(start: str) -> None:
