@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import structlog
 from openfang.control import runfile
 from openfang.control.config import GATEWAY_ID, ClusterConfig, load_config
@@ -301,8 +302,6 @@ def annotate(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _process_figures(pid: int) -> dict[str, Any]:
-    import psutil  # here: only `tree` and `status` answers need it, not the start of the tree
-
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
