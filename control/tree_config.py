@@ -10,6 +10,7 @@ Shape (see docs/supervisor.md)::
 
     [[supervisor.children]]               # a nested supervisor
     id = "workers"; type = "supervisor"; strategy = "one_for_one"; intensity = 10; period = 10
+    start_order = "parallel"              # fork every child at once (default "ordered", OTP's)
     [supervisor.children.pool]            # expands to workers-0 .. workers-(N-1)
     count = "auto"; pin = true; start = "openfang.workers.worker:main"; heartbeat_ms = 2000
     [[supervisor.children.children]]      # nested children, any depth
@@ -31,13 +32,14 @@ from openfang.supervisor.spec import (
     ChildSpec,
     ChildType,
     Restart,
+    StartOrder,
     Strategy,
     SupervisorFlags,
     SupervisorSpec,
     check_spec,
 )
 
-FLAG_KEYS = {"strategy", "intensity", "period", "auto_shutdown"}
+FLAG_KEYS = {"strategy", "intensity", "period", "auto_shutdown", "start_order"}
 CHILD_KEYS = {"id", "type", "start", "args", "restart", "shutdown", "significant", "cpu", "heartbeat_ms",
               "start_timeout_ms"}  # fmt: skip
 SUPERVISOR_CHILD_KEYS = CHILD_KEYS | FLAG_KEYS | {"children", "pool"}
@@ -82,6 +84,7 @@ def _parse_sup(table: Mapping[str, Any], source: str, where: str, problems: list
         auto_shutdown=_choice(
             table, "auto_shutdown", AutoShutdown, AutoShutdown.NEVER, source, where, problems
         ),
+        start_order=_choice(table, "start_order", StartOrder, StartOrder.ORDERED, source, where, problems),
     )
     children: list[ChildSpec] = []
     raw_children = table.get("children", [])

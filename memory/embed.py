@@ -23,8 +23,6 @@ import math
 import os
 import re
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
@@ -163,6 +161,11 @@ class OpenAIEmbedder(Embedder):
             self.dim = len(self.embed(["dimension probe"])[0])
 
     def embed(self, texts: Sequence[str]) -> list[Vector]:
+        # Here, not at the top: only this embedder speaks HTTP, and urllib.request pulls http.client,
+        # email and ssl into every process that imports the memory API.
+        import urllib.error
+        import urllib.request
+
         if not texts:
             return []
         payload = json.dumps({"model": self.model, "input": list(texts)}).encode()

@@ -38,6 +38,7 @@ type = "supervisor"
 strategy = "one_for_one"
 intensity = 100000
 period = 1
+start_order = "parallel"
 [supervisor.children.pool]
 count = {workers}
 pin = true

@@ -9,7 +9,8 @@ tools in ``perf/bench_tools.py``. Every reply is checked against ``perf/workload
     python -m perf.bench_system [--quick] [--only cold warm memory routing scaling toolchain venv]
 
 Metrics (system "openfang"): cold_start_ms, warm_start_ms (+ warm_spawn_ms), idle_pss_mb, idle_rss_mb,
-agents_{100,1000,10000}_pss_mb, routing_tasks_per_s (+ scaling points with ``workers``),
+agents_{100,1000,10000}_pss_mb (each with a per-process PSS/USS/RSS breakdown),
+routing_tasks_per_s (+ scaling points with ``workers``),
 toolchain_tasks_per_s, venv_mb.
 """
 
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -350,13 +351,15 @@ def bench_memory(counts: tuple[int, ...]) -> list[dict[str, Any]]:
             assert c.proc is not None
             pids = wl.process_tree(c.proc.pid)
             pss_kb, rss_kb = wl.memory_kb(pids)
+            per_process = process_breakdown(c, pipe, pids)
         pss, rss = pss_kb / 1024, rss_kb / 1024
         if count > 1:
             per_agent_s = max(per_agent_s, build_s / count)
         notes = (
             f"{count} agent(s) spawned in {build_s:.2f} s ({SPAWN_WINDOW} in flight); {len(pids)} processes"
         )
-        extra: dict[str, Any] = {"rss_mb": round(rss, 2), "processes": len(pids)}
+        extra: dict[str, Any] = {"rss_mb": round(rss, 2), "processes": len(pids), "per_process": per_process}
+        notes += "; per process PSS/USS MB: " + describe_breakdown(per_process)
         if count == 1:
             idle_pss = pss
             idle_rss = rss
@@ -369,10 +372,44 @@ def bench_memory(counts: tuple[int, ...]) -> list[dict[str, Any]]:
                 notes += f"; target = idle + {5 if count == 100 else 200} MB"
         notes += f"; RSS {rss:.1f} MB"
         _log(f"{count} agents: PSS {pss:.1f} MB, RSS {rss:.1f} MB, spawned in {build_s:.2f} s")
+        _log(f"  per process PSS/USS/RSS MB: {describe_breakdown(per_process, rss=True)}")
         out.append(_metric(name, pss, "MB", "lower", target, **extra, notes=notes))
         if count == 1:
             out.append(_metric("idle_rss_mb", rss, "MB", "lower", notes="1 agent; all processes of the tree"))
     return out
+
+
+def process_breakdown(c: BenchCluster, pipe: Pipe, pids: list[int]) -> dict[str, dict[str, float]]:
+    """Each process of the tree by its child id (``root`` for the daemon): PSS, USS and RSS in MB.
+
+    USS (private pages) is what each process costs on its own; PSS shares every shared page out among the
+    processes that map it, so the PSS column adds up to the system figure.
+    """
+    assert c.proc is not None
+    names = {c.proc.pid: "root"}
+
+    def label(nodes: list[dict[str, Any]]) -> None:
+        for node in nodes:
+            if node.get("pid"):
+                names[int(node["pid"])] = str(node["id"])
+            label(list(node.get("children") or []))
+
+    with suppress(BenchFailed, TimeoutError):
+        label(pipe.call("tree", {})["children"])
+    out: dict[str, dict[str, float]] = {}
+    for pid in pids:
+        kb = wl.process_memory_kb(pid)
+        if kb:
+            out[names.get(pid, f"pid {pid}")] = {k: round(v / 1024, 2) for k, v in kb.items()}
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["pss"]))
+
+
+def describe_breakdown(per_process: dict[str, dict[str, float]], rss: bool = False) -> str:
+    """``"workers-0 20.1/12.3, root 15.0/6.1, ..."`` (PSS/USS, and RSS with ``rss``), largest PSS first."""
+    return ", ".join(
+        f"{name} {m['pss']:.1f}/{m['uss']:.1f}" + (f"/{m['rss']:.1f}" if rss else "")
+        for name, m in per_process.items()
+    )
 
 
 # --- 4. routing (and 7. its scaling) ------------------------------------------------------------------------

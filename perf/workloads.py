@@ -9,7 +9,8 @@ LLM, so a ratio compares the frameworks, not the prompts. This module is the sin
   :func:`toolchain_step` (4 LLM calls and 3 tool calls per task, strictly in sequence);
 - the prompt convention :func:`wrap_task` / :func:`unwrap_task`: a framework adds its own prompt text around
   the task, and the fake LLM finds the task again between the markers;
-- measuring helpers: :func:`percentile`, :func:`summarize`, :func:`memory_kb` and :func:`process_tree`.
+- measuring helpers: :func:`percentile`, :func:`summarize`, :func:`memory_kb`, :func:`process_memory_kb`
+  and :func:`process_tree`.
 
 It imports only the standard library, because the peers' scripts import it from inside their own venvs.
 """
@@ -238,6 +239,26 @@ def memory_kb(pids: Iterable[int]) -> tuple[int, int]:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return pss, rss
+
+
+def process_memory_kb(pid: int) -> dict[str, int]:
+    """One process's memory in KiB from /proc/<pid>/smaps_rollup: ``pss``, ``rss`` and ``uss`` (its private
+    pages, clean and dirty: what killing it would free); empty if it is gone."""
+    fields: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts and parts[0].isdigit():
+                    fields[key] = int(parts[0])
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+    return {
+        "pss": fields.get("Pss", 0),
+        "rss": fields.get("Rss", 0),
+        "uss": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
+    }
 
 
 def dir_size_bytes(path: str) -> int:

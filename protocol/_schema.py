@@ -14,7 +14,8 @@ characters, got int"``: the dotted path, what is required, what arrived.
 
 Bodies are *closed* (an unknown field is a problem, so a typo in a request is never silently ignored) or
 *open* (unknown fields are allowed: replies and events, so a newer peer may add fields without breaking
-older clients). Checkers are compiled once per class: validation is on every message's hot path.
+older clients). A checker is compiled once per message type, on its first message (messages._schema_of),
+then kept: validation is on every message's hot path.
 """
 
 from __future__ import annotations

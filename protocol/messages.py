@@ -4,7 +4,8 @@ The body classes live in :mod:`openfang.protocol.bodies` and are re-exported her
 
 Importing this module (``import openfang.protocol`` does) registers a body validator per type with
 :func:`openfang.protocol.envelope.register_body_validator`, so :func:`~openfang.protocol.envelope.decode`
-reports every problem of a body at once: missing, wrong type, unknown field, too long, out of range.
+reports every problem of a body at once: missing, wrong type, unknown field, too long, out of range. Each
+type's schema is compiled on the first message of that type (then kept), not at import.
 
 Request bodies are closed (an unknown field is an error); reply, event and error bodies are open (a newer
 peer may add fields). Use :func:`parse` to get a typed body, :func:`to_body` to put one on the wire, and
@@ -15,7 +16,7 @@ PROTOCOL.md is generated from this catalogue (``python -m openfang.protocol._doc
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -281,24 +282,46 @@ REQUEST_TYPES = frozenset(CATALOGUE)
 
 # body class -> wire type; replies by their "<type>.ok" name. Classes shared by several types map to none.
 _TYPE_OF: dict[type, str] = {}
+# wire type -> (body class, open); its schema is compiled on the first message of that type (_schema_of).
+_class_of: dict[str, tuple[type, bool]] = {}
 _compiled: dict[str, _schema.Compiled] = {}
-_class_of: dict[str, type] = {}
 
 
 def _register() -> None:
+    """Register every catalogued type's validator with the envelope codec, compiled lazily: a process
+    pays only for the types it really decodes (the root supervisor decodes none)."""
     uses: dict[type, list[str]] = {}
-    for spec in CATALOGUE.values():
-        for cls, type_, is_open in ((spec.request, spec.type, False), (spec.reply, f"{spec.type}.ok", True)):
-            compiled = _schema.compile_dataclass(cls, open_fields=is_open)
-            _compiled[type_], _class_of[type_] = compiled, cls
-            register_body_validator(type_, _schema.body_validator(compiled))
-            uses.setdefault(cls, []).append(type_)
-    for cls, type_ in ((Event, EVENT_TYPE), (ErrorBody, ERROR_TYPE), (AgentSendChunk, CHUNK_TYPE)):
-        compiled = _schema.compile_dataclass(cls, open_fields=True)
-        _compiled[type_], _class_of[type_] = compiled, cls
-        register_body_validator(type_, _schema.body_validator(compiled))
+    entries = [(s.request, s.type, False) for s in CATALOGUE.values()]
+    entries += [(s.reply, f"{s.type}.ok", True) for s in CATALOGUE.values()]
+    entries += [(Event, EVENT_TYPE, True), (ErrorBody, ERROR_TYPE, True), (AgentSendChunk, CHUNK_TYPE, True)]
+    for cls, type_, is_open in entries:
+        _class_of[type_] = (cls, is_open)
+        register_body_validator(type_, _first_validation(type_))
         uses.setdefault(cls, []).append(type_)
     _TYPE_OF.update({cls: types[0] for cls, types in uses.items() if len(types) == 1})
+
+
+def _schema_of(message_type: str) -> _schema.Compiled | None:
+    """The compiled schema of a catalogued type, compiled (and its validator registered) on first use."""
+    compiled = _compiled.get(message_type)
+    if compiled is None and message_type in _class_of:
+        cls, is_open = _class_of[message_type]
+        compiled = _schema.compile_dataclass(cls, open_fields=is_open)
+        _compiled[message_type] = compiled  # two threads may both compile: the same result, either wins
+        register_body_validator(message_type, _schema.body_validator(compiled))
+    return compiled
+
+
+def _first_validation(message_type: str) -> Callable[[Mapping[str, Any]], list[str]]:
+    """The validator registered before the first message of ``message_type``: it compiles the schema,
+    which replaces it with the compiled validator, and validates this first body with that."""
+
+    def validate(body: Mapping[str, Any]) -> list[str]:
+        compiled = _schema_of(message_type)
+        assert compiled is not None  # registered only for catalogued types
+        return _schema.body_validator(compiled)(body)
+
+    return validate
 
 
 _register()
@@ -306,7 +329,7 @@ _register()
 
 def body_schema(message_type: str) -> _schema.Compiled | None:
     """The compiled schema of ``message_type``'s body (a request, ``<type>.ok``, ``event`` or ``error``)."""
-    return _compiled.get(message_type)
+    return _schema_of(message_type)
 
 
 def check_request(env: Envelope) -> MessageSpec:
@@ -323,8 +346,8 @@ def parse(env: Envelope, body_class: type[Any]) -> Any:
     ``body_class`` must be the body of ``env.type`` (``parse(env, AgentSend)`` for an ``agent.send``).
     Fields an open body (reply, event, error) carries beyond its class are not kept: read ``env.body``.
     """
-    compiled = _compiled.get(env.type)
-    if compiled is None or _class_of[env.type] is not body_class:
+    compiled = _schema_of(env.type)
+    if compiled is None or _class_of[env.type][0] is not body_class:
         raise ProtocolError(f"type: {env.type!r} does not carry a {body_class.__name__} body")
     problems = _schema.body_validator(compiled)(env.body)
     if problems:

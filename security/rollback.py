@@ -14,13 +14,35 @@ import json
 import os
 import re
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.security._errors import Denied
 from openfang.security.audit import AuditSink
 
 _VERSION = re.compile(r"^\d{1,9}(?:\.\d{1,9}){0,5}$")
+OPEN_TIMEOUT_S = 30.0
+T = TypeVar("T")
+
+
+def _while_locked(work: Callable[[], T], timeout: float = OPEN_TIMEOUT_S) -> T:
+    """``work()``, retried while SQLite says "database is locked" (up to ``timeout``).
+
+    Two connections creating the same new database at once (the workers of a pool forked together) can
+    deadlock on its first write; SQLite then answers one of them "locked" at once, without waiting for the
+    busy timeout. Retrying that connection is the documented way out.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return work()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def parse_version(version: int | str) -> tuple[int, ...]:
@@ -49,11 +71,13 @@ class VersionStore:
         self.path = Path(path)
         self._audit = audit
         try:
-            self._conn = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS versions (name TEXT PRIMARY KEY, version TEXT NOT NULL, "
-                "shown TEXT NOT NULL, digest TEXT NOT NULL)"
+            self._conn = sqlite3.connect(str(self.path), timeout=OPEN_TIMEOUT_S, isolation_level=None)
+            _while_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"))
+            _while_locked(
+                lambda: self._conn.execute(
+                    "CREATE TABLE IF NOT EXISTS versions (name TEXT PRIMARY KEY, version TEXT NOT NULL, "
+                    "shown TEXT NOT NULL, digest TEXT NOT NULL)"
+                )
             )
         except sqlite3.Error as exc:
             raise ConfigError([Problem(str(self.path), f"cannot open the version state: {exc}")]) from None

@@ -1,4 +1,5 @@
-"""Starting and stopping a supervisor's children, one child at a time.
+"""Starting and stopping a supervisor's children, one child at a time (or forked together, then judged one
+at a time: :meth:`Launcher.fork` and :meth:`Launcher.settle`).
 
 :meth:`Launcher.start` forks a child and runs the loop until the child is ready (True), said ``ignore``
 (False: it gets :data:`IGNORE_GRACE_S` to return, then it is killed), or failed: it exited first, or said
@@ -50,6 +51,15 @@ class Launcher:
 
     def start(self, rec: ChildRecord) -> bool:
         """Fork ``rec`` and wait for its ready (True) or ignore (False); SupervisorError if it fails."""
+        self.fork(rec)
+        return self.settle(rec)
+
+    def fork(self, rec: ChildRecord) -> None:
+        """Fork ``rec`` without waiting (it is starting); SupervisorError if the fork fails.
+
+        A parallel start forks every child first, then :meth:`settle` waits for each in order: the starts
+        overlap, and each is still judged by the same rules as a start one at a time.
+        """
         spec = rec.spec
         args = dict(spec.args)
         if rec.is_supervisor and spec.supervisor is not None:
@@ -68,6 +78,10 @@ class Launcher:
             raise SupervisorError(f"cannot fork child {spec.id!r}: {exc}") from None
         rec.state, rec.exit, rec.info = STARTING, None, {}
         self._watcher.watch(rec, spawned)
+
+    def settle(self, rec: ChildRecord) -> bool:
+        """Wait for a forked ``rec``'s ready (True) or ignore (False); SupervisorError if it failed."""
+        spec = rec.spec
         if not self._wait_started(rec):
             self._watcher.kill(rec)
             reason = f"no ready within start_timeout_ms={spec.start_timeout_ms}"

@@ -1,9 +1,9 @@
 """Linux process plumbing for the supervisor: fork a child into its target, signal it, reap it.
 
-The parent side is :func:`spawn` (fork + pidfd), :func:`send_signal` (by pidfd, immune to pid reuse) and
-:func:`reap` (``waitid(P_PIDFD)``). The child side, :func:`_child_main`, never returns: it arms PDEATHSIG,
-pins its CPU, resets the signal dispositions it inherited from the loop, closes the parent's fds, runs
-the target and ``os._exit``\\ s with 0 (normal) or ``EXIT_CRASH`` (exception, after a structured crash
+The parent side is :func:`spawn` (gc.freeze, fork, pidfd), :func:`send_signal` (by pidfd, immune to pid
+reuse) and :func:`reap` (``waitid(P_PIDFD)``). The child side, :func:`_child_main`, never returns: it arms
+PDEATHSIG, pins its CPU, resets the signal dispositions it inherited from the loop, closes the parent's fds,
+runs the target and ``os._exit``\\ s with 0 (normal) or ``EXIT_CRASH`` (exception, after a structured crash
 report). :func:`set_subreaper` is the one place the subreaper flag is set (the daemon's root supervisor
 sets it at start).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import importlib
 import os
 import signal
@@ -26,6 +27,7 @@ from typing import Any
 import structlog
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED, ChildContext, resolve_target, uplink_pair
 from openfang.supervisor.restart import NORMAL, ExitReason, abnormal
+from openfang.supervisor.spec import SupervisorSpec
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
@@ -103,6 +105,12 @@ def spawn(
     to_close = [fd for fd in close_fds if fd not in (0, 1, 2)]
     sys.stdout.flush()
     sys.stderr.flush()
+    # Every object alive now goes to the permanent generation, on both sides of the fork: the cyclic GC
+    # of neither process walks (and so writes to) the GC headers of the heap they share, so those pages
+    # stay shared instead of being copied into each child at its first collection. Refcount writes still
+    # copy the pages of the objects a child really uses; the others stay shared for good. What is garbage
+    # now (cycles) is kept, not collected: a supervisor forks rarely and holds little garbage.
+    gc.freeze()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, which never returns from here
         try:
@@ -121,6 +129,21 @@ def spawn(
         raise
     parent_end.setblocking(False)
     return Spawned(pid=pid, pidfd=pidfd, uplink=parent_end)
+
+
+def preimport_tree(spec: SupervisorSpec) -> None:
+    """Import the start module of every child in ``spec``'s tree (nested supervisors' children included)
+    here, before the first fork.
+
+    Every process forked below then maps those modules' pages from this one: a nested supervisor that
+    imported its workers' module itself, after its own fork, would write to pages it shares with its
+    siblings (sys.modules, interned strings), making private copies on both sides. The total import work
+    is the same; it only moves up to the top of the tree. Import errors are left for the child (below).
+    """
+    for child in spec.children:
+        _preimport(child.start)
+        if child.supervisor is not None:
+            preimport_tree(child.supervisor)
 
 
 def _preimport(start: str) -> None:

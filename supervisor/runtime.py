@@ -1,6 +1,7 @@
 """The supervisor runtime: OTP's ``supervisor`` behaviour over forked processes and a selectors loop.
 
-A supervisor starts its children in order (one at a time, each waiting for its ``ready``), watches them
+A supervisor starts its children in order (one at a time, each waiting for its ``ready``; or, opted into
+with ``start_order = "parallel"``, all forked at once and then waited for in order), watches them
 through pidfds and their uplinks, applies its strategy, restart types and intensity window when one
 exits, escalates when the window overflows, and stops them in reverse order. Crashes arrive as messages
 from its child watcher, never as exceptions.
@@ -33,6 +34,7 @@ from openfang.supervisor.loop import Loop
 from openfang.supervisor.spec import (
     ChildSpec,
     ChildType,
+    StartOrder,
     Strategy,
     SupervisorSpec,
     check_child,
@@ -82,21 +84,36 @@ class Supervisor(SupervisorCore):
             )
 
     def _start_children(self) -> None:
+        """OTP's ordered start: each child forked after the previous one is ready. With ``start_order =
+        "parallel"`` every child is forked first and then waited for in spec order: the same outcome
+        (events in spec order, the first failure in spec order rolls back every child, started or still
+        starting), with the starts overlapping."""
+        children = self.record.spec.children
         with self._serial:
-            for spec in self.record.spec.children:
-                rec = self.record.add(spec)
-                try:
-                    self._launcher.start(rec)
-                except SupervisorError as exc:
-                    self._log.error("start_failed_rollback", child=rec.id, error=exc.message)
-                    self._launcher.stop_in_order(self.record.in_reverse())
-                    self.record.clear()
-                    self.record.status = SUP_STOPPED
-                    self._release()
-                    raise SupervisorError(
-                        f"supervisor {self.path}: child {rec.id!r} failed to start: {exc.message}"
-                    ) from None
+            if self.record.spec.flags.start_order == StartOrder.PARALLEL:
+                recs = [self.record.add(spec) for spec in children]
+                for rec in recs:
+                    self._start_or_roll_back(rec, self._launcher.fork)
+                for rec in recs:
+                    self._start_or_roll_back(rec, self._launcher.settle)
+            else:
+                for spec in children:
+                    self._start_or_roll_back(self.record.add(spec), self._launcher.start)
         self.events.changed()
+
+    def _start_or_roll_back(self, rec: ChildRecord, step: Callable[[ChildRecord], object]) -> None:
+        """Run one start step for ``rec``; if it fails, stop every child in reverse order and raise."""
+        try:
+            step(rec)
+        except SupervisorError as exc:
+            self._log.error("start_failed_rollback", child=rec.id, error=exc.message)
+            self._launcher.stop_in_order(self.record.in_reverse())
+            self.record.clear()
+            self.record.status = SUP_STOPPED
+            self._release()
+            raise SupervisorError(
+                f"supervisor {self.path}: child {rec.id!r} failed to start: {exc.message}"
+            ) from None
 
     def _stop_children(self, recs: list[ChildRecord]) -> None:
         self._launcher.stop_in_order(recs)

@@ -44,6 +44,13 @@ class AutoShutdown(StrEnum):
     ALL_SIGNIFICANT = "all_significant"
 
 
+class StartOrder(StrEnum):
+    """How a supervisor starts its children at start: OTP's one at a time, or all forked at once."""
+
+    ORDERED = "ordered"
+    PARALLEL = "parallel"
+
+
 class ChildType(StrEnum):
     WORKER = "worker"
     SUPERVISOR = "supervisor"
@@ -57,6 +64,9 @@ class SupervisorFlags:
     intensity: int = 1
     period: float = 5
     auto_shutdown: AutoShutdown = AutoShutdown.NEVER
+    # Not an OTP flag: "parallel" forks every child at start before waiting for any ready, for children
+    # that do not depend on each other (a pool). OTP's ordered start is the default.
+    start_order: StartOrder = StartOrder.ORDERED
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +131,10 @@ def check_spec(spec: SupervisorSpec, where: str = "supervisor") -> list[Problem]
         )
     if sofo and flags.auto_shutdown != AutoShutdown.NEVER:
         problems.append(Problem(f"{where} key 'auto_shutdown'", "must be 'never' with simple_one_for_one"))
+    if sofo and flags.start_order != StartOrder.ORDERED:
+        problems.append(
+            Problem(f"{where} key 'start_order'", "simple_one_for_one starts no children at start: 'ordered'")
+        )
     seen: set[str] = set()
     for i, child in enumerate(spec.children):
         cwhere = f"{where}.children.{i}"
@@ -232,6 +246,7 @@ def spec_to_dict(spec: SupervisorSpec) -> dict[str, Any]:
             "intensity": f.intensity,
             "period": f.period,
             "auto_shutdown": str(f.auto_shutdown),
+            "start_order": str(f.start_order),
         },
         "children": [child_to_dict(c) for c in spec.children],
     }
@@ -276,6 +291,12 @@ def _spec_from_dict(data: Mapping[str, Any], where: str, problems: list[Problem]
                 AutoShutdown,
                 raw_flags.get("auto_shutdown", "never"),
                 f"{where} key 'auto_shutdown'",
+                problems,
+            ),
+            start_order=_enum(
+                StartOrder,
+                raw_flags.get("start_order", "ordered"),
+                f"{where} key 'start_order'",
                 problems,
             ),
         )

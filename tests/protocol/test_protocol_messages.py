@@ -289,3 +289,25 @@ def test_importing_only_the_envelope_still_registers_every_validator() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.startswith("ProtocolError body.text: must be a string")
+
+
+def test_schema_of_a_type_is_compiled_on_its_first_message_only() -> None:
+    """Importing the catalogue compiles no schema; the first agent.send decoded compiles agent.send's (and
+    still reports its problems), and that compiled validator then replaces the first-use one."""
+    code = (
+        "from openfang.protocol import messages\n"
+        "from openfang.protocol.envelope import _validators, decode, encode, Envelope\n"
+        "print(sorted(messages._compiled))\n"
+        "first = _validators['agent.send']\n"
+        "try:\n"
+        "    decode(encode(Envelope(type='agent.send', body={'text': 1})))\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+        "print(sorted(messages._compiled), _validators['agent.send'] is not first)\n"
+        "decode(encode(Envelope(type='agent.send', body={'agent_id': 'a', 'text': 'hi'})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "[]"
+    assert lines[1].startswith("ProtocolError body.text: must be a string")
+    assert lines[2] == "['agent.send'] True"

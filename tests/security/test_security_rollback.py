@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openfang.security._errors import Denied
@@ -63,3 +64,25 @@ def test_rollback_concurrent_accepts_keep_the_highest(tmp_path: Path) -> None:
         assert p.exitcode == 0
     with VersionStore(path) as vs:
         assert vs.current("calc") == ((9,), "9", "d9")
+
+
+def _open(path: str, go: Any) -> None:
+    go.wait()
+    VersionStore(path).close()
+
+
+@pytest.mark.integration
+def test_rollback_processes_creating_the_state_file_together_all_open_it(tmp_path: Path) -> None:
+    """Workers forked together (a parallel pool start) each open a state file none has created yet: every
+    one opens it (SQLite's immediate "locked" on a first-write deadlock is retried), none fails."""
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(10):
+        path = str(tmp_path / f"v{round_}.db")
+        go = ctx.Event()
+        procs = [ctx.Process(target=_open, args=(path, go)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        go.set()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 6

@@ -5,6 +5,7 @@ Each child appends a line to ``args["marks"]/<id>`` when it starts, so tests can
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -140,6 +141,30 @@ def ask_parent(ctx: ChildContext) -> None:
 def cpu_report(ctx: ChildContext) -> None:
     """Ready with info = the CPU set this process may run on."""
     ctx.ready(cpus=sorted(os.sched_getaffinity(0)))
+    while True:
+        time.sleep(3600)
+
+
+def wait_for_siblings(ctx: ChildContext) -> None:
+    """Ready only once every child in args['siblings'] has started (a marks line each; up to 20 s), else
+    fail: it can start only if its siblings are forked before any of them is ready."""
+    _mark(ctx)
+    log = Path(ctx.args["marks"]) / "log"
+    want = set(ctx.args["siblings"])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        started = {line.split()[1] for line in log.read_text().splitlines() if line.startswith("start ")}
+        if want <= started:
+            ctx.ready()
+            while True:
+                time.sleep(3600)
+        time.sleep(0.01)
+    raise RuntimeError(f"wait_for_siblings: {sorted(want - started)} never started")
+
+
+def gc_report(ctx: ChildContext) -> None:
+    """Ready with info = how many objects this process's cyclic GC leaves alone (frozen before the fork)."""
+    ctx.ready(frozen=gc.get_freeze_count())
     while True:
         time.sleep(3600)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -280,3 +281,20 @@ def test_subtree_too_big_for_a_packet_is_sent_trimmed() -> None:
     finally:
         parent.close()
         mine.close()
+
+
+def test_nested_children_start_modules_are_imported_by_the_top_supervisor(
+    harness: Harness, marks: Path
+) -> None:
+    """A supervisor imports the start modules of its whole subtree before it forks (so every process below
+    shares those pages with it): a module named only by a nested supervisor's child is imported here."""
+    sys.modules.pop("supervisor_children_nested", None)
+    leaf = ChildSpec(
+        id="w", start="supervisor_children_nested:serve", args={"marks": str(marks)}, shutdown=2000
+    )
+    sup = harness.sup(
+        [ChildSpec(id="n", type=ChildType.SUPERVISOR, supervisor=SupervisorSpec(children=(leaf,)))]
+    )
+    sup.start()
+    assert "supervisor_children_nested" in sys.modules
+    assert starts(marks) == ["w"]

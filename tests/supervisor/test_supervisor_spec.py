@@ -15,6 +15,7 @@ from openfang.supervisor.spec import (
     ChildSpec,
     ChildType,
     Restart,
+    StartOrder,
     Strategy,
     SupervisorFlags,
     SupervisorSpec,
@@ -88,7 +89,9 @@ def test_check_spec_simple_one_for_one_needs_one_template_and_no_significant() -
 def test_spec_dict_round_trip_including_nested() -> None:
     """Specs cross the fork as plain data: to_dict -> from_dict gives the same spec."""
     nested = SupervisorSpec(
-        flags=SupervisorFlags(strategy=Strategy.REST_FOR_ONE, intensity=4, period=2.5),
+        flags=SupervisorFlags(
+            strategy=Strategy.REST_FOR_ONE, intensity=4, period=2.5, start_order=StartOrder.PARALLEL
+        ),
         children=(ChildSpec(id="w", start="m:f", args={"k": [1, 2]}, cpu=1, heartbeat_ms=100),),
     )
     spec = SupervisorSpec(
@@ -113,6 +116,18 @@ def test_spec_from_dict_rejects_bad_data_naming_the_place() -> None:
     assert "supervisor key 'strategy'" in text and "supervisor.children.0 key 'bogus': unknown key" in text
 
 
+def test_check_spec_start_order_parallel_is_refused_for_simple_one_for_one() -> None:
+    """A dynamic supervisor starts no children at start: start_order parallel there is a named problem;
+    a value that is neither ordered nor parallel is one too."""
+    spec = SupervisorSpec(
+        flags=SupervisorFlags(strategy=Strategy.SIMPLE_ONE_FOR_ONE, start_order=StartOrder.PARALLEL),
+        children=(ChildSpec(id="t", start="m:f"),),
+    )
+    assert "supervisor key 'start_order'" in _whats(check_spec(spec))
+    with pytest.raises(ConfigError, match="supervisor key 'start_order': must be one of ordered, parallel"):
+        spec_from_dict({"flags": {"start_order": "random"}, "children": []})
+
+
 EXAMPLE = """
 [supervisor]
 strategy = "one_for_one"
@@ -131,6 +146,7 @@ type = "supervisor"
 strategy = "one_for_one"
 intensity = 10
 period = 10
+start_order = "parallel"
 
 [supervisor.children.pool]
 count = 3
@@ -154,6 +170,8 @@ def test_tree_config_parses_children_nested_supervisors_and_pools() -> None:
     assert memory.shutdown == "brutal_kill" and memory.args == {"path": "x.db"}
     assert workers.type == ChildType.SUPERVISOR and workers.supervisor is not None
     assert workers.supervisor.flags.intensity == 10
+    assert workers.supervisor.flags.start_order == StartOrder.PARALLEL
+    assert spec.flags.start_order == StartOrder.ORDERED  # OTP's, unless asked
     ids = [c.id for c in workers.supervisor.children]
     assert ids == ["extra", "workers-0", "workers-1", "workers-2"]
     allowed = sorted(os.sched_getaffinity(0))
