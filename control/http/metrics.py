@@ -322,10 +322,11 @@ def _per_agent(agents: list[Mapping[str, Any]], top: int) -> Iterator[Metric]:
     for agent in chosen:
         key = [str(agent.get("agent_id")), str(agent.get("name") or ""), str(agent.get("worker") or "")]
         state.add_metric([*key, str(agent.get("state") or "unknown")], 1.0)
-        for name, family in (*counters.items(), *gauges.items()):
-            value = agent.get(name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                family.add_metric(key, float(value))
+        for families_of in (counters, gauges):
+            for name, family in families_of.items():
+                value = agent.get(name)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    family.add_metric(key, float(value))
     yield state
     yield from counters.values()
     yield from gauges.values()
@@ -340,7 +341,8 @@ def _memory(stats: Mapping[str, Any] | None) -> Iterator[Metric]:
     if stats is None:
         return
     rows = GaugeMetricFamily("openfang_memory_rows", "rows in the memory store, by kind", labels=["kind"])
-    counts = stats.get("counts") if isinstance(stats.get("counts"), Mapping) else {}
+    raw = stats.get("counts")
+    counts: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
     for kind, n in sorted(counts.items()):
         if kind != "seq" and isinstance(n, int):
             rows.add_metric([str(kind)], float(n))
@@ -406,7 +408,8 @@ def _nodes(tree: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def _hosts_agents(node: Mapping[str, Any]) -> bool:
-    info = node.get("info") if isinstance(node.get("info"), Mapping) else {}
+    raw = node.get("info")
+    info: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
     return node.get("type") == "worker" and (
         str(node.get("start") or "").startswith("openfang.workers.worker") or "agents" in info
     )
