@@ -84,8 +84,8 @@ class EventHub:
             endpoint = status.get("events")
             if not isinstance(endpoint, str) or not endpoint:
                 raise HttpError(503, "unavailable", "the gateway's status names no event endpoint")
-            self.endpoint = endpoint
-            self._task = asyncio.get_running_loop().create_task(self._follow(endpoint))
+            self.endpoint = reachable(endpoint, self.face.bridge.endpoint)
+            self._task = asyncio.get_running_loop().create_task(self._follow(self.endpoint))
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE)
         for event in self.recent:
             queue.put_nowait(event)
@@ -98,7 +98,9 @@ class EventHub:
     async def _follow(self, endpoint: str) -> None:
         self._ctx = zmq.asyncio.Context()
         # connect_sub is typed for sync contexts; an asyncio context makes asyncio sockets the same way.
-        sub: zmq.asyncio.Socket = connect_sub(self._ctx, endpoint)  # type: ignore[assignment]
+        sub: zmq.asyncio.Socket = connect_sub(  # type: ignore[assignment]
+            self._ctx, endpoint, curve=getattr(self.face.bridge, "curve", None)
+        )
         log.info("dashboard_events_following", endpoint=endpoint)
         try:
             while True:
@@ -127,6 +129,17 @@ class EventHub:
                 await self._task
         if self._ctx is not None:
             self._ctx.term()
+
+
+def reachable(events: str, control: str) -> str:
+    """The events endpoint as the face reaches it: a tcp wildcard host becomes the control endpoint's."""
+    if events.startswith("tcp://") and control.startswith("tcp://"):
+        host = urlsplit(events.replace("tcp://*:", "tcp://0.0.0.0:")).hostname
+        if host in ("0.0.0.0", "::"):
+            control_host = urlsplit(control).hostname or "127.0.0.1"
+            control_host = f"[{control_host}]" if ":" in control_host else control_host
+            return f"tcp://{control_host}:{events.rsplit(':', 1)[-1]}"
+    return events
 
 
 def install(face: Face) -> Installed:

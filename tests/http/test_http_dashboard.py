@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 from conftest import CLOCK, GREETER, start_with_agents
-from daemon_harness import Cluster, wait_for
+from daemon_harness import Cluster, free_port, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.integration
 UI = {"X-OpenFang-Dashboard": "1"}
@@ -193,4 +196,56 @@ def test_dashboard_click_path_in_chromium(make_cluster: type[Cluster], browser: 
     shot = tmp_path / "dashboard.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     print(f"dashboard screenshot: {shot}")
+    assert c.stop() == 0
+
+
+def test_dashboard_events_and_metrics_over_tcp_with_curve(make_cluster: type[Cluster]) -> None:
+    """Control over tcp+CURVE, events on a wildcard host: the face follows the events with its client key."""
+    from openfang.control.http.dashboard import reachable
+    from openfang.protocol.curve import generate_keys
+
+    assert reachable("tcp://0.0.0.0:7101", "tcp://10.1.2.3:7100") == "tcp://10.1.2.3:7101"
+    assert reachable("ipc:///run/e.sock", "ipc:///run/c.sock") == "ipc:///run/e.sock"
+    c = make_cluster(workers=1, http=True)
+    keys = c.dir / "keys"
+    generate_keys(keys, "client")
+    port, events_port = free_port(), free_port()
+    c.config_path.write_text(
+        c.config_path.read_text().replace(
+            "[control]\n",
+            f'[control]\nendpoint = "tcp://127.0.0.1:{port}"\nevents = "tcp://0.0.0.0:{events_port}"\n'
+            f'keys_dir = "{keys}"\n',
+        )
+    )
+    c.start()
+
+    def overview() -> dict[str, Any]:
+        return dict(httpx.get(c.http_url + "/ui/api/overview", headers=UI, timeout=15).json())
+
+    wait_for(lambda: overview().get("status", {}).get("workers") == 1, timeout=30, what="the worker over tcp")
+    with httpx.stream("GET", c.http_url + "/ui/api/events", headers=UI, timeout=30) as stream:
+        lines = stream.iter_lines()
+        assert next(lines) == "event: hello"
+        hello = json.loads(next(lines)[len("data: ") :])
+        assert hello["endpoint"] == f"tcp://127.0.0.1:{events_port}"  # the wildcard host made reachable
+        time.sleep(0.5)  # PUB/SUB joins late
+        workers = next(n for n in overview()["tree"]["children"] if n["id"] == "workers")
+        victim = workers["children"][0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        kinds = []
+        for line in lines:
+            if line.startswith("data: "):
+                event = json.loads(line[len("data: ") :])
+                kinds.append(event.get("kind"))
+                if event.get("kind") == "child.restarted" or (
+                    event.get("kind") == "child.started" and event.get("pid") != victim
+                ):
+                    break
+        assert "child.exited" in kinds, kinds
+    text = httpx.get(c.http_url + "/metrics", timeout=15).text
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    restarts = [
+        s for s in fams["openfang_child_restarts"].samples if s.labels["path"] == "root/workers/workers-0"
+    ]
+    assert restarts and restarts[0].value >= 1
     assert c.stop() == 0
