@@ -45,6 +45,8 @@ UI_HEADER = "X-OpenFang-Dashboard"  # header names are case-insensitive
 KEEPALIVE_S = 15.0
 RECENT = 100  # events replayed to a page that connects
 QUEUE = 500  # events buffered per page before the oldest are dropped
+AGENT_ROWS = 200  # agents the page lists at most (a filter finds the others)
+AGENT_FIELDS = ("agent_id", "name", "worker", "state", "activity", "service")
 ACTIONS = {"suspend": "agent.suspend", "resume": "agent.resume", "kill": "agent.kill"}
 AUDIT_GAP = (
     "the protocol has no audit-verify request: run `openfang audit verify --config <cluster.toml>` on the "
@@ -131,6 +133,19 @@ class EventHub:
             self._ctx.term()
 
 
+def pick_agents(agents: list[dict[str, Any]], words: str, limit: int) -> list[dict[str, Any]]:
+    """The agents whose id, name, worker, state, activity or service contain every word; the first ``limit``
+    by id. Keeps the page (and each poll) small with 10,000 agents."""
+    wanted = words.lower().split()
+    if wanted:
+        agents = [
+            a
+            for a in agents
+            if all(any(w in str(a.get(f) or "").lower() for f in AGENT_FIELDS) for w in wanted)
+        ]
+    return sorted(agents, key=lambda a: str(a.get("agent_id")))[:limit]
+
+
 def reachable(events: str, control: str) -> str:
     """The events endpoint as the face reaches it: a tcp wildcard host becomes the control endpoint's."""
     if events.startswith("tcp://") and control.startswith("tcp://"):
@@ -180,6 +195,14 @@ def install(face: Face) -> Installed:
                 out["errors"][kind] = str(exc)
 
         await asyncio.gather(*(one(k) for k in ("status", "tree", "agent.list")))
+        listing = out.get("agent_list")
+        if listing is not None:
+            limit = request.query_params.get("limit", str(AGENT_ROWS))
+            if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
+                raise HttpError(400, "bad_request", f"'limit' must be 1..10000, got {limit!r}", param="limit")
+            every = [a for a in listing.get("agents") or [] if isinstance(a, dict)]
+            shown = pick_agents(every, request.query_params.get("filter", ""), int(limit))
+            listing.update(agents=shown, total=len(every))
         return JSONResponse(out)
 
     async def events(request: Request) -> Response:

@@ -71,6 +71,21 @@ def test_dashboard_api_shows_the_cluster_and_streams_a_chat(make_cluster: type[C
     assert c.stop() == 0
 
 
+def test_dashboard_pick_agents_keeps_the_page_small_with_ten_thousand_agents() -> None:
+    """10,000 agents: the page gets the first 200 by id; every filter word must match some field."""
+    from openfang.control.http.dashboard import pick_agents
+
+    agents = [
+        {"agent_id": f"a{i:05d}@workers-{i % 4}", "name": f"n{i % 10}", "worker": f"workers-{i % 4}",
+         "state": "suspended" if i % 7 == 0 else "running"}
+        for i in range(10_000)
+    ]  # fmt: skip
+    assert len(pick_agents(agents, "", 200)) == 200
+    shown = pick_agents(agents, "workers-1 SUSPENDED", 10_000)
+    assert shown and all(a["worker"] == "workers-1" and a["state"] == "suspended" for a in shown)
+    assert len(shown) == sum(1 for i in range(10_000) if i % 4 == 1 and i % 7 == 0)
+
+
 def test_dashboard_api_refuses_cross_site_and_foreign_hosts(make_cluster: type[Cluster]) -> None:
     """Without the dashboard header, or with a Host that is not the face's, the API answers 403."""
     c = make_cluster(workers=1, http=True)
@@ -190,6 +205,10 @@ def test_dashboard_click_path_in_chromium(make_cluster: type[Cluster], browser: 
     browser.find_element(By.ID, "mem-search").click()
     hits = wait.until(lambda _: browser.find_elements(By.CSS_SELECTOR, "#mem-hits li"))
     assert "the blue whale sings at dawn" in hits[0].text and notes in hits[0].text
+    # the filter narrows the agent table
+    browser.find_element(By.ID, "agent-filter").send_keys("notes")
+    wait.until(lambda _: state_of(greeter) is None and state_of(notes) == "running")
+    assert "(1 shown of 3)" in browser.find_element(By.ID, "agent-count").text
     # the security report and the audit note
     wait.until(lambda _: "input validation" in browser.find_element(By.ID, "security").text)
     assert "no audit-verify request" in browser.find_element(By.ID, "audit").text

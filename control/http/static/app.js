@@ -160,7 +160,8 @@ function renderAgents(listing) {
     const tr = agentRow(a);
     if (body.rows[i] !== tr) body.insertBefore(tr, body.rows[i] || null);
   });
-  $("agent-count").textContent = `(${agents.length})`;
+  const total = listing && typeof listing.total === "number" ? listing.total : agents.length;
+  $("agent-count").textContent = total > agents.length ? `(${agents.length} shown of ${total})` : `(${total})`;
   const ids = agents.filter((a) => a.state !== "dead").map((a) => a.agent_id);
   if (ids.join("\n") !== agentIds.join("\n")) {
     agentIds = ids;
@@ -186,7 +187,8 @@ async function refresh() {
   if (refreshing) return;
   refreshing = true;
   try {
-    const data = await (await api("/ui/api/overview")).json();
+    const params = new URLSearchParams({ filter: $("agent-filter").value.trim() });
+    const data = await (await api("/ui/api/overview?" + params)).json();
     renderStatus(data.status, data.errors);
     renderTree(data.tree);
     renderAgents(data.agent_list);
@@ -364,6 +366,7 @@ function start() {
     loadSecurity();
   });
   $("chat-form").addEventListener("submit", sendChat);
+  $("agent-filter").addEventListener("input", () => refresh());
   $("mem-form").addEventListener("submit", searchMemory);
   refresh();
   loadSecurity();
