@@ -268,3 +268,27 @@ def test_dashboard_events_and_metrics_over_tcp_with_curve(make_cluster: type[Clu
     ]
     assert restarts and restarts[0].value >= 1
     assert c.stop() == 0
+
+
+def test_dashboard_asks_for_the_token_in_chromium(make_cluster: type[Cluster], browser: Any) -> None:
+    """A face with tokens: the page shows the token form, and with the token it lists the agents."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    c = make_cluster(workers=1, http=True)
+    c.settings["http_table"] = f'[http]\nlisten = "127.0.0.1:{c.http_port}"\ntokens = ["{TOKEN}"]\n\n'
+    c.write_config()
+    (greeter,) = start_with_agents(c, GREETER)
+    wait = WebDriverWait(browser, 30, ignored_exceptions=[StaleElementReferenceException])
+    browser.get(c.http_url + "/")
+    form = wait.until(lambda _: browser.find_element(By.ID, "token-form").is_displayed())
+    assert form and not browser.find_elements(By.CSS_SELECTOR, "#agents tbody tr")
+    browser.find_element(By.ID, "token-input").send_keys(TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
+    wait.until(
+        lambda _: browser.find_elements(By.CSS_SELECTOR, f'#agents tbody tr[data-agent-id="{greeter}"]')
+    )
+    assert not browser.find_element(By.ID, "token-form").is_displayed()
+    wait.until(lambda _: "(live)" in browser.find_element(By.ID, "events-state").text)
+    assert c.stop() == 0
