@@ -325,7 +325,10 @@ async function searchMemory(ev) {
     $("mem-summary").textContent = `${hits.length} hit${hits.length === 1 ? "" : "s"} for “${q}”`;
     for (const h of hits) {
       const li = el("li");
-      li.append(el("span", `${h.agent_id} · ${h.kind || "?"} · score ${Number(h.score).toFixed(3)}`, "muted"),
+      let how = `${h.agent_id} · ${h.kind || "?"} · fused score ${Number(h.score).toFixed(3)}`;
+      if (typeof h.similarity === "number") how += ` · similarity ${h.similarity.toFixed(3)}`;
+      if (h.keyword_rank) how += ` · keyword rank ${h.keyword_rank}`;
+      li.append(el("span", how, "muted"),
         el("div", h.text));
       list.append(li);
     }
