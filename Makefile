@@ -31,7 +31,8 @@ run: install
 	$(PY) -m openfang.demo --data-dir $(DATA_DIR)
 
 # Debian tools some tests drive for real (the shell_exec sandbox; tmux for `openfang top`; systemd-analyze for
-# the systemd unit's test): installed when missing, so CI never skips. Each entry is "command:package".
+# the systemd unit's test; chromium and its driver for the dashboard's browser test): installed when missing, so CI
+# never skips. Each entry is "command:package".
 # An entry starting with / is a path that must exist (a package without a command).
 TEST_TOOLS := bwrap:bubblewrap prlimit:util-linux tmux:tmux systemd-analyze:systemd \
 	clang:clang wasm-ld:lld /usr/bin/rustc:rustc /usr/lib/rustlib/wasm32-unknown-unknown:libstd-rust-dev-wasm32 \
