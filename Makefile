@@ -31,10 +31,12 @@ run: install
 	$(PY) -m openfang.demo --data-dir $(DATA_DIR)
 
 # Debian tools some tests drive for real (the shell_exec sandbox; tmux for `openfang top`; systemd-analyze for
-# the systemd unit's test): installed when missing, so CI never skips. Each entry is "command:package".
+# the systemd unit's test; chromium and its driver for the dashboard's browser test): installed when missing, so CI
+# never skips. Each entry is "command:package".
 # An entry starting with / is a path that must exist (a package without a command).
 TEST_TOOLS := bwrap:bubblewrap prlimit:util-linux tmux:tmux systemd-analyze:systemd \
-	clang:clang wasm-ld:lld /usr/bin/rustc:rustc /usr/lib/rustlib/wasm32-unknown-unknown:libstd-rust-dev-wasm32
+	clang:clang wasm-ld:lld /usr/bin/rustc:rustc /usr/lib/rustlib/wasm32-unknown-unknown:libstd-rust-dev-wasm32 \
+	chromium:chromium chromedriver:chromium-driver
 test-deps:
 	@missing=""; for t in $(TEST_TOOLS); do c=$${t%%:*}; \
 	  case $$c in /*) test -e $$c ;; *) command -v $$c >/dev/null 2>&1 ;; esac || missing="$$missing $${t#*:}"; done; \

@@ -29,7 +29,7 @@ GATEWAY_START = "openfang.control.gateway:main"
 HTTP_ID = "http"
 HTTP_START = "openfang.control.http.server:main"
 # What `[http]` needs beyond the core install (the `http` extra), by import name.
-HTTP_MODULES = ("starlette", "uvicorn", "mcp", "a2a")
+HTTP_MODULES = ("starlette", "uvicorn", "mcp", "a2a", "prometheus_client")
 
 _CLUSTER_KEYS = {"name", "data_dir"}
 _CONTROL_KEYS = {
@@ -54,6 +54,8 @@ _HTTP_KEYS = {
     "public_url",
     "key_name",
     "push_allow_hosts",
+    "metrics_per_agent",
+    "metrics_top_agents",
 }
 _TOP_KEYS = {"cluster", "control", "logging", "supervisor", "memory", "security", "http"}
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -112,6 +114,8 @@ class HttpConfig:
     public_url: str | None = None  # the base URL clients see (cards name it); default from listen
     key_name: str = "client"  # the CURVE key pair in [control] keys_dir, when the control endpoint is tcp
     push_allow_hosts: tuple[str, ...] = ()  # A2A webhook hosts allowed although private or loopback
+    metrics_per_agent: bool = False  # /metrics: per-agent series (the top agents by messages) as well
+    metrics_top_agents: int = 100  # /metrics: at most this many agents get per-agent series
 
     @property
     def base_url(self) -> str:
@@ -132,6 +136,8 @@ class HttpConfig:
             "base_url": self.base_url,
             "key_name": self.key_name,
             "push_allow_hosts": list(self.push_allow_hosts),
+            "metrics_per_agent": self.metrics_per_agent,
+            "metrics_top_agents": self.metrics_top_agents,
         }
 
 
@@ -380,6 +386,20 @@ def _parse_http(table: Mapping[str, Any], base_dir: Path, source: str, problems:
             Problem(f"{where} key 'push_allow_hosts'", "must be a list of host names or addresses")
         )
         push_hosts = []
+    per_agent = table.get("metrics_per_agent", False)
+    if not isinstance(per_agent, bool):
+        problems.append(
+            Problem(f"{where} key 'metrics_per_agent'", f"must be true or false, got {per_agent!r}")
+        )
+        per_agent = False
+    top_agents = table.get("metrics_top_agents", 100)
+    if isinstance(top_agents, bool) or not isinstance(top_agents, int) or not 1 <= top_agents <= 1000:
+        problems.append(
+            Problem(
+                f"{where} key 'metrics_top_agents'", f"must be an integer from 1 to 1000, got {top_agents!r}"
+            )
+        )
+        top_agents = 100
     if enabled and (missing := missing_http_modules()):
         problems.append(
             Problem(
@@ -399,6 +419,8 @@ def _parse_http(table: Mapping[str, Any], base_dir: Path, source: str, problems:
         public_url=url,
         key_name=key_name,
         push_allow_hosts=tuple(push_hosts),
+        metrics_per_agent=per_agent,
+        metrics_top_agents=top_agents,
     )
 
 

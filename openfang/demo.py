@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         if config.http.enabled:
             url = config.http.base_url
             print(f"HTTP face              {url}   (docs/interop.md)")
+            print(f"  dashboard            {url}/   (open it in a browser)")
+            print(f"  Prometheus metrics   {url}/metrics   (docs/operations.md)")
             print(f"  OpenAI-compatible    {url}/v1/models   {url}/v1/chat/completions")
             print(f"  MCP (streamable)     {url}/mcp")
             print(f"  A2A cluster card     {url}/.well-known/agent-card.json")

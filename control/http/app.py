@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute
 log = structlog.get_logger("openfang.http")
 
 # module names under openfang.control.http, in route order
-PROTOCOLS: tuple[str, ...] = ("openai_api", "mcp_server", "a2a_api")
+PROTOCOLS: tuple[str, ...] = ("openai_api", "mcp_server", "a2a_api", "metrics", "dashboard")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +52,8 @@ class Face:
     default_agent: str | None = None
     tokens_required: bool = False  # cards then name the bearer scheme
     push_allow_hosts: tuple[str, ...] = ()  # A2A webhooks allowed on these private or loopback hosts
+    metrics_per_agent: bool = False  # /metrics: per-agent series for the top agents by messages
+    metrics_top_agents: int = 100
 
     async def agents(self) -> list[dict[str, Any]]:
         """Every agent on every worker (``agent.list``)."""

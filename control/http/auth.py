@@ -2,7 +2,8 @@
 
 With no tokens configured (allowed only on a loopback address, config enforces it) every request passes.
 With tokens, every request must carry ``Authorization: Bearer <token>`` except the A2A agent cards under
-``/.well-known/`` paths: discovery is public, and a card names the scheme its endpoint requires.
+``/.well-known/`` paths (discovery is public, and a card names the scheme its endpoint requires) and the
+dashboard's static page and files (``/`` and ``/ui/static/``: no data; the page asks for the token).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from openfang.control.http.errors import error_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 PUBLIC_MARK = "/.well-known/"
+PUBLIC_PAGE = "/"
+PUBLIC_PREFIX = "/ui/static/"
 
 
 class BearerAuth:
@@ -22,7 +25,9 @@ class BearerAuth:
         self.tokens = [t.encode() for t in tokens]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.tokens or PUBLIC_MARK in scope.get("path", ""):
+        path = scope.get("path", "")
+        public = PUBLIC_MARK in path or path == PUBLIC_PAGE or path.startswith(PUBLIC_PREFIX)
+        if scope["type"] != "http" or not self.tokens or public:
             await self.app(scope, receive, send)
             return
         given = b""

@@ -46,6 +46,7 @@ class GatewayBridge:
             from openfang.protocol.curve import CurveClient
 
             curve = CurveClient(keys_dir, name=key_name)
+        self.curve = curve  # the dashboard's event subscription uses the same client key
         self._ctx = zmq.asyncio.Context()
         # connect_dealer is typed for sync contexts; an asyncio context makes asyncio sockets the same way.
         self._sock: zmq.asyncio.Socket = connect_dealer(self._ctx, endpoint, curve=curve)  # type: ignore[assignment]

@@ -46,6 +46,8 @@ def make_face(args: Mapping[str, Any]) -> Any:
         default_agent=args.get("default_agent"),
         tokens_required=bool(args.get("tokens")),
         push_allow_hosts=tuple(args.get("push_allow_hosts") or ()),
+        metrics_per_agent=bool(args.get("metrics_per_agent", False)),
+        metrics_top_agents=int(args.get("metrics_top_agents", 100)),
     )
 
 

@@ -94,3 +94,5 @@ def test_wheel_installs_in_fresh_venv_and_imports_every_subpackage(tmp_path: Pat
         assert helped.returncode == 0, helped.stderr
         assert "usage:" in helped.stdout
     assert (Path(site) / "openfang" / "data" / "cluster.toml").is_file()
+    for page in ("index.html", "app.js", "style.css"):  # the dashboard is served from the package
+        assert (Path(site) / "openfang" / "control" / "http" / "static" / page).is_file(), page
