@@ -89,10 +89,12 @@ ERROR_CODES: dict[str, str] = {
     "timeout": "the component that should answer did not answer in time",
     "not_found": "no such child, agent, worker or service",
     "already_exists": "the id is already present or started",
+    "running": "child.restart or child.delete of a child that is running; child.terminate it first",
     "restarting": "the agent is registered and being restarted (or, for agent.spawn, a restarted gateway is "
     "relearning its workers); nothing was done; body.retry_after_ms says "
     "when to retry (the gateway queues messages for a restarting agent first and answers this on overflow "
-    "or after its queue deadline)",
+    "or after its queue deadline). For child.restart and child.delete: the supervisor is restarting that "
+    "child right now (no retry_after_ms)",
     "gone": "the agent was registered but is dead (lost with its worker, or given up); agent.list shows why",
     "supervisor_error": "the supervisor could not do it (start failed, child running, ...)",
     "sandbox_error": "the agent's sandbox failed (wasm trap, fuel, memory limit, host call)",
@@ -121,6 +123,7 @@ class MessageSpec:
 
 _COMMON_ERRORS = ("bad_request", "too_large", "busy", "timeout")
 _TREE_ERRORS = (*_COMMON_ERRORS, "not_found", "supervisor_error")
+_CHILD_STATE_ERRORS = ("running", "restarting")  # the child is up, or being restarted: nothing was done
 _AGENT_ERRORS = (
     *_COMMON_ERRORS,
     "not_found",
@@ -182,8 +185,17 @@ CATALOGUE: dict[str, MessageSpec] = {
             ChildRestartOk,
             "start a terminated child again",
             *_TREE_ERRORS,
+            *_CHILD_STATE_ERRORS,
         ),
-        _spec("child.delete", "control", ChildRef, Empty, "forget a terminated child's spec", *_TREE_ERRORS),
+        _spec(
+            "child.delete",
+            "control",
+            ChildRef,
+            Empty,
+            "forget a terminated child's spec",
+            *_TREE_ERRORS,
+            *_CHILD_STATE_ERRORS,
+        ),
         _spec(
             "child.which", "control", SupervisorRef, ChildWhichOk, "a supervisor's children", *_TREE_ERRORS
         ),
