@@ -35,6 +35,7 @@ __all__ = [
     "Empty",
     "ErrorBody",
     "Event",
+    "ForwardedRequest",
     "HistoryEntry",
     "MemoryHistory",
     "MemoryHistoryOk",
@@ -51,6 +52,8 @@ __all__ = [
     "SupervisorRef",
     "TreeOk",
     "Usage",
+    "WorkerForward",
+    "WorkerHello",
     "WorkerPing",
     "WorkerPingOk",
 ]
@@ -375,6 +378,42 @@ class SecurityReportOk:
     """One entry per security layer: ``{"layer", "name", "module", "enabled", "config"}``; no key material."""
 
     layers: Annotated[list[dict[str, Any]], Len(64)]
+
+
+# -- internal: between the gateway and its workers (never accepted from clients) ---------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerHello:
+    """A worker announces itself (first, then every second); the gateway learns its pid, cpu and agents."""
+
+    worker: Id
+    pid: int
+    cpu: int | None = None
+    agents: Count = 0  # how many agents it hosts now
+    agent_ids: Annotated[list[Id], Len(1_000_000)] | None = None  # the first hello, and after a resync: all
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardedRequest:
+    """The request an agent sends through its worker: an ``agent.send`` or ``agent.spawn`` and its body."""
+
+    type: Annotated[str, Len(64, 1)]  # agent.send | agent.spawn
+    body: Annotated[dict[str, Any], Len(64)]  # that type's request body (validated by the gateway)
+
+    @staticmethod
+    def extra_checks(raw: Mapping[str, Any]) -> list[str]:
+        if raw.get("type") not in ("agent.send", "agent.spawn"):
+            return ["type: only agent.send and agent.spawn requests are forwarded"]
+        return []
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerForward:
+    """An agent on this worker messages the cluster; the gateway checks the worker hosts ``sender``."""
+
+    sender: Id  # the agent that sends (an agent this worker hosts)
+    request: ForwardedRequest
 
 
 # -- events and errors -------------------------------------------------------------------------------------
