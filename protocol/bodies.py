@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from openfang.protocol._schema import Len, Range
 
 __all__ = [
+    "FORWARDED_TYPES",
     "MAX_MANIFEST",
     "MAX_TEXT",
     "AgentListOk",
@@ -394,17 +395,31 @@ class WorkerHello:
     agent_ids: Annotated[list[Id], Len(1_000_000)] | None = None  # the first hello, and after a resync: all
 
 
+# What a worker may forward for one of its agents: agent.send, agent.spawn, and the gateway's own schedule and
+# topic requests (an agent's schedule_* and topic_* tools; their bodies are not in the catalogue yet).
+FORWARDED_TYPES = (
+    "agent.send",
+    "agent.spawn",
+    "schedule.add",
+    "schedule.list",
+    "schedule.remove",
+    "topic.subscribe",
+    "topic.unsubscribe",
+    "topic.subscribers",
+)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ForwardedRequest:
-    """The request an agent sends through its worker: an ``agent.send`` or ``agent.spawn`` and its body."""
+    """The request an agent sends through its worker: one of :data:`FORWARDED_TYPES` and its body."""
 
-    type: Annotated[str, Len(64, 1)]  # agent.send | agent.spawn
+    type: Annotated[str, Len(64, 1)]  # agent.send | agent.spawn | schedule.* | topic.*
     body: Annotated[dict[str, Any], Len(64)]  # that type's request body (validated by the gateway)
 
     @staticmethod
     def extra_checks(raw: Mapping[str, Any]) -> list[str]:
-        if raw.get("type") not in ("agent.send", "agent.spawn"):
-            return ["type: only agent.send and agent.spawn requests are forwarded"]
+        if raw.get("type") not in FORWARDED_TYPES:
+            return [f"type: only {', '.join(sorted(FORWARDED_TYPES))} requests are forwarded"]
         return []
 
 

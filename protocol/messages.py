@@ -107,6 +107,9 @@ ERROR_CODES: dict[str, str] = {
     "rate_limited": "a rate limit was hit; retry later",
     "llm_error": "the agent's model call failed; body.llm names the provider, model, HTTP status or cause, "
     "and whether a fallback was tried",
+    "limit_exceeded": "a per-agent limit was reached (topic subscriptions); nothing was done",
+    "unavailable": "the request needs a component this process runs without (schedules or topics in an "
+    "agent host with no control gateway)",
     "unknown_type": "the request type is not in the catalogue",
     "internal": "an unexpected failure inside the server",
 }

@@ -43,7 +43,7 @@ def types_used(tree: ast.Module) -> tuple[set[str], set[str]]:
     """(message types, type prefixes) a module sends or dispatches on.
 
     Sent: ``Envelope(type="x")``. Dispatched: ``<x>.type == "x"`` / ``in (...)``, keys of a ``{type: ...}``
-    handler table (a dict assigned to a name ending in ``_HANDLERS``/``_dispatch``, or ``TREE_OPS``), and
+    handler table (a dict assigned to a name ending in ``_HANDLERS`` or ``_dispatch``), and
     ``<x>.type.startswith("prefix.")``.
     """
     types: set[str] = set()
@@ -66,7 +66,7 @@ def types_used(tree: ast.Module) -> tuple[set[str], set[str]]:
         if isinstance(node, ast.Assign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             names = {t.id if isinstance(t, ast.Name) else getattr(t, "attr", "") for t in targets}
-            if any(n.endswith(("_HANDLERS", "_dispatch")) or n == "TREE_OPS" for n in names) and node.value:
+            if any(n.endswith(("_HANDLERS", "_dispatch")) for n in names) and node.value:
                 if isinstance(node.value, ast.Dict):
                     types.update(s for k in node.value.keys if k is not None for s in _strings(k))
                 else:
@@ -111,7 +111,7 @@ def test_internal_bodies_parse_typed_and_name_each_problem() -> None:
     with pytest.raises(ProtocolError) as bad:
         messages.parse(Envelope(type="worker.hello", body={"pid": "x", "extra": 1}), WorkerHello)
     assert "worker" in bad.value.message and "pid" in bad.value.message and "extra" in bad.value.message
-    with pytest.raises(ProtocolError, match=r"only agent\.send and agent\.spawn"):
+    with pytest.raises(ProtocolError, match=r"only agent\.send, agent\.spawn, schedule\.add"):
         bad_kind = {"sender": "a-1", "request": {"type": "agent.kill", "body": {}}}
         messages.parse(Envelope(type="worker.forward", body=bad_kind), WorkerForward)
 
