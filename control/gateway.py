@@ -12,6 +12,10 @@ error (bad frame, unknown type, busy when the in-flight table is full, not_found
 unregistered agent, restarting while an agent comes back, timeout when nobody answered in
 ``request_timeout_ms``).
 
+Requests go through ``{type: (body class, handler)}`` tables (``_client_dispatch`` for clients,
+``_worker_dispatch`` for what workers send): each handler gets its body typed by the catalogue
+(:func:`~openfang.protocol.messages.parse`). Replies and events are open bodies and relayed as maps.
+
 Agents are durable: the gateway owns the agent registry (``<data_dir>/agents.db``, :mod:`.registry`),
 assigns every agent its id, and keeps agents placed and restarted across worker deaths, reloads and its own
 restarts (:mod:`.placement`). A spawn's acknowledgement leaves only after its row is committed: replies
@@ -21,6 +25,7 @@ that must wait for the disk are held until the end of the loop turn, when the re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -37,6 +42,22 @@ from openfang.control.registry import AgentRegistry, AgentRow
 from openfang.control.schedules import ScheduleStore, parse_when
 from openfang.control.topics import TopicStore, check_topic
 from openfang.protocol import messages
+from openfang.protocol.bodies import (
+    AgentRef,
+    AgentSend,
+    AgentSpawn,
+    ChildRef,
+    ChildStart,
+    Empty,
+    Event,
+    MemoryHistory,
+    MemorySearch,
+    MemoryStats,
+    SupervisorRef,
+    WorkerForward,
+    WorkerHello,
+    WorkerPing,
+)
 from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import (
     Busy,
@@ -48,6 +69,7 @@ from openfang.protocol.errors import (
     SandboxError,
     SecurityError,
     Timeout,
+    UnknownType,
 )
 from openfang.protocol.sockets import bind_pub, bind_router, send_nowait
 from openfang.supervisor.child import ChildContext
@@ -74,8 +96,10 @@ POLL_MS = 200
 SCHEDULE_OPS = frozenset({"schedule.add", "schedule.list", "schedule.remove"})
 # topic_subscribe / topic_unsubscribe / topic_publish: the subscriptions are the gateway's (control.topics).
 TOPIC_OPS = frozenset({"topic.subscribe", "topic.unsubscribe", "topic.subscribers"})
-# What a worker may forward on behalf of one of its agents (worker.forward).
-FORWARDED = frozenset({"agent.send", "agent.spawn"}) | SCHEDULE_OPS | TOPIC_OPS
+# Answered by the gateway itself at once: never refused as busy.
+UNQUEUED = frozenset({"ping", "security.report"})
+# A client request's handler: (identity, delimited, envelope, typed body).
+ClientHandler = Callable[[bytes, bool, Envelope, Any], None]
 
 
 @dataclass(slots=True)
@@ -100,6 +124,7 @@ class _Pending:
     delimited: bool
     request: Envelope
     via_workers: bool
+    agent_id: str  # the bare id the request is about (the worker's name for the agent)
     on_reply: Callable[[Envelope], Envelope | None] | None = None
 
 
@@ -149,6 +174,38 @@ class Gateway:
         self.schedules: ScheduleStore | None = None  # opened on an agent's first schedule.* request
         self.topics: TopicStore | None = None  # opened on an agent's first topic.* request
         self.running = True
+        # Requests by type: the body class from the catalogue (messages.parse types it), and the handler.
+        self._client_dispatch: dict[str, tuple[type[Any], ClientHandler]] = {
+            "ping": (Empty, self._on_ping),
+            "security.report": (Empty, self._on_security_report),
+            "status": (Empty, self._to_root),
+            "tree": (Empty, self._to_root),
+            "stop": (Empty, self._to_root),
+            "reload": (Empty, self._to_root),
+            "child.start": (ChildStart, self._to_root),
+            "child.terminate": (ChildRef, self._to_root),
+            "child.restart": (ChildRef, self._to_root),
+            "child.delete": (ChildRef, self._to_root),
+            "child.which": (SupervisorRef, self._to_root),
+            "child.count": (SupervisorRef, self._to_root),
+            "agent.spawn": (AgentSpawn, self._on_client_spawn),
+            "agent.list": (Empty, self._list),
+            "agent.send": (AgentSend, self._on_agent_request),
+            "agent.info": (AgentRef, self._on_agent_request),
+            "agent.suspend": (AgentRef, self._on_agent_request),
+            "agent.resume": (AgentRef, self._on_agent_request),
+            "agent.kill": (AgentRef, self._on_agent_request),
+            "worker.ping": (WorkerPing, self._to_routed),
+            "memory.search": (MemorySearch, self._to_routed),
+            "memory.history": (MemoryHistory, self._to_routed),
+            "memory.stats": (MemoryStats, self._to_routed),
+        }
+        # Messages a worker sends that are not replies: the internal catalogue (messages.INTERNAL) and events.
+        self._worker_dispatch: dict[str, tuple[type[Any], Callable[[_Worker, Envelope, Any], None]]] = {
+            "worker.hello": (WorkerHello, self._on_hello),
+            "worker.forward": (WorkerForward, self._on_forward),
+            "event": (Event, self._on_worker_event),
+        }
 
     # -- the loop ----------
 
@@ -243,34 +300,45 @@ class Gateway:
             self._reply(identity, delimited, env.error(exc))
 
     def _route(self, identity: bytes, delimited: bool, env: Envelope) -> None:
-        if env.type == "ping":
-            self._reply(identity, delimited, env.reply({"pid": os.getpid(), "time": time.time()}))
-            return
-        if env.type == "security.report":
-            self._reply(identity, delimited, env.reply({"layers": self.guard.report()}))
-            return
-        if len(self.waiting) >= self.queue_limit:
+        entry = self._client_dispatch.get(env.type)
+        if entry is None:  # the guard admits catalogue types only; this is a catalogue type we do not serve
+            raise UnknownType(f"type: {env.type!r} is not a request this gateway serves")
+        body_class, handler = entry
+        if env.type not in UNQUEUED and len(self.waiting) >= self.queue_limit:
             raise Busy(
                 f"{len(self.waiting)} requests in flight, the limit is {self.queue_limit}; retry later"
             )
-        if env.type in TREE_OPS:
-            key = os.urandom(8).hex()
-            self.waiting[key] = _Waiting(identity, delimited, env, time.monotonic() + self.timeout_s)
-            self.child.send({"t": "req", "id": key, "op": env.type, "args": env.body})
+        handler(identity, delimited, env, messages.parse(env, body_class))
+
+    def _on_ping(self, identity: bytes, delimited: bool, env: Envelope, _body: Empty) -> None:
+        self._reply(identity, delimited, env.reply({"pid": os.getpid(), "time": time.time()}))
+
+    def _on_security_report(self, identity: bytes, delimited: bool, env: Envelope, _body: Empty) -> None:
+        self._reply(identity, delimited, env.reply({"layers": self.guard.report()}))
+
+    def _to_root(self, identity: bytes, delimited: bool, env: Envelope, body: Any) -> None:
+        """A tree request: the root supervisor answers it (through the uplink)."""
+        key = os.urandom(8).hex()
+        self.waiting[key] = _Waiting(identity, delimited, env, time.monotonic() + self.timeout_s)
+        self.child.send({"t": "req", "id": key, "op": env.type, "args": messages.to_body(body)})
+
+    def _on_client_spawn(self, identity: bytes, delimited: bool, env: Envelope, spawn: AgentSpawn) -> None:
+        for key in ("agent_id", "parent", "resume"):
+            if getattr(spawn, key) not in (None, False):
+                raise ProtocolError(f"body.{key}: set by the gateway, not by clients")
+        self._spawn(identity, delimited, env, spawn)
+
+    def _on_agent_request(
+        self, identity: bytes, delimited: bool, env: Envelope, body: AgentSend | AgentRef
+    ) -> None:
+        """A request about one agent: by id through the registry, or (agent.send) to a service's host."""
+        if body.agent_id:
+            self._to_agent(_Pending(identity, delimited, env, False, body.agent_id), body)
             return
-        if env.type == "agent.spawn":
-            for key in ("agent_id", "parent", "resume"):
-                if env.body.get(key) not in (None, False):
-                    raise ProtocolError(f"body.{key}: set by the gateway, not by clients")
-            self._spawn(identity, delimited, env)
-            return
-        if env.type == "agent.list":
-            self._list(identity, delimited, env)
-            return
-        agent_id = env.body.get("agent_id")
-        if env.type in routing.BY_AGENT and isinstance(agent_id, str) and agent_id:
-            self._to_agent(_Pending(identity, delimited, env, via_workers=False))
-            return
+        self._to_routed(identity, delimited, env, body)
+
+    def _to_routed(self, identity: bytes, delimited: bool, env: Envelope, _body: Any) -> None:
+        """worker.ping, memory.*, agent.send to a service: the worker :func:`routing.route` picks."""
         target = routing.route(env, self.agents, self.workers)
         self._to_worker(identity, delimited, env, target.workers[0], target.on_reply)
 
@@ -281,19 +349,17 @@ class Gateway:
         identity: bytes,
         delimited: bool,
         env: Envelope,
+        spawn: AgentSpawn,
         *,
         via_workers: bool = False,
         parent: str | None = None,
         worker: str | None = None,
     ) -> None:
         """Register the agent (its id assigned here), place it, forward the spawn; ack after the commit."""
-        text = env.body.get("manifest")
-        if not isinstance(text, str):
-            raise ProtocolError("body.manifest: must be the agent.toml text")
-        mpath = env.body.get("manifest_path")
-        source = mpath if isinstance(mpath, str) and mpath else "agent.toml"
-        wanted = worker or env.body.get("worker")
-        if isinstance(wanted, str) and wanted:
+        mpath = spawn.manifest_path
+        source = mpath or "agent.toml"
+        wanted = worker or spawn.worker
+        if wanted:
             if wanted not in self.placement.workers:
                 raise NotFound(f"worker {wanted!r} is not connected")
         else:
@@ -308,14 +374,12 @@ class Gateway:
                 raise NotFound(
                     "no worker is connected (yet? 'openfang status' says ready once every worker is)"
                 )
-        row = self.placement.register(
-            text, source=source, parent=parent, manifest_path=mpath if isinstance(mpath, str) else None
-        )
+        row = self.placement.register(spawn.manifest, source=source, parent=parent, manifest_path=mpath)
         self.placement.assign(row, wanted)
-        body = {**env.body, "agent_id": row.agent_id, "worker": wanted}
-        if parent:
-            body["parent"] = parent
-        forwarded = Envelope(type="agent.spawn", body=body, id=env.id)
+        placed = dataclasses.replace(
+            spawn, agent_id=row.agent_id, worker=wanted, parent=parent or spawn.parent
+        )
+        forwarded = Envelope(type="agent.spawn", body=messages.to_body(placed), id=env.id)
         agent_id = row.agent_id
 
         def answered(reply: Envelope) -> Envelope | None:
@@ -333,10 +397,10 @@ class Gateway:
             self.placement.spawned(agent_id, wanted, False, "the worker could not be reached")
             raise
 
-    def _to_agent(self, pending: _Pending) -> None:
+    def _to_agent(self, pending: _Pending, body: AgentSend | AgentRef) -> None:
         """A request for one agent by id: forward it, answer it from the registry, or hold it."""
         env = pending.request
-        agent_id = str(env.body["agent_id"])
+        agent_id = pending.agent_id
         row = self.placement.resolve(agent_id)
         if env.type == "agent.kill" and (not row.live or not self.placement.announced(row.agent_id)):
             self.placement.killed(row.agent_id)
@@ -347,8 +411,9 @@ class Gateway:
             return
         row, worker = self.placement.target(agent_id)
         if row.agent_id != agent_id:  # the old located form (name@worker): the worker knows the bare id
-            env = Envelope(type=env.type, body={**env.body, "agent_id": row.agent_id}, id=env.id)
-            pending = _Pending(pending.identity, pending.delimited, env, pending.via_workers)
+            bare = messages.to_body(dataclasses.replace(body, agent_id=row.agent_id))
+            env = Envelope(type=env.type, body=bare, id=env.id)
+            pending = _Pending(pending.identity, pending.delimited, env, pending.via_workers, row.agent_id)
         if worker is None:
             if env.type in ("agent.suspend", "agent.resume"):
                 state = "suspended" if env.type == "agent.suspend" else "restarting"
@@ -361,7 +426,7 @@ class Gateway:
 
     def _deliver(self, pending: _Pending, worker: str) -> None:
         env = pending.request
-        agent_id = str(env.body.get("agent_id"))
+        agent_id = pending.agent_id
         on_reply: Callable[[Envelope], Envelope | None] | None = None
         if env.type == "agent.kill":
 
@@ -393,7 +458,7 @@ class Gateway:
     def _reply_pending(self, pending: _Pending, answer: Envelope) -> None:
         self._reply(pending.identity, pending.delimited, answer, pending.via_workers)
 
-    def _list(self, identity: bytes, delimited: bool, env: Envelope) -> None:
+    def _list(self, identity: bytes, delimited: bool, env: Envelope, _body: Empty | None = None) -> None:
         """Every registered agent with its state, with live figures from the workers that host them."""
         workers = sorted(self.placement.workers & set(self.workers))
         gather = routing.Gather(env, expected=len(workers))
@@ -475,35 +540,17 @@ class Gateway:
             return
         worker = self.workers.setdefault(worker_id, _Worker(worker_id))
         worker.last_seen = time.monotonic()
-        if env.type == "worker.hello":
-            pid = int(env.body.get("pid", 0))
-            if worker.pid and pid != worker.pid:
-                self._worker_lost(worker_id, f"restarted (pid {worker.pid} -> {pid})")
-                worker = self.workers.setdefault(worker_id, _Worker(worker_id))
-            known = worker.pid == pid
-            worker.pid = pid
-            worker.cpu = env.body.get("cpu")
-            if isinstance(env.body.get("agent_ids"), list):  # its first hello to us, or after a resync
-                self.placement.worker_synced(worker_id, [str(a) for a in env.body["agent_ids"]])
-                worker.agents = self.agents.count(worker_id)
-            elif worker_id not in self.placement.workers:
-                # A worker that was there before this gateway: ask for its full agent list now.
-                send_nowait(
-                    self.worker_sock,
-                    [frames[0], encode(Envelope(type="worker.resync", body={}))],
-                    peer=f"worker {worker_id}",
-                )
-            if not known:
-                worker.in_flight = 0
-                log.info("worker_connected", worker=worker_id, pid=worker.pid, cpu=worker.cpu)
-            return
-        if env.type == "event":
-            if env.body.get("kind") == "agent.state":
-                self.placement.agent_event(worker_id, env.body)
-            self._publish(env.body)
-            return
-        if env.type == "worker.forward":
-            self._on_forward(worker_id, env)
+        entry = self._worker_dispatch.get(env.type)
+        if entry is not None:
+            body_class, handler = entry
+            try:
+                body = messages.parse(env, body_class)
+            except ProtocolError as exc:
+                log.warning("worker_message_invalid", worker=worker_id, type=env.type, error=exc.message)
+                if env.type == "worker.forward":  # a request: its agent waits for the answer
+                    self._reply(frames[0], False, env.error(exc), via_workers=True)
+                return
+            handler(worker, env, body)
             return
         if env.type == messages.CHUNK_TYPE:  # a part of a streamed reply: pass it on, keep waiting
             streaming = self.waiting.get(env.id)
@@ -519,6 +566,35 @@ class Gateway:
         self._complete(waiting, Envelope(type=env.type, body=env.body, id=waiting.request.id))
         worker.agents = self.agents.count(worker_id)
 
+    def _on_hello(self, worker: _Worker, env: Envelope, hello: WorkerHello) -> None:
+        """A worker's hello: learn (or relearn, after its restart) its pid, cpu and agents."""
+        worker_id = worker.id
+        if worker.pid and hello.pid != worker.pid:
+            self._worker_lost(worker_id, f"restarted (pid {worker.pid} -> {hello.pid})")
+            worker = self.workers.setdefault(worker_id, _Worker(worker_id))
+        known = worker.pid == hello.pid
+        worker.pid = hello.pid
+        worker.cpu = hello.cpu
+        if hello.agent_ids is not None:  # its first hello to us, or after a resync
+            self.placement.worker_synced(worker_id, list(hello.agent_ids))
+            worker.agents = self.agents.count(worker_id)
+        elif worker_id not in self.placement.workers:
+            # A worker that was there before this gateway: ask for its full agent list now.
+            send_nowait(
+                self.worker_sock,
+                [worker_id.encode(), encode(Envelope(type="worker.resync", body={}))],
+                peer=f"worker {worker_id}",
+            )
+        if not known:
+            worker.in_flight = 0
+            log.info("worker_connected", worker=worker_id, pid=worker.pid, cpu=worker.cpu)
+
+    def _on_worker_event(self, worker: _Worker, env: Envelope, event: Event) -> None:
+        """An event from a worker's host: agent.state updates the registry; every event is published."""
+        if event.kind == "agent.state":
+            self.placement.agent_event(worker.id, env.body)  # its agent_id, state, reason: open fields
+        self._publish(env.body)
+
     def _complete(self, waiting: _Waiting, answer: Envelope) -> None:
         """Answer the client, unless ``answer`` is one part of a gather that still waits for others."""
         if waiting.internal is not None:
@@ -531,36 +607,39 @@ class Gateway:
             answer = merged
         self._reply(waiting.identity, waiting.delimited, answer, waiting.via_workers)
 
-    def _on_forward(self, worker_id: str, env: Envelope) -> None:
-        """An agent on ``worker_id`` messages an agent elsewhere: route it like a client request.
+    def _on_forward(self, worker: _Worker, env: Envelope, forward: WorkerForward) -> None:
+        """An agent on ``worker`` messages an agent elsewhere: route it like a client request.
 
         The sender must be an agent this very worker hosts, so a worker cannot speak for another's agents.
         """
+        worker_id = worker.id
         identity = worker_id.encode()
+        sender = forward.sender
         try:
-            sender = env.body.get("sender")
-            inner = env.body.get("request") or {}
-            if not isinstance(sender, str) or self.agents.worker_of.get(sender) != worker_id:
+            if self.agents.worker_of.get(sender) != worker_id:
                 raise SecurityError(f"worker {worker_id} does not host agent {sender!r}; forward refused")
-            kind = inner.get("type")
-            if kind not in FORWARDED or not isinstance(inner.get("body"), dict):
-                raise ProtocolError(
-                    f"worker.forward: only {', '.join(sorted(FORWARDED))} requests are forwarded"
-                )
-            request = decode(encode(Envelope(type=str(kind), body=inner["body"], id=env.id)))
-            if kind in SCHEDULE_OPS or kind in TOPIC_OPS:
-                handle = self._schedule if kind in SCHEDULE_OPS else self._topic
-                answer = handle(sender, str(kind), request.body)
+            inner = forward.request
+            if inner.type in SCHEDULE_OPS or inner.type in TOPIC_OPS:
+                # Not in the catalogue yet: their bodies are read by the schedule and topic handlers.
+                handle = self._schedule if inner.type in SCHEDULE_OPS else self._topic
+                answer = handle(sender, inner.type, dict(inner.body))
                 self._reply(identity, False, env.reply(answer), via_workers=True)
                 return
-            if kind == "agent.spawn":
+            if inner.type == "agent.spawn":
+                request = Envelope(type=inner.type, body=inner.body, id=env.id)
                 # A child agent (agent_spawn): registered like any other, placed beside its parent.
-                body = {k: v for k, v in request.body.items() if k not in ("agent_id", "parent", "resume")}
-                request = Envelope(type="agent.spawn", body=body, id=env.id)
-                self._spawn(identity, False, request, via_workers=True, parent=sender, worker=worker_id)
+                spawn = dataclasses.replace(
+                    messages.parse(request, AgentSpawn), agent_id=None, parent=None, resume=None
+                )
+                request = Envelope(type="agent.spawn", body=messages.to_body(spawn), id=env.id)
+                self._spawn(
+                    identity, False, request, spawn, via_workers=True, parent=sender, worker=worker_id
+                )
                 return
-            if isinstance(request.body.get("agent_id"), str):
-                self._to_agent(_Pending(identity, False, request, via_workers=True))
+            request = Envelope(type=inner.type, body=inner.body, id=env.id)
+            send = messages.parse(request, AgentSend)
+            if send.agent_id is not None:
+                self._to_agent(_Pending(identity, False, request, True, send.agent_id), send)
                 return
             target = routing.route(request, self.agents, self.workers)
             self._to_worker(identity, False, request, target.workers[0], via_workers=True)

@@ -99,6 +99,21 @@ def reference() -> str:
             out += _body_section("Request", spec.type, number, _examples.REQUESTS[spec.type])
             out += _body_section("Reply", f"{spec.type}.ok", number, _examples.REPLIES[spec.type])
             out += [f"Errors: {errors}.", ""]
+    out += ["### Internal messages (gateway and workers)", ""]
+    out += [
+        "Between the gateway and its workers only, on the internal worker endpoint (a worker's DEALER, its",
+        "child id as routing id). Clients never send them: the client door answers `unknown_type`. Workers",
+        "also send `event` (kind `agent.state`), `agent.send.chunk`, and the replies to the requests the",
+        "gateway forwards to them.",
+        "",
+    ]
+    for internal in messages.INTERNAL.values():
+        number += 1
+        compiled = messages.body_schema(internal.type)
+        assert compiled is not None, internal.type
+        out += [f"#### `{internal.type}` (internal, sent by the {internal.sender})", ""]
+        out += [f"{internal.summary[0].upper()}{internal.summary[1:]}.", "", *_table(compiled)]
+        out += _example(internal.type, _examples.INTERNAL[internal.type], number)
     out += ["### Events and errors", "", f"#### `{messages.EVENT_TYPE}`", ""]
     out += ["Published on the PUB socket with the kind as the topic frame. Kinds:", ""]
     out += [f"- `{kind}`: {text}" for kind, text in messages.EVENT_KINDS.items()]
@@ -110,6 +125,8 @@ def reference() -> str:
     for spec in messages.CATALOGUE.values():
         _nested(spec.request, structures)
         _nested(spec.reply, structures)
+    for internal in messages.INTERNAL.values():
+        _nested(internal.body, structures)
     _nested(ErrorBody, structures)
     out += ["### Structures", "", "Maps used inside the bodies above.", ""]
     for name, cls in sorted(structures.items()):

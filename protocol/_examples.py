@@ -172,3 +172,13 @@ ERROR: dict[str, Any] = {
         {"where": "openfang.toml: [supervisor].intensity", "what": "must be an integer >= 0, got -1"}
     ],
 }
+
+# Internal messages (gateway <-> workers), by type.
+INTERNAL: dict[str, dict[str, Any]] = {
+    "worker.hello": {"worker": "workers-0", "pid": 4242, "cpu": 0, "agents": 1, "agent_ids": ["a-7f3c"]},
+    "worker.resync": {},
+    "worker.forward": {
+        "sender": "a-7f3c",
+        "request": {"type": "agent.send", "body": {"agent_id": "a-9d21", "text": "hello"}},
+    },
+}

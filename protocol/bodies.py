@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from openfang.protocol._schema import Len, Range
 
 __all__ = [
+    "FORWARDED_TYPES",
     "MAX_MANIFEST",
     "MAX_TEXT",
     "AgentListOk",
@@ -35,6 +36,7 @@ __all__ = [
     "Empty",
     "ErrorBody",
     "Event",
+    "ForwardedRequest",
     "HistoryEntry",
     "MemoryHistory",
     "MemoryHistoryOk",
@@ -51,6 +53,8 @@ __all__ = [
     "SupervisorRef",
     "TreeOk",
     "Usage",
+    "WorkerForward",
+    "WorkerHello",
     "WorkerPing",
     "WorkerPingOk",
 ]
@@ -375,6 +379,56 @@ class SecurityReportOk:
     """One entry per security layer: ``{"layer", "name", "module", "enabled", "config"}``; no key material."""
 
     layers: Annotated[list[dict[str, Any]], Len(64)]
+
+
+# -- internal: between the gateway and its workers (never accepted from clients) ---------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerHello:
+    """A worker announces itself (first, then every second); the gateway learns its pid, cpu and agents."""
+
+    worker: Id
+    pid: int
+    cpu: int | None = None
+    agents: Count = 0  # how many agents it hosts now
+    agent_ids: Annotated[list[Id], Len(1_000_000)] | None = None  # the first hello, and after a resync: all
+
+
+# What a worker may forward for one of its agents: agent.send, agent.spawn, and the gateway's own schedule and
+# topic requests (an agent's schedule_* and topic_* tools; their bodies are not in the catalogue yet).
+FORWARDED_TYPES = (
+    "agent.send",
+    "agent.spawn",
+    "schedule.add",
+    "schedule.list",
+    "schedule.remove",
+    "topic.subscribe",
+    "topic.unsubscribe",
+    "topic.subscribers",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardedRequest:
+    """The request an agent sends through its worker: one of :data:`FORWARDED_TYPES` and its body."""
+
+    type: Annotated[str, Len(64, 1)]  # agent.send | agent.spawn | schedule.* | topic.*
+    body: Annotated[dict[str, Any], Len(64)]  # that type's request body (validated by the gateway)
+
+    @staticmethod
+    def extra_checks(raw: Mapping[str, Any]) -> list[str]:
+        if raw.get("type") not in FORWARDED_TYPES:
+            return [f"type: only {', '.join(sorted(FORWARDED_TYPES))} requests are forwarded"]
+        return []
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerForward:
+    """An agent on this worker messages the cluster; the gateway checks the worker hosts ``sender``."""
+
+    sender: Id  # the agent that sends (an agent this worker hosts)
+    request: ForwardedRequest
 
 
 # -- events and errors -------------------------------------------------------------------------------------

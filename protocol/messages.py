@@ -1,4 +1,5 @@
-"""The message catalogue: every request type, its ``<type>.ok`` reply, events and errors.
+"""The message catalogue: every request type, its ``<type>.ok`` reply, events, errors, and the internal
+messages between the gateway and its workers (:data:`INTERNAL`).
 
 The body classes live in :mod:`openfang.protocol.bodies` and are re-exported here (``messages.AgentSend``).
 
@@ -52,6 +53,8 @@ from openfang.protocol.bodies import (
     StatusOk,
     SupervisorRef,
     TreeOk,
+    WorkerForward,
+    WorkerHello,
     WorkerPing,
     WorkerPingOk,
 )
@@ -89,10 +92,12 @@ ERROR_CODES: dict[str, str] = {
     "timeout": "the component that should answer did not answer in time",
     "not_found": "no such child, agent, worker or service",
     "already_exists": "the id is already present or started",
+    "running": "child.restart or child.delete of a child that is running; child.terminate it first",
     "restarting": "the agent is registered and being restarted (or, for agent.spawn, a restarted gateway is "
     "relearning its workers); nothing was done; body.retry_after_ms says "
     "when to retry (the gateway queues messages for a restarting agent first and answers this on overflow "
-    "or after its queue deadline)",
+    "or after its queue deadline). For child.restart and child.delete: the supervisor is restarting that "
+    "child right now (no retry_after_ms)",
     "gone": "the agent was registered but is dead (lost with its worker, or given up); agent.list shows why",
     "supervisor_error": "the supervisor could not do it (start failed, child running, ...)",
     "sandbox_error": "the agent's sandbox failed (wasm trap, fuel, memory limit, host call)",
@@ -102,6 +107,9 @@ ERROR_CODES: dict[str, str] = {
     "rate_limited": "a rate limit was hit; retry later",
     "llm_error": "the agent's model call failed; body.llm names the provider, model, HTTP status or cause, "
     "and whether a fallback was tried",
+    "limit_exceeded": "a per-agent limit was reached (topic subscriptions); nothing was done",
+    "unavailable": "the request needs a component this process runs without (schedules or topics in an "
+    "agent host with no control gateway)",
     "unknown_type": "the request type is not in the catalogue",
     "internal": "an unexpected failure inside the server",
 }
@@ -121,6 +129,7 @@ class MessageSpec:
 
 _COMMON_ERRORS = ("bad_request", "too_large", "busy", "timeout")
 _TREE_ERRORS = (*_COMMON_ERRORS, "not_found", "supervisor_error")
+_CHILD_STATE_ERRORS = ("running", "restarting")  # the child is up, or being restarted: nothing was done
 _AGENT_ERRORS = (
     *_COMMON_ERRORS,
     "not_found",
@@ -182,8 +191,17 @@ CATALOGUE: dict[str, MessageSpec] = {
             ChildRestartOk,
             "start a terminated child again",
             *_TREE_ERRORS,
+            *_CHILD_STATE_ERRORS,
         ),
-        _spec("child.delete", "control", ChildRef, Empty, "forget a terminated child's spec", *_TREE_ERRORS),
+        _spec(
+            "child.delete",
+            "control",
+            ChildRef,
+            Empty,
+            "forget a terminated child's spec",
+            *_TREE_ERRORS,
+            *_CHILD_STATE_ERRORS,
+        ),
         _spec(
             "child.which", "control", SupervisorRef, ChildWhichOk, "a supervisor's children", *_TREE_ERRORS
         ),
@@ -280,6 +298,49 @@ CATALOGUE: dict[str, MessageSpec] = {
 
 REQUEST_TYPES = frozenset(CATALOGUE)
 
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InternalSpec:
+    """One internal message: who sends it to whom, its body, and what it is for.
+
+    Internal types travel between the gateway and its workers only; they are not in :data:`REQUEST_TYPES`,
+    so the client door refuses them (``unknown_type``). Their bodies are closed and checked where they are
+    handled (:func:`parse` in the gateway's and the worker's dispatchers), not by :func:`decode`: a refused
+    ``worker.forward`` is then answered with the problem instead of being dropped unread.
+    """
+
+    type: str
+    sender: str  # gateway | worker
+    body: builtins.type[Any]
+    summary: str
+
+
+INTERNAL: dict[str, InternalSpec] = {
+    s.type: s
+    for s in [
+        InternalSpec(
+            type="worker.hello",
+            sender="worker",
+            body=WorkerHello,
+            summary="a worker announces itself on connect and every second; no reply",
+        ),
+        InternalSpec(
+            type="worker.resync",
+            sender="gateway",
+            body=Empty,
+            summary="a (restarted) gateway asks a worker to list every agent in its next worker.hello",
+        ),
+        InternalSpec(
+            type="worker.forward",
+            sender="worker",
+            body=WorkerForward,
+            summary="an agent's agent.send or agent.spawn, routed by the gateway like a client's request; "
+            "the reply (that request's .ok, or error) comes back with the forward's id",
+        ),
+    ]
+}
+INTERNAL_TYPES = frozenset(INTERNAL)
+
 # body class -> wire type; replies by their "<type>.ok" name. Classes shared by several types map to none.
 _TYPE_OF: dict[type, str] = {}
 # wire type -> (body class, open); its schema is compiled on the first message of that type (_schema_of).
@@ -298,6 +359,9 @@ def _register() -> None:
         _class_of[type_] = (cls, is_open)
         register_body_validator(type_, _first_validation(type_))
         uses.setdefault(cls, []).append(type_)
+    for internal in INTERNAL.values():  # for parse() only; decode() leaves them to their handler
+        _class_of[internal.type] = (internal.body, False)
+        uses.setdefault(internal.body, []).append(internal.type)
     _TYPE_OF.update({cls: types[0] for cls, types in uses.items() if len(types) == 1})
 
 
@@ -308,7 +372,8 @@ def _schema_of(message_type: str) -> _schema.Compiled | None:
         cls, is_open = _class_of[message_type]
         compiled = _schema.compile_dataclass(cls, open_fields=is_open)
         _compiled[message_type] = compiled  # two threads may both compile: the same result, either wins
-        register_body_validator(message_type, _schema.body_validator(compiled))
+        if message_type not in INTERNAL:  # internal bodies are checked by their handlers (InternalSpec)
+            register_body_validator(message_type, _schema.body_validator(compiled))
     return compiled
 
 

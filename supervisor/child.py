@@ -17,13 +17,10 @@ interpreter start), pins the child to its CPU if the spec names one, sets PDEATH
 - SIGTERM is the request to stop: the default handler raises :class:`SystemExit` (0); children with a loop
   may install their own handler and leave the loop cleanly.
 
-The uplink is a ``SOCK_SEQPACKET`` socket pair (one msgpack map per packet, so no framing) that carries, child
-to parent: ``{"t": "ready", "info": {...}}``, ``{"t": "ignore"}``, ``{"t": "hb"}``,
-``{"t": "event", "event": {...}}`` (lifecycle events travel up to the root, which publishes them),
-``{"t": "subtree", "children": [...]}`` (a nested supervisor's view of its children), and requests and replies
-in both directions: ``{"t": "req", "id": str, "op": str, "args": {...}}`` /
-``{"t": "rep", "id": str, "ok": bool, "result": ..., "error": {"code", "message"}}``. A request a parent sends
-down to a nested supervisor may carry ``"path"``: the supervisor further down that must run ``op``.
+The uplink is a ``SOCK_SEQPACKET`` socket pair (one msgpack map per packet, so no framing). Every message is
+a map whose ``"t"`` names its kind; :data:`UPLINK` lists every kind with its direction and fields, and
+:func:`unpack` refuses any other. A request a parent sends down to a nested supervisor may carry ``"path"``:
+the supervisor further down that must run ``op``.
 
 Exit codes: 0 normal, :data:`EXIT_CRASH` (1) an exception (after a ``child_crashed`` log line with the
 traceback), :data:`EXIT_ESCALATED` (3) a supervisor that gave up (restart intensity exceeded: a nested one,
@@ -51,6 +48,55 @@ EXIT_ESCALATED = 3  # a supervisor that gave up; its parent reports the exit wit
 HEARTBEAT_MIN_GAP_S = 0.05  # well under any sensible heartbeat_ms
 MAX_UPLINK_PACKET = 4 << 20
 ChildTarget = Callable[["ChildContext"], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UplinkMessage:
+    """One kind of uplink message: its ``t``, who sends it, its other fields (name -> type) and its job."""
+
+    t: str
+    sender: str  # child | parent | both
+    fields: Mapping[str, str]
+    summary: str
+
+
+UPLINK: dict[str, UplinkMessage] = {
+    m.t: m
+    for m in [
+        UplinkMessage(
+            t="ready",
+            sender="child",
+            fields={"info": "map (shown in openfang tree)"},
+            summary="the child is up and serving; its start (and the ordered start) waits for this",
+        ),
+        UplinkMessage(t="ignore", sender="child", fields={}, summary="OTP's ignore: do not count me started"),
+        UplinkMessage(t="hb", sender="child", fields={}, summary="a heartbeat (required by heartbeat_ms)"),
+        UplinkMessage(
+            t="event",
+            sender="both",
+            fields={"event": "map: kind, path, pid, ... (see EVENT_KINDS in protocol.messages)"},
+            summary="a lifecycle event travelling up to the root, or from the root down to the gateway",
+        ),
+        UplinkMessage(
+            t="subtree",
+            sender="child",
+            fields={"children": "list of tree nodes", "truncated": "bool (optional)"},
+            summary="a nested supervisor's view of its children, for the root's tree",
+        ),
+        UplinkMessage(
+            t="req",
+            sender="both",
+            fields={"id": "str", "op": "str", "args": "map", "path": "str (optional, downwards)"},
+            summary="a request: a tree operation (status, tree, child.*, ...) or gateway.info",
+        ),
+        UplinkMessage(
+            t="rep",
+            sender="both",
+            fields={"id": "str", "ok": "bool", "result": "any (ok)", "error": "map: code, message (not ok)"},
+            summary="the answer to a req with the same id",
+        ),
+    ]
+}
 
 
 def resolve_target(start: str) -> ChildTarget:
@@ -93,6 +139,8 @@ def unpack(packet: bytes) -> dict[str, Any]:
         raise ProtocolError(f"uplink packet is not msgpack: {exc}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
         raise ProtocolError("uplink packet must be a map with a string 't'")
+    if msg["t"] not in UPLINK:
+        raise ProtocolError(f"uplink packet t: {msg['t']!r} is not one of {', '.join(UPLINK)}")
     return msg
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import zmq
 from openfang.memory.api import MemoryAPI
 from openfang.memory.client import locations
 from openfang.memory.service import MemoryService
+from openfang.protocol import messages
+from openfang.protocol.bodies import Empty, ForwardedRequest, WorkerForward, WorkerHello, WorkerPing
 from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.protocol.errors import NotFound, OpenFangError, ProtocolError
 from openfang.protocol.messages import remote_error
@@ -59,6 +62,12 @@ class Worker:
         self.running = True
         self._last_hello = 0.0
         self._full_hello = True  # the next hello lists every agent (the first one, or after a resync)
+        # The worker's own messages from the gateway, typed by the catalogue; agent.* and memory.* go to the
+        # agent host and the memory service, which type their bodies themselves.
+        self._dispatch: dict[str, tuple[type[Any], Callable[[Envelope, Any], None]]] = {
+            "worker.resync": (Empty, self._on_resync),
+            "worker.ping": (WorkerPing, self._on_ping),
+        }
 
     def serve(self) -> None:
         poller = zmq.Poller()
@@ -105,11 +114,10 @@ class Worker:
                 forwarded.set_result(dict(env.body))
             return
         try:
-            if env.type == "worker.resync":  # a (new) gateway wants our full agent list now
-                self._full_hello = True
-                self._hello()
-            elif env.type == "worker.ping":
-                self._send(env.reply({"worker": self.id, "pid": os.getpid(), "cpu": self.cpu}))
+            entry = self._dispatch.get(env.type)
+            if entry is not None:
+                body_class, handler = entry
+                handler(env, messages.parse(env, body_class))
             elif env.type.startswith("agent."):
                 self.host.submit(env)
             elif env.type.startswith("memory."):
@@ -121,13 +129,21 @@ class Worker:
         except OpenFangError as exc:
             self._send(env.error(exc))
 
+    def _on_resync(self, _env: Envelope, _body: Empty) -> None:
+        """A (new) gateway wants our full agent list now."""
+        self._full_hello = True
+        self._hello()
+
+    def _on_ping(self, env: Envelope, _ping: WorkerPing) -> None:
+        self._send(env.reply({"worker": self.id, "pid": os.getpid(), "cpu": self.cpu}))
+
     def _forward(self, sender: str, request: Envelope) -> Future[Any]:
         """Send one of our agents' requests to the gateway: ``agent_send`` to an agent on another worker,
         or ``agent_spawn`` (the gateway registers the child and assigns its id)."""
         fut: Future[Any] = Future()
         self._forwards[request.id] = fut
-        body = {"sender": sender, "request": {"type": request.type, "body": request.body}}
-        self._send(Envelope(type="worker.forward", body=body, id=request.id))
+        forward = WorkerForward(sender=sender, request=ForwardedRequest(type=request.type, body=request.body))
+        self._send(Envelope(type="worker.forward", body=messages.to_body(forward), id=request.id))
         return fut
 
     def _send(self, env: Envelope) -> None:
@@ -142,12 +158,12 @@ class Worker:
         # worker.resync also list them, so a restarted gateway relearns the directory at once, without
         # 10,000 records a second in the steady state.
         self._last_hello = time.monotonic()
-        body: dict[str, Any] = {"worker": self.id, "pid": os.getpid(), "cpu": self.cpu}
-        body["agents"] = self.host.agent_count()
-        if self._full_hello:
-            body["agent_ids"] = self.host.agent_ids()
-            self._full_hello = False
-        self._send(Envelope(type="worker.hello", body=body))
+        agent_ids = self.host.agent_ids() if self._full_hello else None
+        self._full_hello = False
+        hello = WorkerHello(
+            worker=self.id, pid=os.getpid(), cpu=self.cpu, agents=self.host.agent_count(), agent_ids=agent_ids
+        )
+        self._send(Envelope(type="worker.hello", body=messages.to_body(hello)))
 
     def _on_uplink(self) -> None:
         # The supervisor sends workers nothing they act on yet; drain it, and stop if it is gone.

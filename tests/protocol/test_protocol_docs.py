@@ -21,12 +21,15 @@ def _pairs() -> list[tuple[dict[str, Any], bytes]]:
 def test_every_hex_example_decodes_to_its_json_twin() -> None:
     """Each msgpack-hex block decodes to exactly the JSON block before it, and is a valid envelope."""
     pairs = _pairs()
-    assert len(pairs) == 2 * len(messages.CATALOGUE) + 2  # request + reply per type, one event, one error
+    # request + reply per type, one per internal message, one event, one error
+    assert len(pairs) == 2 * len(messages.CATALOGUE) + len(messages.INTERNAL) + 2
     assert TEXT.count("```msgpack-hex") == len(pairs)  # no hex block without a JSON twin
     for as_json, packed in pairs:
         assert msgpack.unpackb(packed, raw=False) == as_json
         env = decode(packed)  # validates the body against the catalogue, too
         assert (env.type, env.body) == (as_json["type"], as_json["body"])
+        if env.type in messages.INTERNAL:  # checked by their handlers, through parse
+            messages.parse(env, messages.INTERNAL[env.type].body)
 
 
 def test_every_catalogued_type_error_code_and_event_kind_is_documented() -> None:
@@ -35,6 +38,8 @@ def test_every_catalogued_type_error_code_and_event_kind_is_documented() -> None
         assert f"#### `{type_}`" in TEXT
         assert f"**Reply** `{type_}.ok`" in TEXT
     assert "#### `event`" in TEXT and "#### `error`" in TEXT
+    for type_ in messages.INTERNAL:
+        assert f"#### `{type_}` (internal" in TEXT
     for code in messages.ERROR_CODES:
         assert f"- `{code}`:" in TEXT
     for kind in messages.EVENT_KINDS:
