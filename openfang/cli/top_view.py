@@ -36,6 +36,8 @@ from openfang.cli.top_data import (
 from openfang.cli.top_feed import EventTail, Feed, Monitor
 from openfang.protocol.curve import CurveClient
 
+_MIN_WIDTH = {"STATE": len("restarting"), "ACTIVITY": len("suspended ")}
+
 
 class SnapshotReady(Message):
     def __init__(self, snapshot: Snapshot) -> None:
@@ -172,7 +174,9 @@ class TopApp(App[None]):
             ("#workers", WORKER_COLUMNS),
             ("#agents", AGENT_COLUMNS),
         ):
-            self.query_one(table_id, DataTable).add_columns(*columns)
+            # A state column starts as wide as its longest word ("restarting", "hibernated"): a column
+            # only widens when one of its cells is rewritten, so a later "suspended" must already fit.
+            self.query_one(table_id, DataTable).add_columns(*(c.ljust(_MIN_WIDTH.get(c, 0)) for c in columns))
         self.query_one("#tree", DataTable).can_focus = False
         self.query_one("#workers", DataTable).can_focus = False
         self.query_one("#agents", DataTable).focus()
