@@ -84,7 +84,7 @@ def test_host_hibernate_refuses_hidden_state_and_idle_timer_gives_up(tmp_path: P
             d.pump()
         record = d.ok("agent.info", agent_id=aid)
         assert record["state"] == "running"
-        assert d.host._agents[aid].no_hibernate is not None  # noqa: SLF001  (the give-up is recorded)
+        assert d.host._agents[aid].no_hibernate is not None  # the give-up is recorded
         assert not (tmp_path / "snaps" / f"{aid}.snap").exists()
     finally:
         d.host.close()
@@ -120,7 +120,7 @@ def test_host_unreadable_snapshot_restarts_fresh_and_answers(tmp_path: Path) -> 
         d.ok("agent.hibernate", agent_id=aid)
         path = tmp_path / f"{aid}.snap"
         _written(d, path)
-        assert d.host._agents[aid].snapshot is None  # noqa: SLF001  (woken from the file, not memory)
+        assert d.host._agents[aid].snapshot is None  # woken from the file, not memory
         data = bytearray(path.read_bytes())
         data[-3] ^= 0xFF
         path.write_bytes(bytes(data))

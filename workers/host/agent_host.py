@@ -328,8 +328,10 @@ class AgentHost:
         agent = self._spawner.build(body, manifest, agent_id, parent)
         self._agents[agent_id] = agent
         agent.spawn_env = env
-        if body.resume:
+        if body.resume:  # a re-spawn after its worker died: from its snapshot when there is one (_begin)
             self._resume_conversation(agent)
+            self._begin(agent)
+            return
         self._start(agent)
 
     def _on_send(self, env: Envelope, body: AgentSend) -> None:
@@ -421,6 +423,33 @@ class AgentHost:
         return agent
 
     # -- the supervisor: start, run, crash, restart, remove -------------------------------------------------
+    def _begin(self, agent: HostedAgent) -> None:
+        """(Re)start after a crash: from the agent's snapshot file when there is one to use, else fresh.
+
+        A file is used when the manifest says ``restore = "snapshot"`` (the last snapshot, kept after every
+        wake) or when the agent was hibernated when its worker died (a ``restore = "fresh"`` agent's file is
+        deleted when it wakes, so one that exists holds the state it was hibernated with).
+        """
+        if self._hib.has_file(agent.agent_id) and self._restore_last(agent):
+            self._started(agent)
+            return
+        self._start(agent)
+
+    def _restore_last(self, agent: HostedAgent) -> bool:
+        """Restore the snapshot file into the agent's freshly loaded sandbox; False (and a new fresh
+        sandbox) when it cannot be used."""
+        t0 = time.perf_counter()
+        try:
+            restore(agent.sandbox, self._hib.load(agent), fresh=True)
+        except OpenFangError as exc:
+            self._bound.warning("agent_snapshot_restore_failed", agent_id=agent.agent_id, error=exc.message)
+            agent.sandbox.close()
+            agent.sandbox = self._spawner.sandbox(agent.manifest, agent.agent_id, agent.grant)
+            return False
+        ms = round((time.perf_counter() - t0) * 1000, 3)
+        self._bound.info("agent_restored_from_snapshot", agent_id=agent.agent_id, restore_ms=ms)
+        return True
+
     def _start(self, agent: HostedAgent) -> None:
         if agent.sandbox.begin_init():
             self._active[agent.agent_id] = agent
@@ -575,7 +604,7 @@ class AgentHost:
             return
         agent.restarts += 1
         self._resume_conversation(agent)
-        self._start(agent)
+        self._begin(agent)
 
     def _resume_conversation(self, agent: HostedAgent) -> None:
         """A re-spawned built-in LLM agent picks its conversation up from episodic memory.
@@ -685,6 +714,7 @@ class AgentHost:
         except OpenFangError as exc:
             self._bound.error("agent_wake_failed", agent_id=agent.agent_id, error=exc.message)
             agent.hibernated, agent.snapshot = False, None
+            self._hib.delete(agent.agent_id)  # unusable: the restart below must not try it again
             self._crashed(agent, SandboxError(f"wake from snapshot failed: {exc.message}"))
             raise SandboxError(
                 f"agent {agent.agent_id} could not be woken from its snapshot ({exc.message}); "
@@ -692,6 +722,8 @@ class AgentHost:
             ) from None
         agent.sandbox = sandbox
         agent.hibernated, agent.snapshot = False, None
+        if agent.manifest.restore != "snapshot":
+            self._hib.delete(agent.agent_id)  # stale from now on; a crash restarts it fresh
         ms = round((time.perf_counter() - t0) * 1000, 3)
         self._bound.info("agent_woken", agent_id=agent.agent_id, why=why, wake_ms=ms)
         self._event(agent, "running", woken=True, why=why, wake_ms=ms)

@@ -74,8 +74,8 @@ class Hibernation:
                 log.error("agent_snapshot_write_failed", agent_id=agent_id, error=str(exc))
                 continue
             log.info("agent_snapshot_written", agent_id=agent_id, file_bytes=fut.result())
-            if agent is None:  # killed meanwhile: its file goes too
-                self.delete(agent_id)
+            if agent is None or (not agent.hibernated and agent.manifest.restore != "snapshot"):
+                self.delete(agent_id)  # killed, or woken meanwhile and the file is of no use (see _wake)
             elif agent.snapshot is snap:
                 agent.snapshot = None
 
