@@ -4,6 +4,8 @@ and the event stream say so, and a busy or unsnapshottable agent is refused clea
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -156,3 +158,38 @@ def test_hibernate_idle_llm_agent_keeps_conversation(make_cluster: Any) -> None:
     assert events(sub, "agent.woken")["why"] == "message"
     assert events(sub, "agent.hibernated")["why"] == "idle"  # idle again: hibernated again
     sub.close()
+
+
+def test_hibernate_worker_kill_restores_snapshot_agents_fresh_ones_start_over(make_cluster: Any) -> None:
+    """kill -9 of the worker: a restore = "snapshot" counter comes back at its last snapshot, a hibernated
+    restore = "fresh" counter comes back with the state it was hibernated with, and a running
+    restore = "fresh" counter starts over."""
+    c = make_cluster(workers=1, intensity=5).start()
+    keeper = spawn(c, counter("keeper", 'restore = "snapshot"'))
+    sleeper = spawn(c, counter("sleeper"))
+    plain = spawn(c, counter("plain"))
+    for aid in (keeper, sleeper, plain):
+        say(c, aid)
+        say(c, aid)
+    for aid in (keeper, plain):  # a snapshot at 2, then woken
+        c.ok("agent.hibernate", {"agent_id": aid})
+        c.ok("agent.wake", {"agent_id": aid})
+    c.ok("agent.hibernate", {"agent_id": sleeper})
+    say(c, keeper)  # 3, after its last snapshot: lost with the worker
+    snaps = Path(c.data_dir) / "snapshots"
+    wait_for(
+        lambda: (snaps / f"{sleeper}.snap").exists() and (snaps / f"{keeper}.snap").exists(), what="files"
+    )
+    wait_for(lambda: not (snaps / f"{plain}.snap").exists(), what="the woken fresh agent's file to go")
+    pid = int(c.node("workers", "workers-0")["pid"])
+    os.kill(pid, signal.SIGKILL)
+
+    def back(aid: str) -> str | None:
+        reply = c.call("agent.send", {"agent_id": aid, "text": "again"})
+        return None if reply.is_error else str(reply.body["reply"])
+
+    assert "message 3 " in wait_for(lambda: back(keeper), what="keeper back")
+    assert "message 3 " in wait_for(lambda: back(sleeper), what="sleeper back")
+    assert "message 1 " in wait_for(lambda: back(plain), what="plain back")
+    names = [(e.get("event"), e.get("agent_id")) for e in c.log_events()]
+    assert ("agent_restored_from_snapshot", keeper) in names
