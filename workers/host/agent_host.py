@@ -669,6 +669,7 @@ class AgentHost:
         snap = capture(agent.sandbox)  # SnapshotError names the problem; the sandbox is untouched
         agent.sandbox.close()
         self._active.pop(agent.agent_id, None)
+        agent.chat_cache = jobs.ChatCache()  # parsed chat segments: rebuilt on demand after the wake
         agent.hibernated = True
         agent.idle_token += 1
         self._hib.write_later(agent, snap)
