@@ -77,7 +77,7 @@ EVENT_KINDS: dict[str, str] = {
     "agent.restarted": "a restarted agent answers again, with the same id; fields: agent_id, worker, "
     "restarts",
     "agent.hibernated": "an agent was hibernated (by hand or after idle_hibernate_s); fields: agent_id, "
-    "worker, why (request | idle), file_bytes, memory_bytes",
+    "worker, why (request | idle), memory_bytes, stored_bytes (non-zero 4 KiB chunks kept)",
     "agent.woken": "a hibernated agent is back in a sandbox, its guest state restored; fields: agent_id, "
     "worker, why (request | message), wake_ms",
     "agent.lost": "a registered agent is dead and will not come back; fields: agent_id, worker, reason "
