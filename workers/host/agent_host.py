@@ -431,6 +431,7 @@ class AgentHost:
         deleted when it wakes, so one that exists holds the state it was hibernated with).
         """
         if self._hib.has_file(agent.agent_id) and self._restore_last(agent):
+            agent.resumed = []  # the guest has its own conversation back: none from memory on top
             self._started(agent)
             return
         self._start(agent)
