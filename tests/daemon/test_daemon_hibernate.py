@@ -193,3 +193,25 @@ def test_hibernate_worker_kill_restores_snapshot_agents_fresh_ones_start_over(ma
     assert "message 1 " in wait_for(lambda: back(plain), what="plain back")
     names = [(e.get("event"), e.get("agent_id")) for e in c.log_events()]
     assert ("agent_restored_from_snapshot", keeper) in names
+
+
+def test_hibernate_llm_agent_back_after_worker_kill_has_its_conversation_once(make_cluster: Any) -> None:
+    """A hibernated LLM agent re-spawned after kill -9 of its worker resumes from its snapshot, and the
+    conversation read back from memory is not put on top of it (each earlier turn is seen once)."""
+    c = make_cluster(workers=1, memory=True, intensity=5)
+    c.start(env={"OPENFANG_EMBEDDER": "hash"})
+    aid = spawn(c, chatty(0))
+    assert say(c, aid, "my name is Ada") == "nice to meet you Ada"
+    c.ok("agent.hibernate", {"agent_id": aid})
+    snap = Path(c.data_dir) / "snapshots" / f"{aid}.snap"
+    wait_for(snap.exists, what="the snapshot file")
+    os.kill(int(c.node("workers", "workers-0")["pid"]), signal.SIGKILL)
+
+    def back() -> str | None:
+        reply = c.call("agent.send", {"agent_id": aid, "text": "what is my name"})
+        return None if reply.is_error else str(reply.body["reply"])
+
+    answer = wait_for(back, what="the agent back")
+    assert answer.count("my name is Ada") == 1, answer
+    names = [(e.get("event"), e.get("agent_id")) for e in c.log_events()]
+    assert ("agent_restored_from_snapshot", aid) in names
