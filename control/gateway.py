@@ -436,7 +436,7 @@ class Gateway:
                     return env.reply({"agent_id": agent_id, "state": "dead"})
                 return reply
 
-        elif env.type in ("agent.suspend", "agent.resume"):
+        elif env.type in ("agent.suspend", "agent.resume", "agent.hibernate", "agent.wake"):
 
             def on_reply(reply: Envelope) -> Envelope:
                 if not reply.is_error:

@@ -384,6 +384,12 @@ class Placement:
                     "restarts": row.restarts,
                 }
             )
+        elif state == "hibernated" or event.get("woken"):  # hibernate and wake (issue 9 item 7)
+            row.state = state
+            kind = "agent.hibernated" if state == "hibernated" else "agent.woken"
+            keys = ("why", "memory_bytes", "stored_bytes") if state == "hibernated" else ("why", "wake_ms")
+            extra = {k: event[k] for k in keys if k in event}
+            self.port.publish({"kind": kind, "agent_id": row.agent_id, "worker": worker_id, **extra})
         elif (state == "running" and row.state == "starting") or state == "suspended":
             row.state = state
         elif state == "running":

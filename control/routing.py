@@ -17,7 +17,17 @@ from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import NotFound, ProtocolError, UnknownType
 
 # Requests addressed to one agent by id.
-BY_AGENT = frozenset({"agent.send", "agent.info", "agent.suspend", "agent.resume", "agent.kill"})
+BY_AGENT = frozenset(
+    {
+        "agent.send",
+        "agent.info",
+        "agent.suspend",
+        "agent.resume",
+        "agent.kill",
+        "agent.hibernate",
+        "agent.wake",
+    }
+)
 
 
 class WorkerLoad(Protocol):

@@ -16,7 +16,12 @@ in page 12; the rest is zero. Metrics (system "openfang", p50 as the value, p50/
 - ``snapshot_capture_ms`` / ``snapshot_encode_ms`` / ``snapshot_decode_ms`` / ``snapshot_restore_ms``: the
   parts, without disk;
 - ``snapshot_file_kib`` and ``snapshot_stored_kib``: file size, and non-zero 4 KiB chunks kept before zlib;
-- ``snapshot_llm_agent_file_kib`` and ``wake_llm_agent_ms``: the built-in LLM agent after 20 messages.
+- ``snapshot_llm_agent_file_kib`` and ``wake_llm_agent_ms``: the built-in LLM agent after 20 messages;
+- through a real daemon (one worker, the Rust counter example, client -> gateway -> worker and back):
+  ``daemon_hibernate_ms`` (an ``agent.hibernate`` round trip: capture + free on the worker's loop, the file
+  written by its writer thread), ``daemon_send_hibernated_ms`` (an ``agent.send`` to a hibernated agent:
+  wake + the message) beside ``daemon_send_running_ms`` (the same message to a running agent), and
+  ``daemon_wake_ms`` (an ``agent.wake`` round trip).
 """
 
 from __future__ import annotations
@@ -224,6 +229,43 @@ def _llm_agent_metrics(rt: Runtime, work: Path, n: int) -> list[dict[str, Any]]:
     ]
 
 
+def _daemon_metrics(n: int) -> list[dict[str, Any]]:
+    from perf._cluster import UNLIMITED_CLIENT, BenchCluster
+
+    wasm = Path(__file__).resolve().parents[1] / "examples" / "agents" / "rust" / "counter.wasm"
+    manifest = f'[agent]\nname = "counter"\nmodule = "{wasm}"\n[sandbox.memory]\nmax_heap_mb = 8\n'
+    limits = "\n[security.ratelimit.agent_requests]\nrate = 0\nburst = 0\n"
+    timed: dict[str, list[float]] = {k: [] for k in ("hibernate", "hibernated", "running", "wake")}
+
+    def clock(key: str, msg_type: str, body: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        reply = c.call(msg_type, body)
+        timed[key].append((time.perf_counter() - t0) * 1000)
+        return reply
+
+    with BenchCluster(workers=1, extra=UNLIMITED_CLIENT + limits) as c:
+        c.start()
+        agent_id = str(c.call("agent.spawn", {"manifest": manifest})["agent_id"])
+        ref = {"agent_id": agent_id}
+        msg = {"agent_id": agent_id, "text": "tick"}
+        for i in range(n):
+            clock("running", "agent.send", msg)
+            clock("hibernate", "agent.hibernate", ref)
+            if i % 2:
+                clock("hibernated", "agent.send", msg)
+            else:
+                clock("wake", "agent.wake", ref)
+        count = c.call("agent.info", ref)["messages"]
+        assert count == n + n // 2, f"the counter lost messages: {count}"  # every wake kept the count
+    notes = "Rust counter example, one worker, through the gateway"
+    return [
+        _ms("daemon_hibernate_ms", timed["hibernate"], f"{notes}: agent.hibernate round trip"),
+        _ms("daemon_wake_ms", timed["wake"], f"{notes}: agent.wake round trip"),
+        _ms("daemon_send_hibernated_ms", timed["hibernated"], f"{notes}: agent.send that wakes the agent"),
+        _ms("daemon_send_running_ms", timed["running"], f"{notes}: agent.send to a running agent"),
+    ]
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Every metric of this module (see the module docstring)."""
     n = 50 if quick else 400
@@ -234,10 +276,11 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         module = work / "heap.wat"
         module.write_text(HEAP_WAT)
         manifest = load_manifest(f'[agent]\nname = "heap"\nmodule = "{module}"\n')
-        return [*_heap_metrics(rt, manifest, work, n), *_llm_agent_metrics(rt, work, n)]
+        out = [*_heap_metrics(rt, manifest, work, n), *_llm_agent_metrics(rt, work, n)]
     finally:
         rt.close()
         shutil.rmtree(work, ignore_errors=True)
+    return [*out, *_daemon_metrics(40 if quick else 200)]
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "agent.info": {"agent_id": "a-7f3c"},
     "agent.suspend": {"agent_id": "a-7f3c"},
     "agent.resume": {"agent_id": "a-7f3c"},
+    "agent.hibernate": {"agent_id": "a-7f3c"},
+    "agent.wake": {"agent_id": "a-7f3c"},
     "agent.kill": {"agent_id": "a-7f3c"},
     "memory.search": {"query": "invoice total", "agent_id": "a-7f3c", "mode": "hybrid", "limit": 5},
     "memory.history": {"agent_id": "a-7f3c", "session": "s1", "limit": 20},
@@ -119,6 +121,8 @@ REPLIES: dict[str, dict[str, Any]] = {
     "agent.info": _AGENT,
     "agent.suspend": {"agent_id": "a-7f3c", "state": "suspended"},
     "agent.resume": {"agent_id": "a-7f3c", "state": "running"},
+    "agent.hibernate": {"agent_id": "a-7f3c", "state": "hibernated"},
+    "agent.wake": {"agent_id": "a-7f3c", "state": "running"},
     "agent.kill": {"agent_id": "a-7f3c", "state": "dead"},
     "memory.search": {
         "hits": [

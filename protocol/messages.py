@@ -80,6 +80,10 @@ EVENT_KINDS: dict[str, str] = {
     "agent_id, worker (the one it was on), reason",
     "agent.restarted": "a restarted agent answers again, with the same id; fields: agent_id, worker, "
     "restarts",
+    "agent.hibernated": "an agent was hibernated (by hand or after idle_hibernate_s); fields: agent_id, "
+    "worker, why (request | idle), memory_bytes, stored_bytes (non-zero 4 KiB chunks kept)",
+    "agent.woken": "a hibernated agent is back in a sandbox, its guest state restored; fields: agent_id, "
+    "worker, why (request | message), wake_ms",
     "agent.lost": "a registered agent is dead and will not come back; fields: agent_id, worker, reason "
     "(worker_crashed | worker_stopped for temporary agents, restart_intensity, restart_failed, crashed)",
 }
@@ -258,6 +262,23 @@ CATALOGUE: dict[str, MessageSpec] = {
             *_AGENT_ERRORS,
         ),
         _spec("agent.resume", "agents", AgentRef, AgentStateOk, "resume a suspended agent", *_AGENT_ERRORS),
+        _spec(
+            "agent.hibernate",
+            "agents",
+            AgentRef,
+            AgentStateOk,
+            "write an idle agent's guest state to disk and free its sandbox (sandbox_error when it is busy, "
+            "suspended or its module keeps state a snapshot cannot read; the next agent.send wakes it)",
+            *_AGENT_ERRORS,
+        ),
+        _spec(
+            "agent.wake",
+            "agents",
+            AgentRef,
+            AgentStateOk,
+            "bring a hibernated agent back from its snapshot now (a running agent: answered as is)",
+            *_AGENT_ERRORS,
+        ),
         _spec(
             "agent.kill",
             "agents",

@@ -275,7 +275,7 @@ def cmd_agent_check(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    """Agent verbs: spawn, list, send, info, suspend, resume, kill."""
+    """Agent verbs: spawn, list, send, info, suspend, resume, kill, hibernate, wake."""
     op = args.agent_op
     if op == "spawn":
         path = Path(args.manifest)
@@ -549,6 +549,17 @@ def build_parser() -> argparse.ArgumentParser:
     for op in ("info", "suspend", "resume", "kill"):
         p = agent_sub.add_parser(op, parents=[common], help=f"{op} an agent")
         p.add_argument("id")
+    p = agent_sub.add_parser(
+        "hibernate",
+        parents=[common],
+        help="write an idle agent's guest state to <data_dir>/snapshots and free its sandbox (refused while "
+        "it handles a message or is suspended); its next message wakes it",
+    )
+    p.add_argument("id")
+    p = agent_sub.add_parser(
+        "wake", parents=[common], help="bring a hibernated agent back from its snapshot now"
+    )
+    p.add_argument("id")
     agent.set_defaults(handler=cmd_agent)
     return parser
 

@@ -322,7 +322,8 @@ def test_top_in_tmux_shows_the_system_and_acts_on_agents(
         term.wait(lambda s: "agents  0 of 1" in s, "the killed agent gone from the list")
         wait_for(lambda: c.call("agent.info", {"agent_id": a0}).is_error, 30, "the daemon forgot it")
         assert c.call("agent.info", {"agent_id": a0}).body["code"] == "not_found"
-        assert c.ok("agent.info", {"agent_id": a1})["state"] == "running"
+        hibernated = "agent.hibernate" in messages.CATALOGUE  # 'h' above hibernated it
+        assert c.ok("agent.info", {"agent_id": a1})["state"] == ("hibernated" if hibernated else "running")
 
         term.keys("Escape")
         term.wait(lambda s: "agents  1 of 1" in s and bool(_agent_line(s, a1)), "the filter cleared")

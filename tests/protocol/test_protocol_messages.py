@@ -26,8 +26,8 @@ from openfang.protocol.errors import (
 BRIEF_TYPES = {
     "ping", "status", "tree", "stop", "reload", "child.start", "child.terminate", "child.restart",
     "child.delete", "child.which", "child.count", "worker.ping", "agent.spawn", "agent.send", "agent.list",
-    "agent.info", "agent.suspend", "agent.resume", "agent.kill", "memory.search", "memory.history",
-    "memory.stats", "security.report",
+    "agent.info", "agent.suspend", "agent.resume", "agent.kill", "agent.hibernate", "agent.wake",
+    "memory.search", "memory.history", "memory.stats", "security.report",
 }  # fmt: skip
 
 

@@ -16,8 +16,14 @@ jobs), ``ToolContexts``, ``AgentTraffic`` (agent-to-agent tools).
 Driving it (the worker's loop)::
 
     host.submit(env)               # agent.spawn / send / list / info / suspend / resume / kill
+                                   # / hibernate / wake
     replies = host.step(0.02)      # run ready agents round-robin for up to 20 ms, collect finished replies
     poll(host.wakeup_fd(), timeout=host.next_deadline())
+
+Hibernation (``agent.hibernate``, or ``idle_hibernate_s`` of idleness between calls): the guest state of an
+idle agent is captured on the loop, its sandbox freed, and the snapshot written to
+``<snapshot_dir>/<agent_id>.snap`` by a background thread (:mod:`~openfang.workers.host.hibernation`). The
+next ``agent.send`` (or ``agent.wake``) restores it into a new sandbox without running ``agent_init``.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from openfang.supervisor.restart import abnormal, should_restart
 from openfang.supervisor.spec import Restart
 from openfang.workers.host import jobs
 from openfang.workers.host.agents import AgentTraffic, LoopHandoff
+from openfang.workers.host.hibernation import Hibernation
 from openfang.workers.host.memory import HostMemory
 from openfang.workers.host.record import HostedAgent, Phase
 from openfang.workers.host.security import HostSecurity
@@ -60,6 +67,7 @@ from openfang.workers.manifest import ModelConfig
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox._wasmtime import EngineOptions
 from openfang.workers.sandbox.instance import Outcome, Sandbox, State
+from openfang.workers.sandbox.snapshot import SnapshotError, capture, restore
 from openfang.workers.tools import kv as _tools_kv
 from openfang.workers.tools.mcp import McpServerConfig
 
@@ -86,6 +94,8 @@ class HostParts:
     memory: HostMemory | None = None  # episodic/procedural recording and memory tools
     max_agents: int | None = None  # agents hosted at once (spawns past it answer busy)
     mcp_servers: tuple[McpServerConfig, ...] = ()  # MCP servers any agent here may name (worker args)
+    snapshot_dir: Path | None = None  # hibernated agents' snapshots (None: this host cannot hibernate)
+    idle_hibernate_s: float | None = None  # the default for manifests without idle_hibernate_s (None: never)
 
 
 class AgentHost:
@@ -150,6 +160,7 @@ class AgentHost:
             mcp_servers=parts.mcp_servers,
         )
         self._capabilities = self._spawner.capabilities
+        self._hib = Hibernation(parts.snapshot_dir, parts.idle_hibernate_s, worker_id)
         self._dispatch: dict[str, tuple[type[Any], Callable[[Envelope, Any], None]]] = {
             "agent.spawn": (AgentSpawn, self._on_spawn),
             "agent.send": (AgentSend, self._on_send),
@@ -158,6 +169,8 @@ class AgentHost:
             "agent.suspend": (AgentRef, self._on_suspend),
             "agent.resume": (AgentRef, self._on_resume),
             "agent.kill": (AgentRef, self._on_kill),
+            "agent.hibernate": (AgentRef, self._on_hibernate),
+            "agent.wake": (AgentRef, self._on_wake),
         }
 
     # -- public API ------------------------------------------------------------------------------------
@@ -203,6 +216,9 @@ class AgentHost:
                 ran = self._guarded(agent, lambda a, t=now: self._turn(a, t)) or ran
             if not ran or time.perf_counter() >= end:
                 break
+        self._hib.reap(self._agents)
+        for agent in self._hib.due(self._agents, self.clock()):
+            self._idle_hibernate(agent)
         out, self._replies = self._replies, []
         if self._chunks:  # a stream's parts go out before the reply that ends it
             parts = []
@@ -223,7 +239,7 @@ class AgentHost:
 
     def next_deadline(self) -> float | None:
         """The next moment :meth:`step` has work without new input (now, a refuel, or a call deadline)."""
-        best: float | None = None
+        best: float | None = self._hib.next_deadline()
         for agent in self._active.values():
             if agent.sandbox.runnable():
                 return self.clock()
@@ -256,6 +272,7 @@ class AgentHost:
         for agent in list(self._agents.values()):
             agent.sandbox.close()
         self._agents.clear()
+        self._hib.close()
         self._active.clear()
         self._runner.close()
         self._spawner.close()
@@ -311,14 +328,23 @@ class AgentHost:
         agent = self._spawner.build(body, manifest, agent_id, parent)
         self._agents[agent_id] = agent
         agent.spawn_env = env
-        if body.resume:
+        if body.resume:  # a re-spawn after its worker died: from its snapshot when there is one (_begin)
             self._resume_conversation(agent)
+            self._begin(agent)
+            return
         self._start(agent)
 
     def _on_send(self, env: Envelope, body: AgentSend) -> None:
         agent = self._pick(body.agent_id, body.service)
         if len(agent.inbox) >= MAX_INBOX:
             raise Busy(f"agent {agent.agent_id} has {MAX_INBOX} messages waiting")
+        if agent.hibernated:
+            try:
+                self._wake(agent, "message")
+            except OpenFangError:
+                if agent.agent_id not in self._agents:  # no restart left: the message fails with the wake
+                    raise
+                # else restarted fresh (_wake): the message waits in the inbox for the new instance
         text = body.text
         if self._security is not None:
             self._security.charge(agent.agent_id, requests=1)  # layer 3: rate_limited
@@ -355,15 +381,21 @@ class AgentHost:
 
     def _on_suspend(self, env: Envelope, body: AgentRef) -> None:
         agent = self._get(body)
+        if agent.hibernated:
+            raise SandboxError(f"agent {agent.agent_id} is hibernated: wake it before suspending it")
         agent.sandbox.suspend()
         self._event(agent, "suspended")
         self._replies.append(env.reply({"agent_id": agent.agent_id, "state": "suspended"}))
 
     def _on_resume(self, env: Envelope, body: AgentRef) -> None:
         agent = self._get(body)
+        if agent.hibernated:
+            raise SandboxError(f"agent {agent.agent_id} is hibernated, not suspended: agent.wake wakes it")
         agent.sandbox.resume()
         self._event(agent, "running")
         self._replies.append(env.reply({"agent_id": agent.agent_id, "state": "running"}))
+        if agent.current is None and not agent.inbox and agent.phase is Phase.READY:
+            self._hib.arm(agent, self.clock())  # idle again: its idle timer starts now
 
     def _on_kill(self, env: Envelope, body: AgentRef) -> None:
         agent = self._get(body)
@@ -372,6 +404,18 @@ class AgentHost:
             self._memory.reclaim(agent.agent_id, agent.manifest.retention)
         self._replies.append(env.reply({"agent_id": agent.agent_id, "state": "dead"}))
 
+    def _on_hibernate(self, env: Envelope, body: AgentRef) -> None:
+        agent = self._get(body)
+        if not agent.hibernated:
+            self._hibernate(agent, "request")
+        self._replies.append(env.reply({"agent_id": agent.agent_id, "state": "hibernated"}))
+
+    def _on_wake(self, env: Envelope, body: AgentRef) -> None:
+        agent = self._get(body)
+        if agent.hibernated:
+            self._wake(agent, "request")
+        self._replies.append(env.reply({"agent_id": agent.agent_id, "state": agent.state}))
+
     def _get(self, body: AgentRef) -> HostedAgent:
         agent = self._agents.get(body.agent_id)
         if agent is None:
@@ -379,6 +423,34 @@ class AgentHost:
         return agent
 
     # -- the supervisor: start, run, crash, restart, remove -------------------------------------------------
+    def _begin(self, agent: HostedAgent) -> None:
+        """(Re)start after a crash: from the agent's snapshot file when there is one to use, else fresh.
+
+        A file is used when the manifest says ``restore = "snapshot"`` (the last snapshot, kept after every
+        wake) or when the agent was hibernated when its worker died (a ``restore = "fresh"`` agent's file is
+        deleted when it wakes, so one that exists holds the state it was hibernated with).
+        """
+        if self._hib.has_file(agent.agent_id) and self._restore_last(agent):
+            agent.resumed = []  # the guest has its own conversation back: none from memory on top
+            self._started(agent)
+            return
+        self._start(agent)
+
+    def _restore_last(self, agent: HostedAgent) -> bool:
+        """Restore the snapshot file into the agent's freshly loaded sandbox; False (and a new fresh
+        sandbox) when it cannot be used."""
+        t0 = time.perf_counter()
+        try:
+            restore(agent.sandbox, self._hib.load(agent), fresh=True)
+        except OpenFangError as exc:
+            self._bound.warning("agent_snapshot_restore_failed", agent_id=agent.agent_id, error=exc.message)
+            agent.sandbox.close()
+            agent.sandbox = self._spawner.sandbox(agent.manifest, agent.agent_id, agent.grant)
+            return False
+        ms = round((time.perf_counter() - t0) * 1000, 3)
+        self._bound.info("agent_restored_from_snapshot", agent_id=agent.agent_id, restore_ms=ms)
+        return True
+
     def _start(self, agent: HostedAgent) -> None:
         if agent.sandbox.begin_init():
             self._active[agent.agent_id] = agent
@@ -406,9 +478,12 @@ class AgentHost:
         if agent.current is not None or not agent.inbox:
             if agent.current is None:
                 self._active.pop(agent.agent_id, None)
+                if not agent.sandbox.user_suspended:
+                    self._hib.arm(agent, self.clock())  # idle from now: the idle timer starts
             return
         env, payload = agent.inbox[0]
         agent.sandbox.begin_message(payload)
+        agent.idle_token += 1  # busy: a pending idle timer no longer applies
         agent.inbox.popleft()
         agent.current = env
         agent.usage = {"prompt_tokens": 0, "completion_tokens": 0, "tool_calls": 0}
@@ -530,7 +605,7 @@ class AgentHost:
             return
         agent.restarts += 1
         self._resume_conversation(agent)
-        self._start(agent)
+        self._begin(agent)
 
     def _resume_conversation(self, agent: HostedAgent) -> None:
         """A re-spawned built-in LLM agent picks its conversation up from episodic memory.
@@ -569,7 +644,92 @@ class AgentHost:
             self._replies.append(env.error(error))
         agent.inbox.clear()
         agent.current = agent.spawn_env = None
+        agent.snapshot = None
+        self._hib.delete(agent.agent_id)  # a dead agent's snapshot is of no use
         self._event(agent, state, reason=reason, **({"why": why} if why else {}))
+
+    # -- hibernate and wake ---------------------------------------------------------------------------------
+    def _hibernate(self, agent: HostedAgent, why: str) -> None:
+        """Capture an idle agent's guest state, free its sandbox, write the snapshot off the loop.
+
+        Refused (SandboxError, the agent left running as it was) unless the agent is at a quiescent point:
+        started, no message in progress or waiting, not suspended, no host job pending.
+        """
+        what = f"agent {agent.agent_id} cannot be hibernated"
+        self._hib.path(agent.agent_id)  # refuses at once on a host without a snapshot directory
+        if agent.phase is not Phase.READY:
+            raise SandboxError(f"{what} while it is {agent.state}")
+        if agent.current is not None or agent.inbox:
+            raise SandboxError(
+                f"{what} now: it is handling a message ({len(agent.inbox)} more waiting); "
+                "retry when it is idle"
+            )
+        if agent.sandbox.user_suspended:
+            raise SandboxError(f"{what} while suspended: resume it first")
+        t0 = time.perf_counter()
+        snap = capture(agent.sandbox)  # SnapshotError names the problem; the sandbox is untouched
+        agent.sandbox.close()
+        self._active.pop(agent.agent_id, None)
+        agent.chat_cache = jobs.ChatCache()  # parsed chat segments: rebuilt on demand after the wake
+        agent.hibernated = True
+        agent.idle_token += 1
+        self._hib.write_later(agent, snap)
+        ms = round((time.perf_counter() - t0) * 1000, 3)
+        self._bound.info(
+            "agent_hibernated",
+            agent_id=agent.agent_id,
+            why=why,
+            memory_bytes=snap.memory_bytes,
+            stored_bytes=snap.stored_bytes,
+            loop_ms=ms,
+        )
+        self._event(
+            agent, "hibernated", why=why, memory_bytes=snap.memory_bytes, stored_bytes=snap.stored_bytes
+        )
+
+    def _idle_hibernate(self, agent: HostedAgent) -> None:
+        """The idle timer fired: hibernate, or stop trying for it (its module cannot be snapshotted)."""
+        if agent.phase is not Phase.READY or agent.current is not None or agent.inbox:
+            return  # busy since: re-armed when it is idle again
+        if agent.sandbox.user_suspended:
+            return  # re-armed by its resume
+        try:
+            self._hibernate(agent, "idle")
+        except SnapshotError as exc:
+            agent.no_hibernate = exc.message
+            self._bound.warning("agent_idle_hibernate_off", agent_id=agent.agent_id, error=exc.message)
+        except OpenFangError as exc:
+            self._bound.warning("agent_idle_hibernate_failed", agent_id=agent.agent_id, error=exc.message)
+
+    def _wake(self, agent: HostedAgent, why: str) -> None:
+        """Restore a hibernated agent into a new sandbox (no agent_init). If its snapshot cannot be read or
+        restored, the agent is restarted fresh by its restart policy (as a crash) and the error raised."""
+        t0 = time.perf_counter()
+        try:
+            snap = self._hib.load(agent)
+            sandbox = self._spawner.sandbox(agent.manifest, agent.agent_id, agent.grant)
+            try:
+                restore(sandbox, snap, fresh=True)
+            except BaseException:
+                sandbox.close()
+                raise
+        except OpenFangError as exc:
+            self._bound.error("agent_wake_failed", agent_id=agent.agent_id, error=exc.message)
+            agent.hibernated, agent.snapshot = False, None
+            self._hib.delete(agent.agent_id)  # unusable: the restart below must not try it again
+            self._crashed(agent, SandboxError(f"wake from snapshot failed: {exc.message}"))
+            raise SandboxError(
+                f"agent {agent.agent_id} could not be woken from its snapshot ({exc.message}); "
+                "it was restarted by its restart policy instead"
+            ) from None
+        agent.sandbox = sandbox
+        agent.hibernated, agent.snapshot = False, None
+        if agent.manifest.restore != "snapshot":
+            self._hib.delete(agent.agent_id)  # stale from now on; a crash restarts it fresh
+        ms = round((time.perf_counter() - t0) * 1000, 3)
+        self._bound.info("agent_woken", agent_id=agent.agent_id, why=why, wake_ms=ms)
+        self._event(agent, "running", woken=True, why=why, wake_ms=ms)
+        self._next_message(agent)
 
     # -- reporting ----------------------------------------------------------------------------------------
     def _record(self, agent: HostedAgent) -> dict[str, Any]:
@@ -583,7 +743,11 @@ class AgentHost:
             tools=list(agent.manifest.tools),
             worker=self.worker_id,
             state=agent.state,
-            activity="suspended" if suspended else agent.sandbox.state.value,
+            activity="suspended"
+            if suspended
+            else "hibernated"
+            if agent.hibernated
+            else agent.sandbox.state.value,
             restarts=agent.restarts,
             created_at=agent.created_at,
             inbox=len(agent.inbox),

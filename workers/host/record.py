@@ -9,7 +9,9 @@ Lifecycle (``phase``)::
         │                   │                   │
         └──── given up / killed / temporary ────┴──> (removed: the record is dropped)
 
-``suspended`` is orthogonal (the sandbox is not polled; messages wait in ``inbox``).
+``suspended`` is orthogonal (the sandbox is not polled; messages wait in ``inbox``). So is ``hibernated``
+(a READY agent with no sandbox: its guest state is in ``snapshot`` until written, then in its snapshot file;
+the next message or ``agent.wake`` restores it into a new sandbox).
 """
 
 from __future__ import annotations
@@ -63,12 +65,18 @@ class HostedAgent:
     failure: OpenFangError | None = None  # the LLM error of the message in progress, for its error reply
     task: dict[str, Any] | None = None  # task_update of the message in progress: goes with its reply
     resumed: list[dict[str, Any]] = field(default_factory=list)  # turns before a re-spawn (from memory)
+    hibernated: bool = False  # its sandbox is freed; its guest state is in a snapshot
+    snapshot: Any = None  # the in-memory Snapshot while its file is being written (then None)
+    idle_token: int = 0  # bumped whenever it becomes idle: a stale idle-timer entry no longer matches
+    no_hibernate: str | None = None  # why idle hibernation is off for it (its module cannot be snapshotted)
 
     @property
     def state(self) -> str:
-        """The state clients see: starting | restarting | suspended | running."""
+        """The state clients see: starting | restarting | suspended | hibernated | running."""
         if self.phase is Phase.STARTING:
             return "starting"
+        if self.hibernated:
+            return "hibernated"
         if self.sandbox.user_suspended:
             return "suspended"
         return "restarting" if self.phase is Phase.RESTARTING else "running"

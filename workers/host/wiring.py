@@ -61,6 +61,8 @@ def build_host(
     without it, the defaults with paths under ``OPENFANG_DATA_DIR``. Every refusal goes to this process's
     handle on the audit chain (``[security.audit] path``) *and* to ``audit`` (the worker's log line).
     ``args["max_agents"]`` caps the agents this worker hosts at once (spawns past it answer ``busy``).
+    ``args["idle_hibernate_s"]`` is the idle time before an agent whose manifest does not say is hibernated
+    (absent or 0: never); snapshots go to ``<data_dir>/snapshots``.
     ``args["mcp"]`` lists MCP servers (as a manifest's ``mcp``) that any agent here may name in its tools.
     """
     registry = default_registry()
@@ -79,6 +81,8 @@ def build_host(
         memory=HostMemory(memory) if memory is not None else None,
         max_agents=int(args["max_agents"]) if args.get("max_agents") else None,
         mcp_servers=_mcp_servers(worker_id, args),
+        snapshot_dir=Path(data_dir) / "snapshots" if data_dir else None,
+        idle_hibernate_s=_idle_default(args),
     )
     return AgentHost(worker_id, parts)
 
@@ -91,3 +95,15 @@ def _mcp_servers(worker_id: str, args: Mapping[str, Any]) -> tuple[McpServerConf
     if problems:
         raise ConfigError(problems)
     return tuple(servers)
+
+
+def _idle_default(args: Mapping[str, Any]) -> float | None:
+    """The cluster's idle_hibernate_s for agents whose manifest leaves it out (worker args)."""
+    value = args.get("idle_hibernate_s")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 30 * 86400:
+        raise ConfigError(
+            f"worker args.idle_hibernate_s: must be a number of seconds from 0 to 2592000, got {value!r}"
+        )
+    return float(value) or None

@@ -1,0 +1,131 @@
+"""Hibernate and wake inside the agent host: refusals at a non-quiescent point, a module a snapshot cannot
+hold, a host without a snapshot directory, and a snapshot that cannot be read (restarted fresh)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sandbox_helpers import Driver, make_host, manifest
+
+COUNTER = Path(__file__).resolve().parents[2] / "examples" / "agents" / "rust" / "counter.wasm"
+
+# State in a private global: a snapshot cannot read it back.
+HIDDEN_WAT = """(module
+  (memory (export "memory") 1)
+  (global $secret (mut i32) (i32.const 0))
+  (func (export "alloc") (param $n i32) (result i32) (i32.const 1024))
+  (func (export "agent_handle") (param $p i32) (param $n i32) (result i64)
+    (global.set $secret (i32.add (global.get $secret) (i32.const 1)))
+    (i64.const 0))
+)"""
+
+
+def _counter(d: Driver, extra: str = "") -> str:
+    text = manifest("counter", module=str(COUNTER), model=False, agent=extra)
+    return str(d.ok("agent.spawn", manifest=text)["agent_id"])
+
+
+def _say(d: Driver, aid: str) -> str:
+    return str(d.ok("agent.send", agent_id=aid, text="hi")["reply"])
+
+
+def _written(d: Driver, path: Path) -> None:
+    end = time.monotonic() + 10
+    while not path.exists():
+        assert time.monotonic() < end, f"{path} not written"
+        d.pump()
+    for _ in range(20):
+        d.pump()  # let the host reap the finished write (the in-memory snapshot is dropped)
+
+
+def test_host_hibernate_refused_while_a_message_is_in_progress(tmp_path: Path) -> None:
+    """agent.hibernate with a message in flight is a sandbox_error saying so; the message is answered."""
+    d = make_host(snapshot_dir=tmp_path)
+    try:
+        aid = _counter(d)
+        send = d.submit("agent.send", agent_id=aid, text="hi")  # started at once: a call is in progress
+        refused = d.call("agent.hibernate", agent_id=aid)
+        assert refused.body["code"] == "sandbox_error"
+        assert "handling a message" in refused.body["message"] and aid in refused.body["message"]
+        assert "message 1 " in d.wait(send).body["reply"]
+        assert d.ok("agent.info", agent_id=aid)["state"] == "running"
+    finally:
+        d.host.close()
+
+
+def test_host_hibernate_without_snapshot_dir_is_refused() -> None:
+    """A host with no data directory refuses agent.hibernate naming the reason; the agent keeps working."""
+    d = make_host()
+    try:
+        aid = _counter(d)
+        refused = d.call("agent.hibernate", agent_id=aid)
+        assert refused.body["code"] == "sandbox_error" and "data directory" in refused.body["message"]
+        assert "message 1 " in _say(d, aid)
+    finally:
+        d.host.close()
+
+
+def test_host_hibernate_refuses_hidden_state_and_idle_timer_gives_up(tmp_path: Path) -> None:
+    """A module with a private mutable global: hibernate is refused (agent untouched), and the idle timer
+    stops trying for it instead of failing every time."""
+    (tmp_path / "hidden.wat").write_text(HIDDEN_WAT)
+    d = make_host(snapshot_dir=tmp_path / "snaps")
+    try:
+        text = manifest(
+            "hidden", module=str(tmp_path / "hidden.wat"), model=False, agent="idle_hibernate_s = 0.05"
+        )
+        aid = d.ok("agent.spawn", manifest=text)["agent_id"]
+        refused = d.call("agent.hibernate", agent_id=aid)
+        assert refused.body["code"] == "sandbox_error" and "snapshot" in refused.body["message"]
+        d.ok("agent.send", agent_id=aid, text="x")
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            d.pump()
+        record = d.ok("agent.info", agent_id=aid)
+        assert record["state"] == "running"
+        assert d.host._agents[aid].no_hibernate is not None  # the give-up is recorded
+        assert not (tmp_path / "snaps" / f"{aid}.snap").exists()
+    finally:
+        d.host.close()
+
+
+def test_host_idle_timer_hibernates_and_next_message_wakes(tmp_path: Path) -> None:
+    """idle_hibernate_s: the idle agent is hibernated by the loop's timer; the next message wakes it with
+    its count; the events say hibernated (why idle) then running (woken)."""
+    d = make_host(snapshot_dir=tmp_path)
+    try:
+        aid = _counter(d, "idle_hibernate_s = 0.05")
+        assert "message 1 " in _say(d, aid)
+        end = time.monotonic() + 10
+        while d.ok("agent.info", agent_id=aid)["state"] != "hibernated":
+            assert time.monotonic() < end, "not hibernated by the idle timer"
+            d.pump()
+        assert d.ok("agent.info", agent_id=aid)["activity"] == "hibernated"
+        assert "message 2 " in _say(d, aid)
+        states = [(e["state"], e.get("why")) for e in d.events if e.get("agent_id") == aid]  # type: ignore[attr-defined]
+        assert ("hibernated", "idle") in states and ("running", "message") in states
+    finally:
+        d.host.close()
+
+
+def test_host_unreadable_snapshot_restarts_fresh_and_answers(tmp_path: Path) -> None:
+    """A corrupt snapshot file: the wake fails, the agent restarts fresh (its policy) and the message that
+    woke it is still answered, by the new instance."""
+    d = make_host(snapshot_dir=tmp_path)
+    try:
+        aid = _counter(d)
+        _say(d, aid)
+        _say(d, aid)
+        d.ok("agent.hibernate", agent_id=aid)
+        path = tmp_path / f"{aid}.snap"
+        _written(d, path)
+        assert d.host._agents[aid].snapshot is None  # woken from the file, not memory
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0xFF
+        path.write_bytes(bytes(data))
+        assert "message 1 " in _say(d, aid)  # a fresh instance: the count started over
+        info = d.ok("agent.info", agent_id=aid)
+        assert info["state"] == "running" and info["restarts"] == 1
+    finally:
+        d.host.close()
