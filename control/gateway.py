@@ -194,6 +194,8 @@ class Gateway:
             "agent.info": (AgentRef, self._on_agent_request),
             "agent.suspend": (AgentRef, self._on_agent_request),
             "agent.resume": (AgentRef, self._on_agent_request),
+            "agent.hibernate": (AgentRef, self._on_agent_request),
+            "agent.wake": (AgentRef, self._on_agent_request),
             "agent.kill": (AgentRef, self._on_agent_request),
             "worker.ping": (WorkerPing, self._to_routed),
             "memory.search": (MemorySearch, self._to_routed),
