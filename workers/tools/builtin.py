@@ -15,14 +15,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import regex
 from openfang.workers.tools.core import Tool, ToolContext, ToolError
+from openfang.workers.tools.schema import object_schema as _obj
 
 MAX_TEXT = 1_000_000
 MAX_PATTERN = 1000
 REGEX_TIMEOUT_S = 1.0
-
-
-def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    return {"type": "object", "properties": props, "required": required or [], "additionalProperties": False}
 
 
 # ---- time ----------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from openfang.workers.tools.core import Tool, ToolContext, ToolError
+from openfang.workers.tools.schema import object_schema as _obj
 
 MAX_EXPR = 2000
 MAX_INT_BITS = 4096  # results and operands beyond this are refused (about 1,233 decimal digits)
@@ -243,10 +244,6 @@ def datetime_tool(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
     except OverflowError:
         raise ToolError("date out of range", code="bad_args") from None
     return _describe(moment)
-
-
-def _obj(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
 
 CALC_TOOLS: tuple[Tool, ...] = (

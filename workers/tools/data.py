@@ -19,16 +19,13 @@ from collections.abc import Callable
 from typing import Any
 
 from openfang.workers.tools.core import Tool, ToolContext, ToolError
+from openfang.workers.tools.schema import object_schema as _obj
 
 MAX_TEXT = 1_000_000
 MAX_YAML_ALIASES = 100
 MAX_ROWS = 10_000
 SQL_TIMEOUT_S = 2.0
 SQL_MAX_BYTES = 64 << 20
-
-
-def _obj(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
 
 def _need(module: str, package: str) -> Any:

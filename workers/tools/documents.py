@@ -15,6 +15,7 @@ from typing import Any
 
 from openfang.security.fs_scope import ScopedFS
 from openfang.workers.tools.core import Tool, ToolContext, ToolError
+from openfang.workers.tools.schema import object_schema as _obj
 
 MAX_INPUT = 16 << 20
 MAX_OUTPUT = 1_000_000
@@ -90,10 +91,6 @@ def pdf_text(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
         raise ToolError(f"damaged PDF: {type(exc).__name__}: {exc}", code="bad_args") from None
     text = "\n\f\n".join(pages)
     return {**_capped(text), "pages": total, "first_page": first, "last_page": last}
-
-
-def _obj(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
 
 _PATH = {"type": "string", "minLength": 1, "maxLength": 1024, "description": "a file in the scoped folder"}

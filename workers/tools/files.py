@@ -22,6 +22,7 @@ import regex
 from openfang.protocol.errors import SecurityError
 from openfang.security.fs_scope import ScopedFS
 from openfang.workers.tools.core import Tool, ToolContext, ToolError
+from openfang.workers.tools.schema import object_schema as _obj
 
 MAX_FILE = 1 << 20
 MAX_ARCHIVE = 64 << 20
@@ -40,10 +41,6 @@ def _fs(ctx: ToolContext, max_write: int = MAX_FILE) -> ScopedFS:
     return ScopedFS(
         ctx.fs_root, max_read_bytes=MAX_ARCHIVE, max_write_bytes=max_write, max_entries=MAX_MEMBERS
     )
-
-
-def _obj(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
 
 _PATH = {"type": "string", "minLength": 1, "maxLength": 1024}

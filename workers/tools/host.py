@@ -14,6 +14,7 @@ from typing import Any
 
 from openfang.security.fs_scope import ScopedFS
 from openfang.workers.tools.core import HostCallback, Tool, ToolContext, ToolError
+from openfang.workers.tools.schema import object_schema as _obj
 
 MAX_FILE = 1 << 20
 
@@ -85,10 +86,6 @@ def _topic(op: str) -> Callable[[ToolContext, dict[str, Any]], Any]:
 
     call.__name__ = f"topic_{op}"
     return call
-
-
-def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    return {"type": "object", "properties": props, "required": required or [], "additionalProperties": False}
 
 
 _PATH = {

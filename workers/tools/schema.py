@@ -158,3 +158,8 @@ def _validate(value: Any, schema: Mapping[str, Any], path: str, problems: list[s
             if key not in value and "default" in sub:
                 value[key] = copy.deepcopy(sub["default"])
     return value
+
+
+def object_schema(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    """A closed object schema (no properties beyond ``props``), as every built-in tool's arguments are."""
+    return {"type": "object", "properties": props, "required": required or [], "additionalProperties": False}

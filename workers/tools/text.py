@@ -17,14 +17,11 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 from openfang.workers.tools.core import Tool, ToolContext, ToolError
+from openfang.workers.tools.schema import object_schema as _obj
 
 MAX_TEXT = 1_000_000
 MAX_OUTPUT = 1_000_000
 HASHES = ("md5", "sha1", "sha256", "sha512", "sha3_256", "blake2b")
-
-
-def _obj(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
 
 _TEXT = {"type": "string", "maxLength": MAX_TEXT}
