@@ -201,6 +201,16 @@ def http_fetch(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+# The arguments http_fetch and http_request share (http_request adds methods, query and typed bodies).
+FETCH_PROPERTIES: dict[str, Any] = {
+    "url": {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"},
+    "headers": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 8192}},
+    "body": {"type": "string", "maxLength": 1_000_000},
+    "max_bytes": {"type": "integer", "minimum": 1, "maximum": MAX_BYTES, "default": DEFAULT_MAX_BYTES},
+    "timeout_s": {"type": "number", "minimum": 0.1, "maximum": 30, "default": 10},
+    "follow_redirects": {"type": "boolean", "default": True},
+}
+
 HTTP_FETCH = Tool(
     name="http_fetch",
     description=(
@@ -208,25 +218,7 @@ HTTP_FETCH = Tool(
     ),
     schema={
         "type": "object",
-        "properties": {
-            "url": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 4096,
-                "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
-            },
-            "method": {"enum": ["GET", "HEAD", "POST"], "default": "GET"},
-            "headers": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 8192}},
-            "body": {"type": "string", "maxLength": 1_000_000},
-            "max_bytes": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": MAX_BYTES,
-                "default": DEFAULT_MAX_BYTES,
-            },
-            "timeout_s": {"type": "number", "minimum": 0.1, "maximum": 30, "default": 10},
-            "follow_redirects": {"type": "boolean", "default": True},
-        },
+        "properties": {**FETCH_PROPERTIES, "method": {"enum": ["GET", "HEAD", "POST"], "default": "GET"}},
         "required": ["url"],
         "additionalProperties": False,
     },

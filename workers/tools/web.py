@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from openfang.workers.tools.core import SearchConfig, Tool, ToolContext, ToolError
-from openfang.workers.tools.net import DEFAULT_MAX_BYTES, MAX_BYTES, fetch
+from openfang.workers.tools.net import FETCH_PROPERTIES, MAX_BYTES, fetch
 
 BACKENDS: dict[str, tuple[str, str | None]] = {  # backend -> (default base URL, default key variable)
     "searxng": ("", None),
@@ -183,7 +183,6 @@ def _normalise(backend: str, data: Any) -> list[dict[str, str]]:
     return out
 
 
-_URL = {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"}
 _SCALAR = {"type": ["string", "number", "boolean"]}
 
 WEB_TOOLS: tuple[Tool, ...] = (
@@ -194,21 +193,11 @@ WEB_TOOLS: tuple[Tool, ...] = (
         schema={
             "type": "object",
             "properties": {
-                "url": _URL,
+                **FETCH_PROPERTIES,
                 "method": {"enum": list(METHODS), "default": "GET"},
                 "query": {"type": "object", "additionalProperties": _SCALAR},
-                "headers": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 8192}},
                 "json": {"description": "a JSON body (sets Content-Type: application/json)"},
                 "form": {"type": "object", "additionalProperties": _SCALAR},
-                "body": {"type": "string", "maxLength": 1_000_000},
-                "max_bytes": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "maximum": MAX_BYTES,
-                    "default": DEFAULT_MAX_BYTES,
-                },
-                "timeout_s": {"type": "number", "minimum": 0.1, "maximum": 30, "default": 10},
-                "follow_redirects": {"type": "boolean", "default": True},
             },
             "required": ["url"],
             "additionalProperties": False,
