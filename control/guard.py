@@ -16,11 +16,14 @@ integrity checks of its own files (layer 14).
 
 from __future__ import annotations
 
+import pkgutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import zmq
+
+import openfang
 from openfang.protocol.envelope import Envelope, decode
 from openfang.protocol.messages import REQUEST_TYPES, check_request
 from openfang.security.audit import AuditLog
@@ -32,17 +35,17 @@ from openfang.security.report import security_report
 from openfang.security.signing import Verifier, keyring_from_files
 from openfang.security.validation import MessageValidator
 
-# The import root's subpackages live in separate folders (setuptools package-dir), so "openfang" alone
-# would cover only the root package's own files.
-OPENFANG_PACKAGES = (
-    "openfang",
-    "openfang.cli",
-    "openfang.protocol",
-    "openfang.supervisor",
-    "openfang.workers",
-    "openfang.memory",
-    "openfang.security",
-)
+
+def openfang_packages() -> tuple[str, ...]:
+    """The import root and each of its subpackages, found rather than listed so none is forgotten.
+
+    In a checkout the subpackages live in their own folders (linked into ``openfang/``) and the file walk
+    does not follow links, so each is walked on its own; in a wheel the overlap is removed by the walk.
+    """
+    return (
+        "openfang",
+        *sorted(f"openfang.{m.name}" for m in pkgutil.iter_modules(openfang.__path__) if m.ispkg),
+    )
 
 
 def security_args(table: Mapping[str, Any], *, source: str, data_dir: Path, base_dir: Path) -> dict[str, Any]:
@@ -166,7 +169,7 @@ def integrity_monitor(config: SecurityConfig, audit: AuditLog | None) -> Integri
         return None
     files: list[str] = list(config.integrity.files)
     for package in config.integrity.packages:
-        names = OPENFANG_PACKAGES if package == "openfang" else (package,)
+        names = openfang_packages() if package == "openfang" else (package,)
         for name in names:
             files.extend(str(p) for p in package_files(name))
     return IntegrityMonitor(files, audit=audit)

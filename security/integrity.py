@@ -93,6 +93,10 @@ class IntegrityMonitor:
     def watched(self) -> int:
         return len(self._baseline)
 
+    def files(self) -> list[str]:
+        """The resolved paths under watch, sorted."""
+        return sorted(self._baseline)
+
     def check(self) -> list[Violation]:
         """Re-hash every watched file; return all current violations (audit only the new ones)."""
         found: list[Violation] = []
