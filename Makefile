@@ -46,12 +46,10 @@ test-deps:
 test: install test-deps
 	$(PY) -m pytest -n auto -q
 
-# mypy cannot follow setuptools' package-dir mapping, so it checks a tree of links laid out like the wheel.
+# openfang/ links each subpackage folder (openfang/protocol -> ../protocol), so from the repo root mypy, editors
+# and the interpreter all see the one package the wheel installs.
 typecheck: install
-	rm -rf .typecheck && mkdir -p .typecheck/openfang
-	for f in openfang/*; do ln -s ../../$$f .typecheck/openfang/; done
-	for d in supervisor control workers protocol memory security; do ln -s ../../$$d .typecheck/openfang/$$d; done
-	cd .typecheck && ../$(VENV)/bin/mypy -p openfang
+	$(VENV)/bin/mypy -p openfang
 
 lint: install
 	$(VENV)/bin/ruff check openfang supervisor control workers protocol memory security tests perf

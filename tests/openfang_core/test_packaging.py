@@ -38,6 +38,27 @@ def test_package_list_names_every_package_folder() -> None:
             assert dotted in listed, f"{dotted} ({init.parent}) is missing from [tool.setuptools] packages"
 
 
+def test_root_folder_links_every_mapped_subpackage_to_its_folder() -> None:
+    """openfang/<name> is a link to the folder package-dir maps openfang.<name> to, so tools see one tree."""
+    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for name, folder in mapping.items():
+        if name == "openfang":
+            continue
+        link = ROOT / "openfang" / name.removeprefix("openfang.")
+        assert link.is_symlink(), f"{link} should link to ../{folder} (package-dir maps {name} there)"
+        assert link.resolve() == (ROOT / folder).resolve(), f"{link} points to {link.resolve()}, not {folder}"
+    linked = {p.name for p in (ROOT / "openfang").iterdir() if p.is_symlink()}
+    mapped = {n.removeprefix("openfang.") for n in mapping if n != "openfang"}
+    assert linked == mapped, f"links without a package-dir entry: {sorted(linked - mapped)}"
+
+
+def test_repo_root_on_sys_path_imports_the_whole_package() -> None:
+    """python -m from the checkout (repo root first on sys.path) finds every subpackage, not a shadow."""
+    code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in SUBPACKAGES)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_wheel_installs_in_fresh_venv_and_imports_every_subpackage(tmp_path: Path) -> None:
