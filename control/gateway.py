@@ -35,7 +35,9 @@ from typing import Any
 
 import structlog
 import zmq
+
 from openfang.control import routing
+from openfang.control.audit_check import AuditCheck
 from openfang.control.guard import Guard, config_from_args, receive_client
 from openfang.control.placement import GRACE_S, Placement
 from openfang.control.registry import AgentRegistry, AgentRow
@@ -151,6 +153,7 @@ class Gateway:
         hwm = int(args.get("hwm", 1000))
         keys_dir = args.get("keys_dir")
         self.guard = Guard(config_from_args(args.get("security")), max_frame=self.max_frame)
+        self.audit_check = AuditCheck(self.guard.config)
         self.zctx = zmq.Context()
         self.clients = bind_router(self.zctx, args["endpoint"], hwm=hwm, mode=mode, keys_dir=keys_dir)
         self.events = bind_pub(self.zctx, args["events"], hwm=hwm * 10, mode=mode, keys_dir=keys_dir)
@@ -178,6 +181,7 @@ class Gateway:
         self._client_dispatch: dict[str, tuple[type[Any], ClientHandler]] = {
             "ping": (Empty, self._on_ping),
             "security.report": (Empty, self._on_security_report),
+            "audit.verify": (Empty, self._on_audit_verify),
             "status": (Empty, self._to_root),
             "tree": (Empty, self._to_root),
             "stop": (Empty, self._to_root),
@@ -216,6 +220,7 @@ class Gateway:
         poller.register(self.clients, zmq.POLLIN)
         poller.register(self.worker_sock, zmq.POLLIN)
         poller.register(self.child.fileno(), zmq.POLLIN)
+        poller.register(self.audit_check.fileno(), zmq.POLLIN)
         self.child.ready(endpoint=self.args["endpoint"], events=self.args["events"])
         while self.running:
             ready = dict(poller.poll(POLL_MS))
@@ -226,6 +231,8 @@ class Gateway:
                 self._drain(self.worker_sock, self._on_worker_frames)
             if self.child.fileno() in ready:
                 self._on_uplink()
+            if self.audit_check.fileno() in ready:
+                self._on_audit_checked()
             self._expire()
             self.guard.tick()
             self.placement.tick()
@@ -245,6 +252,7 @@ class Gateway:
             sock.close(linger=200)
         self.zctx.term()
         self.guard.close()
+        self.audit_check.close()
         self.registry.close()
         if self.schedules is not None:
             self.schedules.close()
@@ -317,6 +325,24 @@ class Gateway:
 
     def _on_security_report(self, identity: bytes, delimited: bool, env: Envelope, _body: Empty) -> None:
         self._reply(identity, delimited, env.reply({"layers": self.guard.report()}))
+
+    def _on_audit_verify(self, identity: bytes, delimited: bool, env: Envelope, _body: Empty) -> None:
+        if not self.audit_check.available:
+            raise OpenFangError(
+                "this daemon keeps no audit log (started without a data dir)", code="unavailable"
+            )
+        if not self.audit_check.request((identity, delimited, env)):
+            raise Busy("too many audit.verify requests are waiting for the running check; retry later")
+
+    def _on_audit_checked(self) -> None:
+        done = self.audit_check.finished()
+        if done is None:
+            return
+        waiters, body = done
+        if not body["ok"]:
+            log.warning("audit_chain_broken", path=body["path"], reason=body["reason"])
+        for identity, delimited, env in waiters:
+            self._reply(identity, delimited, env.reply(body))
 
     def _to_root(self, identity: bytes, delimited: bool, env: Envelope, body: Any) -> None:
         """A tree request: the root supervisor answers it (through the uplink)."""

@@ -76,6 +76,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "memory.history": {"agent_id": "a-7f3c", "session": "s1", "limit": 20},
     "memory.stats": {},
     "security.report": {},
+    "audit.verify": {},
 }
 
 REPLIES: dict[str, dict[str, Any]] = {
@@ -156,6 +157,16 @@ REPLIES: dict[str, dict[str, Any]] = {
                 "config": {"client_requests": {"rate": 200.0, "burst": 400.0}},
             }
         ]
+    },
+    "audit.verify": {
+        "ok": True,
+        "records": 5120,
+        "first_bad_index": None,
+        "reason": "",
+        "path": "/var/lib/openfang/audit.db",
+        "keyed": True,
+        "key_file": "/var/lib/openfang/audit.key",
+        "ms": 41.7,
     },
 }
 

@@ -381,6 +381,21 @@ class SecurityReportOk:
     layers: Annotated[list[dict[str, Any]], Len(64)]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditVerifyOk:
+    """The hash chain of the daemon's audit log, checked now: ``ok`` false names the first bad record."""
+
+    ok: bool
+    records: Count  # records checked (ones appended while the check ran are not among them)
+    first_bad_index: Count | None = None  # 0-based index of the first bad record
+    reason: Annotated[str, Len(4096)] = ""
+    path: Annotated[str, Len(4096)]
+    keyed: bool  # an HMAC chain (a keyed chain cannot be rewritten by someone without the key)
+    key_file: Annotated[str, Len(4096)] | None = None
+    warning: Annotated[str, Len(4096)] | None = None  # set for an unkeyed chain
+    ms: Annotated[float, Range(0)]  # how long the check took
+
+
 # -- internal: between the gateway and its workers (never accepted from clients) ---------------------------
 
 

@@ -32,6 +32,7 @@ from openfang.protocol.bodies import (
     AgentSpawn,
     AgentSpawnOk,
     AgentStateOk,
+    AuditVerifyOk,
     ChildCounts,
     ChildRef,
     ChildRestartOk,
@@ -113,7 +114,7 @@ ERROR_CODES: dict[str, str] = {
     "and whether a fallback was tried",
     "limit_exceeded": "a per-agent limit was reached (topic subscriptions); nothing was done",
     "unavailable": "the request needs a component this process runs without (schedules or topics in an "
-    "agent host with no control gateway)",
+    "agent host with no control gateway; audit.verify in a daemon started without a data dir)",
     "unknown_type": "the request type is not in the catalogue",
     "internal": "an unexpected failure inside the server",
 }
@@ -313,6 +314,16 @@ CATALOGUE: dict[str, MessageSpec] = {
             SecurityReportOk,
             "the state of every security layer of the running system",
             *_COMMON_ERRORS,
+        ),
+        _spec(
+            "audit.verify",
+            "control",
+            Empty,
+            AuditVerifyOk,
+            "check the hash chain of the daemon's audit log now (off the gateway's loop; concurrent "
+            "requests share one check)",
+            *_COMMON_ERRORS,
+            "unavailable",
         ),
     ]
 }

@@ -27,16 +27,17 @@ from urllib.parse import urlsplit
 import structlog
 import zmq
 import zmq.asyncio
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
 from openfang.control.http.app import Face, Installed
 from openfang.control.http.errors import HttpError, from_openfang
 from openfang.protocol import messages
 from openfang.protocol.envelope import decode
 from openfang.protocol.errors import OpenFangError, ProtocolError
 from openfang.protocol.sockets import connect_sub
-from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
 log = structlog.get_logger("openfang.http")
 
@@ -48,10 +49,6 @@ QUEUE = 500  # events buffered per page before the oldest are dropped
 AGENT_ROWS = 200  # agents the page lists at most (a filter finds the others)
 AGENT_FIELDS = ("agent_id", "name", "worker", "state", "activity", "service")
 ACTIONS = {"suspend": "agent.suspend", "resume": "agent.resume", "kill": "agent.kill"}
-AUDIT_GAP = (
-    "the protocol has no audit-verify request: run `openfang audit verify --config <cluster.toml>` on the "
-    "daemon's host"
-)
 # The page runs only its own files: no inline script, no other origin.
 PAGE_HEADERS = {
     "Content-Security-Policy": (
@@ -269,8 +266,18 @@ def install(face: Face) -> Installed:
 
     async def security(request: Request) -> Response:
         guard(request)
-        report = await ask("security.report")
-        return JSONResponse({**report, "audit": {"available": False, "why": AUDIT_GAP}})
+        report, audit = await asyncio.gather(
+            ask("security.report"), face.bridge.request("audit.verify", {}), return_exceptions=True
+        )
+        if isinstance(report, BaseException):
+            raise report
+        if isinstance(audit, OpenFangError):  # e.g. `unavailable`: a daemon without a data dir keeps no log
+            checked: dict[str, Any] = {"available": False, "why": f"{audit.code}: {audit.message}"}
+        elif isinstance(audit, BaseException):
+            raise audit
+        else:
+            checked = {"available": True, **audit}
+        return JSONResponse({**report, "audit": checked})
 
     async def act(request: Request) -> Response:
         guard(request)

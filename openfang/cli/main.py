@@ -141,7 +141,31 @@ def cmd_security_report(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Check the hash chain of the audit log: any edited, deleted, inserted or reordered record is found."""
+    """Check the hash chain of the audit log: any edited, deleted, inserted or reordered record is found.
+    Without --path the running daemon checks its own log (so it works over --endpoint, from another host);
+    with --path, or when no daemon answers, the file is checked here (the log of --config)."""
+    body = None if args.path or args.key_file else _audit_verify_by_daemon(args)
+    if body is None:
+        body = _audit_verify_here(args)
+    output(args, body, _audit_text)
+    return 0 if body["ok"] else 1
+
+
+def _audit_verify_by_daemon(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The daemon's own check (``audit.verify``), or None when no daemon answers or it keeps no log."""
+    try:
+        connect.check_reachable(connect.resolve(args).endpoint)
+    except (UsageError, Unreachable):
+        return None
+    try:
+        return request(args, "audit.verify")
+    except OpenFangError as exc:
+        if exc.code == "unavailable":
+            return None
+        raise
+
+
+def _audit_verify_here(args: argparse.Namespace) -> dict[str, Any]:
     from openfang.security.audit import chain_key, verify
     from openfang.security.report import UNKEYED_WARNING
 
@@ -154,7 +178,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if not Path(path).exists():
         raise UsageError(f"audit verify: there is no audit log at {path}")
     result = verify(path, key=chain_key(key_file) if key_file else None)
-    body = {
+    body: dict[str, Any] = {
         "ok": result.ok,
         "records": result.records,
         "first_bad_index": result.first_bad_index,
@@ -165,16 +189,15 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     }
     if key_file is None:
         body["warning"] = UNKEYED_WARNING
+    return body
 
-    def human(b: dict[str, Any]) -> str:
-        text = f"{'ok' if b['ok'] else 'BROKEN'}: {b['records']} records in {b['path']}"
-        text += f" (HMAC key {b['key_file']})" if b["keyed"] else " (unkeyed)"
-        if not b["ok"]:
-            text += f"; first bad record #{b['first_bad_index']}: {b['reason']}"
-        return text + (f"\nWARNING: {b['warning']}" if "warning" in b else "")
 
-    output(args, body, human)
-    return 0 if result.ok else 1
+def _audit_text(b: dict[str, Any]) -> str:
+    text = f"{'ok' if b['ok'] else 'BROKEN'}: {b['records']} records in {b['path']}"
+    text += f" (HMAC key {b['key_file']})" if b["keyed"] else " (unkeyed)"
+    if not b["ok"]:
+        text += f"; first bad record #{b['first_bad_index']}: {b['reason']}"
+    return text + (f"\nWARNING: {b['warning']}" if b.get("warning") else "")
 
 
 def cmd_memory(args: argparse.Namespace) -> int:

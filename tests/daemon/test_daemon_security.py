@@ -11,6 +11,7 @@ import time
 
 import pytest
 from daemon_harness import Cluster, wait_for
+
 from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.security.audit import key_beside, verify
 from openfang.security.signing import SigningKey, sign
@@ -106,6 +107,45 @@ def test_audit_verify_detects_a_deleted_record(make_cluster: type[Cluster]) -> N
         db.execute("DELETE FROM audit_log WHERE seq = (SELECT MIN(seq) FROM audit_log)")
     broken = subprocess.run(ctl, capture_output=True, text=True)
     assert broken.returncode == 1 and json.loads(broken.stdout)["ok"] is False
+
+
+def test_audit_verify_request_checks_the_running_daemons_log_and_finds_a_deleted_record(
+    make_cluster: type[Cluster],
+) -> None:
+    """audit.verify: the gateway checks its own keyed log off its loop (three requests at once share one
+    check), and after a record is edited under it the answer names the first bad record; the CLI over
+    --endpoint asks the daemon, exit 1 when broken."""
+    c = make_cluster(workers=1)
+    c.write_config("\n[security.validation]\nmax_depth = 4\n")
+    c.start()
+    nested: dict[str, object] = {"x": 1}
+    for _ in range(10):
+        nested = {"n": nested}
+    for _ in range(3):  # refused by validation, and each refusal is audited
+        assert c.call("child.start", {"path": "root", "spec": nested}).is_error
+    requests = [Envelope(type="audit.verify", body={}) for _ in range(3)]
+    for req in requests:
+        c.send_raw(encode(req))
+    replies = {}
+    while len(replies) < 3:
+        reply = c.recv_env(15.0)
+        replies[reply.id] = reply.body
+        assert reply.type == "audit.verify.ok", reply.body
+    assert set(replies) == {r.id for r in requests}
+    first = replies[requests[0].id]
+    assert first["ok"] is True and first["records"] >= 1 and first["keyed"] is True, first
+    assert first["path"] == str(c.data_dir / "audit.db") and "warning" not in first
+    with sqlite3.connect(c.data_dir / "audit.db") as db:
+        db.execute("DROP TRIGGER IF EXISTS audit_log_no_update")
+        db.execute("UPDATE audit_log SET record = replace(record, 'validation', 'VALIDATION') WHERE seq = 1")
+    broken = c.ok("audit.verify")
+    assert broken["ok"] is False and broken["first_bad_index"] == 0 and broken["reason"], broken
+    ctl = [sys.executable, "-m", "openfang.cli.main", "audit", "verify", "--endpoint", c.endpoint, "--json"]
+    out = subprocess.run(ctl, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and json.loads(out.stdout)["first_bad_index"] == 0, out.stdout + out.stderr
+    assert c.ok("ping")["pid"] > 0  # the gateway kept serving
+    assert any(e.get("event") == "audit_chain_broken" for e in c.log_events())
+    assert c.stop() == 0
 
 
 def test_security_report_lists_sixteen_layers_of_the_running_system(make_cluster: type[Cluster]) -> None:

@@ -67,7 +67,8 @@ def test_dashboard_api_shows_the_cluster_and_streams_a_chat(make_cluster: type[C
     missing = httpx.post(c.http_url + "/ui/api/chat", headers=UI, json={"agent_id": "nobody@x", "text": "hi"})
     assert _ndjson(missing)[-1]["kind"] == "error" and _ndjson(missing)[-1]["code"] == "not_found"
     security = httpx.get(c.http_url + "/ui/api/security", headers=UI).json()
-    assert security["layers"] and security["audit"]["available"] is False
+    audit = security["audit"]
+    assert security["layers"] and audit["available"] is True and audit["ok"] is True and audit["keyed"], audit
     assert c.stop() == 0
 
 
@@ -209,9 +210,10 @@ def test_dashboard_click_path_in_chromium(make_cluster: type[Cluster], browser: 
     browser.find_element(By.ID, "agent-filter").send_keys("notes")
     wait.until(lambda _: state_of(greeter) is None and state_of(notes) == "running")
     assert "(1 shown of 3)" in browser.find_element(By.ID, "agent-count").text
-    # the security report and the audit note
+    # the security report and the audit check the daemon ran
     wait.until(lambda _: "input validation" in browser.find_element(By.ID, "security").text)
-    assert "no audit-verify request" in browser.find_element(By.ID, "audit").text
+    audit_text = browser.find_element(By.ID, "audit").text
+    assert "Audit log verification: ok: " in audit_text and "HMAC-keyed chain" in audit_text, audit_text
     shot = tmp_path / "dashboard.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     print(f"dashboard screenshot: {shot}")

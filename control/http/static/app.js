@@ -339,6 +339,16 @@ async function searchMemory(ev) {
 
 // -- security report and audit -------------------------------------------------------------------
 
+function auditText(audit) {
+  if (!audit) return "unknown";
+  if (!audit.available) return audit.why || "unavailable";
+  let text = (audit.ok ? "ok: " : "BROKEN: ") + audit.records + " records in " + audit.path +
+    (audit.keyed ? " (HMAC-keyed chain)" : " (unkeyed chain)") + ", checked in " + audit.ms + " ms";
+  if (!audit.ok) text += "; first bad record #" + audit.first_bad_index + ": " + audit.reason;
+  if (audit.warning) text += ". WARNING: " + audit.warning;
+  return text;
+}
+
 async function loadSecurity() {
   try {
     const data = await (await api("/ui/api/security")).json();
@@ -351,8 +361,7 @@ async function loadSecurity() {
         el("td", (layer.config && layer.config.enforced_by) || ""));
       body.append(tr);
     }
-    $("audit").textContent = "Audit log verification: " +
-      (data.audit && data.audit.available ? data.audit.result : (data.audit && data.audit.why) || "unknown");
+    $("audit").textContent = "Audit log verification: " + auditText(data.audit);
   } catch (err) {
     if (!(err instanceof Unauthorized)) $("audit").textContent = "security report failed: " + err.message;
   }
