@@ -1,11 +1,11 @@
 """``audit.verify`` for the gateway: the hash chain of the daemon's own audit log, checked off the loop.
 
-A check reads every record (10-20 µs per record, seconds for a large log), so it runs on a thread of its own while the
-gateway keeps serving; requests that arrive during a run wait for that run instead of starting another.
-The thread wakes the gateway's poll through a pipe (:meth:`AuditCheck.fileno`); the gateway then takes
-the result with :meth:`AuditCheck.finished` and answers the waiters. The check opens
-the log read-only and only reads: the chain keeps growing beside it, and a record appended after the read
-began is simply not in this result (``records`` says how many were checked).
+A check reads every record (10-20 µs each, so seconds for a large log), so it runs on a thread of its
+own while the gateway keeps serving; requests that arrive during a run wait for that run instead of
+starting another. The thread wakes the gateway's poll through a pipe (:meth:`AuditCheck.fileno`); the
+gateway then takes the result with :meth:`AuditCheck.finished` and answers the waiters. The check opens the
+log read-only and only reads: the chain keeps growing beside it, and a record appended after the read began
+is simply not in this result (``records`` says how many were checked).
 """
 
 from __future__ import annotations
