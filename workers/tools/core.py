@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
+
 from openfang.protocol.errors import AlreadyExists, OpenFangError
 from openfang.workers.llm.types import ToolSpec
 from openfang.workers.tools.errors import ToolError as ToolError  # re-exported: tools import it from here
@@ -142,39 +144,95 @@ class Tool:
         return ToolSpec(name=self.name, description=self.description, parameters=self.schema)
 
 
-def is_allowed(tool: Tool, allowed: frozenset[str]) -> bool:
+class Named(Protocol):
+    """What an allow list is checked against: a tool, or an index entry of one not imported yet."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def permission(self) -> str: ...
+
+
+def is_allowed(tool: Named, allowed: frozenset[str]) -> bool:
     """Whether an allow list lets ``tool`` run (by its name, its permission, or ``*``)."""
     return tool.name in allowed or tool.permission in allowed or ALL in allowed
 
 
+@dataclass(frozen=True, slots=True)
+class LazyTool:
+    """A tool known by name and permission whose module is imported on first use (``load`` returns it)."""
+
+    name: str
+    permission: str
+    load: Callable[[], Tool] = field(repr=False, compare=False)
+
+
 class ToolRegistry:
-    """The tools of one worker. Register at start-up; invoke from any thread afterwards."""
+    """The tools of one worker. Register at start-up; invoke from any thread afterwards.
+
+    A tool may be registered lazily (:meth:`register_lazy`): only its name and permission are known until
+    a manifest that may use it asks for its spec or calls it, and then its module is imported once. So a
+    worker whose agents use three tools never imports the other fifty (and their parsers, HTTP clients...).
+    """
 
     def __init__(self, tools: Iterable[Tool] = ()) -> None:
-        self._tools: dict[str, Tool] = {}
+        self._tools: dict[str, Tool | LazyTool] = {}
+        self._loading = threading.Lock()
         for t in tools:
             self.register(t)
 
     def register(self, tool: Tool) -> None:
         """Add ``tool``; a bad name or schema raises ValueError, a taken name AlreadyExists."""
-        if not _NAME.match(tool.name):
-            raise ValueError(f"tool name {tool.name!r} must match {_NAME.pattern}")
+        self._check_name(tool.name)
+        self._check(tool)
+        self._tools[tool.name] = tool
+
+    def register_lazy(self, entry: LazyTool) -> None:
+        """Add a tool by name and permission; ``entry.load()`` must later return a Tool of both."""
+        self._check_name(entry.name)
+        self._tools[entry.name] = entry
+
+    def _check_name(self, name: str) -> None:
+        if not _NAME.match(name):
+            raise ValueError(f"tool name {name!r} must match {_NAME.pattern}")
+        if name in self._tools:
+            raise AlreadyExists(f"tool {name!r} is already registered")
+
+    @staticmethod
+    def _check(tool: Tool) -> None:
         problems = check_schema(tool.schema, f"tool {tool.name} schema")
         if problems:
             raise ValueError("; ".join(problems))
-        if tool.name in self._tools:
-            raise AlreadyExists(f"tool {tool.name!r} is already registered")
-        self._tools[tool.name] = tool
 
     def get(self, name: str) -> Tool | None:
-        return self._tools.get(name)
+        """The tool ``name`` (importing its module if it was registered lazily), or None."""
+        entry = self._tools.get(name)
+        if not isinstance(entry, LazyTool):
+            return entry
+        with self._loading:  # tool calls run on the host's threads: one import, one check
+            entry = self._tools[name]
+            if isinstance(entry, LazyTool):
+                tool = entry.load()
+                if (tool.name, tool.permission) != (entry.name, entry.permission):
+                    raise ValueError(
+                        f"tool {name!r} loaded as {tool.name!r} with permission {tool.permission!r}, "
+                        f"but was registered with {entry.permission!r} (regenerate the tool index)"
+                    )
+                self._check(tool)
+                self._tools[name] = entry = tool
+        return entry
 
     def names(self) -> list[str]:
         return sorted(self._tools)
 
+    def loaded(self) -> list[str]:
+        """The tools whose module has been imported (for tests and `openfang status`)."""
+        return sorted(n for n, t in self._tools.items() if not isinstance(t, LazyTool))
+
     def specs_for(self, allowed: frozenset[str]) -> list[ToolSpec]:
         """The specs of the tools ``allowed`` lets run, sorted by name (what the model is offered)."""
-        return [self._tools[n].spec() for n in sorted(self._tools) if is_allowed(self._tools[n], allowed)]
+        names = [n for n in sorted(self._tools) if is_allowed(self._tools[n], allowed)]
+        return [tool.spec() for n in names if (tool := self.get(n)) is not None]
 
     def invoke(self, ctx: ToolContext, name: str, args: Any) -> ToolResult:
         """Run tool ``name`` for ``ctx.agent_id``; never raises for the tool's own failures."""
@@ -185,7 +243,11 @@ class ToolRegistry:
             log.debug("tool_failed", agent_id=ctx.agent_id, tool=name, code=code, error=message)
             return ToolResult(ok=False, code=code, error=message, duration_ms=ms)
 
-        tool = self._tools.get(name)
+        try:
+            tool = self.get(name)
+        except Exception as exc:  # a tool module that cannot be imported fails its calls, not the host
+            log.warning("tool_load_failed", agent_id=ctx.agent_id, tool=name, exc_info=True)
+            return fail("tool_error", f"tool {name!r} could not be loaded: {type(exc).__name__}: {exc}")
         if tool is None:
             return fail("not_found", f"no tool named {name!r}")
         if not is_allowed(tool, ctx.allowed):

@@ -1,14 +1,11 @@
-"""The tool registry of agents: the public face of ``workers/tools_*.py`` and the built-in tool set.
+"""The tool registry of agents: the public face of ``workers/tools/`` and the built-in tool set.
 
-    tools_core     Tool, ToolContext, ToolResult, ToolRegistry (allow list, schema check, timing)
-    tools_schema   the JSON-schema subset validator
-    tools_kv       KVStore / KVNamespace behind kv_get / kv_set
-    tools_builtin  time_now, json_parse, json_query, text_count, text_regex, kv_get, kv_set
-    tools_net      http_fetch (through the SSRF guard)
-    tools.a2a      a2a_send (a remote A2A agent, through the SSRF guard; needs the http extra)
-    tools.mcp      MCP servers' tools, registered when an agent that names the server spawns
-    tools_host     fs_read_scoped, fs_write_scoped, fs_list_scoped, agent_send, agent_spawn, agent_list,
-                   memory_store, memory_recall (through ScopedFS and the host's callbacks)
+    core       Tool, ToolContext, ToolResult, ToolRegistry (allow list, schema check, timing, lazy tools)
+    schema     the JSON-schema subset validator
+    kv         KVStore / KVNamespace behind kv_get / kv_set
+    _index     generated: every built-in tool's permission and module (so none is imported up front)
+    builtin, calc, text, data, net, web, a2a, task, host, files, documents, shell: the tools (TOOL_MODULES)
+    mcp        MCP servers' tools, registered when an agent that names the server spawns
 
 Typical use in an agent host::
 
@@ -24,13 +21,14 @@ Permissions are listed in ``docs/llm-and-tools.md``.
 
 from __future__ import annotations
 
-from openfang.workers.tools.a2a import A2A_SEND
-from openfang.workers.tools.builtin import BUILTIN_TOOLS
-from openfang.workers.tools.calc import CALC_TOOLS
+import importlib
+
+from openfang.workers.tools._index import BUILTIN_INDEX
 from openfang.workers.tools.core import (
     ALL,
     EgressCheck,
     HostCallback,
+    LazyTool,
     SearchConfig,
     ShellPolicy,
     Tool,
@@ -40,26 +38,38 @@ from openfang.workers.tools.core import (
     ToolResult,
     is_allowed,
 )
-from openfang.workers.tools.data import DATA_TOOLS
-from openfang.workers.tools.documents import DOCUMENT_TOOLS
-from openfang.workers.tools.files import FILE_TOOLS
-from openfang.workers.tools.host import HOST_TOOLS
 from openfang.workers.tools.kv import KVLimits, KVNamespace, KVStore
-from openfang.workers.tools.net import HTTP_FETCH
 from openfang.workers.tools.schema import check_schema, validate
-from openfang.workers.tools.shell import SHELL_TOOLS
-from openfang.workers.tools.task import TASK_UPDATE
-from openfang.workers.tools.text import TEXT_TOOLS
-from openfang.workers.tools.web import WEB_TOOLS
+
+# Where the built-in tools live, in documentation order: (module, the attribute holding a tool or a tuple
+# of them). The generated _index.py names every tool's permission and module from this list, so a worker
+# knows every tool without importing one. After a change: python -m openfang.workers.tools._index_gen --write
+# (tests/workers/test_tools_registry_lazy.py fails while it is stale).
+TOOL_MODULES: tuple[tuple[str, str], ...] = (
+    ("openfang.workers.tools.builtin", "BUILTIN_TOOLS"),
+    ("openfang.workers.tools.calc", "CALC_TOOLS"),
+    ("openfang.workers.tools.text", "TEXT_TOOLS"),
+    ("openfang.workers.tools.data", "DATA_TOOLS"),
+    ("openfang.workers.tools.net", "HTTP_FETCH"),
+    ("openfang.workers.tools.web", "WEB_TOOLS"),
+    ("openfang.workers.tools.a2a", "A2A_SEND"),
+    ("openfang.workers.tools.task", "TASK_UPDATE"),
+    ("openfang.workers.tools.host", "HOST_TOOLS"),
+    ("openfang.workers.tools.files", "FILE_TOOLS"),
+    ("openfang.workers.tools.documents", "DOCUMENT_TOOLS"),
+    ("openfang.workers.tools.shell", "SHELL_TOOLS"),
+)
 
 __all__ = [
     "ALL",
     "PERMISSIONS",
+    "TOOL_MODULES",
     "EgressCheck",
     "HostCallback",
     "KVLimits",
     "KVNamespace",
     "KVStore",
+    "LazyTool",
     "SearchConfig",
     "ShellPolicy",
     "Tool",
@@ -75,30 +85,35 @@ __all__ = [
 ]
 
 
+def _module_tools(module: str, attr: str) -> tuple[Tool, ...]:
+    found = getattr(importlib.import_module(module), attr)
+    return (found,) if isinstance(found, Tool) else tuple(found)
+
+
 def builtin_tools() -> tuple[Tool, ...]:
-    """Every built-in tool, in documentation order."""
-    return (
-        *BUILTIN_TOOLS,
-        *CALC_TOOLS,
-        *TEXT_TOOLS,
-        *DATA_TOOLS,
-        HTTP_FETCH,
-        *WEB_TOOLS,
-        A2A_SEND,
-        TASK_UPDATE,
-        *HOST_TOOLS,
-        *FILE_TOOLS,
-        *DOCUMENT_TOOLS,
-        *SHELL_TOOLS,
-    )
+    """Every built-in tool, in documentation order (imports every tool module)."""
+    return tuple(tool for module, attr in TOOL_MODULES for tool in _module_tools(module, attr))
+
+
+def _loader(name: str, module: str, attr: str) -> LazyTool:
+    def load() -> Tool:
+        for tool in _module_tools(module, attr):
+            if tool.name == name:
+                return tool
+        raise ValueError(f"{module}.{attr} has no tool {name!r} (regenerate the tool index)")
+
+    return LazyTool(name, BUILTIN_INDEX[name][0], load)
 
 
 # permission -> the built-in tools it unlocks (an allow list may name either).
 PERMISSIONS: dict[str, tuple[str, ...]] = {}
-for _t in builtin_tools():
-    PERMISSIONS[_t.permission] = (*PERMISSIONS.get(_t.permission, ()), _t.name)
+for _name, (_permission, _module, _attr) in BUILTIN_INDEX.items():
+    PERMISSIONS[_permission] = (*PERMISSIONS.get(_permission, ()), _name)
 
 
 def default_registry() -> ToolRegistry:
-    """A fresh registry holding every built-in tool (register your own on top)."""
-    return ToolRegistry(builtin_tools())
+    """A fresh registry knowing every built-in tool, each imported on first use (register your own on top)."""
+    registry = ToolRegistry()
+    for name, (_permission, module, attr) in BUILTIN_INDEX.items():
+        registry.register_lazy(_loader(name, module, attr))
+    return registry
