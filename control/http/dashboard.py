@@ -266,17 +266,14 @@ def install(face: Face) -> Installed:
 
     async def security(request: Request) -> Response:
         guard(request)
-        report, audit = await asyncio.gather(
-            ask("security.report"), face.bridge.request("audit.verify", {}), return_exceptions=True
-        )
-        if isinstance(report, BaseException):
-            raise report
-        if isinstance(audit, OpenFangError):  # e.g. `unavailable`: a daemon without a data dir keeps no log
-            checked: dict[str, Any] = {"available": False, "why": f"{audit.code}: {audit.message}"}
-        elif isinstance(audit, BaseException):
-            raise audit
-        else:
-            checked = {"available": True, **audit}
+
+        async def verified() -> dict[str, Any]:
+            try:
+                return {"available": True, **await face.bridge.request("audit.verify", {})}
+            except OpenFangError as exc:  # e.g. `unavailable`: a daemon without a data dir keeps no log
+                return {"available": False, "why": f"{exc.code}: {exc.message}"}
+
+        report, checked = await asyncio.gather(ask("security.report"), verified())
         return JSONResponse({**report, "audit": checked})
 
     async def act(request: Request) -> Response:
