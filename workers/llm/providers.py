@@ -14,17 +14,15 @@ after :func:`validate_model_config` has reported every problem in it at once; ke
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from openfang.protocol.errors import ConfigError, Problem
-from openfang.workers.llm.anthropic_messages import AnthropicProvider
-from openfang.workers.llm.openai_chat import OpenAIProvider
 from openfang.workers.llm.presets import BY_NAME, PRESETS
 from openfang.workers.llm.scripted import FallbackProvider, ScriptedProvider, ScriptRule, check_chain
-from openfang.workers.llm.transport import HttpSettings
 from openfang.workers.llm.types import (
     ChatMessage,
     ChatRequest,
@@ -36,6 +34,27 @@ from openfang.workers.llm.types import (
     ToolSpec,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from openfang.workers.llm.anthropic_messages import AnthropicProvider
+    from openfang.workers.llm.openai_chat import OpenAIProvider
+    from openfang.workers.llm.transport import HttpSettings
+
+# The HTTP providers (and http.client under them) are imported when a manifest first uses one, so a worker
+# whose agents are scripted, or have no model, never loads them; the names stay importable from here.
+_LAZY = {
+    "AnthropicProvider": "openfang.workers.llm.anthropic_messages",
+    "OpenAIProvider": "openfang.workers.llm.openai_chat",
+    "HttpSettings": "openfang.workers.llm.transport",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "AnthropicProvider",
@@ -246,6 +265,8 @@ def _single(cfg: Mapping[str, Any], where: str) -> Provider:
     proto, default_url, default_env = KINDS[kind]
     if proto == "scripted":
         return ScriptedProvider.from_config(cfg)
+    from openfang.workers.llm.transport import HttpSettings
+
     settings = HttpSettings(
         timeout_s=float(cfg.get("timeout", 120.0)),
         connect_timeout_s=float(cfg.get("connect_timeout", 10.0)),
@@ -263,11 +284,15 @@ def _single(cfg: Mapping[str, Any], where: str) -> Provider:
         "name": str(cfg.get("label") or kind),
     }
     if proto == "anthropic":
+        from openfang.workers.llm.anthropic_messages import AnthropicProvider
+
         return AnthropicProvider(**common)
     preset = BY_NAME[kind]
     if preset.key_header is not None:  # e.g. Azure: the key goes in its own header, not a bearer token
         key = common.pop("api_key")
         common["extra_headers"] = {preset.key_header: key} if key else {}
+    from openfang.workers.llm.openai_chat import OpenAIProvider
+
     return OpenAIProvider(**common, query=preset.query)
 
 
