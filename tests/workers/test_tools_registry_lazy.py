@@ -105,3 +105,21 @@ def test_lazy_tool_whose_permission_changed_is_refused_as_a_stale_index() -> Non
     registry.register_lazy(LazyTool("t", "stale", lambda: tool))
     with pytest.raises(ValueError, match="regenerate the tool index"):
         registry.get("t")
+
+
+def test_worker_module_loads_no_http_provider_until_a_manifest_uses_one() -> None:
+    """Importing the worker (as the daemon does before forking) loads neither the HTTP LLM providers nor
+    http.client; building an OpenAI-style provider imports them then."""
+    code = """
+import json, sys
+import openfang.workers.worker
+from openfang.workers.llm.providers import make_provider
+watched = ("http.client", "openfang.workers.llm.openai_chat", "openfang.workers.llm.anthropic_messages")
+before = [m for m in watched if m in sys.modules]
+make_provider({"provider": "ollama", "name": "llama3"})
+print(json.dumps({"before": before, "after": [m for m in watched if m in sys.modules]}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = json.loads(done.stdout)
+    assert out["before"] == [], out
+    assert out["after"] == ["http.client", "openfang.workers.llm.openai_chat"], out
