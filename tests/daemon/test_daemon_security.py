@@ -74,14 +74,24 @@ def test_signing_required_refuses_unsigned_forged_and_replayed_requests(make_clu
     assert c.stop() == 0
 
 
-def test_deeply_nested_request_is_refused_by_validation_and_audited(make_cluster: type[Cluster]) -> None:
-    """Layer 1: a body nested past max_depth is refused naming the limit; the gateway keeps serving."""
+def _shallow_cluster(make_cluster: type[Cluster]) -> Cluster:
+    """A started cluster whose validation refuses bodies nested deeper than 4 levels."""
     c = make_cluster(workers=1)
     c.write_config("\n[security.validation]\nmax_depth = 4\n")
-    c.start()
+    return c.start()
+
+
+def _nested(depth: int) -> dict[str, object]:
     nested: dict[str, object] = {"x": 1}
-    for _ in range(10):
+    for _ in range(depth):
         nested = {"n": nested}
+    return nested
+
+
+def test_deeply_nested_request_is_refused_by_validation_and_audited(make_cluster: type[Cluster]) -> None:
+    """Layer 1: a body nested past max_depth is refused naming the limit; the gateway keeps serving."""
+    c = _shallow_cluster(make_cluster)
+    nested = _nested(10)
     reply = c.call("child.start", {"path": "root", "spec": nested})
     assert reply.is_error and reply.body["code"] in ("bad_request", "denied"), reply.body
     assert "levels deep" in reply.body["message"]
@@ -115,12 +125,8 @@ def test_audit_verify_request_checks_the_running_daemons_log_and_finds_a_deleted
     """audit.verify: the gateway checks its own keyed log off its loop (three requests at once share one
     check), and after a record is edited under it the answer names the first bad record; the CLI over
     --endpoint asks the daemon, exit 1 when broken."""
-    c = make_cluster(workers=1)
-    c.write_config("\n[security.validation]\nmax_depth = 4\n")
-    c.start()
-    nested: dict[str, object] = {"x": 1}
-    for _ in range(10):
-        nested = {"n": nested}
+    c = _shallow_cluster(make_cluster)
+    nested = _nested(10)
     for _ in range(3):  # refused by validation, and each refusal is audited
         assert c.call("child.start", {"path": "root", "spec": nested}).is_error
     requests = [Envelope(type="audit.verify", body={}) for _ in range(3)]
