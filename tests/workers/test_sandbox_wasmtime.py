@@ -290,6 +290,51 @@ def test_wasmtime_compiled_modules_are_cached_on_disk(tmp_path: Path) -> None:
     second.close()
 
 
+def test_wasmtime_disk_cache_others_may_write_is_not_used(tmp_path: Path) -> None:
+    """A cache folder writable by the group is refused (compiled code would be run from it): the module is
+    compiled, nothing is written, and the runtime says why."""
+    digest = hashlib.sha256(WAT.encode()).hexdigest()
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o770)
+    shared.chmod(0o770)
+    rt = Runtime(SPECS, cache_dir=shared)
+    _, cached = rt.compile(WAT.encode(), digest=digest, what="t")
+    assert not cached and not list(shared.iterdir())
+    assert rt.cache_refused and "others may write it" in rt.cache_refused
+    rt.close()
+
+
+def test_wasmtime_cached_artifact_writable_by_others_is_recompiled_not_loaded(tmp_path: Path) -> None:
+    """A .cwasm someone else could have written is not deserialized: it is compiled again and replaced by a
+    private file (0600)."""
+    digest = hashlib.sha256(WAT.encode()).hexdigest()
+    first = Runtime(SPECS, cache_dir=tmp_path / "c")
+    first.compile(WAT.encode(), digest=digest, what="t")
+    first.close()
+    (artifact,) = (tmp_path / "c").glob("*.cwasm")
+    assert artifact.stat().st_mode & 0o777 == 0o600 and (tmp_path / "c").stat().st_mode & 0o777 == 0o700
+    artifact.chmod(0o666)
+    second = Runtime(SPECS, cache_dir=tmp_path / "c")
+    _, cached = second.compile(WAT.encode(), digest=digest, what="t")
+    assert not cached and artifact.stat().st_mode & 0o777 == 0o600
+    second.close()
+
+
+def test_wasmtime_corrupt_cached_artifact_is_recompiled(tmp_path: Path) -> None:
+    """Garbage in a private .cwasm (a torn write, another wasmtime) is dropped and the module compiled."""
+    digest = hashlib.sha256(WAT.encode()).hexdigest()
+    first = Runtime(SPECS, cache_dir=tmp_path)
+    first.compile(WAT.encode(), digest=digest, what="t")
+    first.close()
+    (artifact,) = tmp_path.glob("*.cwasm")
+    artifact.write_bytes(b"not machine code")
+    second = Runtime(SPECS, cache_dir=tmp_path)
+    module, cached = second.compile(WAT.encode(), digest=digest, what="t")
+    assert not cached and "spin" in second.module_exports(module)
+    assert artifact.read_bytes() != b"not machine code"
+    second.close()
+
+
 def test_wasmtime_malformed_module_is_a_sandbox_error(runtime: Runtime) -> None:
     """Invalid bytes are refused with a message naming what was being compiled."""
     with pytest.raises(SandboxError, match="my-agent: not a valid wasm module"):

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from openfang.protocol.bodies import AgentSpawn
 from openfang.supervisor.restart import RestartWindow
 from openfang.workers.host.record import HostedAgent
@@ -27,6 +29,8 @@ from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox._wasmtime import EngineOptions, HostFunctionSpec, Runtime
 from openfang.workers.sandbox.instance import HostServices, Sandbox
 from openfang.workers.tools.mcp import McpServerConfig
+
+log = structlog.get_logger("openfang.workers.host.spawner")
 
 MANIFEST_CACHE = 256  # distinct manifest texts kept parsed
 HOST_SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a in abi.HOST_FUNCTIONS)
@@ -160,6 +164,8 @@ class Spawner:
                 fuel_slice=self._options.fuel_slice,
             )
             rt = self._runtimes[stack_kb] = Runtime(HOST_SPECS, options=opts, cache_dir=self._cache_dir)
+            if rt.cache_refused:  # compiled code is never run from a folder others may write
+                log.warning("module_cache_refused", reason=rt.cache_refused)
             rt.start_ticker()
         return rt
 

@@ -82,6 +82,9 @@ def build_host(
         max_agents=int(args["max_agents"]) if args.get("max_agents") else None,
         mcp_servers=_mcp_servers(worker_id, args),
         snapshot_dir=Path(data_dir) / "snapshots" if data_dir else None,
+        # Compiled guests (0700): a restarted worker or daemon maps them instead of compiling, and workers
+        # share their pages through the page cache.
+        module_cache_dir=Path(data_dir) / "modules" if data_dir else None,
         idle_hibernate_s=_idle_default(args),
     )
     return AgentHost(worker_id, parts)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import threading
 from collections.abc import Callable, Sequence
 from ctypes import POINTER, byref
@@ -32,8 +33,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import wasmtime
-from openfang.protocol.errors import SandboxError
 from wasmtime import _ffi as ffi
+
+from openfang.protocol.errors import SandboxError
 
 WASMTIME_VERSION = "50.0.1"
 FUEL_TANK = 1 << 62  # every store gets a tank this large; budgets are counted per slice, not by running dry
@@ -194,7 +196,8 @@ class Runtime:
         self.linker = wasmtime.Linker(self.engine)
         self.current: HostDispatch | None = None  # the sandbox whose call is being polled right now
         self.live_stores = 0
-        self._cache_dir = cache_dir
+        self.cache_refused: str | None = None  # why the disk cache is not used, if it is not
+        self._cache_dir = self._trusted_cache_dir(cache_dir)
         self._pres: dict[str, tuple[wasmtime.Module, wasmtime.InstancePre]] = {}
         self._table_names: dict[int, tuple[bytes, ...]] = {}  # by InstancePre address
         self._names = [spec.name for spec in host_functions]
@@ -330,14 +333,20 @@ class Runtime:
         return out
 
     def compile(self, code: bytes, *, digest: str, what: str) -> tuple[wasmtime.Module, bool]:
-        """(module, was_cached). Compiled code is cached in memory and, if a cache dir is set, on disk."""
+        """(module, was_cached). Compiled code is cached in memory and, if a cache dir is set, on disk.
+
+        Loading a compiled artifact is trusting it (it is machine code), so the disk cache is used only when
+        its folder and the file belong to this user and nobody else may write them; otherwise the module
+        is compiled (and not written) and the reason is remembered in :attr:`cache_refused`.
+        """
         hit = self._pres.get(digest)
         if hit is not None:
             return hit[0], True
-        path = self._cache_dir / f"{digest}-{self.fingerprint()}.cwasm" if self._cache_dir else None
-        if path is not None and path.is_file():
+        folder = self._cache_dir
+        path = folder / f"{digest}-{self.fingerprint()}.cwasm" if folder is not None else None
+        if path is not None and path.is_file() and _private(path):
             try:
-                return wasmtime.Module.deserialize(self.engine, path.read_bytes()), True
+                return wasmtime.Module.deserialize_file(self.engine, str(path)), True
             except wasmtime.WasmtimeError:
                 path.unlink(missing_ok=True)  # stale or foreign artifact: recompile below
         binary = wasm_binary(code, what=what)
@@ -347,12 +356,28 @@ class Runtime:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SandboxError(f"{what}: not a valid wasm module: {first}") from None
         if path is not None:
-            # Deserializing is trusting: the cache dir must be private to the daemon (0700).
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(bytes(module.serialize()))
-            tmp.replace(path)
+            # A name of its own per writer: two workers compiling the same module at once each write a
+            # whole file, and the rename makes one of them the artifact.
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(bytes(module.serialize()))
+            os.replace(tmp, path)
         return module, False
+
+    def _trusted_cache_dir(self, folder: Path | None) -> Path | None:
+        """The disk cache folder, made 0700 if missing; None (with the reason kept) if others may write it."""
+        if folder is None:
+            return None
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            self.cache_refused = f"{folder}: cannot create: {exc.strerror}"
+            return None
+        if not _private(folder):
+            self.cache_refused = f"{folder}: others may write it (it must be private to uid {os.getuid()})"
+            return None
+        return folder
 
     def instance_pre(self, module: wasmtime.Module, *, digest: str, what: str) -> wasmtime.InstancePre:
         hit = self._pres.get(digest)
@@ -408,6 +433,15 @@ class Runtime:
         self._pres.clear()
         self._table_names.clear()
         self.linker.close()
+
+
+def _private(path: Path) -> bool:
+    """Owned by this user and writable by nobody else (what a file of machine code we will run needs)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
 def _const(value: int) -> AsyncPoller:
