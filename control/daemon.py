@@ -19,19 +19,19 @@ from typing import Any
 
 import psutil
 import structlog
+
+from openfang import __version__
 from openfang.control import runfile
 from openfang.control.config import GATEWAY_ID, ClusterConfig, load_config
 from openfang.control.guard import integrity_monitor
 from openfang.control.notify import Notifier
+from openfang.logs import configure_logging
 from openfang.protocol.errors import ConfigError, OpenFangError, Problem, SupervisorError
 from openfang.security.config import open_audit
 from openfang.supervisor._proc import set_title
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED
 from openfang.supervisor.loop import Loop
 from openfang.supervisor.runtime import SupervisorCore, supervisor_for
-
-from openfang import __version__
-from openfang.logs import configure_logging
 
 log = structlog.get_logger("openfang.supervisor")
 EXIT_CONFIG = 2

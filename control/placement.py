@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
+
 from openfang.control.registry import AgentRegistry, AgentRow, manifest_digest
 from openfang.control.routing import AgentDirectory
 from openfang.protocol.errors import ConfigError, Gone, NotFound, Problem, Restarting

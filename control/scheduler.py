@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
+
 from openfang.control.schedules import Due, ScheduleStore
 from openfang.protocol.client import Client
 from openfang.protocol.envelope import Envelope

@@ -32,6 +32,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
+
 from openfang.protocol.errors import ConfigError, NotFound, OpenFangError, Problem
 
 MISFIRE_POLICIES = ("once", "skip", "all")

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgpack
 import structlog
+
 from openfang.memory import _db, episodic, messages, procedural, semantic
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import MemoryStoreError, OpenFangError, ProtocolError

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
+
 from openfang.memory import messages
 from openfang.memory._db import pack_vector
 from openfang.protocol.envelope import Envelope, decode, encode, new_id
@@ -35,7 +37,6 @@ from openfang.protocol.errors import (
     RemoteError,
     Timeout,
 )
-from zmq.utils.monitor import recv_monitor_message
 
 MAX_RESEND_AFTER_S = 30.0
 _ERRORS: dict[str, type[OpenFangError]] = {

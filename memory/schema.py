@@ -12,9 +12,10 @@ import os
 from typing import Any
 
 import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
 from openfang.memory import _db
 from openfang.protocol.errors import MemoryStoreError
-from sqlite_utils.migrations import Migrations
 
 MIGRATIONS = Migrations("openfang.memory")
 

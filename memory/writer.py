@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import structlog
 import zmq
+
 from openfang.memory import _db, messages, schema
 from openfang.memory._apply import COMPACT_BATCH, Applier
 from openfang.memory.client import locations

@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 import zmq
+
 from openfang.protocol.envelope import Envelope, decode, encode
 
 CONFIG = """

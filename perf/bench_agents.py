@@ -23,11 +23,11 @@ import time
 from typing import Any
 
 import psutil
+
 from openfang.protocol.envelope import Envelope
 from openfang.workers.host.agent_host import AgentHost, HostParts
 from openfang.workers.sandbox._wasmtime import AsyncPoller, EngineOptions, GuestMemory, Instance, Runtime
 from openfang.workers.tools.registry import default_registry
-
 from perf.workloads import metric, percentile
 
 TIMEOUT_S = 300

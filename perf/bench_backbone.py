@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 from openfang.protocol.envelope import Envelope, encode
-
 from perf._cluster import UNLIMITED_CLIENT, BenchCluster
 from perf.workloads import metric, percentile
 

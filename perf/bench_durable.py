@@ -24,7 +24,6 @@ from typing import Any
 from openfang.control.placement import Placement
 from openfang.control.registry import AgentRegistry, AgentRow, manifest_digest
 from openfang.protocol.envelope import Envelope, decode, encode
-
 from perf._cluster import UNLIMITED_CLIENT, BenchCluster
 from perf.workloads import metric, percentile
 

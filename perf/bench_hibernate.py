@@ -48,7 +48,6 @@ from openfang.workers.sandbox.snapshot import (
     wake,
     write_snapshot,
 )
-
 from perf.workloads import metric, summarize
 
 TIMEOUT_S = 300

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from openfang.security.injection import InjectionDetector
-
 from perf import workloads
 from perf.workloads import metric, percentile
 

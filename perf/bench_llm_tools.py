@@ -18,10 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from openfang.logs import configure_logging
 from openfang.workers.llm.providers import ChatMessage, ChatRequest, ScriptedProvider, ScriptRule
 from openfang.workers.tools.registry import ToolContext, default_registry
-
-from openfang.logs import configure_logging
 from perf.workloads import metric, percentile
 
 TIMEOUT_S = 120

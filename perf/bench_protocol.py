@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+
 from openfang.protocol import _examples
 from openfang.protocol.envelope import Envelope, decode, encode
 
@@ -122,6 +123,7 @@ def _msgspec(raw: dict[str, Any], seconds: float) -> dict[str, Any]:
 def _serve(endpoint: str, ready: Any, stop: Any) -> None:
     # A forked child: its own ZeroMQ context, created after the fork.
     import zmq
+
     from openfang.protocol.server import RequestServer
     from openfang.protocol.sockets import bind_router
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from openfang.workers.tools.registry import Tool, ToolContext, ToolRegistry
-
 from perf import workloads
 
 _SCHEMA: dict[str, Any] = {

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+
 from openfang.protocol import _examples, _schema, messages
 from openfang.protocol._schema import Compiled
 from openfang.protocol.bodies import ErrorBody

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 import zmq
+
 from openfang.protocol import messages
 from openfang.protocol.curve import CurveClient
 from openfang.protocol.envelope import DEFAULT_MAX_FRAME, Envelope, decode, encode, peek_id

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
+
 from openfang.protocol import _zap
 from openfang.protocol.errors import AlreadyExists, ConfigError, Problem
 

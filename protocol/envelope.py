@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+
 from openfang.protocol.errors import (
     FrameTooLarge,
     OpenFangError,

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import zmq
+
 from openfang.protocol import messages
 from openfang.protocol.envelope import DEFAULT_MAX_FRAME, Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import OpenFangError, ProtocolError, UnknownType

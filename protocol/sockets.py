@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+
 from openfang.protocol.curve import CurveClient, CurveServer, KeyFiles, generate_keys
 from openfang.protocol.errors import Busy, ConfigError, NotFound, OpenFangError, Problem
 

@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
 import ahocorasick_rs
+
 from openfang.security._injection_cues import CONTEXT
 from openfang.security._injection_normalise import fold
 

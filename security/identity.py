@@ -23,6 +23,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from openfang.protocol.envelope import Envelope
 from openfang.security._canon import canonical_msgpack
 from openfang.security._errors import Denied

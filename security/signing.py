@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from openfang.protocol.envelope import DEFAULT_MAX_FRAME, Envelope, decode
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.security._canon import canonical_msgpack

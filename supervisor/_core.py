@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
+
 from openfang.protocol.errors import ConfigError, SupervisorError
 from openfang.supervisor import _proc
 from openfang.supervisor._events import Events, EventSink, exit_fields

@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from structlog.typing import FilteringBoundLogger
+
 from openfang.supervisor._record import ChildRecord
 from openfang.supervisor.restart import ExitReason
-from structlog.typing import FilteringBoundLogger
 
 EventSink = Callable[[dict[str, Any]], None]
 _TREE_CHANGES = ("child.started", "child.exited", "child.restarted")

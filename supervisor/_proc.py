@@ -25,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 import structlog
+
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED, ChildContext, resolve_target, uplink_pair
 from openfang.supervisor.restart import NORMAL, ExitReason, abnormal
 from openfang.supervisor.spec import SupervisorSpec

@@ -20,11 +20,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from structlog.typing import FilteringBoundLogger
+
 from openfang.protocol.errors import NotFound, OpenFangError, SupervisorError
 from openfang.supervisor._record import ChildRecord, Reply, SupervisorState
 from openfang.supervisor.loop import Serial
 from openfang.supervisor.spec import ChildSpec, SupervisorSpec, child_to_dict, spec_from_dict
-from structlog.typing import FilteringBoundLogger
 
 # The operations a supervisor answers; each takes the request's args and returns the result (plain data).
 Operation = Callable[[dict[str, Any]], Any]

@@ -25,13 +25,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from structlog.typing import FilteringBoundLogger
+
 from openfang.protocol.errors import OpenFangError
 from openfang.supervisor import _proc
 from openfang.supervisor._record import RUNNING, ChildRecord
 from openfang.supervisor.child import MAX_UPLINK_PACKET, pack, unpack
 from openfang.supervisor.loop import Loop
 from openfang.supervisor.restart import ExitReason, abnormal
-from structlog.typing import FilteringBoundLogger
 
 
 @dataclass(frozen=True, slots=True)

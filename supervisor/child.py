@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+
 from openfang.protocol.errors import FrameTooLarge, ProtocolError, SupervisorError, Timeout
 
 EXIT_CRASH = 1  # the child raised (or failed before running its target)

@@ -17,6 +17,7 @@ import signal
 from typing import Any
 
 import structlog
+
 from openfang.protocol.errors import FrameTooLarge, OpenFangError
 from openfang.supervisor.child import EXIT_ESCALATED, ChildContext
 from openfang.supervisor.loop import Loop

@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 import zmq
+
 from openfang.memory.api import MemoryAPI
 from openfang.memory.client import locations
 from openfang.memory.service import MemoryService

@@ -52,15 +52,15 @@ from a2a.types.a2a_pb2 import (
 )
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH, PROTOCOL_VERSION_CURRENT, TransportProtocol
 from a2a.utils.push_url_validator import validate_push_notification_url
-from openfang.control.http.a2a_store import TaskDatabase
-from openfang.control.http.app import Face, Installed
-from openfang.control.http.errors import HttpError
-from openfang.protocol.messages import CHUNK_TYPE
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from openfang import __version__
+from openfang.control.http.a2a_store import TaskDatabase
+from openfang.control.http.app import Face, Installed
+from openfang.control.http.errors import HttpError
+from openfang.protocol.messages import CHUNK_TYPE
 
 TASKS_DB = "http/a2a-tasks.db"
 

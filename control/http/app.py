@@ -16,16 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from openfang.control.http.auth import BearerAuth
-from openfang.control.http.bridge import GatewayBridge
-from openfang.control.http.errors import HttpError, error_response, from_openfang
-from openfang.protocol.errors import OpenFangError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
+
+from openfang.control.http.auth import BearerAuth
+from openfang.control.http.bridge import GatewayBridge
+from openfang.control.http.errors import HttpError, error_response, from_openfang
+from openfang.protocol.errors import OpenFangError
 
 log = structlog.get_logger("openfang.http")
 

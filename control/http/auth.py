@@ -11,8 +11,9 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable
 
-from openfang.control.http.errors import error_response
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from openfang.control.http.errors import error_response
 
 PUBLIC_MARK = "/.well-known/"
 PUBLIC_PAGE = "/"

@@ -16,6 +16,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+
 from openfang.protocol import messages
 from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.protocol.errors import ProtocolError, Timeout

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from openfang.protocol.errors import OpenFangError
 from starlette.responses import JSONResponse
+
+from openfang.protocol.errors import OpenFangError
 
 # wire error code -> HTTP status
 STATUS_OF_CODE: dict[str, int] = {

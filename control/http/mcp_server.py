@@ -22,11 +22,11 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
-from openfang.control.http.app import Face, Installed
-from openfang.control.http.errors import HttpError
 from starlette.routing import Route
 
 from openfang import __version__
+from openfang.control.http.app import Face, Installed
+from openfang.control.http.errors import HttpError
 
 INPUT_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -26,8 +26,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
-from openfang.control.http.app import Face, Installed
-from openfang.protocol.errors import OpenFangError
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -39,6 +37,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from openfang.control.http.app import Face, Installed
+from openfang.protocol.errors import OpenFangError
 
 CACHE_S = 2.0
 # The requests one refresh makes, in order; each one's failure is reported, the others still count.

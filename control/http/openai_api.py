@@ -17,12 +17,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from openfang.control.http.app import Face, Installed
-from openfang.control.http.errors import HttpError
-from openfang.protocol.messages import CHUNK_TYPE
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from openfang.control.http.app import Face, Installed
+from openfang.control.http.errors import HttpError
+from openfang.protocol.messages import CHUNK_TYPE
 
 SESSION_HEADER = "x-openfang-session"
 _SESSION = re.compile(r"^[A-Za-z0-9._:@-]{1,120}$")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from openfang.control.config import missing_http_modules
 from openfang.supervisor.child import ChildContext
 
@@ -53,6 +54,7 @@ def make_face(args: Mapping[str, Any]) -> Any:
 
 async def serve(ctx: ChildContext, args: Mapping[str, Any]) -> None:
     import uvicorn
+
     from openfang.control.http.app import build_app
 
     app = build_app(make_face(args), tokens=list(args.get("tokens") or ()))

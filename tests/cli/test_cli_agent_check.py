@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from openfang.protocol.errors import ConfigError
 from openfang.workers.host.wiring import _provider_for
 from openfang.workers.llm.providers import KINDS, make_provider

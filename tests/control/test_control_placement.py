@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from openfang.control.placement import Placement, manifest_facts
 from openfang.control.registry import AgentRegistry, AgentRow
 from openfang.protocol.errors import ConfigError, Gone, NotFound, Restarting

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from openfang.control.registry import AgentRegistry, AgentRow, manifest_digest
 from openfang.protocol.errors import AlreadyExists
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+
 from openfang.control.routing import AgentDirectory, Gather, least_loaded, route
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import NotFound, ProtocolError, UnknownType

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from openfang.control.schedules import ScheduleStore, next_after, parse_when
 from openfang.protocol.errors import ConfigError, NotFound
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from openfang.control.topics import MAX_PER_AGENT, TopicStore, check_topic
 from openfang.protocol.errors import OpenFangError, ProtocolError
 

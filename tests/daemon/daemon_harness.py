@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 import psutil
 import zmq
+
 from openfang.protocol.envelope import Envelope, decode, encode
 
 HERE = Path(__file__).resolve().parent

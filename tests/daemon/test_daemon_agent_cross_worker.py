@@ -58,6 +58,7 @@ def test_agent_send_reaches_an_agent_on_another_worker(make_cluster: type[Cluste
 def test_a_worker_cannot_forward_on_behalf_of_another_workers_agent(make_cluster: type[Cluster]) -> None:
     """The gateway refuses a worker.forward whose sender the forwarding worker does not host."""
     import zmq
+
     from openfang.protocol.envelope import Envelope, decode, encode
 
     c = make_cluster(workers=1).start()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import Cluster, wait_for
+
 from openfang.security.audit import key_beside, verify
 
 pytestmark = pytest.mark.integration

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from daemon_harness import Cluster, wait_for
+
 from openfang.protocol.envelope import Envelope, encode
 from openfang.security.attestation import sign_manifest
 from openfang.security.audit import key_beside, verify

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 from daemon_harness import Cluster, wait_for
+
 from openfang.protocol.envelope import Envelope, decode, encode
 
 pytestmark = pytest.mark.integration

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import zmq
 from daemon_harness import Cluster, wait_for
+
 from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.security._canon import canonical_json
 from openfang.security.audit import key_beside, verify

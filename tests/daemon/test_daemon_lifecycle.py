@@ -11,6 +11,7 @@ import time
 import psutil
 import pytest
 from daemon_harness import Cluster, wait_for
+
 from openfang.supervisor.child import EXIT_ESCALATED
 
 pytestmark = pytest.mark.integration

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from daemon_harness import Cluster, wait_for
+
 from openfang.memory.client import MemoryClient
 
 pytestmark = pytest.mark.integration

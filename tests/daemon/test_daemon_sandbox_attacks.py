@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 import pytest
 from daemon_harness import Cluster, wait_for
+
 from openfang.protocol.envelope import Envelope, encode
 from openfang.security.audit import key_beside, verify
 

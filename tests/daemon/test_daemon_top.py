@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 from daemon_harness import ROOT, Cluster, wait_for
-from openfang.protocol import messages
-from openfang.protocol.curve import CurveClient
 
 from openfang.cli.top_data import Snapshot
 from openfang.cli.top_feed import EventTail, Feed, Monitor, NoDaemon
+from openfang.protocol import messages
+from openfang.protocol.curve import CurveClient
 
 pytestmark = pytest.mark.integration
 GREETER = (ROOT / "openfang" / "data" / "agents" / "greeter.toml").read_text()

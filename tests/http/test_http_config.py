@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from openfang.control.config import HTTP_ID, HTTP_START, parse_config
 from openfang.protocol.errors import ConfigError
 

@@ -7,6 +7,7 @@ import pytest
 from conftest import GREETER, start_with_agents
 from daemon_harness import Cluster, wait_for
 from npm_tools import npm_bin
+
 from openfang.protocol.errors import ConfigError
 from openfang.workers.manifest import load_manifest
 

@@ -11,12 +11,13 @@ import httpx
 import pytest
 from conftest import CLOCK, GREETER, start_with_agents
 from daemon_harness import Cluster, wait_for
-from openfang.control.config import parse_config
-from openfang.control.http.metrics import REQUESTS, Sample, Sampler, families
-from openfang.protocol.errors import ConfigError, RemoteError
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from openfang.control.config import parse_config
+from openfang.control.http.metrics import REQUESTS, Sample, Sampler, families
+from openfang.protocol.errors import ConfigError, RemoteError
 
 TOKEN = "metrics-token-0123456789"
 

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from conftest import GREETER, start_with_agents
 from daemon_harness import Cluster, wait_for
+
 from openfang.protocol.client import Client
 from openfang.protocol.errors import OpenFangError
 

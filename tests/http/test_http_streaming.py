@@ -10,6 +10,7 @@ import sys
 import pytest
 from conftest import CLOCK, GREETER, start_with_agents
 from daemon_harness import ROOT, Cluster
+
 from openfang.protocol.client import Client
 from openfang.protocol.messages import CHUNK_TYPE
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from openfang.memory import _db, schema
 from openfang.memory._apply import Applier
 from openfang.memory.client import MemoryClient

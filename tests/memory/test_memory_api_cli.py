@@ -6,6 +6,7 @@ import io
 import json
 
 import pytest
+
 from openfang.memory import cli
 from openfang.memory.api import MemoryAPI
 from openfang.memory.client import MemoryClient

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from memory_testkit import wait_until
+
 from openfang.memory.client import MemoryClient
 from openfang.memory.reader import MemoryReader
 from openfang.protocol.errors import ProtocolError, Timeout

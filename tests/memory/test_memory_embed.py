@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
+
 from openfang.memory.embed import HashingEmbedder, OpenAIEmbedder, active_embedder_info, best_available
 from openfang.protocol.errors import ConfigError, MemoryStoreError
 

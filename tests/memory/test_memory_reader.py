@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from memory_testkit import ENV
+
 from openfang.memory import _db
 from openfang.memory.client import MemoryClient
 from openfang.memory.reader import MemoryReader

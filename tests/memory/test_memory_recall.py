@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from openfang.memory._db import pack_vector
 from openfang.memory.embed import Embedder, HashingEmbedder
 from openfang.memory.reader import MemoryReader

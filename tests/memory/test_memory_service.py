@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import openfang.protocol.messages  # noqa: F401  (registers the catalogue's body validators)
 import pytest
+
+import openfang.protocol.messages  # noqa: F401  (registers the catalogue's body validators)
 from openfang.memory._db import pack_vector
 from openfang.memory.embed import HashingEmbedder
 from openfang.memory.reader import MemoryReader

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import zmq
 from memory_testkit import ENV, wait_until
+
 from openfang.memory import _db, schema
 from openfang.memory.client import MemoryClient
 from openfang.memory.reader import MemoryReader
@@ -342,6 +343,7 @@ def test_a_request_that_trips_a_bug_fails_alone_and_the_writer_keeps_serving(loc
 def test_migrate_upgrades_an_older_database_keeping_its_rows(tmp_path: Path) -> None:
     """A database at 0001 gains 0002 (memory tags) with its existing memories intact and recallable."""
     import sqlite_utils
+
     from openfang.memory._apply import Applier
     from openfang.protocol.envelope import Envelope
 

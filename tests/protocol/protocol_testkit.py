@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import zmq
+
 from openfang.protocol import _examples
 from openfang.protocol.curve import CurveServer
 from openfang.protocol.envelope import Envelope

@@ -11,11 +11,12 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
+from protocol_testkit import HANDLERS, ipc_dir, serving
+
 from openfang.protocol.client import Client
 from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.protocol.errors import NotFound, ProtocolError, RemoteError, Timeout
 from openfang.protocol.sockets import bind_pub, bind_router
-from protocol_testkit import HANDLERS, ipc_dir, serving
 
 pytestmark = pytest.mark.integration
 

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import msgpack
+
 from openfang.protocol import _docgen, messages
 from openfang.protocol.envelope import decode
 

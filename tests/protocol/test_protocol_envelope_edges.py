@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+
 from openfang.protocol import messages
 from openfang.protocol.envelope import decode
 from openfang.protocol.errors import ProtocolError, UnknownType

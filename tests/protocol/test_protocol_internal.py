@@ -7,6 +7,7 @@ import ast
 from pathlib import Path
 
 import pytest
+
 from openfang.protocol import messages
 from openfang.protocol.bodies import ForwardedRequest, WorkerForward, WorkerHello
 from openfang.protocol.envelope import ERROR_TYPE, Envelope, decode, encode

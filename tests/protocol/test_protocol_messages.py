@@ -11,6 +11,7 @@ from typing import Any
 
 import msgpack
 import pytest
+
 from openfang.protocol import _examples, messages
 from openfang.protocol.envelope import Envelope, decode, encode, error_reply
 from openfang.protocol.errors import (

@@ -13,8 +13,9 @@ from typing import Any
 
 import msgpack
 import pytest
-from openfang.protocol.curve import generate_keys
 from protocol_testkit import ipc_dir, serving
+
+from openfang.protocol.curve import generate_keys
 
 pytestmark = pytest.mark.integration
 

@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 import zmq
+from protocol_testkit import ipc_dir, serving
+
 from openfang.protocol import _zap
 from openfang.protocol.client import Client
 from openfang.protocol.curve import CurveClient, CurveServer, generate_keys
 from openfang.protocol.errors import AlreadyExists, Busy, ConfigError, NotFound, Timeout
 from openfang.protocol.sockets import MAX_IPC_PATH, bind_pub, bind_router, connect_dealer, send_nowait
-from protocol_testkit import ipc_dir, serving
 
 pytestmark = pytest.mark.integration
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from _security_clock import FakeClock
+
 from openfang.security.audit import AuditLog
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from openfang.protocol.errors import NotFound, SecurityError
 from openfang.security.fs_scope import ScopedFS
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from openfang.protocol.errors import SecurityError
 from openfang.security.netguard import address_problem, check_url
 

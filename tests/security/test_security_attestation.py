@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from openfang.security._errors import Denied
 from openfang.security.attestation import AttestationConfig, Attestor, module_digest, sign_manifest
 from openfang.security.audit import AuditLog

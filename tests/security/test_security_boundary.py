@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from openfang.security._errors import Denied
 from openfang.security.audit import AuditLog
 from openfang.security.boundary import BoundaryGuard

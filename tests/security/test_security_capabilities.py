@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from openfang.protocol.errors import ConfigError
 from openfang.security._errors import Denied
 from openfang.security.audit import AuditLog

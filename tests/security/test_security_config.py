@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
 from openfang.protocol.errors import ConfigError
 from openfang.security.audit import verify
 from openfang.security.config import SecurityConfig, open_audit, parse_security

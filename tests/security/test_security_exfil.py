@@ -8,6 +8,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+
 from openfang.security._errors import Denied
 from openfang.security.audit import AuditLog
 from openfang.security.exfil import ExfilConfig, ExfilGuard, TaintTracker

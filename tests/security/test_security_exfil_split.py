@@ -6,6 +6,7 @@ import json
 
 import pytest
 from _security_clock import FakeClock
+
 from openfang.security._errors import Denied
 from openfang.security.audit import AuditLog
 from openfang.security.exfil import ExfilConfig, ExfilGuard

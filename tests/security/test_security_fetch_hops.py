@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+
 from openfang.protocol.errors import SecurityError
 from openfang.workers.tools.net import fetch
 

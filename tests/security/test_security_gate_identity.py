@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import zmq
 from _security_clock import FakeClock
+
 from openfang.control.guard import peer_identity
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import ConfigError

@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
+
 from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.protocol.errors import OpenFangError
 from openfang.security.audit import AuditLog, verify

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from _security_clock import FakeClock
+
 from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.security._errors import Denied
 from openfang.security.audit import AuditLog

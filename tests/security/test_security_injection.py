@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from openfang.security._errors import Denied
 from openfang.security.audit import AuditLog
 from openfang.security.injection import (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from _security_clock import FakeClock
+
 from openfang.security.audit import AuditLog
 from openfang.security.ratelimit import Limit, RateLimitConfig, RateLimiter, RateLimitExceeded
 

@@ -6,6 +6,7 @@ import io
 import json
 
 import structlog
+
 from openfang.security.redact import RedactConfig, Redactor, redact_processor, register_secret
 
 

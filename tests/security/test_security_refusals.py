@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from _security_clock import FakeClock
+
 from openfang.security.audit import AuditLog, verify
 from openfang.security.refusals import SUMMARY_KIND, RefusalAudit, RefusalAuditConfig
 

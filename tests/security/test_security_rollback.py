@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from openfang.security._errors import Denied
 from openfang.security.audit import AuditLog
 from openfang.security.rollback import VersionStore, parse_version

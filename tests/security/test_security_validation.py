@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+
 from openfang.protocol.envelope import Envelope, decode
 from openfang.protocol.errors import ConfigError, FrameTooLarge, ProtocolError
 from openfang.security.audit import AuditLog

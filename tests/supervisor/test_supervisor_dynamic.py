@@ -9,6 +9,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from supervisor_harness import Harness, child, starts
+
 from openfang.protocol.errors import AlreadyExists, ConfigError, NotFound, SupervisorError
 from openfang.supervisor.loop import Loop
 from openfang.supervisor.runtime import DynamicSupervisor, Supervisor, supervisor_for
@@ -19,7 +21,6 @@ from openfang.supervisor.spec import (
     SupervisorFlags,
     SupervisorSpec,
 )
-from supervisor_harness import Harness, child, starts
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,9 @@ from typing import Any
 
 import psutil
 import pytest
-from openfang.supervisor.spec import ChildSpec, ChildType, Strategy, SupervisorFlags, SupervisorSpec
 from supervisor_harness import Harness, child, starts
+
+from openfang.supervisor.spec import ChildSpec, ChildType, Strategy, SupervisorFlags, SupervisorSpec
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from openfang.supervisor.spec import AutoShutdown, Restart, Strategy
 from supervisor_harness import Harness, child, starts
+
+from openfang.supervisor.spec import AutoShutdown, Restart, Strategy
 
 pytestmark = pytest.mark.integration
 

@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
 from openfang.control.tree_config import parse_supervisor
 from openfang.protocol.errors import ConfigError
 from openfang.supervisor.spec import (

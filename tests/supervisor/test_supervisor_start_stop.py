@@ -9,9 +9,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from supervisor_harness import Harness, child, starts, stops
+
 from openfang.protocol.errors import SupervisorError
 from openfang.supervisor.spec import Restart, StartOrder, Strategy
-from supervisor_harness import Harness, child, starts, stops
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,9 @@ import signal
 from pathlib import Path
 
 import pytest
-from openfang.supervisor.spec import AutoShutdown, Restart, Strategy
 from supervisor_harness import Harness, child, starts
+
+from openfang.supervisor.spec import AutoShutdown, Restart, Strategy
 
 pytestmark = pytest.mark.integration
 

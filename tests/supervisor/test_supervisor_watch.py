@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import structlog
+
 from openfang.supervisor import _proc
 from openfang.supervisor._record import ChildRecord
 from openfang.supervisor._watch import ChildWatcher, Exited, Hung, Report, Said

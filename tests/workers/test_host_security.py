@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import ConfigError
 from openfang.security.audit import AuditLog, verify

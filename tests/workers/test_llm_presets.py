@@ -8,10 +8,11 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from test_llm_providers import FakeServer, Reply
+
 from openfang.protocol.errors import ConfigError
 from openfang.workers.llm.presets import PRESETS
 from openfang.workers.llm.providers import ChatMessage, ChatRequest, make_provider, validate_model_config
-from test_llm_providers import FakeServer, Reply
 
 ANSWER = {"choices": [{"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
 

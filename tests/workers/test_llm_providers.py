@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import structlog
+
 from openfang.workers.llm.providers import (
     AnthropicProvider,
     ChatMessage,

@@ -6,6 +6,7 @@ import socket
 import tomllib
 
 import pytest
+
 from openfang.protocol.errors import ConfigError
 from openfang.workers.llm.providers import (
     AnthropicProvider,

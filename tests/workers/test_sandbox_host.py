@@ -345,9 +345,10 @@ def test_host_thousand_idle_agents() -> None:
 
 def test_host_with_real_scripted_provider_and_tool_registry() -> None:
     """Without injected services the host uses workers.llm (scripted) and workers.tools (time_now, kv)."""
+    from sandbox_helpers import Driver
+
     from openfang.workers.host.agent_host import AgentHost, HostParts
     from openfang.workers.tools.registry import default_registry
-    from sandbox_helpers import Driver
 
     text = """
 [agent]
@@ -490,8 +491,9 @@ def test_host_fuel_budget_is_per_refuel_interval_with_an_injected_clock() -> Non
 
 def test_host_module_cache_dir_makes_a_restarted_host_spawn_warm(tmp_path: Path) -> None:
     """A new host (a restarted worker) with the same module cache dir loads compiled code: a warm spawn."""
-    from openfang.workers.host.agent_host import AgentHost, HostParts
     from sandbox_helpers import Driver
+
+    from openfang.workers.host.agent_host import AgentHost, HostParts
 
     text = manifest("echo", module="builtin:echo", model=False)
     kinds = []

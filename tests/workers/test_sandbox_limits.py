@@ -172,9 +172,10 @@ class _Sink:
 
 def test_limits_cluster_capability_policy_narrows_what_a_manifest_grants(tmp_path: Path) -> None:
     """security.capabilities applies on top of the manifest: its deny patterns and limits refuse a spawn."""
+    from sandbox_helpers import Driver, default_registry
+
     from openfang.security.capabilities import CapabilityPolicy, SandboxPolicyConfig
     from openfang.workers.host.agent_host import AgentHost, HostParts
-    from sandbox_helpers import Driver, default_registry
 
     sink = _Sink()
     policy = CapabilityPolicy(

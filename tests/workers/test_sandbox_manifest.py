@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.workers.manifest import load_manifest
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from openfang.protocol.errors import SandboxError
 from openfang.workers.manifest import AgentManifest, load_manifest
 from openfang.workers.sandbox import _snapshot_file as snap_file

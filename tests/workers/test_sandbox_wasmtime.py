@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from openfang.protocol.errors import SandboxError
 from openfang.workers.sandbox._wasmtime import (
     TABLE_ELEMENT_BYTES,

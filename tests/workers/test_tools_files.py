@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from openfang.workers.tools.registry import ToolContext, default_registry
 
 REG = default_registry()

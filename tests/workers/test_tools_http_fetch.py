@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
 from openfang.workers.tools.net import fetch
 from openfang.workers.tools.registry import ToolContext, ToolError, default_registry
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from openfang.workers.tools.registry import KVStore, ToolContext, default_registry
 
 REG = default_registry()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from openfang.protocol.errors import AlreadyExists, NotFound
 from openfang.workers.llm.providers import ScriptedProvider
 from openfang.workers.tools.registry import (

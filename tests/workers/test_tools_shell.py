@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from openfang.workers.tools import shell
 from openfang.workers.tools.registry import ShellPolicy, ToolContext, default_registry
 

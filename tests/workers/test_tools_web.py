@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
 from openfang.workers.tools.registry import SearchConfig, ToolContext, default_registry
 
 REG = default_registry()

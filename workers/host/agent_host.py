@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from openfang.protocol import messages
 from openfang.protocol.bodies import AgentRef, AgentSend, AgentSpawn, Empty
 from openfang.protocol.envelope import Envelope

@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import structlog
+
 from openfang.protocol.errors import SandboxError
 from openfang.workers.host.record import HostedAgent
 from openfang.workers.sandbox.snapshot import Snapshot, SnapshotError, read_snapshot, write_snapshot

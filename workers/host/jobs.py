@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
+
 from openfang.protocol.errors import OpenFangError
 from openfang.workers.sandbox import guest_abi as abi
 

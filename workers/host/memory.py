@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+
 from openfang.memory import messages
 from openfang.memory._db import pack_vector
 from openfang.memory.api import MemoryAPI

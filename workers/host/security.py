@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from openfang.protocol.errors import OpenFangError
 from openfang.security._errors import Denied
 from openfang.security.attestation import Attestor

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+
 from openfang.protocol.errors import Problem, Timeout
 from openfang.workers.llm.types import (
     ChatMessage,

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
+
 from openfang.workers.llm.types import LLMError
 
 log = structlog.get_logger("openfang.llm")

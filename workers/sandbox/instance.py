@@ -30,6 +30,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 import structlog
+
 from openfang.protocol.errors import SandboxError, SecurityError, Timeout
 from openfang.workers.manifest import AgentManifest
 from openfang.workers.sandbox import guest_abi as abi

@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import regex
+
 from openfang.workers.tools.core import Tool, ToolContext, ToolError
 from openfang.workers.tools.schema import object_schema as _obj
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import regex
+
 from openfang.protocol.errors import SecurityError
 from openfang.security.fs_scope import ScopedFS
 from openfang.workers.tools.core import Tool, ToolContext, ToolError

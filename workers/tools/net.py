@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 import structlog
+
 from openfang.security.netguard import ResolvedTarget, Resolver, check_url
 from openfang.workers.tools.core import Tool, ToolContext, ToolError
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
 from openfang.workers.tools.core import ShellPolicy, Tool, ToolContext, ToolError
 
 BWRAP = os.environ.get("OPENFANG_BWRAP", "bwrap")
