@@ -45,6 +45,7 @@ from openfang.control.schedules import ScheduleStore, parse_when
 from openfang.control.topics import TopicStore, check_topic
 from openfang.protocol import messages
 from openfang.protocol.bodies import (
+    AgentMove,
     AgentRef,
     AgentSend,
     AgentSpawn,
@@ -172,6 +173,8 @@ class Gateway:
             ms=round((time.perf_counter() - t0) * 1000, 1),
         )
         self._held: list[tuple[bytes, bool, Envelope, bool]] = []  # replies waiting for the commit
+        self._move_askers: dict[str, _Pending] = {}  # agent id -> the agent.move request to answer
+        self._evacuation: _Evacuation | None = None  # a reload's drain in progress (gateway.evacuate)
         self.stopping = False  # the tree is stopping: workers that go away take no agents with them
         self.started = time.time()
         self.schedules: ScheduleStore | None = None  # opened on an agent's first schedule.* request
@@ -201,6 +204,7 @@ class Gateway:
             "agent.hibernate": (AgentRef, self._on_agent_request),
             "agent.wake": (AgentRef, self._on_agent_request),
             "agent.kill": (AgentRef, self._on_agent_request),
+            "agent.move": (AgentMove, self._on_move),
             "worker.ping": (WorkerPing, self._to_routed),
             "memory.search": (MemorySearch, self._to_routed),
             "memory.history": (MemoryHistory, self._to_routed),
@@ -430,6 +434,9 @@ class Gateway:
         env = pending.request
         agent_id = pending.agent_id
         row = self.placement.resolve(agent_id)
+        if row.agent_id in self.placement.moving and env.type != "agent.info":
+            self.placement.enqueue(row, pending)  # kill, suspend, ... reach it where it lands
+            return
         if env.type == "agent.kill" and (not row.live or not self.placement.announced(row.agent_id)):
             self.placement.killed(row.agent_id)
             self._reply_pending(pending, env.reply({"agent_id": row.agent_id, "state": "dead"}))
@@ -451,6 +458,81 @@ class Gateway:
             self.placement.enqueue(row, pending)
             return
         self._deliver(pending, worker)
+
+    def _on_move(self, identity: bytes, delimited: bool, env: Envelope, move: AgentMove) -> None:
+        """agent.move: check the target, then let the source go of the agent (:meth:`_move_out`); the
+        answer leaves when the agent runs on the target (``Port.moved``)."""
+        row, source = self.placement.target(move.agent_id)  # not_found, gone
+        agent_id = row.agent_id
+        if agent_id in self.placement.moving:
+            raise Busy(f"agent {agent_id!r} is already moving; retry when it has arrived")
+        if source is None:
+            raise Restarting(f"agent {agent_id!r} is {row.state}; move it when it runs", retry_after_ms=500)
+        if move.to is not None:
+            if move.to == source:
+                raise ProtocolError(f"body.to: agent {agent_id!r} already runs on worker {source!r}")
+            if move.to not in self.placement.workers or move.to not in self.workers:
+                connected = ", ".join(sorted(self.placement.workers)) or "none"
+                raise NotFound(f"body.to: worker {move.to!r} is not connected (connected: {connected})")
+            if move.to in self.placement.draining:
+                raise NotFound(f"body.to: worker {move.to!r} is being removed by a reload")
+            target: str | None = move.to
+        else:
+            target = self.placement.least_loaded(exclude=[source])
+            if target is None:
+                raise NotFound(f"no other worker is connected to move agent {agent_id!r} to")
+        pending = _Pending(identity, delimited, env, False, agent_id)
+        self.placement.begin_move(agent_id, target)
+        self._move_askers[agent_id] = pending
+        self._move_out(agent_id, source, target)
+
+    def _move_out(self, agent_id: str, source: str, target: str | None) -> None:
+        """Ask ``source`` to let ``agent_id`` go (its state to its snapshot file), then re-place it."""
+        wait_ms = int(min(5000, self.timeout_s * 500))  # the source gives up before this request times out
+        body = messages.to_body(AgentMove(agent_id=agent_id, to=target, wait_ms=wait_ms))
+
+        def done(reply: Envelope) -> None:
+            error = None
+            if reply.is_error:
+                code = str(reply.body.get("code", "sandbox_error"))
+                error = RemoteError(str(reply.body.get("message", "the move failed")), code=code)
+            self.placement.moved_out(
+                agent_id,
+                not reply.is_error,
+                path=str(reply.body.get("path", "")),
+                error=error,
+                source_alive=source in self.workers,
+            )
+            if self._evacuation is not None and self._evacuation.answered(agent_id, reply):
+                self._evacuation = None
+
+        try:
+            self._to_worker(b"", False, Envelope(type="agent.move", body=body), source, internal=done)
+        except OpenFangError as exc:
+            done(Envelope(type="agent.move", body={}).error(exc))
+
+    def _moved(self, agent_id: str, result: dict[str, Any] | None, error: Exception | None) -> None:
+        """A move ended (Port.moved): answer the agent.move that asked for it, if a client did."""
+        pending = self._move_askers.pop(agent_id, None)
+        if pending is None:
+            return
+        if result is not None:
+            self._reply_pending(pending, pending.request.reply(result))
+            return
+        err = error if isinstance(error, OpenFangError) else OpenFangError(str(error))
+        self._reply_pending(pending, pending.request.error(err))
+
+    def _evacuate(self, req_id: Any, workers: list[str]) -> None:
+        """The root's gateway.evacuate before a reload stops ``workers``: move their agents off them; answer
+        once every source has let its agents go (or refused), so the stop loses no guest state."""
+        moving = self.placement.drain(workers)
+        log.info("workers_draining", workers=workers, agents=len(moving))
+        evacuation = _Evacuation(req_id, set(moving), self.child.send, workers)
+        self._evacuation = evacuation
+        for agent_id in moving:
+            self._move_out(agent_id, self.placement.moving[agent_id].source, None)
+        if evacuation.done():
+            self._evacuation = None
 
     def _deliver(self, pending: _Pending, worker: str) -> None:
         env = pending.request
@@ -773,6 +855,12 @@ class Gateway:
             self._reply(waiting.identity, waiting.delimited, answer)
         elif kind == "req" and msg.get("op") == "gateway.info":
             self.child.send({"t": "rep", "id": msg.get("id"), "ok": True, "result": self.info()})
+        elif kind == "req" and msg.get("op") == "gateway.evacuate":
+            workers = [str(w) for w in (msg.get("args") or {}).get("workers") or []]
+            self._evacuate(msg.get("id"), workers)
+        elif kind == "req" and msg.get("op") == "gateway.undrain":
+            self.placement.undrain(str(w) for w in (msg.get("args") or {}).get("workers") or [])
+            self.child.send({"t": "rep", "id": msg.get("id"), "ok": True, "result": {}})
 
     def _readiness(self, status: dict[str, Any]) -> dict[str, Any]:
         """The root's status with what only the gateway knows: ready once every worker of the tree has
@@ -829,6 +917,45 @@ class Gateway:
             self._complete(waiting, waiting.request.error(err))
 
 
+class _Evacuation:
+    """A reload's drain: the agents whose source has not answered yet, and the root's request to answer."""
+
+    def __init__(
+        self, req_id: Any, waiting: set[str], send: Callable[[dict[str, Any]], Any], workers: list[str]
+    ) -> None:
+        self.req_id = req_id
+        self.waiting = waiting
+        self.send = send
+        self.workers = workers
+        self.moved: list[str] = []
+        self.finished = False
+        self.stayed: dict[str, str] = {}  # agent id -> why its worker kept it (it goes with the worker)
+        self.t0 = time.monotonic()
+
+    def answered(self, agent_id: str, reply: Envelope) -> bool:
+        """One source's answer; True once the root has been answered."""
+        if agent_id in self.waiting:
+            self.waiting.discard(agent_id)
+            if reply.is_error:
+                self.stayed[agent_id] = str(reply.body.get("message", ""))
+            else:
+                self.moved.append(agent_id)
+        return self.done()
+
+    def done(self) -> bool:
+        """Answer the root once no source is left to answer; True when answered."""
+        if self.finished:
+            return True
+        if self.waiting:
+            return False
+        ms = round((time.monotonic() - self.t0) * 1000, 1)
+        result = {"workers": self.workers, "moved": len(self.moved), "stayed": self.stayed, "ms": ms}
+        log.info("workers_drained", **result)
+        self.send({"t": "rep", "id": self.req_id, "ok": True, "result": result})
+        self.finished = True
+        return True
+
+
 class _GatewayPort:
     """What :class:`Placement` asks of the gateway, done with the gateway's sockets."""
 
@@ -851,7 +978,11 @@ class _GatewayPort:
 
         def done(reply: Envelope) -> None:
             reason = str(reply.body.get("message", "")) if reply.is_error else ""
-            self.gw.placement.spawned(agent_id, worker_id, not reply.is_error, reason)
+            code = str(reply.body.get("code", "")) if reply.is_error else ""
+            restore = str(reply.body.get("restore", "")) if not reply.is_error else ""
+            self.gw.placement.spawned(
+                agent_id, worker_id, not reply.is_error, reason, restore=restore, code=code
+            )
 
         self._internal(worker_id, Envelope(type="agent.spawn", body=body), done)
 
@@ -873,6 +1004,9 @@ class _GatewayPort:
 
     def publish(self, event: dict[str, Any]) -> None:
         self.gw._publish(event)
+
+    def moved(self, agent_id: str, result: dict[str, Any] | None, error: Exception | None) -> None:
+        self.gw._moved(agent_id, result, error)
 
 
 def _registry_path(args: dict[str, Any]) -> str:
