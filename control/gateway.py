@@ -726,7 +726,7 @@ class Gateway:
         identity = worker_id.encode()
         sender = forward.sender
         try:
-            if self.agents.worker_of.get(sender) != worker_id:
+            if not self._hosts(worker_id, sender):
                 raise SecurityError(f"worker {worker_id} does not host agent {sender!r}; forward refused")
             inner = forward.request
             if inner.type in SCHEDULE_OPS or inner.type in TOPIC_OPS:
@@ -755,6 +755,17 @@ class Gateway:
             self._to_worker(identity, False, request, target.workers[0], via_workers=True)
         except OpenFangError as exc:
             self._reply(identity, False, env.error(exc), via_workers=True)
+
+    def _hosts(self, worker_id: str, agent_id: str) -> bool:
+        """``worker_id`` hosts ``agent_id``: announced there, or moving off it and not let go yet (it is
+        finishing the messages it had: their agent_send and tools still go out)."""
+        if self.agents.worker_of.get(agent_id) == worker_id:
+            return True
+        move = self.placement.moving.get(agent_id)
+        row = self.registry.get(agent_id)
+        return (
+            move is not None and move.source == worker_id and row is not None and row.placement == worker_id
+        )
 
     def _schedule(self, sender: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         """An agent's ``schedule.*`` request (the worker checked its send permission for the target): the

@@ -25,8 +25,9 @@ in page 12; the rest is zero. Metrics (system "openfang", p50 as the value, p50/
 - ``daemon_move_ms``: an ``agent.move`` round trip between two workers (client -> gateway -> source worker:
   capture, free, the snapshot file written and fsynced by its writer thread -> gateway -> target worker: a
   re-spawn that restores the file -> gateway -> client) of a guest with a 1 MiB heap (the heap module above,
-  ~256 KiB of it written by 8 messages of chat JSON), p50 with p95 and p99 beside it; ``daemon_move_inside_ms``
-  is the gateway's own measure (its ``move_ms``: from the source's request to the target's answer).
+  ~256 KiB of it written by 8 messages of chat JSON), p50 with p95 and p99 beside it;
+  ``daemon_move_inside_ms`` is the gateway's own measure (its ``move_ms``: from the source's request to the
+  target's answer).
 """
 
 from __future__ import annotations
