@@ -101,8 +101,8 @@ def cli(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_move_counter_keeps_its_count_both_ways(make_cluster: Any) -> None:
-    """A Rust counter moved to the other worker (by id, then by placement, then by the CLI) keeps counting;
-    agent.moved is published, the reply and the log say the snapshot path was used."""
+    """A Rust counter moved to the other worker (by id, by placement, by the CLI, hibernated) keeps
+    counting; agent.moved is published, the reply and the log say the snapshot path was used."""
     c = make_cluster(workers=2).start()
     sub = c.subscribe()
     aid = spawn(c, counter(), worker="workers-0")
@@ -127,6 +127,9 @@ def test_move_counter_keeps_its_count_both_ways(make_cluster: Any) -> None:
     assert out.returncode == 0, out.stderr
     assert "snapshot" in out.stdout and "workers-1" in out.stdout
     assert count(say(c, aid)) == 5
+    c.ok("agent.hibernate", {"agent_id": aid})  # a hibernated agent moves from its file
+    assert c.ok("agent.move", {"agent_id": aid})["path"] == "snapshot"
+    assert count(say(c, aid)) == 6
     assert c.ok("agent.info", {"agent_id": aid})["restarts"] == 0  # a move is not a restart
     lines = [e for e in c.log_events() if e.get("agent_id") == aid]
     names = {e.get("event") for e in lines}
