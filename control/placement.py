@@ -499,9 +499,14 @@ class Placement:
     ) -> None:
         """The source's answer: the agent has left it (re-spawn it on the target), or it stays there."""
         move = self.moving.get(agent_id)
-        row = self.registry.get(agent_id)
-        if move is None or row is None or not row.live or row.placement != move.source:
+        if move is None:
             return  # killed, lost or restarted meanwhile: that path answered the move already
+        row = self.registry.get(agent_id)
+        if row is None or not row.live or row.placement != move.source:
+            del self.moving[agent_id]
+            gone = Gone(f"agent {agent_id!r} is no longer on worker {move.source} ({error or 'it left'})")
+            self.port.moved(agent_id, None, gone)
+            return
         if not ok:
             del self.moving[agent_id]
             if source_alive:
@@ -694,6 +699,10 @@ class Placement:
         self.restored.discard(row.agent_id)
         row.state, row.reason = "dead", f"{reason}: {detail}" if detail and detail != reason else reason
         self.registry.save(row)
+        if self.moving.pop(row.agent_id, None) is not None:
+            self.port.moved(
+                row.agent_id, None, Gone(f"agent {row.agent_id!r} died during its move ({row.reason})")
+            )
         log.error("agent_lost", agent_id=row.agent_id, worker=worker, reason=reason, detail=detail)
         self.port.publish(
             {
