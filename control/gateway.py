@@ -460,7 +460,7 @@ class Gateway:
         self._deliver(pending, worker)
 
     def _on_move(self, identity: bytes, delimited: bool, env: Envelope, move: AgentMove) -> None:
-        """agent.move: check the target, then let the source go of the agent (:meth:`_move_out`); the
+        """agent.move: check the target, then ask the source to let the agent go (:meth:`_move_out`); the
         answer leaves when the agent runs on the target (``Port.moved``)."""
         row, source = self.placement.target(move.agent_id)  # not_found, gone
         agent_id = row.agent_id
