@@ -39,6 +39,7 @@ import zmq
 from openfang.control import routing
 from openfang.control.audit_check import AuditCheck
 from openfang.control.guard import Guard, config_from_args, receive_client
+from openfang.control.moves import Moves
 from openfang.control.placement import GRACE_S, Placement
 from openfang.control.registry import AgentRegistry, AgentRow
 from openfang.control.schedules import ScheduleStore, parse_when
@@ -173,8 +174,14 @@ class Gateway:
             ms=round((time.perf_counter() - t0) * 1000, 1),
         )
         self._held: list[tuple[bytes, bool, Envelope, bool]] = []  # replies waiting for the commit
-        self._move_askers: dict[str, _Pending] = {}  # agent id -> the agent.move request to answer
-        self._evacuation: _Evacuation | None = None  # a reload's drain in progress (gateway.evacuate)
+        self.moves = Moves(
+            self.placement,
+            ask_worker=self._ask_worker,
+            answer=self._reply_pending,
+            connected=lambda worker_id: worker_id in self.workers,
+            send_up=self.child.send,
+            timeout_s=self.timeout_s,
+        )
         self.stopping = False  # the tree is stopping: workers that go away take no agents with them
         self.started = time.time()
         self.schedules: ScheduleStore | None = None  # opened on an agent's first schedule.* request
@@ -460,79 +467,15 @@ class Gateway:
         self._deliver(pending, worker)
 
     def _on_move(self, identity: bytes, delimited: bool, env: Envelope, move: AgentMove) -> None:
-        """agent.move: check the target, then ask the source to let the agent go (:meth:`_move_out`); the
-        answer leaves when the agent runs on the target (``Port.moved``)."""
-        row, source = self.placement.target(move.agent_id)  # not_found, gone
-        agent_id = row.agent_id
-        if agent_id in self.placement.moving:
-            raise Busy(f"agent {agent_id!r} is already moving; retry when it has arrived")
-        if source is None:
-            raise Restarting(f"agent {agent_id!r} is {row.state}; move it when it runs", retry_after_ms=500)
-        if move.to is not None:
-            if move.to == source:
-                raise ProtocolError(f"body.to: agent {agent_id!r} already runs on worker {source!r}")
-            if move.to not in self.placement.workers or move.to not in self.workers:
-                connected = ", ".join(sorted(self.placement.workers)) or "none"
-                raise NotFound(f"body.to: worker {move.to!r} is not connected (connected: {connected})")
-            if move.to in self.placement.draining:
-                raise NotFound(f"body.to: worker {move.to!r} is being removed by a reload")
-            target: str | None = move.to
-        else:
-            target = self.placement.least_loaded(exclude=[source])
-            if target is None:
-                raise NotFound(f"no other worker is connected to move agent {agent_id!r} to")
-        pending = _Pending(identity, delimited, env, False, agent_id)
-        self.placement.begin_move(agent_id, target)
-        self._move_askers[agent_id] = pending
-        self._move_out(agent_id, source, target)
+        """agent.move (:mod:`.moves`): answered when the agent runs on its target, or refused now."""
+        self.moves.request(_Pending(identity, delimited, env, False, move.agent_id), move)
 
-    def _move_out(self, agent_id: str, source: str, target: str | None) -> None:
-        """Ask ``source`` to let ``agent_id`` go (its state to its snapshot file), then re-place it."""
-        wait_ms = int(min(5000, self.timeout_s * 500))  # the source gives up before this request times out
-        body = messages.to_body(AgentMove(agent_id=agent_id, to=target, wait_ms=wait_ms))
-
-        def done(reply: Envelope) -> None:
-            error = None
-            if reply.is_error:
-                code = str(reply.body.get("code", "sandbox_error"))
-                error = RemoteError(str(reply.body.get("message", "the move failed")), code=code)
-            self.placement.moved_out(
-                agent_id,
-                not reply.is_error,
-                path=str(reply.body.get("path", "")),
-                error=error,
-                source_alive=source in self.workers,
-            )
-            if self._evacuation is not None and self._evacuation.answered(agent_id, reply):
-                self._evacuation = None
-
+    def _ask_worker(self, worker_id: str, env: Envelope, done: Callable[[Envelope], None]) -> None:
+        """The gateway's own request to a worker: ``done(reply)`` gets the answer (or the failure)."""
         try:
-            self._to_worker(b"", False, Envelope(type="agent.move", body=body), source, internal=done)
+            self._to_worker(b"", False, env, worker_id, internal=done)
         except OpenFangError as exc:
-            done(Envelope(type="agent.move", body={}).error(exc))
-
-    def _moved(self, agent_id: str, result: dict[str, Any] | None, error: Exception | None) -> None:
-        """A move ended (Port.moved): answer the agent.move that asked for it, if a client did."""
-        pending = self._move_askers.pop(agent_id, None)
-        if pending is None:
-            return
-        if result is not None:
-            self._reply_pending(pending, pending.request.reply(result))
-            return
-        err = error if isinstance(error, OpenFangError) else OpenFangError(str(error))
-        self._reply_pending(pending, pending.request.error(err))
-
-    def _evacuate(self, req_id: Any, workers: list[str]) -> None:
-        """The root's gateway.evacuate before a reload stops ``workers``: move their agents off them; answer
-        once every source has let its agents go (or refused), so the stop loses no guest state."""
-        moving = self.placement.drain(workers)
-        log.info("workers_draining", workers=workers, agents=len(moving))
-        evacuation = _Evacuation(req_id, set(moving), self.child.send, workers)
-        self._evacuation = evacuation
-        for agent_id in moving:
-            self._move_out(agent_id, self.placement.moving[agent_id].source, None)
-        if evacuation.done():
-            self._evacuation = None
+            done(env.error(exc))
 
     def _deliver(self, pending: _Pending, worker: str) -> None:
         env = pending.request
@@ -726,7 +669,7 @@ class Gateway:
         identity = worker_id.encode()
         sender = forward.sender
         try:
-            if not self._hosts(worker_id, sender):
+            if self.agents.worker_of.get(sender) != worker_id and not self.moves.hosted_by(worker_id, sender):
                 raise SecurityError(f"worker {worker_id} does not host agent {sender!r}; forward refused")
             inner = forward.request
             if inner.type in SCHEDULE_OPS or inner.type in TOPIC_OPS:
@@ -755,17 +698,6 @@ class Gateway:
             self._to_worker(identity, False, request, target.workers[0], via_workers=True)
         except OpenFangError as exc:
             self._reply(identity, False, env.error(exc), via_workers=True)
-
-    def _hosts(self, worker_id: str, agent_id: str) -> bool:
-        """``worker_id`` hosts ``agent_id``: announced there, or moving off it and not let go yet (it is
-        finishing the messages it had: their agent_send and tools still go out)."""
-        if self.agents.worker_of.get(agent_id) == worker_id:
-            return True
-        move = self.placement.moving.get(agent_id)
-        row = self.registry.get(agent_id)
-        return (
-            move is not None and move.source == worker_id and row is not None and row.placement == worker_id
-        )
 
     def _schedule(self, sender: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         """An agent's ``schedule.*`` request (the worker checked its send permission for the target): the
@@ -868,9 +800,9 @@ class Gateway:
             self.child.send({"t": "rep", "id": msg.get("id"), "ok": True, "result": self.info()})
         elif kind == "req" and msg.get("op") == "gateway.evacuate":
             workers = [str(w) for w in (msg.get("args") or {}).get("workers") or []]
-            self._evacuate(msg.get("id"), workers)
+            self.moves.evacuate(msg.get("id"), workers)
         elif kind == "req" and msg.get("op") == "gateway.undrain":
-            self.placement.undrain(str(w) for w in (msg.get("args") or {}).get("workers") or [])
+            self.moves.undrain(str(w) for w in (msg.get("args") or {}).get("workers") or [])
             self.child.send({"t": "rep", "id": msg.get("id"), "ok": True, "result": {}})
 
     def _readiness(self, status: dict[str, Any]) -> dict[str, Any]:
@@ -928,45 +860,6 @@ class Gateway:
             self._complete(waiting, waiting.request.error(err))
 
 
-class _Evacuation:
-    """A reload's drain: the agents whose source has not answered yet, and the root's request to answer."""
-
-    def __init__(
-        self, req_id: Any, waiting: set[str], send: Callable[[dict[str, Any]], Any], workers: list[str]
-    ) -> None:
-        self.req_id = req_id
-        self.waiting = waiting
-        self.send = send
-        self.workers = workers
-        self.moved: list[str] = []
-        self.finished = False
-        self.stayed: dict[str, str] = {}  # agent id -> why its worker kept it (it goes with the worker)
-        self.t0 = time.monotonic()
-
-    def answered(self, agent_id: str, reply: Envelope) -> bool:
-        """One source's answer; True once the root has been answered."""
-        if agent_id in self.waiting:
-            self.waiting.discard(agent_id)
-            if reply.is_error:
-                self.stayed[agent_id] = str(reply.body.get("message", ""))
-            else:
-                self.moved.append(agent_id)
-        return self.done()
-
-    def done(self) -> bool:
-        """Answer the root once no source is left to answer; True when answered."""
-        if self.finished:
-            return True
-        if self.waiting:
-            return False
-        ms = round((time.monotonic() - self.t0) * 1000, 1)
-        result = {"workers": self.workers, "moved": len(self.moved), "stayed": self.stayed, "ms": ms}
-        log.info("workers_drained", **result)
-        self.send({"t": "rep", "id": self.req_id, "ok": True, "result": result})
-        self.finished = True
-        return True
-
-
 class _GatewayPort:
     """What :class:`Placement` asks of the gateway, done with the gateway's sockets."""
 
@@ -974,10 +867,7 @@ class _GatewayPort:
         self.gw = gateway
 
     def _internal(self, worker_id: str, env: Envelope, done: Callable[[Envelope], None]) -> None:
-        try:
-            self.gw._to_worker(b"", False, env, worker_id, internal=done)
-        except OpenFangError as exc:
-            done(env.error(exc))
+        self.gw._ask_worker(worker_id, env, done)
 
     def spawn(self, worker_id: str, row: AgentRow, manifest: str, *, resume: bool) -> None:
         body: dict[str, Any] = {"manifest": manifest, "agent_id": row.agent_id, "resume": resume}
@@ -1017,7 +907,7 @@ class _GatewayPort:
         self.gw._publish(event)
 
     def moved(self, agent_id: str, result: dict[str, Any] | None, error: Exception | None) -> None:
-        self.gw._moved(agent_id, result, error)
+        self.gw.moves.moved(agent_id, result, error)
 
 
 def _registry_path(args: dict[str, Any]) -> str:
