@@ -169,6 +169,9 @@ class Daemon:
                 return
             answered = True
             self.reloading = False
+            if self.state != "running":  # stopped meanwhile: nothing left to reconfigure
+                reply(False, {"code": "supervisor_error", "message": f"the daemon is {self.state}"})
+                return
             if ok:
                 log.info("reload_agents_moved", workers=leaving, result=result)
             else:
