@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
+
 from openfang.control.placement import Placement
 from openfang.protocol import messages
 from openfang.protocol.bodies import AgentMove

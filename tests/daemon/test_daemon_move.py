@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import zmq
 from daemon_harness import ROOT, Cluster, wait_for
+
 from openfang.protocol.envelope import Envelope, decode, encode
 
 pytestmark = pytest.mark.integration
