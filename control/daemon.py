@@ -9,6 +9,7 @@ fed from the loop, and the gateway's questions about the tree are answered here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -32,10 +33,13 @@ from openfang.supervisor._proc import set_title
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED
 from openfang.supervisor.loop import Loop
 from openfang.supervisor.runtime import SupervisorCore, supervisor_for
+from openfang.supervisor.spec import ChildSpec, ChildType, SupervisorSpec
 
 log = structlog.get_logger("openfang.supervisor")
 EXIT_CONFIG = 2
 EXIT_START_FAILED = EXIT_CRASH  # as a nested supervisor whose children cannot start
+WORKER_START = "openfang.workers.worker:"
+EVACUATE_TIMEOUT_S = 15.0  # a reload waits this long for the gateway to move agents off leaving workers
 Reply = Callable[[bool, Any], None]
 
 
@@ -62,6 +66,7 @@ class Daemon:
         self.state = "starting"
         self.exit_code = 0
         self.reloads = 0
+        self.reloading = False  # a reload waits for the gateway to move agents off the workers it stops
         # The root is a subreaper (it sets that itself at start): orphaned descendants are reaped here.
         self.sup: SupervisorCore = supervisor_for(
             config.tree,
@@ -144,10 +149,48 @@ class Daemon:
             self.notifier.ready("running (last reload rejected)")
             reply(False, {"code": exc.code, "message": exc.message})
             return
+        if self.reloading:
+            reply(False, {"code": "busy", "message": "a reload is in progress (moving agents); retry"})
+            return
+        leaving = leaving_workers(self.config.tree, new.tree)
+        if not leaving:
+            self._apply(new, reply, [])
+            return
+        # Workers this reload stops or replaces: their agents move first (their guest state by snapshot),
+        # so the stop loses nothing (issue 9 item 6). The gateway answers once every source has let its
+        # agents go; past EVACUATE_TIMEOUT_S the reload goes ahead and the rest restart by policy.
+        self.reloading = True
+        log.info("reload_moving_agents", workers=leaving)
+        answered = False
+
+        def evacuated(ok: bool, result: Any) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            self.reloading = False
+            if self.state != "running":  # stopped meanwhile: nothing left to reconfigure
+                reply(False, {"code": "supervisor_error", "message": f"the daemon is {self.state}"})
+                return
+            if ok:
+                log.info("reload_agents_moved", workers=leaving, result=result)
+            else:
+                log.warning("reload_agents_not_moved", workers=leaving, error=result)
+            self._apply(new, reply, leaving)
+
+        self.sup.ask(GATEWAY_ID, "gateway.evacuate", {"workers": leaving}, evacuated)
+        self.loop.call_later(
+            EVACUATE_TIMEOUT_S, lambda: evacuated(False, {"message": f"no answer in {EVACUATE_TIMEOUT_S:g}s"})
+        )
+
+    def _apply(self, new: ClusterConfig, reply: Reply, drained: list[str]) -> None:
+        """The second half of a reload: reconfigure the tree to ``new``."""
         try:
             diff = self.sup.reconfigure(new.tree)
         except OpenFangError as exc:
             log.error("reload_failed", error=str(exc))
+            if drained:  # the workers stay: they may host agents again
+                self.sup.ask(GATEWAY_ID, "gateway.undrain", {"workers": drained}, lambda ok, result: None)
             self.notifier.ready("running (last reload failed)")
             reply(False, exc.to_wire())
             return
@@ -311,6 +354,38 @@ def _process_figures(pid: int) -> dict[str, Any]:
             }
     except psutil.Error:
         return {"rss_bytes": None, "uptime_s": None}
+
+
+def leaving_workers(old: SupervisorSpec, new: SupervisorSpec) -> list[str]:
+    """The worker processes a reload from ``old`` to ``new`` stops or replaces, by the rules of
+    ``Supervisor.reconfigure``: a child gone or changed goes with its whole subtree, a nested supervisor
+    whose children alone changed is reconfigured below."""
+    wanted = {c.id: c for c in new.children}
+    out: list[str] = []
+    for child in old.children:
+        spec = wanted.get(child.id)
+        if spec == child:
+            continue
+        if spec is not None and _only_children_differ(child, spec):
+            assert child.supervisor is not None and spec.supervisor is not None
+            out += leaving_workers(child.supervisor, spec.supervisor)
+        else:
+            out += _workers_in(child)
+    return out
+
+
+def _only_children_differ(old: ChildSpec, new: ChildSpec) -> bool:
+    if ChildType.SUPERVISOR not in (old.type, new.type) or old.type != new.type:
+        return False
+    if old.supervisor is None or new.supervisor is None:
+        return False
+    return dataclasses.replace(old, supervisor=None) == dataclasses.replace(new, supervisor=None)
+
+
+def _workers_in(child: ChildSpec) -> list[str]:
+    if child.supervisor is not None:
+        return [w for c in child.supervisor.children for w in _workers_in(c)]
+    return [child.id] if child.start.startswith(WORKER_START) else []
 
 
 def _count_workers(nodes: list[dict[str, Any]]) -> int:

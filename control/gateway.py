@@ -39,12 +39,14 @@ import zmq
 from openfang.control import routing
 from openfang.control.audit_check import AuditCheck
 from openfang.control.guard import Guard, config_from_args, receive_client
+from openfang.control.moves import Moves
 from openfang.control.placement import GRACE_S, Placement
 from openfang.control.registry import AgentRegistry, AgentRow
 from openfang.control.schedules import ScheduleStore, parse_when
 from openfang.control.topics import TopicStore, check_topic
 from openfang.protocol import messages
 from openfang.protocol.bodies import (
+    AgentMove,
     AgentRef,
     AgentSend,
     AgentSpawn,
@@ -172,6 +174,14 @@ class Gateway:
             ms=round((time.perf_counter() - t0) * 1000, 1),
         )
         self._held: list[tuple[bytes, bool, Envelope, bool]] = []  # replies waiting for the commit
+        self.moves = Moves(
+            self.placement,
+            ask_worker=self._ask_worker,
+            answer=self._reply_pending,
+            connected=lambda worker_id: worker_id in self.workers,
+            send_up=self.child.send,
+            timeout_s=self.timeout_s,
+        )
         self.stopping = False  # the tree is stopping: workers that go away take no agents with them
         self.started = time.time()
         self.schedules: ScheduleStore | None = None  # opened on an agent's first schedule.* request
@@ -201,6 +211,7 @@ class Gateway:
             "agent.hibernate": (AgentRef, self._on_agent_request),
             "agent.wake": (AgentRef, self._on_agent_request),
             "agent.kill": (AgentRef, self._on_agent_request),
+            "agent.move": (AgentMove, self._on_move),
             "worker.ping": (WorkerPing, self._to_routed),
             "memory.search": (MemorySearch, self._to_routed),
             "memory.history": (MemoryHistory, self._to_routed),
@@ -430,6 +441,9 @@ class Gateway:
         env = pending.request
         agent_id = pending.agent_id
         row = self.placement.resolve(agent_id)
+        if row.agent_id in self.placement.moving and env.type != "agent.info":
+            self.placement.enqueue(row, pending)  # kill, suspend, ... reach it where it lands
+            return
         if env.type == "agent.kill" and (not row.live or not self.placement.announced(row.agent_id)):
             self.placement.killed(row.agent_id)
             self._reply_pending(pending, env.reply({"agent_id": row.agent_id, "state": "dead"}))
@@ -451,6 +465,17 @@ class Gateway:
             self.placement.enqueue(row, pending)
             return
         self._deliver(pending, worker)
+
+    def _on_move(self, identity: bytes, delimited: bool, env: Envelope, move: AgentMove) -> None:
+        """agent.move (:mod:`.moves`): answered when the agent runs on its target, or refused now."""
+        self.moves.request(_Pending(identity, delimited, env, False, move.agent_id), move)
+
+    def _ask_worker(self, worker_id: str, env: Envelope, done: Callable[[Envelope], None]) -> None:
+        """The gateway's own request to a worker: ``done(reply)`` gets the answer (or the failure)."""
+        try:
+            self._to_worker(b"", False, env, worker_id, internal=done)
+        except OpenFangError as exc:
+            done(env.error(exc))
 
     def _deliver(self, pending: _Pending, worker: str) -> None:
         env = pending.request
@@ -644,7 +669,7 @@ class Gateway:
         identity = worker_id.encode()
         sender = forward.sender
         try:
-            if self.agents.worker_of.get(sender) != worker_id:
+            if self.agents.worker_of.get(sender) != worker_id and not self.moves.hosted_by(worker_id, sender):
                 raise SecurityError(f"worker {worker_id} does not host agent {sender!r}; forward refused")
             inner = forward.request
             if inner.type in SCHEDULE_OPS or inner.type in TOPIC_OPS:
@@ -773,6 +798,12 @@ class Gateway:
             self._reply(waiting.identity, waiting.delimited, answer)
         elif kind == "req" and msg.get("op") == "gateway.info":
             self.child.send({"t": "rep", "id": msg.get("id"), "ok": True, "result": self.info()})
+        elif kind == "req" and msg.get("op") == "gateway.evacuate":
+            workers = [str(w) for w in (msg.get("args") or {}).get("workers") or []]
+            self.moves.evacuate(msg.get("id"), workers)
+        elif kind == "req" and msg.get("op") == "gateway.undrain":
+            self.moves.undrain(str(w) for w in (msg.get("args") or {}).get("workers") or [])
+            self.child.send({"t": "rep", "id": msg.get("id"), "ok": True, "result": {}})
 
     def _readiness(self, status: dict[str, Any]) -> dict[str, Any]:
         """The root's status with what only the gateway knows: ready once every worker of the tree has
@@ -836,10 +867,7 @@ class _GatewayPort:
         self.gw = gateway
 
     def _internal(self, worker_id: str, env: Envelope, done: Callable[[Envelope], None]) -> None:
-        try:
-            self.gw._to_worker(b"", False, env, worker_id, internal=done)
-        except OpenFangError as exc:
-            done(env.error(exc))
+        self.gw._ask_worker(worker_id, env, done)
 
     def spawn(self, worker_id: str, row: AgentRow, manifest: str, *, resume: bool) -> None:
         body: dict[str, Any] = {"manifest": manifest, "agent_id": row.agent_id, "resume": resume}
@@ -851,7 +879,11 @@ class _GatewayPort:
 
         def done(reply: Envelope) -> None:
             reason = str(reply.body.get("message", "")) if reply.is_error else ""
-            self.gw.placement.spawned(agent_id, worker_id, not reply.is_error, reason)
+            code = str(reply.body.get("code", "")) if reply.is_error else ""
+            restore = str(reply.body.get("restore", "")) if not reply.is_error else ""
+            self.gw.placement.spawned(
+                agent_id, worker_id, not reply.is_error, reason, restore=restore, code=code
+            )
 
         self._internal(worker_id, Envelope(type="agent.spawn", body=body), done)
 
@@ -873,6 +905,9 @@ class _GatewayPort:
 
     def publish(self, event: dict[str, Any]) -> None:
         self.gw._publish(event)
+
+    def moved(self, agent_id: str, result: dict[str, Any] | None, error: Exception | None) -> None:
+        self.gw.moves.moved(agent_id, result, error)
 
 
 def _registry_path(args: dict[str, Any]) -> str:

@@ -17,6 +17,14 @@ every rule here is tested with an injected clock and no processes:
 - **Messages while an agent is away** are queued here (bounded per agent and in total) and delivered in
   order when it is announced again; past the bound or the deadline they are answered ``restarting`` with
   ``retry_after_ms``. ``not_found`` is only for ids never registered (or killed and forgotten).
+- **Moves** (:meth:`Placement.begin_move`, issue 9 item 7). An agent is moved by its worker letting it go
+  (its guest state written to its snapshot file, or nothing for a module a snapshot cannot hold) and a
+  re-spawn elsewhere (which restores that file): while it moves it is not announced, so messages queue
+  here as during a restart. A move is not a restart (its window is untouched, ``agent.moved`` is
+  published); a worker dying under a move falls back to the restart rules. A reload that removes or
+  replaces workers first *drains* them (:meth:`Placement.drain`): they get no new agents, and their
+  agents move to the others, or, when there is no other, wait unplaced (their state on disk) for the
+  replacement (a temporary agent with nowhere to go is left to be lost with its worker, as before).
 - **Gateway restart.** The registry is read from disk, so every id is known at once. A worker's first
   hello to this gateway carries its full agent list (:meth:`Placement.worker_synced`): listed agents are
   announced, registered agents placed on it but missing are re-spawned, agents it hosts that the registry
@@ -37,7 +45,15 @@ import structlog
 
 from openfang.control.registry import AgentRegistry, AgentRow, manifest_digest
 from openfang.control.routing import AgentDirectory
-from openfang.protocol.errors import ConfigError, Gone, NotFound, Problem, Restarting
+from openfang.protocol.errors import (
+    ConfigError,
+    Gone,
+    NotFound,
+    OpenFangError,
+    Problem,
+    RemoteError,
+    Restarting,
+)
 from openfang.supervisor.restart import RestartWindow, abnormal, should_restart
 from openfang.supervisor.spec import Restart
 
@@ -49,6 +65,19 @@ QUEUE_MS = 5_000
 GRACE_S = 3.0
 RETRY_AFTER_MS = 250
 MAX_SPAWNING = 256  # re-spawns in flight at once: 100,000 restored agents must not time out in a burst
+
+
+@dataclass(slots=True)
+class Move:
+    """One agent on its way from ``source`` to ``target`` (None: wherever placement puts it)."""
+
+    source: str
+    target: str | None
+    started: float
+    why: str = "request"  # request (agent.move) | reload (its worker is being removed or replaced)
+    path: str = ""  # what the source did: snapshot | fresh (empty while it is letting the agent go)
+    refused: tuple[str, str] | None = None  # (code, message) of a target that refused it: it goes back
+    tried: set[str] = field(default_factory=set)
 
 
 class Port(Protocol):
@@ -71,6 +100,9 @@ class Port(Protocol):
 
     def publish(self, event: dict[str, Any]) -> None:
         """Put an event on the PUB stream."""
+
+    def moved(self, agent_id: str, result: dict[str, Any] | None, error: Exception | None) -> None:
+        """A move ended: ``result`` (the agent.move reply body) or ``error``, for the gateway to answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +189,8 @@ class Placement:
         self.load: Counter[str] = Counter()  # placed agents per worker
         self._windows: dict[str, RestartWindow] = {}
         self._facts: dict[str, ManifestFacts] = {}
+        self.moving: dict[str, Move] = {}
+        self.draining: set[str] = set()  # workers a reload is about to stop: no new agents go there
         # Restored from disk and not confirmed yet: their worker may still host them (a gateway restart).
         self.restored: set[str] = set()
         for row in registry.live():
@@ -255,16 +289,22 @@ class Placement:
 
     def least_loaded(self, exclude: Iterable[str] = ()) -> str | None:
         """The connected (synced) worker with the fewest placed agents."""
-        candidates = sorted(self.workers - set(exclude))
+        candidates = sorted(self.workers - set(exclude) - self.draining)
         if not candidates:
             return None
         return min(candidates, key=lambda w: (self.load[w], w))
 
     # -- confirmations from workers ---------------------------------------------------------------------
-    def spawned(self, agent_id: str, worker_id: str, ok: bool, reason: str = "") -> None:
+    def spawned(
+        self, agent_id: str, worker_id: str, ok: bool, reason: str = "", *, restore: str = "", code: str = ""
+    ) -> None:
         """The answer to a spawn (a client's or an internal re-spawn) for ``agent_id`` on ``worker_id``."""
         row = self.registry.get(agent_id)
         internal = self.spawning.pop(agent_id, None) is not None
+        move = self.moving.get(agent_id) if internal else None
+        if move is not None and row is not None and row.live:
+            self._arrived(row, move, worker_id, ok, reason, restore=restore, code=code)
+            return
         if row is not None and not ok and not internal:
             # A client's spawn the worker refused: never acknowledged, so it was never registered.
             self._unplace(row)
@@ -345,8 +385,20 @@ class Placement:
             for a, w in list(self.spawning.items())
             if w == worker_id and (r := self.registry.get(a)) is not None and r.placement != worker_id
         ]
+        self.draining.discard(worker_id)
         for row in affected:
             self.spawning.pop(row.agent_id, None)
+            move = self.moving.pop(row.agent_id, None)
+            if move is not None:  # it was leaving this worker, or arriving on it: the restart rules decide
+                self.port.moved(
+                    row.agent_id,
+                    None,
+                    Restarting(
+                        f"worker {worker_id} {why} during the move of {row.agent_id!r}; it is restarted by "
+                        "its restart policy (from its snapshot file when the move had written one)",
+                        retry_after_ms=RETRY_AFTER_MS,
+                    ),
+                )
             self._unannounce(row.agent_id)
             self._unplace(row)
             reason = f"worker {worker_id} {why}"
@@ -410,6 +462,8 @@ class Placement:
         row = self.registry.get(agent_id)
         if row is None:
             return
+        if self.moving.pop(agent_id, None) is not None:
+            self.port.moved(agent_id, None, NotFound(f"agent {agent_id!r} was killed during its move"))
         self._unplace(row)
         self._unannounce(agent_id)
         self.restored.discard(agent_id)
@@ -422,6 +476,141 @@ class Placement:
         if row is not None and row.live:
             row.state = state
             self.registry.save(row)
+
+    # -- moves -----------------------------------------------------------------------------------------
+    def begin_move(self, agent_id: str, target: str | None, why: str = "request") -> Move:
+        """Start moving an announced agent off its worker: from now on its messages queue here."""
+        row = self.resolve(agent_id)
+        source = self.directory.worker_of[row.agent_id]
+        move = self.moving[row.agent_id] = Move(source=source, target=target, started=self.clock(), why=why)
+        self._unannounce(row.agent_id)
+        self.away.setdefault(row.agent_id, _Away(self.clock()))
+        log.info("agent_moving", agent_id=row.agent_id, worker=source, to=target, why=why)
+        return move
+
+    def moved_out(
+        self,
+        agent_id: str,
+        ok: bool,
+        *,
+        path: str = "",
+        error: Exception | None = None,
+        source_alive: bool = True,
+    ) -> None:
+        """The source's answer: the agent has left it (re-spawn it on the target), or it stays there."""
+        move = self.moving.get(agent_id)
+        if move is None:
+            return  # killed, lost or restarted meanwhile: that path answered the move already
+        row = self.registry.get(agent_id)
+        if row is None or not row.live or row.placement != move.source:
+            del self.moving[agent_id]
+            gone = Gone(f"agent {agent_id!r} is no longer on worker {move.source} ({error or 'it left'})")
+            self.port.moved(agent_id, None, gone)
+            return
+        if not ok:
+            del self.moving[agent_id]
+            if source_alive:
+                self._announce(row, move.source)
+                self._flush(agent_id, move.source)
+            self.port.moved(agent_id, None, error or OpenFangError("the move failed"))
+            return
+        move.path = path
+        move.tried.add(move.source)
+        self._unplace(row)
+        self.unplaced.add(agent_id)  # tick() re-spawns it (resume: from its snapshot file) on the target
+
+    def drain(self, workers: Iterable[str]) -> list[str]:
+        """A reload will stop ``workers``: no new agents go there, and their agents start moving (placed by
+        tick(), spread by load). The ids of the agents that started to move."""
+        leaving = set(workers)
+        self.draining |= leaving
+        started = []
+        stays_nowhere = not (self.workers - self.draining)
+        for agent_id, worker_id in sorted(self.directory.worker_of.items()):
+            row = self.registry.get(agent_id)
+            if worker_id not in leaving or row is None or not row.live or agent_id in self.moving:
+                continue
+            if stays_nowhere and row.restart == "temporary":
+                continue  # nowhere to go now and never restarted: lost with its worker, as before
+            self.begin_move(agent_id, None, why="reload")
+            started.append(agent_id)
+        return started
+
+    def undrain(self, workers: Iterable[str]) -> None:
+        """The reload that drained ``workers`` left them running (it failed, or replaced nothing)."""
+        self.draining -= set(workers)
+
+    def _move_target(self, agent_id: str) -> str | None:
+        move = self.moving.get(agent_id)
+        if move is None or move.target is None:
+            return None
+        target = move.target
+        return target if target in self.workers and target not in self.draining else None
+
+    def _arrived(
+        self, row: AgentRow, move: Move, worker_id: str, ok: bool, reason: str, *, restore: str, code: str
+    ) -> None:
+        """The target's answer to a move's re-spawn."""
+        agent_id = row.agent_id
+        if not ok:
+            move.tried.add(worker_id)
+            self._unplace(row)
+            if move.refused is not None or move.source in self.draining:
+                # Refused twice (or nowhere to go back to): from here on the restart rules decide.
+                del self.moving[agent_id]
+                self.port.moved(agent_id, None, Restarting(f"the move failed: {reason}", retry_after_ms=500))
+                self._restart(row, f"move failed: {reason}", lost_reason="restart_failed", worker=worker_id)
+                return
+            move.refused = (code or "sandbox_error", f"worker {worker_id} refused the agent: {reason}")
+            move.target = move.source if move.source in self.workers else None
+            self.unplaced.add(agent_id)  # back where it came from (its file is still there)
+            return
+        del self.moving[agent_id]
+        was = row.state
+        self._place(row, worker_id)
+        if was == "suspended":
+            self.port.suspend(worker_id, agent_id)
+        else:
+            row.state = "running"
+        self._announce(row, worker_id)
+        self.registry.save(row)
+        path = restore or move.path or "fresh"
+        ms = round((self.clock() - move.started) * 1000, 3)
+        if move.refused is not None:
+            code, message = move.refused
+            log.warning("agent_move_refused", agent_id=agent_id, worker=worker_id, reason=message)
+            self.port.moved(agent_id, None, _refusal(code, f"{message}; it runs on {worker_id} again"))
+        else:
+            log.info(
+                "agent_moved",
+                agent_id=agent_id,
+                worker=worker_id,
+                moved_from=move.source,
+                path=path,
+                move_ms=ms,
+                why=move.why,
+            )
+            self.port.publish(
+                {
+                    "kind": "agent.moved",
+                    "agent_id": agent_id,
+                    "from": move.source,
+                    "to": worker_id,
+                    "path": path,
+                    "move_ms": ms,
+                    "why": move.why,
+                }
+            )
+            result = {
+                "agent_id": agent_id,
+                "state": row.state,
+                "worker": worker_id,
+                "moved_from": move.source,
+                "path": path,
+                "move_ms": ms,
+            }
+            self.port.moved(agent_id, result, None)
+        self._flush(agent_id, worker_id)
 
     # -- time ------------------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -447,7 +636,7 @@ class Placement:
                     continue  # restored from disk: its old worker may still announce it
                 if len(self.spawning) >= MAX_SPAWNING:
                     break  # the rest on a later turn, as answers come back
-                worker = self.least_loaded()
+                worker = self._move_target(agent_id) or self.least_loaded()
                 if worker is None:
                     break
                 self.unplaced.discard(agent_id)
@@ -510,6 +699,10 @@ class Placement:
         self.restored.discard(row.agent_id)
         row.state, row.reason = "dead", f"{reason}: {detail}" if detail and detail != reason else reason
         self.registry.save(row)
+        if self.moving.pop(row.agent_id, None) is not None:
+            self.port.moved(
+                row.agent_id, None, Gone(f"agent {row.agent_id!r} died during its move ({row.reason})")
+            )
         log.error("agent_lost", agent_id=row.agent_id, worker=worker, reason=reason, detail=detail)
         self.port.publish(
             {
@@ -555,3 +748,8 @@ class Placement:
         for queued in away.queue:
             self.queued -= 1
             self.port.fail(queued.item, error)
+
+
+def _refusal(code: str, message: str) -> OpenFangError:
+    """A worker's refusal passed on with its own code (busy for a full worker, denied, ...)."""
+    return RemoteError(message, code=code)

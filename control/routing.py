@@ -26,6 +26,7 @@ BY_AGENT = frozenset(
         "agent.kill",
         "agent.hibernate",
         "agent.wake",
+        "agent.move",
     }
 )
 

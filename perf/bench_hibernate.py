@@ -21,7 +21,13 @@ in page 12; the rest is zero. Metrics (system "openfang", p50 as the value, p50/
   ``daemon_hibernate_ms`` (an ``agent.hibernate`` round trip: capture + free on the worker's loop, the file
   written by its writer thread), ``daemon_send_hibernated_ms`` (an ``agent.send`` to a hibernated agent:
   wake + the message) beside ``daemon_send_running_ms`` (the same message to a running agent), and
-  ``daemon_wake_ms`` (an ``agent.wake`` round trip).
+  ``daemon_wake_ms`` (an ``agent.wake`` round trip);
+- ``daemon_move_ms``: an ``agent.move`` round trip between two workers (client -> gateway -> source worker:
+  capture, free, the snapshot file written and fsynced by its writer thread -> gateway -> target worker: a
+  re-spawn that restores the file -> gateway -> client) of a guest with a 1 MiB heap (the heap module above,
+  ~256 KiB of it written by 8 messages of chat JSON), p50 with p95 and p99 beside it;
+  ``daemon_move_inside_ms`` is the gateway's own measure (its ``move_ms``: from the source's request to the
+  target's answer).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from openfang.workers.sandbox.snapshot import (
     wake,
     write_snapshot,
 )
-from perf.workloads import metric, summarize
+from perf.workloads import metric, percentile, summarize
 
 TIMEOUT_S = 300
 SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a in abi.HOST_FUNCTIONS)
@@ -265,6 +271,55 @@ def _daemon_metrics(n: int) -> list[dict[str, Any]]:
     ]
 
 
+def _move_metrics(n: int) -> list[dict[str, Any]]:
+    from perf._cluster import UNLIMITED_CLIENT, BenchCluster
+
+    work = Path(tempfile.mkdtemp(prefix="openfang-move-"))
+    module = work / "heap.wat"
+    module.write_text(HEAP_WAT)
+    manifest = f'[agent]\nname = "heap"\nmodule = "{module}"\n[sandbox.memory]\nmax_heap_mb = 8\n'
+    limits = "\n[security.ratelimit.agent_requests]\nrate = 0\nburst = 0\n"
+    rng = random.Random(9)
+    trips: list[float] = []
+    inside: list[float] = []
+    try:
+        with BenchCluster(workers=2, extra=UNLIMITED_CLIENT + limits) as c:
+            c.start()
+            agent_id = str(c.call("agent.spawn", {"manifest": manifest, "worker": "workers-0"})["agent_id"])
+            for _ in range(8):  # 8 x 32 KiB of chat JSON, each kept where the guest's alloc put it
+                chat = json.dumps(
+                    [{"role": "user", "content": " ".join(rng.choice(WORDS) for _ in range(40))}]
+                )
+                text = (chat * (32 * 1024 // len(chat) + 1))[: 32 * 1024]
+                c.call("agent.send", {"agent_id": agent_id, "text": text})
+            memory = int(c.call("agent.info", {"agent_id": agent_id})["memory_bytes"])
+            for i in range(n):
+                t0 = time.perf_counter()
+                moved = c.call("agent.move", {"agent_id": agent_id, "to": f"workers-{(i + 1) % 2}"})
+                trips.append((time.perf_counter() - t0) * 1000)
+                assert moved["path"] == "snapshot", moved
+                inside.append(float(moved["move_ms"]))
+            echo = c.call("agent.send", {"agent_id": agent_id, "text": "still here"})
+            assert "still here" in echo["reply"], echo  # the guest echoes the message it was given
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    notes = f"{memory // 1024} KiB memory, 2 workers, through the gateway, fsynced snapshot file"
+    s = summarize(trips)
+    return [
+        metric(
+            "daemon_move_ms",
+            s["p50"],
+            "ms",
+            "lower",
+            p50=s["p50"],
+            p95=percentile(trips, 95),
+            p99=s["p99"],
+            notes=f"{notes}: agent.move round trip",
+        ),
+        _ms("daemon_move_inside_ms", inside, f"{notes}: the gateway's move_ms"),
+    ]
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Every metric of this module (see the module docstring)."""
     n = 50 if quick else 400
@@ -279,7 +334,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     finally:
         rt.close()
         shutil.rmtree(work, ignore_errors=True)
-    return [*out, *_daemon_metrics(40 if quick else 200)]
+    return [*out, *_daemon_metrics(40 if quick else 200), *_move_metrics(30 if quick else 200)]
 
 
 if __name__ == "__main__":

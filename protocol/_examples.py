@@ -71,6 +71,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "agent.resume": {"agent_id": "a-7f3c"},
     "agent.hibernate": {"agent_id": "a-7f3c"},
     "agent.wake": {"agent_id": "a-7f3c"},
+    "agent.move": {"agent_id": "a-7f3c", "to": "workers-1"},
     "agent.kill": {"agent_id": "a-7f3c"},
     "memory.search": {"query": "invoice total", "agent_id": "a-7f3c", "mode": "hybrid", "limit": 5},
     "memory.history": {"agent_id": "a-7f3c", "session": "s1", "limit": 20},
@@ -124,6 +125,14 @@ REPLIES: dict[str, dict[str, Any]] = {
     "agent.resume": {"agent_id": "a-7f3c", "state": "running"},
     "agent.hibernate": {"agent_id": "a-7f3c", "state": "hibernated"},
     "agent.wake": {"agent_id": "a-7f3c", "state": "running"},
+    "agent.move": {
+        "agent_id": "a-7f3c",
+        "state": "running",
+        "worker": "workers-1",
+        "moved_from": "workers-0",
+        "path": "snapshot",
+        "move_ms": 4.2,
+    },
     "agent.kill": {"agent_id": "a-7f3c", "state": "dead"},
     "memory.search": {
         "hits": [

@@ -299,6 +299,26 @@ class AgentStateOk:
     state: State
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentMove:
+    """Move an agent to another worker (``to``; default: the least loaded other one). Sent by the gateway
+    to the agent's worker too, as the source half of the move (snapshot it, then let it go)."""
+
+    agent_id: Id
+    to: Id | None = None
+    wait_ms: Annotated[int, Range(0, 60_000)] | None = None  # how long the source may wait for it to be idle
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentMoveOk:
+    agent_id: Id
+    state: State  # as it is on the target: running, suspended (a suspended agent stays suspended)
+    worker: Id | None = None  # where it runs now (the source half answers without it)
+    moved_from: Id | None = None
+    path: Annotated[str, Len(16)]  # snapshot (guest state restored) | fresh (a new instance, agent_init)
+    move_ms: float | None = None
+
+
 # -- memory ------------------------------------------------------------------------------------------------
 
 

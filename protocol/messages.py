@@ -24,6 +24,8 @@ from typing import Any
 from openfang.protocol import _schema
 from openfang.protocol.bodies import (
     AgentListOk,
+    AgentMove,
+    AgentMoveOk,
     AgentRecord,
     AgentRef,
     AgentSend,
@@ -85,6 +87,9 @@ EVENT_KINDS: dict[str, str] = {
     "worker, why (request | idle), memory_bytes, stored_bytes (non-zero 4 KiB chunks kept)",
     "agent.woken": "a hibernated agent is back in a sandbox, its guest state restored; fields: agent_id, "
     "worker, why (request | message), wake_ms",
+    "agent.moved": "an agent was moved to another worker (agent.move, or a reload removing its worker); "
+    "fields: agent_id, from, to (the worker it runs on now), path (snapshot: its guest state came along | "
+    "fresh: a new instance), move_ms",
     "agent.lost": "a registered agent is dead and will not come back; fields: agent_id, worker, reason "
     "(worker_crashed | worker_stopped for temporary agents, restart_intensity, restart_failed, crashed)",
 }
@@ -278,6 +283,16 @@ CATALOGUE: dict[str, MessageSpec] = {
             AgentRef,
             AgentStateOk,
             "bring a hibernated agent back from its snapshot now (a running agent: answered as is)",
+            *_AGENT_ERRORS,
+        ),
+        _spec(
+            "agent.move",
+            "agents",
+            AgentMove,
+            AgentMoveOk,
+            "move an agent to another worker (to: a worker id; default the least loaded other one), same id: "
+            "its guest state goes by snapshot (path snapshot), or, for a module a snapshot cannot hold, it "
+            "starts fresh there (path fresh); messages meanwhile wait for it",
             *_AGENT_ERRORS,
         ),
         _spec(

@@ -380,6 +380,15 @@ class SupervisorCore(abc.ABC):
         is called exactly once (on failure with ``{"code", "message"}``)."""
         self._requests.request(path, op, args, reply)
 
+    def ask(self, child_id: str, op: str, args: dict[str, Any], reply: Callable[[bool, Any], None]) -> None:
+        """Send request ``op`` down the uplink of the running child ``child_id``; its ``rep`` (or its exit)
+        calls ``reply(ok, result)`` once (the daemon asks the gateway to drain workers before a reload)."""
+        rec = self.record.children.get(child_id)
+        if rec is None:
+            reply(False, SupervisorError(f"no child {child_id!r} under {self.path!r}").to_wire())
+            return
+        self._requests.ask_child(rec, op, args, reply)
+
     def send_to_child(self, child_id: str, msg: dict[str, Any]) -> bool:
         """Send one message down a child's uplink; False if the child is not running."""
         rec = self.record.children.get(child_id)

@@ -88,7 +88,9 @@ UPLINK: dict[str, UplinkMessage] = {
             t="req",
             sender="both",
             fields={"id": "str", "op": "str", "args": "map", "path": "str (optional, downwards)"},
-            summary="a request: a tree operation (status, tree, child.*, ...) or gateway.info",
+            summary="a request: a tree operation (status, tree, child.*, ...), or from the root to the "
+            "gateway gateway.info, gateway.evacuate {workers} (move their agents off before a reload stops "
+            "them) and gateway.undrain {workers}",
         ),
         UplinkMessage(
             t="rep",

@@ -298,7 +298,7 @@ def cmd_agent_check(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    """Agent verbs: spawn, list, send, info, suspend, resume, kill, hibernate, wake."""
+    """Agent verbs: spawn, list, send, info, suspend, resume, kill, hibernate, wake, move."""
     op = args.agent_op
     if op == "spawn":
         path = Path(args.manifest)
@@ -323,6 +323,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
         if args.stream:
             return _send_streaming(args, body)
         return output(args, request(args, "agent.send", body), lambda b: str(b.get("reply", "")))
+    if op == "move":
+        body = {"agent_id": args.id}
+        if args.to:
+            body["to"] = args.to
+        return output(args, request(args, "agent.move", body), render.kv)
     return output(args, request(args, f"agent.{op}", {"agent_id": args.id}), render.kv)
 
 
@@ -583,6 +588,15 @@ def build_parser() -> argparse.ArgumentParser:
         "wake", parents=[common], help="bring a hibernated agent back from its snapshot now"
     )
     p.add_argument("id")
+    p = agent_sub.add_parser(
+        "move",
+        parents=[common],
+        help="move an agent to another worker, same id: its guest state goes by snapshot (path snapshot); "
+        "a module a snapshot cannot hold starts fresh there (path fresh). Messages sent meanwhile wait for "
+        "it; a suspended agent stays suspended",
+    )
+    p.add_argument("id")
+    p.add_argument("--to", metavar="WORKER", help="the worker id (default: the least loaded other worker)")
     agent.set_defaults(handler=cmd_agent)
     return parser
 

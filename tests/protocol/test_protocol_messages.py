@@ -28,7 +28,7 @@ BRIEF_TYPES = {
     "ping", "status", "tree", "stop", "reload", "child.start", "child.terminate", "child.restart",
     "child.delete", "child.which", "child.count", "worker.ping", "agent.spawn", "agent.send", "agent.list",
     "agent.info", "agent.suspend", "agent.resume", "agent.kill", "agent.hibernate", "agent.wake",
-    "memory.search", "memory.history", "memory.stats", "security.report", "audit.verify",
+    "agent.move", "memory.search", "memory.history", "memory.stats", "security.report", "audit.verify",
 }  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """Hibernate and wake inside the agent host: refusals at a non-quiescent point, a module a snapshot cannot
-hold, a host without a snapshot directory, and a snapshot that cannot be read (restarted fresh)."""
+hold, a host without a snapshot directory, a snapshot that cannot be read (restarted fresh), and the two
+halves of agent.move (the source lets go by snapshot, a re-spawn restores it) with their refusals."""
 
 from __future__ import annotations
 
@@ -127,5 +128,56 @@ def test_host_unreadable_snapshot_restarts_fresh_and_answers(tmp_path: Path) -> 
         assert "message 1 " in _say(d, aid)  # a fresh instance: the count started over
         info = d.ok("agent.info", agent_id=aid)
         assert info["state"] == "running" and info["restarts"] == 1
+    finally:
+        d.host.close()
+
+
+def test_host_move_answers_messages_already_in_then_the_target_restores_the_count(tmp_path: Path) -> None:
+    """agent.move (the source half) waits for the message in progress, refuses new sends with restarting,
+    writes the snapshot and lets the agent go; a second host sharing the directory re-spawns it from the
+    file (restore: snapshot) and it keeps counting."""
+    source = make_host(snapshot_dir=tmp_path)
+    target = make_host(snapshot_dir=tmp_path)
+    try:
+        text = manifest("counter", module=str(COUNTER), model=False)
+        aid = str(source.ok("agent.spawn", manifest=text)["agent_id"])
+        assert "message 1 " in _say(source, aid)
+        in_flight = source.submit("agent.send", agent_id=aid, text="hi")
+        move = source.submit("agent.move", agent_id=aid, to="w-other")
+        late = source.call("agent.send", agent_id=aid, text="hi")  # an agent's direct send meanwhile
+        assert late.body["code"] == "restarting" and late.body["retry_after_ms"] > 0, late.body
+        assert "message 2 " in source.wait(in_flight).body["reply"]
+        moved = source.wait(move).body
+        assert moved == {"agent_id": aid, "state": "running", "moved_from": "w-test", "path": "snapshot"}
+        assert aid not in source.host.agent_ids()
+        spawned = target.ok("agent.spawn", manifest=text, agent_id=aid, resume=True)
+        assert spawned["restore"] == "snapshot"
+        assert "message 3 " in _say(target, aid)
+        assert not (tmp_path / f"{aid}.snap").exists()  # restore = "fresh": the file was used once
+    finally:
+        source.host.close()
+        target.host.close()
+
+
+def test_host_move_refusals_leave_the_agent_running(tmp_path: Path) -> None:
+    """Still busy at wait_ms: sandbox_error, the message answered and the agent kept; suspended in the
+    middle of a message: refused until resumed; a second move in progress: busy."""
+    d = make_host(snapshot_dir=tmp_path)
+    try:
+        aid = _counter(d)
+        send = d.submit("agent.send", agent_id=aid, text="hi")
+        busy = d.call("agent.move", agent_id=aid, wait_ms=0)
+        assert busy.body["code"] == "sandbox_error" and "still busy" in busy.body["message"], busy.body
+        assert "message 1 " in d.wait(send).body["reply"]
+        send = d.submit("agent.send", agent_id=aid, text="hi")
+        d.ok("agent.suspend", agent_id=aid)
+        parked = d.call("agent.move", agent_id=aid)
+        assert parked.body["code"] == "sandbox_error" and "resume it first" in parked.body["message"]
+        d.ok("agent.resume", agent_id=aid)
+        assert "message 2 " in d.wait(send).body["reply"]
+        first = d.submit("agent.move", agent_id=aid)
+        again = d.call("agent.move", agent_id=aid)
+        assert again.body["code"] == "busy", again.body
+        assert d.wait(first).body["path"] == "snapshot"
     finally:
         d.host.close()

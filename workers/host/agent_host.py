@@ -41,7 +41,7 @@ from typing import Any
 import structlog
 
 from openfang.protocol import messages
-from openfang.protocol.bodies import AgentRef, AgentSend, AgentSpawn, Empty
+from openfang.protocol.bodies import AgentMove, AgentRef, AgentSend, AgentSpawn, Empty
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import (
     AlreadyExists,
@@ -49,6 +49,7 @@ from openfang.protocol.errors import (
     NotFound,
     OpenFangError,
     ProtocolError,
+    Restarting,
     SandboxError,
     SecurityError,
 )
@@ -74,6 +75,7 @@ from openfang.workers.tools.mcp import McpServerConfig
 
 log = structlog.get_logger("openfang.workers.host.agent_host")
 MAX_INBOX = 1024
+MOVE_WAIT_MS = 5000  # how long the source half of agent.move waits for a busy agent to become idle
 Sink = Callable[[dict[str, Any]], None]
 
 
@@ -172,7 +174,9 @@ class AgentHost:
             "agent.kill": (AgentRef, self._on_kill),
             "agent.hibernate": (AgentRef, self._on_hibernate),
             "agent.wake": (AgentRef, self._on_wake),
+            "agent.move": (AgentMove, self._on_move),
         }
+        self._moving: dict[str, HostedAgent] = {}  # agents whose move out waits (idle, or its file written)
 
     # -- public API ------------------------------------------------------------------------------------
     def wakeup_fd(self) -> int:
@@ -218,6 +222,8 @@ class AgentHost:
             if not ran or time.perf_counter() >= end:
                 break
         self._hib.reap(self._agents)
+        for agent in list(self._moving.values()):
+            self._move_step(agent)
         for agent in self._hib.due(self._agents, self.clock()):
             self._idle_hibernate(agent)
         out, self._replies = self._replies, []
@@ -241,6 +247,8 @@ class AgentHost:
     def next_deadline(self) -> float | None:
         """The next moment :meth:`step` has work without new input (now, a refuel, or a call deadline)."""
         best: float | None = self._hib.next_deadline()
+        if self._moving:  # a move waits for its snapshot file (written on a thread) or for its deadline
+            best = self.clock() + 0.002
         for agent in self._active.values():
             if agent.sandbox.runnable():
                 return self.clock()
@@ -337,6 +345,8 @@ class AgentHost:
 
     def _on_send(self, env: Envelope, body: AgentSend) -> None:
         agent = self._pick(body.agent_id, body.service)
+        if agent.moving is not None:  # the gateway holds its own clients' messages; an agent's send gets this
+            raise Restarting(f"agent {agent.agent_id} is moving to another worker; retry", retry_after_ms=250)
         if len(agent.inbox) >= MAX_INBOX:
             raise Busy(f"agent {agent.agent_id} has {MAX_INBOX} messages waiting")
         if agent.hibernated:
@@ -417,7 +427,7 @@ class AgentHost:
             self._wake(agent, "request")
         self._replies.append(env.reply({"agent_id": agent.agent_id, "state": agent.state}))
 
-    def _get(self, body: AgentRef) -> HostedAgent:
+    def _get(self, body: AgentRef | AgentMove) -> HostedAgent:
         agent = self._agents.get(body.agent_id)
         if agent is None:
             raise NotFound(f"no agent {body.agent_id!r} on worker {self.worker_id}")
@@ -433,8 +443,10 @@ class AgentHost:
         """
         if self._hib.has_file(agent.agent_id) and self._restore_last(agent):
             agent.resumed = []  # the guest has its own conversation back: none from memory on top
+            agent.restored = "snapshot"
             self._started(agent)
             return
+        agent.restored = "fresh"
         self._start(agent)
 
     def _restore_last(self, agent: HostedAgent) -> bool:
@@ -450,6 +462,8 @@ class AgentHost:
             return False
         ms = round((time.perf_counter() - t0) * 1000, 3)
         self._bound.info("agent_restored_from_snapshot", agent_id=agent.agent_id, restore_ms=ms)
+        if agent.manifest.restore != "snapshot":
+            self._hib.delete(agent.agent_id)  # as after a wake: stale from now on, a crash restarts it fresh
         return True
 
     def _start(self, agent: HostedAgent) -> None:
@@ -468,6 +482,7 @@ class AgentHost:
                 "service": agent.manifest.service,
                 "spawn": agent.sandbox.spawn_kind,
                 "spawn_ms": round(agent.sandbox.spawn_seconds * 1000, 3),
+                "restore": agent.restored,  # fresh | snapshot (a re-spawn or a move's target half)
             }
             self._replies.append(agent.spawn_env.reply(body))
             agent.spawn_env = None
@@ -477,7 +492,10 @@ class AgentHost:
         if agent.sandbox.state is not State.IDLE:
             return  # busy (a message, or agent_init after a restart): the inbox waits for _started/_apply
         if agent.current is not None or not agent.inbox:
-            if agent.current is None:
+            if agent.current is None and agent.moving is not None:
+                self._active.pop(agent.agent_id, None)
+                self._move_step(agent)  # idle now: the move it waited for goes ahead
+            elif agent.current is None:
                 self._active.pop(agent.agent_id, None)
                 if not agent.sandbox.user_suspended:
                     self._hib.arm(agent, self.clock())  # idle from now: the idle timer starts
@@ -641,6 +659,9 @@ class AgentHost:
         waiting = [agent.spawn_env] if agent.spawn_env else []
         waiting += [agent.current] if agent.current else []
         waiting += [env for env, _ in agent.inbox]
+        waiting += [agent.moving[0]] if agent.moving else []
+        agent.moving = None
+        self._moving.pop(agent.agent_id, None)
         for env in waiting:
             self._replies.append(env.error(error))
         agent.inbox.clear()
@@ -731,6 +752,102 @@ class AgentHost:
         self._bound.info("agent_woken", agent_id=agent.agent_id, why=why, wake_ms=ms)
         self._event(agent, "running", woken=True, why=why, wake_ms=ms)
         self._next_message(agent)
+
+    # -- move (the source half; the gateway spawns the target half from the snapshot file) ------------------
+    def _on_move(self, env: Envelope, body: AgentMove) -> None:
+        """Let an agent go to another worker: once it is idle (messages already here are answered first,
+        for up to ``wait_ms``), its guest state is written to its snapshot file, which the target's
+        re-spawn restores, and its record here is dropped. A module a snapshot cannot hold (or a worker
+        without a data directory) goes by a fresh start on the target instead: the reply says which
+        (``path``). Refused, the agent staying here as it was, while it starts or restarts, when it was
+        suspended in the middle of a message, or when it is still busy at the deadline."""
+        agent = self._get(body)
+        what = f"agent {agent.agent_id} cannot be moved"
+        if agent.moving is not None:
+            raise Busy(f"{what}: a move of it is already in progress")
+        if agent.phase is not Phase.READY:
+            raise SandboxError(f"{what} while it is {agent.state}; retry when it runs")
+        if agent.sandbox.user_suspended and agent.current is not None:
+            raise SandboxError(f"{what}: it was suspended in the middle of a message; resume it first")
+        wait_s = (MOVE_WAIT_MS if body.wait_ms is None else body.wait_ms) / 1000
+        agent.moving = (env, self.clock() + wait_s)
+        self._moving[agent.agent_id] = agent
+        busy = len(agent.inbox) + (agent.current is not None)
+        self._bound.info("agent_moving_out", agent_id=agent.agent_id, to=body.to, messages_first=busy)
+        self._move_step(agent)
+
+    def _move_step(self, agent: HostedAgent) -> None:
+        """Advance a move out: wait for idleness, snapshot and free the sandbox, wait for the file, let go."""
+        if agent.moving is None:
+            self._moving.pop(agent.agent_id, None)
+            return
+        env, deadline = agent.moving
+        if agent.phase is not Phase.READY or agent.current is not None or agent.inbox:
+            if self.clock() >= deadline:
+                agent.moving = None
+                self._moving.pop(agent.agent_id, None)
+                waited = env.body.get("wait_ms", MOVE_WAIT_MS)
+                self._replies.append(
+                    env.error(
+                        SandboxError(
+                            f"agent {agent.agent_id} cannot be moved: still busy after {waited} ms "
+                            f"({len(agent.inbox)} messages waiting); it stays on {self.worker_id}; retry"
+                        )
+                    )
+                )
+            return
+        if not agent.hibernated:
+            if self._hib.dir is None:
+                self._let_go(agent, "fresh", f"worker {self.worker_id} has no data directory for snapshots")
+                return
+            try:
+                snap = capture(agent.sandbox)
+            except SnapshotError as exc:  # hidden state: it starts fresh on the target (its reply says so)
+                self._let_go(agent, "fresh", exc.message)
+                return
+            agent.sandbox.close()
+            self._active.pop(agent.agent_id, None)
+            agent.hibernated = True
+            agent.idle_token += 1
+            self._hib.write_later(agent, snap)
+        if self._hib.writing(agent.agent_id):
+            return  # the writer thread is at it: step() comes back
+        if agent.snapshot is not None:  # the write failed: the state is in memory only, it stays here
+            agent.moving = None
+            self._moving.pop(agent.agent_id, None)
+            self._replies.append(
+                env.error(
+                    SandboxError(
+                        f"agent {agent.agent_id} cannot be moved: its snapshot could not be written "
+                        f"(see the worker's log); it stays on {self.worker_id}, hibernated"
+                    )
+                )
+            )
+            return
+        self._let_go(agent, "snapshot", "")
+
+    def _let_go(self, agent: HostedAgent, path: str, why_fresh: str) -> None:
+        """The agent has left: drop its record (not a death: no event, its file and memories stay)."""
+        assert agent.moving is not None
+        env, _ = agent.moving
+        agent.moving = None
+        self._moving.pop(agent.agent_id, None)
+        state = "suspended" if agent.sandbox.user_suspended else "running"
+        agent.sandbox.close()
+        if self._security is not None:
+            self._security.release(agent.agent_id)
+        self._kv.drop(agent.agent_id)
+        self._agents.pop(agent.agent_id, None)
+        self._active.pop(agent.agent_id, None)
+        if path == "fresh":
+            self._hib.delete(agent.agent_id)  # the target must not restore an older state
+        self._bound.info(
+            "agent_moved_out", agent_id=agent.agent_id, path=path, to=env.body.get("to"), why_fresh=why_fresh
+        )
+        body = {"agent_id": agent.agent_id, "state": state, "moved_from": self.worker_id, "path": path}
+        if why_fresh:
+            body["why_fresh"] = why_fresh
+        self._replies.append(env.reply(body))
 
     # -- reporting ----------------------------------------------------------------------------------------
     def _record(self, agent: HostedAgent) -> dict[str, Any]:

@@ -92,6 +92,10 @@ class Hibernation:
             raise SnapshotError(f"{path}: the snapshot is of agent {owner}, not {agent.agent_id}")
         return snap
 
+    def writing(self, agent_id: str) -> bool:
+        """A write of this agent's snapshot is still in progress (it settles in :meth:`reap`)."""
+        return agent_id in self._writes
+
     def has_file(self, agent_id: str) -> bool:
         return self.dir is not None and (self.dir / f"{agent_id}.snap").is_file()
 

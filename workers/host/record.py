@@ -69,6 +69,10 @@ class HostedAgent:
     snapshot: Any = None  # the in-memory Snapshot while its file is being written (then None)
     idle_token: int = 0  # bumped whenever it becomes idle: a stale idle-timer entry no longer matches
     no_hibernate: str | None = None  # why idle hibernation is off for it (its module cannot be snapshotted)
+    # agent.move (the source half): the request to answer and its deadline. While set, the agent takes no new
+    # message; once idle its state is snapshotted (or, unsnapshottable, dropped) and the record let go.
+    moving: tuple[Envelope, float] | None = None
+    restored: str = "fresh"  # how its current instance started: fresh (agent_init) | snapshot (restored)
 
     @property
     def state(self) -> str:
