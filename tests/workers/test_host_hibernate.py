@@ -181,3 +181,63 @@ def test_host_move_refusals_leave_the_agent_running(tmp_path: Path) -> None:
         assert d.wait(first).body["path"] == "snapshot"
     finally:
         d.host.close()
+
+
+KV_AGENT = """
+[agent]
+name = "keeper"
+tools = ["kv_set", "kv_get"]
+[agent.model]
+provider = "scripted"
+default = "no rule"
+script = [
+  {match = "remember (?P<v>\\\\w+)", tool = "kv_set", args = {key = "k", value = "{v}"}, then = "stored"},
+  {match = "recall", tool = "kv_get", args = {key = "k"}, then = "got {result}"},
+]
+"""
+
+
+def _real_llm_host(tmp_path: Path) -> Driver:
+    from openfang.workers.host.agent_host import AgentHost, HostParts
+    from openfang.workers.tools.registry import default_registry
+
+    return Driver(AgentHost("w-test", HostParts(snapshot_dir=tmp_path, tools=default_registry())))
+
+
+def test_host_move_carries_the_agents_kv_namespace_to_the_target(tmp_path: Path) -> None:
+    """kv_* keys travel in the snapshot: set on the source, moved, read back on the target host; the
+    source forgets them."""
+    source, target = _real_llm_host(tmp_path), _real_llm_host(tmp_path)
+    try:
+        aid = str(source.ok("agent.spawn", manifest=KV_AGENT)["agent_id"])
+        assert source.ok("agent.send", agent_id=aid, text="remember blue")["reply"] == "stored"
+        assert source.ok("agent.move", agent_id=aid, to="w-other")["path"] == "snapshot"
+        spawned = target.ok("agent.spawn", manifest=KV_AGENT, agent_id=aid, resume=True)
+        assert spawned["restore"] == "snapshot"
+        assert "blue" in target.ok("agent.send", agent_id=aid, text="recall")["reply"]
+    finally:
+        source.host.close()
+        target.host.close()
+
+
+def test_host_snapshot_kv_past_the_limits_restores_the_guest_without_the_keys(tmp_path: Path) -> None:
+    """A snapshot whose kv would pass this host's limits (or is not a map) still restores the guest; the
+    keys are dropped with a warning, never half loaded."""
+    from openfang.workers.sandbox.snapshot import read_snapshot, write_snapshot
+
+    source, target = _real_llm_host(tmp_path), _real_llm_host(tmp_path)
+    try:
+        aid = str(source.ok("agent.spawn", manifest=KV_AGENT)["agent_id"])
+        assert source.ok("agent.send", agent_id=aid, text="remember blue")["reply"] == "stored"
+        source.ok("agent.move", agent_id=aid, to="w-other")
+        path = tmp_path / f"{aid}.snap"
+        snap = read_snapshot(path)
+        import dataclasses
+
+        huge = {f"k{i}": "x" for i in range(5000)}  # more keys than a namespace may hold
+        write_snapshot(path, dataclasses.replace(snap, meta={**snap.meta, "kv": huge}))
+        assert target.ok("agent.spawn", manifest=KV_AGENT, agent_id=aid, resume=True)["restore"] == "snapshot"
+        assert "blue" not in target.ok("agent.send", agent_id=aid, text="recall")["reply"]
+    finally:
+        source.host.close()
+        target.host.close()

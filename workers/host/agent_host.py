@@ -69,7 +69,7 @@ from openfang.workers.manifest import ModelConfig
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox._wasmtime import EngineOptions
 from openfang.workers.sandbox.instance import Outcome, Sandbox, State
-from openfang.workers.sandbox.snapshot import SnapshotError, capture, restore
+from openfang.workers.sandbox.snapshot import Snapshot, SnapshotError, capture, restore
 from openfang.workers.tools import kv as _tools_kv
 from openfang.workers.tools.mcp import McpServerConfig
 
@@ -454,12 +454,14 @@ class AgentHost:
         sandbox) when it cannot be used."""
         t0 = time.perf_counter()
         try:
-            restore(agent.sandbox, self._hib.load(agent), fresh=True)
+            snap = self._hib.load(agent)
+            restore(agent.sandbox, snap, fresh=True)
         except OpenFangError as exc:
             self._bound.warning("agent_snapshot_restore_failed", agent_id=agent.agent_id, error=exc.message)
             agent.sandbox.close()
             agent.sandbox = self._spawner.sandbox(agent.manifest, agent.agent_id, agent.grant)
             return False
+        self._restore_kv(agent, snap)
         ms = round((time.perf_counter() - t0) * 1000, 3)
         self._bound.info("agent_restored_from_snapshot", agent_id=agent.agent_id, restore_ms=ms)
         if agent.manifest.restore != "snapshot":
@@ -689,7 +691,7 @@ class AgentHost:
         if agent.sandbox.user_suspended:
             raise SandboxError(f"{what} while suspended: resume it first")
         t0 = time.perf_counter()
-        snap = capture(agent.sandbox)  # SnapshotError names the problem; the sandbox is untouched
+        snap = self._capture(agent)  # SnapshotError names the problem; the sandbox is untouched
         agent.sandbox.close()
         self._active.pop(agent.agent_id, None)
         agent.chat_cache = jobs.ChatCache()  # parsed chat segments: rebuilt on demand after the wake
@@ -722,6 +724,21 @@ class AgentHost:
             self._bound.warning("agent_idle_hibernate_off", agent_id=agent.agent_id, error=exc.message)
         except OpenFangError as exc:
             self._bound.warning("agent_idle_hibernate_failed", agent_id=agent.agent_id, error=exc.message)
+
+    def _capture(self, agent: HostedAgent) -> Snapshot:
+        """The agent's guest state, with its kv_* namespace (so a move or a restore from the file brings
+        the agent's keys along; a wake on this worker finds them still in memory)."""
+        snap = capture(agent.sandbox)
+        return dataclasses.replace(snap, meta={**snap.meta, "kv": self._kv.export(agent.agent_id)})
+
+    def _restore_kv(self, agent: HostedAgent, snap: Snapshot) -> None:
+        values = snap.meta.get("kv")
+        if values is None:  # a snapshot from before kv was carried
+            return
+        try:
+            self._kv.load(agent.agent_id, values)
+        except OpenFangError as exc:  # the guest state is back; keys past this worker's limits are not
+            self._bound.warning("agent_kv_restore_failed", agent_id=agent.agent_id, error=exc.message)
 
     def _wake(self, agent: HostedAgent, why: str) -> None:
         """Restore a hibernated agent into a new sandbox (no agent_init). If its snapshot cannot be read or
@@ -801,7 +818,7 @@ class AgentHost:
                 self._let_go(agent, "fresh", f"worker {self.worker_id} has no data directory for snapshots")
                 return
             try:
-                snap = capture(agent.sandbox)
+                snap = self._capture(agent)
             except SnapshotError as exc:  # hidden state: it starts fresh on the target (its reply says so)
                 self._let_go(agent, "fresh", exc.message)
                 return

@@ -48,6 +48,26 @@ class KVStore:
             self._data.pop(agent_id, None)
             self._used.pop(agent_id, None)
 
+    def export(self, agent_id: str) -> dict[str, Any]:
+        """A copy of ``agent_id``'s namespace as plain JSON values (what a snapshot carries)."""
+        with self._lock:
+            return {k: json.loads(json.dumps(v)) for k, (v, _) in self._data.get(agent_id, {}).items()}
+
+    def load(self, agent_id: str, values: Any) -> None:
+        """Replace ``agent_id``'s namespace with ``values`` (from a snapshot), every write under the limits.
+
+        All or nothing: a value past a limit, a bad key or something that is not a map raises ToolError and
+        leaves the namespace as it was.
+        """
+        if not isinstance(values, dict):
+            raise ToolError(f"kv namespace must be a map, got {type(values).__name__}", code="bad_args")
+        staging = KVStore(self.limits)
+        for key, value in values.items():
+            staging._set(agent_id, key, value)
+        with self._lock, staging._lock:
+            self._data[agent_id] = staging._data.get(agent_id, {})
+            self._used[agent_id] = staging._used.get(agent_id, 0)
+
     def usage(self, agent_id: str) -> tuple[int, int]:
         """(keys, bytes) used by ``agent_id``."""
         with self._lock:
