@@ -11,8 +11,9 @@ accepted), ``bool``, ``Any``, ``Literal[...]``, ``list[T]``, ``dict[str, T]``, `
 dataclasses, each optionally wrapped in ``Annotated[..., Len(...), Range(...), Match(...)]``. Strings, bytes,
 lists and maps without an explicit ``Len`` get a default bound, so no field is unbounded. A union of
 dataclasses that each fix the same required field to ``Literal`` values is *tagged*: that field picks the
-option, and a bad body is reported with that option's own problems (``body.ops[1].body.role: ...``). Problems read ``"body.text: must be a string of at most 65536
-characters, got int"``: the dotted path, what is required, what arrived.
+option, and a bad body is reported with that option's own problems (``body.ops[1].body.role: ...``).
+Problems read ``"body.text: must be a string of at most 65536 characters, got int"``: the dotted path, what
+is required, what arrived.
 
 Bodies are *closed* (an unknown field is a problem, so a typo in a request is never silently ignored) or
 *open* (unknown fields are allowed: replies and events, so a newer peer may add fields without breaking
@@ -61,7 +62,7 @@ class Range:
 
 @dataclass(frozen=True, slots=True)
 class Match:
-    """A string must match ``pattern`` whole; ``what`` says in words what it allows (for problems and docs)."""
+    """A string must match ``pattern`` whole; ``what`` says in words what it allows (problems and docs)."""
 
     pattern: str
     what: str

@@ -402,8 +402,8 @@ INTERNAL: dict[str, InternalSpec] = {
             type="worker.forward",
             sender="worker",
             body=WorkerForward,
-            summary="an agent's agent.send, agent.spawn, schedule.* or topic.* request, routed by the gateway "
-            "like a client's request; the reply (that request's .ok, or error) comes back with the "
+            summary="an agent's agent.send, agent.spawn, schedule.* or topic.* request, routed by the "
+            "gateway like a client's request; the reply (that request's .ok, or error) comes back with the "
             "forward's id",
         ),
         _forwarded(

@@ -21,7 +21,7 @@ def test_writer_types_are_the_catalogues_memory_endpoint() -> None:
     named |= {messages.RECLAIM, messages.COMPACT, messages.PING}
     assert named == messages.WRITER_TYPES
     assert all(catalogue.INTERNAL[t].endpoint == "memory" for t in named)
-    assert messages.BATCHABLE == {"memory.episode", "memory.store", "memory.tool_call", "memory.forget"}
+    assert {"memory.episode", "memory.store", "memory.tool_call", "memory.forget"} == messages.BATCHABLE
 
 
 def test_applier_dispatch_types_every_write_with_the_catalogue_body(local_store) -> None:
