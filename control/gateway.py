@@ -899,11 +899,13 @@ class _GatewayPort:
         self.gw._ask_worker(worker_id, env, done)
 
     def spawn(self, worker_id: str, row: AgentRow, manifest: str, *, resume: bool) -> None:
-        body: dict[str, Any] = {"manifest": manifest, "agent_id": row.agent_id, "resume": resume}
-        if row.parent:
-            body["parent"] = row.parent
-        if row.manifest_path:
-            body["manifest_path"] = row.manifest_path
+        spawn = AgentSpawn(
+            manifest=manifest,
+            agent_id=row.agent_id,
+            resume=resume,
+            parent=row.parent or None,
+            manifest_path=row.manifest_path or None,
+        )
         agent_id = row.agent_id
 
         def done(reply: Envelope) -> None:
@@ -914,13 +916,16 @@ class _GatewayPort:
                 agent_id, worker_id, not reply.is_error, reason, restore=restore, code=code
             )
 
-        self._internal(worker_id, Envelope(type="agent.spawn", body=body), done)
+        self._internal(worker_id, messages.request(spawn), done)
 
     def kill(self, worker_id: str, agent_id: str) -> None:
-        self._internal(worker_id, Envelope(type="agent.kill", body={"agent_id": agent_id}), lambda r: None)
+        self._internal(
+            worker_id, messages.request(AgentRef(agent_id=agent_id), type="agent.kill"), lambda r: None
+        )
 
     def suspend(self, worker_id: str, agent_id: str) -> None:
-        self._internal(worker_id, Envelope(type="agent.suspend", body={"agent_id": agent_id}), lambda r: None)
+        suspend = messages.request(AgentRef(agent_id=agent_id), type="agent.suspend")
+        self._internal(worker_id, suspend, lambda r: None)
 
     def deliver(self, item: Any, worker_id: str) -> None:
         try:

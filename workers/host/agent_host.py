@@ -365,7 +365,7 @@ class AgentHost:
             )
         if self._memory is not None:
             self._memory.record_message(agent.agent_id, _session(body.session), "user", text, None)
-        agent.inbox.append((env, abi.user_message(text, session=body.session)))
+        agent.inbox.append((env, body, abi.user_message(text, session=body.session)))
         if agent.current is None and agent.phase is Phase.READY:
             self._next_message(agent)
 
@@ -502,13 +502,13 @@ class AgentHost:
                 if not agent.sandbox.user_suspended:
                     self._hib.arm(agent, self.clock())  # idle from now: the idle timer starts
             return
-        env, payload = agent.inbox[0]
+        env, send, payload = agent.inbox[0]
         agent.sandbox.begin_message(payload)
         agent.idle_token += 1  # busy: a pending idle timer no longer applies
         agent.inbox.popleft()
-        agent.current = env
+        agent.current, agent.current_send = env, send
         agent.usage = {"prompt_tokens": 0, "completion_tokens": 0, "tool_calls": 0}
-        agent.session = _session(env.body.get("session"))
+        agent.session = _session(send.session)
         agent.failure = None
         agent.task = None
         if agent.guard is not None:
@@ -660,7 +660,7 @@ class AgentHost:
         self._active.pop(agent.agent_id, None)
         waiting = [agent.spawn_env] if agent.spawn_env else []
         waiting += [agent.current] if agent.current else []
-        waiting += [env for env, _ in agent.inbox]
+        waiting += [env for env, _, _ in agent.inbox]
         waiting += [agent.moving[0]] if agent.moving else []
         agent.moving = None
         self._moving.pop(agent.agent_id, None)
