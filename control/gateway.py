@@ -15,8 +15,8 @@ unregistered agent, restarting while an agent comes back, timeout when nobody an
 Requests go through ``{type: (body class, handler)}`` tables (``_client_dispatch`` for clients,
 ``_worker_dispatch`` for what workers send, ``_forward_dispatch`` for what an agent sends through its worker
 inside ``worker.forward``: agent.send, agent.spawn, and the ``schedule.*`` / ``topic.*`` requests the gateway
-answers itself): each handler gets its body typed by the catalogue (:func:`~openfang.protocol.messages.parse`).
-Replies and events are open bodies and relayed as maps.
+answers itself): each handler gets its body typed by the catalogue
+(:func:`~openfang.protocol.messages.parse`). Replies and events are open bodies and relayed as maps.
 
 Agents are durable: the gateway owns the agent registry (``<data_dir>/agents.db``, :mod:`.registry`),
 assigns every agent its id, and keeps agents placed and restarted across worker deaths, reloads and its own
