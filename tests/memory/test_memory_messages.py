@@ -88,8 +88,8 @@ def test_applier_refuses_a_bad_body_alone_with_the_field_named(local_store) -> N
 
 @pytest.mark.integration
 def test_writer_answers_a_raw_bad_body_with_bad_request_naming_the_field(writer) -> None:
-    """Past the client's own check (a raw DEALER), the writer refuses a bad body naming the field, and a
-    bad op of a batch under its index; it keeps serving."""
+    """Past the client's own check (a raw DEALER), the writer refuses a bad body naming the field, a bad op
+    of a batch under its index, a ping with a body; it keeps serving."""
     w = writer()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -106,6 +106,10 @@ def test_writer_answers_a_raw_bad_body_with_bad_request_naming_the_field(writer)
         assert sock.poll(10_000)
         reply = decode(sock.recv())
         assert reply.id == "r2" and "body.ops[0].body.status: must be one of 'ok'" in reply.body["message"]
+        sock.send(encode(Envelope(type="memory.ping", body={"deep": True}, id="r3")))
+        assert sock.poll(10_000)
+        reply = decode(sock.recv())
+        assert reply.id == "r3" and "body.deep: unknown field" in reply.body["message"]
     finally:
         sock.close(0)
         ctx.term()
