@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import zmq
+
 from openfang.control.gateway import Gateway
 from openfang.protocol import messages
 from openfang.protocol.envelope import Envelope, decode, encode

@@ -7,6 +7,7 @@ import typing
 
 import pytest
 import zmq
+
 from openfang.memory import messages
 from openfang.memory.client import MemoryClient, store_body
 from openfang.protocol import messages as catalogue

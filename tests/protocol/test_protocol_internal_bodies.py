@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import pytest
+
 from openfang.protocol import _schema, messages
 from openfang.protocol.bodies import FORWARDED_TYPES, Empty
 from openfang.protocol.coordination import (
