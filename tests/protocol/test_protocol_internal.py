@@ -21,6 +21,8 @@ SPEAKERS = ("control/gateway.py", "workers/worker.py")
 # Every package whose modules send or handle messages on a socket (the CLI and the HTTP face are clients).
 SENDERS = ("control", "workers", "memory", "openfang/cli", "security")
 UPLINK_USERS = ("supervisor", "control", "workers", "memory")
+# Modules that read a request body's reserved signature keys (not fields of any body class): see below.
+RESERVED_KEY_READERS = ("security/identity.py", "security/signing.py")
 
 
 def _known_types() -> set[str]:
@@ -272,3 +274,42 @@ def test_uplink_unpack_refuses_a_kind_not_in_the_table() -> None:
     assert unpack(pack({"t": "hb"})) == {"t": "hb"}
     with pytest.raises(ProtocolError, match="'bogus'"):
         unpack(pack({"t": "bogus"}))
+
+
+def _raw_body_reads(tree: ast.Module) -> list[int]:
+    """Lines reading ``env.body`` / ``request.body`` field by field (``.get(...)`` or ``[...]``)."""
+    lines = []
+    for node in ast.walk(tree):
+        target = None
+        if isinstance(node, ast.Subscript):
+            target = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+            target = node.func.value
+        if (
+            isinstance(target, ast.Attribute)
+            and target.attr == "body"
+            and isinstance(target.value, ast.Name)
+            and target.value.id in ("env", "request")
+        ):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_raw_body_reads_walker_sees_get_and_subscript() -> None:
+    """The walker finds env.body.get(...) and request.body[...], not reply.body.get(...)."""
+    tree = ast.parse("env.body.get('a')\nrequest.body['b']\nreply.body.get('c')\n")
+    assert _raw_body_reads(tree) == [1, 2]
+
+
+def test_no_handler_reads_a_request_body_field_by_field() -> None:
+    """Handlers take typed bodies from the catalogue: no module of control, workers, memory or the CLI reads
+    a request (``env`` / ``request``) body key by key. Replies and events stay open maps, relayed; the
+    security layers read only the reserved signature keys (``_auth``, the agent signature), before the
+    body is typed and with those keys stripped."""
+    found = {
+        f"{rel}:{line}"
+        for rel, tree in _modules().items()
+        if not rel.startswith(RESERVED_KEY_READERS)
+        for line in _raw_body_reads(tree)
+    }
+    assert not found, f"request bodies read raw (parse them with messages.parse): {sorted(found)}"
