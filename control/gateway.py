@@ -13,7 +13,9 @@ unregistered agent, restarting while an agent comes back, timeout when nobody an
 ``request_timeout_ms``).
 
 Requests go through ``{type: (body class, handler)}`` tables (``_client_dispatch`` for clients,
-``_worker_dispatch`` for what workers send): each handler gets its body typed by the catalogue
+``_worker_dispatch`` for what workers send, ``_forward_dispatch`` for what an agent sends through its worker
+inside ``worker.forward``: agent.send, agent.spawn, and the ``schedule.*`` / ``topic.*`` requests the gateway
+answers itself): each handler gets its body typed by the catalogue
 (:func:`~openfang.protocol.messages.parse`). Replies and events are open bodies and relayed as maps.
 
 Agents are durable: the gateway owns the agent registry (``<data_dir>/agents.db``, :mod:`.registry`),
@@ -43,7 +45,7 @@ from openfang.control.moves import Moves
 from openfang.control.placement import GRACE_S, Placement
 from openfang.control.registry import AgentRegistry, AgentRow
 from openfang.control.schedules import ScheduleStore, parse_when
-from openfang.control.topics import TopicStore, check_topic
+from openfang.control.topics import TopicStore
 from openfang.protocol import messages
 from openfang.protocol.bodies import (
     AgentMove,
@@ -61,6 +63,17 @@ from openfang.protocol.bodies import (
     WorkerForward,
     WorkerHello,
     WorkerPing,
+)
+from openfang.protocol.coordination import (
+    ScheduleAdd,
+    ScheduleListOk,
+    ScheduleRecord,
+    ScheduleRemove,
+    ScheduleRemoveOk,
+    TopicRef,
+    TopicSubscribeOk,
+    TopicSubscribersOk,
+    TopicUnsubscribeOk,
 )
 from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import (
@@ -96,14 +109,12 @@ TREE_OPS = frozenset(
     }
 )
 POLL_MS = 200
-# An agent's schedule_* tools: answered by the gateway itself from the schedule store.
-SCHEDULE_OPS = frozenset({"schedule.add", "schedule.list", "schedule.remove"})
-# topic_subscribe / topic_unsubscribe / topic_publish: the subscriptions are the gateway's (control.topics).
-TOPIC_OPS = frozenset({"topic.subscribe", "topic.unsubscribe", "topic.subscribers"})
 # Answered by the gateway itself at once: never refused as busy.
 UNQUEUED = frozenset({"ping", "security.report"})
 # A client request's handler: (identity, delimited, envelope, typed body).
 ClientHandler = Callable[[bytes, bool, Envelope, Any], None]
+# A forwarded request's handler: (worker id, sending agent, the request with the forward's id, typed body).
+ForwardHandler = Callable[[str, str, Envelope, Any], None]
 
 
 @dataclass(slots=True)
@@ -216,6 +227,17 @@ class Gateway:
             "memory.search": (MemorySearch, self._to_routed),
             "memory.history": (MemoryHistory, self._to_routed),
             "memory.stats": (MemoryStats, self._to_routed),
+        }
+        # What an agent sends through its worker (worker.forward), by request type: FORWARDED_TYPES.
+        self._forward_dispatch: dict[str, tuple[type[Any], ForwardHandler]] = {
+            "agent.send": (AgentSend, self._forward_send),
+            "agent.spawn": (AgentSpawn, self._forward_spawn),
+            "schedule.add": (ScheduleAdd, self._schedule_add),
+            "schedule.list": (Empty, self._schedule_list),
+            "schedule.remove": (ScheduleRemove, self._schedule_remove),
+            "topic.subscribe": (TopicRef, self._topic_subscribe),
+            "topic.unsubscribe": (TopicRef, self._topic_unsubscribe),
+            "topic.subscribers": (TopicRef, self._topic_subscribers),
         }
         # Messages a worker sends that are not replies: the internal catalogue (messages.INTERNAL) and events.
         self._worker_dispatch: dict[str, tuple[type[Any], Callable[[_Worker, Envelope, Any], None]]] = {
@@ -376,9 +398,9 @@ class Gateway:
             return
         self._to_routed(identity, delimited, env, body)
 
-    def _to_routed(self, identity: bytes, delimited: bool, env: Envelope, _body: Any) -> None:
+    def _to_routed(self, identity: bytes, delimited: bool, env: Envelope, body: Any) -> None:
         """worker.ping, memory.*, agent.send to a service: the worker :func:`routing.route` picks."""
-        target = routing.route(env, self.agents, self.workers)
+        target = routing.route(env.type, body, self.agents, self.workers)
         self._to_worker(identity, delimited, env, target.workers[0], target.on_reply)
 
     # -- agents ----------
@@ -661,101 +683,110 @@ class Gateway:
         self._reply(waiting.identity, waiting.delimited, answer, waiting.via_workers)
 
     def _on_forward(self, worker: _Worker, env: Envelope, forward: WorkerForward) -> None:
-        """An agent on ``worker`` messages an agent elsewhere: route it like a client request.
+        """An agent on ``worker`` sends a request through it: typed by the catalogue, then handled by
+        ``_forward_dispatch`` (routed like a client's request, or answered here); the reply carries the
+        forward's id.
 
         The sender must be an agent this very worker hosts, so a worker cannot speak for another's agents.
         """
         worker_id = worker.id
-        identity = worker_id.encode()
-        sender = forward.sender
+        request = Envelope(type=forward.request.type, body=forward.request.body, id=env.id)
         try:
-            if self.agents.worker_of.get(sender) != worker_id and not self.moves.hosted_by(worker_id, sender):
-                raise SecurityError(f"worker {worker_id} does not host agent {sender!r}; forward refused")
-            inner = forward.request
-            if inner.type in SCHEDULE_OPS or inner.type in TOPIC_OPS:
-                # Not in the catalogue yet: their bodies are read by the schedule and topic handlers.
-                handle = self._schedule if inner.type in SCHEDULE_OPS else self._topic
-                answer = handle(sender, inner.type, dict(inner.body))
-                self._reply(identity, False, env.reply(answer), via_workers=True)
-                return
-            if inner.type == "agent.spawn":
-                request = Envelope(type=inner.type, body=inner.body, id=env.id)
-                # A child agent (agent_spawn): registered like any other, placed beside its parent.
-                spawn = dataclasses.replace(
-                    messages.parse(request, AgentSpawn), agent_id=None, parent=None, resume=None
+            if self.agents.worker_of.get(forward.sender) != worker_id and not self.moves.hosted_by(
+                worker_id, forward.sender
+            ):
+                raise SecurityError(
+                    f"worker {worker_id} does not host agent {forward.sender!r}; forward refused"
                 )
-                request = Envelope(type="agent.spawn", body=messages.to_body(spawn), id=env.id)
-                self._spawn(
-                    identity, False, request, spawn, via_workers=True, parent=sender, worker=worker_id
-                )
-                return
-            request = Envelope(type=inner.type, body=inner.body, id=env.id)
-            send = messages.parse(request, AgentSend)
-            if send.agent_id is not None:
-                self._to_agent(_Pending(identity, False, request, True, send.agent_id), send)
-                return
-            target = routing.route(request, self.agents, self.workers)
-            self._to_worker(identity, False, request, target.workers[0], via_workers=True)
+            entry = self._forward_dispatch.get(request.type)
+            if entry is None:  # WorkerForward's own check admits FORWARDED_TYPES only: a table out of step
+                raise UnknownType(f"request.type: {request.type!r} is not forwarded by this gateway")
+            body_class, handler = entry
+            handler(worker_id, forward.sender, request, messages.parse(request, body_class))
         except OpenFangError as exc:
-            self._reply(identity, False, env.error(exc), via_workers=True)
+            self._reply(worker_id.encode(), False, env.error(exc), via_workers=True)
 
-    def _schedule(self, sender: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        """An agent's ``schedule.*`` request (the worker checked its send permission for the target): the
-        store is opened on first use; every schedule an agent makes is ``created_by`` it, and it lists and
-        removes only its own."""
+    def _answer_forward(self, worker_id: str, request: Envelope, body: Any) -> None:
+        """The gateway's own answer to a forwarded request (``<type>.ok`` with the forward's id)."""
+        self._reply(worker_id.encode(), False, request.reply(messages.to_body(body)), via_workers=True)
+
+    def _forward_send(self, worker_id: str, sender: str, request: Envelope, send: AgentSend) -> None:
+        """An agent's message to an agent (by id, through the registry) or to a service's host."""
+        identity = worker_id.encode()
+        if send.agent_id is not None:
+            self._to_agent(_Pending(identity, False, request, True, send.agent_id), send)
+            return
+        target = routing.route(request.type, send, self.agents, self.workers)
+        self._to_worker(identity, False, request, target.workers[0], via_workers=True)
+
+    def _forward_spawn(self, worker_id: str, sender: str, request: Envelope, spawn: AgentSpawn) -> None:
+        """A child agent (agent_spawn): registered like any other, placed beside its parent."""
+        spawn = dataclasses.replace(spawn, agent_id=None, parent=None, resume=None)
+        request = Envelope(type="agent.spawn", body=messages.to_body(spawn), id=request.id)
+        self._spawn(
+            worker_id.encode(), False, request, spawn, via_workers=True, parent=sender, worker=worker_id
+        )
+
+    def _schedule_store(self) -> ScheduleStore:
+        """The schedule store, opened on an agent's first ``schedule.*`` request."""
         if self.schedules is None:
             self.schedules = ScheduleStore(_data_path(self.args, "schedules.db"))
-        store = self.schedules
-        if kind == "schedule.list":
-            return {"schedules": [s.to_wire() for s in store.all(owner=sender)]}
-        if kind == "schedule.remove":
-            sid = body.get("schedule_id")
-            if not isinstance(sid, str) or not sid:
-                raise ProtocolError("schedule.remove: body.schedule_id must be a schedule id")
-            store.remove(sid, owner=sender)
-            return {"schedule_id": sid, "removed": True}
-        target = body.get("target")
-        text = body.get("text")
-        if not isinstance(target, str) or not target or not isinstance(text, str):
-            raise ProtocolError("schedule.add: body.target and body.text must be strings")
-        target = self.placement.resolve(target).agent_id  # not_found for an agent never spawned
-        tz = str(body.get("tz") or "UTC")
-        when, cron = body.get("at"), body.get("cron")
-        at = parse_when(str(when), tz=tz) if when not in (None, "") else None
-        added = store.add(
+        return self.schedules
+
+    def _schedule_add(self, worker_id: str, sender: str, request: Envelope, add: ScheduleAdd) -> None:
+        """An agent's schedule (the worker checked its send grant for the target): ``created_by`` the
+        sender, so it lists and removes only its own."""
+        target = self.placement.resolve(add.target).agent_id  # not_found for an agent never spawned
+        added = self._schedule_store().add(
             target=target,
-            text=text,
+            text=add.text,
             created_by=sender,
-            at=at,
-            cron=str(cron) if cron not in (None, "") else None,
-            tz=tz,
-            misfire=str(body.get("misfire") or "once"),
+            at=parse_when(add.at, tz=add.tz) if add.at is not None else None,
+            cron=add.cron,
+            tz=add.tz,
+            misfire=add.misfire,
             session=f"schedule:{sender}",
         )
         log.info("schedule_added_by_agent", agent_id=sender, schedule_id=added.id, target=target)
-        return added.to_wire()
+        self._answer_forward(worker_id, request, ScheduleRecord(**added.to_wire()))
 
-    def _topic(self, sender: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        """An agent's topic request: subscribe or unsubscribe itself, or (to publish) the live subscribers
-        other than itself; subscribers found dead are dropped from the store."""
+    def _schedule_list(self, worker_id: str, sender: str, request: Envelope, _body: Empty) -> None:
+        owned = self._schedule_store().all(owner=sender)
+        listing = ScheduleListOk(schedules=[ScheduleRecord(**s.to_wire()) for s in owned])
+        self._answer_forward(worker_id, request, listing)
+
+    def _schedule_remove(self, worker_id: str, sender: str, request: Envelope, body: ScheduleRemove) -> None:
+        self._schedule_store().remove(body.schedule_id, owner=sender)
+        self._answer_forward(worker_id, request, ScheduleRemoveOk(schedule_id=body.schedule_id, removed=True))
+
+    def _topic_store(self) -> TopicStore:
+        """The topic store, opened on an agent's first ``topic.*`` request."""
         if self.topics is None:
             self.topics = TopicStore(_data_path(self.args, "topics.db"))
-        store = self.topics
-        topic = check_topic(body.get("topic"))
-        if kind == "topic.subscribe":
-            added = store.subscribe(topic, sender)
-            return {"topic": topic, "subscribed": True, "new": added, "topics": store.topics_of(sender)}
-        if kind == "topic.unsubscribe":
-            return {"topic": topic, "unsubscribed": store.unsubscribe(topic, sender)}
+        return self.topics
+
+    def _topic_subscribe(self, worker_id: str, sender: str, request: Envelope, ref: TopicRef) -> None:
+        store = self._topic_store()
+        added = store.subscribe(ref.topic, sender)
+        answer = TopicSubscribeOk(topic=ref.topic, subscribed=True, new=added, topics=store.topics_of(sender))
+        self._answer_forward(worker_id, request, answer)
+
+    def _topic_unsubscribe(self, worker_id: str, sender: str, request: Envelope, ref: TopicRef) -> None:
+        gone = self._topic_store().unsubscribe(ref.topic, sender)
+        self._answer_forward(worker_id, request, TopicUnsubscribeOk(topic=ref.topic, unsubscribed=gone))
+
+    def _topic_subscribers(self, worker_id: str, sender: str, request: Envelope, ref: TopicRef) -> None:
+        """The live subscribers other than the sender (it publishes to them); the dead are dropped."""
+        store = self._topic_store()
         live = []
-        for agent_id in store.subscribers(topic):
+        for agent_id in store.subscribers(ref.topic):
             row = self.registry.get(agent_id)
             if row is None or not row.live:
                 store.drop_agent(agent_id)
-                log.info("topic_subscriber_dropped", topic=topic, agent_id=agent_id)
+                log.info("topic_subscriber_dropped", topic=ref.topic, agent_id=agent_id)
             elif agent_id != sender:
                 live.append(agent_id)
-        return {"topic": topic, "subscribers": live}
+        self._answer_forward(worker_id, request, TopicSubscribersOk(topic=ref.topic, subscribers=live))
 
     # -- the root ----------
 
@@ -870,11 +901,13 @@ class _GatewayPort:
         self.gw._ask_worker(worker_id, env, done)
 
     def spawn(self, worker_id: str, row: AgentRow, manifest: str, *, resume: bool) -> None:
-        body: dict[str, Any] = {"manifest": manifest, "agent_id": row.agent_id, "resume": resume}
-        if row.parent:
-            body["parent"] = row.parent
-        if row.manifest_path:
-            body["manifest_path"] = row.manifest_path
+        spawn = AgentSpawn(
+            manifest=manifest,
+            agent_id=row.agent_id,
+            resume=resume,
+            parent=row.parent or None,
+            manifest_path=row.manifest_path or None,
+        )
         agent_id = row.agent_id
 
         def done(reply: Envelope) -> None:
@@ -885,13 +918,16 @@ class _GatewayPort:
                 agent_id, worker_id, not reply.is_error, reason, restore=restore, code=code
             )
 
-        self._internal(worker_id, Envelope(type="agent.spawn", body=body), done)
+        self._internal(worker_id, messages.request(spawn), done)
 
     def kill(self, worker_id: str, agent_id: str) -> None:
-        self._internal(worker_id, Envelope(type="agent.kill", body={"agent_id": agent_id}), lambda r: None)
+        self._internal(
+            worker_id, messages.request(AgentRef(agent_id=agent_id), type="agent.kill"), lambda r: None
+        )
 
     def suspend(self, worker_id: str, agent_id: str) -> None:
-        self._internal(worker_id, Envelope(type="agent.suspend", body={"agent_id": agent_id}), lambda r: None)
+        suspend = messages.request(AgentRef(agent_id=agent_id), type="agent.suspend")
+        self._internal(worker_id, suspend, lambda r: None)
 
     def deliver(self, item: Any, worker_id: str) -> None:
         try:

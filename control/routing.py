@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from openfang.protocol.bodies import AgentSend, WorkerPing
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import NotFound, ProtocolError, UnknownType
 
@@ -85,30 +86,30 @@ class Target:
     on_reply: Callable[[Envelope], Envelope] | None = None
 
 
-def route(env: Envelope, agents: AgentDirectory, workers: Mapping[str, WorkerLoad]) -> Target:
+def route(
+    message_type: str, body: object, agents: AgentDirectory, workers: Mapping[str, WorkerLoad]
+) -> Target:
     """Pick the worker for a request that is not about one agent by id (those go through
-    :class:`~openfang.control.placement.Placement`). Raises NotFound / UnknownType naming what is missing."""
-    if env.type == "worker.ping":
-        wid = env.body.get("worker")
-        if not isinstance(wid, str) or wid not in workers:
+    :class:`~openfang.control.placement.Placement`), from its type and its body as the catalogue typed it
+    (:func:`~openfang.protocol.messages.parse`). Raises NotFound / UnknownType naming what is missing."""
+    if isinstance(body, WorkerPing):
+        if body.worker not in workers:
             raise NotFound(
-                f"worker {wid!r} is not connected (connected: {', '.join(sorted(workers)) or 'none'})"
+                f"worker {body.worker!r} is not connected (connected: {', '.join(sorted(workers)) or 'none'})"
             )
-        return Target([wid])
-    if env.type.startswith("memory."):
+        return Target([body.worker])
+    if message_type.startswith("memory."):
         # Reads of the shared database: any worker holds a WAL reader; the least loaded answers.
         return Target([least_loaded(workers)])
-    if env.type == "agent.send":
-        service = env.body.get("service")
-        if isinstance(service, str) and service:
-            hosts = agents.workers_serving(service) & set(workers)
-            if not hosts:
-                raise NotFound(f"no agent serves {service!r}")
-            # The host with the fewest requests in flight: a worker that falls behind stops getting work.
-            return Target([min(sorted(hosts), key=lambda w: workers[w].in_flight)])
-    if env.type in BY_AGENT:
+    if isinstance(body, AgentSend) and body.service:
+        hosts = agents.workers_serving(body.service) & set(workers)
+        if not hosts:
+            raise NotFound(f"no agent serves {body.service!r}")
+        # The host with the fewest requests in flight: a worker that falls behind stops getting work.
+        return Target([min(sorted(hosts), key=lambda w: workers[w].in_flight)])
+    if message_type in BY_AGENT:
         raise ProtocolError("body.agent_id: required (or body.service for agent.send)")
-    raise UnknownType(f"type: {env.type!r} is not a request this gateway serves")
+    raise UnknownType(f"type: {message_type!r} is not a request this gateway serves")
 
 
 def least_loaded(workers: Mapping[str, WorkerLoad]) -> str:

@@ -33,12 +33,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from openfang.protocol.coordination import MAX_SCHEDULE_TEXT, MISFIRE_POLICIES
 from openfang.protocol.errors import ConfigError, NotFound, OpenFangError, Problem
 
-MISFIRE_POLICIES = ("once", "skip", "all")
 MISFIRE_GRACE_S = 60.0
 MAX_CATCH_UP = 100
-MAX_TEXT = 100_000
+MAX_TEXT = MAX_SCHEDULE_TEXT  # the schedule.add body's bound (protocol.coordination)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schedules (

@@ -15,9 +15,10 @@ import sqlite3
 import time
 from pathlib import Path
 
+from openfang.protocol.coordination import TOPIC_PATTERN, TOPIC_RULE
 from openfang.protocol.errors import OpenFangError, ProtocolError
 
-TOPIC = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
+TOPIC = re.compile(TOPIC_PATTERN)  # the topic.* bodies' rule (protocol.coordination), matched whole
 MAX_PER_AGENT = 64
 
 _SCHEMA = """
@@ -33,8 +34,8 @@ CREATE INDEX IF NOT EXISTS subscriptions_agent ON subscriptions(agent_id);
 
 def check_topic(topic: object) -> str:
     """``topic`` if it is a valid name, else ProtocolError naming the rule."""
-    if not isinstance(topic, str) or not TOPIC.match(topic):
-        raise ProtocolError(f"topic {str(topic)[:140]!r}: 1 to 128 of letters, digits and _ . : / -")
+    if not isinstance(topic, str) or not TOPIC.fullmatch(topic):
+        raise ProtocolError(f"topic {str(topic)[:140]!r}: 1 to 128 of {TOPIC_RULE}")
     return topic
 
 

@@ -20,13 +20,25 @@ import msgpack
 import structlog
 
 from openfang.memory import _db, episodic, messages, procedural, semantic
+from openfang.protocol import messages as catalogue
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import MemoryStoreError, OpenFangError, ProtocolError
+from openfang.protocol.memory_writes import (
+    MemoryCompact,
+    MemoryEpisode,
+    MemoryForget,
+    MemoryReclaim,
+    MemoryStore,
+    MemoryToolCall,
+    MemoryWrite,
+)
 
 log = structlog.get_logger("openfang.memory.apply")
 
 
 COMPACT_BATCH = 5000
+# A request's handler: (its typed body, the group's clock) -> the ack body (without seq).
+Handler = Callable[[Any, float], dict[str, Any]]
 
 
 class _TransactionLost(Exception):
@@ -49,14 +61,16 @@ class Applier:
         self.ledger_ttl_s = ledger_ttl_s
         self.clock = clock
         self.seq = int(conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
-        self._handlers: dict[str, Callable[[dict[str, Any], float], dict[str, Any]]] = {
-            messages.EPISODE: lambda b, now: episodic.apply_episode(conn, b, now),
-            messages.STORE: lambda b, now: semantic.apply_store(conn, b, now),
-            messages.TOOL_CALL: lambda b, now: procedural.apply_tool_call(conn, b, now),
-            messages.FORGET: self._forget,
-            messages.RECLAIM: self._reclaim,
-            messages.COMPACT: lambda b, now: {"counts": self.compact(float(b.get("now") or now))},
-            messages.WRITE: self._write,
+        # Requests by type: the body class from the catalogue (messages.parse types the body inside the
+        # request's savepoint, so a bad body fails alone with bad_request), and the handler.
+        self._handlers: dict[str, tuple[type[Any], Handler]] = {
+            messages.EPISODE: (MemoryEpisode, lambda b, now: episodic.apply_episode(conn, b, now)),
+            messages.STORE: (MemoryStore, lambda b, now: semantic.apply_store(conn, b, now)),
+            messages.TOOL_CALL: (MemoryToolCall, lambda b, now: procedural.apply_tool_call(conn, b, now)),
+            messages.FORGET: (MemoryForget, self._forget),
+            messages.RECLAIM: (MemoryReclaim, self._reclaim),
+            messages.COMPACT: (MemoryCompact, lambda b, now: {"counts": self.compact(b.now or now)}),
+            messages.WRITE: (MemoryWrite, self._write),
         }
 
     # -- groups -------------------------------------------------------------------------------------
@@ -113,10 +127,11 @@ class Applier:
                 body["dup"] = True
                 conn.execute("RELEASE req")
                 return env.reply(body)
-            handler = self._handlers.get(env.type)
-            if handler is None:
+            entry = self._handlers.get(env.type)
+            if entry is None:
                 raise ProtocolError(f"type: {env.type!r} is not a memory write request")
-            result = handler(env.body, now)
+            body_class, handler = entry
+            result = handler(catalogue.parse(env, body_class), now)
             result["seq"] = seq
             conn.execute(
                 "INSERT INTO ledger(req_id, type, seq, result, ts) VALUES (?, ?, ?, ?, ?) "
@@ -143,25 +158,26 @@ class Applier:
             conn.execute("RELEASE req")
             return env.error(MemoryStoreError(f"{env.type}: internal error ({type(exc).__name__}: {exc})"))
 
-    def _write(self, body: dict[str, Any], now: float) -> dict[str, Any]:
-        # All-or-nothing: the ops share the request's savepoint; an error in any rolls back all.
+    def _write(self, body: MemoryWrite, now: float) -> dict[str, Any]:
+        # All-or-nothing: the ops share the request's savepoint; an error in any rolls back all. Each op's
+        # body was typed with the batch (a tagged union: its type picks its body class).
         results = []
-        for i, op in enumerate(body["ops"]):
+        for i, op in enumerate(body.ops):
             try:
-                results.append(self._handlers[op["type"]](op["body"], now))
+                results.append(self._handlers[op.type][1](op.body, now))
             except OpenFangError as exc:
                 raise type(exc)(f"ops[{i}]: {exc.message}") from None
         return {"results": results}
 
-    def _forget(self, body: dict[str, Any], now: float) -> dict[str, Any]:
+    def _forget(self, body: MemoryForget, now: float) -> dict[str, Any]:
         deleted = semantic.delete_memories(
-            conn=self.conn, where="id = ? AND agent_id = ?", params=(body["id"], body["agent_id"])
+            conn=self.conn, where="id = ? AND agent_id = ?", params=(body.id, body.agent_id)
         )
         return {"deleted": deleted}
 
-    def _reclaim(self, body: dict[str, Any], now: float) -> dict[str, Any]:
+    def _reclaim(self, body: MemoryReclaim, now: float) -> dict[str, Any]:
         """Retention when an agent's memory is reclaimed: keep it, archive it (kept, hidden) or purge it."""
-        agent, policy = body["agent_id"], body["policy"]
+        agent, policy = body.agent_id, body.policy
         counts = {"episodes": 0, "memories": 0, "tool_calls": 0}
         if policy == "archive":
             for table in ("episodes", "tool_calls"):

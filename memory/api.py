@@ -20,6 +20,14 @@ from openfang.memory.client import Completion, MemoryClient, locations, store_bo
 from openfang.memory.embed import Embedder, best_available
 from openfang.memory.reader import MemoryReader
 from openfang.protocol.errors import ProtocolError
+from openfang.protocol.memory_writes import (
+    MemoryEpisode,
+    MemoryForget,
+    MemoryToolCall,
+    ReclaimPolicy,
+    Role,
+    ToolStatus,
+)
 
 
 class MemoryAPI:
@@ -75,22 +83,20 @@ class MemoryAPI:
 
     def memory_forget(self, agent_id: str, memory_id: int) -> dict[str, Any]:
         """Delete one of ``agent_id``'s own memories (another's id: nothing); ``{deleted, seq}``."""
-        return self._ack(self.client.call(messages.FORGET, {"agent_id": agent_id, "id": memory_id}))
+        return self._ack(self.client.call(messages.FORGET, MemoryForget(agent_id=agent_id, id=memory_id)))
 
     def record_message(
-        self, agent_id: str, session: str, role: str, text: str, tokens: int | None = None
+        self, agent_id: str, session: str, role: Role, text: str, tokens: int | None = None
     ) -> str:
         """Pipelined: submit one message to episodic memory; the ack arrives through :meth:`pump`."""
-        body: dict[str, Any] = {"agent_id": agent_id, "session": session, "role": role, "text": text}
-        if tokens is not None:
-            body["tokens"] = tokens
+        body = MemoryEpisode(agent_id=agent_id, session=session, role=role, text=text, tokens=tokens)
         return str(self.client.submit(messages.EPISODE, body))
 
     def record_tool_call(
         self,
         agent_id: str,
         tool: str,
-        status: str,
+        status: ToolStatus,
         *,
         session: str = "",
         args: Any = None,
@@ -98,13 +104,15 @@ class MemoryAPI:
         error: str | None = None,
     ) -> str:
         """Pipelined: submit one tool call to procedural memory."""
-        body: dict[str, Any] = {"agent_id": agent_id, "tool": tool, "status": status, "args": args}
-        if session:
-            body["session"] = session
-        if duration_ms is not None:
-            body["duration_ms"] = duration_ms
-        if error is not None:
-            body["error"] = error
+        body = MemoryToolCall(
+            agent_id=agent_id,
+            tool=tool,
+            status=status,
+            session=session or None,
+            args=args,
+            duration_ms=duration_ms,
+            error=error,
+        )
         return str(self.client.submit(messages.TOOL_CALL, body))
 
     def pump(self, timeout_s: float = 0.0) -> list[Completion]:
@@ -114,7 +122,7 @@ class MemoryAPI:
         out, self._completions = self._completions, []
         return out
 
-    def reclaim(self, agent_id: str, policy: str) -> dict[str, Any]:
+    def reclaim(self, agent_id: str, policy: ReclaimPolicy) -> dict[str, Any]:
         """Retention when the agent is reclaimed: ``keep``, ``archive`` or ``purge``."""
         return self._ack(self.client.reclaim(agent_id, policy))
 

@@ -25,6 +25,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from openfang.memory import messages
 from openfang.memory._db import pack_vector
+from openfang.protocol.bodies import Empty
 from openfang.protocol.envelope import Envelope, decode, encode, new_id
 from openfang.protocol.errors import (
     Busy,
@@ -36,6 +37,15 @@ from openfang.protocol.errors import (
     ProtocolError,
     RemoteError,
     Timeout,
+)
+from openfang.protocol.memory_writes import (
+    MemoryEpisode,
+    MemoryReclaim,
+    MemoryStore,
+    MemoryToolCall,
+    ReclaimPolicy,
+    Role,
+    ToolStatus,
 )
 
 MAX_RESEND_AFTER_S = 30.0
@@ -143,9 +153,20 @@ class MemoryClient:
         return len(self.pending)
 
     def submit(
-        self, msg_type: str, body: Mapping[str, Any], *, req_id: str | None = None, timeout_s: float = 30.0
+        self,
+        msg_type: str,
+        body: Mapping[str, Any] | Any,
+        *,
+        req_id: str | None = None,
+        timeout_s: float = 30.0,
     ) -> str:
-        """Queue one request (validated here first) and send it; returns its id. Waits for in-flight room."""
+        """Queue one request and send it; returns its id. Waits for in-flight room.
+
+        ``body`` is a body class of :mod:`openfang.protocol.memory_writes` (or its plain map), checked here
+        against the catalogue's schema for ``msg_type`` first: a bad one raises ProtocolError naming every
+        field, and nothing is sent.
+        """
+        body = messages.wire_body(body)
         problems = messages.validate(msg_type, body)
         if problems:
             raise ProtocolError("; ".join(problems))
@@ -158,7 +179,7 @@ class MemoryClient:
                     f"memory writer at {self.endpoint}: {len(self.pending)} requests unacknowledged"
                 )
             self._pump(min(left, 0.1))
-        frame = encode(Envelope(type=msg_type, body=dict(body), id=req_id))
+        frame = encode(Envelope(type=msg_type, body=body, id=req_id))
         if req_id not in self.pending:
             self.pending[req_id] = _Pending(type=msg_type, frame=frame, sent_at=float("-inf"))
             self._send(req_id)
@@ -189,7 +210,12 @@ class MemoryClient:
     # -- synchronous API ------------------------------------------------------------------------------
 
     def call(
-        self, msg_type: str, body: Mapping[str, Any], *, req_id: str | None = None, timeout_s: float = 30.0
+        self,
+        msg_type: str,
+        body: Mapping[str, Any] | Any,
+        *,
+        req_id: str | None = None,
+        timeout_s: float = 30.0,
     ) -> dict[str, Any]:
         """Send one request and wait for its reply; returns the ack body or raises the writer's error."""
         req_id = self.submit(msg_type, body, req_id=req_id, timeout_s=timeout_s)
@@ -206,11 +232,10 @@ class MemoryClient:
         self._unclaimed = [c for c in self._unclaimed if c.id != req_id]
         return done.result()
 
-    def episode(self, agent_id: str, session: str, role: str, text: str, **extra: Any) -> dict[str, Any]:
+    def episode(self, agent_id: str, session: str, role: Role, text: str, **extra: Any) -> dict[str, Any]:
         """Record one message (``ts``, ``tokens`` optional)."""
-        return self.call(
-            messages.EPISODE, {"agent_id": agent_id, "session": session, "role": role, "text": text, **extra}
-        )
+        body = MemoryEpisode(agent_id=agent_id, session=session, role=role, text=text, **extra)
+        return self.call(messages.EPISODE, body)
 
     def store(
         self,
@@ -228,17 +253,18 @@ class MemoryClient:
         body = store_body(agent_id, text, kind, importance, ttl_s, embedder, vector, tags)
         return self.call(messages.STORE, body)
 
-    def tool_call(self, agent_id: str, tool: str, status: str, **extra: Any) -> dict[str, Any]:
+    def tool_call(self, agent_id: str, tool: str, status: ToolStatus, **extra: Any) -> dict[str, Any]:
         """Record one tool call (``session``, ``args``, ``duration_ms``, ``error``, ``ts`` optional)."""
-        return self.call(messages.TOOL_CALL, {"agent_id": agent_id, "tool": tool, "status": status, **extra})
+        body = MemoryToolCall(agent_id=agent_id, tool=tool, status=status, **extra)
+        return self.call(messages.TOOL_CALL, body)
 
-    def reclaim(self, agent_id: str, policy: str) -> dict[str, Any]:
+    def reclaim(self, agent_id: str, policy: ReclaimPolicy) -> dict[str, Any]:
         """Apply a retention policy (keep / archive / purge) to an agent's memory."""
-        return self.call(messages.RECLAIM, {"agent_id": agent_id, "policy": policy})
+        return self.call(messages.RECLAIM, MemoryReclaim(agent_id=agent_id, policy=policy))
 
     def ping(self, timeout_s: float = 5.0) -> int:
         """The writer's current commit sequence number (answers without a commit)."""
-        return int(self.call(messages.PING, {}, timeout_s=timeout_s)["seq"])
+        return int(self.call(messages.PING, Empty(), timeout_s=timeout_s)["seq"])
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -323,14 +349,15 @@ def store_body(
     embedder: str | None = None,
     vector: Sequence[float] | bytes | None = None,
     tags: Sequence[str] | None = None,
-) -> dict[str, Any]:
+) -> MemoryStore:
     """The body of a ``memory.store`` request (vector packed as float32)."""
-    body: dict[str, Any] = {"agent_id": agent_id, "text": text, "kind": kind, "importance": float(importance)}
-    if tags:
-        body["tags"] = list(tags)
-    if ttl_s is not None:
-        body["ttl_s"] = float(ttl_s)
-    if vector is not None:
-        body["embedder"] = embedder
-        body["vector"] = vector if isinstance(vector, bytes) else pack_vector(vector)
-    return body
+    return MemoryStore(
+        agent_id=agent_id,
+        text=text,
+        kind=kind,
+        importance=float(importance),
+        ttl_s=None if ttl_s is None else float(ttl_s),
+        embedder=embedder if vector is not None else None,
+        vector=None if vector is None else vector if isinstance(vector, bytes) else pack_vector(vector),
+        tags=list(tags) if tags else None,
+    )

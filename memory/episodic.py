@@ -7,11 +7,12 @@ is checked by the reader before these run; here ``agent_ids`` is already the all
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from openfang.memory._db import fts_query
+from openfang.protocol.memory_writes import MemoryEpisode
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,15 +29,14 @@ class Episode:
     score: float | None = None
 
 
-def apply_episode(conn: Any, body: Mapping[str, Any], now: float) -> dict[str, Any]:
+def apply_episode(conn: Any, body: MemoryEpisode, now: float) -> dict[str, Any]:
     """Insert one message; its FTS row follows through the sqlite-utils trigger."""
-    text = str(body["text"])
-    tokens = body.get("tokens")
+    tokens = body.tokens
     if tokens is None:
-        tokens = len(text.split())  # a cheap estimate when the caller did not count
+        tokens = len(body.text.split())  # a cheap estimate when the caller did not count
     cur = conn.execute(
         "INSERT INTO episodes(agent_id, session, role, text, ts, tokens) VALUES (?, ?, ?, ?, ?, ?)",
-        (body["agent_id"], body["session"], body["role"], text, float(body.get("ts") or now), int(tokens)),
+        (body.agent_id, body.session, body.role, body.text, body.ts or now, tokens),
     )
     return {"id": cur.lastrowid}
 

@@ -1,9 +1,10 @@
-"""Request types the memory writer accepts, and their body validators (registered with the envelope codec).
+"""The memory writer's request types, as the memory package names them; their bodies are in the catalogue.
 
-Every write is one envelope whose ``id`` is the client's idempotency key. Replies are ``<type>.ok`` with at
-least ``{"seq": int}``: the commit sequence number a reader waits for to read its own write
-(:meth:`openfang.memory.reader.MemoryReader.wait_for`), plus ``id`` (the row id) where a row was created and
-``dup: true`` when the request id had been applied before (the stored ack is returned again).
+Every write is one envelope whose ``id`` is the client's idempotency key. The bodies, their limits and
+their replies are declared once, in the one catalogue: :mod:`openfang.protocol.memory_writes` (the body
+classes, bounds in their annotations) and :data:`openfang.protocol.messages.INTERNAL` (internal messages of
+the writer's socket; PROTOCOL.md lists them). The client checks a body before sending it (:func:`validate`,
+the same schema); the writer types it on arrival (``Applier``'s ``{type: (body class, handler)}`` table).
 
 | type | body | ok body |
 |---|---|---|
@@ -19,12 +20,43 @@ least ``{"seq": int}``: the commit sequence number a reader waits for to read it
 
 from __future__ import annotations
 
-import functools
-import math
-from collections.abc import Callable, Mapping
+import typing
+from collections.abc import Mapping
 from typing import Any
 
-from openfang.protocol.envelope import register_body_validator
+from openfang.protocol import messages as _catalogue
+from openfang.protocol.memory_writes import (
+    MAX_ID_LEN,
+    MAX_OPS,
+    MAX_TAGS,
+    MAX_TEXT_LEN,
+    RECLAIM_POLICIES,
+    ROLES,
+    TOOL_STATUSES,
+    WriteOp,
+)
+
+__all__ = [
+    "BATCHABLE",
+    "COMPACT",
+    "EPISODE",
+    "FORGET",
+    "MAX_ID_LEN",
+    "MAX_OPS",
+    "MAX_TAGS",
+    "MAX_TEXT_LEN",
+    "PING",
+    "RECLAIM",
+    "RECLAIM_POLICIES",
+    "ROLES",
+    "STORE",
+    "TOOL_CALL",
+    "TOOL_STATUSES",
+    "WRITE",
+    "WRITER_TYPES",
+    "validate",
+    "wire_body",
+]
 
 EPISODE = "memory.episode"
 STORE = "memory.store"
@@ -35,157 +67,23 @@ RECLAIM = "memory.reclaim"
 COMPACT = "memory.compact"
 PING = "memory.ping"
 
-ROLES = frozenset({"user", "assistant", "system", "tool"})
-TOOL_STATUSES = frozenset({"ok", "error", "timeout", "denied"})
-RECLAIM_POLICIES = frozenset({"keep", "archive", "purge"})
-MAX_ID_LEN = 200
-MAX_TEXT_LEN = 256 * 1024
-MAX_OPS = 256
-
-_Check = Callable[[Any], str | None]
+# Every type the writer's socket takes: the catalogue's internal messages of the memory endpoint.
+WRITER_TYPES = frozenset(t for t, s in _catalogue.INTERNAL.items() if s.endpoint == "memory")
+# Types allowed inside a memory.write batch: the tags of its ops (memory_writes.WriteOp).
+BATCHABLE = frozenset(
+    tag for op in typing.get_args(WriteOp) for tag in typing.get_args(typing.get_type_hints(op)["type"])
+)
 
 
-def _str(max_len: int = MAX_ID_LEN, choices: frozenset[str] | None = None) -> _Check:
-    def check(v: Any) -> str | None:
-        if not isinstance(v, str) or not v:
-            return "must be a non-empty string"
-        if len(v) > max_len:
-            return f"is {len(v)} characters, the limit is {max_len}"
-        if choices is not None and v not in choices:
-            return f"must be one of {', '.join(sorted(choices))}, got {v!r}"
-        return None
-
-    return check
+def wire_body(body: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """A body dataclass of :mod:`openfang.protocol.memory_writes` (or a plain map) as the map on the wire."""
+    if isinstance(body, Mapping):
+        return dict(body)
+    return _catalogue.to_body(body)  # a TypeError for anything but a body dataclass
 
 
-def _num(lo: float | None = None, hi: float | None = None) -> _Check:
-    def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            return "must be a finite number"
-        if lo is not None and v < lo:
-            return f"must be >= {lo}, got {v}"
-        if hi is not None and v > hi:
-            return f"must be <= {hi}, got {v}"
-        return None
-
-    return check
-
-
-def _int(lo: int = 0) -> _Check:
-    def check(v: Any) -> str | None:
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            return f"must be an integer >= {lo}"
-        return None
-
-    return check
-
-
-def _bytes(v: Any) -> str | None:
-    if not isinstance(v, bytes) or not v or len(v) % 4:
-        return "must be non-empty float32 bytes (a multiple of 4 bytes)"
-    return None
-
-
-def _any(v: Any) -> str | None:
-    return None
-
-
-MAX_TAGS = 32
-
-
-def _tags(v: Any) -> str | None:
-    if not isinstance(v, list) or len(v) > MAX_TAGS:
-        return f"must be a list of at most {MAX_TAGS} strings"
-    if any(not isinstance(t, str) or not t or len(t) > 64 for t in v):
-        return "every tag must be a non-empty string of at most 64 characters"
-    return None
-
-
-_text = _str(MAX_TEXT_LEN)
-# type -> (required fields, optional fields); a field maps to its check.
-SCHEMAS: dict[str, tuple[dict[str, _Check], dict[str, _Check]]] = {
-    EPISODE: (
-        {"agent_id": _str(), "session": _str(), "role": _str(choices=ROLES), "text": _text},
-        {"ts": _num(0), "tokens": _int()},
-    ),
-    STORE: (
-        {"agent_id": _str(), "text": _text},
-        {
-            "kind": _str(64),
-            "importance": _num(0.0, 1.0),
-            "ttl_s": _num(0.001),
-            "embedder": _str(),
-            "vector": _bytes,
-            "tags": _tags,
-        },
-    ),
-    TOOL_CALL: (
-        {"agent_id": _str(), "tool": _str(), "status": _str(choices=TOOL_STATUSES)},
-        {"session": _str(), "args": _any, "duration_ms": _num(0), "error": _str(MAX_TEXT_LEN), "ts": _num(0)},
-    ),
-    FORGET: ({"agent_id": _str(), "id": _int(1)}, {}),
-    RECLAIM: ({"agent_id": _str(), "policy": _str(choices=RECLAIM_POLICIES)}, {}),
-    COMPACT: ({}, {"now": _num(0)}),
-    PING: ({}, {}),
-}
-# Types allowed inside a memory.write batch.
-BATCHABLE = frozenset({EPISODE, STORE, TOOL_CALL, FORGET})
-
-
-def validate(msg_type: str, body: Mapping[str, Any], prefix: str = "body") -> list[str]:
+def validate(msg_type: str, body: Mapping[str, Any] | Any) -> list[str]:
     """Every problem with ``body`` for ``msg_type`` as ``"body.field: what"``; [] when valid."""
-    if msg_type == WRITE:
-        return _validate_write(body, prefix)
-    if msg_type not in SCHEMAS:
+    if msg_type not in WRITER_TYPES:
         return [f"type: unknown memory request type {msg_type!r}"]
-    required, optional = SCHEMAS[msg_type]
-    problems: list[str] = []
-    for name, check in required.items():
-        if name not in body or body[name] is None:
-            problems.append(f"{prefix}.{name}: required")
-        elif (what := check(body[name])) is not None:
-            problems.append(f"{prefix}.{name}: {what}")
-    for name, check in optional.items():
-        if body.get(name) is not None and (what := check(body[name])) is not None:
-            problems.append(f"{prefix}.{name}: {what}")
-    unknown = set(body) - set(required) - set(optional)
-    if unknown:
-        problems.append(f"{prefix}: unknown fields {', '.join(sorted(map(str, unknown)))}")
-    if msg_type == STORE and (body.get("vector") is None) != (body.get("embedder") is None):
-        problems.append(f"{prefix}.vector: vector and embedder go together (both or neither)")
-    return problems
-
-
-def _validate_write(body: Mapping[str, Any], prefix: str) -> list[str]:
-    ops = body.get("ops")
-    if not isinstance(ops, list) or not ops:
-        return [f"{prefix}.ops: must be a non-empty list of {{type, body}}"]
-    if len(ops) > MAX_OPS:
-        return [f"{prefix}.ops: {len(ops)} operations, the limit is {MAX_OPS}"]
-    problems: list[str] = []
-    for i, op in enumerate(ops):
-        where = f"{prefix}.ops[{i}]"
-        if (
-            not isinstance(op, dict)
-            or not isinstance(op.get("type"), str)
-            or not isinstance(op.get("body"), dict)
-        ):
-            problems.append(f"{where}: must be a map with a string type and a map body")
-        elif op["type"] not in BATCHABLE:
-            problems.append(
-                f"{where}.type: {op['type']!r} cannot be batched ({', '.join(sorted(BATCHABLE))})"
-            )
-        else:
-            problems.extend(validate(op["type"], op["body"], f"{where}.body"))
-    unknown = set(body) - {"ops"}
-    if unknown:
-        problems.append(f"{prefix}: unknown fields {', '.join(sorted(map(str, unknown)))}")
-    return problems
-
-
-def _register() -> None:
-    for msg_type in [*SCHEMAS, WRITE]:
-        register_body_validator(msg_type, functools.partial(validate, msg_type))
-
-
-_register()
+    return _catalogue.check_body(msg_type, wire_body(body))

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from openfang.protocol.memory_writes import MemoryToolCall
 
 # The agent host records every LLM call that reported usage as a tool call of this name; its args are
 # {provider, model, prompt_tokens, completion_tokens, cost_usd}. Not a tool: left out of tool sequences.
@@ -57,22 +59,21 @@ class ToolSequence:
     count: int
 
 
-def apply_tool_call(conn: Any, body: Mapping[str, Any], now: float) -> dict[str, Any]:
+def apply_tool_call(conn: Any, body: MemoryToolCall, now: float) -> dict[str, Any]:
     """Insert one tool call; ``args`` is stored as JSON text (anything msgpack could carry, bytes as hex)."""
-    args = json.dumps(body.get("args"), default=_json_default, sort_keys=True)
-    duration = body.get("duration_ms")
+    args = json.dumps(body.args, default=_json_default, sort_keys=True)
     cur = conn.execute(
         "INSERT INTO tool_calls(agent_id, session, tool, args, status, duration_ms, error, ts) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            body["agent_id"],
-            body.get("session") or "",
-            body["tool"],
+            body.agent_id,
+            body.session or "",
+            body.tool,
             args,
-            body["status"],
-            None if duration is None else float(duration),
-            body.get("error"),
-            float(body.get("ts") or now),
+            body.status,
+            body.duration_ms,
+            body.error,
+            body.ts or now,
         ),
     )
     return {"id": cur.lastrowid}

@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from openfang.memory._db import fts_query
 from openfang.protocol.errors import ProtocolError
+from openfang.protocol.memory_writes import MemoryStore
 
 RRF_K = 60
 IMPORTANCE_WEIGHT = 0.5  # in units of one top rank (1 / (RRF_K + 1)): importance 1.0 adds half a top rank
@@ -73,32 +74,28 @@ def vec_table(conn: Any, embedder_id: str) -> tuple[str, int] | None:
     return None if row is None else (str(row[0]), int(row[1]))
 
 
-def apply_store(conn: Any, body: Mapping[str, Any], now: float) -> dict[str, Any]:
+def apply_store(conn: Any, body: MemoryStore, now: float) -> dict[str, Any]:
     """Insert one memory (and its vector, when the client sent one) in the current savepoint."""
-    ttl = body.get("ttl_s")
-    embedder = body.get("embedder")
-    kind = str(body.get("kind") or "fact")
     cur = conn.execute(
         "INSERT INTO memories(agent_id, kind, text, importance, created, expires, embedder, tags) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            body["agent_id"],
-            kind,
-            body["text"],
-            float(body.get("importance", 0.5)),
+            body.agent_id,
+            body.kind,
+            body.text,
+            body.importance,
             now,
-            None if ttl is None else now + float(ttl),
-            embedder,
-            json.dumps(body["tags"]) if body.get("tags") else None,
+            None if body.ttl_s is None else now + body.ttl_s,
+            body.embedder,
+            json.dumps(body.tags) if body.tags else None,
         ),
     )
     mem_id = int(cur.lastrowid)
-    if embedder is not None:
-        vector: bytes = body["vector"]
-        table = ensure_embedder(conn, str(embedder), len(vector) // 4, now)
+    if body.embedder is not None and body.vector is not None:  # both or neither (MemoryStore's check)
+        table = ensure_embedder(conn, body.embedder, len(body.vector) // 4, now)
         conn.execute(
             f"INSERT INTO {table}(rowid, agent_id, kind, created, embedding) VALUES (?, ?, ?, ?, ?)",
-            (mem_id, body["agent_id"], kind, now, vector),
+            (mem_id, body.agent_id, body.kind, now, body.vector),
         )
     return {"id": mem_id}
 

@@ -8,12 +8,15 @@ shapes (``MemorySearchOk``, ``MemoryHistoryOk``, ``MemoryStatsOk``).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from openfang.memory._db import pack_vector
 from openfang.memory.embed import Embedder, best_available
 from openfang.memory.reader import MemoryReader
+from openfang.protocol import messages as catalogue
+from openfang.protocol.bodies import MemoryHistory, MemorySearch, MemoryStats
+from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import ProtocolError
 
 SEARCH, HISTORY, STATS = "memory.search", "memory.history", "memory.stats"
@@ -25,34 +28,38 @@ class MemoryService:
     def __init__(self, reader: MemoryReader, embedder: Embedder | None = None) -> None:
         self.reader = reader
         self.embedder = embedder or best_available()
+        # Requests by type: the catalogue's body class (messages.parse types the body), and the handler.
+        self._dispatch: dict[str, tuple[type[Any], Callable[[Any, Collection[str] | None], dict[str, Any]]]]
+        self._dispatch = {
+            SEARCH: (MemorySearch, self.search),
+            HISTORY: (MemoryHistory, self.history),
+            STATS: (MemoryStats, lambda body, _scope: self.stats(body)),
+        }
 
     def answer(
         self, msg_type: str, body: Mapping[str, Any], scope: Collection[str] | None = None
     ) -> dict[str, Any]:
-        """The ``.ok`` body for one request (already validated by the catalogue); raises OpenFangError."""
-        if msg_type == SEARCH:
-            return self.search(body, scope)
-        if msg_type == HISTORY:
-            return self.history(body, scope)
-        if msg_type == STATS:
-            return self.stats(body)
-        raise ProtocolError(f"type: {msg_type!r} is not a memory read request")
+        """The ``.ok`` body for one request, its body typed by the catalogue; raises OpenFangError."""
+        entry = self._dispatch.get(msg_type)
+        if entry is None:
+            raise ProtocolError(f"type: {msg_type!r} is not a memory read request")
+        body_class, handler = entry
+        return handler(catalogue.parse(Envelope(type=msg_type, body=dict(body)), body_class), scope)
 
-    def search(self, body: Mapping[str, Any], scope: Collection[str] | None) -> dict[str, Any]:
+    def search(self, body: MemorySearch, scope: Collection[str] | None) -> dict[str, Any]:
         """Memories matching ``query``: hybrid (default), keyword-only or vector-only."""
-        query, mode = str(body["query"]), body.get("mode") or "hybrid"
-        limit = int(body.get("limit") or 10)
+        query, mode, limit = body.query, body.mode, body.limit
         vector = None
         if mode in ("hybrid", "vector"):
             vector = pack_vector(self.embedder.embed_queries([query])[0])
         found = self.reader.recall(
             scope=scope,
-            agent_id=body.get("agent_id"),
+            agent_id=body.agent_id,
             text=query if mode in ("hybrid", "keyword") else None,
             vector=vector,
             embedder_id=self.embedder.id,
             k=limit,
-            kind=body.get("kind"),
+            kind=body.kind,
         )
         hits = [
             {
@@ -70,14 +77,10 @@ class MemoryService:
         ]
         return {"hits": hits}
 
-    def history(self, body: Mapping[str, Any], scope: Collection[str] | None) -> dict[str, Any]:
+    def history(self, body: MemoryHistory, scope: Collection[str] | None) -> dict[str, Any]:
         """An agent's messages, newest first (``before`` pages back)."""
         rows = self.reader.history(
-            scope=scope,
-            agent_id=str(body["agent_id"]),
-            session=body.get("session"),
-            limit=int(body.get("limit") or 50),
-            before=body.get("before"),
+            scope=scope, agent_id=body.agent_id, session=body.session, limit=body.limit, before=body.before
         )
         entries = [
             {"role": e.role, "text": e.text, "time": e.ts, "session": e.session, "tokens": e.tokens}
@@ -85,7 +88,7 @@ class MemoryService:
         ]
         return {"messages": entries}
 
-    def stats(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def stats(self, body: MemoryStats) -> dict[str, Any]:
         """Row counts of the whole store, its file size, and the embedder active here."""
         s = self.reader.stats()
         counts = {**s["counts"], "agents": s["agents"], "seq": s["seq"]}

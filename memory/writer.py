@@ -28,6 +28,8 @@ import zmq
 from openfang.memory import _db, messages, schema
 from openfang.memory._apply import COMPACT_BATCH, Applier
 from openfang.memory.client import locations
+from openfang.protocol import messages as catalogue
+from openfang.protocol.bodies import Empty
 from openfang.protocol.envelope import DEFAULT_MAX_FRAME, Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import Busy, ConfigError, OpenFangError, Problem
 from openfang.protocol.sockets import MAX_IPC_PATH, bind_router
@@ -260,7 +262,12 @@ class Writer:
             except OpenFangError as exc:
                 self._send(route, error_reply(peek_id(payload) or "-", exc))
                 continue
-            if env.type == messages.PING:
+            if env.type == messages.PING:  # answered here, not by the Applier: its body is the empty one
+                try:
+                    catalogue.parse(env, Empty)
+                except OpenFangError as exc:
+                    self._send(route, env.error(exc))
+                    continue
                 self._send(route, env.reply({"seq": self.applier.seq, "queued": len(self.queue)}))
             elif len(self.queue) >= cfg.queue_max:
                 self._send(

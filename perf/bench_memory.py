@@ -28,6 +28,7 @@ from typing import Any
 from openfang.memory import _db, schema, semantic
 from openfang.memory.client import MemoryClient
 from openfang.memory.reader import MemoryReader
+from openfang.protocol.memory_writes import MemoryStore
 
 TIMEOUT_S = 600
 DIM = 384
@@ -165,7 +166,7 @@ def _build_store(db: str, n: int, rng: random.Random) -> list[list[float]]:
         if agent == "a":
             vectors.append(vec)
         text = " ".join(rng.choice(WORDS) for _ in range(8)) + f" item{i}"
-        body = {"agent_id": agent, "text": text, "embedder": "bench", "vector": _db.pack_vector(vec)}
+        body = MemoryStore(agent_id=agent, text=text, embedder="bench", vector=_db.pack_vector(vec))
         semantic.apply_store(conn, body, now - i)
         if i % 10_000 == 9_999:
             conn.execute("COMMIT")

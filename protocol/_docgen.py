@@ -26,6 +26,32 @@ BEGIN = "<!-- BEGIN GENERATED REFERENCE (python -m openfang.protocol._docgen --w
 END = "<!-- END GENERATED REFERENCE -->"
 DOC = Path(__file__).with_name("PROTOCOL.md")
 _HEX_WIDTH = 96
+# (endpoint, heading, introduction) of each group of internal messages (InternalSpec.endpoint).
+_INTERNAL_SECTIONS = (
+    (
+        "workers",
+        "Internal messages (gateway and workers)",
+        [
+            "Between the gateway and its workers only, on the internal worker endpoint (a worker's DEALER,",
+            "its child id as routing id). Clients never send them: the client door answers `unknown_type`.",
+            "Workers also send `event` (kind `agent.state`), `agent.send.chunk`, and the replies to the",
+            "requests the gateway forwards to them. The requests sent by an *agent* travel inside",
+            "`worker.forward` (as `request.type` and `request.body`): its worker forwards them, the gateway",
+            "answers them, and the reply comes back with the forward's id.",
+        ],
+    ),
+    (
+        "memory",
+        "Internal messages (memory writer)",
+        [
+            "To the memory writer's own ROUTER endpoint (`ipc://<data_dir>/run/memory.sock`), from the",
+            "memory client of a worker or of the `openfang memory` verbs (a DEALER). The request id is the",
+            "idempotency key: the client resends an unacknowledged request with the same id, and the writer",
+            "applies it once. A full queue answers `busy`, a bad body `bad_request`, a failed write",
+            "`memory_error`.",
+        ],
+    ),
+)
 
 
 def _field_comments(cls: type) -> dict[str, str]:
@@ -100,21 +126,20 @@ def reference() -> str:
             out += _body_section("Request", spec.type, number, _examples.REQUESTS[spec.type])
             out += _body_section("Reply", f"{spec.type}.ok", number, _examples.REPLIES[spec.type])
             out += [f"Errors: {errors}.", ""]
-    out += ["### Internal messages (gateway and workers)", ""]
-    out += [
-        "Between the gateway and its workers only, on the internal worker endpoint (a worker's DEALER, its",
-        "child id as routing id). Clients never send them: the client door answers `unknown_type`. Workers",
-        "also send `event` (kind `agent.state`), `agent.send.chunk`, and the replies to the requests the",
-        "gateway forwards to them.",
-        "",
-    ]
-    for internal in messages.INTERNAL.values():
-        number += 1
-        compiled = messages.body_schema(internal.type)
-        assert compiled is not None, internal.type
-        out += [f"#### `{internal.type}` (internal, sent by the {internal.sender})", ""]
-        out += [f"{internal.summary[0].upper()}{internal.summary[1:]}.", "", *_table(compiled)]
-        out += _example(internal.type, _examples.INTERNAL[internal.type], number)
+    for endpoint, title, intro in _INTERNAL_SECTIONS:
+        out += [f"### {title}", "", *intro, ""]
+        for internal in messages.INTERNAL.values():
+            if internal.endpoint != endpoint:
+                continue
+            number += 1
+            compiled = messages.body_schema(internal.type)
+            assert compiled is not None, internal.type
+            out += [f"#### `{internal.type}` (internal, sent by the {internal.sender})", ""]
+            out += [f"{internal.summary[0].upper()}{internal.summary[1:]}.", "", *_table(compiled)]
+            out += _example(internal.type, _examples.INTERNAL[internal.type], number)
+            if internal.reply is not None:
+                reply = _examples.INTERNAL_REPLIES[internal.type]
+                out += _body_section("Reply", f"{internal.type}.ok", number, reply)
     out += ["### Events and errors", "", f"#### `{messages.EVENT_TYPE}`", ""]
     out += ["Published on the PUB socket with the kind as the topic frame. Kinds:", ""]
     out += [f"- `{kind}`: {text}" for kind, text in messages.EVENT_KINDS.items()]
@@ -128,6 +153,8 @@ def reference() -> str:
         _nested(spec.reply, structures)
     for internal in messages.INTERNAL.values():
         _nested(internal.body, structures)
+        if internal.reply is not None:
+            _nested(internal.reply, structures)
     _nested(ErrorBody, structures)
     out += ["### Structures", "", "Maps used inside the bodies above.", ""]
     for name, cls in sorted(structures.items()):

@@ -197,7 +197,7 @@ ERROR: dict[str, Any] = {
     ],
 }
 
-# Internal messages (gateway <-> workers), by type.
+# Internal messages (gateway <-> workers, agents through worker.forward, the memory writer), by type.
 INTERNAL: dict[str, dict[str, Any]] = {
     "worker.hello": {"worker": "workers-0", "pid": 4242, "cpu": 0, "agents": 1, "agent_ids": ["a-7f3c"]},
     "worker.resync": {},
@@ -205,4 +205,88 @@ INTERNAL: dict[str, dict[str, Any]] = {
         "sender": "a-7f3c",
         "request": {"type": "agent.send", "body": {"agent_id": "a-9d21", "text": "hello"}},
     },
+}
+INTERNAL.update(
+    {
+        "schedule.add": {
+            "target": "a-7f3c",
+            "text": "daily report",
+            "cron": "0 9 * * *",
+            "tz": "Europe/Paris",
+        },
+        "schedule.list": {},
+        "schedule.remove": {"schedule_id": "sch-0123456789ab"},
+        "topic.subscribe": {"topic": "news"},
+        "topic.unsubscribe": {"topic": "news"},
+        "topic.subscribers": {"topic": "news"},
+        "memory.episode": {"agent_id": "a-7f3c", "session": "s1", "role": "user", "text": "hello"},
+        "memory.store": {
+            "agent_id": "a-7f3c",
+            "text": "Invoice 42: total 310 EUR",
+            "kind": "fact",
+            "tags": ["billing"],
+        },
+        "memory.tool_call": {
+            "agent_id": "a-7f3c",
+            "tool": "time_now",
+            "status": "ok",
+            "session": "s1",
+            "args": {},
+            "duration_ms": 0.4,
+        },
+        "memory.write": {
+            "ops": [
+                {
+                    "type": "memory.episode",
+                    "body": {"agent_id": "a-7f3c", "session": "s1", "role": "assistant", "text": "done"},
+                },
+                {"type": "memory.forget", "body": {"agent_id": "a-7f3c", "id": 17}},
+            ]
+        },
+        "memory.forget": {"agent_id": "a-7f3c", "id": 17},
+        "memory.reclaim": {"agent_id": "a-7f3c", "policy": "archive"},
+        "memory.compact": {},
+        "memory.ping": {},
+    }
+)
+
+_SCHEDULE = {
+    "id": "sch-0123456789ab",
+    "target": "a-7f3c",
+    "text": "daily report",
+    "session": "schedule:a-7f3c",
+    "cron": "0 9 * * *",
+    "tz": "Europe/Paris",
+    "at": None,
+    "misfire": "once",
+    "next_run": 1767254400.0,
+    "created_by": "a-7f3c",
+    "created_at": 1767229200.0,
+    "runs": 0,
+    "last_run": None,
+    "last_status": None,
+    "next_run_iso": "2026-01-01T09:00:00+01:00",
+    "last_run_iso": None,
+}
+
+# Replies of the internal requests that have one, by request type.
+INTERNAL_REPLIES: dict[str, dict[str, Any]] = {
+    "schedule.add": _SCHEDULE,
+    "schedule.list": {"schedules": [_SCHEDULE]},
+    "schedule.remove": {"schedule_id": "sch-0123456789ab", "removed": True},
+    "topic.subscribe": {"topic": "news", "subscribed": True, "new": True, "topics": ["news"]},
+    "topic.unsubscribe": {"topic": "news", "unsubscribed": True},
+    "topic.subscribers": {"topic": "news", "subscribers": ["a-9d21"]},
+    "memory.episode": {"seq": 42, "id": 1200},
+    "memory.store": {"seq": 43, "id": 86},
+    "memory.tool_call": {"seq": 44, "id": 41},
+    "memory.write": {"seq": 45, "results": [{"id": 1201}, {"deleted": 1}]},
+    "memory.forget": {"seq": 46, "deleted": 1},
+    "memory.reclaim": {
+        "seq": 47,
+        "policy": "archive",
+        "counts": {"episodes": 1201, "memories": 85, "tool_calls": 41},
+    },
+    "memory.compact": {"seq": 48, "counts": {"memories": 2, "ledger": 310}},
+    "memory.ping": {"seq": 48, "queued": 0},
 }

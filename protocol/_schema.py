@@ -6,11 +6,14 @@ A message body is a frozen dataclass whose field annotations say what the wire m
     limit: Annotated[int, Range(1, 100)] = 10    # optional: fields with a default may be absent (or nil)
     children: list[Node]                         # nested dataclasses are maps, checked recursively
 
-Supported annotations: ``str``, ``int`` (never ``bool``), ``float`` (ints accepted), ``bool``, ``Any``,
-``Literal[...]``, ``list[T]``, ``dict[str, T]``, ``T | None``, unions, nested dataclasses, each optionally
-wrapped in ``Annotated[..., Len(...), Range(...)]``. Strings, lists and maps without an explicit ``Len`` get
-a default bound, so no field is unbounded. Problems read ``"body.text: must be a string of at most 65536
-characters, got int"``: the dotted path, what is required, what arrived.
+Supported annotations: ``str``, ``bytes`` (msgpack bin), ``int`` (never ``bool``), ``float`` (ints
+accepted), ``bool``, ``Any``, ``Literal[...]``, ``list[T]``, ``dict[str, T]``, ``T | None``, unions, nested
+dataclasses, each optionally wrapped in ``Annotated[..., Len(...), Range(...), Match(...)]``. Strings, bytes,
+lists and maps without an explicit ``Len`` get a default bound, so no field is unbounded. A union of
+dataclasses that each fix the same required field to ``Literal`` values is *tagged*: that field picks the
+option, and a bad body is reported with that option's own problems (``body.ops[1].body.role: ...``).
+Problems read ``"body.text: must be a string of at most 65536 characters, got int"``: the dotted path, what
+is required, what arrived.
 
 Bodies are *closed* (an unknown field is a problem, so a typo in a request is never silently ignored) or
 *open* (unknown fields are allowed: replies and events, so a newer peer may add fields without breaking
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -31,6 +35,7 @@ from typing import Any
 DEFAULT_STR_LEN = 65536
 DEFAULT_LIST_LEN = 10000
 DEFAULT_MAP_KEYS = 1000
+DEFAULT_BYTES_LEN = 1 << 20
 MAX_KEY_LEN = 128
 MAX_PROBLEMS = 50  # a hostile 10,000-item list must not produce a 10,000-line error
 
@@ -56,6 +61,14 @@ class Range:
 
 
 @dataclass(frozen=True, slots=True)
+class Match:
+    """A string must match ``pattern`` whole; ``what`` says in words what it allows (problems and docs)."""
+
+    pattern: str
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
 class Compiled:
     """A compiled type: its checker, its builder (wire value -> Python value) and its description."""
 
@@ -65,6 +78,7 @@ class Compiled:
     # For maps compiled from a dataclass: (name, compiled, required) per field, and the class (for docs).
     fields: tuple[tuple[str, Compiled, bool], ...] = ()
     cls: type | None = None
+    literals: tuple[Any, ...] = ()  # for Literal[...]: the allowed values (a tagged union's tags)
 
 
 def _got(value: Any) -> str:
@@ -101,16 +115,33 @@ def _in_range(value: float, bound: Range | None) -> bool:
     return (bound.min is None or value >= bound.min) and (bound.max is None or value <= bound.max)
 
 
-def _compile_str(bound: Len | None) -> Compiled:
+def _compile_str(bound: Len | None, match: Match | None = None) -> Compiled:
     bound = bound or Len(DEFAULT_STR_LEN)
-    describe = f"a string {_len_text(bound, 'characters')}"
+    describe = f"a string {_len_text(bound, 'characters')}" + (f" ({match.what})" if match else "")
     lo, hi = bound.min, bound.max
+    full = re.compile(match.pattern).fullmatch if match else None
 
     def check(value: Any, where: str, problems: list[str]) -> None:
         if not isinstance(value, str):
             problems.append(f"{where}: must be {describe}, got {_got(value)}")
         elif not lo <= len(value) <= hi:
             problems.append(f"{where}: must be {describe}, got {len(value)} characters")
+        elif full is not None and full(value) is None:
+            problems.append(f"{where}: must be {describe}, got {value[:140]!r}")
+
+    return Compiled(check, _identity, describe)
+
+
+def _compile_bytes(bound: Len | None) -> Compiled:
+    bound = bound or Len(DEFAULT_BYTES_LEN)
+    describe = f"bytes (msgpack bin) {_len_text(bound, 'bytes')}"
+    lo, hi = bound.min, bound.max
+
+    def check(value: Any, where: str, problems: list[str]) -> None:
+        if not isinstance(value, bytes):
+            problems.append(f"{where}: must be {describe}, got {_got(value)}")
+        elif not lo <= len(value) <= hi:
+            problems.append(f"{where}: must be {describe}, got {len(value)} bytes")
 
     return Compiled(check, _identity, describe)
 
@@ -145,7 +176,7 @@ def _compile_literal(options: tuple[Any, ...]) -> Compiled:
             shown = repr(value) if isinstance(value, (str, int, float)) else _got(value)
             problems.append(f"{where}: must be {describe}, got {shown}")
 
-    return Compiled(check, _identity, describe)
+    return Compiled(check, _identity, describe, literals=tuple(options))
 
 
 def _compile_list(item: Compiled, bound: Len | None) -> Compiled:
@@ -196,8 +227,56 @@ def _compile_map(values: Compiled, bound: Len | None) -> Compiled:
     return Compiled(check, _identity, describe)
 
 
+def _tags(options: list[Compiled]) -> tuple[str, dict[Any, Compiled]] | None:
+    """For a union of dataclass maps that each fix one required field to ``Literal`` values (a tag): that
+    field's name and the option each tag value picks. None when the options are not tagged that way."""
+    if len(options) < 2 or any(o.cls is None or not o.fields for o in options):
+        return None
+    for name, _, _ in options[0].fields:
+        table: dict[Any, Compiled] = {}
+        for option in options:
+            tag = next((c for n, c, required in option.fields if n == name and required and c.literals), None)
+            if tag is None or table.keys() & set(tag.literals):
+                break
+            table.update(dict.fromkeys(tag.literals, option))
+        else:
+            return name, table
+    return None
+
+
+def _compile_tagged(name: str, table: dict[Any, Compiled], describe: str, nullable: bool) -> Compiled:
+    allowed = ", ".join(repr(t) for t in table)
+
+    def pick(value: Any) -> Compiled | None:
+        tag = value.get(name)
+        return table.get(tag) if isinstance(tag, str | int) and not isinstance(tag, bool) else None
+
+    def check(value: Any, where: str, problems: list[str]) -> None:
+        if value is None and nullable:
+            return
+        if not isinstance(value, dict):
+            problems.append(f"{where}: must be {describe}, got {_got(value)}")
+            return
+        option = pick(value)
+        if option is None:
+            tag = value.get(name)
+            shown = repr(tag) if isinstance(tag, str | int | float) else _got(tag)
+            problems.append(f"{where}.{name}: must be one of {allowed}, got {shown}")
+            return
+        option.check(value, where, problems)
+
+    def build(value: Any) -> Any:
+        option = None if value is None else pick(value)
+        return value if option is None else option.build(value)
+
+    return Compiled(check, build, describe)
+
+
 def _compile_union(options: list[Compiled], nullable: bool) -> Compiled:
     describe = " or ".join(o.describe for o in options) + (" or nil" if nullable else "")
+    tagged = _tags(options)
+    if tagged is not None:
+        return _compile_tagged(*tagged, describe, nullable)
     if len(options) == 1:
         inner = options[0]
 
@@ -235,6 +314,7 @@ def compile_type(tp: Any, *, open_maps: bool) -> Compiled:
     """Compile one annotation (see the module docstring for what is supported)."""
     length: Len | None = None
     bound: Range | None = None
+    match: Match | None = None
     if typing.get_origin(tp) is typing.Annotated:
         tp, *meta = typing.get_args(tp)
         for m in meta:
@@ -242,11 +322,15 @@ def compile_type(tp: Any, *, open_maps: bool) -> Compiled:
                 length = m
             elif isinstance(m, Range):
                 bound = m
+            elif isinstance(m, Match):
+                match = m
     origin = typing.get_origin(tp)
     if tp is Any:
         return Compiled(lambda value, where, problems: None, _identity, "any value")
     if tp is str:
-        return _compile_str(length)
+        return _compile_str(length, match)
+    if tp is bytes:
+        return _compile_bytes(length)
     if tp is bool:
         return _compile_bool()
     if tp in (int, float):

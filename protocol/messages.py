@@ -1,7 +1,11 @@
 """The message catalogue: every request type, its ``<type>.ok`` reply, events, errors, and the internal
-messages between the gateway and its workers (:data:`INTERNAL`).
+messages (:data:`INTERNAL`): between the gateway and its workers (``worker.*``, and the ``schedule.*`` and
+``topic.*`` requests an agent's worker forwards inside ``worker.forward``), and to the memory writer
+(``memory.episode``, ``memory.store``, ...).
 
-The body classes live in :mod:`openfang.protocol.bodies` and are re-exported here (``messages.AgentSend``).
+The body classes live in :mod:`openfang.protocol.bodies` (client requests, worker messages),
+:mod:`openfang.protocol.coordination` (schedules and topics) and :mod:`openfang.protocol.memory_writes`
+(the memory writer's socket).
 
 Importing this module (``import openfang.protocol`` does) registers a body validator per type with
 :func:`openfang.protocol.envelope.register_body_validator`, so :func:`~openfang.protocol.envelope.decode`
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from openfang.protocol import _schema
+from openfang.protocol import coordination as _coord
+from openfang.protocol import memory_writes as _mem
 from openfang.protocol.bodies import (
     AgentListOk,
     AgentMove,
@@ -348,18 +354,33 @@ REQUEST_TYPES = frozenset(CATALOGUE)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InternalSpec:
-    """One internal message: who sends it to whom, its body, and what it is for.
+    """One internal message: who sends it to whom, its body, its reply, and what it is for.
 
-    Internal types travel between the gateway and its workers only; they are not in :data:`REQUEST_TYPES`,
-    so the client door refuses them (``unknown_type``). Their bodies are closed and checked where they are
-    handled (:func:`parse` in the gateway's and the worker's dispatchers), not by :func:`decode`: a refused
-    ``worker.forward`` is then answered with the problem instead of being dropped unread.
+    Internal types travel inside the cluster only; they are not in :data:`REQUEST_TYPES`, so the client door
+    refuses them (``unknown_type``). Their bodies are closed and checked where they are handled
+    (:func:`parse` in the gateway's, the worker's and the memory writer's dispatch tables), not by
+    :func:`decode`: a refused ``worker.forward`` is then answered with the problem instead of being dropped
+    unread. Replies (``<type>.ok``) are open, like every reply, and relayed as maps.
     """
 
     type: str
-    sender: str  # gateway | worker
+    sender: str  # gateway | worker | agent, inside worker.forward | memory client
     body: builtins.type[Any]
     summary: str
+    reply: builtins.type[Any] | None = None  # the <type>.ok body; None: no reply, or another type's reply
+    endpoint: str = "workers"  # workers: the gateway's worker endpoint | memory: the memory writer's
+
+
+def _forwarded(type_: str, body: type[Any], reply: type[Any], summary: str) -> InternalSpec:
+    return InternalSpec(
+        type=type_, sender="agent, inside worker.forward", body=body, reply=reply, summary=summary
+    )
+
+
+def _memory(type_: str, body: type[Any], reply: type[Any], summary: str) -> InternalSpec:
+    return InternalSpec(
+        type=type_, sender="memory client", body=body, reply=reply, summary=summary, endpoint="memory"
+    )
 
 
 INTERNAL: dict[str, InternalSpec] = {
@@ -381,12 +402,73 @@ INTERNAL: dict[str, InternalSpec] = {
             type="worker.forward",
             sender="worker",
             body=WorkerForward,
-            summary="an agent's agent.send or agent.spawn, routed by the gateway like a client's request; "
-            "the reply (that request's .ok, or error) comes back with the forward's id",
+            summary="an agent's agent.send, agent.spawn, schedule.* or topic.* request, routed by the "
+            "gateway like a client's request; the reply (that request's .ok, or error) comes back with the "
+            "forward's id",
+        ),
+        _forwarded(
+            "schedule.add",
+            _coord.ScheduleAdd,
+            _coord.ScheduleRecord,
+            "schedule a message from the sender to itself or an agent it may message (the worker checked "
+            "the send grant); the gateway resolves the target and keeps it in its schedule store",
+        ),
+        _forwarded(
+            "schedule.list", Empty, _coord.ScheduleListOk, "the schedules the sender created, with their runs"
+        ),
+        _forwarded(
+            "schedule.remove",
+            _coord.ScheduleRemove,
+            _coord.ScheduleRemoveOk,
+            "remove a schedule the sender created (not_found for anyone else's)",
+        ),
+        _forwarded(
+            "topic.subscribe",
+            _coord.TopicRef,
+            _coord.TopicSubscribeOk,
+            "subscribe the sender to a topic (durable, by agent id; limit_exceeded past 64 per agent)",
+        ),
+        _forwarded(
+            "topic.unsubscribe",
+            _coord.TopicRef,
+            _coord.TopicUnsubscribeOk,
+            "unsubscribe the sender from a topic",
+        ),
+        _forwarded(
+            "topic.subscribers",
+            _coord.TopicRef,
+            _coord.TopicSubscribersOk,
+            "the live subscribers of a topic other than the sender (topic_publish then sends to each "
+            "through agent.send); subscribers found dead are dropped",
+        ),
+        _memory("memory.episode", _mem.MemoryEpisode, _mem.WriteAck, "record one message of a conversation"),
+        _memory("memory.store", _mem.MemoryStore, _mem.WriteAck, "store one memory, with its vector"),
+        _memory("memory.tool_call", _mem.MemoryToolCall, _mem.WriteAck, "record one tool call"),
+        _memory(
+            "memory.write",
+            _mem.MemoryWrite,
+            _mem.MemoryWriteOk,
+            "apply a batch of episode, store, tool_call and forget ops all-or-nothing",
+        ),
+        _memory("memory.forget", _mem.MemoryForget, _mem.MemoryForgetOk, "delete one memory of an agent"),
+        _memory(
+            "memory.reclaim",
+            _mem.MemoryReclaim,
+            _mem.MemoryReclaimOk,
+            "apply a retention policy (keep, archive, purge) to an agent's memory",
+        ),
+        _memory("memory.compact", _mem.MemoryCompact, _mem.MemoryCompactOk, "TTL compaction now"),
+        _memory(
+            "memory.ping",
+            Empty,
+            _mem.MemoryPingOk,
+            "the writer's commit sequence number and queue length, answered without a commit",
         ),
     ]
 }
 INTERNAL_TYPES = frozenset(INTERNAL)
+# Types decode() does not check: internal messages and their replies (see InternalSpec).
+_UNCHECKED = INTERNAL_TYPES | {f"{t}.ok" for t, s in INTERNAL.items() if s.reply is not None}
 
 # body class -> wire type; replies by their "<type>.ok" name. Classes shared by several types map to none.
 _TYPE_OF: dict[type, str] = {}
@@ -409,6 +491,9 @@ def _register() -> None:
     for internal in INTERNAL.values():  # for parse() only; decode() leaves them to their handler
         _class_of[internal.type] = (internal.body, False)
         uses.setdefault(internal.body, []).append(internal.type)
+        if internal.reply is not None:
+            _class_of[f"{internal.type}.ok"] = (internal.reply, True)
+            uses.setdefault(internal.reply, []).append(f"{internal.type}.ok")
     _TYPE_OF.update({cls: types[0] for cls, types in uses.items() if len(types) == 1})
 
 
@@ -419,7 +504,7 @@ def _schema_of(message_type: str) -> _schema.Compiled | None:
         cls, is_open = _class_of[message_type]
         compiled = _schema.compile_dataclass(cls, open_fields=is_open)
         _compiled[message_type] = compiled  # two threads may both compile: the same result, either wins
-        if message_type not in INTERNAL:  # internal bodies are checked by their handlers (InternalSpec)
+        if message_type not in _UNCHECKED:  # internal bodies are checked by their handlers (InternalSpec)
             register_body_validator(message_type, _schema.body_validator(compiled))
     return compiled
 
@@ -440,8 +525,21 @@ _register()
 
 
 def body_schema(message_type: str) -> _schema.Compiled | None:
-    """The compiled schema of ``message_type``'s body (a request, ``<type>.ok``, ``event`` or ``error``)."""
+    """The compiled schema of ``message_type``'s body (a request, ``<type>.ok``, ``event``, ``error``, or an
+    internal message and its ``<type>.ok``)."""
     return _schema_of(message_type)
+
+
+def check_body(message_type: str, body: Mapping[str, Any]) -> list[str]:
+    """Every problem of ``body`` as the body of ``message_type`` (``"body.text: ..."``); [] when it is valid.
+
+    For a sender that checks before it sends (the memory client): the same schema the receiver's
+    :func:`parse` applies. A type outside the catalogue is one problem naming it.
+    """
+    compiled = _schema_of(message_type)
+    if compiled is None:
+        return [f"type: {message_type!r} is in no catalogue"]
+    return _schema.body_validator(compiled)(body)
 
 
 def check_request(env: Envelope) -> MessageSpec:

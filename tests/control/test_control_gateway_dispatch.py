@@ -42,3 +42,15 @@ def test_gateway_worker_dispatch_is_typed_by_the_internal_catalogue() -> None:
     for type_ in from_workers:
         assert table[type_] == messages.INTERNAL[type_].body.__name__
     assert table[messages.EVENT_TYPE] == "Event"
+
+
+def test_gateway_forward_dispatch_covers_every_forwarded_type_with_its_body() -> None:
+    """Each type a worker may forward for an agent has a handler typed by the catalogue's body class."""
+    from openfang.protocol.bodies import FORWARDED_TYPES
+
+    table = _table("_forward_dispatch")
+    assert set(table) == set(FORWARDED_TYPES)
+    for type_, body_class in table.items():
+        spec = messages.CATALOGUE.get(type_)
+        expected = spec.request if spec is not None else messages.INTERNAL[type_].body
+        assert body_class == expected.__name__, type_

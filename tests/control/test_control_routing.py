@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from openfang.control.routing import AgentDirectory, Gather, least_loaded, route
+from openfang.protocol.bodies import AgentRef, AgentSend, Empty, MemoryStats, WorkerPing
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import NotFound, ProtocolError, UnknownType
 
@@ -24,16 +25,18 @@ def _spawned(directory: AgentDirectory, worker: str, agent_id: str, service: str
 def test_memory_reads_go_to_the_least_loaded_worker() -> None:
     """A memory read lands on the worker with the fewest agents plus requests in flight."""
     workers = {"w-0": Load(agents=3), "w-1": Load(agents=1, in_flight=1), "w-2": Load(agents=1)}
-    assert route(Envelope(type="memory.stats"), AgentDirectory(), workers).workers == ["w-2"]
+    assert route("memory.stats", MemoryStats(), AgentDirectory(), workers).workers == ["w-2"]
 
 
 def test_absent_worker_and_service_are_not_found() -> None:
     """Routing to a worker that is not connected, or a service nobody serves, names what is missing."""
     with pytest.raises(NotFound, match="'nobody'"):
-        env = Envelope(type="agent.send", body={"service": "nobody", "text": "x"})
-        route(env, AgentDirectory(), {"w-0": Load()})
+        route("agent.send", AgentSend(service="nobody", text="x"), AgentDirectory(), {"w-0": Load()})
     with pytest.raises(NotFound, match="'w-9'"):
-        route(Envelope(type="worker.ping", body={"worker": "w-9"}), AgentDirectory(), {"w-0": Load()})
+        route("worker.ping", WorkerPing(worker="w-9"), AgentDirectory(), {"w-0": Load()})
+    assert route("worker.ping", WorkerPing(worker="w-0"), AgentDirectory(), {"w-0": Load()}).workers == [
+        "w-0"
+    ]
     with pytest.raises(NotFound, match="no worker"):
         least_loaded({})
 
@@ -44,10 +47,10 @@ def test_service_requests_avoid_the_worker_that_falls_behind() -> None:
     _spawned(d, "w-0", "c0", "classify")
     _spawned(d, "w-1", "c1", "classify")
     workers = {"w-0": Load(in_flight=50), "w-1": Load(in_flight=2)}
-    env = Envelope(type="agent.send", body={"service": "classify", "text": "x"})
-    assert route(env, d, workers).workers == ["w-1"]
+    send = AgentSend(service="classify", text="x")
+    assert route("agent.send", send, d, workers).workers == ["w-1"]
     workers["w-1"].in_flight = 80
-    assert route(env, d, workers).workers == ["w-0"]
+    assert route("agent.send", send, d, workers).workers == ["w-0"]
 
 
 def test_removed_agent_leaves_the_counts() -> None:
@@ -61,10 +64,10 @@ def test_removed_agent_leaves_the_counts() -> None:
 def test_unknown_type_and_missing_address_are_protocol_errors() -> None:
     """A type nobody serves is unknown_type; an agent request without an address is bad_request."""
     with pytest.raises(UnknownType) as exc:
-        route(Envelope(type="launch.missiles"), AgentDirectory(), {"w-0": Load()})
+        route("launch.missiles", Empty(), AgentDirectory(), {"w-0": Load()})
     assert exc.value.code == "unknown_type"
     with pytest.raises(ProtocolError, match="agent_id"):
-        route(Envelope(type="agent.info", body={}), AgentDirectory(), {"w-0": Load()})
+        route("agent.info", AgentRef(agent_id="a-1"), AgentDirectory(), {"w-0": Load()})
 
 
 def test_gather_merges_every_worker_answer_and_reports_the_silent() -> None:

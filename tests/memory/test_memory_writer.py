@@ -322,18 +322,20 @@ def test_episode_ttl_compaction_deletes_old_messages_and_tool_calls(local_store)
 def test_a_request_that_trips_a_bug_fails_alone_and_the_writer_keeps_serving(local_store) -> None:
     """An unexpected exception inside one request is rolled back and answered memory_error, not a crash."""
     from openfang.protocol.envelope import Envelope
+    from openfang.protocol.memory_writes import MemoryCompact
 
-    def explode(body: dict[str, object], now: float) -> dict[str, object]:
+    def explode(body: MemoryCompact, now: float) -> dict[str, object]:
         local_store.conn.execute(
             "INSERT INTO episodes(agent_id, session, role, text, ts) VALUES ('a','s','user','half', 1)"
         )
         raise KeyError("surprise")
 
-    local_store.applier._handlers["memory.bug"] = explode  # a stand-in for a future handler's bug
+    # A stand-in for a handler's bug: compaction's handler, called with its typed body.
+    local_store.applier._handlers["memory.compact"] = (MemoryCompact, explode)
     good = Envelope(
         type="memory.episode", body={"agent_id": "a", "session": "s", "role": "user", "text": "ok"}
     )
-    bad, ok = local_store.applier.apply_group([Envelope(type="memory.bug", body={}), good])
+    bad, ok = local_store.applier.apply_group([Envelope(type="memory.compact", body={}), good])
     assert bad.is_error and bad.body["code"] == "memory_error" and "KeyError" in bad.body["message"]
     assert not ok.is_error
     assert _count(local_store.db, "SELECT count(*) FROM episodes WHERE text = 'half'") == 0

@@ -22,8 +22,9 @@ def _pairs() -> list[tuple[dict[str, Any], bytes]]:
 def test_every_hex_example_decodes_to_its_json_twin() -> None:
     """Each msgpack-hex block decodes to exactly the JSON block before it, and is a valid envelope."""
     pairs = _pairs()
-    # request + reply per type, one per internal message, one event, one error
-    assert len(pairs) == 2 * len(messages.CATALOGUE) + len(messages.INTERNAL) + 2
+    # request + reply per type, one per internal message and internal reply, one event, one error
+    internal_replies = sum(1 for s in messages.INTERNAL.values() if s.reply is not None)
+    assert len(pairs) == 2 * len(messages.CATALOGUE) + len(messages.INTERNAL) + internal_replies + 2
     assert TEXT.count("```msgpack-hex") == len(pairs)  # no hex block without a JSON twin
     for as_json, packed in pairs:
         assert msgpack.unpackb(packed, raw=False) == as_json
@@ -31,6 +32,9 @@ def test_every_hex_example_decodes_to_its_json_twin() -> None:
         assert (env.type, env.body) == (as_json["type"], as_json["body"])
         if env.type in messages.INTERNAL:  # checked by their handlers, through parse
             messages.parse(env, messages.INTERNAL[env.type].body)
+        elif env.type.removesuffix(".ok") in messages.INTERNAL:  # an internal reply: its open schema
+            reply_class = messages.INTERNAL[env.type.removesuffix(".ok")].reply
+            messages.parse(env, reply_class)
 
 
 def test_every_catalogued_type_error_code_and_event_kind_is_documented() -> None:
@@ -39,8 +43,9 @@ def test_every_catalogued_type_error_code_and_event_kind_is_documented() -> None
         assert f"#### `{type_}`" in TEXT
         assert f"**Reply** `{type_}.ok`" in TEXT
     assert "#### `event`" in TEXT and "#### `error`" in TEXT
-    for type_ in messages.INTERNAL:
+    for type_, spec in messages.INTERNAL.items():
         assert f"#### `{type_}` (internal" in TEXT
+        assert spec.reply is None or f"**Reply** `{type_}.ok`" in TEXT
     for code in messages.ERROR_CODES:
         assert f"- `{code}`:" in TEXT
     for kind in messages.EVENT_KINDS:

@@ -1,5 +1,6 @@
-"""Every message that crosses a socket is in a catalogue: the gateway<->worker types in ``messages``, the
-supervisor uplink kinds in ``supervisor.child.UPLINK``. The source is walked with :mod:`ast`."""
+"""Every message that crosses a socket is in a catalogue: client requests and the internal types (gateway <->
+worker, agents' forwarded requests, the memory writer's) in ``messages``, the supervisor uplink kinds in
+``supervisor.child.UPLINK``. The source is walked with :mod:`ast`."""
 
 from __future__ import annotations
 
@@ -17,11 +18,16 @@ from openfang.supervisor.child import UPLINK, pack, unpack
 ROOT = Path(__file__).resolve().parents[2]
 # The modules that speak on the gateway's worker endpoint.
 SPEAKERS = ("control/gateway.py", "workers/worker.py")
+# Every package whose modules send or handle messages on a socket (the CLI and the HTTP face are clients).
+SENDERS = ("control", "workers", "memory", "openfang/cli", "security")
 UPLINK_USERS = ("supervisor", "control", "workers", "memory")
+# Modules that read a request body's reserved signature keys (not fields of any body class): see below.
+RESERVED_KEY_READERS = ("security/identity.py", "security/signing.py")
 
 
 def _known_types() -> set[str]:
     known = set(messages.CATALOGUE) | {f"{t}.ok" for t in messages.CATALOGUE} | set(messages.INTERNAL)
+    known |= {f"{t}.ok" for t, spec in messages.INTERNAL.items() if spec.reply is not None}
     return known | {messages.EVENT_TYPE, messages.CHUNK_TYPE, ERROR_TYPE}
 
 
@@ -40,23 +46,58 @@ def _is_type_attr(node: ast.expr) -> bool:
     return isinstance(node, ast.Attribute) and node.attr == "type"
 
 
-def types_used(tree: ast.Module) -> tuple[set[str], set[str]]:
+def _constants(trees: list[ast.Module]) -> dict[str, set[str]]:
+    """Module-level ``NAME = "string"`` constants of ``trees``, by name (``EPISODE = "memory.episode"``)."""
+    out: dict[str, set[str]] = {}
+    for tree in trees:
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+                for target in node.targets:
+                    if isinstance(target, ast.Name) and isinstance(node.value.value, str):
+                        out.setdefault(target.id, set()).add(node.value.value)
+    return out
+
+
+def types_used(tree: ast.Module, constants: dict[str, set[str]] | None = None) -> tuple[set[str], set[str]]:
     """(message types, type prefixes) a module sends or dispatches on.
 
-    Sent: ``Envelope(type="x")``. Dispatched: ``<x>.type == "x"`` / ``in (...)``, keys of a ``{type: ...}``
-    handler table (a dict assigned to a name ending in ``_HANDLERS`` or ``_dispatch``), and
-    ``<x>.type.startswith("prefix.")``.
+    Sent: ``Envelope(type="x")``, ``messages.request(body, type="x")``, the first argument of a client's
+    ``.call("x", ...)`` / ``.submit("x", ...)``. Dispatched: ``<x>.type == "x"`` / ``in (...)``, keys of a
+    ``{type: ...}`` handler table (a dict assigned to a name ending in ``_HANDLERS``, ``_handlers`` or
+    ``_dispatch``), and ``<x>.type.startswith("prefix.")``. A name or attribute in one of those places is
+    resolved through ``constants`` (``messages.EPISODE``); an f-string gives its literal start as a prefix.
     """
+    constants = constants or {}
     types: set[str] = set()
     prefixes: set[str] = set()
+
+    def add(node: ast.expr) -> None:
+        if isinstance(node, ast.JoinedStr):
+            head = node.values[0] if node.values else None
+            if isinstance(head, ast.Constant) and isinstance(head.value, str):
+                prefixes.add(head.value)
+            return
+        name = node.id if isinstance(node, ast.Name) else getattr(node, "attr", None)
+        if isinstance(node, ast.Name | ast.Attribute) and name in constants:
+            types.update(constants[name])
+            return
+        types.update(_strings(node))
+
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Envelope":
-            for kw in node.keywords:
-                if kw.arg == "type":
-                    types.update(_strings(kw.value))
-        elif isinstance(node, ast.Compare) and _is_type_attr(node.left):
+        if isinstance(node, ast.Call):
+            func = node.func
+            func_name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            if func_name in ("Envelope", "request"):
+                for kw in node.keywords:
+                    if kw.arg == "type":
+                        add(kw.value)
+            elif func_name in ("call", "submit", "ok") and isinstance(func, ast.Attribute) and node.args:
+                first = node.args[0]
+                if isinstance(first, ast.Constant | ast.Name | ast.Attribute | ast.JoinedStr):
+                    add(first)
+        if isinstance(node, ast.Compare) and _is_type_attr(node.left):
             for comparator in node.comparators:
-                types.update(_strings(comparator))
+                add(comparator)
         elif (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
@@ -67,9 +108,11 @@ def types_used(tree: ast.Module) -> tuple[set[str], set[str]]:
         if isinstance(node, ast.Assign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             names = {t.id if isinstance(t, ast.Name) else getattr(t, "attr", "") for t in targets}
-            if any(n.endswith(("_HANDLERS", "_dispatch")) for n in names) and node.value:
+            if any(n.endswith(("_HANDLERS", "_handlers", "_dispatch")) for n in names) and node.value:
                 if isinstance(node.value, ast.Dict):
-                    types.update(s for k in node.value.keys if k is not None for s in _strings(k))
+                    for key in node.value.keys:
+                        if key is not None:
+                            add(key)
                 else:
                     types.update(_strings(node.value))
     return types, prefixes
@@ -82,8 +125,48 @@ def test_types_used_sees_sends_dispatch_tables_and_prefixes() -> None:
         "if env.type == 'a.compared' or env.type in ('a.tupled',): pass\n"
         "_HANDLERS = {'a.handled': f}\n"
         "env.type.startswith('p.')\n"
+        "messages.request(body, type='a.requested')\n"
+        "client.call(NAMED, {})\n"
+        "self._handlers = {messages.NAMED: f}\n"
+        "Envelope(type=f'pre.{op}')\n"
     )
-    assert types_used(tree) == ({"a.sent", "a.compared", "a.tupled", "a.handled"}, {"p."})
+    constants = {"NAMED": {"a.named"}}
+    assert types_used(tree, constants) == (
+        {"a.sent", "a.compared", "a.tupled", "a.handled", "a.requested", "a.named"},
+        {"p.", "pre."},
+    )
+
+
+def _modules() -> dict[str, ast.Module]:
+    trees: dict[str, ast.Module] = {}
+    for package in SENDERS:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            trees[path.relative_to(ROOT).as_posix()] = ast.parse(path.read_text(encoding="utf-8"))
+    return trees
+
+
+def test_every_message_type_any_module_sends_or_handles_is_catalogued() -> None:
+    """Across control, workers, memory, the CLI and security, each type sent on a socket or dispatched on is
+    a catalogued request, internal message, reply, event, chunk or error (prefixes match some type)."""
+    trees = _modules()
+    constants = _constants(list(trees.values()))
+    used: dict[str, str] = {}
+    prefixes: dict[str, str] = {}
+    for rel, tree in trees.items():
+        types, starts = types_used(tree, constants)
+        for type_ in types:
+            used.setdefault(type_, rel)
+        for prefix in starts:
+            prefixes.setdefault(prefix, rel)
+    # The walk sees each family: client requests, worker messages, forwarded requests, the memory writer's.
+    assert {"agent.send", "worker.forward", "schedule.add", "topic.subscribers", "memory.episode"} <= set(
+        used
+    )
+    assert {"memory.store", "memory.forget", "memory.reclaim", "memory.ping", "status"} <= set(used)
+    unknown = {t: where for t, where in used.items() if t not in _known_types()}
+    assert not unknown, f"message types in no catalogue: {unknown}"
+    loose = {p: where for p, where in prefixes.items() if not any(t.startswith(p) for t in _known_types())}
+    assert not loose, f"type prefixes matching no catalogued type: {loose}"
 
 
 @pytest.mark.parametrize("module", SPEAKERS)
@@ -191,3 +274,42 @@ def test_uplink_unpack_refuses_a_kind_not_in_the_table() -> None:
     assert unpack(pack({"t": "hb"})) == {"t": "hb"}
     with pytest.raises(ProtocolError, match="'bogus'"):
         unpack(pack({"t": "bogus"}))
+
+
+def _raw_body_reads(tree: ast.Module) -> list[int]:
+    """Lines reading ``env.body`` / ``request.body`` field by field (``.get(...)`` or ``[...]``)."""
+    lines = []
+    for node in ast.walk(tree):
+        target = None
+        if isinstance(node, ast.Subscript):
+            target = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+            target = node.func.value
+        if (
+            isinstance(target, ast.Attribute)
+            and target.attr == "body"
+            and isinstance(target.value, ast.Name)
+            and target.value.id in ("env", "request")
+        ):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_raw_body_reads_walker_sees_get_and_subscript() -> None:
+    """The walker finds env.body.get(...) and request.body[...], not reply.body.get(...)."""
+    tree = ast.parse("env.body.get('a')\nrequest.body['b']\nreply.body.get('c')\n")
+    assert _raw_body_reads(tree) == [1, 2]
+
+
+def test_no_handler_reads_a_request_body_field_by_field() -> None:
+    """Handlers take typed bodies from the catalogue: no module of control, workers, memory or the CLI reads
+    a request (``env`` / ``request``) body key by key. Replies and events stay open maps, relayed; the
+    security layers read only the reserved signature keys (``_auth``, the agent signature), before the
+    body is typed and with those keys stripped."""
+    found = {
+        f"{rel}:{line}"
+        for rel, tree in _modules().items()
+        if not rel.startswith(RESERVED_KEY_READERS)
+        for line in _raw_body_reads(tree)
+    }
+    assert not found, f"request bodies read raw (parse them with messages.parse): {sorted(found)}"

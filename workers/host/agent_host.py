@@ -365,7 +365,7 @@ class AgentHost:
             )
         if self._memory is not None:
             self._memory.record_message(agent.agent_id, _session(body.session), "user", text, None)
-        agent.inbox.append((env, abi.user_message(text, session=body.session)))
+        agent.inbox.append((env, body, abi.user_message(text, session=body.session)))
         if agent.current is None and agent.phase is Phase.READY:
             self._next_message(agent)
 
@@ -502,13 +502,13 @@ class AgentHost:
                 if not agent.sandbox.user_suspended:
                     self._hib.arm(agent, self.clock())  # idle from now: the idle timer starts
             return
-        env, payload = agent.inbox[0]
+        env, send, payload = agent.inbox[0]
         agent.sandbox.begin_message(payload)
         agent.idle_token += 1  # busy: a pending idle timer no longer applies
         agent.inbox.popleft()
-        agent.current = env
+        agent.current, agent.current_send = env, send
         agent.usage = {"prompt_tokens": 0, "completion_tokens": 0, "tool_calls": 0}
-        agent.session = _session(env.body.get("session"))
+        agent.session = _session(send.session)
         agent.failure = None
         agent.task = None
         if agent.guard is not None:
@@ -660,7 +660,7 @@ class AgentHost:
         self._active.pop(agent.agent_id, None)
         waiting = [agent.spawn_env] if agent.spawn_env else []
         waiting += [agent.current] if agent.current else []
-        waiting += [env for env, _ in agent.inbox]
+        waiting += [env for env, _, _ in agent.inbox]
         waiting += [agent.moving[0]] if agent.moving else []
         agent.moving = None
         self._moving.pop(agent.agent_id, None)
@@ -787,7 +787,7 @@ class AgentHost:
         if agent.sandbox.user_suspended and agent.current is not None:
             raise SandboxError(f"{what}: it was suspended in the middle of a message; resume it first")
         wait_s = (MOVE_WAIT_MS if body.wait_ms is None else body.wait_ms) / 1000
-        agent.moving = (env, self.clock() + wait_s)
+        agent.moving = (env, body, self.clock() + wait_s)
         self._moving[agent.agent_id] = agent
         busy = len(agent.inbox) + (agent.current is not None)
         self._bound.info("agent_moving_out", agent_id=agent.agent_id, to=body.to, messages_first=busy)
@@ -798,12 +798,12 @@ class AgentHost:
         if agent.moving is None:
             self._moving.pop(agent.agent_id, None)
             return
-        env, deadline = agent.moving
+        env, move, deadline = agent.moving
         if agent.phase is not Phase.READY or agent.current is not None or agent.inbox:
             if self.clock() >= deadline:
                 agent.moving = None
                 self._moving.pop(agent.agent_id, None)
-                waited = env.body.get("wait_ms", MOVE_WAIT_MS)
+                waited = MOVE_WAIT_MS if move.wait_ms is None else move.wait_ms
                 self._replies.append(
                     env.error(
                         SandboxError(
@@ -846,7 +846,7 @@ class AgentHost:
     def _let_go(self, agent: HostedAgent, path: str, why_fresh: str) -> None:
         """The agent has left: drop its record (not a death: no event, its file and memories stay)."""
         assert agent.moving is not None
-        env, _ = agent.moving
+        env, move, _ = agent.moving
         agent.moving = None
         self._moving.pop(agent.agent_id, None)
         state = "suspended" if agent.sandbox.user_suspended else "running"
@@ -859,7 +859,7 @@ class AgentHost:
         if path == "fresh":
             self._hib.delete(agent.agent_id)  # the target must not restore an older state
         self._bound.info(
-            "agent_moved_out", agent_id=agent.agent_id, path=path, to=env.body.get("to"), why_fresh=why_fresh
+            "agent_moved_out", agent_id=agent.agent_id, path=path, to=move.to, why_fresh=why_fresh
         )
         body = {"agent_id": agent.agent_id, "state": state, "moved_from": self.worker_id, "path": path}
         if why_fresh:

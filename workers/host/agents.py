@@ -28,6 +28,9 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from openfang.protocol import messages
+from openfang.protocol.bodies import Empty
+from openfang.protocol.coordination import ScheduleAdd, ScheduleRemove, TopicRef
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import NotFound, OpenFangError, ProtocolError, Timeout
 from openfang.security._errors import Denied
@@ -288,9 +291,12 @@ class AgentTraffic:
             raise OpenFangError(
                 "topics need the control gateway (this host runs without one)", code="unavailable"
             )
-        topic = str(args["topic"])
-        if op != "publish":
-            return remote(sender, Envelope(type=f"topic.{op}", body={"topic": topic}))
+        ref = TopicRef(topic=str(args["topic"]))  # typed by protocol.coordination; the gateway checks it
+        topic = ref.topic
+        if op == "subscribe":
+            return remote(sender, messages.request(ref, type="topic.subscribe"))
+        if op == "unsubscribe":
+            return remote(sender, messages.request(ref, type="topic.unsubscribe"))
         out: Future[Any] = Future()
         message = args["message"]
 
@@ -318,7 +324,7 @@ class AgentTraffic:
             subscribers = [str(a) for a in f.result().get("subscribers") or []]
             self.handoff.later(lambda: deliver(subscribers))  # sends happen on the loop thread
 
-        remote(sender, Envelope(type="topic.subscribers", body={"topic": topic})).add_done_callback(looked_up)
+        remote(sender, messages.request(ref, type="topic.subscribers")).add_done_callback(looked_up)
         return out
 
     def schedule(self, sender: str, op: str, args: Mapping[str, Any]) -> Future[Any]:
@@ -330,7 +336,6 @@ class AgentTraffic:
             raise OpenFangError(
                 "schedules need the control gateway (this host runs without one)", code="unavailable"
             )
-        body: dict[str, Any]
         if op == "add":
             to = str(args.get("to") or sender)
             if to != sender and self._security is not None:
@@ -339,17 +344,19 @@ class AgentTraffic:
             when = [k for k in ("at", "in", "cron") if args.get(k)]
             if len(when) != 1:
                 raise ProtocolError("schedule_add: give exactly one of at (a time), in (a delay) or cron")
-            body = {"target": to, "text": str(args["text"]), "tz": args.get("tz") or "UTC"}
-            body["misfire"] = args.get("misfire") or "once"
-            if when[0] == "cron":
-                body["cron"] = str(args["cron"])
-            else:
-                body["at"] = str(args[when[0]])  # the gateway reads an ISO time or a delay like 10m
-        elif op == "remove":
-            body = {"schedule_id": str(args["id"])}
-        else:
-            body = {}
-        return remote(sender, Envelope(type=f"schedule.{op}", body=body))
+            add = ScheduleAdd(
+                target=to,
+                text=str(args["text"]),
+                tz=str(args.get("tz") or "UTC"),
+                misfire=args.get("misfire") or "once",
+                cron=str(args["cron"]) if when[0] == "cron" else None,
+                # the gateway reads an ISO time or a delay like 10m
+                at=str(args[when[0]]) if when[0] != "cron" else None,
+            )
+            return remote(sender, messages.request(add))
+        if op == "remove":
+            return remote(sender, messages.request(ScheduleRemove(schedule_id=str(args["id"]))))
+        return remote(sender, messages.request(Empty(), type="schedule.list"))
 
     def listing(self, caller: str) -> list[dict[str, Any]]:
         """The agents ``caller`` may message (all of them on this worker without the security layers)."""

@@ -27,6 +27,7 @@ from openfang.memory.api import MemoryAPI
 from openfang.memory.client import MemoryClient, locations
 from openfang.memory.reader import MemoryReader
 from openfang.protocol.errors import OpenFangError
+from openfang.protocol.memory_writes import Role
 
 log = structlog.get_logger("openfang.workers.memory")
 MAX_RECORD_TEXT = 65_536  # episodic entries are capped: a huge reply must not become a huge write
@@ -48,7 +49,7 @@ class HostMemory:
         return MemoryAPI(MemoryClient(endpoint), MemoryReader(db_path), self.api.embedder)
 
     # -- loop thread ---------------------------------------------------------------------------------------
-    def record_message(self, agent_id: str, session: str, role: str, text: str, tokens: int | None) -> None:
+    def record_message(self, agent_id: str, session: str, role: Role, text: str, tokens: int | None) -> None:
         """Episodic: one message in or out of an agent (pipelined)."""
         try:
             self.api.record_message(agent_id, session, role, text[:MAX_RECORD_TEXT], tokens)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from openfang.protocol.bodies import AgentMove, AgentSend
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import OpenFangError
 from openfang.supervisor.restart import RestartWindow  # OTP's add_restart, shared with the tree
@@ -47,8 +48,10 @@ class HostedAgent:
     phase: Phase = Phase.STARTING
     created_at: float = field(default_factory=time.time)
     restarts: int = 0
-    inbox: deque[tuple[Envelope, bytes]] = field(default_factory=deque)
+    # Messages waiting: the request, its body as the catalogue typed it, and the guest's payload.
+    inbox: deque[tuple[Envelope, AgentSend, bytes]] = field(default_factory=deque)
     current: Envelope | None = None  # the message in progress
+    current_send: AgentSend | None = None  # its typed body (session, stream)
     spawn_env: Envelope | None = None  # the spawn to answer once agent_init is done
     usage: dict[str, int] = field(default_factory=dict)
     # Every LLM call of this agent on this worker: llm_calls, prompt/completion_tokens, cost_usd (if priced).
@@ -69,9 +72,10 @@ class HostedAgent:
     snapshot: Any = None  # the in-memory Snapshot while its file is being written (then None)
     idle_token: int = 0  # bumped whenever it becomes idle: a stale idle-timer entry no longer matches
     no_hibernate: str | None = None  # why idle hibernation is off for it (its module cannot be snapshotted)
-    # agent.move (the source half): the request to answer and its deadline. While set, the agent takes no new
-    # message; once idle its state is snapshotted (or, unsnapshottable, dropped) and the record let go.
-    moving: tuple[Envelope, float] | None = None
+    # agent.move (the source half): the request to answer, its typed body and its deadline. While set, the
+    # agent takes no new message; once idle its state is snapshotted (or, unsnapshottable, dropped) and the
+    # record let go.
+    moving: tuple[Envelope, AgentMove, float] | None = None
     restored: str = "fresh"  # how its current instance started: fresh (agent_init) | snapshot (restored)
 
     @property

@@ -117,8 +117,8 @@ class Services:
         Each piece is redacted on its own (a secret split across two pieces is not caught: the final
         reply, checked whole, is the authoritative text).
         """
-        request = agent.current
-        if request is None or not request.body.get("stream"):
+        request, send = agent.current, agent.current_send
+        if request is None or send is None or not send.stream:
             return None
         sec, emit, agent_id = self._security, self._emit_chunk, agent.agent_id
 
@@ -202,7 +202,7 @@ class Services:
             self.audit({"kind": "tool_denied", "agent_id": sandbox.agent_id, "tool": name})
 
         request = agent.current
-        streaming = request is not None and bool(request.body.get("stream"))
+        streaming = request is not None and agent.current_send is not None and bool(agent.current_send.stream)
 
         def invoke(name: str, args: dict[str, Any]) -> tuple[bool, Any]:
             if not streaming or request is None:

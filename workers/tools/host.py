@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from openfang.protocol.coordination import MAX_SCHEDULE_TEXT, MISFIRE_POLICIES, TOPIC_PATTERN
 from openfang.security.fs_scope import ScopedFS
 from openfang.workers.tools.core import HostCallback, Tool, ToolContext, ToolError
 from openfang.workers.tools.schema import object_schema as _obj
@@ -96,7 +97,7 @@ _PATH = {
 }
 
 _AGENT_ID = {"type": "string", "minLength": 1, "maxLength": 128}
-_TOPIC = {"type": "string", "pattern": "^[A-Za-z0-9_.:/-]{1,128}$", "description": "the topic's name"}
+_TOPIC = {"type": "string", "pattern": f"^{TOPIC_PATTERN}$", "description": "the topic's name"}
 
 HOST_TOOLS: tuple[Tool, ...] = (
     Tool(
@@ -246,13 +247,13 @@ HOST_TOOLS: tuple[Tool, ...] = (
         ),
         schema=_obj(
             {
-                "text": {"type": "string", "minLength": 1, "maxLength": 100_000},
+                "text": {"type": "string", "minLength": 1, "maxLength": MAX_SCHEDULE_TEXT},
                 "to": {**_AGENT_ID, "description": "the agent to message (default: yourself)"},
                 "at": {"type": "string", "minLength": 1, "maxLength": 64},
                 "in": {"type": "string", "minLength": 1, "maxLength": 32},
                 "cron": {"type": "string", "minLength": 1, "maxLength": 128},
                 "tz": {"type": "string", "minLength": 1, "maxLength": 64, "default": "UTC"},
-                "misfire": {"type": "string", "enum": ["once", "skip", "all"], "default": "once"},
+                "misfire": {"type": "string", "enum": list(MISFIRE_POLICIES), "default": "once"},
             },
             ["text"],
         ),
