@@ -24,7 +24,8 @@ with :class:`Len`, :class:`Range`, :class:`Above`, :class:`Match`, :class:`Parse
 whose TOML form differs from its typed form: ``socket_mode = "0600"`` -> ``0o600``) and :class:`Doc`.
 
 A section may define ``check(self) -> Iterable[tuple[str, str]]``: rules that span keys, as ``(key, what)``
-pairs; they run only when every key is individually valid. :class:`Table` is the same reader for tables
+pairs; they run on the section as read (an invalid key as its default), and a rule's problem about a key
+already reported is dropped. :class:`Table` is the same reader for tables
 too irregular to declare (keys named by the data, arrays of tables): typed getters that record problems.
 
 The body schemas of the wire (:mod:`openfang.protocol._schema`) share :class:`Len` and :class:`Range`.
@@ -58,6 +59,7 @@ __all__ = [
     "Problem",
     "Range",
     "Table",
+    "check_values",
     "describe",
     "load",
     "read",
@@ -113,6 +115,7 @@ class Place:
     source: str
     path: str = ""  # the table's dotted name ("security.ratelimit"); "" is the top of the file
     dotted: bool = False
+    plain: bool = False  # no file: "supervisor.children.0 key 'cpu'" (a spec built in code)
 
     @classmethod
     def file(cls, source: str) -> Place:
@@ -125,13 +128,18 @@ class Place:
         return cls(source, name)
 
     @classmethod
+    def named(cls, path: str) -> Place:
+        """A place that is no file: keys ``<path> key 'cpu'`` (a spec built in code or sent as data)."""
+        return cls("", path, plain=True)
+
+    @classmethod
     def at(cls, path: str) -> Place:
         """A dotted place: ``memory.args`` -> keys ``memory.args.db_path``."""
         return cls("", path, dotted=True)
 
     @property
     def where(self) -> str:
-        if self.dotted:
+        if self.dotted or self.plain:
             return self.path
         return f"{self.source}: [{self.path}]" if self.path else self.source
 
@@ -143,7 +151,7 @@ class Place:
         return f"{self.where} key {name!r}"
 
     def sub(self, name: str) -> Place:
-        return Place(self.source, f"{self.path}.{name}" if self.path else name, self.dotted)
+        return Place(self.source, f"{self.path}.{name}" if self.path else name, self.dotted, self.plain)
 
 
 def _got(value: Any) -> str:
@@ -155,10 +163,10 @@ def unknown_key(place: Place, key: Any, value: Any, known: Iterable[str]) -> Pro
     """The problem for a key nobody declared: an unknown table or key, with the closest known ones."""
     known = sorted(known)
     name = str(key)
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""
     listing = f"({hint}known: {', '.join(known) or 'none'})"
-    if isinstance(value, Mapping) and not place.dotted:
+    if isinstance(value, Mapping) and not (place.dotted or place.plain):
         return Problem(place.sub(name).where, f"unknown table {listing}")
     return Problem(place.key(name), f"unknown key {listing}")
 
@@ -178,15 +186,19 @@ class _Key:
     doc: str
 
 
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def _bounds_text(lo: float | None, hi: float | None, above: float | None) -> str:
     if above is not None:
-        return f" > {above:g}" + (f" and <= {hi:g}" if hi is not None else "")
+        return f" > {_num(above)}" + (f" and <= {_num(hi)}" if hi is not None else "")
     if lo is not None and hi is not None:
-        return f" from {lo:g} to {hi:g}"
+        return f" from {_num(lo)} to {_num(hi)}"
     if lo is not None:
-        return f" >= {lo:g}"
+        return f" >= {_num(lo)}"
     if hi is not None:
-        return f" <= {hi:g}"
+        return f" <= {_num(hi)}"
     return ""
 
 
@@ -414,8 +426,9 @@ def read(
     """Read section ``cls`` from ``raw`` (a TOML table, or None for an absent one), appending every problem.
 
     Returns the section built from the valid keys (defaults for the rest), or None when a required key is
-    missing or invalid. ``ignore``: keys of ``raw`` that someone else reads (not unknown). ``given``: fields
-    set by the caller rather than read (a ``source``, a resolved path): they are not keys.
+    missing or invalid (its cross-key ``check`` then does not run). ``ignore``: keys of ``raw`` that
+    someone else reads (not unknown). ``given``: fields set by the caller rather than read (a ``source``, a
+    resolved path): they are not keys.
     """
     if raw is None:
         raw = {}
@@ -435,7 +448,7 @@ def read(
         value = raw.get(k.name, MISSING)
         if value is MISSING:
             if k.required:
-                problems.append(Problem(place.key(k.name), f"is required ({k.describe})"))
+                problems.append(Problem(place.key(k.name), f"required: {k.describe}"))
                 complete = False
             continue
         typed = k.reader(value, place, k.name, problems)
@@ -447,9 +460,25 @@ def read(
         return None
     section = cls(**kwargs)
     check: Callable[[], Iterable[tuple[str, str]]] | None = getattr(section, "check", None)
-    if check is not None and len(problems) == before:
-        problems.extend(Problem(place.key(key), what) for key, what in check())
+    if check is not None:
+        # An invalid key reads as its default here; a rule about a key already reported is not repeated.
+        reported = {p.where for p in problems[before:]}
+        problems.extend(
+            Problem(place.key(key), what) for key, what in check() if place.key(key) not in reported
+        )
     return section
+
+
+def check_values(obj: Any, place: Place, problems: list[Problem], names: Iterable[str] | None = None) -> None:
+    """Check the values of section instance ``obj`` (built in code, not read) against its annotations.
+
+    The same bounds :func:`read` applies, for objects made without it (a spec built by a program or sent
+    as data); ``names`` limits it to those keys.
+    """
+    wanted = None if names is None else set(names)
+    for k in _keys(type(obj)):
+        if wanted is None or k.name in wanted:
+            k.reader(getattr(obj, k.name), place, k.name, problems)
 
 
 def load(cls: type[T], raw: Any, place: Place, **given: Any) -> T:
@@ -534,7 +563,7 @@ class Table:
     def boolean(self, key: str, default: bool) -> bool:
         return bool(self.typed(key, bool, default))
 
-    def integer(self, key: str, default: int, *, lo: int = 0, hi: int = 2**62) -> int:
+    def integer(self, key: str, default: int, *, lo: int = 0, hi: int | None = None) -> int:
         return int(self.typed(key, typing.Annotated[int, Range(lo, hi)], default))
 
     def number(self, key: str, default: float, *, lo: float = 0.0, hi: float = 1e12) -> float:
