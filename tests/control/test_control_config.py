@@ -12,6 +12,7 @@ from openfang.control.config import (
     default_control,
     parse_config,
 )
+from openfang.protocol.config_kit import describe
 from openfang.protocol.errors import ConfigError
 from openfang.security.config import SecurityConfig
 
@@ -71,3 +72,28 @@ def test_control_config_same_text_gives_equal_trees(tmp_path: Path) -> None:
     assert first.tree == second.tree
     changed = parse_config(text.replace("hwm = 10", "hwm = 11"), source="c.toml", base_dir=tmp_path)
     assert changed.tree.children[0] != first.tree.children[0]
+
+
+def _doc_rows(table: str) -> dict[str, str]:
+    """{key: default} from the table under ``## [table]`` in docs/config.md."""
+    text = (Path(__file__).parents[2] / "docs" / "config.md").read_text()
+    section = text.split(f"## [{table}]\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[2].strip("`")
+    return rows
+
+
+def test_control_config_docs_list_every_key_with_its_one_default() -> None:
+    """docs/config.md's [control] and [logging] tables list exactly the sections' keys, with their defaults."""
+    for table, section in (("control", ControlConfig), ("logging", LoggingConfig)):
+        rows = _doc_rows(table)
+        keys = describe(section)
+        assert set(rows) == {k.key for k in keys}, table
+        for k in keys:
+            if isinstance(k.default, int) and k.key != "socket_mode":
+                assert rows[k.key] == str(k.default), (table, k.key)
+            elif isinstance(k.default, str) and "{data_dir}" not in k.default:
+                assert rows[k.key] == k.default, (table, k.key)
