@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from openfang.control.config import (
     GATEWAY_ID,
     ControlConfig,
@@ -87,7 +88,7 @@ def _doc_rows(table: str) -> dict[str, str]:
 
 
 def test_control_config_docs_list_every_key_with_its_one_default() -> None:
-    """docs/config.md's [control] and [logging] tables list exactly the sections' keys, with their defaults."""
+    """docs/config.md's [control] and [logging] tables list exactly the sections' keys and defaults."""
     for table, section in (("control", ControlConfig), ("logging", LoggingConfig)):
         rows = _doc_rows(table)
         keys = describe(section)

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import pytest
+
 from openfang.protocol.config_kit import (
     Above,
     Doc,
