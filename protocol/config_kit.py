@@ -147,7 +147,7 @@ class Place:
         if self.dotted:
             return f"{self.path}.{name}" if self.path else name
         if not self.path:
-            return f"{self.source}: [{name}]"
+            return f"{self.source}: key {name!r}"  # a key at the top of a file, outside any table
         return f"{self.where} key {name!r}"
 
     def sub(self, name: str) -> Place:
@@ -395,6 +395,13 @@ def compile_key(tp: Any) -> tuple[Reader, str]:
 _compiled: dict[type, tuple[_Key, ...]] = {}
 
 
+def _must_be_given(name: str, why: str) -> Reader:
+    def reader(value: Any, place: Place, key: str, problems: list[Problem]) -> Any:
+        raise TypeError(f"field {name!r} is not a config key ({why}): pass it to read() as given")
+
+    return reader
+
+
 def _keys(cls: type) -> tuple[_Key, ...]:
     keys = _compiled.get(cls)
     if keys is None:
@@ -403,7 +410,11 @@ def _keys(cls: type) -> tuple[_Key, ...]:
         for f in dataclasses.fields(cls):
             if not f.init:
                 continue
-            reader, describe = compile_key(hints[f.name])
+            try:
+                reader, describe = compile_key(hints[f.name])
+            except TypeError as exc:
+                # A field no TOML value can fill (a Path, a parsed object): the caller must give it.
+                reader, describe = _must_be_given(f.name, str(exc)), "given by the program"
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             doc = next((m.text for m in typing.get_args(hints[f.name])[1:] if isinstance(m, Doc)), "")
             out.append(_Key(f.name, reader, describe, required, doc))
