@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from openfang.control.config import ControlConfig, HttpConfig, missing_http_modules
+from openfang.control.config import ClusterSection, ControlConfig, HttpConfig, missing_http_modules
 from openfang.supervisor.child import ChildContext
 
 log = structlog.get_logger("openfang.http")
@@ -27,7 +27,6 @@ HEARTBEAT_S = 1.0
 def make_face(args: Mapping[str, Any]) -> Any:
     """The shared state of the app from the child's args: the typed ``[http]``, ``[control]`` and
     ``[security]`` configs (:func:`openfang.control.config.with_http`), defaults and all."""
-    from openfang.control.http.app import Face
     from openfang.control.http.bridge import GatewayBridge
     from openfang.control.scheduler import signer_for
 
@@ -41,11 +40,18 @@ def make_face(args: Mapping[str, Any]) -> Any:
         key_name=http.key_name,
         signer=signer_for(args.get("security"), data_dir),  # when [security.signing] require = true
     )
+    return build_face(bridge, http, base_url=http.base_url, data_dir=Path(data_dir))
+
+
+def build_face(bridge: Any, http: HttpConfig, *, base_url: str, data_dir: Path) -> Any:
+    """The app's shared state from a typed [http] config (``openfang mcp serve`` passes the defaults)."""
+    from openfang.control.http.app import Face
+
     return Face(
         bridge=bridge,
-        base_url=http.base_url,
-        data_dir=Path(data_dir),
-        cluster=os.environ.get("OPENFANG_CLUSTER", "openfang"),
+        base_url=base_url,
+        data_dir=data_dir,
+        cluster=os.environ.get("OPENFANG_CLUSTER", ClusterSection().name),
         default_agent=http.default_agent,
         tokens_required=bool(http.tokens),
         push_allow_hosts=http.push_allow_hosts,
