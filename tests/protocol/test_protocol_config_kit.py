@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pytest
@@ -240,3 +241,26 @@ def test_config_kit_table_reader_collects_problems() -> None:
         "s: [sec.sub] key 'rate': must be a number > 0, got -1",
         "s: [sec] key 'typo': unknown key (known: flag, kinds, n, sub)",
     ]
+
+
+def test_config_kit_fields_no_toml_value_fills_must_be_given() -> None:
+    """A field of a type TOML cannot carry (a Path) is given by the caller; reading it as a key is a bug."""
+
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class WithPath:
+        name: str = "n"
+        base: Path | None = None
+
+    problems: list[Problem] = []
+    got = read(WithPath, {"name": "x"}, Place.table("w.toml", "w"), problems, base=Path("/tmp"))
+    assert problems == [] and got == WithPath(name="x", base=Path("/tmp"))
+    with pytest.raises(TypeError, match="'base' is not a config key"):
+        read(WithPath, {"base": "/x"}, Place.table("w.toml", "w"), problems)
+
+
+def test_config_kit_top_of_file_keys_are_named_as_keys() -> None:
+    """A bad key at a file's top (outside any table) reads ``file: key 'x'``."""
+    problems: list[Problem] = []
+    t = Table({"publisher": 3}, Place.file("a.toml"), problems)
+    assert t.text("publisher", None) is None
+    assert [str(p) for p in problems] == ["a.toml: key 'publisher': must be a non-empty string, got 3"]
