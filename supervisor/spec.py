@@ -165,8 +165,13 @@ def check_child(child: ChildSpec, where: str, flags: SupervisorFlags | None = No
         )
     if not isinstance(child.args, Mapping):
         problems.append(Problem(f"{where} key 'args'", f"must be a table, got {type(child.args).__name__}"))
-    # The bounds of shutdown, cpu, heartbeat_ms and start_timeout_ms are ChildSpec's annotations.
-    check_values(child, Place.named(where), problems, ("shutdown", "cpu", "heartbeat_ms", "start_timeout_ms"))
+    # The bounds of shutdown, significant, cpu, heartbeat_ms and start_timeout_ms are ChildSpec's annotations.
+    check_values(
+        child,
+        Place.named(where),
+        problems,
+        ("shutdown", "significant", "cpu", "heartbeat_ms", "start_timeout_ms"),
+    )
     if child.significant:
         if child.restart == Restart.PERMANENT:
             problems.append(Problem(f"{where} key 'significant'", "a permanent child cannot be significant"))
