@@ -5,6 +5,9 @@ Tables: ``[cluster]`` (name, data_dir), ``[control]`` (endpoints and limits of t
 ``[memory]`` and ``[security]`` (passed to their subsystems), ``[http]`` (the HTTP face, a child of its
 own: see :mod:`openfang.control.http`). See docs/config.md for every key.
 
+Each table is a section of :mod:`openfang.protocol.config_kit`: a frozen dataclass whose fields are the
+keys, with their bounds in the annotation and their one default; the kit reads them all in one pass.
+
 The root of the tree is the daemon itself; the control gateway is always its first child (id
 ``control``), so a client can reach the tree whatever the user's children are.
 """
@@ -16,12 +19,13 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from openfang.control.tree_config import parse_supervisor
+from openfang.protocol.config_kit import Doc, Match, Parse, Place, Range, Table
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.protocol.sockets import MAX_IPC_PATH
-from openfang.security.config import SecurityConfig, parse_security
+from openfang.security.config import SecurityConfig, parse_security, security_args
 from openfang.supervisor.spec import ChildSpec, ChildType, Restart, SupervisorSpec
 
 GATEWAY_ID = "control"
@@ -31,69 +35,79 @@ HTTP_START = "openfang.control.http.server:main"
 # What `[http]` needs beyond the core install (the `http` extra), by import name.
 HTTP_MODULES = ("starlette", "uvicorn", "mcp", "a2a", "prometheus_client")
 
-_CLUSTER_KEYS = {"name", "data_dir"}
-_CONTROL_KEYS = {
-    "endpoint",
-    "events",
-    "workers",
-    "socket_mode",
-    "max_frame_bytes",
-    "queue_limit",
-    "hwm",
-    "request_timeout_ms",
-    "keys_dir",
-}
-_LOGGING_KEYS = {"level", "format"}
-_HTTP_KEYS = {
-    "enabled",
-    "listen",
-    "tokens",
-    "tls_cert",
-    "tls_key",
-    "default_agent",
-    "public_url",
-    "key_name",
-    "push_allow_hosts",
-    "metrics_per_agent",
-    "metrics_top_agents",
-}
-_TOP_KEYS = {"cluster", "control", "logging", "supervisor", "memory", "security", "http"}
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
-_LEVELS = ("debug", "info", "warning", "error")
+_RUN = "ipc://{data_dir}/run"
+
+
+def _socket_mode(value: Any) -> int:
+    if value not in ("0600", "0660"):
+        raise ValueError(f'must be "0600" or "0660", got {value!r}')
+    return int(value, 8)
+
+
+def _listen(value: Any) -> str:
+    host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be HOST:PORT (e.g. 127.0.0.1:8470), got {value!r}")
+    return str(value)
+
+
+def _tokens(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(t, str) and len(t) >= 16 for t in value):
+        raise ValueError("must be a list of strings of at least 16 characters")
+    return tuple(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterSection:
+    """[cluster]: the cluster's name and where it keeps its state."""
+
+    name: Annotated[str, Doc("shown in `openfang status`, bound to every log line as `node`")] = "openfang"
+    data_dir: Annotated[str, Doc("sockets, registry, memory, logs; relative to the config file")] = (
+        ".openfang-data"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ControlConfig:
-    """The control gateway: client endpoint (ROUTER), event stream (PUB), internal worker endpoint."""
+    """[control]: the gateway's client endpoint (ROUTER), event stream (PUB), internal worker endpoint.
 
-    endpoint: str
-    events: str
-    workers: str
-    socket_mode: int = 0o600
-    max_frame_bytes: int = 1 << 20
-    queue_limit: int = 1000
-    hwm: int = 1000
-    request_timeout_ms: int = 10_000
-    keys_dir: str | None = None
+    The defaults are the one definition (docs/config.md, the gateway and the HTTP face read them from here).
+    ``{data_dir}`` in an endpoint is the resolved data dir (:func:`parse_config` resolves it).
+    """
 
-    def as_args(self) -> dict[str, Any]:
-        return {
-            "endpoint": self.endpoint,
-            "events": self.events,
-            "workers": self.workers,
-            "socket_mode": self.socket_mode,
-            "max_frame_bytes": self.max_frame_bytes,
-            "queue_limit": self.queue_limit,
-            "hwm": self.hwm,
-            "request_timeout_ms": self.request_timeout_ms,
-            "keys_dir": self.keys_dir,
-        }
+    endpoint: str = f"{_RUN}/control.sock"
+    events: str = f"{_RUN}/events.sock"
+    workers: str = f"{_RUN}/workers.sock"
+    socket_mode: Annotated[int, Parse(_socket_mode, '"0600" or "0660"')] = 0o600
+    max_frame_bytes: Annotated[int, Range(64)] = 1 << 20
+    queue_limit: Annotated[int, Range(1), Doc("requests in flight in the gateway; past it, busy")] = 1000
+    hwm: Annotated[int, Range(1), Doc("ZeroMQ high-water marks")] = 1000
+    request_timeout_ms: Annotated[int, Range(10)] = 10_000
+    keys_dir: Annotated[str, Doc("CURVE keys; required when any endpoint is tcp://")] | None = None
+
+
+def default_control(data_dir: str | os.PathLike[str]) -> ControlConfig:
+    """The [control] of a cluster that sets none, its endpoints under ``data_dir`` (how a client finds a
+    daemon from its data dir alone)."""
+    run = str(Path(data_dir).expanduser().resolve())
+    d = ControlConfig()
+    return replace(
+        d,
+        endpoint=d.endpoint.replace("{data_dir}", run),
+        events=d.events.replace("{data_dir}", run),
+        workers=d.workers.replace("{data_dir}", run),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoggingConfig:
-    level: str = "info"
-    format: str = "auto"  # auto: console on a terminal, JSON otherwise
+    """[logging]."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Annotated[
+        Literal["auto", "json", "console"], Doc("auto: console on a terminal, JSON otherwise")
+    ] = "auto"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,20 +116,30 @@ class HttpConfig:
 
     ``tokens`` are bearer tokens; they are required when ``listen`` is not a loopback address, and when
     given they are required from every caller. ``tls_cert``/``tls_key`` turn on HTTPS (both or neither).
+    ``enabled`` defaults to true *with the table*; without it the cluster has ``DISABLED_HTTP``.
     """
 
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = 8470
-    tokens: tuple[str, ...] = ()
+    enabled: bool = True
+    listen: Annotated[str, Parse(_listen, "HOST:PORT")] = "127.0.0.1:8470"
+    tokens: Annotated[tuple[str, ...], Parse(_tokens, "a list of strings of at least 16 characters")] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
-    default_agent: str | None = None  # the agent (name or id) behind the cluster's A2A card
-    public_url: str | None = None  # the base URL clients see (cards name it); default from listen
-    key_name: str = "client"  # the CURVE key pair in [control] keys_dir, when the control endpoint is tcp
-    push_allow_hosts: tuple[str, ...] = ()  # A2A webhook hosts allowed although private or loopback
-    metrics_per_agent: bool = False  # /metrics: per-agent series (the top agents by messages) as well
-    metrics_top_agents: int = 100  # /metrics: at most this many agents get per-agent series
+    default_agent: Annotated[str, Doc("the agent (name or id) behind the cluster's A2A card")] | None = None
+    public_url: Annotated[str, Match(r"https?://.+", "a URL starting with http:// or https://")] | None = None
+    key_name: Annotated[str, Doc("the CURVE key pair in [control] keys_dir, for a tcp control endpoint")] = (
+        "client"
+    )
+    push_allow_hosts: Annotated[tuple[str, ...], Doc("A2A webhook hosts allowed although private")] = ()
+    metrics_per_agent: Annotated[bool, Doc("/metrics: per-agent series (the top agents) as well")] = False
+    metrics_top_agents: Annotated[int, Range(1, 1000), Doc("/metrics: at most this many agents")] = 100
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
 
     @property
     def base_url(self) -> str:
@@ -125,20 +149,16 @@ class HttpConfig:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
 
-    def as_args(self) -> dict[str, Any]:
-        return {
-            "host": self.host,
-            "port": self.port,
-            "tokens": list(self.tokens),
-            "tls_cert": self.tls_cert,
-            "tls_key": self.tls_key,
-            "default_agent": self.default_agent,
-            "base_url": self.base_url,
-            "key_name": self.key_name,
-            "push_allow_hosts": list(self.push_allow_hosts),
-            "metrics_per_agent": self.metrics_per_agent,
-            "metrics_top_agents": self.metrics_top_agents,
-        }
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.enabled and self.host not in _LOOPBACK and not self.tokens:
+            problems.append(("tokens", f"required when listen is not a loopback address (got {self.host!r})"))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            problems.append(("tls_key", "tls_cert and tls_key go together"))
+        return problems
+
+
+DISABLED_HTTP = HttpConfig(enabled=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,8 +173,9 @@ class ClusterConfig:
     tree: SupervisorSpec
     memory: Mapping[str, Any] = field(default_factory=dict)
     security: SecurityConfig = field(default_factory=SecurityConfig)
-    security_args: Mapping[str, Any] = field(default_factory=dict)  # for children to re-parse after fork
-    http: HttpConfig = field(default_factory=HttpConfig)
+    # [security] as plain data, for the children under nested supervisors (see with_worker_security).
+    security_args: Mapping[str, Any] = field(default_factory=dict)
+    http: HttpConfig = DISABLED_HTTP
 
     def child_environment(self) -> dict[str, str]:
         """Variables every child inherits (children learn the cluster's endpoints from them)."""
@@ -185,25 +206,22 @@ def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([Problem(source, f"not valid TOML: {exc}")]) from None
     problems: list[Problem] = []
-    for key in sorted(set(raw) - _TOP_KEYS):
-        problems.append(
-            Problem(f"{source}: [{key}]", f"unknown table (known: {', '.join(sorted(_TOP_KEYS))})")
-        )
-
-    cluster = _table(raw, "cluster", source, problems)
-    _unknown(cluster, _CLUSTER_KEYS, f"{source}: [cluster]", problems)
-    name = _str(cluster, "name", "openfang", f"{source}: [cluster]", problems)
-    data_dir_s = data_dir or _str(cluster, "data_dir", ".openfang-data", f"{source}: [cluster]", problems)
-    resolved_data = (base_dir / os.path.expanduser(data_dir_s)).resolve()
-
-    control = _parse_control(
-        _table(raw, "control", source, problems), resolved_data, base_dir, source, problems
+    top = Table(raw, Place.file(source), problems)
+    cluster = top.section(ClusterSection, "cluster") or ClusterSection()
+    resolved_data = (base_dir / os.path.expanduser(data_dir or cluster.data_dir)).resolve()
+    control = _resolve_control(
+        top.section(ControlConfig, "control"),
+        resolved_data,
+        base_dir,
+        Place.table(source, "control"),
+        problems,
     )
-    logging_cfg = _parse_logging(_table(raw, "logging", source, problems), source, problems)
+    logging_cfg = top.section(LoggingConfig, "logging") or LoggingConfig()
 
     tree: SupervisorSpec | None = None
+    supervisor_table = top.sub("supervisor").raw
     try:
-        tree = parse_supervisor(_table(raw, "supervisor", source, problems), source=source)
+        tree = parse_supervisor(supervisor_table, source=source)
     except ConfigError as exc:
         problems.extend(exc.problems)
     if tree is not None and any(c.id == GATEWAY_ID for c in tree.children):
@@ -212,16 +230,16 @@ def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None
                 f"{source}: [supervisor.children]", f"id {GATEWAY_ID!r} is reserved for the control gateway"
             )
         )
-    http = (
-        _parse_http(_table(raw, "http", source, problems), base_dir, source, problems)
-        if "http" in raw
-        else HttpConfig()
-    )
+    http = DISABLED_HTTP
+    if "http" in raw:
+        http = _resolve_http(top.section(HttpConfig, "http"), base_dir, Place.table(source, "http"), problems)
     if http.enabled and tree is not None and any(c.id == HTTP_ID for c in tree.children):
         problems.append(
             Problem(f"{source}: [supervisor.children]", f"id {HTTP_ID!r} is reserved for the [http] face")
         )
-    security_table = _table(raw, "security", source, problems)
+    security_table = top.sub("security").raw
+    memory_table = top.sub("memory").raw
+    top.unknown()
     security = SecurityConfig()
     try:
         security = parse_security(
@@ -231,21 +249,16 @@ def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None
         problems.extend(exc.problems)
     if problems or tree is None or control is None:
         raise ConfigError(problems)
-    sec_args = {
-        "table": security_table,
-        "source": source,
-        "data_dir": str(resolved_data),
-        "base_dir": str(base_dir),
-    }
-    full_tree = with_gateway(with_worker_security(tree, sec_args), control, sec_args)
+    sec_args = security_args(security_table, source=source, data_dir=resolved_data, base_dir=base_dir)
+    full_tree = with_gateway(with_worker_security(tree, sec_args), control, security, resolved_data)
     return ClusterConfig(
         source=source,
-        name=name,
+        name=cluster.name,
         data_dir=resolved_data,
         control=control,
         logging=logging_cfg,
-        tree=with_http(full_tree, http, control, sec_args) if http.enabled else full_tree,
-        memory=_table(raw, "memory", source, problems),
+        tree=with_http(full_tree, http, control, security) if http.enabled else full_tree,
+        memory=dict(memory_table),
         security=security,
         security_args=sec_args,
         http=http,
@@ -262,7 +275,10 @@ def with_worker_security(tree: SupervisorSpec, security: Mapping[str, Any]) -> S
     """Give every worker (at any depth) the cluster's [security] config in its args, unless it has its own.
 
     Workers enforce most layers (injection, agent rate limits, permissions, exfiltration, redaction...), so
-    they must see the same config the gateway sees, not the defaults.
+    they must see the same config the gateway sees, not the defaults. Here it stays plain data (the table,
+    re-read after the fork by :func:`openfang.security.config.security_from_args`): these children may sit
+    under a nested supervisor, whose spec travels as msgpack when the tree is reconfigured on reload
+    (``spec_to_dict``) and when asked for (``get_childspec``); a typed object would not survive that.
     """
     children = []
     for child in tree.children:
@@ -275,13 +291,18 @@ def with_worker_security(tree: SupervisorSpec, security: Mapping[str, Any]) -> S
 
 
 def with_gateway(
-    tree: SupervisorSpec, control: ControlConfig, security: Mapping[str, Any] | None = None
+    tree: SupervisorSpec, control: ControlConfig, security: SecurityConfig, data_dir: Path
 ) -> SupervisorSpec:
-    """The root spec with the control gateway as its first child."""
+    """The root spec with the control gateway as its first child.
+
+    Its args are the typed configs themselves: the gateway is a child of the root, forked from the daemon
+    with them in memory, and a root child's spec never leaves the process (a reload compares the specs by
+    value, which frozen dataclasses do).
+    """
     gateway = ChildSpec(
         id=GATEWAY_ID,
         start=GATEWAY_START,
-        args={**control.as_args(), "security": dict(security or {})},
+        args={"control": control, "security": security, "data_dir": str(data_dir)},
         restart=Restart.PERMANENT,
         shutdown=2000,
         type=ChildType.WORKER,
@@ -291,16 +312,17 @@ def with_gateway(
 
 
 def with_http(
-    tree: SupervisorSpec, http: HttpConfig, control: ControlConfig, security: Mapping[str, Any] | None = None
+    tree: SupervisorSpec, http: HttpConfig, control: ControlConfig, security: SecurityConfig
 ) -> SupervisorSpec:
     """The root spec with the HTTP face as its last child (it serves once the workers are up).
 
-    It gets [security] like the scheduler: to sign its requests when the cluster requires signatures.
+    It gets [security] like the scheduler: to sign its requests when the cluster requires signatures. Like
+    the gateway's, its args are the typed configs (a root child: forked, never serialised).
     """
     child = ChildSpec(
         id=HTTP_ID,
         start=HTTP_START,
-        args={**http.as_args(), "control": control.as_args(), "security": dict(security or {})},
+        args={"http": http, "control": control, "security": security},
         restart=Restart.PERMANENT,
         shutdown=5000,
         type=ChildType.WORKER,
@@ -323,116 +345,41 @@ def missing_http_modules() -> list[str]:
     return missing
 
 
-def _parse_http(table: Mapping[str, Any], base_dir: Path, source: str, problems: list[Problem]) -> HttpConfig:
-    where = f"{source}: [http]"
-    _unknown(table, _HTTP_KEYS, where, problems)
-    enabled = table.get("enabled", True)
-    if not isinstance(enabled, bool):
-        problems.append(Problem(f"{where} key 'enabled'", f"must be true or false, got {enabled!r}"))
-        enabled = False
-    listen = _str(table, "listen", "127.0.0.1:8470", where, problems)
-    host, sep, port_s = listen.rpartition(":")
-    host = host.strip("[]")
-    port = 8470
-    if not sep or not host or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
-        problems.append(
-            Problem(f"{where} key 'listen'", f"must be HOST:PORT (e.g. 127.0.0.1:8470), got {listen!r}")
-        )
-        host = "127.0.0.1"
-    else:
-        port = int(port_s)
-    tokens = table.get("tokens", [])
-    if not isinstance(tokens, list) or not all(isinstance(t, str) and len(t) >= 16 for t in tokens):
-        problems.append(
-            Problem(f"{where} key 'tokens'", "must be a list of strings of at least 16 characters")
-        )
-        tokens = []
-    if enabled and host not in _LOOPBACK and not tokens:
-        problems.append(
-            Problem(f"{where} key 'tokens'", f"required when listen is not a loopback address (got {host!r})")
-        )
+def _resolve_http(
+    http: HttpConfig | None, base_dir: Path, place: Place, problems: list[Problem]
+) -> HttpConfig:
+    """The read [http] with its TLS files resolved against the config's directory (they must exist)."""
+    if http is None:
+        return DISABLED_HTTP
     paths: dict[str, str | None] = {}
     for key in ("tls_cert", "tls_key"):
-        value = table.get(key)
-        if value is None:
-            paths[key] = None
-            continue
-        if not isinstance(value, str) or not value:
-            problems.append(Problem(f"{where} key {key!r}", f"must be a file path, got {value!r}"))
-            paths[key] = None
-            continue
-        path = (base_dir / os.path.expanduser(value)).resolve()
-        if not path.is_file():
-            problems.append(Problem(f"{where} key {key!r}", f"file not found: {path}"))
-        paths[key] = str(path)
-    if (paths["tls_cert"] is None) != (paths["tls_key"] is None):
-        problems.append(Problem(f"{where} key 'tls_key'", "tls_cert and tls_key go together"))
-    optional: dict[str, str | None] = {}
-    for key in ("default_agent", "public_url"):
-        value = table.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            problems.append(Problem(f"{where} key {key!r}", f"must be a non-empty string, got {value!r}"))
-            value = None
-        optional[key] = value
-    url = optional["public_url"]
-    if url is not None and not url.startswith(("http://", "https://")):
-        problems.append(
-            Problem(f"{where} key 'public_url'", f"must start with http:// or https://, got {url!r}")
-        )
-    key_name = _str(table, "key_name", "client", where, problems)
-    push_hosts = table.get("push_allow_hosts", [])
-    if not isinstance(push_hosts, list) or not all(isinstance(h, str) and h for h in push_hosts):
-        problems.append(
-            Problem(f"{where} key 'push_allow_hosts'", "must be a list of host names or addresses")
-        )
-        push_hosts = []
-    per_agent = table.get("metrics_per_agent", False)
-    if not isinstance(per_agent, bool):
-        problems.append(
-            Problem(f"{where} key 'metrics_per_agent'", f"must be true or false, got {per_agent!r}")
-        )
-        per_agent = False
-    top_agents = table.get("metrics_top_agents", 100)
-    if isinstance(top_agents, bool) or not isinstance(top_agents, int) or not 1 <= top_agents <= 1000:
+        value: str | None = getattr(http, key)
+        if value is not None:
+            path = (base_dir / os.path.expanduser(value)).resolve()
+            if not path.is_file():
+                problems.append(Problem(place.key(key), f"file not found: {path}"))
+            value = str(path)
+        paths[key] = value
+    if http.enabled and (missing := missing_http_modules()):
         problems.append(
             Problem(
-                f"{where} key 'metrics_top_agents'", f"must be an integer from 1 to 1000, got {top_agents!r}"
-            )
-        )
-        top_agents = 100
-    if enabled and (missing := missing_http_modules()):
-        problems.append(
-            Problem(
-                where,
+                place.where,
                 f"the HTTP face needs the 'http' extra, which is not installed (missing modules: "
                 f"{', '.join(missing)}): pip install 'openfang[http]', or set enabled = false",
             )
         )
-    return HttpConfig(
-        enabled=enabled,
-        host=host,
-        port=port,
-        tokens=tuple(tokens),
-        tls_cert=paths["tls_cert"],
-        tls_key=paths["tls_key"],
-        default_agent=optional["default_agent"],
-        public_url=url,
-        key_name=key_name,
-        push_allow_hosts=tuple(push_hosts),
-        metrics_per_agent=per_agent,
-        metrics_top_agents=top_agents,
-    )
+    return replace(http, tls_cert=paths["tls_cert"], tls_key=paths["tls_key"])
 
 
-def _parse_control(
-    table: Mapping[str, Any], data_dir: Path, base_dir: Path, source: str, problems: list[Problem]
+def _resolve_control(
+    control: ControlConfig | None, data_dir: Path, base_dir: Path, place: Place, problems: list[Problem]
 ) -> ControlConfig | None:
-    where = f"{source}: [control]"
-    _unknown(table, _CONTROL_KEYS, where, problems)
-    run_dir = data_dir / "run"
+    """The read [control] with ``{data_dir}`` and relative ipc paths resolved, and their limits checked."""
+    if control is None:
+        return None
 
-    def endpoint(key: str, default: str) -> str:
-        value = _str(table, key, default, where, problems).replace("{data_dir}", str(data_dir))
+    def endpoint(key: str) -> str:
+        value = str(getattr(control, key)).replace("{data_dir}", str(data_dir))
         if value.startswith("ipc://"):
             path = value[len("ipc://") :]
             if not path.startswith("/"):
@@ -441,87 +388,24 @@ def _parse_control(
             if len(os.fsencode(path)) > MAX_IPC_PATH:
                 problems.append(
                     Problem(
-                        f"{where} key {key!r}",
+                        place.key(key),
                         f"ipc path is {len(os.fsencode(path))} bytes, the limit is {MAX_IPC_PATH}",
                     )
                 )
         elif value.startswith("tcp://"):
-            if not table.get("keys_dir"):
+            if not control.keys_dir:
                 problems.append(
-                    Problem(f"{where} key {key!r}", "tcp:// endpoints require CURVE: set [control] keys_dir")
+                    Problem(place.key(key), "tcp:// endpoints require CURVE: set [control] keys_dir")
                 )
         else:
-            problems.append(
-                Problem(f"{where} key {key!r}", f"must start with ipc:// or tcp://, got {value!r}")
-            )
+            problems.append(Problem(place.key(key), f"must start with ipc:// or tcp://, got {value!r}"))
         return value
 
-    ep = endpoint("endpoint", f"ipc://{run_dir}/control.sock")
-    events = endpoint("events", f"ipc://{run_dir}/events.sock")
-    workers = endpoint("workers", f"ipc://{run_dir}/workers.sock")
-    mode_s = _str(table, "socket_mode", "0600", where, problems)
-    try:
-        mode = int(mode_s, 8)
-        if mode not in (0o600, 0o660):
-            raise ValueError
-    except ValueError:
-        problems.append(Problem(f"{where} key 'socket_mode'", f'must be "0600" or "0660", got {mode_s!r}'))
-        mode = 0o600
-    ints = {}
-    for key, default, low in (
-        ("max_frame_bytes", 1 << 20, 64),
-        ("queue_limit", 1000, 1),
-        ("hwm", 1000, 1),
-        ("request_timeout_ms", 10_000, 10),
-    ):
-        value = table.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            problems.append(Problem(f"{where} key {key!r}", f"must be an integer >= {low}, got {value!r}"))
-            value = default
-        ints[key] = value
-    keys_dir = table.get("keys_dir")
-    if keys_dir is not None and not isinstance(keys_dir, str):
-        problems.append(Problem(f"{where} key 'keys_dir'", f"must be a string path, got {keys_dir!r}"))
-        keys_dir = None
-    if isinstance(keys_dir, str):
-        keys_dir = str((base_dir / os.path.expanduser(keys_dir)).resolve())
-    return ControlConfig(
-        endpoint=ep, events=events, workers=workers, socket_mode=mode, keys_dir=keys_dir, **ints
+    keys_dir = control.keys_dir
+    return replace(
+        control,
+        endpoint=endpoint("endpoint"),
+        events=endpoint("events"),
+        workers=endpoint("workers"),
+        keys_dir=str((base_dir / os.path.expanduser(keys_dir)).resolve()) if keys_dir else None,
     )
-
-
-def _parse_logging(table: Mapping[str, Any], source: str, problems: list[Problem]) -> LoggingConfig:
-    where = f"{source}: [logging]"
-    _unknown(table, _LOGGING_KEYS, where, problems)
-    level = _str(table, "level", "info", where, problems)
-    if level not in _LEVELS:
-        problems.append(
-            Problem(f"{where} key 'level'", f"must be one of {', '.join(_LEVELS)}, got {level!r}")
-        )
-        level = "info"
-    fmt = _str(table, "format", "auto", where, problems)
-    if fmt not in ("auto", "json", "console"):
-        problems.append(Problem(f"{where} key 'format'", f"must be auto, json or console, got {fmt!r}"))
-        fmt = "auto"
-    return LoggingConfig(level=level, format=fmt)
-
-
-def _table(raw: Mapping[str, Any], key: str, source: str, problems: list[Problem]) -> dict[str, Any]:
-    value = raw.get(key, {})
-    if not isinstance(value, dict):
-        problems.append(Problem(f"{source}: [{key}]", f"must be a table, got {type(value).__name__}"))
-        return {}
-    return value
-
-
-def _unknown(table: Mapping[str, Any], known: set[str], where: str, problems: list[Problem]) -> None:
-    for key in sorted(set(table) - known):
-        problems.append(Problem(f"{where} key {key!r}", f"unknown key (known: {', '.join(sorted(known))})"))
-
-
-def _str(table: Mapping[str, Any], key: str, default: str, where: str, problems: list[Problem]) -> str:
-    value = table.get(key, default)
-    if not isinstance(value, str) or not value:
-        problems.append(Problem(f"{where} key {key!r}", f"must be a non-empty string, got {value!r}"))
-        return default
-    return value

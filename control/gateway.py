@@ -40,7 +40,8 @@ import zmq
 
 from openfang.control import routing
 from openfang.control.audit_check import AuditCheck
-from openfang.control.guard import Guard, config_from_args, receive_client
+from openfang.control.config import ControlConfig
+from openfang.control.guard import Guard, receive_client
 from openfang.control.moves import Moves
 from openfang.control.placement import GRACE_S, Placement
 from openfang.control.registry import AgentRegistry, AgentRow
@@ -89,6 +90,7 @@ from openfang.protocol.errors import (
     UnknownType,
 )
 from openfang.protocol.sockets import bind_pub, bind_router, send_nowait
+from openfang.security.config import security_from_args
 from openfang.supervisor.child import ChildContext
 
 log = structlog.get_logger("openfang.gateway")
@@ -159,18 +161,20 @@ class Gateway:
     def __init__(self, ctx: ChildContext, args: dict[str, Any]) -> None:
         self.child = ctx
         self.args = args
-        self.max_frame = int(args.get("max_frame_bytes", 1 << 20))
-        self.queue_limit = int(args.get("queue_limit", 1000))
-        self.timeout_s = int(args.get("request_timeout_ms", 10_000)) / 1000
-        mode = int(args.get("socket_mode", 0o600))
-        hwm = int(args.get("hwm", 1000))
-        keys_dir = args.get("keys_dir")
-        self.guard = Guard(config_from_args(args.get("security")), max_frame=self.max_frame)
+        # The typed [control] and [security] configs, forked in (control.config.with_gateway): no defaults
+        # here, they are the ControlConfig's.
+        control: ControlConfig = args["control"]
+        self.control = control
+        self.max_frame = control.max_frame_bytes
+        self.queue_limit = control.queue_limit
+        self.timeout_s = control.request_timeout_ms / 1000
+        mode, hwm, keys_dir = control.socket_mode, control.hwm, control.keys_dir
+        self.guard = Guard(security_from_args(args.get("security")), max_frame=self.max_frame)
         self.audit_check = AuditCheck(self.guard.config)
         self.zctx = zmq.Context()
-        self.clients = bind_router(self.zctx, args["endpoint"], hwm=hwm, mode=mode, keys_dir=keys_dir)
-        self.events = bind_pub(self.zctx, args["events"], hwm=hwm * 10, mode=mode, keys_dir=keys_dir)
-        self.worker_sock = bind_router(self.zctx, args["workers"], hwm=hwm, mode=0o600, keys_dir=keys_dir)
+        self.clients = bind_router(self.zctx, control.endpoint, hwm=hwm, mode=mode, keys_dir=keys_dir)
+        self.events = bind_pub(self.zctx, control.events, hwm=hwm * 10, mode=mode, keys_dir=keys_dir)
+        self.worker_sock = bind_router(self.zctx, control.workers, hwm=hwm, mode=0o600, keys_dir=keys_dir)
         self.waiting: dict[str, _Waiting] = {}
         self.workers: dict[str, _Worker] = {}
         self.registry = AgentRegistry(_registry_path(args))
@@ -254,7 +258,7 @@ class Gateway:
         poller.register(self.worker_sock, zmq.POLLIN)
         poller.register(self.child.fileno(), zmq.POLLIN)
         poller.register(self.audit_check.fileno(), zmq.POLLIN)
-        self.child.ready(endpoint=self.args["endpoint"], events=self.args["events"])
+        self.child.ready(endpoint=self.control.endpoint, events=self.control.events)
         while self.running:
             ready = dict(poller.poll(POLL_MS))
             if self.clients in ready:
@@ -954,8 +958,8 @@ def _registry_path(args: dict[str, Any]) -> str:
 
 
 def _data_path(args: dict[str, Any], name: str) -> str:
-    """``<data_dir>/<name>``, the data dir from the environment or the security args."""
-    data_dir = os.environ.get("OPENFANG_DATA_DIR") or (args.get("security") or {}).get("data_dir")
+    """``<data_dir>/<name>``, the data dir from the environment or the args."""
+    data_dir = os.environ.get("OPENFANG_DATA_DIR") or args.get("data_dir")
     if not data_dir:
         raise ProtocolError(f"gateway: no data dir for {name} (OPENFANG_DATA_DIR or args)")
     return os.path.join(str(data_dir), name)

@@ -17,8 +17,6 @@ integrity checks of its own files (layer 14).
 from __future__ import annotations
 
 import pkgutil
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -27,7 +25,7 @@ import openfang
 from openfang.protocol.envelope import Envelope, decode
 from openfang.protocol.messages import REQUEST_TYPES, check_request
 from openfang.security.audit import AuditLog
-from openfang.security.config import SecurityConfig, open_audit, parse_security
+from openfang.security.config import SecurityConfig, open_audit
 from openfang.security.integrity import IntegrityMonitor, Violation, package_files
 from openfang.security.ratelimit import RateLimiter
 from openfang.security.refusals import RefusalAudit
@@ -45,22 +43,6 @@ def openfang_packages() -> tuple[str, ...]:
     return (
         "openfang",
         *sorted(f"openfang.{m.name}" for m in pkgutil.iter_modules(openfang.__path__) if m.ispkg),
-    )
-
-
-def security_args(table: Mapping[str, Any], *, source: str, data_dir: Path, base_dir: Path) -> dict[str, Any]:
-    """What a child needs to rebuild the security config in its own process (plain data for the fork)."""
-    return {"table": dict(table), "source": source, "data_dir": str(data_dir), "base_dir": str(base_dir)}
-
-
-def config_from_args(args: Mapping[str, Any] | None) -> SecurityConfig:
-    if not args:
-        return SecurityConfig()
-    return parse_security(
-        args.get("table") or {},
-        str(args.get("source", "cluster.toml")),
-        data_dir=Path(str(args["data_dir"])),
-        base_dir=Path(str(args["base_dir"])),
     )
 
 
@@ -178,10 +160,8 @@ def integrity_monitor(config: SecurityConfig, audit: AuditLog | None) -> Integri
 __all__ = [
     "Guard",
     "Violation",
-    "config_from_args",
     "integrity_monitor",
     "open_audit",
     "peer_identity",
     "receive_client",
-    "security_args",
 ]

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -28,6 +28,9 @@ from openfang.protocol.client import Client
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import OpenFangError
 from openfang.supervisor.child import ChildContext
+
+if TYPE_CHECKING:
+    from openfang.security.config import SecurityConfig
 
 log = structlog.get_logger("openfang.scheduler")
 _Resource = TypeVar("_Resource", ScheduleStore, Client)
@@ -110,20 +113,18 @@ class Scheduler:
         return resource
 
 
-def signer_for(security: Mapping[str, Any] | None, data_dir: str) -> Callable[[Envelope], Envelope] | None:
+def signer_for(
+    security: SecurityConfig | Mapping[str, Any] | None, data_dir: str
+) -> Callable[[Envelope], Envelope] | None:
     """When the cluster requires signed requests, sign with the first HMAC key of its key ring (as the CLI
-    does with --config); None when signing is not required."""
+    does with --config); None when signing is not required. ``security``: the typed config (the HTTP face)
+    or its plain data (the scheduler, which may sit under a nested supervisor)."""
     if not security:
         return None
     from openfang.security import signing
-    from openfang.security.config import parse_security
+    from openfang.security.config import security_from_args
 
-    sec = parse_security(
-        security.get("table") or {},
-        str(security.get("source", "cluster.toml")),
-        data_dir=Path(str(security.get("data_dir") or data_dir)),
-        base_dir=Path(str(security.get("base_dir") or data_dir)),
-    )
+    sec = security_from_args(security, data_dir=data_dir)
     if not (sec.signing.enabled and sec.signing.require):
         return None
     for spec in sec.signing_keys:

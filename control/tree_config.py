@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Annotated, Any
 
+from openfang.protocol.config_kit import Parse, Place, read, unknown_key
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.supervisor.spec import (
-    AutoShutdown,
     ChildSpec,
     ChildType,
-    Restart,
-    StartOrder,
-    Strategy,
     SupervisorFlags,
     SupervisorSpec,
     check_spec,
@@ -77,15 +75,9 @@ def parse_supervisor(table: Mapping[str, Any], *, source: str, where: str = "sup
 
 
 def _parse_sup(table: Mapping[str, Any], source: str, where: str, problems: list[Problem]) -> SupervisorSpec:
-    flags = SupervisorFlags(
-        strategy=_choice(table, "strategy", Strategy, Strategy.ONE_FOR_ONE, source, where, problems),
-        intensity=_int(table, "intensity", 1, 0, source, where, problems),
-        period=_number(table, "period", 5, source, where, problems),
-        auto_shutdown=_choice(
-            table, "auto_shutdown", AutoShutdown, AutoShutdown.NEVER, source, where, problems
-        ),
-        start_order=_choice(table, "start_order", StartOrder, StartOrder.ORDERED, source, where, problems),
-    )
+    place = Place.table(source, where)
+    # The flags are SupervisorFlags' own keys, bounds and defaults; the other keys are read below.
+    flags = read(SupervisorFlags, table, place, problems, ignore=set(table) - FLAG_KEYS) or SupervisorFlags()
     children: list[ChildSpec] = []
     raw_children = table.get("children", [])
     if not isinstance(raw_children, list):
@@ -109,44 +101,44 @@ def _parse_sup(table: Mapping[str, Any], source: str, where: str, problems: list
 def _parse_child(
     raw: Mapping[str, Any], source: str, where: str, problems: list[Problem]
 ) -> ChildSpec | None:
-    ctype = _choice(raw, "type", ChildType, ChildType.WORKER, source, where, problems)
-    is_sup = ctype == ChildType.SUPERVISOR
-    _unknown(raw, SUPERVISOR_CHILD_KEYS if is_sup else CHILD_KEYS, source, where, problems)
-    child_id = raw.get("id")
-    if not isinstance(child_id, str) or not child_id:
-        problems.append(_p(source, where, "id", f"required, a non-empty string, got {child_id!r}"))
-        child_id = f"<{where}>"
-    start = raw.get("start", "")
-    if not is_sup and not start:
+    is_sup = raw.get("type") == ChildType.SUPERVISOR
+    known = SUPERVISOR_CHILD_KEYS if is_sup else CHILD_KEYS
+    _unknown(raw, known, source, where, problems)
+    if not is_sup and not raw.get("start"):
         problems.append(_p(source, where, "start", "required: 'package.module:function'"))
-    elif not isinstance(start, str):
-        problems.append(_p(source, where, "start", f"must be a string, got {start!r}"))
-        start = ""
     nested = _parse_sup(raw, source, where, problems) if is_sup else None
-    cpu = _opt_int(raw, "cpu", 0, source, where, problems)
-    allowed = os.sched_getaffinity(0)
-    if cpu is not None and cpu not in allowed:
+    # The child's keys are ChildSpec's fields: their types, bounds and defaults are written there once.
+    child = read(
+        ChildSpec, raw, Place.table(source, where), problems, ignore=set(raw) - CHILD_KEYS, supervisor=nested
+    )
+    if child is not None and child.cpu is not None and child.cpu not in (allowed := os.sched_getaffinity(0)):
         problems.append(
             _p(
                 source,
                 where,
                 "cpu",
-                f"CPU {cpu} is not available to this process (allowed: {sorted(allowed)})",
+                f"CPU {child.cpu} is not available to this process (allowed: {sorted(allowed)})",
             )
         )
-    return ChildSpec(
-        id=child_id,
-        start=start,
-        args=_args(raw, source, where, problems),
-        restart=_choice(raw, "restart", Restart, Restart.PERMANENT, source, where, problems),
-        shutdown=_shutdown(raw, source, where, problems),
-        type=ctype,
-        significant=_bool(raw, "significant", False, source, where, problems),
-        cpu=cpu,
-        heartbeat_ms=_opt_int(raw, "heartbeat_ms", 1, source, where, problems),
-        start_timeout_ms=_int(raw, "start_timeout_ms", 10000, 1, source, where, problems),
-        supervisor=nested,
-    )
+    return child
+
+
+def _count(value: Any) -> int:
+    allowed = len(os.sched_getaffinity(0))
+    if value == "auto":
+        return allowed
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(f'must be "auto" or an integer >= 1, got {value!r}')
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolKeys:
+    """[supervisor.children.pool]'s own keys; the rest are the child keys of every member (ChildSpec's)."""
+
+    count: Annotated[int | str, Parse(_count, '"auto" (one per allowed CPU) or an integer >= 1')] = "auto"
+    pin: bool = True  # member i pinned to the i-th allowed CPU
+    prefix: str | None = None  # member ids: <prefix>-<i>, default the owner's id
 
 
 def _parse_pool(pool: Any, owner: str, source: str, where: str, problems: list[Problem]) -> list[ChildSpec]:
@@ -154,40 +146,19 @@ def _parse_pool(pool: Any, owner: str, source: str, where: str, problems: list[P
         problems.append(Problem(f"{source}: [{where}]", f"must be a table, got {type(pool).__name__}"))
         return []
     _unknown(pool, POOL_KEYS, source, where, problems)
-    allowed = sorted(os.sched_getaffinity(0))
-    count_raw = pool.get("count", "auto")
-    if count_raw == "auto":
-        count = len(allowed)
-    elif isinstance(count_raw, int) and not isinstance(count_raw, bool) and count_raw >= 1:
-        count = count_raw
-    else:
-        problems.append(_p(source, where, "count", f'must be "auto" or an integer >= 1, got {count_raw!r}'))
-        count = 0
-    pin = _bool(pool, "pin", True, source, where, problems)
-    prefix = pool.get("prefix", owner)
-    if not isinstance(prefix, str) or not prefix:
-        problems.append(_p(source, where, "prefix", f"must be a non-empty string, got {prefix!r}"))
-        prefix = owner
-    start = pool.get("start")
-    if not isinstance(start, str) or not start:
+    place = Place.table(source, where)
+    own = read(PoolKeys, pool, place, problems, ignore=set(pool) - {"count", "pin", "prefix"}) or PoolKeys()
+    count = _count(own.count)
+    if not pool.get("start"):
         problems.append(_p(source, where, "start", "required: 'package.module:function'"))
-        start = ""
-    args = _args(pool, source, where, problems)
-    restart = _choice(pool, "restart", Restart, Restart.PERMANENT, source, where, problems)
-    shutdown = _shutdown(pool, source, where, problems)
-    heartbeat = _opt_int(pool, "heartbeat_ms", 1, source, where, problems)
-    start_timeout = _int(pool, "start_timeout_ms", 10000, 1, source, where, problems)
+    member_keys = {k: v for k, v in pool.items() if k in POOL_KEYS - {"count", "pin", "prefix"}}
+    prefix = own.prefix or owner
+    template = read(ChildSpec, member_keys, place, problems, id=prefix)
+    if template is None:
+        return []
+    allowed = sorted(os.sched_getaffinity(0))
     return [
-        ChildSpec(
-            id=f"{prefix}-{i}",
-            start=start,
-            args=args,
-            restart=restart,
-            shutdown=shutdown,
-            cpu=allowed[i % len(allowed)] if pin else None,
-            heartbeat_ms=heartbeat,
-            start_timeout_ms=start_timeout,
-        )
+        replace(template, id=f"{prefix}-{i}", cpu=allowed[i % len(allowed)] if own.pin else None)
         for i in range(count)
     ]
 
@@ -209,77 +180,6 @@ def _bracket(problem: Problem, source: str) -> Problem:
 def _unknown(
     table: Mapping[str, Any], known: set[str], source: str, where: str, problems: list[Problem]
 ) -> None:
+    place = Place.table(source, where)
     for key in sorted(set(map(str, table)) - known):
-        problems.append(_p(source, where, key, f"unknown key (known: {', '.join(sorted(known))})"))
-
-
-def _choice(table: Mapping[str, Any], key: str, kind: Any, default: Any, source: str, where: str,
-            problems: list[Problem]) -> Any:  # fmt: skip
-    value = table.get(key, default)
-    try:
-        return kind(value)
-    except ValueError:
-        choices = ", ".join(m.value for m in kind)
-        problems.append(_p(source, where, key, f"must be one of {choices}, got {value!r}"))
-        return default
-
-
-def _int(table: Mapping[str, Any], key: str, default: int, low: int, source: str, where: str,
-         problems: list[Problem]) -> int:  # fmt: skip
-    value = table.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        problems.append(_p(source, where, key, f"must be an integer >= {low}, got {value!r}"))
-        return default
-    return value
-
-
-def _opt_int(table: Mapping[str, Any], key: str, low: int, source: str, where: str,
-             problems: list[Problem]) -> int | None:  # fmt: skip
-    if key not in table:
-        return None
-    return _int(table, key, None, low, source, where, problems)  # type: ignore[arg-type]
-
-
-def _number(table: Mapping[str, Any], key: str, default: float, source: str, where: str,
-            problems: list[Problem]) -> float:  # fmt: skip
-    value = table.get(key, default)
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        problems.append(_p(source, where, key, f"must be a number > 0 (seconds), got {value!r}"))
-        return default
-    return value
-
-
-def _bool(table: Mapping[str, Any], key: str, default: bool, source: str, where: str,
-          problems: list[Problem]) -> bool:  # fmt: skip
-    value = table.get(key, default)
-    if not isinstance(value, bool):
-        problems.append(_p(source, where, key, f"must be true or false, got {value!r}"))
-        return default
-    return value
-
-
-def _shutdown(table: Mapping[str, Any], source: str, where: str, problems: list[Problem]) -> Any:
-    if "shutdown" not in table:
-        return None  # the type's default
-    value = table["shutdown"]
-    if value in ("brutal_kill", "infinity") or (
-        isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    ):
-        return value
-    problems.append(
-        _p(
-            source,
-            where,
-            "shutdown",
-            f'must be "brutal_kill", "infinity" or milliseconds >= 0, got {value!r}',
-        )
-    )
-    return None
-
-
-def _args(table: Mapping[str, Any], source: str, where: str, problems: list[Problem]) -> dict[str, Any]:
-    value = table.get("args", {})
-    if not isinstance(value, Mapping):
-        problems.append(_p(source, where, "args", f"must be a table, got {type(value).__name__}"))
-        return {}
-    return dict(value)
+        problems.append(unknown_key(place, key, None, known))

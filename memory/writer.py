@@ -19,8 +19,8 @@ import signal
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
 
 import structlog
 import zmq
@@ -30,6 +30,7 @@ from openfang.memory._apply import COMPACT_BATCH, Applier
 from openfang.memory.client import locations
 from openfang.protocol import messages as catalogue
 from openfang.protocol.bodies import Empty
+from openfang.protocol.config_kit import Above, Doc, Parse, Place, Range, read
 from openfang.protocol.envelope import DEFAULT_MAX_FRAME, Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import Busy, ConfigError, OpenFangError, Problem
 from openfang.protocol.sockets import MAX_IPC_PATH, bind_router
@@ -55,21 +56,31 @@ POLL_MS = 100
 HEARTBEAT_EVERY_S = 0.2
 
 
+def _endpoint(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("ipc://", "tcp://")):
+        raise ValueError(f"must be an ipc:// or tcp:// endpoint, got {value!r}")
+    if value.startswith("ipc://") and len(os.fsencode(value[6:])) > MAX_IPC_PATH:
+        raise ValueError(f"ipc path longer than {MAX_IPC_PATH} bytes")
+    return value
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WriterConfig:
-    """The writer's settings (the memory child's ``args``)."""
+    """The writer's settings (the memory child's ``args``), a config-kit section: its defaults are here."""
 
-    db_path: str
-    endpoint: str = ""  # default: ipc://<db dir>/memory.ipc
-    max_batch: int = 1000
-    queue_max: int = 10_000
-    checkpoint_every_s: float = 1.0
-    compact_every_s: float = 5.0
-    episode_ttl_s: float | None = None
-    ledger_ttl_s: float = 86400.0
-    journal_size_limit: int = _db.JOURNAL_SIZE_LIMIT
-    max_frame: int = DEFAULT_MAX_FRAME
-    keys_dir: str | None = None  # CURVE server keys, required for a tcp:// endpoint
+    db_path: Annotated[str, Doc("path of the memory database file")]
+    endpoint: Annotated[str, Parse(_endpoint, "an ipc:// or tcp:// endpoint")] = (
+        ""  # "": ipc://<db dir>/memory.ipc
+    )
+    max_batch: Annotated[int, Range(1)] = 1000
+    queue_max: Annotated[int, Range(1)] = 10_000
+    checkpoint_every_s: Annotated[float, Above(0)] = 1.0
+    compact_every_s: Annotated[float, Above(0)] = 5.0
+    episode_ttl_s: Annotated[float, Above(0)] | None = None
+    ledger_ttl_s: Annotated[float, Above(0)] = 86400.0
+    journal_size_limit: Annotated[int, Range(0)] = _db.JOURNAL_SIZE_LIMIT
+    max_frame: Annotated[int, Range(1024)] = DEFAULT_MAX_FRAME
+    keys_dir: Annotated[str, Doc("CURVE server keys, required for a tcp:// endpoint")] | None = None
 
     @property
     def bind_endpoint(self) -> str:
@@ -86,18 +97,19 @@ class WriterConfig:
 
         ``{data_dir}`` in ``db_path`` / ``endpoint`` is replaced by ``OPENFANG_DATA_DIR`` (which the daemon
         gives every child); missing ones default to :func:`openfang.memory.client.locations`, the same
-        place the workers look.
+        place the workers look. A key set to None counts as absent.
         """
         env = os.environ if env is None else env
         problems: list[Problem] = []
-        args = dict(args)
+        place = Place.at(where)
+        args = {k: v for k, v in args.items() if v is not None}
         data_dir = env.get("OPENFANG_DATA_DIR", "")
         for key in ("db_path", "endpoint"):
             value = args.get(key)
             if isinstance(value, str) and "{data_dir}" in value:
                 if not data_dir:
                     problems.append(
-                        Problem(f"{where}.{key}", "uses {data_dir} but OPENFANG_DATA_DIR is not set")
+                        Problem(place.key(key), "uses {data_dir} but OPENFANG_DATA_DIR is not set")
                     )
                 args[key] = value.replace("{data_dir}", data_dir)
         if data_dir or env.get("OPENFANG_MEMORY_DB"):
@@ -107,35 +119,10 @@ class WriterConfig:
                 args.setdefault("endpoint", default_endpoint)
             except ConfigError:
                 pass
-        known = {f.name for f in fields(cls)}
-        for key in sorted(set(args) - known):
-            problems.append(Problem(f"{where}.{key}", f"unknown setting (known: {', '.join(sorted(known))})"))
-        db_path = args.get("db_path")
-        if not isinstance(db_path, str) or not db_path:
-            problems.append(Problem(f"{where}.db_path", "required: path of the memory database file"))
-        ints = {"max_batch": 1, "queue_max": 1, "journal_size_limit": 0, "max_frame": 1024}
-        for key, lo in ints.items():
-            v = args.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
-                problems.append(Problem(f"{where}.{key}", f"must be an integer >= {lo}, got {v!r}"))
-        for key in ("checkpoint_every_s", "compact_every_s", "episode_ttl_s", "ledger_ttl_s"):
-            v = args.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0):
-                problems.append(Problem(f"{where}.{key}", f"must be a number > 0 (seconds), got {v!r}"))
-        keys_dir = args.get("keys_dir")
-        if keys_dir is not None and (not isinstance(keys_dir, str) or not keys_dir):
-            problems.append(Problem(f"{where}.keys_dir", f"must be a directory path, got {keys_dir!r}"))
-        endpoint = args.get("endpoint")
-        if endpoint is not None:
-            if not isinstance(endpoint, str) or not endpoint.startswith(("ipc://", "tcp://")):
-                problems.append(
-                    Problem(f"{where}.endpoint", f"must be an ipc:// or tcp:// endpoint, got {endpoint!r}")
-                )
-            elif endpoint.startswith("ipc://") and len(os.fsencode(endpoint[6:])) > MAX_IPC_PATH:
-                problems.append(Problem(f"{where}.endpoint", f"ipc path longer than {MAX_IPC_PATH} bytes"))
-        if problems:
+        config = read(cls, args, place, problems)
+        if problems or config is None:
             raise ConfigError(problems)
-        return cls(**{k: v for k, v in args.items() if v is not None})
+        return config
 
 
 class Writer:

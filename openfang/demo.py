@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from openfang.cli import render
-from openfang.control.config import load_config
+from openfang.control.config import ClusterSection, load_config
 from openfang.protocol.client import Client
 from openfang.protocol.errors import OpenFangError
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m openfang.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(DATA / "cluster.toml"), help="cluster.toml to run")
     parser.add_argument(
-        "--data-dir", default=".openfang-data", help="where the memory, sockets and logs live"
+        "--data-dir", default=ClusterSection().data_dir, help="where the memory, sockets and logs live"
     )
     parser.add_argument("--once", action="store_true", help="stop the tree after the demo instead of waiting")
     args = parser.parse_args(argv)

@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import zmq
 
+from openfang.control.config import default_control
 from openfang.protocol.envelope import Envelope, decode, encode
 
 CONFIG = """
@@ -69,7 +70,7 @@ class BenchCluster:
         self.sock.setsockopt(zmq.SNDHWM, 100_000)
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
 
-        self._endpoint = f"ipc://{self.data_dir}/run/control.sock"
+        self._endpoint = default_control(self.data_dir).endpoint
 
     @property
     def endpoint(self) -> str:

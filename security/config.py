@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
+from openfang.protocol.config_kit import MISSING, Doc, Place, Range, Table
 from openfang.protocol.errors import ConfigError, Problem
-from openfang.security._cfg import MISSING, Table
 from openfang.security._secrets import PII_KINDS, SECRET_KINDS
 from openfang.security.attestation import AttestationConfig
 from openfang.security.audit import AuditLog, chain_key
@@ -84,31 +84,41 @@ class KeySpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NetworkConfig:
-    allow_hosts: tuple[str, ...] = ()
+    """[security.network] (layer 8, netguard)."""
+
+    allow_hosts: Annotated[tuple[str, ...], Doc("hosts allowed although private or loopback")] = ()
     allow_private: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PermissionsConfig:
+    """[security.permissions] (layer 9; the grants live in agent manifests)."""
+
     enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IntegrityConfig:
+    """[security.integrity] (layer 14): the package files and extra files re-checked every interval."""
+
     enabled: bool = True
-    interval_s: float = 60.0
+    interval_s: Annotated[float, Range(1.0, 86400.0)] = 60.0
     packages: tuple[str, ...] = ("openfang",)
     files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IdentityConfig:
+    """[security.identity] (layer 15)."""
+
     enabled: bool = True
-    max_skew_s: float = 30.0
+    max_skew_s: Annotated[float, Range(1, 3600)] = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RollbackConfig:
+    """[security.rollback] (layer 16)."""
+
     enabled: bool = True
     state: str = DEFAULT_VERSIONS_PATH
 
@@ -135,24 +145,6 @@ class SecurityConfig:
     rollback: RollbackConfig = field(default_factory=RollbackConfig)
 
 
-_LAYERS = (
-    "audit",
-    "validation",
-    "injection",
-    "ratelimit",
-    "signing",
-    "sandbox",
-    "network",
-    "permissions",
-    "exfil",
-    "redact",
-    "attestation",
-    "integrity",
-    "identity",
-    "rollback",
-)
-
-
 def _path(value: str, data_dir: Path | None, base_dir: Path | None) -> str:
     if data_dir is not None:
         value = value.replace("{data_dir}", str(data_dir))
@@ -171,11 +163,11 @@ def parse_security(
 ) -> SecurityConfig:
     """Validate ``[security]``; ConfigError lists every problem with ``file: [security.x] key 'k'``."""
     problems: list[Problem] = []
-    top = Table(table, f"{source}: [security]", problems)
+    top = Table(table, Place.table(source, "security"), problems)
 
     t = top.sub("audit")
     key_file = t.text("key_file", None)
-    keyed = t.boolean("keyed", True)
+    keyed = t.boolean("keyed", AuditConfig().create_key)  # keyed unless told not to
     if key_file and not keyed:
         t.problem("keyed", "false contradicts key_file (leave key_file out for an unkeyed chain)")
     dq = RefusalAuditConfig()
@@ -279,16 +271,9 @@ def parse_security(
         )
     t.unknown()
 
-    t = top.sub("network")
-    network = NetworkConfig(
-        allow_hosts=tuple(sorted(t.strset("allow_hosts", frozenset()) or ())),
-        allow_private=t.boolean("allow_private", False),
-    )
-    t.unknown()
-
-    t = top.sub("permissions")
-    permissions = PermissionsConfig(enabled=t.boolean("enabled", True))
-    t.unknown()
+    network = top.section(NetworkConfig, "network") or NetworkConfig()
+    network = replace(network, allow_hosts=tuple(sorted(set(network.allow_hosts))))
+    permissions = top.section(PermissionsConfig, "permissions") or PermissionsConfig()
 
     t = top.sub("exfil")
     de = ExfilConfig()
@@ -318,18 +303,19 @@ def parse_security(
     t = top.sub("attestation")
     pubs_t = t.sub("publishers")
     publishers: dict[str, bytes] = {}
-    for kid, value in pubs_t.raw.items():
-        pubs_t._seen.add(kid)
+    for kid in list(pubs_t.raw):
+        value = pubs_t.get(kid)
         if not _KID.match(str(kid)):
             pubs_t.problem(kid, "publisher ids are 1-64 letters, digits, '_', '.', ':' or '-'")
         elif not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", value):
             pubs_t.problem(kid, "must be the 64 hex characters of a raw Ed25519 public key")
         else:
             publishers[str(kid)] = bytes.fromhex(value)
+    da = AttestationConfig()
     attestation = AttestationConfig(
-        enabled=t.boolean("enabled", True),
-        require_pin=t.boolean("require_pin", True),
-        require_signature=t.boolean("require_signature", False),
+        enabled=t.boolean("enabled", da.enabled),
+        require_pin=t.boolean("require_pin", da.require_pin),
+        require_signature=t.boolean("require_signature", da.require_signature),
         trusted_publishers=publishers,
     )
     if attestation.require_signature and not publishers:
@@ -338,32 +324,16 @@ def parse_security(
         )
     t.unknown()
 
-    t = top.sub("integrity")
-    integrity = IntegrityConfig(
-        enabled=t.boolean("enabled", True),
-        interval_s=t.number("interval_s", 60.0, lo=1.0, hi=86400.0),
-        packages=tuple(sorted(t.strset("packages", frozenset({"openfang"})) or ())),
-        files=tuple(_path(f, data_dir, base_dir) for f in sorted(t.strset("files", frozenset()) or ())),
+    integrity = top.section(IntegrityConfig, "integrity") or IntegrityConfig()
+    integrity = replace(
+        integrity,
+        packages=tuple(sorted(set(integrity.packages))),
+        files=tuple(_path(f, data_dir, base_dir) for f in sorted(set(integrity.files))),
     )
-    t.unknown()
-
-    t = top.sub("identity")
-    identity = IdentityConfig(
-        enabled=t.boolean("enabled", True), max_skew_s=t.number("max_skew_s", 30.0, lo=1, hi=3600)
-    )
-    t.unknown()
-
-    t = top.sub("rollback")
-    rollback = RollbackConfig(
-        enabled=t.boolean("enabled", True),
-        state=_path(t.text("state", DEFAULT_VERSIONS_PATH) or DEFAULT_VERSIONS_PATH, data_dir, base_dir),
-    )
-    t.unknown()
-
-    for key in sorted(set(top.raw) - set(_LAYERS)):
-        problems.append(
-            Problem(f"{source}: [security.{key}]", f"unknown table (known: {', '.join(_LAYERS)})")
-        )
+    identity = top.section(IdentityConfig, "identity") or IdentityConfig()
+    rollback = top.section(RollbackConfig, "rollback") or RollbackConfig()
+    rollback = replace(rollback, state=_path(rollback.state, data_dir, base_dir))
+    top.unknown()
     if problems:
         raise ConfigError(problems)
     return SecurityConfig(
@@ -387,7 +357,7 @@ def parse_security(
 
 
 def _keys(t: Table, data_dir: Path | None, base_dir: Path | None, check_files: bool) -> tuple[KeySpec, ...]:
-    raw = t._get("keys")
+    raw = t.get("keys")
     if raw is MISSING:
         return ()
     if not isinstance(raw, list):
@@ -421,6 +391,34 @@ def _keys(t: Table, data_dir: Path | None, base_dir: Path | None, check_files: b
             t.problem(where, f"key file {path} does not exist")
         specs.append(KeySpec(id=kid, alg=str(alg), file=path))
     return tuple(specs)
+
+
+def security_args(
+    table: Mapping[str, Any], *, source: str, data_dir: Path | str, base_dir: Path | str
+) -> dict[str, Any]:
+    """``[security]`` as plain data, for a child that gets it through a spec that may travel as msgpack
+    (a worker under a nested supervisor): the table and what resolves its paths. :func:`security_from_args`
+    reads it back."""
+    return {"table": dict(table), "source": source, "data_dir": str(data_dir), "base_dir": str(base_dir)}
+
+
+def security_from_args(
+    args: SecurityConfig | Mapping[str, Any] | None, *, data_dir: str | None = None
+) -> SecurityConfig:
+    """A child's security config: the typed config itself (a child forked with it in memory), or the plain
+    data of :func:`security_args` read again; defaults (paths under ``data_dir``) when there is none."""
+    if isinstance(args, SecurityConfig):
+        return args
+    if not args:
+        return parse_security({}, "<defaults>", data_dir=Path(data_dir) if data_dir else None)
+    dd = args.get("data_dir") or data_dir
+    base = args.get("base_dir") or dd
+    return parse_security(
+        args.get("table") or {},
+        str(args.get("source", "cluster.toml")),
+        data_dir=Path(str(dd)) if dd else None,
+        base_dir=Path(str(base)) if base else None,
+    )
 
 
 def open_audit(config: SecurityConfig) -> AuditLog | None:

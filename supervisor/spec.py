@@ -12,8 +12,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+from openfang.protocol.config_kit import Above, Parse, Place, Range, check_values
 from openfang.protocol.errors import ConfigError, Problem
 
 NESTED_START = "openfang.supervisor.nested:run_nested"
@@ -23,6 +24,15 @@ _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 Shutdown = int | Literal["brutal_kill", "infinity"]
 E = TypeVar("E", bound=StrEnum)
+
+
+def _shutdown(value: Any) -> Shutdown | None:
+    """A shutdown policy: "brutal_kill", "infinity" or milliseconds >= 0 (None: the type's default)."""
+    if value is None or value in ("brutal_kill", "infinity"):
+        return value  # type: ignore[no-any-return]  # one of the literals
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f'must be "brutal_kill", "infinity" or milliseconds >= 0, got {value!r}')
 
 
 class Strategy(StrEnum):
@@ -61,8 +71,8 @@ class SupervisorFlags:
     """OTP's supervisor flags; defaults are OTP's (one_for_one, 1 restart per 5 s, never auto-shutdown)."""
 
     strategy: Strategy = Strategy.ONE_FOR_ONE
-    intensity: int = 1
-    period: float = 5
+    intensity: Annotated[int, Range(0)] = 1  # restarts allowed within period
+    period: Annotated[float, Above(0)] = 5  # seconds
     auto_shutdown: AutoShutdown = AutoShutdown.NEVER
     # Not an OTP flag: "parallel" forks every child at start before waiting for any ready, for children
     # that do not depend on each other (a pool). OTP's ordered start is the default.
@@ -81,12 +91,12 @@ class ChildSpec:
     start: str = ""
     args: Mapping[str, Any] = field(default_factory=dict)
     restart: Restart = Restart.PERMANENT
-    shutdown: Shutdown | None = None
+    shutdown: Annotated[Shutdown | None, Parse(_shutdown, '"brutal_kill", "infinity" or milliseconds')] = None
     type: ChildType = ChildType.WORKER
     significant: bool = False
-    cpu: int | None = None
-    heartbeat_ms: int | None = None
-    start_timeout_ms: int = 10000
+    cpu: Annotated[int, Range(0)] | None = None
+    heartbeat_ms: Annotated[int, Range(1)] | None = None  # the child must heartbeat this often
+    start_timeout_ms: Annotated[int, Range(1)] = 10000
     supervisor: SupervisorSpec | None = None
 
     def __post_init__(self) -> None:
@@ -115,12 +125,7 @@ def check_spec(spec: SupervisorSpec, where: str = "supervisor") -> list[Problem]
     """Every problem of ``spec`` (flags and children, recursively); empty means valid."""
     problems: list[Problem] = []
     flags = spec.flags
-    if not isinstance(flags.intensity, int) or isinstance(flags.intensity, bool) or flags.intensity < 0:
-        problems.append(
-            Problem(f"{where} key 'intensity'", f"must be an integer >= 0, got {flags.intensity!r}")
-        )
-    if not _is_number(flags.period) or flags.period <= 0:
-        problems.append(Problem(f"{where} key 'period'", f"must be a number > 0, got {flags.period!r}"))
+    check_values(flags, Place.named(where), problems, ("intensity", "period"))
     sofo = flags.strategy == Strategy.SIMPLE_ONE_FOR_ONE
     if sofo and len(spec.children) != 1:
         problems.append(
@@ -160,26 +165,13 @@ def check_child(child: ChildSpec, where: str, flags: SupervisorFlags | None = No
         )
     if not isinstance(child.args, Mapping):
         problems.append(Problem(f"{where} key 'args'", f"must be a table, got {type(child.args).__name__}"))
-    sd = child.shutdown
-    if not (
-        sd in ("brutal_kill", "infinity") or (isinstance(sd, int) and not isinstance(sd, bool) and sd >= 0)
-    ):
-        problems.append(
-            Problem(
-                f"{where} key 'shutdown'",
-                f"must be 'brutal_kill', 'infinity' or milliseconds >= 0, got {sd!r}",
-            )
-        )
-    if child.cpu is not None and (
-        not isinstance(child.cpu, int) or isinstance(child.cpu, bool) or child.cpu < 0
-    ):
-        problems.append(Problem(f"{where} key 'cpu'", f"must be a CPU number >= 0, got {child.cpu!r}"))
-    hb = child.heartbeat_ms
-    if hb is not None and (not isinstance(hb, int) or isinstance(hb, bool) or hb <= 0):
-        problems.append(Problem(f"{where} key 'heartbeat_ms'", f"must be milliseconds > 0, got {hb!r}"))
-    st = child.start_timeout_ms
-    if not isinstance(st, int) or isinstance(st, bool) or st <= 0:
-        problems.append(Problem(f"{where} key 'start_timeout_ms'", f"must be milliseconds > 0, got {st!r}"))
+    # The bounds of shutdown, significant, cpu, heartbeat_ms and start_timeout_ms are ChildSpec's annotations.
+    check_values(
+        child,
+        Place.named(where),
+        problems,
+        ("shutdown", "significant", "cpu", "heartbeat_ms", "start_timeout_ms"),
+    )
     if child.significant:
         if child.restart == Restart.PERMANENT:
             problems.append(Problem(f"{where} key 'significant'", "a permanent child cannot be significant"))
@@ -211,10 +203,6 @@ def validate(spec: SupervisorSpec, where: str = "supervisor") -> SupervisorSpec:
     if problems:
         raise ConfigError(problems)
     return spec
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # -- plain data ----------
@@ -279,23 +267,23 @@ def _spec_from_dict(data: Mapping[str, Any], where: str, problems: list[Problem]
         problems.append(Problem(where, f"must be a map, got {type(data).__name__}"))
         return SupervisorSpec()
     raw_flags = data.get("flags", {})
-    flags = SupervisorFlags()
+    flags = d = SupervisorFlags()
     if isinstance(raw_flags, Mapping):
         flags = SupervisorFlags(
             strategy=_enum(
-                Strategy, raw_flags.get("strategy", "one_for_one"), f"{where} key 'strategy'", problems
+                Strategy, raw_flags.get("strategy", d.strategy), f"{where} key 'strategy'", problems
             ),
-            intensity=raw_flags.get("intensity", 1),
-            period=raw_flags.get("period", 5),
+            intensity=raw_flags.get("intensity", d.intensity),
+            period=raw_flags.get("period", d.period),
             auto_shutdown=_enum(
                 AutoShutdown,
-                raw_flags.get("auto_shutdown", "never"),
+                raw_flags.get("auto_shutdown", d.auto_shutdown),
                 f"{where} key 'auto_shutdown'",
                 problems,
             ),
             start_order=_enum(
                 StartOrder,
-                raw_flags.get("start_order", "ordered"),
+                raw_flags.get("start_order", d.start_order),
                 f"{where} key 'start_order'",
                 problems,
             ),
@@ -324,20 +312,15 @@ def _child_from_dict(data: Any, where: str, problems: list[Problem]) -> ChildSpe
     nested = None
     if data.get("supervisor") is not None:
         nested = _spec_from_dict(data["supervisor"], where, problems)
-    ctype = _enum(ChildType, data.get("type", "worker"), f"{where} key 'type'", problems)
-    return ChildSpec(
-        id=data.get("id", ""),
-        start=data.get("start", "") or "",
-        args=dict(data.get("args") or {}) if isinstance(data.get("args") or {}, Mapping) else data["args"],
-        restart=_enum(Restart, data.get("restart", "permanent"), f"{where} key 'restart'", problems),
-        shutdown=data.get("shutdown"),
-        type=ctype,
-        significant=bool(data.get("significant", False)),
-        cpu=data.get("cpu"),
-        heartbeat_ms=data.get("heartbeat_ms"),
-        start_timeout_ms=data.get("start_timeout_ms", 10000),
-        supervisor=nested,
-    )
+    ctype = _enum(ChildType, data.get("type", ChildType.WORKER), f"{where} key 'type'", problems)
+    # Absent (or nil) keys take ChildSpec's own defaults: only the keys present are passed.
+    plain = ("start", "shutdown", "significant", "cpu", "heartbeat_ms", "start_timeout_ms")
+    given = {k: data[k] for k in plain if data.get(k) is not None}
+    if data.get("args") is not None:
+        given["args"] = dict(data["args"]) if isinstance(data["args"], Mapping) else data["args"]
+    if data.get("restart") is not None:
+        given["restart"] = _enum(Restart, data["restart"], f"{where} key 'restart'", problems)
+    return ChildSpec(id=data.get("id", ""), type=ctype, supervisor=nested, **given)
 
 
 def _enum(kind: type[E], value: Any, where: str, problems: list[Problem]) -> E:

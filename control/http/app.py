@@ -44,17 +44,21 @@ class Installed:
 
 @dataclass(slots=True, kw_only=True)
 class Face:
-    """What every protocol module shares: the gateway bridge and the face's settings."""
+    """What every protocol module shares: the gateway bridge and the face's settings.
+
+    No defaults here: the settings come from the typed [http] config (control.config.HttpConfig), where
+    each default is written once (server.make_face).
+    """
 
     bridge: GatewayBridge
     base_url: str
     data_dir: Path
-    cluster: str = "openfang"
-    default_agent: str | None = None
-    tokens_required: bool = False  # cards then name the bearer scheme
-    push_allow_hosts: tuple[str, ...] = ()  # A2A webhooks allowed on these private or loopback hosts
-    metrics_per_agent: bool = False  # /metrics: per-agent series for the top agents by messages
-    metrics_top_agents: int = 100
+    cluster: str
+    default_agent: str | None
+    tokens_required: bool  # cards then name the bearer scheme
+    push_allow_hosts: tuple[str, ...]  # A2A webhooks allowed on these private or loopback hosts
+    metrics_per_agent: bool  # /metrics: per-agent series for the top agents by messages
+    metrics_top_agents: int
 
     async def agents(self) -> list[dict[str, Any]]:
         """Every agent on every worker (``agent.list``)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from openfang.control.config import missing_http_modules
+from openfang.control.config import ClusterSection, ControlConfig, HttpConfig, missing_http_modules
 from openfang.supervisor.child import ChildContext
 
 log = structlog.get_logger("openfang.http")
@@ -25,30 +25,38 @@ HEARTBEAT_S = 1.0
 
 
 def make_face(args: Mapping[str, Any]) -> Any:
-    """The shared state of the app from the child's args (the ``[http]`` and ``[control]`` tables)."""
-    from openfang.control.http.app import Face
+    """The shared state of the app from the child's args: the typed ``[http]``, ``[control]`` and
+    ``[security]`` configs (:func:`openfang.control.config.with_http`), defaults and all."""
     from openfang.control.http.bridge import GatewayBridge
     from openfang.control.scheduler import signer_for
 
-    control = args["control"]
+    http: HttpConfig = args["http"]
+    control: ControlConfig = args["control"]
     data_dir = os.environ.get("OPENFANG_DATA_DIR", ".")
     bridge = GatewayBridge(
-        control["endpoint"],
-        timeout=max(30.0, int(control.get("request_timeout_ms", 10_000)) / 1000 + 5),
-        keys_dir=control.get("keys_dir"),
-        key_name=str(args.get("key_name", "client")),
+        control.endpoint,
+        timeout=max(30.0, control.request_timeout_ms / 1000 + 5),
+        keys_dir=control.keys_dir,
+        key_name=http.key_name,
         signer=signer_for(args.get("security"), data_dir),  # when [security.signing] require = true
     )
+    return build_face(bridge, http, base_url=http.base_url, data_dir=Path(data_dir))
+
+
+def build_face(bridge: Any, http: HttpConfig, *, base_url: str, data_dir: Path) -> Any:
+    """The app's shared state from a typed [http] config (``openfang mcp serve`` passes the defaults)."""
+    from openfang.control.http.app import Face
+
     return Face(
         bridge=bridge,
-        base_url=str(args["base_url"]),
-        data_dir=Path(data_dir),
-        cluster=os.environ.get("OPENFANG_CLUSTER", "openfang"),
-        default_agent=args.get("default_agent"),
-        tokens_required=bool(args.get("tokens")),
-        push_allow_hosts=tuple(args.get("push_allow_hosts") or ()),
-        metrics_per_agent=bool(args.get("metrics_per_agent", False)),
-        metrics_top_agents=int(args.get("metrics_top_agents", 100)),
+        base_url=base_url,
+        data_dir=data_dir,
+        cluster=os.environ.get("OPENFANG_CLUSTER", ClusterSection().name),
+        default_agent=http.default_agent,
+        tokens_required=bool(http.tokens),
+        push_allow_hosts=http.push_allow_hosts,
+        metrics_per_agent=http.metrics_per_agent,
+        metrics_top_agents=http.metrics_top_agents,
     )
 
 
@@ -57,13 +65,14 @@ async def serve(ctx: ChildContext, args: Mapping[str, Any]) -> None:
 
     from openfang.control.http.app import build_app
 
-    app = build_app(make_face(args), tokens=list(args.get("tokens") or ()))
+    http: HttpConfig = args["http"]
+    app = build_app(make_face(args), tokens=list(http.tokens))
     config = uvicorn.Config(
         app,
-        host=str(args["host"]),
-        port=int(args["port"]),
-        ssl_certfile=args.get("tls_cert"),
-        ssl_keyfile=args.get("tls_key"),
+        host=http.host,
+        port=http.port,
+        ssl_certfile=http.tls_cert,
+        ssl_keyfile=http.tls_key,
         log_level="warning",
         access_log=False,
         lifespan="on",
@@ -74,10 +83,10 @@ async def serve(ctx: ChildContext, args: Mapping[str, Any]) -> None:
     while not server.started:
         if task.done():
             task.result()  # raises what stopped it (uvicorn exits 1 when it cannot bind)
-            raise SystemExit(f"the HTTP server on {args['host']}:{args['port']} stopped before it started")
+            raise SystemExit(f"the HTTP server on {http.listen} stopped before it started")
         await asyncio.sleep(0.02)
-    ctx.ready(url=args["base_url"])
-    log.info("http_listening", url=args["base_url"], tls=bool(args.get("tls_cert")))
+    ctx.ready(url=http.base_url)
+    log.info("http_listening", url=http.base_url, tls=bool(http.tls_cert))
     while not task.done():
         ctx.heartbeat()
         await asyncio.wait({task}, timeout=HEARTBEAT_S)

@@ -79,8 +79,10 @@ def resolve(args: argparse.Namespace) -> Target:
     if env:
         return Target(env, os.environ.get("OPENFANG_EVENTS_ENDPOINT"), "$OPENFANG_ENDPOINT")
     if data_dir:
-        run = Path(data_dir).expanduser().resolve() / "run"
-        return Target(f"ipc://{run}/control.sock", f"ipc://{run}/events.sock", f"data dir {data_dir}")
+        from openfang.control.config import default_control
+
+        control = default_control(data_dir)
+        return Target(control.endpoint, control.events, f"data dir {data_dir}")
     live = runfile.running()
     if len(live) == 1:
         rec = live[0]

@@ -360,20 +360,18 @@ def cmd_mcp_serve(args: argparse.Namespace) -> int:
                           "pip install 'openfang[http]'")  # fmt: skip
     import asyncio
 
-    from openfang.control.http.app import Face
+    from openfang.control.config import HttpConfig
     from openfang.control.http.bridge import GatewayBridge
     from openfang.control.http.mcp_server import serve_stdio
+    from openfang.control.http.server import build_face
 
     endpoint, _ = resolve_endpoint(args)
     keys = getattr(args, "keys_dir", None) or os.environ.get("OPENFANG_KEYS_DIR")
     bridge = GatewayBridge(
         endpoint, timeout=args.timeout, keys_dir=keys, key_name=args.key_name, signer=connect.signer(args)
     )
-    face = Face(
-        bridge=bridge,
-        base_url="stdio:",
-        data_dir=Path(os.environ.get("OPENFANG_DATA_DIR", ".")),
-        cluster=os.environ.get("OPENFANG_CLUSTER", "openfang"),
+    face = build_face(
+        bridge, HttpConfig(), base_url="stdio:", data_dir=Path(os.environ.get("OPENFANG_DATA_DIR", "."))
     )
     asyncio.run(serve_stdio(face))
     return 0

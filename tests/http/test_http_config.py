@@ -37,8 +37,8 @@ def test_http_config_table_adds_the_http_child_last(tmp_path: Path) -> None:
     child = cfg.tree.children[-1]  # type: ignore[attr-defined]
     assert (child.id, child.start) == (HTTP_ID, HTTP_START)
     assert child.heartbeat_ms and child.restart.value == "permanent"
-    assert child.args["port"] == 9000 and child.args["default_agent"] == "greeter"
-    assert child.args["control"]["endpoint"].startswith("ipc://")
+    assert child.args["http"].port == 9000 and child.args["http"].default_agent == "greeter"
+    assert child.args["control"].endpoint.startswith("ipc://")
 
 
 def test_http_config_enabled_false_adds_nothing(tmp_path: Path) -> None:

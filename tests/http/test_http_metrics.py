@@ -243,8 +243,8 @@ def test_metrics_config_keys_reach_the_http_child_and_bad_values_are_named(tmp_p
     cfg = parse_config(
         base + "metrics_per_agent = true\nmetrics_top_agents = 7\n", source="c.toml", base_dir=tmp_path
     )
-    assert cfg.tree.children[-1].args["metrics_per_agent"] is True
-    assert cfg.tree.children[-1].args["metrics_top_agents"] == 7
+    http = cfg.tree.children[-1].args["http"]  # the typed [http] config, forked into the child
+    assert http.metrics_per_agent is True and http.metrics_top_agents == 7
     with pytest.raises(ConfigError) as err:
         parse_config(
             base + 'metrics_per_agent = "yes"\nmetrics_top_agents = 0\n', source="c.toml", base_dir=tmp_path

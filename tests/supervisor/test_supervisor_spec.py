@@ -21,6 +21,7 @@ from openfang.supervisor.spec import (
     SupervisorFlags,
     SupervisorSpec,
     check_spec,
+    child_from_dict,
     spec_from_dict,
     spec_to_dict,
 )
@@ -253,3 +254,9 @@ def test_tree_config_rejects_a_cpu_this_process_cannot_use() -> None:
     bad_cpu = max(os.sched_getaffinity(0)) + 1000
     with pytest.raises(ConfigError, match=rf"key 'cpu': CPU {bad_cpu} is not available"):
         parse_supervisor({"children": [{"id": "w", "start": "a:b", "cpu": bad_cpu}]}, source="c.toml")
+
+
+def test_child_from_dict_refuses_a_significant_that_is_not_a_boolean() -> None:
+    """significant from the wire must be true or false: "yes" is a named problem, not silently True."""
+    with pytest.raises(ConfigError, match=r"child key 'significant': must be true or false, got 'yes'"):
+        child_from_dict({"id": "x", "start": "m:f", "restart": "transient", "significant": "yes"})

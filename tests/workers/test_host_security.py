@@ -35,7 +35,7 @@ def test_manifest_permission_keys_are_validated_with_their_place() -> None:
         "agent.toml: [agent.permissions] key 'fly'",
         "agent.toml: [agent.permissions] key 'send[0]'",
         "agent.toml: [agent] key 'retention'",
-        "agent.toml: [agent] key 'secret_env'",
+        "agent.toml: [agent] key 'secret_env[0]'",
     ]
 
 
