@@ -315,21 +315,3 @@ def module_bytes(manifest: AgentManifest) -> bytes:
         raise Denied(
             f"cannot read module {path}: {exc.strerror}", layer="attestation", reason="unreadable"
         ) from None
-
-
-def security_from_args(args: Mapping[str, Any] | None, environ: Mapping[str, str]) -> SecurityConfig:
-    """The cluster's security config in a worker: ``args["security"]`` (the shape the daemon gives the
-    gateway: table, source, data_dir, base_dir) if present, else defaults under ``OPENFANG_DATA_DIR``."""
-    from openfang.security.config import parse_security
-
-    data_dir = environ.get("OPENFANG_DATA_DIR")
-    if args:
-        dd = args.get("data_dir") or data_dir
-        base = args.get("base_dir") or dd
-        return parse_security(
-            args.get("table") or {},
-            str(args.get("source", "cluster.toml")),
-            data_dir=Path(str(dd)) if dd else None,
-            base_dir=Path(str(base)) if base else None,
-        )
-    return parse_security({}, "<defaults>", data_dir=Path(data_dir) if data_dir else None)

@@ -13,10 +13,10 @@ from typing import Any
 
 from openfang.memory.api import MemoryAPI
 from openfang.protocol.errors import ConfigError
-from openfang.security.config import open_audit
+from openfang.security.config import open_audit, security_from_args
 from openfang.workers.host.agent_host import AgentHost, HostParts
 from openfang.workers.host.memory import HostMemory
-from openfang.workers.host.security import HostAudit, HostSecurity, security_from_args
+from openfang.workers.host.security import HostAudit, HostSecurity
 from openfang.workers.llm.providers import make_provider
 from openfang.workers.manifest import ModelConfig
 from openfang.workers.tools.mcp import McpServerConfig, parse_servers
@@ -67,7 +67,7 @@ def build_host(
     """
     registry = default_registry()
     load_tool_modules(registry, list(args.get("tool_modules") or []))
-    config = security_from_args(args.get("security"), os.environ)
+    config = security_from_args(args.get("security"), data_dir=os.environ.get("OPENFANG_DATA_DIR"))
     data_dir = os.environ.get("OPENFANG_DATA_DIR") or (args.get("security") or {}).get("data_dir")
     security = HostSecurity(
         config, HostAudit(open_audit(config), also=audit), data_dir=Path(data_dir) if data_dir else None
