@@ -432,7 +432,7 @@ class Gateway:
             if wanted is None and (self.workers or time.monotonic() - self.placement.started < GRACE_S):
                 # Workers are there (or about to be) but have not listed their agents to this gateway yet.
                 raise Restarting(
-                    "the gateway is relearning its workers' agents (it restarted); retry shortly",
+                    "the gateway is learning its workers' agents (it has just started); retry shortly",
                     retry_after_ms=500,
                 )
             if wanted is None:
@@ -842,9 +842,11 @@ class Gateway:
 
     def _readiness(self, status: dict[str, Any]) -> dict[str, Any]:
         """The root's status with what only the gateway knows: ready once every worker of the tree has
-        connected here (before that, a spawn finds no worker), ``workers`` = connected ones."""
+        connected here and listed its agents (before that, a spawn finds no worker to place it on),
+        ``workers`` = such workers."""
         expected = int(status.get("workers") or 0)
-        connected = sum(1 for w in self.workers.values() if w.pid)
+        synced = self.placement.workers
+        connected = sum(1 for wid, w in self.workers.items() if w.pid and wid in synced)
         ready = status.get("state") == "running" and connected >= expected
         return {**status, "workers": connected, "workers_expected": expected, "ready": ready}
 
