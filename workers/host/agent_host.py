@@ -64,8 +64,8 @@ from openfang.workers.host.memory import HostMemory
 from openfang.workers.host.record import HostedAgent, Phase
 from openfang.workers.host.security import HostSecurity
 from openfang.workers.host.services import Services, ToolContexts
-from openfang.workers.host.stats import HostStats
 from openfang.workers.host.spawner import Spawner
+from openfang.workers.host.stats import HostStats
 from openfang.workers.manifest import ModelConfig
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox._wasmtime import EngineOptions
