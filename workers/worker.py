@@ -36,7 +36,11 @@ log = structlog.get_logger("openfang.worker")
 HELLO_EVERY_S = 1.0
 POLL_MS = 100
 MAX_TIMED = 100_000  # agent.send requests timed at once (an unanswered one is forgotten past this)
-WRITER_PING_S = 1.0  # memory.stats waits this long for the memory writer's figures
+# memory.stats waits this long for the memory writer's figures (on the loop: the ping is answered at once by a
+# live writer), and after a ping that failed does not ask again for WRITER_RETRY_S, so a dead writer costs the
+# loop at most one short wait per WRITER_RETRY_S however often metrics are scraped.
+WRITER_PING_S = 0.25
+WRITER_RETRY_S = 10.0
 
 
 class Worker:
@@ -63,6 +67,7 @@ class Worker:
         self.host.set_remote_send(self._forward)
         self._forwards: dict[str, Future[Any]] = {}
         self._arrived: dict[str, float] = {}  # agent.send id -> when it reached this worker (perf_counter)
+        self._writer_quiet_until = 0.0  # monotonic: no writer ping before then (the last one failed)
         self.running = True
         self._last_hello = 0.0
         self._full_hello = True  # the next hello lists every agent (the first one, or after a resync)
@@ -162,12 +167,13 @@ class Worker:
 
     def _writer_stats(self) -> dict[str, Any]:
         """``{"writer": MemoryWriterStats}`` from the writer's ping, or nothing if it does not answer soon."""
-        if self.memory is None:
+        if self.memory is None or time.monotonic() < self._writer_quiet_until:
             return {}
         try:
             pong = self.memory.client.call("memory.ping", {}, timeout_s=WRITER_PING_S)
         except OpenFangError as exc:
-            log.info("memory_writer_ping_failed", error=str(exc))
+            self._writer_quiet_until = time.monotonic() + WRITER_RETRY_S
+            log.info("memory_writer_ping_failed", error=str(exc), retry_s=WRITER_RETRY_S)
             return {}
         stats = pong.get("stats")
         return (
