@@ -4,6 +4,7 @@ and a fallback chain's failed attempts counted for the provider that failed."""
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 from openfang.workers.host.services import usage_recorder
 from openfang.workers.host.stats import HostStats, llm_error_kind
@@ -50,3 +51,16 @@ def test_fallback_answer_carries_the_failed_attempts_into_the_figures() -> None:
     by_provider = {e["provider"]: e for e in stats.to_wire()["llm"]}
     assert by_provider["first"]["requests"] == 1 and by_provider["first"]["errors"] == {"error": 1}
     assert by_provider["second"]["requests"] == 1 and by_provider["second"]["seconds"]["count"] == 1
+
+
+def test_registry_membership_does_not_import_a_lazy_tool() -> None:
+    """The figures ask the registry with ``in`` whether a tool is known: a lazy tool stays unloaded."""
+    from openfang.workers.tools.core import LazyTool, ToolRegistry
+
+    def load() -> Any:
+        raise AssertionError("the lazy tool was imported")
+
+    registry = ToolRegistry()
+    registry.register_lazy(LazyTool(name="heavy_tool", permission="net.http", load=load))
+    assert "heavy_tool" in registry and "other_tool" not in registry
+    assert registry.loaded() == []

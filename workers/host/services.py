@@ -239,7 +239,10 @@ class Services:
 
     def _count_tool(self, name: str, outcome: str) -> None:
         """One tool call in the worker's figures, named only if the registry knows the tool."""
-        self.stats.tool_called(name, outcome, known=_tool(self.tools, name) is not None)
+        registry = self.tools
+        # ``in`` asks a ToolRegistry without importing a lazily registered tool (a denied one stays unloaded).
+        known = name in registry if hasattr(registry, "__contains__") else _tool(registry, name) is not None
+        self.stats.tool_called(name, outcome, known=known)
 
     def _context(self, agent: HostedAgent, sandbox: Sandbox, extra: frozenset[str] = frozenset()) -> Any:
         """The agent's ToolContext (one per agent instance); ``extra`` widens ``allowed`` for one call."""
