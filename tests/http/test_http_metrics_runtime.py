@@ -21,7 +21,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from openfang.control.config import parse_config
-from openfang.control.http.metrics import Sample
 from openfang.control.http.metrics_runtime import runtime_families
 from openfang.control.stats import GatewayStats
 from openfang.protocol.errors import ConfigError
@@ -67,7 +66,7 @@ def test_runtime_families_render_as_valid_prometheus_histograms() -> None:
 
     class Fixed(Collector):
         def collect(self) -> Any:
-            return list(runtime_families(Sample(taken_at=0, took_s=0, bodies=bodies).bodies))
+            return list(runtime_families(bodies))
 
     registry = CollectorRegistry()
     registry.register(Fixed())
