@@ -284,3 +284,14 @@ def test_metrics_table_becomes_a_child_and_bad_values_are_named(tmp_path: Path) 
         assert f"c.toml: [metrics] key '{key}'" in text, text
     with pytest.raises(ConfigError, match=r"\[metrics\] key 'listen': required"):
         parse_config(base + "[metrics]\nper_agent = true\n", source="c.toml", base_dir=tmp_path)
+
+
+def test_metrics_docs_list_exactly_the_sections_keys() -> None:
+    """docs/config.md's [metrics] table names every key of MetricsConfig and no other."""
+    from openfang.control.config import MetricsConfig
+    from openfang.protocol.config_kit import describe
+
+    text = (ROOT / "docs" / "config.md").read_text()
+    section = text.split("## [metrics]\n", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip().strip("`") for line in section.splitlines() if line.startswith("| `")}
+    assert rows == {k.key for k in describe(MetricsConfig)}
