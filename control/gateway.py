@@ -607,7 +607,7 @@ class Gateway:
     def _reply(self, identity: bytes, delimited: bool, env: Envelope, via_workers: bool = False) -> None:
         frames = [identity, b"", encode(env)] if delimited else [identity, encode(env)]
         if not via_workers and env.type != messages.CHUNK_TYPE:
-            self.stats.replied(identity, env.id, str(env.body.get("code")) if env.is_error else None)
+            self.stats.replied(identity, env)
         try:
             send_nowait(self.worker_sock if via_workers else self.clients, frames, peer="client")
         except OpenFangError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from openfang.protocol.envelope import Envelope
 from openfang.protocol.messages import ERROR_CODES, REQUEST_TYPES
 from openfang.protocol.stats import OTHER, Counts, Histogram
 
@@ -41,11 +42,11 @@ class GatewayStats:
             self._started.pop(next(iter(self._started)))
         self._started[(client, request_id)] = (request_type, self._clock())
 
-    def replied(self, client: bytes, request_id: str, error_code: str | None) -> None:
+    def replied(self, client: bytes, reply: Envelope) -> None:
         """A reply left for a client (not a part of a stream): time it, and count an error by its code."""
-        if error_code is not None:
-            self.errors.add(_code(error_code))
-        started = self._started.pop((client, request_id), None)
+        if reply.is_error:
+            self.errors.add(_code(str(reply.body.get("code"))))
+        started = self._started.pop((client, reply.id), None)
         if started is not None:
             request_type, t0 = started
             histogram = self._seconds.get(request_type)
