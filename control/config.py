@@ -3,7 +3,8 @@
 Tables: ``[cluster]`` (name, data_dir), ``[control]`` (endpoints and limits of the control gateway),
 ``[logging]``, ``[supervisor]`` (the tree; parsed by :mod:`openfang.control.tree_config`),
 ``[memory]`` and ``[security]`` (passed to their subsystems), ``[http]`` (the HTTP face, a child of its
-own: see :mod:`openfang.control.http`). See docs/config.md for every key.
+own: see :mod:`openfang.control.http`), ``[metrics]`` (a plain Prometheus endpoint, a child of its own).
+See docs/config.md for every key.
 
 Each table is a section of :mod:`openfang.protocol.config_kit`: a frozen dataclass whose fields are the
 keys, with their bounds in the annotation and their one default; the kit reads them all in one pass.
@@ -32,6 +33,8 @@ GATEWAY_ID = "control"
 GATEWAY_START = "openfang.control.gateway:main"
 HTTP_ID = "http"
 HTTP_START = "openfang.control.http.server:main"
+METRICS_ID = "metrics"
+METRICS_START = "openfang.control.http.metrics_server:main"
 # What `[http]` needs beyond the core install (the `http` extra), by import name.
 HTTP_MODULES = ("starlette", "uvicorn", "mcp", "a2a", "prometheus_client")
 
@@ -162,6 +165,24 @@ DISABLED_HTTP = HttpConfig(enabled=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    """[metrics]: the face's ``/metrics`` collector on a plain port of its own (no tokens), for a cluster
+    without the HTTP face; its child is :mod:`openfang.control.http.metrics_server`."""
+
+    listen: Annotated[str, Parse(_listen, "HOST:PORT"), Doc("where it serves the metrics text, e.g. :9464")]
+    per_agent: Annotated[bool, Doc("per-agent series (the top agents), as [http] metrics_per_agent")] = False
+    top_agents: Annotated[int, Range(1, 1000), Doc("with per_agent: at most this many agents")] = 100
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterConfig:
     """The whole parsed ``cluster.toml``. ``tree`` is the root spec with the gateway already in front."""
 
@@ -176,6 +197,7 @@ class ClusterConfig:
     # [security] as plain data, for the children under nested supervisors (see with_worker_security).
     security_args: Mapping[str, Any] = field(default_factory=dict)
     http: HttpConfig = DISABLED_HTTP
+    metrics: MetricsConfig | None = None  # [metrics] (None: no such table)
 
     def child_environment(self) -> dict[str, str]:
         """Variables every child inherits (children learn the cluster's endpoints from them)."""
@@ -237,6 +259,15 @@ def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None
         problems.append(
             Problem(f"{source}: [supervisor.children]", f"id {HTTP_ID!r} is reserved for the [http] face")
         )
+    metrics = top.section(MetricsConfig, "metrics") if "metrics" in raw else None
+    if metrics is not None and tree is not None and any(c.id == METRICS_ID for c in tree.children):
+        problems.append(
+            Problem(f"{source}: [supervisor.children]", f"id {METRICS_ID!r} is reserved for [metrics]")
+        )
+    if metrics is not None and not http.enabled and (missing := missing_http_modules()):
+        problems.append(
+            Problem(f"{source}: [metrics]", f"needs the 'http' extra (missing: {', '.join(missing)})")
+        )
     security_table = top.sub("security").raw
     memory_table = top.sub("memory").raw
     top.unknown()
@@ -251,6 +282,8 @@ def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None
         raise ConfigError(problems)
     sec_args = security_args(security_table, source=source, data_dir=resolved_data, base_dir=base_dir)
     full_tree = with_gateway(with_worker_security(tree, sec_args), control, security, resolved_data)
+    if metrics is not None:
+        full_tree = with_metrics(full_tree, metrics, control, security)
     return ClusterConfig(
         source=source,
         name=cluster.name,
@@ -262,6 +295,7 @@ def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None
         security=security,
         security_args=sec_args,
         http=http,
+        metrics=metrics,
     )
 
 
@@ -325,6 +359,22 @@ def with_http(
         args={"http": http, "control": control, "security": security},
         restart=Restart.PERMANENT,
         shutdown=5000,
+        type=ChildType.WORKER,
+        heartbeat_ms=5000,
+    )
+    return replace(tree, children=(*tree.children, child))
+
+
+def with_metrics(
+    tree: SupervisorSpec, metrics: MetricsConfig, control: ControlConfig, security: SecurityConfig
+) -> SupervisorSpec:
+    """The root spec with the [metrics] endpoint as its last child (typed args, as the face's)."""
+    child = ChildSpec(
+        id=METRICS_ID,
+        start=METRICS_START,
+        args={"metrics": metrics, "control": control, "security": security},
+        restart=Restart.PERMANENT,
+        shutdown=3000,
         type=ChildType.WORKER,
         heartbeat_ms=5000,
     )

@@ -46,6 +46,7 @@ from openfang.control.moves import Moves
 from openfang.control.placement import GRACE_S, Placement
 from openfang.control.registry import AgentRegistry, AgentRow
 from openfang.control.schedules import ScheduleStore, parse_when
+from openfang.control.stats import GatewayStats
 from openfang.control.topics import TopicStore
 from openfang.protocol import messages
 from openfang.protocol.bodies import (
@@ -199,6 +200,7 @@ class Gateway:
         )
         self.stopping = False  # the tree is stopping: workers that go away take no agents with them
         self.started = time.time()
+        self.stats = GatewayStats()  # answered with status (GatewayStats)
         self.schedules: ScheduleStore | None = None  # opened on an agent's first schedule.* request
         self.topics: TopicStore | None = None  # opened on an agent's first topic.* request
         self.running = True
@@ -322,6 +324,7 @@ class Gateway:
         identity, rest = frames[0], frames[1:]
         delimited = len(rest) == 2 and rest[0] == b""
         if not (delimited or len(rest) == 1):
+            self.stats.refused("bad_request")
             self._reply(
                 identity,
                 False,
@@ -339,11 +342,14 @@ class Gateway:
             env = self.guard.admit(payload, client=identity.hex(), peer=peer)
         except OpenFangError as exc:
             request_id = peek_id(payload) if len(payload) <= self.max_frame else ""
+            self.stats.refused(exc.code or "internal")
             self._reply(identity, delimited, error_reply(request_id, exc))
             return
+        self.stats.admitted(identity, env.id, env.type)
         try:
             self._route(identity, delimited, env)
         except OpenFangError as exc:
+            self.stats.refused(exc.code or "internal")
             self._reply(identity, delimited, env.error(exc))
 
     def _route(self, identity: bytes, delimited: bool, env: Envelope) -> None:
@@ -568,7 +574,8 @@ class Gateway:
                 if row.state == "restarting":
                     record["state"] = "restarting"
             out.append(record)
-        return env.reply({"agents": out, "errors": gathered.body.get("errors", [])})
+        body = {"agents": out, "errors": gathered.body.get("errors", [])}
+        return env.reply({**body, "workers": gathered.body.get("workers", [])})
 
     def _to_worker(
         self,
@@ -599,6 +606,8 @@ class Gateway:
 
     def _reply(self, identity: bytes, delimited: bool, env: Envelope, via_workers: bool = False) -> None:
         frames = [identity, b"", encode(env)] if delimited else [identity, encode(env)]
+        if not via_workers and env.type != messages.CHUNK_TYPE:
+            self.stats.replied(identity, env)
         try:
             send_nowait(self.worker_sock if via_workers else self.clients, frames, peer="client")
         except OpenFangError as exc:
@@ -848,7 +857,13 @@ class Gateway:
         synced = self.placement.workers
         connected = sum(1 for wid, w in self.workers.items() if w.pid and wid in synced)
         ready = status.get("state") == "running" and connected >= expected
-        return {**status, "workers": connected, "workers_expected": expected, "ready": ready}
+        return {
+            **status,
+            "workers": connected,
+            "workers_expected": expected,
+            "ready": ready,
+            "gateway": self.stats.to_wire(),
+        }
 
     def _worker_lost(self, worker_id: str, why: str, *, stopped: bool = False) -> None:
         """A worker died or was stopped: requests it held fail now instead of timing out, and its agents are
@@ -881,6 +896,7 @@ class Gateway:
         }
 
     def _publish(self, event: dict[str, Any]) -> None:
+        self.stats.event(event)
         event.setdefault("time", time.time())
         kind = str(event.get("kind", "event"))
         frames = [kind.encode(), encode(Envelope(type="event", body=event))]

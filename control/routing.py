@@ -126,6 +126,7 @@ class Gather:
     expected: int
     items: list[Any] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    workers: list[Any] = field(default_factory=list)  # each worker's figures (WorkerStats)
 
     def collect(self, reply: Envelope) -> Envelope:
         self.expected -= 1
@@ -133,7 +134,8 @@ class Gather:
             self.errors.append(str(reply.body.get("message")))
         else:
             self.items.extend(reply.body.get("agents", []))
+            self.workers.extend(w for w in reply.body.get("workers") or [] if isinstance(w, dict))
         return self.result() if self.expected <= 0 else None  # type: ignore[return-value]
 
     def result(self) -> Envelope:
-        return self.request.reply({"agents": self.items, "errors": self.errors})
+        return self.request.reply({"agents": self.items, "errors": self.errors, "workers": self.workers})

@@ -15,7 +15,7 @@ the same schema); the writer types it on arrival (``Applier``'s ``{type: (body c
 | memory.forget | agent_id, id | seq, deleted |
 | memory.reclaim | agent_id, policy: keep / archive / purge | seq, counts |
 | memory.compact | {} (TTL compaction now; the writer also runs it on a timer) | seq, counts |
-| memory.ping | {} (answered without a commit) | seq, queued |
+| memory.ping | {} (answered without a commit) | seq, queued, stats (queue_max, commits, writes, busy, ...) |
 """
 
 from __future__ import annotations

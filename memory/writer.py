@@ -34,6 +34,7 @@ from openfang.protocol.config_kit import Above, Doc, Parse, Place, Range, read
 from openfang.protocol.envelope import DEFAULT_MAX_FRAME, Envelope, decode, encode, error_reply, peek_id
 from openfang.protocol.errors import Busy, ConfigError, OpenFangError, Problem
 from openfang.protocol.sockets import MAX_IPC_PATH, bind_router
+from openfang.protocol.stats import Histogram
 
 log = structlog.get_logger("openfang.memory.writer")
 
@@ -133,6 +134,8 @@ class Writer:
         self.child = ctx
         self.stopping = False
         self.queue: collections.deque[tuple[list[bytes], Envelope]] = collections.deque()
+        self.commit_seconds = Histogram()  # each group commit; with the counts below, answered by memory.ping
+        self.commits = self.writes = self.busy = 0
         self.log = log.bind(role="memory", pid=os.getpid(), db=config.db_path)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
@@ -192,7 +195,10 @@ class Writer:
                 self._on_uplink()
             if self.queue:
                 group = [self.queue.popleft() for _ in range(min(cfg.max_batch, len(self.queue)))]
+                t0 = time.perf_counter()
                 replies = self.applier.apply_group([env for _, env in group])
+                self.commit_seconds.observe(time.perf_counter() - t0)
+                self.commits, self.writes = self.commits + 1, self.writes + len(group)
                 for (frames, _env), reply in zip(group, replies, strict=True):
                     self._send(frames, reply)
                 dirty = True
@@ -255,13 +261,27 @@ class Writer:
                 except OpenFangError as exc:
                     self._send(route, env.error(exc))
                     continue
-                self._send(route, env.reply({"seq": self.applier.seq, "queued": len(self.queue)}))
+                stats = self._stats()
+                self._send(
+                    route, env.reply({"seq": self.applier.seq, "queued": len(self.queue), "stats": stats})
+                )
             elif len(self.queue) >= cfg.queue_max:
+                self.busy += 1
                 self._send(
                     route, env.error(Busy(f"memory writer queue is full ({cfg.queue_max}); retry later"))
                 )
             else:
                 self.queue.append((route, env))
+
+    def _stats(self) -> dict[str, Any]:
+        """The writer's figures since it started (MemoryWriterStats, less ``queued``)."""
+        return {
+            "queue_max": self.config.queue_max,
+            "commits": self.commits,
+            "writes": self.writes,
+            "busy": self.busy,
+            "commit_seconds": self.commit_seconds.to_wire(),
+        }
 
     def _send(self, route: list[bytes], reply: Envelope) -> None:
         try:

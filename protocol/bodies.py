@@ -37,7 +37,10 @@ __all__ = [
     "ErrorBody",
     "Event",
     "ForwardedRequest",
+    "GatewayStats",
+    "HistogramBody",
     "HistoryEntry",
+    "LLMStats",
     "MemoryHistory",
     "MemoryHistoryOk",
     "MemoryHit",
@@ -45,18 +48,22 @@ __all__ = [
     "MemorySearchOk",
     "MemoryStats",
     "MemoryStatsOk",
+    "MemoryWriterStats",
     "Node",
     "PingOk",
     "ProblemBody",
     "ReloadOk",
+    "RequestLatency",
     "StatusOk",
     "SupervisorRef",
+    "ToolStats",
     "TreeOk",
     "Usage",
     "WorkerForward",
     "WorkerHello",
     "WorkerPing",
     "WorkerPingOk",
+    "WorkerStats",
 ]
 
 MAX_TEXT = 65536
@@ -93,6 +100,88 @@ class ChildCounts:
     workers: Count
 
 
+# -- figures for monitoring (cumulative since the reporting process started; openfang.protocol.stats) --------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistogramBody:
+    """A latency histogram: cumulative counts per upper bound, as Prometheus buckets (``le``)."""
+
+    bounds: Annotated[list[float], Len(64)]  # upper bounds in seconds, ascending; +Inf is implied
+    counts: Annotated[list[Count], Len(64)]  # observations <= each bound (cumulative)
+    count: Count  # every observation (the +Inf bucket)
+    sum: float  # the observations added up, in seconds
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestLatency:
+    """The gateway's answer times for one request type."""
+
+    type: Annotated[str, Len(64, 1)]  # a catalogue request type
+    seconds: HistogramBody  # from the request admitted to its reply sent
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayStats:
+    """What the gateway counted since it started (``status`` -> ``gateway``)."""
+
+    started_at: float  # unix time the gateway process started (its counters start at zero then)
+    requests: Annotated[list[RequestLatency], Len(128)]  # client requests by type
+    refusals: dict[str, Count]  # requests refused at the door (guard, routing, queue), by error code
+    errors: dict[str, Count]  # every error reply sent to a client, by error code (relayed ones too)
+    agent_restarts: dict[str, Count]  # restarts the gateway made: worker_lost | restart_failed
+    agents_lost: dict[str, Count]  # agents given up, by agent.lost reason
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LLMStats:
+    """One worker's calls to one provider and model."""
+
+    provider: Name
+    model: Annotated[str, Len(256)]
+    requests: Count  # calls made to it (answered or failed; each fallback attempt counts)
+    errors: dict[str, Count]  # failures by kind: http_4xx, http_5xx, timeout, connection, bad_response, ...
+    prompt_tokens: Count
+    completion_tokens: Count
+    seconds: HistogramBody  # call durations (answered ones, and failures that tried no fallback)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolStats:
+    """One worker's calls of one registered tool (unregistered names add up under ``unknown``)."""
+
+    tool: Name
+    calls: Count  # every call asked for, denials included
+    errors: Count  # calls that ran and failed (not denials)
+    denials: Count  # calls refused by the agent's tool list or the permission check
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerStats:
+    """What one worker counted since it started (``agent.list`` -> ``workers``)."""
+
+    worker: Id
+    messages: HistogramBody  # agent.send: from the request reaching the worker to its reply leaving
+    llm: Annotated[list[LLMStats], Len(256)]
+    tools: Annotated[list[ToolStats], Len(1024)]
+    hibernations: dict[str, Count]  # by why: request | idle
+    wakes: dict[str, Count]  # by why: request | message
+    wake_seconds: HistogramBody  # snapshot read and restore of each wake
+    restarts: dict[str, Count]  # agent restarts the worker made, by cause: trap, deadline, memory_cap, ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryWriterStats:
+    """The memory writer's queue and commits (``memory.stats`` -> ``writer``, from its ``memory.ping``)."""
+
+    queued: Count  # requests waiting for the next group commit
+    queue_max: Count  # past it, writes are answered busy
+    commits: Count  # group commits since the writer started
+    writes: Count  # requests applied by those commits
+    busy: Count  # writes refused because the queue was full
+    commit_seconds: HistogramBody  # the duration of each group commit
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatusOk:
     name: Name
@@ -106,6 +195,7 @@ class StatusOk:
     events: Annotated[str, Len(512)] | None = None  # the PUB endpoint, so clients can subscribe
     workers_expected: Count | None = None  # worker processes in the tree
     ready: bool | None = None  # running and every worker connected: spawns and sends can be placed
+    gateway: GatewayStats | None = None  # the gateway's request latencies, refusals and restarts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,6 +376,7 @@ class AgentRecord:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentListOk:
     agents: Annotated[list[AgentRecord], Len(1_000_000)]
+    workers: Annotated[list[WorkerStats], Len(4096)] | None = None  # each answering worker's figures
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -392,6 +483,7 @@ class MemoryStatsOk:
     counts: dict[str, Count]  # rows per memory kind: episodes, memories, tool_calls, ...
     db_bytes: Count | None = None
     embedder: Name | None = None
+    writer: MemoryWriterStats | None = None  # nil when the writer did not answer its ping in time
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

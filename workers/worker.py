@@ -35,6 +35,12 @@ from openfang.workers.host import wiring as host_wiring
 log = structlog.get_logger("openfang.worker")
 HELLO_EVERY_S = 1.0
 POLL_MS = 100
+MAX_TIMED = 100_000  # agent.send requests timed at once (an unanswered one is forgotten past this)
+# memory.stats waits this long for the memory writer's figures (on the loop: the ping is answered at once by a
+# live writer), and after a ping that failed does not ask again for WRITER_RETRY_S, so a dead writer costs the
+# loop at most one short wait per WRITER_RETRY_S however often metrics are scraped.
+WRITER_PING_S = 0.25
+WRITER_RETRY_S = 10.0
 
 
 class Worker:
@@ -60,6 +66,8 @@ class Worker:
         )
         self.host.set_remote_send(self._forward)
         self._forwards: dict[str, Future[Any]] = {}
+        self._arrived: dict[str, float] = {}  # agent.send id -> when it reached this worker (perf_counter)
+        self._writer_quiet_until = 0.0  # monotonic: no writer ping before then (the last one failed)
         self.running = True
         self._last_hello = 0.0
         self._full_hello = True  # the next hello lists every agent (the first one, or after a resync)
@@ -120,11 +128,16 @@ class Worker:
                 body_class, handler = entry
                 handler(env, messages.parse(env, body_class))
             elif env.type.startswith("agent."):
+                if env.type == "agent.send":
+                    self._time(env.id)
                 self.host.submit(env)
             elif env.type.startswith("memory."):
                 if self.memory_service is None:
                     raise NotFound("memory is not configured in this cluster (no memory writer child)")
-                self._send(env.reply(self.memory_service.answer(env.type, env.body)))
+                answer = self.memory_service.answer(env.type, env.body)
+                if env.type == "memory.stats":
+                    answer = {**answer, **self._writer_stats()}
+                self._send(env.reply(answer))
             else:
                 raise ProtocolError(f"type: worker {self.id} does not serve {env.type!r}")
         except OpenFangError as exc:
@@ -147,7 +160,30 @@ class Worker:
         self._send(Envelope(type="worker.forward", body=messages.to_body(forward), id=request.id))
         return fut
 
+    def _time(self, request_id: str) -> None:
+        if len(self._arrived) >= MAX_TIMED:
+            self._arrived.pop(next(iter(self._arrived)))
+        self._arrived[request_id] = time.perf_counter()
+
+    def _writer_stats(self) -> dict[str, Any]:
+        """``{"writer": MemoryWriterStats}`` from the writer's ping, or nothing if it does not answer soon."""
+        if self.memory is None or time.monotonic() < self._writer_quiet_until:
+            return {}
+        try:
+            pong = self.memory.client.call("memory.ping", {}, timeout_s=WRITER_PING_S)
+        except OpenFangError as exc:
+            self._writer_quiet_until = time.monotonic() + WRITER_RETRY_S
+            log.info("memory_writer_ping_failed", error=str(exc), retry_s=WRITER_RETRY_S)
+            return {}
+        stats = pong.get("stats")
+        return (
+            {"writer": {"queued": int(pong.get("queued") or 0), **stats}} if isinstance(stats, dict) else {}
+        )
+
     def _send(self, env: Envelope) -> None:
+        started = self._arrived.pop(env.id, None) if env.type != messages.CHUNK_TYPE else None
+        if started is not None:  # the reply (or error) that ends an agent.send
+            self.host.stats.message_done(time.perf_counter() - started)
         try:
             self.sock.send(encode(env), zmq.NOBLOCK)
         except zmq.Again:

@@ -11,6 +11,11 @@ scrape storm costs the gateway one round of requests per ``CACHE_S``, whatever t
 The :class:`ClusterCollector` (a ``prometheus_client`` custom collector in the face's own
 ``CollectorRegistry``) turns the cached answers into metric families.
 
+What the processes measured themselves (latency histograms, LLM and tool calls, hibernations, refusals, the
+memory writer's queue and commits) rides on the same answers and becomes families in
+:mod:`~openfang.control.http.metrics_runtime`. The same collector also serves ``[metrics] listen`` without
+the face (:mod:`~openfang.control.http.metrics_server`).
+
 Label cardinality is bounded with 10,000 agents: workers, tree children, agent states and memory kinds
 are few; per-agent series are off by default (``[http] metrics_per_agent``) and, when on, cover only the
 ``metrics_top_agents`` agents with the most messages (``openfang_metrics_agents_omitted`` counts the rest).
@@ -39,6 +44,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from openfang.control.http.app import Face, Installed
+from openfang.control.http.metrics_runtime import runtime_families
 from openfang.protocol.errors import OpenFangError
 
 CACHE_S = 2.0
@@ -159,6 +165,7 @@ def families(
             yield from _per_agent(agents, top_agents)
     yield from _memory(sample.bodies.get("memory.stats"))
     yield from _security(sample.bodies.get("security.report"))
+    yield from runtime_families(sample.bodies)
 
 
 # -- families ---------------------------------------------------------------------------------------------

@@ -24,22 +24,26 @@ log = structlog.get_logger("openfang.http")
 HEARTBEAT_S = 1.0
 
 
-def make_face(args: Mapping[str, Any]) -> Any:
-    """The shared state of the app from the child's args: the typed ``[http]``, ``[control]`` and
-    ``[security]`` configs (:func:`openfang.control.config.with_http`), defaults and all."""
+def make_bridge(control: ControlConfig, security: Any, *, key_name: str = "client") -> Any:
+    """The gateway client of an HTTP child (the face, or [metrics]): signs when the cluster requires it."""
     from openfang.control.http.bridge import GatewayBridge
     from openfang.control.scheduler import signer_for
 
-    http: HttpConfig = args["http"]
-    control: ControlConfig = args["control"]
-    data_dir = os.environ.get("OPENFANG_DATA_DIR", ".")
-    bridge = GatewayBridge(
+    return GatewayBridge(
         control.endpoint,
         timeout=max(30.0, control.request_timeout_ms / 1000 + 5),
         keys_dir=control.keys_dir,
-        key_name=http.key_name,
-        signer=signer_for(args.get("security"), data_dir),  # when [security.signing] require = true
+        key_name=key_name,
+        signer=signer_for(security, os.environ.get("OPENFANG_DATA_DIR", ".")),
     )
+
+
+def make_face(args: Mapping[str, Any]) -> Any:
+    """The shared state of the app from the child's args: the typed ``[http]``, ``[control]`` and
+    ``[security]`` configs (:func:`openfang.control.config.with_http`), defaults and all."""
+    http: HttpConfig = args["http"]
+    data_dir = os.environ.get("OPENFANG_DATA_DIR", ".")
+    bridge = make_bridge(args["control"], args.get("security"), key_name=http.key_name)
     return build_face(bridge, http, base_url=http.base_url, data_dir=Path(data_dir))
 
 

@@ -71,9 +71,13 @@ def test_unknown_type_and_missing_address_are_protocol_errors() -> None:
 
 
 def test_gather_merges_every_worker_answer_and_reports_the_silent() -> None:
-    """agent.list waits for every worker and lists the errors of those that failed."""
+    """agent.list waits for every worker, keeps each answering worker's figures, lists the failed ones."""
     req = Envelope(type="agent.list")
     g = Gather(req, expected=2)
-    assert g.collect(req.reply({"agents": [{"agent_id": "a"}]})) is None
+    assert g.collect(req.reply({"agents": [{"agent_id": "a"}], "workers": [{"worker": "w-0"}]})) is None
     done = g.collect(Envelope(type="error", body={"code": "timeout", "message": "w-1 silent"}, id=req.id))
-    assert done.body == {"agents": [{"agent_id": "a"}], "errors": ["w-1 silent"]}
+    assert done.body == {
+        "agents": [{"agent_id": "a"}],
+        "errors": ["w-1 silent"],
+        "workers": [{"worker": "w-0"}],
+    }

@@ -65,6 +65,7 @@ from openfang.workers.host.record import HostedAgent, Phase
 from openfang.workers.host.security import HostSecurity
 from openfang.workers.host.services import Services, ToolContexts
 from openfang.workers.host.spawner import Spawner
+from openfang.workers.host.stats import HostStats
 from openfang.workers.manifest import ModelConfig
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox._wasmtime import EngineOptions
@@ -124,6 +125,7 @@ class AgentHost:
         self._ids = itertools.count(1)
         self._rr: dict[str, int] = {}
         self._bound = log.bind(worker=worker_id)
+        self.stats = HostStats(worker_id)  # answered with agent.list (WorkerStats)
         self._runner = jobs.JobRunner(parts.max_threads)
         self._handoff = LoopHandoff(self._runner)
         self.traffic = AgentTraffic(
@@ -150,6 +152,7 @@ class AgentHost:
             emit_chunk=self.emit_chunk,
             security=parts.security,
             memory=parts.memory,
+            stats=self.stats,
         )
         self._spawner = Spawner(
             services=services,
@@ -385,7 +388,7 @@ class AgentHost:
         return min(rotated, key=lambda a: len(a.inbox) + (a.current is not None))
 
     def _on_list(self, env: Envelope, _body: Empty) -> None:
-        self._replies.append(env.reply({"agents": self.agents()}))
+        self._replies.append(env.reply({"agents": self.agents(), "workers": [self.stats.to_wire()]}))
 
     def _on_info(self, env: Envelope, body: AgentRef) -> None:
         self._replies.append(env.reply(self._record(self._get(body))))
@@ -534,7 +537,7 @@ class AgentHost:
                 env, agent.current = agent.current, None
                 if env is not None:
                     self._replies.append(env.error(SandboxError(f"host error: {type(exc).__name__}: {exc}")))
-                self._crashed(agent, SandboxError(f"host error: {type(exc).__name__}"))
+                self._crashed(agent, SandboxError(f"host error: {type(exc).__name__}"), cause="host_error")
             return False
 
     def _apply(self, agent: HostedAgent, outcome: Outcome | None) -> None:
@@ -549,13 +552,15 @@ class AgentHost:
                 err = outcome.error if isinstance(outcome.error, OpenFangError) else SandboxError("refused")
                 self._remove(agent, "dead", err, reason=err.message, why="restart_failed")
             else:
-                self._crashed(agent, outcome.error or SandboxError("agent_init failed"))
+                self._crashed(agent, outcome.error or SandboxError("agent_init failed"), cause="init_failed")
             return
         env, agent.current = agent.current, None
         if env is not None:
             self._replies.append(self._answer(agent, env, outcome))
         if outcome.crashed:
-            self._crashed(agent, outcome.error or SandboxError("agent crashed"))
+            self._crashed(
+                agent, outcome.error or SandboxError("agent crashed"), cause=outcome.limit or "trap"
+            )
         else:
             self._next_message(agent)
 
@@ -602,8 +607,11 @@ class AgentHost:
             agent.task = None
         return env.reply(body)
 
-    def _crashed(self, agent: HostedAgent, error: BaseException) -> None:
-        """simple_one_for_one: restart this agent per its policy and window; siblings are never touched."""
+    def _crashed(self, agent: HostedAgent, error: BaseException, *, cause: str = "trap") -> None:
+        """simple_one_for_one: restart this agent per its policy and window; siblings are never touched.
+
+        ``cause`` (trap, deadline, memory_cap, init_failed, wake_failed, host_error) labels the restart in
+        the worker's figures."""
         reason = str(error)
         self._bound.warning("agent_crashed", agent_id=agent.agent_id, reason=reason)
         agent.sandbox.close()
@@ -625,6 +633,7 @@ class AgentHost:
             self._remove(agent, "dead", exc, reason=f"restart failed: {exc.message}", why="restart_failed")
             return
         agent.restarts += 1
+        self.stats.restarts.add(cause)
         self._resume_conversation(agent)
         self._begin(agent)
 
@@ -698,6 +707,7 @@ class AgentHost:
         agent.hibernated = True
         agent.idle_token += 1
         self._hib.write_later(agent, snap)
+        self.stats.hibernations.add(why)
         ms = round((time.perf_counter() - t0) * 1000, 3)
         self._bound.info(
             "agent_hibernated",
@@ -756,7 +766,9 @@ class AgentHost:
             self._bound.error("agent_wake_failed", agent_id=agent.agent_id, error=exc.message)
             agent.hibernated, agent.snapshot = False, None
             self._hib.delete(agent.agent_id)  # unusable: the restart below must not try it again
-            self._crashed(agent, SandboxError(f"wake from snapshot failed: {exc.message}"))
+            self._crashed(
+                agent, SandboxError(f"wake from snapshot failed: {exc.message}"), cause="wake_failed"
+            )
             raise SandboxError(
                 f"agent {agent.agent_id} could not be woken from its snapshot ({exc.message}); "
                 "it was restarted by its restart policy instead"
@@ -765,7 +777,10 @@ class AgentHost:
         agent.hibernated, agent.snapshot = False, None
         if agent.manifest.restore != "snapshot":
             self._hib.delete(agent.agent_id)  # stale from now on; a crash restarts it fresh
-        ms = round((time.perf_counter() - t0) * 1000, 3)
+        seconds = time.perf_counter() - t0
+        self.stats.wakes.add(why)
+        self.stats.wake_seconds.observe(seconds)
+        ms = round(seconds * 1000, 3)
         self._bound.info("agent_woken", agent_id=agent.agent_id, why=why, wake_ms=ms)
         self._event(agent, "running", woken=True, why=why, wake_ms=ms)
         self._next_message(agent)

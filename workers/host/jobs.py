@@ -162,6 +162,7 @@ def llm_work(
     stream: bool = False,
     on_delta: Callable[[str], None] | None = None,
     on_usage: Callable[[Any, float], None] | None = None,
+    on_error: Callable[[OpenFangError, float], None] | None = None,
 ) -> Callable[[], tuple[int, bytes, dict[str, int]]]:
     """The job body of one ``llm_invoke``: build the ChatRequest, complete it, encode the guest's result.
 
@@ -169,7 +170,8 @@ def llm_work(
     may return a changed text or raise OpenFangError to fail the call. ``stream`` asks the provider to
     stream; ``on_delta`` gets the pieces of text as they come (a streamed reply's chunks); ``on_usage`` gets
     every answer the provider gave and the call's duration in ms (before the content filter: the tokens
-    were spent even when the filter refuses the text).
+    were spent even when the filter refuses the text); ``on_error`` gets the provider's failure and the
+    call's duration in seconds (the error is raised on as before).
     """
     from openfang.workers.llm import types as t
 
@@ -178,7 +180,12 @@ def llm_work(
         chat.extend(chat_messages)
         request = t.ChatRequest(messages=tuple(chat), tools=tuple(tool_specs), stream=stream)
         started = time.perf_counter()
-        resp = provider.complete(request, on_delta=on_delta) if on_delta else provider.complete(request)
+        try:
+            resp = provider.complete(request, on_delta=on_delta) if on_delta else provider.complete(request)
+        except OpenFangError as exc:
+            if on_error is not None:
+                on_error(exc, time.perf_counter() - started)
+            raise
         if on_usage is not None:
             on_usage(resp, (time.perf_counter() - started) * 1000)
         usage = {"prompt_tokens": resp.usage.prompt_tokens, "completion_tokens": resp.usage.completion_tokens}

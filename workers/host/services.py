@@ -23,6 +23,7 @@ from openfang.workers.host.agents import AgentTraffic
 from openfang.workers.host.memory import HostMemory
 from openfang.workers.host.record import HostedAgent
 from openfang.workers.host.security import HostSecurity
+from openfang.workers.host.stats import HostStats, llm_error_kind
 from openfang.workers.llm.presets import cost_usd
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox.instance import DoneJob, Job, Sandbox
@@ -46,6 +47,7 @@ class Services:
         emit_chunk: Callable[[Envelope, dict[str, Any]], None],
         security: HostSecurity | None = None,
         memory: HostMemory | None = None,
+        stats: HostStats | None = None,
     ) -> None:
         self._agents = agents  # the host's table, read only
         self._emit_chunk = emit_chunk  # a part of a streamed reply (any thread)
@@ -55,6 +57,7 @@ class Services:
         self._audit = audit
         self._security = security
         self._memory = memory
+        self.stats = stats or HostStats("-")  # the worker's figures: LLM calls and tool calls counted here
 
     def _agent(self, sandbox: Sandbox) -> HostedAgent | None:
         agent = self._agents.get(sandbox.agent_id)
@@ -106,10 +109,21 @@ class Services:
             content_filter,
             stream=model_stream or on_delta is not None,
             on_delta=on_delta,
-            on_usage=usage_recorder(agent, self._memory),
+            on_usage=usage_recorder(agent, self._memory, self.stats),
+            on_error=self._llm_error_sink(agent),
         )
         self._runner.run(job, work, inline=getattr(agent.provider, "blocking", True) is False)
         return job
+
+    def _llm_error_sink(self, agent: HostedAgent) -> Callable[[OpenFangError, float], None]:
+        """Counts a failed model call for the provider it names (else the agent's provider)."""
+        stats, name = self.stats, str(getattr(agent.provider, "name", "?"))
+        model = str(getattr(agent.provider, "model", "") or "")
+
+        def sink(error: OpenFangError, seconds: float) -> None:
+            stats.llm_error(error, seconds, provider=name, model=model)
+
+        return sink
 
     def _delta_sink(self, agent: HostedAgent) -> Callable[[str], None] | None:
         """Where the model's text pieces go when the message in progress asked for a stream (else None).
@@ -158,15 +172,18 @@ class Services:
         """One tool call through the registry, then the host's layers on its result (any thread)."""
         registry: Any = self.tools
         sec, mem = self._security, self._memory
-        if sec is None and mem is None:
-            return jobs.invoke_tool(registry, ctx, name, args)
         t0 = time.perf_counter()
         code: str | None = None
         if hasattr(registry, "invoke"):
             res = registry.invoke(ctx, name, args)
             ok, value, code = bool(res.ok), (res.as_text() if res.ok else res.error), res.code
+            if sec is None and mem is None and res.ok:
+                value = res.value  # as jobs.invoke_tool gives it: the tool's own value
         else:
             ok, value = jobs.invoke_tool(registry, ctx, name, args)
+        self._count_tool(name, "ok" if ok else "denied" if code == "denied" else "error")
+        if sec is None and mem is None:
+            return ok, value
         if sec is not None:
             if not ok and code == "denied":
                 sec.audit.append("tools.denied", agent_id=agent.agent_id, tool=name, error=str(value))
@@ -198,6 +215,7 @@ class Services:
         ctx = self._context(agent, sandbox)
 
         def denied(name: str) -> None:
+            self._count_tool(name, "denied")
             sandbox.counters["denied"] += 1
             self.audit({"kind": "tool_denied", "agent_id": sandbox.agent_id, "tool": name})
 
@@ -218,6 +236,13 @@ class Services:
         job = UsageJob(agent)
         self._runner.run(job, work, inline=inline)
         return job
+
+    def _count_tool(self, name: str, outcome: str) -> None:
+        """One tool call in the worker's figures, named only if the registry knows the tool."""
+        registry = self.tools
+        # ``in`` asks a ToolRegistry without importing a lazily registered tool (a denied one stays unloaded).
+        known = name in registry if hasattr(registry, "__contains__") else _tool(registry, name) is not None
+        self.stats.tool_called(name, outcome, known=known)
 
     def _context(self, agent: HostedAgent, sandbox: Sandbox, extra: frozenset[str] = frozenset()) -> Any:
         """The agent's ToolContext (one per agent instance); ``extra`` widens ``allowed`` for one call."""
@@ -255,7 +280,9 @@ class Services:
         return job
 
 
-def usage_recorder(agent: HostedAgent, memory: HostMemory | None) -> Callable[[Any, float], None]:
+def usage_recorder(
+    agent: HostedAgent, memory: HostMemory | None, stats: HostStats | None = None
+) -> Callable[[Any, float], None]:
     """What each LLM answer costs: added to the agent's running totals (``agent info``) and, where the
     provider reported usage, recorded in procedural memory as a tool call named ``llm`` whose args are
     the provider, model, tokens and cost (null for a model without a price: workers/llm/presets.py)."""
@@ -265,6 +292,10 @@ def usage_recorder(agent: HostedAgent, memory: HostMemory | None) -> Callable[[A
         usage = resp.usage
         prompt, completion = int(usage.prompt_tokens), int(usage.completion_tokens)
         cost = cost_usd(str(resp.model), prompt, completion)
+        if stats is not None:
+            for failed in getattr(resp, "failed", ()):  # fallback attempts that failed before this answer
+                stats.llm_failed(str(failed.provider), str(failed.model or ""), llm_error_kind(failed))
+            stats.llm_answered(str(resp.provider), str(resp.model), prompt, completion, duration_ms / 1000)
         totals = agent.llm_usage
         with _TOTALS_LOCK:  # LLM jobs of one agent may finish on different threads
             totals["llm_calls"] = totals.get("llm_calls", 0) + 1

@@ -29,6 +29,7 @@ model was sent, joined by `` | ``: what a model would remember) and the rule's r
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import threading
@@ -292,6 +293,7 @@ class FallbackProvider:
                 self.answered[p.name] += 1
             if i:
                 log.info("llm_fallback_answered", provider=p.name, position=i)
+                return dataclasses.replace(resp, failed=(*resp.failed, *failures))
             return resp
         with self._lock:
             self.answered["<none>"] += 1

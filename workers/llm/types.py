@@ -193,6 +193,8 @@ class ChatResponse:
     finish_reason: str
     provider: str
     model: str
+    # The providers of a fallback chain that failed before this one answered (for the worker's figures).
+    failed: tuple[LLMError, ...] = ()
 
     def to_message(self) -> ChatMessage:
         """The assistant message to append to the conversation."""

@@ -222,6 +222,10 @@ class ToolRegistry:
                 self._tools[name] = entry = tool
         return entry
 
+    def __contains__(self, name: object) -> bool:
+        """Whether a tool of that name is registered (a lazily registered one is not imported)."""
+        return name in self._tools
+
     def names(self) -> list[str]:
         return sorted(self._tools)
 

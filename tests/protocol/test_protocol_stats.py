@@ -1,0 +1,35 @@
+"""The accumulators processes report their figures with: le-bucket histograms and bounded counters."""
+
+from __future__ import annotations
+
+import pytest
+
+from openfang.protocol.stats import LATENCY_BUCKETS, Counts, Histogram
+
+
+def test_histogram_counts_le_buckets_cumulatively() -> None:
+    """A value on a bound falls in that bucket; counts are cumulative; +Inf and the sum take everything."""
+    h = Histogram((0.1, 1.0))
+    for v in (0.05, 0.1, 0.5, 3.0):
+        h.observe(v)
+    assert h.to_wire() == {"bounds": [0.1, 1.0], "counts": [2, 3], "count": 4, "sum": pytest.approx(3.65)}
+    assert Histogram().to_wire()["bounds"][0] == 0.0001 and LATENCY_BUCKETS[-1] == 30.0
+
+
+def test_counts_keep_a_bounded_key_set() -> None:
+    """Past max_keys, new keys add up under 'other': a surprising label value cannot grow the series."""
+    c = Counts(max_keys=2)
+    for key in ("a", "b", "c", "d", "a"):
+        c.add(key)
+    assert c.to_wire() == {"a": 2, "b": 1, "other": 2}
+
+
+def test_histogram_wire_form_is_a_valid_histogram_body() -> None:
+    """to_wire() passes the catalogue's HistogramBody schema (what status/agent.list replies carry)."""
+    from openfang.protocol import _schema
+    from openfang.protocol.bodies import HistogramBody
+
+    h = Histogram()
+    h.observe(0.2)
+    compiled = _schema.compile_dataclass(HistogramBody, open_fields=True)
+    assert _schema.body_validator(compiled)(h.to_wire()) == []
