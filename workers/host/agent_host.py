@@ -59,7 +59,7 @@ from openfang.supervisor.restart import abnormal, should_restart
 from openfang.supervisor.spec import Restart
 from openfang.workers.host import jobs
 from openfang.workers.host.agents import AgentTraffic, LoopHandoff
-from openfang.workers.host.hibernation import Hibernation
+from openfang.workers.host.hibernation import ASLEEP, Hibernation
 from openfang.workers.host.memory import HostMemory
 from openfang.workers.host.record import HostedAgent, Phase
 from openfang.workers.host.security import HostSecurity
@@ -116,7 +116,8 @@ class AgentHost:
         self._audit = parts.audit
         self._security = parts.security
         self._memory = parts.memory
-        self._agents: dict[str, HostedAgent] = {}
+        self._agents: dict[str, HostedAgent] = _AgentTable()
+        self._pools: dict[str, tuple[int, list[HostedAgent]]] = {}  # service -> (table version, agents)
         # Agents with a call in progress (insertion order = round robin).
         self._active: dict[str, HostedAgent] = {}
         self._replies: list[Envelope] = []
@@ -388,7 +389,7 @@ class AgentHost:
             if agent is None:
                 raise NotFound(f"no agent {agent_id!r} on worker {self.worker_id}")
             return agent
-        pool = [a for a in self._agents.values() if a.manifest.service == service]
+        pool = self._service_pool(str(service))
         if not pool:
             raise NotFound(f"no agent serves {service!r} on worker {self.worker_id}")
         # Least loaded first; ties broken round-robin so equal agents share the traffic.
@@ -396,6 +397,16 @@ class AgentHost:
         self._rr[str(service)] = start + 1
         rotated = pool[start % len(pool) :] + pool[: start % len(pool)]
         return min(rotated, key=lambda a: len(a.inbox) + (a.current is not None))
+
+    def _service_pool(self, service: str) -> list[HostedAgent]:
+        """The agents serving ``service``, rebuilt only when an agent came or went (a scan of every agent
+        per message made routing 6-12x slower beside 10,000 idle agents: perf/bench_scale.py)."""
+        version = self._agents.version if isinstance(self._agents, _AgentTable) else -1
+        cached = self._pools.get(service)
+        if cached is None or cached[0] != version or version < 0:
+            cached = (version, [a for a in self._agents.values() if a.manifest.service == service])
+            self._pools[service] = cached
+        return cached[1]
 
     def _on_list(self, env: Envelope, _body: Empty) -> None:
         self._replies.append(env.reply({"agents": self.agents(), "workers": [self.stats.to_wire()]}))
@@ -714,6 +725,7 @@ class AgentHost:
             raise SandboxError(f"{what} while suspended: resume it first")
         t0 = time.perf_counter()
         snap = self._capture(agent)  # SnapshotError names the problem; the sandbox is untouched
+        snap = dataclasses.replace(snap, meta={**snap.meta, ASLEEP: True})  # a re-spawn keeps it asleep
         agent.sandbox.close()
         self._active.pop(agent.agent_id, None)
         agent.chat_cache = jobs.ChatCache()  # parsed chat segments: rebuilt on demand after the wake
@@ -743,6 +755,7 @@ class AgentHost:
         agent.sandbox.close()
         agent.phase = Phase.READY
         agent.hibernated = True
+        agent.restored = "snapshot"  # its state is the file's (woken from it on its next message)
         self._hib.asleep(agent.agent_id)
         self._answer_spawn(agent)  # no message can be waiting yet: the gateway queues them meanwhile
         self._handoff.later(lambda: self._event(agent, "hibernated", why="restore", memory_bytes=0))
@@ -802,7 +815,8 @@ class AgentHost:
             ) from None
         agent.sandbox = sandbox
         agent.hibernated, agent.snapshot = False, None
-        self._hib.woke(agent.agent_id)
+        if self._hib.woke(agent.agent_id):  # it arrived asleep: its kv_* keys are in the file, not here
+            self._restore_kv(agent, snap)
         if agent.manifest.restore != "snapshot":
             self._hib.delete(agent.agent_id)  # stale from now on; a crash restarts it fresh
         seconds = time.perf_counter() - t0
@@ -964,3 +978,26 @@ class AgentHost:
 
 def _session(value: Any) -> str:
     return value if isinstance(value, str) and value else "default"
+
+
+class _AgentTable(dict[str, HostedAgent]):
+    """The host's agents by id, with a version bumped on every add and removal (what the per-service pools
+    are cached on). Only these mutators are used on it."""
+
+    version = 0
+
+    def __setitem__(self, key: str, value: HostedAgent) -> None:
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.version += 1
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self.version += 1
+        return super().pop(key, *default)
+
+    def clear(self) -> None:
+        self.version += 1
+        super().clear()

@@ -48,6 +48,7 @@ from openfang.workers.sandbox.snapshot import Snapshot, SnapshotError, encode, r
 log = structlog.get_logger("openfang.workers.host.hibernation")
 MAX_IDLE_S = 30 * 86400.0
 BATCH = 1024  # snapshot writes made durable by one group sync
+ASLEEP = "asleep"  # snapshot meta key: written by a hibernation (not by a move of a running agent)
 
 
 @dataclass(slots=True)
@@ -137,6 +138,7 @@ class Hibernation:
         # Resident idle agents -> their idle token when they became idle; least recently idle first.
         self._lru: OrderedDict[str, int] = OrderedDict()
         self._asleep: set[str] = set()  # hibernated agents of this host (invariant: each is in agents)
+        self._arrived: set[str] = set()  # of those, re-spawned asleep and not woken since
         self._worker_id = worker_id
         self._writer: ThreadPoolExecutor | None = None
         # agent_id -> (write in progress, the snapshot it writes); the newest write of each agent
@@ -165,7 +167,8 @@ class Hibernation:
         self._asleep.add(agent.agent_id)
         self._lru.pop(agent.agent_id, None)
         done: Future[int] = Future()
-        done.add_done_callback(lambda _f, a=agent.agent_id: self._done.append(a))
+        agent_id = agent.agent_id
+        done.add_done_callback(lambda _f: self._done.append(agent_id))
         self._writes[agent.agent_id] = (done, snap)
         self._queue.append(_Write(agent.agent_id, path, snap, done))
         self._writer.submit(self._write_queued)
@@ -217,25 +220,39 @@ class Hibernation:
         return self.dir is not None and (self.dir / f"{agent_id}.snap").is_file()
 
     def can_stay_asleep(self, agent: HostedAgent) -> bool:
-        """A re-spawned agent may come back hibernated: it has a snapshot file to wake from, and that file
-        is the state it had (``restore = "fresh"`` keeps a file only while the agent is hibernated; a
-        ``"snapshot"`` agent's file may be older than its state, so it is restored as before)."""
-        return (
-            agent.no_hibernate is None and agent.manifest.restore == "fresh" and self.has_file(agent.agent_id)
-        )
+        """A re-spawned agent may come back hibernated: its snapshot file was written by a hibernation and
+        is the state it had (``restore = "fresh"`` keeps a file only while the agent is hibernated or
+        moving; a ``"snapshot"`` agent's file may be older than its state, so it is restored as before). A
+        move's file is of a running agent: that one is restored and runs on. Reading the file (~0.1 ms for
+        a small agent) costs far less than loading a sandbox the cap would put back to sleep."""
+        if agent.no_hibernate is not None or agent.manifest.restore != "fresh":
+            return False
+        if not self.has_file(agent.agent_id):
+            return False
+        try:
+            return read_snapshot(self.path(agent.agent_id)).meta.get(ASLEEP) is True
+        except SnapshotError:
+            return False  # the restore path decides (a fresh restart when the file is unusable)
 
     def asleep(self, agent_id: str) -> None:
         """``agent_id`` arrived hibernated (re-spawned from its file): it does not count as resident."""
         self._asleep.add(agent_id)
+        self._arrived.add(agent_id)
         self._lru.pop(agent_id, None)
 
-    def woke(self, agent_id: str) -> None:
-        """``agent_id`` holds a sandbox again (woken): it counts as resident."""
+    def woke(self, agent_id: str) -> bool:
+        """``agent_id`` holds a sandbox again (woken): it counts as resident. True if it had arrived asleep
+        (its host state, e.g. kv keys, must come from the snapshot too)."""
         self._asleep.discard(agent_id)
+        if agent_id in self._arrived:
+            self._arrived.discard(agent_id)
+            return True
+        return False
 
     def delete(self, agent_id: str) -> None:
         """Forget a dead agent's snapshot (a write still running deletes it when it ends)."""
         self._asleep.discard(agent_id)  # dead or awake: not asleep here any more
+        self._arrived.discard(agent_id)
         if self.dir is None or agent_id in self._writes:
             return
         try:
@@ -280,9 +297,7 @@ class Hibernation:
         """How many of ``agents`` hold a sandbox (are not hibernated)."""
         return len(agents) - len(self._asleep)
 
-    def over_cap(
-        self, agents: dict[str, HostedAgent], most: int = 256, room: int = 0
-    ) -> list[HostedAgent]:
+    def over_cap(self, agents: dict[str, HostedAgent], most: int = 256, room: int = 0) -> list[HostedAgent]:
         """Up to ``most`` least recently used idle agents to hibernate so that at most ``max_resident``
         stay resident, with ``room`` more to come (a spawn about to load one); fewer when not enough
         resident agents are idle (the rest on a later step)."""
