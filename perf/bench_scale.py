@@ -469,6 +469,10 @@ def grow(steps: tuple[int, ...], *, restart: bool = True) -> list[dict[str, Any]
 def routing_beside_crowd(workers: int, crowd: int, tasks: int) -> dict[str, Any]:
     """Routing tasks/s with ``workers`` workers and ``crowd`` idle registered agents beside the routers."""
     s = Scale(workers, RESIDENT_CAP)
+    # The crowd serves no service: the routers' messages must reach the 4 class agents, not a crowd agent.
+    s.text = "\n".join(
+        line for line in manifest("route", "crowd").splitlines() if not line.startswith("service")
+    )
     msgs = wl.routing_messages(tasks + 5)
     try:
         s.start()
