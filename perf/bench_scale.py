@@ -47,8 +47,8 @@ from typing import Any
 
 import msgpack
 import zmq
-from openfang.protocol.envelope import Envelope, encode
 
+from openfang.protocol.envelope import Envelope, encode
 from perf import workloads as wl
 from perf._cluster import BenchCluster
 from perf.bench_system import (

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import ROOT, Cluster, wait_for
+
 from openfang.protocol.envelope import decode
 
 pytestmark = pytest.mark.integration

@@ -187,7 +187,8 @@ def test_report_main_rerenders_markdown_and_svg_from_the_json(tmp_path: Path) ->
 
 
 def _agent_point(series: str, agents: int, value: float) -> dict[str, Any]:
-    return {**_m(f"{series} @ {agents:,} agents", "openfang", value, "MB"), "series": series, "agents": agents}
+    point = _m(f"{series} @ {agents:,} agents", "openfang", value, "MB")
+    return {**point, "series": series, "agents": agents}
 
 
 def test_report_agent_series_get_their_own_table_not_main_rows() -> None:

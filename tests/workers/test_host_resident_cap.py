@@ -9,10 +9,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from sandbox_helpers import Driver, make_host, manifest
+
 from openfang.protocol.errors import ConfigError
 from openfang.workers.host.hibernation import Hibernation
 from openfang.workers.host.wiring import _max_resident
-from sandbox_helpers import Driver, make_host, manifest
 
 COUNTER = Path(__file__).resolve().parents[2] / "examples" / "agents" / "rust" / "counter.wasm"
 
