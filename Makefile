@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NODE_CLIENT := examples/node-client
 DATA_DIR ?= $(CURDIR)/.openfang-data
 
-.PHONY: install run test test-deps lint typecheck check bench bench-peers guests clean
+.PHONY: install run test test-deps lint typecheck check bench bench-peers bench-scale guests clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -64,6 +64,10 @@ bench: install
 bench-peers: install
 	$(PY) -m perf.peers.setup
 	$(PY) -m perf.run --peers --out perf/results
+
+# The scaling benchmark to 100,000 agents and the registry at 1,000,000 rows (~15-25 min on 2 cores).
+bench-scale: install
+	OPENFANG_BENCH_SCALE=1000000 $(PY) -m perf.run --only scale --timeout 3600 --out perf/results
 
 # Example guests in C and Rust (the built-in LLM agent is WAT and needs no toolchain). The built .wasm files
 # are checked in; tests rebuild and compare them byte for byte whenever these Debian toolchains are present.

@@ -98,10 +98,10 @@ class BenchCluster:
         """Exec the daemon; seconds from exec to READY=1 on the notify socket."""
         env = dict(os.environ, NOTIFY_SOCKET=self.notify_path)
         t0 = time.perf_counter()
-        log = (self.dir / "log").open("wb")
+        log = (self.dir / "log").open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "openfang.control.daemon", "--config", str(self.config)],
-            stdout=subprocess.DEVNULL,
+            stdout=log,  # the processes log JSON lines to stdout (level warning): why a run failed
             stderr=log,
             env=env,
         )

@@ -118,8 +118,8 @@ def format_ratio(value: float | None) -> str:
 def _by_name(metrics: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Mapping[str, Any]]]:
     table: dict[str, dict[str, Mapping[str, Any]]] = {}
     for metric in metrics:
-        if "workers" in metric:
-            continue  # scaling points have their own section
+        if "workers" in metric or "agents" in metric:
+            continue  # scaling points (by workers, by agents) have their own sections
         table.setdefault(str(metric["name"]), {})[str(metric["system"])] = metric
     return table
 
@@ -220,6 +220,7 @@ def render_markdown(run: Mapping[str, Any]) -> str:
     if "changes" in run:
         lines += history.render([history.from_dict(c) for c in run["changes"]])
     lines += _scaling_section(run.get("metrics", []))
+    lines += _agents_section(run.get("metrics", []))
     lines += _notes_section(run.get("metrics", []))
     lines += _modules_section(run.get("modules", []))
     lines += ["", "## Machine", "", "```", json.dumps(machine, indent=2, sort_keys=True), "```", ""]
@@ -246,6 +247,37 @@ def scaling_points(metrics: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple
                 (int(metric["workers"]), float(metric["value"]))
             )
     return {name: sorted(pts) for name, pts in sorted(points.items())}
+
+
+def agent_points(metrics: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """Per series, OpenFANG's (agents, value) points (metrics with ``agents`` and ``series``), by agents."""
+    points: dict[str, list[tuple[int, float]]] = {}
+    for metric in metrics:
+        if "agents" in metric and metric.get("system") == OURS and metric.get("value") is not None:
+            series = str(metric.get("series") or metric["name"])
+            points.setdefault(series, []).append((int(metric["agents"]), float(metric["value"])))
+    return {name: sorted(pts) for name, pts in points.items()}
+
+
+def _agents_section(metrics: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One table: a row per series, a column per agent count (perf/bench_scale.py)."""
+    points = agent_points(metrics)
+    if not points:
+        return []
+    units = {str(m.get("series") or m["name"]): str(m.get("unit", "")) for m in metrics if "agents" in m}
+    counts = sorted({n for pts in points.values() for n, _ in pts})
+    out = [
+        "",
+        "## Scaling with the number of agents",
+        "",
+        "| series | unit | " + " | ".join(f"{n:,}" for n in counts) + " |",
+        "|---|---|" + "--:|" * len(counts),
+    ]
+    for series, pts in points.items():
+        by_n = dict(pts)
+        cells = [format_value(by_n.get(n)) for n in counts]
+        out.append(f"| {series} | {units.get(series, '')} | " + " | ".join(cells) + " |")
+    return out
 
 
 def _scaling_section(metrics: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -305,7 +337,79 @@ _PEER_COLOURS = {"crewai": "#e4572e", "langgraph": "#4c72b0"}
 
 
 def render_svg(run: Mapping[str, Any]) -> str:
-    """A hand-written SVG: per metric and peer, a bar of log10(ratio) around 1x (right = OpenFANG better)."""
+    """A hand-written SVG: per metric and peer, a bar of log10(ratio) around 1x (right = OpenFANG better);
+    below, each agent-count series (perf/bench_scale.py) as a line against the number of agents (log x)."""
+    ratios, height = _ratio_chart(run)
+    plots, plots_h = _agent_plots(agent_points(run.get("metrics", [])), top=height)
+    width, total = 860, height + plots_h
+    return (
+        "\n".join(
+            [
+                f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{total}" '
+                f'viewBox="0 0 {width} {total}" font-family="sans-serif" font-size="12">',
+                f'<rect width="{width}" height="{total}" fill="white"/>',
+                *ratios,
+                *plots,
+                "</svg>",
+            ]
+        )
+        + "\n"
+    )
+
+
+_PLOT_COLS, _PLOT_W, _PLOT_H = 3, 270, 150
+
+
+def _agent_plots(points: Mapping[str, Sequence[tuple[int, float]]], top: float) -> tuple[list[str], float]:
+    """Small multiples: one plot per series, x = agents on a log axis, y = value from 0 (linear)."""
+    if not points:
+        return [], 0.0
+    parts = [
+        f'<text x="10" y="{top + 22}" font-size="15" font-weight="bold">How cost grows with the number of '
+        "agents (x: agents, log scale)</text>"
+    ]
+    xs = sorted({n for pts in points.values() for n, _ in pts})
+    lo, hi = math.log10(max(1, xs[0])), math.log10(max(10, xs[-1]))
+    hi = hi if hi > lo else lo + 1
+    for i, (series, pts) in enumerate(points.items()):
+        ox = 10 + (i % _PLOT_COLS) * (_PLOT_W + 16)
+        oy = top + 40 + (i // _PLOT_COLS) * (_PLOT_H + 30)
+        pw, ph = _PLOT_W - 50, _PLOT_H - 40
+        px0, py0 = ox + 44, oy + 20  # plot area's top left
+        ymax = max(v for _, v in pts) or 1.0
+
+        def x_of(n: int, px0: float = px0, pw: float = pw) -> float:
+            return px0 + (math.log10(max(1, n)) - lo) / (hi - lo) * pw
+
+        def y_of(v: float, py0: float = py0, ph: float = ph, ymax: float = ymax) -> float:
+            return py0 + ph - v / ymax * ph
+
+        parts.append(f'<text x="{ox}" y="{oy + 12}" font-weight="bold">{escape(series[:40])}</text>')
+        parts.append(f'<rect x="{px0}" y="{py0}" width="{pw}" height="{ph}" fill="none" stroke="#ccc"/>')
+        for k in range(math.floor(lo), math.ceil(hi) + 1):
+            x = x_of(10**k)
+            parts.append(f'<line x1="{x:.1f}" y1="{py0}" x2="{x:.1f}" y2="{py0 + ph}" stroke="#eee"/>')
+            label = f"{10**k:,}" if k < 4 else f"1e{k}"
+            parts.append(
+                f'<text x="{x:.1f}" y="{py0 + ph + 12}" text-anchor="middle" font-size="9">{label}</text>'
+            )
+        parts.append(
+            f'<text x="{px0 - 4}" y="{py0 + 4}" text-anchor="end" font-size="9">{format_value(ymax)}</text>'
+        )
+        parts.append(f'<text x="{px0 - 4}" y="{py0 + ph}" text-anchor="end" font-size="9">0</text>')
+        line = " ".join(f"{x_of(n):.1f},{y_of(v):.1f}" for n, v in pts)
+        parts.append(f'<polyline points="{line}" fill="none" stroke="#4c72b0" stroke-width="2"/>')
+        for n, v in pts:
+            parts.append(
+                f'<circle cx="{x_of(n):.1f}" cy="{y_of(v):.1f}" r="3" fill="#4c72b0">'
+                f"<title>{n:,} agents: {escape(format_value(v))}</title></circle>"
+            )
+    rows = math.ceil(len(points) / _PLOT_COLS)
+    return parts, 40 + rows * (_PLOT_H + 30)
+
+
+def _ratio_chart(run: Mapping[str, Any]) -> tuple[list[str], float]:
+    """The ratio bars (without the svg element) and their height."""
     bars = [
         (row, p, r)
         for row in build_rows(run.get("metrics", []))
@@ -315,9 +419,6 @@ def render_svg(run: Mapping[str, Any]) -> str:
     width, left, right, bar_h, top = 860, 330, 40, 16, 60
     height = top + max(1, len(bars)) * (bar_h + 6) + 50
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
         '<text x="10" y="22" font-size="15" font-weight="bold">OpenFANG vs peers: times better '
         f"(log scale; right of 1{TIMES} favours OpenFANG)</text>",
     ]
@@ -326,8 +427,7 @@ def render_svg(run: Mapping[str, Any]) -> str:
             f'<text x="10" y="{top + 10}">No ratio yet: OpenFANG and a peer have no metric measured in '
             "common.</text>"
         )
-        parts.append("</svg>")
-        return "\n".join(parts) + "\n"
+        return parts, height
     span = max(1.0, math.ceil(max(abs(math.log10(r)) for _row, _p, r in bars)))
     plot_w = width - left - right
     centre = left + plot_w / 2
@@ -354,8 +454,7 @@ def render_svg(run: Mapping[str, Any]) -> str:
             f'fill="{_PEER_COLOURS[peer]}"><title>{escape(format_ratio(r))}</title></rect>'
         )
         parts.append(f'<text x="{x1 + 4:.1f}" y="{y + bar_h - 4}">{escape(format_ratio(r))}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
+    return parts, height
 
 
 def _write_atomic(path: Path, text: str) -> None:

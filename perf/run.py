@@ -143,6 +143,12 @@ def validate_metric(metric: Any, where: str) -> list[str]:
         isinstance(metric["workers"], bool) or not isinstance(metric["workers"], int)
     ):
         problems.append(f"{where}: 'workers' must be an integer")
+    if "agents" in metric and (
+        isinstance(metric["agents"], bool) or not isinstance(metric["agents"], int) or metric["agents"] < 1
+    ):
+        problems.append(f"{where}: 'agents' must be a positive integer (the agent count of a scaling point)")
+    if "series" in metric and not isinstance(metric["series"], str):
+        problems.append(f"{where}: 'series' must be a string")
     return problems
 
 

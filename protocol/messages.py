@@ -89,8 +89,9 @@ EVENT_KINDS: dict[str, str] = {
     "agent_id, worker (the one it was on), reason",
     "agent.restarted": "a restarted agent answers again, with the same id; fields: agent_id, worker, "
     "restarts",
-    "agent.hibernated": "an agent was hibernated (by hand or after idle_hibernate_s); fields: agent_id, "
-    "worker, why (request | idle), memory_bytes, stored_bytes (non-zero 4 KiB chunks kept)",
+    "agent.hibernated": "an agent was hibernated (by hand, after idle_hibernate_s, past max_resident, or "
+    "re-spawned asleep); fields: agent_id, worker, why (request | idle | cap | restore), memory_bytes, "
+    "stored_bytes (non-zero 4 KiB chunks kept)",
     "agent.woken": "a hibernated agent is back in a sandbox, its guest state restored; fields: agent_id, "
     "worker, why (request | message), wake_ms",
     "agent.moved": "an agent was moved to another worker (agent.move, or a reload removing its worker); "

@@ -283,3 +283,99 @@ def test_placement_refused_client_spawn_is_never_registered(tmp_path: Path) -> N
     assert p.registry.get(row.agent_id) is None and port.events == []
     with pytest.raises(NotFound):
         p.target(row.agent_id)
+
+
+def test_placement_agent_a_message_waits_for_is_respawned_first(tmp_path: Path) -> None:
+    """Of many agents waiting for a worker, one a request is queued for is re-spawned on the next turn,
+    before the others (so it answers within the queue deadline), and its message is delivered."""
+    from openfang.control.placement import MAX_SPAWNING
+
+    p, port, _ = make(tmp_path)
+    p.worker_synced("w0", [])
+    ids = [running(p, manifest("crowd"), "w0") for _ in range(MAX_SPAWNING * 2)]
+    p.worker_lost("w0", "crashed")
+    last = ids[-1]  # the last in line
+    row, worker = p.target(last)
+    assert worker is None
+    p.enqueue(row, "hello")
+    p.worker_synced("w1", [])
+    p.tick()
+    assert port.spawns[0] == ("w1", last, True)
+    assert len(port.spawns) == MAX_SPAWNING
+    p.spawned(last, "w1", True)
+    assert port.delivered == [("hello", "w1")]
+    for _, agent_id, _ in list(port.spawns)[1:]:
+        p.spawned(agent_id, "w1", True)
+    p.tick()
+    assert {a for _, a, _ in port.spawns} == set(ids)  # the rest follow, each once
+    assert len(port.spawns) == len(ids)
+
+
+def test_placement_respawn_never_sent_is_not_counted_as_a_restart(tmp_path: Path) -> None:
+    """A re-spawn the gateway could not even send (its worker is stopping, or gone and not reported yet)
+    does not count against the agent's restart intensity: the agent waits and is placed again, not lost."""
+    p, port, _ = make(tmp_path)
+    p.worker_synced("w0", [])
+    a = running(p, manifest("fragile", extra="restart_intensity = 1\n"), "w0")
+    p.worker_lost("w0", "crashed")  # restart 1 of 1 in the window
+    p.worker_synced("w1", [])
+    for _ in range(3):
+        p.tick()
+        assert port.spawns[-1] == ("w1", a, True)
+        p.spawned(a, "w1", False, "worker w1 (routing id b'w1') is not connected; nothing was sent")
+        assert p.registry.get(a).state == "restarting"  # type: ignore[union-attr]
+    assert "agent.lost" not in port.kinds(a)
+    p.tick()
+    p.spawned(a, "w1", True)
+    assert p.announced(a) and p.registry.get(a).state == "running"  # type: ignore[union-attr]
+
+
+def test_placement_respawn_refused_by_the_worker_still_counts(tmp_path: Path) -> None:
+    """A re-spawn the worker answered with an error counts as a restart: past the intensity, lost."""
+    p, port, _ = make(tmp_path)
+    p.worker_synced("w0", [])
+    a = running(p, manifest("fragile", extra="restart_intensity = 1\n"), "w0")
+    p.worker_lost("w0", "crashed")
+    p.worker_synced("w1", [])
+    p.tick()
+    p.spawned(a, "w1", False, "agent_init trapped")
+    assert "agent.lost" in port.kinds(a)
+    assert p.registry.get(a).state == "dead"  # type: ignore[union-attr]
+
+
+def test_placement_restored_unplaced_agent_is_placed_without_waiting_for_the_grace(tmp_path: Path) -> None:
+    """A row restored from disk with no worker (the gateway stopped while it waited to be re-spawned) is
+    placed as soon as a worker is there: no worker can announce it, so waiting for the grace is pointless."""
+    p, _, _ = make(tmp_path)
+    p.worker_synced("w0", [])
+    a = running(p, manifest("waiting"), "w0")
+    p.worker_lost("w0", "crashed")  # restarting, no placement
+    p.registry.commit()
+    again, port, _ = make(tmp_path)
+    assert a not in again.restored and a in again.unplaced
+    again.worker_synced("w1", [])
+    again.tick()  # the clock has not moved: the grace is not over
+    assert port.spawns == [("w1", a, True)]
+
+
+def test_placement_waited_for_agent_jumps_a_full_spawn_window(tmp_path: Path) -> None:
+    """After a gateway restart the re-spawn window is full; a message then arrives for an agent at the end
+    of the line: it is re-spawned on the next turn all the same (and stays first in line until it is)."""
+    from openfang.control.placement import MAX_SPAWNING
+
+    p, _, _ = make(tmp_path)
+    p.worker_synced("w0", [])
+    ids = [running(p, manifest("crowd"), "w0") for _ in range(MAX_SPAWNING * 3)]
+    p.registry.commit()
+    again, port, _ = make(tmp_path)  # a restarted gateway: every agent restored, placed on w0
+    again.worker_synced("w0", [])  # w0 came back empty: every agent must be re-spawned
+    again.tick()
+    assert len(port.spawns) == MAX_SPAWNING  # the window is full
+    last = ids[-1]
+    row, worker = again.target(last)
+    assert worker is None
+    again.enqueue(row, "hello")
+    again.tick()
+    assert port.spawns[MAX_SPAWNING] == ("w0", last, True)
+    again.spawned(last, "w0", True)
+    assert port.delivered == [("hello", "w0")]

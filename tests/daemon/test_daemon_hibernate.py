@@ -197,8 +197,8 @@ def test_hibernate_worker_kill_restores_snapshot_agents_fresh_ones_start_over(ma
 
 
 def test_hibernate_llm_agent_back_after_worker_kill_has_its_conversation_once(make_cluster: Any) -> None:
-    """A hibernated LLM agent re-spawned after kill -9 of its worker resumes from its snapshot, and the
-    conversation read back from memory is not put on top of it (each earlier turn is seen once)."""
+    """A hibernated LLM agent re-spawned after kill -9 of its worker comes back hibernated and wakes from its
+    snapshot, and the conversation read back from memory is not put on top of it (each turn seen once)."""
     c = make_cluster(workers=1, memory=True, intensity=5)
     c.start(env={"OPENFANG_EMBEDDER": "hash"})
     aid = spawn(c, chatty(0))
@@ -215,4 +215,5 @@ def test_hibernate_llm_agent_back_after_worker_kill_has_its_conversation_once(ma
     answer = wait_for(back, what="the agent back")
     assert answer.count("my name is Ada") == 1, answer
     names = [(e.get("event"), e.get("agent_id")) for e in c.log_events()]
-    assert ("agent_restored_from_snapshot", aid) in names
+    # Re-spawned hibernated (its file is its state), then woken from the file by the message.
+    assert ("agent_woken", aid) in names

@@ -184,3 +184,38 @@ def test_report_main_rerenders_markdown_and_svg_from_the_json(tmp_path: Path) ->
     assert "LangGraph: langgraph 1.2.22" in (tmp_path / "latest.md").read_text()
     assert (tmp_path / "latest.svg").read_text().startswith("<svg")
     assert report.main([str(tmp_path / "missing")]) == 1
+
+
+def _agent_point(series: str, agents: int, value: float) -> dict[str, Any]:
+    point = _m(f"{series} @ {agents:,} agents", "openfang", value, "MB")
+    return {**point, "series": series, "agents": agents}
+
+
+def test_report_agent_series_get_their_own_table_not_main_rows() -> None:
+    """Points with ``agents`` and ``series`` render one row per series with a column per agent count,
+    and never appear in the main table."""
+    points = [
+        _agent_point("memory PSS", n, v) for n, v in ((1, 80.0), (10_000, 366.0), (100, 96.0), (1_000, 129.0))
+    ]
+    points.append(_agent_point("agent.list", 10_000, 1_061.0))
+    md = report.render_markdown({"metrics": points})
+    assert "## Scaling with the number of agents" in md
+    assert "| series | unit | 1 | 100 | 1,000 | 10,000 |" in md
+    assert "| memory PSS | MB | 80.0 | 96.0 | 129 | 366 |" in md
+    assert f"| agent.list | MB | {report.DASH} | {report.DASH} | {report.DASH} | 1,061 |" in md
+    assert not any(line.startswith("| memory PSS @") for line in md.splitlines())
+
+
+def test_report_svg_draws_each_agent_series_on_a_log_axis() -> None:
+    """The SVG parses, has one line per series with one point per agent count, placed left to right in
+    log order (1 -> 100 -> 10,000 equally spaced)."""
+    points = [_agent_point("memory PSS", n, v) for n, v in ((1, 80.0), (100, 96.0), (10_000, 366.0))]
+    points += [_agent_point("spawn p50", n, v) for n, v in ((1, 20.0), (100, 2.0))]
+    svg = ET.fromstring(report.render_svg({"metrics": points}))
+    lines = list(svg.iter("{http://www.w3.org/2000/svg}polyline"))
+    assert len(lines) == 2
+    xs = [float(p.split(",")[0]) for p in lines[0].get("points", "").split()]
+    assert len(xs) == 3 and xs[0] < xs[1] < xs[2]
+    assert abs((xs[1] - xs[0]) - (xs[2] - xs[1])) < 0.5  # equal steps per factor of 100: log scale
+    titles = [el.findtext("{*}title") for el in svg.iter("{http://www.w3.org/2000/svg}circle")]
+    assert "10,000 agents: 366" in titles

@@ -73,6 +73,15 @@ def test_run_validate_metric_accepts_not_measured_and_scaling_points() -> None:
     assert prun.validate_metric(_m("routing", workers=2, p50=1.0, p99=2.0, target=None), "s[0]") == []
 
 
+def test_run_validate_metric_checks_agent_scaling_points() -> None:
+    """An agent-count point needs a positive integer ``agents`` and a string ``series``; both named."""
+    assert prun.validate_metric(_m("spawn @ 10 agents", agents=10, series="spawn"), "scale[0]") == []
+    problems = prun.validate_metric(_m("spawn @ 0 agents", agents=0, series=3), "scale[1]")
+    assert len(problems) == 2
+    assert any("'agents' must be a positive integer" in p for p in problems)
+    assert any("'series' must be a string" in p for p in problems)
+
+
 def test_run_merge_rounds_takes_the_median_per_metric_and_system() -> None:
     """Over 3 rounds each (name, system, workers) keeps the median value and notes how many rounds."""
     rounds = [[_m("a", value=v, p50=v), _m("a", "crewai", value=10 * v)] for v in (3.0, 1.0, 2.0)]

@@ -59,7 +59,7 @@ from openfang.supervisor.restart import abnormal, should_restart
 from openfang.supervisor.spec import Restart
 from openfang.workers.host import jobs
 from openfang.workers.host.agents import AgentTraffic, LoopHandoff
-from openfang.workers.host.hibernation import Hibernation
+from openfang.workers.host.hibernation import ASLEEP, Hibernation
 from openfang.workers.host.memory import HostMemory
 from openfang.workers.host.record import HostedAgent, Phase
 from openfang.workers.host.security import HostSecurity
@@ -100,6 +100,7 @@ class HostParts:
     mcp_servers: tuple[McpServerConfig, ...] = ()  # MCP servers any agent here may name (worker args)
     snapshot_dir: Path | None = None  # hibernated agents' snapshots (None: this host cannot hibernate)
     idle_hibernate_s: float | None = None  # the default for manifests without idle_hibernate_s (None: never)
+    max_resident: int | None = None  # agents holding a sandbox at once; past it LRU idle ones hibernate
 
 
 class AgentHost:
@@ -115,7 +116,8 @@ class AgentHost:
         self._audit = parts.audit
         self._security = parts.security
         self._memory = parts.memory
-        self._agents: dict[str, HostedAgent] = {}
+        self._agents: dict[str, HostedAgent] = _AgentTable()
+        self._pools: dict[str, tuple[int, list[HostedAgent]]] = {}  # service -> (table version, agents)
         # Agents with a call in progress (insertion order = round robin).
         self._active: dict[str, HostedAgent] = {}
         self._replies: list[Envelope] = []
@@ -166,7 +168,9 @@ class AgentHost:
             mcp_servers=parts.mcp_servers,
         )
         self._capabilities = self._spawner.capabilities
-        self._hib = Hibernation(parts.snapshot_dir, parts.idle_hibernate_s, worker_id)
+        self._hib = Hibernation(
+            parts.snapshot_dir, parts.idle_hibernate_s, worker_id, max_resident=parts.max_resident
+        )
         self._dispatch: dict[str, tuple[type[Any], Callable[[Envelope, Any], None]]] = {
             "agent.spawn": (AgentSpawn, self._on_spawn),
             "agent.send": (AgentSend, self._on_send),
@@ -229,6 +233,8 @@ class AgentHost:
             self._move_step(agent)
         for agent in self._hib.due(self._agents, self.clock()):
             self._idle_hibernate(agent)
+        for agent in self._hib.over_cap(self._agents):  # max_resident: the least recently used sleep
+            self._idle_hibernate(agent, "cap")
         out, self._replies = self._replies, []
         if self._chunks:  # a stream's parts go out before the reply that ends it
             parts = []
@@ -337,9 +343,14 @@ class AgentHost:
                 )
             raise Busy(f"worker {self.worker_id} already hosts {len(self._agents)} agents (max_agents)")
         parent = self.traffic.spawn_parents.pop(env.id, None) or body.parent
+        for idle in self._hib.over_cap(self._agents, most=2, room=1):  # max_resident holds while spawning
+            self._idle_hibernate(idle, "cap")
         agent = self._spawner.build(body, manifest, agent_id, parent)
         self._agents[agent_id] = agent
         agent.spawn_env = env
+        if body.resume and self._hib.can_stay_asleep(agent):
+            self._arrive_asleep(agent)  # its state is in its snapshot file: no sandbox until a message
+            return
         if body.resume:  # a re-spawn after its worker died: from its snapshot when there is one (_begin)
             self._resume_conversation(agent)
             self._begin(agent)
@@ -378,7 +389,7 @@ class AgentHost:
             if agent is None:
                 raise NotFound(f"no agent {agent_id!r} on worker {self.worker_id}")
             return agent
-        pool = [a for a in self._agents.values() if a.manifest.service == service]
+        pool = self._service_pool(str(service))
         if not pool:
             raise NotFound(f"no agent serves {service!r} on worker {self.worker_id}")
         # Least loaded first; ties broken round-robin so equal agents share the traffic.
@@ -386,6 +397,16 @@ class AgentHost:
         self._rr[str(service)] = start + 1
         rotated = pool[start % len(pool) :] + pool[: start % len(pool)]
         return min(rotated, key=lambda a: len(a.inbox) + (a.current is not None))
+
+    def _service_pool(self, service: str) -> list[HostedAgent]:
+        """The agents serving ``service``, rebuilt only when an agent came or went (a scan of every agent
+        per message made routing 6-12x slower beside 10,000 idle agents: perf/bench_scale.py)."""
+        version = self._agents.version if isinstance(self._agents, _AgentTable) else -1
+        cached = self._pools.get(service)
+        if cached is None or cached[0] != version or version < 0:
+            cached = (version, [a for a in self._agents.values() if a.manifest.service == service])
+            self._pools[service] = cached
+        return cached[1]
 
     def _on_list(self, env: Envelope, _body: Empty) -> None:
         self._replies.append(env.reply({"agents": self.agents(), "workers": [self.stats.to_wire()]}))
@@ -480,6 +501,10 @@ class AgentHost:
     def _started(self, agent: HostedAgent) -> None:
         agent.phase = Phase.READY
         self._event(agent, "running")
+        self._answer_spawn(agent)
+        self._next_message(agent)
+
+    def _answer_spawn(self, agent: HostedAgent) -> None:
         if agent.spawn_env is not None:
             body = {
                 "agent_id": agent.agent_id,
@@ -491,7 +516,6 @@ class AgentHost:
             }
             self._replies.append(agent.spawn_env.reply(body))
             agent.spawn_env = None
-        self._next_message(agent)
 
     def _next_message(self, agent: HostedAgent) -> None:
         if agent.sandbox.state is not State.IDLE:
@@ -701,6 +725,7 @@ class AgentHost:
             raise SandboxError(f"{what} while suspended: resume it first")
         t0 = time.perf_counter()
         snap = self._capture(agent)  # SnapshotError names the problem; the sandbox is untouched
+        snap = dataclasses.replace(snap, meta={**snap.meta, ASLEEP: True})  # a re-spawn keeps it asleep
         agent.sandbox.close()
         self._active.pop(agent.agent_id, None)
         agent.chat_cache = jobs.ChatCache()  # parsed chat segments: rebuilt on demand after the wake
@@ -721,14 +746,29 @@ class AgentHost:
             agent, "hibernated", why=why, memory_bytes=snap.memory_bytes, stored_bytes=snap.stored_bytes
         )
 
-    def _idle_hibernate(self, agent: HostedAgent) -> None:
-        """The idle timer fired: hibernate, or stop trying for it (its module cannot be snapshotted)."""
+    def _arrive_asleep(self, agent: HostedAgent) -> None:
+        """A re-spawn (its worker or the daemon restarted) of an agent with a snapshot file: it is
+        registered hibernated, its sandbox freed at once, and wakes from the file on its next message. So
+        a restart of 100,000 agents does not make them all resident (and the resident cap re-hibernate
+        them all). The spawn is answered now; the ``hibernated`` event follows on the next step, after the
+        reply, so the gateway's row ends ``hibernated``."""
+        agent.sandbox.close()
+        agent.phase = Phase.READY
+        agent.hibernated = True
+        agent.restored = "snapshot"  # its state is the file's (woken from it on its next message)
+        self._hib.asleep(agent.agent_id)
+        self._answer_spawn(agent)  # no message can be waiting yet: the gateway queues them meanwhile
+        self._handoff.later(lambda: self._event(agent, "hibernated", why="restore", memory_bytes=0))
+
+    def _idle_hibernate(self, agent: HostedAgent, why: str = "idle") -> None:
+        """The idle timer fired (or the resident cap, ``why = "cap"``): hibernate, or stop trying for it
+        (its module cannot be snapshotted)."""
         if agent.phase is not Phase.READY or agent.current is not None or agent.inbox:
             return  # busy since: re-armed when it is idle again
         if agent.sandbox.user_suspended:
             return  # re-armed by its resume
         try:
-            self._hibernate(agent, "idle")
+            self._hibernate(agent, why)
         except SnapshotError as exc:
             agent.no_hibernate = exc.message
             self._bound.warning("agent_idle_hibernate_off", agent_id=agent.agent_id, error=exc.message)
@@ -775,6 +815,8 @@ class AgentHost:
             ) from None
         agent.sandbox = sandbox
         agent.hibernated, agent.snapshot = False, None
+        if self._hib.woke(agent.agent_id):  # it arrived asleep: its kv_* keys are in the file, not here
+            self._restore_kv(agent, snap)
         if agent.manifest.restore != "snapshot":
             self._hib.delete(agent.agent_id)  # stale from now on; a crash restarts it fresh
         seconds = time.perf_counter() - t0
@@ -936,3 +978,26 @@ class AgentHost:
 
 def _session(value: Any) -> str:
     return value if isinstance(value, str) and value else "default"
+
+
+class _AgentTable(dict[str, HostedAgent]):
+    """The host's agents by id, with a version bumped on every add and removal (what the per-service pools
+    are cached on). Only these mutators are used on it."""
+
+    version = 0
+
+    def __setitem__(self, key: str, value: HostedAgent) -> None:
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.version += 1
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self.version += 1
+        return super().pop(key, *default)
+
+    def clear(self) -> None:
+        self.version += 1
+        super().clear()

@@ -62,7 +62,8 @@ def build_host(
     handle on the audit chain (``[security.audit] path``) *and* to ``audit`` (the worker's log line).
     ``args["max_agents"]`` caps the agents this worker hosts at once (spawns past it answer ``busy``).
     ``args["idle_hibernate_s"]`` is the idle time before an agent whose manifest does not say is hibernated
-    (absent or 0: never); snapshots go to ``<data_dir>/snapshots``.
+    (absent or 0: never); snapshots go to ``<data_dir>/snapshots``. ``args["max_resident"]`` bounds the agents
+    holding a sandbox at once: past it the least recently used idle ones are hibernated (absent: no bound).
     ``args["mcp"]`` lists MCP servers (as a manifest's ``mcp``) that any agent here may name in its tools.
     """
     registry = default_registry()
@@ -86,6 +87,7 @@ def build_host(
         # share their pages through the page cache.
         module_cache_dir=Path(data_dir) / "modules" if data_dir else None,
         idle_hibernate_s=_idle_default(args),
+        max_resident=_max_resident(args),
     )
     return AgentHost(worker_id, parts)
 
@@ -110,3 +112,13 @@ def _idle_default(args: Mapping[str, Any]) -> float | None:
             f"worker args.idle_hibernate_s: must be a number of seconds from 0 to 2592000, got {value!r}"
         )
     return float(value) or None
+
+
+def _max_resident(args: Mapping[str, Any]) -> int | None:
+    """At most this many agents of this worker hold a sandbox (worker args ``max_resident``; absent: none)."""
+    value = args.get("max_resident")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"worker args.max_resident: must be a positive integer, got {value!r}")
+    return value
