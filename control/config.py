@@ -88,6 +88,13 @@ class ControlConfig:
     hwm: Annotated[int, Range(1), Doc("ZeroMQ high-water marks")] = 1000
     request_timeout_ms: Annotated[int, Range(10)] = 10_000
     keys_dir: Annotated[str, Doc("CURVE keys; required when any endpoint is tcp://")] | None = None
+    held_per_agent: Annotated[
+        int, Range(0), Doc("messages held for one restarting or moving agent; past it, `restarting`")
+    ] = 256
+    held_total: Annotated[int, Range(0), Doc("messages held for all such agents together")] = 10_000
+    held_ms: Annotated[
+        int, Range(0), Doc("how long a held message waits for its agent before `restarting`")
+    ] = 5_000
 
 
 def default_control(data_dir: str | os.PathLike[str]) -> ControlConfig:

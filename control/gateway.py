@@ -180,7 +180,13 @@ class Gateway:
         self.workers: dict[str, _Worker] = {}
         self.registry = AgentRegistry(_registry_path(args))
         t0 = time.perf_counter()
-        self.placement = Placement(self.registry, _GatewayPort(self))
+        self.placement = Placement(
+            self.registry,
+            _GatewayPort(self),
+            queue_per_agent=control.held_per_agent,
+            queue_total=control.held_total,
+            queue_ms=control.held_ms,
+        )
         self.agents = self.placement.directory
         log.info(
             "agent_registry_loaded",

@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from openfang.control.config import ControlConfig
 from openfang.control.registry import AgentRegistry, AgentRow, manifest_digest
 from openfang.control.routing import AgentDirectory
 from openfang.protocol.errors import (
@@ -59,9 +60,10 @@ from openfang.supervisor.spec import Restart
 
 log = structlog.get_logger("openfang.placement")
 
-QUEUE_PER_AGENT = 256
-QUEUE_TOTAL = 10_000
-QUEUE_MS = 5_000
+_CONTROL = ControlConfig()  # the one definition of the hold-queue bounds ([control] held_*)
+QUEUE_PER_AGENT = _CONTROL.held_per_agent
+QUEUE_TOTAL = _CONTROL.held_total
+QUEUE_MS = _CONTROL.held_ms
 GRACE_S = 3.0
 RETRY_AFTER_MS = 250
 NOT_SENT = "nothing was sent"  # how the gateway's sockets say a request never left (protocol.sockets)

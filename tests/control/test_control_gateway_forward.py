@@ -3,6 +3,7 @@ typed by the catalogue, answered with their typed reply, refused with the bad fi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from openfang.control.config import ControlConfig
 from openfang.control.gateway import Gateway
 from openfang.protocol import messages
 from openfang.protocol.envelope import Envelope, decode, encode
+from openfang.protocol.errors import ConfigError
 from openfang.supervisor.child import ChildContext
 
 pytestmark = pytest.mark.integration
@@ -117,3 +119,30 @@ def test_a_forward_for_an_agent_the_worker_does_not_host_is_denied(link: _Link) 
     """The sender check comes first: a worker cannot subscribe another worker's agent."""
     answer = link.forward("topic.subscribe", {"topic": "news"}, sender="b-9")
     assert answer.is_error and answer.body["code"] == "denied" and "does not host" in answer.body["message"]
+
+
+def test_gateway_hold_queue_bounds_come_from_control_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[control] held_per_agent / held_total / held_ms reach the gateway's placement (parsed from a file)."""
+    from openfang.control.config import parse_config
+
+    monkeypatch.setenv("OPENFANG_DATA_DIR", str(tmp_path))
+    text = '[cluster]\nname = "t"\ndata_dir = "d"\n'
+    text += "[control]\nheld_per_agent = 3\nheld_total = 40\nheld_ms = 750\n"
+    control = parse_config(text, source="c.toml", base_dir=tmp_path).control
+    control = dataclasses.replace(
+        control,
+        endpoint=f"ipc://{tmp_path}/control.sock",
+        events=f"ipc://{tmp_path}/events.sock",
+        workers=f"ipc://{tmp_path}/workers.sock",
+    )
+    args: dict[str, Any] = {"control": control, "registry": str(tmp_path / "agents.db")}
+    gw = Gateway(ChildContext(id="control", path="root/control", args=args), args)
+    try:
+        placement = gw.placement
+        assert (placement.queue_per_agent, placement.queue_total, placement.queue_s) == (3, 40, 0.75)
+    finally:
+        gw.close()
+    with pytest.raises(ConfigError, match="held_ms"):
+        parse_config(text.replace("750", "-1"), source="c.toml", base_dir=tmp_path)
