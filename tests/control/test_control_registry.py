@@ -99,13 +99,17 @@ def _walk(reg: AgentRegistry, limit: int, **filters: str) -> list[list[str]]:
         after = page.next
 
 
+def _flat(pages: list[list[str]]) -> list[str]:
+    return [agent_id for page in pages for agent_id in page]
+
+
 def test_registry_page_walks_every_row_once_in_id_order(tmp_path: Path) -> None:
     """Pages of 4 over 10 rows: 4, 4, 2 ids in sorted order, none twice, next None on the last, total 10."""
     reg = AgentRegistry(tmp_path / "agents.db")
     ids = [_row(reg, f"a-{n:02d}").agent_id for n in (7, 3, 9, 1, 5, 0, 8, 2, 6, 4)]
     pages = _walk(reg, 4)
     assert [len(p) for p in pages] == [4, 4, 2]
-    assert sum(pages, []) == sorted(ids)
+    assert _flat(pages) == sorted(ids)
     assert reg.page(4).total == 10 and reg.page(10).next is None
 
 
@@ -118,7 +122,7 @@ def test_registry_page_filters_by_state_and_worker_with_their_total(tmp_path: Pa
         row.placement = f"workers-{n % 2}"
     hib = reg.page(2, state="hibernated")
     assert [r.agent_id for r in hib.rows] == ["a-00", "a-03"] and hib.total == 4 and hib.next == "a-03"
-    assert sum(_walk(reg, 2, state="hibernated"), []) == ["a-00", "a-03", "a-06", "a-09"]
+    assert _flat(_walk(reg, 2, state="hibernated")) == ["a-00", "a-03", "a-06", "a-09"]
     both = reg.page(100, state="running", worker="workers-1")
     assert [r.agent_id for r in both.rows] == ["a-01", "a-05", "a-07", "a-11"] and both.total == 4
     assert reg.page(5, state="dead").rows == [] and reg.page(5, state="dead").total == 0
@@ -140,7 +144,7 @@ def test_registry_page_cursor_survives_adds_and_removes(tmp_path: Path) -> None:
     reg.commit()
     reg.close()
     again = AgentRegistry(tmp_path / "agents.db")
-    assert sum(_walk(again, 2), []) == ["a-0", "a-0b", "a-1", "a-3", "a-4", "a-4b", "a-5"]
+    assert _flat(_walk(again, 2)) == ["a-0", "a-0b", "a-1", "a-3", "a-4", "a-4b", "a-5"]
     again.close()
 
 
