@@ -29,7 +29,8 @@ async def walk_agents(
     """Every agent (``keep``: only those it accepts) from the first pages, until ``most`` are kept or the
     last page. ``request(body)`` sends one ``agent.list`` and returns its reply body."""
     merged: dict[str, Any] = {"agents": [], "errors": [], "workers": [], "total": 0, "next": None}
-    body: dict[str, Any] = {"limit": max(1, min(page, most))}
+    # Without keep, no page larger than what is kept; with it, full pages (most of a page may be skipped).
+    body: dict[str, Any] = {"limit": max(1, page if keep is not None else min(page, most))}
     while True:
         reply = await request(body)
         rows = [a for a in reply.get("agents") or [] if isinstance(a, dict)]
