@@ -280,8 +280,11 @@ class Scale:
             msg = msgpack.unpackb(raw)
             if msg.get("id") == env.id:
                 reply = msg.get("body") or {}
-                if msg.get("type") == "error":
-                    raise BenchFailed(f"agent.list {body}: {reply}")
+                if msg.get("type") == "error" or reply.get("errors"):
+                    # An error reply, or a worker that did not answer (its live figures are missing).
+                    raise BenchFailed(
+                        f"agent.list {body}: {reply if msg.get('type') == 'error' else reply['errors']}"
+                    )
                 return ms, len(raw), len(reply.get("agents") or []), reply.get("next")
         raise TimeoutError("agent.list")
 
