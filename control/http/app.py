@@ -74,7 +74,11 @@ class Face:
         return await self.bridge.request("agent.list", body, timeout=timeout)
 
     async def resolve(self, ref: str, *, param: str = "model") -> dict[str, Any]:
-        """The agent record for ``ref``: an agent id, else the name of a running agent (the oldest)."""
+        """The agent record for ``ref``: an agent id, else the name of a running agent (the oldest).
+
+        An id is one ``agent.info``; only a name (or an id agent.info does not answer) walks the pages."""
+        with contextlib.suppress(OpenFangError):
+            return await self.bridge.request("agent.info", {"agent_id": ref})
         agents = await self.agents()
         for agent in agents:
             if agent.get("agent_id") == ref:
