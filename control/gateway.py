@@ -44,12 +44,14 @@ from openfang.control.config import ControlConfig
 from openfang.control.guard import Guard, receive_client
 from openfang.control.moves import Moves
 from openfang.control.placement import GRACE_S, Placement
-from openfang.control.registry import AgentRegistry, AgentRow
+from openfang.control.registry import AgentRegistry, AgentRow, Page
 from openfang.control.schedules import ScheduleStore, parse_when
 from openfang.control.stats import GatewayStats
 from openfang.control.topics import TopicStore
 from openfang.protocol import messages
 from openfang.protocol.bodies import (
+    LIST_LIMIT_DEFAULT,
+    AgentList,
     AgentMove,
     AgentRef,
     AgentSend,
@@ -112,6 +114,9 @@ TREE_OPS = frozenset(
     }
 )
 POLL_MS = 200
+# agent.list asks a worker for at most this many agents' live figures per message: a record is ~0.5 KB
+# (its description cut to LIST_DESCRIPTION_CHARS by the worker), so a reply stays far under the 4 MiB limit.
+LIST_IDS_PER_MESSAGE = 500
 # Answered by the gateway itself at once: never refused as busy.
 UNQUEUED = frozenset({"ping", "security.report"})
 # A client request's handler: (identity, delimited, envelope, typed body).
@@ -226,7 +231,7 @@ class Gateway:
             "child.which": (SupervisorRef, self._to_root),
             "child.count": (SupervisorRef, self._to_root),
             "agent.spawn": (AgentSpawn, self._on_client_spawn),
-            "agent.list": (Empty, self._list),
+            "agent.list": (AgentList, self._list),
             "agent.send": (AgentSend, self._on_agent_request),
             "agent.info": (AgentRef, self._on_agent_request),
             "agent.suspend": (AgentRef, self._on_agent_request),
@@ -549,27 +554,49 @@ class Gateway:
     def _reply_pending(self, pending: _Pending, answer: Envelope) -> None:
         self._reply(pending.identity, pending.delimited, answer, pending.via_workers)
 
-    def _list(self, identity: bytes, delimited: bool, env: Envelope, _body: Empty | None = None) -> None:
-        """Every registered agent with its state, with live figures from the workers that host them."""
+    def _list(self, identity: bytes, delimited: bool, env: Envelope, body: AgentList | None = None) -> None:
+        """One page of registered agents (registry order, by id), with live figures from their workers.
+
+        The page comes from the registry; each connected worker is asked only for the live figures of its
+        agents on this page, in messages of at most ``LIST_IDS_PER_MESSAGE`` ids, so no worker reply nears
+        the frame limit whatever the cluster's size. Every worker gets at least one (maybe empty) ask: its
+        figures (``workers``) are in every page.
+        """
+        body = body or AgentList()
+        if body.ids is not None:
+            raise ProtocolError("body.ids: set by the gateway for its workers only; page with limit/after")
+        page = self.registry.page(
+            body.limit or LIST_LIMIT_DEFAULT, after=body.after, state=body.state, worker=body.worker
+        )
         workers = sorted(self.placement.workers & set(self.workers))
-        gather = routing.Gather(env, expected=len(workers))
+        by_worker: dict[str, list[str]] = {w: [] for w in workers}
+        for row in page.rows:
+            if row.placement in by_worker and self.placement.announced(row.agent_id):
+                by_worker[row.placement].append(row.agent_id)
+        asks = [
+            (wid, ids[i : i + LIST_IDS_PER_MESSAGE])
+            for wid, ids in by_worker.items()
+            for i in range(0, max(len(ids), 1), LIST_IDS_PER_MESSAGE)
+        ]
+        gather = routing.Gather(env, expected=len(asks))
 
         def merged(reply: Envelope) -> Envelope | None:
             result = gather.collect(reply)
-            return None if result is None else self._merge_list(env, result)
+            return None if result is None else self._merge_list(env, result, page)
 
-        for wid in workers:
+        for wid, ids in asks:
+            ask = Envelope(type=env.type, body={"ids": ids}, id=env.id)
             try:
-                self._to_worker(identity, delimited, env, wid, on_reply=merged)
+                self._to_worker(identity, delimited, ask, wid, on_reply=merged)
             except OpenFangError:
                 gather.expected -= 1
         if gather.expected <= 0:
-            self._reply(identity, delimited, self._merge_list(env, gather.result()))
+            self._reply(identity, delimited, self._merge_list(env, gather.result(), page))
 
-    def _merge_list(self, env: Envelope, gathered: Envelope) -> Envelope:
+    def _merge_list(self, env: Envelope, gathered: Envelope, page: Page) -> Envelope:
         live = {a.get("agent_id"): a for a in gathered.body.get("agents", []) if isinstance(a, dict)}
         out = []
-        for row in sorted(self.registry.rows.values(), key=lambda r: (r.spawned_at, r.agent_id)):
+        for row in page.rows:
             record = row.record()
             hosted = live.get(row.agent_id) if self.placement.announced(row.agent_id) else None
             if hosted is not None:
@@ -580,8 +607,12 @@ class Gateway:
                 if row.state == "restarting":
                     record["state"] = "restarting"
             out.append(record)
-        body = {"agents": out, "errors": gathered.body.get("errors", [])}
-        return env.reply({**body, "workers": gathered.body.get("workers", [])})
+        stats: dict[str, Any] = {}  # one per worker (a worker asked in several parts answers each)
+        for w in gathered.body.get("workers", []):
+            stats.setdefault(str(w.get("worker")), w)
+        errors = list(dict.fromkeys(gathered.body.get("errors", [])))
+        body = {"agents": out, "errors": errors, "workers": list(stats.values())}
+        return env.reply({**body, "next": page.next, "total": page.total})
 
     def _to_worker(
         self,

@@ -18,6 +18,7 @@ from a per-name counter that is persisted and never goes back, so an id is never
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import sqlite3
@@ -26,9 +27,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from openfang.protocol.bodies import AGENT_STATES
 from openfang.protocol.errors import AlreadyExists, OpenFangError
 
-STATES = ("starting", "running", "suspended", "restarting", "hibernated", "dead")
+STATES = AGENT_STATES
 LIVE_STATES = frozenset(STATES) - {"dead"}
 SCHEMA_VERSION = 1
 
@@ -130,8 +132,21 @@ def manifest_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of :meth:`AgentRegistry.page`: its rows, the cursor of the next page, the matching total."""
+
+    rows: list[AgentRow]
+    next: str | None  # the last row's id when more rows match after it; None on the last page
+    total: int
+
+
 class AgentRegistry:
-    """The rows of ``agents.db`` in memory (by id), written through to disk on :meth:`commit`."""
+    """The rows of ``agents.db`` in memory (by id), written through to disk on :meth:`commit`.
+
+    ``_order`` keeps every id sorted (bisect on add and remove: a memmove of at most 100,000 pointers), so
+    a page starts at its cursor in O(log n) and reads only the rows it returns (plus those a filter skips).
+    """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -146,6 +161,7 @@ class AgentRegistry:
         except sqlite3.Error as exc:
             raise RegistryError(f"agent registry {self.path}: cannot open: {exc}") from None
         self.rows: dict[str, AgentRow] = {}
+        self._order: list[str] = []  # every id in self.rows, sorted: the order of agent.list pages
         self._manifests: dict[str, str] = {}
         self._counters: dict[str, int] = {}
         self._dirty: set[str] = set()
@@ -158,6 +174,7 @@ class AgentRegistry:
     def _load(self) -> None:
         cursor = self._db.execute(f"SELECT {_COLUMNS} FROM agents")
         self.rows = {row.agent_id: row for row in itertools.starmap(AgentRow, cursor)}
+        self._order = sorted(self.rows)
         self._manifests = dict(self._db.execute("SELECT digest, text FROM manifests"))
         self._counters = dict(self._db.execute("SELECT name, n FROM counters"))
 
@@ -172,6 +189,36 @@ class AgentRegistry:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def page(
+        self, limit: int, *, after: str | None = None, state: str | None = None, worker: str | None = None
+    ) -> Page:
+        """At most ``limit`` rows in id order after ``after`` (exclusive), matching ``state``/``worker``.
+
+        ``after`` need not be a registered id (the agent may have been removed since): the page starts at
+        the first id greater than it. Without a filter the total is ``len(self)``; with one it is counted
+        over every row (one pass, no copy).
+        """
+        if limit < 1:
+            raise ValueError(f"limit: must be at least 1, got {limit}")
+
+        def wanted(row: AgentRow) -> bool:
+            return (state is None or row.state == state) and (worker is None or row.placement == worker)
+
+        filtered = state is not None or worker is not None
+        start = 0 if after is None else bisect.bisect_right(self._order, after)
+        rows: list[AgentRow] = []
+        more = False
+        for agent_id in itertools.islice(self._order, start, None):
+            row = self.rows[agent_id]
+            if filtered and not wanted(row):
+                continue
+            if len(rows) == limit:
+                more = True
+                break
+            rows.append(row)
+        total = sum(1 for r in self.rows.values() if wanted(r)) if filtered else len(self.rows)
+        return Page(rows, rows[-1].agent_id if more else None, total)
 
     # -- changing ---------------------------------------------------------------------------------------
     def next_id(self, name: str) -> str:
@@ -203,6 +250,8 @@ class AgentRegistry:
             self._manifests[row.manifest_digest] = manifest_text
             self._new_manifests.add(row.manifest_digest)
         row.spawned_at = row.spawned_at or time.time()
+        if old is None:
+            bisect.insort(self._order, row.agent_id)
         self.rows[row.agent_id] = row
         self._deleted.discard(row.agent_id)
         self._dirty.add(row.agent_id)
@@ -217,6 +266,7 @@ class AgentRegistry:
         """Forget an agent (killed, or its spawn was refused). Its id stays used: the counter never goes
         back."""
         if self.rows.pop(agent_id, None) is not None:
+            del self._order[bisect.bisect_left(self._order, agent_id)]
             self._dirty.discard(agent_id)
             self._deleted.add(agent_id)
 

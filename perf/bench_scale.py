@@ -15,7 +15,9 @@ routing class agent (``perf/agents/route.toml``: the built-in LLM guest, scripte
 - ``message``: p50/p95 of one ``agent.send`` at a time to random agents, split by the state
   ``agent.info`` gave just before: ``running`` (resident) and ``hibernated`` (the message wakes it); every
   reply checked;
-- ``agent.list``: wall time and reply size of the full list;
+- ``agent.list``: wall time and reply size of one page of 1,000 (the default page), and of a full walk
+  (pages of 5,000, ``after`` = each reply's ``next``: the time of all pages, the bytes summed); the
+  median of 3 of each;
 - ``restart``: the daemon stopped (SIGTERM) and started again on the same data directory: exec -> READY,
   then until a random agent answers, and until a sample of agents all answer; and ``AgentRegistry`` +
   ``Placement`` over the daemon's own ``agents.db`` in this process while it is stopped (the gateway's
@@ -72,6 +74,7 @@ WORKERS = 2
 SEQUENTIAL = 100  # the last spawns of each step, one at a time: the spawn latency figures
 WINDOW = 256  # spawns in flight: more only lengthens each worker turn (it drains up to 512 a turn)
 SAMPLES = 100  # messages per state (resident, hibernated) per step
+LIST_WALK_PAGE = 5_000  # agent.list walk: agents per page
 CROWD, CROWD_QUICK = 10_000, 1_000
 ROUTING_TASKS, ROUTING_TASKS_QUICK = 2_000, 300
 SETTLE_S = 180.0
@@ -261,11 +264,11 @@ class Scale:
                 break  # nothing is hibernated at this size
         return out
 
-    def agent_list(self) -> tuple[float, int, int]:
-        """(ms, reply bytes, agents listed) of one full agent.list."""
+    def agent_list(self, body: dict[str, Any]) -> tuple[float, int, int, str | None]:
+        """(ms, reply bytes, agents listed, next cursor) of one agent.list page."""
         assert self.pipe is not None
         sock = self.pipe.sock
-        env = Envelope(type="agent.list", body={})
+        env = Envelope(type="agent.list", body=body)
         t0 = time.perf_counter()
         sock.send(encode(env))
         end = time.monotonic() + 300
@@ -276,9 +279,25 @@ class Scale:
             ms = (time.perf_counter() - t0) * 1000
             msg = msgpack.unpackb(raw)
             if msg.get("id") == env.id:
-                body = msg.get("body") or {}
-                return ms, len(raw), len(body.get("agents") or [])
+                reply = msg.get("body") or {}
+                if msg.get("type") == "error" or reply.get("errors"):
+                    # An error reply, or a worker that did not answer (its live figures are missing).
+                    raise BenchFailed(
+                        f"agent.list {body}: {reply if msg.get('type') == 'error' else reply['errors']}"
+                    )
+                return ms, len(raw), len(reply.get("agents") or []), reply.get("next")
         raise TimeoutError("agent.list")
+
+    def agent_walk(self, page: int = LIST_WALK_PAGE) -> tuple[float, int, int]:
+        """(ms, bytes, agents) of every page walked one after the other."""
+        ms = size = listed = 0
+        body: dict[str, Any] = {"limit": page}
+        while True:
+            t, b, n, cursor = self.agent_list(body)
+            ms, size, listed = ms + t, size + b, listed + n
+            if cursor is None:
+                return ms, size, listed
+            body = {"limit": page, "after": cursor}
 
     def memory(self) -> tuple[float, float, dict[str, dict[str, float]]]:
         c = self.cluster
@@ -396,14 +415,19 @@ def grow(steps: tuple[int, ...], *, restart: bool = True) -> list[dict[str, Any]
             pss, rss, per_process = s.memory()
             idle_pss = pss if idle_pss is None else idle_pss
             lat = s.messages(SAMPLES if n > 1 else 20, rng)
-            list_ms, list_bytes, listed = s.agent_list()
+            # The median of 3 of each: one sample on the shared machine is often 2-3x off.
+            pages = sorted((s.agent_list({"limit": 1000}) for _ in range(3)), key=lambda r: r[0])
+            list_ms, list_bytes, listed, _ = pages[1]
+            walk_ms, walk_bytes, walked = sorted((s.agent_walk() for _ in range(3)), key=lambda r: r[0])[1]
+            if walked != len(s.ids):
+                raise BenchFailed(f"the agent.list walk found {walked} agents, {len(s.ids)} were spawned")
             rate = bulk / bulk_s if bulk else None
             _log(
                 f"{n:,} agents: bulk {bulk} in {bulk_s:.1f} s, one by one p50 {_fmt(_p(seq, 50))} ms; "
                 f"settled in {settle_s:.1f} s, resident ~{s.resident}; PSS {pss:.1f} MB "
                 f"(+{pss - idle_pss:.1f}), RSS {rss:.1f}; message p50 running {_fmt(_p(lat['running'], 50))} "
-                f"hibernated {_fmt(_p(lat['hibernated'], 50))} ms; agent.list {list_ms:.0f} ms "
-                f"{list_bytes / 1e6:.1f} MB"
+                f"hibernated {_fmt(_p(lat['hibernated'], 50))} ms; agent.list page {list_ms:.0f} ms "
+                f"{list_bytes / 1e6:.1f} MB, walk {walk_ms:.0f} ms {walk_bytes / 1e6:.1f} MB"
             )
             _log(f"  per process PSS/USS/RSS MB: {describe_breakdown(per_process, rss=True)}")
             notes = f"{WORKERS} workers, max_resident {RESIDENT_CAP // WORKERS} per worker"
@@ -436,7 +460,24 @@ def grow(steps: tuple[int, ...], *, restart: bool = True) -> list[dict[str, Any]
                     target=300 if n == 100_000 else None,
                     notes="idle = the 1-agent system",
                 ),
-                _point("agent.list", n, list_ms, "ms", reply_mb=round(list_bytes / 1e6, 2), listed=listed),
+                _point(
+                    "agent.list page",
+                    n,
+                    list_ms,
+                    "ms",
+                    reply_mb=round(list_bytes / 1e6, 2),
+                    listed=listed,
+                    notes="one page of 1,000 (limit 1000)",
+                ),
+                _point(
+                    "agent.list walk",
+                    n,
+                    walk_ms,
+                    "ms",
+                    reply_mb=round(walk_bytes / 1e6, 2),
+                    listed=walked,
+                    notes=f"every page of {LIST_WALK_PAGE:,}, one after the other",
+                ),
             ]
             if rate is not None:
                 out.append(

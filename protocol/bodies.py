@@ -11,12 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from openfang.protocol._schema import Len, Range
+from openfang.protocol._schema import Len, Match, Range
 
 __all__ = [
     "FORWARDED_TYPES",
     "MAX_MANIFEST",
     "MAX_TEXT",
+    "AgentList",
     "AgentListOk",
     "AgentRecord",
     "AgentRef",
@@ -373,10 +374,36 @@ class AgentRecord:
     parent: Id | None = None  # the agent that spawned it (agent_spawn)
 
 
+AGENT_STATES = ("starting", "running", "suspended", "restarting", "hibernated", "dead")
+LIST_LIMIT_MAX = 10_000
+LIST_LIMIT_DEFAULT = 1_000
+_STATES_WHAT = "one of " + ", ".join(AGENT_STATES)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentList:
+    """One page of ``agent.list``: agents in registry order (by agent id), at most ``limit`` of them.
+
+    The cursor contract: ``after`` is the last agent id of the previous page (its reply's ``next``); the
+    page starts at the first matching id after it. Ids are totally ordered, so a walk never returns an
+    agent twice; an agent spawned or killed between two pages may be missed or seen once. An empty body
+    is the first page of 1,000. ``ids`` is only for the gateway's message to a worker (the page's agents
+    whose live figures it wants); a client's ``ids`` is refused.
+    """
+
+    limit: Annotated[int, Range(1, LIST_LIMIT_MAX)] | None = None  # default 1,000
+    after: Id | None = None  # exclusive cursor: the previous page's ``next``
+    state: Annotated[str, Len(32), Match("|".join(AGENT_STATES), _STATES_WHAT)] | None = None
+    worker: Id | None = None  # only agents placed on this worker
+    ids: Annotated[list[Id], Len(LIST_LIMIT_MAX)] | None = None  # gateway -> worker only
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentListOk:
-    agents: Annotated[list[AgentRecord], Len(1_000_000)]
+    agents: Annotated[list[AgentRecord], Len(LIST_LIMIT_MAX)]
     workers: Annotated[list[WorkerStats], Len(4096)] | None = None  # each answering worker's figures
+    next: Id | None = None  # the next page's ``after``; nil on the last page
+    total: Count | None = None  # agents matching the filters (all pages)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

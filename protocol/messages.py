@@ -29,6 +29,7 @@ from openfang.protocol import _schema
 from openfang.protocol import coordination as _coord
 from openfang.protocol import memory_writes as _mem
 from openfang.protocol.bodies import (
+    AgentList,
     AgentListOk,
     AgentMove,
     AgentMoveOk,
@@ -260,9 +261,10 @@ CATALOGUE: dict[str, MessageSpec] = {
         _spec(
             "agent.list",
             "agents",
-            Empty,
+            AgentList,
             AgentListOk,
-            "every registered agent with its state (live figures from the worker hosting it)",
+            "one page of registered agents in id order, with their state (live figures from the worker "
+            "hosting each); walk pages with ``after`` = the previous reply's ``next``",
             *_COMMON_ERRORS,
         ),
         _spec("agent.info", "agents", AgentRef, AgentRecord, "one agent", *_AGENT_ERRORS),

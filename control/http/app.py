@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute
 from openfang.control.http.auth import BearerAuth
 from openfang.control.http.bridge import GatewayBridge
 from openfang.control.http.errors import HttpError, error_response, from_openfang
+from openfang.control.http.paging import WALK_MAX, walk_agents
 from openfang.protocol.errors import OpenFangError
 
 log = structlog.get_logger("openfang.http")
@@ -60,16 +61,24 @@ class Face:
     metrics_per_agent: bool  # /metrics: per-agent series for the top agents by messages
     metrics_top_agents: int
 
-    async def agents(self) -> list[dict[str, Any]]:
-        """Every agent on every worker (``agent.list``)."""
+    async def agents(self, most: int = WALK_MAX) -> list[dict[str, Any]]:
+        """Every registered agent (``agent.list`` pages walked in id order), at most ``most`` of them."""
         try:
-            reply = await self.bridge.request("agent.list")
+            listing = await walk_agents(self.list_page, most=most)
         except OpenFangError as exc:
             raise from_openfang(exc) from None
-        return [a for a in reply.get("agents", []) if isinstance(a, dict)]
+        return list(listing["agents"])
+
+    async def list_page(self, body: Mapping[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """One ``agent.list`` page (``body``: limit, after, state, worker)."""
+        return await self.bridge.request("agent.list", body, timeout=timeout)
 
     async def resolve(self, ref: str, *, param: str = "model") -> dict[str, Any]:
-        """The agent record for ``ref``: an agent id, else the name of a running agent (the oldest)."""
+        """The agent record for ``ref``: an agent id, else the name of a running agent (the oldest).
+
+        An id is one ``agent.info``; only a name (or an id agent.info does not answer) walks the pages."""
+        with contextlib.suppress(OpenFangError):
+            return await self.bridge.request("agent.info", {"agent_id": ref})
         agents = await self.agents()
         for agent in agents:
             if agent.get("agent_id") == ref:

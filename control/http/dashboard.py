@@ -34,6 +34,7 @@ from starlette.staticfiles import StaticFiles
 
 from openfang.control.http.app import Face, Installed
 from openfang.control.http.errors import HttpError, from_openfang
+from openfang.control.http.paging import PAGE, walk_agents
 from openfang.protocol import messages
 from openfang.protocol.envelope import decode
 from openfang.protocol.errors import OpenFangError, ProtocolError
@@ -191,15 +192,28 @@ def install(face: Face) -> Installed:
             except OpenFangError as exc:
                 out["errors"][kind] = str(exc)
 
-        await asyncio.gather(*(one(k) for k in ("status", "tree", "agent.list")))
-        listing = out.get("agent_list")
-        if listing is not None:
-            limit = request.query_params.get("limit", str(AGENT_ROWS))
-            if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
-                raise HttpError(400, "bad_request", f"'limit' must be 1..10000, got {limit!r}", param="limit")
-            every = [a for a in listing.get("agents") or [] if isinstance(a, dict)]
-            shown = pick_agents(every, request.query_params.get("filter", ""), int(limit))
-            listing.update(agents=shown, total=len(every))
+        limit = request.query_params.get("limit", str(AGENT_ROWS))
+        if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
+            raise HttpError(400, "bad_request", f"'limit' must be 1..10000, got {limit!r}", param="limit")
+        words = request.query_params.get("filter", "")
+
+        async def listing() -> None:
+            # One page without a filter; with one, pages are walked until `limit` agents match.
+            try:
+                out["agent_list"] = await walk_agents(
+                    lambda body: face.bridge.request("agent.list", body, timeout=5.0),
+                    most=int(limit),
+                    page=int(limit) if not words.split() else PAGE,
+                    keep=lambda a: bool(pick_agents([a], words, 1)),
+                )
+            except OpenFangError as exc:
+                out["errors"]["agent.list"] = str(exc)
+
+        await asyncio.gather(one("status"), one("tree"), listing())
+        found = out.get("agent_list")
+        if found is not None:
+            # Ids sorted, at most `limit`; `total` stays the gateway's: every agent.
+            found["agents"] = pick_agents(found["agents"], "", int(limit))
         return JSONResponse(out)
 
     async def events(request: Request) -> Response:

@@ -45,6 +45,7 @@ from starlette.routing import Route
 
 from openfang.control.http.app import Face, Installed
 from openfang.control.http.metrics_runtime import runtime_families
+from openfang.control.http.paging import walk_agents
 from openfang.protocol.errors import OpenFangError
 
 CACHE_S = 2.0
@@ -456,6 +457,8 @@ def local_endpoint(endpoint: str) -> bool:
 
 def install(face: Face) -> Installed:
     async def fetch(kind: str) -> dict[str, Any]:
+        if kind == "agent.list":  # every page (of PAGE agents, up to WALK_MAX): totals cover every agent
+            return await walk_agents(lambda body: face.bridge.request(kind, body, timeout=5.0))
         return await face.bridge.request(kind, timeout=5.0)
 
     sampler = Sampler(fetch, measure_cpu=local_endpoint(face.bridge.endpoint))

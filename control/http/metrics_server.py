@@ -37,6 +37,7 @@ async def serve(ctx: ChildContext, args: Mapping[str, Any]) -> None:
     from prometheus_client.registry import CollectorRegistry
 
     from openfang.control.http.metrics import ClusterCollector, Sampler, local_endpoint
+    from openfang.control.http.paging import walk_agents
     from openfang.control.http.server import make_bridge
 
     metrics: MetricsConfig = args["metrics"]
@@ -44,6 +45,8 @@ async def serve(ctx: ChildContext, args: Mapping[str, Any]) -> None:
     loop = asyncio.get_running_loop()
 
     async def fetch(kind: str) -> dict[str, Any]:
+        if kind == "agent.list":  # every page (of PAGE agents, up to WALK_MAX): totals cover every agent
+            return await walk_agents(lambda body: bridge.request(kind, body, timeout=5.0))
         reply: dict[str, Any] = await bridge.request(kind, timeout=5.0)
         return reply
 

@@ -27,6 +27,7 @@ from openfang.cli.catalog import add_catalog_verbs
 from openfang.cli.connect import Unreachable, UsageError
 from openfang.cli.schedule_cmd import add_schedule_verbs
 from openfang.cli.top import add_top_verb
+from openfang.protocol.bodies import AGENT_STATES
 from openfang.protocol.errors import ConfigError, OpenFangError, Timeout
 
 EXIT_REMOTE, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -44,6 +45,32 @@ def request(args: argparse.Namespace, msg_type: str, body: dict[str, Any] | None
     with connect.client(args) as client:
         reply: dict[str, Any] = client.request(msg_type, body or {})
         return reply
+
+
+ALL_PAGE = 2_000  # agents per page when --all walks every page without --limit
+
+
+def list_agents(args: argparse.Namespace) -> dict[str, Any]:
+    """One page of ``agent.list`` (``--limit``/``--after``/``--state``/``--worker``), or every page
+    (``--all``: walked with ``after`` = each reply's ``next`` on one connection, merged into one body)."""
+    body: dict[str, Any] = {}
+    for key in ("limit", "after", "state", "worker"):
+        if getattr(args, key, None) is not None:
+            body[key] = getattr(args, key)
+    if not args.all:
+        return request(args, "agent.list", body)
+    body.setdefault("limit", ALL_PAGE)
+    merged: dict[str, Any] = {"agents": [], "errors": [], "workers": [], "next": None, "total": 0}
+    with connect.client(args) as client:
+        while True:
+            page: dict[str, Any] = client.request("agent.list", body)
+            merged["agents"].extend(page.get("agents") or [])
+            merged["errors"].extend(e for e in page.get("errors") or [] if e not in merged["errors"])
+            merged["workers"] = merged["workers"] or page.get("workers") or []
+            merged["total"] = page.get("total", len(merged["agents"]))
+            if not page.get("next"):
+                return merged
+            body["after"] = page["next"]
 
 
 def output(args: argparse.Namespace, body: Any, human: Callable[[Any], str]) -> int:
@@ -311,7 +338,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             body["worker"] = args.worker
         return output(args, request(args, "agent.spawn", body), render.kv)
     if op == "list":
-        return output(args, request(args, "agent.list"), render.agents)
+        return output(args, list_agents(args), render.agents)
     if op == "send":
         body = {"text": args.text}
         if args.session:
@@ -551,10 +578,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = agent_sub.add_parser("spawn", parents=[common], help="spawn an agent from a manifest")
     p.add_argument("manifest")
     p.add_argument("--worker", help="place it on this worker instead of the least loaded")
-    agent_sub.add_parser(
+    p = agent_sub.add_parser(
         "list",
         parents=[common],
-        help="list every registered agent with its state (running, suspended, restarting, hibernated, dead)",
+        help="list registered agents with their state (running, suspended, restarting, hibernated, dead), "
+        "one page in agent id order (1,000 by default; the footer names the next page's --after)",
+    )
+    p.add_argument("--limit", type=int, help="agents per page, 1..10000 (default 1000)")
+    p.add_argument("--after", metavar="AGENT_ID", help="start after this agent id (a footer's next cursor)")
+    p.add_argument("--state", choices=AGENT_STATES, help="only agents in this state")
+    p.add_argument("--worker", help="only agents placed on this worker")
+    p.add_argument(
+        "--all", action="store_true", help=f"walk every page (of --limit, default {ALL_PAGE}), print them all"
     )
     p = agent_sub.add_parser(
         "send",

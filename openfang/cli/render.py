@@ -78,7 +78,8 @@ def reload(body: dict[str, Any]) -> str:
 
 
 def agents(body: dict[str, Any]) -> str:
-    """Every registered agent: running, suspended, restarting, hibernated and dead ones (with the reason)."""
+    """A page of registered agents: running, suspended, restarting, hibernated and dead ones (with the
+    reason), and a footer naming the next page's cursor when there is one."""
     rows = body.get("agents") or []
     lines = [
         f"{'AGENT':<28} {'WORKER':<12} {'STATE':<11} {'RESTARTS':>8} {'FUEL USED':>12} {'MEMORY':>9}  REASON"
@@ -92,6 +93,14 @@ def agents(body: dict[str, Any]) -> str:
         )
     for err in body.get("errors") or []:
         lines.append(f"(a worker did not answer: {err})")
+    total = body.get("total")
+    if body.get("next"):
+        lines.append(
+            f"({len(rows)} of {total} shown; next page: openfang agent list --after {body['next']}, "
+            "or --all for every page)"
+        )
+    elif isinstance(total, int) and total != len(rows):
+        lines.append(f"(last page: {len(rows)} of {total} shown)")
     return "\n".join(lines)
 
 

@@ -55,6 +55,10 @@ class NoDaemon(OpenFangError):
     code = "unreachable"
 
 
+AGENTS_PAGE = 5_000  # agents per agent.list request
+AGENTS_MAX = 10_000  # agents one sample fetches (the first by id); each sample is ~0.5 s at this size
+
+
 class Feed:
     """One connection's worth of asking: samples and actions (not thread-safe: one thread uses it)."""
 
@@ -86,7 +90,7 @@ class Feed:
         nodes = flatten_tree(self._ask("tree"))
         problems: list[str] = []
         try:
-            listed = self._ask("agent.list")
+            listed = self._list_agents(problems)
         except NoDaemon:
             raise
         except OpenFangError as exc:
@@ -109,6 +113,23 @@ class Feed:
             agents=tuple(agents),
             problems=tuple(problems),
         )
+
+    def _list_agents(self, problems: list[str]) -> dict[str, Any]:
+        """The first ``AGENTS_MAX`` agents by id, in pages of ``AGENTS_PAGE`` (agent.list is paged: issue 9);
+        the problems line says when more agents exist than were fetched."""
+        listed: dict[str, Any] = {"agents": [], "errors": []}
+        body: dict[str, Any] = {"limit": AGENTS_PAGE}
+        while True:
+            page = self._ask("agent.list", body)
+            listed["agents"].extend(page.get("agents") or [])
+            listed["errors"].extend(e for e in page.get("errors") or [] if e not in listed["errors"])
+            cursor = page.get("next")
+            if not cursor:
+                return listed
+            if len(listed["agents"]) >= AGENTS_MAX:
+                problems.append(f"showing the first {len(listed['agents'])} of {page.get('total')} agents")
+                return listed
+            body = {**body, "after": cursor}
 
     def act(self, op: str, agent_id: str) -> str:
         """Send one agent action; the line for the status bar, saying what happened or what the error was."""

@@ -278,3 +278,19 @@ def test_top_without_textual_says_what_to_install(tmp_path: Any) -> None:
     )
     assert out.returncode == 2, out
     assert "pip install 'openfang[tui]'" in out.stderr and "--once" in out.stderr
+
+
+def test_render_agents_footer_names_the_next_cursor() -> None:
+    """A page with next: the footer shows N of total and the --after to use; the last page says so."""
+    from openfang.cli import render
+
+    page = {"agents": [{"agent_id": "a-1", "state": "running"}], "next": "a-1", "total": 3}
+    assert (
+        render.agents(page)
+        .splitlines()[-1]
+        .startswith("(1 of 3 shown; next page: openfang agent list --after a-1")
+    )
+    last = render.agents({"agents": [{"agent_id": "a-3", "state": "running"}], "next": None, "total": 3})
+    assert last.splitlines()[-1] == "(last page: 1 of 3 shown)"
+    every = render.agents({"agents": [{"agent_id": "a-3", "state": "running"}], "next": None, "total": 1})
+    assert len(every.splitlines()) == 2, "a complete list has no footer"

@@ -86,3 +86,70 @@ def test_registry_stores_one_text_per_distinct_manifest(tmp_path: Path) -> None:
     assert db.execute("SELECT COUNT(*) FROM agents").fetchone() == (1000,)
     db.close()
     reg.close()
+
+
+def _walk(reg: AgentRegistry, limit: int, **filters: str) -> list[list[str]]:
+    pages, after = [], None
+    while True:
+        page = reg.page(limit, after=after, **filters)
+        pages.append([r.agent_id for r in page.rows])
+        if page.next is None:
+            return pages
+        assert page.next == page.rows[-1].agent_id, "the cursor is the page's last id"
+        after = page.next
+
+
+def _flat(pages: list[list[str]]) -> list[str]:
+    return [agent_id for page in pages for agent_id in page]
+
+
+def test_registry_page_walks_every_row_once_in_id_order(tmp_path: Path) -> None:
+    """Pages of 4 over 10 rows: 4, 4, 2 ids in sorted order, none twice, next None on the last, total 10."""
+    reg = AgentRegistry(tmp_path / "agents.db")
+    ids = [_row(reg, f"a-{n:02d}").agent_id for n in (7, 3, 9, 1, 5, 0, 8, 2, 6, 4)]
+    pages = _walk(reg, 4)
+    assert [len(p) for p in pages] == [4, 4, 2]
+    assert _flat(pages) == sorted(ids)
+    assert reg.page(4).total == 10 and reg.page(10).next is None
+
+
+def test_registry_page_filters_by_state_and_worker_with_their_total(tmp_path: Path) -> None:
+    """state= and worker= keep only matching rows; total counts the matches of every page, not this one."""
+    reg = AgentRegistry(tmp_path / "agents.db")
+    for n in range(12):
+        row = _row(reg, f"a-{n:02d}")
+        row.state = "hibernated" if n % 3 == 0 else "running"
+        row.placement = f"workers-{n % 2}"
+    hib = reg.page(2, state="hibernated")
+    assert [r.agent_id for r in hib.rows] == ["a-00", "a-03"] and hib.total == 4 and hib.next == "a-03"
+    assert _flat(_walk(reg, 2, state="hibernated")) == ["a-00", "a-03", "a-06", "a-09"]
+    both = reg.page(100, state="running", worker="workers-1")
+    assert [r.agent_id for r in both.rows] == ["a-01", "a-05", "a-07", "a-11"] and both.total == 4
+    assert reg.page(5, state="dead").rows == [] and reg.page(5, state="dead").total == 0
+
+
+def test_registry_page_cursor_survives_adds_and_removes(tmp_path: Path) -> None:
+    """A cursor whose agent was removed still starts after it; a row added behind the cursor is not seen,
+    one added ahead is; an id is never returned twice; a reopened registry pages in the same order."""
+    reg = AgentRegistry(tmp_path / "agents.db")
+    for n in range(6):
+        _row(reg, f"a-{n}")
+    first = reg.page(3)
+    assert first.next == "a-2"
+    reg.remove("a-2")
+    _row(reg, "a-0b")  # behind the cursor: missed by this walk
+    _row(reg, "a-4b")  # ahead of it: seen once
+    rest = reg.page(10, after=first.next)
+    assert [r.agent_id for r in rest.rows] == ["a-3", "a-4", "a-4b", "a-5"] and rest.next is None
+    reg.commit()
+    reg.close()
+    again = AgentRegistry(tmp_path / "agents.db")
+    assert _flat(_walk(again, 2)) == ["a-0", "a-0b", "a-1", "a-3", "a-4", "a-4b", "a-5"]
+    again.close()
+
+
+def test_registry_page_refuses_a_limit_below_one(tmp_path: Path) -> None:
+    """limit 0 is a caller's bug (the protocol refuses it earlier): ValueError naming limit."""
+    reg = AgentRegistry(tmp_path / "agents.db")
+    with pytest.raises(ValueError, match="limit"):
+        reg.page(0)

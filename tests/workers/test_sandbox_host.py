@@ -516,3 +516,21 @@ def test_host_sandbox_keeps_few_enough_attributes_to_share_dict_keys() -> None:
         assert len(vars(sandbox)) <= 30, sorted(vars(sandbox))
     finally:
         d.host.close()
+
+
+def test_host_list_with_ids_answers_only_those_agents_with_short_descriptions() -> None:
+    """agent.list with ids (the gateway's page): only the named hosted agents (unknown ids skipped), each
+    description cut to 1,024 characters; the worker's figures are in the reply; without ids, every agent."""
+    d = make_host()
+    try:
+        long = "d" * 5000
+        text = manifest("echo", module="builtin:echo", model=False, agent=f'description = "{long}"')
+        ids = [d.ok("agent.spawn", manifest=text)["agent_id"] for _ in range(4)]
+        listed = d.ok("agent.list", ids=[ids[2], "nobody", ids[0]])
+        assert [a["agent_id"] for a in listed["agents"]] == [ids[2], ids[0]]
+        assert all(len(a["description"]) == 1024 for a in listed["agents"])
+        assert [w["worker"] for w in listed["workers"]] == [d.host.worker_id]
+        assert d.ok("agent.list", ids=[])["agents"] == []
+        assert len(d.ok("agent.list")["agents"]) == 4
+    finally:
+        d.host.close()

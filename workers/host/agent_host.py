@@ -41,7 +41,7 @@ from typing import Any
 import structlog
 
 from openfang.protocol import messages
-from openfang.protocol.bodies import AgentMove, AgentRef, AgentSend, AgentSpawn, Empty
+from openfang.protocol.bodies import AgentList, AgentMove, AgentRef, AgentSend, AgentSpawn
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import (
     AlreadyExists,
@@ -75,6 +75,7 @@ from openfang.workers.tools import kv as _tools_kv
 from openfang.workers.tools.mcp import McpServerConfig
 
 log = structlog.get_logger("openfang.workers.host.agent_host")
+LIST_DESCRIPTION_CHARS = 1024  # agent.list records: keeps a 500-agent reply to the gateway under 1 MiB
 MAX_INBOX = 1024
 MOVE_WAIT_MS = 5000  # how long the source half of agent.move waits for a busy agent to become idle
 Sink = Callable[[dict[str, Any]], None]
@@ -174,7 +175,7 @@ class AgentHost:
         self._dispatch: dict[str, tuple[type[Any], Callable[[Envelope, Any], None]]] = {
             "agent.spawn": (AgentSpawn, self._on_spawn),
             "agent.send": (AgentSend, self._on_send),
-            "agent.list": (Empty, self._on_list),
+            "agent.list": (AgentList, self._on_list),
             "agent.info": (AgentRef, self._on_info),
             "agent.suspend": (AgentRef, self._on_suspend),
             "agent.resume": (AgentRef, self._on_resume),
@@ -408,8 +409,17 @@ class AgentHost:
             self._pools[service] = cached
         return cached[1]
 
-    def _on_list(self, env: Envelope, _body: Empty) -> None:
-        self._replies.append(env.reply({"agents": self.agents(), "workers": [self.stats.to_wire()]}))
+    def _on_list(self, env: Envelope, body: AgentList) -> None:
+        """Live figures of the agents the gateway names (``ids``: one page's, at most 500 a message), every
+        agent without ``ids``. Descriptions are cut to 1,024 characters (agent.info has the whole one)."""
+        if body.ids is None:
+            records = self.agents()
+        else:
+            records = [self._record(a) for a in map(self._agents.get, body.ids) if a is not None]
+        for r in records:
+            if len(r.get("description") or "") > LIST_DESCRIPTION_CHARS:
+                r["description"] = r["description"][:LIST_DESCRIPTION_CHARS]
+        self._replies.append(env.reply({"agents": records, "workers": [self.stats.to_wire()]}))
 
     def _on_info(self, env: Envelope, body: AgentRef) -> None:
         self._replies.append(env.reply(self._record(self._get(body))))
