@@ -180,8 +180,10 @@ class Hibernation:
             group.append(self._queue.popleft())
         write_group(group)
 
-    def reap(self, agents: dict[str, HostedAgent]) -> None:
-        """Settle finished writes: drop the in-memory snapshot once its file is on disk."""
+    def reap(self, agents: dict[str, HostedAgent]) -> list[HostedAgent]:
+        """Settle finished writes: drop the in-memory snapshot once its file is on disk. Returns the agents
+        now asleep with their state only in their file (the host may park them)."""
+        settled: list[HostedAgent] = []
         while self._done:
             agent_id = self._done.popleft()
             entry = self._writes.get(agent_id)
@@ -199,6 +201,9 @@ class Hibernation:
                 self.delete(agent_id)  # killed, or woken meanwhile and the file is of no use (see _wake)
             elif agent.snapshot is snap:
                 agent.snapshot = None
+                if agent.hibernated:
+                    settled.append(agent)
+        return settled
 
     def load(self, agent: HostedAgent) -> Snapshot:
         """The agent's newest snapshot: the one in memory (file not written yet), else its file."""
@@ -248,6 +253,13 @@ class Hibernation:
             self._arrived.discard(agent_id)
             return True
         return False
+
+    def park(self, agent_id: str) -> None:
+        """``agent_id`` leaves the host's table, asleep (its state in its file): it is neither resident nor
+        counted asleep here any more (the host keeps a :class:`~openfang.workers.host.record.ParkedAgent`)."""
+        self._asleep.discard(agent_id)
+        self._arrived.discard(agent_id)
+        self._lru.pop(agent_id, None)
 
     def delete(self, agent_id: str) -> None:
         """Forget a dead agent's snapshot (a write still running deletes it when it ends)."""
