@@ -4,7 +4,8 @@
 
 One daemon (2 workers, ``max_resident`` = 1,000 per worker, ``OPENFANG_BENCH_RESIDENT`` = the whole
 system's, default 2,000: at most that many agents hold a sandbox, the rest are hibernated, least recently
-used first, and parked by their worker once their snapshot file is written) is grown to each step N in (1, 100, 1,000, 10,000) and, opt in
+used first, and parked by their worker once their snapshot file is written) is grown to each step N in
+(1, 100, 1,000, 10,000) and, opt in
 (``--max 100000`` / ``OPENFANG_BENCH_SCALE=100000``, ``make bench-scale``), 100,000. The agents are the
 routing class agent (``perf/agents/route.toml``: the built-in LLM guest, scripted model). At each step:
 

@@ -189,7 +189,7 @@ class AgentHost:
         # Hibernated agents whose state is only in their snapshot file: no HostedAgent, rebuilt on their
         # next request (_unpark). Not in _agents: the resident cap, pools and timers never see them.
         self._parked: dict[str, ParkedAgent] = {}
-        self._unparked_now: list[HostedAgent] = []  # rebuilt by the request being handled (parked again after)
+        self._unparked_now: list[HostedAgent] = []  # rebuilt for the request in hand (parked again after)
 
     # -- public API ------------------------------------------------------------------------------------
     def wakeup_fd(self) -> int:
@@ -871,7 +871,7 @@ class AgentHost:
         self._event(agent, "running", woken=True, why=why, wake_ms=ms)
         self._next_message(agent)
 
-    # -- park: a hibernated agent whose file is written costs only a ParkedAgent ------------------------------
+    # -- park: a hibernated agent whose file is written costs only a ParkedAgent --------------------------
     def _maybe_park(self, agent: HostedAgent) -> None:
         """Let a hibernated agent go from the table once its state is only in its snapshot file: its
         sandbox, record, grant and kv namespace (in the file too) are dropped, a :class:`ParkedAgent` kept.
