@@ -136,3 +136,28 @@ def test_host_park_memory_does_not_grow_with_parked_agents(tmp_path: Path) -> No
         assert "message 1 " in _say(d, more[0])
     finally:
         d.host.close()
+
+
+def test_host_park_resume_spawn_of_a_sleeper_is_parked_without_loading(tmp_path: Path) -> None:
+    """A re-spawn (resume) of an agent whose file a hibernation wrote, on another host sharing the
+    directory (a worker restart): answered at once, parked (no record, no sandbox loaded), and its next
+    message is answered with its count; a running agent's re-spawn is not parked."""
+    source, target = make_host(snapshot_dir=tmp_path), make_host(snapshot_dir=tmp_path)
+    text = manifest("counter", module=str(COUNTER), model=False)
+    try:
+        aid, awake = _spawn(source), _spawn(source)
+        _say(source, aid)
+        _say(source, aid)
+        _say(source, awake)
+        source.ok("agent.hibernate", agent_id=aid)
+        _parked(source, [aid])
+        spawned = target.ok("agent.spawn", manifest=text, agent_id=aid, resume=True)
+        assert spawned["spawn"] == "parked" and spawned["restore"] == "snapshot"
+        assert aid in target.host._parked and aid not in target.host._agents
+        assert target.host.runtime_stats() == {"live_stores": 0, "agents": 1}
+        assert "message 3 " in _say(target, aid)
+        again = target.ok("agent.spawn", manifest=text, agent_id=awake, resume=True)
+        assert again["spawn"] != "parked" and awake in target.host._agents
+    finally:
+        source.host.close()
+        target.host.close()

@@ -362,6 +362,9 @@ class AgentHost:
                 )
             raise Busy(f"worker {self.worker_id} already hosts {len(self._agents)} agents (max_agents)")
         parent = self.traffic.spawn_parents.pop(env.id, None) or body.parent
+        if body.resume and not manifest.mcp and self._hib.file_asleep(agent_id, manifest.restore):
+            self._park_on_arrival(env, body, manifest.service, agent_id, parent)
+            return
         for idle in self._hib.over_cap(self._agents, most=2, room=1):  # max_resident holds while spawning
             self._idle_hibernate(idle, "cap")
         agent = self._spawner.build(body, manifest, agent_id, parent)
@@ -906,6 +909,38 @@ class AgentHost:
             restarts=agent.restarts,
             service=agent.manifest.service,
         )
+
+    def _park_on_arrival(
+        self, env: Envelope, body: AgentSpawn, service: str | None, agent_id: str, parent: str | None
+    ) -> None:
+        """A re-spawn (worker or daemon restart) of an agent whose file a hibernation wrote: parked at once,
+        no record built and no sandbox loaded (the security checks run when a request rebuilds it). The
+        spawn is answered now and the ``hibernated`` event (why restore) follows on the next step, after
+        the reply, so the gateway's row ends ``hibernated``."""
+        path = body.manifest_path
+        self._parked[agent_id] = ParkedAgent(
+            manifest_text=sys.intern(body.manifest),
+            manifest_path=sys.intern(path) if path else None,
+            parent=parent,
+            created_at=time.time(),
+            restarts=0,
+            service=service,
+        )
+        reply = {
+            "agent_id": agent_id,
+            "worker": self.worker_id,
+            "service": service,
+            "spawn": "parked",
+            "spawn_ms": 0.0,
+            "restore": "snapshot",
+        }
+        self._replies.append(env.reply(reply))
+        if self._events is not None:
+            events = self._events
+            state = {"kind": "agent.state", "agent_id": agent_id, "worker": self.worker_id}
+            self._handoff.later(
+                lambda: events({**state, "state": "hibernated", "why": "restore", "memory_bytes": 0})
+            )
 
     def _unpark(self, agent_id: str) -> HostedAgent | None:
         """Rebuild a parked agent's record (hibernated, its sandbox loaded but not started: a wake restores

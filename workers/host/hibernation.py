@@ -230,14 +230,21 @@ class Hibernation:
         moving; a ``"snapshot"`` agent's file may be older than its state, so it is restored as before). A
         move's file is of a running agent: that one is restored and runs on. Reading the file (~0.1 ms for
         a small agent) costs far less than loading a sandbox the cap would put back to sleep."""
-        if agent.no_hibernate is not None or agent.manifest.restore != "fresh":
+        if agent.no_hibernate is not None:
             return False
-        if not self.has_file(agent.agent_id):
+        return self.file_asleep(agent.agent_id, agent.manifest.restore)
+
+    def file_asleep(self, agent_id: str, restore: str) -> bool:
+        """:meth:`can_stay_asleep` before any record exists: ``restore = "fresh"`` and a file a hibernation
+        wrote (meta ``asleep``)."""
+        if restore != "fresh" or not self.has_file(agent_id):
             return False
         try:
-            return read_snapshot(self.path(agent.agent_id)).meta.get(ASLEEP) is True
+            snap = read_snapshot(self.path(agent_id))
         except SnapshotError:
             return False  # the restore path decides (a fresh restart when the file is unusable)
+        owner = snap.meta.get("agent_id")
+        return snap.meta.get(ASLEEP) is True and (not isinstance(owner, str) or owner == agent_id)
 
     def asleep(self, agent_id: str) -> None:
         """``agent_id`` arrived hibernated (re-spawned from its file): it does not count as resident."""
