@@ -965,6 +965,7 @@ class AgentHost:
         agent.hibernated = True
         agent.restored = "snapshot"
         agent.unparked = True
+        agent.idle_token = time.monotonic_ns()  # past any stale idle-timer or LRU entry of its old record
         self._agents[agent_id] = agent
         self._hib.asleep(agent_id)  # woken from the file: its kv_* keys come back from it too
         self._unparked_now.append(agent)
