@@ -60,6 +60,8 @@ def test_host_park_hibernated_agent_keeps_no_record_and_answers_with_its_count(t
         assert aid in d.host._parked  # info did not wake or rebuild it
         listed = {a["agent_id"]: a["state"] for a in d.ok("agent.list")["agents"]}
         assert listed == {aid: "hibernated"}
+        page = d.ok("agent.list", ids=[aid, "nobody"])["agents"]  # a page's ids, as the gateway asks
+        assert [(a["agent_id"], a["state"], a["spawn"]) for a in page] == [(aid, "hibernated", "parked")]
         assert "message 3 " in _say(d, aid)
         assert aid in d.host._agents and aid not in d.host._parked
         assert d.ok("agent.info", agent_id=aid)["state"] == "running"

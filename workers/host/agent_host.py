@@ -443,7 +443,13 @@ class AgentHost:
         if body.ids is None:
             records = self.agents()
         else:
-            records = [self._record(a) for a in map(self._agents.get, body.ids) if a is not None]
+            records = []
+            for agent_id in body.ids:
+                agent, parked = self._agents.get(agent_id), self._parked.get(agent_id)
+                if agent is not None:
+                    records.append(self._record(agent))
+                elif parked is not None:  # from what the park kept: listing never wakes or rebuilds
+                    records.append(self._parked_record(agent_id, parked))
         for r in records:
             if len(r.get("description") or "") > LIST_DESCRIPTION_CHARS:
                 r["description"] = r["description"][:LIST_DESCRIPTION_CHARS]
