@@ -240,7 +240,8 @@ def _daemon_metrics(n: int) -> list[dict[str, Any]]:
     wasm = Path(__file__).resolve().parents[1] / "examples" / "agents" / "rust" / "counter.wasm"
     manifest = f'[agent]\nname = "counter"\nmodule = "{wasm}"\n[sandbox.memory]\nmax_heap_mb = 8\n'
     limits = "\n[security.ratelimit.agent_requests]\nrate = 0\nburst = 0\n"
-    timed: dict[str, list[float]] = {k: [] for k in ("hibernate", "hibernated", "running", "wake")}
+    keys = ("hibernate", "hibernated", "running", "wake", "parked_send", "parked_wake")
+    timed: dict[str, list[float]] = {k: [] for k in keys}
 
     def clock(key: str, msg_type: str, body: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -262,12 +263,29 @@ def _daemon_metrics(n: int) -> list[dict[str, Any]]:
                 clock("wake", "agent.wake", ref)
         count = c.call("agent.info", ref)["messages"]
         assert count == n + n // 2, f"the counter lost messages: {count}"  # every wake kept the count
+        for i in range(n):  # the same once the worker has parked it (file written, record let go)
+            c.call("agent.hibernate", ref)
+            deadline = time.monotonic() + 10
+            while c.call("agent.info", ref).get("spawn") != "parked":
+                assert time.monotonic() < deadline, "the hibernated agent was never parked"
+                time.sleep(0.001)
+            clock(
+                "parked_send" if i % 2 else "parked_wake",
+                "agent.send" if i % 2 else "agent.wake",
+                msg if i % 2 else ref,
+            )
     notes = "Rust counter example, one worker, through the gateway"
     return [
         _ms("daemon_hibernate_ms", timed["hibernate"], f"{notes}: agent.hibernate round trip"),
         _ms("daemon_wake_ms", timed["wake"], f"{notes}: agent.wake round trip"),
         _ms("daemon_send_hibernated_ms", timed["hibernated"], f"{notes}: agent.send that wakes the agent"),
         _ms("daemon_send_running_ms", timed["running"], f"{notes}: agent.send to a running agent"),
+        _ms("daemon_wake_parked_ms", timed["parked_wake"], f"{notes}: agent.wake of a parked agent"),
+        _ms(
+            "daemon_send_parked_ms",
+            timed["parked_send"],
+            f"{notes}: agent.send that wakes a parked agent (its record rebuilt, then the wake)",
+        ),
     ]
 
 

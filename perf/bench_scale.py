@@ -2,8 +2,10 @@
 
     python -m perf.bench_scale [--max N] [--quick]        (or through perf.run; OPENFANG_BENCH_SCALE=N)
 
-One daemon (2 workers, ``max_resident`` = 5,000 per worker: at most 10,000 agents hold a sandbox, the rest
-are hibernated, least recently used first) is grown to each step N in (1, 100, 1,000, 10,000) and, opt in
+One daemon (2 workers, ``max_resident`` = 1,000 per worker, ``OPENFANG_BENCH_RESIDENT`` = the whole
+system's, default 2,000: at most that many agents hold a sandbox, the rest are hibernated, least recently
+used first, and parked by their worker once their snapshot file is written) is grown to each step N in
+(1, 100, 1,000, 10,000) and, opt in
 (``--max 100000`` / ``OPENFANG_BENCH_SCALE=100000``, ``make bench-scale``), 100,000. The agents are the
 routing class agent (``perf/agents/route.toml``: the built-in LLM guest, scripted model). At each step:
 
@@ -69,7 +71,10 @@ TIMEOUT_S = 900  # the default steps (to 10,000 agents) take ~3-5 minutes on the
 REPO = Path(__file__).resolve().parent.parent
 STEPS = (1, 100, 1_000, 10_000)
 BIG_STEPS = (100_000, 1_000_000)
-RESIDENT_CAP = 10_000  # whole system; per worker: RESIDENT_CAP // workers
+# Whole system; per worker: RESIDENT_CAP // workers. Issue 9 asks for at most 10,000 resident within
+# idle + 300 MB at 100,000 agents: 10,000 resident sandboxes alone are ~290 MB, so the bench runs with 2,000
+# (1,000 per worker); OPENFANG_BENCH_RESIDENT sets another (10000 reproduces the earlier runs).
+RESIDENT_CAP = int(os.environ.get("OPENFANG_BENCH_RESIDENT") or 2_000)
 WORKERS = 2
 SEQUENTIAL = 100  # the last spawns of each step, one at a time: the spawn latency figures
 WINDOW = 256  # spawns in flight: more only lengthens each worker turn (it drains up to 512 a turn)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -61,7 +62,7 @@ from openfang.workers.host import jobs
 from openfang.workers.host.agents import AgentTraffic, LoopHandoff
 from openfang.workers.host.hibernation import ASLEEP, Hibernation
 from openfang.workers.host.memory import HostMemory
-from openfang.workers.host.record import HostedAgent, Phase
+from openfang.workers.host.record import HostedAgent, ParkedAgent, Phase
 from openfang.workers.host.security import HostSecurity
 from openfang.workers.host.services import Services, ToolContexts
 from openfang.workers.host.spawner import Spawner
@@ -185,6 +186,10 @@ class AgentHost:
             "agent.move": (AgentMove, self._on_move),
         }
         self._moving: dict[str, HostedAgent] = {}  # agents whose move out waits (idle, or its file written)
+        # Hibernated agents whose state is only in their snapshot file: no HostedAgent, rebuilt on their
+        # next request (_unpark). Not in _agents: the resident cap, pools and timers never see them.
+        self._parked: dict[str, ParkedAgent] = {}
+        self._unparked_now: list[HostedAgent] = []  # rebuilt for the request in hand (parked again after)
 
     # -- public API ------------------------------------------------------------------------------------
     def wakeup_fd(self) -> int:
@@ -213,6 +218,10 @@ class AgentHost:
         except Exception as exc:  # a bug or a provider's odd exception must not end the worker
             self._bound.exception("request_failed", type=env.type)
             self._replies.append(env.error(OpenFangError(f"{env.type} failed: {type(exc).__name__}: {exc}")))
+        while self._unparked_now:  # rebuilt for this request but not woken (info, hibernate, a refusal)
+            agent = self._unparked_now.pop()
+            if agent.unparked and self._agents.get(agent.agent_id) is agent:
+                self._maybe_park(agent)
 
     def step(self, max_seconds: float) -> list[Envelope]:
         """Run ready agents round-robin, one fuel slice each per turn, for up to ``max_seconds``."""
@@ -229,7 +238,8 @@ class AgentHost:
                 ran = self._guarded(agent, lambda a, t=now: self._turn(a, t)) or ran
             if not ran or time.perf_counter() >= end:
                 break
-        self._hib.reap(self._agents)
+        for agent in self._hib.reap(self._agents):  # asleep, their file on disk: the worker lets them go
+            self._maybe_park(agent)
         for agent in list(self._moving.values()):
             self._move_step(agent)
         for agent in self._hib.due(self._agents, self.clock()):
@@ -268,13 +278,20 @@ class AgentHost:
         return best
 
     def agents(self) -> list[dict[str, Any]]:
-        return [self._record(a) for a in self._agents.values()]
+        out = [self._record(a) for a in self._agents.values()]
+        out += [self._parked_record(i, p) for i, p in self._parked.items()]
+        return out
 
     def agent_ids(self) -> list[str]:
-        return list(self._agents)
+        return [*self._agents, *self._parked]
 
     def agent_count(self) -> int:
-        return len(self._agents)
+        """Agents hosted here, parked ones included."""
+        return len(self._agents) + len(self._parked)
+
+    def parked_count(self) -> int:
+        """Hibernated agents this worker holds only as a :class:`ParkedAgent` (their state in the file)."""
+        return len(self._parked)
 
     def revoke(self, agent_id: str, function: str) -> None:
         """Withdraw a host function from a running agent (its next call gets E_DENIED and is audited)."""
@@ -284,13 +301,14 @@ class AgentHost:
         agent.sandbox.revoke(function)
 
     def runtime_stats(self) -> dict[str, int]:
-        return {"live_stores": self._spawner.live_stores(), "agents": len(self._agents)}
+        return {"live_stores": self._spawner.live_stores(), "agents": self.agent_count()}
 
     def close(self) -> None:
         """Free every sandbox and engine now and stop the job threads."""
         for agent in list(self._agents.values()):
             agent.sandbox.close()
         self._agents.clear()
+        self._parked.clear()
         self._hib.close()
         self._active.clear()
         self._runner.close()
@@ -335,18 +353,22 @@ class AgentHost:
             agent_id = f"{manifest.name}-{next(self._ids)}"
             while agent_id in self._agents:
                 agent_id = f"{manifest.name}-{next(self._ids)}"
-        if agent_id in self._agents:
+        if agent_id in self._agents or agent_id in self._parked:
             raise AlreadyExists(f"agent {agent_id!r} already exists on worker {self.worker_id}")
-        if self.max_agents is not None and len(self._agents) >= self.max_agents:
+        if self.max_agents is not None and self.agent_count() >= self.max_agents:
             if self._security is not None:
                 self._security.audit.append(
                     "sandbox.max_agents", worker=self.worker_id, agents=len(self._agents), name=manifest.name
                 )
             raise Busy(f"worker {self.worker_id} already hosts {len(self._agents)} agents (max_agents)")
         parent = self.traffic.spawn_parents.pop(env.id, None) or body.parent
+        if body.resume and not manifest.mcp and self._hib.file_asleep(agent_id, manifest.restore):
+            self._park_on_arrival(env, body, manifest.service, agent_id, parent)
+            return
         for idle in self._hib.over_cap(self._agents, most=2, room=1):  # max_resident holds while spawning
             self._idle_hibernate(idle, "cap")
         agent = self._spawner.build(body, manifest, agent_id, parent)
+        agent.manifest_path, agent.parent = body.manifest_path, parent
         self._agents[agent_id] = agent
         agent.spawn_env = env
         if body.resume and self._hib.can_stay_asleep(agent):
@@ -386,11 +408,17 @@ class AgentHost:
 
     def _pick(self, agent_id: str | None, service: str | None) -> HostedAgent:
         if agent_id is not None:
-            agent = self._agents.get(agent_id)
+            agent = self._agents.get(agent_id) or self._unpark(agent_id)
             if agent is None:
                 raise NotFound(f"no agent {agent_id!r} on worker {self.worker_id}")
             return agent
         pool = self._service_pool(str(service))
+        if not pool:  # every agent of the service may be parked: wake one (a scan, only in this case)
+            parked = next((i for i, p in self._parked.items() if p.service == service), None)
+            if parked is not None:
+                agent = self._unpark(parked)
+                if agent is not None:
+                    return agent
         if not pool:
             raise NotFound(f"no agent serves {service!r} on worker {self.worker_id}")
         # Least loaded first; ties broken round-robin so equal agents share the traffic.
@@ -415,13 +443,23 @@ class AgentHost:
         if body.ids is None:
             records = self.agents()
         else:
-            records = [self._record(a) for a in map(self._agents.get, body.ids) if a is not None]
+            records = []
+            for agent_id in body.ids:
+                agent, parked = self._agents.get(agent_id), self._parked.get(agent_id)
+                if agent is not None:
+                    records.append(self._record(agent))
+                elif parked is not None:  # from what the park kept: listing never wakes or rebuilds
+                    records.append(self._parked_record(agent_id, parked))
         for r in records:
             if len(r.get("description") or "") > LIST_DESCRIPTION_CHARS:
                 r["description"] = r["description"][:LIST_DESCRIPTION_CHARS]
         self._replies.append(env.reply({"agents": records, "workers": [self.stats.to_wire()]}))
 
     def _on_info(self, env: Envelope, body: AgentRef) -> None:
+        parked = self._parked.get(body.agent_id)
+        if parked is not None:  # answered from what the park kept: no rebuild, no wake
+            self._replies.append(env.reply(self._parked_record(body.agent_id, parked)))
+            return
         self._replies.append(env.reply(self._record(self._get(body))))
 
     def _on_suspend(self, env: Envelope, body: AgentRef) -> None:
@@ -462,7 +500,7 @@ class AgentHost:
         self._replies.append(env.reply({"agent_id": agent.agent_id, "state": agent.state}))
 
     def _get(self, body: AgentRef | AgentMove) -> HostedAgent:
-        agent = self._agents.get(body.agent_id)
+        agent = self._agents.get(body.agent_id) or self._unpark(body.agent_id)
         if agent is None:
             raise NotFound(f"no agent {body.agent_id!r} on worker {self.worker_id}")
         return agent
@@ -769,6 +807,7 @@ class AgentHost:
         self._hib.asleep(agent.agent_id)
         self._answer_spawn(agent)  # no message can be waiting yet: the gateway queues them meanwhile
         self._handoff.later(lambda: self._event(agent, "hibernated", why="restore", memory_bytes=0))
+        self._maybe_park(agent)  # its state is in its file: keep only the ParkedAgent
 
     def _idle_hibernate(self, agent: HostedAgent, why: str = "idle") -> None:
         """The idle timer fired (or the resident cap, ``why = "cap"``): hibernate, or stop trying for it
@@ -806,7 +845,11 @@ class AgentHost:
         t0 = time.perf_counter()
         try:
             snap = self._hib.load(agent)
-            sandbox = self._spawner.sandbox(agent.manifest, agent.agent_id, agent.grant)
+            if agent.unparked:  # rebuilt from its ParkedAgent: its loaded, never started instance
+                agent.unparked = False
+                sandbox = agent.sandbox
+            else:
+                sandbox = self._spawner.sandbox(agent.manifest, agent.agent_id, agent.grant)
             try:
                 restore(sandbox, snap, fresh=True)
             except BaseException:
@@ -836,6 +879,128 @@ class AgentHost:
         self._bound.info("agent_woken", agent_id=agent.agent_id, why=why, wake_ms=ms)
         self._event(agent, "running", woken=True, why=why, wake_ms=ms)
         self._next_message(agent)
+
+    # -- park: a hibernated agent whose file is written costs only a ParkedAgent --------------------------
+    def _maybe_park(self, agent: HostedAgent) -> None:
+        """Let a hibernated agent go from the table once its state is only in its snapshot file: its
+        sandbox, record, grant and kv namespace (in the file too) are dropped, a :class:`ParkedAgent` kept.
+        Not while its file is being written, it moves, or it has work; not for MCP agents (their tools
+        are attached at spawn)."""
+        if (
+            not agent.hibernated
+            or agent.snapshot is not None
+            or self._hib.writing(agent.agent_id)
+            or agent.moving is not None
+            or agent.current is not None
+            or agent.inbox
+            or agent.spawn_env is not None
+            or agent.phase is not Phase.READY
+            or agent.manifest.mcp
+            or self._hib.dir is None
+        ):
+            return
+        agent.sandbox.close()
+        if self._security is not None:
+            self._security.release(agent.agent_id)
+        self._kv.drop(agent.agent_id)
+        self._agents.pop(agent.agent_id, None)
+        self._active.pop(agent.agent_id, None)
+        self._hib.park(agent.agent_id)
+        path = agent.manifest_path
+        self._parked[agent.agent_id] = ParkedAgent(
+            manifest_text=sys.intern(agent.manifest_text),
+            manifest_path=sys.intern(path) if path else None,
+            parent=agent.parent,
+            created_at=agent.created_at,
+            restarts=agent.restarts,
+            service=agent.manifest.service,
+        )
+
+    def _park_on_arrival(
+        self, env: Envelope, body: AgentSpawn, service: str | None, agent_id: str, parent: str | None
+    ) -> None:
+        """A re-spawn (worker or daemon restart) of an agent whose file a hibernation wrote: parked at once,
+        no record built and no sandbox loaded (the security checks run when a request rebuilds it). The
+        spawn is answered now and the ``hibernated`` event (why restore) follows on the next step, after
+        the reply, so the gateway's row ends ``hibernated``."""
+        path = body.manifest_path
+        self._parked[agent_id] = ParkedAgent(
+            manifest_text=sys.intern(body.manifest),
+            manifest_path=sys.intern(path) if path else None,
+            parent=parent,
+            created_at=time.time(),
+            restarts=0,
+            service=service,
+        )
+        reply = {
+            "agent_id": agent_id,
+            "worker": self.worker_id,
+            "service": service,
+            "spawn": "parked",
+            "spawn_ms": 0.0,
+            "restore": "snapshot",
+        }
+        self._replies.append(env.reply(reply))
+        if self._events is not None:
+            events = self._events
+            state = {"kind": "agent.state", "agent_id": agent_id, "worker": self.worker_id}
+            self._handoff.later(
+                lambda: events({**state, "state": "hibernated", "why": "restore", "memory_bytes": 0})
+            )
+
+    def _unpark(self, agent_id: str) -> HostedAgent | None:
+        """Rebuild a parked agent's record (hibernated, its sandbox loaded but not started: a wake restores
+        into it); None if it is not parked here. Checked by the security layers as a spawn is."""
+        parked = self._parked.get(agent_id)
+        if parked is None:
+            return None
+        path = Path(parked.manifest_path) if parked.manifest_path else None
+        manifest = self._spawner.manifest(parked.manifest_text, path)
+        body = AgentSpawn(
+            manifest=parked.manifest_text,
+            manifest_path=parked.manifest_path,
+            agent_id=agent_id,
+            parent=parked.parent,
+            resume=True,
+        )
+        agent = self._spawner.build(body, manifest, agent_id, parked.parent)  # raises: it stays parked
+        del self._parked[agent_id]
+        agent.manifest_path, agent.parent = parked.manifest_path, parked.parent
+        agent.created_at, agent.restarts = parked.created_at, parked.restarts
+        agent.phase = Phase.READY
+        agent.hibernated = True
+        agent.restored = "snapshot"
+        agent.unparked = True
+        agent.idle_token = time.monotonic_ns()  # past any stale idle-timer or LRU entry of its old record
+        self._agents[agent_id] = agent
+        self._hib.asleep(agent_id)  # woken from the file: its kv_* keys come back from it too
+        self._unparked_now.append(agent)
+        return agent
+
+    def _parked_record(self, agent_id: str, parked: ParkedAgent) -> dict[str, Any]:
+        path = Path(parked.manifest_path) if parked.manifest_path else None
+        m = self._spawner.manifest(parked.manifest_text, path)
+        return {
+            "agent_id": agent_id,
+            "name": m.name,
+            "version": m.version,
+            "service": m.service,
+            "module": m.module,
+            "restart": m.restart,
+            "fuel_used": 0,
+            "memory_bytes": 0,
+            "spawn": "parked",
+            "spawn_ms": 0.0,
+            "description": m.description,
+            "tools": list(m.tools),
+            "worker": self.worker_id,
+            "state": "hibernated",
+            "activity": "hibernated",
+            "restarts": parked.restarts,
+            "created_at": parked.created_at,
+            "inbox": 0,
+            "llm_usage": {},
+        }
 
     # -- move (the source half; the gateway spawns the target half from the snapshot file) ------------------
     def _on_move(self, env: Envelope, body: AgentMove) -> None:

@@ -180,8 +180,10 @@ class Hibernation:
             group.append(self._queue.popleft())
         write_group(group)
 
-    def reap(self, agents: dict[str, HostedAgent]) -> None:
-        """Settle finished writes: drop the in-memory snapshot once its file is on disk."""
+    def reap(self, agents: dict[str, HostedAgent]) -> list[HostedAgent]:
+        """Settle finished writes: drop the in-memory snapshot once its file is on disk. Returns the agents
+        now asleep with their state only in their file (the host may park them)."""
+        settled: list[HostedAgent] = []
         while self._done:
             agent_id = self._done.popleft()
             entry = self._writes.get(agent_id)
@@ -199,6 +201,9 @@ class Hibernation:
                 self.delete(agent_id)  # killed, or woken meanwhile and the file is of no use (see _wake)
             elif agent.snapshot is snap:
                 agent.snapshot = None
+                if agent.hibernated:
+                    settled.append(agent)
+        return settled
 
     def load(self, agent: HostedAgent) -> Snapshot:
         """The agent's newest snapshot: the one in memory (file not written yet), else its file."""
@@ -225,14 +230,21 @@ class Hibernation:
         moving; a ``"snapshot"`` agent's file may be older than its state, so it is restored as before). A
         move's file is of a running agent: that one is restored and runs on. Reading the file (~0.1 ms for
         a small agent) costs far less than loading a sandbox the cap would put back to sleep."""
-        if agent.no_hibernate is not None or agent.manifest.restore != "fresh":
+        if agent.no_hibernate is not None:
             return False
-        if not self.has_file(agent.agent_id):
+        return self.file_asleep(agent.agent_id, agent.manifest.restore)
+
+    def file_asleep(self, agent_id: str, restore: str) -> bool:
+        """:meth:`can_stay_asleep` before any record exists: ``restore = "fresh"`` and a file a hibernation
+        wrote (meta ``asleep``)."""
+        if restore != "fresh" or not self.has_file(agent_id):
             return False
         try:
-            return read_snapshot(self.path(agent.agent_id)).meta.get(ASLEEP) is True
+            snap = read_snapshot(self.path(agent_id))
         except SnapshotError:
             return False  # the restore path decides (a fresh restart when the file is unusable)
+        owner = snap.meta.get("agent_id")
+        return snap.meta.get(ASLEEP) is True and (not isinstance(owner, str) or owner == agent_id)
 
     def asleep(self, agent_id: str) -> None:
         """``agent_id`` arrived hibernated (re-spawned from its file): it does not count as resident."""
@@ -248,6 +260,13 @@ class Hibernation:
             self._arrived.discard(agent_id)
             return True
         return False
+
+    def park(self, agent_id: str) -> None:
+        """``agent_id`` leaves the host's table, asleep (its state in its file): it is neither resident nor
+        counted asleep here any more (the host keeps a :class:`~openfang.workers.host.record.ParkedAgent`)."""
+        self._asleep.discard(agent_id)
+        self._arrived.discard(agent_id)
+        self._lru.pop(agent_id, None)
 
     def delete(self, agent_id: str) -> None:
         """Forget a dead agent's snapshot (a write still running deletes it when it ends)."""

@@ -77,6 +77,11 @@ class HostedAgent:
     # record let go.
     moving: tuple[Envelope, AgentMove, float] | None = None
     restored: str = "fresh"  # how its current instance started: fresh (agent_init) | snapshot (restored)
+    # Unparked (rebuilt from a ParkedAgent) and not woken yet: ``sandbox`` is a loaded, never started
+    # instance that a wake restores into (no second load); parked again if no message wakes it.
+    unparked: bool = False
+    manifest_path: str | None = None  # as spawned (a park keeps it to rebuild the record)
+    parent: str | None = None  # the agent that spawned it, if any (likewise)
 
     @property
     def state(self) -> str:
@@ -88,3 +93,29 @@ class HostedAgent:
         if self.sandbox.user_suspended:
             return "suspended"
         return "restarting" if self.phase is Phase.RESTARTING else "running"
+
+
+class ParkedAgent:
+    """What a worker keeps of a hibernated agent once its snapshot file is on disk (``AgentHost._park``):
+    enough to rebuild its :class:`HostedAgent` from the manifest and the file on its next request, and no
+    more (~0.3 KB against ~12 KB for a sleeping ``HostedAgent``: no sandbox object, parsed manifest, grant,
+    guard, identity, deques). The manifest text and path are interned: agents of one manifest share them."""
+
+    __slots__ = ("created_at", "manifest_path", "manifest_text", "parent", "restarts", "service")
+
+    def __init__(
+        self,
+        *,
+        manifest_text: str,
+        manifest_path: str | None,
+        parent: str | None,
+        created_at: float,
+        restarts: int,
+        service: str | None,
+    ) -> None:
+        self.manifest_text = manifest_text
+        self.manifest_path = manifest_path
+        self.parent = parent
+        self.created_at = created_at
+        self.restarts = restarts
+        self.service = service

@@ -1,0 +1,165 @@
+"""Parking: once a hibernated agent's snapshot file is written, its worker keeps only a small
+``ParkedAgent`` (no sandbox, record, grant or kv namespace) and rebuilds it on its next request."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil
+from sandbox_helpers import Driver, make_host, manifest
+
+from openfang.workers.host.agent_host import AgentHost, HostParts
+from openfang.workers.tools.registry import default_registry
+
+COUNTER = Path(__file__).resolve().parents[2] / "examples" / "agents" / "rust" / "counter.wasm"
+KV_AGENT = """
+[agent]
+name = "keeper"
+tools = ["kv_set", "kv_get"]
+[agent.model]
+provider = "scripted"
+default = "no rule"
+script = [
+  {match = "remember (?P<v>\\\\w+)", tool = "kv_set", args = {key = "k", value = "{v}"}, then = "stored"},
+  {match = "recall", tool = "kv_get", args = {key = "k"}, then = "got {result}"},
+]
+"""
+
+
+def _spawn(d: Driver) -> str:
+    text = manifest("counter", module=str(COUNTER), model=False)
+    return str(d.ok("agent.spawn", manifest=text)["agent_id"])
+
+
+def _say(d: Driver, aid: str) -> str:
+    return str(d.ok("agent.send", agent_id=aid, text="hi")["reply"])
+
+
+def _parked(d: Driver, ids: list[str]) -> None:
+    end = time.monotonic() + 30
+    while any(a not in d.host._parked for a in ids):
+        assert time.monotonic() < end, "agents not parked"
+        d.pump()
+
+
+def test_host_park_hibernated_agent_keeps_no_record_and_answers_with_its_count(tmp_path: Path) -> None:
+    """agent.hibernate, file written: the agent leaves the table (parked), agent.info answers hibernated
+    without rebuilding it, agent.list shows it, and its next message is answered with its count."""
+    d = make_host(snapshot_dir=tmp_path)
+    try:
+        aid = _spawn(d)
+        _say(d, aid)
+        _say(d, aid)
+        d.ok("agent.hibernate", agent_id=aid)
+        _parked(d, [aid])
+        assert aid not in d.host._agents and d.host.agent_count() == 1
+        info = d.ok("agent.info", agent_id=aid)
+        assert info["state"] == "hibernated" and info["name"] == "counter"
+        assert aid in d.host._parked  # info did not wake or rebuild it
+        listed = {a["agent_id"]: a["state"] for a in d.ok("agent.list")["agents"]}
+        assert listed == {aid: "hibernated"}
+        page = d.ok("agent.list", ids=[aid, "nobody"])["agents"]  # a page's ids, as the gateway asks
+        assert [(a["agent_id"], a["state"], a["spawn"]) for a in page] == [(aid, "hibernated", "parked")]
+        assert "message 3 " in _say(d, aid)
+        assert aid in d.host._agents and aid not in d.host._parked
+        assert d.ok("agent.info", agent_id=aid)["state"] == "running"
+    finally:
+        d.host.close()
+
+
+def test_host_park_requests_that_do_not_wake_leave_it_parked(tmp_path: Path) -> None:
+    """agent.hibernate and a refused agent.suspend of a parked agent rebuild it for the request only: it
+    is parked again afterwards; agent.kill removes it and its file; agent.wake wakes it."""
+    d = make_host(snapshot_dir=tmp_path)
+    try:
+        a, b = _spawn(d), _spawn(d)
+        for aid in (a, b):
+            _say(d, aid)
+            d.ok("agent.hibernate", agent_id=aid)
+        _parked(d, [a, b])
+        assert d.ok("agent.hibernate", agent_id=a)["state"] == "hibernated"
+        refused = d.call("agent.suspend", agent_id=a)
+        assert refused.is_error and "hibernated" in str(refused.body["message"])
+        assert a in d.host._parked and a not in d.host._agents
+        assert d.ok("agent.wake", agent_id=a)["state"] == "running"
+        assert "message 2 " in _say(d, a)
+        assert d.ok("agent.kill", agent_id=b)["state"] == "dead"
+        assert b not in d.host._parked and not (tmp_path / f"{b}.snap").exists()
+        assert d.call("agent.send", agent_id=b, text="hi").body["code"] == "not_found"
+    finally:
+        d.host.close()
+
+
+def test_host_park_kv_keys_come_back_from_the_file(tmp_path: Path) -> None:
+    """kv_* keys of a parked agent are dropped from the worker and restored from its snapshot on wake."""
+    d = Driver(AgentHost("w-test", HostParts(snapshot_dir=tmp_path, tools=default_registry())))
+    try:
+        aid = str(d.ok("agent.spawn", manifest=KV_AGENT)["agent_id"])
+        assert d.ok("agent.send", agent_id=aid, text="remember blue")["reply"] == "stored"
+        d.ok("agent.hibernate", agent_id=aid)
+        _parked(d, [aid])
+        assert d.host._kv.export(aid) in (None, {}, [])
+        assert "blue" in d.ok("agent.send", agent_id=aid, text="recall")["reply"]
+    finally:
+        d.host.close()
+
+
+def test_host_park_burst_to_a_parked_agent_answered_in_order(tmp_path: Path) -> None:
+    """Five messages submitted at once to a parked agent: one wake, all answered, counts in order."""
+    d = make_host(snapshot_dir=tmp_path)
+    try:
+        aid = _spawn(d)
+        _say(d, aid)
+        d.ok("agent.hibernate", agent_id=aid)
+        _parked(d, [aid])
+        envs = [d.submit("agent.send", agent_id=aid, text="hi") for _ in range(5)]
+        replies = [str(d.wait(e).body["reply"]) for e in envs]
+        assert [f"message {n} " in r for n, r in zip(range(2, 7), replies, strict=True)] == [True] * 5
+    finally:
+        d.host.close()
+
+
+def test_host_park_memory_does_not_grow_with_parked_agents(tmp_path: Path) -> None:
+    """2,000 more agents parked (max_resident = 20) grow this process's USS by under 5 MB (1.2 MB measured; a
+    sleeping HostedAgent kept ~5 KB each without security: 10 MB for 2,000)."""
+    d = Driver(AgentHost("w-test", HostParts(snapshot_dir=tmp_path, max_resident=20)))  # no event list
+    me = psutil.Process(os.getpid())
+    try:
+        warm = [_spawn(d) for _ in range(300)]
+        _parked(d, warm[:250])
+        before = me.memory_full_info().uss
+        more = [_spawn(d) for _ in range(2000)]
+        _parked(d, more[:1950])
+        grown = me.memory_full_info().uss - before
+        assert len(d.host._parked) >= 2200 and d.host._hib.resident(d.host._agents) <= 20
+        assert grown < 5 * 2**20, f"USS grew {grown / 2**20:.1f} MB for 2,000 parked agents"
+        assert "message 1 " in _say(d, more[0])
+    finally:
+        d.host.close()
+
+
+def test_host_park_resume_spawn_of_a_sleeper_is_parked_without_loading(tmp_path: Path) -> None:
+    """A re-spawn (resume) of an agent whose file a hibernation wrote, on another host sharing the
+    directory (a worker restart): answered at once, parked (no record, no sandbox loaded), and its next
+    message is answered with its count; a running agent's re-spawn is not parked."""
+    source, target = make_host(snapshot_dir=tmp_path), make_host(snapshot_dir=tmp_path)
+    text = manifest("counter", module=str(COUNTER), model=False)
+    try:
+        aid, awake = _spawn(source), _spawn(source)
+        _say(source, aid)
+        _say(source, aid)
+        _say(source, awake)
+        source.ok("agent.hibernate", agent_id=aid)
+        _parked(source, [aid])
+        spawned = target.ok("agent.spawn", manifest=text, agent_id=aid, resume=True)
+        assert spawned["spawn"] == "parked" and spawned["restore"] == "snapshot"
+        assert aid in target.host._parked and aid not in target.host._agents
+        assert target.host.runtime_stats() == {"live_stores": 0, "agents": 1}
+        assert "message 3 " in _say(target, aid)
+        again = target.ok("agent.spawn", manifest=text, agent_id=awake, resume=True)
+        assert again["spawn"] != "parked" and awake in target.host._agents
+    finally:
+        source.host.close()
+        target.host.close()
