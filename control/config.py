@@ -120,6 +120,16 @@ class LoggingConfig:
     ] = "auto"
 
 
+def listen_host(listen: str) -> str:
+    """The host of a checked ``HOST:PORT`` (an IPv6 host without its brackets)."""
+    return listen.rpartition(":")[0].strip("[]")
+
+
+def listen_port(listen: str) -> int:
+    """The port of a checked ``HOST:PORT``."""
+    return int(listen.rpartition(":")[2])
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpConfig:
     """[http]: the HTTP face (OpenAI-compatible API, MCP, A2A), a ZeroMQ client of the gateway.
@@ -145,11 +155,11 @@ class HttpConfig:
 
     @property
     def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
+        return listen_host(self.listen)
 
     @property
     def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+        return listen_port(self.listen)
 
     @property
     def base_url(self) -> str:
@@ -182,11 +192,11 @@ class MetricsConfig:
 
     @property
     def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
+        return listen_host(self.listen)
 
     @property
     def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+        return listen_port(self.listen)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
