@@ -730,15 +730,20 @@ class AgentHost:
         ]
         self._bound.info("agent_resumed", agent_id=agent.agent_id, turns=len(agent.resumed))
 
-    def _remove(
-        self, agent: HostedAgent, state: str, error: OpenFangError, *, reason: str = "", why: str = ""
-    ) -> None:
+    def _drop(self, agent: HostedAgent) -> None:
+        """Free what this worker holds for ``agent`` (sandbox, security grant, kv, its place in the tables):
+        the common part of removing, parking and letting go of an agent."""
         agent.sandbox.close()
         if self._security is not None:
             self._security.release(agent.agent_id)
         self._kv.drop(agent.agent_id)
         self._agents.pop(agent.agent_id, None)
         self._active.pop(agent.agent_id, None)
+
+    def _remove(
+        self, agent: HostedAgent, state: str, error: OpenFangError, *, reason: str = "", why: str = ""
+    ) -> None:
+        self._drop(agent)
         waiting = [agent.spawn_env] if agent.spawn_env else []
         waiting += [agent.current] if agent.current else []
         waiting += [env for env, _, _ in agent.inbox]
@@ -899,12 +904,7 @@ class AgentHost:
             or self._hib.dir is None
         ):
             return
-        agent.sandbox.close()
-        if self._security is not None:
-            self._security.release(agent.agent_id)
-        self._kv.drop(agent.agent_id)
-        self._agents.pop(agent.agent_id, None)
-        self._active.pop(agent.agent_id, None)
+        self._drop(agent)
         self._hib.park(agent.agent_id)
         path = agent.manifest_path
         self._parked[agent.agent_id] = ParkedAgent(
@@ -1082,12 +1082,7 @@ class AgentHost:
         agent.moving = None
         self._moving.pop(agent.agent_id, None)
         state = "suspended" if agent.sandbox.user_suspended else "running"
-        agent.sandbox.close()
-        if self._security is not None:
-            self._security.release(agent.agent_id)
-        self._kv.drop(agent.agent_id)
-        self._agents.pop(agent.agent_id, None)
-        self._active.pop(agent.agent_id, None)
+        self._drop(agent)
         if path == "fresh":
             self._hib.delete(agent.agent_id)  # the target must not restore an older state
         self._bound.info(
