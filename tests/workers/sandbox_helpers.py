@@ -176,3 +176,19 @@ class Gate:
         self.entered.set()
         self.event.wait(30)
         return response("released")
+
+
+# An LLM agent (scripted) that keeps a word in its kv namespace and reads it back: kv that must survive
+# hibernation, parking and moves.
+KV_AGENT = """
+[agent]
+name = "keeper"
+tools = ["kv_set", "kv_get"]
+[agent.model]
+provider = "scripted"
+default = "no rule"
+script = [
+  {match = "remember (?P<v>\\\\w+)", tool = "kv_set", args = {key = "k", value = "{v}"}, then = "stored"},
+  {match = "recall", tool = "kv_get", args = {key = "k"}, then = "got {result}"},
+]
+"""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sandbox_helpers import Driver, make_host, manifest
+from sandbox_helpers import KV_AGENT, Driver, make_host, manifest
 
 COUNTER = Path(__file__).resolve().parents[2] / "examples" / "agents" / "rust" / "counter.wasm"
 
@@ -182,20 +182,6 @@ def test_host_move_refusals_leave_the_agent_running(tmp_path: Path) -> None:
         assert d.wait(first).body["path"] == "snapshot"
     finally:
         d.host.close()
-
-
-KV_AGENT = """
-[agent]
-name = "keeper"
-tools = ["kv_set", "kv_get"]
-[agent.model]
-provider = "scripted"
-default = "no rule"
-script = [
-  {match = "remember (?P<v>\\\\w+)", tool = "kv_set", args = {key = "k", value = "{v}"}, then = "stored"},
-  {match = "recall", tool = "kv_get", args = {key = "k"}, then = "got {result}"},
-]
-"""
 
 
 def _real_llm_host(tmp_path: Path) -> Driver:

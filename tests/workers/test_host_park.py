@@ -8,24 +8,12 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from sandbox_helpers import Driver, make_host, manifest
+from sandbox_helpers import KV_AGENT, Driver, make_host, manifest
 
 from openfang.workers.host.agent_host import AgentHost, HostParts
 from openfang.workers.tools.registry import default_registry
 
 COUNTER = Path(__file__).resolve().parents[2] / "examples" / "agents" / "rust" / "counter.wasm"
-KV_AGENT = """
-[agent]
-name = "keeper"
-tools = ["kv_set", "kv_get"]
-[agent.model]
-provider = "scripted"
-default = "no rule"
-script = [
-  {match = "remember (?P<v>\\\\w+)", tool = "kv_set", args = {key = "k", value = "{v}"}, then = "stored"},
-  {match = "recall", tool = "kv_get", args = {key = "k"}, then = "got {result}"},
-]
-"""
 
 
 def _spawn(d: Driver) -> str:
