@@ -106,7 +106,8 @@ def test_child_events_are_logged_once(make_cluster: type[Cluster]) -> None:
     assert len(started) == 1, started
     assert not [e for e in events if e.get("event") == "event" and e.get("kind", "").startswith("child.")]
     pool = [e for e in events if e.get("id") == "workers-0" and "child" in str(e.get("event"))]
-    assert len([e for e in pool if e["event"] == "child_started"]) == 1, pool
+    seen = [(e["event"], e.get("pid"), e.get("timestamp")) for e in pool]
+    assert len([e for e in pool if e["event"] == "child_started"]) == 1, seen
 
 
 def test_agent_send_session_reaches_memory(make_cluster: type[Cluster]) -> None:
