@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from openfang.control.placement import Placement
-from openfang.control.registry import AgentRegistry, AgentRow, manifest_digest
 from openfang.protocol.envelope import Envelope, decode, encode
 from perf._cluster import UNLIMITED_CLIENT, BenchCluster
+from perf._registry_fill import file_mb, fill_registry, registry_load_ms
 from perf.workloads import metric, percentile
 
 TIMEOUT_S = 300
@@ -141,57 +139,22 @@ def _workers(c: BenchCluster) -> int:
     )
 
 
-class _NullPort:
-    def spawn(self, *a: Any, **k: Any) -> None: ...
-    def kill(self, *a: Any) -> None: ...
-    def suspend(self, *a: Any) -> None: ...
-    def deliver(self, *a: Any) -> None: ...
-    def fail(self, *a: Any) -> None: ...
-    def publish(self, *a: Any) -> None: ...
-
-
 def _registry(rows: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="ofreg-", dir="/tmp") as tmp:
         path = Path(tmp) / "agents.db"
-        reg = AgentRegistry(path)
-        digest = manifest_digest(ECHO)
-        t0 = time.perf_counter()
-        for i in range(rows):
-            row = AgentRow(
-                agent_id=reg.next_id("durable"),
-                name="durable",
-                manifest_digest=digest,
-                state="running",
-                placement=f"workers-{i % 2}",
-            )
-            reg.add(row, ECHO)
-        reg.commit()
-        write_s = time.perf_counter() - t0
-        reg.close()
-        size = path.stat().st_size + sum(p.stat().st_size for p in Path(tmp).glob("agents.db-*"))
-        loads, raw = [], []
-        for _ in range(3):
-            db = sqlite3.connect(path)
-            t0 = time.perf_counter()
-            db.execute("SELECT * FROM agents").fetchall()
-            raw.append(time.perf_counter() - t0)
-            db.close()
-            t0 = time.perf_counter()
-            again = AgentRegistry(path)
-            Placement(again, _NullPort())
-            loads.append(time.perf_counter() - t0)
-            assert len(again) == rows
-            again.close()
+        write_s = fill_registry(path, rows, ECHO, "durable", lambda i: "running")
+        size_mb = file_mb(path)
+        load_ms, fetch_ms = registry_load_ms(path, rows=rows)
         return [
             metric(
                 f"registry load at {rows:,} agents (gateway start)",
-                min(loads) * 1000,
+                load_ms,
                 "ms",
                 "lower",
                 target=1000,
-                file_mb=round(size / 1e6, 1),
+                file_mb=round(size_mb, 1),
                 loadavg=os.getloadavg()[0],
-                sqlite_fetch_ms=round(min(raw) * 1000, 1),
+                sqlite_fetch_ms=round(fetch_ms, 1),
             ),
             metric(f"registry write of {rows:,} spawns (one commit)", write_s * 1000, "ms", "lower"),
         ]

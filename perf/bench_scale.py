@@ -40,7 +40,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ import zmq
 from openfang.protocol.envelope import Envelope, encode
 from perf import workloads as wl
 from perf._cluster import BenchCluster
+from perf._registry_fill import file_mb, fill_registry, registry_load_ms
 from perf.bench_system import (
     NO_RATE_LIMITS,
     BenchFailed,
@@ -363,39 +363,6 @@ class Scale:
         return int(next(n for n in tree["children"] if n["id"] == "control").get("restarts") or 0)
 
 
-def file_mb(db: Path) -> float:
-    return sum(p.stat().st_size for p in db.parent.glob(db.name + "*")) / 1e6
-
-
-def registry_load_ms(db: Path) -> tuple[float, float]:
-    """(AgentRegistry + Placement over ``db``, as the gateway starts; a bare SELECT *) in ms, best of 3."""
-    from openfang.control.placement import Placement
-    from openfang.control.registry import AgentRegistry
-
-    loads, raw = [], []
-    for _ in range(3):
-        conn = sqlite3.connect(db)
-        t0 = time.perf_counter()
-        conn.execute("SELECT * FROM agents").fetchall()
-        raw.append((time.perf_counter() - t0) * 1000)
-        conn.close()
-        t0 = time.perf_counter()
-        reg = AgentRegistry(db)
-        Placement(reg, _NullPort())
-        loads.append((time.perf_counter() - t0) * 1000)
-        reg.close()
-    return min(loads), min(raw)
-
-
-class _NullPort:
-    def spawn(self, *a: Any, **k: Any) -> None: ...
-    def kill(self, *a: Any) -> None: ...
-    def suspend(self, *a: Any) -> None: ...
-    def deliver(self, *a: Any) -> None: ...
-    def fail(self, *a: Any) -> None: ...
-    def publish(self, *a: Any) -> None: ...
-
-
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -601,36 +568,26 @@ def routing_beside_crowd(workers: int, crowd: int, tasks: int) -> dict[str, Any]
     }
 
 
+def _one_awake_in_ten(i: int) -> str:
+    return "hibernated" if i % 10 else "running"
+
+
 def registry_only(rows: int) -> list[dict[str, Any]]:
     """The registry alone at ``rows`` agents: write them (one commit), load them as the gateway does."""
-    from openfang.control.registry import AgentRegistry, AgentRow, manifest_digest
-
     text = manifest("route", "billing")
     with tempfile.TemporaryDirectory(prefix="ofscale-", dir="/tmp") as tmp:
         db = Path(tmp) / "agents.db"
-        reg = AgentRegistry(db)
-        digest = manifest_digest(text)
-        t0 = time.perf_counter()
-        for i in range(rows):
-            row = AgentRow(
-                agent_id=reg.next_id("route-billing"),
-                name="route-billing",
-                manifest_digest=digest,
-                state="hibernated" if i % 10 else "running",
-                placement=f"workers-{i % 2}",
-            )
-            reg.add(row, text)
-        reg.commit()
-        write_s = time.perf_counter() - t0
-        reg.close()
+        write_s = fill_registry(
+            db, rows, text, "route-billing", lambda i: "hibernated" if i % 10 else "running"
+        )
         load_ms, fetch_ms = registry_load_ms(db)
         mb = file_mb(db)
         # The gateway's own memory for the rows: measured in a fresh process, so nothing else counts.
         code = (
             "import resource,sys;from openfang.control.registry import AgentRegistry;"
-            "from openfang.control.placement import Placement;from perf.bench_scale import _NullPort;"
+            "from openfang.control.placement import Placement;from perf._registry_fill import NullPort;"
             "import psutil;p=psutil.Process();b=p.memory_full_info().uss;"
-            f"r=AgentRegistry({str(db)!r});pl=Placement(r,_NullPort());"
+            f"r=AgentRegistry({str(db)!r});pl=Placement(r,NullPort());"
             "print((p.memory_full_info().uss-b)/1e6)"
         )
         env = dict(os.environ, PYTHONPATH=str(REPO))
