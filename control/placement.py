@@ -778,20 +778,20 @@ class Placement:
         self.unplaced.pop(row.agent_id, None)
 
     def _flush(self, agent_id: str, worker_id: str) -> None:
-        away = self.away.pop(agent_id, None)
-        if away is None:
-            return
-        for queued in away.queue:
-            self.queued -= 1
-            self.port.deliver(queued.item, worker_id)
+        """Deliver what was held for ``agent_id`` to ``worker_id``, in order."""
+        self._release(agent_id, lambda item: self.port.deliver(item, worker_id))
 
     def _fail_queue(self, agent_id: str, error: Exception) -> None:
+        """Answer what was held for ``agent_id`` with ``error``."""
+        self._release(agent_id, lambda item: self.port.fail(item, error))
+
+    def _release(self, agent_id: str, each: Callable[[Any], None]) -> None:
         away = self.away.pop(agent_id, None)
         if away is None:
             return
         for queued in away.queue:
             self.queued -= 1
-            self.port.fail(queued.item, error)
+            each(queued.item)
 
 
 def _refusal(code: str, message: str) -> OpenFangError:
