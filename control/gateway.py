@@ -449,7 +449,8 @@ class Gateway:
             if wanted is None and (self.workers or time.monotonic() - self.placement.started < GRACE_S):
                 # Workers are there (or about to be) but have not listed their agents to this gateway yet.
                 raise Restarting(
-                    "the gateway is learning its workers' agents (it has just started); retry shortly",
+                    "no worker has listed its agents to the gateway yet (the gateway or a worker has just "
+                    "started); retry shortly",
                     retry_after_ms=500,
                 )
             if wanted is None:

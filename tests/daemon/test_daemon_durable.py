@@ -223,6 +223,9 @@ def test_agent_restarting_too_often_is_given_up_by_its_own_intensity(make_cluste
     assert lost["reason"] == "restart_intensity"
     assert listing(c)[fragile]["state"] == "dead"
 
+    # Both workers were killed: a new spawn waits until they are back and have listed their agents
+    # (status says ready; until then a spawn may be answered `restarting` with retry_after_ms).
+    wait_for(lambda: c.ok("status")["ready"], what="both workers back and synced")
     trap = c.dir / "trap.wat"
     trap.write_text(TRAP_WAT)
     crashy = spawn(c, f'[agent]\nname = "crashy"\nmodule = "{trap}"\nrestart_intensity = 2\n')
