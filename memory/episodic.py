@@ -30,7 +30,7 @@ class Episode:
 
 
 def apply_episode(conn: Any, body: MemoryEpisode, now: float) -> dict[str, Any]:
-    """Insert one message; its FTS row follows through the sqlite-utils trigger."""
+    """Insert one message; its FTS row follows through the FTS trigger."""
     tokens = body.tokens
     if tokens is None:
         tokens = len(body.text.split())  # a cheap estimate when the caller did not count

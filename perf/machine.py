@@ -24,7 +24,6 @@ PACKAGES: tuple[str, ...] = (
     "msgpack",
     "psutil",
     "structlog",
-    "sqlite-utils",
     "sqlite-vec",
     "pysqlite3-binary",
     "cryptography",

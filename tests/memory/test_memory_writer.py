@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from openfang.memory.client import MemoryClient
 from openfang.memory.reader import MemoryReader
 from openfang.memory.writer import WriterConfig
 from openfang.protocol.envelope import decode
-from openfang.protocol.errors import Busy, ConfigError, ProtocolError
+from openfang.protocol.errors import Busy, ConfigError, MemoryStoreError, ProtocolError
 
 pytestmark = pytest.mark.integration
 
@@ -344,14 +345,12 @@ def test_a_request_that_trips_a_bug_fails_alone_and_the_writer_keeps_serving(loc
 
 def test_migrate_upgrades_an_older_database_keeping_its_rows(tmp_path: Path) -> None:
     """A database at 0001 gains 0002 (memory tags) with its existing memories intact and recallable."""
-    import sqlite_utils
-
     from openfang.memory._apply import Applier
     from openfang.protocol.envelope import Envelope
 
     db = tmp_path / "old.db"
     conn = _db.open_writer(db)
-    schema.MIGRATIONS.apply(sqlite_utils.Database(conn), stop_before="0002_memory_tags")
+    assert schema.apply(conn, stop_before="0002_memory_tags") == ["0001_initial"]
     conn.execute(
         "INSERT INTO memories(agent_id, kind, text, importance, created) "
         "VALUES ('a', 'fact', 'old news', 0.5, 1)"
@@ -367,6 +366,43 @@ def test_migrate_upgrades_an_older_database_keeping_its_rows(tmp_path: Path) -> 
     with MemoryReader(db) as r:
         hits = r.recall(scope={"a"}, agent_id="a", text="news", k=5)
     assert {h.text: h.tags for h in hits} == {"old news": (), "new news": ("t",)}
+
+
+def test_migrate_upgrades_a_database_written_by_the_sqlite_utils_runner(tmp_path: Path) -> None:
+    """A 0001 database that the earlier sqlite-utils migrations wrote (a committed file) is upgraded in
+    place: its record is read, only 0002 runs, its rows stay searchable, and its schema then equals a
+    fresh database's."""
+    import shutil
+
+    db = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent / "data" / "memory-0001-sqlite-utils.db", db)
+    assert schema.applied(db) == ["0001_initial"]
+    assert schema.migrate(db) == ["0002_memory_tags"]
+    assert schema.applied(db) == ["0001_initial", "0002_memory_tags"]
+    fresh = tmp_path / "fresh.db"
+    schema.migrate(fresh)
+    query = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
+    with closing(_db.open_reader(db)) as old_conn, closing(_db.open_reader(fresh)) as new_conn:
+        assert old_conn.execute(query).fetchall() == new_conn.execute(query).fetchall()
+    with MemoryReader(db) as r:
+        assert [h.text for h in r.recall(scope={"a"}, agent_id="a", text="news", k=5)] == ["old news"]
+
+
+def test_migrate_rolls_back_a_failing_migration_and_leaves_it_pending(tmp_path: Path, monkeypatch) -> None:
+    """A migration whose statement fails leaves no half-applied change and no record: it stays pending."""
+    db = tmp_path / "m.db"
+    conn = _db.open_writer(db)
+    schema.apply(conn, stop_before="0002_memory_tags")
+    conn.close()
+    add_tags = 'ALTER TABLE "memories" ADD COLUMN "tags" TEXT'
+    broken = schema.Migration("0002_memory_tags", (add_tags, "NOT SQL"))
+    monkeypatch.setattr(schema, "MIGRATIONS", (schema.MIGRATIONS[0], broken))
+    with pytest.raises(MemoryStoreError, match="migration failed"):
+        schema.migrate(db)
+    assert schema.applied(db) == ["0001_initial"]
+    with closing(_db.open_reader(db)) as r:
+        columns = [row[1] for row in r.execute("PRAGMA table_info(memories)")]
+    assert "tags" not in columns
 
 
 def test_compaction_works_in_bounded_batches_until_done(local_store) -> None:
