@@ -372,7 +372,8 @@ class Gateway:
             raise Busy(
                 f"{len(self.waiting)} requests in flight, the limit is {self.queue_limit}; retry later"
             )
-        handler(identity, delimited, env, messages.parse(env, body_class))
+        # The guard's decode() validated the body against this schema: build it, do not check it again.
+        handler(identity, delimited, env, messages.parse(env, body_class, decoded=True))
 
     def _on_ping(self, identity: bytes, delimited: bool, env: Envelope, _body: Empty) -> None:
         self._reply(identity, delimited, env.reply({"pid": os.getpid(), "time": time.time()}))
@@ -670,7 +671,7 @@ class Gateway:
         if entry is not None:
             body_class, handler = entry
             try:
-                body = messages.parse(env, body_class)
+                body = messages.parse(env, body_class, decoded=True)  # validated once (internal types here)
             except ProtocolError as exc:
                 log.warning("worker_message_invalid", worker=worker_id, type=env.type, error=exc.message)
                 if env.type == "worker.forward":  # a request: its agent waits for the answer

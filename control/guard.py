@@ -23,7 +23,7 @@ import zmq
 
 import openfang
 from openfang.protocol.envelope import Envelope, decode
-from openfang.protocol.messages import REQUEST_TYPES, check_request
+from openfang.protocol.messages import REQUEST_TYPES, body_schema, check_request
 from openfang.security.audit import AuditLog
 from openfang.security.config import SecurityConfig, open_audit
 from openfang.security.integrity import IntegrityMonitor, Violation, package_files
@@ -127,7 +127,10 @@ class Guard:
         else:
             env = decode(payload, max_size=self.max_frame, types=REQUEST_TYPES)
         check_request(env)
-        self.validator.check(env, client=source)
+        # decode() validated the body against its schema: the limits walk runs only where that schema
+        # does not already keep the body within the limits (layer 1, MessageValidator.check).
+        schema = body_schema(env.type)
+        self.validator.check(env, client=source, shape=None if schema is None else schema.shape)
         if self.limiter is not None:
             self.limiter.charge(client=f"key:{kid}" if kid is not None else source, requests=1)
         return env

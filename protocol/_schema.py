@@ -19,6 +19,12 @@ Bodies are *closed* (an unknown field is a problem, so a typo in a request is ne
 *open* (unknown fields are allowed: replies and events, so a newer peer may add fields without breaking
 older clients). A checker is compiled once per message type, on its first message (messages._schema_of),
 then kept: validation is on every message's hot path.
+
+Each compiled type has two checkers that agree on every value: ``valid(value) -> bool``, which builds no
+paths or texts (every message goes through it), and ``check(value, where, problems)``, which names every
+problem and runs only when ``valid`` said no. Its :class:`Shape` is the most a valid value can hold in the
+terms of the security layer's limits (layer 1): when a body's shape is within them, a body that passed its
+schema cannot break them and the gateway does not walk it a second time.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ MAX_PROBLEMS = 50  # a hostile 10,000-item list must not produce a 10,000-line e
 
 # check(value, where, problems) appends "where: what" strings; it never raises.
 Check = Callable[[Any, str, list[str]], None]
+# valid(value) is True exactly when check(value, ...) would append nothing (it only says yes or no).
+Valid = Callable[[Any], bool]
 Build = Callable[[Any], Any]
 
 
@@ -69,12 +77,70 @@ class Match:
 
 
 @dataclass(frozen=True, slots=True)
+class Shape:
+    """The most a valid value of a type can hold, in the terms of layer 1's limits
+    (:class:`openfang.security.validation.ValidationLimits`): the longest string and binary value, the
+    longest list, the most keys in one map, the longest key, the deepest nesting (a scalar is 0) and the
+    most values in all (the value itself counts). None instead of a Shape: no bound (``Any``, open maps,
+    recursive types)."""
+
+    text: int = 0
+    binary: int = 0
+    items: int = 0
+    keys: int = 0
+    key_len: int = 0
+    depth: int = 0
+    nodes: int = 1
+
+
+SCALAR = Shape()
+
+
+def _widest(shapes: list[Shape | None]) -> Shape | None:
+    """A shape that holds any of ``shapes`` (a union): each bound the largest of them."""
+    if not shapes or any(s is None for s in shapes):
+        return None
+    known = [s for s in shapes if s is not None]
+    return Shape(
+        text=max(s.text for s in known),
+        binary=max(s.binary for s in known),
+        items=max(s.items for s in known),
+        keys=max(s.keys for s in known),
+        key_len=max(s.key_len for s in known),
+        depth=max(s.depth for s in known),
+        nodes=max(s.nodes for s in known),
+    )
+
+
+def _container(
+    children: list[tuple[Shape | None, int]], *, items: int = 0, keys: int = 0, key_len: int = 0
+) -> Shape | None:
+    """The shape of a list or map holding ``count`` values of each child shape (``(shape, count)``)."""
+    if any(s is None for s, _ in children):
+        return None
+    known = [(s, n) for s, n in children if s is not None]
+    inner = _widest([s for s, _ in known]) if known else SCALAR
+    assert inner is not None
+    return Shape(
+        text=inner.text,
+        binary=inner.binary,
+        items=max(items, inner.items),
+        keys=max(keys, inner.keys),
+        key_len=max(key_len, inner.key_len),
+        depth=inner.depth + 1 if known else 0,
+        nodes=1 + sum(s.nodes * n for s, n in known),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Compiled:
-    """A compiled type: its checker, its builder (wire value -> Python value) and its description."""
+    """A compiled type: its checkers, its builder (wire value -> Python value), its description and shape."""
 
     check: Check
     build: Build
     describe: str
+    valid: Valid
+    shape: Shape | None = None
     # For maps compiled from a dataclass: (name, compiled, required) per field, and the class (for docs).
     fields: tuple[tuple[str, Compiled, bool], ...] = ()
     cls: type | None = None
@@ -129,7 +195,17 @@ def _compile_str(bound: Len | None, match: Match | None = None) -> Compiled:
         elif full is not None and full(value) is None:
             problems.append(f"{where}: must be {describe}, got {value[:140]!r}")
 
-    return Compiled(check, _identity, describe)
+    if full is None:
+
+        def valid(value: Any) -> bool:
+            return isinstance(value, str) and lo <= len(value) <= hi
+
+    else:
+
+        def valid(value: Any) -> bool:
+            return isinstance(value, str) and lo <= len(value) <= hi and full(value) is not None
+
+    return Compiled(check, _identity, describe, valid, Shape(text=hi))
 
 
 def _compile_bytes(bound: Len | None) -> Compiled:
@@ -143,7 +219,10 @@ def _compile_bytes(bound: Len | None) -> Compiled:
         elif not lo <= len(value) <= hi:
             problems.append(f"{where}: must be {describe}, got {len(value)} bytes")
 
-    return Compiled(check, _identity, describe)
+    def valid(value: Any) -> bool:
+        return isinstance(value, bytes) and lo <= len(value) <= hi
+
+    return Compiled(check, _identity, describe, valid, Shape(binary=hi))
 
 
 def _compile_number(tp: type, bound: Range | None) -> Compiled:
@@ -156,7 +235,14 @@ def _compile_number(tp: type, bound: Range | None) -> Compiled:
         elif (not is_int and not math.isfinite(value)) or not _in_range(value, bound):
             problems.append(f"{where}: must be {describe}, got {value}")
 
-    return Compiled(check, _identity if is_int else float, describe)
+    kinds = (int,) if is_int else (int, float)
+
+    def valid(value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return False
+        return (is_int or math.isfinite(value)) and _in_range(value, bound)
+
+    return Compiled(check, _identity if is_int else float, describe, valid, SCALAR)
 
 
 def _compile_bool() -> Compiled:
@@ -164,7 +250,10 @@ def _compile_bool() -> Compiled:
         if not isinstance(value, bool):
             problems.append(f"{where}: must be a boolean, got {_got(value)}")
 
-    return Compiled(check, _identity, "a boolean")
+    def valid(value: Any) -> bool:
+        return isinstance(value, bool)
+
+    return Compiled(check, _identity, "a boolean", valid, SCALAR)
 
 
 def _compile_literal(options: tuple[Any, ...]) -> Compiled:
@@ -176,7 +265,14 @@ def _compile_literal(options: tuple[Any, ...]) -> Compiled:
             shown = repr(value) if isinstance(value, (str, int, float)) else _got(value)
             problems.append(f"{where}: must be {describe}, got {shown}")
 
-    return Compiled(check, _identity, describe, literals=tuple(options))
+    def valid(value: Any) -> bool:
+        return not isinstance(value, (dict, list)) and value in allowed
+
+    shape = Shape(
+        text=max((len(o) for o in options if isinstance(o, str)), default=0),
+        binary=max((len(o) for o in options if isinstance(o, bytes)), default=0),
+    )
+    return Compiled(check, _identity, describe, valid, shape, literals=tuple(options))
 
 
 def _compile_list(item: Compiled, bound: Len | None) -> Compiled:
@@ -200,7 +296,15 @@ def _compile_list(item: Compiled, bound: Len | None) -> Compiled:
     def build(value: Any) -> Any:
         return [item_build(v) for v in value]
 
-    return Compiled(check, _identity if item_build is _identity else build, describe)
+    item_valid = item.valid
+
+    def valid(value: Any) -> bool:
+        if not isinstance(value, list) or not lo <= len(value) <= hi:
+            return False
+        return all(map(item_valid, value))
+
+    shape = _container([(item.shape, hi)], items=hi)
+    return Compiled(check, _identity if item_build is _identity else build, describe, valid, shape)
 
 
 def _compile_map(values: Compiled, bound: Len | None) -> Compiled:
@@ -224,7 +328,18 @@ def _compile_map(values: Compiled, bound: Len | None) -> Compiled:
             if len(problems) >= MAX_PROBLEMS:
                 return
 
-    return Compiled(check, _identity, describe)
+    value_valid = values.valid
+
+    def valid(value: Any) -> bool:
+        if not isinstance(value, dict) or len(value) > hi:
+            return False
+        for key, entry in value.items():
+            if not isinstance(key, str) or len(key) > MAX_KEY_LEN or not value_valid(entry):
+                return False
+        return True
+
+    shape = _container([(values.shape, hi)], keys=hi, key_len=MAX_KEY_LEN)
+    return Compiled(check, _identity, describe, valid, shape)
 
 
 def _tags(options: list[Compiled]) -> tuple[str, dict[Any, Compiled]] | None:
@@ -269,7 +384,17 @@ def _compile_tagged(name: str, table: dict[Any, Compiled], describe: str, nullab
         option = None if value is None else pick(value)
         return value if option is None else option.build(value)
 
-    return Compiled(check, build, describe)
+    def valid(value: Any) -> bool:
+        if value is None and nullable:
+            return True
+        if not isinstance(value, dict):
+            return False
+        option = pick(value)
+        return option is not None and option.valid(value)
+
+    options = list({id(o): o for o in table.values()}.values())
+    shape = _widest([o.shape for o in options] + ([SCALAR] if nullable else []))
+    return Compiled(check, build, describe, valid, shape)
 
 
 def _compile_union(options: list[Compiled], nullable: bool) -> Compiled:
@@ -287,7 +412,13 @@ def _compile_union(options: list[Compiled], nullable: bool) -> Compiled:
         def build_one(value: Any) -> Any:
             return None if value is None else inner.build(value)
 
-        return Compiled(check_one, build_one, describe)
+        inner_valid = inner.valid
+
+        def valid_one(value: Any) -> bool:
+            return (value is None and nullable) or inner_valid(value)
+
+        shape_one = _widest([inner.shape] + ([SCALAR] if nullable else []))
+        return Compiled(check_one, build_one, describe, valid_one, shape_one)
 
     def check(value: Any, where: str, problems: list[str]) -> None:
         if value is None and nullable:
@@ -301,13 +432,17 @@ def _compile_union(options: list[Compiled], nullable: bool) -> Compiled:
 
     def build(value: Any) -> Any:
         for option in options:
-            trial: list[str] = []
-            option.check(value, "", trial)
-            if not trial:
+            if option.valid(value):
                 return option.build(value)
         return value
 
-    return Compiled(check, build, describe)
+    def valid(value: Any) -> bool:
+        if value is None and nullable:
+            return True
+        return any(option.valid(value) for option in options)
+
+    shape = _widest([o.shape for o in options] + ([SCALAR] if nullable else []))
+    return Compiled(check, build, describe, valid, shape)
 
 
 def compile_type(tp: Any, *, open_maps: bool) -> Compiled:
@@ -326,7 +461,7 @@ def compile_type(tp: Any, *, open_maps: bool) -> Compiled:
                 match = m
     origin = typing.get_origin(tp)
     if tp is Any:
-        return Compiled(lambda value, where, problems: None, _identity, "any value")
+        return Compiled(lambda value, where, problems: None, _identity, "any value", lambda value: True)
     if tp is str:
         return _compile_str(length, match)
     if tp is bytes:
@@ -369,6 +504,8 @@ def compile_dataclass(cls: type, *, open_fields: bool) -> Compiled:
             lambda value, where, problems: holder[0].check(value, where, problems),
             lambda value: holder[0].build(value),
             f"a map ({cls.__name__})",
+            lambda value: holder[0].valid(value),
+            None,  # a recursive type has no depth bound
             cls=cls,
         )
     holder_list: list[Compiled] = []
@@ -426,14 +563,45 @@ def _compile_dataclass(cls: type, open_fields: bool) -> Compiled:
                 kwargs[name] = None  # a required nullable field (validated): nil travels as None
         return cls(**kwargs)
 
-    return Compiled(check, build, describe, tuple(fields), cls)
+    checks = tuple((name, compiled.valid, required) for name, compiled, required in fields)
+
+    def valid(value: Any) -> bool:
+        if not isinstance(value, dict):
+            return False
+        for name, field_valid, required in checks:
+            if name in value:
+                entry = value[name]
+                if (entry is not None or required) and not field_valid(entry):
+                    return False
+            elif required:
+                return False
+        if not open_fields:
+            for key in value:
+                if key not in known:
+                    return False
+        return extra is None or not extra(value)
+
+    shape: Shape | None = None
+    if not open_fields:  # an open map may carry any unknown field: no bound
+        names = [name for name, _, _ in fields]
+        shape = _container(
+            [(compiled.shape, 1) for _, compiled, _ in fields],
+            keys=len(names),
+            key_len=max((len(n) for n in names), default=0),
+        )
+    return Compiled(check, build, describe, valid, shape, tuple(fields), cls)
 
 
 def body_validator(compiled: Compiled) -> Callable[[Mapping[str, Any]], list[str]]:
     """The ``envelope.register_body_validator`` form of a compiled body: problems under ``body.``."""
-    check = compiled.check
+    check, valid = compiled.check, compiled.valid
 
     def validate(body: Mapping[str, Any]) -> list[str]:
+        try:
+            if valid(body):
+                return []
+        except RecursionError:
+            pass  # the checker below meets it again and reports it
         problems: list[str] = []
         try:
             check(body, "body", problems)

@@ -478,6 +478,7 @@ _TYPE_OF: dict[type, str] = {}
 # wire type -> (body class, open); its schema is compiled on the first message of that type (_schema_of).
 _class_of: dict[str, tuple[type, bool]] = {}
 _compiled: dict[str, _schema.Compiled] = {}
+_validators: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {}  # body_validator of each compiled type
 
 
 def _register() -> None:
@@ -506,9 +507,11 @@ def _schema_of(message_type: str) -> _schema.Compiled | None:
     if compiled is None and message_type in _class_of:
         cls, is_open = _class_of[message_type]
         compiled = _schema.compile_dataclass(cls, open_fields=is_open)
+        validator = _schema.body_validator(compiled)
+        _validators[message_type] = validator
         _compiled[message_type] = compiled  # two threads may both compile: the same result, either wins
         if message_type not in _UNCHECKED:  # internal bodies are checked by their handlers (InternalSpec)
-            register_body_validator(message_type, _schema.body_validator(compiled))
+            register_body_validator(message_type, validator)
     return compiled
 
 
@@ -517,9 +520,8 @@ def _first_validation(message_type: str) -> Callable[[Mapping[str, Any]], list[s
     which replaces it with the compiled validator, and validates this first body with that."""
 
     def validate(body: Mapping[str, Any]) -> list[str]:
-        compiled = _schema_of(message_type)
-        assert compiled is not None  # registered only for catalogued types
-        return _schema.body_validator(compiled)(body)
+        _schema_of(message_type)  # registered only for catalogued types: compiles it
+        return _validators[message_type](body)
 
     return validate
 
@@ -539,10 +541,9 @@ def check_body(message_type: str, body: Mapping[str, Any]) -> list[str]:
     For a sender that checks before it sends (the memory client): the same schema the receiver's
     :func:`parse` applies. A type outside the catalogue is one problem naming it.
     """
-    compiled = _schema_of(message_type)
-    if compiled is None:
+    if _schema_of(message_type) is None:
         return [f"type: {message_type!r} is in no catalogue"]
-    return _schema.body_validator(compiled)(body)
+    return _validators[message_type](body)
 
 
 def check_request(env: Envelope) -> MessageSpec:
@@ -553,18 +554,22 @@ def check_request(env: Envelope) -> MessageSpec:
     return spec
 
 
-def parse(env: Envelope, body_class: type[Any]) -> Any:
+def parse(env: Envelope, body_class: type[Any], *, decoded: bool = False) -> Any:
     """``env.body`` as an instance of ``body_class``, validated; raises ProtocolError naming every problem.
 
     ``body_class`` must be the body of ``env.type`` (``parse(env, AgentSend)`` for an ``agent.send``).
     Fields an open body (reply, event, error) carries beyond its class are not kept: read ``env.body``.
+    ``decoded``: ``env`` is what :func:`~openfang.protocol.envelope.decode` returned, unchanged, so its
+    body was already validated against this very schema (every catalogued type that is not internal):
+    it is built without a second validation. Internal types are validated here either way.
     """
     compiled = _schema_of(env.type)
     if compiled is None or _class_of[env.type][0] is not body_class:
         raise ProtocolError(f"type: {env.type!r} does not carry a {body_class.__name__} body")
-    problems = _schema.body_validator(compiled)(env.body)
-    if problems:
-        raise ProtocolError("; ".join(problems))
+    if not decoded or env.type in _UNCHECKED:
+        problems = _validators[env.type](env.body)
+        if problems:
+            raise ProtocolError("; ".join(problems))
     return compiled.build(env.body)
 
 

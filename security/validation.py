@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from openfang.protocol._schema import Shape
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import ConfigError, FrameTooLarge, Problem, ProtocolError
 from openfang.security.audit import AuditSink
@@ -96,6 +97,21 @@ def check_frame(data: bytes, limits: ValidationLimits) -> None:
         raise FrameTooLarge(f"frame is {len(data)} bytes, the limit is {limits.max_frame_bytes}")
 
 
+def within(shape: Shape | None, limits: ValidationLimits) -> bool:
+    """Whether every value a schema of ``shape`` admits is within ``limits`` (so :func:`check_value` cannot
+    refuse a body that passed that schema). False for an unbounded shape (None)."""
+    return (
+        shape is not None
+        and shape.text <= limits.max_text
+        and shape.binary <= limits.max_bytes
+        and shape.items <= limits.max_list
+        and shape.keys <= limits.max_keys
+        and shape.key_len <= limits.max_key_len
+        and shape.depth <= limits.max_depth
+        and shape.nodes <= limits.max_nodes
+    )
+
+
 class MessageValidator:
     """:func:`check_message` with an audit record for every refusal (``validation.rejected``)."""
 
@@ -103,7 +119,12 @@ class MessageValidator:
         self.limits = limits or ValidationLimits()
         self._audit = audit
 
-    def check(self, env: Envelope, *, client: str = "") -> None:
+    def check(self, env: Envelope, *, client: str = "", shape: Shape | None = None) -> None:
+        """Refuse ``env`` if it breaks a limit (audited). ``shape``: the shape of the schema ``env.body``
+        has passed (the envelope decoder validated it); when it is :func:`within` the limits the body
+        cannot break them and is not walked again (the type's length is still checked)."""
+        if within(shape, self.limits) and len(env.type) <= self.limits.max_key_len:
+            return
         try:
             check_message(env, self.limits)
         except ProtocolError as exc:
