@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import signal
 import time
@@ -114,6 +115,7 @@ TREE_OPS = frozenset(
     }
 )
 POLL_MS = 200
+_NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost an enum operation per use
 # agent.list asks a worker for at most this many agents' live figures per message: a record is ~0.5 KB
 # (its description cut to LIST_DESCRIPTION_CHARS by the worker), so a reply stays far under the 4 MiB limit.
 LIST_IDS_PER_MESSAGE = 500
@@ -182,6 +184,13 @@ class Gateway:
         self.events = bind_pub(self.zctx, control.events, hwm=hwm * 10, mode=mode, keys_dir=keys_dir)
         self.worker_sock = bind_router(self.zctx, control.workers, hwm=hwm, mode=0o600, keys_dir=keys_dir)
         self.waiting: dict[str, _Waiting] = {}
+        # No deadline in ``waiting`` is earlier than this (deadlines only move later), so _expire scans the
+        # table only when something may be late, not on every loop turn.
+        self._earliest = float("inf")
+        # Ids of the gateway's own requests to the root and to workers: a random prefix per process (a reply
+        # meant for a previous gateway never matches) and a counter (no system call per request).
+        self._key_prefix = os.urandom(6).hex()
+        self._key_counter = itertools.count()
         self.workers: dict[str, _Worker] = {}
         self.registry = AgentRegistry(_registry_path(args))
         t0 = time.perf_counter()
@@ -278,7 +287,7 @@ class Gateway:
                 # receive_client also reads the identity the transport proved (guard.peer_identity).
                 self._drain(self.clients, self._on_client_frames, receive=receive_client)
             if self.worker_sock in ready:
-                self._drain(self.worker_sock, self._on_worker_frames)
+                self._drain(self.worker_sock, self._on_worker_frames, receive=_receive)
             if self.child.fileno() in ready:
                 self._on_uplink()
             if self.audit_check.fileno() in ready:
@@ -401,8 +410,8 @@ class Gateway:
 
     def _to_root(self, identity: bytes, delimited: bool, env: Envelope, body: Any) -> None:
         """A tree request: the root supervisor answers it (through the uplink)."""
-        key = os.urandom(8).hex()
-        self.waiting[key] = _Waiting(identity, delimited, env, time.monotonic() + self.timeout_s)
+        key = self._new_key()
+        self._wait(key, _Waiting(identity, delimited, env, time.monotonic() + self.timeout_s))
         self.child.send({"t": "req", "id": key, "op": env.type, "args": messages.to_body(body)})
 
     def _on_client_spawn(self, identity: bytes, delimited: bool, env: Envelope, spawn: AgentSpawn) -> None:
@@ -626,22 +635,36 @@ class Gateway:
         via_workers: bool = False,
         internal: Callable[[Envelope], None] | None = None,
     ) -> None:
-        key = os.urandom(8).hex()
+        key = self._new_key()
         forwarded = Envelope(type=env.type, body=env.body, id=key)
         send_nowait(self.worker_sock, [worker_id.encode(), encode(forwarded)], peer=f"worker {worker_id}")
         deadline = time.monotonic() + self.timeout_s
-        self.waiting[key] = _Waiting(
-            identity,
-            delimited,
-            env,
-            deadline,
-            on_reply,
-            worker=worker_id,
-            via_workers=via_workers,
-            internal=internal,
+        self._wait(
+            key,
+            _Waiting(
+                identity,
+                delimited,
+                env,
+                deadline,
+                on_reply,
+                worker=worker_id,
+                via_workers=via_workers,
+                internal=internal,
+            ),
         )
-        if worker_id in self.workers:
-            self.workers[worker_id].in_flight += 1
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.in_flight += 1
+
+    def _new_key(self) -> str:
+        """A fresh id for a request the gateway sends (to the root or a worker) and waits for."""
+        return f"{self._key_prefix}{next(self._key_counter):x}"
+
+    def _wait(self, key: str, waiting: _Waiting) -> None:
+        """Wait for the answer to ``key`` (a reply, the worker's death, or the deadline: see _expire)."""
+        self.waiting[key] = waiting
+        if waiting.deadline < self._earliest:
+            self._earliest = waiting.deadline
 
     def _reply(self, identity: bytes, delimited: bool, env: Envelope, via_workers: bool = False) -> None:
         frames = [identity, b"", encode(env)] if delimited else [identity, encode(env)]
@@ -665,7 +688,9 @@ class Gateway:
         except OpenFangError as exc:
             log.warning("worker_message_invalid", worker=worker_id, error=str(exc))
             return
-        worker = self.workers.setdefault(worker_id, _Worker(worker_id))
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            worker = self.workers[worker_id] = _Worker(worker_id)
         worker.last_seen = time.monotonic()
         entry = self._worker_dispatch.get(env.type)
         if entry is not None:
@@ -945,11 +970,27 @@ class Gateway:
 
     def _expire(self) -> None:
         now = time.monotonic()
+        if now < self._earliest:
+            return  # nothing can be late yet: no scan of the table on this loop turn
         late = [key for key, w in self.waiting.items() if w.deadline <= now]
+        self._earliest = min(
+            (w.deadline for key, w in self.waiting.items() if w.deadline > now), default=float("inf")
+        )
         for key in late:
             waiting = self.waiting.pop(key)
             err = Timeout(f"no answer to {waiting.request.type!r} within {self.timeout_s:g}s")
             self._complete(waiting, waiting.request.error(err))
+
+
+def _receive(sock: zmq.Socket[bytes]) -> list[bytes]:
+    """One message from a ROUTER without blocking (zmq.Again if none), as recv_multipart would return it:
+    the routing id and each frame as bytes (1.3 us for two frames against 2.4 us for recv_multipart)."""
+    frames = [sock.recv(_NOBLOCK)]
+    while True:
+        frame = sock.recv(copy=False)  # the rest of a message is already here: never blocks
+        frames.append(frame.bytes)
+        if not frame.more:
+            return frames
 
 
 class _GatewayPort:
