@@ -115,6 +115,9 @@ TREE_OPS = frozenset(
     }
 )
 POLL_MS = 200
+# Replies to clients wait in an outbox until the end of the batch being handled, or this many: sent back to
+# back, they cost ZeroMQ's I/O thread one wake-up and one write for many (it woke for each one before).
+OUTBOX_MAX = 32
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost an enum operation per use
 # agent.list asks a worker for at most this many agents' live figures per message: a record is ~0.5 KB
 # (its description cut to LIST_DESCRIPTION_CHARS by the worker), so a reply stays far under the 4 MiB limit.
@@ -184,6 +187,7 @@ class Gateway:
         self.events = bind_pub(self.zctx, control.events, hwm=hwm * 10, mode=mode, keys_dir=keys_dir)
         self.worker_sock = bind_router(self.zctx, control.workers, hwm=hwm, mode=0o600, keys_dir=keys_dir)
         self.waiting: dict[str, _Waiting] = {}
+        self._outbox: list[tuple[list[bytes], Envelope]] = []  # client replies not sent yet (_flush)
         # No deadline in ``waiting`` is earlier than this (deadlines only move later), so _expire scans the
         # table only when something may be late, not on every loop turn.
         self._earliest = float("inf")
@@ -286,8 +290,10 @@ class Gateway:
             if self.clients in ready:
                 # receive_client also reads the identity the transport proved (guard.peer_identity).
                 self._drain(self.clients, self._on_client_frames, receive=receive_client)
+                self._flush()
             if self.worker_sock in ready:
                 self._drain(self.worker_sock, self._on_worker_frames, receive=_receive)
+                self._flush()
             if self.child.fileno() in ready:
                 self._on_uplink()
             if self.audit_check.fileno() in ready:
@@ -296,7 +302,9 @@ class Gateway:
             self.guard.tick()
             self.placement.tick()
             self._commit()
+            self._flush()
             self.child.heartbeat()
+        self._flush()
 
     def _commit(self) -> None:
         """Write the registry's changes, then send the replies that promised them (spawn acks)."""
@@ -306,6 +314,7 @@ class Gateway:
             self._reply(identity, delimited, env, via_workers)
 
     def close(self) -> None:
+        self._flush()
         # A short linger lets the last replies (the answer to ``stop``) leave before the process ends.
         for sock in (self.clients, self.events, self.worker_sock):
             sock.close(linger=200)
@@ -668,13 +677,28 @@ class Gateway:
 
     def _reply(self, identity: bytes, delimited: bool, env: Envelope, via_workers: bool = False) -> None:
         frames = [identity, b"", encode(env)] if delimited else [identity, encode(env)]
-        if not via_workers and env.type != messages.CHUNK_TYPE:
-            self.stats.replied(identity, env)
-        try:
-            send_nowait(self.worker_sock if via_workers else self.clients, frames, peer="client")
-        except OpenFangError as exc:
-            # The client left or stopped reading; there is nobody to tell.
-            log.info("reply_dropped", reason=str(exc), request_type=env.type)
+        if via_workers:  # an agent's answer, to its worker: sent now, in order with the worker's requests
+            try:
+                send_nowait(self.worker_sock, frames, peer="client")
+            except OpenFangError as exc:
+                log.info("reply_dropped", reason=str(exc), request_type=env.type)
+            return
+        self._outbox.append((frames, env))
+        if len(self._outbox) >= OUTBOX_MAX:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send the client replies waiting in the outbox, in the order they were made (called at the end of
+        each batch of messages handled, and of each loop turn)."""
+        outbox, self._outbox = self._outbox, []
+        for frames, env in outbox:
+            if env.type != messages.CHUNK_TYPE:
+                self.stats.replied(frames[0], env)
+            try:
+                send_nowait(self.clients, frames, peer="client")
+            except OpenFangError as exc:
+                # The client left or stopped reading; there is nobody to tell.
+                log.info("reply_dropped", reason=str(exc), request_type=env.type)
 
     # -- workers ----------
 
