@@ -115,8 +115,9 @@ TREE_OPS = frozenset(
     }
 )
 POLL_MS = 200
-# Replies to clients wait in an outbox until the end of the batch being handled, or this many: sent back to
-# back, they cost ZeroMQ's I/O thread one wake-up and one write for many (it woke for each one before).
+# Replies to clients, and requests routed to a worker, wait in an outbox (one per socket) until the end of the
+# batch being handled, or this many: sent back to back, they cost ZeroMQ's I/O thread one wake-up and one
+# write for many (it woke for each one before).
 OUTBOX_MAX = 32
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost an enum operation per use
 # agent.list asks a worker for at most this many agents' live figures per message: a record is ~0.5 KB
@@ -188,6 +189,9 @@ class Gateway:
         self.worker_sock = bind_router(self.zctx, control.workers, hwm=hwm, mode=0o600, keys_dir=keys_dir)
         self.waiting: dict[str, _Waiting] = {}
         self._outbox: list[tuple[list[bytes], Envelope]] = []  # client replies not sent yet (_flush)
+        # Requests for workers not sent yet, with their key and what to do if the send fails (_flush_workers).
+        # Every other message to a worker first sends these, so each worker gets its messages in order.
+        self._worker_out: list[tuple[list[bytes], str, Callable[[OpenFangError], None]]] = []
         # No deadline in ``waiting`` is earlier than this (deadlines only move later), so _expire scans the
         # table only when something may be late, not on every loop turn.
         self._earliest = float("inf")
@@ -441,7 +445,12 @@ class Gateway:
     def _to_routed(self, identity: bytes, delimited: bool, env: Envelope, body: Any) -> None:
         """worker.ping, memory.*, agent.send to a service: the worker :func:`routing.route` picks."""
         target = routing.route(env.type, body, self.agents, self.workers)
-        self._to_worker(identity, delimited, env, target.workers[0], target.on_reply)
+
+        def refused(exc: OpenFangError) -> None:  # as _on_client_frames answers a request it cannot route
+            self.stats.refused(exc.code or "internal")
+            self._reply(identity, delimited, env.error(exc))
+
+        self._to_worker(identity, delimited, env, target.workers[0], target.on_reply, on_fail=refused)
 
     # -- agents ----------
 
@@ -643,10 +652,17 @@ class Gateway:
         on_reply: Callable[[Envelope], Envelope | None] | None = None,
         via_workers: bool = False,
         internal: Callable[[Envelope], None] | None = None,
+        on_fail: Callable[[OpenFangError], None] | None = None,
     ) -> None:
+        """Send ``env`` to a worker and wait for its answer. Without ``on_fail`` it is sent now and a failed
+        send raises here; with it, it leaves with the worker outbox and a failed send calls ``on_fail``."""
         key = self._new_key()
         forwarded = Envelope(type=env.type, body=env.body, id=key)
-        send_nowait(self.worker_sock, [worker_id.encode(), encode(forwarded)], peer=f"worker {worker_id}")
+        frames = [worker_id.encode(), encode(forwarded)]
+        if on_fail is None:
+            self._send_worker(frames, peer=f"worker {worker_id}")
+        else:
+            self._worker_out.append((frames, key, on_fail))
         deadline = time.monotonic() + self.timeout_s
         self._wait(
             key,
@@ -664,6 +680,30 @@ class Gateway:
         worker = self.workers.get(worker_id)
         if worker is not None:
             worker.in_flight += 1
+        if len(self._worker_out) >= OUTBOX_MAX:
+            self._flush_workers()
+
+    def _send_worker(self, frames: list[bytes], *, peer: str) -> None:
+        """Send one message to a worker now (raises as send_nowait), after the requests queued before it."""
+        if self._worker_out:
+            self._flush_workers()
+        send_nowait(self.worker_sock, frames, peer=peer)
+
+    def _flush_workers(self) -> None:
+        """Send the queued worker requests in order; a request that cannot be sent is failed as it would
+        have been at once (its waiting entry dropped, ``on_fail`` told why)."""
+        out, self._worker_out = self._worker_out, []
+        for frames, key, on_fail in out:
+            try:
+                send_nowait(self.worker_sock, frames, peer=f"worker {frames[0].decode(errors='replace')}")
+            except OpenFangError as exc:
+                waiting = self.waiting.pop(key, None)
+                if waiting is None:
+                    continue  # already answered (its worker was lost meanwhile)
+                worker = self.workers.get(waiting.worker or "")
+                if worker is not None:
+                    worker.in_flight = max(0, worker.in_flight - 1)
+                on_fail(exc)
 
     def _new_key(self) -> str:
         """A fresh id for a request the gateway sends (to the root or a worker) and waits for."""
@@ -679,7 +719,7 @@ class Gateway:
         frames = [identity, b"", encode(env)] if delimited else [identity, encode(env)]
         if via_workers:  # an agent's answer, to its worker: sent now, in order with the worker's requests
             try:
-                send_nowait(self.worker_sock, frames, peer="client")
+                self._send_worker(frames, peer="client")
             except OpenFangError as exc:
                 log.info("reply_dropped", reason=str(exc), request_type=env.type)
             return
@@ -688,8 +728,10 @@ class Gateway:
             self._flush()
 
     def _flush(self) -> None:
-        """Send the client replies waiting in the outbox, in the order they were made (called at the end of
-        each batch of messages handled, and of each loop turn)."""
+        """Send the worker requests, then the client replies waiting in the outboxes, each in the order they
+        were made (called at the end of each batch of messages handled, and of each loop turn)."""
+        if self._worker_out:
+            self._flush_workers()
         outbox, self._outbox = self._outbox, []
         for frames, env in outbox:
             if env.type != messages.CHUNK_TYPE:
@@ -756,8 +798,7 @@ class Gateway:
             worker.agents = self.agents.count(worker_id)
         elif worker_id not in self.placement.workers:
             # A worker that was there before this gateway: ask for its full agent list now.
-            send_nowait(
-                self.worker_sock,
+            self._send_worker(
                 [worker_id.encode(), encode(Envelope(type="worker.resync", body={}))],
                 peer=f"worker {worker_id}",
             )
@@ -818,7 +859,11 @@ class Gateway:
             self._to_agent(_Pending(identity, False, request, True, send.agent_id), send)
             return
         target = routing.route(request.type, send, self.agents, self.workers)
-        self._to_worker(identity, False, request, target.workers[0], via_workers=True)
+
+        def refused(exc: OpenFangError) -> None:  # as _on_forward answers a request it cannot route
+            self._reply(identity, False, request.error(exc), via_workers=True)
+
+        self._to_worker(identity, False, request, target.workers[0], via_workers=True, on_fail=refused)
 
     def _forward_spawn(self, worker_id: str, sender: str, request: Envelope, spawn: AgentSpawn) -> None:
         """A child agent (agent_spawn): registered like any other, placed beside its parent."""

@@ -1,0 +1,179 @@
+"""The gateway's outboxes and one-pass request checks, through a real gateway's sockets in this process:
+requests routed to a worker and replies to clients leave at the end of the batch, in order, and a request
+that cannot be sent is answered exactly as when it was sent at once; a malformed request gets the texts the
+full schema checker writes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from openfang.control.config import ControlConfig
+from openfang.control.gateway import Gateway, _Worker
+from openfang.control.guard import receive_client
+from openfang.protocol import messages
+from openfang.protocol.envelope import Envelope, decode, encode
+from openfang.supervisor.child import ChildContext
+
+pytestmark = pytest.mark.integration
+
+
+class _Door:
+    """A gateway in this process, a client DEALER on its control socket and a DEALER for worker w-0."""
+
+    def __init__(self, tmp: Path) -> None:
+        control = ControlConfig(
+            endpoint=f"ipc://{tmp}/control.sock",
+            events=f"ipc://{tmp}/events.sock",
+            workers=f"ipc://{tmp}/workers.sock",
+        )
+        args: dict[str, Any] = {"control": control, "registry": str(tmp / "agents.db")}
+        self.gw = Gateway(ChildContext(id="control", path="root/control", args=args), args)
+        self.client = self._dealer(control.endpoint, b"client-1")
+        self.worker = self._dealer(control.workers, b"w-0")
+        self.worker.send(
+            encode(
+                Envelope(type="worker.hello", body={"worker": "w-0", "pid": 4242, "cpu": 0, "agent_ids": []})
+            )
+        )
+        assert self.gw.worker_sock.poll(5000)
+        self.gw._drain(self.gw.worker_sock, self.gw._on_worker_frames)
+        assert "w-0" in self.gw.workers
+
+    def _dealer(self, endpoint: str, identity: bytes) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self.gw.zctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, identity)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        return sock
+
+    def ask(self, *bodies: Any, type_: str = "agent.send") -> list[str]:
+        """Send requests (a dict is the body of a valid envelope, bytes a raw frame) and let the gateway
+        handle them as one batch, as its loop does; their ids."""
+        ids = []
+        for body in bodies:
+            if isinstance(body, bytes):
+                self.client.send(body)
+                continue
+            env = Envelope(type=type_, body=body)
+            ids.append(env.id)
+            self.client.send(encode(env))
+        handled = 0
+        while handled < len(bodies):
+            assert self.gw.clients.poll(5000), "the gateway got nothing"
+            before = len(self.gw.waiting) + len(self.gw._outbox)
+            self.gw._drain(self.gw.clients, self.gw._on_client_frames, receive=receive_client)
+            handled += max(1, len(self.gw.waiting) + len(self.gw._outbox) - before)
+        return ids
+
+    def answers(self, sock: zmq.Socket[bytes], count: int) -> list[Envelope]:
+        out: list[Envelope] = []
+        for _ in range(count):
+            assert sock.poll(5000), f"only {len(out)} of {count} messages arrived"
+            out.append(decode(sock.recv()))
+        return out
+
+    def close(self) -> None:
+        self.client.close(0)
+        self.worker.close(0)
+        self.gw.close()
+
+
+@pytest.fixture
+def door(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Door]:
+    monkeypatch.setenv("OPENFANG_DATA_DIR", str(tmp_path))
+    made = _Door(tmp_path)
+    yield made
+    made.close()
+
+
+def test_routed_requests_wait_for_the_end_of_the_batch_then_leave_in_order(door: _Door) -> None:
+    """Three agent.send to a service reach the worker only at the flush, in the order they came."""
+    door.gw.agents.add("a-1", "w-0", service="svc")
+    door.ask(*({"service": "svc", "text": f"t{i}"} for i in range(3)))
+    assert not door.worker.poll(100), "nothing leaves before the batch is done"
+    door.gw._flush()
+    got = door.answers(door.worker, 3)
+    assert [e.body["text"] for e in got] == ["t0", "t1", "t2"]
+    assert door.gw.workers["w-0"].in_flight == 3
+
+
+def test_a_message_sent_at_once_leaves_after_the_queued_requests(door: _Door) -> None:
+    """Any message to a worker sent at once (a reply to an agent, a resync) first sends what is queued."""
+    door.gw.agents.add("a-1", "w-0", service="svc")
+    door.ask({"service": "svc", "text": "first"})
+    door.gw._send_worker([b"w-0", encode(Envelope(type="worker.resync", body={}))], peer="worker w-0")
+    got = door.answers(door.worker, 2)
+    assert [e.type for e in got] == ["agent.send", "worker.resync"]
+
+
+def test_replies_to_clients_leave_at_the_flush_in_the_order_they_were_made(door: _Door) -> None:
+    """The worker answers three requests; the client gets the three answers, in order, after the flush."""
+    door.gw.agents.add("a-1", "w-0", service="svc")
+    ids = door.ask(*({"service": "svc", "text": f"t{i}"} for i in range(3)))
+    door.gw._flush()
+    for env in door.answers(door.worker, 3):
+        reply = {"reply": env.body["text"].upper(), "agent_id": "a-1", "usage": {}}
+        door.worker.send(encode(Envelope(type="agent.send.ok", body=reply, id=env.id)))
+    while door.gw.waiting:
+        assert door.gw.worker_sock.poll(5000), "the answers did not reach the gateway"
+        door.gw._drain(door.gw.worker_sock, door.gw._on_worker_frames)
+    door.gw._flush()
+    got = door.answers(door.client, 3)
+    assert [(e.id, e.body["reply"]) for e in got] == list(zip(ids, ["T0", "T1", "T2"], strict=True))
+    assert door.gw.workers["w-0"].in_flight == 0 and not door.gw.waiting
+
+
+def test_a_routed_request_that_cannot_be_sent_is_answered_as_before(door: _Door) -> None:
+    """A service hosted by a worker with no connection: not_found naming it, counted as a refusal, and no
+    request left waiting or counted in flight (what the immediate send answered)."""
+    door.gw.agents.add("a-9", "w-9", service="lost")
+    door.gw.workers["w-9"] = _Worker("w-9")
+    (request_id,) = door.ask({"service": "lost", "text": "hi"})
+    door.gw._flush()
+    (answer,) = door.answers(door.client, 1)
+    assert answer.id == request_id and answer.is_error
+    assert answer.body["code"] == "not_found"
+    assert answer.body["message"] == "worker w-9 (routing id b'w-9') is not connected; nothing was sent"
+    assert door.gw.stats.to_wire()["refusals"] == {"not_found": 1}
+    assert not door.gw.waiting and door.gw.workers["w-9"].in_flight == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"text": "x"},
+        {"service": "svc", "agent_id": "a-1", "text": "x"},
+        {"service": "svc"},
+        {"service": "", "text": 5},
+        {"service": "svc", "text": "x", "stream": "yes", "colour": 1},
+        {"service": "s" * 129, "text": "t" * 65537, "session": ""},
+        {"service": None, "agent_id": None, "text": None},
+    ],
+)
+def test_a_malformed_request_gets_the_full_checkers_texts(door: _Door, body: dict[str, Any]) -> None:
+    """The one-pass check at the door refuses exactly the bodies the full checker refuses, with its texts."""
+    compiled = messages.body_schema("agent.send")
+    assert compiled is not None
+    problems: list[str] = []
+    compiled.check(body, "body", problems)
+    assert problems, "a malformed body for this test"
+    (request_id,) = door.ask(body)
+    door.gw._flush()
+    (answer,) = door.answers(door.client, 1)
+    assert answer.id == request_id and answer.body["code"] == "bad_request"
+    assert answer.body["message"] == "; ".join(problems)
+
+
+def test_a_frame_that_is_not_an_envelope_is_refused_as_before(door: _Door) -> None:
+    """Garbage and an envelope with a wrong field type keep their bad_request texts."""
+    door.ask(b"\xc1", msgpack.packb({"v": 1, "id": "r-1", "type": "agent.send", "body": []}))
+    door.gw._flush()
+    first, second = door.answers(door.client, 2)
+    assert first.id == "" and "not valid msgpack" in first.body["message"]
+    assert second.id == "r-1" and second.body["message"] == "body: must be a map, got list"
