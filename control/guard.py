@@ -53,6 +53,13 @@ class _NoAudit:
         return None
 
 
+# Peer-Address -> identity, for ipc peers (the identity is a function of the address alone): a client's
+# every request after its first is looked up, not parsed again. Bounded: a flood of connections only stops
+# adding entries.
+_IPC_PEERS: dict[str, str] = {}
+_IPC_PEERS_MAX = 4096
+
+
 def peer_identity(frame: zmq.Frame) -> str | None:
     """Who sent ``frame`` as the transport proves it (see the module docstring), or None if it cannot say.
 
@@ -64,9 +71,15 @@ def peer_identity(frame: zmq.Frame) -> str | None:
         address = ""
     # ipc on Linux: "<host>:<uid>:<gid>:<pid>" (libzmq appends the SO_PEERCRED credentials). Asked first:
     # ipc has no CURVE, and a missing property costs an exception (a few microseconds per request).
+    known = _IPC_PEERS.get(address)
+    if known is not None:
+        return known
     parts = address.rsplit(":", 3)
     if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit():
-        return f"uid:{parts[1]}"
+        identity = f"uid:{parts[1]}"
+        if len(_IPC_PEERS) < _IPC_PEERS_MAX:
+            _IPC_PEERS[address] = identity
+        return identity
     try:
         user = frame.get("User-Id")
     except zmq.ZMQError:  # no ZAP user id on this connection (NULL security)
