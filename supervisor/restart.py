@@ -60,9 +60,13 @@ class RestartWindow:
     def __init__(self, intensity: int, period: float) -> None:
         self.intensity = intensity
         self.period = period
-        self._restarts: deque[float] = deque()  # newest first
+        # Newest first; made on the first restart (an empty deque is ~0.7 KiB, and a worker keeps one
+        # window per agent, most of which never restart).
+        self._restarts: deque[float] | None = None
 
     def add_restart(self, now: float) -> bool:
+        if self._restarts is None:
+            self._restarts = deque()
         threshold = now - self.period
         while self._restarts and self._restarts[-1] < threshold:
             self._restarts.pop()
@@ -70,7 +74,7 @@ class RestartWindow:
         return len(self._restarts) <= self.intensity
 
     def __len__(self) -> int:
-        return len(self._restarts)
+        return len(self._restarts) if self._restarts is not None else 0
 
     def reset(self, intensity: int, period: float) -> None:
         """New flags (reload); the restarts already counted stay counted."""

@@ -402,7 +402,7 @@ class AgentHost:
             )
         if self._memory is not None:
             self._memory.record_message(agent.agent_id, _session(body.session), "user", text, None)
-        agent.inbox.append((env, body, abi.user_message(text, session=body.session)))
+        agent.post((env, body, abi.user_message(text, session=body.session)))
         if agent.current is None and agent.phase is Phase.READY:
             self._next_message(agent)
 
@@ -580,7 +580,7 @@ class AgentHost:
         env, send, payload = agent.inbox[0]
         agent.sandbox.begin_message(payload)
         agent.idle_token += 1  # busy: a pending idle timer no longer applies
-        agent.inbox.popleft()
+        agent.take()
         agent.current, agent.current_send = env, send
         agent.usage = {"prompt_tokens": 0, "completion_tokens": 0, "tool_calls": 0}
         agent.session = _session(send.session)
@@ -746,13 +746,12 @@ class AgentHost:
         self._drop(agent)
         waiting = [agent.spawn_env] if agent.spawn_env else []
         waiting += [agent.current] if agent.current else []
-        waiting += [env for env, _, _ in agent.inbox]
+        waiting += [env for env, _, _ in agent.take_all()]
         waiting += [agent.moving[0]] if agent.moving else []
         agent.moving = None
         self._moving.pop(agent.agent_id, None)
         for env in waiting:
             self._replies.append(env.error(error))
-        agent.inbox.clear()
         agent.current = agent.spawn_env = None
         agent.snapshot = None
         self._hib.delete(agent.agent_id)  # a dead agent's snapshot is of no use
@@ -781,7 +780,7 @@ class AgentHost:
         snap = dataclasses.replace(snap, meta={**snap.meta, ASLEEP: True})  # a re-spawn keeps it asleep
         agent.sandbox.close()
         self._active.pop(agent.agent_id, None)
-        agent.chat_cache = jobs.ChatCache()  # parsed chat segments: rebuilt on demand after the wake
+        agent.forget_chats()  # parsed chat segments: rebuilt on demand after the wake
         agent.hibernated = True
         agent.idle_token += 1
         self._hib.write_later(agent, snap)

@@ -12,12 +12,19 @@ Lifecycle (``phase``)::
 ``suspended`` is orthogonal (the sandbox is not polled; messages wait in ``inbox``). So is ``hibernated``
 (a READY agent with no sandbox: its guest state is in ``snapshot`` until written, then in its snapshot file;
 the next message or ``agent.wake`` restores it into a new sandbox).
+
+Memory: a worker holds up to tens of thousands of these, most of them idle, so the record is slotted and
+what only a busy agent needs is made when first used and let go again: the inbox (a deque, ~0.7 KiB empty)
+exists only while messages wait, the parsed-chat cache only once the agent calls its model. Per-agent
+mutable state is never shared between records; what agents of one manifest have in common (the parsed
+manifest, the manifest text) is shared by reference.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -37,7 +44,11 @@ class Phase(StrEnum):
     RESTARTING = "restarting"  # crashed, a fresh instance is in agent_init; messages wait in the inbox
 
 
-@dataclass(kw_only=True)
+Message = tuple[Envelope, AgentSend, bytes]  # a request, its body as the catalogue typed it, its payload
+_NO_MESSAGES: tuple[Message, ...] = ()  # the inbox of every agent with nothing waiting (immutable)
+
+
+@dataclass(kw_only=True, slots=True)
 class HostedAgent:
     agent_id: str
     manifest: AgentManifest
@@ -48,8 +59,8 @@ class HostedAgent:
     phase: Phase = Phase.STARTING
     created_at: float = field(default_factory=time.time)
     restarts: int = 0
-    # Messages waiting: the request, its body as the catalogue typed it, and the guest's payload.
-    inbox: deque[tuple[Envelope, AgentSend, bytes]] = field(default_factory=deque)
+    # Messages waiting (see inbox / post / take): None while none waits, as for every idle agent.
+    _inbox: deque[Message] | None = field(default=None, init=False, repr=False)
     current: Envelope | None = None  # the message in progress
     current_send: AgentSend | None = None  # its typed body (session, stream)
     spawn_env: Envelope | None = None  # the spawn to answer once agent_init is done
@@ -57,7 +68,7 @@ class HostedAgent:
     # Every LLM call of this agent on this worker: llm_calls, prompt/completion_tokens, cost_usd (if priced).
     llm_usage: dict[str, Any] = field(default_factory=dict)
     fuel_at_start: int = 0
-    chat_cache: jobs.ChatCache = field(default_factory=jobs.ChatCache)
+    _chat_cache: jobs.ChatCache | None = field(default=None, init=False, repr=False)
     tool_ctx: Any = None
     grant: Any = None  # the security.capabilities grant, reapplied on every restart
     tool_specs: tuple[Any, ...] | None = None
@@ -82,6 +93,44 @@ class HostedAgent:
     unparked: bool = False
     manifest_path: str | None = None  # as spawned (a park keeps it to rebuild the record)
     parent: str | None = None  # the agent that spawned it, if any (likewise)
+
+    @property
+    def inbox(self) -> Sequence[Message]:
+        """The messages waiting, oldest first (read only: :meth:`post` and :meth:`take` change it)."""
+        return self._inbox if self._inbox is not None else _NO_MESSAGES
+
+    def post(self, message: Message) -> None:
+        """Queue a message behind the others."""
+        if self._inbox is None:
+            self._inbox = deque()
+        self._inbox.append(message)
+
+    def take(self) -> Message:
+        """The oldest waiting message, removed (IndexError when none waits). The last one taken lets the
+        deque go: an agent that had traffic is as small as a fresh one once it is idle again."""
+        if self._inbox is None:
+            raise IndexError("no message is waiting")
+        message = self._inbox.popleft()
+        if not self._inbox:
+            self._inbox = None
+        return message
+
+    def take_all(self) -> list[Message]:
+        """Every waiting message, removed (a dying agent answers them all with its error)."""
+        waiting = list(self._inbox or ())
+        self._inbox = None
+        return waiting
+
+    @property
+    def chat_cache(self) -> jobs.ChatCache:
+        """Parsed chat messages of this agent's conversation, made on its first model call."""
+        if self._chat_cache is None:
+            self._chat_cache = jobs.ChatCache()
+        return self._chat_cache
+
+    def forget_chats(self) -> None:
+        """Drop the parsed-chat cache (rebuilt on demand: a hibernated agent holds none)."""
+        self._chat_cache = None
 
     @property
     def state(self) -> str:
