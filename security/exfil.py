@@ -17,8 +17,10 @@ was found (kind and a short fingerprint) and where (url/headers/body) — never 
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import os
+import threading
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from typing import Any
 from openfang.security._canon import fingerprint
 from openfang.security._errors import Denied
 from openfang.security._fragments import FragmentWindow
-from openfang.security._secrets import find_secrets, select_detectors
+from openfang.security._secrets import Detector, find_secrets, select_detectors
 from openfang.security.audit import AuditSink
 
 MIN_TAINT_LEN = 8  # shorter values occur by chance in ordinary traffic
@@ -173,6 +175,15 @@ def _parts(url: str, headers: Mapping[str, Any] | None, body: Any) -> dict[str, 
     }
 
 
+_MAKING = threading.Lock()
+
+
+@functools.lru_cache(maxsize=16)
+def _detectors(kinds: frozenset[str] | None, pii: frozenset[str]) -> tuple[Detector, ...]:
+    """The detectors of one configuration, shared by every agent's guard (a tuple, never changed)."""
+    return select_detectors(kinds, pii=pii)
+
+
 class ExfilGuard:
     """Refuses tool calls that would carry secrets to a blocked sink; audits every refusal."""
 
@@ -186,13 +197,25 @@ class ExfilGuard:
         self.config = config or ExfilConfig()
         self.taint = taint if taint is not None else TaintTracker(encoded=self.config.detect_encoded_taint)
         self._audit = audit
-        self._detectors = select_detectors(self.config.secret_kinds, pii=self.config.pii)
-        self.fragments = FragmentWindow(
-            min_len=self.config.split_min_piece,
-            window_s=self.config.split_window_s,
-            window_bytes=self.config.split_window_bytes,
-        )
+        self._detectors = _detectors(self.config.secret_kinds, self.config.pii)
+        # Made on the agent's first tool call (~0.7 KiB: a worker holds one guard per agent, most idle).
+        self._fragments: FragmentWindow | None = None
         self._indexed = 0  # how many of the tracker's values the window has indexed
+
+    @property
+    def fragments(self) -> FragmentWindow:
+        """What this agent sent recently, against pieces of the tainted values (split exfiltration)."""
+        window = self._fragments
+        if window is None:
+            with _MAKING:  # tool calls of one agent may run on two threads at once
+                window = self._fragments
+                if window is None:
+                    window = self._fragments = FragmentWindow(
+                        min_len=self.config.split_min_piece,
+                        window_s=self.config.split_window_s,
+                        window_bytes=self.config.split_window_bytes,
+                    )
+        return window
 
     def _split_leaks(self, agent_id: str, texts: dict[str, str]) -> list[Leak]:
         """Pieces of a tainted value that, with what this agent sent recently, reveal ``split_share`` of it

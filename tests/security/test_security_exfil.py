@@ -141,3 +141,14 @@ def test_exfil_key_file_lines_are_tainted(tmp_path: Path) -> None:
             sink="network",
             body={"chunk": "x MHcCAQEEIBvKw1uYc9mB0Zp6oP0d3C2sLq y"},
         )
+
+
+def test_exfil_guard_window_is_made_on_first_use_and_detectors_are_shared() -> None:
+    """A guard that never saw a tool call holds no fragment window; guards of one config share their
+    detectors; a first tool call makes the window and checks as before."""
+    a, b = _guard(), _guard()
+    assert a._fragments is None and a._detectors is b._detectors
+    with pytest.raises(Denied):
+        a.check_tool_call(agent_id="a1", tool="http_fetch", sink="network", url=f"https://x.test/?p={SECRET}")
+    a.check_tool_call(agent_id="a1", tool="http_fetch", sink="network", url="https://x.test/?p=fine")
+    assert a._fragments is not None and b._fragments is None

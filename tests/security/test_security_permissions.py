@@ -97,3 +97,16 @@ def test_permissions_bad_table_reports_every_problem() -> None:
         "m.toml: [permissions] key 'send'[1]",
         "m.toml: [permissions] key 'send'[2]",
     }
+
+
+def test_permissions_equal_pattern_sets_are_shared_and_values_kept() -> None:
+    """Two agents of one manifest hold the same pattern-set objects; another table's sets are its own; each
+    agent's own id still resolves ``self``."""
+    a = parse_permissions("planner-1", TABLE, source="p.toml")
+    b = parse_permissions("planner-2", TABLE, source="p.toml")
+    other = parse_permissions("x-1", {"tools": ["calc.*"]}, source="x.toml")
+    for kind in ("tools", "memory_read", "memory_write", "send", "spawn"):
+        assert getattr(a, kind) is getattr(b, kind)
+    assert other.tools is not a.tools and other.tools == frozenset({"calc.*"})
+    assert a.allows("memory_read", "planner-1") and not a.allows("memory_read", "planner-2")
+    assert b.allows("memory_read", "planner-2") and not b.allows("memory_read", "planner-1")
