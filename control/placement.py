@@ -34,6 +34,7 @@ every rule here is tested with an injected clock and no processes:
 
 from __future__ import annotations
 
+import sys
 import time
 import tomllib
 from collections import Counter, deque
@@ -764,7 +765,7 @@ class Placement:
             if row.placement:
                 self.load[row.placement] -= 1
             self.load[worker_id] += 1
-            row.placement = worker_id
+            row.placement = sys.intern(worker_id)  # one string per worker, not one per row
             self.registry.save(row)
         self.unplaced.pop(row.agent_id, None)
 

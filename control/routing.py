@@ -8,6 +8,7 @@ Pure bookkeeping (no sockets), so placement and routing rules are tested without
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class AgentDirectory:
 
     def add(self, agent_id: str, worker_id: str, service: str | None = None) -> None:
         self.remove(agent_id)
+        worker_id = sys.intern(worker_id)  # decoded from each message: keep one string per worker
         self.worker_of[agent_id] = worker_id
         self._per_worker[worker_id] += 1
         if service:

@@ -153,3 +153,32 @@ def test_registry_page_refuses_a_limit_below_one(tmp_path: Path) -> None:
     reg = AgentRegistry(tmp_path / "agents.db")
     with pytest.raises(ValueError, match="limit"):
         reg.page(0)
+
+
+def test_registry_loaded_rows_share_their_repeated_strings(tmp_path: Path) -> None:
+    """Rows read back from disk hold one string per distinct name, digest, policy, worker and state (not
+    one per row), with the values unchanged; distinct values stay distinct."""
+    reg = AgentRegistry(tmp_path / "agents.db")
+    for n in range(4):
+        row = _row(reg)
+        row.state, row.placement, row.service = "running", f"workers-{n % 2}", "billing"
+        reg.save(row)
+    reg.commit()
+    reg.close()
+    again = AgentRegistry(tmp_path / "agents.db")
+    rows = sorted(again.rows.values(), key=lambda r: r.agent_id)
+    first = rows[0]
+    for row in rows[1:]:
+        assert row.name is first.name and row.manifest_digest is first.manifest_digest
+        assert row.restart is first.restart and row.state is first.state and row.service is first.service
+    assert rows[2].placement is rows[0].placement and rows[1].placement is rows[3].placement
+    assert [r.placement for r in rows] == ["workers-0", "workers-1", "workers-0", "workers-1"]
+    assert first.manifest_digest == manifest_digest(MANIFEST) and again.manifest(first) == MANIFEST
+    again.close()
+
+
+def test_registry_manifest_digest_is_one_string_per_text() -> None:
+    """Two digests of equal texts (received as separate strings) are the same object."""
+    text = "".join(MANIFEST)
+    assert manifest_digest(MANIFEST) is manifest_digest(text.encode().decode())
+    assert manifest_digest(MANIFEST) != manifest_digest(MANIFEST + "\n")

@@ -81,3 +81,12 @@ def test_gather_merges_every_worker_answer_and_reports_the_silent() -> None:
         "errors": ["w-1 silent"],
         "workers": [{"worker": "w-0"}],
     }
+
+
+def test_directory_keeps_one_worker_string_for_its_agents() -> None:
+    """Worker ids decoded from separate messages are stored as one string object, with the counts right."""
+    d = AgentDirectory()
+    for n in range(3):
+        d.add(f"a-{n}", b"workers-0".decode(), "billing")
+    assert d.worker_of["a-0"] is d.worker_of["a-1"] is d.worker_of["a-2"] == "workers-0"
+    assert d.count("workers-0") == 3 and d.workers_serving("billing") == {"workers-0"}
