@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,10 +71,16 @@ def sign_agent_message(env: Envelope, identity: AgentIdentity, *, now: float | N
 
 
 class IdentityRegistry:
-    """Agent id -> public key. An id bound to one key cannot be re-bound to another until unregistered."""
+    """Agent id -> public key. An id bound to one key cannot be re-bound to another until unregistered.
+
+    The 32 raw bytes of each key are kept; a key object (an OpenSSL key, ~0.3 KiB) only for the
+    ``KEYS_KEPT`` agents that sent most recently, made again from the bytes when another one sends.
+    """
+
+    KEYS_KEPT = 1024
 
     def __init__(self, *, audit: AuditSink | None = None) -> None:
-        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._keys: OrderedDict[str, Ed25519PublicKey] = OrderedDict()  # recently used, oldest first
         self._raw: dict[str, bytes] = {}
         self._audit = audit
 
@@ -87,15 +94,31 @@ class IdentityRegistry:
                 layer="identity",
                 reason="identity_conflict",
             )
-        self._keys[agent_id] = Ed25519PublicKey.from_public_bytes(public)
+        key = Ed25519PublicKey.from_public_bytes(public)  # refuses bytes that are not a key, at once
         self._raw[agent_id] = bytes(public)
+        self._keep(agent_id, key)
 
     def unregister(self, agent_id: str) -> None:
         self._keys.pop(agent_id, None)
         self._raw.pop(agent_id, None)
 
     def key(self, agent_id: str) -> Ed25519PublicKey | None:
-        return self._keys.get(agent_id)
+        key = self._keys.get(agent_id)
+        if key is not None:
+            self._keys.move_to_end(agent_id)
+            return key
+        raw = self._raw.get(agent_id)
+        if raw is None:
+            return None
+        key = Ed25519PublicKey.from_public_bytes(raw)
+        self._keep(agent_id, key)
+        return key
+
+    def _keep(self, agent_id: str, key: Ed25519PublicKey) -> None:
+        self._keys[agent_id] = key
+        self._keys.move_to_end(agent_id)
+        while len(self._keys) > self.KEYS_KEPT:
+            self._keys.popitem(last=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

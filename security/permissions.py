@@ -25,13 +25,13 @@ from typing import Any, Literal
 
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.security._errors import Denied
+from openfang.security._shared import shared
 from openfang.security.audit import AuditSink
 
 Kind = Literal["tools", "memory_read", "memory_write", "send", "spawn"]
 KINDS: tuple[Kind, ...] = ("tools", "memory_read", "memory_write", "send", "spawn")
 SELF = "self"
 _PATTERN = re.compile(r"^!?[A-Za-z0-9_.*?\-:/\[\]]{1,128}$")
-_SHARED: dict[frozenset[str], frozenset[str]] = {}  # equal pattern sets of many agents, kept once
 
 
 def _matches(patterns: frozenset[str], name: str) -> bool:
@@ -54,11 +54,8 @@ class AgentPermissions:
 
     def __post_init__(self) -> None:
         # Agents of one manifest hold equal pattern sets: keep one of each (~0.2 KiB a set, five an agent).
-        if len(_SHARED) > 4096:
-            _SHARED.clear()  # only sharing is lost: every value stays correct
         for kind in KINDS:
-            value: frozenset[str] = getattr(self, kind)
-            object.__setattr__(self, kind, _SHARED.setdefault(value, value))
+            object.__setattr__(self, kind, shared(getattr(self, kind)))
 
     def _resolved(self, kind: Kind) -> frozenset[str]:
         pats: frozenset[str] = getattr(self, kind)

@@ -98,3 +98,13 @@ def test_capabilities_understand_the_agent_toml_layout() -> None:
     )
     with pytest.raises(Denied, match="memory_mb 128 > 64"):
         policy.grant("x-1", {"sandbox": {"memory": {"max_heap_mb": 128}}}, source="agent.toml")
+
+
+def test_capabilities_grants_of_one_manifest_share_their_pattern_sets() -> None:
+    """Two agents of one manifest get grants whose pattern sets are one object each; values unchanged."""
+    policy = CapabilityPolicy()
+    text = {"sandbox": {"permissions": {"allowed_host_functions": ["llm_invoke", "host_result"]}}}
+    a = policy.grant("a-1", text, source="a.toml")
+    b = policy.grant("a-2", text, source="a.toml")
+    assert a.allow[-1] is b.allow[-1] and a.deny is b.deny and a.agent_id != b.agent_id
+    assert a.allows("env", "llm_invoke") and not a.allows("env", "shell_exec")

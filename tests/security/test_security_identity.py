@@ -94,3 +94,29 @@ def test_identity_registry_refuses_rebinding_an_id(audit: AuditLog) -> None:
 def test_identity_private_key_is_not_in_repr() -> None:
     """repr of an identity shows the agent id only."""
     assert repr(ALICE) == "AgentIdentity(agent_id='alice')"
+
+
+def test_identity_registry_keeps_few_key_objects_and_still_verifies_every_sender(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for 2 key objects and 5 agents, every agent's message still verifies, a forgery is still
+    refused, and a re-bind to another key is still refused for an agent whose key object was let go."""
+    monkeypatch.setattr(IdentityRegistry, "KEYS_KEPT", 2)
+    reg = IdentityRegistry()
+    agents = [AgentIdentity.generate(f"a-{n}") for n in range(5)]
+    for agent in agents:
+        reg.register(agent.agent_id, agent.public_bytes())
+    assert len(reg._keys) == 2
+    v = AgentMessageVerifier(reg, clock=clock)
+    for agent in agents:
+        signed = sign_agent_message(_msg(), agent, now=clock())
+        assert v.verify(signed, transport_sender=agent.agent_id).sender == agent.agent_id
+    assert len(reg._keys) == 2
+    forged = sign_agent_message(_msg(), agents[1], now=clock())
+    meta = {**forged.body[FROM_KEY], "agent": "a-0"}
+    with pytest.raises(Denied):
+        v.verify(Envelope(id=forged.id, type=forged.type, body={**forged.body, FROM_KEY: meta}))
+    with pytest.raises(Denied, match="already bound"):
+        reg.register("a-0", agents[4].public_bytes())
+    reg.unregister("a-0")
+    assert reg.key("a-0") is None
