@@ -147,8 +147,8 @@ class HostedAgent:
 class ParkedAgent:
     """What a worker keeps of a hibernated agent once its snapshot file is on disk (``AgentHost._park``):
     enough to rebuild its :class:`HostedAgent` from the manifest and the file on its next request, and no
-    more (~0.3 KB against ~12 KB for a sleeping ``HostedAgent``: no sandbox object, parsed manifest, grant,
-    guard, identity, deques). The manifest text and path are interned: agents of one manifest share them."""
+    more (~0.3 KB against several KB for a sleeping ``HostedAgent``: no sandbox object, manifest, grant,
+    guard, identity). The manifest text and path are interned: agents of one manifest share them."""
 
     __slots__ = ("created_at", "manifest_path", "manifest_text", "parent", "restarts", "service")
 
