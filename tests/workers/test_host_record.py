@@ -175,8 +175,8 @@ def _heap_per_agent(host: AgentHost, text: str, count: int) -> float:
 
 def test_record_idle_agent_python_heap_stays_small() -> None:
     """An idle resident LLM agent in a host without security costs under 5 KiB of Python heap (it was
-    ~7.6 KiB: record dict, deques, finished call, logger, grant set each agent). tracemalloc, so other
-    tests in this process do not move the figure."""
+    ~7.6 KiB: record dict, deques, finished call, logger, grant set each agent; ~2.6 KiB now). tracemalloc,
+    so other tests in this process do not move the figure."""
     host = AgentHost("w-mem", HostParts(tools=default_registry()))
     try:
         per_agent = _heap_per_agent(host, LLM, 300)
@@ -187,8 +187,8 @@ def test_record_idle_agent_python_heap_stays_small() -> None:
 
 
 def test_record_idle_agent_python_heap_with_security_stays_small(tmp_path: Path) -> None:
-    """The same with every agent-side security layer on (guard, identity, exfil, grant): under 11 KiB
-    (it was ~12.5 KiB)."""
+    """The same with every agent-side security layer on (guard, identity, exfil, grant): under 8 KiB
+    (it was ~12.5 KiB; ~4.4 KiB now)."""
     cfg = security_from_args(None, data_dir=str(tmp_path))
     sec = HostSecurity(cfg, HostAudit(AuditLog(tmp_path / "audit.db")), data_dir=tmp_path)
     host = AgentHost("w-mem-sec", HostParts(tools=default_registry(), security=sec))
@@ -197,4 +197,4 @@ def test_record_idle_agent_python_heap_with_security_stays_small(tmp_path: Path)
     finally:
         host.close()
     print(f"python heap per idle agent with security: {per_agent:.0f} B")
-    assert per_agent < 11 * 1024, f"an idle agent costs {per_agent:.0f} B of Python heap"
+    assert per_agent < 8 * 1024, f"an idle agent costs {per_agent:.0f} B of Python heap"
