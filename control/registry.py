@@ -179,8 +179,8 @@ class AgentRegistry:
         # back a new string per column per row (~0.35 KiB a row; inlined: this loop is most of a load).
         i = sys.intern
         self.rows = {
-            a: AgentRow(a, i(n), i(d), i(m), i(r), k, p, sv and i(sv), w and i(w), i(st), *rest)
-            for a, n, d, m, r, k, p, sv, w, st, *rest in cursor
+            a: AgentRow(a, i(n), i(d), i(m), i(r), k, p, sv and i(sv), w and i(w), i(st), pa, t, rs, why, mp)
+            for a, n, d, m, r, k, p, sv, w, st, pa, t, rs, why, mp in cursor
         }
         self._order = sorted(self.rows)
         self._manifests = dict(self._db.execute("SELECT digest, text FROM manifests"))
