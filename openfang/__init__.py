@@ -14,7 +14,11 @@ Subpackages (one import root; the top-level folders of the repository map onto t
 - ``openfang.cli``        the ``openfang`` control client
 """
 
-from openfang.protocol.errors import OpenFangError
+from openfang import _optional
+
+_optional.install()  # before anything imports structlog or sqlite_utils: see the module's docstring
+
+from openfang.protocol.errors import OpenFangError  # noqa: E402  (after the finder, on purpose)
 
 __version__ = "0.1.0"
 __all__ = ["OpenFangError", "__version__"]

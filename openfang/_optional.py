@@ -1,0 +1,94 @@
+"""Import two libraries without the optional extras they pick up by themselves and we never use.
+
+``structlog`` imports ``rich`` (pretty tracebacks for its console renderer) whenever rich is installed, and
+rich is installed with the ``tui`` extra (textual needs it): ~25 ms and ~400 modules more in every daemon
+process, for a renderer that production (JSON) never uses. ``sqlite_utils`` imports ``numpy`` (and pandas)
+to map their scalar types to column types whenever they are installed (numpy comes with the ``embed``
+extra): ~30 ms and ~7 MB of shared-library pages in the memory writer, and in the root that forks it, for
+values we never store. Both libraries fall back cleanly when the import fails (``except ImportError``).
+
+:func:`install` puts a finder at the head of ``sys.meta_path``: when one of :data:`HIDDEN_DURING` is first
+imported, its extras are made unimportable (``sys.modules[name] = None``) while that library's own modules
+execute, then visible again, so a later ``import rich`` (``openfang top``) or ``import numpy`` (an embedder)
+works as usual. An extra already imported is left alone; the finder removes itself once every library in
+the table has been imported. Rendering on a terminal stays colourful; only exceptions are printed by
+structlog's plain formatter instead of rich's.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+# library -> the optional modules it must not import (each is imported by it inside try/except ImportError)
+HIDDEN_DURING: dict[str, tuple[str, ...]] = {
+    "structlog": ("rich", "better_exceptions"),
+    "sqlite_utils": ("numpy", "pandas"),
+}
+
+
+class _Hiding(importlib.abc.Loader):
+    """The library's own loader, run with its extras unimportable (every other attribute delegated)."""
+
+    def __init__(self, loader: Any, extras: tuple[str, ...]) -> None:
+        self._loader = loader
+        self._extras = extras
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        module: ModuleType | None = self._loader.create_module(spec)
+        return module
+
+    def exec_module(self, module: ModuleType) -> None:
+        hidden = [name for name in self._extras if name not in sys.modules]
+        for name in hidden:
+            sys.modules[name] = None  # type: ignore[assignment]  # "import name" raises ImportError
+        try:
+            self._loader.exec_module(module)
+        finally:
+            for name in hidden:
+                if sys.modules.get(name, 0) is None:
+                    del sys.modules[name]
+
+    def __getattr__(self, name: str) -> Any:  # get_data, get_resource_reader, is_package...
+        return getattr(self._loader, name)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def __init__(self) -> None:
+        self.pending = {lib for lib in HIDDEN_DURING if lib not in sys.modules}
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        extras = HIDDEN_DURING.get(fullname)
+        if extras is None or fullname not in self.pending:
+            return None
+        self.pending.discard(fullname)
+        if not self.pending:
+            self.remove()
+        for finder in sys.meta_path:  # the finders after us find the library as they would have
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec: importlib.machinery.ModuleSpec | None = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _Hiding(spec.loader, extras)
+                return spec
+        return None
+
+    def remove(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
+def install() -> None:
+    """Put the finder in place once per process (a no-op when every library is already imported)."""
+    if any(isinstance(f, _Finder) for f in sys.meta_path):
+        return
+    finder = _Finder()
+    if finder.pending:
+        sys.meta_path.insert(0, finder)

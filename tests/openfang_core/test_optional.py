@@ -1,0 +1,70 @@
+"""structlog and sqlite_utils are imported without the optional extras they would pick up (rich, numpy)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (this one has imported everything already); its stdout."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.skipif(not _installed("rich"), reason="rich is not installed (the tui extra)")
+def test_optional_daemon_tree_does_not_import_rich() -> None:
+    """The daemon and the modules it forks its children from leave rich out, and structlog has none."""
+    out = _run(
+        "import sys, openfang.control.daemon, openfang.control.gateway, openfang.workers.worker\n"
+        "import structlog.dev, structlog.tracebacks\n"
+        "print('rich' in sys.modules, structlog.dev.rich, structlog.tracebacks.rich)"
+    )
+    assert out == "False None None"
+
+
+@pytest.mark.skipif(not _installed("numpy"), reason="numpy is not installed (the embed extra)")
+def test_optional_memory_writer_does_not_import_numpy() -> None:
+    """The memory writer's sqlite_utils is imported without numpy (its numpy column types are unused)."""
+    out = _run(
+        "import sys, openfang.memory.writer, sqlite_utils.db\n"
+        "print('sqlite_utils' in sys.modules, 'numpy' in sys.modules, sqlite_utils.db.np)"
+    )
+    assert out == "True False None"
+
+
+@pytest.mark.skipif(not (_installed("rich") and _installed("numpy")), reason="needs rich and numpy")
+def test_optional_extras_importable_afterwards() -> None:
+    """An extra hidden from one library is imported as usual by whoever asks for it later."""
+    out = _run(
+        "import sys, openfang, structlog, sqlite_utils\n"
+        "import rich.console, numpy\n"
+        "finders = [type(f).__name__ for f in sys.meta_path]\n"
+        "print(rich.console.__name__, numpy.__name__, '_Finder' in finders)"
+    )
+    assert out == "rich.console numpy False"
+
+
+@pytest.mark.skipif(not _installed("rich"), reason="rich is not installed (the tui extra)")
+def test_optional_extra_imported_first_is_kept() -> None:
+    """A process that imported rich before structlog keeps structlog's rich tracebacks."""
+    out = _run("import rich, openfang, structlog.dev\nprint(structlog.dev.rich is rich)")
+    assert out == "True"
+
+
+def test_optional_library_still_loads_its_files() -> None:
+    """The wrapped loader hands everything else to the library's own loader (source, package data)."""
+    out = _run(
+        "import openfang, inspect, structlog\n"
+        "source = inspect.getsource(structlog)\n"
+        "print(structlog.__spec__.loader.is_package('structlog'), '__all__' in source)"
+    )
+    assert out == "True True"
