@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -212,3 +213,56 @@ def test_http_face_signs_its_requests_when_the_cluster_requires_signatures(
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["message"]["content"].startswith("I am greeter")
     assert c.stop() == 0
+
+
+def _maps(pid: int, needle: str) -> bool:
+    """Whether process ``pid`` has a file whose path contains ``needle`` mapped (a loaded extension)."""
+    return needle in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_http_face_does_not_hold_back_ready_or_the_first_reply(make_cluster: type[Cluster]) -> None:
+    """READY comes before the web stack is loaded: an agent answers at once, the root never maps the stack,
+    and an HTTP request made at READY waits in the listen backlog and is answered once the app is up."""
+    c = make_cluster(workers=1, http=True)
+    c.start()
+    assert c.proc is not None
+    root = c.proc.pid
+    # ready = bound and listening: a connection made now is accepted by the kernel, not refused.
+    early = httpx.get(c.http_url + "/v1/models", timeout=60)
+    assert early.status_code == 200, early.text
+    wait_for(lambda: not c.call("worker.ping", {"worker": "workers-0"}).is_error, what="worker connected")
+    agent = c.ok("agent.spawn", {"manifest": GREETER})["agent_id"]
+    assert c.ok("agent.send", {"agent_id": agent, "text": "hello"})["reply"].startswith("Hello")
+    face = c.node("http")["pid"]
+    assert _maps(face, "pydantic_core"), "the face has loaded its web stack (MCP, A2A: pydantic)"
+    assert not _maps(root, "pydantic_core"), "the root supervisor must not carry the face's web stack"
+    events = [e.get("event") for e in c.log_events()]
+    assert events.index("tree_started") < events.index("http_listening"), "READY before the app was built"
+    assert c.stop() == 0
+
+
+def test_http_port_in_use_is_a_failed_start_naming_the_port(make_cluster: type[Cluster]) -> None:
+    """A port already taken fails the face's start (before ready): the daemon exits and says which port."""
+    c = make_cluster(workers=1, http=True)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", c.http_port))
+        taken.listen(1)
+        c.start(wait_ready=False)
+        assert c.proc is not None
+        assert c.proc.wait(timeout=60) != 0
+    assert f"cannot listen on 127.0.0.1:{c.http_port}" in c.log()
+
+
+def test_http_bad_certificate_is_a_failed_start(make_cluster: type[Cluster]) -> None:
+    """A tls_cert that is not a certificate fails the face's start (before ready), naming the file."""
+    c = make_cluster(workers=1, http=True)
+    cert, key = _self_signed(c.dir)
+    cert.write_text("not a certificate\n")
+    c.settings["http_table"] = (
+        f'[http]\nlisten = "127.0.0.1:{c.http_port}"\ntls_cert = "{cert}"\ntls_key = "{key}"\n\n'
+    )
+    c.write_config()
+    c.start(wait_ready=False)
+    assert c.proc is not None
+    assert c.proc.wait(timeout=60) != 0
+    assert f"[http] tls_cert/tls_key {cert}" in c.log()
