@@ -14,26 +14,23 @@ Not thread-safe: one client per thread (ZeroMQ sockets are not thread-safe eithe
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from openfang.memory import messages
 from openfang.memory._db import pack_vector
+from openfang.memory.paths import locations as locations
 from openfang.protocol.bodies import Empty
 from openfang.protocol.envelope import Envelope, decode, encode, new_id
 from openfang.protocol.errors import (
     Busy,
-    ConfigError,
     FrameTooLarge,
     MemoryStoreError,
     OpenFangError,
-    Problem,
     ProtocolError,
     RemoteError,
     Timeout,
@@ -56,25 +53,6 @@ _ERRORS: dict[str, type[OpenFangError]] = {
     "memory_error": MemoryStoreError,
     "timeout": Timeout,
 }
-
-
-def locations(env: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """(writer endpoint, database path) for this cluster, as every process computes them.
-
-    ``OPENFANG_MEMORY_ENDPOINT`` / ``OPENFANG_MEMORY_DB`` if set, else under ``OPENFANG_DATA_DIR`` (which the
-    daemon gives every child): ``ipc://<data_dir>/run/memory.sock`` and ``<data_dir>/memory.db``.
-    """
-    env = os.environ if env is None else env
-    data_dir = env.get("OPENFANG_DATA_DIR", "")
-    endpoint = env.get("OPENFANG_MEMORY_ENDPOINT") or (
-        f"ipc://{data_dir}/run/memory.sock" if data_dir else ""
-    )
-    db_path = env.get("OPENFANG_MEMORY_DB") or (os.path.join(data_dir, "memory.db") if data_dir else "")
-    if not endpoint or not db_path:
-        raise ConfigError(
-            Problem("env.OPENFANG_DATA_DIR", "not set: cannot locate the memory writer and database")
-        )
-    return endpoint, db_path
 
 
 def error_from_wire(body: Mapping[str, Any]) -> OpenFangError:
@@ -299,6 +277,9 @@ class MemoryClient:
                 self._send(req_id)
 
     def _on_monitor(self) -> None:
+        # Imported here: zmq.utils.monitor imports zmq.asyncio (~5 ms), which nothing else here needs.
+        from zmq.utils.monitor import recv_monitor_message
+
         while True:
             try:
                 event = recv_monitor_message(self._monitor, zmq.NOBLOCK)

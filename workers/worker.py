@@ -16,14 +16,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import zmq
 
-from openfang.memory.api import MemoryAPI
-from openfang.memory.client import locations
-from openfang.memory.service import MemoryService
 from openfang.protocol import messages
 from openfang.protocol.bodies import Empty, ForwardedRequest, WorkerForward, WorkerHello, WorkerPing
 from openfang.protocol.envelope import Envelope, decode, encode
@@ -31,6 +28,10 @@ from openfang.protocol.errors import NotFound, OpenFangError, ProtocolError
 from openfang.protocol.messages import remote_error
 from openfang.supervisor.child import ChildContext
 from openfang.workers.host import wiring as host_wiring
+
+if TYPE_CHECKING:  # imported by _open_memory: a cluster without a memory writer never loads them
+    from openfang.memory.api import MemoryAPI
+    from openfang.memory.service import MemoryService
 
 log = structlog.get_logger("openfang.worker")
 HELLO_EVERY_S = 1.0
@@ -60,7 +61,11 @@ class Worker:
         self.sock.setsockopt(zmq.SNDHWM, int(ctx.args.get("hwm", 10_000)))
         self.sock.connect(endpoint)
         self.memory = _open_memory()
-        self.memory_service = MemoryService(self.memory.reader) if self.memory is not None else None
+        self.memory_service: MemoryService | None = None
+        if self.memory is not None:
+            from openfang.memory.service import MemoryService
+
+            self.memory_service = MemoryService(self.memory.reader)
         self.host = host_wiring.build_host(
             self.id, ctx.args, events=self._agent_event, audit=self._audit, memory=self.memory
         )
@@ -232,6 +237,8 @@ def _open_memory() -> MemoryAPI | None:
     The writer is started before the workers (it comes first in the tree), so its database exists and is
     migrated by the time a worker starts; no database means no memory child is configured.
     """
+    from openfang.memory.paths import locations
+
     try:
         endpoint, db_path = locations()
     except OpenFangError:
@@ -239,6 +246,8 @@ def _open_memory() -> MemoryAPI | None:
     if not Path(db_path).exists():
         log.info("memory_not_configured", db=db_path)
         return None
+    from openfang.memory.api import MemoryAPI
+
     return MemoryAPI.open(endpoint, db_path)
 
 

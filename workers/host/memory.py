@@ -17,17 +17,16 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from openfang.memory import messages
-from openfang.memory._db import pack_vector
-from openfang.memory.api import MemoryAPI
-from openfang.memory.client import MemoryClient, locations
-from openfang.memory.reader import MemoryReader
 from openfang.protocol.errors import OpenFangError
 from openfang.protocol.memory_writes import Role
+
+if TYPE_CHECKING:  # imported where used: a worker of a cluster without memory never loads the memory client
+    from openfang.memory.api import MemoryAPI
 
 log = structlog.get_logger("openfang.workers.memory")
 MAX_RECORD_TEXT = 65_536  # episodic entries are capped: a huge reply must not become a huge write
@@ -45,6 +44,10 @@ class HostMemory:
         self.errors = 0
 
     def _default_tool_api(self) -> MemoryAPI:
+        from openfang.memory.api import MemoryAPI
+        from openfang.memory.client import MemoryClient, locations
+        from openfang.memory.reader import MemoryReader
+
         endpoint, db_path = locations()
         return MemoryAPI(MemoryClient(endpoint), MemoryReader(db_path), self.api.embedder)
 
@@ -131,6 +134,8 @@ class HostMemory:
 
     def recall(self, agent_id: str, args: dict[str, Any], owners: list[str]) -> list[dict[str, Any]]:
         """``memory_recall`` over ``owners`` (already permitted by layer 9; default: the agent itself)."""
+
+        from openfang.memory._db import pack_vector
 
         def work(api: MemoryAPI) -> list[dict[str, Any]]:
             query = str(args["query"])

@@ -9,9 +9,8 @@ import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from openfang.memory.api import MemoryAPI
 from openfang.protocol.errors import ConfigError
 from openfang.security.config import open_audit, security_from_args
 from openfang.workers.host.agent_host import AgentHost, HostParts
@@ -21,6 +20,9 @@ from openfang.workers.llm.providers import make_provider
 from openfang.workers.manifest import ModelConfig
 from openfang.workers.tools.mcp import McpServerConfig, parse_servers
 from openfang.workers.tools.registry import ToolRegistry, default_registry
+
+if TYPE_CHECKING:  # the worker opens its memory only when the cluster has a memory writer
+    from openfang.memory.api import MemoryAPI
 
 EventSink = Callable[[dict[str, Any]], None]
 

@@ -1,0 +1,42 @@
+"""A worker imports only what its cluster uses: no memory client without a memory writer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+WATCHED = ["openfang.memory.api", "openfang.memory.client", "openfang.memory.reader", "zmq.asyncio"]
+
+
+def _modules_after(code: str, data_dir: Path) -> dict[str, list[str]]:
+    script = (
+        "import json, os, sys\n"
+        f"os.environ['OPENFANG_DATA_DIR'] = {str(data_dir)!r}\n"
+        f"watched = {WATCHED!r}\n"
+        "import openfang.workers.worker as w\n"
+        "before = [m for m in watched if m in sys.modules]\n"
+        f"{code}\n"
+        "print(json.dumps({'before': before, 'after': [m for m in watched if m in sys.modules]}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out: dict[str, list[str]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def test_worker_without_memory_writer_never_loads_the_memory_client(tmp_path: Path) -> None:
+    """No memory database (no memory child): the worker module and its memory check load no memory client."""
+    seen = _modules_after("assert w._open_memory() is None", tmp_path)
+    assert seen == {"before": [], "after": []}
+
+
+def test_worker_with_a_memory_database_opens_its_memory(tmp_path: Path) -> None:
+    """A migrated database in the data dir: the worker opens the memory API (client and reader) on demand."""
+    from openfang.memory import schema
+
+    schema.migrate(str(tmp_path / "memory.db"))
+    seen = _modules_after("api = w._open_memory()\nassert api is not None\napi.close()", tmp_path)
+    assert seen["before"] == []
+    assert {"openfang.memory.api", "openfang.memory.client", "openfang.memory.reader"} <= set(seen["after"])
