@@ -39,7 +39,7 @@ from openfang.supervisor.spec import (
 
 FLAG_KEYS = {"strategy", "intensity", "period", "auto_shutdown", "start_order"}
 CHILD_KEYS = {"id", "type", "start", "args", "restart", "shutdown", "significant", "cpu", "heartbeat_ms",
-              "start_timeout_ms"}  # fmt: skip
+              "start_timeout_ms", "preimport"}  # fmt: skip
 SUPERVISOR_CHILD_KEYS = CHILD_KEYS | FLAG_KEYS | {"children", "pool"}
 POOL_KEYS = {
     "count",

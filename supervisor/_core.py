@@ -33,7 +33,6 @@ from typing import Any
 import structlog
 
 from openfang.protocol.errors import ConfigError, SupervisorError
-from openfang.supervisor import _proc
 from openfang.supervisor._events import Events, EventSink, exit_fields
 from openfang.supervisor._launch import Launcher
 from openfang.supervisor._record import (
@@ -189,8 +188,7 @@ class SupervisorCore(abc.ABC):
         if self.subreaper:
             self._watcher.adopt_orphans(self.record.pids)
         self.record.status = SUP_RUNNING
-        _proc.preimport_tree(self.record.spec)
-        self._start_children()
+        self._start_children()  # which imports the children's modules first (_proc.preimport_tree)
 
     def shutdown(self) -> None:
         """Stop every child per its shutdown policy and return when all are reaped."""

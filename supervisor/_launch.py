@@ -72,6 +72,7 @@ class Launcher:
                 args=args,
                 cpu=spec.cpu,
                 close_fds=self._close_fds(),
+                preimport=spec.preimport,
             )
         except OSError as exc:
             self._events.child("child.start_failed", rec, reason=f"fork failed: {exc}")

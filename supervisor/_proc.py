@@ -28,7 +28,7 @@ import structlog
 
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED, ChildContext, resolve_target, uplink_pair
 from openfang.supervisor.restart import NORMAL, ExitReason, abnormal
-from openfang.supervisor.spec import SupervisorSpec
+from openfang.supervisor.spec import ChildSpec, SupervisorSpec
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
@@ -98,9 +98,13 @@ def spawn(
     args: Mapping[str, Any],
     cpu: int | None,
     close_fds: Iterable[int],
+    preimport: bool = True,
 ) -> Spawned:
-    """Fork a child that runs ``start(ctx)``; the caller watches ``pidfd`` and ``uplink``."""
-    _preimport(start)
+    """Fork a child that runs ``start(ctx)``; the caller watches ``pidfd`` and ``uplink``. With
+    ``preimport`` the child's module is imported here first (see :func:`_preimport`); without, the child
+    imports it after the fork."""
+    if preimport:
+        _preimport(start)
     parent_end, child_end = uplink_pair()
     parent_pid = os.getpid()
     to_close = [fd for fd in close_fds if fd not in (0, 1, 2)]
@@ -134,7 +138,7 @@ def spawn(
 
 def preimport_tree(spec: SupervisorSpec) -> None:
     """Import the start module of every child in ``spec``'s tree (nested supervisors' children included)
-    here, before the first fork.
+    here, in the supervisor, unless the child says ``preimport = false``.
 
     Every process forked below then maps those modules' pages from this one: a nested supervisor that
     imported its workers' module itself, after its own fork, would write to pages it shares with its
@@ -142,9 +146,16 @@ def preimport_tree(spec: SupervisorSpec) -> None:
     is the same; it only moves up to the top of the tree. Import errors are left for the child (below).
     """
     for child in spec.children:
-        _preimport(child.start)
-        if child.supervisor is not None:
-            preimport_tree(child.supervisor)
+        preimport_child(child)
+
+
+def preimport_child(child: ChildSpec) -> None:
+    """Import ``child``'s start module and its subtree's (see :func:`preimport_tree`), if it wants that."""
+    if not child.preimport:
+        return
+    _preimport(child.start)
+    if child.supervisor is not None:
+        preimport_tree(child.supervisor)
 
 
 def _preimport(start: str) -> None:

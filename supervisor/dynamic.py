@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from openfang.protocol.errors import ConfigError, Problem, SupervisorError
+from openfang.supervisor import _proc
 from openfang.supervisor._core import SupervisorCore
 from openfang.supervisor._record import STOPPING, ChildRecord
 from openfang.supervisor.spec import ChildSpec, Strategy, SupervisorSpec, check_spec
@@ -44,7 +45,8 @@ class DynamicSupervisor(SupervisorCore):
         return self.record.spec.children[0]
 
     def _start_children(self) -> None:
-        return None  # children come only from start_child
+        # Children come only from start_child; the template's module is warm for them from now on.
+        _proc.preimport_tree(self.record.spec)
 
     def _stop_children(self, recs: list[ChildRecord]) -> None:
         alive = [r for r in recs if r.pid is not None]

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from openfang.protocol.errors import AlreadyExists, ConfigError, Problem, SupervisorError
+from openfang.supervisor import _proc
 from openfang.supervisor._core import SupervisorCore
 from openfang.supervisor._record import RESTARTING, STOPPED, SUP_STOPPED, ChildRecord
 from openfang.supervisor._requests import OnRequest
@@ -87,18 +88,29 @@ class Supervisor(SupervisorCore):
         """OTP's ordered start: each child forked after the previous one is ready. With ``start_order =
         "parallel"`` every child is forked first and then waited for in spec order: the same outcome
         (events in spec order, the first failure in spec order rolls back every child, started or still
-        starting), with the starts overlapping."""
+        starting), with the starts overlapping.
+
+        The children's start modules are imported here first (:func:`_proc.preimport_tree`). In an ordered
+        start only the first child's are imported before its fork: the others' are imported while it
+        starts, so a first child that imports its own modules (``preimport = false``) or has work to do
+        before its ready overlaps the supervisor's imports instead of waiting for them."""
         children = self.record.spec.children
         with self._serial:
             if self.record.spec.flags.start_order == StartOrder.PARALLEL:
+                _proc.preimport_tree(self.record.spec)
                 recs = [self.record.add(spec) for spec in children]
                 for rec in recs:
                     self._start_or_roll_back(rec, self._launcher.fork)
                 for rec in recs:
                     self._start_or_roll_back(rec, self._launcher.settle)
             else:
-                for spec in children:
-                    self._start_or_roll_back(self.record.add(spec), self._launcher.start)
+                for i, spec in enumerate(children):
+                    _proc.preimport_child(spec)  # a no-op after the first (see below)
+                    rec = self.record.add(spec)
+                    self._start_or_roll_back(rec, self._launcher.fork)
+                    if i == 0:  # while the first child starts
+                        _proc.preimport_tree(self.record.spec)
+                    self._start_or_roll_back(rec, self._launcher.settle)
         self.events.changed()
 
     def _start_or_roll_back(self, rec: ChildRecord, step: Callable[[ChildRecord], object]) -> None:

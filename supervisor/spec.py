@@ -85,6 +85,12 @@ class ChildSpec:
 
     ``shutdown`` and ``start`` default by ``type``: 5000 ms and required for workers; ``"infinity"`` and
     the nested-supervisor entry point for supervisors (whose own spec is ``supervisor``).
+
+    ``preimport`` (not an OTP key): the supervisor imports the child's start module (and its subtree's)
+    before forking it, so the child and every restart fork from a warm module whose pages the siblings
+    share. False: the child imports its module after the fork (a restart pays that import again), for a
+    child whose modules no other process uses: it then imports in parallel with its supervisor, which goes
+    on importing the modules of the children after it while this one starts.
     """
 
     id: str
@@ -97,6 +103,7 @@ class ChildSpec:
     cpu: Annotated[int, Range(0)] | None = None
     heartbeat_ms: Annotated[int, Range(1)] | None = None  # the child must heartbeat this often
     start_timeout_ms: Annotated[int, Range(1)] = 10000
+    preimport: bool = True
     supervisor: SupervisorSpec | None = None
 
     def __post_init__(self) -> None:
@@ -170,7 +177,7 @@ def check_child(child: ChildSpec, where: str, flags: SupervisorFlags | None = No
         child,
         Place.named(where),
         problems,
-        ("shutdown", "significant", "cpu", "heartbeat_ms", "start_timeout_ms"),
+        ("shutdown", "significant", "cpu", "heartbeat_ms", "start_timeout_ms", "preimport"),
     )
     if child.significant:
         if child.restart == Restart.PERMANENT:
@@ -221,6 +228,7 @@ def child_to_dict(child: ChildSpec) -> dict[str, Any]:
         "cpu": child.cpu,
         "heartbeat_ms": child.heartbeat_ms,
         "start_timeout_ms": child.start_timeout_ms,
+        "preimport": child.preimport,
         "supervisor": spec_to_dict(child.supervisor) if child.supervisor is not None else None,
     }
 
@@ -314,7 +322,7 @@ def _child_from_dict(data: Any, where: str, problems: list[Problem]) -> ChildSpe
         nested = _spec_from_dict(data["supervisor"], where, problems)
     ctype = _enum(ChildType, data.get("type", ChildType.WORKER), f"{where} key 'type'", problems)
     # Absent (or nil) keys take ChildSpec's own defaults: only the keys present are passed.
-    plain = ("start", "shutdown", "significant", "cpu", "heartbeat_ms", "start_timeout_ms")
+    plain = ("start", "shutdown", "significant", "cpu", "heartbeat_ms", "start_timeout_ms", "preimport")
     given = {k: data[k] for k in plain if data.get(k) is not None}
     if data.get("args") is not None:
         given["args"] = dict(data["args"]) if isinstance(data["args"], Mapping) else data["args"]

@@ -94,7 +94,9 @@ def test_spec_dict_round_trip_including_nested() -> None:
         flags=SupervisorFlags(
             strategy=Strategy.REST_FOR_ONE, intensity=4, period=2.5, start_order=StartOrder.PARALLEL
         ),
-        children=(ChildSpec(id="w", start="m:f", args={"k": [1, 2]}, cpu=1, heartbeat_ms=100),),
+        children=(
+            ChildSpec(id="w", start="m:f", args={"k": [1, 2]}, cpu=1, heartbeat_ms=100, preimport=False),
+        ),
     )
     spec = SupervisorSpec(
         flags=SupervisorFlags(auto_shutdown=AutoShutdown.ANY_SIGNIFICANT),
@@ -260,3 +262,15 @@ def test_child_from_dict_refuses_a_significant_that_is_not_a_boolean() -> None:
     """significant from the wire must be true or false: "yes" is a named problem, not silently True."""
     with pytest.raises(ConfigError, match=r"child key 'significant': must be true or false, got 'yes'"):
         child_from_dict({"id": "x", "start": "m:f", "restart": "transient", "significant": "yes"})
+
+
+def test_tree_config_reads_preimport_and_refuses_a_non_boolean() -> None:
+    """``preimport = false`` on a child is read (default true); a non-boolean is refused at its key."""
+    text = '[supervisor]\n[[supervisor.children]]\nid = "a"\nstart = "m:f"\npreimport = false\n'
+    text += '[[supervisor.children]]\nid = "b"\nstart = "m:g"\n'
+    a, b = parse_supervisor(tomllib.loads(text)["supervisor"], source="c.toml").children
+    assert (a.preimport, b.preimport) == (False, True)
+    bad = text.replace("preimport = false", 'preimport = "no"')
+    with pytest.raises(ConfigError) as err:
+        parse_supervisor(tomllib.loads(bad)["supervisor"], source="c.toml")
+    assert "c.toml: [supervisor.children.0] key 'preimport'" in str(err.value)

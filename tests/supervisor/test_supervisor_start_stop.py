@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 from pathlib import Path
 
 import psutil
@@ -12,7 +13,7 @@ import pytest
 from supervisor_harness import Harness, child, starts, stops
 
 from openfang.protocol.errors import SupervisorError
-from openfang.supervisor.spec import Restart, StartOrder, Strategy
+from openfang.supervisor.spec import ChildSpec, Restart, StartOrder, Strategy
 
 pytestmark = pytest.mark.integration
 
@@ -253,3 +254,21 @@ def test_start_freezes_the_parent_heap_before_the_fork(harness: Harness, marks: 
     (node,) = sup.tree()
     assert node["info"]["frozen"] > 1000  # the parent's imports, at least
     assert gc.get_freeze_count() > 1000  # and still frozen here, after the fork
+
+
+def test_start_preimport_false_child_imports_its_own_module_while_the_supervisor_imports_the_rest(
+    harness: Harness,
+) -> None:
+    """A first child with preimport=False is forked before its supervisor imports anything: it imports its
+    own module after the fork (the supervisor never does), and the later children's modules are imported
+    by the supervisor only after that fork (while the first child starts)."""
+    lazy, later = "supervisor_children_lazy", "supervisor_children_later"
+    assert lazy not in sys.modules and later not in sys.modules
+    first = ChildSpec(id="a", start=f"{lazy}:report", args={"watch": [lazy, later]}, preimport=False)
+    sup = harness.sup([first, ChildSpec(id="b", start=f"{later}:serve", shutdown=2000)])
+    sup.start()
+    info = {n["id"]: n for n in sup.tree()}["a"]["info"]
+    assert info["loaded"] == [lazy], "the first child saw its own module only"
+    assert lazy not in sys.modules, "the supervisor never imported the preimport=false child's module"
+    assert later in sys.modules, "the supervisor imported the next child's module (after the first fork)"
+    sup.shutdown()
