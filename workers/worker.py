@@ -26,6 +26,7 @@ from openfang.protocol.bodies import Empty, ForwardedRequest, WorkerForward, Wor
 from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.protocol.errors import NotFound, OpenFangError, ProtocolError
 from openfang.protocol.messages import remote_error
+from openfang.security import injection
 from openfang.supervisor.child import ChildContext
 from openfang.workers.host import wiring as host_wiring
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # imported by _open_memory: a cluster without a memory writer
     from openfang.memory.service import MemoryService
 
 log = structlog.get_logger("openfang.worker")
+injection.warm()  # at import, so in the supervisor before the fork (see its docstring)
 HELLO_EVERY_S = 1.0
 POLL_MS = 100
 MAX_TIMED = 100_000  # agent.send requests timed at once (an unanswered one is forgotten past this)

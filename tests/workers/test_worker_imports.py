@@ -40,3 +40,17 @@ def test_worker_with_a_memory_database_opens_its_memory(tmp_path: Path) -> None:
     seen = _modules_after("api = w._open_memory()\nassert api is not None\napi.close()", tmp_path)
     assert seen["before"] == []
     assert {"openfang.memory.api", "openfang.memory.client", "openfang.memory.reader"} <= set(seen["after"])
+
+
+def test_worker_module_builds_the_injection_matcher_at_import(tmp_path: Path) -> None:
+    """Importing the worker module (what its supervisor does before forking) builds the injection matcher,
+    so forked workers inherit it instead of building it on their first message."""
+    script = (
+        "import openfang.security.injection as inj\n"
+        "before = inj._matcher.cache_info().currsize\n"
+        "import openfang.workers.worker\n"
+        "print(before, inj._matcher.cache_info().currsize)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "1"]
