@@ -16,7 +16,7 @@ Subpackages (one import root; the top-level folders of the repository map onto t
 
 from openfang import _optional
 
-_optional.install()  # before anything imports structlog or sqlite_utils: see the module's docstring
+_optional.install()  # before anything imports structlog: see the module's docstring
 
 from openfang.protocol.errors import OpenFangError  # noqa: E402  (after the finder, on purpose)
 

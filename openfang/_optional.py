@@ -1,18 +1,16 @@
-"""Import two libraries without the optional extras they pick up by themselves and we never use.
+"""Import libraries without the optional extras they pick up by themselves and we never use.
 
 ``structlog`` imports ``rich`` (pretty tracebacks for its console renderer) whenever rich is installed, and
 rich is installed with the ``tui`` extra (textual needs it): ~25 ms and ~400 modules more in every daemon
-process, for a renderer that production (JSON) never uses. ``sqlite_utils`` imports ``numpy`` (and pandas)
-to map their scalar types to column types whenever they are installed (numpy comes with the ``embed``
-extra): ~30 ms and ~7 MB of shared-library pages in the memory writer, and in the root that forks it, for
-values we never store. Both libraries fall back cleanly when the import fails (``except ImportError``).
+process (they fork from the root, which imports structlog first), for a renderer that production (JSON)
+never uses. structlog falls back cleanly when the import fails (``except ImportError``).
 
 :func:`install` puts a finder at the head of ``sys.meta_path``: when one of :data:`HIDDEN_DURING` is first
 imported, its extras are made unimportable (``sys.modules[name] = None``) while that library's own modules
-execute, then visible again, so a later ``import rich`` (``openfang top``) or ``import numpy`` (an embedder)
-works as usual. An extra already imported is left alone; the finder removes itself once every library in
-the table has been imported. Rendering on a terminal stays colourful; only exceptions are printed by
-structlog's plain formatter instead of rich's.
+execute, then visible again, so a later ``import rich`` (``openfang top``) works as usual. An extra
+already imported is left alone; the finder removes itself once every library in the table has been
+imported. Rendering on a terminal stays colourful; only exceptions are printed by structlog's plain
+formatter instead of rich's.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ from typing import Any
 # library -> the optional modules it must not import (each is imported by it inside try/except ImportError)
 HIDDEN_DURING: dict[str, tuple[str, ...]] = {
     "structlog": ("rich", "better_exceptions"),
-    "sqlite_utils": ("numpy", "pandas"),
 }
 
 
