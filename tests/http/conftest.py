@@ -29,8 +29,20 @@ def make_cluster() -> Iterator[type[Cluster]]:
         c.close()
 
 
+def wait_face(c: Cluster, timeout: float = 60) -> None:
+    """Wait until the http child serves (its ``http_listening`` line): it says ready once its port is bound
+    and loads its web stack after that, so a request made at READY waits for the app (docs/interop.md)."""
+    wait_for(
+        lambda: any(e.get("event") == "http_listening" for e in c.log_events()),
+        timeout=timeout,
+        what="the HTTP face serving",
+    )
+
+
 def start_with_agents(c: Cluster, *manifests: str) -> list[str]:
-    """Start ``c``, wait for its worker, spawn ``manifests``; their agent ids."""
+    """Start ``c``, wait for its worker (and its HTTP face, if any), spawn ``manifests``; their agent ids."""
     c.start()
     wait_for(lambda: not c.call("worker.ping", {"worker": "workers-0"}).is_error, what="worker connected")
+    if c.http_port:
+        wait_face(c)
     return [c.ok("agent.spawn", {"manifest": m})["agent_id"] for m in manifests]

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import CLOCK, GREETER, start_with_agents
+from conftest import CLOCK, GREETER, start_with_agents, wait_face
 from daemon_harness import Cluster, free_port, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -239,6 +239,7 @@ def test_dashboard_events_and_metrics_over_tcp_with_curve(make_cluster: type[Clu
         )
     )
     c.start()
+    wait_face(c)
 
     def overview() -> dict[str, Any]:
         return dict(httpx.get(c.http_url + "/ui/api/overview", headers=UI, timeout=15).json())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import GREETER, start_with_agents
+from conftest import GREETER, start_with_agents, wait_face
 from daemon_harness import Cluster, wait_for
 
 from openfang.protocol.client import Client
@@ -202,6 +202,7 @@ def test_http_face_signs_its_requests_when_the_cluster_requires_signatures(
     keys = f'keys = [{{id = "ops", alg = "hmac-sha256", file = "{key}"}}]\n'
     c.write_config(f"\n[security.signing]\nrequire = true\n{keys}")
     c.start()
+    wait_face(c)
     manifest = c.dir / "greeter.toml"
     manifest.write_text(GREETER)
     spawn = [sys.executable, "-m", "openfang.cli.main", "agent", "spawn", str(manifest), "--config"]
