@@ -20,8 +20,9 @@ answers itself): each handler gets its body typed by the catalogue
 
 Agents are durable: the gateway owns the agent registry (``<data_dir>/agents.db``, :mod:`.registry`),
 assigns every agent its id, and keeps agents placed and restarted across worker deaths, reloads and its own
-restarts (:mod:`.placement`). A spawn's acknowledgement leaves only after its row is committed: replies
-that must wait for the disk are held until the end of the loop turn, when the registry commits.
+restarts (:mod:`.placement`). A spawn's acknowledgement leaves only once its row is on disk: the row is
+committed at the end of the turn that forwards the spawn (while the worker builds the agent), and a reply
+that arrives before that commit is held until it.
 """
 
 from __future__ import annotations
@@ -311,7 +312,7 @@ class Gateway:
         self._flush()
 
     def _commit(self) -> None:
-        """Write the registry's changes, then send the replies that promised them (spawn acks)."""
+        """Write the registry's changes, then send the spawn replies that waited for their rows."""
         self.registry.commit()
         held, self._held = self._held, []
         for identity, delimited, env, via_workers in held:
@@ -496,10 +497,9 @@ class Gateway:
         def answered(reply: Envelope) -> Envelope | None:
             reason = str(reply.body.get("message", "")) if reply.is_error else ""
             self.placement.spawned(agent_id, wanted, not reply.is_error, reason)
-            if reply.is_error:
-                return reply
-            # Held until the registry has committed this agent's row (see _commit).
-            self._held.append((identity, delimited, reply, via_workers))
+            if reply.is_error or self.registry.durable(agent_id):
+                return reply  # its row is on disk (committed at the end of the turn that forwarded it)
+            self._held.append((identity, delimited, reply, via_workers))  # until the commit (_commit)
             return None
 
         try:

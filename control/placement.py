@@ -333,7 +333,9 @@ class Placement:
             else:
                 row.state = "running"
             self._announce(row, worker_id)
-            self.registry.save(row)
+            # A client's new agent: its row went to disk as ``starting`` on this worker before the spawn was
+            # acknowledged, and restored so it restarts as a ``running`` one would: no fsync for this change.
+            self.registry.save(row, fsync=internal or was != "starting")
             if internal:
                 row.restarts += 1
                 log.info("agent_restarted", agent_id=agent_id, worker=worker_id, restarts=row.restarts)

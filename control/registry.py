@@ -10,9 +10,16 @@ wait on another process and make agents depend on memory being configured. One t
 ``synchronous = FULL``: a committed row survives a crash of the process and of the machine.
 
 Writes are grouped: :meth:`AgentRegistry.commit` runs once per turn of the gateway's loop, and a spawn's
-acknowledgement leaves only on a later turn (the worker must answer first), so every acknowledged spawn is
-on disk. Manifest texts are stored once per distinct digest (a pool of 10,000 agents of one manifest holds
-one text). Ids are assigned here: the manifest's ``agent_id`` when given, else ``<name>-<n>`` with ``n``
+acknowledgement leaves only once :meth:`AgentRegistry.durable` says its row is on disk, so every
+acknowledged spawn is. That row is written (and fsync'd) at the end of the turn that forwards the spawn,
+while the worker builds the agent; the agent's later ``starting`` -> ``running`` is a change that may be
+lost with the machine (``save(row, fsync=False)``: a restored ``starting`` row is restarted exactly like a
+``running`` one), so a turn holding only such changes commits with ``synchronous = NORMAL``: in the file
+(safe from any process crash), without an fsync. A warm spawn pays one fsync, not two, and its
+acknowledgement never waits for one it does not need.
+
+Manifest texts are stored once per distinct digest (a pool of 10,000 agents of one manifest holds one
+text). Ids are assigned here: the manifest's ``agent_id`` when given, else ``<name>-<n>`` with ``n``
 from a per-name counter that is persisted and never goes back, so an id is never handed to a second agent.
 """
 
@@ -157,6 +164,7 @@ class AgentRegistry:
             self._db = sqlite3.connect(str(self.path), isolation_level=None)
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
+            self._synced = True  # the connection's synchronous level is FULL (True) or NORMAL
             self._db.execute("PRAGMA cache_size = -65536")  # 64 MiB: a 100,000-row table stays in cache
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -170,6 +178,8 @@ class AgentRegistry:
         self._deleted: set[str] = set()
         self._new_manifests: set[str] = set()
         self._dirty_counters: set[str] = set()
+        self._added: set[str] = set()  # ids whose row add() wrote since the last commit
+        self._fsync = False  # the next commit holds a change that must survive a power cut (see save)
         self._load()
 
     # -- reading ----------------------------------------------------------------------------------------
@@ -242,6 +252,7 @@ class AgentRegistry:
                 break
         self._counters[name] = n
         self._dirty_counters.add(name)
+        self._fsync = True
         return agent_id
 
     def add(self, row: AgentRow, manifest_text: str) -> AgentRow:
@@ -263,12 +274,19 @@ class AgentRegistry:
         self.rows[row.agent_id] = row
         self._deleted.discard(row.agent_id)
         self._dirty.add(row.agent_id)
+        self._added.add(row.agent_id)
+        self._fsync = True
         return row
 
-    def save(self, row: AgentRow) -> None:
-        """Mark a changed row for the next commit."""
+    def save(self, row: AgentRow, *, fsync: bool = True) -> None:
+        """Mark a changed row for the next commit.
+
+        ``fsync=False`` for a change whose loss with the machine leaves a row as good as the changed one
+        (see the module docstring); a commit of such changes only does not wait for the disk.
+        """
         if row.agent_id in self.rows:
             self._dirty.add(row.agent_id)
+            self._fsync = self._fsync or fsync
 
     def remove(self, agent_id: str) -> None:
         """Forget an agent (killed, or its spawn was refused). Its id stays used: the counter never goes
@@ -277,10 +295,16 @@ class AgentRegistry:
             del self._order[bisect.bisect_left(self._order, agent_id)]
             self._dirty.discard(agent_id)
             self._deleted.add(agent_id)
+            self._fsync = True
 
     @property
     def pending(self) -> bool:
         return bool(self._dirty or self._deleted or self._new_manifests or self._dirty_counters)
+
+    def durable(self, agent_id: str) -> bool:
+        """False while the row :meth:`add` made for ``agent_id`` waits for the next commit (its spawn may not
+        be acknowledged yet)."""
+        return agent_id not in self._added
 
     def commit(self) -> int:
         """Write every change since the last commit in one transaction; the number of rows written."""
@@ -288,6 +312,9 @@ class AgentRegistry:
             return 0
         n = len(self._dirty) + len(self._deleted)
         try:
+            if self._fsync != self._synced:  # a pragma, no I/O: FULL waits for the disk, NORMAL does not
+                self._db.execute(f"PRAGMA synchronous = {'FULL' if self._fsync else 'NORMAL'}")
+                self._synced = self._fsync
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
                 "INSERT OR REPLACE INTO manifests (digest, text) VALUES (?, ?)",
@@ -312,6 +339,8 @@ class AgentRegistry:
         self._deleted.clear()
         self._new_manifests.clear()
         self._dirty_counters.clear()
+        self._added.clear()
+        self._fsync = False
         return n
 
     def close(self) -> None:

@@ -182,3 +182,59 @@ def test_registry_manifest_digest_is_one_string_per_text() -> None:
     text = "".join(MANIFEST)
     assert manifest_digest(MANIFEST) is manifest_digest(text.encode().decode())
     assert manifest_digest(MANIFEST) != manifest_digest(MANIFEST + "\n")
+
+
+def _sync_level(reg: AgentRegistry) -> int:
+    """The connection's ``PRAGMA synchronous`` after a commit: 2 FULL (fsync'd), 1 NORMAL (in the file)."""
+    return int(reg._db.execute("PRAGMA synchronous").fetchone()[0])
+
+
+def test_registry_new_row_is_durable_only_after_its_commit(tmp_path: Path) -> None:
+    """durable() is False from add() to the commit that writes the row (fsync'd), True after; other ids
+    (never added, or committed before) are durable."""
+    reg = AgentRegistry(tmp_path / "agents.db")
+    old = _row(reg)
+    reg.commit()
+    new = _row(reg)
+    assert not reg.durable(new.agent_id) and reg.durable(old.agent_id) and reg.durable("nobody")
+    reg.commit()
+    assert reg.durable(new.agent_id) and _sync_level(reg) == 2
+    db = sqlite3.connect(tmp_path / "agents.db")
+    assert db.execute("SELECT COUNT(*) FROM agents").fetchone() == (2,)
+    db.close()
+    reg.close()
+
+
+def test_registry_commit_of_fsync_free_changes_only_does_not_wait_for_the_disk(tmp_path: Path) -> None:
+    """A commit holding only save(fsync=False) changes is written with synchronous NORMAL (in the file, read
+    back by another connection); any other change in the same commit (a save, a new row, a removal, a
+    counter) makes it FULL again."""
+    reg = AgentRegistry(tmp_path / "agents.db")
+    a, b = _row(reg), _row(reg)
+    reg.commit()
+    assert _sync_level(reg) == 2
+    a.state = "running"
+    reg.save(a, fsync=False)
+    reg.commit()
+    assert _sync_level(reg) == 1
+    db = sqlite3.connect(tmp_path / "agents.db")
+    assert db.execute("SELECT state FROM agents WHERE agent_id = ?", (a.agent_id,)).fetchone() == ("running",)
+    db.close()
+    for change in (
+        lambda: reg.save(b),
+        lambda: reg.remove(b.agent_id),
+        lambda: _row(reg),
+        lambda: reg.next_id("other"),
+    ):
+        reg.save(a, fsync=False)
+        change()
+        reg.commit()
+        assert _sync_level(reg) == 2
+        reg.save(a, fsync=False)
+        reg.commit()
+        assert _sync_level(reg) == 1
+    reg.close()
+    again = AgentRegistry(tmp_path / "agents.db")
+    assert again.get(a.agent_id) is not None and again.get(b.agent_id) is None
+    assert again.next_id("other") == "other-2"
+    again.close()

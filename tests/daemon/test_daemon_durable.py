@@ -262,6 +262,39 @@ def test_daemon_kill_and_restart_brings_every_agent_back_with_its_id(make_cluste
     assert c.stop() == 0
 
 
+def test_daemon_kill_during_a_spawn_stream_keeps_every_acknowledged_spawn(
+    make_cluster: type[Cluster],
+) -> None:
+    """kill -9 of the daemon while 300 pipelined spawns are in flight: after a start on the same data dir,
+    every spawn acknowledged before the kill is registered again, live, with its id; one of them answers."""
+    c = make_cluster(workers=2, extra=UNLIMITED).start()
+    sock = c.zctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(c.endpoint)
+    for _ in range(300):
+        sock.send(encode(Envelope(type="agent.spawn", body={"manifest": echo("stream")})))
+    acked: list[str] = []
+    killed = False
+    while sock.poll(1000 if killed else 15000):  # after the kill: until the socket has been quiet 1 s
+        reply = decode(sock.recv())
+        if not reply.is_error:
+            acked.append(str(reply.body["agent_id"]))
+        if len(acked) >= 30 and not killed:
+            c.signal(signal.SIGKILL)
+            killed = True
+    sock.close()
+    assert killed and 30 <= len(acked) < 300, f"{len(acked)} acknowledged: the kill was not mid-stream"
+    assert c.proc is not None
+    c.proc.wait(10)
+    c.assert_no_survivors()
+    c.start()
+    registered = {a["agent_id"]: a["state"] for a in c.ok("agent.list", {"limit": 1000})["agents"]}
+    lost = [a for a in acked if a not in registered or registered[a] == "dead"]
+    assert not lost, f"{len(lost)} of {len(acked)} acknowledged spawns lost: {lost[:5]}"
+    wait_for(lambda: answers(c, acked[-1]), what=f"{acked[-1]} back after the daemon restart")
+    assert c.stop() == 0
+
+
 def test_gateway_kill_gives_no_false_not_found(make_cluster: type[Cluster]) -> None:
     """kill -9 of the control gateway under load: live agents never answer not_found; all answer after."""
     c = make_cluster(workers=2, extra=UNLIMITED).start()

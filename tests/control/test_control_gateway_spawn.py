@@ -1,0 +1,136 @@
+"""A client's agent.spawn through a real gateway (in this process) and a DEALER speaking for worker ``w-0``:
+the acknowledgement never leaves before the agent's row is on disk, and never waits for a later write."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from openfang.control.config import ControlConfig
+from openfang.control.gateway import Gateway
+from openfang.control.guard import receive_client
+from openfang.protocol.envelope import Envelope, decode, encode
+from openfang.protocol.errors import SecurityError
+from openfang.supervisor.child import ChildContext
+
+pytestmark = pytest.mark.integration
+
+MANIFEST = '[agent]\nname = "greeter"\nmodule = "builtin:echo"\n'
+
+
+class _Spawns:
+    """The gateway, a client DEALER and worker ``w-0`` (synced, hosting nothing); turns driven by hand."""
+
+    def __init__(self, tmp: Path) -> None:
+        control = ControlConfig(
+            endpoint=f"ipc://{tmp}/control.sock",
+            events=f"ipc://{tmp}/events.sock",
+            workers=f"ipc://{tmp}/workers.sock",
+        )
+        self.db = tmp / "agents.db"
+        args: dict[str, Any] = {"control": control, "registry": str(self.db)}
+        self.gw = Gateway(ChildContext(id="control", path="root/control", args=args), args)
+        self.worker = self._dealer(control.workers, b"w-0")
+        self.client = self._dealer(control.endpoint, b"client")
+        self.gw.placement.worker_synced("w-0", [])
+
+    def _dealer(self, endpoint: str, routing_id: bytes) -> zmq.Socket[bytes]:
+        sock = self.gw.zctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        return sock
+
+    def spawn(self) -> Envelope:
+        """The client's spawn, taken in by the gateway: what the worker receives."""
+        self.client.send(encode(Envelope(type="agent.spawn", body={"manifest": MANIFEST})))
+        assert self.gw.clients.poll(5000), "the gateway got no spawn"
+        self.gw._drain(self.gw.clients, self.gw._on_client_frames, receive=receive_client)
+        self.gw._flush()  # as the loop does after each batch
+        assert self.worker.poll(5000), "the spawn was not forwarded"
+        return decode(self.worker.recv())
+
+    def worker_answers(self, forwarded: Envelope) -> None:
+        body = {"agent_id": forwarded.body["agent_id"], "worker": "w-0", "spawn": "warm", "spawn_ms": 0.2}
+        self.worker.send(encode(forwarded.reply(body)))
+        assert self.gw.worker_sock.poll(5000), "the gateway got no answer"
+        self.gw._drain(self.gw.worker_sock, self.gw._on_worker_frames)
+        self.gw._flush()
+
+    def end_turn(self) -> None:
+        """What the loop does at the end of every turn: commit the registry, send what waits."""
+        self.gw._commit()
+        self.gw._flush()
+
+    def ack(self, timeout_ms: int) -> Envelope | None:
+        return decode(self.client.recv()) if self.client.poll(timeout_ms) else None
+
+    def on_disk(self, agent_id: str) -> str | None:
+        """The row's state as another connection reads it from the file (None: not there)."""
+        db = sqlite3.connect(self.db)
+        try:
+            row = db.execute("SELECT state FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+        finally:
+            db.close()
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        self.worker.close(0)
+        self.client.close(0)
+        self.gw.close()
+
+
+@pytest.fixture
+def spawns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Spawns]:
+    monkeypatch.setenv("OPENFANG_DATA_DIR", str(tmp_path))
+    made = _Spawns(tmp_path)
+    yield made
+    made.close()
+
+
+def test_gateway_spawn_ack_answered_before_its_row_is_written_waits_for_the_commit(spawns: _Spawns) -> None:
+    """A worker's answer that arrives in the turn that forwarded the spawn is held: no ack while the row is
+    not on disk; the turn's commit writes it, then the ack leaves."""
+    forwarded = spawns.spawn()
+    agent_id = forwarded.body["agent_id"]
+    spawns.worker_answers(forwarded)
+    assert spawns.ack(200) is None and spawns.on_disk(agent_id) is None
+    spawns.end_turn()
+    ack = spawns.ack(5000)
+    assert ack is not None and ack.type == "agent.spawn.ok" and ack.body["agent_id"] == agent_id
+    assert spawns.on_disk(agent_id) == "running"
+
+
+def test_gateway_spawn_ack_for_a_row_on_disk_leaves_at_once(spawns: _Spawns) -> None:
+    """Once the turn that forwarded the spawn has committed the row (``starting``), the worker's answer is
+    acknowledged at once, not after the next commit; that commit then records ``running``."""
+    forwarded = spawns.spawn()
+    agent_id = forwarded.body["agent_id"]
+    spawns.end_turn()
+    assert spawns.on_disk(agent_id) == "starting"
+    spawns.worker_answers(forwarded)
+    ack = spawns.ack(5000)
+    assert ack is not None and ack.type == "agent.spawn.ok" and ack.body["agent_id"] == agent_id
+    assert spawns.on_disk(agent_id) == "starting"  # acknowledged: the row that restores it is there
+    spawns.end_turn()
+    assert spawns.on_disk(agent_id) == "running"
+
+
+def test_gateway_refused_spawn_is_never_acknowledged_nor_kept(spawns: _Spawns) -> None:
+    """A spawn the worker refuses is answered with the worker's error at once, and its row is removed."""
+    forwarded = spawns.spawn()
+    agent_id = forwarded.body["agent_id"]
+    spawns.end_turn()
+    spawns.worker.send(encode(forwarded.error(SecurityError("import not allowed"))))
+    assert spawns.gw.worker_sock.poll(5000)
+    spawns.gw._drain(spawns.gw.worker_sock, spawns.gw._on_worker_frames)
+    spawns.gw._flush()
+    reply = spawns.ack(5000)
+    assert reply is not None and reply.is_error and "import not allowed" in reply.body["message"]
+    spawns.end_turn()
+    assert spawns.on_disk(agent_id) is None and spawns.gw.registry.get(agent_id) is None
