@@ -3,7 +3,8 @@
 Private to the agent host (``agent_host`` / ``_host_services`` call it at each boundary):
 
 - spawn: rollback (16), capabilities (5-7: limits and the host-function allowlist), permissions (9),
-  identity key (15), scoped files (8), secret taint for exfiltration (10);
+  identity (15: the key itself is made when the agent first signs), scoped files (8), secret taint for
+  exfiltration (10);
 - ``agent.send``: per-agent request rate (3), injection in the user's text (2);
 - LLM and tool calls: token and tool-call rates (3), injection in tool/LLM output (2), redaction (11);
 - every refusal is a ``Denied`` / ``RateLimitExceeded`` *and* a record in the audit log (12).
@@ -91,13 +92,26 @@ class AgentGuard:
     agent_id: str
     name: str
     permissions: AgentPermissions
-    identity: AgentIdentity
+    identities: IdentityRegistry = field(repr=False)  # where the agent's public key is registered
     exfil: ExfilGuard | None
     fs_root: Path | None
     parent: str | None = None
     max_children: int = 8
     children: set[str] = field(default_factory=set)
     refusal: OpenFangError | None = None  # the security error that ended the current message, if any
+    _identity: AgentIdentity | None = field(default=None, init=False, repr=False)
+
+    @property
+    def identity(self) -> AgentIdentity:
+        """The agent's own Ed25519 key (layer 15), made and its public half registered the first time it
+        is needed: the key only signs the agent's messages to other agents, and an Ed25519 key pair costs
+        ~60 us, most of a warm spawn's security work, so an agent that never messages another never makes
+        one. Each agent still gets a key of its own; nothing reads it before its first signature."""
+        if self._identity is None:
+            identity = AgentIdentity.generate(self.agent_id)
+            self.identities.register(self.agent_id, identity.public_bytes())
+            self._identity = identity
+        return self._identity
 
 
 class HostSecurity:
@@ -165,8 +179,6 @@ class HostSecurity:
         )
         if parent is not None and self.permissions is not None:
             self.permissions.check_spawn(parent, manifest.name, perms)
-        identity = AgentIdentity.generate(agent_id)
-        self.identities.register(agent_id, identity.public_bytes())
         exfil = None
         names = list(manifest.secret_env)
         api_env = (manifest.model.raw or {}).get("api_key_env") if manifest.model else None
@@ -182,7 +194,7 @@ class HostSecurity:
             agent_id=agent_id,
             name=manifest.name,
             permissions=perms,
-            identity=identity,
+            identities=self.identities,
             exfil=exfil,
             fs_root=self._fs_root(agent_id, manifest),
             parent=parent,
