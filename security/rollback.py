@@ -6,6 +6,11 @@ point: an attacker replaying last year's signed release with a known hole gets n
 same version with *different* bytes (a version number must name one artifact). :meth:`VersionStore.accept`
 records a version after a successful spawn. Versions are integers or dotted numbers (``"1.10.2"``), compared
 numerically.
+
+Every worker reads and writes the same file. What this process read is kept until another connection
+commits to the file (``PRAGMA data_version`` tells, without reading a row), so a pool of agents of one
+manifest asks SQLite for the version once, not twice per spawn, and still sees another worker's newer
+version at the very next check.
 """
 
 from __future__ import annotations
@@ -81,13 +86,25 @@ class VersionStore:
             )
         except sqlite3.Error as exc:
             raise ConfigError([Problem(str(self.path), f"cannot open the version state: {exc}")]) from None
+        self._seen: dict[str, tuple[tuple[int, ...], str, str] | None] = {}  # name -> row, as read last
+        self._data_version = -1  # the file's data_version when _seen was filled
 
     def current(self, name: str) -> tuple[tuple[int, ...], str, str] | None:
         """``(version, shown, digest)`` recorded for ``name``, or None."""
+        changed = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if changed != self._data_version:  # another process wrote: forget everything read before
+            self._seen.clear()
+            self._data_version = changed
+        elif name in self._seen:
+            return self._seen[name]
         row = self._conn.execute(
             "SELECT version, shown, digest FROM versions WHERE name = ?", (name,)
         ).fetchone()
-        return (tuple(json.loads(row[0])), row[1], row[2]) if row else None
+        cur = (tuple(json.loads(row[0])), row[1], row[2]) if row else None
+        if len(self._seen) >= 1024:
+            self._seen.clear()
+        self._seen[name] = cur
+        return cur
 
     def check(self, name: str, version: int | str, digest: str) -> None:
         """Raise Denied if ``version`` of ``name`` is older than accepted, or reuses a version number."""
@@ -136,7 +153,9 @@ class VersionStore:
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
+            self._seen.pop(name, None)
             raise
+        self._seen[name] = (v, str(version), digest)  # our own commit leaves data_version as it was
 
     def close(self) -> None:
         self._conn.close()

@@ -87,3 +87,22 @@ def test_rollback_processes_creating_the_state_file_together_all_open_it(tmp_pat
         for p in procs:
             p.join(60)
         assert [p.exitcode for p in procs] == [0] * 6
+
+
+def test_rollback_version_read_before_sees_another_process_accept_a_newer_one(tmp_path: Path) -> None:
+    """A worker that read (and remembers) version 1 sees another worker's accept of 2 at its next check:
+    1 is refused from then on, on the remembered read path as on the write path."""
+    path = tmp_path / "versions.db"
+    with VersionStore(path) as here, VersionStore(path) as other:
+        here.accept("route", 1, "d1")
+        here.check("route", 1, "d1")
+        assert here.current("route") == ((1,), "1", "d1")
+        other.accept("route", 2, "d2")
+        assert here.current("route") == ((2,), "2", "d2")
+        with pytest.raises(Denied) as err:
+            here.check("route", 1, "d1")
+        assert err.value.reason == "rollback"
+        other.accept("route", 3, "d3")
+        with pytest.raises(Denied):
+            here.accept("route", 2, "d2")  # the write path reads the newest row too
+        assert here.current("route") == ((3,), "3", "d3")
