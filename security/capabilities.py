@@ -13,8 +13,10 @@ module's imports before instantiating); this module decides *what* each agent ge
   ``table_elements_max`` / ``tables_max`` either; left unset, the manifest default applies, capped at them.
 
 :meth:`CapabilityPolicy.check_imports` refuses a module whose imports include anything not granted, naming
-every offending import; :meth:`CapabilityPolicy.record_trap` audits fuel exhaustion, memory-cap hits and
-denied calls that the sandbox observes at run time.
+every offending import (a check that passed is remembered by its patterns and imports, so the agents of a
+pool, one grant and one module, pay the pattern matching once; a refusal is decided and audited every
+time); :meth:`CapabilityPolicy.record_trap` audits fuel exhaustion, memory-cap hits and denied calls that
+the sandbox observes at run time.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from openfang.security._shared import shared
 from openfang.security.audit import AuditSink
 
 Trap = Literal["out_of_fuel", "memory_cap", "deadline", "call_denied"]
+PASSED_CHECKS = 256  # distinct (grant patterns, imports) pairs remembered as passed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,6 +159,10 @@ class CapabilityPolicy:
     def __init__(self, config: SandboxPolicyConfig | None = None, *, audit: AuditSink | None = None) -> None:
         self.config = config or SandboxPolicyConfig()
         self._audit = audit
+        # check_imports that passed: whether a module's imports are allowed depends on the patterns only.
+        self._passed: set[tuple[tuple[frozenset[str], ...], frozenset[str], frozenset[tuple[str, str]]]] = (
+            set()
+        )
 
     def grant(self, agent_id: str, manifest: Mapping[str, Any], *, source: str) -> SandboxGrant:
         """The grant for ``manifest``. ConfigError for malformed tables; Denied for asking too much.
@@ -215,15 +222,23 @@ class CapabilityPolicy:
 
     def check_imports(self, grant: SandboxGrant, imports: Iterable[tuple[str, str]]) -> None:
         """Refuse a module importing any host function the grant does not allow (all are named)."""
-        denied = sorted({f"{m}.{n}" for m, n in imports if not grant.allows(m, n)})
-        if denied:
-            if self._audit is not None:
-                self._audit.append("capabilities.import_denied", agent_id=grant.agent_id, imports=denied)
-            raise Denied(
-                f"agent {grant.agent_id!r} imports host functions it is not granted: {', '.join(denied)}",
-                layer="capabilities",
-                reason="import_denied",
-            )
+        wanted = frozenset(imports)
+        key = (grant.allow, grant.deny, wanted)
+        if key in self._passed:
+            return
+        denied = sorted({f"{m}.{n}" for m, n in wanted if not grant.allows(m, n)})
+        if not denied:
+            if len(self._passed) >= PASSED_CHECKS:
+                self._passed.clear()
+            self._passed.add(key)
+            return
+        if self._audit is not None:
+            self._audit.append("capabilities.import_denied", agent_id=grant.agent_id, imports=denied)
+        raise Denied(
+            f"agent {grant.agent_id!r} imports host functions it is not granted: {', '.join(denied)}",
+            layer="capabilities",
+            reason="import_denied",
+        )
 
     def record_trap(self, agent_id: str, trap: Trap, **detail: Any) -> None:
         """Audit a sandbox event the worker observed (the agent was stopped or the call refused)."""

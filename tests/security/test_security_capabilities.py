@@ -108,3 +108,23 @@ def test_capabilities_grants_of_one_manifest_share_their_pattern_sets() -> None:
     b = policy.grant("a-2", text, source="a.toml")
     assert a.allow[-1] is b.allow[-1] and a.deny is b.deny and a.agent_id != b.agent_id
     assert a.allows("env", "llm_invoke") and not a.allows("env", "shell_exec")
+
+
+def test_capabilities_passed_import_check_is_remembered_a_refusal_never(audit: AuditLog) -> None:
+    """The same imports under the same patterns pass again (another agent of the pool, remembered); the
+    same imports under narrower patterns are refused, and every refused spawn is audited again."""
+    policy = CapabilityPolicy(CLUSTER, audit=audit)
+    imports = [("openfang", "kv_get"), ("openfang", "http_get")]
+    policy.check_imports(policy.grant("a-1", {}, source="m"), imports)
+    policy.check_imports(policy.grant("a-2", {}, source="m"), list(reversed(imports)))
+    narrow = {"host_functions": {"allow": ["openfang.kv_*"]}}
+    for agent_id in ("b-1", "b-2"):
+        with pytest.raises(Denied, match=f"agent '{agent_id}' imports .*openfang.http_get"):
+            policy.check_imports(policy.grant(agent_id, narrow, source="m"), imports)
+    refused = audit.records("capabilities.import_denied")
+    assert [r.fields["agent_id"] for r in refused] == ["b-1", "b-2"]
+    cluster_deny = CapabilityPolicy(
+        SandboxPolicyConfig(allow=CLUSTER.allow, deny=frozenset({"openfang.http_*"})), audit=audit
+    )
+    with pytest.raises(Denied):
+        cluster_deny.check_imports(cluster_deny.grant("c-1", {}, source="m"), imports)

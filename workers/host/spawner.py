@@ -4,6 +4,14 @@
 security layers, the capability policy) and builds a :class:`~openfang.workers.host.record.HostedAgent`
 whose sandbox is loaded and whose imports were checked; the host registers and starts it. A refused spawn
 frees everything it made: nothing half-built is left behind.
+
+Agents of one manifest text (a pool) share what depends on the text alone, worked out by the first spawn
+and kept beside the parsed manifest (:class:`_Shape`): the manifest with the cluster's default limits
+applied (one immutable object for all of them), their capability grant (each agent gets a copy naming it)
+and the module digest of a builtin or pinned module. What can change between two spawns of the same text
+is checked again on every spawn: the version rule (layer 16, other workers accept versions too), the
+signature, the module imports (against the grant: a pure function of both, memoised by the policy), the
+permissions and the agent's own state (identity, taint, rate buckets). A refused manifest is never kept.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import hashlib
 import tomllib
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +43,16 @@ log = structlog.get_logger("openfang.workers.host.spawner")
 
 MANIFEST_CACHE = 256  # distinct manifest texts kept parsed
 HOST_SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a in abi.HOST_FUNCTIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What every agent of one manifest text shares (see the module docstring)."""
+
+    parsed: AgentManifest  # the cached parse it was worked out from (a manifest changed since is not this)
+    manifest: AgentManifest  # ``parsed`` with the cluster's default limits the grant filled in (layers 5-6)
+    grant: Any  # the capability grant as made for the first agent; None without a capability policy
+    digest: str | None  # the module digest when only the manifest decides it (builtin, pinned); else None
 
 
 class Spawner:
@@ -69,6 +88,7 @@ class Spawner:
             self.capabilities = security.capabilities
         self._runtimes: dict[int, Runtime] = {}
         self._manifests: OrderedDict[tuple[str, str], AgentManifest] = OrderedDict()
+        self._shapes: dict[tuple[str, str], _Shape] = {}  # by the same key, dropped with the manifest
 
     def manifest(self, text: str, path: Path | None) -> AgentManifest:
         """The validated manifest for ``text``; identical texts (a pool of one manifest) are parsed once.
@@ -92,7 +112,8 @@ class Spawner:
         )
         self._manifests[key] = manifest
         if len(self._manifests) > MANIFEST_CACHE:
-            self._manifests.popitem(last=False)
+            old, _ = self._manifests.popitem(last=False)
+            self._shapes.pop(old, None)
         return manifest
 
     def build(
@@ -106,15 +127,22 @@ class Spawner:
         elif manifest.model is not None:
             provider = _llm.make_provider(manifest.model.raw, where=f"{manifest.source}: [agent.model]")
         sec = self._security
-        digest = module_digest(manifest)
+        key = (text, body.manifest_path or "")
+        shape = self._shapes.get(key)
+        if shape is not None and shape.parsed is not manifest:
+            shape = None  # another parse of the text (the MCP tools attached): worked out for this one only
+        digest = (shape.digest if shape is not None else None) or module_digest(manifest)
         if sec is not None:
             sec.check_version(manifest, digest)  # layer 16, before any work is spent on an old manifest
             sec.attest(manifest, parsed(text))  # layer 13: signed manifests
-        grant = None
-        if self.capabilities is not None:
-            raw = parsed(text)
-            grant = self.capabilities.grant(agent_id, _effective(raw, manifest), source=manifest.source)
-            manifest = _apply_grant(manifest, raw, grant)
+        if shape is None:
+            shape = self._shape(text, manifest, agent_id)
+            if self._manifests.get(key) is manifest:  # the parse every spawn of this text gets
+                self._shapes[key] = shape
+        grant = shape.grant
+        if grant is not None and grant.agent_id != agent_id:
+            grant = dataclasses.replace(grant, agent_id=agent_id)
+        manifest = shape.manifest
         sandbox = self.sandbox(manifest, agent_id, grant)
         agent = HostedAgent(
             agent_id=agent_id,
@@ -134,6 +162,17 @@ class Spawner:
                 sec.release(agent_id)
                 raise
         return agent
+
+    def _shape(self, text: str, manifest: AgentManifest, agent_id: str) -> _Shape:
+        """Work out what the agents of ``text`` share (the grant raises, and audits, a refusal)."""
+        grant = None
+        applied = manifest
+        if self.capabilities is not None:
+            raw = parsed(text)
+            grant = self.capabilities.grant(agent_id, _effective(raw, manifest), source=manifest.source)
+            applied = _apply_grant(manifest, raw, grant)
+        fixed = manifest.module_sha256 is not None or manifest.module_path() is None
+        return _Shape(manifest, applied, grant, module_digest(manifest) if fixed else None)
 
     def sandbox(self, manifest: AgentManifest, agent_id: str, grant: Any = None) -> Sandbox:
         """A loaded sandbox (imports checked, instantiated lazily by ``begin_init``); raises on refusal."""

@@ -1,0 +1,103 @@
+"""Agents of one manifest share what the text decides (the limited manifest, the grant's patterns), never
+what is each agent's own (its grant's name, its identity key); a changed or refused manifest is never
+served from what an earlier spawn worked out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from openfang.protocol.envelope import Envelope
+from openfang.security.audit import AuditLog
+from openfang.security.config import security_from_args
+from openfang.workers.host.agent_host import AgentHost, HostParts
+from openfang.workers.host.security import HostAudit, HostSecurity
+from openfang.workers.tools.registry import default_registry
+
+ECHO = '[agent]\nname = "pool"\nmodule = "builtin:echo"\n'
+SMALL = ECHO + "[sandbox.memory]\nmax_heap_mb = 8\n"
+GREEDY = ECHO + "[sandbox.fuel]\nmax_fuel = 2000000000\n"  # over the cluster's fuel_max (1e9)
+
+
+class _Host:
+    """An in-process AgentHost with every security layer, and its audit records."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.sec = HostSecurity(
+            security_from_args(None, data_dir=str(tmp)),
+            HostAudit(AuditLog(tmp / "audit.db"), also=self.records.append),
+            data_dir=tmp,
+        )
+        self.host = AgentHost("w-0", HostParts(tools=default_registry(), security=self.sec))
+
+    def call(self, type_: str, **body: object) -> Envelope:
+        req = Envelope(type=type_, body=dict(body))
+        self.host.submit(req)
+        for _ in range(500):
+            for reply in self.host.step(0.01):
+                if reply.id == req.id:
+                    return reply
+        raise AssertionError(f"no reply to {type_}")
+
+    def spawn(self, manifest: str) -> Any:
+        reply = self.call("agent.spawn", manifest=manifest)
+        assert not reply.is_error, reply.body
+        return self.host._agents[reply.body["agent_id"]]
+
+    def kinds(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["kind"] == kind]
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[_Host]:
+    made = _Host(tmp_path)
+    yield made
+    made.host.close()
+
+
+def test_spawner_pool_shares_its_manifest_and_grant_patterns_not_its_identities(host: _Host) -> None:
+    """Two agents of one text: one limited manifest object, grants equal but for the agent they name; no
+    key is made at spawn, and the keys made on first use are distinct, registered, and kept."""
+    a, b = host.spawn(ECHO), host.spawn(ECHO)
+    assert a.manifest is b.manifest
+    assert a.grant.agent_id == a.agent_id and b.grant.agent_id == b.agent_id
+    assert (a.grant.allow, a.grant.deny, a.grant.fuel, a.grant.memory_bytes) == (
+        b.grant.allow,
+        b.grant.deny,
+        b.grant.fuel,
+        b.grant.memory_bytes,
+    )
+    assert host.sec.identities.key(a.agent_id) is None and host.sec.identities.key(b.agent_id) is None
+    key_a, key_b = a.guard.identity, b.guard.identity
+    assert key_a.agent_id == a.agent_id and key_b.agent_id == b.agent_id
+    assert key_a.public_bytes() != key_b.public_bytes()
+    assert a.guard.identity is key_a  # made once
+    registered = host.sec.identities.key(a.agent_id)
+    assert registered is not None and registered.public_bytes_raw() == key_a.public_bytes()
+    host.call("agent.kill", agent_id=a.agent_id)
+    assert host.sec.identities.key(a.agent_id) is None  # unregistered with its agent
+
+
+def test_spawner_changed_manifest_is_not_served_from_the_pool_cache(host: _Host) -> None:
+    """A different text (its own heap limit) gets its own limits and grant; the first text keeps the
+    cluster's default, before and after."""
+    first, small, again = host.spawn(ECHO), host.spawn(SMALL), host.spawn(ECHO)
+    assert small.manifest.sandbox.memory.max_heap_mb == 8 and small.grant.memory_bytes == 8 << 20
+    default_mb = first.grant.memory_bytes >> 20
+    assert default_mb != 8 and first.manifest.sandbox.memory.max_heap_mb == default_mb
+    assert again.manifest is first.manifest and again.grant.memory_bytes == first.grant.memory_bytes
+    assert small.manifest is not first.manifest
+
+
+def test_spawner_refused_manifest_is_refused_and_audited_every_time(host: _Host) -> None:
+    """A manifest asking for more fuel than the cluster allows is refused at each spawn, each audited; the
+    worker keeps serving the good manifest."""
+    for _ in range(2):
+        reply = host.call("agent.spawn", manifest=GREEDY)
+        assert reply.is_error and reply.body["code"] == "denied", reply.body
+    assert len(host.kinds("capabilities.limits_refused")) == 2
+    assert host.spawn(ECHO).agent_id
