@@ -68,6 +68,7 @@ class Worker:
             from openfang.memory.service import MemoryService
 
             self.memory_service = MemoryService(self.memory.reader)
+        self._events: list[Envelope] = []  # agent events of this loop turn, sent after its replies
         self.host = host_wiring.build_host(
             self.id, ctx.args, events=self._agent_event, audit=self._audit, memory=self.memory
         )
@@ -104,6 +105,7 @@ class Worker:
                 self._on_uplink()
             for reply in self.host.step(0.02):
                 self._send(reply)
+            self._send_events()
             if time.monotonic() - self._last_hello >= HELLO_EVERY_S:
                 self._hello()
             self.child.heartbeat()
@@ -218,15 +220,23 @@ class Worker:
             self.running = False
 
     def _agent_event(self, event: dict[str, Any]) -> None:
-        """Agent state changes go to the gateway, which publishes them on the event stream."""
+        """Agent state changes go to the gateway, which publishes them on the event stream: after the
+        replies of the same loop turn (a spawn's answer is not held up behind its ``running`` event; the
+        gateway decides a spawn by its reply, and ignores an event that only repeats it)."""
         event = {"kind": "agent.state", "worker": self.id, "time": time.time(), **event}
-        self._send(Envelope(type="event", body=event))
+        self._events.append(Envelope(type="event", body=event))
+
+    def _send_events(self) -> None:
+        events, self._events = self._events, []
+        for env in events:
+            self._send(env)
 
     def _audit(self, record: dict[str, Any]) -> None:
         log.info("audit", **record)
 
     def close(self) -> None:
         self.host.close()
+        self._send_events()
         if self.memory is not None:
             self.memory.close()
         self.sock.close()

@@ -228,6 +228,31 @@ def test_events_stream_publishes_restarts(make_cluster: type[Cluster]) -> None:
     assert c.stop() == 0
 
 
+def test_events_stream_publishes_an_agents_states_after_its_spawn_and_kill(
+    make_cluster: type[Cluster],
+) -> None:
+    """A worker sends its agents' events after the replies of the same turn: none is lost on the way; a
+    subscriber sees the new agent running on its worker, then dead (killed)."""
+    from openfang.protocol.envelope import decode
+
+    c = make_cluster(workers=1).start()
+    sub = c.subscribe()
+    manifest = '[agent]\nname = "watched"\nmodule = "builtin:echo"\n'
+    agent_id = c.ok("agent.spawn", {"manifest": manifest})["agent_id"]
+    c.ok("agent.kill", {"agent_id": agent_id})
+    states: list[tuple[str, str | None]] = []
+    deadline = time.monotonic() + 15
+    while ("dead", "killed") not in states and time.monotonic() < deadline:
+        if sub.poll(500):
+            body = decode(sub.recv_multipart()[1]).body
+            if body.get("kind") == "agent.state" and body.get("agent_id") == agent_id:
+                assert body["worker"] == "workers-0", body
+                states.append((body["state"], body.get("why")))
+    sub.close()
+    assert [s for s, _ in states][:1] == ["running"] and ("dead", "killed") in states, states
+    assert c.stop() == 0
+
+
 def test_sd_notify_sequence_ready_reloading_ready_stopping_and_watchdog(make_cluster: type[Cluster]) -> None:
     """Under a service manager: READY=1, WATCHDOG=1 pings, RELOADING=1 then READY=1 on SIGHUP, STOPPING=1."""
     c = make_cluster(workers=1).start(env={"WATCHDOG_USEC": "200000"})
