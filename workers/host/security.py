@@ -220,7 +220,7 @@ class HostSecurity:
         an agent with file tools, else when it first uses a tool (spawning other agents costs no I/O)."""
         if self.data_dir is None:
             return None
-        root = self.data_dir / "agents" / agent_id.replace("/", "_") / "files"
+        root = Path(f"{self.data_dir}/agents/{agent_id.replace('/', '_')}/files")  # one parse, not 3 joins
         if any(t.startswith("fs") for t in manifest.tools):
             self.ensure_fs_root(root)
         return root
