@@ -312,7 +312,8 @@ class Gateway:
         self._flush()
 
     def _commit(self) -> None:
-        """Write the registry's changes, then send the spawn replies that waited for their rows."""
+        """Write the registry's changes, then send the replies that waited for them (spawns, kills, state
+        changes)."""
         self.registry.commit()
         held, self._held = self._held, []
         for identity, delimited, env, via_workers in held:
@@ -518,7 +519,7 @@ class Gateway:
             return
         if env.type == "agent.kill" and (not row.live or not self.placement.announced(row.agent_id)):
             self.placement.killed(row.agent_id)
-            self._reply_pending(pending, env.reply({"agent_id": row.agent_id, "state": "dead"}))
+            self._acknowledge(pending, env.reply({"agent_id": row.agent_id, "state": "dead"}))
             return
         if env.type == "agent.info" and not self.placement.announced(row.agent_id):
             self._reply_pending(pending, env.reply(row.record()))
@@ -532,7 +533,7 @@ class Gateway:
             if env.type in ("agent.suspend", "agent.resume"):
                 state = "suspended" if env.type == "agent.suspend" else "restarting"
                 self.placement.set_state(row.agent_id, state)
-                self._reply_pending(pending, env.reply({"agent_id": row.agent_id, "state": state}))
+                self._acknowledge(pending, env.reply({"agent_id": row.agent_id, "state": state}))
                 return
             self.placement.enqueue(row, pending)
             return
@@ -555,17 +556,18 @@ class Gateway:
         on_reply: Callable[[Envelope], Envelope | None] | None = None
         if env.type == "agent.kill":
 
-            def on_reply(reply: Envelope) -> Envelope:
+            def on_reply(reply: Envelope) -> Envelope | None:
                 if not reply.is_error or reply.body.get("code") == "not_found":
                     self.placement.killed(agent_id)
-                    return env.reply({"agent_id": agent_id, "state": "dead"})
+                    return self._once_written(pending, env.reply({"agent_id": agent_id, "state": "dead"}))
                 return reply
 
         elif env.type in ("agent.suspend", "agent.resume", "agent.hibernate", "agent.wake"):
 
-            def on_reply(reply: Envelope) -> Envelope:
+            def on_reply(reply: Envelope) -> Envelope | None:
                 if not reply.is_error:
                     self.placement.set_state(agent_id, str(reply.body.get("state")))
+                    return self._once_written(pending, reply)
                 return reply
 
         elif env.type == "agent.info":
@@ -582,6 +584,21 @@ class Gateway:
 
     def _reply_pending(self, pending: _Pending, answer: Envelope) -> None:
         self._reply(pending.identity, pending.delimited, answer, pending.via_workers)
+
+    def _once_written(self, pending: _Pending, answer: Envelope) -> Envelope | None:
+        """``answer`` when the registry has nothing left to write; else None, and ``answer`` is held until
+        the commit at the end of this turn (:meth:`_commit`). A kill or a state change is acknowledged only
+        once it is on disk: a ``kill -9`` of the daemon right after the answer must not bring a killed
+        agent back, nor resume a suspended one."""
+        if not self.registry.pending:
+            return answer
+        self._held.append((pending.identity, pending.delimited, answer, pending.via_workers))
+        return None
+
+    def _acknowledge(self, pending: _Pending, answer: Envelope) -> None:
+        """Send ``answer`` now, or with the next commit (see :meth:`_once_written`)."""
+        if self._once_written(pending, answer) is not None:
+            self._reply_pending(pending, answer)
 
     def _list(self, identity: bytes, delimited: bool, env: Envelope, body: AgentList | None = None) -> None:
         """One page of registered agents (registry order, by id), with live figures from their workers.

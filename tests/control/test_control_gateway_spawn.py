@@ -1,5 +1,6 @@
-"""A client's agent.spawn through a real gateway (in this process) and a DEALER speaking for worker ``w-0``:
-the acknowledgement never leaves before the agent's row is on disk, and never waits for a later write."""
+"""A client's agent.spawn and agent.kill through a real gateway (in this process) and a DEALER speaking for
+worker ``w-0``: a spawn's acknowledgement never leaves before the agent's row is on disk, and never waits
+for a later write; a kill's only once the row's removal is."""
 
 from __future__ import annotations
 
@@ -134,3 +135,50 @@ def test_gateway_refused_spawn_is_never_acknowledged_nor_kept(spawns: _Spawns) -
     assert reply is not None and reply.is_error and "import not allowed" in reply.body["message"]
     spawns.end_turn()
     assert spawns.on_disk(agent_id) is None and spawns.gw.registry.get(agent_id) is None
+
+
+def _request(spawns: _Spawns, type_: str, agent_id: str) -> None:
+    spawns.client.send(encode(Envelope(type=type_, body={"agent_id": agent_id})))
+    assert spawns.gw.clients.poll(5000), f"the gateway got no {type_}"
+    spawns.gw._drain(spawns.gw.clients, spawns.gw._on_client_frames, receive=receive_client)
+    spawns.gw._flush()
+
+
+def _running_agent(spawns: _Spawns) -> str:
+    forwarded = spawns.spawn()
+    spawns.worker_answers(forwarded)
+    spawns.end_turn()
+    assert spawns.ack(5000) is not None
+    return str(forwarded.body["agent_id"])
+
+
+def test_gateway_kill_ack_waits_until_the_removal_is_on_disk(spawns: _Spawns) -> None:
+    """A kill the worker confirms is acknowledged only after the turn's commit has removed the row: a daemon
+    killed between the two would otherwise bring back an agent its client was told is dead."""
+    agent_id = _running_agent(spawns)
+    _request(spawns, "agent.kill", agent_id)
+    assert spawns.worker.poll(5000), "the kill was not forwarded"
+    kill = decode(spawns.worker.recv())
+    spawns.worker.send(encode(kill.reply({"agent_id": agent_id, "state": "dead"})))
+    assert spawns.gw.worker_sock.poll(5000), "the gateway got no answer"
+    spawns.gw._drain(spawns.gw.worker_sock, spawns.gw._on_worker_frames)
+    spawns.gw._flush()
+    assert spawns.ack(200) is None and spawns.on_disk(agent_id) == "running"
+    spawns.end_turn()
+    ack = spawns.ack(5000)
+    assert ack is not None and ack.body == {"agent_id": agent_id, "state": "dead"}
+    assert spawns.on_disk(agent_id) is None
+
+
+def test_gateway_kill_of_an_agent_no_worker_holds_is_acknowledged_after_the_commit(spawns: _Spawns) -> None:
+    """Killing a registered agent that no worker has announced is answered by the gateway itself, also only
+    once the removal is written."""
+    agent_id = _running_agent(spawns)
+    spawns.gw.placement.worker_lost("w-0", "test")  # the agent waits to be placed again: nobody announces it
+    spawns.end_turn()
+    _request(spawns, "agent.kill", agent_id)
+    assert spawns.ack(200) is None and spawns.on_disk(agent_id) is not None
+    spawns.end_turn()
+    ack = spawns.ack(5000)
+    assert ack is not None and ack.body == {"agent_id": agent_id, "state": "dead"}
+    assert spawns.on_disk(agent_id) is None
