@@ -16,6 +16,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import ahocorasick_rs
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Finding:
@@ -80,44 +82,73 @@ def _high_entropy(token: str) -> bool:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Detector:
+    """A named pattern; ``check`` drops false positives.
+
+    The other fields are what any match of ``pattern`` needs in a pure-ASCII text, so that text holding none
+    of it skips the regex (:func:`find_secrets`): one of the literals ``needs`` (sought case-insensitively
+    when ``needs_any_case``), at least ``min_digits`` ASCII digits, a run of ``token_run`` token characters
+    (``[A-Za-z0-9+/_-]``). Each is a necessary condition, never a sufficient one; a detector with none of
+    them always runs. Non-ASCII text always runs every regex (``\\b``, ``\\d`` and case-folding are wider
+    than ASCII there).
+    """
+
     kind: str
     pattern: re.Pattern[str]
     check: Callable[[str], bool] | None = None
     group: int = 0
+    needs: tuple[str, ...] = ()
+    needs_any_case: bool = False
+    min_digits: int = 0
+    token_run: int = 0
 
 
 _P = re.compile
 SECRET_DETECTORS: tuple[Detector, ...] = (
     Detector(
         kind="private_key",
+        needs=("PRIVATE KEY",),
         pattern=_P(
             r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"
             r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY"
             r"(?: BLOCK)?-----"
         ),
     ),
-    Detector(kind="aws_access_key", pattern=_P(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[0-9A-Z]{16}\b")),
+    Detector(
+        kind="aws_access_key",
+        pattern=_P(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[0-9A-Z]{16}\b"),
+        needs=("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA"),
+    ),
     Detector(
         kind="aws_secret_key",
+        needs=("aws",),
+        needs_any_case=True,
         pattern=_P(r"(?i)aws.{0,20}?(?:secret|sk).{0,20}?['\"=:\s]\s*([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"),
         group=1,
     ),
     Detector(
         kind="github_token",
+        needs=("gh", "github_pat_"),
         pattern=_P(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{60,255})\b"),
     ),
-    Detector(kind="anthropic_key", pattern=_P(r"\bsk-ant-[A-Za-z0-9_\-]{20,}")),
-    Detector(kind="openai_key", pattern=_P(r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}")),
-    Detector(kind="slack_token", pattern=_P(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}")),
-    Detector(kind="stripe_key", pattern=_P(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}")),
-    Detector(kind="google_api_key", pattern=_P(r"\bAIza[0-9A-Za-z_\-]{35}")),
-    Detector(kind="gitlab_token", pattern=_P(r"\bglpat-[A-Za-z0-9_\-]{20,}")),
-    Detector(kind="npm_token", pattern=_P(r"\bnpm_[A-Za-z0-9]{36}\b")),
-    Detector(kind="huggingface_token", pattern=_P(r"\bhf_[A-Za-z0-9]{34,}\b")),
+    Detector(kind="anthropic_key", pattern=_P(r"\bsk-ant-[A-Za-z0-9_\-]{20,}"), needs=("sk-ant-",)),
+    Detector(
+        kind="openai_key", pattern=_P(r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}"), needs=("sk-",)
+    ),
+    Detector(kind="slack_token", pattern=_P(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"), needs=("xox",)),
+    Detector(
+        kind="stripe_key",
+        pattern=_P(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"),
+        needs=("_live_", "_test_"),
+    ),
+    Detector(kind="google_api_key", pattern=_P(r"\bAIza[0-9A-Za-z_\-]{35}"), needs=("AIza",)),
+    Detector(kind="gitlab_token", pattern=_P(r"\bglpat-[A-Za-z0-9_\-]{20,}"), needs=("glpat-",)),
+    Detector(kind="npm_token", pattern=_P(r"\bnpm_[A-Za-z0-9]{36}\b"), needs=("npm_",)),
+    Detector(kind="huggingface_token", pattern=_P(r"\bhf_[A-Za-z0-9]{34,}\b"), needs=("hf_",)),
     Detector(
         kind="jwt",
         pattern=_P(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,}"),
         check=_jwt_ok,
+        needs=("eyJ",),
     ),
     Detector(
         kind="password_assignment",
@@ -126,21 +157,45 @@ SECRET_DETECTORS: tuple[Detector, ...] = (
             r"\s*[=:]\s*['\"]?([^\s'\"]{8,})"
         ),
         group=1,
+        needs=("password", "passwd", "pwd", "secret", "api", "access", "auth"),
+        needs_any_case=True,
     ),
-    Detector(kind="bearer_token", pattern=_P(r"(?i)\bbearer\s+([A-Za-z0-9_\-\.=+/]{20,})"), group=1),
+    Detector(
+        kind="bearer_token",
+        pattern=_P(r"(?i)\bbearer\s+([A-Za-z0-9_\-\.=+/]{20,})"),
+        group=1,
+        needs=("bearer",),
+        needs_any_case=True,
+    ),
     Detector(
         kind="high_entropy_token",
         pattern=_P(r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{32,}={0,2}(?![A-Za-z0-9+/_\-])"),
         check=_high_entropy,
+        token_run=32,
     ),
 )
 
 PII_DETECTORS: tuple[Detector, ...] = (
-    Detector(kind="email", pattern=_P(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")),
+    Detector(kind="email", pattern=_P(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b"), needs=("@",)),
     # Not the fraction or integer part of a decimal number (a float's digits pass Luhn one time in ten).
-    Detector(kind="credit_card", pattern=_P(r"(?<![\d.])\b(?:\d[ \-]?){12,18}\d\b(?!\.\d)"), check=_luhn),
-    Detector(kind="us_ssn", pattern=_P(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")),
-    Detector(kind="phone", pattern=_P(r"(?<![\w+])\+\d{1,3}[ \-.]?\(?\d{1,4}\)?(?:[ \-.]?\d{2,4}){2,4}\b")),
+    Detector(
+        kind="credit_card",
+        pattern=_P(r"(?<![\d.])\b(?:\d[ \-]?){12,18}\d\b(?!\.\d)"),
+        check=_luhn,
+        min_digits=13,
+    ),
+    Detector(
+        kind="us_ssn",
+        pattern=_P(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"),
+        needs=("-",),
+        min_digits=9,
+    ),
+    Detector(
+        kind="phone",
+        pattern=_P(r"(?<![\w+])\+\d{1,3}[ \-.]?\(?\d{1,4}\)?(?:[ \-.]?\d{2,4}){2,4}\b"),
+        needs=("+",),
+        min_digits=6,
+    ),
     Detector(kind="iban", pattern=_P(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}(?: ?[A-Z0-9]{1,3})?\b")),
 )
 
@@ -157,10 +212,59 @@ def select_detectors(kinds: Iterable[str] | None, *, pii: Iterable[str] = ()) ->
     )
 
 
+# Every literal some detector needs, lower-cased, in one automaton run over the lower-cased text: a
+# pure-ASCII text holding none of them (most text) runs only the detectors that need no literal, and those
+# only when their digit or token-run condition holds.
+_NEEDLES = sorted({n.lower() for d in (*SECRET_DETECTORS, *PII_DETECTORS) for n in d.needs})
+_NEEDLE_AUTOMATON = ahocorasick_rs.AhoCorasick(_NEEDLES)
+_TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-"
+_TOKEN_SHAPE = bytes(ord("t") if i in _TOKEN_CHARS else ord(" ") for i in range(256))
+# Per detector tuple (by identity; the tuple is kept so its id stays its own): those needing no literal.
+_LITERAL_FREE: dict[int, tuple[tuple[Detector, ...], tuple[Detector, ...]]] = {}
+
+
+def _literal_free(detectors: tuple[Detector, ...]) -> tuple[Detector, ...]:
+    entry = _LITERAL_FREE.get(id(detectors))
+    if entry is None or entry[0] is not detectors:
+        if len(_LITERAL_FREE) > 64:
+            _LITERAL_FREE.clear()
+        entry = (detectors, tuple(d for d in detectors if not d.needs))
+        _LITERAL_FREE[id(detectors)] = entry
+    return entry[1]
+
+
+def _may_match(det: Detector, text: str, data: bytes, found: set[str]) -> bool:
+    """False when ``det`` cannot match the pure-ASCII ``text`` (``data``: its bytes); ``found`` holds the
+    lower-cased needles that occur in the lower-cased text."""
+    if det.needs and not any(n.lower() in found and (det.needs_any_case or n in text) for n in det.needs):
+        return False
+    if det.min_digits and len(data) - len(data.translate(None, b"0123456789")) < det.min_digits:
+        return False
+    return not det.token_run or b"t" * det.token_run in data.translate(_TOKEN_SHAPE)
+
+
 def find_secrets(text: str, detectors: Iterable[Detector]) -> list[Finding]:
-    """Every non-overlapping finding in ``text``, earlier and longer spans first."""
+    """Every non-overlapping finding in ``text``, earlier and longer spans first.
+
+    In a pure-ASCII text a detector that cannot match (:class:`Detector`'s needs) is skipped; the findings
+    are the same as running every detector's regex.
+    """
     found: list[Finding] = []
+    filtered = text.isascii()
+    present: set[str] = set()
+    data = b""
+    if filtered:
+        data = text.encode("ascii")
+        if not isinstance(detectors, tuple):
+            detectors = tuple(detectors)
+        matches = _NEEDLE_AUTOMATON.find_matches_as_indexes(text.lower(), overlapping=True)
+        if matches:
+            present = {_NEEDLES[i] for i, _, _ in matches}
+        else:
+            detectors = _literal_free(detectors)
     for det in detectors:
+        if filtered and not _may_match(det, text, data, present):
+            continue
         for m in det.pattern.finditer(text):
             value = m.group(det.group)
             if value is None or (det.check is not None and not det.check(value)):
