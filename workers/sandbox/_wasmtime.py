@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import wasmtime
+from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 
 from openfang.protocol.errors import SandboxError
@@ -48,6 +49,16 @@ TABLE_ELEMENT_BYTES = 8  # what wasmtime 50 stores per table element (Store.set_
 MAX_TABLES = 64  # tables a store may ever be allowed (manifest max_tables, cluster tables_max)
 TABLE_EXPORT_PREFIX = "\0openfang.table."  # reserved export names for the tables a module keeps private
 
+
+# The ctypes functions behind wasmtime._bindings' one-line Python wrappers, for the calls made on every slice
+# and host call (the wrapper is a Python frame each; argtypes and restype are the bindings' own).
+_future_poll = _bindings._wasmtime_call_future_poll
+_future_delete = _bindings._wasmtime_call_future_delete
+_func_call_async = _bindings._wasmtime_func_call_async
+_get_fuel = _bindings._wasmtime_context_get_fuel
+_set_epoch_deadline = _bindings._wasmtime_context_set_epoch_deadline
+_memory_data = _bindings._wasmtime_memory_data
+_memory_data_size = _bindings._wasmtime_memory_data_size
 
 # wasmtime._ffi declares this one with a wasmtime_error_t* result, but the C function returns void in
 # 50.0.1 (reading the "result" segfaulted): call it through the dll with the right signature.
@@ -94,21 +105,24 @@ class GuestMemory:
         self._mem = mem
 
     def size(self) -> int:
-        return int(ffi.wasmtime_memory_data_size(self._ctx, byref(self._mem)))
+        return int(_memory_data_size(self._ctx, byref(self._mem)))
+
+    def _base(self) -> int:
+        # Read on every access: a memory.grow may move the memory (no reservation: see Runtime).
+        return ctypes.addressof(_memory_data(self._ctx, byref(self._mem)).contents)
 
     def read(self, ptr: int, length: int) -> bytes | None:
         """The bytes at [ptr, ptr+length), or None when the range is outside memory."""
         if ptr < 0 or length < 0 or ptr + length > self.size():
             return None
-        base = ctypes.addressof(ffi.wasmtime_memory_data(self._ctx, byref(self._mem)).contents)
-        return ctypes.string_at(base + ptr, length)
+        return ctypes.string_at(self._base() + ptr, length)
 
     def read_many(self, ranges: Sequence[tuple[int, int]], *, max_total: int) -> list[bytes] | None:
         """The bytes of each (ptr, length) range; None if one is outside memory or all exceed max_total."""
         if sum(length for _, length in ranges) > max_total:
             return None
         size = self.size()
-        base = ctypes.addressof(ffi.wasmtime_memory_data(self._ctx, byref(self._mem)).contents)
+        base = self._base()
         out = []
         for ptr, length in ranges:
             if ptr + length > size:
@@ -120,8 +134,7 @@ class GuestMemory:
         """Copy ``data`` to ``ptr``; False (nothing written) when it would not fit."""
         if ptr < 0 or ptr + len(data) > self.size():
             return False
-        base = ctypes.addressof(ffi.wasmtime_memory_data(self._ctx, byref(self._mem)).contents)
-        ctypes.memmove(base + ptr, data, len(data))
+        ctypes.memmove(self._base() + ptr, data, len(data))
         return True
 
 
@@ -195,6 +208,10 @@ class Runtime:
         self.engine = wasmtime.Engine(cfg)
         self.linker = wasmtime.Linker(self.engine)
         self.current: HostDispatch | None = None  # the sandbox whose call is being polled right now
+        # The polled instance's memory (set with current, after instantiation): a host call reads it
+        # instead of looking the caller's "memory" export up again. One instance per store, so the caller
+        # is always that instance.
+        self.current_memory: GuestMemory | None = None
         self.live_stores = 0
         self.cache_refused: str | None = None  # why the disk cache is not used, if it is not
         self._cache_dir = self._trusted_cache_dir(cache_dir)
@@ -252,8 +269,9 @@ class Runtime:
         try:
             target = self.current
             if target is not None:
-                values = tuple(int(args[i].of.i32) for i in range(nargs))
-                code = int(target.host_sync(self._names[env or 0], self._memory(caller), values))
+                values = tuple([args[i].of.i32 for i in range(nargs)])
+                mem = self.current_memory or self._memory(caller)
+                code = int(target.host_sync(self._names[env or 0], mem, values))
         except Exception:
             code = -2
         results[0].kind = ffi.WASMTIME_I32.value
@@ -269,8 +287,9 @@ class Runtime:
             if target is None:
                 poller = _const(-2)
             else:
-                values = tuple(int(args[i].of.i32) for i in range(nargs))
-                poller = target.host_async(self._names[env or 0], self._memory(caller), values)
+                values = tuple([args[i].of.i32 for i in range(nargs)])
+                mem = self.current_memory or self._memory(caller)
+                poller = target.host_async(self._names[env or 0], mem, values)
         except Exception:
             poller = _const(-2)
         key = self._next_pending
@@ -598,6 +617,15 @@ class Instance:
         self._tables: tuple[Any, ...] | None = None
         self._call: AsyncCall | None = None
         self._fuel_buf = ctypes.c_uint64(0)
+        # Fuel consumed up to the end of the last poll: every poll of this store reads the fuel once and
+        # charges the difference to that poll (all wasm of the store runs inside AsyncCall.poll).
+        self._fuel_mark = 0
+        self.last_poll_fuel = 0
+        self._mem: GuestMemory | None = None  # the "memory" export, looked up once (after instantiation)
+        self._mem_looked_up = False
+        # Argument and result buffers reused by every call (one call at a time per store).
+        self._args = (ffi.wasmtime_val_t * 2)()
+        self._results = (ffi.wasmtime_val_t * 1)()
         self._pre = pre
         self.closed = False
         self.sliced = False
@@ -665,28 +693,31 @@ class Instance:
         func = self._func(name)
         if func is None:
             raise SandboxError(f"guest does not export function {name!r}")
-        call = AsyncCall(self, func, tuple(args), nresults=nresults, what=f"call to {name}")
+        call = AsyncCall(self, func, args, nresults=nresults, name=name)
         call.start()
         self._call = call
         return call
 
     def fuel_consumed(self) -> int:
-        err = ffi.wasmtime_context_get_fuel(self._ctx, byref(self._fuel_buf))
+        err = _get_fuel(self._ctx, byref(self._fuel_buf))
         if err:
             raise _wasmtime_error(err, "reading fuel")
         return FUEL_TANK - int(self._fuel_buf.value)
 
+    def _charge_poll(self) -> None:
+        """After a poll: what it consumed goes to ``last_poll_fuel`` (one fuel read per poll)."""
+        consumed = self.fuel_consumed()
+        self.last_poll_fuel = consumed - self._fuel_mark
+        self._fuel_mark = consumed
+
     def set_deadline(self, seconds_left: float) -> None:
         """Before slicing: trap after ``seconds_left``. Once sliced: yield at the next epoch tick."""
         ticks = 1 if self.sliced else self.runtime.deadline_ticks(seconds_left)
-        ffi.wasmtime_context_set_epoch_deadline(self._ctx, ticks)
+        _set_epoch_deadline(self._ctx, ticks)
 
     def memory_size(self) -> int:
-        item = ffi.wasmtime_extern_t()
-        found = ffi.wasmtime_instance_export_get(self._ctx, byref(self._raw), _MEMORY_EXPORT, 6, byref(item))
-        if not found or _kind(item) != _EXTERN_MEMORY:
-            return 0
-        return int(ffi.wasmtime_memory_data_size(self._ctx, byref(item.of.memory)))
+        mem = self.memory()
+        return mem.size() if mem is not None else 0
 
     def table_elements(self) -> list[int]:
         """The current size of each table of the instance (every table is exported: see export_tables).
@@ -708,11 +739,19 @@ class Instance:
         return sum(self.table_elements()) * TABLE_ELEMENT_BYTES
 
     def memory(self) -> GuestMemory | None:
-        item = ffi.wasmtime_extern_t()
-        found = ffi.wasmtime_instance_export_get(self._ctx, byref(self._raw), _MEMORY_EXPORT, 6, byref(item))
-        if not found or _kind(item) != _EXTERN_MEMORY:
-            return None
-        return GuestMemory(self._ctx, item.of.memory)
+        """The instance's ``memory`` export (looked up once: an export of an instance never changes)."""
+        if not self._mem_looked_up:
+            if self.closed:
+                return None
+            item = ffi.wasmtime_extern_t()
+            found = ffi.wasmtime_instance_export_get(
+                self._ctx, byref(self._raw), _MEMORY_EXPORT, 6, byref(item)
+            )
+            if not found or _kind(item) != _EXTERN_MEMORY:
+                return None  # not cached: only modules without a memory (never a guest's) get here again
+            self._mem = GuestMemory(self._ctx, ffi.wasmtime_memory_t.from_buffer_copy(item.of.memory))
+            self._mem_looked_up = True
+        return self._mem
 
     def close(self) -> None:
         """Cancel any call in flight and free the store (memory, instance, fiber stack) right now."""
@@ -724,34 +763,71 @@ class Instance:
             self._call = None
         self._funcs.clear()
         self._tables = None
+        self._mem, self._mem_looked_up = None, True
         self.store.close()
         self.runtime.live_stores -= 1
 
 
 class AsyncCall:
-    """One resumable call: poll() runs the guest till done, yields (fuel slice) or parks on the host."""
+    """One resumable call: poll() runs the guest till done, yields (fuel slice) or parks on the host.
+
+    The argument and result buffers are the instance's own (one call at a time per store); the result is
+    copied out when the call finishes, so a finished call's result outlives the next call.
+    """
+
+    __slots__ = (
+        "_name",
+        "_outcome",
+        "_value",
+        "args",
+        "error",
+        "finished",
+        "func",
+        "future",
+        "inst",
+        "nargs",
+        "nresults",
+        "results",
+        "trap",
+        "what_",
+    )
 
     def __init__(
-        self, inst: Instance, func: Any, args: tuple[int, ...], *, nresults: int = 0, what: str = "call"
+        self,
+        inst: Instance,
+        func: Any,
+        args: Sequence[int],
+        *,
+        nresults: int = 0,
+        what: str = "call",
+        name: str | None = None,
     ) -> None:
         self.inst = inst
-        self.what = what
+        self.what_ = what
+        self._name = name
         self.func = func
         self.nresults = nresults
-        self.args = (ffi.wasmtime_val_t * max(1, len(args)))()
+        nargs = len(args)
+        buf = inst._args if nargs <= len(inst._args) else (ffi.wasmtime_val_t * nargs)()
         for i, value in enumerate(args):
-            self.args[i].kind = _I32  # type: ignore[assignment]  # ctypes fields take ints
-            self.args[i].of.i32 = value
-        self.nargs = len(args)
-        self.results = (ffi.wasmtime_val_t * max(1, nresults))()
+            buf[i].kind = _I32  # type: ignore[assignment]  # ctypes fields take ints
+            buf[i].of.i32 = value
+        self.args = buf
+        self.nargs = nargs
+        self.results = inst._results if nresults <= 1 else (ffi.wasmtime_val_t * nresults)()
         self.trap = POINTER(ffi.wasm_trap_t)()
         self.error = POINTER(ffi.wasmtime_error_t)()
         self.future: Any = None
         self.finished = False
         self._outcome: SandboxError | None = None
+        self._value = 0
+
+    @property
+    def what(self) -> str:
+        return f"call to {self._name}" if self._name is not None else self.what_
 
     def start(self) -> None:
-        self.future = ffi.wasmtime_func_call_async(
+        self.future = _func_call_async(
             self.inst._ctx,
             byref(self.func),
             self.args,
@@ -763,23 +839,34 @@ class AsyncCall:
         )
 
     def poll(self, dispatch: HostDispatch) -> bool:
-        """Run one slice with ``dispatch`` as the target of host calls. True when the call has finished."""
+        """Run one slice with ``dispatch`` as the target of host calls. True when the call has finished.
+
+        The fuel the slice consumed is then in the instance's ``last_poll_fuel``.
+        """
         if self.finished:
             return True
-        runtime = self.inst.runtime
+        inst = self.inst
+        runtime = inst.runtime
         runtime.current = dispatch
+        # A call (not the instantiation) runs in an instantiated instance: its memory export is known.
+        runtime.current_memory = inst.memory() if self.func is not None else None
         try:
-            done = bool(ffi.wasmtime_call_future_poll(self.future))
+            done = bool(_future_poll(self.future))
         finally:
             runtime.current = None
+            runtime.current_memory = None
+        inst._charge_poll()
         if done:
             self.finished = True
-            ffi.wasmtime_call_future_delete(self.future)
+            _future_delete(self.future)
             self.future = None
             if self.trap:
                 self._outcome = _trap_error(self.trap)
             elif self.error:
                 self._outcome = _wasmtime_error(self.error, f"{self.what} failed")
+            elif self.nresults:
+                val = self.results[0]
+                self._value = int(val.of.i64) if _kind(val) == _I64 else int(val.of.i32)
         return done
 
     def result(self) -> int:
@@ -788,15 +875,12 @@ class AsyncCall:
             raise SandboxError("call has not finished")
         if self._outcome is not None:
             raise self._outcome
-        if self.nresults == 0:
-            return 0
-        val = self.results[0]
-        return int(val.of.i64) if _kind(val) == _I64 else int(val.of.i32)
+        return self._value
 
     def cancel(self) -> None:
         """Drop an unfinished call: wasmtime unwinds the guest's fiber; the store stays usable."""
         if self.future is not None:
-            ffi.wasmtime_call_future_delete(self.future)
+            _future_delete(self.future)
             self.future = None
         self.finished = True
         if self._outcome is None:

@@ -361,9 +361,8 @@ class Sandbox:
             self._interval_end = now + self.manifest.sandbox.fuel.refuel_interval_ms / 1000
             self._budget = self.manifest.sandbox.fuel.max_fuel
         self._inst.set_deadline(max(0.0, self._deadline - now))
-        before = self._inst.fuel_consumed()
         done = self._call.poll(self)
-        used = self._inst.fuel_consumed() - before
+        used = self._inst.last_poll_fuel
         self.fuel_used += used
         self._budget -= used
         if not done:
