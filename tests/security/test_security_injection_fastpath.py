@@ -80,3 +80,17 @@ def test_injection_fast_path_same_verdicts_fuzzed() -> None:
         if rng.random() < 0.5:
             text = text[: rng.randint(1, 23)]
         _same(fast, full, text)
+
+
+def test_injection_pass_verdict_built_by_slots_equals_the_dataclass() -> None:
+    """The pass verdict built slot by slot sets every field, equals and hashes like the constructed one."""
+    import dataclasses
+
+    from openfang.security.injection import _PASS_FIELDS, _passed
+
+    assert {f.name for f in dataclasses.fields(Verdict)} == {name for name, _ in _PASS_FIELDS} | {"text"}
+    for text in ("", "hello", "x" * 300):
+        built = _passed(text)
+        made = Verdict(score=0.0, detected=False, rules=(), categories=(), action=None, text=text)
+        assert built == made and hash(built) == hash(made) and repr(built) == repr(made)
+        assert built.model_text == text and built.kind == "pass" and not built.detected

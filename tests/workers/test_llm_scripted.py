@@ -318,3 +318,31 @@ def test_scripted_history_template_holds_the_earlier_user_messages() -> None:
     ]
     assert provider.complete(ChatRequest(messages=convo)).content == "you said: my name is Ada | I like tea"
     assert provider.complete(user("recall")).content == "you said: "
+
+
+def test_render_fills_known_placeholders_like_a_regex_substitution() -> None:
+    """render (templates split once and cached) gives what one regex substitution per call gave: known
+    names filled, unknown ``{...}`` and stray braces kept, backslashes and group syntax left alone."""
+    import random
+
+    from openfang.workers.llm.scripted import _VAR, render
+
+    env = {"input": "a{b}", "crc16": "00ff", "1": "x", "result": "{input}"}
+
+    def oracle(template: str) -> str:
+        return _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), template)
+
+    fixed = [
+        "plain",
+        "{input}",
+        "x {crc16} y {unknown} {1}{result}",
+        "{",
+        "{}",
+        "{{input}}",
+        "\\1 \\g<0> {input",
+    ]
+    rng = random.Random(7)
+    alphabet = ["{", "}", "input", "crc16", "x", " ", "1", "result", "unknown", "_", "\\"]
+    fuzzed = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(5000)]
+    for template in fixed + fuzzed:
+        assert render(template, env) == oracle(template), template

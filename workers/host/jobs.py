@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import json
 import os
 import threading
@@ -176,7 +177,7 @@ def llm_work(
     from openfang.workers.llm import types as t
 
     def work() -> tuple[int, bytes, dict[str, int]]:
-        chat = [t.ChatMessage.system(system_prompt)] if system_prompt else []
+        chat = [_system_message(system_prompt)] if system_prompt else []
         chat.extend(chat_messages)
         request = t.ChatRequest(messages=tuple(chat), tools=tuple(tool_specs), stream=stream)
         started = time.perf_counter()
@@ -201,6 +202,14 @@ def llm_work(
         return _ok(abi.encode_llm_result(msg, content or ""), usage)
 
     return work
+
+
+@functools.lru_cache(maxsize=256)
+def _system_message(prompt: str) -> Any:
+    """The system message of a prompt (a frozen value, shared by every call of every agent using it)."""
+    from openfang.workers.llm import types as t
+
+    return t.ChatMessage.system(prompt)
 
 
 def _ok(data: bytes, usage: dict[str, int] | None = None) -> tuple[int, bytes, dict[str, int]]:

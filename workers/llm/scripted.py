@@ -30,6 +30,7 @@ model was sent, joined by `` | ``: what a model would remember) and the rule's r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import re
 import threading
@@ -125,12 +126,26 @@ def check_chain(chain: Any, where: str, key: str = "chain") -> list[Problem]:
 def render(template: Any, env: Mapping[str, str]) -> Any:
     """Fill ``{name}`` placeholders known to ``env`` in strings, recursively in lists and tables."""
     if isinstance(template, str):
-        return _VAR.sub(lambda m: env.get(m.group(1), m.group(0)), template)
+        pieces = _pieces(template)
+        if len(pieces) == 1:
+            return template
+        out = [pieces[0]]
+        for i in range(1, len(pieces), 2):
+            name = pieces[i]
+            out.append(env.get(name, "{" + name + "}"))
+            out.append(pieces[i + 1])
+        return "".join(out)
     if isinstance(template, Mapping):
         return {k: render(v, env) for k, v in template.items()}
     if isinstance(template, list | tuple):
         return [render(v, env) for v in template]
     return template
+
+
+@functools.lru_cache(maxsize=1024)
+def _pieces(template: str) -> tuple[str, ...]:
+    """``template`` split once: literal text at even indices, placeholder names at odd ones."""
+    return tuple(_VAR.split(template))
 
 
 def _words(text: str | None) -> int:

@@ -89,6 +89,10 @@ MAX_HOST_PAYLOAD = 1 << 20  # bytes a guest may hand one host call (a tool reque
 
 TAG_ANSWER = ord("A")
 TAG_TOOLS = ord("T")
+# json.dumps with these options builds a new encoder on every call: one, built once (same output).
+_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_u32 = struct.Struct("<I").pack
+_IOVEC = struct.Struct("<II")
 
 
 def split_reply(value: int) -> tuple[int, int]:
@@ -100,7 +104,7 @@ def parse_iovecs(raw: bytes) -> list[tuple[int, int]]:
     """The (ptr, len) pairs of an iovec array (little-endian u32 pairs). Raises ValueError if misaligned."""
     if len(raw) % 8:
         raise ValueError(f"iovec array length {len(raw)} is not a multiple of 8")
-    return [struct.unpack_from("<II", raw, off) for off in range(0, len(raw), 8)]
+    return list(_IOVEC.iter_unpack(raw))
 
 
 def parse_messages(segments: list[bytes]) -> list[dict[str, Any]]:
@@ -123,10 +127,10 @@ def encode_llm_result(message: dict[str, Any], answer: str | None) -> bytes:
     Tag ``A`` = final answer (the answer text follows the JSON); tag ``T`` = the message carries tool calls
     (pass the JSON to ``tool_call`` and append its result to the conversation).
     """
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    body = _to_json(message).encode()
     if answer is None:
-        return bytes([TAG_TOOLS]) + struct.pack("<I", len(body)) + body
-    return bytes([TAG_ANSWER]) + struct.pack("<I", len(body)) + body + answer.encode()
+        return b"T" + _u32(len(body)) + body
+    return b"A" + _u32(len(body)) + body + answer.encode()
 
 
 def user_message(text: str, *, session: str | None = None) -> bytes:
@@ -134,9 +138,9 @@ def user_message(text: str, *, session: str | None = None) -> bytes:
     msg: dict[str, Any] = {"role": "user", "content": text}
     if session:
         msg["session"] = session
-    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode()
+    return _to_json(msg).encode()
 
 
 def tool_messages(results: list[dict[str, Any]]) -> bytes:
     """Newline-separated JSON tool messages (the ``tool_call`` result for an assistant message)."""
-    return b"\n".join(json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() for r in results)
+    return b"\n".join([_to_json(r).encode() for r in results])
