@@ -340,3 +340,65 @@ def test_wasmtime_malformed_module_is_a_sandbox_error(runtime: Runtime) -> None:
     """Invalid bytes are refused with a message naming what was being compiled."""
     with pytest.raises(SandboxError, match="my-agent: not a valid wasm module"):
         runtime.compile(b"\0asm\1\0\0\0\1\xff\xff", digest="x", what="my-agent")
+
+
+GROW_WAT = """(module
+  (import "env" "see" (func $see (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "grow_between_calls") (result i32)
+    (i32.store8 (i32.const 65535) (i32.const 11))
+    (drop (call $see (i32.const 65535)))
+    (drop (memory.grow (i32.const 1)))
+    (i32.store8 (i32.const 131071) (i32.const 22))
+    (call $see (i32.const 131071)))
+)"""
+
+
+class SeeMemory:
+    """Host side for GROW_WAT: ``see(ptr)`` records the memory's size and the byte at ``ptr``."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, bytes | None]] = []
+
+    def host_sync(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> int:
+        assert mem is not None
+        self.seen.append((mem.size(), mem.read(args[0], 1)))
+        return 0
+
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller:
+        raise AssertionError("no async host function here")
+
+
+def test_wasmtime_memory_growth_is_seen_by_the_next_host_call_and_after_the_poll() -> None:
+    """Memory sizes and addresses are re-read after the guest may have grown its memory: a host call after
+    memory.grow reads the new page, the instance's memory after the call has the new size, and so has it
+    after the host grows the memory itself."""
+    from openfang.workers.sandbox._wasmtime import grow_memory
+
+    rt = Runtime((HostFunctionSpec(name="see", nparams=1),), options=EngineOptions(fuel_slice=10_000))
+    try:
+        digest = hashlib.sha256(GROW_WAT.encode()).hexdigest()
+        module, _ = rt.compile(GROW_WAT.encode(), digest=digest, what="test")
+        inst = Instance(rt, rt.instance_pre(module, digest=digest, what="test"), max_memory_bytes=4 << 20)
+        host = SeeMemory()
+        call = inst.instantiate_call()
+        while not call.poll(host):
+            pass
+        inst.after_instantiate()
+        mem = inst.memory()
+        assert mem is not None and mem.size() == 65536  # looked up and sized before the call
+        call = inst.call("grow_between_calls", (), 1)
+        while not call.poll(host):
+            pass
+        assert call.result() == 0
+        assert host.seen == [(65536, b"\x0b"), (131072, b"\x16")]
+        assert mem.size() == 131072 and mem.read(131071, 1) == b"\x16"
+        grow_memory(inst, "memory", 4 * 65536)
+        assert (
+            mem.size() == 4 * 65536
+            and mem.write(4 * 65536 - 1, b"\x21")
+            and mem.read(4 * 65536 - 1, 1) == b"\x21"
+        )
+        inst.close()
+    finally:
+        rt.close()

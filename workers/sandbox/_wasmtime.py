@@ -95,34 +95,49 @@ def _wasmtime_error(err_ptr: Any, what: str) -> SandboxError:
     return SandboxError(f"{what}: {str(err).splitlines()[0] if str(err) else 'wasmtime error'}")
 
 
+# Bumped wherever a memory may have grown or moved since: on entering every host function (the guest ran
+# before it), after every poll, and by grow_memory. A GuestMemory reads its size and base address again
+# only when this changed, so the several accesses of one host call cost two native calls, not two each.
+_memory_epoch = [0]
+
+
 class GuestMemory:
     """Bounds-checked access to the calling instance's ``memory`` export, valid during one host call."""
 
-    __slots__ = ("_ctx", "_mem")
+    __slots__ = ("_addr", "_ctx", "_mem", "_ref", "_seen", "_size")
 
     def __init__(self, ctx: Any, mem: Any) -> None:
         self._ctx = ctx
         self._mem = mem
+        self._ref = ctypes.pointer(mem)
+        self._seen = -1
+        self._size = 0
+        self._addr = 0
+
+    def _view(self) -> tuple[int, int]:
+        """(size, base address) now; read again after anything that may have grown or moved the memory
+        (there is no reservation for growth in place: see Runtime)."""
+        if self._seen != _memory_epoch[0]:
+            self._size = int(_memory_data_size(self._ctx, self._ref))
+            self._addr = ctypes.addressof(_memory_data(self._ctx, self._ref).contents)
+            self._seen = _memory_epoch[0]
+        return self._size, self._addr
 
     def size(self) -> int:
-        return int(_memory_data_size(self._ctx, byref(self._mem)))
-
-    def _base(self) -> int:
-        # Read on every access: a memory.grow may move the memory (no reservation: see Runtime).
-        return ctypes.addressof(_memory_data(self._ctx, byref(self._mem)).contents)
+        return self._view()[0]
 
     def read(self, ptr: int, length: int) -> bytes | None:
         """The bytes at [ptr, ptr+length), or None when the range is outside memory."""
-        if ptr < 0 or length < 0 or ptr + length > self.size():
+        size, base = self._view()
+        if ptr < 0 or length < 0 or ptr + length > size:
             return None
-        return ctypes.string_at(self._base() + ptr, length)
+        return ctypes.string_at(base + ptr, length)
 
     def read_many(self, ranges: Sequence[tuple[int, int]], *, max_total: int) -> list[bytes] | None:
         """The bytes of each (ptr, length) range; None if one is outside memory or all exceed max_total."""
         if sum(length for _, length in ranges) > max_total:
             return None
-        size = self.size()
-        base = self._base()
+        size, base = self._view()
         out = []
         for ptr, length in ranges:
             if ptr + length > size:
@@ -132,9 +147,10 @@ class GuestMemory:
 
     def write(self, ptr: int, data: bytes) -> bool:
         """Copy ``data`` to ``ptr``; False (nothing written) when it would not fit."""
-        if ptr < 0 or ptr + len(data) > self.size():
+        size, base = self._view()
+        if ptr < 0 or ptr + len(data) > size:
             return False
-        ctypes.memmove(self._base() + ptr, data, len(data))
+        ctypes.memmove(base + ptr, data, len(data))
         return True
 
 
@@ -266,6 +282,7 @@ class Runtime:
     def _sync_trampoline(self, env: Any, caller: Any, args: Any, nargs: int, results: Any, nres: int) -> int:
         # Never raise across wasm: any failure becomes an error code for the guest.
         code = -2
+        _memory_epoch[0] += 1
         try:
             target = self.current
             if target is not None:
@@ -282,6 +299,7 @@ class Runtime:
         self, env: Any, caller: Any, args: Any, nargs: int, results: Any, nres: int, trap: Any, cont: Any
     ) -> None:
         poller: AsyncPoller
+        _memory_epoch[0] += 1
         try:
             target = self.current
             if target is None:
@@ -855,6 +873,7 @@ class AsyncCall:
         finally:
             runtime.current = None
             runtime.current_memory = None
+            _memory_epoch[0] += 1
         inst._charge_poll()
         if done:
             self.finished = True
@@ -932,6 +951,7 @@ def grow_memory(inst: Instance, name: str, size: int) -> None:
         return
     prev = ctypes.c_uint64(0)
     err = ffi.wasmtime_memory_grow(inst._ctx, byref(item.of.memory), (size - have) >> 16, byref(prev))
+    _memory_epoch[0] += 1
     if err:
         raise _wasmtime_error(err, f"growing memory {name!r} from {have} to {size} bytes")
 
