@@ -107,6 +107,18 @@ def parse_iovecs(raw: bytes) -> list[tuple[int, int]]:
     return list(_IOVEC.iter_unpack(raw))
 
 
+_from_json = json.JSONDecoder().decode
+
+
+def loads(data: bytes) -> Any:
+    """``json.loads(data)`` for the JSON a guest hands the host: a text that opens with ``{`` followed by a
+    non-NUL byte is UTF-8 for ``json.loads`` too (no BOM, not UTF-16/32), so its encoding is not detected
+    again; anything else goes through ``json.loads`` itself. Same values, same errors (ValueError)."""
+    if len(data) > 1 and data[0] == 0x7B and data[1]:
+        return _from_json(data.decode("utf-8", "surrogatepass"))
+    return json.loads(data)
+
+
 def parse_messages(segments: list[bytes]) -> list[dict[str, Any]]:
     """Chat messages from iovec segments; a segment may hold several newline-separated JSON objects."""
     out: list[dict[str, Any]] = []
@@ -114,7 +126,7 @@ def parse_messages(segments: list[bytes]) -> list[dict[str, Any]]:
         for line in seg.split(b"\n"):
             if not line.strip():
                 continue
-            msg = json.loads(line)
+            msg = loads(line)
             if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
                 raise ValueError("each conversation entry must be a JSON object with a string 'role'")
             out.append(msg)

@@ -630,9 +630,7 @@ class Sandbox:
                 self.counters["llm_calls"] += 1
                 return self.services.start_llm(self, self._messages(segments))
             if name == abi.TOOL_IMPORT:
-                import json
-
-                request = json.loads(raw)
+                request = abi.loads(raw)
                 if not isinstance(request, dict):
                     return DoneJob(abi.E_INVALID)
                 self.counters["tool_calls"] += 1

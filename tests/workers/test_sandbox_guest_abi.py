@@ -1,0 +1,85 @@
+"""The guest ABI's codecs: what the host hands a guest and reads from it, byte for byte as json/struct do."""
+
+from __future__ import annotations
+
+import codecs
+import json
+import random
+import struct
+from typing import Any
+
+import pytest
+
+from openfang.workers.sandbox import guest_abi as abi
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _outcome(fn: Any, data: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", fn(data)
+    except ValueError as exc:
+        return type(exc).__name__, None
+
+
+def test_loads_gives_what_json_loads_gives() -> None:
+    """abi.loads returns the same value, or fails with the same error type, as json.loads on bytes: plain
+    objects, UTF-8 text, BOMs, UTF-16 and UTF-32 JSON, truncated and random bytes (a seeded fuzz)."""
+    fixed = [
+        b'{"role":"user","content":"h\xc3\xa9llo"}',
+        b"{}",
+        b"{",
+        b'{"a":1}   ',
+        b'{"a":"\xed\xa0\x80"}',  # a lone surrogate in UTF-8 (surrogatepass)
+        b'{"a":"\xff"}',
+        codecs.BOM_UTF8 + b'{"a":1}',
+        '{"a":1}'.encode("utf-16"),
+        '{"a":1}'.encode("utf-16-le"),
+        '{"a":1}'.encode("utf-32"),
+        b"[1,2]",
+        b"{\x00",
+        b"",
+    ]
+    rng = random.Random(21)
+    pieces = [
+        b"{",
+        b"}",
+        b'"',
+        b":",
+        b",",
+        b"a",
+        b"1",
+        b"\x00",
+        b"\xc3\xa9",
+        b"\xff",
+        b" ",
+        b"[",
+        b"]",
+        b"true",
+    ]
+    fuzzed = [b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 8))) for _ in range(5000)]
+    for data in fixed + fuzzed:
+        assert _outcome(abi.loads, data) == _outcome(json.loads, data), data
+
+
+def test_encoders_match_json_dumps_and_struct() -> None:
+    """The ABI's messages are byte-identical to json.dumps(..., separators, ensure_ascii=False) output."""
+    message = {
+        "role": "assistant",
+        "content": 'h\u00e9 "q" \u2603',
+        "tool_calls": [{"id": "1", "arguments": {"x": [1, 2.5, None]}}],
+    }
+    body = _dumps(message)
+    assert abi.encode_llm_result(message, None) == b"T" + struct.pack("<I", len(body)) + body
+    assert (
+        abi.encode_llm_result(message, "r\u00e9")
+        == b"A" + struct.pack("<I", len(body)) + body + "r\u00e9".encode()
+    )
+    assert abi.user_message("hi", session="s") == _dumps({"role": "user", "content": "hi", "session": "s"})
+    results = [{"role": "tool", "content": "1"}, {"role": "tool", "content": "\u00e9"}]
+    assert abi.tool_messages(results) == b"\n".join(_dumps(r) for r in results)
+    assert abi.parse_iovecs(struct.pack("<IIII", 1, 2, 3, 4)) == [(1, 2), (3, 4)]
+    with pytest.raises(ValueError, match="multiple of 8"):
+        abi.parse_iovecs(b"\x00" * 12)
