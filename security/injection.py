@@ -117,8 +117,9 @@ _PASS_FIELDS = (
     ("warning", None),
     ("spans", ()),
 )
-_PASS_SETTERS = tuple((getattr(Verdict, name).__set__, value) for name, value in _PASS_FIELDS)
-_set_text = Verdict.text.__set__  # type: ignore[attr-defined]  # a slot's member descriptor
+_SLOTS = Verdict.__dict__  # each field's member descriptor (a slotted dataclass)
+_PASS_SETTERS = tuple((_SLOTS[name].__set__, value) for name, value in _PASS_FIELDS)
+_set_text = _SLOTS["text"].__set__
 
 
 def _passed(text: str) -> Verdict:
