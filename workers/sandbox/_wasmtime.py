@@ -55,10 +55,23 @@ TABLE_EXPORT_PREFIX = "\0openfang.table."  # reserved export names for the table
 _future_poll = _bindings._wasmtime_call_future_poll
 _future_delete = _bindings._wasmtime_call_future_delete
 _func_call_async = _bindings._wasmtime_func_call_async
-_get_fuel = _bindings._wasmtime_context_get_fuel
-_set_epoch_deadline = _bindings._wasmtime_context_set_epoch_deadline
-_memory_data = _bindings._wasmtime_memory_data
-_memory_data_size = _bindings._wasmtime_memory_data_size
+
+# Guest memory's size and base address, read on every host call: own prototypes of the same two C functions
+# (``dll[name]`` makes a new function object; the bindings' own keep their types) taking the context and
+# the memory as plain addresses and returning plain integers, so no pointer object is made per call.
+_memory_data_addr = ffi.dll["wasmtime_memory_data"]
+_memory_data_addr.restype = ctypes.c_void_p
+_memory_data_addr.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+_memory_data_len = ffi.dll["wasmtime_memory_data_size"]
+_memory_data_len.restype = ctypes.c_size_t
+_memory_data_len.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+# The same for the fuel read after every poll and the epoch deadline set before it.
+_get_fuel = ffi.dll["wasmtime_context_get_fuel"]
+_get_fuel.restype = ctypes.c_void_p  # a wasmtime_error_t*, None when it worked
+_get_fuel.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+_set_epoch_deadline = ffi.dll["wasmtime_context_set_epoch_deadline"]
+_set_epoch_deadline.restype = None
+_set_epoch_deadline.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
 
 # wasmtime._ffi declares this one with a wasmtime_error_t* result, but the C function returns void in
 # 50.0.1 (reading the "result" segfaulted): call it through the dll with the right signature.
@@ -104,12 +117,13 @@ _memory_epoch = [0]
 class GuestMemory:
     """Bounds-checked access to the calling instance's ``memory`` export, valid during one host call."""
 
-    __slots__ = ("_addr", "_ctx", "_mem", "_ref", "_seen", "_size")
+    __slots__ = ("_addr", "_ctx", "_ctx_at", "_mem", "_mem_at", "_seen", "_size")
 
     def __init__(self, ctx: Any, mem: Any) -> None:
-        self._ctx = ctx
+        self._ctx = ctx  # kept alive: the addresses below point into them
         self._mem = mem
-        self._ref = ctypes.pointer(mem)
+        self._ctx_at = ctypes.cast(ctx, ctypes.c_void_p).value
+        self._mem_at = ctypes.addressof(mem)
         self._seen = -1
         self._size = 0
         self._addr = 0
@@ -118,8 +132,8 @@ class GuestMemory:
         """(size, base address) now; read again after anything that may have grown or moved the memory
         (there is no reservation for growth in place: see Runtime)."""
         if self._seen != _memory_epoch[0]:
-            self._size = int(_memory_data_size(self._ctx, self._ref))
-            self._addr = ctypes.addressof(_memory_data(self._ctx, self._ref).contents)
+            self._size = _memory_data_len(self._ctx_at, self._mem_at)
+            self._addr = _memory_data_addr(self._ctx_at, self._mem_at) or 0
             self._seen = _memory_epoch[0]
         return self._size, self._addr
 
@@ -621,6 +635,7 @@ class Instance:
         self.store = wasmtime.Store(runtime.engine)
         runtime.live_stores += 1
         self._ctx = self.store._context()
+        self._ctx_at = ctypes.cast(self._ctx, ctypes.c_void_p).value  # the same, as a plain address
         self.store.set_limits(
             memory_size=limits.memory_bytes,
             table_elements=limits.table_elements,
@@ -635,6 +650,7 @@ class Instance:
         self._tables: tuple[Any, ...] | None = None
         self._call: AsyncCall | None = None
         self._fuel_buf = ctypes.c_uint64(0)
+        self._fuel_at = ctypes.addressof(self._fuel_buf)
         # Fuel consumed up to the end of the last poll: every poll of this store reads the fuel once and
         # charges the difference to that poll (all wasm of the store runs inside AsyncCall.poll).
         self._fuel_mark = 0
@@ -717,9 +733,9 @@ class Instance:
         return call
 
     def fuel_consumed(self) -> int:
-        err = _get_fuel(self._ctx, byref(self._fuel_buf))
+        err = _get_fuel(self._ctx_at, self._fuel_at)
         if err:
-            raise _wasmtime_error(err, "reading fuel")
+            raise _wasmtime_error(ctypes.cast(err, POINTER(ffi.wasmtime_error_t)), "reading fuel")
         return FUEL_TANK - int(self._fuel_buf.value)
 
     def _charge_poll(self) -> None:
@@ -731,7 +747,7 @@ class Instance:
     def set_deadline(self, seconds_left: float) -> None:
         """Before slicing: trap after ``seconds_left``. Once sliced: yield at the next epoch tick."""
         ticks = 1 if self.sliced else self.runtime.deadline_ticks(seconds_left)
-        _set_epoch_deadline(self._ctx, ticks)
+        _set_epoch_deadline(self._ctx_at, ticks)
 
     def memory_size(self) -> int:
         mem = self.memory()
