@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import wasmtime
-from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 
 from openfang.protocol.errors import SandboxError
@@ -50,21 +49,26 @@ MAX_TABLES = 64  # tables a store may ever be allowed (manifest max_tables, clus
 TABLE_EXPORT_PREFIX = "\0openfang.table."  # reserved export names for the tables a module keeps private
 
 
-# The ctypes functions behind wasmtime._bindings' one-line Python wrappers, for the calls made on every slice
-# and host call (the wrapper is a Python frame each; argtypes and restype are the bindings' own).
-_future_poll = _bindings._wasmtime_call_future_poll
-_future_delete = _bindings._wasmtime_call_future_delete
-_func_call_async = _bindings._wasmtime_func_call_async
-
-# Guest memory's size and base address, read on every host call: own prototypes of the same two C functions
-# (``dll[name]`` makes a new function object; the bindings' own keep their types) taking the context and
-# the memory as plain addresses and returning plain integers, so no pointer object is made per call.
+# The C functions called on every slice and host call, through prototypes of our own (``dll[name]`` makes a
+# new function object; wasmtime's bindings keep theirs) that take plain addresses and return plain integers:
+# no Python wrapper frame, no pointer object made per call. Guest memory's size and base address:
 _memory_data_addr = ffi.dll["wasmtime_memory_data"]
 _memory_data_addr.restype = ctypes.c_void_p
 _memory_data_addr.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 _memory_data_len = ffi.dll["wasmtime_memory_data_size"]
 _memory_data_len.restype = ctypes.c_size_t
 _memory_data_len.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+# The same for the async call itself: start, poll, delete (a future is a plain address here).
+_func_call_async = ffi.dll["wasmtime_func_call_async"]
+_func_call_async.restype = ctypes.c_void_p
+_VOID_P, _SIZE_T = ctypes.c_void_p, ctypes.c_size_t
+_func_call_async.argtypes = [_VOID_P, _VOID_P, _VOID_P, _SIZE_T, _VOID_P, _SIZE_T, _VOID_P, _VOID_P]
+_future_poll = ffi.dll["wasmtime_call_future_poll"]
+_future_poll.restype = ctypes.c_bool
+_future_poll.argtypes = [ctypes.c_void_p]
+_future_delete = ffi.dll["wasmtime_call_future_delete"]
+_future_delete.restype = None
+_future_delete.argtypes = [ctypes.c_void_p]
 # The same for the fuel read after every poll and the epoch deadline set before it.
 _get_fuel = ffi.dll["wasmtime_context_get_fuel"]
 _get_fuel.restype = ctypes.c_void_p  # a wasmtime_error_t*, None when it worked
@@ -672,9 +676,10 @@ class Instance:
         any call: the caller decides between polls whether it has spent too much.
         """
         call = AsyncCall(self, None, (), what="instantiation")
-        call.future = ffi.wasmtime_instance_pre_instantiate_async(
+        future = ffi.wasmtime_instance_pre_instantiate_async(
             self._pre.ptr(), self._ctx, byref(self._raw), byref(call.trap), byref(call.error)
         )
+        call.future = ctypes.cast(future, ctypes.c_void_p).value
         self._call = call
         return call
 
@@ -862,14 +867,14 @@ class AsyncCall:
 
     def start(self) -> None:
         self.future = _func_call_async(
-            self.inst._ctx,
-            byref(self.func),
-            self.args,
+            self.inst._ctx_at,
+            ctypes.addressof(self.func),
+            ctypes.addressof(self.args),
             self.nargs,
-            self.results,
+            ctypes.addressof(self.results),
             self.nresults,
-            byref(self.trap),
-            byref(self.error),
+            ctypes.addressof(self.trap),
+            ctypes.addressof(self.error),
         )
 
     def poll(self, dispatch: HostDispatch) -> bool:
