@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import tomllib
+import zlib
 
 import pytest
 
@@ -346,3 +347,21 @@ def test_render_fills_known_placeholders_like_a_regex_substitution() -> None:
     fuzzed = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(5000)]
     for template in fixed + fuzzed:
         assert render(template, env) == oracle(template), template
+
+
+def test_scripted_plain_and_templated_answers() -> None:
+    """Replies and defaults without placeholders come back as written; with placeholders they are filled."""
+    p = ScriptedProvider.from_config(
+        {
+            "script": [
+                {"match": "(?i)invoice", "reply": "billing"},
+                {"match": "n(\\d+)", "reply": "n={1} {crc16}"},
+            ],
+            "default": "general",
+        }
+    )
+    assert p.complete(user("my invoice")).content == "billing"
+    assert p.complete(user("hello")).content == "general"
+    assert p.complete(user("n42")).content == f"n=42 {zlib.crc32(b'n42') & 0xFFFF:04x}"
+    q = ScriptedProvider.from_config({"default": "{input}: {crc16} {nope}"})
+    assert q.complete(user("hi")).content == f"hi: {zlib.crc32(b'hi') & 0xFFFF:04x} {{nope}}"

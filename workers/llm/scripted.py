@@ -221,6 +221,13 @@ class ScriptedProvider:
             m = rule.match.search(user)
             if m is None:
                 continue
+            if (
+                rule.error is None
+                and rule.tool is None
+                and not rule.chain
+                and len(_pieces(rule.reply or "")) == 1
+            ):
+                return rule.reply or "", []  # a reply with no placeholder: nothing to fill in
             env = self._env(m, user, history)
             if rule.error is not None:
                 raise LLMError(self.name, render(rule.error, env))
@@ -229,7 +236,11 @@ class ScriptedProvider:
             if rule.chain:
                 return None, [self._call(i, rule.chain[0].tool, rule.chain[0].args, env)]
             return render(rule.reply or "", env), []
-        return (user if self.echo else render(self.default, _base_env(user, history))), []
+        if self.echo:
+            return user, []
+        if len(_pieces(self.default)) == 1:
+            return self.default, []
+        return render(self.default, _base_env(user, history)), []
 
     def _call(self, rule_index: int, tool: str, args: Mapping[str, Any], env: Mapping[str, str]) -> ToolCall:
         # The rule's index travels in the call id, so the result finds its rule again with no state here.

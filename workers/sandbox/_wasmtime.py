@@ -661,9 +661,12 @@ class Instance:
         self.last_poll_fuel = 0
         self._mem: GuestMemory | None = None  # the "memory" export, looked up once (after instantiation)
         self._mem_looked_up = False
-        # Argument and result buffers reused by every call (one call at a time per store).
+        # Argument and result buffers reused by every call (one call at a time per store), and where a call
+        # that fails leaves its trap or error (cleared before each call).
         self._args = (ffi.wasmtime_val_t * 2)()
         self._results = (ffi.wasmtime_val_t * 1)()
+        self._trap_slot = ctypes.c_void_p()
+        self._error_slot = ctypes.c_void_p()
         self._pre = pre
         self.closed = False
         self.sliced = False
@@ -677,7 +680,11 @@ class Instance:
         """
         call = AsyncCall(self, None, (), what="instantiation")
         future = ffi.wasmtime_instance_pre_instantiate_async(
-            self._pre.ptr(), self._ctx, byref(self._raw), byref(call.trap), byref(call.error)
+            self._pre.ptr(),
+            self._ctx,
+            byref(self._raw),
+            ctypes.cast(ctypes.addressof(self._trap_slot), POINTER(POINTER(ffi.wasm_trap_t))),
+            ctypes.cast(ctypes.addressof(self._error_slot), POINTER(POINTER(ffi.wasmtime_error_t))),
         )
         call.future = ctypes.cast(future, ctypes.c_void_p).value
         self._call = call
@@ -819,7 +826,6 @@ class AsyncCall:
         "_outcome",
         "_value",
         "args",
-        "error",
         "finished",
         "func",
         "future",
@@ -827,7 +833,6 @@ class AsyncCall:
         "nargs",
         "nresults",
         "results",
-        "trap",
         "what_",
     )
 
@@ -854,8 +859,8 @@ class AsyncCall:
         self.args = buf
         self.nargs = nargs
         self.results = inst._results if nresults <= 1 else (ffi.wasmtime_val_t * nresults)()
-        self.trap = POINTER(ffi.wasm_trap_t)()
-        self.error = POINTER(ffi.wasmtime_error_t)()
+        inst._trap_slot.value = None
+        inst._error_slot.value = None
         self.future: Any = None
         self.finished = False
         self._outcome: SandboxError | None = None
@@ -873,8 +878,8 @@ class AsyncCall:
             self.nargs,
             ctypes.addressof(self.results),
             self.nresults,
-            ctypes.addressof(self.trap),
-            ctypes.addressof(self.error),
+            ctypes.addressof(self.inst._trap_slot),
+            ctypes.addressof(self.inst._error_slot),
         )
 
     def poll(self, dispatch: HostDispatch) -> bool:
@@ -900,10 +905,13 @@ class AsyncCall:
             self.finished = True
             _future_delete(self.future)
             self.future = None
-            if self.trap:
-                self._outcome = _trap_error(self.trap)
-            elif self.error:
-                self._outcome = _wasmtime_error(self.error, f"{self.what} failed")
+            trap, error = inst._trap_slot.value, inst._error_slot.value
+            if trap:
+                self._outcome = _trap_error(ctypes.cast(trap, POINTER(ffi.wasm_trap_t)))
+            elif error:
+                self._outcome = _wasmtime_error(
+                    ctypes.cast(error, POINTER(ffi.wasmtime_error_t)), f"{self.what} failed"
+                )
             elif self.nresults:
                 val = self.results[0]
                 self._value = int(val.of.i64) if _kind(val) == _I64 else int(val.of.i32)
