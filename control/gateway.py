@@ -537,7 +537,14 @@ class Gateway:
                 return
             self.placement.enqueue(row, pending)
             return
-        self._deliver(pending, worker)
+        try:
+            self._deliver(pending, worker)
+        except NotFound:
+            # The worker's socket is gone (it died, or is restarting) before the gateway has learnt of its
+            # loss from the root or its heartbeat: the agent is about to be restarted, so its message waits
+            # as it would during the restart, instead of a `not_found` for an agent that exists. The
+            # worker's loss (or its return) releases it; past the hold bound it gets `restarting`.
+            self.placement.enqueue(row, pending)
 
     def _on_move(self, identity: bytes, delimited: bool, env: Envelope, move: AgentMove) -> None:
         """agent.move (:mod:`.moves`): answered when the agent runs on its target, or refused now."""

@@ -5,6 +5,7 @@ for a later write; a kill's only once the row's removal is."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ class _Spawns:
         self.db = tmp / "agents.db"
         args: dict[str, Any] = {"control": control, "registry": str(self.db)}
         self.gw = Gateway(ChildContext(id="control", path="root/control", args=args), args)
+        self.gw_workers_endpoint = control.workers
         self.worker = self._dealer(control.workers, b"w-0")
         self.client = self._dealer(control.endpoint, b"client")
         self.gw.placement.worker_synced("w-0", [])
@@ -182,3 +184,34 @@ def test_gateway_kill_of_an_agent_no_worker_holds_is_acknowledged_after_the_comm
     ack = spawns.ack(5000)
     assert ack is not None and ack.body == {"agent_id": agent_id, "state": "dead"}
     assert spawns.on_disk(agent_id) is None
+
+
+def test_gateway_message_to_an_agent_whose_worker_just_vanished_waits_for_it(spawns: _Spawns) -> None:
+    """A message for an agent whose worker's socket is gone before the gateway has learnt of the loss is
+    held, not answered `not_found` (the agent exists and is about to be restarted); the worker's return
+    with the agent releases it to that worker."""
+    from openfang.protocol.errors import NotFound
+    from openfang.protocol.sockets import send_nowait
+
+    agent_id = _running_agent(spawns)
+    spawns.worker.close(0)
+    for _ in range(100):  # until the gateway's ROUTER has dropped the peer
+        try:
+            send_nowait(spawns.gw.worker_sock, [b"w-0", b"probe"], peer="worker w-0")
+        except NotFound:
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("the gateway never noticed the worker's socket closing")
+    spawns.client.send(encode(Envelope(type="agent.send", body={"agent_id": agent_id, "text": "hi"})))
+    assert spawns.gw.clients.poll(5000)
+    spawns.gw._drain(spawns.gw.clients, spawns.gw._on_client_frames, receive=receive_client)
+    spawns.gw._flush()
+    assert spawns.ack(200) is None, "answered although the agent is only waiting for its worker"
+    spawns.worker = spawns._dealer(spawns.gw_workers_endpoint, b"w-0")
+    time.sleep(0.1)  # the new DEALER's connection reaches the ROUTER
+    spawns.gw.placement.worker_synced("w-0", [agent_id])
+    spawns.gw._flush()
+    assert spawns.worker.poll(5000), "the held message was not delivered when the worker came back"
+    delivered = decode(spawns.worker.recv())
+    assert delivered.type == "agent.send" and delivered.body["agent_id"] == agent_id
