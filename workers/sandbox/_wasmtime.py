@@ -410,6 +410,8 @@ class Runtime:
         except wasmtime.WasmtimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SandboxError(f"{what}: not a valid wasm module: {first}") from None
+        finally:
+            release_compiler_pages()
         if path is not None:
             # A name of its own per writer: two workers compiling the same module at once each write a
             # whole file, and the rename makes one of them the artifact.
@@ -488,6 +490,42 @@ class Runtime:
         self._pres.clear()
         self._table_names.clear()
         self.linker.close()
+
+
+_MADV_DONTNEED = 4
+_libc: Any = None
+
+
+def release_compiler_pages() -> int:
+    """Unmap from this process the pages of libwasmtime's code that it has touched; the bytes advised.
+
+    Compiling a module runs Cranelift, ~10 MB of libwasmtime's machine code that a worker otherwise never
+    runs again; the pages it touched would stay mapped, and counted in this long-lived process's memory,
+    for as long as it lives (measured: the library's private pages 1.2 -> 12.1 MB after one compile, 2.4 MB
+    after this). Only the executable, never-written mappings of the library are advised (``r-xp``: clean
+    pages of the file, no relocations): the kernel drops them as it would under memory pressure, the page
+    cache keeps them, and the code the runtime still runs is mapped again on its next use (a minor fault).
+    Writable or relocated mappings are never touched. Best effort: any failure leaves the pages mapped.
+    """
+    global _libc
+    try:
+        if _libc is None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            libc.madvise.restype = ctypes.c_int
+            _libc = libc
+        advised = 0
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                if len(fields) < 6 or fields[1] != "r-xp" or not fields[5].endswith("/_libwasmtime.so"):
+                    continue
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                if _libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
+                    advised += end - start
+        return advised
+    except OSError:
+        return 0
 
 
 def _private(path: Path) -> bool:
