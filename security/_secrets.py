@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 
 import ahocorasick_rs
@@ -233,7 +233,7 @@ def _literal_free(detectors: tuple[Detector, ...]) -> tuple[Detector, ...]:
     return entry[1]
 
 
-def _may_match(det: Detector, text: str, data: bytes, found: set[str]) -> bool:
+def _may_match(det: Detector, text: str, data: bytes, found: Set[str]) -> bool:
     """False when ``det`` cannot match the pure-ASCII ``text`` (``data``: its bytes); ``found`` holds the
     lower-cased needles that occur in the lower-cased text."""
     if det.needs and not any(n.lower() in found and (det.needs_any_case or n in text) for n in det.needs):
@@ -243,28 +243,34 @@ def _may_match(det: Detector, text: str, data: bytes, found: set[str]) -> bool:
     return not det.token_run or b"t" * det.token_run in data.translate(_TOKEN_SHAPE)
 
 
+_NOTHING: frozenset[str] = frozenset()
+
+
 def find_secrets(text: str, detectors: Iterable[Detector]) -> list[Finding]:
     """Every non-overlapping finding in ``text``, earlier and longer spans first.
 
     In a pure-ASCII text a detector that cannot match (:class:`Detector`'s needs) is skipped; the findings
-    are the same as running every detector's regex.
+    are the same as :func:`scan_all`'s, which runs every detector's regex.
     """
-    found: list[Finding] = []
-    filtered = text.isascii()
-    present: set[str] = set()
-    data = b""
-    if filtered:
+    if text.isascii():
         data = text.encode("ascii")
         if not isinstance(detectors, tuple):
             detectors = tuple(detectors)
         matches = _NEEDLE_AUTOMATON.find_matches_as_indexes(text.lower(), overlapping=True)
-        if matches:
-            present = {_NEEDLES[i] for i, _, _ in matches}
-        else:
+        present = {_NEEDLES[i] for i, _, _ in matches} if matches else _NOTHING
+        if not matches:
             detectors = _literal_free(detectors)
+        detectors = [det for det in detectors if _may_match(det, text, data, present)]
+        if not detectors:
+            return []  # most plain replies: no detector can match
+    return scan_all(text, detectors)
+
+
+def scan_all(text: str, detectors: Iterable[Detector]) -> list[Finding]:
+    """Every non-overlapping finding of the detectors' regexes in ``text``, no detector skipped; earlier and
+    longer spans first."""
+    found: list[Finding] = []
     for det in detectors:
-        if filtered and not _may_match(det, text, data, present):
-            continue
         for m in det.pattern.finditer(text):
             value = m.group(det.group)
             if value is None or (det.check is not None and not det.check(value)):

@@ -9,9 +9,8 @@ from pathlib import Path
 from openfang.security._secrets import (
     PII_DETECTORS,
     SECRET_DETECTORS,
-    Detector,
-    Finding,
     find_secrets,
+    scan_all,
     select_detectors,
 )
 
@@ -88,24 +87,6 @@ PIECES = (
 )
 
 
-def _full_scan(text: str, detectors: tuple[Detector, ...]) -> list[Finding]:
-    """The oracle: every detector's regex on the whole text, no prefilter (find_secrets before it had one)."""
-    found: list[Finding] = []
-    for det in detectors:
-        for m in det.pattern.finditer(text):
-            value = m.group(det.group)
-            if value is None or (det.check is not None and not det.check(value)):
-                continue
-            found.append(Finding(kind=det.kind, start=m.start(det.group), end=m.end(det.group)))
-    found.sort(key=lambda f: (f.start, -(f.end - f.start)))
-    merged: list[Finding] = []
-    for f in found:
-        if merged and f.start < merged[-1].end:
-            continue
-        merged.append(f)
-    return merged
-
-
 def _corpus() -> list[str]:
     texts = list(SAMPLES)
     for path in sorted(DATA.glob("*.jsonl")):
@@ -119,7 +100,7 @@ def test_find_secrets_prefilter_matches_full_scan_on_corpus() -> None:
     assert len(texts) > 500
     for detectors in (ALL, select_detectors(None, pii=("email", "credit_card", "us_ssn"))):
         for text in texts:
-            assert find_secrets(text, detectors) == _full_scan(text, detectors), text
+            assert find_secrets(text, detectors) == scan_all(text, detectors), text
 
 
 def test_find_secrets_prefilter_matches_full_scan_fuzzed() -> None:
@@ -130,7 +111,7 @@ def test_find_secrets_prefilter_matches_full_scan_fuzzed() -> None:
     for _ in range(4000):
         parts = [rng.choice(PIECES) for _ in range(rng.randint(1, 8))]
         text = "".join(p.upper() if rng.random() < 0.1 else p for p in parts)
-        want = _full_scan(text, ALL)
+        want = scan_all(text, ALL)
         hits += bool(want)
         assert find_secrets(text, ALL) == want, text
     assert hits > 1000  # the fuzz does reach the detectors, not only the skip path
@@ -139,7 +120,7 @@ def test_find_secrets_prefilter_matches_full_scan_fuzzed() -> None:
 def test_find_secrets_accepts_any_iterable_of_detectors() -> None:
     """A list or generator of detectors works like the tuple the redactor passes."""
     text = "key AKIAIOSFODNN7EXAMPLE and bob@example.com"
-    want = _full_scan(text, ALL)
+    want = scan_all(text, ALL)
     assert [f.kind for f in want] == ["aws_access_key", "email"]
     assert find_secrets(text, list(ALL)) == want
     assert find_secrets(text, (d for d in ALL)) == want
