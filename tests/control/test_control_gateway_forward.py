@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
+from control_gateway_kit import dealer, in_process_gateway
 
-from openfang.control.config import ControlConfig
 from openfang.control.gateway import Gateway
 from openfang.protocol import messages
 from openfang.protocol.envelope import Envelope, decode, encode
@@ -25,18 +24,9 @@ class _Link:
     """A gateway in this process and a DEALER speaking for worker ``w-0``, which hosts agent ``a-1``."""
 
     def __init__(self, tmp: Path) -> None:
-        control = ControlConfig(
-            endpoint=f"ipc://{tmp}/control.sock",
-            events=f"ipc://{tmp}/events.sock",
-            workers=f"ipc://{tmp}/workers.sock",
-        )
-        args: dict[str, Any] = {"control": control, "registry": str(tmp / "agents.db")}
-        self.gw = Gateway(ChildContext(id="control", path="root/control", args=args), args)
+        self.gw = in_process_gateway(tmp)
         self.gw.agents.add("a-1", "w-0")
-        self.sock = self.gw.zctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.ROUTING_ID, b"w-0")
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(control.workers)
+        self.sock = dealer(self.gw, self.gw.control.workers, b"w-0")
 
     def forward(self, type_: str, body: dict[str, Any], sender: str = "a-1") -> Envelope:
         """Send ``type_`` for ``sender`` inside a worker.forward; the gateway's answer."""

@@ -12,13 +12,12 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
+from control_gateway_kit import dealer, in_process_gateway
 
-from openfang.control.config import ControlConfig
-from openfang.control.gateway import Gateway, _Worker
+from openfang.control.gateway import _Worker
 from openfang.control.guard import receive_client
 from openfang.protocol import messages
 from openfang.protocol.envelope import Envelope, decode, encode
-from openfang.supervisor.child import ChildContext
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +26,9 @@ class _Door:
     """A gateway in this process, a client DEALER on its control socket and a DEALER for worker w-0."""
 
     def __init__(self, tmp: Path) -> None:
-        control = ControlConfig(
-            endpoint=f"ipc://{tmp}/control.sock",
-            events=f"ipc://{tmp}/events.sock",
-            workers=f"ipc://{tmp}/workers.sock",
-        )
-        args: dict[str, Any] = {"control": control, "registry": str(tmp / "agents.db")}
-        self.gw = Gateway(ChildContext(id="control", path="root/control", args=args), args)
-        self.client = self._dealer(control.endpoint, b"client-1")
-        self.worker = self._dealer(control.workers, b"w-0")
+        self.gw = in_process_gateway(tmp)
+        self.client = dealer(self.gw, self.gw.control.endpoint, b"client-1")
+        self.worker = dealer(self.gw, self.gw.control.workers, b"w-0")
         self.worker.send(
             encode(
                 Envelope(type="worker.hello", body={"worker": "w-0", "pid": 4242, "cpu": 0, "agent_ids": []})
@@ -44,13 +37,6 @@ class _Door:
         assert self.gw.worker_sock.poll(5000)
         self.gw._drain(self.gw.worker_sock, self.gw._on_worker_frames)
         assert "w-0" in self.gw.workers
-
-    def _dealer(self, endpoint: str, identity: bytes) -> zmq.Socket[bytes]:
-        sock: zmq.Socket[bytes] = self.gw.zctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.ROUTING_ID, identity)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
-        return sock
 
     def ask(self, *bodies: Any, type_: str = "agent.send") -> list[str]:
         """Send requests (a dict is the body of a valid envelope, bytes a raw frame) and let the gateway

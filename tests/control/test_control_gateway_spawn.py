@@ -8,17 +8,13 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import zmq
+from control_gateway_kit import dealer, in_process_gateway
 
-from openfang.control.config import ControlConfig
-from openfang.control.gateway import Gateway
 from openfang.control.guard import receive_client
 from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.protocol.errors import SecurityError
-from openfang.supervisor.child import ChildContext
 
 pytestmark = pytest.mark.integration
 
@@ -29,25 +25,11 @@ class _Spawns:
     """The gateway, a client DEALER and worker ``w-0`` (synced, hosting nothing); turns driven by hand."""
 
     def __init__(self, tmp: Path) -> None:
-        control = ControlConfig(
-            endpoint=f"ipc://{tmp}/control.sock",
-            events=f"ipc://{tmp}/events.sock",
-            workers=f"ipc://{tmp}/workers.sock",
-        )
         self.db = tmp / "agents.db"
-        args: dict[str, Any] = {"control": control, "registry": str(self.db)}
-        self.gw = Gateway(ChildContext(id="control", path="root/control", args=args), args)
-        self.gw_workers_endpoint = control.workers
-        self.worker = self._dealer(control.workers, b"w-0")
-        self.client = self._dealer(control.endpoint, b"client")
+        self.gw = in_process_gateway(tmp)
+        self.worker = dealer(self.gw, self.gw.control.workers, b"w-0")
+        self.client = dealer(self.gw, self.gw.control.endpoint, b"client")
         self.gw.placement.worker_synced("w-0", [])
-
-    def _dealer(self, endpoint: str, routing_id: bytes) -> zmq.Socket[bytes]:
-        sock = self.gw.zctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.ROUTING_ID, routing_id)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
-        return sock
 
     def spawn(self) -> Envelope:
         """The client's spawn, taken in by the gateway: what the worker receives."""
@@ -208,7 +190,7 @@ def test_gateway_message_to_an_agent_whose_worker_just_vanished_waits_for_it(spa
     spawns.gw._drain(spawns.gw.clients, spawns.gw._on_client_frames, receive=receive_client)
     spawns.gw._flush()
     assert spawns.ack(200) is None, "answered although the agent is only waiting for its worker"
-    spawns.worker = spawns._dealer(spawns.gw_workers_endpoint, b"w-0")
+    spawns.worker = dealer(spawns.gw, spawns.gw.control.workers, b"w-0")
     time.sleep(0.1)  # the new DEALER's connection reaches the ROUTER
     spawns.gw.placement.worker_synced("w-0", [agent_id])
     spawns.gw._flush()

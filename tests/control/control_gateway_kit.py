@@ -1,0 +1,34 @@
+"""A real gateway in the test's process, built as its child builds it (its ZeroMQ sockets on ipc paths
+under ``tmp``, its registry file), and DEALERs that speak to it for clients or workers; the tests drive
+its loop turns by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from openfang.control.config import ControlConfig
+from openfang.control.gateway import Gateway
+from openfang.supervisor.child import ChildContext
+
+
+def in_process_gateway(tmp: Path) -> Gateway:
+    """A gateway bound under ``tmp`` (``control.sock``, ``events.sock``, ``workers.sock``, ``agents.db``)."""
+    control = ControlConfig(
+        endpoint=f"ipc://{tmp}/control.sock",
+        events=f"ipc://{tmp}/events.sock",
+        workers=f"ipc://{tmp}/workers.sock",
+    )
+    args: dict[str, Any] = {"control": control, "registry": str(tmp / "agents.db")}
+    return Gateway(ChildContext(id="control", path="root/control", args=args), args)
+
+
+def dealer(gw: Gateway, endpoint: str, routing_id: bytes) -> zmq.Socket[bytes]:
+    """A DEALER on ``endpoint`` (one of the gateway's) with ``routing_id``, closed without linger."""
+    sock: zmq.Socket[bytes] = gw.zctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    return sock
