@@ -192,3 +192,18 @@ script = [
   {match = "recall", tool = "kv_get", args = {key = "k"}, then = "got {result}"},
 ]
 """
+
+# The Rust counter example: counts its messages in linear memory, so a snapshot, a wake or a move that
+# loses its state shows in the next reply ("message N ...").
+COUNTER = EXAMPLES / "rust" / "counter.wasm"
+
+
+def spawn_counter(d: Driver, extra: str = "") -> str:
+    """Spawn the counter example (``extra``: more [agent] lines); its id."""
+    text = manifest("counter", module=str(COUNTER), model=False, agent=extra)
+    return str(d.ok("agent.spawn", manifest=text)["agent_id"])
+
+
+def say(d: Driver, aid: str, text: str = "hi") -> str:
+    """Send ``text`` to ``aid``; the reply."""
+    return str(d.ok("agent.send", agent_id=aid, text=text)["reply"])

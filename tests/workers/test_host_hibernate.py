@@ -7,9 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sandbox_helpers import KV_AGENT, Driver, make_host, manifest
-
-COUNTER = Path(__file__).resolve().parents[2] / "examples" / "agents" / "rust" / "counter.wasm"
+from sandbox_helpers import COUNTER, KV_AGENT, Driver, make_host, manifest, say, spawn_counter
 
 # State in a private global: a snapshot cannot read it back.
 HIDDEN_WAT = """(module
@@ -20,15 +18,6 @@ HIDDEN_WAT = """(module
     (global.set $secret (i32.add (global.get $secret) (i32.const 1)))
     (i64.const 0))
 )"""
-
-
-def _counter(d: Driver, extra: str = "") -> str:
-    text = manifest("counter", module=str(COUNTER), model=False, agent=extra)
-    return str(d.ok("agent.spawn", manifest=text)["agent_id"])
-
-
-def _say(d: Driver, aid: str) -> str:
-    return str(d.ok("agent.send", agent_id=aid, text="hi")["reply"])
 
 
 def _written(d: Driver, path: Path) -> None:
@@ -44,7 +33,7 @@ def test_host_hibernate_refused_while_a_message_is_in_progress(tmp_path: Path) -
     """agent.hibernate with a message in flight is a sandbox_error saying so; the message is answered."""
     d = make_host(snapshot_dir=tmp_path)
     try:
-        aid = _counter(d)
+        aid = spawn_counter(d)
         send = d.submit("agent.send", agent_id=aid, text="hi")  # started at once: a call is in progress
         refused = d.call("agent.hibernate", agent_id=aid)
         assert refused.body["code"] == "sandbox_error"
@@ -59,10 +48,10 @@ def test_host_hibernate_without_snapshot_dir_is_refused() -> None:
     """A host with no data directory refuses agent.hibernate naming the reason; the agent keeps working."""
     d = make_host()
     try:
-        aid = _counter(d)
+        aid = spawn_counter(d)
         refused = d.call("agent.hibernate", agent_id=aid)
         assert refused.body["code"] == "sandbox_error" and "data directory" in refused.body["message"]
-        assert "message 1 " in _say(d, aid)
+        assert "message 1 " in say(d, aid)
     finally:
         d.host.close()
 
@@ -96,14 +85,14 @@ def test_host_idle_timer_hibernates_and_next_message_wakes(tmp_path: Path) -> No
     its count; the events say hibernated (why idle) then running (woken)."""
     d = make_host(snapshot_dir=tmp_path)
     try:
-        aid = _counter(d, "idle_hibernate_s = 0.05")
-        assert "message 1 " in _say(d, aid)
+        aid = spawn_counter(d, "idle_hibernate_s = 0.05")
+        assert "message 1 " in say(d, aid)
         end = time.monotonic() + 10
         while d.ok("agent.info", agent_id=aid)["state"] != "hibernated":
             assert time.monotonic() < end, "not hibernated by the idle timer"
             d.pump()
         assert d.ok("agent.info", agent_id=aid)["activity"] == "hibernated"
-        assert "message 2 " in _say(d, aid)
+        assert "message 2 " in say(d, aid)
         states = [(e["state"], e.get("why")) for e in d.events if e.get("agent_id") == aid]  # type: ignore[attr-defined]
         assert ("hibernated", "idle") in states and ("running", "message") in states
     finally:
@@ -115,9 +104,9 @@ def test_host_unreadable_snapshot_restarts_fresh_and_answers(tmp_path: Path) -> 
     woke it is still answered, by the new instance."""
     d = make_host(snapshot_dir=tmp_path)
     try:
-        aid = _counter(d)
-        _say(d, aid)
-        _say(d, aid)
+        aid = spawn_counter(d)
+        say(d, aid)
+        say(d, aid)
         d.ok("agent.hibernate", agent_id=aid)
         path = tmp_path / f"{aid}.snap"
         _written(d, path)
@@ -126,7 +115,7 @@ def test_host_unreadable_snapshot_restarts_fresh_and_answers(tmp_path: Path) -> 
         data = bytearray(path.read_bytes())
         data[-3] ^= 0xFF
         path.write_bytes(bytes(data))
-        assert "message 1 " in _say(d, aid)  # a fresh instance: the count started over
+        assert "message 1 " in say(d, aid)  # a fresh instance: the count started over
         info = d.ok("agent.info", agent_id=aid)
         assert info["state"] == "running" and info["restarts"] == 1
     finally:
@@ -142,7 +131,7 @@ def test_host_move_answers_messages_already_in_then_the_target_restores_the_coun
     try:
         text = manifest("counter", module=str(COUNTER), model=False)
         aid = str(source.ok("agent.spawn", manifest=text)["agent_id"])
-        assert "message 1 " in _say(source, aid)
+        assert "message 1 " in say(source, aid)
         in_flight = source.submit("agent.send", agent_id=aid, text="hi")
         move = source.submit("agent.move", agent_id=aid, to="w-other")
         late = source.call("agent.send", agent_id=aid, text="hi")  # an agent's direct send meanwhile
@@ -153,7 +142,7 @@ def test_host_move_answers_messages_already_in_then_the_target_restores_the_coun
         assert aid not in source.host.agent_ids()
         spawned = target.ok("agent.spawn", manifest=text, agent_id=aid, resume=True)
         assert spawned["restore"] == "snapshot"
-        assert "message 3 " in _say(target, aid)
+        assert "message 3 " in say(target, aid)
         assert not (tmp_path / f"{aid}.snap").exists()  # restore = "fresh": the file was used once
     finally:
         source.host.close()
@@ -165,7 +154,7 @@ def test_host_move_refusals_leave_the_agent_running(tmp_path: Path) -> None:
     middle of a message: refused until resumed; a second move in progress: busy."""
     d = make_host(snapshot_dir=tmp_path)
     try:
-        aid = _counter(d)
+        aid = spawn_counter(d)
         send = d.submit("agent.send", agent_id=aid, text="hi")
         busy = d.call("agent.move", agent_id=aid, wait_ms=0)
         assert busy.body["code"] == "sandbox_error" and "still busy" in busy.body["message"], busy.body

@@ -8,21 +8,10 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from sandbox_helpers import KV_AGENT, Driver, make_host, manifest
+from sandbox_helpers import COUNTER, KV_AGENT, Driver, make_host, manifest, say, spawn_counter
 
 from openfang.workers.host.agent_host import AgentHost, HostParts
 from openfang.workers.tools.registry import default_registry
-
-COUNTER = Path(__file__).resolve().parents[2] / "examples" / "agents" / "rust" / "counter.wasm"
-
-
-def _spawn(d: Driver) -> str:
-    text = manifest("counter", module=str(COUNTER), model=False)
-    return str(d.ok("agent.spawn", manifest=text)["agent_id"])
-
-
-def _say(d: Driver, aid: str) -> str:
-    return str(d.ok("agent.send", agent_id=aid, text="hi")["reply"])
 
 
 def _parked(d: Driver, ids: list[str]) -> None:
@@ -37,9 +26,9 @@ def test_host_park_hibernated_agent_keeps_no_record_and_answers_with_its_count(t
     without rebuilding it, agent.list shows it, and its next message is answered with its count."""
     d = make_host(snapshot_dir=tmp_path)
     try:
-        aid = _spawn(d)
-        _say(d, aid)
-        _say(d, aid)
+        aid = spawn_counter(d)
+        say(d, aid)
+        say(d, aid)
         d.ok("agent.hibernate", agent_id=aid)
         _parked(d, [aid])
         assert aid not in d.host._agents and d.host.agent_count() == 1
@@ -50,7 +39,7 @@ def test_host_park_hibernated_agent_keeps_no_record_and_answers_with_its_count(t
         assert listed == {aid: "hibernated"}
         page = d.ok("agent.list", ids=[aid, "nobody"])["agents"]  # a page's ids, as the gateway asks
         assert [(a["agent_id"], a["state"], a["spawn"]) for a in page] == [(aid, "hibernated", "parked")]
-        assert "message 3 " in _say(d, aid)
+        assert "message 3 " in say(d, aid)
         assert aid in d.host._agents and aid not in d.host._parked
         assert d.ok("agent.info", agent_id=aid)["state"] == "running"
     finally:
@@ -62,9 +51,9 @@ def test_host_park_requests_that_do_not_wake_leave_it_parked(tmp_path: Path) -> 
     is parked again afterwards; agent.kill removes it and its file; agent.wake wakes it."""
     d = make_host(snapshot_dir=tmp_path)
     try:
-        a, b = _spawn(d), _spawn(d)
+        a, b = spawn_counter(d), spawn_counter(d)
         for aid in (a, b):
-            _say(d, aid)
+            say(d, aid)
             d.ok("agent.hibernate", agent_id=aid)
         _parked(d, [a, b])
         assert d.ok("agent.hibernate", agent_id=a)["state"] == "hibernated"
@@ -72,7 +61,7 @@ def test_host_park_requests_that_do_not_wake_leave_it_parked(tmp_path: Path) -> 
         assert refused.is_error and "hibernated" in str(refused.body["message"])
         assert a in d.host._parked and a not in d.host._agents
         assert d.ok("agent.wake", agent_id=a)["state"] == "running"
-        assert "message 2 " in _say(d, a)
+        assert "message 2 " in say(d, a)
         assert d.ok("agent.kill", agent_id=b)["state"] == "dead"
         assert b not in d.host._parked and not (tmp_path / f"{b}.snap").exists()
         assert d.call("agent.send", agent_id=b, text="hi").body["code"] == "not_found"
@@ -98,8 +87,8 @@ def test_host_park_burst_to_a_parked_agent_answered_in_order(tmp_path: Path) -> 
     """Five messages submitted at once to a parked agent: one wake, all answered, counts in order."""
     d = make_host(snapshot_dir=tmp_path)
     try:
-        aid = _spawn(d)
-        _say(d, aid)
+        aid = spawn_counter(d)
+        say(d, aid)
         d.ok("agent.hibernate", agent_id=aid)
         _parked(d, [aid])
         envs = [d.submit("agent.send", agent_id=aid, text="hi") for _ in range(5)]
@@ -115,13 +104,13 @@ def test_host_park_memory_does_not_grow_with_parked_agents(tmp_path: Path) -> No
     tests sharing this process cannot move the figure as they move its USS."""
     d = Driver(AgentHost("w-test", HostParts(snapshot_dir=tmp_path, max_resident=20)))  # no event list
     try:
-        warm = [_spawn(d) for _ in range(300)]
+        warm = [spawn_counter(d) for _ in range(300)]
         _parked(d, warm[:250])
         gc.collect()
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
-            more = [_spawn(d) for _ in range(2000)]
+            more = [spawn_counter(d) for _ in range(2000)]
             _parked(d, more[:1950])
             gc.collect()
             grown = tracemalloc.get_traced_memory()[0] - before
@@ -130,7 +119,7 @@ def test_host_park_memory_does_not_grow_with_parked_agents(tmp_path: Path) -> No
         assert len(d.host._parked) >= 2200 and d.host._hib.resident(d.host._agents) <= 20
         print(f"python heap growth for 2,000 parked agents: {grown / 2**20:.2f} MB")
         assert grown < 4 * 2**20, f"the Python heap grew {grown / 2**20:.1f} MB for 2,000 parked agents"
-        assert "message 1 " in _say(d, more[0])
+        assert "message 1 " in say(d, more[0])
     finally:
         d.host.close()
 
@@ -142,17 +131,17 @@ def test_host_park_resume_spawn_of_a_sleeper_is_parked_without_loading(tmp_path:
     source, target = make_host(snapshot_dir=tmp_path), make_host(snapshot_dir=tmp_path)
     text = manifest("counter", module=str(COUNTER), model=False)
     try:
-        aid, awake = _spawn(source), _spawn(source)
-        _say(source, aid)
-        _say(source, aid)
-        _say(source, awake)
+        aid, awake = spawn_counter(source), spawn_counter(source)
+        say(source, aid)
+        say(source, aid)
+        say(source, awake)
         source.ok("agent.hibernate", agent_id=aid)
         _parked(source, [aid])
         spawned = target.ok("agent.spawn", manifest=text, agent_id=aid, resume=True)
         assert spawned["spawn"] == "parked" and spawned["restore"] == "snapshot"
         assert aid in target.host._parked and aid not in target.host._agents
         assert target.host.runtime_stats() == {"live_stores": 0, "agents": 1}
-        assert "message 3 " in _say(target, aid)
+        assert "message 3 " in say(target, aid)
         again = target.ok("agent.spawn", manifest=text, agent_id=awake, resume=True)
         assert again["spawn"] != "parked" and awake in target.host._agents
     finally:

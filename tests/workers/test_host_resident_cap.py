@@ -9,22 +9,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sandbox_helpers import Driver, make_host, manifest
+from sandbox_helpers import COUNTER, Driver, make_host, manifest, say, spawn_counter
 
 from openfang.protocol.errors import ConfigError
 from openfang.workers.host.hibernation import Hibernation
 from openfang.workers.host.wiring import _max_resident
-
-COUNTER = Path(__file__).resolve().parents[2] / "examples" / "agents" / "rust" / "counter.wasm"
-
-
-def _spawn(d: Driver) -> str:
-    text = manifest("counter", module=str(COUNTER), model=False)
-    return str(d.ok("agent.spawn", manifest=text)["agent_id"])
-
-
-def _say(d: Driver, aid: str) -> str:
-    return str(d.ok("agent.send", agent_id=aid, text="hi")["reply"])
 
 
 def _states(d: Driver, ids: list[str]) -> dict[str, str]:
@@ -52,10 +41,10 @@ def test_host_resident_cap_hibernates_least_recently_used(tmp_path: Path) -> Non
     last stay running."""
     d = make_host(snapshot_dir=tmp_path, max_resident=3)
     try:
-        ids = [_spawn(d) for _ in range(5)]
+        ids = [spawn_counter(d) for _ in range(5)]
         # Use them in a known order after spawning: ids[2] and ids[0] become the least recently used.
         for aid in (ids[2], ids[0], ids[4], ids[1], ids[3]):
-            _say(d, aid)
+            say(d, aid)
         states = _settle(d, ids, 2)
         assert sorted(a for a, s in states.items() if s == "hibernated") == sorted([ids[2], ids[0]])
         assert [states[a] for a in (ids[1], ids[3], ids[4])] == ["running"] * 3
@@ -71,13 +60,13 @@ def test_host_resident_cap_hibernated_agent_answers_with_its_state(tmp_path: Pat
     cap hibernate another (the least recently used), so residents stay at the cap."""
     d = make_host(snapshot_dir=tmp_path, max_resident=2)
     try:
-        ids = [_spawn(d) for _ in range(3)]
+        ids = [spawn_counter(d) for _ in range(3)]
         for aid in ids:
-            _say(d, aid)
+            say(d, aid)
         _settle(d, ids, 1)
         first = next(a for a, s in _states(d, ids).items() if s == "hibernated")
         assert first == ids[0]
-        assert "message 2 " in _say(d, first)  # woken by the message, its count kept
+        assert "message 2 " in say(d, first)  # woken by the message, its count kept
         states = _settle(d, ids, 1)
         assert states[first] == "running"
         assert states[ids[1]] == "hibernated"  # now the least recently used
@@ -135,11 +124,11 @@ def test_host_resident_cap_needs_snapshot_dir_to_act() -> None:
     """A host without a snapshot directory cannot hibernate: the cap takes no agent, all keep answering."""
     d = make_host(max_resident=1)
     try:
-        ids = [_spawn(d) for _ in range(3)]
+        ids = [spawn_counter(d) for _ in range(3)]
         for _ in range(20):
             d.pump()
         assert set(_states(d, ids).values()) == {"running"}
-        assert all("message 1 " in _say(d, aid) for aid in ids)
+        assert all("message 1 " in say(d, aid) for aid in ids)
     finally:
         d.host.close()
 
@@ -163,11 +152,11 @@ def _snapshots(tmp_path: Path, counts: list[int]) -> list[Any]:
 
     d = make_host(snapshot_dir=tmp_path / "host")
     try:
-        aid = _spawn(d)
+        aid = spawn_counter(d)
         out, said = [], 0
         for n in counts:
             while said < n:
-                _say(d, aid)
+                say(d, aid)
                 said += 1
             out.append(capture(d.host._agents[aid].sandbox))
         return out
@@ -220,9 +209,9 @@ def test_host_burst_of_hibernations_all_reach_disk(tmp_path: Path) -> None:
     record is let go (parked) once its file is there; each wakes with its count."""
     d = make_host(snapshot_dir=tmp_path)
     try:
-        ids = [_spawn(d) for _ in range(40)]
+        ids = [spawn_counter(d) for _ in range(40)]
         for aid in ids:
-            _say(d, aid)
+            say(d, aid)
         for aid in ids:
             d.ok("agent.hibernate", agent_id=aid)
         end = time.monotonic() + 20
@@ -230,7 +219,7 @@ def test_host_burst_of_hibernations_all_reach_disk(tmp_path: Path) -> None:
             assert time.monotonic() < end, "snapshots still only in memory"
             d.pump()
         assert all((tmp_path / f"{a}.snap").is_file() for a in ids)
-        assert all("message 2 " in _say(d, a) for a in ids[::7])
+        assert all("message 2 " in say(d, a) for a in ids[::7])
     finally:
         d.host.close()
 
@@ -240,9 +229,9 @@ def test_host_resident_cap_makes_room_before_a_spawn(tmp_path: Path) -> None:
     a stream of spawns cannot outrun the cap (a burst once ran a worker out of memory maps)."""
     d = make_host(snapshot_dir=tmp_path, max_resident=3)
     try:
-        first = [_spawn(d) for _ in range(3)]
+        first = [spawn_counter(d) for _ in range(3)]
         for aid in first:
-            _say(d, aid)
+            say(d, aid)
         hib = d.host._hib
         assert hib.resident(d.host._agents) == 3
         text = manifest("counter", module=str(COUNTER), model=False)
@@ -250,7 +239,7 @@ def test_host_resident_cap_makes_room_before_a_spawn(tmp_path: Path) -> None:
         assert hib.resident(d.host._agents) == 3
         assert d.host._agents[first[0]].hibernated  # the least recently used made room
         new = str(d.wait(env).body["agent_id"])
-        assert "message 1 " in _say(d, new)
-        assert "message 2 " in _say(d, first[0])
+        assert "message 1 " in say(d, new)
+        assert "message 2 " in say(d, first[0])
     finally:
         d.host.close()
