@@ -162,7 +162,7 @@ c.close()
 def test_kill9_under_load_from_two_processes_loses_no_acknowledged_write(writer, tmp_path: Path) -> None:
     """kill -9 the writer several times under load: every acked write is stored exactly once, db intact."""
     w = writer()
-    n = 6000
+    n = 12000  # enough load that most of the four kills land while both loaders still write
     loaders = []
     for tag in ("p1", "p2"):
         out = tmp_path / f"{tag}.acks"
