@@ -33,6 +33,7 @@ from typing import Any
 import structlog
 
 from openfang.protocol.errors import ConfigError, SupervisorError
+from openfang.supervisor import trim
 from openfang.supervisor._events import Events, EventSink, exit_fields
 from openfang.supervisor._launch import Launcher
 from openfang.supervisor._record import (
@@ -189,6 +190,7 @@ class SupervisorCore(abc.ABC):
             self._watcher.adopt_orphans(self.record.pids)
         self.record.status = SUP_RUNNING
         self._start_children()  # which imports the children's modules first (_proc.preimport_tree)
+        trim.trim()  # the start's garbage (imports, specs) back to the kernel: this process lives long
 
     def shutdown(self) -> None:
         """Stop every child per its shutdown policy and return when all are reaped."""

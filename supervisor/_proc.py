@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from openfang.supervisor import trim
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED, ChildContext, resolve_target, uplink_pair
 from openfang.supervisor.restart import NORMAL, ExitReason, abnormal
 from openfang.supervisor.spec import ChildSpec, SupervisorSpec
@@ -116,6 +117,9 @@ def spawn(
     # copy the pages of the objects a child really uses; the others stay shared for good. What is garbage
     # now (cycles) is kept, not collected: a supervisor forks rarely and holds little garbage.
     gc.freeze()
+    # Free heap pages are not worth inheriting: dropped here, the child neither maps them nor copies them
+    # when it allocates there (it gets fresh zero pages, as it would copies).
+    trim.trim()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, which never returns from here
         try:

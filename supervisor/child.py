@@ -43,6 +43,7 @@ from typing import Any
 import msgpack
 
 from openfang.protocol.errors import FrameTooLarge, ProtocolError, SupervisorError, Timeout
+from openfang.supervisor import trim
 
 EXIT_CRASH = 1  # the child raised (or failed before running its target)
 EXIT_ESCALATED = 3  # a supervisor that gave up; its parent reports the exit with detail "escalated"
@@ -158,6 +159,7 @@ class ChildContext:
     uplink: socket.socket | None = None
     _ready_sent: bool = False
     _last_heartbeat: float = 0.0
+    _trim: trim.QuietTrim | None = None
 
     def send(self, msg: Mapping[str, Any]) -> None:
         """Send one message up. A dead parent is not an error here: PDEATHSIG ends us right after.
@@ -183,6 +185,24 @@ class ChildContext:
         if not self._ready_sent:
             self._ready_sent = True
             self.send({"t": "ready", "info": info})
+            # Its start is over: the garbage of imports and setup goes back to the kernel now, and the
+            # loop's heartbeat trims again after each later burst it reports (:meth:`worked`).
+            trim.trim()
+            self._trim = trim.QuietTrim(armed=False)
+
+    def worked(self) -> None:
+        """Tell the process's memory trimming that this loop turn did work (see :mod:`.trim`): once the
+        loop has been quiet for a moment, a :meth:`heartbeat` gives the burst's free heap pages back."""
+        if self._trim is not None:
+            self._trim.busy()
+
+    def when_quiet(self, hook: Callable[[], object]) -> None:
+        """Run ``hook`` each time the loop goes quiet after a burst, before the heap is trimmed (a child's
+        own memory to give back while idle, such as code pages it can map again on use). Call after
+        :meth:`ready`; a hook that raises is not run again."""
+        if self._trim is None:
+            raise SupervisorError("when_quiet: call ready() first (the trimming starts with it)")
+        self._trim.hooks.append(hook)
 
     def ignore(self) -> None:
         """OTP's ``ignore``: do not count this child as started (call, then return)."""
@@ -198,6 +218,8 @@ class ChildContext:
         if now - self._last_heartbeat >= HEARTBEAT_MIN_GAP_S:
             self._last_heartbeat = now
             self.send({"t": "hb"})
+        if self._trim is not None:
+            self._trim.tick(now)
 
     def event(self, kind: str, **fields: Any) -> None:
         """Emit a lifecycle event; the root publishes it on the event stream."""

@@ -228,3 +228,23 @@ def record_term(ctx: ChildContext) -> None:
     ctx.ready()
     while True:
         time.sleep(3600)
+
+
+def trim_loop(ctx: ChildContext) -> None:
+    """Ready, then bursts of garbage, each followed by a quiet period whose trim runs a hook that marks
+    ``quiet``; beats every 20 ms until stopped."""
+    from openfang.supervisor import trim
+
+    trim.QUIET_S = 0.05
+    _mark(ctx)
+    ctx.ready()
+    ctx.when_quiet(lambda: _mark(ctx, "quiet"))
+    turn = 0
+    while True:
+        if turn % 20 == 0:  # a burst: garbage (large blocks come from malloc), then quiet
+            junk = [bytes(4096) for _ in range(2000)]
+            del junk
+            ctx.worked()
+        time.sleep(0.02)
+        ctx.heartbeat()
+        turn += 1
