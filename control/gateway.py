@@ -296,6 +296,7 @@ class Gateway:
                 # receive_client also reads the identity the transport proved (guard.peer_identity).
                 self._drain(self.clients, self._on_client_frames, receive=receive_client)
                 self._flush()
+                self.child.worked()  # a client burst: its free heap pages are trimmed once it is over
             if self.worker_sock in ready:
                 self._drain(self.worker_sock, self._on_worker_frames, receive=_receive)
                 self._flush()

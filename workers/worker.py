@@ -29,6 +29,7 @@ from openfang.protocol.messages import remote_error
 from openfang.security import injection
 from openfang.supervisor.child import ChildContext
 from openfang.workers.host import wiring as host_wiring
+from openfang.workers.sandbox._wasmtime import release_compiler_pages as release_code_pages
 
 if TYPE_CHECKING:  # imported by _open_memory: a cluster without a memory writer never loads them
     from openfang.memory.api import MemoryAPI
@@ -93,6 +94,10 @@ class Worker:
         poller.register(self.host.wakeup_fd(), zmq.POLLIN)
         self._hello()
         self.child.ready(cpu=self.cpu, agents=0)
+        # Quiet after a burst, the worker also drops libwasmtime's code pages (clean pages of the file,
+        # mapped again on the next use: measured ~4 MB USS of an idle worker that ran an agent, no
+        # measurable cost on the next message), besides trimming its heap.
+        self.child.when_quiet(release_code_pages)
         while self.running:
             timeout = POLL_MS
             deadline = self.host.next_deadline()
@@ -101,10 +106,12 @@ class Worker:
             ready = dict(poller.poll(timeout))
             if self.sock in ready:
                 self._drain()
+                self.child.worked()  # a burst (spawns, messages): its free heap pages are trimmed after it
             if self.child.fileno() in ready:
                 self._on_uplink()
             for reply in self.host.step(0.02):
                 self._send(reply)
+                self.child.worked()
             self._send_events()
             if time.monotonic() - self._last_hello >= HELLO_EVERY_S:
                 self._hello()
