@@ -54,3 +54,28 @@ def test_worker_module_builds_the_injection_matcher_at_import(tmp_path: Path) ->
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0", "1"]
+
+
+def test_worker_module_import_leaves_no_wasmtime_code_resident() -> None:
+    """Importing the worker module (in a supervisor, before its forks) drops the libwasmtime code pages that
+    importing wasmtime touched: the supervisor never runs them and a worker maps them again on use."""
+    script = (
+        "def code_kb():\n"
+        "    kb, inside = 0, False\n"
+        "    for line in open('/proc/self/smaps'):\n"
+        "        head = line.split()\n"
+        "        if head and '-' in head[0] and len(head) >= 5 and not line[0].isupper():\n"
+        "            inside = head[1] == 'r-xp' and line.rstrip().endswith('/_libwasmtime.so')\n"
+        "        elif inside and line.startswith('Rss:'):\n"
+        "            kb += int(head[1])\n"
+        "    return kb\n"
+        "import openfang.workers.sandbox._wasmtime\n"
+        "before = code_kb()\n"
+        "import openfang.workers.worker\n"
+        "print(before, code_kb())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    before, after = (int(x) for x in done.stdout.split())
+    assert before > 0  # importing wasmtime did touch its code
+    assert after < before / 4
