@@ -368,13 +368,19 @@ def bench_memory(counts: tuple[int, ...]) -> list[dict[str, Any]]:
             pids = wl.process_tree(c.proc.pid)
             pss_kb, rss_kb = wl.memory_kb(pids)
             per_process = process_breakdown(c, pipe, pids)
+            by_mapping = {name: private_by_mapping(pid) for name, pid in process_pids(c, pipe, pids).items()}
         pss, rss = pss_kb / 1024, rss_kb / 1024
         if count > 1:
             per_agent_s = max(per_agent_s, build_s / count)
         notes = (
             f"{count} agent(s) spawned in {build_s:.2f} s ({SPAWN_WINDOW} in flight); {len(pids)} processes"
         )
-        extra: dict[str, Any] = {"rss_mb": round(rss, 2), "processes": len(pids), "per_process": per_process}
+        extra: dict[str, Any] = {
+            "rss_mb": round(rss, 2),
+            "processes": len(pids),
+            "per_process": per_process,
+            "private_by_mapping": by_mapping,
+        }
         notes += "; per process PSS/USS MB: " + describe_breakdown(per_process)
         if count == 1:
             idle_pss = pss
@@ -389,18 +395,16 @@ def bench_memory(counts: tuple[int, ...]) -> list[dict[str, Any]]:
         notes += f"; RSS {rss:.1f} MB"
         _log(f"{count} agents: PSS {pss:.1f} MB, RSS {rss:.1f} MB, spawned in {build_s:.2f} s")
         _log(f"  per process PSS/USS/RSS MB: {describe_breakdown(per_process, rss=True)}")
+        for proc, parts in by_mapping.items():
+            _log(f"    {proc} private MB: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
         out.append(_metric(name, pss, "MB", "lower", target, **extra, notes=notes))
         if count == 1:
             out.append(_metric("idle_rss_mb", rss, "MB", "lower", notes="1 agent; all processes of the tree"))
     return out
 
 
-def process_breakdown(c: BenchCluster, pipe: Pipe, pids: list[int]) -> dict[str, dict[str, float]]:
-    """Each process of the tree by its child id (``root`` for the daemon): PSS, USS and RSS in MB.
-
-    USS (private pages) is what each process costs on its own; PSS shares every shared page out among the
-    processes that map it, so the PSS column adds up to the system figure.
-    """
+def process_pids(c: BenchCluster, pipe: Pipe, pids: list[int]) -> dict[str, int]:
+    """Each pid of ``pids`` by its child id in the tree (``root`` for the daemon, ``pid N`` if unknown)."""
     assert c.proc is not None
     names = {c.proc.pid: "root"}
 
@@ -412,12 +416,49 @@ def process_breakdown(c: BenchCluster, pipe: Pipe, pids: list[int]) -> dict[str,
 
     with suppress(BenchFailed, TimeoutError):
         label(pipe.call("tree", {})["children"])
+    return {names.get(pid, f"pid {pid}"): pid for pid in pids}
+
+
+def process_breakdown(c: BenchCluster, pipe: Pipe, pids: list[int]) -> dict[str, dict[str, float]]:
+    """Each process of the tree by its child id (``root`` for the daemon): PSS, USS and RSS in MB.
+
+    USS (private pages) is what each process costs on its own; PSS shares every shared page out among the
+    processes that map it, so the PSS column adds up to the system figure.
+    """
     out: dict[str, dict[str, float]] = {}
-    for pid in pids:
+    for name, pid in process_pids(c, pipe, pids).items():
         kb = wl.process_memory_kb(pid)
         if kb:
-            out[names.get(pid, f"pid {pid}")] = {k: round(v / 1024, 2) for k, v in kb.items()}
+            out[name] = {k: round(v / 1024, 2) for k, v in kb.items()}
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["pss"]))
+
+
+def private_by_mapping(pid: int, top: int = 6) -> dict[str, float]:
+    """Where a process's private pages (its USS) are, in MB, largest first: ``heap`` (malloc's main arena),
+    ``anon`` (Python's arenas, other malloc arenas, thread stacks, wasm memory), each file by name (``.so``
+    code and data, with `` rw`` for its writable mappings); the ``top`` largest and ``other``."""
+    kb: dict[str, int] = {}
+    name = "anon"
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                head = line.split(maxsplit=5)
+                if head and "-" in head[0] and not line[0].isupper():
+                    path = head[5].strip() if len(head) > 5 else ""
+                    if path.startswith("/"):
+                        name = os.path.basename(path).partition(".so")[0] + (".so" if ".so" in path else "")
+                        name += " rw" if head[1].startswith("rw") else ""
+                    else:
+                        name = {"": "anon", "[heap]": "heap"}.get(path, path)
+                elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    kb[name] = kb.get(name, 0) + int(head[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+    ranked = sorted(kb.items(), key=lambda kv: -kv[1])
+    out = {k: round(v / 1024, 2) for k, v in ranked[:top]}
+    if len(ranked) > top:
+        out["other"] = round(sum(v for _, v in ranked[top:]) / 1024, 2)
+    return out
 
 
 def describe_breakdown(per_process: dict[str, dict[str, float]], rss: bool = False) -> str:
