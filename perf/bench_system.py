@@ -9,7 +9,8 @@ tools in ``perf/bench_tools.py``. Every reply is checked against ``perf/workload
     python -m perf.bench_system [--quick] [--only cold warm memory routing scaling toolchain venv]
 
 Metrics (system "openfang"): cold_start_ms, warm_start_ms (+ warm_spawn_ms), idle_pss_mb, idle_rss_mb,
-agents_{100,1000,10000}_pss_mb (each with a per-process PSS/USS/RSS breakdown),
+agents_{100,1000,10000}_pss_mb (each with a per-process PSS/USS/RSS breakdown and each process's private pages
+by mapping),
 routing_tasks_per_s (+ scaling points with ``workers``),
 toolchain_tasks_per_s, venv_mb.
 """
