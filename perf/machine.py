@@ -26,7 +26,6 @@ PACKAGES: tuple[str, ...] = (
     "structlog",
     "sqlite-vec",
     "pysqlite3-binary",
-    "cryptography",
 )
 
 

@@ -22,10 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from openfang.security._canon import canonical_msgpack
+from openfang.security._ed25519 import Ed25519PrivateKey, Ed25519PublicKey, InvalidSignature
 from openfang.security._errors import Denied
 from openfang.security.audit import AuditSink
 

@@ -22,11 +22,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from openfang.protocol.envelope import Envelope
 from openfang.security._canon import canonical_msgpack
+from openfang.security._ed25519 import Ed25519PrivateKey, Ed25519PublicKey, InvalidSignature
 from openfang.security._errors import Denied
 from openfang.security._replay import ReplayCache
 from openfang.security.audit import AuditSink

@@ -27,12 +27,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgpack
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from openfang.protocol.envelope import DEFAULT_MAX_FRAME, Envelope, decode
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.security._canon import canonical_msgpack
+from openfang.security._ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+    InvalidKey,
+    InvalidSignature,
+    NotEd25519Key,
+)
 from openfang.security._errors import Denied
 from openfang.security._keys import read_key_material
 from openfang.security._replay import ReplayCache
@@ -275,14 +280,12 @@ def load_signing_key(path: str, kid: str, alg: str = HMAC_ALG) -> SigningKey:
     if alg != ED25519_ALG:
         raise ConfigError([Problem(where, f"alg must be {HMAC_ALG} or {ED25519_ALG}, got {alg!r}")])
     if material.lstrip().startswith(b"-----BEGIN"):
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
         try:
-            private = load_pem_private_key(material, password=None)
-        except (ValueError, TypeError):
+            private = Ed25519PrivateKey.from_pem(material)
+        except NotEd25519Key:
+            raise ConfigError([Problem(where, "the PEM key is not an Ed25519 key")]) from None
+        except InvalidKey:
             raise ConfigError([Problem(where, "not a PEM private key without a password")]) from None
-        if not isinstance(private, Ed25519PrivateKey):
-            raise ConfigError([Problem(where, "the PEM key is not an Ed25519 key")])
         return SigningKey.ed25519(kid, private)
     if len(material) != 32:
         raise ConfigError([Problem(where, "an Ed25519 private key file holds a 32-byte seed (or 64 hex)")])
