@@ -435,3 +435,37 @@ def test_ed25519_binding_uses_the_libcrypto_hashlib_mapped() -> None:
         check=True,
     )
     assert out.stdout.strip() == lib.path
+
+
+def test_ed25519_no_libcrypto_at_all_is_crypto_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When no libcrypto can be found, the first key use raises CryptoUnavailable saying where it looked."""
+    monkeypatch.setattr(_ed25519, "_LIB", None)
+    monkeypatch.setattr(_ed25519, "_libcrypto_path", lambda: None)
+    with pytest.raises(CryptoUnavailable, match=r"no libcrypto found: .*_hashlib.*find_library"):
+        Ed25519PrivateKey.generate()
+
+
+def test_ed25519_first_use_from_eight_threads_at_once_loads_once() -> None:
+    """In a fresh interpreter, 8 threads making their first key at once: one binding made, all sign right."""
+    code = """
+import threading
+from openfang.security import _ed25519
+from openfang.security._ed25519 import Ed25519PrivateKey
+made, ok, start = [], [], threading.Barrier(8)
+class Counted(_ed25519._Lib):
+    def __init__(self, path):
+        made.append(path)
+        super().__init__(path)
+_ed25519._Lib = Counted
+def work():
+    start.wait()
+    key = Ed25519PrivateKey.generate()
+    key.public_key().verify(key.sign(b"first"), b"first")
+    ok.append(1)
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(made), len(ok))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "8"]
