@@ -188,7 +188,7 @@ def test_hostile_wrong_handler_signature_is_refused_naming_the_types() -> None:
     [
         ('(func (export "alloc") (param i64) (result i32) (i32.const 8))', "(i64) -> i32", "(i32) -> i32"),
         ('(func (export "agent_init") (result i64) (i64.const 0))', "() -> i64", "() -> i32"),
-        ('(global (export "alloc") i32 (i32.const 0))', "global", "(i32) -> i32"),
+        ('(global (export "alloc") i32 (i32.const 0))', "immutable i32 global", "(i32) -> i32"),
     ],
 )
 def test_hostile_every_abi_export_type_is_checked(

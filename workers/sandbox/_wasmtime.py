@@ -377,12 +377,15 @@ class Runtime:
 
     def module_export_types(self, module: wasmtime.Module) -> dict[str, tuple[str, ...]]:
         """Each export's type as plain names: ``("func", "i32,i32", "i64")`` (params, results) for a
-        function, ``("memory",)``, ``("table",)`` or ``("global",)`` otherwise."""
+        function, ``("global", "i32", "const")`` (value type, ``const`` or ``mut``) for a global,
+        ``("memory",)`` or ``("table",)`` otherwise."""
         out: dict[str, tuple[str, ...]] = {}
         for exp in module.exports:
             ty = exp.type
             if isinstance(ty, wasmtime.FuncType):
                 out[exp.name] = ("func", ",".join(map(str, ty.params)), ",".join(map(str, ty.results)))
+            elif isinstance(ty, wasmtime.GlobalType):
+                out[exp.name] = ("global", str(ty.content), "mut" if ty.mutable else "const")
             else:
                 out[exp.name] = (type(ty).__name__.removesuffix("Type").lower(),)
         return out
@@ -1062,3 +1065,16 @@ def write_global(inst: Instance, name: str, valtype: str, bits: bytes) -> None:
     err = ffi.wasmtime_global_set(inst._ctx, byref(item.of.global_), byref(val))
     if err:
         raise _wasmtime_error(err, f"setting global {name!r}")
+
+
+def exported_i32(inst: Instance, name: str) -> int | None:
+    """The value of the i32 global exported as ``name``, as an unsigned 32-bit number; None when the
+    instance exports no global of that name or its type is not i32 (the guest ABI's ``agent_inbox``)."""
+    item = _export(inst, name, _EXTERN_GLOBAL)
+    if item is None:
+        return None
+    val = ffi.wasmtime_val_t()
+    ffi.wasmtime_global_get(inst._ctx, byref(item.of.global_), byref(val))
+    if _kind(val) != _I32:
+        return None
+    return int(val.of.i32) & 0xFFFFFFFF

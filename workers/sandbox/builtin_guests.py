@@ -12,6 +12,13 @@ the table, so the next message's conversation has no half-turn in it.
 
 ``builtin:echo`` replies with the message it was given (routing and density benchmarks, tests).
 
+Both have an inbox (the optional ``agent_inbox`` / ``agent_inbox_size`` exports, docs/guest-abi.md): the host
+writes a message that fits there and calls ``agent_handle`` once, without ``alloc``. The llm-agent's inbox is
+[16, 1024) of page 0, below its conversation table, which no earlier version of the module used: a snapshot
+of the module before the inbox (same memory layout, same globals) fits this one (``PREDECESSORS``). It
+copies an inbox message to its heap (the conversation keeps it; the host overwrites the inbox on the next
+message). The echo's inbox is its whole heap page (it keeps nothing between messages).
+
 Both export every mutable global they keep (``heap_top``, the bump pointer; ``conversation_entries``, the
 llm-agent's table length), so a snapshot (workers/sandbox/snapshot.py) captures their whole state: linear
 memory plus these globals. A new mutable global in a built-in guest must be exported too, or hibernation
@@ -48,6 +55,9 @@ LLM_AGENT_WAT = (
   ;; page 0: [1024, 65536) holds the conversation table: 8064 entries of (u32 ptr, u32 len)
   (memory (export "memory") 2)
   (global $count (export "conversation_entries") (mut i32) (i32.const 0))
+  ;; [16, 1024): the inbox; the host writes a message that fits here and calls agent_handle(16, len)
+  (global (export "agent_inbox") i32 (i32.const 16))
+  (global (export "agent_inbox_size") i32 (i32.const 1008))
 """
     + _ALLOC
     + """
@@ -78,7 +88,14 @@ LLM_AGENT_WAT = (
   ;; A failed message leaves no trace in the conversation (no dangling user turn, no unanswered tool call):
   ;; the table is cut back to where it was. If the table was halved meanwhile, its entries moved down 4032.
   (func (export "agent_handle") (param $p i32) (param $n i32) (result i64)
-    (local $saved i32) (local $r i64)
+    (local $saved i32) (local $r i64) (local $buf i32)
+    ;; A message in the inbox moves to the heap first: the conversation keeps it, the host reuses the inbox.
+    (if (i32.eq (local.get $p) (i32.const 16))
+      (then
+        (local.set $buf (call $alloc (local.get $n)))
+        (if (i32.eqz (local.get $buf)) (then (return (i64.const -8))))
+        (memory.copy (local.get $buf) (local.get $p) (local.get $n))
+        (local.set $p (local.get $buf))))
     (local.set $saved (global.get $count))
     (local.set $r (call $handle (local.get $p) (local.get $n)))
     (if (i64.lt_s (local.get $r) (i64.const 0))
@@ -125,6 +142,9 @@ LLM_AGENT_WAT = (
 ECHO_WAT = (
     """(module
   (memory (export "memory") 2)
+  ;; The heap page is the inbox too: a message is replied to before the next one is written.
+  (global (export "agent_inbox") i32 (i32.const 65536))
+  (global (export "agent_inbox_size") i32 (i32.const 65536))
 """
     + _ALLOC
     + """
@@ -140,6 +160,16 @@ ECHO_WAT = (
 BUILTINS: dict[str, str] = {"llm-agent": LLM_AGENT_WAT, "echo": ECHO_WAT}
 
 
+# Digests of earlier versions of a built-in whose snapshots fit the current one (same memory layout, same
+# exported mutable globals, and nothing the new version reads where the old one kept something): an agent
+# hibernated by an older worker wakes in a newer one. Any other digest is refused by the snapshot restore.
+_EARLIER: dict[str, tuple[str, ...]] = {
+    # before the inbox (2026-12-05)
+    "llm-agent": ("8312e2632d45f2dc6617cdbf54a3fb957cff0ac850127d756d524cc7c0e34006",),
+    "echo": ("0d75cf9c1d9bedfc80aebf8f925a75f0d27e71708af5cf8fcb8f65a35ae36b1d",),
+}
+
+
 def builtin_source(name: str) -> bytes:
     """The WAT source of ``builtin:<name>`` as bytes (what the module cache is keyed on)."""
     return BUILTINS[name].encode()
@@ -147,3 +177,14 @@ def builtin_source(name: str) -> bytes:
 
 def builtin_digest(name: str) -> str:
     return hashlib.sha256(builtin_source(name)).hexdigest()
+
+
+def snapshot_fits(snapshot_digest: str, module_digest: str) -> bool:
+    """True when a snapshot taken of module ``snapshot_digest`` may be restored into ``module_digest``: the
+    same module, or a built-in and one of its earlier versions listed in ``_EARLIER``."""
+    if snapshot_digest == module_digest:
+        return True
+    return any(
+        snapshot_digest in earlier and builtin_digest(name) == module_digest
+        for name, earlier in _EARLIER.items()
+    )

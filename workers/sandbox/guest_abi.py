@@ -4,7 +4,11 @@ docs/guest-abi.md is the prose version of this module; keep them together.
 
 Exports (all i32 unless said): ``memory``; ``alloc(size) -> ptr`` (0 = out of memory);
 ``agent_init() -> status`` (optional; non-zero fails the spawn); ``agent_handle(ptr, len) -> i64`` whose
-value is ``(reply_ptr << 32) | reply_len`` on success or a negative error code.
+value is ``(reply_ptr << 32) | reply_len`` on success or a negative error code. Optional, both or neither:
+the immutable i32 globals ``agent_inbox`` and ``agent_inbox_size``, a region of the guest's memory the host
+writes a message of at most ``agent_inbox_size`` bytes into before calling ``agent_handle(agent_inbox, len)``
+without ``alloc`` first (one guest call per message instead of two); the bytes there are the guest's only for
+that call. Longer messages, and guests without an inbox, go through ``alloc``.
 
 Imports (module ``env``, every function takes i32s and returns one i32; negative = error code):
 ``host_result(ptr, cap)`` copies the pending result of the last host call; ``log(ptr, len)``;
@@ -64,19 +68,30 @@ KNOWN_IMPORTS = frozenset(name for name, _, _ in HOST_FUNCTIONS)
 EXPORT_ALLOC = "alloc"
 EXPORT_INIT = "agent_init"
 EXPORT_HANDLE = "agent_handle"
+EXPORT_INBOX = "agent_inbox"
+EXPORT_INBOX_SIZE = "agent_inbox_size"
 REQUIRED_EXPORTS = ("memory", EXPORT_ALLOC, EXPORT_HANDLE)
+# Optional exports a guest has both of or neither (the spawn is refused otherwise).
+PAIRED_EXPORTS = ((EXPORT_INBOX, EXPORT_INBOX_SIZE),)
 # The type the host calls each export with, checked at spawn (a wrong one would fail every message):
-# ("func", params, results) with comma-separated value types, or the kind of a non-function export.
+# ("func", params, results) with comma-separated value types, ("global", value type, "const" or "mut"),
+# or the kind of another export.
 EXPORT_TYPES: dict[str, tuple[str, ...]] = {
     "memory": ("memory",),
     EXPORT_ALLOC: ("func", "i32", "i32"),
     EXPORT_INIT: ("func", "", "i32"),
     EXPORT_HANDLE: ("func", "i32,i32", "i64"),
+    # Immutable: the host reads them once per module, not per message.
+    EXPORT_INBOX: ("global", "i32", "const"),
+    EXPORT_INBOX_SIZE: ("global", "i32", "const"),
 }
 
 
 def describe_type(ty: tuple[str, ...]) -> str:
-    """An export type for people: ``(i32, i32) -> i64``, ``() -> i32`` or the kind (``memory``)."""
+    """An export type for people: ``(i32, i32) -> i64``, ``() -> i32``, ``immutable i32 global`` or the
+    kind (``memory``)."""
+    if ty[0] == "global" and len(ty) == 3:
+        return f"{'mutable' if ty[2] == 'mut' else 'immutable'} {ty[1]} global"
     if ty[0] != "func":
         return ty[0]
     params = ", ".join(t for t in ty[1].split(",") if t)

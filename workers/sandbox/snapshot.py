@@ -68,6 +68,7 @@ from openfang.workers.sandbox._wasmtime import (
     wasm_binary,
     write_global,
 )
+from openfang.workers.sandbox.builtin_guests import snapshot_fits
 from openfang.workers.sandbox.instance import HostServices, Sandbox, load_code
 
 __all__ = [
@@ -226,7 +227,7 @@ def restore(sandbox: Sandbox, snap: Snapshot, *, fresh: bool = False) -> None:
     (fuel used, counters) is carried over.
     """
     what = f"agent {sandbox.agent_id}"
-    if snap.module_sha256 != sandbox.module_digest:
+    if not snapshot_fits(snap.module_sha256, sandbox.module_digest):
         raise SnapshotError(
             f"{what}: refusing to restore a snapshot of module sha256 {snap.module_sha256[:16]}... into "
             f"module {sandbox.manifest.module} (sha256 {sandbox.module_digest[:16]}...): a snapshot only "
