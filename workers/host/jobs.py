@@ -179,7 +179,7 @@ def llm_work(
     def work() -> tuple[int, bytes, dict[str, int]]:
         chat = [_system_message(system_prompt)] if system_prompt else []
         chat.extend(chat_messages)
-        request = t.ChatRequest(messages=tuple(chat), tools=tuple(tool_specs), stream=stream)
+        request = t.ChatRequest.of(tuple(chat), tuple(tool_specs), stream=stream)
         started = time.perf_counter()
         try:
             resp = provider.complete(request, on_delta=on_delta) if on_delta else provider.complete(request)

@@ -198,16 +198,13 @@ class ScriptedProvider:
         if content and req.stream and on_delta is not None:
             for piece in re.findall(r"\S+\s*", content):
                 on_delta(piece)
-        return ChatResponse(
-            content=content,
-            tool_calls=calls,
-            usage=Usage(
-                prompt_tokens=sum(_words(m.content) for m in msgs),
-                completion_tokens=_words(content) + len(calls),
-            ),
-            finish_reason="tool_calls" if calls else "stop",
-            provider=self.name,
-            model=req.model or self.model,
+        return ChatResponse.of(
+            content,
+            calls,
+            Usage.of(sum(_words(m.content) for m in msgs), _words(content) + len(calls)),
+            "tool_calls" if calls else "stop",
+            self.name,
+            req.model or self.model,
         )
 
     def _env(self, m: re.Match[str], user: str, history: str = "") -> dict[str, str]:

@@ -128,21 +128,31 @@ class ChatMessage:
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs the tool_call_id of the call it answers")
 
+    # The factories build the message without __init__ (``_message``): their role is valid by construction
+    # and ``tool`` checks its tool_call_id as __post_init__ would, so the result is the same value.
     @classmethod
     def system(cls, content: str) -> ChatMessage:
-        return cls(role="system", content=content)
+        if cls is not ChatMessage:
+            return cls(role="system", content=content)
+        return _message("system", content, (), None, None)
 
     @classmethod
     def user(cls, content: str) -> ChatMessage:
-        return cls(role="user", content=content)
+        if cls is not ChatMessage:
+            return cls(role="user", content=content)
+        return _message("user", content, (), None, None)
 
     @classmethod
     def assistant(cls, content: str | None, tool_calls: Sequence[ToolCall] = ()) -> ChatMessage:
-        return cls(role="assistant", content=content, tool_calls=tuple(tool_calls))
+        if cls is not ChatMessage:
+            return cls(role="assistant", content=content, tool_calls=tuple(tool_calls))
+        return _message("assistant", content, tuple(tool_calls), None, None)
 
     @classmethod
     def tool(cls, tool_call_id: str, content: str, name: str | None = None) -> ChatMessage:
-        return cls(role="tool", content=content, tool_call_id=tool_call_id, name=name)
+        if cls is not ChatMessage or not tool_call_id:  # __init__ names the missing tool_call_id
+            return cls(role="tool", content=content, tool_call_id=tool_call_id, name=name)
+        return _message("tool", content, (), tool_call_id, name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,6 +180,23 @@ class ChatRequest:
         object.__setattr__(self, "messages", tuple(self.messages))
         object.__setattr__(self, "tools", tuple(self.tools))
 
+    @classmethod
+    def of(
+        cls, messages: tuple[ChatMessage, ...], tools: tuple[ToolSpec, ...] = (), *, stream: bool = False
+    ) -> ChatRequest:
+        """``ChatRequest(messages=..., tools=..., stream=...)`` from tuples, built without __init__ (the
+        host's per-call request: nothing to convert, nothing to check)."""
+        if cls is not ChatRequest or type(messages) is not tuple or type(tools) is not tuple:
+            return cls(messages=messages, tools=tools, stream=stream)
+        req = _new(ChatRequest)
+        _REQUEST_SET[0](req, messages)
+        _REQUEST_SET[1](req, tools)
+        _REQUEST_SET[2](req, None)
+        _REQUEST_SET[3](req, None)
+        _REQUEST_SET[4](req, None)
+        _REQUEST_SET[5](req, stream)
+        return req
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Usage:
@@ -181,6 +208,16 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        """``Usage(prompt_tokens=..., completion_tokens=...)`` built without __init__ (same value)."""
+        if cls is not Usage:
+            return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        usage = _new(Usage)
+        _USAGE_SET[0](usage, prompt_tokens)
+        _USAGE_SET[1](usage, completion_tokens)
+        return usage
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,6 +236,81 @@ class ChatResponse:
     def to_message(self) -> ChatMessage:
         """The assistant message to append to the conversation."""
         return ChatMessage.assistant(self.content, self.tool_calls)
+
+    @classmethod
+    def of(
+        cls,
+        content: str | None,
+        tool_calls: list[ToolCall],
+        usage: Usage,
+        finish_reason: str,
+        provider: str,
+        model: str,
+    ) -> ChatResponse:
+        """``ChatResponse(...)`` of these fields (``failed`` empty), built without __init__ (same value)."""
+        if cls is not ChatResponse:
+            return cls(
+                content=content,
+                tool_calls=tool_calls,
+                usage=usage,
+                finish_reason=finish_reason,
+                provider=provider,
+                model=model,
+            )
+        resp = _new(ChatResponse)
+        put = _RESPONSE_SET
+        put[0](resp, content)
+        put[1](resp, tool_calls)
+        put[2](resp, usage)
+        put[3](resp, finish_reason)
+        put[4](resp, provider)
+        put[5](resp, model)
+        put[6](resp, ())
+        return resp
+
+
+# -- construction without __init__ ---------------------------------------------------------------------------
+# A frozen dataclass's __init__ sets each field through object.__setattr__ and then runs __post_init__:
+# ~1.5 us for a ChatMessage, paid several times per model call on the host's hot path. The factories above
+# set the slots through their descriptors instead (~0.5 us), for values that are valid by construction;
+# tests/workers/test_llm_types.py checks each against __init__ field by field.
+_new = object.__new__
+
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
+    """The slot descriptors' ``__set__`` of ``names``, in the order of the class's fields (checked)."""
+    from dataclasses import fields
+
+    if tuple(f.name for f in fields(cls)) != names:
+        raise TypeError(f"{cls.__name__}: the fast constructor's fields {names} are not the class's fields")
+    return tuple(vars(cls)[name].__set__ for name in names)
+
+
+_MESSAGE_SET = _slot_setters(ChatMessage, ("role", "content", "tool_calls", "tool_call_id", "name"))
+_REQUEST_SET = _slot_setters(
+    ChatRequest, ("messages", "tools", "model", "temperature", "max_tokens", "stream")
+)
+_USAGE_SET = _slot_setters(Usage, ("prompt_tokens", "completion_tokens"))
+_RESPONSE_SET = _slot_setters(
+    ChatResponse, ("content", "tool_calls", "usage", "finish_reason", "provider", "model", "failed")
+)
+
+
+def _message(
+    role: str,
+    content: str | None,
+    tool_calls: tuple[ToolCall, ...],
+    tool_call_id: str | None,
+    name: str | None,
+) -> ChatMessage:
+    msg = _new(ChatMessage)
+    put = _MESSAGE_SET
+    put[0](msg, role)
+    put[1](msg, content)
+    put[2](msg, tool_calls)
+    put[3](msg, tool_call_id)
+    put[4](msg, name)
+    return msg
 
 
 @runtime_checkable

@@ -26,7 +26,7 @@ import hashlib
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -102,6 +102,27 @@ class Outcome:
     crashed: bool = False
     limit: str | None = None  # the sandbox limit that ended the call: "deadline" or "memory_cap"
     refused: bool = False  # the module itself is unfit (its start function failed): restarting cannot help
+
+
+_OUTCOME_FIELDS = ("phase", "ok", "reply", "error", "crashed", "limit", "refused")
+if tuple(f.name for f in fields(Outcome)) != _OUTCOME_FIELDS:  # the setters below are bound in this order
+    raise TypeError(f"Outcome's fields are not {_OUTCOME_FIELDS}")
+_OUTCOME_SET = tuple(vars(Outcome)[name].__set__ for name in _OUTCOME_FIELDS)
+
+
+def _succeeded(phase: str, reply: bytes) -> Outcome:
+    """``Outcome(phase=phase, ok=True, reply=reply)``, built without __init__ (the frozen dataclass's sets
+    each field through object.__setattr__: ~1.3 us, once per call; this ~0.5). Same value."""
+    out = object.__new__(Outcome)
+    put = _OUTCOME_SET
+    put[0](out, phase)
+    put[1](out, True)
+    put[2](out, reply)
+    put[3](out, None)
+    put[4](out, False)
+    put[5](out, None)
+    put[6](out, False)
+    return out
 
 
 def load_code(manifest: AgentManifest) -> tuple[bytes, str]:
@@ -483,7 +504,7 @@ class Sandbox:
                 return Outcome(
                     phase=phase, ok=False, error=SandboxError(f"agent_init returned {value}"), crashed=True
                 )
-            return Outcome(phase=phase, ok=True)
+            return _succeeded(phase, b"")
         if value == abi.E_NOMEM:
             # Out of memory the guest cannot make progress; a restart (per policy) gives it a fresh memory.
             cap = self.manifest.sandbox.memory.max_heap_mb
@@ -502,7 +523,7 @@ class Sandbox:
         reply = mem.read(ptr, length) if mem else None
         if reply is None:
             return Outcome(phase=phase, ok=False, error=SandboxError("agent reply points outside its memory"))
-        return Outcome(phase=phase, ok=True, reply=reply)
+        return _succeeded(phase, reply)
 
     def _ready(self) -> bool:
         """Instantiated: the instance's exports (its tables) can be read. A failed start never gets here."""
