@@ -432,3 +432,17 @@ def test_wasmtime_compile_releases_the_compilers_code_pages_and_the_module_still
         inst.close()
     finally:
         rt.close()
+
+
+def test_wasmtime_i32_results_wrap_like_ctypes() -> None:
+    """A host function's result is written as ctypes' c_int32 would store it (wrapped), for any int."""
+    import ctypes
+    import random
+
+    from openfang.workers.sandbox._wasmtime import _i32
+
+    rng = random.Random(7)
+    values = [0, -1, 1, 2**31 - 1, -(2**31), 2**31, 2**32 - 1, 2**32, -(2**40) - 3]
+    values += [rng.randrange(-(2**70), 2**70) for _ in range(2000)]
+    for value in values:
+        assert _i32(value) == ctypes.c_int32(value).value, value

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from ctypes import POINTER, byref
@@ -39,7 +40,6 @@ from openfang.protocol.errors import SandboxError
 
 WASMTIME_VERSION = "50.0.1"
 FUEL_TANK = 1 << 62  # every store gets a tank this large; budgets are counted per slice, not by running dry
-_NO_FINALIZER = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
 _MEMORY_EXPORT = b"memory"
 _I32, _I64 = ffi.WASMTIME_I32.value, ffi.WASMTIME_I64.value
 _EXTERN_FUNC, _EXTERN_MEMORY = ffi.WASMTIME_EXTERN_FUNC.value, ffi.WASMTIME_EXTERN_MEMORY.value
@@ -76,6 +76,42 @@ _get_fuel.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 _set_epoch_deadline = ffi.dll["wasmtime_context_set_epoch_deadline"]
 _set_epoch_deadline.restype = None
 _set_epoch_deadline.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+
+# The host-function callbacks and the linker calls that register them, the same way: every pointer a
+# callback receives is a plain address (ctypes makes no pointer object per argument, ~0.1 us each), the i32
+# arguments are unpacked from the wasmtime_val_t array in one read, and the result and the continuation
+# are written with one memmove each.
+_SYNC_CALLBACK = ctypes.CFUNCTYPE(_SIZE_T, _VOID_P, _VOID_P, _VOID_P, _SIZE_T, _VOID_P, _SIZE_T)
+_ASYNC_CALLBACK = ctypes.CFUNCTYPE(
+    None, _VOID_P, _VOID_P, _VOID_P, _SIZE_T, _VOID_P, _SIZE_T, _VOID_P, _VOID_P
+)
+_CONTINUATION = ctypes.CFUNCTYPE(ctypes.c_bool, _VOID_P)
+_FINALIZER = ctypes.CFUNCTYPE(None, _VOID_P)
+_define_func = ffi.dll["wasmtime_linker_define_func"]
+_define_func.restype = _VOID_P  # a wasmtime_error_t*, None when it worked
+_define_func.argtypes = [_VOID_P, _VOID_P, _SIZE_T, _VOID_P, _SIZE_T, _VOID_P, _VOID_P, _VOID_P, _VOID_P]
+_define_async_func = ffi.dll["wasmtime_linker_define_async_func"]
+_define_async_func.restype = _VOID_P
+_define_async_func.argtypes = [
+    _VOID_P,
+    _VOID_P,
+    _SIZE_T,
+    _VOID_P,
+    _SIZE_T,
+    _VOID_P,
+    _VOID_P,
+    _VOID_P,
+    _VOID_P,
+]
+_VAL_SIZE = ctypes.sizeof(ffi.wasmtime_val_t)
+_VAL_OF = ffi.wasmtime_val_t.of.offset  # where the value sits in a wasmtime_val_t (after the kind byte)
+# One i32 value as wasmtime_val_t bytes: the kind byte, padding, the i32 (the rest of the union untouched).
+_I32_VAL = struct.Struct(f"<B{_VAL_OF - 1}xi")
+# i32 arguments of an n-argument host function: each the first 4 bytes of a value's union.
+_I32_ARGS = {n: struct.Struct("<" + f"{_VAL_OF}xi{_VAL_SIZE - _VAL_OF - 4}x" * n) for n in range(4)}
+_CONTINUATION_FIELDS = struct.Struct("@PPP")  # wasmtime_async_continuation_t: callback, env, finalizer
+if ctypes.sizeof(ffi.wasmtime_async_continuation_t) != _CONTINUATION_FIELDS.size:
+    raise ImportError("wasmtime_async_continuation_t is not three pointers: check the wasmtime version")
 
 # wasmtime._ffi declares this one with a wasmtime_error_t* result, but the C function returns void in
 # 50.0.1 (reading the "result" segfaulted): call it through the dll with the right signature.
@@ -253,11 +289,13 @@ class Runtime:
         self._table_names: dict[int, tuple[bytes, ...]] = {}  # by InstancePre address
         self._names = [spec.name for spec in host_functions]
         self.host_specs = {spec.name: spec for spec in host_functions}
-        self._sync_cb = ffi.wasmtime_func_callback_t(self._sync_trampoline)
-        self._async_cb = ffi.wasmtime_func_async_callback_t(self._async_trampoline)
-        self._cont_cb = ffi.wasmtime_func_async_continuation_callback_t(self._continuation)
-        self._fin_cb = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(self._forget)
-        self._pending: dict[int, tuple[AsyncPoller, Any]] = {}
+        self._sync_cb = _SYNC_CALLBACK(self._sync_trampoline)
+        self._async_cb = _ASYNC_CALLBACK(self._async_trampoline)
+        self._cont_cb = _CONTINUATION(self._continuation)
+        self._fin_cb = _FINALIZER(self._forget)
+        self._cont_at = ctypes.cast(self._cont_cb, ctypes.c_void_p).value or 0
+        self._fin_at = ctypes.cast(self._fin_cb, ctypes.c_void_p).value or 0
+        self._pending: dict[int, tuple[AsyncPoller, int]] = {}  # key -> (poller, results address)
         self._next_pending = 1
         for idx, spec in enumerate(host_functions):
             self._define(idx, spec)
@@ -269,27 +307,21 @@ class Runtime:
         i32 = wasmtime.ValType.i32()
         ty = wasmtime.FuncType([i32] * spec.nparams, [i32])
         mod, name = b"env", spec.name.encode()
-        if spec.is_async:
-            err = ffi.wasmtime_linker_define_async_func(
-                self.linker.ptr(),
-                mod,
-                len(mod),
-                name,
-                len(name),
-                ty.ptr(),
-                self._async_cb,
-                idx,
-                _NO_FINALIZER,
-            )
-        else:
-            err = ffi.wasmtime_linker_define_func(
-                self.linker.ptr(), mod, len(mod), name, len(name), ty.ptr(), self._sync_cb, idx, _NO_FINALIZER
-            )
+        define, callback = (
+            (_define_async_func, self._async_cb) if spec.is_async else (_define_func, self._sync_cb)
+        )
+        linker = ctypes.cast(self.linker.ptr(), ctypes.c_void_p).value
+        functype = ctypes.cast(ty.ptr(), ctypes.c_void_p).value
+        cb = ctypes.cast(callback, ctypes.c_void_p).value
+        err = define(linker, mod, len(mod), name, len(name), functype, cb, idx, None)
         if err:
-            raise _wasmtime_error(err, f"defining host function env.{spec.name}")
+            raise _wasmtime_error(
+                ctypes.cast(err, POINTER(ffi.wasmtime_error_t)), f"defining host function env.{spec.name}"
+            )
 
     @staticmethod
-    def _memory(caller: Any) -> GuestMemory | None:
+    def _memory(caller_at: int) -> GuestMemory | None:
+        caller = ctypes.cast(caller_at, POINTER(ffi.wasmtime_caller_t))
         item = ffi.wasmtime_extern_t()
         if not ffi.wasmtime_caller_export_get(caller, _MEMORY_EXPORT, len(_MEMORY_EXPORT), byref(item)):
             return None
@@ -297,24 +329,33 @@ class Runtime:
             return None
         return GuestMemory(ffi.wasmtime_caller_context(caller), item.of.memory)
 
-    def _sync_trampoline(self, env: Any, caller: Any, args: Any, nargs: int, results: Any, nres: int) -> int:
+    def _sync_trampoline(
+        self, env: int | None, caller: int, args: int, nargs: int, results: int, nres: int
+    ) -> int:
         # Never raise across wasm: any failure becomes an error code for the guest.
         code = -2
         _memory_epoch[0] += 1
         try:
             target = self.current
             if target is not None:
-                values = tuple([args[i].of.i32 for i in range(nargs)])
+                values = _I32_ARGS[nargs].unpack(ctypes.string_at(args, nargs * _VAL_SIZE))
                 mem = self.current_memory or self._memory(caller)
                 code = int(target.host_sync(self._names[env or 0], mem, values))
         except Exception:
             code = -2
-        results[0].kind = ffi.WASMTIME_I32.value
-        results[0].of.i32 = code
+        ctypes.memmove(results, _I32_VAL.pack(_I32, _i32(code)), _I32_VAL.size)
         return 0
 
     def _async_trampoline(
-        self, env: Any, caller: Any, args: Any, nargs: int, results: Any, nres: int, trap: Any, cont: Any
+        self,
+        env: int | None,
+        caller: int,
+        args: int,
+        nargs: int,
+        results: int,
+        nres: int,
+        trap: int,
+        cont: int,
     ) -> None:
         poller: AsyncPoller
         _memory_epoch[0] += 1
@@ -323,7 +364,7 @@ class Runtime:
             if target is None:
                 poller = _const(-2)
             else:
-                values = tuple([args[i].of.i32 for i in range(nargs)])
+                values = _I32_ARGS[nargs].unpack(ctypes.string_at(args, nargs * _VAL_SIZE))
                 mem = self.current_memory or self._memory(caller)
                 poller = target.host_async(self._names[env or 0], mem, values)
         except Exception:
@@ -332,16 +373,17 @@ class Runtime:
         self._next_pending += 1
         # wasmtime keeps `results` alive until the continuation reports completion.
         self._pending[key] = (poller, results)
-        cont[0].callback = self._cont_cb
-        cont[0].env = key
-        # Called when wasmtime drops the continuation, also when a parked call is cancelled.
-        cont[0].finalizer = self._fin_cb
+        # The continuation: our callback, the key as its env, and the finalizer wasmtime calls when it drops
+        # the continuation (also when a parked call is cancelled).
+        ctypes.memmove(
+            cont, _CONTINUATION_FIELDS.pack(self._cont_at, key, self._fin_at), _CONTINUATION_FIELDS.size
+        )
 
-    def _forget(self, env: Any) -> None:
-        self._pending.pop(int(env or 0), None)
+    def _forget(self, env: int | None) -> None:
+        self._pending.pop(env or 0, None)
 
-    def _continuation(self, env: Any) -> bool:
-        key = int(env or 0)
+    def _continuation(self, env: int | None) -> bool:
+        key = env or 0
         entry = self._pending.get(key)
         if entry is None:
             return True
@@ -353,8 +395,7 @@ class Runtime:
         if value is None:
             return False
         del self._pending[key]
-        results[0].kind = ffi.WASMTIME_I32.value
-        results[0].of.i32 = int(value)
+        ctypes.memmove(results, _I32_VAL.pack(_I32, _i32(int(value))), _I32_VAL.size)
         return True
 
     # -- modules --------------------------------------------------------------------------------------
@@ -538,6 +579,11 @@ def _private(path: Path) -> bool:
     except OSError:
         return False
     return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _i32(value: int) -> int:
+    """``value`` wrapped to a signed i32, as assigning it to a ctypes c_int32 field wraps it."""
+    return ((value + 0x80000000) & 0xFFFFFFFF) - 0x80000000
 
 
 def _const(value: int) -> AsyncPoller:
