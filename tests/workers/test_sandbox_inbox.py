@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from openfang.protocol.errors import SandboxError
+from openfang.protocol.errors import SandboxError, SecurityError
 from openfang.workers.manifest import AgentManifest, load_manifest
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox import instance as instance_mod
@@ -274,3 +274,30 @@ def test_inbox_snapshot_of_the_llm_agent_before_the_inbox_wakes_in_the_new_one(
     hibernate(agent, tmp_path / "a-1.snap")
     with pytest.raises(SnapshotError, match="only fits the module it was taken from"):
         wake(tmp_path / "a-1.snap", _manifest(tmp_path, None), runtime, agent_id="a-1", services=Services())
+
+
+def test_inbox_warm_spawn_checks_imports_from_the_per_module_cache(runtime: Runtime, tmp_path: Path) -> None:
+    """A warm spawn checks the module's cached imports against its own manifest: the same module is
+    refused when a later manifest denies one of its imports, and the cache equals a fresh reading."""
+    first = _load(_manifest(tmp_path, None), runtime)
+    first.close()
+    digest = builtin_digest("llm-agent")
+    pre = runtime.cached_pre(digest)
+    assert pre is not None
+    module = pre.module
+    try:
+        assert runtime.cached_imports(digest) == runtime.module_imports(module)
+    finally:
+        module.close()
+    assert ("env", "host_result", "func") in (runtime.cached_imports(digest) or [])
+    assert runtime.cached_imports("0" * 64) is None
+    denied = load_manifest(
+        '[agent]\nname = "bot"\n[agent.model]\nprovider = "scripted"\n'
+        '[sandbox.permissions]\ndenied_host_functions = ["host_result"]\n'
+    )
+    sandbox = Sandbox(denied, runtime, agent_id="a-2", services=Services())
+    with pytest.raises(
+        SecurityError, match=r"imports env.host_result \(func\): denied by \[sandbox.permissions\]"
+    ):
+        sandbox.load()
+    assert sandbox.spawn_kind == "cold"  # refused before it counted as a warm spawn

@@ -287,6 +287,7 @@ class Runtime:
         self._cache_dir = self._trusted_cache_dir(cache_dir)
         self._pres: dict[str, tuple[wasmtime.Module, wasmtime.InstancePre]] = {}
         self._table_names: dict[int, tuple[bytes, ...]] = {}  # by InstancePre address
+        self._imports: dict[str, tuple[tuple[str, str, str], ...]] = {}  # by module digest (cached_imports)
         self._names = [spec.name for spec in host_functions]
         self.host_specs = {spec.name: spec for spec in host_functions}
         self._sync_cb = _SYNC_CALLBACK(self._sync_trampoline)
@@ -413,6 +414,18 @@ class Runtime:
             out.append((imp.module, imp.name or "", kind))
         return out
 
+    def cached_imports(self, digest: str) -> list[tuple[str, str, str]] | None:
+        """:meth:`module_imports` of the compiled module ``digest`` (None if not compiled here), worked out
+        once per module: walking a module's import types through the C API costs ~60 us, and a warm spawn
+        checks them against its manifest every time. A new list each call (the caller's to keep)."""
+        imports = self._imports.get(digest)
+        if imports is None:
+            hit = self._pres.get(digest)
+            if hit is None:
+                return None
+            imports = self._imports[digest] = tuple(self.module_imports(hit[0]))
+        return list(imports)
+
     def module_exports(self, module: wasmtime.Module) -> set[str]:
         return {exp.name for exp in module.exports}
 
@@ -533,6 +546,7 @@ class Runtime:
             module.close()
         self._pres.clear()
         self._table_names.clear()
+        self._imports.clear()
         self.linker.close()
 
 

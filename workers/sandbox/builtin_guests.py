@@ -27,6 +27,7 @@ refuses the module.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 # The allocator shared by both guests: 8-byte aligned bump pointer, grows memory on demand, 0 on failure.
@@ -170,12 +171,15 @@ _EARLIER: dict[str, tuple[str, ...]] = {
 }
 
 
+@functools.cache
 def builtin_source(name: str) -> bytes:
-    """The WAT source of ``builtin:<name>`` as bytes (what the module cache is keyed on)."""
+    """The WAT source of ``builtin:<name>`` as bytes (what the module cache is keyed on); made once."""
     return BUILTINS[name].encode()
 
 
+@functools.cache
 def builtin_digest(name: str) -> str:
+    """The sha256 of :func:`builtin_source` (hashed once: every spawn of a built-in asks for it)."""
     return hashlib.sha256(builtin_source(name)).hexdigest()
 
 

@@ -49,7 +49,7 @@ from openfang.workers.sandbox._wasmtime import (
     exported_i32,
     wasm_binary,
 )
-from openfang.workers.sandbox.builtin_guests import BUILTINS, builtin_source
+from openfang.workers.sandbox.builtin_guests import BUILTINS, builtin_digest, builtin_source
 
 log = structlog.get_logger("openfang.workers.sandbox.instance")
 
@@ -132,13 +132,13 @@ def load_code(manifest: AgentManifest) -> tuple[bytes, str]:
         name = manifest.module.removeprefix("builtin:")
         if name not in BUILTINS:
             raise SandboxError(f"{manifest.source}: unknown built-in module {manifest.module!r}")
-        code = builtin_source(name)
+        code, digest = builtin_source(name), builtin_digest(name)  # both made once per process
     else:
         try:
             code = path.read_bytes()
         except OSError as exc:
             raise SandboxError(f"{manifest.source}: cannot read module {path}: {exc.strerror}") from None
-    digest = hashlib.sha256(code).hexdigest()
+        digest = hashlib.sha256(code).hexdigest()
     if manifest.module_sha256 is not None and manifest.module_sha256 != digest:
         raise SecurityError(
             f"{manifest.source}: module {manifest.module} has sha256 {digest}, "
@@ -242,7 +242,9 @@ class Sandbox:
             pre = self.runtime.instance_pre(module, digest=digest, what=what)
             self.spawn_kind = "warm" if cached else "cold"
         else:
-            self._check_imports(self.runtime.module_imports(pre.module))
+            imports = self.runtime.cached_imports(digest)
+            assert imports is not None  # compiled here: cached_pre found it
+            self._check_imports(imports)
             self.spawn_kind = "warm"
         self._import_check = None  # imports are checked once, here: an idle agent holds no checker
         self._check_restore_policy(code, digest, what)
