@@ -83,3 +83,62 @@ def test_encoders_match_json_dumps_and_struct() -> None:
     assert abi.parse_iovecs(struct.pack("<IIII", 1, 2, 3, 4)) == [(1, 2), (3, 4)]
     with pytest.raises(ValueError, match="multiple of 8"):
         abi.parse_iovecs(b"\x00" * 12)
+
+
+def _texts(rng: random.Random) -> list[str]:
+    alphabet = [
+        '"',
+        "\\",
+        "\n",
+        "\t",
+        "\x00",
+        "\x1f",
+        "\x7f",
+        "é",
+        "\u2028",
+        "\u2603",
+        "\U0001f600",
+        "a",
+        " ",
+    ]
+    fixed = ["", "hello", 'quote " and \\ backslash', "\ud800"]  # a lone surrogate too (as JSON escapes it)
+    return fixed + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(3000)]
+
+
+def test_user_message_written_directly_equals_json_dumps() -> None:
+    """user_message's direct spelling is byte-identical to json.dumps of the message, for any text."""
+    rng = random.Random(15)
+    for text in _texts(rng):
+        try:
+            want: bytes | type[Exception] = _dumps({"role": "user", "content": text})
+        except UnicodeEncodeError:
+            want = UnicodeEncodeError
+        try:
+            got: bytes | type[Exception] = abi.user_message(text)
+        except UnicodeEncodeError:
+            got = UnicodeEncodeError
+        assert got == want, text
+    assert abi.user_message("hi", session="") == _dumps({"role": "user", "content": "hi"})
+
+
+def test_llm_result_message_written_directly_equals_json_dumps() -> None:
+    """An assistant message of role and content is spelled as json.dumps spells it; any other shape (more
+    keys, another order, a non-str content) goes through the encoder, also byte-identical."""
+    rng = random.Random(16)
+    shapes: list[dict[str, Any]] = []
+    for text in _texts(rng)[:800]:
+        shapes.append({"role": "assistant", "content": text})
+        shapes.append({"role": text, "content": None})
+        shapes.append({"content": text, "role": "assistant"})  # another key order: the encoder's output
+        shapes.append({"role": "assistant", "content": [text]})
+        shapes.append({"role": "assistant", "text": text})
+    shapes.append({"role": 1, "content": "x"})
+    for message in shapes:
+        try:
+            body = _dumps(message)
+        except UnicodeEncodeError:
+            with pytest.raises(UnicodeEncodeError):
+                abi.encode_llm_result(message, None)
+            continue
+        assert abi.encode_llm_result(message, None) == b"T" + struct.pack("<I", len(body)) + body, message
+        assert abi.encode_llm_result(message, "ok") == b"A" + struct.pack("<I", len(body)) + body + b"ok"
