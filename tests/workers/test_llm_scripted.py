@@ -365,3 +365,88 @@ def test_scripted_plain_and_templated_answers() -> None:
     assert p.complete(user("n42")).content == f"n=42 {zlib.crc32(b'n42') & 0xFFFF:04x}"
     q = ScriptedProvider.from_config({"default": "{input}: {crc16} {nope}"})
     assert q.complete(user("hi")).content == f"hi: {zlib.crc32(b'hi') & 0xFFFF:04x} {{nope}}"
+
+
+EVERY_PLACEHOLDER = r"""
+[agent.model]
+provider = "scripted"
+default = "default {input} {crc16} {history} {nope}"
+script = [
+  {match = '^(?P<tid>[^:]*):.*key=(?P<key>\S*)', chain = [
+    {tool = "lookup", args = {value = "{key}", seen = ["{history}", "{crc16}"]}},
+    {tool = "compute", args = {value = "{result}", n = 3}},
+  ], then = "{tid} {result} {input} {crc16}"},
+  {match = '(?i)sum (\d+)', tool = "calc", args = {x = "{1}"}, then = "= {result} ({history})"},
+  {match = "(?i)fail", error = "failed on {input} / {crc16}"},
+  {match = "(?P<crc16>crc)", reply = "group beats base: {crc16} {input}"},
+  {match = "(?i)plain", reply = "nothing to fill"},
+  {match = "(?i)echo", reply = "{input}|{history}|{crc16}|{unknown}"},
+]
+"""
+
+
+def _converse(provider: ScriptedProvider, texts: list[str]) -> list[object]:
+    """Each text as a user turn, its tool calls answered, the whole conversation kept: every response."""
+    from openfang.workers.llm.types import ChatMessage as Msg
+
+    msgs: list[ChatMessage] = []
+    out: list[object] = []
+    for i, text in enumerate(texts):
+        msgs.append(Msg.user(text))
+        for _ in range(4):
+            try:
+                resp = provider.complete(ChatRequest(messages=tuple(msgs)))
+            except LLMError as exc:
+                out.append(("error", exc.message))
+                break
+            out.append((resp.content, [(c.name, c.arguments) for c in resp.tool_calls], resp.usage))
+            if not resp.tool_calls:
+                msgs.append(Msg.assistant(resp.content))
+                break
+            msgs.append(Msg.assistant(resp.content, resp.tool_calls))
+            msgs.extend(Msg.tool(c.id, f"r{i} {c.name}  x\tend", c.name) for c in resp.tool_calls)
+    return out
+
+
+def test_scripted_fills_only_the_placeholders_its_templates_name_with_the_same_results() -> None:
+    """Working out {crc16} and {history} only for the rules that name them gives every answer, tool call
+    and usage that working out everything for every rule gives (the reference provider below)."""
+    import random
+
+    cfg = tomllib.loads(EVERY_PLACEHOLDER)["agent"]["model"]
+    lazy, full = ScriptedProvider.from_config(cfg), ScriptedProvider.from_config(cfg)
+    everything = frozenset({"input", "crc16", "history"})
+    full._needs = tuple(everything for _ in full.rules)
+    full._default_needs = everything
+    assert lazy._needs[4] == frozenset() and lazy._needs[0] == everything
+    rng = random.Random(5)
+    words = [
+        "t1: key=k9",
+        "sum 12",
+        "fail now",
+        "crc",
+        "plain",
+        "echo",
+        "hello",
+        "é ü",
+        "  spaced\u3000out  ",
+    ]
+    for _ in range(150):
+        texts = [" ".join(rng.sample(words, rng.randint(1, 3))) for _ in range(rng.randint(1, 5))]
+        assert _converse(lazy, texts) == _converse(full, texts), texts
+
+
+def test_scripted_prompt_word_count_equals_the_sum_per_message() -> None:
+    """The prompt's word count (one split of the joined texts) is the sum of each message's word count."""
+    import random
+
+    from openfang.workers.llm.scripted import _words, _words_in
+
+    rng = random.Random(9)
+    pieces = ["a", "bc", " ", "\t", "\n", "\u3000", "\u00a0", "é", "", "x y", "\u2028"]
+    for _ in range(3000):
+        texts = [
+            "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(0, 6))
+        ]
+        texts = [t for t in texts if t]
+        assert _words_in(texts) == sum(_words(t) for t in texts), texts

@@ -152,6 +152,36 @@ def _words(text: str | None) -> int:
     return len(text.split()) if text else 0
 
 
+def _words_in(texts: list[str]) -> int:
+    """``sum(_words(t) for t in texts)`` in one split: a space between two texts never joins two words,
+    and whitespace runs count as one separator, so the count of the joined text is the sum."""
+    return len(" ".join(texts).split())
+
+
+# The placeholders the provider fills from the conversation rather than from a rule's match; each is worked
+# out only for a rule (or the default) whose templates name it (``{crc16}`` hashes the input, ``{history}``
+# joins every earlier user message).
+_CONVERSATION_NAMES = frozenset({"input", "crc16", "history"})
+
+
+def _names(template: Any) -> set[str]:
+    """The placeholder names in a template (strings, recursively in lists and tables), as render sees them."""
+    if isinstance(template, str):
+        return set(_pieces(template)[1::2])
+    if isinstance(template, Mapping):
+        return set().union(*(_names(v) for v in template.values()))
+    if isinstance(template, list | tuple):
+        return set().union(*(_names(v) for v in template))
+    return set()
+
+
+def _rule_needs(rule: ScriptRule) -> frozenset[str]:
+    """The conversation placeholders any template of ``rule`` names (reply, error, args, chain, then)."""
+    steps = [step.args for step in rule.chain]
+    names = _names([rule.reply or "", rule.error or "", rule.args, steps, rule.then])
+    return frozenset(names & _CONVERSATION_NAMES)
+
+
 class ScriptedProvider:
     """Deterministic answers from a script; instant and thread-safe (tests, demos, benchmarks)."""
 
@@ -172,6 +202,8 @@ class ScriptedProvider:
         self.name = name
         self.model = model
         self._ids = itertools.count(1)
+        self._needs = tuple(_rule_needs(rule) for rule in self.rules)
+        self._default_needs = frozenset(_names(default) & _CONVERSATION_NAMES)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ScriptedProvider:
@@ -186,34 +218,34 @@ class ScriptedProvider:
     def complete(self, req: ChatRequest, *, on_delta: DeltaSink | None = None) -> ChatResponse:
         """The scripted answer to the conversation so far."""
         msgs = req.messages
-        user = next((m.content or "" for m in reversed(msgs) if m.role == "user"), "")
         users = [m.content or "" for m in msgs if m.role == "user"]
-        history = " | ".join(users[:-1])
+        user = users[-1] if users else ""
         calls: list[ToolCall]
         content: str | None
         if msgs and msgs[-1].role == "tool":
-            content, calls = self._after_tool(msgs, user, history)
+            content, calls = self._after_tool(msgs, user, users)
         else:
-            content, calls = self._answer(user, history)
+            content, calls = self._answer(user, users)
         if content and req.stream and on_delta is not None:
             for piece in re.findall(r"\S+\s*", content):
                 on_delta(piece)
+        prompt = _words_in([m.content for m in msgs if m.content])
         return ChatResponse.of(
             content,
             calls,
-            Usage.of(sum(_words(m.content) for m in msgs), _words(content) + len(calls)),
+            Usage.of(prompt, _words(content) + len(calls)),
             "tool_calls" if calls else "stop",
             self.name,
             req.model or self.model,
         )
 
-    def _env(self, m: re.Match[str], user: str, history: str = "") -> dict[str, str]:
-        env = _base_env(user, history)
+    def _env(self, m: re.Match[str], user: str, users: list[str], needs: frozenset[str]) -> dict[str, str]:
+        env = _base_env(user, users, needs)
         env.update({str(i): g or "" for i, g in enumerate(m.groups(), start=1)})
         env.update({k: v or "" for k, v in m.groupdict().items()})
         return env
 
-    def _answer(self, user: str, history: str = "") -> tuple[str | None, list[ToolCall]]:
+    def _answer(self, user: str, users: list[str]) -> tuple[str | None, list[ToolCall]]:
         for i, rule in enumerate(self.rules):
             m = rule.match.search(user)
             if m is None:
@@ -225,7 +257,7 @@ class ScriptedProvider:
                 and len(_pieces(rule.reply or "")) == 1
             ):
                 return rule.reply or "", []  # a reply with no placeholder: nothing to fill in
-            env = self._env(m, user, history)
+            env = self._env(m, user, users, self._needs[i])
             if rule.error is not None:
                 raise LLMError(self.name, render(rule.error, env))
             if rule.tool is not None:
@@ -237,14 +269,14 @@ class ScriptedProvider:
             return user, []
         if len(_pieces(self.default)) == 1:
             return self.default, []
-        return render(self.default, _base_env(user, history)), []
+        return render(self.default, _base_env(user, users, self._default_needs)), []
 
     def _call(self, rule_index: int, tool: str, args: Mapping[str, Any], env: Mapping[str, str]) -> ToolCall:
         # The rule's index travels in the call id, so the result finds its rule again with no state here.
         return ToolCall(id=f"call_s{rule_index}_{next(self._ids)}", name=tool, arguments=render(args, env))
 
     def _after_tool(
-        self, msgs: Sequence[ChatMessage], user: str, history: str = ""
+        self, msgs: Sequence[ChatMessage], user: str, users: list[str]
     ) -> tuple[str | None, list[ToolCall]]:
         results: list[ChatMessage] = []
         for m in reversed(msgs):
@@ -259,7 +291,8 @@ class ScriptedProvider:
         if rule is None:  # a call this script did not make (e.g. after a fallback): report the result
             return result, []
         found = rule.match.search(user)
-        env = self._env(found, user, history) if found else _base_env(user, history)
+        needs = self._needs[index]
+        env = self._env(found, user, users, needs) if found else _base_env(user, users, needs)
         env["result"] = result
         if rule.chain:
             step = _tool_results_since_user(msgs)
@@ -269,8 +302,15 @@ class ScriptedProvider:
         return str(render(rule.then, env)), []
 
 
-def _base_env(user: str, history: str = "") -> dict[str, str]:
-    return {"input": user, "crc16": f"{zlib.crc32(user.encode()) & 0xFFFF:04x}", "history": history}
+def _base_env(user: str, users: list[str], needs: frozenset[str] = _CONVERSATION_NAMES) -> dict[str, str]:
+    """``input``, and ``crc16`` and ``history`` when ``needs`` names them (what the templates rendered with
+    this env can ask for); ``users`` is every user message, the latest last."""
+    env = {"input": user}
+    if "crc16" in needs:
+        env["crc16"] = f"{zlib.crc32(user.encode()) & 0xFFFF:04x}"
+    if "history" in needs:
+        env["history"] = " | ".join(users[:-1])
+    return env
 
 
 def _tool_results_since_user(msgs: Sequence[ChatMessage]) -> int:
