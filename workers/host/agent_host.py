@@ -424,6 +424,8 @@ class AgentHost:
         # Least loaded first; ties broken round-robin so equal agents share the traffic.
         start = self._rr.get(str(service), 0)
         self._rr[str(service)] = start + 1
+        if len(pool) == 1:  # the rotation and the least-loaded choice of one agent: that agent
+            return pool[0]
         rotated = pool[start % len(pool) :] + pool[: start % len(pool)]
         return min(rotated, key=lambda a: len(a.inbox) + (a.current is not None))
 
