@@ -402,7 +402,8 @@ class AgentHost:
             )
         if self._memory is not None:
             self._memory.record_message(agent.agent_id, _session(body.session), "user", text, None)
-        agent.post((env, body, abi.user_message(text, session=body.session)))
+        payload, message = abi.user_entry(text, session=body.session)
+        agent.post((env, body, payload, message))
         if agent.current is None and agent.phase is Phase.READY:
             self._next_message(agent)
 
@@ -579,8 +580,8 @@ class AgentHost:
                 if not agent.sandbox.user_suspended:
                     self._hib.arm(agent, self.clock())  # idle from now: the idle timer starts
             return
-        env, send, payload = agent.inbox[0]
-        agent.sandbox.begin_message(payload)
+        env, send, payload, message = agent.inbox[0]
+        agent.sandbox.begin_message(payload, message)
         agent.idle_token += 1  # busy: a pending idle timer no longer applies
         agent.take()
         agent.current, agent.current_send = env, send
@@ -748,7 +749,7 @@ class AgentHost:
         self._drop(agent)
         waiting = [agent.spawn_env] if agent.spawn_env else []
         waiting += [agent.current] if agent.current else []
-        waiting += [env for env, _, _ in agent.take_all()]
+        waiting += [env for env, *_ in agent.take_all()]
         waiting += [agent.moving[0]] if agent.moving else []
         agent.moving = None
         self._moving.pop(agent.agent_id, None)

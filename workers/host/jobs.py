@@ -13,6 +13,7 @@ import contextvars
 import functools
 import json
 import os
+import struct
 import threading
 import time
 from collections import deque
@@ -31,7 +32,7 @@ log = structlog.get_logger("openfang.workers.jobs")
 class ThreadJob:
     """A job whose fields are written once by the thread that runs it, then ``done`` is set."""
 
-    __slots__ = ("agent_id", "code", "done", "error", "usage", "value")
+    __slots__ = ("agent_id", "code", "done", "entry", "error", "usage", "value")
 
     def __init__(self, agent_id: str) -> None:
         self.agent_id = agent_id
@@ -40,6 +41,12 @@ class ThreadJob:
         self.value = b""
         self.usage: dict[str, int] = {}
         self.error: OpenFangError | None = None  # what failed the job, for the message's error reply
+        # A conversation entry the result holds and the messages it is the JSON of (Sandbox.seed).
+        self.entry: tuple[bytes, list[dict[str, Any]]] | None = None
+
+    def set_entry(self, entry: bytes, messages: list[dict[str, Any]]) -> None:
+        """Called by the work before it returns (so before ``done``): see :meth:`Sandbox.seed`."""
+        self.entry = (entry, messages)
 
     def finish(
         self,
@@ -164,6 +171,7 @@ def llm_work(
     on_delta: Callable[[str], None] | None = None,
     on_usage: Callable[[Any, float], None] | None = None,
     on_error: Callable[[OpenFangError, float], None] | None = None,
+    on_entry: Callable[[bytes, list[dict[str, Any]]], None] | None = None,
 ) -> Callable[[], tuple[int, bytes, dict[str, int]]]:
     """The job body of one ``llm_invoke``: build the ChatRequest, complete it, encode the guest's result.
 
@@ -172,7 +180,8 @@ def llm_work(
     stream; ``on_delta`` gets the pieces of text as they come (a streamed reply's chunks); ``on_usage`` gets
     every answer the provider gave and the call's duration in ms (before the content filter: the tokens
     were spent even when the filter refuses the text); ``on_error`` gets the provider's failure and the
-    call's duration in seconds (the error is raised on as before).
+    call's duration in seconds (the error is raised on as before); ``on_entry`` gets the assistant
+    message's JSON (the conversation entry the guest appends) and the message, when its round trip is exact.
     """
     from openfang.workers.llm import types as t
 
@@ -198,10 +207,17 @@ def llm_work(
             msg["tool_calls"] = [
                 {"id": c.id, "name": c.name, "arguments": c.arguments} for c in resp.tool_calls
             ]
-            return _ok(abi.encode_llm_result(msg, None), usage)
-        return _ok(abi.encode_llm_result(msg, content or ""), usage)
+            data = abi.encode_llm_result(msg, None)
+        else:
+            data = abi.encode_llm_result(msg, content or "")
+        if on_entry is not None and abi.json_exact(msg):
+            on_entry(data[5 : 5 + _u32_at_1(data, 1)[0]], [msg])
+        return _ok(data, usage)
 
     return work
+
+
+_u32_at_1 = struct.Struct("<I").unpack_from  # the length field of an llm_invoke result (after the tag)
 
 
 @functools.lru_cache(maxsize=256)
@@ -272,8 +288,12 @@ def tools_work(
     invoke: ToolInvoke,
     on_denied: Callable[[str], None],
     single: bool,
+    on_entry: Callable[[bytes, list[dict[str, Any]]], None] | None = None,
 ) -> Callable[[], tuple[int, bytes, dict[str, int]]]:
-    """The job body of one ``tool_call``: run each call in order (allowed ones only), encode tool messages."""
+    """The job body of one ``tool_call``: run each call in order (allowed ones only), encode tool messages.
+
+    ``on_entry`` gets the tool messages' JSON (the conversation entry the guest appends) and the messages,
+    when their round trip is exact."""
 
     def work() -> tuple[int, bytes, dict[str, int]]:
         results: list[dict[str, Any]] = []
@@ -312,6 +332,9 @@ def tools_work(
                 return abi.E_DENIED, str(one["content"]).encode(), {"tool_calls": 1}
             data = str(one["content"]).encode()
             return (len(data) if one["ok"] else abi.E_FAILED), data, {"tool_calls": 1}
-        return _ok(abi.tool_messages(results), {"tool_calls": len(results)})
+        data = abi.tool_messages(results)
+        if on_entry is not None and abi.json_exact(results):
+            on_entry(data, results)
+        return _ok(data, {"tool_calls": len(results)})
 
     return work

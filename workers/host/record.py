@@ -44,7 +44,9 @@ class Phase(StrEnum):
     RESTARTING = "restarting"  # crashed, a fresh instance is in agent_init; messages wait in the inbox
 
 
-Message = tuple[Envelope, AgentSend, bytes]  # a request, its body as the catalogue typed it, its payload
+# A request, its body as the catalogue typed it, its payload (the guest's JSON) and the message that payload
+# is the JSON of, when its round trip is exact (Sandbox.seed), else None.
+Message = tuple[Envelope, AgentSend, bytes, dict[str, Any] | None]
 _NO_MESSAGES: tuple[Message, ...] = ()  # the inbox of every agent with nothing waiting (immutable)
 
 

@@ -111,6 +111,7 @@ class Services:
             on_delta=on_delta,
             on_usage=usage_recorder(agent, self._memory, self.stats),
             on_error=self._llm_error_sink(agent),
+            on_entry=job.set_entry,
         )
         self._runner.run(job, work, inline=getattr(agent.provider, "blocking", True) is False)
         return job
@@ -231,9 +232,9 @@ class Services:
             self._emit_chunk(request, {**part, "state": "done", "ok": bool(ok)})
             return ok, value
 
-        work = jobs.tools_work(calls, frozenset(agent.manifest.tools), invoke, denied, single)
-        inline = all(getattr(_tool(registry, str(c.get("name"))), "blocking", True) is False for c in calls)
         job = UsageJob(agent)
+        work = jobs.tools_work(calls, frozenset(agent.manifest.tools), invoke, denied, single, job.set_entry)
+        inline = all(getattr(_tool(registry, str(c.get("name"))), "blocking", True) is False for c in calls)
         self._runner.run(job, work, inline=inline)
         return job
 

@@ -175,6 +175,32 @@ def _message_json(message: dict[str, Any]) -> str:
     return _to_json(message)
 
 
+def json_exact(value: Any, depth: int = 0) -> bool:
+    """True when ``json.loads`` of the JSON of ``value`` gives ``value`` back with the same types: dicts
+    with str keys, lists, str, int, bool, finite float and None, nothing else (no tuple, no subclass),
+    nested at most 32 deep. The host may then stand a value it encoded in for parsing its JSON."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return bool(value - value == 0)  # finite: inf - inf and nan - nan are nan
+    if depth >= 32:
+        return False
+    if kind is dict:
+        return all(type(k) is str and json_exact(v, depth + 1) for k, v in value.items())
+    if kind is list:
+        return all(json_exact(v, depth + 1) for v in value)
+    return False
+
+
+def user_entry(text: str, *, session: str | None = None) -> tuple[bytes, dict[str, Any] | None]:
+    """:func:`user_message` and the message it is the JSON of (None when its round trip is not exact)."""
+    msg: dict[str, Any] = {"role": "user", "content": text}
+    if session:
+        msg["session"] = session
+    return user_message(text, session=session), (msg if json_exact(msg) else None)
+
+
 def user_message(text: str, *, session: str | None = None) -> bytes:
     """The bytes handed to ``agent_handle``: one JSON chat message."""
     if not session and type(text) is str:  # what _to_json gives for {"role": "user", "content": text}

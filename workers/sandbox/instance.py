@@ -211,6 +211,9 @@ class Sandbox:
         self._payload = b""
         self._pending_result: bytes | None = None
         self._parsed: Mapping[bytes, list[dict[str, Any]]] = _NOTHING_PARSED
+        # Conversation entries of the message in progress that the host wrote itself, with the messages it
+        # wrote them from (see seed); None between messages.
+        self._seeds: dict[bytes, list[dict[str, Any]]] | None = None
         self._job: Job | None = None
         self._interval_end = 0.0
         self._budget = manifest.sandbox.fuel.max_fuel
@@ -339,11 +342,15 @@ class Sandbox:
         self._start_call("init", abi.EXPORT_INIT, (), 1)
         return True
 
-    def begin_message(self, payload: bytes) -> None:
+    def begin_message(self, payload: bytes, message: dict[str, Any] | None = None) -> None:
         """Start handling one message: written to the guest's inbox if it has one and the message fits, then
-        ``agent_handle`` (one call); otherwise ``alloc`` for the payload, then ``agent_handle``."""
+        ``agent_handle`` (one call); otherwise ``alloc`` for the payload, then ``agent_handle``.
+
+        ``message``, when given, is the chat message ``payload`` is the JSON of (see :meth:`seed`)."""
         if self.state is not State.IDLE:
             raise SandboxError(f"agent {self.agent_id} is busy ({self.state.value})")
+        if message is not None:
+            self.seed(payload, [message])
         self.calls_this_message = 0
         self.counters["messages"] += 1
         inst = self._inst
@@ -358,6 +365,17 @@ class Sandbox:
                 return
         self._payload = payload
         self._start_call("alloc", abi.EXPORT_ALLOC, (len(payload),), 1)
+
+    def seed(self, entry: bytes, messages: list[dict[str, Any]]) -> None:
+        """For the message in progress: a conversation entry of exactly these bytes holds ``messages``.
+
+        The host made ``entry`` as the JSON of ``messages`` (the user's message, the model's answer, the tool
+        results), so the guest's copy of it, handed back in ``llm_invoke``, is not parsed again. Only for
+        values whose JSON round trip is exact (``guest_abi.json_exact``): the entry then parses to them.
+        """
+        if self._seeds is None:
+            self._seeds = {}
+        self._seeds[entry] = messages
 
     def _read_inbox(self, inst: Instance) -> tuple[int, int] | None:
         """The module's inbox (address, size) from its exports (checked at spawn: both or neither, i32)."""
@@ -558,6 +576,7 @@ class Sandbox:
         self._job = None
         self._pending_result = None
         self._payload = b""
+        self._seeds = None
         self.state = State.IDLE if self._inst is not None else State.CLOSED
 
     def suspend(self) -> None:
@@ -655,6 +674,9 @@ class Sandbox:
             if not job.done:
                 return None
             self._job = None
+            entry = getattr(job, "entry", None)  # what the job's result holds, parsed (see seed)
+            if entry is not None:
+                self.seed(*entry)
             if job.code >= 0:
                 self._pending_result = job.value
             elif job.value:
@@ -701,8 +723,11 @@ class Sandbox:
         """Parse conversation entries, reusing the parse of entries seen before (keyed by their bytes)."""
         cache: dict[bytes, list[dict[str, Any]]] = {}
         out: list[dict[str, Any]] = []
+        seeds = self._seeds
         for seg in segments:
             parsed = self._parsed.get(seg)
+            if parsed is None and seeds is not None:
+                parsed = seeds.get(seg)
             if parsed is None:
                 parsed = abi.parse_messages([seg])
             cache[seg] = parsed
