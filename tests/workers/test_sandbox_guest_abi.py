@@ -142,3 +142,39 @@ def test_llm_result_message_written_directly_equals_json_dumps() -> None:
             continue
         assert abi.encode_llm_result(message, None) == b"T" + struct.pack("<I", len(body)) + body, message
         assert abi.encode_llm_result(message, "ok") == b"A" + struct.pack("<I", len(body)) + body + b"ok"
+
+
+def test_tool_messages_written_directly_equal_json_dumps() -> None:
+    """Tool messages as the tool job makes them are spelled as json.dumps spells them; any other shape (a
+    NaN or int ms, another key order, a missing key, a non-str content) goes through the encoder."""
+    rng = random.Random(17)
+    texts = _texts(rng)[:600]
+    results: list[dict[str, Any]] = []
+    for i, text in enumerate(texts):
+        ms = rng.choice([0.0, 0.012, 1e-7, 123456.789, 2.5e300, -0.0])
+        results.append(
+            {
+                "role": "tool",
+                "tool_call_id": f"c{i}",
+                "name": text,
+                "content": text,
+                "ok": i % 2 == 0,
+                "ms": ms,
+            }
+        )
+    odd: list[dict[str, Any]] = [
+        {"role": "tool", "tool_call_id": "c", "name": "n", "content": "x", "ok": True, "ms": float("nan")},
+        {"role": "tool", "tool_call_id": "c", "name": "n", "content": "x", "ok": True, "ms": 3},
+        {"tool_call_id": "c", "role": "tool", "name": "n", "content": "x", "ok": True, "ms": 1.0},
+        {"role": "tool", "tool_call_id": "c", "name": "n", "content": "x", "ok": True},
+        {"role": "tool", "tool_call_id": "c", "name": "n", "content": ["x"], "ok": True, "ms": 1.0},
+        {"role": "tool", "tool_call_id": "c", "name": "n", "content": "x", "ok": 1, "ms": 1.0},
+    ]
+    for batch in [results[i : i + 3] for i in range(0, len(results), 3)] + [odd, odd[:1], []]:
+        try:
+            want = b"\n".join(_dumps(r) for r in batch)
+        except UnicodeEncodeError:
+            with pytest.raises(UnicodeEncodeError):
+                abi.tool_messages(batch)
+            continue
+        assert abi.tool_messages(batch) == want, batch

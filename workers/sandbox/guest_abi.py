@@ -211,6 +211,41 @@ def user_message(text: str, *, session: str | None = None) -> bytes:
     return _to_json(msg).encode()
 
 
+_TOOL_KEYS = ("role", "tool_call_id", "name", "content", "ok", "ms")
+
+
+def _tool_json(r: dict[str, Any]) -> str:
+    """``_to_json(r)``; a tool message as the host's tool job makes it (those keys in that order, str
+    values, a bool ``ok`` and a finite float ``ms``) is written directly."""
+    if tuple(r) == _TOOL_KEYS:
+        role, call_id, name, content, ok, ms = r.values()
+        if (
+            type(role) is str
+            and type(call_id) is str
+            and type(name) is str
+            and type(content) is str
+            and type(ok) is bool
+            and type(ms) is float
+            and ms - ms == 0
+        ):
+            return (
+                '{"role":'
+                + _json_str(role)
+                + ',"tool_call_id":'
+                + _json_str(call_id)
+                + ',"name":'
+                + _json_str(name)
+                + ',"content":'
+                + _json_str(content)
+                + ',"ok":'
+                + ("true" if ok else "false")
+                + ',"ms":'
+                + float.__repr__(ms)
+                + "}"
+            )
+    return _to_json(r)
+
+
 def tool_messages(results: list[dict[str, Any]]) -> bytes:
     """Newline-separated JSON tool messages (the ``tool_call`` result for an assistant message)."""
-    return b"\n".join([_to_json(r).encode() for r in results])
+    return "\n".join([_tool_json(r) for r in results]).encode()
