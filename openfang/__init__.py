@@ -14,9 +14,10 @@ Subpackages (one import root; the top-level folders of the repository map onto t
 - ``openfang.cli``        the ``openfang`` control client
 """
 
-from openfang import _optional
+from openfang import _optional, _precompiled
 
 _optional.install()  # before anything imports structlog: see the module's docstring
+_precompiled.install()  # before our first dataclass: see the module's docstring
 
 from openfang.protocol.errors import OpenFangError  # noqa: E402  (after the finder, on purpose)
 
