@@ -54,7 +54,7 @@ def _compiled(text: str) -> types.CodeType:
 
 @pytest.mark.skipif(not _SAME_PYTHON, reason="the data was generated with another Python")
 def test_precompiled_data_is_what_the_generator_makes_now() -> None:
-    """_precompiled_data.py holds this package's dataclass texts (regenerate: python -m openfang._precompiled_gen)."""
+    """_precompiled_data.py holds the dataclass texts as now (python -m openfang._precompiled_gen --write)."""
     assert _precompiled_gen.DATA.read_text() == _precompiled_gen.render()
 
 
@@ -83,7 +83,7 @@ def test_precompiled_changed_class_is_compiled_as_before() -> None:
     assert _precompiled.hits == before
     value = Fresh(only_in_this_test_a=1)
     assert value == Fresh(only_in_this_test_a=1, only_in_this_test_b="x")
-    assert repr(value) == "test_precompiled_changed_class_is_compiled_as_before.<locals>.Fresh(only_in_this_test_a=1, only_in_this_test_b='x')"
+    assert repr(value).endswith(".<locals>.Fresh(only_in_this_test_a=1, only_in_this_test_b='x')")
     with pytest.raises(dataclasses.FrozenInstanceError):
         value.only_in_this_test_a = 2  # type: ignore[misc]
 
@@ -132,7 +132,8 @@ def test_precompiled_methods_behave_as_dataclasses_makes_them() -> None:
         "        assert a.__defaults__ == b.__defaults__ and a.__kwdefaults__ == b.__kwdefaults__\n"
         "        assert a.__code__.co_filename != b.__code__.co_filename  # really from the table\n"
         "u = fast.Usage(prompt_tokens=3, fuel=4)\n"
-        "print(repr(u), u == fast.Usage(prompt_tokens=3, fuel=4), hash(u) == hash(fast.Usage(prompt_tokens=3, fuel=4)))\n"
+        "v = fast.Usage(prompt_tokens=3, fuel=4)\n"
+        "print(repr(u), u == v, hash(u) == hash(v))\n"
     )
     assert out == "Usage(prompt_tokens=3, completion_tokens=0, tool_calls=0, fuel=4) True True"
 
