@@ -19,11 +19,13 @@ A hit is kept when it respects word boundaries (see the cue table's docstring) a
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import ahocorasick_rs
 
@@ -143,47 +145,77 @@ def _spellings(phrase: str) -> set[str]:
     return keys
 
 
-def _context_pattern(phrases: Sequence[str]) -> tuple[re.Pattern[str], int]:
+Entry = tuple[str, tuple[str, ...], int, bool, bool]
+"""One compiled key: (key, its classes, offset of the cue in the key, test the start, test the end)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A cue table folded and laid out for the automata: what :class:`CueMatcher` compiles.
+
+    :func:`fold_table` makes it from the cue table; ``_injection_table.py`` holds it precomputed for
+    :data:`._injection_cues.CUES` (generated, and checked by a test), so a process does not fold every
+    cue before its first scan.
+    """
+
+    entries: tuple[Entry, ...]
+    context: dict[str, tuple[str, int]]  # context class -> (regex source, reach)
+
+
+def _context_source(phrases: Sequence[str]) -> tuple[str, int]:
     """One regex for a context class (longest phrases first, prefix cues ``*`` open-ended), and its reach:
     how far past its start a hit can end, plus the character the end test reads (a prefix cue's word is
     allowed 30 more characters)."""
     folded = {(key, p.endswith("*")) for p in phrases for key in _spellings(p.rstrip("*"))}
-    ordered = sorted(folded, key=lambda item: -len(item[0]))
+    ordered = sorted(folded, key=lambda item: (-len(item[0]), item))
     body = "|".join(re.escape(word) + (r"\w*" if prefix else "") for word, prefix in ordered)
     reach = max(len(word) + (30 if prefix else 0) for word, prefix in folded) + 1
-    return re.compile(rf"(?:{body})(?!\w)"), reach
+    return rf"(?:{body})(?!\w)", reach
+
+
+def fingerprint(cues: Mapping[str, Sequence[str]]) -> str:
+    """A digest of a cue table (and of which classes are context): the generated table records the one it
+    was folded from."""
+    text = repr((sorted(cues.items()), sorted(CONTEXT)))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fold_table(cues: Mapping[str, Sequence[str]]) -> Table:
+    """Fold every cue (each of its spellings) and lay the keys out for the automata."""
+    table: dict[str, tuple[set[str], bool]] = {}
+    for cls, phrases in cues.items():
+        if cls in CONTEXT:
+            continue
+        for phrase in phrases:
+            prefix = phrase.endswith("*")
+            for key in sorted(_spellings(phrase.rstrip("*"))):
+                classes, was_prefix = table.get(key, (set(), prefix))
+                if was_prefix != prefix:
+                    raise ValueError(f"cue {key!r} is both a prefix and a word")
+                classes.add(cls)
+                table[key] = (classes, prefix)
+    entries: list[Entry] = []
+    for key, (classes, prefix) in table.items():
+        word_start = key[0].isalnum() and not _unspaced(key[0])
+        check_end = not prefix and key[-1].isalnum() and not _unspaced(key[-1])
+        cls_tuple = tuple(sorted(classes))
+        if word_start and len(key) <= _SHORT:
+            for opener in _WORD_OPENERS:
+                entries.append((opener + key, cls_tuple, 1, False, check_end))
+        else:
+            entries.append((key, cls_tuple, 0, word_start, check_end))
+    context = {cls: _context_source(cues[cls]) for cls in sorted(CONTEXT) if cls in cues}
+    return Table(entries=tuple(entries), context=context)
 
 
 class CueMatcher:
-    """Folds and compiles a cue table once; :meth:`find` then runs one automaton pass per text."""
+    """Compiles a folded cue table once; :meth:`find` then runs one automaton pass per text."""
 
-    def __init__(self, cues: Mapping[str, Sequence[str]]) -> None:
-        table: dict[str, tuple[set[str], bool]] = {}
-        for cls, phrases in cues.items():
-            if cls in CONTEXT:
-                continue
-            for phrase in phrases:
-                prefix = phrase.endswith("*")
-                for key in _spellings(phrase.rstrip("*")):
-                    classes, was_prefix = table.get(key, (set(), prefix))
-                    if was_prefix != prefix:
-                        raise ValueError(f"cue {key!r} is both a prefix and a word")
-                    classes.add(cls)
-                    table[key] = (classes, prefix)
-        keys: list[str] = []
+    def __init__(self, cues: Mapping[str, Sequence[str]] | Table) -> None:
+        table = cues if isinstance(cues, Table) else fold_table(cues)
+        keys = [entry[0] for entry in table.entries]
         # Per compiled key: (classes, offset of the cue in the key, test the start, test the end).
-        meta: list[tuple[tuple[str, ...], int, bool, bool]] = []
-        for key, (classes, prefix) in table.items():
-            word_start = key[0].isalnum() and not _unspaced(key[0])
-            check_end = not prefix and key[-1].isalnum() and not _unspaced(key[-1])
-            cls_tuple = tuple(sorted(classes))
-            if word_start and len(key) <= _SHORT:
-                for opener in _WORD_OPENERS:
-                    keys.append(opener + key)
-                    meta.append((cls_tuple, 1, False, check_end))
-            else:
-                keys.append(key)
-                meta.append((cls_tuple, 0, word_start, check_end))
+        meta = [entry[1:] for entry in table.entries]
         self._keys = keys
         self._meta = meta
         self._automaton = ahocorasick_rs.AhoCorasick(keys)
@@ -194,7 +226,7 @@ class CueMatcher:
         self._ascii_automaton = ahocorasick_rs.BytesAhoCorasick(
             [keys[i].encode("ascii") for i in ascii_keys], implementation=ahocorasick_rs.Implementation.DFA
         )
-        self._context = {cls: _context_pattern(cues[cls]) for cls in CONTEXT if cls in cues}
+        self._context = {cls: (re.compile(source), reach) for cls, (source, reach) in table.context.items()}
 
     @property
     def size(self) -> int:
