@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import structlog
 
 from openfang import __version__
@@ -313,7 +312,7 @@ class Daemon:
             runfile.RunRecord(
                 name=self.config.name,
                 pid=os.getpid(),
-                started=psutil.Process().create_time(),
+                started=runfile.start_time(os.getpid()) or self.started_at,
                 config=self.config_path,
                 data_dir=str(self.config.data_dir),
                 endpoint=self.config.control.endpoint,
@@ -345,6 +344,8 @@ def annotate(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _process_figures(pid: int) -> dict[str, Any]:
+    import psutil  # here: the daemon asks only when a client does, never before it is ready
+
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():

@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 SYSTEM_RUNTIME_DIR = Path("/run/openfang")  # the systemd unit's RuntimeDirectory
 
@@ -36,18 +34,34 @@ class RunRecord:
 
     name: str
     pid: int
-    started: float  # the process's create time (psutil), to tell a reused pid apart
+    started: float  # the process's start time (start_time), to tell a reused pid apart
     config: str
     data_dir: str
     endpoint: str
     events: str
 
     def alive(self) -> bool:
-        try:
-            created = float(psutil.Process(self.pid).create_time())
-        except psutil.Error:
-            return False
-        return abs(created - self.started) < 0.01
+        started = start_time(self.pid)
+        return started is not None and abs(started - self.started) < 0.01
+
+
+def start_time(pid: int) -> float | None:
+    """When process ``pid`` started, in seconds since the epoch (None: there is no such process).
+
+    Computed as psutil's ``create_time`` computes it on Linux, from the same two numbers: the process's
+    start in clock ticks after boot (``/proc/<pid>/stat``) plus the boot time (``btime`` in ``/proc/stat``).
+    Read here rather than through psutil, whose import (~13 ms) the daemon would otherwise pay before it is
+    ready, only to write its run record.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open("/proc/stat", "rb") as f:
+            boot = next(float(line.split()[1]) for line in f if line.startswith(b"btime"))
+        ticks = float(stat[stat.rfind(b")") + 2 :].split()[19])  # field 22, starttime
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK") + boot
 
 
 def runtime_dir() -> Path:

@@ -15,12 +15,14 @@ formatter instead of rich's.
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.machinery
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from importlib.abc import Loader
 
 # library -> the optional modules it must not import (each is imported by it inside try/except ImportError)
 HIDDEN_DURING: dict[str, tuple[str, ...]] = {
@@ -28,8 +30,11 @@ HIDDEN_DURING: dict[str, tuple[str, ...]] = {
 }
 
 
-class _Hiding(importlib.abc.Loader):
-    """The library's own loader, run with its extras unimportable (every other attribute delegated)."""
+class _Hiding:
+    """The library's own loader, run with its extras unimportable (every other attribute delegated).
+
+    (Plain classes here and below, not ``importlib.abc``'s: importing that module imports
+    ``importlib.resources`` and ``tempfile``, ~8 ms before the daemon's first line.)"""
 
     def __init__(self, loader: Any, extras: tuple[str, ...]) -> None:
         self._loader = loader
@@ -54,7 +59,7 @@ class _Hiding(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-class _Finder(importlib.abc.MetaPathFinder):
+class _Finder:
     def __init__(self) -> None:
         self.pending = {lib for lib in HIDDEN_DURING if lib not in sys.modules}
 
@@ -73,7 +78,7 @@ class _Finder(importlib.abc.MetaPathFinder):
             spec: importlib.machinery.ModuleSpec | None = finder.find_spec(fullname, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _Hiding(spec.loader, extras)
+                    spec.loader = cast("Loader", _Hiding(spec.loader, extras))
                 return spec
         return None
 
