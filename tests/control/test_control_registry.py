@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -238,3 +239,29 @@ def test_registry_commit_of_fsync_free_changes_only_does_not_wait_for_the_disk(t
     assert again.get(a.agent_id) is not None and again.get(b.agent_id) is None
     assert again.next_id("other") == "other-2"
     again.close()
+
+
+def test_registry_schema_is_written_once_and_a_reopen_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh file gets its tables and schema version in one transaction; opening it again runs no schema
+    statement (no write, so no fsync, on the gateway's start)."""
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    path = tmp_path / "agents.db"
+    reg = AgentRegistry(path)
+    assert reg._db.execute("PRAGMA user_version").fetchone()[0] == 1
+    tables = {r[0] for r in reg._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"agents", "manifests", "counters"}
+    assert any(s.startswith("BEGIN IMMEDIATE") for s in statements)
+    reg.close()
+    statements.clear()
+    AgentRegistry(path).close()
+    assert not [s for s in statements if "CREATE" in s or "user_version =" in s or "BEGIN" in s]

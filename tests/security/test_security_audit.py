@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -198,3 +199,30 @@ def test_audit_verify_of_missing_file_is_a_result_not_an_exception(tmp_path: Pat
     """verify() reports a missing log instead of raising."""
     res = verify(tmp_path / "nope.db")
     assert not res.ok and "no such" in res.reason
+
+
+def test_audit_reopen_writes_no_schema_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schema is created with the file in one transaction; opening an existing log runs no schema
+    statement (no write) and its triggers still refuse a delete."""
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    path = tmp_path / "audit.db"
+    with AuditLog(path) as log:
+        log.append("test.event", n=1)
+    assert any(s.startswith("BEGIN IMMEDIATE") for s in statements)
+    assert any("CREATE TABLE" in s for s in statements)
+    statements.clear()
+    again = AuditLog(path)
+    try:
+        assert not [s for s in statements if "CREATE" in s or "BEGIN" in s]
+        with pytest.raises(sqlite3.IntegrityError):
+            again._conn.execute("DELETE FROM audit_log")
+    finally:
+        again.close()

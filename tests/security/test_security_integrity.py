@@ -7,6 +7,8 @@ import sys
 import types
 from pathlib import Path
 
+import pytest
+
 from openfang.security.audit import AuditLog
 from openfang.security.integrity import IntegrityMonitor, package_files
 
@@ -66,3 +68,29 @@ def test_integrity_watches_the_security_package_itself() -> None:
     assert any(p.name == "integrity.py" for p in files)
     mon = IntegrityMonitor(files)
     assert mon.watched == len(files) and mon.check() == []
+
+
+def test_integrity_baseline_resolves_paths_as_pathlib_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The baseline's paths are Path.resolve()'s, through linked directories, '..' after a link, a linked
+    file and a relative path (directories are resolved once per baseline, files through links)."""
+    real = tmp_path / "real" / "deep"
+    real.mkdir(parents=True)
+    (real / "a.py").write_text("a")
+    (tmp_path / "real" / "b.py").write_text("b")
+    (tmp_path / "top.py").write_text("t")
+    (tmp_path / "link").symlink_to(real)
+    (real / "c.py").symlink_to(tmp_path / "top.py")
+    monkeypatch.chdir(tmp_path)
+    paths = [
+        "link/a.py",
+        "link/../b.py",
+        "link/c.py",
+        "real/deep/a.py",
+        str(tmp_path / "link" / "a.py"),
+        "top.py",
+    ]
+    monitor = IntegrityMonitor(paths)
+    assert monitor.files() == sorted({str(Path(p).resolve()) for p in paths})
+    assert monitor.check() == []
