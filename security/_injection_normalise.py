@@ -68,7 +68,23 @@ _MAP_LOOK = {**_MAP, **{k.encode(): v.encode() for k, v in _LOOKALIKE.items()}}
 
 
 def _alternation(keys: Iterable[bytes]) -> re.Pattern[bytes]:
-    return re.compile(b"|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True)))
+    """A pattern matching exactly ``keys``, the UTF-8 encodings of single characters.
+
+    Such a set is prefix-free (UTF-8 is a prefix code), so at most one key matches at a position and the
+    keys can be grouped by all their bytes but the last: ``\xf3\xa0\x80[\x80-\xbf...]`` instead of an
+    alternation of 128 tag characters. Same matches; sre compiles it in ~0.2 ms instead of ~2-5 ms (on the
+    start path: the root imports this module before it forks anything).
+    """
+    by_prefix: dict[bytes, list[int]] = {}
+    for key in keys:
+        if len(key.decode("utf-8")) != 1:
+            raise ValueError(f"{key!r} is not one character")
+        by_prefix.setdefault(key[:-1], []).append(key[-1])
+    branches = []
+    for prefix in sorted(by_prefix, key=lambda p: (-len(p), p)):
+        last = b"".join(re.escape(bytes([b])) for b in sorted(set(by_prefix[prefix])))
+        branches.append(re.escape(prefix) + (b"[" + last + b"]" if len(by_prefix[prefix]) > 1 else last))
+    return re.compile(b"|".join(branches))
 
 
 # One pass over the encoded text finds every sequence to replace (a C scan; matches are rare in ordinary

@@ -66,3 +66,30 @@ def test_injection_table_matcher_finds_what_the_cue_matcher_finds() -> None:
         a, b = from_table.find(text), from_cues.find(text)
         assert a.spans == b.spans, text
         assert a.near("PRIOR", 0, len(text)) == b.near("PRIOR", 0, len(text)), text
+
+
+def test_injection_fold_special_patterns_match_what_an_alternation_of_the_keys_matches() -> None:
+    """The fold's grouped patterns of characters to replace find exactly the spans a plain alternation of
+    the same keys finds, on every key and on random mixed text."""
+    import random
+    import re
+
+    from openfang.security import _injection_normalise as n
+
+    for table, grouped in ((n._MAP, n._SPECIAL), (n._MAP_LOOK, n._SPECIAL_LOOK)):
+        plain = re.compile(b"|".join(re.escape(k) for k in sorted(table, key=len, reverse=True)))
+        for key in table:
+            assert grouped.fullmatch(key) is not None, key
+        rnd = random.Random(15)
+        pool = [k.decode() for k in table] + ["a", "é", "ж", "\u2018", "中", "\U0001f600", "\U000e0100"]
+        for _ in range(3000):
+            text = "".join(rnd.choice(pool) for _ in range(rnd.randrange(1, 30))).encode()
+            assert [m.span() for m in grouped.finditer(text)] == [m.span() for m in plain.finditer(text)]
+
+
+def test_injection_fold_special_pattern_refuses_a_multi_character_key() -> None:
+    """The grouping is only exact for single characters: a longer key is refused when the module loads."""
+    from openfang.security._injection_normalise import _alternation
+
+    with pytest.raises(ValueError, match="not one character"):
+        _alternation([b"ab"])
