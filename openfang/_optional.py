@@ -11,10 +11,17 @@ execute, then visible again, so a later ``import rich`` (``openfang top``) works
 already imported is left alone; the finder removes itself once every library in the table has been
 imported. Rendering on a terminal stays colourful; only exceptions are printed by structlog's plain
 formatter instead of rich's.
+
+``structlog.stdlib`` and ``structlog._native`` also import ``asyncio`` at their top (with ``ssl`` under it:
+~15 ms in the root, before anything forks) for their ``async`` logging methods, which we never call. While
+structlog loads, :data:`DEFERRED_DURING` modules are stand-ins (:class:`_Deferred`): the real module is
+imported on the first attribute read through structlog's reference, and anyone else's ``import asyncio``
+later imports it as usual (the stand-in never stays in ``sys.modules``).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
 import sys
 from collections.abc import Sequence
@@ -28,6 +35,20 @@ if TYPE_CHECKING:
 HIDDEN_DURING: dict[str, tuple[str, ...]] = {
     "structlog": ("rich", "better_exceptions"),
 }
+# library -> modules it imports at its top but uses only inside functions we never (or later) call
+DEFERRED_DURING: dict[str, tuple[str, ...]] = {
+    "structlog": ("asyncio",),
+}
+
+
+class _Deferred(ModuleType):
+    """Stands for a module a library imported but has not used yet: the first attribute read imports the
+    real module (the import lock makes that safe from any thread) and every read is answered from it."""
+
+    def __getattr__(self, attr: str) -> Any:
+        if sys.modules.get(self.__name__) is self:  # read while the library is still loading
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attr)
 
 
 class _Hiding:
@@ -36,9 +57,10 @@ class _Hiding:
     (Plain classes here and below, not ``importlib.abc``'s: importing that module imports
     ``importlib.resources`` and ``tempfile``, ~8 ms before the daemon's first line.)"""
 
-    def __init__(self, loader: Any, extras: tuple[str, ...]) -> None:
+    def __init__(self, loader: Any, extras: tuple[str, ...], deferred: tuple[str, ...] = ()) -> None:
         self._loader = loader
         self._extras = extras
+        self._deferred = deferred
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         module: ModuleType | None = self._loader.create_module(spec)
@@ -48,11 +70,16 @@ class _Hiding:
         hidden = [name for name in self._extras if name not in sys.modules]
         for name in hidden:
             sys.modules[name] = None  # type: ignore[assignment]  # "import name" raises ImportError
+        stand_ins = {name: _Deferred(name) for name in self._deferred if name not in sys.modules}
+        sys.modules.update(stand_ins)
         try:
             self._loader.exec_module(module)
         finally:
             for name in hidden:
                 if sys.modules.get(name, 0) is None:
+                    del sys.modules[name]
+            for name, stand_in in stand_ins.items():
+                if sys.modules.get(name) is stand_in:
                     del sys.modules[name]
 
     def __getattr__(self, name: str) -> Any:  # get_data, get_resource_reader, is_package...
@@ -78,7 +105,8 @@ class _Finder:
             spec: importlib.machinery.ModuleSpec | None = finder.find_spec(fullname, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = cast("Loader", _Hiding(spec.loader, extras))
+                    hiding = _Hiding(spec.loader, extras, DEFERRED_DURING.get(fullname, ()))
+                    spec.loader = cast("Loader", hiding)
                 return spec
         return None
 

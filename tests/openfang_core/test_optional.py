@@ -58,3 +58,43 @@ def test_optional_library_still_loads_its_files() -> None:
         "print(structlog.__spec__.loader.is_package('structlog'), '__all__' in source)"
     )
     assert out == "True True"
+
+
+def test_optional_daemon_tree_does_not_import_asyncio() -> None:
+    """The daemon, the gateway and the worker modules load without asyncio (or ssl under it): structlog's
+    reference to it is a stand-in until used, and the MCP hub imports it when it starts its loop."""
+    out = _run(
+        "import sys, openfang.control.daemon, openfang.control.gateway, openfang.workers.worker\n"
+        "print('asyncio' in sys.modules, 'ssl' in sys.modules)"
+    )
+    assert out == "False False"
+
+
+def test_optional_deferred_asyncio_works_on_first_use() -> None:
+    """structlog's async logging methods load the real asyncio on first use, and every later
+    ``import asyncio`` gets that one real module, not the stand-in."""
+    out = _run(
+        "import sys, types, openfang, structlog\n"
+        "import structlog._native\n"
+        "assert type(structlog._native.asyncio).__name__ == '_Deferred'\n"
+        "import asyncio\n"
+        "assert type(asyncio) is types.ModuleType and sys.modules['asyncio'] is asyncio\n"
+        "async def main():\n"
+        "    await structlog.get_logger().ainfo('hello_async')\n"
+        "asyncio.run(main())\n"
+        "print(structlog._native.asyncio.get_running_loop is asyncio.get_running_loop)"
+    )
+    assert out.splitlines()[-1] == "True"
+    assert "hello_async" in out
+
+
+def test_optional_deferred_module_read_first_through_the_stand_in() -> None:
+    """When the first use of asyncio is through structlog's stand-in, the real module is imported then
+    and is the one in sys.modules."""
+    out = _run(
+        "import sys, types, openfang, structlog.stdlib\n"
+        "policy = structlog.stdlib.asyncio.get_event_loop_policy\n"
+        "import asyncio\n"
+        "print(type(sys.modules['asyncio']) is types.ModuleType, policy is asyncio.get_event_loop_policy)"
+    )
+    assert out == "True True"

@@ -20,7 +20,6 @@ again by the next call to one of its tools (once per call; its error is the call
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import threading
@@ -34,6 +33,8 @@ from openfang.workers.tools.core import Tool, ToolContext, ToolError
 from openfang.workers.tools.schema import KNOWN_KEYWORDS, check_schema
 
 if TYPE_CHECKING:
+    import asyncio
+
     from openfang.workers.tools.core import ToolRegistry
 
 _SERVER = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -259,6 +260,8 @@ class McpHub:
         self._sessions: dict[str, Any] = {}  # name -> ClientSession while connected
 
     def loop(self) -> asyncio.AbstractEventLoop:
+        import asyncio  # here: the worker imports this module for its config types, not its loop
+
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
@@ -270,6 +273,8 @@ class McpHub:
         return all(s.name in self._settled for s in servers)
 
     def connect_later(self, servers: tuple[McpServerConfig, ...], then: Callable[[], None]) -> None:
+        import asyncio
+
         async def settle_all() -> None:
             try:
                 for server in servers:
@@ -285,6 +290,8 @@ class McpHub:
         asyncio.run_coroutine_threadsafe(settle_all(), self.loop())
 
     async def _settle(self, server: McpServerConfig, future: asyncio.Future[list[Any]]) -> None:
+        import asyncio
+
         try:
             tools = await asyncio.wait_for(self._connect(server), server.timeout_s)
         except BaseException as exc:
@@ -321,6 +328,8 @@ class McpHub:
 
     def call(self, server: McpServerConfig, tool: str, args: dict[str, Any]) -> Any:
         """Call ``tool`` on ``server`` (reconnecting a dead session once); the result's text, or ToolError."""
+        import asyncio
+
         future = asyncio.run_coroutine_threadsafe(self._call(server, tool, args), self.loop())
         try:
             return future.result(server.timeout_s)
@@ -329,6 +338,8 @@ class McpHub:
             raise Timeout(f"MCP tool {server.name}.{tool}: no answer within {server.timeout_s:g}s") from None
 
     async def _connect(self, server: McpServerConfig) -> list[Any]:
+        import asyncio
+
         ready: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().create_task(self._hold(server, ready))
         return await ready
@@ -338,6 +349,8 @@ class McpHub:
 
         One task enters and leaves the SDK's context managers (anyio's cancel scopes require it).
         """
+        import asyncio
+
         from mcp import ClientSession
 
         try:
@@ -372,6 +385,8 @@ class McpHub:
             self._sessions.pop(server.name, None)
 
     async def _call(self, server: McpServerConfig, tool: str, args: dict[str, Any]) -> Any:
+        import asyncio
+
         session = self._sessions.get(server.name)
         if session is None:  # died since: start it again, once
             try:
