@@ -6906,10 +6906,10 @@ CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,v
 def __create_fn__():
  def __eq__(self,other):
   if other.__class__ is self.__class__:
-   return (self.id,self.path,self.args,self.cpu,self.uplink,self._ready_sent,self._last_heartbeat,)==(other.id,other.path,other.args,other.cpu,other.uplink,other._ready_sent,other._last_heartbeat,)
+   return (self.id,self.path,self.args,self.cpu,self.uplink,self._ready_sent,self._last_heartbeat,self._trim,)==(other.id,other.path,other.args,other.cpu,other.uplink,other._ready_sent,other._last_heartbeat,other._trim,)
   return NotImplemented
  return __eq__
-CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.id,self.path,self.args,self.cpu,self.uplink,self._ready_sent,self._last_heartbeat,)==(other.id,other.path,other.args,other.cpu,other.uplink,other._ready_sent,other._last_heartbeat,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.id,self.path,self.args,self.cpu,self.uplink,self._ready_sent,self._last_heartbeat,self._trim,)==(other.id,other.path,other.args,other.cpu,other.uplink,other._ready_sent,other._last_heartbeat,other._trim,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
 def __create_fn__():
  def __eq__(self,other):
   if other.__class__ is self.__class__:
@@ -6924,16 +6924,16 @@ def __create_fn__():
 CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.t,self.sender,self.fields,self.summary,))\n return __hash__'] = __create_fn__.__code__
 def __create_fn__():
  def __repr__(self):
-  return self.__class__.__qualname__ + f"(id={self.id!r}, path={self.path!r}, args={self.args!r}, cpu={self.cpu!r}, uplink={self.uplink!r}, _ready_sent={self._ready_sent!r}, _last_heartbeat={self._last_heartbeat!r})"
+  return self.__class__.__qualname__ + f"(id={self.id!r}, path={self.path!r}, args={self.args!r}, cpu={self.cpu!r}, uplink={self.uplink!r}, _ready_sent={self._ready_sent!r}, _last_heartbeat={self._last_heartbeat!r}, _trim={self._trim!r})"
  return __repr__
-CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(id={self.id!r}, path={self.path!r}, args={self.args!r}, cpu={self.cpu!r}, uplink={self.uplink!r}, _ready_sent={self._ready_sent!r}, _last_heartbeat={self._last_heartbeat!r})"\n return __repr__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(id={self.id!r}, path={self.path!r}, args={self.args!r}, cpu={self.cpu!r}, uplink={self.uplink!r}, _ready_sent={self._ready_sent!r}, _last_heartbeat={self._last_heartbeat!r}, _trim={self._trim!r})"\n return __repr__'] = __create_fn__.__code__
 def __create_fn__():
  def __repr__(self):
   return self.__class__.__qualname__ + f"(t={self.t!r}, sender={self.sender!r}, fields={self.fields!r}, summary={self.summary!r})"
  return __repr__
 CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(t={self.t!r}, sender={self.sender!r}, fields={self.fields!r}, summary={self.summary!r})"\n return __repr__'] = __create_fn__.__code__
-def __create_fn__(_type_id, _type_path, _type_args, _type_cpu, _type_uplink, _type__ready_sent, _type__last_heartbeat, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_args, _dflt_cpu, _dflt_uplink, _dflt__ready_sent, _dflt__last_heartbeat, _return_type):
- def __init__(self,*,id:_type_id,path:_type_path,args:_type_args=_HAS_DEFAULT_FACTORY,cpu:_type_cpu=_dflt_cpu,uplink:_type_uplink=_dflt_uplink,_ready_sent:_type__ready_sent=_dflt__ready_sent,_last_heartbeat:_type__last_heartbeat=_dflt__last_heartbeat)->_return_type:
+def __create_fn__(_type_id, _type_path, _type_args, _type_cpu, _type_uplink, _type__ready_sent, _type__last_heartbeat, _type__trim, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_args, _dflt_cpu, _dflt_uplink, _dflt__ready_sent, _dflt__last_heartbeat, _dflt__trim, _return_type):
+ def __init__(self,*,id:_type_id,path:_type_path,args:_type_args=_HAS_DEFAULT_FACTORY,cpu:_type_cpu=_dflt_cpu,uplink:_type_uplink=_dflt_uplink,_ready_sent:_type__ready_sent=_dflt__ready_sent,_last_heartbeat:_type__last_heartbeat=_dflt__last_heartbeat,_trim:_type__trim=_dflt__trim)->_return_type:
   self.id=id
   self.path=path
   self.args=_dflt_args() if args is _HAS_DEFAULT_FACTORY else args
@@ -6941,8 +6941,9 @@ def __create_fn__(_type_id, _type_path, _type_args, _type_cpu, _type_uplink, _ty
   self.uplink=uplink
   self._ready_sent=_ready_sent
   self._last_heartbeat=_last_heartbeat
+  self._trim=_trim
  return __init__
-CODE['def __create_fn__(_type_id, _type_path, _type_args, _type_cpu, _type_uplink, _type__ready_sent, _type__last_heartbeat, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_args, _dflt_cpu, _dflt_uplink, _dflt__ready_sent, _dflt__last_heartbeat, _return_type):\n def __init__(self,*,id:_type_id,path:_type_path,args:_type_args=_HAS_DEFAULT_FACTORY,cpu:_type_cpu=_dflt_cpu,uplink:_type_uplink=_dflt_uplink,_ready_sent:_type__ready_sent=_dflt__ready_sent,_last_heartbeat:_type__last_heartbeat=_dflt__last_heartbeat)->_return_type:\n  self.id=id\n  self.path=path\n  self.args=_dflt_args() if args is _HAS_DEFAULT_FACTORY else args\n  self.cpu=cpu\n  self.uplink=uplink\n  self._ready_sent=_ready_sent\n  self._last_heartbeat=_last_heartbeat\n return __init__'] = __create_fn__.__code__
+CODE['def __create_fn__(_type_id, _type_path, _type_args, _type_cpu, _type_uplink, _type__ready_sent, _type__last_heartbeat, _type__trim, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_args, _dflt_cpu, _dflt_uplink, _dflt__ready_sent, _dflt__last_heartbeat, _dflt__trim, _return_type):\n def __init__(self,*,id:_type_id,path:_type_path,args:_type_args=_HAS_DEFAULT_FACTORY,cpu:_type_cpu=_dflt_cpu,uplink:_type_uplink=_dflt_uplink,_ready_sent:_type__ready_sent=_dflt__ready_sent,_last_heartbeat:_type__last_heartbeat=_dflt__last_heartbeat,_trim:_type__trim=_dflt__trim)->_return_type:\n  self.id=id\n  self.path=path\n  self.args=_dflt_args() if args is _HAS_DEFAULT_FACTORY else args\n  self.cpu=cpu\n  self.uplink=uplink\n  self._ready_sent=_ready_sent\n  self._last_heartbeat=_last_heartbeat\n  self._trim=_trim\n return __init__'] = __create_fn__.__code__
 def __create_fn__(_type_t, _type_sender, _type_fields, _type_summary, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type):
  def __init__(self,*,t:_type_t,sender:_type_sender,fields:_type_fields,summary:_type_summary)->_return_type:
   __dataclass_builtins_object__.__setattr__(self,'t',t)
