@@ -40,7 +40,7 @@ from openfang.protocol.errors import AlreadyExists, OpenFangError
 
 STATES = AGENT_STATES
 LIVE_STATES = frozenset(STATES) - {"dead"}
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # bump with any change to _SCHEMA: a file already at this version is not touched
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (

@@ -16,10 +16,10 @@ and a hit only ever replaces the compilation of the very same text: the methods 
 differs is where their code says it was compiled (the data module, not ``<string>``), seen in a traceback
 through a generated ``__init__``.
 
-``__create_fn__`` source text, as built by ``dataclasses._create_fn``::
+A ``__create_fn__`` text, as ``dataclasses._create_fn`` (Python 3.11) builds it for a frozen class::
 
-    def __create_fn__(<names of the locals it passes>):
-     def __init__(self, *, a:__dataclass_type_a__, ...)->__dataclass_return_type__:
+    def __create_fn__(_type_a, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type):
+     def __init__(self,*,a:_type_a)->_return_type:
       __dataclass_builtins_object__.__setattr__(self,'a',a)
      return __init__
 """
@@ -71,6 +71,6 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    """Give :mod:`dataclasses` the builtin ``exec`` back (the generator records with it)."""
+    """Give :mod:`dataclasses` the builtin ``exec`` back (tests compare classes built both ways)."""
     if getattr(dataclasses, "exec", None) is _exec:
         del dataclasses.exec  # type: ignore[attr-defined]

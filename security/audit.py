@@ -40,6 +40,7 @@ from openfang.security._keys import read_key_material
 
 GENESIS = "0" * 64
 
+# Opening a log runs this only when its last object (the delete trigger) is missing: keep it last.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_log (
     seq    INTEGER PRIMARY KEY,
