@@ -20,6 +20,7 @@ __all__ = ["Driver", "driver", "open_reader", "open_writer", "vec_extension_path
 
 JOURNAL_SIZE_LIMIT = 64 << 20
 BUSY_TIMEOUT_MS = 5000
+READER_MMAP_BYTES = 1 << 30
 
 
 def open_writer(db_path: str | os.PathLike[str], *, journal_size_limit: int = JOURNAL_SIZE_LIMIT) -> Any:
@@ -27,6 +28,9 @@ def open_writer(db_path: str | os.PathLike[str], *, journal_size_limit: int = JO
 
     ``wal_autocheckpoint=0`` because the writer checkpoints itself (TRUNCATE, after sending acks): an
     automatic checkpoint would run inside a commit and lengthen the ack latency of the whole batch.
+    ``temp_store=MEMORY``: each request's SAVEPOINT journal and the sorts of recall are temp files, and
+    distro SQLites default them to disk (Debian's is built with TEMP_STORE=1; pysqlite3's with 3, memory
+    always): on disk, every applied request cost pwrite calls, 1.5x the CPU per row of a batch.
     """
     drv = driver()
     try:
@@ -39,13 +43,21 @@ def open_writer(db_path: str | os.PathLike[str], *, journal_size_limit: int = JO
         conn.execute(f"PRAGMA journal_size_limit={int(journal_size_limit)}")
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA temp_store=MEMORY")
     except drv.Error as exc:
         raise MemoryStoreError(f"{db_path}: cannot open the memory database for writing: {exc}") from None
     return conn
 
 
 def open_reader(db_path: str | os.PathLike[str]) -> Any:
-    """A read-only connection (``mode=ro`` URI) with sqlite-vec loaded; it can never write the file."""
+    """A read-only connection (``mode=ro`` URI) with sqlite-vec loaded; it can never write the file.
+
+    Its temp b-trees (recall's window functions, GROUP BY, ORDER BY) stay in memory, as in the writer.
+    ``mmap_size``: a KNN reads every 98 KB vector chunk of the agent's partition (overflow pages); through
+    memory-mapped pages instead of read() into the page cache it took 2.1 instead of 3.4-4.0 ms at 6,000
+    384-d vectors on Debian's SQLite 3.40 (pysqlite3's 3.51, built with DIRECT_OVERFLOW_READ: 3.3 -> 2.3).
+    The pages are the file's shared page cache, not private memory, and only pages read are touched.
+    """
     path = os.path.abspath(os.fspath(db_path))
     if not os.path.exists(path):
         raise MemoryStoreError(f"{path}: no memory database here (start the writer or run migrate first)")
@@ -53,6 +65,8 @@ def open_reader(db_path: str | os.PathLike[str]) -> Any:
     try:
         conn = drv.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
     except drv.Error as exc:
         raise MemoryStoreError(f"{path}: cannot open the memory database for reading: {exc}") from None
     return conn

@@ -29,7 +29,6 @@ flag, and a spawned one registers its own.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import importlib
 import importlib.util
@@ -38,9 +37,12 @@ import sys
 import threading
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from openfang.protocol.errors import MemoryStoreError
+
+if TYPE_CHECKING:
+    import ctypes  # imported when route 2 is tried: the other routes and mere importers never pay for it
 
 MIN_SQLITE = (3, 38, 0)
 ROUTES = ("stdlib", "stdlib-auto", "pysqlite3")
@@ -88,6 +90,10 @@ class Driver:
     def IntegrityError(self) -> type[Exception]:
         return self.module.IntegrityError  # type: ignore[no-any-return]
 
+    def summary(self) -> str:
+        """Route and SQLite version, short enough for ``openfang status``."""
+        return f"{self.route} (SQLite {self.sqlite_version})"
+
     def describe(self) -> str:
         """One line for logs and ``openfang memory stats``: route, SQLite version and where it lives."""
         return f"{self.route} (SQLite {self.sqlite_version}, {self.library})"
@@ -110,8 +116,6 @@ class Driver:
 
 
 # -- route 2: the gated auto-extension ------------------------------------------------------------------
-
-_ENTRY = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 
 
 class _Gate(threading.local):
@@ -147,6 +151,7 @@ def _mapped_file(address: int) -> str | None:
     return None
 
 
+@functools.cache
 def _stdlib_sqlite_library() -> tuple[ctypes.CDLL, str]:
     """The SQLite the stdlib ``_sqlite3`` is bound to: a ctypes handle and its file.
 
@@ -155,6 +160,7 @@ def _stdlib_sqlite_library() -> tuple[ctypes.CDLL, str]:
     (``libsqlite3.so.0`` of the distro here), even when another SQLite (pysqlite3's) is loaded beside it.
     """
     import _sqlite3
+    import ctypes
 
     module_file = getattr(_sqlite3, "__file__", None)
     if module_file is None:
@@ -178,6 +184,8 @@ def _stdlib_sqlite_library() -> tuple[ctypes.CDLL, str]:
 def _register() -> str:
     """Register the gated vec0 entry point with the stdlib's SQLite, once per process; returns its file."""
     global registrations
+    import ctypes
+
     with _register_lock:
         if "library" in _registered:
             return str(_registered["library"])
@@ -193,9 +201,10 @@ def _register() -> str:
             _gate.calls += 1
             return int(vec_init(db, err, api))
 
-        callback = _ENTRY(entry)
+        entry_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+        callback = entry_type(entry)
         auto = handle.sqlite3_auto_extension
-        auto.argtypes = [_ENTRY]
+        auto.argtypes = [entry_type]
         auto.restype = ctypes.c_int
         rc = auto(callback)
         if rc != 0:

@@ -354,3 +354,14 @@ def test_driver_stdlib_route_on_a_python_built_with_enable_load_extension(tmp_pa
         cwd=tmp_path,
     ).stdout
     assert out.split() == ["stdlib", "v0.1.9"]
+
+
+def test_driver_connections_keep_temp_data_in_memory_and_the_reader_maps_the_file(tmp_path: Path) -> None:
+    """Whatever the SQLite's build default, the writer and reader keep savepoint journals and sorts in
+    memory (temp_store 2), and the reader memory-maps the file for KNN's chunk reads."""
+    db = tmp_path / "m.db"
+    with closing(_db.open_writer(db)) as w:
+        assert w.execute("PRAGMA temp_store").fetchone()[0] == 2
+        with closing(_db.open_reader(db)) as r:
+            assert r.execute("PRAGMA temp_store").fetchone()[0] == 2
+            assert r.execute("PRAGMA mmap_size").fetchone()[0] == _db.READER_MMAP_BYTES
