@@ -327,7 +327,9 @@ def _interpreter_with_load_extension() -> str | None:
 
 ROUTE1 = r"""
 import site, sys
-site.addsitedir(sys.argv[1])  # our venv's packages (same CPython minor version, same ABI)
+before = list(sys.path)
+site.addsitedir(sys.argv[1])  # our venv's packages (same CPython minor version, same ABI), ahead of the
+sys.path[:] = [p for p in sys.path if p not in before] + before  # distro's own dist-packages
 from openfang.memory import _driver, _db, schema
 schema.migrate(sys.argv[2])
 conn = _db.open_reader(sys.argv[2])
@@ -365,3 +367,29 @@ def test_driver_connections_keep_temp_data_in_memory_and_the_reader_maps_the_fil
         with closing(_db.open_reader(db)) as r:
             assert r.execute("PRAGMA temp_store").fetchone()[0] == 2
             assert r.execute("PRAGMA mmap_size").fetchone()[0] == _db.READER_MMAP_BYTES
+
+
+READONLY_WRITE = r"""
+import sys
+from openfang.memory import _db, schema
+from openfang.memory.reader import MemoryReader
+from openfang.protocol.errors import MemoryStoreError
+schema.migrate(sys.argv[1])
+try:
+    with MemoryReader(sys.argv[1]) as r, r.snapshot() as conn:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('x', 1)")
+except MemoryStoreError as exc:
+    print(_db.driver().route, "|", exc.message)
+"""
+
+
+@pytest.mark.parametrize("route", ROUTES_HERE)
+def test_driver_reader_translates_the_chosen_drivers_errors_on_each_route(route: str, tmp_path: Path) -> None:
+    """On each route, a failing statement in a reader snapshot becomes a MemoryStoreError (memory catches
+    the chosen driver's DatabaseError; catching the stdlib's would let pysqlite3's escape raw)."""
+    env = {**ENV, _driver.ROUTE_ENV: route}
+    db = tmp_path / "m.db"
+    out = subprocess.run(
+        [sys.executable, "-c", READONLY_WRITE, str(db)], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    assert out.startswith(f"{route} | ") and "query failed: attempt to write a readonly database" in out
