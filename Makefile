@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,embed,tools,tui,http]'
+	$(PY) -m pip install --quiet -e '.[dev,embed,tools,tui,http,sqlite]'
 	touch $(STAMP)
 
 # The Node.js example client proves PROTOCOL.md is enough to write a client; its test needs its packages.

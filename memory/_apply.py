@@ -88,7 +88,7 @@ class Applier:
             if changed:
                 self.conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (seq,))
             self.conn.execute("COMMIT")
-        except (_db.DatabaseError, _TransactionLost) as exc:
+        except (_db.driver().DatabaseError, _TransactionLost) as exc:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             log.error("group_commit_failed", size=len(requests), error=str(exc))
@@ -107,7 +107,7 @@ class Applier:
             if any(counts.values()):
                 self.conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (self.seq + 1,))
             self.conn.execute("COMMIT")
-        except _db.DatabaseError as exc:
+        except _db.driver().DatabaseError as exc:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise MemoryStoreError(f"compaction failed: {exc}") from None
@@ -140,7 +140,7 @@ class Applier:
             )
             conn.execute("RELEASE req")
             return env.reply(result)
-        except (OpenFangError, _db.DatabaseError) as exc:
+        except (OpenFangError, _db.driver().DatabaseError) as exc:
             if not conn.in_transaction:
                 raise _TransactionLost(str(exc)) from None
             conn.execute("ROLLBACK TO req")

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import IO, Any
 
-from openfang.memory import messages, schema
+from openfang.memory import _db, messages, schema
 from openfang.memory._db import pack_vector
 from openfang.memory.client import MemoryClient, store_body
 from openfang.memory.embed import Embedder, active_embedder_info, best_available
@@ -68,6 +68,7 @@ def stats(db_path: str | os.PathLike[str], *, embedder: Embedder | None = None) 
     with MemoryReader(db_path) as reader:
         out: dict[str, Any] = reader.stats()
     out["active_embedder"] = embedder.describe() if embedder is not None else active_embedder_info()
+    out["sqlite"] = _db.driver().describe()
     return out
 
 

@@ -46,13 +46,13 @@ class MemoryReader:
             self.conn.execute("BEGIN")
             # The snapshot is taken at the first read, so read right away to pin it here.
             self.conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()
-        except _db.DatabaseError as exc:
+        except _db.driver().DatabaseError as exc:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise MemoryStoreError(f"{self.db_path}: cannot read: {exc}") from None
         try:
             yield self.conn
-        except _db.DatabaseError as exc:
+        except _db.driver().DatabaseError as exc:
             raise MemoryStoreError(f"{self.db_path}: query failed: {exc}") from None
         finally:
             if self.conn.in_transaction:

@@ -151,7 +151,7 @@ def migrate_connection(conn: Any) -> list[str]:
     """Apply pending migrations on an open writer connection; returns the names applied."""
     try:
         return apply(conn)
-    except _db.DatabaseError as exc:
+    except _db.driver().DatabaseError as exc:
         raise MemoryStoreError(f"migration failed: {exc}") from None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from openfang.memory._db import pack_vector
+from openfang.memory._db import driver, pack_vector
 from openfang.memory.embed import Embedder, best_available
 from openfang.memory.reader import MemoryReader
 from openfang.protocol import messages as catalogue
@@ -89,7 +89,12 @@ class MemoryService:
         return {"messages": entries}
 
     def stats(self, body: MemoryStats) -> dict[str, Any]:
-        """Row counts of the whole store, its file size, and the embedder active here."""
+        """Row counts of the whole store, its file size, and the embedder and SQLite driver active here."""
         s = self.reader.stats()
         counts = {**s["counts"], "agents": s["agents"], "seq": s["seq"]}
-        return {"counts": counts, "db_bytes": s["db_bytes"] + s["wal_bytes"], "embedder": self.embedder.id}
+        return {
+            "counts": counts,
+            "db_bytes": s["db_bytes"] + s["wal_bytes"],
+            "embedder": self.embedder.id,
+            "sqlite": driver().summary(),
+        }

@@ -163,7 +163,11 @@ class Writer:
         self.sock = sock
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self.log.info(
-            "memory_writer_ready", endpoint=cfg.bind_endpoint, seq=self.applier.seq, migrations=applied
+            "memory_writer_ready",
+            endpoint=cfg.bind_endpoint,
+            seq=self.applier.seq,
+            migrations=applied,
+            sqlite=_db.driver().describe(),
         )
         if self.child is not None:
             self.child.ready(endpoint=cfg.bind_endpoint, db=cfg.db_path, seq=self.applier.seq)
@@ -236,7 +240,7 @@ class Writer:
             busy, log_pages, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             if busy:
                 self.log.debug("memory_checkpoint_partial", wal_pages=log_pages, checkpointed=done)
-        except _db.DatabaseError as exc:
+        except _db.driver().DatabaseError as exc:
             self.log.warning("memory_checkpoint_failed", error=str(exc))
         finally:
             conn.execute(f"PRAGMA busy_timeout={_db.BUSY_TIMEOUT_MS}")

@@ -16,7 +16,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Our runtime dependencies (pyproject.toml) whose versions shape the figures.
+# Our runtime dependencies (pyproject.toml) whose versions shape the figures; pysqlite3-binary is the
+# openfang[sqlite] extra, and which SQLite memory really runs on is recorded by memory_sqlite().
 PACKAGES: tuple[str, ...] = (
     "openfang",
     "wasmtime",
@@ -65,6 +66,17 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     return found
 
 
+def memory_sqlite() -> str:
+    """The memory store's SQLite driver here (route, SQLite version, library), or why there is none."""
+    from openfang.memory._driver import driver
+    from openfang.protocol.errors import MemoryStoreError
+
+    try:
+        return driver().describe()
+    except MemoryStoreError as exc:
+        return f"none: {exc.message}"
+
+
 def git_rev(repo: Path = REPO) -> str:
     """Short HEAD commit, with ``+dirty`` when tracked files differ from it; ``unknown`` outside git."""
     try:
@@ -90,6 +102,7 @@ def collect() -> dict[str, Any]:
         "python": platform.python_version(),
         "python_impl": platform.python_implementation(),
         "packages": package_versions(),
+        "memory_sqlite": memory_sqlite(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_rev": git_rev(),
         "load_avg": list(os.getloadavg()),

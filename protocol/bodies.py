@@ -510,6 +510,7 @@ class MemoryStatsOk:
     counts: dict[str, Count]  # rows per memory kind: episodes, memories, tool_calls, ...
     db_bytes: Count | None = None
     embedder: Name | None = None
+    sqlite: Name | None = None  # the SQLite driver memory runs on in the answering process (route, version)
     writer: MemoryWriterStats | None = None  # nil when the writer did not answer its ping in time
 
 

@@ -86,7 +86,7 @@ def output(args: argparse.Namespace, body: Any, human: Callable[[Any], str]) -> 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Show whether the daemon is ready (running, every worker connected), its uptime, children,
-    endpoints, and the memory store with its embedder."""
+    endpoints, and the memory store with its embedder and SQLite driver."""
     with connect.client(args) as client:
         body: dict[str, Any] = client.request("status")
         try:
@@ -99,6 +99,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             embedder = str(stats.get("embedder") or "?")
             fallback = embedder.startswith("hash")
             body["embedder"] = embedder + (" (fallback: no semantic model installed)" if fallback else "")
+            if stats.get("sqlite"):
+                body["sqlite"] = stats["sqlite"]  # the memory store's driver (route, SQLite version)
     return output(args, body, render.status)
 
 

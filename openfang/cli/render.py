@@ -36,7 +36,7 @@ def status(body: dict[str, Any]) -> str:
         f"workers   {body.get('workers')} connected" + (f" of {expected}" if expected is not None else ""),
         f"reloads   {body.get('reloads')}",
     ]
-    for key in ("embedder", "memory"):
+    for key in ("embedder", "sqlite", "memory"):
         if key in body:
             lines.append(f"{key:<9} {body[key]}")
     return "\n".join(lines)

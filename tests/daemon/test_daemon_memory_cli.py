@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from daemon_harness import Cluster, wait_for
 
+from openfang.memory._driver import driver
 from openfang.memory.client import MemoryClient
 
 pytestmark = pytest.mark.integration
@@ -109,10 +110,12 @@ def test_killed_memory_writer_is_restarted_and_acknowledged_writes_survive(
 
 
 def test_status_names_the_embedder_and_says_when_it_is_the_fallback(make_cluster: type[Cluster]) -> None:
-    """openfang status shows the memory store and which embedder is active, flagging the hashing fallback."""
+    """openfang status shows the memory store, which embedder is active (flagging the hashing fallback) and
+    the SQLite driver memory runs on."""
     c = make_cluster(workers=1, memory=True).start(env={"OPENFANG_EMBEDDER": "hash"})
     status = json.loads(_ctl("status", "--endpoint", c.endpoint, "--json").stdout)
     assert status["embedder"].startswith("hash") and "fallback" in status["embedder"]
+    assert status["sqlite"] == driver().summary()  # the worker runs memory on this interpreter's driver
     assert "episodes 0" in status["memory"]
     assert c.stop() == 0
 

@@ -72,7 +72,7 @@ def test_read_your_writes_waits_for_the_ack_seq(writer) -> None:
 
 def test_reader_connection_is_read_only(local_store) -> None:
     """A reader cannot write the database, even by accident."""
-    with MemoryReader(local_store.db) as r, pytest.raises(_db.DatabaseError, match="readonly"):
+    with MemoryReader(local_store.db) as r, pytest.raises(_db.driver().DatabaseError, match="readonly"):
         r.conn.execute("UPDATE meta SET value = 99")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import openfang.protocol.messages  # noqa: F401  (registers the catalogue's body validators)
-from openfang.memory._db import pack_vector
+from openfang.memory._db import driver, pack_vector
 from openfang.memory.embed import HashingEmbedder
 from openfang.memory.reader import MemoryReader
 from openfang.memory.service import MemoryService
@@ -39,6 +39,7 @@ def test_service_answers_search_history_and_stats_in_the_catalogue_shapes(local_
         stats = _roundtrip("memory.stats", svc.answer("memory.stats", {}))
         assert stats["counts"]["memories"] == 2 and stats["counts"]["episodes"] == 3
         assert stats["embedder"] == "hash384-v1"
+        assert stats["sqlite"] == driver().summary() and stats["sqlite"].startswith(driver().route)
         with pytest.raises(SecurityError):
             svc.answer("memory.history", {"agent_id": "a"}, {"b"})
         with pytest.raises(ProtocolError, match="not a memory read request"):
