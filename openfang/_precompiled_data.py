@@ -1147,6 +1147,46 @@ def __create_fn__(cls, FrozenInstanceError):
   super(cls, self).__setattr__(name, value)
  return __setattr__
 CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'count\',\'pin\',\'prefix\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
+# openfang.memory._driver
+def __create_fn__():
+ def __eq__(self,other):
+  if other.__class__ is self.__class__:
+   return (self.route,self.module,self.sqlite_version,self.library,)==(other.route,other.module,other.sqlite_version,other.library,)
+  return NotImplemented
+ return __eq__
+CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.route,self.module,self.sqlite_version,self.library,)==(other.route,other.module,other.sqlite_version,other.library,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
+def __create_fn__():
+ def __hash__(self):
+  return hash((self.route,self.module,self.sqlite_version,self.library,))
+ return __hash__
+CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.route,self.module,self.sqlite_version,self.library,))\n return __hash__'] = __create_fn__.__code__
+def __create_fn__():
+ def __repr__(self):
+  return self.__class__.__qualname__ + f"(route={self.route!r}, module={self.module!r}, sqlite_version={self.sqlite_version!r}, library={self.library!r})"
+ return __repr__
+CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(route={self.route!r}, module={self.module!r}, sqlite_version={self.sqlite_version!r}, library={self.library!r})"\n return __repr__'] = __create_fn__.__code__
+def __create_fn__(_type_route, _type_module, _type_sqlite_version, _type_library, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type):
+ def __init__(self,route:_type_route,module:_type_module,sqlite_version:_type_sqlite_version,library:_type_library)->_return_type:
+  __dataclass_builtins_object__.__setattr__(self,'route',route)
+  __dataclass_builtins_object__.__setattr__(self,'module',module)
+  __dataclass_builtins_object__.__setattr__(self,'sqlite_version',sqlite_version)
+  __dataclass_builtins_object__.__setattr__(self,'library',library)
+ return __init__
+CODE["def __create_fn__(_type_route, _type_module, _type_sqlite_version, _type_library, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type):\n def __init__(self,route:_type_route,module:_type_module,sqlite_version:_type_sqlite_version,library:_type_library)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'route',route)\n  __dataclass_builtins_object__.__setattr__(self,'module',module)\n  __dataclass_builtins_object__.__setattr__(self,'sqlite_version',sqlite_version)\n  __dataclass_builtins_object__.__setattr__(self,'library',library)\n return __init__"] = __create_fn__.__code__
+def __create_fn__(cls, FrozenInstanceError):
+ def __delattr__(self,name):
+  if type(self) is cls or name in ('route','module','sqlite_version','library',):
+   raise FrozenInstanceError(f"cannot delete field {name!r}")
+  super(cls, self).__delattr__(name)
+ return __delattr__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'route\',\'module\',\'sqlite_version\',\'library\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
+def __create_fn__(cls, FrozenInstanceError):
+ def __setattr__(self,name,value):
+  if type(self) is cls or name in ('route','module','sqlite_version','library',):
+   raise FrozenInstanceError(f"cannot assign to field {name!r}")
+  super(cls, self).__setattr__(name, value)
+ return __setattr__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'route\',\'module\',\'sqlite_version\',\'library\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
 # openfang.memory.client
 def __create_fn__():
  def __eq__(self,other):
@@ -1987,10 +2027,10 @@ CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is se
 def __create_fn__():
  def __eq__(self,other):
   if other.__class__ is self.__class__:
-   return (self.counts,self.db_bytes,self.embedder,self.writer,)==(other.counts,other.db_bytes,other.embedder,other.writer,)
+   return (self.counts,self.db_bytes,self.embedder,self.sqlite,self.writer,)==(other.counts,other.db_bytes,other.embedder,other.sqlite,other.writer,)
   return NotImplemented
  return __eq__
-CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.counts,self.db_bytes,self.embedder,self.writer,)==(other.counts,other.db_bytes,other.embedder,other.writer,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.counts,self.db_bytes,self.embedder,self.sqlite,self.writer,)==(other.counts,other.db_bytes,other.embedder,other.sqlite,other.writer,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
 def __create_fn__():
  def __eq__(self,other):
   if other.__class__ is self.__class__:
@@ -2310,9 +2350,9 @@ def __create_fn__():
 CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.code,self.message,self.problems,self.llm,self.retry_after_ms,))\n return __hash__'] = __create_fn__.__code__
 def __create_fn__():
  def __hash__(self):
-  return hash((self.counts,self.db_bytes,self.embedder,self.writer,))
+  return hash((self.counts,self.db_bytes,self.embedder,self.sqlite,self.writer,))
  return __hash__
-CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.counts,self.db_bytes,self.embedder,self.writer,))\n return __hash__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.counts,self.db_bytes,self.embedder,self.sqlite,self.writer,))\n return __hash__'] = __create_fn__.__code__
 def __create_fn__():
  def __hash__(self):
   return hash((self.hits,))
@@ -2560,9 +2600,9 @@ def __create_fn__():
 CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(code={self.code!r}, message={self.message!r}, problems={self.problems!r}, llm={self.llm!r}, retry_after_ms={self.retry_after_ms!r})"\n return __repr__'] = __create_fn__.__code__
 def __create_fn__():
  def __repr__(self):
-  return self.__class__.__qualname__ + f"(counts={self.counts!r}, db_bytes={self.db_bytes!r}, embedder={self.embedder!r}, writer={self.writer!r})"
+  return self.__class__.__qualname__ + f"(counts={self.counts!r}, db_bytes={self.db_bytes!r}, embedder={self.embedder!r}, sqlite={self.sqlite!r}, writer={self.writer!r})"
  return __repr__
-CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(counts={self.counts!r}, db_bytes={self.db_bytes!r}, embedder={self.embedder!r}, writer={self.writer!r})"\n return __repr__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(counts={self.counts!r}, db_bytes={self.db_bytes!r}, embedder={self.embedder!r}, sqlite={self.sqlite!r}, writer={self.writer!r})"\n return __repr__'] = __create_fn__.__code__
 def __create_fn__():
  def __repr__(self):
   return self.__class__.__qualname__ + f"(hits={self.hits!r})"
@@ -2850,14 +2890,15 @@ def __create_fn__(_type_code, _type_message, _type_problems, _type_llm, _type_re
   __dataclass_builtins_object__.__setattr__(self,'retry_after_ms',retry_after_ms)
  return __init__
 CODE["def __create_fn__(_type_code, _type_message, _type_problems, _type_llm, _type_retry_after_ms, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_problems, _dflt_llm, _dflt_retry_after_ms, _return_type):\n def __init__(self,*,code:_type_code,message:_type_message,problems:_type_problems=_dflt_problems,llm:_type_llm=_dflt_llm,retry_after_ms:_type_retry_after_ms=_dflt_retry_after_ms)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'code',code)\n  __dataclass_builtins_object__.__setattr__(self,'message',message)\n  __dataclass_builtins_object__.__setattr__(self,'problems',problems)\n  __dataclass_builtins_object__.__setattr__(self,'llm',llm)\n  __dataclass_builtins_object__.__setattr__(self,'retry_after_ms',retry_after_ms)\n return __init__"] = __create_fn__.__code__
-def __create_fn__(_type_counts, _type_db_bytes, _type_embedder, _type_writer, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_db_bytes, _dflt_embedder, _dflt_writer, _return_type):
- def __init__(self,*,counts:_type_counts,db_bytes:_type_db_bytes=_dflt_db_bytes,embedder:_type_embedder=_dflt_embedder,writer:_type_writer=_dflt_writer)->_return_type:
+def __create_fn__(_type_counts, _type_db_bytes, _type_embedder, _type_sqlite, _type_writer, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_db_bytes, _dflt_embedder, _dflt_sqlite, _dflt_writer, _return_type):
+ def __init__(self,*,counts:_type_counts,db_bytes:_type_db_bytes=_dflt_db_bytes,embedder:_type_embedder=_dflt_embedder,sqlite:_type_sqlite=_dflt_sqlite,writer:_type_writer=_dflt_writer)->_return_type:
   __dataclass_builtins_object__.__setattr__(self,'counts',counts)
   __dataclass_builtins_object__.__setattr__(self,'db_bytes',db_bytes)
   __dataclass_builtins_object__.__setattr__(self,'embedder',embedder)
+  __dataclass_builtins_object__.__setattr__(self,'sqlite',sqlite)
   __dataclass_builtins_object__.__setattr__(self,'writer',writer)
  return __init__
-CODE["def __create_fn__(_type_counts, _type_db_bytes, _type_embedder, _type_writer, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_db_bytes, _dflt_embedder, _dflt_writer, _return_type):\n def __init__(self,*,counts:_type_counts,db_bytes:_type_db_bytes=_dflt_db_bytes,embedder:_type_embedder=_dflt_embedder,writer:_type_writer=_dflt_writer)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'counts',counts)\n  __dataclass_builtins_object__.__setattr__(self,'db_bytes',db_bytes)\n  __dataclass_builtins_object__.__setattr__(self,'embedder',embedder)\n  __dataclass_builtins_object__.__setattr__(self,'writer',writer)\n return __init__"] = __create_fn__.__code__
+CODE["def __create_fn__(_type_counts, _type_db_bytes, _type_embedder, _type_sqlite, _type_writer, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_db_bytes, _dflt_embedder, _dflt_sqlite, _dflt_writer, _return_type):\n def __init__(self,*,counts:_type_counts,db_bytes:_type_db_bytes=_dflt_db_bytes,embedder:_type_embedder=_dflt_embedder,sqlite:_type_sqlite=_dflt_sqlite,writer:_type_writer=_dflt_writer)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'counts',counts)\n  __dataclass_builtins_object__.__setattr__(self,'db_bytes',db_bytes)\n  __dataclass_builtins_object__.__setattr__(self,'embedder',embedder)\n  __dataclass_builtins_object__.__setattr__(self,'sqlite',sqlite)\n  __dataclass_builtins_object__.__setattr__(self,'writer',writer)\n return __init__"] = __create_fn__.__code__
 def __create_fn__(_type_hits, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type):
  def __init__(self,*,hits:_type_hits)->_return_type:
   __dataclass_builtins_object__.__setattr__(self,'hits',hits)
@@ -3252,11 +3293,11 @@ def __create_fn__(cls, FrozenInstanceError):
 CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'code\',\'message\',\'problems\',\'llm\',\'retry_after_ms\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __delattr__(self,name):
-  if type(self) is cls or name in ('counts','db_bytes','embedder','writer',):
+  if type(self) is cls or name in ('counts','db_bytes','embedder','sqlite','writer',):
    raise FrozenInstanceError(f"cannot delete field {name!r}")
   super(cls, self).__delattr__(name)
  return __delattr__
-CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'counts\',\'db_bytes\',\'embedder\',\'writer\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'counts\',\'db_bytes\',\'embedder\',\'sqlite\',\'writer\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __delattr__(self,name):
   if type(self) is cls or name in ('hits',):
@@ -3602,11 +3643,11 @@ def __create_fn__(cls, FrozenInstanceError):
 CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'code\',\'message\',\'problems\',\'llm\',\'retry_after_ms\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __setattr__(self,name,value):
-  if type(self) is cls or name in ('counts','db_bytes','embedder','writer',):
+  if type(self) is cls or name in ('counts','db_bytes','embedder','sqlite','writer',):
    raise FrozenInstanceError(f"cannot assign to field {name!r}")
   super(cls, self).__setattr__(name, value)
  return __setattr__
-CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'counts\',\'db_bytes\',\'embedder\',\'writer\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'counts\',\'db_bytes\',\'embedder\',\'sqlite\',\'writer\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __setattr__(self,name,value):
   if type(self) is cls or name in ('hits',):

@@ -43,28 +43,30 @@ _NID_ED25519 = 1087  # NID_ED25519 in openssl/obj_mac.h
 _MAX_PEM = 1 << 20  # a PEM private key is a few hundred bytes; BIO_new_mem_buf takes an int length
 
 
+# These errors use the wire's existing codes (protocol.messages.ERROR_CODES): the callers turn a bad key or
+# signature into a refusal or a config problem of their own, so a code only shows if one escapes them.
 class Ed25519Error(OpenFangError):
     """OpenSSL failed on input that was fine; the message names the OpenSSL call."""
 
-    code = "crypto_error"
+    code = "internal"
 
 
 class CryptoUnavailable(Ed25519Error):
     """No usable libcrypto: the message says which library was tried and what is missing."""
 
-    code = "crypto_unavailable"
+    code = "unavailable"
 
 
 class InvalidSignature(Ed25519Error):
     """The signature does not verify under this public key for these bytes."""
 
-    code = "bad_signature"
+    code = "denied"
 
 
 class InvalidKey(Ed25519Error, ValueError):
     """Bytes or a PEM text that are not an Ed25519 key (a ValueError too, as callers expect of bad keys)."""
 
-    code = "bad_key"
+    code = "denied"
 
 
 class NotEd25519Key(InvalidKey):

@@ -402,7 +402,7 @@ def test_ed25519_library_without_openssl_functions_is_crypto_unavailable() -> No
     """libc loaded as libcrypto, or a missing file: CryptoUnavailable (an OpenFangError) naming the gap."""
     with pytest.raises(CryptoUnavailable, match=r"has no OpenSSL_version_num\(\)") as err:
         _ed25519._Lib("libc.so.6")
-    assert isinstance(err.value, OpenFangError) and err.value.code == "crypto_unavailable"
+    assert isinstance(err.value, OpenFangError) and err.value.code == "unavailable"
     with pytest.raises(CryptoUnavailable, match=r"cannot load libcrypto '/nonexistent/libcrypto\.so\.3'"):
         _ed25519._Lib("/nonexistent/libcrypto.so.3")
 
