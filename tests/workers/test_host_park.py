@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
 import time
+import traceback
 import tracemalloc
 from pathlib import Path
 
@@ -98,11 +101,9 @@ def test_host_park_burst_to_a_parked_agent_answered_in_order(tmp_path: Path) -> 
         d.host.close()
 
 
-def test_host_park_memory_does_not_grow_with_parked_agents(tmp_path: Path) -> None:
-    """2,000 more agents parked (max_resident = 20) keep under 4 MB of Python heap (~0.3 KB each; a sleeping
-    HostedAgent kept ~5.9 KB each without security: ~12 MB for 2,000). Measured with tracemalloc, so other
-    tests sharing this process cannot move the figure as they move its USS."""
-    d = Driver(AgentHost("w-test", HostParts(snapshot_dir=tmp_path, max_resident=20)))  # no event list
+def _parked_heap_growth(snapshot_dir: Path) -> tuple[int, int, int, str]:
+    """(Python heap growth, parked count, resident count, a message's answer) for 2,000 more agents parked."""
+    d = Driver(AgentHost("w-test", HostParts(snapshot_dir=snapshot_dir, max_resident=20)))  # no event list
     try:
         warm = [spawn_counter(d) for _ in range(300)]
         _parked(d, warm[:250])
@@ -116,12 +117,38 @@ def test_host_park_memory_does_not_grow_with_parked_agents(tmp_path: Path) -> No
             grown = tracemalloc.get_traced_memory()[0] - before
         finally:
             tracemalloc.stop()
-        assert len(d.host._parked) >= 2200 and d.host._hib.resident(d.host._agents) <= 20
-        print(f"python heap growth for 2,000 parked agents: {grown / 2**20:.2f} MB")
-        assert grown < 4 * 2**20, f"the Python heap grew {grown / 2**20:.1f} MB for 2,000 parked agents"
-        assert "message 1 " in say(d, more[0])
+        return grown, len(d.host._parked), d.host._hib.resident(d.host._agents), say(d, more[0])
     finally:
         d.host.close()
+
+
+def test_host_park_memory_does_not_grow_with_parked_agents(tmp_path: Path) -> None:
+    """2,000 more agents parked (max_resident = 20) keep under 4 MB of Python heap (~0.3 KB each; a sleeping
+    HostedAgent kept ~5.9 KB each without security: ~12 MB for 2,000). Measured with tracemalloc in a forked
+    child: under xdist, threads an earlier test left in this process (a daemon harness's log readers)
+    allocate meanwhile, and the process total once grew 4.2 MB where this test alone grew 0.6 MB."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only this thread exists here
+        code = 1
+        try:
+            os.close(read_end)
+            os.write(write_end, json.dumps(_parked_heap_growth(tmp_path)).encode())
+            code = 0
+        except BaseException:
+            traceback.print_exc()  # the parent sees only the exit status
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        raw = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and raw, "the measuring child failed"
+    grown, parked, resident, answer = json.loads(raw)
+    assert parked >= 2200 and resident <= 20
+    print(f"python heap growth for 2,000 parked agents: {grown / 2**20:.2f} MB")
+    assert grown < 4 * 2**20, f"the Python heap grew {grown / 2**20:.1f} MB for 2,000 parked agents"
+    assert "message 1 " in answer
 
 
 def test_host_park_resume_spawn_of_a_sleeper_is_parked_without_loading(tmp_path: Path) -> None:
