@@ -82,10 +82,10 @@ class Envelope:
 
 
 # The slots' setters (a frozen dataclass refuses setattr; its own __init__ goes around that the same way).
-_set_type = Envelope.type.__set__  # type: ignore[attr-defined]
-_set_body = Envelope.body.__set__  # type: ignore[attr-defined]
-_set_id = Envelope.id.__set__  # type: ignore[attr-defined]
-_set_v = Envelope.v.__set__  # type: ignore[attr-defined]
+_set_type = vars(Envelope)["type"].__set__
+_set_body = vars(Envelope)["body"].__set__
+_set_id = vars(Envelope)["id"].__set__
+_set_v = vars(Envelope)["v"].__set__
 
 
 def error_reply(request_id: str, err: OpenFangError) -> Envelope:
