@@ -81,7 +81,7 @@ from openfang.protocol.coordination import (
     TopicSubscribersOk,
     TopicUnsubscribeOk,
 )
-from openfang.protocol.envelope import Envelope, decode, encode, error_reply, peek_id
+from openfang.protocol.envelope import Envelope, decode, encode, encode_as, error_reply, peek_id
 from openfang.protocol.errors import (
     Busy,
     NotFound,
@@ -192,7 +192,7 @@ class Gateway:
         self._outbox: list[tuple[list[bytes], Envelope]] = []  # client replies not sent yet (_flush)
         # Requests for workers not sent yet, with their key and what to do if the send fails (_flush_workers).
         # Every other message to a worker first sends these, so each worker gets its messages in order.
-        self._worker_out: list[tuple[list[bytes], str, Callable[[OpenFangError], None]]] = []
+        self._worker_out: list[tuple[list[bytes], str, Callable[[_Waiting, OpenFangError], None]]] = []
         # No deadline in ``waiting`` is earlier than this (deadlines only move later), so _expire scans the
         # table only when something may be late, not on every loop turn.
         self._earliest = float("inf")
@@ -397,6 +397,13 @@ class Gateway:
             raise Busy(
                 f"{len(self.waiting)} requests in flight, the limit is {self.queue_limit}; retry later"
             )
+        if env.type == "agent.send":
+            # The hot path: a message to a service, routed as _on_agent_request -> _to_routed would, without
+            # building the AgentSend they would read only the service of (the guard's decode validated it).
+            service = messages.send_service(env)
+            if service is not None:
+                self._to_service(identity, delimited, env, service)
+                return
         # The guard's decode() validated the body against this schema: build it, do not check it again.
         handler(identity, delimited, env, messages.parse(env, body_class, decoded=True))
 
@@ -448,12 +455,21 @@ class Gateway:
     def _to_routed(self, identity: bytes, delimited: bool, env: Envelope, body: Any) -> None:
         """worker.ping, memory.*, agent.send to a service: the worker :func:`routing.route` picks."""
         target = routing.route(env.type, body, self.agents, self.workers)
+        self._to_worker(
+            identity, delimited, env, target.workers[0], target.on_reply, on_fail=self._refused_routed
+        )
 
-        def refused(exc: OpenFangError) -> None:  # as _on_client_frames answers a request it cannot route
-            self.stats.refused(exc.code or "internal")
-            self._reply(identity, delimited, env.error(exc))
+    def _to_service(self, identity: bytes, delimited: bool, env: Envelope, service: str) -> None:
+        """An agent.send to a service: what _to_routed does for it (:func:`routing.route` picks
+        :func:`routing.service_host`, with no reply hook)."""
+        worker_id = routing.service_host(service, self.agents, self.workers)
+        self._to_worker(identity, delimited, env, worker_id, on_fail=self._refused_routed)
 
-        self._to_worker(identity, delimited, env, target.workers[0], target.on_reply, on_fail=refused)
+    def _refused_routed(self, waiting: _Waiting, exc: OpenFangError) -> None:
+        """A routed client request that could not be sent to its worker: answered as _on_client_frames
+        answers a request it cannot route (counted as a refusal)."""
+        self.stats.refused(exc.code or "internal")
+        self._reply(waiting.identity, waiting.delimited, waiting.request.error(exc))
 
     # -- agents ----------
 
@@ -677,31 +693,23 @@ class Gateway:
         on_reply: Callable[[Envelope], Envelope | None] | None = None,
         via_workers: bool = False,
         internal: Callable[[Envelope], None] | None = None,
-        on_fail: Callable[[OpenFangError], None] | None = None,
+        on_fail: Callable[[_Waiting, OpenFangError], None] | None = None,
     ) -> None:
         """Send ``env`` to a worker and wait for its answer. Without ``on_fail`` it is sent now and a failed
-        send raises here; with it, it leaves with the worker outbox and a failed send calls ``on_fail``."""
-        key = self._new_key()
-        forwarded = Envelope(type=env.type, body=env.body, id=key)
-        frames = [worker_id.encode(), encode(forwarded)]
+        send raises here; with it, it leaves with the worker outbox and a failed send calls ``on_fail`` with
+        the request's waiting entry (already dropped) and the error."""
+        key = f"{self._key_prefix}{next(self._key_counter):x}"  # _new_key, inline (once per request)
+        frames = [worker_id.encode(), encode_as(env, key)]
         if on_fail is None:
             self._send_worker(frames, peer=f"worker {worker_id}")
         else:
             self._worker_out.append((frames, key, on_fail))
         deadline = time.monotonic() + self.timeout_s
-        self._wait(
-            key,
-            _Waiting(
-                identity,
-                delimited,
-                env,
-                deadline,
-                on_reply,
-                worker=worker_id,
-                via_workers=via_workers,
-                internal=internal,
-            ),
+        self.waiting[key] = _Waiting(
+            identity, delimited, env, deadline, on_reply, worker_id, via_workers, internal
         )
+        if deadline < self._earliest:  # as _wait does
+            self._earliest = deadline
         worker = self.workers.get(worker_id)
         if worker is not None:
             worker.in_flight += 1
@@ -728,7 +736,7 @@ class Gateway:
                 worker = self.workers.get(waiting.worker or "")
                 if worker is not None:
                     worker.in_flight = max(0, worker.in_flight - 1)
-                on_fail(exc)
+                on_fail(waiting, exc)
 
     def _new_key(self) -> str:
         """A fresh id for a request the gateway sends (to the root or a worker) and waits for."""
@@ -884,11 +892,14 @@ class Gateway:
             self._to_agent(_Pending(identity, False, request, True, send.agent_id), send)
             return
         target = routing.route(request.type, send, self.agents, self.workers)
+        self._to_worker(
+            identity, False, request, target.workers[0], via_workers=True, on_fail=self._refused_forward
+        )
 
-        def refused(exc: OpenFangError) -> None:  # as _on_forward answers a request it cannot route
-            self._reply(identity, False, request.error(exc), via_workers=True)
-
-        self._to_worker(identity, False, request, target.workers[0], via_workers=True, on_fail=refused)
+    def _refused_forward(self, waiting: _Waiting, exc: OpenFangError) -> None:
+        """An agent's forwarded request that could not be sent on: answered as _on_forward answers a
+        request it cannot route."""
+        self._reply(waiting.identity, False, waiting.request.error(exc), via_workers=True)
 
     def _forward_spawn(self, worker_id: str, sender: str, request: Envelope, spawn: AgentSpawn) -> None:
         """A child agent (agent_spawn): registered like any other, placed beside its parent."""

@@ -104,14 +104,28 @@ def route(
         # Reads of the shared database: any worker holds a WAL reader; the least loaded answers.
         return Target([least_loaded(workers)])
     if isinstance(body, AgentSend) and body.service:
-        hosts = agents.workers_serving(body.service) & set(workers)
-        if not hosts:
-            raise NotFound(f"no agent serves {body.service!r}")
-        # The host with the fewest requests in flight: a worker that falls behind stops getting work.
-        return Target([min(sorted(hosts), key=lambda w: workers[w].in_flight)])
+        return Target([service_host(body.service, agents, workers)])
     if message_type in BY_AGENT:
         raise ProtocolError("body.agent_id: required (or body.service for agent.send)")
     raise UnknownType(f"type: {message_type!r} is not a request this gateway serves")
+
+
+def service_host(service: str, agents: AgentDirectory, workers: Mapping[str, WorkerLoad]) -> str:
+    """The connected worker to send a message for ``service`` to: of the workers hosting an agent that
+    serves it, the one with the fewest requests in flight (a worker that falls behind stops getting work),
+    the first by id among equals. Raises NotFound when no connected worker hosts one."""
+    best: str | None = None
+    best_load = 0
+    for worker_id in agents._per_service.get(service, ()):
+        worker = workers.get(worker_id)
+        if worker is None:
+            continue
+        load = worker.in_flight
+        if best is None or load < best_load or (load == best_load and worker_id < best):
+            best, best_load = worker_id, load
+    if best is None:
+        raise NotFound(f"no agent serves {service!r}")
+    return best
 
 
 def least_loaded(workers: Mapping[str, WorkerLoad]) -> str:

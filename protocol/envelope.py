@@ -46,7 +46,10 @@ def new_id() -> str:
     return os.urandom(16).hex()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+_UNSET: Any = object()  # "not given" for Envelope's own __init__ (None is a value a caller may pass)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class Envelope:
     """One message: protocol version, request id, type and body."""
 
@@ -54,6 +57,16 @@ class Envelope:
     body: dict[str, Any] = field(default_factory=dict)
     id: str = field(default_factory=new_id)
     v: int = PROTOCOL_VERSION
+
+    def __init__(
+        self, *, type: str, body: dict[str, Any] = _UNSET, id: str = _UNSET, v: int = PROTOCOL_VERSION
+    ) -> None:
+        # What the generated __init__ of a frozen dataclass does (the same fields, defaults and factories),
+        # through the slots' own setters: 0.4 us against 1.7 us, and several envelopes are made per message.
+        _set_type(self, type)
+        _set_body(self, {} if body is _UNSET else body)
+        _set_id(self, new_id() if id is _UNSET else id)
+        _set_v(self, v)
 
     @property
     def is_error(self) -> bool:
@@ -68,6 +81,13 @@ class Envelope:
         return error_reply(self.id, err)
 
 
+# The slots' setters (a frozen dataclass refuses setattr; its own __init__ goes around that the same way).
+_set_type = vars(Envelope)["type"].__set__
+_set_body = vars(Envelope)["body"].__set__
+_set_id = vars(Envelope)["id"].__set__
+_set_v = vars(Envelope)["v"].__set__
+
+
 def error_reply(request_id: str, err: OpenFangError) -> Envelope:
     """An ``error`` envelope for ``request_id`` carrying ``err``'s code and message."""
     return Envelope(type=ERROR_TYPE, body=err.to_wire(), id=request_id)
@@ -77,6 +97,16 @@ def encode(env: Envelope) -> bytes:
     """Serialise an envelope to msgpack bytes."""
     packed: bytes = msgpack.packb(
         {"v": env.v, "id": env.id, "type": env.type, "body": env.body}, use_bin_type=True
+    )
+    return packed
+
+
+def encode_as(env: Envelope, msg_id: str) -> bytes:
+    """``encode(env)`` with the id ``msg_id`` instead of its own: what a relay sends on (the gateway gives a
+    request its own id towards a worker, and the reply the client's id back), without building the
+    re-addressed envelope first."""
+    packed: bytes = msgpack.packb(
+        {"v": env.v, "id": msg_id, "type": env.type, "body": env.body}, use_bin_type=True
     )
     return packed
 
@@ -99,6 +129,27 @@ def decode(
         )
     except Exception as exc:  # msgpack raises several unrelated types: translate once, here.
         raise ProtocolError(f"frame is not valid msgpack: {_unpack_reason(exc)}") from None
+    if type(raw) is dict and len(raw) == 4:
+        # The common case, every envelope field present and well typed (four keys, all of them known: no
+        # unknown field): the same checks as below in fewer steps, so the same envelope or the same error.
+        v, msg_id, msg_type, body = raw.get("v"), raw.get("id"), raw.get("type"), raw.get("body")
+        if (
+            v == PROTOCOL_VERSION
+            and type(v) is int
+            and type(msg_id) is str
+            and 0 < len(msg_id) <= 128
+            and type(msg_type) is str
+            and msg_type
+            and type(body) is dict
+        ):
+            if types is not None and msg_type not in types:
+                raise UnknownType(f"type: {msg_type!r} is not one of the types accepted here")
+            validator = _validators.get(msg_type)
+            if validator is not None:
+                found = validator(body)
+                if found:
+                    raise ProtocolError("; ".join(found))
+            return Envelope(v=PROTOCOL_VERSION, id=msg_id, type=msg_type, body=body)
     if not isinstance(raw, dict):
         raise ProtocolError(f"envelope must be a map, got {type(raw).__name__}")
     problems: list[str] = []

@@ -573,6 +573,21 @@ def parse(env: Envelope, body_class: type[Any], *, decoded: bool = False) -> Any
     return compiled.build(env.body)
 
 
+def send_service(env: Envelope) -> str | None:
+    """The service an ``agent.send`` is addressed to, or None when it names an agent (``agent_id``).
+
+    For an ``env`` that :func:`~openfang.protocol.envelope.decode` returned for an ``agent.send``, its body
+    validated as an :class:`AgentSend`: exactly one of ``agent_id`` and ``service`` is set (its
+    ``extra_checks``), so this is ``parse(env, AgentSend, decoded=True).service`` without building the
+    instance (the gateway's hot path reads nothing else of it).
+    """
+    body = env.body
+    if body.get("agent_id") is None:
+        service: str = body["service"]
+        return service
+    return None
+
+
 def to_body(obj: Any) -> dict[str, Any]:
     """A body dataclass as the plain map that goes into :attr:`Envelope.body`."""
     body = _schema.to_wire(obj)

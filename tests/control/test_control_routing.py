@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from openfang.control.routing import AgentDirectory, Gather, least_loaded, route
+from openfang.control.routing import AgentDirectory, Gather, least_loaded, route, service_host
 from openfang.protocol.bodies import AgentRef, AgentSend, Empty, MemoryStats, WorkerPing
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import NotFound, ProtocolError, UnknownType
@@ -90,3 +90,23 @@ def test_directory_keeps_one_worker_string_for_its_agents() -> None:
         d.add(f"a-{n}", b"workers-0".decode(), "billing")
     assert d.worker_of["a-0"] is d.worker_of["a-1"] is d.worker_of["a-2"] == "workers-0"
     assert d.count("workers-0") == 3 and d.workers_serving("billing") == {"workers-0"}
+
+
+def test_service_host_picks_what_the_set_and_sort_picked() -> None:
+    """service_host equals the fewest-in-flight host, first by id, among the connected hosts, over random
+    directories and loads; a service with no connected host is not_found."""
+    import random
+
+    rng = random.Random(15)
+    for _ in range(500):
+        d = AgentDirectory()
+        ids = [f"w-{i}" for i in range(rng.randint(1, 5))]
+        for n in range(rng.randint(1, 8)):
+            _spawned(d, rng.choice(ids), f"a{n}", rng.choice(["svc", "other"]))
+        workers = {w: Load(in_flight=rng.randint(0, 3)) for w in ids if rng.random() < 0.8}
+        hosts = d.workers_serving("svc") & set(workers)
+        if not hosts:
+            with pytest.raises(NotFound, match="'svc'"):
+                service_host("svc", d, workers)
+            continue
+        assert service_host("svc", d, workers) == min(sorted(hosts), key=lambda w: workers[w].in_flight)

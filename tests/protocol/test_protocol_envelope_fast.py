@@ -1,0 +1,161 @@
+"""The envelope's fast paths give what the general ones give: ``Envelope``'s own ``__init__`` against the
+dataclass-generated one, ``decode``'s shortcut for a well-formed envelope against the full checks (the same
+envelope or the same error, over the catalogue's examples and their mutations), ``encode_as`` against
+``encode`` of the re-addressed envelope, and ``messages.send_service`` against the built ``AgentSend``."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any
+
+import msgpack
+import pytest
+
+from openfang.protocol import _examples, messages
+from openfang.protocol import envelope as envelope_module
+from openfang.protocol.bodies import AgentSend
+from openfang.protocol.envelope import PROTOCOL_VERSION, Envelope, decode, encode, encode_as
+from openfang.protocol.errors import OpenFangError
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _Generated:
+    """Envelope's fields as the dataclass decorator would build them, its __init__ included."""
+
+    type: str
+    body: dict[str, Any] = dataclasses.field(default_factory=dict)
+    id: str = dataclasses.field(default_factory=envelope_module.new_id)
+    v: int = PROTOCOL_VERSION
+
+
+def _fields(obj: Any) -> tuple[Any, ...]:
+    return (obj.type, obj.body, obj.id, obj.v)
+
+
+def test_envelope_init_sets_what_the_generated_init_sets() -> None:
+    """Given fields are kept as given (None included), absent ones get the same defaults."""
+    body = {"a": 1}
+    for kwargs in (
+        {"type": "ping"},
+        {"type": "ping", "body": body},
+        {"type": "ping", "id": "r-1"},
+        {"type": "x", "body": body, "id": "r-2", "v": 7},
+        {"type": "x", "body": None, "id": None},
+    ):
+        ours, theirs = Envelope(**kwargs), _Generated(**kwargs)
+        if "id" in kwargs:
+            assert _fields(ours) == _fields(theirs)
+        else:
+            assert _fields(ours)[:2] + _fields(ours)[3:] == _fields(theirs)[:2] + _fields(theirs)[3:]
+            assert len(ours.id) == 32 and ours.id != Envelope(type="ping").id
+    assert Envelope(type="ping", body=body).body is body
+    assert Envelope(type="ping").body == {} and Envelope(type="ping").body is not Envelope(type="ping").body
+
+
+def test_envelope_stays_frozen_comparable_and_replaceable() -> None:
+    """Setting a field raises, equal fields compare equal, dataclasses.replace builds a new one."""
+    env = Envelope(type="ping", id="r-1")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        env.type = "other"  # type: ignore[misc]
+    assert env == Envelope(type="ping", id="r-1", body={})
+    assert dataclasses.replace(env, id="r-2") == Envelope(type="ping", id="r-2")
+    with pytest.raises(TypeError):
+        Envelope("ping")  # type: ignore[misc]
+
+
+def _slow_decode(data: bytes, **kwargs: Any) -> Envelope:
+    """decode() with its fast path turned off: a raw map that never has exactly four keys."""
+
+    class _NoFast(dict[Any, Any]):
+        pass
+
+    real = msgpack.unpackb
+
+    def unpackb(*args: Any, **kw: Any) -> Any:
+        raw = real(*args, **kw)
+        return _NoFast(raw) if type(raw) is dict else raw
+
+    envelope_module.msgpack.unpackb = unpackb  # type: ignore[assignment]
+    try:
+        return decode(data, **kwargs)
+    finally:
+        envelope_module.msgpack.unpackb = real  # type: ignore[assignment]
+
+
+def _outcome(fn: Any, data: bytes, **kwargs: Any) -> tuple[str, Any]:
+    try:
+        env = fn(data, **kwargs)
+    except OpenFangError as exc:
+        return ("error", (type(exc).__name__, exc.code, exc.message))
+    return ("ok", (_fields(env), type(env.body)))
+
+
+def _mutations(rng: random.Random, raw: dict[str, Any]) -> list[Any]:
+    """The envelope and variants of it that break (or do not break) one envelope rule each."""
+    out: list[Any] = [dict(raw)]
+    for key in ("v", "id", "type", "body"):
+        for value in (None, True, 1, 1.0, 2, "", "x", "x" * 129, b"id", [], {}, {"k": 1}):
+            changed = dict(raw)
+            changed[key] = value
+            out.append(changed)
+        dropped = dict(raw)
+        del dropped[key]
+        out.append(dropped)
+    out.append({**raw, "extra": 1})
+    out.append({**raw, "type": "error", "id": ""})
+    body = raw.get("body")
+    if isinstance(body, dict) and body:
+        for _ in range(6):
+            changed_body = dict(body)
+            key = rng.choice(sorted(changed_body))
+            changed_body[key] = rng.choice([None, 0, -1, "", "s" * 200, [], {}, 1.5, True])
+            out.append({**raw, "body": changed_body})
+    out.append([raw])
+    return out
+
+
+def test_decode_fast_path_matches_the_full_checks_on_every_example_and_mutation() -> None:
+    """Every catalogued example and its mutations decode to the same envelope, or fail with the same
+    error (type, code and text), with and without the door's type filter."""
+    rng = random.Random(15)
+    examples: list[tuple[str, Any]] = [
+        *_examples.REQUESTS.items(),
+        *((f"{t}.ok", b) for t, b in _examples.REPLIES.items()),
+        ("event", _examples.EVENT),
+        ("error", _examples.ERROR),
+        *_examples.INTERNAL.items(),
+        ("agent.send", {"service": "svc", "text": "hello"}),
+        ("no.such.type", {"a": 1}),
+    ]
+    seen = 0
+    for message_type, body in examples:
+        raw = {"v": 1, "id": "r-1", "type": message_type, "body": body}
+        for variant in _mutations(rng, raw):
+            data = msgpack.packb(variant, use_bin_type=True)
+            for kwargs in ({}, {"types": messages.REQUEST_TYPES}):
+                assert _outcome(decode, data, **kwargs) == _outcome(_slow_decode, data, **kwargs), variant
+                seen += 1
+    assert seen > 1000
+
+
+def test_encode_as_is_encode_of_the_readdressed_envelope() -> None:
+    """The bytes are those of the same envelope with the other id."""
+    env = Envelope(type="agent.send", body={"service": "s", "text": "t", "x": [1, b"\x00"]}, id="r-1")
+    assert encode_as(env, "k-7") == encode(Envelope(type=env.type, body=env.body, id="k-7"))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"service": "svc", "text": "x"},
+        {"service": "svc", "text": "x", "agent_id": None, "session": "s-1", "stream": True},
+        {"agent_id": "a-1", "text": "x"},
+        {"agent_id": "a-1", "text": "x", "service": None},
+    ],
+)
+def test_send_service_is_the_built_bodys_service(body: dict[str, Any]) -> None:
+    """For a decoded agent.send, send_service is the AgentSend's service when it names no agent."""
+    env = decode(msgpack.packb({"v": 1, "id": "r-1", "type": "agent.send", "body": body}))
+    built = messages.parse(env, AgentSend, decoded=True)
+    assert messages.send_service(env) == (built.service if built.agent_id is None else None)
