@@ -298,10 +298,16 @@ class Placement:
 
     def least_loaded(self, exclude: Iterable[str] = ()) -> str | None:
         """The connected (synced) worker with the fewest placed agents."""
-        candidates = sorted(self.workers - set(exclude) - self.draining)
-        if not candidates:
-            return None
-        return min(candidates, key=lambda w: (self.load[w], w))
+        skip = self.draining.union(exclude) if exclude else self.draining
+        best: str | None = None
+        fewest = 0
+        for worker in self.workers:  # the fewest agents, then the first name: one pass, no sort
+            if worker in skip:
+                continue
+            n = self.load[worker]
+            if best is None or n < fewest or (n == fewest and worker < best):
+                best, fewest = worker, n
+        return best
 
     # -- confirmations from workers ---------------------------------------------------------------------
     def spawned(

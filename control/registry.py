@@ -69,6 +69,12 @@ _COLUMNS = (
 )
 
 
+_PUT_MANIFEST = "INSERT OR REPLACE INTO manifests (digest, text) VALUES (?, ?)"
+_PUT_COUNTER = "INSERT OR REPLACE INTO counters (name, n) VALUES (?, ?)"
+_PUT_AGENT = f"INSERT OR REPLACE INTO agents ({_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+_DELETE_AGENT = "DELETE FROM agents WHERE agent_id = ?"
+
+
 class RegistryError(OpenFangError):
     """The registry file cannot be opened or written (named in the message)."""
 
@@ -320,22 +326,24 @@ class AgentRegistry:
             if self._fsync != self._synced:  # a pragma, no I/O: FULL waits for the disk, NORMAL does not
                 self._db.execute(f"PRAGMA synchronous = {'FULL' if self._fsync else 'NORMAL'}")
                 self._synced = self._fsync
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO manifests (digest, text) VALUES (?, ?)",
-                [(d, self._manifests[d]) for d in self._new_manifests],
-            )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO counters (name, n) VALUES (?, ?)",
-                [(name, self._counters[name]) for name in self._dirty_counters],
-            )
-            self._db.executemany(
-                f"INSERT OR REPLACE INTO agents ({_COLUMNS}) VALUES ({', '.join('?' * 15)})",
+            # Only the statements that have rows: a warm spawn's two commits hold one row each (and the
+            # first its counter), so the empty ones were most of the statements run.
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            if self._new_manifests:
+                db.executemany(_PUT_MANIFEST, [(d, self._manifests[d]) for d in self._new_manifests])
+            if self._dirty_counters:
+                db.executemany(_PUT_COUNTER, [(name, self._counters[name]) for name in self._dirty_counters])
+            if self._dirty:
                 # In key order: B-tree pages are filled one after the other instead of at random.
-                [self.rows[a]._values() for a in sorted(self._dirty)],
-            )
-            self._db.executemany("DELETE FROM agents WHERE agent_id = ?", [(a,) for a in self._deleted])
-            self._db.execute("COMMIT")
+                rows = self.rows
+                if len(self._dirty) == 1:
+                    db.execute(_PUT_AGENT, rows[next(iter(self._dirty))]._values())
+                else:
+                    db.executemany(_PUT_AGENT, [rows[a]._values() for a in sorted(self._dirty)])
+            if self._deleted:
+                db.executemany(_DELETE_AGENT, [(a,) for a in self._deleted])
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")

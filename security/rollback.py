@@ -106,9 +106,12 @@ class VersionStore:
         self._seen[name] = cur
         return cur
 
-    def check(self, name: str, version: int | str, digest: str) -> None:
-        """Raise Denied if ``version`` of ``name`` is older than accepted, or reuses a version number."""
-        self._check(name, version, digest, self.current(name))
+    def check(self, name: str, version: int | str, digest: str) -> tuple[tuple[int, ...], str, str] | None:
+        """Raise Denied if ``version`` of ``name`` is older than accepted, or reuses a version number; else
+        the accepted ``(version, shown, digest)`` it was checked against (None: none yet)."""
+        cur = self.current(name)
+        self._check(name, version, digest, cur)
+        return cur
 
     def _check(
         self, name: str, version: int | str, digest: str, cur: tuple[tuple[int, ...], str, str] | None

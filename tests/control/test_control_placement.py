@@ -379,3 +379,21 @@ def test_placement_waited_for_agent_jumps_a_full_spawn_window(tmp_path: Path) ->
     assert port.spawns[MAX_SPAWNING] == ("w0", last, True)
     again.spawned(last, "w0", True)
     assert port.delivered == [("hello", "w0")]
+
+
+def test_placement_least_loaded_takes_the_fewest_agents_then_the_first_name(tmp_path: Path) -> None:
+    """The least loaded worker has the fewest placed agents (ties: the first name); draining and excluded
+    workers are never chosen, and with none left there is no worker."""
+    p, _port, _clock = make(tmp_path)
+    assert p.least_loaded() is None
+    p.workers |= {"w2", "w0", "w1"}
+    assert p.least_loaded() == "w0"
+    p.load.update({"w0": 2, "w1": 1, "w2": 1})
+    assert p.least_loaded() == "w1"
+    assert p.least_loaded(exclude=["w1"]) == "w2"
+    p.draining.add("w2")
+    assert p.least_loaded(exclude=["w1"]) == "w0"
+    assert p.least_loaded(exclude=("w0", "w1")) is None
+    p.draining.clear()
+    p.load["w0"] = 0
+    assert p.least_loaded() == "w0"

@@ -265,3 +265,27 @@ def test_registry_schema_is_written_once_and_a_reopen_writes_nothing(
     statements.clear()
     AgentRegistry(path).close()
     assert not [s for s in statements if "CREATE" in s or "user_version =" in s or "BEGIN" in s]
+
+
+def test_registry_commit_writes_each_kind_of_change_alone_and_together(tmp_path: Path) -> None:
+    """A commit holding one row, several rows, only a removal or only a counter writes exactly that: a reopen
+    reads back the same rows, texts and counters."""
+    path = tmp_path / "agents.db"
+    reg = AgentRegistry(path)
+    one = _row(reg)
+    assert reg.commit() == 1
+    many = [_row(reg) for _ in range(3)]
+    one.state = "running"
+    reg.save(one, fsync=False)
+    assert reg.commit() == 4
+    reg.remove(many[0].agent_id)
+    assert reg.commit() == 1
+    reg.next_id("other")  # a counter alone
+    assert reg.commit() == 0 and not reg.pending
+    reg.close()
+    again = AgentRegistry(path)
+    assert sorted(again.rows) == sorted(r.agent_id for r in (one, *many[1:]))
+    back = again.get(one.agent_id)
+    assert back is not None and back.state == "running"
+    assert again.next_id("greeter") == "greeter-5" and again.next_id("other") == "other-2"
+    again.close()

@@ -130,3 +130,29 @@ def test_exfil_guard_is_made_with_the_first_tool_context_unless_the_agent_holds_
         tainted("http_fetch", "https://example.com/?q=vault-value-0123456789", {}, None)
     assert "vault-value-0123456789" not in sec.redact("the token is vault-value-0123456789")
     sec.close()
+
+
+def test_version_check_says_when_the_version_is_accepted_already(tmp_path: Path) -> None:
+    """check_version is True only for the accepted version and digest (the spawn then skips accept_version's
+    read); a new version is False and recorded by accept_version; an older one is still refused, and so is
+    one that another worker's newer version overtook after this worker's read."""
+    from openfang.security._errors import Denied
+    from openfang.security.rollback import VersionStore
+
+    sec = HostSecurity(security_from_args(None, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
+    v1, v2 = load_manifest(ECHO + "version = 1\n"), load_manifest(ECHO + "version = 2\n")
+    assert sec.check_version(v1, "d1") is False
+    sec.accept_version(v1, "d1")
+    assert sec.check_version(v1, "d1") is True
+    with pytest.raises(Denied):
+        sec.check_version(v1, "other bytes")  # the same version with other bytes
+    assert sec.check_version(v2, "d2") is False
+    sec.accept_version(v2, "d2", accepted=False)
+    assert sec.check_version(v2, "d2") is True
+    with pytest.raises(Denied):
+        sec.check_version(v1, "d1")
+    assert sec.versions is not None
+    with VersionStore(sec.versions.path) as other:
+        other.accept("e", 3, "d3")
+    with pytest.raises(Denied):
+        sec.check_version(v2, "d2")

@@ -144,10 +144,13 @@ class HostSecurity:
         self._limiter_lock = threading.Lock()  # charges come from the loop and from tool threads
 
     # -- spawn ---------------------------------------------------------------------------------------------
-    def check_version(self, manifest: AgentManifest, digest: str) -> None:
-        """Layer 16: refuse a manifest older than one accepted before under the same name."""
-        if self.versions is not None:
-            self.versions.check(manifest.name, manifest.version, digest)
+    def check_version(self, manifest: AgentManifest, digest: str) -> bool:
+        """Layer 16: refuse a manifest older than one accepted before under the same name. True when this
+        version and digest are the accepted ones already (:meth:`accept_version` then has nothing to do)."""
+        if self.versions is None:
+            return True
+        cur = self.versions.check(manifest.name, manifest.version, digest)
+        return cur is not None and cur[1] == str(manifest.version) and cur[2] == digest
 
     def attest(self, manifest: AgentManifest, raw: Mapping[str, Any]) -> None:
         """Layer 13: a signed manifest must verify under a trusted publisher (every manifest must be signed
@@ -158,8 +161,10 @@ class HostSecurity:
             return  # nothing to check: spare reading the module bytes
         self.attestor.attest(manifest.name, module_bytes(manifest), raw)
 
-    def accept_version(self, manifest: AgentManifest, digest: str) -> None:
-        if self.versions is None:
+    def accept_version(self, manifest: AgentManifest, digest: str, *, accepted: bool = False) -> None:
+        """Record the manifest's version as accepted; ``accepted``: :meth:`check_version` of this spawn said
+        it is already (spares reading the version state a second time)."""
+        if self.versions is None or accepted:
             return
         cur = self.versions.current(manifest.name)
         if cur is not None and cur[1] == str(manifest.version) and cur[2] == digest:

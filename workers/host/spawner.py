@@ -132,8 +132,9 @@ class Spawner:
         if shape is not None and shape.parsed is not manifest:
             shape = None  # another parse of the text (the MCP tools attached): worked out for this one only
         digest = (shape.digest if shape is not None else None) or module_digest(manifest)
+        accepted = False
         if sec is not None:
-            sec.check_version(manifest, digest)  # layer 16, before any work is spent on an old manifest
+            accepted = sec.check_version(manifest, digest)  # layer 16, before any work on an old manifest
             sec.attest(manifest, parsed(text))  # layer 13: signed manifests
         if shape is None:
             shape = self._shape(text, manifest, agent_id)
@@ -156,7 +157,7 @@ class Spawner:
         if sec is not None:
             try:
                 agent.guard = sec.admit(manifest, agent_id, parent=parent)
-                sec.accept_version(manifest, digest)
+                sec.accept_version(manifest, digest, accepted=accepted)
             except BaseException:
                 sandbox.close()
                 sec.release(agent_id)
