@@ -4397,14 +4397,6 @@ def __create_fn__():
   return self.__class__.__qualname__ + f"(type={self.type!r}, body={self.body!r}, id={self.id!r}, v={self.v!r})"
  return __repr__
 CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(type={self.type!r}, body={self.body!r}, id={self.id!r}, v={self.v!r})"\n return __repr__'] = __create_fn__.__code__
-def __create_fn__(_type_type, _type_body, _type_id, _type_v, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_body, _dflt_id, _dflt_v, _return_type):
- def __init__(self,*,type:_type_type,body:_type_body=_HAS_DEFAULT_FACTORY,id:_type_id=_HAS_DEFAULT_FACTORY,v:_type_v=_dflt_v)->_return_type:
-  __dataclass_builtins_object__.__setattr__(self,'type',type)
-  __dataclass_builtins_object__.__setattr__(self,'body',_dflt_body() if body is _HAS_DEFAULT_FACTORY else body)
-  __dataclass_builtins_object__.__setattr__(self,'id',_dflt_id() if id is _HAS_DEFAULT_FACTORY else id)
-  __dataclass_builtins_object__.__setattr__(self,'v',v)
- return __init__
-CODE["def __create_fn__(_type_type, _type_body, _type_id, _type_v, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_body, _dflt_id, _dflt_v, _return_type):\n def __init__(self,*,type:_type_type,body:_type_body=_HAS_DEFAULT_FACTORY,id:_type_id=_HAS_DEFAULT_FACTORY,v:_type_v=_dflt_v)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'type',type)\n  __dataclass_builtins_object__.__setattr__(self,'body',_dflt_body() if body is _HAS_DEFAULT_FACTORY else body)\n  __dataclass_builtins_object__.__setattr__(self,'id',_dflt_id() if id is _HAS_DEFAULT_FACTORY else id)\n  __dataclass_builtins_object__.__setattr__(self,'v',v)\n return __init__"] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __delattr__(self,name):
   if type(self) is cls or name in ('type','body','id','v',):
