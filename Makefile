@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NODE_CLIENT := examples/node-client
 DATA_DIR ?= $(CURDIR)/.openfang-data
 
-.PHONY: install run test test-deps lint typecheck check bench bench-peers bench-scale guests clean
+.PHONY: install run test test-deps lint typecheck check generate bench bench-peers bench-scale guests clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
@@ -57,6 +57,15 @@ lint: install
 	$(MAKE) typecheck
 
 check: lint test
+
+# The generated files, after a change to what they are made from (each has a test that fails when it is stale):
+# PROTOCOL.md's reference (the catalogue), the tool index, the injection cue table, and last the precompiled
+# dataclass methods (every dataclass of the package, so after the others' modules are as they will be).
+generate: install
+	$(PY) -m openfang.protocol._docgen --write
+	$(PY) -m openfang.workers.tools._index_gen --write
+	$(PY) -m openfang.security._injection_table_gen --write
+	$(PY) -m openfang._precompiled_gen --write
 
 bench: install
 	$(PY) -m perf.run --out perf/results
