@@ -55,7 +55,8 @@ def _compiled(text: str) -> types.CodeType:
 @pytest.mark.skipif(not _SAME_PYTHON, reason="the data was generated with another Python")
 def test_precompiled_data_is_what_the_generator_makes_now() -> None:
     """_precompiled_data.py holds the dataclass texts as now (python -m openfang._precompiled_gen --write)."""
-    fresh = _precompiled_gen.DATA.read_text() == _precompiled_gen.render()  # not == in the assert: a 1 MB diff
+    # Compared outside the assert: pytest would diff the two 1 MB texts.
+    fresh = _precompiled_gen.DATA.read_text() == _precompiled_gen.render()
     assert fresh, "openfang/_precompiled_data.py is stale: run `make generate` (or _precompiled_gen --write)"
 
 

@@ -101,8 +101,9 @@ def test_host_park_burst_to_a_parked_agent_answered_in_order(tmp_path: Path) -> 
         d.host.close()
 
 
-def _parked_heap_growth(snapshot_dir: Path) -> tuple[int, int, int, str]:
-    """(Python heap growth, parked count, resident count, a message's answer) for 2,000 more agents parked."""
+def _parked_heap_growth(snapshot_dir: Path) -> tuple[int, int, int, str, list[str]]:
+    """(Python heap growth, parked count, resident count, a message's answer, the biggest growths by line) for
+    2,000 more agents parked."""
     d = Driver(AgentHost("w-test", HostParts(snapshot_dir=snapshot_dir, max_resident=20)))  # no event list
     try:
         warm = [spawn_counter(d) for _ in range(300)]
@@ -110,14 +111,16 @@ def _parked_heap_growth(snapshot_dir: Path) -> tuple[int, int, int, str]:
         gc.collect()
         tracemalloc.start()
         try:
+            start = tracemalloc.take_snapshot()
             before = tracemalloc.get_traced_memory()[0]
             more = [spawn_counter(d) for _ in range(2000)]
             _parked(d, more[:1950])
             gc.collect()
             grown = tracemalloc.get_traced_memory()[0] - before
+            top = [str(s) for s in tracemalloc.take_snapshot().compare_to(start, "lineno")[:8]]
         finally:
             tracemalloc.stop()
-        return grown, len(d.host._parked), d.host._hib.resident(d.host._agents), say(d, more[0])
+        return grown, len(d.host._parked), d.host._hib.resident(d.host._agents), say(d, more[0]), top
     finally:
         d.host.close()
 
@@ -144,10 +147,13 @@ def test_host_park_memory_does_not_grow_with_parked_agents(tmp_path: Path) -> No
         raw = pipe.read()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0 and raw, "the measuring child failed"
-    grown, parked, resident, answer = json.loads(raw)
+    grown, parked, resident, answer, top = json.loads(raw)
     assert parked >= 2200 and resident <= 20
     print(f"python heap growth for 2,000 parked agents: {grown / 2**20:.2f} MB")
-    assert grown < 4 * 2**20, f"the Python heap grew {grown / 2**20:.1f} MB for 2,000 parked agents"
+    biggest = "\n".join(top)
+    assert grown < 4 * 2**20, (
+        f"the Python heap grew {grown / 2**20:.1f} MB for 2,000 parked agents:\n{biggest}"
+    )
     assert "message 1 " in answer
 
 
