@@ -29,7 +29,7 @@ import structlog
 from openfang.protocol.errors import AlreadyExists, OpenFangError
 from openfang.workers.llm.types import ToolSpec
 from openfang.workers.tools.errors import ToolError as ToolError  # re-exported: tools import it from here
-from openfang.workers.tools.schema import check_schema, validate
+from openfang.workers.tools.schema import check_schema, compile_validator
 
 if TYPE_CHECKING:
     from openfang.security.netguard import Resolver
@@ -178,6 +178,8 @@ class ToolRegistry:
     def __init__(self, tools: Iterable[Tool] = ()) -> None:
         self._tools: dict[str, Tool | LazyTool] = {}
         self._loading = threading.Lock()
+        # name -> (the schema, its compiled validator): read once per tool, not keyword by keyword per call.
+        self._validators: dict[str, tuple[Mapping[str, Any], Callable[[Any], tuple[Any, list[str]]]]] = {}
         for t in tools:
             self.register(t)
 
@@ -263,7 +265,11 @@ class ToolRegistry:
             args = {}
         if not isinstance(args, Mapping):
             return fail("bad_args", f"arguments must be an object, got {type(args).__name__}")
-        args, problems = validate(dict(args), tool.schema)
+        compiled = self._validators.get(name)
+        if compiled is None or compiled[0] is not tool.schema:
+            compiled = (tool.schema, compile_validator(tool.schema))
+            self._validators[name] = compiled  # one dict write: safe from any thread (the GIL)
+        args, problems = compiled[1](dict(args))
         if problems:
             return fail("bad_args", "; ".join(problems))
         try:
