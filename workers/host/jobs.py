@@ -140,24 +140,66 @@ def _guarded(
 # -- LLM ---------------------------------------------------------------------------------------------------
 
 
+_OTHER, _TOOL, _CALLS = (
+    0,
+    1,
+    2,
+)  # a conversation entry's kind for _well_formed: other, tool result, tool calls
+
+
+def _kind(m: Mapping[str, Any]) -> int:
+    role = m.get("role")
+    if role == "tool":
+        return _TOOL
+    return _CALLS if role == "assistant" and m.get("tool_calls") else _OTHER
+
+
 class ChatCache:
-    """ChatMessage objects for conversation entries, reused while the same entry stays in the window."""
+    """ChatMessage objects for conversation entries, reused while the same entry stays in the window.
+
+    Each entry's kind (what :func:`_well_formed` looks at) is read once, when it enters the window; the
+    window is then filtered on the kinds, as :func:`_well_formed` filters the entries
+    (``tests/workers/test_host_chat_cache.py`` holds the two together)."""
 
     def __init__(self) -> None:
-        self._by_id: dict[int, tuple[dict[str, Any], Any]] = {}
+        # id(entry) -> [entry, its kind, its ChatMessage or None until kept once]; holding the entry keeps
+        # its id from being reused while cached.
+        self._by_id: dict[int, list[Any]] = {}
 
     def convert(self, messages: list[dict[str, Any]]) -> list[Any]:
-        from openfang.workers.llm import types as t
-
-        fresh: dict[int, tuple[dict[str, Any], Any]] = {}
-        out = []
-        for m in _well_formed(messages):
-            hit = self._by_id.get(id(m))
-            chat = hit[1] if hit is not None and hit[0] is m else _to_chat(t, m)
-            fresh[id(m)] = (m, chat)  # holding m keeps its id from being reused while cached
-            out.append(chat)
+        t = _llm_types()
+        by_id = self._by_id
+        fresh: dict[int, list[Any]] = {}
+        entries = []
+        for m in messages:
+            hit = by_id.get(id(m))
+            if hit is None or hit[0] is not m:
+                hit = [m, _kind(m), None]
+            fresh[id(m)] = hit
+            entries.append(hit)
         self._by_id = fresh
+        n = len(entries)
+        start = 0
+        while start < n and entries[start][1] == _TOOL:
+            start += 1  # the history window cut these results off from their tool-call message
+        out = []
+        last = n - 1
+        for j in range(start, n):
+            e = entries[j]
+            if e[1] == _CALLS and (j == last or entries[j + 1][1] != _TOOL):
+                continue  # tool calls whose results never came (a failed message)
+            chat = e[2]
+            if chat is None:
+                chat = e[2] = _to_chat(t, e[0])
+            out.append(chat)
         return out
+
+
+@functools.cache
+def _llm_types() -> Any:
+    from openfang.workers.llm import types as t
+
+    return t
 
 
 def llm_work(
@@ -233,7 +275,8 @@ def _ok(data: bytes, usage: dict[str, int] | None = None) -> tuple[int, bytes, d
 
 
 def _well_formed(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Drop tool-call messages whose results never came (a failed message) and orphaned results."""
+    """Drop tool-call messages whose results never came (a failed message) and the results the window cut
+    off at its start. The reference for :meth:`ChatCache.convert`, which filters the same way on kinds."""
     out: list[dict[str, Any]] = []
     start = 0
     while start < len(messages) and messages[start].get("role") == "tool":
