@@ -54,6 +54,32 @@ def test_chat_cache_convert_equals_fresh_conversion(seed: int) -> None:
         seen = {id(m): chat for m, chat in zip(kept, got, strict=True)}
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_chat_cache_convert_sliding_window_equals_fresh_conversion(seed: int) -> None:
+    """A conversation growing a few entries a call, seen through its newest ``size`` entries (as the model
+    job sees it; some calls repeat the same window): the reference's messages every time, each kept entry
+    converted once while it stays in the window."""
+    rng = random.Random(1000 + seed)
+    conversation = [_entry(rng, i) for i in range(300)]
+    duplicates = seed % 3 == 0
+    if duplicates:  # equal entries (distinct dicts) next to each other
+        conversation = [dict(m) for m in conversation for _ in range(2)]
+    size = rng.choice([1, 2, 3, 8, 64])
+    cache = jobs.ChatCache()
+    seen: dict[int, t.ChatMessage] = {}
+    end = 0
+    while end < len(conversation):
+        end += rng.choice([0, 1, 1, 2, 3, 5])
+        window = conversation[max(0, end - size) : end]
+        got = cache.convert(list(window))
+        assert got == _reference(window), (seed, end)
+        kept = jobs._well_formed(window)
+        for m, chat in zip(kept, got, strict=True):
+            if id(m) in seen and seen[id(m)] is not chat:
+                assert duplicates, "a kept entry converted twice"  # else an equal entry's (equal) message
+        seen = {id(m): chat for m, chat in zip(kept, got, strict=True)}
+
+
 def test_chat_cache_convert_drops_unanswered_calls_and_cut_off_results() -> None:
     """Leading tool results and a final tool-call message without results are left out, as before."""
     call = {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "name": "n", "arguments": {}}]}

@@ -8,6 +8,7 @@ host thread, which saves a thread hand-off per call.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import contextvars
 import functools
@@ -157,42 +158,73 @@ def _kind(m: Mapping[str, Any]) -> int:
 class ChatCache:
     """ChatMessage objects for conversation entries, reused while the same entry stays in the window.
 
-    Each entry's kind (what :func:`_well_formed` looks at) is read once, when it enters the window; the
-    window is then filtered on the kinds, as :func:`_well_formed` filters the entries
-    (``tests/workers/test_host_chat_cache.py`` holds the two together)."""
+    The model sees the newest ``history_messages`` entries, so from one call to the next the window mostly
+    slides: it drops a few entries at the front and gains a few at the end. The cache keeps the last window,
+    each entry's kind (what :func:`_well_formed` looks at) and its message, and the kept messages with
+    their positions (numbered from the conversation's start, so a slide renumbers nothing). When the new
+    window starts inside the last one and holds all of its rest, only the entries that are new, the last
+    one's (its successor decides whether it stays) and the front cut are looked at: the rest of the kept
+    list is a slice of the last one. Any other window is converted afresh, reusing messages by entry.
+    The same messages as converting :func:`_well_formed` of the window
+    (``tests/workers/test_host_chat_cache.py``).
+    """
 
     def __init__(self) -> None:
-        # id(entry) -> [entry, its kind, its ChatMessage or None until kept once]; holding the entry keeps
-        # its id from being reused while cached.
-        self._by_id: dict[int, list[Any]] = {}
+        self._window: list[dict[str, Any]] = []  # the last window (holding its entries keeps their ids)
+        self._kinds: list[int] = []
+        self._chats: list[Any] = []  # per entry: its ChatMessage, None until it was kept once
+        self._base = 0  # the position of the window's first entry
+        self._out: list[Any] = []  # the kept messages, and their positions below
+        self._pos: list[int] = []
 
     def convert(self, messages: list[dict[str, Any]]) -> list[Any]:
-        t = _llm_types()
-        by_id = self._by_id
-        fresh: dict[int, list[Any]] = {}
-        entries = []
-        for m in messages:
-            hit = by_id.get(id(m))
-            if hit is None or hit[0] is not m:
-                hit = [m, _kind(m), None]
-            fresh[id(m)] = hit
-            entries.append(hit)
-        self._by_id = fresh
-        n = len(entries)
+        prev, n = self._window, len(messages)
+        overlap = 0
+        if prev and messages:
+            try:
+                k = prev.index(messages[0])  # identity first, else an equal entry (the same message)
+            except ValueError:
+                k = -1
+            if k >= 0:
+                overlap = len(prev) - k
+                if overlap > n or messages[:overlap] != prev[k:]:
+                    overlap = 0
+        if overlap:
+            base = self._base + k
+            kinds = self._kinds[k:]
+            kinds.extend(map(_kind, messages[overlap:]))
+            chats = self._chats[k:]
+            chats.extend([None] * (n - overlap))
+        else:
+            base = self._base + len(prev) + 1
+            kinds = list(map(_kind, messages))
+            old = {id(m): c for m, c in zip(prev, self._chats, strict=True) if c is not None}
+            chats = [old.get(id(m)) for m in messages]
         start = 0
-        while start < n and entries[start][1] == _TOOL:
+        while start < n and kinds[start] == _TOOL:
             start += 1  # the history window cut these results off from their tool-call message
-        out = []
+        if overlap >= 2 and start <= overlap - 2:
+            # Entries before the last window's last one keep their successor: kept as they were.
+            lo = bisect.bisect_left(self._pos, base + start)
+            hi = bisect.bisect_left(self._pos, base + overlap - 1)
+            out, pos, first = self._out[lo:hi], self._pos[lo:hi], overlap - 1
+        else:
+            out, pos, first = [], [], start
+        t = None
         last = n - 1
-        for j in range(start, n):
-            e = entries[j]
-            if e[1] == _CALLS and (j == last or entries[j + 1][1] != _TOOL):
+        for j in range(first, n):
+            if kinds[j] == _CALLS and (j == last or kinds[j + 1] != _TOOL):
                 continue  # tool calls whose results never came (a failed message)
-            chat = e[2]
+            chat = chats[j]
             if chat is None:
-                chat = e[2] = _to_chat(t, e[0])
+                if t is None:
+                    t = _llm_types()
+                chat = chats[j] = _to_chat(t, messages[j])
             out.append(chat)
-        return out
+            pos.append(base + j)
+        self._window, self._kinds, self._chats, self._base = list(messages), kinds, chats, base
+        self._out, self._pos = out, pos
+        return list(out)
 
 
 @functools.cache
