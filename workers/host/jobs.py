@@ -179,13 +179,13 @@ class ChatCache:
 
     def convert(self, messages: list[dict[str, Any]]) -> list[Any]:
         prev, n = self._window, len(messages)
+        if n == 1:  # one entry (an agent without conversation memory): kept unless a result or a call
+            return self._one(messages[0], prev)
         overlap = 0
         if prev and messages:
-            try:
-                k = prev.index(messages[0])  # identity first, else an equal entry (the same message)
-            except ValueError:
-                k = -1
-            if k >= 0:
+            m0 = messages[0]
+            if m0 in prev:  # identity first, else an equal entry (the same message); no ValueError to raise
+                k = prev.index(m0)
                 overlap = len(prev) - k
                 if overlap > n or messages[:overlap] != prev[k:]:
                     overlap = 0
@@ -198,8 +198,11 @@ class ChatCache:
         else:
             base = self._base + len(prev) + 1
             kinds = list(map(_kind, messages))
-            old = {id(m): c for m, c in zip(prev, self._chats, strict=True) if c is not None}
-            chats = [old.get(id(m)) for m in messages]
+            if prev:
+                old = {id(m): c for m, c in zip(prev, self._chats, strict=True) if c is not None}
+                chats = [old.get(id(m)) for m in messages]
+            else:
+                chats = [None] * n
         start = 0
         while start < n and kinds[start] == _TOOL:
             start += 1  # the history window cut these results off from their tool-call message
@@ -225,6 +228,19 @@ class ChatCache:
         self._window, self._kinds, self._chats, self._base = list(messages), kinds, chats, base
         self._out, self._pos = out, pos
         return list(out)
+
+    def _one(self, m: dict[str, Any], prev: list[dict[str, Any]]) -> list[Any]:
+        kind = _kind(m)
+        base = self._base + len(prev) + 1
+        chat = None
+        if kind == _OTHER:
+            if prev and prev[-1] is m:
+                chat = self._chats[-1]
+            if chat is None:
+                chat = _to_chat(_llm_types(), m)
+        self._window, self._kinds, self._chats, self._base = [m], [kind], [chat], base
+        self._out, self._pos = ([chat], [base]) if chat is not None else ([], [])
+        return [chat] if chat is not None else []
 
 
 @functools.cache
