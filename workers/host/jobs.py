@@ -300,7 +300,7 @@ def llm_work(
             data = abi.encode_llm_result(msg, None)
         else:
             data = abi.encode_llm_result(msg, content or "")
-        if on_entry is not None and abi.json_exact(msg):
+        if on_entry is not None and _assistant_exact(msg):
             on_entry(data[5 : 5 + _u32_at_1(data, 1)[0]], [msg])
         return _ok(data, usage)
 
@@ -316,6 +316,36 @@ def _system_message(prompt: str) -> Any:
     from openfang.workers.llm import types as t
 
     return t.ChatMessage.system(prompt)
+
+
+def _assistant_exact(msg: dict[str, Any]) -> bool:
+    """``abi.json_exact(msg)`` for the model job's assistant message: a plain one (role and content, as
+    llm_work builds it) is decided by its content's type; one with tool calls is walked in full."""
+    if len(msg) == 2:
+        content = msg["content"]
+        if type(msg["role"]) is str and (content is None or type(content) is str):
+            return True
+    return abi.json_exact(msg)
+
+
+def _results_exact(results: list[dict[str, Any]]) -> bool:
+    """``abi.json_exact(results)`` for the tool job's messages (dicts of str keys, as tools_work builds
+    them): True at once when every field has a plain type (str texts, a bool, a finite float); any doubt
+    walks the whole value."""
+    for r in results:
+        ms = r.get("ms")
+        if not (
+            len(r) == 6
+            and type(r.get("content")) is str
+            and type(r.get("role")) is str
+            and type(r.get("tool_call_id")) is str
+            and type(r.get("name")) is str
+            and type(r.get("ok")) is bool
+            and type(ms) is float
+            and ms - ms == 0
+        ):
+            return abi.json_exact(results)
+    return True
 
 
 def _ok(data: bytes, usage: dict[str, int] | None = None) -> tuple[int, bytes, dict[str, int]]:
@@ -424,7 +454,7 @@ def tools_work(
             data = str(one["content"]).encode()
             return (len(data) if one["ok"] else abi.E_FAILED), data, {"tool_calls": 1}
         data = abi.tool_messages(results)
-        if on_entry is not None and abi.json_exact(results):
+        if on_entry is not None and _results_exact(results):
             on_entry(data, results)
         return _ok(data, {"tool_calls": len(results)})
 
