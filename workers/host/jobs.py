@@ -84,7 +84,7 @@ class JobRunner:
         logs (``llm_retry``, ``llm_fallback``, a crash) names the worker and the agent.
         """
         ctx = contextvars.copy_context()
-        ctx.run(structlog.contextvars.bind_contextvars, agent_id=job.agent_id)
+        ctx.run(_agent_id_var().set, job.agent_id)  # = bind_contextvars(agent_id=...) in ctx, no frame
         if inline:
             job.finish(*ctx.run(_guarded, work))
             return
@@ -122,6 +122,14 @@ class JobRunner:
         self._pool.shutdown(wait=True, cancel_futures=True)
         os.close(self._rfd)
         os.close(self._wfd)
+
+
+@functools.cache
+def _agent_id_var() -> contextvars.ContextVar[Any]:
+    """The ContextVar ``structlog.contextvars.bind_contextvars(agent_id=...)`` sets (found by binding once in
+    an empty context: the token names its variable)."""
+    tokens = contextvars.Context().run(structlog.contextvars.bind_contextvars, agent_id=None)
+    return tokens["agent_id"].var
 
 
 def _guarded(
