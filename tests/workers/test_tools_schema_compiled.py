@@ -168,3 +168,19 @@ def test_schema_compiled_validator_defaults_are_copies() -> None:
     out["d"]["deep"].append(2)
     assert EVERY_KEYWORD["properties"]["d"]["default"] == {"deep": [1]}
     assert compiled({"s": "ab", "l": [{"v": "x"}]})[0]["d"] == {"deep": [1]}
+
+
+def test_tools_result_success_equals_init() -> None:
+    """``ToolResult.success`` is the value ``__init__`` makes (every field, repr), and stays frozen."""
+    import dataclasses
+
+    from openfang.workers.tools.core import ToolResult
+
+    for value in ("text", None, {"a": [1]}, 0):
+        fast, slow = ToolResult.success(value, 1.25), ToolResult(ok=True, value=value, duration_ms=1.25)
+        assert fast == slow and repr(fast) == repr(slow)
+        assert [getattr(fast, f.name) for f in dataclasses.fields(ToolResult)] == [
+            getattr(slow, f.name) for f in dataclasses.fields(ToolResult)
+        ]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            fast.ok = False  # type: ignore[misc]
