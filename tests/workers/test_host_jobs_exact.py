@@ -64,3 +64,47 @@ def test_results_exact_equals_json_exact() -> None:
     cases.append([{**{k: v for k, v in _result().items() if k != "ms"}, 7: 0.5}])
     for results in cases:
         assert jobs._results_exact(results) is json_exact(results), results
+
+
+def test_tool_calling_message_json_equals_the_encoder() -> None:
+    """The model job's tool-calling message is written byte for byte as the JSON encoder writes it, for odd
+    texts, ids, names and arguments; other shapes (key order, types, extra keys) still match the encoder."""
+    import json
+    import random
+
+    from openfang.workers.sandbox import guest_abi
+
+    def enc(v: Any) -> str:
+        return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+
+    rng = random.Random(7)
+    texts = ["", "plain", 'q"uote\\', "ctl\x00\x1f\n\t", "\u2028 é 😀", "\ud800 lone", None]
+    for _ in range(400):
+        calls = [
+            {
+                "id": rng.choice(texts[:-1]),
+                "name": rng.choice(["lookup", "a.b", "ü"]),
+                "arguments": rng.choice(
+                    [
+                        {},
+                        {"value": rng.choice(texts)},
+                        {"n": 1.5, "l": [1, None, {"x": True}]},
+                        {1: "int key"},
+                    ]
+                ),
+            }
+            for _ in range(rng.randint(0, 3))
+        ]
+        msg: dict[str, Any] = {"role": "assistant", "content": rng.choice(texts), "tool_calls": calls}
+        assert guest_abi._message_json(msg) == enc(msg)
+    odd: list[dict[str, Any]] = [
+        {"role": "assistant", "tool_calls": [], "content": None},
+        {"role": "assistant", "content": Text("t"), "tool_calls": []},
+        {"role": "assistant", "content": None, "tool_calls": [{"name": "n", "id": "1", "arguments": {}}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": 1, "name": "n", "arguments": {}}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "name": "n", "arguments": [1]}]},
+        {"role": "assistant", "content": None, "tool_calls": ({"id": "1", "name": "n", "arguments": {}},)},
+        {"role": "assistant", "content": 5, "tool_calls": []},
+    ]
+    for msg in odd:
+        assert guest_abi._message_json(msg) == enc(msg), msg
