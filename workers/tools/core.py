@@ -203,7 +203,7 @@ class ToolRegistry:
         self._tools: dict[str, Tool | LazyTool] = {}
         self._loading = threading.Lock()
         # name -> (the schema, its compiled validator): read once per tool, not keyword by keyword per call.
-        self._validators: dict[str, tuple[Mapping[str, Any], Callable[[Any], tuple[Any, list[str]]]]] = {}
+        self._validators: dict[str, tuple[Mapping[str, Any], Callable[..., tuple[Any, list[str]]]]] = {}
         for t in tools:
             self.register(t)
 

@@ -167,12 +167,17 @@ def object_schema(props: dict[str, Any], required: list[str] | None = None) -> d
 
 Check = Callable[[Any, str, list[str]], Any]
 
-_TYPE_TESTS: dict[str, Callable[[Any], bool]] = {n: (lambda v, n=n: _is_type(v, n)) for n in TYPES}
-_TYPE_TESTS["string"] = lambda v: isinstance(v, str)
-_TYPE_TESTS["object"] = lambda v: isinstance(v, Mapping)
+
+def _type_test(name: Any) -> Callable[[Any], bool]:
+    """``_is_type(value, name)`` as a one-argument test (str and object spelled out: the usual ones)."""
+    if name == "string":
+        return lambda v: isinstance(v, str)
+    if name == "object":
+        return lambda v: isinstance(v, Mapping)
+    return lambda v: _is_type(v, name)
 
 
-def compile_validator(schema: Mapping[str, Any]) -> Callable[[Any, str], tuple[Any, list[str]]]:
+def compile_validator(schema: Mapping[str, Any]) -> Callable[..., tuple[Any, list[str]]]:
     """:func:`validate` for one schema, with the schema's keywords read once: the same value and the same
     problems, in the same order (``tests/workers/test_tools_schema_compiled.py``). The schema is read now:
     a schema changed afterwards needs a new validator (tool schemas are fixed once registered)."""
@@ -188,21 +193,22 @@ def compile_validator(schema: Mapping[str, Any]) -> Callable[[Any, str], tuple[A
 
 def _compile(schema: Mapping[str, Any]) -> Check:
     """The checks of :func:`_validate` for ``schema``, in its order, each only when its keyword is there."""
+    get: Callable[[str], Any] = schema.get  # keyword values are whatever the (checked) schema holds
     types = schema.get("type")
     names = types if isinstance(types, list) else [types] if types is not None else []
-    tests = [_TYPE_TESTS.get(n, lambda v, n=n: _is_type(v, n)) for n in names]
+    tests = [_type_test(n) for n in names]
     one_test = tests[0] if len(tests) == 1 else None
-    has_const, const = "const" in schema, schema.get("const")
-    has_enum, enum = "enum" in schema, schema.get("enum")
-    min_len, max_len = schema.get("minLength"), schema.get("maxLength")
+    has_const, const = "const" in schema, get("const")
+    has_enum, enum = "enum" in schema, get("enum")
+    min_len, max_len = get("minLength"), get("maxLength")
     has_min_len, has_max_len = "minLength" in schema, "maxLength" in schema
-    has_pattern, pattern = "pattern" in schema, schema.get("pattern")
+    has_pattern, pattern = "pattern" in schema, get("pattern")
     string_checks = has_min_len or has_max_len or has_pattern
-    has_minimum, minimum = "minimum" in schema, schema.get("minimum")
-    has_maximum, maximum = "maximum" in schema, schema.get("maximum")
+    has_minimum, minimum = "minimum" in schema, get("minimum")
+    has_maximum, maximum = "maximum" in schema, get("maximum")
     number_checks = has_minimum or has_maximum
-    has_min_items, min_items = "minItems" in schema, schema.get("minItems")
-    has_max_items, max_items = "maxItems" in schema, schema.get("maxItems")
+    has_min_items, min_items = "minItems" in schema, get("minItems")
+    has_max_items, max_items = "maxItems" in schema, get("maxItems")
     items = _compile(schema["items"]) if "items" in schema else None
     array_checks = has_min_items or has_max_items or items is not None
     props: Mapping[str, Any] = schema.get("properties", {})
