@@ -102,10 +102,33 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
         audit: AuditSink | None = None,
     ) -> None:
-        self.config = config or RateLimitConfig()
         self._clock = clock
         self._audit = audit
         self._buckets: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
+        self.config = config or RateLimitConfig()
+
+    @property
+    def config(self) -> RateLimitConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: RateLimitConfig) -> None:
+        """A new config also renews which buckets can refuse anything (the charge's fast path)."""
+        self._config = config
+        # Per kind of charge: does any bucket it touches have a limit? A charge touching only unlimited
+        # buckets takes nothing from any bucket and can never be refused, so it ends after its checks.
+        self._client_limited = config.enabled and not (
+            config.client_requests.unlimited and config.global_requests.unlimited
+        )
+        self._agent_requests_limited = config.enabled and not config.agent_requests.unlimited
+        self._agent_tokens_limited = config.enabled and not config.agent_tokens.unlimited
+        self._agent_tools_limited = config.enabled and not config.agent_tool_calls.unlimited
+
+    @property
+    def agent_limited(self) -> bool:
+        """Whether an agent's charge can take from (or be refused by) any bucket. When not, :meth:`charge`
+        with ``client=None`` reads and writes no state: callers may skip the lock they would hold for it."""
+        return self._agent_requests_limited or self._agent_tokens_limited or self._agent_tools_limited
 
     def _bucket(self, name: str, key: str, limit: Limit, now: float) -> TokenBucket:
         bk = (name, key)
@@ -133,8 +156,18 @@ class RateLimiter:
         if min(requests, tokens, tool_calls) < 0:
             # Negative units would refill a bucket: a caller bug, never something a client may cause.
             raise ValueError("rate-limit units must not be negative")
-        if not self.config.enabled:
-            return
+        if not (
+            (client is not None and requests and self._client_limited)
+            or (
+                agent is not None
+                and (
+                    (requests and self._agent_requests_limited)
+                    or (tokens and self._agent_tokens_limited)
+                    or (tool_calls and self._agent_tools_limited)
+                )
+            )
+        ):
+            return  # every bucket this charge touches is unlimited (or the layer is off): nothing to take
         now = self._clock()
         cfg = self.config
         wanted: list[tuple[str, str, Limit, float]] = []

@@ -63,3 +63,18 @@ def test_usage_recorder_skips_the_record_when_the_provider_reports_no_usage() ->
     assert sink.records == [] and agent.llm_usage["llm_calls"] == 1
     usage_recorder(agent, None)(_resp("some-local", 5, 5), 1.0)  # type: ignore[arg-type]
     assert agent.llm_usage["prompt_tokens"] == 5 and agent.llm_usage["cost_usd"] == 0.0
+
+
+def test_usage_priced_shortcut_equals_cost_usd() -> None:
+    """The cached "can this model be priced" answer gives the cost cost_usd gives, for every priced name,
+    its dated, -latest and vendor/ spellings, and unpriced names."""
+    from openfang.workers.host.services import _priced
+    from openfang.workers.llm.presets import PRICES, cost_usd
+
+    names = ["scripted", "llama3.2", "", "gpt-unknown", "GPT-4O", " gpt-4o "]
+    for name in PRICES:
+        names += [name, f"{name}-2024-07-18", f"{name}-latest", f"vendor/{name}", name.upper()]
+    for name in names:
+        for _ in range(2):  # the second answer comes from the cache
+            got = cost_usd(name, 1234, 567) if _priced(name) else None
+            assert got == cost_usd(name, 1234, 567), name

@@ -8,6 +8,7 @@ host thread, which saves a thread hand-off per call.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import contextvars
 import functools
@@ -83,7 +84,7 @@ class JobRunner:
         logs (``llm_retry``, ``llm_fallback``, a crash) names the worker and the agent.
         """
         ctx = contextvars.copy_context()
-        ctx.run(structlog.contextvars.bind_contextvars, agent_id=job.agent_id)
+        ctx.run(_agent_id_var().set, job.agent_id)  # = bind_contextvars(agent_id=...) in ctx, no frame
         if inline:
             job.finish(*ctx.run(_guarded, work))
             return
@@ -123,6 +124,14 @@ class JobRunner:
         os.close(self._wfd)
 
 
+@functools.cache
+def _agent_id_var() -> contextvars.ContextVar[Any]:
+    """The ContextVar ``structlog.contextvars.bind_contextvars(agent_id=...)`` sets (found by binding once in
+    an empty context: the token names its variable)."""
+    tokens = contextvars.Context().run(structlog.contextvars.bind_contextvars, agent_id=None)
+    return tokens["agent_id"].var
+
+
 def _guarded(
     work: Callable[[], tuple[int, bytes, dict[str, int]]],
 ) -> tuple[int, bytes, dict[str, int], OpenFangError | None]:
@@ -140,24 +149,113 @@ def _guarded(
 # -- LLM ---------------------------------------------------------------------------------------------------
 
 
+_OTHER, _TOOL, _CALLS = (
+    0,
+    1,
+    2,
+)  # a conversation entry's kind for _well_formed: other, tool result, tool calls
+
+
+def _kind(m: Mapping[str, Any]) -> int:
+    role = m.get("role")
+    if role == "tool":
+        return _TOOL
+    return _CALLS if role == "assistant" and m.get("tool_calls") else _OTHER
+
+
 class ChatCache:
-    """ChatMessage objects for conversation entries, reused while the same entry stays in the window."""
+    """ChatMessage objects for conversation entries, reused while the same entry stays in the window.
+
+    The model sees the newest ``history_messages`` entries, so from one call to the next the window mostly
+    slides: it drops a few entries at the front and gains a few at the end. The cache keeps the last window,
+    each entry's kind (what :func:`_well_formed` looks at) and its message, and the kept messages with
+    their positions (numbered from the conversation's start, so a slide renumbers nothing). When the new
+    window starts inside the last one and holds all of its rest, only the entries that are new, the last
+    one's (its successor decides whether it stays) and the front cut are looked at: the rest of the kept
+    list is a slice of the last one. Any other window is converted afresh, reusing messages by entry.
+    The same messages as converting :func:`_well_formed` of the window
+    (``tests/workers/test_host_chat_cache.py``).
+    """
 
     def __init__(self) -> None:
-        self._by_id: dict[int, tuple[dict[str, Any], Any]] = {}
+        self._window: list[dict[str, Any]] = []  # the last window (holding its entries keeps their ids)
+        self._kinds: list[int] = []
+        self._chats: list[Any] = []  # per entry: its ChatMessage, None until it was kept once
+        self._base = 0  # the position of the window's first entry
+        self._out: list[Any] = []  # the kept messages, and their positions below
+        self._pos: list[int] = []
 
     def convert(self, messages: list[dict[str, Any]]) -> list[Any]:
-        from openfang.workers.llm import types as t
-
-        fresh: dict[int, tuple[dict[str, Any], Any]] = {}
-        out = []
-        for m in _well_formed(messages):
-            hit = self._by_id.get(id(m))
-            chat = hit[1] if hit is not None and hit[0] is m else _to_chat(t, m)
-            fresh[id(m)] = (m, chat)  # holding m keeps its id from being reused while cached
+        prev, n = self._window, len(messages)
+        if n == 1:  # one entry (an agent without conversation memory): kept unless a result or a call
+            return self._one(messages[0], prev)
+        overlap = 0
+        if prev and messages:
+            m0 = messages[0]
+            if m0 in prev:  # identity first, else an equal entry (the same message); no ValueError to raise
+                k = prev.index(m0)
+                overlap = len(prev) - k
+                if overlap > n or messages[:overlap] != prev[k:]:
+                    overlap = 0
+        if overlap:
+            base = self._base + k
+            kinds = self._kinds[k:]
+            kinds.extend(map(_kind, messages[overlap:]))
+            chats = self._chats[k:]
+            chats.extend([None] * (n - overlap))
+        else:
+            base = self._base + len(prev) + 1
+            kinds = list(map(_kind, messages))
+            if prev:
+                old = {id(m): c for m, c in zip(prev, self._chats, strict=True) if c is not None}
+                chats = [old.get(id(m)) for m in messages]
+            else:
+                chats = [None] * n
+        start = 0
+        while start < n and kinds[start] == _TOOL:
+            start += 1  # the history window cut these results off from their tool-call message
+        if overlap >= 2 and start <= overlap - 2:
+            # Entries before the last window's last one keep their successor: kept as they were.
+            lo = bisect.bisect_left(self._pos, base + start)
+            hi = bisect.bisect_left(self._pos, base + overlap - 1)
+            out, pos, first = self._out[lo:hi], self._pos[lo:hi], overlap - 1
+        else:
+            out, pos, first = [], [], start
+        t = None
+        last = n - 1
+        for j in range(first, n):
+            if kinds[j] == _CALLS and (j == last or kinds[j + 1] != _TOOL):
+                continue  # tool calls whose results never came (a failed message)
+            chat = chats[j]
+            if chat is None:
+                if t is None:
+                    t = _llm_types()
+                chat = chats[j] = _to_chat(t, messages[j])
             out.append(chat)
-        self._by_id = fresh
-        return out
+            pos.append(base + j)
+        self._window, self._kinds, self._chats, self._base = list(messages), kinds, chats, base
+        self._out, self._pos = out, pos
+        return list(out)
+
+    def _one(self, m: dict[str, Any], prev: list[dict[str, Any]]) -> list[Any]:
+        kind = _kind(m)
+        base = self._base + len(prev) + 1
+        chat = None
+        if kind == _OTHER:
+            if prev and prev[-1] is m:
+                chat = self._chats[-1]
+            if chat is None:
+                chat = _to_chat(_llm_types(), m)
+        self._window, self._kinds, self._chats, self._base = [m], [kind], [chat], base
+        self._out, self._pos = ([chat], [base]) if chat is not None else ([], [])
+        return [chat] if chat is not None else []
+
+
+@functools.cache
+def _llm_types() -> Any:
+    from openfang.workers.llm import types as t
+
+    return t
 
 
 def llm_work(
@@ -210,7 +308,7 @@ def llm_work(
             data = abi.encode_llm_result(msg, None)
         else:
             data = abi.encode_llm_result(msg, content or "")
-        if on_entry is not None and abi.json_exact(msg):
+        if on_entry is not None and _assistant_exact(msg):
             on_entry(data[5 : 5 + _u32_at_1(data, 1)[0]], [msg])
         return _ok(data, usage)
 
@@ -228,12 +326,43 @@ def _system_message(prompt: str) -> Any:
     return t.ChatMessage.system(prompt)
 
 
+def _assistant_exact(msg: dict[str, Any]) -> bool:
+    """``abi.json_exact(msg)`` for the model job's assistant message: a plain one (role and content, as
+    llm_work builds it) is decided by its content's type; one with tool calls is walked in full."""
+    if len(msg) == 2:
+        content = msg["content"]
+        if type(msg["role"]) is str and (content is None or type(content) is str):
+            return True
+    return abi.json_exact(msg)
+
+
+def _results_exact(results: list[dict[str, Any]]) -> bool:
+    """``abi.json_exact(results)`` for the tool job's messages (dicts of str keys, as tools_work builds
+    them): True at once when every field has a plain type (str texts, a bool, a finite float); any doubt
+    walks the whole value."""
+    for r in results:
+        ms = r.get("ms")
+        if not (
+            len(r) == 6
+            and type(r.get("content")) is str
+            and type(r.get("role")) is str
+            and type(r.get("tool_call_id")) is str
+            and type(r.get("name")) is str
+            and type(r.get("ok")) is bool
+            and type(ms) is float
+            and ms - ms == 0
+        ):
+            return abi.json_exact(results)
+    return True
+
+
 def _ok(data: bytes, usage: dict[str, int] | None = None) -> tuple[int, bytes, dict[str, int]]:
     return len(data), data, usage or {}
 
 
 def _well_formed(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Drop tool-call messages whose results never came (a failed message) and orphaned results."""
+    """Drop tool-call messages whose results never came (a failed message) and the results the window cut
+    off at its start. The reference for :meth:`ChatCache.convert`, which filters the same way on kinds."""
     out: list[dict[str, Any]] = []
     start = 0
     while start < len(messages) and messages[start].get("role") == "tool":
@@ -333,7 +462,7 @@ def tools_work(
             data = str(one["content"]).encode()
             return (len(data) if one["ok"] else abi.E_FAILED), data, {"tool_calls": 1}
         data = abi.tool_messages(results)
-        if on_entry is not None and abi.json_exact(results):
+        if on_entry is not None and _results_exact(results):
             on_entry(data, results)
         return _ok(data, {"tool_calls": len(results)})
 

@@ -241,9 +241,14 @@ class HostSecurity:
     # -- traffic -------------------------------------------------------------------------------------------
     def charge(self, agent_id: str, *, requests: int = 0, tokens: int = 0, tool_calls: int = 0) -> None:
         """Layer 3 for one agent (thread-safe); raises RateLimitExceeded (``rate_limited``)."""
-        if self.limiter is not None:
+        limiter = self.limiter
+        if limiter is None:
+            return
+        if limiter.agent_limited:
             with self._limiter_lock:
-                self.limiter.charge(agent=agent_id, requests=requests, tokens=tokens, tool_calls=tool_calls)
+                limiter.charge(agent=agent_id, requests=requests, tokens=tokens, tool_calls=tool_calls)
+        else:  # no agent bucket has a limit: the charge touches no state (its unit checks still run)
+            limiter.charge(agent=agent_id, requests=requests, tokens=tokens, tool_calls=tool_calls)
 
     def check_input(self, agent_id: str, text: str, *, source: Source = "user") -> str:
         """Layer 2 on text entering an agent: the text to pass on; Denied when the action is block."""

@@ -9,6 +9,7 @@ agent-to-agent traffic): nothing here reaches into the host.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import threading
 import time
@@ -24,7 +25,7 @@ from openfang.workers.host.memory import HostMemory
 from openfang.workers.host.record import HostedAgent
 from openfang.workers.host.security import HostSecurity
 from openfang.workers.host.stats import HostStats, llm_error_kind
-from openfang.workers.llm.presets import cost_usd
+from openfang.workers.llm.presets import cost_usd, price_for
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox.instance import DoneJob, Job, Sandbox
 from openfang.workers.tools import kv as _tools_kv
@@ -292,11 +293,12 @@ def usage_recorder(
     def record(resp: Any, duration_ms: float) -> None:
         usage = resp.usage
         prompt, completion = int(usage.prompt_tokens), int(usage.completion_tokens)
-        cost = cost_usd(str(resp.model), prompt, completion)
+        model = str(resp.model)
+        cost = cost_usd(model, prompt, completion) if _priced(model) else None
         if stats is not None:
             for failed in getattr(resp, "failed", ()):  # fallback attempts that failed before this answer
                 stats.llm_failed(str(failed.provider), str(failed.model or ""), llm_error_kind(failed))
-            stats.llm_answered(str(resp.provider), str(resp.model), prompt, completion, duration_ms / 1000)
+            stats.llm_answered(str(resp.provider), model, prompt, completion, duration_ms / 1000)
         totals = agent.llm_usage
         with _TOTALS_LOCK:  # LLM jobs of one agent may finish on different threads
             totals["llm_calls"] = totals.get("llm_calls", 0) + 1
@@ -308,7 +310,7 @@ def usage_recorder(
             return
         args = {
             "provider": str(resp.provider),
-            "model": str(resp.model),
+            "model": model,
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "cost_usd": cost,
@@ -325,6 +327,13 @@ def usage_recorder(
         )
 
     return record
+
+
+@functools.lru_cache(maxsize=256)
+def _priced(model: str) -> bool:
+    """Whether ``cost_usd`` can price ``model`` (the PRICES table is fixed): an unpriced model (a local
+    or scripted one) skips its name's normalising and regex on every answer."""
+    return price_for(model) is not None
 
 
 class UsageJob(jobs.ThreadJob):

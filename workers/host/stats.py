@@ -84,7 +84,9 @@ class HostStats:
             return entry
 
     def llm_answered(self, provider: str, model: str, prompt: int, completion: int, seconds: float) -> None:
-        entry = self._pair(provider, model)
+        # A known pair's entry is read without the lock (entries are only ever added; a dict read is
+        # atomic): one hold of the lock per answer, not two. A new pair takes _pair's way.
+        entry = self._llm.get((provider[:128] or "?", model[:256])) or self._pair(provider, model)
         with self._lock:
             entry.requests += 1
             entry.prompt_tokens += max(0, prompt)

@@ -164,14 +164,42 @@ def encode_llm_result(message: dict[str, Any], answer: str | None) -> bytes:
     return b"A" + _u32(len(body)) + body + answer.encode()
 
 
+_CALLS_KEYS = ("role", "content", "tool_calls")
+_CALL_KEYS = ("id", "name", "arguments")
+
+
 def _message_json(message: dict[str, Any]) -> str:
     """``_to_json(message)``; a plain ``{"role": str, "content": str | None}`` (in that order) is written
-    directly."""
+    directly, and so is the model job's tool-calling message (role, content, then ``tool_calls`` of
+    ``{"id": str, "name": str, "arguments": dict}``, in those orders; the arguments through the encoder)."""
     if len(message) == 2 and next(iter(message)) == "role":
         role, content = message["role"], message.get("content", message)
         if type(role) is str and (content is None or type(content) is str):
             text = "null" if content is None else _json_str(content)
             return '{"role":' + _json_str(role) + ',"content":' + text + "}"
+    elif len(message) == 3 and tuple(message) == _CALLS_KEYS:
+        role, content, calls = message["role"], message["content"], message["tool_calls"]
+        if type(role) is str and (content is None or type(content) is str) and type(calls) is list:
+            parts = []
+            for call in calls:
+                if type(call) is not dict or tuple(call) != _CALL_KEYS:
+                    break
+                cid, name, args = call["id"], call["name"], call["arguments"]
+                if type(cid) is not str or type(name) is not str or type(args) is not dict:
+                    break
+                parts.append(
+                    '{"id":'
+                    + _json_str(cid)
+                    + ',"name":'
+                    + _json_str(name)
+                    + ',"arguments":'
+                    + _to_json(args)
+                    + "}"
+                )
+            else:
+                text = "null" if content is None else _json_str(content)
+                head = '{"role":' + _json_str(role) + ',"content":' + text + ',"tool_calls":['
+                return head + ",".join(parts) + "]}"
     return _to_json(message)
 
 

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,7 +29,7 @@ import structlog
 from openfang.protocol.errors import AlreadyExists, OpenFangError
 from openfang.workers.llm.types import ToolSpec
 from openfang.workers.tools.errors import ToolError as ToolError  # re-exported: tools import it from here
-from openfang.workers.tools.schema import check_schema, validate
+from openfang.workers.tools.schema import check_schema, compile_validator
 
 if TYPE_CHECKING:
     from openfang.security.netguard import Resolver
@@ -110,6 +110,20 @@ class ToolResult:
     code: str | None = None
     duration_ms: float = 0.0
 
+    @classmethod
+    def success(cls, value: Any, duration_ms: float) -> ToolResult:
+        """``ToolResult(ok=True, value=value, duration_ms=duration_ms)``, its slots set through their
+        descriptors (the frozen ``__init__`` goes through ``object.__setattr__`` per field: ~1 us more;
+        tests/workers/test_tools_schema_compiled.py checks it field by field)."""
+        result = object.__new__(cls)
+        put = _RESULT_SET
+        put[0](result, True)
+        put[1](result, value)
+        put[2](result, None)
+        put[3](result, None)
+        put[4](result, duration_ms)
+        return result
+
     def to_wire(self) -> dict[str, Any]:
         """The result as plain data (msgpack/JSON)."""
         if self.ok:
@@ -126,6 +140,16 @@ class ToolResult:
             return json.dumps(self.value, ensure_ascii=False, default=str)
         except (TypeError, ValueError):
             return str(self.value)
+
+
+def _result_setters() -> tuple[Callable[[Any, Any], None], ...]:
+    names = ("ok", "value", "error", "code", "duration_ms")
+    if tuple(f.name for f in fields(ToolResult)) != names:
+        raise TypeError(f"ToolResult.success sets {names}, not the class's fields")
+    return tuple(vars(ToolResult)[name].__set__ for name in names)
+
+
+_RESULT_SET = _result_setters()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,6 +202,8 @@ class ToolRegistry:
     def __init__(self, tools: Iterable[Tool] = ()) -> None:
         self._tools: dict[str, Tool | LazyTool] = {}
         self._loading = threading.Lock()
+        # name -> (the schema, its compiled validator): read once per tool, not keyword by keyword per call.
+        self._validators: dict[str, tuple[Mapping[str, Any], Callable[..., tuple[Any, list[str]]]]] = {}
         for t in tools:
             self.register(t)
 
@@ -263,7 +289,11 @@ class ToolRegistry:
             args = {}
         if not isinstance(args, Mapping):
             return fail("bad_args", f"arguments must be an object, got {type(args).__name__}")
-        args, problems = validate(dict(args), tool.schema)
+        compiled = self._validators.get(name)
+        if compiled is None or compiled[0] is not tool.schema:
+            compiled = (tool.schema, compile_validator(tool.schema))
+            self._validators[name] = compiled  # one dict write: safe from any thread (the GIL)
+        args, problems = compiled[1](dict(args))
         if problems:
             return fail("bad_args", "; ".join(problems))
         try:
@@ -273,4 +303,4 @@ class ToolRegistry:
         except Exception as exc:  # a bug in one tool must not reach the agent host: it becomes data
             log.warning("tool_crashed", agent_id=ctx.agent_id, tool=name, exc_info=True)
             return fail("tool_error", f"{type(exc).__name__}: {exc}")
-        return ToolResult(ok=True, value=value, duration_ms=(time.perf_counter() - start) * 1000)
+        return ToolResult.success(value, (time.perf_counter() - start) * 1000)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 KNOWN_KEYWORDS = frozenset(
@@ -163,3 +163,108 @@ def _validate(value: Any, schema: Mapping[str, Any], path: str, problems: list[s
 def object_schema(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
     """A closed object schema (no properties beyond ``props``), as every built-in tool's arguments are."""
     return {"type": "object", "properties": props, "required": required or [], "additionalProperties": False}
+
+
+Check = Callable[[Any, str, list[str]], Any]
+
+
+def _type_test(name: Any) -> Callable[[Any], bool]:
+    """``_is_type(value, name)`` as a one-argument test (str and object spelled out: the usual ones)."""
+    if name == "string":
+        return lambda v: isinstance(v, str)
+    if name == "object":
+        return lambda v: isinstance(v, Mapping)
+    return lambda v: _is_type(v, name)
+
+
+def compile_validator(schema: Mapping[str, Any]) -> Callable[..., tuple[Any, list[str]]]:
+    """:func:`validate` for one schema, with the schema's keywords read once: the same value and the same
+    problems, in the same order (``tests/workers/test_tools_schema_compiled.py``). The schema is read now:
+    a schema changed afterwards needs a new validator (tool schemas are fixed once registered)."""
+    check = _compile(schema)
+
+    def run(value: Any, path: str = "args") -> tuple[Any, list[str]]:
+        problems: list[str] = []
+        out = check(value, path, problems)
+        return out, problems
+
+    return run
+
+
+def _compile(schema: Mapping[str, Any]) -> Check:
+    """The checks of :func:`_validate` for ``schema``, in its order, each only when its keyword is there."""
+    get: Callable[[str], Any] = schema.get  # keyword values are whatever the (checked) schema holds
+    types = schema.get("type")
+    names = types if isinstance(types, list) else [types] if types is not None else []
+    tests = [_type_test(n) for n in names]
+    one_test = tests[0] if len(tests) == 1 else None
+    has_const, const = "const" in schema, get("const")
+    has_enum, enum = "enum" in schema, get("enum")
+    min_len, max_len = get("minLength"), get("maxLength")
+    has_min_len, has_max_len = "minLength" in schema, "maxLength" in schema
+    has_pattern, pattern = "pattern" in schema, get("pattern")
+    string_checks = has_min_len or has_max_len or has_pattern
+    has_minimum, minimum = "minimum" in schema, get("minimum")
+    has_maximum, maximum = "maximum" in schema, get("maximum")
+    number_checks = has_minimum or has_maximum
+    has_min_items, min_items = "minItems" in schema, get("minItems")
+    has_max_items, max_items = "maxItems" in schema, get("maxItems")
+    items = _compile(schema["items"]) if "items" in schema else None
+    array_checks = has_min_items or has_max_items or items is not None
+    props: Mapping[str, Any] = schema.get("properties", {})
+    prop_checks = {key: _compile(sub) for key, sub in props.items()}
+    required = list(schema.get("required", []))
+    extra = schema.get("additionalProperties", True)
+    extra_check = _compile(extra) if isinstance(extra, Mapping) else None
+    closed = extra is False
+    known = ", ".join(props) or "none"
+    defaults = [(key, sub["default"]) for key, sub in props.items() if "default" in sub]
+
+    def check(value: Any, path: str, problems: list[str]) -> Any:
+        if tests and not (one_test(value) if one_test is not None else any(t(value) for t in tests)):
+            problems.append(
+                f"{path}: must be {' or '.join(names)}, got {type(value).__name__} {_describe(value)}"
+            )
+            return value
+        if has_const and value != const:
+            problems.append(f"{path}: must be {const!r}")
+        if has_enum and value not in enum:
+            problems.append(f"{path}: must be one of {', '.join(map(repr, enum))}, got {_describe(value)}")
+        if string_checks and isinstance(value, str):
+            if has_min_len and len(value) < min_len:
+                problems.append(f"{path}: must be at least {min_len} characters")
+            if has_max_len and len(value) > max_len:
+                problems.append(f"{path}: must be at most {max_len} characters, got {len(value)}")
+            if has_pattern and re.search(pattern, value) is None:
+                problems.append(f"{path}: must match {pattern!r}")
+        if number_checks and _is_type(value, "number"):
+            if has_minimum and value < minimum:
+                problems.append(f"{path}: must be >= {minimum}, got {value}")
+            if has_maximum and value > maximum:
+                problems.append(f"{path}: must be <= {maximum}, got {value}")
+        if array_checks and isinstance(value, list | tuple):
+            if has_min_items and len(value) < min_items:
+                problems.append(f"{path}: must have at least {min_items} items")
+            if has_max_items and len(value) > max_items:
+                problems.append(f"{path}: must have at most {max_items} items, got {len(value)}")
+            if items is not None:
+                value = [items(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        if isinstance(value, Mapping):
+            value = dict(value)
+            for key in required:
+                if key not in value:
+                    problems.append(f"{path}.{key}: required")
+            for key in list(value):
+                sub = prop_checks.get(key)
+                if sub is not None:
+                    value[key] = sub(value[key], f"{path}.{key}", problems)
+                elif closed:
+                    problems.append(f"{path}.{key}: unknown property (known: {known})")
+                elif extra_check is not None:
+                    value[key] = extra_check(value[key], f"{path}.{key}", problems)
+            for key, default in defaults:
+                if key not in value:
+                    value[key] = copy.deepcopy(default)
+        return value
+
+    return check
