@@ -168,6 +168,15 @@ class RateLimiter:
             )
         ):
             return  # every bucket this charge touches is unlimited (or the layer is off): nothing to take
+        self._take(client, agent, requests, tokens, tool_calls)
+
+    def _take(
+        self, client: str | None, agent: str | None, requests: int, tokens: int, tool_calls: int
+    ) -> None:
+        """The full charge: every bucket the units name is looked at (unlimited ones skipped), all taken from
+        or none. :meth:`charge` calls it unless its shortcut proves no limited bucket is named."""
+        if not self.config.enabled:
+            return
         now = self._clock()
         cfg = self.config
         wanted: list[tuple[str, str, Limit, float]] = []

@@ -9,11 +9,11 @@ import random
 import pytest
 from _security_clock import FakeClock
 
-from openfang.security.ratelimit import Limit, RateLimitConfig, RateLimiter, RateLimitExceeded, TokenBucket
+from openfang.security.ratelimit import Limit, RateLimitConfig, RateLimiter, RateLimitExceeded
 
 
 class ReferenceLimiter(RateLimiter):
-    """The charge without any shortcut: every bucket the charge names is looked at, unlimited ones skipped."""
+    """The charge without its shortcut: the unit check, then the full computation every time."""
 
     def charge(
         self,
@@ -26,36 +26,7 @@ class ReferenceLimiter(RateLimiter):
     ) -> None:
         if min(requests, tokens, tool_calls) < 0:
             raise ValueError("rate-limit units must not be negative")
-        if not self.config.enabled:
-            return
-        now = self._clock()
-        cfg = self.config
-        wanted: list[tuple[str, str, Limit, float]] = []
-        if client is not None and requests:
-            wanted.append(("client_requests", client, cfg.client_requests, requests))
-            wanted.append(("global_requests", "*", cfg.global_requests, requests))
-        if agent is not None:
-            if requests:
-                wanted.append(("agent_requests", agent, cfg.agent_requests, requests))
-            if tokens:
-                wanted.append(("agent_tokens", agent, cfg.agent_tokens, tokens))
-            if tool_calls:
-                wanted.append(("agent_tool_calls", agent, cfg.agent_tool_calls, tool_calls))
-        taken: list[tuple[TokenBucket, float]] = []
-        worst: tuple[float, str, str] | None = None
-        for name, key, limit, units in wanted:
-            if limit.unlimited:
-                continue
-            bucket = self._bucket(name, key, limit, now)
-            wait = bucket.wait_for(units)
-            if wait > 0 and (worst is None or wait > worst[0]):
-                worst = (wait, name, key)
-            taken.append((bucket, units))
-        if worst is not None:
-            wait, name, key = worst
-            raise RateLimitExceeded(f"{name} {key}", retry_after=wait, bucket=name)
-        for bucket, units in taken:
-            bucket.level -= units
+        self._take(client, agent, requests, tokens, tool_calls)
 
 
 def _limit(rng: random.Random) -> Limit:
