@@ -12,11 +12,12 @@ has a new text, which is not found and compiled as before.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+from openfang._generated import generator_main
 
 DATA = Path(__file__).with_name("_precompiled_data.py")
 SUBPACKAGES = ("protocol", "supervisor", "control", "workers", "memory", "security")
@@ -85,21 +86,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--write", action="store_true", help="rewrite _precompiled_data.py")
-    mode.add_argument("--check", action="store_true", help="exit 1 if it is not what --write makes")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.write:
-        DATA.write_text(text)
-        return 0
-    if DATA.read_text() != text:
-        print(f"{DATA} is stale: run python -m openfang._precompiled_gen --write", file=sys.stderr)
-        return 1
-    return 0
+    return generator_main(__doc__, DATA, render, "python -m openfang._precompiled_gen", argv)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ table no longer has the fingerprint the file was made from.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from openfang._generated import generator_main
 from openfang.security._injection_cues import CUES
 from openfang.security._injection_matcher import fingerprint, fold_table
 
@@ -48,22 +48,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--write", action="store_true", help="rewrite _injection_table.py")
-    mode.add_argument("--check", action="store_true", help="exit 1 if it is not what --write makes")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.write:
-        TABLE.write_text(text)
-        return 0
-    if TABLE.read_text() != text:
-        fix = "python -m openfang.security._injection_table_gen --write"
-        print(f"{TABLE} is stale: run {fix}", file=sys.stderr)
-        return 1
-    return 0
+    return generator_main(__doc__, TABLE, render, "python -m openfang.security._injection_table_gen", argv)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ python -m openfang.workers.tools._index_gen --check     # exit 1 when _index.py 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from openfang._generated import generator_main
 from openfang.workers.tools.registry import TOOL_MODULES, _module_tools
 
 INDEX = Path(__file__).with_name("_index.py")
@@ -40,21 +40,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--write", action="store_true", help="rewrite _index.py")
-    mode.add_argument("--check", action="store_true", help="exit 1 if _index.py is not what --write makes")
-    args = parser.parse_args(argv)
-    text = render()
-    if args.write:
-        INDEX.write_text(text)
-        return 0
-    if INDEX.read_text() != text:
-        print(f"{INDEX} is stale: run python -m openfang.workers.tools._index_gen --write", file=sys.stderr)
-        return 1
-    return 0
+    return generator_main(__doc__, INDEX, render, "python -m openfang.workers.tools._index_gen", argv)
 
 
 if __name__ == "__main__":
