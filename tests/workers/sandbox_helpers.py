@@ -17,6 +17,9 @@ from typing import Any
 from openfang.protocol.envelope import Envelope
 from openfang.workers.host.agent_host import AgentHost, HostParts
 from openfang.workers.llm import types as t
+from openfang.workers.sandbox import guest_abi as abi
+from openfang.workers.sandbox._wasmtime import HostFunctionSpec
+from openfang.workers.sandbox.instance import DoneJob, Job, Sandbox
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "agents"
 
@@ -207,3 +210,34 @@ def spawn_counter(d: Driver, extra: str = "") -> str:
 def say(d: Driver, aid: str, text: str = "hi") -> str:
     """Send ``text`` to ``aid``; the reply."""
     return str(d.ok("agent.send", agent_id=aid, text=text)["reply"])
+
+
+# The host functions a Runtime binds, as the worker binds them.
+SANDBOX_SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a in abi.HOST_FUNCTIONS)
+
+
+class SeenServices:
+    """Sandbox host services for the built-in LLM agent: the model's answer lists every user message it was
+    sent (so a reply shows the whole conversation); a job set in ``pending`` is answered instead, later."""
+
+    def __init__(self) -> None:
+        self.pending: Job | None = None
+
+    def start_llm(self, sandbox: Sandbox, messages: list[dict[str, Any]]) -> Job:
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        reply = "seen: " + " | ".join(users)
+        value = abi.encode_llm_result({"role": "assistant", "content": reply}, reply)
+        if self.pending is not None:
+            job, self.pending = self.pending, None
+            job.code, job.value = len(value), value
+            return job
+        return DoneJob(len(value), value)
+
+    def start_tools(self, sandbox: Sandbox, request: dict[str, Any]) -> Job:
+        return DoneJob(abi.E_UNAVAILABLE)
+
+    def start_capability(self, sandbox: Sandbox, name: str, payload: bytes) -> Job:
+        return DoneJob(abi.E_UNAVAILABLE)
+
+    def audit(self, record: dict[str, Any]) -> None:
+        pass

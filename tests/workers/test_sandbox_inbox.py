@@ -7,20 +7,20 @@ import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from sandbox_helpers import SANDBOX_SPECS, SeenServices
 
 from openfang.protocol.errors import SandboxError, SecurityError
 from openfang.workers.manifest import AgentManifest, load_manifest
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox import instance as instance_mod
-from openfang.workers.sandbox._wasmtime import HostFunctionSpec, Runtime, exported_i32
+from openfang.workers.sandbox._wasmtime import Runtime, exported_i32
 from openfang.workers.sandbox.builtin_guests import builtin_digest, snapshot_fits
-from openfang.workers.sandbox.instance import DoneJob, Job, Outcome, Sandbox
+from openfang.workers.sandbox.instance import Outcome, Sandbox
 from openfang.workers.sandbox.snapshot import SnapshotError, hibernate, wake
 
-SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a in abi.HOST_FUNCTIONS)
+SPECS = SANDBOX_SPECS
 GUESTS = Path(__file__).resolve().parent / "guests"
 
 # Echoes the message and counts its alloc calls in an exported global; {inbox}: the inbox exports, if any.
@@ -45,25 +45,6 @@ INBOX = (
 )
 
 
-class Services:
-    """The model answers with every user message it was sent, so a reply shows the whole conversation."""
-
-    def start_llm(self, sandbox: Sandbox, messages: list[dict[str, Any]]) -> Job:
-        users = [m["content"] for m in messages if m["role"] == "user"]
-        reply = "seen: " + " | ".join(users)
-        value = abi.encode_llm_result({"role": "assistant", "content": reply}, reply)
-        return DoneJob(len(value), value)
-
-    def start_tools(self, sandbox: Sandbox, request: dict[str, Any]) -> Job:
-        return DoneJob(abi.E_UNAVAILABLE)
-
-    def start_capability(self, sandbox: Sandbox, name: str, payload: bytes) -> Job:
-        return DoneJob(abi.E_UNAVAILABLE)
-
-    def audit(self, record: dict[str, Any]) -> None:
-        pass
-
-
 @pytest.fixture
 def runtime() -> Iterator[Runtime]:
     rt = Runtime(SPECS)
@@ -82,7 +63,7 @@ def _manifest(tmp_path: Path, wat: str | None, *, name: str = "guest", model: bo
 
 
 def _load(manifest: AgentManifest, runtime: Runtime, agent_id: str = "a-1") -> Sandbox:
-    sandbox = Sandbox(manifest, runtime, agent_id=agent_id, services=Services())
+    sandbox = Sandbox(manifest, runtime, agent_id=agent_id, services=SeenServices())
     sandbox.load()
     if sandbox.begin_init():
         outcome = _finish(sandbox)
@@ -190,7 +171,10 @@ def test_inbox_malformed_exports_are_refused_at_spawn(
 ) -> None:
     """Half an inbox, a mutable inbox or a wrong type refuses the module, naming the export and the ABI."""
     sandbox = Sandbox(
-        _manifest(tmp_path, COUNTING_WAT.format(inbox=inbox)), runtime, agent_id="a-1", services=Services()
+        _manifest(tmp_path, COUNTING_WAT.format(inbox=inbox)),
+        runtime,
+        agent_id="a-1",
+        services=SeenServices(),
     )
     with pytest.raises(SandboxError, match=message):
         sandbox.load()
@@ -261,7 +245,7 @@ def test_inbox_snapshot_of_the_llm_agent_before_the_inbox_wakes_in_the_new_one(
     assert _send(agent, "my name is Ada").reply == b"seen: my name is Ada"
     hibernate(agent, tmp_path / "a-1.snap")
     woken = wake(
-        tmp_path / "a-1.snap", _manifest(tmp_path, None), runtime, agent_id="a-1", services=Services()
+        tmp_path / "a-1.snap", _manifest(tmp_path, None), runtime, agent_id="a-1", services=SeenServices()
     )
     try:
         assert woken.module_digest == builtin_digest("llm-agent")
@@ -273,7 +257,9 @@ def test_inbox_snapshot_of_the_llm_agent_before_the_inbox_wakes_in_the_new_one(
     _send(agent, "x")
     hibernate(agent, tmp_path / "a-1.snap")
     with pytest.raises(SnapshotError, match="only fits the module it was taken from"):
-        wake(tmp_path / "a-1.snap", _manifest(tmp_path, None), runtime, agent_id="a-1", services=Services())
+        wake(
+            tmp_path / "a-1.snap", _manifest(tmp_path, None), runtime, agent_id="a-1", services=SeenServices()
+        )
 
 
 def test_inbox_warm_spawn_checks_imports_from_the_per_module_cache(runtime: Runtime, tmp_path: Path) -> None:
@@ -295,7 +281,7 @@ def test_inbox_warm_spawn_checks_imports_from_the_per_module_cache(runtime: Runt
         '[agent]\nname = "bot"\n[agent.model]\nprovider = "scripted"\n'
         '[sandbox.permissions]\ndenied_host_functions = ["host_result"]\n'
     )
-    sandbox = Sandbox(denied, runtime, agent_id="a-2", services=Services())
+    sandbox = Sandbox(denied, runtime, agent_id="a-2", services=SeenServices())
     with pytest.raises(
         SecurityError, match=r"imports env.host_result \(func\): denied by \[sandbox.permissions\]"
     ):

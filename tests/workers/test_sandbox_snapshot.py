@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sandbox_helpers import SANDBOX_SPECS, SeenServices
 
 from openfang.protocol.errors import SandboxError
 from openfang.workers.manifest import AgentManifest, load_manifest
@@ -19,8 +20,8 @@ from openfang.workers.sandbox import _snapshot_file as snap_file
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox import snapshot as snap_mod
 from openfang.workers.sandbox._wasm_layout import WasmFormatError, parse_layout
-from openfang.workers.sandbox._wasmtime import HostFunctionSpec, Runtime, wasm_binary
-from openfang.workers.sandbox.instance import DoneJob, Job, Outcome, Sandbox
+from openfang.workers.sandbox._wasmtime import Runtime, wasm_binary
+from openfang.workers.sandbox.instance import DoneJob, Outcome, Sandbox
 from openfang.workers.sandbox.snapshot import (
     HEADER_SIZE,
     SnapshotError,
@@ -35,7 +36,7 @@ from openfang.workers.sandbox.snapshot import (
 )
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "agents"
-SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a in abi.HOST_FUNCTIONS)
+SPECS = SANDBOX_SPECS
 
 # A counter whose whole state is exported: i64 count, a NaN-payload f64, a cleared data segment, growth.
 COUNTER_WAT = """(module
@@ -94,32 +95,6 @@ HIDDEN_WAT = """(module
 )"""
 
 
-class Services:
-    """Host services for the built-in LLM agent: the model's answer lists every user message it was sent."""
-
-    def __init__(self) -> None:
-        self.pending: Job | None = None
-
-    def start_llm(self, sandbox: Sandbox, messages: list[dict[str, Any]]) -> Job:
-        users = [m["content"] for m in messages if m["role"] == "user"]
-        reply = "seen: " + " | ".join(users)
-        value = abi.encode_llm_result({"role": "assistant", "content": reply}, reply)
-        if self.pending is not None:
-            job, self.pending = self.pending, None
-            job.code, job.value = len(value), value
-            return job
-        return DoneJob(len(value), value)
-
-    def start_tools(self, sandbox: Sandbox, request: dict[str, Any]) -> Job:
-        return DoneJob(abi.E_UNAVAILABLE)
-
-    def start_capability(self, sandbox: Sandbox, name: str, payload: bytes) -> Job:
-        return DoneJob(abi.E_UNAVAILABLE)
-
-    def audit(self, record: dict[str, Any]) -> None:
-        pass
-
-
 @pytest.fixture
 def runtime() -> Iterator[Runtime]:
     rt = Runtime(SPECS)
@@ -137,7 +112,7 @@ def _manifest(tmp_path: Path, wat: str | None, *, extra: str = "", name: str = "
 
 
 def _load(manifest: AgentManifest, runtime: Runtime, agent_id: str = "a-1") -> Sandbox:
-    sandbox = Sandbox(manifest, runtime, agent_id=agent_id, services=Services())
+    sandbox = Sandbox(manifest, runtime, agent_id=agent_id, services=SeenServices())
     sandbox.load()
     return sandbox
 
@@ -174,7 +149,7 @@ def test_snapshot_rust_counter_keeps_its_count_across_hibernate_and_wake(
     info = hibernate(sandbox, tmp_path / "a-1.snap")
     assert sandbox.quiescence_problem() == "it is closed"  # hibernate frees the sandbox
     assert info.file_bytes == (tmp_path / "a-1.snap").stat().st_size < info.memory_bytes // 100
-    woken = wake(tmp_path / "a-1.snap", manifest, runtime, agent_id="a-1", services=Services())
+    woken = wake(tmp_path / "a-1.snap", manifest, runtime, agent_id="a-1", services=SeenServices())
     try:
         assert _send(woken, "hello").startswith(b"rust agent: message 4 (")
         assert woken.counters["messages"] == 4  # the host's accounting travels with the snapshot
@@ -217,7 +192,7 @@ def test_snapshot_llm_agent_keeps_its_conversation(runtime: Runtime, tmp_path: P
     assert _send(agent, "my name is Ada") == b"seen: my name is Ada"
     assert _send(agent, "I like tea") == b"seen: my name is Ada | I like tea"
     hibernate(agent, tmp_path / "bot.snap")
-    woken = wake(tmp_path / "bot.snap", manifest, runtime, agent_id="a-1", services=Services())
+    woken = wake(tmp_path / "bot.snap", manifest, runtime, agent_id="a-1", services=SeenServices())
     try:
         assert _send(woken, "who am I?") == b"seen: my name is Ada | I like tea | who am I?"
     finally:
@@ -232,13 +207,13 @@ def test_snapshot_restore_into_a_different_module_is_refused(runtime: Runtime, t
     other = _manifest(tmp_path, SPARSE_WAT, name="other")
     before = runtime.live_stores
     with pytest.raises(SnapshotError, match="only fits the module it was taken from"):
-        wake(tmp_path / "c.snap", other, runtime, agent_id="a-1", services=Services())
+        wake(tmp_path / "c.snap", other, runtime, agent_id="a-1", services=SeenServices())
     assert runtime.live_stores == before  # nothing stays allocated
     # The same manifest path with edited module bytes is another module too.
     (tmp_path / "guest.wat").write_text(COUNTER_WAT.replace("initial", "changed"))
     with pytest.raises(SnapshotError, match="only fits"):
         wake(tmp_path / "c.snap", _manifest(tmp_path, COUNTER_WAT.replace("initial", "changed")), runtime,
-             agent_id="a-1", services=Services())  # fmt: skip
+             agent_id="a-1", services=SeenServices())  # fmt: skip
 
 
 def _valid_file(runtime: Runtime, tmp_path: Path) -> bytes:
@@ -324,7 +299,7 @@ def test_snapshot_missing_file_is_refused_clearly(tmp_path: Path) -> None:
 def test_snapshot_of_a_busy_sandbox_is_refused(runtime: Runtime, tmp_path: Path) -> None:
     """A sandbox with a call in flight or parked on a host job cannot be snapshotted; once idle it can."""
     manifest = _manifest(tmp_path, None)
-    services = Services()
+    services = SeenServices()
     agent = Sandbox(manifest, runtime, agent_id="a-1", services=services)
     agent.load()
     gate = DoneJob(0, b"", done=False)
@@ -407,7 +382,7 @@ def test_snapshot_of_mostly_zero_1mib_heap_stores_only_non_zero_chunks(
     # header + zlib's worst case on (3 chunks + 32-byte bitmap + names, meta and counts < 1 KiB)
     raw = 3 * 4096 + 32 + 1024
     assert size <= HEADER_SIZE + raw + (raw >> 12) + (raw >> 14) + 13
-    woken = wake(tmp_path / "s.snap", sandbox.manifest, runtime, agent_id="a-1", services=Services())
+    woken = wake(tmp_path / "s.snap", sandbox.manifest, runtime, agent_id="a-1", services=SeenServices())
     inst = woken.native_instance()
     assert inst.memory() is not None
     mem = inst.memory()
@@ -432,7 +407,7 @@ def test_snapshot_bigger_than_the_heap_cap_is_refused_on_wake(runtime: Runtime, 
     small = _manifest(tmp_path, COUNTER_WAT, extra="[sandbox.memory]\nmax_heap_mb = 1")
     before = runtime.live_stores
     with pytest.raises(SnapshotError, match=r"cannot grow memory 'memory' .* \(max_heap_mb=1\)"):
-        wake(tmp_path / "big.snap", small, runtime, agent_id="a-1", services=Services())
+        wake(tmp_path / "big.snap", small, runtime, agent_id="a-1", services=SeenServices())
     assert runtime.live_stores == before
 
 
@@ -481,7 +456,7 @@ def test_snapshot_wake_and_restore_into_a_used_sandbox_both_clear_data_segments(
         _send(source, "x")
     snap = capture(source)
     hibernate(source, tmp_path / "c.snap")
-    woken = wake(tmp_path / "c.snap", manifest, runtime, agent_id="a-1", services=Services())
+    woken = wake(tmp_path / "c.snap", manifest, runtime, agent_id="a-1", services=SeenServices())
     assert _counter_reply(_send(woken, "x"))[:2] == (5, bytes(8))
     woken.close()
     used = _load(manifest, runtime, "a-2")
@@ -534,7 +509,7 @@ def test_snapshot_wake_refuses_a_snapshot_of_another_agent(runtime: Runtime, tmp
     hibernate(_load(manifest, runtime, "owner-1"), tmp_path / "o.snap")
     before = runtime.live_stores
     with pytest.raises(SnapshotError, match="the snapshot is of agent owner-1, not thief-1"):
-        wake(tmp_path / "o.snap", manifest, runtime, agent_id="thief-1", services=Services())
+        wake(tmp_path / "o.snap", manifest, runtime, agent_id="thief-1", services=SeenServices())
     assert runtime.live_stores == before
 
 
