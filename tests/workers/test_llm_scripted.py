@@ -450,3 +450,36 @@ def test_scripted_prompt_word_count_equals_the_sum_per_message() -> None:
         ]
         texts = [t for t in texts if t]
         assert _words_in(texts) == sum(_words(t) for t in texts), texts
+
+
+def test_scripted_match_memo_gives_the_answers_of_searching_every_time() -> None:
+    """The memo of rule matches per (rule, text) gives every answer, tool call and usage that searching
+    every rule on every call gives, over conversations interleaved through one provider (texts longer
+    than the memo's limit included)."""
+    import random
+
+    from openfang.workers.llm import scripted as mod
+
+    cfg = tomllib.loads(EVERY_PLACEHOLDER)["agent"]["model"]
+    memo, fresh = ScriptedProvider.from_config(cfg), ScriptedProvider.from_config(cfg)
+    fresh._memo_size = 0  # never remembers: searches every rule on every call
+    rng = random.Random(11)
+    words = ["t1: key=k9", "t2: key=k7 ", "sum 12", "sum 3", "fail now", "crc", "plain", "echo", "é ü"]
+    long_text = "t9: key=" + "z" * mod._MEMO_TEXT
+    for _ in range(150):
+        texts = [" ".join(rng.sample(words, rng.randint(1, 3))) for _ in range(rng.randint(1, 5))]
+        if rng.random() < 0.1:
+            texts.append(long_text)
+        assert _converse(memo, texts) == _converse(fresh, texts), texts
+    assert memo._memo and not fresh._memo
+    assert all(len(text) <= mod._MEMO_TEXT for _, text in memo._memo)
+
+
+def test_scripted_match_memo_stays_bounded() -> None:
+    """The memo holds at most its number of entries: it is cleared when full."""
+    from openfang.workers.llm import scripted as mod
+
+    p = scripted()
+    for i in range(3 * mod._MEMO_ENTRIES):
+        assert p.complete(user(f"hello {i}")).content == f"Hi hello {i}!"
+        assert len(p._memo) <= mod._MEMO_ENTRIES

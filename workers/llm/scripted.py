@@ -163,6 +163,11 @@ def _words_in(texts: list[str]) -> int:
 # joins every earlier user message).
 _CONVERSATION_NAMES = frozenset({"input", "crc16", "history"})
 
+# The memo of rule matches (``ScriptedProvider._groups``): at most this many (rule, text) entries, and only
+# texts up to this many characters (at most ~1 MB of text kept per provider).
+_MEMO_ENTRIES = 256
+_MEMO_TEXT = 4096
+
 
 def _names(template: Any) -> set[str]:
     """The placeholder names in a template (strings, recursively in lists and tables), as render sees them."""
@@ -204,6 +209,8 @@ class ScriptedProvider:
         self._ids = itertools.count(1)
         self._needs = tuple(_rule_needs(rule) for rule in self.rules)
         self._default_needs = frozenset(_names(default) & _CONVERSATION_NAMES)
+        self._memo: dict[tuple[int, str], Mapping[str, str] | None] = {}
+        self._memo_size = _MEMO_ENTRIES
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ScriptedProvider:
@@ -218,14 +225,17 @@ class ScriptedProvider:
     def complete(self, req: ChatRequest, *, on_delta: DeltaSink | None = None) -> ChatResponse:
         """The scripted answer to the conversation so far."""
         msgs = req.messages
-        users = [m.content or "" for m in msgs if m.role == "user"]
-        user = users[-1] if users else ""
+        user = ""
+        for m in reversed(msgs):  # the latest user message (the earlier ones only for {history})
+            if m.role == "user":
+                user = m.content or ""
+                break
         calls: list[ToolCall]
         content: str | None
         if msgs and msgs[-1].role == "tool":
-            content, calls = self._after_tool(msgs, user, users)
+            content, calls = self._after_tool(msgs, user)
         else:
-            content, calls = self._answer(user, users)
+            content, calls = self._answer(msgs, user)
         if content and req.stream and on_delta is not None:
             for piece in re.findall(r"\S+\s*", content):
                 on_delta(piece)
@@ -239,16 +249,36 @@ class ScriptedProvider:
             req.model or self.model,
         )
 
-    def _env(self, m: re.Match[str], user: str, users: list[str], needs: frozenset[str]) -> dict[str, str]:
-        env = _base_env(user, users, needs)
-        env.update({str(i): g or "" for i, g in enumerate(m.groups(), start=1)})
-        env.update({k: v or "" for k, v in m.groupdict().items()})
+    def _groups(self, index: int, user: str) -> Mapping[str, str] | None:
+        """Rule ``index``'s regex groups in ``user`` as template names (``{1}``..., then ``{name}``), or
+        None when it does not match. Remembered per (rule, text) for texts up to ``_MEMO_TEXT`` characters:
+        a chain's every step searches the same user message again (a bounded memo, cleared when full)."""
+        key = (index, user)
+        memo = self._memo
+        if key in memo:
+            return memo[key]
+        m = self.rules[index].match.search(user)
+        groups: dict[str, str] | None = None
+        if m is not None:
+            groups = {str(i): g or "" for i, g in enumerate(m.groups(), start=1)}
+            groups.update({k: v or "" for k, v in m.groupdict().items()})
+        if len(user) <= _MEMO_TEXT and self._memo_size:
+            if len(memo) >= self._memo_size:
+                memo.clear()
+            memo[key] = groups
+        return groups
+
+    def _env(
+        self, groups: Mapping[str, str], msgs: Sequence[ChatMessage], user: str, needs: frozenset[str]
+    ) -> dict[str, str]:
+        env = _base_env(user, msgs, needs)
+        env.update(groups)
         return env
 
-    def _answer(self, user: str, users: list[str]) -> tuple[str | None, list[ToolCall]]:
+    def _answer(self, msgs: Sequence[ChatMessage], user: str) -> tuple[str | None, list[ToolCall]]:
         for i, rule in enumerate(self.rules):
-            m = rule.match.search(user)
-            if m is None:
+            groups = self._groups(i, user)
+            if groups is None:
                 continue
             if (
                 rule.error is None
@@ -257,7 +287,7 @@ class ScriptedProvider:
                 and len(_pieces(rule.reply or "")) == 1
             ):
                 return rule.reply or "", []  # a reply with no placeholder: nothing to fill in
-            env = self._env(m, user, users, self._needs[i])
+            env = self._env(groups, msgs, user, self._needs[i])
             if rule.error is not None:
                 raise LLMError(self.name, render(rule.error, env))
             if rule.tool is not None:
@@ -269,30 +299,30 @@ class ScriptedProvider:
             return user, []
         if len(_pieces(self.default)) == 1:
             return self.default, []
-        return render(self.default, _base_env(user, users, self._default_needs)), []
+        return render(self.default, _base_env(user, msgs, self._default_needs)), []
 
     def _call(self, rule_index: int, tool: str, args: Mapping[str, Any], env: Mapping[str, str]) -> ToolCall:
         # The rule's index travels in the call id, so the result finds its rule again with no state here.
         return ToolCall(id=f"call_s{rule_index}_{next(self._ids)}", name=tool, arguments=render(args, env))
 
-    def _after_tool(
-        self, msgs: Sequence[ChatMessage], user: str, users: list[str]
-    ) -> tuple[str | None, list[ToolCall]]:
-        results: list[ChatMessage] = []
-        for m in reversed(msgs):
-            if m.role != "tool":
-                break
-            results.append(m)
-        results.reverse()
-        result = "\n".join(m.content or "" for m in results)
+    def _after_tool(self, msgs: Sequence[ChatMessage], user: str) -> tuple[str | None, list[ToolCall]]:
+        end = len(msgs)
+        start = end
+        while start and msgs[start - 1].role == "tool":
+            start -= 1
+        results = msgs[start:end]
+        if len(results) == 1:
+            result = results[0].content or ""
+        else:
+            result = "\n".join(m.content or "" for m in results)
         hit = _CALL_ID.match(results[0].tool_call_id or "")
         index = int(hit.group(1)) if hit else len(self.rules)
         rule = self.rules[index] if index < len(self.rules) else None
         if rule is None:  # a call this script did not make (e.g. after a fallback): report the result
             return result, []
-        found = rule.match.search(user)
+        groups = self._groups(index, user)
         needs = self._needs[index]
-        env = self._env(found, user, users, needs) if found else _base_env(user, users, needs)
+        env = self._env(groups, msgs, user, needs) if groups is not None else _base_env(user, msgs, needs)
         env["result"] = result
         if rule.chain:
             step = _tool_results_since_user(msgs)
@@ -302,13 +332,16 @@ class ScriptedProvider:
         return str(render(rule.then, env)), []
 
 
-def _base_env(user: str, users: list[str], needs: frozenset[str] = _CONVERSATION_NAMES) -> dict[str, str]:
-    """``input``, and ``crc16`` and ``history`` when ``needs`` names them (what the templates rendered with
-    this env can ask for); ``users`` is every user message, the latest last."""
+def _base_env(
+    user: str, msgs: Sequence[ChatMessage], needs: frozenset[str] = _CONVERSATION_NAMES
+) -> dict[str, str]:
+    """``input`` (``user``: the latest user message of ``msgs``), and ``crc16`` and ``history`` when
+    ``needs`` names them (what the templates rendered with this env can ask for)."""
     env = {"input": user}
     if "crc16" in needs:
         env["crc16"] = f"{zlib.crc32(user.encode()) & 0xFFFF:04x}"
     if "history" in needs:
+        users = [m.content or "" for m in msgs if m.role == "user"]
         env["history"] = " | ".join(users[:-1])
     return env
 
