@@ -476,10 +476,14 @@ def test_scripted_match_memo_gives_the_answers_of_searching_every_time() -> None
 
 
 def test_scripted_match_memo_stays_bounded() -> None:
-    """The memo holds at most its number of entries: it is cleared when full."""
+    """The memo holds at most its number of entries (it is cleared when full), and only the matches of
+    the rules that call tools (a reply rule is searched once per message anyway)."""
     from openfang.workers.llm import scripted as mod
 
     p = scripted()
     for i in range(3 * mod._MEMO_ENTRIES):
+        (call,) = p.complete(user(f"time in Zone/{i}")).tool_calls
+        assert call.arguments == {"tz": f"Zone/{i}"}
         assert p.complete(user(f"hello {i}")).content == f"Hi hello {i}!"
-        assert len(p._memo) <= mod._MEMO_ENTRIES
+        assert 0 < len(p._memo) <= mod._MEMO_ENTRIES
+    assert {index for index, _ in p._memo} == {1}

@@ -211,6 +211,7 @@ class ScriptedProvider:
         self._default_needs = frozenset(_names(default) & _CONVERSATION_NAMES)
         self._memo: dict[tuple[int, str], Mapping[str, str] | None] = {}
         self._memo_size = _MEMO_ENTRIES
+        self._calls_tools = tuple(rule.tool is not None or bool(rule.chain) for rule in self.rules)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ScriptedProvider:
@@ -251,18 +252,16 @@ class ScriptedProvider:
 
     def _groups(self, index: int, user: str) -> Mapping[str, str] | None:
         """Rule ``index``'s regex groups in ``user`` as template names (``{1}``..., then ``{name}``), or
-        None when it does not match. Remembered per (rule, text) for texts up to ``_MEMO_TEXT`` characters:
-        a chain's every step searches the same user message again (a bounded memo, cleared when full)."""
+        None when it does not match. Remembered per (rule, text) for the rules that call tools and texts up
+        to ``_MEMO_TEXT`` characters: each step of a chain searches the same user message again (a bounded
+        memo, cleared when full)."""
         key = (index, user)
         memo = self._memo
         if key in memo:
             return memo[key]
         m = self.rules[index].match.search(user)
-        groups: dict[str, str] | None = None
-        if m is not None:
-            groups = {str(i): g or "" for i, g in enumerate(m.groups(), start=1)}
-            groups.update({k: v or "" for k, v in m.groupdict().items()})
-        if len(user) <= _MEMO_TEXT and self._memo_size:
+        groups = None if m is None else _match_groups(m)
+        if self._memo_size and self._calls_tools[index] and len(user) <= _MEMO_TEXT:
             if len(memo) >= self._memo_size:
                 memo.clear()
             memo[key] = groups
@@ -277,16 +276,17 @@ class ScriptedProvider:
 
     def _answer(self, msgs: Sequence[ChatMessage], user: str) -> tuple[str | None, list[ToolCall]]:
         for i, rule in enumerate(self.rules):
-            groups = self._groups(i, user)
-            if groups is None:
-                continue
-            if (
-                rule.error is None
-                and rule.tool is None
-                and not rule.chain
-                and len(_pieces(rule.reply or "")) == 1
-            ):
-                return rule.reply or "", []  # a reply with no placeholder: nothing to fill in
+            if self._calls_tools[i]:
+                groups = self._groups(i, user)
+                if groups is None:
+                    continue
+            else:
+                m = rule.match.search(user)
+                if m is None:
+                    continue
+                if rule.error is None and len(_pieces(rule.reply or "")) == 1:
+                    return rule.reply or "", []  # a reply with no placeholder: nothing to fill in
+                groups = _match_groups(m)
             env = self._env(groups, msgs, user, self._needs[i])
             if rule.error is not None:
                 raise LLMError(self.name, render(rule.error, env))
@@ -344,6 +344,13 @@ def _base_env(
         users = [m.content or "" for m in msgs if m.role == "user"]
         env["history"] = " | ".join(users[:-1])
     return env
+
+
+def _match_groups(m: re.Match[str]) -> dict[str, str]:
+    """A match's groups as template names: ``{1}``, ``{2}``... then the named ones (which win)."""
+    groups = {str(i): g or "" for i, g in enumerate(m.groups(), start=1)}
+    groups.update({k: v or "" for k, v in m.groupdict().items()})
+    return groups
 
 
 def _tool_results_since_user(msgs: Sequence[ChatMessage]) -> int:
