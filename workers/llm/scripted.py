@@ -135,7 +135,7 @@ def render(template: Any, env: Mapping[str, str]) -> Any:
             out.append(env.get(name, "{" + name + "}"))
             out.append(pieces[i + 1])
         return "".join(out)
-    if isinstance(template, Mapping):
+    if type(template) is dict or isinstance(template, Mapping):  # a rule's args are dicts: no ABC check
         return {k: render(v, env) for k, v in template.items()}
     if isinstance(template, list | tuple):
         return [render(v, env) for v in template]
