@@ -159,6 +159,7 @@ class _Assessment:
 
 # What a text with nothing to report is assessed as (shared: an assessment is never changed once made).
 _CLEAN = _Assessment(0.0, {}, (), ())
+_MEMO_TEXT = 1024  # the longest text whose verdict InjectionDetector remembers (~1 M characters kept at most)
 _B64_MIN = 24  # the shortest base64 blob the heuristics decode (_injection_heuristics.base64_payloads)
 
 
@@ -168,9 +169,16 @@ class InjectionDetector:
     # Short cue-free ASCII text returns before the weights and heuristics are looked at: nothing there can
     # score (the tests compare every verdict with this off).
     fast_path: ClassVar[bool] = True
+    # The verdicts of recent texts up to _MEMO_TEXT characters, per (text, source): a verdict is a function
+    # of the text, the source and the config alone, and the same text often comes twice (a router and the
+    # agent it routes to both check the user's message; a classifier answers from a handful of words). At
+    # most this many entries (cleared when full); 0 turns the memo off (the tests' oracle).
+    memo_entries: ClassVar[int] = 1024
 
     def __init__(self, config: InjectionConfig | None = None) -> None:
         self.config = config or InjectionConfig()
+        self._memo: dict[tuple[str, str], Verdict] = {}
+        self._memo_config = self.config  # the config the memo's verdicts were made with
 
     def _assess(self, text: str, *, nested: bool = False) -> _Assessment:
         limit = self.config.max_scan_chars
@@ -220,6 +228,21 @@ class InjectionDetector:
         """Score ``text`` and decide (no audit; see :class:`InjectionGuard`)."""
         if not self.config.enabled or not text:
             return _passed(text)
+        if len(text) > _MEMO_TEXT or not self.memo_entries:
+            return self._scan(text, source)
+        memo, key = self._memo, (text, source)
+        if self._memo_config is not self.config:  # a new config: the remembered verdicts are not its
+            memo.clear()
+            self._memo_config = self.config
+        verdict = memo.get(key)
+        if verdict is None:
+            verdict = self._scan(text, source)
+            if len(memo) >= self.memo_entries:
+                memo.clear()
+            memo[key] = verdict
+        return verdict
+
+    def _scan(self, text: str, source: Source) -> Verdict:
         a = self._assess(text)
         if not a.weights:  # most traffic: no rule fired
             return _passed(text)

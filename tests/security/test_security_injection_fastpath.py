@@ -16,6 +16,7 @@ class _FullScan(InjectionDetector):
     """The detector with its fast path off: the oracle."""
 
     fast_path = False
+    memo_entries = 0  # every scan computed: the oracle remembers nothing
 
 
 def _texts() -> list[str]:
