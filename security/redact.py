@@ -19,11 +19,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from openfang.security._secrets import Detector, find_secrets, select_detectors
 
 _MIN_KNOWN = 6  # shorter "secrets" would redact ordinary words
+_MEMO_TEXT = 1024  # the longest text whose redaction Redactor remembers
 SENSITIVE_KEY = re.compile(
     r"(?i)^(?:.*[_\-])?(?:password|passwd|passphrase|secret|secrets|token|api[_\-]?key|apikey|authorization|"
     r"cookie|set[_\-]cookie|private[_\-]?key|secret[_\-]?key|access[_\-]?key|signing[_\-]?key|hmac[_\-]?key|"
@@ -51,6 +52,10 @@ class Redactor:
         )
         self._known: set[str] = set()
         self._known_re: re.Pattern[str] | None = None
+        # The redacted form of recent texts up to _MEMO_TEXT characters (a classifier's few answers, the same
+        # message checked by two agents), valid for the known secrets and detectors it was made with.
+        self._memo: dict[str, str] = {}
+        self._memo_for: tuple[Any, ...] = (None, self._detectors, self.config)
 
     def add_known(self, *values: str) -> None:
         """Register exact secret values (from env vars, secret kv, key files) to be redacted everywhere."""
@@ -62,10 +67,29 @@ class Redactor:
             alternatives = sorted(self._known, key=len, reverse=True)
             self._known_re = re.compile("|".join(re.escape(v) for v in alternatives))
 
+    # At most this many remembered texts (cleared when full); 0 turns the memo off (the tests' oracle).
+    memo_entries: ClassVar[int] = 512
+
     def redact_text(self, text: str) -> str:
         """``text`` with every known secret and detected pattern replaced."""
         if not self.config.enabled or not text:
             return text
+        if len(text) > _MEMO_TEXT or not self.memo_entries:
+            return self._redact(text)
+        memo = self._memo
+        state = self._memo_for
+        if state[0] is not self._known_re or state[1] is not self._detectors or state[2] is not self.config:
+            memo.clear()  # new known secrets (add_known), detectors or config: other results
+            self._memo_for = (self._known_re, self._detectors, self.config)
+        out = memo.get(text)
+        if out is None:
+            out = self._redact(text)
+            if len(memo) >= self.memo_entries:
+                memo.clear()
+            memo[text] = out
+        return out
+
+    def _redact(self, text: str) -> str:
         if self._known_re is not None:
             text = self._known_re.sub("[REDACTED:known_secret]", text)
         findings = find_secrets(text, self._detectors)
