@@ -50,8 +50,8 @@ def test_llm_types_tool_message_without_call_id_is_refused_as_before() -> None:
         t.ChatMessage.tool("", "result")
 
 
-def test_llm_types_request_usage_response_factories_equal_init() -> None:
-    """ChatRequest.of, Usage.of and ChatResponse.of give the value their __init__ gives."""
+def test_llm_types_call_request_usage_response_factories_equal_init() -> None:
+    """ToolCall.of, ChatRequest.of, Usage.of and ChatResponse.of give the value their __init__ gives."""
     msgs = (t.ChatMessage.system("s"), t.ChatMessage.user("u"))
     for tools in ((), (SPEC,)):
         for stream in (False, True):
@@ -61,6 +61,9 @@ def test_llm_types_request_usage_response_factories_equal_init() -> None:
             )
     # Lists are still turned into tuples (through __init__).
     _same(t.ChatRequest.of(list(msgs), [SPEC]), t.ChatRequest(messages=msgs, tools=(SPEC,)))  # type: ignore[arg-type]
+    for call in CALLS:
+        _same(t.ToolCall.of(call.id, call.name, call.arguments), call)
+    _same(t.ToolCall.of("", "", {}), t.ToolCall(id="", name=""))
     for p, c in ((0, 0), (12, 3), (10**9, 1)):
         _same(t.Usage.of(p, c), t.Usage(prompt_tokens=p, completion_tokens=c))
     usage = t.Usage.of(3, 4)

@@ -382,9 +382,7 @@ def _to_chat(t: Any, m: Mapping[str, Any]) -> Any:
     content = m.get("content")
     if role == "assistant":
         calls = [
-            t.ToolCall(
-                id=str(c.get("id", "")), name=str(c.get("name", "")), arguments=dict(c.get("arguments") or {})
-            )
+            t.ToolCall.of(str(c.get("id", "")), str(c.get("name", "")), dict(c.get("arguments") or {}))
             for c in m.get("tool_calls") or ()
         ]
         return t.ChatMessage.assistant(content, calls)

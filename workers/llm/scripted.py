@@ -303,7 +303,7 @@ class ScriptedProvider:
 
     def _call(self, rule_index: int, tool: str, args: Mapping[str, Any], env: Mapping[str, str]) -> ToolCall:
         # The rule's index travels in the call id, so the result finds its rule again with no state here.
-        return ToolCall(id=f"call_s{rule_index}_{next(self._ids)}", name=tool, arguments=render(args, env))
+        return ToolCall.of(f"call_s{rule_index}_{next(self._ids)}", tool, render(args, env))
 
     def _after_tool(self, msgs: Sequence[ChatMessage], user: str) -> tuple[str | None, list[ToolCall]]:
         end = len(msgs)

@@ -110,6 +110,18 @@ class ToolCall:
     name: str
     arguments: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, id: str, name: str, arguments: dict[str, Any]) -> ToolCall:
+        """``ToolCall(id=..., name=..., arguments=...)`` built without __init__ (same value): the scripted
+        model makes one per tool call and the host's chat conversion one per call it converts."""
+        if cls is not ToolCall:
+            return cls(id=id, name=name, arguments=arguments)
+        call = _new(ToolCall)
+        _CALL_SET[0](call, id)
+        _CALL_SET[1](call, name)
+        _CALL_SET[2](call, arguments)
+        return call
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChatMessage:
@@ -286,6 +298,7 @@ def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any
     return tuple(vars(cls)[name].__set__ for name in names)
 
 
+_CALL_SET = _slot_setters(ToolCall, ("id", "name", "arguments"))
 _MESSAGE_SET = _slot_setters(ChatMessage, ("role", "content", "tool_calls", "tool_call_id", "name"))
 _REQUEST_SET = _slot_setters(
     ChatRequest, ("messages", "tools", "model", "temperature", "max_tokens", "stream")
