@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from openfang._generated import generator_main
+from openfang.protocol._generated import generator_main
 
 DATA = Path(__file__).with_name("_precompiled_data.py")
 SUBPACKAGES = ("protocol", "supervisor", "control", "workers", "memory", "security")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from openfang._generated import generator_main
+from openfang.protocol._generated import generator_main
 from openfang.security._injection_cues import CUES
 from openfang.security._injection_matcher import fingerprint, fold_table
 

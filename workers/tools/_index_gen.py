@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from openfang._generated import generator_main
+from openfang.protocol._generated import generator_main
 from openfang.workers.tools.registry import TOOL_MODULES, _module_tools
 
 INDEX = Path(__file__).with_name("_index.py")
