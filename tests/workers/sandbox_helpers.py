@@ -19,7 +19,7 @@ from openfang.workers.host.agent_host import AgentHost, HostParts
 from openfang.workers.llm import types as t
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox._wasmtime import HostFunctionSpec
-from openfang.workers.sandbox.instance import DoneJob, Job, Sandbox
+from openfang.workers.sandbox.instance import DoneJob, Job, Outcome, Sandbox
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "agents"
 
@@ -241,3 +241,13 @@ class SeenServices:
 
     def audit(self, record: dict[str, Any]) -> None:
         pass
+
+
+def finish(sandbox: Sandbox) -> Outcome:
+    """Run ``sandbox``'s call in progress (refreshing its clock each turn) until it ends; its outcome."""
+    while True:
+        sandbox.refresh(time.monotonic())
+        if sandbox.runnable():
+            outcome = sandbox.run_slice()
+            if outcome is not None:
+                return outcome

@@ -4,12 +4,11 @@ two, the same replies and conversation as through ``alloc``, and clear refusals 
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sandbox_helpers import SANDBOX_SPECS, SeenServices
+from sandbox_helpers import SANDBOX_SPECS, SeenServices, finish
 
 from openfang.protocol.errors import SandboxError, SecurityError
 from openfang.workers.manifest import AgentManifest, load_manifest
@@ -66,23 +65,14 @@ def _load(manifest: AgentManifest, runtime: Runtime, agent_id: str = "a-1") -> S
     sandbox = Sandbox(manifest, runtime, agent_id=agent_id, services=SeenServices())
     sandbox.load()
     if sandbox.begin_init():
-        outcome = _finish(sandbox)
+        outcome = finish(sandbox)
         assert outcome.ok, outcome.error
     return sandbox
 
 
-def _finish(sandbox: Sandbox) -> Outcome:
-    while True:
-        sandbox.refresh(time.monotonic())
-        if sandbox.runnable():
-            outcome = sandbox.run_slice()
-            if outcome is not None:
-                return outcome
-
-
 def _send(sandbox: Sandbox, text: str) -> Outcome:
     sandbox.begin_message(abi.user_message(text))
-    return _finish(sandbox)
+    return finish(sandbox)
 
 
 def _allocs(sandbox: Sandbox) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_helpers import SANDBOX_SPECS, SeenServices
+from sandbox_helpers import SANDBOX_SPECS, SeenServices, finish
 
 from openfang.protocol.errors import SandboxError
 from openfang.workers.manifest import AgentManifest, load_manifest
@@ -21,7 +21,7 @@ from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox import snapshot as snap_mod
 from openfang.workers.sandbox._wasm_layout import WasmFormatError, parse_layout
 from openfang.workers.sandbox._wasmtime import Runtime, wasm_binary
-from openfang.workers.sandbox.instance import DoneJob, Outcome, Sandbox
+from openfang.workers.sandbox.instance import DoneJob, Sandbox
 from openfang.workers.sandbox.snapshot import (
     HEADER_SIZE,
     SnapshotError,
@@ -117,18 +117,9 @@ def _load(manifest: AgentManifest, runtime: Runtime, agent_id: str = "a-1") -> S
     return sandbox
 
 
-def _finish(sandbox: Sandbox) -> Outcome:
-    while True:
-        sandbox.refresh(time.monotonic())
-        if sandbox.runnable():
-            outcome = sandbox.run_slice()
-            if outcome is not None:
-                return outcome
-
-
 def _send(sandbox: Sandbox, text: str) -> bytes:
     sandbox.begin_message(abi.user_message(text))
-    outcome = _finish(sandbox)
+    outcome = finish(sandbox)
     assert outcome.ok, outcome.error
     return outcome.reply
 
@@ -188,7 +179,7 @@ def test_snapshot_llm_agent_keeps_its_conversation(runtime: Runtime, tmp_path: P
     manifest = _manifest(tmp_path, None)
     agent = _load(manifest, runtime)
     assert agent.begin_init()
-    assert _finish(agent).ok
+    assert finish(agent).ok
     assert _send(agent, "my name is Ada") == b"seen: my name is Ada"
     assert _send(agent, "I like tea") == b"seen: my name is Ada | I like tea"
     hibernate(agent, tmp_path / "bot.snap")
@@ -315,7 +306,7 @@ def test_snapshot_of_a_busy_sandbox_is_refused(runtime: Runtime, tmp_path: Path)
         hibernate(agent, tmp_path / "busy.snap")
     assert not (tmp_path / "busy.snap").exists()
     gate.done = True
-    assert _finish(agent).reply == b"seen: hi"
+    assert finish(agent).reply == b"seen: hi"
     assert capture(agent).stored_bytes > 0
     agent.close()
 
@@ -374,7 +365,7 @@ def test_snapshot_of_mostly_zero_1mib_heap_stores_only_non_zero_chunks(
     sandbox = _load(_manifest(tmp_path, SPARSE_WAT), runtime)
     payload = os.urandom(3000)  # incompressible: the bound below comes from zero-skipping alone
     sandbox.begin_message(payload)
-    assert _finish(sandbox).ok
+    assert finish(sandbox).ok
     snap = capture(sandbox)
     assert snap.memory_bytes == 1 << 20
     assert snap.stored_bytes == 3 * 4096  # the input was cleared: only pages 3, 9, 15 hold data
