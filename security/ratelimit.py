@@ -156,7 +156,15 @@ class RateLimiter:
         if min(requests, tokens, tool_calls) < 0:
             # Negative units would refill a bucket: a caller bug, never something a client may cause.
             raise ValueError("rate-limit units must not be negative")
-        if not (
+        if self._touches_limited(client, agent, requests, tokens, tool_calls):
+            self._take(client, agent, requests, tokens, tool_calls)
+        # else every bucket this charge touches is unlimited (or the layer is off): nothing to take
+
+    def _touches_limited(
+        self, client: str | None, agent: str | None, requests: int, tokens: int, tool_calls: int
+    ) -> bool:
+        """Whether the charge names a limited bucket (when not, :meth:`_take` would take nothing)."""
+        return bool(
             (client is not None and requests and self._client_limited)
             or (
                 agent is not None
@@ -166,9 +174,7 @@ class RateLimiter:
                     or (tool_calls and self._agent_tools_limited)
                 )
             )
-        ):
-            return  # every bucket this charge touches is unlimited (or the layer is off): nothing to take
-        self._take(client, agent, requests, tokens, tool_calls)
+        )
 
     def _take(
         self, client: str | None, agent: str | None, requests: int, tokens: int, tool_calls: int

@@ -13,20 +13,12 @@ from openfang.security.ratelimit import Limit, RateLimitConfig, RateLimiter, Rat
 
 
 class ReferenceLimiter(RateLimiter):
-    """The charge without its shortcut: the unit check, then the full computation every time."""
+    """The charge without its shortcut: every charge runs the full computation."""
 
-    def charge(
-        self,
-        *,
-        client: str | None = None,
-        agent: str | None = None,
-        requests: int = 1,
-        tokens: int = 0,
-        tool_calls: int = 0,
-    ) -> None:
-        if min(requests, tokens, tool_calls) < 0:
-            raise ValueError("rate-limit units must not be negative")
-        self._take(client, agent, requests, tokens, tool_calls)
+    def _touches_limited(
+        self, client: str | None, agent: str | None, requests: int, tokens: int, tool_calls: int
+    ) -> bool:
+        return True
 
 
 def _limit(rng: random.Random) -> Limit:
