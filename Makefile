@@ -25,7 +25,14 @@ HTTP_NPM := tests/http/npm
 $(HTTP_NPM)/node_modules/.installed: $(HTTP_NPM)/package.json
 	cd $(HTTP_NPM) && npm install --no-audit --no-fund --silent && touch node_modules/.installed
 
+# The package's own folders (openfang/ links the others; compileall does not follow links).
+SRC_DIRS := openfang supervisor control workers protocol memory security
+
+# An editable install has no .pyc files (pip compiles only what a wheel installs), and where
+# PYTHONDONTWRITEBYTECODE is set every daemon, worker module and CLI start would compile ~80 modules from source
+# again (~150 ms of a cold start): compile them here, as a wheel install does. Up to date, this takes ~50 ms.
 install: $(STAMP) $(NODE_STAMP) $(HTTP_NPM)/node_modules/.installed
+	@$(PY) -m compileall -q $(SRC_DIRS)
 
 run: install
 	$(PY) -m openfang.demo --data-dir $(DATA_DIR)
@@ -52,8 +59,8 @@ typecheck: install
 	$(VENV)/bin/mypy -p openfang
 
 lint: install
-	$(VENV)/bin/ruff check openfang supervisor control workers protocol memory security tests perf
-	$(VENV)/bin/ruff format --check openfang supervisor control workers protocol memory security tests perf
+	$(VENV)/bin/ruff check $(SRC_DIRS) tests perf
+	$(VENV)/bin/ruff format --check $(SRC_DIRS) tests perf
 	$(MAKE) typecheck
 
 check: lint test

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import compileall
+import functools
 import os
 import shutil
 import signal
@@ -51,8 +53,26 @@ heartbeat_ms = 5000
 """
 
 
+REPO = Path(__file__).resolve().parent.parent
+# The package's own folders (openfang/ links the others, and compileall does not follow links).
+SOURCE_DIRS = ("openfang", "supervisor", "control", "workers", "protocol", "memory", "security")
+
+
+@functools.cache
+def ensure_bytecode() -> None:
+    """Compile the package's modules to .pyc, as a wheel install does (`make install` does it too).
+
+    An editable install has no bytecode until an import writes it, and with PYTHONDONTWRITEBYTECODE set no
+    import ever does: every daemon exec would then compile ~80 modules (~150 ms of a cold start) that the
+    peers, installed from wheels, never compile. Up to date, this only reads the files' times."""
+    for name in SOURCE_DIRS:
+        if not compileall.compile_dir(REPO / name, quiet=1):
+            raise RuntimeError(f"compiling {REPO / name} failed (a syntax error?)")
+
+
 class BenchCluster:
     def __init__(self, workers: int | str = "auto", control_extra: str = "", extra: str = "") -> None:
+        ensure_bytecode()
         self.dir = Path(tempfile.mkdtemp(prefix="ofb-", dir="/tmp"))
         self.data_dir = self.dir / "d"
         self.config = self.dir / "cluster.toml"
