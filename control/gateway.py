@@ -146,6 +146,10 @@ class _Waiting:
     internal: Callable[[Envelope], None] | None = None  # the gateway's own request: no client to answer
 
 
+# What a request queued for a worker does if it cannot be sent (see Gateway._to_worker).
+_OnFail = Callable[[_Waiting, OpenFangError], None]
+
+
 @dataclass(slots=True)
 class _Pending:
     """A client request for an agent that is away (restarting, not announced yet): held by Placement."""
@@ -192,7 +196,7 @@ class Gateway:
         self._outbox: list[tuple[list[bytes], Envelope]] = []  # client replies not sent yet (_flush)
         # Requests for workers not sent yet, with their key and what to do if the send fails (_flush_workers).
         # Every other message to a worker first sends these, so each worker gets its messages in order.
-        self._worker_out: list[tuple[list[bytes], str, Callable[[_Waiting, OpenFangError], None]]] = []
+        self._worker_out: list[tuple[list[bytes], str, _OnFail]] = []
         # No deadline in ``waiting`` is earlier than this (deadlines only move later), so _expire scans the
         # table only when something may be late, not on every loop turn.
         self._earliest = float("inf")
@@ -726,10 +730,32 @@ class Gateway:
         """Send the queued worker requests in order; a request that cannot be sent is failed as it would
         have been at once (its waiting entry dropped, ``on_fail`` told why)."""
         out, self._worker_out = self._worker_out, []
-        for frames, key, on_fail in out:
-            try:
-                send_nowait(self.worker_sock, frames, peer=f"worker {frames[0].decode(errors='replace')}")
-            except OpenFangError as exc:
+        if len(out) == 1:
+            self._send_worker_batch(out[0][0][0], [out[0][0][1]], out)
+            return
+        # One ZeroMQ message per worker, its requests as frames in order (the worker reads each frame as
+        # one envelope): one wake-up of ZeroMQ's threads for the batch instead of one per request.
+        batches: dict[bytes, tuple[list[bytes], list[tuple[list[bytes], str, _OnFail]]]] = {}
+        for item in out:
+            routing_id = item[0][0]
+            batch = batches.get(routing_id)
+            if batch is None:
+                batch = batches[routing_id] = ([], [])
+            batch[0].append(item[0][1])
+            batch[1].append(item)
+        for routing_id, (payloads, items) in batches.items():
+            self._send_worker_batch(routing_id, payloads, items)
+
+    def _send_worker_batch(
+        self, routing_id: bytes, payloads: list[bytes], items: list[tuple[list[bytes], str, _OnFail]]
+    ) -> None:
+        """Send one worker its queued requests as one message; if it cannot be sent, each is failed as it
+        would have been at once (its waiting entry dropped, ``on_fail`` told why)."""
+        try:
+            peer = f"worker {routing_id.decode(errors='replace')}"
+            send_nowait(self.worker_sock, [routing_id, *payloads], peer=peer)
+        except OpenFangError as exc:
+            for _frames, key, on_fail in items:
                 waiting = self.waiting.pop(key, None)
                 if waiting is None:
                     continue  # already answered (its worker was lost meanwhile)
@@ -778,12 +804,25 @@ class Gateway:
     # -- workers ----------
 
     def _on_worker_frames(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
+        # A worker sends a loop turn's messages as the frames of one ZeroMQ message (workers/worker.py
+        # BATCH_FRAMES): each frame after the routing id is one envelope, handled in order.
+        if len(frames) == 2:
+            self._on_worker_message(frames[0], frames[1])
+            return
+        if len(frames) < 2:
             log.warning("worker_frame_malformed", frames=len(frames))
             return
-        worker_id = frames[0].decode(errors="replace")
+        for payload in frames[1:]:
+            try:
+                self._on_worker_message(frames[0], payload)
+            except Exception:
+                # As in _drain: one bad message must not cost the others of its batch.
+                log.exception("gateway_message_failed", frames=len(frames))
+
+    def _on_worker_message(self, identity: bytes, payload: bytes) -> None:
+        worker_id = identity.decode(errors="replace")
         try:
-            env = decode(frames[1], max_size=self.max_frame * 4)
+            env = decode(payload, max_size=self.max_frame * 4)
         except OpenFangError as exc:
             log.warning("worker_message_invalid", worker=worker_id, error=str(exc))
             return
@@ -799,7 +838,7 @@ class Gateway:
             except ProtocolError as exc:
                 log.warning("worker_message_invalid", worker=worker_id, type=env.type, error=exc.message)
                 if env.type == "worker.forward":  # a request: its agent waits for the answer
-                    self._reply(frames[0], False, env.error(exc), via_workers=True)
+                    self._reply(identity, False, env.error(exc), via_workers=True)
                 return
             handler(worker, env, body)
             return

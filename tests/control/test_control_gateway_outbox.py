@@ -163,3 +163,49 @@ def test_a_frame_that_is_not_an_envelope_is_refused_as_before(door: _Door) -> No
     first, second = door.answers(door.client, 2)
     assert first.id == "" and "not valid msgpack" in first.body["message"]
     assert second.id == "r-1" and second.body["message"] == "body: must be a map, got list"
+
+
+def test_requests_queued_for_one_worker_leave_as_one_message_one_frame_each(door: _Door) -> None:
+    """Three routed requests reach their worker as one ZeroMQ message of three frames, in order."""
+    door.gw.agents.add("a-1", "w-0", service="svc")
+    door.ask(*({"service": "svc", "text": f"t{i}"} for i in range(3)))
+    door.gw._flush()
+    assert door.worker.poll(5000)
+    frames = door.worker.recv_multipart()
+    assert [decode(f).body["text"] for f in frames] == ["t0", "t1", "t2"]
+    assert not door.worker.poll(100), "one message held them all"
+
+
+def test_a_batch_for_a_lost_worker_fails_each_of_its_requests(door: _Door) -> None:
+    """Two requests for a worker with no connection: two not_found answers, nothing left waiting; a request
+    for a connected worker in the same flush still leaves."""
+    door.gw.agents.add("a-9", "w-9", service="lost")
+    door.gw.agents.add("a-1", "w-0", service="svc")
+    door.gw.workers["w-9"] = _Worker("w-9")
+    lost = door.ask({"service": "lost", "text": "a"}, {"service": "lost", "text": "b"})
+    door.ask({"service": "svc", "text": "c"})
+    door.gw._flush()
+    answers = door.answers(door.client, 2)
+    assert sorted(a.id for a in answers) == sorted(lost)
+    assert all(a.body["code"] == "not_found" for a in answers)
+    (delivered,) = door.answers(door.worker, 1)
+    assert delivered.body["text"] == "c"
+    assert door.gw.workers["w-9"].in_flight == 0 and len(door.gw.waiting) == 1
+
+
+def test_a_workers_message_of_several_frames_is_handled_frame_by_frame(door: _Door) -> None:
+    """A worker's batch of answers with garbage in the middle: the two good answers reach their clients."""
+    door.gw.agents.add("a-1", "w-0", service="svc")
+    ids = door.ask(*({"service": "svc", "text": f"t{i}"} for i in range(2)))
+    door.gw._flush()
+    asked = door.answers(door.worker, 2)
+    replies = [
+        encode(Envelope(type="agent.send.ok", body={"reply": "R", "agent_id": "a-1", "usage": {}}, id=e.id))
+        for e in asked
+    ]
+    door.worker.send_multipart([replies[0], b"\xc1 not msgpack", replies[1]])
+    assert door.gw.worker_sock.poll(5000)
+    door.gw._drain(door.gw.worker_sock, door.gw._on_worker_frames)
+    door.gw._flush()
+    assert sorted(a.id for a in door.answers(door.client, 2)) == sorted(ids)
+    assert not door.gw.waiting

@@ -1,0 +1,106 @@
+"""The worker's side of the gateway link, with a real Worker in this process and a ROUTER standing in for
+the gateway: a loop turn's messages leave as the frames of one ZeroMQ message, in order, and a message of
+several frames from the gateway is read as one envelope per frame."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from openfang.protocol.envelope import Envelope, decode, encode
+from openfang.supervisor.child import ChildContext
+from openfang.workers import worker as worker_mod
+from openfang.workers.worker import Worker
+
+pytestmark = pytest.mark.integration
+
+
+class _Link:
+    """A ROUTER in the gateway's place and a Worker ``w-0`` connected to it (its loop driven by hand)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.zctx = zmq.Context()
+        self.gateway = self.zctx.socket(zmq.ROUTER)
+        self.gateway.setsockopt(zmq.LINGER, 0)
+        endpoint = f"ipc://{tmp}/workers.sock"
+        self.gateway.bind(endpoint)
+        self.worker = Worker(ChildContext(id="w-0", path="root/workers/w-0", args={"gateway": endpoint}))
+        self.worker._hello()
+        self.worker._flush()
+        hello = self.receive()
+        assert [decode(f).type for f in hello] == ["worker.hello"]
+
+    def receive(self) -> list[bytes]:
+        """The next message the worker sent: its frames after the routing id."""
+        assert self.gateway.poll(5000), "the worker sent nothing"
+        frames = self.gateway.recv_multipart()
+        assert frames[0] == b"w-0"
+        return frames[1:]
+
+    def to_worker(self, *envs: Envelope) -> None:
+        """One message to the worker with one envelope per frame; the worker reads what arrived."""
+        self.gateway.send_multipart([b"w-0", *(encode(e) for e in envs)])
+        assert self.worker.sock.poll(5000), "nothing reached the worker"
+        self.worker._drain()
+
+    def close(self) -> None:
+        self.worker.close()
+        self.gateway.close(0)
+        self.zctx.term()
+
+
+@pytest.fixture
+def link(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Link]:
+    monkeypatch.setenv("OPENFANG_DATA_DIR", str(tmp_path))
+    made = _Link(tmp_path)
+    yield made
+    made.close()
+
+
+def _pings(count: int) -> list[Envelope]:
+    return [Envelope(type="worker.ping", body={"worker": "w-0"}, id=f"p-{i}") for i in range(count)]
+
+
+def test_worker_reads_each_frame_of_a_gateway_message_as_one_envelope_in_order(link: _Link) -> None:
+    """Three pings in one message of three frames get three answers, in the order they were asked."""
+    link.to_worker(*_pings(3))
+    link.worker._flush()
+    answers = [decode(f) for f in link.receive()]
+    assert [(a.id, a.type) for a in answers] == [(f"p-{i}", "worker.ping.ok") for i in range(3)]
+
+
+def test_worker_sends_a_turns_answers_together_as_one_message_of_frames(link: _Link) -> None:
+    """Nothing leaves before the flush; then the turn's answers leave as one message, one per frame."""
+    link.to_worker(*_pings(5))
+    assert not link.gateway.poll(100), "answers wait for the end of the loop turn"
+    link.worker._flush()
+    assert len(link.receive()) == 5
+    assert not link.gateway.poll(100), "one message held them all"
+
+
+def test_worker_splits_a_long_turn_into_messages_of_at_most_batch_frames(link: _Link) -> None:
+    """A turn with more answers than BATCH_FRAMES leaves in several messages, every answer once, in order."""
+    count = worker_mod.BATCH_FRAMES * 2 + 3
+    link.to_worker(*_pings(count))
+    link.worker._flush()
+    got: list[str] = []
+    sizes: list[int] = []
+    while len(got) < count:
+        frames = link.receive()
+        sizes.append(len(frames))
+        got.extend(decode(f).id for f in frames)
+    assert got == [f"p-{i}" for i in range(count)]
+    assert sizes == [worker_mod.BATCH_FRAMES, worker_mod.BATCH_FRAMES, 3]
+
+
+def test_a_bad_frame_in_a_gateway_message_costs_only_itself(link: _Link) -> None:
+    """Garbage between two pings is logged and dropped; both pings are answered."""
+    first, second = _pings(2)
+    link.gateway.send_multipart([b"w-0", encode(first), b"\xc1 not msgpack", encode(second)])
+    assert link.worker.sock.poll(5000)
+    link.worker._drain()
+    link.worker._flush()
+    assert [decode(f).id for f in link.receive()] == ["p-0", "p-1"]
