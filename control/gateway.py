@@ -43,6 +43,7 @@ import zmq
 from openfang.control import routing
 from openfang.control.audit_check import AuditCheck
 from openfang.control.config import ControlConfig
+from openfang.control.first_message import FirstMessage
 from openfang.control.guard import Guard, receive_client
 from openfang.control.moves import Moves
 from openfang.control.placement import GRACE_S, Placement
@@ -442,6 +443,7 @@ class Gateway:
         self.child.send({"t": "req", "id": key, "op": env.type, "args": messages.to_body(body)})
 
     def _on_client_spawn(self, identity: bytes, delimited: bool, env: Envelope, spawn: AgentSpawn) -> None:
+        """A client's spawn, with or without a first message (``text``: :mod:`.first_message`)."""
         for key in ("agent_id", "parent", "resume"):
             if getattr(spawn, key) not in (None, False):
                 raise ProtocolError(f"body.{key}: set by the gateway, not by clients")
@@ -510,25 +512,55 @@ class Gateway:
                 )
         row = self.placement.register(spawn.manifest, source=source, parent=parent, manifest_path=mpath)
         self.placement.assign(row, wanted)
+        first = FirstMessage(spawn) if spawn.text is not None else None
         placed = dataclasses.replace(
-            spawn, agent_id=row.agent_id, worker=wanted, parent=parent or spawn.parent
+            spawn,
+            agent_id=row.agent_id,
+            worker=wanted,
+            parent=parent or spawn.parent,
+            text=None,  # the first message goes to the worker as an agent.send of its own
+            session=None,
         )
         forwarded = Envelope(type="agent.spawn", body=messages.to_body(placed), id=env.id)
         agent_id = row.agent_id
 
-        def answered(reply: Envelope) -> Envelope | None:
-            reason = str(reply.body.get("message", "")) if reply.is_error else ""
-            self.placement.spawned(agent_id, wanted, not reply.is_error, reason)
+        def acknowledged(reply: Envelope) -> Envelope | None:
             if reply.is_error or self.registry.durable(agent_id):
                 return reply  # its row is on disk (committed at the end of the turn that forwarded it)
             self._held.append((identity, delimited, reply, via_workers))  # until the commit (_commit)
             return None
+
+        def answered(reply: Envelope) -> Envelope | None:
+            reason = str(reply.body.get("message", "")) if reply.is_error else ""
+            self.placement.spawned(agent_id, wanted, not reply.is_error, reason)
+            if first is None:
+                return acknowledged(reply)
+            joined = first.on_spawn(reply)
+            if first.resend:  # the message came before its agent: again, now that the agent is there
+                first.resend = False
+                send_first()
+            return None if joined is None else acknowledged(joined)
+
+        def send_first() -> None:
+            """The first message, queued behind the spawn on the same worker link (one flush)."""
+            assert first is not None
+            self._to_worker(
+                identity,
+                delimited,
+                first.request(agent_id, env.id),
+                wanted,
+                lambda reply: None if (joined := first.on_send(reply)) is None else acknowledged(joined),
+                via_workers=via_workers,
+                on_fail=lambda waiting, exc: self._complete(waiting, waiting.request.error(exc)),
+            )
 
         try:
             self._to_worker(identity, delimited, forwarded, wanted, answered, via_workers=via_workers)
         except OpenFangError:
             self.placement.spawned(agent_id, wanted, False, "the worker could not be reached")
             raise
+        if first is not None:
+            send_first()
 
     def _to_agent(self, pending: _Pending, body: AgentSend | AgentRef) -> None:
         """A request for one agent by id: forward it, answer it from the registry, or hold it."""
@@ -941,7 +973,12 @@ class Gateway:
         self._reply(waiting.identity, False, waiting.request.error(exc), via_workers=True)
 
     def _forward_spawn(self, worker_id: str, sender: str, request: Envelope, spawn: AgentSpawn) -> None:
-        """A child agent (agent_spawn): registered like any other, placed beside its parent."""
+        """A child agent (agent_spawn): registered like any other, placed beside its parent. No first
+        message: the parent sends to its child with agent_send once it has the child's id."""
+        if spawn.text is not None or spawn.session is not None:
+            raise ProtocolError(
+                "request.body.text: an agent's spawn takes no first message; agent_send it to the child"
+            )
         spawn = dataclasses.replace(spawn, agent_id=None, parent=None, resume=None)
         request = Envelope(type="agent.spawn", body=messages.to_body(spawn), id=request.id)
         self._spawn(

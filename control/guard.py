@@ -1,7 +1,8 @@
 """The security layers that guard the control boundary, assembled for one process from ``[security]``.
 
 The gateway admits every client frame through :meth:`Guard.admit`: signature (layer 4, when keys are
-configured), schema and size limits (layer 1), rate limits per client identity and in total (layer 3).
+configured), schema and size limits (layer 1), rate limits per client identity and in total (layer 3; an
+``agent.spawn`` with a first message counts as the two requests it stands for).
 Every refusal is an error reply to the client *and* goes to the hash-chained audit log (layer 12) through
 :class:`~openfang.security.refusals.RefusalAudit`, which writes the first refusal of each kind per client
 identity per window in full and only counts the rest, so junk cannot fill the disk.
@@ -145,7 +146,10 @@ class Guard:
         schema = body_schema(env.type)
         self.validator.check(env, client=source, shape=None if schema is None else schema.shape)
         if self.limiter is not None:
-            self.limiter.charge(client=f"key:{kid}" if kid is not None else source, requests=1)
+            # A spawn with a first message is two requests (the spawn and an agent.send): charged as two,
+            # all or nothing, so it costs what the two requests it replaces cost.
+            requests = 2 if env.type == "agent.spawn" and env.body.get("text") is not None else 1
+            self.limiter.charge(client=f"key:{kid}" if kid is not None else source, requests=requests)
         return env
 
     def tick(self) -> None:

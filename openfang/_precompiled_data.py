@@ -1992,10 +1992,10 @@ CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is se
 def __create_fn__():
  def __eq__(self,other):
   if other.__class__ is self.__class__:
-   return (self.agent_id,self.worker,self.service,)==(other.agent_id,other.worker,other.service,)
+   return (self.agent_id,self.worker,self.service,self.reply,self.usage,self.send_error,)==(other.agent_id,other.worker,other.service,other.reply,other.usage,other.send_error,)
   return NotImplemented
  return __eq__
-CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.agent_id,self.worker,self.service,)==(other.agent_id,other.worker,other.service,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.agent_id,self.worker,self.service,self.reply,self.usage,self.send_error,)==(other.agent_id,other.worker,other.service,other.reply,other.usage,other.send_error,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
 def __create_fn__():
  def __eq__(self,other):
   if other.__class__ is self.__class__:
@@ -2090,10 +2090,10 @@ CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is se
 def __create_fn__():
  def __eq__(self,other):
   if other.__class__ is self.__class__:
-   return (self.manifest,self.manifest_path,self.worker,self.agent_id,self.parent,self.resume,)==(other.manifest,other.manifest_path,other.worker,other.agent_id,other.parent,other.resume,)
+   return (self.manifest,self.manifest_path,self.worker,self.agent_id,self.parent,self.resume,self.text,self.session,self.stream,)==(other.manifest,other.manifest_path,other.worker,other.agent_id,other.parent,other.resume,other.text,other.session,other.stream,)
   return NotImplemented
  return __eq__
-CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.manifest,self.manifest_path,self.worker,self.agent_id,self.parent,self.resume,)==(other.manifest,other.manifest_path,other.worker,other.agent_id,other.parent,other.resume,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.manifest,self.manifest_path,self.worker,self.agent_id,self.parent,self.resume,self.text,self.session,self.stream,)==(other.manifest,other.manifest_path,other.worker,other.agent_id,other.parent,other.resume,other.text,other.session,other.stream,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
 def __create_fn__():
  def __eq__(self,other):
   if other.__class__ is self.__class__:
@@ -2325,9 +2325,9 @@ def __create_fn__():
 CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.agent_id,self.to,self.wait_ms,))\n return __hash__'] = __create_fn__.__code__
 def __create_fn__():
  def __hash__(self):
-  return hash((self.agent_id,self.worker,self.service,))
+  return hash((self.agent_id,self.worker,self.service,self.reply,self.usage,self.send_error,))
  return __hash__
-CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.agent_id,self.worker,self.service,))\n return __hash__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.agent_id,self.worker,self.service,self.reply,self.usage,self.send_error,))\n return __hash__'] = __create_fn__.__code__
 def __create_fn__():
  def __hash__(self):
   return hash((self.agents,self.workers,self.next,self.total,))
@@ -2395,9 +2395,9 @@ def __create_fn__():
 CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.limit,self.after,self.state,self.worker,self.ids,))\n return __hash__'] = __create_fn__.__code__
 def __create_fn__():
  def __hash__(self):
-  return hash((self.manifest,self.manifest_path,self.worker,self.agent_id,self.parent,self.resume,))
+  return hash((self.manifest,self.manifest_path,self.worker,self.agent_id,self.parent,self.resume,self.text,self.session,self.stream,))
  return __hash__
-CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.manifest,self.manifest_path,self.worker,self.agent_id,self.parent,self.resume,))\n return __hash__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.manifest,self.manifest_path,self.worker,self.agent_id,self.parent,self.resume,self.text,self.session,self.stream,))\n return __hash__'] = __create_fn__.__code__
 def __create_fn__():
  def __hash__(self):
   return hash((self.messages,))
@@ -2575,9 +2575,9 @@ def __create_fn__():
 CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(agent_id={self.agent_id!r}, to={self.to!r}, wait_ms={self.wait_ms!r})"\n return __repr__'] = __create_fn__.__code__
 def __create_fn__():
  def __repr__(self):
-  return self.__class__.__qualname__ + f"(agent_id={self.agent_id!r}, worker={self.worker!r}, service={self.service!r})"
+  return self.__class__.__qualname__ + f"(agent_id={self.agent_id!r}, worker={self.worker!r}, service={self.service!r}, reply={self.reply!r}, usage={self.usage!r}, send_error={self.send_error!r})"
  return __repr__
-CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(agent_id={self.agent_id!r}, worker={self.worker!r}, service={self.service!r})"\n return __repr__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(agent_id={self.agent_id!r}, worker={self.worker!r}, service={self.service!r}, reply={self.reply!r}, usage={self.usage!r}, send_error={self.send_error!r})"\n return __repr__'] = __create_fn__.__code__
 def __create_fn__():
  def __repr__(self):
   return self.__class__.__qualname__ + f"(agents={self.agents!r}, workers={self.workers!r}, next={self.next!r}, total={self.total!r})"
@@ -2645,9 +2645,9 @@ def __create_fn__():
 CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(limit={self.limit!r}, after={self.after!r}, state={self.state!r}, worker={self.worker!r}, ids={self.ids!r})"\n return __repr__'] = __create_fn__.__code__
 def __create_fn__():
  def __repr__(self):
-  return self.__class__.__qualname__ + f"(manifest={self.manifest!r}, manifest_path={self.manifest_path!r}, worker={self.worker!r}, agent_id={self.agent_id!r}, parent={self.parent!r}, resume={self.resume!r})"
+  return self.__class__.__qualname__ + f"(manifest={self.manifest!r}, manifest_path={self.manifest_path!r}, worker={self.worker!r}, agent_id={self.agent_id!r}, parent={self.parent!r}, resume={self.resume!r}, text={self.text!r}, session={self.session!r}, stream={self.stream!r})"
  return __repr__
-CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(manifest={self.manifest!r}, manifest_path={self.manifest_path!r}, worker={self.worker!r}, agent_id={self.agent_id!r}, parent={self.parent!r}, resume={self.resume!r})"\n return __repr__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(manifest={self.manifest!r}, manifest_path={self.manifest_path!r}, worker={self.worker!r}, agent_id={self.agent_id!r}, parent={self.parent!r}, resume={self.resume!r}, text={self.text!r}, session={self.session!r}, stream={self.stream!r})"\n return __repr__'] = __create_fn__.__code__
 def __create_fn__():
  def __repr__(self):
   return self.__class__.__qualname__ + f"(messages={self.messages!r})"
@@ -2853,13 +2853,16 @@ def __create_fn__(_type_agent_id, _type_to, _type_wait_ms, MISSING, _HAS_DEFAULT
   __dataclass_builtins_object__.__setattr__(self,'wait_ms',wait_ms)
  return __init__
 CODE["def __create_fn__(_type_agent_id, _type_to, _type_wait_ms, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_to, _dflt_wait_ms, _return_type):\n def __init__(self,*,agent_id:_type_agent_id,to:_type_to=_dflt_to,wait_ms:_type_wait_ms=_dflt_wait_ms)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'agent_id',agent_id)\n  __dataclass_builtins_object__.__setattr__(self,'to',to)\n  __dataclass_builtins_object__.__setattr__(self,'wait_ms',wait_ms)\n return __init__"] = __create_fn__.__code__
-def __create_fn__(_type_agent_id, _type_worker, _type_service, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_service, _return_type):
- def __init__(self,*,agent_id:_type_agent_id,worker:_type_worker,service:_type_service=_dflt_service)->_return_type:
+def __create_fn__(_type_agent_id, _type_worker, _type_service, _type_reply, _type_usage, _type_send_error, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_service, _dflt_reply, _dflt_usage, _dflt_send_error, _return_type):
+ def __init__(self,*,agent_id:_type_agent_id,worker:_type_worker,service:_type_service=_dflt_service,reply:_type_reply=_dflt_reply,usage:_type_usage=_dflt_usage,send_error:_type_send_error=_dflt_send_error)->_return_type:
   __dataclass_builtins_object__.__setattr__(self,'agent_id',agent_id)
   __dataclass_builtins_object__.__setattr__(self,'worker',worker)
   __dataclass_builtins_object__.__setattr__(self,'service',service)
+  __dataclass_builtins_object__.__setattr__(self,'reply',reply)
+  __dataclass_builtins_object__.__setattr__(self,'usage',usage)
+  __dataclass_builtins_object__.__setattr__(self,'send_error',send_error)
  return __init__
-CODE["def __create_fn__(_type_agent_id, _type_worker, _type_service, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_service, _return_type):\n def __init__(self,*,agent_id:_type_agent_id,worker:_type_worker,service:_type_service=_dflt_service)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'agent_id',agent_id)\n  __dataclass_builtins_object__.__setattr__(self,'worker',worker)\n  __dataclass_builtins_object__.__setattr__(self,'service',service)\n return __init__"] = __create_fn__.__code__
+CODE["def __create_fn__(_type_agent_id, _type_worker, _type_service, _type_reply, _type_usage, _type_send_error, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_service, _dflt_reply, _dflt_usage, _dflt_send_error, _return_type):\n def __init__(self,*,agent_id:_type_agent_id,worker:_type_worker,service:_type_service=_dflt_service,reply:_type_reply=_dflt_reply,usage:_type_usage=_dflt_usage,send_error:_type_send_error=_dflt_send_error)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'agent_id',agent_id)\n  __dataclass_builtins_object__.__setattr__(self,'worker',worker)\n  __dataclass_builtins_object__.__setattr__(self,'service',service)\n  __dataclass_builtins_object__.__setattr__(self,'reply',reply)\n  __dataclass_builtins_object__.__setattr__(self,'usage',usage)\n  __dataclass_builtins_object__.__setattr__(self,'send_error',send_error)\n return __init__"] = __create_fn__.__code__
 def __create_fn__(_type_agents, _type_workers, _type_next, _type_total, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_workers, _dflt_next, _dflt_total, _return_type):
  def __init__(self,*,agents:_type_agents,workers:_type_workers=_dflt_workers,next:_type_next=_dflt_next,total:_type_total=_dflt_total)->_return_type:
   __dataclass_builtins_object__.__setattr__(self,'agents',agents)
@@ -2972,16 +2975,19 @@ def __create_fn__(_type_limit, _type_after, _type_state, _type_worker, _type_ids
   __dataclass_builtins_object__.__setattr__(self,'ids',ids)
  return __init__
 CODE["def __create_fn__(_type_limit, _type_after, _type_state, _type_worker, _type_ids, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_limit, _dflt_after, _dflt_state, _dflt_worker, _dflt_ids, _return_type):\n def __init__(self,*,limit:_type_limit=_dflt_limit,after:_type_after=_dflt_after,state:_type_state=_dflt_state,worker:_type_worker=_dflt_worker,ids:_type_ids=_dflt_ids)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'limit',limit)\n  __dataclass_builtins_object__.__setattr__(self,'after',after)\n  __dataclass_builtins_object__.__setattr__(self,'state',state)\n  __dataclass_builtins_object__.__setattr__(self,'worker',worker)\n  __dataclass_builtins_object__.__setattr__(self,'ids',ids)\n return __init__"] = __create_fn__.__code__
-def __create_fn__(_type_manifest, _type_manifest_path, _type_worker, _type_agent_id, _type_parent, _type_resume, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_manifest_path, _dflt_worker, _dflt_agent_id, _dflt_parent, _dflt_resume, _return_type):
- def __init__(self,*,manifest:_type_manifest,manifest_path:_type_manifest_path=_dflt_manifest_path,worker:_type_worker=_dflt_worker,agent_id:_type_agent_id=_dflt_agent_id,parent:_type_parent=_dflt_parent,resume:_type_resume=_dflt_resume)->_return_type:
+def __create_fn__(_type_manifest, _type_manifest_path, _type_worker, _type_agent_id, _type_parent, _type_resume, _type_text, _type_session, _type_stream, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_manifest_path, _dflt_worker, _dflt_agent_id, _dflt_parent, _dflt_resume, _dflt_text, _dflt_session, _dflt_stream, _return_type):
+ def __init__(self,*,manifest:_type_manifest,manifest_path:_type_manifest_path=_dflt_manifest_path,worker:_type_worker=_dflt_worker,agent_id:_type_agent_id=_dflt_agent_id,parent:_type_parent=_dflt_parent,resume:_type_resume=_dflt_resume,text:_type_text=_dflt_text,session:_type_session=_dflt_session,stream:_type_stream=_dflt_stream)->_return_type:
   __dataclass_builtins_object__.__setattr__(self,'manifest',manifest)
   __dataclass_builtins_object__.__setattr__(self,'manifest_path',manifest_path)
   __dataclass_builtins_object__.__setattr__(self,'worker',worker)
   __dataclass_builtins_object__.__setattr__(self,'agent_id',agent_id)
   __dataclass_builtins_object__.__setattr__(self,'parent',parent)
   __dataclass_builtins_object__.__setattr__(self,'resume',resume)
+  __dataclass_builtins_object__.__setattr__(self,'text',text)
+  __dataclass_builtins_object__.__setattr__(self,'session',session)
+  __dataclass_builtins_object__.__setattr__(self,'stream',stream)
  return __init__
-CODE["def __create_fn__(_type_manifest, _type_manifest_path, _type_worker, _type_agent_id, _type_parent, _type_resume, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_manifest_path, _dflt_worker, _dflt_agent_id, _dflt_parent, _dflt_resume, _return_type):\n def __init__(self,*,manifest:_type_manifest,manifest_path:_type_manifest_path=_dflt_manifest_path,worker:_type_worker=_dflt_worker,agent_id:_type_agent_id=_dflt_agent_id,parent:_type_parent=_dflt_parent,resume:_type_resume=_dflt_resume)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'manifest',manifest)\n  __dataclass_builtins_object__.__setattr__(self,'manifest_path',manifest_path)\n  __dataclass_builtins_object__.__setattr__(self,'worker',worker)\n  __dataclass_builtins_object__.__setattr__(self,'agent_id',agent_id)\n  __dataclass_builtins_object__.__setattr__(self,'parent',parent)\n  __dataclass_builtins_object__.__setattr__(self,'resume',resume)\n return __init__"] = __create_fn__.__code__
+CODE["def __create_fn__(_type_manifest, _type_manifest_path, _type_worker, _type_agent_id, _type_parent, _type_resume, _type_text, _type_session, _type_stream, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_manifest_path, _dflt_worker, _dflt_agent_id, _dflt_parent, _dflt_resume, _dflt_text, _dflt_session, _dflt_stream, _return_type):\n def __init__(self,*,manifest:_type_manifest,manifest_path:_type_manifest_path=_dflt_manifest_path,worker:_type_worker=_dflt_worker,agent_id:_type_agent_id=_dflt_agent_id,parent:_type_parent=_dflt_parent,resume:_type_resume=_dflt_resume,text:_type_text=_dflt_text,session:_type_session=_dflt_session,stream:_type_stream=_dflt_stream)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'manifest',manifest)\n  __dataclass_builtins_object__.__setattr__(self,'manifest_path',manifest_path)\n  __dataclass_builtins_object__.__setattr__(self,'worker',worker)\n  __dataclass_builtins_object__.__setattr__(self,'agent_id',agent_id)\n  __dataclass_builtins_object__.__setattr__(self,'parent',parent)\n  __dataclass_builtins_object__.__setattr__(self,'resume',resume)\n  __dataclass_builtins_object__.__setattr__(self,'text',text)\n  __dataclass_builtins_object__.__setattr__(self,'session',session)\n  __dataclass_builtins_object__.__setattr__(self,'stream',stream)\n return __init__"] = __create_fn__.__code__
 def __create_fn__(_type_messages, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type):
  def __init__(self,*,messages:_type_messages)->_return_type:
   __dataclass_builtins_object__.__setattr__(self,'messages',messages)
@@ -3251,11 +3257,11 @@ def __create_fn__(cls, FrozenInstanceError):
 CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'agent_id\',\'to\',\'wait_ms\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __delattr__(self,name):
-  if type(self) is cls or name in ('agent_id','worker','service',):
+  if type(self) is cls or name in ('agent_id','worker','service','reply','usage','send_error',):
    raise FrozenInstanceError(f"cannot delete field {name!r}")
   super(cls, self).__delattr__(name)
  return __delattr__
-CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'agent_id\',\'worker\',\'service\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'agent_id\',\'worker\',\'service\',\'reply\',\'usage\',\'send_error\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __delattr__(self,name):
   if type(self) is cls or name in ('agent_id',):
@@ -3356,11 +3362,11 @@ def __create_fn__(cls, FrozenInstanceError):
 CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'limit\',\'after\',\'state\',\'worker\',\'ids\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __delattr__(self,name):
-  if type(self) is cls or name in ('manifest','manifest_path','worker','agent_id','parent','resume',):
+  if type(self) is cls or name in ('manifest','manifest_path','worker','agent_id','parent','resume','text','session','stream',):
    raise FrozenInstanceError(f"cannot delete field {name!r}")
   super(cls, self).__delattr__(name)
  return __delattr__
-CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'manifest\',\'manifest_path\',\'worker\',\'agent_id\',\'parent\',\'resume\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'manifest\',\'manifest_path\',\'worker\',\'agent_id\',\'parent\',\'resume\',\'text\',\'session\',\'stream\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __delattr__(self,name):
   if type(self) is cls or name in ('messages',):
@@ -3601,11 +3607,11 @@ def __create_fn__(cls, FrozenInstanceError):
 CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'agent_id\',\'to\',\'wait_ms\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __setattr__(self,name,value):
-  if type(self) is cls or name in ('agent_id','worker','service',):
+  if type(self) is cls or name in ('agent_id','worker','service','reply','usage','send_error',):
    raise FrozenInstanceError(f"cannot assign to field {name!r}")
   super(cls, self).__setattr__(name, value)
  return __setattr__
-CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'agent_id\',\'worker\',\'service\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'agent_id\',\'worker\',\'service\',\'reply\',\'usage\',\'send_error\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __setattr__(self,name,value):
   if type(self) is cls or name in ('agent_id',):
@@ -3706,11 +3712,11 @@ def __create_fn__(cls, FrozenInstanceError):
 CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'limit\',\'after\',\'state\',\'worker\',\'ids\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __setattr__(self,name,value):
-  if type(self) is cls or name in ('manifest','manifest_path','worker','agent_id','parent','resume',):
+  if type(self) is cls or name in ('manifest','manifest_path','worker','agent_id','parent','resume','text','session','stream',):
    raise FrozenInstanceError(f"cannot assign to field {name!r}")
   super(cls, self).__setattr__(name, value)
  return __setattr__
-CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'manifest\',\'manifest_path\',\'worker\',\'agent_id\',\'parent\',\'resume\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'manifest\',\'manifest_path\',\'worker\',\'agent_id\',\'parent\',\'resume\',\'text\',\'session\',\'stream\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __setattr__(self,name,value):
   if type(self) is cls or name in ('messages',):

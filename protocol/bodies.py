@@ -298,19 +298,49 @@ class WorkerPingOk:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentSpawn:
+    """Start an agent; with ``text``, also send it a first message and answer both in one reply.
+
+    A spawn with ``text`` is an ``agent.spawn`` followed by an ``agent.send`` of ``text`` (and ``session``)
+    to the new agent: the gateway forwards both to the agent's worker back to back and answers once, with
+    an ``agent.spawn.ok`` that carries the spawn's fields and the first reply (``reply``, ``usage``) or, if
+    the spawn succeeded but the message failed, ``send_error`` (the agent stays spawned: its id is in the
+    reply). The message passes every check an ``agent.send`` passes (the client's rate limit is charged two
+    requests). A failed spawn is answered with its error; nothing is sent. ``stream`` is refused: spawn,
+    then stream with ``agent.send``. Agents' own spawns (``agent_spawn``) take no ``text``.
+    """
+
     manifest: Annotated[str, Len(MAX_MANIFEST, 1)]  # agent.toml text
     manifest_path: Annotated[str, Len(4096)] | None = None  # where it came from (for error messages)
     worker: Id | None = None  # place on this worker (default: least loaded)
     agent_id: Id | None = None  # set by the gateway for the worker (a client's value is refused)
     parent: Id | None = None  # set by the gateway: the agent that spawned this one (agent_spawn)
     resume: bool | None = None  # set by the gateway on a re-spawn: resume the conversation from memory
+    text: Annotated[str, Len(MAX_TEXT)] | None = None  # a first message: the reply comes with the spawn's
+    session: Id | None = None  # the first message's session (as agent.send's); needs text
+    stream: bool | None = None  # refused when true: stream with agent.send after the spawn
+
+    @staticmethod
+    def extra_checks(raw: Mapping[str, Any]) -> list[str]:
+        problems = []
+        if raw.get("session") is not None and raw.get("text") is None:
+            problems.append("session: the session of a first message; give text too")
+        if raw.get("stream"):
+            problems.append(
+                "stream: a spawn's first reply is not streamed; spawn, then agent.send with stream = true"
+            )
+        return problems
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentSpawnOk:
+    """The spawned agent; after a spawn with ``text``, also its first reply, or why the message failed."""
+
     agent_id: Id
     worker: Id
     service: Name | None = None
+    reply: Annotated[str, Len(MAX_TEXT * 4)] | None = None  # with text: the first reply (as agent.send.ok's)
+    usage: Usage | None = None  # with text: what the first reply used
+    send_error: ErrorBody | None = None  # with text: the spawn succeeded, the message failed (no reply)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -338,7 +338,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
         body: dict[str, Any] = {"manifest": text, "manifest_path": str(path.resolve())}
         if args.worker:
             body["worker"] = args.worker
-        return output(args, request(args, "agent.spawn", body), render.kv)
+        if args.session and args.send is None:
+            raise UsageError("--session is the session of the first message: give --send TEXT too")
+        if args.send is None:
+            return output(args, request(args, "agent.spawn", body), render.kv)
+        body["text"] = args.send
+        if args.session:
+            body["session"] = args.session
+        return _spawned_with_message(args, request(args, "agent.spawn", body))
     if op == "list":
         return output(args, list_agents(args), render.agents)
     if op == "send":
@@ -358,6 +365,25 @@ def cmd_agent(args: argparse.Namespace) -> int:
             body["to"] = args.to
         return output(args, request(args, "agent.move", body), render.kv)
     return output(args, request(args, f"agent.{op}", {"agent_id": args.id}), render.kv)
+
+
+def _spawned_with_message(args: argparse.Namespace, body: dict[str, Any]) -> int:
+    """A spawn with --send: the agent's fields, then its reply; exit 1 (the agent is spawned all the same)
+    when the first message failed, its error on stderr (in the body with --json)."""
+    failed = body.get("send_error")
+    if args.json:
+        output(args, body, render.kv)
+    else:
+        shown = {k: v for k, v in body.items() if k not in ("reply", "usage", "send_error")}
+        print(render.kv(shown))
+        if failed is None:
+            print(f"\n{body.get('reply', '')}")
+    if failed is None:
+        return 0
+    if not args.json:
+        code, message = failed.get("code", "internal"), failed.get("message", "")
+        print(f"openfang: agent spawned, its first message failed: error {code}: {message}", file=sys.stderr)
+    return EXIT_REMOTE
 
 
 def _send_streaming(args: argparse.Namespace, body: dict[str, Any]) -> int:
@@ -577,9 +603,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     agent = sub.add_parser("agent", help="spawn and talk to agents")
     agent_sub = agent.add_subparsers(dest="agent_op", required=True)
-    p = agent_sub.add_parser("spawn", parents=[common], help="spawn an agent from a manifest")
+    p = agent_sub.add_parser(
+        "spawn",
+        parents=[common],
+        help="spawn an agent from a manifest (with --send: and send it a first message, in one request)",
+    )
     p.add_argument("manifest")
     p.add_argument("--worker", help="place it on this worker instead of the least loaded")
+    p.add_argument(
+        "--send",
+        metavar="TEXT",
+        help="send TEXT as the agent's first message, in the same request, and print its reply after the "
+        "agent's fields (exit 1 if the message failed: the agent stays spawned)",
+    )
+    p.add_argument("--session", help="with --send: the session the first message belongs to")
     p = agent_sub.add_parser(
         "list",
         parents=[common],
