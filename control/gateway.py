@@ -512,14 +512,14 @@ class Gateway:
                 )
         row = self.placement.register(spawn.manifest, source=source, parent=parent, manifest_path=mpath)
         self.placement.assign(row, wanted)
-        first = FirstMessage(spawn) if spawn.text is not None else None
         placed = dataclasses.replace(
             spawn,
             agent_id=row.agent_id,
             worker=wanted,
             parent=parent or spawn.parent,
-            text=None,  # the first message goes to the worker as an agent.send of its own
+            text=None,  # a first message goes to the worker as an agent.send of its own
             session=None,
+            stream=None,
         )
         forwarded = Envelope(type="agent.spawn", body=messages.to_body(placed), id=env.id)
         agent_id = row.agent_id
@@ -530,37 +530,68 @@ class Gateway:
             self._held.append((identity, delimited, reply, via_workers))  # until the commit (_commit)
             return None
 
+        if spawn.text is None:
+
+            def answered(reply: Envelope) -> Envelope | None:
+                reason = str(reply.body.get("message", "")) if reply.is_error else ""
+                self.placement.spawned(agent_id, wanted, not reply.is_error, reason)
+                return acknowledged(reply)
+
+            try:
+                self._to_worker(identity, delimited, forwarded, wanted, answered, via_workers=via_workers)
+            except OpenFangError:
+                self.placement.spawned(agent_id, wanted, False, "the worker could not be reached")
+                raise
+            return
+        self._spawn_with_message(identity, delimited, forwarded, FirstMessage(spawn), acknowledged)
+
+    def _spawn_with_message(
+        self,
+        identity: bytes,
+        delimited: bool,
+        forwarded: Envelope,
+        first: FirstMessage,
+        acknowledged: Callable[[Envelope], Envelope | None],
+    ) -> None:
+        """A client's spawn with a first message (:mod:`.first_message`): the placed spawn and an
+        ``agent.send`` of the text leave together with the worker outbox (one flush, in this order, on the
+        worker's link); the one reply joins their answers and leaves as ``acknowledged`` lets it (after the
+        row's commit)."""
+        body = forwarded.body
+        agent_id, wanted = str(body["agent_id"]), str(body["worker"])
+
         def answered(reply: Envelope) -> Envelope | None:
             reason = str(reply.body.get("message", "")) if reply.is_error else ""
             self.placement.spawned(agent_id, wanted, not reply.is_error, reason)
-            if first is None:
-                return acknowledged(reply)
             joined = first.on_spawn(reply)
             if first.resend:  # the message came before its agent: again, now that the agent is there
                 first.resend = False
-                send_first()
+                send_message()
             return None if joined is None else acknowledged(joined)
 
-        def send_first() -> None:
-            """The first message, queued behind the spawn on the same worker link (one flush)."""
-            assert first is not None
+        def unsent(waiting: _Waiting, exc: OpenFangError) -> None:
+            """The spawn could not be sent to its worker: answered as the plain spawn's failed send is."""
+            self.placement.spawned(agent_id, wanted, False, "the worker could not be reached")
+            first.on_spawn(waiting.request.error(exc))  # done: the message's answer is dropped
+            self.stats.refused(exc.code or "internal")
+            self._reply(identity, delimited, waiting.request.error(exc))
+
+        def message_answered(reply: Envelope) -> Envelope | None:
+            joined = first.on_send(reply)
+            return None if joined is None else acknowledged(joined)
+
+        def send_message() -> None:
             self._to_worker(
                 identity,
                 delimited,
-                first.request(agent_id, env.id),
+                first.request(agent_id, forwarded.id),
                 wanted,
-                lambda reply: None if (joined := first.on_send(reply)) is None else acknowledged(joined),
-                via_workers=via_workers,
+                message_answered,
                 on_fail=lambda waiting, exc: self._complete(waiting, waiting.request.error(exc)),
             )
 
-        try:
-            self._to_worker(identity, delimited, forwarded, wanted, answered, via_workers=via_workers)
-        except OpenFangError:
-            self.placement.spawned(agent_id, wanted, False, "the worker could not be reached")
-            raise
-        if first is not None:
-            send_first()
+        self._to_worker(identity, delimited, forwarded, wanted, answered, on_fail=unsent)
+        send_message()
 
     def _to_agent(self, pending: _Pending, body: AgentSend | AgentRef) -> None:
         """A request for one agent by id: forward it, answer it from the registry, or hold it."""

@@ -24,7 +24,7 @@ import zmq
 
 import openfang
 from openfang.protocol.envelope import Envelope, decode
-from openfang.protocol.messages import REQUEST_TYPES, body_schema, check_request
+from openfang.protocol.messages import REQUEST_TYPES, body_schema, check_request, requests_in
 from openfang.security.audit import AuditLog
 from openfang.security.config import SecurityConfig, open_audit
 from openfang.security.integrity import IntegrityMonitor, Violation, package_files
@@ -148,7 +148,7 @@ class Guard:
         if self.limiter is not None:
             # A spawn with a first message is two requests (the spawn and an agent.send): charged as two,
             # all or nothing, so it costs what the two requests it replaces cost.
-            requests = 2 if env.type == "agent.spawn" and env.body.get("text") is not None else 1
+            requests = requests_in(env)
             self.limiter.charge(client=f"key:{kid}" if kid is not None else source, requests=requests)
         return env
 

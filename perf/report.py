@@ -43,6 +43,11 @@ class MetricSpec:
 CATALOGUE: tuple[MetricSpec, ...] = (
     MetricSpec(name="cold_start_ms", title="Cold start: exec → first agent reply", target=150),
     MetricSpec(name="warm_start_ms", title="Warm start: one more agent → it answers (p50)", target=1),
+    MetricSpec(
+        name="warm_start_two_requests_ms",
+        title="Warm start as two requests: agent.spawn, then agent.send (p50)",
+        target=1,
+    ),
     MetricSpec(name="idle_pss_mb", title="Idle memory, 1 agent (PSS, all processes)", target=60),
     MetricSpec(name="idle_rss_mb", title="Idle memory, 1 agent (RSS, all processes)"),
     MetricSpec(

@@ -588,6 +588,18 @@ def send_service(env: Envelope) -> str | None:
     return None
 
 
+def requests_in(env: Envelope) -> int:
+    """How many requests ``env`` stands for, as rate limits count them: 2 for an ``agent.spawn`` with a
+    first message (``text``: the spawn and an ``agent.send``), else 1.
+
+    For an ``env`` that :func:`~openfang.protocol.envelope.decode` returned (its body validated), read
+    without building the body (the gateway's door calls it for every request).
+    """
+    if env.type == "agent.spawn" and env.body.get("text") is not None:
+        return 2
+    return 1
+
+
 def to_body(obj: Any) -> dict[str, Any]:
     """A body dataclass as the plain map that goes into :attr:`Envelope.body`."""
     body = _schema.to_wire(obj)

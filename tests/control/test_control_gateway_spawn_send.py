@@ -250,3 +250,21 @@ def test_guard_charges_a_spawn_with_text_as_two_requests(tmp_path: Path) -> None
             guard.admit(plain, client="c", peer="uid:1")
     finally:
         guard.close()
+
+
+def test_spawn_with_text_to_a_worker_that_left_is_one_error_and_no_row(link: _Link) -> None:
+    """The chosen worker is known to the placement but its link is gone when the outbox is flushed: one
+    not_found reply naming the worker, the row removed, nothing left waiting."""
+    link.gw.placement.worker_synced("w-9", [])
+    link.client.send(
+        encode(Envelope(type="agent.spawn", body={"manifest": MANIFEST, "text": "hi", "worker": "w-9"}))
+    )
+    assert link.gw.clients.poll(5000)
+    link.gw._drain(link.gw.clients, link.gw._on_client_frames, receive=receive_client)
+    link.gw._flush()
+    link.end_turn()
+    reply = link.reply()
+    assert reply is not None and reply.is_error and reply.body["code"] == "not_found", reply
+    assert "w-9" in reply.body["message"]
+    assert link.reply(300) is None and link.gw.waiting == {}
+    assert len(link.gw.registry) == 0
