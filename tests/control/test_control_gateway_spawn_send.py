@@ -43,11 +43,17 @@ class _Link:
         assert self.gw.clients.poll(5000), "the gateway got no spawn"
         self.gw._drain(self.gw.clients, self.gw._on_client_frames, receive=receive_client)
         self.gw._flush()  # as the loop does after each batch
-        return self.received(), self.received()
+        assert self.worker.poll(5000), "the worker got nothing"
+        frames = self.worker.recv_multipart()
+        assert len(frames) == 2, "the spawn and its message leave in one flush, as one batch"
+        spawn, send = (decode(f) for f in frames)
+        return spawn, send
 
     def received(self) -> Envelope:
         assert self.worker.poll(5000), "the worker got nothing"
-        return decode(self.worker.recv())
+        frames = self.worker.recv_multipart()
+        assert len(frames) == 1, f"one message expected, got a batch of {len(frames)}"
+        return decode(frames[0])
 
     def answer(self, reply: Envelope) -> None:
         """The worker's answer, taken in by the gateway."""
@@ -97,7 +103,7 @@ def _sent(send: Envelope, text: str = "echo: hello") -> Envelope:
 
 def test_spawn_with_text_reaches_the_worker_as_a_spawn_then_an_agent_send(link: _Link) -> None:
     """The worker gets the spawn without the text, then an agent.send of the text (and session) to the new
-    agent, back to back on its link."""
+    agent, in that order, in one batch on its link (one ZeroMQ message)."""
     spawn, send = link.spawn(session="s-9")
     assert spawn.type == "agent.spawn" and send.type == "agent.send"
     assert "text" not in spawn.body and "session" not in spawn.body
