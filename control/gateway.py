@@ -543,22 +543,25 @@ class Gateway:
                 self.placement.spawned(agent_id, wanted, False, "the worker could not be reached")
                 raise
             return
-        self._spawn_with_message(identity, delimited, forwarded, FirstMessage(spawn), acknowledged)
+        # Only clients give a first message (_forward_spawn refuses an agent's): the reply goes to a client.
+        self._spawn_with_message(
+            identity, delimited, forwarded, (agent_id, wanted), FirstMessage(spawn), acknowledged
+        )
 
     def _spawn_with_message(
         self,
         identity: bytes,
         delimited: bool,
         forwarded: Envelope,
+        placed: tuple[str, str],
         first: FirstMessage,
         acknowledged: Callable[[Envelope], Envelope | None],
     ) -> None:
         """A client's spawn with a first message (:mod:`.first_message`): the placed spawn and an
         ``agent.send`` of the text leave together with the worker outbox (one flush, in this order, on the
         worker's link); the one reply joins their answers and leaves as ``acknowledged`` lets it (after the
-        row's commit)."""
-        body = forwarded.body
-        agent_id, wanted = str(body["agent_id"]), str(body["worker"])
+        row's commit). ``placed``: the new agent's id and its worker."""
+        agent_id, wanted = placed
 
         def answered(reply: Envelope) -> Envelope | None:
             reason = str(reply.body.get("message", "")) if reply.is_error else ""
