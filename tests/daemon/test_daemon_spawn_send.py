@@ -366,3 +366,44 @@ def test_daemon_kill_after_spawn_with_text_replies_keeps_every_acknowledged_agen
         what=f"{acked[-1]} back after the daemon restart",
     )
     assert c.stop() == 0
+
+
+MCP_SERVER = """
+from mcp.server.mcpserver import MCPServer
+
+app = MCPServer("tiny")
+
+
+@app.tool()
+def shout(text: str) -> str:
+    return text.upper()
+
+
+app.run()
+"""
+
+
+def test_spawn_with_text_of_an_mcp_agent_answers_after_its_servers_connect(
+    make_cluster: type[Cluster],
+) -> None:
+    """An agent with an MCP server is built after the server connects (off the worker's loop), so its first
+    message meets no agent yet (not_found): the gateway sends it again once the spawn succeeds, and the one
+    reply carries the answer, through the server's tool."""
+    pytest.importorskip("mcp.server.mcpserver", reason="the http extra's MCP SDK (2.x) is not installed")
+    c = make_cluster(workers=1).start()
+    server = c.dir / "tiny_mcp.py"
+    server.write_text(MCP_SERVER)
+    manifest = f"""
+[agent]
+name = "mcpfirst"
+tools = ["tiny.shout"]
+mcp = [{{name = "tiny", command = "{sys.executable}", args = ["{server}"]}}]
+
+[agent.model]
+provider = "scripted"
+default = "?"
+script = [{{match = '^shout (?P<m>.+)', tool = "tiny.shout", args = {{text = "{{m}}"}}, then = "got: {{result}}"}}]
+"""
+    body = spawn_with(c, manifest, "shout hello").body
+    assert body.get("reply") == "got: HELLO" and "send_error" not in body, body
+    assert c.stop() == 0
