@@ -402,7 +402,9 @@ mcp = [{{name = "tiny", command = "{sys.executable}", args = ["{server}"]}}]
 [agent.model]
 provider = "scripted"
 default = "?"
-script = [{{match = '^shout (?P<m>.+)', tool = "tiny.shout", args = {{text = "{{m}}"}}, then = "got: {{result}}"}}]
+script = [
+  {{match = '^shout (?P<m>.+)', tool = "tiny.shout", args = {{text = "{{m}}"}}, then = "got: {{result}}"}},
+]
 """
     body = spawn_with(c, manifest, "shout hello").body
     assert body.get("reply") == "got: HELLO" and "send_error" not in body, body
