@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import os
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from openfang.protocol.errors import SandboxError
+from openfang.workers.sandbox._module_cache import ModuleCache
 
 WASMTIME_VERSION = "50.0.1"
 FUEL_TANK = 1 << 62  # every store gets a tank this large; budgets are counted per slice, not by running dry
@@ -283,8 +283,8 @@ class Runtime:
         # is always that instance.
         self.current_memory: GuestMemory | None = None
         self.live_stores = 0
-        self.cache_refused: str | None = None  # why the disk cache is not used, if it is not
-        self._cache_dir = self._trusted_cache_dir(cache_dir)
+        self._cache = ModuleCache(cache_dir)
+        self.cache_refused = self._cache.refused  # why the disk cache is not used, if it is not
         self._pres: dict[str, tuple[wasmtime.Module, wasmtime.InstancePre]] = {}
         self._table_names: dict[int, tuple[bytes, ...]] = {}  # by InstancePre address
         self._imports: dict[str, tuple[tuple[str, str, str], ...]] = {}  # by module digest (cached_imports)
@@ -447,51 +447,33 @@ class Runtime:
     def compile(self, code: bytes, *, digest: str, what: str) -> tuple[wasmtime.Module, bool]:
         """(module, was_cached). Compiled code is cached in memory and, if a cache dir is set, on disk.
 
-        Loading a compiled artifact is trusting it (it is machine code), so the disk cache is used only when
-        its folder and the file belong to this user and nobody else may write them; otherwise the module
-        is compiled (and not written) and the reason is remembered in :attr:`cache_refused`.
+        Loading a compiled artifact is trusting it (it is machine code): a file is loaded only when it is
+        ours and intact (workers/sandbox/_module_cache.py); a folder others may write is not used at all
+        (the reason is in :attr:`cache_refused`). Whatever is wrong with the disk cache, the module is
+        compiled in memory and the spawn goes on.
         """
         hit = self._pres.get(digest)
         if hit is not None:
             return hit[0], True
-        folder = self._cache_dir
-        path = folder / f"{digest}-{self.fingerprint()}.cwasm" if folder is not None else None
-        if path is not None and path.is_file() and _private(path):
-            try:
-                return wasmtime.Module.deserialize_file(self.engine, str(path)), True
-            except wasmtime.WasmtimeError:
-                path.unlink(missing_ok=True)  # stale or foreign artifact: recompile below
+        cache = self._cache
+        path = cache.path(digest, self.fingerprint()) if cache.enabled else None
+        if path is not None:
+            with cache.verified(path) as source:
+                if source is not None:
+                    try:
+                        return wasmtime.Module.deserialize_file(self.engine, source), True
+                    except wasmtime.WasmtimeError as exc:  # stale or foreign artifact: recompile below
+                        cache.discard(path, f"wasmtime refused it: {_first_line(exc)}")
         binary = wasm_binary(code, what=what)
         try:
             module = wasmtime.Module(self.engine, export_tables(binary))
         except wasmtime.WasmtimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SandboxError(f"{what}: not a valid wasm module: {first}") from None
+            raise SandboxError(f"{what}: not a valid wasm module: {_first_line(exc)}") from None
         finally:
             release_compiler_pages()
         if path is not None:
-            # A name of its own per writer: two workers compiling the same module at once each write a
-            # whole file, and the rename makes one of them the artifact.
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(bytes(module.serialize()))
-            os.replace(tmp, path)
+            cache.write(path, bytes(module.serialize()))
         return module, False
-
-    def _trusted_cache_dir(self, folder: Path | None) -> Path | None:
-        """The disk cache folder, made 0700 if missing; None (with the reason kept) if others may write it."""
-        if folder is None:
-            return None
-        try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            self.cache_refused = f"{folder}: cannot create: {exc.strerror}"
-            return None
-        if not _private(folder):
-            self.cache_refused = f"{folder}: others may write it (it must be private to uid {os.getuid()})"
-            return None
-        return folder
 
     def instance_pre(self, module: wasmtime.Module, *, digest: str, what: str) -> wasmtime.InstancePre:
         hit = self._pres.get(digest)
@@ -586,13 +568,9 @@ def release_compiler_pages() -> int:
         return 0
 
 
-def _private(path: Path) -> bool:
-    """Owned by this user and writable by nobody else (what a file of machine code we will run needs)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _i32(value: int) -> int:

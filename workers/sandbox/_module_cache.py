@@ -1,0 +1,153 @@
+"""The on-disk cache of compiled modules: ``{data_dir}/modules/<digest>-<engine>.cwasm``, one file per module.
+
+A compiled artifact is machine code that the worker will run, so a file is used only when it is ours and
+intact, and any doubt means compiling again (never failing a spawn):
+
+- The folder is created 0700 and refused (the cache is then off, :attr:`ModuleCache.refused` says why) when
+  anyone else may write it. A file must be a regular file (no symlink) owned by this user and writable by
+  nobody else, checked on the open descriptor that is then mapped (``/proc/self/fd/N``): the file checked
+  is the file loaded.
+- Every file ends with a trailer: the sha256 of the artifact and a magic tag. wasmtime checks an artifact's
+  header and layout (a truncated file is refused) but not its machine code: a flipped byte in the code would
+  load and run. A file whose trailer is missing or does not match is removed (with a log line) and the
+  module compiled again. wasmtime 50 ignores bytes after the artifact's ELF image, so the file with its
+  trailer is mapped as it is (tests/workers/test_sandbox_module_cache.py checks both).
+- A file is written whole under a name of its own (pid and thread) and renamed over the final name, so two
+  workers compiling the same module at once each write a complete file and the last rename wins; a reader
+  never sees a partial file, and a mapped file is never changed in place (a rename leaves the old inode to
+  whoever maps it).
+- A write that fails (a read-only or full data dir, a file size limit) removes its partial file and logs a
+  line; the module compiled in memory is used as if there were no cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("openfang.workers.sandbox.module_cache")
+
+MAGIC = b"OFCWASM1"  # the trailer's tag (and its version)
+TRAILER_BYTES = 32 + len(MAGIC)  # sha256 of the artifact, then the tag
+_CHUNK = 1 << 16
+
+
+class ModuleCache:
+    """One cache folder (see the module docstring). ``refused`` is why it is off, None when it is on."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.refused: str | None = None
+        self.folder = self._trusted(folder)
+
+    @property
+    def enabled(self) -> bool:
+        return self.folder is not None
+
+    def path(self, digest: str, engine: str) -> Path:
+        """Where the module ``digest`` compiled for an engine with fingerprint ``engine`` is kept."""
+        assert self.folder is not None
+        return self.folder / f"{digest}-{engine}.cwasm"
+
+    @contextmanager
+    def verified(self, path: Path) -> Iterator[str | None]:
+        """A path to map ``path``'s artifact from, once it is checked (see the module docstring), valid
+        inside the ``with``; None when there is no usable file (a bad one is removed, with a log line)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            yield None
+            return
+        except OSError as exc:  # a symlink (ELOOP), unreadable: compile, and the write replaces it
+            log.warning("module_cache_unreadable", path=str(path), error=exc.strerror or str(exc))
+            yield None
+            return
+        try:
+            problem = _check(fd)
+            if problem is not None:
+                self.discard(path, problem)
+                yield None
+                return
+            proc = f"/proc/self/fd/{fd}"
+            yield proc if os.path.exists(proc) else str(path)
+        finally:
+            os.close(fd)
+
+    def discard(self, path: Path, reason: str) -> None:
+        """Remove a cached file that cannot be used, saying why (the module is compiled again)."""
+        log.warning("module_cache_discarded", path=str(path), reason=reason)
+        with suppress(OSError):
+            path.unlink()
+
+    def write(self, path: Path, artifact: bytes) -> bool:
+        """Store ``artifact`` (with its trailer) at ``path``; False, logged, when the folder refuses it."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(artifact)
+                out.write(hashlib.sha256(artifact).digest() + MAGIC)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with suppress(OSError):
+                tmp.unlink()
+            log.warning("module_cache_write_failed", path=str(path), error=exc.strerror or str(exc))
+            return False
+        return True
+
+    def _trusted(self, folder: Path | None) -> Path | None:
+        """The folder, made 0700 if missing; None (with the reason kept) if it cannot be used."""
+        if folder is None:
+            return None
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            self.refused = f"{folder}: cannot create: {exc.strerror}"
+            return None
+        if not private(folder):
+            self.refused = f"{folder}: others may write it (it must be private to uid {os.getuid()})"
+            return None
+        return folder
+
+
+def _check(fd: int) -> str | None:
+    """Why the open file ``fd`` may not be loaded, or None when it is ours and its trailer matches."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return f"owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o} (must be ours, 0600)"
+    size = st.st_size - TRAILER_BYTES
+    if size <= 0:
+        return f"truncated ({st.st_size} bytes)"
+    digest = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    done = 0
+    while done < size:
+        got = os.preadv(fd, [view[: min(_CHUNK, size - done)]], done)
+        if got <= 0:
+            return f"truncated while read ({done} of {size} bytes)"
+        digest.update(view[:got])
+        done += got
+    trailer = os.pread(fd, TRAILER_BYTES, size)
+    if trailer[32:] != MAGIC:
+        return "no trailer (truncated, or not written by this version)"
+    if trailer[:32] != digest.digest():
+        return "checksum mismatch (the file changed after it was written)"
+    return None
+
+
+def private(path: Path) -> bool:
+    """Owned by this user and writable by nobody else (what a file of machine code we will run needs)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
