@@ -510,7 +510,12 @@ class Runtime:
 
         def run() -> None:
             while not self._ticker_stop.wait(tick):
-                self.engine.increment_epoch()
+                # Only while a guest runs (a poll is on): an epoch read by no deadline is no use, and
+                # advancing it runs libwasmtime's code, which maps ~1 MB of it back into an idle worker
+                # that dropped it (release_compiler_pages). Deadlines are set relative to the epoch at
+                # each poll, so not counting the time between polls changes none.
+                if self.current is not None:
+                    self.engine.increment_epoch()
 
         self._ticker = threading.Thread(target=run, name="wasm-epoch", daemon=True)
         self._ticker.start()
@@ -534,38 +539,64 @@ class Runtime:
 
 _MADV_DONTNEED = 4
 _libc: Any = None
+_clean_ranges: list[tuple[int, int]] | None = None  # see _library_clean_ranges
 
 
 def release_compiler_pages() -> int:
-    """Unmap from this process the pages of libwasmtime's code that it has touched; the bytes advised.
+    """Unmap from this process the pages of libwasmtime's code and read-only data that it has touched; the
+    bytes advised.
 
     Compiling a module runs Cranelift, ~10 MB of libwasmtime's machine code that a worker otherwise never
     runs again; the pages it touched would stay mapped, and counted in this long-lived process's memory,
     for as long as it lives (measured: the library's private pages 1.2 -> 12.1 MB after one compile, 2.4 MB
-    after this). Only the executable, never-written mappings of the library are advised (``r-xp``: clean
-    pages of the file, no relocations): the kernel drops them as it would under memory pressure, the page
-    cache keeps them, and the code the runtime still runs is mapped again on its next use (a minor fault).
-    Writable or relocated mappings are never touched. Best effort: any failure leaves the pages mapped.
+    after this). Running guests touches more (the runtime's code, its constants and unwind tables): a
+    quiet worker drops them too. Only mappings of the library that are not writable and hold no page of
+    their own are advised (clean pages of the file, as the kernel would drop under memory pressure): the
+    page cache keeps them, and what the runtime uses next is mapped again on its next use (a minor fault;
+    the kernel maps the file's pages in large folios, ~1 MB at a time here). The relocated data, read-only
+    after relocation but holding this process's own copies, is never touched. Best effort: any failure
+    leaves the pages mapped.
     """
-    global _libc
+    global _libc, _clean_ranges
     try:
         if _libc is None:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
             libc.madvise.restype = ctypes.c_int
             _libc = libc
+        if _clean_ranges is None:
+            _clean_ranges = _library_clean_ranges()
         advised = 0
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                fields = line.split()
-                if len(fields) < 6 or fields[1] != "r-xp" or not fields[5].endswith("/_libwasmtime.so"):
-                    continue
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                if _libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
-                    advised += end - start
+        for start, length in _clean_ranges:
+            if _libc.madvise(start, length, _MADV_DONTNEED) == 0:
+                advised += length
         return advised
-    except OSError:
+    except (OSError, ValueError):
         return 0
+
+
+def _library_clean_ranges() -> list[tuple[int, int]]:
+    """(start, length) of each mapping of ``_libwasmtime.so`` that is not writable and has no anonymous
+    (copy-on-write) page: its machine code and its read-only data exactly as in the file. Worked out once
+    per process (a fork inherits it): a loaded library's mappings never change, and reading smaps walks
+    every mapping of the process (a worker holding many agents has tens of thousands)."""
+    ranges: list[tuple[int, int]] = []
+    candidate: tuple[int, int] | None = None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()
+            if not head:
+                continue
+            if not line[0].isupper():  # a mapping's header line: "start-end perms offset dev inode [path]"
+                candidate = None
+                if len(head) >= 6 and "w" not in head[1] and head[5].endswith("/_libwasmtime.so"):
+                    start, end = (int(x, 16) for x in head[0].split("-"))
+                    candidate = (start, end - start)
+            elif candidate is not None and head[0] == "Anonymous:":
+                if int(head[1]) == 0:
+                    ranges.append(candidate)
+                candidate = None
+    return ranges
 
 
 def _first_line(exc: BaseException) -> str:
