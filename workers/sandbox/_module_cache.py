@@ -69,7 +69,10 @@ class ModuleCache:
             yield None
             return
         try:
-            problem = _check(fd)
+            try:
+                problem = _check(fd)
+            except OSError as exc:  # a read error: this copy is no use either way
+                problem = f"unreadable: {exc.strerror or exc}"
             if problem is not None:
                 self.discard(path, problem)
                 yield None
