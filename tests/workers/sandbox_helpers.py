@@ -7,12 +7,18 @@ modules' progress.
 
 from __future__ import annotations
 
+import json
+import os
 import select
+import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from openfang.protocol.envelope import Envelope
 from openfang.workers.host.agent_host import AgentHost, HostParts
@@ -251,3 +257,32 @@ def finish(sandbox: Sandbox) -> Outcome:
             outcome = sandbox.run_slice()
             if outcome is not None:
                 return outcome
+
+
+def in_child(work: Callable[[], Any], timeout: float = 60) -> Any:
+    """Run ``work`` in a forked child (process-wide settings stay there) and return its JSON result."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.close(read_end)
+            os.write(write_end, json.dumps(work()).encode())
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    deadline = time.monotonic() + timeout
+    while not (done := os.waitpid(pid, os.WNOHANG))[0]:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the child did not finish within {timeout} s")
+        time.sleep(0.01)
+    status = done[1]
+    with os.fdopen(read_end, "rb") as pipe:  # a few hundred bytes: they fit in the pipe meanwhile
+        raw = pipe.read()
+    assert os.waitstatus_to_exitcode(status) == 0 and raw, "the child failed (its traceback is above)"
+    return json.loads(raw)

@@ -3,16 +3,14 @@ failed spawn, and nothing unverified is ever loaded."""
 
 from __future__ import annotations
 
-import gc
 import hashlib
-import json
 import os
 import resource
 import signal
 import subprocess
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,10 +18,10 @@ from typing import Any
 import pytest
 import structlog
 import wasmtime
+from sandbox_helpers import in_child
 
-from openfang.workers.sandbox import _wasmtime as wt
 from openfang.workers.sandbox._module_cache import MAGIC, TRAILER_BYTES
-from openfang.workers.sandbox._wasmtime import EngineOptions, HostFunctionSpec, Instance, Runtime
+from openfang.workers.sandbox._wasmtime import HostFunctionSpec, Instance, Runtime
 
 WAT = """(module
   (import "env" "ask" (func $ask (param i32) (result i32)))
@@ -212,35 +210,6 @@ def test_module_cache_read_only_folder_loads_what_it_has_and_compiles_the_rest_i
     assert sorted(p.name for p in warm.iterdir()) == before
 
 
-def _in_child(work: Callable[[], Any], timeout: float = 60) -> Any:
-    """Run ``work`` in a forked child (process-wide settings stay there) and return its JSON result."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
-        try:
-            os.close(read_end)
-            os.write(write_end, json.dumps(work()).encode())
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    deadline = time.monotonic() + timeout
-    while not (done := os.waitpid(pid, os.WNOHANG))[0]:
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail(f"the child did not finish within {timeout} s")
-        time.sleep(0.01)
-    status = done[1]
-    with os.fdopen(read_end, "rb") as pipe:  # a few hundred bytes: they fit in the pipe meanwhile
-        raw = pipe.read()
-    assert os.waitstatus_to_exitcode(status) == 0 and raw, "the child failed (its traceback is above)"
-    return json.loads(raw)
-
-
 def test_module_cache_full_disk_leaves_no_partial_file(tmp_path: Path) -> None:
     """A write that runs out of room (here a 4 KiB file size limit: EFBIG, as a full disk gives ENOSPC)
     removes its partial file, logs, and the module compiled in memory runs."""
@@ -253,7 +222,7 @@ def test_module_cache_full_disk_leaves_no_partial_file(tmp_path: Path) -> None:
             result = _compile(folder)
         return [result, _events(logs), sorted(p.name for p in folder.iterdir())]
 
-    (cached, spun), events, left = _in_child(work)
+    (cached, spun), events, left = in_child(work)
     assert (cached, spun) == (False, 1000)
     assert "module_cache_write_failed" in events and left == []
     assert _compile(folder) == (False, 1000)  # without the limit the next compile writes it
@@ -289,44 +258,3 @@ def test_module_cache_two_processes_compiling_one_module_leave_one_good_file(tmp
         assert [p.name for p in folder.iterdir()] == [_artifact(folder).name]
         assert _compile(folder) == (True, 1000)
         _artifact(folder).unlink()
-
-
-def _library_clean_rss_kb() -> int:
-    """Resident KiB of libwasmtime's code and read-only data in this process (the ranges released)."""
-    ranges = wt._library_clean_ranges()
-    assert ranges, "no clean mapping of _libwasmtime.so found"
-    starts = {start for start, _ in ranges}
-    total, inside = 0, False
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            head = line.split()
-            if head and not line[0].isupper():
-                inside = int(head[0].split("-")[0], 16) in starts
-            elif inside and head[0] == "Rss:":
-                total += int(head[1])
-    return total
-
-
-def test_idle_runtime_keeps_libwasmtime_released() -> None:
-    """After a guest ran and the library's pages were released, an idle runtime (its epoch ticker running,
-    no call polled) maps none of libwasmtime's code or read-only data back: the ticker only advances the
-    epoch while a guest runs (advancing it mapped ~1 MB of code again in every quiet worker). Measured
-    in a forked child: this process's own wasmtime use and threads stay out of it."""
-
-    def work() -> Any:
-        rt = Runtime(SPECS, options=EngineOptions(epoch_tick_ms=2))
-        rt.start_ticker()
-        try:
-            module, _ = rt.compile(WAT.encode(), digest=DIGEST, what="t")
-            assert _spin(rt, module) == 1000
-            gc.collect()
-            ran = _library_clean_rss_kb()
-            wt.release_compiler_pages()
-            time.sleep(0.1)  # 50 ticks
-            return [ran, _library_clean_rss_kb()]
-        finally:
-            rt.close()
-
-    ran, idle = _in_child(work)
-    assert ran >= 1024, ran  # the guest ran: the library's pages were mapped
-    assert idle == 0, f"{idle} KiB of libwasmtime mapped again in an idle runtime"
