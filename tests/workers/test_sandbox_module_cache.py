@@ -258,3 +258,20 @@ def test_module_cache_two_processes_compiling_one_module_leave_one_good_file(tmp
         assert [p.name for p in folder.iterdir()] == [_artifact(folder).name]
         assert _compile(folder) == (True, 1000)
         _artifact(folder).unlink()
+
+
+def test_module_cache_partial_file_of_a_dead_writer_is_removed_once_old(warm: Path) -> None:
+    """A partial file left by a writer killed mid-write is removed by the next cache opened on the folder
+    once it is older than any write takes; a fresh one (a writer at work) and the artifact are kept."""
+    from openfang.workers.sandbox._module_cache import STALE_WRITE_S, ModuleCache
+
+    artifact = _artifact(warm)
+    old = warm / f".{artifact.name}.4242.1.tmp"
+    fresh = warm / f".{artifact.name}.4343.1.tmp"
+    old.write_bytes(b"half an artifact")
+    fresh.write_bytes(b"a write in progress")
+    past = time.time() - STALE_WRITE_S - 5
+    os.utime(old, (past, past))
+    assert ModuleCache(warm).enabled
+    assert not old.exists() and fresh.exists() and artifact.exists()
+    assert _compile(warm) == (True, 1000)

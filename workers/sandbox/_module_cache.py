@@ -17,7 +17,8 @@ intact, and any doubt means compiling again (never failing a spawn):
   never sees a partial file, and a mapped file is never changed in place (a rename leaves the old inode to
   whoever maps it).
 - A write that fails (a read-only or full data dir, a file size limit) removes its partial file and logs a
-  line; the module compiled in memory is used as if there were no cache.
+  line; the module compiled in memory is used as if there were no cache. The partial file of a writer that
+  died mid-write is removed by the next cache opened on the folder once it is old (``STALE_WRITE_S``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -37,6 +39,7 @@ log = structlog.get_logger("openfang.workers.sandbox.module_cache")
 MAGIC = b"OFCWASM1"  # the trailer's tag (and its version)
 TRAILER_BYTES = 32 + len(MAGIC)  # sha256 of the artifact, then the tag
 _CHUNK = 1 << 16
+STALE_WRITE_S = 600.0  # a partial file this old has no live writer
 
 
 class ModuleCache:
@@ -116,7 +119,24 @@ class ModuleCache:
         if not private(folder):
             self.refused = f"{folder}: others may write it (it must be private to uid {os.getuid()})"
             return None
+        _remove_stale_writes(folder)
         return folder
+
+
+def _remove_stale_writes(folder: Path) -> None:
+    """Remove the partial files of writers that died mid-write (a write takes milliseconds: a partial file
+    older than STALE_WRITE_S has no live writer). Best effort, once per cache (per worker and engine)."""
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            with suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime > STALE_WRITE_S:
+                    os.unlink(entry.path)
+                    log.info("module_cache_stale_write_removed", path=entry.path)
 
 
 def _check(fd: int) -> str | None:
