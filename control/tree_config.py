@@ -11,6 +11,7 @@ Shape (see docs/supervisor.md)::
     [[supervisor.children]]               # a nested supervisor
     id = "workers"; type = "supervisor"; strategy = "one_for_one"; intensity = 10; period = 10
     start_order = "parallel"              # fork every child at once (default "ordered", OTP's)
+    inline = true                         # run in the parent's process, not a forked one (default false)
     [supervisor.children.pool]            # expands to workers-0 .. workers-(N-1)
     count = "auto"; pin = true; start = "openfang.workers.worker:main"; heartbeat_ms = 2000
     [[supervisor.children.children]]      # nested children, any depth
@@ -39,7 +40,7 @@ from openfang.supervisor.spec import (
 
 FLAG_KEYS = {"strategy", "intensity", "period", "auto_shutdown", "start_order"}
 CHILD_KEYS = {"id", "type", "start", "args", "restart", "shutdown", "significant", "cpu", "heartbeat_ms",
-              "start_timeout_ms", "preimport"}  # fmt: skip
+              "start_timeout_ms", "preimport", "inline"}  # fmt: skip
 SUPERVISOR_CHILD_KEYS = CHILD_KEYS | FLAG_KEYS | {"children", "pool"}
 POOL_KEYS = {
     "count",

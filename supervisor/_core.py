@@ -203,6 +203,22 @@ class SupervisorCore(abc.ABC):
         self.record.status = SUP_STOPPED
         self._release()
 
+    def kill(self) -> None:
+        """Kill every child at once (SIGKILL, whatever its shutdown policy) and stop for good: what the
+        death of a supervisor's process does to its children (PDEATHSIG). An inline supervisor, which has
+        no process of its own, is killed this way (a brutal_kill, an expired shutdown timeout, a crash)."""
+        if self.record.status in (SUP_STOPPED, TERMINATED):
+            return
+        self.record.status = SUP_STOPPING
+        with self._serial:
+            for rec in self.record.in_reverse():
+                if rec.alive:
+                    rec.state = STOPPING
+                    self._watcher.kill(rec)
+        self._serial.clear()
+        self.record.status = TERMINATED
+        self._release()
+
     def run_serial(self, work: Callable[[], None]) -> None:
         """Run ``work`` as this supervisor's next operation (now, or after the one in progress)."""
         self._serial.run(work)

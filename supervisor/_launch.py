@@ -10,6 +10,13 @@ stuck one). :meth:`Launcher.stop_in_order` stops children one after another, eac
 
 The launcher only waits: the record's state moves as the supervisor handles its watcher's reports
 (``ready`` makes a starting child running, an exit makes it failed); the launcher sees the result.
+
+A supervisor child with ``inline = true`` is not forked: :meth:`Launcher.fork` makes an
+:class:`~openfang.supervisor.inline.InlineSupervisor` in this process, whose start runs from the loop. Its
+start runs the loop itself, above the frame of a :meth:`Launcher.settle` waiting for it, so that wait
+cannot time out on its own: a watchdog timer kills the inline supervisor when it has made no progress for
+``start_timeout_ms`` (the same rule as for a nested supervisor process), and the start fails with the
+same error.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from openfang.protocol.errors import SupervisorError
+from openfang.protocol.errors import OpenFangError, SupervisorError
 from openfang.supervisor import _proc
 from openfang.supervisor._events import Events
 from openfang.supervisor._record import (
@@ -61,6 +68,9 @@ class Launcher:
         overlap, and each is still judged by the same rules as a start one at a time.
         """
         spec = rec.spec
+        if spec.inline and spec.supervisor is not None:
+            self._make_inline(rec)
+            return
         args = dict(spec.args)
         if rec.is_supervisor and spec.supervisor is not None:
             args["spec"] = spec_to_dict(spec.supervisor)
@@ -80,10 +90,48 @@ class Launcher:
         rec.state, rec.exit, rec.info = STARTING, None, {}
         self._watcher.watch(rec, spawned)
 
+    def _make_inline(self, rec: ChildRecord) -> None:
+        # Imported here: inline runs a supervisor (runtime), whose core imports this module.
+        from openfang.supervisor.inline import InlineSupervisor
+
+        spec = rec.spec
+        try:
+            child = InlineSupervisor(
+                spec,
+                path=rec.path,
+                loop=self.loop,
+                to_parent=lambda msg: self._watcher.said_inline(rec, child, msg),
+                on_exit=lambda reason: self._watcher.exited_inline(rec, child, reason),
+            )
+        except OpenFangError as exc:
+            self._events.child("child.start_failed", rec, reason=f"cannot make inline supervisor: {exc}")
+            raise SupervisorError(f"cannot start inline supervisor {spec.id!r}: {exc}") from None
+        rec.state, rec.exit, rec.info = STARTING, None, {}
+        self._watcher.watch_inline(rec, child)
+        limit = spec.start_timeout_ms / 1000
+
+        def watchdog() -> None:
+            # Its start runs above any settle() waiting for it: the timeout is enforced from here.
+            if rec.inline is not child or rec.state != STARTING:
+                return
+            silent = self.loop.time() - rec.last_hb
+            if silent < limit:
+                self.loop.call_later(limit - silent, watchdog)
+                return
+            child.timed_out = True
+            child.kill()
+
+        self.loop.call_later(limit, watchdog)
+        child.start()
+
     def settle(self, rec: ChildRecord) -> bool:
         """Wait for a forked ``rec``'s ready (True) or ignore (False); SupervisorError if it failed."""
         spec = rec.spec
-        if not self._wait_started(rec):
+        inline = rec.inline
+        started = self._wait_started(rec)
+        if inline is not None and inline.timed_out:
+            started = False
+        if not started:
             self._watcher.kill(rec)
             reason = f"no ready within start_timeout_ms={spec.start_timeout_ms}"
             self._events.child("child.start_failed", rec, reason=reason)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from openfang.protocol.errors import NotFound, SupervisorError
 from openfang.supervisor.loop import TimerHandle
@@ -27,6 +27,25 @@ Reply = Callable[[bool, Any], None]
 STARTING, RUNNING, IGNORING, FAILED = "starting", "running", "ignoring", "failed"
 EXITED, STOPPING, STOPPED, RESTARTING = "exited", "stopping", "stopped", "restarting"
 ALIVE = (STARTING, RUNNING, IGNORING, STOPPING)
+
+
+class InlineChild(Protocol):
+    """What a supervisor holds of a child supervisor running inline (in its own process): the counterpart
+    of a child process's pidfd and uplink (:class:`openfang.supervisor.inline.InlineSupervisor`)."""
+
+    timed_out: bool  # killed by its parent's start watchdog (no progress within start_timeout_ms)
+
+    def deliver(self, msg: dict[str, Any]) -> None:
+        """A message from the parent, as a child process reads it from its uplink."""
+
+    def terminate(self) -> None:
+        """SIGTERM's counterpart: stop the children in reverse order, then exit normally."""
+
+    def kill(self) -> None:
+        """SIGKILL's counterpart: its children are killed at once (as PDEATHSIG kills a process's)."""
+
+    def pids(self) -> set[int]:
+        """The pids of every process below it (its children's and its inline children's, recursively)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -49,6 +68,7 @@ class ChildRecord:
     hung: bool = False
     exit: ExitReason | None = None
     pending: dict[str, Reply] = field(default_factory=dict)  # our requests down this child's uplink
+    inline: InlineChild | None = None  # a running inline supervisor (pid is then this process's own)
 
     @property
     def id(self) -> str:
@@ -61,6 +81,11 @@ class ChildRecord:
     @property
     def alive(self) -> bool:
         return self.pid is not None
+
+    @property
+    def link(self) -> socket.socket | InlineChild | None:
+        """What messages to this child go through: its uplink, or the inline supervisor itself."""
+        return self.uplink if self.uplink is not None else self.inline
 
     def public_state(self) -> str:
         if self.state in (STARTING, RUNNING, IGNORING, STOPPING):
@@ -154,7 +179,13 @@ class SupervisorState:
     # -- what the processes hold ----------
 
     def pids(self) -> set[int]:
-        return {r.pid for r in self.children.values() if r.pid is not None}
+        """The children's pids, and those of every process below an inline child (this process forked
+        them, so an orphan reaper must leave them to their own supervisor's pidfds)."""
+        pids = {r.pid for r in self.children.values() if r.pid is not None}
+        for rec in self.children.values():
+            if rec.inline is not None:
+                pids |= rec.inline.pids()
+        return pids
 
     def fds(self) -> list[int]:
         """The pidfds and uplinks of every child (a newly forked child must not keep its siblings')."""

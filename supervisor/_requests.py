@@ -127,7 +127,7 @@ class Requests:
         self, rec: ChildRecord, op: str, args: dict[str, Any], reply: Reply, *, path: str | None = None
     ) -> None:
         """Send ``op`` down to the nested supervisor ``rec`` (``path``: the one further down to run it)."""
-        if rec.uplink is None:
+        if rec.link is None:
             reply(False, SupervisorError(f"child {rec.path!r} is not running").to_wire())
             return
         self._seq += 1
@@ -173,10 +173,10 @@ class Requests:
     def from_child(self, rec: ChildRecord, msg: dict[str, Any]) -> None:
         """A ``req`` from a child: answered by ``on_request`` (the daemon, or our own parent)."""
         req_id = msg.get("id")
-        uplink = rec.uplink
+        link = rec.link
 
         def reply(ok: bool, result: Any) -> None:
-            if rec.uplink is not uplink:
+            if rec.link is not link:
                 return  # the child is gone (or is a new incarnation that never asked)
             out: dict[str, Any] = {"t": "rep", "id": req_id, "ok": ok}
             out["result" if ok else "error"] = result

@@ -12,7 +12,12 @@ supervisor as a report, a message like OTP's ``'EXIT'`` signal, never an excepti
   and its :class:`Exited` follows.
 
 The watcher writes only the process fields of a :class:`ChildRecord` (``pid``, ``pidfd``, ``uplink``,
-timers, ``last_hb``, ``hung``, ``pending``); the child's state is the supervisor's.
+``inline``, timers, ``last_hb``, ``hung``, ``pending``); the child's state is the supervisor's.
+
+An inline supervisor (:mod:`openfang.supervisor.inline`) has no pidfd and no uplink: it hands its messages
+and its exit to :meth:`ChildWatcher.said_inline` and :meth:`ChildWatcher.exited_inline`, which report them
+exactly as an uplink packet and a reaped exit are reported; messages to it, a stop and a kill are calls on
+it (:class:`~openfang.supervisor._record.InlineChild`) instead of a packet and signals.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from structlog.typing import FilteringBoundLogger
 
 from openfang.protocol.errors import OpenFangError
 from openfang.supervisor import _proc
-from openfang.supervisor._record import RUNNING, ChildRecord
+from openfang.supervisor._record import RUNNING, ChildRecord, InlineChild
 from openfang.supervisor.child import MAX_UPLINK_PACKET, pack, unpack
 from openfang.supervisor.loop import Loop
 from openfang.supervisor.restart import ExitReason, abnormal
@@ -78,8 +83,36 @@ class ChildWatcher:
         self.loop.add_reader(pidfd, lambda: self._on_pidfd(rec, pidfd))
         self.loop.add_reader(uplink.fileno(), lambda: self._on_uplink(rec, uplink))
 
+    def watch_inline(self, rec: ChildRecord, child: InlineChild) -> None:
+        """Take over an inline supervisor just made: it runs in this process (its pid is ours)."""
+        rec.pid, rec.pidfd, rec.uplink, rec.inline = os.getpid(), None, None, child
+        rec.hung = False
+        rec.last_hb = self.loop.time()
+
+    def said_inline(self, rec: ChildRecord, child: InlineChild, msg: dict[str, Any]) -> None:
+        """A message from an inline supervisor (what :meth:`_on_uplink` does with a packet)."""
+        if rec.inline is not child:
+            return  # a message of an earlier incarnation
+        if msg["t"] in ("ready", "hb", "subtree"):
+            rec.last_hb = self.loop.time()
+        if msg["t"] != "hb":
+            self._report(Said(rec, msg))
+
+    def exited_inline(self, rec: ChildRecord, child: InlineChild, reason: ExitReason) -> None:
+        """An inline supervisor has ended (what :meth:`_on_pidfd` does with a reaped exit)."""
+        if rec.inline is not child:
+            return
+        pid = rec.pid
+        self._forget(rec)
+        self._report(Exited(rec, pid, reason))
+
     def send(self, rec: ChildRecord, msg: dict[str, Any]) -> bool:
         """Send one message down ``rec``'s uplink; False if it has no process or does not read."""
+        if rec.inline is not None:
+            child = rec.inline
+            # Delivered from the loop, as a packet is read: never inside the sender's own call.
+            self.loop.call_soon(lambda: child.deliver(msg))
+            return True
         if rec.uplink is None:
             return False
         try:
@@ -139,7 +172,7 @@ class ChildWatcher:
             self.loop.remove_reader(rec.uplink.fileno())
             rec.uplink.close()
         rec.pid = rec.pidfd = None
-        rec.uplink = None
+        rec.uplink = rec.inline = None
         pending, rec.pending = rec.pending, {}
         for reply in pending.values():
             reply(False, {"code": "supervisor_error", "message": f"child {rec.id!r} exited before answering"})
@@ -171,13 +204,18 @@ class ChildWatcher:
 
     def kill(self, rec: ChildRecord) -> None:
         """SIGKILL ``rec`` and run the loop until its exit has been reported."""
-        if rec.pidfd is not None:
+        if rec.inline is not None:
+            rec.inline.kill()
+        elif rec.pidfd is not None:
             _proc.send_signal(rec.pidfd, signal.SIGKILL)
         self.loop.run_until(lambda: rec.pid is None)
 
     def stop(self, rec: ChildRecord) -> None:
         """Stop ``rec`` per its shutdown policy (SIGKILL, or SIGTERM + a SIGKILL timer) and run the loop
         until its exit has been reported."""
+        if rec.inline is not None:
+            self._stop_inline(rec, rec.inline)
+            return
         if rec.pidfd is None:
             return
         policy = rec.spec.shutdown
@@ -190,6 +228,24 @@ class ChildWatcher:
                 rec.kill_timer = self.loop.call_later(policy / 1000, lambda: self._kill_late(rec, pidfd))
         self.loop.run_until(lambda: rec.pid is None)
 
+    def _stop_inline(self, rec: ChildRecord, child: InlineChild) -> None:
+        # The same policy as a process's: brutal_kill kills its children at once; a timeout kills those
+        # still running when it expires (the timer fires inside the stop, which runs the loop).
+        policy = rec.spec.shutdown
+        if policy == "brutal_kill":
+            child.kill()
+        else:
+            if isinstance(policy, int):
+
+                def late() -> None:
+                    if rec.inline is child:
+                        self._log.warning("shutdown_timeout_kill", child=rec.id, shutdown_ms=policy)
+                        child.kill()
+
+                rec.kill_timer = self.loop.call_later(policy / 1000, late)
+            child.terminate()
+        self.loop.run_until(lambda: rec.pid is None)
+
     def _kill_late(self, rec: ChildRecord, pidfd: int) -> None:
         if rec.pidfd == pidfd:
             self._log.warning("shutdown_timeout_kill", child=rec.id, shutdown_ms=rec.spec.shutdown)
@@ -198,6 +254,10 @@ class ChildWatcher:
     def stop_together(self, recs: Iterable[ChildRecord]) -> None:
         """Stop ``recs`` all at once with one shared timer (the first one's policy: they share a template),
         and run the loop until every exit has been reported."""
+        recs = list(recs)
+        for rec in recs:
+            if rec.inline is not None:  # runs in this process: stopped in turn, by its own policy
+                self._stop_inline(rec, rec.inline)
         alive = [r for r in recs if r.pidfd is not None]
         for rec in alive:
             assert rec.pidfd is not None

@@ -91,6 +91,12 @@ class ChildSpec:
     share. False: the child imports its module after the fork (a restart pays that import again), for a
     child whose modules no other process uses: it then imports in parallel with its supervisor, which goes
     on importing the modules of the children after it while this one starts.
+
+    ``inline`` (not an OTP key, supervisor children only): the nested supervisor runs in its parent's
+    process and event loop instead of a forked process of its own, with the same semantics (its own
+    strategy and intensity, its children forked by the hosting process, escalation to the parent as an
+    abnormal exit): one Python process less (:mod:`openfang.supervisor.inline`). ``cpu`` and
+    ``heartbeat_ms`` do not apply to it (it has no process to pin or to watch).
     """
 
     id: str
@@ -104,6 +110,7 @@ class ChildSpec:
     heartbeat_ms: Annotated[int, Range(1)] | None = None  # the child must heartbeat this often
     start_timeout_ms: Annotated[int, Range(1)] = 10000
     preimport: bool = True
+    inline: bool = False  # a supervisor child run in its parent's process (see the docstring)
     supervisor: SupervisorSpec | None = None
 
     def __post_init__(self) -> None:
@@ -177,8 +184,24 @@ def check_child(child: ChildSpec, where: str, flags: SupervisorFlags | None = No
         child,
         Place.named(where),
         problems,
-        ("shutdown", "significant", "cpu", "heartbeat_ms", "start_timeout_ms", "preimport"),
+        ("shutdown", "significant", "cpu", "heartbeat_ms", "start_timeout_ms", "preimport", "inline"),
     )
+    if child.inline is True:
+        if child.type != ChildType.SUPERVISOR:
+            problems.append(
+                Problem(
+                    f"{where} key 'inline'",
+                    "only a child of type supervisor can run inline (a worker is always its own process)",
+                )
+            )
+        for key in ("cpu", "heartbeat_ms"):
+            if getattr(child, key) is not None:
+                problems.append(
+                    Problem(
+                        f"{where} key {key!r}",
+                        "does not apply to an inline supervisor (it runs in its parent's process)",
+                    )
+                )
     if child.significant:
         if child.restart == Restart.PERMANENT:
             problems.append(Problem(f"{where} key 'significant'", "a permanent child cannot be significant"))
@@ -229,6 +252,7 @@ def child_to_dict(child: ChildSpec) -> dict[str, Any]:
         "heartbeat_ms": child.heartbeat_ms,
         "start_timeout_ms": child.start_timeout_ms,
         "preimport": child.preimport,
+        "inline": child.inline,
         "supervisor": spec_to_dict(child.supervisor) if child.supervisor is not None else None,
     }
 
@@ -322,7 +346,16 @@ def _child_from_dict(data: Any, where: str, problems: list[Problem]) -> ChildSpe
         nested = _spec_from_dict(data["supervisor"], where, problems)
     ctype = _enum(ChildType, data.get("type", ChildType.WORKER), f"{where} key 'type'", problems)
     # Absent (or nil) keys take ChildSpec's own defaults: only the keys present are passed.
-    plain = ("start", "shutdown", "significant", "cpu", "heartbeat_ms", "start_timeout_ms", "preimport")
+    plain = (
+        "start",
+        "shutdown",
+        "significant",
+        "cpu",
+        "heartbeat_ms",
+        "start_timeout_ms",
+        "preimport",
+        "inline",
+    )
     given = {k: data[k] for k in plain if data.get(k) is not None}
     if data.get("args") is not None:
         given["args"] = dict(data["args"]) if isinstance(data["args"], Mapping) else data["args"]

@@ -65,6 +65,13 @@ def _alive(p: psutil.Process) -> bool:
 from supervisor_harness import Harness  # noqa: E402
 
 
+@pytest.fixture(params=[False, True], ids=["fork", "inline"])
+def inline(request: pytest.FixtureRequest) -> bool:
+    """Whether the test's nested supervisors run inline (in their parent's process) or forked: the tests
+    that take this fixture hold for both."""
+    return bool(request.param)
+
+
 @pytest.fixture
 def harness() -> Iterator[Harness]:
     h = Harness()

@@ -1,5 +1,6 @@
-"""Nested supervisors as processes: tree snapshots, kill -9 without orphans, two-level escalation, requests
-routed through the tree (OTP supervisor_SUITE: tree, hanging_restart_loop-like escalation)."""
+"""Nested supervisors as processes and inline (the tests taking the ``inline`` fixture run both ways): tree
+snapshots, kill -9 without orphans, two-level escalation, requests routed through the tree (OTP
+supervisor_SUITE: tree, hanging_restart_loop-like escalation)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ from openfang.supervisor.spec import ChildSpec, ChildType, Strategy, SupervisorF
 pytestmark = pytest.mark.integration
 
 
-def nested(cid: str, children: list[ChildSpec], **flags: Any) -> ChildSpec:
+def nested(cid: str, children: list[ChildSpec], inline: bool = False, **flags: Any) -> ChildSpec:
     flags.setdefault("intensity", 3)
     return ChildSpec(
         id=cid,
         type=ChildType.SUPERVISOR,
+        inline=inline,
         supervisor=SupervisorSpec(flags=SupervisorFlags(**flags), children=tuple(children)),
     )
 
@@ -49,15 +51,19 @@ def _gone(pids: list[int], timeout: float = 10) -> bool:
     return False
 
 
-def test_tree_shows_nested_children_with_pids(harness: Harness, marks: Path) -> None:
+def test_tree_shows_nested_children_with_pids(harness: Harness, marks: Path, inline: bool) -> None:
     """OTP supervisor_SUITE:tree — the root sees the whole tree through subtree snapshots."""
     sup = harness.sup(
-        [child("a", marks=marks), nested("sub", [child("w1", marks=marks), child("w2", marks=marks)])]
+        [
+            child("a", marks=marks),
+            nested("sub", [child("w1", marks=marks), child("w2", marks=marks)], inline=inline),
+        ]
     )
     sup.start()
     harness.wait(lambda: len(_node(sup.tree(), "root/sub")["children"]) == 2)
     sub = _node(sup.tree(), "root/sub")
     assert sub["type"] == "supervisor" and sub["state"] == "running"
+    assert (sub["pid"] == os.getpid()) is inline  # inline: hosted by this process, which forks its children
     w1 = _node(sup.tree(), "root/sub/w1")
     assert w1["state"] == "running" and psutil.Process(w1["pid"]).ppid() == sub["pid"]
     assert starts(marks) == ["a", "w1", "w2"]
@@ -83,9 +89,11 @@ def test_kill_9_of_nested_supervisor_kills_its_children_and_is_restarted(
     assert all(not psutil.pid_exists(p) for p in old)
 
 
-def test_kill_9_of_a_grandchild_is_handled_by_the_nested_supervisor(harness: Harness, marks: Path) -> None:
+def test_kill_9_of_a_grandchild_is_handled_by_the_nested_supervisor(
+    harness: Harness, marks: Path, inline: bool
+) -> None:
     """A crash deep in the tree is restarted by its own supervisor; the events reach the root."""
-    sup = harness.sup([nested("sub", [child("w1", marks=marks)])])
+    sup = harness.sup([nested("sub", [child("w1", marks=marks)], inline=inline)])
     sup.start()
     harness.wait(lambda: len(_node(sup.tree(), "root/sub")["children"]) == 1)
     sub_pid = _node(sup.tree(), "root/sub")["pid"]
@@ -96,10 +104,12 @@ def test_kill_9_of_a_grandchild_is_handled_by_the_nested_supervisor(harness: Har
     assert exited["reason"] == "abnormal" and exited["supervisor"] == "root/sub"
 
 
-def test_restart_storm_escalates_through_two_levels(harness: Harness, marks: Path) -> None:
+def test_restart_storm_escalates_through_two_levels(harness: Harness, marks: Path, inline: bool) -> None:
     """OTP supervisor_SUITE:one_for_one_escalation, two levels — the nested one gives up, then the root."""
     crasher = child("w", "crash_after", marks=marks, args={"ms": 50})
-    sup = harness.sup([child("a", marks=marks), nested("sub", [crasher], intensity=1)], intensity=1)
+    sup = harness.sup(
+        [child("a", marks=marks), nested("sub", [crasher], inline=inline, intensity=1)], intensity=1
+    )
     sup.start()
     harness.wait(lambda: harness.terminated == ["shutdown"], timeout=20)
     escalated = [e["path"] for e in harness.kinds("supervisor.escalated")]
@@ -110,10 +120,10 @@ def test_restart_storm_escalates_through_two_levels(harness: Harness, marks: Pat
 
 
 def test_nested_supervisor_stops_its_children_in_reverse_order_on_shutdown(
-    harness: Harness, marks: Path
+    harness: Harness, marks: Path, inline: bool
 ) -> None:
     """SIGTERM to a nested supervisor stops its children in reverse order, then it exits 0."""
-    sup = harness.sup([nested("sub", [child(c, marks=marks) for c in ("x", "y", "z")])])
+    sup = harness.sup([nested("sub", [child(c, marks=marks) for c in ("x", "y", "z")], inline=inline)])
     sup.start()
     sup.shutdown()
     log = (marks / "log").read_text().split()
@@ -124,12 +134,14 @@ def test_nested_supervisor_stops_its_children_in_reverse_order_on_shutdown(
 
 
 def test_failed_start_inside_a_nested_supervisor_fails_the_parent_start(
-    harness: Harness, marks: Path
+    harness: Harness, marks: Path, inline: bool
 ) -> None:
     """A nested supervisor whose child fails to start exits before ready: its parent's start fails too."""
     from openfang.protocol.errors import SupervisorError
 
-    sup = harness.sup([child("a", marks=marks), nested("sub", [child("bad", "fail_start", marks=marks)])])
+    sup = harness.sup(
+        [child("a", marks=marks), nested("sub", [child("bad", "fail_start", marks=marks)], inline=inline)]
+    )
     with pytest.raises(SupervisorError, match="'sub'"):
         sup.start()
     assert sup.which_children() == []
@@ -142,9 +154,9 @@ def _call(harness: Harness, sup: Any, path: str, op: str, args: dict[str, Any]) 
     return out[0]
 
 
-def test_requests_are_routed_to_nested_supervisors(harness: Harness, marks: Path) -> None:
+def test_requests_are_routed_to_nested_supervisors(harness: Harness, marks: Path, inline: bool) -> None:
     """request(path, op) runs start_child / which_children / terminate_child on the supervisor at path."""
-    sup = harness.sup([nested("sub", [child("w1", marks=marks)])])
+    sup = harness.sup([nested("sub", [child("w1", marks=marks)], inline=inline)])
     sup.start()
     ok, result = _call(
         harness, sup, "root/sub", "start_child", {"spec": {"id": "w2", "start": "supervisor_children:serve"}}
@@ -167,10 +179,12 @@ def test_requests_are_routed_to_nested_supervisors(harness: Harness, marks: Path
     assert ok and result["type"] == "supervisor"
 
 
-def test_child_requests_go_up_to_on_request_even_from_deep_in_the_tree(harness: Harness, marks: Path) -> None:
+def test_child_requests_go_up_to_on_request_even_from_deep_in_the_tree(
+    harness: Harness, marks: Path, inline: bool
+) -> None:
     """A child's request reaches the root's on_request and the reply comes back down."""
     asker = child("asker", "ask_parent", marks=marks, args={"op": "tree", "req_args": {"x": 1}})
-    sup = harness.sup([nested("sub", [asker])])
+    sup = harness.sup([nested("sub", [asker], inline=inline)])
     sup.start()
     harness.wait(lambda: (marks / "answer").exists())
     harness.settle(0.05)
@@ -179,9 +193,9 @@ def test_child_requests_go_up_to_on_request_even_from_deep_in_the_tree(harness: 
     assert harness.requests[0][1] == "tree" and harness.requests[0][2] == {"x": 1}
 
 
-def test_child_events_are_forwarded_unchanged(harness: Harness, marks: Path) -> None:
+def test_child_events_are_forwarded_unchanged(harness: Harness, marks: Path, inline: bool) -> None:
     """Events a child emits on its uplink reach on_event as they were sent, from any depth."""
-    sup = harness.sup([nested("sub", [child("e", "emit_events", marks=marks)])])
+    sup = harness.sup([nested("sub", [child("e", "emit_events", marks=marks)], inline=inline)])
     sup.start()
     harness.wait(lambda: bool(harness.kinds("test.hello")))
     (hello,) = harness.kinds("test.hello")
@@ -197,9 +211,11 @@ def test_send_to_child_delivers_a_message_down_the_uplink(harness: Harness, mark
     harness.wait(lambda: (marks / "down").exists() and "'kind': 'x'" in (marks / "down").read_text())
 
 
-def test_simple_one_for_one_nested_supervisor_takes_dynamic_children(harness: Harness, marks: Path) -> None:
+def test_simple_one_for_one_nested_supervisor_takes_dynamic_children(
+    harness: Harness, marks: Path, inline: bool
+) -> None:
     """OTP supervisor_SUITE:simple_one_for_one_extra — extra args reach the dynamic child in a nested sup."""
-    sofo = nested("pool", [child("w", marks=marks)], strategy=Strategy.SIMPLE_ONE_FOR_ONE)
+    sofo = nested("pool", [child("w", marks=marks)], inline=inline, strategy=Strategy.SIMPLE_ONE_FOR_ONE)
     sup = harness.sup([sofo])
     sup.start()
     ok, result = _call(harness, sup, "root/pool", "start_child", {"args": {"info": {"extra": True}}})
@@ -211,23 +227,37 @@ def test_simple_one_for_one_nested_supervisor_takes_dynamic_children(harness: Ha
 
 
 def test_nested_supervisor_start_may_outlast_its_timeout_while_it_makes_progress(
-    harness: Harness, marks: Path
+    harness: Harness, marks: Path, inline: bool
 ) -> None:
     """A nested supervisor's start_timeout_ms restarts on each child it starts (supervisors: OTP infinity)."""
     slow = [child(f"w{i}", "slow_ready", marks=marks, args={"ms": 250}) for i in range(4)]
-    sub = nested("sub", slow)
+    sub = nested("sub", slow, inline=inline)
     sup = harness.sup(
-        [ChildSpec(id="sub", type=ChildType.SUPERVISOR, supervisor=sub.supervisor, start_timeout_ms=600)]
+        [
+            ChildSpec(
+                id="sub",
+                type=ChildType.SUPERVISOR,
+                supervisor=sub.supervisor,
+                start_timeout_ms=600,
+                inline=inline,
+            )
+        ]
     )
     sup.start()
     assert sup.tree()[0]["state"] == "running"
-    stuck = nested("stuck", [child("never", "never_ready", marks=marks, start_timeout_ms=5000)])
+    stuck = nested(
+        "stuck", [child("never", "never_ready", marks=marks, start_timeout_ms=5000)], inline=inline
+    )
     from openfang.protocol.errors import SupervisorError
 
     with pytest.raises(SupervisorError, match="start_timeout_ms=600"):
         sup.start_child(
             ChildSpec(
-                id="stuck", type=ChildType.SUPERVISOR, supervisor=stuck.supervisor, start_timeout_ms=600
+                id="stuck",
+                type=ChildType.SUPERVISOR,
+                supervisor=stuck.supervisor,
+                start_timeout_ms=600,
+                inline=inline,
             )
         )
 
@@ -251,10 +281,10 @@ def test_requests_arriving_during_a_start_are_queued_and_answered_in_order(
     assert answers[1][2]["active"] == 2  # the count saw the started child
 
 
-def test_requests_route_through_three_levels(harness: Harness, marks: Path) -> None:
+def test_requests_route_through_three_levels(harness: Harness, marks: Path, inline: bool) -> None:
     """A request for root/mid/leaf travels down two uplinks and its reply back up."""
-    leaf = nested("leaf", [child("w", marks=marks)])
-    sup = harness.sup([nested("mid", [leaf])])
+    leaf = nested("leaf", [child("w", marks=marks)], inline=inline)
+    sup = harness.sup([nested("mid", [leaf], inline=inline)])
     sup.start()
     ok, result = _call(harness, sup, "root/mid/leaf", "which_children", {})
     assert ok and [c["id"] for c in result["children"]] == ["w"]
@@ -285,7 +315,7 @@ def test_subtree_too_big_for_a_packet_is_sent_trimmed() -> None:
 
 
 def test_nested_children_start_modules_are_imported_by_the_top_supervisor(
-    harness: Harness, marks: Path
+    harness: Harness, marks: Path, inline: bool
 ) -> None:
     """A supervisor imports the start modules of its whole subtree before it forks (so every process below
     shares those pages with it): a module named only by a nested supervisor's child is imported here."""
@@ -294,7 +324,11 @@ def test_nested_children_start_modules_are_imported_by_the_top_supervisor(
         id="w", start="supervisor_children_nested:serve", args={"marks": str(marks)}, shutdown=2000
     )
     sup = harness.sup(
-        [ChildSpec(id="n", type=ChildType.SUPERVISOR, supervisor=SupervisorSpec(children=(leaf,)))]
+        [
+            ChildSpec(
+                id="n", type=ChildType.SUPERVISOR, supervisor=SupervisorSpec(children=(leaf,)), inline=inline
+            )
+        ]
     )
     sup.start()
     assert "supervisor_children_nested" in sys.modules
