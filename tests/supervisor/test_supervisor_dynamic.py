@@ -103,7 +103,9 @@ def test_temporary_child_spec_is_not_saved_after_exit(harness: Harness, marks: P
     assert [c["id"] for c in sup.which_children()] == ["a"]
 
 
-def test_count_children_counts_specs_active_supervisors_and_workers(harness: Harness, marks: Path) -> None:
+def test_count_children_counts_specs_active_supervisors_and_workers(
+    harness: Harness, marks: Path, inline: bool
+) -> None:
     """OTP supervisor_SUITE:count_children — specs, active, supervisors, workers."""
     nested = SupervisorSpec(flags=SupervisorFlags(), children=(child("w", marks=marks),))
     from openfang.supervisor.spec import ChildSpec
@@ -112,7 +114,7 @@ def test_count_children_counts_specs_active_supervisors_and_workers(harness: Har
         [
             child("a", marks=marks),
             child("i", "ignore", marks=marks),
-            ChildSpec(id="s", type=ChildType.SUPERVISOR, supervisor=nested),
+            ChildSpec(id="s", type=ChildType.SUPERVISOR, supervisor=nested, inline=inline),
         ]
     )
     sup.start()
@@ -172,14 +174,14 @@ def test_reconfigure_rejects_an_invalid_spec_and_changes_nothing(harness: Harnes
 
 
 def test_reconfigure_recurses_into_a_nested_supervisor_without_restarting_it(
-    harness: Harness, marks: Path
+    harness: Harness, marks: Path, inline: bool
 ) -> None:
     """A nested supervisor whose children alone changed gets the new spec, and keeps running."""
     from openfang.supervisor.spec import ChildSpec
 
     def sub(*ids: str) -> ChildSpec:
         nested = SupervisorSpec(children=tuple(child(i, marks=marks) for i in ids))
-        return ChildSpec(id="sub", type=ChildType.SUPERVISOR, supervisor=nested)
+        return ChildSpec(id="sub", type=ChildType.SUPERVISOR, supervisor=nested, inline=inline)
 
     sup = harness.sup([sub("w1")])
     sup.start()
@@ -187,7 +189,7 @@ def test_reconfigure_recurses_into_a_nested_supervisor_without_restarting_it(
     diff = sup.reconfigure(SupervisorSpec(children=(sub("w1", "w2"),)))
     assert diff["reconfigured"] == ["sub"]
     harness.wait(lambda: [c["id"] for c in sup.tree()[0]["children"]] == ["w1", "w2"])
-    assert sup.tree()[0]["pid"] == sub_pid
+    assert sup.tree()[0]["pid"] == sub_pid and harness.kinds("child.exited", "root/sub") == []
     assert starts(marks) == ["w1", "w2"]
 
 
