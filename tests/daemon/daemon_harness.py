@@ -49,6 +49,7 @@ type = "supervisor"
 strategy = "one_for_one"
 intensity = 10
 period = 10
+inline = {inline}
 
 [supervisor.children.pool]
 count = {workers}
@@ -91,6 +92,7 @@ class Cluster:
         request_timeout_ms: int = 10000,
         memory: bool = False,
         http: bool = False,
+        inline: bool = False,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="of-", dir="/tmp"))
         self.data_dir = self.dir / "data"
@@ -103,6 +105,7 @@ class Cluster:
             request_timeout_ms=request_timeout_ms,
             memory_child=MEMORY_CHILD if memory else "",
             http_table="",
+            inline="true" if inline else "false",  # the workers pool in the daemon's process, not forked
         )
         self.http_port = free_port() if http else 0
         if http:
