@@ -39,6 +39,8 @@ period = 1
 [[supervisor.children]]
 id = "workers"
 type = "supervisor"
+# Inline: the pool's supervisor runs in the daemon's process, not a forked one (one Python process less).
+inline = true
 strategy = "one_for_one"
 intensity = 100000
 period = 1

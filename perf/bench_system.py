@@ -437,8 +437,8 @@ def process_pids(c: BenchCluster, pipe: Pipe, pids: list[int]) -> dict[str, int]
 
     def label(nodes: list[dict[str, Any]]) -> None:
         for node in nodes:
-            if node.get("pid"):
-                names[int(node["pid"])] = str(node["id"])
+            if node.get("pid"):  # an inline supervisor's pid is its host's: the first name stays
+                names.setdefault(int(node["pid"]), str(node["id"]))
             label(list(node.get("children") or []))
 
     with suppress(BenchFailed, TimeoutError):
