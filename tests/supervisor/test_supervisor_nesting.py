@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 import pytest
-from supervisor_harness import Harness, child, starts
+from supervisor_harness import Harness, child, starts, stops
 
 from openfang.supervisor.spec import ChildSpec, ChildType, Strategy, SupervisorFlags, SupervisorSpec
 
@@ -333,3 +333,39 @@ def test_nested_children_start_modules_are_imported_by_the_top_supervisor(
     sup.start()
     assert "supervisor_children_nested" in sys.modules
     assert starts(marks) == ["w"]
+
+
+def test_shutdown_during_a_nested_supervisors_start_stops_everything(
+    harness: Harness, marks: Path, inline: bool
+) -> None:
+    """A shutdown that lands while a nested supervisor is still starting its children interrupts the start
+    (SupervisorError naming the child) and leaves no child running."""
+    from openfang.protocol.errors import SupervisorError
+
+    slow = [child(f"w{i}", "slow_ready", marks=marks, args={"ms": 200}) for i in range(4)]
+    sup = harness.sup([nested("sub", slow, inline=inline)])
+    harness.loop.call_later(0.3, sup.shutdown)
+    with pytest.raises(SupervisorError, match="'sub'"):
+        sup.start()
+    assert sup.count_children()["active"] == 0
+    started = [e["id"] for e in harness.kinds("child.started") if e["supervisor"] == "root/sub"]
+    exited = [e["id"] for e in harness.kinds("child.exited") if e["supervisor"] == "root/sub"]
+    assert started and exited[-len(started) :] == list(reversed(started))
+
+
+def test_reconfigure_switching_a_nested_supervisor_between_fork_and_inline_replaces_it(
+    harness: Harness, marks: Path, inline: bool
+) -> None:
+    """A reload that changes ``inline`` replaces the nested supervisor (stop, then start the other way)."""
+    import dataclasses
+
+    before = nested("sub", [child("w", marks=marks)], inline=inline)
+    sup = harness.sup([before])
+    sup.start()
+    harness.wait(lambda: len(_node(sup.tree(), "root/sub")["children"]) == 1)
+    after = dataclasses.replace(before, inline=not inline)
+    diff = sup.reconfigure(SupervisorSpec(flags=sup.spec.flags, children=(after,)))
+    assert diff["replaced"] == ["sub"]
+    harness.wait(lambda: len(_node(sup.tree(), "root/sub")["children"]) == 1)
+    assert (_node(sup.tree(), "root/sub")["pid"] == os.getpid()) is not inline
+    assert starts(marks) == ["w", "w"] and stops(marks) == ["w"]
