@@ -51,6 +51,7 @@ from openfang.supervisor._record import (
     SUP_STOPPING,
     TERMINATED,
     ChildRecord,
+    MakeInline,
     SupervisorState,
 )
 from openfang.supervisor._requests import OnRequest, Requests, operations_of
@@ -88,6 +89,7 @@ class SupervisorCore(abc.ABC):
         on_request: OnRequest | None = None,
         on_terminate: Callable[[str], None] | None = None,
         subreaper: bool | None = None,
+        make_inline: MakeInline | None = None,
     ) -> None:
         problems = check_spec(spec, path)
         if problems:
@@ -105,7 +107,7 @@ class SupervisorCore(abc.ABC):
         self.events = Events(path, self._log, on_event)
         self._serial = Serial(loop)
         self._watcher = ChildWatcher(loop, self._log, self._on_report)
-        self._launcher = Launcher(loop, self._watcher, self.events, self._close_fds)
+        self._launcher = Launcher(loop, self._watcher, self.events, self._close_fds, make_inline)
         self._requests = Requests(
             self.record,
             operations=operations_of(self, path),

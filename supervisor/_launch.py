@@ -12,7 +12,9 @@ The launcher only waits: the record's state moves as the supervisor handles its 
 (``ready`` makes a starting child running, an exit makes it failed); the launcher sees the result.
 
 A supervisor child with ``inline = true`` is not forked: :meth:`Launcher.fork` makes an
-:class:`~openfang.supervisor.inline.InlineSupervisor` in this process, whose start runs from the loop. Its
+:class:`~openfang.supervisor.inline.InlineSupervisor` in this process (through the ``make_inline`` factory
+its supervisor was given by :func:`~openfang.supervisor.runtime.supervisor_for`), whose start runs from the
+loop. Its
 start runs the loop itself, above the frame of a :meth:`Launcher.settle` waiting for it, so that wait
 cannot time out on its own: a watchdog timer kills the inline supervisor when it has made no progress for
 ``start_timeout_ms`` (the same rule as for a nested supervisor process), and the start fails with the
@@ -37,6 +39,7 @@ from openfang.supervisor._record import (
     STOPPED,
     STOPPING,
     ChildRecord,
+    MakeInline,
 )
 from openfang.supervisor._watch import ChildWatcher
 from openfang.supervisor.loop import Loop
@@ -49,12 +52,18 @@ class Launcher:
     """Starts and stops one supervisor's children (see the module docstring)."""
 
     def __init__(
-        self, loop: Loop, watcher: ChildWatcher, events: Events, close_fds: Callable[[], list[int]]
+        self,
+        loop: Loop,
+        watcher: ChildWatcher,
+        events: Events,
+        close_fds: Callable[[], list[int]],
+        make_inline: MakeInline | None = None,
     ) -> None:
         self.loop = loop
         self._watcher = watcher
         self._events = events
         self._close_fds = close_fds  # every fd of ours a new child must not keep
+        self._make_inline_child = make_inline  # None: this supervisor cannot host inline children
 
     def start(self, rec: ChildRecord) -> bool:
         """Fork ``rec`` and wait for its ready (True) or ignore (False); SupervisorError if it fails."""
@@ -91,12 +100,14 @@ class Launcher:
         self._watcher.watch(rec, spawned)
 
     def _make_inline(self, rec: ChildRecord) -> None:
-        # Imported here: inline runs a supervisor (runtime), whose core imports this module.
-        from openfang.supervisor.inline import InlineSupervisor
-
         spec = rec.spec
+        make = self._make_inline_child
+        if make is None:
+            reason = "this supervisor was not made by supervisor_for, which gives it inline supervisors"
+            self._events.child("child.start_failed", rec, reason=reason)
+            raise SupervisorError(f"cannot start inline supervisor {spec.id!r}: {reason}")
         try:
-            child = InlineSupervisor(
+            child = make(
                 spec,
                 path=rec.path,
                 loop=self.loop,

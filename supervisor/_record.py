@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from openfang.protocol.errors import NotFound, SupervisorError
-from openfang.supervisor.loop import TimerHandle
+from openfang.supervisor.loop import Loop, TimerHandle
 from openfang.supervisor.restart import ExitReason, RestartWindow
 from openfang.supervisor.spec import ChildSpec, ChildType, SupervisorSpec
 
@@ -35,6 +35,9 @@ class InlineChild(Protocol):
 
     timed_out: bool  # killed by its parent's start watchdog (no progress within start_timeout_ms)
 
+    def start(self) -> None:
+        """Start its children from the loop (``ready`` follows, or its exit)."""
+
     def deliver(self, msg: dict[str, Any]) -> None:
         """A message from the parent, as a child process reads it from its uplink."""
 
@@ -46,6 +49,21 @@ class InlineChild(Protocol):
 
     def pids(self) -> set[int]:
         """The pids of every process below it (its children's and its inline children's, recursively)."""
+
+
+class MakeInline(Protocol):
+    """Makes the inline supervisor of ``child`` (a supervisor spec with ``inline = true``): what
+    :func:`openfang.supervisor.runtime.supervisor_for` hands every supervisor it makes."""
+
+    def __call__(
+        self,
+        child: ChildSpec,
+        *,
+        path: str,
+        loop: Loop,
+        to_parent: Callable[[dict[str, Any]], None],
+        on_exit: Callable[[ExitReason], None],
+    ) -> InlineChild: ...
 
 
 @dataclass(slots=True, kw_only=True)

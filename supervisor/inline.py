@@ -36,18 +36,56 @@ import os
 import signal
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
+from openfang.supervisor._record import SupervisorState
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED
 from openfang.supervisor.loop import Loop
 from openfang.supervisor.restart import NORMAL, ExitReason, abnormal
-from openfang.supervisor.runtime import supervisor_for
-from openfang.supervisor.spec import ChildSpec
+from openfang.supervisor.spec import ChildSpec, SupervisorSpec
 
 log = structlog.get_logger("openfang.supervisor")
 KILLED = abnormal(signal=int(signal.SIGKILL), detail=signal.SIGKILL.name)
+Reply = Callable[[bool, Any], None]
+
+
+class _Changes(Protocol):
+    on_change: Callable[[], None] | None
+
+
+class NestedCore(Protocol):
+    """What an inline supervisor uses of the supervisor it runs (a
+    :class:`~openfang.supervisor._core.SupervisorCore`, made by ``make_core``)."""
+
+    @property
+    def record(self) -> SupervisorState: ...
+    @property
+    def events(self) -> _Changes: ...
+    @property
+    def spec(self) -> SupervisorSpec: ...
+    def start(self) -> None: ...
+    def shutdown(self) -> None: ...
+    def kill(self) -> None: ...
+    def tree(self) -> list[dict[str, Any]]: ...
+    def request(self, path: str, op: str, args: dict[str, Any], reply: Reply) -> None: ...
+
+
+class MakeCore(Protocol):
+    """:func:`openfang.supervisor.runtime.supervisor_for`'s signature (passed in: runtime imports this)."""
+
+    def __call__(
+        self,
+        spec: SupervisorSpec,
+        *,
+        loop: Loop,
+        path: str,
+        on_event: Callable[[dict[str, Any]], None],
+        on_request: Callable[[str, str, dict[str, Any], Reply], None],
+        on_terminate: Callable[[str], None],
+        subreaper: bool,
+    ) -> NestedCore: ...
 
 
 class InlineSupervisor:
@@ -62,6 +100,7 @@ class InlineSupervisor:
         loop: Loop,
         to_parent: Callable[[dict[str, Any]], None],
         on_exit: Callable[[ExitReason], None],
+        make_core: MakeCore,
     ) -> None:
         assert child.supervisor is not None
         self.child = child
@@ -71,9 +110,9 @@ class InlineSupervisor:
         self._on_exit = on_exit
         self.timed_out = False
         self.done = False  # it has ended (the exit is reported, or on its way): it says nothing more
-        self._upward: dict[str, Callable[[bool, Any], None]] = {}  # our requests to the parent, by id
+        self._upward: dict[str, Reply] = {}  # our requests to the parent, by id
         self._seq = 0
-        self.sup = supervisor_for(
+        self.sup = make_core(
             child.supervisor,
             loop=loop,
             path=path,
@@ -170,9 +209,7 @@ class InlineSupervisor:
             reply,
         )
 
-    def _ask_parent(
-        self, child_id: str, op: str, args: dict[str, Any], reply: Callable[[bool, Any], None]
-    ) -> None:
+    def _ask_parent(self, child_id: str, op: str, args: dict[str, Any], reply: Reply) -> None:
         self._seq += 1
         req_id = f"{self.path}^{self._seq}"
         self._upward[req_id] = reply

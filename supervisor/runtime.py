@@ -31,7 +31,9 @@ from openfang.supervisor._core import SupervisorCore
 from openfang.supervisor._record import RESTARTING, STOPPED, SUP_STOPPED, ChildRecord
 from openfang.supervisor._requests import OnRequest
 from openfang.supervisor.dynamic import DynamicSupervisor
+from openfang.supervisor.inline import InlineSupervisor
 from openfang.supervisor.loop import Loop
+from openfang.supervisor.restart import ExitReason
 from openfang.supervisor.spec import (
     ChildSpec,
     ChildType,
@@ -44,7 +46,14 @@ from openfang.supervisor.spec import (
     spec_to_dict,
 )
 
-__all__ = ["DynamicSupervisor", "Supervisor", "SupervisorCore", "supervisor_for"]
+__all__ = [
+    "DynamicSupervisor",
+    "InlineSupervisor",
+    "Supervisor",
+    "SupervisorCore",
+    "make_inline",
+    "supervisor_for",
+]
 
 
 def supervisor_for(
@@ -57,7 +66,8 @@ def supervisor_for(
     on_terminate: Callable[[str], None] | None = None,
     subreaper: bool | None = None,
 ) -> SupervisorCore:
-    """The supervisor ``spec`` asks for: dynamic for simple_one_for_one, static for the others."""
+    """The supervisor ``spec`` asks for: dynamic for simple_one_for_one, static for the others. It can host
+    inline supervisor children (made by :func:`make_inline`, each running a supervisor made here)."""
     kind = DynamicSupervisor if spec.flags.strategy == Strategy.SIMPLE_ONE_FOR_ONE else Supervisor
     return kind(
         spec,
@@ -67,6 +77,21 @@ def supervisor_for(
         on_request=on_request,
         on_terminate=on_terminate,
         subreaper=subreaper,
+        make_inline=make_inline,
+    )
+
+
+def make_inline(
+    child: ChildSpec,
+    *,
+    path: str,
+    loop: Loop,
+    to_parent: Callable[[dict[str, Any]], None],
+    on_exit: Callable[[ExitReason], None],
+) -> InlineSupervisor:
+    """The inline supervisor of ``child`` (``inline = true``), running a :func:`supervisor_for` supervisor."""
+    return InlineSupervisor(
+        child, path=path, loop=loop, to_parent=to_parent, on_exit=on_exit, make_core=supervisor_for
     )
 
 
