@@ -157,7 +157,8 @@ def preimport_child(child: ChildSpec) -> None:
     """Import ``child``'s start module and its subtree's (see :func:`preimport_tree`), if it wants that."""
     if not child.preimport:
         return
-    _preimport(child.start)
+    if not child.inline:  # an inline supervisor runs no start module: it is an object in this process
+        _preimport(child.start)
     if child.supervisor is not None:
         preimport_tree(child.supervisor)
 
