@@ -123,9 +123,11 @@ def test_sigterm_stops_the_inline_pool_in_reverse_order_before_the_gateway(
     c.assert_no_survivors()
 
 
-def test_sighup_reload_grows_the_inline_pool_without_restarting_it(make_cluster: type[Cluster]) -> None:
+def test_sighup_reload_grows_and_shrinks_the_inline_pool_without_restarting_it(
+    make_cluster: type[Cluster],
+) -> None:
     """SIGHUP with a bigger pool: the inline supervisor gets its new spec, starts the new worker, and the
-    running workers keep their processes."""
+    running workers keep their processes; with the smaller pool again it stops the one dropped."""
     c = make_cluster(workers=1, inline=True).start()
     before = c.node("workers", "workers-0")["pid"]
     c.write_config(workers=2)
@@ -138,6 +140,13 @@ def test_sighup_reload_grows_the_inline_pool_without_restarting_it(make_cluster:
     (reloaded,) = _events(c, "config_reloaded")
     assert reloaded["reconfigured"] == ["workers"]
     assert wait_for(lambda: not c.call("worker.ping", {"worker": "workers-1"}).is_error, what="ping")
+    c.remember_pids()
+    c.write_config(workers=1)  # and back: the inline supervisor stops the worker the new spec drops
+    c.signal(signal.SIGHUP)
+    wait_for(lambda: [w["id"] for w in c.node("workers")["children"]] == ["workers-0"], what="workers-1 gone")
+    assert c.node("workers", "workers-0")["pid"] == before
+    (gone,) = _events(c, "child_exited", path="root/workers/workers-1")
+    assert gone["reason"] == "shutdown"
     assert c.stop() == 0
     c.assert_no_survivors()
 
