@@ -109,7 +109,8 @@ class InlineSupervisor:
         self._to_parent = to_parent
         self._on_exit = on_exit
         self.timed_out = False
-        self.done = False  # it has ended (the exit is reported, or on its way): it says nothing more
+        self.done = False  # it is ending or has ended: it says nothing more
+        self._ended = False  # its exit is reported (or on its way): once, the first reason wins
         self._upward: dict[str, Reply] = {}  # our requests to the parent, by id
         self._seq = 0
         self.sup = make_core(
@@ -250,6 +251,10 @@ class InlineSupervisor:
             self.loop.call_soon(lambda: self._to_parent(msg))
 
     def _end(self, reason: ExitReason) -> None:
+        # A kill inside a stop (its shutdown timeout expired) ends it first: the stop then has nothing to add.
         self.done = True
+        if self._ended:
+            return
+        self._ended = True
         self._upward.clear()
         self.loop.call_soon(lambda: self._on_exit(reason))

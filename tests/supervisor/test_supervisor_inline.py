@@ -148,6 +148,7 @@ def test_inline_supervisor_shutdown_timeout_kills_its_children_when_it_expires(
     assert time.monotonic() - began < 5  # not the child's own 10 s
     assert not psutil.pid_exists(slow_pid) and not psutil.pid_exists(w_pid)
     assert stops(marks) == []  # the brutally killed one never ran its stop
+    assert [e["reason"] for e in harness.kinds("child.exited", "root/sub")] == ["shutdown"]
 
 
 def test_an_exception_in_an_inline_supervisor_is_its_crash_and_its_parent_restarts_it(
