@@ -329,16 +329,20 @@ class Daemon:
             pass
 
 
-def annotate(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add live RSS and uptime to each node of a tree snapshot (recursively)."""
+def annotate(nodes: list[dict[str, Any]], host: int | None = None) -> list[dict[str, Any]]:
+    """Add live RSS and uptime to each node of a tree snapshot (recursively). A node whose pid is its
+    host's (``host``: the process its parent runs in) is an inline supervisor: it has no process of its
+    own, so no figures (the host's would be counted twice)."""
+    host = os.getpid() if host is None else host
     out = []
     for node in nodes:
         node = dict(node)
-        if node.get("pid"):
-            node.update(_process_figures(int(node["pid"])))
+        pid = int(node["pid"]) if node.get("pid") else None
+        if pid is not None:
+            node.update(_process_figures(pid) if pid != host else {"rss_bytes": None, "uptime_s": None})
         # A supervisor that is not running has no children (its last snapshot would list them as stopped).
-        gone = node.get("type") == "supervisor" and not node.get("pid")
-        node["children"] = [] if gone else annotate(list(node.get("children") or []))
+        gone = node.get("type") == "supervisor" and pid is None
+        node["children"] = [] if gone else annotate(list(node.get("children") or []), pid or host)
         out.append(node)
     return out
 
