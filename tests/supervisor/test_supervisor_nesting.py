@@ -369,3 +369,22 @@ def test_reconfigure_switching_a_nested_supervisor_between_fork_and_inline_repla
     harness.wait(lambda: len(_node(sup.tree(), "root/sub")["children"]) == 1)
     assert (_node(sup.tree(), "root/sub")["pid"] == os.getpid()) is not inline
     assert starts(marks) == ["w", "w"] and stops(marks) == ["w"]
+
+
+def test_fork_and_inline_supervisors_mix_in_one_tree(harness: Harness, marks: Path, inline: bool) -> None:
+    """A forked supervisor hosting an inline one, and an inline one hosting a forked one: requests route
+    through both, the tree shows both, a grandchild's kill -9 is handled by its own supervisor."""
+    leaf = nested("leaf", [child("w", marks=marks)], inline=not inline)
+    sup = harness.sup([nested("mid", [leaf], inline=inline)])
+    sup.start()
+    harness.wait(lambda: len(_node(sup.tree(), "root/mid/leaf")["children"]) == 1)
+    mid, leaf_node = _node(sup.tree(), "root/mid"), _node(sup.tree(), "root/mid/leaf")
+    assert (mid["pid"] == os.getpid()) is inline
+    assert (leaf_node["pid"] == mid["pid"]) is (not inline)  # an inline leaf runs in mid's process
+    w_pid = _node(sup.tree(), "root/mid/leaf/w")["pid"]
+    assert psutil.Process(w_pid).ppid() == leaf_node["pid"]
+    ok, result = _call(harness, sup, "root/mid/leaf", "count_children", {})
+    assert ok and result == {"specs": 1, "active": 1, "supervisors": 0, "workers": 1}
+    os.kill(w_pid, signal.SIGKILL)
+    harness.wait(lambda: len(harness.kinds("child.restarted", "root/mid/leaf/w")) == 1)
+    assert harness.kinds("child.exited", "root/mid/leaf") == []
