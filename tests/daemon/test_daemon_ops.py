@@ -45,9 +45,17 @@ def _ctl(c: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_tree_auto_shutdown_supervisor_that_is_gone_lists_no_children(make_cluster: type[Cluster]) -> None:
-    """A supervisor that shut itself down (its significant child finished) shows no leftover children."""
-    c = make_cluster(workers=1, extra=BATCH).start()
+@pytest.mark.parametrize("inline", [False, True], ids=["fork", "inline"])
+def test_tree_auto_shutdown_supervisor_that_is_gone_lists_no_children(
+    make_cluster: type[Cluster], inline: bool
+) -> None:
+    """A supervisor that shut itself down (its significant child finished) shows no leftover children,
+    whether it ran as a process or inline in the daemon's."""
+    extra = (
+        BATCH.replace('type = "supervisor"\n', 'type = "supervisor"\ninline = true\n') if inline else BATCH
+    )
+    c = make_cluster(workers=1, extra=extra).start()
+    assert (c.node("batch")["pid"] == c.proc.pid) is inline  # type: ignore[union-attr]
     assert {n["id"] for n in c.node("batch")["children"]} == {"helper", "job"}
     wait_for(lambda: c.node("batch")["pid"] is None, what="batch to shut itself down")
     batch = c.node("batch")
