@@ -40,7 +40,7 @@ period = 1
 id = "workers"
 type = "supervisor"
 # Inline: the pool's supervisor runs in the daemon's process, not a forked one (one Python process less:
-# idle PSS 70.4 -> 66.2 MB, RSS 181.6 -> 149.3 MB; perf/PROFILE.md "Idle memory").
+# idle PSS 70.5 -> 66.0 MB, RSS 178.9 -> 146.5 MB; perf/PROFILE.md "Idle memory").
 inline = true
 strategy = "one_for_one"
 intensity = 100000
