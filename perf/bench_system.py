@@ -244,12 +244,14 @@ def bench_cold(rounds: int) -> list[dict[str, Any]]:
         with BenchCluster(workers="auto", extra=pool_args() + NO_RATE_LIMITS) as c:
             t0 = time.perf_counter()
             ready_s = c.start()
-            while True:  # the workers connect to the gateway just after READY: retry until one takes it
+            # A worker's hello may still wait in the gateway's queue at READY: the gateway then answers
+            # not_found or restarting (both retryable, as for any client); retry until a worker takes it.
+            while True:
                 try:
                     agent = c.call("agent.spawn", {"manifest": text}, timeout=10)["agent_id"]
                     break
                 except RuntimeError as exc:
-                    if "not_found" not in str(exc):
+                    if "not_found" not in str(exc) and "restarting" not in str(exc):
                         raise
                     time.sleep(0.001)
             reply = c.call("agent.send", {"agent_id": agent, "text": msg})["reply"]
