@@ -289,33 +289,44 @@ class Gateway:
     # -- the loop ----------
 
     def serve(self) -> None:
+        poller = self.poller()
+        self.child.ready(endpoint=self.control.endpoint, events=self.control.events)
+        while self.running:
+            self.turn(poller)
+        self._flush()
+
+    def poller(self) -> zmq.Poller:
+        """A poller on everything the loop reads: clients, workers, the uplink, the audit check."""
         poller = zmq.Poller()
         poller.register(self.clients, zmq.POLLIN)
         poller.register(self.worker_sock, zmq.POLLIN)
         poller.register(self.child.fileno(), zmq.POLLIN)
         poller.register(self.audit_check.fileno(), zmq.POLLIN)
-        self.child.ready(endpoint=self.control.endpoint, events=self.control.events)
-        while self.running:
-            ready = dict(poller.poll(POLL_MS))
-            if self.clients in ready:
-                # receive_client also reads the identity the transport proved (guard.peer_identity).
-                self._drain(self.clients, self._on_client_frames, receive=receive_client)
-                self._flush()
-                self.child.worked()  # a client burst: its free heap pages are trimmed once it is over
-            if self.worker_sock in ready:
-                self._drain(self.worker_sock, self._on_worker_frames, receive=_receive)
-                self._flush()
-            if self.child.fileno() in ready:
-                self._on_uplink()
-            if self.audit_check.fileno() in ready:
-                self._on_audit_checked()
-            self._expire()
-            self.guard.tick()
-            self.placement.tick()
-            self._commit()
+        return poller
+
+    def turn(self, poller: zmq.Poller, timeout_ms: int = POLL_MS) -> None:
+        """One turn of the loop: wait up to ``timeout_ms`` for input, handle what came, commit, flush."""
+        ready = dict(poller.poll(timeout_ms))
+        # The workers first: a client request that came in the same turn as a worker's hello (just after
+        # READY, say) then finds that worker known instead of being answered "restarting".
+        if self.worker_sock in ready:
+            self._drain(self.worker_sock, self._on_worker_frames, receive=_receive)
             self._flush()
-            self.child.heartbeat()
+        if self.clients in ready:
+            # receive_client also reads the identity the transport proved (guard.peer_identity).
+            self._drain(self.clients, self._on_client_frames, receive=receive_client)
+            self._flush()
+            self.child.worked()  # a client burst: its free heap pages are trimmed once it is over
+        if self.child.fileno() in ready:
+            self._on_uplink()
+        if self.audit_check.fileno() in ready:
+            self._on_audit_checked()
+        self._expire()
+        self.guard.tick()
+        self.placement.tick()
+        self._commit()
         self._flush()
+        self.child.heartbeat()
 
     def _commit(self) -> None:
         """Write the registry's changes, then send the replies that waited for them (spawns, kills, state

@@ -4,6 +4,7 @@ its loop turns by hand."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +15,16 @@ from openfang.control.gateway import Gateway
 from openfang.supervisor.child import ChildContext
 
 
-def in_process_gateway(tmp: Path) -> Gateway:
-    """A gateway bound under ``tmp`` (``control.sock``, ``events.sock``, ``workers.sock``, ``agents.db``)."""
+def in_process_gateway(tmp: Path, uplink: socket.socket | None = None) -> Gateway:
+    """A gateway bound under ``tmp`` (``control.sock``, ``events.sock``, ``workers.sock``, ``agents.db``);
+    with ``uplink`` (one end of a socket pair, the test keeping the other) its loop's ``turn`` can run."""
     control = ControlConfig(
         endpoint=f"ipc://{tmp}/control.sock",
         events=f"ipc://{tmp}/events.sock",
         workers=f"ipc://{tmp}/workers.sock",
     )
     args: dict[str, Any] = {"control": control, "registry": str(tmp / "agents.db")}
-    return Gateway(ChildContext(id="control", path="root/control", args=args), args)
+    return Gateway(ChildContext(id="control", path="root/control", args=args, uplink=uplink), args)
 
 
 def dealer(gw: Gateway, endpoint: str, routing_id: bytes) -> zmq.Socket[bytes]:

@@ -4,6 +4,7 @@ for a later write; a kill's only once the row's removal is."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -197,3 +198,30 @@ def test_gateway_message_to_an_agent_whose_worker_just_vanished_waits_for_it(spa
     assert spawns.worker.poll(5000), "the held message was not delivered when the worker came back"
     delivered = decode(spawns.worker.recv())
     assert delivered.type == "agent.send" and delivered.body["agent_id"] == agent_id
+
+
+def test_a_spawn_in_the_same_turn_as_the_first_workers_hello_is_placed_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spawn that reaches the gateway together with the first worker's hello (just after READY) is sent to
+    that worker, not answered restarting: a loop turn reads the workers before the clients."""
+    monkeypatch.setenv("OPENFANG_DATA_DIR", str(tmp_path))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    gw = in_process_gateway(tmp_path, uplink=ours)
+    worker = dealer(gw, gw.control.workers, b"w-0")
+    client = dealer(gw, gw.control.endpoint, b"client")
+    try:
+        hello = {"worker": "w-0", "pid": 4242, "cpu": 0, "agents": 0, "agent_ids": []}
+        worker.send(encode(Envelope(type="worker.hello", body=hello)))
+        client.send(encode(Envelope(type="agent.spawn", body={"manifest": MANIFEST})))
+        assert gw.worker_sock.poll(5000) and gw.clients.poll(5000), "both messages wait for the same turn"
+        gw.turn(gw.poller(), timeout_ms=0)
+        assert not client.poll(100), "the spawn is not refused"
+        assert worker.poll(5000), "the spawn was sent to the worker"
+        assert decode(worker.recv()).type == "agent.spawn"
+    finally:
+        worker.close(0)
+        client.close(0)
+        gw.close()
+        ours.close()
+        theirs.close()
