@@ -8,7 +8,6 @@ returns the typed value or ``MISSING`` after appending a problem: it never raise
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import math
 import re
@@ -116,6 +115,8 @@ def _got(value: Any) -> str:
 
 def unknown_key(place: Place, key: Any, value: Any, known: Iterable[str]) -> Problem:
     """The problem for a key nobody declared: an unknown table or key, with the closest known ones."""
+    import difflib  # here: only a config with an unknown key needs it (~1 ms at every start otherwise)
+
     known = sorted(known)
     name = str(key)
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)

@@ -19,12 +19,14 @@ import grp
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from openfang.protocol.curve import CurveClient, CurveServer, KeyFiles, generate_keys
 from openfang.protocol.errors import Busy, ConfigError, NotFound, OpenFangError, Problem
+
+if TYPE_CHECKING:
+    from openfang.protocol.curve import CurveClient, CurveServer, KeyFiles, generate_keys
 
 __all__ = [
     "MAX_IPC_PATH",
@@ -47,10 +49,22 @@ MAX_IPC_PATH = 107
 Context = zmq.Context[Any]
 Socket = zmq.Socket[bytes]
 
+# The CURVE helpers (curve.py: zmq.auth, the ZAP handler, shutil, glob: ~2 ms) are imported when a tcp
+# endpoint needs them: the daemon imports this module for MAX_IPC_PATH, and an ipc cluster never needs CURVE.
+_CURVE_NAMES = frozenset({"CurveClient", "CurveServer", "KeyFiles", "generate_keys"})
 _servers: dict[str, CurveServer] = {}  # keys_dir (real path) -> server, shared by the sockets of a process
 # Plain ints: pyzmq's flag enums cost an enum operation per frame (send_multipart ORs SNDMORE into each).
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+
+
+def __getattr__(name: str) -> Any:
+    """The CURVE names this module re-exports, imported on first use (see ``_CURVE_NAMES``)."""
+    if name in _CURVE_NAMES:
+        from openfang.protocol import curve
+
+        return getattr(curve, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def ipc_path(endpoint: str) -> Path | None:
@@ -64,6 +78,8 @@ def _curve_server(curve: CurveServer | None, keys_dir: str | os.PathLike[str] | 
         return curve
     key = os.path.realpath(keys_dir)
     if key not in _servers:
+        from openfang.protocol.curve import CurveServer
+
         _servers[key] = CurveServer(keys_dir)
     return _servers[key]
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -55,3 +56,14 @@ def test_runfile_daemon_imports_no_psutil() -> None:
     code = "import sys, openfang.control.daemon\nprint('psutil' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_runfile_runtime_dir_without_the_environment_is_under_the_temp_dir(monkeypatch: Any) -> None:
+    """With neither OPENFANG_RUNTIME_DIR nor XDG_RUNTIME_DIR set, records go to <tempdir>/openfang-<uid>."""
+    import tempfile
+
+    monkeypatch.delenv("OPENFANG_RUNTIME_DIR", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    assert runfile.runtime_dir() == Path(tempfile.gettempdir()) / f"openfang-{os.getuid()}"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1")
+    assert runfile.runtime_dir() == Path("/run/user/1/openfang")

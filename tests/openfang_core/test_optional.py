@@ -98,3 +98,15 @@ def test_optional_deferred_module_read_first_through_the_stand_in() -> None:
         "print(type(sys.modules['asyncio']) is types.ModuleType, policy is asyncio.get_event_loop_policy)"
     )
     assert out == "True True"
+
+
+def test_optional_deferred_uuid_works_on_first_use() -> None:
+    """structlog's thread-local module gets a stand-in for uuid; its first use imports the real module, which
+    is then the one in sys.modules."""
+    out = _run(
+        "import sys, types, openfang, structlog.threadlocal\n"
+        "print('uuid' in sys.modules, type(structlog.threadlocal.uuid).__name__)\n"
+        "value = structlog.threadlocal.uuid.uuid4()\n"
+        "print(type(sys.modules['uuid']) is types.ModuleType, isinstance(value, sys.modules['uuid'].UUID))"
+    )
+    assert out.splitlines() == ["False _Deferred", "True True"]

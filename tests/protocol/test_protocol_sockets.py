@@ -267,3 +267,14 @@ def test_context_term_returns_while_the_zap_handler_runs(keys: Path) -> None:
     assert done.wait(10), "context.term() hung"
     handler.stop()
     assert not handler.alive
+
+
+def test_sockets_reexports_the_curve_names_on_first_use() -> None:
+    """The CURVE names the socket module re-exports are curve's own (imported on first read); any other
+    missing name is an AttributeError naming it."""
+    from openfang.protocol import curve, sockets
+
+    assert sockets.CurveServer is curve.CurveServer and sockets.CurveClient is curve.CurveClient
+    assert sockets.KeyFiles is curve.KeyFiles and sockets.generate_keys is curve.generate_keys
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        sockets.Nope  # noqa: B018
