@@ -5244,10 +5244,10 @@ CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,v
 def __create_fn__():
  def __eq__(self,other):
   if other.__class__ is self.__class__:
-   return (self.kind,self.pattern,self.check,self.group,self.needs,self.needs_any_case,self.min_digits,self.token_run,)==(other.kind,other.pattern,other.check,other.group,other.needs,other.needs_any_case,other.min_digits,other.token_run,)
+   return (self.kind,self.regex,self.check,self.group,self.needs,self.needs_any_case,self.min_digits,self.token_run,)==(other.kind,other.regex,other.check,other.group,other.needs,other.needs_any_case,other.min_digits,other.token_run,)
   return NotImplemented
  return __eq__
-CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.kind,self.pattern,self.check,self.group,self.needs,self.needs_any_case,self.min_digits,self.token_run,)==(other.kind,other.pattern,other.check,other.group,other.needs,other.needs_any_case,other.min_digits,other.token_run,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.kind,self.regex,self.check,self.group,self.needs,self.needs_any_case,self.min_digits,self.token_run,)==(other.kind,other.regex,other.check,other.group,other.needs,other.needs_any_case,other.min_digits,other.token_run,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
 def __create_fn__():
  def __eq__(self,other):
   if other.__class__ is self.__class__:
@@ -5257,9 +5257,9 @@ def __create_fn__():
 CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.kind,self.start,self.end,)==(other.kind,other.start,other.end,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
 def __create_fn__():
  def __hash__(self):
-  return hash((self.kind,self.pattern,self.check,self.group,self.needs,self.needs_any_case,self.min_digits,self.token_run,))
+  return hash((self.kind,self.regex,self.check,self.group,self.needs,self.needs_any_case,self.min_digits,self.token_run,))
  return __hash__
-CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.kind,self.pattern,self.check,self.group,self.needs,self.needs_any_case,self.min_digits,self.token_run,))\n return __hash__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.kind,self.regex,self.check,self.group,self.needs,self.needs_any_case,self.min_digits,self.token_run,))\n return __hash__'] = __create_fn__.__code__
 def __create_fn__():
  def __hash__(self):
   return hash((self.kind,self.start,self.end,))
@@ -5267,26 +5267,27 @@ def __create_fn__():
 CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.kind,self.start,self.end,))\n return __hash__'] = __create_fn__.__code__
 def __create_fn__():
  def __repr__(self):
-  return self.__class__.__qualname__ + f"(kind={self.kind!r}, pattern={self.pattern!r}, check={self.check!r}, group={self.group!r}, needs={self.needs!r}, needs_any_case={self.needs_any_case!r}, min_digits={self.min_digits!r}, token_run={self.token_run!r})"
+  return self.__class__.__qualname__ + f"(kind={self.kind!r}, regex={self.regex!r}, check={self.check!r}, group={self.group!r}, needs={self.needs!r}, needs_any_case={self.needs_any_case!r}, min_digits={self.min_digits!r}, token_run={self.token_run!r})"
  return __repr__
-CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(kind={self.kind!r}, pattern={self.pattern!r}, check={self.check!r}, group={self.group!r}, needs={self.needs!r}, needs_any_case={self.needs_any_case!r}, min_digits={self.min_digits!r}, token_run={self.token_run!r})"\n return __repr__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(kind={self.kind!r}, regex={self.regex!r}, check={self.check!r}, group={self.group!r}, needs={self.needs!r}, needs_any_case={self.needs_any_case!r}, min_digits={self.min_digits!r}, token_run={self.token_run!r})"\n return __repr__'] = __create_fn__.__code__
 def __create_fn__():
  def __repr__(self):
   return self.__class__.__qualname__ + f"(kind={self.kind!r}, start={self.start!r}, end={self.end!r})"
  return __repr__
 CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(kind={self.kind!r}, start={self.start!r}, end={self.end!r})"\n return __repr__'] = __create_fn__.__code__
-def __create_fn__(_type_kind, _type_pattern, _type_check, _type_group, _type_needs, _type_needs_any_case, _type_min_digits, _type_token_run, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_check, _dflt_group, _dflt_needs, _dflt_needs_any_case, _dflt_min_digits, _dflt_token_run, _return_type):
- def __init__(self,*,kind:_type_kind,pattern:_type_pattern,check:_type_check=_dflt_check,group:_type_group=_dflt_group,needs:_type_needs=_dflt_needs,needs_any_case:_type_needs_any_case=_dflt_needs_any_case,min_digits:_type_min_digits=_dflt_min_digits,token_run:_type_token_run=_dflt_token_run)->_return_type:
+def __create_fn__(_type_kind, _type_regex, _type_check, _type_group, _type_needs, _type_needs_any_case, _type_min_digits, _type_token_run, _type__compiled, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_check, _dflt_group, _dflt_needs, _dflt_needs_any_case, _dflt_min_digits, _dflt_token_run, _dflt__compiled, _return_type):
+ def __init__(self,*,kind:_type_kind,regex:_type_regex,check:_type_check=_dflt_check,group:_type_group=_dflt_group,needs:_type_needs=_dflt_needs,needs_any_case:_type_needs_any_case=_dflt_needs_any_case,min_digits:_type_min_digits=_dflt_min_digits,token_run:_type_token_run=_dflt_token_run)->_return_type:
   __dataclass_builtins_object__.__setattr__(self,'kind',kind)
-  __dataclass_builtins_object__.__setattr__(self,'pattern',pattern)
+  __dataclass_builtins_object__.__setattr__(self,'regex',regex)
   __dataclass_builtins_object__.__setattr__(self,'check',check)
   __dataclass_builtins_object__.__setattr__(self,'group',group)
   __dataclass_builtins_object__.__setattr__(self,'needs',needs)
   __dataclass_builtins_object__.__setattr__(self,'needs_any_case',needs_any_case)
   __dataclass_builtins_object__.__setattr__(self,'min_digits',min_digits)
   __dataclass_builtins_object__.__setattr__(self,'token_run',token_run)
+  __dataclass_builtins_object__.__setattr__(self,'_compiled',_dflt__compiled)
  return __init__
-CODE["def __create_fn__(_type_kind, _type_pattern, _type_check, _type_group, _type_needs, _type_needs_any_case, _type_min_digits, _type_token_run, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_check, _dflt_group, _dflt_needs, _dflt_needs_any_case, _dflt_min_digits, _dflt_token_run, _return_type):\n def __init__(self,*,kind:_type_kind,pattern:_type_pattern,check:_type_check=_dflt_check,group:_type_group=_dflt_group,needs:_type_needs=_dflt_needs,needs_any_case:_type_needs_any_case=_dflt_needs_any_case,min_digits:_type_min_digits=_dflt_min_digits,token_run:_type_token_run=_dflt_token_run)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'kind',kind)\n  __dataclass_builtins_object__.__setattr__(self,'pattern',pattern)\n  __dataclass_builtins_object__.__setattr__(self,'check',check)\n  __dataclass_builtins_object__.__setattr__(self,'group',group)\n  __dataclass_builtins_object__.__setattr__(self,'needs',needs)\n  __dataclass_builtins_object__.__setattr__(self,'needs_any_case',needs_any_case)\n  __dataclass_builtins_object__.__setattr__(self,'min_digits',min_digits)\n  __dataclass_builtins_object__.__setattr__(self,'token_run',token_run)\n return __init__"] = __create_fn__.__code__
+CODE["def __create_fn__(_type_kind, _type_regex, _type_check, _type_group, _type_needs, _type_needs_any_case, _type_min_digits, _type_token_run, _type__compiled, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_check, _dflt_group, _dflt_needs, _dflt_needs_any_case, _dflt_min_digits, _dflt_token_run, _dflt__compiled, _return_type):\n def __init__(self,*,kind:_type_kind,regex:_type_regex,check:_type_check=_dflt_check,group:_type_group=_dflt_group,needs:_type_needs=_dflt_needs,needs_any_case:_type_needs_any_case=_dflt_needs_any_case,min_digits:_type_min_digits=_dflt_min_digits,token_run:_type_token_run=_dflt_token_run)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'kind',kind)\n  __dataclass_builtins_object__.__setattr__(self,'regex',regex)\n  __dataclass_builtins_object__.__setattr__(self,'check',check)\n  __dataclass_builtins_object__.__setattr__(self,'group',group)\n  __dataclass_builtins_object__.__setattr__(self,'needs',needs)\n  __dataclass_builtins_object__.__setattr__(self,'needs_any_case',needs_any_case)\n  __dataclass_builtins_object__.__setattr__(self,'min_digits',min_digits)\n  __dataclass_builtins_object__.__setattr__(self,'token_run',token_run)\n  __dataclass_builtins_object__.__setattr__(self,'_compiled',_dflt__compiled)\n return __init__"] = __create_fn__.__code__
 def __create_fn__(_type_kind, _type_start, _type_end, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type):
  def __init__(self,*,kind:_type_kind,start:_type_start,end:_type_end)->_return_type:
   __dataclass_builtins_object__.__setattr__(self,'kind',kind)
@@ -5296,11 +5297,11 @@ def __create_fn__(_type_kind, _type_start, _type_end, MISSING, _HAS_DEFAULT_FACT
 CODE["def __create_fn__(_type_kind, _type_start, _type_end, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type):\n def __init__(self,*,kind:_type_kind,start:_type_start,end:_type_end)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'kind',kind)\n  __dataclass_builtins_object__.__setattr__(self,'start',start)\n  __dataclass_builtins_object__.__setattr__(self,'end',end)\n return __init__"] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __delattr__(self,name):
-  if type(self) is cls or name in ('kind','pattern','check','group','needs','needs_any_case','min_digits','token_run',):
+  if type(self) is cls or name in ('kind','regex','check','group','needs','needs_any_case','min_digits','token_run','_compiled',):
    raise FrozenInstanceError(f"cannot delete field {name!r}")
   super(cls, self).__delattr__(name)
  return __delattr__
-CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'kind\',\'pattern\',\'check\',\'group\',\'needs\',\'needs_any_case\',\'min_digits\',\'token_run\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'kind\',\'regex\',\'check\',\'group\',\'needs\',\'needs_any_case\',\'min_digits\',\'token_run\',\'_compiled\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __delattr__(self,name):
   if type(self) is cls or name in ('kind','start','end',):
@@ -5310,11 +5311,11 @@ def __create_fn__(cls, FrozenInstanceError):
 CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'kind\',\'start\',\'end\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __setattr__(self,name,value):
-  if type(self) is cls or name in ('kind','pattern','check','group','needs','needs_any_case','min_digits','token_run',):
+  if type(self) is cls or name in ('kind','regex','check','group','needs','needs_any_case','min_digits','token_run','_compiled',):
    raise FrozenInstanceError(f"cannot assign to field {name!r}")
   super(cls, self).__setattr__(name, value)
  return __setattr__
-CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'kind\',\'pattern\',\'check\',\'group\',\'needs\',\'needs_any_case\',\'min_digits\',\'token_run\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'kind\',\'regex\',\'check\',\'group\',\'needs\',\'needs_any_case\',\'min_digits\',\'token_run\',\'_compiled\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __setattr__(self,name,value):
   if type(self) is cls or name in ('kind','start','end',):

@@ -14,7 +14,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ahocorasick_rs
 
@@ -93,21 +93,32 @@ class Detector:
     """
 
     kind: str
-    pattern: re.Pattern[str]
+    regex: str
     check: Callable[[str], bool] | None = None
     group: int = 0
     needs: tuple[str, ...] = ()
     needs_any_case: bool = False
     min_digits: int = 0
     token_run: int = 0
+    _compiled: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        """``regex``, compiled on its first use in this process and kept. Not at import: the daemon imports
+        this module before it forks anything (~2.5 ms for every detector's regex, on the cold start's path),
+        and most texts never run a regex (:func:`find_secrets` skips what cannot match)."""
+        compiled = self._compiled
+        if compiled is None:
+            compiled = re.compile(self.regex)
+            object.__setattr__(self, "_compiled", compiled)  # a cache, not a field: frozen stays true
+        return compiled
 
 
-_P = re.compile
 SECRET_DETECTORS: tuple[Detector, ...] = (
     Detector(
         kind="private_key",
         needs=("PRIVATE KEY",),
-        pattern=_P(
+        regex=(
             r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?"
             r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY"
             r"(?: BLOCK)?-----"
@@ -115,44 +126,44 @@ SECRET_DETECTORS: tuple[Detector, ...] = (
     ),
     Detector(
         kind="aws_access_key",
-        pattern=_P(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[0-9A-Z]{16}\b"),
+        regex=(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[0-9A-Z]{16}\b"),
         needs=("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "ANPA"),
     ),
     Detector(
         kind="aws_secret_key",
         needs=("aws",),
         needs_any_case=True,
-        pattern=_P(r"(?i)aws.{0,20}?(?:secret|sk).{0,20}?['\"=:\s]\s*([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"),
+        regex=(r"(?i)aws.{0,20}?(?:secret|sk).{0,20}?['\"=:\s]\s*([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"),
         group=1,
     ),
     Detector(
         kind="github_token",
         needs=("gh", "github_pat_"),
-        pattern=_P(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{60,255})\b"),
+        regex=(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{60,255})\b"),
     ),
-    Detector(kind="anthropic_key", pattern=_P(r"\bsk-ant-[A-Za-z0-9_\-]{20,}"), needs=("sk-ant-",)),
+    Detector(kind="anthropic_key", regex=(r"\bsk-ant-[A-Za-z0-9_\-]{20,}"), needs=("sk-ant-",)),
     Detector(
-        kind="openai_key", pattern=_P(r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}"), needs=("sk-",)
+        kind="openai_key", regex=(r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}"), needs=("sk-",)
     ),
-    Detector(kind="slack_token", pattern=_P(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"), needs=("xox",)),
+    Detector(kind="slack_token", regex=(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"), needs=("xox",)),
     Detector(
         kind="stripe_key",
-        pattern=_P(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"),
+        regex=(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"),
         needs=("_live_", "_test_"),
     ),
-    Detector(kind="google_api_key", pattern=_P(r"\bAIza[0-9A-Za-z_\-]{35}"), needs=("AIza",)),
-    Detector(kind="gitlab_token", pattern=_P(r"\bglpat-[A-Za-z0-9_\-]{20,}"), needs=("glpat-",)),
-    Detector(kind="npm_token", pattern=_P(r"\bnpm_[A-Za-z0-9]{36}\b"), needs=("npm_",)),
-    Detector(kind="huggingface_token", pattern=_P(r"\bhf_[A-Za-z0-9]{34,}\b"), needs=("hf_",)),
+    Detector(kind="google_api_key", regex=(r"\bAIza[0-9A-Za-z_\-]{35}"), needs=("AIza",)),
+    Detector(kind="gitlab_token", regex=(r"\bglpat-[A-Za-z0-9_\-]{20,}"), needs=("glpat-",)),
+    Detector(kind="npm_token", regex=(r"\bnpm_[A-Za-z0-9]{36}\b"), needs=("npm_",)),
+    Detector(kind="huggingface_token", regex=(r"\bhf_[A-Za-z0-9]{34,}\b"), needs=("hf_",)),
     Detector(
         kind="jwt",
-        pattern=_P(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,}"),
+        regex=(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,}"),
         check=_jwt_ok,
         needs=("eyJ",),
     ),
     Detector(
         kind="password_assignment",
-        pattern=_P(
+        regex=(
             r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token)\b"
             r"\s*[=:]\s*['\"]?([^\s'\"]{8,})"
         ),
@@ -162,41 +173,41 @@ SECRET_DETECTORS: tuple[Detector, ...] = (
     ),
     Detector(
         kind="bearer_token",
-        pattern=_P(r"(?i)\bbearer\s+([A-Za-z0-9_\-\.=+/]{20,})"),
+        regex=(r"(?i)\bbearer\s+([A-Za-z0-9_\-\.=+/]{20,})"),
         group=1,
         needs=("bearer",),
         needs_any_case=True,
     ),
     Detector(
         kind="high_entropy_token",
-        pattern=_P(r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{32,}={0,2}(?![A-Za-z0-9+/_\-])"),
+        regex=(r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{32,}={0,2}(?![A-Za-z0-9+/_\-])"),
         check=_high_entropy,
         token_run=32,
     ),
 )
 
 PII_DETECTORS: tuple[Detector, ...] = (
-    Detector(kind="email", pattern=_P(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b"), needs=("@",)),
+    Detector(kind="email", regex=(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b"), needs=("@",)),
     # Not the fraction or integer part of a decimal number (a float's digits pass Luhn one time in ten).
     Detector(
         kind="credit_card",
-        pattern=_P(r"(?<![\d.])\b(?:\d[ \-]?){12,18}\d\b(?!\.\d)"),
+        regex=(r"(?<![\d.])\b(?:\d[ \-]?){12,18}\d\b(?!\.\d)"),
         check=_luhn,
         min_digits=13,
     ),
     Detector(
         kind="us_ssn",
-        pattern=_P(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"),
+        regex=(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"),
         needs=("-",),
         min_digits=9,
     ),
     Detector(
         kind="phone",
-        pattern=_P(r"(?<![\w+])\+\d{1,3}[ \-.]?\(?\d{1,4}\)?(?:[ \-.]?\d{2,4}){2,4}\b"),
+        regex=(r"(?<![\w+])\+\d{1,3}[ \-.]?\(?\d{1,4}\)?(?:[ \-.]?\d{2,4}){2,4}\b"),
         needs=("+",),
         min_digits=6,
     ),
-    Detector(kind="iban", pattern=_P(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}(?: ?[A-Z0-9]{1,3})?\b")),
+    Detector(kind="iban", regex=(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}(?: ?[A-Z0-9]{1,3})?\b")),
 )
 
 SECRET_KINDS = frozenset(d.kind for d in SECRET_DETECTORS)
@@ -271,7 +282,10 @@ def scan_all(text: str, detectors: Iterable[Detector]) -> list[Finding]:
     longer spans first."""
     found: list[Finding] = []
     for det in detectors:
-        for m in det.pattern.finditer(text):
+        pattern = det._compiled  # the slot, not the property: this loop runs every regex of a non-ASCII text
+        if pattern is None:
+            pattern = det.pattern
+        for m in pattern.finditer(text):
             value = m.group(det.group)
             if value is None or (det.check is not None and not det.check(value)):
                 continue

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 from openfang.security._secrets import (
@@ -124,3 +126,30 @@ def test_find_secrets_accepts_any_iterable_of_detectors() -> None:
     assert [f.kind for f in want] == ["aws_access_key", "email"]
     assert find_secrets(text, list(ALL)) == want
     assert find_secrets(text, (d for d in ALL)) == want
+
+
+def test_secrets_detector_compiles_its_regex_on_first_use() -> None:
+    """A fresh process compiles no detector regex at import, and a plain text no secret one; a text that needs
+    one compiles only the detectors it runs, each once, and a detector stays equal and hashable."""
+    code = (
+        "import dataclasses\n"
+        "from openfang.security import _secrets as s\n"
+        "every = (*s.SECRET_DETECTORS, *s.PII_DETECTORS)\n"
+        "compiled = lambda: sorted(d.kind for d in every if d._compiled is not None)\n"
+        "print(compiled())\n"
+        "s.find_secrets('the meeting moved to three, see you there', s.SECRET_DETECTORS)\n"
+        "print(compiled())\n"
+        "found = s.find_secrets('key sk-ant-' + 'x' * 22, s.SECRET_DETECTORS)\n"
+        "print([f.kind for f in found], compiled())\n"
+        "d = s.SECRET_DETECTORS[4]\n"
+        "fresh = dataclasses.replace(d)\n"
+        "print(d.pattern is d.pattern, d == fresh, hash(d) == hash(fresh), fresh._compiled is None)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "[]",
+        "[]",
+        "['anthropic_key'] ['anthropic_key', 'openai_key']",
+        "True True True True",
+    ]
