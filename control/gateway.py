@@ -291,6 +291,7 @@ class Gateway:
     def serve(self) -> None:
         poller = self.poller()
         self.child.ready(endpoint=self.control.endpoint, events=self.control.events)
+        self.registry.warm_up()  # while the workers start: the first spawn's commit then has one fsync
         while self.running:
             self.turn(poller)
         self._flush()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
+import os
 import sqlite3
 import sys
 import time
@@ -142,6 +143,47 @@ class AgentRow:
         )
 
 
+def _create_empty(path: Path) -> None:
+    """Make an empty registry (schema, WAL mode) at ``path``: written aside with no fsync, synced once, then
+    linked into place, so ``path`` appears complete or not at all.
+
+    A power cut before the link leaves no registry (the next start makes one again; at most this process's
+    private file remains); after it, a complete and synced one. Two fsyncs (the file, then its directory)
+    instead of seven: SQLite switches a new file to WAL through a rollback journal (four), and the first
+    WAL commit syncs the new log's header, its directory entry and the commit (three). No row exists before
+    the registry is opened, and every row is committed there with ``synchronous = FULL`` as before, so no
+    acknowledged row is any less durable. Another process's registry made meanwhile is never replaced.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    for leftover in ("", "-journal", "-wal", "-shm"):  # this pid's own, from a creation that crashed
+        Path(f"{tmp}{leftover}").unlink(missing_ok=True)
+    db = sqlite3.connect(str(tmp), isolation_level=None)
+    try:
+        db.execute("PRAGMA synchronous = OFF")  # the file is synced once, below, before anyone can see it
+        db.execute("PRAGMA journal_mode = WAL")  # recorded in the file's header: opening it needs no write
+        db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;")
+    finally:
+        db.close()  # the last connection: the log is checkpointed into the file and removed
+    try:
+        _fsync(tmp)
+        os.link(tmp, path)
+    except FileExistsError:
+        return  # made by another process meanwhile: that one is used
+    except OSError:
+        return  # no hard links on this file system (or no room): the open below makes it in place, as before
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def manifest_digest(text: str) -> str:
     """The manifest's sha256 (hex), one string object per distinct text: rows share it (~0.1 KiB a row)."""
     return sys.intern(hashlib.sha256(text.encode()).hexdigest())
@@ -167,14 +209,16 @@ class AgentRegistry:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():
+                _create_empty(self.path)
             self._db = sqlite3.connect(str(self.path), isolation_level=None)
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
             self._synced = True  # the connection's synchronous level is FULL (True) or NORMAL
             self._db.execute("PRAGMA cache_size = -65536")  # 64 MiB: a 100,000-row table stays in cache
-            # The schema in one transaction, and only when missing: a fresh file costs one WAL commit (one
-            # fsync) instead of four, and a restart writes nothing here (the gateway opens this file on
-            # the cold start's path, before it says it is ready).
+            # The schema in one transaction, and only when missing (a fresh file has it: _create_empty), so
+            # a start writes nothing here (the gateway opens this file on the cold start's path, before it
+            # says it is ready).
             if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 self._db.executescript(
                     f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
@@ -191,6 +235,7 @@ class AgentRegistry:
         self._dirty_counters: set[str] = set()
         self._added: set[str] = set()  # ids whose row add() wrote since the last commit
         self._fsync = False  # the next commit holds a change that must survive a power cut (see save)
+        self._committed = False  # this connection has committed (see warm_up)
         self._load()
 
     # -- reading ----------------------------------------------------------------------------------------
@@ -354,7 +399,30 @@ class AgentRegistry:
         self._dirty_counters.clear()
         self._added.clear()
         self._fsync = False
+        self._committed = True
         return n
+
+    def warm_up(self) -> None:
+        """Pay the first commit's extra fsyncs now, with nothing waiting on them.
+
+        SQLite makes the ``-wal`` file when a connection opens the database (the last one to close removes
+        it), and that connection's first commit syncs the new file's header, its directory entry and the
+        commit itself: three fsyncs where later commits have one. The gateway calls this once it has said
+        it is ready, while the workers start, so the first spawn's acknowledgement waits for one fsync. A
+        commit with ``synchronous = FULL`` that rewrites the schema version (the same value): nothing
+        changes; a no-op once this connection has committed."""
+        if self._committed:
+            return
+        try:
+            if not self._synced:
+                self._db.execute("PRAGMA synchronous = FULL")
+                self._synced = True
+            self._db.executescript(f"BEGIN IMMEDIATE;PRAGMA user_version = {SCHEMA_VERSION};COMMIT;")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise RegistryError(f"agent registry {self.path}: write failed: {exc}") from None
+        self._committed = True
 
     def close(self) -> None:
         try:
