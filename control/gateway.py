@@ -35,7 +35,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import zmq
@@ -48,7 +48,6 @@ from openfang.control.guard import Guard, receive_client
 from openfang.control.moves import Moves
 from openfang.control.placement import GRACE_S, Placement
 from openfang.control.registry import AgentRegistry, AgentRow, Page
-from openfang.control.schedules import ScheduleStore, parse_when
 from openfang.control.stats import GatewayStats
 from openfang.control.topics import TopicStore
 from openfang.protocol import messages
@@ -98,6 +97,11 @@ from openfang.protocol.errors import (
 from openfang.protocol.sockets import bind_pub, bind_router, send_nowait
 from openfang.security.config import security_from_args
 from openfang.supervisor.child import ChildContext
+
+if TYPE_CHECKING:
+    # Imported by the first schedule.* request (_schedule_store): zoneinfo and cronsim under it are ~5 ms of
+    # the gateway's start, before it is ready, for a feature most clusters never use.
+    from openfang.control.schedules import ScheduleStore
 
 log = structlog.get_logger("openfang.gateway")
 
@@ -1034,6 +1038,8 @@ class Gateway:
     def _schedule_store(self) -> ScheduleStore:
         """The schedule store, opened on an agent's first ``schedule.*`` request."""
         if self.schedules is None:
+            from openfang.control.schedules import ScheduleStore
+
             self.schedules = ScheduleStore(_data_path(self.args, "schedules.db"))
         return self.schedules
 
@@ -1041,7 +1047,10 @@ class Gateway:
         """An agent's schedule (the worker checked its send grant for the target): ``created_by`` the
         sender, so it lists and removes only its own."""
         target = self.placement.resolve(add.target).agent_id  # not_found for an agent never spawned
-        added = self._schedule_store().add(
+        store = self._schedule_store()  # imports the schedules module
+        from openfang.control.schedules import parse_when
+
+        added = store.add(
             target=target,
             text=add.text,
             created_by=sender,
