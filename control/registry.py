@@ -28,7 +28,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
-import os
 import sqlite3
 import sys
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 
 from openfang.protocol.bodies import AGENT_STATES
 from openfang.protocol.errors import AlreadyExists, OpenFangError
+from openfang.security import dbfile
 
 STATES = AGENT_STATES
 LIVE_STATES = frozenset(STATES) - {"dead"}
@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS agents (
 CREATE TABLE IF NOT EXISTS manifests (digest TEXT PRIMARY KEY, text TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
 """
+_CREATE = f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
 _COLUMNS = (
     "agent_id, name, manifest_digest, module_digest, restart, intensity, period_ms, service, placement, "
     "state, parent, spawned_at, restarts, reason, manifest_path"
@@ -143,47 +144,6 @@ class AgentRow:
         )
 
 
-def _create_empty(path: Path) -> None:
-    """Make an empty registry (schema, WAL mode) at ``path``: written aside with no fsync, synced once, then
-    linked into place, so ``path`` appears complete or not at all.
-
-    A power cut before the link leaves no registry (the next start makes one again; at most this process's
-    private file remains); after it, a complete and synced one. Two fsyncs (the file, then its directory)
-    instead of seven: SQLite switches a new file to WAL through a rollback journal (four), and the first
-    WAL commit syncs the new log's header, its directory entry and the commit (three). No row exists before
-    the registry is opened, and every row is committed there with ``synchronous = FULL`` as before, so no
-    acknowledged row is any less durable. Another process's registry made meanwhile is never replaced.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    for leftover in ("", "-journal", "-wal", "-shm"):  # this pid's own, from a creation that crashed
-        Path(f"{tmp}{leftover}").unlink(missing_ok=True)
-    db = sqlite3.connect(str(tmp), isolation_level=None)
-    try:
-        db.execute("PRAGMA synchronous = OFF")  # the file is synced once, below, before anyone can see it
-        db.execute("PRAGMA journal_mode = WAL")  # recorded in the file's header: opening it needs no write
-        db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;")
-    finally:
-        db.close()  # the last connection: the log is checkpointed into the file and removed
-    try:
-        _fsync(tmp)
-        os.link(tmp, path)
-    except FileExistsError:
-        return  # made by another process meanwhile: that one is used
-    except OSError:
-        return  # no hard links on this file system (or no room): the open below makes it in place, as before
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def manifest_digest(text: str) -> str:
     """The manifest's sha256 (hex), one string object per distinct text: rows share it (~0.1 KiB a row)."""
     return sys.intern(hashlib.sha256(text.encode()).hexdigest())
@@ -209,21 +169,20 @@ class AgentRegistry:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not self.path.exists():
-                _create_empty(self.path)
+            # Complete or absent after a crash, in two fsyncs instead of seven (security.dbfile): no row is
+            # written before the registry is open, and every row is then committed here as before.
+            dbfile.create(self.path, _CREATE)
             self._db = sqlite3.connect(str(self.path), isolation_level=None)
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
             self._synced = True  # the connection's synchronous level is FULL (True) or NORMAL
             self._db.execute("PRAGMA cache_size = -65536")  # 64 MiB: a 100,000-row table stays in cache
-            # The schema in one transaction, and only when missing (a fresh file has it: _create_empty), so
+            # The schema in one transaction, and only when missing (a fresh file has it: dbfile.create), so
             # a start writes nothing here (the gateway opens this file on the cold start's path, before it
             # says it is ready).
             if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                self._db.executescript(
-                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
-                )
-        except sqlite3.Error as exc:
+                self._db.executescript(_CREATE)
+        except (sqlite3.Error, OSError) as exc:
             raise RegistryError(f"agent registry {self.path}: cannot open: {exc}") from None
         self.rows: dict[str, AgentRow] = {}
         self._order: list[str] = []  # every id in self.rows, sorted: the order of agent.list pages

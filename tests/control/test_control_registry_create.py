@@ -1,4 +1,4 @@
-"""A fresh agents.db is made aside and linked into place: complete or absent after a crash, never half made"""
+"""A fresh agents.db is complete or absent after a crash (security.dbfile); its first commit is paid early."""
 
 from __future__ import annotations
 
@@ -61,39 +61,6 @@ def test_registry_create_crash_before_the_link_leaves_no_registry_and_the_next_s
     reg.commit()
     reg.close()
     assert AgentRegistry(path).get(row.agent_id) is not None
-
-
-def test_registry_create_removes_its_own_leftovers(tmp_path: Path) -> None:
-    """A half-written private file of this pid (a crashed creation whose pid came back) is not used: it is
-    replaced, and the registry is made whole."""
-    path = tmp_path / "agents.db"
-    tmp = tmp_path / f".agents.db.{os.getpid()}.new"
-    tmp.write_bytes(b"SQLite format 3\x00" + b"\xff" * 200)  # a torn header
-    Path(f"{tmp}-wal").write_bytes(b"garbage")
-    reg = AgentRegistry(path)
-    assert reg._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    reg.close()
-    assert not tmp.exists() and not Path(f"{tmp}-wal").exists()
-
-
-def test_registry_create_keeps_a_registry_another_process_made_meanwhile(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """When agents.db appears between the existence test and the link, it is opened, never replaced."""
-    path = tmp_path / "agents.db"
-    link = os.link
-
-    def racing(src: Any, dst: Any) -> None:
-        monkeypatch.setattr(os, "link", link)
-        other = AgentRegistry(path)  # the other process: its file, with a row in it
-        _add(other, "theirs")
-        other.close()
-        link(src, dst)  # FileExistsError, as the real race would raise
-
-    monkeypatch.setattr(os, "link", racing)
-    reg = AgentRegistry(path)
-    assert [r.name for r in reg.rows.values()] == ["theirs"]
-    reg.close()
 
 
 def test_registry_create_without_hard_links_makes_the_file_in_place(
