@@ -87,6 +87,8 @@ class Empty:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PingOk:
+    """The gateway's answer to ping: its pid and clock."""
+
     pid: int
     time: float
 
@@ -185,6 +187,8 @@ class MemoryWriterStats:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatusOk:
+    """The daemon's answer to status: name, version, uptime, its children, workers and gateway figures."""
+
     name: Name
     version: Annotated[str, Len(64)]
     pid: int
@@ -222,6 +226,8 @@ class Node:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TreeOk:
+    """The whole supervision tree, nested."""
+
     children: Annotated[list[Node], Len(4096)]
 
 
@@ -237,12 +243,16 @@ class ReloadOk:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChildStart:
+    """Start a new child from ``spec`` under the supervisor at ``path``."""
+
     path: Path
     spec: Annotated[dict[str, Any], Len(64)]  # a child spec table, as in the config's [[...children]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChildStartOk:
+    """The started child: its id and pid."""
+
     id: Id
     pid: int | None = None
 
@@ -257,12 +267,16 @@ class ChildRef:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChildRestartOk:
+    """The restarted child: its id and new pid."""
+
     id: Id
     pid: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SupervisorRef:
+    """A supervisor, by its path in the tree."""
+
     path: Path
 
 
@@ -278,6 +292,8 @@ class ChildSummary:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChildWhichOk:
+    """A supervisor's children (OTP's which_children)."""
+
     children: Annotated[list[ChildSummary], Len(4096)]
 
 
@@ -286,11 +302,15 @@ class ChildWhichOk:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerPing:
+    """A round trip through one worker process, by its id."""
+
     worker: Id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerPingOk:
+    """The worker's answer: its id, pid and pinned CPU."""
+
     worker: Id
     pid: int
     cpu: int | None
@@ -363,6 +383,8 @@ class AgentSend:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Usage:
+    """What answering one agent.send consumed: model tokens, tool calls, fuel."""
+
     prompt_tokens: Count = 0
     completion_tokens: Count = 0
     tool_calls: Count = 0
@@ -371,6 +393,8 @@ class Usage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentSendOk:
+    """The agent's reply, and what producing it consumed."""
+
     reply: Annotated[str, Len(MAX_TEXT * 4)]
     agent_id: Id
     usage: Usage
@@ -430,6 +454,8 @@ class AgentList:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentListOk:
+    """One page of agents, each worker's figures when asked, and where the next page starts."""
+
     agents: Annotated[list[AgentRecord], Len(LIST_LIMIT_MAX)]
     workers: Annotated[list[WorkerStats], Len(4096)] | None = None  # each answering worker's figures
     next: Id | None = None  # the next page's ``after``; nil on the last page
@@ -438,11 +464,15 @@ class AgentListOk:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentRef:
+    """An agent, by its id."""
+
     agent_id: Id
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentStateOk:
+    """The agent's state after the request."""
+
     agent_id: Id
     state: State
 
@@ -459,6 +489,8 @@ class AgentMove:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentMoveOk:
+    """Where a moved agent runs now, how it got there and how long it took."""
+
     agent_id: Id
     state: State  # as it is on the target: running, suspended (a suspended agent stays suspended)
     worker: Id | None = None  # where it runs now (the source half answers without it)
@@ -472,6 +504,8 @@ class AgentMoveOk:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemorySearch:
+    """A keyword, vector or hybrid search of the memory store."""
+
     query: Annotated[str, Len(4096, 1)]
     agent_id: Id | None = None
     kind: Name | None = None
@@ -505,11 +539,15 @@ class MemoryHit:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemorySearchOk:
+    """The best hits of a memory search."""
+
     hits: Annotated[list[MemoryHit], Len(100)]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryHistory:
+    """One page of an agent's conversation, newest first."""
+
     agent_id: Id
     session: Id | None = None
     limit: Annotated[int, Range(1, 1000)] = 50
@@ -518,6 +556,8 @@ class MemoryHistory:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HistoryEntry:
+    """One message of an agent's conversation."""
+
     role: Annotated[str, Len(32)]  # user | assistant | tool | system
     text: Annotated[str, Len(MAX_TEXT * 4)]
     time: float
@@ -527,16 +567,22 @@ class HistoryEntry:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryHistoryOk:
+    """One page of an agent's conversation, newest first."""
+
     messages: Annotated[list[HistoryEntry], Len(1000)]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryStats:
+    """The memory store's counts, for one agent or all."""
+
     agent_id: Id | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryStatsOk:
+    """The memory store's counts and size, its embedder, driver and writer."""
+
     counts: dict[str, Count]  # rows per memory kind: episodes, memories, tool_calls, ...
     db_bytes: Count | None = None
     embedder: Name | None = None
@@ -634,6 +680,8 @@ class Event:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProblemBody:
+    """One problem of a bad config or manifest: where it is and what is wrong."""
+
     where: Annotated[str, Len(1024)]
     what: Annotated[str, Len(4096)]
 
@@ -664,6 +712,8 @@ class LLMFailureBody:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ErrorBody:
+    """Every error reply: a catalogued code and a message, and the details some codes carry."""
+
     code: Annotated[str, Len(64, 1)]
     message: Annotated[str, Len(MAX_TEXT)]
     problems: Annotated[list[ProblemBody], Len(1000)] | None = None  # bad_config: every problem

@@ -86,6 +86,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class _Key:
+    """One config key of a section: its compiled reader, its description, required or not, its doc."""
+
     name: str
     reader: Reader
     describe: str

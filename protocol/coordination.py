@@ -88,16 +88,22 @@ class ScheduleRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScheduleListOk:
+    """The schedules the sender created, with their runs."""
+
     schedules: Annotated[list[ScheduleRecord], Len(100_000)]  # the sender's own schedules
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScheduleRemove:
+    """Remove one schedule the sender created."""
+
     schedule_id: ScheduleId  # one the sender created
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ScheduleRemoveOk:
+    """The schedule removed."""
+
     schedule_id: ScheduleId
     removed: bool
 
@@ -114,6 +120,8 @@ class TopicRef:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TopicSubscribeOk:
+    """The sender's subscription to a topic, and all its topics."""
+
     topic: Topic
     subscribed: bool
     new: bool  # false: the sender was subscribed already
@@ -122,11 +130,15 @@ class TopicSubscribeOk:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TopicUnsubscribeOk:
+    """The sender's subscription ended (or there was none)."""
+
     topic: Topic
     unsubscribed: bool  # false: the sender was not subscribed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TopicSubscribersOk:
+    """The live subscribers of a topic other than the sender."""
+
     topic: Topic
     subscribers: Annotated[list[AgentId], Len(1_000_000)]  # live subscribers other than the sender

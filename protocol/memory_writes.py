@@ -116,6 +116,8 @@ class MemoryToolCall:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryForget:
+    """Delete one memory of an agent, by its row id."""
+
     agent_id: MemId
     id: Annotated[int, Range(1)]  # the memory's row id (an ack's id)
 
@@ -140,24 +142,32 @@ class MemoryCompact:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EpisodeOp:
+    """A memory.episode inside a memory.write batch."""
+
     type: Literal["memory.episode"]
     body: MemoryEpisode
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoreOp:
+    """A memory.store inside a memory.write batch."""
+
     type: Literal["memory.store"]
     body: MemoryStore
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ToolCallOp:
+    """A memory.tool_call inside a memory.write batch."""
+
     type: Literal["memory.tool_call"]
     body: MemoryToolCall
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ForgetOp:
+    """A memory.forget inside a memory.write batch."""
+
     type: Literal["memory.forget"]
     body: MemoryForget
 
@@ -167,6 +177,8 @@ WriteOp = EpisodeOp | StoreOp | ToolCallOp | ForgetOp
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryWrite:
+    """A batch of writes applied all-or-nothing, in order."""
+
     ops: Annotated[list[WriteOp], Len(MAX_OPS, 1)]  # applied in order, in one savepoint: all or nothing
 
 
@@ -184,6 +196,8 @@ class WriteAck:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryWriteOk:
+    """The commit of a memory.write and each op's ack."""
+
     seq: Count
     results: Annotated[list[dict[str, Any]], Len(MAX_OPS)]  # each op's ack, in order (without seq)
     dup: bool | None = None
@@ -191,6 +205,8 @@ class MemoryWriteOk:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryForgetOk:
+    """The commit of a memory.forget and how many rows it deleted."""
+
     seq: Count
     deleted: Count
     dup: bool | None = None
@@ -198,6 +214,8 @@ class MemoryForgetOk:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryReclaimOk:
+    """The commit of a memory.reclaim and the rows it changed."""
+
     seq: Count
     policy: ReclaimPolicy
     counts: dict[str, Count]  # rows changed per table: episodes, memories, tool_calls
@@ -206,6 +224,8 @@ class MemoryReclaimOk:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryCompactOk:
+    """The commit of a compaction and the rows it removed."""
+
     seq: Count
     counts: dict[str, Count]  # rows removed per table
     dup: bool | None = None
@@ -213,5 +233,7 @@ class MemoryCompactOk:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryPingOk:
+    """The writer's last commit, its queue and its compaction times, answered without a commit."""
+
     seq: Count  # the writer's last commit
     queued: Count  # requests waiting in its queue

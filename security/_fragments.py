@@ -46,6 +46,8 @@ class Exposure:
 
 @dataclass(slots=True)
 class _Piece:
+    """One piece of a secret an agent sent out: when, where in the secret, its running byte count."""
+
     at: float
     sent_bytes: int  # the agent's running byte count when it left
     secret: int
@@ -55,6 +57,8 @@ class _Piece:
 
 @dataclass(slots=True)
 class _Agent:
+    """One agent's recent pieces and counts."""
+
     pieces: deque[_Piece]
     sent_bytes: int = 0
     requests: int = 0

@@ -32,6 +32,8 @@ DOMAIN = b"openfang-manifest-v1\0"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttestationConfig:
+    """``[security.attestation]``: module pins, publisher signatures, the trusted publishers' keys."""
+
     enabled: bool = True
     require_pin: bool = True
     require_signature: bool = False

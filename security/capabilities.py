@@ -96,6 +96,8 @@ def _patterns(
 
 @dataclass(frozen=True, slots=True)
 class _View:
+    """The sandbox limits of one manifest or config table, with where each came from."""
+
     hf: Mapping[str, Any]
     hf_where: str
     allow_key: str

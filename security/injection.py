@@ -151,6 +151,8 @@ def warning_for(source: Source, categories: tuple[str, ...]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Assessment:
+    """What one scan found: the score, its weight per class, the findings and base64 blobs."""
+
     score: float
     weights: dict[str, float]
     found: tuple[Finding, ...]

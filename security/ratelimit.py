@@ -59,6 +59,8 @@ UNLIMITED = Limit(rate=0, burst=0)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RateLimitConfig:
+    """``[security.ratelimit]``: the token buckets per client, for all clients, per agent."""
+
     enabled: bool = True
     client_requests: Limit = Limit(rate=50, burst=100)
     global_requests: Limit = Limit(rate=1000, burst=2000)  # all clients together

@@ -35,6 +35,8 @@ OVERFLOW_SOURCE = "*"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RefusalAuditConfig:
+    """``[security.audit]``'s refusal aggregation: records per window and source, and bounds."""
+
     window_s: float = 60.0
     max_writes_per_s: float = 5.0
     burst: int = 50

@@ -134,6 +134,8 @@ def request_signer(key: SigningKey) -> Callable[[Envelope], Envelope]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SigningConfig:
+    """``[security.signing]``: request signatures, the clock skew allowed, the replay cache."""
+
     enabled: bool = True
     require: bool = False  # True: unsigned requests are refused
     max_skew: float = 30.0  # seconds either side of our clock
