@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from openfang import __version__
+from openfang import __version__, _coldstart
 from openfang.control import runfile
 from openfang.control.config import GATEWAY_ID, ClusterConfig, load_config
 from openfang.control.guard import integrity_monitor
@@ -87,6 +87,7 @@ class Daemon:
         self.loop.add_signal_handler(signal.SIGHUP, self.reload_from_signal)
         self.audit = open_audit(self.config.security)
         self.integrity = integrity_monitor(self.config.security, self.audit)
+        _coldstart.resume()  # before the first fork: every child needs a working cyclic collector
         self.notifier.status("starting the supervision tree")
         try:
             self.sup.start()

@@ -14,8 +14,9 @@ Subpackages (one import root; the top-level folders of the repository map onto t
 - ``openfang.cli``        the ``openfang`` control client
 """
 
-from openfang import _optional, _precompiled
+from openfang import _coldstart, _optional, _precompiled
 
+_coldstart.install()  # the daemon's start runs without the cyclic collector: see the module's docstring
 _optional.install()  # before anything imports structlog: see the module's docstring
 _precompiled.install()  # before our first dataclass: see the module's docstring
 

@@ -46,3 +46,12 @@ def finish_after(ctx: ChildContext) -> None:
     while time.monotonic() < until:
         ctx.heartbeat()
         time.sleep(0.05)
+
+
+def report_gc(ctx: ChildContext) -> None:
+    """Write whether this process's cyclic garbage collector is on to args.path, then ready and steady."""
+    import gc
+
+    with open(str(ctx.args["path"]), "w") as f:
+        f.write(f"{gc.isenabled()}\n")
+    steady(ctx)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -276,4 +277,22 @@ def test_supervisor_processes_stay_single_threaded_so_forking_is_safe(make_clust
     sup_pids = [c.proc.pid, c.node("workers")["pid"]]  # type: ignore[union-attr]
     for pid in sup_pids:
         assert len(os.listdir(f"/proc/{pid}/task")) == 1, f"supervisor {pid} has threads"
+    assert c.stop() == 0
+
+
+def test_daemon_children_start_with_the_cyclic_collector_on(
+    make_cluster: type[Cluster], tmp_path: Path
+) -> None:
+    """The daemon starts without the cyclic collector (openfang._coldstart) but turns it back on before it
+    forks: a child of the root has it on."""
+    report = tmp_path / "gc.txt"
+    extra = f"""
+[[supervisor.children]]
+id = "gcprobe"
+start = "daemon_children:report_gc"
+args = {{ path = "{report}" }}
+"""
+    c = make_cluster(workers=1, extra=extra).start()
+    wait_for(lambda: report.exists() and report.read_text().endswith("\n"), what="the probe's report")
+    assert report.read_text() == "True\n"
     assert c.stop() == 0
