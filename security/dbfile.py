@@ -15,6 +15,7 @@ durable. A file another process made meanwhile is never replaced.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from pathlib import Path
@@ -58,7 +59,10 @@ def create(path: str | os.PathLike[str], script: str) -> bool:
         return False  # no hard links here (or no room): made in place when opened, as before
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync(path.parent)
+    # The link made durable. Best effort, as SQLite's own directory sync: a file system that cannot sync a
+    # directory (EINVAL) still gets the file, as it would from SQLite.
+    with contextlib.suppress(OSError):
+        _fsync(path.parent)
     return True
 
 

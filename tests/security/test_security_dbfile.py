@@ -124,3 +124,20 @@ def test_dbfile_two_processes_creating_at_once_agree_on_one_file(tmp_path: Path)
     assert all(p.returncode == 0 for p in procs)
     assert "True" in outs
     assert _names(tmp_path) == ["x.db"] and _version(path) == 7
+
+
+def test_dbfile_create_on_a_file_system_that_cannot_sync_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory whose fsync fails (EINVAL on some file systems) still gets its complete file, as SQLite
+    making it in place would give it."""
+    fsync = os.fsync
+
+    def picky(fd: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(22, "Invalid argument")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", picky)
+    assert dbfile.create(tmp_path / "x.db", SCRIPT) is True
+    assert _names(tmp_path) == ["x.db"] and _version(tmp_path / "x.db") == 7
