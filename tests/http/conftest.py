@@ -8,10 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "daemon"))
 
-from daemon_harness import ROOT, Cluster, wait_for
-
-GREETER = (ROOT / "openfang" / "data" / "agents" / "greeter.toml").read_text()
-CLOCK = (ROOT / "openfang" / "data" / "agents" / "clock.toml").read_text()
+from daemon_harness import Cluster
 
 
 @pytest.fixture
@@ -27,22 +24,3 @@ def make_cluster() -> Iterator[type[Cluster]]:
     yield factory  # type: ignore[misc]
     for c in made:
         c.close()
-
-
-def wait_face(c: Cluster, timeout: float = 60) -> None:
-    """Wait until the http child serves (its ``http_listening`` line): it says ready once its port is bound
-    and loads its web stack after that, so a request made at READY waits for the app (docs/interop.md)."""
-    wait_for(
-        lambda: any(e.get("event") == "http_listening" for e in c.log_events()),
-        timeout=timeout,
-        what="the HTTP face serving",
-    )
-
-
-def start_with_agents(c: Cluster, *manifests: str) -> list[str]:
-    """Start ``c``, wait for its worker (and its HTTP face, if any), spawn ``manifests``; their agent ids."""
-    c.start()
-    wait_for(lambda: not c.call("worker.ping", {"worker": "workers-0"}).is_error, what="worker connected")
-    if c.http_port:
-        wait_face(c)
-    return [c.ok("agent.spawn", {"manifest": m})["agent_id"] for m in manifests]

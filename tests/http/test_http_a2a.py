@@ -27,8 +27,8 @@ from a2a.types.a2a_pb2 import (
     TaskState,
 )
 from a2a.utils.errors import InvalidParamsError
-from conftest import CLOCK, GREETER, start_with_agents
 from daemon_harness import Cluster, wait_for
+from http_kit import CLOCK, GREETER, start_with_agents
 from npm_tools import NPM_DIR, npm_bin
 
 pytestmark = pytest.mark.integration

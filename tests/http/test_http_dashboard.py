@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import CLOCK, GREETER, start_with_agents, wait_face
 from daemon_harness import Cluster, free_port, wait_for
+from http_kit import CLOCK, GREETER, start_with_agents, wait_face
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.integration

@@ -6,8 +6,8 @@ import asyncio
 import sys
 
 import pytest
-from conftest import CLOCK, GREETER, start_with_agents
 from daemon_harness import Cluster
+from http_kit import CLOCK, GREETER, start_with_agents
 from mcp import ClientSession
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import psutil
 import pytest
-from conftest import GREETER, start_with_agents
 from daemon_harness import Cluster, wait_for
+from http_kit import GREETER, start_with_agents
 from npm_tools import npm_bin
 
 from openfang.protocol.errors import ConfigError

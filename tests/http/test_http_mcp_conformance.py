@@ -12,8 +12,8 @@ import os
 import subprocess
 
 import pytest
-from conftest import GREETER, start_with_agents
 from daemon_harness import Cluster
+from http_kit import GREETER, start_with_agents
 from npm_tools import node22_env, npm_bin
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import CLOCK, GREETER, start_with_agents
 from daemon_harness import Cluster, wait_for
+from http_kit import CLOCK, GREETER, start_with_agents
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import start_with_agents
 from daemon_harness import ROOT, Cluster, free_port, wait_for
+from http_kit import start_with_agents
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import openai
 import pytest
-from conftest import CLOCK, GREETER, start_with_agents
 from daemon_harness import Cluster, wait_for
+from http_kit import CLOCK, GREETER, start_with_agents
 
 pytestmark = pytest.mark.integration
 

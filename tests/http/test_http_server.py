@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import GREETER, start_with_agents, wait_face
 from daemon_harness import Cluster, wait_for
+from http_kit import GREETER, start_with_agents, wait_face
 
 from openfang.protocol.client import Client
 from openfang.protocol.errors import OpenFangError

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CLOCK, GREETER, start_with_agents
 from daemon_harness import ROOT, Cluster
+from http_kit import CLOCK, GREETER, start_with_agents
 
 from openfang.protocol.client import Client
 from openfang.protocol.messages import CHUNK_TYPE
