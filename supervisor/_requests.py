@@ -194,3 +194,30 @@ class Requests:
         except Exception as exc:
             self._log.exception("child_request_failed", child=rec.id, op=op)
             reply(False, {"code": "internal", "message": f"{op} failed: {type(exc).__name__}: {exc}"})
+
+
+class Routable(Protocol):
+    """What answers a request routed to it: a supervisor (:meth:`SupervisorCore.request`)."""
+
+    def request(self, path: str, op: str, args: dict[str, Any], reply: Reply) -> None: ...
+
+
+def answer_routed(
+    sup: Routable, msg: Mapping[str, Any], own_path: str, send: Callable[[dict[str, Any]], None]
+) -> None:
+    """Answer a ``req`` its parent routed down to a nested supervisor (a process or inline) with exactly one
+    ``rep`` through ``send``: the request runs on ``sup`` at the message's ``path`` (``own_path`` if none)."""
+    req_id = msg.get("id")
+
+    def reply(ok: bool, result: Any) -> None:
+        out: dict[str, Any] = {"t": "rep", "id": req_id, "ok": ok}
+        out["result" if ok else "error"] = result
+        send(out)
+
+    args = msg.get("args")
+    sup.request(
+        str(msg.get("path") or own_path),
+        str(msg.get("op", "")),
+        args if isinstance(args, dict) else {},
+        reply,
+    )

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import structlog
 
 from openfang.supervisor._record import SupervisorState
+from openfang.supervisor._requests import answer_routed
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED
 from openfang.supervisor.loop import Loop
 from openfang.supervisor.restart import NORMAL, ExitReason, abnormal
@@ -137,7 +138,7 @@ class InlineSupervisor:
         try:
             kind = msg.get("t")
             if kind == "req":
-                self._answer(msg)
+                answer_routed(self.sup, msg, self.path, self._up)
             elif kind == "rep":
                 reply = self._upward.pop(str(msg.get("id")), None)
                 if reply is not None:
@@ -193,22 +194,6 @@ class InlineSupervisor:
             }
         )
         self._push_subtree()
-
-    def _answer(self, msg: dict[str, Any]) -> None:
-        req_id = msg.get("id")
-
-        def reply(ok: bool, result: Any) -> None:
-            out: dict[str, Any] = {"t": "rep", "id": req_id, "ok": ok}
-            out["result" if ok else "error"] = result
-            self._up(out)
-
-        args = msg.get("args")
-        self.sup.request(
-            str(msg.get("path") or self.path),
-            str(msg.get("op", "")),
-            args if isinstance(args, dict) else {},
-            reply,
-        )
 
     def _ask_parent(self, child_id: str, op: str, args: dict[str, Any], reply: Reply) -> None:
         self._seq += 1

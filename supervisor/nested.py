@@ -19,9 +19,10 @@ from typing import Any
 import structlog
 
 from openfang.protocol.errors import FrameTooLarge, OpenFangError
+from openfang.supervisor._requests import answer_routed
 from openfang.supervisor.child import EXIT_ESCALATED, ChildContext
 from openfang.supervisor.loop import Loop
-from openfang.supervisor.runtime import SupervisorCore, supervisor_for
+from openfang.supervisor.runtime import supervisor_for
 from openfang.supervisor.spec import spec_from_dict
 
 log = structlog.get_logger("openfang.supervisor")
@@ -85,7 +86,7 @@ def run_nested(ctx: ChildContext) -> None:
             if msg is None:
                 return
             if msg["t"] == "req":
-                _answer_parent(ctx, sup, msg)
+                answer_routed(sup, msg, ctx.path, ctx.send)
             elif msg["t"] == "rep":
                 reply = upward.pop(str(msg.get("id")), None)
                 if reply is not None:
@@ -100,23 +101,6 @@ def run_nested(ctx: ChildContext) -> None:
     loop.run_until(lambda: "code" in outcome)
     loop.close()
     raise SystemExit(outcome["code"])
-
-
-def _answer_parent(ctx: ChildContext, sup: SupervisorCore, msg: dict[str, Any]) -> None:
-    req_id = msg.get("id")
-
-    def reply(ok: bool, result: Any) -> None:
-        out: dict[str, Any] = {"t": "rep", "id": req_id, "ok": ok}
-        out["result" if ok else "error"] = result
-        ctx.send(out)
-
-    args = msg.get("args")
-    sup.request(
-        str(msg.get("path") or ctx.path),
-        str(msg.get("op", "")),
-        args if isinstance(args, dict) else {},
-        reply,
-    )
 
 
 def _push_subtree(ctx: ChildContext, children: list[dict[str, Any]]) -> None:
