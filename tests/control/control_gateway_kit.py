@@ -5,6 +5,7 @@ its loop turns by hand."""
 from __future__ import annotations
 
 import socket
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +35,13 @@ def dealer(gw: Gateway, endpoint: str, routing_id: bytes) -> zmq.Socket[bytes]:
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     return sock
+
+
+def registry_state(db: Path, agent_id: str) -> str | None:
+    """An agent row's state as another connection reads it from the registry file (None: no row)."""
+    conn = sqlite3.connect(db)
+    try:
+        row = conn.execute("SELECT state FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])

@@ -5,13 +5,12 @@ for a later write; a kill's only once the row's removal is."""
 from __future__ import annotations
 
 import socket
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from control_gateway_kit import dealer, in_process_gateway
+from control_gateway_kit import dealer, in_process_gateway, registry_state
 
 from openfang.control.guard import receive_client
 from openfang.protocol.envelope import Envelope, decode, encode
@@ -58,12 +57,7 @@ class _Spawns:
 
     def on_disk(self, agent_id: str) -> str | None:
         """The row's state as another connection reads it from the file (None: not there)."""
-        db = sqlite3.connect(self.db)
-        try:
-            row = db.execute("SELECT state FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
-        finally:
-            db.close()
-        return None if row is None else str(row[0])
+        return registry_state(self.db, agent_id)
 
     def close(self) -> None:
         self.worker.close(0)

@@ -5,13 +5,12 @@ answer; a failed message leaves the agent spawned and named (``send_error``)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from control_gateway_kit import dealer, in_process_gateway
+from control_gateway_kit import dealer, in_process_gateway, registry_state
 
 from openfang.control.guard import Guard, receive_client
 from openfang.protocol import messages
@@ -70,12 +69,8 @@ class _Link:
         return decode(self.client.recv()) if self.client.poll(timeout_ms) else None
 
     def on_disk(self, agent_id: str) -> str | None:
-        db = sqlite3.connect(self.db)
-        try:
-            row = db.execute("SELECT state FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
-        finally:
-            db.close()
-        return None if row is None else str(row[0])
+        """The row's state as another connection reads it from the file (None: not there)."""
+        return registry_state(self.db, agent_id)
 
     def close(self) -> None:
         self.worker.close(0)
