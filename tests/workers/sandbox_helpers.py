@@ -7,6 +7,7 @@ modules' progress.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import select
@@ -19,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import wasmtime
 
 from openfang.protocol.envelope import Envelope
 from openfang.workers.host.agent_host import AgentHost, HostParts
 from openfang.workers.llm import types as t
 from openfang.workers.sandbox import guest_abi as abi
-from openfang.workers.sandbox._wasmtime import HostFunctionSpec
+from openfang.workers.sandbox._wasmtime import HostFunctionSpec, Instance, Runtime
 from openfang.workers.sandbox.instance import DoneJob, Job, Outcome, Sandbox
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "agents"
@@ -286,3 +288,44 @@ def in_child(work: Callable[[], Any], timeout: float = 60) -> Any:
         raw = pipe.read()
     assert os.waitstatus_to_exitcode(status) == 0 and raw, "the child failed (its traceback is above)"
     return json.loads(raw)
+
+
+# A guest with one host import it never calls and a loop export: ``spin(n)`` counts to n (the module cache and
+# code-pages tests compile, load and run it).
+SPIN_WAT = """(module
+  (import "env" "ask" (func $ask (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "spin") (param $n i32) (result i32) (local $i i32)
+    (loop $l
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (local.get $n))))
+    (local.get $i))
+)"""
+SPIN_DIGEST = hashlib.sha256(SPIN_WAT.encode()).hexdigest()
+SPIN_SPECS = (HostFunctionSpec(name="ask", nparams=1),)
+
+
+class SpinHost:
+    """The host side of SPIN_WAT (``ask`` is never called by ``spin``)."""
+
+    def host_sync(self, name: str, mem: Any, args: tuple[int, ...]) -> int:
+        return 0
+
+    def host_async(self, name: str, mem: Any, args: tuple[int, ...]) -> Any:
+        raise AssertionError("no async host function here")
+
+
+def run_spin(rt: Runtime, module: wasmtime.Module, n: int = 1000) -> int:
+    """Instantiate ``module`` (SPIN_WAT) and run ``spin(n)`` to its end: the loaded code really runs."""
+    inst = Instance(rt, rt.instance_pre(module, digest=SPIN_DIGEST, what="t"), max_memory_bytes=1 << 20)
+    try:
+        call = inst.instantiate_call()
+        while not call.poll(SpinHost()):
+            pass
+        call.result()
+        call = inst.call("spin", (n,), 1)
+        while not call.poll(SpinHost()):
+            pass
+        return int(call.result())
+    finally:
+        inst.close()

@@ -4,51 +4,19 @@ clean file pages, never the relocated data), and an idle runtime maps none of th
 from __future__ import annotations
 
 import gc
-import hashlib
 import time
 from typing import Any
 
-from sandbox_helpers import in_child
+from sandbox_helpers import SPIN_DIGEST, SPIN_SPECS, SPIN_WAT, in_child, run_spin
 
 from openfang.workers.sandbox import _wasmtime as wt
-from openfang.workers.sandbox._wasmtime import EngineOptions, HostFunctionSpec, Instance, Runtime
-
-WAT = """(module
-  (import "env" "ask" (func $ask (param i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "spin") (param $n i32) (result i32) (local $i i32)
-    (loop $l
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $l (i32.lt_u (local.get $i) (local.get $n))))
-    (local.get $i))
-)"""
-DIGEST = hashlib.sha256(WAT.encode()).hexdigest()
-SPECS = (HostFunctionSpec(name="ask", nparams=1),)
-
-
-class _Host:
-    def host_sync(self, name: str, mem: Any, args: tuple[int, ...]) -> int:
-        return 0
-
-    def host_async(self, name: str, mem: Any, args: tuple[int, ...]) -> Any:
-        raise AssertionError("no async host function here")
+from openfang.workers.sandbox._wasmtime import EngineOptions, Runtime
 
 
 def _spin(rt: Runtime) -> int:
-    """Compile WAT, instantiate it and run ``spin(1000)`` to its end."""
-    module, _ = rt.compile(WAT.encode(), digest=DIGEST, what="t")
-    inst = Instance(rt, rt.instance_pre(module, digest=DIGEST, what="t"), max_memory_bytes=1 << 20)
-    try:
-        call = inst.instantiate_call()
-        while not call.poll(_Host()):
-            pass
-        call.result()
-        call = inst.call("spin", (1000,), 1)
-        while not call.poll(_Host()):
-            pass
-        return call.result()
-    finally:
-        inst.close()
+    """Compile SPIN_WAT, instantiate it and run ``spin(1000)`` to its end."""
+    module, _ = rt.compile(SPIN_WAT.encode(), digest=SPIN_DIGEST, what="t")
+    return run_spin(rt, module)
 
 
 def _mappings() -> list[dict[str, Any]]:
@@ -92,7 +60,7 @@ def test_idle_runtime_keeps_libwasmtime_released() -> None:
     in a forked child: this process's own wasmtime use and threads stay out of it."""
 
     def work() -> Any:
-        rt = Runtime(SPECS, options=EngineOptions(epoch_tick_ms=2))
+        rt = Runtime(SPIN_SPECS, options=EngineOptions(epoch_tick_ms=2))
         rt.start_ticker()
         try:
             assert _spin(rt) == 1000

@@ -18,55 +18,21 @@ from typing import Any
 import pytest
 import structlog
 import wasmtime
-from sandbox_helpers import in_child
+from sandbox_helpers import SPIN_DIGEST, SPIN_SPECS, SPIN_WAT, in_child, run_spin
 
 from openfang.workers.sandbox._module_cache import MAGIC, TRAILER_BYTES
-from openfang.workers.sandbox._wasmtime import HostFunctionSpec, Instance, Runtime
-
-WAT = """(module
-  (import "env" "ask" (func $ask (param i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "spin") (param $n i32) (result i32) (local $i i32)
-    (loop $l
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $l (i32.lt_u (local.get $i) (local.get $n))))
-    (local.get $i))
-)"""
-DIGEST = hashlib.sha256(WAT.encode()).hexdigest()
-SPECS = (HostFunctionSpec(name="ask", nparams=1),)
-
-
-class _Host:
-    """The host side of WAT (``ask`` is never called by ``spin``)."""
-
-    def host_sync(self, name: str, mem: Any, args: tuple[int, ...]) -> int:
-        return 0
-
-    def host_async(self, name: str, mem: Any, args: tuple[int, ...]) -> Any:
-        raise AssertionError("no async host function here")
+from openfang.workers.sandbox._wasmtime import Runtime
 
 
 def _spin(rt: Runtime, module: wasmtime.Module, n: int = 1000) -> int:
-    """Instantiate ``module`` and run ``spin(n)`` to its end: the loaded code really runs."""
-    inst = Instance(rt, rt.instance_pre(module, digest=DIGEST, what="t"), max_memory_bytes=1 << 20)
-    try:
-        call = inst.instantiate_call()
-        while not call.poll(_Host()):
-            pass
-        call.result()
-        call = inst.call("spin", (n,), 1)
-        while not call.poll(_Host()):
-            pass
-        return call.result()
-    finally:
-        inst.close()
+    return run_spin(rt, module, n)
 
 
 def _compile(folder: Path) -> tuple[bool, int]:
-    """(was_cached, spin(1000)) for WAT compiled or loaded by a new runtime on ``folder``."""
-    rt = Runtime(SPECS, cache_dir=folder)
+    """(was_cached, spin(1000)) for SPIN_WAT compiled or loaded by a new runtime on ``folder``."""
+    rt = Runtime(SPIN_SPECS, cache_dir=folder)
     try:
-        module, cached = rt.compile(WAT.encode(), digest=DIGEST, what="t")
+        module, cached = rt.compile(SPIN_WAT.encode(), digest=SPIN_DIGEST, what="t")
         return cached, _spin(rt, module)
     finally:
         rt.close()
@@ -83,7 +49,7 @@ def _events(logs: list[dict[str, Any]]) -> list[str]:
 
 @pytest.fixture
 def warm(tmp_path: Path) -> Path:
-    """A cache folder holding WAT's artifact, written by a first compile."""
+    """A cache folder holding SPIN_WAT's artifact, written by a first compile."""
     folder = tmp_path / "modules"
     assert _compile(folder) == (False, 1000)
     return folder
@@ -119,7 +85,7 @@ def test_module_cache_flipped_code_byte_is_caught_by_the_checksum(warm: Path, tm
     path = _artifact(warm)
     whole = path.read_bytes()
     body = bytearray(whole[:-TRAILER_BYTES])
-    rt = Runtime(SPECS)
+    rt = Runtime(SPIN_SPECS)
     try:  # find a byte wasmtime does not notice: what only a checksum can catch
         for at in range(len(body) // 4, len(body), 97):
             body[at] ^= 0xFF
@@ -188,7 +154,7 @@ def _read_only(folder: Path) -> Iterator[None]:
 def test_module_cache_read_only_folder_loads_what_it_has_and_compiles_the_rest_in_memory(warm: Path) -> None:
     """A read-only data dir: the artifact already there loads warm; a new module is compiled in memory
     and runs, the failed write is logged, and nothing is left in the folder."""
-    other = WAT.replace(
+    other = SPIN_WAT.replace(
         "(local.get $i))\n)", '(local.get $i))\n  (func (export "two") (result i32) (i32.const 2))\n)'
     )
     other_digest = hashlib.sha256(other.encode()).hexdigest()
@@ -198,7 +164,7 @@ def test_module_cache_read_only_folder_loads_what_it_has_and_compiles_the_rest_i
         with pytest.raises(OSError):
             probe.write_bytes(b"x")
         assert _compile(warm) == (True, 1000)
-        rt = Runtime(SPECS, cache_dir=warm)
+        rt = Runtime(SPIN_SPECS, cache_dir=warm)
         try:
             assert rt.cache_refused is None
             with structlog.testing.capture_logs() as logs:
