@@ -24,16 +24,12 @@ from openfang.workers.sandbox._module_cache import MAGIC, TRAILER_BYTES
 from openfang.workers.sandbox._wasmtime import Runtime
 
 
-def _spin(rt: Runtime, module: wasmtime.Module, n: int = 1000) -> int:
-    return run_spin(rt, module, n)
-
-
 def _compile(folder: Path) -> tuple[bool, int]:
     """(was_cached, spin(1000)) for SPIN_WAT compiled or loaded by a new runtime on ``folder``."""
     rt = Runtime(SPIN_SPECS, cache_dir=folder)
     try:
         module, cached = rt.compile(SPIN_WAT.encode(), digest=SPIN_DIGEST, what="t")
-        return cached, _spin(rt, module)
+        return cached, run_spin(rt, module)
     finally:
         rt.close()
 
