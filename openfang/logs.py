@@ -41,6 +41,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # One write per line (text and newline together): PrintLogger writes them apart, and with Python
+        # unbuffered (-u, PYTHONUNBUFFERED) another process sharing the stream wrote its line in between.
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
