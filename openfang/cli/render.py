@@ -7,10 +7,12 @@ from typing import Any
 
 
 def kv(body: Any) -> str:
+    """One ``key  value`` line per field, keys aligned; a field with no value (nil) is left out."""
     if not isinstance(body, dict):
         return str(body)
-    width = max((len(k) for k in body), default=0)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in sorted(body.items()))
+    shown = {k: v for k, v in body.items() if v is not None}
+    width = max((len(k) for k in shown), default=0)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in sorted(shown.items()))
 
 
 def status(body: dict[str, Any]) -> str:

@@ -1,0 +1,16 @@
+"""The CLI's plain renderings of replies."""
+
+from __future__ import annotations
+
+from openfang.cli import render
+
+
+def test_kv_aligns_keys_and_leaves_out_fields_without_a_value() -> None:
+    """An agent.spawn reply: sorted, aligned lines; the nil service is not shown as 'None'."""
+    body = {"worker": "workers-0", "agent_id": "greeter-1", "service": None, "spawn": "warm"}
+    assert render.kv(body) == "agent_id  greeter-1\nspawn     warm\nworker    workers-0"
+
+
+def test_kv_of_a_value_that_is_not_a_map_is_its_text() -> None:
+    """A bare value (a pong's text, say) prints as it is."""
+    assert render.kv("pong") == "pong"
