@@ -13,6 +13,8 @@ import zmq
 
 from openfang.control.config import ControlConfig
 from openfang.control.gateway import Gateway
+from openfang.control.guard import receive_client
+from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.supervisor.child import ChildContext
 
 
@@ -45,3 +47,47 @@ def registry_state(db: Path, agent_id: str) -> str | None:
     finally:
         conn.close()
     return None if row is None else str(row[0])
+
+
+class SyncedDoor:
+    """A gateway in this process, a client DEALER and worker ``w-0`` (synced, hosting nothing); the test
+    drives the loop's turns by hand."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.db = tmp / "agents.db"
+        self.gw = in_process_gateway(tmp)
+        self.worker = dealer(self.gw, self.gw.control.workers, b"w-0")
+        self.client = dealer(self.gw, self.gw.control.endpoint, b"client")
+        self.gw.placement.worker_synced("w-0", [])
+
+    def ask(self, env: Envelope) -> None:
+        """The client's request, taken in by the gateway and what it made flushed (as after each batch)."""
+        self.client.send(encode(env))
+        assert self.gw.clients.poll(5000), "the gateway got no request"
+        self.gw._drain(self.gw.clients, self.gw._on_client_frames, receive=receive_client)
+        self.gw._flush()
+
+    def answer(self, reply: Envelope) -> None:
+        """The worker's answer, taken in by the gateway."""
+        self.worker.send(encode(reply))
+        assert self.gw.worker_sock.poll(5000), "the gateway got no answer"
+        self.gw._drain(self.gw.worker_sock, self.gw._on_worker_frames)
+        self.gw._flush()
+
+    def end_turn(self) -> None:
+        """What the loop does at the end of every turn: commit the registry, send what waits."""
+        self.gw._commit()
+        self.gw._flush()
+
+    def reply(self, timeout_ms: int = 5000) -> Envelope | None:
+        """The client's next message, if one comes within ``timeout_ms``."""
+        return decode(self.client.recv()) if self.client.poll(timeout_ms) else None
+
+    def on_disk(self, agent_id: str) -> str | None:
+        """The row's state as another connection reads it from the file (None: not there)."""
+        return registry_state(self.db, agent_id)
+
+    def close(self) -> None:
+        self.worker.close(0)
+        self.client.close(0)
+        self.gw.close()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from control_gateway_kit import dealer, in_process_gateway, registry_state
+from control_gateway_kit import SyncedDoor, dealer, in_process_gateway
 
 from openfang.control.guard import receive_client
 from openfang.protocol.envelope import Envelope, decode, encode
@@ -21,48 +21,18 @@ pytestmark = pytest.mark.integration
 MANIFEST = '[agent]\nname = "greeter"\nmodule = "builtin:echo"\n'
 
 
-class _Spawns:
-    """The gateway, a client DEALER and worker ``w-0`` (synced, hosting nothing); turns driven by hand."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.db = tmp / "agents.db"
-        self.gw = in_process_gateway(tmp)
-        self.worker = dealer(self.gw, self.gw.control.workers, b"w-0")
-        self.client = dealer(self.gw, self.gw.control.endpoint, b"client")
-        self.gw.placement.worker_synced("w-0", [])
+class _Spawns(SyncedDoor):
+    """The synced door, spawning MANIFEST."""
 
     def spawn(self) -> Envelope:
         """The client's spawn, taken in by the gateway: what the worker receives."""
-        self.client.send(encode(Envelope(type="agent.spawn", body={"manifest": MANIFEST})))
-        assert self.gw.clients.poll(5000), "the gateway got no spawn"
-        self.gw._drain(self.gw.clients, self.gw._on_client_frames, receive=receive_client)
-        self.gw._flush()  # as the loop does after each batch
+        self.ask(Envelope(type="agent.spawn", body={"manifest": MANIFEST}))
         assert self.worker.poll(5000), "the spawn was not forwarded"
         return decode(self.worker.recv())
 
     def worker_answers(self, forwarded: Envelope) -> None:
         body = {"agent_id": forwarded.body["agent_id"], "worker": "w-0", "spawn": "warm", "spawn_ms": 0.2}
-        self.worker.send(encode(forwarded.reply(body)))
-        assert self.gw.worker_sock.poll(5000), "the gateway got no answer"
-        self.gw._drain(self.gw.worker_sock, self.gw._on_worker_frames)
-        self.gw._flush()
-
-    def end_turn(self) -> None:
-        """What the loop does at the end of every turn: commit the registry, send what waits."""
-        self.gw._commit()
-        self.gw._flush()
-
-    def ack(self, timeout_ms: int) -> Envelope | None:
-        return decode(self.client.recv()) if self.client.poll(timeout_ms) else None
-
-    def on_disk(self, agent_id: str) -> str | None:
-        """The row's state as another connection reads it from the file (None: not there)."""
-        return registry_state(self.db, agent_id)
-
-    def close(self) -> None:
-        self.worker.close(0)
-        self.client.close(0)
-        self.gw.close()
+        self.answer(forwarded.reply(body))
 
 
 @pytest.fixture
@@ -79,9 +49,9 @@ def test_gateway_spawn_ack_answered_before_its_row_is_written_waits_for_the_comm
     forwarded = spawns.spawn()
     agent_id = forwarded.body["agent_id"]
     spawns.worker_answers(forwarded)
-    assert spawns.ack(200) is None and spawns.on_disk(agent_id) is None
+    assert spawns.reply(200) is None and spawns.on_disk(agent_id) is None
     spawns.end_turn()
-    ack = spawns.ack(5000)
+    ack = spawns.reply(5000)
     assert ack is not None and ack.type == "agent.spawn.ok" and ack.body["agent_id"] == agent_id
     assert spawns.on_disk(agent_id) == "running"
 
@@ -94,7 +64,7 @@ def test_gateway_spawn_ack_for_a_row_on_disk_leaves_at_once(spawns: _Spawns) -> 
     spawns.end_turn()
     assert spawns.on_disk(agent_id) == "starting"
     spawns.worker_answers(forwarded)
-    ack = spawns.ack(5000)
+    ack = spawns.reply(5000)
     assert ack is not None and ack.type == "agent.spawn.ok" and ack.body["agent_id"] == agent_id
     assert spawns.on_disk(agent_id) == "starting"  # acknowledged: the row that restores it is there
     spawns.end_turn()
@@ -110,7 +80,7 @@ def test_gateway_refused_spawn_is_never_acknowledged_nor_kept(spawns: _Spawns) -
     assert spawns.gw.worker_sock.poll(5000)
     spawns.gw._drain(spawns.gw.worker_sock, spawns.gw._on_worker_frames)
     spawns.gw._flush()
-    reply = spawns.ack(5000)
+    reply = spawns.reply(5000)
     assert reply is not None and reply.is_error and "import not allowed" in reply.body["message"]
     spawns.end_turn()
     assert spawns.on_disk(agent_id) is None and spawns.gw.registry.get(agent_id) is None
@@ -127,7 +97,7 @@ def _running_agent(spawns: _Spawns) -> str:
     forwarded = spawns.spawn()
     spawns.worker_answers(forwarded)
     spawns.end_turn()
-    assert spawns.ack(5000) is not None
+    assert spawns.reply(5000) is not None
     return str(forwarded.body["agent_id"])
 
 
@@ -142,9 +112,9 @@ def test_gateway_kill_ack_waits_until_the_removal_is_on_disk(spawns: _Spawns) ->
     assert spawns.gw.worker_sock.poll(5000), "the gateway got no answer"
     spawns.gw._drain(spawns.gw.worker_sock, spawns.gw._on_worker_frames)
     spawns.gw._flush()
-    assert spawns.ack(200) is None and spawns.on_disk(agent_id) == "running"
+    assert spawns.reply(200) is None and spawns.on_disk(agent_id) == "running"
     spawns.end_turn()
-    ack = spawns.ack(5000)
+    ack = spawns.reply(5000)
     assert ack is not None and ack.body == {"agent_id": agent_id, "state": "dead"}
     assert spawns.on_disk(agent_id) is None
 
@@ -156,9 +126,9 @@ def test_gateway_kill_of_an_agent_no_worker_holds_is_acknowledged_after_the_comm
     spawns.gw.placement.worker_lost("w-0", "test")  # the agent waits to be placed again: nobody announces it
     spawns.end_turn()
     _request(spawns, "agent.kill", agent_id)
-    assert spawns.ack(200) is None and spawns.on_disk(agent_id) is not None
+    assert spawns.reply(200) is None and spawns.on_disk(agent_id) is not None
     spawns.end_turn()
-    ack = spawns.ack(5000)
+    ack = spawns.reply(5000)
     assert ack is not None and ack.body == {"agent_id": agent_id, "state": "dead"}
     assert spawns.on_disk(agent_id) is None
 
@@ -184,7 +154,7 @@ def test_gateway_message_to_an_agent_whose_worker_just_vanished_waits_for_it(spa
     assert spawns.gw.clients.poll(5000)
     spawns.gw._drain(spawns.gw.clients, spawns.gw._on_client_frames, receive=receive_client)
     spawns.gw._flush()
-    assert spawns.ack(200) is None, "answered although the agent is only waiting for its worker"
+    assert spawns.reply(200) is None, "answered although the agent is only waiting for its worker"
     spawns.worker = dealer(spawns.gw, spawns.gw.control.workers, b"w-0")
     time.sleep(0.1)  # the new DEALER's connection reaches the ROUTER
     spawns.gw.placement.worker_synced("w-0", [agent_id])

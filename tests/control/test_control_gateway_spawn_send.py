@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from control_gateway_kit import dealer, in_process_gateway, registry_state
+from control_gateway_kit import SyncedDoor
 
 from openfang.control.guard import Guard, receive_client
 from openfang.protocol import messages
@@ -24,24 +24,14 @@ pytestmark = pytest.mark.integration
 MANIFEST = '[agent]\nname = "greeter"\nmodule = "builtin:echo"\n'
 
 
-class _Link:
-    """The gateway, a client DEALER and worker ``w-0`` (synced, hosting nothing); turns driven by hand."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.db = tmp / "agents.db"
-        self.gw = in_process_gateway(tmp)
-        self.worker = dealer(self.gw, self.gw.control.workers, b"w-0")
-        self.client = dealer(self.gw, self.gw.control.endpoint, b"client")
-        self.gw.placement.worker_synced("w-0", [])
+class _Link(SyncedDoor):
+    """The synced door, spawning MANIFEST with a first message."""
 
     def spawn(self, **extra: Any) -> tuple[Envelope, Envelope]:
         """The client's spawn with a first message, taken in by the gateway: what the worker receives
         (the spawn, then the message)."""
         body = {"manifest": MANIFEST, "text": "hello", **extra}
-        self.client.send(encode(Envelope(type="agent.spawn", body=body, id="req-1")))
-        assert self.gw.clients.poll(5000), "the gateway got no spawn"
-        self.gw._drain(self.gw.clients, self.gw._on_client_frames, receive=receive_client)
-        self.gw._flush()  # as the loop does after each batch
+        self.ask(Envelope(type="agent.spawn", body=body, id="req-1"))
         assert self.worker.poll(5000), "the worker got nothing"
         frames = self.worker.recv_multipart()
         assert len(frames) == 2, "the spawn and its message leave in one flush, as one batch"
@@ -53,29 +43,6 @@ class _Link:
         frames = self.worker.recv_multipart()
         assert len(frames) == 1, f"one message expected, got a batch of {len(frames)}"
         return decode(frames[0])
-
-    def answer(self, reply: Envelope) -> None:
-        """The worker's answer, taken in by the gateway."""
-        self.worker.send(encode(reply))
-        assert self.gw.worker_sock.poll(5000), "the gateway got no answer"
-        self.gw._drain(self.gw.worker_sock, self.gw._on_worker_frames)
-        self.gw._flush()
-
-    def end_turn(self) -> None:
-        self.gw._commit()
-        self.gw._flush()
-
-    def reply(self, timeout_ms: int = 5000) -> Envelope | None:
-        return decode(self.client.recv()) if self.client.poll(timeout_ms) else None
-
-    def on_disk(self, agent_id: str) -> str | None:
-        """The row's state as another connection reads it from the file (None: not there)."""
-        return registry_state(self.db, agent_id)
-
-    def close(self) -> None:
-        self.worker.close(0)
-        self.client.close(0)
-        self.gw.close()
 
 
 @pytest.fixture
