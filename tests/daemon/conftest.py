@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from daemon_harness import Cluster
+from model_server import ModelServer
 
 
 @pytest.fixture
@@ -24,3 +25,11 @@ def make_cluster() -> Iterator[type[Cluster]]:
     yield factory  # type: ignore[misc]
     for c in made:
         c.close()
+
+
+@pytest.fixture
+def model_server() -> Iterator[ModelServer]:
+    """A model server on 127.0.0.1 (OpenAI chat protocol) for the test, closed at its end."""
+    s = ModelServer()
+    yield s
+    s.close()

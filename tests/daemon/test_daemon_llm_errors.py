@@ -10,84 +10,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-import time
-from collections import deque
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 from daemon_harness import Cluster, wait_for
+from model_server import ModelServer
 
 pytestmark = pytest.mark.integration
-
-
-class ModelServer:
-    """POST /v1/chat/completions: each request takes the next behaviour from ``plan`` (default: answer)."""
-
-    def __init__(self) -> None:
-        self.plan: deque[str] = deque()
-        self.requests: list[dict[str, Any]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(body)
-                how = server.plan.popleft() if server.plan else "ok"
-                if how == "slow":
-                    time.sleep(2.5)  # past the manifest's 1 s timeout
-                    return
-                status, payload, ctype = 200, b"", "application/json"
-                if how == "500":
-                    status, payload = (
-                        500,
-                        b'{"error": {"message": "upstream exploded", "type": "server_error"}}',
-                    )
-                elif how == "notjson":
-                    payload, ctype = b"<html>gateway page</html>", "text/html"
-                elif how == "nochoices":
-                    payload = json.dumps({"id": "x", "object": "chat.completion", "model": "m"}).encode()
-                else:
-                    last = body["messages"][-1]["content"]
-                    payload = json.dumps(
-                        {
-                            "model": body["model"],
-                            "choices": [
-                                {
-                                    "message": {"role": "assistant", "content": f"echo: {last}"},
-                                    "finish_reason": "stop",
-                                }
-                            ],
-                            "usage": {"prompt_tokens": 3, "completion_tokens": 2},
-                        }
-                    ).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def model_server() -> Iterator[ModelServer]:
-    s = ModelServer()
-    yield s
-    s.close()
 
 
 MANIFEST = """

@@ -10,14 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import zmq
 from daemon_harness import Cluster, wait_for
+from model_server import ModelServer
 
 from openfang.protocol.envelope import Envelope, decode, encode
 
@@ -77,69 +76,6 @@ base_url = "http://127.0.0.1:{port}/v1"
 timeout = {timeout_s}
 max_retries = 0
 """
-
-
-class ModelServer:
-    """POST /v1/chat/completions: ``fail`` answers HTTP 500; ``hold`` makes each request wait until released
-    (``release``) before it answers; otherwise it answers ``echo: <last message>`` at once."""
-
-    def __init__(self) -> None:
-        self.fail = False
-        self.hold = threading.Event()
-        self.arrived = threading.Event()
-        self.released = threading.Event()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.arrived.set()
-                if server.hold.is_set():
-                    server.released.wait(30)
-                if server.fail:
-                    status, payload = 500, {"error": {"message": "upstream exploded", "type": "server_error"}}
-                else:
-                    status = 200
-                    payload = {
-                        "model": body["model"],
-                        "choices": [
-                            {
-                                "message": {
-                                    "role": "assistant",
-                                    "content": f"echo: {body['messages'][-1]['content']}",
-                                },
-                                "finish_reason": "stop",
-                            }
-                        ],
-                        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
-                    }
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.released.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def model_server() -> Iterator[ModelServer]:
-    s = ModelServer()
-    yield s
-    s.close()
 
 
 @pytest.fixture(scope="module")
@@ -270,12 +206,12 @@ def test_spawn_first_message_model_error_is_send_error_naming_the_model(
     """The model answers HTTP 500 to the first message: the agent is spawned, send_error is the llm_error an
     agent.send gets (provider, model, status)."""
     c = make_cluster(workers=1).start()
-    model_server.fail = True
+    model_server.default = "500"
     body = spawn_with(c, remote("talker", model_server.port), "first question").body
     err = body["send_error"]
     assert err["code"] == "llm_error" and err["llm"]["status"] == 500, err
     assert "openai model test-model" in err["message"], err
-    model_server.fail = False
+    model_server.default = "ok"
     reply = c.call("agent.send", {"agent_id": body["agent_id"], "text": "second"})
     assert reply.body["reply"] == "echo: second", reply.body
     assert c.stop() == 0
@@ -287,11 +223,11 @@ def test_spawn_first_message_past_the_gateway_timeout_is_send_error_timeout(
     """A first answer slower than request_timeout_ms: the client gets agent.spawn.ok with send_error
     timeout (not a hang, not a lost id); the agent answers once the model does."""
     c = make_cluster(workers=1, request_timeout_ms=1500).start()
-    model_server.hold.set()
+    model_server.default = "hold"
     body = spawn_with(c, remote("slowpoke", model_server.port), "take your time").body
     assert body["send_error"]["code"] == "timeout", body
-    model_server.hold.clear()
-    model_server.released.set()
+    model_server.default = "ok"
+    model_server.release()
     agent_id = body["agent_id"]
     assert c.ok("agent.info", {"agent_id": agent_id})["state"] == "running"
     reply = c.call("agent.send", {"agent_id": agent_id, "text": "now"})
@@ -305,7 +241,7 @@ def test_worker_kill_between_spawn_and_first_reply_answers_with_the_agent_id(
     """kill -9 of the worker while the first message waits for its model: the request is answered at once
     (agent.spawn.ok, send_error sandbox_error naming the worker), and the agent comes back with that id."""
     c = make_cluster(workers=1, request_timeout_ms=30000).start()
-    model_server.hold.set()
+    model_server.default = "hold"
     sock = c.zctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(c.endpoint)
@@ -321,8 +257,8 @@ def test_worker_kill_between_spawn_and_first_reply_answers_with_the_agent_id(
     assert reply.type == "agent.spawn.ok" and reply.id == "s-1", reply.body
     err = reply.body["send_error"]
     assert err["code"] == "sandbox_error" and "workers-0" in err["message"], err
-    model_server.hold.clear()
-    model_server.released.set()
+    model_server.default = "ok"
+    model_server.release()
     agent_id = reply.body["agent_id"]
     wait_for(
         lambda: not c.call("agent.send", {"agent_id": agent_id, "text": "back?"}).is_error,
