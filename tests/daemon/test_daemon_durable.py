@@ -262,22 +262,27 @@ def test_daemon_kill_and_restart_brings_every_agent_back_with_its_id(make_cluste
     assert c.stop() == 0
 
 
+@pytest.mark.parametrize("first_message", [False, True], ids=["spawn", "spawn_with_text"])
 def test_daemon_kill_during_a_spawn_stream_keeps_every_acknowledged_spawn(
-    make_cluster: type[Cluster],
+    make_cluster: type[Cluster], first_message: bool
 ) -> None:
-    """kill -9 of the daemon while 300 pipelined spawns are in flight: after a start on the same data dir,
-    every spawn acknowledged before the kill is registered again, live, with its id; one of them answers."""
+    """kill -9 of the daemon while 300 pipelined spawns (with a first message, too) are in flight: after a
+    start on the same data dir, every spawn acknowledged before the kill (a combined reply read, with its
+    answer) is registered again, live, with its id; one of them answers."""
     c = make_cluster(workers=2, extra=UNLIMITED).start()
     sock = c.zctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(c.endpoint)
-    for _ in range(300):
-        sock.send(encode(Envelope(type="agent.spawn", body={"manifest": echo("stream")})))
+    for i in range(300):
+        body = {"manifest": echo("stream"), **({"text": f"m{i}"} if first_message else {})}
+        sock.send(encode(Envelope(type="agent.spawn", body=body)))
     acked: list[str] = []
     killed = False
     while sock.poll(1000 if killed else 15000):  # after the kill: until the socket has been quiet 1 s
         reply = decode(sock.recv())
         if not reply.is_error:
+            if first_message:
+                assert "reply" in reply.body and "send_error" not in reply.body, reply.body
             acked.append(str(reply.body["agent_id"]))
         if len(acked) >= 30 and not killed:
             c.signal(signal.SIGKILL)
