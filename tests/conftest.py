@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -28,3 +30,18 @@ def no_process_left_behind() -> Iterator[None]:
     while (left := _leftovers()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, "processes left behind by the tests:\n" + "\n".join(left)
+
+
+@pytest.fixture
+def sql_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every SQL statement run on the sqlite3 connections this test opens from now on, in order."""
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    return statements

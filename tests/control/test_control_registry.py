@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -242,19 +241,11 @@ def test_registry_commit_of_fsync_free_changes_only_does_not_wait_for_the_disk(t
 
 
 def test_registry_schema_is_written_once_and_a_reopen_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sql_statements: list[str]
 ) -> None:
     """A fresh file gets its tables and schema version in one transaction; opening it again runs no schema
     statement (no write, so no fsync, on the gateway's start)."""
-    statements: list[str] = []
-    connect = sqlite3.connect
-
-    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        conn = connect(*args, **kwargs)
-        conn.set_trace_callback(statements.append)
-        return conn
-
-    monkeypatch.setattr(sqlite3, "connect", traced)
+    statements = sql_statements
     path = tmp_path / "agents.db"
     reg = AgentRegistry(path)
     assert reg._db.execute("PRAGMA user_version").fetchone()[0] == 1

@@ -6,7 +6,6 @@ import json
 import multiprocessing
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -201,18 +200,10 @@ def test_audit_verify_of_missing_file_is_a_result_not_an_exception(tmp_path: Pat
     assert not res.ok and "no such" in res.reason
 
 
-def test_audit_reopen_writes_no_schema_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_audit_reopen_writes_no_schema_again(tmp_path: Path, sql_statements: list[str]) -> None:
     """The schema is created with the file in one transaction; opening an existing log runs no schema
     statement (no write) and its triggers still refuse a delete."""
-    statements: list[str] = []
-    connect = sqlite3.connect
-
-    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        conn = connect(*args, **kwargs)
-        conn.set_trace_callback(statements.append)
-        return conn
-
-    monkeypatch.setattr(sqlite3, "connect", traced)
+    statements = sql_statements
     path = tmp_path / "audit.db"
     with AuditLog(path) as log:
         log.append("test.event", n=1)
