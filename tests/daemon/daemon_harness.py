@@ -61,6 +61,12 @@ heartbeat_ms = 3000
 """
 
 
+# Config text that lifts the client, global and per-agent request limits: for tests that send in bursts.
+UNLIMITED = "".join(
+    f"\n[security.ratelimit.{bucket}]\nrate = 0\nburst = 0\n"
+    for bucket in ("client_requests", "global_requests", "agent_requests")
+)
+
 MEMORY_CHILD = """[[supervisor.children]]
 id = "memory"
 start = "openfang.memory.writer:main"

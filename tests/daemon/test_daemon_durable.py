@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import zmq
-from daemon_harness import Cluster, wait_for
+from daemon_harness import UNLIMITED, Cluster, wait_for
 
 from openfang.protocol.envelope import Envelope, decode, encode
 
@@ -29,10 +29,6 @@ TRAP_WAT = """(module
 
 # The load below comes from one client (one uid): lift the per-client and global request rates, and the
 # per-agent one, so every answer is about the agent, not about the rate limits.
-UNLIMITED = "".join(
-    f"\n[security.ratelimit.{bucket}]\nrate = 0\nburst = 0\n"
-    for bucket in ("client_requests", "global_requests", "agent_requests")
-)
 
 
 def echo(name: str, restart: str = "permanent", extra: str = "") -> str:

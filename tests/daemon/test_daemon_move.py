@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import zmq
-from daemon_harness import ROOT, Cluster, wait_for
+from daemon_harness import ROOT, UNLIMITED, Cluster, wait_for
 
 from openfang.protocol.envelope import Envelope, decode, encode
 
@@ -35,10 +35,6 @@ HIDDEN_WAT = """(module
     (i64.or (i64.shl (i64.const 2048) (i64.const 32)) (i64.const 1)))
 )"""
 # One client (one uid) sends a stream of messages: lift the request rates so every answer is the agent's.
-UNLIMITED = "".join(
-    f"\n[security.ratelimit.{bucket}]\nrate = 0\nburst = 0\n"
-    for bucket in ("client_requests", "global_requests", "agent_requests")
-)
 
 
 def counter(name: str = "counter", extra: str = "") -> str:
