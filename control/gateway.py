@@ -812,19 +812,14 @@ class Gateway:
         """Send the queued worker requests in order; a request that cannot be sent is failed as it would
         have been at once (its waiting entry dropped, ``on_fail`` told why)."""
         out, self._worker_out = self._worker_out, []
-        if len(out) == 1:
-            self._send_worker_batch(out[0][0][0], [out[0][0][1]], out)
-            return
         # One ZeroMQ message per worker, its requests as frames in order (the worker reads each frame as
         # one envelope): one wake-up of ZeroMQ's threads for the batch instead of one per request.
         batches: dict[bytes, tuple[list[bytes], list[tuple[list[bytes], str, _OnFail]]]] = {}
         for item in out:
-            routing_id = item[0][0]
-            batch = batches.get(routing_id)
-            if batch is None:
-                batch = batches[routing_id] = ([], [])
-            batch[0].append(item[0][1])
-            batch[1].append(item)
+            (routing_id, payload), _key, _on_fail = item
+            payloads, items = batches.setdefault(routing_id, ([], []))
+            payloads.append(payload)
+            items.append(item)
         for routing_id, (payloads, items) in batches.items():
             self._send_worker_batch(routing_id, payloads, items)
 
