@@ -24,8 +24,9 @@ import zmq
 from openfang.protocol import messages
 from openfang.protocol.bodies import Empty, ForwardedRequest, WorkerForward, WorkerHello, WorkerPing
 from openfang.protocol.envelope import Envelope, decode, encode
-from openfang.protocol.errors import NotFound, OpenFangError, ProtocolError
+from openfang.protocol.errors import Busy, NotFound, OpenFangError, ProtocolError
 from openfang.protocol.messages import remote_error
+from openfang.protocol.sockets import send_nowait
 from openfang.security import injection
 from openfang.supervisor.child import ChildContext
 from openfang.workers.host import wiring as host_wiring
@@ -227,11 +228,8 @@ class Worker:
         for start in range(0, len(out), BATCH_FRAMES):
             batch = out[start : start + BATCH_FRAMES]
             try:
-                if len(batch) == 1:
-                    self.sock.send(batch[0], zmq.NOBLOCK)
-                else:
-                    self.sock.send_multipart(batch, zmq.NOBLOCK)
-            except zmq.Again:
+                send_nowait(self.sock, batch, peer="gateway")
+            except Busy:
                 # The gateway is gone or not reading; it times the requests out for their clients.
                 log.warning("reply_dropped_gateway_busy", messages=len(batch))
 
