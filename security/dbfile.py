@@ -34,21 +34,18 @@ def create(path: str | os.PathLike[str], script: str) -> bool:
     if path.exists():
         return False
     tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    for leftover in ("", "-journal", "-wal", "-shm"):  # this pid's own, from a creation that crashed
-        Path(f"{tmp}{leftover}").unlink(missing_ok=True)
+    _remove(tmp)  # this pid's own, from a creation that crashed
     try:
         db = sqlite3.connect(str(tmp), isolation_level=None)
         try:
             db.execute("PRAGMA synchronous = OFF")  # synced once, below, before anyone can see the file
-            db.execute(
-                "PRAGMA journal_mode = WAL"
-            )  # recorded in the file's header: opening it writes nothing
+            # Recorded in the file's header: opening it later writes nothing.
+            db.execute("PRAGMA journal_mode = WAL")
             db.executescript(script)
         finally:
             db.close()  # the last connection: the log is checkpointed into the file and removed
     except BaseException:
-        for leftover in ("", "-journal", "-wal", "-shm"):
-            Path(f"{tmp}{leftover}").unlink(missing_ok=True)
+        _remove(tmp)
         raise
     try:
         _fsync(tmp)
@@ -64,6 +61,12 @@ def create(path: str | os.PathLike[str], script: str) -> bool:
     with contextlib.suppress(OSError):
         _fsync(path.parent)
     return True
+
+
+def _remove(db: Path) -> None:
+    """Remove a SQLite file and its journal, log and shared-memory files, those that exist."""
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:
