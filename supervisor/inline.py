@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from openfang.supervisor._record import SupervisorState
+from openfang.supervisor._record import Reply, SupervisorState
 from openfang.supervisor._requests import answer_routed
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED
 from openfang.supervisor.loop import Loop
@@ -49,7 +49,6 @@ from openfang.supervisor.spec import ChildSpec, SupervisorSpec
 
 log = structlog.get_logger("openfang.supervisor")
 KILLED = abnormal(signal=int(signal.SIGKILL), detail=signal.SIGKILL.name)
-Reply = Callable[[bool, Any], None]
 
 
 class _Changes(Protocol):
