@@ -111,7 +111,7 @@ _ARG_I32S = {n: ctypes.c_int32 * (n * _VAL_SIZE // 4) for n in range(4)}
 _ARG_AT, _ARG_STEP = _VAL_OF // 4, _VAL_SIZE // 4
 # A host function's one result as two words: the kind (i32) and the value (its low 4 bytes the i32).
 _RESULT_WORDS = ctypes.c_uint64 * 2
-_CONTINUATION_FIELDS = struct.Struct("@PPP")  # wasmtime_async_continuation_t: callback, env, finalizer
+_CONTINUATION_WORDS = ctypes.c_size_t * 3  # wasmtime_async_continuation_t: callback, env, finalizer
 # An instance's call buffer, in 8-byte words (one ctypes array, its address kept): the arguments of a call
 # (up to two values), its result value, the trap and error slots a failed call fills, and the fuel read
 # after each poll. Filled and read by index (~50 ns a word) instead of ctypes struct fields (~0.2 us each).
@@ -124,7 +124,7 @@ _FUEL_WORD = _ERROR_WORD + 1
 _CALL_WORDS = _FUEL_WORD + 1
 if _VAL_SIZE % 8 or _VAL_OF != 8:
     raise ImportError("wasmtime_val_t is not a kind word and a value union: check the wasmtime version")
-if ctypes.sizeof(ffi.wasmtime_async_continuation_t) != _CONTINUATION_FIELDS.size:
+if ctypes.sizeof(ffi.wasmtime_async_continuation_t) != ctypes.sizeof(_CONTINUATION_WORDS):
     raise ImportError("wasmtime_async_continuation_t is not three pointers: check the wasmtime version")
 
 # wasmtime._ffi declares this one with a wasmtime_error_t* result, but the C function returns void in
@@ -162,10 +162,13 @@ def _wasmtime_error(err_ptr: Any, what: str) -> SandboxError:
     return SandboxError(f"{what}: {str(err).splitlines()[0] if str(err) else 'wasmtime error'}")
 
 
-# Bumped wherever a memory may have grown or moved since: on entering every host function (the guest ran
-# before it), after every poll, and by grow_memory. A GuestMemory reads its size again only when this
-# changed (one native call for the several accesses of one host call), and its base address only when the
-# size changed: a linear memory never shrinks, and it moves only when it grows.
+# Bumped by grow_memory (the host growing a memory): every GuestMemory reads its size again. The guest
+# grows its memory only while it runs, inside a poll: the instance's own GuestMemory (``tracked``) is marked
+# stale on entering every host function and at the end of every poll, so it reads its size once per host
+# call and once after a poll, not once per access (each native call costs ~0.3 us), and not again for a
+# message written after another agent's poll. Any other GuestMemory reads it on every access. The base
+# address is read again only when the size changed: a linear memory never shrinks, it moves only when it
+# grows.
 _memory_epoch = [0]
 _EMPTY = memoryview(bytearray())
 
@@ -178,14 +181,15 @@ class GuestMemory:
     its range against the size first: the view is never indexed outside the memory.
     """
 
-    __slots__ = ("_ctx", "_ctx_at", "_mem", "_mem_at", "_seen", "_size", "_view")
+    __slots__ = ("_ctx", "_ctx_at", "_mem", "_mem_at", "_seen", "_size", "_tracked", "_view")
 
-    def __init__(self, ctx: Any, mem: Any) -> None:
+    def __init__(self, ctx: Any, mem: Any, *, tracked: bool = False) -> None:
         self._ctx = ctx  # kept alive: the addresses below point into them
         self._mem = mem
         self._ctx_at = ctypes.cast(ctx, ctypes.c_void_p).value
         self._mem_at = ctypes.addressof(mem)
-        self._seen = -1
+        self._tracked = tracked  # the instance's own: marked stale (``stale``) whenever the guest may grow it
+        self._seen = -1  # _memory_epoch when the size was read, -1 when it must be read again
         self._size = -1
         self._view = _EMPTY
 
@@ -199,7 +203,11 @@ class GuestMemory:
                 memoryview((ctypes.c_ubyte * size).from_address(addr)).cast("B") if addr and size else _EMPTY
             )
             self._size = size if addr else 0
-        self._seen = _memory_epoch[0]
+        self._seen = _memory_epoch[0] if self._tracked else -1
+
+    def stale(self) -> None:
+        """The guest may have grown this memory since: read its size again at the next access."""
+        self._seen = -1
 
     def size(self) -> int:
         if self._seen != _memory_epoch[0]:
@@ -373,12 +381,15 @@ class Runtime:
     ) -> int:
         # Never raise across wasm: any failure becomes an error code for the guest.
         code = -2
-        _memory_epoch[0] += 1
         try:
             target = self.current
             if target is not None:
                 values = tuple(_ARG_I32S[nargs].from_address(args)[_ARG_AT::_ARG_STEP]) if nargs else ()
-                mem = self.current_memory or self._memory(caller)
+                mem = self.current_memory
+                if mem is None:
+                    mem = self._memory(caller)
+                else:
+                    mem._seen = -1  # stale(): the guest ran before this call
                 code = int(target.host_sync(self._names[env or 0], mem, values))
         except Exception:
             code = -2
@@ -399,14 +410,17 @@ class Runtime:
         cont: int,
     ) -> None:
         poller: AsyncPoller
-        _memory_epoch[0] += 1
         try:
             target = self.current
             if target is None:
                 poller = _const(-2)
             else:
                 values = tuple(_ARG_I32S[nargs].from_address(args)[_ARG_AT::_ARG_STEP]) if nargs else ()
-                mem = self.current_memory or self._memory(caller)
+                mem = self.current_memory
+                if mem is None:
+                    mem = self._memory(caller)
+                else:
+                    mem._seen = -1  # stale(): the guest ran before this call
                 poller = target.host_async(self._names[env or 0], mem, values)
         except Exception:
             poller = _const(-2)
@@ -419,7 +433,10 @@ class Runtime:
             call.parked = key
         # The continuation: our callback and the key as its env; no finalizer (a ctypes callback on every
         # host call): the entry goes when the continuation completes or when the call is cancelled.
-        ctypes.memmove(cont, _CONTINUATION_FIELDS.pack(self._cont_at, key, 0), _CONTINUATION_FIELDS.size)
+        fields = _CONTINUATION_WORDS.from_address(cont)
+        fields[0] = self._cont_at
+        fields[1] = key
+        fields[2] = 0
 
     def _continuation(self, env: int | None) -> bool:
         key = env or 0
@@ -947,6 +964,8 @@ class Instance:
                 if ok and _kind(item) == _EXTERN_TABLE:
                     found.append(ffi.wasmtime_table_t.from_buffer_copy(item.of.table))
             self._tables = tuple(found)  # () for most modules: the shared empty tuple
+        if not self._tables:
+            return []
         return [int(ffi.wasmtime_table_size(self._ctx, byref(t))) for t in self._tables]
 
     def table_bytes(self) -> int:
@@ -963,7 +982,9 @@ class Instance:
             )
             if not found or _kind(item) != _EXTERN_MEMORY:
                 return None  # not cached: only modules without a memory (never a guest's) get here again
-            self._mem = GuestMemory(self._ctx, ffi.wasmtime_memory_t.from_buffer_copy(item.of.memory))
+            self._mem = GuestMemory(
+                self._ctx, ffi.wasmtime_memory_t.from_buffer_copy(item.of.memory), tracked=True
+            )
             self._mem_looked_up = True
         return self._mem
 
@@ -1071,9 +1092,8 @@ class AsyncCall:
         runtime = inst.runtime
         runtime.current = dispatch
         # A call (not the instantiation) runs in an instantiated instance: its memory export is known.
-        runtime.current_memory = (
-            None if self._name is None else inst._mem if inst._mem_looked_up else inst.memory()
-        )
+        mem = None if self._name is None else inst._mem if inst._mem_looked_up else inst.memory()
+        runtime.current_memory = mem
         runtime.current_call = self
         try:
             done = _future_poll(self.future)
@@ -1081,7 +1101,8 @@ class AsyncCall:
             runtime.current = None
             runtime.current_memory = None
             runtime.current_call = None
-            _memory_epoch[0] += 1
+            if mem is not None:
+                mem._seen = -1  # stale(): the guest ran
         # What the poll consumed (one fuel read per poll): Instance._charge_poll, inlined.
         words = inst._words
         if _get_fuel(inst._ctx_at, inst._words_at + 8 * _FUEL_WORD):
