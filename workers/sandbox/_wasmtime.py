@@ -1126,7 +1126,7 @@ class AsyncCall:
             if self._results_at == inst._words_at + 8 * _RESULT_WORD:
                 kind, raw = words[_RESULT_WORD], words[_RESULT_WORD + 1]
             else:
-                kind, raw = struct.unpack_from("<Q8xQ", ctypes.string_at(self._results_at, 24))
+                kind, raw = struct.unpack("<QQ", ctypes.string_at(self._results_at, 16))
             # The value's bits: an i64 fills the word, an i32 its low half (the rest is not ours to read).
             if kind & 0xFF == _I64:
                 self._value = raw - (1 << 64) if raw >> 63 else raw

@@ -13,7 +13,10 @@ the table, so the next message's conversation has no half-turn in it.
 ``builtin:echo`` replies with the message it was given (routing and density benchmarks, tests).
 
 Both have an inbox (the optional ``agent_inbox`` / ``agent_inbox_size`` exports, docs/guest-abi.md): the host
-writes a message that fits there and calls ``agent_handle`` once, without ``alloc``. The llm-agent's inbox is
+writes a message that fits there and calls ``agent_handle`` once, without ``alloc``. The llm-agent also has a
+result area (``agent_result_area``, [8, 16) of page 0): before each ``llm_invoke`` / ``tool_call`` it offers
+the free end of its heap there, the host writes a result that fits straight into it, and the ``alloc`` that
+follows takes exactly those bytes: no ``host_result`` call, no copy. The llm-agent's inbox is
 [16, 1024) of page 0, below its conversation table, which no earlier version of the module used: a snapshot
 of the module before the inbox (same memory layout, same globals) fits this one (``PREDECESSORS``). It
 copies an inbox message to its heap (the conversation keeps it; the host overwrites the inbox on the next
@@ -59,6 +62,8 @@ LLM_AGENT_WAT = (
   ;; [16, 1024): the inbox; the host writes a message that fits here and calls agent_handle(16, len)
   (global (export "agent_inbox") i32 (i32.const 16))
   (global (export "agent_inbox_size") i32 (i32.const 1008))
+  ;; [8, 16): the result area, (u32 ptr, u32 cap), set by $offer before every llm_invoke and tool_call
+  (global (export "agent_result_area") i32 (i32.const 8))
 """
     + _ALLOC
     + """
@@ -75,11 +80,21 @@ LLM_AGENT_WAT = (
     (global.set $count (i32.add (global.get $count) (i32.const 1)))
     (i32.const 1))
 
-  ;; Allocate n bytes and copy the pending host result into them: ptr, or a negative error code.
+  ;; Offer the free end of the heap as the result area of the next parking host call: ptr = heap top, cap =
+  ;; the bytes from there to the end of memory (an alloc of at most cap bytes takes exactly them, no grow).
+  (func $offer
+    (i32.store (i32.const 8) (global.get $heap))
+    (i32.store (i32.const 12) (i32.sub (i32.shl (memory.size) (i32.const 16)) (global.get $heap))))
+
+  ;; Allocate n bytes for the result of the host call just made: the host wrote it there already when it fit
+  ;; the offered area (the heap top has not moved since $offer), else copy the pending result into them.
+  ;; ptr, or a negative error code.
   (func $fetch (param $n i32) (result i32)
-    (local $buf i32) (local $got i32)
+    (local $buf i32) (local $got i32) (local $offered i32)
+    (local.set $offered (i32.le_u (local.get $n) (i32.load (i32.const 12))))
     (local.set $buf (call $alloc (local.get $n)))
     (if (i32.eqz (local.get $buf)) (then (return (i32.const -8))))
+    (if (local.get $offered) (then (return (local.get $buf))))
     (local.set $got (call $result (local.get $buf) (local.get $n)))
     (if (i32.lt_s (local.get $got) (i32.const 0)) (then (return (local.get $got))))
     (local.get $buf))
@@ -110,6 +125,7 @@ LLM_AGENT_WAT = (
     (local $r i32) (local $buf i32) (local $jlen i32)
     (if (i32.eqz (call $push (local.get $p) (local.get $n))) (then (return (i64.const -4))))
     (loop $turn
+      (call $offer)
       (local.set $r (call $llm (i32.const 1024) (i32.shl (global.get $count) (i32.const 3))))
       (if (i32.lt_s (local.get $r) (i32.const 0)) (then (return (i64.extend_i32_s (local.get $r)))))
       (if (i32.lt_u (local.get $r) (i32.const 5)) (then (return (i64.const -2))))
@@ -129,6 +145,7 @@ LLM_AGENT_WAT = (
                 (i64.const 32))
               (i64.extend_i32_u (i32.sub (i32.sub (local.get $r) (i32.const 5)) (local.get $jlen)))))))
       ;; 'T': run the tool calls of the assistant message just appended, append the tool results
+      (call $offer)
       (local.set $r (call $tool (i32.add (local.get $buf) (i32.const 5)) (local.get $jlen)))
       (if (i32.lt_s (local.get $r) (i32.const 0)) (then (return (i64.extend_i32_s (local.get $r)))))
       (local.set $buf (call $fetch (local.get $r)))
@@ -165,8 +182,12 @@ BUILTINS: dict[str, str] = {"llm-agent": LLM_AGENT_WAT, "echo": ECHO_WAT}
 # exported mutable globals, and nothing the new version reads where the old one kept something): an agent
 # hibernated by an older worker wakes in a newer one. Any other digest is refused by the snapshot restore.
 _EARLIER: dict[str, tuple[str, ...]] = {
-    # before the inbox (2026-12-05)
-    "llm-agent": ("8312e2632d45f2dc6617cdbf54a3fb957cff0ac850127d756d524cc7c0e34006",),
+    # before the inbox (2026-12-05), then (llm-agent) before the result area, which lies in bytes [8, 16)
+    # no earlier version used and which the guest writes before it reads them
+    "llm-agent": (
+        "8312e2632d45f2dc6617cdbf54a3fb957cff0ac850127d756d524cc7c0e34006",
+        "686c2e97fba86d573ba512ad7e80656d47886b07a768a216a51971965f5b3be9",
+    ),
     "echo": ("0d75cf9c1d9bedfc80aebf8f925a75f0d27e71708af5cf8fcb8f65a35ae36b1d",),
 }
 

@@ -8,7 +8,11 @@ value is ``(reply_ptr << 32) | reply_len`` on success or a negative error code. 
 the immutable i32 globals ``agent_inbox`` and ``agent_inbox_size``, a region of the guest's memory the host
 writes a message of at most ``agent_inbox_size`` bytes into before calling ``agent_handle(agent_inbox, len)``
 without ``alloc`` first (one guest call per message instead of two); the bytes there are the guest's only for
-that call. Longer messages, and guests without an inbox, go through ``alloc``.
+that call. Longer messages, and guests without an inbox, go through ``alloc``. Optional too: the immutable
+i32 global ``agent_result_area``, the address of two u32s in the guest's memory, ``(ptr, cap)``, that the
+guest sets before each parking host call: a result of at most ``cap`` bytes is written at ``ptr`` before the
+call returns its length, and nothing is left pending for ``host_result`` (one host call fewer per model or
+tool call); a longer one (or any, with ``cap`` 0) is fetched with ``host_result`` as usual.
 
 Imports (module ``env``, every function takes i32s and returns one i32; negative = error code):
 ``host_result(ptr, cap)`` copies the pending result of the last host call; ``log(ptr, len)``;
@@ -70,6 +74,8 @@ EXPORT_INIT = "agent_init"
 EXPORT_HANDLE = "agent_handle"
 EXPORT_INBOX = "agent_inbox"
 EXPORT_INBOX_SIZE = "agent_inbox_size"
+EXPORT_RESULT_AREA = "agent_result_area"
+RESULT_AREA = struct.Struct("<II")  # the result area's (ptr, cap)
 REQUIRED_EXPORTS = ("memory", EXPORT_ALLOC, EXPORT_HANDLE)
 # Optional exports a guest has both of or neither (the spawn is refused otherwise).
 PAIRED_EXPORTS = ((EXPORT_INBOX, EXPORT_INBOX_SIZE),)
@@ -84,6 +90,7 @@ EXPORT_TYPES: dict[str, tuple[str, ...]] = {
     # Immutable: the host reads them once per module, not per message.
     EXPORT_INBOX: ("global", "i32", "const"),
     EXPORT_INBOX_SIZE: ("global", "i32", "const"),
+    EXPORT_RESULT_AREA: ("global", "i32", "const"),
 }
 
 

@@ -161,6 +161,8 @@ _NOTHING_PARSED: Mapping[bytes, list[dict[str, Any]]] = MappingProxyType({})
 # module has the same inbox: read from the first instance, kept for all (bounded: cleared when full).
 _INBOXES: dict[str, tuple[int, int] | None] = {}
 _INBOXES_LIMIT = 1024
+# The same for the guest's result area (agent_result_area), read with the inbox: its address, or None.
+_RESULT_AREAS: dict[str, int | None] = {}
 _GRANTS: dict[frozenset[str], frozenset[str]] = {}
 
 
@@ -378,14 +380,44 @@ class Sandbox:
         self._seeds[entry] = messages
 
     def _read_inbox(self, inst: Instance) -> tuple[int, int] | None:
-        """The module's inbox (address, size) from its exports (checked at spawn: both or neither, i32)."""
+        """The module's inbox (address, size) from its exports (checked at spawn: both or neither, i32);
+        its result area is read and kept at the same time."""
         addr, size = exported_i32(inst, abi.EXPORT_INBOX), exported_i32(inst, abi.EXPORT_INBOX_SIZE)
         inbox = (addr, size) if addr is not None and size is not None else None
         if self.module_digest:
-            if len(_INBOXES) >= _INBOXES_LIMIT:
+            if len(_INBOXES) >= _INBOXES_LIMIT or len(_RESULT_AREAS) >= _INBOXES_LIMIT:
                 _INBOXES.clear()
+                _RESULT_AREAS.clear()
             _INBOXES[self.module_digest] = inbox
+            _RESULT_AREAS[self.module_digest] = exported_i32(inst, abi.EXPORT_RESULT_AREA)
         return inbox
+
+    def _result_area(self) -> int | None:
+        """The address of the module's result area (agent_result_area), or None when it has none."""
+        digest = self.module_digest
+        if digest in _RESULT_AREAS:
+            return _RESULT_AREAS[digest]
+        if self._inst is None:
+            return None
+        self._read_inbox(self._inst)
+        return _RESULT_AREAS.get(digest)
+
+    def _deliver(self, mem: GuestMemory | None, code: int, value: bytes) -> int:
+        """A parking host call's result of ``code`` >= 0 bytes: written into the guest's offered result area
+        when it fits there, else pending for host_result. The call's return value."""
+        area = self._result_area()
+        if area is not None:
+            offer = mem.read(area, 8) if mem is not None else None
+            if offer is None:
+                return abi.E_INVALID  # a result area outside the guest's memory: a guest bug
+            ptr, cap = abi.RESULT_AREA.unpack(offer)
+            if code <= cap:
+                # The guest expects the result there when the call returns: it is, whole, or the call fails.
+                if len(value) != code or not mem.write(ptr, value):  # type: ignore[union-attr]
+                    return abi.E_INVALID
+                return code
+        self._pending_result = value
+        return code
 
     def _start_call(self, phase: str, name: str, args: tuple[int, ...], nresults: int) -> None:
         assert self._inst is not None
@@ -681,8 +713,8 @@ class Sandbox:
             if entry is not None:
                 self.seed(*entry)
             if job.code >= 0:
-                self._pending_result = job.value
-            elif job.value:
+                return self._deliver(mem, job.code, job.value)
+            if job.value:
                 self._pending_result = job.value  # error details for the guest, via host_result
             return job.code
 

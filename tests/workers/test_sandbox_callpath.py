@@ -1,0 +1,430 @@
+"""The sandbox's call path shortcuts, each against the general path: the result area (a parking host call's
+result written into the guest's offered bytes instead of a host_result call), call arguments and results
+through the instance's word buffer, fuel read per poll, parked host calls forgotten on cancel, and guest
+memory read through a view that follows growth."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import random
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sandbox_helpers import SANDBOX_SPECS, SeenServices, finish
+
+from openfang.workers.manifest import load_manifest
+from openfang.workers.sandbox import guest_abi as abi
+from openfang.workers.sandbox._wasmtime import (
+    FUEL_TANK,
+    AsyncPoller,
+    EngineOptions,
+    GuestMemory,
+    HostFunctionSpec,
+    Instance,
+    Runtime,
+    _memory_data_addr,
+    export_memory,
+    write_global,
+)
+from openfang.workers.sandbox.builtin_guests import LLM_AGENT_WAT
+from openfang.workers.sandbox.instance import DoneJob, Job, Outcome, Sandbox
+
+
+@pytest.fixture
+def runtime() -> Iterator[Runtime]:
+    rt = Runtime(SANDBOX_SPECS)
+    rt.start_ticker()
+    yield rt
+    rt.close()
+
+
+def _load(rt: Runtime, tmp_path: Path, wat: str, services: Any, *, name: str = "guest") -> Sandbox:
+    module = tmp_path / f"{name}.wat"
+    module.write_text(wat)
+    manifest = load_manifest(
+        f'[agent]\nname = "{name}"\nmodule = "{module}"\ntools = ["lookup"]\n'
+        '[agent.model]\nprovider = "scripted"\n'
+    )
+    sandbox = Sandbox(manifest, rt, agent_id=f"{name}-1", services=services)
+    sandbox.load()
+    if sandbox.begin_init():
+        outcome = finish(sandbox)
+        assert outcome.ok, outcome.error
+    return sandbox
+
+
+def _send(sandbox: Sandbox, text: str) -> Outcome:
+    sandbox.begin_message(abi.user_message(text))
+    return finish(sandbox)
+
+
+@pytest.fixture
+def host_results(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The agent ids of every host_result call made (Sandbox.host_sync, counted)."""
+    seen: list[str] = []
+    real = Sandbox.host_sync
+
+    def counting(self: Sandbox, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> int:
+        if name == "host_result":
+            seen.append(self.agent_id)
+        return real(self, name, mem, args)
+
+    monkeypatch.setattr(Sandbox, "host_sync", counting)
+    return seen
+
+
+class ToolServices(SeenServices):
+    """The model asks for the lookup tool once per user message, then answers with every user message and
+    every tool result it saw; a tool result's size is the user message's length (so some are long)."""
+
+    def start_llm(self, sandbox: Sandbox, messages: list[dict[str, Any]]) -> Job:
+        last = messages[-1]
+        if last["role"] == "user":
+            call = {"id": f"c{len(messages)}", "name": "lookup", "arguments": {"q": last["content"][:20]}}
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            value = abi.encode_llm_result(message, None)
+        else:
+            users = [m["content"][:30] for m in messages if m["role"] == "user"]
+            tools = [m["content"][:30] for m in messages if m["role"] == "tool"]
+            reply = f"users {users} tools {tools}"
+            value = abi.encode_llm_result({"role": "assistant", "content": reply}, reply)
+        return DoneJob(len(value), value)
+
+    def start_tools(self, sandbox: Sandbox, request: dict[str, Any]) -> Job:
+        results = [
+            {
+                "role": "tool",
+                "tool_call_id": call["id"],
+                "name": call["name"],
+                "content": "r" * (3 * len(call["arguments"]["q"])) + call["arguments"]["q"],
+                "ok": True,
+                "ms": 0.5,
+            }
+            for call in request["tool_calls"]
+        ]
+        value = abi.tool_messages(results)
+        return DoneJob(len(value), value)
+
+
+def test_callpath_result_area_gives_the_replies_host_result_gives(
+    runtime: Runtime, tmp_path: Path, host_results: list[str]
+) -> None:
+    """The built-in LLM agent, which offers its heap as the result area before every model and tool call,
+    answers a tool-calling conversation exactly as the same guest offering nothing (every result fetched
+    with host_result), and makes no host_result call at all."""
+    without = LLM_AGENT_WAT.replace("      (call $offer)\n", "")
+    assert LLM_AGENT_WAT.count("      (call $offer)\n") == 2 and "(call $offer)" not in without
+    offering = _load(runtime, tmp_path, LLM_AGENT_WAT, ToolServices(), name="offering")
+    fetching = _load(runtime, tmp_path, without, ToolServices(), name="fetching")
+    texts = ["hello", "x" * 1500, 'quote " and é', "y" * 400, "last"]
+    for text in texts:
+        a, b = _send(offering, text), _send(fetching, text)
+        assert a.ok and b.ok, (a.error, b.error)
+        assert a.reply == b.reply
+    assert b"users ['hello', 'xxxx" in a.reply  # the conversation was kept
+    assert offering.counters["tool_calls"] == fetching.counters["tool_calls"] == len(texts)
+    assert "offering-1" not in host_results
+    # two model results (the tool call, the answer) and a tool result per message
+    assert host_results.count("fetching-1") == 3 * len(texts)
+    offering.close()
+    fetching.close()
+
+
+# A guest that offers `cap` bytes at 8192 as its result area (at AREA), asks the model once and replies with
+# the raw llm_invoke result: from the area when it fit, else fetched with host_result.
+AREA_WAT = """(module
+  (import "env" "llm_invoke" (func $llm (param i32 i32) (result i32)))
+  (import "env" "host_result" (func $result (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global (export "agent_result_area") i32 (i32.const AREA))
+  (global $cap (export "cap") (mut i32) (i32.const 0))
+  (global $ptr (export "ptr") (mut i32) (i32.const 8192))
+  (func (export "alloc") (param i32) (result i32) (i32.const 4096))
+  (func (export "agent_handle") (param $p i32) (param $n i32) (result i64)
+    (local $r i32) (local $got i32)
+    (i32.store (i32.const 64) (local.get $p))
+    (i32.store (i32.const 68) (local.get $n))
+    (i32.store (i32.const 16) (global.get $ptr))
+    (i32.store (i32.const 20) (global.get $cap))
+    (local.set $r (call $llm (i32.const 64) (i32.const 8)))
+    (if (i32.lt_s (local.get $r) (i32.const 0)) (then (return (i64.extend_i32_s (local.get $r)))))
+    (if (i32.gt_u (local.get $r) (global.get $cap))
+      (then
+        (local.set $got (call $result (i32.const 8192) (local.get $r)))
+        (if (i32.lt_s (local.get $got) (i32.const 0)) (then (return (i64.extend_i32_s (local.get $got)))))))
+    (i64.or (i64.shl (i64.const 8192) (i64.const 32)) (i64.extend_i32_u (local.get $r))))
+)"""
+
+
+def _set(sandbox: Sandbox, name: str, value: int) -> None:
+    write_global(sandbox.native_instance(), name, "i32", struct.pack("<i", value))
+
+
+def test_callpath_result_area_cap_decides_where_the_result_goes(
+    runtime: Runtime, tmp_path: Path, host_results: list[str]
+) -> None:
+    """A result of at most the offered cap is written at the offered pointer (no host_result); a longer one
+    is pending for host_result; either way the guest gets the same bytes."""
+    sandbox = _load(runtime, tmp_path, AREA_WAT.replace("AREA", "16"), SeenServices())
+    value = abi.encode_llm_result({"role": "assistant", "content": "seen: hi"}, "seen: hi")
+    n = len(value)
+    for cap, fetched in ((0, 1), (n - 1, 1), (n, 0), (n + 500, 0), (60_000, 0)):
+        host_results.clear()
+        _set(sandbox, "cap", cap)
+        outcome = _send(sandbox, "hi")
+        assert outcome.ok, outcome.error
+        assert outcome.reply == value, cap
+        assert len(host_results) == fetched, cap
+    sandbox.close()
+
+
+@pytest.mark.parametrize(
+    ("area", "ptr", "cap"),
+    [
+        (1 << 20, 8192, 4096),  # the area itself lies outside the guest's memory
+        (16, 65536 - 10, 4096),  # the offered bytes run past the end of memory
+        (16, 1 << 30, 4096),  # the offered pointer is far outside
+    ],
+)
+def test_callpath_result_area_outside_memory_fails_the_call(
+    runtime: Runtime, tmp_path: Path, area: int, ptr: int, cap: int
+) -> None:
+    """A result area the host cannot write whole fails the host call with E_INVALID (never half-written,
+    never silently left for host_result while the guest looks in its area), and the agent stays usable."""
+    sandbox = _load(runtime, tmp_path, AREA_WAT.replace("AREA", str(area)), SeenServices())
+    _set(sandbox, "ptr", ptr)
+    _set(sandbox, "cap", cap)
+    outcome = _send(sandbox, "hi")
+    assert not outcome.ok and "invalid" in str(outcome.error) and not outcome.crashed
+    _set(sandbox, "cap", 0)  # offering nothing: the result is pending for host_result, as without an area
+    if area == 16:
+        assert _send(sandbox, "hi").ok
+    sandbox.close()
+
+
+VALUES_WAT = """(module
+  (import "env" "ask" (func $ask (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "neg32") (result i32) (i32.const -5))
+  (func (export "neg64") (result i64) (i64.const -1099511627776))
+  (func (export "max64") (result i64) (i64.const 9223372036854775807))
+  (func (export "sub") (param i32 i32) (result i32) (i32.sub (local.get 0) (local.get 1)))
+  (func (export "sum3") (param i32 i32 i32) (result i32)
+    (i32.add (i32.add (local.get 0) (local.get 1)) (local.get 2)))
+  (func (export "pair") (result i32 i64) (i32.const -7) (i64.const 3))
+  (func (export "none"))
+  (func (export "spin") (param $n i32) (result i32) (local $i i32)
+    (loop $l
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $l (i32.lt_u (local.get $i) (local.get $n))))
+    (local.get $i))
+  (func (export "ask") (param $x i32) (result i32) (call $ask (local.get $x)))
+  (func (export "grow_and_see") (param $pages i32) (result i32) (local $end i32)
+    (drop (memory.grow (local.get $pages)))
+    (local.set $end (i32.sub (i32.shl (memory.size) (i32.const 16)) (i32.const 1)))
+    (i32.store8 (local.get $end) (i32.const 99))
+    (call $ask (local.get $end)))
+  (func (export "peek") (param $p i32) (result i32) (i32.load8_u (local.get $p)))
+)"""
+
+
+class Asker:
+    """``ask(x)``: parks until ``answer`` is set (None: pending); records the byte at x when it can."""
+
+    def __init__(self, answer: int | None = 0) -> None:
+        self.answer = answer
+        self.bytes_seen: list[bytes | None] = []
+
+    def host_sync(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> int:
+        raise AssertionError("no sync host function here")
+
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller:
+        self.bytes_seen.append(mem.read(args[0], 1) if mem is not None else None)
+        return lambda: self.answer
+
+
+def _values_instance(rt: Runtime, *, mem_mb: int = 2) -> Instance:
+    digest = hashlib.sha256(VALUES_WAT.encode()).hexdigest()
+    module, _ = rt.compile(VALUES_WAT.encode(), digest=digest, what="test")
+    inst = Instance(rt, rt.instance_pre(module, digest=digest, what="test"), max_memory_bytes=mem_mb << 20)
+    call = inst.instantiate_call()
+    while not call.poll(Asker()):
+        pass
+    call.result()
+    return inst
+
+
+@pytest.fixture
+def values_rt() -> Iterator[Runtime]:
+    rt = Runtime(
+        (HostFunctionSpec(name="ask", nparams=1, is_async=True),),
+        options=EngineOptions(fuel_slice=10_000, epoch_tick_ms=5),
+    )
+    rt.start_ticker()
+    yield rt
+    rt.close()
+
+
+def _run(inst: Instance, name: str, args: tuple[int, ...], nresults: int = 1, host: Any = None) -> int:
+    call = inst.call(name, args, nresults)
+    while not call.poll(host or Asker()):
+        pass
+    return call.result()
+
+
+def test_callpath_arguments_and_results_round_trip(values_rt: Runtime) -> None:
+    """Arguments wrap to i32 as ctypes' c_int32 stores them, i32 and i64 results keep their sign, and calls
+    with more arguments or results than the instance's buffer holds give the same values."""
+    inst = _values_instance(values_rt)
+    assert _run(inst, "neg32", ()) == -5
+    assert _run(inst, "neg64", ()) == -(1 << 40)
+    assert _run(inst, "max64", ()) == (1 << 63) - 1
+    assert _run(inst, "sub", (3, 10)) == -7
+    for a, b in ((0xFFFFFFFF, 2**31), (-(2**31), 1), (2**40 + 5, -3)):
+        want = ctypes.c_int32(ctypes.c_int32(a).value - ctypes.c_int32(b).value).value
+        assert _run(inst, "sub", (a, b)) == want, (a, b)
+    assert _run(inst, "sum3", (1, 2, -10)) == -7
+    assert _run(inst, "pair", (), nresults=2) == -7
+    assert _run(inst, "none", (), nresults=0) == 0
+    assert _run(inst, "sub", (100, 1)) == 99  # the buffer is reused after the bigger calls
+    inst.close()
+
+
+def test_callpath_poll_fuel_is_what_the_store_consumed(values_rt: Runtime) -> None:
+    """The fuel charged to each poll (one read per poll) adds up to exactly what wasmtime's store reports
+    consumed, over a call sliced into many polls."""
+    inst = _values_instance(values_rt)
+    before = FUEL_TANK - inst.store.get_fuel()
+    call = inst.call("spin", (300_000,), 1)
+    charged, polls = 0, 0
+    while True:
+        done = call.poll(Asker())
+        charged += inst.last_poll_fuel
+        polls += 1
+        if done:
+            break
+    assert call.result() == 300_000 and polls > 10
+    assert charged == FUEL_TANK - inst.store.get_fuel() - before > 300_000
+    inst.close()
+
+
+def test_callpath_parked_host_call_is_forgotten_when_cancelled_or_done(values_rt: Runtime) -> None:
+    """Without a finalizer callback, a host call's pending entry still goes: when its continuation
+    completes, and when the call parked on it is cancelled (or its instance closed)."""
+    inst = _values_instance(values_rt)
+    host = Asker(answer=None)
+    call = inst.call("ask", (5,), 1)
+    assert not call.poll(host) and len(values_rt._pending) == 1  # parked
+    host.answer = 41
+    while not call.poll(host):
+        pass
+    assert call.result() == 41 and values_rt._pending == {}
+    host.answer = None
+    call = inst.call("ask", (5,), 1)
+    assert not call.poll(host) and len(values_rt._pending) == 1
+    call.cancel()
+    assert values_rt._pending == {}
+    call = inst.call("ask", (5,), 1)
+    assert not call.poll(host) and len(values_rt._pending) == 1
+    inst.close()
+    assert values_rt._pending == {}
+
+
+def test_callpath_memory_view_follows_a_moving_growth(values_rt: Runtime) -> None:
+    """A guest that grows its memory past the growth reservation (the memory moves) within a call: the
+    host call that follows reads the new bytes, the host's writes after the poll land where the guest reads,
+    and every read of the instance's memory equals a fresh (untracked) view's and ctypes.string_at's."""
+    inst = _values_instance(values_rt, mem_mb=64)
+    mem = inst.memory()
+    assert mem is not None and mem.write(100, b"before")
+    host = Asker(answer=0)
+    assert _run(inst, "grow_and_see", (200,), host=host) == 0  # 12.5 MiB more: past the 8 MiB reservation
+    assert host.bytes_seen == [b"c"]  # 99
+    size = 201 * 65536
+    assert mem.size() == size and mem.read(100, 6) == b"before"
+    fresh = export_memory(inst, "memory")
+    assert fresh is not None
+    rng = random.Random(3)
+    for _ in range(300):
+        ptr = rng.randrange(0, size + 10)
+        n = rng.choice((0, 1, 7, 100, 4096))
+        data = bytes(rng.randrange(256) for _ in range(min(n, 64))) * (n // 64 + 1)
+        data = data[:n]
+        assert mem.write(ptr, data) == (ptr + n <= size)
+        got = mem.read(ptr, n)
+        assert got == fresh.read(ptr, n)
+        if ptr + n <= size:
+            assert got == data
+            base = _memory_data_addr(mem._ctx_at, mem._mem_at)  # where wasmtime says the memory is now
+            assert ctypes.string_at(base + ptr, n) == data
+            if n:
+                assert _run(inst, "peek", (ptr,)) == data[0]
+        else:
+            assert got is None
+    assert mem.read(0, size) == fresh.read(0, size) and mem.read(0, size + 1) is None
+    assert mem.read(-1, 1) is None and mem.read(0, -1) is None and not mem.write(-1, b"x")
+    assert mem.read_many([(0, 6), (size - 1, 1)], max_total=7) is not None
+    assert mem.read_many([(0, 6), (size - 1, 1)], max_total=6) is None
+    assert mem.read_many([(0, 6), (size, 1)], max_total=100) is None
+    inst.close()
+
+
+def test_callpath_time_burning_guest_yields_at_every_tick_through_the_sandbox(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """The epoch deadline is set again only after a tick, and a guest that burns time with little fuel is
+    still preempted at every tick (polled through Sandbox.run_slice), then stopped at its call deadline."""
+    wat = """(module (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "agent_handle") (param i32 i32) (result i64)
+        (loop $l (memory.fill (i32.const 0) (i32.const 7) (i32.const 65536)) (br $l))
+        (i64.const 0)))"""
+    module = tmp_path / "burn.wat"
+    module.write_text(wat)
+    manifest = load_manifest(f'[agent]\nname = "burn"\nmodule = "{module}"\ncall_timeout_ms = 300\n')
+    sandbox = Sandbox(manifest, runtime, agent_id="burn-1", services=SeenServices())
+    sandbox.load()
+    sandbox.begin_message(b"{}")
+    polls, t0 = 0, time.monotonic()
+    while True:
+        outcome = sandbox.refresh(time.monotonic())
+        if outcome is not None:
+            break
+        if sandbox.runnable():
+            assert sandbox.run_slice() is None
+            polls += 1
+    assert outcome.limit == "deadline" and not outcome.ok
+    assert polls >= 5 and time.monotonic() - t0 < 5
+    sandbox.close()
+
+
+def test_callpath_snapshot_of_the_llm_agent_before_the_result_area_wakes_in_the_new_one(
+    runtime: Runtime, tmp_path: Path, host_results: list[str]
+) -> None:
+    """An agent hibernated by a worker whose built-in LLM agent had no result area wakes in today's with its
+    conversation, and its next model call takes the result area (no host_result call)."""
+    from openfang.workers.sandbox.builtin_guests import builtin_digest, snapshot_fits
+    from openfang.workers.sandbox.snapshot import hibernate, wake
+
+    old = (Path(__file__).resolve().parent / "guests" / "llm_agent_before_result_area.wat").read_text()
+    old_digest = hashlib.sha256(old.encode()).hexdigest()
+    assert old_digest != builtin_digest("llm-agent") and snapshot_fits(
+        old_digest, builtin_digest("llm-agent")
+    )
+    agent = _load(runtime, tmp_path, old, SeenServices(), name="old")
+    assert _send(agent, "my name is Ada").reply == b"seen: my name is Ada"
+    assert host_results == ["old-1"]
+    hibernate(agent, tmp_path / "a-1.snap")
+    manifest = load_manifest('[agent]\nname = "bot"\n[agent.model]\nprovider = "scripted"\n')
+    woken = wake(tmp_path / "a-1.snap", manifest, runtime, agent_id="old-1", services=SeenServices())
+    try:
+        assert woken.module_digest == builtin_digest("llm-agent")
+        assert _send(woken, "who am I?").reply == b"seen: my name is Ada | who am I?"
+        assert host_results == ["old-1"]
+    finally:
+        woken.close()
