@@ -178,3 +178,53 @@ def test_tool_messages_written_directly_equal_json_dumps() -> None:
                 abi.tool_messages(batch)
             continue
         assert abi.tool_messages(batch) == want, batch
+
+
+def _json_exact_reference(value: Any, depth: int = 0) -> bool:
+    """guest_abi.json_exact as first written (all() over generators, every leaf through a call)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return bool(value - value == 0)
+    if depth >= 32:
+        return False
+    if kind is dict:
+        return all(type(k) is str and _json_exact_reference(v, depth + 1) for k, v in value.items())
+    if kind is list:
+        return all(_json_exact_reference(v, depth + 1) for v in value)
+    return False
+
+
+def test_guest_abi_json_exact_equals_its_reference() -> None:
+    """json_exact's loops answer as the all()-over-generators version for random values, their leaves of
+    every kind (subclasses, non-str keys, NaN, tuples) and nestings around the 32-level limit."""
+    import math
+
+    class Text(str):
+        pass
+
+    class Number(int):
+        pass
+
+    leaves: list[Any] = ["", "é", 0, -3, 2**80, True, False, None, 0.5, -0.0, math.inf, math.nan]
+    leaves += [(1,), b"x", Text("t"), Number(4), {1: "k"}, {"a": 1.0}, [], {}]
+    rng = random.Random(5)
+
+    def value(depth: int) -> Any:
+        if depth > 4 or rng.random() < 0.35:
+            return rng.choice(leaves)
+        if rng.random() < 0.5:
+            return [value(depth + 1) for _ in range(rng.randint(0, 4))]
+        return {rng.choice(["a", "b", "é", "role"]): value(depth + 1) for _ in range(rng.randint(0, 4))}
+
+    values = [value(0) for _ in range(5000)] + leaves
+    for n in (30, 31, 32, 33):
+        for leaf in ("x", 1.0, math.nan, (1,), [], {}):
+            nested: Any = leaf
+            for i in range(n):
+                nested = [nested] if i % 2 else {"k": nested}
+            values.append(nested)
+    answers = [abi.json_exact(v) for v in values]
+    assert answers == [_json_exact_reference(v) for v in values]
+    assert 500 < sum(answers) < len(values) - 500
