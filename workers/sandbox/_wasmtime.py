@@ -195,7 +195,8 @@ class GuestMemory:
 
     def _refresh(self) -> None:
         """Read the size again (after anything that may have grown the memory); on a new size, the base
-        address too (there is no reservation for growth in place: see Runtime) and a new view."""
+        address too (a growth past the reservation for growth moves the memory: see Runtime) and a new
+        view over it."""
         size = _memory_data_len(self._ctx_at, self._mem_at)
         if size != self._size:
             addr = _memory_data_addr(self._ctx_at, self._mem_at) or 0
