@@ -428,3 +428,47 @@ def test_callpath_snapshot_of_the_llm_agent_before_the_result_area_wakes_in_the_
         assert host_results == ["old-1"]
     finally:
         woken.close()
+
+
+def test_callpath_looping_guest_is_throttled_at_its_fuel_budget(runtime: Runtime, tmp_path: Path) -> None:
+    """A guest that never returns is throttled once it has spent max_fuel in the refuel interval (the fuel
+    read once per poll, the deadline set only after ticks), and the fuel it is charged is what its store
+    consumed."""
+    wat = """(module (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "agent_handle") (param i32 i32) (result i64) (loop $l (br $l)) (i64.const 0)))"""
+    module = tmp_path / "loop.wat"
+    module.write_text(wat)
+    manifest = load_manifest(
+        f'[agent]\nname = "loop"\nmodule = "{module}"\ncall_timeout_ms = 60000\n'
+        "[sandbox.fuel]\nmax_fuel = 5_000_000\nrefuel_interval_ms = 60000\n"
+    )
+    sandbox = Sandbox(manifest, runtime, agent_id="loop-1", services=SeenServices())
+    sandbox.load()
+    before = sandbox.fuel_used
+    sandbox.begin_message(b"{}")
+    polls = 0
+    while sandbox.runnable():
+        assert sandbox.run_slice() is None
+        polls += 1
+        assert polls < 100
+    assert sandbox.state.value == "throttled"
+    spent = sandbox.fuel_used - before
+    assert 5_000_000 <= spent < 5_000_000 + 2 * runtime.options.fuel_slice
+    inst = sandbox.native_instance()
+    assert sandbox.fuel_used == FUEL_TANK - inst.store.get_fuel()  # every unit the store spent, charged
+    sandbox.close()
+
+
+def test_callpath_growth_past_the_cap_fails_and_the_view_keeps_the_old_size(values_rt: Runtime) -> None:
+    """memory.grow past the store's cap returns -1 inside a call (the guest goes on), the instance's memory
+    keeps its size, and a host access past it is refused, not made through a stale view."""
+    inst = _values_instance(values_rt, mem_mb=1)  # 16 pages at most
+    mem = inst.memory()
+    assert mem is not None and mem.size() == 65536
+    assert _run(inst, "grow_and_see", (100,), host=Asker(answer=7)) == 7  # the grow failed, the call went on
+    assert mem.size() == 65536
+    assert mem.read(65535, 1) == b"c" and mem.read(65536, 1) is None and not mem.write(65536, b"x")
+    assert _run(inst, "grow_and_see", (15,), host=Asker(answer=0)) == 0  # up to the cap: fine
+    assert mem.size() == 16 * 65536 and mem.read(16 * 65536 - 1, 1) == b"c"
+    inst.close()
