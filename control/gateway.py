@@ -909,6 +909,11 @@ class Gateway:
         worker.last_seen = time.monotonic()
         entry = self._worker_dispatch.get(env.type)
         if entry is not None:
+            if env.type == "event" and self._outbox:
+                # A worker sends its loop turn's events after that turn's replies: the client replies they
+                # completed leave first (a warm spawn's answer does not wait while its agent.state event is
+                # handled and published). The order of the replies, and of the events, is unchanged.
+                self._flush()
             body_class, handler = entry
             try:
                 body = messages.parse(env, body_class, decoded=True)  # validated once (internal types here)

@@ -236,3 +236,30 @@ def test_spawn_with_text_to_a_worker_that_left_is_one_error_and_no_row(link: _Li
     assert "w-9" in reply.body["message"]
     assert link.reply(300) is None and link.gw.waiting == {}
     assert len(link.gw.registry) == 0
+
+
+def test_spawn_with_text_reply_leaves_before_the_workers_event_is_handled(link: _Link) -> None:
+    """The worker's batch is the spawn's success, the message's answer, then the agent's running event: the
+    joined reply is sent before the gateway handles that event (its registry update and publication), and
+    the event is still handled (the row ends running)."""
+    spawn, send = link.spawn()
+    agent_id = spawn.body["agent_id"]
+    link.end_turn()  # the row is on disk: the reply may leave as soon as it is joined
+    seen: list[int] = []
+    handle = link.gw._on_worker_event
+
+    def on_event(*args: Any) -> None:
+        seen.append(len(link.gw._outbox))
+        handle(*args)
+
+    link.gw._worker_dispatch["event"] = (link.gw._worker_dispatch["event"][0], on_event)
+    state = {"kind": "agent.state", "agent_id": agent_id, "worker": "w-0", "state": "running", "time": 1.0}
+    event = Envelope(type="event", body=state)
+    link.worker.send_multipart([encode(_spawned(spawn)), encode(_sent(send)), encode(event)])
+    assert link.gw.worker_sock.poll(5000), "the gateway got no answer"
+    link.gw._drain(link.gw.worker_sock, link.gw._on_worker_frames)
+    assert seen == [0], "the joined reply waited in the outbox while the event was handled"
+    reply = link.reply()
+    assert reply is not None and reply.type == "agent.spawn.ok" and reply.body["reply"] == "echo: hello"
+    link.end_turn()
+    assert link.on_disk(agent_id) == "running"
