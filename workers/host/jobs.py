@@ -84,10 +84,10 @@ class JobRunner:
         logs (``llm_retry``, ``llm_fallback``, a crash) names the worker and the agent.
         """
         ctx = contextvars.copy_context()
-        ctx.run(_agent_id_var().set, job.agent_id)  # = bind_contextvars(agent_id=...) in ctx, no frame
-        if inline:
-            job.finish(*ctx.run(_guarded, work))
+        if inline:  # bound and run in one ctx.run: the binding lives in the copy only, as below
+            ctx.run(_bound_run, job, work)
             return
+        ctx.run(_agent_id_var().set, job.agent_id)  # = bind_contextvars(agent_id=...) in ctx, no frame
 
         def task() -> None:
             job.finish(*ctx.run(_guarded, work))
@@ -130,6 +130,12 @@ def _agent_id_var() -> contextvars.ContextVar[Any]:
     an empty context: the token names its variable)."""
     tokens = contextvars.Context().run(structlog.contextvars.bind_contextvars, agent_id=None)
     return tokens["agent_id"].var
+
+
+def _bound_run(job: ThreadJob, work: Callable[[], tuple[int, bytes, dict[str, int]]]) -> None:
+    """In a copied context: bind ``agent_id`` (as ``bind_contextvars`` does), run the work, finish the job."""
+    _agent_id_var().set(job.agent_id)
+    job.finish(*_guarded(work))
 
 
 def _guarded(
@@ -281,12 +287,13 @@ def llm_work(
     call's duration in seconds (the error is raised on as before); ``on_entry`` gets the assistant
     message's JSON (the conversation entry the guest appends) and the message, when its round trip is exact.
     """
-    from openfang.workers.llm import types as t
+    request_of = _llm_types().ChatRequest.of
+    system = _system_message(system_prompt) if system_prompt else None
+    specs = tool_specs if type(tool_specs) is tuple else tuple(tool_specs)
 
     def work() -> tuple[int, bytes, dict[str, int]]:
-        chat = [_system_message(system_prompt)] if system_prompt else []
-        chat.extend(chat_messages)
-        request = t.ChatRequest.of(tuple(chat), tuple(tool_specs), stream=stream)
+        chat = (system, *chat_messages) if system is not None else tuple(chat_messages)
+        request = request_of(chat, specs, stream=stream)
         started = time.perf_counter()
         try:
             resp = provider.complete(request, on_delta=on_delta) if on_delta else provider.complete(request)
@@ -328,12 +335,32 @@ def _system_message(prompt: str) -> Any:
 
 def _assistant_exact(msg: dict[str, Any]) -> bool:
     """``abi.json_exact(msg)`` for the model job's assistant message: a plain one (role and content, as
-    llm_work builds it) is decided by its content's type; one with tool calls is walked in full."""
-    if len(msg) == 2:
-        content = msg["content"]
-        if type(msg["role"]) is str and (content is None or type(content) is str):
+    llm_work builds it) is decided by its content's type; one with tool calls (role, content, tool_calls of
+    ``{id, name, arguments}``) whose ids and names are str and whose arguments are str values under str
+    keys is exact at once (what a model's calls mostly are); any other shape or type walks the message."""
+    content = msg.get("content", msg)
+    if (content is None or type(content) is str) and type(msg.get("role")) is str:
+        if len(msg) == 2:
+            return True
+        calls = msg.get("tool_calls")
+        if len(msg) == 3 and type(calls) is list and _calls_exact(calls):
             return True
     return abi.json_exact(msg)
+
+
+def _calls_exact(calls: list[Any]) -> bool:
+    """True when every call is a dict of exactly a str ``id``, a str ``name`` and ``arguments`` holding str
+    values under str keys (exact for ``json_exact``); False means "not decided here", not "not exact"."""
+    for call in calls:
+        if type(call) is not dict or len(call) != 3:
+            return False
+        args = call.get("arguments")
+        if type(call.get("id")) is not str or type(call.get("name")) is not str or type(args) is not dict:
+            return False
+        for key, value in args.items():
+            if type(key) is not str or type(value) is not str:
+                return False
+    return True
 
 
 def _results_exact(results: list[dict[str, Any]]) -> bool:

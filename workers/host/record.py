@@ -74,6 +74,7 @@ class HostedAgent:
     tool_ctx: Any = None
     grant: Any = None  # the security.capabilities grant, reapplied on every restart
     tool_specs: tuple[Any, ...] | None = None
+    model_plan: Any = None  # services.ModelPlan: what its model calls share (made on the first one)
     tool_ctx_for: Sandbox | None = None
     guard: Any = None  # security.AgentGuard when the host enforces the security layers
     session: str = ""  # the session of the message in progress (memory records carry it)
@@ -131,8 +132,10 @@ class HostedAgent:
         return self._chat_cache
 
     def forget_chats(self) -> None:
-        """Drop the parsed-chat cache (rebuilt on demand: a hibernated agent holds none)."""
+        """Drop the parsed-chat cache and the model plan (rebuilt on demand: a hibernated agent holds
+        neither; the plan belongs to the sandbox just closed)."""
         self._chat_cache = None
+        self.model_plan = None
 
     @property
     def state(self) -> str:

@@ -71,19 +71,47 @@ class Services:
         agent = self._agent(sandbox)
         if agent is None or agent.provider is None:
             return DoneJob(abi.E_UNAVAILABLE, b"no LLM provider in this host")
+        plan = agent.model_plan
+        if plan is None or not plan.fits(agent):
+            plan = agent.model_plan = self._model_plan(agent)
+        if self._security is not None:
+            refused = self._charge(agent, tokens=agent.unbilled_tokens)
+            if refused is not None:
+                return refused
+            agent.unbilled_tokens = 0
+        job = UsageJob(agent)
+        if agent.resumed:
+            # The conversation before the re-spawn, then this instance's own: the newest history_messages.
+            room = agent.manifest.history_messages - len(messages)
+            messages = (agent.resumed[-room:] if room > 0 else []) + messages
+        chat = agent.chat_cache.convert(messages)
+        on_delta = self._delta_sink(agent)
+        work = jobs.llm_work(
+            agent.provider,
+            agent.manifest.system_prompt,
+            chat,
+            plan.specs,
+            plan.content_filter,
+            stream=plan.stream or on_delta is not None,
+            on_delta=on_delta,
+            on_usage=plan.on_usage,
+            on_error=plan.on_error,
+            on_entry=job.set_entry,
+        )
+        self._runner.run(job, work, inline=plan.inline)
+        return job
+
+    def _model_plan(self, agent: HostedAgent) -> ModelPlan:
+        """What every model call of ``agent`` shares until its provider, manifest or session changes: the
+        tools offered, the content filter, the usage and error sinks, streaming, inline or on a thread."""
         if agent.tool_specs is None:  # what the model is offered: fixed for the agent's life
             registry = self.tools
             agent.tool_specs = ()
             if agent.manifest.tools and registry is not None and hasattr(registry, "specs_for"):
                 agent.tool_specs = tuple(registry.specs_for(frozenset(agent.manifest.tools)))
-        specs = agent.tool_specs
         sec = self._security
         content_filter = None
         if sec is not None:
-            refused = self._charge(agent, tokens=agent.unbilled_tokens)
-            if refused is not None:
-                return refused
-            agent.unbilled_tokens = 0
             agent_id = agent.agent_id
 
             def content_filter(text: str) -> str:
@@ -94,28 +122,16 @@ class Services:
                         agent.guard.refusal = exc
                     raise
 
-        job = UsageJob(agent)
-        if agent.resumed:
-            # The conversation before the re-spawn, then this instance's own: the newest history_messages.
-            room = agent.manifest.history_messages - len(messages)
-            messages = (agent.resumed[-room:] if room > 0 else []) + messages
-        chat = agent.chat_cache.convert(messages)
-        on_delta = self._delta_sink(agent)
-        model_stream = bool(agent.manifest.model is not None and agent.manifest.model.raw.get("stream"))
-        work = jobs.llm_work(
-            agent.provider,
-            agent.manifest.system_prompt,
-            chat,
-            specs,
-            content_filter,
-            stream=model_stream or on_delta is not None,
-            on_delta=on_delta,
+        model = agent.manifest.model
+        return ModelPlan(
+            agent,
+            specs=agent.tool_specs,
+            content_filter=content_filter,
             on_usage=usage_recorder(agent, self._memory, self.stats),
             on_error=self._llm_error_sink(agent),
-            on_entry=job.set_entry,
+            stream=bool(model is not None and model.raw.get("stream")),
+            inline=getattr(agent.provider, "blocking", True) is False,
         )
-        self._runner.run(job, work, inline=getattr(agent.provider, "blocking", True) is False)
-        return job
 
     def _llm_error_sink(self, agent: HostedAgent) -> Callable[[OpenFangError, float], None]:
         """Counts a failed model call for the provider it names (else the agent's provider)."""
@@ -215,29 +231,32 @@ class Services:
     ) -> Job:
         registry = self.tools
         ctx = self._context(agent, sandbox)
-
-        def denied(name: str) -> None:
-            self._count_tool(name, "denied")
-            sandbox.counters["denied"] += 1
-            self.audit({"kind": "tool_denied", "agent_id": sandbox.agent_id, "tool": name})
-
         request = agent.current
         streaming = request is not None and agent.current_send is not None and bool(agent.current_send.stream)
+        invoke: jobs.ToolInvoke
+        if streaming and request is not None:
 
-        def invoke(name: str, args: dict[str, Any]) -> tuple[bool, Any]:
-            if not streaming or request is None:
-                return self._invoke(agent, ctx, name, args)
-            part = {"agent_id": agent.agent_id, "kind": "tool", "tool": name}  # progress of a streamed reply
-            self._emit_chunk(request, {**part, "state": "start"})
-            ok, value = self._invoke(agent, ctx, name, args)
-            self._emit_chunk(request, {**part, "state": "done", "ok": bool(ok)})
-            return ok, value
+            def invoke(name: str, args: dict[str, Any]) -> tuple[bool, Any]:
+                # The progress of a streamed reply.
+                part = {"agent_id": agent.agent_id, "kind": "tool", "tool": name}
+                self._emit_chunk(request, {**part, "state": "start"})
+                ok, value = self._invoke(agent, ctx, name, args)
+                self._emit_chunk(request, {**part, "state": "done", "ok": bool(ok)})
+                return ok, value
 
+        else:
+            invoke = functools.partial(self._invoke, agent, ctx)  # no Python frame of its own per call
         job = UsageJob(agent)
-        work = jobs.tools_work(calls, frozenset(agent.manifest.tools), invoke, denied, single, job.set_entry)
-        inline = all(getattr(_tool(registry, str(c.get("name"))), "blocking", True) is False for c in calls)
-        self._runner.run(job, work, inline=inline)
+        denied = functools.partial(self._denied, sandbox)
+        work = jobs.tools_work(calls, _allowed(agent.manifest.tools), invoke, denied, single, job.set_entry)
+        self._runner.run(job, work, inline=_inline_tools(registry, calls))
         return job
+
+    def _denied(self, sandbox: Sandbox, name: str) -> None:
+        """A call of a tool the agent's manifest does not list: counted, and audited (layer 9)."""
+        self._count_tool(name, "denied")
+        sandbox.counters["denied"] += 1
+        self.audit({"kind": "tool_denied", "agent_id": sandbox.agent_id, "tool": name})
 
     def _count_tool(self, name: str, outcome: str) -> None:
         """One tool call in the worker's figures, named only if the registry knows the tool."""
@@ -336,6 +355,53 @@ def _priced(model: str) -> bool:
     return price_for(model) is not None
 
 
+class ModelPlan:
+    """The parts of an agent's model calls that stay the same from call to call (``Services._model_plan``),
+    made once instead of per call; it fits the agent while its sandbox, provider, manifest and session are
+    the ones it was made for (the usage recorder names the session of the message in progress)."""
+
+    __slots__ = (
+        "content_filter",
+        "inline",
+        "manifest",
+        "on_error",
+        "on_usage",
+        "provider",
+        "sandbox",
+        "session",
+        "specs",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        agent: HostedAgent,
+        *,
+        specs: tuple[Any, ...],
+        content_filter: Callable[[str], str] | None,
+        on_usage: Callable[[Any, float], None],
+        on_error: Callable[[OpenFangError, float], None],
+        stream: bool,
+        inline: bool,
+    ) -> None:
+        self.sandbox, self.provider = agent.sandbox, agent.provider
+        self.manifest, self.session = agent.manifest, agent.session
+        self.specs = specs
+        self.content_filter = content_filter
+        self.on_usage = on_usage
+        self.on_error = on_error
+        self.stream = stream
+        self.inline = inline
+
+    def fits(self, agent: HostedAgent) -> bool:
+        return (
+            self.sandbox is agent.sandbox
+            and self.provider is agent.provider
+            and self.manifest is agent.manifest
+            and self.session == agent.session
+        )
+
+
 class UsageJob(jobs.ThreadJob):
     """A job that adds its usage (tokens, tool calls) to the agent's current message when it finishes."""
 
@@ -352,13 +418,28 @@ class UsageJob(jobs.ThreadJob):
         usage: dict[str, int] | None = None,
         error: OpenFangError | None = None,
     ) -> None:
-        for key, n in (usage or {}).items():
-            self._agent.usage[key] = self._agent.usage.get(key, 0) + n
-            if key in ("prompt_tokens", "completion_tokens"):
-                self._agent.unbilled_tokens += n
+        agent = self._agent
+        if usage:
+            totals = agent.usage
+            for key, n in usage.items():
+                totals[key] = totals.get(key, 0) + n
+                if key == "prompt_tokens" or key == "completion_tokens":
+                    agent.unbilled_tokens += n
         # The latest host job decides: an LLM failure the guest then recovered from is not reported.
-        self._agent.failure = error if error is not None and error.code == "llm_error" else None
+        agent.failure = error if error is not None and error.code == "llm_error" else None
         super().finish(code, value, usage, error)
+
+
+@functools.lru_cache(maxsize=1024)
+def _allowed(tools: tuple[str, ...]) -> frozenset[str]:
+    """The manifest's tools as the tool job's allow list (manifests of one kind share their tuple)."""
+    return frozenset(tools)
+
+
+def _inline_tools(registry: Any, calls: list[dict[str, Any]]) -> bool:
+    """Whether every call names a tool that says it cannot block (``blocking = False``): the job may then
+    run on the host's thread; anything else (an unknown tool, a blocking one) goes to a job thread."""
+    return all(getattr(_tool(registry, str(c.get("name"))), "blocking", True) is False for c in calls)
 
 
 def _tool(registry: Any, name: str) -> Any:
