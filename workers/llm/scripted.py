@@ -126,20 +126,25 @@ def check_chain(chain: Any, where: str, key: str = "chain") -> list[Problem]:
 def render(template: Any, env: Mapping[str, str]) -> Any:
     """Fill ``{name}`` placeholders known to ``env`` in strings, recursively in lists and tables."""
     if isinstance(template, str):
-        pieces = _pieces(template)
-        if len(pieces) == 1:
-            return template
-        out = [pieces[0]]
-        for i in range(1, len(pieces), 2):
-            name = pieces[i]
-            out.append(env.get(name, "{" + name + "}"))
-            out.append(pieces[i + 1])
-        return "".join(out)
+        return _fill(template, env)
     if type(template) is dict or isinstance(template, Mapping):  # a rule's args are dicts: no ABC check
-        return {k: render(v, env) for k, v in template.items()}
+        return {k: _fill(v, env) if type(v) is str else render(v, env) for k, v in template.items()}
     if isinstance(template, list | tuple):
         return [render(v, env) for v in template]
     return template
+
+
+def _fill(template: str, env: Mapping[str, str]) -> str:
+    """:func:`render` of one string."""
+    pieces = _pieces(template)
+    if len(pieces) == 1:
+        return template
+    out = [pieces[0]]
+    for i in range(1, len(pieces), 2):
+        name = pieces[i]
+        out.append(env.get(name, "{" + name + "}"))
+        out.append(pieces[i + 1])
+    return "".join(out)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -227,14 +232,18 @@ class ScriptedProvider:
         """The scripted answer to the conversation so far."""
         msgs = req.messages
         user = ""
+        step = 0  # how many tool results come after it: a chain's step
         for m in reversed(msgs):  # the latest user message (the earlier ones only for {history})
-            if m.role == "user":
+            role = m.role
+            if role == "user":
                 user = m.content or ""
                 break
+            if role == "tool":
+                step += 1
         calls: list[ToolCall]
         content: str | None
         if msgs and msgs[-1].role == "tool":
-            content, calls = self._after_tool(msgs, user)
+            content, calls = self._after_tool(msgs, user, step)
         else:
             content, calls = self._answer(msgs, user)
         if content and req.stream and on_delta is not None:
@@ -305,7 +314,9 @@ class ScriptedProvider:
         # The rule's index travels in the call id, so the result finds its rule again with no state here.
         return ToolCall.of(f"call_s{rule_index}_{next(self._ids)}", tool, render(args, env))
 
-    def _after_tool(self, msgs: Sequence[ChatMessage], user: str) -> tuple[str | None, list[ToolCall]]:
+    def _after_tool(
+        self, msgs: Sequence[ChatMessage], user: str, step: int
+    ) -> tuple[str | None, list[ToolCall]]:
         end = len(msgs)
         start = end
         while start and msgs[start - 1].role == "tool":
@@ -324,11 +335,9 @@ class ScriptedProvider:
         needs = self._needs[index]
         env = self._env(groups, msgs, user, needs) if groups is not None else _base_env(user, msgs, needs)
         env["result"] = result
-        if rule.chain:
-            step = _tool_results_since_user(msgs)
-            if step < len(rule.chain):
-                nxt = rule.chain[step]
-                return None, [self._call(index, nxt.tool, nxt.args, env)]
+        if rule.chain and step < len(rule.chain):
+            nxt = rule.chain[step]
+            return None, [self._call(index, nxt.tool, nxt.args, env)]
         return str(render(rule.then, env)), []
 
 
@@ -351,16 +360,6 @@ def _match_groups(m: re.Match[str]) -> dict[str, str]:
     groups = {str(i): g or "" for i, g in enumerate(m.groups(), start=1)}
     groups.update({k: v or "" for k, v in m.groupdict().items()})
     return groups
-
-
-def _tool_results_since_user(msgs: Sequence[ChatMessage]) -> int:
-    """How many tool results the conversation holds after its latest user message: a chain's step."""
-    count = 0
-    for m in reversed(msgs):
-        if m.role == "user":
-            break
-        count += m.role == "tool"
-    return count
 
 
 class FallbackProvider:
