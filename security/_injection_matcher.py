@@ -239,7 +239,6 @@ class CueMatcher:
 
     def find(self, text: str) -> Hits:
         """Every cue hit in the folded ``text`` that respects word boundaries and is not neutralised."""
-        spans: defaultdict[str, list[Span]] = defaultdict(list)
         padded = " " + text  # positions in padded are one more than in text
         last = len(padded)
         if padded.isascii():
@@ -250,6 +249,7 @@ class CueMatcher:
             matches = self._automaton.find_matches_as_indexes(padded, overlapping=True)
         if not matches:  # most traffic: no cue at all
             return Hits(text=text, spans={}, context=self._context)
+        spans: defaultdict[str, list[Span]] = defaultdict(list)
         for idx, start, end in matches:  # the hot loop: about 0.3 us a raw match
             classes, offset, check_start, check_end = meta[idx]
             if (check_start and padded[start - 1].isalnum()) or (

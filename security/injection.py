@@ -208,8 +208,8 @@ class InjectionDetector:
                     top = max(inner.weights, key=inner.weights.__getitem__)
                     weights["base64:" + top] = max(0.85, inner.score)
                     blobs.append(blob)
-        if not weights:
-            return _Assessment(0.0, weights, tuple(found), ())
+        if not weights:  # nothing scored: found is empty too (each finding weighs in above)
+            return _CLEAN
         remaining = 1.0
         for w in weights.values():
             remaining *= 1 - w
