@@ -322,6 +322,7 @@ def llm_work(
     return work
 
 
+_now_ns = time.perf_counter_ns
 _u32_at_1 = struct.Struct("<I").unpack_from  # the length field of an llm_invoke result (after the tag)
 
 
@@ -454,7 +455,7 @@ def tools_work(
         for call in calls:
             name = str(call.get("name", ""))
             args = call.get("arguments") or {}
-            t0 = time.perf_counter()
+            t0 = _now_ns()
             if name not in allowed:
                 on_denied(name)
                 ok, value = False, f"denied: tool {name!r} is not in this agent's tools"
@@ -477,7 +478,7 @@ def tools_work(
                     "name": name,
                     "content": content,
                     "ok": ok,
-                    "ms": round((time.perf_counter() - t0) * 1000, 3),
+                    "ms": (_now_ns() - t0) // 1000 / 1000,  # whole microseconds (round(x, 3) costs 4x)
                 }
             )
         if single:
