@@ -156,3 +156,30 @@ def test_version_check_says_when_the_version_is_accepted_already(tmp_path: Path)
         other.accept("e", 3, "d3")
     with pytest.raises(Denied):
         sec.check_version(v2, "d2")
+
+
+def test_host_charge_refuses_and_checks_units_as_the_limiter_does(tmp_path: Path) -> None:
+    """Without agent limits a charge takes nothing and is never refused, yet negative units still raise the
+    limiter's ValueError; with a limit, charges past the burst are refused (rate_limited) as before."""
+    from openfang.security.ratelimit import RateLimitExceeded
+
+    unlimited = {b: {"rate": 0, "burst": 0} for b in ("agent_requests", "agent_tokens", "agent_tool_calls")}
+    for table, limited in (
+        ({"ratelimit": unlimited}, False),
+        ({"ratelimit": {**unlimited, "agent_tool_calls": {"rate": 1, "burst": 2}}}, True),
+    ):
+        cfg = security_from_args({"table": table, "source": "c.toml"}, data_dir=str(tmp_path))
+        sec = HostSecurity(cfg, HostAudit(None), data_dir=tmp_path)
+        assert sec.limiter is not None and sec.limiter.agent_limited is limited
+        for units in ({"requests": -1}, {"tokens": -5}, {"tool_calls": -1}):
+            with pytest.raises(ValueError, match="must not be negative"):
+                sec.charge("a1", **units)
+        sec.charge("a1", requests=1, tokens=10**9)
+        sec.charge("a1", tool_calls=2)
+        if limited:
+            with pytest.raises(RateLimitExceeded):
+                sec.charge("a1", tool_calls=1)
+        else:
+            sec.charge("a1", tool_calls=10**6)
+            assert not sec.limiter._buckets  # nothing was taken from (or made for) any bucket
+        sec.close()

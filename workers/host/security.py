@@ -247,8 +247,9 @@ class HostSecurity:
         if limiter.agent_limited:
             with self._limiter_lock:
                 limiter.charge(agent=agent_id, requests=requests, tokens=tokens, tool_calls=tool_calls)
-        else:  # no agent bucket has a limit: the charge touches no state (its unit checks still run)
+        elif requests < 0 or tokens < 0 or tool_calls < 0:  # the limiter's unit check names the bug
             limiter.charge(agent=agent_id, requests=requests, tokens=tokens, tool_calls=tool_calls)
+        # else no agent bucket has a limit: the charge would read and take nothing, and cannot be refused
 
     def check_input(self, agent_id: str, text: str, *, source: Source = "user") -> str:
         """Layer 2 on text entering an agent: the text to pass on; Denied when the action is block."""
