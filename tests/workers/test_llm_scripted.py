@@ -487,3 +487,57 @@ def test_scripted_match_memo_stays_bounded() -> None:
         assert p.complete(user(f"hello {i}")).content == f"Hi hello {i}!"
         assert 0 < len(p._memo) <= mod._MEMO_ENTRIES
     assert {index for index, _ in p._memo} == {1}
+
+
+class _ReferenceScan(ScriptedProvider):
+    """The provider as it was before its one reverse scan: the trailing tool results, the latest user
+    message and the chain's step each found by a scan of their own."""
+
+    def complete(self, req: ChatRequest, *, on_delta: object = None) -> object:  # type: ignore[override]
+        from openfang.workers.llm import scripted as s
+
+        msgs = req.messages
+        user = next((m.content or "" for m in reversed(msgs) if m.role == "user"), "")
+        if msgs and msgs[-1].role == "tool":
+            start = len(msgs)
+            while start and msgs[start - 1].role == "tool":
+                start -= 1
+            step = 0
+            for m in reversed(msgs):
+                if m.role == "user":
+                    break
+                step += m.role == "tool"
+            content, calls = self._after_tool(msgs, user, step, len(msgs) - start)
+        else:
+            content, calls = self._answer(msgs, user)
+        prompt = s._words_in([m.content for m in msgs if m.content])
+        usage = s.Usage.of(prompt, s._words(content) + len(calls))
+        reason = "tool_calls" if calls else "stop"
+        return s.ChatResponse.of(content, calls, usage, reason, self.name, req.model or self.model)
+
+
+def test_scripted_one_reverse_scan_answers_as_separate_scans() -> None:
+    """The latest user message, the chain's step and the trailing tool results found in one reverse scan
+    give every answer of finding each by its own scan, over random conversations (several results at the
+    end, results before the latest user message, none at all, foreign call ids, no user message)."""
+    import random
+
+    cfg = tomllib.loads(EVERY_PLACEHOLDER)["agent"]["model"]
+    one, ref = ScriptedProvider.from_config(cfg), _ReferenceScan.from_config(cfg)
+    rng = random.Random(13)
+    texts = ["t1: key=k9", "sum 12", "crc", "plain", "echo", "hi"]
+    ids = ["call_s0_1", "call_s1_7", "call_s9_2", "foreign", ""]
+    for _ in range(3000):
+        msgs: list[ChatMessage] = []
+        for _ in range(rng.randint(0, 7)):
+            role = rng.choice(["user", "assistant", "tool", "tool", "system"])
+            if role == "tool":
+                msgs.append(ChatMessage.tool(rng.choice(ids) or "x", rng.choice(["r1", "", "a b"]), "t"))
+            elif role == "user":
+                msgs.append(ChatMessage.user(rng.choice(texts)))
+            elif role == "system":
+                msgs.append(ChatMessage.system("sys"))
+            else:
+                msgs.append(ChatMessage.assistant(rng.choice([None, "ok"])))
+        req = ChatRequest(messages=tuple(msgs))
+        assert one.complete(req) == ref.complete(req), msgs

@@ -233,6 +233,7 @@ class ScriptedProvider:
         msgs = req.messages
         user = ""
         step = 0  # how many tool results come after it: a chain's step
+        tail = -1  # how many of them end the conversation (the results being answered), once known
         for m in reversed(msgs):  # the latest user message (the earlier ones only for {history})
             role = m.role
             if role == "user":
@@ -240,10 +241,14 @@ class ScriptedProvider:
                 break
             if role == "tool":
                 step += 1
+            elif tail < 0:
+                tail = step
+        if tail < 0:
+            tail = step
         calls: list[ToolCall]
         content: str | None
-        if msgs and msgs[-1].role == "tool":
-            content, calls = self._after_tool(msgs, user, step)
+        if tail:
+            content, calls = self._after_tool(msgs, user, step, tail)
         else:
             content, calls = self._answer(msgs, user)
         if content and req.stream and on_delta is not None:
@@ -315,25 +320,21 @@ class ScriptedProvider:
         return ToolCall.of(f"call_s{rule_index}_{next(self._ids)}", tool, render(args, env))
 
     def _after_tool(
-        self, msgs: Sequence[ChatMessage], user: str, step: int
+        self, msgs: Sequence[ChatMessage], user: str, step: int, tail: int
     ) -> tuple[str | None, list[ToolCall]]:
-        end = len(msgs)
-        start = end
-        while start and msgs[start - 1].role == "tool":
-            start -= 1
-        results = msgs[start:end]
-        if len(results) == 1:
-            result = results[0].content or ""
-        else:
-            result = "\n".join(m.content or "" for m in results)
-        hit = _CALL_ID.match(results[0].tool_call_id or "")
+        """The answer to the ``tail`` tool results that end ``msgs`` (``step`` results since ``user``)."""
+        first = msgs[-tail]
+        result = (first.content or "") if tail == 1 else "\n".join(m.content or "" for m in msgs[-tail:])
+        hit = _CALL_ID.match(first.tool_call_id or "")
         index = int(hit.group(1)) if hit else len(self.rules)
         rule = self.rules[index] if index < len(self.rules) else None
         if rule is None:  # a call this script did not make (e.g. after a fallback): report the result
             return result, []
         groups = self._groups(index, user)
         needs = self._needs[index]
-        env = self._env(groups, msgs, user, needs) if groups is not None else _base_env(user, msgs, needs)
+        env = _base_env(user, msgs, needs)
+        if groups is not None:
+            env.update(groups)
         env["result"] = result
         if rule.chain and step < len(rule.chain):
             nxt = rule.chain[step]
