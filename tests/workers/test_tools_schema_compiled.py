@@ -40,6 +40,21 @@ EVERY_KEYWORD: dict[str, Any] = {
     "additionalProperties": False,
 }
 OPEN: dict[str, Any] = {"properties": {"a": {"type": "string"}}, "required": ["a", "b"]}
+# Flat objects (the compiled validator's shortcut for valid values): scalar properties with simple bounds.
+FLAT: dict[str, Any] = {
+    "type": "object",
+    "description": "d",
+    "properties": {
+        "s": {"type": "string", "minLength": 2, "maxLength": 5, "pattern": "^[a-z]+$"},
+        "e": {"type": "string", "enum": ["a", "abc", "UP"]},
+        "n": {"type": "integer", "minimum": -3, "maximum": 7},
+        "x": {"type": "number", "minimum": 0.5, "enum": [1, 2.5, 10, True]},
+        "value": {"type": "string", "maxLength": 256},
+    },
+    "required": ["s"],
+    "additionalProperties": False,
+}
+FLAT_OPEN: dict[str, Any] = {**FLAT, "required": [], "additionalProperties": True}
 
 SCALARS: list[Any] = [
     None,
@@ -101,7 +116,9 @@ def _from_schema(schema: Mapping[str, Any], rng: random.Random, depth: int = 0) 
     return _random(rng, depth)
 
 
-SCHEMAS = [("every_keyword", EVERY_KEYWORD), ("open", OPEN)] + [(t.name, t.schema) for t in builtin_tools()]
+SCHEMAS = [("every_keyword", EVERY_KEYWORD), ("open", OPEN), ("flat", FLAT), ("flat_open", FLAT_OPEN)] + [
+    (t.name, t.schema) for t in builtin_tools()
+]
 
 
 @pytest.mark.parametrize(("name", "schema"), SCHEMAS, ids=[n for n, _ in SCHEMAS])
@@ -109,7 +126,7 @@ def test_schema_compiled_validator_equals_validate(name: str, schema: Mapping[st
     """Same value and problems as ``validate`` over 300 values per schema; neither mutates its input."""
     compiled = compile_validator(schema)
     rng = random.Random(name)
-    for i in range(300):
+    for i in range(600 if name.startswith("flat") else 300):
         value = _from_schema(schema, rng) if i % 3 else _random(rng)
         before = copy.deepcopy(value)
         want = validate(value, schema)
@@ -184,3 +201,34 @@ def test_tools_result_success_equals_init() -> None:
         ]
         with pytest.raises(dataclasses.FrozenInstanceError):
             fast.ok = False  # type: ignore[misc]
+
+
+def test_schema_flat_shortcut_decides_only_flat_schemas_and_valid_values() -> None:
+    """The shortcut exists for flat object schemas only, says yes only to plain dicts the full check passes,
+    and is taken for most valid values the fuzz above makes."""
+    from openfang.workers.tools.schema import _flat_valid
+
+    assert _flat_valid(EVERY_KEYWORD) is None and _flat_valid(OPEN) is None
+    assert _flat_valid({**FLAT, "properties": {"d": {"type": "string", "default": "x"}}}) is None
+    flat = _flat_valid(FLAT)
+    assert flat is not None
+    assert flat({"s": "abc", "n": 7, "x": 2.5, "e": "UP"})
+    for bad in (
+        {},
+        {"s": "A"},
+        {"s": "abcdef"},
+        {"s": "abc", "n": 8},
+        {"s": "abc", "n": True},
+        {"s": "ab", "zz": 1},
+    ):
+        assert not flat(bad) and validate(bad, FLAT)[1], bad
+    rng = random.Random(3)
+    for _ in range(500):
+        value: dict[str, Any] = {"s": rng.choice(["ab", "abc", "abcde"])}
+        optional = {"n": rng.randint(-3, 7), "x": rng.choice([1, 2.5, 10]), "e": "a", "value": "v" * 256}
+        value.update(rng.sample(sorted(optional.items()), rng.randint(0, 4)))
+        assert flat(value), value
+        got = compile_validator(FLAT)(value)
+        assert got == validate(value, FLAT) == (value, []) and got[0] is not value
+    tools = [t.name for t in builtin_tools() if _flat_valid(t.schema) is not None]
+    assert len(tools) >= 10, tools  # most tools' arguments take it

@@ -182,13 +182,99 @@ def compile_validator(schema: Mapping[str, Any]) -> Callable[..., tuple[Any, lis
     problems, in the same order (``tests/workers/test_tools_schema_compiled.py``). The schema is read now:
     a schema changed afterwards needs a new validator (tool schemas are fixed once registered)."""
     check = _compile(schema)
+    flat = _flat_valid(schema)
 
     def run(value: Any, path: str = "args") -> tuple[Any, list[str]]:
+        if flat is not None and flat(value):
+            return dict(value), []  # what check gives a valid flat object: a copy, every value as it was
         problems: list[str] = []
         out = check(value, path, problems)
         return out, problems
 
     return run
+
+
+_FLAT_TOP = frozenset({"type", "properties", "required", "additionalProperties", "description", "title"})
+_FLAT_PROP = frozenset({"type", "description", "title", "minLength", "maxLength", "pattern", "enum"})
+_FLAT_NUMBER = frozenset({"type", "description", "title", "minimum", "maximum", "enum"})
+
+
+def _flat_valid(schema: Mapping[str, Any]) -> Callable[[Any], bool] | None:
+    """For a flat object schema (``type = "object"``, scalar properties with simple bounds, no defaults,
+    ``additionalProperties`` a bool: most tools' arguments), a test that is true only for a plain dict that
+    the compiled check passes without a problem and returns as a copy with every value as it was; None for
+    any other schema. False means "not decided here": the full check runs."""
+    if schema.get("type") != "object" or not set(schema) <= _FLAT_TOP:
+        return None
+    extra = schema.get("additionalProperties", True)
+    props = schema.get("properties", {})
+    if type(extra) is not bool or not isinstance(props, Mapping):
+        return None
+    tests: dict[str, Callable[[Any], bool]] = {}
+    for key, sub in props.items():
+        test = _scalar_test(sub)
+        if test is None:
+            return None
+        tests[key] = test
+    required = tuple(schema.get("required", ()))
+    closed = extra is False
+
+    def valid(value: Any) -> bool:
+        if type(value) is not dict:
+            return False
+        for key in required:
+            if key not in value:
+                return False
+        for key, v in value.items():
+            test = tests.get(key)
+            if test is None:
+                if closed:
+                    return False
+            elif not test(v):
+                return False
+        return True
+
+    return valid
+
+
+def _scalar_test(sub: Any) -> Callable[[Any], bool] | None:
+    """A property schema's test for :func:`_flat_valid` (exact str, int or float values, the bounds read as
+    the compiled check reads them), or None when the property is not that simple."""
+    if not isinstance(sub, Mapping):
+        return None
+    get: Callable[[str], Any] = sub.get  # keyword values are whatever the (checked) schema holds
+    name = get("type")
+    has_enum, enum = "enum" in sub, get("enum")
+    if name == "string" and set(sub) <= _FLAT_PROP:
+        has_lo, lo = "minLength" in sub, get("minLength")
+        has_hi, hi = "maxLength" in sub, get("maxLength")
+        has_pattern, pattern = "pattern" in sub, get("pattern")
+
+        def text(v: Any) -> bool:
+            return (
+                type(v) is str
+                and not (has_enum and v not in enum)
+                and not (has_lo and len(v) < lo)
+                and not (has_hi and len(v) > hi)
+                and not (has_pattern and re.search(pattern, v) is None)
+            )
+
+        return text
+    if name in ("integer", "number") and set(sub) <= _FLAT_NUMBER:
+        kinds = (int,) if name == "integer" else (int, float)
+        has_min, minimum = "minimum" in sub, get("minimum")
+        has_max, maximum = "maximum" in sub, get("maximum")
+
+        def number(v: Any) -> bool:
+            return (
+                type(v) in kinds
+                and not (has_enum and v not in enum)
+                and not (has_min and v < minimum)
+                and not (has_max and v > maximum)
+            )
+
+        return number
+    return None
 
 
 def _compile(schema: Mapping[str, Any]) -> Check:
