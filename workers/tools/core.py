@@ -287,7 +287,7 @@ class ToolRegistry:
             )
         if args is None:
             args = {}
-        if not isinstance(args, Mapping):
+        if type(args) is not dict and not isinstance(args, Mapping):
             return fail("bad_args", f"arguments must be an object, got {type(args).__name__}")
         compiled = self._validators.get(name)
         if compiled is None or compiled[0] is not tool.schema:
