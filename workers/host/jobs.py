@@ -478,7 +478,7 @@ def tools_work(
                     "name": name,
                     "content": content,
                     "ok": ok,
-                    "ms": (_now_ns() - t0) // 1000 / 1000,  # whole microseconds (round(x, 3) costs 4x)
+                    "ms": (_now_ns() - t0) // 1000 / 1000,  # whole microseconds: round(x, 3) cost 2.4x
                 }
             )
         if single:
