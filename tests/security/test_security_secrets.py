@@ -153,3 +153,27 @@ def test_secrets_detector_compiles_its_regex_on_first_use() -> None:
         "['anthropic_key'] ['anthropic_key', 'openai_key']",
         "True True True True",
     ]
+
+
+def test_find_secrets_short_texts_without_a_needle_equal_the_full_scan() -> None:
+    """Texts without any needle around the length the literal-free detectors need (card numbers of 12-19
+    digits, Luhn-valid or not, token runs of 31-33 characters, short digit strings) give what the full scan
+    gives, for every detector set."""
+    texts = [
+        "",
+        "7",
+        "1234",
+        "3703",
+        "result=3703",
+        "t5 result=3703",
+        "4111 1111 1111 1111",
+        "4111111111111111",
+    ]
+    texts += (
+        ["4" * n for n in range(10, 21)] + ["x" * n for n in range(28, 36)] + ["aB3" * 11, "4222222222222"]
+    )
+    texts += [f"order {n}" for n in (4012888888881881, 378282246310005, 6011111111111117)]
+    for detectors in (ALL, select_detectors(None, pii=("email", "credit_card", "us_ssn")), ()):
+        for text in texts:
+            assert find_secrets(text, detectors) == scan_all(text, detectors), text
+    assert find_secrets("4012888888881881", ALL)  # a real card number still found past the floor
