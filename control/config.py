@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from openfang.control.tree_config import parse_supervisor
+from openfang.control.tree_config import ElasticPool, elastic_pools, parse_supervisor
 from openfang.protocol.config_kit import Doc, Match, Parse, Place, Range, Table
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.protocol.sockets import MAX_IPC_PATH
@@ -215,6 +215,10 @@ class ClusterConfig:
     security_args: Mapping[str, Any] = field(default_factory=dict)
     http: HttpConfig = DISABLED_HTTP
     metrics: MetricsConfig | None = None  # [metrics] (None: no such table)
+    # The elastic worker pools (a pool's min_running < count): the root sends them to the gateway, whose
+    # policy (control/elastic.py) grows and shrinks them; not part of the gateway's spec, so a reload that
+    # changes them does not restart the gateway.
+    pools: tuple[ElasticPool, ...] = ()
 
     def child_environment(self) -> dict[str, str]:
         """Variables every child inherits (children learn the cluster's endpoints from them)."""
@@ -313,6 +317,7 @@ def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None
         security_args=sec_args,
         http=http,
         metrics=metrics,
+        pools=elastic_pools(supervisor_table),
     )
 
 

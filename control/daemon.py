@@ -38,6 +38,7 @@ log = structlog.get_logger("openfang.supervisor")
 EXIT_CONFIG = 2
 EXIT_START_FAILED = EXIT_CRASH  # as a nested supervisor whose children cannot start
 WORKER_START = "openfang.workers.worker:"
+_GATEWAY_PATH = f"root/{GATEWAY_ID}"
 EVACUATE_TIMEOUT_S = 15.0  # a reload waits this long for the gateway to move agents off leaving workers
 Reply = Callable[[bool, Any], None]
 
@@ -196,6 +197,7 @@ class Daemon:
             return
         self.config = new
         self.reloads += 1
+        self._send_pools()
         log.info("config_reloaded", **diff)
         self._on_event({"kind": "config.reloaded", **diff})
         self.notifier.ready(f"running: reloaded ({self.reloads})")
@@ -235,6 +237,22 @@ class Daemon:
         event.setdefault("time", time.time())
         if self.state != "stopped":
             self.sup.send_to_child(GATEWAY_ID, {"t": "event", "event": event})
+            if (
+                event.get("kind") in ("child.started", "child.restarted")
+                and event.get("path") == _GATEWAY_PATH
+            ):
+                self._send_pools()  # a (re)started gateway learns the elastic pools it runs
+
+    def _send_pools(self) -> None:
+        """Tell the gateway which worker pools are elastic (control/elastic.py decides when each grows and
+        shrinks, and asks back with child.restart / child.terminate)."""
+        pools = [pool.to_wire() for pool in self.config.pools]
+
+        def answered(ok: bool, result: Any) -> None:
+            if not ok:
+                log.warning("gateway_pools_not_sent", error=result)
+
+        self.sup.ask(GATEWAY_ID, "gateway.pools", {"pools": pools}, answered)
 
     def _on_request(self, child_id: str, op: str, args: dict[str, Any], reply: Reply) -> None:
         try:
@@ -271,6 +289,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         counts = self.sup.count_children()
+        tree = self.sup.tree()
         return {
             "name": self.config.name,
             "version": __version__,
@@ -282,7 +301,15 @@ class Daemon:
             "endpoint": self.config.control.endpoint,
             "events": self.config.control.events,
             "children": counts,
-            "workers": _count_workers(self.sup.tree()),
+            "workers": _count_workers(tree),
+            "pools": {
+                pool.path: {
+                    "running": _count_workers(_subtree(tree, pool.path)),
+                    "max": len(pool.members),
+                    "min_running": pool.min_running,
+                }
+                for pool in self.config.pools
+            },
             "reloads": self.reloads,
             "systemd": self.notifier.enabled,
         }
@@ -372,6 +399,8 @@ def leaving_workers(old: SupervisorSpec, new: SupervisorSpec) -> list[str]:
         spec = wanted.get(child.id)
         if spec == child:
             continue
+        if spec is not None and dataclasses.replace(child, autostart=spec.autostart) == spec:
+            continue  # only autostart changed: reconfigure neither stops nor restarts it
         if spec is not None and _only_children_differ(child, spec):
             assert child.supervisor is not None and spec.supervisor is not None
             out += leaving_workers(child.supervisor, spec.supervisor)
@@ -395,12 +424,27 @@ def _workers_in(child: ChildSpec) -> list[str]:
 
 
 def _count_workers(nodes: list[dict[str, Any]]) -> int:
+    """The worker processes that run or are being restarted (not an elastic pool's stopped members)."""
     total = 0
     for node in nodes:
-        if node.get("type") == "worker" and str(node.get("start", "")).startswith("openfang.workers.worker"):
+        if (
+            node.get("type") == "worker"
+            and str(node.get("start", "")).startswith("openfang.workers.worker")
+            and node.get("state") in ("running", "restarting")
+        ):
             total += 1
         total += _count_workers(list(node.get("children") or []))
     return total
+
+
+def _subtree(nodes: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
+    """The children of the node at ``path`` in a tree snapshot (empty if there is none)."""
+    for node in nodes:
+        if node.get("path") == path:
+            return list(node.get("children") or [])
+        if path.startswith(f"{node.get('path')}/"):
+            return _subtree(list(node.get("children") or []), path)
+    return []
 
 
 def _prepare_dirs(config: ClusterConfig) -> None:

@@ -43,6 +43,7 @@ import zmq
 from openfang.control import routing
 from openfang.control.audit_check import AuditCheck
 from openfang.control.config import ControlConfig
+from openfang.control.elastic import ElasticPools
 from openfang.control.first_message import FirstMessage
 from openfang.control.guard import Guard, receive_client
 from openfang.control.moves import Moves
@@ -236,6 +237,8 @@ class Gateway:
             send_up=self.child.send,
             timeout_s=self.timeout_s,
         )
+        # Elastic worker pools (control/elastic.py): the root sends them (gateway.pools); none until then.
+        self.pools = ElasticPools(self.placement, self.moves, ask_root=self._ask_root, publish=self._publish)
         self.stopping = False  # the tree is stopping: workers that go away take no agents with them
         self.started = time.time()
         self.stats = GatewayStats()  # answered with status (GatewayStats)
@@ -329,6 +332,8 @@ class Gateway:
         self._expire()
         self.guard.tick()
         self.placement.tick()
+        if self.pools.active:
+            self.pools.tick(self.workers)
         self._commit()
         self._flush()
         self.child.heartbeat()
@@ -457,6 +462,14 @@ class Gateway:
         key = self._new_key()
         self._wait(key, _Waiting(identity, delimited, env, time.monotonic() + self.timeout_s))
         self.child.send({"t": "req", "id": key, "op": env.type, "args": messages.to_body(body)})
+
+    def _ask_root(self, op: str, args: dict[str, Any], done: Callable[[Envelope], None]) -> None:
+        """The gateway's own tree request (an elastic pool's child.restart / child.terminate): ``done``
+        gets the answer, an error if the root failed it, or a timeout."""
+        key = self._new_key()
+        request = Envelope(type=op, body=args)
+        self._wait(key, _Waiting(b"", False, request, time.monotonic() + self.timeout_s, internal=done))
+        self.child.send({"t": "req", "id": key, "op": op, "args": args})
 
     def _on_client_spawn(self, identity: bytes, delimited: bool, env: Envelope, spawn: AgentSpawn) -> None:
         """A client's spawn, with or without a first message (``text``: :mod:`.first_message`)."""
@@ -1139,12 +1152,15 @@ class Gateway:
                 answer = waiting.request.error(
                     RemoteError(str(err.get("message", "failed")), code=str(err.get("code", "internal")))
                 )
-            self._reply(waiting.identity, waiting.delimited, answer)
+            self._complete(waiting, answer)  # a client's request, or the gateway's own (_ask_root)
         elif kind == "req" and msg.get("op") == "gateway.info":
             self.child.send({"t": "rep", "id": msg.get("id"), "ok": True, "result": self.info()})
         elif kind == "req" and msg.get("op") == "gateway.evacuate":
             workers = [str(w) for w in (msg.get("args") or {}).get("workers") or []]
             self.moves.evacuate(msg.get("id"), workers)
+        elif kind == "req" and msg.get("op") == "gateway.pools":
+            self.pools.configure((msg.get("args") or {}).get("pools") or [])
+            self.child.send({"t": "rep", "id": msg.get("id"), "ok": True, "result": {}})
         elif kind == "req" and msg.get("op") == "gateway.undrain":
             self.moves.undrain(str(w) for w in (msg.get("args") or {}).get("workers") or [])
             self.child.send({"t": "rep", "id": msg.get("id"), "ok": True, "result": {}})
@@ -1162,6 +1178,10 @@ class Gateway:
             "workers": connected,
             "workers_expected": expected,
             "ready": ready,
+            "pools": {
+                path: {**status.get("pools", {}).get(path, {}), **pool}
+                for path, pool in self.pools.status(self.workers).items()
+            },
             "gateway": self.stats.to_wire(),
         }
 

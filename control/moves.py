@@ -11,7 +11,9 @@ A move is two requests to workers with the gateway between them (issue 9 item 7)
 :class:`Moves` checks a client's request, sends the source half, answers the client when the agent runs on
 the target (``Port.moved``), and drains workers for the root before a reload stops them
 (``gateway.evacuate``): the root's request is answered once every source has let its agents go, so the
-stop loses no guest state. Sockets stay the gateway's: it passes in how to ask a worker and how to reply.
+stop loses no guest state. An elastic pool (:mod:`.elastic`) uses the same two halves: :meth:`Moves.spread`
+onto a worker it has just started, :meth:`Moves.drain` off one it is about to stop. Sockets stay the
+gateway's: it passes in how to ask a worker and how to reply.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class Moves:
         self._send_up = send_up  # a message to the root over the uplink
         self._timeout_s = timeout_s
         self._askers: dict[str, Any] = {}  # agent id -> the client's agent.move to answer
-        self._evacuation: _Evacuation | None = None
+        self._evacuations: list[_Evacuation] = []  # drains in progress (a reload's, an elastic shrink's)
 
     def request(self, pending: Any, move: AgentMove) -> None:
         """A client's ``agent.move``: refused with a clear error, or started (answered by :meth:`moved`)."""
@@ -102,8 +104,8 @@ class Moves:
                 error=error,
                 source_alive=self._connected(source),
             )
-            if self._evacuation is not None and self._evacuation.answered(agent_id, reply):
-                self._evacuation = None
+            if self._evacuations:
+                self._evacuations = [e for e in self._evacuations if not e.answered(agent_id, reply)]
 
         self._ask_worker(source, Envelope(type="agent.move", body=body), done)
 
@@ -120,14 +122,32 @@ class Moves:
 
     def evacuate(self, req_id: Any, workers: list[str]) -> None:
         """The root's ``gateway.evacuate`` before a reload stops ``workers``: move their agents off them."""
-        moving = self.placement.drain(workers)
-        log.info("workers_draining", workers=workers, agents=len(moving))
-        evacuation = _Evacuation(req_id, set(moving), self._send_up, workers)
-        self._evacuation = evacuation
+
+        def answer(result: dict[str, Any]) -> None:
+            self._send_up({"t": "rep", "id": req_id, "ok": True, "result": result})
+
+        self.drain(workers, answer)
+
+    def drain(self, workers: list[str], done: Callable[[dict[str, Any]], None], why: str = "reload") -> None:
+        """Move every agent off ``workers`` (no new agents go there); ``done(result)`` once every source has
+        let its agents go (or kept them: ``stayed``)."""
+        moving = self.placement.drain(workers, why=why)
+        log.info("workers_draining", workers=workers, agents=len(moving), why=why)
+        evacuation = _Evacuation(set(moving), done, workers)
+        self._evacuations.append(evacuation)
         for agent_id in moving:
             self._move_out(agent_id, self.placement.moving[agent_id].source, None)
         if evacuation.done():
-            self._evacuation = None
+            self._evacuations.remove(evacuation)
+
+    def spread(self, agent_ids: list[str], target: str, why: str = "grow") -> None:
+        """Move ``agent_ids`` onto ``target`` (a worker an elastic pool has just started): each a move,
+        state kept by snapshot, not a restart; an agent that cannot move stays where it is."""
+        for agent_id in agent_ids:
+            if agent_id in self.placement.moving or not self.placement.announced(agent_id):
+                continue
+            move = self.placement.begin_move(agent_id, target, why=why)
+            self._move_out(agent_id, move.source, target)
 
     def undrain(self, workers: Iterable[str]) -> None:
         """The reload failed: the drained workers stay and may host agents again."""
@@ -144,14 +164,11 @@ class Moves:
 
 
 class _Evacuation:
-    """A reload's drain: the agents whose source has not answered yet, and the root's request to answer."""
+    """A drain: the agents whose source has not answered yet, and whom to tell when none is left."""
 
-    def __init__(
-        self, req_id: Any, waiting: set[str], send_up: Callable[[dict[str, Any]], Any], workers: list[str]
-    ) -> None:
-        self.req_id = req_id
+    def __init__(self, waiting: set[str], done: Callable[[dict[str, Any]], None], workers: list[str]) -> None:
         self.waiting = waiting
-        self.send_up = send_up
+        self.on_done = done
         self.workers = workers
         self.moved: list[str] = []
         self.stayed: dict[str, str] = {}  # agent id -> why its worker kept it (it goes with the worker)
@@ -177,6 +194,6 @@ class _Evacuation:
         ms = round((time.monotonic() - self.t0) * 1000, 1)
         result = {"workers": self.workers, "moved": len(self.moved), "stayed": self.stayed, "ms": ms}
         log.info("workers_drained", **result)
-        self.send_up({"t": "rep", "id": self.req_id, "ok": True, "result": result})
         self.finished = True
+        self.on_done(result)
         return True

@@ -78,7 +78,7 @@ class Move:
     source: str
     target: str | None
     started: float
-    why: str = "request"  # request (agent.move) | reload (its worker is being removed or replaced)
+    why: str = "request"  # request (agent.move) | reload (its worker is removed or replaced) | grow | shrink
     path: str = ""  # what the source did: snapshot | fresh (empty while it is letting the agent go)
     refused: tuple[str, str] | None = None  # (code, message) of a target that refused it: it goes back
     tried: set[str] = field(default_factory=set)
@@ -545,9 +545,10 @@ class Placement:
         self._unplace(row)
         self.unplaced[agent_id] = None  # tick() re-spawns it (resume: from its snapshot file) on the target
 
-    def drain(self, workers: Iterable[str]) -> list[str]:
-        """A reload will stop ``workers``: no new agents go there, and their agents start moving (placed by
-        tick(), spread by load). The ids of the agents that started to move."""
+    def drain(self, workers: Iterable[str], why: str = "reload") -> list[str]:
+        """A reload (or an elastic pool's shrink: ``why``) will stop ``workers``: no new agents go there, and
+        their agents start moving (placed by tick(), spread by load). The ids of the agents that started to
+        move."""
         leaving = set(workers)
         self.draining |= leaving
         started = []
@@ -558,9 +559,34 @@ class Placement:
                 continue
             if stays_nowhere and row.restart == "temporary":
                 continue  # nowhere to go now and never restarted: lost with its worker, as before
-            self.begin_move(agent_id, None, why="reload")
+            self.begin_move(agent_id, None, why=why)
             started.append(agent_id)
         return started
+
+    def spread_to(self, target: str) -> list[str]:
+        """The agents to move onto ``target`` (a worker just started) so that each worker holds about its
+        share: from every other worker above the share, every n-th of its announced agents in (service or
+        name, id) order (n: the workers), so the replicas of one service spread over the workers."""
+        workers = sorted(self.workers - self.draining)
+        if target not in workers or len(workers) < 2:
+            return []
+        n = len(workers)
+        share = sum(self.load[w] for w in workers) // n
+        by_worker: dict[str, list[tuple[str, str]]] = {w: [] for w in workers if w != target}
+        for agent_id, worker_id in self.directory.worker_of.items():
+            hosted = by_worker.get(worker_id)
+            row = self.registry.get(agent_id) if hosted is not None else None
+            if hosted is not None and row is not None and row.live and agent_id not in self.moving:
+                hosted.append((row.service or row.name, agent_id))
+        picks: list[str] = []
+        room = share - self.load[target]
+        for worker_id, hosted in by_worker.items():
+            excess = min(self.load[worker_id] - share, room - len(picks))
+            if excess <= 0:
+                continue
+            hosted.sort()
+            picks += [agent_id for _, agent_id in hosted[n - 1 :: n]][:excess]
+        return picks
 
     def undrain(self, workers: Iterable[str]) -> None:
         """The reload that drained ``workers`` left them running (it failed, or replaced nothing)."""

@@ -14,6 +14,8 @@ Shape (see docs/supervisor.md)::
     inline = true                         # run in the parent's process, not a forked one (default false)
     [supervisor.children.pool]            # expands to workers-0 .. workers-(N-1)
     count = "auto"; pin = true; start = "openfang.workers.worker:main"; heartbeat_ms = 2000
+    min_running = 1                       # elastic: members >= min_running start stopped (autostart =
+                                          # false); the gateway starts them under load (ElasticPool)
     [[supervisor.children.children]]      # nested children, any depth
     id = "..."; start = "..."
 
@@ -28,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
-from openfang.protocol.config_kit import Parse, Place, read, unknown_key
+from openfang.protocol.config_kit import Above, Parse, Place, Range, load, read, unknown_key
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.supervisor.spec import (
     ChildSpec,
@@ -40,12 +42,11 @@ from openfang.supervisor.spec import (
 
 FLAG_KEYS = {"strategy", "intensity", "period", "auto_shutdown", "start_order"}
 CHILD_KEYS = {"id", "type", "start", "args", "restart", "shutdown", "significant", "cpu", "heartbeat_ms",
-              "start_timeout_ms", "preimport", "inline"}  # fmt: skip
+              "start_timeout_ms", "preimport", "inline", "autostart"}  # fmt: skip
 SUPERVISOR_CHILD_KEYS = CHILD_KEYS | FLAG_KEYS | {"children", "pool"}
-POOL_KEYS = {
-    "count",
-    "pin",
-    "prefix",
+# The pool's own keys (PoolKeys); the others are every member's child keys.
+OWN_POOL_KEYS = {"count", "pin", "prefix", "min_running", "grow_in_flight", "grow_after_ms", "shrink_after_s"}
+POOL_KEYS = OWN_POOL_KEYS | {
     "start",
     "args",
     "restart",
@@ -140,6 +141,49 @@ class PoolKeys:
     count: Annotated[int | str, Parse(_count, '"auto" (one per allowed CPU) or an integer >= 1')] = "auto"
     pin: bool = True  # member i pinned to the i-th allowed CPU
     prefix: str | None = None  # member ids: <prefix>-<i>, default the owner's id
+    # Elastic pool (ElasticPool): at least this many members run; the others (up to count) are kept specs
+    # (autostart = false) that the gateway starts under load and stops when quiet. Default: count (all run).
+    min_running: Annotated[int, Range(1)] | None = None
+    grow_in_flight: Annotated[int, Range(1)] = (
+        16  # a running member with this many requests in flight is loaded
+    )
+    grow_after_ms: Annotated[int, Range(1)] = 250  # every running member loaded this long: start one more
+    shrink_after_s: Annotated[float, Above(0)] = 30.0  # quiet this long: drain and stop an extra member
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ElasticPool:
+    """An elastic pool as the gateway's policy sees it (:mod:`openfang.control.elastic`): the supervisor at
+    ``path`` owns ``members`` (in order); the first ``min_running`` always run, the rest run under load.
+    Plain data: the root sends it down to the gateway (``gateway.pools``) at start and after a reload."""
+
+    path: str
+    members: tuple[str, ...]
+    min_running: int
+    grow_in_flight: int = 16
+    grow_after_ms: int = 250
+    shrink_after_s: float = 30.0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "members": list(self.members),
+            "min_running": self.min_running,
+            "grow_in_flight": self.grow_in_flight,
+            "grow_after_ms": self.grow_after_ms,
+            "shrink_after_s": self.shrink_after_s,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> ElasticPool:
+        return cls(
+            path=str(data["path"]),
+            members=tuple(str(m) for m in data["members"]),
+            min_running=int(data["min_running"]),
+            grow_in_flight=int(data["grow_in_flight"]),
+            grow_after_ms=int(data["grow_after_ms"]),
+            shrink_after_s=float(data["shrink_after_s"]),
+        )
 
 
 def _parse_pool(pool: Any, owner: str, source: str, where: str, problems: list[Problem]) -> list[ChildSpec]:
@@ -148,20 +192,61 @@ def _parse_pool(pool: Any, owner: str, source: str, where: str, problems: list[P
         return []
     _unknown(pool, POOL_KEYS, source, where, problems)
     place = Place.table(source, where)
-    own = read(PoolKeys, pool, place, problems, ignore=set(pool) - {"count", "pin", "prefix"}) or PoolKeys()
+    own = read(PoolKeys, pool, place, problems, ignore=set(pool) - OWN_POOL_KEYS) or PoolKeys()
     count = _count(own.count)
+    running = count if own.min_running is None else own.min_running
+    if running > count:
+        problems.append(
+            _p(source, where, "min_running", f"must be <= count ({count}: the pool's maximum), got {running}")
+        )
     if not pool.get("start"):
         problems.append(_p(source, where, "start", "required: 'package.module:function'"))
-    member_keys = {k: v for k, v in pool.items() if k in POOL_KEYS - {"count", "pin", "prefix"}}
+    member_keys = {k: v for k, v in pool.items() if k in POOL_KEYS - OWN_POOL_KEYS}
     prefix = own.prefix or owner
     template = read(ChildSpec, member_keys, place, problems, id=prefix)
     if template is None:
         return []
     allowed = sorted(os.sched_getaffinity(0))
     return [
-        replace(template, id=f"{prefix}-{i}", cpu=allowed[i % len(allowed)] if own.pin else None)
+        replace(
+            template,
+            id=f"{prefix}-{i}",
+            cpu=allowed[i % len(allowed)] if own.pin else None,
+            autostart=i < running,  # members past min_running: kept specs the gateway starts under load
+        )
         for i in range(count)
     ]
+
+
+def elastic_pools(table: Mapping[str, Any], path: str = "root") -> tuple[ElasticPool, ...]:
+    """The elastic pools (``min_running`` < ``count``) of a ``[supervisor]`` table that
+    :func:`parse_supervisor` accepted, each with the path of the supervisor that owns it."""
+    out: list[ElasticPool] = []
+    for raw in table.get("children") or []:
+        if not isinstance(raw, Mapping) or raw.get("type") != ChildType.SUPERVISOR:
+            continue
+        owner = str(raw.get("id", "pool"))
+        here = f"{path}/{owner}"
+        out += elastic_pools(raw, here)
+        pool = raw.get("pool")
+        if not isinstance(pool, Mapping):
+            continue
+        own = load(PoolKeys, {k: v for k, v in pool.items() if k in OWN_POOL_KEYS}, Place.named(here))
+        count = _count(own.count)
+        if own.min_running is None or own.min_running >= count:
+            continue
+        prefix = own.prefix or owner
+        out.append(
+            ElasticPool(
+                path=here,
+                members=tuple(f"{prefix}-{i}" for i in range(count)),
+                min_running=own.min_running,
+                grow_in_flight=own.grow_in_flight,
+                grow_after_ms=own.grow_after_ms,
+                shrink_after_s=own.shrink_after_s,
+            )
+        )
+    return tuple(out)
 
 
 # -- typed readers: each appends a problem and returns a default instead of raising ----------

@@ -356,10 +356,10 @@ CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is se
 def __create_fn__():
  def __eq__(self,other):
   if other.__class__ is self.__class__:
-   return (self.source,self.name,self.data_dir,self.control,self.logging,self.tree,self.memory,self.security,self.security_args,self.http,self.metrics,)==(other.source,other.name,other.data_dir,other.control,other.logging,other.tree,other.memory,other.security,other.security_args,other.http,other.metrics,)
+   return (self.source,self.name,self.data_dir,self.control,self.logging,self.tree,self.memory,self.security,self.security_args,self.http,self.metrics,self.pools,)==(other.source,other.name,other.data_dir,other.control,other.logging,other.tree,other.memory,other.security,other.security_args,other.http,other.metrics,other.pools,)
   return NotImplemented
  return __eq__
-CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.source,self.name,self.data_dir,self.control,self.logging,self.tree,self.memory,self.security,self.security_args,self.http,self.metrics,)==(other.source,other.name,other.data_dir,other.control,other.logging,other.tree,other.memory,other.security,other.security_args,other.http,other.metrics,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.source,self.name,self.data_dir,self.control,self.logging,self.tree,self.memory,self.security,self.security_args,self.http,self.metrics,self.pools,)==(other.source,other.name,other.data_dir,other.control,other.logging,other.tree,other.memory,other.security,other.security_args,other.http,other.metrics,other.pools,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
 def __create_fn__():
  def __hash__(self):
   return hash((self.enabled,self.listen,self.tokens,self.tls_cert,self.tls_key,self.default_agent,self.public_url,self.key_name,self.push_allow_hosts,self.metrics_per_agent,self.metrics_top_agents,))
@@ -387,9 +387,9 @@ def __create_fn__():
 CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.name,self.data_dir,))\n return __hash__'] = __create_fn__.__code__
 def __create_fn__():
  def __hash__(self):
-  return hash((self.source,self.name,self.data_dir,self.control,self.logging,self.tree,self.memory,self.security,self.security_args,self.http,self.metrics,))
+  return hash((self.source,self.name,self.data_dir,self.control,self.logging,self.tree,self.memory,self.security,self.security_args,self.http,self.metrics,self.pools,))
  return __hash__
-CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.source,self.name,self.data_dir,self.control,self.logging,self.tree,self.memory,self.security,self.security_args,self.http,self.metrics,))\n return __hash__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.source,self.name,self.data_dir,self.control,self.logging,self.tree,self.memory,self.security,self.security_args,self.http,self.metrics,self.pools,))\n return __hash__'] = __create_fn__.__code__
 def __create_fn__():
  def __repr__(self):
   return self.__class__.__qualname__ + f"(enabled={self.enabled!r}, listen={self.listen!r}, tokens={self.tokens!r}, tls_cert={self.tls_cert!r}, tls_key={self.tls_key!r}, default_agent={self.default_agent!r}, public_url={self.public_url!r}, key_name={self.key_name!r}, push_allow_hosts={self.push_allow_hosts!r}, metrics_per_agent={self.metrics_per_agent!r}, metrics_top_agents={self.metrics_top_agents!r})"
@@ -417,9 +417,9 @@ def __create_fn__():
 CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(name={self.name!r}, data_dir={self.data_dir!r})"\n return __repr__'] = __create_fn__.__code__
 def __create_fn__():
  def __repr__(self):
-  return self.__class__.__qualname__ + f"(source={self.source!r}, name={self.name!r}, data_dir={self.data_dir!r}, control={self.control!r}, logging={self.logging!r}, tree={self.tree!r}, memory={self.memory!r}, security={self.security!r}, security_args={self.security_args!r}, http={self.http!r}, metrics={self.metrics!r})"
+  return self.__class__.__qualname__ + f"(source={self.source!r}, name={self.name!r}, data_dir={self.data_dir!r}, control={self.control!r}, logging={self.logging!r}, tree={self.tree!r}, memory={self.memory!r}, security={self.security!r}, security_args={self.security_args!r}, http={self.http!r}, metrics={self.metrics!r}, pools={self.pools!r})"
  return __repr__
-CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(source={self.source!r}, name={self.name!r}, data_dir={self.data_dir!r}, control={self.control!r}, logging={self.logging!r}, tree={self.tree!r}, memory={self.memory!r}, security={self.security!r}, security_args={self.security_args!r}, http={self.http!r}, metrics={self.metrics!r})"\n return __repr__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(source={self.source!r}, name={self.name!r}, data_dir={self.data_dir!r}, control={self.control!r}, logging={self.logging!r}, tree={self.tree!r}, memory={self.memory!r}, security={self.security!r}, security_args={self.security_args!r}, http={self.http!r}, metrics={self.metrics!r}, pools={self.pools!r})"\n return __repr__'] = __create_fn__.__code__
 def __create_fn__(_type_enabled, _type_listen, _type_tokens, _type_tls_cert, _type_tls_key, _type_default_agent, _type_public_url, _type_key_name, _type_push_allow_hosts, _type_metrics_per_agent, _type_metrics_top_agents, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_enabled, _dflt_listen, _dflt_tokens, _dflt_tls_cert, _dflt_tls_key, _dflt_default_agent, _dflt_public_url, _dflt_key_name, _dflt_push_allow_hosts, _dflt_metrics_per_agent, _dflt_metrics_top_agents, _return_type):
  def __init__(self,*,enabled:_type_enabled=_dflt_enabled,listen:_type_listen=_dflt_listen,tokens:_type_tokens=_dflt_tokens,tls_cert:_type_tls_cert=_dflt_tls_cert,tls_key:_type_tls_key=_dflt_tls_key,default_agent:_type_default_agent=_dflt_default_agent,public_url:_type_public_url=_dflt_public_url,key_name:_type_key_name=_dflt_key_name,push_allow_hosts:_type_push_allow_hosts=_dflt_push_allow_hosts,metrics_per_agent:_type_metrics_per_agent=_dflt_metrics_per_agent,metrics_top_agents:_type_metrics_top_agents=_dflt_metrics_top_agents)->_return_type:
   __dataclass_builtins_object__.__setattr__(self,'enabled',enabled)
@@ -470,8 +470,8 @@ def __create_fn__(_type_name, _type_data_dir, MISSING, _HAS_DEFAULT_FACTORY, __d
   __dataclass_builtins_object__.__setattr__(self,'data_dir',data_dir)
  return __init__
 CODE["def __create_fn__(_type_name, _type_data_dir, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_name, _dflt_data_dir, _return_type):\n def __init__(self,*,name:_type_name=_dflt_name,data_dir:_type_data_dir=_dflt_data_dir)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'name',name)\n  __dataclass_builtins_object__.__setattr__(self,'data_dir',data_dir)\n return __init__"] = __create_fn__.__code__
-def __create_fn__(_type_source, _type_name, _type_data_dir, _type_control, _type_logging, _type_tree, _type_memory, _type_security, _type_security_args, _type_http, _type_metrics, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_memory, _dflt_security, _dflt_security_args, _dflt_http, _dflt_metrics, _return_type):
- def __init__(self,*,source:_type_source,name:_type_name,data_dir:_type_data_dir,control:_type_control,logging:_type_logging,tree:_type_tree,memory:_type_memory=_HAS_DEFAULT_FACTORY,security:_type_security=_HAS_DEFAULT_FACTORY,security_args:_type_security_args=_HAS_DEFAULT_FACTORY,http:_type_http=_dflt_http,metrics:_type_metrics=_dflt_metrics)->_return_type:
+def __create_fn__(_type_source, _type_name, _type_data_dir, _type_control, _type_logging, _type_tree, _type_memory, _type_security, _type_security_args, _type_http, _type_metrics, _type_pools, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_memory, _dflt_security, _dflt_security_args, _dflt_http, _dflt_metrics, _dflt_pools, _return_type):
+ def __init__(self,*,source:_type_source,name:_type_name,data_dir:_type_data_dir,control:_type_control,logging:_type_logging,tree:_type_tree,memory:_type_memory=_HAS_DEFAULT_FACTORY,security:_type_security=_HAS_DEFAULT_FACTORY,security_args:_type_security_args=_HAS_DEFAULT_FACTORY,http:_type_http=_dflt_http,metrics:_type_metrics=_dflt_metrics,pools:_type_pools=_dflt_pools)->_return_type:
   __dataclass_builtins_object__.__setattr__(self,'source',source)
   __dataclass_builtins_object__.__setattr__(self,'name',name)
   __dataclass_builtins_object__.__setattr__(self,'data_dir',data_dir)
@@ -483,8 +483,9 @@ def __create_fn__(_type_source, _type_name, _type_data_dir, _type_control, _type
   __dataclass_builtins_object__.__setattr__(self,'security_args',_dflt_security_args() if security_args is _HAS_DEFAULT_FACTORY else security_args)
   __dataclass_builtins_object__.__setattr__(self,'http',http)
   __dataclass_builtins_object__.__setattr__(self,'metrics',metrics)
+  __dataclass_builtins_object__.__setattr__(self,'pools',pools)
  return __init__
-CODE["def __create_fn__(_type_source, _type_name, _type_data_dir, _type_control, _type_logging, _type_tree, _type_memory, _type_security, _type_security_args, _type_http, _type_metrics, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_memory, _dflt_security, _dflt_security_args, _dflt_http, _dflt_metrics, _return_type):\n def __init__(self,*,source:_type_source,name:_type_name,data_dir:_type_data_dir,control:_type_control,logging:_type_logging,tree:_type_tree,memory:_type_memory=_HAS_DEFAULT_FACTORY,security:_type_security=_HAS_DEFAULT_FACTORY,security_args:_type_security_args=_HAS_DEFAULT_FACTORY,http:_type_http=_dflt_http,metrics:_type_metrics=_dflt_metrics)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'source',source)\n  __dataclass_builtins_object__.__setattr__(self,'name',name)\n  __dataclass_builtins_object__.__setattr__(self,'data_dir',data_dir)\n  __dataclass_builtins_object__.__setattr__(self,'control',control)\n  __dataclass_builtins_object__.__setattr__(self,'logging',logging)\n  __dataclass_builtins_object__.__setattr__(self,'tree',tree)\n  __dataclass_builtins_object__.__setattr__(self,'memory',_dflt_memory() if memory is _HAS_DEFAULT_FACTORY else memory)\n  __dataclass_builtins_object__.__setattr__(self,'security',_dflt_security() if security is _HAS_DEFAULT_FACTORY else security)\n  __dataclass_builtins_object__.__setattr__(self,'security_args',_dflt_security_args() if security_args is _HAS_DEFAULT_FACTORY else security_args)\n  __dataclass_builtins_object__.__setattr__(self,'http',http)\n  __dataclass_builtins_object__.__setattr__(self,'metrics',metrics)\n return __init__"] = __create_fn__.__code__
+CODE["def __create_fn__(_type_source, _type_name, _type_data_dir, _type_control, _type_logging, _type_tree, _type_memory, _type_security, _type_security_args, _type_http, _type_metrics, _type_pools, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_memory, _dflt_security, _dflt_security_args, _dflt_http, _dflt_metrics, _dflt_pools, _return_type):\n def __init__(self,*,source:_type_source,name:_type_name,data_dir:_type_data_dir,control:_type_control,logging:_type_logging,tree:_type_tree,memory:_type_memory=_HAS_DEFAULT_FACTORY,security:_type_security=_HAS_DEFAULT_FACTORY,security_args:_type_security_args=_HAS_DEFAULT_FACTORY,http:_type_http=_dflt_http,metrics:_type_metrics=_dflt_metrics,pools:_type_pools=_dflt_pools)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'source',source)\n  __dataclass_builtins_object__.__setattr__(self,'name',name)\n  __dataclass_builtins_object__.__setattr__(self,'data_dir',data_dir)\n  __dataclass_builtins_object__.__setattr__(self,'control',control)\n  __dataclass_builtins_object__.__setattr__(self,'logging',logging)\n  __dataclass_builtins_object__.__setattr__(self,'tree',tree)\n  __dataclass_builtins_object__.__setattr__(self,'memory',_dflt_memory() if memory is _HAS_DEFAULT_FACTORY else memory)\n  __dataclass_builtins_object__.__setattr__(self,'security',_dflt_security() if security is _HAS_DEFAULT_FACTORY else security)\n  __dataclass_builtins_object__.__setattr__(self,'security_args',_dflt_security_args() if security_args is _HAS_DEFAULT_FACTORY else security_args)\n  __dataclass_builtins_object__.__setattr__(self,'http',http)\n  __dataclass_builtins_object__.__setattr__(self,'metrics',metrics)\n  __dataclass_builtins_object__.__setattr__(self,'pools',pools)\n return __init__"] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __delattr__(self,name):
   if type(self) is cls or name in ('enabled','listen','tokens','tls_cert','tls_key','default_agent','public_url','key_name','push_allow_hosts','metrics_per_agent','metrics_top_agents',):
@@ -522,11 +523,11 @@ def __create_fn__(cls, FrozenInstanceError):
 CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'name\',\'data_dir\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __delattr__(self,name):
-  if type(self) is cls or name in ('source','name','data_dir','control','logging','tree','memory','security','security_args','http','metrics',):
+  if type(self) is cls or name in ('source','name','data_dir','control','logging','tree','memory','security','security_args','http','metrics','pools',):
    raise FrozenInstanceError(f"cannot delete field {name!r}")
   super(cls, self).__delattr__(name)
  return __delattr__
-CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'source\',\'name\',\'data_dir\',\'control\',\'logging\',\'tree\',\'memory\',\'security\',\'security_args\',\'http\',\'metrics\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'source\',\'name\',\'data_dir\',\'control\',\'logging\',\'tree\',\'memory\',\'security\',\'security_args\',\'http\',\'metrics\',\'pools\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __setattr__(self,name,value):
   if type(self) is cls or name in ('enabled','listen','tokens','tls_cert','tls_key','default_agent','public_url','key_name','push_allow_hosts','metrics_per_agent','metrics_top_agents',):
@@ -564,11 +565,49 @@ def __create_fn__(cls, FrozenInstanceError):
 CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'name\',\'data_dir\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __setattr__(self,name,value):
-  if type(self) is cls or name in ('source','name','data_dir','control','logging','tree','memory','security','security_args','http','metrics',):
+  if type(self) is cls or name in ('source','name','data_dir','control','logging','tree','memory','security','security_args','http','metrics','pools',):
    raise FrozenInstanceError(f"cannot assign to field {name!r}")
   super(cls, self).__setattr__(name, value)
  return __setattr__
-CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'source\',\'name\',\'data_dir\',\'control\',\'logging\',\'tree\',\'memory\',\'security\',\'security_args\',\'http\',\'metrics\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'source\',\'name\',\'data_dir\',\'control\',\'logging\',\'tree\',\'memory\',\'security\',\'security_args\',\'http\',\'metrics\',\'pools\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
+# openfang.control.elastic
+def __create_fn__():
+ def __eq__(self,other):
+  if other.__class__ is self.__class__:
+   return (self.path,self.member,)==(other.path,other.member,)
+  return NotImplemented
+ return __eq__
+CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.path,self.member,)==(other.path,other.member,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
+def __create_fn__():
+ def __hash__(self):
+  return hash((self.path,self.member,))
+ return __hash__
+CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.path,self.member,))\n return __hash__'] = __create_fn__.__code__
+def __create_fn__():
+ def __repr__(self):
+  return self.__class__.__qualname__ + f"(path={self.path!r}, member={self.member!r})"
+ return __repr__
+CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(path={self.path!r}, member={self.member!r})"\n return __repr__'] = __create_fn__.__code__
+def __create_fn__(_type_path, _type_member, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type):
+ def __init__(self,path:_type_path,member:_type_member)->_return_type:
+  __dataclass_builtins_object__.__setattr__(self,'path',path)
+  __dataclass_builtins_object__.__setattr__(self,'member',member)
+ return __init__
+CODE["def __create_fn__(_type_path, _type_member, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type):\n def __init__(self,path:_type_path,member:_type_member)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'path',path)\n  __dataclass_builtins_object__.__setattr__(self,'member',member)\n return __init__"] = __create_fn__.__code__
+def __create_fn__(cls, FrozenInstanceError):
+ def __delattr__(self,name):
+  if type(self) is cls or name in ('path','member',):
+   raise FrozenInstanceError(f"cannot delete field {name!r}")
+  super(cls, self).__delattr__(name)
+ return __delattr__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'path\',\'member\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
+def __create_fn__(cls, FrozenInstanceError):
+ def __setattr__(self,name,value):
+  if type(self) is cls or name in ('path','member',):
+   raise FrozenInstanceError(f"cannot assign to field {name!r}")
+  super(cls, self).__setattr__(name, value)
+ return __setattr__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'path\',\'member\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
 # openfang.control.gateway
 def __create_fn__():
  def __eq__(self,other):
@@ -1112,41 +1151,86 @@ CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,v
 def __create_fn__():
  def __eq__(self,other):
   if other.__class__ is self.__class__:
-   return (self.count,self.pin,self.prefix,)==(other.count,other.pin,other.prefix,)
+   return (self.count,self.pin,self.prefix,self.min_running,self.grow_in_flight,self.grow_after_ms,self.shrink_after_s,)==(other.count,other.pin,other.prefix,other.min_running,other.grow_in_flight,other.grow_after_ms,other.shrink_after_s,)
   return NotImplemented
  return __eq__
-CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.count,self.pin,self.prefix,)==(other.count,other.pin,other.prefix,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.count,self.pin,self.prefix,self.min_running,self.grow_in_flight,self.grow_after_ms,self.shrink_after_s,)==(other.count,other.pin,other.prefix,other.min_running,other.grow_in_flight,other.grow_after_ms,other.shrink_after_s,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
+def __create_fn__():
+ def __eq__(self,other):
+  if other.__class__ is self.__class__:
+   return (self.path,self.members,self.min_running,self.grow_in_flight,self.grow_after_ms,self.shrink_after_s,)==(other.path,other.members,other.min_running,other.grow_in_flight,other.grow_after_ms,other.shrink_after_s,)
+  return NotImplemented
+ return __eq__
+CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.path,self.members,self.min_running,self.grow_in_flight,self.grow_after_ms,self.shrink_after_s,)==(other.path,other.members,other.min_running,other.grow_in_flight,other.grow_after_ms,other.shrink_after_s,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
 def __create_fn__():
  def __hash__(self):
-  return hash((self.count,self.pin,self.prefix,))
+  return hash((self.count,self.pin,self.prefix,self.min_running,self.grow_in_flight,self.grow_after_ms,self.shrink_after_s,))
  return __hash__
-CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.count,self.pin,self.prefix,))\n return __hash__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.count,self.pin,self.prefix,self.min_running,self.grow_in_flight,self.grow_after_ms,self.shrink_after_s,))\n return __hash__'] = __create_fn__.__code__
+def __create_fn__():
+ def __hash__(self):
+  return hash((self.path,self.members,self.min_running,self.grow_in_flight,self.grow_after_ms,self.shrink_after_s,))
+ return __hash__
+CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.path,self.members,self.min_running,self.grow_in_flight,self.grow_after_ms,self.shrink_after_s,))\n return __hash__'] = __create_fn__.__code__
 def __create_fn__():
  def __repr__(self):
-  return self.__class__.__qualname__ + f"(count={self.count!r}, pin={self.pin!r}, prefix={self.prefix!r})"
+  return self.__class__.__qualname__ + f"(count={self.count!r}, pin={self.pin!r}, prefix={self.prefix!r}, min_running={self.min_running!r}, grow_in_flight={self.grow_in_flight!r}, grow_after_ms={self.grow_after_ms!r}, shrink_after_s={self.shrink_after_s!r})"
  return __repr__
-CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(count={self.count!r}, pin={self.pin!r}, prefix={self.prefix!r})"\n return __repr__'] = __create_fn__.__code__
-def __create_fn__(_type_count, _type_pin, _type_prefix, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_count, _dflt_pin, _dflt_prefix, _return_type):
- def __init__(self,*,count:_type_count=_dflt_count,pin:_type_pin=_dflt_pin,prefix:_type_prefix=_dflt_prefix)->_return_type:
+CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(count={self.count!r}, pin={self.pin!r}, prefix={self.prefix!r}, min_running={self.min_running!r}, grow_in_flight={self.grow_in_flight!r}, grow_after_ms={self.grow_after_ms!r}, shrink_after_s={self.shrink_after_s!r})"\n return __repr__'] = __create_fn__.__code__
+def __create_fn__():
+ def __repr__(self):
+  return self.__class__.__qualname__ + f"(path={self.path!r}, members={self.members!r}, min_running={self.min_running!r}, grow_in_flight={self.grow_in_flight!r}, grow_after_ms={self.grow_after_ms!r}, shrink_after_s={self.shrink_after_s!r})"
+ return __repr__
+CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(path={self.path!r}, members={self.members!r}, min_running={self.min_running!r}, grow_in_flight={self.grow_in_flight!r}, grow_after_ms={self.grow_after_ms!r}, shrink_after_s={self.shrink_after_s!r})"\n return __repr__'] = __create_fn__.__code__
+def __create_fn__(_type_count, _type_pin, _type_prefix, _type_min_running, _type_grow_in_flight, _type_grow_after_ms, _type_shrink_after_s, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_count, _dflt_pin, _dflt_prefix, _dflt_min_running, _dflt_grow_in_flight, _dflt_grow_after_ms, _dflt_shrink_after_s, _return_type):
+ def __init__(self,*,count:_type_count=_dflt_count,pin:_type_pin=_dflt_pin,prefix:_type_prefix=_dflt_prefix,min_running:_type_min_running=_dflt_min_running,grow_in_flight:_type_grow_in_flight=_dflt_grow_in_flight,grow_after_ms:_type_grow_after_ms=_dflt_grow_after_ms,shrink_after_s:_type_shrink_after_s=_dflt_shrink_after_s)->_return_type:
   __dataclass_builtins_object__.__setattr__(self,'count',count)
   __dataclass_builtins_object__.__setattr__(self,'pin',pin)
   __dataclass_builtins_object__.__setattr__(self,'prefix',prefix)
+  __dataclass_builtins_object__.__setattr__(self,'min_running',min_running)
+  __dataclass_builtins_object__.__setattr__(self,'grow_in_flight',grow_in_flight)
+  __dataclass_builtins_object__.__setattr__(self,'grow_after_ms',grow_after_ms)
+  __dataclass_builtins_object__.__setattr__(self,'shrink_after_s',shrink_after_s)
  return __init__
-CODE["def __create_fn__(_type_count, _type_pin, _type_prefix, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_count, _dflt_pin, _dflt_prefix, _return_type):\n def __init__(self,*,count:_type_count=_dflt_count,pin:_type_pin=_dflt_pin,prefix:_type_prefix=_dflt_prefix)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'count',count)\n  __dataclass_builtins_object__.__setattr__(self,'pin',pin)\n  __dataclass_builtins_object__.__setattr__(self,'prefix',prefix)\n return __init__"] = __create_fn__.__code__
+CODE["def __create_fn__(_type_count, _type_pin, _type_prefix, _type_min_running, _type_grow_in_flight, _type_grow_after_ms, _type_shrink_after_s, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_count, _dflt_pin, _dflt_prefix, _dflt_min_running, _dflt_grow_in_flight, _dflt_grow_after_ms, _dflt_shrink_after_s, _return_type):\n def __init__(self,*,count:_type_count=_dflt_count,pin:_type_pin=_dflt_pin,prefix:_type_prefix=_dflt_prefix,min_running:_type_min_running=_dflt_min_running,grow_in_flight:_type_grow_in_flight=_dflt_grow_in_flight,grow_after_ms:_type_grow_after_ms=_dflt_grow_after_ms,shrink_after_s:_type_shrink_after_s=_dflt_shrink_after_s)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'count',count)\n  __dataclass_builtins_object__.__setattr__(self,'pin',pin)\n  __dataclass_builtins_object__.__setattr__(self,'prefix',prefix)\n  __dataclass_builtins_object__.__setattr__(self,'min_running',min_running)\n  __dataclass_builtins_object__.__setattr__(self,'grow_in_flight',grow_in_flight)\n  __dataclass_builtins_object__.__setattr__(self,'grow_after_ms',grow_after_ms)\n  __dataclass_builtins_object__.__setattr__(self,'shrink_after_s',shrink_after_s)\n return __init__"] = __create_fn__.__code__
+def __create_fn__(_type_path, _type_members, _type_min_running, _type_grow_in_flight, _type_grow_after_ms, _type_shrink_after_s, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_grow_in_flight, _dflt_grow_after_ms, _dflt_shrink_after_s, _return_type):
+ def __init__(self,*,path:_type_path,members:_type_members,min_running:_type_min_running,grow_in_flight:_type_grow_in_flight=_dflt_grow_in_flight,grow_after_ms:_type_grow_after_ms=_dflt_grow_after_ms,shrink_after_s:_type_shrink_after_s=_dflt_shrink_after_s)->_return_type:
+  __dataclass_builtins_object__.__setattr__(self,'path',path)
+  __dataclass_builtins_object__.__setattr__(self,'members',members)
+  __dataclass_builtins_object__.__setattr__(self,'min_running',min_running)
+  __dataclass_builtins_object__.__setattr__(self,'grow_in_flight',grow_in_flight)
+  __dataclass_builtins_object__.__setattr__(self,'grow_after_ms',grow_after_ms)
+  __dataclass_builtins_object__.__setattr__(self,'shrink_after_s',shrink_after_s)
+ return __init__
+CODE["def __create_fn__(_type_path, _type_members, _type_min_running, _type_grow_in_flight, _type_grow_after_ms, _type_shrink_after_s, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_grow_in_flight, _dflt_grow_after_ms, _dflt_shrink_after_s, _return_type):\n def __init__(self,*,path:_type_path,members:_type_members,min_running:_type_min_running,grow_in_flight:_type_grow_in_flight=_dflt_grow_in_flight,grow_after_ms:_type_grow_after_ms=_dflt_grow_after_ms,shrink_after_s:_type_shrink_after_s=_dflt_shrink_after_s)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'path',path)\n  __dataclass_builtins_object__.__setattr__(self,'members',members)\n  __dataclass_builtins_object__.__setattr__(self,'min_running',min_running)\n  __dataclass_builtins_object__.__setattr__(self,'grow_in_flight',grow_in_flight)\n  __dataclass_builtins_object__.__setattr__(self,'grow_after_ms',grow_after_ms)\n  __dataclass_builtins_object__.__setattr__(self,'shrink_after_s',shrink_after_s)\n return __init__"] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __delattr__(self,name):
-  if type(self) is cls or name in ('count','pin','prefix',):
+  if type(self) is cls or name in ('count','pin','prefix','min_running','grow_in_flight','grow_after_ms','shrink_after_s',):
    raise FrozenInstanceError(f"cannot delete field {name!r}")
   super(cls, self).__delattr__(name)
  return __delattr__
-CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'count\',\'pin\',\'prefix\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'count\',\'pin\',\'prefix\',\'min_running\',\'grow_in_flight\',\'grow_after_ms\',\'shrink_after_s\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
+def __create_fn__(cls, FrozenInstanceError):
+ def __delattr__(self,name):
+  if type(self) is cls or name in ('path','members','min_running','grow_in_flight','grow_after_ms','shrink_after_s',):
+   raise FrozenInstanceError(f"cannot delete field {name!r}")
+  super(cls, self).__delattr__(name)
+ return __delattr__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'path\',\'members\',\'min_running\',\'grow_in_flight\',\'grow_after_ms\',\'shrink_after_s\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __setattr__(self,name,value):
-  if type(self) is cls or name in ('count','pin','prefix',):
+  if type(self) is cls or name in ('count','pin','prefix','min_running','grow_in_flight','grow_after_ms','shrink_after_s',):
    raise FrozenInstanceError(f"cannot assign to field {name!r}")
   super(cls, self).__setattr__(name, value)
  return __setattr__
-CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'count\',\'pin\',\'prefix\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'count\',\'pin\',\'prefix\',\'min_running\',\'grow_in_flight\',\'grow_after_ms\',\'shrink_after_s\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
+def __create_fn__(cls, FrozenInstanceError):
+ def __setattr__(self,name,value):
+  if type(self) is cls or name in ('path','members','min_running','grow_in_flight','grow_after_ms','shrink_after_s',):
+   raise FrozenInstanceError(f"cannot assign to field {name!r}")
+  super(cls, self).__setattr__(name, value)
+ return __setattr__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'path\',\'members\',\'min_running\',\'grow_in_flight\',\'grow_after_ms\',\'shrink_after_s\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
 # openfang.memory._driver
 def __create_fn__():
  def __eq__(self,other):
@@ -7058,10 +7142,10 @@ CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is se
 def __create_fn__():
  def __eq__(self,other):
   if other.__class__ is self.__class__:
-   return (self.id,self.start,self.args,self.restart,self.shutdown,self.type,self.significant,self.cpu,self.heartbeat_ms,self.start_timeout_ms,self.preimport,self.inline,self.supervisor,)==(other.id,other.start,other.args,other.restart,other.shutdown,other.type,other.significant,other.cpu,other.heartbeat_ms,other.start_timeout_ms,other.preimport,other.inline,other.supervisor,)
+   return (self.id,self.start,self.args,self.restart,self.shutdown,self.type,self.significant,self.cpu,self.heartbeat_ms,self.start_timeout_ms,self.preimport,self.inline,self.autostart,self.supervisor,)==(other.id,other.start,other.args,other.restart,other.shutdown,other.type,other.significant,other.cpu,other.heartbeat_ms,other.start_timeout_ms,other.preimport,other.inline,other.autostart,other.supervisor,)
   return NotImplemented
  return __eq__
-CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.id,self.start,self.args,self.restart,self.shutdown,self.type,self.significant,self.cpu,self.heartbeat_ms,self.start_timeout_ms,self.preimport,self.inline,self.supervisor,)==(other.id,other.start,other.args,other.restart,other.shutdown,other.type,other.significant,other.cpu,other.heartbeat_ms,other.start_timeout_ms,other.preimport,other.inline,other.supervisor,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.id,self.start,self.args,self.restart,self.shutdown,self.type,self.significant,self.cpu,self.heartbeat_ms,self.start_timeout_ms,self.preimport,self.inline,self.autostart,self.supervisor,)==(other.id,other.start,other.args,other.restart,other.shutdown,other.type,other.significant,other.cpu,other.heartbeat_ms,other.start_timeout_ms,other.preimport,other.inline,other.autostart,other.supervisor,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
 def __create_fn__():
  def __eq__(self,other):
   if other.__class__ is self.__class__:
@@ -7076,9 +7160,9 @@ def __create_fn__():
 CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.flags,self.children,))\n return __hash__'] = __create_fn__.__code__
 def __create_fn__():
  def __hash__(self):
-  return hash((self.id,self.start,self.args,self.restart,self.shutdown,self.type,self.significant,self.cpu,self.heartbeat_ms,self.start_timeout_ms,self.preimport,self.inline,self.supervisor,))
+  return hash((self.id,self.start,self.args,self.restart,self.shutdown,self.type,self.significant,self.cpu,self.heartbeat_ms,self.start_timeout_ms,self.preimport,self.inline,self.autostart,self.supervisor,))
  return __hash__
-CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.id,self.start,self.args,self.restart,self.shutdown,self.type,self.significant,self.cpu,self.heartbeat_ms,self.start_timeout_ms,self.preimport,self.inline,self.supervisor,))\n return __hash__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.id,self.start,self.args,self.restart,self.shutdown,self.type,self.significant,self.cpu,self.heartbeat_ms,self.start_timeout_ms,self.preimport,self.inline,self.autostart,self.supervisor,))\n return __hash__'] = __create_fn__.__code__
 def __create_fn__():
  def __hash__(self):
   return hash((self.strategy,self.intensity,self.period,self.auto_shutdown,self.start_order,))
@@ -7091,9 +7175,9 @@ def __create_fn__():
 CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(flags={self.flags!r}, children={self.children!r})"\n return __repr__'] = __create_fn__.__code__
 def __create_fn__():
  def __repr__(self):
-  return self.__class__.__qualname__ + f"(id={self.id!r}, start={self.start!r}, args={self.args!r}, restart={self.restart!r}, shutdown={self.shutdown!r}, type={self.type!r}, significant={self.significant!r}, cpu={self.cpu!r}, heartbeat_ms={self.heartbeat_ms!r}, start_timeout_ms={self.start_timeout_ms!r}, preimport={self.preimport!r}, inline={self.inline!r}, supervisor={self.supervisor!r})"
+  return self.__class__.__qualname__ + f"(id={self.id!r}, start={self.start!r}, args={self.args!r}, restart={self.restart!r}, shutdown={self.shutdown!r}, type={self.type!r}, significant={self.significant!r}, cpu={self.cpu!r}, heartbeat_ms={self.heartbeat_ms!r}, start_timeout_ms={self.start_timeout_ms!r}, preimport={self.preimport!r}, inline={self.inline!r}, autostart={self.autostart!r}, supervisor={self.supervisor!r})"
  return __repr__
-CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(id={self.id!r}, start={self.start!r}, args={self.args!r}, restart={self.restart!r}, shutdown={self.shutdown!r}, type={self.type!r}, significant={self.significant!r}, cpu={self.cpu!r}, heartbeat_ms={self.heartbeat_ms!r}, start_timeout_ms={self.start_timeout_ms!r}, preimport={self.preimport!r}, inline={self.inline!r}, supervisor={self.supervisor!r})"\n return __repr__'] = __create_fn__.__code__
+CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(id={self.id!r}, start={self.start!r}, args={self.args!r}, restart={self.restart!r}, shutdown={self.shutdown!r}, type={self.type!r}, significant={self.significant!r}, cpu={self.cpu!r}, heartbeat_ms={self.heartbeat_ms!r}, start_timeout_ms={self.start_timeout_ms!r}, preimport={self.preimport!r}, inline={self.inline!r}, autostart={self.autostart!r}, supervisor={self.supervisor!r})"\n return __repr__'] = __create_fn__.__code__
 def __create_fn__():
  def __repr__(self):
   return self.__class__.__qualname__ + f"(strategy={self.strategy!r}, intensity={self.intensity!r}, period={self.period!r}, auto_shutdown={self.auto_shutdown!r}, start_order={self.start_order!r})"
@@ -7105,8 +7189,8 @@ def __create_fn__(_type_flags, _type_children, MISSING, _HAS_DEFAULT_FACTORY, __
   __dataclass_builtins_object__.__setattr__(self,'children',children)
  return __init__
 CODE["def __create_fn__(_type_flags, _type_children, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_flags, _dflt_children, _return_type):\n def __init__(self,*,flags:_type_flags=_HAS_DEFAULT_FACTORY,children:_type_children=_dflt_children)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'flags',_dflt_flags() if flags is _HAS_DEFAULT_FACTORY else flags)\n  __dataclass_builtins_object__.__setattr__(self,'children',children)\n return __init__"] = __create_fn__.__code__
-def __create_fn__(_type_id, _type_start, _type_args, _type_restart, _type_shutdown, _type_type, _type_significant, _type_cpu, _type_heartbeat_ms, _type_start_timeout_ms, _type_preimport, _type_inline, _type_supervisor, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_start, _dflt_args, _dflt_restart, _dflt_shutdown, _dflt_type, _dflt_significant, _dflt_cpu, _dflt_heartbeat_ms, _dflt_start_timeout_ms, _dflt_preimport, _dflt_inline, _dflt_supervisor, _return_type):
- def __init__(self,*,id:_type_id,start:_type_start=_dflt_start,args:_type_args=_HAS_DEFAULT_FACTORY,restart:_type_restart=_dflt_restart,shutdown:_type_shutdown=_dflt_shutdown,type:_type_type=_dflt_type,significant:_type_significant=_dflt_significant,cpu:_type_cpu=_dflt_cpu,heartbeat_ms:_type_heartbeat_ms=_dflt_heartbeat_ms,start_timeout_ms:_type_start_timeout_ms=_dflt_start_timeout_ms,preimport:_type_preimport=_dflt_preimport,inline:_type_inline=_dflt_inline,supervisor:_type_supervisor=_dflt_supervisor)->_return_type:
+def __create_fn__(_type_id, _type_start, _type_args, _type_restart, _type_shutdown, _type_type, _type_significant, _type_cpu, _type_heartbeat_ms, _type_start_timeout_ms, _type_preimport, _type_inline, _type_autostart, _type_supervisor, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_start, _dflt_args, _dflt_restart, _dflt_shutdown, _dflt_type, _dflt_significant, _dflt_cpu, _dflt_heartbeat_ms, _dflt_start_timeout_ms, _dflt_preimport, _dflt_inline, _dflt_autostart, _dflt_supervisor, _return_type):
+ def __init__(self,*,id:_type_id,start:_type_start=_dflt_start,args:_type_args=_HAS_DEFAULT_FACTORY,restart:_type_restart=_dflt_restart,shutdown:_type_shutdown=_dflt_shutdown,type:_type_type=_dflt_type,significant:_type_significant=_dflt_significant,cpu:_type_cpu=_dflt_cpu,heartbeat_ms:_type_heartbeat_ms=_dflt_heartbeat_ms,start_timeout_ms:_type_start_timeout_ms=_dflt_start_timeout_ms,preimport:_type_preimport=_dflt_preimport,inline:_type_inline=_dflt_inline,autostart:_type_autostart=_dflt_autostart,supervisor:_type_supervisor=_dflt_supervisor)->_return_type:
   __dataclass_builtins_object__.__setattr__(self,'id',id)
   __dataclass_builtins_object__.__setattr__(self,'start',start)
   __dataclass_builtins_object__.__setattr__(self,'args',_dflt_args() if args is _HAS_DEFAULT_FACTORY else args)
@@ -7119,10 +7203,11 @@ def __create_fn__(_type_id, _type_start, _type_args, _type_restart, _type_shutdo
   __dataclass_builtins_object__.__setattr__(self,'start_timeout_ms',start_timeout_ms)
   __dataclass_builtins_object__.__setattr__(self,'preimport',preimport)
   __dataclass_builtins_object__.__setattr__(self,'inline',inline)
+  __dataclass_builtins_object__.__setattr__(self,'autostart',autostart)
   __dataclass_builtins_object__.__setattr__(self,'supervisor',supervisor)
   self.__post_init__()
  return __init__
-CODE["def __create_fn__(_type_id, _type_start, _type_args, _type_restart, _type_shutdown, _type_type, _type_significant, _type_cpu, _type_heartbeat_ms, _type_start_timeout_ms, _type_preimport, _type_inline, _type_supervisor, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_start, _dflt_args, _dflt_restart, _dflt_shutdown, _dflt_type, _dflt_significant, _dflt_cpu, _dflt_heartbeat_ms, _dflt_start_timeout_ms, _dflt_preimport, _dflt_inline, _dflt_supervisor, _return_type):\n def __init__(self,*,id:_type_id,start:_type_start=_dflt_start,args:_type_args=_HAS_DEFAULT_FACTORY,restart:_type_restart=_dflt_restart,shutdown:_type_shutdown=_dflt_shutdown,type:_type_type=_dflt_type,significant:_type_significant=_dflt_significant,cpu:_type_cpu=_dflt_cpu,heartbeat_ms:_type_heartbeat_ms=_dflt_heartbeat_ms,start_timeout_ms:_type_start_timeout_ms=_dflt_start_timeout_ms,preimport:_type_preimport=_dflt_preimport,inline:_type_inline=_dflt_inline,supervisor:_type_supervisor=_dflt_supervisor)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'id',id)\n  __dataclass_builtins_object__.__setattr__(self,'start',start)\n  __dataclass_builtins_object__.__setattr__(self,'args',_dflt_args() if args is _HAS_DEFAULT_FACTORY else args)\n  __dataclass_builtins_object__.__setattr__(self,'restart',restart)\n  __dataclass_builtins_object__.__setattr__(self,'shutdown',shutdown)\n  __dataclass_builtins_object__.__setattr__(self,'type',type)\n  __dataclass_builtins_object__.__setattr__(self,'significant',significant)\n  __dataclass_builtins_object__.__setattr__(self,'cpu',cpu)\n  __dataclass_builtins_object__.__setattr__(self,'heartbeat_ms',heartbeat_ms)\n  __dataclass_builtins_object__.__setattr__(self,'start_timeout_ms',start_timeout_ms)\n  __dataclass_builtins_object__.__setattr__(self,'preimport',preimport)\n  __dataclass_builtins_object__.__setattr__(self,'inline',inline)\n  __dataclass_builtins_object__.__setattr__(self,'supervisor',supervisor)\n  self.__post_init__()\n return __init__"] = __create_fn__.__code__
+CODE["def __create_fn__(_type_id, _type_start, _type_args, _type_restart, _type_shutdown, _type_type, _type_significant, _type_cpu, _type_heartbeat_ms, _type_start_timeout_ms, _type_preimport, _type_inline, _type_autostart, _type_supervisor, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_start, _dflt_args, _dflt_restart, _dflt_shutdown, _dflt_type, _dflt_significant, _dflt_cpu, _dflt_heartbeat_ms, _dflt_start_timeout_ms, _dflt_preimport, _dflt_inline, _dflt_autostart, _dflt_supervisor, _return_type):\n def __init__(self,*,id:_type_id,start:_type_start=_dflt_start,args:_type_args=_HAS_DEFAULT_FACTORY,restart:_type_restart=_dflt_restart,shutdown:_type_shutdown=_dflt_shutdown,type:_type_type=_dflt_type,significant:_type_significant=_dflt_significant,cpu:_type_cpu=_dflt_cpu,heartbeat_ms:_type_heartbeat_ms=_dflt_heartbeat_ms,start_timeout_ms:_type_start_timeout_ms=_dflt_start_timeout_ms,preimport:_type_preimport=_dflt_preimport,inline:_type_inline=_dflt_inline,autostart:_type_autostart=_dflt_autostart,supervisor:_type_supervisor=_dflt_supervisor)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'id',id)\n  __dataclass_builtins_object__.__setattr__(self,'start',start)\n  __dataclass_builtins_object__.__setattr__(self,'args',_dflt_args() if args is _HAS_DEFAULT_FACTORY else args)\n  __dataclass_builtins_object__.__setattr__(self,'restart',restart)\n  __dataclass_builtins_object__.__setattr__(self,'shutdown',shutdown)\n  __dataclass_builtins_object__.__setattr__(self,'type',type)\n  __dataclass_builtins_object__.__setattr__(self,'significant',significant)\n  __dataclass_builtins_object__.__setattr__(self,'cpu',cpu)\n  __dataclass_builtins_object__.__setattr__(self,'heartbeat_ms',heartbeat_ms)\n  __dataclass_builtins_object__.__setattr__(self,'start_timeout_ms',start_timeout_ms)\n  __dataclass_builtins_object__.__setattr__(self,'preimport',preimport)\n  __dataclass_builtins_object__.__setattr__(self,'inline',inline)\n  __dataclass_builtins_object__.__setattr__(self,'autostart',autostart)\n  __dataclass_builtins_object__.__setattr__(self,'supervisor',supervisor)\n  self.__post_init__()\n return __init__"] = __create_fn__.__code__
 def __create_fn__(_type_strategy, _type_intensity, _type_period, _type_auto_shutdown, _type_start_order, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_strategy, _dflt_intensity, _dflt_period, _dflt_auto_shutdown, _dflt_start_order, _return_type):
  def __init__(self,*,strategy:_type_strategy=_dflt_strategy,intensity:_type_intensity=_dflt_intensity,period:_type_period=_dflt_period,auto_shutdown:_type_auto_shutdown=_dflt_auto_shutdown,start_order:_type_start_order=_dflt_start_order)->_return_type:
   __dataclass_builtins_object__.__setattr__(self,'strategy',strategy)
@@ -7141,11 +7226,11 @@ def __create_fn__(cls, FrozenInstanceError):
 CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'flags\',\'children\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __delattr__(self,name):
-  if type(self) is cls or name in ('id','start','args','restart','shutdown','type','significant','cpu','heartbeat_ms','start_timeout_ms','preimport','inline','supervisor',):
+  if type(self) is cls or name in ('id','start','args','restart','shutdown','type','significant','cpu','heartbeat_ms','start_timeout_ms','preimport','inline','autostart','supervisor',):
    raise FrozenInstanceError(f"cannot delete field {name!r}")
   super(cls, self).__delattr__(name)
  return __delattr__
-CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'id\',\'start\',\'args\',\'restart\',\'shutdown\',\'type\',\'significant\',\'cpu\',\'heartbeat_ms\',\'start_timeout_ms\',\'preimport\',\'inline\',\'supervisor\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'id\',\'start\',\'args\',\'restart\',\'shutdown\',\'type\',\'significant\',\'cpu\',\'heartbeat_ms\',\'start_timeout_ms\',\'preimport\',\'inline\',\'autostart\',\'supervisor\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __delattr__(self,name):
   if type(self) is cls or name in ('strategy','intensity','period','auto_shutdown','start_order',):
@@ -7162,11 +7247,11 @@ def __create_fn__(cls, FrozenInstanceError):
 CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'flags\',\'children\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __setattr__(self,name,value):
-  if type(self) is cls or name in ('id','start','args','restart','shutdown','type','significant','cpu','heartbeat_ms','start_timeout_ms','preimport','inline','supervisor',):
+  if type(self) is cls or name in ('id','start','args','restart','shutdown','type','significant','cpu','heartbeat_ms','start_timeout_ms','preimport','inline','autostart','supervisor',):
    raise FrozenInstanceError(f"cannot assign to field {name!r}")
   super(cls, self).__setattr__(name, value)
  return __setattr__
-CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'id\',\'start\',\'args\',\'restart\',\'shutdown\',\'type\',\'significant\',\'cpu\',\'heartbeat_ms\',\'start_timeout_ms\',\'preimport\',\'inline\',\'supervisor\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'id\',\'start\',\'args\',\'restart\',\'shutdown\',\'type\',\'significant\',\'cpu\',\'heartbeat_ms\',\'start_timeout_ms\',\'preimport\',\'inline\',\'autostart\',\'supervisor\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
 def __create_fn__(cls, FrozenInstanceError):
  def __setattr__(self,name,value):
   if type(self) is cls or name in ('strategy','intensity','period','auto_shutdown','start_order',):

@@ -48,7 +48,7 @@ period = 1
 start_order = "parallel"
 [supervisor.children.pool]
 count = {workers}
-pin = true
+{elastic}pin = true
 start = "openfang.workers.worker:main"
 restart = "permanent"
 shutdown = 2000
@@ -73,6 +73,18 @@ def ensure_bytecode() -> None:
             raise RuntimeError(f"compiling {REPO / name} failed (a syntax error?)")
 
 
+# The bench tree's pool is elastic, as the shipped one is (examples/cluster.toml): one worker runs while idle,
+# the others start under load (perf/PROFILE.md "Idle memory"). OPENFANG_BENCH_MIN_RUNNING=all runs every
+# worker all the time (the fixed pool, for A/B figures).
+_MIN_RUNNING = os.environ.get("OPENFANG_BENCH_MIN_RUNNING", "1")
+
+
+def _elastic(workers: int | str) -> str:
+    if _MIN_RUNNING == "all" or (isinstance(workers, int) and workers <= int(_MIN_RUNNING)):
+        return ""
+    return f"min_running = {int(_MIN_RUNNING)}\ngrow_after_ms = 100\n"
+
+
 class BenchCluster:
     def __init__(self, workers: int | str = "auto", control_extra: str = "", extra: str = "") -> None:
         ensure_bytecode()
@@ -81,7 +93,10 @@ class BenchCluster:
         self.config = self.dir / "cluster.toml"
         count = f'"{workers}"' if isinstance(workers, str) else str(workers)
         self.config.write_text(
-            CONFIG.format(data_dir=self.data_dir, workers=count, control_extra=control_extra) + extra
+            CONFIG.format(
+                data_dir=self.data_dir, workers=count, control_extra=control_extra, elastic=_elastic(workers)
+            )
+            + extra
         )
         self.notify_path = str(self.dir / "n.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -28,7 +28,7 @@ from typing import Any
 from openfang.protocol.errors import AlreadyExists, ConfigError, Problem, SupervisorError
 from openfang.supervisor import _proc
 from openfang.supervisor._core import SupervisorCore
-from openfang.supervisor._record import RESTARTING, STOPPED, SUP_STOPPED, ChildRecord
+from openfang.supervisor._record import EXITED, RESTARTING, STOPPED, SUP_STOPPED, ChildRecord
 from openfang.supervisor._requests import OnRequest
 from openfang.supervisor.dynamic import DynamicSupervisor
 from openfang.supervisor.inline import InlineSupervisor
@@ -113,7 +113,8 @@ class Supervisor(SupervisorCore):
         """OTP's ordered start: each child forked after the previous one is ready. With ``start_order =
         "parallel"`` every child is forked first and then waited for in spec order: the same outcome
         (events in spec order, the first failure in spec order rolls back every child, started or still
-        starting), with the starts overlapping.
+        starting), with the starts overlapping. A child with ``autostart = false`` is recorded and not
+        started (a kept spec, as after ``terminate_child``).
 
         The children's start modules are imported here first (:func:`_proc.preimport_tree`). In an ordered
         start only the first child's are imported before its fork: the others' are imported while it
@@ -124,17 +125,22 @@ class Supervisor(SupervisorCore):
             if self.record.spec.flags.start_order == StartOrder.PARALLEL:
                 _proc.preimport_tree(self.record.spec)
                 recs = [self.record.add(spec) for spec in children]
-                for rec in recs:
+                started = [rec for rec in recs if rec.spec.autostart]  # the others: kept specs only
+                for rec in started:
                     self._start_or_roll_back(rec, self._launcher.fork)
-                for rec in recs:
+                for rec in started:
                     self._start_or_roll_back(rec, self._launcher.settle)
             else:
-                for i, spec in enumerate(children):
-                    _proc.preimport_child(spec)  # a no-op after the first (see below)
+                first = True
+                for spec in children:
                     rec = self.record.add(spec)
+                    if not spec.autostart:
+                        continue  # a kept spec, as after terminate_child: restart_child starts it
+                    _proc.preimport_child(spec)  # a no-op after the first (see below)
                     self._start_or_roll_back(rec, self._launcher.fork)
-                    if i == 0:  # while the first child starts
+                    if first:  # while the first child starts
                         _proc.preimport_tree(self.record.spec)
+                        first = False
                     self._start_or_roll_back(rec, self._launcher.settle)
         self.events.changed()
 
@@ -212,7 +218,9 @@ class Supervisor(SupervisorCore):
     def reconfigure(self, new_spec: SupervisorSpec) -> dict[str, list[str]]:
         """Apply a new spec by child id: start new children, stop removed ones, replace changed ones, leave
         unchanged ones running; a nested supervisor whose children alone changed gets its new spec sent
-        down instead of a restart. Children added by start_child are kept."""
+        down instead of a restart. Children added by start_child are kept. A new child with ``autostart =
+        false`` is recorded, not started; a child whose ``autostart`` alone changed is not restarted (a
+        stopped one that must now run is started)."""
         problems = check_spec(new_spec, self.path)
         if problems:
             raise ConfigError(problems)
@@ -247,9 +255,20 @@ class Supervisor(SupervisorCore):
                 rec = state.children.get(spec.id)
                 if rec is None:
                     rec = state.add(spec, index=min(index, len(state.order)))
-                    self._start_logged(rec, diff, "started")
+                    if spec.autostart:
+                        self._start_logged(rec, diff, "started")
+                    else:
+                        diff["unchanged"].append(spec.id)  # a kept spec: nothing runs
                 elif rec.spec == spec:
                     diff["unchanged"].append(spec.id)
+                elif dataclasses.replace(rec.spec, autostart=spec.autostart) == spec:
+                    # Only autostart changed: a running child is left running (an elastic pool's policy
+                    # stops it when it is not needed); a stopped one that must now run is started.
+                    rec.spec = spec
+                    if spec.autostart and not rec.alive and rec.state not in (RESTARTING, EXITED):
+                        self._start_logged(rec, diff, "started")
+                    else:
+                        diff["unchanged"].append(spec.id)
                 elif _only_children_differ(rec.spec, spec) and rec.alive:
                     rec.spec = spec
                     assert spec.supervisor is not None
@@ -257,9 +276,13 @@ class Supervisor(SupervisorCore):
                     self._requests.ask_child(rec, "reconfigure", nested, self._log_nested_reply(rec))
                     diff["reconfigured"].append(spec.id)
                 else:
+                    was_running = rec.alive
                     self._launcher.stop_in_order([rec])
                     rec.spec = spec
-                    self._start_logged(rec, diff, "replaced")
+                    if spec.autostart or was_running:
+                        self._start_logged(rec, diff, "replaced")
+                    else:
+                        diff["unchanged"].append(spec.id)  # a kept spec, still not running
             # Start order follows the new spec; dynamic children keep their place after it.
             position = {s.id: i for i, s in enumerate(new_spec.children)}
             state.order.sort(key=lambda c: position.get(c, len(wanted)))

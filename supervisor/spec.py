@@ -97,6 +97,12 @@ class ChildSpec:
     strategy and intensity, its children forked by the hosting process, escalation to the parent as an
     abnormal exit): one Python process less (:mod:`openfang.supervisor.inline`). ``cpu`` and
     ``heartbeat_ms`` do not apply to it (it has no process to pin or to watch).
+
+    ``autostart`` (not an OTP key): false keeps the child as a spec its supervisor does not start at its
+    own start, the state OTP leaves a child in after ``terminate_child`` (spec kept, not running, not
+    restarted): ``restart_child`` starts it, ``terminate_child`` stops it again. An elastic worker pool's
+    members beyond its ``min_running`` are such children (docs/supervisor.md). Not with
+    simple_one_for_one (its children exist only as started).
     """
 
     id: str
@@ -111,6 +117,7 @@ class ChildSpec:
     start_timeout_ms: Annotated[int, Range(1)] = 10000
     preimport: bool = True
     inline: bool = False  # a supervisor child run in its parent's process (see the docstring)
+    autostart: bool = True  # false: a kept spec, started only by restart_child (see the docstring)
     supervisor: SupervisorSpec | None = None
 
     def __post_init__(self) -> None:
@@ -184,7 +191,16 @@ def check_child(child: ChildSpec, where: str, flags: SupervisorFlags | None = No
         child,
         Place.named(where),
         problems,
-        ("shutdown", "significant", "cpu", "heartbeat_ms", "start_timeout_ms", "preimport", "inline"),
+        (
+            "shutdown",
+            "significant",
+            "cpu",
+            "heartbeat_ms",
+            "start_timeout_ms",
+            "preimport",
+            "inline",
+            "autostart",
+        ),
     )
     if child.inline is True:
         if child.type != ChildType.SUPERVISOR:
@@ -213,6 +229,12 @@ def check_child(child: ChildSpec, where: str, flags: SupervisorFlags | None = No
             )
         if flags is not None and flags.strategy == Strategy.SIMPLE_ONE_FOR_ONE:
             problems.append(Problem(f"{where} key 'significant'", "not allowed with simple_one_for_one"))
+    if child.autostart is False and flags is not None and flags.strategy == Strategy.SIMPLE_ONE_FOR_ONE:
+        problems.append(
+            Problem(
+                f"{where} key 'autostart'", "not allowed with simple_one_for_one (no child is kept stopped)"
+            )
+        )
     if child.type == ChildType.SUPERVISOR:
         if child.supervisor is None:
             problems.append(
@@ -253,6 +275,7 @@ def child_to_dict(child: ChildSpec) -> dict[str, Any]:
         "start_timeout_ms": child.start_timeout_ms,
         "preimport": child.preimport,
         "inline": child.inline,
+        "autostart": child.autostart,
         "supervisor": spec_to_dict(child.supervisor) if child.supervisor is not None else None,
     }
 
@@ -355,6 +378,7 @@ def _child_from_dict(data: Any, where: str, problems: list[Problem]) -> ChildSpe
         "start_timeout_ms",
         "preimport",
         "inline",
+        "autostart",
     )
     given = {k: data[k] for k in plain if data.get(k) is not None}
     if data.get("args") is not None:

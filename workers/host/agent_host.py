@@ -428,7 +428,12 @@ class AgentHost:
         if len(pool) == 1:  # the rotation and the least-loaded choice of one agent: that agent
             return pool[0]
         rotated = pool[start % len(pool) :] + pool[: start % len(pool)]
-        return min(rotated, key=lambda a: len(a.inbox) + (a.current is not None))
+        chosen = min(rotated, key=lambda a: len(a.inbox) + (a.current is not None))
+        if chosen.moving is not None:  # leaving this worker: another agent of the service takes it if any
+            staying = [a for a in rotated if a.moving is None]
+            if staying:
+                return min(staying, key=lambda a: len(a.inbox) + (a.current is not None))
+        return chosen
 
     def _service_pool(self, service: str) -> list[HostedAgent]:
         """The agents serving ``service``, rebuilt only when an agent came or went (a scan of every agent
