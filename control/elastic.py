@@ -212,8 +212,11 @@ class ElasticPools:
                 self._act(policy, action, in_flight)
 
     def status(self, workers: Iterable[str]) -> dict[str, Any]:
+        """Per pool: members running (connected) and the maximum, a member starting or draining, and the
+        agents moving now (anywhere in the cluster)."""
         connected = set(workers) & self.placement.workers
-        return {path: pol.status(connected) for path, pol in self.policies.items()}
+        moving = len(self.placement.moving)
+        return {path: {**pol.status(connected), "moving": moving} for path, pol in self.policies.items()}
 
     # -- actions ----------
 

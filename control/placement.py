@@ -68,6 +68,7 @@ QUEUE_MS = _CONTROL.held_ms
 GRACE_S = 3.0
 RETRY_AFTER_MS = 250
 NOT_SENT = "nothing was sent"  # how the gateway's sockets say a request never left (protocol.sockets)
+SPREAD_MAX = 64  # agents moved onto a worker an elastic pool has just started (spread_to)
 MAX_SPAWNING = 256  # re-spawns in flight at once: 100,000 restored agents must not time out in a burst
 
 
@@ -563,10 +564,12 @@ class Placement:
             started.append(agent_id)
         return started
 
-    def spread_to(self, target: str) -> list[str]:
+    def spread_to(self, target: str, most: int = SPREAD_MAX) -> list[str]:
         """The agents to move onto ``target`` (a worker just started) so that each worker holds about its
         share: from every other worker above the share, every n-th of its announced agents in (service or
-        name, id) order (n: the workers), so the replicas of one service spread over the workers."""
+        name, id) order (n: the workers), so the replicas of one service spread over the workers; at most
+        ``most`` (moving thousands of idle agents would buy nothing: new agents go to the least loaded
+        worker anyway)."""
         workers = sorted(self.workers - self.draining)
         if target not in workers or len(workers) < 2:
             return []
@@ -579,7 +582,7 @@ class Placement:
             if hosted is not None and row is not None and row.live and agent_id not in self.moving:
                 hosted.append((row.service or row.name, agent_id))
         picks: list[str] = []
-        room = share - self.load[target]
+        room = min(share - self.load[target], most)
         for worker_id, hosted in by_worker.items():
             excess = min(self.load[worker_id] - share, room - len(picks))
             if excess <= 0:

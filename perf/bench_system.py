@@ -33,7 +33,7 @@ import msgpack
 import zmq
 
 from perf import workloads as wl
-from perf._cluster import BenchCluster
+from perf._cluster import SYSTEM_MIN_RUNNING, BenchCluster
 
 TIMEOUT_S = 900  # read by perf/run.py
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +47,7 @@ ROUTING_WINDOW = 256  # routing tasks in flight
 TOOLCHAIN_WINDOW = 64
 TOOLCHAIN_AGENTS_PER_WORKER = 4
 PHASE_TIMEOUT_S = 120.0
+GROW_STEP, GROW_TASKS_MAX = 200, 20_000  # an elastic pool's warm-up (grow_pool)
 TOOL_MODULES = 'tool_modules = ["perf.bench_tools:register"]'
 # Rate limits are a policy, not overhead: a benchmark client must not be throttled to the defaults (50
 # requests/s per client, 20 per agent, 5 tool calls/s per agent). rate = 0 is "unlimited"; the limiters stay
@@ -172,7 +173,8 @@ class Pipe:
 @contextmanager
 def cluster(workers: int | str = "auto", extra: str = "") -> Iterator[tuple[BenchCluster, Pipe]]:
     """A started daemon and a pipelined client on its control socket; both stopped on exit."""
-    with BenchCluster(workers=workers, extra=(extra or pool_args()) + NO_RATE_LIMITS) as c:
+    extra = (extra or pool_args()) + NO_RATE_LIMITS
+    with BenchCluster(workers=workers, extra=extra, min_running=SYSTEM_MIN_RUNNING) as c:
         c.start()
         pipe = Pipe(c.endpoint)
         try:
@@ -181,14 +183,21 @@ def cluster(workers: int | str = "auto", extra: str = "") -> Iterator[tuple[Benc
             pipe.close()
 
 
+def pool_members(pipe: Pipe) -> list[str]:
+    """The ids of every member of the worker pool, running or not (an elastic pool's maximum)."""
+    node = next(n for n in pipe.call("tree", {})["children"] if n["id"] == "workers")
+    return [w["id"] for w in node["children"]]
+
+
 def worker_ids(pipe: Pipe, expected: int | None = None, timeout: float = 30) -> list[str]:
-    """The ids of the workers, once each answers worker.ping through the gateway."""
+    """The ids of the running workers, once each answers worker.ping through the gateway (an elastic
+    pool's stopped members are not among them)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             tree = pipe.call("tree", {})
             node = next(n for n in tree["children"] if n["id"] == "workers")
-            ids = [w["id"] for w in node["children"]]
+            ids = [w["id"] for w in node["children"] if w.get("state") == "running"]
             if expected is None or len(ids) == expected:
                 for wid in ids:
                     pipe.call("worker.ping", {"worker": wid}, timeout=2)
@@ -241,7 +250,9 @@ def bench_cold(rounds: int) -> list[dict[str, Any]]:
     samples: list[float] = []
     ready: list[float] = []
     for i in range(rounds + 1):
-        with BenchCluster(workers="auto", extra=pool_args() + NO_RATE_LIMITS) as c:
+        with BenchCluster(
+            workers="auto", extra=pool_args() + NO_RATE_LIMITS, min_running=SYSTEM_MIN_RUNNING
+        ) as c:
             t0 = time.perf_counter()
             ready_s = c.start()
             # A worker's hello may still wait in the gateway's queue at READY: the gateway then answers
@@ -526,6 +537,23 @@ def run_tasks(pipe: Pipe, count: int, window: int, start: Callable[[int, Callabl
     return time.perf_counter() - t0
 
 
+def grow_pool(pipe: Pipe, run: Callable[[int], float]) -> int:
+    """The warm-up of an elastic pool: ``run(n)`` tasks (the load itself, full window) until the pool runs
+    all its workers and no agent is moving onto them, at most GROW_TASKS_MAX tasks; the tasks run. A fixed
+    pool runs none. Steady throughput is measured after it (the growth's own figures are in the log)."""
+    done = 0
+    t0 = time.perf_counter()
+    while done < GROW_TASKS_MAX:
+        pools = pipe.call("status", {}).get("pools") or {}
+        if all(p.get("running") == p.get("max") and not p.get("moving") for p in pools.values()):
+            break
+        run(GROW_STEP)
+        done += GROW_STEP
+    if done:
+        _log(f"elastic pool grown: {done} warm-up tasks, {time.perf_counter() - t0:.2f} s")
+    return done
+
+
 def _check(t: str, b: dict[str, Any], want: str | None, what: str) -> str:
     if t == "error":
         raise BenchFailed(f"{what}: {b.get('code')}: {b.get('message')}")
@@ -576,13 +604,15 @@ def routing_rate(
 ) -> tuple[float, int, dict[str, float]]:
     """tasks/s of router-then-class-agent over ``count`` messages, every reply checked; the worker count;
     CPU us per task by role."""
-    msgs = wl.routing_messages(count + 5)
+    msgs = wl.routing_messages(count + 5 + GROW_TASKS_MAX)
     with cluster(workers) as (c, pipe):
-        ids = worker_ids(pipe)
-        for wid in ids:  # per worker: one router and one agent per class
-            spawn_many(pipe, manifest("router"), 1, worker=wid)
+        running = worker_ids(pipe)
+        ids = pool_members(pipe)
+        for wid in ids:  # per worker: one router and one agent per class (an elastic pool's: spread later)
+            where = wid if wid in running else None
+            spawn_many(pipe, manifest("router"), 1, worker=where)
             for route in wl.ROUTES:
-                spawn_many(pipe, manifest("route", route), 1, worker=wid)
+                spawn_many(pipe, manifest("route", route), 1, worker=where)
 
         def start(i: int, done: Callable[[], None]) -> None:
             msg = msgs[i]
@@ -600,6 +630,7 @@ def routing_rate(
 
         run_tasks(pipe, 5, 5, start)  # warm-up
         msgs = msgs[5:]
+        msgs = msgs[grow_pool(pipe, lambda n: run_tasks(pipe, n, window, start)) :]
         meter = CpuMeter(c, pipe)
         elapsed = run_tasks(pipe, count, window, start)
         cpu = meter.per_task_us(count)
@@ -648,12 +679,14 @@ def bench_routing(count: int, max_workers: int) -> list[dict[str, Any]]:
 
 def bench_toolchain(count: int) -> list[dict[str, Any]]:
     """tasks/s of the 4-model-call, 3-tool-call chain inside one agent per task, every answer checked."""
-    tasks = wl.toolchain_tasks(count + 5)
+    tasks = wl.toolchain_tasks(count + 5 + GROW_TASKS_MAX)
     with cluster(extra=pool_args(tools=True)) as (_c, pipe):
-        ids = worker_ids(pipe)
+        running = worker_ids(pipe)
+        ids = pool_members(pipe)
         try:
             for wid in ids:
-                spawn_many(pipe, manifest("toolchain"), TOOLCHAIN_AGENTS_PER_WORKER, worker=wid)
+                where = wid if wid in running else None  # an elastic pool's: spread when it grows
+                spawn_many(pipe, manifest("toolchain"), TOOLCHAIN_AGENTS_PER_WORKER, worker=where)
         except BenchFailed as exc:
             if "chain" not in str(exc):
                 raise
@@ -678,6 +711,7 @@ def bench_toolchain(count: int) -> list[dict[str, Any]]:
 
         run_tasks(pipe, 5, 5, start)
         tasks = tasks[5:]
+        tasks = tasks[grow_pool(pipe, lambda n: run_tasks(pipe, n, TOOLCHAIN_WINDOW, start)) :]
         meter = CpuMeter(_c, pipe)
         elapsed = run_tasks(pipe, count, TOOLCHAIN_WINDOW, start)
         cpu = meter.per_task_us(count)
