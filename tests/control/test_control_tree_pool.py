@@ -38,7 +38,9 @@ def test_tree_pool_min_running_starts_the_first_members_and_keeps_the_rest_as_sp
         ("workers-1", False),
         ("workers-2", False),
     ]
-    cfg = parse_config(BASE + POOL + "min_running = 1\nshrink_after_s = 2\n", source="c.toml", base_dir=tmp_path)
+    cfg = parse_config(
+        BASE + POOL + "min_running = 1\nshrink_after_s = 2\n", source="c.toml", base_dir=tmp_path
+    )
     assert cfg.pools == (
         ElasticPool(
             path="root/workers",

@@ -25,9 +25,7 @@ def test_autostart_false_child_is_a_kept_spec_until_restart_child(
 ) -> None:
     """At start only the autostart children run; the other is listed, not running, and restart_child starts
     it from its kept spec."""
-    sup = harness.sup(
-        [child("a", marks=marks), child("b", marks=marks, autostart=False)], start_order=order
-    )
+    sup = harness.sup([child("a", marks=marks), child("b", marks=marks, autostart=False)], start_order=order)
     sup.start()
     assert {c["id"]: c["state"] for c in sup.which_children()} == {"a": "running", "b": "undefined"}
     assert sup.count_children() == {"specs": 2, "active": 1, "supervisors": 0, "workers": 2}
