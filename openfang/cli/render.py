@@ -38,6 +38,12 @@ def status(body: dict[str, Any]) -> str:
         f"workers   {body.get('workers')} connected" + (f" of {expected}" if expected is not None else ""),
         f"reloads   {body.get('reloads')}",
     ]
+    for path, pool in sorted((body.get("pools") or {}).items()):  # elastic worker pools
+        doing = " (starting one)" if pool.get("starting") else " (draining one)" if pool.get("draining") else ""
+        lines.append(
+            f"pools     {path} {pool.get('running')} running of {pool.get('max')}, "
+            f"min {pool.get('min_running')}{doing}"
+        )
     for key in ("embedder", "sqlite", "memory"):
         if key in body:
             lines.append(f"{key:<9} {body[key]}")
