@@ -47,7 +47,7 @@ ROUTING_WINDOW = 256  # routing tasks in flight
 TOOLCHAIN_WINDOW = 64
 TOOLCHAIN_AGENTS_PER_WORKER = 4
 PHASE_TIMEOUT_S = 120.0
-GROW_STEP, GROW_TASKS_MAX = 200, 20_000  # an elastic pool's warm-up (grow_pool)
+GROW_STEP, GROW_TASKS_MAX = 2_000, 40_000  # an elastic pool's warm-up (grow_pool): steps of sustained load
 TOOL_MODULES = 'tool_modules = ["perf.bench_tools:register"]'
 # Rate limits are a policy, not overhead: a benchmark client must not be throttled to the defaults (50
 # requests/s per client, 20 per agent, 5 tool calls/s per agent). rate = 0 is "unlimited"; the limiters stay
@@ -545,7 +545,7 @@ def grow_pool(pipe: Pipe, run: Callable[[int], float]) -> int:
     t0 = time.perf_counter()
     while done < GROW_TASKS_MAX:
         pools = pipe.call("status", {}).get("pools") or {}
-        if all(p.get("running") == p.get("max") and not p.get("moving") for p in pools.values()):
+        if all(p["running"] == p["max"] and not (p["moving"] or p["starting"]) for p in pools.values()):
             break
         run(GROW_STEP)
         done += GROW_STEP
