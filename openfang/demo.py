@@ -52,7 +52,9 @@ def _wait_until_up(client: Client, proc: subprocess.Popen[bytes], log_path: Path
 
 
 def _workers_answer(client: Client) -> bool:
-    workers = [n["id"] for n in _walk(client.request("tree")["children"]) if n.get("cpu") is not None]
+    nodes = _walk(client.request("tree")["children"])
+    # The running workers (an elastic pool's stopped members start under load, not for the demo).
+    workers = [n["id"] for n in nodes if n.get("cpu") is not None and n.get("state") == "running"]
     for worker in workers:
         client.request("worker.ping", {"worker": worker}, timeout=0.5)
     return bool(workers)
