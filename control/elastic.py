@@ -46,31 +46,18 @@ SAMPLE_S = 0.05  # the load is sampled at most this often (the gateway's loop tu
 START_TIMEOUT_S = 60.0  # a member that has not connected this long after its start is given up on
 
 
-@dataclass(frozen=True, slots=True)
-class Grow:
-    """Start ``member`` (a stopped member of the pool at ``path``)."""
-
-    path: str
-    member: str
+GROW, SPREAD, SHRINK = "grow", "spread", "shrink"
 
 
 @dataclass(frozen=True, slots=True)
-class Spread:
-    """``member`` has started and connected: move agents onto it."""
+class Action:
+    """What a pool's policy says to do: ``grow`` (start ``member``, a stopped member of the pool at
+    ``path``), ``spread`` (``member`` has started and connected: move agents onto it) or ``shrink`` (drain
+    ``member``, then stop it)."""
 
+    kind: str
     path: str
     member: str
-
-
-@dataclass(frozen=True, slots=True)
-class Shrink:
-    """Drain ``member``, then stop it."""
-
-    path: str
-    member: str
-
-
-Action = Grow | Spread | Shrink
 
 
 class PoolPolicy:
@@ -95,7 +82,7 @@ class PoolPolicy:
             if self.starting in in_flight:
                 member, self.starting = self.starting, None
                 self.changed_at, self.loaded_since, self.quiet_since = now, None, None
-                return Spread(pool.path, member)
+                return Action(SPREAD, pool.path, member)
             if now - self.started_at >= START_TIMEOUT_S:
                 log.warning("pool_grow_timed_out", pool=pool.path, member=self.starting)
                 self.starting = None
@@ -114,7 +101,7 @@ class PoolPolicy:
             if now - self.loaded_since >= pool.grow_after_ms / 1000:
                 member = next(m for m in pool.members if m not in in_flight)
                 self.starting, self.started_at, self.loaded_since = member, now, None
-                return Grow(pool.path, member)
+                return Action(GROW, pool.path, member)
             return None
         self.loaded_since = None
         total = sum(in_flight[m] for m in running)
@@ -124,7 +111,7 @@ class PoolPolicy:
             waited = now - max(self.quiet_since, self.changed_at)
             if waited >= pool.shrink_after_s:
                 self.draining, self.quiet_since = running[-1], None
-                return Shrink(pool.path, running[-1])
+                return Action(SHRINK, pool.path, running[-1])
             return None
         self.quiet_since = None
         return None
@@ -222,7 +209,7 @@ class ElasticPools:
 
     def _act(self, policy: PoolPolicy, action: Action, in_flight: Mapping[str, int]) -> None:
         path, member = action.path, action.member
-        if isinstance(action, Grow):
+        if action.kind == GROW:
             load = {m: in_flight[m] for m in policy.pool.members if m in in_flight}
             log.info("pool_growing", pool=path, member=member, running=len(load), in_flight=load)
 
@@ -233,7 +220,7 @@ class ElasticPools:
                     self.publish({"kind": "pool.grow_failed", "pool": path, "member": member, **reply.body})
 
             self.ask_root("child.restart", {"path": path, "id": member}, started)
-        elif isinstance(action, Spread):
+        elif action.kind == SPREAD:
             agents = self.placement.spread_to(member)
             now_running = sum(1 for m in policy.pool.members if m in in_flight)
             log.info("pool_grown", pool=path, member=member, running=now_running, moving=len(agents))

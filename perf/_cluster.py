@@ -106,7 +106,10 @@ class BenchCluster:
         count = f'"{workers}"' if isinstance(workers, str) else str(workers)
         self.config.write_text(
             CONFIG.format(
-                data_dir=self.data_dir, workers=count, control_extra=control_extra, elastic=_elastic(workers, min_running)
+                data_dir=self.data_dir,
+                workers=count,
+                control_extra=control_extra,
+                elastic=_elastic(workers, min_running),
             )
             + extra
         )

@@ -39,7 +39,8 @@ def status(body: dict[str, Any]) -> str:
         f"reloads   {body.get('reloads')}",
     ]
     for path, pool in sorted((body.get("pools") or {}).items()):  # elastic worker pools
-        doing = " (starting one)" if pool.get("starting") else " (draining one)" if pool.get("draining") else ""
+        doing = " (starting one)" if pool.get("starting") else ""
+        doing = " (draining one)" if pool.get("draining") else doing
         lines.append(
             f"pools     {path} {pool.get('running')} running of {pool.get('max')}, "
             f"min {pool.get('min_running')}{doing}"

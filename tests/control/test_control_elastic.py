@@ -11,7 +11,7 @@ from typing import Any
 
 from test_control_placement_move import Clock, make, manifest, running
 
-from openfang.control.elastic import ElasticPools, Grow, PoolPolicy, Shrink, Spread
+from openfang.control.elastic import GROW, SHRINK, SPREAD, Action, ElasticPools, PoolPolicy
 from openfang.control.placement import Placement
 from openfang.control.tree_config import ElasticPool
 from openfang.protocol.envelope import Envelope
@@ -44,7 +44,7 @@ def test_policy_grows_after_every_running_worker_is_loaded_for_grow_after_ms() -
     clock = Clock()
     policy = PoolPolicy(POOL, clock)
     assert feed(policy, clock, {"w0": 50}, 0.15) == []
-    assert feed(policy, clock, {"w0": 50}, 1.0) == [Grow("root/workers", "w1")]
+    assert feed(policy, clock, {"w0": 50}, 1.0) == [Action(GROW, "root/workers", "w1")]
 
 
 def test_policy_does_not_grow_on_a_brief_burst_or_when_one_worker_is_not_loaded() -> None:
@@ -61,19 +61,19 @@ def test_policy_spreads_onto_the_started_member_once_it_connects_and_grows_one_a
     """While w1 starts no second grow; when it connects the answer is Spread(w1); then w2 may grow."""
     clock = Clock()
     policy = PoolPolicy(POOL, clock)
-    assert feed(policy, clock, {"w0": 50}, 0.3) == [Grow("root/workers", "w1")]
+    assert feed(policy, clock, {"w0": 50}, 0.3) == [Action(GROW, "root/workers", "w1")]
     assert feed(policy, clock, {"w0": 50}, 2.0) == []  # starting: nothing more
-    assert feed(policy, clock, {"w0": 50, "w1": 40}, 0.05) == [Spread("root/workers", "w1")]
-    assert feed(policy, clock, {"w0": 50, "w1": 40}, 0.3) == [Grow("root/workers", "w2")]
+    assert feed(policy, clock, {"w0": 50, "w1": 40}, 0.05) == [Action(SPREAD, "root/workers", "w1")]
+    assert feed(policy, clock, {"w0": 50, "w1": 40}, 0.3) == [Action(GROW, "root/workers", "w2")]
 
 
 def test_policy_a_failed_grow_lets_the_load_decide_again() -> None:
     """A grow the root refused is forgotten: the next sustained load grows again."""
     clock = Clock()
     policy = PoolPolicy(POOL, clock)
-    assert feed(policy, clock, {"w0": 50}, 0.3) == [Grow("root/workers", "w1")]
+    assert feed(policy, clock, {"w0": 50}, 0.3) == [Action(GROW, "root/workers", "w1")]
     policy.failed("w1")
-    assert feed(policy, clock, {"w0": 50}, 0.3) == [Grow("root/workers", "w1")]
+    assert feed(policy, clock, {"w0": 50}, 0.3) == [Action(GROW, "root/workers", "w1")]
 
 
 def test_policy_shrinks_the_last_running_member_after_a_quiet_spell_never_below_min_running() -> None:
@@ -82,9 +82,9 @@ def test_policy_shrinks_the_last_running_member_after_a_quiet_spell_never_below_
     clock = Clock()
     policy = PoolPolicy(POOL, clock)
     assert feed(policy, clock, {"w0": 3, "w1": 2, "w2": 0}, 4.0) == []
-    assert feed(policy, clock, {"w0": 3, "w1": 2, "w2": 0}, 1.1) == [Shrink("root/workers", "w2")]
+    assert feed(policy, clock, {"w0": 3, "w1": 2, "w2": 0}, 1.1) == [Action(SHRINK, "root/workers", "w2")]
     assert feed(policy, clock, {"w0": 3, "w1": 2, "w2": 0}, 10.0) == []  # draining: nothing more
-    assert feed(policy, clock, {"w0": 1, "w1": 0}, 5.1) == [Shrink("root/workers", "w1")]
+    assert feed(policy, clock, {"w0": 1, "w1": 0}, 5.1) == [Action(SHRINK, "root/workers", "w1")]
     assert feed(policy, clock, {"w0": 0}, 60.0) == []
 
 
@@ -100,9 +100,9 @@ def test_policy_a_shrink_waits_shrink_after_s_after_a_grow() -> None:
     clock = Clock()
     policy = PoolPolicy(POOL, clock)
     feed(policy, clock, {"w0": 50}, 0.3)
-    assert feed(policy, clock, {"w0": 0, "w1": 0}, 0.05) == [Spread("root/workers", "w1")]
+    assert feed(policy, clock, {"w0": 0, "w1": 0}, 0.05) == [Action(SPREAD, "root/workers", "w1")]
     assert feed(policy, clock, {"w0": 0, "w1": 0}, 4.9) == []
-    assert feed(policy, clock, {"w0": 0, "w1": 0}, 0.2) == [Shrink("root/workers", "w1")]
+    assert feed(policy, clock, {"w0": 0, "w1": 0}, 0.2) == [Action(SHRINK, "root/workers", "w1")]
 
 
 def test_placement_spread_to_moves_every_nth_agent_of_each_service_onto_the_new_worker(
