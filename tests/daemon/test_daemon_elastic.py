@@ -108,6 +108,21 @@ def grow(c: Cluster, agents: list[str]) -> Load:
     return load
 
 
+def answers(c: Cluster, aid: str, timeout: float = 30) -> None:
+    """``aid`` answers a message (after its restart or move); the last error is in the failure."""
+    last: list[dict[str, Any]] = []
+
+    def ok() -> bool:
+        reply = c.call("agent.send", {"agent_id": aid, "text": "x"})
+        last[:] = [dict(reply.body)] if reply.is_error else []
+        return not reply.is_error
+
+    try:
+        wait_for(ok, timeout=timeout, what=f"{aid} answering")
+    except AssertionError:
+        raise AssertionError(f"{aid} did not answer within {timeout}s; last error: {last}") from None
+
+
 def check_agents(c: Cluster, agents: list[str], answered: Counter[str]) -> None:
     """Every agent answers by its id with the next count (its state moved with it)."""
     for aid in agents:
@@ -171,9 +186,7 @@ def test_elastic_kill_9_of_the_extra_worker_while_it_grows_loses_no_durable_agen
         load.stop()
     assert all(e.get("code") in ("restarting", "sandbox_error") for e in load.errors), load.errors
     for aid in agents:
-        wait_for(
-            lambda aid=aid: not c.call("agent.send", {"agent_id": aid, "text": "x"}).is_error, timeout=20
-        )
+        answers(c, aid)
     assert all(c.ok("agent.info", {"agent_id": a})["state"] == "running" for a in agents)
     assert c.stop() == 0
 
@@ -190,9 +203,7 @@ def test_elastic_kill_9_of_the_extra_worker_while_it_drains_loses_no_durable_age
     with contextlib.suppress(ProcessLookupError):  # already stopped by the shrink
         os.kill(pid, signal.SIGKILL)
     for aid in agents:
-        wait_for(
-            lambda aid=aid: not c.call("agent.send", {"agent_id": aid, "text": "x"}).is_error, timeout=20
-        )
+        answers(c, aid)
     assert all(c.ok("agent.info", {"agent_id": a})["state"] == "running" for a in agents)
     wait_for(lambda: states(c)["workers-1"] == "stopped", timeout=30, what="workers-1 finally stopped")
     assert "agent_lost" not in [e.get("event") for e in c.log_events()]
