@@ -16,8 +16,9 @@ requests it already answers (OTP's operations, nothing new in the supervisor):
   sample for ``shrink_after_s`` (and nothing grew or shrank for as long). Then the running member last in
   order is drained: it gets no new agents and its agents move to the others, temporary ones included (a
   move loses nothing; one whose move fails stays and goes by its restart policy with the worker, as in a
-  reload's drain). Once its agents are off, it is stopped (``child.terminate``): an exit the supervisor
-  asked for, so not restarted and not counted against the pool's intensity.
+  reload's drain). Once its agents are off, it is stopped (``child.terminate`` with the pid that was
+  drained, refused if the worker crashed and was restarted meanwhile): an exit the supervisor asked for,
+  so not restarted and not counted against the pool's intensity.
 - A member that crashes is restarted by its supervisor under the pool's intensity, as before: the policy
   only sees it leave and come back. One change at a time per pool: no grow while a member starts or
   drains, no shrink while one starts.
@@ -137,6 +138,7 @@ class PoolPolicy:
 
 
 class WorkerLoad(Protocol):
+    pid: int
     in_flight: int
 
 
@@ -196,7 +198,9 @@ class ElasticPools:
         for policy in self.policies.values():
             action = policy.observe(in_flight)
             if action is not None:
-                self._act(policy, action, in_flight)
+                self._act(
+                    policy, action, in_flight, workers[action.member].pid if action.kind == SHRINK else 0
+                )
 
     def status(self, workers: Iterable[str]) -> dict[str, Any]:
         """Per pool: members running (connected) and the maximum, a member starting or draining, and the
@@ -207,7 +211,7 @@ class ElasticPools:
 
     # -- actions ----------
 
-    def _act(self, policy: PoolPolicy, action: Action, in_flight: Mapping[str, int]) -> None:
+    def _act(self, policy: PoolPolicy, action: Action, in_flight: Mapping[str, int], pid: int) -> None:
         path, member = action.path, action.member
         if action.kind == GROW:
             load = {m: in_flight[m] for m in policy.pool.members if m in in_flight}
@@ -238,7 +242,8 @@ class ElasticPools:
                     log.warning("pool_shrink_aborted", pool=path, member=member, **result)
                     return
                 log.info("pool_drained", pool=path, member=member, **result)
-                self.ask_root("child.terminate", {"path": path, "id": member}, stopped)
+                # Only the incarnation drained (its pid): one restarted meanwhile may host agents again.
+                self.ask_root("child.terminate", {"path": path, "id": member, "pid": pid}, stopped)
 
             def stopped(reply: Envelope) -> None:
                 if reply.is_error:

@@ -64,7 +64,16 @@ def operations_of(sup: Administered, where: str) -> dict[str, Operation]:
         return str(args.get("id", ""))
 
     def terminate(args: dict[str, Any]) -> dict[str, Any]:
-        sup.terminate_child(child_id(args))
+        # ``pid`` (optional): stop only that incarnation. An elastic pool drains a worker and then stops it;
+        # if the worker crashed and was restarted meanwhile, the new incarnation may host agents again.
+        cid, pid = child_id(args), args.get("pid")
+        if pid is not None:
+            running = next((c["pid"] for c in sup.which_children() if c["id"] == cid), None)
+            if running != pid:
+                raise SupervisorError(
+                    f"not terminated: child {cid!r} runs as pid {running} now, not {pid} (restarted since)"
+                )
+        sup.terminate_child(cid)
         return {}
 
     def delete(args: dict[str, Any]) -> dict[str, Any]:

@@ -160,6 +160,7 @@ class FakeMoves:
 class Load:
     def __init__(self, in_flight: int) -> None:
         self.in_flight = in_flight
+        self.pid = 4242
 
 
 def pools(tmp_path: Path, workers: tuple[str, ...]) -> tuple[ElasticPools, Placement, FakeMoves, Root, Clock]:
@@ -199,7 +200,7 @@ def test_elastic_pools_shrink_drains_first_then_child_terminate(tmp_path: Path) 
     run(elastic, clock, {"w0": 0, "w1": 0}, 5.2)
     assert root.asked == [] and p.draining == {"w1"} and len(moves.pending) == 1
     moves.pending.pop()({"moved": 0})
-    assert root.asked == [("child.terminate", {"path": "root/workers", "id": "w1"})]
+    assert root.asked == [("child.terminate", {"path": "root/workers", "id": "w1", "pid": 4242})]
 
 
 def test_elastic_pools_a_shrink_whose_worker_died_during_the_drain_is_given_up(tmp_path: Path) -> None:

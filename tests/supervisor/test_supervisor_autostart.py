@@ -98,3 +98,24 @@ def test_autostart_false_is_refused_under_simple_one_for_one() -> None:
     assert [p.where for p in problems] == ["supervisor.children.0 key 'autostart'"]
     with pytest.raises(ConfigError):
         raise ConfigError(problems)
+
+
+def test_terminate_child_request_with_a_pid_stops_only_that_incarnation(
+    harness: Harness, marks: Path
+) -> None:
+    """terminate_child {id, pid}: refused (nothing stopped) when the child was restarted since; stops it when
+    the pid is the running one (an elastic pool's shrink after a drain)."""
+    sup = harness.sup([child("a", marks=marks), child("b", marks=marks, autostart=False)], intensity=5)
+    sup.start()
+    old = sup.restart_child("b")["pid"]
+    os.kill(old, signal.SIGKILL)
+    harness.wait(lambda: len(harness.kinds("child.restarted", "root/b")) == 1)
+    new = sup.which_children()[1]["pid"]
+    answers: list[tuple[bool, object]] = []
+    sup.request("root", "terminate_child", {"id": "b", "pid": old}, lambda ok, r: answers.append((ok, r)))
+    harness.wait(lambda: len(answers) == 1)
+    assert answers[0][0] is False and "restarted since" in str(answers[0][1])
+    assert sup.which_children()[1]["pid"] == new
+    sup.request("root", "terminate_child", {"id": "b", "pid": new}, lambda ok, r: answers.append((ok, r)))
+    harness.wait(lambda: len(answers) == 2)
+    assert answers[1][0] is True and sup.which_children()[1]["state"] == "stopped"
