@@ -550,7 +550,10 @@ def grow_pool(pipe: Pipe, run: Callable[[int], float]) -> int:
         run(GROW_STEP)
         done += GROW_STEP
     if done:
-        _log(f"elastic pool grown: {done} warm-up tasks, {time.perf_counter() - t0:.2f} s")
+        grown_s = time.perf_counter() - t0
+        run(GROW_STEP)  # the new worker's warm-up, as the others had theirs: its agents' first messages
+        done += GROW_STEP
+        _log(f"elastic pool grown: {done - GROW_STEP} warm-up tasks, {grown_s:.2f} s (+{GROW_STEP} after)")
     return done
 
 
