@@ -28,8 +28,9 @@ pytestmark = pytest.mark.integration
 ELASTIC = "min_running = 1\ngrow_in_flight = 4\ngrow_after_ms = 100\nshrink_after_s = {shrink}\n"
 
 
-def elastic(make_cluster: Any, shrink: float = 60, workers: int = 2) -> Cluster:
-    c: Cluster = make_cluster(workers=workers, inline=True, extra=ELASTIC.format(shrink=shrink) + UNLIMITED)
+def elastic(make_cluster: Any, shrink: float = 60, workers: int = 2, inline: bool = True) -> Cluster:
+    extra = ELASTIC.format(shrink=shrink) + UNLIMITED
+    c: Cluster = make_cluster(workers=workers, inline=inline, extra=extra)
     return c.start()
 
 
@@ -129,10 +130,14 @@ def check_agents(c: Cluster, agents: list[str], answered: Counter[str]) -> None:
         assert count(say(c, aid)) == answered[aid] + 1, aid
 
 
-def test_elastic_starts_with_min_running_and_grows_under_load_spreading_agents(make_cluster: Any) -> None:
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "fork"])
+def test_elastic_starts_with_min_running_and_grows_under_load_spreading_agents(
+    make_cluster: Any, inline: bool
+) -> None:
     """One worker runs and the daemon is ready; sustained load starts workers-1 (child.restart of its kept
-    spec), agents move onto it by snapshot (no restart), every message is answered in order."""
-    c = elastic(make_cluster)
+    spec, routed to the pool's supervisor inline or in its own process), agents move onto it by snapshot
+    (no restart), every message is answered in order."""
+    c = elastic(make_cluster, inline=inline)
     assert states(c) == {"workers-0": "running", "workers-1": "undefined"}
     status = c.ok("status")
     assert status["ready"] is True and status["workers"] == status["workers_expected"] == 1
