@@ -171,10 +171,13 @@ class Pipe:
 
 
 @contextmanager
-def cluster(workers: int | str = "auto", extra: str = "") -> Iterator[tuple[BenchCluster, Pipe]]:
-    """A started daemon and a pipelined client on its control socket; both stopped on exit."""
+def cluster(
+    workers: int | str = "auto", extra: str = "", min_running: int | None = SYSTEM_MIN_RUNNING
+) -> Iterator[tuple[BenchCluster, Pipe]]:
+    """A started daemon and a pipelined client on its control socket; both stopped on exit. The pool is
+    elastic (``min_running``) as shipped; None: every worker runs from the start."""
     extra = (extra or pool_args()) + NO_RATE_LIMITS
-    with BenchCluster(workers=workers, extra=extra, min_running=SYSTEM_MIN_RUNNING) as c:
+    with BenchCluster(workers=workers, extra=extra, min_running=min_running) as c:
         c.start()
         pipe = Pipe(c.endpoint)
         try:
@@ -797,7 +800,8 @@ def cpu_split(phase: str, count: int, pyspy_dir: str | None = None) -> dict[str,
     """
     import psutil
 
-    with cluster(extra=pool_args(tools=phase == "toolchain")) as (c, pipe):
+    # A fixed pool: the split is by process of a tree that does not change during the run.
+    with cluster(extra=pool_args(tools=phase == "toolchain"), min_running=None) as (c, pipe):
         wids = worker_ids(pipe)
         tasks = wl.toolchain_tasks(count) if phase == "toolchain" else wl.routing_messages(count)
         for wid in wids:
