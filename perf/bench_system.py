@@ -3,9 +3,9 @@
 Every figure comes from a real daemon (``openfang.control.daemon``: root supervisor, control gateway, an
 elastic pool of up to one pinned worker per CPU, one running while idle, as shipped; the throughput
 phases' warm-up grows it: :func:`grow_pool`) driven over its ZeroMQ control socket by a client written from
-PROTOCOL.md (raw msgpack on a DEALER, many requests in flight, matched by id). Agents are wasmtime sandboxes running
-the built-in LLM guest with the scripted model; the manifests are in ``perf/agents/``, the tool-chain
-tools in ``perf/bench_tools.py``. Every reply is checked against ``perf/workloads.py``.
+PROTOCOL.md (raw msgpack on a DEALER, many requests in flight, matched by id). Agents are wasmtime
+sandboxes running the built-in LLM guest with the scripted model; the manifests are in ``perf/agents/``,
+the tool-chain tools in ``perf/bench_tools.py``. Every reply is checked against ``perf/workloads.py``.
 
     python -m perf.bench_system [--quick] [--only cold warm memory routing scaling toolchain venv]
 
