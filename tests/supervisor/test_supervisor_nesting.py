@@ -344,7 +344,15 @@ def test_shutdown_during_a_nested_supervisors_start_stops_everything(
 
     slow = [child(f"w{i}", "slow_ready", marks=marks, args={"ms": 200}) for i in range(4)]
     sup = harness.sup([nested("sub", slow, inline=inline)])
-    harness.loop.call_later(0.3, sup.shutdown)
+
+    def shutdown_once_the_start_is_under_way() -> None:
+        # Not a fixed delay: under load a forked "sub" can take longer than that to start its first child.
+        if any(e["kind"] == "child.started" and e["supervisor"] == "root/sub" for e in harness.events):
+            sup.shutdown()
+        else:
+            harness.loop.call_later(0.01, shutdown_once_the_start_is_under_way)
+
+    harness.loop.call_later(0.01, shutdown_once_the_start_is_under_way)
     with pytest.raises(SupervisorError, match="'sub'"):
         sup.start()
     assert sup.count_children()["active"] == 0
