@@ -22,12 +22,14 @@ import structlog
 
 from openfang import __version__, _coldstart
 from openfang.control import runfile
+from openfang.control.baseline import BaselineHelper
 from openfang.control.config import GATEWAY_ID, ClusterConfig, load_config
-from openfang.control.guard import integrity_monitor
 from openfang.control.notify import Notifier
 from openfang.logs import configure_logging
 from openfang.protocol.errors import ConfigError, OpenFangError, Problem, SupervisorError
-from openfang.security.config import open_audit
+from openfang.security.audit import AuditLog
+from openfang.security.config import audit_key, open_audit
+from openfang.security.integrity import IntegrityMonitor
 from openfang.supervisor._proc import set_title
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED
 from openfang.supervisor.loop import Loop
@@ -67,6 +69,8 @@ class Daemon:
         self.exit_code = 0
         self.reloads = 0
         self.reloading = False  # a reload waits for the gateway to move agents off the workers it stops
+        self.audit: AuditLog | None = None  # opened once the tree has started (run)
+        self.integrity: IntegrityMonitor | None = None  # layer 14, from the baseline taken at start
         # The root is a subreaper (it sets that itself at start): orphaned descendants are reaped here.
         self.sup: SupervisorCore = supervisor_for(
             config.tree,
@@ -83,12 +87,23 @@ class Daemon:
         """Start the tree, serve until stopped; the process exit code."""
         _prepare_dirs(self.config)
         os.environ.update(self.config.child_environment())
+        # Layer 14's baseline is taken by a helper on the other core while the tree starts (see
+        # control/baseline.py); forked before the signal handlers, which it must not share.
+        baseline = BaselineHelper.start(self.config.security)
+        try:
+            return self._run(baseline)
+        finally:
+            if baseline is not None:
+                baseline.close()
+
+    def _run(self, baseline: BaselineHelper | None) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.stop)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload_from_signal)
-        self.audit = open_audit(self.config.security)
-        self.integrity = integrity_monitor(self.config.security, self.audit)
-        _coldstart.resume()  # before the first fork: every child needs a working cyclic collector
+        # The chain key exists before any child reads it; the root's own handle on the log is opened once
+        # the tree has started (it audits only layer 14's findings): the gateway, starting meanwhile on the
+        # other core, makes a fresh data dir's audit.db (its fsyncs off the root's path).
+        audit_key(self.config.security)
         self.notifier.status("starting the supervision tree")
         try:
             self.sup.start()
@@ -96,10 +111,27 @@ class Daemon:
             log.error("tree_start_failed", error=str(exc))
             self.notifier.stopping()
             return EXIT_START_FAILED
+        finally:
+            # The start's imports and setup made next to no garbage: collected from now on (children
+            # forked meanwhile turned their own collector on: openfang/_coldstart.py).
+            _coldstart.resume()
+        try:
+            self.audit = open_audit(self.config.security)
+            self.integrity = None if baseline is None else baseline.monitor(self.audit)
+        except ConfigError as exc:  # the log cannot be opened: as a failed start
+            log.error("audit_open_failed", error=str(exc))
+            self.stop()
+            return EXIT_START_FAILED
+        except (OSError, ValueError) as exc:  # a configured file that cannot be read: as a failed start
+            log.error("integrity_baseline_failed", error=str(exc))
+            self.stop()
+            return EXIT_START_FAILED
         self.state = "running"
         self._write_pidfile()
         counts = self.sup.count_children()
         self.notifier.ready(f"running: {counts.get('active', 0)} children")
+        if baseline is not None:
+            baseline.close()  # after READY: it has exited meanwhile (told so by monitor()); reaped here
         log.info("tree_started", config=self.config_path, endpoint=self.config.control.endpoint, **counts)
         if self.notifier.watchdog_interval_s:
             self._feed_watchdog()

@@ -430,8 +430,14 @@ def open_audit(config: SecurityConfig) -> AuditLog | None:
     """
     if "{data_dir}" in config.audit.path:
         return None
+    return AuditLog(config.audit.path, key=audit_key(config))
+
+
+def audit_key(config: SecurityConfig) -> bytes | None:
+    """The audit chain's key as :func:`open_audit` reads it (None: unkeyed, or no data dir), the log's
+    directory created if missing. The daemon calls it before its first fork: it creates the default chain
+    key ({data_dir}/audit.key, mode 0600) when the config asks for it, and every other process reads it."""
+    if "{data_dir}" in config.audit.path:
+        return None
     Path(config.audit.path).parent.mkdir(parents=True, exist_ok=True)
-    # The first process to open it (the daemon, before its children) creates the default chain key
-    # ({data_dir}/audit.key, mode 0600) when the config asks for it; the others read it.
-    key = chain_key(config.audit.key_file, create=config.audit.create_key, log_path=config.audit.path)
-    return AuditLog(config.audit.path, key=key)
+    return chain_key(config.audit.key_file, create=config.audit.create_key, log_path=config.audit.path)

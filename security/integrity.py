@@ -23,6 +23,7 @@ from typing import Literal
 from openfang.security.audit import AuditSink
 
 ViolationKind = Literal["modified", "missing", "unreadable", "module_replaced"]
+Baseline = dict[str, tuple[str, int]]  # resolved path -> (SHA-256 hex digest, size)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +95,17 @@ class IntegrityMonitor:
             self._baseline[p] = _hash(Path(p))
         for name in modules:
             self.add_module(name)
+
+    @classmethod
+    def from_baseline(cls, baseline: Baseline, *, audit: AuditSink | None = None) -> IntegrityMonitor:
+        """A monitor of the files of a baseline another process took (:meth:`baseline`) by this class."""
+        monitor = cls(audit=audit)
+        monitor._baseline.update(baseline)
+        return monitor
+
+    def baseline(self) -> Baseline:
+        """Each watched file's digest and size, as taken (a copy)."""
+        return dict(self._baseline)
 
     def add(self, path: str | os.PathLike[str]) -> None:
         """Take the baseline of one file now (it must exist and be readable)."""

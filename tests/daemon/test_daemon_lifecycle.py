@@ -283,8 +283,8 @@ def test_supervisor_processes_stay_single_threaded_so_forking_is_safe(make_clust
 def test_daemon_children_start_with_the_cyclic_collector_on(
     make_cluster: type[Cluster], tmp_path: Path
 ) -> None:
-    """The daemon starts without the cyclic collector (openfang._coldstart) but turns it back on before it
-    forks: a child of the root has it on."""
+    """The daemon starts without the cyclic collector (openfang._coldstart) until its tree has started, but
+    every child it forks meanwhile turns it on: a child of the root has it on."""
     report = tmp_path / "gc.txt"
     extra = f"""
 [[supervisor.children]]
@@ -296,3 +296,23 @@ args = {{ path = "{report}" }}
     wait_for(lambda: report.exists() and report.read_text().endswith("\n"), what="the probe's report")
     assert report.read_text() == "True\n"
     assert c.stop() == 0
+
+
+def test_daemon_integrity_helper_is_reaped_once_ready(make_cluster: type[Cluster]) -> None:
+    """The helper that takes layer 14's baseline (control/baseline.py) is gone once the daemon is ready:
+    every process left under the root is a child of its tree, and the root still answers."""
+
+    def pids(nodes: list[dict[str, object]]) -> set[int]:
+        out = {int(str(n["pid"])) for n in nodes if n.get("pid")}
+        for n in nodes:
+            out |= pids(list(n.get("children") or []))  # type: ignore[call-overload]
+        return out
+
+    c = make_cluster(workers=2).start()
+    root = psutil.Process(c.proc.pid)  # type: ignore[union-attr]
+    in_tree = pids(c.tree())
+    assert in_tree and {p.pid for p in root.children()} <= in_tree
+    assert c.ok("status")["state"] == "running"
+    assert c.stop() == 0
+    # Reaped by the root itself, not taken for an orphan of the tree by the root's orphan reaper.
+    assert [e for e in c.log_events() if e.get("event") == "orphan_reaped"] == []

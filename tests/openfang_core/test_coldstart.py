@@ -59,3 +59,24 @@ def test_coldstart_other_processes_keep_the_collector() -> None:
     assert (
         _run("import gc, openfang.control.daemon\nprint(gc.isenabled(), gc.get_freeze_count())") == "True 0"
     )
+
+
+def test_coldstart_child_forked_during_the_start_has_the_collector() -> None:
+    """A process the daemon forks before resume() (the gateway, the workers) turns its collector on at
+    once; the daemon's stays off until resume()."""
+    out = _run(
+        "import sys\n"
+        "sys.orig_argv = [sys.executable, '-m', 'openfang.control.daemon']\n"
+        "import gc, os, openfang\n"
+        "r, w = os.pipe()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os.write(w, str(gc.isenabled()).encode())\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "child = os.read(r, 16).decode()\n"
+        "paused = not gc.isenabled()\n"
+        "openfang._coldstart.resume()\n"
+        "print(child, paused, gc.isenabled())"
+    )
+    assert out == "True True True"

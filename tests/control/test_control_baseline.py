@@ -1,0 +1,95 @@
+"""Layer 14's baseline taken by a forked helper: the same baseline as taken in the root, never less."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from openfang.control.baseline import BaselineHelper
+from openfang.control.guard import integrity_monitor
+from openfang.security.config import SecurityConfig, parse_security
+
+
+def _config(tmp_path: Path, **integrity: object) -> SecurityConfig:
+    config: SecurityConfig = parse_security(
+        {"integrity": {"enabled": True, **integrity}}, "cluster.toml", data_dir=tmp_path, base_dir=tmp_path
+    )
+    return config
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def test_baseline_helper_takes_the_baseline_the_root_would_take(tmp_path: Path) -> None:
+    """The helper's baseline of the package files is the one integrity_monitor takes in-process, and the
+    helper is reaped by close()."""
+    config = _config(tmp_path)
+    helper = BaselineHelper.start(config)
+    assert helper is not None and helper.pid is not None
+    pid = helper.pid
+    monitor = helper.monitor(None)
+    helper.close()
+    here = integrity_monitor(config, None)
+    assert monitor is not None and here is not None
+    assert monitor.baseline() == here.baseline() and monitor.watched > 100
+    assert _reaped(pid)
+
+
+def test_baseline_helper_monitor_reports_a_changed_file(tmp_path: Path) -> None:
+    """A monitor made from the helper's baseline reports a file changed after the baseline was taken."""
+    watched = tmp_path / "guest.wasm"
+    watched.write_bytes(b"\0asm original")
+    helper = BaselineHelper.start(_config(tmp_path, packages=[], files=[str(watched)]))
+    assert helper is not None
+    monitor = helper.monitor(None)
+    helper.close()
+    assert monitor is not None and monitor.check() == []
+    watched.write_bytes(b"\0asm changed!")
+    assert [(v.path, v.kind) for v in monitor.check()] == [(str(watched.resolve()), "modified")]
+
+
+def test_baseline_helper_without_an_answer_takes_it_here(tmp_path: Path) -> None:
+    """A helper that died without answering, or answered junk, leaves the root to take the baseline."""
+    watched = tmp_path / "f"
+    watched.write_text("x")
+    config = _config(tmp_path, packages=[], files=[str(watched)])
+    here = integrity_monitor(config, None)
+    assert here is not None
+    for answer in (b"", b"\x92\x01", b"\x81\xa1a\x92\xa3bad\x01"):
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the stand-in helper: answers and dies
+            theirs.sendall(answer)
+            os._exit(1)
+        theirs.close()
+        helper = BaselineHelper(config, pid, ours)
+        monitor = helper.monitor(None)
+        helper.close()
+        assert monitor is not None and monitor.baseline() == here.baseline()
+        assert _reaped(pid)
+
+
+def test_baseline_helper_missing_file_fails_as_in_the_root(tmp_path: Path) -> None:
+    """A configured file that does not exist fails monitor() as integrity_monitor fails (the daemon then
+    stops its tree: a failed start)."""
+    helper = BaselineHelper.start(_config(tmp_path, packages=[], files=[str(tmp_path / "missing")]))
+    assert helper is not None
+    with pytest.raises(FileNotFoundError):
+        helper.monitor(None)
+    helper.close()
+
+
+def test_baseline_helper_not_started_when_the_layer_is_off(tmp_path: Path) -> None:
+    """With [security.integrity] enabled = false there is no helper (and no baseline)."""
+    config: SecurityConfig = parse_security(
+        {"integrity": {"enabled": False}}, "cluster.toml", data_dir=tmp_path, base_dir=tmp_path
+    )
+    assert BaselineHelper.start(config) is None
