@@ -8,7 +8,6 @@ fed from the loop, and the gateway's questions about the tree are answered here.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import signal
@@ -16,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -35,6 +34,9 @@ from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED
 from openfang.supervisor.loop import Loop
 from openfang.supervisor.runtime import SupervisorCore, supervisor_for
 from openfang.supervisor.spec import ChildSpec, ChildType, SupervisorSpec
+
+if TYPE_CHECKING:
+    import argparse
 
 log = structlog.get_logger("openfang.supervisor")
 EXIT_CONFIG = 2
@@ -486,6 +488,8 @@ def _prepare_dirs(config: ClusterConfig) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # here: a plain command line is read without it (parse_args)
+
     parser = argparse.ArgumentParser(
         prog="openfang-supervisor",
         description="Run the OpenFANG supervision tree in the foreground (the root supervisor). "
@@ -497,16 +501,75 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="path to cluster.toml")
     parser.add_argument("--check", action="store_true", help="validate the config and exit (0 ok, 2 invalid)")
     parser.add_argument("--data-dir", help="override [cluster] data_dir")
-    parser.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="override [logging]"
-    )
-    parser.add_argument("--log-format", choices=["auto", "json", "console"], help="override [logging] format")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, help="override [logging]")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, help="override [logging] format")
     parser.add_argument("--version", action="version", version=f"openfang-supervisor {__version__}")
     return parser
 
 
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+LOG_FORMATS = ["auto", "json", "console"]
+# The plain command line parse_args reads itself: option -> (its field, its choices or None).
+_OPTIONS: dict[str, tuple[str, list[str] | None]] = {
+    "--config": ("config", None),
+    "--data-dir": ("data_dir", None),
+    "--log-level": ("log_level", LOG_LEVELS),
+    "--log-format": ("log_format", LOG_FORMATS),
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonArgs:
+    """The daemon's command line, as :func:`build_parser` defines it."""
+
+    config: str
+    check: bool = False
+    data_dir: str | None = None
+    log_level: str | None = None
+    log_format: str | None = None
+
+
+def parse_args(argv: list[str] | None = None) -> DaemonArgs:
+    """``argv`` (default ``sys.argv[1:]``) read as :func:`build_parser` reads it.
+
+    A plain command line (``--config PATH`` and the other options each at most once as ``--option VALUE``
+    with a valid value, ``--check``) is read here: building the argparse parser costs ~5 ms on the cold
+    start's path (gettext's catalogue lookups for its texts, shutil for the help's width). Anything else
+    (``--help``, ``--version``, ``--option=VALUE``, an abbreviation, a repeat, a mistake) goes to argparse,
+    which answers or fails as it always did.
+    """
+    words = sys.argv[1:] if argv is None else list(argv)
+    values: dict[str, Any] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "--check" and "check" not in values:
+            values["check"] = True
+            i += 1
+            continue
+        field, choices = _OPTIONS.get(word, ("", None))
+        value = words[i + 1] if i + 1 < len(words) else None
+        if (
+            not field
+            or field in values
+            or value is None
+            or value.startswith("-")
+            or (choices is not None and value not in choices)
+        ):
+            return _parsed(build_parser().parse_args(words))
+        values[field] = value
+        i += 2
+    if "config" not in values:
+        return _parsed(build_parser().parse_args(words))
+    return DaemonArgs(**values)
+
+
+def _parsed(namespace: argparse.Namespace) -> DaemonArgs:
+    return DaemonArgs(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(DaemonArgs)})
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     # One absolute path for the first load and every reload: the path is part of what children see
     # (their [security] source), so a relative --config must not parse differently on SIGHUP.
     config_path = str(Path(args.config).resolve())

@@ -69,9 +69,25 @@ def runtime_dir() -> Path:
         return Path(os.environ["OPENFANG_RUNTIME_DIR"])
     if os.environ.get("XDG_RUNTIME_DIR"):
         return Path(os.environ["XDG_RUNTIME_DIR"]) / "openfang"
-    import tempfile  # here: tempfile imports shutil, random, bz2 and lzma (~4 ms), unused when either is set
+    return Path(temp_dir()) / f"openfang-{os.getuid()}"
 
-    return Path(tempfile.gettempdir()) / f"openfang-{os.getuid()}"
+
+def temp_dir() -> str:
+    """The directory ``tempfile.gettempdir()`` would choose, found without importing tempfile.
+
+    tempfile imports shutil, random, bz2 and lzma, and its probe writes a file in each candidate: ~3 ms
+    before READY when neither runtime dir variable is set. The candidates are tempfile's, in its order
+    (``$TMPDIR``, ``$TEMP``, ``$TMP``, ``/tmp``, ``/var/tmp``, ``/usr/tmp``); the first that is a directory
+    this process may write in is taken (``os.access``, which knows a read-only mount), made absolute as
+    tempfile makes it. With none usable tempfile is asked (it falls back on the working directory or fails).
+    """
+    candidates = [os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")]
+    for d in [*candidates, "/tmp", "/var/tmp", "/usr/tmp"]:
+        if d and os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
+            return os.path.abspath(d)
+    import tempfile
+
+    return tempfile.gettempdir()
 
 
 def _path(name: str, directory: Path | None = None) -> Path:

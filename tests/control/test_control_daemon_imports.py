@@ -7,7 +7,8 @@ import sys
 
 # Each is imported where it is first needed, never on the way to READY in a cluster with ipc endpoints.
 LATER = {
-    "tempfile": "the run record's directory, only when neither runtime dir variable is set",
+    "tempfile": "the run record's directory: only when no temp dir candidate is usable",
+    "argparse": "the daemon's command line: a plain one is read without it (--help, mistakes use it)",
     "difflib": "the hint of a config problem naming an unknown key",
     "uuid": "structlog's thread-local API (a stand-in until used)",
     "openfang.protocol.curve": "CURVE keys, for tcp endpoints",

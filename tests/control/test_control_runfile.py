@@ -67,3 +67,33 @@ def test_runfile_runtime_dir_without_the_environment_is_under_the_temp_dir(monke
     assert runfile.runtime_dir() == Path(tempfile.gettempdir()) / f"openfang-{os.getuid()}"
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1")
     assert runfile.runtime_dir() == Path("/run/user/1/openfang")
+
+
+def test_runfile_temp_dir_is_the_one_tempfile_chooses(monkeypatch: Any, tmp_path: Path) -> None:
+    """temp_dir names the directory tempfile.gettempdir() picks: $TMPDIR when usable, else the next
+    candidate (a missing or read-only $TMPDIR is passed over), relative paths made absolute."""
+    import tempfile
+
+    def tempfiles() -> str:
+        monkeypatch.setattr(tempfile, "tempdir", None)  # its cached answer: computed again
+        return tempfile.gettempdir()
+
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    assert runfile.temp_dir() == tempfiles()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    assert runfile.temp_dir() == tempfiles() == str(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
+    monkeypatch.setenv("TMP", str(tmp_path))
+    assert runfile.temp_dir() == tempfiles() == str(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    monkeypatch.setenv("TMPDIR", str(locked))
+    if os.access(locked, os.W_OK):  # root may write anywhere: tempfile's probe then succeeds as well
+        assert runfile.temp_dir() == tempfiles() == str(locked)
+    else:
+        assert runfile.temp_dir() == tempfiles() == str(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMPDIR", "rel")
+    (tmp_path / "rel").mkdir()
+    assert runfile.temp_dir() == tempfiles() == str(tmp_path / "rel")
