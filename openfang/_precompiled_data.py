@@ -570,6 +570,47 @@ def __create_fn__(cls, FrozenInstanceError):
   super(cls, self).__setattr__(name, value)
  return __setattr__
 CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'source\',\'name\',\'data_dir\',\'control\',\'logging\',\'tree\',\'memory\',\'security\',\'security_args\',\'http\',\'metrics\',\'pools\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
+# openfang.control.daemon
+def __create_fn__():
+ def __eq__(self,other):
+  if other.__class__ is self.__class__:
+   return (self.config,self.check,self.data_dir,self.log_level,self.log_format,)==(other.config,other.check,other.data_dir,other.log_level,other.log_format,)
+  return NotImplemented
+ return __eq__
+CODE['def __create_fn__():\n def __eq__(self,other):\n  if other.__class__ is self.__class__:\n   return (self.config,self.check,self.data_dir,self.log_level,self.log_format,)==(other.config,other.check,other.data_dir,other.log_level,other.log_format,)\n  return NotImplemented\n return __eq__'] = __create_fn__.__code__
+def __create_fn__():
+ def __hash__(self):
+  return hash((self.config,self.check,self.data_dir,self.log_level,self.log_format,))
+ return __hash__
+CODE['def __create_fn__():\n def __hash__(self):\n  return hash((self.config,self.check,self.data_dir,self.log_level,self.log_format,))\n return __hash__'] = __create_fn__.__code__
+def __create_fn__():
+ def __repr__(self):
+  return self.__class__.__qualname__ + f"(config={self.config!r}, check={self.check!r}, data_dir={self.data_dir!r}, log_level={self.log_level!r}, log_format={self.log_format!r})"
+ return __repr__
+CODE['def __create_fn__():\n def __repr__(self):\n  return self.__class__.__qualname__ + f"(config={self.config!r}, check={self.check!r}, data_dir={self.data_dir!r}, log_level={self.log_level!r}, log_format={self.log_format!r})"\n return __repr__'] = __create_fn__.__code__
+def __create_fn__(_type_config, _type_check, _type_data_dir, _type_log_level, _type_log_format, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_check, _dflt_data_dir, _dflt_log_level, _dflt_log_format, _return_type):
+ def __init__(self,*,config:_type_config,check:_type_check=_dflt_check,data_dir:_type_data_dir=_dflt_data_dir,log_level:_type_log_level=_dflt_log_level,log_format:_type_log_format=_dflt_log_format)->_return_type:
+  __dataclass_builtins_object__.__setattr__(self,'config',config)
+  __dataclass_builtins_object__.__setattr__(self,'check',check)
+  __dataclass_builtins_object__.__setattr__(self,'data_dir',data_dir)
+  __dataclass_builtins_object__.__setattr__(self,'log_level',log_level)
+  __dataclass_builtins_object__.__setattr__(self,'log_format',log_format)
+ return __init__
+CODE["def __create_fn__(_type_config, _type_check, _type_data_dir, _type_log_level, _type_log_format, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _dflt_check, _dflt_data_dir, _dflt_log_level, _dflt_log_format, _return_type):\n def __init__(self,*,config:_type_config,check:_type_check=_dflt_check,data_dir:_type_data_dir=_dflt_data_dir,log_level:_type_log_level=_dflt_log_level,log_format:_type_log_format=_dflt_log_format)->_return_type:\n  __dataclass_builtins_object__.__setattr__(self,'config',config)\n  __dataclass_builtins_object__.__setattr__(self,'check',check)\n  __dataclass_builtins_object__.__setattr__(self,'data_dir',data_dir)\n  __dataclass_builtins_object__.__setattr__(self,'log_level',log_level)\n  __dataclass_builtins_object__.__setattr__(self,'log_format',log_format)\n return __init__"] = __create_fn__.__code__
+def __create_fn__(cls, FrozenInstanceError):
+ def __delattr__(self,name):
+  if type(self) is cls or name in ('config','check','data_dir','log_level','log_format',):
+   raise FrozenInstanceError(f"cannot delete field {name!r}")
+  super(cls, self).__delattr__(name)
+ return __delattr__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __delattr__(self,name):\n  if type(self) is cls or name in (\'config\',\'check\',\'data_dir\',\'log_level\',\'log_format\',):\n   raise FrozenInstanceError(f"cannot delete field {name!r}")\n  super(cls, self).__delattr__(name)\n return __delattr__'] = __create_fn__.__code__
+def __create_fn__(cls, FrozenInstanceError):
+ def __setattr__(self,name,value):
+  if type(self) is cls or name in ('config','check','data_dir','log_level','log_format',):
+   raise FrozenInstanceError(f"cannot assign to field {name!r}")
+  super(cls, self).__setattr__(name, value)
+ return __setattr__
+CODE['def __create_fn__(cls, FrozenInstanceError):\n def __setattr__(self,name,value):\n  if type(self) is cls or name in (\'config\',\'check\',\'data_dir\',\'log_level\',\'log_format\',):\n   raise FrozenInstanceError(f"cannot assign to field {name!r}")\n  super(cls, self).__setattr__(name, value)\n return __setattr__'] = __create_fn__.__code__
 # openfang.control.elastic
 def __create_fn__():
  def __eq__(self,other):
