@@ -21,6 +21,17 @@ NESTED_START = "openfang.supervisor.nested:run_nested"
 DEFAULT_WORKER_SHUTDOWN_MS = 5000
 _START_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+# A child's keys taken as they are from its table, and checked against ChildSpec's annotated bounds.
+_VALUE_KEYS = (
+    "shutdown",
+    "significant",
+    "cpu",
+    "heartbeat_ms",
+    "start_timeout_ms",
+    "preimport",
+    "inline",
+    "autostart",
+)
 
 Shutdown = int | Literal["brutal_kill", "infinity"]
 E = TypeVar("E", bound=StrEnum)
@@ -191,16 +202,7 @@ def check_child(child: ChildSpec, where: str, flags: SupervisorFlags | None = No
         child,
         Place.named(where),
         problems,
-        (
-            "shutdown",
-            "significant",
-            "cpu",
-            "heartbeat_ms",
-            "start_timeout_ms",
-            "preimport",
-            "inline",
-            "autostart",
-        ),
+        _VALUE_KEYS,
     )
     if child.inline is True:
         if child.type != ChildType.SUPERVISOR:
@@ -369,18 +371,7 @@ def _child_from_dict(data: Any, where: str, problems: list[Problem]) -> ChildSpe
         nested = _spec_from_dict(data["supervisor"], where, problems)
     ctype = _enum(ChildType, data.get("type", ChildType.WORKER), f"{where} key 'type'", problems)
     # Absent (or nil) keys take ChildSpec's own defaults: only the keys present are passed.
-    plain = (
-        "start",
-        "shutdown",
-        "significant",
-        "cpu",
-        "heartbeat_ms",
-        "start_timeout_ms",
-        "preimport",
-        "inline",
-        "autostart",
-    )
-    given = {k: data[k] for k in plain if data.get(k) is not None}
+    given = {k: data[k] for k in ("start", *_VALUE_KEYS) if data.get(k) is not None}
     if data.get("args") is not None:
         given["args"] = dict(data["args"]) if isinstance(data["args"], Mapping) else data["args"]
     if data.get("restart") is not None:
