@@ -261,6 +261,21 @@ def finish(sandbox: Sandbox) -> Outcome:
                 return outcome
 
 
+def initialized(sandbox: Sandbox) -> Sandbox:
+    """``sandbox`` loaded and its ``agent_init`` run to completion (asserted ok), as a spawn leaves it."""
+    sandbox.load()
+    if sandbox.begin_init():
+        outcome = finish(sandbox)
+        assert outcome.ok, outcome.error
+    return sandbox
+
+
+def send_text(sandbox: Sandbox, text: str) -> Outcome:
+    """One user message through ``sandbox``, run to its outcome."""
+    sandbox.begin_message(abi.user_message(text))
+    return finish(sandbox)
+
+
 def in_child(work: Callable[[], Any], timeout: float = 60) -> Any:
     """Run ``work`` in a forked child (process-wide settings stay there) and return its JSON result."""
     read_end, write_end = os.pipe()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_helpers import SANDBOX_SPECS, SeenServices, finish
+from sandbox_helpers import SANDBOX_SPECS, SeenServices, initialized, send_text
 
 from openfang.workers.manifest import load_manifest
 from openfang.workers.sandbox import guest_abi as abi
@@ -32,7 +32,7 @@ from openfang.workers.sandbox._wasmtime import (
     write_global,
 )
 from openfang.workers.sandbox.builtin_guests import LLM_AGENT_WAT
-from openfang.workers.sandbox.instance import DoneJob, Job, Outcome, Sandbox
+from openfang.workers.sandbox.instance import DoneJob, Job, Sandbox
 
 
 @pytest.fixture
@@ -50,17 +50,7 @@ def _load(rt: Runtime, tmp_path: Path, wat: str, services: Any, *, name: str = "
         f'[agent]\nname = "{name}"\nmodule = "{module}"\ntools = ["lookup"]\n'
         '[agent.model]\nprovider = "scripted"\n'
     )
-    sandbox = Sandbox(manifest, rt, agent_id=f"{name}-1", services=services)
-    sandbox.load()
-    if sandbox.begin_init():
-        outcome = finish(sandbox)
-        assert outcome.ok, outcome.error
-    return sandbox
-
-
-def _send(sandbox: Sandbox, text: str) -> Outcome:
-    sandbox.begin_message(abi.user_message(text))
-    return finish(sandbox)
+    return initialized(Sandbox(manifest, rt, agent_id=f"{name}-1", services=services))
 
 
 @pytest.fixture
@@ -123,7 +113,7 @@ def test_callpath_result_area_gives_the_replies_host_result_gives(
     fetching = _load(runtime, tmp_path, without, ToolServices(), name="fetching")
     texts = ["hello", "x" * 1500, 'quote " and é', "y" * 400, "last"]
     for text in texts:
-        a, b = _send(offering, text), _send(fetching, text)
+        a, b = send_text(offering, text), send_text(fetching, text)
         assert a.ok and b.ok, (a.error, b.error)
         assert a.reply == b.reply
     assert b"users ['hello', 'xxxx" in a.reply  # the conversation was kept
@@ -176,7 +166,7 @@ def test_callpath_result_area_cap_decides_where_the_result_goes(
     for cap, fetched in ((0, 1), (n - 1, 1), (n, 0), (n + 500, 0), (60_000, 0)):
         host_results.clear()
         _set(sandbox, "cap", cap)
-        outcome = _send(sandbox, "hi")
+        outcome = send_text(sandbox, "hi")
         assert outcome.ok, outcome.error
         assert outcome.reply == value, cap
         assert len(host_results) == fetched, cap
@@ -199,11 +189,11 @@ def test_callpath_result_area_outside_memory_fails_the_call(
     sandbox = _load(runtime, tmp_path, AREA_WAT.replace("AREA", str(area)), SeenServices())
     _set(sandbox, "ptr", ptr)
     _set(sandbox, "cap", cap)
-    outcome = _send(sandbox, "hi")
+    outcome = send_text(sandbox, "hi")
     assert not outcome.ok and "invalid" in str(outcome.error) and not outcome.crashed
     _set(sandbox, "cap", 0)  # offering nothing: the result is pending for host_result, as without an area
     if area == 16:
-        assert _send(sandbox, "hi").ok
+        assert send_text(sandbox, "hi").ok
     sandbox.close()
 
 
@@ -417,14 +407,14 @@ def test_callpath_snapshot_of_the_llm_agent_before_the_result_area_wakes_in_the_
         old_digest, builtin_digest("llm-agent")
     )
     agent = _load(runtime, tmp_path, old, SeenServices(), name="old")
-    assert _send(agent, "my name is Ada").reply == b"seen: my name is Ada"
+    assert send_text(agent, "my name is Ada").reply == b"seen: my name is Ada"
     assert host_results == ["old-1"]
     hibernate(agent, tmp_path / "a-1.snap")
     manifest = load_manifest('[agent]\nname = "bot"\n[agent.model]\nprovider = "scripted"\n')
     woken = wake(tmp_path / "a-1.snap", manifest, runtime, agent_id="old-1", services=SeenServices())
     try:
         assert woken.module_digest == builtin_digest("llm-agent")
-        assert _send(woken, "who am I?").reply == b"seen: my name is Ada | who am I?"
+        assert send_text(woken, "who am I?").reply == b"seen: my name is Ada | who am I?"
         assert host_results == ["old-1"]
     finally:
         woken.close()

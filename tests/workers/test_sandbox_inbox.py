@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sandbox_helpers import SANDBOX_SPECS, SeenServices, finish
+from sandbox_helpers import SANDBOX_SPECS, SeenServices, initialized, send_text
 
 from openfang.protocol.errors import SandboxError, SecurityError
 from openfang.workers.manifest import AgentManifest, load_manifest
@@ -16,7 +16,7 @@ from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox import instance as instance_mod
 from openfang.workers.sandbox._wasmtime import Runtime, exported_i32
 from openfang.workers.sandbox.builtin_guests import builtin_digest, snapshot_fits
-from openfang.workers.sandbox.instance import Outcome, Sandbox
+from openfang.workers.sandbox.instance import Sandbox
 from openfang.workers.sandbox.snapshot import SnapshotError, hibernate, wake
 
 SPECS = SANDBOX_SPECS
@@ -62,17 +62,7 @@ def _manifest(tmp_path: Path, wat: str | None, *, name: str = "guest", model: bo
 
 
 def _load(manifest: AgentManifest, runtime: Runtime, agent_id: str = "a-1") -> Sandbox:
-    sandbox = Sandbox(manifest, runtime, agent_id=agent_id, services=SeenServices())
-    sandbox.load()
-    if sandbox.begin_init():
-        outcome = finish(sandbox)
-        assert outcome.ok, outcome.error
-    return sandbox
-
-
-def _send(sandbox: Sandbox, text: str) -> Outcome:
-    sandbox.begin_message(abi.user_message(text))
-    return finish(sandbox)
+    return initialized(Sandbox(manifest, runtime, agent_id=agent_id, services=SeenServices()))
 
 
 def _allocs(sandbox: Sandbox) -> int:
@@ -90,7 +80,7 @@ def test_inbox_message_that_fits_skips_alloc(runtime: Runtime, tmp_path: Path) -
         assert len(abi.user_message("y" * 36)) == 64
         for text, allocs in (("x" * 10, 0), ("y" * 36, 0), ("z" * 37, 1), ("w" * 500, 2), ("v", 2)):
             for sandbox in (with_inbox, without):
-                outcome = _send(sandbox, text)
+                outcome = send_text(sandbox, text)
                 assert outcome.ok and outcome.reply == abi.user_message(text), outcome
             assert _allocs(with_inbox) == allocs
         assert _allocs(without) == 5
@@ -108,7 +98,7 @@ def test_inbox_boundary_sizes_use_the_inbox_exactly_up_to_its_size(runtime: Runt
         for extra, allocs in ((-1, 0), (0, 0), (1, 1)):
             text = "q" * (64 - base + extra)
             assert len(abi.user_message(text)) == 64 + extra
-            outcome = _send(sandbox, text)
+            outcome = send_text(sandbox, text)
             assert outcome.ok and outcome.reply == abi.user_message(text)
             assert _allocs(sandbox) == allocs
     finally:
@@ -120,7 +110,7 @@ def test_inbox_outside_memory_falls_back_to_alloc(runtime: Runtime, tmp_path: Pa
     far = INBOX.replace("1024", "65530")
     sandbox = _load(_manifest(tmp_path, COUNTING_WAT.format(inbox=far)), runtime)
     try:
-        outcome = _send(sandbox, "hello")
+        outcome = send_text(sandbox, "hello")
         assert outcome.ok and outcome.reply == abi.user_message("hello")
         assert _allocs(sandbox) == 1
     finally:
@@ -182,11 +172,11 @@ def test_inbox_llm_agent_conversation_equals_the_alloc_path(runtime: Runtime, tm
     texts = [f"m{i} " + "é" * (i * 37 % 1100) for i in range(60)]
     try:
         for text in texts:
-            outcome = _send(fast, text)
+            outcome = send_text(fast, text)
             assert instance_mod._INBOXES[digest] == (16, 1008)
             instance_mod._INBOXES[digest] = None  # the slow agent goes through alloc + agent_handle
             try:
-                reference = _send(slow, text)
+                reference = send_text(slow, text)
             finally:
                 instance_mod._INBOXES[digest] = (16, 1008)
             assert outcome.ok and reference.ok
@@ -213,7 +203,7 @@ def test_inbox_echo_replies_through_its_inbox_up_to_64_kib(runtime: Runtime, tmp
     try:
         for size in (1, 1000, 65536 - 40, 70_000, 3):
             text = "e" * size
-            outcome = _send(sandbox, text)
+            outcome = send_text(sandbox, text)
             assert outcome.ok and outcome.reply == abi.user_message(text)
         assert instance_mod._INBOXES[builtin_digest("echo")] == (65536, 65536)
     finally:
@@ -232,19 +222,19 @@ def test_inbox_snapshot_of_the_llm_agent_before_the_inbox_wakes_in_the_new_one(
     assert not snapshot_fits(old_digest, builtin_digest("echo"))
     assert not snapshot_fits(builtin_digest("llm-agent"), old_digest)  # never backwards
     agent = _load(_manifest(tmp_path, old, name="old", model=True), runtime)
-    assert _send(agent, "my name is Ada").reply == b"seen: my name is Ada"
+    assert send_text(agent, "my name is Ada").reply == b"seen: my name is Ada"
     hibernate(agent, tmp_path / "a-1.snap")
     woken = wake(
         tmp_path / "a-1.snap", _manifest(tmp_path, None), runtime, agent_id="a-1", services=SeenServices()
     )
     try:
         assert woken.module_digest == builtin_digest("llm-agent")
-        assert _send(woken, "who am I?").reply == b"seen: my name is Ada | who am I?"
+        assert send_text(woken, "who am I?").reply == b"seen: my name is Ada | who am I?"
     finally:
         woken.close()
     other = _manifest(tmp_path, COUNTING_WAT.format(inbox=INBOX), name="other")
     agent = _load(other, runtime)
-    _send(agent, "x")
+    send_text(agent, "x")
     hibernate(agent, tmp_path / "a-1.snap")
     with pytest.raises(SnapshotError, match="only fits the module it was taken from"):
         wake(
