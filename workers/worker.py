@@ -109,6 +109,7 @@ class Worker:
         # mapped again on the next use: measured ~4 MB USS of an idle worker that ran an agent, no
         # measurable cost on the next message), besides trimming its heap.
         self.child.when_quiet(release_code_pages)
+        self.child.when_quiet(self.host.release_spare)  # an idle worker holds no spare instance
         while self.running:
             timeout = POLL_MS
             deadline = self.host.next_deadline()
@@ -129,6 +130,9 @@ class Worker:
                 self._hello()
             self._flush()
             self.child.heartbeat()
+            if self.host.spare_wanted() and not int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN:
+                # Idle, the replies gone: instantiate the next spawn's sandbox now instead of on its path.
+                self.host.prepare_spare()
 
     def _drain(self) -> None:
         # The gateway sends a worker its queued requests as the frames of one message: each recv returns the

@@ -300,6 +300,18 @@ class AgentHost:
             raise NotFound(f"no agent {agent_id!r} on worker {self.worker_id}")
         agent.sandbox.revoke(function)
 
+    def spare_wanted(self) -> bool:
+        """A spawn left a module whose next agent can be instantiated ahead (Spawner.prepare_spare)."""
+        return self._spawner.spare_wanted()
+
+    def prepare_spare(self) -> None:
+        """Instantiate that spare now (the worker calls this when idle, after its replies left)."""
+        self._spawner.prepare_spare()
+
+    def release_spare(self) -> None:
+        """Free the spare (the worker's quiet trim)."""
+        self._spawner.release_spare()
+
     def runtime_stats(self) -> dict[str, int]:
         return {"live_stores": self._spawner.live_stores(), "agents": self.agent_count()}
 

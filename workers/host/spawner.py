@@ -35,8 +35,8 @@ from openfang.workers.host.security import HostSecurity
 from openfang.workers.llm import providers as _llm
 from openfang.workers.manifest import AgentManifest, ModelConfig, load_manifest
 from openfang.workers.sandbox import guest_abi as abi
-from openfang.workers.sandbox._wasmtime import EngineOptions, HostFunctionSpec, Runtime
-from openfang.workers.sandbox.instance import HostServices, Sandbox
+from openfang.workers.sandbox._wasmtime import EngineOptions, HostFunctionSpec, Instance, Runtime, StoreLimits
+from openfang.workers.sandbox.instance import HostServices, Sandbox, prepare_spare, store_limits
 from openfang.workers.tools.mcp import McpServerConfig
 
 log = structlog.get_logger("openfang.workers.host.spawner")
@@ -89,6 +89,11 @@ class Spawner:
         self._runtimes: dict[int, Runtime] = {}
         self._manifests: OrderedDict[tuple[str, str], AgentManifest] = OrderedDict()
         self._shapes: dict[tuple[str, str], _Shape] = {}  # by the same key, dropped with the manifest
+        # One spare instance at most (see prepare_spare): the one ready, and what the last spawn would want
+        # next (its manifest, runtime and module digest). Both go with release_spare (the quiet trim).
+        self._spare: tuple[Runtime, str, StoreLimits, Instance] | None = None
+        self._spare_for: tuple[AgentManifest, Runtime, str] | None = None
+        self._spare_failed: set[str] = set()  # module digests whose spare could not be made (logged once)
 
     def manifest(self, text: str, path: Path | None) -> AgentManifest:
         """The validated manifest for ``text``; identical texts (a pool of one manifest) are parsed once.
@@ -145,6 +150,8 @@ class Spawner:
             grant = dataclasses.replace(grant, agent_id=agent_id)
         manifest = shape.manifest
         sandbox = self.sandbox(manifest, agent_id, grant)
+        if sandbox.module_digest not in self._spare_failed:
+            self._spare_for = (manifest, sandbox.runtime, sandbox.module_digest)
         agent = HostedAgent(
             agent_id=agent_id,
             manifest=manifest,
@@ -192,8 +199,55 @@ class Spawner:
             clock=self._clock,
             import_check=check,
         )
-        sandbox.load()  # raises (and frees) on refusal: nothing is registered for a failed spawn
+        sandbox.load(
+            self._take_spare
+        )  # raises (and frees) on refusal: nothing is registered for a failed spawn
         return sandbox
+
+    # -- the spare instance ------------------------------------------------------------------------------
+    def _take_spare(self, runtime: Runtime, digest: str, limits: StoreLimits) -> Instance | None:
+        """The spare, if it was made for exactly this runtime, module and store limits (it is used once)."""
+        spare = self._spare
+        if spare is None:
+            return None
+        self._spare = None
+        rt, made_for, made_limits, inst = spare
+        if rt is runtime and made_for == digest and made_limits == limits and not inst.closed:
+            return inst
+        inst.close()  # made for another module or setting: never used for this one
+        return None
+
+    def spare_wanted(self) -> bool:
+        """A spawn left a module a spare could be made for, and none is ready (cheap: every idle turn)."""
+        return self._spare is None and self._spare_for is not None
+
+    def prepare_spare(self) -> None:
+        """Instantiate one spare for the module of the last spawn (call when idle: never on a spawn's path).
+
+        A module that cannot have one (a start function) or a failure is logged once per module and never
+        tried again for it; spawns of it instantiate as always."""
+        wanted, self._spare_for = self._spare_for, None
+        if wanted is None or self._spare is not None:
+            return
+        manifest, runtime, digest = wanted
+        if runtime not in self._runtimes.values():
+            return  # closed since
+        try:
+            inst = prepare_spare(runtime, manifest, digest)
+        except Exception as exc:  # a spare is an optimisation: the spawn instantiates instead
+            if len(self._spare_failed) >= MANIFEST_CACHE:
+                self._spare_failed.clear()
+            self._spare_failed.add(digest)
+            log.info("spare_instance_not_made", module=manifest.module, digest=digest[:12], reason=str(exc))
+            return
+        self._spare = (runtime, digest, store_limits(manifest), inst)
+
+    def release_spare(self) -> None:
+        """Free the spare (when quiet: an idle worker holds no spare) until the next spawn wants one."""
+        spare, self._spare = self._spare, None
+        self._spare_for = None
+        if spare is not None:
+            spare[3].close()
 
     def _runtime(self, stack_kb: int) -> Runtime:
         rt = self._runtimes.get(stack_kb)
@@ -210,9 +264,11 @@ class Spawner:
         return rt
 
     def live_stores(self) -> int:
-        return sum(rt.live_stores for rt in self._runtimes.values())
+        """The agents' stores (a spare is not an agent's)."""
+        return sum(rt.live_stores for rt in self._runtimes.values()) - (self._spare is not None)
 
     def close(self) -> None:
+        self.release_spare()
         for rt in self._runtimes.values():
             rt.close()
         self._runtimes.clear()

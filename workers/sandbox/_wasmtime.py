@@ -735,6 +735,23 @@ def _name(data: bytes, pos: int) -> tuple[bytes, int]:
     return data[pos : pos + length], pos + length
 
 
+def start_section(wasm: bytes) -> bool:
+    """Whether the module binary ``wasm`` has a start function (section 8); True when its sections cannot
+    be read (the cautious answer: a start function runs guest code at instantiation)."""
+    if wasm[:8] != b"\0asm\1\0\0\0":
+        return True
+    try:
+        pos = 8
+        while pos < len(wasm):
+            if wasm[pos] == 8:
+                return True
+            size, body = _leb(wasm, pos + 1)
+            pos = body + size
+    except (IndexError, ValueError):
+        return True
+    return pos != len(wasm)
+
+
 def export_tables(wasm: bytes) -> bytes:
     """``wasm`` with every table the module defines exported, so the host can see (meter) all of them.
 

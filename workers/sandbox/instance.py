@@ -47,6 +47,7 @@ from openfang.workers.sandbox._wasmtime import (
     StoreLimits,
     call_in_flight,
     exported_i32,
+    start_section,
     wasm_binary,
 )
 from openfang.workers.sandbox.builtin_guests import BUILTINS, builtin_digest, builtin_source
@@ -178,6 +179,73 @@ def _store_limits(max_heap_mb: int, table_elements: int, tables: int) -> StoreLi
     return StoreLimits(memory_bytes=max_heap_mb << 20, table_elements=table_elements, tables=tables)
 
 
+def store_limits(manifest: AgentManifest) -> StoreLimits:
+    """The store limits an agent of ``manifest`` gets (one shared value per distinct setting)."""
+    mem = manifest.sandbox.memory
+    return _store_limits(mem.max_heap_mb, mem.max_table_elements, mem.max_tables)
+
+
+# Hands Sandbox.load a prepared spare for (runtime, module digest, store limits), or None.
+TakeSpare = Callable[[Runtime, str, StoreLimits], "Instance | None"]
+_STARTS: dict[str, bool] = {}  # module digest -> whether the module has a start function (bounded)
+
+
+class _NoHost:
+    """The host-call target while a spare instantiates: no agent exists yet, so nothing is served (a module
+    without a start function makes no host call while it instantiates; one with a start never gets here)."""
+
+    def host_sync(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> int:
+        return abi.E_UNAVAILABLE
+
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller:
+        return lambda: abi.E_UNAVAILABLE
+
+
+def prepare_spare(runtime: Runtime, manifest: AgentManifest, digest: str) -> Instance:
+    """An instance of ``digest`` instantiated ahead for the next agent of ``manifest``: raises SandboxError
+    when the module cannot have one.
+
+    Only a module without a start function has a spare: its instantiation runs no guest code (the engine
+    lays out its memory, tables and data), so the spare has never run guest code, and it consumed no fuel
+    (checked). Nothing in the store is an agent's own: the store limits are the manifest's (the key a spare
+    is taken by, with the runtime and the digest); the agent's id, grants, fuel budget, deadlines and host
+    context live in the :class:`Sandbox`, set when it adopts the spare, and host calls reach the sandbox
+    being polled (``Runtime.current``), never the store. The module must be compiled and checked already
+    (an agent of it was loaded in this runtime).
+    """
+    pre = runtime.cached_pre(digest)
+    if pre is None:
+        raise SandboxError(f"module {digest[:12]} is not loaded in this runtime")
+    has_start = _STARTS.get(digest)
+    if has_start is None:
+        code, found = load_code(manifest)
+        if found != digest:
+            raise SandboxError(f"{manifest.source}: module {manifest.module} changed since it was loaded")
+        has_start = start_section(wasm_binary(code, what=f"{manifest.source}: module {manifest.module}"))
+        if len(_STARTS) >= _INBOXES_LIMIT:
+            _STARTS.clear()
+        _STARTS[digest] = has_start
+    if has_start:
+        raise SandboxError(f"{manifest.source}: module {manifest.module} has a start function (guest code)")
+    inst = Instance(runtime, pre, limits=store_limits(manifest))
+    try:
+        call = inst.instantiate_call()
+        inst.set_deadline(manifest.call_timeout_ms / 1000)
+        if not call.poll(_NO_HOST):
+            raise SandboxError("the instantiation did not finish in one slice")
+        call.result()
+        inst.release_call()
+        if inst.last_poll_fuel:
+            raise SandboxError(f"the instantiation consumed {inst.last_poll_fuel} fuel")
+    except BaseException:
+        inst.close()
+        raise
+    return inst
+
+
+_NO_HOST = _NoHost()
+
+
 class Sandbox:
     """One agent: a store + instance, its current call, its fuel budget and its permissions."""
 
@@ -228,12 +296,16 @@ class Sandbox:
         self._table_cap_audited = False
 
     # -- lifecycle -------------------------------------------------------------------------------------
-    def load(self) -> None:
+    def load(self, spare: TakeSpare | None = None) -> None:
         """Check, compile (cold) or reuse (warm), and start instantiating the module. Raises on any refusal.
 
         The first slice of the instantiation runs here: a module without a long ``start`` function is ready
         when this returns (:meth:`begin_init` then runs ``agent_init``). Otherwise the sandbox stays in phase
         ``start`` and the host polls it like any running call, one slice per turn.
+
+        ``spare`` may hand over an instance :func:`prepare_spare` instantiated ahead for this runtime, module
+        digest and store limits (after every check here passed): the sandbox then starts from exactly the
+        state a fresh instantiation leaves (see :func:`prepare_spare`), without instantiating.
         """
         t0 = time.perf_counter()
         m = self.manifest
@@ -253,8 +325,11 @@ class Sandbox:
             self.spawn_kind = "warm"
         self._import_check = None  # imports are checked once, here: an idle agent holds no checker
         self._check_restore_policy(code, digest, what)
-        mem = m.sandbox.memory
-        limits = _store_limits(mem.max_heap_mb, mem.max_table_elements, mem.max_tables)
+        limits = store_limits(m)
+        ready = spare(self.runtime, digest, limits) if spare is not None else None
+        if ready is not None:
+            self._adopt(ready, t0)
+            return
         self._inst = Instance(self.runtime, pre, limits=limits)
         self._starting = _Starting(t0=t0)
         try:
@@ -270,6 +345,21 @@ class Sandbox:
         if outcome is not None and not outcome.ok:  # instantiation failed at once
             self.close()
             raise outcome.error or SandboxError(f"{what}: instantiation failed")
+        self.spawn_seconds = time.perf_counter() - t0
+
+    def _adopt(self, inst: Instance, t0: float) -> None:
+        """Take a prepared, instantiated spare as this sandbox's instance: the state a first slice of a
+        fresh instantiation that finished at once leaves (run_slice, _instantiated, _end_call)."""
+        now = self.clock()
+        fuel = self.manifest.sandbox.fuel
+        self._inst = inst
+        self._phase = "start"
+        self._deadline = now + self.manifest.call_timeout_ms / 1000
+        self._interval_end = now + fuel.refuel_interval_ms / 1000
+        used = inst.last_poll_fuel  # what the instantiation's poll consumed (0: no guest code ran)
+        self.fuel_used += used
+        self._budget = fuel.max_fuel - used
+        self.state = State.IDLE
         self.spawn_seconds = time.perf_counter() - t0
 
     def _check_module(self, module: Any) -> None:
