@@ -108,8 +108,9 @@ class Worker:
         # Quiet after a burst, the worker also drops libwasmtime's code pages (clean pages of the file,
         # mapped again on the next use: measured ~4 MB USS of an idle worker that ran an agent, no
         # measurable cost on the next message), besides trimming its heap.
+        # First the spare instance (an idle worker holds none), then the code pages its freeing ran.
+        self.child.when_quiet(self.host.release_spare)
         self.child.when_quiet(release_code_pages)
-        self.child.when_quiet(self.host.release_spare)  # an idle worker holds no spare instance
         while self.running:
             timeout = POLL_MS
             deadline = self.host.next_deadline()
@@ -130,9 +131,13 @@ class Worker:
                 self._hello()
             self._flush()
             self.child.heartbeat()
-            if self.host.spare_wanted() and not int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN:
-                # Idle, the replies gone: instantiate the next spawn's sandbox now instead of on its path.
-                self.host.prepare_spare()
+            self._idle()
+
+    def _idle(self) -> None:
+        """End of a loop turn, its replies gone: when no message from the gateway waits, instantiate the
+        next spawn's sandbox now rather than on that spawn's path (Spawner.prepare_spare; once a spawn)."""
+        if self.host.spare_wanted() and not int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN:
+            self.host.prepare_spare()
 
     def _drain(self) -> None:
         # The gateway sends a worker its queued requests as the frames of one message: each recv returns the

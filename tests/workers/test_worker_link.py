@@ -104,3 +104,39 @@ def test_a_bad_frame_in_a_gateway_message_costs_only_itself(link: _Link) -> None
     link.worker._drain()
     link.worker._flush()
     assert [decode(f).id for f in link.receive()] == ["p-0", "p-1"]
+
+
+def _spawned(link: _Link, env: Envelope) -> str:
+    """Run the worker's host until the spawn ``env`` is answered; the new agent's id."""
+    for _ in range(500):
+        for reply in link.worker.host.step(0.01):
+            if reply.id == env.id:
+                assert reply.type == "agent.spawn.ok", reply.body
+                return str(reply.body["agent_id"])
+    raise AssertionError("the spawn was not answered")
+
+
+def test_worker_prepares_a_spare_only_when_no_message_waits_and_the_next_spawn_takes_it(link: _Link) -> None:
+    """After a spawn the idle hook instantiates one spare, but not while a gateway message waits unread;
+    the next spawn of the module takes it (and wants another)."""
+    host = link.worker.host
+    spawner = host._spawner
+    text = '[agent]\nname = "e"\nmodule = "builtin:echo"\n'
+    first = Envelope(type="agent.spawn", body={"manifest": text})
+    link.to_worker(first)
+    _spawned(link, first)
+    assert host.spare_wanted()
+    link.gateway.send_multipart([b"w-0", encode(_pings(1)[0])])
+    assert link.worker.sock.poll(5000)
+    link.worker._idle()
+    assert spawner._spare is None, "a message waits: no spare made before it is read"
+    link.worker._drain()
+    link.worker._idle()
+    assert spawner._spare is not None and not host.spare_wanted()
+    made = spawner._spare[3]
+    second = Envelope(type="agent.spawn", body={"manifest": text})
+    link.to_worker(second)
+    agent_id = _spawned(link, second)
+    assert host._agents[agent_id].sandbox.native_instance() is made
+    assert spawner._spare is None and host.spare_wanted()
+    assert host.runtime_stats() == {"live_stores": 2, "agents": 2}
