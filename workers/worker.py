@@ -54,6 +54,11 @@ WRITER_RETRY_S = 10.0
 # many per message): each send that finds ZeroMQ's I/O thread asleep wakes it (7-12 us measured on this
 # machine against 1.2 us back to back), and one multipart message is one wake-up for all its frames.
 BATCH_FRAMES = 32
+# A spawn's spare instance (Spawner.prepare_spare) is made once the loop has had nothing to do for this
+# long, never in or just after the turn that answered the spawn: made there (or after 1 ms idle), its CPU
+# landed on the way back of the reply and of the next spawn (warm start 1.03-1.05x slower, back to back on
+# 2 cores). Spawns further apart find it ready (perf/PROFILE.md "Warm start", branch spare).
+SPARE_IDLE_MS = 3
 
 
 class Worker:
@@ -116,7 +121,11 @@ class Worker:
             deadline = self.host.next_deadline()
             if deadline is not None:
                 timeout = max(0, min(timeout, int((deadline - time.monotonic()) * 1000)))
+            if self.host.spare_wanted():
+                timeout = min(timeout, SPARE_IDLE_MS)
             ready = dict(poller.poll(timeout))
+            if not ready and timeout > 0:  # idle (not a poll for agents that are runnable now)
+                self._idle()
             if self.sock in ready:
                 self._drain()
                 self._flush()  # answers given while draining (pings, memory reads, refusals)
@@ -131,11 +140,10 @@ class Worker:
                 self._hello()
             self._flush()
             self.child.heartbeat()
-            self._idle()
 
     def _idle(self) -> None:
-        """End of a loop turn, its replies gone: when no message from the gateway waits, instantiate the
-        next spawn's sandbox now rather than on that spawn's path (Spawner.prepare_spare; once a spawn)."""
+        """The loop was idle for SPARE_IDLE_MS: when no message from the gateway waits, instantiate the next
+        spawn's sandbox now rather than on that spawn's path (Spawner.prepare_spare; once a spawn)."""
         if self.host.spare_wanted() and not int(self.sock.get(zmq.EVENTS)) & zmq.POLLIN:
             self.host.prepare_spare()
 
