@@ -199,9 +199,8 @@ class Spawner:
             clock=self._clock,
             import_check=check,
         )
-        sandbox.load(
-            self._take_spare
-        )  # raises (and frees) on refusal: nothing is registered for a failed spawn
+        # Raises (and frees) on refusal: nothing is registered for a failed spawn.
+        sandbox.load(self._take_spare)
         return sandbox
 
     # -- the spare instance ------------------------------------------------------------------------------
