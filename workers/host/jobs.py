@@ -434,7 +434,7 @@ def invoke_tool(registry: Any, ctx: Any, name: str, args: dict[str, Any]) -> tup
     tool = registry.get(name)
     if tool is None:
         return False, f"no such tool {name!r}"
-    return True, tool.call(ctx, args)
+    return True, tool.call(ctx, dict(args))  # a copy, as the registry's invoke gives (guest_abi.flat_request)
 
 
 def tools_work(

@@ -240,12 +240,40 @@ def json_exact(value: Any, depth: int = 0) -> bool:
     return False
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def flat_request(messages: list[dict[str, Any]]) -> bool:
+    """Whether a seeded entry (``messages``: what its bytes parse to, ``json_exact``) may stand in for the
+    parse of those bytes as a ``tool_call`` request: one message, and every dict of arguments in it (its tool
+    calls', or its own for a single call) holds scalars only. A tool gets a copy of its arguments dict
+    (``ToolRegistry.invoke``, ``jobs.invoke_tool``), so nothing it does to them reaches the message the
+    conversation keeps; a request with nested arguments is parsed afresh."""
+    if len(messages) != 1:
+        return False
+    msg = messages[0]
+    calls = msg.get("tool_calls") if "tool_calls" in msg else [msg]
+    if type(calls) is not list:
+        return True  # no call reaches a tool (start_tools refuses it): nothing to share
+    scalars = _SCALARS
+    for call in calls:
+        if type(call) is dict:
+            args = call.get("arguments")
+            if type(args) is dict:
+                for v in args.values():
+                    if type(v) not in scalars:
+                        return False
+    return True
+
+
 def user_entry(text: str, *, session: str | None = None) -> tuple[bytes, dict[str, Any] | None]:
     """:func:`user_message` and the message it is the JSON of (None when its round trip is not exact)."""
     msg: dict[str, Any] = {"role": "user", "content": text}
     if session:
         msg["session"] = session
-    return user_message(text, session=session), (msg if json_exact(msg) else None)
+    # json_exact(msg) decided by the two values' types: a dict of str keys holding str values is exact.
+    exact = type(text) is str and (not session or type(session) is str)
+    return user_message(text, session=session), (msg if exact else None)
 
 
 def user_message(text: str, *, session: str | None = None) -> bytes:

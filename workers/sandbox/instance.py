@@ -835,7 +835,11 @@ class Sandbox:
                 self.counters["llm_calls"] += 1
                 return self.services.start_llm(self, self._messages(segments))
             if name == abi.TOOL_IMPORT:
-                request = abi.loads(raw)
+                # The guest hands tool_call the assistant message the model job just returned, byte for byte:
+                # the message it was made from stands in for parsing it again (see guest_abi.flat_request).
+                seeds = self._seeds
+                seeded = seeds.get(raw) if seeds is not None else None
+                request = seeded[0] if seeded is not None and abi.flat_request(seeded) else abi.loads(raw)
                 if not isinstance(request, dict):
                     return DoneJob(abi.E_INVALID)
                 self.counters["tool_calls"] += 1
