@@ -145,3 +145,126 @@ def test_seeded_entries_give_the_model_what_parsing_gives(monkeypatch: pytest.Mo
     assert seeded[1] == parsed[1]
     assert len(seeded[1]) == len(parsed[1]) == 12
     assert seeded[2] < parsed[2] // 3, (seeded[2], parsed[2])
+
+
+def _mutating_provider() -> RuleProvider:
+    """Tool calls with flat and nested arguments (and one of a tool the agent may not use); every answer
+    names the arguments of the tool calls the model sees in its history."""
+
+    def rule(req: t.ChatRequest) -> t.ChatResponse:
+        seen = [c.arguments for m in req.messages if m.role == "assistant" for c in m.tool_calls or ()]
+        results = sum(1 for m in req.messages if m.role == "tool")
+        last = req.messages[-1]
+        if last.role == "user":
+            return response(None, [("mut", {"key": last.content, "n": 2}), ("nope", {"k": "v"})])
+        if results % 4 == 2:
+            return response(None, [("mut", {"key": "nested", "deep": {"x": [1, None]}})])
+        if results % 4 == 3:
+            return response("one more", [("mut", {"key": "single"})])
+        return response(f"saw {json.dumps(seen, sort_keys=True)}")
+
+    return RuleProvider(rule)
+
+
+def _mutating_conversation(
+    seeding: bool, monkeypatch: pytest.MonkeyPatch, *, real_registry: bool, flat: Any = None
+) -> tuple[list[Any], list[Any], int]:
+    """Replies, model requests and how many tool requests were the seeded message itself."""
+    from openfang.workers.host.services import Services
+
+    def mutate(ctx: Any, a: dict[str, Any]) -> str:
+        before = json.dumps(a, sort_keys=True)
+        a["key"] = "changed by the tool"  # a tool that edits its arguments must not edit the conversation
+        if "deep" in a:
+            a["deep"]["x"].append("changed")
+        return before
+
+    registry: Any
+    if real_registry:
+        from openfang.workers.tools import core
+
+        schema = {"type": "object"}
+        registry = core.ToolRegistry([core.Tool(name="mut", description="edits its arguments", schema=schema, permission="mut", call=mutate, blocking=False)])
+    else:
+        registry = Registry(Tool("mut", mutate))
+    seeded_ids: set[int] = set()
+    reused = 0
+    with monkeypatch.context() as m:
+        if not seeding:
+            m.setattr(Sandbox, "seed", lambda self, entry, messages: None)
+        else:
+            real_seed = Sandbox.seed
+
+            def remember(self: Sandbox, entry: bytes, messages: list[dict[str, Any]]) -> None:
+                seeded_ids.update(id(x) for x in messages)
+                real_seed(self, entry, messages)
+
+            m.setattr(Sandbox, "seed", remember)
+        if flat is not None:
+            m.setattr(abi, "flat_request", flat)
+        real_start = Services.start_tools
+
+        def start_tools(self: Services, sandbox: Sandbox, request: dict[str, Any]) -> Any:
+            nonlocal reused
+            reused += id(request) in seeded_ids
+            return real_start(self, sandbox, request)
+
+        m.setattr(Services, "start_tools", start_tools)
+        provider = _mutating_provider()
+        d = make_host(provider, registry=registry)
+        try:
+            text = manifest("bot", agent='tools = ["mut"]\nhistory_messages = 16')
+            aid = d.ok("agent.spawn", manifest=text)["agent_id"]
+            replies = [d.call("agent.send", agent_id=aid, text=s).body for s in ("one", "two é", "three")]
+        finally:
+            d.host.close()
+    return replies, [req.messages for req in provider.requests], reused
+
+
+@pytest.mark.parametrize("real_registry", [False, True])
+def test_seeded_tool_request_gives_the_tools_and_the_model_what_parsing_gives(
+    monkeypatch: pytest.MonkeyPatch, real_registry: bool
+) -> None:
+    """A tool_call request that is the seeded model answer is not parsed again when its arguments are flat:
+    the tools (one editing its arguments, one refused), the replies and the model's requests are the same as
+    with every request parsed; nested arguments are parsed afresh (sharing them would let the tool's edit
+    reach the conversation, which the last run shows)."""
+    seeded = _mutating_conversation(True, monkeypatch, real_registry=real_registry)
+    parsed = _mutating_conversation(False, monkeypatch, real_registry=real_registry)
+    assert seeded[0] == parsed[0]
+    assert all("reply" in r for r in seeded[0]), seeded[0]
+    assert seeded[1] == parsed[1]
+    assert any("denied" in str(m.content) for msgs in parsed[1] for m in msgs if m.role == "tool")
+    assert seeded[2] >= 3 and parsed[2] == 0  # the flat requests were the seeded messages themselves
+    # The oracle can fail: a shortcut that also shared nested arguments shows the tool's edit to the model.
+    wrong = _mutating_conversation(True, monkeypatch, real_registry=real_registry, flat=lambda msgs: True)
+    assert wrong[2] > seeded[2]
+    assert wrong[1] != parsed[1]
+
+
+def test_flat_request_only_for_one_message_with_scalar_arguments() -> None:
+    """flat_request: one message whose calls' (or own) argument dicts hold str, int, float, bool or None."""
+    call = {"id": "c", "name": "t", "arguments": {"a": "x", "b": 1, "c": 1.5, "d": True, "e": None}}
+    assert abi.flat_request([{"role": "assistant", "content": None, "tool_calls": [call]}])
+    assert abi.flat_request([{"name": "t", "arguments": {"a": 1}}])  # a single call
+    assert abi.flat_request([{"role": "user", "content": "hi"}])  # nothing reaches a tool
+    assert not abi.flat_request([{"name": "t", "arguments": {"a": [1]}}])
+    assert not abi.flat_request([{"tool_calls": [call, {"name": "t", "arguments": {"a": {"b": 1}}}]}])
+    assert not abi.flat_request([{"role": "tool"}, {"role": "tool"}])  # two lines: loads refuses them
+    assert not abi.flat_request([])
+
+
+def test_user_entry_seeds_exactly_when_json_exact() -> None:
+    """user_entry's message is given (not None) exactly for texts and sessions whose message json_exact
+    accepts, over str, str subclasses and other types."""
+    texts: list[Any] = ["", "hé\n\"", "x" * 3000, _Str("sub"), 5, None, 1.5, math.inf]
+    sessions: list[Any] = [None, "", "s1", _Str("s2")]
+    for text in texts:
+        for session in sessions:
+            payload, msg = abi.user_entry(text, session=session)
+            expect: dict[str, Any] = {"role": "user", "content": text}
+            if session:
+                expect["session"] = session
+            assert (msg is not None) == abi.json_exact(expect), (text, session)
+            if msg is not None:
+                assert _same(abi.parse_messages([payload]), [msg])

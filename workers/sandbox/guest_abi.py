@@ -271,8 +271,9 @@ def user_entry(text: str, *, session: str | None = None) -> tuple[bytes, dict[st
     msg: dict[str, Any] = {"role": "user", "content": text}
     if session:
         msg["session"] = session
-    # json_exact(msg) decided by the two values' types: a dict of str keys holding str values is exact.
-    exact = type(text) is str and (not session or type(session) is str)
+    # json_exact(msg), decided by two type checks for the usual str text and session (str values under str
+    # keys are exact); anything else is walked.
+    exact = (type(text) is str and (not session or type(session) is str)) or json_exact(msg)
     return user_message(text, session=session), (msg if exact else None)
 
 
