@@ -200,7 +200,7 @@ def _message_json(message: dict[str, Any]) -> str:
                     + ',"name":'
                     + _json_str(name)
                     + ',"arguments":'
-                    + _to_json(args)
+                    + _args_json(args)
                     + "}"
                 )
             else:
@@ -208,6 +208,27 @@ def _message_json(message: dict[str, Any]) -> str:
                 head = '{"role":' + _json_str(role) + ',"content":' + text + ',"tool_calls":['
                 return head + ",".join(parts) + "]}"
     return _to_json(message)
+
+
+def _args_json(args: dict[str, Any]) -> str:
+    """``_to_json(args)``; a flat dict (str keys; str, int, bool or None values: most tool calls' arguments) is
+    written directly (the encoder's setup cost ~2 us for a one-key dict, ~2 % of a tool-chain task)."""
+    parts = []
+    for k, v in args.items():
+        kind = type(v)
+        if type(k) is not str:
+            return _to_json(args)
+        if kind is str:
+            parts.append(_json_str(k) + ":" + _json_str(v))
+        elif kind is int:
+            parts.append(_json_str(k) + ":" + int.__repr__(v))
+        elif kind is bool:
+            parts.append(_json_str(k) + (":true" if v else ":false"))
+        elif v is None:
+            parts.append(_json_str(k) + ":null")
+        else:
+            return _to_json(args)
+    return "{" + ",".join(parts) + "}"
 
 
 def json_exact(value: Any, depth: int = 0) -> bool:
