@@ -184,7 +184,15 @@ def _mutating_conversation(
         from openfang.workers.tools import core
 
         schema = {"type": "object"}
-        registry = core.ToolRegistry([core.Tool(name="mut", description="edits its arguments", schema=schema, permission="mut", call=mutate, blocking=False)])
+        mut = core.Tool(
+            name="mut",
+            description="edits its arguments",
+            schema=schema,
+            permission="mut",
+            call=mutate,
+            blocking=False,
+        )
+        registry = core.ToolRegistry([mut])
     else:
         registry = Registry(Tool("mut", mutate))
     seeded_ids: set[int] = set()
@@ -257,7 +265,7 @@ def test_flat_request_only_for_one_message_with_scalar_arguments() -> None:
 def test_user_entry_seeds_exactly_when_json_exact() -> None:
     """user_entry's message is given (not None) exactly for texts and sessions whose message json_exact
     accepts, over str, str subclasses and other types."""
-    texts: list[Any] = ["", "hé\n\"", "x" * 3000, _Str("sub"), 5, None, 1.5, math.inf]
+    texts: list[Any] = ["", 'hé\n"', "x" * 3000, _Str("sub"), 5, None, 1.5, math.inf]
     sessions: list[Any] = [None, "", "s1", _Str("s2")]
     for text in texts:
         for session in sessions:

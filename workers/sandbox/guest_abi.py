@@ -211,8 +211,9 @@ def _message_json(message: dict[str, Any]) -> str:
 
 
 def _args_json(args: dict[str, Any]) -> str:
-    """``_to_json(args)``; a flat dict (str keys; str, int, bool or None values: most tool calls' arguments) is
-    written directly (the encoder's setup cost ~2 us for a one-key dict, ~2 % of a tool-chain task)."""
+    """``_to_json(args)``; a flat dict (str keys; str, int, bool or None values: most tool calls'
+    arguments) is written directly (the encoder's setup cost ~2 us for a one-key dict, ~2 % of a tool-chain
+    task)."""
     parts = []
     for k, v in args.items():
         kind = type(v)
