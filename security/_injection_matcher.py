@@ -237,6 +237,11 @@ class CueMatcher:
         """Number of keys compiled into the automaton."""
         return len(self._keys)
 
+    def any_ascii(self, folded: bytes) -> bool:
+        """For a folded text of ASCII bytes: whether the automaton :meth:`find` runs on it matches anything.
+        False means ``find(folded.decode())`` has no spans (nothing to check at word boundaries)."""
+        return bool(self._ascii_automaton.find_matches_as_indexes(b" " + folded, overlapping=True))
+
     def find(self, text: str) -> Hits:
         """Every cue hit in the folded ``text`` that respects word boundaries and is not neutralised."""
         padded = " " + text  # positions in padded are one more than in text

@@ -141,12 +141,24 @@ def fold(text: str, *, lookalikes: bool | None = None) -> str:
         )
         if any(lead in data for lead in leads) and pattern.search(data) is not None:
             data = pattern.sub(lambda m: table[m.group(0)], data)
+    return _fold_rest(data).decode("utf-8", "replace")
+
+
+def fold_ascii(text: str) -> bytes:
+    """``fold(text)`` of an ASCII ``text`` as its UTF-8 bytes, not decoded: ``fold(text) ==
+    fold_ascii(text).decode("utf-8", "replace")`` (the detector's scan of an ASCII text runs the matcher's
+    byte automaton on them directly)."""
+    return _fold_rest(text.lower().encode("ascii"))
+
+
+def _fold_rest(data: bytes) -> bytes:
+    """What :func:`fold` does after the Unicode folding: leetspeak, dropped marks, spelt-out words, spaces."""
     data = data.translate(_LEET, _DROP)
     if _SPELT_SHAPE in data.translate(_SHAPE):
         data = _join_spelt(data)
     while b"  " in data:  # after the join, which reads double spaces as word breaks
         data = data.replace(b"  ", b" ")
-    return data.decode("utf-8", "replace")
+    return data
 
 
 def _join_spelt(data: bytes) -> bytes:

@@ -35,7 +35,7 @@ from openfang.security._errors import Denied
 from openfang.security._injection_cues import CUES
 from openfang.security._injection_heuristics import base64_payloads, tag_payload, unicode_signals
 from openfang.security._injection_matcher import CueMatcher, Span, fingerprint
-from openfang.security._injection_normalise import fold
+from openfang.security._injection_normalise import fold, fold_ascii
 from openfang.security._injection_rules import Finding, findings
 from openfang.security.audit import AuditSink
 
@@ -186,8 +186,18 @@ class InjectionDetector:
         limit = self.config.max_scan_chars
         if len(text) > limit:
             text = text[: limit // 2] + "\n" + text[-limit // 2 :]
-        found = findings(_matcher().find(fold(text)))
         plain = text.isascii()
+        if plain and self.fast_path:
+            # Most texts: folded to ASCII bytes the matcher's byte automaton runs on as they are; no raw match
+            # means no findings (find would return no spans), without the str, Hits and findings round trip.
+            folded = fold_ascii(text)
+            matcher = _matcher()
+            if folded.isascii() and not matcher.any_ascii(folded):
+                found: list[Finding] = []
+            else:
+                found = findings(matcher.find(folded.decode("utf-8", "replace")))
+        else:
+            found = findings(_matcher().find(fold(text)))
         if self.fast_path and not found and plain and (nested or len(text) < _B64_MIN):
             return _CLEAN  # most traffic: no cue, no hidden Unicode, too short for a base64 blob
         weights: dict[str, float] = {}
