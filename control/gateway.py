@@ -229,6 +229,9 @@ class Gateway:
             ms=round((time.perf_counter() - t0) * 1000, 1),
         )
         self._held: list[tuple[bytes, bool, Envelope, bool]] = []  # replies waiting for the commit
+        # A warm start's placement bookkeeping (placement.spawned), held from its spawn's answer until its
+        # reply has left, by the key of the first message's request (_spawn_with_message, _after_reply).
+        self._after_reply: dict[str, Callable[[], None]] = {}
         self.moves = Moves(
             self.placement,
             ask_worker=self._ask_worker,
@@ -591,11 +594,18 @@ class Gateway:
         worker's link); the one reply joins their answers and leaves as ``acknowledged`` lets it (after the
         row's commit). ``placed``: the new agent's id and its worker."""
         agent_id, wanted = placed
+        message_key = ""  # the key the first message is sent under (send_message)
 
         def answered(reply: Envelope) -> Envelope | None:
+            joined = first.on_spawn(reply)
+            if joined is None and not first.resend and not reply.is_error:
+                # The usual order: the spawn's answer, then the message's in the same batch. The placement's
+                # bookkeeping (~10-30 us) waits until the reply has left (message_answered); any other
+                # worker message, or any flush (the end of this batch at the latest), runs it first.
+                self._after_reply[message_key] = lambda: self.placement.spawned(agent_id, wanted, True)
+                return None
             reason = str(reply.body.get("message", "")) if reply.is_error else ""
             self.placement.spawned(agent_id, wanted, not reply.is_error, reason)
-            joined = first.on_spawn(reply)
             if first.resend:  # the message came before its agent: again, now that the agent is there
                 first.resend = False
                 send_message()
@@ -610,10 +620,21 @@ class Gateway:
 
         def message_answered(reply: Envelope) -> Envelope | None:
             joined = first.on_send(reply)
-            return None if joined is None else acknowledged(joined)
+            if joined is None:
+                return None
+            after = self._after_reply.pop(message_key, None)
+            if after is None:
+                return acknowledged(joined)
+            answer = acknowledged(joined)  # None: held until the commit (the row is not on disk yet)
+            if answer is not None:
+                self._reply(identity, delimited, answer)
+                self._flush()  # the reply leaves, then the bookkeeping held for it
+            after()
+            return None
 
         def send_message() -> None:
-            self._to_worker(
+            nonlocal message_key
+            message_key = self._to_worker(
                 identity,
                 delimited,
                 first.request(agent_id, forwarded.id),
@@ -793,10 +814,11 @@ class Gateway:
         via_workers: bool = False,
         internal: Callable[[Envelope], None] | None = None,
         on_fail: Callable[[_Waiting, OpenFangError], None] | None = None,
-    ) -> None:
-        """Send ``env`` to a worker and wait for its answer. Without ``on_fail`` it is sent now and a failed
-        send raises here; with it, it leaves with the worker outbox and a failed send calls ``on_fail`` with
-        the request's waiting entry (already dropped) and the error."""
+    ) -> str:
+        """Send ``env`` to a worker and wait for its answer (the key it is sent under, which the worker's
+        answer carries). Without ``on_fail`` it is sent now and a failed send raises here; with it, it leaves
+        with the worker outbox and a failed send calls ``on_fail`` with the request's waiting entry (already
+        dropped) and the error."""
         key = f"{self._key_prefix}{next(self._key_counter):x}"  # _new_key, inline (once per request)
         frames = [worker_id.encode(), encode_as(env, key)]
         if on_fail is None:
@@ -814,6 +836,7 @@ class Gateway:
             worker.in_flight += 1
         if len(self._worker_out) >= OUTBOX_MAX:
             self._flush_workers()
+        return key
 
     def _send_worker(self, frames: list[bytes], *, peer: str) -> None:
         """Send one message to a worker now (raises as send_nowait), after the requests queued before it."""
@@ -890,6 +913,8 @@ class Gateway:
             except OpenFangError as exc:
                 # The client left or stopped reading; there is nobody to tell.
                 log.info("reply_dropped", reason=str(exc), request_type=env.type)
+        if self._after_reply:  # the replies have left: what was held for them (at the latest, a batch's end)
+            self._run_after_reply()
 
     # -- workers ----------
 
@@ -916,6 +941,8 @@ class Gateway:
         except OpenFangError as exc:
             log.warning("worker_message_invalid", worker=worker_id, error=str(exc))
             return
+        if self._after_reply and (len(self._after_reply) > 1 or env.id not in self._after_reply):
+            self._run_after_reply(but=env.id)  # held bookkeeping runs before anything else is handled
         worker = self.workers.get(worker_id)
         if worker is None:
             worker = self.workers[worker_id] = _Worker(worker_id)
@@ -950,6 +977,13 @@ class Gateway:
         worker.in_flight = max(0, worker.in_flight - 1)
         self._complete(waiting, Envelope(type=env.type, body=env.body, id=waiting.request.id))
         worker.agents = self.agents.count(worker_id)
+
+    def _run_after_reply(self, but: str = "") -> None:
+        """Run the bookkeeping held for replies (``_after_reply``) but the one for ``but``, in order."""
+        held = self._after_reply
+        self._after_reply = {but: held.pop(but)} if but in held else {}
+        for after in held.values():
+            after()
 
     def _on_hello(self, worker: _Worker, env: Envelope, hello: WorkerHello) -> None:
         """A worker's hello: learn (or relearn, after its restart) its pid, cpu and agents."""

@@ -263,3 +263,56 @@ def test_spawn_with_text_reply_leaves_before_the_workers_event_is_handled(link: 
     assert reply is not None and reply.type == "agent.spawn.ok" and reply.body["reply"] == "echo: hello"
     link.end_turn()
     assert link.on_disk(agent_id) == "running"
+
+
+def test_spawn_with_text_reply_leaves_before_the_placement_bookkeeping(link: _Link) -> None:
+    """The worker's batch is the spawn's success then the message's answer: the joined reply is sent before
+    the placement records the spawn (placement.spawned), which still runs in that batch (the agent is then
+    placed, announced and running)."""
+    spawn, send = link.spawn()
+    agent_id = spawn.body["agent_id"]
+    link.end_turn()  # the row is on disk: the reply may leave as soon as it is joined
+    seen: list[int] = []
+    spawned = link.gw.placement.spawned
+
+    def recording(*args: Any, **kwargs: Any) -> None:
+        seen.append(link.client.poll(2000))  # 0 unless the reply was sent before this call
+        spawned(*args, **kwargs)
+
+    link.gw.placement.spawned = recording  # type: ignore[method-assign]
+    link.worker.send_multipart([encode(_spawned(spawn)), encode(_sent(send))])
+    assert link.gw.worker_sock.poll(5000), "the gateway got no answer"
+    link.gw._drain(link.gw.worker_sock, link.gw._on_worker_frames)
+    assert seen and seen[0] != 0, "the reply waited for the placement's bookkeeping"
+    assert seen == [seen[0]], "the spawn is recorded once"
+    reply = link.reply()
+    assert reply is not None and reply.type == "agent.spawn.ok" and reply.body["reply"] == "echo: hello"
+    assert link.gw.agents.worker_of.get(agent_id) == "w-0" and link.gw._after_reply == {}
+    link.end_turn()
+    assert link.on_disk(agent_id) == "running"
+
+
+def test_spawn_bookkeeping_runs_before_another_worker_message_is_handled(link: _Link) -> None:
+    """A worker message between the spawn's success and the message's answer (here the agent's event) finds
+    the spawn recorded (the agent announced on its worker) before it is handled; one reply still follows."""
+    spawn, send = link.spawn()
+    agent_id = spawn.body["agent_id"]
+    link.end_turn()
+    seen: list[str | None] = []
+    handle = link.gw._on_worker_event
+
+    def on_event(*args: Any) -> None:
+        seen.append(link.gw.agents.worker_of.get(agent_id))
+        handle(*args)
+
+    link.gw._worker_dispatch["event"] = (link.gw._worker_dispatch["event"][0], on_event)
+    state = {"kind": "agent.state", "agent_id": agent_id, "worker": "w-0", "state": "running", "time": 1.0}
+    event = Envelope(type="event", body=state)
+    link.worker.send_multipart([encode(_spawned(spawn)), encode(event), encode(_sent(send))])
+    assert link.gw.worker_sock.poll(5000), "the gateway got no answer"
+    link.gw._drain(link.gw.worker_sock, link.gw._on_worker_frames)
+    assert seen == ["w-0"], "the event was handled before the spawn was recorded"
+    link.gw._flush()  # as the loop does after each batch
+    reply = link.reply()
+    assert reply is not None and reply.type == "agent.spawn.ok" and reply.body["reply"] == "echo: hello"
+    assert link.reply(200) is None, "one request, one reply"
