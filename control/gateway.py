@@ -127,6 +127,8 @@ POLL_MS = 200
 # write for many (it woke for each one before).
 OUTBOX_MAX = 32
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost an enum operation per use
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 # agent.list asks a worker for at most this many agents' live figures per message: a record is ~0.5 KB
 # (its description cut to LIST_DESCRIPTION_CHARS by the worker), so a reply stays far under the 4 MiB limit.
 LIST_IDS_PER_MESSAGE = 500
@@ -371,7 +373,7 @@ class Gateway:
         receive: Callable[[zmq.Socket[bytes]], Any] = lambda s: s.recv_multipart(zmq.NOBLOCK),
     ) -> None:
         # Bounded so one busy socket cannot starve the others or the heartbeat.
-        for _ in range(budget):
+        for i in range(budget):
             try:
                 frames = receive(sock)
             except zmq.Again:
@@ -381,6 +383,11 @@ class Gateway:
             except Exception:
                 # A bug in handling one message must not take the door down for every client.
                 log.exception("gateway_message_failed", frames=len(frames))
+            # After the first message, ask whether another waits: the usual case is one (a warm start's
+            # request), and the zmq.Again that ends the loop otherwise cost ~11 us on the way to the batch
+            # this turn sends (stamped in situ; the check ~4 us). A burst goes on reading until Again.
+            if i == 0 and not int(sock.getsockopt(_EVENTS)) & _POLLIN:
+                return
 
     # -- clients ----------
 

@@ -5,6 +5,7 @@ full schema checker writes."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -209,3 +210,21 @@ def test_a_workers_message_of_several_frames_is_handled_frame_by_frame(door: _Do
     door.gw._flush()
     assert sorted(a.id for a in door.answers(door.client, 2)) == sorted(ids)
     assert not door.gw.waiting
+
+
+def test_one_drain_reads_every_request_that_waits_and_stops_after_a_lone_one(door: _Door) -> None:
+    """Five requests already at the socket are all handled by one drain (the check after the first finds
+    more); a lone request is handled and the drain returns with nothing left to read."""
+    door.gw.agents.add("a-1", "w-0", service="svc")
+    for i in range(5):
+        door.client.send(encode(Envelope(type="agent.send", body={"service": "svc", "text": f"t{i}"})))
+    assert door.gw.clients.poll(5000), "the gateway got nothing"
+    time.sleep(0.2)  # all five are at the gateway's socket
+    door.gw._drain(door.gw.clients, door.gw._on_client_frames, receive=receive_client)
+    assert len(door.gw.waiting) == 5, "one drain handles every request that waits"
+    door.client.send(encode(Envelope(type="agent.send", body={"service": "svc", "text": "t5"})))
+    assert door.gw.clients.poll(5000)
+    door.gw._drain(door.gw.clients, door.gw._on_client_frames, receive=receive_client)
+    assert len(door.gw.waiting) == 6 and not door.gw.clients.poll(0)
+    door.gw._flush()
+    assert [e.body["text"] for e in door.answers(door.worker, 6)] == [f"t{i}" for i in range(6)]
