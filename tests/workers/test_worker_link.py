@@ -4,6 +4,7 @@ several frames from the gateway is read as one envelope per frame."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +103,27 @@ def test_a_bad_frame_in_a_gateway_message_costs_only_itself(link: _Link) -> None
     link.gateway.send_multipart([b"w-0", encode(first), b"\xc1 not msgpack", encode(second)])
     assert link.worker.sock.poll(5000)
     link.worker._drain()
+    link.worker._flush()
+    assert [decode(f).id for f in link.receive()] == ["p-0", "p-1"]
+
+
+def test_one_drain_reads_every_message_that_waits_short_or_long(link: _Link) -> None:
+    """Messages of 1, 2 and CHECKED_FRAMES + 3 frames, then 1, all waiting: one drain answers every frame in
+    order (the end of the first message finds more waiting; the long one is read to its end), and a drain
+    with nothing more to read returns."""
+    sizes = [1, 2, worker_mod.CHECKED_FRAMES + 3, 1]
+    pings = _pings(sum(sizes))
+    start = 0
+    for size in sizes:
+        link.gateway.send_multipart([b"w-0", *(encode(e) for e in pings[start : start + size])])
+        start += size
+    assert link.worker.sock.poll(5000), "nothing reached the worker"
+    time.sleep(0.2)  # every message is at the worker's socket
+    link.worker._drain()
+    assert not link.worker.sock.poll(0), "one drain read everything that waited"
+    link.worker._flush()
+    assert [decode(f).id for f in link.receive()] == [e.id for e in pings]
+    link.to_worker(*_pings(2))  # alone: the drain returns at its end, with nothing left to read
     link.worker._flush()
     assert [decode(f).id for f in link.receive()] == ["p-0", "p-1"]
 
