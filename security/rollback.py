@@ -92,11 +92,12 @@ class VersionStore:
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError([Problem(str(self.path), f"cannot open the version state: {exc}")]) from None
         self._seen: dict[str, tuple[tuple[int, ...], str, str] | None] = {}  # name -> row, as read last
+        self._probe = self._conn.cursor()  # for PRAGMA data_version, once a check (no cursor made for it)
         self._data_version = -1  # the file's data_version when _seen was filled
 
     def current(self, name: str) -> tuple[tuple[int, ...], str, str] | None:
         """``(version, shown, digest)`` recorded for ``name``, or None."""
-        changed = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        changed = self._probe.execute("PRAGMA data_version").fetchone()[0]
         if changed != self._data_version:  # another process wrote: forget everything read before
             self._seen.clear()
             self._data_version = changed
@@ -115,6 +116,8 @@ class VersionStore:
         """Raise Denied if ``version`` of ``name`` is older than accepted, or reuses a version number; else
         the accepted ``(version, shown, digest)`` it was checked against (None: none yet)."""
         cur = self.current(name)
+        if cur is not None and cur[2] == digest and cur[1] == str(version):
+            return cur  # the accepted version and bytes themselves (a pool's spawns): nothing older, no reuse
         self._check(name, version, digest, cur)
         return cur
 

@@ -106,3 +106,26 @@ def test_rollback_version_read_before_sees_another_process_accept_a_newer_one(tm
         with pytest.raises(Denied):
             here.accept("route", 2, "d2")  # the write path reads the newest row too
         assert here.current("route") == ((3,), "3", "d3")
+
+
+def test_rollback_check_of_the_accepted_version_itself_passes_and_its_neighbours_are_still_judged(
+    tmp_path: Path,
+) -> None:
+    """check() of the accepted version and digest returns the accepted row; the same number spelled
+    otherwise passes with those bytes and is refused with others; an older one is refused."""
+    with VersionStore(tmp_path / "v.db") as vs:
+        vs.accept("calc", "1.2", "aaa")
+        assert vs.check("calc", "1.2", "aaa") == ((1, 2), "1.2", "aaa")
+        assert vs.check("calc", "1.2.0", "aaa") == ((1, 2), "1.2", "aaa")  # the same number, the same bytes
+        with pytest.raises(Denied) as err:
+            vs.check("calc", "1.2.0", "bbb")
+        assert err.value.reason == "version_reuse"
+        with pytest.raises(Denied) as err:
+            vs.check("calc", "1.2", "bbb")
+        assert err.value.reason == "version_reuse"
+        with pytest.raises(Denied) as err:
+            vs.check("calc", "1.1.9", "aaa")
+        assert err.value.reason == "rollback"
+        with pytest.raises(Denied) as err:
+            vs.check("calc", True, "aaa")
+        assert err.value.reason == "bad_version"
