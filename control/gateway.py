@@ -913,13 +913,14 @@ class Gateway:
             self._flush_workers()
         outbox, self._outbox = self._outbox, []
         for frames, env in outbox:
-            if env.type != messages.CHUNK_TYPE:
-                self.stats.replied(frames[0], env)
             try:
                 send_nowait(self.clients, frames, peer="client")
             except OpenFangError as exc:
                 # The client left or stopped reading; there is nobody to tell.
                 log.info("reply_dropped", reason=str(exc), request_type=env.type)
+        for frames, env in outbox:  # timed once they have left (not on their way)
+            if env.type != messages.CHUNK_TYPE:
+                self.stats.replied(frames[0], env)
         if self._after_reply:  # the replies have left: what was held for them (at the latest, a batch's end)
             self._run_after_reply()
 
