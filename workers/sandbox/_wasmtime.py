@@ -377,6 +377,17 @@ class Runtime:
             return None
         return GuestMemory(ffi.wasmtime_caller_context(caller), item.of.memory)
 
+    def _call_memory_and_args(
+        self, caller: int, args: int, nargs: int
+    ) -> tuple[GuestMemory | None, tuple[int, ...]]:
+        """A host call's guest memory (marked stale: the guest ran before this call) and its i32 arguments."""
+        mem = self.current_memory
+        if mem is None:
+            mem = self._memory(caller)
+        else:
+            mem._seen = -1  # stale()
+        return mem, tuple(_ARG_I32S[nargs].from_address(args)[_ARG_AT::_ARG_STEP]) if nargs else ()
+
     def _sync_trampoline(
         self, env: int | None, caller: int, args: int, nargs: int, results: int, nres: int
     ) -> int:
@@ -385,12 +396,7 @@ class Runtime:
         try:
             target = self.current
             if target is not None:
-                values = tuple(_ARG_I32S[nargs].from_address(args)[_ARG_AT::_ARG_STEP]) if nargs else ()
-                mem = self.current_memory
-                if mem is None:
-                    mem = self._memory(caller)
-                else:
-                    mem._seen = -1  # stale(): the guest ran before this call
+                mem, values = self._call_memory_and_args(caller, args, nargs)
                 code = int(target.host_sync(self._names[env or 0], mem, values))
         except Exception:
             code = -2
@@ -416,12 +422,7 @@ class Runtime:
             if target is None:
                 poller = _const(-2)
             else:
-                values = tuple(_ARG_I32S[nargs].from_address(args)[_ARG_AT::_ARG_STEP]) if nargs else ()
-                mem = self.current_memory
-                if mem is None:
-                    mem = self._memory(caller)
-                else:
-                    mem._seen = -1  # stale(): the guest ran before this call
+                mem, values = self._call_memory_and_args(caller, args, nargs)
                 poller = target.host_async(self._names[env or 0], mem, values)
         except Exception:
             poller = _const(-2)
