@@ -33,6 +33,8 @@ from openfang.security._injection_cues import CONTEXT
 from openfang.security._injection_normalise import fold
 
 Span = tuple[int, int]
+# Per compiled key: (classes, offset of the cue in the key, test the start, test the end).
+KeyMeta = tuple[tuple[str, ...], int, bool, bool]
 _SHORT = 5
 _WORD_OPENERS = " \n\"'([<>/:,.|"
 
@@ -237,15 +239,18 @@ class CueMatcher:
         """Number of keys compiled into the automaton."""
         return len(self._keys)
 
-    def any_ascii(self, folded: bytes) -> bool:
-        """For a folded text of ASCII bytes: whether the automaton :meth:`find` runs on it matches anything.
-        False means ``find(folded.decode())`` has no spans (nothing to check at word boundaries)."""
-        return bool(self._ascii_automaton.find_matches_as_indexes(b" " + folded, overlapping=True))
+    def find_folded_ascii(self, folded: bytes) -> Hits | None:
+        """``find(folded.decode())`` for a folded text of ASCII bytes, the automaton run once on the bytes as
+        they are; None when it matches nothing (``find`` would return no spans)."""
+        matches = self._ascii_automaton.find_matches_as_indexes(b" " + folded, overlapping=True)
+        if not matches:
+            return None
+        text = folded.decode("ascii")
+        return self._hits(text, matches, self._ascii_meta)
 
     def find(self, text: str) -> Hits:
         """Every cue hit in the folded ``text`` that respects word boundaries and is not neutralised."""
         padded = " " + text  # positions in padded are one more than in text
-        last = len(padded)
         if padded.isascii():
             meta = self._ascii_meta
             matches = self._ascii_automaton.find_matches_as_indexes(padded.encode("ascii"), overlapping=True)
@@ -254,6 +259,13 @@ class CueMatcher:
             matches = self._automaton.find_matches_as_indexes(padded, overlapping=True)
         if not matches:  # most traffic: no cue at all
             return Hits(text=text, spans={}, context=self._context)
+        return self._hits(text, matches, meta)
+
+    def _hits(self, text: str, matches: list[tuple[int, int, int]], meta: Sequence[KeyMeta]) -> Hits:
+        """The automaton's raw ``matches`` in ``" " + text`` kept at word boundaries, by class, neutral cover
+        dropped."""
+        padded = " " + text
+        last = len(padded)
         spans: defaultdict[str, list[Span]] = defaultdict(list)
         for idx, start, end in matches:  # the hot loop: about 0.3 us a raw match
             classes, offset, check_start, check_end = meta[idx]

@@ -192,8 +192,9 @@ class InjectionDetector:
             # means no findings (find would return no spans), without the str, Hits and findings round trip.
             folded = fold_ascii(text)
             matcher = _matcher()
-            if folded.isascii() and not matcher.any_ascii(folded):
-                found: list[Finding] = []
+            if folded.isascii():
+                hits = matcher.find_folded_ascii(folded)  # the automaton runs once either way
+                found: list[Finding] = [] if hits is None else findings(hits)
             else:
                 found = findings(matcher.find(folded.decode("utf-8", "replace")))
         else:
