@@ -246,6 +246,16 @@ class Cluster:
             nodes = node.get("children") or []
         return node
 
+    def wait_restarted(self, *path: str, old_pid: int) -> dict[str, Any]:
+        """The node at ``path`` once it runs again in a process other than ``old_pid``."""
+
+        def restarted() -> dict[str, Any] | None:
+            node = self.node(*path)
+            return node if node["pid"] not in (None, old_pid) and node["state"] == "running" else None
+
+        node: dict[str, Any] = wait_for(restarted, what=f"{'/'.join(path)} to restart")
+        return node
+
     def descendants(self) -> list[psutil.Process]:
         assert self.proc is not None
         try:

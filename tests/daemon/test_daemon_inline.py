@@ -64,14 +64,7 @@ def test_inline_pool_runs_in_the_daemon_and_a_killed_worker_alone_is_restarted(
     titles = {" ".join(p.cmdline()).strip() for p in c.descendants()}
     assert "openfang: workers" not in titles and "openfang: workers-0" in titles
     os.kill(w0["pid"], signal.SIGKILL)
-    new = wait_for(
-        lambda: (
-            (n := c.node("workers", "workers-0"))["pid"] not in (None, w0["pid"])
-            and n["state"] == "running"
-            and n
-        ),
-        what="workers-0 to restart",
-    )
+    new = c.wait_restarted("workers", "workers-0", old_pid=w0["pid"])
     assert new["restarts"] == 1 and psutil.Process(new["pid"]).ppid() == daemon_pid
     assert wait_for(lambda: not c.call("worker.ping", {"worker": "workers-0"}).is_error, what="ping")
     assert c.node("workers", "workers-1")["pid"] == w1["pid"]

@@ -41,14 +41,7 @@ def test_killed_worker_is_restarted_and_serves_again(make_cluster: type[Cluster]
     c = make_cluster(workers=2).start()
     w0, w1 = c.node("workers")["children"]
     os.kill(w0["pid"], signal.SIGKILL)
-    new = wait_for(
-        lambda: (
-            (n := c.node("workers", "workers-0"))["pid"] not in (None, w0["pid"])
-            and n["state"] == "running"
-            and n
-        ),
-        what="workers-0 to restart",
-    )
+    new = c.wait_restarted("workers", "workers-0", old_pid=w0["pid"])
     assert new["restarts"] == 1
     assert wait_for(lambda: not c.call("worker.ping", {"worker": "workers-0"}).is_error, what="ping")
     assert c.ok("worker.ping", {"worker": "workers-0"})["pid"] == new["pid"]
