@@ -469,17 +469,21 @@ class Gateway:
 
     def _to_root(self, identity: bytes, delimited: bool, env: Envelope, body: Any) -> None:
         """A tree request: the root supervisor answers it (through the uplink)."""
-        key = self._new_key()
-        self._wait(key, _Waiting(identity, delimited, env, time.monotonic() + self.timeout_s))
-        self.child.send({"t": "req", "id": key, "op": env.type, "args": messages.to_body(body)})
+        self._send_up(
+            _Waiting(identity, delimited, env, time.monotonic() + self.timeout_s), messages.to_body(body)
+        )
 
     def _ask_root(self, op: str, args: dict[str, Any], done: Callable[[Envelope], None]) -> None:
         """The gateway's own tree request (an elastic pool's child.restart / child.terminate): ``done``
         gets the answer, an error if the root failed it, or a timeout."""
-        key = self._new_key()
         request = Envelope(type=op, body=args)
-        self._wait(key, _Waiting(b"", False, request, time.monotonic() + self.timeout_s, internal=done))
-        self.child.send({"t": "req", "id": key, "op": op, "args": args})
+        self._send_up(_Waiting(b"", False, request, time.monotonic() + self.timeout_s, internal=done), args)
+
+    def _send_up(self, waiting: _Waiting, args: dict[str, Any]) -> None:
+        """Send ``waiting``'s request up to the root; its reply completes ``waiting``."""
+        key = self._new_key()
+        self._wait(key, waiting)
+        self.child.send({"t": "req", "id": key, "op": waiting.request.type, "args": args})
 
     def _on_client_spawn(self, identity: bytes, delimited: bool, env: Envelope, spawn: AgentSpawn) -> None:
         """A client's spawn, with or without a first message (``text``: :mod:`.first_message`)."""
