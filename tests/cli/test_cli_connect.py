@@ -79,7 +79,14 @@ class Daemon:
         self.config = self.dir / "examples" / "cluster.toml"
         self.config.parent.mkdir()
         text = (ROOT / "examples" / "cluster.toml").read_text().replace('count = "auto"', "count = 1")
-        self.config.write_text(text.replace('name = "openfang-demo"', f'name = "cli-{os.getpid()}"'))
+        text = text.replace('name = "openfang-demo"', f'name = "cli-{os.getpid()}"')
+        # Not the example's fixed HTTP port: a daemon the user runs (make run) may hold it.
+        example_listen = 'listen = "127.0.0.1:8470"'
+        assert example_listen in text
+        with socket.socket() as s:  # a port the kernel says is free now
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.config.write_text(text.replace(example_listen, f'listen = "127.0.0.1:{port}"'))
         self.data_dir = self.dir / "elsewhere"
         self.runtime = self.dir / "rt"
         self.env = {"OPENFANG_RUNTIME_DIR": str(self.runtime)}
