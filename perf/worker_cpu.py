@@ -50,7 +50,7 @@ class Load:
     def submit(self, type_: str, body: dict[str, Any], on_reply: Reply) -> None:
         env = Envelope(type=type_, body=body)
         self.pending[env.id] = on_reply
-        self.host.submit(decode(encode(env)))
+        self.host.submit(decode(encode(env)), decoded=True)  # as the worker's loop hands it over
 
     def pump(self) -> None:
         for reply in self.host.step(0.02):

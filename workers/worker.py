@@ -196,7 +196,7 @@ class Worker:
             elif env.type.startswith("agent."):
                 if env.type == "agent.send":
                     self._time(env.id)
-                self.host.submit(env)
+                self.host.submit(env, decoded=True)  # decode validated its body (not again in parse)
             elif env.type.startswith("memory."):
                 if self.memory_service is None:
                     raise NotFound("memory is not configured in this cluster (no memory writer child)")
