@@ -1174,7 +1174,7 @@ class AgentHost:
 
 
 _SEND_FIELDS = ("text", "agent_id", "service", "session", "stream")
-if tuple(f.name for f in dataclasses.fields(AgentSend)) != _SEND_FIELDS:  # the setters below are in this order
+if tuple(f.name for f in dataclasses.fields(AgentSend)) != _SEND_FIELDS:  # the setters are in this order
     raise TypeError(f"AgentSend's fields are not {_SEND_FIELDS}")
 _SEND_SET = tuple(vars(AgentSend)[name].__set__ for name in _SEND_FIELDS)
 
