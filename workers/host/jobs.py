@@ -286,27 +286,82 @@ def llm_work(
     were spent even when the filter refuses the text); ``on_error`` gets the provider's failure and the
     call's duration in seconds (the error is raised on as before); ``on_entry`` gets the assistant
     message's JSON (the conversation entry the guest appends) and the message, when its round trip is exact.
+    The same as ``ModelCall(...).run(chat_messages, on_delta, on_entry)`` (what the host's model plan
+    keeps per agent, so a call binds only what changes from call to call).
     """
-    request_of = _llm_types().ChatRequest.of
-    system = _system_message(system_prompt) if system_prompt else None
-    specs = tool_specs if type(tool_specs) is tuple else tuple(tool_specs)
+    call = ModelCall(
+        provider,
+        system_prompt,
+        tool_specs,
+        content_filter,
+        stream=stream,
+        on_usage=on_usage,
+        on_error=on_error,
+    )
+    return functools.partial(call.run, chat_messages, on_delta, on_entry)
 
-    def work() -> tuple[int, bytes, dict[str, int]]:
+
+class ModelCall:
+    """:func:`llm_work` with what stays the same from call to call of one agent bound once (its provider,
+    system message, tools, content filter, streaming and sinks): :meth:`run` is the job body of a call."""
+
+    __slots__ = (
+        "_filter",
+        "_on_error",
+        "_on_usage",
+        "_provider",
+        "_request_of",
+        "_specs",
+        "_stream",
+        "_system",
+    )
+
+    def __init__(
+        self,
+        provider: Any,
+        system_prompt: str,
+        tool_specs: Sequence[Any],
+        content_filter: Callable[[str], str] | None = None,
+        *,
+        stream: bool = False,
+        on_usage: Callable[[Any, float], None] | None = None,
+        on_error: Callable[[OpenFangError, float], None] | None = None,
+    ) -> None:
+        self._provider = provider
+        self._request_of = _llm_types().ChatRequest.of
+        self._system = _system_message(system_prompt) if system_prompt else None
+        self._specs = tool_specs if type(tool_specs) is tuple else tuple(tool_specs)
+        self._filter = content_filter
+        self._stream = stream
+        self._on_usage = on_usage
+        self._on_error = on_error
+
+    def run(
+        self,
+        chat_messages: Sequence[Any],
+        on_delta: Callable[[str], None] | None = None,
+        on_entry: Callable[[bytes, list[dict[str, Any]]], None] | None = None,
+    ) -> tuple[int, bytes, dict[str, int]]:
+        """One call: ``chat_messages`` to the model (streamed when ``on_delta`` is given or the call
+        streams anyway), its answer filtered, encoded for the guest, the entry handed to ``on_entry``."""
+        system = self._system
         chat = (system, *chat_messages) if system is not None else tuple(chat_messages)
-        request = request_of(chat, specs, stream=stream)
-        started = time.perf_counter()
+        provider = self._provider
+        request = self._request_of(chat, self._specs, stream=self._stream or on_delta is not None)
+        started = _perf()
         try:
             resp = provider.complete(request, on_delta=on_delta) if on_delta else provider.complete(request)
         except OpenFangError as exc:
-            if on_error is not None:
-                on_error(exc, time.perf_counter() - started)
+            if self._on_error is not None:
+                self._on_error(exc, _perf() - started)
             raise
-        if on_usage is not None:
-            on_usage(resp, (time.perf_counter() - started) * 1000)
-        usage = {"prompt_tokens": resp.usage.prompt_tokens, "completion_tokens": resp.usage.completion_tokens}
+        if self._on_usage is not None:
+            self._on_usage(resp, (_perf() - started) * 1000)
+        usage = resp.usage
+        counted = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
         content = resp.content
-        if content_filter is not None and content:
-            content = content_filter(content)
+        if content and self._filter is not None:
+            content = self._filter(content)
         msg: dict[str, Any] = {"role": "assistant", "content": content}
         if resp.tool_calls:
             msg["tool_calls"] = [
@@ -317,11 +372,10 @@ def llm_work(
             data = abi.encode_llm_result(msg, content or "")
         if on_entry is not None and _assistant_exact(msg):
             on_entry(data[5 : 5 + _u32_at_1(data, 1)[0]], [msg])
-        return _ok(data, usage)
-
-    return work
+        return len(data), data, counted
 
 
+_perf = time.perf_counter
 _now_ns = time.perf_counter_ns
 _u32_at_1 = struct.Struct("<I").unpack_from  # the length field of an llm_invoke result (after the tag)
 

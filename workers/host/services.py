@@ -85,19 +85,9 @@ class Services:
             room = agent.manifest.history_messages - len(messages)
             messages = (agent.resumed[-room:] if room > 0 else []) + messages
         chat = agent.chat_cache.convert(messages)
-        on_delta = self._delta_sink(agent)
-        work = jobs.llm_work(
-            agent.provider,
-            agent.manifest.system_prompt,
-            chat,
-            plan.specs,
-            plan.content_filter,
-            stream=plan.stream or on_delta is not None,
-            on_delta=on_delta,
-            on_usage=plan.on_usage,
-            on_error=plan.on_error,
-            on_entry=job.set_entry,
-        )
+        # The call's job body: the plan's model call (provider, system message, tools, content filter,
+        # sinks: bound once per agent) with this call's messages, stream sink and entry sink.
+        work = functools.partial(plan.call.run, chat, self._delta_sink(agent), job.set_entry)
         self._runner.run(job, work, inline=plan.inline)
         return job
 
@@ -361,6 +351,7 @@ class ModelPlan:
     the ones it was made for (the usage recorder names the session of the message in progress)."""
 
     __slots__ = (
+        "call",
         "content_filter",
         "inline",
         "manifest",
@@ -392,6 +383,16 @@ class ModelPlan:
         self.on_error = on_error
         self.stream = stream
         self.inline = inline
+        # The job body of the agent's model calls, these parts bound (the system prompt is the manifest's).
+        self.call = jobs.ModelCall(
+            agent.provider,
+            agent.manifest.system_prompt,
+            specs,
+            content_filter,
+            stream=stream,
+            on_usage=on_usage,
+            on_error=on_error,
+        )
 
     def fits(self, agent: HostedAgent) -> bool:
         return (
