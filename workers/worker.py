@@ -138,9 +138,11 @@ class Worker:
                 self.child.worked()  # a burst (spawns, messages): its free heap pages are trimmed after it
             if self.child.fileno() in ready:
                 self._on_uplink()
-            for reply in self.host.step(0.02):
-                self._send(reply)
-                self.child.worked()
+            replies = self.host.step(0.02)
+            if replies:
+                for reply in replies:
+                    self._send(reply)
+                self.child.worked()  # once a turn: it stamps the time of the burst's latest work
             self._send_events()
             if time.monotonic() - self._last_hello >= HELLO_EVERY_S:
                 self._hello()
