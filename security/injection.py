@@ -174,12 +174,16 @@ class InjectionDetector:
     # The verdicts of recent texts up to _MEMO_TEXT characters, per (text, source): a verdict is a function
     # of the text, the source and the config alone, and the same text often comes twice (a router and the
     # agent it routes to both check the user's message; a classifier answers from a handful of words). At
-    # most this many entries (cleared when full); 0 turns the memo off (the tests' oracle).
+    # most this many entries, in two generations of half as many: when the newer one is full it becomes
+    # the older one (the older is dropped), so the latest texts are never all forgotten at once (clearing
+    # everything lost the verdicts of the messages in flight, whose second check then scanned again: 1.2
+    # scans a routing message instead of 1.0). 0 turns the memo off (the tests' oracle).
     memo_entries: ClassVar[int] = 1024
 
     def __init__(self, config: InjectionConfig | None = None) -> None:
         self.config = config or InjectionConfig()
         self._memo: dict[tuple[str, str], Verdict] = {}
+        self._memo_old: dict[tuple[str, str], Verdict] = {}  # the previous generation, looked up second
         self._memo_config = self.config  # the config the memo's verdicts were made with
 
     def _assess(self, text: str, *, nested: bool = False) -> _Assessment:
@@ -246,12 +250,16 @@ class InjectionDetector:
         memo, key = self._memo, (text, source)
         if self._memo_config is not self.config:  # a new config: the remembered verdicts are not its
             memo.clear()
+            self._memo_old = {}
             self._memo_config = self.config
         verdict = memo.get(key)
         if verdict is None:
-            verdict = self._scan(text, source)
-            if len(memo) >= self.memo_entries:
-                memo.clear()
+            verdict = self._memo_old.get(key)
+            if verdict is None:
+                verdict = self._scan(text, source)
+            if 2 * len(memo) >= self.memo_entries:  # the newer generation is full
+                self._memo_old, self._memo = memo, {}
+                memo = self._memo
             memo[key] = verdict
         return verdict
 
