@@ -243,7 +243,7 @@ class AgentHost:
             ran = False
             now = self.clock()
             for agent in list(self._active.values()):
-                ran = self._guarded(agent, lambda a, t=now: self._turn(a, t)) or ran
+                ran = self._guarded(agent, self._turn, now) or ran  # no lambda per agent and turn
             if not ran or time.perf_counter() >= end:
                 break
         for agent in self._hib.reap(self._agents):  # asleep, their file on disk: the worker lets them go
@@ -621,16 +621,19 @@ class AgentHost:
 
     def _turn(self, agent: HostedAgent, now: float) -> bool:
         sb = agent.sandbox
-        self._apply(agent, sb.refresh(now))
+        refreshed = sb.refresh(now)
+        if refreshed is not None:  # mostly None: a running call before its deadline
+            self._apply(agent, refreshed)
         if agent.agent_id in self._active and sb.runnable():
             self._apply(agent, sb.run_slice())
             return True
         return False
 
-    def _guarded(self, agent: HostedAgent, work: Callable[..., bool | None]) -> bool:
-        """Run one agent's turn; an unexpected host-side failure crashes that agent only, never the worker."""
+    def _guarded(self, agent: HostedAgent, work: Callable[..., bool | None], *args: Any) -> bool:
+        """Run ``work(agent, *args)``, one agent's turn; an unexpected host-side failure crashes that agent
+        only, never the worker."""
         try:
-            return bool(work(agent))
+            return bool(work(agent, *args))
         except Exception as exc:  # isolate the failure to the agent it happened in
             self._bound.exception("agent_turn_failed", agent_id=agent.agent_id)
             if agent.agent_id in self._agents and agent.sandbox.state is not State.CLOSED:
@@ -705,7 +708,7 @@ class AgentHost:
         if agent.task is not None:  # task_update: the A2A state and artifacts of this message
             body["task"] = agent.task
             agent.task = None
-        return env.reply(body)
+        return Envelope(type=f"{env.type}.ok", body=body, id=env.id)  # env.reply(body) less its copy of body
 
     def _crashed(self, agent: HostedAgent, error: BaseException, *, cause: str = "trap") -> None:
         """simple_one_for_one: restart this agent per its policy and window; siblings are never touched.

@@ -426,9 +426,11 @@ class UsageJob(jobs.ThreadJob):
                 totals[key] = totals.get(key, 0) + n
                 if key == "prompt_tokens" or key == "completion_tokens":
                     agent.unbilled_tokens += n
+            self.usage = usage
         # The latest host job decides: an LLM failure the guest then recovered from is not reported.
         agent.failure = error if error is not None and error.code == "llm_error" else None
-        super().finish(code, value, usage, error)
+        self.code, self.value, self.error = code, value, error  # ThreadJob.finish, without a super() call
+        self.done = True
 
 
 @functools.lru_cache(maxsize=1024)

@@ -89,8 +89,8 @@ class HostStats:
         entry = self._llm.get((provider[:128] or "?", model[:256])) or self._pair(provider, model)
         with self._lock:
             entry.requests += 1
-            entry.prompt_tokens += max(0, prompt)
-            entry.completion_tokens += max(0, completion)
+            entry.prompt_tokens += prompt if prompt > 0 else 0
+            entry.completion_tokens += completion if completion > 0 else 0
         entry.seconds.observe(seconds)
 
     def llm_failed(self, provider: str, model: str, kind: str, seconds: float | None = None) -> None:
