@@ -541,3 +541,54 @@ def test_scripted_one_reverse_scan_answers_as_separate_scans() -> None:
                 msgs.append(ChatMessage.assistant(rng.choice([None, "ok"])))
         req = ChatRequest(messages=tuple(msgs))
         assert one.complete(req) == ref.complete(req), msgs
+
+
+KEYWORD_RULES = r"""
+[agent.model]
+provider = "scripted"
+default = "general"
+script = [
+  {match = '(?i)invoice|refund|charged', reply = "billing"},
+  {match = 'Error|crash|install', reply = "tech"},
+  {match = '(?i)kelvin k|long s', reply = "folded"},
+  {match = '(?i)price|quote|disCount', reply = "sales"},
+  {match = '(?i)(?P<w>hello)', reply = "hi {w}"},
+  {match = '(?i)plan', reply = "plan {input}"},
+  {match = 'key', error = "no keys"},
+  {match = '(?i)a.c', reply = "dot"},
+]
+"""
+
+
+def test_scripted_keyword_rules_answer_as_their_regex_search() -> None:
+    """A rule whose regex is a plain list of words (case-insensitive or not) whose match is not used is
+    decided by looking for the words, with every answer the regex search gives: over ASCII texts in any
+    case and texts with characters that Unicode case folding equates with ASCII letters (Kelvin sign, long
+    s, dotted I), rules with groups, placeholders, errors and other regexes left to the search."""
+    import random
+
+    from openfang.workers.llm import scripted as mod
+
+    cfg = tomllib.loads(KEYWORD_RULES)["agent"]["model"]
+    fast, ref = ScriptedProvider.from_config(cfg), ScriptedProvider.from_config(cfg)
+    ref._keywords = tuple(None for _ in ref.rules)  # the oracle: every rule's regex searched
+    assert [w is not None for w in fast._keywords] == [True, True, True, True, False, False, False, False]
+    rng = random.Random(17)
+    pieces = [
+        *("INVOICE", "Refund", "charged", "error", "Error", "CRASH", "install", "price", "QUOTE"),
+        *("discount", "hello", "plan", "key", "abc", "a-c", " ", "x", "\u00e9", "\u00df", "cha rged"),
+        *("ke\u212alvin", "kelvin \u212a", "lon\u017f s", "long \u017f", "\u0130nvoice", "pr\u0131ce"),
+    ]
+    hits = set()
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 4)))
+        try:
+            want = ref.complete(user(text)).content
+        except LLMError as exc:
+            with pytest.raises(LLMError, match=str(exc)):
+                fast.complete(user(text))
+            continue
+        assert fast.complete(user(text)) == ref.complete(user(text)), text
+        hits.add(want)
+    assert {"billing", "tech", "folded", "sales", "general"} <= hits
+    assert mod._words_of(mod.re.compile("(?i)a|b", mod.re.ASCII)) is None  # another flag: searched

@@ -217,6 +217,14 @@ class ScriptedProvider:
         self._memo: dict[tuple[int, str], Mapping[str, str] | None] = {}
         self._memo_size = _MEMO_ENTRIES
         self._calls_tools = tuple(rule.tool is not None or bool(rule.chain) for rule in self.rules)
+        # Per rule: its words when its regex is a plain list of words and nothing of the match is used (no
+        # placeholder, no error): then whether it matches is whether a word occurs (see _words_of).
+        self._keywords = tuple(
+            _words_of(rule.match)
+            if rule.error is None and not self._calls_tools[i] and len(_pieces(rule.reply or "")) == 1
+            else None
+            for i, rule in enumerate(self.rules)
+        )
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ScriptedProvider:
@@ -289,7 +297,22 @@ class ScriptedProvider:
         return env
 
     def _answer(self, msgs: Sequence[ChatMessage], user: str) -> tuple[str | None, list[ToolCall]]:
+        lowered: str | None = None
         for i, rule in enumerate(self.rules):
+            words = self._keywords[i]
+            if words is not None:
+                fold, listed = words
+                if not fold:  # a case-sensitive list: a substring test is the regex search
+                    found = any(w in user for w in listed)
+                elif user.isascii():  # ASCII text: its lower-case form holds the words iff (?i) finds them
+                    if lowered is None:
+                        lowered = user.lower()
+                    found = any(w in lowered for w in listed)
+                else:  # Unicode case folding (Kelvin sign, long s...): the regex decides
+                    found = rule.match.search(user) is not None
+                if found:
+                    return rule.reply or "", []
+                continue
             if self._calls_tools[i]:
                 groups = self._groups(i, user)
                 if groups is None:
@@ -340,6 +363,26 @@ class ScriptedProvider:
             nxt = rule.chain[step]
             return None, [self._call(index, nxt.tool, nxt.args, env)]
         return str(render(rule.then, env)), []
+
+
+_WORD_LIST = re.compile(r"[A-Za-z0-9 ]+(?:\|[A-Za-z0-9 ]+)*")
+
+
+def _words_of(pattern: re.Pattern[str]) -> tuple[bool, tuple[str, ...]] | None:
+    """``(case-insensitive, words)`` when ``pattern`` is a list of plain words (ASCII letters, digits and
+    spaces) joined by ``|``, optionally after ``(?i)``, and compiled with no other flag: it then finds a match
+    in a text iff one of the words occurs in it (for ``(?i)`` and an ASCII text: in its lower-case form, each
+    word lower-cased). None for any other pattern (searched as written)."""
+    source = pattern.pattern
+    if not isinstance(source, str):
+        return None
+    fold = source.startswith("(?i)")
+    body = source[4:] if fold else source
+    flags = re.IGNORECASE | re.UNICODE if fold else re.UNICODE
+    if pattern.flags != flags or not _WORD_LIST.fullmatch(body):
+        return None
+    words = body.split("|")
+    return fold, tuple(w.lower() for w in words) if fold else tuple(words)
 
 
 def _base_env(
