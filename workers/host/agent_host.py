@@ -424,7 +424,7 @@ class AgentHost:
             self._memory.record_message(agent.agent_id, _session(body.session), "user", text, None)
         payload, message = abi.user_entry(text, session=body.session)
         agent.post((env, body, payload, message))
-        if agent.current is None and agent.phase is Phase.READY:
+        if agent.current is None and agent.phase is _READY:
             self._next_message(agent)
 
     def _pick(self, agent_id: str | None, service: str | None) -> HostedAgent:
@@ -594,7 +594,7 @@ class AgentHost:
             agent.spawn_env = None
 
     def _next_message(self, agent: HostedAgent) -> None:
-        if agent.sandbox.state is not State.IDLE:
+        if agent.sandbox.state is not _IDLE:
             return  # busy (a message, or agent_init after a restart): the inbox waits for _started/_apply
         if agent.current is not None or not agent.inbox:
             if agent.current is None and agent.moving is not None:
@@ -1176,6 +1176,8 @@ class AgentHost:
             self._audit(record)
 
 
+# Enum members as plain module names for the per-message paths (a lookup through the enum class costs ~90 ns).
+_READY, _IDLE = Phase.READY, State.IDLE
 _SEND_FIELDS = ("text", "agent_id", "service", "session", "stream")
 if tuple(f.name for f in dataclasses.fields(AgentSend)) != _SEND_FIELDS:  # the setters are in this order
     raise TypeError(f"AgentSend's fields are not {_SEND_FIELDS}")
