@@ -264,46 +264,17 @@ def _llm_types() -> Any:
     return t
 
 
-def llm_work(
-    provider: Any,
-    system_prompt: str,
-    chat_messages: list[Any],
-    tool_specs: Sequence[Any],
-    content_filter: Callable[[str], str] | None = None,
-    *,
-    stream: bool = False,
-    on_delta: Callable[[str], None] | None = None,
-    on_usage: Callable[[Any, float], None] | None = None,
-    on_error: Callable[[OpenFangError, float], None] | None = None,
-    on_entry: Callable[[bytes, list[dict[str, Any]]], None] | None = None,
-) -> Callable[[], tuple[int, bytes, dict[str, int]]]:
-    """The job body of one ``llm_invoke``: build the ChatRequest, complete it, encode the guest's result.
+class ModelCall:
+    """The job body of an agent's ``llm_invoke`` calls (:meth:`run`): build the ChatRequest, complete it,
+    encode the guest's result. What stays the same from call to call of one agent is bound once (the host
+    keeps one per agent in its model plan); a call passes its messages and sinks.
 
     ``content_filter`` sees the model's text before it joins the conversation (injection, redaction); it
     may return a changed text or raise OpenFangError to fail the call. ``stream`` asks the provider to
-    stream; ``on_delta`` gets the pieces of text as they come (a streamed reply's chunks); ``on_usage`` gets
-    every answer the provider gave and the call's duration in ms (before the content filter: the tokens
-    were spent even when the filter refuses the text); ``on_error`` gets the provider's failure and the
-    call's duration in seconds (the error is raised on as before); ``on_entry`` gets the assistant
-    message's JSON (the conversation entry the guest appends) and the message, when its round trip is exact.
-    The same as ``ModelCall(...).run(chat_messages, on_delta, on_entry)`` (what the host's model plan
-    keeps per agent, so a call binds only what changes from call to call).
+    stream; ``on_usage`` gets every answer the provider gave and the call's duration in ms (before the
+    content filter: the tokens were spent even when the filter refuses the text); ``on_error`` gets the
+    provider's failure and the call's duration in seconds (the error is raised on as before).
     """
-    call = ModelCall(
-        provider,
-        system_prompt,
-        tool_specs,
-        content_filter,
-        stream=stream,
-        on_usage=on_usage,
-        on_error=on_error,
-    )
-    return functools.partial(call.run, chat_messages, on_delta, on_entry)
-
-
-class ModelCall:
-    """:func:`llm_work` with what stays the same from call to call of one agent bound once (its provider,
-    system message, tools, content filter, streaming and sinks): :meth:`run` is the job body of a call."""
 
     __slots__ = (
         "_filter",
@@ -342,8 +313,11 @@ class ModelCall:
         on_delta: Callable[[str], None] | None = None,
         on_entry: Callable[[bytes, list[dict[str, Any]]], None] | None = None,
     ) -> tuple[int, bytes, dict[str, int]]:
-        """One call: ``chat_messages`` to the model (streamed when ``on_delta`` is given or the call
-        streams anyway), its answer filtered, encoded for the guest, the entry handed to ``on_entry``."""
+        """One call: ``chat_messages`` to the model, its answer filtered and encoded for the guest.
+
+        ``on_delta`` gets the pieces of text as they come (a streamed reply's chunks; the call streams when
+        it is given); ``on_entry`` gets the assistant message's JSON (the conversation entry the guest
+        appends) and the message, when its round trip is exact."""
         system = self._system
         chat = (system, *chat_messages) if system is not None else tuple(chat_messages)
         provider = self._provider
@@ -390,7 +364,7 @@ def _system_message(prompt: str) -> Any:
 
 def _assistant_exact(msg: dict[str, Any]) -> bool:
     """``abi.json_exact(msg)`` for the model job's assistant message: a plain one (role and content, as
-    llm_work builds it) is decided by its content's type; one with tool calls (role, content, tool_calls of
+    ModelCall makes it) is decided by its content's type; one with tool calls (role, content, tool_calls of
     ``{id, name, arguments}``) whose ids and names are str and whose arguments are str values under str
     keys is exact at once (what a model's calls mostly are); any other shape or type walks the message."""
     content = msg.get("content", msg)
