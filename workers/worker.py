@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -101,6 +102,7 @@ class Worker:
         self.running = True
         self._last_hello = 0.0
         self._full_hello = True  # the next hello lists every agent (the first one, or after a resync)
+        self._warm_steps: deque[Callable[[], None]] = deque()  # the first spawn's work, done ahead (serve)
         # The worker's own messages from the gateway, typed by the catalogue; agent.* and memory.* go to the
         # agent host and the memory service, which type their bodies themselves.
         self._dispatch: dict[str, tuple[type[Any], Callable[[Envelope, Any], None]]] = {
@@ -116,6 +118,10 @@ class Worker:
         self._hello()
         self._flush()  # before ready: the gateway knows this worker by the time the tree reports READY
         self.child.ready(cpu=self.cpu, agents=0)
+        # Between its ready and its first request (~5 ms of a cold start: the tree's READY, the client's
+        # request through the gateway) the worker is idle: it does the first spawn's one-time work then,
+        # one step per loop turn while nothing waits (see _warm_up).
+        self._warm_steps.extend([self._warm_schemas, *self.host.warm_up()])
         # Quiet after a burst, the worker also drops libwasmtime's code pages (clean pages of the file,
         # mapped again on the next use: measured ~4 MB USS of an idle worker that ran an agent, no
         # measurable cost on the next message), besides trimming its heap.
@@ -129,8 +135,12 @@ class Worker:
                 timeout = max(0, min(timeout, int((deadline - time.monotonic()) * 1000)))
             if self.host.spare_wanted():
                 timeout = min(timeout, SPARE_IDLE_MS)
+            if self._warm_steps:
+                timeout = 0
             ready = dict(poller.poll(timeout))
-            if not ready and timeout > 0:  # idle (not a poll for agents that are runnable now)
+            if not ready and self._warm_steps:
+                self._warm_up()
+            elif not ready and timeout > 0:  # idle (not a poll for agents that are runnable now)
                 self._idle()
             if self.sock in ready:
                 self._drain()
@@ -148,6 +158,21 @@ class Worker:
                 self._hello()
             self._flush()
             self.child.heartbeat()
+
+    def _warm_up(self) -> None:
+        """Run the next warm-up step (see serve). One that fails is only logged: it was an optimisation, and
+        the request that needs its work meets (and reports) the problem itself."""
+        step = self._warm_steps.popleft()
+        try:
+            step()
+        except Exception as exc:
+            log.info("warm_up_step_failed", step=step.__qualname__, error=f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _warm_schemas() -> None:
+        """Compile the body schemas of a first spawn and its first message (each is compiled on first use)."""
+        messages.body_schema("agent.spawn")
+        messages.body_schema("agent.send")
 
     def _idle(self) -> None:
         """The loop was idle for SPARE_IDLE_MS: when no message from the gateway waits, instantiate the next

@@ -183,3 +183,28 @@ def test_host_charge_refuses_and_checks_units_as_the_limiter_does(tmp_path: Path
             sec.charge("a1", tool_calls=10**6)
             assert not sec.limiter._buckets  # nothing was taken from (or made for) any bucket
         sec.close()
+
+
+def test_host_security_version_state_is_opened_on_first_use(tmp_path: Path) -> None:
+    """Layer 16's file is not made when the worker's security starts (its fsyncs were on the path to the
+    worker's ready) but at the first use of the state, which then checks and records versions as before."""
+    sec = HostSecurity(security_from_args(None, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
+    assert not (tmp_path / "versions.db").exists()
+    manifest = load_manifest(ECHO + "version = 2\n")
+    assert sec.check_version(manifest, "d2") is False
+    assert (tmp_path / "versions.db").exists()
+    sec.accept_version(manifest, "d2")
+    assert sec.check_version(manifest, "d2") is True
+    sec.close()
+
+
+def test_host_security_unusable_version_state_refuses_every_spawn(tmp_path: Path) -> None:
+    """A version state that cannot be opened (its path is a directory) refuses each spawn with an error
+    naming the file, and is tried again at the next one: no spawn goes unchecked."""
+    (tmp_path / "versions.db").mkdir()
+    sec = HostSecurity(security_from_args(None, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
+    manifest = load_manifest(ECHO)
+    for _ in range(2):
+        with pytest.raises(ConfigError, match=r"versions\.db"):
+            sec.check_version(manifest, "d1")
+    sec.close()

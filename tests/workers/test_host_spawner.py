@@ -101,3 +101,47 @@ def test_spawner_refused_manifest_is_refused_and_audited_every_time(host: _Host)
         assert reply.is_error and reply.body["code"] == "denied", reply.body
     assert len(host.kinds("capabilities.limits_refused")) == 2
     assert host.spawn(ECHO).agent_id
+
+
+def test_spawner_warm_up_makes_the_first_builtin_spawn_warm(host: _Host) -> None:
+    """After the warm-up steps the first llm-agent spawn finds its module compiled and checked (a warm
+    spawn), answers as a cold one does, and the runtime made ahead ticks only once a spawn uses it."""
+    for step in host.host.warm_up():
+        step()
+    runtimes = list(host.host._spawner._runtimes.values())
+    assert len(runtimes) == 1 and runtimes[0]._ticker is None
+    assert host.sec._versions is not None  # layer 16's state, opened by the first step
+    agent = host.spawn('[agent]\nname = "first"\n[agent.model]\nprovider = "scripted"\n')
+    assert agent.sandbox.spawn_kind == "warm" and agent.sandbox.runtime is runtimes[0]
+    assert runtimes[0]._ticker is not None
+    reply = host.call("agent.send", agent_id=agent.agent_id, text="hello")
+    assert not reply.is_error, reply.body
+
+
+def test_spawner_warm_up_leaves_every_spawn_its_import_check(host: _Host) -> None:
+    """A module compiled ahead is still checked against each spawn's own manifest: one that denies an import
+    the llm-agent makes is refused, naming it, and nothing is left running."""
+    for step in host.host.warm_up():
+        step()
+    reply = host.call(
+        "agent.spawn",
+        manifest='[agent]\nname = "strict"\n[agent.model]\nprovider = "scripted"\n'
+        '[sandbox.permissions]\ndenied_host_functions = ["tool_call"]\n',
+    )
+    assert reply.is_error and reply.body["code"] == "denied", reply.body
+    assert "env.tool_call" in reply.body["message"]
+    assert host.host.runtime_stats() == {"live_stores": 0, "agents": 0}
+
+
+def test_spawner_warm_up_steps_are_no_ops_once_a_spawn_did_their_work(host: _Host) -> None:
+    """Steps left over after the first spawn (which did their work itself) change nothing: the module is
+    not compiled again and the agent keeps its instance."""
+    agent = host.spawn('[agent]\nname = "early"\n[agent.model]\nprovider = "scripted"\n')
+    assert agent.sandbox.spawn_kind == "cold"
+    (runtime,) = host.host._spawner._runtimes.values()
+    pre = runtime.cached_pre(agent.sandbox.module_digest)
+    for step in host.host.warm_up():
+        step()
+    assert list(host.host._spawner._runtimes.values()) == [runtime]
+    assert runtime.cached_pre(agent.sandbox.module_digest) is pre
+    assert not host.call("agent.send", agent_id=agent.agent_id, text="hi").is_error

@@ -237,3 +237,27 @@ def test_module_cache_partial_file_of_a_dead_writer_is_removed_once_old(warm: Pa
     assert ModuleCache(warm).enabled
     assert not old.exists() and fresh.exists() and artifact.exists()
     assert _compile(warm) == (True, 1000)
+
+
+def test_prepare_module_checks_exports_and_keeps_nothing_it_refuses(tmp_path: Path) -> None:
+    """A module compiled ahead (a worker's warm-up) passes the export checks a first spawn makes: one that
+    lacks the guest ABI's exports is refused, naming them, and is not kept for a later spawn to find."""
+    from openfang.protocol.errors import SandboxError
+    from openfang.workers.host.spawner import HOST_SPECS
+    from openfang.workers.manifest import load_manifest
+    from openfang.workers.sandbox._wasmtime import Runtime
+    from openfang.workers.sandbox.instance import load_code, prepare_module
+
+    (tmp_path / "bare.wat").write_text('(module (memory (export "memory") 1))')
+    bare = load_manifest('[agent]\nname = "bare"\nmodule = "bare.wat"\n', base_dir=tmp_path)
+    good = load_manifest('[agent]\nname = "echo"\nmodule = "builtin:echo"\n')
+    runtime = Runtime(HOST_SPECS, cache_dir=tmp_path / "modules")
+    try:
+        with pytest.raises(SandboxError, match=r"lacks exports \['alloc', 'agent_handle'\]"):
+            prepare_module(runtime, bare)
+        assert runtime.cached_pre(load_code(bare)[1]) is None
+        assert prepare_module(runtime, good) is True
+        assert runtime.cached_pre(load_code(good)[1]) is not None
+        assert prepare_module(runtime, good) is False  # kept: not compiled again
+    finally:
+        runtime.close()

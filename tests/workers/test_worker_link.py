@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 import zmq
 
 from openfang.protocol.envelope import Envelope, decode, encode
@@ -162,3 +163,27 @@ def test_worker_prepares_a_spare_only_when_no_message_waits_and_the_next_spawn_t
     assert host._agents[agent_id].sandbox.native_instance() is made
     assert spawner._spare is None and host.spare_wanted()
     assert host.runtime_stats() == {"live_stores": 2, "agents": 2}
+
+
+def test_worker_warm_up_logs_a_failing_step_and_goes_on(link: _Link) -> None:
+    """A warm-up step that fails is logged and never ends the worker's loop; the steps after it still run,
+    and the real ones (schemas, version state, readers, module) make the first llm-agent spawn warm."""
+    ran: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("disk gone")
+
+    link.worker._warm_steps.extend([broken, lambda: ran.append("next"), *link.worker.host.warm_up()])
+    link.worker._warm_steps.appendleft(link.worker._warm_schemas)
+    with structlog.testing.capture_logs() as logs:
+        while link.worker._warm_steps:
+            link.worker._warm_up()
+    assert ran == ["next"]
+    failed = [entry for entry in logs if entry["event"] == "warm_up_step_failed"]
+    assert len(failed) == 1 and failed[0]["error"] == "RuntimeError: disk gone", failed
+    spawn = Envelope(
+        type="agent.spawn", body={"manifest": '[agent]\nname = "a"\n[agent.model]\nprovider = "scripted"\n'}
+    )
+    link.to_worker(spawn)
+    agent_id = _spawned(link, spawn)
+    assert link.worker.host._agents[agent_id].sandbox.spawn_kind == "warm"

@@ -308,6 +308,18 @@ class AgentHost:
             raise NotFound(f"no agent {agent_id!r} on worker {self.worker_id}")
         agent.sandbox.revoke(function)
 
+    def warm_up(self) -> list[Callable[[], None]]:
+        """Steps that do a first spawn's one-time work ahead, for the worker to run one per idle turn while
+        it waits for its first request: open layer 16's version state (a fresh data dir's first worker makes
+        the file), then :meth:`Spawner.warm_up`."""
+        security = self._security
+
+        def versions() -> None:
+            if security is not None:
+                _ = security.versions
+
+        return [versions, *self._spawner.warm_up()]
+
     def spare_wanted(self) -> bool:
         """A spawn left a module whose next agent can be instantiated ahead (Spawner.prepare_spare)."""
         return self._spawner.spare_wanted()

@@ -128,10 +128,11 @@ class HostSecurity:
         self.permissions = PermissionChecker(audit=audit) if c.permissions.enabled else None
         self.identities = IdentityRegistry(audit=audit)
         self.verifier = AgentMessageVerifier(self.identities, max_skew=c.identity.max_skew_s, audit=audit)
-        self.versions: VersionStore | None = None
+        self._versions: VersionStore | None = None
+        self._versions_at: Path | None = None  # layer 16's state, opened on first use (see versions)
         if c.rollback.enabled and "{data_dir}" not in c.rollback.state:
-            Path(c.rollback.state).parent.mkdir(parents=True, exist_ok=True)
-            self.versions = VersionStore(c.rollback.state, audit=audit)
+            self._versions_at = Path(c.rollback.state)
+            self._versions_at.parent.mkdir(parents=True, exist_ok=True)
         self.redactor = Redactor(c.redact) if c.redact.enabled else None
         # Layer 13: signatures are checked here; the digest pin is the sandbox's (require_pin is not
         # enforced: builtin and local modules run unpinned).
@@ -142,6 +143,17 @@ class HostSecurity:
         )
         self.guards: dict[str, AgentGuard] = {}
         self._limiter_lock = threading.Lock()  # charges come from the loop and from tool threads
+
+    @property
+    def versions(self) -> VersionStore | None:
+        """Layer 16's version state (None when off), opened on first use: in a fresh data dir the first
+        worker makes the file (two fsyncs), which its start did before the worker's ready, on the cold
+        start's path; the worker now opens it in its warm-up, while it waits for its first request. A
+        state that cannot be opened raises ConfigError (naming the file) at every use, so every spawn is
+        refused with it, and no spawn skips the check."""
+        if self._versions is None and self._versions_at is not None:
+            self._versions = VersionStore(self._versions_at, audit=self.audit)
+        return self._versions
 
     # -- spawn ---------------------------------------------------------------------------------------------
     def check_version(self, manifest: AgentManifest, digest: str) -> bool:
@@ -331,8 +343,8 @@ class HostSecurity:
             )
 
     def close(self) -> None:
-        if self.versions is not None:
-            self.versions.close()
+        if self._versions is not None:
+            self._versions.close()
         self.audit.close()
 
 

@@ -36,13 +36,32 @@ from openfang.workers.llm import providers as _llm
 from openfang.workers.manifest import AgentManifest, ModelConfig, load_manifest
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox._wasmtime import EngineOptions, HostFunctionSpec, Instance, Runtime, StoreLimits
-from openfang.workers.sandbox.instance import HostServices, Sandbox, prepare_spare, store_limits
+from openfang.workers.sandbox.instance import (
+    HostServices,
+    Sandbox,
+    prepare_module,
+    prepare_spare,
+    store_limits,
+)
 from openfang.workers.tools.mcp import McpServerConfig
 
 log = structlog.get_logger("openfang.workers.host.spawner")
 
 MANIFEST_CACHE = 256  # distinct manifest texts kept parsed
 HOST_SPECS = tuple(HostFunctionSpec(name=n, nparams=p, is_async=a) for n, p, a in abi.HOST_FUNCTIONS)
+# What a worker prepares while it waits for its first request (Spawner.warm_up): a manifest of the built-in
+# guest most agents run, with every table a manifest's readers are built for on first use (its values are
+# the defaults: only the readers and the module are kept, never this manifest).
+WARM_UP_MANIFEST = """
+[agent]
+name = "warm-up"
+module = "builtin:llm-agent"
+[agent.model]
+provider = "scripted"
+[sandbox.fuel]
+[sandbox.memory]
+[sandbox.permissions]
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +267,28 @@ class Spawner:
         if spare is not None:
             spare[3].close()
 
-    def _runtime(self, stack_kb: int) -> Runtime:
+    # -- the first spawn's work, done ahead -------------------------------------------------------------
+    def warm_up(self) -> list[Callable[[], None]]:
+        """The steps that make the first spawn of a built-in agent cheaper, for a worker to run one at a
+        time while it waits for its first request (after its ready): build the manifest readers, make the
+        runtime of the default stack size, compile and check the built-in guest in it (through the disk
+        cache). Each step is what that spawn would otherwise do on its own path, so running one never
+        delays it by work it does not need; a step left undone is done by the spawn, as before. A step
+        may raise: the caller logs it, and the spawn then meets (and reports) the problem itself."""
+        held: list[AgentManifest] = []
+
+        def readers() -> None:
+            held.append(load_manifest(WARM_UP_MANIFEST, source="warm-up"))
+
+        def module() -> None:
+            manifest = held[0] if held else load_manifest(WARM_UP_MANIFEST, source="warm-up")
+            prepare_module(self._runtime(manifest.sandbox.memory.stack_size_kb, ticking=False), manifest)
+
+        return [readers, module]
+
+    def _runtime(self, stack_kb: int, *, ticking: bool = True) -> Runtime:
+        """The runtime of ``stack_kb`` (made on first use); its epoch ticker runs once an agent may use it
+        (``ticking``), not for a runtime made ahead (:meth:`warm_up`)."""
         rt = self._runtimes.get(stack_kb)
         if rt is None:
             opts = EngineOptions(
@@ -259,7 +299,8 @@ class Spawner:
             rt = self._runtimes[stack_kb] = Runtime(HOST_SPECS, options=opts, cache_dir=self._cache_dir)
             if rt.cache_refused:  # compiled code is never run from a folder others may write
                 log.warning("module_cache_refused", reason=rt.cache_refused)
-            rt.start_ticker()
+        if ticking:
+            rt.start_ticker()  # a no-op once it runs
         return rt
 
     def live_stores(self) -> int:

@@ -184,6 +184,49 @@ def _store_limits(max_heap_mb: int, table_elements: int, tables: int) -> StoreLi
     return StoreLimits(memory_bytes=max_heap_mb << 20, table_elements=table_elements, tables=tables)
 
 
+def check_exports(runtime: Runtime, module: Any, where: str) -> None:
+    """Refuse a compiled module whose exports the guest ABI cannot use (``where`` names it in the error).
+
+    Checked once per module, before it is kept in its runtime (:meth:`Runtime.instance_pre`): a spawn that
+    finds the module kept there checks only its imports (against its own manifest)."""
+    types = runtime.module_export_types(module)
+    missing = [e for e in abi.REQUIRED_EXPORTS if e not in types]
+    if missing:
+        raise SandboxError(f"{where} lacks exports {missing}")
+    for pair in abi.PAIRED_EXPORTS:
+        have = [e for e in pair if e in types]
+        if have and len(have) != len(pair):
+            lacking = [e for e in pair if e not in types]
+            raise SandboxError(
+                f"{where} exports {have} without {lacking}: the guest ABI needs both or neither "
+                "(docs/guest-abi.md)"
+            )
+    for name, expected in abi.EXPORT_TYPES.items():
+        found = types.get(name)
+        if found is not None and found != expected:
+            raise SandboxError(
+                f"{where}: export {name!r} has type {abi.describe_type(found)}, the guest ABI expects "
+                f"{abi.describe_type(expected)} (docs/guest-abi.md)"
+            )
+
+
+def prepare_module(runtime: Runtime, manifest: AgentManifest) -> bool:
+    """Compile ``manifest``'s module into ``runtime`` and keep it there, checked, as the first spawn of it
+    would (the disk cache, the export checks, :meth:`Runtime.instance_pre`), without an agent: a worker
+    does this for the built-in guest while it waits for its first request. False when it was there already.
+
+    Only what does not depend on an agent is done: each spawn still checks the module's imports against its
+    own manifest and grant, and instantiates (or adopts a spare)."""
+    code, digest = load_code(manifest)
+    if runtime.cached_pre(digest) is not None:
+        return False
+    what = f"{manifest.source}: module {manifest.module}"
+    module, _cached = runtime.compile(code, digest=digest, what=what)
+    check_exports(runtime, module, what)
+    runtime.instance_pre(module, digest=digest, what=what)
+    return True
+
+
 def store_limits(manifest: AgentManifest) -> StoreLimits:
     """The store limits an agent of ``manifest`` gets (one shared value per distinct setting)."""
     mem = manifest.sandbox.memory
@@ -369,26 +412,7 @@ class Sandbox:
 
     def _check_module(self, module: Any) -> None:
         self._check_imports(self.runtime.module_imports(module))
-        where = f"{self.manifest.source}: module {self.manifest.module}"
-        types = self.runtime.module_export_types(module)
-        missing = [e for e in abi.REQUIRED_EXPORTS if e not in types]
-        if missing:
-            raise SandboxError(f"{where} lacks exports {missing}")
-        for pair in abi.PAIRED_EXPORTS:
-            have = [e for e in pair if e in types]
-            if have and len(have) != len(pair):
-                lacking = [e for e in pair if e not in types]
-                raise SandboxError(
-                    f"{where} exports {have} without {lacking}: the guest ABI needs both or neither "
-                    "(docs/guest-abi.md)"
-                )
-        for name, expected in abi.EXPORT_TYPES.items():
-            found = types.get(name)
-            if found is not None and found != expected:
-                raise SandboxError(
-                    f"{where}: export {name!r} has type {abi.describe_type(found)}, the guest ABI expects "
-                    f"{abi.describe_type(expected)} (docs/guest-abi.md)"
-                )
+        check_exports(self.runtime, module, f"{self.manifest.source}: module {self.manifest.module}")
 
     def _check_imports(self, imports: list[tuple[str, str, str]]) -> None:
         denied = set(self.manifest.sandbox.permissions.denied_host_functions)
