@@ -31,8 +31,11 @@ SRC_DIRS := openfang supervisor control workers protocol memory security
 # An editable install has no .pyc files (pip compiles only what a wheel installs), and where
 # PYTHONDONTWRITEBYTECODE is set every daemon, worker module and CLI start would compile ~80 modules from source
 # again (~150 ms of a cold start): compile them here, as a wheel install does. Up to date, this takes ~50 ms.
+# The built-in guests are compiled too (<venv>/share/openfang/modules): a fresh data dir's first spawn maps them
+# instead of compiling (workers/sandbox/shipped.py).
 install: $(STAMP) $(NODE_STAMP) $(HTTP_NPM)/node_modules/.installed
 	@$(PY) -m compileall -q $(SRC_DIRS)
+	@$(PY) -m openfang.workers.sandbox.shipped >/dev/null
 
 run: install
 	$(PY) -m openfang.demo --data-dir $(DATA_DIR)

@@ -95,6 +95,7 @@ class HostParts:
     engine_options: EngineOptions | None = None
     max_threads: int = 4  # job threads for LLM and tool calls
     module_cache_dir: Path | None = None  # compiled modules persist here (0700): a restarted worker is warm
+    shipped_module_dir: Path | None = None  # the built-in guests compiled at install time (read-only)
     capabilities: Any = None  # security.capabilities.CapabilityPolicy (default: the security's own)
     security: HostSecurity | None = None  # the agent-side security layers
     memory: HostMemory | None = None  # episodic/procedural recording and memory tools
@@ -165,6 +166,7 @@ class AgentHost:
             llm_factory=parts.llm_factory,
             engine_options=parts.engine_options,
             module_cache_dir=parts.module_cache_dir,
+            shipped_module_dir=parts.shipped_module_dir,
             security=parts.security,
             capabilities=parts.capabilities,
             mcp_servers=parts.mcp_servers,

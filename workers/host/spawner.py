@@ -86,6 +86,7 @@ class Spawner:
         llm_factory: Callable[[ModelConfig], Any] | None = None,
         engine_options: EngineOptions | None = None,
         module_cache_dir: Path | None = None,
+        shipped_module_dir: Path | None = None,
         security: HostSecurity | None = None,
         capabilities: Any = None,
         mcp_servers: tuple[McpServerConfig, ...] = (),
@@ -100,6 +101,7 @@ class Spawner:
         self._options = engine_options or EngineOptions()
         # Compiled modules persist here (by sha256 + engine settings): a restarted worker skips compiling.
         self._cache_dir = module_cache_dir
+        self._shipped_dir = shipped_module_dir  # the built-in guests compiled at install time (shipped.py)
         self._security = security
         # security.capabilities.CapabilityPolicy (duck-typed): cluster limits and import allow/deny patterns.
         self.capabilities: Any = capabilities
@@ -296,9 +298,12 @@ class Spawner:
                 epoch_tick_ms=self._options.epoch_tick_ms,
                 fuel_slice=self._options.fuel_slice,
             )
-            rt = self._runtimes[stack_kb] = Runtime(HOST_SPECS, options=opts, cache_dir=self._cache_dir)
-            if rt.cache_refused:  # compiled code is never run from a folder others may write
-                log.warning("module_cache_refused", reason=rt.cache_refused)
+            rt = self._runtimes[stack_kb] = Runtime(
+                HOST_SPECS, options=opts, cache_dir=self._cache_dir, shipped_dir=self._shipped_dir
+            )
+            for refused in (rt.cache_refused, rt.shipped_refused):  # never run code others may write
+                if refused:
+                    log.warning("module_cache_refused", reason=refused)
         if ticking:
             rt.start_ticker()  # a no-op once it runs
         return rt

@@ -18,6 +18,7 @@ from openfang.workers.host.memory import HostMemory
 from openfang.workers.host.security import HostAudit, HostSecurity
 from openfang.workers.llm.providers import make_provider
 from openfang.workers.manifest import ModelConfig
+from openfang.workers.sandbox import shipped
 from openfang.workers.tools.mcp import McpServerConfig, parse_servers
 from openfang.workers.tools.registry import ToolRegistry, default_registry
 
@@ -88,6 +89,8 @@ def build_host(
         # Compiled guests (0700): a restarted worker or daemon maps them instead of compiling, and workers
         # share their pages through the page cache.
         module_cache_dir=Path(data_dir) / "modules" if data_dir else None,
+        # The built-in guests compiled by `make install` (workers/sandbox/shipped.py), when it ran.
+        shipped_module_dir=shipped.default_folder(),
         idle_hibernate_s=_idle_default(args),
         max_resident=_max_resident(args),
     )

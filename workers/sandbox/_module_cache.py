@@ -19,6 +19,14 @@ intact, and any doubt means compiling again (never failing a spawn):
 - A write that fails (a read-only or full data dir, a file size limit) removes its partial file and logs a
   line; the module compiled in memory is used as if there were no cache. The partial file of a writer that
   died mid-write is removed by the next cache opened on the folder once it is old (``STALE_WRITE_S``).
+
+:class:`ShippedModules` is a second, read-only folder: the built-in guests compiled when the package was
+installed (``make install`` runs ``python -m openfang.workers.sandbox.shipped``), so a fresh data dir's first
+spawn maps them instead of compiling (~5 ms). The same checks apply, except that the folder and its files
+may be root's as well as this user's (an installed package is root's or the installer's; root may write
+anything anyway): anything another user may write is never loaded. A file this process cannot use is only
+logged (it is not ours to remove); wasmtime refuses an artifact of another wasmtime version, engine setting
+or CPU, and the module is then compiled as before.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ MAGIC = b"OFCWASM1"  # the trailer's tag (and its version)
 TRAILER_BYTES = 32 + len(MAGIC)  # sha256 of the artifact, then the tag
 _CHUNK = 1 << 16
 STALE_WRITE_S = 600.0  # a partial file this old has no live writer
+_SHIPPED_OWNERS = (os.getuid(), 0)  # whose install-time modules may be loaded (see ShippedModules)
 
 
 class ModuleCache:
@@ -93,19 +102,7 @@ class ModuleCache:
 
     def write(self, path: Path, artifact: bytes) -> bool:
         """Store ``artifact`` (with its trailer) at ``path``; False, logged, when the folder refuses it."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(artifact)
-                out.write(hashlib.sha256(artifact).digest() + MAGIC)
-            os.replace(tmp, path)
-        except OSError as exc:
-            with suppress(OSError):
-                tmp.unlink()
-            log.warning("module_cache_write_failed", path=str(path), error=exc.strerror or str(exc))
-            return False
-        return True
+        return write_artifact(path, artifact, mode=0o600)
 
     def _trusted(self, folder: Path | None) -> Path | None:
         """The folder, made 0700 if missing; None (with the reason kept) if it cannot be used."""
@@ -121,6 +118,78 @@ class ModuleCache:
             return None
         _remove_stale_writes(folder)
         return folder
+
+
+class ShippedModules:
+    """The read-only folder of modules compiled at install time (see the module docstring); ``refused`` is
+    why it is not used (None when it is, or when there is no such folder)."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.refused: str | None = None
+        self.folder: Path | None = None
+        if folder is None or not folder.is_dir():
+            return
+        if not private(folder, _SHIPPED_OWNERS):
+            self.refused = f"{folder}: others may write it (it must be root's or uid {os.getuid()}'s alone)"
+            return
+        self.folder = folder
+
+    @property
+    def enabled(self) -> bool:
+        return self.folder is not None
+
+    def path(self, digest: str, engine: str) -> Path:
+        assert self.folder is not None
+        return self.folder / f"{digest}-{engine}.cwasm"
+
+    @contextmanager
+    def verified(self, path: Path) -> Iterator[str | None]:
+        """As :meth:`ModuleCache.verified`, for a file that may be root's; a file that cannot be used is
+        logged, never removed."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            yield None
+            return
+        except OSError as exc:
+            log.warning("module_cache_shipped_unreadable", path=str(path), error=exc.strerror or str(exc))
+            yield None
+            return
+        try:
+            try:
+                problem = _check(fd, _SHIPPED_OWNERS)
+            except OSError as exc:
+                problem = f"unreadable: {exc.strerror or exc}"
+            if problem is not None:
+                self.ignore(path, problem)
+                yield None
+                return
+            proc = f"/proc/self/fd/{fd}"
+            yield proc if os.path.exists(proc) else str(path)
+        finally:
+            os.close(fd)
+
+    def ignore(self, path: Path, reason: str) -> None:
+        """A shipped file that cannot be used: said once per use, left in place (the module is compiled)."""
+        log.warning("module_cache_shipped_ignored", path=str(path), reason=reason)
+
+
+def write_artifact(path: Path, artifact: bytes, *, mode: int) -> bool:
+    """Write ``artifact`` and its trailer to a file of its own, then rename it to ``path`` (see the module
+    docstring); False, logged, when that fails."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(artifact)
+            out.write(hashlib.sha256(artifact).digest() + MAGIC)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with suppress(OSError):
+            tmp.unlink()
+        log.warning("module_cache_write_failed", path=str(path), error=exc.strerror or str(exc))
+        return False
+    return True
 
 
 def _remove_stale_writes(folder: Path) -> None:
@@ -139,13 +208,16 @@ def _remove_stale_writes(folder: Path) -> None:
                     log.info("module_cache_stale_write_removed", path=entry.path)
 
 
-def _check(fd: int) -> str | None:
-    """Why the open file ``fd`` may not be loaded, or None when it is ours and its trailer matches."""
+def _check(fd: int, owners: tuple[int, ...] | None = None) -> str | None:
+    """Why the open file ``fd`` may not be loaded, or None when it is ours (or, with ``owners``, one of
+    theirs), writable by nobody else, and its trailer matches."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
-    if st.st_uid != os.getuid() or st.st_mode & 0o022:
-        return f"owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o} (must be ours, 0600)"
+    if st.st_uid not in (owners or (os.getuid(),)) or st.st_mode & 0o022:
+        mode = stat.S_IMODE(st.st_mode)
+        must = "root's or ours, writable by no one else" if owners else "ours, 0600"
+        return f"owned by uid {st.st_uid} with mode {mode:o} (must be {must})"
     size = st.st_size - TRAILER_BYTES
     if size <= 0:
         return f"truncated ({st.st_size} bytes)"
@@ -167,10 +239,11 @@ def _check(fd: int) -> str | None:
     return None
 
 
-def private(path: Path) -> bool:
-    """Owned by this user and writable by nobody else (what a file of machine code we will run needs)."""
+def private(path: Path, owners: tuple[int, ...] | None = None) -> bool:
+    """Owned by this user (or one of ``owners``) and writable by nobody else (what a file of machine code we
+    will run needs)."""
     try:
         st = path.stat()
     except OSError:
         return False
-    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+    return st.st_uid in (owners or (os.getuid(),)) and not st.st_mode & 0o022

@@ -37,7 +37,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from openfang.protocol.errors import SandboxError
-from openfang.workers.sandbox._module_cache import ModuleCache
+from openfang.workers.sandbox._module_cache import ModuleCache, ShippedModules
 
 WASMTIME_VERSION = "50.0.1"
 FUEL_TANK = 1 << 62  # every store gets a tank this large; budgets are counted per slice, not by running dry
@@ -301,6 +301,7 @@ class Runtime:
         *,
         options: EngineOptions | None = None,
         cache_dir: Path | None = None,
+        shipped_dir: Path | None = None,
     ) -> None:
         self.options = options or EngineOptions()
         cfg = wasmtime.Config()
@@ -329,6 +330,9 @@ class Runtime:
         self.live_stores = 0
         self._cache = ModuleCache(cache_dir)
         self.cache_refused = self._cache.refused  # why the disk cache is not used, if it is not
+        # The built-in guests compiled at install time (read-only; see _module_cache.ShippedModules).
+        self._shipped = ShippedModules(shipped_dir)
+        self.shipped_refused = self._shipped.refused
         self._pres: dict[str, tuple[wasmtime.Module, wasmtime.InstancePre]] = {}
         self._table_names: dict[int, tuple[bytes, ...]] = {}  # by InstancePre address
         self._imports: dict[str, tuple[tuple[str, str, str], ...]] = {}  # by module digest (cached_imports)
@@ -508,8 +512,9 @@ class Runtime:
 
         Loading a compiled artifact is trusting it (it is machine code): a file is loaded only when it is
         ours and intact (workers/sandbox/_module_cache.py); a folder others may write is not used at all
-        (the reason is in :attr:`cache_refused`). Whatever is wrong with the disk cache, the module is
-        compiled in memory and the spawn goes on.
+        (the reason is in :attr:`cache_refused`). The data dir's cache is looked in first, then the
+        modules compiled at install time (``shipped_dir``, root's or ours: :attr:`shipped_refused`).
+        Whatever is wrong with either, the module is compiled in memory and the spawn goes on.
         """
         hit = self._pres.get(digest)
         if hit is not None:
@@ -523,6 +528,15 @@ class Runtime:
                         return wasmtime.Module.deserialize_file(self.engine, source), True
                     except wasmtime.WasmtimeError as exc:  # stale or foreign artifact: recompile below
                         cache.discard(path, f"wasmtime refused it: {_first_line(exc)}")
+        shipped = self._shipped
+        if shipped.enabled:  # compiled at install time: mapped as the data dir's copy would be
+            at = shipped.path(digest, self.fingerprint())
+            with shipped.verified(at) as source:
+                if source is not None:
+                    try:
+                        return wasmtime.Module.deserialize_file(self.engine, source), True
+                    except wasmtime.WasmtimeError as exc:  # another wasmtime, engine setting or CPU
+                        shipped.ignore(at, f"wasmtime refused it: {_first_line(exc)}")
         binary = wasm_binary(code, what=what)
         try:
             module = wasmtime.Module(self.engine, export_tables(binary))
