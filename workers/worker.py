@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import zmq
 
+from openfang.memory.paths import locations  # nothing but the paths (before the fork: shared, not read again)
 from openfang.protocol import messages
 from openfang.protocol.bodies import Empty, ForwardedRequest, WorkerForward, WorkerHello, WorkerPing
 from openfang.protocol.envelope import Envelope, decode, encode
@@ -346,8 +347,6 @@ def _open_memory() -> MemoryAPI | None:
     The writer is started before the workers (it comes first in the tree), so its database exists and is
     migrated by the time a worker starts; no database means no memory child is configured.
     """
-    from openfang.memory.paths import locations
-
     try:
         endpoint, db_path = locations()
     except OpenFangError:
