@@ -62,6 +62,11 @@ BATCH_FRAMES = 32
 # 2 cores). Spawns further apart find it ready (perf/PROFILE.md "Warm start", branch spare).
 SPARE_IDLE_MS = 3
 # A drain checks the end of its first message frame by frame for at most this many frames (see _drain).
+# The warm-up (Worker._warm_up) starts after this long without a request, and again after any request: a
+# restarted worker's first requests (a kill -9's restart is timed to its first answered ping) do not wait
+# behind a step. Measured (perf.bench_backbone restart p50, 50 kills a run): with steps from the ready on,
+# 13.1-14.2 ms against 11.4-14.7 with no warm-up; with this wait, 9 runs median 15.2 against main's 15.4.
+WARM_IDLE_MS = 1
 CHECKED_FRAMES = 4
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost an enum operation per use
 _RCVMORE = int(zmq.RCVMORE)
@@ -104,6 +109,7 @@ class Worker:
         self._last_hello = 0.0
         self._full_hello = True  # the next hello lists every agent (the first one, or after a resync)
         self._warm_steps: deque[Callable[[], None]] = deque()  # the first spawn's work, done ahead (serve)
+        self._warm_wait = True  # the next warm-up step waits for WARM_IDLE_MS of quiet first
         # The worker's own messages from the gateway, typed by the catalogue; agent.* and memory.* go to the
         # agent host and the memory service, which type their bodies themselves.
         self._dispatch: dict[str, tuple[type[Any], Callable[[Envelope, Any], None]]] = {
@@ -119,9 +125,10 @@ class Worker:
         self._hello()
         self._flush()  # before ready: the gateway knows this worker by the time the tree reports READY
         self.child.ready(cpu=self.cpu, agents=0)
-        # Between its ready and its first request (~5 ms of a cold start: the tree's READY, the client's
+        # Between its ready and its first request (~5-7 ms of a cold start: the tree's READY, the client's
         # request through the gateway) the worker is idle: it does the first spawn's one-time work then,
-        # one step per loop turn while nothing waits (see _warm_up).
+        # one step per loop turn, once nothing has come for WARM_IDLE_MS and then back to back while nothing
+        # comes (see _warm_up).
         self._warm_steps.extend([self._warm_schemas, *self.host.warm_up()])
         # Quiet after a burst, the worker also drops libwasmtime's code pages (clean pages of the file,
         # mapped again on the next use: measured ~4 MB USS of an idle worker that ran an agent, no
@@ -137,11 +144,14 @@ class Worker:
             if self.host.spare_wanted():
                 timeout = min(timeout, SPARE_IDLE_MS)
             if self._warm_steps:
-                timeout = 0
+                timeout = min(timeout, WARM_IDLE_MS if self._warm_wait else 0)
             ready = dict(poller.poll(timeout))
-            if not ready and self._warm_steps:
+            if ready:
+                self._warm_wait = True  # a request: the next warm-up step waits for quiet again
+            elif self._warm_steps:
+                self._warm_wait = False
                 self._warm_up()
-            elif not ready and timeout > 0:  # idle (not a poll for agents that are runnable now)
+            elif timeout > 0:  # idle (not a poll for agents that are runnable now)
                 self._idle()
             if self.sock in ready:
                 self._drain()
