@@ -301,9 +301,10 @@ class Spawner:
             rt = self._runtimes[stack_kb] = Runtime(
                 HOST_SPECS, options=opts, cache_dir=self._cache_dir, shipped_dir=self._shipped_dir
             )
-            for refused in (rt.cache_refused, rt.shipped_refused):  # never run code others may write
-                if refused:
-                    log.warning("module_cache_refused", reason=refused)
+            if rt.cache_refused:  # compiled code is never run from a folder others may write
+                log.warning("module_cache_refused", reason=rt.cache_refused)
+            if rt.shipped_refused:  # the install's (owned by another user than root or ours): compiled here
+                log.info("module_cache_shipped_refused", reason=rt.shipped_refused)
         if ticking:
             rt.start_ticker()  # a no-op once it runs
         return rt
