@@ -100,7 +100,7 @@ def test_shipped_folder_others_may_write_is_not_used(folder: Path, tmp_path: Pat
     folder.chmod(0o777)
     rt = Runtime(HOST_SPECS, shipped_dir=folder)
     try:
-        assert rt.shipped_refused is not None and "others may write it" in rt.shipped_refused
+        assert rt.shipped_refused is not None and "another user may write it" in rt.shipped_refused
     finally:
         rt.close()
     assert _load(folder, tmp_path / "d")[0] is False

@@ -130,7 +130,10 @@ class ShippedModules:
         if folder is None or not folder.is_dir():
             return
         if not private(folder, _SHIPPED_OWNERS):
-            self.refused = f"{folder}: others may write it (it must be root's or uid {os.getuid()}'s alone)"
+            self.refused = (
+                f"{folder}: another user may write it (it must be root's or uid {os.getuid()}'s, writable by "
+                "no one else)"
+            )
             return
         self.folder = folder
 
