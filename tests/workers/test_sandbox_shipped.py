@@ -5,6 +5,7 @@ refuses is never loaded (the module is compiled, the file left in place: it is n
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,16 @@ def test_shipped_symlink_is_not_followed(folder: Path, tmp_path: Path) -> None:
     path.rename(real)
     path.symlink_to(real)
     assert _load(folder, tmp_path / "d")[0] is False
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_shipped_file_of_another_user_is_never_loaded(folder: Path, tmp_path: Path) -> None:
+    """A shipped file (or folder) owned by a user who is neither root nor this one is not loaded, even when
+    no one else may write it: that user could change it."""
+    path = _llm_file(folder)
+    os.chown(path, 12345, 12345)
+    cached, events = _load(folder, tmp_path / "d1")
+    assert cached is False and "module_cache_shipped_ignored" in events
+    os.chown(path, 0, 0)
+    os.chown(folder, 12345, 12345)
+    assert _load(folder, tmp_path / "d2")[0] is False
