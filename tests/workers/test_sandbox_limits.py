@@ -107,11 +107,13 @@ def test_limits_unfit_modules_are_refused_with_the_reason(
 
 
 def test_limits_llm_agent_out_of_memory_is_restarted_with_fresh_memory() -> None:
-    """The built-in agent whose conversation outgrows max_heap_mb fails that message and is restarted."""
+    """The built-in agent given a model answer larger than its whole heap (max_heap_mb) fails that message
+    and is restarted; the new instance answers again. (A conversation that merely outgrows the heap is
+    compacted instead: tests/workers/test_builtin_llm_agent_heap.py.)"""
     from sandbox_helpers import RuleProvider, response
 
-    big = "x" * 200_000
-    d = make_host(RuleProvider(lambda req: response(big)))
+    huge = "x" * 600_000  # the model's message and its answer text: 1.2 MB
+    d = make_host(RuleProvider(lambda req: response(huge if req.messages[-1].content == "huge" else "ok")))
     try:
         text = manifest(
             "bot",
@@ -119,13 +121,12 @@ def test_limits_llm_agent_out_of_memory_is_restarted_with_fresh_memory() -> None
             sandbox="[sandbox.memory]\nmax_heap_mb = 1\n",
         )
         aid = d.ok("agent.spawn", manifest=text)["agent_id"]
-        replies = [d.call("agent.send", agent_id=aid, text="hi") for _ in range(8)]
-        failed = [r for r in replies if r.type == "error"]
-        assert failed and "ran out of memory (max_heap_mb=1)" in failed[0].body["message"]
-        assert replies[0].body["reply"] == big
-        assert d.ok("agent.info", agent_id=aid)["restarts"] >= 1
-        first_failure = replies.index(failed[0])
-        assert replies[first_failure + 1].body["reply"] == big  # the restarted agent answers again
+        replies = [d.call("agent.send", agent_id=aid, text=t) for t in ("hi", "huge", "hi")]
+        assert replies[0].body["reply"] == "ok"
+        assert replies[1].type == "error"
+        assert "ran out of memory (max_heap_mb=1)" in replies[1].body["message"]
+        assert d.ok("agent.info", agent_id=aid)["restarts"] == 1
+        assert replies[2].body["reply"] == "ok"  # the restarted agent answers again
     finally:
         d.host.close()
 

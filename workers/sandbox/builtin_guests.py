@@ -33,10 +33,16 @@ from __future__ import annotations
 import functools
 import hashlib
 
-# The allocator shared by both guests: 8-byte aligned bump pointer, grows memory on demand, 0 on failure.
-_ALLOC = """
+
+# The bump allocator: 8-byte aligned bump pointer, grows memory on demand, 0 on failure. The echo's ``alloc``
+# is exactly this; the llm-agent's is this as ``$bump``, called by an ``alloc`` that reclaims its heap.
+def _bump_allocator(func: str) -> str:
+    return (
+        """
   (global $heap (export "heap_top") (mut i32) (i32.const 65536))
-  (func $alloc (export "alloc") (param $n i32) (result i32)
+  (func """
+        + func
+        + """ (param $n i32) (result i32)
     (local $p i32) (local $end i32) (local $need i32)
     (if (i32.gt_u (local.get $n) (i32.const 0x7fff0000)) (then (return (i32.const 0))))
     (local.set $p (global.get $heap))
@@ -50,6 +56,10 @@ _ALLOC = """
     (global.set $heap (local.get $end))
     (local.get $p))
 """
+    )
+
+
+_ALLOC = _bump_allocator('$alloc (export "alloc")')
 
 LLM_AGENT_WAT = (
     """(module
@@ -59,20 +69,86 @@ LLM_AGENT_WAT = (
   ;; page 0: [1024, 65536) holds the conversation table: 8064 entries of (u32 ptr, u32 len)
   (memory (export "memory") 2)
   (global $count (export "conversation_entries") (mut i32) (i32.const 0))
+  ;; how many entries the table has forgotten since the instance began (wraps; only differences are used)
+  (global $forgotten (export "conversation_forgotten") (mut i32) (i32.const 0))
   ;; [16, 1024): the inbox; the host writes a message that fits here and calls agent_handle(16, len)
   (global (export "agent_inbox") i32 (i32.const 16))
   (global (export "agent_inbox_size") i32 (i32.const 1008))
   ;; [8, 16): the result area, (u32 ptr, u32 cap), set by $offer before every llm_invoke and tool_call
   (global (export "agent_result_area") i32 (i32.const 8))
 """
-    + _ALLOC
+    + _bump_allocator("$bump")
     + """
+  ;; alloc: the bump allocator; when memory cannot grow (max_heap_mb), compact the conversation and try again.
+  ;; It is called by the host before agent_handle (a message too long for the inbox), by agent_handle before
+  ;; it takes the table's length, and by $fetch after every entry of this message is in the table: at each,
+  ;; every heap byte still needed is an entry of the table (no local holds another heap pointer; the offered
+  ;; result area is used only when the result fit it, and then alloc does not grow), so moving them is safe.
+  (func $alloc (export "alloc") (param $n i32) (result i32)
+    (local $p i32)
+    (local.set $p (call $bump (local.get $n)))
+    (if (local.get $p) (then (return (local.get $p))))
+    (call $reclaim (local.get $n)))
+
+  ;; n bytes after compacting, or 0. n larger than the heap memory has now can never fit: the conversation is
+  ;; left alone. Otherwise keep what fits in 3/4 of it less n, so a quarter at least is free again after
+  ;; this alloc (a compaction copies at most 3 bytes per byte allocated since the last one).
+  (func $reclaim (param $n i32) (result i32)
+    (local $size i32)
+    (local.set $size (i32.sub (i32.shl (memory.size) (i32.const 16)) (i32.const 65536)))
+    (if (i32.gt_u (local.get $n) (i32.sub (local.get $size) (i32.const 8))) (then (return (i32.const 0))))
+    (call $compact
+      (select
+        (i32.sub (i32.sub (local.get $size) (i32.shr_u (local.get $size) (i32.const 2))) (local.get $n))
+        (i32.const 0)
+        (i32.gt_u (i32.sub (local.get $size) (i32.shr_u (local.get $size) (i32.const 2))) (local.get $n))))
+    (call $bump (local.get $n)))
+
+  ;; Keep the newest entries whose bytes fit in budget, at most 4032 (the manifest sends the model at most
+  ;; 4000); move their bytes down to the heap's base in order (entries lie in the heap in table order and do
+  ;; not overlap, so each moves down or stays: memory.copy is a memmove), their slots to the table's start,
+  ;; zero the rest of the heap (a snapshot stores no forgotten bytes) and reset the bump pointer.
+  (func $compact (param $budget i32)
+    (local $first i32) (local $bytes i32) (local $len i32) (local $src i32) (local $dst i32) (local $slot i32)
+    (local.set $first (global.get $count))
+    (block $chosen
+      (loop $older
+        (br_if $chosen (i32.eqz (local.get $first)))
+        (br_if $chosen (i32.ge_u (i32.sub (global.get $count) (local.get $first)) (i32.const 4032)))
+        (local.set $len
+          (i32.load offset=4 (i32.add (i32.const 1016) (i32.shl (local.get $first) (i32.const 3)))))
+        (br_if $chosen (i32.gt_u (local.get $len) (i32.sub (local.get $budget) (local.get $bytes))))
+        (local.set $bytes (i32.add (local.get $bytes) (local.get $len)))
+        (local.set $first (i32.sub (local.get $first) (i32.const 1)))
+        (br $older)))
+    (local.set $dst (i32.const 65536))
+    (local.set $slot (i32.const 1024))
+    (local.set $src (i32.add (i32.const 1024) (i32.shl (local.get $first) (i32.const 3))))
+    (block $moved
+      (loop $next
+        (br_if $moved
+          (i32.ge_u (local.get $src) (i32.add (i32.const 1024) (i32.shl (global.get $count) (i32.const 3)))))
+        (local.set $len (i32.load offset=4 (local.get $src)))
+        (memory.copy (local.get $dst) (i32.load (local.get $src)) (local.get $len))
+        (i32.store (local.get $slot) (local.get $dst))
+        (i32.store offset=4 (local.get $slot) (local.get $len))
+        (local.set $dst (i32.add (local.get $dst) (local.get $len)))
+        (local.set $slot (i32.add (local.get $slot) (i32.const 8)))
+        (local.set $src (i32.add (local.get $src) (i32.const 8)))
+        (br $next)))
+    (local.set $dst (i32.and (i32.add (local.get $dst) (i32.const 7)) (i32.const -8)))
+    (memory.fill (local.get $dst) (i32.const 0) (i32.sub (global.get $heap) (local.get $dst)))
+    (global.set $heap (local.get $dst))
+    (global.set $forgotten (i32.add (global.get $forgotten) (local.get $first)))
+    (global.set $count (i32.sub (global.get $count) (local.get $first))))
+
   (func $push (param $p i32) (param $n i32) (result i32)
     (local $slot i32)
     ;; table full: forget the oldest half (the host only sends the newest history_messages anyway)
     (if (i32.ge_u (global.get $count) (i32.const 8064))
       (then
         (memory.copy (i32.const 1024) (i32.const 33280) (i32.const 32256))
+        (global.set $forgotten (i32.add (global.get $forgotten) (i32.const 4032)))
         (global.set $count (i32.const 4032))))
     (local.set $slot (i32.add (i32.const 1024) (i32.shl (global.get $count) (i32.const 3))))
     (i32.store (local.get $slot) (local.get $p))
@@ -102,9 +178,10 @@ LLM_AGENT_WAT = (
   (func (export "agent_init") (result i32) (i32.const 0))
 
   ;; A failed message leaves no trace in the conversation (no dangling user turn, no unanswered tool call):
-  ;; the table is cut back to where it was. If the table was halved meanwhile, its entries moved down 4032.
+  ;; the table is cut back to where it was, less the entries forgotten meanwhile (a halving of the table or a
+  ;; compaction moved the rest down by that many; when that took some of this message's too, to nothing).
   (func (export "agent_handle") (param $p i32) (param $n i32) (result i64)
-    (local $saved i32) (local $r i64) (local $buf i32)
+    (local $saved i32) (local $r i64) (local $buf i32) (local $gone i32)
     ;; A message in the inbox moves to the heap first: the conversation keeps it, the host reuses the inbox.
     (if (i32.eq (local.get $p) (i32.const 16))
       (then
@@ -113,12 +190,16 @@ LLM_AGENT_WAT = (
         (memory.copy (local.get $buf) (local.get $p) (local.get $n))
         (local.set $p (local.get $buf))))
     (local.set $saved (global.get $count))
+    (local.set $gone (global.get $forgotten))
     (local.set $r (call $handle (local.get $p) (local.get $n)))
     (if (i64.lt_s (local.get $r) (i64.const 0))
       (then
-        (if (i32.lt_u (global.get $count) (local.get $saved))
-          (then (global.set $count (i32.sub (local.get $saved) (i32.const 4032))))
-          (else (global.set $count (local.get $saved))))))
+        (local.set $gone (i32.sub (global.get $forgotten) (local.get $gone)))
+        (global.set $count
+          (select
+            (i32.sub (local.get $saved) (local.get $gone))
+            (i32.const 0)
+            (i32.gt_u (local.get $saved) (local.get $gone))))))
     (local.get $r))
 
   (func $handle (param $p i32) (param $n i32) (result i64)
@@ -183,10 +264,13 @@ BUILTINS: dict[str, str] = {"llm-agent": LLM_AGENT_WAT, "echo": ECHO_WAT}
 # hibernated by an older worker wakes in a newer one. Any other digest is refused by the snapshot restore.
 _EARLIER: dict[str, tuple[str, ...]] = {
     # before the inbox (2026-12-05), then (llm-agent) before the result area, which lies in bytes [8, 16)
-    # no earlier version used and which the guest writes before it reads them
+    # no earlier version used and which the guest writes before it reads them, then before it reclaimed its
+    # heap (2026-12-06: same layout; its new global conversation_forgotten starts at 0 in a woken snapshot,
+    # and only its change during one message is ever used)
     "llm-agent": (
         "8312e2632d45f2dc6617cdbf54a3fb957cff0ac850127d756d524cc7c0e34006",
         "686c2e97fba86d573ba512ad7e80656d47886b07a768a216a51971965f5b3be9",
+        "cef529e278f42c5627481740a370e0b2d79134805ecbc21fb6da9c88058864b8",
     ),
     "echo": ("0d75cf9c1d9bedfc80aebf8f925a75f0d27e71708af5cf8fcb8f65a35ae36b1d",),
 }
