@@ -4,11 +4,28 @@
 per chat message (the user's message, each assistant message, each batch of tool results) and loops:
 ``llm_invoke`` over the whole table; a final answer ends the message, a tool-call message is passed to
 ``tool_call`` and its results are appended. The host bounds the loop (max_calls_per_message -> E_LIMIT).
-Memory is a bump allocator that never frees: the conversation lives as long as the agent, bounded by the
-manifest's heap cap (alloc returns 0 past it, the message fails with E_NOMEM and the host restarts the agent
-per its policy). The table keeps the newest 8064 entries; the host sends the model the newest
-``history_messages`` of them. A message that fails (an LLM error, a tool-call limit) is taken back out of
-the table, so the next message's conversation has no half-turn in it.
+The table keeps the newest 8064 entries (full, it forgets the oldest 4032); the host sends the model the
+newest ``history_messages`` of them. A message that fails (an LLM error, a tool-call limit) is taken back
+out of the table, so the next message's conversation has no half-turn in it.
+
+Memory is a bump allocator (``$bump``, ``heap_top``) that reclaims only when it must: when ``alloc(n)``
+cannot grow memory (``memory.grow`` returns -1 at the manifest's ``max_heap_mb``) it compacts the
+conversation and tries once more. Compaction keeps the newest entries, at most 4032 (``history_messages``
+is at most 4000, so the model's view does not change), and of those only as many newest as fit in 3/4 of
+the heap memory has now less ``n``: after the alloc a quarter of the heap at least is free again, so a
+compaction copies at most 3 bytes per byte allocated since the last one. When the newest 4032 entries do not
+fit there (huge messages or tool results), fewer are kept, and the model then sees fewer than
+``history_messages`` entries (at worst none of the old ones: ``n`` near the heap's size). The kept entries'
+bytes move down to the heap's base in table order (entries lie in the heap in that order and never
+overlap, so each moves down or stays; ``memory.copy`` is a memmove), their slots to the table's start, the
+rest of the heap is zeroed (a snapshot then stores no forgotten message) and ``heap_top`` is reset. It runs
+only inside ``alloc``, called by the host before ``agent_handle`` (a message longer than the inbox), by
+``agent_handle`` before it reads the table's length, and by ``$fetch`` when every entry of the message so far
+is in the table: at each, no local holds a heap pointer that is not an entry. A failed message's rollback
+cuts the table back by what it had then less what was forgotten meanwhile (``conversation_forgotten``
+counts it). An ``n`` larger than the heap memory has now is refused without compacting: that message fails
+with E_NOMEM and the host restarts the agent per its policy. The fast path costs one call more per alloc
+(``alloc`` -> ``$bump``): no measurable change per message (perf/PROFILE.md).
 
 ``builtin:echo`` replies with the message it was given (routing and density benchmarks, tests).
 
@@ -18,14 +35,16 @@ result area (``agent_result_area``, [8, 16) of page 0): before each ``llm_invoke
 the free end of its heap there, the host writes a result that fits straight into it, and the ``alloc`` that
 follows takes exactly those bytes: no ``host_result`` call, no copy. The llm-agent's inbox is
 [16, 1024) of page 0, below its conversation table, which no earlier version of the module used: a snapshot
-of the module before the inbox (same memory layout, same globals) fits this one (``PREDECESSORS``). It
+of the module before the inbox (same memory layout, same globals) fits this one (``_EARLIER``). It
 copies an inbox message to its heap (the conversation keeps it; the host overwrites the inbox on the next
 message). The echo's inbox is its whole heap page (it keeps nothing between messages).
 
 Both export every mutable global they keep (``heap_top``, the bump pointer; ``conversation_entries``, the
-llm-agent's table length), so a snapshot (workers/sandbox/snapshot.py) captures their whole state: linear
-memory plus these globals. A new mutable global in a built-in guest must be exported too, or hibernation
-refuses the module.
+llm-agent's table length; ``conversation_forgotten``, the entries it has forgotten), so a snapshot
+(workers/sandbox/snapshot.py) captures their whole state: linear memory plus these globals. A new mutable
+global in a built-in guest must be exported too, or hibernation refuses the module. A snapshot of the
+llm-agent before it reclaimed its heap wakes in this one (``_EARLIER``): same layout, and its missing
+``conversation_forgotten`` starts at 0, which is right (only its change during one message is used).
 """
 
 from __future__ import annotations
