@@ -276,3 +276,38 @@ def test_llm_agent_heap_message_larger_than_the_heap_fails_alone(tmp_path: Path)
         assert d.ok("agent.info", agent_id=other)["restarts"] == 0
     finally:
         d.host.close()
+
+
+def test_llm_agent_heap_running_module_is_this_text_with_or_without_compiled_guests(tmp_path: Path) -> None:
+    """The llm-agent a host spawns is compiled from today's text: mapped from an install's compiled guests
+    when they are of this text, compiled afresh when the folder holds only the version before compaction
+    (its digest names another file); either way it exports conversation_forgotten."""
+    from openfang.workers.sandbox import shipped
+    from openfang.workers.sandbox._module_cache import write_artifact
+    from openfang.workers.sandbox.builtin_guests import LLM_AGENT_WAT
+
+    current, stale = tmp_path / "current", tmp_path / "stale"
+    shipped.ship(current)
+    stale.mkdir(mode=0o755)
+    old = (GUESTS / "llm_agent_before_compaction.wat").read_bytes()
+    old_digest = hashlib.sha256(old).hexdigest()
+    rt = Runtime(())  # as shipped.ship compiles
+    try:
+        module, _ = rt.compile(old, digest=old_digest, what="old")
+        path = stale / f"{old_digest}-{rt.fingerprint()}.cwasm"
+        assert write_artifact(path, bytes(module.serialize()), mode=0o644)
+        path.chmod(0o644)
+        module.close()
+    finally:
+        rt.close()
+    for folder, kind in ((current, "warm"), (stale, "cold")):
+        d = make_host(module_cache_dir=tmp_path / f"cache-{folder.name}", shipped_module_dir=folder)
+        try:
+            aid = d.ok("agent.spawn", manifest=manifest("bot"))["agent_id"]
+            sandbox = d.host._agents[aid].sandbox
+            assert sandbox.spawn_kind == kind
+            assert sandbox.module_digest == hashlib.sha256(LLM_AGENT_WAT.encode()).hexdigest()
+            assert _global(sandbox, "conversation_forgotten") == 0
+            assert d.ok("agent.send", agent_id=aid, text="hello")["reply"].startswith("echo: hello")
+        finally:
+            d.host.close()
