@@ -13,6 +13,7 @@ envelope and, when a schema is registered for the type, the body.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,22 +94,36 @@ def error_reply(request_id: str, err: OpenFangError) -> Envelope:
     return Envelope(type=ERROR_TYPE, body=err.to_wire(), id=request_id)
 
 
+# One msgpack Packer per thread, reused: ``msgpack.packb`` builds a Packer (and its buffer) per call, 0.99
+# against 0.67 us for a reply envelope (measured). Per thread because a Packer is one buffer: two threads
+# packing at once through one would mix their bytes. ``pack`` leaves the buffer empty after each call (and
+# after a failed one), so every call starts clean; its buffer keeps the size of the largest message packed,
+# so after one larger than _PACKER_KEEP bytes the thread's Packer is dropped (the next call makes a new one).
+_packers = threading.local()
+_PACKER_KEEP = 1 << 16
+
+
+def _pack(envelope: dict[str, Any]) -> bytes:
+    try:
+        pack: Callable[[Any], bytes] = _packers.pack
+    except AttributeError:
+        pack = _packers.pack = msgpack.Packer(use_bin_type=True).pack
+    packed = pack(envelope)
+    if len(packed) > _PACKER_KEEP:
+        del _packers.pack
+    return packed
+
+
 def encode(env: Envelope) -> bytes:
     """Serialise an envelope to msgpack bytes."""
-    packed: bytes = msgpack.packb(
-        {"v": env.v, "id": env.id, "type": env.type, "body": env.body}, use_bin_type=True
-    )
-    return packed
+    return _pack({"v": env.v, "id": env.id, "type": env.type, "body": env.body})
 
 
 def encode_as(env: Envelope, msg_id: str) -> bytes:
     """``encode(env)`` with the id ``msg_id`` instead of its own: what a relay sends on (the gateway gives a
     request its own id towards a worker, and the reply the client's id back), without building the
     re-addressed envelope first."""
-    packed: bytes = msgpack.packb(
-        {"v": env.v, "id": msg_id, "type": env.type, "body": env.body}, use_bin_type=True
-    )
-    return packed
+    return _pack({"v": env.v, "id": msg_id, "type": env.type, "body": env.body})
 
 
 def decode(

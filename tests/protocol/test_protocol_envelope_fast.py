@@ -159,3 +159,49 @@ def test_send_service_is_the_built_bodys_service(body: dict[str, Any]) -> None:
     env = decode(msgpack.packb({"v": 1, "id": "r-1", "type": "agent.send", "body": body}))
     built = messages.parse(env, AgentSend, decoded=True)
     assert messages.send_service(env) == (built.service if built.agent_id is None else None)
+
+
+def test_encode_with_the_reused_packer_equals_packb() -> None:
+    """encode/encode_as through the thread's reused Packer give msgpack.packb's bytes, also right after a
+    failed encode and after one larger than the Packer is kept for (which drops it)."""
+    rng = random.Random(7)
+    big = Envelope(type="agent.send.ok", body={"reply": "x" * (envelope_module._PACKER_KEEP + 10)}, id="b")
+    bad = Envelope(type="agent.send", body={"text": object()}, id="e")
+    for n in range(300):
+        body = {"text": "t" * rng.randrange(0, 300), "n": rng.randrange(-(2**40), 2**40), "raw": b"\x00" * n}
+        env = Envelope(type="agent.send", body=body, id=f"r{n}")
+        if n % 50 == 0:
+            with pytest.raises(TypeError):
+                encode(bad)
+        if n % 70 == 0:
+            assert encode(big) == msgpack.packb(
+                {"v": 1, "id": "b", "type": big.type, "body": big.body}, use_bin_type=True
+            )
+            assert not hasattr(envelope_module._packers, "pack")
+        want = msgpack.packb({"v": 1, "id": env.id, "type": env.type, "body": body}, use_bin_type=True)
+        assert encode(env) == want
+        assert encode_as(env, "other") == msgpack.packb(
+            {"v": 1, "id": "other", "type": env.type, "body": body}, use_bin_type=True
+        )
+
+
+def test_encode_in_threads_at_once_gives_each_its_own_bytes() -> None:
+    """Threads encoding at the same time each get exactly their envelope's bytes (one Packer per thread)."""
+    import threading
+
+    failures: list[str] = []
+    start = threading.Barrier(4)
+
+    def run(k: int) -> None:
+        start.wait()
+        for n in range(2000):
+            env = Envelope(type="agent.send", body={"text": f"{k}-{n}" * (n % 40)}, id=f"{k}.{n}")
+            if msgpack.unpackb(encode(env)) != {"v": 1, "id": env.id, "type": env.type, "body": env.body}:
+                failures.append(env.id)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []

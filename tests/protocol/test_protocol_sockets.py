@@ -278,3 +278,41 @@ def test_sockets_reexports_the_curve_names_on_first_use() -> None:
     assert sockets.KeyFiles is curve.KeyFiles and sockets.generate_keys is curve.generate_keys
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         sockets.Nope  # noqa: B018
+
+
+def test_send_nowait_delivers_every_frame_in_order(ctx: Any, ipc: str) -> None:
+    """A multipart message sent through pyzmq's own send arrives whole, its frames in order."""
+    router = bind_router(ctx, f"ipc://{ipc}/r.sock")
+    dealer = connect_dealer(ctx, f"ipc://{ipc}/r.sock", identity=b"d1")
+    deadline = time.monotonic() + 5
+    while True:  # IMMEDIATE: Busy until the connection is up
+        try:
+            send_nowait(dealer, [b"hello"])
+            break
+        except Busy:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    assert router.poll(5000)
+    assert router.recv_multipart() == [b"d1", b"hello"]
+    send_nowait(router, [b"d1", b"a", b"", b"c" * 1000])
+    assert dealer.poll(5000)
+    assert dealer.recv_multipart() == [b"a", b"", b"c" * 1000]
+
+
+def test_send_nowait_uses_a_subclass_s_own_send(ctx: Any, ipc: str) -> None:
+    """A socket class that overrides send (as zmq.asyncio's does) is sent through its own send."""
+    seen: list[tuple[bytes, int]] = []
+
+    class Recording(zmq.Socket[bytes]):
+        def send(self, data: Any, flags: int = 0, copy: bool = True, track: bool = False, **kw: Any) -> Any:
+            seen.append((bytes(data), int(flags)))
+            return super().send(data, flags, copy, track)
+
+    sock = Recording(ctx, zmq.DEALER)
+    try:
+        sock.connect(f"ipc://{ipc}/x.sock")
+        send_nowait(sock, [b"one", b"two"])
+    finally:
+        sock.close(0)
+    assert [d for d, _ in seen] == [b"one", b"two"]
+    assert seen[0][1] & zmq.SNDMORE and not seen[1][1] & zmq.SNDMORE
