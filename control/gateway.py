@@ -201,7 +201,8 @@ class Gateway:
         self.events = bind_pub(self.zctx, control.events, hwm=hwm * 10, mode=mode, keys_dir=keys_dir)
         self.worker_sock = bind_router(self.zctx, control.workers, hwm=hwm, mode=0o600, keys_dir=keys_dir)
         self.waiting: dict[str, _Waiting] = {}
-        self._outbox: list[tuple[list[bytes], Envelope]] = []  # client replies not sent yet (_flush)
+        # Client replies not sent yet (_flush): their frames, and the reply's type, id and body (its stats).
+        self._outbox: list[tuple[list[bytes], str, str, dict[str, Any]]] = []
         # Requests for workers not sent yet, with their key and what to do if the send fails (_flush_workers).
         # Every other message to a worker first sends these, so each worker gets its messages in order.
         self._worker_out: list[tuple[list[bytes], str, _OnFail]] = []
@@ -906,7 +907,19 @@ class Gateway:
             except OpenFangError as exc:
                 log.info("reply_dropped", reason=str(exc), request_type=env.type)
             return
-        self._outbox.append((frames, env))
+        self._outbox.append((frames, env.type, env.id, env.body))
+        if len(self._outbox) >= OUTBOX_MAX:
+            self._flush()
+
+    def _relay(self, waiting: _Waiting, answer: Envelope) -> None:
+        """A worker's answer to a client's request with no reply hook (``waiting``: no ``on_reply``, not
+        ``internal``, not ``via_workers``): what ``_complete`` does for it (``_reply`` of the answer with the
+        client's request id), without building the re-addressed envelope."""
+        request_id = waiting.request.id
+        identity = waiting.identity
+        payload = encode_as(answer, request_id)
+        frames = [identity, b"", payload] if waiting.delimited else [identity, payload]
+        self._outbox.append((frames, answer.type, request_id, answer.body))
         if len(self._outbox) >= OUTBOX_MAX:
             self._flush()
 
@@ -916,15 +929,17 @@ class Gateway:
         if self._worker_out:
             self._flush_workers()
         outbox, self._outbox = self._outbox, []
-        for frames, env in outbox:
+        clients = self.clients
+        for frames, reply_type, _id, _body in outbox:
             try:
-                send_nowait(self.clients, frames, peer="client")
+                send_nowait(clients, frames, peer="client")
             except OpenFangError as exc:
                 # The client left or stopped reading; there is nobody to tell.
-                log.info("reply_dropped", reason=str(exc), request_type=env.type)
-        for frames, env in outbox:  # timed once they have left (not on their way)
-            if env.type != messages.CHUNK_TYPE:
-                self.stats.replied(frames[0], env)
+                log.info("reply_dropped", reason=str(exc), request_type=reply_type)
+        reply_left = self.stats.reply_left
+        for frames, reply_type, reply_id, body in outbox:  # timed once they have left (not on their way)
+            if reply_type != messages.CHUNK_TYPE:
+                reply_left(frames[0], reply_id, reply_type, body)
         if self._after_reply:  # the replies have left: what was held for them (at the latest, a batch's end)
             self._run_after_reply()
 
@@ -933,21 +948,23 @@ class Gateway:
     def _on_worker_frames(self, frames: list[bytes]) -> None:
         # A worker sends a loop turn's messages as the frames of one ZeroMQ message (workers/worker.py
         # BATCH_FRAMES): each frame after the routing id is one envelope, handled in order.
+        identity = frames[0]
+        worker_id = identity.decode(errors="replace")
         if len(frames) == 2:
-            self._on_worker_message(frames[0], frames[1])
+            self._on_worker_message(identity, worker_id, frames[1])
             return
         if len(frames) < 2:
             log.warning("worker_frame_malformed", frames=len(frames))
             return
         for payload in frames[1:]:
             try:
-                self._on_worker_message(frames[0], payload)
+                self._on_worker_message(identity, worker_id, payload)
             except Exception:
                 # As in _drain: one bad message must not cost the others of its batch.
                 log.exception("gateway_message_failed", frames=len(frames))
 
-    def _on_worker_message(self, identity: bytes, payload: bytes) -> None:
-        worker_id = identity.decode(errors="replace")
+    def _on_worker_message(self, identity: bytes, worker_id: str, payload: bytes) -> None:
+        """One envelope from the worker ``worker_id`` (its routing id ``identity``, decoded)."""
         try:
             env = decode(payload, max_size=self.max_frame * 4)
         except OpenFangError as exc:
@@ -987,7 +1004,10 @@ class Gateway:
         if waiting is None:
             return  # a late answer to a request that already timed out
         worker.in_flight = max(0, worker.in_flight - 1)
-        self._complete(waiting, Envelope(type=env.type, body=env.body, id=waiting.request.id))
+        if waiting.on_reply is None and waiting.internal is None and not waiting.via_workers:
+            self._relay(waiting, env)  # the usual case: _complete's plain answer, relayed as it came
+        else:
+            self._complete(waiting, Envelope(type=env.type, body=env.body, id=waiting.request.id))
         worker.agents = self.agents.count(worker_id)
 
     def _run_after_reply(self, but: str = "") -> None:

@@ -32,7 +32,7 @@ from openfang.security.ratelimit import RateLimiter
 from openfang.security.refusals import RefusalAudit
 from openfang.security.report import security_report
 from openfang.security.signing import Verifier, keyring_from_files
-from openfang.security.validation import MessageValidator
+from openfang.security.validation import MessageValidator, within
 
 
 def openfang_packages() -> tuple[str, ...]:
@@ -117,6 +117,7 @@ class Guard:
         self.audit = open_audit(config)
         self.refusals = RefusalAudit(self.audit or _NoAudit(), config.audit.refusals)
         self.validator = MessageValidator(config.validation, audit=self.refusals)
+        self._walk: dict[str, bool] = {}  # request type -> whether its bodies need the limits walk (admit)
         self.limiter = (
             RateLimiter(config.ratelimit, audit=self.refusals) if config.ratelimit.enabled else None
         )
@@ -142,9 +143,18 @@ class Guard:
             env = decode(payload, max_size=self.max_frame, types=REQUEST_TYPES)
         check_request(env)
         # decode() validated the body against its schema: the limits walk runs only where that schema
-        # does not already keep the body within the limits (layer 1, MessageValidator.check).
-        schema = body_schema(env.type)
-        self.validator.check(env, client=source, shape=None if schema is None else schema.shape)
+        # does not already keep the body within the limits (layer 1, MessageValidator.check). Whether it
+        # does depends on the type alone (its schema's shape, the type's length, this guard's limits):
+        # decided once per type.
+        walk = self._walk.get(env.type)
+        if walk is None:
+            schema = body_schema(env.type)
+            shape = None if schema is None else schema.shape
+            limits = self.validator.limits
+            walk = not (within(shape, limits) and len(env.type) <= limits.max_key_len)  # as check decides
+            self._walk[env.type] = walk
+        if walk:
+            self.validator.check(env, client=source)
         if self.limiter is not None:
             # A spawn with a first message is two requests (the spawn and an agent.send): charged as two,
             # all or nothing, so it costs what the two requests it replaces cost.

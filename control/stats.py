@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from openfang.protocol.envelope import Envelope
+from openfang.protocol.envelope import ERROR_TYPE, Envelope
 from openfang.protocol.messages import ERROR_CODES, REQUEST_TYPES
 from openfang.protocol.stats import OTHER, Counts, Histogram
 
@@ -44,9 +44,14 @@ class GatewayStats:
 
     def replied(self, client: bytes, reply: Envelope) -> None:
         """A reply left for a client (not a part of a stream): time it, and count an error by its code."""
-        if reply.is_error:
-            self.errors.add(_code(str(reply.body.get("code"))))
-        started = self._started.pop((client, reply.id), None)
+        self.reply_left(client, reply.id, reply.type, reply.body)
+
+    def reply_left(self, client: bytes, reply_id: str, reply_type: str, body: dict[str, Any]) -> None:
+        """:meth:`replied` for the reply's fields, without its Envelope (the gateway relays a worker's answer
+        re-addressed without building one)."""
+        if reply_type == ERROR_TYPE:
+            self.errors.add(_code(str(body.get("code"))))
+        started = self._started.pop((client, reply_id), None)
         if started is not None:
             request_type, t0 = started
             histogram = self._seconds.get(request_type)

@@ -228,3 +228,40 @@ def test_one_drain_reads_every_request_that_waits_and_stops_after_a_lone_one(doo
     assert len(door.gw.waiting) == 6 and not door.gw.clients.poll(0)
     door.gw._flush()
     assert [e.body["text"] for e in door.answers(door.worker, 6)] == [f"t{i}" for i in range(6)]
+
+
+def test_a_relayed_answer_is_the_answer_re_addressed_byte_for_byte(door: _Door) -> None:
+    """A worker's answer to a routed request reaches a DEALER client and a REQ-style (delimited) client as
+    exactly the bytes of that answer with the client's request id; an error answer is counted by its code
+    and both are timed under agent.send."""
+    door.gw.agents.add("a-1", "w-0", service="svc")
+    req_client = dealer(door.gw, door.gw.control.endpoint, b"req-client")
+    try:
+        ids = door.ask({"service": "svc", "text": "one"})
+        env = Envelope(type="agent.send", body={"service": "svc", "text": "two"})
+        req_client.send_multipart([b"", encode(env)])
+        assert door.gw.clients.poll(5000)
+        door.gw._drain(door.gw.clients, door.gw._on_client_frames, receive=receive_client)
+        door.gw._flush()
+        asked = door.answers(door.worker, 2)
+        ok = {"reply": "ONE", "agent_id": "a-1", "usage": {"prompt_tokens": 1}}
+        err = {"code": "sandbox_error", "message": "trapped"}
+        door.worker.send_multipart(
+            [
+                encode(Envelope(type="agent.send.ok", body=ok, id=asked[0].id)),
+                encode(Envelope(type="error", body=err, id=asked[1].id)),
+            ]
+        )
+        while door.gw.waiting:
+            assert door.gw.worker_sock.poll(5000)
+            door.gw._drain(door.gw.worker_sock, door.gw._on_worker_frames)
+        door.gw._flush()
+        assert door.client.poll(5000) and req_client.poll(5000)
+        assert door.client.recv() == encode(Envelope(type="agent.send.ok", body=ok, id=ids[0]))
+        assert req_client.recv_multipart() == [b"", encode(Envelope(type="error", body=err, id=env.id))]
+    finally:
+        req_client.close(0)
+    stats = door.gw.stats.to_wire()
+    assert stats["errors"] == {"sandbox_error": 1}
+    timed = {r["type"]: r["seconds"]["count"] for r in stats["requests"]}
+    assert timed["agent.send"] == 2

@@ -1,0 +1,69 @@
+"""The guard's door decides once per request type whether layer 1's limits walk runs, and that decision
+is the validator's: a type whose schema keeps bodies within the limits is not walked, every other type is
+walked on every request (not only the first)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import msgpack
+import pytest
+
+from openfang.control.guard import Guard
+from openfang.protocol import _examples, messages
+from openfang.protocol.errors import FrameTooLarge, OpenFangError, ProtocolError
+from openfang.security.config import security_from_args
+from openfang.security.validation import ValidationLimits, within
+
+_UNLIMITED = {
+    b: {"rate": 0, "burst": 0}
+    for b in ("client_requests", "global_requests", "agent_requests", "agent_tokens", "agent_tool_calls")
+}
+
+
+def _guard(validation: dict[str, Any]) -> Guard:
+    table = {"validation": validation, "ratelimit": _UNLIMITED}
+    return Guard(security_from_args({"table": table}), max_frame=1 << 20)
+
+
+def _frame(type_: str, body: dict[str, Any], rid: str = "r-1") -> bytes:
+    packed: bytes = msgpack.packb({"v": 1, "id": rid, "type": type_, "body": body})
+    return packed
+
+
+def test_guard_walks_every_request_of_a_type_the_limits_are_tighter_for() -> None:
+    """With max_text = 10, each over-long agent.send is refused, the ones after the first too, and a short
+    one between them is admitted."""
+    guard = _guard({"max_text": 10})
+    for n in range(3):
+        with pytest.raises(FrameTooLarge, match=r"^body\.text: text is 20 characters, the limit is 10$"):
+            guard.admit(_frame("agent.send", {"service": "s", "text": "t" * 20}, f"a{n}"), client="c")
+        env = guard.admit(_frame("agent.send", {"service": "s", "text": "short"}, f"b{n}"), client="c")
+        assert env.body["text"] == "short"
+
+
+def test_guard_checks_the_type_length_on_every_request() -> None:
+    """With max_key_len = 4, agent.send (10 characters) is refused each time, by its type's length."""
+    guard = _guard({"max_key_len": 4})
+    for n in range(3):
+        with pytest.raises(ProtocolError, match=r"^type: 10 characters, the limit is 4$"):
+            guard.admit(_frame("agent.send", {"service": "s", "text": "hi"}, f"r{n}"), client="c")
+
+
+def test_guard_decision_per_type_is_the_validators() -> None:
+    """For every catalogued request example, under default and tight limits, the guard walks exactly the
+    types whose schema shape is not within the limits or whose name is longer than max_key_len."""
+    decided = 0
+    for validation in ({}, {"max_text": 10}, {"max_depth": 2}, {"max_key_len": 8}, {"max_list": 3}):
+        guard = _guard(validation)
+        limits: ValidationLimits = guard.validator.limits
+        for type_, body in _examples.REQUESTS.items():
+            schema = messages.body_schema(type_)
+            shape = None if schema is None else schema.shape
+            want_walk = not (within(shape, limits) and len(type_) <= limits.max_key_len)
+            with contextlib.suppress(OpenFangError):  # refused by a tight limit: decided all the same
+                guard.admit(_frame(type_, body), client="c")
+            assert guard._walk[type_] is want_walk, (validation, type_)
+            decided += 1
+    assert decided >= 5 * 20
