@@ -236,8 +236,12 @@ def _compile_number(tp: type, bound: Range | None) -> Compiled:
             problems.append(f"{where}: must be {describe}, got {value}")
 
     kinds = (int,) if is_int else (int, float)
+    lo = -math.inf if bound is None or bound.min is None else bound.min
+    hi = math.inf if bound is None or bound.max is None else bound.max
 
     def valid(value: Any) -> bool:
+        if type(value) is int:  # what msgpack gives: the checks below for an exact int, in one step
+            return lo <= value <= hi
         if isinstance(value, bool) or not isinstance(value, kinds):
             return False
         return (is_int or math.isfinite(value)) and _in_range(value, bound)
@@ -563,22 +567,26 @@ def _compile_dataclass(cls: type, open_fields: bool) -> Compiled:
                 kwargs[name] = None  # a required nullable field (validated): nil travels as None
         return cls(**kwargs)
 
-    checks = tuple((name, compiled.valid, required) for name, compiled, required in fields)
+    # valid() answers what check() would (no problems or some) in one pass: the required fields (present,
+    # and valid even when nil), the optional ones (absent or nil, else valid), no key outside the known ones
+    # (a closed map; issuperset reads the map's keys as the loop in check does), then the extra checks.
+    required_checks = tuple((name, compiled.valid) for name, compiled, required in fields if required)
+    optional_checks = tuple((name, compiled.valid) for name, compiled, required in fields if not required)
+    closed = not open_fields
 
     def valid(value: Any) -> bool:
         if not isinstance(value, dict):
             return False
-        for name, field_valid, required in checks:
+        for name, field_valid in required_checks:
+            if name not in value or not field_valid(value[name]):
+                return False
+        for name, field_valid in optional_checks:
             if name in value:
                 entry = value[name]
-                if (entry is not None or required) and not field_valid(entry):
+                if entry is not None and not field_valid(entry):
                     return False
-            elif required:
-                return False
-        if not open_fields:
-            for key in value:
-                if key not in known:
-                    return False
+        if closed and not known.issuperset(value):
+            return False
         return extra is None or not extra(value)
 
     shape: Shape | None = None
