@@ -412,7 +412,8 @@ class Gateway:
             return
         payload = rest[-1]
         try:
-            env = self.guard.admit(payload, client=identity.hex(), peer=peer)
+            # The connection's name is read only when the transport proved no identity (see Guard.admit).
+            env = self.guard.admit(payload, client="" if peer else identity.hex(), peer=peer)
         except OpenFangError as exc:
             request_id = peek_id(payload) if len(payload) <= self.max_frame else ""
             self.stats.refused(exc.code or "internal")
@@ -864,10 +865,12 @@ class Gateway:
         # one envelope): one wake-up of ZeroMQ's threads for the batch instead of one per request.
         batches: dict[bytes, tuple[list[bytes], list[tuple[list[bytes], str, _OnFail]]]] = {}
         for item in out:
-            (routing_id, payload), _key, _on_fail = item
-            payloads, items = batches.setdefault(routing_id, ([], []))
-            payloads.append(payload)
-            items.append(item)
+            routing_id, payload = item[0]
+            batch = batches.get(routing_id)
+            if batch is None:
+                batch = batches[routing_id] = ([], [])
+            batch[0].append(payload)
+            batch[1].append(item)
         for routing_id, (payloads, items) in batches.items():
             self._send_worker_batch(routing_id, payloads, items)
 

@@ -129,7 +129,8 @@ class Guard:
     def admit(self, payload: bytes, *, client: str, peer: str | None = None) -> Envelope:
         """The request in ``payload`` if every layer lets it through; raises the refusing layer's error.
 
-        ``client`` names the connection (its routing id), ``peer`` the identity the transport proved
+        ``client`` names the connection (its routing id; read only when ``peer`` is None, so a caller with
+        ``peer`` may pass ""), ``peer`` the identity the transport proved
         (:func:`peer_identity`); refusals are aggregated per ``peer`` (else per connection), and the rate
         limit charges the signing key id when the request is signed, else the same identity.
         """

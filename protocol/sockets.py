@@ -278,6 +278,10 @@ def send_nowait(sock: Socket, frames: Sequence[bytes], *, peer: str | None = Non
     # (zmq.asyncio's, say) keeps its own.
     send = _BACKEND_SEND if type(sock).send is _SUGAR_SEND else type(sock).send
     try:
+        if len(frames) == 2:  # a routing id and a payload, the usual message: 0.58 against 0.79 us looped
+            send(sock, frames[0], _NOBLOCK_MORE)
+            send(sock, frames[1], _NOBLOCK)
+            return
         # Frame by frame with SNDMORE, as send_multipart does (so the same errors at the same frames), without
         # its per-frame type checks and enum flags: 0.8 us for two frames against 2.3 us (measured).
         last = len(frames) - 1
