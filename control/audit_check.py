@@ -27,6 +27,8 @@ MAX_WAITERS = 64  # requests that may wait for one run; more get `busy`
 
 @dataclass(slots=True)
 class _Run:
+    """One verification under way: who waits for it, when it started, its result once done."""
+
     waiters: list[Any] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     result: dict[str, Any] | None = None

@@ -172,6 +172,8 @@ class _Pending:
 
 @dataclass(slots=True)
 class _Worker:
+    """A worker as the gateway sees it: its pid and CPU, its agents, requests in flight, last heard from."""
+
     id: str
     pid: int = 0
     cpu: int | None = None

@@ -151,6 +151,8 @@ def manifest_facts(text: str, source: str = "agent.toml") -> ManifestFacts:
 
 @dataclass(slots=True)
 class _Queued:
+    """A request waiting for an agent that is away, and when it was queued."""
+
     item: Any
     at: float
 

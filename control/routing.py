@@ -83,6 +83,9 @@ class AgentDirectory:
 
 @dataclass(frozen=True, slots=True)
 class Target:
+    """Where :func:`route` sends a request: the workers, whether their replies are gathered into one, and
+    what is done to a reply before the client gets it."""
+
     workers: list[str]
     gather: bool = False
     on_reply: Callable[[Envelope], Envelope] | None = None

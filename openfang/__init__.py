@@ -14,10 +14,13 @@ Subpackages (one import root; the top-level folders of the repository map onto t
 - ``openfang.cli``        the ``openfang`` control client
 """
 
-from openfang import _coldstart, _optional, _precompiled
+from openfang import _coldstart, _optional
 
 _coldstart.install()  # the daemon's start runs without the cyclic collector: see the module's docstring
-_optional.install()  # before anything imports structlog: see the module's docstring
+_optional.install()  # before anything imports structlog or dataclasses: see the module's docstring
+
+from openfang import _precompiled  # noqa: E402  (dataclasses as _optional imports it)
+
 _precompiled.install()  # before our first dataclass: see the module's docstring
 
 from openfang.protocol.errors import OpenFangError  # noqa: E402  (after the finder, on purpose)

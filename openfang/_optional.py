@@ -16,15 +16,18 @@ formatter instead of rich's.
 ~15 ms in the root, before anything forks) for their ``async`` logging methods, which we never call. While
 structlog loads, :data:`DEFERRED_DURING` modules are stand-ins (:class:`_Deferred`): the real module is
 imported on the first attribute read through structlog's reference, and anyone else's ``import asyncio``
-later imports it as usual (the stand-in never stays in ``sys.modules``).
+later imports it as usual (the stand-in never stays in ``sys.modules``). :mod:`dataclasses` is imported the
+same way with an ``inspect`` stand-in (:data:`STDLIB_DEFERRED`, :func:`deferring`): the daemon's classes all
+have a docstring, and only a class without one makes dataclasses import inspect, to write one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.machinery
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -40,6 +43,13 @@ DEFERRED_DURING: dict[str, tuple[str, ...]] = {
     "structlog": ("asyncio", "uuid"),  # uuid (and platform under it, ~3 ms): structlog.threadlocal's
 }
 
+# standard module -> modules it imports at its top for a rare path, imported by install() with stand-ins:
+# dataclasses reads inspect only to write a docstring for a class without one (``inspect.signature``);
+# inspect, ast and dis are ~4 ms of the root's start, and no module of the daemon's start needs them
+STDLIB_DEFERRED: dict[str, tuple[str, ...]] = {
+    "dataclasses": ("inspect",),
+}
+
 
 class _Deferred(ModuleType):
     """Stands for a module a library imported but has not used yet: the first attribute read imports the
@@ -49,6 +59,20 @@ class _Deferred(ModuleType):
         if sys.modules.get(self.__name__) is self:  # read while the library is still loading
             del sys.modules[self.__name__]
         return getattr(importlib.import_module(self.__name__), attr)
+
+
+@contextlib.contextmanager
+def deferring(*names: str) -> Iterator[None]:
+    """While in the block, ``import name`` gives a :class:`_Deferred` stand-in for each of ``names`` not yet
+    imported (the module importing it in the block keeps the stand-in; nobody else sees it afterwards)."""
+    stand_ins = {name: _Deferred(name) for name in names if name not in sys.modules}
+    sys.modules.update(stand_ins)
+    try:
+        yield
+    finally:
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
 
 
 class _Hiding:
@@ -70,16 +94,12 @@ class _Hiding:
         hidden = [name for name in self._extras if name not in sys.modules]
         for name in hidden:
             sys.modules[name] = None  # type: ignore[assignment]  # "import name" raises ImportError
-        stand_ins = {name: _Deferred(name) for name in self._deferred if name not in sys.modules}
-        sys.modules.update(stand_ins)
         try:
-            self._loader.exec_module(module)
+            with deferring(*self._deferred):
+                self._loader.exec_module(module)
         finally:
             for name in hidden:
                 if sys.modules.get(name, 0) is None:
-                    del sys.modules[name]
-            for name, stand_in in stand_ins.items():
-                if sys.modules.get(name) is stand_in:
                     del sys.modules[name]
 
     def __getattr__(self, name: str) -> Any:  # get_data, get_resource_reader, is_package...
@@ -116,7 +136,11 @@ class _Finder:
 
 
 def install() -> None:
-    """Put the finder in place once per process (a no-op when every library is already imported)."""
+    """Import :mod:`dataclasses` without ``inspect`` and put the finder in place, once per process (a no-op
+    when every library is already imported)."""
+    if "dataclasses" not in sys.modules:
+        with deferring(*STDLIB_DEFERRED["dataclasses"]):
+            import dataclasses  # noqa: F401  (here, for the stand-in)
     if any(isinstance(f, _Finder) for f in sys.meta_path):
         return
     finder = _Finder()

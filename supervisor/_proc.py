@@ -40,6 +40,8 @@ log = structlog.get_logger("openfang.supervisor")
 
 @dataclass(frozen=True, slots=True)
 class Spawned:
+    """A forked child: its pid, a pidfd on it and the parent's end of its uplink."""
+
     pid: int
     pidfd: int
     uplink: socket.socket  # the parent's end

@@ -68,6 +68,8 @@ class MakeInline(Protocol):
 
 @dataclass(slots=True, kw_only=True)
 class ChildRecord:
+    """A child as its supervisor keeps it: its spec, where it is in the tree and its running state."""
+
     spec: ChildSpec
     path: str
     dynamic: bool = False  # added by start_child: a reload leaves it alone

@@ -42,6 +42,8 @@ from openfang.supervisor.restart import ExitReason, abnormal
 
 @dataclass(frozen=True, slots=True)
 class Exited:
+    """A child ended, and why (pid: its process, reaped; None for an inline child without one)."""
+
     rec: ChildRecord
     pid: int | None
     reason: ExitReason
@@ -49,12 +51,16 @@ class Exited:
 
 @dataclass(frozen=True, slots=True)
 class Said:
+    """A message a child sent up (heartbeats are not reported)."""
+
     rec: ChildRecord
     msg: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Hung:
+    """A child silent for longer than its heartbeat allows."""
+
     rec: ChildRecord
     silent_ms: int
     heartbeat_ms: int

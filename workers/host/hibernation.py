@@ -53,6 +53,8 @@ ASLEEP = "asleep"  # snapshot meta key: written by a hibernation (not by a move 
 
 @dataclass(slots=True)
 class _Write:
+    """A snapshot to write for an agent going to sleep; ``done`` gets its size once it is written."""
+
     agent_id: str
     path: Path
     snap: Snapshot

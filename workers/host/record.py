@@ -52,6 +52,8 @@ _NO_MESSAGES: tuple[Message, ...] = ()  # the inbox of every agent with nothing 
 
 @dataclass(kw_only=True, slots=True)
 class HostedAgent:
+    """One agent this worker hosts: its manifest, sandbox, LLM provider, restart window, phase and inbox."""
+
     agent_id: str
     manifest: AgentManifest
     manifest_text: str

@@ -47,6 +47,8 @@ def llm_error_kind(error: OpenFangError) -> str:
 
 @dataclass(slots=True)
 class _LLM:
+    """One (provider, model) pair's figures: requests, tokens, errors by kind, latency."""
+
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
