@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
 
-from openfang.control.baseline import BaselineHelper
+from openfang.control.baseline import HELPER_NICE, BaselineHelper
 from openfang.control.guard import integrity_monitor
 from openfang.security.config import SecurityConfig, parse_security
 
@@ -93,3 +94,17 @@ def test_baseline_helper_not_started_when_the_layer_is_off(tmp_path: Path) -> No
         {"integrity": {"enabled": False}}, "cluster.toml", data_dir=tmp_path, base_dir=tmp_path
     )
     assert BaselineHelper.start(config) is None
+
+
+def test_baseline_helper_runs_behind_the_start(tmp_path: Path) -> None:
+    """The helper lowers its own priority (the gateway starts on that core meanwhile) and still answers."""
+    helper = BaselineHelper.start(_config(tmp_path))
+    assert helper is not None and helper.pid is not None
+    want = min(os.getpriority(os.PRIO_PROCESS, 0) + HELPER_NICE, 19)
+    deadline = time.monotonic() + 10
+    while os.getpriority(os.PRIO_PROCESS, helper.pid) != want and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert os.getpriority(os.PRIO_PROCESS, helper.pid) == want
+    monitor = helper.monitor(None)
+    helper.close()
+    assert monitor is not None and monitor.baseline()
