@@ -16,13 +16,14 @@ key found in the table, the builder makes the function from the precompiled code
 the same values for the text's free names (the field types, defaults and factories, ``cls``) as the stdlib
 builder would pass; otherwise (another package's dataclass, a class changed since the data was generated) it
 runs the stdlib builder, which writes and compiles the text as before. Everything else in ``@dataclass``
-runs unchanged (fields, ClassVar/InitVar/KW_ONLY, defaults, slots, ``__match_args__``, the hash rule,
-``dataclasses.fields``); a test builds every dataclass of the package both ways and compares them.
+runs unchanged (fields, defaults, slots, ``__match_args__``, the hash rule, ``dataclasses.fields``) but
+:func:`_is_type` (is a string annotation ClassVar, InitVar or KW_ONLY?), which parses each annotation text
+once instead of three times; a test builds every dataclass of the package both ways and compares them.
 
-The keys describe this Python's :mod:`dataclasses`: the table is used only under the exact Python version it
-was generated with (a different one only compiles, as without us). What differs from compiling is where the
-methods' code says it was compiled (the data module, not ``<string>``), seen in a traceback through a
-generated ``__init__``.
+The keys describe this Python's :mod:`dataclasses`: nothing is replaced under another Python version than
+:data:`MIRRORS`, and the table is used only under the one it was generated with. What differs from
+compiling is where the methods' code says it was compiled (the data module, not ``<string>``), seen in a
+traceback through a generated ``__init__``.
 
 A ``__create_fn__`` text, as ``dataclasses._create_fn`` (Python 3.11) builds it for a frozen class::
 
@@ -45,12 +46,16 @@ Codes = tuple[types.CodeType, ...]
 
 _STDLIB = {name: getattr(dataclasses, name) for name in ("_init_fn", "_repr_fn", "_cmp_fn", "_hash_fn")}
 _STDLIB["_frozen_get_del_attr"] = dataclasses._frozen_get_del_attr  # type: ignore[attr-defined]
+_STDLIB["_is_type"] = dataclasses._is_type  # type: ignore[attr-defined]
 _MISSING: Any = dataclasses.MISSING
 _INITVAR: Any = dataclasses._FIELD_INITVAR  # type: ignore[attr-defined]
 _HAS_DEFAULT_FACTORY: Any = dataclasses._HAS_DEFAULT_FACTORY  # type: ignore[attr-defined]
 _recursive_repr: Callable[[Any], Any] = dataclasses._recursive_repr  # type: ignore[attr-defined]
 _FrozenInstanceError = dataclasses.FrozenInstanceError
-# The builders' parameters these keys were written for (Python 3.11): anything else is left alone.
+# The dataclasses this module's builders and _is_type mirror (checked against it line by line): under any
+# other Python, dataclasses is left as it is.
+MIRRORS = (3, 11, 7)
+# The builders' parameters these keys were written for: anything else is left alone.
 _INIT_PARAMS = (
     *("fields", "std_fields", "kw_only_fields", "frozen"),
     *("has_post_init", "self_name", "globals", "slots"),
@@ -211,18 +216,48 @@ def _frozen_get_del_attr(cls: type, fields: Sequence[Any], globals: Any) -> Any:
     )
 
 
+_IDENTIFIER: Any = dataclasses._MODULE_IDENTIFIER_RE  # type: ignore[attr-defined]
+_parsed: dict[str, tuple[str | None, str] | None] = {}  # annotation text -> (module name, name) or None
+
+
+def _is_type(annotation: str, cls: type, a_module: Any, a_type: Any, is_type_predicate: Any) -> bool:
+    """``dataclasses._is_type`` (3.11.7), with each annotation text parsed once: the stdlib matches its
+    regex three times for every string annotation of every dataclass (KW_ONLY, ClassVar, InitVar), ~3 ms
+    of the root's start. Everything else is looked up as it does, at each call."""
+    try:
+        parsed = _parsed[annotation]
+    except KeyError:
+        match = _IDENTIFIER.match(annotation)
+        parsed = (match.group(1), match.group(2)) if match else None
+        if len(_parsed) < 10_000:  # a program's annotation texts are few; a generated flood is not kept
+            _parsed[annotation] = parsed
+    if parsed is not None:
+        module_name, name = parsed
+        ns = None
+        if not module_name:
+            ns = sys.modules.get(cls.__module__).__dict__  # as the stdlib (no module: AttributeError)
+        else:
+            module = sys.modules.get(cls.__module__)
+            if module and module.__dict__.get(module_name) is a_module:
+                ns = sys.modules.get(a_type.__module__).__dict__
+        if ns and is_type_predicate(ns.get(name), a_module):
+            return True
+    return False
+
+
 BUILDERS: dict[str, Callable[..., Any]] = {
     "_init_fn": _init_fn,
     "_repr_fn": _repr_fn,
     "_cmp_fn": _cmp_fn,
     "_hash_fn": _hash_fn,
     "_frozen_get_del_attr": _frozen_get_del_attr,
+    "_is_type": _is_type,
 }
 
 
 def supported() -> bool:
-    """Are :mod:`dataclasses`' builders the ones the keys describe (Python 3.11's, not hooked by anyone)?"""
-    if sys.version_info[:2] != (3, 11) or hasattr(dataclasses, "exec"):  # the generator's recorder
+    """Is :mod:`dataclasses` the one this module mirrors (Python 3.11.7's), not hooked by anyone?"""
+    if tuple(sys.version_info[:3]) != MIRRORS or hasattr(dataclasses, "exec"):  # the generator's recorder
         return False
     init = _STDLIB["_init_fn"].__code__
     return bool(init.co_varnames[: init.co_argcount] == _INIT_PARAMS)

@@ -255,3 +255,67 @@ def test_precompiled_dataclasses_loads_without_inspect() -> None:
         "print(C.__doc__, 'inspect' in sys.modules, type(sys.modules['inspect']).__name__)"
     )
     assert out.splitlines() == ["False", "C(a: int, b: str = 'x') True module"]
+
+
+def test_precompiled_is_type_answers_as_dataclasses_does() -> None:
+    """_is_type (ClassVar, InitVar, KW_ONLY by a string annotation) gives the stdlib's answer for every
+    spelling and binding, the first time and from its parse cache."""
+    import types
+    import typing
+
+    module = types.ModuleType("precompiled_is_type_probe")
+    module.__dict__.update(
+        ClassVar=int,
+        CV=typing.ClassVar,
+        typing=typing,
+        t=typing,
+        dataclasses=dataclasses,
+        dc=dataclasses,
+        InitVar=dataclasses.InitVar,
+        KW_ONLY=dataclasses.KW_ONLY,
+        Other=int,
+    )
+    sys.modules[module.__name__] = module
+    try:
+        cls = type("Probe", (), {"__module__": module.__name__})
+        texts = [
+            "int",
+            "list[int]",
+            "ClassVar",
+            "ClassVar[int]",
+            "CV[str]",
+            "typing.ClassVar[int]",
+            "t.ClassVar",
+            " typing . ClassVar",
+            "InitVar[int]",
+            "dataclasses.InitVar[int]",
+            "dc.InitVar",
+            "KW_ONLY",
+            "dataclasses.KW_ONLY",
+            "Other",
+            "os.ClassVar",
+            "Missing",
+            "",
+            "1abc",
+            "a.b.c",
+            "ClassVar|None",
+        ]
+        checks = [
+            (typing, typing.ClassVar, dataclasses._is_classvar),  # type: ignore[attr-defined]
+            (dataclasses, dataclasses.InitVar, dataclasses._is_initvar),  # type: ignore[attr-defined]
+            (dataclasses, dataclasses.KW_ONLY, dataclasses._is_kw_only),  # type: ignore[attr-defined]
+        ]
+        stdlib = _precompiled._STDLIB["_is_type"]
+        for _ in range(2):
+            for text in texts:
+                for a_module, a_type, predicate in checks:
+                    want = stdlib(text, cls, a_module, a_type, predicate)
+                    assert _precompiled._is_type(text, cls, a_module, a_type, predicate) == want, (
+                        text,
+                        a_type,
+                    )
+        # The probe's own ClassVar is not typing's; typing's, reached through its module, is.
+        assert stdlib("CV[str]", cls, *checks[0]) and stdlib("t.ClassVar", cls, *checks[0])
+        assert not stdlib("ClassVar[int]", cls, *checks[0]) and not stdlib("Other", cls, *checks[0])
+    finally:
+        del sys.modules[module.__name__]
