@@ -69,15 +69,16 @@ hits = 0  # methods made from the table in this process (read by the tests)
 def _load() -> dict[Key, Codes]:
     global _codes, _keep
     if _codes is None:
+        _codes = {}
         try:
-            from openfang import _precompiled_data as data
+            from openfang import _precompiled_data, _precompiled_extra
         except ImportError:  # a partial install: the stdlib builders do the work, as without us
-            _codes = {}
-        else:
-            if tuple(sys.version_info[:3]) == data.PYTHON:
-                _codes, _keep = data.CODE, data.KEEP
-            else:  # keys of another Python's dataclasses mean nothing here
-                _codes = {}
+            return _codes
+        # The package's table, and the one of the libraries the start imports (its keys are others).
+        for data in (_precompiled_extra, _precompiled_data):
+            if tuple(sys.version_info[:3]) == data.PYTHON:  # another Python's keys mean nothing here
+                _codes.update(data.CODE)
+                _keep |= data.KEEP
     return _codes
 
 

@@ -22,7 +22,8 @@ def _run(code: str) -> str:
     return done.stdout.strip()
 
 
-# Prints, as JSON, everything @dataclass decided about every dataclass of the package: the fields and their
+# Prints, as JSON, everything @dataclass decided about every dataclass of the package and of the libraries
+# whose methods _precompiled_extra.py holds (structlog's that the package imports): the fields and their
 # settings, the params, the class dict's names, and each method's code (all but where its text was: file,
 # lines), qualname, defaults, annotations and closure values. PLAIN makes dataclasses' own builders do all.
 _DESCRIBE = """
@@ -30,12 +31,15 @@ import builtins, dataclasses, importlib, json, pkgutil, re, sys, types
 if PLAIN:
     dataclasses.exec = builtins.exec  # openfang's install() then leaves dataclasses' builders in place
 import openfang
-from openfang import _precompiled
+from openfang import _precompiled, _precompiled_gen
 names = [m.name for m in pkgutil.iter_modules(openfang.__path__, "openfang.")]
 for name in names:
     module = importlib.import_module(name)
     if hasattr(module, "__path__"):
         names += [m.name for m in pkgutil.walk_packages(module.__path__, name + ".")]
+for name in list(names):
+    importlib.import_module(name)
+names += [name for name in sys.modules if name.partition(".")[0] in _precompiled_gen.THIRD_PARTY]
 def text(value):
     return re.sub(r" at 0x[0-9a-f]+", "", repr(value))
 def shape(code):
@@ -119,14 +123,15 @@ def test_precompiled_changed_class_is_compiled_as_before() -> None:
 
 @pytest.mark.skipif(not _SAME_PYTHON, reason="the data was generated with another Python")
 def test_precompiled_daemon_classes_come_from_the_table() -> None:
-    """Importing the daemon, worker and gateway modules builds no method of ours with the stdlib's."""
+    """Importing the daemon, worker and gateway modules builds no method of ours (or of structlog's, which
+    they import) with the stdlib's builders."""
     out = _run(
         "from openfang import _precompiled as p\n"
         "ours = []\n"
         "def spy(name, build):\n"
         "    def call(*args, **kwargs):\n"
         "        g = kwargs.get('globals', args[-1] if name != '_init_fn' else args[6])\n"
-        "        if g.get('__name__', '').startswith('openfang'):\n"
+        "        if g.get('__name__', '').partition('.')[0] in ('openfang', 'structlog'):\n"
         "            ours.append(g['__name__'])\n"
         "        return build(*args, **kwargs)\n"
         "    return call\n"
@@ -214,9 +219,9 @@ def test_precompiled_other_python_uses_no_table() -> None:
     """Data generated under another Python version is not used: every class is built by dataclasses."""
     out = _run(
         "import sys\n"
-        "from openfang import _precompiled_data as data\n"  # imports openfang: its own classes use the table
+        "from openfang import _precompiled_data, _precompiled_extra\n"  # openfang's own classes used them
         "from openfang import _precompiled as p\n"
-        "data.PYTHON = (3, 11, -1)\n"
+        "_precompiled_data.PYTHON = _precompiled_extra.PYTHON = (3, 11, -1)\n"
         "p._codes = None\n"
         "before = p.hits\n"
         "import openfang.control.daemon\n"
