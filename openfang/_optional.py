@@ -37,10 +37,12 @@ if TYPE_CHECKING:
 # library -> the optional modules it must not import (each is imported by it inside try/except ImportError)
 HIDDEN_DURING: dict[str, tuple[str, ...]] = {
     "structlog": ("rich", "better_exceptions"),
+    "zmq": (),  # none: listed for DEFERRED_DURING
 }
 # library -> modules it imports at its top but uses only inside functions we never (or later) call
 DEFERRED_DURING: dict[str, tuple[str, ...]] = {
     "structlog": ("asyncio", "uuid"),  # uuid (and platform under it, ~3 ms): structlog.threadlocal's
+    "zmq": ("random",),  # Socket.bind_to_random_port's (~0.8 ms: random, bisect, _sha512)
 }
 
 # standard module -> modules it imports at its top for a rare path, imported by install() with stand-ins:

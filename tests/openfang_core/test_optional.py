@@ -33,9 +33,10 @@ def test_optional_daemon_tree_does_not_import_rich() -> None:
 
 @pytest.mark.skipif(not _installed("rich"), reason="rich is not installed (the tui extra)")
 def test_optional_extras_importable_afterwards() -> None:
-    """An extra hidden from structlog is imported as usual by whoever asks for it later."""
+    """An extra hidden from structlog is imported as usual by whoever asks for it later (and the finder is
+    gone once every library in its table has been imported)."""
     out = _run(
-        "import sys, openfang, structlog\n"
+        "import sys, openfang, structlog, zmq\n"
         "import rich.console\n"
         "finders = [type(f).__name__ for f in sys.meta_path]\n"
         "print(rich.console.__name__, '_Finder' in finders)"
@@ -108,5 +109,18 @@ def test_optional_deferred_uuid_works_on_first_use() -> None:
         "print('uuid' in sys.modules, type(structlog.threadlocal.uuid).__name__)\n"
         "value = structlog.threadlocal.uuid.uuid4()\n"
         "print(type(sys.modules['uuid']) is types.ModuleType, isinstance(value, sys.modules['uuid'].UUID))"
+    )
+    assert out.splitlines() == ["False _Deferred", "True True"]
+
+
+def test_optional_deferred_random_works_on_first_use() -> None:
+    """pyzmq's socket module gets a stand-in for random (only bind_to_random_port's, when the wildcard port
+    cannot be used); the daemon's imports leave random out, and its first use imports the real module."""
+    out = _run(
+        "import sys, types, openfang.control.daemon, openfang.workers.worker\n"
+        "import zmq.sugar.socket\n"
+        "print('random' in sys.modules, type(zmq.sugar.socket.random).__name__)\n"
+        "port = zmq.sugar.socket.random.randrange(49152, 65536)\n"
+        "print(type(sys.modules['random']) is types.ModuleType, 49152 <= port < 65536)"
     )
     assert out.splitlines() == ["False _Deferred", "True True"]
