@@ -36,6 +36,7 @@ A ``__create_fn__`` text, as ``dataclasses._create_fn`` (Python 3.11) builds it 
 from __future__ import annotations
 
 import dataclasses  # first imported by openfang._optional.install(), without inspect
+import importlib
 import sys
 import types
 from collections.abc import Callable, Sequence
@@ -70,15 +71,16 @@ def _load() -> dict[Key, Codes]:
     global _codes, _keep
     if _codes is None:
         _codes = {}
-        try:
-            from openfang import _precompiled_data, _precompiled_extra
-        except ImportError:  # a partial install: the stdlib builders do the work, as without us
-            return _codes
         # The package's table, and the one of the libraries the start imports (its keys are others).
-        for data in (_precompiled_extra, _precompiled_data):
+        for name in ("openfang._precompiled_data", "openfang._precompiled_extra"):
+            try:
+                data = importlib.import_module(name)
+            except ImportError:  # a partial install: the stdlib builders do the work, as without us
+                continue
             if tuple(sys.version_info[:3]) == data.PYTHON:  # another Python's keys mean nothing here
                 _codes.update(data.CODE)
                 _keep |= data.KEEP
+            data.CODE.clear()  # consumed here: what _take pops is then freed
     return _codes
 
 
