@@ -29,7 +29,6 @@ from typing import Any
 
 import msgpack
 
-from openfang.control.guard import integrity_monitor
 from openfang.security.audit import AuditLog
 from openfang.security.config import SecurityConfig
 from openfang.security.integrity import Baseline, IntegrityMonitor
@@ -79,6 +78,8 @@ class BaselineHelper:
         baseline = self._receive()
         self._release()
         if baseline is None:
+            from openfang.control.guard import integrity_monitor  # see _helper
+
             return integrity_monitor(self.config, audit)
         return IntegrityMonitor.from_baseline(baseline, audit=audit)
 
@@ -138,6 +139,10 @@ def _helper(config: SecurityConfig, sock: socket.socket) -> None:  # pragma: no 
     # hashing (cold6: with others' load on the machine, gateway fork -> workers' fork 106 -> 86 ms median).
     with contextlib.suppress(OSError):
         os.nice(HELPER_NICE)
+    # Imported here, not by the root: only the gateway uses the rest of control.guard (and pkgutil,
+    # security.report under it, ~1.5 ms), and it imports them after its fork, on the other core.
+    from openfang.control.guard import integrity_monitor
+
     monitor = integrity_monitor(config, None)
     if monitor is not None:
         sock.sendall(msgpack.packb(monitor.baseline(), use_bin_type=True))
