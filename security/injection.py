@@ -186,19 +186,23 @@ class InjectionDetector:
         self._memo_old: dict[tuple[str, str], Verdict] = {}  # the previous generation, looked up second
         self._memo_config = self.config  # the config the memo's verdicts were made with
 
-    def _assess(self, text: str, *, nested: bool = False) -> _Assessment:
+    def _assess(self, text: str, *, nested: bool = False, found: list[Finding] | None = None) -> _Assessment:
+        """``found``: the findings of ``text`` when the caller has them (an ASCII text within max_scan_chars,
+        folded and matched as the fast path below does: :meth:`_scan`)."""
         limit = self.config.max_scan_chars
         if len(text) > limit:
             text = text[: limit // 2] + "\n" + text[-limit // 2 :]
         plain = text.isascii()
-        if plain and self.fast_path:
+        if found is not None:
+            pass
+        elif plain and self.fast_path:
             # Most texts: folded to ASCII bytes the matcher's byte automaton runs on as they are; no raw match
             # means no findings (find would return no spans), without the str, Hits and findings round trip.
             folded = fold_ascii(text)
             matcher = _matcher()
             if folded.isascii():
                 hits = matcher.find_folded_ascii(folded)  # the automaton runs once either way
-                found: list[Finding] = [] if hits is None else findings(hits)
+                found = [] if hits is None else findings(hits)
             else:
                 found = findings(matcher.find(folded.decode("utf-8", "replace")))
         else:
@@ -267,16 +271,18 @@ class InjectionDetector:
         if self.fast_path and len(text) <= self.config.max_scan_chars and text.isascii():
             # Most traffic, decided as _assess decides it in fewer steps: an ASCII text whose fold yields no
             # finding and that holds no base64 blob scores nothing (no hidden Unicode without non-ASCII
-            # characters). A text with a finding or a blob is assessed in full below (folded and matched
-            # again: the verdict it gets costs more than that).
+            # characters). A text with a finding or a blob is assessed in full, with these findings.
             folded = fold_ascii(text)
             if folded.isascii():
                 hits = _matcher().find_folded_ascii(folded)
-                if (hits is None or not findings(hits)) and (
-                    len(text) < _B64_MIN or not base64_payloads(text)
-                ):
+                found = [] if hits is None else findings(hits)
+                if not found and (len(text) < _B64_MIN or not base64_payloads(text)):
                     return _passed(text)
-        a = self._assess(text)
+                a = self._assess(text, found=found)
+            else:
+                a = self._assess(text)
+        else:
+            a = self._assess(text)
         if not a.weights:  # most traffic: no rule fired
             return _passed(text)
         kind = self._kind(a.score)
