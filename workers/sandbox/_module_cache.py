@@ -36,7 +36,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -71,28 +71,9 @@ class ModuleCache:
     def verified(self, path: Path) -> Iterator[str | None]:
         """A path to map ``path``'s artifact from, once it is checked (see the module docstring), valid
         inside the ``with``; None when there is no usable file (a bad one is removed, with a log line)."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            yield None
-            return
-        except OSError as exc:  # a symlink (ELOOP), unreadable: compile, and the write replaces it
-            log.warning("module_cache_unreadable", path=str(path), error=exc.strerror or str(exc))
-            yield None
-            return
-        try:
-            try:
-                problem = _check(fd)
-            except OSError as exc:  # a read error: this copy is no use either way
-                problem = f"unreadable: {exc.strerror or exc}"
-            if problem is not None:
-                self.discard(path, problem)
-                yield None
-                return
-            proc = f"/proc/self/fd/{fd}"
-            yield proc if os.path.exists(proc) else str(path)
-        finally:
-            os.close(fd)
+        # A symlink (ELOOP) or an unreadable file: compile, and the write replaces it.
+        with _checked(path, None, "module_cache_unreadable", self.discard) as mapped:
+            yield mapped
 
     def discard(self, path: Path, reason: str) -> None:
         """Remove a cached file that cannot be used, saying why (the module is compiled again)."""
@@ -149,32 +130,43 @@ class ShippedModules:
     def verified(self, path: Path) -> Iterator[str | None]:
         """As :meth:`ModuleCache.verified`, for a file that may be root's; a file that cannot be used is
         logged, never removed."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            yield None
-            return
-        except OSError as exc:
-            log.warning("module_cache_shipped_unreadable", path=str(path), error=exc.strerror or str(exc))
-            yield None
-            return
-        try:
-            try:
-                problem = _check(fd, _SHIPPED_OWNERS)
-            except OSError as exc:
-                problem = f"unreadable: {exc.strerror or exc}"
-            if problem is not None:
-                self.ignore(path, problem)
-                yield None
-                return
-            proc = f"/proc/self/fd/{fd}"
-            yield proc if os.path.exists(proc) else str(path)
-        finally:
-            os.close(fd)
+        with _checked(path, _SHIPPED_OWNERS, "module_cache_shipped_unreadable", self.ignore) as mapped:
+            yield mapped
 
     def ignore(self, path: Path, reason: str) -> None:
         """A shipped file that cannot be used: said once per use, left in place (the module is compiled)."""
         log.warning("module_cache_shipped_ignored", path=str(path), reason=reason)
+
+
+@contextmanager
+def _checked(
+    path: Path, owners: tuple[int, ...] | None, unreadable: str, refuse: Callable[[Path, str], None]
+) -> Iterator[str | None]:
+    """A path to map ``path``'s artifact from once :func:`_check` passes it (for ``owners``), valid inside the
+    ``with`` (the file stays open); None when there is no usable file: a missing one silently, one that
+    cannot be opened with the log line ``unreadable``, one that fails the check through ``refuse``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        yield None
+        return
+    except OSError as exc:
+        log.warning(unreadable, path=str(path), error=exc.strerror or str(exc))
+        yield None
+        return
+    try:
+        try:
+            problem = _check(fd, owners)
+        except OSError as exc:  # a read error: this copy is no use either way
+            problem = f"unreadable: {exc.strerror or exc}"
+        if problem is not None:
+            refuse(path, problem)
+            yield None
+            return
+        proc = f"/proc/self/fd/{fd}"
+        yield proc if os.path.exists(proc) else str(path)
+    finally:
+        os.close(fd)
 
 
 def write_artifact(path: Path, artifact: bytes, *, mode: int) -> bool:
