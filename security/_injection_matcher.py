@@ -220,7 +220,12 @@ class CueMatcher:
         meta = [entry[1:] for entry in table.entries]
         self._keys = keys
         self._meta = meta
-        self._automaton = ahocorasick_rs.AhoCorasick(keys)
+        self._sources = table.context
+        # What only a text that is not ASCII (the full automaton) or that has a cue hit (the context classes'
+        # regexes) needs: built on first need or by :meth:`complete` (a worker's warm-up), not with the rest
+        # in the root before the workers fork (~5.5 ms off the cold start's path; perf/PROFILE.md, cold8).
+        self._automaton: ahocorasick_rs.AhoCorasick | None = None
+        self._context: dict[str, tuple[re.Pattern[str], int]] | None = None
         # Most folded texts are pure ASCII: for them an automaton of the ASCII keys alone, run on bytes
         # (where offsets are character offsets), is faster than the full automaton on a str. A contiguous
         # NFA, not a DFA: built in ~1.4 ms instead of ~7 (in the root, on the cold start's path, before the
@@ -232,7 +237,30 @@ class CueMatcher:
             [keys[i].encode("ascii") for i in ascii_keys],
             implementation=ahocorasick_rs.Implementation.ContiguousNFA,
         )
-        self._context = {cls: (re.compile(source), reach) for cls, (source, reach) in table.context.items()}
+
+    def complete(self, *, automaton: bool = True, context: bool = True) -> None:
+        """Build now what the first text that is not ASCII (``automaton``), or the first cue hit
+        (``context``), would otherwise build."""
+        if automaton:
+            self._full()
+        if context:
+            self._contexts()
+
+    def _full(self) -> ahocorasick_rs.AhoCorasick:
+        """The automaton of every key, for a text that is not ASCII (built once)."""
+        automaton = self._automaton
+        if automaton is None:
+            automaton = self._automaton = ahocorasick_rs.AhoCorasick(self._keys)
+        return automaton
+
+    def _contexts(self) -> dict[str, tuple[re.Pattern[str], int]]:
+        """The context classes' patterns and reaches (compiled once)."""
+        context = self._context
+        if context is None:
+            context = self._context = {
+                cls: (re.compile(source), reach) for cls, (source, reach) in self._sources.items()
+            }
+        return context
 
     @property
     def size(self) -> int:
@@ -256,9 +284,13 @@ class CueMatcher:
             matches = self._ascii_automaton.find_matches_as_indexes(padded.encode("ascii"), overlapping=True)
         else:
             meta = self._meta
-            matches = self._automaton.find_matches_as_indexes(padded, overlapping=True)
+            automaton = self._automaton
+            if automaton is None:
+                automaton = self._full()
+            matches = automaton.find_matches_as_indexes(padded, overlapping=True)
         if not matches:  # most traffic: no cue at all
-            return Hits(text=text, spans={}, context=self._context)
+            context = self._context
+            return Hits(text=text, spans={}, context=self._contexts() if context is None else context)
         return self._hits(text, matches, meta)
 
     def _hits(self, text: str, matches: list[tuple[int, int, int]], meta: Sequence[KeyMeta]) -> Hits:
@@ -282,4 +314,5 @@ class CueMatcher:
         neutral = spans.pop("NEUTRAL", None)
         if neutral:
             _drop_covered(spans, neutral)
-        return Hits(text=text, spans=spans, context=self._context)
+        context = self._context
+        return Hits(text=text, spans=spans, context=self._contexts() if context is None else context)

@@ -129,7 +129,9 @@ class Worker:
         # request through the gateway) the worker is idle: it does the first spawn's one-time work then,
         # one step per loop turn, once nothing has come for WARM_IDLE_MS and then back to back while nothing
         # comes (see _warm_up).
-        self._warm_steps.extend([self._warm_schemas, *self.host.warm_up()])
+        # Last, the cue matcher's parts that only a cue hit or a text that is not ASCII needs (not built in
+        # the root before the fork: security.injection.warm).
+        self._warm_steps.extend([self._warm_schemas, *self.host.warm_up(), *injection.complete_steps()])
         # Quiet after a burst, the worker also drops libwasmtime's code pages (clean pages of the file,
         # mapped again on the next use: measured ~4 MB USS of an idle worker that ran an agent, no
         # measurable cost on the next message), besides trimming its heap.
