@@ -129,8 +129,8 @@ def test_injection_matcher_builds_its_rarer_parts_on_first_need() -> None:
 
 
 def test_injection_complete_steps_build_the_shared_matchers_rest() -> None:
-    """injection.complete_steps() are two steps on the process's matcher: its context regexes, then its
-    full automaton; warm() alone builds neither."""
+    """injection.complete_steps() are two steps on the process's matcher, its context regexes and its full
+    automaton; warm() alone builds neither."""
     injection._matcher.cache_clear()
     try:
         injection.warm()
