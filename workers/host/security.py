@@ -161,19 +161,25 @@ class HostSecurity:
         version and digest are the accepted ones already (:meth:`accept_version` then has nothing to do)."""
         if self.versions is None:
             return True
-        digest = self.recorded_digest(manifest, digest)
+        cur = self.versions.current(manifest.name)
+        if cur is not None and cur[1] == str(manifest.version) and cur[2] == digest:
+            return True  # the accepted version and bytes (a pool's spawns): one read, as check would do
+        digest = self.recorded_digest(manifest, digest, cur)
         cur = self.versions.check(manifest.name, manifest.version, digest)
         return cur is not None and cur[1] == str(manifest.version) and cur[2] == digest
 
-    def recorded_digest(self, manifest: AgentManifest, digest: str) -> str:
+    @staticmethod
+    def recorded_digest(
+        manifest: AgentManifest, digest: str, cur: tuple[tuple[int, ...], str, str] | None
+    ) -> str:
         """The digest layer 16 checks a spawn under: ``digest``, or for an unpinned built-in module whose
         manifest version was recorded with an earlier OpenFANG release's text of the same built-in, that
         recorded digest. The built-in's bytes changed with the runtime, not with the manifest: refusing the
         same version as "accepted before with different bytes" would stop every agent of a built-in at an
-        upgrade of OpenFANG. A different digest that is not such a text is still refused."""
-        if self.versions is None or manifest.module_sha256 or not manifest.module.startswith("builtin:"):
+        upgrade of OpenFANG. A different digest that is not such a text is still refused. ``cur``: the
+        version state's record for the manifest's name."""
+        if manifest.module_sha256 or not manifest.module.startswith("builtin:"):
             return digest
-        cur = self.versions.current(manifest.name)
         if cur is None or cur[2] == digest or cur[1] != str(manifest.version):
             return digest
         from openfang.workers.sandbox.builtin_guests import earlier_text
@@ -194,8 +200,8 @@ class HostSecurity:
         it is already (spares reading the version state a second time)."""
         if self.versions is None or accepted:
             return
-        digest = self.recorded_digest(manifest, digest)
         cur = self.versions.current(manifest.name)
+        digest = self.recorded_digest(manifest, digest, cur)
         if cur is not None and cur[1] == str(manifest.version) and cur[2] == digest:
             return  # already the accepted version: spare the write (and its fsync) on every spawn
         self.versions.accept(manifest.name, manifest.version, digest)
