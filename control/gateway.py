@@ -912,9 +912,7 @@ class Gateway:
             except OpenFangError as exc:
                 log.info("reply_dropped", reason=str(exc), request_type=env.type)
             return
-        self._outbox.append((frames, env.type, env.id, env.body))
-        if len(self._outbox) >= OUTBOX_MAX:
-            self._flush()
+        self._to_outbox(frames, env.type, env.id, env.body)
 
     def _relay(self, waiting: _Waiting, answer: Envelope) -> None:
         """A worker's answer to a client's request with no reply hook (``waiting``: no ``on_reply``, not
@@ -924,7 +922,12 @@ class Gateway:
         identity = waiting.identity
         payload = encode_as(answer, request_id)
         frames = [identity, b"", payload] if waiting.delimited else [identity, payload]
-        self._outbox.append((frames, answer.type, request_id, answer.body))
+        self._to_outbox(frames, answer.type, request_id, answer.body)
+
+    def _to_outbox(self, frames: list[bytes], reply_type: str, reply_id: str, body: dict[str, Any]) -> None:
+        """Queue a client reply (its frames, and its type, id and body for the stats) for :meth:`_flush`,
+        flushing once OUTBOX_MAX are waiting."""
+        self._outbox.append((frames, reply_type, reply_id, body))
         if len(self._outbox) >= OUTBOX_MAX:
             self._flush()
 
@@ -941,10 +944,10 @@ class Gateway:
             except OpenFangError as exc:
                 # The client left or stopped reading; there is nobody to tell.
                 log.info("reply_dropped", reason=str(exc), request_type=reply_type)
-        reply_left = self.stats.reply_left
+        replied = self.stats.replied
         for frames, reply_type, reply_id, body in outbox:  # timed once they have left (not on their way)
             if reply_type != messages.CHUNK_TYPE:
-                reply_left(frames[0], reply_id, reply_type, body)
+                replied(frames[0], reply_id, reply_type, body)
         if self._after_reply:  # the replies have left: what was held for them (at the latest, a batch's end)
             self._run_after_reply()
 

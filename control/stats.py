@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from openfang.protocol.envelope import ERROR_TYPE, Envelope
+from openfang.protocol.envelope import ERROR_TYPE
 from openfang.protocol.messages import ERROR_CODES, REQUEST_TYPES
 from openfang.protocol.stats import OTHER, Counts, Histogram
 
@@ -42,13 +42,9 @@ class GatewayStats:
             self._started.pop(next(iter(self._started)))
         self._started[(client, request_id)] = (request_type, self._clock())
 
-    def replied(self, client: bytes, reply: Envelope) -> None:
-        """A reply left for a client (not a part of a stream): time it, and count an error by its code."""
-        self.reply_left(client, reply.id, reply.type, reply.body)
-
-    def reply_left(self, client: bytes, reply_id: str, reply_type: str, body: dict[str, Any]) -> None:
-        """:meth:`replied` for the reply's fields, without its Envelope (the gateway relays a worker's answer
-        re-addressed without building one)."""
+    def replied(self, client: bytes, reply_id: str, reply_type: str, body: dict[str, Any]) -> None:
+        """A reply left for a client (not a part of a stream): time it, and count an error by its code. Given
+        as the reply's fields: the gateway relays a worker's answer re-addressed without an Envelope."""
         if reply_type == ERROR_TYPE:
             self.errors.add(_code(str(body.get("code"))))
         started = self._started.pop((client, reply_id), None)

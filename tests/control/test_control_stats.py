@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from openfang.control.stats import GatewayStats
-from openfang.protocol.envelope import Envelope
 
 
 def test_gateway_stats_time_requests_by_type_and_count_codes() -> None:
@@ -12,8 +11,8 @@ def test_gateway_stats_time_requests_by_type_and_count_codes() -> None:
     gw = GatewayStats(clock=lambda: now[0])
     gw.admitted(b"c", "1", "agent.send")
     now[0] = 0.02
-    gw.replied(b"c", Envelope(type="agent.send.ok", body={}, id="1"))
-    gw.replied(b"c", Envelope(type="error", body={"code": "made_up_code", "message": "x"}, id="2"))
+    gw.replied(b"c", "1", "agent.send.ok", {})
+    gw.replied(b"c", "2", "error", {"code": "made_up_code", "message": "x"})
     gw.refused("rate_limited")
     gw.event({"kind": "agent.lost", "reason": "restart_intensity"})
     wire = gw.to_wire()

@@ -23,7 +23,6 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from openfang.control.config import parse_config
 from openfang.control.http.metrics_runtime import runtime_families
 from openfang.control.stats import GatewayStats
-from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import ConfigError
 from openfang.workers.host.stats import HostStats
 
@@ -59,7 +58,7 @@ def test_runtime_families_render_as_valid_prometheus_histograms() -> None:
     stats.message_done(2.0)
     gw = GatewayStats()
     gw.admitted(b"c", "1", "status")
-    gw.replied(b"c", Envelope(type="status.ok", body={}, id="1"))
+    gw.replied(b"c", "1", "status.ok", {})
     bodies = {
         "status": {"gateway": gw.to_wire()},
         "agent.list": {"agents": [], "workers": [stats.to_wire()]},
