@@ -284,10 +284,7 @@ class CueMatcher:
             matches = self._ascii_automaton.find_matches_as_indexes(padded.encode("ascii"), overlapping=True)
         else:
             meta = self._meta
-            automaton = self._automaton
-            if automaton is None:
-                automaton = self._full()
-            matches = automaton.find_matches_as_indexes(padded, overlapping=True)
+            matches = self._full().find_matches_as_indexes(padded, overlapping=True)
         if not matches:  # most traffic: no cue at all
             context = self._context
             return Hits(text=text, spans={}, context=self._contexts() if context is None else context)

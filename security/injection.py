@@ -93,6 +93,18 @@ def complete_steps() -> tuple[Callable[[], None], Callable[[], None]]:
     return context, automaton
 
 
+def _ascii_findings(text: str) -> list[Finding]:
+    """The findings of an ASCII ``text``, as ``findings(_matcher().find(fold(text)))`` finds them: folded to
+    ASCII bytes the matcher's byte automaton runs on as they are (most texts); no raw match means no findings,
+    without the str, Hits and findings round trip."""
+    folded = fold_ascii(text)
+    matcher = _matcher()
+    if folded.isascii():
+        hits = matcher.find_folded_ascii(folded)  # the automaton runs once either way
+        return [] if hits is None else findings(hits)
+    return findings(matcher.find(folded.decode("utf-8", "replace")))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InjectionConfig:
     """``action`` applies to user/agent input, ``output_action`` to tool and LLM output flowing back.
@@ -209,25 +221,15 @@ class InjectionDetector:
 
     def _assess(self, text: str, *, nested: bool = False, found: list[Finding] | None = None) -> _Assessment:
         """``found``: the findings of ``text`` when the caller has them (an ASCII text within max_scan_chars,
-        folded and matched as the fast path below does: :meth:`_scan`)."""
+        as :func:`_ascii_findings` finds them: :meth:`_scan`)."""
         limit = self.config.max_scan_chars
         if len(text) > limit:
             text = text[: limit // 2] + "\n" + text[-limit // 2 :]
         plain = text.isascii()
-        if found is not None:
-            pass
-        elif plain and self.fast_path:
-            # Most texts: folded to ASCII bytes the matcher's byte automaton runs on as they are; no raw match
-            # means no findings (find would return no spans), without the str, Hits and findings round trip.
-            folded = fold_ascii(text)
-            matcher = _matcher()
-            if folded.isascii():
-                hits = matcher.find_folded_ascii(folded)  # the automaton runs once either way
-                found = [] if hits is None else findings(hits)
-            else:
-                found = findings(matcher.find(folded.decode("utf-8", "replace")))
-        else:
-            found = findings(_matcher().find(fold(text)))
+        if found is None:
+            found = (
+                _ascii_findings(text) if plain and self.fast_path else findings(_matcher().find(fold(text)))
+            )
         if self.fast_path and not found and plain and (nested or len(text) < _B64_MIN):
             return _CLEAN  # most traffic: no cue, no hidden Unicode, too short for a base64 blob
         weights: dict[str, float] = {}
@@ -293,15 +295,10 @@ class InjectionDetector:
             # Most traffic, decided as _assess decides it in fewer steps: an ASCII text whose fold yields no
             # finding and that holds no base64 blob scores nothing (no hidden Unicode without non-ASCII
             # characters). A text with a finding or a blob is assessed in full, with these findings.
-            folded = fold_ascii(text)
-            if folded.isascii():
-                hits = _matcher().find_folded_ascii(folded)
-                found = [] if hits is None else findings(hits)
-                if not found and (len(text) < _B64_MIN or not base64_payloads(text)):
-                    return _passed(text)
-                a = self._assess(text, found=found)
-            else:
-                a = self._assess(text)
+            found = _ascii_findings(text)
+            if not found and (len(text) < _B64_MIN or not base64_payloads(text)):
+                return _passed(text)
+            a = self._assess(text, found=found)
         else:
             a = self._assess(text)
         if not a.weights:  # most traffic: no rule fired
