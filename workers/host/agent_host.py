@@ -312,15 +312,16 @@ class AgentHost:
 
     def warm_up(self) -> list[Callable[[], None]]:
         """Steps that do a first spawn's one-time work ahead, for the worker to run one per idle turn while
-        it waits for its first request: open layer 16's version state (a fresh data dir's first worker makes
-        the file), then :meth:`Spawner.warm_up`."""
+        it waits for its first request: :meth:`Spawner.warm_up` (which also starts opening layer 16's
+        version state on a thread), then take that state (waiting for the thread, last: its disk waits
+        overlap the other steps)."""
         security = self._security
 
         def versions() -> None:
             if security is not None:
                 _ = security.versions
 
-        return [versions, *self._spawner.warm_up()]
+        return [*self._spawner.warm_up(), versions]
 
     def spare_wanted(self) -> bool:
         """A spawn left a module whose next agent can be instantiated ahead (Spawner.prepare_spare)."""
