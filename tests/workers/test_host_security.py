@@ -250,3 +250,25 @@ def test_host_security_close_waits_for_the_version_state_opened_behind(tmp_path:
     sec.close()
     assert opening is not None and not opening.is_alive()
     assert sec._versions is None and not sec._opened
+
+
+def test_host_security_warm_up_never_waits_for_the_version_state_being_opened(tmp_path: Path) -> None:
+    """The host's last warm-up step takes the state only once the thread is done: while it still waits on
+    the disk (held here by a lock on the file) the step returns at once, and the first use waits for it."""
+    import sqlite3
+
+    sec = HostSecurity(security_from_args(None, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
+    sec.versions  # the file exists  # noqa: B018
+    sec.close()
+    sec = HostSecurity(security_from_args(None, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
+    holder = sqlite3.connect(str(tmp_path / "versions.db"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the thread's first commit waits for this write lock
+    host = AgentHost("w-0", HostParts(tools=default_registry(), security=sec))
+    steps = host.warm_up()
+    assert sec.opening_versions()
+    steps[-1]()
+    assert sec._versions is None and sec.opening_versions()
+    holder.execute("COMMIT")
+    holder.close()
+    assert sec.versions is not None and not sec.opening_versions()
+    host.close()

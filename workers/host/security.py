@@ -162,6 +162,10 @@ class HostSecurity:
             self._versions = VersionStore(self._versions_at, audit=self.audit)
         return self._versions
 
+    def opening_versions(self) -> bool:
+        """The thread of :meth:`open_versions_behind` is still at work (its disk waits)."""
+        return self._opening is not None and self._opening.is_alive()
+
     def open_versions_behind(self) -> None:
         """Open layer 16's state on a thread while the caller's loop goes on: in a fresh data dir that makes
         the file (two fsyncs), and its log with a first commit (``VersionStore.warm_up``: two fsyncs more that
