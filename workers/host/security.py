@@ -150,9 +150,10 @@ class HostSecurity:
     def versions(self) -> VersionStore | None:
         """Layer 16's version state (None when off), opened on first use: in a fresh data dir the first
         worker makes the file (two fsyncs), which its start did before the worker's ready, on the cold
-        start's path; the worker now opens it in its warm-up, while it waits for its first request. A
-        state that cannot be opened raises ConfigError (naming the file) at every use, so every spawn is
-        refused with it, and no spawn skips the check."""
+        start's path; the worker now opens it on a thread from its ready on (:meth:`open_versions_behind`,
+        waited for here), while it waits for its first request. A state that cannot be opened raises
+        ConfigError (naming the file) at every use, so every spawn is refused with it, and no spawn skips
+        the check."""
         if self._opening is not None:
             self._opening.join()
             self._opening = None

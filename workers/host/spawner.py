@@ -277,12 +277,11 @@ class Spawner:
         runtime of the default stack size, compile and check the built-in guest in it (through the disk
         cache), then fill the caches a first spawn fills (the runtime's per-module ones: the module's
         imports, which each spawn checks against its own grant, and its table exports; fnmatch's compiled
-        cluster patterns). The call itself starts opening
-        layer 16's state on a thread (it waits on the disk). Each step is what that spawn would otherwise do
-        on its own path, so running one never delays it by work it does not need; a step left undone is
-        done by the spawn, as before. Steps are short (~1-2.5 ms each): a request that comes in during one
-        waits for its end. A step may raise: the caller logs it, and the spawn then meets (and reports) the
-        problem itself."""
+        cluster patterns). The call itself starts opening layer 16's state on a thread (it waits on the
+        disk). Each step is what that spawn would otherwise do on its own path, so running one never delays
+        it by work it does not need; a step left undone is done by the spawn, as before. Steps are short
+        (~0.3-2.5 ms each): a request that comes in during one waits for its end. A step may raise: the
+        caller logs it, and the spawn then meets (and reports) the problem itself."""
         held: list[AgentManifest] = []
 
         def warm_manifest() -> AgentManifest:
