@@ -75,11 +75,23 @@ class SandboxGrant:
         full = f"{module}.{name}"
 
         def hit(p: str) -> bool:
-            return fnmatchcase(full, p) if "." in p else fnmatchcase(name, p)
+            return _matches(full, p) if "." in p else _matches(name, p)
 
         if any(hit(p) for p in self.deny):
             return False
         return all(any(hit(p) for p in pats) for pats in self.allow)
+
+
+_GLOB = frozenset("*?[")
+
+
+def _matches(text: str, pattern: str) -> bool:
+    """``fnmatchcase(text, pattern)``; a pattern with none of ``*?[`` (a manifest's bare host-function
+    names) matches only itself, compared as it is: fnmatch compiles a regex for each new pattern (~0.16 ms,
+    ~1 ms of a worker's first spawn for the core ABI's names)."""
+    if _GLOB.isdisjoint(pattern):
+        return text == pattern
+    return fnmatchcase(text, pattern)
 
 
 def _patterns(

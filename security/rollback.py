@@ -79,14 +79,20 @@ _CREATE_TABLE = (
 class VersionStore:
     """Highest accepted version per name, persisted in SQLite (safe across processes)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, audit: AuditSink | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, audit: AuditSink | None = None, any_thread: bool = False
+    ) -> None:
+        """``any_thread``: the store may be made on one thread and used on another (one at a time: the
+        caller hands it over, as a worker does that opens it behind its loop)."""
         self.path = Path(path)
         self._audit = audit
         try:
             # A fresh file (the first worker of a fresh data dir, before it is ready): made complete or not at
             # all, in two fsyncs instead of seven (dbfile); another worker's meanwhile is used as it is.
             dbfile.create(self.path, f"BEGIN IMMEDIATE;{_CREATE_TABLE};COMMIT;")
-            self._conn = sqlite3.connect(str(self.path), timeout=OPEN_TIMEOUT_S, isolation_level=None)
+            self._conn = sqlite3.connect(
+                str(self.path), timeout=OPEN_TIMEOUT_S, isolation_level=None, check_same_thread=not any_thread
+            )
             _while_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"))
             _while_locked(lambda: self._conn.execute(_CREATE_TABLE))
         except (sqlite3.Error, OSError) as exc:
@@ -94,6 +100,7 @@ class VersionStore:
         self._seen: dict[str, tuple[tuple[int, ...], str, str] | None] = {}  # name -> row, as read last
         self._probe = self._conn.cursor()  # for PRAGMA data_version, once a check (no cursor made for it)
         self._data_version = -1  # the file's data_version when _seen was filled
+        self._committed = False  # this connection has committed (its log's first-commit fsyncs are paid)
 
     def current(self, name: str) -> tuple[tuple[int, ...], str, str] | None:
         """``(version, shown, digest)`` recorded for ``name``, or None."""
@@ -167,6 +174,27 @@ class VersionStore:
             self._seen.pop(name, None)
             raise
         self._seen[name] = (v, str(version), digest)  # our own commit leaves data_version as it was
+        self._committed = True
+
+    def warm_up(self) -> None:
+        """Pay this connection's first commit's extra fsyncs now, with no spawn waiting on them.
+
+        The first commit to a new ``-wal`` file syncs its header, its directory entry and the commit: three
+        fsyncs where later commits have one (``dbfile``). A worker calls this in its warm-up (a cold start's
+        first spawn then waits for one fsync in :meth:`accept`). It rewrites the file's ``user_version``
+        with its own value: no row changes. A no-op once this connection has committed."""
+        if self._committed:
+            return
+        conn = self._conn
+        _while_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._committed = True
 
     def close(self) -> None:
         self._conn.close()

@@ -128,3 +128,39 @@ def test_capabilities_passed_import_check_is_remembered_a_refusal_never(audit: A
     )
     with pytest.raises(Denied):
         cluster_deny.check_imports(cluster_deny.grant("c-1", {}, source="m"), imports)
+
+
+def test_capabilities_names_without_wildcards_match_as_fnmatch_matches_them() -> None:
+    """A grant answers as fnmatchcase does for patterns with and without wildcards, bare or dotted: a name
+    without ``*?[`` matches itself only (no case folding, no partial match, special characters literal)."""
+    from fnmatch import fnmatchcase
+
+    patterns = [
+        "llm_invoke",
+        "env.llm_invoke",
+        "env.*",
+        "kv_?et",
+        "kv_[gs]et",
+        "a.b",
+        "x+y",
+        "LLM_INVOKE",
+        "]",
+    ]
+    names = [
+        ("env", "llm_invoke"),
+        ("env", "LLM_invoke"),
+        ("env", "llm_invoke2"),
+        ("env", "kv_get"),
+        ("env", "kv_set"),
+        ("a", "b"),
+        ("env", "x+y"),
+        ("env", "xy"),
+        ("env", "]"),
+        ("other", "llm_invoke"),
+    ]
+    for pattern in patterns:
+        grant = CapabilityPolicy(SandboxPolicyConfig(allow=frozenset({pattern}))).grant("a", {}, source="m")
+        for module, name in names:
+            full = f"{module}.{name}"
+            want = fnmatchcase(full, pattern) if "." in pattern else fnmatchcase(name, pattern)
+            assert grant.allows(module, name) is want, (pattern, full)

@@ -129,3 +129,36 @@ def test_rollback_check_of_the_accepted_version_itself_passes_and_its_neighbours
         with pytest.raises(Denied) as err:
             vs.check("calc", True, "aaa")
         assert err.value.reason == "bad_version"
+
+
+def test_rollback_warm_up_makes_the_log_and_changes_no_row(tmp_path: Path) -> None:
+    """warm_up commits once (the log exists after it) without changing a row or the file's user_version;
+    another process's view is unchanged, and a second warm_up, or one after an accept, is a no-op."""
+    path = tmp_path / "versions.db"
+    with VersionStore(path) as first:
+        first.accept("calc", "1.0", "d1")
+    with VersionStore(path) as vs:
+        assert not vs._committed
+        vs.warm_up()
+        assert vs._committed and Path(f"{path}-wal").exists()
+        assert vs._conn.execute("PRAGMA user_version").fetchone()[0] == 0
+        vs.warm_up()
+        with VersionStore(path) as other:
+            assert other.current("calc") == ((1, 0), "1.0", "d1")
+        vs.accept("calc", "1.1", "d2")
+        assert vs.current("calc") == ((1, 1), "1.1", "d2")
+
+
+def test_rollback_store_made_for_any_thread_is_used_from_another(tmp_path: Path) -> None:
+    """A store opened with any_thread=True on one thread checks and accepts on another (handed over)."""
+    import threading
+
+    made: list[VersionStore] = []
+    thread = threading.Thread(target=lambda: made.append(VersionStore(tmp_path / "v.db", any_thread=True)))
+    thread.start()
+    thread.join()
+    (vs,) = made
+    vs.accept("calc", 2, "d2")
+    with pytest.raises(Denied):
+        vs.check("calc", 1, "d1")
+    vs.close()

@@ -208,3 +208,67 @@ def test_host_security_unusable_version_state_refuses_every_spawn(tmp_path: Path
         with pytest.raises(ConfigError, match=r"versions\.db"):
             sec.check_version(manifest, "d1")
     sec.close()
+
+
+def test_host_security_version_state_opened_behind_is_handed_to_the_loop(tmp_path: Path) -> None:
+    """The state opened on a thread (with its log made by a first commit) is the one the loop then uses: it
+    checks and records versions from the loop's thread, and a second open behind is a no-op."""
+    sec = HostSecurity(security_from_args(None, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
+    sec.open_versions_behind()
+    opening = sec._opening
+    assert opening is not None
+    sec.open_versions_behind()
+    assert sec._opening is opening
+    store = sec.versions
+    assert store is not None and not opening.is_alive() and sec._opening is None
+    assert (tmp_path / "versions.db-wal").exists() and store._committed
+    manifest = load_manifest(ECHO + "version = 3\n")
+    assert sec.check_version(manifest, "d3") is False
+    sec.accept_version(manifest, "d3")
+    assert sec.versions is store and sec.check_version(manifest, "d3") is True
+    sec.close()
+
+
+def test_host_security_version_state_not_opened_behind_still_refuses_every_spawn(tmp_path: Path) -> None:
+    """When the thread cannot open the state (its path is a directory), the loop's first use opens it
+    itself and raises the same error naming the file, at every spawn."""
+    (tmp_path / "versions.db").mkdir()
+    sec = HostSecurity(security_from_args(None, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
+    sec.open_versions_behind()
+    manifest = load_manifest(ECHO)
+    for _ in range(2):
+        with pytest.raises(ConfigError, match=r"versions\.db"):
+            sec.check_version(manifest, "d1")
+    sec.close()
+
+
+def test_host_security_close_waits_for_the_version_state_opened_behind(tmp_path: Path) -> None:
+    """Closing while the state is being opened behind waits for the thread and closes what it opened."""
+    sec = HostSecurity(security_from_args(None, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
+    sec.open_versions_behind()
+    opening = sec._opening
+    sec.close()
+    assert opening is not None and not opening.is_alive()
+    assert sec._versions is None and not sec._opened
+
+
+def test_host_security_warm_up_never_waits_for_the_version_state_being_opened(tmp_path: Path) -> None:
+    """The host's last warm-up step takes the state only once the thread is done: while it still waits on
+    the disk (held here by a lock on the file) the step returns at once, and the first use waits for it."""
+    import sqlite3
+
+    sec = HostSecurity(security_from_args(None, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
+    sec.versions  # the file exists  # noqa: B018
+    sec.close()
+    sec = HostSecurity(security_from_args(None, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
+    holder = sqlite3.connect(str(tmp_path / "versions.db"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the thread's first commit waits for this write lock
+    host = AgentHost("w-0", HostParts(tools=default_registry(), security=sec))
+    steps = host.warm_up()
+    assert sec.opening_versions()
+    steps[-1]()
+    assert sec._versions is None and sec.opening_versions()
+    holder.execute("COMMIT")
+    holder.close()
+    assert sec.versions is not None and not sec.opening_versions()
+    host.close()

@@ -145,3 +145,27 @@ def test_spawner_warm_up_steps_are_no_ops_once_a_spawn_did_their_work(host: _Hos
     assert list(host.host._spawner._runtimes.values()) == [runtime]
     assert runtime.cached_pre(agent.sandbox.module_digest) is pre
     assert not host.call("agent.send", agent_id=agent.agent_id, text="hi").is_error
+
+
+def test_spawner_warm_up_fills_the_runtimes_per_module_caches(host: _Host) -> None:
+    """After the warm-up the built-in guest's imports and table exports are known to its runtime (a first
+    spawn read them itself), and the spawn still checks those imports against its own grant."""
+    steps = host.host.warm_up()
+    assert [s.__qualname__.rsplit(".", 1)[-1] for s in steps] == [
+        "readers",
+        "runtime",
+        "module",
+        "module_caches",
+        "versions",
+    ]
+    for step in steps:
+        step()
+    (runtime,) = host.host._spawner._runtimes.values()
+    (digest,) = runtime._pres
+    assert runtime._imports.get(digest) and len(runtime._table_names) == 1
+    reply = host.call(
+        "agent.spawn",
+        manifest='[agent]\nname = "strict"\n[agent.model]\nprovider = "scripted"\n'
+        '[sandbox.permissions]\ndenied_host_functions = ["tool_call"]\n',
+    )
+    assert reply.is_error and "env.tool_call" in reply.body["message"], reply.body

@@ -187,3 +187,27 @@ def test_worker_warm_up_logs_a_failing_step_and_goes_on(link: _Link) -> None:
     link.to_worker(spawn)
     agent_id = _spawned(link, spawn)
     assert link.worker.host._agents[agent_id].sandbox.spawn_kind == "warm"
+
+
+def test_worker_builds_the_cue_matchers_rarer_parts_when_quiet_not_before_a_first_request(
+    link: _Link,
+) -> None:
+    """The steps queued at the worker's ready are the first spawn's own work; the cue matcher's context
+    regexes and full automaton (which a first message rarely needs) wait for the loop's quiet trim."""
+    from openfang.supervisor.child import uplink_pair
+
+    parent_end, child_end = uplink_pair()
+    link.worker.child.uplink = child_end
+    link.worker.running = False  # serve() queues its steps and hooks, then leaves at once
+    try:
+        link.worker.serve()
+    finally:
+        link.worker.child.uplink = None
+        parent_end.close()
+        child_end.close()
+    queued = [step.__qualname__ for step in link.worker._warm_steps]
+    assert queued[0] == "Worker._warm_schemas" and not any("complete_steps" in q for q in queued), queued
+    trim = link.worker.child._trim
+    assert trim is not None
+    hooks = [getattr(hook, "__qualname__", "") for hook in trim.hooks]
+    assert "complete_steps.<locals>.context" in hooks and "complete_steps.<locals>.automaton" in hooks

@@ -312,15 +312,16 @@ class AgentHost:
 
     def warm_up(self) -> list[Callable[[], None]]:
         """Steps that do a first spawn's one-time work ahead, for the worker to run one per idle turn while
-        it waits for its first request: open layer 16's version state (a fresh data dir's first worker makes
-        the file), then :meth:`Spawner.warm_up`."""
+        it waits for its first request: :meth:`Spawner.warm_up` (which also starts opening layer 16's
+        version state on a thread), then take that state if the thread is done (a thread still waiting on
+        the disk is joined by the first use instead: the loop never waits for it here)."""
         security = self._security
 
         def versions() -> None:
-            if security is not None:
+            if security is not None and not security.opening_versions():
                 _ = security.versions
 
-        return [versions, *self._spawner.warm_up()]
+        return [*self._spawner.warm_up(), versions]
 
     def spare_wanted(self) -> bool:
         """A spawn left a module whose next agent can be instantiated ahead (Spawner.prepare_spare)."""

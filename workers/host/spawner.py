@@ -23,6 +23,7 @@ import tomllib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -274,19 +275,47 @@ class Spawner:
         """The steps that make the first spawn of a built-in agent cheaper, for a worker to run one at a
         time while it waits for its first request (after its ready): build the manifest readers, make the
         runtime of the default stack size, compile and check the built-in guest in it (through the disk
-        cache). Each step is what that spawn would otherwise do on its own path, so running one never
-        delays it by work it does not need; a step left undone is done by the spawn, as before. A step
-        may raise: the caller logs it, and the spawn then meets (and reports) the problem itself."""
+        cache), then fill the caches a first spawn fills (the runtime's per-module ones: the module's
+        imports, which each spawn checks against its own grant, and its table exports; fnmatch's compiled
+        cluster patterns). The call itself starts opening layer 16's state on a thread (it waits on the
+        disk). Each step is what that spawn would otherwise do on its own path, so running one never delays
+        it by work it does not need; a step left undone is done by the spawn, as before. Steps are short
+        (~0.3-2.5 ms each): a request that comes in during one waits for its end. A step may raise: the
+        caller logs it, and the spawn then meets (and reports) the problem itself."""
         held: list[AgentManifest] = []
+
+        def warm_manifest() -> AgentManifest:
+            return held[0] if held else load_manifest(WARM_UP_MANIFEST, source="warm-up")
 
         def readers() -> None:
             held.append(load_manifest(WARM_UP_MANIFEST, source="warm-up"))
 
+        def runtime() -> None:
+            self._runtime(warm_manifest().sandbox.memory.stack_size_kb, ticking=False)
+
         def module() -> None:
-            manifest = held[0] if held else load_manifest(WARM_UP_MANIFEST, source="warm-up")
+            manifest = warm_manifest()
             prepare_module(self._runtime(manifest.sandbox.memory.stack_size_kb, ticking=False), manifest)
 
-        return [readers, module]
+        def module_caches() -> None:
+            manifest = warm_manifest()
+            rt = self._runtime(manifest.sandbox.memory.stack_size_kb, ticking=False)
+            digest = module_digest(manifest)
+            pre = rt.cached_pre(digest)
+            if pre is not None:
+                rt.cached_imports(digest)
+                rt.table_exports(pre)
+            # The cluster's host-function patterns, which every spawn's import check matches against:
+            # fnmatch compiles (and keeps) a pattern's regex on its first use (~0.3 ms for "env.*").
+            config = getattr(self.capabilities, "config", None)
+            for pattern in (*getattr(config, "allow", ()), *getattr(config, "deny", ())):
+                fnmatchcase("", pattern)
+
+        if self._security is not None:
+            # Layer 16's state: a fresh data dir's file and its log (the first accept's extra fsyncs), made
+            # on a thread from now on (HostSecurity.open_versions_behind): disk waits, off the loop.
+            self._security.open_versions_behind()
+        return [readers, runtime, module, module_caches]
 
     def _runtime(self, stack_kb: int, *, ticking: bool = True) -> Runtime:
         """The runtime of ``stack_kb`` (made on first use); its epoch ticker runs once an agent may use it
