@@ -396,9 +396,10 @@ class Gateway:
 
     def _on_client_frames(self, received: tuple[list[bytes], str | None]) -> None:
         frames, peer = received
-        identity, rest = frames[0], frames[1:]
-        delimited = len(rest) == 2 and rest[0] == b""
-        if not (delimited or len(rest) == 1):
+        identity = frames[0]
+        parts = len(frames) - 1  # after the routing id: a payload (DEALER), or a delimiter and one (REQ)
+        delimited = parts == 2 and frames[1] == b""
+        if not (delimited or parts == 1):
             self.stats.refused("bad_request")
             self._reply(
                 identity,
@@ -407,12 +408,12 @@ class Gateway:
                     "",
                     ProtocolError(
                         f"expected one payload frame (DEALER) or an empty delimiter and a payload (REQ), "
-                        f"got {len(rest)} frames"
+                        f"got {parts} frames"
                     ),
                 ),
             )
             return
-        payload = rest[-1]
+        payload = frames[-1]
         try:
             # The connection's name is read only when the transport proved no identity (see Guard.admit).
             env = self.guard.admit(payload, client="" if peer else identity.hex(), peer=peer)
@@ -1011,7 +1012,8 @@ class Gateway:
         waiting = self.waiting.pop(env.id, None)
         if waiting is None:
             return  # a late answer to a request that already timed out
-        worker.in_flight = max(0, worker.in_flight - 1)
+        if worker.in_flight > 0:
+            worker.in_flight -= 1
         if waiting.on_reply is None and waiting.internal is None and not waiting.via_workers:
             self._relay(waiting, env)  # the usual case: _complete's plain answer, relayed as it came
         else:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgpack
 import zmq
@@ -68,6 +68,12 @@ def pool_args(tools: bool = False) -> str:
 
 Reply = Callable[[str, dict[str, Any]], None]
 _NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
+# pyzmq's own send and recv (zmq.Socket.send's Python wrapper only adds the draft routing_id/group arguments;
+# recv has none) and its poll (Socket.poll builds a Poller per call).
+_SEND = zmq.backend.Socket.send
+_RECV = zmq.backend.Socket.recv
+_zmq_poll = zmq.backend.zmq_poll
 
 
 def _metric(
@@ -103,6 +109,11 @@ class Pipe:
     Requests made while replies are being handled (a task's next step, from its reply's callback) are sent
     together when that batch is done, before the next wait: back to back, they cost ZeroMQ's I/O thread one
     wake-up and the gateway one read for many, on the same two cores the system under test uses.
+
+    It shares those two cores with the system it measures, so it does per message only what a message
+    needs: one Packer reused for every request (``msgpack.packb`` makes one per call), pyzmq's own send and
+    poll (the Python wrappers add ~1 us a send and a Poller per wait), and one ``zmq.Again`` per batch of
+    replies read, not per reply.
     """
 
     def __init__(self, endpoint: str) -> None:
@@ -115,32 +126,40 @@ class Pipe:
         self.pending: dict[str, Reply] = {}
         self._n = 0
         self._out: list[bytes] = []  # requests made but not sent yet (flush)
+        # The bench's requests are small: the Packer's buffer never grows past a few hundred bytes.
+        self._pack: Callable[[Any], bytes] = msgpack.Packer().pack
+        self._poll_items = [(self.sock, _POLLIN)]
 
     def send(self, type_: str, body: dict[str, Any], on_reply: Reply) -> None:
         """Queue one request; it leaves with the next :meth:`flush` (every :meth:`pump` starts with one)."""
         self._n += 1
         rid = f"r{self._n}"
         self.pending[rid] = on_reply
-        self._out.append(msgpack.packb({"v": 1, "id": rid, "type": type_, "body": body}))
+        self._out.append(self._pack({"v": 1, "id": rid, "type": type_, "body": body}))
 
     def flush(self) -> None:
-        """Send every queued request, in order."""
-        out, self._out = self._out, []
+        """Send every queued request, in order (one message each)."""
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        sock = self.sock
         for payload in out:
-            self.sock.send(payload)
+            _SEND(sock, payload, 0)  # SNDHWM 0: never blocks
 
     def pump(self, timeout_ms: int = 100) -> None:
         """Send what is queued, wait up to ``timeout_ms`` for replies, then hand every reply available to its
         callback (requests the callbacks make are sent by the next pump)."""
         self.flush()
-        if not self.sock.poll(timeout_ms):
+        if not _zmq_poll(self._poll_items, timeout_ms):
             return
+        sock, pending, unpack = self.sock, self.pending, msgpack.unpackb
         while True:
             try:
-                raw = msgpack.unpackb(self.sock.recv(_NOBLOCK))
+                raw = unpack(_RECV(sock, _NOBLOCK))
             except zmq.Again:
                 return
-            callback = self.pending.pop(raw.get("id"), None)
+            callback = pending.pop(raw.get("id"), None)
             if callback is not None:
                 callback(raw["type"], raw.get("body") or {})
 
@@ -518,26 +537,25 @@ def describe_breakdown(per_process: dict[str, dict[str, float]], rss: bool = Fal
 
 def run_tasks(pipe: Pipe, count: int, window: int, start: Callable[[int, Callable[[], None]], None]) -> float:
     """Run tasks 0..count-1 with ``window`` in flight (``start(i, done)``); wall seconds."""
-    state = {"next": 0, "done": 0}
-
-    def launch() -> None:
-        i = state["next"]
-        state["next"] += 1
-        start(i, finished)
+    started = done = 0
 
     def finished() -> None:
-        state["done"] += 1
-        if state["next"] < count:
-            launch()
+        nonlocal started, done
+        done += 1
+        if started < count:
+            started += 1
+            start(started - 1, finished)
 
     t0 = time.perf_counter()
     for _ in range(min(window, count)):
-        launch()
+        started += 1
+        start(started - 1, finished)
     deadline = time.monotonic() + PHASE_TIMEOUT_S
-    while state["done"] < count:
+    pump = pipe.pump
+    while done < count:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{state['done']} of {count} tasks done after {PHASE_TIMEOUT_S:.0f} s")
-        pipe.pump()
+            raise TimeoutError(f"{done} of {count} tasks done after {PHASE_TIMEOUT_S:.0f} s")
+        pump()
     return time.perf_counter() - t0
 
 
@@ -606,6 +624,42 @@ class CpuMeter:
         return f"CPU per task {total:.0f} us ({parts})"
 
 
+_SEND_OK = "agent.send.ok"
+
+
+def routing_start(pipe: Pipe, msgs: list[str]) -> Callable[[int, Callable[[], None]], None]:
+    """Routing task ``i`` for :func:`run_tasks`: ``msgs[i]`` to the service ``router``, then to the class
+    service the router named; each reply checked in full (an ``agent.send.ok`` whose text is the expected
+    one, computed from the workload's rules during the run, as the peers' driver does). A reply that passes
+    costs no message text (:func:`_refuse` builds it for one that does not)."""
+    send = pipe.send
+
+    def start(i: int, done: Callable[[], None]) -> None:
+        msg = msgs[i]
+        route = wl.classify(msg)
+
+        def answered(t: str, b: dict[str, Any]) -> None:
+            want = wl.agent_reply(route, msg)
+            if t != _SEND_OK or b.get("reply") != want:
+                _refuse(t, b, want, f"task {i} agent")
+            done()
+
+        def classified(t: str, b: dict[str, Any]) -> None:
+            if t != _SEND_OK or b.get("reply") != route:
+                _refuse(t, b, route, f"task {i} router")
+            send("agent.send", {"service": route, "text": msg}, answered)
+
+        send("agent.send", {"service": "router", "text": msg}, classified)
+
+    return start
+
+
+def _refuse(t: str, b: dict[str, Any], want: str, what: str) -> NoReturn:
+    """A reply that is not the expected ``agent.send.ok``: BenchFailed naming what came instead."""
+    _check(t, b, want, what)  # an error, or the wrong text
+    raise BenchFailed(f"{what}: expected an {_SEND_OK} reply, got {t!r}")
+
+
 def routing_rate(
     workers: int | str, count: int, window: int = ROUTING_WINDOW
 ) -> tuple[float, int, dict[str, float]]:
@@ -621,25 +675,11 @@ def routing_rate(
             for route in wl.ROUTES:
                 spawn_many(pipe, manifest("route", route), 1, worker=where)
 
-        def start(i: int, done: Callable[[], None]) -> None:
-            msg = msgs[i]
-            route = wl.classify(msg)
-
-            def answered(t: str, b: dict[str, Any]) -> None:
-                _check(t, b, wl.agent_reply(route, msg), f"task {i} agent")
-                done()
-
-            def classified(t: str, b: dict[str, Any]) -> None:
-                _check(t, b, route, f"task {i} router")
-                pipe.send("agent.send", {"service": route, "text": msg}, answered)
-
-            pipe.send("agent.send", {"service": "router", "text": msg}, classified)
-
-        run_tasks(pipe, 5, 5, start)  # warm-up
+        run_tasks(pipe, 5, 5, routing_start(pipe, msgs))  # warm-up
         msgs = msgs[5:]
-        msgs = msgs[grow_pool(pipe, lambda n: run_tasks(pipe, n, window, start)) :]
+        msgs = msgs[grow_pool(pipe, lambda n: run_tasks(pipe, n, window, routing_start(pipe, msgs))) :]
         meter = CpuMeter(c, pipe)
-        elapsed = run_tasks(pipe, count, window, start)
+        elapsed = run_tasks(pipe, count, window, routing_start(pipe, msgs))
         cpu = meter.per_task_us(count)
     return count / elapsed, len(ids), cpu
 
@@ -879,7 +919,8 @@ def cpu_split(phase: str, count: int, pyspy_dir: str | None = None) -> dict[str,
             )
 
         window = TOOLCHAIN_WINDOW if phase == "toolchain" else ROUTING_WINDOW
-        elapsed = run_tasks(pipe, count, window, start)
+        run = start if phase == "toolchain" else routing_start(pipe, tasks)  # routing: routing_rate's task
+        elapsed = run_tasks(pipe, count, window, run)
         split = {names[pid]: sum(p.cpu_times()[:2]) - before[pid] for pid, p in procs.items()}
         split["client (this process)"] = sum(me.cpu_times()[:2]) - mine
         by_thread: dict[str, dict[str, float]] = {}

@@ -145,6 +145,16 @@ class Compiled:
     fields: tuple[tuple[str, Compiled, bool], ...] = ()
     cls: type | None = None
     literals: tuple[Any, ...] = ()  # for Literal[...]: the allowed values (a tagged union's tags)
+    # What a map's valid() may test in place of calling this one's valid for the usual value (INLINE_*):
+    # (kind, lo, hi); kind 0: call valid.
+    inline: tuple[int, float, float] = (0, 0, 0)
+
+
+# Inline kinds (Compiled.inline): the test _compile_dataclass's valid() makes itself for a field's value of
+# the exact type named, with the answer valid() gives it; any other value goes to the field's valid().
+INLINE_STR = 1  # type str: lo <= len(value) <= hi (a string without a Match)
+INLINE_INT = 2  # type int: lo <= value <= hi (a number: int or float fields)
+INLINE_BOOL = 3  # type bool: valid
 
 
 def _got(value: Any) -> str:
@@ -200,12 +210,12 @@ def _compile_str(bound: Len | None, match: Match | None = None) -> Compiled:
         def valid(value: Any) -> bool:
             return isinstance(value, str) and lo <= len(value) <= hi
 
-    else:
+        return Compiled(check, _identity, describe, valid, Shape(text=hi), inline=(INLINE_STR, lo, hi))
 
-        def valid(value: Any) -> bool:
-            return isinstance(value, str) and lo <= len(value) <= hi and full(value) is not None
+    def valid_matched(value: Any) -> bool:
+        return isinstance(value, str) and lo <= len(value) <= hi and full(value) is not None
 
-    return Compiled(check, _identity, describe, valid, Shape(text=hi))
+    return Compiled(check, _identity, describe, valid_matched, Shape(text=hi))
 
 
 def _compile_bytes(bound: Len | None) -> Compiled:
@@ -246,7 +256,8 @@ def _compile_number(tp: type, bound: Range | None) -> Compiled:
             return False
         return (is_int or math.isfinite(value)) and _in_range(value, bound)
 
-    return Compiled(check, _identity if is_int else float, describe, valid, SCALAR)
+    inline = (INLINE_INT, lo, hi)
+    return Compiled(check, _identity if is_int else float, describe, valid, SCALAR, inline=inline)
 
 
 def _compile_bool() -> Compiled:
@@ -257,7 +268,7 @@ def _compile_bool() -> Compiled:
     def valid(value: Any) -> bool:
         return isinstance(value, bool)
 
-    return Compiled(check, _identity, "a boolean", valid, SCALAR)
+    return Compiled(check, _identity, "a boolean", valid, SCALAR, inline=(INLINE_BOOL, 0, 0))
 
 
 def _compile_literal(options: tuple[Any, ...]) -> Compiled:
@@ -422,7 +433,8 @@ def _compile_union(options: list[Compiled], nullable: bool) -> Compiled:
             return (value is None and nullable) or inner_valid(value)
 
         shape_one = _widest([inner.shape] + ([SCALAR] if nullable else []))
-        return Compiled(check_one, build_one, describe, valid_one, shape_one)
+        # inline: a value that is not nil is valid exactly when the option's is (nil goes to valid_one)
+        return Compiled(check_one, build_one, describe, valid_one, shape_one, inline=inner.inline)
 
     def check(value: Any, where: str, problems: list[str]) -> None:
         if value is None and nullable:
@@ -523,6 +535,7 @@ def compile_dataclass(cls: type, *, open_fields: bool) -> Compiled:
 
 
 _in_progress: dict[tuple[type, bool], list[Compiled]] = {}
+_ABSENT: Any = object()  # a field not in the map (valid's one lookup per field)
 
 
 def _compile_dataclass(cls: type, open_fields: bool) -> Compiled:
@@ -569,22 +582,44 @@ def _compile_dataclass(cls: type, open_fields: bool) -> Compiled:
 
     # valid() answers what check() would (no problems or some) in one pass: the required fields (present,
     # and valid even when nil), the optional ones (absent or nil, else valid), no key outside the known ones
-    # (a closed map; issuperset reads the map's keys as the loop in check does), then the extra checks.
-    required_checks = tuple((name, compiled.valid) for name, compiled, required in fields if required)
-    optional_checks = tuple((name, compiled.valid) for name, compiled, required in fields if not required)
+    # (a closed map; issuperset reads the map's keys as the loop in check does), then the extra checks. A
+    # field's string, number or boolean of the exact type is tested here (its Compiled.inline: the same
+    # answer as its valid, without the call); any other value goes to its valid.
+    required_checks = tuple(
+        (name, compiled.valid, *compiled.inline) for name, compiled, required in fields if required
+    )
+    optional_checks = tuple(
+        (name, compiled.valid, *compiled.inline) for name, compiled, required in fields if not required
+    )
     closed = not open_fields
 
     def valid(value: Any) -> bool:
         if not isinstance(value, dict):
             return False
-        for name, field_valid in required_checks:
-            if name not in value or not field_valid(value[name]):
+        for name, field_valid, kind, lo, hi in required_checks:
+            entry = value.get(name, _ABSENT)
+            if entry is _ABSENT:
                 return False
-        for name, field_valid in optional_checks:
-            if name in value:
-                entry = value[name]
-                if entry is not None and not field_valid(entry):
+            if kind == INLINE_STR and type(entry) is str:
+                if not lo <= len(entry) <= hi:
                     return False
+            elif kind == INLINE_INT and type(entry) is int:
+                if not lo <= entry <= hi:
+                    return False
+            elif (kind != INLINE_BOOL or type(entry) is not bool) and not field_valid(entry):
+                return False
+        for name, field_valid, kind, lo, hi in optional_checks:
+            entry = value.get(name)
+            if entry is None:  # absent or nil
+                continue
+            if kind == INLINE_STR and type(entry) is str:
+                if not lo <= len(entry) <= hi:
+                    return False
+            elif kind == INLINE_INT and type(entry) is int:
+                if not lo <= entry <= hi:
+                    return False
+            elif (kind != INLINE_BOOL or type(entry) is not bool) and not field_valid(entry):
+                return False
         if closed and not known.issuperset(value):
             return False
         return extra is None or not extra(value)

@@ -67,3 +67,14 @@ def test_guard_decision_per_type_is_the_validators() -> None:
             assert guard._walk[type_] is want_walk, (validation, type_)
             decided += 1
     assert decided >= 5 * 20
+
+
+@pytest.mark.parametrize("type_", ["agent.send.ok", "worker.hello", "event", "no.such.type", "error"])
+def test_guard_refuses_a_type_outside_the_request_catalogue_as_unknown_type(type_: str) -> None:
+    """A reply, an internal message, an event or an unknown type sent as a request is unknown_type at the
+    door (decode admits the request catalogue's types only; admit has no second catalogue check)."""
+    guard = _guard({})
+    with pytest.raises(OpenFangError) as caught:
+        guard.admit(_frame(type_, {}), client="c", peer="uid:1")
+    assert caught.value.code == "unknown_type"
+    assert frozenset(messages.CATALOGUE) == messages.REQUEST_TYPES  # the set decode admits is the catalogue

@@ -175,6 +175,60 @@ def test_valid_agrees_with_check_for_tagged_unions_and_patterns() -> None:
         assert compiled.valid(candidate) == (not _problems(compiled, candidate))
 
 
+def _edges(compiled: _schema.Compiled) -> list[Any]:
+    """Values at and past the bounds a map's valid() tests in place of a field's own valid (its inline),
+    and values of other types that must go to that valid."""
+    kind, lo, hi = compiled.inline
+    others: list[Any] = [None, True, False, 0, 1.5, "x", b"x", [], {}]
+    if kind == _schema.INLINE_STR:
+        lengths = {int(lo), int(hi), int(hi) + 1, *([int(lo) - 1] if lo > 0 else [])}
+        return ["a" * n for n in sorted(lengths)] + others
+    if kind == _schema.INLINE_INT:
+        ints = [v for b in (lo, hi) if abs(b) != float("inf") for v in (int(b) - 1, int(b), int(b) + 1)]
+        return [*ints, -(2**40), 2**40, 0.0, float(lo) if abs(lo) != float("inf") else 0.5, *others]
+    if kind == _schema.INLINE_BOOL:
+        return others
+    return []
+
+
+def _inline_cases(compiled: _schema.Compiled, value: Any, depth: int = 0) -> list[Any]:
+    """Copies of the map ``value`` with one field (at any depth of nested maps) set to each of its edges."""
+    if not compiled.fields or not isinstance(value, dict) or depth > 4:
+        return []
+    out: list[Any] = []
+    for name, field, _required in compiled.fields:
+        for edge in _edges(field):
+            out.append({**value, name: edge})
+        if isinstance(value.get(name), dict):
+            inner = field
+            if not inner.fields:  # an optional nested map: the union's one option
+                continue
+            out.extend({**value, name: case} for case in _inline_cases(inner, value[name], depth + 1))
+    return out
+
+
+@pytest.mark.parametrize(("type_", "body"), EXAMPLES, ids=[t for t, _ in EXAMPLES])
+def test_valid_agrees_with_check_at_the_bounds_of_inline_fields(type_: str, body: dict[str, Any]) -> None:
+    """A map's valid() tests a field's exact string, number or boolean itself: at each bound (one under,
+    on, one over) and for other types it answers as check does, for required and optional fields."""
+    compiled = messages.body_schema(type_)
+    assert compiled is not None
+    for candidate in _inline_cases(compiled, body):
+        assert compiled.valid(candidate) == (not _problems(compiled, candidate)), (type_, candidate)
+
+
+def test_inline_field_kinds_cover_the_hot_bodies() -> None:
+    """agent.send and its answer have their strings and counts tested inline (the gateway's two decodes)."""
+    send = messages.body_schema("agent.send")
+    ok = messages.body_schema("agent.send.ok")
+    assert send is not None and ok is not None
+    kinds = {name: c.inline[0] for name, c, _ in send.fields}
+    assert kinds["text"] == kinds["service"] == kinds["agent_id"] == _schema.INLINE_STR
+    assert kinds["stream"] == _schema.INLINE_BOOL
+    usage = next(c for name, c, _ in ok.fields if name == "usage")
+    assert {c.inline[0] for _, c, _ in usage.fields} == {_schema.INLINE_INT}
+
+
 def test_shape_of_a_request_with_bounded_fields_is_within_the_default_limits() -> None:
     """agent.send's schema bounds every field within layer 1's defaults, so the gateway need not walk it."""
     compiled = messages.body_schema("agent.send")
