@@ -86,6 +86,8 @@ _get_slots: Any = dataclasses._get_slots  # type: ignore[attr-defined]
 _getstate: Any = dataclasses._dataclass_getstate  # type: ignore[attr-defined]
 _setstate: Any = dataclasses._dataclass_setstate  # type: ignore[attr-defined]
 _MemberDescriptor = types.MemberDescriptorType
+# Defaults whose type has no __get__: the class dict's value is what getattr answers.
+_PLAIN = frozenset([int, str, float, bool, type(None), bytes, tuple, frozenset, dataclasses.Field])
 _FrozenInstanceError = dataclasses.FrozenInstanceError
 _ORDER = ("__lt__", "__le__", "__gt__", "__ge__")
 # The generated __create_fn__'s first parameters, always (an inner def uses those it needs, as in the
@@ -187,8 +189,11 @@ def _parse(annotation: str) -> tuple[str | None, str] | None:
     try:
         return _parsed[annotation]
     except KeyError:
-        match = _IDENTIFIER.match(annotation)
-        parsed = (match.group(1), match.group(2)) if match else None
+        if annotation.isascii() and annotation.isidentifier():  # what the regex makes of it, sooner
+            parsed: tuple[str | None, str] | None = (None, annotation)
+        else:
+            match = _IDENTIFIER.match(annotation)
+            parsed = (match.group(1), match.group(2)) if match else None
         if len(_parsed) < 10_000:  # a program's annotation texts are few; a generated flood is not kept
             _parsed[annotation] = parsed
         return parsed
@@ -320,6 +325,7 @@ def _replay(
                     any_frozen_base = True
     annotations = d.get("__annotations__", {})
     typing = sys.modules.get("typing")
+    plain = type(cls) is type
     own = []  # (name, annotation, the class's field() or None, default, kind, kw_only)
     reused: list[Any] = []
     kw_only_seen = False
@@ -333,7 +339,17 @@ def _replay(
             kw_only_seen = True
             kw_only = True
             continue
-        default = getattr(cls, name, _MISSING)
+        # getattr(cls, name, MISSING), sooner when it can only be the class dict's plain value or nothing
+        # (a type's only attribute not named __*: mro; object has none).
+        if not plain or name == "mro":
+            default = getattr(cls, name, _MISSING)
+        else:
+            default = d.get(name, _MISSING)
+            if default is not _MISSING:
+                if type(default) not in _PLAIN:  # a descriptor's __get__ may answer
+                    default = getattr(cls, name, _MISSING)
+            elif len(mro) > 2:
+                default = getattr(cls, name, _MISSING)
         if isinstance(default, _Field):
             # The stdlib deletes or replaces it in the class: only one of the class's own, used once.
             if d.get(name) is not default or any(f is default for f in reused):

@@ -258,6 +258,7 @@ _SAME_KEY = [
     ("a KW_ONLY marker (all kw-only already)", "    tool_calls", "    _: KW_ONLY\n    tool_calls"),
     ("unsafe_hash (frozen: hashed anyway)", "frozen=True,", "frozen=True, unsafe_hash=True,"),
     ("a dataclass base with these fields", "class Usage:", "class Usage(Usage):"),
+    ("a descriptor default", _FUEL, "    fuel: Count = staticmethod(int)"),
     ("a method", _FUEL, _FUEL + "\n    def total(self) -> int:\n        return 1"),
 ]
 # ...and what it must leave to the stdlib (changed since the table was generated, or the stdlib raises).
@@ -265,6 +266,7 @@ _CHANGED = [
     ("one more field", _FUEL, _FUEL + "\n    more: int = 0"),
     ("a field less", _FUEL + "\n", ""),
     ("a field renamed", _FUEL, "    fuel2: Count = 0"),
+    ("a field named mro", _FUEL, "    mro: Count"),
     ("no default", _FUEL, "    fuel: Count"),
     ("a factory", _FUEL, "    fuel: Count = field(default_factory=int)"),
     ("init=False", _FUEL, "    fuel: Count = field(default=0, init=False)"),
@@ -305,6 +307,7 @@ def test_precompiled_changed_class_is_left_to_the_stdlib() -> None:
         assert same, name
         assert replayed == any(name == v[0] for v in _SAME_KEY), name
     assert out["a dataclass base with other fields"][2] == ""
+    assert out["a descriptor default"][2] == "" and out["a field named mro"][2] == ""
     assert out["a mutable default"][2].startswith("ValueError: mutable default")
     assert out["KW_ONLY twice"][2] == "TypeError: 'x_' is KW_ONLY, but KW_ONLY has already been specified"
     assert out["a field() without annotation"][2] == "TypeError: 'x' is a field but has no type annotation"
