@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses  # first imported by openfang._optional.install(), without inspect
+import functools
 import importlib
 import itertools
 import sys
@@ -255,6 +256,39 @@ def _kind(a_type: Any, cls: type, ns: dict[str, Any], typing: Any) -> int:
         return 1
     initvar = dataclasses._is_initvar  # type: ignore[attr-defined]
     return 2 if _is_type(a_type, cls, dataclasses, _InitVar, initvar) else 0
+
+
+def _guard_code() -> types.CodeType | None:
+    """The code of the ``wrapper`` ``dataclasses._recursive_repr`` makes, if it is 3.11.7's (two cells,
+    ``functools.wraps`` with its 3.11 attributes), else None."""
+    codes = [c for c in _recursive_repr.__code__.co_consts if isinstance(c, types.CodeType)]
+    if len(codes) != 1 or codes[0].co_freevars != ("repr_running", "user_function"):
+        return None
+    if functools.WRAPPER_ASSIGNMENTS != _WRAPPER_ASSIGNMENTS or functools.WRAPPER_UPDATES != ("__dict__",):
+        return None
+    return codes[0]
+
+
+_WRAPPER_ASSIGNMENTS = ("__module__", "__name__", "__qualname__", "__doc__", "__annotations__")
+_GUARD = _guard_code()
+
+
+def _repr_guard(fn: Any) -> Any:
+    """``_recursive_repr(fn)``: the same wrapper (code, globals, cells), with what ``functools.wraps`` sets,
+    without its getattr/setattr loop."""
+    if _GUARD is None:
+        return _recursive_repr(fn)
+    closure = (types.CellType(set()), types.CellType(fn))
+    wrapper = types.FunctionType(_GUARD, _recursive_repr.__globals__, "wrapper", None, closure)
+    wrapper.__module__ = fn.__module__
+    wrapper.__name__ = fn.__name__
+    wrapper.__qualname__ = fn.__qualname__
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__annotations__ = fn.__annotations__
+    if fn.__dict__:
+        wrapper.__dict__.update(fn.__dict__)
+    wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _process_class(
@@ -461,7 +495,7 @@ def _replay(
     elif init:
         next(methods)
     if repr:
-        method = _recursive_repr(next(methods))
+        method = _repr_guard(next(methods))
         if "__repr__" not in d:
             method.__qualname__ = prefix + "__repr__"
             cls.__repr__ = method

@@ -38,7 +38,12 @@ def shape(code):
             code.co_stacksize, code.co_flags, code.co_name, code.co_qualname, code.co_exceptiontable.hex()]
 def method(fn):
     wrapped = getattr(fn, "__wrapped__", None)  # __repr__'s recursion guard
-    outer = [fn.__name__, fn.__qualname__, fn.__module__, text(fn.__doc__), sorted(vars(fn))]
+    outer = [fn.__name__, fn.__qualname__, fn.__module__, text(fn.__doc__), list(vars(fn))]
+    if wrapped is not None:  # the guard: its code, globals, cells and annotations (the wrapped's dict)
+        cells = [type(c.cell_contents).__name__ for c in fn.__closure__]
+        inner = fn.__closure__[1].cell_contents is wrapped
+        outer += [shape(fn.__code__), fn.__globals__ is vars(dataclasses), cells, inner]
+        outer += [fn.__annotations__ is wrapped.__annotations__, fn.__defaults__, fn.__kwdefaults__]
     fn = wrapped or fn
     cells = [text(c.cell_contents) for c in fn.__closure__ or ()]
     return [wrapped is not None, outer, fn.__name__, fn.__qualname__, fn.__module__, text(fn.__defaults__),
