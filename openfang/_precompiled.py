@@ -432,7 +432,13 @@ def _replay(
                 inherited = set(itertools.chain.from_iterable(map(_get_slots, mro[1:-1])))
             except TypeError:
                 return None
-    has_post_init = hasattr(cls, "__post_init__") if init else False
+    if not init:
+        has_post_init = False
+    elif plain and len(mro) == 2 and type(d.get("__post_init__")) in (types.FunctionType, type(None)):
+        # hasattr's answer without its AttributeError: type and object have no __post_init__
+        has_post_init = "__post_init__" in d
+    else:
+        has_post_init = hasattr(cls, "__post_init__")
 
     keys = {}
     for f in fields.values():
