@@ -84,39 +84,6 @@ def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dat
   return hash((self.text,))
  return (__init__, __repr__, __eq__, __setattr__, __delattr__, __hash__,)
 CLASSES[('openfang.cli.top_data', 'AgentFilter')] = (((True, True, True, False, True, True, False, True), (('text', 0, True, True, True, None, False, 1),)), __create_fn__.__code__)
-# openfang.cli.top_data.AgentRow
-def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_agent_id, _type_name, _type_worker, _type_state, _type_activity, _type_service, _type_messages, _type_msgs_per_s, _type_fuel_used, _type_memory_bytes, _type_inbox, _type_restarts, _dflt_activity, _dflt_service, _dflt_messages, _dflt_msgs_per_s, _dflt_fuel_used, _dflt_memory_bytes, _dflt_inbox, _dflt_restarts):
- def __init__(self,*,agent_id:_type_agent_id,name:_type_name,worker:_type_worker,state:_type_state,activity:_type_activity=_dflt_activity,service:_type_service=_dflt_service,messages:_type_messages=_dflt_messages,msgs_per_s:_type_msgs_per_s=_dflt_msgs_per_s,fuel_used:_type_fuel_used=_dflt_fuel_used,memory_bytes:_type_memory_bytes=_dflt_memory_bytes,inbox:_type_inbox=_dflt_inbox,restarts:_type_restarts=_dflt_restarts)->_return_type:
-  __dataclass_builtins_object__.__setattr__(self,'agent_id',agent_id)
-  __dataclass_builtins_object__.__setattr__(self,'name',name)
-  __dataclass_builtins_object__.__setattr__(self,'worker',worker)
-  __dataclass_builtins_object__.__setattr__(self,'state',state)
-  __dataclass_builtins_object__.__setattr__(self,'activity',activity)
-  __dataclass_builtins_object__.__setattr__(self,'service',service)
-  __dataclass_builtins_object__.__setattr__(self,'messages',messages)
-  __dataclass_builtins_object__.__setattr__(self,'msgs_per_s',msgs_per_s)
-  __dataclass_builtins_object__.__setattr__(self,'fuel_used',fuel_used)
-  __dataclass_builtins_object__.__setattr__(self,'memory_bytes',memory_bytes)
-  __dataclass_builtins_object__.__setattr__(self,'inbox',inbox)
-  __dataclass_builtins_object__.__setattr__(self,'restarts',restarts)
- def __repr__(self):
-  return self.__class__.__qualname__ + f"(agent_id={self.agent_id!r}, name={self.name!r}, worker={self.worker!r}, state={self.state!r}, activity={self.activity!r}, service={self.service!r}, messages={self.messages!r}, msgs_per_s={self.msgs_per_s!r}, fuel_used={self.fuel_used!r}, memory_bytes={self.memory_bytes!r}, inbox={self.inbox!r}, restarts={self.restarts!r})"
- def __eq__(self,other):
-  if other.__class__ is self.__class__:
-   return (self.agent_id,self.name,self.worker,self.state,self.activity,self.service,self.messages,self.msgs_per_s,self.fuel_used,self.memory_bytes,self.inbox,self.restarts,)==(other.agent_id,other.name,other.worker,other.state,other.activity,other.service,other.messages,other.msgs_per_s,other.fuel_used,other.memory_bytes,other.inbox,other.restarts,)
-  return NotImplemented
- def __setattr__(self,name,value):
-  if type(self) is cls or name in ('agent_id','name','worker','state','activity','service','messages','msgs_per_s','fuel_used','memory_bytes','inbox','restarts',):
-   raise FrozenInstanceError(f"cannot assign to field {name!r}")
-  super(cls, self).__setattr__(name, value)
- def __delattr__(self,name):
-  if type(self) is cls or name in ('agent_id','name','worker','state','activity','service','messages','msgs_per_s','fuel_used','memory_bytes','inbox','restarts',):
-   raise FrozenInstanceError(f"cannot delete field {name!r}")
-  super(cls, self).__delattr__(name)
- def __hash__(self):
-  return hash((self.agent_id,self.name,self.worker,self.state,self.activity,self.service,self.messages,self.msgs_per_s,self.fuel_used,self.memory_bytes,self.inbox,self.restarts,))
- return (__init__, __repr__, __eq__, __setattr__, __delattr__, __hash__,)
-CLASSES[('openfang.cli.top_data', 'AgentRow')] = (((True, True, True, False, True, True, False, True), (('agent_id', 0, True, True, True, None, True, 0), ('name', 0, True, True, True, None, True, 0), ('worker', 0, True, True, True, None, True, 0), ('state', 0, True, True, True, None, True, 0), ('activity', 0, True, True, True, None, True, 1), ('service', 0, True, True, True, None, True, 1), ('messages', 0, True, True, True, None, True, 1), ('msgs_per_s', 0, True, True, True, None, True, 1), ('fuel_used', 0, True, True, True, None, True, 1), ('memory_bytes', 0, True, True, True, None, True, 1), ('inbox', 0, True, True, True, None, True, 1), ('restarts', 0, True, True, True, None, True, 1))), __create_fn__.__code__)
 # openfang.cli.top_data.NodeRow
 def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_depth, _type_id, _type_path, _type_type, _type_state, _type_pid, _type_restarts, _type_rss_bytes, _type_uptime_s, _type_core, _type_hosts_agents, _dflt_pid, _dflt_restarts, _dflt_rss_bytes, _dflt_uptime_s, _dflt_core, _dflt_hosts_agents):
  def __init__(self,*,depth:_type_depth,id:_type_id,path:_type_path,type:_type_type,state:_type_state,pid:_type_pid=_dflt_pid,restarts:_type_restarts=_dflt_restarts,rss_bytes:_type_rss_bytes=_dflt_rss_bytes,uptime_s:_type_uptime_s=_dflt_uptime_s,core:_type_core=_dflt_core,hosts_agents:_type_hosts_agents=_dflt_hosts_agents)->_return_type:
@@ -940,21 +907,6 @@ def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dat
   return hash((self.id,self.type,self.body,self.error,))
  return (__init__, __repr__, __eq__, __setattr__, __delattr__, __hash__,)
 CLASSES[('openfang.memory.client', 'Completion')] = (((True, True, True, False, True, True, False, True), (('id', 0, True, True, True, None, True, 0), ('type', 0, True, True, True, None, True, 0), ('body', 0, True, True, True, None, True, 0), ('error', 0, True, True, True, None, True, 1))), __create_fn__.__code__)
-# openfang.memory.client._Pending
-def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_type, _type_frame, _type_sent_at, _type_attempts, _dflt_attempts):
- def __init__(self,type:_type_type,frame:_type_frame,sent_at:_type_sent_at,attempts:_type_attempts=_dflt_attempts)->_return_type:
-  self.type=type
-  self.frame=frame
-  self.sent_at=sent_at
-  self.attempts=attempts
- def __repr__(self):
-  return self.__class__.__qualname__ + f"(type={self.type!r}, frame={self.frame!r}, sent_at={self.sent_at!r}, attempts={self.attempts!r})"
- def __eq__(self,other):
-  if other.__class__ is self.__class__:
-   return (self.type,self.frame,self.sent_at,self.attempts,)==(other.type,other.frame,other.sent_at,other.attempts,)
-  return NotImplemented
- return (__init__, __repr__, __eq__,)
-CLASSES[('openfang.memory.client', '_Pending')] = (((True, True, True, False, False, True, False, False), (('type', 0, True, True, True, None, False, 0), ('frame', 0, True, True, True, None, False, 0), ('sent_at', 0, True, True, True, None, False, 0), ('attempts', 0, True, True, True, None, False, 1))), __create_fn__.__code__)
 # openfang.memory.episodic.Episode
 def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_id, _type_agent_id, _type_session, _type_role, _type_text, _type_ts, _type_tokens, _type_score, _dflt_score):
  def __init__(self,*,id:_type_id,agent_id:_type_agent_id,session:_type_session,role:_type_role,text:_type_text,ts:_type_ts,tokens:_type_tokens,score:_type_score=_dflt_score)->_return_type:
@@ -4399,30 +4351,6 @@ def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dat
   return hash((self.url,self.scheme,self.host,self.port,self.path,self.addresses,))
  return (__init__, __repr__, __eq__, __setattr__, __delattr__, __hash__,)
 CLASSES[('openfang.security.netguard', 'ResolvedTarget')] = (((True, True, True, False, True, True, False, True), (('url', 0, True, True, True, None, True, 0), ('scheme', 0, True, True, True, None, True, 0), ('host', 0, True, True, True, None, True, 0), ('port', 0, True, True, True, None, True, 0), ('path', 0, True, True, True, None, True, 0), ('addresses', 0, True, True, True, None, True, 0))), __create_fn__.__code__)
-# openfang.security.netguard._Allow
-def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_names, _type_suffixes, _type_networks):
- def __init__(self,names:_type_names,suffixes:_type_suffixes,networks:_type_networks)->_return_type:
-  __dataclass_builtins_object__.__setattr__(self,'names',names)
-  __dataclass_builtins_object__.__setattr__(self,'suffixes',suffixes)
-  __dataclass_builtins_object__.__setattr__(self,'networks',networks)
- def __repr__(self):
-  return self.__class__.__qualname__ + f"(names={self.names!r}, suffixes={self.suffixes!r}, networks={self.networks!r})"
- def __eq__(self,other):
-  if other.__class__ is self.__class__:
-   return (self.names,self.suffixes,self.networks,)==(other.names,other.suffixes,other.networks,)
-  return NotImplemented
- def __setattr__(self,name,value):
-  if type(self) is cls or name in ('names','suffixes','networks',):
-   raise FrozenInstanceError(f"cannot assign to field {name!r}")
-  super(cls, self).__setattr__(name, value)
- def __delattr__(self,name):
-  if type(self) is cls or name in ('names','suffixes','networks',):
-   raise FrozenInstanceError(f"cannot delete field {name!r}")
-  super(cls, self).__delattr__(name)
- def __hash__(self):
-  return hash((self.names,self.suffixes,self.networks,))
- return (__init__, __repr__, __eq__, __setattr__, __delattr__, __hash__,)
-CLASSES[('openfang.security.netguard', '_Allow')] = (((True, True, True, False, True, True, False, True), (('names', 0, True, True, True, None, False, 0), ('suffixes', 0, True, True, True, None, False, 0), ('networks', 0, True, True, True, None, False, 0))), __create_fn__.__code__)
 # openfang.security.permissions.AgentPermissions
 def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_agent_id, _type_tools, _type_memory_read, _type_memory_write, _type_send, _type_spawn, _dflt_tools, _dflt_memory_read, _dflt_memory_write, _dflt_send, _dflt_spawn):
  def __init__(self,*,agent_id:_type_agent_id,tools:_type_tools=_dflt_tools,memory_read:_type_memory_read=_HAS_DEFAULT_FACTORY,memory_write:_type_memory_write=_HAS_DEFAULT_FACTORY,send:_type_send=_dflt_send,spawn:_type_spawn=_dflt_spawn)->_return_type:
@@ -6074,45 +6002,6 @@ def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dat
   return hash((self.ok,self.value,self.error,self.code,self.duration_ms,))
  return (__init__, __repr__, __eq__, __setattr__, __delattr__, __hash__,)
 CLASSES[('openfang.workers.tools.core', 'ToolResult')] = (((True, True, True, False, True, True, False, True), (('ok', 0, True, True, True, None, True, 0), ('value', 0, True, True, True, None, True, 1), ('error', 0, True, True, True, None, True, 1), ('code', 0, True, True, True, None, True, 1), ('duration_ms', 0, True, True, True, None, True, 1))), __create_fn__.__code__)
-# openfang.workers.tools.files._FilePatch
-def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_old, _type_new, _type_hunks):
- def __init__(self,old:_type_old,new:_type_new,hunks:_type_hunks)->_return_type:
-  self.old=old
-  self.new=new
-  self.hunks=hunks
- def __repr__(self):
-  return self.__class__.__qualname__ + f"(old={self.old!r}, new={self.new!r}, hunks={self.hunks!r})"
- def __eq__(self,other):
-  if other.__class__ is self.__class__:
-   return (self.old,self.new,self.hunks,)==(other.old,other.new,other.hunks,)
-  return NotImplemented
- return (__init__, __repr__, __eq__,)
-CLASSES[('openfang.workers.tools.files', '_FilePatch')] = (((True, True, True, False, False, True, False, False), (('old', 0, True, True, True, None, False, 0), ('new', 0, True, True, True, None, False, 0), ('hunks', 0, True, True, True, None, False, 0))), __create_fn__.__code__)
-# openfang.workers.tools.files._Member
-def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_name, _type_size, _type_kind, _type_open):
- def __init__(self,name:_type_name,size:_type_size,kind:_type_kind,open:_type_open)->_return_type:
-  __dataclass_builtins_object__.__setattr__(self,'name',name)
-  __dataclass_builtins_object__.__setattr__(self,'size',size)
-  __dataclass_builtins_object__.__setattr__(self,'kind',kind)
-  __dataclass_builtins_object__.__setattr__(self,'open',open)
- def __repr__(self):
-  return self.__class__.__qualname__ + f"(name={self.name!r}, size={self.size!r}, kind={self.kind!r}, open={self.open!r})"
- def __eq__(self,other):
-  if other.__class__ is self.__class__:
-   return (self.name,self.size,self.kind,self.open,)==(other.name,other.size,other.kind,other.open,)
-  return NotImplemented
- def __setattr__(self,name,value):
-  if type(self) is cls or name in ('name','size','kind','open',):
-   raise FrozenInstanceError(f"cannot assign to field {name!r}")
-  super(cls, self).__setattr__(name, value)
- def __delattr__(self,name):
-  if type(self) is cls or name in ('name','size','kind','open',):
-   raise FrozenInstanceError(f"cannot delete field {name!r}")
-  super(cls, self).__delattr__(name)
- def __hash__(self):
-  return hash((self.name,self.size,self.kind,self.open,))
- return (__init__, __repr__, __eq__, __setattr__, __delattr__, __hash__,)
-CLASSES[('openfang.workers.tools.files', '_Member')] = (((True, True, True, False, True, True, False, True), (('name', 0, True, True, True, None, False, 0), ('size', 0, True, True, True, None, False, 0), ('kind', 0, True, True, True, None, False, 0), ('open', 0, True, True, True, None, False, 0))), __create_fn__.__code__)
 # openfang.workers.tools.kv.KVLimits
 def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_max_key_chars, _type_max_value_bytes, _type_max_keys, _type_max_total_bytes, _dflt_max_key_chars, _dflt_max_value_bytes, _dflt_max_keys, _dflt_max_total_bytes):
  def __init__(self,*,max_key_chars:_type_max_key_chars=_dflt_max_key_chars,max_value_bytes:_type_max_value_bytes=_dflt_max_value_bytes,max_keys:_type_max_keys=_dflt_max_keys,max_total_bytes:_type_max_total_bytes=_dflt_max_total_bytes)->_return_type:

@@ -55,8 +55,8 @@ process = dataclasses._process_class
 def recording(cls, init, repr, eq, order, unsafe_hash, frozen, match_args, kw_only, slots, weakref_slot):
     args = (cls, init, repr, eq, order, unsafe_hash, frozen, match_args, kw_only, slots, weakref_slot)
     top = cls.__module__.partition(".")[0]
-    if (top != "openfang" and top not in THIRD_PARTY) or weakref_slot:
-        return process(*args)
+    if (top != "openfang" and top not in THIRD_PARTY) or weakref_slot or not cls.__doc__:
+        return process(*args)  # not ours, or not replayed (weakref_slot; the doc written by inspect)
     d = cls.__dict__
     class_hash = d.get("__hash__", dataclasses.MISSING)
     explicit = not (class_hash is dataclasses.MISSING or (class_hash is None and "__eq__" in d))
