@@ -1222,8 +1222,8 @@ def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dat
  return (__init__, __repr__, __eq__, __setattr__, __delattr__, __hash__,)
 CLASSES[('openfang.protocol._config_keys', 'Place')] = (((True, True, True, False, True, True, False, True), (('source', 0, True, True, True, None, False, 0), ('path', 0, True, True, True, None, False, 1), ('dotted', 0, True, True, True, None, False, 1), ('plain', 0, True, True, True, None, False, 1))), __create_fn__.__code__)
 # openfang.protocol._schema.Compiled
-def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_check, _type_build, _type_describe, _type_valid, _type_shape, _type_fields, _type_cls, _type_literals, _dflt_shape, _dflt_fields, _dflt_cls, _dflt_literals):
- def __init__(self,check:_type_check,build:_type_build,describe:_type_describe,valid:_type_valid,shape:_type_shape=_dflt_shape,fields:_type_fields=_dflt_fields,cls:_type_cls=_dflt_cls,literals:_type_literals=_dflt_literals)->_return_type:
+def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_check, _type_build, _type_describe, _type_valid, _type_shape, _type_fields, _type_cls, _type_literals, _type_inline, _dflt_shape, _dflt_fields, _dflt_cls, _dflt_literals, _dflt_inline):
+ def __init__(self,check:_type_check,build:_type_build,describe:_type_describe,valid:_type_valid,shape:_type_shape=_dflt_shape,fields:_type_fields=_dflt_fields,cls:_type_cls=_dflt_cls,literals:_type_literals=_dflt_literals,inline:_type_inline=_dflt_inline)->_return_type:
   __dataclass_builtins_object__.__setattr__(self,'check',check)
   __dataclass_builtins_object__.__setattr__(self,'build',build)
   __dataclass_builtins_object__.__setattr__(self,'describe',describe)
@@ -1232,24 +1232,25 @@ def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dat
   __dataclass_builtins_object__.__setattr__(self,'fields',fields)
   __dataclass_builtins_object__.__setattr__(self,'cls',cls)
   __dataclass_builtins_object__.__setattr__(self,'literals',literals)
+  __dataclass_builtins_object__.__setattr__(self,'inline',inline)
  def __repr__(self):
-  return self.__class__.__qualname__ + f"(check={self.check!r}, build={self.build!r}, describe={self.describe!r}, valid={self.valid!r}, shape={self.shape!r}, fields={self.fields!r}, cls={self.cls!r}, literals={self.literals!r})"
+  return self.__class__.__qualname__ + f"(check={self.check!r}, build={self.build!r}, describe={self.describe!r}, valid={self.valid!r}, shape={self.shape!r}, fields={self.fields!r}, cls={self.cls!r}, literals={self.literals!r}, inline={self.inline!r})"
  def __eq__(self,other):
   if other.__class__ is self.__class__:
-   return (self.check,self.build,self.describe,self.valid,self.shape,self.fields,self.cls,self.literals,)==(other.check,other.build,other.describe,other.valid,other.shape,other.fields,other.cls,other.literals,)
+   return (self.check,self.build,self.describe,self.valid,self.shape,self.fields,self.cls,self.literals,self.inline,)==(other.check,other.build,other.describe,other.valid,other.shape,other.fields,other.cls,other.literals,other.inline,)
   return NotImplemented
  def __setattr__(self,name,value):
-  if type(self) is cls or name in ('check','build','describe','valid','shape','fields','cls','literals',):
+  if type(self) is cls or name in ('check','build','describe','valid','shape','fields','cls','literals','inline',):
    raise FrozenInstanceError(f"cannot assign to field {name!r}")
   super(cls, self).__setattr__(name, value)
  def __delattr__(self,name):
-  if type(self) is cls or name in ('check','build','describe','valid','shape','fields','cls','literals',):
+  if type(self) is cls or name in ('check','build','describe','valid','shape','fields','cls','literals','inline',):
    raise FrozenInstanceError(f"cannot delete field {name!r}")
   super(cls, self).__delattr__(name)
  def __hash__(self):
-  return hash((self.check,self.build,self.describe,self.valid,self.shape,self.fields,self.cls,self.literals,))
+  return hash((self.check,self.build,self.describe,self.valid,self.shape,self.fields,self.cls,self.literals,self.inline,))
  return (__init__, __repr__, __eq__, __setattr__, __delattr__, __hash__,)
-CLASSES[('openfang.protocol._schema', 'Compiled')] = (((True, True, True, False, True, True, False, True), (('check', 0, True, True, True, None, False, 0), ('build', 0, True, True, True, None, False, 0), ('describe', 0, True, True, True, None, False, 0), ('valid', 0, True, True, True, None, False, 0), ('shape', 0, True, True, True, None, False, 1), ('fields', 0, True, True, True, None, False, 1), ('cls', 0, True, True, True, None, False, 1), ('literals', 0, True, True, True, None, False, 1))), __create_fn__.__code__)
+CLASSES[('openfang.protocol._schema', 'Compiled')] = (((True, True, True, False, True, True, False, True), (('check', 0, True, True, True, None, False, 0), ('build', 0, True, True, True, None, False, 0), ('describe', 0, True, True, True, None, False, 0), ('valid', 0, True, True, True, None, False, 0), ('shape', 0, True, True, True, None, False, 1), ('fields', 0, True, True, True, None, False, 1), ('cls', 0, True, True, True, None, False, 1), ('literals', 0, True, True, True, None, False, 1), ('inline', 0, True, True, True, None, False, 1))), __create_fn__.__code__)
 # openfang.protocol._schema.Len
 def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_max, _type_min, _dflt_min):
  def __init__(self,max:_type_max,min:_type_min=_dflt_min)->_return_type:
