@@ -1,77 +1,83 @@
-"""Writes ``_precompiled_data.py``: the source of every dataclass method of this package, precompiled (and
+"""Writes ``_precompiled_data.py``: every dataclass of this package as :mod:`._precompiled` replays it (and
 ``_precompiled_extra.py``: the same for the libraries in :data:`THIRD_PARTY`, structlog).
 
 python -m openfang._precompiled_gen --write     # after adding or changing a dataclass
 python -m openfang._precompiled_gen --check     # exit 1 when _precompiled_data.py is stale
 
-A fresh interpreter imports every module of the package with :mod:`dataclasses`' own method builders, each
-wrapped to note its call's key (:mod:`._precompiled`) and the texts it compiles (the recorder is in place
-before ``openfang`` would install its builders, which it then leaves out). Each text becomes a ``def`` of the
-data module, so Python byte-compiles it with the module and the daemon never writes nor compiles it at start.
-Two classes whose builder calls share a key must get the same texts (the key is all the text depends on):
-the generator fails otherwise. A stale table is only slower, never wrong: a changed class has a new key,
-which is not found and built by the stdlib as before.
+A fresh interpreter imports every module of the package with :mod:`dataclasses`' own ``_process_class``,
+wrapped to note each class's key (:func:`._precompiled.key_of`) and the method texts it compiles (the
+recorder is in place before ``openfang`` would install its replay, which it then leaves out). A class's
+texts become the inner ``def``\\ s of one ``__create_fn__`` of the data module (their code checked here to
+be what the stdlib compiles, but for file and lines), so Python byte-compiles them with the module and the
+daemon never writes nor compiles them at start. Two classes with one key must get the same texts (the key is
+all the texts depend on): the generator fails otherwise. A stale table is only slower, never wrong: a
+changed class has a new key, which does not match, and the stdlib builds it as before.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
+from typing import Any
 
+from openfang import _precompiled
 from openfang.protocol._generated import generator_main
 
 DATA = Path(__file__).with_name("_precompiled_data.py")
 # Libraries whose dataclasses the daemon's start builds (structlog's console renderer and tracebacks, at its
-# import): their methods go to _precompiled_extra.py, which no test checks (the libraries' versions are not
-# pinned: a class changed by an upgrade only has a new key, which is not found and compiled as before).
+# import): they go to _precompiled_extra.py, which no test checks (the libraries' versions are not pinned: a
+# class changed by an upgrade only has a new key, which does not match, and is built as before).
 EXTRA = Path(__file__).with_name("_precompiled_extra.py")
 THIRD_PARTY = ("structlog",)
 SUBPACKAGES = ("protocol", "supervisor", "control", "workers", "memory", "security")
 
-# Run in a fresh interpreter: prints [[group, key, [text, ...], module, uses], ...] for every method builder
-# call of the package's dataclasses (group "openfang") and THIRD_PARTY's (group "extra"); key: repr of the
-# _precompiled key; texts: what that call compiled, in order.
+# Run in a fresh interpreter: prints [[group, module, qualname, key, [text, ...], [init free name, ...]], ...]
+# for every dataclass of the package (group "openfang") and THIRD_PARTY's (group "extra"); key: repr of the
+# _precompiled key; texts: what its _process_class compiled, in order; a class made twice differently: null.
 _RECORD = """
 import builtins, dataclasses, importlib, importlib.util, json, pkgutil, sys
 THIRD_PARTY = tuple(sys.argv[1:])
 spec = importlib.util.spec_from_file_location("_precompiled_keys", "_precompiled.py")
 keys = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(keys)  # its key functions, without importing openfang (which would make classes)
-seen = {}  # (group, key) -> [texts, module, uses]
-texts_of = {}  # key -> (texts, module): one key, one list of texts, whatever the group
-current = []  # [key, module, texts] of the builder call running
+seen = {}  # (group, module, qualname) -> [key, texts, free] or None
+current = []  # the texts of the _process_class call running
 def record(source, globals=None, locals=None, /):
     if current and isinstance(source, str):
-        current[-1][2].append(source)
+        current[-1].append(source)
     builtins.exec(source, globals, locals)
-def recorder(name, key_of, globals_at):
-    build = getattr(dataclasses, name)
-    def recording(*args, **kwargs):  # _cmp_fn is called with globals= by name
-        args += tuple(kwargs.values())
-        module = (args[globals_at] or {}).get("__name__", "")
-        top = module.partition(".")[0]
-        if top != "openfang" and top not in THIRD_PARTY:
-            return build(*args)
-        key = repr(key_of(*args))
-        current.append([key, module, []])
-        try:
-            return build(*args)
-        finally:
-            _, _, texts = current.pop()
-            first = texts_of.setdefault(key, (texts, module))
-            if first[0] != texts:
-                raise SystemExit(f"{module} and {first[1]}: one key {key} for different texts")
-            entry = seen.setdefault(("openfang" if top == "openfang" else "extra", key), [texts, module, 0])
-            entry[2] += 1
-    setattr(dataclasses, name, recording)
-recorder("_init_fn", lambda f, s, k, fr, p, n, g, sl: keys.init_key(f, s, k, fr, p, n, sl), 6)
-recorder("_repr_fn", lambda f, g: keys.repr_key(f), 1)
-recorder("_cmp_fn", lambda n, o, s, t, g: keys.cmp_key(n, o, s, t), 4)
-recorder("_hash_fn", lambda f, g: keys.hash_key(f), 1)
-recorder("_frozen_get_del_attr", lambda c, f, g: keys.frozen_key(f), 2)
+process = dataclasses._process_class
+def recording(cls, init, repr, eq, order, unsafe_hash, frozen, match_args, kw_only, slots, weakref_slot):
+    args = (cls, init, repr, eq, order, unsafe_hash, frozen, match_args, kw_only, slots, weakref_slot)
+    top = cls.__module__.partition(".")[0]
+    if (top != "openfang" and top not in THIRD_PARTY) or weakref_slot or not cls.__doc__:
+        return process(*args)  # not ours, or not replayed (weakref_slot; the doc written by inspect)
+    d = cls.__dict__
+    class_hash = d.get("__hash__", dataclasses.MISSING)
+    explicit = not (class_hash is dataclasses.MISSING or (class_hash is None and "__eq__" in d))
+    action = dataclasses._hash_action[bool(unsafe_hash), bool(eq), bool(frozen), explicit]
+    post_init = bool(init) and hasattr(cls, "__post_init__")
+    where = ("openfang" if top == "openfang" else "extra", cls.__module__, cls.__qualname__)
+    current.append([])
+    try:
+        made = process(*args)
+    finally:
+        texts = current.pop()
+    hash_add = action is dataclasses._hash_add
+    key = keys.key_of(made, (init, repr, eq, order, frozen, slots, post_init, hash_add))
+    fields = made.__dataclass_fields__.values()
+    fields = [f for f in fields if f._field_type is not dataclasses._FIELD_CLASSVAR]
+    free = [name for name, _ in keys.init_free(fields, slots)] if init else []
+    entry = [builtins.repr(key), texts, free]
+    if seen.setdefault(where, entry) != entry:
+        seen[where] = None
+    return made
+dataclasses._process_class = recording
 dataclasses.exec = record  # before "import openfang": its install() leaves dataclasses alone then
 import openfang
 names = [m.name for m in pkgutil.iter_modules(openfang.__path__, "openfang.")]
@@ -81,7 +87,7 @@ for name in names:
         names += [m.name for m in pkgutil.walk_packages(module.__path__, name + ".")]
 for name in names:
     importlib.import_module(name)
-json.dump(sorted([*group_key, *entry] for group_key, entry in seen.items()), sys.stdout)
+json.dump(sorted([*where, *entry] for where, entry in seen.items() if entry is not None), sys.stdout)
 """
 
 _HEADER = '''\
@@ -90,27 +96,26 @@ _HEADER = '''\
 # fmt: off
 """Generated by `python -m openfang._precompiled_gen --write`: do not edit.
 
-The code of every method :mod:`dataclasses` writes for a dataclass of {what}, as a ``def`` Python
-byte-compiles with this module: ``CODE[key]`` is the code of each text a builder call with that key compiles
-(the keys: :mod:`openfang._precompiled`); ``KEEP``, the keys more than one class uses. Read by
-:mod:`openfang._precompiled`, under this Python only. No ``__future__`` import here: the texts must compile
-exactly as ``exec`` in :mod:`dataclasses` compiles them.
+Every dataclass of {what}, as :mod:`openfang._precompiled` replays it: ``CLASSES[module, qualname]`` is the
+class's key and the code of a ``__create_fn__`` whose inner ``def``\\\\ s are the method texts
+:mod:`dataclasses` writes for it, byte-compiled with this module. Read by :mod:`openfang._precompiled`,
+under this Python only. No ``__future__`` import here: the texts must compile exactly as ``exec`` in
+:mod:`dataclasses` compiles them.
 """
 
 import types
 
 PYTHON = {python}
-CODE: dict[tuple, tuple[types.CodeType, ...]] = {{}}
+CLASSES: dict[tuple[str, str], tuple[tuple, types.CodeType]] = {{}}
 '''
 
-
-Entry = tuple[str, list[str], str, int]
+Entry = tuple[str, str, str, list[str], list[str]]  # module, qualname, key, texts, init's free names
 
 
 @functools.cache
 def record() -> dict[str, list[Entry]]:
-    """Group ("openfang", "extra") -> (key, texts, first module, uses) for every method builder call of the
-    dataclasses of the package and of THIRD_PARTY, in a fresh interpreter."""
+    """Group ("openfang", "extra") -> (module, qualname, key, texts, free) for every dataclass of the package
+    and of THIRD_PARTY, in a fresh interpreter."""
     out = subprocess.run(
         [sys.executable, "-c", _RECORD, *THIRD_PARTY],
         check=True,
@@ -119,8 +124,8 @@ def record() -> dict[str, list[Entry]]:
         cwd=Path(__file__).parent,
     ).stdout
     groups: dict[str, list[Entry]] = {"openfang": [], "extra": []}
-    for group, key, texts, module, uses in json.loads(out):
-        groups[group].append((key, texts, module, uses))
+    for group, module, qualname, key, texts, free in json.loads(out):
+        groups[group].append((module, qualname, key, texts, free))
     return groups
 
 
@@ -130,32 +135,71 @@ def render() -> str:
 
 
 def render_extra() -> str:
-    """The text of ``_precompiled_extra.py``: THIRD_PARTY's methods the package's table lacks."""
-    ours = {key for key, _, _, _ in record()["openfang"]}
-    extra = [entry for entry in record()["extra"] if entry[0] not in ours]
-    return _render(extra, "the libraries the daemon's start imports (" + ", ".join(THIRD_PARTY) + ")")
+    """The text of ``_precompiled_extra.py``: THIRD_PARTY's dataclasses."""
+    libraries = ", ".join(THIRD_PARTY)
+    return _render(record()["extra"], f"the libraries the daemon's start imports ({libraries})")
+
+
+def _params(header: str, where: str) -> list[str]:
+    if not (header.startswith("def __create_fn__(") and header.endswith("):")):
+        raise ValueError(f"{where}: dataclasses compiled {header[:40]!r}, not a __create_fn__ text")
+    inside = header[len("def __create_fn__(") : -2]
+    return inside.split(", ") if inside else []
+
+
+def shape(code: types.CodeType) -> tuple[Any, ...]:
+    """Everything of a method's code but where its text was (file, lines)."""
+    consts = tuple(shape(c) if isinstance(c, types.CodeType) else (type(c), c) for c in code.co_consts)
+    return (
+        *(code.co_code, consts, code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars),
+        *(code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_nlocals),
+        *(code.co_stacksize, code.co_flags, code.co_name, code.co_qualname, code.co_exceptiontable),
+    )
+
+
+def _inner(text: str) -> list[types.CodeType]:
+    outer = compile(text, "<string>", "exec").co_consts[0]
+    return [c for c in outer.co_consts if isinstance(c, types.CodeType)]
+
+
+def merge(where: str, key: str, texts: list[str], free: list[str]) -> str:
+    """One ``__create_fn__`` text for a class: :data:`._precompiled.FREE` and ``free`` as parameters, the
+    inner ``def``\\ s of ``texts``, returning them; checked to compile to the stdlib's methods."""
+    names = _precompiled.method_names(ast.literal_eval(key))
+    allowed = set(_precompiled.FREE) | set(free)
+    lines = [f"def __create_fn__({', '.join([*_precompiled.FREE, *free])}):"]
+    made = []
+    for text in texts:
+        header, *body, last = text.split("\n")
+        params = _params(header, where)
+        if not set(params) <= allowed:
+            raise ValueError(f"{where}: {header}: replay does not pass {set(params) - allowed}")
+        if last == " return __init__" and [p for p in params if p.startswith(("_type_", "_dflt_"))] != free:
+            raise ValueError(f"{where}: __init__'s free names {params} are not {free}")
+        made.append(last.removeprefix(" return "))
+        lines += body
+    if made != list(names):
+        raise ValueError(f"{where}: dataclasses wrote {made}, replay expects {names}")
+    lines.append(f" return ({', '.join(made)},)" if made else " return ()")
+    merged = "\n".join(lines)
+    want = [shape(code) for text in texts for code in _inner(text)]
+    if [shape(code) for code in _inner(merged)] != want:
+        raise ValueError(f"{where}: the merged methods do not compile to what dataclasses compiles")
+    return merged
 
 
 def _render(entries: list[Entry], what: str) -> str:
     lines = [_HEADER.format(python=tuple(sys.version_info[:3]), what=what)]
-    keep = []
-    for key, texts, where, uses in sorted(entries, key=lambda entry: (entry[2], entry[0])):
-        for text in texts:
-            if not text.startswith("def __create_fn__("):
-                raise ValueError(f"{where}: dataclasses compiled {text[:40]!r}, not a __create_fn__ text")
+    by_key: dict[str, tuple[str, str]] = {}
+    for module, qualname, key, texts, free in entries:
+        where = f"{module}.{qualname}"
+        merged = merge(where, key, texts, free)
+        if by_key.setdefault(key, (merged, where))[0] != merged:
+            raise ValueError(f"{where} and {by_key[key][1]}: one key {key} for different texts")
         lines.append(f"# {where}")
-        for i, text in enumerate(texts):
-            lines.append(text)
-            if i < len(texts) - 1:
-                lines.append(f"_code{i} = __create_fn__.__code__")
-        codes = [f"_code{i}" for i in range(len(texts) - 1)] + ["__create_fn__.__code__"]
-        lines.append(f"CODE[{key}] = ({', '.join(codes)},)")
-        if uses > 1:
-            keep.append(key)
-    lines.append("KEEP = frozenset([")
-    lines += [f"    {key}," for key in sorted(keep)]
-    lines.append("])")
-    lines.append("del __create_fn__" + (", _code0" if any("_code0 =" in line for line in lines) else ""))
+        lines.append(merged)
+        lines.append(f"CLASSES[{(module, qualname)!r}] = ({key}, __create_fn__.__code__)")
+    lines.append("del __create_fn__")
     return "\n".join(lines) + "\n"
 
 
