@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_helpers import SANDBOX_SPECS, SeenServices, initialized, send_text
+from sandbox_helpers import SANDBOX_SPECS, SeenServices, finish, initialized, send_text
 
 from openfang.workers.manifest import load_manifest
 from openfang.workers.sandbox import guest_abi as abi
@@ -24,6 +24,7 @@ from openfang.workers.sandbox._wasmtime import (
     AsyncPoller,
     EngineOptions,
     GuestMemory,
+    GuestTrap,
     HostFunctionSpec,
     Instance,
     Runtime,
@@ -220,6 +221,20 @@ VALUES_WAT = """(module
     (i32.store8 (local.get $end) (i32.const 99))
     (call $ask (local.get $end)))
   (func (export "peek") (param $p i32) (result i32) (i32.load8_u (local.get $p)))
+  (func (export "ask_spin") (param $n i32) (param $k i32) (result i32) (local $i i32) (local $j i32)
+    (local $acc i32)
+    (loop $calls
+      (local.set $acc (i32.add (i32.mul (local.get $acc) (i32.const 31)) (call $ask (local.get $i))))
+      (local.set $j (i32.const 0))
+      (loop $spin
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br_if $spin (i32.lt_u (local.get $j) (local.get $k))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $calls (i32.lt_u (local.get $i) (local.get $n))))
+    (local.get $acc))
+  (func (export "ask_trap") (param $x i32) (result i32) (drop (call $ask (local.get $x))) (unreachable))
+  (func (export "ask_grow") (param $pages i32) (result i32)
+    (i32.add (call $ask (i32.const 0)) (i32.mul (memory.grow (local.get $pages)) (i32.const 1000))))
 )"""
 
 
@@ -233,9 +248,22 @@ class Asker:
     def host_sync(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> int:
         raise AssertionError("no sync host function here")
 
-    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller:
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller | int:
         self.bytes_seen.append(mem.read(args[0], 1) if mem is not None else None)
         return lambda: self.answer
+
+
+class Answerer(Asker):
+    """``ask(x)`` answered when it is made: the result itself (the runtime's shortcut, no poller) when
+    ``now``, else a poller that answers at its first poll (the general path); the answer depends on x."""
+
+    def __init__(self, *, now: bool) -> None:
+        super().__init__()
+        self.now = now
+
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller | int:
+        value = args[0] * 7 - 20
+        return value if self.now else (lambda: value)
 
 
 def _values_instance(rt: Runtime, *, mem_mb: int = 2) -> Instance:
@@ -462,3 +490,106 @@ def test_callpath_growth_past_the_cap_fails_and_the_view_keeps_the_old_size(valu
     assert _run(inst, "grow_and_see", (15,), host=Asker(answer=0)) == 0  # up to the cap: fine
     assert mem.size() == 16 * 65536 and mem.read(16 * 65536 - 1, 1) == b"c"
     inst.close()
+
+
+def _polled(inst: Instance, name: str, args: tuple[int, ...], host: Any) -> tuple[int | str, int, int]:
+    """(result or trap code, polls, fuel charged) of one call polled to its end."""
+    call = inst.call(name, args, 1)
+    polls = fuel = 0
+    while True:
+        done = call.poll(host)
+        polls += 1
+        fuel += inst.last_poll_fuel
+        if done:
+            break
+        assert polls < 10_000, f"{name} never finished"
+    try:
+        return call.result(), polls, fuel
+    except GuestTrap as exc:
+        return exc.trap_code, polls, fuel
+
+
+def test_callpath_host_call_answered_at_once_meters_and_ends_as_the_general_path(values_rt: Runtime) -> None:
+    """A host call whose result is handed back at once (a native continuation, no pending entry) gives the
+    guest the same values, fuel sliced into the same polls with the same fuel charged, the same trap after it
+    and the same failed grow past the cap as a poller answering at its first poll; no entry is ever made."""
+    seen = []
+    for now in (False, True):
+        inst = _values_instance(values_rt, mem_mb=1)
+        host = Answerer(now=now)
+        start = values_rt._next_pending
+        runs = [
+            _polled(inst, "ask_spin", (40, 2_000), host),  # 40 host calls between fuel slices (10k each)
+            _polled(inst, "ask_spin", (3, 0), host),
+            _polled(inst, "ask_trap", (5,), host),
+            _polled(inst, "ask", (-3,), host),  # the instance is usable after the trap
+            _polled(inst, "ask_grow", (100,), host),  # past the 16-page cap: memory.grow gave -1
+            _polled(inst, "ask_grow", (1,), host),
+        ]
+        assert runs[0][1] > 5 and runs[2][0] == "unreachable" and runs[3][0] == -41
+        assert runs[4][0] == -20 - 1000 and runs[5][0] == -20 + 1000
+        assert values_rt._pending == {}
+        made = values_rt._next_pending - start
+        assert made == (0 if now else 40 + 3 + 1 + 1 + 2)
+        seen.append(runs)
+        inst.close()
+    assert seen[0] == seen[1]
+
+
+def test_callpath_host_call_answered_at_once_then_a_time_burning_guest_meets_its_deadline(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """A model call answered when it is made (a done job) and then a guest that burns time without fuel: it
+    is still preempted at the epoch ticks and stopped at its call deadline; a revoked host function is
+    refused through the same shortcut (E_DENIED to the guest, audited)."""
+    wat = """(module
+      (import "env" "llm_invoke" (func $llm (param i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "agent_handle") (param i32 i32) (result i64) (local $r i32)
+        (local.set $r (call $llm (i32.const 0) (i32.const 0)))
+        (if (i32.lt_s (local.get $r) (i32.const 0)) (then (return (i64.extend_i32_s (local.get $r)))))
+        (loop $l (memory.fill (i32.const 0) (i32.const 7) (i32.const 65536)) (br $l))
+        (i64.const 0)))"""
+    module = tmp_path / "ask_burn.wat"
+    module.write_text(wat)
+    manifest = load_manifest(
+        f'[agent]\nname = "burn"\nmodule = "{module}"\ncall_timeout_ms = 300\n'
+        '[agent.model]\nprovider = "scripted"\n'
+    )
+    services = Audits()
+    sandbox = Sandbox(manifest, runtime, agent_id="burn-1", services=services)
+    sandbox.load()
+    sandbox.begin_message(b"{}")
+    polls, t0 = 0, time.monotonic()
+    while True:
+        outcome = sandbox.refresh(time.monotonic())
+        if outcome is not None:
+            break
+        if sandbox.runnable():
+            assert sandbox.run_slice() is None
+            polls += 1
+    assert outcome.limit == "deadline" and not outcome.ok and outcome.crashed
+    assert polls >= 5 and time.monotonic() - t0 < 5 and sandbox.counters["llm_calls"] == 1
+    assert runtime._pending == {}
+    sandbox.close()
+    sandbox = Sandbox(manifest, runtime, agent_id="burn-2", services=services)
+    sandbox.load()
+    sandbox.revoke("llm_invoke")
+    sandbox.begin_message(b"{}")
+    outcome = finish(sandbox)
+    assert not outcome.ok and f"error {abi.E_DENIED}" in str(outcome.error)
+    assert services.records[-1]["kind"] == "host_call_denied" and services.records[-1]["agent_id"] == "burn-2"
+    assert sandbox.counters["llm_calls"] == 0 and runtime._pending == {}
+    sandbox.close()
+
+
+class Audits(SeenServices):
+    """SeenServices that keeps the audit records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[dict[str, Any]] = []
+
+    def audit(self, record: dict[str, Any]) -> None:
+        self.records.append(record)

@@ -91,6 +91,17 @@ _ASYNC_CALLBACK = ctypes.CFUNCTYPE(
     None, _VOID_P, _VOID_P, _VOID_P, _SIZE_T, _VOID_P, _SIZE_T, _VOID_P, _VOID_P
 )
 _CONTINUATION = ctypes.CFUNCTYPE(ctypes.c_bool, _VOID_P)
+# The continuation of a host call whose result is written before the callback returns (the job was done
+# when it started: the scripted model's, every refusal): a native function that reports completion without
+# entering Python (a ctypes callback would: ~1 us with its GIL round trip). libc's ``abs`` of the env word
+# 1 returns 1, i.e. true in the C ABI's bool (the low byte of the int return register); wasmtime's
+# continuation type passes (env, caller, trap) in the integer argument registers, and abs reads the first
+# only. Checked here through a prototype of the continuation's own type.
+_DONE_ENV = 1
+_DONE_AT = ctypes.cast(ctypes.CDLL(None).abs, ctypes.c_void_p).value or 0
+_AS_CONTINUATION = ctypes.CFUNCTYPE(ctypes.c_bool, _VOID_P, _VOID_P, _VOID_P)  # (env, caller, trap)
+if not _DONE_AT or _AS_CONTINUATION(_DONE_AT)(_DONE_ENV, 0, 0) is not True:
+    raise ImportError("libc's abs(1) does not read as true: no native continuation for completed host calls")
 _define_func = ffi.dll["wasmtime_linker_define_func"]
 _define_func.restype = _VOID_P  # a wasmtime_error_t*, None when it worked
 _define_func.argtypes = [_VOID_P, _VOID_P, _SIZE_T, _VOID_P, _SIZE_T, _VOID_P, _VOID_P, _VOID_P, _VOID_P]
@@ -254,7 +265,8 @@ class GuestMemory:
         return True
 
 
-# An async host function returns a poller: None while the result is pending, else the i32 result.
+# An async host function returns a poller: None while the result is pending, else the i32 result. A host
+# whose result is ready when the call is made returns the i32 itself (see Runtime._async_trampoline).
 AsyncPoller = Callable[[], int | None]
 
 
@@ -263,7 +275,7 @@ class HostDispatch(Protocol):
 
     def host_sync(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> int: ...
 
-    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller: ...
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller | int: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -424,15 +436,28 @@ class Runtime:
         trap: int,
         cont: int,
     ) -> None:
-        poller: AsyncPoller
+        poller: AsyncPoller | int
         try:
             target = self.current
             if target is None:
-                poller = _const(-2)
+                poller = -2
             else:
                 mem, values = self._call_memory_and_args(caller, args, nargs)
                 poller = target.host_async(self._names[env or 0], mem, values)
         except Exception:
+            poller = -2
+        fields = _CONTINUATION_WORDS.from_address(cont)
+        if poller.__class__ is int:
+            # Answered now: the result goes where wasmtime reads it once the continuation reports completion
+            # (it keeps `results` until then), and the continuation is native (no pending entry, no park).
+            out = _RESULT_WORDS.from_address(results)
+            out[0] = _I32
+            out[1] = poller & 0xFFFFFFFF
+            fields[0] = _DONE_AT
+            fields[1] = _DONE_ENV
+            fields[2] = 0
+            return
+        if not callable(poller):  # a host's bug: an error code for the guest, never a raise across wasm
             poller = _const(-2)
         key = self._next_pending
         self._next_pending += 1
@@ -443,7 +468,6 @@ class Runtime:
             call.parked = key
         # The continuation: our callback and the key as its env; no finalizer (a ctypes callback on every
         # host call): the entry goes when the continuation completes or when the call is cancelled.
-        fields = _CONTINUATION_WORDS.from_address(cont)
         fields[0] = self._cont_at
         fields[1] = key
         fields[2] = 0

@@ -245,8 +245,8 @@ class _NoHost:
     def host_sync(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> int:
         return abi.E_UNAVAILABLE
 
-    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller:
-        return lambda: abi.E_UNAVAILABLE
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller | int:
+        return abi.E_UNAVAILABLE
 
 
 def prepare_spare(runtime: Runtime, manifest: AgentManifest, digest: str) -> Instance:
@@ -820,24 +820,33 @@ class Sandbox:
             return int(time.time() * 1000) & 0x7FFFFFFF
         return abi.E_INVALID
 
-    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller:
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller | int:
+        """The host call's job started; its result (an i32) when the job is done already (the scripted
+        model's, every refusal), else a poller the runtime polls until it is."""
         job = self._host_job(name, mem, args)
+        if job.done:
+            return self._job_result(job, mem)
         self._job = job
 
         def poll() -> int | None:
             if not job.done:
                 return None
             self._job = None
-            entry = getattr(job, "entry", None)  # what the job's result holds, parsed (see seed)
-            if entry is not None:
-                self.seed(*entry)
-            if job.code >= 0:
-                return self._deliver(mem, job.code, job.value)
-            if job.value:
-                self._pending_result = job.value  # error details for the guest, via host_result
-            return job.code
+            return self._job_result(job, mem)
 
         return poll
+
+    def _job_result(self, job: Job, mem: GuestMemory | None) -> int:
+        """What the guest's parking host call returns for the finished ``job``."""
+        entry = getattr(job, "entry", None)  # what the job's result holds, parsed (see seed)
+        if entry is not None:
+            self.seed(*entry)
+        code = job.code
+        if code >= 0:
+            return self._deliver(mem, code, job.value)
+        if job.value:
+            self._pending_result = job.value  # error details for the guest, via host_result
+        return code
 
     def _host_job(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> Job:
         if name not in self.granted:
