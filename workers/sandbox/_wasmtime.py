@@ -52,35 +52,35 @@ TABLE_EXPORT_PREFIX = "\0openfang.table."  # reserved export names for the table
 
 # The C functions called on every slice and host call, through prototypes of our own (``dll[name]`` makes a
 # new function object; wasmtime's bindings keep theirs) that take plain addresses and return plain integers:
-# no Python wrapper frame, no pointer object made per call. Guest memory's size and base address:
-_memory_data_addr = ffi.dll["wasmtime_memory_data"]
-_memory_data_addr.restype = ctypes.c_void_p
-_memory_data_addr.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-_memory_data_len = ffi.dll["wasmtime_memory_data_size"]
-_memory_data_len.restype = ctypes.c_size_t
-_memory_data_len.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-# The same for the async call itself: start, poll, delete (a future is a plain address here).
-_func_call_async = ffi.dll["wasmtime_func_call_async"]
-_func_call_async.restype = ctypes.c_void_p
-# Its two size_t counts are declared void* too: the same width and the same (integer) register on every
-# platform wasmtime's C API ships for, and ctypes converts an int to c_void_p ~0.08 us faster than to
-# c_size_t (0.71 -> 0.54 us a call, once per guest call).
+# no Python wrapper frame, no pointer object made per call.
 _VOID_P, _SIZE_T = ctypes.c_void_p, ctypes.c_size_t
+
+
+def _holding_gil(name: str, restype: Any, *argtypes: Any) -> Any:
+    """``name`` from libwasmtime called with the GIL held: for the calls that run no guest code and return
+    at once (a ctypes call that releases the GIL drops and takes it back, and lets another thread in
+    between: ~30 ns more a call here). Only the poll runs the guest, and must let the epoch ticker in."""
+    return ctypes.PYFUNCTYPE(restype, *argtypes)((name, ffi.dll))
+
+
+# Guest memory's size and base address:
+_memory_data_addr = _holding_gil("wasmtime_memory_data", _VOID_P, _VOID_P, _VOID_P)
+_memory_data_len = _holding_gil("wasmtime_memory_data_size", _SIZE_T, _VOID_P, _VOID_P)
+# The async call itself: start (builds the future: no guest code runs until its first poll), poll, delete
+# (a future is a plain address here). The call's two size_t counts are declared void* too: the same width
+# and the same (integer) register on every platform wasmtime's C API ships for, and ctypes converts an int
+# to c_void_p ~0.08 us faster than to c_size_t (0.71 -> 0.54 us a call, once per guest call).
 assert ctypes.sizeof(ctypes.c_size_t) == ctypes.sizeof(_VOID_P)
-_func_call_async.argtypes = [_VOID_P] * 8
-_future_poll = ffi.dll["wasmtime_call_future_poll"]
+_func_call_async = _holding_gil("wasmtime_func_call_async", _VOID_P, *[_VOID_P] * 8)
+_future_poll = ffi.dll["wasmtime_call_future_poll"]  # runs the guest: releases the GIL
 _future_poll.restype = ctypes.c_bool
 _future_poll.argtypes = [ctypes.c_void_p]
-_future_delete = ffi.dll["wasmtime_call_future_delete"]
-_future_delete.restype = None
-_future_delete.argtypes = [ctypes.c_void_p]
-# The same for the fuel read after every poll and the epoch deadline set before it.
-_get_fuel = ffi.dll["wasmtime_context_get_fuel"]
-_get_fuel.restype = ctypes.c_void_p  # a wasmtime_error_t*, None when it worked
-_get_fuel.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-_set_epoch_deadline = ffi.dll["wasmtime_context_set_epoch_deadline"]
-_set_epoch_deadline.restype = None
-_set_epoch_deadline.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+# Deleting an unfinished future unwinds the guest's fiber without running guest code or callbacks.
+_future_delete = _holding_gil("wasmtime_call_future_delete", None, _VOID_P)
+# The fuel read after every poll (a wasmtime_error_t*, None when it worked) and the epoch deadline set
+# before it.
+_get_fuel = _holding_gil("wasmtime_context_get_fuel", _VOID_P, _VOID_P, _VOID_P)
+_set_epoch_deadline = _holding_gil("wasmtime_context_set_epoch_deadline", None, _VOID_P, ctypes.c_uint64)
 
 # The host-function callbacks and the linker calls that register them, the same way: every pointer a
 # callback receives is a plain address (ctypes makes no pointer object per argument, ~0.1 us each), the i32
