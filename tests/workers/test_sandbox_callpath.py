@@ -593,3 +593,46 @@ class Audits(SeenServices):
 
     def audit(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+
+
+def test_callpath_gather_and_unpack_read_what_a_copy_then_parse_reads(values_rt: Runtime) -> None:
+    """read_gather (the iovec array read in place) and unpack (no copy) give what reading the bytes, then
+    parsing them, gives: every range, and None for an array or a range outside memory, an array that is not
+    whole pairs, or more than max_total bytes in all."""
+    inst = _values_instance(values_rt, mem_mb=1)
+    mem = inst.memory()
+    assert mem is not None
+    size = mem.size()
+    rng = random.Random(11)
+    assert mem.write(0, bytes(rng.randrange(256) for _ in range(4096)))
+    pair = struct.Struct("<II")
+
+    def copied(ptr: int, length: int, max_total: int) -> list[bytes] | None:
+        raw = mem.read(ptr, length)
+        if raw is None:
+            return None
+        try:
+            ranges = abi.parse_iovecs(raw)
+        except ValueError:
+            return None
+        return mem.read_many(ranges, max_total=max_total)
+
+    for _ in range(2000):
+        count = rng.randrange(0, 5)
+        ranges = [
+            (rng.choice((0, 100, size - 8, size - 1, size, size + 5, 2**32 - 1)), rng.randrange(0, 64))
+            if rng.random() < 0.2
+            else (rng.randrange(0, 4096), rng.randrange(0, 300))
+            for _ in range(count)
+        ]
+        array = b"".join(pair.pack(p, n) for p, n in ranges)
+        at = rng.choice((5000, size - len(array), size - len(array) + 4, size + 8, -8))
+        length = len(array) - rng.choice((0, 0, 0, 3, 8)) if array else rng.choice((0, 8))
+        if at >= 0 and at + len(array) <= size:
+            assert mem.write(at, array)
+        max_total = rng.choice((10_000, 300, 0))
+        assert mem.read_gather(at, length, max_total=max_total) == copied(at, length, max_total)
+        ptr = rng.choice((0, 8, size - 8, size - 7, size, -1))
+        raw = mem.read(ptr, 8)
+        assert mem.unpack(pair, ptr) == (pair.unpack(raw) if raw is not None else None)
+    inst.close()

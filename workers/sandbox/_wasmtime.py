@@ -186,6 +186,7 @@ def _wasmtime_error(err_ptr: Any, what: str) -> SandboxError:
 # grows.
 _memory_epoch = [0]
 _EMPTY = memoryview(bytearray())
+_U32_PAIR = struct.Struct("<II")
 
 
 class GuestMemory:
@@ -252,6 +253,33 @@ class GuestMemory:
                 return None
             out.append(view[ptr:end].tobytes())
         return out
+
+    def read_gather(self, ptr: int, length: int, *, max_total: int) -> list[bytes] | None:
+        """The bytes of each range an iovec array names (little-endian u32 ``(ptr, len)`` pairs at
+        [ptr, ptr+length)), read from the memory without copying the array first; None when the array is
+        outside memory or not whole pairs, a range is outside memory, or all exceed ``max_total``."""
+        if self._seen != _memory_epoch[0]:
+            self._refresh()
+        size, view = self._size, self._view
+        if ptr < 0 or length < 0 or length % 8 or ptr + length > size:
+            return None
+        out = []
+        total = 0
+        for at, n in _U32_PAIR.iter_unpack(view[ptr : ptr + length]):
+            end = at + n
+            total += n
+            if end > size or total > max_total:
+                return None
+            out.append(view[at:end].tobytes())
+        return out
+
+    def unpack(self, layout: struct.Struct, ptr: int) -> tuple[Any, ...] | None:
+        """``layout.unpack`` of the bytes at ``ptr`` (no copy made), or None when they are outside memory."""
+        if self._seen != _memory_epoch[0]:
+            self._refresh()
+        if ptr < 0 or ptr + layout.size > self._size:
+            return None
+        return layout.unpack_from(self._view, ptr)
 
     def write(self, ptr: int, data: bytes) -> bool:
         """Copy ``data`` to ``ptr``; False (nothing written) when it would not fit."""
@@ -441,8 +469,13 @@ class Runtime:
             target = self.current
             if target is None:
                 poller = -2
-            else:
-                mem, values = self._call_memory_and_args(caller, args, nargs)
+            else:  # _call_memory_and_args, inlined (once per parking host call)
+                mem = self.current_memory
+                if mem is None:
+                    mem = self._memory(caller)
+                else:
+                    mem._seen = -1  # stale(): the guest ran before this call
+                values = tuple(_ARG_I32S[nargs].from_address(args)[_ARG_AT::_ARG_STEP]) if nargs else ()
                 poller = target.host_async(self._names[env or 0], mem, values)
         except Exception:
             poller = -2

@@ -524,12 +524,13 @@ class Sandbox:
     def _deliver(self, mem: GuestMemory | None, code: int, value: bytes) -> int:
         """A parking host call's result of ``code`` >= 0 bytes: written into the guest's offered result area
         when it fits there, else pending for host_result. The call's return value."""
-        area = self._result_area()
+        digest = self.module_digest
+        area = _RESULT_AREAS[digest] if digest in _RESULT_AREAS else self._result_area()
         if area is not None:
-            offer = mem.read(area, 8) if mem is not None else None
+            offer = mem.unpack(abi.RESULT_AREA, area) if mem is not None else None
             if offer is None:
                 return abi.E_INVALID  # a result area outside the guest's memory: a guest bug
-            ptr, cap = abi.RESULT_AREA.unpack(offer)
+            ptr, cap = offer
             if code <= cap:
                 # The guest expects the result there when the call returns: it is, whole, or the call fails.
                 if len(value) != code or not mem.write(ptr, value):  # type: ignore[union-attr]
@@ -711,9 +712,11 @@ class Sandbox:
         """
         if self._table_cap_audited or self._inst is None:
             return
-        cap = self.manifest.sandbox.memory.max_table_elements
         sizes = self._inst.table_elements()
-        if sizes and any(4 * n > 3 * cap for n in sizes):
+        if not sizes:  # most guests have no table
+            return
+        cap = self.manifest.sandbox.memory.max_table_elements
+        if any(4 * n > 3 * cap for n in sizes):
             self._table_cap_audited = True
             self._audit_refusal(
                 "table_cap", f"a table holds {max(sizes)} of max_table_elements={cap}", table_elements=sizes
@@ -861,17 +864,22 @@ class Sandbox:
         if name == abi.LLM_IMPORT and length % 8 == 0 and length > window:
             # Only the newest history_messages entries reach the model: read just the tail of the iovecs.
             ptr, length = ptr + length - window, window
-        raw = mem.read(ptr, length) if mem and length <= abi.MAX_HOST_PAYLOAD else None
+        if mem is None or length > abi.MAX_HOST_PAYLOAD:
+            return DoneJob(abi.E_INVALID)
+        if name == abi.LLM_IMPORT:
+            # The iovecs (ptr, len pairs) of the conversation entries, read where they lie.
+            segments = mem.read_gather(ptr, length, max_total=4 * abi.MAX_HOST_PAYLOAD)
+            if segments is None:
+                return DoneJob(abi.E_INVALID)
+            self.counters["llm_calls"] += 1
+            try:
+                return self.services.start_llm(self, self._messages(segments))
+            except ValueError:  # bad JSON from the guest
+                return DoneJob(abi.E_INVALID)
+        raw = mem.read(ptr, length)
         if raw is None:
             return DoneJob(abi.E_INVALID)
         try:
-            if name == abi.LLM_IMPORT:
-                assert mem is not None
-                segments = mem.read_many(abi.parse_iovecs(raw), max_total=4 * abi.MAX_HOST_PAYLOAD)
-                if segments is None:
-                    return DoneJob(abi.E_INVALID)
-                self.counters["llm_calls"] += 1
-                return self.services.start_llm(self, self._messages(segments))
             if name == abi.TOOL_IMPORT:
                 # The guest hands tool_call the assistant message the model job just returned, byte for byte:
                 # the message it was made from stands in for parsing it again (see guest_abi.flat_request).
