@@ -137,6 +137,8 @@ _TRAP_WORD = _RESULT_WORD + _VAL_WORDS
 _ERROR_WORD = _TRAP_WORD + 1
 _FUEL_WORD = _ERROR_WORD + 1
 _CALL_WORDS = _FUEL_WORD + 1
+_RESULT_OFFSET, _TRAP_OFFSET = 8 * _RESULT_WORD, 8 * _TRAP_WORD  # the same, in bytes
+_ERROR_OFFSET, _FUEL_OFFSET = 8 * _ERROR_WORD, 8 * _FUEL_WORD
 if _VAL_SIZE % 8 or _VAL_OF != 8:
     raise ImportError("wasmtime_val_t is not a kind word and a value union: check the wasmtime version")
 if ctypes.sizeof(ffi.wasmtime_async_continuation_t) != ctypes.sizeof(_CONTINUATION_WORDS):
@@ -1015,7 +1017,7 @@ class Instance:
         return call
 
     def fuel_consumed(self) -> int:
-        err = _get_fuel(self._ctx_at, self._words_at + 8 * _FUEL_WORD)
+        err = _get_fuel(self._ctx_at, self._words_at + _FUEL_OFFSET)
         if err:
             raise _wasmtime_error(ctypes.cast(err, POINTER(ffi.wasmtime_error_t)), "reading fuel")
         return FUEL_TANK - self._words[_FUEL_WORD]
@@ -1141,13 +1143,14 @@ class AsyncCall:
         inst = self.inst
         words, at = inst._words, inst._words_at
         nargs = len(args)
-        if nargs <= _BUF_ARGS:
+        if nargs <= _BUF_ARGS:  # a wasmtime_val_t: the kind (i32) in the first word, then the value
             args_at = at
-            word = 0
-            for value in args:  # a wasmtime_val_t: the kind (i32) in the first word, then the value
-                words[word] = _I32
-                words[word + 1] = value & 0xFFFFFFFF
-                word += _VAL_WORDS
+            if nargs:
+                words[0] = _I32
+                words[1] = args[0] & 0xFFFFFFFF
+                if nargs == 2:
+                    words[_VAL_WORDS] = _I32
+                    words[_VAL_WORDS + 1] = args[1] & 0xFFFFFFFF
         else:
             buf = (ffi.wasmtime_val_t * nargs)()
             for i, value in enumerate(args):
@@ -1156,7 +1159,7 @@ class AsyncCall:
             self._keep = buf
             args_at = ctypes.addressof(buf)
         if nresults <= 1:
-            results_at = at + 8 * _RESULT_WORD
+            results_at = at + _RESULT_OFFSET
         else:
             results = (ffi.wasmtime_val_t * nresults)()
             self._keep = (self._keep, results)
@@ -1171,8 +1174,8 @@ class AsyncCall:
             nargs,
             results_at,
             nresults,
-            at + 8 * _TRAP_WORD,
-            at + 8 * _ERROR_WORD,
+            at + _TRAP_OFFSET,
+            at + _ERROR_OFFSET,
         )
 
     def poll(self, dispatch: HostDispatch) -> bool:
@@ -1199,7 +1202,7 @@ class AsyncCall:
                 mem._seen = -1  # stale(): the guest ran
         # What the poll consumed (one fuel read per poll): Instance._charge_poll, inlined.
         words = inst._words
-        if _get_fuel(inst._ctx_at, inst._words_at + 8 * _FUEL_WORD):
+        if _get_fuel(inst._ctx_at, inst._words_at + _FUEL_OFFSET):
             inst.fuel_consumed()  # raises the error
         consumed = FUEL_TANK - words[_FUEL_WORD]
         inst.last_poll_fuel = consumed - inst._fuel_mark
@@ -1217,7 +1220,7 @@ class AsyncCall:
                 ctypes.cast(error, POINTER(ffi.wasmtime_error_t)), f"{self.what} failed"
             )
         elif self.nresults:
-            if self._results_at == inst._words_at + 8 * _RESULT_WORD:
+            if self._results_at == inst._words_at + _RESULT_OFFSET:
                 kind, raw = words[_RESULT_WORD], words[_RESULT_WORD + 1]
             else:
                 kind, raw = struct.unpack("<QQ", ctypes.string_at(self._results_at, 16))
