@@ -584,6 +584,43 @@ def test_callpath_host_call_answered_at_once_then_a_time_burning_guest_meets_its
     sandbox.close()
 
 
+def test_callpath_host_call_answered_at_once_then_a_looping_guest_is_throttled(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """After a model call answered when it is made, a guest that never returns is throttled once it has
+    spent max_fuel in the refuel interval, charged every unit its store consumed."""
+    wat = """(module
+      (import "env" "llm_invoke" (func $llm (param i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "agent_handle") (param i32 i32) (result i64)
+        (drop (call $llm (i32.const 0) (i32.const 0)))
+        (loop $l (br $l))
+        (i64.const 0)))"""
+    module = tmp_path / "ask_loop.wat"
+    module.write_text(wat)
+    manifest = load_manifest(
+        f'[agent]\nname = "loop"\nmodule = "{module}"\ncall_timeout_ms = 60000\n'
+        '[agent.model]\nprovider = "scripted"\n'
+        "[sandbox.fuel]\nmax_fuel = 5_000_000\nrefuel_interval_ms = 60000\n"
+    )
+    sandbox = Sandbox(manifest, runtime, agent_id="loop-1", services=SeenServices())
+    sandbox.load()
+    before = sandbox.fuel_used
+    sandbox.begin_message(b"{}")
+    polls = 0
+    while sandbox.runnable():
+        assert sandbox.run_slice() is None
+        polls += 1
+        assert polls < 100
+    assert sandbox.state.value == "throttled" and sandbox.counters["llm_calls"] == 1
+    spent = sandbox.fuel_used - before
+    assert 5_000_000 <= spent < 5_000_000 + 2 * runtime.options.fuel_slice
+    assert sandbox.fuel_used == FUEL_TANK - sandbox.native_instance().store.get_fuel()
+    assert runtime._pending == {}
+    sandbox.close()
+
+
 class Audits(SeenServices):
     """SeenServices that keeps the audit records."""
 
