@@ -673,3 +673,29 @@ def test_callpath_gather_and_unpack_read_what_a_copy_then_parse_reads(values_rt:
         raw = mem.read(ptr, 8)
         assert mem.unpack(pair, ptr) == (pair.unpack(raw) if raw is not None else None)
     inst.close()
+
+
+def test_callpath_footprint_is_memory_plus_tables(values_rt: Runtime) -> None:
+    """Instance.footprint (the memory meter's one step) equals memory_size() + table_bytes(): before the
+    tables are looked up, for a module without a table, after the guest grows its memory, and for a module
+    whose private table grows."""
+    inst = _values_instance(values_rt, mem_mb=4)
+    assert inst.footprint() == inst.memory_size() + inst.table_bytes() == 65536
+    _run(inst, "grow_and_see", (2,), host=Asker(answer=0))
+    assert inst.footprint() == inst.memory_size() + inst.table_bytes() == 3 * 65536
+    inst.close()
+    wat = b"""(module (memory (export "memory") 1) (table 2 funcref)
+      (func (export "tgrow") (result i32) (table.grow (ref.null func) (i32.const 3))))"""
+    digest = hashlib.sha256(wat).hexdigest()
+    module, _ = values_rt.compile(wat, digest=digest, what="test")
+    inst = Instance(
+        values_rt, values_rt.instance_pre(module, digest=digest, what="test"), max_memory_bytes=1 << 20
+    )
+    call = inst.instantiate_call()
+    while not call.poll(Asker()):
+        pass
+    call.result()
+    assert inst.footprint() == 65536 + 2 * 8
+    assert _run(inst, "tgrow", ()) == 2
+    assert inst.footprint() == inst.memory_size() + inst.table_bytes() == 65536 + 5 * 8
+    inst.close()

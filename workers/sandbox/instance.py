@@ -812,7 +812,7 @@ class Sandbox:
         inst = self._inst
         if inst is None or self._starting is not None:
             return 0  # nothing to measure until the instance exists
-        return inst.memory_size() + inst.table_bytes()
+        return inst.footprint()
 
     def revoke(self, name: str) -> None:
         """Withdraw a host function at run time: later calls get E_DENIED (and an audit record)."""
