@@ -699,3 +699,11 @@ def test_callpath_footprint_is_memory_plus_tables(values_rt: Runtime) -> None:
     assert _run(inst, "tgrow", ()) == 2
     assert inst.footprint() == inst.memory_size() + inst.table_bytes() == 65536 + 5 * 8
     inst.close()
+
+
+def test_callpath_deadline_ticks_of_a_past_deadline_is_one_tick(runtime: Runtime) -> None:
+    """run_slice hands set_deadline the time left unclamped: a deadline already past gives the one tick a
+    deadline of now gives (the smallest there is), never zero or fewer."""
+    for left in (-1000.0, -0.5, -1e-9, 0.0):
+        assert runtime.deadline_ticks(left) == runtime.deadline_ticks(0.0) == 1
+    assert runtime.deadline_ticks(1.0) > 1

@@ -615,7 +615,7 @@ class Sandbox:
         if now >= self._interval_end:
             self._interval_end = now + self.manifest.sandbox.fuel.refuel_interval_ms / 1000
             self._budget = self.manifest.sandbox.fuel.max_fuel
-        self._inst.set_deadline(max(0.0, self._deadline - now))
+        self._inst.set_deadline(self._deadline - now)  # past it: deadline_ticks gives one tick, as for 0
         done = self._call.poll(self)
         used = self._inst.last_poll_fuel
         self.fuel_used += used
