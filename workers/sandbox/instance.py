@@ -120,7 +120,7 @@ _OUTCOME_SET = tuple(vars(Outcome)[name].__set__ for name in _OUTCOME_FIELDS)
 # distinct short replies (a router's class names), and building one costs ~0.5 us. Bounded: cleared when full.
 _SHARED_SUCCESSES: dict[tuple[str, bytes], Outcome] = {}
 _SHARED_REPLY_MAX = 64
-_SHARED_SUCCESSES_LIMIT = 512
+_SHARED_SUCCESSES_LIMIT = 256  # ~60 KB at most
 
 
 def _succeeded(phase: str, reply: bytes) -> Outcome:
