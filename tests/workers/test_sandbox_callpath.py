@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_helpers import SANDBOX_SPECS, SeenServices, initialized, send_text
+from sandbox_helpers import SANDBOX_SPECS, SeenServices, finish, initialized, send_text
 
 from openfang.workers.manifest import load_manifest
 from openfang.workers.sandbox import guest_abi as abi
@@ -24,6 +24,7 @@ from openfang.workers.sandbox._wasmtime import (
     AsyncPoller,
     EngineOptions,
     GuestMemory,
+    GuestTrap,
     HostFunctionSpec,
     Instance,
     Runtime,
@@ -220,6 +221,20 @@ VALUES_WAT = """(module
     (i32.store8 (local.get $end) (i32.const 99))
     (call $ask (local.get $end)))
   (func (export "peek") (param $p i32) (result i32) (i32.load8_u (local.get $p)))
+  (func (export "ask_spin") (param $n i32) (param $k i32) (result i32) (local $i i32) (local $j i32)
+    (local $acc i32)
+    (loop $calls
+      (local.set $acc (i32.add (i32.mul (local.get $acc) (i32.const 31)) (call $ask (local.get $i))))
+      (local.set $j (i32.const 0))
+      (loop $spin
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br_if $spin (i32.lt_u (local.get $j) (local.get $k))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $calls (i32.lt_u (local.get $i) (local.get $n))))
+    (local.get $acc))
+  (func (export "ask_trap") (param $x i32) (result i32) (drop (call $ask (local.get $x))) (unreachable))
+  (func (export "ask_grow") (param $pages i32) (result i32)
+    (i32.add (call $ask (i32.const 0)) (i32.mul (memory.grow (local.get $pages)) (i32.const 1000))))
 )"""
 
 
@@ -233,9 +248,22 @@ class Asker:
     def host_sync(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> int:
         raise AssertionError("no sync host function here")
 
-    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller:
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller | int:
         self.bytes_seen.append(mem.read(args[0], 1) if mem is not None else None)
         return lambda: self.answer
+
+
+class Answerer(Asker):
+    """``ask(x)`` answered when it is made: the result itself (the runtime's shortcut, no poller) when
+    ``now``, else a poller that answers at its first poll (the general path); the answer depends on x."""
+
+    def __init__(self, *, now: bool) -> None:
+        super().__init__()
+        self.now = now
+
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller | int:
+        value = args[0] * 7 - 20
+        return value if self.now else (lambda: value)
 
 
 def _values_instance(rt: Runtime, *, mem_mb: int = 2) -> Instance:
@@ -462,3 +490,220 @@ def test_callpath_growth_past_the_cap_fails_and_the_view_keeps_the_old_size(valu
     assert _run(inst, "grow_and_see", (15,), host=Asker(answer=0)) == 0  # up to the cap: fine
     assert mem.size() == 16 * 65536 and mem.read(16 * 65536 - 1, 1) == b"c"
     inst.close()
+
+
+def _polled(inst: Instance, name: str, args: tuple[int, ...], host: Any) -> tuple[int | str, int, int]:
+    """(result or trap code, polls, fuel charged) of one call polled to its end."""
+    call = inst.call(name, args, 1)
+    polls = fuel = 0
+    while True:
+        done = call.poll(host)
+        polls += 1
+        fuel += inst.last_poll_fuel
+        if done:
+            break
+        assert polls < 10_000, f"{name} never finished"
+    try:
+        return call.result(), polls, fuel
+    except GuestTrap as exc:
+        return exc.trap_code, polls, fuel
+
+
+def test_callpath_host_call_answered_at_once_meters_and_ends_as_the_general_path(values_rt: Runtime) -> None:
+    """A host call whose result is handed back at once (a native continuation, no pending entry) gives the
+    guest the same values, fuel sliced into the same polls with the same fuel charged, the same trap after it
+    and the same failed grow past the cap as a poller answering at its first poll; no entry is ever made."""
+    seen = []
+    for now in (False, True):
+        inst = _values_instance(values_rt, mem_mb=1)
+        host = Answerer(now=now)
+        start = values_rt._next_pending
+        runs = [
+            _polled(inst, "ask_spin", (40, 2_000), host),  # 40 host calls between fuel slices (10k each)
+            _polled(inst, "ask_spin", (3, 0), host),
+            _polled(inst, "ask_trap", (5,), host),
+            _polled(inst, "ask", (-3,), host),  # the instance is usable after the trap
+            _polled(inst, "ask_grow", (100,), host),  # past the 16-page cap: memory.grow gave -1
+            _polled(inst, "ask_grow", (1,), host),
+        ]
+        assert runs[0][1] > 5 and runs[2][0] == "unreachable" and runs[3][0] == -41
+        assert runs[4][0] == -20 - 1000 and runs[5][0] == -20 + 1000
+        assert values_rt._pending == {}
+        made = values_rt._next_pending - start
+        assert made == (0 if now else 40 + 3 + 1 + 1 + 2)
+        seen.append(runs)
+        inst.close()
+    assert seen[0] == seen[1]
+
+
+def test_callpath_host_call_answered_at_once_then_a_time_burning_guest_meets_its_deadline(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """A model call answered when it is made (a done job) and then a guest that burns time without fuel: it
+    is still preempted at the epoch ticks and stopped at its call deadline; a revoked host function is
+    refused through the same shortcut (E_DENIED to the guest, audited)."""
+    wat = """(module
+      (import "env" "llm_invoke" (func $llm (param i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "agent_handle") (param i32 i32) (result i64) (local $r i32)
+        (local.set $r (call $llm (i32.const 0) (i32.const 0)))
+        (if (i32.lt_s (local.get $r) (i32.const 0)) (then (return (i64.extend_i32_s (local.get $r)))))
+        (loop $l (memory.fill (i32.const 0) (i32.const 7) (i32.const 65536)) (br $l))
+        (i64.const 0)))"""
+    module = tmp_path / "ask_burn.wat"
+    module.write_text(wat)
+    manifest = load_manifest(
+        f'[agent]\nname = "burn"\nmodule = "{module}"\ncall_timeout_ms = 300\n'
+        '[agent.model]\nprovider = "scripted"\n'
+    )
+    services = Audits()
+    sandbox = Sandbox(manifest, runtime, agent_id="burn-1", services=services)
+    sandbox.load()
+    sandbox.begin_message(b"{}")
+    polls, t0 = 0, time.monotonic()
+    while True:
+        outcome = sandbox.refresh(time.monotonic())
+        if outcome is not None:
+            break
+        if sandbox.runnable():
+            assert sandbox.run_slice() is None
+            polls += 1
+    assert outcome.limit == "deadline" and not outcome.ok and outcome.crashed
+    assert polls >= 5 and time.monotonic() - t0 < 5 and sandbox.counters["llm_calls"] == 1
+    assert runtime._pending == {}
+    sandbox.close()
+    sandbox = Sandbox(manifest, runtime, agent_id="burn-2", services=services)
+    sandbox.load()
+    sandbox.revoke("llm_invoke")
+    sandbox.begin_message(b"{}")
+    outcome = finish(sandbox)
+    assert not outcome.ok and f"error {abi.E_DENIED}" in str(outcome.error)
+    assert services.records[-1]["kind"] == "host_call_denied" and services.records[-1]["agent_id"] == "burn-2"
+    assert sandbox.counters["llm_calls"] == 0 and runtime._pending == {}
+    sandbox.close()
+
+
+def test_callpath_host_call_answered_at_once_then_a_looping_guest_is_throttled(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """After a model call answered when it is made, a guest that never returns is throttled once it has
+    spent max_fuel in the refuel interval, charged every unit its store consumed."""
+    wat = """(module
+      (import "env" "llm_invoke" (func $llm (param i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "agent_handle") (param i32 i32) (result i64)
+        (drop (call $llm (i32.const 0) (i32.const 0)))
+        (loop $l (br $l))
+        (i64.const 0)))"""
+    module = tmp_path / "ask_loop.wat"
+    module.write_text(wat)
+    manifest = load_manifest(
+        f'[agent]\nname = "loop"\nmodule = "{module}"\ncall_timeout_ms = 60000\n'
+        '[agent.model]\nprovider = "scripted"\n'
+        "[sandbox.fuel]\nmax_fuel = 5_000_000\nrefuel_interval_ms = 60000\n"
+    )
+    sandbox = Sandbox(manifest, runtime, agent_id="loop-1", services=SeenServices())
+    sandbox.load()
+    before = sandbox.fuel_used
+    sandbox.begin_message(b"{}")
+    polls = 0
+    while sandbox.runnable():
+        assert sandbox.run_slice() is None
+        polls += 1
+        assert polls < 100
+    assert sandbox.state.value == "throttled" and sandbox.counters["llm_calls"] == 1
+    spent = sandbox.fuel_used - before
+    assert 5_000_000 <= spent < 5_000_000 + 2 * runtime.options.fuel_slice
+    assert sandbox.fuel_used == FUEL_TANK - sandbox.native_instance().store.get_fuel()
+    assert runtime._pending == {}
+    sandbox.close()
+
+
+class Audits(SeenServices):
+    """SeenServices that keeps the audit records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[dict[str, Any]] = []
+
+    def audit(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+
+def test_callpath_gather_and_unpack_read_what_a_copy_then_parse_reads(values_rt: Runtime) -> None:
+    """read_gather (the iovec array read in place) and unpack (no copy) give what reading the bytes, then
+    parsing them, gives: every range, and None for an array or a range outside memory, an array that is not
+    whole pairs, or more than max_total bytes in all."""
+    inst = _values_instance(values_rt, mem_mb=1)
+    mem = inst.memory()
+    assert mem is not None
+    size = mem.size()
+    rng = random.Random(11)
+    assert mem.write(0, bytes(rng.randrange(256) for _ in range(4096)))
+    pair = struct.Struct("<II")
+
+    def copied(ptr: int, length: int, max_total: int) -> list[bytes] | None:
+        raw = mem.read(ptr, length)
+        if raw is None:
+            return None
+        try:
+            ranges = abi.parse_iovecs(raw)
+        except ValueError:
+            return None
+        return mem.read_many(ranges, max_total=max_total)
+
+    for _ in range(2000):
+        count = rng.randrange(0, 5)
+        ranges = [
+            (rng.choice((0, 100, size - 8, size - 1, size, size + 5, 2**32 - 1)), rng.randrange(0, 64))
+            if rng.random() < 0.2
+            else (rng.randrange(0, 4096), rng.randrange(0, 300))
+            for _ in range(count)
+        ]
+        array = b"".join(pair.pack(p, n) for p, n in ranges)
+        at = rng.choice((5000, size - len(array), size - len(array) + 4, size + 8, -8))
+        length = len(array) - rng.choice((0, 0, 0, 3, 8)) if array else rng.choice((0, 8))
+        if at >= 0 and at + len(array) <= size:
+            assert mem.write(at, array)
+        max_total = rng.choice((10_000, 300, 0))
+        assert mem.read_gather(at, length, max_total=max_total) == copied(at, length, max_total)
+        ptr = rng.choice((0, 8, size - 8, size - 7, size, -1))
+        raw = mem.read(ptr, 8)
+        assert mem.unpack(pair, ptr) == (pair.unpack(raw) if raw is not None else None)
+    inst.close()
+
+
+def test_callpath_footprint_is_memory_plus_tables(values_rt: Runtime) -> None:
+    """Instance.footprint (the memory meter's one step) equals memory_size() + table_bytes(): before the
+    tables are looked up, for a module without a table, after the guest grows its memory, and for a module
+    whose private table grows."""
+    inst = _values_instance(values_rt, mem_mb=4)
+    assert inst.footprint() == inst.memory_size() + inst.table_bytes() == 65536
+    _run(inst, "grow_and_see", (2,), host=Asker(answer=0))
+    assert inst.footprint() == inst.memory_size() + inst.table_bytes() == 3 * 65536
+    inst.close()
+    wat = b"""(module (memory (export "memory") 1) (table 2 funcref)
+      (func (export "tgrow") (result i32) (table.grow (ref.null func) (i32.const 3))))"""
+    digest = hashlib.sha256(wat).hexdigest()
+    module, _ = values_rt.compile(wat, digest=digest, what="test")
+    inst = Instance(
+        values_rt, values_rt.instance_pre(module, digest=digest, what="test"), max_memory_bytes=1 << 20
+    )
+    call = inst.instantiate_call()
+    while not call.poll(Asker()):
+        pass
+    call.result()
+    assert inst.footprint() == 65536 + 2 * 8
+    assert _run(inst, "tgrow", ()) == 2
+    assert inst.footprint() == inst.memory_size() + inst.table_bytes() == 65536 + 5 * 8
+    inst.close()
+
+
+def test_callpath_deadline_ticks_of_a_past_deadline_is_one_tick(runtime: Runtime) -> None:
+    """run_slice hands set_deadline the time left unclamped: a deadline already past gives the one tick a
+    deadline of now gives (the smallest there is), never zero or fewer."""
+    for left in (-1000.0, -0.5, -1e-9, 0.0):
+        assert runtime.deadline_ticks(left) == runtime.deadline_ticks(0.0) == 1
+    assert runtime.deadline_ticks(1.0) > 1

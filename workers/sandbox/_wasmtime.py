@@ -52,35 +52,35 @@ TABLE_EXPORT_PREFIX = "\0openfang.table."  # reserved export names for the table
 
 # The C functions called on every slice and host call, through prototypes of our own (``dll[name]`` makes a
 # new function object; wasmtime's bindings keep theirs) that take plain addresses and return plain integers:
-# no Python wrapper frame, no pointer object made per call. Guest memory's size and base address:
-_memory_data_addr = ffi.dll["wasmtime_memory_data"]
-_memory_data_addr.restype = ctypes.c_void_p
-_memory_data_addr.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-_memory_data_len = ffi.dll["wasmtime_memory_data_size"]
-_memory_data_len.restype = ctypes.c_size_t
-_memory_data_len.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-# The same for the async call itself: start, poll, delete (a future is a plain address here).
-_func_call_async = ffi.dll["wasmtime_func_call_async"]
-_func_call_async.restype = ctypes.c_void_p
-# Its two size_t counts are declared void* too: the same width and the same (integer) register on every
-# platform wasmtime's C API ships for, and ctypes converts an int to c_void_p ~0.08 us faster than to
-# c_size_t (0.71 -> 0.54 us a call, once per guest call).
+# no Python wrapper frame, no pointer object made per call.
 _VOID_P, _SIZE_T = ctypes.c_void_p, ctypes.c_size_t
+
+
+def _holding_gil(name: str, restype: Any, *argtypes: Any) -> Any:
+    """``name`` from libwasmtime called with the GIL held: for the calls that run no guest code and return
+    at once (a ctypes call that releases the GIL drops and takes it back, and lets another thread in
+    between: ~30 ns more a call here). Only the poll runs the guest, and must let the epoch ticker in."""
+    return ctypes.PYFUNCTYPE(restype, *argtypes)((name, ffi.dll))
+
+
+# Guest memory's size and base address:
+_memory_data_addr = _holding_gil("wasmtime_memory_data", _VOID_P, _VOID_P, _VOID_P)
+_memory_data_len = _holding_gil("wasmtime_memory_data_size", _SIZE_T, _VOID_P, _VOID_P)
+# The async call itself: start (builds the future: no guest code runs until its first poll), poll, delete
+# (a future is a plain address here). The call's two size_t counts are declared void* too: the same width
+# and the same (integer) register on every platform wasmtime's C API ships for, and ctypes converts an int
+# to c_void_p ~0.08 us faster than to c_size_t (0.71 -> 0.54 us a call, once per guest call).
 assert ctypes.sizeof(ctypes.c_size_t) == ctypes.sizeof(_VOID_P)
-_func_call_async.argtypes = [_VOID_P] * 8
-_future_poll = ffi.dll["wasmtime_call_future_poll"]
+_func_call_async = _holding_gil("wasmtime_func_call_async", _VOID_P, *[_VOID_P] * 8)
+_future_poll = ffi.dll["wasmtime_call_future_poll"]  # runs the guest: releases the GIL
 _future_poll.restype = ctypes.c_bool
 _future_poll.argtypes = [ctypes.c_void_p]
-_future_delete = ffi.dll["wasmtime_call_future_delete"]
-_future_delete.restype = None
-_future_delete.argtypes = [ctypes.c_void_p]
-# The same for the fuel read after every poll and the epoch deadline set before it.
-_get_fuel = ffi.dll["wasmtime_context_get_fuel"]
-_get_fuel.restype = ctypes.c_void_p  # a wasmtime_error_t*, None when it worked
-_get_fuel.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-_set_epoch_deadline = ffi.dll["wasmtime_context_set_epoch_deadline"]
-_set_epoch_deadline.restype = None
-_set_epoch_deadline.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+# Deleting an unfinished future unwinds the guest's fiber without running guest code or callbacks.
+_future_delete = _holding_gil("wasmtime_call_future_delete", None, _VOID_P)
+# The fuel read after every poll (a wasmtime_error_t*, None when it worked) and the epoch deadline set
+# before it.
+_get_fuel = _holding_gil("wasmtime_context_get_fuel", _VOID_P, _VOID_P, _VOID_P)
+_set_epoch_deadline = _holding_gil("wasmtime_context_set_epoch_deadline", None, _VOID_P, ctypes.c_uint64)
 
 # The host-function callbacks and the linker calls that register them, the same way: every pointer a
 # callback receives is a plain address (ctypes makes no pointer object per argument, ~0.1 us each), the i32
@@ -91,6 +91,17 @@ _ASYNC_CALLBACK = ctypes.CFUNCTYPE(
     None, _VOID_P, _VOID_P, _VOID_P, _SIZE_T, _VOID_P, _SIZE_T, _VOID_P, _VOID_P
 )
 _CONTINUATION = ctypes.CFUNCTYPE(ctypes.c_bool, _VOID_P)
+# The continuation of a host call whose result is written before the callback returns (the job was done
+# when it started: the scripted model's, every refusal): a native function that reports completion without
+# entering Python (a ctypes callback would: ~1 us with its GIL round trip). libc's ``abs`` of the env word
+# 1 returns 1, i.e. true in the C ABI's bool (the low byte of the int return register); wasmtime's
+# continuation type passes (env, caller, trap) in the integer argument registers, and abs reads the first
+# only. Checked here through a prototype of the continuation's own type.
+_DONE_ENV = 1
+_DONE_AT = ctypes.cast(ctypes.CDLL(None).abs, ctypes.c_void_p).value or 0
+_AS_CONTINUATION = ctypes.CFUNCTYPE(ctypes.c_bool, _VOID_P, _VOID_P, _VOID_P)  # (env, caller, trap)
+if not _DONE_AT or _AS_CONTINUATION(_DONE_AT)(_DONE_ENV, 0, 0) is not True:
+    raise ImportError("libc's abs(1) does not read as true: no native continuation for completed host calls")
 _define_func = ffi.dll["wasmtime_linker_define_func"]
 _define_func.restype = _VOID_P  # a wasmtime_error_t*, None when it worked
 _define_func.argtypes = [_VOID_P, _VOID_P, _SIZE_T, _VOID_P, _SIZE_T, _VOID_P, _VOID_P, _VOID_P, _VOID_P]
@@ -126,6 +137,8 @@ _TRAP_WORD = _RESULT_WORD + _VAL_WORDS
 _ERROR_WORD = _TRAP_WORD + 1
 _FUEL_WORD = _ERROR_WORD + 1
 _CALL_WORDS = _FUEL_WORD + 1
+_RESULT_OFFSET, _TRAP_OFFSET = 8 * _RESULT_WORD, 8 * _TRAP_WORD  # the same, in bytes
+_ERROR_OFFSET, _FUEL_OFFSET = 8 * _ERROR_WORD, 8 * _FUEL_WORD
 if _VAL_SIZE % 8 or _VAL_OF != 8:
     raise ImportError("wasmtime_val_t is not a kind word and a value union: check the wasmtime version")
 if ctypes.sizeof(ffi.wasmtime_async_continuation_t) != ctypes.sizeof(_CONTINUATION_WORDS):
@@ -175,6 +188,7 @@ def _wasmtime_error(err_ptr: Any, what: str) -> SandboxError:
 # grows.
 _memory_epoch = [0]
 _EMPTY = memoryview(bytearray())
+_U32_PAIR = struct.Struct("<II")
 
 
 class GuestMemory:
@@ -242,6 +256,33 @@ class GuestMemory:
             out.append(view[ptr:end].tobytes())
         return out
 
+    def read_gather(self, ptr: int, length: int, *, max_total: int) -> list[bytes] | None:
+        """The bytes of each range an iovec array names (little-endian u32 ``(ptr, len)`` pairs at
+        [ptr, ptr+length)), read from the memory without copying the array first; None when the array is
+        outside memory or not whole pairs, a range is outside memory, or all exceed ``max_total``."""
+        if self._seen != _memory_epoch[0]:
+            self._refresh()
+        size, view = self._size, self._view
+        if ptr < 0 or length < 0 or length % 8 or ptr + length > size:
+            return None
+        out = []
+        total = 0
+        for at, n in _U32_PAIR.iter_unpack(view[ptr : ptr + length]):
+            end = at + n
+            total += n
+            if end > size or total > max_total:
+                return None
+            out.append(view[at:end].tobytes())
+        return out
+
+    def unpack(self, layout: struct.Struct, ptr: int) -> tuple[Any, ...] | None:
+        """``layout.unpack`` of the bytes at ``ptr`` (no copy made), or None when they are outside memory."""
+        if self._seen != _memory_epoch[0]:
+            self._refresh()
+        if ptr < 0 or ptr + layout.size > self._size:
+            return None
+        return layout.unpack_from(self._view, ptr)
+
     def write(self, ptr: int, data: bytes) -> bool:
         """Copy ``data`` to ``ptr``; False (nothing written) when it would not fit."""
         if self._seen != _memory_epoch[0]:
@@ -254,7 +295,8 @@ class GuestMemory:
         return True
 
 
-# An async host function returns a poller: None while the result is pending, else the i32 result.
+# An async host function returns a poller: None while the result is pending, else the i32 result. A host
+# whose result is ready when the call is made returns the i32 itself (see Runtime._async_trampoline).
 AsyncPoller = Callable[[], int | None]
 
 
@@ -263,7 +305,7 @@ class HostDispatch(Protocol):
 
     def host_sync(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> int: ...
 
-    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller: ...
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller | int: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -424,15 +466,33 @@ class Runtime:
         trap: int,
         cont: int,
     ) -> None:
-        poller: AsyncPoller
+        poller: AsyncPoller | int
         try:
             target = self.current
             if target is None:
-                poller = _const(-2)
-            else:
-                mem, values = self._call_memory_and_args(caller, args, nargs)
+                poller = -2
+            else:  # _call_memory_and_args, inlined (once per parking host call)
+                mem = self.current_memory
+                if mem is None:
+                    mem = self._memory(caller)
+                else:
+                    mem._seen = -1  # stale(): the guest ran before this call
+                values = tuple(_ARG_I32S[nargs].from_address(args)[_ARG_AT::_ARG_STEP]) if nargs else ()
                 poller = target.host_async(self._names[env or 0], mem, values)
         except Exception:
+            poller = -2
+        fields = _CONTINUATION_WORDS.from_address(cont)
+        if poller.__class__ is int:
+            # Answered now: the result goes where wasmtime reads it once the continuation reports completion
+            # (it keeps `results` until then), and the continuation is native (no pending entry, no park).
+            out = _RESULT_WORDS.from_address(results)
+            out[0] = _I32
+            out[1] = poller & 0xFFFFFFFF
+            fields[0] = _DONE_AT
+            fields[1] = _DONE_ENV
+            fields[2] = 0
+            return
+        if not callable(poller):  # a host's bug: an error code for the guest, never a raise across wasm
             poller = _const(-2)
         key = self._next_pending
         self._next_pending += 1
@@ -443,7 +503,6 @@ class Runtime:
             call.parked = key
         # The continuation: our callback and the key as its env; no finalizer (a ctypes callback on every
         # host call): the entry goes when the continuation completes or when the call is cancelled.
-        fields = _CONTINUATION_WORDS.from_address(cont)
         fields[0] = self._cont_at
         fields[1] = key
         fields[2] = 0
@@ -958,7 +1017,7 @@ class Instance:
         return call
 
     def fuel_consumed(self) -> int:
-        err = _get_fuel(self._ctx_at, self._words_at + 8 * _FUEL_WORD)
+        err = _get_fuel(self._ctx_at, self._words_at + _FUEL_OFFSET)
         if err:
             raise _wasmtime_error(ctypes.cast(err, POINTER(ffi.wasmtime_error_t)), "reading fuel")
         return FUEL_TANK - self._words[_FUEL_WORD]
@@ -1007,6 +1066,14 @@ class Instance:
 
     def table_bytes(self) -> int:
         return sum(self.table_elements()) * TABLE_ELEMENT_BYTES
+
+    def footprint(self) -> int:
+        """``memory_size() + table_bytes()`` in one step for the common instance (its memory looked up, no
+        table): the memory meter read after every message."""
+        mem = self._mem
+        if mem is not None and self._tables == ():
+            return mem.size()
+        return self.memory_size() + self.table_bytes()
 
     def memory(self) -> GuestMemory | None:
         """The instance's ``memory`` export (looked up once: an export of an instance never changes)."""
@@ -1084,13 +1151,14 @@ class AsyncCall:
         inst = self.inst
         words, at = inst._words, inst._words_at
         nargs = len(args)
-        if nargs <= _BUF_ARGS:
+        if nargs <= _BUF_ARGS:  # a wasmtime_val_t: the kind (i32) in the first word, then the value
             args_at = at
-            word = 0
-            for value in args:  # a wasmtime_val_t: the kind (i32) in the first word, then the value
-                words[word] = _I32
-                words[word + 1] = value & 0xFFFFFFFF
-                word += _VAL_WORDS
+            if nargs:
+                words[0] = _I32
+                words[1] = args[0] & 0xFFFFFFFF
+                if nargs == 2:
+                    words[_VAL_WORDS] = _I32
+                    words[_VAL_WORDS + 1] = args[1] & 0xFFFFFFFF
         else:
             buf = (ffi.wasmtime_val_t * nargs)()
             for i, value in enumerate(args):
@@ -1099,7 +1167,7 @@ class AsyncCall:
             self._keep = buf
             args_at = ctypes.addressof(buf)
         if nresults <= 1:
-            results_at = at + 8 * _RESULT_WORD
+            results_at = at + _RESULT_OFFSET
         else:
             results = (ffi.wasmtime_val_t * nresults)()
             self._keep = (self._keep, results)
@@ -1114,8 +1182,8 @@ class AsyncCall:
             nargs,
             results_at,
             nresults,
-            at + 8 * _TRAP_WORD,
-            at + 8 * _ERROR_WORD,
+            at + _TRAP_OFFSET,
+            at + _ERROR_OFFSET,
         )
 
     def poll(self, dispatch: HostDispatch) -> bool:
@@ -1142,7 +1210,7 @@ class AsyncCall:
                 mem._seen = -1  # stale(): the guest ran
         # What the poll consumed (one fuel read per poll): Instance._charge_poll, inlined.
         words = inst._words
-        if _get_fuel(inst._ctx_at, inst._words_at + 8 * _FUEL_WORD):
+        if _get_fuel(inst._ctx_at, inst._words_at + _FUEL_OFFSET):
             inst.fuel_consumed()  # raises the error
         consumed = FUEL_TANK - words[_FUEL_WORD]
         inst.last_poll_fuel = consumed - inst._fuel_mark
@@ -1160,7 +1228,7 @@ class AsyncCall:
                 ctypes.cast(error, POINTER(ffi.wasmtime_error_t)), f"{self.what} failed"
             )
         elif self.nresults:
-            if self._results_at == inst._words_at + 8 * _RESULT_WORD:
+            if self._results_at == inst._words_at + _RESULT_OFFSET:
                 kind, raw = words[_RESULT_WORD], words[_RESULT_WORD + 1]
             else:
                 kind, raw = struct.unpack("<QQ", ctypes.string_at(self._results_at, 16))

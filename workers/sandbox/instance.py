@@ -116,9 +116,29 @@ if tuple(f.name for f in fields(Outcome)) != _OUTCOME_FIELDS:  # the setters bel
 _OUTCOME_SET = tuple(vars(Outcome)[name].__set__ for name in _OUTCOME_FIELDS)
 
 
+# Successful outcomes of short replies, shared (an Outcome is frozen): a service's agents answer with few
+# distinct short replies (a router's class names), and building one costs ~0.5 us. Bounded: cleared when full.
+_SHARED_SUCCESSES: dict[tuple[str, bytes], Outcome] = {}
+_SHARED_REPLY_MAX = 64
+_SHARED_SUCCESSES_LIMIT = 256  # ~60 KB at most
+
+
 def _succeeded(phase: str, reply: bytes) -> Outcome:
-    """``Outcome(phase=phase, ok=True, reply=reply)``, built without __init__ (the frozen dataclass's sets
-    each field through object.__setattr__: ~1.3 us, once per call; this ~0.5). Same value."""
+    """``Outcome(phase=phase, ok=True, reply=reply)``: the shared one for a short reply, else built without
+    __init__ (the frozen dataclass's sets each field through object.__setattr__: ~1.3 us, once per call;
+    this ~0.5). Same value."""
+    if len(reply) <= _SHARED_REPLY_MAX:
+        key = (phase, reply)
+        out = _SHARED_SUCCESSES.get(key)
+        if out is None:
+            if len(_SHARED_SUCCESSES) >= _SHARED_SUCCESSES_LIMIT:
+                _SHARED_SUCCESSES.clear()
+            out = _SHARED_SUCCESSES[key] = _built_success(phase, reply)
+        return out
+    return _built_success(phase, reply)
+
+
+def _built_success(phase: str, reply: bytes) -> Outcome:
     out = object.__new__(Outcome)
     put = _OUTCOME_SET
     put[0](out, phase)
@@ -245,8 +265,8 @@ class _NoHost:
     def host_sync(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> int:
         return abi.E_UNAVAILABLE
 
-    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller:
-        return lambda: abi.E_UNAVAILABLE
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller | int:
+        return abi.E_UNAVAILABLE
 
 
 def prepare_spare(runtime: Runtime, manifest: AgentManifest, digest: str) -> Instance:
@@ -479,10 +499,14 @@ class Sandbox:
         digest = self.module_digest
         inbox = _INBOXES[digest] if digest in _INBOXES else self._read_inbox(inst)
         if inbox is not None and len(payload) <= inbox[1]:
-            mem = inst.memory()
+            mem = inst._mem if inst._mem_looked_up else inst.memory()
             # An inbox outside the guest's memory (a guest bug) is not used: the message goes through alloc.
             if mem is not None and mem.write(inbox[0], payload):
-                self._start_call("handle", abi.EXPORT_HANDLE, (inbox[0], len(payload)), 1)
+                # _start_call("handle", ...), inlined
+                self._phase = "handle"
+                self._call = inst.call(abi.EXPORT_HANDLE, (inbox[0], len(payload)), 1)
+                self._deadline = self.clock() + self.manifest.call_timeout_ms / 1000
+                self.state = _RUNNING
                 return
         self._payload = payload
         self._start_call("alloc", abi.EXPORT_ALLOC, (len(payload),), 1)
@@ -524,12 +548,13 @@ class Sandbox:
     def _deliver(self, mem: GuestMemory | None, code: int, value: bytes) -> int:
         """A parking host call's result of ``code`` >= 0 bytes: written into the guest's offered result area
         when it fits there, else pending for host_result. The call's return value."""
-        area = self._result_area()
+        digest = self.module_digest
+        area = _RESULT_AREAS[digest] if digest in _RESULT_AREAS else self._result_area()
         if area is not None:
-            offer = mem.read(area, 8) if mem is not None else None
+            offer = mem.unpack(abi.RESULT_AREA, area) if mem is not None else None
             if offer is None:
                 return abi.E_INVALID  # a result area outside the guest's memory: a guest bug
-            ptr, cap = abi.RESULT_AREA.unpack(offer)
+            ptr, cap = offer
             if code <= cap:
                 # The guest expects the result there when the call returns: it is, whole, or the call fails.
                 if len(value) != code or not mem.write(ptr, value):  # type: ignore[union-attr]
@@ -590,7 +615,7 @@ class Sandbox:
         if now >= self._interval_end:
             self._interval_end = now + self.manifest.sandbox.fuel.refuel_interval_ms / 1000
             self._budget = self.manifest.sandbox.fuel.max_fuel
-        self._inst.set_deadline(max(0.0, self._deadline - now))
+        self._inst.set_deadline(self._deadline - now)  # past it: deadline_ticks gives one tick, as for 0
         done = self._call.poll(self)
         used = self._inst.last_poll_fuel
         self.fuel_used += used
@@ -689,11 +714,12 @@ class Sandbox:
             return Outcome(
                 phase=phase, ok=False, error=SandboxError(f"agent returned error {value} ({name})")
             )
-        ptr, length = abi.split_reply(value)
+        ptr, length = (value >> 32) & 0xFFFFFFFF, value & 0xFFFFFFFF  # abi.split_reply, inlined
         if length > abi.MAX_REPLY:
             err = SandboxError(f"agent reply of {length} bytes exceeds the {abi.MAX_REPLY}-byte limit")
             return Outcome(phase=phase, ok=False, error=err)
-        mem = self._inst.memory() if self._inst else None
+        inst = self._inst
+        mem = None if inst is None else inst._mem if inst._mem_looked_up else inst.memory()
         reply = mem.read(ptr, length) if mem else None
         if reply is None:
             return Outcome(phase=phase, ok=False, error=SandboxError("agent reply points outside its memory"))
@@ -711,9 +737,11 @@ class Sandbox:
         """
         if self._table_cap_audited or self._inst is None:
             return
-        cap = self.manifest.sandbox.memory.max_table_elements
         sizes = self._inst.table_elements()
-        if sizes and any(4 * n > 3 * cap for n in sizes):
+        if not sizes:  # most guests have no table
+            return
+        cap = self.manifest.sandbox.memory.max_table_elements
+        if any(4 * n > 3 * cap for n in sizes):
             self._table_cap_audited = True
             self._audit_refusal(
                 "table_cap", f"a table holds {max(sizes)} of max_table_elements={cap}", table_elements=sizes
@@ -723,10 +751,11 @@ class Sandbox:
         if self._call is not None:
             self._call.cancel()
             self._call = None
-        if self._ready():  # after the cancel: the store is not borrowed by a call any more
-            self._check_tables()
-        if self._inst is not None:
-            self._inst.release_call()
+        inst = self._inst
+        if inst is not None:
+            if self._starting is None:  # _ready(); after the cancel: the store is not borrowed any more
+                self._check_tables()
+            inst.release_call()
         self._job = None
         self._pending_result = None
         self._payload = b""
@@ -783,7 +812,7 @@ class Sandbox:
         inst = self._inst
         if inst is None or self._starting is not None:
             return 0  # nothing to measure until the instance exists
-        return inst.memory_size() + inst.table_bytes()
+        return inst.footprint()
 
     def revoke(self, name: str) -> None:
         """Withdraw a host function at run time: later calls get E_DENIED (and an audit record)."""
@@ -820,24 +849,33 @@ class Sandbox:
             return int(time.time() * 1000) & 0x7FFFFFFF
         return abi.E_INVALID
 
-    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller:
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller | int:
+        """The host call's job started; its result (an i32) when the job is done already (the scripted
+        model's, every refusal), else a poller the runtime polls until it is."""
         job = self._host_job(name, mem, args)
+        if job.done:
+            return self._job_result(job, mem)
         self._job = job
 
         def poll() -> int | None:
             if not job.done:
                 return None
             self._job = None
-            entry = getattr(job, "entry", None)  # what the job's result holds, parsed (see seed)
-            if entry is not None:
-                self.seed(*entry)
-            if job.code >= 0:
-                return self._deliver(mem, job.code, job.value)
-            if job.value:
-                self._pending_result = job.value  # error details for the guest, via host_result
-            return job.code
+            return self._job_result(job, mem)
 
         return poll
+
+    def _job_result(self, job: Job, mem: GuestMemory | None) -> int:
+        """What the guest's parking host call returns for the finished ``job``."""
+        entry = getattr(job, "entry", None)  # what the job's result holds, parsed (see seed)
+        if entry is not None:
+            self.seed(*entry)
+        code = job.code
+        if code >= 0:
+            return self._deliver(mem, code, job.value)
+        if job.value:
+            self._pending_result = job.value  # error details for the guest, via host_result
+        return code
 
     def _host_job(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> Job:
         if name not in self.granted:
@@ -852,17 +890,22 @@ class Sandbox:
         if name == abi.LLM_IMPORT and length % 8 == 0 and length > window:
             # Only the newest history_messages entries reach the model: read just the tail of the iovecs.
             ptr, length = ptr + length - window, window
-        raw = mem.read(ptr, length) if mem and length <= abi.MAX_HOST_PAYLOAD else None
+        if mem is None or length > abi.MAX_HOST_PAYLOAD:
+            return DoneJob(abi.E_INVALID)
+        if name == abi.LLM_IMPORT:
+            # The iovecs (ptr, len pairs) of the conversation entries, read where they lie.
+            segments = mem.read_gather(ptr, length, max_total=4 * abi.MAX_HOST_PAYLOAD)
+            if segments is None:
+                return DoneJob(abi.E_INVALID)
+            self.counters["llm_calls"] += 1
+            try:
+                return self.services.start_llm(self, self._messages(segments))
+            except ValueError:  # bad JSON from the guest
+                return DoneJob(abi.E_INVALID)
+        raw = mem.read(ptr, length)
         if raw is None:
             return DoneJob(abi.E_INVALID)
         try:
-            if name == abi.LLM_IMPORT:
-                assert mem is not None
-                segments = mem.read_many(abi.parse_iovecs(raw), max_total=4 * abi.MAX_HOST_PAYLOAD)
-                if segments is None:
-                    return DoneJob(abi.E_INVALID)
-                self.counters["llm_calls"] += 1
-                return self.services.start_llm(self, self._messages(segments))
             if name == abi.TOOL_IMPORT:
                 # The guest hands tool_call the assistant message the model job just returned, byte for byte:
                 # the message it was made from stands in for parsing it again (see guest_abi.flat_request).
