@@ -18,6 +18,7 @@ import pytest
 from sandbox_helpers import SANDBOX_SPECS, SeenServices, finish, initialized, send_text
 
 from openfang.workers.manifest import load_manifest
+from openfang.workers.sandbox import _wasmtime
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox._wasmtime import (
     FUEL_TANK,
@@ -531,6 +532,28 @@ def test_callpath_host_call_answered_at_once_meters_and_ends_as_the_general_path
         assert values_rt._pending == {}
         made = values_rt._next_pending - start
         assert made == (0 if now else 40 + 3 + 1 + 1 + 2)
+        seen.append(runs)
+        inst.close()
+    assert seen[0] == seen[1]
+
+
+def test_callpath_host_call_answered_at_once_without_a_native_continuation_takes_the_pending_path(
+    values_rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where libc's abs cannot serve as the continuation (_DONE_AT 0: another ABI), an answer handed back at
+    once goes through a pending entry, with the same values, polls and fuel as the native path."""
+    seen = []
+    for native in (True, False):
+        if not native:
+            monkeypatch.setattr(_wasmtime, "_DONE_AT", 0)
+        inst = _values_instance(values_rt, mem_mb=1)
+        start = values_rt._next_pending
+        runs = [
+            _polled(inst, "ask_spin", (3, 0), Answerer(now=True)),
+            _polled(inst, "ask", (-3,), Answerer(now=True)),
+        ]
+        assert values_rt._pending == {}
+        assert values_rt._next_pending - start == (0 if native else 3 + 1)
         seen.append(runs)
         inst.close()
     assert seen[0] == seen[1]

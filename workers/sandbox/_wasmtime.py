@@ -96,12 +96,13 @@ _CONTINUATION = ctypes.CFUNCTYPE(ctypes.c_bool, _VOID_P)
 # entering Python (a ctypes callback would: ~1 us with its GIL round trip). libc's ``abs`` of the env word
 # 1 returns 1, i.e. true in the C ABI's bool (the low byte of the int return register); wasmtime's
 # continuation type passes (env, caller, trap) in the integer argument registers, and abs reads the first
-# only. Checked here through a prototype of the continuation's own type.
+# only. Checked here through a prototype of the continuation's own type; where that does not hold (another
+# ABI), _DONE_AT is 0 and an answered call takes the Python continuation like any other.
 _DONE_ENV = 1
 _DONE_AT = ctypes.cast(ctypes.CDLL(None).abs, ctypes.c_void_p).value or 0
 _AS_CONTINUATION = ctypes.CFUNCTYPE(ctypes.c_bool, _VOID_P, _VOID_P, _VOID_P)  # (env, caller, trap)
-if not _DONE_AT or _AS_CONTINUATION(_DONE_AT)(_DONE_ENV, 0, 0) is not True:
-    raise ImportError("libc's abs(1) does not read as true: no native continuation for completed host calls")
+if _DONE_AT and _AS_CONTINUATION(_DONE_AT)(_DONE_ENV, 0, 0) is not True:
+    _DONE_AT = 0
 _define_func = ffi.dll["wasmtime_linker_define_func"]
 _define_func.restype = _VOID_P  # a wasmtime_error_t*, None when it worked
 _define_func.argtypes = [_VOID_P, _VOID_P, _SIZE_T, _VOID_P, _SIZE_T, _VOID_P, _VOID_P, _VOID_P, _VOID_P]
@@ -482,6 +483,8 @@ class Runtime:
         except Exception:
             poller = -2
         fields = _CONTINUATION_WORDS.from_address(cont)
+        if not _DONE_AT and isinstance(poller, int):
+            poller = _const(poller)  # no native continuation on this ABI: answered through the pending path
         if poller.__class__ is int:
             # Answered now: the result goes where wasmtime reads it once the continuation reports completion
             # (it keeps `results` until then), and the continuation is native (no pending entry, no park).
