@@ -12,6 +12,7 @@ envelope and, when a schema is registered for the type, the body.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Callable, Container, Mapping
@@ -43,8 +44,26 @@ def register_body_validator(message_type: str, validator: BodyValidator) -> None
 
 
 def new_id() -> str:
-    """A fresh request id: 16 random bytes as hex (unique enough to be an idempotency key)."""
-    return os.urandom(16).hex()
+    """A fresh request id, 32 hex characters: this process's random prefix (8 bytes from ``os.urandom``,
+    made again in every forked child) and a counter. Unique across processes, forks and restarts, so it
+    serves as an idempotency key (the memory writer's); not a secret: nothing takes an id as proof of
+    anything (the gateway gives every request its own key, signing has its own nonces). One ``urandom``
+    syscall per process instead of one per id (0.53 -> ~0.2 us an id)."""
+    return f"{_id_prefix}{next(_id_counter):016x}"
+
+
+def _new_id_prefix() -> None:
+    """A new prefix and counter for this process (at import, and in a forked child: a child that kept its
+    parent's prefix and counter would hand out the parent's next ids)."""
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(8).hex()
+    _id_counter = itertools.count()
+
+
+_id_prefix = ""
+_id_counter = itertools.count()
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 _UNSET: Any = object()  # "not given" for Envelope's own __init__ (None is a value a caller may pass)
