@@ -62,7 +62,9 @@ def test_new_id_differs_between_processes() -> None:
     """Two fresh interpreters (a restart) start from different prefixes."""
     code = "from openfang.protocol.envelope import new_id; print(new_id())"
     first, second = (
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+        subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        ).stdout.strip()
         for _ in range(2)
     )
     assert _ID.fullmatch(first) and _ID.fullmatch(second)

@@ -44,6 +44,7 @@ import structlog
 from openfang.protocol import messages
 from openfang.protocol.bodies import AgentList, AgentMove, AgentRef, AgentSend, AgentSpawn
 from openfang.protocol.envelope import Envelope
+from openfang.protocol.envelope import made as _envelope
 from openfang.protocol.errors import (
     AlreadyExists,
     Busy,
@@ -723,7 +724,7 @@ class AgentHost:
         if agent.task is not None:  # task_update: the A2A state and artifacts of this message
             body["task"] = agent.task
             agent.task = None
-        return Envelope(type=f"{env.type}.ok", body=body, id=env.id)  # env.reply(body) less its copy of body
+        return _envelope(env.type + ".ok", body, env.id)  # env.reply(body) less its copy of body
 
     def _crashed(self, agent: HostedAgent, error: BaseException, *, cause: str = "trap") -> None:
         """simple_one_for_one: restart this agent per its policy and window; siblings are never touched.
