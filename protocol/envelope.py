@@ -12,6 +12,7 @@ envelope and, when a schema is registered for the type, the body.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Callable, Container, Mapping
@@ -43,8 +44,26 @@ def register_body_validator(message_type: str, validator: BodyValidator) -> None
 
 
 def new_id() -> str:
-    """A fresh request id: 16 random bytes as hex (unique enough to be an idempotency key)."""
-    return os.urandom(16).hex()
+    """A fresh request id, 32 hex characters: this process's random prefix (8 bytes from ``os.urandom``,
+    made again in every forked child) and a counter. Unique across processes, forks and restarts, so it
+    serves as an idempotency key (the memory writer's); not a secret: nothing takes an id as proof of
+    anything (the gateway gives every request its own key, signing has its own nonces). One ``urandom``
+    syscall per process instead of one per id (0.53 -> ~0.2 us an id)."""
+    return f"{_id_prefix}{next(_id_counter):016x}"
+
+
+def _new_id_prefix() -> None:
+    """A new prefix and counter for this process (at import, and in a forked child: a child that kept its
+    parent's prefix and counter would hand out the parent's next ids)."""
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(8).hex()
+    _id_counter = itertools.count()
+
+
+_id_prefix = ""
+_id_counter = itertools.count()
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 _UNSET: Any = object()  # "not given" for Envelope's own __init__ (None is a value a caller may pass)
@@ -90,9 +109,9 @@ _set_v = vars(Envelope)["v"].__set__
 _new_object = object.__new__
 
 
-def _made(msg_type: str, body: dict[str, Any], msg_id: str) -> Envelope:
+def made(msg_type: str, body: dict[str, Any], msg_id: str) -> Envelope:
     """``Envelope(type=msg_type, body=body, id=msg_id)`` without the class call and its keywords (0.27
-    against 0.7 us measured): for decode, which makes one per message."""
+    against 0.7 us measured): for decode and the worker's reply, made once per message each."""
     env: Envelope = _new_object(Envelope)
     _set_type(env, msg_type)
     _set_body(env, body)
@@ -151,11 +170,13 @@ def decode(
     if len(data) > max_size:
         raise FrameTooLarge(f"frame is {len(data)} bytes, the limit is {max_size}")
     try:
-        raw = msgpack.unpackb(
-            data, raw=False, strict_map_key=True, max_bin_len=max_size, max_str_len=max_size
-        )
-    except Exception as exc:  # msgpack raises several unrelated types: translate once, here.
-        raise ProtocolError(f"frame is not valid msgpack: {_unpack_reason(exc)}") from None
+        # unpackb's defaults are raw=False and strict_map_key=True, and its max_*_len limits are len(data)
+        # (<= max_size, checked above): what unpacks with the limits spelt out unpacks to the same value
+        # without them (a string or array cannot be longer than the frame holding it), 1.0 -> 0.58 us an
+        # agent.send without the keywords. A frame that fails is unpacked again as before, for its error.
+        raw = _unpackb(data)
+    except Exception:
+        raw = _unpack_spelt_out(data, max_size)
     if type(raw) is dict and len(raw) == 4:
         # The common case, every envelope field present and well typed (four keys, all of them known: no
         # unknown field): the same checks as below in fewer steps, so the same envelope or the same error.
@@ -176,7 +197,7 @@ def decode(
                 found = validator(body)
                 if found:
                     raise ProtocolError("; ".join(found))
-            return _made(msg_type, body, msg_id)
+            return made(msg_type, body, msg_id)
     if not isinstance(raw, dict):
         raise ProtocolError(f"envelope must be a map, got {type(raw).__name__}")
     problems: list[str] = []
@@ -211,6 +232,20 @@ def decode(
         raise ProtocolError("; ".join(problems))
     assert isinstance(msg_id, str) and isinstance(msg_type, str) and isinstance(body, dict)
     return Envelope(v=PROTOCOL_VERSION, id=msg_id, type=msg_type, body=body)
+
+
+_unpackb = msgpack.unpackb
+
+
+def _unpack_spelt_out(data: bytes, max_size: int) -> Any:
+    """``data`` unpacked with decode's options spelt out (its limits at ``max_size``), or the ProtocolError
+    naming why it is not msgpack."""
+    try:
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, max_bin_len=max_size, max_str_len=max_size
+        )
+    except Exception as exc:  # msgpack raises several unrelated types: translate once, here.
+        raise ProtocolError(f"frame is not valid msgpack: {_unpack_reason(exc)}") from None
 
 
 def _unpack_reason(exc: Exception) -> str:

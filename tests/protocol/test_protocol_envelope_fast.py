@@ -205,3 +205,74 @@ def test_encode_in_threads_at_once_gives_each_its_own_bytes() -> None:
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_envelope_made_equals_the_class_call() -> None:
+    """``made(type, body, id)`` is ``Envelope(type=, body=, id=)``: equal, the body kept as given, frozen."""
+    body = {"reply": "x"}
+    ours = envelope_module.made("agent.send.ok", body, "r-9")
+    assert ours == Envelope(type="agent.send.ok", body=body, id="r-9") and ours.body is body
+    assert _fields(ours) == ("agent.send.ok", body, "r-9", PROTOCOL_VERSION)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ours.id = "other"  # type: ignore[misc]
+
+
+def _spelt_out(data: bytes, max_size: int) -> tuple[str, Any]:
+    """How decode unpacked a frame before (its options and limits spelt out): the value or the error."""
+    try:
+        return (
+            "ok",
+            msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=max_size, max_str_len=max_size),
+        )
+    except Exception as exc:
+        return ("error", (type(exc).__name__, str(exc)))
+
+
+def test_decode_unpack_without_options_equals_the_spelt_out_unpack() -> None:
+    """Every frame that unpacks without the options unpacks to the same value with them, and every other
+    frame decodes to the error of the spelt-out unpack: truncations, flipped bytes, forged lengths, binary
+    and non-string keys, over the catalogue's examples, at the default and a small max_size."""
+    rng = random.Random(16)
+    frames: list[bytes] = []
+    for message_type, body in [*_examples.REQUESTS.items(), ("event", _examples.EVENT)]:
+        data = msgpack.packb({"v": 1, "id": "r-1", "type": message_type, "body": body}, use_bin_type=True)
+        frames.append(data)
+        frames += [data[:cut] for cut in range(0, len(data), max(1, len(data) // 12))]
+        for _ in range(12):
+            flipped = bytearray(data)
+            flipped[rng.randrange(len(data))] = rng.randrange(256)
+            frames.append(bytes(flipped))
+    frames += [
+        b"\xdb\x00\x00\x10\x00abc",  # a str8/32 header longer than the frame (truncated or forged)
+        b"\xc6\x00\x00\x10\x00abc",  # the same for bin
+        b"\xdd\x00\x00\x10\x00\x01",  # an array claiming 4096 elements
+        b"\xdf\x00\x00\x10\x00\x01\x01",  # a map claiming 4096 entries
+        msgpack.packb({1: "x"}),  # a non-string key
+        msgpack.packb({b"id": "x"}, use_bin_type=True),  # a binary key
+        msgpack.packb({"v": 1, "id": b"raw", "type": "ping", "body": {}}, use_bin_type=True),
+        msgpack.packb({"v": 1, "id": "r", "type": "ping", "body": {}}) + b"\x00",  # extra data
+        b"\xc1",
+        b"",
+    ]
+    checked = 0
+    for data in frames:
+        for max_size in (envelope_module.DEFAULT_MAX_FRAME, 64):
+            if len(data) > max_size:
+                continue
+            try:
+                fast: tuple[str, Any] = ("ok", msgpack.unpackb(data))
+            except Exception:
+                fast = ("error", None)
+            before = _spelt_out(data, max_size)
+            if fast[0] == "ok":
+                assert before == fast, data
+            else:
+                with pytest.raises(OpenFangError) as caught:
+                    decode(data, max_size=max_size)
+                assert before[0] == "error", data
+                assert caught.value.message.startswith("frame is not valid msgpack: "), data
+                with pytest.raises(OpenFangError) as again:
+                    envelope_module._unpack_spelt_out(data, max_size)
+                assert again.value.message == caught.value.message
+            checked += 1
+    assert checked > 300

@@ -50,3 +50,51 @@ def test_jobs_context_binds_agent_id_as_structlog_does() -> None:
         structlog.contextvars.reset_contextvars(**tokens)
         structlog.contextvars.unbind_contextvars("agent_id")
         runner.close()
+
+
+def test_jobs_inline_and_pooled_finish_alike_for_results_and_failures() -> None:
+    """An inline job (finished without ``_guarded``'s tuple) ends with the code, value, usage and error a
+    pooled one (through ``_guarded``) ends with: a result, an OpenFangError and a bug alike."""
+    from openfang.protocol.errors import OpenFangError
+
+    def ok() -> tuple[int, bytes, dict[str, int]]:
+        return 3, b"abc", {"prompt_tokens": 2}
+
+    def refused() -> tuple[int, bytes, dict[str, int]]:
+        raise OpenFangError("model said no")
+
+    def bug() -> tuple[int, bytes, dict[str, int]]:
+        raise KeyError("oops")
+
+    runner = jobs.JobRunner(max_threads=1)
+    try:
+        for work in (ok, refused, bug):
+            ends = []
+            for inline in (True, False):
+                job = jobs.ThreadJob("a1")
+                runner.run(job, work, inline=inline)
+                while not job.done:
+                    threading.Event().wait(0.001)
+                ends.append((job.code, job.value, job.usage, job.error))
+            assert ends[0][:3] == ends[1][:3], work.__name__
+            assert type(ends[0][3]) is type(ends[1][3]) and str(ends[0][3]) == str(ends[1][3])
+            if work is ok:
+                assert ends[0] == (3, b"abc", {"prompt_tokens": 2}, None)
+            else:
+                assert ends[0][0] < 0
+    finally:
+        runner.close()
+
+
+def test_usage_job_starts_with_every_field_a_thread_job_starts_with() -> None:
+    """UsageJob sets ThreadJob's fields itself (no super() call): the same values, and its agent."""
+    from types import SimpleNamespace
+
+    from openfang.workers.host.services import UsageJob
+
+    agent = SimpleNamespace(agent_id="a7")
+    ours, base = UsageJob(agent), jobs.ThreadJob("a7")  # type: ignore[arg-type]
+    for name in jobs.ThreadJob.__slots__:
+        assert getattr(ours, name) == getattr(base, name), name
+    assert ours.usage is not UsageJob(agent).usage  # type: ignore[arg-type]
+    assert ours._agent is agent

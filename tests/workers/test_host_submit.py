@@ -103,3 +103,18 @@ def test_submit_not_decoded_still_validates_the_body() -> None:
     assert reply.is_error and reply.body["code"] == "bad_request"
     assert "body.text" in reply.body["message"]
     d.host.close()
+
+
+def test_reply_usage_is_its_own_message_and_stays_as_sent() -> None:
+    """A reply carries its message's usage dict (with fuel) without a copy: the agent's next messages get
+    dicts of their own, so a reply's usage is not changed by them."""
+    d = make_host()
+    d.ok("agent.spawn", manifest=_manifest("e3", "echo"))
+    first = d.call("agent.send", service="echo", text="one")
+    kept = dict(first.body["usage"])
+    assert kept["fuel"] > 0 and set(kept) >= {"prompt_tokens", "completion_tokens", "tool_calls", "fuel"}
+    second = d.call("agent.send", service="echo", text="two, and longer than the first one was")
+    d.call("agent.send", service="echo", text="three")
+    assert first.body["usage"] == kept
+    assert second.body["usage"] is not first.body["usage"]
+    d.host.close()

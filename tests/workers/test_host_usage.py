@@ -78,3 +78,51 @@ def test_usage_priced_shortcut_equals_cost_usd() -> None:
         for _ in range(2):  # the second answer comes from the cache
             got = cost_usd(name, 1234, 567) if _priced(name) else None
             assert got == cost_usd(name, 1234, 567), name
+
+
+def test_usage_recorder_counts_what_llm_answered_counts_over_mixed_pairs() -> None:
+    """The recorder keeps the last pair's stats entry: over answers switching between providers, models
+    (priced, unpriced, str subclasses) and past MAX_LLM_PAIRS, the worker's figures and the agent's totals
+    equal those of llm_answered and cost_usd called for every answer."""
+    import random
+
+    from openfang.workers.host import stats as stats_module
+    from openfang.workers.host.stats import HostStats
+    from openfang.workers.llm.presets import cost_usd
+
+    class Name(str):
+        pass
+
+    rng = random.Random(7)
+    pairs = [
+        ("openai", "gpt-4o"),
+        ("scripted", "script"),
+        ("local", "llama3.2"),
+        (Name("openai"), Name("gpt-4o")),
+    ]
+    pairs += [(f"p{i}", f"m{i}") for i in range(stats_module.MAX_LLM_PAIRS + 5)]
+    agent = SimpleNamespace(agent_id="a-1", session="s", llm_usage={})
+    ours, theirs = HostStats("w"), HostStats("w")
+    record = usage_recorder(agent, None, ours)  # type: ignore[arg-type]
+    totals: dict[str, float] = {"llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    for i in range(600):
+        provider, model = pairs[rng.randrange(4)] if i % 3 else rng.choice(pairs)
+        prompt, completion = rng.randrange(0, 50), rng.randrange(0, 50)
+        resp = ChatResponse(
+            content="x",
+            tool_calls=[],
+            usage=Usage(prompt_tokens=prompt, completion_tokens=completion),
+            finish_reason="stop",
+            provider=provider,
+            model=model,
+        )
+        record(resp, 2.0)
+        theirs.llm_answered(str(provider), str(model), prompt, completion, 0.002)
+        totals["llm_calls"] += 1
+        totals["prompt_tokens"] += prompt
+        totals["completion_tokens"] += completion
+        cost = cost_usd(str(model), prompt, completion)
+        if cost is not None and str(model) == "gpt-4o":
+            totals["cost_usd"] = round(totals.get("cost_usd", 0) + cost, 8)
+    assert ours.to_wire() == theirs.to_wire()
+    assert agent.llm_usage == totals

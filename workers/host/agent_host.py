@@ -44,6 +44,7 @@ import structlog
 from openfang.protocol import messages
 from openfang.protocol.bodies import AgentList, AgentMove, AgentRef, AgentSend, AgentSpawn
 from openfang.protocol.envelope import Envelope
+from openfang.protocol.envelope import made as _envelope
 from openfang.protocol.errors import (
     AlreadyExists,
     Busy,
@@ -119,7 +120,7 @@ class AgentHost:
         self._audit = parts.audit
         self._security = parts.security
         self._memory = parts.memory
-        self._agents: dict[str, HostedAgent] = _AgentTable()
+        self._agents: _AgentTable = _AgentTable()
         self._pools: dict[str, tuple[int, list[HostedAgent]]] = {}  # service -> (table version, agents)
         # Agents with a call in progress (insertion order = round robin).
         self._active: dict[str, HostedAgent] = {}
@@ -473,9 +474,9 @@ class AgentHost:
     def _service_pool(self, service: str) -> list[HostedAgent]:
         """The agents serving ``service``, rebuilt only when an agent came or went (a scan of every agent
         per message made routing 6-12x slower beside 10,000 idle agents: perf/bench_scale.py)."""
-        version = self._agents.version if isinstance(self._agents, _AgentTable) else -1
+        version = self._agents.version  # an _AgentTable (made in __init__, never replaced)
         cached = self._pools.get(service)
-        if cached is None or cached[0] != version or version < 0:
+        if cached is None or cached[0] != version:
             cached = (version, [a for a in self._agents.values() if a.manifest.service == service])
             self._pools[service] = cached
         return cached[1]
@@ -712,7 +713,10 @@ class AgentHost:
                 "agent_message_failed", agent_id=agent.agent_id, code=err.code, error=err.message, llm=llm
             )
             return env.error(err)
-        usage = dict(agent.usage, fuel=agent.sandbox.fuel_used - agent.fuel_at_start)
+        # The message's own dict (_next_message makes a new one per message; its jobs have all finished): the
+        # reply takes it with its fuel, no copy.
+        usage = agent.usage
+        usage["fuel"] = agent.sandbox.fuel_used - agent.fuel_at_start
         reply = outcome.reply.decode("utf-8", "replace")
         if self._security is not None:
             reply = self._security.redact(reply)  # layer 11
@@ -723,7 +727,7 @@ class AgentHost:
         if agent.task is not None:  # task_update: the A2A state and artifacts of this message
             body["task"] = agent.task
             agent.task = None
-        return Envelope(type=f"{env.type}.ok", body=body, id=env.id)  # env.reply(body) less its copy of body
+        return _envelope(env.type + ".ok", body, env.id)  # env.reply(body) less its copy of body
 
     def _crashed(self, agent: HostedAgent, error: BaseException, *, cause: str = "trap") -> None:
         """simple_one_for_one: restart this agent per its policy and window; siblings are never touched.

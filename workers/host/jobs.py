@@ -133,9 +133,15 @@ def _agent_id_var() -> contextvars.ContextVar[Any]:
 
 
 def _bound_run(job: ThreadJob, work: Callable[[], tuple[int, bytes, dict[str, int]]]) -> None:
-    """In a copied context: bind ``agent_id`` (as ``bind_contextvars`` does), run the work, finish the job."""
+    """In a copied context: bind ``agent_id`` (as ``bind_contextvars`` does), run the work, finish the job
+    (``job.finish(*_guarded(work))`` without its tuple of four in between)."""
     _agent_id_var().set(job.agent_id)
-    job.finish(*_guarded(work))
+    try:
+        code, value, usage = work()
+    except Exception as exc:
+        job.finish(*_failure(exc))
+        return
+    job.finish(code, value, usage, None)
 
 
 def _guarded(
@@ -145,11 +151,16 @@ def _guarded(
     and the error itself for the host (an LLM failure is what the message's error reply reports)."""
     try:
         return (*work(), None)
-    except OpenFangError as exc:
-        return abi.E_FAILED, exc.message.encode(), {}, exc
     except Exception as exc:
-        log.warning("host_job_crashed", error=repr(exc))
-        return abi.E_FAILED, f"internal error: {type(exc).__name__}".encode(), {}, None
+        return _failure(exc)
+
+
+def _failure(exc: Exception) -> tuple[int, bytes, dict[str, int], OpenFangError | None]:
+    """What :func:`_guarded` makes of the work's exception ``exc``."""
+    if isinstance(exc, OpenFangError):
+        return abi.E_FAILED, exc.message.encode(), {}, exc
+    log.warning("host_job_crashed", error=repr(exc))
+    return abi.E_FAILED, f"internal error: {type(exc).__name__}".encode(), {}, None
 
 
 # -- LLM ---------------------------------------------------------------------------------------------------
@@ -342,10 +353,15 @@ class ModelCall:
                 {"id": c.id, "name": c.name, "arguments": c.arguments} for c in resp.tool_calls
             ]
             data = abi.encode_llm_result(msg, None)
+            exact = on_entry is not None and _assistant_exact(msg)
         else:
             data = abi.encode_llm_result(msg, content or "")
-        if on_entry is not None and _assistant_exact(msg):
-            on_entry(data[5 : 5 + _u32_at_1(data, 1)[0]], [msg])
+            # _assistant_exact of this plain message: a str (or no) content decides it (else the walk does).
+            exact = on_entry is not None and (
+                type(content) is str or content is None or _assistant_exact(msg)
+            )
+        if exact:
+            on_entry(data[5 : 5 + _u32_at_1(data, 1)[0]], [msg])  # type: ignore[misc]
         return len(data), data, counted
 
 

@@ -298,16 +298,26 @@ def usage_recorder(
     provider reported usage, recorded in procedural memory as a tool call named ``llm`` whose args are
     the provider, model, tokens and cost (null for a model without a price: workers/llm/presets.py)."""
     session = agent.session
+    # The last answer's provider and model, whether the model is priced and the stats entry the pair counts
+    # into (HostStats.llm_entry: it stays the pair's): an agent's answers mostly come from one provider and
+    # model. One tuple, replaced whole, so a job thread never reads half of another's.
+    last: list[tuple[str, str, bool, Any]] = [("", "", False, None)]
 
     def record(resp: Any, duration_ms: float) -> None:
         usage = resp.usage
         prompt, completion = int(usage.prompt_tokens), int(usage.completion_tokens)
-        model = str(resp.model)
-        cost = cost_usd(model, prompt, completion) if _priced(model) else None
+        provider, model = resp.provider, resp.model
+        if type(provider) is not str or type(model) is not str:
+            provider, model = str(provider), str(model)
+        seen = last[0]
+        if seen[0] != provider or seen[1] != model or seen[3] is None:
+            entry = stats.llm_entry(provider, model) if stats is not None else None
+            seen = last[0] = (provider, model, _priced(model), entry)
+        cost = cost_usd(model, prompt, completion) if seen[2] else None
         if stats is not None:
             for failed in getattr(resp, "failed", ()):  # fallback attempts that failed before this answer
                 stats.llm_failed(str(failed.provider), str(failed.model or ""), llm_error_kind(failed))
-            stats.llm_answered(str(resp.provider), model, prompt, completion, duration_ms / 1000)
+            stats.llm_count(seen[3], prompt, completion, duration_ms / 1000)
         totals = agent.llm_usage
         with _TOTALS_LOCK:  # LLM jobs of one agent may finish on different threads
             totals["llm_calls"] = totals.get("llm_calls", 0) + 1
@@ -409,7 +419,14 @@ class UsageJob(jobs.ThreadJob):
     __slots__ = ("_agent",)
 
     def __init__(self, agent: HostedAgent) -> None:
-        super().__init__(agent.agent_id)
+        # ThreadJob.__init__'s fields, set here without the super() call (one per model and tool call).
+        self.agent_id = agent.agent_id
+        self.done = False
+        self.code = abi.E_FAILED
+        self.value = b""
+        self.usage = {}
+        self.error = None
+        self.entry = None
         self._agent = agent
 
     def finish(

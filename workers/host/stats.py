@@ -86,9 +86,18 @@ class HostStats:
             return entry
 
     def llm_answered(self, provider: str, model: str, prompt: int, completion: int, seconds: float) -> None:
+        self.llm_count(self.llm_entry(provider, model), prompt, completion, seconds)
+
+    def llm_entry(self, provider: str, model: str) -> _LLM:
+        """The figures ``provider``/``model`` count into (``other`` past MAX_LLM_PAIRS): an entry, once
+        made, stays the pair's for the life of the stats, so a caller may keep it (the usage recorder of
+        an agent keeps the last one) and count into it with :meth:`llm_count`."""
         # A known pair's entry is read without the lock (entries are only ever added; a dict read is
         # atomic): one hold of the lock per answer, not two. A new pair takes _pair's way.
-        entry = self._llm.get((provider[:128] or "?", model[:256])) or self._pair(provider, model)
+        return self._llm.get((provider[:128] or "?", model[:256])) or self._pair(provider, model)
+
+    def llm_count(self, entry: _LLM, prompt: int, completion: int, seconds: float) -> None:
+        """One answer of the pair whose :meth:`llm_entry` is ``entry``: what :meth:`llm_answered` counts."""
         with self._lock:
             entry.requests += 1
             entry.prompt_tokens += prompt if prompt > 0 else 0
