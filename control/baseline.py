@@ -20,11 +20,11 @@ of the root's end, an idle descriptor like the others they inherit).
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import gc
 import os
 import signal
-import socket
 from typing import Any
 
 import msgpack
@@ -40,7 +40,7 @@ HELPER_NICE = 10  # the helper's CPU weight ~1/10 of the start's processes' (see
 class BaselineHelper:
     """A forked helper taking layer 14's baseline; :meth:`monitor` makes the monitor from its answer."""
 
-    def __init__(self, config: SecurityConfig, pid: int | None, sock: socket.socket | None) -> None:
+    def __init__(self, config: SecurityConfig, pid: int | None, sock: _socket.socket | None) -> None:
         self.config = config
         self.pid = pid
         self.sock = sock
@@ -50,7 +50,7 @@ class BaselineHelper:
         """Fork the helper (None when layer 14 is off); a failed fork leaves the work to :meth:`monitor`."""
         if not config.integrity.enabled:
             return None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         # As before any fork of the supervisor's: the helper's collector (on, openfang/_coldstart.py) must
         # not walk the heap it shares with the root (its GC headers' pages would be copied, ~10 ms).
         gc.freeze()
@@ -128,7 +128,7 @@ def _parse(raw: Any) -> Baseline | None:
     return out
 
 
-def _helper(config: SecurityConfig, sock: socket.socket) -> None:  # pragma: no cover - in the helper
+def _helper(config: SecurityConfig, sock: _socket.socket) -> None:  # pragma: no cover - in the helper
     # Signals sent to the whole group (a terminal's ^C) end the helper; none reaches the root's loop.
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
@@ -146,7 +146,7 @@ def _helper(config: SecurityConfig, sock: socket.socket) -> None:  # pragma: no 
     monitor = integrity_monitor(config, None)
     if monitor is not None:
         sock.sendall(msgpack.packb(monitor.baseline(), use_bin_type=True))
-    sock.shutdown(socket.SHUT_WR)
+    sock.shutdown(_socket.SHUT_WR)
     sock.recv(1)  # until the root says so (or is gone): it reaps the helper then, not its orphan reaper
 
 

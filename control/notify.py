@@ -6,9 +6,9 @@ STOPPING=1 and WATCHDOG=1. Outside systemd ``NOTIFY_SOCKET`` is unset and every 
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import os
-import socket
 import time
 from collections.abc import Mapping
 
@@ -24,9 +24,9 @@ class Notifier:
             self._address = b"\0" + path[1:].encode()  # abstract namespace
         elif path.startswith("/"):
             self._address = path
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         if self._address is not None:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
         self.watchdog_interval_s = _watchdog_interval(env)
 
     @property

@@ -26,7 +26,6 @@ from a per-name counter that is persisted and never goes back, so an id is never
 from __future__ import annotations
 
 import bisect
-import hashlib
 import itertools
 import sqlite3
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 from openfang.protocol.bodies import AGENT_STATES
 from openfang.protocol.errors import AlreadyExists, OpenFangError
 from openfang.security import dbfile
+from openfang.security._hashing import sha256
 
 STATES = AGENT_STATES
 LIVE_STATES = frozenset(STATES) - {"dead"}
@@ -146,7 +146,7 @@ class AgentRow:
 
 def manifest_digest(text: str) -> str:
     """The manifest's sha256 (hex), one string object per distinct text: rows share it (~0.1 KiB a row)."""
-    return sys.intern(hashlib.sha256(text.encode()).hexdigest())
+    return sys.intern(sha256(text.encode()).hexdigest())
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,10 @@ HIDDEN_DURING: dict[str, tuple[str, ...]] = {
 }
 # library -> modules it imports at its top but uses only inside functions we never (or later) call
 DEFERRED_DURING: dict[str, tuple[str, ...]] = {
-    "structlog": ("asyncio", "uuid"),  # uuid (and platform under it, ~3 ms): structlog.threadlocal's
+    # uuid (and platform under it, ~3 ms): structlog.threadlocal's; linecache (and tokenize under it, ~1 ms)
+    # and textwrap (~0.7 ms): traceback's (imported under structlog by logging and structlog._frames), read
+    # only to print a traceback
+    "structlog": ("asyncio", "uuid", "linecache", "textwrap"),
     "zmq": ("random",),  # Socket.bind_to_random_port's (~0.8 ms: random, bisect, _sha512)
 }
 

@@ -9,12 +9,13 @@ the human-readable audit table.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
 import msgpack
+
+from openfang.security._hashing import sha256
 
 
 def _sorted(value: Any, path: str) -> Any:
@@ -49,10 +50,10 @@ def canonical_json(value: Any) -> str:
 
 def sha256_hex(data: bytes) -> str:
     """Lower-case hex SHA-256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
+    return sha256(data).hexdigest()
 
 
 def fingerprint(value: str | bytes) -> str:
     """A short, non-reversible tag of a secret for audit records (first 12 hex chars of its SHA-256)."""
     raw = value.encode("utf-8") if isinstance(value, str) else value
-    return hashlib.sha256(b"openfang-fp\0" + raw).hexdigest()[:12]
+    return sha256(b"openfang-fp\0" + raw).hexdigest()[:12]

@@ -19,7 +19,6 @@ A hit is kept when it respects word boundaries (see the cue table's docstring) a
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 from bisect import bisect_left
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 
 import ahocorasick_rs
 
+from openfang.security._hashing import sha256
 from openfang.security._injection_cues import CONTEXT
 from openfang.security._injection_normalise import fold
 
@@ -179,7 +179,7 @@ def fingerprint(cues: Mapping[str, Sequence[str]]) -> str:
     """A digest of a cue table (and of which classes are context): the generated table records the one it
     was folded from."""
     text = repr((sorted(cues.items()), sorted(CONTEXT)))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sha256(text.encode()).hexdigest()
 
 
 def fold_table(cues: Mapping[str, Sequence[str]]) -> Table:

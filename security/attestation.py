@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 from openfang.security._canon import canonical_msgpack
 from openfang.security._ed25519 import Ed25519PrivateKey, Ed25519PublicKey, InvalidSignature
 from openfang.security._errors import Denied
+from openfang.security._hashing import compare_digest, sha256
 from openfang.security.audit import AuditSink
 
 DOMAIN = b"openfang-manifest-v1\0"
@@ -51,7 +50,7 @@ class Attested:
 
 def module_digest(data: bytes) -> str:
     """Lower-case hex SHA-256 of module bytes."""
-    return hashlib.sha256(data).hexdigest()
+    return sha256(data).hexdigest()
 
 
 def manifest_signing_bytes(manifest: Mapping[str, Any]) -> bytes:
@@ -103,7 +102,7 @@ class Attestor:
         if pinned is None:
             if self.config.require_pin:
                 raise self._deny(name, "unpinned", "manifest pins no sha256 digest", actual=actual)
-        elif not isinstance(pinned, str) or not hmac.compare_digest(pinned.lower(), actual):
+        elif not isinstance(pinned, str) or not compare_digest(pinned.lower(), actual):
             raise self._deny(
                 name,
                 "digest_mismatch",

@@ -23,8 +23,6 @@ memory writer) without touching the layers.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import json
 import os
 import sqlite3
@@ -37,6 +35,7 @@ from typing import Any, Protocol
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.security import dbfile
 from openfang.security._canon import canonical_json
+from openfang.security._hashing import compare_digest, hmac_sha256, sha256
 from openfang.security._keys import read_key_material
 
 GENESIS = "0" * 64
@@ -90,8 +89,8 @@ class VerifyResult:
 def _digest(record: str, key: bytes | None) -> str:
     data = record.encode("utf-8")
     if key is not None:
-        return hmac.new(key, data, hashlib.sha256).hexdigest()
-    return hashlib.sha256(data).hexdigest()
+        return hmac_sha256(key, data).hex()
+    return sha256(data).hexdigest()
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -319,7 +318,7 @@ def verify(
             return bad(
                 i, "previous-hash link is broken (a record before it was edited, removed or reordered)"
             )
-        if not hmac.compare_digest(_digest(record, key), str(digest)):
+        if not compare_digest(_digest(record, key), str(digest)):
             return bad(i, "hash does not match the record (the record was edited)")
         prev_hash = digest
     head = (len(rows), prev_hash) if rows else None

@@ -10,7 +10,6 @@ again if it changes), not on every tick, so a loop calling ``check`` each second
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import stat
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from openfang.security._hashing import sha256_stream
 from openfang.security.audit import AuditSink
 
 ViolationKind = Literal["modified", "missing", "unreadable", "module_replaced"]
@@ -37,7 +37,7 @@ class Violation:
 
 
 def _hash(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
+    h = sha256_stream()
     size = 0
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 16), b""):

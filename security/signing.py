@@ -18,8 +18,6 @@ outside ``max_skew``) and ``replayed`` (nonce seen within its TTL).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import time
 from collections.abc import Callable, Container, Iterable, Mapping
@@ -39,6 +37,7 @@ from openfang.security._ed25519 import (
     NotEd25519Key,
 )
 from openfang.security._errors import Denied
+from openfang.security._hashing import compare_digest, hmac_sha256
 from openfang.security._keys import read_key_material
 from openfang.security._replay import ReplayCache
 from openfang.security.audit import AuditSink
@@ -76,7 +75,7 @@ class SigningKey:
 
     def sign_bytes(self, data: bytes) -> bytes:
         if self.alg == HMAC_ALG and self.secret is not None:
-            return hmac.new(self.secret, data, hashlib.sha256).digest()
+            return hmac_sha256(self.secret, data)
         if self.alg == ED25519_ALG and self.private is not None:
             return self.private.sign(data)
         raise ValueError(f"key {self.kid!r} cannot sign with {self.alg!r}")
@@ -230,7 +229,7 @@ class Verifier:
         alg, material = entry
         if alg == HMAC_ALG:
             assert isinstance(material, bytes)
-            good = hmac.compare_digest(hmac.new(material, data, hashlib.sha256).digest(), auth["sig"])
+            good = compare_digest(hmac_sha256(material, data), auth["sig"])
         else:
             assert isinstance(material, Ed25519PublicKey)
             try:

@@ -10,13 +10,13 @@ sets it at start).
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import ctypes
 import gc
 import importlib
 import os
 import signal
-import socket
 import sys
 import traceback
 from collections.abc import Iterable, Mapping
@@ -44,7 +44,7 @@ class Spawned:
 
     pid: int
     pidfd: int
-    uplink: socket.socket  # the parent's end
+    uplink: _socket.socket  # the parent's end
 
 
 def _prctl(option: int, arg: int) -> None:
@@ -254,7 +254,7 @@ def _child_main(
     start: str,
     args: Mapping[str, Any],
     cpu: int | None,
-    uplink: socket.socket,
+    uplink: _socket.socket,
     parent_pid: int,
     close_fds: list[int],
 ) -> None:  # pragma: no cover - exercised in forked children

@@ -9,7 +9,7 @@ through :meth:`SupervisorState.add` and :meth:`SupervisorState.remove`, which ke
 
 from __future__ import annotations
 
-import socket
+import _socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -76,7 +76,7 @@ class ChildRecord:
     state: str = STOPPED
     pid: int | None = None
     pidfd: int | None = None
-    uplink: socket.socket | None = None
+    uplink: _socket.socket | None = None
     started_at: float | None = None
     ever_started: bool = False
     restarts: int = 0
@@ -103,7 +103,7 @@ class ChildRecord:
         return self.pid is not None
 
     @property
-    def link(self) -> socket.socket | InlineChild | None:
+    def link(self) -> _socket.socket | InlineChild | None:
         """What messages to this child go through: its uplink, or the inline supervisor itself."""
         return self.uplink if self.uplink is not None else self.inline
 

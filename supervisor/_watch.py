@@ -22,10 +22,10 @@ it (:class:`~openfang.supervisor._record.InlineChild`) instead of a packet and s
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import os
 import signal
-import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -122,16 +122,16 @@ class ChildWatcher:
         if rec.uplink is None:
             return False
         try:
-            rec.uplink.send(pack(msg), socket.MSG_DONTWAIT)
+            rec.uplink.send(pack(msg), _socket.MSG_DONTWAIT)
             return True
         except OSError:
             # A child that does not read its uplink must not block the supervisor: the message is dropped.
             return False
 
-    def _on_uplink(self, rec: ChildRecord, uplink: socket.socket) -> None:
+    def _on_uplink(self, rec: ChildRecord, uplink: _socket.socket) -> None:
         while True:
             try:
-                packet = uplink.recv(MAX_UPLINK_PACKET, socket.MSG_DONTWAIT)
+                packet = uplink.recv(MAX_UPLINK_PACKET, _socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:

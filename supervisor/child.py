@@ -29,12 +29,12 @@ and the daemon when the root gives up). The parent side is :mod:`openfang.superv
 
 from __future__ import annotations
 
+import _socket  # the C module: socket.py adds enums of its constants (~1.6 ms of every process's start)
 import contextlib
 import errno
 import importlib
 import os
 import select
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -118,16 +118,16 @@ def resolve_target(start: str) -> ChildTarget:
     return target  # type: ignore[no-any-return]
 
 
-def uplink_pair() -> tuple[socket.socket, socket.socket]:
+def uplink_pair() -> tuple[_socket.socket, _socket.socket]:
     """A (parent_end, child_end) SOCK_SEQPACKET pair, both close-on-exec.
 
     One packet must fit the send buffer (EMSGSIZE otherwise), so the buffers are raised towards
     MAX_UPLINK_PACKET (the kernel caps them at net.core.wmem_max / rmem_max).
     """
-    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    parent_end, child_end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
     for end in (parent_end, child_end):
         with contextlib.suppress(OSError):
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_UPLINK_PACKET)
+            end.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, MAX_UPLINK_PACKET)
     return parent_end, child_end
 
 
@@ -156,7 +156,7 @@ class ChildContext:
     path: str
     args: Mapping[str, Any] = field(default_factory=dict)
     cpu: int | None = None
-    uplink: socket.socket | None = None
+    uplink: _socket.socket | None = None
     _ready_sent: bool = False
     _last_heartbeat: float = 0.0
     _trim: trim.QuietTrim | None = None
@@ -236,7 +236,7 @@ class ChildContext:
         if self.uplink is None:
             return None
         try:
-            packet = self.uplink.recv(MAX_UPLINK_PACKET, socket.MSG_DONTWAIT)
+            packet = self.uplink.recv(MAX_UPLINK_PACKET, _socket.MSG_DONTWAIT)
         except BlockingIOError:
             return None
         if not packet:

@@ -80,3 +80,21 @@ def test_coldstart_child_forked_during_the_start_has_the_collector() -> None:
         "print(child, paused, gc.isenabled())"
     )
     assert out == "True True True"
+
+
+def test_coldstart_start_leaves_socket_and_hashlib_out() -> None:
+    """The daemon's, the gateway's and the worker's imports load neither socket.py (its enums and array,
+    ~1.6 ms: the uplinks and sd_notify use _socket) nor hashlib or hmac (libcrypto, ~2.4 ms:
+    security/_hashing); the uplink pair is still close-on-exec and passes a packet."""
+    out = _run(
+        "import os, sys\n"
+        "import openfang.control.daemon, openfang.control.gateway, openfang.workers.worker\n"
+        "print(sorted({'socket', 'array', 'hashlib', 'hmac', '_hashlib'} & set(sys.modules)))\n"
+        "from openfang.supervisor.child import uplink_pair\n"
+        "parent, child = uplink_pair()\n"
+        "child.send(b'x' * 70000)\n"
+        "inheritable = os.get_inheritable(parent.fileno()), os.get_inheritable(child.fileno())\n"
+        "print(*inheritable, len(parent.recv(1 << 17)))"
+    )
+    # a name in the first line: a module of the start imports it again (see the docstring for the why)
+    assert out.splitlines() == ["[]", "False False 70000"]

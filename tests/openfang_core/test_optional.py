@@ -124,3 +124,22 @@ def test_optional_deferred_random_works_on_first_use() -> None:
         "print(type(sys.modules['random']) is types.ModuleType, 49152 <= port < 65536)"
     )
     assert out.splitlines() == ["False _Deferred", "True True"]
+
+
+def test_optional_deferred_linecache_works_on_first_use() -> None:
+    """traceback (loaded under structlog) gets stand-ins for linecache and textwrap: the start's imports leave
+    them and tokenize out, and the first traceback printed imports them and shows each frame's source line."""
+    out = _run(
+        "import sys, openfang.control.daemon, openfang.control.gateway, openfang.workers.worker\n"
+        "import traceback\n"
+        "left = sorted({'linecache', 'tokenize', 'textwrap'} & set(sys.modules))\n"
+        "print(left, type(traceback.linecache).__name__, type(traceback.textwrap).__name__)\n"
+        "from openfang.protocol.envelope import decode\n"
+        "try:\n"
+        "    decode(b'not msgpack')\n"
+        "except Exception as exc:\n"
+        "    last = traceback.extract_tb(exc.__traceback__)[-1]\n"
+        "    text = traceback.format_exc()\n"
+        "print(bool(last.line) and last.line in text, {'linecache', 'textwrap'} <= set(sys.modules))"
+    )
+    assert out.splitlines() == ["[] _Deferred _Deferred", "True True"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import tomllib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import Any
 import structlog
 
 from openfang.protocol.bodies import AgentSpawn
+from openfang.security._hashing import sha256
 from openfang.supervisor.restart import RestartWindow
 from openfang.workers.host.record import HostedAgent
 from openfang.workers.host.security import HostSecurity
@@ -365,7 +365,7 @@ def module_digest(manifest: AgentManifest) -> str:
 
         return builtin_digest(manifest.module.removeprefix("builtin:"))
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return sha256(path.read_bytes()).hexdigest()
     except OSError:
         return "unreadable"  # the sandbox's load reports the real problem
 

@@ -31,7 +31,6 @@ or CPU, and the module is then compiled as before.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import threading
@@ -41,6 +40,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import structlog
+
+from openfang.security._hashing import sha256
 
 log = structlog.get_logger("openfang.workers.sandbox.module_cache")
 
@@ -177,7 +178,7 @@ def write_artifact(path: Path, artifact: bytes, *, mode: int) -> bool:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
         with os.fdopen(fd, "wb") as out:
             out.write(artifact)
-            out.write(hashlib.sha256(artifact).digest() + MAGIC)
+            out.write(sha256(artifact).digest() + MAGIC)
         os.replace(tmp, path)
     except OSError as exc:
         with suppress(OSError):
@@ -216,7 +217,7 @@ def _check(fd: int, owners: tuple[int, ...] | None = None) -> str | None:
     size = st.st_size - TRAILER_BYTES
     if size <= 0:
         return f"truncated ({st.st_size} bytes)"
-    digest = hashlib.sha256()
+    digest = sha256(size=size)
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
     done = 0

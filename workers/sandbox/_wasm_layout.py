@@ -14,10 +14,10 @@ global counts as hidden state: positive evidence or a refusal, never a guess.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from openfang.protocol.errors import SandboxError
+from openfang.security._hashing import sha256
 
 _SECTION_IMPORT, _SECTION_TABLE, _SECTION_MEMORY, _SECTION_GLOBAL, _SECTION_EXPORT = 2, 4, 5, 6, 7
 _SECTION_START, _SECTION_DATA = 8, 11
@@ -374,7 +374,7 @@ _cache: dict[str, ModuleLayout] = {}
 
 def layout_of(wasm: bytes, *, digest: str | None = None) -> ModuleLayout:
     """:func:`parse_layout`, memoised per module digest (bounded: the oldest entry goes first)."""
-    key = digest or hashlib.sha256(wasm).hexdigest()
+    key = digest or sha256(wasm).hexdigest()
     hit = _cache.get(key)
     if hit is not None:
         return hit

@@ -23,7 +23,6 @@ Invariants the rest of the package relies on:
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import mmap
 import struct
 import threading
@@ -37,6 +36,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from openfang.protocol.errors import SandboxError
+from openfang.security._hashing import sha256
 from openfang.workers.sandbox._module_cache import ModuleCache, ShippedModules
 
 WASMTIME_VERSION = "50.0.1"
@@ -531,7 +531,7 @@ class Runtime:
     # -- modules --------------------------------------------------------------------------------------
     def fingerprint(self) -> str:
         o = self.options
-        return hashlib.sha256(
+        return sha256(
             f"{WASMTIME_VERSION}/{o.max_wasm_stack_kb}/fuel/epoch/res0/grow8m/tables-exported".encode()
         ).hexdigest()[:16]
 

@@ -50,7 +50,8 @@ llm-agent before it reclaimed its heap wakes in this one (``_EARLIER``): same la
 from __future__ import annotations
 
 import functools
-import hashlib
+
+from openfang.security._hashing import sha256
 
 
 # The bump allocator: 8-byte aligned bump pointer, grows memory on demand, 0 on failure. The echo's ``alloc``
@@ -317,7 +318,7 @@ def builtin_source(name: str) -> bytes:
 @functools.cache
 def builtin_digest(name: str) -> str:
     """The sha256 of :func:`builtin_source` (hashed once: every spawn of a built-in asks for it)."""
-    return hashlib.sha256(builtin_source(name)).hexdigest()
+    return sha256(builtin_source(name)).hexdigest()
 
 
 def snapshot_fits(snapshot_digest: str, module_digest: str) -> bool:

@@ -22,7 +22,6 @@ code to the guest plus an audit record).
 from __future__ import annotations
 
 import functools
-import hashlib
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +33,7 @@ from typing import Any, Protocol
 import structlog
 
 from openfang.protocol.errors import SandboxError, SecurityError, Timeout
+from openfang.security._hashing import sha256
 from openfang.workers.manifest import AgentManifest
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox._wasm_layout import WasmFormatError, cached_layout, layout_of
@@ -164,7 +164,7 @@ def load_code(manifest: AgentManifest) -> tuple[bytes, str]:
             code = path.read_bytes()
         except OSError as exc:
             raise SandboxError(f"{manifest.source}: cannot read module {path}: {exc.strerror}") from None
-        digest = hashlib.sha256(code).hexdigest()
+        digest = sha256(code).hexdigest()
     if manifest.module_sha256 is not None and manifest.module_sha256 != digest:
         raise SecurityError(
             f"{manifest.source}: module {manifest.module} has sha256 {digest}, "
