@@ -36,7 +36,7 @@ def test_histogram_wire_form_is_a_valid_histogram_body() -> None:
 
 
 def test_histogram_observe_all_counts_as_observe_of_each_in_order() -> None:
-    """observe_all of a batch gives the same buckets, count and (bit-identical) sum as observe of each value."""
+    """observe_all of a batch gives the same buckets, count and bit-identical sum as observe of each."""
     import random
 
     rng = random.Random(7)
