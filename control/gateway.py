@@ -95,7 +95,7 @@ from openfang.protocol.errors import (
     Timeout,
     UnknownType,
 )
-from openfang.protocol.sockets import bind_pub, bind_router, send_nowait
+from openfang.protocol.sockets import bind_pub, bind_router, send_each, send_nowait
 from openfang.security.config import security_from_args
 from openfang.supervisor.child import ChildContext
 
@@ -938,17 +938,12 @@ class Gateway:
         if self._worker_out:
             self._flush_workers()
         outbox, self._outbox = self._outbox, []
-        clients = self.clients
-        for frames, reply_type, _id, _body in outbox:
-            try:
-                send_nowait(clients, frames, peer="client")
-            except OpenFangError as exc:
+        if outbox:
+            # In one loop (send_each: no call per reply); a reply that cannot leave does not stop the others.
+            for index, exc in send_each(self.clients, [item[0] for item in outbox], peer="client"):
                 # The client left or stopped reading; there is nobody to tell.
-                log.info("reply_dropped", reason=str(exc), request_type=reply_type)
-        replied = self.stats.replied
-        for frames, reply_type, reply_id, body in outbox:  # timed once they have left (not on their way)
-            if reply_type != messages.CHUNK_TYPE:
-                replied(frames[0], reply_id, reply_type, body)
+                log.info("reply_dropped", reason=str(exc), request_type=outbox[index][1])
+            self.stats.replied_all(outbox)  # timed once they have left (not on their way): one clock read
         if self._after_reply:  # the replies have left: what was held for them (at the latest, a batch's end)
             self._run_after_reply()
 

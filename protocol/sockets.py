@@ -39,6 +39,7 @@ __all__ = [
     "connect_sub",
     "generate_keys",
     "ipc_path",
+    "send_each",
     "send_nowait",
 ]
 
@@ -287,12 +288,39 @@ def send_nowait(sock: Socket, frames: Sequence[bytes], *, peer: str | None = Non
         last = len(frames) - 1
         for i, frame in enumerate(frames):
             send(sock, frame, _NOBLOCK_MORE if i < last else _NOBLOCK)
-    except zmq.Again:
-        who = peer or "peer"
-        raise Busy(f"send queue to {who} is full (or {who} is not connected yet); nothing was sent") from None
     except zmq.ZMQError as exc:
-        who = peer or "peer"
-        if exc.errno == zmq.EHOSTUNREACH:
-            routing_id = frames[0][:64] if frames else b""
-            raise NotFound(f"{who} (routing id {routing_id!r}) is not connected; nothing was sent") from None
-        raise OpenFangError(f"send to {who} failed: {exc.strerror}") from None
+        raise _send_error(exc, frames, peer) from None
+
+
+def send_each(
+    sock: Socket, messages: Iterable[Sequence[bytes]], *, peer: str | None = None
+) -> list[tuple[int, OpenFangError]]:
+    """:func:`send_nowait` of each multipart message in order, in one loop (no call per message: the
+    gateway's flush of its client replies). A message that cannot be sent does not stop the others: the
+    result lists ``(index, error)`` for each that failed, ``error`` being what :func:`send_nowait` would
+    have raised for it; empty when every message went."""
+    send = _BACKEND_SEND if type(sock).send is _SUGAR_SEND else type(sock).send
+    failed: list[tuple[int, OpenFangError]] = []
+    for index, frames in enumerate(messages):
+        try:
+            if len(frames) == 2:  # a routing id and a payload: as send_nowait sends them
+                send(sock, frames[0], _NOBLOCK_MORE)
+                send(sock, frames[1], _NOBLOCK)
+            else:
+                last = len(frames) - 1
+                for i, frame in enumerate(frames):
+                    send(sock, frame, _NOBLOCK_MORE if i < last else _NOBLOCK)
+        except zmq.ZMQError as exc:
+            failed.append((index, _send_error(exc, frames, peer)))
+    return failed
+
+
+def _send_error(exc: zmq.ZMQError, frames: Sequence[bytes], peer: str | None) -> OpenFangError:
+    """The error a failed non-blocking send of ``frames`` to ``peer`` is reported as (see send_nowait)."""
+    who = peer or "peer"
+    if isinstance(exc, zmq.Again):
+        return Busy(f"send queue to {who} is full (or {who} is not connected yet); nothing was sent")
+    if exc.errno == zmq.EHOSTUNREACH:
+        routing_id = frames[0][:64] if frames else b""
+        return NotFound(f"{who} (routing id {routing_id!r}) is not connected; nothing was sent")
+    return OpenFangError(f"send to {who} failed: {exc.strerror}")

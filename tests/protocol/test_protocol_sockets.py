@@ -17,7 +17,14 @@ from openfang.protocol import _zap
 from openfang.protocol.client import Client
 from openfang.protocol.curve import CurveClient, CurveServer, generate_keys
 from openfang.protocol.errors import AlreadyExists, Busy, ConfigError, NotFound, Timeout
-from openfang.protocol.sockets import MAX_IPC_PATH, bind_pub, bind_router, connect_dealer, send_nowait
+from openfang.protocol.sockets import (
+    MAX_IPC_PATH,
+    bind_pub,
+    bind_router,
+    connect_dealer,
+    send_each,
+    send_nowait,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -97,6 +104,46 @@ def test_send_nowait_raises_busy_when_a_router_peer_queue_is_full(ctx: Any, ipc:
     with pytest.raises(Busy, match="full"):
         for _ in range(100_000):
             send_nowait(router, [b"w1", b"x" * 65536], peer="worker w1")
+
+
+def test_send_each_sends_in_order_and_reports_each_failure_as_send_nowait_would(ctx: Any, ipc: str) -> None:
+    """send_each delivers every message it can, in order (two frames or a REQ's three), and gives each one
+    that fails with its index and the same error type and text as send_nowait of it; the rest still go."""
+    router = bind_router(ctx, f"ipc://{ipc}/r.sock")
+    dealer = connect_dealer(ctx, f"ipc://{ipc}/r.sock", identity="c1")
+    deadline = time.monotonic() + 10
+    while send_each(router, [[b"c1", b"probe"]]):  # until the dealer's connection is known
+        assert time.monotonic() < deadline, "dealer never connected"
+        time.sleep(0.01)
+    assert dealer.poll(5000) and dealer.recv_multipart() == [b"probe"]
+    messages = [[b"c1", b"one"], [b"w9", b"lost"], [b"c1", b"", b"two"], [b"nobody", b"x"], [b"c1", b"three"]]
+    failed = send_each(router, messages, peer="client")
+    assert [i for i, _ in failed] == [1, 3]
+    for index, exc in failed:
+        with pytest.raises(NotFound) as raised:
+            send_nowait(router, messages[index], peer="client")
+        assert type(exc) is type(raised.value) and str(exc) == str(raised.value)
+    got = []
+    while len(got) < 3:
+        assert dealer.poll(5000), f"only {got} arrived"
+        got.append(dealer.recv_multipart())
+    assert got == [[b"one"], [b"", b"two"], [b"three"]]
+    assert send_each(router, []) == []
+
+
+def test_send_each_reports_busy_for_a_full_peer_queue(ctx: Any, ipc: str) -> None:
+    """A peer that never reads: once its queue is full, each further message is reported Busy, none blocks."""
+    router = bind_router(ctx, f"ipc://{ipc}/r.sock", hwm=1)
+    router.sndbuf = 4096
+    dealer = connect_dealer(ctx, f"ipc://{ipc}/r.sock", identity="w1", hwm=1)
+    dealer.rcvbuf = 4096
+    deadline = time.monotonic() + 10
+    while send_each(router, [[b"w1", b"x" * 65536]]):
+        assert time.monotonic() < deadline, "dealer never connected"
+        time.sleep(0.01)
+    failed = send_each(router, [[b"w1", b"x" * 65536]] * 2000, peer="worker w1")
+    assert failed and all(isinstance(exc, Busy) and "full" in str(exc) for _, exc in failed)
+    assert len({i for i, _ in failed}) == len(failed) and all(0 <= i < 2000 for i, _ in failed)
 
 
 def test_ipc_socket_file_is_0600_in_a_new_0700_directory(ctx: Any, ipc: str) -> None:

@@ -33,3 +33,21 @@ def test_histogram_wire_form_is_a_valid_histogram_body() -> None:
     h.observe(0.2)
     compiled = _schema.compile_dataclass(HistogramBody, open_fields=True)
     assert _schema.body_validator(compiled)(h.to_wire()) == []
+
+
+def test_histogram_observe_all_counts_as_observe_of_each_in_order() -> None:
+    """observe_all of a batch gives the same buckets, count and bit-identical sum as observe of each."""
+    import random
+
+    rng = random.Random(7)
+    values = [*LATENCY_BUCKETS, 0.0, 31.0, *(rng.uniform(0, 40) for _ in range(200)), 0.1 + 1e-12]
+    one, batch = Histogram(), Histogram()
+    one.observe(0.3)
+    batch.observe(0.3)
+    for v in values:
+        one.observe(v)
+    batch.observe_all(values[:50])
+    batch.observe_all([])
+    batch.observe_all(values[50:])
+    assert batch.to_wire() == one.to_wire()
+    assert batch.count == len(values) + 1
