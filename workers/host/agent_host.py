@@ -612,7 +612,8 @@ class AgentHost:
     def _next_message(self, agent: HostedAgent) -> None:
         if agent.sandbox.state is not _IDLE:
             return  # busy (a message, or agent_init after a restart): the inbox waits for _started/_apply
-        if agent.current is not None or not agent.inbox:
+        inbox = agent.inbox
+        if agent.current is not None or not inbox:
             if agent.current is None and agent.moving is not None:
                 self._active.pop(agent.agent_id, None)
                 self._move_step(agent)  # idle now: the move it waited for goes ahead
@@ -621,7 +622,7 @@ class AgentHost:
                 if not agent.sandbox.user_suspended:
                     self._hib.arm(agent, self.clock())  # idle from now: the idle timer starts
             return
-        env, send, payload, message = agent.inbox[0]
+        env, send, payload, message = inbox[0]
         agent.sandbox.begin_message(payload, message)
         agent.idle_token += 1  # busy: a pending idle timer no longer applies
         agent.take()
