@@ -171,6 +171,14 @@ def encode_llm_result(message: dict[str, Any], answer: str | None) -> bytes:
     return b"A" + _u32(len(body)) + body + answer.encode()
 
 
+def encode_answer(content: str) -> tuple[bytes, int]:
+    """``encode_llm_result({"role": "assistant", "content": content}, content)`` of a str ``content`` (a
+    model's plain answer, the message written directly), and the length of the message's JSON in it: the
+    entry is ``result[5 : 5 + length]``."""
+    body = ('{"role":"assistant","content":' + _json_str(content) + "}").encode()
+    return b"A" + _u32(len(body)) + body + content.encode(), len(body)
+
+
 _CALLS_KEYS = ("role", "content", "tool_calls")
 _CALL_KEYS = ("id", "name", "arguments")
 
