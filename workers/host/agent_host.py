@@ -458,11 +458,11 @@ class AgentHost:
                     return agent
         if not pool:
             raise NotFound(f"no agent serves {service!r} on worker {self.worker_id}")
+        if len(pool) == 1:  # the rotation and the least-loaded choice of one agent: that agent
+            return pool[0]
         # Least loaded first; ties broken round-robin so equal agents share the traffic.
         start = self._rr.get(str(service), 0)
         self._rr[str(service)] = start + 1
-        if len(pool) == 1:  # the rotation and the least-loaded choice of one agent: that agent
-            return pool[0]
         rotated = pool[start % len(pool) :] + pool[: start % len(pool)]
         chosen = min(rotated, key=lambda a: len(a.inbox) + (a.current is not None))
         if chosen.moving is not None:  # leaving this worker: another agent of the service takes it if any

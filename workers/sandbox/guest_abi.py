@@ -298,6 +298,11 @@ def flat_request(messages: list[dict[str, Any]]) -> bool:
 
 def user_entry(text: str, *, session: str | None = None) -> tuple[bytes, dict[str, Any] | None]:
     """:func:`user_message` and the message it is the JSON of (None when its round trip is not exact)."""
+    if not session and type(text) is str:  # most messages: user_message's direct JSON; a str text is exact
+        return ('{"role":"user","content":' + _json_str(text) + "}").encode(), {
+            "role": "user",
+            "content": text,
+        }
     msg: dict[str, Any] = {"role": "user", "content": text}
     if session:
         msg["session"] = session
