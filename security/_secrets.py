@@ -230,18 +230,19 @@ _NEEDLES = sorted({n.lower() for d in (*SECRET_DETECTORS, *PII_DETECTORS) for n 
 _NEEDLE_AUTOMATON = ahocorasick_rs.AhoCorasick(_NEEDLES)
 _TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-"
 _TOKEN_SHAPE = bytes(ord("t") if i in _TOKEN_CHARS else ord(" ") for i in range(256))
-# Per detector tuple (by identity; the tuple is kept so its id stays its own): those needing no literal, and
-# the shortest text any of them can match (each needs min_digits digits or a token_run run: that many bytes).
-_LITERAL_FREE: dict[int, tuple[tuple[Detector, ...], tuple[Detector, ...], int]] = {}
+# Per detector tuple (by identity; the tuple is kept so its id stays its own): those needing no literal, each
+# with the shortest text it can match (min_digits digits or a token_run run: that many bytes), and the
+# shortest text any of them can match.
+_LITERAL_FREE: dict[int, tuple[tuple[Detector, ...], tuple[tuple[Detector, int], ...], int]] = {}
 
 
-def _literal_free(detectors: tuple[Detector, ...]) -> tuple[tuple[Detector, ...], int]:
+def _literal_free(detectors: tuple[Detector, ...]) -> tuple[tuple[tuple[Detector, int], ...], int]:
     entry = _LITERAL_FREE.get(id(detectors))
     if entry is None or entry[0] is not detectors:
         if len(_LITERAL_FREE) > 64:
             _LITERAL_FREE.clear()
-        free = tuple(d for d in detectors if not d.needs)
-        floor = min((max(d.min_digits, d.token_run) for d in free), default=0)
+        free = tuple((d, max(d.min_digits, d.token_run)) for d in detectors if not d.needs)
+        floor = min((n for _, n in free), default=0)
         entry = (detectors, free, floor)
         _LITERAL_FREE[id(detectors)] = entry
     return entry[1], entry[2]
@@ -273,10 +274,15 @@ def find_secrets(text: str, detectors: Iterable[Detector]) -> list[Finding]:
         matches = _NEEDLE_AUTOMATON.find_matches_as_indexes(text.lower(), overlapping=True)
         present = {_NEEDLES[i] for i, _, _ in matches} if matches else _NOTHING
         if not matches:
-            detectors, floor = _literal_free(detectors)
-            if len(data) < floor:
+            free, floor = _literal_free(detectors)
+            size = len(data)
+            if size < floor:
                 return []  # shorter than any digit count or token run a literal-free detector needs
-        detectors = [det for det in detectors if _may_match(det, text, data, present)]
+            # A detector whose digit count or token run is longer than the text is not asked (_may_match
+            # would say False: a short reply skips the token-run test of the high-entropy detector).
+            detectors = [det for det, least in free if size >= least and _may_match(det, text, data, present)]
+        else:
+            detectors = [det for det in detectors if _may_match(det, text, data, present)]
         if not detectors:
             return []  # most plain replies: no detector can match
     return scan_all(text, detectors)

@@ -173,6 +173,11 @@ def _passed(text: str) -> Verdict:
     return verdict
 
 
+# The verdict of every text that passes inside the detector (its memo holds it); scan() and check() hand
+# out _passed(text) for it, check_text() the text itself. Never handed out: its text is no caller's.
+_PASS = _passed("")
+
+
 def warning_for(source: Source, categories: tuple[str, ...]) -> str:
     """The note put in front of a flagged text for the model."""
     what = ", ".join(categories) or "unknown"
@@ -270,8 +275,14 @@ class InjectionDetector:
 
     def scan(self, text: str, *, source: Source = "user") -> Verdict:
         """Score ``text`` and decide (no audit; see :class:`InjectionGuard`)."""
+        verdict = self._verdict(text, source)
+        return _passed(text) if verdict is _PASS else verdict
+
+    def _verdict(self, text: str, source: Source) -> Verdict:
+        """:meth:`scan`'s verdict, or the shared :data:`_PASS` (whose text is not ``text``) when ``text``
+        passes: a caller that needs only the text to pass on builds no verdict for the texts that pass."""
         if not self.config.enabled or not text:
-            return _passed(text)
+            return _PASS
         if len(text) > _MEMO_TEXT or not self.memo_entries:
             return self._scan(text, source)
         memo, key = self._memo, (text, source)
@@ -291,18 +302,19 @@ class InjectionDetector:
         return verdict
 
     def _scan(self, text: str, source: Source) -> Verdict:
+        """The verdict of a scan of ``text`` (:data:`_PASS` when it passes)."""
         if self.fast_path and len(text) <= self.config.max_scan_chars and text.isascii():
             # Most traffic, decided as _assess decides it in fewer steps: an ASCII text whose fold yields no
             # finding and that holds no base64 blob scores nothing (no hidden Unicode without non-ASCII
             # characters). A text with a finding or a blob is assessed in full, with these findings.
             found = _ascii_findings(text)
             if not found and (len(text) < _B64_MIN or not base64_payloads(text)):
-                return _passed(text)
+                return _PASS
             a = self._assess(text, found=found)
         else:
             a = self._assess(text)
         if not a.weights:  # most traffic: no rule fired
-            return _passed(text)
+            return _PASS
         kind = self._kind(a.score)
         rules = tuple(sorted(a.weights))
         categories = tuple(sorted({r.split(":", 1)[0] for r in rules}))
@@ -365,7 +377,21 @@ class InjectionGuard:
 
     def check(self, text: str, *, source: Source, agent_id: str = "", client: str = "") -> Verdict:
         """Scan ``text`` coming from ``source``; return the verdict (with the text to pass on) or raise."""
-        verdict = self.detector.scan(text, source=source)
+        verdict = self.detector._verdict(text, source)
+        if verdict is _PASS:
+            return _passed(text)
+        return self._judged(verdict, source, agent_id, client)
+
+    def check_text(self, text: str, *, source: Source, agent_id: str = "", client: str = "") -> str:
+        """``check(...).model_text``: the text to pass on (``text`` itself when it passes: no verdict is
+        built for it), audited and raised as :meth:`check` does."""
+        verdict = self.detector._verdict(text, source)
+        if verdict is _PASS:
+            return text
+        return self._judged(verdict, source, agent_id, client).model_text
+
+    def _judged(self, verdict: Verdict, source: Source, agent_id: str, client: str) -> Verdict:
+        """A verdict that did not pass: audited when detected; Denied raised when its action is block."""
         if verdict.detected:
             if self._audit is not None:
                 self._audit.append(

@@ -177,3 +177,22 @@ def test_find_secrets_short_texts_without_a_needle_equal_the_full_scan() -> None
         for text in texts:
             assert find_secrets(text, detectors) == scan_all(text, detectors), text
     assert find_secrets("4012888888881881", ALL)  # a real card number still found past the floor
+
+
+def test_find_secrets_literal_free_detector_at_exactly_its_length_is_asked() -> None:
+    """A needle-free text exactly as long as one literal-free detector's token run or digit count (a
+    32-character random token, a 13-digit card number) is still found: the per-detector length test skips
+    only detectors that need more than the text holds."""
+    rng = random.Random(15)
+    alphabet = "BCDFHJLMNQRTUVWZbcdfjmnqrtuvwz0123456789"  # no needle can form from these
+    tokens = ["".join(rng.choice(alphabet) for _ in range(32)) for _ in range(50)]
+    found = 0
+    for token in tokens:
+        for text in (token, f"{token} x", f"id {token}"):
+            want = scan_all(text, ALL)
+            assert find_secrets(text, ALL) == want, text
+            found += bool(want)
+    assert found  # some of them are high-entropy tokens: the detector was asked
+    for text in ("4222222222222", "4222222222222 ok"):
+        want = scan_all(text, ALL)
+        assert want and find_secrets(text, ALL) == want, text

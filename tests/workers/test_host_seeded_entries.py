@@ -264,12 +264,13 @@ def test_flat_request_only_for_one_message_with_scalar_arguments() -> None:
 
 def test_user_entry_seeds_exactly_when_json_exact() -> None:
     """user_entry's message is given (not None) exactly for texts and sessions whose message json_exact
-    accepts, over str, str subclasses and other types."""
+    accepts, over str, str subclasses and other types; its payload is user_message's."""
     texts: list[Any] = ["", 'hé\n"', "x" * 3000, _Str("sub"), 5, None, 1.5, math.inf]
     sessions: list[Any] = [None, "", "s1", _Str("s2")]
     for text in texts:
         for session in sessions:
             payload, msg = abi.user_entry(text, session=session)
+            assert payload == abi.user_message(text, session=session), (text, session)
             expect: dict[str, Any] = {"role": "user", "content": text}
             if session:
                 expect["session"] = session

@@ -228,3 +228,32 @@ def test_guest_abi_json_exact_equals_its_reference() -> None:
     answers = [abi.json_exact(v) for v in values]
     assert answers == [_json_exact_reference(v) for v in values]
     assert 500 < sum(answers) < len(values) - 500
+
+
+def test_encode_answer_is_encode_llm_result_of_a_plain_answer() -> None:
+    """A model's plain answer written directly is byte-identical to encode_llm_result of its assistant
+    message, and the length it gives cuts out exactly that message's JSON (the conversation entry)."""
+    rng = random.Random(9)
+    alphabet = [
+        "a",
+        "Z",
+        " ",
+        '"',
+        "\\",
+        "\n",
+        "\t",
+        "\x00",
+        "\x1f",
+        "\u00e9",
+        "\u2028",
+        "\u2603",
+        "\U0001f600",
+        "/",
+    ]
+    texts = ["", "billing", "tech: handled 00ff"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(2000)]
+    for text in texts:
+        message = {"role": "assistant", "content": text}
+        data, size = abi.encode_answer(text)
+        assert data == abi.encode_llm_result(message, text), text
+        assert json.loads(data[5 : 5 + size]) == message and data[5 + size :] == text.encode()

@@ -458,11 +458,11 @@ class AgentHost:
                     return agent
         if not pool:
             raise NotFound(f"no agent serves {service!r} on worker {self.worker_id}")
+        if len(pool) == 1:  # the rotation and the least-loaded choice of one agent: that agent
+            return pool[0]
         # Least loaded first; ties broken round-robin so equal agents share the traffic.
         start = self._rr.get(str(service), 0)
         self._rr[str(service)] = start + 1
-        if len(pool) == 1:  # the rotation and the least-loaded choice of one agent: that agent
-            return pool[0]
         rotated = pool[start % len(pool) :] + pool[: start % len(pool)]
         chosen = min(rotated, key=lambda a: len(a.inbox) + (a.current is not None))
         if chosen.moving is not None:  # leaving this worker: another agent of the service takes it if any
@@ -612,7 +612,8 @@ class AgentHost:
     def _next_message(self, agent: HostedAgent) -> None:
         if agent.sandbox.state is not _IDLE:
             return  # busy (a message, or agent_init after a restart): the inbox waits for _started/_apply
-        if agent.current is not None or not agent.inbox:
+        inbox = agent.inbox
+        if agent.current is not None or not inbox:
             if agent.current is None and agent.moving is not None:
                 self._active.pop(agent.agent_id, None)
                 self._move_step(agent)  # idle now: the move it waited for goes ahead
@@ -621,7 +622,7 @@ class AgentHost:
                 if not agent.sandbox.user_suspended:
                     self._hib.arm(agent, self.clock())  # idle from now: the idle timer starts
             return
-        env, send, payload, message = agent.inbox[0]
+        env, send, payload, message = inbox[0]
         agent.sandbox.begin_message(payload, message)
         agent.idle_token += 1  # busy: a pending idle timer no longer applies
         agent.take()

@@ -354,12 +354,15 @@ class ModelCall:
             ]
             data = abi.encode_llm_result(msg, None)
             exact = on_entry is not None and _assistant_exact(msg)
+        elif type(content) is str:  # a plain answer (most): written directly; a str content is exact
+            data, size = abi.encode_answer(content)
+            if on_entry is not None:
+                on_entry(data[5 : 5 + size], [msg])
+            return len(data), data, counted
         else:
             data = abi.encode_llm_result(msg, content or "")
-            # _assistant_exact of this plain message: a str (or no) content decides it (else the walk does).
-            exact = on_entry is not None and (
-                type(content) is str or content is None or _assistant_exact(msg)
-            )
+            # _assistant_exact of this plain message: no content decides it (else the walk does).
+            exact = on_entry is not None and (content is None or _assistant_exact(msg))
         if exact:
             on_entry(data[5 : 5 + _u32_at_1(data, 1)[0]], [msg])  # type: ignore[misc]
         return len(data), data, counted

@@ -329,13 +329,13 @@ class HostSecurity:
         if self.injection is None:
             return text
         # A flagged text goes on with a warning line for the model in front (model_text); a block raised.
-        return self.injection.check(text, source=source, agent_id=agent_id).model_text
+        return self.injection.check_text(text, source=source, agent_id=agent_id)
 
     def check_output(self, agent_id: str, text: str, *, source: Source) -> str:
         """Layer 2 on tool/LLM output flowing back into the conversation (``output_action``)."""
         if self.injection is None or not text:
             return text
-        return self.injection.check(text, source=source, agent_id=agent_id).model_text
+        return self.injection.check_text(text, source=source, agent_id=agent_id)
 
     def redact(self, text: str) -> str:
         """Layer 11: secrets and PII out of what leaves an agent (replies, tool results)."""

@@ -87,7 +87,9 @@ class Services:
         chat = agent.chat_cache.convert(messages)
         # The call's job body: the plan's model call (provider, system message, tools, content filter,
         # sinks: bound once per agent) with this call's messages, stream sink and entry sink.
-        work = functools.partial(plan.call.run, chat, self._delta_sink(agent), job.set_entry)
+        send = agent.current_send  # most messages ask for no stream: no sink to make (_delta_sink's None)
+        sink = self._delta_sink(agent) if send is not None and send.stream else None
+        work = functools.partial(plan.call.run, chat, sink, job.set_entry)
         self._runner.run(job, work, inline=plan.inline)
         return job
 

@@ -302,12 +302,19 @@ class ScriptedProvider:
             words = self._keywords[i]
             if words is not None:
                 fold, listed = words
+                found = False
                 if not fold:  # a case-sensitive list: a substring test is the regex search
-                    found = any(w in user for w in listed)
+                    for w in listed:  # a loop, not any() of a generator: no frame resumed per word
+                        if w in user:
+                            found = True
+                            break
                 elif user.isascii():  # ASCII text: its lower-case form holds the words iff (?i) finds them
                     if lowered is None:
                         lowered = user.lower()
-                    found = any(w in lowered for w in listed)
+                    for w in listed:
+                        if w in lowered:
+                            found = True
+                            break
                 else:  # Unicode case folding (Kelvin sign, long s...): the regex decides
                     found = rule.match.search(user) is not None
                 if found:

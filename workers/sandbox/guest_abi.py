@@ -171,6 +171,14 @@ def encode_llm_result(message: dict[str, Any], answer: str | None) -> bytes:
     return b"A" + _u32(len(body)) + body + answer.encode()
 
 
+def encode_answer(content: str) -> tuple[bytes, int]:
+    """``encode_llm_result({"role": "assistant", "content": content}, content)`` of a str ``content`` (a
+    model's plain answer, the message written directly), and the length of the message's JSON in it: the
+    entry is ``result[5 : 5 + length]``."""
+    body = ('{"role":"assistant","content":' + _json_str(content) + "}").encode()
+    return b"A" + _u32(len(body)) + body + content.encode(), len(body)
+
+
 _CALLS_KEYS = ("role", "content", "tool_calls")
 _CALL_KEYS = ("id", "name", "arguments")
 
@@ -290,6 +298,11 @@ def flat_request(messages: list[dict[str, Any]]) -> bool:
 
 def user_entry(text: str, *, session: str | None = None) -> tuple[bytes, dict[str, Any] | None]:
     """:func:`user_message` and the message it is the JSON of (None when its round trip is not exact)."""
+    if not session and type(text) is str:  # most messages: user_message's direct JSON; a str text is exact
+        return ('{"role":"user","content":' + _json_str(text) + "}").encode(), {
+            "role": "user",
+            "content": text,
+        }
     msg: dict[str, Any] = {"role": "user", "content": text}
     if session:
         msg["session"] = session
