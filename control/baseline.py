@@ -44,6 +44,9 @@ class BaselineHelper:
         self.config = config
         self.pid = pid
         self.sock = sock
+        self._chunks: list[bytes] = []  # the answer read so far (poll, _receive)
+        self._ended = False  # the helper's answer is all in (its end of the stream seen), or unreadable
+        self._told = False  # the helper was told to exit
 
     @classmethod
     def start(cls, config: SecurityConfig) -> BaselineHelper | None:
@@ -91,23 +94,64 @@ class BaselineHelper:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
 
-    def _release(self) -> None:
-        if self.sock is not None:
-            # A byte, not the end of the stream: every child the root forked since holds a copy of this end,
-            # so the helper would see no end while they live.
+    def _tell(self) -> None:
+        # A byte, not the end of the stream: every child the root forked since holds a copy of this end, so
+        # the helper would see no end while they live.
+        if self.sock is not None and not self._told:
+            self._told = True
             with contextlib.suppress(OSError):
                 self.sock.send(b"\0")
+
+    def _release(self) -> None:
+        if self.sock is not None:
+            self._tell()
             self.sock.close()
             self.sock = None
+
+    def poll(self) -> bool:
+        """Read what the helper has sent so far without waiting; True once its whole answer is in (or it
+        cannot be read: :meth:`monitor` then takes the baseline here). The root polls while its children
+        start, so :meth:`monitor` finds the answer read when the helper was done by then."""
+        if self.sock is None or self._ended:
+            return True
+        try:
+            while chunk := self.sock.recv(1 << 16, _socket.MSG_DONTWAIT):
+                self._chunks.append(chunk)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self._chunks = []
+        self._ended = True
+        # Told to exit now, while the root waits for its children: its exit (~1-3 ms of unmapping, woken on
+        # the root's core) then runs in the root's idle time, not in monitor() on the way to READY.
+        self._tell()
+        return True
+
+    def hurry(self) -> None:
+        """The root waits for the helper now (its tree has started: the low priority has nothing left to
+        yield to): the helper gets the root's priority back, when this process may raise it (a daemon with
+        CAP_SYS_NICE, as root; otherwise it stays at +10 and this changes nothing)."""
+        if self.pid is not None:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, self.pid, os.getpriority(os.PRIO_PROCESS, 0))
+
+    @property
+    def fileno(self) -> int | None:
+        """The root's end of the pair (readable when the helper sends), None once released."""
+        return None if self.sock is None else self.sock.fileno()
 
     def _receive(self) -> Baseline | None:
         if self.sock is None:
             return None
-        chunks: list[bytes] = []
+        chunks = self._chunks
         try:
-            self.sock.settimeout(READ_TIMEOUT_S)
-            while chunk := self.sock.recv(1 << 16):
-                chunks.append(chunk)
+            if not self._ended:
+                self.sock.settimeout(READ_TIMEOUT_S)
+                while chunk := self.sock.recv(1 << 16):
+                    chunks.append(chunk)
+                self._ended = True
+            if not chunks:
+                return None
             return _parse(msgpack.unpackb(b"".join(chunks), raw=False))
         except (OSError, ValueError, msgpack.UnpackException):
             return None
