@@ -190,7 +190,7 @@ class Daemon:
         if not baseline.poll():
             if not wait:
                 return
-            baseline.hurry()  # the root has nothing else to do before READY (if the gateway's start did not)
+            baseline.hurry()  # the root has nothing else to do before READY
         self._baseline = None
         try:
             self.integrity = baseline.monitor(self.audit)
@@ -329,9 +329,6 @@ class Daemon:
         ):
             # The root's own checks before READY, once it waits for the next children (see _before_ready).
             self.loop.call_when_idle(self._before_ready_soon)
-            if self._baseline is not None:
-                # Layer 14's helper yielded to the gateway's start (control/baseline.py), which is done.
-                self._baseline.hurry()
         if self.state != "stopped":
             self.sup.send_to_child(GATEWAY_ID, {"t": "event", "event": event})
             if (
