@@ -137,8 +137,8 @@ class Daemon:
         self._before_ready()  # if it did not run while the children started
         self._take_baseline(wait=True)
         if self._start_problem is not None:  # as a failed start, before READY as always
-            event, exc = self._start_problem
-            log.error(event, error=str(exc))
+            event, problem = self._start_problem
+            log.error(event, error=str(problem))
             self.stop()
             return EXIT_START_FAILED
         self.state = "running"

@@ -176,12 +176,12 @@ class Loop:
         elif self._timers:
             until_timer = max(0.0, self._timers[0][0] - self.time())
             timeout = until_timer if timeout is None else min(timeout, until_timer)
-        idle = self._idle and timeout != 0.0
+        idle = bool(self._idle) and timeout != 0.0
         events = self._selector.select(0.0 if idle else timeout)  # epoll: an empty set waits out the timeout
         if idle and not events:
-            callbacks, self._idle = self._idle, []
-            for callback in callbacks:
-                self._safely(callback)
+            waiting, self._idle = self._idle, []
+            for idle_callback in waiting:
+                self._safely(idle_callback)
         for key, _ in events:
             callback = self._readers.get(key.fd)  # a previous callback may have removed it
             if callback is not None:
