@@ -4,8 +4,10 @@ The daemon hashes its own package files (~190 files, ~3 MB) at start: the integr
 checks compare against. Hashed in the root, that is ~10 ms on the cold start's path, in series with the
 root's other work (the tree's start is CPU in series on one core, the root's, while the other core is idle
 but for the gateway's start). :meth:`BaselineHelper.start` forks a helper first thing instead: it takes the
-baseline on the other core, sends it back over a socket pair and waits; once the tree has started, the root
-reads it (:meth:`BaselineHelper.monitor`), tells the helper to exit and reaps it. The helper runs at a lower
+baseline on the other core, sends it back over a socket pair and waits; the root reads the answer as it comes
+while its tree starts (:meth:`BaselineHelper.poll`), makes the monitor (:meth:`BaselineHelper.monitor`) once
+it waits for a worker's ready or, at the latest, once the tree has started, and after READY tells the helper
+to exit and reaps it (:meth:`BaselineHelper.close`). The helper runs at a lower
 priority (``nice`` +10): the gateway, whose ready the root waits for, starts on that core at the same time.
 The baseline is of the files as they are when the helper runs, at the same point of the start as before:
 nothing is checked later than it was.
@@ -46,7 +48,6 @@ class BaselineHelper:
         self.sock = sock
         self._chunks: list[bytes] = []  # the answer read so far (poll, _receive)
         self._ended = False  # the helper's answer is all in (its end of the stream seen), or unreadable
-        self._told = False  # the helper was told to exit
 
     @classmethod
     def start(cls, config: SecurityConfig) -> BaselineHelper | None:
@@ -76,10 +77,10 @@ class BaselineHelper:
 
     def monitor(self, audit: AuditLog | None) -> IntegrityMonitor | None:
         """The integrity monitor from the helper's baseline, or from one taken here if the helper gave
-        none; the helper is then told to exit (:meth:`close` reaps it). Raises what taking the baseline
-        here raises (a configured file that cannot be read)."""
+        none. The helper is told to exit only by :meth:`close`, which reaps it: the root may take the monitor
+        in its loop while its children start, where an exited helper would be reaped as an orphan. Raises
+        what taking the baseline here raises (a configured file that cannot be read)."""
         baseline = self._receive()
-        self._release()
         if baseline is None:
             from openfang.control.guard import integrity_monitor  # see _helper
 
@@ -94,17 +95,12 @@ class BaselineHelper:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
 
-    def _tell(self) -> None:
-        # A byte, not the end of the stream: every child the root forked since holds a copy of this end, so
-        # the helper would see no end while they live.
-        if self.sock is not None and not self._told:
-            self._told = True
-            with contextlib.suppress(OSError):
-                self.sock.send(b"\0")
-
     def _release(self) -> None:
         if self.sock is not None:
-            self._tell()
+            # A byte, not the end of the stream: every child the root forked since holds a copy of this end,
+            # so the helper would see no end while they live.
+            with contextlib.suppress(OSError):
+                self.sock.send(b"\0")
             self.sock.close()
             self.sock = None
 
@@ -122,9 +118,6 @@ class BaselineHelper:
         except OSError:
             self._chunks = []
         self._ended = True
-        # Told to exit now, while the root waits for its children: its exit (~1-3 ms of unmapping, woken on
-        # the root's core) then runs in the root's idle time, not in monitor() on the way to READY.
-        self._tell()
         return True
 
     def hurry(self) -> None:

@@ -145,7 +145,7 @@ class Daemon:
         counts = self.sup.count_children()
         self.notifier.ready(f"running: {counts.get('active', 0)} children")
         if baseline is not None:
-            baseline.close()  # after READY: it has exited meanwhile (told so by monitor()); reaped here
+            baseline.close()  # after READY: told to exit and reaped here, never by the orphan reaper
         log.info("tree_started", config=self.config_path, endpoint=self.config.control.endpoint, **counts)
         if self.notifier.watchdog_interval_s:
             self._feed_watchdog()

@@ -113,7 +113,7 @@ def test_baseline_helper_runs_behind_the_start(tmp_path: Path) -> None:
 
 def test_baseline_helper_poll_reads_the_answer_without_waiting(tmp_path: Path) -> None:
     """poll() answers False while the helper has not finished its answer (never waiting for it), True once
-    it has, and tells it to exit then; monitor() makes the same monitor from what poll() read."""
+    it has; monitor() makes the same monitor from what poll() read, and only close() lets the helper go."""
     watched = tmp_path / "f"
     watched.write_text("x")
     config = _config(tmp_path, packages=[], files=[str(watched)])
@@ -140,13 +140,12 @@ def test_baseline_helper_poll_reads_the_answer_without_waiting(tmp_path: Path) -
     while not helper.poll() and time.monotonic() < deadline:
         time.sleep(0.001)
     assert helper.poll() is True
-    # Told to exit as soon as its answer is in (before monitor): it exits while the root still waits.
-    deadline = time.monotonic() + 10
-    while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert _reaped(pid)
     monitor = helper.monitor(None)
+    # Not told to exit before close(): an exit during the start would reach the root's orphan reaper.
+    time.sleep(0.05)
+    assert os.waitpid(pid, os.WNOHANG) == (0, 0)
     helper.close()
+    assert _reaped(pid)
     os.close(go_r)
     os.close(go_w)
     assert monitor is not None and monitor.baseline() == here.baseline()
