@@ -4,8 +4,10 @@ The daemon hashes its own package files (~190 files, ~3 MB) at start: the integr
 checks compare against. Hashed in the root, that is ~10 ms on the cold start's path, in series with the
 root's other work (the tree's start is CPU in series on one core, the root's, while the other core is idle
 but for the gateway's start). :meth:`BaselineHelper.start` forks a helper first thing instead: it takes the
-baseline on the other core, sends it back over a socket pair and waits; once the tree has started, the root
-reads it (:meth:`BaselineHelper.monitor`), tells the helper to exit and reaps it. The helper runs at a lower
+baseline on the other core, sends it back over a socket pair and waits; the root reads the answer as it comes
+while its tree starts (:meth:`BaselineHelper.poll`), makes the monitor (:meth:`BaselineHelper.monitor`) once
+it waits for a worker's ready or, at the latest, once the tree has started, and after READY tells the helper
+to exit and reaps it (:meth:`BaselineHelper.close`). The helper runs at a lower
 priority (``nice`` +10): the gateway, whose ready the root waits for, starts on that core at the same time.
 The baseline is of the files as they are when the helper runs, at the same point of the start as before:
 nothing is checked later than it was.
@@ -44,6 +46,8 @@ class BaselineHelper:
         self.config = config
         self.pid = pid
         self.sock = sock
+        self._chunks: list[bytes] = []  # the answer read so far (poll, _receive)
+        self._ended = False  # the helper's answer is all in (its end of the stream seen), or unreadable
 
     @classmethod
     def start(cls, config: SecurityConfig) -> BaselineHelper | None:
@@ -73,10 +77,10 @@ class BaselineHelper:
 
     def monitor(self, audit: AuditLog | None) -> IntegrityMonitor | None:
         """The integrity monitor from the helper's baseline, or from one taken here if the helper gave
-        none; the helper is then told to exit (:meth:`close` reaps it). Raises what taking the baseline
-        here raises (a configured file that cannot be read)."""
+        none. The helper is told to exit only by :meth:`close`, which reaps it: the root may take the monitor
+        in its loop while its children start, where an exited helper would be reaped as an orphan. Raises
+        what taking the baseline here raises (a configured file that cannot be read)."""
         baseline = self._receive()
-        self._release()
         if baseline is None:
             from openfang.control.guard import integrity_monitor  # see _helper
 
@@ -100,14 +104,47 @@ class BaselineHelper:
             self.sock.close()
             self.sock = None
 
+    def poll(self) -> bool:
+        """Read what the helper has sent so far without waiting; True once its whole answer is in (or it
+        cannot be read: :meth:`monitor` then takes the baseline here). The root polls while its children
+        start, so :meth:`monitor` finds the answer read when the helper was done by then."""
+        if self.sock is None or self._ended:
+            return True
+        try:
+            while chunk := self.sock.recv(1 << 16, _socket.MSG_DONTWAIT):
+                self._chunks.append(chunk)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self._chunks = []
+        self._ended = True
+        return True
+
+    def hurry(self) -> None:
+        """The root waits for the helper now (its tree has started: the low priority has nothing left to
+        yield to): the helper gets the root's priority back, when this process may raise it (a daemon with
+        CAP_SYS_NICE, as root; otherwise it stays at +10 and this changes nothing)."""
+        if self.pid is not None:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, self.pid, os.getpriority(os.PRIO_PROCESS, 0))
+
+    @property
+    def fileno(self) -> int | None:
+        """The root's end of the pair (readable when the helper sends), None once released."""
+        return None if self.sock is None else self.sock.fileno()
+
     def _receive(self) -> Baseline | None:
         if self.sock is None:
             return None
-        chunks: list[bytes] = []
+        chunks = self._chunks
         try:
-            self.sock.settimeout(READ_TIMEOUT_S)
-            while chunk := self.sock.recv(1 << 16):
-                chunks.append(chunk)
+            if not self._ended:
+                self.sock.settimeout(READ_TIMEOUT_S)
+                while chunk := self.sock.recv(1 << 16):
+                    chunks.append(chunk)
+                self._ended = True
+            if not chunks:
+                return None
             return _parse(msgpack.unpackb(b"".join(chunks), raw=False))
         except (OSError, ValueError, msgpack.UnpackException):
             return None

@@ -301,7 +301,9 @@ def parse_config(text: str, *, source: str, base_dir: Path, data_dir: str | None
         problems.extend(exc.problems)
     if problems or tree is None or control is None:
         raise ConfigError(problems)
-    sec_args = security_args(security_table, source=source, data_dir=resolved_data, base_dir=base_dir)
+    sec_args = security_args(
+        security_table, source=source, data_dir=resolved_data, base_dir=base_dir, parsed=security
+    )
     full_tree = with_gateway(with_worker_security(tree, sec_args), control, security, resolved_data)
     if metrics is not None:
         full_tree = with_metrics(full_tree, metrics, control, security)

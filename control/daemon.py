@@ -73,6 +73,9 @@ class Daemon:
         self.reloading = False  # a reload waits for the gateway to move agents off the workers it stops
         self.audit: AuditLog | None = None  # opened once the tree has started (run)
         self.integrity: IntegrityMonitor | None = None  # layer 14, from the baseline taken at start
+        self._baseline: BaselineHelper | None = None  # the helper whose answer is not taken yet
+        self._prepared = False  # _before_ready ran
+        self._start_problem: tuple[str, Exception] | None = None  # what fails the start before READY
         # The root is a subreaper (it sets that itself at start): orphaned descendants are reaped here.
         self.sup: SupervisorCore = supervisor_for(
             config.tree,
@@ -107,33 +110,42 @@ class Daemon:
         # other core, makes a fresh data dir's audit.db (its fsyncs off the root's path).
         audit_key(self.config.security)
         self.notifier.status("starting the supervision tree")
+        self._baseline = baseline
+        helper_fd = None if baseline is None else baseline.fileno
+        if baseline is not None and helper_fd is not None:
+            # The helper's answer is read as it comes, while the tree starts (the loop runs then).
+            def helper_readable() -> None:
+                if baseline.poll():
+                    self.loop.remove_reader(helper_fd)
+
+            self.loop.add_reader(helper_fd, helper_readable)
         try:
             self.sup.start()
         except OpenFangError as exc:
             log.error("tree_start_failed", error=str(exc))
             self.notifier.stopping()
+            if self.audit is not None:
+                self.audit.close()
+            self._remove_pidfile()
             return EXIT_START_FAILED
         finally:
+            if helper_fd is not None:
+                self.loop.remove_reader(helper_fd)
             # The start's imports and setup made next to no garbage: collected from now on (children
             # forked meanwhile turned their own collector on: openfang/_coldstart.py).
             _coldstart.resume()
-        try:
-            self.audit = open_audit(self.config.security)
-            self.integrity = None if baseline is None else baseline.monitor(self.audit)
-        except ConfigError as exc:  # the log cannot be opened: as a failed start
-            log.error("audit_open_failed", error=str(exc))
-            self.stop()
-            return EXIT_START_FAILED
-        except (OSError, ValueError) as exc:  # a configured file that cannot be read: as a failed start
-            log.error("integrity_baseline_failed", error=str(exc))
+        self._before_ready()  # if it did not run while the children started
+        self._take_baseline(wait=True)
+        if self._start_problem is not None:  # as a failed start, before READY as always
+            event, problem = self._start_problem
+            log.error(event, error=str(problem))
             self.stop()
             return EXIT_START_FAILED
         self.state = "running"
-        self._write_pidfile()
         counts = self.sup.count_children()
         self.notifier.ready(f"running: {counts.get('active', 0)} children")
         if baseline is not None:
-            baseline.close()  # after READY: it has exited meanwhile (told so by monitor()); reaped here
+            baseline.close()  # after READY: told to exit and reaped here, never by the orphan reaper
         log.info("tree_started", config=self.config_path, endpoint=self.config.control.endpoint, **counts)
         if self.notifier.watchdog_interval_s:
             self._feed_watchdog()
@@ -143,6 +155,47 @@ class Daemon:
         if self.audit is not None:
             self.audit.close()
         return self.exit_code
+
+    def _before_ready(self) -> None:
+        """The root's own checks before READY (its handle on the audit log, layer 14's baseline), run once:
+        the first time the root waits, idle, for a child started after the gateway (queued by the gateway's
+        start, whose ready means the log's file is made; a worker's start is ~7 ms of the root waiting) or,
+        failing that, after the tree has started. The baseline is taken then only if the helper's answer is
+        all in. A problem is kept and fails the start once the tree has started, before READY."""
+        if self._prepared:
+            return
+        self._prepared = True
+        try:
+            self.audit = open_audit(self.config.security)
+        except ConfigError as exc:  # the log cannot be opened: as a failed start
+            self._start_problem = ("audit_open_failed", exc)
+            return
+        # Written now rather than at READY (~1 ms): a start that fails after this removes them (stop).
+        self._write_pidfile()
+        self._take_baseline(wait=False)
+
+    def _before_ready_soon(self) -> None:
+        # In the loop, whose callbacks' errors are only logged: anything unexpected fails the start too.
+        try:
+            self._before_ready()
+        except Exception as exc:
+            self._start_problem = ("start_check_failed", exc)
+
+    def _take_baseline(self, *, wait: bool) -> None:
+        """Layer 14's monitor from the helper's answer: now if the answer is all in (or ``wait``), else
+        later (:meth:`_run` calls again with ``wait``)."""
+        baseline = self._baseline
+        if baseline is None or self._start_problem is not None or not self._prepared:
+            return
+        if not baseline.poll():
+            if not wait:
+                return
+            baseline.hurry()  # the root has nothing else to do before READY
+        self._baseline = None
+        try:
+            self.integrity = baseline.monitor(self.audit)
+        except (OSError, ValueError) as exc:  # a configured file that cannot be read: as a failed start
+            self._start_problem = ("integrity_baseline_failed", exc)
 
     def stop(self) -> None:
         """Stop the whole tree in reverse start order, honouring each child's shutdown policy."""
@@ -269,6 +322,13 @@ class Daemon:
         # Not logged here: the supervisor that owns a child logs its events (child_started, ...), and the
         # daemon's own events are logged where they happen (config_reloaded, integrity_violation...).
         event.setdefault("time", time.time())
+        if (
+            self.state == "starting"
+            and event.get("kind") == "child.started"
+            and event.get("path") == _GATEWAY_PATH
+        ):
+            # The root's own checks before READY, once it waits for the next children (see _before_ready).
+            self.loop.call_when_idle(self._before_ready_soon)
         if self.state != "stopped":
             self.sup.send_to_child(GATEWAY_ID, {"t": "event", "event": event})
             if (

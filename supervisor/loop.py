@@ -56,6 +56,7 @@ class Loop:
         self._timers: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
         self._ready: deque[Callback] = deque()
+        self._idle: list[Callback] = []  # run once, when the loop would next wait (call_when_idle)
         self._signals: dict[int, Callback] = {}
         self._old_handlers: dict[int, Any] = {}
         self._wakeup_r: int | None = None
@@ -74,6 +75,12 @@ class Loop:
         handle = TimerHandle(self.time(), callback)
         self._ready.append(lambda: None if handle.cancelled else callback())
         return handle
+
+    def call_when_idle(self, callback: Callback) -> None:
+        """Run ``callback`` once, the first time the loop would wait: nothing queued, no timer due, no fd
+        readable. A supervisor that waits for a child's ready is idle then: work that need not come before
+        the fork (the daemon's own checks before READY) overlaps the child's start there."""
+        self._idle.append(callback)
 
     def call_later(self, delay_s: float, callback: Callback) -> TimerHandle:
         """Run ``callback`` after ``delay_s`` seconds (by :meth:`time`)."""
@@ -169,7 +176,12 @@ class Loop:
         elif self._timers:
             until_timer = max(0.0, self._timers[0][0] - self.time())
             timeout = until_timer if timeout is None else min(timeout, until_timer)
-        events = self._selector.select(timeout)  # epoll: an empty set still waits out the timeout
+        idle = bool(self._idle) and timeout != 0.0
+        events = self._selector.select(0.0 if idle else timeout)  # epoll: an empty set waits out the timeout
+        if idle and not events:
+            waiting, self._idle = self._idle, []
+            for idle_callback in waiting:
+                self._safely(idle_callback)
         for key, _ in events:
             callback = self._readers.get(key.fd)  # a previous callback may have removed it
             if callback is not None:

@@ -7,6 +7,7 @@ import socket
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from openfang.control.baseline import HELPER_NICE, BaselineHelper
@@ -108,3 +109,65 @@ def test_baseline_helper_runs_behind_the_start(tmp_path: Path) -> None:
     monitor = helper.monitor(None)
     helper.close()
     assert monitor is not None and monitor.baseline()
+
+
+def test_baseline_helper_poll_reads_the_answer_without_waiting(tmp_path: Path) -> None:
+    """poll() answers False while the helper has not finished its answer (never waiting for it), True once
+    it has; monitor() makes the same monitor from what poll() read, and only close() lets the helper go."""
+    watched = tmp_path / "f"
+    watched.write_text("x")
+    config = _config(tmp_path, packages=[], files=[str(watched)])
+    here = integrity_monitor(config, None)
+    assert here is not None
+    answer = msgpack.packb(here.baseline(), use_bin_type=True)
+    ours, theirs = socket.socketpair()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the stand-in helper: half the answer, then the rest when told
+        theirs.sendall(answer[:5])
+        os.read(go_r, 1)
+        theirs.sendall(answer[5:])
+        theirs.shutdown(socket.SHUT_WR)
+        theirs.recv(1)
+        os._exit(0)
+    theirs.close()
+    helper = BaselineHelper(config, pid, ours)
+    started = time.monotonic()
+    while time.monotonic() - started < 0.2:
+        assert helper.poll() is False
+    os.write(go_w, b"x")
+    deadline = time.monotonic() + 10
+    while not helper.poll() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert helper.poll() is True
+    monitor = helper.monitor(None)
+    # Not told to exit before close(): an exit during the start would reach the root's orphan reaper.
+    time.sleep(0.05)
+    assert os.waitpid(pid, os.WNOHANG) == (0, 0)
+    helper.close()
+    assert _reaped(pid)
+    os.close(go_r)
+    os.close(go_w)
+    assert monitor is not None and monitor.baseline() == here.baseline()
+
+
+def test_baseline_helper_poll_of_a_dead_helper_leaves_it_to_the_root(tmp_path: Path) -> None:
+    """A helper that died with half an answer: poll() says the answer is in, monitor() takes the baseline
+    here (the same one)."""
+    watched = tmp_path / "f"
+    watched.write_text("x")
+    config = _config(tmp_path, packages=[], files=[str(watched)])
+    here = integrity_monitor(config, None)
+    assert here is not None
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the stand-in helper: dies half-way
+        theirs.sendall(msgpack.packb(here.baseline(), use_bin_type=True)[:7])
+        os._exit(1)
+    theirs.close()
+    os.waitpid(pid, 0)
+    helper = BaselineHelper(config, None, ours)
+    assert helper.poll() is True
+    monitor = helper.monitor(None)
+    helper.close()
+    assert monitor is not None and monitor.baseline() == here.baseline()

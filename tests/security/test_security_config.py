@@ -184,3 +184,37 @@ def test_config_sandbox_table_maxima_parse_and_are_bounded() -> None:
         "c.toml: [security.sandbox] key 'table_elements_max'",
         "c.toml: [security.sandbox] key 'tables_max'",
     ]
+
+
+def test_security_from_args_takes_the_config_parsed_for_the_same_data(tmp_path: Path) -> None:
+    """A child forked with the very data security_args made (a shallow copy of the dict, as each worker's
+    args hold it) gets the config parsed in the root, not a second parse; the same data rebuilt (a copy of
+    the table, as msgpack gives a nested supervisor) or with other paths is parsed again, to the same
+    config or its own."""
+    import copy
+
+    from openfang.security.config import security_args, security_from_args
+
+    table = {"injection": {"threshold": 0.4}, "integrity": {"files": ["watched"]}}
+    parsed = parse_security(table, "c.toml", data_dir=tmp_path, base_dir=tmp_path)
+    args = security_args(table, source="c.toml", data_dir=tmp_path, base_dir=tmp_path, parsed=parsed)
+    assert security_from_args(dict(args)) is parsed
+    again = security_from_args(copy.deepcopy(args))
+    assert again is not parsed and again == parsed
+    other = security_from_args({**args, "base_dir": str(tmp_path / "sub")})
+    assert other.integrity.files == (str(tmp_path / "sub" / "watched"),)
+    assert security_from_args({**args, "source": "other.toml"}).source == "other.toml"
+
+
+def test_security_from_args_still_rejects_a_bad_table_of_its_own(tmp_path: Path) -> None:
+    """A child whose own security data is not what the root parsed (its own table) is parsed and checked
+    as before: a bad value fails it, naming the key."""
+    from openfang.security.config import security_args, security_from_args
+
+    good = parse_security({}, "c.toml", data_dir=tmp_path, base_dir=tmp_path)
+    security_args({}, source="c.toml", data_dir=tmp_path, base_dir=tmp_path, parsed=good)
+    bad = security_args(
+        {"injection": {"threshold": 7}}, source="c.toml", data_dir=tmp_path, base_dir=tmp_path
+    )
+    with pytest.raises(ConfigError, match="threshold"):
+        security_from_args(bad)

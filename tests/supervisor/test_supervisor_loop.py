@@ -37,6 +37,38 @@ def test_loop_call_soon_runs_on_the_next_iteration_in_order() -> None:
     loop.close()
 
 
+def test_loop_call_when_idle_waits_for_the_loop_to_have_nothing_to_do_and_runs_once() -> None:
+    """call_when_idle runs after the queued calls, the readable fds and the due timers (chained ones too),
+    once, the first time the loop would wait; a callback queued later waits for the next idle moment."""
+    loop = Loop()
+    seen: list[str] = []
+    r, w = os.pipe()
+    os.write(w, b"x")
+    loop.add_reader(r, lambda: seen.append(f"read:{os.read(r, 10).decode()}"))
+
+    def soon(n: int) -> None:
+        seen.append(f"soon{n}")
+        if n < 3:
+            loop.call_soon(lambda: soon(n + 1))
+
+    loop.call_when_idle(lambda: seen.append("idle"))
+    loop.call_soon(lambda: soon(1))
+    loop.call_later(0.0, lambda: seen.append("timer"))
+    assert loop.run_until(lambda: "idle" in seen, timeout=5)
+    assert seen.index("idle") == len(seen) - 1
+    assert {"soon1", "soon2", "soon3", "read:x", "timer"} <= set(seen)
+    loop.run_until(lambda: False, timeout=0.02)
+    assert seen.count("idle") == 1
+    loop.call_when_idle(lambda: seen.append("again"))
+    os.write(w, b"y")
+    assert loop.run_until(lambda: "again" in seen, timeout=5)
+    assert seen[-2:] == ["read:y", "again"]
+    loop.remove_reader(r)
+    os.close(r)
+    os.close(w)
+    loop.close()
+
+
 def test_loop_reader_fires_when_fd_is_readable_and_stops_after_remove() -> None:
     """add_reader calls back on readability; remove_reader stops it."""
     loop = Loop()
