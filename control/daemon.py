@@ -142,6 +142,9 @@ class Daemon:
             self.stop()
             return EXIT_START_FAILED
         self.state = "running"
+        # At READY, not before (~1 ms): the run record tells `openfang` and scripts a daemon is up and
+        # answering, and a stop during the start finds none to remove.
+        self._write_pidfile()
         counts = self.sup.count_children()
         self.notifier.ready(f"running: {counts.get('active', 0)} children")
         if baseline is not None:
@@ -170,8 +173,6 @@ class Daemon:
         except ConfigError as exc:  # the log cannot be opened: as a failed start
             self._start_problem = ("audit_open_failed", exc)
             return
-        # Written now rather than at READY (~1 ms): a start that fails after this removes them (stop).
-        self._write_pidfile()
         self._take_baseline(wait=False)
 
     def _before_ready_soon(self) -> None:
