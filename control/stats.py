@@ -43,23 +43,11 @@ class GatewayStats:
             self._started.pop(next(iter(self._started)))
         self._started[(client, request_id)] = (request_type, self._clock())
 
-    def replied(self, client: bytes, reply_id: str, reply_type: str, body: dict[str, Any]) -> None:
-        """A reply left for a client (not a part of a stream): time it, and count an error by its code. Given
-        as the reply's fields: the gateway relays a worker's answer re-addressed without an Envelope."""
-        if reply_type == ERROR_TYPE:
-            self.errors.add(_code(str(body.get("code"))))
-        started = self._started.pop((client, reply_id), None)
-        if started is not None:
-            request_type, t0 = started
-            histogram = self._seconds.get(request_type)
-            if histogram is None:
-                histogram = self._seconds[request_type] = Histogram()
-            histogram.observe(self._clock() - t0)
-
     def replied_all(self, sent: Iterable[tuple[list[bytes], str, str, dict[str, Any]]]) -> None:
         """Replies that have just left together (the gateway's outbox: each its frames, the client's routing
-        id first, and its type, id and body): ``replied`` of each but a part of a stream, with one clock
-        read for them all (the time they left) and one histogram lock per request type."""
+        id first, and its type, id and body): each but a part of a stream is timed from its admission and an
+        error counted by its code, with one clock read for them all (the time they left) and one histogram
+        lock per request type."""
         now = self._clock()
         started = self._started
         timed: dict[str, list[float]] = {}

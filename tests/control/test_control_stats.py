@@ -13,8 +13,8 @@ def test_gateway_stats_time_requests_by_type_and_count_codes() -> None:
     gw = GatewayStats(clock=lambda: now[0])
     gw.admitted(b"c", "1", "agent.send")
     now[0] = 0.02
-    gw.replied(b"c", "1", "agent.send.ok", {})
-    gw.replied(b"c", "2", "error", {"code": "made_up_code", "message": "x"})
+    gw.replied_all([([b"c", b"payload"], "agent.send.ok", "1", {})])
+    gw.replied_all([([b"c", b"payload"], "error", "2", {"code": "made_up_code", "message": "x"})])
     gw.refused("rate_limited")
     gw.event({"kind": "agent.lost", "reason": "restart_intensity"})
     wire = gw.to_wire()
@@ -23,9 +23,9 @@ def test_gateway_stats_time_requests_by_type_and_count_codes() -> None:
     assert wire["agents_lost"] == {"restart_intensity": 1}
 
 
-def test_gateway_stats_replied_all_is_replied_of_each_with_one_clock_read() -> None:
-    """A flush's replies timed together: the figures of replied() of each (stream parts skipped, errors
-    counted by code, unknown ids ignored, several request types), with one clock read for the flush."""
+def test_gateway_stats_replied_all_of_a_flush_is_each_reply_alone_with_one_clock_read() -> None:
+    """A flush's replies timed together: the figures of each sent in a flush of its own (stream parts
+    skipped, errors counted by code, unknown ids ignored, several request types), one clock read a flush."""
     now = [0.0]
     reads = [0]
 
@@ -52,7 +52,7 @@ def test_gateway_stats_replied_all_is_replied_of_each_with_one_clock_read() -> N
     assert reads[0] == 1
     for frames, reply_type, reply_id, body in sent:
         if reply_type != "agent.send.chunk":
-            one.replied(frames[0], reply_id, reply_type, body)
+            one.replied_all([(frames, reply_type, reply_id, body)])
     wire = batch.to_wire()
     assert wire == {**one.to_wire(), "started_at": wire["started_at"]}
     counted = [(r["type"], r["seconds"]["count"]) for r in wire["requests"]]

@@ -58,7 +58,7 @@ def test_runtime_families_render_as_valid_prometheus_histograms() -> None:
     stats.message_done(2.0)
     gw = GatewayStats()
     gw.admitted(b"c", "1", "status")
-    gw.replied(b"c", "1", "status.ok", {})
+    gw.replied_all([([b"c", b"payload"], "status.ok", "1", {})])
     bodies = {
         "status": {"gateway": gw.to_wire()},
         "agent.list": {"agents": [], "workers": [stats.to_wire()]},
