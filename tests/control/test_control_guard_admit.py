@@ -1,6 +1,6 @@
 """The guard's door decides once per request type whether layer 1's limits walk runs, and that decision
 is the validator's: a type whose schema keeps bodies within the limits is not walked, every other type is
-walked on every request (not only the first)."""
+walked on every request (not only the first); where it is walked, it refuses with the walk's texts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from openfang.control.guard import Guard
 from openfang.protocol import _examples, messages
 from openfang.protocol.errors import FrameTooLarge, OpenFangError, ProtocolError
 from openfang.security.config import security_from_args
-from openfang.security.validation import ValidationLimits, within
+from openfang.security.validation import TooDeep, ValidationLimits, within
 
 _UNLIMITED = {
     b: {"rate": 0, "burst": 0}
@@ -78,3 +78,30 @@ def test_guard_refuses_a_type_outside_the_request_catalogue_as_unknown_type(type
         guard.admit(_frame(type_, {}), client="c", peer="uid:1")
     assert caught.value.code == "unknown_type"
     assert frozenset(messages.CATALOGUE) == messages.REQUEST_TYPES  # the set decode admits is the catalogue
+
+
+def test_guard_admits_a_bounded_request_without_walking_it() -> None:
+    """agent.send's schema is within the default limits: admitted, its body as sent."""
+    guard = _guard({})
+    env = guard.admit(_frame("agent.send", {"service": "s", "text": "hi"}), client="c", peer="uid:0")
+    assert env.body == {"service": "s", "text": "hi"}
+
+
+def test_guard_still_walks_when_the_limits_are_tighter_than_the_schema() -> None:
+    """With max_text = 10 a 20-character text passes the schema (65,536) but not layer 1: refused by the
+    walk, with its text."""
+    guard = _guard({"max_text": 10})
+    with pytest.raises(FrameTooLarge, match=r"^body\.text: text is 20 characters, the limit is 10$"):
+        guard.admit(_frame("agent.send", {"service": "s", "text": "t" * 20}), client="c", peer="uid:0")
+
+
+def test_guard_still_walks_a_body_with_unbounded_fields() -> None:
+    """child.start carries an open spec (Any args): the walk runs and refuses nesting past max_depth."""
+    guard = _guard({"max_depth": 4})
+    assert not within(messages.body_schema("child.start").shape, ValidationLimits(max_depth=4))  # type: ignore[union-attr]
+    deep: Any = "leaf"
+    for _ in range(6):
+        deep = {"k": deep}
+    spec = {"id": "x", "start": "m:f", "args": deep}
+    with pytest.raises(TooDeep, match=r"nested 5 levels deep, the limit is 4"):
+        guard.admit(_frame("child.start", {"path": "root", "spec": spec}), client="c", peer="uid:0")
