@@ -6,8 +6,9 @@ root's other work (the tree's start is CPU in series on one core, the root's, wh
 but for the gateway's start). :meth:`BaselineHelper.start` forks a helper first thing instead: it takes the
 baseline on the other core, sends it back over a socket pair and waits; the root reads the answer as it comes
 while its tree starts (:meth:`BaselineHelper.poll`), makes the monitor (:meth:`BaselineHelper.monitor`) once
-it waits for a worker's ready or, at the latest, once the tree has started, and after READY tells the helper
-to exit and reaps it (:meth:`BaselineHelper.close`). The helper runs at a lower
+it waits for a worker's ready or, at the latest, once the tree has started, then tells the helper to exit
+(:meth:`BaselineHelper.release`) and reaps it: there and then when the root took the answer in its loop,
+else after READY (:meth:`BaselineHelper.close`). The helper runs at a lower
 priority (``nice`` +10): the gateway, whose ready the root waits for, starts on that core at the same time.
 The baseline is of the files as they are when the helper runs, at the same point of the start as before:
 nothing is checked later than it was.
@@ -84,6 +85,12 @@ class BaselineHelper:
         if baseline is None:
             return baseline_monitor(self.config.integrity, audit)
         return IntegrityMonitor.from_baseline(baseline, audit=audit)
+
+    def release(self) -> None:
+        """Tell the helper to exit now (once its answer is taken: it has nothing left to do); :meth:`close`
+        still reaps it. Told before READY, it exits while the root finishes its start, not beside the first
+        request's work after it."""
+        self._release()
 
     def close(self) -> None:
         """Tell the helper to exit (if it still waits) and reap it."""
