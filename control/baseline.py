@@ -6,8 +6,9 @@ root's other work (the tree's start is CPU in series on one core, the root's, wh
 but for the gateway's start). :meth:`BaselineHelper.start` forks a helper first thing instead: it takes the
 baseline on the other core, sends it back over a socket pair and waits; the root reads the answer as it comes
 while its tree starts (:meth:`BaselineHelper.poll`), makes the monitor (:meth:`BaselineHelper.monitor`) once
-it waits for a worker's ready or, at the latest, once the tree has started, and after READY tells the helper
-to exit and reaps it (:meth:`BaselineHelper.close`). The helper runs at a lower
+it waits for a worker's ready or, at the latest, once the tree has started, then tells the helper to exit
+(:meth:`BaselineHelper.release`) and reaps it: there and then when the root took the answer in its loop,
+else after READY (:meth:`BaselineHelper.close`). The helper runs at a lower
 priority (``nice`` +10): the gateway, whose ready the root waits for, starts on that core at the same time.
 The baseline is of the files as they are when the helper runs, at the same point of the start as before:
 nothing is checked later than it was.
@@ -33,7 +34,7 @@ import msgpack
 
 from openfang.security.audit import AuditLog
 from openfang.security.config import SecurityConfig
-from openfang.security.integrity import Baseline, IntegrityMonitor
+from openfang.security.integrity import Baseline, IntegrityMonitor, baseline_monitor
 
 READ_TIMEOUT_S = 120.0  # hashing in the root would take as long: past this, the root does it itself
 HELPER_NICE = 10  # the helper's CPU weight ~1/10 of the start's processes' (see _helper)
@@ -82,10 +83,14 @@ class BaselineHelper:
         what taking the baseline here raises (a configured file that cannot be read)."""
         baseline = self._receive()
         if baseline is None:
-            from openfang.control.guard import integrity_monitor  # see _helper
-
-            return integrity_monitor(self.config, audit)
+            return baseline_monitor(self.config.integrity, audit)
         return IntegrityMonitor.from_baseline(baseline, audit=audit)
+
+    def release(self) -> None:
+        """Tell the helper to exit now (once its answer is taken: it has nothing left to do); :meth:`close`
+        still reaps it. Told before READY, it exits while the root finishes its start, not beside the first
+        request's work after it."""
+        self._release()
 
     def close(self) -> None:
         """Tell the helper to exit (if it still waits) and reap it."""
@@ -176,13 +181,10 @@ def _helper(config: SecurityConfig, sock: _socket.socket) -> None:  # pragma: no
     # hashing (cold6: with others' load on the machine, gateway fork -> workers' fork 106 -> 86 ms median).
     with contextlib.suppress(OSError):
         os.nice(HELPER_NICE)
-    # Imported here, not by the root: only the gateway uses the rest of control.guard (and pkgutil,
-    # security.report under it, ~1.5 ms), and it imports them after its fork, on the other core.
-    from openfang.control.guard import integrity_monitor
-
-    monitor = integrity_monitor(config, None)
-    if monitor is not None:
-        sock.sendall(msgpack.packb(monitor.baseline(), use_bin_type=True))
+    # security.integrity's own walk, not control.guard's integrity_monitor (the same baseline): the helper
+    # does not import the gateway's guard (~2.5 ms of its CPU) for it.
+    monitor = baseline_monitor(config.integrity, None)
+    sock.sendall(msgpack.packb(monitor.baseline(), use_bin_type=True))
     sock.shutdown(_socket.SHUT_WR)
     sock.recv(1)  # until the root says so (or is gone): it reaps the helper then, not its orphan reaper
 

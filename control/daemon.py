@@ -159,12 +159,13 @@ class Daemon:
             self.audit.close()
         return self.exit_code
 
-    def _before_ready(self) -> None:
+    def _before_ready(self, *, in_loop: bool = False) -> None:
         """The root's own checks before READY (its handle on the audit log, layer 14's baseline), run once:
         the first time the root waits, idle, for a child started after the gateway (queued by the gateway's
         start, whose ready means the log's file is made; a worker's start is ~7 ms of the root waiting) or,
         failing that, after the tree has started. The baseline is taken then only if the helper's answer is
-        all in. A problem is kept and fails the start once the tree has started, before READY."""
+        all in (and the helper reaped there, ``in_loop``). A problem is kept and fails the start once the tree
+        has started, before READY."""
         if self._prepared:
             return
         self._prepared = True
@@ -173,18 +174,19 @@ class Daemon:
         except ConfigError as exc:  # the log cannot be opened: as a failed start
             self._start_problem = ("audit_open_failed", exc)
             return
-        self._take_baseline(wait=False)
+        self._take_baseline(wait=False, reap=in_loop)
 
     def _before_ready_soon(self) -> None:
         # In the loop, whose callbacks' errors are only logged: anything unexpected fails the start too.
         try:
-            self._before_ready()
+            self._before_ready(in_loop=True)
         except Exception as exc:
             self._start_problem = ("start_check_failed", exc)
 
-    def _take_baseline(self, *, wait: bool) -> None:
+    def _take_baseline(self, *, wait: bool, reap: bool = False) -> None:
         """Layer 14's monitor from the helper's answer: now if the answer is all in (or ``wait``), else
-        later (:meth:`_run` calls again with ``wait``)."""
+        later (:meth:`_run` calls again with ``wait``). The helper is then told to exit; ``reap``: and
+        reaped here (the root's loop, idle while its workers start)."""
         baseline = self._baseline
         if baseline is None or self._start_problem is not None or not self._prepared:
             return
@@ -197,6 +199,15 @@ class Daemon:
             self.integrity = baseline.monitor(self.audit)
         except (OSError, ValueError) as exc:  # a configured file that cannot be read: as a failed start
             self._start_problem = ("integrity_baseline_failed", exc)
+        finally:
+            # Its answer is taken: the helper exits now, while the root waits for its workers or writes its
+            # run files, not beside the first request's work after READY. Reaped at once in the loop (the
+            # root is idle there, and the orphan reaper, which runs from the loop too, must not take it for
+            # an orphan); otherwise after READY, by _run's close (READY does not wait for its exit).
+            baseline.release()
+            if reap:
+                baseline.hurry()  # its exit is waited for: not at nice +10 behind the workers' start
+                baseline.close()
 
     def stop(self) -> None:
         """Stop the whole tree in reverse start order, honouring each child's shutdown policy."""

@@ -17,17 +17,15 @@ integrity checks of its own files (layer 14).
 
 from __future__ import annotations
 
-import pkgutil
 from typing import Any
 
 import zmq
 
-import openfang
 from openfang.protocol.envelope import Envelope, decode
 from openfang.protocol.messages import REQUEST_TYPES, body_schema, requests_in
 from openfang.security.audit import AuditLog
 from openfang.security.config import SecurityConfig, open_audit
-from openfang.security.integrity import IntegrityMonitor, Violation, package_files
+from openfang.security.integrity import IntegrityMonitor, Violation, baseline_monitor, import_root_packages
 from openfang.security.ratelimit import RateLimiter
 from openfang.security.refusals import RefusalAudit
 from openfang.security.report import security_report
@@ -36,15 +34,8 @@ from openfang.security.validation import MessageValidator, within
 
 
 def openfang_packages() -> tuple[str, ...]:
-    """The import root and each of its subpackages, found rather than listed so none is forgotten.
-
-    In a checkout the subpackages live in their own folders (linked into ``openfang/``) and the file walk
-    does not follow links, so each is walked on its own; in a wheel the overlap is removed by the walk.
-    """
-    return (
-        "openfang",
-        *sorted(f"openfang.{m.name}" for m in pkgutil.iter_modules(openfang.__path__) if m.ispkg),
-    )
+    """The import root and each of its subpackages (``security.integrity.import_root_packages``)."""
+    return import_root_packages()
 
 
 class _NoAudit:
@@ -182,12 +173,7 @@ def integrity_monitor(config: SecurityConfig, audit: AuditLog | None) -> Integri
     """Layer 14: a baseline of the daemon's own package files (and configured files), re-checked later."""
     if not config.integrity.enabled:
         return None
-    files: list[str] = list(config.integrity.files)
-    for package in config.integrity.packages:
-        names = openfang_packages() if package == "openfang" else (package,)
-        for name in names:
-            files.extend(str(p) for p in package_files(name))
-    return IntegrityMonitor(files, audit=audit)
+    return baseline_monitor(config.integrity, audit)
 
 
 __all__ = [

@@ -205,14 +205,16 @@ def load_manifest(
     validate_model: ModelValidator | None = None,
     tool_names: Collection[str] | None = None,
     shared_mcp: tuple[McpServerConfig, ...] = (),
+    data: Mapping[str, Any] | None = None,
 ) -> AgentManifest:
     """Parse and validate a manifest from a file (a :class:`Path`) or TOML text (a :class:`str`).
 
     ``source`` names the manifest in problems (default: the file name, else ``agent.toml``); relative module
     paths resolve against ``base_dir`` (default: the file's directory). ``tool_names``, when given, is the
     registry every listed tool must exist in. ``shared_mcp`` are MCP servers every agent of the worker may
-    name (the worker's ``mcp`` args): those the tools name join the manifest's ``mcp``. Raises
-    :class:`ConfigError` with every problem found.
+    name (the worker's ``mcp`` args): those the tools name join the manifest's ``mcp``. ``data``: the text's
+    TOML as ``tomllib.loads`` made it, when the caller has it already (read, never changed: a worker's spawn
+    shares one parse per text, ``spawner.parsed``). Raises :class:`ConfigError` with every problem found.
     """
     if isinstance(path_or_text, Path):
         source = source or path_or_text.name
@@ -224,10 +226,11 @@ def load_manifest(
     else:
         text = path_or_text
     source = source or "agent.toml"
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(Problem(source, f"not valid TOML: {exc}")) from None
+    if data is None:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(Problem(source, f"not valid TOML: {exc}")) from None
     problems: list[Problem] = []
     top = Table(data, Place.file(source), problems)
     # A signed manifest (layer 13): the host checks the signature with security.attestation at spawn.

@@ -62,10 +62,12 @@ BATCH_FRAMES = 32
 # 2 cores). Spawns further apart find it ready (perf/PROFILE.md "Warm start", branch spare).
 SPARE_IDLE_MS = 3
 # A drain checks the end of its first message frame by frame for at most this many frames (see _drain).
-# The warm-up (Worker._warm_up) starts after this long without a request, and again after any request: a
-# restarted worker's first requests (a kill -9's restart is timed to its first answered ping) do not wait
-# behind a step. Measured (perf.bench_backbone restart p50, 50 kills a run): with steps from the ready on,
+# After any request the next warm-up step (Worker._warm_up) waits for this long without one: a restarted
+# worker's first requests (a kill -9's restart is timed to its first answered ping) do not queue behind a
+# step each. Measured (perf.bench_backbone restart p50, 50 kills a run): with steps from the ready on,
 # 13.1-14.2 ms against 11.4-14.7 with no warm-up; with this wait, 9 runs median 15.2 against main's 15.4.
+# The first step starts at the ready (nothing has come yet; cold10: restart p50 median 17.3 against 16.7,
+# 5 runs a side at load 6-7, within the noise).
 WARM_IDLE_MS = 1
 CHECKED_FRAMES = 4
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost an enum operation per use
@@ -109,7 +111,10 @@ class Worker:
         self._last_hello = 0.0
         self._full_hello = True  # the next hello lists every agent (the first one, or after a resync)
         self._warm_steps: deque[Callable[[], None]] = deque()  # the first spawn's work, done ahead (serve)
-        self._warm_wait = True  # the next warm-up step waits for WARM_IDLE_MS of quiet first
+        # Whether the next warm-up step waits for WARM_IDLE_MS of quiet first: not the first one (nothing has
+        # come yet; a cold start's first spawn comes ~3-5 ms after the ready, and a first step begun then
+        # is ~1.3 ms of its own work done ahead), every one after a request.
+        self._warm_wait = False
         # The worker's own messages from the gateway, typed by the catalogue; agent.* and memory.* go to the
         # agent host and the memory service, which type their bodies themselves.
         self._dispatch: dict[str, tuple[type[Any], Callable[[Envelope, Any], None]]] = {

@@ -171,3 +171,23 @@ def test_baseline_helper_poll_of_a_dead_helper_leaves_it_to_the_root(tmp_path: P
     monitor = helper.monitor(None)
     helper.close()
     assert monitor is not None and monitor.baseline() == here.baseline()
+
+
+def test_baseline_helper_release_lets_it_exit_before_close_reaps_it(tmp_path: Path) -> None:
+    """Once its answer is taken, release() tells the helper to exit without waiting: it exits on its own
+    (a zombie until reaped), and close() reaps it."""
+    helper = BaselineHelper.start(_config(tmp_path))
+    assert helper is not None and helper.pid is not None
+    pid = helper.pid
+    assert helper.monitor(None) is not None
+    helper.release()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rpartition(")")[2].split()[0] == "Z":
+                break
+        time.sleep(0.01)
+    else:
+        raise AssertionError("the released helper did not exit")
+    helper.close()
+    assert _reaped(pid) and helper.pid is None

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from control_gateway_kit import SyncedDoor, dealer, in_process_gateway
 
+from openfang.control.gateway import WARM_SCHEMAS
 from openfang.control.guard import receive_client
+from openfang.protocol import messages
 from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.protocol.errors import SecurityError
 
@@ -185,6 +187,32 @@ def test_a_spawn_in_the_same_turn_as_the_first_workers_hello_is_placed_on_it(
         assert decode(worker.recv()).type == "agent.spawn"
     finally:
         worker.close(0)
+        client.close(0)
+        gw.close()
+        ours.close()
+        theirs.close()
+
+
+def test_gateway_warm_up_compiles_the_first_spawn_schemas_after_what_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's warm-up answers a request that is already waiting first, then leaves the body schemas
+    of a first spawn and message (both ways) compiled."""
+    monkeypatch.setenv("OPENFANG_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(messages, "_compiled", {})  # as in a fresh gateway: nothing compiled yet
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    gw = in_process_gateway(tmp_path, uplink=ours)
+    client = dealer(gw, gw.control.endpoint, b"client")
+    try:
+        ping = Envelope(type="ping", body={})
+        client.send(encode(ping))
+        assert gw.clients.poll(5000), "the ping waits"
+        gw._warm_up(gw.poller())
+        assert client.poll(5000), "the waiting ping was answered"
+        assert decode(client.recv()).id == ping.id
+        assert set(WARM_SCHEMAS) <= set(messages._compiled)
+        assert {"agent.spawn", "agent.spawn.ok", "agent.send", "agent.send.ok", "event"} <= set(WARM_SCHEMAS)
+    finally:
         client.close(0)
         gw.close()
         ours.close()

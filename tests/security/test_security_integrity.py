@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import pkgutil
 import sys
 import types
+from hashlib import sha256
 from pathlib import Path
 
 import pytest
 
+from openfang.security import integrity
 from openfang.security.audit import AuditLog
-from openfang.security.integrity import IntegrityMonitor, package_files
+from openfang.security.integrity import IntegrityMonitor, package_files, resolved_package_files, subpackages
 
 
 def test_integrity_modified_file_is_detected_even_with_restored_mtime(
@@ -94,3 +97,68 @@ def test_integrity_baseline_resolves_paths_as_pathlib_does(
     monitor = IntegrityMonitor(paths)
     assert monitor.files() == sorted({str(Path(p).resolve()) for p in paths})
     assert monitor.check() == []
+
+
+def _tree(tmp_path: Path) -> Path:
+    """A package folder with a subpackage, a linked subpackage folder, a linked file, a non-package folder
+    and files of other suffixes (links to folders are listed, not entered, as os.walk does)."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "plain").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for path in (pkg / "__init__.py", pkg / "a.py", pkg / "sub" / "__init__.py", pkg / "sub" / "b.py"):
+        path.write_text(f"# {path.name}\n")
+    (pkg / "plain" / "c.py").write_text("c")
+    (pkg / "notes.txt").write_text("not a module")
+    (outside / "__init__.py").write_text("")
+    (outside / "d.py").write_text("d")
+    (tmp_path / "target.py").write_text("t")
+    (pkg / "linked").symlink_to(outside)
+    (pkg / "e.py").symlink_to(tmp_path / "target.py")
+    (pkg / "dotted.dir").mkdir()
+    (pkg / "dotted.dir" / "__init__.py").write_text("")
+    return pkg
+
+
+def test_integrity_resolved_package_files_are_package_files_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """resolved_package_files is package_files with each path resolved as Path.resolve does (a linked
+    package folder walked through its link, a linked file through its link), sorted and without repeats."""
+    (tmp_path / "_integrity_pkg").mkdir()
+    _tree(tmp_path / "_integrity_pkg")
+    monkeypatch.syspath_prepend(str(tmp_path / "_integrity_pkg"))
+    try:
+        for name in ("pkg", "pkg.sub", "pkg.linked"):
+            want = sorted({str(p.resolve()) for p in package_files(name)})
+            assert resolved_package_files(name) == want
+        assert str((tmp_path / "_integrity_pkg" / "target.py").resolve()) in resolved_package_files("pkg")
+        with pytest.raises(ValueError, match="not an importable package"):
+            resolved_package_files("pkg.a")
+    finally:
+        for name in [n for n in sys.modules if n == "pkg" or n.startswith("pkg.")]:
+            del sys.modules[name]
+
+
+def test_integrity_subpackages_are_those_pkgutil_lists(tmp_path: Path) -> None:
+    """subpackages names the folders pkgutil.iter_modules marks as packages (a linked one included, a
+    folder without __init__ or with a dot in its name not), in pkgutil's order."""
+    pkg = _tree(tmp_path)
+    want = [m.name for m in pkgutil.iter_modules([str(pkg)]) if m.ispkg]
+    assert subpackages([str(pkg)]) == want == ["linked", "sub"]
+
+
+def test_integrity_hash_reads_files_past_one_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file longer than one read is hashed whole, an empty file too; a folder is unreadable, as before."""
+    monkeypatch.setattr(integrity, "READ_CHUNK", 7)
+    big, empty = tmp_path / "big.bin", tmp_path / "empty.py"
+    big.write_bytes(bytes(range(256)) * 3)
+    empty.write_bytes(b"")
+    mon = IntegrityMonitor([big, empty])
+    assert mon.baseline()[str(big.resolve())] == (sha256(big.read_bytes()).hexdigest(), 768)
+    assert mon.baseline()[str(empty.resolve())] == (sha256(b"").hexdigest(), 0)
+    big.write_bytes(bytes(range(256)) * 3 + b"!")
+    assert [v.kind for v in mon.check()] == ["modified"]
+    with pytest.raises(IsADirectoryError):
+        IntegrityMonitor([tmp_path])

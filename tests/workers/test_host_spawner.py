@@ -4,6 +4,7 @@ served from what an earlier spawn worked out."""
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,23 @@ def test_spawner_warm_up_fills_the_runtimes_per_module_caches(host: _Host) -> No
         '[sandbox.permissions]\ndenied_host_functions = ["tool_call"]\n',
     )
     assert reply.is_error and "env.tool_call" in reply.body["message"], reply.body
+
+
+def test_spawner_new_text_is_parsed_once_and_bad_toml_still_named(
+    host: _Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new manifest text's first spawn parses its TOML once (its manifest and the later steps share that
+    parse); a text that is not TOML is still refused with the manifest's 'not valid TOML' problem."""
+    calls: list[str] = []
+    loads = tomllib.loads
+
+    def counted(text: str) -> dict[str, Any]:
+        calls.append(text)
+        return loads(text)
+
+    monkeypatch.setattr(tomllib, "loads", counted)
+    text = ECHO + "# parsed once\n"
+    host.spawn(text)
+    assert calls.count(text) == 1
+    bad = host.call("agent.spawn", manifest="[agent\nname = 1\n")
+    assert bad.is_error and "not valid TOML" in bad.body["message"]

@@ -129,6 +129,10 @@ class Spawner:
             self._manifests.move_to_end(key)
             return manifest
         names = self._tools.names() if self._tools is not None and hasattr(self._tools, "names") else None
+        try:
+            data = parsed(text)  # the one parse of this text that its spawns' later steps read too
+        except tomllib.TOMLDecodeError:
+            data = None  # load_manifest reports it, as a ConfigError naming the manifest
         manifest = load_manifest(
             text,
             source=path.name if path else "agent.toml",
@@ -136,6 +140,7 @@ class Spawner:
             tool_names=set(names) if names is not None else None,
             shared_mcp=self._mcp_servers,
             validate_model=self._validate_model,
+            data=data,
         )
         self._manifests[key] = manifest
         if len(self._manifests) > MANIFEST_CACHE:
