@@ -32,12 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import wasmtime
-from wasmtime import _ffi as ffi
-
 from openfang.protocol.errors import SandboxError
 from openfang.security._hashing import sha256
+from openfang.workers.sandbox import _lazy_bindings
 from openfang.workers.sandbox._module_cache import ModuleCache, ShippedModules
+
+with _lazy_bindings.importing():  # its ~760 C functions made on first call (see _lazy_bindings)
+    import wasmtime
+from wasmtime import _ffi as ffi
 
 WASMTIME_VERSION = "50.0.1"
 FUEL_TANK = 1 << 62  # every store gets a tank this large; budgets are counted per slice, not by running dry
