@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -682,6 +683,23 @@ class Runtime:
 _MADV_DONTNEED = 4
 _libc: Any = None
 _clean_ranges: list[tuple[int, int]] | None = None  # see _library_clean_ranges
+
+
+def release_compiler_pages_at_next_fork() -> None:
+    """:func:`release_compiler_pages` once, in this process, right after its next fork (on the parent's
+    side). The supervisor that imports the worker module before its forks never runs wasmtime: what its
+    import touched of the library is dropped once the first worker is forked, while that worker starts on
+    the other core and the supervisor only waits for its ready, not before the fork on the cold start's
+    path (~0.65 ms). A child forked before that sees no difference: a fork copies no page table entry of
+    a clean file mapping, it maps what it runs on use."""
+    due = [True]
+
+    def after_in_parent() -> None:
+        if due:
+            due.clear()
+            release_compiler_pages()
+
+    os.register_at_fork(after_in_parent=after_in_parent)
 
 
 def release_compiler_pages() -> int:
