@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 WATCHED = ["openfang.memory.api", "openfang.memory.client", "openfang.memory.reader", "zmq.asyncio"]
+WATCHED += ["openfang.memory.messages", "openfang.memory.procedural"]  # the host's, only with memory
 
 
 def _modules_after(code: str, data_dir: Path) -> dict[str, list[str]]:
