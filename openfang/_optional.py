@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.machinery
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from types import ModuleType
@@ -35,17 +36,25 @@ if TYPE_CHECKING:
     from importlib.abc import Loader
 
 # library -> the optional modules it must not import (each is imported by it inside try/except ImportError)
+# (colorama, greenlet and twisted are not installed here: hidden, each is one ImportError instead of a search
+# of every sys.path entry, ~60 us each)
 HIDDEN_DURING: dict[str, tuple[str, ...]] = {
-    "structlog": ("rich", "better_exceptions"),
+    "structlog": ("rich", "better_exceptions", "colorama", "greenlet", "twisted"),
     "zmq": (),  # none: listed for DEFERRED_DURING
+    "wasmtime": (),  # none: listed for DEFERRED_DURING
 }
 # library -> modules it imports at its top but uses only inside functions we never (or later) call
 DEFERRED_DURING: dict[str, tuple[str, ...]] = {
     # uuid (and platform under it, ~3 ms): structlog.threadlocal's; linecache (and tokenize under it, ~1 ms)
     # and textwrap (~0.7 ms): traceback's (imported under structlog by logging and structlog._frames), read
     # only to print a traceback
-    "structlog": ("asyncio", "uuid", "linecache", "textwrap"),
-    "zmq": ("random",),  # Socket.bind_to_random_port's (~0.8 ms: random, bisect, _sha512)
+    # pickle (~1 ms: its pure-Python pickler classes): structlog reads only PicklingError at import (a
+    # KNOWN answer), pyzmq only DEFAULT_PROTOCOL (Socket.send_pyobj's default)
+    "structlog": ("asyncio", "uuid", "linecache", "textwrap", "pickle"),
+    # random: Socket.bind_to_random_port's (~0.8 ms: random, bisect, _sha512); platform (~2 ms: a dozen
+    # regexes compiled at its import): the backend's choice reads python_implementation() (a KNOWN answer)
+    "zmq": ("random", "platform", "pickle"),
+    "wasmtime": ("platform",),  # _ffi reads platform.machine() (a KNOWN answer)
 }
 
 # standard module -> modules it imports at its top for a rare path, imported by install() with stand-ins:
@@ -56,11 +65,41 @@ STDLIB_DEFERRED: dict[str, tuple[str, ...]] = {
 }
 
 
+def _python_implementation() -> str:
+    """``platform.python_implementation()`` under CPython (the only interpreter :data:`KNOWN` answers for)."""
+    return "CPython"
+
+
+def _machine() -> str:
+    """``platform.machine()`` on a POSIX system: ``os.uname().machine``, as platform reads it."""
+    return os.uname().machine
+
+
+def _known() -> dict[str, dict[str, Any]]:
+    """Answers a stand-in gives itself, without importing the real module, for what the libraries above read
+    at their import (a test compares each with the real module's). Only under the CPython 3.11 on POSIX
+    these were checked for: anywhere else the stand-in imports the real module on that first read."""
+    if sys.implementation.name != "cpython" or sys.version_info[:2] != (3, 11) or os.name != "posix":
+        return {}
+    import _pickle  # the C pickler's classes, which pickle re-exports (~0.5 ms, pickle itself ~1.5)
+
+    return {
+        "platform": {"python_implementation": _python_implementation, "machine": _machine},
+        "pickle": {"PicklingError": _pickle.PicklingError, "DEFAULT_PROTOCOL": 4, "HIGHEST_PROTOCOL": 5},
+    }
+
+
+KNOWN_MODULES = ("platform", "pickle")  # those _known() answers for
+
+
 class _Deferred(ModuleType):
     """Stands for a module a library imported but has not used yet: the first attribute read imports the
     real module (the import lock makes that safe from any thread) and every read is answered from it."""
 
     def __getattr__(self, attr: str) -> Any:
+        if attr == "__path__" and self.__name__ in KNOWN_MODULES:
+            # ``from pickle import X`` asks whether the module is a package first: these are plain modules
+            raise AttributeError(attr)
         if sys.modules.get(self.__name__) is self:  # read while the library is still loading
             del sys.modules[self.__name__]
         return getattr(importlib.import_module(self.__name__), attr)
@@ -71,6 +110,9 @@ def deferring(*names: str) -> Iterator[None]:
     """While in the block, ``import name`` gives a :class:`_Deferred` stand-in for each of ``names`` not yet
     imported (the module importing it in the block keeps the stand-in; nobody else sees it afterwards)."""
     stand_ins = {name: _Deferred(name) for name in names if name not in sys.modules}
+    known = _known() if any(name in KNOWN_MODULES for name in stand_ins) else {}
+    for name, stand_in in stand_ins.items():
+        stand_in.__dict__.update(known.get(name, {}))
     sys.modules.update(stand_ins)
     try:
         yield

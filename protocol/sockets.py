@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import grp
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -90,6 +89,8 @@ def _curve_server(curve: CurveServer | None, keys_dir: str | os.PathLike[str] | 
 def _group_id(group: str | int) -> int:
     if isinstance(group, int):
         return group
+    import grp  # only a socket group given by name needs it (~0.2 ms at every process's start otherwise)
+
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:

@@ -33,6 +33,7 @@ from openfang.security import injection
 from openfang.supervisor.child import ChildContext
 from openfang.workers.host import wiring as host_wiring
 from openfang.workers.sandbox._wasmtime import release_compiler_pages as release_code_pages
+from openfang.workers.sandbox._wasmtime import release_compiler_pages_at_next_fork
 
 if TYPE_CHECKING:  # imported by _open_memory: a cluster without a memory writer never loads them
     from openfang.memory.api import MemoryAPI
@@ -41,9 +42,10 @@ if TYPE_CHECKING:  # imported by _open_memory: a cluster without a memory writer
 log = structlog.get_logger("openfang.worker")
 injection.warm()  # at import, so in the supervisor before the fork (see its docstring)
 # Importing wasmtime ran its library's start-up code; the supervisor that imports this module before its
-# forks never runs wasmtime, and a worker maps what it runs again on use: drop those pages here (-1.1 MB USS
-# in the root, which alone kept them once the workers release theirs when quiet).
-release_code_pages()
+# forks never runs wasmtime, and a worker maps what it runs again on use: those pages are dropped (-1.1 MB
+# USS in the root, which alone kept them once the workers release theirs when quiet) right after the
+# supervisor's next fork, while the worker starts (off the cold start's path).
+release_compiler_pages_at_next_fork()
 HELLO_EVERY_S = 1.0
 POLL_MS = 100
 MAX_TIMED = 100_000  # agent.send requests timed at once (an unanswered one is forgotten past this)

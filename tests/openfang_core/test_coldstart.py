@@ -85,11 +85,13 @@ def test_coldstart_child_forked_during_the_start_has_the_collector() -> None:
 def test_coldstart_start_leaves_socket_and_hashlib_out() -> None:
     """The daemon's, the gateway's and the worker's imports load neither socket.py (its enums and array,
     ~1.6 ms: the uplinks and sd_notify use _socket) nor hashlib or hmac (libcrypto, ~2.4 ms:
-    security/_hashing); the uplink pair is still close-on-exec and passes a packet."""
+    security/_hashing), nor platform (~2 ms) or pickle (~1 ms: openfang/_optional's stand-ins), nor grp
+    (a socket group by name only); the uplink pair is still close-on-exec and passes a packet."""
     out = _run(
         "import os, sys\n"
         "import openfang.control.daemon, openfang.control.gateway, openfang.workers.worker\n"
-        "print(sorted({'socket', 'array', 'hashlib', 'hmac', '_hashlib'} & set(sys.modules)))\n"
+        "out = {'socket', 'array', 'hashlib', 'hmac', '_hashlib', 'platform', 'pickle', 'grp'}\n"
+        "print(sorted(out & set(sys.modules)))\n"
         "from openfang.supervisor.child import uplink_pair\n"
         "parent, child = uplink_pair()\n"
         "child.send(b'x' * 70000)\n"

@@ -36,7 +36,7 @@ def test_optional_extras_importable_afterwards() -> None:
     """An extra hidden from structlog is imported as usual by whoever asks for it later (and the finder is
     gone once every library in its table has been imported)."""
     out = _run(
-        "import sys, openfang, structlog, zmq\n"
+        "import sys, openfang, structlog, zmq, wasmtime\n"
         "import rich.console\n"
         "finders = [type(f).__name__ for f in sys.meta_path]\n"
         "print(rich.console.__name__, '_Finder' in finders)"
@@ -143,3 +143,50 @@ def test_optional_deferred_linecache_works_on_first_use() -> None:
         "print(bool(last.line) and last.line in text, {'linecache', 'textwrap'} <= set(sys.modules))"
     )
     assert out.splitlines() == ["[] _Deferred _Deferred", "True True"]
+
+
+def test_optional_known_answers_are_the_real_modules() -> None:
+    """The answers the platform and pickle stand-ins give without importing them are the real modules'."""
+    out = _run(
+        "import platform, pickle\n"
+        "from openfang._optional import KNOWN_MODULES, _known\n"
+        "known = _known()\n"
+        "print(sorted(known) == sorted(KNOWN_MODULES))\n"
+        "real = {'platform': platform, 'pickle': pickle}\n"
+        "for name, answers in sorted(known.items()):\n"
+        "    for attr, value in sorted(answers.items()):\n"
+        "        want = getattr(real[name], attr)\n"
+        "        same = value() == want() if callable(value) and name == 'platform' else value is want\n"
+        "        print(name, attr, same)"
+    )
+    assert out.splitlines() == [
+        "True",
+        "pickle DEFAULT_PROTOCOL True",
+        "pickle HIGHEST_PROTOCOL True",
+        "pickle PicklingError True",
+        "platform machine True",
+        "platform python_implementation True",
+    ]
+
+
+def test_optional_deferred_platform_and_pickle_work_on_first_use() -> None:
+    """pyzmq and wasmtime get a platform stand-in, pyzmq and structlog a pickle one: the start's imports
+    leave both out, structlog's PicklingError is pickle's, and a pickled object goes through a pyzmq pair."""
+    out = _run(
+        "import sys, types, openfang.control.daemon, openfang.control.gateway, openfang.workers.worker\n"
+        "import structlog._output, zmq, zmq.backend, wasmtime._ffi\n"
+        "left = sorted({'platform', 'pickle'} & set(sys.modules))\n"
+        "stand_ins = zmq.backend.platform, wasmtime._ffi.platform, zmq.sugar.socket.pickle\n"
+        "kinds = {type(m).__name__ for m in stand_ins}\n"
+        "print(left, sorted(kinds))\n"
+        "ctx = zmq.Context()\n"
+        "a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)\n"
+        "a.bind('inproc://x'); b.connect('inproc://x')\n"
+        "a.send_pyobj({'k': [1, 2]}); got = b.recv_pyobj()\n"
+        "a.close(); b.close(); ctx.term()\n"
+        "import pickle, platform\n"
+        "real = type(sys.modules['pickle']) is types.ModuleType\n"
+        "same = structlog._output.PicklingError is pickle.PicklingError\n"
+        "print(got, same, real, zmq.backend.platform.system() == platform.system())"
+    )
+    assert out.splitlines() == ["[] ['_Deferred']", "{'k': [1, 2]} True True True"]

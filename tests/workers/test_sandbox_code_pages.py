@@ -4,6 +4,7 @@ clean file pages, never the relocated data), and an idle runtime maps none of th
 from __future__ import annotations
 
 import gc
+import os
 import time
 from typing import Any
 
@@ -75,3 +76,41 @@ def test_idle_runtime_keeps_libwasmtime_released() -> None:
     ran, idle = in_child(work)
     assert ran >= 1024, ran  # the guest ran: the library's pages were mapped
     assert idle == 0, f"{idle} KiB of libwasmtime mapped again in an idle runtime"
+
+
+def test_release_at_next_fork_drops_the_pages_in_the_parent_once() -> None:
+    """Registered, the release runs in the forking process right after its next fork (not before it, not
+    in the child, and only once): what the supervisor's import of wasmtime touched is dropped while the
+    first worker starts. Measured in a forked child, which touches the library's pages first."""
+
+    def work() -> Any:
+        rt = Runtime(SPIN_SPECS)
+        try:
+            assert _spin(rt) == 1000
+        finally:
+            rt.close()
+        gc.collect()
+        before = _library_clean_rss_kb()
+        wt.release_compiler_pages_at_next_fork()
+        still = _library_clean_rss_kb()
+        pid = os.fork()
+        if pid == 0:  # the grandchild exits at once, without running anything of ours
+            os._exit(0)
+        os.waitpid(pid, 0)
+        after_fork = _library_clean_rss_kb()
+        rt2 = Runtime(SPIN_SPECS)  # the library's pages in use again
+        try:
+            assert _spin(rt2) == 1000
+        finally:
+            rt2.close()
+        remapped = _library_clean_rss_kb()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        return [before, still, after_fork, remapped, _library_clean_rss_kb()]
+
+    before, still, after_fork, remapped, second = in_child(work)
+    assert before >= 1024 and still >= 1024, (before, still)  # nothing released at registration
+    assert after_fork == 0, after_fork  # released by the parent, right after its fork
+    assert remapped >= 1024 and second >= 1024, (remapped, second)  # once: the next fork releases nothing

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from openfang.memory import messages
 from openfang.protocol.errors import OpenFangError
 from openfang.protocol.memory_writes import Role
 
@@ -94,8 +93,10 @@ class HostMemory:
         """Retention of a killed agent's memories (keep / archive / purge), pipelined like the records."""
         if policy == "keep":
             return
+        from openfang.memory.messages import RECLAIM  # (the memory API imported it: a cluster with memory)
+
         try:
-            self.api.client.submit(messages.RECLAIM, {"agent_id": agent_id, "policy": policy})
+            self.api.client.submit(RECLAIM, {"agent_id": agent_id, "policy": policy})
         except OpenFangError as exc:
             self.errors += 1
             log.warning("memory_reclaim_failed", agent_id=agent_id, error=str(exc))

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from openfang.memory.procedural import USAGE_TOOL
 from openfang.protocol.envelope import Envelope
 from openfang.protocol.errors import OpenFangError
 from openfang.workers.host import jobs
@@ -329,6 +328,8 @@ def usage_recorder(
                 totals["cost_usd"] = round(totals.get("cost_usd", 0) + cost, 8)
         if memory is None or prompt + completion == 0:  # the provider did not report usage
             return
+        from openfang.memory.procedural import USAGE_TOOL  # only with memory: not in a memoryless start
+
         args = {
             "provider": str(resp.provider),
             "model": model,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -32,12 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import wasmtime
-from wasmtime import _ffi as ffi
-
 from openfang.protocol.errors import SandboxError
 from openfang.security._hashing import sha256
+from openfang.workers.sandbox import _lazy_bindings
 from openfang.workers.sandbox._module_cache import ModuleCache, ShippedModules
+
+with _lazy_bindings.importing():  # its ~760 C functions made on first call (see _lazy_bindings)
+    import wasmtime
+from wasmtime import _ffi as ffi
 
 WASMTIME_VERSION = "50.0.1"
 FUEL_TANK = 1 << 62  # every store gets a tank this large; budgets are counted per slice, not by running dry
@@ -680,6 +683,23 @@ class Runtime:
 _MADV_DONTNEED = 4
 _libc: Any = None
 _clean_ranges: list[tuple[int, int]] | None = None  # see _library_clean_ranges
+
+
+def release_compiler_pages_at_next_fork() -> None:
+    """:func:`release_compiler_pages` once, in this process, right after its next fork (on the parent's
+    side). The supervisor that imports the worker module before its forks never runs wasmtime: what its
+    import touched of the library is dropped once the first worker is forked, while that worker starts on
+    the other core and the supervisor only waits for its ready, not before the fork on the cold start's
+    path (~0.65 ms). A child forked before that sees no difference: a fork copies no page table entry of
+    a clean file mapping, it maps what it runs on use."""
+    due = [True]
+
+    def after_in_parent() -> None:
+        if due:
+            due.clear()
+            release_compiler_pages()
+
+    os.register_at_fork(after_in_parent=after_in_parent)
 
 
 def release_compiler_pages() -> int:
