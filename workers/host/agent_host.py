@@ -430,12 +430,13 @@ class AgentHost:
                     raise
                 # else restarted fresh (_wake): the message waits in the inbox for the new instance
         text = body.text
-        if self._security is not None:
-            self._security.charge(agent.agent_id, requests=1)  # layer 3: rate_limited
-            from_agent = self.traffic.is_internal(env.id)
-            text = self._security.check_input(  # layer 2: denied
-                agent.agent_id, text, source="agent" if from_agent else "user"
-            )
+        sec = self._security
+        if sec is not None:
+            sec.charge(agent.agent_id, requests=1)  # layer 3: rate_limited
+            injection = sec.injection  # layer 2: denied (HostSecurity.check_input, one frame fewer)
+            if injection is not None:
+                source = "agent" if self.traffic.is_internal(env.id) else "user"
+                text = injection.check_text(text, source=source, agent_id=agent.agent_id)
         if self._memory is not None:
             self._memory.record_message(agent.agent_id, _session(body.session), "user", text, None)
         payload, message = abi.user_entry(text, session=body.session)
@@ -628,7 +629,8 @@ class AgentHost:
         agent.take()
         agent.current, agent.current_send = env, send
         agent.usage = {"prompt_tokens": 0, "completion_tokens": 0, "tool_calls": 0}
-        agent.session = _session(send.session)
+        session = send.session  # _session(send.session), inlined
+        agent.session = session if isinstance(session, str) and session else "default"
         agent.failure = None
         agent.task = None
         if agent.guard is not None:
@@ -719,8 +721,9 @@ class AgentHost:
         usage = agent.usage
         usage["fuel"] = agent.sandbox.fuel_used - agent.fuel_at_start
         reply = outcome.reply.decode("utf-8", "replace")
-        if self._security is not None:
-            reply = self._security.redact(reply)  # layer 11
+        redactor = self._security.redactor if self._security is not None else None
+        if redactor is not None and reply:  # layer 11 (HostSecurity.redact, one frame fewer)
+            reply = redactor.redact_text(reply)
         if self._memory is not None:
             tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
             self._memory.record_message(agent.agent_id, agent.session, "assistant", reply, tokens)
