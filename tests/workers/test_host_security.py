@@ -280,7 +280,14 @@ def test_host_security_warm_up_never_waits_for_the_version_state_being_opened(tm
 def _model_texts() -> list[str]:
     """The injection corpus, with secrets and PII put in some of its texts, plus the edge cases."""
     data = Path(__file__).parent.parent / "security" / "data"
-    texts = ["", "hello", "billing", "mail bob@example.com", "key AKIAIOSFODNN7EXAMPLE", "card 4111111111111111"]
+    texts = [
+        "",
+        "hello",
+        "billing",
+        "mail bob@example.com",
+        "key AKIAIOSFODNN7EXAMPLE",
+        "card 4111111111111111",
+    ]
     for path in sorted(data.glob("*.jsonl")):
         lines = path.read_text(encoding="utf-8").splitlines()
         texts += [json.loads(line)["text"] for line in lines if line]
@@ -295,7 +302,10 @@ def test_check_model_text_is_redact_of_check_output(
 ) -> None:
     """check_model_text gives redact(check_output(..., source="llm")) for every corpus text: the same text,
     the same Denied, the same audit records (each output action; injection or redaction off)."""
-    table = {"injection": {"output_action": output_action, "enabled": layers[0]}, "redact": {"enabled": layers[1]}}
+    table = {
+        "injection": {"output_action": output_action, "enabled": layers[0]},
+        "redact": {"enabled": layers[1]},
+    }
 
     def build() -> tuple[HostSecurity, list[dict[str, object]]]:
         seen: list[dict[str, object]] = []

@@ -435,8 +435,10 @@ class AgentHost:
             sec.charge(agent.agent_id, requests=1)  # layer 3: rate_limited
             injection = sec.injection  # layer 2: denied (HostSecurity.check_input, one frame fewer)
             if injection is not None:
-                source = "agent" if self.traffic.is_internal(env.id) else "user"
-                text = injection.check_text(text, source=source, agent_id=agent.agent_id)
+                from_agent = self.traffic.is_internal(env.id)
+                text = injection.check_text(
+                    text, source="agent" if from_agent else "user", agent_id=agent.agent_id
+                )
         if self._memory is not None:
             self._memory.record_message(agent.agent_id, _session(body.session), "user", text, None)
         payload, message = abi.user_entry(text, session=body.session)
