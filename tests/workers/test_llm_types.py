@@ -92,6 +92,26 @@ def test_llm_types_subclasses_go_through_init() -> None:
 
 
 def test_llm_types_fast_constructor_fields_must_match_the_class() -> None:
-    """The slot setters are bound to the class's fields in order: a mismatch is an error at import."""
+    """The twin classes are bound to the class's fields in order: a mismatch is an error at import."""
     with pytest.raises(TypeError, match="are not the class's fields"):
-        t._slot_setters(t.Usage, ("completion_tokens", "prompt_tokens"))
+        t._twin(t.Usage, ("completion_tokens", "prompt_tokens"))
+
+
+def test_llm_types_twin_of_another_layout_cannot_become_the_class() -> None:
+    """CPython refuses the __class__ assignment between layouts that differ (a slot more, or other names)."""
+    for names in (("prompt_tokens",), ("prompt_tokens", "completion_tokens", "total"), ("a", "b")):
+        twin = type("Other", (), {"__slots__": names})()
+        with pytest.raises(TypeError):
+            twin.__class__ = t.Usage
+
+
+def test_llm_types_factories_keep_no_state_between_values() -> None:
+    """Each factory call gives a new value of the frozen class: built values are not shared or changed by
+    the next ones, and the twin class never leaks out."""
+    first = [t.ChatResponse.of(f"a{i}", [], t.Usage.of(i, i + 1), "stop", "p", "m") for i in range(50)]
+    requests = [t.ChatRequest.of((t.ChatMessage.user(str(i)),), (), stream=bool(i % 2)) for i in range(50)]
+    for i, resp in enumerate(first):
+        assert type(resp) is t.ChatResponse and type(resp.usage) is t.Usage
+        assert (resp.content, resp.usage.prompt_tokens, resp.usage.completion_tokens) == (f"a{i}", i, i + 1)
+        assert requests[i].messages[0].content == str(i) and requests[i].stream is bool(i % 2)
+        assert type(requests[i]) is t.ChatRequest and type(requests[i].messages[0]) is t.ChatMessage

@@ -24,19 +24,15 @@ def test_outcome_succeeded_equals_init(phase: str, reply: bytes) -> None:
         fast.ok = False  # type: ignore[misc]
 
 
-def test_outcome_succeeded_shares_short_replies_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A short reply's outcome is shared per (phase, reply) (the same value again), a longer one is built
-    anew each time, and the shared table never grows past its limit (cleared when full)."""
-    monkeypatch.setattr(instance, "_SHARED_SUCCESSES", {})
-    monkeypatch.setattr(instance, "_SHARED_SUCCESSES_LIMIT", 8)
-    short = instance._succeeded("handle", b"billing")
-    assert instance._succeeded("handle", b"billing") is short
-    assert instance._succeeded("init", b"billing") is not short
-    assert instance._succeeded("init", b"billing").phase == "init"
-    long = bytes(instance._SHARED_REPLY_MAX + 1)
-    assert instance._succeeded("handle", long) is not instance._succeeded("handle", long)
-    for i in range(50):
-        reply = f"r{i}".encode()
-        got = instance._succeeded("handle", reply)
-        assert got == Outcome(phase="handle", ok=True, reply=reply)
-        assert len(instance._SHARED_SUCCESSES) <= 8
+def test_outcome_succeeded_builds_a_new_value_each_time() -> None:
+    """Every reply gets its own Outcome (an Outcome, not the twin), equal to __init__'s, over many replies
+    of every length; earlier outcomes keep their own reply."""
+    made = []
+    for i in range(600):
+        reply = (f"r{i}" * (i % 40)).encode()
+        got = instance._succeeded("handle" if i % 3 else "init", reply)
+        assert type(got) is Outcome
+        assert got == Outcome(phase="handle" if i % 3 else "init", ok=True, reply=reply)
+        made.append((got, reply))
+    assert all(out.reply == reply for out, reply in made)
+    assert instance._succeeded("handle", b"x") is not instance._succeeded("handle", b"x")

@@ -430,12 +430,15 @@ class AgentHost:
                     raise
                 # else restarted fresh (_wake): the message waits in the inbox for the new instance
         text = body.text
-        if self._security is not None:
-            self._security.charge(agent.agent_id, requests=1)  # layer 3: rate_limited
-            from_agent = self.traffic.is_internal(env.id)
-            text = self._security.check_input(  # layer 2: denied
-                agent.agent_id, text, source="agent" if from_agent else "user"
-            )
+        sec = self._security
+        if sec is not None:
+            sec.charge(agent.agent_id, requests=1)  # layer 3: rate_limited
+            injection = sec.injection  # layer 2: denied (HostSecurity.check_input, one frame fewer)
+            if injection is not None:
+                from_agent = self.traffic.is_internal(env.id)
+                text = injection.check_text(
+                    text, source="agent" if from_agent else "user", agent_id=agent.agent_id
+                )
         if self._memory is not None:
             self._memory.record_message(agent.agent_id, _session(body.session), "user", text, None)
         payload, message = abi.user_entry(text, session=body.session)
@@ -628,7 +631,8 @@ class AgentHost:
         agent.take()
         agent.current, agent.current_send = env, send
         agent.usage = {"prompt_tokens": 0, "completion_tokens": 0, "tool_calls": 0}
-        agent.session = _session(send.session)
+        session = send.session  # _session(send.session), inlined
+        agent.session = session if isinstance(session, str) and session else "default"
         agent.failure = None
         agent.task = None
         if agent.guard is not None:
@@ -719,8 +723,9 @@ class AgentHost:
         usage = agent.usage
         usage["fuel"] = agent.sandbox.fuel_used - agent.fuel_at_start
         reply = outcome.reply.decode("utf-8", "replace")
-        if self._security is not None:
-            reply = self._security.redact(reply)  # layer 11
+        redactor = self._security.redactor if self._security is not None else None
+        if redactor is not None and reply:  # layer 11 (HostSecurity.redact, one frame fewer)
+            reply = redactor.redact_text(reply)
         if self._memory is not None:
             tokens = usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
             self._memory.record_message(agent.agent_id, agent.session, "assistant", reply, tokens)
@@ -1199,24 +1204,35 @@ class AgentHost:
 # Enum members as plain module names for the per-message paths (a lookup through the enum class costs ~90 ns).
 _READY, _IDLE = Phase.READY, State.IDLE
 _SEND_FIELDS = ("text", "agent_id", "service", "session", "stream")
-if tuple(f.name for f in dataclasses.fields(AgentSend)) != _SEND_FIELDS:  # the setters are in this order
+if tuple(f.name for f in dataclasses.fields(AgentSend)) != _SEND_FIELDS:  # the twin below has these slots
     raise TypeError(f"AgentSend's fields are not {_SEND_FIELDS}")
-_SEND_SET = tuple(vars(AgentSend)[name].__set__ for name in _SEND_FIELDS)
+# A plain class with AgentSend's slots: the body is built on it with plain attribute stores and becomes an
+# AgentSend by ``__class__`` assignment, which CPython allows only between classes of the same layout
+# (TypeError otherwise: the probe below, at import). No call per field.
+_SendTwin: Any = type("_SendTwin", (), {"__slots__": _SEND_FIELDS})
+_probe = _SendTwin()
+for _name in _SEND_FIELDS:
+    object.__setattr__(_probe, _name, _name)
+_probe.__class__ = AgentSend
+if any(getattr(_probe, _name) != _name for _name in _SEND_FIELDS):
+    raise TypeError("AgentSend's twin does not read back as an AgentSend")
+del _probe, _name
 
 
 def _send_body(raw: dict[str, Any]) -> AgentSend:
     """``messages.parse(env, AgentSend, decoded=True)`` of a body ``decode`` validated: each field is the
     body's value as it is (the schema builds strings and booleans as themselves; nil or absent is None),
-    set through the slots instead of the frozen dataclass ``__init__``. Same value
+    stored on the twin instead of through the frozen dataclass ``__init__``. Same value
     (``tests/workers/test_host_submit.py``)."""
-    body: AgentSend = object.__new__(AgentSend)
-    put, get = _SEND_SET, raw.get
-    put[0](body, get("text"))
-    put[1](body, get("agent_id"))
-    put[2](body, get("service"))
-    put[3](body, get("session"))
-    put[4](body, get("stream"))
-    return body
+    get = raw.get
+    body = _SendTwin()
+    body.text = get("text")
+    body.agent_id = get("agent_id")
+    body.service = get("service")
+    body.session = get("session")
+    body.stream = get("stream")
+    body.__class__ = AgentSend
+    return body  # type: ignore[no-any-return]
 
 
 def _session(value: Any) -> str:

@@ -337,6 +337,19 @@ class HostSecurity:
             return text
         return self.injection.check_text(text, source=source, agent_id=agent_id)
 
+    def check_model_text(self, agent_id: str, text: str) -> str:
+        """``redact(check_output(agent_id, text, source="llm"))`` in one step: the content filter of every
+        model answer (layer 2 on the answer, then layer 11 on what passed)."""
+        if not text:
+            return text
+        injection = self.injection
+        if injection is not None:
+            text = injection.check_text(text, source="llm", agent_id=agent_id)
+        redactor = self.redactor
+        if redactor is None or not text:
+            return text
+        return redactor.redact_text(text)
+
     def redact(self, text: str) -> str:
         """Layer 11: secrets and PII out of what leaves an agent (replies, tool results)."""
         if self.redactor is None or not text:

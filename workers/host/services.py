@@ -107,7 +107,7 @@ class Services:
 
             def content_filter(text: str) -> str:
                 try:
-                    return sec.redact(sec.check_output(agent_id, text, source="llm"))
+                    return sec.check_model_text(agent_id, text)  # check_output, then redact
                 except OpenFangError as exc:  # output_action = block: the message fails with this error
                     if agent.guard is not None:
                         agent.guard.refusal = exc

@@ -116,11 +116,12 @@ class ToolCall:
         model makes one per tool call and the host's chat conversion one per call it converts."""
         if cls is not ToolCall:
             return cls(id=id, name=name, arguments=arguments)
-        call = _new(ToolCall)
-        _CALL_SET[0](call, id)
-        _CALL_SET[1](call, name)
-        _CALL_SET[2](call, arguments)
-        return call
+        call = _CALL()
+        call.id = id
+        call.name = name
+        call.arguments = arguments
+        call.__class__ = ToolCall
+        return call  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,14 +201,13 @@ class ChatRequest:
         host's per-call request: nothing to convert, nothing to check)."""
         if cls is not ChatRequest or type(messages) is not tuple or type(tools) is not tuple:
             return cls(messages=messages, tools=tools, stream=stream)
-        req = _new(ChatRequest)
-        _REQUEST_SET[0](req, messages)
-        _REQUEST_SET[1](req, tools)
-        _REQUEST_SET[2](req, None)
-        _REQUEST_SET[3](req, None)
-        _REQUEST_SET[4](req, None)
-        _REQUEST_SET[5](req, stream)
-        return req
+        req = _REQUEST()
+        req.messages = messages
+        req.tools = tools
+        req.model = req.temperature = req.max_tokens = None
+        req.stream = stream
+        req.__class__ = ChatRequest
+        return req  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,10 +226,11 @@ class Usage:
         """``Usage(prompt_tokens=..., completion_tokens=...)`` built without __init__ (same value)."""
         if cls is not Usage:
             return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-        usage = _new(Usage)
-        _USAGE_SET[0](usage, prompt_tokens)
-        _USAGE_SET[1](usage, completion_tokens)
-        return usage
+        usage = _USAGE()
+        usage.prompt_tokens = prompt_tokens
+        usage.completion_tokens = completion_tokens
+        usage.__class__ = Usage
+        return usage  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -269,42 +270,51 @@ class ChatResponse:
                 provider=provider,
                 model=model,
             )
-        resp = _new(ChatResponse)
-        put = _RESPONSE_SET
-        put[0](resp, content)
-        put[1](resp, tool_calls)
-        put[2](resp, usage)
-        put[3](resp, finish_reason)
-        put[4](resp, provider)
-        put[5](resp, model)
-        put[6](resp, ())
-        return resp
+        resp = _RESPONSE()
+        resp.content = content
+        resp.tool_calls = tool_calls
+        resp.usage = usage
+        resp.finish_reason = finish_reason
+        resp.provider = provider
+        resp.model = model
+        resp.failed = ()
+        resp.__class__ = ChatResponse
+        return resp  # type: ignore[no-any-return]
 
 
 # -- construction without __init__ ---------------------------------------------------------------------------
 # A frozen dataclass's __init__ sets each field through object.__setattr__ and then runs __post_init__:
 # ~1.5 us for a ChatMessage, paid several times per model call on the host's hot path. The factories above
-# set the slots through their descriptors instead (~0.5 us), for values that are valid by construction;
-# tests/workers/test_llm_types.py checks each against __init__ field by field.
-_new = object.__new__
+# build the value on a plain twin class with the same slots (plain attribute stores: no call per field) and
+# then make it the frozen class by assigning ``__class__``, which CPython allows only between classes of
+# the same layout (the same slot names, each at the same offset) and refuses with TypeError otherwise
+# (~0.18 us for a ChatRequest, against ~0.53 with the slot descriptors' ``__set__`` and ~1.5 with
+# __init__). The values are valid by construction; tests/workers/test_llm_types.py checks each factory
+# against __init__ field by field.
 
 
-def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
-    """The slot descriptors' ``__set__`` of ``names``, in the order of the class's fields (checked)."""
+def _twin(cls: type, names: tuple[str, ...]) -> Any:
+    """A plain class with the slots ``names`` of the frozen dataclass ``cls`` (its fields, in order:
+    checked), whose instances may become ``cls`` instances (checked once here: the fields read back)."""
     from dataclasses import fields
 
     if tuple(f.name for f in fields(cls)) != names:
         raise TypeError(f"{cls.__name__}: the fast constructor's fields {names} are not the class's fields")
-    return tuple(vars(cls)[name].__set__ for name in names)
+    twin = type(f"_{cls.__name__}Twin", (), {"__slots__": names})
+    probe = twin()
+    for name in names:
+        object.__setattr__(probe, name, f"<{name}>")
+    probe.__class__ = cls  # TypeError when the layouts differ
+    if any(getattr(probe, name) != f"<{name}>" for name in names):
+        raise TypeError(f"{cls.__name__}: the twin's slots do not read back as the class's fields")
+    return twin
 
 
-_CALL_SET = _slot_setters(ToolCall, ("id", "name", "arguments"))
-_MESSAGE_SET = _slot_setters(ChatMessage, ("role", "content", "tool_calls", "tool_call_id", "name"))
-_REQUEST_SET = _slot_setters(
-    ChatRequest, ("messages", "tools", "model", "temperature", "max_tokens", "stream")
-)
-_USAGE_SET = _slot_setters(Usage, ("prompt_tokens", "completion_tokens"))
-_RESPONSE_SET = _slot_setters(
+_CALL = _twin(ToolCall, ("id", "name", "arguments"))
+_MESSAGE = _twin(ChatMessage, ("role", "content", "tool_calls", "tool_call_id", "name"))
+_REQUEST = _twin(ChatRequest, ("messages", "tools", "model", "temperature", "max_tokens", "stream"))
+_USAGE = _twin(Usage, ("prompt_tokens", "completion_tokens"))
+_RESPONSE = _twin(
     ChatResponse, ("content", "tool_calls", "usage", "finish_reason", "provider", "model", "failed")
 )
 
@@ -316,14 +326,14 @@ def _message(
     tool_call_id: str | None,
     name: str | None,
 ) -> ChatMessage:
-    msg = _new(ChatMessage)
-    put = _MESSAGE_SET
-    put[0](msg, role)
-    put[1](msg, content)
-    put[2](msg, tool_calls)
-    put[3](msg, tool_call_id)
-    put[4](msg, name)
-    return msg
+    msg = _MESSAGE()
+    msg.role = role
+    msg.content = content
+    msg.tool_calls = tool_calls
+    msg.tool_call_id = tool_call_id
+    msg.name = name
+    msg.__class__ = ChatMessage
+    return msg  # type: ignore[no-any-return]
 
 
 @runtime_checkable
