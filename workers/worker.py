@@ -122,7 +122,8 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.child.fileno(), zmq.POLLIN)
-        poller.register(self.host.wakeup_fd(), zmq.POLLIN)
+        wakeup = self.host.wakeup_fd()
+        poller.register(wakeup, zmq.POLLIN)
         self._hello()
         self._flush()  # before ready: the gateway knows this worker by the time the tree reports READY
         self.child.ready(cpu=self.cpu, agents=0)
@@ -168,7 +169,7 @@ class Worker:
                 self.child.worked()  # a burst (spawns, messages): its free heap pages are trimmed after it
             if self.child.fileno() in ready:
                 self._on_uplink()
-            replies = self.host.step(0.02)
+            replies = self.host.step(0.02, woken=wakeup in ready)  # not polled readable: no empty read
             if replies:
                 for reply in replies:
                     self._send(reply)

@@ -234,10 +234,12 @@ class AgentHost:
             if agent.unparked and self._agents.get(agent.agent_id) is agent:
                 self._maybe_park(agent)
 
-    def step(self, max_seconds: float) -> list[Envelope]:
-        """Run ready agents round-robin, one fuel slice each per turn, for up to ``max_seconds``."""
+    def step(self, max_seconds: float, *, woken: bool = True) -> list[Envelope]:
+        """Run ready agents round-robin, one fuel slice each per turn, for up to ``max_seconds``. ``woken``:
+        whether :meth:`wakeup_fd` was readable (False: a loop that polled it and saw nothing; see
+        JobRunner.drain)."""
         self._handoff.run_pending()
-        for agent_id in self._runner.drain():
+        for agent_id in self._runner.drain(woken=woken):
             agent = self._active.get(agent_id)
             if agent is not None:
                 self._guarded(agent, lambda a: self._apply(a, a.sandbox.refresh(self.clock())))

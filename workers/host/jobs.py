@@ -104,12 +104,18 @@ class JobRunner:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wfd, b"x")
 
-    def drain(self) -> list[str]:
-        try:
-            while os.read(self._rfd, 4096):
+    def drain(self, *, woken: bool = True) -> list[str]:
+        """The agents whose job finished since the last drain. ``woken=False``: the caller polled the wakeup
+        pipe (:meth:`fileno`) and it was not readable, so it is not read (an empty read is a system call and
+        a BlockingIOError, ~6 us a loop turn measured); a byte written since stays and wakes the next poll."""
+        if woken:
+            try:
+                while os.read(self._rfd, 4096):
+                    pass
+            except BlockingIOError:
                 pass
-        except BlockingIOError:
-            pass
+        if not self.completed:  # appended before its wakeup byte is written: a later poll sees that byte
+            return []
         with self._lock:
             done = list(self.completed)
             self.completed.clear()
