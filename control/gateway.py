@@ -95,6 +95,7 @@ from openfang.protocol.errors import (
     Timeout,
     UnknownType,
 )
+from openfang.protocol.linkframe import pack, unpack
 from openfang.protocol.sockets import bind_pub, bind_router, send_each, send_nowait
 from openfang.security.config import security_from_args
 from openfang.supervisor.child import ChildContext
@@ -875,14 +876,14 @@ class Gateway:
         """Send one message to a worker now (raises as send_nowait), after the requests queued before it."""
         if self._worker_out:
             self._flush_workers()
-        send_nowait(self.worker_sock, frames, peer=peer)
+        send_nowait(self.worker_sock, [frames[0], pack(frames[1:])], peer=peer)  # [routing id, its batch]
 
     def _flush_workers(self) -> None:
         """Send the queued worker requests in order; a request that cannot be sent is failed as it would
         have been at once (its waiting entry dropped, ``on_fail`` told why)."""
         out, self._worker_out = self._worker_out, []
-        # One ZeroMQ message per worker, its requests as frames in order (the worker reads each frame as
-        # one envelope): one wake-up of ZeroMQ's threads for the batch instead of one per request.
+        # One ZeroMQ message per worker, its requests packed in order as one batch frame
+        # (protocol/linkframe.py): one wake-up of ZeroMQ's threads for the batch instead of one per request.
         batches: dict[bytes, tuple[list[bytes], list[tuple[list[bytes], str, _OnFail]]]] = {}
         for item in out:
             routing_id, payload = item[0]
@@ -901,7 +902,7 @@ class Gateway:
         would have been at once (its waiting entry dropped, ``on_fail`` told why)."""
         try:
             peer = f"worker {routing_id.decode(errors='replace')}"
-            send_nowait(self.worker_sock, [routing_id, *payloads], peer=peer)
+            send_nowait(self.worker_sock, [routing_id, pack(payloads)], peer=peer)
         except OpenFangError as exc:
             for _frames, key, on_fail in items:
                 waiting = self.waiting.pop(key, None)
@@ -967,22 +968,32 @@ class Gateway:
     # -- workers ----------
 
     def _on_worker_frames(self, frames: list[bytes]) -> None:
-        # A worker sends a loop turn's messages as the frames of one ZeroMQ message (workers/worker.py
-        # BATCH_FRAMES): each frame after the routing id is one envelope, handled in order.
+        # A worker sends a loop turn's messages as one batch frame after the routing id
+        # (protocol/linkframe.py, workers/worker.py BATCH_MAX): its envelopes are handled in order.
         identity = frames[0]
         worker_id = identity.decode(errors="replace")
-        if len(frames) == 2:
-            self._on_worker_message(identity, worker_id, frames[1])
+        if len(frames) != 2:
+            # The link sends one batch frame a message: anything else is a worker's bug, dropped whole (the
+            # receive read the message to its end, so the next one still starts at its routing id).
+            log.error(
+                "worker_batch_malformed", worker=worker_id, error=f"{len(frames) - 1} frames, not one batch"
+            )
             return
-        if len(frames) < 2:
-            log.warning("worker_frame_malformed", frames=len(frames))
+        try:
+            payloads = unpack(frames[1])
+        except ProtocolError as exc:
+            # Its framing is broken, so nothing in it is trusted; the other workers' messages are not touched.
+            log.error("worker_batch_malformed", worker=worker_id, error=exc.message, bytes=len(frames[1]))
             return
-        for payload in frames[1:]:
+        if len(payloads) == 1:
+            self._on_worker_message(identity, worker_id, payloads[0])
+            return
+        for payload in payloads:
             try:
                 self._on_worker_message(identity, worker_id, payload)
             except Exception:
                 # As in _drain: one bad message must not cost the others of its batch.
-                log.exception("gateway_message_failed", frames=len(frames))
+                log.exception("gateway_message_failed", worker=worker_id, messages=len(payloads))
 
     def _on_worker_message(self, identity: bytes, worker_id: str, payload: bytes) -> None:
         """One envelope from the worker ``worker_id`` (its routing id ``identity``, decoded)."""
@@ -1328,7 +1339,9 @@ class Gateway:
 
 def _receive(sock: zmq.Socket[bytes]) -> list[bytes]:
     """One message from a ROUTER without blocking (zmq.Again if none), as recv_multipart would return it:
-    the routing id and each frame as bytes (1.3 us for two frames against 2.4 us for recv_multipart)."""
+    the routing id and each frame as bytes (1.3 us for two frames against 2.4 us for recv_multipart). On the
+    worker link that is [routing id, batch]; a frame after the id is read as a zmq.Frame for its ``more``
+    flag, so a message of more frames is still read to its end (and refused whole by _on_worker_frames)."""
     frames = [sock.recv(_NOBLOCK)]
     while True:
         frame = sock.recv(copy=False)  # the rest of a message is already here: never blocks

@@ -5,7 +5,8 @@ client and one for a fake worker.
     python -m perf.gateway_cpu [--count 20000] [--batch 64] [--rounds 5]
 
 Each round sends ``count`` ``agent.send`` requests to a service in batches of ``batch`` (as the pipelined
-benchmark client does); the fake worker answers each with an ``agent.send.ok``; every reply the client gets
+benchmark client does); the fake worker answers each with an ``agent.send.ok``, the answers to one message
+of the gateway's together in one message (as a worker's loop turn sends them); every reply the client gets
 is checked (its id, type and text). Only the gateway's own calls are timed, with the thread's CPU clock
 (``time.thread_time``): its loop's work on the client socket, on the worker socket and its flushes. The
 client, the fake worker and ZeroMQ's I/O thread are not counted. Prints the CPU per request of each round,
@@ -27,6 +28,7 @@ import zmq
 from openfang.control.config import ControlConfig
 from openfang.control.gateway import Gateway, _receive
 from openfang.control.guard import receive_client
+from openfang.protocol.linkframe import pack, unpack
 from openfang.supervisor.child import ChildContext
 
 _BUCKETS = ("client_requests", "global_requests", "agent_requests", "agent_tokens", "agent_tool_calls")
@@ -76,7 +78,7 @@ def run(count: int, batch: int, rounds: int) -> list[float]:
         client = _dealer(zctx, gw.control.endpoint, b"client-1")
         worker = _dealer(zctx, gw.control.workers, b"w-0")
         hello = {"worker": "w-0", "pid": 4242, "cpu": 0, "agent_ids": []}
-        worker.send(msgpack.packb({"v": 1, "id": "h-1", "type": "worker.hello", "body": hello}))
+        worker.send(pack([msgpack.packb({"v": 1, "id": "h-1", "type": "worker.hello", "body": hello})]))
         assert gw.worker_sock.poll(5000)
         gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
         gw.agents.add("a-1", "w-0", service="svc")
@@ -105,12 +107,16 @@ def run(count: int, batch: int, rounds: int) -> list[float]:
                         gw._flush()
                         spent += time.thread_time() - t0
                         handled += len(gw.waiting) - before
-                    for raw in _recv_all(worker, k):  # the fake worker answers each
-                        req = msgpack.unpackb(raw)
-                        reply = {"reply": req["body"]["text"].upper(), "agent_id": "a-1", "usage": usage}
-                        worker.send(
-                            msgpack.packb({"v": 1, "id": req["id"], "type": "agent.send.ok", "body": reply})
-                        )
+                    got = 0
+                    while got < k:  # the fake worker answers each, a batch's answers in one batch
+                        answers = []
+                        for raw in unpack(_recv_all(worker, 1)[0]):
+                            req = msgpack.unpackb(raw)
+                            reply = {"reply": req["body"]["text"].upper(), "agent_id": "a-1", "usage": usage}
+                            body = {"v": 1, "id": req["id"], "type": "agent.send.ok", "body": reply}
+                            answers.append(msgpack.packb(body))
+                        worker.send(pack(answers))
+                        got += len(answers)
                     while gw.waiting:  # the gateway's loop turns on its worker socket
                         assert gw.worker_sock.poll(5000)
                         t0 = time.thread_time()

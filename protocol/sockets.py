@@ -298,6 +298,8 @@ def send_each(
             if len(frames) == 2:  # a routing id and a payload, the usual message: 0.58 against 0.79 us looped
                 send(sock, frames[0], _NOBLOCK_MORE)
                 send(sock, frames[1], _NOBLOCK)
+            elif len(frames) == 1:  # a DEALER's one frame (a worker's batch to the gateway)
+                send(sock, frames[0], _NOBLOCK)
             else:
                 # Frame by frame with SNDMORE, as send_multipart does (so the same errors at the same frames),
                 # without its per-frame type checks and enum flags: 0.8 us for two frames against 2.3 us.

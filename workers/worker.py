@@ -27,6 +27,7 @@ from openfang.protocol import messages
 from openfang.protocol.bodies import Empty, ForwardedRequest, WorkerForward, WorkerHello, WorkerPing
 from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.protocol.errors import Busy, NotFound, OpenFangError, ProtocolError
+from openfang.protocol.linkframe import pack, unpack
 from openfang.protocol.messages import remote_error
 from openfang.protocol.sockets import send_nowait
 from openfang.security import injection
@@ -54,16 +55,18 @@ MAX_TIMED = 100_000  # agent.send requests timed at once (an unanswered one is f
 # loop at most one short wait per WRITER_RETRY_S however often metrics are scraped.
 WRITER_PING_S = 0.25
 WRITER_RETRY_S = 10.0
-# A loop turn's messages to the gateway leave together, as the frames of one ZeroMQ message (at most this
-# many per message): each send that finds ZeroMQ's I/O thread asleep wakes it (7-12 us measured on this
-# machine against 1.2 us back to back), and one multipart message is one wake-up for all its frames.
-BATCH_FRAMES = 32
+# A loop turn's messages to the gateway leave together, packed as one batch frame (protocol/linkframe.py) of
+# at most this many envelopes, one ZeroMQ message: each send that finds ZeroMQ's I/O thread asleep wakes it
+# (7-12 us measured on this machine against 1.2 us back to back), and one message is one wake-up for all of
+# them. The cap keeps the high-water mark's meaning (ZeroMQ counts messages): at most 32 envelopes each.
+BATCH_MAX = 32
+# One drain handles at most about this many envelopes (whole messages) before the loop turn goes on.
+DRAIN_MAX = 512
 # A spawn's spare instance (Spawner.prepare_spare) is made once the loop has had nothing to do for this
 # long, never in or just after the turn that answered the spawn: made there (or after 1 ms idle), its CPU
 # landed on the way back of the reply and of the next spawn (warm start 1.03-1.05x slower, back to back on
 # 2 cores). Spawns further apart find it ready (perf/PROFILE.md "Warm start", branch spare).
 SPARE_IDLE_MS = 3
-# A drain checks the end of its first message frame by frame for at most this many frames (see _drain).
 # After any request the next warm-up step (Worker._warm_up) waits for this long without one: a restarted
 # worker's first requests (a kill -9's restart is timed to its first answered ping) do not queue behind a
 # step each. Measured (perf.bench_backbone restart p50, 50 kills a run): with steps from the ready on,
@@ -71,9 +74,7 @@ SPARE_IDLE_MS = 3
 # The first step starts at the ready (nothing has come yet; cold10: restart p50 median 17.3 against 16.7,
 # 5 runs a side at load 6-7, within the noise).
 WARM_IDLE_MS = 1
-CHECKED_FRAMES = 4
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost an enum operation per use
-_RCVMORE = int(zmq.RCVMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
@@ -128,7 +129,8 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.child.fileno(), zmq.POLLIN)
-        poller.register(self.host.wakeup_fd(), zmq.POLLIN)
+        wakeup = self.host.wakeup_fd()
+        poller.register(wakeup, zmq.POLLIN)
         self._hello()
         self._flush()  # before ready: the gateway knows this worker by the time the tree reports READY
         self.child.ready(cpu=self.cpu, agents=0)
@@ -207,26 +209,28 @@ class Worker:
             self.host.prepare_spare()
 
     def _drain(self) -> None:
-        # The gateway sends a worker its queued requests as the frames of one message: each recv returns the
-        # next frame, so every frame is read as one envelope, in order.
-        # The usual drain is one short message (a warm start's spawn and first message: two frames). The
-        # zmq.Again that ends the loop cost ~11 us median in situ, on the way to the spawn (stamped; RCVMORE
-        # ~1.2 us, EVENTS ~3.9): so the first CHECKED_FRAMES frames ask whether their message goes on and,
-        # at its end, whether another waits. A longer batch, or a burst, is read on until Again as before.
+        # The gateway sends a worker its queued requests as one batch frame a message (protocol/linkframe.py):
+        # each recv is one message, its envelopes handled in order. After each message, EVENTS says whether
+        # another waits: the usual drain is one message (a warm start's spawn and first message), and the
+        # zmq.Again that would end the loop cost ~11 us median in situ, on the way to the spawn (stamped;
+        # EVENTS ~3.9). Bounded by envelopes, so a flood cannot starve the heartbeat.
         sock = self.sock
-        checked = CHECKED_FRAMES
-        for _ in range(512):
+        handled = 0
+        while handled < DRAIN_MAX:
             try:
-                payload = sock.recv(_NOBLOCK)
+                frame = sock.recv(_NOBLOCK)
             except zmq.Again:
                 return
-            self._handle(payload)
-            if checked:
-                checked -= 1
-                if not sock.getsockopt(_RCVMORE):
-                    if not int(sock.getsockopt(_EVENTS)) & _POLLIN:
-                        return
-                    checked = 0
+            try:
+                payloads = unpack(frame)
+            except ProtocolError as exc:
+                log.error("gateway_batch_malformed", error=str(exc), bytes=len(frame))
+                payloads = []
+            for payload in payloads:
+                self._handle(payload)
+            handled += len(payloads) or 1
+            if not int(sock.getsockopt(_EVENTS)) & _POLLIN:
+                return
 
     def _handle(self, payload: bytes) -> None:
         try:
@@ -308,15 +312,15 @@ class Worker:
         self._outbox.append(encode(env))
 
     def _flush(self) -> None:
-        """Send the queued messages in order, up to BATCH_FRAMES frames per ZeroMQ message."""
+        """Send the queued messages in order, at most BATCH_MAX envelopes per ZeroMQ message (a batch)."""
         out = self._outbox
         if not out:
             return
         self._outbox = []
-        for start in range(0, len(out), BATCH_FRAMES):
-            batch = out[start : start + BATCH_FRAMES]
+        for start in range(0, len(out), BATCH_MAX):
+            batch = out if len(out) <= BATCH_MAX else out[start : start + BATCH_MAX]
             try:
-                send_nowait(self.sock, batch, peer="gateway")
+                send_nowait(self.sock, (pack(batch),), peer="gateway")
             except Busy:
                 # The gateway is gone or not reading; it times the requests out for their clients.
                 log.warning("reply_dropped_gateway_busy", messages=len(batch))

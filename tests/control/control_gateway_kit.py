@@ -15,6 +15,7 @@ from openfang.control.config import ControlConfig
 from openfang.control.gateway import Gateway
 from openfang.control.guard import receive_client
 from openfang.protocol.envelope import Envelope, decode, encode
+from openfang.protocol.linkframe import pack, unpack
 from openfang.supervisor.child import ChildContext
 
 
@@ -37,6 +38,18 @@ def dealer(gw: Gateway, endpoint: str, routing_id: bytes) -> zmq.Socket[bytes]:
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
     return sock
+
+
+def from_gateway(sock: zmq.Socket[bytes]) -> list[Envelope]:
+    """The envelopes of the next message a worker's DEALER ``sock`` gets from the gateway (one batch)."""
+    assert sock.poll(5000), "the worker got nothing"
+    return [decode(p) for p in unpack(sock.recv())]
+
+
+def one_from_gateway(sock: zmq.Socket[bytes]) -> Envelope:
+    """The next message a worker's DEALER ``sock`` gets from the gateway: a batch of exactly one envelope."""
+    (env,) = from_gateway(sock)
+    return env
 
 
 def registry_state(db: Path, agent_id: str) -> str | None:
@@ -69,7 +82,7 @@ class SyncedDoor:
 
     def answer(self, reply: Envelope) -> None:
         """The worker's answer, taken in by the gateway."""
-        self.worker.send(encode(reply))
+        self.worker.send(pack([encode(reply)]))
         assert self.gw.worker_sock.poll(5000), "the gateway got no answer"
         self.gw._drain(self.gw.worker_sock, self.gw._on_worker_frames)
         self.gw._flush()

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from control_gateway_kit import dealer, in_process_gateway
+from control_gateway_kit import dealer, in_process_gateway, one_from_gateway
 
 from openfang.control.gateway import Gateway
 from openfang.protocol import messages
-from openfang.protocol.envelope import Envelope, decode, encode
+from openfang.protocol.envelope import Envelope, encode
 from openfang.protocol.errors import ConfigError
+from openfang.protocol.linkframe import pack
 from openfang.supervisor.child import ChildContext
 
 pytestmark = pytest.mark.integration
@@ -32,11 +33,11 @@ class _Link:
         """Send ``type_`` for ``sender`` inside a worker.forward; the gateway's answer."""
         forward = {"sender": sender, "request": {"type": type_, "body": body}}
         request = Envelope(type="worker.forward", body=forward)
-        self.sock.send(encode(request))
+        self.sock.send(pack([encode(request)]))
         assert self.gw.worker_sock.poll(5000), "the gateway got nothing"
         self.gw._drain(self.gw.worker_sock, self.gw._on_worker_frames)
         assert self.sock.poll(5000), f"no answer to {type_}"
-        answer = decode(self.sock.recv())
+        answer = one_from_gateway(self.sock)
         assert answer.id == request.id
         return answer
 

@@ -19,6 +19,7 @@ from openfang.control.gateway import _Worker
 from openfang.control.guard import receive_client
 from openfang.protocol import messages
 from openfang.protocol.envelope import Envelope, decode, encode
+from openfang.protocol.linkframe import pack, unpack
 
 pytestmark = pytest.mark.integration
 
@@ -30,11 +31,8 @@ class _Door:
         self.gw = in_process_gateway(tmp)
         self.client = dealer(self.gw, self.gw.control.endpoint, b"client-1")
         self.worker = dealer(self.gw, self.gw.control.workers, b"w-0")
-        self.worker.send(
-            encode(
-                Envelope(type="worker.hello", body={"worker": "w-0", "pid": 4242, "cpu": 0, "agent_ids": []})
-            )
-        )
+        hello = {"worker": "w-0", "pid": 4242, "cpu": 0, "agent_ids": []}
+        self.worker.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
         assert self.gw.worker_sock.poll(5000)
         self.gw._drain(self.gw.worker_sock, self.gw._on_worker_frames)
         assert "w-0" in self.gw.workers
@@ -59,10 +57,14 @@ class _Door:
         return ids
 
     def answers(self, sock: zmq.Socket[bytes], count: int) -> list[Envelope]:
+        """The next ``count`` envelopes ``sock`` receives (the worker's come in batches, a client's one a
+        message)."""
         out: list[Envelope] = []
-        for _ in range(count):
+        while len(out) < count:
             assert sock.poll(5000), f"only {len(out)} of {count} messages arrived"
-            out.append(decode(sock.recv()))
+            raw = sock.recv()
+            out.extend(decode(p) for p in (unpack(raw) if sock is self.worker else [raw]))
+        assert len(out) == count, f"{len(out)} envelopes arrived, {count} expected"
         return out
 
     def close(self) -> None:
@@ -106,7 +108,7 @@ def test_replies_to_clients_leave_at_the_flush_in_the_order_they_were_made(door:
     door.gw._flush()
     for env in door.answers(door.worker, 3):
         reply = {"reply": env.body["text"].upper(), "agent_id": "a-1", "usage": {}}
-        door.worker.send(encode(Envelope(type="agent.send.ok", body=reply, id=env.id)))
+        door.worker.send(pack([encode(Envelope(type="agent.send.ok", body=reply, id=env.id))]))
     while door.gw.waiting:
         assert door.gw.worker_sock.poll(5000), "the answers did not reach the gateway"
         door.gw._drain(door.gw.worker_sock, door.gw._on_worker_frames)
@@ -166,14 +168,15 @@ def test_a_frame_that_is_not_an_envelope_is_refused_as_before(door: _Door) -> No
     assert second.id == "r-1" and second.body["message"] == "body: must be a map, got list"
 
 
-def test_requests_queued_for_one_worker_leave_as_one_message_one_frame_each(door: _Door) -> None:
-    """Three routed requests reach their worker as one ZeroMQ message of three frames, in order."""
+def test_requests_queued_for_one_worker_leave_as_one_message_of_one_batch(door: _Door) -> None:
+    """Three routed requests reach their worker as one ZeroMQ message of one batch frame, in order."""
     door.gw.agents.add("a-1", "w-0", service="svc")
     door.ask(*({"service": "svc", "text": f"t{i}"} for i in range(3)))
     door.gw._flush()
     assert door.worker.poll(5000)
     frames = door.worker.recv_multipart()
-    assert [decode(f).body["text"] for f in frames] == ["t0", "t1", "t2"]
+    assert len(frames) == 1, "one batch frame"
+    assert [decode(f).body["text"] for f in unpack(frames[0])] == ["t0", "t1", "t2"]
     assert not door.worker.poll(100), "one message held them all"
 
 
@@ -194,7 +197,7 @@ def test_a_batch_for_a_lost_worker_fails_each_of_its_requests(door: _Door) -> No
     assert door.gw.workers["w-9"].in_flight == 0 and len(door.gw.waiting) == 1
 
 
-def test_a_workers_message_of_several_frames_is_handled_frame_by_frame(door: _Door) -> None:
+def test_a_bad_envelope_in_a_workers_batch_costs_only_itself(door: _Door) -> None:
     """A worker's batch of answers with garbage in the middle: the two good answers reach their clients."""
     door.gw.agents.add("a-1", "w-0", service="svc")
     ids = door.ask(*({"service": "svc", "text": f"t{i}"} for i in range(2)))
@@ -204,7 +207,7 @@ def test_a_workers_message_of_several_frames_is_handled_frame_by_frame(door: _Do
         encode(Envelope(type="agent.send.ok", body={"reply": "R", "agent_id": "a-1", "usage": {}}, id=e.id))
         for e in asked
     ]
-    door.worker.send_multipart([replies[0], b"\xc1 not msgpack", replies[1]])
+    door.worker.send(pack([replies[0], b"\xc1 not msgpack", replies[1]]))
     assert door.gw.worker_sock.poll(5000)
     door.gw._drain(door.gw.worker_sock, door.gw._on_worker_frames)
     door.gw._flush()
@@ -246,11 +249,13 @@ def test_a_relayed_answer_is_the_answer_re_addressed_byte_for_byte(door: _Door) 
         asked = door.answers(door.worker, 2)
         ok = {"reply": "ONE", "agent_id": "a-1", "usage": {"prompt_tokens": 1}}
         err = {"code": "sandbox_error", "message": "trapped"}
-        door.worker.send_multipart(
-            [
-                encode(Envelope(type="agent.send.ok", body=ok, id=asked[0].id)),
-                encode(Envelope(type="error", body=err, id=asked[1].id)),
-            ]
+        door.worker.send(
+            pack(
+                [
+                    encode(Envelope(type="agent.send.ok", body=ok, id=asked[0].id)),
+                    encode(Envelope(type="error", body=err, id=asked[1].id)),
+                ]
+            )
         )
         while door.gw.waiting:
             assert door.gw.worker_sock.poll(5000)

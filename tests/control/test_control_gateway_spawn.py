@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from control_gateway_kit import SyncedDoor, dealer, in_process_gateway
+from control_gateway_kit import SyncedDoor, dealer, in_process_gateway, one_from_gateway
 
 from openfang.control.gateway import WARM_SCHEMAS
 from openfang.control.guard import receive_client
 from openfang.protocol import messages
 from openfang.protocol.envelope import Envelope, decode, encode
 from openfang.protocol.errors import SecurityError
+from openfang.protocol.linkframe import pack
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ class _Spawns(SyncedDoor):
         """The client's spawn, taken in by the gateway: what the worker receives."""
         self.ask(Envelope(type="agent.spawn", body={"manifest": MANIFEST}))
         assert self.worker.poll(5000), "the spawn was not forwarded"
-        return decode(self.worker.recv())
+        return one_from_gateway(self.worker)
 
     def worker_answers(self, forwarded: Envelope) -> None:
         body = {"agent_id": forwarded.body["agent_id"], "worker": "w-0", "spawn": "warm", "spawn_ms": 0.2}
@@ -78,7 +79,7 @@ def test_gateway_refused_spawn_is_never_acknowledged_nor_kept(spawns: _Spawns) -
     forwarded = spawns.spawn()
     agent_id = forwarded.body["agent_id"]
     spawns.end_turn()
-    spawns.worker.send(encode(forwarded.error(SecurityError("import not allowed"))))
+    spawns.worker.send(pack([encode(forwarded.error(SecurityError("import not allowed")))]))
     assert spawns.gw.worker_sock.poll(5000)
     spawns.gw._drain(spawns.gw.worker_sock, spawns.gw._on_worker_frames)
     spawns.gw._flush()
@@ -109,8 +110,8 @@ def test_gateway_kill_ack_waits_until_the_removal_is_on_disk(spawns: _Spawns) ->
     agent_id = _running_agent(spawns)
     _request(spawns, "agent.kill", agent_id)
     assert spawns.worker.poll(5000), "the kill was not forwarded"
-    kill = decode(spawns.worker.recv())
-    spawns.worker.send(encode(kill.reply({"agent_id": agent_id, "state": "dead"})))
+    kill = one_from_gateway(spawns.worker)
+    spawns.worker.send(pack([encode(kill.reply({"agent_id": agent_id, "state": "dead"}))]))
     assert spawns.gw.worker_sock.poll(5000), "the gateway got no answer"
     spawns.gw._drain(spawns.gw.worker_sock, spawns.gw._on_worker_frames)
     spawns.gw._flush()
@@ -162,7 +163,7 @@ def test_gateway_message_to_an_agent_whose_worker_just_vanished_waits_for_it(spa
     spawns.gw.placement.worker_synced("w-0", [agent_id])
     spawns.gw._flush()
     assert spawns.worker.poll(5000), "the held message was not delivered when the worker came back"
-    delivered = decode(spawns.worker.recv())
+    delivered = one_from_gateway(spawns.worker)
     assert delivered.type == "agent.send" and delivered.body["agent_id"] == agent_id
 
 
@@ -178,13 +179,13 @@ def test_a_spawn_in_the_same_turn_as_the_first_workers_hello_is_placed_on_it(
     client = dealer(gw, gw.control.endpoint, b"client")
     try:
         hello = {"worker": "w-0", "pid": 4242, "cpu": 0, "agents": 0, "agent_ids": []}
-        worker.send(encode(Envelope(type="worker.hello", body=hello)))
+        worker.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
         client.send(encode(Envelope(type="agent.spawn", body={"manifest": MANIFEST})))
         assert gw.worker_sock.poll(5000) and gw.clients.poll(5000), "both messages wait for the same turn"
         gw.turn(gw.poller(), timeout_ms=0)
         assert not client.poll(100), "the spawn is not refused"
         assert worker.poll(5000), "the spawn was sent to the worker"
-        assert decode(worker.recv()).type == "agent.spawn"
+        assert one_from_gateway(worker).type == "agent.spawn"
     finally:
         worker.close(0)
         client.close(0)

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from control_gateway_kit import SyncedDoor
+from control_gateway_kit import SyncedDoor, from_gateway
 
 from openfang.control.guard import Guard, receive_client
 from openfang.protocol import messages
-from openfang.protocol.envelope import Envelope, decode, encode
+from openfang.protocol.envelope import Envelope, encode
 from openfang.protocol.errors import ConfigError, NotFound, RateLimited
+from openfang.protocol.linkframe import pack
 from openfang.security._errors import Denied
 from openfang.security.config import parse_security
 
@@ -32,17 +33,15 @@ class _Link(SyncedDoor):
         (the spawn, then the message)."""
         body = {"manifest": MANIFEST, "text": "hello", **extra}
         self.ask(Envelope(type="agent.spawn", body=body, id="req-1"))
-        assert self.worker.poll(5000), "the worker got nothing"
-        frames = self.worker.recv_multipart()
-        assert len(frames) == 2, "the spawn and its message leave in one flush, as one batch"
-        spawn, send = (decode(f) for f in frames)
+        envelopes = from_gateway(self.worker)
+        assert len(envelopes) == 2, "the spawn and its message leave in one flush, as one batch"
+        spawn, send = envelopes
         return spawn, send
 
     def received(self) -> Envelope:
-        assert self.worker.poll(5000), "the worker got nothing"
-        frames = self.worker.recv_multipart()
-        assert len(frames) == 1, f"one message expected, got a batch of {len(frames)}"
-        return decode(frames[0])
+        envelopes = from_gateway(self.worker)
+        assert len(envelopes) == 1, f"one message expected, got a batch of {len(envelopes)}"
+        return envelopes[0]
 
 
 @pytest.fixture
@@ -188,7 +187,7 @@ def test_forwarded_spawn_with_text_is_refused_naming_the_field(link: _Link) -> N
         "sender": "a-1",
         "request": {"type": "agent.spawn", "body": {"manifest": MANIFEST, "text": "x"}},
     }
-    link.worker.send(encode(Envelope(type="worker.forward", body=forward)))
+    link.worker.send(pack([encode(Envelope(type="worker.forward", body=forward))]))
     assert link.gw.worker_sock.poll(5000)
     link.gw._drain(link.gw.worker_sock, link.gw._on_worker_frames)
     answer = link.received()
@@ -255,7 +254,7 @@ def test_spawn_with_text_reply_leaves_before_the_workers_event_is_handled(link: 
     link.gw._worker_dispatch["event"] = (link.gw._worker_dispatch["event"][0], on_event)
     state = {"kind": "agent.state", "agent_id": agent_id, "worker": "w-0", "state": "running", "time": 1.0}
     event = Envelope(type="event", body=state)
-    link.worker.send_multipart([encode(_spawned(spawn)), encode(_sent(send)), encode(event)])
+    link.worker.send(pack([encode(_spawned(spawn)), encode(_sent(send)), encode(event)]))
     assert link.gw.worker_sock.poll(5000), "the gateway got no answer"
     link.gw._drain(link.gw.worker_sock, link.gw._on_worker_frames)
     assert seen == [0], "the joined reply waited in the outbox while the event was handled"
@@ -280,7 +279,7 @@ def test_spawn_with_text_reply_leaves_before_the_placement_bookkeeping(link: _Li
         spawned(*args, **kwargs)
 
     link.gw.placement.spawned = recording  # type: ignore[method-assign]
-    link.worker.send_multipart([encode(_spawned(spawn)), encode(_sent(send))])
+    link.worker.send(pack([encode(_spawned(spawn)), encode(_sent(send))]))
     assert link.gw.worker_sock.poll(5000), "the gateway got no answer"
     link.gw._drain(link.gw.worker_sock, link.gw._on_worker_frames)
     assert seen and seen[0] != 0, "the reply waited for the placement's bookkeeping"
@@ -308,7 +307,7 @@ def test_spawn_bookkeeping_runs_before_another_worker_message_is_handled(link: _
     link.gw._worker_dispatch["event"] = (link.gw._worker_dispatch["event"][0], on_event)
     state = {"kind": "agent.state", "agent_id": agent_id, "worker": "w-0", "state": "running", "time": 1.0}
     event = Envelope(type="event", body=state)
-    link.worker.send_multipart([encode(_spawned(spawn)), encode(event), encode(_sent(send))])
+    link.worker.send(pack([encode(_spawned(spawn)), encode(event), encode(_sent(send))]))
     assert link.gw.worker_sock.poll(5000), "the gateway got no answer"
     link.gw._drain(link.gw.worker_sock, link.gw._on_worker_frames)
     assert seen == ["w-0"], "the event was handled before the spawn was recorded"

@@ -60,6 +60,7 @@ def test_a_worker_cannot_forward_on_behalf_of_another_workers_agent(make_cluster
     import zmq
 
     from openfang.protocol.envelope import Envelope, decode, encode
+    from openfang.protocol.linkframe import pack, unpack
 
     c = make_cluster(workers=1).start()
     wait_for(lambda: not c.call("worker.ping", {"worker": "workers-0"}).is_error, what="worker connected")
@@ -70,9 +71,9 @@ def test_a_worker_cannot_forward_on_behalf_of_another_workers_agent(make_cluster
     rogue.connect(f"ipc://{c.data_dir}/run/workers.sock")
     body = {"agent_id": victim, "text": "who are you?", "session": "agent:x"}
     forward = {"sender": victim, "request": {"type": "agent.send", "body": body}}
-    rogue.send(encode(Envelope(type="worker.forward", body=forward)))
+    rogue.send(pack([encode(Envelope(type="worker.forward", body=forward))]))
     assert rogue.poll(10_000), "the gateway answers a refused forward"
-    reply = decode(rogue.recv())
+    (reply,) = (decode(p) for p in unpack(rogue.recv()))
     assert reply.is_error and "does not host agent" in reply.body["message"]
     assert c.ok("agent.info", {"agent_id": victim})["messages"] == 0
     rogue.close()

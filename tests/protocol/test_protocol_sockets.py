@@ -131,6 +131,28 @@ def test_send_each_sends_in_order_and_reports_each_failure_as_send_nowait_would(
     assert send_each(router, []) == []
 
 
+def test_send_each_from_a_dealer_sends_one_frame_messages_whole_and_in_order(ctx: Any, ipc: str) -> None:
+    """A DEALER's messages of one frame (a worker's batches) and of two reach the ROUTER whole, in order,
+    each behind the DEALER's routing id; with no peer each is Busy, as send_nowait says."""
+    router = bind_router(ctx, f"ipc://{ipc}/r.sock")
+    dealer = connect_dealer(ctx, f"ipc://{ipc}/r.sock", identity="w1")
+    deadline = time.monotonic() + 10
+    while send_each(dealer, [[b"probe"]]):  # IMMEDIATE: Busy until connected
+        assert time.monotonic() < deadline, "dealer never connected"
+        time.sleep(0.01)
+    assert router.poll(5000) and router.recv_multipart() == [b"w1", b"probe"]
+    assert send_each(dealer, [[b"one"], [b"two", b"parts"], [b"three"]], peer="gateway") == []
+    got = []
+    while len(got) < 3:
+        assert router.poll(5000), f"only {got} arrived"
+        got.append(router.recv_multipart())
+    assert got == [[b"w1", b"one"], [b"w1", b"two", b"parts"], [b"w1", b"three"]]
+    lonely = connect_dealer(ctx, f"ipc://{ipc}/nobody.sock")
+    failed = send_each(lonely, [[b"a"], [b"b"]], peer="gateway")
+    assert [i for i, _ in failed] == [0, 1] and all(isinstance(e, Busy) for _, e in failed)
+    assert "gateway" in str(failed[0][1])
+
+
 def test_send_each_reports_busy_for_a_full_peer_queue(ctx: Any, ipc: str) -> None:
     """A peer that never reads: once its queue is full, each further message is reported Busy, none blocks."""
     router = bind_router(ctx, f"ipc://{ipc}/r.sock", hwm=1)

@@ -1,11 +1,11 @@
 """The worker's side of the gateway link, with a real Worker in this process and a ROUTER standing in for
-the gateway: a loop turn's messages leave as the frames of one ZeroMQ message, in order, and a message of
-several frames from the gateway is read as one envelope per frame."""
+the gateway: a loop turn's messages leave as one batch frame (protocol/linkframe.py), in order, and a batch
+from the gateway is read as its envelopes in order; a malformed batch is logged and dropped."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ import structlog
 import zmq
 
 from openfang.protocol.envelope import Envelope, decode, encode
+from openfang.protocol.linkframe import pack, unpack
 from openfang.supervisor.child import ChildContext
 from openfang.workers import worker as worker_mod
 from openfang.workers.worker import Worker
@@ -36,15 +37,15 @@ class _Link:
         assert [decode(f).type for f in hello] == ["worker.hello"]
 
     def receive(self) -> list[bytes]:
-        """The next message the worker sent: its frames after the routing id."""
+        """The envelopes of the next message the worker sent (one batch frame after the routing id)."""
         assert self.gateway.poll(5000), "the worker sent nothing"
         frames = self.gateway.recv_multipart()
-        assert frames[0] == b"w-0"
-        return frames[1:]
+        assert frames[0] == b"w-0" and len(frames) == 2, frames
+        return unpack(frames[1])
 
     def to_worker(self, *envs: Envelope) -> None:
-        """One message to the worker with one envelope per frame; the worker reads what arrived."""
-        self.gateway.send_multipart([b"w-0", *(encode(e) for e in envs)])
+        """One message to the worker, its envelopes in one batch; the worker reads what arrived."""
+        self.gateway.send_multipart([b"w-0", pack([encode(e) for e in envs])])
         assert self.worker.sock.poll(5000), "nothing reached the worker"
         self.worker._drain()
 
@@ -66,16 +67,16 @@ def _pings(count: int) -> list[Envelope]:
     return [Envelope(type="worker.ping", body={"worker": "w-0"}, id=f"p-{i}") for i in range(count)]
 
 
-def test_worker_reads_each_frame_of_a_gateway_message_as_one_envelope_in_order(link: _Link) -> None:
-    """Three pings in one message of three frames get three answers, in the order they were asked."""
+def test_worker_reads_a_gateway_batch_as_its_envelopes_in_order(link: _Link) -> None:
+    """Three pings in one batch get three answers, in the order they were asked."""
     link.to_worker(*_pings(3))
     link.worker._flush()
     answers = [decode(f) for f in link.receive()]
     assert [(a.id, a.type) for a in answers] == [(f"p-{i}", "worker.ping.ok") for i in range(3)]
 
 
-def test_worker_sends_a_turns_answers_together_as_one_message_of_frames(link: _Link) -> None:
-    """Nothing leaves before the flush; then the turn's answers leave as one message, one per frame."""
+def test_worker_sends_a_turns_answers_together_as_one_batch(link: _Link) -> None:
+    """Nothing leaves before the flush; then the turn's answers leave as one message of one batch frame."""
     link.to_worker(*_pings(5))
     assert not link.gateway.poll(100), "answers wait for the end of the loop turn"
     link.worker._flush()
@@ -83,40 +84,70 @@ def test_worker_sends_a_turns_answers_together_as_one_message_of_frames(link: _L
     assert not link.gateway.poll(100), "one message held them all"
 
 
-def test_worker_splits_a_long_turn_into_messages_of_at_most_batch_frames(link: _Link) -> None:
-    """A turn with more answers than BATCH_FRAMES leaves in several messages, every answer once, in order."""
-    count = worker_mod.BATCH_FRAMES * 2 + 3
+def test_worker_splits_a_long_turn_into_batches_of_at_most_batch_max(link: _Link) -> None:
+    """A turn with more answers than BATCH_MAX leaves in several messages, every answer once, in order."""
+    count = worker_mod.BATCH_MAX * 2 + 3
     link.to_worker(*_pings(count))
     link.worker._flush()
     got: list[str] = []
     sizes: list[int] = []
     while len(got) < count:
-        frames = link.receive()
-        sizes.append(len(frames))
-        got.extend(decode(f).id for f in frames)
+        envelopes = link.receive()
+        sizes.append(len(envelopes))
+        got.extend(decode(f).id for f in envelopes)
     assert got == [f"p-{i}" for i in range(count)]
-    assert sizes == [worker_mod.BATCH_FRAMES, worker_mod.BATCH_FRAMES, 3]
+    assert sizes == [worker_mod.BATCH_MAX, worker_mod.BATCH_MAX, 3]
 
 
-def test_a_bad_frame_in_a_gateway_message_costs_only_itself(link: _Link) -> None:
-    """Garbage between two pings is logged and dropped; both pings are answered."""
+def test_a_bad_envelope_in_a_gateway_batch_costs_only_itself(link: _Link) -> None:
+    """Garbage between two pings of a well-framed batch is logged and dropped; both pings are answered."""
     first, second = _pings(2)
-    link.gateway.send_multipart([b"w-0", encode(first), b"\xc1 not msgpack", encode(second)])
+    link.gateway.send_multipart([b"w-0", pack([encode(first), b"\xc1 not msgpack", encode(second)])])
     assert link.worker.sock.poll(5000)
     link.worker._drain()
     link.worker._flush()
     assert [decode(f).id for f in link.receive()] == ["p-0", "p-1"]
 
 
+@pytest.mark.parametrize(
+    ("mangle", "problem"),
+    [
+        (lambda b: b[:-3], "not a msgpack array"),
+        (lambda b: b + b"\x00\x01", "2 trailing bytes"),
+        (lambda b: b"\x90", "empty"),
+        (lambda b: b"\x92\xa4ping\xc0", "item 0 must be bin"),
+        (lambda b: encode(_pings(1)[0]), "must be a msgpack array"),
+    ],
+    ids=["truncated", "trailing", "empty", "not-bin", "bare-envelope"],
+)
+def test_a_malformed_gateway_batch_is_logged_and_the_next_one_answered(
+    link: _Link, mangle: Callable[[bytes], bytes], problem: str
+) -> None:
+    """A batch whose framing is broken is dropped whole with an error naming the problem; the worker reads
+    on, and the batch after it is answered."""
+    bad = mangle(pack([encode(e) for e in _pings(2)]))
+    link.gateway.send_multipart([b"w-0", bad])
+    link.gateway.send_multipart(
+        [b"w-0", pack([encode(Envelope(type="worker.ping", body={"worker": "w-0"}, id="after"))])]
+    )
+    assert link.worker.sock.poll(5000)
+    time.sleep(0.1)  # both messages are at the worker's socket
+    with structlog.testing.capture_logs() as logs:
+        link.worker._drain()
+    errors = [e for e in logs if e["event"] == "gateway_batch_malformed"]
+    assert len(errors) == 1 and problem in errors[0]["error"], logs
+    link.worker._flush()
+    assert [decode(f).id for f in link.receive()] == ["after"]
+
+
 def test_one_drain_reads_every_message_that_waits_short_or_long(link: _Link) -> None:
-    """Messages of 1, 2 and CHECKED_FRAMES + 3 frames, then 1, all waiting: one drain answers every frame in
-    order (the end of the first message finds more waiting; the long one is read to its end), and a drain
-    with nothing more to read returns."""
-    sizes = [1, 2, worker_mod.CHECKED_FRAMES + 3, 1]
+    """Batches of 1, 2, 7 and 1 envelopes, all waiting: one drain answers every envelope in order (the end of
+    each message finds more waiting), and a drain with nothing more to read returns."""
+    sizes = [1, 2, 7, 1]
     pings = _pings(sum(sizes))
     start = 0
     for size in sizes:
-        link.gateway.send_multipart([b"w-0", *(encode(e) for e in pings[start : start + size])])
+        link.gateway.send_multipart([b"w-0", pack([encode(e) for e in pings[start : start + size]])])
         start += size
     assert link.worker.sock.poll(5000), "nothing reached the worker"
     time.sleep(0.2)  # every message is at the worker's socket
@@ -149,7 +180,7 @@ def test_worker_prepares_a_spare_only_when_no_message_waits_and_the_next_spawn_t
     link.to_worker(first)
     _spawned(link, first)
     assert host.spare_wanted()
-    link.gateway.send_multipart([b"w-0", encode(_pings(1)[0])])
+    link.gateway.send_multipart([b"w-0", pack([encode(_pings(1)[0])])])
     assert link.worker.sock.poll(5000)
     link.worker._idle()
     assert spawner._spare is None, "a message waits: no spare made before it is read"
