@@ -593,7 +593,7 @@ def _compile_dataclass(cls: type, open_fields: bool) -> Compiled:
     )
     closed = not open_fields
 
-    def valid(value: Any) -> bool:
+    def valid(value: Any) -> bool:  # generated_valid writes the same steps out as straight-line code
         if not isinstance(value, dict):
             return False
         for name, field_valid, kind, lo, hi in required_checks:
@@ -632,14 +632,125 @@ def _compile_dataclass(cls: type, open_fields: bool) -> Compiled:
             keys=len(names),
             key_len=max((len(n) for n in names), default=0),
         )
+    _MAPS[valid] = _MapSpec(tuple(fields), known, closed, extra, cls.__name__)
     return Compiled(check, build, describe, valid, shape, tuple(fields), cls)
 
 
-def body_validator(compiled: Compiled) -> Callable[[Mapping[str, Any]], list[str]]:
-    """The ``envelope.register_body_validator`` form of a compiled body: problems under ``body.``."""
+@dataclass(frozen=True, slots=True)
+class _MapSpec:
+    """What a dataclass map's valid() tests, for generated_valid (kept by that valid function)."""
+
+    fields: tuple[tuple[str, Compiled, bool], ...]
+    known: frozenset[str]
+    closed: bool
+    extra: Callable[[Mapping[str, Any]], list[str]] | None
+    name: str
+
+
+# A dataclass map's valid() -> what it tests (generated_valid). Compiled types are kept for the process's
+# life (one per message type), so this only grows with the catalogue.
+_MAPS: dict[Valid, _MapSpec] = {}
+
+# Validations of one body type before body_validator swaps its valid() for generated_valid's: a type used
+# that often is on a hot path; writing and compiling its code (~0.1-0.4 ms) is not paid by a type used once
+# (a start, a warm start's first messages).
+GENERATE_AFTER = 256
+_GENERATE_DEPTH = 4  # nested dataclass maps written into one generated valid (deeper ones are called)
+
+
+def generated_valid(compiled: Compiled) -> Valid:
+    """``compiled.valid`` written out as straight-line code for a dataclass map: the same tests in the same
+    order (each field's lookup, its inline test or its own valid, the unknown-key test, the extra checks),
+    without the loop's per-field tuple and kind dispatch, and nested dataclass maps written in place of a
+    call to their loop. The same answer as ``compiled.valid`` for every value (the oracle tests fuzz it);
+    for any other compiled type, ``compiled.valid`` itself."""
+    spec = _MAPS.get(compiled.valid)
+    if spec is None:
+        return compiled.valid
+    names: dict[str, Any] = {"_ABSENT": _ABSENT}
+    lines: list[str] = []
+    entry = _write_valid(spec, names, lines, 0)
+    code = compile("\n".join(lines), f"<generated valid of {spec.name}>", "exec")
+    exec(code, names)  # our own source, written above from the schema; values are passed in as names
+    generated: Valid = names[entry]
+    return generated
+
+
+def _write_valid(spec: _MapSpec, names: dict[str, Any], lines: list[str], depth: int) -> str:
+    """Append the source of ``spec``'s valid to ``lines`` (nested maps' first); its function name. Field
+    names go in as ``repr`` literals (a string literal whatever the name holds), every other value as a
+    name in ``names``."""
+    me = f"_valid{len(names)}"
+    names[me] = None  # reserve the name (the index of the next)
+    body: list[str] = [f"def {me}(value):", "    if not isinstance(value, dict):", "        return False"]
+    for i, (field_name, compiled, required) in enumerate(spec.fields):
+        key = f"{me}_{i}"  # the field's own valid, where the code calls it
+        if required:
+            body += [
+                f"    e = value.get({field_name!r}, _ABSENT)",
+                "    if e is _ABSENT:",
+                "        return False",
+            ]
+            pad = "    "
+        else:
+            body += [f"    e = value.get({field_name!r})", "    if e is not None:"]  # absent or nil: valid
+            pad = "        "
+        kind, lo, hi = compiled.inline
+        nested = _MAPS.get(compiled.valid)
+        if kind or nested is None or depth >= _GENERATE_DEPTH:
+            names[key] = compiled.valid
+        if kind in (INLINE_STR, INLINE_INT):
+            bounds = [_literal(bound, f"{key}_{end}", names) for bound, end in ((lo, "lo"), (hi, "hi"))]
+            test = "len(e)" if kind == INLINE_STR else "e"
+            body += [
+                f"{pad}if type(e) is {'str' if kind == INLINE_STR else 'int'}:",
+                f"{pad}    if not {bounds[0]} <= {test} <= {bounds[1]}:",
+                f"{pad}        return False",
+                f"{pad}elif not {key}(e):",
+                f"{pad}    return False",
+            ]
+        elif kind == INLINE_BOOL:
+            body += [f"{pad}if type(e) is not bool and not {key}(e):", f"{pad}    return False"]
+        elif nested is not None and depth < _GENERATE_DEPTH:
+            inner = _write_valid(nested, names, lines, depth + 1)
+            body += [f"{pad}if not {inner}(e):", f"{pad}    return False"]
+        else:
+            body += [f"{pad}if not {key}(e):", f"{pad}    return False"]
+    if spec.closed:
+        names[f"{me}_known"] = spec.known
+        body += [f"    if not {me}_known.issuperset(value):", "        return False"]
+    if spec.extra is not None:
+        names[f"{me}_extra"] = spec.extra
+        body.append(f"    return not {me}_extra(value)")
+    else:
+        body.append("    return True")
+    lines.extend(body)
+    return me
+
+
+def _literal(value: Any, name: str, names: dict[str, Any]) -> str:
+    """``value`` as source: an int as its literal (a constant in the code), anything else (an infinite
+    bound) as a name bound to it in ``names``."""
+    if type(value) is int:
+        return repr(value)
+    names[name] = value
+    return name
+
+
+def body_validator(
+    compiled: Compiled, generate_after: int = GENERATE_AFTER
+) -> Callable[[Mapping[str, Any]], list[str]]:
+    """The ``envelope.register_body_validator`` form of a compiled body: problems under ``body.``. After
+    ``generate_after`` validations (0: never) it answers with :func:`generated_valid`'s valid."""
     check, valid = compiled.check, compiled.valid
+    left = generate_after if compiled.valid in _MAPS else 0
 
     def validate(body: Mapping[str, Any]) -> list[str]:
+        nonlocal valid, left
+        if left:  # counting down to the generated valid (0 once it is in place, or for a type without one)
+            left -= 1
+            if not left:
+                valid = generated_valid(compiled)
         try:
             if valid(body):
                 return []

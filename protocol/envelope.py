@@ -111,7 +111,8 @@ _new_object = object.__new__
 
 def made(msg_type: str, body: dict[str, Any], msg_id: str) -> Envelope:
     """``Envelope(type=msg_type, body=body, id=msg_id)`` without the class call and its keywords (0.27
-    against 0.7 us measured): for decode and the worker's reply, made once per message each."""
+    against 0.7 us measured): for the worker's reply, made once per message (decode has the same steps
+    inline, one call less per message decoded)."""
     env: Envelope = _new_object(Envelope)
     _set_type(env, msg_type)
     _set_body(env, body)
@@ -197,7 +198,12 @@ def decode(
                 found = validator(body)
                 if found:
                     raise ProtocolError("; ".join(found))
-            return made(msg_type, body, msg_id)
+            env: Envelope = _new_object(Envelope)  # made(msg_type, body, msg_id), inline: one call less
+            _set_type(env, msg_type)
+            _set_body(env, body)
+            _set_id(env, msg_id)
+            _set_v(env, PROTOCOL_VERSION)
+            return env
     if not isinstance(raw, dict):
         raise ProtocolError(f"envelope must be a map, got {type(raw).__name__}")
     problems: list[str] = []

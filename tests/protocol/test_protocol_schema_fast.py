@@ -275,3 +275,76 @@ def test_deeply_nested_body_is_refused_by_the_fast_path_too() -> None:
         deep = {"children": [deep]}
     node = {**_examples.REPLIES["tree"], "children": [deep]}
     assert messages.check_body("tree.ok", node)[0].startswith("body")
+
+
+@pytest.mark.parametrize(("type_", "body"), EXAMPLES, ids=[t for t, _ in EXAMPLES])
+def test_generated_valid_agrees_with_check_on_fuzzed_bodies(type_: str, body: dict[str, Any]) -> None:
+    """The generated valid() answers as check does on the example, 300 mutations and the inline edges."""
+    compiled = messages.body_schema(type_)
+    assert compiled is not None
+    generated = _schema.generated_valid(compiled)
+    rng = random.Random(f"{type_}-generated")
+    candidate: Any = body
+    for i in range(300):
+        problems = _problems(compiled, candidate)
+        assert generated(candidate) == (not problems), (type_, candidate, problems)
+        candidate = _mutate(body if problems or i % 5 == 0 else candidate, rng)
+    for candidate in _inline_cases(compiled, body):
+        assert generated(candidate) == (not _problems(compiled, candidate)), (type_, candidate)
+
+
+def test_generated_valid_is_written_for_the_hot_bodies_and_nested_maps() -> None:
+    """agent.send and its answer get generated code, the answer's usage map written into it (its loop valid
+    is not called); a type that is not a dataclass map keeps its own valid."""
+    for type_ in ("agent.send", "agent.send.ok"):
+        compiled = messages.body_schema(type_)
+        assert compiled is not None
+        generated = _schema.generated_valid(compiled)
+        assert generated is not compiled.valid
+        assert generated.__code__.co_filename.startswith("<generated valid of")
+    ok = messages.body_schema("agent.send.ok")
+    assert ok is not None
+    generated = _schema.generated_valid(ok)
+    usage = next(c for name, c, _ in ok.fields if name == "usage")
+    names = generated.__globals__
+    assert usage.valid not in names.values()
+    nested = [
+        v
+        for v in names.values()
+        if callable(v) and v is not generated and getattr(v, "__globals__", None) is names
+    ]
+    assert len(nested) == 1 and nested[0]({"fuel": 1}) and not nested[0]({"fuel": -1})
+    number = _schema.compile_type(int, open_maps=False)
+    assert _schema.generated_valid(number) is number.valid
+
+
+def test_body_validator_swaps_in_the_generated_valid_after_its_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """body_validator answers with the loop valid() for its first validations, then writes the generated one
+    once, and still names the problems of a bad body after the swap."""
+    compiled = messages.body_schema("agent.send")
+    assert compiled is not None
+    made: list[Any] = []
+    real = _schema.generated_valid
+
+    def spy(c: _schema.Compiled) -> Any:
+        made.append(c)
+        return real(c)
+
+    monkeypatch.setattr(_schema, "generated_valid", spy)
+    validate = _schema.body_validator(compiled, generate_after=3)
+    good = {"service": "billing", "text": "hi"}
+    assert validate(good) == [] and validate(good) == [] and not made
+    assert validate(good) == [] and made == [compiled]
+    for _ in range(3):
+        assert validate(good) == []
+    assert validate({"service": "billing", "text": 5}) == [
+        "body.text: must be a string of at most 65536 characters, got int"
+    ]
+    assert validate({"service": "billing", "agent_id": "a-1", "text": "x"}) == [
+        "body.agent_id: give exactly one of agent_id and service"
+    ]
+    assert made == [compiled]
+    never = _schema.body_validator(compiled, generate_after=0)
+    for _ in range(5):
+        assert never(good) == []
+    assert made == [compiled]
