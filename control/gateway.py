@@ -34,7 +34,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -172,14 +172,13 @@ class _Pending:
 
 @dataclass(slots=True)
 class _Worker:
-    """A worker as the gateway sees it: its pid and CPU, its agents, requests in flight, last heard from."""
+    """A worker as the gateway sees it: its pid and CPU, its agents, requests in flight."""
 
     id: str
     pid: int = 0
     cpu: int | None = None
-    agents: int = 0
+    agents: int = 0  # the directory's count, refreshed where it is read (_refresh_agent_counts)
     in_flight: int = 0
-    last_seen: float = field(default_factory=time.monotonic)
 
 
 class Gateway:
@@ -508,6 +507,7 @@ class Gateway:
 
     def _to_routed(self, identity: bytes, delimited: bool, env: Envelope, body: Any) -> None:
         """worker.ping, memory.*, agent.send to a service: the worker :func:`routing.route` picks."""
+        self._refresh_agent_counts()  # memory.* goes to the worker with the fewest agents and requests
         target = routing.route(env.type, body, self.agents, self.workers)
         self._to_worker(
             identity, delimited, env, target.workers[0], target.on_reply, on_fail=self._refused_routed
@@ -979,7 +979,6 @@ class Gateway:
         worker = self.workers.get(worker_id)
         if worker is None:
             worker = self.workers[worker_id] = _Worker(worker_id)
-        worker.last_seen = time.monotonic()
         entry = self._worker_dispatch.get(env.type)
         if entry is not None:
             if env.type == "event" and self._outbox:
@@ -1013,7 +1012,6 @@ class Gateway:
             self._relay(waiting, env)  # the usual case: _complete's plain answer, relayed as it came
         else:
             self._complete(waiting, Envelope(type=env.type, body=env.body, id=waiting.request.id))
-        worker.agents = self.agents.count(worker_id)
 
     def _run_after_reply(self, but: str = "") -> None:
         """Run the bookkeeping held for replies (``_after_reply``) but the one for ``but``, in order."""
@@ -1274,8 +1272,15 @@ class Gateway:
             moved = self.placement.worker_lost(worker_id, why, stopped=stopped)
         log.warning("worker_lost", worker=worker_id, why=why, failed_requests=len(lost), agents=len(moved))
 
+    def _refresh_agent_counts(self) -> None:
+        """Each worker's ``agents`` from the directory (kept there per agent; copied here where it is read,
+        not on every reply)."""
+        for worker in self.workers.values():
+            worker.agents = self.agents.count(worker.id)
+
     def info(self) -> dict[str, Any]:
         """What the gateway knows: connected workers, in-flight requests, agents per worker."""
+        self._refresh_agent_counts()
         return {
             "in_flight": len(self.waiting),
             "agents_registered": len(self.registry),
