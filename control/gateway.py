@@ -429,23 +429,32 @@ class Gateway:
             self._reply(identity, delimited, env.error(exc))
 
     def _route(self, identity: bytes, delimited: bool, env: Envelope) -> None:
-        entry = self._client_dispatch.get(env.type)
-        if entry is None:  # the guard admits catalogue types only; this is a catalogue type we do not serve
-            raise UnknownType(f"type: {env.type!r} is not a request this gateway serves")
-        body_class, handler = entry
-        if env.type not in UNQUEUED and len(self.waiting) >= self.queue_limit:
-            raise Busy(
-                f"{len(self.waiting)} requests in flight, the limit is {self.queue_limit}; retry later"
-            )
-        if env.type == "agent.send":
-            # The hot path: a message to a service, routed as _on_agent_request -> _to_routed would, without
-            # building the AgentSend they would read only the service of (the guard's decode validated it).
+        msg_type = env.type
+        if msg_type == "agent.send":
+            # The hot path, before the table (agent.send is in it, and queued): a message to a service is
+            # routed as _on_agent_request -> _to_routed would (routing.route picks service_host, no reply
+            # hook), without building the AgentSend they would read only the service of (the guard's decode
+            # validated it).
+            if len(self.waiting) >= self.queue_limit:
+                raise self._busy()
             service = messages.send_service(env)
             if service is not None:
-                self._to_service(identity, delimited, env, service)
+                worker_id = routing.service_host(service, self.agents, self.workers)
+                self._to_worker(identity, delimited, env, worker_id, on_fail=self._refused_routed)
                 return
+            body_class, handler = self._client_dispatch[msg_type]
+        else:
+            entry = self._client_dispatch.get(msg_type)
+            if entry is None:  # the guard admits catalogue types only; a catalogue type we do not serve
+                raise UnknownType(f"type: {msg_type!r} is not a request this gateway serves")
+            if msg_type not in UNQUEUED and len(self.waiting) >= self.queue_limit:
+                raise self._busy()
+            body_class, handler = entry
         # The guard's decode() validated the body against this schema: build it, do not check it again.
         handler(identity, delimited, env, messages.parse(env, body_class, decoded=True))
+
+    def _busy(self) -> Busy:
+        return Busy(f"{len(self.waiting)} requests in flight, the limit is {self.queue_limit}; retry later")
 
     def _on_ping(self, identity: bytes, delimited: bool, env: Envelope, _body: Empty) -> None:
         self._reply(identity, delimited, env.reply({"pid": os.getpid(), "time": time.time()}))
@@ -512,12 +521,6 @@ class Gateway:
         self._to_worker(
             identity, delimited, env, target.workers[0], target.on_reply, on_fail=self._refused_routed
         )
-
-    def _to_service(self, identity: bytes, delimited: bool, env: Envelope, service: str) -> None:
-        """An agent.send to a service: what _to_routed does for it (:func:`routing.route` picks
-        :func:`routing.service_host`, with no reply hook)."""
-        worker_id = routing.service_host(service, self.agents, self.workers)
-        self._to_worker(identity, delimited, env, worker_id, on_fail=self._refused_routed)
 
     def _refused_routed(self, waiting: _Waiting, exc: OpenFangError) -> None:
         """A routed client request that could not be sent to its worker: answered as _on_client_frames
