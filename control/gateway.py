@@ -926,7 +926,10 @@ class Gateway:
         identity = waiting.identity
         payload = encode_as(answer, request_id)
         frames = [identity, b"", payload] if waiting.delimited else [identity, payload]
-        self._to_outbox(frames, answer.type, request_id, answer.body)
+        outbox = self._outbox  # _to_outbox, inline (once per reply)
+        outbox.append((frames, answer.type, request_id, answer.body))
+        if len(outbox) >= OUTBOX_MAX:
+            self._flush()
 
     def _to_outbox(self, frames: list[bytes], reply_type: str, reply_id: str, body: dict[str, Any]) -> None:
         """Queue a client reply (its frames, and its type, id and body for the stats) for :meth:`_flush`,

@@ -135,27 +135,40 @@ _packers = threading.local()
 _PACKER_KEEP = 1 << 16
 
 
-def _pack(envelope: dict[str, Any]) -> bytes:
-    try:
-        pack: Callable[[Any], bytes] = _packers.pack
-    except AttributeError:
-        pack = _packers.pack = msgpack.Packer(use_bin_type=True).pack
-    packed = pack(envelope)
-    if len(packed) > _PACKER_KEEP:
-        del _packers.pack
-    return packed
+def _new_packer() -> Callable[[Any], bytes]:
+    """This thread's Packer (made on its first encode, and again after one dropped for its size)."""
+    pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+    _packers.pack = pack
+    return pack
+
+
+# encode and encode_as each take the thread's Packer themselves (no shared helper: one call less per message).
 
 
 def encode(env: Envelope) -> bytes:
     """Serialise an envelope to msgpack bytes."""
-    return _pack({"v": env.v, "id": env.id, "type": env.type, "body": env.body})
+    try:
+        pack: Callable[[Any], bytes] = _packers.pack
+    except AttributeError:
+        pack = _new_packer()
+    packed = pack({"v": env.v, "id": env.id, "type": env.type, "body": env.body})
+    if len(packed) > _PACKER_KEEP:
+        del _packers.pack
+    return packed
 
 
 def encode_as(env: Envelope, msg_id: str) -> bytes:
     """``encode(env)`` with the id ``msg_id`` instead of its own: what a relay sends on (the gateway gives a
     request its own id towards a worker, and the reply the client's id back), without building the
     re-addressed envelope first."""
-    return _pack({"v": env.v, "id": msg_id, "type": env.type, "body": env.body})
+    try:
+        pack: Callable[[Any], bytes] = _packers.pack
+    except AttributeError:
+        pack = _new_packer()
+    packed = pack({"v": env.v, "id": msg_id, "type": env.type, "body": env.body})
+    if len(packed) > _PACKER_KEEP:
+        del _packers.pack
+    return packed
 
 
 def decode(

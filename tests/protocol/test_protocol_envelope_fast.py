@@ -178,6 +178,16 @@ def test_encode_with_the_reused_packer_equals_packb() -> None:
                 {"v": 1, "id": "b", "type": big.type, "body": big.body}, use_bin_type=True
             )
             assert not hasattr(envelope_module._packers, "pack")
+            assert encode(Envelope(type="ping", body={}, id="s")) == msgpack.packb(
+                {"v": 1, "id": "s", "type": "ping", "body": {}}, use_bin_type=True
+            )
+            assert hasattr(envelope_module._packers, "pack")  # made again by the next encode
+            assert encode_as(big, "c") == msgpack.packb(
+                {"v": 1, "id": "c", "type": big.type, "body": big.body}, use_bin_type=True
+            )
+            assert not hasattr(envelope_module._packers, "pack")
+            with pytest.raises(TypeError):
+                encode_as(bad, "f")
         want = msgpack.packb({"v": 1, "id": env.id, "type": env.type, "body": body}, use_bin_type=True)
         assert encode(env) == want
         assert encode_as(env, "other") == msgpack.packb(
