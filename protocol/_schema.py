@@ -667,29 +667,60 @@ def generated_valid(compiled: Compiled) -> Valid:
     spec = _MAPS.get(compiled.valid)
     if spec is None:
         return compiled.valid
-    names: dict[str, Any] = {"_ABSENT": _ABSENT}
-    lines: list[str] = []
-    entry = _write_valid(spec, names, lines, 0)
-    code = compile("\n".join(lines), f"<generated valid of {spec.name}>", "exec")
-    exec(code, names)  # our own source, written above from the schema; values are passed in as names
-    generated: Valid = names[entry]
+    generated: Valid = _generate(spec, None)
     return generated
 
 
-def _write_valid(spec: _MapSpec, names: dict[str, Any], lines: list[str], depth: int) -> str:
+def generated_validator(
+    compiled: Compiled, problems: Callable[[Any], list[str]]
+) -> Callable[[Mapping[str, Any]], list[str]] | None:
+    """A body validator (``[]`` for a valid body, else ``problems(body)``) whose test is
+    :func:`generated_valid`'s code in its own body (no call to a valid function for the body itself), or
+    None when ``compiled`` is not a dataclass map. A RecursionError inside it goes to ``problems``."""
+    spec = _MAPS.get(compiled.valid)
+    if spec is None:
+        return None
+    validator: Callable[[Mapping[str, Any]], list[str]] = _generate(spec, problems)
+    return validator
+
+
+def _generate(spec: _MapSpec, problems: Callable[[Any], list[str]] | None) -> Any:
+    """Compile the code of ``spec``'s valid (``problems`` None), or of its validator (answering ``[]`` or
+    ``problems(value)``); the function."""
+    names: dict[str, Any] = {"_ABSENT": _ABSENT}
+    lines: list[str] = []
+    if problems is None:
+        entry = _write_valid(spec, names, lines, 0)
+    else:
+        names["_problems"] = problems
+        entry = _write_valid(spec, names, lines, 0, fail="return _problems(value)", ok="return []")
+    code = compile("\n".join(lines), f"<generated valid of {spec.name}>", "exec")
+    exec(code, names)  # our own source, written above from the schema; values are passed in as names
+    return names[entry]
+
+
+def _write_valid(
+    spec: _MapSpec,
+    names: dict[str, Any],
+    lines: list[str],
+    depth: int,
+    fail: str = "return False",
+    ok: str = "return True",
+) -> str:
     """Append the source of ``spec``'s valid to ``lines`` (nested maps' first); its function name. Field
     names go in as ``repr`` literals (a string literal whatever the name holds), every other value as a
-    name in ``names``."""
+    name in ``names``. ``fail`` and ``ok`` are its answers (a validator's: inside a ``try`` that sends a
+    RecursionError to ``fail``)."""
     me = f"_valid{len(names)}"
     names[me] = None  # reserve the name (the index of the next)
-    body: list[str] = [f"def {me}(value):", "    if not isinstance(value, dict):", "        return False"]
+    body: list[str] = ["    if not isinstance(value, dict):", f"        {fail}"]
     for i, (field_name, compiled, required) in enumerate(spec.fields):
         key = f"{me}_{i}"  # the field's own valid, where the code calls it
         if required:
             body += [
                 f"    e = value.get({field_name!r}, _ABSENT)",
                 "    if e is _ABSENT:",
-                "        return False",
+                f"        {fail}",
             ]
             pad = "    "
         else:
@@ -705,26 +736,29 @@ def _write_valid(spec: _MapSpec, names: dict[str, Any], lines: list[str], depth:
             body += [
                 f"{pad}if type(e) is {'str' if kind == INLINE_STR else 'int'}:",
                 f"{pad}    if not {bounds[0]} <= {test} <= {bounds[1]}:",
-                f"{pad}        return False",
+                f"{pad}        {fail}",
                 f"{pad}elif not {key}(e):",
-                f"{pad}    return False",
+                f"{pad}    {fail}",
             ]
         elif kind == INLINE_BOOL:
-            body += [f"{pad}if type(e) is not bool and not {key}(e):", f"{pad}    return False"]
+            body += [f"{pad}if type(e) is not bool and not {key}(e):", f"{pad}    {fail}"]
         elif nested is not None and depth < _GENERATE_DEPTH:
             inner = _write_valid(nested, names, lines, depth + 1)
-            body += [f"{pad}if not {inner}(e):", f"{pad}    return False"]
+            body += [f"{pad}if not {inner}(e):", f"{pad}    {fail}"]
         else:
-            body += [f"{pad}if not {key}(e):", f"{pad}    return False"]
+            body += [f"{pad}if not {key}(e):", f"{pad}    {fail}"]
     if spec.closed:
         names[f"{me}_known"] = spec.known
-        body += [f"    if not {me}_known.issuperset(value):", "        return False"]
+        body += [f"    if not {me}_known.issuperset(value):", f"        {fail}"]
     if spec.extra is not None:
         names[f"{me}_extra"] = spec.extra
-        body.append(f"    return not {me}_extra(value)")
-    else:
-        body.append("    return True")
-    lines.extend(body)
+        body += [f"    if {me}_extra(value):", f"        {fail}"]
+    body.append(f"    {ok}")
+    if fail == "return False":
+        lines += [f"def {me}(value):", *body]
+    else:  # a validator: a RecursionError in a nested value is a problem to name, as valid's caller does
+        lines += [f"def {me}(value):", "    try:", *(f"    {line}" for line in body)]
+        lines += ["    except RecursionError:", f"        {fail}"]
     return me
 
 
@@ -738,24 +772,20 @@ def _literal(value: Any, name: str, names: dict[str, Any]) -> str:
 
 
 def body_validator(
-    compiled: Compiled, generate_after: int = GENERATE_AFTER
+    compiled: Compiled,
+    generate_after: int = GENERATE_AFTER,
+    on_generated: Callable[[Callable[[Mapping[str, Any]], list[str]]], None] | None = None,
 ) -> Callable[[Mapping[str, Any]], list[str]]:
-    """The ``envelope.register_body_validator`` form of a compiled body: problems under ``body.``. After
-    ``generate_after`` validations (0: never) it answers with :func:`generated_valid`'s valid."""
+    """The ``envelope.register_body_validator`` form of a compiled body: problems under ``body.``.
+
+    After ``generate_after`` validations (0: never) of a dataclass map it answers through
+    :func:`generated_validator`'s code, and hands that validator to ``on_generated`` (which registers it in
+    its place, so the codec calls it without this one)."""
     check, valid = compiled.check, compiled.valid
     left = generate_after if compiled.valid in _MAPS else 0
+    fast: Callable[[Mapping[str, Any]], list[str]] | None = None
 
-    def validate(body: Mapping[str, Any]) -> list[str]:
-        nonlocal valid, left
-        if left:  # counting down to the generated valid (0 once it is in place, or for a type without one)
-            left -= 1
-            if not left:
-                valid = generated_valid(compiled)
-        try:
-            if valid(body):
-                return []
-        except RecursionError:
-            pass  # the checker below meets it again and reports it
+    def problems_of(body: Any) -> list[str]:
         problems: list[str] = []
         try:
             check(body, "body", problems)
@@ -765,6 +795,23 @@ def body_validator(
             hidden = len(problems) - MAX_PROBLEMS
             problems = [*problems[:MAX_PROBLEMS], f"... and {hidden} more problems"]
         return problems
+
+    def validate(body: Mapping[str, Any]) -> list[str]:
+        nonlocal left, fast
+        if left:  # counting down to the generated code (0 once it is in place, or for a type without one)
+            left -= 1
+            if not left:
+                fast = generated_validator(compiled, problems_of)
+                if fast is not None and on_generated is not None:
+                    on_generated(fast)
+        if fast is not None:
+            return fast(body)
+        try:
+            if valid(body):
+                return []
+        except RecursionError:
+            pass  # the checker meets it again and reports it
+        return problems_of(body)
 
     return validate
 
