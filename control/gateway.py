@@ -82,7 +82,15 @@ from openfang.protocol.coordination import (
     TopicSubscribersOk,
     TopicUnsubscribeOk,
 )
-from openfang.protocol.envelope import Envelope, decode, encode, encode_as, error_reply, peek_id
+from openfang.protocol.envelope import (
+    Envelope,
+    decode,
+    encode,
+    encode_as,
+    error_reply,
+    peek_id,
+    readdressed,
+)
 from openfang.protocol.errors import (
     Busy,
     NotFound,
@@ -423,12 +431,13 @@ class Gateway:
             return
         self.stats.admitted(identity, env.id, env.type)
         try:
-            self._route(identity, delimited, env)
+            self._route(identity, delimited, env, payload)
         except OpenFangError as exc:
             self.stats.refused(exc.code or "internal")
             self._reply(identity, delimited, env.error(exc))
 
-    def _route(self, identity: bytes, delimited: bool, env: Envelope) -> None:
+    def _route(self, identity: bytes, delimited: bool, env: Envelope, received: bytes) -> None:
+        """An admitted request (``received``, decoded as ``env``) to its handler."""
         msg_type = env.type
         if msg_type == "agent.send":
             # The hot path, before the table (agent.send is in it, and queued): a message to a service is
@@ -440,7 +449,9 @@ class Gateway:
             service = messages.send_service(env)
             if service is not None:
                 worker_id = routing.service_host(service, self.agents, self.workers)
-                self._to_worker(identity, delimited, env, worker_id, on_fail=self._refused_routed)
+                self._to_worker(
+                    identity, delimited, env, worker_id, on_fail=self._refused_routed, received=received
+                )
                 return
             body_class, handler = self._client_dispatch[msg_type]
         else:
@@ -833,13 +844,16 @@ class Gateway:
         via_workers: bool = False,
         internal: Callable[[Envelope], None] | None = None,
         on_fail: Callable[[_Waiting, OpenFangError], None] | None = None,
+        received: bytes | None = None,
     ) -> str:
         """Send ``env`` to a worker and wait for its answer (the key it is sent under, which the worker's
         answer carries). Without ``on_fail`` it is sent now and a failed send raises here; with it, it leaves
         with the worker outbox and a failed send calls ``on_fail`` with the request's waiting entry (already
-        dropped) and the error."""
+        dropped) and the error. ``received``: the bytes ``env`` was decoded from (:func:`readdressed`
+        reuses them, the same value as encode_as)."""
         key = f"{self._key_prefix}{next(self._key_counter):x}"  # _new_key, inline (once per request)
-        frames = [worker_id.encode(), encode_as(env, key)]
+        payload = encode_as(env, key) if received is None else readdressed(received, env, key)
+        frames = [worker_id.encode(), payload]
         if on_fail is None:
             self._send_worker(frames, peer=f"worker {worker_id}")
         else:
@@ -918,13 +932,14 @@ class Gateway:
             return
         self._to_outbox(frames, env.type, env.id, env.body)
 
-    def _relay(self, waiting: _Waiting, answer: Envelope) -> None:
-        """A worker's answer to a client's request with no reply hook (``waiting``: no ``on_reply``, not
-        ``internal``, not ``via_workers``): what ``_complete`` does for it (``_reply`` of the answer with the
-        client's request id), without building the re-addressed envelope."""
+    def _relay(self, waiting: _Waiting, answer: Envelope, received: bytes) -> None:
+        """A worker's answer (``received``, decoded as ``answer``) to a client's request with no reply hook
+        (``waiting``: no ``on_reply``, not ``internal``, not ``via_workers``): what ``_complete`` does for it
+        (``_reply`` of the answer with the client's request id), without building the re-addressed envelope
+        or packing its body again (:func:`readdressed`: the same bytes)."""
         request_id = waiting.request.id
         identity = waiting.identity
-        payload = encode_as(answer, request_id)
+        payload = readdressed(received, answer, request_id)
         frames = [identity, b"", payload] if waiting.delimited else [identity, payload]
         outbox = self._outbox  # _to_outbox, inline (once per reply)
         outbox.append((frames, answer.type, request_id, answer.body))
@@ -1015,7 +1030,7 @@ class Gateway:
         if worker.in_flight > 0:
             worker.in_flight -= 1
         if waiting.on_reply is None and waiting.internal is None and not waiting.via_workers:
-            self._relay(waiting, env)  # the usual case: _complete's plain answer, relayed as it came
+            self._relay(waiting, env, payload)  # the usual case: _complete's plain answer, relayed as it came
         else:
             self._complete(waiting, Envelope(type=env.type, body=env.body, id=waiting.request.id))
 

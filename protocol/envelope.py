@@ -171,6 +171,41 @@ def encode_as(env: Envelope, msg_id: str) -> bytes:
     return packed
 
 
+# How encode begins a message whose id is an ASCII string of n < 32 characters: the map of four entries,
+# "v": 1, then "id" and the fixstr header of its n bytes (the id's own bytes follow), by n.
+_ID_HEADS = tuple(b"\x84\xa1v\x01\xa2id" + bytes((0xA0 | n,)) for n in range(32))
+# What encode writes after the id, up to the body's value: "type", the type (a short string), "body"; by type.
+_TYPE_HEADS: dict[str, bytes] = {}
+_TYPE_HEADS_MAX = 1024  # types seen are the catalogue's; past this many the rest are built each time
+_NO_HEAD = b"\xa4type\xff"  # for a type of 32 bytes or more: 0xff starts no string, so nothing matches
+
+
+def _type_head(msg_type: str) -> bytes:
+    raw = msg_type.encode()
+    head = b"\xa4type" + bytes((0xA0 | len(raw),)) + raw + b"\xa4body" if len(raw) < 32 else _NO_HEAD
+    if len(_TYPE_HEADS) < _TYPE_HEADS_MAX:
+        _TYPE_HEADS[msg_type] = head
+    return head
+
+
+def readdressed(payload: bytes, env: Envelope, msg_id: str) -> bytes:
+    """``encode_as(env, msg_id)`` for the ``env`` that :func:`decode` made of ``payload``, reusing its bytes.
+
+    When ``payload`` is laid out as encode writes it (a map of exactly the four entries ``v``, ``id``,
+    ``type``, ``body`` in that order, the id and type as short strings) and ``msg_id`` is a short ASCII
+    string, the new id's bytes replace the old id's and the body's bytes follow as they came: the value its
+    decode validated (for encode's own bytes, the very bytes encode_as writes). Anything else: encode_as.
+    """
+    old = len(env.id)
+    if old < 32 and len(msg_id) < 32 and payload.startswith(_ID_HEADS[old]) and msg_id.isascii():
+        # A fixstr of ``old`` bytes decoded to ``old`` characters: ASCII, so the id ends at byte 8 + old.
+        # "type" and "body" must follow (no second "id" among the four entries, no other order).
+        head = _TYPE_HEADS.get(env.type) or _type_head(env.type)
+        if payload.startswith(head, 8 + old):
+            return _ID_HEADS[len(msg_id)] + msg_id.encode() + payload[8 + old :]
+    return encode_as(env, msg_id)
+
+
 def decode(
     data: bytes, *, max_size: int = DEFAULT_MAX_FRAME, types: Container[str] | None = None
 ) -> Envelope:

@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgpack
 from control_gateway_kit import dealer
 
 from openfang.control.config import ControlConfig
 from openfang.control.gateway import Gateway, _receive
 from openfang.control.guard import receive_client
 from openfang.protocol import _examples
-from openfang.protocol.envelope import Envelope, decode, encode
+from openfang.protocol.envelope import Envelope, decode, encode, encode_as
 from openfang.supervisor.child import ChildContext
 
 
@@ -96,4 +97,44 @@ def test_gateway_route_sends_a_service_message_to_the_least_busy_host(tmp_path: 
     finally:
         for sock in (w0, w1, client):
             sock.close(0)
+        gw.close()
+
+
+def test_gateway_route_relays_a_request_to_its_worker_under_its_key_whatever_its_layout(
+    tmp_path: Path,
+) -> None:
+    """A request laid out as encode writes it reaches the worker as encode_as(request, key) byte for byte;
+    one in another layout (id first, a long id) as the same value under its key; each key is waited on."""
+    gw = _gateway(tmp_path, queue_limit=100)
+    worker = dealer(gw, gw.control.workers, b"w-0")
+    client = dealer(gw, gw.control.endpoint, b"client")
+    try:
+        hello = {"worker": "w-0", "pid": 4001, "cpu": 0, "agent_ids": []}
+        worker.send(encode(Envelope(type="worker.hello", body=hello)))
+        assert gw.worker_sock.poll(5000)
+        gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
+        gw.agents.add("a-1", "w-0", service="svc")
+        plain = Envelope(type="agent.send", body={"service": "svc", "text": "plain"}, id="r-plain")
+        other = {
+            "id": "r-" + "o" * 60,
+            "body": {"text": "other", "service": "svc"},
+            "type": "agent.send",
+            "v": 1,
+        }
+        client.send(encode(plain))
+        client.send(msgpack.packb(other))
+        while len(gw.waiting) < 2:
+            assert gw.clients.poll(5000)
+            gw._drain(gw.clients, gw._on_client_frames, receive=receive_client)
+        gw._flush()
+        assert worker.poll(5000)
+        frames = worker.recv_multipart()
+        sent = [decode(frame) for frame in frames]
+        assert [env.id for env in sent] == list(gw.waiting)
+        assert [gw.waiting[env.id].request.id for env in sent] == ["r-plain", other["id"]]
+        assert frames[0] == encode_as(plain, sent[0].id)
+        assert (sent[1].type, sent[1].body) == ("agent.send", other["body"])
+    finally:
+        worker.close(0)
+        client.close(0)
         gw.close()
