@@ -1350,29 +1350,19 @@ CLASSES[('openfang.protocol._schema', 'Shape')] = (((True, True, True, False, Tr
 # openfang.protocol._schema._MapSpec
 def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_fields, _type_known, _type_closed, _type_extra, _type_name):
  def __init__(self,fields:_type_fields,known:_type_known,closed:_type_closed,extra:_type_extra,name:_type_name)->_return_type:
-  __dataclass_builtins_object__.__setattr__(self,'fields',fields)
-  __dataclass_builtins_object__.__setattr__(self,'known',known)
-  __dataclass_builtins_object__.__setattr__(self,'closed',closed)
-  __dataclass_builtins_object__.__setattr__(self,'extra',extra)
-  __dataclass_builtins_object__.__setattr__(self,'name',name)
+  self.fields=fields
+  self.known=known
+  self.closed=closed
+  self.extra=extra
+  self.name=name
  def __repr__(self):
   return self.__class__.__qualname__ + f"(fields={self.fields!r}, known={self.known!r}, closed={self.closed!r}, extra={self.extra!r}, name={self.name!r})"
  def __eq__(self,other):
   if other.__class__ is self.__class__:
    return (self.fields,self.known,self.closed,self.extra,self.name,)==(other.fields,other.known,other.closed,other.extra,other.name,)
   return NotImplemented
- def __setattr__(self,name,value):
-  if type(self) is cls or name in ('fields','known','closed','extra','name',):
-   raise FrozenInstanceError(f"cannot assign to field {name!r}")
-  super(cls, self).__setattr__(name, value)
- def __delattr__(self,name):
-  if type(self) is cls or name in ('fields','known','closed','extra','name',):
-   raise FrozenInstanceError(f"cannot delete field {name!r}")
-  super(cls, self).__delattr__(name)
- def __hash__(self):
-  return hash((self.fields,self.known,self.closed,self.extra,self.name,))
- return (__init__, __repr__, __eq__, __setattr__, __delattr__, __hash__,)
-CLASSES[('openfang.protocol._schema', '_MapSpec')] = (((True, True, True, False, True, True, False, True), (('fields', 0, True, True, True, None, False, 0), ('known', 0, True, True, True, None, False, 0), ('closed', 0, True, True, True, None, False, 0), ('extra', 0, True, True, True, None, False, 0), ('name', 0, True, True, True, None, False, 0))), __create_fn__.__code__)
+ return (__init__, __repr__, __eq__,)
+CLASSES[('openfang.protocol._schema', '_MapSpec')] = (((True, True, True, False, False, True, False, False), (('fields', 0, True, True, True, None, False, 0), ('known', 0, True, True, True, None, False, 0), ('closed', 0, True, True, True, None, False, 0), ('extra', 0, True, True, True, None, False, 0), ('name', 0, True, True, True, None, False, 0))), __create_fn__.__code__)
 # openfang.protocol.bodies.AgentList
 def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_limit, _type_after, _type_state, _type_worker, _type_ids, _dflt_limit, _dflt_after, _dflt_state, _dflt_worker, _dflt_ids):
  def __init__(self,*,limit:_type_limit=_dflt_limit,after:_type_after=_dflt_after,state:_type_state=_dflt_state,worker:_type_worker=_dflt_worker,ids:_type_ids=_dflt_ids)->_return_type:

@@ -636,9 +636,10 @@ def _compile_dataclass(cls: type, open_fields: bool) -> Compiled:
     return Compiled(check, build, describe, valid, shape, tuple(fields), cls)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _MapSpec:
-    """What a dataclass map's valid() tests, for generated_valid (kept by that valid function)."""
+    """What a dataclass map's valid() tests, for generated_valid (kept by that valid function; never changed
+    after it is made: not frozen, whose __init__ costs more, once per compiled type on a start's path)."""
 
     fields: tuple[tuple[str, Compiled, bool], ...]
     known: frozenset[str]
