@@ -34,7 +34,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -82,7 +82,15 @@ from openfang.protocol.coordination import (
     TopicSubscribersOk,
     TopicUnsubscribeOk,
 )
-from openfang.protocol.envelope import Envelope, decode, encode, encode_as, error_reply, peek_id
+from openfang.protocol.envelope import (
+    Envelope,
+    decode,
+    encode,
+    encode_as,
+    error_reply,
+    peek_id,
+    readdressed,
+)
 from openfang.protocol.errors import (
     Busy,
     NotFound,
@@ -177,14 +185,13 @@ class _Pending:
 
 @dataclass(slots=True)
 class _Worker:
-    """A worker as the gateway sees it: its pid and CPU, its agents, requests in flight, last heard from."""
+    """A worker as the gateway sees it: its pid and CPU, its agents, requests in flight."""
 
     id: str
     pid: int = 0
     cpu: int | None = None
-    agents: int = 0
+    agents: int = 0  # the directory's count, refreshed where it is read (_refresh_agent_counts)
     in_flight: int = 0
-    last_seen: float = field(default_factory=time.monotonic)
 
 
 class Gateway:
@@ -442,29 +449,41 @@ class Gateway:
             return
         self.stats.admitted(identity, env.id, env.type)
         try:
-            self._route(identity, delimited, env)
+            self._route(identity, delimited, env, payload)
         except OpenFangError as exc:
             self.stats.refused(exc.code or "internal")
             self._reply(identity, delimited, env.error(exc))
 
-    def _route(self, identity: bytes, delimited: bool, env: Envelope) -> None:
-        entry = self._client_dispatch.get(env.type)
-        if entry is None:  # the guard admits catalogue types only; this is a catalogue type we do not serve
-            raise UnknownType(f"type: {env.type!r} is not a request this gateway serves")
-        body_class, handler = entry
-        if env.type not in UNQUEUED and len(self.waiting) >= self.queue_limit:
-            raise Busy(
-                f"{len(self.waiting)} requests in flight, the limit is {self.queue_limit}; retry later"
-            )
-        if env.type == "agent.send":
-            # The hot path: a message to a service, routed as _on_agent_request -> _to_routed would, without
-            # building the AgentSend they would read only the service of (the guard's decode validated it).
+    def _route(self, identity: bytes, delimited: bool, env: Envelope, received: bytes) -> None:
+        """An admitted request (``received``, decoded as ``env``) to its handler."""
+        msg_type = env.type
+        if msg_type == "agent.send":
+            # The hot path, before the table (agent.send is in it, and queued): a message to a service is
+            # routed as _on_agent_request -> _to_routed would (routing.route picks service_host, no reply
+            # hook), without building the AgentSend they would read only the service of (the guard's decode
+            # validated it).
+            if len(self.waiting) >= self.queue_limit:
+                raise self._busy()
             service = messages.send_service(env)
             if service is not None:
-                self._to_service(identity, delimited, env, service)
+                worker_id = routing.service_host(service, self.agents, self.workers)
+                self._to_worker(
+                    identity, delimited, env, worker_id, on_fail=self._refused_routed, received=received
+                )
                 return
+            body_class, handler = self._client_dispatch[msg_type]
+        else:
+            entry = self._client_dispatch.get(msg_type)
+            if entry is None:  # the guard admits catalogue types only; a catalogue type we do not serve
+                raise UnknownType(f"type: {msg_type!r} is not a request this gateway serves")
+            if msg_type not in UNQUEUED and len(self.waiting) >= self.queue_limit:
+                raise self._busy()
+            body_class, handler = entry
         # The guard's decode() validated the body against this schema: build it, do not check it again.
         handler(identity, delimited, env, messages.parse(env, body_class, decoded=True))
+
+    def _busy(self) -> Busy:
+        return Busy(f"{len(self.waiting)} requests in flight, the limit is {self.queue_limit}; retry later")
 
     def _on_ping(self, identity: bytes, delimited: bool, env: Envelope, _body: Empty) -> None:
         self._reply(identity, delimited, env.reply({"pid": os.getpid(), "time": time.time()}))
@@ -526,16 +545,11 @@ class Gateway:
 
     def _to_routed(self, identity: bytes, delimited: bool, env: Envelope, body: Any) -> None:
         """worker.ping, memory.*, agent.send to a service: the worker :func:`routing.route` picks."""
+        self._refresh_agent_counts()  # memory.* goes to the worker with the fewest agents and requests
         target = routing.route(env.type, body, self.agents, self.workers)
         self._to_worker(
             identity, delimited, env, target.workers[0], target.on_reply, on_fail=self._refused_routed
         )
-
-    def _to_service(self, identity: bytes, delimited: bool, env: Envelope, service: str) -> None:
-        """An agent.send to a service: what _to_routed does for it (:func:`routing.route` picks
-        :func:`routing.service_host`, with no reply hook)."""
-        worker_id = routing.service_host(service, self.agents, self.workers)
-        self._to_worker(identity, delimited, env, worker_id, on_fail=self._refused_routed)
 
     def _refused_routed(self, waiting: _Waiting, exc: OpenFangError) -> None:
         """A routed client request that could not be sent to its worker: answered as _on_client_frames
@@ -848,13 +862,16 @@ class Gateway:
         via_workers: bool = False,
         internal: Callable[[Envelope], None] | None = None,
         on_fail: Callable[[_Waiting, OpenFangError], None] | None = None,
+        received: bytes | None = None,
     ) -> str:
         """Send ``env`` to a worker and wait for its answer (the key it is sent under, which the worker's
         answer carries). Without ``on_fail`` it is sent now and a failed send raises here; with it, it leaves
         with the worker outbox and a failed send calls ``on_fail`` with the request's waiting entry (already
-        dropped) and the error."""
+        dropped) and the error. ``received``: the bytes ``env`` was decoded from (:func:`readdressed`
+        reuses them, the same value as encode_as)."""
         key = f"{self._key_prefix}{next(self._key_counter):x}"  # _new_key, inline (once per request)
-        frames = [worker_id.encode(), encode_as(env, key)]
+        payload = encode_as(env, key) if received is None else readdressed(received, env, key)
+        frames = [worker_id.encode(), payload]
         if on_fail is None:
             self._send_worker(frames, peer=f"worker {worker_id}")
         else:
@@ -933,15 +950,19 @@ class Gateway:
             return
         self._to_outbox(frames, env.type, env.id, env.body)
 
-    def _relay(self, waiting: _Waiting, answer: Envelope) -> None:
-        """A worker's answer to a client's request with no reply hook (``waiting``: no ``on_reply``, not
-        ``internal``, not ``via_workers``): what ``_complete`` does for it (``_reply`` of the answer with the
-        client's request id), without building the re-addressed envelope."""
+    def _relay(self, waiting: _Waiting, answer: Envelope, received: bytes) -> None:
+        """A worker's answer (``received``, decoded as ``answer``) to a client's request with no reply hook
+        (``waiting``: no ``on_reply``, not ``internal``, not ``via_workers``): what ``_complete`` does for it
+        (``_reply`` of the answer with the client's request id), without building the re-addressed envelope
+        or packing its body again (:func:`readdressed`: the same bytes)."""
         request_id = waiting.request.id
         identity = waiting.identity
-        payload = encode_as(answer, request_id)
+        payload = readdressed(received, answer, request_id)
         frames = [identity, b"", payload] if waiting.delimited else [identity, payload]
-        self._to_outbox(frames, answer.type, request_id, answer.body)
+        outbox = self._outbox  # _to_outbox, inline (once per reply)
+        outbox.append((frames, answer.type, request_id, answer.body))
+        if len(outbox) >= OUTBOX_MAX:
+            self._flush()
 
     def _to_outbox(self, frames: list[bytes], reply_type: str, reply_id: str, body: dict[str, Any]) -> None:
         """Queue a client reply (its frames, and its type, id and body for the stats) for :meth:`_flush`,
@@ -1007,7 +1028,6 @@ class Gateway:
         worker = self.workers.get(worker_id)
         if worker is None:
             worker = self.workers[worker_id] = _Worker(worker_id)
-        worker.last_seen = time.monotonic()
         entry = self._worker_dispatch.get(env.type)
         if entry is not None:
             if env.type == "event" and self._outbox:
@@ -1038,10 +1058,9 @@ class Gateway:
         if worker.in_flight > 0:
             worker.in_flight -= 1
         if waiting.on_reply is None and waiting.internal is None and not waiting.via_workers:
-            self._relay(waiting, env)  # the usual case: _complete's plain answer, relayed as it came
+            self._relay(waiting, env, payload)  # the usual case: _complete's plain answer, relayed as it came
         else:
             self._complete(waiting, Envelope(type=env.type, body=env.body, id=waiting.request.id))
-        worker.agents = self.agents.count(worker_id)
 
     def _run_after_reply(self, but: str = "") -> None:
         """Run the bookkeeping held for replies (``_after_reply``) but the one for ``but``, in order."""
@@ -1302,8 +1321,15 @@ class Gateway:
             moved = self.placement.worker_lost(worker_id, why, stopped=stopped)
         log.warning("worker_lost", worker=worker_id, why=why, failed_requests=len(lost), agents=len(moved))
 
+    def _refresh_agent_counts(self) -> None:
+        """Each worker's ``agents`` from the directory (kept there per agent; copied here where it is read,
+        not on every reply)."""
+        for worker in self.workers.values():
+            worker.agents = self.agents.count(worker.id)
+
     def info(self) -> dict[str, Any]:
         """What the gateway knows: connected workers, in-flight requests, agents per worker."""
+        self._refresh_agent_counts()
         return {
             "in_flight": len(self.waiting),
             "agents_registered": len(self.registry),

@@ -461,22 +461,21 @@ def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dat
  return (__init__, __repr__, __eq__,)
 CLASSES[('openfang.control.gateway', '_Waiting')] = (((True, True, True, False, False, True, False, False), (('identity', 0, True, True, True, None, False, 0), ('delimited', 0, True, True, True, None, False, 0), ('request', 0, True, True, True, None, False, 0), ('deadline', 0, True, True, True, None, False, 0), ('on_reply', 0, True, True, True, None, False, 1), ('worker', 0, True, True, True, None, False, 1), ('via_workers', 0, True, True, True, None, False, 1), ('internal', 0, True, True, True, None, False, 1))), __create_fn__.__code__)
 # openfang.control.gateway._Worker
-def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_id, _type_pid, _type_cpu, _type_agents, _type_in_flight, _type_last_seen, _dflt_pid, _dflt_cpu, _dflt_agents, _dflt_in_flight, _dflt_last_seen):
- def __init__(self,id:_type_id,pid:_type_pid=_dflt_pid,cpu:_type_cpu=_dflt_cpu,agents:_type_agents=_dflt_agents,in_flight:_type_in_flight=_dflt_in_flight,last_seen:_type_last_seen=_HAS_DEFAULT_FACTORY)->_return_type:
+def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_id, _type_pid, _type_cpu, _type_agents, _type_in_flight, _dflt_pid, _dflt_cpu, _dflt_agents, _dflt_in_flight):
+ def __init__(self,id:_type_id,pid:_type_pid=_dflt_pid,cpu:_type_cpu=_dflt_cpu,agents:_type_agents=_dflt_agents,in_flight:_type_in_flight=_dflt_in_flight)->_return_type:
   self.id=id
   self.pid=pid
   self.cpu=cpu
   self.agents=agents
   self.in_flight=in_flight
-  self.last_seen=_dflt_last_seen() if last_seen is _HAS_DEFAULT_FACTORY else last_seen
  def __repr__(self):
-  return self.__class__.__qualname__ + f"(id={self.id!r}, pid={self.pid!r}, cpu={self.cpu!r}, agents={self.agents!r}, in_flight={self.in_flight!r}, last_seen={self.last_seen!r})"
+  return self.__class__.__qualname__ + f"(id={self.id!r}, pid={self.pid!r}, cpu={self.cpu!r}, agents={self.agents!r}, in_flight={self.in_flight!r})"
  def __eq__(self,other):
   if other.__class__ is self.__class__:
-   return (self.id,self.pid,self.cpu,self.agents,self.in_flight,self.last_seen,)==(other.id,other.pid,other.cpu,other.agents,other.in_flight,other.last_seen,)
+   return (self.id,self.pid,self.cpu,self.agents,self.in_flight,)==(other.id,other.pid,other.cpu,other.agents,other.in_flight,)
   return NotImplemented
  return (__init__, __repr__, __eq__,)
-CLASSES[('openfang.control.gateway', '_Worker')] = (((True, True, True, False, False, True, False, False), (('id', 0, True, True, True, None, False, 0), ('pid', 0, True, True, True, None, False, 1), ('cpu', 0, True, True, True, None, False, 1), ('agents', 0, True, True, True, None, False, 1), ('in_flight', 0, True, True, True, None, False, 1), ('last_seen', 0, True, True, True, None, False, 2))), __create_fn__.__code__)
+CLASSES[('openfang.control.gateway', '_Worker')] = (((True, True, True, False, False, True, False, False), (('id', 0, True, True, True, None, False, 0), ('pid', 0, True, True, True, None, False, 1), ('cpu', 0, True, True, True, None, False, 1), ('agents', 0, True, True, True, None, False, 1), ('in_flight', 0, True, True, True, None, False, 1))), __create_fn__.__code__)
 # openfang.control.http.app.Face
 def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_bridge, _type_base_url, _type_data_dir, _type_cluster, _type_default_agent, _type_tokens_required, _type_push_allow_hosts, _type_metrics_per_agent, _type_metrics_top_agents):
  def __init__(self,*,bridge:_type_bridge,base_url:_type_base_url,data_dir:_type_data_dir,cluster:_type_cluster,default_agent:_type_default_agent,tokens_required:_type_tokens_required,push_allow_hosts:_type_push_allow_hosts,metrics_per_agent:_type_metrics_per_agent,metrics_top_agents:_type_metrics_top_agents)->_return_type:
@@ -1348,6 +1347,22 @@ def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dat
   return hash((self.text,self.binary,self.items,self.keys,self.key_len,self.depth,self.nodes,))
  return (__init__, __repr__, __eq__, __setattr__, __delattr__, __hash__,)
 CLASSES[('openfang.protocol._schema', 'Shape')] = (((True, True, True, False, True, True, False, True), (('text', 0, True, True, True, None, False, 1), ('binary', 0, True, True, True, None, False, 1), ('items', 0, True, True, True, None, False, 1), ('keys', 0, True, True, True, None, False, 1), ('key_len', 0, True, True, True, None, False, 1), ('depth', 0, True, True, True, None, False, 1), ('nodes', 0, True, True, True, None, False, 1))), __create_fn__.__code__)
+# openfang.protocol._schema._MapSpec
+def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_fields, _type_known, _type_closed, _type_extra, _type_name):
+ def __init__(self,fields:_type_fields,known:_type_known,closed:_type_closed,extra:_type_extra,name:_type_name)->_return_type:
+  self.fields=fields
+  self.known=known
+  self.closed=closed
+  self.extra=extra
+  self.name=name
+ def __repr__(self):
+  return self.__class__.__qualname__ + f"(fields={self.fields!r}, known={self.known!r}, closed={self.closed!r}, extra={self.extra!r}, name={self.name!r})"
+ def __eq__(self,other):
+  if other.__class__ is self.__class__:
+   return (self.fields,self.known,self.closed,self.extra,self.name,)==(other.fields,other.known,other.closed,other.extra,other.name,)
+  return NotImplemented
+ return (__init__, __repr__, __eq__,)
+CLASSES[('openfang.protocol._schema', '_MapSpec')] = (((True, True, True, False, False, True, False, False), (('fields', 0, True, True, True, None, False, 0), ('known', 0, True, True, True, None, False, 0), ('closed', 0, True, True, True, None, False, 0), ('extra', 0, True, True, True, None, False, 0), ('name', 0, True, True, True, None, False, 0))), __create_fn__.__code__)
 # openfang.protocol.bodies.AgentList
 def __create_fn__(cls, FrozenInstanceError, MISSING, _HAS_DEFAULT_FACTORY, __dataclass_builtins_object__, _return_type, _type_limit, _type_after, _type_state, _type_worker, _type_ids, _dflt_limit, _dflt_after, _dflt_state, _dflt_worker, _dflt_ids):
  def __init__(self,*,limit:_type_limit=_dflt_limit,after:_type_after=_dflt_after,state:_type_state=_dflt_state,worker:_type_worker=_dflt_worker,ids:_type_ids=_dflt_ids)->_return_type:

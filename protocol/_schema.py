@@ -593,7 +593,7 @@ def _compile_dataclass(cls: type, open_fields: bool) -> Compiled:
     )
     closed = not open_fields
 
-    def valid(value: Any) -> bool:
+    def valid(value: Any) -> bool:  # generated_valid writes the same steps out as straight-line code
         if not isinstance(value, dict):
             return False
         for name, field_valid, kind, lo, hi in required_checks:
@@ -632,19 +632,161 @@ def _compile_dataclass(cls: type, open_fields: bool) -> Compiled:
             keys=len(names),
             key_len=max((len(n) for n in names), default=0),
         )
+    _MAPS[valid] = _MapSpec(tuple(fields), known, closed, extra, cls.__name__)
     return Compiled(check, build, describe, valid, shape, tuple(fields), cls)
 
 
-def body_validator(compiled: Compiled) -> Callable[[Mapping[str, Any]], list[str]]:
-    """The ``envelope.register_body_validator`` form of a compiled body: problems under ``body.``."""
-    check, valid = compiled.check, compiled.valid
+@dataclass(slots=True)
+class _MapSpec:
+    """What a dataclass map's valid() tests, for generated_valid (kept by that valid function; never changed
+    after it is made: not frozen, whose __init__ costs more, once per compiled type on a start's path)."""
 
-    def validate(body: Mapping[str, Any]) -> list[str]:
-        try:
-            if valid(body):
-                return []
-        except RecursionError:
-            pass  # the checker below meets it again and reports it
+    fields: tuple[tuple[str, Compiled, bool], ...]
+    known: frozenset[str]
+    closed: bool
+    extra: Callable[[Mapping[str, Any]], list[str]] | None
+    name: str
+
+
+# A dataclass map's valid() -> what it tests (generated_valid). Compiled types are kept for the process's
+# life (one per message type), so this only grows with the catalogue.
+_MAPS: dict[Valid, _MapSpec] = {}
+
+# Validations of one body type before body_validator swaps its valid() for generated_valid's: a type used
+# that often is on a hot path; writing and compiling its code (~0.1-0.4 ms) is not paid by a type used once
+# (a start, a warm start's first messages).
+GENERATE_AFTER = 256
+_GENERATE_DEPTH = 4  # nested dataclass maps written into one generated valid (deeper ones are called)
+
+
+def generated_valid(compiled: Compiled) -> Valid:
+    """``compiled.valid`` written out as straight-line code for a dataclass map: the same tests in the same
+    order (each field's lookup, its inline test or its own valid, the unknown-key test, the extra checks),
+    without the loop's per-field tuple and kind dispatch, and nested dataclass maps written in place of a
+    call to their loop. The same answer as ``compiled.valid`` for every value (the oracle tests fuzz it);
+    for any other compiled type, ``compiled.valid`` itself."""
+    spec = _MAPS.get(compiled.valid)
+    if spec is None:
+        return compiled.valid
+    generated: Valid = _generate(spec, None)
+    return generated
+
+
+def generated_validator(
+    compiled: Compiled, problems: Callable[[Any], list[str]]
+) -> Callable[[Mapping[str, Any]], list[str]] | None:
+    """A body validator (``[]`` for a valid body, else ``problems(body)``) whose test is
+    :func:`generated_valid`'s code in its own body (no call to a valid function for the body itself), or
+    None when ``compiled`` is not a dataclass map. A RecursionError inside it goes to ``problems``."""
+    spec = _MAPS.get(compiled.valid)
+    if spec is None:
+        return None
+    validator: Callable[[Mapping[str, Any]], list[str]] = _generate(spec, problems)
+    return validator
+
+
+def _generate(spec: _MapSpec, problems: Callable[[Any], list[str]] | None) -> Any:
+    """Compile the code of ``spec``'s valid (``problems`` None), or of its validator (answering ``[]`` or
+    ``problems(value)``); the function."""
+    names: dict[str, Any] = {"_ABSENT": _ABSENT}
+    lines: list[str] = []
+    if problems is None:
+        entry = _write_valid(spec, names, lines, 0)
+    else:
+        names["_problems"] = problems
+        entry = _write_valid(spec, names, lines, 0, fail="return _problems(value)", ok="return []")
+    code = compile("\n".join(lines), f"<generated valid of {spec.name}>", "exec")
+    exec(code, names)  # our own source, written above from the schema; values are passed in as names
+    return names[entry]
+
+
+def _write_valid(
+    spec: _MapSpec,
+    names: dict[str, Any],
+    lines: list[str],
+    depth: int,
+    fail: str = "return False",
+    ok: str = "return True",
+) -> str:
+    """Append the source of ``spec``'s valid to ``lines`` (nested maps' first); its function name. Field
+    names go in as ``repr`` literals (a string literal whatever the name holds), every other value as a
+    name in ``names``. ``fail`` and ``ok`` are its answers (a validator's: inside a ``try`` that sends a
+    RecursionError to ``fail``)."""
+    me = f"_valid{len(names)}"
+    names[me] = None  # reserve the name (the index of the next)
+    body: list[str] = ["    if not isinstance(value, dict):", f"        {fail}"]
+    for i, (field_name, compiled, required) in enumerate(spec.fields):
+        key = f"{me}_{i}"  # the field's own valid, where the code calls it
+        if required:
+            body += [
+                f"    e = value.get({field_name!r}, _ABSENT)",
+                "    if e is _ABSENT:",
+                f"        {fail}",
+            ]
+            pad = "    "
+        else:
+            body += [f"    e = value.get({field_name!r})", "    if e is not None:"]  # absent or nil: valid
+            pad = "        "
+        kind, lo, hi = compiled.inline
+        nested = _MAPS.get(compiled.valid)
+        if kind or nested is None or depth >= _GENERATE_DEPTH:
+            names[key] = compiled.valid
+        if kind in (INLINE_STR, INLINE_INT):
+            bounds = [_literal(bound, f"{key}_{end}", names) for bound, end in ((lo, "lo"), (hi, "hi"))]
+            test = "len(e)" if kind == INLINE_STR else "e"
+            body += [
+                f"{pad}if type(e) is {'str' if kind == INLINE_STR else 'int'}:",
+                f"{pad}    if not {bounds[0]} <= {test} <= {bounds[1]}:",
+                f"{pad}        {fail}",
+                f"{pad}elif not {key}(e):",
+                f"{pad}    {fail}",
+            ]
+        elif kind == INLINE_BOOL:
+            body += [f"{pad}if type(e) is not bool and not {key}(e):", f"{pad}    {fail}"]
+        elif nested is not None and depth < _GENERATE_DEPTH:
+            inner = _write_valid(nested, names, lines, depth + 1)
+            body += [f"{pad}if not {inner}(e):", f"{pad}    {fail}"]
+        else:
+            body += [f"{pad}if not {key}(e):", f"{pad}    {fail}"]
+    if spec.closed:
+        names[f"{me}_known"] = spec.known
+        body += [f"    if not {me}_known.issuperset(value):", f"        {fail}"]
+    if spec.extra is not None:
+        names[f"{me}_extra"] = spec.extra
+        body += [f"    if {me}_extra(value):", f"        {fail}"]
+    body.append(f"    {ok}")
+    if fail == "return False":
+        lines += [f"def {me}(value):", *body]
+    else:  # a validator: a RecursionError in a nested value is a problem to name, as valid's caller does
+        lines += [f"def {me}(value):", "    try:", *(f"    {line}" for line in body)]
+        lines += ["    except RecursionError:", f"        {fail}"]
+    return me
+
+
+def _literal(value: Any, name: str, names: dict[str, Any]) -> str:
+    """``value`` as source: an int as its literal (a constant in the code), anything else (an infinite
+    bound) as a name bound to it in ``names``."""
+    if type(value) is int:
+        return repr(value)
+    names[name] = value
+    return name
+
+
+def body_validator(
+    compiled: Compiled,
+    generate_after: int = GENERATE_AFTER,
+    on_generated: Callable[[Callable[[Mapping[str, Any]], list[str]]], None] | None = None,
+) -> Callable[[Mapping[str, Any]], list[str]]:
+    """The ``envelope.register_body_validator`` form of a compiled body: problems under ``body.``.
+
+    After ``generate_after`` validations (0: never) of a dataclass map it answers through
+    :func:`generated_validator`'s code, and hands that validator to ``on_generated`` (which registers it in
+    its place, so the codec calls it without this one)."""
+    check, valid = compiled.check, compiled.valid
+    left = generate_after if compiled.valid in _MAPS else 0
+    fast: Callable[[Mapping[str, Any]], list[str]] | None = None
+
+    def problems_of(body: Any) -> list[str]:
         problems: list[str] = []
         try:
             check(body, "body", problems)
@@ -654,6 +796,23 @@ def body_validator(compiled: Compiled) -> Callable[[Mapping[str, Any]], list[str
             hidden = len(problems) - MAX_PROBLEMS
             problems = [*problems[:MAX_PROBLEMS], f"... and {hidden} more problems"]
         return problems
+
+    def validate(body: Mapping[str, Any]) -> list[str]:
+        nonlocal left, fast
+        if left:  # counting down to the generated code (0 once it is in place, or for a type without one)
+            left -= 1
+            if not left:
+                fast = generated_validator(compiled, problems_of)
+                if fast is not None and on_generated is not None:
+                    on_generated(fast)
+        if fast is not None:
+            return fast(body)
+        try:
+            if valid(body):
+                return []
+        except RecursionError:
+            pass  # the checker meets it again and reports it
+        return problems_of(body)
 
     return validate
 

@@ -507,10 +507,16 @@ def _schema_of(message_type: str) -> _schema.Compiled | None:
     if compiled is None and message_type in _class_of:
         cls, is_open = _class_of[message_type]
         compiled = _schema.compile_dataclass(cls, open_fields=is_open)
-        validator = _schema.body_validator(compiled)
+        checked = message_type not in _UNCHECKED  # internal bodies: checked by their handlers (InternalSpec)
+
+        def generated(fast: Callable[[Mapping[str, Any]], list[str]]) -> None:
+            if checked:  # a hot type's generated validator, in its place for decode (no wrapper call)
+                register_body_validator(message_type, fast)
+
+        validator = _schema.body_validator(compiled, on_generated=generated)
         _validators[message_type] = validator
         _compiled[message_type] = compiled  # two threads may both compile: the same result, either wins
-        if message_type not in _UNCHECKED:  # internal bodies are checked by their handlers (InternalSpec)
+        if checked:
             register_body_validator(message_type, validator)
     return compiled
 

@@ -270,3 +270,38 @@ def test_a_relayed_answer_is_the_answer_re_addressed_byte_for_byte(door: _Door) 
     assert stats["errors"] == {"sandbox_error": 1}
     timed = {r["type"]: r["seconds"]["count"] for r in stats["requests"]}
     assert timed["agent.send"] == 2
+
+
+def test_relayed_answers_leave_once_the_outbox_holds_its_maximum(door: _Door) -> None:
+    """Answers relayed while a worker's batch is handled wait in the outbox until it holds OUTBOX_MAX: those
+    leave then, in order, the rest at the flush."""
+    from openfang.control.gateway import OUTBOX_MAX
+
+    door.gw.agents.add("a-1", "w-0", service="svc")
+    total = OUTBOX_MAX + 5
+    ids = door.ask(*({"service": "svc", "text": f"m{i}"} for i in range(total)))
+    door.gw._flush()
+    asked = door.answers(door.worker, total)
+    usage = {"prompt_tokens": 1}
+    door.worker.send_multipart(
+        [
+            encode(
+                Envelope(
+                    type="agent.send.ok",
+                    body={"reply": env.body["text"], "agent_id": "a-1", "usage": usage},
+                    id=env.id,
+                )
+            )
+            for env in asked
+        ]
+    )
+    while door.gw.waiting:
+        assert door.gw.worker_sock.poll(5000)
+        door.gw._drain(door.gw.worker_sock, door.gw._on_worker_frames)
+    assert len(door.gw._outbox) == total - OUTBOX_MAX  # the first OUTBOX_MAX have left
+    first = door.answers(door.client, OUTBOX_MAX)
+    assert not door.client.poll(50)
+    door.gw._flush()
+    rest = door.answers(door.client, total - OUTBOX_MAX)
+    assert [env.id for env in first + rest] == ids
+    assert [env.body["reply"] for env in first + rest] == [f"m{i}" for i in range(total)]

@@ -15,7 +15,7 @@ import pytest
 from openfang.protocol import _examples, messages
 from openfang.protocol import envelope as envelope_module
 from openfang.protocol.bodies import AgentSend
-from openfang.protocol.envelope import PROTOCOL_VERSION, Envelope, decode, encode, encode_as
+from openfang.protocol.envelope import PROTOCOL_VERSION, Envelope, decode, encode, encode_as, readdressed
 from openfang.protocol.errors import OpenFangError
 
 
@@ -178,6 +178,16 @@ def test_encode_with_the_reused_packer_equals_packb() -> None:
                 {"v": 1, "id": "b", "type": big.type, "body": big.body}, use_bin_type=True
             )
             assert not hasattr(envelope_module._packers, "pack")
+            assert encode(Envelope(type="ping", body={}, id="s")) == msgpack.packb(
+                {"v": 1, "id": "s", "type": "ping", "body": {}}, use_bin_type=True
+            )
+            assert hasattr(envelope_module._packers, "pack")  # made again by the next encode
+            assert encode_as(big, "c") == msgpack.packb(
+                {"v": 1, "id": "c", "type": big.type, "body": big.body}, use_bin_type=True
+            )
+            assert not hasattr(envelope_module._packers, "pack")
+            with pytest.raises(TypeError):
+                encode_as(bad, "f")
         want = msgpack.packb({"v": 1, "id": env.id, "type": env.type, "body": body}, use_bin_type=True)
         assert encode(env) == want
         assert encode_as(env, "other") == msgpack.packb(
@@ -276,3 +286,58 @@ def test_decode_unpack_without_options_equals_the_spelt_out_unpack() -> None:
                 assert again.value.message == caught.value.message
             checked += 1
     assert checked > 300
+
+
+def _ids(rng: random.Random) -> list[str]:
+    return ["r1", "a" * 31, "b" * 32, "c" * 128, "é" * 3, "x" * rng.randrange(1, 40), f"k{rng.random()}"]
+
+
+def test_readdressed_is_encode_as_byte_for_byte_for_what_encode_wrote() -> None:
+    """For a payload encode wrote, readdressed(payload, decoded, id) is encode_as(decoded, id): short and
+    long ids (fixstr, str8), ASCII or not, on both sides, long types, bodies of every msgpack kind."""
+    rng = random.Random(11)
+    types = ["bench.reply", "t" * 31, "t" * 32, "ü.ok"]  # no schema: any body decodes
+    for n in range(400):
+        body = {
+            "reply": "r" * rng.randrange(0, 300),
+            "n": rng.randrange(-(2**40), 2**40),
+            "f": rng.random(),
+            "raw": b"\x00" * (n % 7),
+            "nested": {"list": [1, "two", None, True, {"x": 1.5}]},
+        }
+        old_id = rng.choice(_ids(rng))
+        payload = encode(Envelope(type=rng.choice(types), body=body, id=old_id))
+        env = decode(payload)
+        for new_id in _ids(rng):
+            assert readdressed(payload, env, new_id) == encode_as(env, new_id), (old_id, new_id, env.type)
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [("id", "ab"), ("v", 1), ("type", "bench.reply"), ("body", {"reply": "x"})],  # another order
+        [("v", 1), ("id", "ab"), ("body", {"reply": "x"}), ("type", "bench.reply")],  # body before type
+        [("v", 1), ("id", "zz"), ("id", "ab"), ("type", "bench.reply")],  # a second id: the last counts
+        [("v", 1), ("id", "ab"), ("id", "ab"), ("type", "bench.reply")],  # the same id twice
+        [("v", 1), ("id", "ab"), ("type", "bench.reply"), ("type", "bench.reply")],  # type twice
+    ],
+)
+def test_readdressed_of_another_layout_decodes_as_encode_as(entries: list[tuple[str, Any]]) -> None:
+    """A payload not laid out as encode writes it (another order, a key twice) is re-addressed to the value
+    encode_as gives: the new id, never one left over from the payload."""
+    packer = msgpack.Packer(use_bin_type=True)
+    payload = packer.pack_map_header(len(entries)) + b"".join(
+        packer.pack(k) + packer.pack(v) for k, v in entries
+    )
+    env = decode(payload)
+    out = readdressed(payload, env, "new-id")
+    assert decode(out) == decode(encode_as(env, "new-id"))
+    assert decode(out).id == "new-id"
+
+
+def test_readdressed_of_a_non_minimal_id_header_is_encode_as() -> None:
+    """An id written with a longer header than encode's (str8 for two bytes) is not spliced: encode_as."""
+    payload = b"\x84\xa1v\x01\xa2id\xd9\x02ab" + msgpack.packb("type") + msgpack.packb("bench.reply")
+    payload += msgpack.packb("body") + msgpack.packb({})
+    env = decode(payload)
+    assert readdressed(payload, env, "n") == encode_as(env, "n")

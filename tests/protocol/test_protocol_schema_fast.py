@@ -275,3 +275,127 @@ def test_deeply_nested_body_is_refused_by_the_fast_path_too() -> None:
         deep = {"children": [deep]}
     node = {**_examples.REPLIES["tree"], "children": [deep]}
     assert messages.check_body("tree.ok", node)[0].startswith("body")
+
+
+@pytest.mark.parametrize(("type_", "body"), EXAMPLES, ids=[t for t, _ in EXAMPLES])
+def test_generated_valid_agrees_with_check_on_fuzzed_bodies(type_: str, body: dict[str, Any]) -> None:
+    """The generated valid() answers as check does on the example, 300 mutations and the inline edges."""
+    compiled = messages.body_schema(type_)
+    assert compiled is not None
+    generated = _schema.generated_valid(compiled)
+    rng = random.Random(f"{type_}-generated")
+    candidate: Any = body
+    for i in range(300):
+        problems = _problems(compiled, candidate)
+        assert generated(candidate) == (not problems), (type_, candidate, problems)
+        candidate = _mutate(body if problems or i % 5 == 0 else candidate, rng)
+    for candidate in _inline_cases(compiled, body):
+        assert generated(candidate) == (not _problems(compiled, candidate)), (type_, candidate)
+
+
+def test_generated_valid_is_written_for_the_hot_bodies_and_nested_maps() -> None:
+    """agent.send and its answer get generated code, the answer's usage map written into it (its loop valid
+    is not called); a type that is not a dataclass map keeps its own valid."""
+    for type_ in ("agent.send", "agent.send.ok"):
+        compiled = messages.body_schema(type_)
+        assert compiled is not None
+        generated = _schema.generated_valid(compiled)
+        assert generated is not compiled.valid
+        assert generated.__code__.co_filename.startswith("<generated valid of")
+    ok = messages.body_schema("agent.send.ok")
+    assert ok is not None
+    generated = _schema.generated_valid(ok)
+    usage = next(c for name, c, _ in ok.fields if name == "usage")
+    names = generated.__globals__
+    assert usage.valid not in names.values()
+    nested = [
+        v
+        for v in names.values()
+        if callable(v) and v is not generated and getattr(v, "__globals__", None) is names
+    ]
+    assert len(nested) == 1 and nested[0]({"fuel": 1}) and not nested[0]({"fuel": -1})
+    number = _schema.compile_type(int, open_maps=False)
+    assert _schema.generated_valid(number) is number.valid
+
+
+def test_body_validator_swaps_in_the_generated_validator_after_its_count() -> None:
+    """body_validator answers with the loop valid() for its first validations, then writes the generated
+    validator once and hands it over; both name the problems of a bad body as before the swap."""
+    compiled = messages.body_schema("agent.send")
+    assert compiled is not None
+    handed: list[Any] = []
+    validate = _schema.body_validator(compiled, generate_after=3, on_generated=handed.append)
+    good = {"service": "billing", "text": "hi"}
+    assert validate(good) == [] and validate(good) == [] and not handed
+    assert validate(good) == [] and len(handed) == 1
+    fast = handed[0]
+    assert fast.__code__.co_filename == "<generated valid of AgentSend>"
+    for check in (validate, fast):
+        assert check(good) == []
+        assert check({"service": "billing", "text": 5}) == [
+            "body.text: must be a string of at most 65536 characters, got int"
+        ]
+        assert check({"service": "billing", "agent_id": "a-1", "text": "x"}) == [
+            "body.agent_id: give exactly one of agent_id and service"
+        ]
+    assert len(handed) == 1
+    never = _schema.body_validator(compiled, generate_after=0, on_generated=handed.append)
+    for _ in range(5):
+        assert never(good) == []
+    assert len(handed) == 1
+
+
+@pytest.mark.parametrize(("type_", "body"), EXAMPLES, ids=[t for t, _ in EXAMPLES])
+def test_generated_validator_names_what_the_loop_validator_names(type_: str, body: dict[str, Any]) -> None:
+    """The generated validator gives the loop validator's answer (no problems, or the same texts) on the
+    example, 300 mutations and the inline edges."""
+    compiled = messages.body_schema(type_)
+    assert compiled is not None
+    loop = _schema.body_validator(compiled, generate_after=0)
+    handed: list[Any] = []
+    warm = _schema.body_validator(compiled, generate_after=1, on_generated=handed.append)
+    warm(body)
+    if compiled.valid not in _schema._MAPS:
+        assert not handed
+        return
+    (fast,) = handed
+    rng = random.Random(f"{type_}-validator")
+    candidate: Any = body
+    for i in range(300):
+        want = loop(candidate)
+        assert fast(candidate) == want, (type_, candidate)
+        candidate = _mutate(body if want or i % 5 == 0 else candidate, rng)
+    for candidate in _inline_cases(compiled, body):
+        assert fast(candidate) == loop(candidate), (type_, candidate)
+
+
+def test_generated_validator_names_a_body_nested_too_deeply() -> None:
+    """A body nested past the recursion limit is 'nested too deeply' through the generated validator too."""
+    compiled = messages.body_schema("tree.ok")
+    assert compiled is not None
+    handed: list[Any] = []
+    _schema.body_validator(compiled, generate_after=1, on_generated=handed.append)(_examples.REPLIES["tree"])
+    leaf = _examples.REPLIES["tree"]["children"][0]["children"][0]
+    deep: Any = leaf
+    for _ in range(5000):  # every level a valid node: valid() itself recurses past the limit
+        deep = {**leaf, "children": [deep]}
+    node = {"children": [deep]}
+    with pytest.raises(RecursionError):
+        compiled.valid(node)
+    assert handed and handed[0](node) == _schema.body_validator(compiled, generate_after=0)(node)
+    assert handed[0](node) == ["body: nested too deeply"]
+
+
+def test_decode_uses_the_generated_validator_of_a_hot_type() -> None:
+    """After GENERATE_AFTER decodes of a type, decode calls its generated validator directly, with the same
+    answers (a bad body still names its problems)."""
+    from openfang.protocol import envelope as envelope_module
+
+    good = Envelope(type="agent.send", body={"service": "svc", "text": "x"})
+    for _ in range(_schema.GENERATE_AFTER + 1):
+        decode(encode(good))
+    registered = envelope_module._validators["agent.send"]
+    assert registered.__code__.co_filename == "<generated valid of AgentSend>"
+    assert decode(encode(good)).body == good.body
+    with pytest.raises(ProtocolError, match=r"body.text: must be a string"):
+        decode(encode(Envelope(type="agent.send", body={"service": "svc", "text": 5})))
