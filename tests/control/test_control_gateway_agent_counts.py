@@ -6,16 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import zmq
-from control_gateway_kit import SyncedDoor, dealer
+from control_gateway_kit import SyncedDoor, dealer, one_from_gateway
 
 from openfang.control.gateway import _receive
 from openfang.protocol import _examples
-from openfang.protocol.envelope import Envelope, decode, encode
+from openfang.protocol.envelope import Envelope, encode
+from openfang.protocol.linkframe import pack
 
 
 def _hello(door: SyncedDoor, sock: zmq.Socket[bytes], worker: str, pid: int) -> None:
     body = {"worker": worker, "pid": pid, "cpu": 0, "agent_ids": []}
-    sock.send(encode(Envelope(type="worker.hello", body=body)))
+    sock.send(pack([encode(Envelope(type="worker.hello", body=body))]))
     assert door.gw.worker_sock.poll(5000)
     door.gw._drain(door.gw.worker_sock, door.gw._on_worker_frames, receive=_receive)
 
@@ -33,8 +34,7 @@ def test_gateway_memory_read_goes_to_the_worker_with_fewer_agents_in_the_directo
             door.gw.agents.add(f"a-{i}", "w-0")
         door.ask(Envelope(type="memory.search", body=_examples.REQUESTS["memory.search"]))
         assert other.poll(5000), "the memory read did not go to w-1"
-        frames = other.recv_multipart()
-        assert decode(frames[-1]).type == "memory.search"
+        assert one_from_gateway(other).type == "memory.search"
         assert not door.worker.poll(50)
         info = door.gw.info()["workers"]
         assert info["w-0"]["agents"] == 3 and info["w-1"]["agents"] == 0

@@ -283,17 +283,19 @@ def test_relayed_answers_leave_once_the_outbox_holds_its_maximum(door: _Door) ->
     door.gw._flush()
     asked = door.answers(door.worker, total)
     usage = {"prompt_tokens": 1}
-    door.worker.send_multipart(
-        [
-            encode(
-                Envelope(
-                    type="agent.send.ok",
-                    body={"reply": env.body["text"], "agent_id": "a-1", "usage": usage},
-                    id=env.id,
+    door.worker.send(
+        pack(
+            [
+                encode(
+                    Envelope(
+                        type="agent.send.ok",
+                        body={"reply": env.body["text"], "agent_id": "a-1", "usage": usage},
+                        id=env.id,
+                    )
                 )
-            )
-            for env in asked
-        ]
+                for env in asked
+            ]
+        )
     )
     while door.gw.waiting:
         assert door.gw.worker_sock.poll(5000)

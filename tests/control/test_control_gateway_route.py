@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from control_gateway_kit import dealer
+from control_gateway_kit import dealer, from_gateway, one_from_gateway
 
 from openfang.control.config import ControlConfig
 from openfang.control.gateway import Gateway, _receive
 from openfang.control.guard import receive_client
 from openfang.protocol import _examples
 from openfang.protocol.envelope import Envelope, decode, encode, encode_as
+from openfang.protocol.linkframe import pack, unpack
 from openfang.supervisor.child import ChildContext
 
 
@@ -36,7 +37,7 @@ def test_gateway_route_refuses_busy_past_the_queue_limit_on_every_path(tmp_path:
     client = dealer(gw, gw.control.endpoint, b"client")
     try:
         hello = {"worker": "w-0", "pid": 4001, "cpu": 0, "agent_ids": []}
-        worker.send(encode(Envelope(type="worker.hello", body=hello)))
+        worker.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
         assert gw.worker_sock.poll(5000)
         gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
         gw.agents.add("a-1", "w-0", service="svc")
@@ -63,7 +64,7 @@ def test_gateway_route_refuses_busy_past_the_queue_limit_on_every_path(tmp_path:
             assert got[rid].type == "error" and got[rid].body["code"] == "busy", got[rid]
             assert got[rid].body["message"] == "2 requests in flight, the limit is 2; retry later"
         assert got["r6"].type == "ping.ok"
-        sent = [decode(frame) for frame in worker.recv_multipart()]  # one batch: the first two only
+        sent = from_gateway(worker)  # one batch: the first two only
         assert [env.body["text"] for env in sent] == ["one", "two"]
         assert not worker.poll(50)
     finally:
@@ -81,7 +82,7 @@ def test_gateway_route_sends_a_service_message_to_the_least_busy_host(tmp_path: 
     try:
         for sock, name, pid in ((w0, "w-0", 4001), (w1, "w-1", 4002)):
             hello = {"worker": name, "pid": pid, "cpu": 0, "agent_ids": []}
-            sock.send(encode(Envelope(type="worker.hello", body=hello)))
+            sock.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
             assert gw.worker_sock.poll(5000)
             gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
         gw.agents.add("a-0", "w-0", service="svc")
@@ -92,7 +93,7 @@ def test_gateway_route_sends_a_service_message_to_the_least_busy_host(tmp_path: 
         gw._drain(gw.clients, gw._on_client_frames, receive=receive_client)
         gw._flush()
         assert w1.poll(5000) and not w0.poll(50)
-        assert decode(w1.recv_multipart()[-1]).body == {"service": "svc", "text": "hi"}
+        assert one_from_gateway(w1).body == {"service": "svc", "text": "hi"}
         assert gw.workers["w-1"].in_flight == 1
     finally:
         for sock in (w0, w1, client):
@@ -110,7 +111,7 @@ def test_gateway_route_relays_a_request_to_its_worker_under_its_key_whatever_its
     client = dealer(gw, gw.control.endpoint, b"client")
     try:
         hello = {"worker": "w-0", "pid": 4001, "cpu": 0, "agent_ids": []}
-        worker.send(encode(Envelope(type="worker.hello", body=hello)))
+        worker.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
         assert gw.worker_sock.poll(5000)
         gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
         gw.agents.add("a-1", "w-0", service="svc")
@@ -128,7 +129,7 @@ def test_gateway_route_relays_a_request_to_its_worker_under_its_key_whatever_its
             gw._drain(gw.clients, gw._on_client_frames, receive=receive_client)
         gw._flush()
         assert worker.poll(5000)
-        frames = worker.recv_multipart()
+        frames = unpack(worker.recv())
         sent = [decode(frame) for frame in frames]
         assert [env.id for env in sent] == list(gw.waiting)
         assert [gw.waiting[env.id].request.id for env in sent] == ["r-plain", other["id"]]
