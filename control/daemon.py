@@ -74,6 +74,7 @@ class Daemon:
         self.audit: AuditLog | None = None  # opened once the tree has started (run)
         self.integrity: IntegrityMonitor | None = None  # layer 14, from the baseline taken at start
         self._baseline: BaselineHelper | None = None  # the helper whose answer is not taken yet
+        self._helper_fd: int | None = None  # the loop reads the helper's answer from this fd while set
         self._prepared = False  # _before_ready ran
         self._start_problem: tuple[str, Exception] | None = None  # what fails the start before READY
         # The root is a subreaper (it sets that itself at start): orphaned descendants are reaped here.
@@ -116,9 +117,10 @@ class Daemon:
             # The helper's answer is read as it comes, while the tree starts (the loop runs then).
             def helper_readable() -> None:
                 if baseline.poll():
-                    self.loop.remove_reader(helper_fd)
+                    self._stop_reading_helper()
 
             self.loop.add_reader(helper_fd, helper_readable)
+            self._helper_fd = helper_fd
         try:
             self.sup.start()
         except OpenFangError as exc:
@@ -129,8 +131,7 @@ class Daemon:
             self._remove_pidfile()
             return EXIT_START_FAILED
         finally:
-            if helper_fd is not None:
-                self.loop.remove_reader(helper_fd)
+            self._stop_reading_helper()
             # The start's imports and setup made next to no garbage: collected from now on (children
             # forked meanwhile turned their own collector on: openfang/_coldstart.py).
             _coldstart.resume()
@@ -204,10 +205,19 @@ class Daemon:
             # run files, not beside the first request's work after READY. Reaped at once in the loop (the
             # root is idle there, and the orphan reaper, which runs from the loop too, must not take it for
             # an orphan); otherwise after READY, by _run's close (READY does not wait for its exit).
+            # The loop stops reading its end first: release closes that socket, and its fd number goes to
+            # the next socket made (a child's uplink), whose reader must not be the one removed later.
+            self._stop_reading_helper()
             baseline.release()
             if reap:
                 baseline.hurry()  # its exit is waited for: not at nice +10 behind the workers' start
                 baseline.close()
+
+    def _stop_reading_helper(self) -> None:
+        """Remove the loop's reader of layer 14's helper, once (its fd is reused once the pair is closed)."""
+        if self._helper_fd is not None:
+            self.loop.remove_reader(self._helper_fd)
+            self._helper_fd = None
 
     def stop(self) -> None:
         """Stop the whole tree in reverse start order, honouring each child's shutdown policy."""

@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -267,3 +268,20 @@ def test_http_bad_certificate_is_a_failed_start(make_cluster: type[Cluster]) -> 
     assert c.proc is not None
     assert c.proc.wait(timeout=60) != 0
     assert f"[http] tls_cert/tls_key {cert}" in c.log()
+
+
+def test_http_child_forked_after_the_integrity_helper_is_released_is_not_taken_for_hung(
+    make_cluster: type[Cluster],
+) -> None:
+    """The face forked after layer 14's helper is released (whose socket's fd number its uplink reuses) still
+    has its heartbeats read: past its heartbeat_ms (5 s) it is the same process, never reported hung."""
+    # An empty package list: the helper answers at once, so the root releases it in its loop while the
+    # workers start, before the face's fork (the order in which the freed fd number went to the face).
+    c = make_cluster(workers=1, http=True, extra="\n[security.integrity]\npackages = []\n")
+    start_with_agents(c)
+    pid = c.node("http")["pid"]
+    time.sleep(6.5)
+    assert "child_hung" not in c.log()
+    assert c.node("http")["pid"] == pid
+    assert httpx.get(c.http_url + "/metrics", timeout=10).status_code == 200
+    assert c.stop() == 0
