@@ -720,3 +720,40 @@ def test_callpath_deadline_ticks_of_a_past_deadline_is_one_tick(runtime: Runtime
     for left in (-1000.0, -0.5, -1e-9, 0.0):
         assert runtime.deadline_ticks(left) == runtime.deadline_ticks(0.0) == 1
     assert runtime.deadline_ticks(1.0) > 1
+
+
+def test_callpath_word_argument_passes_its_value_as_is() -> None:
+    """A prebuilt word argument (``_word``) reaches a C function as exactly its pointer-sized value, from 0
+    and the call counts to addresses and values past 32 bits (a prototype without argtypes passes it as it
+    is: an off-by-one address or a truncation fails this)."""
+    labs = ctypes.PYFUNCTYPE(ctypes.c_long)(("labs", ctypes.CDLL(None)))
+    for value in (0, 1, 2, 7, 0xFFFFFFFF, 1 << 32, (1 << 47) + 12345, (1 << 62) + 3):
+        assert labs(_wasmtime._word(value)) == value
+    assert [labs(w) for w in _wasmtime._COUNT_WORDS] == [0, 1, 2]
+
+
+def test_callpath_call_words_are_made_at_the_first_call_and_dropped_at_close(values_rt: Runtime) -> None:
+    """An instance that only instantiated holds no prebuilt call words (an agent only spawned pays nothing
+    for them); the first call makes them, naming its context and its call buffer's slots, and the memory's
+    size read shares the context's word; close drops them."""
+    inst = _values_instance(values_rt)
+    assert inst._refs is None
+    assert _run(inst, "sub", (9, 2)) == 7
+    refs = inst._refs
+    assert refs is not None and refs[1]._obj is inst._words and refs[0]._obj is not None
+    labs = ctypes.PYFUNCTYPE(ctypes.c_long)(("labs", ctypes.CDLL(None)))
+    at = inst._words_at
+    assert [labs(r) for r in refs] == [
+        inst._ctx_at,
+        at,
+        at + _wasmtime._RESULT_OFFSET,
+        at + _wasmtime._TRAP_OFFSET,
+        at + _wasmtime._ERROR_OFFSET,
+        at + _wasmtime._FUEL_OFFSET,
+    ]
+    mem = inst.memory()
+    assert mem is not None and mem.size() == 65536 and mem._size_args is not None
+    assert mem._size_args[0] is refs[0] and labs(mem._size_args[1]) == mem._mem_at
+    assert _run(inst, "sub", (1, 2)) == -1 and inst._refs is refs  # made once
+    inst.close()
+    assert inst._refs is None
