@@ -732,15 +732,19 @@ def test_callpath_word_argument_passes_its_value_as_is() -> None:
     assert [labs(w) for w in _wasmtime._COUNT_WORDS] == [0, 1, 2]
 
 
-def test_callpath_call_words_are_made_at_the_first_call_and_dropped_at_close(values_rt: Runtime) -> None:
-    """An instance that only instantiated holds no prebuilt call words (an agent only spawned pays nothing
-    for them); the first call makes them, naming its context and its call buffer's slots, and the memory's
-    size read shares the context's word; close drops them."""
+def test_callpath_call_words_are_made_for_the_first_message_and_dropped_at_close(
+    values_rt: Runtime, runtime: Runtime, tmp_path: Path
+) -> None:
+    """Calls give the same values with and without the prebuilt call words; an instance holds none until
+    its first message (an agent only spawned, agent_init run, pays nothing for them), then they name its
+    context and its call buffer's slots, the memory's size read shares the context's word, and close
+    drops them."""
     inst = _values_instance(values_rt)
+    assert _run(inst, "sub", (9, 2)) == 7 and _run(inst, "neg64", ()) == -(1 << 40)
     assert inst._refs is None
-    assert _run(inst, "sub", (9, 2)) == 7
-    refs = inst._refs
-    assert refs is not None and refs[1]._obj is inst._words and refs[0]._obj is not None
+    refs = inst._call_words()
+    assert _run(inst, "sub", (9, 2)) == 7 and _run(inst, "neg64", ()) == -(1 << 40)
+    assert _run(inst, "sub", (1, 2)) == -1 and inst._refs is refs
     labs = ctypes.PYFUNCTYPE(ctypes.c_long)(("labs", ctypes.CDLL(None)))
     at = inst._words_at
     assert [labs(r) for r in refs] == [
@@ -754,6 +758,11 @@ def test_callpath_call_words_are_made_at_the_first_call_and_dropped_at_close(val
     mem = inst.memory()
     assert mem is not None and mem.size() == 65536 and mem._size_args is not None
     assert mem._size_args[0] is refs[0] and labs(mem._size_args[1]) == mem._mem_at
-    assert _run(inst, "sub", (1, 2)) == -1 and inst._refs is refs  # made once
     inst.close()
     assert inst._refs is None
+    sandbox = _load(runtime, tmp_path, LLM_AGENT_WAT, SeenServices(), name="llm")
+    native = sandbox.native_instance()
+    assert native._refs is None  # spawned, agent_init run
+    sandbox.begin_message(b'{"role":"user","content":"hi"}')
+    assert native._refs is not None
+    sandbox.close()

@@ -486,6 +486,8 @@ class Sandbox:
         self.counters["messages"] += 1
         inst = self._inst
         assert inst is not None
+        if inst._refs is None:  # an agent's messages take the prebuilt call words (see Instance._call_words)
+            inst._call_words()
         digest = self.module_digest
         inbox = _INBOXES[digest] if digest in _INBOXES else self._read_inbox(inst)
         if inbox is not None and len(payload) <= inbox[1]:
