@@ -766,3 +766,45 @@ def test_callpath_call_words_are_made_for_the_first_message_and_dropped_at_close
     sandbox.begin_message(b'{"role":"user","content":"hi"}')
     assert native._refs is not None
     sandbox.close()
+
+
+def test_callpath_slice_after_epoch_ticks_sets_the_deadline_ahead_again(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """run_slice skips the epoch deadline's native call only while the epoch has not ticked since it was
+    set: after ticks seen by another agent's polls, a short message's calls still finish in their first
+    poll each (a deadline left behind would make them yield at once), its deadline set at the current
+    tick."""
+    quick = """(module (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "agent_handle") (param i32 i32) (result i64) (i64.const 0)))"""
+    burn = """(module (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "agent_handle") (param i32 i32) (result i64)
+        (loop $l (memory.fill (i32.const 0) (i32.const 7) (i32.const 65536)) (br $l))
+        (i64.const 0)))"""
+    sandboxes = []
+    for name, wat in (("quick", quick), ("burn", burn)):
+        module = tmp_path / f"{name}.wat"
+        module.write_text(wat)
+        manifest = load_manifest(f'[agent]\nname = "{name}"\nmodule = "{module}"\ncall_timeout_ms = 60000\n')
+        sandbox = Sandbox(manifest, runtime, agent_id=f"{name}-1", services=SeenServices())
+        sandbox.load()
+        sandboxes.append(sandbox)
+    sandbox, burner = sandboxes
+    inst = sandbox.native_instance()
+    burner.begin_message(b"{}")
+    for _ in range(3):
+        ticks = runtime.ticks
+        for _ in range(10_000):  # the epoch moves on while another agent runs
+            if runtime.ticks >= ticks + 3:
+                break
+            assert burner.run_slice() is None
+        assert runtime.ticks >= ticks + 3
+        sandbox.begin_message(b"{}")
+        outcome = sandbox.run_slice()  # alloc (no inbox), then agent_handle: each done in one poll
+        outcome = outcome or sandbox.run_slice()
+        assert outcome is not None and outcome.ok and sandbox.counters["yields"] == 0
+        assert inst._deadline_tick == runtime.ticks
+    for sb in sandboxes:
+        sb.close()

@@ -514,7 +514,11 @@ class Runtime:
                     mem = self._memory(caller)
                 else:
                     mem._seen = -1  # stale(): the guest ran before this call
-                values = tuple(_ARG_I32S[nargs].from_address(args)[_ARG_AT::_ARG_STEP]) if nargs else ()
+                if nargs == 2:  # the guest ABI's parking calls: (ptr, len), read without a slice's list
+                    i32s = _ARG_I32S[2].from_address(args)
+                    values: tuple[int, ...] = (i32s[_ARG_AT], i32s[_ARG_AT + _ARG_STEP])
+                else:
+                    values = tuple(_ARG_I32S[nargs].from_address(args)[_ARG_AT::_ARG_STEP]) if nargs else ()
                 poller = target.host_async(self._names[env or 0], mem, values)
         except Exception:
             poller = -2
