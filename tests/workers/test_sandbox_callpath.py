@@ -808,3 +808,67 @@ def test_callpath_slice_after_epoch_ticks_sets_the_deadline_ahead_again(
         assert inst._deadline_tick == runtime.ticks
     for sb in sandboxes:
         sb.close()
+
+
+ASK2_WAT = """(module
+  (import "env" "ask2" (func $ask2 (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "ask2") (param i32 i32) (result i32) (call $ask2 (local.get 0) (local.get 1)))
+  (func (export "ask2_twice") (param i32 i32) (result i32)
+    (i32.sub (call $ask2 (local.get 0) (local.get 1)) (call $ask2 (local.get 1) (local.get 0)))))"""
+
+
+class Answerer2:
+    """``ask2(a, b)``: ``a * 7 - b``, answered at once (``now``) or by a poller at its first poll."""
+
+    def __init__(self, *, now: bool) -> None:
+        self.now = now
+
+    def host_sync(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> int:
+        raise AssertionError("no sync host function here")
+
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller | int:
+        value = args[0] * 7 - args[1]
+        return value if self.now else (lambda: value)
+
+
+@pytest.mark.parametrize("limit", [1, 2, 4096])
+def test_callpath_host_call_views_name_the_buffers_wasmtime_hands(
+    monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """The async callback's kept views (arguments, result, continuation) are views of exactly the address
+    they are kept under and of the kind of buffer found there; interleaved host calls of several instances,
+    answered at once and through a poller, get each its own answer, also when the views are cleared at
+    every miss (a view kept under another address or of another kind fails this)."""
+    monkeypatch.setattr(_wasmtime, "_VIEWS_LIMIT", limit)
+    rt = Runtime((HostFunctionSpec(name="ask2", nparams=2, is_async=True),))
+    digest = hashlib.sha256(ASK2_WAT.encode()).hexdigest()
+    module, _ = rt.compile(ASK2_WAT.encode(), digest=digest, what="test")
+    pre = rt.instance_pre(module, digest=digest, what="test")
+    insts = []
+    for _ in range(3):
+        inst = Instance(rt, pre, max_memory_bytes=1 << 20)
+        call = inst.instantiate_call()
+        while not call.poll(Answerer2(now=True)):
+            pass
+        call.result()
+        inst._call_words()
+        insts.append(inst)
+    rng = random.Random(5)
+    for i in range(60):
+        inst = insts[i % 3]
+        a, b = rng.randrange(-1000, 1000), rng.randrange(-1000, 1000)
+        host = Answerer2(now=rng.random() < 0.5)
+        assert _run(inst, "ask2", (a, b), host=host) == a * 7 - b
+        assert _run(inst, "ask2_twice", (a, b), host=host) == (a * 7 - b) - (b * 7 - a)
+    views = (
+        (rt._arg_views, _wasmtime._ARG_I32S[2]),
+        (rt._result_views, _wasmtime._RESULT_WORDS),
+        (rt._cont_views, _wasmtime._CONTINUATION_WORDS),
+    )
+    for kept, kind in views:
+        assert 0 < len(kept) <= limit
+        assert all(type(v) is kind and ctypes.addressof(v) == at for at, v in kept.items())
+    for inst in insts:
+        inst.close()
+    rt.close()
