@@ -1023,7 +1023,7 @@ class Instance:
         self._words = (ctypes.c_uint64 * _CALL_WORDS)()
         self._words_at = ctypes.addressof(self._words)
         # The call's prebuilt arguments (_call_words), made for the first message (Sandbox.begin_message):
-        # an agent only spawned holds none (~0.6 KiB).
+        # an agent only spawned holds none (~0.7 KiB).
         self._refs: tuple[Any, ...] | None = None
         self._pre = pre
         self.closed = False
@@ -1079,7 +1079,7 @@ class Instance:
         and fuel reads convert their arguments as plain integers (the same calls, ~35 ns an argument more)."""
         words = self._words
         refs = self._refs = (
-            _word(self._ctx_at),
+            _word(self._ctx_at or 0),
             byref(words),
             byref(words, _RESULT_OFFSET),
             byref(words, _TRAP_OFFSET),
