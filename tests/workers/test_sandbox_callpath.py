@@ -720,3 +720,155 @@ def test_callpath_deadline_ticks_of_a_past_deadline_is_one_tick(runtime: Runtime
     for left in (-1000.0, -0.5, -1e-9, 0.0):
         assert runtime.deadline_ticks(left) == runtime.deadline_ticks(0.0) == 1
     assert runtime.deadline_ticks(1.0) > 1
+
+
+def test_callpath_word_argument_passes_its_value_as_is() -> None:
+    """A prebuilt word argument (``_word``) reaches a C function as exactly its pointer-sized value, from 0
+    and the call counts to addresses and values past 32 bits (a prototype without argtypes passes it as it
+    is: an off-by-one address or a truncation fails this)."""
+    labs = ctypes.PYFUNCTYPE(ctypes.c_long)(("labs", ctypes.CDLL(None)))
+    for value in (0, 1, 2, 7, 0xFFFFFFFF, 1 << 32, (1 << 47) + 12345, (1 << 62) + 3):
+        assert labs(_wasmtime._word(value)) == value
+    assert [labs(w) for w in _wasmtime._COUNT_WORDS] == [0, 1, 2]
+
+
+def test_callpath_call_words_are_made_for_the_first_message_and_dropped_at_close(
+    values_rt: Runtime, runtime: Runtime, tmp_path: Path
+) -> None:
+    """Calls give the same values with and without the prebuilt call words; an instance holds none until
+    its first message (an agent only spawned, agent_init run, pays nothing for them), then they name its
+    context and its call buffer's slots, the memory's size read shares the context's word, and close
+    drops them."""
+    inst = _values_instance(values_rt)
+    assert _run(inst, "sub", (9, 2)) == 7 and _run(inst, "neg64", ()) == -(1 << 40)
+    assert inst._refs is None
+    refs = inst._call_words()
+    assert _run(inst, "sub", (9, 2)) == 7 and _run(inst, "neg64", ()) == -(1 << 40)
+    assert _run(inst, "sub", (1, 2)) == -1 and inst._refs is refs
+    labs = ctypes.PYFUNCTYPE(ctypes.c_long)(("labs", ctypes.CDLL(None)))
+    at = inst._words_at
+    assert [labs(r) for r in refs] == [
+        inst._ctx_at,
+        at,
+        at + _wasmtime._RESULT_OFFSET,
+        at + _wasmtime._TRAP_OFFSET,
+        at + _wasmtime._ERROR_OFFSET,
+        at + _wasmtime._FUEL_OFFSET,
+    ]
+    mem = inst.memory()
+    assert mem is not None and mem.size() == 65536 and mem._size_args is not None
+    assert mem._size_args[0] is refs[0] and labs(mem._size_args[1]) == mem._mem_at
+    inst.close()
+    assert inst._refs is None
+    sandbox = _load(runtime, tmp_path, LLM_AGENT_WAT, SeenServices(), name="llm")
+    native = sandbox.native_instance()
+    assert native._refs is None  # spawned, agent_init run
+    sandbox.begin_message(b'{"role":"user","content":"hi"}')
+    assert native._refs is not None
+    sandbox.close()
+
+
+def test_callpath_slice_after_epoch_ticks_sets_the_deadline_ahead_again(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """run_slice skips the epoch deadline's native call only while the epoch has not ticked since it was
+    set: after ticks seen by another agent's polls, a short message's calls still finish in their first
+    poll each (a deadline left behind would make them yield at once), its deadline set at the current
+    tick."""
+    quick = """(module (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "agent_handle") (param i32 i32) (result i64) (i64.const 0)))"""
+    burn = """(module (memory (export "memory") 1)
+      (func (export "alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "agent_handle") (param i32 i32) (result i64)
+        (loop $l (memory.fill (i32.const 0) (i32.const 7) (i32.const 65536)) (br $l))
+        (i64.const 0)))"""
+    sandboxes = []
+    for name, wat in (("quick", quick), ("burn", burn)):
+        module = tmp_path / f"{name}.wat"
+        module.write_text(wat)
+        manifest = load_manifest(f'[agent]\nname = "{name}"\nmodule = "{module}"\ncall_timeout_ms = 60000\n')
+        sandbox = Sandbox(manifest, runtime, agent_id=f"{name}-1", services=SeenServices())
+        sandbox.load()
+        sandboxes.append(sandbox)
+    sandbox, burner = sandboxes
+    inst = sandbox.native_instance()
+    burner.begin_message(b"{}")
+    for _ in range(3):
+        ticks = runtime.ticks
+        for _ in range(10_000):  # the epoch moves on while another agent runs
+            if runtime.ticks >= ticks + 3:
+                break
+            assert burner.run_slice() is None
+        assert runtime.ticks >= ticks + 3
+        sandbox.begin_message(b"{}")
+        outcome = sandbox.run_slice()  # alloc (no inbox), then agent_handle: each done in one poll
+        outcome = outcome or sandbox.run_slice()
+        assert outcome is not None and outcome.ok and sandbox.counters["yields"] == 0
+        assert inst._deadline_tick == runtime.ticks
+    for sb in sandboxes:
+        sb.close()
+
+
+ASK2_WAT = """(module
+  (import "env" "ask2" (func $ask2 (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "ask2") (param i32 i32) (result i32) (call $ask2 (local.get 0) (local.get 1)))
+  (func (export "ask2_twice") (param i32 i32) (result i32)
+    (i32.sub (call $ask2 (local.get 0) (local.get 1)) (call $ask2 (local.get 1) (local.get 0)))))"""
+
+
+class Answerer2:
+    """``ask2(a, b)``: ``a * 7 - b``, answered at once (``now``) or by a poller at its first poll."""
+
+    def __init__(self, *, now: bool) -> None:
+        self.now = now
+
+    def host_sync(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> int:
+        raise AssertionError("no sync host function here")
+
+    def host_async(self, name: str, mem: GuestMemory | None, args: tuple[int, ...]) -> AsyncPoller | int:
+        value = args[0] * 7 - args[1]
+        return value if self.now else (lambda: value)
+
+
+@pytest.mark.parametrize("limit", [1, 2, 4096])
+def test_callpath_host_call_views_name_the_buffers_wasmtime_hands(
+    monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """The async callback's kept views (arguments, result, continuation) are views of exactly the address
+    they are kept under and of the kind of buffer found there; interleaved host calls of several instances,
+    answered at once and through a poller, get each its own answer, also when the views are cleared at
+    every miss (a view kept under another address or of another kind fails this)."""
+    monkeypatch.setattr(_wasmtime, "_VIEWS_LIMIT", limit)
+    rt = Runtime((HostFunctionSpec(name="ask2", nparams=2, is_async=True),))
+    digest = hashlib.sha256(ASK2_WAT.encode()).hexdigest()
+    module, _ = rt.compile(ASK2_WAT.encode(), digest=digest, what="test")
+    pre = rt.instance_pre(module, digest=digest, what="test")
+    insts = []
+    for _ in range(3):
+        inst = Instance(rt, pre, max_memory_bytes=1 << 20)
+        call = inst.instantiate_call()
+        while not call.poll(Answerer2(now=True)):
+            pass
+        call.result()
+        inst._call_words()
+        insts.append(inst)
+    rng = random.Random(5)
+    for i in range(60):
+        inst = insts[i % 3]
+        a, b = rng.randrange(-1000, 1000), rng.randrange(-1000, 1000)
+        host = Answerer2(now=rng.random() < 0.5)
+        assert _run(inst, "ask2", (a, b), host=host) == a * 7 - b
+        assert _run(inst, "ask2_twice", (a, b), host=host) == (a * 7 - b) - (b * 7 - a)
+    views = (
+        (rt._arg_views, _wasmtime._ARG_I32S[2]),
+        (rt._result_views, _wasmtime._RESULT_WORDS),
+        (rt._cont_views, _wasmtime._CONTINUATION_WORDS),
+    )
+    for kept, kind in views:
+        assert 0 < len(kept) <= limit
+        assert all(type(v) is kind and ctypes.addressof(v) == at for at, v in kept.items())
+    for inst in insts:
+        inst.close()
+    rt.close()

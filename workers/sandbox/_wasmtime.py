@@ -85,6 +85,33 @@ _future_delete = _holding_gil("wasmtime_call_future_delete", None, _VOID_P)
 _get_fuel = _holding_gil("wasmtime_context_get_fuel", _VOID_P, _VOID_P, _VOID_P)
 _set_epoch_deadline = _holding_gil("wasmtime_context_set_epoch_deadline", None, _VOID_P, ctypes.c_uint64)
 
+# The same calls on every message (the call's start, the fuel read after each poll, the memory's size) take
+# prebuilt arguments: each is a ctypes argument object (``byref``) naming a pointer-sized word, made once
+# per instance (its context, its call buffer's slots, its functions, its memory) and passed to a prototype
+# that declares no argtypes, which ctypes copies as it is. Through the void* prototypes above, each int
+# argument is converted anew on every call (``c_void_p.from_param``: a classmethod call, a scan of ctypes'
+# field descriptors, a new argument object): ~35 ns an argument here, 14 a message. A prototype without
+# argtypes takes any argument: it is only ever handed words made by _word/byref (a plain int would go as
+# a C int), and is tested through every call of the call-path tests.
+assert ctypes.sizeof(_VOID_P) == 8, "a word argument passes a u64 or size_t as a pointer"
+
+
+def _taking_words(name: str, restype: Any) -> Any:
+    """``name`` from libwasmtime, called with the GIL held, its arguments prebuilt words (see _word)."""
+    return ctypes.PYFUNCTYPE(restype)((name, ffi.dll))
+
+
+def _word(value: int) -> Any:
+    """A ctypes argument passing the pointer-sized ``value`` (an address or a count) as it is: a
+    reference to a (never read) ``c_char`` at that address, or None (NULL, i.e. 0)."""
+    return ctypes.byref(ctypes.c_char.from_address(value)) if value else None
+
+
+_call_async_w = _taking_words("wasmtime_func_call_async", _VOID_P)
+_get_fuel_w = _taking_words("wasmtime_context_get_fuel", _VOID_P)
+_memory_data_len_w = _taking_words("wasmtime_memory_data_size", _SIZE_T)
+_COUNT_WORDS = tuple(_word(n) for n in range(3))  # a call's argument and result counts, 0 to 2
+
 # The host-function callbacks and the linker calls that register them, the same way: every pointer a
 # callback receives is a plain address (ctypes makes no pointer object per argument, ~0.1 us each), the i32
 # arguments are unpacked from the wasmtime_val_t array in one read, and the result and the continuation
@@ -131,6 +158,19 @@ _ARG_AT, _ARG_STEP = _VAL_OF // 4, _VAL_SIZE // 4
 # A host function's one result as two words: the kind (i32) and the value (its low 4 bytes the i32).
 _RESULT_WORDS = ctypes.c_uint64 * 2
 _CONTINUATION_WORDS = ctypes.c_size_t * 3  # wasmtime_async_continuation_t: callback, env, finalizer
+# Views of those buffers kept by address (Runtime's _arg_views, _result_views, _cont_views): at most this
+# many of each kind, cleared when full (an instance's host-call buffers are one or two addresses).
+_VIEWS_LIMIT = 4096
+
+
+def _view(views: dict[int, Any], kind: Any, at: int) -> Any:
+    """A ``kind`` view of the buffer at ``at``, kept in ``views`` (the callbacks' lookups miss here)."""
+    if len(views) >= _VIEWS_LIMIT:
+        views.clear()
+    view = views[at] = kind.from_address(at)
+    return view
+
+
 # An instance's call buffer, in 8-byte words (one ctypes array, its address kept): the arguments of a call
 # (up to two values), its result value, the trap and error slots a failed call fills, and the fuel read
 # after each poll. Filled and read by index (~50 ns a word) instead of ctypes struct fields (~0.2 us each).
@@ -203,13 +243,16 @@ class GuestMemory:
     its range against the size first: the view is never indexed outside the memory.
     """
 
-    __slots__ = ("_ctx", "_ctx_at", "_mem", "_mem_at", "_seen", "_size", "_tracked", "_view")
+    __slots__ = ("_ctx", "_ctx_at", "_mem", "_mem_at", "_seen", "_size", "_size_args", "_tracked", "_view")
 
-    def __init__(self, ctx: Any, mem: Any, *, tracked: bool = False) -> None:
+    def __init__(self, ctx: Any, mem: Any, *, tracked: bool = False, ctx_word: Any = None) -> None:
         self._ctx = ctx  # kept alive: the addresses below point into them
         self._mem = mem
         self._ctx_at = ctypes.cast(ctx, ctypes.c_void_p).value
         self._mem_at = ctypes.addressof(mem)
+        # The size read's arguments as prebuilt words (see _word): the context (the instance's own word
+        # when it hands one) and the memory; made at the first read.
+        self._size_args: tuple[Any, Any] | None = (ctx_word, ctypes.byref(mem)) if ctx_word else None
         self._tracked = tracked  # the instance's own: marked stale (``stale``) whenever the guest may grow it
         self._seen = -1  # _memory_epoch when the size was read, -1 when it must be read again
         self._size = -1
@@ -219,7 +262,10 @@ class GuestMemory:
         """Read the size again (after anything that may have grown the memory); on a new size, the base
         address too (a growth past the reservation for growth moves the memory: see Runtime) and a new
         view over it."""
-        size = _memory_data_len(self._ctx_at, self._mem_at)
+        args = self._size_args
+        if args is None:
+            args = self._size_args = (_word(self._ctx_at or 0), ctypes.byref(self._mem))
+        size = _memory_data_len_w(*args)
         if size != self._size:
             addr = _memory_data_addr(self._ctx_at, self._mem_at) or 0
             self._view = (
@@ -396,6 +442,13 @@ class Runtime:
         # when it completes, AsyncCall.cancel when the call is dropped parked (so no finalizer callback).
         self._pending: dict[int, tuple[AsyncPoller, int]] = {}
         self._next_pending = 1
+        # Typed views of the buffers wasmtime hands the async callback (a parking call's two i32 arguments,
+        # its result, the continuation), by address: wasmtime hands the same addresses call after call (an
+        # instance's argument and result buffer, one continuation slot), and a view only names a type at an
+        # address, so the one kept is exactly the one ``from_address`` would make again (~85 ns a view).
+        self._arg_views: dict[int, Any] = {}
+        self._result_views: dict[int, Any] = {}
+        self._cont_views: dict[int, Any] = {}
         for idx, spec in enumerate(host_functions):
             self._define(idx, spec)
         self._ticker_stop = threading.Event()
@@ -481,17 +534,27 @@ class Runtime:
                     mem = self._memory(caller)
                 else:
                     mem._seen = -1  # stale(): the guest ran before this call
-                values = tuple(_ARG_I32S[nargs].from_address(args)[_ARG_AT::_ARG_STEP]) if nargs else ()
+                if nargs == 2:  # the guest ABI's parking calls: (ptr, len), read without a slice's list
+                    i32s = self._arg_views.get(args)
+                    if i32s is None:
+                        i32s = _view(self._arg_views, _ARG_I32S[2], args)
+                    values: tuple[int, ...] = (i32s[_ARG_AT], i32s[_ARG_AT + _ARG_STEP])
+                else:
+                    values = tuple(_ARG_I32S[nargs].from_address(args)[_ARG_AT::_ARG_STEP]) if nargs else ()
                 poller = target.host_async(self._names[env or 0], mem, values)
         except Exception:
             poller = -2
-        fields = _CONTINUATION_WORDS.from_address(cont)
+        fields = self._cont_views.get(cont)
+        if fields is None:
+            fields = _view(self._cont_views, _CONTINUATION_WORDS, cont)
         if not _DONE_AT and isinstance(poller, int):
             poller = _const(poller)  # no native continuation on this ABI: answered through the pending path
         if poller.__class__ is int:
             # Answered now: the result goes where wasmtime reads it once the continuation reports completion
             # (it keeps `results` until then), and the continuation is native (no pending entry, no park).
-            out = _RESULT_WORDS.from_address(results)
+            out = self._result_views.get(results)
+            if out is None:
+                out = _view(self._result_views, _RESULT_WORDS, results)
             out[0] = _I32
             out[1] = poller & 0xFFFFFFFF
             fields[0] = _DONE_AT
@@ -959,6 +1022,9 @@ class Instance:
         # result, where a call that fails leaves its trap or error (cleared before each call), fuel.
         self._words = (ctypes.c_uint64 * _CALL_WORDS)()
         self._words_at = ctypes.addressof(self._words)
+        # The call's prebuilt arguments (_call_words), made for the first message (Sandbox.begin_message):
+        # an agent only spawned holds none (~0.7 KiB).
+        self._refs: tuple[Any, ...] | None = None
         self._pre = pre
         self.closed = False
         self.sliced = False
@@ -1007,10 +1073,30 @@ class Instance:
         if self._call is not None and self._call.finished:
             self._call = None
 
+    def _call_words(self) -> tuple[Any, ...]:
+        """The prebuilt arguments (see _word) of this instance's calls and fuel reads: its context, then its
+        call buffer's argument, result, trap, error and fuel slots; kept to close. Until they are made, calls
+        and fuel reads convert their arguments as plain integers (the same calls, ~35 ns an argument more)."""
+        words = self._words
+        refs = self._refs = (
+            _word(self._ctx_at or 0),
+            byref(words),
+            byref(words, _RESULT_OFFSET),
+            byref(words, _TRAP_OFFSET),
+            byref(words, _ERROR_OFFSET),
+            byref(words, _FUEL_OFFSET),
+        )
+        mem = self._mem
+        if mem is not None and mem._size_args is None:  # its size read shares the context's word
+            mem._size_args = (refs[0], byref(mem._mem))
+        return refs
+
     def has_export(self, name: str) -> bool:
         return self._func(name) is not None
 
     def _func(self, name: str) -> Any:
+        """The exported function ``name`` as a call argument (a ``byref`` of its wasmtime_func_t, which it
+        keeps: ``._obj``), or None when there is no such function."""
         if name in self._funcs:
             return self._funcs[name]
         item = ffi.wasmtime_extern_t()
@@ -1018,7 +1104,7 @@ class Instance:
         found = ffi.wasmtime_instance_export_get(self._ctx, byref(self._raw), raw, len(raw), byref(item))
         # A copy of the 16-byte func, not a view that keeps the whole extern alive (~0.3 KiB an agent).
         func = (
-            ffi.wasmtime_func_t.from_buffer_copy(item.of.func)
+            byref(ffi.wasmtime_func_t.from_buffer_copy(item.of.func))
             if found and _kind(item) == _EXTERN_FUNC
             else None
         )
@@ -1040,7 +1126,10 @@ class Instance:
         return call
 
     def fuel_consumed(self) -> int:
-        err = _get_fuel(self._ctx_at, self._words_at + _FUEL_OFFSET)
+        refs = self._refs
+        err = (
+            _get_fuel_w(refs[0], refs[5]) if refs else _get_fuel(self._ctx_at, self._words_at + _FUEL_OFFSET)
+        )
         if err:
             raise _wasmtime_error(ctypes.cast(err, POINTER(ffi.wasmtime_error_t)), "reading fuel")
         return FUEL_TANK - self._words[_FUEL_WORD]
@@ -1110,7 +1199,10 @@ class Instance:
             if not found or _kind(item) != _EXTERN_MEMORY:
                 return None  # not cached: only modules without a memory (never a guest's) get here again
             self._mem = GuestMemory(
-                self._ctx, ffi.wasmtime_memory_t.from_buffer_copy(item.of.memory), tracked=True
+                self._ctx,
+                ffi.wasmtime_memory_t.from_buffer_copy(item.of.memory),
+                tracked=True,
+                ctx_word=self._refs[0] if self._refs else None,
             )
             self._mem_looked_up = True
         return self._mem
@@ -1124,6 +1216,7 @@ class Instance:
             self._call.cancel()
             self._call = None
         self._funcs.clear()
+        self._refs = None
         self._tables = None
         self._mem, self._mem_looked_up = None, True
         self.store.close()
@@ -1169,8 +1262,9 @@ class AsyncCall:
         return f"call to {self._name}" if self._name is not None else self.what_
 
     def start(self, func: Any, args: Sequence[int], nresults: int) -> None:
-        """Start calling ``func`` with the i32 ``args``: the instance's call buffer takes up to two
-        arguments and one result (the guest ABI's calls); more get buffers of their own."""
+        """Start calling ``func`` (as :meth:`Instance._func` gives it) with the i32 ``args``: the
+        instance's call buffer takes up to two arguments and one result (the guest ABI's calls), passed as
+        the instance's prebuilt words; more get buffers of their own."""
         inst = self.inst
         words, at = inst._words, inst._words_at
         nargs = len(args)
@@ -1182,6 +1276,21 @@ class AsyncCall:
                 if nargs == 2:
                     words[_VAL_WORDS] = _I32
                     words[_VAL_WORDS + 1] = args[1] & 0xFFFFFFFF
+            refs = inst._refs
+            if refs is not None and nresults <= 1:  # the guest ABI's calls: every argument a prebuilt word
+                self.nresults = nresults  # _results_at stays 0: the result is in the instance's buffer
+                words[_TRAP_WORD] = words[_ERROR_WORD] = 0
+                self.future = _call_async_w(
+                    refs[0],
+                    func,
+                    refs[1],
+                    _COUNT_WORDS[nargs],
+                    refs[2],
+                    _COUNT_WORDS[nresults],
+                    refs[3],
+                    refs[4],
+                )
+                return
         else:
             buf = (ffi.wasmtime_val_t * nargs)()
             for i, value in enumerate(args):
@@ -1200,7 +1309,7 @@ class AsyncCall:
         words[_TRAP_WORD] = words[_ERROR_WORD] = 0
         self.future = _func_call_async(
             inst._ctx_at,
-            ctypes.addressof(func),
+            ctypes.addressof(func._obj),
             args_at,
             nargs,
             results_at,
@@ -1233,7 +1342,8 @@ class AsyncCall:
                 mem._seen = -1  # stale(): the guest ran
         # What the poll consumed (one fuel read per poll): Instance._charge_poll, inlined.
         words = inst._words
-        if _get_fuel(inst._ctx_at, inst._words_at + _FUEL_OFFSET):
+        refs = inst._refs  # None until the agent's first message (see Instance._call_words)
+        if _get_fuel_w(refs[0], refs[5]) if refs else _get_fuel(inst._ctx_at, inst._words_at + _FUEL_OFFSET):
             inst.fuel_consumed()  # raises the error
         consumed = FUEL_TANK - words[_FUEL_WORD]
         inst.last_poll_fuel = consumed - inst._fuel_mark
@@ -1251,7 +1361,7 @@ class AsyncCall:
                 ctypes.cast(error, POINTER(ffi.wasmtime_error_t)), f"{self.what} failed"
             )
         elif self.nresults:
-            if self._results_at == inst._words_at + _RESULT_OFFSET:
+            if not self._results_at or self._results_at == inst._words_at + _RESULT_OFFSET:
                 kind, raw = words[_RESULT_WORD], words[_RESULT_WORD + 1]
             else:
                 kind, raw = struct.unpack("<QQ", ctypes.string_at(self._results_at, 16))

@@ -486,6 +486,8 @@ class Sandbox:
         self.counters["messages"] += 1
         inst = self._inst
         assert inst is not None
+        if inst._refs is None:  # an agent's messages take the prebuilt call words (see Instance._call_words)
+            inst._call_words()
         digest = self.module_digest
         inbox = _INBOXES[digest] if digest in _INBOXES else self._read_inbox(inst)
         if inbox is not None and len(payload) <= inbox[1]:
@@ -600,14 +602,18 @@ class Sandbox:
 
     def run_slice(self) -> Outcome | None:
         """Poll the current call once. Returns an Outcome when the call has ended, else None."""
-        assert self._inst is not None and self._call is not None
+        inst = self._inst
+        assert inst is not None and self._call is not None
         now = self.clock()
         if now >= self._interval_end:
             self._interval_end = now + self.manifest.sandbox.fuel.refuel_interval_ms / 1000
             self._budget = self.manifest.sandbox.fuel.max_fuel
-        self._inst.set_deadline(self._deadline - now)  # past it: deadline_ticks gives one tick, as for 0
+        # Instance.set_deadline, skipped where it would do nothing: a sliced store whose deadline was set
+        # at the current epoch tick still has it ahead.
+        if not inst.sliced or inst._deadline_tick != inst.runtime.ticks:
+            inst.set_deadline(self._deadline - now)  # past it: deadline_ticks gives one tick, as for 0
         done = self._call.poll(self)
-        used = self._inst.last_poll_fuel
+        used = inst.last_poll_fuel
         self.fuel_used += used
         self._budget -= used
         if not done:
