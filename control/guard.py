@@ -149,11 +149,12 @@ class Guard:
             self._walk[env.type] = walk
         if walk:
             self.validator.check(env, client=source)
-        if self.limiter is not None:
+        limiter = self.limiter
+        if limiter is not None and limiter.client_limited:  # else the charge would take and refuse nothing
             # A spawn with a first message is two requests (the spawn and an agent.send): charged as two,
             # all or nothing, so it costs what the two requests it replaces cost.
             requests = requests_in(env)
-            self.limiter.charge(client=f"key:{kid}" if kid is not None else source, requests=requests)
+            limiter.charge(client=f"key:{kid}" if kid is not None else source, requests=requests)
         return env
 
     def tick(self) -> None:
