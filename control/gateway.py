@@ -467,9 +467,21 @@ class Gateway:
             service = messages.send_service(env)
             if service is not None:
                 worker_id = routing.service_host(service, self.agents, self.workers)
-                self._to_worker(
-                    identity, delimited, env, worker_id, on_fail=self._refused_routed, received=received
-                )
+                # _to_worker(identity, delimited, env, worker_id, on_fail=self._refused_routed,
+                # received=received), inline: its steps for a queued request without a reply hook (once
+                # per request; the oracle test_gateway_route_queues_agent_send_as_to_worker_does).
+                key = f"{self._key_prefix}{next(self._key_counter):x}"
+                out = self._worker_out
+                out.append(([worker_id.encode(), readdressed(received, env, key)], key, self._refused_routed))
+                deadline = time.monotonic() + self.timeout_s
+                self.waiting[key] = _Waiting(identity, delimited, env, deadline, None, worker_id)
+                if deadline < self._earliest:
+                    self._earliest = deadline
+                worker = self.workers.get(worker_id)
+                if worker is not None:
+                    worker.in_flight += 1
+                if len(out) >= OUTBOX_MAX:
+                    self._flush_workers()
                 return
             body_class, handler = self._client_dispatch[msg_type]
         else:

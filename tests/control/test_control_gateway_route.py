@@ -139,3 +139,49 @@ def test_gateway_route_relays_a_request_to_its_worker_under_its_key_whatever_its
         worker.close(0)
         client.close(0)
         gw.close()
+
+
+def test_gateway_route_queues_agent_send_as_to_worker_does(tmp_path: Path) -> None:
+    """agent.send to a service (_route's inline steps) leaves the same state as _to_worker with
+    ``on_fail=_refused_routed`` and ``received``: the same worker outbox entry (the frames under the next
+    key, the refusal hook), the same waiting entry field for field (its deadline from the same clock), the
+    same in-flight count and earliest deadline."""
+    from openfang.control import gateway as gateway_module
+
+    gw = _gateway(tmp_path, queue_limit=100)
+    worker = dealer(gw, gw.control.workers, b"w-0")
+    try:
+        hello = {"worker": "w-0", "pid": 4001, "cpu": 0, "agent_ids": []}
+        worker.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
+        assert gw.worker_sock.poll(5000)
+        gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
+        gw.agents.add("a-1", "w-0", service="svc")
+        env = Envelope(type="agent.send", body={"service": "svc", "text": "hi"}, id="r-1")
+        payload = encode(env)
+        states = []
+        clock = iter([100.0, 100.0])
+        real = gateway_module.time.monotonic
+        gateway_module.time.monotonic = lambda: next(clock)  # type: ignore[assignment]
+        try:
+            for route in (
+                lambda: gw._route(b"client", True, env, payload),
+                lambda: gw._to_worker(
+                    b"client", True, env, "w-0", on_fail=gw._refused_routed, received=payload
+                ),
+            ):
+                gw._key_counter = iter(range(7, 100))  # type: ignore[assignment]
+                gw._earliest = float("inf")
+                gw.workers["w-0"].in_flight = 0
+                route()
+                (key,) = list(gw.waiting)
+                waiting = gw.waiting.pop(key)
+                fields = [getattr(waiting, f) for f in waiting.__slots__]
+                states.append((gw._worker_out, key, fields, gw.workers["w-0"].in_flight, gw._earliest))
+                gw._worker_out = []
+        finally:
+            gateway_module.time.monotonic = real  # type: ignore[assignment]
+        assert states[0] == states[1]
+        assert states[0][2][3] == 100.0 + gw.timeout_s and states[0][3] == 1
+    finally:
+        worker.close(0)
+        gw.close()
