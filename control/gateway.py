@@ -962,20 +962,6 @@ class Gateway:
             return
         self._to_outbox(frames, env.type, env.id, env.body)
 
-    def _relay(self, waiting: _Waiting, answer: Envelope, received: bytes) -> None:
-        """A worker's answer (``received``, decoded as ``answer``) to a client's request with no reply hook
-        (``waiting``: no ``on_reply``, not ``internal``, not ``via_workers``): what ``_complete`` does for it
-        (``_reply`` of the answer with the client's request id), without building the re-addressed envelope
-        or packing its body again (:func:`readdressed`: the same bytes)."""
-        request_id = waiting.request.id
-        identity = waiting.identity
-        payload = readdressed(received, answer, request_id)
-        frames = [identity, b"", payload] if waiting.delimited else [identity, payload]
-        outbox = self._outbox  # _to_outbox, inline (once per reply)
-        outbox.append((frames, answer.type, request_id, answer.body))
-        if len(outbox) >= OUTBOX_MAX:
-            self._flush()
-
     def _to_outbox(self, frames: list[bytes], reply_type: str, reply_id: str, body: dict[str, Any]) -> None:
         """Queue a client reply (its frames, and its type, id and body for the stats) for :meth:`_flush`,
         flushing once OUTBOX_MAX are waiting."""
@@ -1070,7 +1056,23 @@ class Gateway:
         if worker.in_flight > 0:
             worker.in_flight -= 1
         if waiting.on_reply is None and waiting.internal is None and not waiting.via_workers:
-            self._relay(waiting, env, payload)  # the usual case: _complete's plain answer, relayed as it came
+            # The usual case (no on_reply, not internal, not via_workers): what _complete does for it (_reply
+            # of the answer under the client's request id), without building the re-addressed envelope or
+            # packing its body again (readdressed: the same bytes), the reply queued as _to_outbox does.
+            request_id = waiting.request.id
+            identity = waiting.identity
+            relayed = readdressed(payload, env, request_id)
+            outbox = self._outbox
+            outbox.append(
+                (
+                    [identity, b"", relayed] if waiting.delimited else [identity, relayed],
+                    env.type,
+                    request_id,
+                    env.body,
+                )
+            )
+            if len(outbox) >= OUTBOX_MAX:
+                self._flush()
         else:
             self._complete(waiting, Envelope(type=env.type, body=env.body, id=waiting.request.id))
 

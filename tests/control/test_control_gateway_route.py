@@ -185,3 +185,48 @@ def test_gateway_route_queues_agent_send_as_to_worker_does(tmp_path: Path) -> No
     finally:
         worker.close(0)
         gw.close()
+
+
+def test_gateway_relays_a_worker_answer_in_each_clients_framing(tmp_path: Path) -> None:
+    """A worker's answer to an agent.send reaches a REQ client with its empty delimiter and a DEALER client
+    without one, each under its own request id, the answer's body as the worker sent it."""
+    import zmq
+
+    gw = _gateway(tmp_path, queue_limit=100)
+    worker = dealer(gw, gw.control.workers, b"w-0")
+    plain = dealer(gw, gw.control.endpoint, b"plain")
+    req: zmq.Socket[bytes] = gw.zctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(gw.control.endpoint)
+    try:
+        hello = {"worker": "w-0", "pid": 4001, "cpu": 0, "agent_ids": []}
+        worker.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
+        assert gw.worker_sock.poll(5000)
+        gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
+        gw.agents.add("a-1", "w-0", service="svc")
+        for sock, rid in ((req, "r-req"), (plain, "r-plain")):
+            sock.send(encode(Envelope(type="agent.send", body={"service": "svc", "text": rid}, id=rid)))
+        while len(gw.waiting) < 2:
+            assert gw.clients.poll(5000)
+            gw._drain(gw.clients, gw._on_client_frames, receive=receive_client)
+        gw._flush()
+        answers = []
+        for env in from_gateway(worker):
+            body = {**_examples.REPLIES["agent.send"], "reply": env.body["text"].upper()}
+            answers.append(encode(Envelope(type="agent.send.ok", body=body, id=env.id)))
+        worker.send(pack(answers))
+        while gw.waiting:
+            assert gw.worker_sock.poll(5000)
+            gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
+        gw._flush()
+        assert req.poll(5000) and plain.poll(5000)
+        got_req = decode(req.recv())  # a REQ socket strips the delimiter: it would refuse a reply without
+        raw_plain = plain.recv_multipart()
+        assert len(raw_plain) == 1  # no delimiter for a DEALER
+        got_plain = decode(raw_plain[0])
+        assert (got_req.id, got_req.type, got_req.body["reply"]) == ("r-req", "agent.send.ok", "R-REQ")
+        assert (got_plain.id, got_plain.body["reply"]) == ("r-plain", "R-PLAIN")
+    finally:
+        for sock in (worker, plain, req):
+            sock.close(0)
+        gw.close()
