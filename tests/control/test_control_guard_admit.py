@@ -150,3 +150,41 @@ def test_guard_with_unlimited_client_buckets_admits_without_a_bucket() -> None:
     for _ in range(500):
         guard.admit(send, client="", peer="uid:1")
     assert not guard.limiter._buckets
+
+
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_receive_client_names_the_peer_as_peer_identity_does(transport: str, tmp_path: Any) -> None:
+    """receive_client's identity (its inline look-up of a known ipc peer) is peer_identity's of the same
+    frame, for an ipc peer's first request and its later ones (cached), and for a tcp peer (its address)."""
+    import os
+
+    import zmq
+
+    from openfang.control import guard as guard_module
+
+    zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = zctx.socket(zmq.ROUTER)
+    client = zctx.socket(zmq.DEALER)
+    try:
+        if transport == "ipc":
+            endpoint = f"ipc://{tmp_path}/door.sock"
+            router.bind(endpoint)
+        else:
+            port = router.bind_to_random_port("tcp://127.0.0.1")
+            endpoint = f"tcp://127.0.0.1:{port}"
+        client.connect(endpoint)
+        guard_module._IPC_PEERS.clear()
+        seen = []
+        for n in range(3):
+            client.send(f"request {n}".encode())
+            assert router.poll(5000)
+            frames, identity = guard_module.receive_client(router)
+            assert frames[1] == f"request {n}".encode()
+            seen.append(identity)
+        want = f"uid:{os.getuid()}" if transport == "ipc" else "ip:127.0.0.1"
+        assert seen == [want] * 3
+        assert bool(guard_module._IPC_PEERS) == (transport == "ipc")
+    finally:
+        client.close(0)
+        router.close(0)
+        zctx.term()
