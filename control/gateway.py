@@ -219,7 +219,9 @@ class Gateway:
         self._outbox: list[tuple[list[bytes], str, str, dict[str, Any]]] = []
         # Requests for workers not sent yet, with their key and what to do if the send fails (_flush_workers).
         # Every other message to a worker first sends these, so each worker gets its messages in order.
-        self._worker_out: list[tuple[list[bytes], str, _OnFail]] = []
+        # Worker requests queued for _flush_workers: (the worker's routing id, the payload, the key it waits
+        # under, what a failed send does).
+        self._worker_out: list[tuple[bytes, bytes, str, _OnFail]] = []
         # No deadline in ``waiting`` is earlier than this (deadlines only move later), so _expire scans the
         # table only when something may be late, not on every loop turn.
         self._earliest = float("inf")
@@ -472,7 +474,7 @@ class Gateway:
                 # per request; the oracle test_gateway_route_queues_agent_send_as_to_worker_does).
                 key = f"{self._key_prefix}{next(self._key_counter):x}"
                 out = self._worker_out
-                out.append(([worker_id.encode(), readdressed(received, env, key)], key, self._refused_routed))
+                out.append((worker_id.encode(), readdressed(received, env, key), key, self._refused_routed))
                 deadline = time.monotonic() + self.timeout_s
                 self.waiting[key] = _Waiting(identity, delimited, env, deadline, None, worker_id)
                 if deadline < self._earliest:
@@ -883,11 +885,10 @@ class Gateway:
         reuses them, the same value as encode_as)."""
         key = f"{self._key_prefix}{next(self._key_counter):x}"  # _new_key, inline (once per request)
         payload = encode_as(env, key) if received is None else readdressed(received, env, key)
-        frames = [worker_id.encode(), payload]
         if on_fail is None:
-            self._send_worker(frames, peer=f"worker {worker_id}")
+            self._send_worker([worker_id.encode(), payload], peer=f"worker {worker_id}")
         else:
-            self._worker_out.append((frames, key, on_fail))
+            self._worker_out.append((worker_id.encode(), payload, key, on_fail))
         deadline = time.monotonic() + self.timeout_s
         self.waiting[key] = _Waiting(
             identity, delimited, env, deadline, on_reply, worker_id, via_workers, internal
@@ -913,19 +914,17 @@ class Gateway:
         out, self._worker_out = self._worker_out, []
         # One ZeroMQ message per worker, its requests packed in order as one batch frame
         # (protocol/linkframe.py): one wake-up of ZeroMQ's threads for the batch instead of one per request.
-        batches: dict[bytes, tuple[list[bytes], list[tuple[list[bytes], str, _OnFail]]]] = {}
+        batches: dict[bytes, list[tuple[bytes, bytes, str, _OnFail]]] = {}
         for item in out:
-            routing_id, payload = item[0]
-            batch = batches.get(routing_id)
+            batch = batches.get(item[0])
             if batch is None:
-                batch = batches[routing_id] = ([], [])
-            batch[0].append(payload)
-            batch[1].append(item)
-        for routing_id, (payloads, items) in batches.items():
-            self._send_worker_batch(routing_id, payloads, items)
+                batch = batches[item[0]] = []
+            batch.append(item)
+        for routing_id, items in batches.items():
+            self._send_worker_batch(routing_id, [item[1] for item in items], items)
 
     def _send_worker_batch(
-        self, routing_id: bytes, payloads: list[bytes], items: list[tuple[list[bytes], str, _OnFail]]
+        self, routing_id: bytes, payloads: list[bytes], items: list[tuple[bytes, bytes, str, _OnFail]]
     ) -> None:
         """Send one worker its queued requests as one message; if it cannot be sent, each is failed as it
         would have been at once (its waiting entry dropped, ``on_fail`` told why)."""
@@ -933,7 +932,7 @@ class Gateway:
             peer = f"worker {routing_id.decode(errors='replace')}"
             send_nowait(self.worker_sock, [routing_id, pack(payloads)], peer=peer)
         except OpenFangError as exc:
-            for _frames, key, on_fail in items:
+            for _routing_id, _payload, key, on_fail in items:
                 waiting = self.waiting.pop(key, None)
                 if waiting is None:
                     continue  # already answered (its worker was lost meanwhile)
