@@ -364,13 +364,16 @@ class Gateway:
             self._on_uplink()
         if self.audit_check.fileno() in ready:
             self._on_audit_checked()
-        self._expire()
+        if time.monotonic() >= self._earliest:  # _expire's own first test: nothing can be late before it
+            self._expire()
         self.guard.tick()
         self.placement.tick()
         if self.pools.active:
             self.pools.tick(self.workers)
-        self._commit()
-        self._flush()
+        if self._held or self.registry.pending:  # what _commit would write or send; else it does nothing
+            self._commit()
+        if self._worker_out or self._outbox or self._after_reply:  # what _flush would send or run
+            self._flush()
         self.child.heartbeat()
 
     def _commit(self) -> None:
