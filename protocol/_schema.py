@@ -662,13 +662,13 @@ _GENERATE_DEPTH = 4  # nested dataclass maps written into one generated valid (d
 def generated_valid(compiled: Compiled) -> Valid:
     """``compiled.valid`` written out as straight-line code for a dataclass map: the same tests in the same
     order (each field's lookup, its inline test or its own valid, the unknown-key test, the extra checks),
-    without the loop's per-field tuple and kind dispatch, and nested dataclass maps written in place of a
-    call to their loop. The same answer as ``compiled.valid`` for every value (the oracle tests fuzz it);
-    for any other compiled type, ``compiled.valid`` itself."""
+    without the loop's per-field tuple and kind dispatch, and nested dataclass maps written in place (no
+    call). The same answer as ``compiled.valid`` for every value (the oracle tests fuzz it); for any other
+    compiled type, ``compiled.valid`` itself."""
     spec = _MAPS.get(compiled.valid)
     if spec is None:
         return compiled.valid
-    generated: Valid = _generate(spec, None)
+    generated: Valid = _generate(spec, compiled.valid, None)
     return generated
 
 
@@ -681,86 +681,91 @@ def generated_validator(
     spec = _MAPS.get(compiled.valid)
     if spec is None:
         return None
-    validator: Callable[[Mapping[str, Any]], list[str]] = _generate(spec, problems)
+    validator: Callable[[Mapping[str, Any]], list[str]] = _generate(spec, compiled.valid, problems)
     return validator
 
 
-def _generate(spec: _MapSpec, problems: Callable[[Any], list[str]] | None) -> Any:
+def _generate(spec: _MapSpec, loop: Valid, problems: Callable[[Any], list[str]] | None) -> Any:
     """Compile the code of ``spec``'s valid (``problems`` None), or of its validator (answering ``[]`` or
-    ``problems(value)``); the function."""
-    names: dict[str, Any] = {"_ABSENT": _ABSENT}
-    lines: list[str] = []
+    ``problems(value)``); the function. ``loop`` is spec's own valid, which answers for a value that is not
+    exactly a dict."""
+    names: dict[str, Any] = {"_loop": loop}
     if problems is None:
-        entry = _write_valid(spec, names, lines, 0)
+        fail, ok, other = "return False", "return True", "return _loop(value)"
     else:
         names["_problems"] = problems
-        entry = _write_valid(spec, names, lines, 0, fail="return _problems(value)", ok="return []")
+        fail, ok, other = (
+            "return _problems(value)",
+            "return []",
+            "return [] if _loop(value) else _problems(value)",
+        )
+    # Exactly a dict (what msgpack makes): the fields are read with ``in`` and subscripts, which answer as
+    # the loop's get() does for a dict. Anything else (a dict subclass, which may answer otherwise, or not a
+    # map at all) is the loop's to answer.
+    body = ["    if type(value) is not dict:", f"        {other}"]
+    body += _write_checks(spec, "value", names, "_v", 0, fail, "    ")
+    body.append(f"    {ok}")
+    if problems is None:
+        lines = ["def _valid(value):", *body]
+    else:  # a validator: a RecursionError in a nested value is a problem to name, as valid's caller does
+        lines = ["def _valid(value):", "    try:", *(f"    {line}" for line in body)]
+        lines += ["    except RecursionError:", f"        {fail}"]
     code = compile("\n".join(lines), f"<generated valid of {spec.name}>", "exec")
     exec(code, names)  # our own source, written above from the schema; values are passed in as names
-    return names[entry]
+    return names["_valid"]
 
 
-def _write_valid(
-    spec: _MapSpec,
-    names: dict[str, Any],
-    lines: list[str],
-    depth: int,
-    fail: str = "return False",
-    ok: str = "return True",
-) -> str:
-    """Append the source of ``spec``'s valid to ``lines`` (nested maps' first); its function name. Field
-    names go in as ``repr`` literals (a string literal whatever the name holds), every other value as a
-    name in ``names``. ``fail`` and ``ok`` are its answers (a validator's: inside a ``try`` that sends a
-    RecursionError to ``fail``)."""
-    me = f"_valid{len(names)}"
-    names[me] = None  # reserve the name (the index of the next)
-    body: list[str] = ["    if not isinstance(value, dict):", f"        {fail}"]
+def _write_checks(
+    spec: _MapSpec, var: str, names: dict[str, Any], me: str, depth: int, fail: str, pad: str
+) -> list[str]:
+    """The source lines that test the dict in ``var`` as ``spec``'s valid does (each field's presence and
+    value, the unknown-key test, the extra checks), each failure running ``fail``; nested dataclass maps
+    are written in place down to _GENERATE_DEPTH (a nested value that is not exactly a dict goes to its own
+    valid). Field names go in as ``repr`` literals (a string literal whatever the name holds), every other
+    value as a name in ``names`` prefixed ``me``."""
+    lines: list[str] = []
+    e = f"e{depth}"
     for i, (field_name, compiled, required) in enumerate(spec.fields):
         key = f"{me}_{i}"  # the field's own valid, where the code calls it
+        name = repr(field_name)
         if required:
-            body += [
-                f"    e = value.get({field_name!r}, _ABSENT)",
-                "    if e is _ABSENT:",
-                f"        {fail}",
-            ]
-            pad = "    "
-        else:
-            body += [f"    e = value.get({field_name!r})", "    if e is not None:"]  # absent or nil: valid
-            pad = "        "
+            lines += [f"{pad}if {name} not in {var}:", f"{pad}    {fail}", f"{pad}{e} = {var}[{name}]"]
+            p = pad
+        else:  # absent or nil: valid
+            lines += [f"{pad}{e} = {var}[{name}] if {name} in {var} else None", f"{pad}if {e} is not None:"]
+            p = pad + "    "
         kind, lo, hi = compiled.inline
         nested = _MAPS.get(compiled.valid)
-        if kind or nested is None or depth >= _GENERATE_DEPTH:
-            names[key] = compiled.valid
+        names[key] = compiled.valid
         if kind in (INLINE_STR, INLINE_INT):
             bounds = [_literal(bound, f"{key}_{end}", names) for bound, end in ((lo, "lo"), (hi, "hi"))]
-            test = "len(e)" if kind == INLINE_STR else "e"
-            body += [
-                f"{pad}if type(e) is {'str' if kind == INLINE_STR else 'int'}:",
-                f"{pad}    if not {bounds[0]} <= {test} <= {bounds[1]}:",
-                f"{pad}        {fail}",
-                f"{pad}elif not {key}(e):",
-                f"{pad}    {fail}",
+            test = f"len({e})" if kind == INLINE_STR else e
+            lines += [
+                f"{p}if type({e}) is {'str' if kind == INLINE_STR else 'int'}:",
+                f"{p}    if not {bounds[0]} <= {test} <= {bounds[1]}:",
+                f"{p}        {fail}",
+                f"{p}elif not {key}({e}):",
+                f"{p}    {fail}",
             ]
         elif kind == INLINE_BOOL:
-            body += [f"{pad}if type(e) is not bool and not {key}(e):", f"{pad}    {fail}"]
+            lines += [f"{p}if type({e}) is not bool and not {key}({e}):", f"{p}    {fail}"]
         elif nested is not None and depth < _GENERATE_DEPTH:
-            inner = _write_valid(nested, names, lines, depth + 1)
-            body += [f"{pad}if not {inner}(e):", f"{pad}    {fail}"]
+            lines += [
+                f"{p}if type({e}) is not dict:",
+                f"{p}    if not {key}({e}):",
+                f"{p}        {fail}",
+                f"{p}else:",
+            ]
+            lines += _write_checks(nested, e, names, key, depth + 1, fail, p + "    ")
         else:
-            body += [f"{pad}if not {key}(e):", f"{pad}    {fail}"]
+            lines += [f"{p}if not {key}({e}):", f"{p}    {fail}"]
     if spec.closed:
         names[f"{me}_known"] = spec.known
-        body += [f"    if not {me}_known.issuperset(value):", f"        {fail}"]
+        lines += [f"{pad}if not {me}_known.issuperset({var}):", f"{pad}    {fail}"]
     if spec.extra is not None:
         names[f"{me}_extra"] = spec.extra
-        body += [f"    if {me}_extra(value):", f"        {fail}"]
-    body.append(f"    {ok}")
-    if fail == "return False":
-        lines += [f"def {me}(value):", *body]
-    else:  # a validator: a RecursionError in a nested value is a problem to name, as valid's caller does
-        lines += [f"def {me}(value):", "    try:", *(f"    {line}" for line in body)]
-        lines += ["    except RecursionError:", f"        {fail}"]
-    return me
+        lines += [f"{pad}if {me}_extra({var}):", f"{pad}    {fail}"]
+    return lines
 
 
 def _literal(value: Any, name: str, names: dict[str, Any]) -> str:

@@ -229,10 +229,16 @@ def decode(
     if type(raw) is dict and len(raw) == 4:
         # The common case, every envelope field present and well typed (four keys, all of them known: no
         # unknown field): the same checks as below in fewer steps, so the same envelope or the same error.
-        v, msg_id, msg_type, body = raw.get("v"), raw.get("id"), raw.get("type"), raw.get("body")
+        # Subscripts, not four get() calls (a missing key: the general path below names it). ``v is
+        # PROTOCOL_VERSION``: msgpack unpacks 1 to CPython's one cached int 1, so this is ``type(v) is int and
+        # v == 1`` in one test; any other object equal to 1 (True, 1.0, an uncached int) takes the general
+        # path, which refuses it or admits it as before.
+        try:
+            v, msg_id, msg_type, body = raw["v"], raw["id"], raw["type"], raw["body"]
+        except KeyError:
+            v = None
         if (
-            v == PROTOCOL_VERSION
-            and type(v) is int
+            v is PROTOCOL_VERSION
             and type(msg_id) is str
             and 0 < len(msg_id) <= 128
             and type(msg_type) is str

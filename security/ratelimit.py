@@ -127,6 +127,13 @@ class RateLimiter:
         self._agent_tools_limited = config.enabled and not config.agent_tool_calls.unlimited
 
     @property
+    def client_limited(self) -> bool:
+        """Whether a client's charge can take from (or be refused by) any bucket. When not, :meth:`charge`
+        with ``agent=None`` reads and writes no state and never raises (for units that are not negative): a
+        caller may skip the call, and counting its units, altogether (the gateway's door, per request)."""
+        return self._client_limited
+
+    @property
     def agent_limited(self) -> bool:
         """Whether an agent's charge can take from (or be refused by) any bucket. When not, :meth:`charge`
         with ``client=None`` reads and writes no state: callers may skip the lock they would hold for it."""

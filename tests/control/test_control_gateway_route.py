@@ -139,3 +139,94 @@ def test_gateway_route_relays_a_request_to_its_worker_under_its_key_whatever_its
         worker.close(0)
         client.close(0)
         gw.close()
+
+
+def test_gateway_route_queues_agent_send_as_to_worker_does(tmp_path: Path) -> None:
+    """agent.send to a service (_route's inline steps) leaves the same state as _to_worker with
+    ``on_fail=_refused_routed`` and ``received``: the same worker outbox entry (the frames under the next
+    key, the refusal hook), the same waiting entry field for field (its deadline from the same clock), the
+    same in-flight count and earliest deadline."""
+    from openfang.control import gateway as gateway_module
+
+    gw = _gateway(tmp_path, queue_limit=100)
+    worker = dealer(gw, gw.control.workers, b"w-0")
+    try:
+        hello = {"worker": "w-0", "pid": 4001, "cpu": 0, "agent_ids": []}
+        worker.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
+        assert gw.worker_sock.poll(5000)
+        gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
+        gw.agents.add("a-1", "w-0", service="svc")
+        env = Envelope(type="agent.send", body={"service": "svc", "text": "hi"}, id="r-1")
+        payload = encode(env)
+        states = []
+        clock = iter([100.0, 100.0])
+        real = gateway_module.time.monotonic
+        gateway_module.time.monotonic = lambda: next(clock)  # type: ignore[assignment]
+        try:
+            for route in (
+                lambda: gw._route(b"client", True, env, payload),
+                lambda: gw._to_worker(
+                    b"client", True, env, "w-0", on_fail=gw._refused_routed, received=payload
+                ),
+            ):
+                gw._key_counter = iter(range(7, 100))  # type: ignore[assignment]
+                gw._earliest = float("inf")
+                gw.workers["w-0"].in_flight = 0
+                route()
+                (key,) = list(gw.waiting)
+                waiting = gw.waiting.pop(key)
+                fields = [getattr(waiting, f) for f in waiting.__slots__]
+                states.append((gw._worker_out, key, fields, gw.workers["w-0"].in_flight, gw._earliest))
+                gw._worker_out = []
+        finally:
+            gateway_module.time.monotonic = real  # type: ignore[assignment]
+        assert states[0] == states[1]
+        assert states[0][2][3] == 100.0 + gw.timeout_s and states[0][3] == 1
+    finally:
+        worker.close(0)
+        gw.close()
+
+
+def test_gateway_relays_a_worker_answer_in_each_clients_framing(tmp_path: Path) -> None:
+    """A worker's answer to an agent.send reaches a REQ client with its empty delimiter and a DEALER client
+    without one, each under its own request id, the answer's body as the worker sent it."""
+    import zmq
+
+    gw = _gateway(tmp_path, queue_limit=100)
+    worker = dealer(gw, gw.control.workers, b"w-0")
+    plain = dealer(gw, gw.control.endpoint, b"plain")
+    req: zmq.Socket[bytes] = gw.zctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(gw.control.endpoint)
+    try:
+        hello = {"worker": "w-0", "pid": 4001, "cpu": 0, "agent_ids": []}
+        worker.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
+        assert gw.worker_sock.poll(5000)
+        gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
+        gw.agents.add("a-1", "w-0", service="svc")
+        for sock, rid in ((req, "r-req"), (plain, "r-plain")):
+            sock.send(encode(Envelope(type="agent.send", body={"service": "svc", "text": rid}, id=rid)))
+        while len(gw.waiting) < 2:
+            assert gw.clients.poll(5000)
+            gw._drain(gw.clients, gw._on_client_frames, receive=receive_client)
+        gw._flush()
+        answers = []
+        for env in from_gateway(worker):
+            body = {**_examples.REPLIES["agent.send"], "reply": env.body["text"].upper()}
+            answers.append(encode(Envelope(type="agent.send.ok", body=body, id=env.id)))
+        worker.send(pack(answers))
+        while gw.waiting:
+            assert gw.worker_sock.poll(5000)
+            gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
+        gw._flush()
+        assert req.poll(5000) and plain.poll(5000)
+        got_req = decode(req.recv())  # a REQ socket strips the delimiter: it would refuse a reply without
+        raw_plain = plain.recv_multipart()
+        assert len(raw_plain) == 1  # no delimiter for a DEALER
+        got_plain = decode(raw_plain[0])
+        assert (got_req.id, got_req.type, got_req.body["reply"]) == ("r-req", "agent.send.ok", "R-REQ")
+        assert (got_plain.id, got_plain.body["reply"]) == ("r-plain", "R-PLAIN")
+    finally:
+        for sock in (worker, plain, req):
+            sock.close(0)
+        gw.close()

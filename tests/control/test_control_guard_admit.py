@@ -14,6 +14,7 @@ from openfang.control.guard import Guard
 from openfang.protocol import _examples, messages
 from openfang.protocol.errors import FrameTooLarge, OpenFangError, ProtocolError
 from openfang.security.config import security_from_args
+from openfang.security.ratelimit import RateLimitExceeded
 from openfang.security.validation import TooDeep, ValidationLimits, within
 
 _UNLIMITED = {
@@ -105,3 +106,85 @@ def test_guard_still_walks_a_body_with_unbounded_fields() -> None:
     spec = {"id": "x", "start": "m:f", "args": deep}
     with pytest.raises(TooDeep, match=r"nested 5 levels deep, the limit is 4"):
         guard.admit(_frame("child.start", {"path": "root", "spec": spec}), client="c", peer="uid:0")
+
+
+def _limited_guard(client: dict[str, float], global_: dict[str, float]) -> Guard:
+    ratelimit = {**_UNLIMITED, "client_requests": client, "global_requests": global_}
+    return Guard(security_from_args({"table": {"ratelimit": ratelimit}}), max_frame=1 << 20)
+
+
+@pytest.mark.parametrize("bucket", ["client_requests", "global_requests"])
+def test_guard_enforces_a_client_rate_limit_exactly(bucket: str) -> None:
+    """With the client's (or the global) request bucket limited, the guard admits its burst and refuses the
+    next request as rate_limited; a spawn with a first message counts as two (the door's fast path for
+    unlimited buckets must not skip a limited one)."""
+    off = {"rate": 0, "burst": 0}
+    limit = {"rate": 0.001, "burst": 3}
+    guard = _limited_guard(
+        limit if bucket == "client_requests" else off, limit if bucket != "client_requests" else off
+    )
+    send = _frame("agent.send", {"service": "svc", "text": "hi"})
+    for _ in range(3):
+        guard.admit(send, client="", peer="uid:1")
+    with pytest.raises(RateLimitExceeded) as refused:
+        guard.admit(send, client="", peer="uid:1")
+    assert refused.value.code == "rate_limited" and refused.value.bucket == bucket
+    guard = _limited_guard(
+        limit if bucket == "client_requests" else off, limit if bucket != "client_requests" else off
+    )
+    spawn = _frame(
+        "agent.spawn", {"manifest": _examples.REQUESTS["agent.spawn"]["manifest"], "text": "hello"}
+    )
+    guard.admit(spawn, client="", peer="uid:1")  # two of the three
+    with pytest.raises(RateLimitExceeded):
+        guard.admit(spawn, client="", peer="uid:1")  # two more: one short, all or nothing
+    guard.admit(send, client="", peer="uid:1")  # the third fits
+
+
+def test_guard_with_unlimited_client_buckets_admits_without_a_bucket() -> None:
+    """With the client and global buckets unlimited (the benchmarks' config), every request is admitted and
+    the limiter keeps no bucket; the layer's agent limits stay on for the workers."""
+    guard = _guard({})
+    assert guard.limiter is not None and not guard.limiter.client_limited
+    send = _frame("agent.send", {"service": "svc", "text": "hi"})
+    for _ in range(500):
+        guard.admit(send, client="", peer="uid:1")
+    assert not guard.limiter._buckets
+
+
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_receive_client_names_the_peer_as_peer_identity_does(transport: str, tmp_path: Any) -> None:
+    """receive_client's identity (its inline look-up of a known ipc peer) is peer_identity's of the same
+    frame, for an ipc peer's first request and its later ones (cached), and for a tcp peer (its address)."""
+    import os
+
+    import zmq
+
+    from openfang.control import guard as guard_module
+
+    zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = zctx.socket(zmq.ROUTER)
+    client = zctx.socket(zmq.DEALER)
+    try:
+        if transport == "ipc":
+            endpoint = f"ipc://{tmp_path}/door.sock"
+            router.bind(endpoint)
+        else:
+            port = router.bind_to_random_port("tcp://127.0.0.1")
+            endpoint = f"tcp://127.0.0.1:{port}"
+        client.connect(endpoint)
+        guard_module._IPC_PEERS.clear()
+        seen = []
+        for n in range(3):
+            client.send(f"request {n}".encode())
+            assert router.poll(5000)
+            frames, identity = guard_module.receive_client(router)
+            assert frames[1] == f"request {n}".encode()
+            seen.append(identity)
+        want = f"uid:{os.getuid()}" if transport == "ipc" else "ip:127.0.0.1"
+        assert seen == [want] * 3
+        assert bool(guard_module._IPC_PEERS) == (transport == "ipc")
+    finally:
+        client.close(0)
+        router.close(0)
+        zctx.term()

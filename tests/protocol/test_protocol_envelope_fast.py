@@ -76,11 +76,14 @@ def _slow_decode(data: bytes, **kwargs: Any) -> Envelope:
         raw = real(*args, **kw)
         return _NoFast(raw) if type(raw) is dict else raw
 
-    envelope_module.msgpack.unpackb = unpackb  # type: ignore[assignment]
+    # decode unpacks through its module's _unpackb (bound at import), a failed frame through msgpack.unpackb
+    fast = envelope_module._unpackb
+    envelope_module.msgpack.unpackb = envelope_module._unpackb = unpackb  # type: ignore[assignment]
     try:
         return decode(data, **kwargs)
     finally:
         envelope_module.msgpack.unpackb = real  # type: ignore[assignment]
+        envelope_module._unpackb = fast
 
 
 def _outcome(fn: Any, data: bytes, **kwargs: Any) -> tuple[str, Any]:
@@ -103,6 +106,9 @@ def _mutations(rng: random.Random, raw: dict[str, Any]) -> list[Any]:
         del dropped[key]
         out.append(dropped)
     out.append({**raw, "extra": 1})
+    for key in ("v", "id", "type", "body"):  # four keys, one of them not an envelope field
+        renamed = {("x" + k if k == key else k): value for k, value in raw.items()}
+        out.append(renamed)
     out.append({**raw, "type": "error", "id": ""})
     body = raw.get("body")
     if isinstance(body, dict) and body:
@@ -113,6 +119,19 @@ def _mutations(rng: random.Random, raw: dict[str, Any]) -> list[Any]:
             out.append({**raw, "body": changed_body})
     out.append([raw])
     return out
+
+
+def test_slow_decode_takes_the_general_path() -> None:
+    """The oracle below compares with the general path: _slow_decode never takes the shortcut."""
+    data = msgpack.packb({"v": 1, "id": "r-1", "type": "ping", "body": {}})
+    made: list[Any] = []
+    real = envelope_module._new_object
+    envelope_module._new_object = lambda cls: made.append(cls) or real(cls)
+    try:
+        assert decode(data).type == "ping" and len(made) == 1  # the shortcut makes it with _new_object
+        assert _slow_decode(data).type == "ping" and len(made) == 1  # the general path by the class call
+    finally:
+        envelope_module._new_object = real
 
 
 def test_decode_fast_path_matches_the_full_checks_on_every_example_and_mutation() -> None:

@@ -294,8 +294,9 @@ def test_generated_valid_agrees_with_check_on_fuzzed_bodies(type_: str, body: di
 
 
 def test_generated_valid_is_written_for_the_hot_bodies_and_nested_maps() -> None:
-    """agent.send and its answer get generated code, the answer's usage map written into it (its loop valid
-    is not called); a type that is not a dataclass map keeps its own valid."""
+    """agent.send and its answer get generated code, the answer's usage map written into it: its own valid
+    is called only for a usage that is not exactly a dict (a dict subclass, a list); a type that is not a
+    dataclass map keeps its own valid."""
     for type_ in ("agent.send", "agent.send.ok"):
         compiled = messages.body_schema(type_)
         assert compiled is not None
@@ -307,15 +308,42 @@ def test_generated_valid_is_written_for_the_hot_bodies_and_nested_maps() -> None
     generated = _schema.generated_valid(ok)
     usage = next(c for name, c, _ in ok.fields if name == "usage")
     names = generated.__globals__
-    assert usage.valid not in names.values()
-    nested = [
-        v
-        for v in names.values()
-        if callable(v) and v is not generated and getattr(v, "__globals__", None) is names
-    ]
-    assert len(nested) == 1 and nested[0]({"fuel": 1}) and not nested[0]({"fuel": -1})
+    (slot,) = [k for k, v in names.items() if v is usage.valid]
+    calls: list[Any] = []
+    names[slot] = lambda value: calls.append(value) or usage.valid(value)
+    body = dict(_examples.REPLIES["agent.send"])
+    assert generated(body) and not calls
+    assert not generated({**body, "usage": {**body["usage"], "fuel": -1}}) and not calls
+    assert not generated({**body, "usage": [1]}) and calls == [[1]]
+
+    class Odd(dict):  # type: ignore[type-arg]
+        pass
+
+    assert generated({**body, "usage": Odd(fuel=1)}) and len(calls) == 2
     number = _schema.compile_type(int, open_maps=False)
     assert _schema.generated_valid(number) is number.valid
+
+
+def test_generated_valid_leaves_a_body_that_is_not_exactly_a_dict_to_the_loop() -> None:
+    """A dict subclass whose lookups answer otherwise than a dict's gets the loop valid's answer (the
+    generated code reads fields with ``in`` and subscripts, which only a plain dict answers as get() does)."""
+
+    class Liar(dict):  # type: ignore[type-arg]
+        def __contains__(self, key: object) -> bool:
+            return False
+
+        def __getitem__(self, key: Any) -> Any:
+            return 5
+
+    compiled = messages.body_schema("agent.send")
+    assert compiled is not None
+    generated = _schema.generated_valid(compiled)
+    liar = Liar(service="billing", text="hi")
+    assert generated(liar) is compiled.valid(liar) is True  # the loop reads with get(): all there
+    handed: list[Any] = []
+    _schema.body_validator(compiled, generate_after=1, on_generated=handed.append)(liar)
+    assert handed[0](liar) == _schema.body_validator(compiled, generate_after=0)(liar)
+    assert handed[0]([1]) == _schema.body_validator(compiled, generate_after=0)([1]) != []
 
 
 def test_body_validator_swaps_in_the_generated_validator_after_its_count() -> None:

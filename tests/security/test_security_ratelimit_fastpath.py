@@ -99,3 +99,41 @@ def test_ratelimit_fastpath_still_checks_units() -> None:
     limiter = RateLimiter(RateLimitConfig(agent_requests=off, agent_tokens=off, agent_tool_calls=off))
     with pytest.raises(ValueError, match="negative"):
         limiter.charge(agent="a", tokens=-1)
+
+
+def test_ratelimit_client_limited_follows_the_config() -> None:
+    """``client_limited`` is true exactly when the client's or the global request bucket has a limit (and
+    the layer is on), and a reload renews it."""
+    off = Limit(rate=0, burst=0)
+    none = RateLimitConfig(client_requests=off, global_requests=off)
+    assert not RateLimiter(none).client_limited
+    for field in ("client_requests", "global_requests"):
+        cfg = RateLimitConfig(
+            **{"client_requests": off, "global_requests": off, field: Limit(rate=1, burst=1)}
+        )  # type: ignore[arg-type]
+        limiter = RateLimiter(cfg)
+        assert limiter.client_limited, field
+        limiter.config = none
+        assert not limiter.client_limited, field
+        limiter.config = cfg
+        assert limiter.client_limited, field
+    assert not RateLimiter(RateLimitConfig(enabled=False)).client_limited
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ratelimit_a_client_charge_skipped_when_not_client_limited_changes_nothing(seed: int) -> None:
+    """Where ``client_limited`` is false, the full computation of any client charge refuses nothing and
+    leaves no bucket: skipping the call (the gateway's door) is exact; where it is true, some charge is
+    refused."""
+    rng = random.Random(seed)
+    for _ in range(20):
+        cfg = _config(rng)
+        ref = ReferenceLimiter(cfg, clock=FakeClock())
+        refused = 0
+        for _ in range(200):
+            outcome = _outcome(ref, client=rng.choice(["c1", "c2"]), requests=rng.choice([1, 2]))
+            refused += outcome[0] != "ok"
+        if ref.client_limited:
+            assert refused, cfg
+        else:
+            assert refused == 0 and not ref._buckets, cfg
