@@ -26,7 +26,7 @@ from openfang.control.tree_config import ElasticPool, elastic_pools, parse_super
 from openfang.protocol.config_kit import Doc, Match, Parse, Place, Range, Table
 from openfang.protocol.errors import ConfigError, Problem
 from openfang.protocol.sockets import MAX_IPC_PATH
-from openfang.security.config import SecurityConfig, parse_security, security_args
+from openfang.security.config import SecurityConfig, parse_security, prepare_security_args, security_args
 from openfang.supervisor.spec import ChildSpec, ChildType, Restart, SupervisorSpec
 
 GATEWAY_ID = "control"
@@ -344,6 +344,8 @@ def with_worker_security(tree: SupervisorSpec, security: Mapping[str, Any]) -> S
             child = replace(child, supervisor=with_worker_security(child.supervisor, security))
         elif child.start in _SECURITY_CHILDREN and "security" not in child.args:
             child = replace(child, args={**child.args, "security": dict(security)})
+        elif child.start in _SECURITY_CHILDREN:  # its own: parsed here once, taken as is after its fork
+            prepare_security_args(child.args["security"], data_dir=security.get("data_dir"))
         children.append(child)
     return replace(tree, children=tuple(children))
 

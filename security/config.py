@@ -33,6 +33,7 @@ resolved against ``base_dir`` (the config file's directory) when given.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -393,13 +394,20 @@ def _keys(t: Table, data_dir: Path | None, base_dir: Path | None, check_files: b
     return tuple(specs)
 
 
-# The configs this process parsed, by the plain data :func:`security_args` made for them (its table object's
-# id, with the data itself): a child forked from here with that very data (the same objects, as a forked
-# child's args are: supervisor/_proc.py) takes the parsed config instead of parsing it again after its fork
-# (~1.8 ms of a worker's start before its ready, cold start). A copy, the same data from msgpack (a nested
-# supervisor's spec) or anything else is parsed as before.
-_PARSED: dict[int, tuple[dict[str, Any], SecurityConfig]] = {}
+# The configs this process parsed, by the plain data they were parsed from (its table object's id, with what
+# resolved its paths): a child forked from here with that very data (the same objects, as a forked child's
+# args are: supervisor/_proc.py) takes the parsed config instead of parsing it again after its fork (~1.1-1.8
+# ms of a worker's start before its ready, cold start: mostly first touches of pages shared with the root).
+# Recorded by :func:`security_args` (the cluster's table) and :func:`prepare_security_args` (a worker's own).
+# A copy, the same data from msgpack (a nested supervisor's spec) or anything else is parsed as before.
+_PARSED: dict[int, tuple[Mapping[str, Any], tuple[str, str, str], SecurityConfig]] = {}
 _PARSED_KEPT = 8  # the latest loads (the first and each reload's); older ones are parsed again if met
+
+
+def _remember(table: Mapping[str, Any], where: tuple[str, str, str], parsed: SecurityConfig) -> None:
+    while len(_PARSED) >= _PARSED_KEPT:
+        del _PARSED[next(iter(_PARSED))]
+    _PARSED[id(table)] = (table, where, parsed)
 
 
 def security_args(
@@ -414,28 +422,48 @@ def security_args(
     (a worker under a nested supervisor): the table and what resolves its paths. :func:`security_from_args`
     reads it back. ``parsed`` is what :func:`parse_security` made of the same table with the same paths:
     a child forked with this very data then takes it as it is."""
-    args = {"table": dict(table), "source": source, "data_dir": str(data_dir), "base_dir": str(base_dir)}
+    own = dict(table)
+    args: dict[str, Any] = {
+        "table": own,
+        "source": source,
+        "data_dir": str(data_dir),
+        "base_dir": str(base_dir),
+    }
     if parsed is not None:
-        while len(_PARSED) >= _PARSED_KEPT:
-            del _PARSED[next(iter(_PARSED))]
-        _PARSED[id(args["table"])] = (dict(args), parsed)
+        _remember(own, _where(args, None), parsed)
     return args
 
 
-def _parsed_before(args: Mapping[str, Any]) -> SecurityConfig | None:
+def _where(args: Mapping[str, Any], data_dir: str | None) -> tuple[str, str, str]:
+    """(source, data dir, base dir) as :func:`security_from_args` resolves them for ``args``."""
+    dd = str(args.get("data_dir") or data_dir or "")
+    return str(args.get("source", "cluster.toml")), dd, str(args.get("base_dir") or dd)
+
+
+def _parsed_before(args: Mapping[str, Any], where: tuple[str, str, str]) -> SecurityConfig | None:
     """The config parsed in this process (or the one it was forked from) for ``args``, if ``args`` holds the
-    very table object :func:`security_args` recorded, with the same source and paths."""
+    very table object recorded, resolved with the same source and paths."""
     table = args.get("table")
     entry = _PARSED.get(id(table))
     if entry is None:
         return None
-    recorded, parsed = entry
-    if recorded["table"] is not table or not args.get("data_dir"):
+    recorded, recorded_where, parsed = entry
+    if recorded is not table or recorded_where != where or not where[1]:
         return None
-    for key in ("source", "data_dir", "base_dir"):
-        if args.get(key) != recorded[key]:
-            return None
     return parsed
+
+
+def prepare_security_args(args: Any, *, data_dir: str | None) -> None:
+    """Parse a child's own ``[security]`` data (its spec's ``args.security``, as :func:`security_from_args`
+    will read it with ``data_dir``) here, before its fork, and record it for that very table object: the
+    forked child then takes it as it is instead of parsing it again on its start's path (a worker with its
+    own table: the bench tree's pool). Data that does not parse is not recorded: the child parses it again
+    and fails its start naming the problem, as it would without this. Parsed once per table object."""
+    if isinstance(args, Mapping) and isinstance(args.get("table"), Mapping):
+        where = _where(args, data_dir)
+        if where[1] and _parsed_before(args, where) is None:
+            with contextlib.suppress(ConfigError):
+                _remember(args["table"], where, security_from_args(args, data_dir=data_dir))
 
 
 def security_from_args(
@@ -447,16 +475,16 @@ def security_from_args(
         return args
     if not args:
         return parse_security({}, "<defaults>", data_dir=Path(data_dir) if data_dir else None)
-    parsed = _parsed_before(args)
+    where = _where(args, data_dir)
+    parsed = _parsed_before(args, where)
     if parsed is not None:
         return parsed
-    dd = args.get("data_dir") or data_dir
-    base = args.get("base_dir") or dd
+    source, dd, base = where
     return parse_security(
         args.get("table") or {},
-        str(args.get("source", "cluster.toml")),
-        data_dir=Path(str(dd)) if dd else None,
-        base_dir=Path(str(base)) if base else None,
+        source,
+        data_dir=Path(dd) if dd else None,
+        base_dir=Path(base) if base else None,
     )
 
 

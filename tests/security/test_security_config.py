@@ -218,3 +218,52 @@ def test_security_from_args_still_rejects_a_bad_table_of_its_own(tmp_path: Path)
     )
     with pytest.raises(ConfigError, match="threshold"):
         security_from_args(bad)
+
+
+def test_prepare_security_args_gives_a_forked_child_its_own_table_parsed(tmp_path: Path) -> None:
+    """A child's own [security] data prepared in the parent is taken as is by that child (same objects, the
+    same data dir from its environment); another data dir or a copy of the table is parsed again."""
+    import copy
+
+    from openfang.security.config import prepare_security_args, security_from_args
+
+    args = {"source": "cluster.toml", "table": {"ratelimit": {"agent_requests": {"rate": 0, "burst": 0}}}}
+    prepare_security_args(args, data_dir=str(tmp_path))
+    taken = security_from_args(dict(args), data_dir=str(tmp_path))
+    assert security_from_args(args, data_dir=str(tmp_path)) is taken
+    assert taken.ratelimit.agent_requests.rate == 0
+    assert taken.audit.path.startswith(str(tmp_path))
+    other = security_from_args(args, data_dir=str(tmp_path / "other"))
+    assert other is not taken and other.audit.path.startswith(str(tmp_path / "other"))
+    again = security_from_args(copy.deepcopy(args), data_dir=str(tmp_path))
+    assert again is not taken and again == taken
+
+
+def test_prepare_security_args_leaves_a_bad_table_to_fail_in_the_child(tmp_path: Path) -> None:
+    """Data that does not parse is not recorded: the child's own parse still fails, naming the key."""
+    from openfang.security.config import prepare_security_args, security_from_args
+
+    args = {"source": "cluster.toml", "table": {"injection": {"threshold": 7}}}
+    prepare_security_args(args, data_dir=str(tmp_path))  # no exception here: the child reports it
+    with pytest.raises(ConfigError, match=r"cluster.toml: \[security.injection\] key 'threshold'"):
+        security_from_args(args, data_dir=str(tmp_path))
+
+
+def test_cluster_config_prepares_a_workers_own_security_table(tmp_path: Path) -> None:
+    """Loading cluster.toml parses a worker's own args.security once in the root: the worker's args (as it
+    gets them after its fork) resolve to that config, with the cluster's data dir."""
+    from openfang.control.config import load_config
+    from openfang.security.config import security_from_args
+
+    config = tmp_path / "cluster.toml"
+    config.write_text(
+        f'[cluster]\nname = "t"\ndata_dir = "{tmp_path / "d"}"\n[supervisor]\nstrategy = "one_for_one"\n'
+        '[[supervisor.children]]\nid = "w"\nstart = "openfang.workers.worker:main"\n'
+        '[supervisor.children.args.security]\nsource = "cluster.toml"\n'
+        "[supervisor.children.args.security.table.injection]\nthreshold = 0.3\n"
+    )
+    cluster = load_config(config)
+    (worker,) = [c for c in cluster.tree.children if c.id == "w"]
+    first = security_from_args(worker.args["security"], data_dir=str(cluster.data_dir))
+    assert first.injection.threshold == 0.3
+    assert security_from_args(worker.args["security"], data_dir=str(cluster.data_dir)) is first
