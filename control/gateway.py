@@ -135,6 +135,10 @@ POLL_MS = 200
 # batch being handled, or this many: sent back to back, they cost ZeroMQ's I/O thread one wake-up and one
 # write for many (it woke for each one before).
 OUTBOX_MAX = 32
+# A client's spawn that finds no worker listed yet waits this long for one, then is answered restarting
+# (retry_after_ms); at most PARK_MAX of them wait (past that: restarting at once, as before parking).
+PARK_S = 2.0
+PARK_MAX = 256
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost an enum operation per use
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
@@ -248,6 +252,10 @@ class Gateway:
             ms=round((time.perf_counter() - t0) * 1000, 1),
         )
         self._held: list[tuple[bytes, bool, Envelope, bool]] = []  # replies waiting for the commit
+        # Client spawns that came while workers are expected but none has listed its agents yet (just after
+        # READY, the worker's hello may still be on its way): (deadline, identity, delimited, request, body),
+        # placed once a worker lists, answered restarting at the deadline (_unpark, _expire).
+        self._parked: list[tuple[float, bytes, bool, Envelope, AgentSpawn]] = []
         # A warm start's placement bookkeeping (placement.spawned), held from its spawn's answer until its
         # reply has left, by the key of the first message's request (_spawn_with_message, _after_reply).
         self._after_reply: dict[str, Callable[[], None]] = {}
@@ -354,6 +362,8 @@ class Gateway:
         # READY, say) then finds that worker known instead of being answered "restarting".
         if self.worker_sock in ready:
             self._drain(self.worker_sock, self._on_worker_frames, receive=_receive)
+            if self._parked and self.placement.least_loaded() is not None:
+                self._unpark()
             self._flush()
         if self.clients in ready:
             # receive_client also reads the identity the transport proved (guard.peer_identity).
@@ -586,8 +596,13 @@ class Gateway:
         via_workers: bool = False,
         parent: str | None = None,
         worker: str | None = None,
+        may_park: bool = True,
     ) -> None:
-        """Register the agent (its id assigned here), place it, forward the spawn; ack after the commit."""
+        """Register the agent (its id assigned here), place it, forward the spawn; ack after the commit.
+
+        A client's spawn that finds no worker listed while one is expected waits for it, at most PARK_S
+        (and at most PARK_MAX such spawns): READY follows the workers' ready, and a worker's hello, sent
+        before its ready, may reach this loop a turn after a spawn sent right after READY."""
         mpath = spawn.manifest_path
         source = mpath or "agent.toml"
         wanted = worker or spawn.worker
@@ -598,6 +613,12 @@ class Gateway:
             wanted = self.placement.least_loaded()
             if wanted is None and (self.workers or time.monotonic() - self.placement.started < GRACE_S):
                 # Workers are there (or about to be) but have not listed their agents to this gateway yet.
+                if may_park and not via_workers and len(self._parked) < PARK_MAX:
+                    deadline = time.monotonic() + PARK_S
+                    self._parked.append((deadline, identity, delimited, env, spawn))
+                    if deadline < self._earliest:  # as _wait does: _expire answers it if no worker lists
+                        self._earliest = deadline
+                    return
                 raise Restarting(
                     "no worker has listed its agents to the gateway yet (the gateway or a worker has just "
                     "started); retry shortly",
@@ -1365,13 +1386,34 @@ class Gateway:
         with contextlib.suppress(zmq.Again):
             self.events.send_multipart(frames, zmq.NOBLOCK)
 
+    def _unpark(self, *, expired_before: float | None = None) -> None:
+        """Place the parked client spawns (a worker has listed), in the order they came; or, with
+        ``expired_before``, only those whose deadline passed, with restarting as before (none listed)."""
+        parked, self._parked = self._parked, []
+        for item in parked:
+            deadline, identity, delimited, env, spawn = item
+            if expired_before is not None and deadline > expired_before:
+                self._parked.append(item)
+                continue
+            try:
+                self._spawn(identity, delimited, env, spawn, may_park=False)
+            except OpenFangError as exc:
+                self.stats.refused(exc.code or "internal")
+                self._reply(identity, delimited, env.error(exc))
+
     def _expire(self) -> None:
         now = time.monotonic()
         if now < self._earliest:
             return  # nothing can be late yet: no scan of the table on this loop turn
+        if self._parked:
+            self._unpark(expired_before=now)
         late = [key for key, w in self.waiting.items() if w.deadline <= now]
         self._earliest = min(
-            (w.deadline for key, w in self.waiting.items() if w.deadline > now), default=float("inf")
+            (
+                *(w.deadline for w in self.waiting.values() if w.deadline > now),
+                *(p[0] for p in self._parked),
+            ),
+            default=float("inf"),
         )
         for key in late:
             waiting = self.waiting.pop(key)
