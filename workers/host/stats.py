@@ -12,6 +12,7 @@ Label sets stay bounded: tools are named only when the worker's registry knows t
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +83,9 @@ class HostStats:
             if entry is None:
                 if len(self._llm) >= MAX_LLM_PAIRS:
                     key = (OTHER, OTHER)
-                entry = self._llm.setdefault(key, _LLM())
+                # The entry's histogram is guarded by this lock (not its own): llm_answer counts an answer's
+                # figures, latency included, in one hold of it.
+                entry = self._llm.setdefault(key, _LLM(seconds=Histogram(lock=self._lock)))
             return entry
 
     def llm_answered(self, provider: str, model: str, prompt: int, completion: int, seconds: float) -> None:
@@ -98,11 +101,45 @@ class HostStats:
 
     def llm_count(self, entry: _LLM, prompt: int, completion: int, seconds: float) -> None:
         """One answer of the pair whose :meth:`llm_entry` is ``entry``: what :meth:`llm_answered` counts."""
-        with self._lock:
+        histogram = entry.seconds
+        index = bisect_left(histogram.bounds, seconds)
+        with self._lock:  # the entry's histogram's lock too (_pair)
             entry.requests += 1
-            entry.prompt_tokens += prompt if prompt > 0 else 0
-            entry.completion_tokens += completion if completion > 0 else 0
-        entry.seconds.observe(seconds)
+            if prompt > 0:
+                entry.prompt_tokens += prompt
+            if completion > 0:
+                entry.completion_tokens += completion
+            histogram.per_bucket[index] += 1
+            histogram.total += seconds
+
+    def llm_answer(
+        self,
+        entry: _LLM,
+        prompt: int,
+        completion: int,
+        seconds: float,
+        totals: dict[str, Any],
+        cost: float | None,
+    ) -> None:
+        """:meth:`llm_count` of one answer and the answering agent's running totals (``totals``: llm_calls,
+        prompt_tokens, completion_tokens and cost_usd when priced, as the usage recorder keeps them), all
+        in one hold of the lock: the usage recorder's one lock an answer. ``totals`` must be counted into
+        only here (its read-modify-writes are safe against each other, not against other writers)."""
+        histogram = entry.seconds
+        index = bisect_left(histogram.bounds, seconds)
+        with self._lock:  # the entry's histogram's lock too (_pair)
+            entry.requests += 1
+            if prompt > 0:
+                entry.prompt_tokens += prompt
+            if completion > 0:
+                entry.completion_tokens += completion
+            histogram.per_bucket[index] += 1
+            histogram.total += seconds
+            totals["llm_calls"] = totals.get("llm_calls", 0) + 1
+            totals["prompt_tokens"] = totals.get("prompt_tokens", 0) + prompt
+            totals["completion_tokens"] = totals.get("completion_tokens", 0) + completion
+            if cost is not None:
+                totals["cost_usd"] = round(totals.get("cost_usd", 0) + cost, 8)
 
     def llm_failed(self, provider: str, model: str, kind: str, seconds: float | None = None) -> None:
         entry = self._pair(provider, model)
