@@ -310,12 +310,13 @@ def usage_recorder(
         usage = resp.usage
         prompt, completion = int(usage.prompt_tokens), int(usage.completion_tokens)
         provider, model = resp.provider, resp.model
-        if type(provider) is not str or type(model) is not str:
-            provider, model = str(provider), str(model)
         seen = last[0]
-        if seen[0] != provider or seen[1] != model:
-            entry = stats.llm_entry(provider, model) if stats is not None else None
-            seen = last[0] = (provider, model, _priced(model), entry)
+        if provider is not seen[0] or model is not seen[1]:  # the very strings of the last answer: its pair
+            if type(provider) is not str or type(model) is not str:
+                provider, model = str(provider), str(model)
+            if seen[0] != provider or seen[1] != model:
+                entry = stats.llm_entry(provider, model) if stats is not None else None
+                seen = last[0] = (provider, model, _priced(model), entry)
         cost = cost_usd(model, prompt, completion) if seen[2] else None
         totals = agent.llm_usage
         if stats is not None:

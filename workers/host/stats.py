@@ -1,7 +1,7 @@
 """One worker's monitoring figures: message latency, LLM calls per provider and model, tool calls per tool,
 hibernations, wakes and agent restarts. Answered with every ``agent.list`` (``workers``: WorkerStats).
 
-Measured where they happen: the worker's loop times each ``agent.send`` (:meth:`HostStats.message_done`),
+Measured where they happen: the worker's loop times each ``agent.send`` (``HostStats.message_done``),
 the LLM job reports each answer and failure (:meth:`llm_answered`, :meth:`llm_failed`, on pool threads),
 the tool job each call (:meth:`tool_called`), the host its hibernations, wakes and restarts.
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,9 @@ class HostStats:
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
         self.messages = Histogram()
+        # One agent.send answered, its seconds from arrival to reply (the worker's loop, each message): the
+        # histogram's own observe, bound here, so the loop pays no HostStats frame around it.
+        self.message_done: Callable[[float], None] = self.messages.observe
         self.wake_seconds = Histogram()
         self.hibernations = Counts(8)
         self.wakes = Counts(8)
@@ -70,10 +74,6 @@ class HostStats:
         self._lock = threading.Lock()
         self._llm: dict[tuple[str, str], _LLM] = {}
         self._tools: dict[str, list[int]] = {}  # tool -> [calls, errors, denials]
-
-    # -- messages ----------------------------------------------------------------------------------------
-    def message_done(self, seconds: float) -> None:
-        self.messages.observe(seconds)
 
     # -- LLM ---------------------------------------------------------------------------------------------
     def _pair(self, provider: str, model: str) -> _LLM:
