@@ -94,7 +94,7 @@ class Envelope:
 
     def reply(self, body: Mapping[str, Any] | None = None) -> Envelope:
         """A success reply to this request."""
-        return Envelope(type=f"{self.type}.ok", body=dict(body or {}), id=self.id)
+        return made(f"{self.type}.ok", dict(body or {}), self.id)
 
     def error(self, err: OpenFangError) -> Envelope:
         """An error reply to this request."""
@@ -152,7 +152,7 @@ def made(msg_type: str, body: dict[str, Any], msg_id: str) -> Envelope:
 
 def error_reply(request_id: str, err: OpenFangError) -> Envelope:
     """An ``error`` envelope for ``request_id`` carrying ``err``'s code and message."""
-    return Envelope(type=ERROR_TYPE, body=err.to_wire(), id=request_id)
+    return made(ERROR_TYPE, err.to_wire(), request_id)
 
 
 # One msgpack Packer per thread, reused: ``msgpack.packb`` builds a Packer (and its buffer) per call, 0.99

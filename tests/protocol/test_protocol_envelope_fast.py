@@ -251,6 +251,23 @@ def test_envelopes_built_on_the_twin_are_envelopes_in_every_way() -> None:
     envelope_module._probe_twin()
 
 
+def test_envelope_reply_and_error_reply_equal_their_class_calls() -> None:
+    """``reply`` and ``error_reply`` (made on the twin) give what the class call gave: a ``.ok`` envelope
+    with a copy of the body (None: empty) and the request's id; an error envelope of the error's wire form."""
+    from openfang.protocol.envelope import ERROR_TYPE, error_reply
+    from openfang.protocol.errors import Busy
+
+    request = Envelope(type="agent.send", body={"text": "hi"}, id="r-3")
+    body = {"reply": "x"}
+    ok = request.reply(body)
+    assert ok == Envelope(type="agent.send.ok", body=body, id="r-3") and ok.body is not body
+    assert type(ok) is Envelope and request.reply() == Envelope(type="agent.send.ok", body={}, id="r-3")
+    err = Busy("full")
+    for failed in (error_reply("r-3", err), request.error(err)):
+        assert type(failed) is Envelope and failed.is_error
+        assert failed == Envelope(type=ERROR_TYPE, body=err.to_wire(), id="r-3")
+
+
 def _spelt_out(data: bytes, max_size: int) -> tuple[str, Any]:
     """How decode unpacked a frame before (its options and limits spelt out): the value or the error."""
     try:
