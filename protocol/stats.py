@@ -42,45 +42,53 @@ OTHER = "other"
 
 
 class Histogram:
-    """Observations counted into fixed buckets (``le`` upper bounds), with their sum and count."""
+    """Observations counted into fixed buckets (``le`` upper bounds), with their sum and count.
 
-    __slots__ = ("_counts", "_lock", "_sum", "bounds")
+    ``per_bucket`` (one count per bound, then +Inf) and ``total`` (the sum) change only under ``lock``: the
+    histogram's own, or the lock of an owner that keeps several figures together (``lock=``) and may then
+    count into both itself while it holds that lock, in one hold with its other figures (a worker's model
+    answers: ``HostStats.llm_answer``). Such an owner must not call this histogram's methods while holding
+    the lock (a ``threading.Lock`` is not reentrant)."""
 
-    def __init__(self, bounds: Iterable[float] = LATENCY_BUCKETS) -> None:
+    __slots__ = ("bounds", "lock", "per_bucket", "total")
+
+    def __init__(
+        self, bounds: Iterable[float] = LATENCY_BUCKETS, *, lock: threading.Lock | None = None
+    ) -> None:
         self.bounds = tuple(sorted(float(b) for b in bounds))
-        self._counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
-        self._sum = 0.0
-        self._lock = threading.Lock()
+        self.per_bucket = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+        self.lock = threading.Lock() if lock is None else lock
 
     def observe(self, value: float) -> None:
         """Count one observation (a value equal to a bound falls in that bound's bucket, as ``le`` says)."""
         index = bisect.bisect_left(self.bounds, value)
-        with self._lock:
-            self._counts[index] += 1
-            self._sum += value
+        with self.lock:
+            self.per_bucket[index] += 1
+            self.total += value
 
     def observe_all(self, values: list[float]) -> None:
         """Count several observations under one lock (what ``observe`` of each does, in order: the same
         buckets and the same sum), for an owner that times a batch at once (the gateway's flush)."""
         bounds = self.bounds
         indexes = [bisect.bisect_left(bounds, value) for value in values]
-        counts = self._counts
-        with self._lock:
-            total = self._sum
+        counts = self.per_bucket
+        with self.lock:
+            total = self.total
             for index, value in zip(indexes, values, strict=True):
                 counts[index] += 1
                 total += value
-            self._sum = total
+            self.total = total
 
     @property
     def count(self) -> int:
-        with self._lock:
-            return sum(self._counts)
+        with self.lock:
+            return sum(self.per_bucket)
 
     def to_wire(self) -> dict[str, Any]:
         """``{"bounds", "counts" (cumulative, one per bound), "count", "sum"}``: HistogramBody."""
-        with self._lock:
-            per_bucket, total_sum = list(self._counts), self._sum
+        with self.lock:
+            per_bucket, total_sum = list(self.per_bucket), self.total
         cumulative, running = [], 0
         for n in per_bucket[:-1]:
             running += n

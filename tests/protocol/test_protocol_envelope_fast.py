@@ -246,6 +246,47 @@ def test_envelope_made_equals_the_class_call() -> None:
         ours.id = "other"  # type: ignore[misc]
 
 
+def test_envelopes_built_on_the_twin_are_envelopes_in_every_way() -> None:
+    """made's and decode's envelopes (built on the twin class, then re-classed) are of exactly the class
+    Envelope: isinstance, equality and hashing of equal fields, repr, replace, asdict and encode all as for
+    the class call's; and an envelope field the twin lacks fails the module's probe at import."""
+    body = {"reply": "x", "usage": {"fuel": 3}}
+    called = Envelope(type="test.twin", body=body, id="r-9")
+    built = [envelope_module.made("test.twin", body, "r-9"), decode(encode(called))]
+    for env in built:
+        assert type(env) is Envelope and isinstance(env, Envelope) and dataclasses.is_dataclass(env)
+        assert env == called and repr(env) == repr(called)
+        assert dataclasses.asdict(env) == dataclasses.asdict(called)
+        assert dataclasses.replace(env, id="r-10") == Envelope(type="test.twin", body=body, id="r-10")
+        assert encode(env) == encode(called) and env.reply({"a": 1}).id == "r-9" and not env.is_error
+        assert not hasattr(env, "__dict__")
+    twin = envelope_module._EnvelopeTwin
+    try:
+        twin.__slots__ = ("body", "id", "type")  # what the probe reads: a twin missing a field
+        with pytest.raises(TypeError, match="twin"):
+            envelope_module._probe_twin()
+    finally:
+        twin.__slots__ = ("body", "id", "type", "v")
+    envelope_module._probe_twin()
+
+
+def test_envelope_reply_and_error_reply_equal_their_class_calls() -> None:
+    """``reply`` and ``error_reply`` (made on the twin) give what the class call gave: a ``.ok`` envelope
+    with a copy of the body (None: empty) and the request's id; an error envelope of the error's wire form."""
+    from openfang.protocol.envelope import ERROR_TYPE, error_reply
+    from openfang.protocol.errors import Busy
+
+    request = Envelope(type="agent.send", body={"text": "hi"}, id="r-3")
+    body = {"reply": "x"}
+    ok = request.reply(body)
+    assert ok == Envelope(type="agent.send.ok", body=body, id="r-3") and ok.body is not body
+    assert type(ok) is Envelope and request.reply() == Envelope(type="agent.send.ok", body={}, id="r-3")
+    err = Busy("full")
+    for failed in (error_reply("r-3", err), request.error(err)):
+        assert type(failed) is Envelope and failed.is_error
+        assert failed == Envelope(type=ERROR_TYPE, body=err.to_wire(), id="r-3")
+
+
 def _spelt_out(data: bytes, max_size: int) -> tuple[str, Any]:
     """How decode unpacked a frame before (its options and limits spelt out): the value or the error."""
     try:

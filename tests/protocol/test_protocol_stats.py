@@ -51,3 +51,22 @@ def test_histogram_observe_all_counts_as_observe_of_each_in_order() -> None:
     batch.observe_all(values[50:])
     assert batch.to_wire() == one.to_wire()
     assert batch.count == len(values) + 1
+
+
+def test_histogram_with_an_owners_lock_guards_its_figures_with_that_lock() -> None:
+    """A histogram given an owner's lock takes that lock (not one of its own) to count and to report, so an
+    owner holding it may count into ``per_bucket`` and ``total`` itself; without one it has its own."""
+    import threading
+
+    owner = threading.Lock()
+    shared, alone = Histogram((0.1, 1.0), lock=owner), Histogram((0.1, 1.0))
+    assert shared.lock is owner and alone.lock is not owner
+    with owner:  # the owner counting itself, as HostStats.llm_answer does
+        shared.per_bucket[1] += 1
+        shared.total += 0.5
+        counter = threading.Thread(target=shared.observe, args=(0.05,))
+        counter.start()
+        counter.join(0.2)
+        assert counter.is_alive() and shared.per_bucket[0] == 0  # observe waits for the owner's lock
+    counter.join()
+    assert shared.to_wire() == {"bounds": [0.1, 1.0], "counts": [1, 2], "count": 2, "sum": 0.55}

@@ -31,6 +31,7 @@ from openfang.workers.tools import kv as _tools_kv
 from openfang.workers.tools import registry as _tools
 
 _TOTALS_LOCK = threading.Lock()
+_NOBODY: Any = object()  # the usage recorder's "no answer yet" provider and model
 
 
 class Services:
@@ -301,31 +302,37 @@ def usage_recorder(
     session = agent.session
     # The last answer's provider and model, whether the model is priced and the stats entry the pair counts
     # into (HostStats.llm_entry: it stays the pair's): an agent's answers mostly come from one provider and
-    # model. One tuple, replaced whole, so a job thread never reads half of another's.
-    last: list[tuple[str, str, bool, Any]] = [("", "", False, None)]
+    # model. One tuple, replaced whole, so a job thread never reads half of another's. The first answer
+    # never matches the starting one (_NOBODY is no string).
+    last: list[tuple[Any, Any, bool, Any]] = [(_NOBODY, _NOBODY, False, None)]
 
     def record(resp: Any, duration_ms: float) -> None:
         usage = resp.usage
         prompt, completion = int(usage.prompt_tokens), int(usage.completion_tokens)
         provider, model = resp.provider, resp.model
-        if type(provider) is not str or type(model) is not str:
-            provider, model = str(provider), str(model)
         seen = last[0]
-        if seen[0] != provider or seen[1] != model or seen[3] is None:
-            entry = stats.llm_entry(provider, model) if stats is not None else None
-            seen = last[0] = (provider, model, _priced(model), entry)
+        if provider is not seen[0] or model is not seen[1]:  # the very strings of the last answer: its pair
+            if type(provider) is not str or type(model) is not str:
+                provider, model = str(provider), str(model)
+            if seen[0] != provider or seen[1] != model:
+                entry = stats.llm_entry(provider, model) if stats is not None else None
+                seen = last[0] = (provider, model, _priced(model), entry)
         cost = cost_usd(model, prompt, completion) if seen[2] else None
-        if stats is not None:
-            for failed in getattr(resp, "failed", ()):  # fallback attempts that failed before this answer
-                stats.llm_failed(str(failed.provider), str(failed.model or ""), llm_error_kind(failed))
-            stats.llm_count(seen[3], prompt, completion, duration_ms / 1000)
         totals = agent.llm_usage
-        with _TOTALS_LOCK:  # LLM jobs of one agent may finish on different threads
-            totals["llm_calls"] = totals.get("llm_calls", 0) + 1
-            totals["prompt_tokens"] = totals.get("prompt_tokens", 0) + prompt
-            totals["completion_tokens"] = totals.get("completion_tokens", 0) + completion
-            if cost is not None:
-                totals["cost_usd"] = round(totals.get("cost_usd", 0) + cost, 8)
+        if stats is not None:
+            failed = getattr(resp, "failed", ())
+            if failed:  # fallback attempts that failed before this answer
+                for attempt in failed:
+                    stats.llm_failed(str(attempt.provider), str(attempt.model or ""), llm_error_kind(attempt))
+            # The pair's figures and the agent's totals (agent info) in one hold of the stats' lock.
+            stats.llm_answer(seen[3], prompt, completion, duration_ms / 1000, totals, cost)
+        else:
+            with _TOTALS_LOCK:  # LLM jobs of one agent may finish on different threads
+                totals["llm_calls"] = totals.get("llm_calls", 0) + 1
+                totals["prompt_tokens"] = totals.get("prompt_tokens", 0) + prompt
+                totals["completion_tokens"] = totals.get("completion_tokens", 0) + completion
+                if cost is not None:
+                    totals["cost_usd"] = round(totals.get("cost_usd", 0) + cost, 8)
         if memory is None or prompt + completion == 0:  # the provider did not report usage
             return
         from openfang.memory.procedural import USAGE_TOOL  # only with memory: not in a memoryless start

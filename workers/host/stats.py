@@ -1,7 +1,7 @@
 """One worker's monitoring figures: message latency, LLM calls per provider and model, tool calls per tool,
 hibernations, wakes and agent restarts. Answered with every ``agent.list`` (``workers``: WorkerStats).
 
-Measured where they happen: the worker's loop times each ``agent.send`` (:meth:`HostStats.message_done`),
+Measured where they happen: the worker's loop times each ``agent.send`` (``HostStats.message_done``),
 the LLM job reports each answer and failure (:meth:`llm_answered`, :meth:`llm_failed`, on pool threads),
 the tool job each call (:meth:`tool_called`), the host its hibernations, wakes and restarts.
 
@@ -12,6 +12,8 @@ Label sets stay bounded: tools are named only when the worker's registry knows t
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +64,9 @@ class HostStats:
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
         self.messages = Histogram()
+        # One agent.send answered, its seconds from arrival to reply (the worker's loop, each message): the
+        # histogram's own observe, bound here, so the loop pays no HostStats frame around it.
+        self.message_done: Callable[[float], None] = self.messages.observe
         self.wake_seconds = Histogram()
         self.hibernations = Counts(8)
         self.wakes = Counts(8)
@@ -69,10 +74,6 @@ class HostStats:
         self._lock = threading.Lock()
         self._llm: dict[tuple[str, str], _LLM] = {}
         self._tools: dict[str, list[int]] = {}  # tool -> [calls, errors, denials]
-
-    # -- messages ----------------------------------------------------------------------------------------
-    def message_done(self, seconds: float) -> None:
-        self.messages.observe(seconds)
 
     # -- LLM ---------------------------------------------------------------------------------------------
     def _pair(self, provider: str, model: str) -> _LLM:
@@ -82,7 +83,9 @@ class HostStats:
             if entry is None:
                 if len(self._llm) >= MAX_LLM_PAIRS:
                     key = (OTHER, OTHER)
-                entry = self._llm.setdefault(key, _LLM())
+                # The entry's histogram is guarded by this lock (not its own): llm_answer counts an answer's
+                # figures, latency included, in one hold of it.
+                entry = self._llm.setdefault(key, _LLM(seconds=Histogram(lock=self._lock)))
             return entry
 
     def llm_answered(self, provider: str, model: str, prompt: int, completion: int, seconds: float) -> None:
@@ -98,11 +101,45 @@ class HostStats:
 
     def llm_count(self, entry: _LLM, prompt: int, completion: int, seconds: float) -> None:
         """One answer of the pair whose :meth:`llm_entry` is ``entry``: what :meth:`llm_answered` counts."""
-        with self._lock:
+        histogram = entry.seconds
+        index = bisect_left(histogram.bounds, seconds)
+        with self._lock:  # the entry's histogram's lock too (_pair)
             entry.requests += 1
-            entry.prompt_tokens += prompt if prompt > 0 else 0
-            entry.completion_tokens += completion if completion > 0 else 0
-        entry.seconds.observe(seconds)
+            if prompt > 0:
+                entry.prompt_tokens += prompt
+            if completion > 0:
+                entry.completion_tokens += completion
+            histogram.per_bucket[index] += 1
+            histogram.total += seconds
+
+    def llm_answer(
+        self,
+        entry: _LLM,
+        prompt: int,
+        completion: int,
+        seconds: float,
+        totals: dict[str, Any],
+        cost: float | None,
+    ) -> None:
+        """:meth:`llm_count` of one answer and the answering agent's running totals (``totals``: llm_calls,
+        prompt_tokens, completion_tokens and cost_usd when priced, as the usage recorder keeps them), all
+        in one hold of the lock: the usage recorder's one lock an answer. ``totals`` must be counted into
+        only here (its read-modify-writes are safe against each other, not against other writers)."""
+        histogram = entry.seconds
+        index = bisect_left(histogram.bounds, seconds)
+        with self._lock:  # the entry's histogram's lock too (_pair)
+            entry.requests += 1
+            if prompt > 0:
+                entry.prompt_tokens += prompt
+            if completion > 0:
+                entry.completion_tokens += completion
+            histogram.per_bucket[index] += 1
+            histogram.total += seconds
+            totals["llm_calls"] = totals.get("llm_calls", 0) + 1
+            totals["prompt_tokens"] = totals.get("prompt_tokens", 0) + prompt
+            totals["completion_tokens"] = totals.get("completion_tokens", 0) + completion
+            if cost is not None:
+                totals["cost_usd"] = round(totals.get("cost_usd", 0) + cost, 8)
 
     def llm_failed(self, provider: str, model: str, kind: str, seconds: float | None = None) -> None:
         entry = self._pair(provider, model)
