@@ -45,6 +45,10 @@ AGENT_COUNTS = (1, 100, 1_000, 10_000)
 MEMORY_BUILD_BUDGET_S = 150.0  # as for the peers: a point projected to take longer is not measured
 SPAWN_WINDOW = 1_000  # spawns in flight at once on one DEALER
 ROUTING_WINDOW = 256  # routing tasks in flight
+# Rounds of the routing count, each of fresh messages, on the same daemon: tasks / wall seconds over all of
+# them. One round of 2,000 tasks is ~0.2 s here (the peers' one round ~2 s and more), and single rounds of
+# the same tree moved by +-15 % from run to run (a scaling point and the headline of one run 25 % apart).
+ROUTING_ROUNDS = 5
 TOOLCHAIN_WINDOW = 64
 TOOLCHAIN_AGENTS_PER_WORKER = 4
 PHASE_TIMEOUT_S = 120.0
@@ -664,11 +668,11 @@ def _refuse(t: str, b: dict[str, Any], want: str, what: str) -> NoReturn:
 
 
 def routing_rate(
-    workers: int | str, count: int, window: int = ROUTING_WINDOW
-) -> tuple[float, int, dict[str, float]]:
-    """tasks/s of router-then-class-agent over ``count`` messages, every reply checked; the worker count;
-    CPU us per task by role."""
-    msgs = wl.routing_messages(count + 5 + GROW_TASKS_MAX)
+    workers: int | str, count: int, window: int = ROUTING_WINDOW, rounds: int = ROUTING_ROUNDS
+) -> tuple[float, int, dict[str, float], list[float]]:
+    """tasks/s of router-then-class-agent over ``rounds`` x ``count`` distinct messages (tasks / wall seconds
+    of all rounds), every reply checked; the worker count; CPU us per task by role; each round's tasks/s."""
+    msgs = wl.routing_messages(count * rounds + 5 + GROW_TASKS_MAX)
     with cluster(workers) as (c, pipe):
         running = worker_ids(pipe)
         ids = pool_members(pipe)
@@ -682,9 +686,16 @@ def routing_rate(
         msgs = msgs[5:]
         msgs = msgs[grow_pool(pipe, lambda n: run_tasks(pipe, n, window, routing_start(pipe, msgs))) :]
         meter = CpuMeter(c, pipe)
-        elapsed = run_tasks(pipe, count, window, routing_start(pipe, msgs))
-        cpu = meter.per_task_us(count)
-    return count / elapsed, len(ids), cpu
+        took = [
+            run_tasks(pipe, count, window, routing_start(pipe, msgs[r * count : (r + 1) * count]))
+            for r in range(rounds)
+        ]
+        cpu = meter.per_task_us(count * rounds)
+    return count * rounds / sum(took), len(ids), cpu, [count / t for t in took]
+
+
+def _rounds(rates: list[float]) -> str:
+    return " / ".join(f"{r:,.0f}" for r in rates)
 
 
 def bench_routing(count: int, max_workers: int) -> list[dict[str, Any]]:
@@ -692,9 +703,9 @@ def bench_routing(count: int, max_workers: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     rates: dict[int, float] = {}
     for k in range(1, max_workers + 1):
-        rate, _, cpu = routing_rate(k, count)
+        rate, _, cpu, each = routing_rate(k, count)
         rates[k] = rate
-        _log(f"routing with {k} worker(s): {rate:.0f} tasks/s")
+        _log(f"routing with {k} worker(s): {rate:.0f} tasks/s (rounds {_rounds(each)})")
         out.append(
             _metric(
                 "routing_tasks_per_s",
@@ -703,11 +714,12 @@ def bench_routing(count: int, max_workers: int) -> list[dict[str, Any]]:
                 "higher",
                 15_000,
                 workers=k,
-                notes=f"{count} tasks, {ROUTING_WINDOW} in flight, {k} worker(s); {CpuMeter.describe(cpu)}",
+                notes=f"{ROUTING_ROUNDS} x {count} tasks (rounds {_rounds(each)} tasks/s), "
+                f"{ROUTING_WINDOW} in flight, {k} worker(s); {CpuMeter.describe(cpu)}",
             )
         )
-    rate, n, cpu = routing_rate("auto", count)
-    _log(f"routing (count = auto, {n} workers): {rate:.0f} tasks/s")
+    rate, n, cpu, each = routing_rate("auto", count)
+    _log(f"routing (count = auto, {n} workers): {rate:.0f} tasks/s (rounds {_rounds(each)})")
     out.insert(
         0,
         _metric(
@@ -716,8 +728,9 @@ def bench_routing(count: int, max_workers: int) -> list[dict[str, Any]]:
             "tasks/s",
             "higher",
             15_000,
-            notes=f"{count} tasks after 5 warm-up; one client, {ROUTING_WINDOW} tasks in flight on one "
-            f"DEALER; per task agent.send to service router, then to service <class>; {n} workers, "
+            notes=f"{ROUTING_ROUNDS} rounds of {count} tasks after 5 warm-up (tasks / wall seconds of all "
+            f"rounds; each round's tasks/s: {_rounds(each)}); one client, {ROUTING_WINDOW} tasks in flight "
+            f"on one DEALER; per task agent.send to service router, then to service <class>; {n} workers, "
             f"each with 1 router + 4 class agents; every reply checked; {CpuMeter.describe(cpu)}",
         ),
     )
