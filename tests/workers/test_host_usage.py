@@ -80,10 +80,10 @@ def test_usage_priced_shortcut_equals_cost_usd() -> None:
             assert got == cost_usd(name, 1234, 567), name
 
 
-def test_usage_recorder_counts_what_llm_answered_counts_over_mixed_pairs() -> None:
+def test_usage_recorder_counts_into_each_answers_own_pair_over_mixed_pairs() -> None:
     """The recorder keeps the last pair's stats entry: over answers switching between providers, models
     (priced, unpriced, str subclasses) and past MAX_LLM_PAIRS, the worker's figures and the agent's totals
-    equal those of llm_answered and cost_usd called for every answer."""
+    equal those of each answer counted into its own pair's llm_entry, and cost_usd called for every answer."""
     import random
 
     from openfang.workers.host import stats as stats_module
@@ -117,7 +117,7 @@ def test_usage_recorder_counts_what_llm_answered_counts_over_mixed_pairs() -> No
             model=model,
         )
         record(resp, 2.0)
-        theirs.llm_answered(str(provider), str(model), prompt, completion, 0.002)
+        theirs.llm_answer(theirs.llm_entry(str(provider), str(model)), prompt, completion, 0.002, {}, None)
         totals["llm_calls"] += 1
         totals["prompt_tokens"] += prompt
         totals["completion_tokens"] += completion

@@ -2,7 +2,7 @@
 hibernations, wakes and agent restarts. Answered with every ``agent.list`` (``workers``: WorkerStats).
 
 Measured where they happen: the worker's loop times each ``agent.send`` (``HostStats.message_done``),
-the LLM job reports each answer and failure (:meth:`llm_answered`, :meth:`llm_failed`, on pool threads),
+the LLM job reports each answer and failure (:meth:`llm_answer`, :meth:`llm_failed`, on pool threads),
 the tool job each call (:meth:`tool_called`), the host its hibernations, wakes and restarts.
 
 Label sets stay bounded: tools are named only when the worker's registry knows them (others add up under
@@ -88,29 +88,13 @@ class HostStats:
                 entry = self._llm.setdefault(key, _LLM(seconds=Histogram(lock=self._lock)))
             return entry
 
-    def llm_answered(self, provider: str, model: str, prompt: int, completion: int, seconds: float) -> None:
-        self.llm_count(self.llm_entry(provider, model), prompt, completion, seconds)
-
     def llm_entry(self, provider: str, model: str) -> _LLM:
         """The figures ``provider``/``model`` count into (``other`` past MAX_LLM_PAIRS): an entry, once
         made, stays the pair's for the life of the stats, so a caller may keep it (the usage recorder of
-        an agent keeps the last one) and count into it with :meth:`llm_count`."""
+        an agent keeps the last one) and count into it with :meth:`llm_answer`."""
         # A known pair's entry is read without the lock (entries are only ever added; a dict read is
         # atomic): one hold of the lock per answer, not two. A new pair takes _pair's way.
         return self._llm.get((provider[:128] or "?", model[:256])) or self._pair(provider, model)
-
-    def llm_count(self, entry: _LLM, prompt: int, completion: int, seconds: float) -> None:
-        """One answer of the pair whose :meth:`llm_entry` is ``entry``: what :meth:`llm_answered` counts."""
-        histogram = entry.seconds
-        index = bisect_left(histogram.bounds, seconds)
-        with self._lock:  # the entry's histogram's lock too (_pair)
-            entry.requests += 1
-            if prompt > 0:
-                entry.prompt_tokens += prompt
-            if completion > 0:
-                entry.completion_tokens += completion
-            histogram.per_bucket[index] += 1
-            histogram.total += seconds
 
     def llm_answer(
         self,
@@ -121,9 +105,10 @@ class HostStats:
         totals: dict[str, Any],
         cost: float | None,
     ) -> None:
-        """:meth:`llm_count` of one answer and the answering agent's running totals (``totals``: llm_calls,
-        prompt_tokens, completion_tokens and cost_usd when priced, as the usage recorder keeps them), all
-        in one hold of the lock: the usage recorder's one lock an answer. ``totals`` must be counted into
+        """One answer of the pair whose :meth:`llm_entry` is ``entry`` (its requests, tokens and latency)
+        and the answering agent's running totals (``totals``: llm_calls, prompt_tokens, completion_tokens
+        and cost_usd when priced, as the usage recorder keeps them), all in one hold of the lock: the usage
+        recorder's one lock an answer. ``totals`` must be counted into
         only here (its read-modify-writes are safe against each other, not against other writers)."""
         histogram = entry.seconds
         index = bisect_left(histogram.bounds, seconds)
