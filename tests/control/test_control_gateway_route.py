@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import zmq
 from control_gateway_kit import dealer, from_gateway, one_from_gateway
 
 from openfang.control.config import ControlConfig
@@ -29,6 +30,14 @@ def _gateway(tmp: Path, queue_limit: int) -> Gateway:
     return Gateway(ChildContext(id="control", path="root/control", args=args), args)
 
 
+def _hello(gw: Gateway, sock: zmq.Socket[bytes], name: str, pid: int) -> None:
+    """Worker ``name``'s hello (no agents) from its DEALER ``sock``, taken in by the gateway."""
+    hello = {"worker": name, "pid": pid, "cpu": 0, "agent_ids": []}
+    sock.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
+    assert gw.worker_sock.poll(5000)
+    gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
+
+
 def test_gateway_route_refuses_busy_past_the_queue_limit_on_every_path(tmp_path: Path) -> None:
     """With two requests in flight (the limit) an agent.send to a service, one by agent id and a memory
     read are each answered busy, a ping is still answered, and nothing more reaches the worker."""
@@ -36,10 +45,7 @@ def test_gateway_route_refuses_busy_past_the_queue_limit_on_every_path(tmp_path:
     worker = dealer(gw, gw.control.workers, b"w-0")
     client = dealer(gw, gw.control.endpoint, b"client")
     try:
-        hello = {"worker": "w-0", "pid": 4001, "cpu": 0, "agent_ids": []}
-        worker.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
-        assert gw.worker_sock.poll(5000)
-        gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
+        _hello(gw, worker, "w-0", 4001)
         gw.agents.add("a-1", "w-0", service="svc")
         requests = [
             Envelope(type="agent.send", body={"service": "svc", "text": "one"}, id="r1"),
@@ -81,10 +87,7 @@ def test_gateway_route_sends_a_service_message_to_the_least_busy_host(tmp_path: 
     client = dealer(gw, gw.control.endpoint, b"client")
     try:
         for sock, name, pid in ((w0, "w-0", 4001), (w1, "w-1", 4002)):
-            hello = {"worker": name, "pid": pid, "cpu": 0, "agent_ids": []}
-            sock.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
-            assert gw.worker_sock.poll(5000)
-            gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
+            _hello(gw, sock, name, pid)
         gw.agents.add("a-0", "w-0", service="svc")
         gw.agents.add("a-1", "w-1", service="svc")
         gw.workers["w-0"].in_flight = 3
@@ -110,10 +113,7 @@ def test_gateway_route_relays_a_request_to_its_worker_under_its_key_whatever_its
     worker = dealer(gw, gw.control.workers, b"w-0")
     client = dealer(gw, gw.control.endpoint, b"client")
     try:
-        hello = {"worker": "w-0", "pid": 4001, "cpu": 0, "agent_ids": []}
-        worker.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
-        assert gw.worker_sock.poll(5000)
-        gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
+        _hello(gw, worker, "w-0", 4001)
         gw.agents.add("a-1", "w-0", service="svc")
         plain = Envelope(type="agent.send", body={"service": "svc", "text": "plain"}, id="r-plain")
         other = {
@@ -151,10 +151,7 @@ def test_gateway_route_queues_agent_send_as_to_worker_does(tmp_path: Path) -> No
     gw = _gateway(tmp_path, queue_limit=100)
     worker = dealer(gw, gw.control.workers, b"w-0")
     try:
-        hello = {"worker": "w-0", "pid": 4001, "cpu": 0, "agent_ids": []}
-        worker.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
-        assert gw.worker_sock.poll(5000)
-        gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
+        _hello(gw, worker, "w-0", 4001)
         gw.agents.add("a-1", "w-0", service="svc")
         env = Envelope(type="agent.send", body={"service": "svc", "text": "hi"}, id="r-1")
         payload = encode(env)
@@ -199,10 +196,7 @@ def test_gateway_relays_a_worker_answer_in_each_clients_framing(tmp_path: Path) 
     req.setsockopt(zmq.LINGER, 0)
     req.connect(gw.control.endpoint)
     try:
-        hello = {"worker": "w-0", "pid": 4001, "cpu": 0, "agent_ids": []}
-        worker.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
-        assert gw.worker_sock.poll(5000)
-        gw._drain(gw.worker_sock, gw._on_worker_frames, receive=_receive)
+        _hello(gw, worker, "w-0", 4001)
         gw.agents.add("a-1", "w-0", service="svc")
         for sock, rid in ((req, "r-req"), (plain, "r-plain")):
             sock.send(encode(Envelope(type="agent.send", body={"service": "svc", "text": rid}, id=rid)))

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from openfang.protocol.twin import construction_twin
 from openfang.workers.llm import types as t
 
 CALLS = (t.ToolCall(id="c1", name="lookup", arguments={"value": "k"}), t.ToolCall(id="c2", name="x"))
@@ -94,7 +95,7 @@ def test_llm_types_subclasses_go_through_init() -> None:
 def test_llm_types_fast_constructor_fields_must_match_the_class() -> None:
     """The twin classes are bound to the class's fields in order: a mismatch is an error at import."""
     with pytest.raises(TypeError, match="are not the class's fields"):
-        t._twin(t.Usage, ("completion_tokens", "prompt_tokens"))
+        construction_twin(t.Usage, ("completion_tokens", "prompt_tokens"))
 
 
 def test_llm_types_twin_of_another_layout_cannot_become_the_class() -> None:

@@ -56,6 +56,7 @@ from openfang.protocol.errors import (
     SecurityError,
 )
 from openfang.protocol.messages import CHUNK_TYPE
+from openfang.protocol.twin import construction_twin
 from openfang.security._errors import Denied
 from openfang.supervisor.restart import abnormal, should_restart
 from openfang.supervisor.spec import Restart
@@ -1203,20 +1204,9 @@ class AgentHost:
 
 # Enum members as plain module names for the per-message paths (a lookup through the enum class costs ~90 ns).
 _READY, _IDLE = Phase.READY, State.IDLE
-_SEND_FIELDS = ("text", "agent_id", "service", "session", "stream")
-if tuple(f.name for f in dataclasses.fields(AgentSend)) != _SEND_FIELDS:  # the twin below has these slots
-    raise TypeError(f"AgentSend's fields are not {_SEND_FIELDS}")
-# A plain class with AgentSend's slots: the body is built on it with plain attribute stores and becomes an
-# AgentSend by ``__class__`` assignment, which CPython allows only between classes of the same layout
-# (TypeError otherwise: the probe below, at import). No call per field.
-_SendTwin: Any = type("_SendTwin", (), {"__slots__": _SEND_FIELDS})
-_probe = _SendTwin()
-for _name in _SEND_FIELDS:
-    object.__setattr__(_probe, _name, _name)
-_probe.__class__ = AgentSend
-if any(getattr(_probe, _name) != _name for _name in _SEND_FIELDS):
-    raise TypeError("AgentSend's twin does not read back as an AgentSend")
-del _probe, _name
+# agent.send bodies are built on a construction twin (protocol/twin.py): plain attribute stores, no call per
+# field, then AgentSend by ``__class__`` assignment.
+_SendTwin = construction_twin(AgentSend, ("text", "agent_id", "service", "session", "stream"))
 
 
 def _send_body(raw: dict[str, Any]) -> AgentSend:

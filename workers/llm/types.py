@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from openfang.protocol.errors import OpenFangError
+from openfang.protocol.twin import construction_twin
 
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
@@ -293,28 +294,13 @@ class ChatResponse:
 # against __init__ field by field.
 
 
-def _twin(cls: type, names: tuple[str, ...]) -> Any:
-    """A plain class with the slots ``names`` of the frozen dataclass ``cls`` (its fields, in order:
-    checked), whose instances may become ``cls`` instances (checked once here: the fields read back)."""
-    from dataclasses import fields
-
-    if tuple(f.name for f in fields(cls)) != names:
-        raise TypeError(f"{cls.__name__}: the fast constructor's fields {names} are not the class's fields")
-    twin = type(f"_{cls.__name__}Twin", (), {"__slots__": names})
-    probe = twin()
-    for name in names:
-        object.__setattr__(probe, name, f"<{name}>")
-    probe.__class__ = cls  # TypeError when the layouts differ
-    if any(getattr(probe, name) != f"<{name}>" for name in names):
-        raise TypeError(f"{cls.__name__}: the twin's slots do not read back as the class's fields")
-    return twin
-
-
-_CALL = _twin(ToolCall, ("id", "name", "arguments"))
-_MESSAGE = _twin(ChatMessage, ("role", "content", "tool_calls", "tool_call_id", "name"))
-_REQUEST = _twin(ChatRequest, ("messages", "tools", "model", "temperature", "max_tokens", "stream"))
-_USAGE = _twin(Usage, ("prompt_tokens", "completion_tokens"))
-_RESPONSE = _twin(
+_CALL = construction_twin(ToolCall, ("id", "name", "arguments"))
+_MESSAGE = construction_twin(ChatMessage, ("role", "content", "tool_calls", "tool_call_id", "name"))
+_REQUEST = construction_twin(
+    ChatRequest, ("messages", "tools", "model", "temperature", "max_tokens", "stream")
+)
+_USAGE = construction_twin(Usage, ("prompt_tokens", "completion_tokens"))
+_RESPONSE = construction_twin(
     ChatResponse, ("content", "tool_calls", "usage", "finish_reason", "provider", "model", "failed")
 )
 
