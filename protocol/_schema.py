@@ -585,33 +585,21 @@ def _compile_dataclass(cls: type, open_fields: bool) -> Compiled:
     # (a closed map; issuperset reads the map's keys as the loop in check does), then the extra checks. A
     # field's string, number or boolean of the exact type is tested here (its Compiled.inline: the same
     # answer as its valid, without the call); any other value goes to its valid.
-    required_checks = tuple(
-        (name, compiled.valid, *compiled.inline) for name, compiled, required in fields if required
-    )
-    optional_checks = tuple(
-        (name, compiled.valid, *compiled.inline) for name, compiled, required in fields if not required
+    checks = tuple(  # the required fields first, then the optional ones (stable sort: each in field order)
+        (name, compiled.valid, *compiled.inline, required)
+        for name, compiled, required in sorted(fields, key=lambda f: not f[2])
     )
     closed = not open_fields
 
     def valid(value: Any) -> bool:  # generated_valid writes the same steps out as straight-line code
         if not isinstance(value, dict):
             return False
-        for name, field_valid, kind, lo, hi in required_checks:
+        for name, field_valid, kind, lo, hi, required in checks:
             entry = value.get(name, _ABSENT)
-            if entry is _ABSENT:
-                return False
-            if kind == INLINE_STR and type(entry) is str:
-                if not lo <= len(entry) <= hi:
+            if entry is _ABSENT or (entry is None and not required):
+                if required:
                     return False
-            elif kind == INLINE_INT and type(entry) is int:
-                if not lo <= entry <= hi:
-                    return False
-            elif (kind != INLINE_BOOL or type(entry) is not bool) and not field_valid(entry):
-                return False
-        for name, field_valid, kind, lo, hi in optional_checks:
-            entry = value.get(name)
-            if entry is None:  # absent or nil
-                continue
+                continue  # an optional field absent or nil: valid
             if kind == INLINE_STR and type(entry) is str:
                 if not lo <= len(entry) <= hi:
                     return False
