@@ -30,6 +30,18 @@ def _resp(model: str, prompt: int, completion: int) -> ChatResponse:
     )
 
 
+def _answer(provider: str, model: str, prompt: int, completion: int) -> ChatResponse:
+    """A model's plain answer from ``provider``/``model`` with that usage."""
+    return ChatResponse(
+        content="x",
+        tool_calls=[],
+        usage=Usage(prompt_tokens=prompt, completion_tokens=completion),
+        finish_reason="stop",
+        provider=provider,
+        model=model,
+    )
+
+
 def test_usage_recorder_adds_totals_and_records_priced_calls() -> None:
     """Each answer adds to the agent's totals; a priced model gets a cost; the record names model, tokens."""
     agent = SimpleNamespace(agent_id="a-1", session="s", llm_usage={})
@@ -108,14 +120,7 @@ def test_usage_recorder_counts_into_each_answers_own_pair_over_mixed_pairs() -> 
     for i in range(600):
         provider, model = pairs[rng.randrange(4)] if i % 3 else rng.choice(pairs)
         prompt, completion = rng.randrange(0, 50), rng.randrange(0, 50)
-        resp = ChatResponse(
-            content="x",
-            tool_calls=[],
-            usage=Usage(prompt_tokens=prompt, completion_tokens=completion),
-            finish_reason="stop",
-            provider=provider,
-            model=model,
-        )
+        resp = _answer(provider, model, prompt, completion)
         record(resp, 2.0)
         theirs.llm_answer(theirs.llm_entry(str(provider), str(model)), prompt, completion, 0.002, {}, None)
         totals["llm_calls"] += 1
@@ -181,14 +186,7 @@ def test_usage_recorder_one_lock_hold_counts_what_the_three_locks_counted() -> N
         seconds = rng.choice(
             (rng.choice(LATENCY_BUCKETS), rng.uniform(0, 0.01), rng.uniform(0, 40), 0.0, 1e-9)
         )
-        resp = ChatResponse(
-            content="x",
-            tool_calls=[],
-            usage=Usage(prompt_tokens=prompt, completion_tokens=completion),
-            finish_reason="stop",
-            provider=provider,
-            model=model,
-        )
+        resp = _answer(provider, model, prompt, completion)
         record(resp, seconds * 1000)
         _old_path(stats, entry_of, totals, (provider, model, prompt, completion, seconds * 1000 / 1000))
     assert agent.llm_usage == totals
@@ -218,14 +216,7 @@ def test_usage_recorder_counts_exactly_under_threads_with_readers() -> None:
     agents = [SimpleNamespace(agent_id=f"a-{i}", session="s", llm_usage={}) for i in range(2)]
     recorders = [usage_recorder(a, None, stats) for a in agents]  # type: ignore[arg-type]
     per_thread, seconds = 3000, 2.0**-10
-    resp = ChatResponse(
-        content="x",
-        tool_calls=[],
-        usage=Usage(prompt_tokens=3, completion_tokens=5),
-        finish_reason="stop",
-        provider="openai",
-        model="gpt-4o",
-    )
+    resp = _answer("openai", "gpt-4o", 3, 5)
     done = threading.Event()
     problems: list[str] = []
 

@@ -34,7 +34,7 @@ from openfang.workers.sandbox._wasmtime import (
     write_global,
 )
 from openfang.workers.sandbox.builtin_guests import LLM_AGENT_WAT
-from openfang.workers.sandbox.instance import DoneJob, Job, Sandbox
+from openfang.workers.sandbox.instance import DoneJob, Job, Outcome, Sandbox
 
 
 @pytest.fixture
@@ -101,6 +101,19 @@ class ToolServices(SeenServices):
         ]
         value = abi.tool_messages(results)
         return DoneJob(len(value), value)
+
+
+def _until_its_deadline(sandbox: Sandbox) -> tuple[Outcome, int]:
+    """Run ``sandbox``'s looping call slice by slice (no slice may end it) until its clock ends it; the
+    outcome and the slices run."""
+    polls = 0
+    while True:
+        outcome = sandbox.refresh(time.monotonic())
+        if outcome is not None:
+            return outcome, polls
+        if sandbox.runnable():
+            assert sandbox.run_slice() is None
+            polls += 1
 
 
 def test_callpath_result_area_gives_the_replies_host_result_gives(
@@ -409,14 +422,8 @@ def test_callpath_time_burning_guest_yields_at_every_tick_through_the_sandbox(
     sandbox = Sandbox(manifest, runtime, agent_id="burn-1", services=SeenServices())
     sandbox.load()
     sandbox.begin_message(b"{}")
-    polls, t0 = 0, time.monotonic()
-    while True:
-        outcome = sandbox.refresh(time.monotonic())
-        if outcome is not None:
-            break
-        if sandbox.runnable():
-            assert sandbox.run_slice() is None
-            polls += 1
+    t0 = time.monotonic()
+    outcome, polls = _until_its_deadline(sandbox)
     assert outcome.limit == "deadline" and not outcome.ok
     assert polls >= 5 and time.monotonic() - t0 < 5
     sandbox.close()
@@ -590,14 +597,8 @@ def test_callpath_host_call_answered_at_once_then_a_time_burning_guest_meets_its
     sandbox = Sandbox(manifest, runtime, agent_id="burn-1", services=services)
     sandbox.load()
     sandbox.begin_message(b"{}")
-    polls, t0 = 0, time.monotonic()
-    while True:
-        outcome = sandbox.refresh(time.monotonic())
-        if outcome is not None:
-            break
-        if sandbox.runnable():
-            assert sandbox.run_slice() is None
-            polls += 1
+    t0 = time.monotonic()
+    outcome, polls = _until_its_deadline(sandbox)
     assert outcome.limit == "deadline" and not outcome.ok and outcome.crashed
     assert polls >= 5 and time.monotonic() - t0 < 5 and sandbox.counters["llm_calls"] == 1
     assert runtime._pending == {}
