@@ -945,16 +945,14 @@ class Gateway:
                 batch = batches[item[0]] = []
             batch.append(item)
         for routing_id, items in batches.items():
-            self._send_worker_batch(routing_id, [item[1] for item in items], items)
+            self._send_worker_batch(routing_id, items)
 
-    def _send_worker_batch(
-        self, routing_id: bytes, payloads: list[bytes], items: list[tuple[bytes, bytes, str, _OnFail]]
-    ) -> None:
+    def _send_worker_batch(self, routing_id: bytes, items: list[tuple[bytes, bytes, str, _OnFail]]) -> None:
         """Send one worker its queued requests as one message; if it cannot be sent, each is failed as it
         would have been at once (its waiting entry dropped, ``on_fail`` told why)."""
         try:
             peer = f"worker {routing_id.decode(errors='replace')}"
-            send_nowait(self.worker_sock, [routing_id, pack(payloads)], peer=peer)
+            send_nowait(self.worker_sock, [routing_id, pack([item[1] for item in items])], peer=peer)
         except OpenFangError as exc:
             for _routing_id, _payload, key, on_fail in items:
                 waiting = self.waiting.pop(key, None)

@@ -132,8 +132,7 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.child.fileno(), zmq.POLLIN)
-        wakeup = self.host.wakeup_fd()
-        poller.register(wakeup, zmq.POLLIN)
+        poller.register(self.host.wakeup_fd(), zmq.POLLIN)
         self._hello()
         self._flush()  # before ready: the gateway knows this worker by the time the tree reports READY
         self.child.ready(cpu=self.cpu, agents=0)
@@ -379,22 +378,19 @@ class Worker:
         self.zctx.term()
 
 
-def _open_memory(notes: list[tuple[str, dict[str, Any]]] | None = None) -> MemoryAPI | None:
+def _open_memory(notes: list[tuple[str, dict[str, Any]]]) -> MemoryAPI | None:
     """This cluster's memory (writer endpoint + a WAL reader), if it has a memory writer.
 
     The writer is started before the workers (it comes first in the tree), so its database exists and is
     migrated by the time a worker starts; no database means no memory child is configured (a fact added to
-    ``notes`` for the caller to log, or logged here without them).
+    ``notes``, which the worker logs after its ready).
     """
     try:
         endpoint, db_path = locations()
     except OpenFangError:
         return None
     if not Path(db_path).exists():
-        if notes is None:
-            log.info("memory_not_configured", db=db_path)
-        else:
-            notes.append(("memory_not_configured", {"db": db_path}))
+        notes.append(("memory_not_configured", {"db": db_path}))
         return None
     from openfang.memory.api import MemoryAPI
 

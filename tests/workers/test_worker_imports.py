@@ -29,7 +29,7 @@ def _modules_after(code: str, data_dir: Path) -> dict[str, list[str]]:
 
 def test_worker_without_memory_writer_never_loads_the_memory_client(tmp_path: Path) -> None:
     """No memory database (no memory child): the worker module and its memory check load no memory client."""
-    seen = _modules_after("assert w._open_memory() is None", tmp_path)
+    seen = _modules_after("assert w._open_memory([]) is None", tmp_path)
     assert seen == {"before": [], "after": []}
 
 
@@ -38,7 +38,7 @@ def test_worker_with_a_memory_database_opens_its_memory(tmp_path: Path) -> None:
     from openfang.memory import schema
 
     schema.migrate(str(tmp_path / "memory.db"))
-    seen = _modules_after("api = w._open_memory()\nassert api is not None\napi.close()", tmp_path)
+    seen = _modules_after("api = w._open_memory([])\nassert api is not None\napi.close()", tmp_path)
     assert seen["before"] == []
     assert {"openfang.memory.api", "openfang.memory.client", "openfang.memory.reader"} <= set(seen["after"])
 
