@@ -181,8 +181,7 @@ def _helper(config: SecurityConfig, sock: _socket.socket) -> None:  # pragma: no
     # hashing (cold6: with others' load on the machine, gateway fork -> workers' fork 106 -> 86 ms median).
     with contextlib.suppress(OSError):
         os.nice(HELPER_NICE)
-    # security.integrity's own walk, not control.guard's integrity_monitor (the same baseline): the helper
-    # does not import the gateway's guard (~2.5 ms of its CPU) for it.
+    # security.integrity's walk: the helper does not import the gateway's guard (~2.5 ms of its CPU).
     monitor = baseline_monitor(config.integrity, None)
     sock.sendall(msgpack.packb(monitor.baseline(), use_bin_type=True))
     sock.shutdown(_socket.SHUT_WR)

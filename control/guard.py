@@ -23,19 +23,13 @@ import zmq
 
 from openfang.protocol.envelope import Envelope, decode
 from openfang.protocol.messages import REQUEST_TYPES, body_schema, requests_in
-from openfang.security.audit import AuditLog
 from openfang.security.config import SecurityConfig, open_audit
-from openfang.security.integrity import IntegrityMonitor, Violation, baseline_monitor, import_root_packages
+from openfang.security.integrity import Violation
 from openfang.security.ratelimit import RateLimiter
 from openfang.security.refusals import RefusalAudit
 from openfang.security.report import security_report
 from openfang.security.signing import Verifier, keyring_from_files
 from openfang.security.validation import MessageValidator, within
-
-
-def openfang_packages() -> tuple[str, ...]:
-    """The import root and each of its subpackages (``security.integrity.import_root_packages``)."""
-    return import_root_packages()
 
 
 class _NoAudit:
@@ -176,17 +170,9 @@ class Guard:
             self.audit.close()
 
 
-def integrity_monitor(config: SecurityConfig, audit: AuditLog | None) -> IntegrityMonitor | None:
-    """Layer 14: a baseline of the daemon's own package files (and configured files), re-checked later."""
-    if not config.integrity.enabled:
-        return None
-    return baseline_monitor(config.integrity, audit)
-
-
 __all__ = [
     "Guard",
     "Violation",
-    "integrity_monitor",
     "open_audit",
     "peer_identity",
     "receive_client",

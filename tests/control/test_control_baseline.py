@@ -11,8 +11,8 @@ import msgpack
 import pytest
 
 from openfang.control.baseline import HELPER_NICE, BaselineHelper
-from openfang.control.guard import integrity_monitor
 from openfang.security.config import SecurityConfig, parse_security
+from openfang.security.integrity import baseline_monitor
 
 
 def _config(tmp_path: Path, **integrity: object) -> SecurityConfig:
@@ -31,7 +31,7 @@ def _reaped(pid: int) -> bool:
 
 
 def test_baseline_helper_takes_the_baseline_the_root_would_take(tmp_path: Path) -> None:
-    """The helper's baseline of the package files is the one integrity_monitor takes in-process, and the
+    """The helper's baseline of the package files is the one baseline_monitor takes in-process, and the
     helper is reaped by close()."""
     config = _config(tmp_path)
     helper = BaselineHelper.start(config)
@@ -39,7 +39,7 @@ def test_baseline_helper_takes_the_baseline_the_root_would_take(tmp_path: Path) 
     pid = helper.pid
     monitor = helper.monitor(None)
     helper.close()
-    here = integrity_monitor(config, None)
+    here = baseline_monitor(config.integrity, None)
     assert monitor is not None and here is not None
     assert monitor.baseline() == here.baseline() and monitor.watched > 100
     assert _reaped(pid)
@@ -63,8 +63,7 @@ def test_baseline_helper_without_an_answer_takes_it_here(tmp_path: Path) -> None
     watched = tmp_path / "f"
     watched.write_text("x")
     config = _config(tmp_path, packages=[], files=[str(watched)])
-    here = integrity_monitor(config, None)
-    assert here is not None
+    here = baseline_monitor(config.integrity, None)
     for answer in (b"", b"\x92\x01", b"\x81\xa1a\x92\xa3bad\x01"):
         ours, theirs = socket.socketpair()
         pid = os.fork()
@@ -80,7 +79,7 @@ def test_baseline_helper_without_an_answer_takes_it_here(tmp_path: Path) -> None
 
 
 def test_baseline_helper_missing_file_fails_as_in_the_root(tmp_path: Path) -> None:
-    """A configured file that does not exist fails monitor() as integrity_monitor fails (the daemon then
+    """A configured file that does not exist fails monitor() as baseline_monitor fails (the daemon then
     stops its tree: a failed start)."""
     helper = BaselineHelper.start(_config(tmp_path, packages=[], files=[str(tmp_path / "missing")]))
     assert helper is not None
@@ -117,8 +116,7 @@ def test_baseline_helper_poll_reads_the_answer_without_waiting(tmp_path: Path) -
     watched = tmp_path / "f"
     watched.write_text("x")
     config = _config(tmp_path, packages=[], files=[str(watched)])
-    here = integrity_monitor(config, None)
-    assert here is not None
+    here = baseline_monitor(config.integrity, None)
     answer = msgpack.packb(here.baseline(), use_bin_type=True)
     ours, theirs = socket.socketpair()
     go_r, go_w = os.pipe()
@@ -157,8 +155,7 @@ def test_baseline_helper_poll_of_a_dead_helper_leaves_it_to_the_root(tmp_path: P
     watched = tmp_path / "f"
     watched.write_text("x")
     config = _config(tmp_path, packages=[], files=[str(watched)])
-    here = integrity_monitor(config, None)
-    assert here is not None
+    here = baseline_monitor(config.integrity, None)
     ours, theirs = socket.socketpair()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the stand-in helper: dies half-way

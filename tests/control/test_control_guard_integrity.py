@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from openfang.control.guard import integrity_monitor, openfang_packages
 from openfang.security.config import SecurityConfig, parse_security
+from openfang.security.integrity import baseline_monitor, import_root_packages
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_openfang_packages_names_every_subpackage_folder() -> None:
+def test_import_root_packages_names_every_subpackage_folder() -> None:
     """Each subpackage beside the root package (control, workers, ...) is in the integrity walk."""
-    assert set(openfang_packages()) >= {
+    assert set(import_root_packages()) >= {
         "openfang",
         "openfang.cli",
         "openfang.control",
@@ -29,8 +29,7 @@ def test_integrity_baseline_includes_gateway_and_worker_files(tmp_path: Path) ->
     config: SecurityConfig = parse_security(
         {"integrity": {"enabled": True}}, "cluster.toml", data_dir=tmp_path, base_dir=tmp_path
     )
-    monitor = integrity_monitor(config, None)
-    assert monitor is not None
+    monitor = baseline_monitor(config.integrity, None)
     watched = {Path(p).resolve() for p in monitor.files()}
     for rel in ("control/gateway.py", "workers/worker.py", "protocol/messages.py", "openfang/logs.py"):
         assert (ROOT / rel).resolve() in watched, f"{rel} is not in the integrity baseline"
