@@ -23,7 +23,7 @@ from openfang.workers.host.agents import AgentTraffic
 from openfang.workers.host.memory import HostMemory
 from openfang.workers.host.record import HostedAgent
 from openfang.workers.host.security import HostSecurity
-from openfang.workers.host.stats import HostStats, llm_error_kind
+from openfang.workers.host.stats import HostStats, count_answer_totals, llm_error_kind
 from openfang.workers.llm.presets import cost_usd, price_for
 from openfang.workers.sandbox import guest_abi as abi
 from openfang.workers.sandbox.instance import DoneJob, Job, Sandbox
@@ -328,11 +328,7 @@ def usage_recorder(
             stats.llm_answer(seen[3], prompt, completion, duration_ms / 1000, totals, cost)
         else:
             with _TOTALS_LOCK:  # LLM jobs of one agent may finish on different threads
-                totals["llm_calls"] = totals.get("llm_calls", 0) + 1
-                totals["prompt_tokens"] = totals.get("prompt_tokens", 0) + prompt
-                totals["completion_tokens"] = totals.get("completion_tokens", 0) + completion
-                if cost is not None:
-                    totals["cost_usd"] = round(totals.get("cost_usd", 0) + cost, 8)
+                count_answer_totals(totals, prompt, completion, cost)
         if memory is None or prompt + completion == 0:  # the provider did not report usage
             return
         from openfang.memory.procedural import USAGE_TOOL  # only with memory: not in a memoryless start

@@ -58,6 +58,16 @@ class _LLM:
     seconds: Histogram = field(default_factory=Histogram)
 
 
+def count_answer_totals(totals: dict[str, Any], prompt: int, completion: int, cost: float | None) -> None:
+    """Count one model answer into an agent's running totals (``llm_usage``: llm_calls, prompt_tokens,
+    completion_tokens, and cost_usd when priced). The caller holds the lock that guards ``totals``."""
+    totals["llm_calls"] = totals.get("llm_calls", 0) + 1
+    totals["prompt_tokens"] = totals.get("prompt_tokens", 0) + prompt
+    totals["completion_tokens"] = totals.get("completion_tokens", 0) + completion
+    if cost is not None:
+        totals["cost_usd"] = round(totals.get("cost_usd", 0) + cost, 8)
+
+
 class HostStats:
     """The figures of one worker; every method is safe from any thread."""
 
@@ -120,11 +130,7 @@ class HostStats:
                 entry.completion_tokens += completion
             histogram.per_bucket[index] += 1
             histogram.total += seconds
-            totals["llm_calls"] = totals.get("llm_calls", 0) + 1
-            totals["prompt_tokens"] = totals.get("prompt_tokens", 0) + prompt
-            totals["completion_tokens"] = totals.get("completion_tokens", 0) + completion
-            if cost is not None:
-                totals["cost_usd"] = round(totals.get("cost_usd", 0) + cost, 8)
+            count_answer_totals(totals, prompt, completion, cost)
 
     def llm_failed(self, provider: str, model: str, kind: str, seconds: float | None = None) -> None:
         entry = self._pair(provider, model)
