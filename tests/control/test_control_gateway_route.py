@@ -70,7 +70,9 @@ def test_gateway_route_refuses_busy_past_the_queue_limit_on_every_path(tmp_path:
             assert got[rid].type == "error" and got[rid].body["code"] == "busy", got[rid]
             assert got[rid].body["message"] == "2 requests in flight, the limit is 2; retry later"
         assert got["r6"].type == "ping.ok"
-        sent = from_gateway(worker)  # one batch: the first two only
+        sent = from_gateway(worker)  # the first two only (one batch, or two if they came in two drains)
+        if len(sent) == 1:
+            sent += from_gateway(worker)
         assert [env.body["text"] for env in sent] == ["one", "two"]
         assert not worker.poll(50)
     finally:
