@@ -4,8 +4,11 @@ its loop turns by hand."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sqlite3
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +107,24 @@ class SyncedDoor:
         self.worker.close(0)
         self.client.close(0)
         self.gw.close()
+
+
+@contextlib.contextmanager
+def looped_gateway(
+    tmp: Path,
+) -> Iterator[tuple[Gateway, zmq.Poller, zmq.Socket[bytes], zmq.Socket[bytes]]]:
+    """A gateway whose loop ``turn`` runs (its uplink one end of a socket pair, as a child's), its poller, a
+    client DEALER ``client`` and worker ``w-0``'s DEALER (no hello sent); all closed at the end."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    gw = in_process_gateway(tmp, uplink=ours)
+    client = dealer(gw, gw.control.endpoint, b"client")
+    worker = dealer(gw, gw.control.workers, b"w-0")
+    time.sleep(0.05)  # the connections are made
+    try:
+        yield gw, gw.poller(), client, worker
+    finally:
+        worker.close(0)
+        client.close(0)
+        gw.close()
+        ours.close()
+        theirs.close()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from control_gateway_kit import SyncedDoor, dealer, in_process_gateway, one_from_gateway
+from control_gateway_kit import SyncedDoor, dealer, in_process_gateway, looped_gateway, one_from_gateway
 
 from openfang.control.gateway import WARM_SCHEMAS
 from openfang.control.guard import receive_client
@@ -173,25 +173,15 @@ def test_a_spawn_in_the_same_turn_as_the_first_workers_hello_is_placed_on_it(
     """A spawn that reaches the gateway together with the first worker's hello (just after READY) is sent to
     that worker, not answered restarting: a loop turn reads the workers before the clients."""
     monkeypatch.setenv("OPENFANG_DATA_DIR", str(tmp_path))
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    gw = in_process_gateway(tmp_path, uplink=ours)
-    worker = dealer(gw, gw.control.workers, b"w-0")
-    client = dealer(gw, gw.control.endpoint, b"client")
-    try:
+    with looped_gateway(tmp_path) as (gw, poller, client, worker):
         hello = {"worker": "w-0", "pid": 4242, "cpu": 0, "agents": 0, "agent_ids": []}
         worker.send(pack([encode(Envelope(type="worker.hello", body=hello))]))
         client.send(encode(Envelope(type="agent.spawn", body={"manifest": MANIFEST})))
         assert gw.worker_sock.poll(5000) and gw.clients.poll(5000), "both messages wait for the same turn"
-        gw.turn(gw.poller(), timeout_ms=0)
+        gw.turn(poller, timeout_ms=0)
         assert not client.poll(100), "the spawn is not refused"
         assert worker.poll(5000), "the spawn was sent to the worker"
         assert one_from_gateway(worker).type == "agent.spawn"
-    finally:
-        worker.close(0)
-        client.close(0)
-        gw.close()
-        ours.close()
-        theirs.close()
 
 
 def test_gateway_warm_up_compiles_the_first_spawn_schemas_after_what_waits(

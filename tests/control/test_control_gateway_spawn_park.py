@@ -4,14 +4,13 @@ is answered ``restarting`` as before; at most PARK_MAX wait at once."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zmq
-from control_gateway_kit import dealer, in_process_gateway, one_from_gateway
+from control_gateway_kit import looped_gateway, one_from_gateway
 
 from openfang.control import gateway as gateway_module
 from openfang.control.gateway import Gateway
@@ -24,20 +23,8 @@ MANIFEST = '[agent]\nname = "parked"\nmodule = "builtin:echo"\n'
 @pytest.fixture
 def looped(tmp_path: Path) -> Iterator[tuple[Gateway, zmq.Poller, zmq.Socket[bytes], zmq.Socket[bytes]]]:
     """A gateway whose ``turn`` runs, a client DEALER and worker ``w-0``'s DEALER (no hello sent yet)."""
-    ours, theirs = socket.socketpair()
-    gw = in_process_gateway(tmp_path, uplink=theirs)
-    client = dealer(gw, gw.control.endpoint, b"client")
-    worker = dealer(gw, gw.control.workers, b"w-0")
-    poller = gw.poller()
-    time.sleep(0.05)  # the connections are made
-    try:
-        yield gw, poller, client, worker
-    finally:
-        worker.close(0)
-        client.close(0)
-        gw.close()
-        ours.close()
-        theirs.close()
+    with looped_gateway(tmp_path) as parts:
+        yield parts
 
 
 def _spawn(client: zmq.Socket[bytes], request_id: str) -> None:

@@ -4,14 +4,13 @@ _expire, _commit and _flush must never skip work)."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zmq
-from control_gateway_kit import dealer, in_process_gateway
+from control_gateway_kit import dealer, looped_gateway
 
 from openfang.control.gateway import Gateway, _Waiting
 from openfang.protocol import _examples
@@ -22,18 +21,8 @@ from openfang.protocol.linkframe import pack
 @pytest.fixture
 def looped(tmp_path: Path) -> Iterator[tuple[Gateway, zmq.Poller, zmq.Socket[bytes]]]:
     """A gateway whose ``turn`` can run (an uplink pair), and a client DEALER named ``client``."""
-    ours, theirs = socket.socketpair()
-    gw = in_process_gateway(tmp_path, uplink=theirs)
-    client = dealer(gw, gw.control.endpoint, b"client")
-    poller = gw.poller()
-    time.sleep(0.05)  # the client's connection is made
-    try:
+    with looped_gateway(tmp_path) as (gw, poller, client, _worker):
         yield gw, poller, client
-    finally:
-        client.close(0)
-        gw.close()
-        ours.close()
-        theirs.close()
 
 
 def _reply(client: zmq.Socket[bytes]) -> Envelope:
