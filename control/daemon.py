@@ -27,7 +27,7 @@ from openfang.control.notify import Notifier
 from openfang.logs import configure_logging
 from openfang.protocol.errors import ConfigError, OpenFangError, Problem, SupervisorError
 from openfang.security.audit import AuditLog
-from openfang.security.config import audit_key, open_audit
+from openfang.security.config import audit_key, open_audit, prepare_version_state
 from openfang.security.integrity import IntegrityMonitor
 from openfang.supervisor._proc import set_title
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED
@@ -161,12 +161,12 @@ class Daemon:
         return self.exit_code
 
     def _before_ready(self, *, in_loop: bool = False) -> None:
-        """The root's own checks before READY (its handle on the audit log, layer 14's baseline), run once:
-        the first time the root waits, idle, for a child started after the gateway (queued by the gateway's
-        start, whose ready means the log's file is made; a worker's start is ~7 ms of the root waiting) or,
-        failing that, after the tree has started. The baseline is taken then only if the helper's answer is
-        all in (and the helper reaped there, ``in_loop``). A problem is kept and fails the start once the tree
-        has started, before READY."""
+        """The root's own checks before READY (its handle on the audit log, layer 16's state file, layer 14's
+        baseline), run once: the first time the root waits, idle, for a child started after the gateway
+        (queued by the gateway's start, whose ready means the log's file is made; a worker's start is ~7 ms
+        of the root waiting) or, failing that, after the tree has started. The baseline is taken then only if
+        the helper's answer is all in (and the helper reaped there, ``in_loop``). A problem is kept and fails
+        the start once the tree has started, before READY."""
         if self._prepared:
             return
         self._prepared = True
@@ -175,6 +175,9 @@ class Daemon:
         except ConfigError as exc:  # the log cannot be opened: as a failed start
             self._start_problem = ("audit_open_failed", exc)
             return
+        # Layer 16's state file, made here while the first worker starts: that worker only opens it (in a
+        # fresh data dir its making, two fsyncs, was on the cold start's path, in the worker's warm-up).
+        prepare_version_state(self.config.security)
         self._take_baseline(wait=False, reap=in_loop)
 
     def _before_ready_soon(self) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,6 +52,7 @@ from openfang.security.injection import ACTIONS, Action, InjectionConfig
 from openfang.security.ratelimit import Limit, RateLimitConfig
 from openfang.security.redact import RedactConfig
 from openfang.security.refusals import RefusalAuditConfig
+from openfang.security.rollback import create_state
 from openfang.security.signing import ED25519_ALG, HMAC_ALG, SigningConfig
 from openfang.security.validation import ValidationLimits
 
@@ -498,6 +500,21 @@ def open_audit(config: SecurityConfig) -> AuditLog | None:
     if "{data_dir}" in config.audit.path:
         return None
     return AuditLog(config.audit.path, key=audit_key(config))
+
+
+def prepare_version_state(config: SecurityConfig) -> bool:
+    """Make layer 16's state file ahead of the workers (the daemon, while its first worker starts: that
+    worker then only opens it); True when made here. A no-op when layer 16 is off, its path still holds
+    ``{data_dir}`` or the file exists. A file that cannot be made is left to the workers, whose open
+    reports the problem (naming the file) at every spawn, as it always did."""
+    state = config.rollback.state
+    if not config.rollback.enabled or "{data_dir}" in state:
+        return False
+    try:
+        Path(state).parent.mkdir(parents=True, exist_ok=True)
+        return create_state(state)
+    except (OSError, sqlite3.Error):
+        return False
 
 
 def audit_key(config: SecurityConfig) -> bytes | None:

@@ -76,23 +76,25 @@ _CREATE_TABLE = (
 )
 
 
+def create_state(path: str | os.PathLike[str]) -> bool:
+    """Make the absent version state file at ``path``, complete or not at all (``dbfile.create``: two
+    fsyncs); True when this call made it. The daemon makes it while its first worker starts (control
+    daemon's ``_before_ready``), so that worker only opens it; the first :class:`VersionStore` makes it
+    otherwise. Raises sqlite3.Error or OSError when it cannot be made."""
+    return dbfile.create(path, f"BEGIN IMMEDIATE;{_CREATE_TABLE};COMMIT;")
+
+
 class VersionStore:
     """Highest accepted version per name, persisted in SQLite (safe across processes)."""
 
-    def __init__(
-        self, path: str | os.PathLike[str], *, audit: AuditSink | None = None, any_thread: bool = False
-    ) -> None:
-        """``any_thread``: the store may be made on one thread and used on another (one at a time: the
-        caller hands it over, as a worker does that opens it behind its loop)."""
+    def __init__(self, path: str | os.PathLike[str], *, audit: AuditSink | None = None) -> None:
         self.path = Path(path)
         self._audit = audit
         try:
             # A fresh file (the first worker of a fresh data dir, before it is ready): made complete or not at
             # all, in two fsyncs instead of seven (dbfile); another worker's meanwhile is used as it is.
-            dbfile.create(self.path, f"BEGIN IMMEDIATE;{_CREATE_TABLE};COMMIT;")
-            self._conn = sqlite3.connect(
-                str(self.path), timeout=OPEN_TIMEOUT_S, isolation_level=None, check_same_thread=not any_thread
-            )
+            create_state(self.path)
+            self._conn = sqlite3.connect(str(self.path), timeout=OPEN_TIMEOUT_S, isolation_level=None)
             _while_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"))
             _while_locked(lambda: self._conn.execute(_CREATE_TABLE))
         except (sqlite3.Error, OSError) as exc:
@@ -176,17 +178,31 @@ class VersionStore:
         self._seen[name] = (v, str(version), digest)  # our own commit leaves data_version as it was
         self._committed = True
 
-    def warm_up(self) -> None:
-        """Pay this connection's first commit's extra fsyncs now, with no spawn waiting on them.
+    def warm_up(self, *, wait: bool = True) -> bool:
+        """Pay this connection's first commit's extra fsyncs now, with no spawn waiting on them; True once
+        this connection has committed.
 
         The first commit to a new ``-wal`` file syncs its header, its directory entry and the commit: three
         fsyncs where later commits have one (``dbfile``). A worker calls this in its warm-up (a cold start's
         first spawn then waits for one fsync in :meth:`accept`). It rewrites the file's ``user_version``
-        with its own value: no row changes. A no-op once this connection has committed."""
+        with its own value: no row changes. A no-op once this connection has committed. ``wait=False``: when
+        another connection holds the write lock, give up at once (False) instead of waiting for it (a loop
+        that must not wait: the first accept pays the fsyncs then)."""
         if self._committed:
-            return
+            return True
         conn = self._conn
-        _while_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+        if wait:
+            _while_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
+        else:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                return False
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(OPEN_TIMEOUT_S * 1000)}")
         try:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             conn.execute(f"PRAGMA user_version = {version}")
@@ -195,6 +211,7 @@ class VersionStore:
             conn.execute("ROLLBACK")
             raise
         self._committed = True
+        return True
 
     def close(self) -> None:
         self._conn.close()

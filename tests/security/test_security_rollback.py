@@ -149,16 +149,46 @@ def test_rollback_warm_up_makes_the_log_and_changes_no_row(tmp_path: Path) -> No
         assert vs.current("calc") == ((1, 1), "1.1", "d2")
 
 
-def test_rollback_store_made_for_any_thread_is_used_from_another(tmp_path: Path) -> None:
-    """A store opened with any_thread=True on one thread checks and accepts on another (handed over)."""
-    import threading
+def test_rollback_store_warm_up_without_waiting_gives_way_to_a_held_write_lock(tmp_path: Path) -> None:
+    """warm_up(wait=False) returns False at once while another connection holds the write lock (nothing
+    written, the store still usable), and commits once the lock is free."""
+    import sqlite3
+    import time
 
-    made: list[VersionStore] = []
-    thread = threading.Thread(target=lambda: made.append(VersionStore(tmp_path / "v.db", any_thread=True)))
-    thread.start()
-    thread.join()
-    (vs,) = made
+    path = tmp_path / "v.db"
+    vs = VersionStore(path)
+    holder = sqlite3.connect(str(path), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    assert vs.warm_up(wait=False) is False
+    assert time.monotonic() - started < 1.0 and not vs._committed
+    holder.execute("COMMIT")
+    holder.close()
+    assert vs.warm_up(wait=False) is True and vs._committed
     vs.accept("calc", 2, "d2")
     with pytest.raises(Denied):
         vs.check("calc", 1, "d1")
     vs.close()
+
+
+def test_version_state_prepared_ahead_is_complete_and_made_once(tmp_path: Path) -> None:
+    """The daemon's prepare_version_state makes the file in WAL mode with its table (a store then opens it
+    as it is); a second call, a disabled layer 16 or an unusable path makes nothing and raises nothing."""
+    import sqlite3
+
+    from openfang.security.config import prepare_version_state, security_from_args
+
+    config = security_from_args(None, data_dir=str(tmp_path))
+    assert prepare_version_state(config) is True
+    path = tmp_path / "versions.db"
+    db = sqlite3.connect(str(path))
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT count(*) FROM versions").fetchone()[0] == 0
+    db.close()
+    assert prepare_version_state(config) is False
+    with VersionStore(path) as vs:
+        vs.accept("calc", 1, "d1")
+    off = security_from_args({"table": {"rollback": {"enabled": False}}}, data_dir=str(tmp_path / "off"))
+    assert prepare_version_state(off) is False and not (tmp_path / "off" / "versions.db").exists()
+    (tmp_path / "dir" / "versions.db").mkdir(parents=True)
+    assert prepare_version_state(security_from_args(None, data_dir=str(tmp_path / "dir"))) is False

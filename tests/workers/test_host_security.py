@@ -215,18 +215,17 @@ def test_host_security_unusable_version_state_refuses_every_spawn(tmp_path: Path
     sec.close()
 
 
-def test_host_security_version_state_opened_behind_is_handed_to_the_loop(tmp_path: Path) -> None:
-    """The state opened on a thread (with its log made by a first commit) is the one the loop then uses: it
-    checks and records versions from the loop's thread, and a second open behind is a no-op."""
+def test_host_security_version_state_warmed_up_is_the_one_the_loop_uses(tmp_path: Path) -> None:
+    """The two warm-up steps open the state (making the file) and pay its log's first commit; the loop's
+    checks and accepts then use that store."""
     sec = HostSecurity(security_from_args(None, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
-    sec.open_versions_behind()
-    opening = sec._opening
-    assert opening is not None
-    sec.open_versions_behind()
-    assert sec._opening is opening
-    store = sec.versions
-    assert store is not None and not opening.is_alive() and sec._opening is None
-    assert (tmp_path / "versions.db-wal").exists() and store._committed
+    steps = sec.warm_up_versions()
+    assert len(steps) == 2 and sec._versions is None
+    for step in steps:
+        step()
+    store = sec._versions
+    assert store is not None and store._committed
+    assert (tmp_path / "versions.db").exists() and (tmp_path / "versions.db-wal").exists()
     manifest = load_manifest(ECHO + "version = 3\n")
     assert sec.check_version(manifest, "d3") is False
     sec.accept_version(manifest, "d3")
@@ -234,12 +233,13 @@ def test_host_security_version_state_opened_behind_is_handed_to_the_loop(tmp_pat
     sec.close()
 
 
-def test_host_security_version_state_not_opened_behind_still_refuses_every_spawn(tmp_path: Path) -> None:
-    """When the thread cannot open the state (its path is a directory), the loop's first use opens it
-    itself and raises the same error naming the file, at every spawn."""
+def test_host_security_version_state_the_warm_up_cannot_open_still_refuses_spawns(tmp_path: Path) -> None:
+    """When the warm-up cannot open the state (its path is a directory) its steps only log; each spawn's
+    check then opens it itself and raises the error naming the file."""
     (tmp_path / "versions.db").mkdir()
     sec = HostSecurity(security_from_args(None, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
-    sec.open_versions_behind()
+    for step in sec.warm_up_versions():
+        step()
     manifest = load_manifest(ECHO)
     for _ in range(2):
         with pytest.raises(ConfigError, match=r"versions\.db"):
@@ -247,36 +247,41 @@ def test_host_security_version_state_not_opened_behind_still_refuses_every_spawn
     sec.close()
 
 
-def test_host_security_close_waits_for_the_version_state_opened_behind(tmp_path: Path) -> None:
-    """Closing while the state is being opened behind waits for the thread and closes what it opened."""
-    sec = HostSecurity(security_from_args(None, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
-    sec.open_versions_behind()
-    opening = sec._opening
-    sec.close()
-    assert opening is not None and not opening.is_alive()
-    assert sec._versions is None and not sec._opened
-
-
-def test_host_security_warm_up_never_waits_for_the_version_state_being_opened(tmp_path: Path) -> None:
-    """The host's last warm-up step takes the state only once the thread is done: while it still waits on
-    the disk (held here by a lock on the file) the step returns at once, and the first use waits for it."""
+def test_host_security_warm_up_never_waits_for_a_held_version_state_lock(tmp_path: Path) -> None:
+    """While another process holds the state's write lock, the host's last warm-up step returns at once
+    without its first commit; the spawn's accept then commits as usual."""
     import sqlite3
+    import time
 
     sec = HostSecurity(security_from_args(None, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
     sec.versions  # the file exists  # noqa: B018
     sec.close()
     sec = HostSecurity(security_from_args(None, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
     holder = sqlite3.connect(str(tmp_path / "versions.db"), isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")  # the thread's first commit waits for this write lock
+    holder.execute("BEGIN IMMEDIATE")
     host = AgentHost("w-0", HostParts(tools=default_registry(), security=sec))
     steps = host.warm_up()
-    assert sec.opening_versions()
+    started = time.monotonic()
+    steps[-2]()
     steps[-1]()
-    assert sec._versions is None and sec.opening_versions()
+    assert time.monotonic() - started < 1.0
+    store = sec._versions
+    assert store is not None and not store._committed
     holder.execute("COMMIT")
     holder.close()
-    assert sec.versions is not None and not sec.opening_versions()
+    manifest = load_manifest(ECHO + "version = 2\n")
+    sec.accept_version(manifest, "d2")
+    assert store._committed and sec.check_version(manifest, "d2") is True
     host.close()
+
+
+def test_host_security_without_layer_16_has_no_version_warm_up(tmp_path: Path) -> None:
+    """With layer 16 off the host's warm-up has no version steps and no file is made."""
+    args = {"table": {"rollback": {"enabled": False}}}
+    sec = HostSecurity(security_from_args(args, data_dir=str(tmp_path)), HostAudit(None), data_dir=tmp_path)
+    assert sec.warm_up_versions() == []
+    assert not (tmp_path / "versions.db").exists()
+    sec.close()
 
 
 def _model_texts() -> list[str]:

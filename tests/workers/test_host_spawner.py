@@ -111,10 +111,11 @@ def test_spawner_warm_up_makes_the_first_builtin_spawn_warm(host: _Host) -> None
         step()
     runtimes = list(host.host._spawner._runtimes.values())
     assert len(runtimes) == 1 and runtimes[0]._ticker is None
-    # Layer 16's state: opened, or still being opened on its thread (the last step does not wait for it).
-    assert host.sec._versions is not None or host.sec._opening is not None
+    # Layer 16's state: opened by the last steps, its log's first commit paid.
+    store = host.sec._versions
+    assert store is not None and store._committed
     agent = host.spawn('[agent]\nname = "first"\n[agent.model]\nprovider = "scripted"\n')
-    assert host.sec._versions is not None  # the spawn's layer 16 check took it
+    assert host.sec._versions is store  # the spawn's layer 16 check used the state opened ahead
     assert agent.sandbox.spawn_kind == "warm" and agent.sandbox.runtime is runtimes[0]
     assert runtimes[0]._ticker is not None
     reply = host.call("agent.send", agent_id=agent.agent_id, text="hello")
@@ -159,7 +160,8 @@ def test_spawner_warm_up_fills_the_runtimes_per_module_caches(host: _Host) -> No
         "runtime",
         "module",
         "module_caches",
-        "versions",
+        "open_state",
+        "first_commit",
     ]
     for step in steps:
         step()

@@ -314,16 +314,10 @@ class AgentHost:
 
     def warm_up(self) -> list[Callable[[], None]]:
         """Steps that do a first spawn's one-time work ahead, for the worker to run one per idle turn while
-        it waits for its first request: :meth:`Spawner.warm_up` (which also starts opening layer 16's
-        version state on a thread), then take that state if the thread is done (a thread still waiting on
-        the disk is joined by the first use instead: the loop never waits for it here)."""
+        it waits for its first request: :meth:`Spawner.warm_up`, then open layer 16's version state
+        (:meth:`HostSecurity.warm_up_versions`)."""
         security = self._security
-
-        def versions() -> None:
-            if security is not None and not security.opening_versions():
-                _ = security.versions
-
-        return [*self._spawner.warm_up(), versions]
+        return [*self._spawner.warm_up(), *(security.warm_up_versions() if security is not None else ())]
 
     def spare_wanted(self) -> bool:
         """A spawn left a module whose next agent can be instantiated ahead (Spawner.prepare_spare)."""

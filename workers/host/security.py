@@ -130,8 +130,6 @@ class HostSecurity:
         self.verifier = AgentMessageVerifier(self.identities, max_skew=c.identity.max_skew_s, audit=audit)
         self._versions: VersionStore | None = None
         self._versions_at: Path | None = None  # layer 16's state, opened on first use (see versions)
-        self._opening: threading.Thread | None = None  # opening it behind the loop (open_versions_behind)
-        self._opened: list[VersionStore] = []  # what that thread opened, handed over by versions
         if c.rollback.enabled and "{data_dir}" not in c.rollback.state:
             self._versions_at = Path(c.rollback.state)
             self._versions_at.parent.mkdir(parents=True, exist_ok=True)
@@ -149,49 +147,42 @@ class HostSecurity:
     @property
     def versions(self) -> VersionStore | None:
         """Layer 16's version state (None when off), opened on first use: in a fresh data dir the first
-        worker makes the file (two fsyncs), which its start did before the worker's ready, on the cold
-        start's path; the worker now opens it on a thread from its ready on (:meth:`open_versions_behind`,
-        waited for here), while it waits for its first request. A state that cannot be opened raises
-        ConfigError (naming the file) at every use, so every spawn is refused with it, and no spawn skips
-        the check."""
-        if self._opening is not None:
-            self._opening.join()
-            self._opening = None
-            if self._opened and self._versions is None:
-                self._versions = self._opened.pop()
+        worker makes the file (two fsyncs). A worker opens it ahead, as its last warm-up steps
+        (:meth:`warm_up_versions`), while it waits for its first request. A state that cannot be opened
+        raises ConfigError (naming the file) at every use, so every spawn is refused with it, and no spawn
+        skips the check."""
         if self._versions is None and self._versions_at is not None:
             self._versions = VersionStore(self._versions_at, audit=self.audit)
         return self._versions
 
-    def opening_versions(self) -> bool:
-        """The thread of :meth:`open_versions_behind` is still at work (its disk waits)."""
-        return self._opening is not None and self._opening.is_alive()
+    def warm_up_versions(self) -> list[Callable[[], None]]:
+        """Two steps for a worker's warm-up (none when layer 16 is off): open the state (in a fresh data
+        dir: make the file), then pay its log's first-commit fsyncs (``VersionStore.warm_up``), which the
+        first spawn's accept would wait for otherwise. Run on the loop's thread, between requests: opened on
+        a thread behind the loop instead, the opening's dozen GIL hand-overs each waited up to the switch
+        interval (5 ms) behind the loop's own warm-up, and a cold start's first spawn then waited 2-12 ms
+        for the thread (stamped). A step that fails only logs: the spawn that needs the state opens it and
+        reports the problem itself."""
+        if self._versions_at is None:
+            return []
 
-    def open_versions_behind(self) -> None:
-        """Open layer 16's state on a thread while the caller's loop goes on: in a fresh data dir that makes
-        the file (two fsyncs), and its log with a first commit (``VersionStore.warm_up``: two fsyncs more that
-        the first spawn's accept would wait for otherwise). Waits on the disk, not on the loop: a worker
-        starts it at its ready. :attr:`versions` waits for it and takes the store; if the thread could not
-        open it, :attr:`versions` opens it itself and raises as it always did. A no-op when layer 16 is
-        off, the state is open, or this already ran."""
-        if self._versions_at is None or self._versions is not None or self._opening is not None:
-            return
-        path, audit, opened = self._versions_at, self.audit, self._opened
-
-        def run() -> None:
+        def open_state() -> None:
             try:
-                store = VersionStore(path, audit=audit, any_thread=True)
-            except OpenFangError as exc:  # versions opens it again and raises this at each use
-                log.info("version_state_not_opened", path=str(path), error=str(exc))
+                _ = self.versions
+            except OpenFangError as exc:
+                log.info("version_state_not_opened", path=str(self._versions_at), error=str(exc))
+
+        def first_commit() -> None:
+            store = self._versions
+            if store is None:
                 return
             try:
-                store.warm_up()
+                store.warm_up(wait=False)  # another worker's accept holds the lock: the first accept pays
             except Exception as exc:  # only an optimisation: the first accept makes the log instead
-                log.info("version_state_warm_up_failed", path=str(path), error=f"{type(exc).__name__}: {exc}")
-            opened.append(store)
+                error = f"{type(exc).__name__}: {exc}"
+                log.info("version_state_warm_up_failed", path=str(self._versions_at), error=error)
 
-        self._opening = threading.Thread(target=run, name="versions-open", daemon=True)
-        self._opening.start()
+        return [open_state, first_commit]
 
     # -- spawn ---------------------------------------------------------------------------------------------
     def check_version(self, manifest: AgentManifest, digest: str) -> bool:
@@ -417,14 +408,9 @@ class HostSecurity:
             )
 
     def close(self) -> None:
-        if self._opening is not None:
-            self._opening.join()
-            self._opening = None
-        for store in (self._versions, *self._opened):
-            if store is not None:
-                store.close()
+        if self._versions is not None:
+            self._versions.close()
         self._versions = None
-        self._opened.clear()
         self.audit.close()
 
 

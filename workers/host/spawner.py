@@ -282,11 +282,10 @@ class Spawner:
         runtime of the default stack size, compile and check the built-in guest in it (through the disk
         cache), then fill the caches a first spawn fills (the runtime's per-module ones: the module's
         imports, which each spawn checks against its own grant, and its table exports; fnmatch's compiled
-        cluster patterns). The call itself starts opening layer 16's state on a thread (it waits on the
-        disk). Each step is what that spawn would otherwise do on its own path, so running one never delays
-        it by work it does not need; a step left undone is done by the spawn, as before. Steps are short
-        (~0.3-2.5 ms each): a request that comes in during one waits for its end. A step may raise: the
-        caller logs it, and the spawn then meets (and reports) the problem itself."""
+        cluster patterns). Each step is what that spawn would otherwise do on its own path, so running one
+        never delays it by work it does not need; a step left undone is done by the spawn, as before. Steps
+        are short (~0.3-2.5 ms each): a request that comes in during one waits for its end. A step may raise:
+        the caller logs it, and the spawn then meets (and reports) the problem itself."""
         held: list[AgentManifest] = []
 
         def warm_manifest() -> AgentManifest:
@@ -316,10 +315,6 @@ class Spawner:
             for pattern in (*getattr(config, "allow", ()), *getattr(config, "deny", ())):
                 fnmatchcase("", pattern)
 
-        if self._security is not None:
-            # Layer 16's state: a fresh data dir's file and its log (the first accept's extra fsyncs), made
-            # on a thread from now on (HostSecurity.open_versions_behind): disk waits, off the loop.
-            self._security.open_versions_behind()
         return [readers, runtime, module, module_caches]
 
     def _runtime(self, stack_kb: int, *, ticking: bool = True) -> Runtime:
