@@ -29,6 +29,7 @@ from openfang.protocol.errors import ConfigError, OpenFangError, Problem, Superv
 from openfang.security.audit import AuditLog
 from openfang.security.config import audit_key, open_audit, prepare_version_state
 from openfang.security.integrity import IntegrityMonitor
+from openfang.supervisor import preload
 from openfang.supervisor._proc import set_title
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED
 from openfang.supervisor.loop import Loop
@@ -99,6 +100,7 @@ class Daemon:
         try:
             return self._run(baseline)
         finally:
+            preload.discard()
             if baseline is not None:
                 baseline.close()
 
@@ -150,6 +152,7 @@ class Daemon:
         self.notifier.ready(f"running: {counts.get('active', 0)} children")
         if baseline is not None:
             baseline.close()  # after READY: told to exit and reaped here, never by the orphan reaper
+        preload.discard()  # a preloaded worker process no child took (a tree without such workers)
         log.info("tree_started", config=self.config_path, endpoint=self.config.control.endpoint, **counts)
         if self.notifier.watchdog_interval_s:
             self._feed_watchdog()
@@ -669,7 +672,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: ok ({len(config.tree.children)} children under root)")
         return 0
     set_title("openfang: supervisor")
-    configure_logging(args.log_level or config.logging.level, args.log_format or config.logging.format)
+    level, fmt = args.log_level or config.logging.level, args.log_format or config.logging.format
+    configure_logging(level, fmt)
+    # A child launched from its preloaded process (forked before this) was not forked after this call.
+    preload.set_setup("openfang.logs:configure_logging", level=level, fmt=fmt)
     structlog.contextvars.bind_contextvars(node=config.name, role="supervisor", pid=os.getpid())
     return Daemon(config, config_path, data_dir=args.data_dir).run()
 

@@ -13,6 +13,12 @@ gateway, the workers) turns it back on first thing (an ``os.register_at_fork`` h
 collector whenever it is forked. :func:`resume` (the daemon, once its tree has started) moves every object
 to the permanent generation, as the supervisor does before each fork (``gc.freeze``: what is garbage then
 is kept, never collected; the collector does not walk the rest again), and turns the collector back on.
+
+:func:`preload` (from ``openfang/__init__``, once ``openfang``'s own imports are done) forks, in the daemon
+only, the process that imports the workers' module while the daemon imports its own, on the other core, and
+becomes the first worker the tree starts (:mod:`openfang.supervisor.preload`): the workers' ~40 ms of
+imports were in series on the root's path before. ``OPENFANG_PRELOAD=0`` turns it off (the supervisor then
+forks that worker and imports its module first, as it does for every later fork).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import sys
 
 DAEMON_MODULE = "openfang.control.daemon"
 DAEMON_SCRIPT = "openfang-supervisor"
+WORKER_MODULE = "openfang.workers.worker"  # the workers' start module in the shipped and embedded trees
+PRELOAD_ENV = "OPENFANG_PRELOAD"  # "0": no preloaded worker process (the supervisor forks as always)
 _paused = False  # the collector is off because of install() (inherited by a fork: read in the child)
 
 
@@ -43,6 +51,16 @@ def install() -> None:
         gc.disable()
         _paused = True
         os.register_at_fork(after_in_child=_forked)
+
+
+def preload() -> None:
+    """In the daemon (after ``openfang``'s own imports, before the daemon's): fork the process that imports
+    the workers' module meanwhile, on the other core, and becomes the first worker the tree starts
+    (openfang/supervisor/preload.py). A tree without such a worker has it killed once it has started."""
+    if _paused and os.environ.get(PRELOAD_ENV, "1") != "0":
+        from openfang.supervisor import preload as _preload
+
+        _preload.preload(WORKER_MODULE, title="openfang: preload")
 
 
 def _forked() -> None:

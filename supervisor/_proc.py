@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from openfang.supervisor import trim
+from openfang.supervisor import preload, trim
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED, ChildContext, resolve_target, uplink_pair
 from openfang.supervisor.restart import NORMAL, ExitReason, abnormal
 from openfang.supervisor.spec import ChildSpec, SupervisorSpec
@@ -115,7 +115,14 @@ def spawn(
 ) -> Spawned:
     """Fork a child that runs ``start(ctx)``; the caller watches ``pidfd`` and ``uplink``. With
     ``preimport`` the child's module is imported here first (see :func:`_preimport`); without, the child
-    imports it after the fork."""
+    imports it after the fork. A process preloaded for that module (:mod:`.preload`) is launched instead
+    of a fork, once: it imported the module while this process started."""
+    pre = preload.take(start.partition(":")[0])
+    if pre is not None:
+        spawned = _launch(pre, child_id=child_id, path=path, start=start, args=args, cpu=cpu)
+        if spawned is not None:
+            return spawned
+        pre.kill()  # gone, or its launch could not be sent: forked as always
     if preimport:
         _preimport(start)
     parent_end, child_end = uplink_pair()
@@ -152,7 +159,23 @@ def spawn(
     return Spawned(pid=pid, pidfd=pidfd, uplink=parent_end)
 
 
-def preimport_tree(spec: SupervisorSpec) -> None:
+def _launch(
+    pre: preload.Preloaded, *, child_id: str, path: str, start: str, args: Mapping[str, Any], cpu: int | None
+) -> Spawned | None:
+    """Launch a preloaded process as this child (None when it cannot be: the caller forks)."""
+    parent_end, child_end = uplink_pair()
+    try:
+        sent = pre.launch(child_id=child_id, path=path, start=start, args=args, cpu=cpu, uplink=child_end)
+    finally:
+        child_end.close()
+    if not sent:
+        parent_end.close()
+        return None
+    parent_end.setblocking(False)
+    return Spawned(pid=pre.pid, pidfd=pre.pidfd, uplink=parent_end)
+
+
+def preimport_tree(spec: SupervisorSpec, *, here: bool = True) -> None:
     """Import the start module of every child in ``spec``'s tree (nested supervisors' children included)
     here, in the supervisor, unless the child says ``preimport = false``.
 
@@ -160,22 +183,25 @@ def preimport_tree(spec: SupervisorSpec) -> None:
     imported its workers' module itself, after its own fork, would write to pages it shares with its
     siblings (sys.modules, interned strings), making private copies on both sides. The total import work
     is the same; it only moves up to the top of the tree. Import errors are left for the child (below).
+    ``here``: this process forks ``spec``'s children itself (it runs ``spec``, or ``spec`` is an inline
+    supervisor's): a module whose preloaded process waits is then left to that process (:mod:`.preload`);
+    the children of a forked nested supervisor are forked there, where it cannot be taken.
     """
     for child in spec.children:
-        preimport_child(child)
+        preimport_child(child, here=here)
 
 
-def preimport_child(child: ChildSpec) -> None:
+def preimport_child(child: ChildSpec, *, here: bool = True) -> None:
     """Import ``child``'s start module and its subtree's (see :func:`preimport_tree`), if it wants that."""
     if not child.preimport:
         return
     if not child.inline:  # an inline supervisor runs no start module: it is an object in this process
-        _preimport(child.start)
+        _preimport(child.start, preloaded_here=here)
     if child.supervisor is not None:
-        preimport_tree(child.supervisor)
+        preimport_tree(child.supervisor, here=here and child.inline)
 
 
-def _preimport(start: str) -> None:
+def _preimport(start: str, *, preloaded_here: bool = True) -> None:
     """Import the child's module here, in the parent, once: every later fork (a restart) inherits it warm.
 
     A worker's imports (zmq, wasmtime, the agent host) cost ~250 ms; paid in each restarted child they
@@ -183,6 +209,10 @@ def _preimport(start: str) -> None:
     parent stays safe to fork. Import errors are left for the child, which reports them as a failed start.
     """
     module_name = start.partition(":")[0]
+    # A preloaded process imports it for the first child this process starts: importing it here meanwhile
+    # would put the import back on the start's path (the next fork after that launch imports it: spawn).
+    if preloaded_here and preload.waiting(module_name):
+        return
     if module_name and module_name not in sys.modules:
         with contextlib.suppress(Exception):
             importlib.import_module(module_name)
