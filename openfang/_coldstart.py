@@ -58,9 +58,9 @@ def preload() -> None:
     the workers' module meanwhile, on the other core, and becomes the first worker the tree starts
     (openfang/supervisor/preload.py). A tree without such a worker has it killed once it has started."""
     if _paused and os.environ.get(PRELOAD_ENV, "1") != "0":
-        from openfang.supervisor import preload as _preload
+        from openfang.supervisor import _proc
 
-        _preload.preload(WORKER_MODULE, title="openfang: preload")
+        _proc.preload(WORKER_MODULE, title="openfang: preload")
 
 
 def _forked() -> None:

@@ -27,7 +27,8 @@ from typing import Any
 
 import structlog
 
-from openfang.supervisor import preload, trim
+from openfang.supervisor import preload as preload_
+from openfang.supervisor import trim
 from openfang.supervisor.child import EXIT_CRASH, EXIT_ESCALATED, ChildContext, resolve_target, uplink_pair
 from openfang.supervisor.restart import NORMAL, ExitReason, abnormal
 from openfang.supervisor.spec import ChildSpec, SupervisorSpec
@@ -117,7 +118,7 @@ def spawn(
     ``preimport`` the child's module is imported here first (see :func:`_preimport`); without, the child
     imports it after the fork. A process preloaded for that module (:mod:`.preload`) is launched instead
     of a fork, once: it imported the module while this process started."""
-    pre = preload.take(start.partition(":")[0])
+    pre = preload_.take(start.partition(":")[0])
     if pre is not None:
         spawned = _launch(pre, child_id=child_id, path=path, start=start, args=args, cpu=cpu)
         if spawned is not None:
@@ -159,8 +160,43 @@ def spawn(
     return Spawned(pid=pid, pidfd=pidfd, uplink=parent_end)
 
 
+def preload(module: str, *, title: str = "") -> preload_.Preloaded | None:
+    """Fork a process that imports ``module`` now and becomes the first child of it this process starts
+    (:mod:`.preload`); None when it could not be forked. ``title``: its name in ``ps`` while it waits."""
+    return preload_.start(module, functools.partial(_serve_preloaded, title=title))
+
+
+def _serve_preloaded(
+    module: str, sock: _socket.socket, parent: int, *, title: str
+) -> int:  # pragma: no cover
+    """The preloaded process: import, wait for the launch, then run as a forked child (never returns from
+    there); the exit code of the other ways out."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        return preload_.EXIT_NOT_LAUNCHED
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the whole group: the supervisor decides
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+    if title:
+        set_title(title)
+    if not preload_.load(module):
+        return preload_.EXIT_IMPORT_FAILED
+    launch = preload_.receive(sock)
+    sock.close()
+    if launch is None:
+        return preload_.EXIT_NOT_LAUNCHED
+    msg, uplink_fd = launch
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    preload_.apply(msg)
+    uplink = _socket.socket(fileno=uplink_fd)
+    # Exactly a forked child's start from here; it closes no fd: this process holds none of its parent's
+    # later ones.
+    _child_main(msg["child_id"], msg["path"], msg["start"], msg["args"], msg["cpu"], uplink, parent, [])
+    return preload_.EXIT_NOT_LAUNCHED  # not reached: _child_main exits
+
+
 def _launch(
-    pre: preload.Preloaded, *, child_id: str, path: str, start: str, args: Mapping[str, Any], cpu: int | None
+    pre: preload_.Preloaded, *, child_id: str, path: str, start: str, args: Mapping[str, Any], cpu: int | None
 ) -> Spawned | None:
     """Launch a preloaded process as this child (None when it cannot be: the caller forks)."""
     parent_end, child_end = uplink_pair()
@@ -211,7 +247,7 @@ def _preimport(start: str, *, preloaded_here: bool = True) -> None:
     module_name = start.partition(":")[0]
     # A preloaded process imports it for the first child this process starts: importing it here meanwhile
     # would put the import back on the start's path (the next fork after that launch imports it: spawn).
-    if preloaded_here and preload.waiting(module_name):
+    if preloaded_here and preload_.waiting(module_name):
         return
     if module_name and module_name not in sys.modules:
         with contextlib.suppress(Exception):

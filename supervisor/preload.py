@@ -4,13 +4,16 @@ own start goes on; the supervisor's first fork of a child with that module takes
 A supervisor imports each child's module before forking it (``_proc._preimport``), so that every fork, a
 restart included, starts warm. For the first child of a start module that import is on the start's path,
 in series: the daemon imported its own modules (~40 ms) and then its workers' (~40 ms) on one core while
-the other waited. :func:`preload` (the daemon calls it once ``openfang``'s core is imported, before its own
-imports) forks a process that imports ``module`` meanwhile and then waits. When this process first starts a
-child whose start is in that module, :func:`take` hands the waiting process over and
-:meth:`Preloaded.launch` sends it what a fork would have given it: the child's id, path, start, args and
+the other waited. ``_proc.preload`` (the daemon calls it once ``openfang``'s core is imported, before its
+own imports) forks a process that imports ``module`` meanwhile (:func:`load`) and then waits. When this
+process first starts a child whose start is in that module, :func:`take` hands the waiting process over
+and :meth:`Preloaded.launch` sends it what a fork would have given it: the child's id, path, start, args and
 CPU, the uplink's child end (``SCM_RIGHTS``), the environment and the ``structlog`` context of that moment,
 and the setup calls registered with :func:`set_setup` (the daemon's logging configuration). It then runs
 exactly as a forked child (``_proc._child_main``); its pid and the pidfd taken at its fork are the child's.
+A start module may define ``preloaded()``: run by the preloaded process after the import, while it waits,
+for work the child would do first that depends on none of its launch (its errors are ignored: the child
+then does that work itself).
 
 While the process waits, this process does not import that module (:func:`waiting`); once it is taken, the
 next fork of that module (a restart, another worker) imports it first, as any first fork does. Anything
@@ -25,23 +28,25 @@ before its launch.
 from __future__ import annotations
 
 import _socket
-import array
 import atexit
 import contextlib
 import gc
 import importlib
 import os
 import signal
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
+PRELOADED_HOOK = "preloaded"  # a start module's function run by its preloaded process before the launch
 _LAUNCH_MAX = 1 << 22  # a launch message's size limit (args are a child spec's: kilobytes)
+_FD_SIZE = 4  # sizeof(int): one fd in SCM_RIGHTS
 EXIT_NOT_LAUNCHED = 0  # the supervisor said "exit" (or is gone): nothing ran
 EXIT_IMPORT_FAILED = 3
 
 
 class Preloaded:
-    """A process forked by :func:`preload`, waiting for its launch."""
+    """A process forked by :func:`start` (``_proc.preload``), waiting for its launch."""
 
     def __init__(self, module: str, pid: int, pidfd: int, sock: _socket.socket) -> None:
         self.module = module
@@ -81,10 +86,10 @@ class Preloaded:
             return False
         if len(data) > _LAUNCH_MAX:
             return False
-        fds = array.array("i", [uplink.fileno()])
+        fd = uplink.fileno().to_bytes(_FD_SIZE, sys.byteorder)  # a C int (not array: off the start's imports)
         try:
             self.sock.sendmsg(
-                [len(data).to_bytes(4, "big") + data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)]
+                [len(data).to_bytes(4, "big") + data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd)]
             )
         except OSError:
             return False
@@ -123,9 +128,9 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def preload(module: str, *, title: str = "") -> Preloaded | None:
-    """Fork a process that imports ``module`` and waits for its launch (None when the fork fails or one
-    already waits for that module). Call it before this process's own imports: they overlap then."""
+def start(module: str, serve: Callable[[str, _socket.socket, int], int]) -> Preloaded | None:
+    """Fork a process that runs ``serve(module, sock, parent_pid)`` (``_proc._serve_preloaded``: import,
+    wait, run the child) and register it; None when the fork fails or one already waits for ``module``."""
     if module in _waiting:
         return None
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
@@ -140,7 +145,7 @@ def preload(module: str, *, title: str = "") -> Preloaded | None:
         code = EXIT_IMPORT_FAILED
         try:
             ours.close()
-            code = _serve(module, theirs, parent, title)
+            code = serve(module, theirs, parent)
         finally:
             os._exit(code)
     theirs.close()
@@ -183,38 +188,47 @@ def discard() -> None:
         pre.kill()
 
 
-def _serve(module: str, sock: _socket.socket, parent: int, title: str) -> int:  # pragma: no cover
-    """The preloaded process: import, wait for the launch, run the child (never returns from a launch)."""
-    from openfang.supervisor import _proc
-
-    _proc._prctl(_proc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        return EXIT_NOT_LAUNCHED
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the whole group: the supervisor decides
-    with contextlib.suppress(ValueError):
-        signal.set_wakeup_fd(-1)
-    if title:
-        _proc.set_title(title)
-    gc.disable()  # as the supervisor's own start: next to no garbage (openfang/_coldstart.py)
+def load(module: str) -> bool:
+    """In the preloaded process: import ``module`` (the collector off meanwhile, as in the supervisor's own
+    start) and run its ``preloaded()`` if it has one; False when the import fails."""
+    gc.disable()  # next to no garbage (openfang/_coldstart.py)
     try:
-        importlib.import_module(module)
+        loaded = importlib.import_module(module)
     except BaseException:
-        return EXIT_IMPORT_FAILED
+        return False
+    ahead = getattr(loaded, PRELOADED_HOOK, None)
+    if callable(ahead):
+        with contextlib.suppress(Exception):  # only work done ahead: the child does it itself otherwise
+            ahead()
     gc.freeze()
     gc.enable()
+    return True
+
+
+def receive(sock: _socket.socket) -> tuple[dict[str, Any], int] | None:
+    """In the preloaded process: wait for the launch; its message and the uplink's fd (None: the supervisor
+    said nothing before it closed, or the message is not a launch)."""
     try:
         data, fds = _receive(sock)
     except OSError:
-        return EXIT_NOT_LAUNCHED
+        return None
     if data is None or not fds:
-        return EXIT_NOT_LAUNCHED
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return None
+    for fd in fds[1:]:
+        with contextlib.suppress(OSError):
+            os.close(fd)
     import pickle
 
+    return pickle.loads(data), fds[0]
+
+
+def apply(msg: dict[str, Any]) -> None:
+    """In the launched process: the environment, setup calls and structlog context a fork would have given."""
     import structlog
 
-    msg = pickle.loads(data)
-    sock.close()
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.environ.clear()
     os.environ.update(msg["environ"])
     for target, kwargs in msg["setup"]:
@@ -222,29 +236,21 @@ def _serve(module: str, sock: _socket.socket, parent: int, title: str) -> int:  
         getattr(importlib.import_module(module_name), function)(**kwargs)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(**msg["context"])
-    for fd in fds[1:]:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    uplink = _socket.socket(fileno=fds[0])
-    # Exactly a forked child's start from here (it closes no fd: this process holds none of its parent's
-    # later ones); _child_main never returns, and the caller's os._exit is for the paths above.
-    _proc._child_main(msg["child_id"], msg["path"], msg["start"], msg["args"], msg["cpu"], uplink, parent, [])
-    return EXIT_NOT_LAUNCHED
 
 
 def _receive(sock: _socket.socket) -> tuple[bytes | None, list[int]]:
     """One launch message and its fds; (None, []) when the supervisor closed its end."""
-    fds = array.array("i")
-    msg, ancdata, _flags, _addr = sock.recvmsg(_LAUNCH_MAX + 4, _socket.CMSG_SPACE(fds.itemsize))
+    fds: list[int] = []
+    msg, ancdata, _flags, _addr = sock.recvmsg(_LAUNCH_MAX + 4, _socket.CMSG_SPACE(_FD_SIZE))
     for level, kind, cdata in ancdata:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
-    if len(msg) < 4:
-        return None, list(fds)
-    size = int.from_bytes(msg[:4], "big")
-    if size != len(msg) - 4:
-        return None, list(fds)
-    return msg[4:], list(fds)
+            fds += [
+                int.from_bytes(cdata[k : k + _FD_SIZE], sys.byteorder)
+                for k in range(0, len(cdata) - _FD_SIZE + 1, _FD_SIZE)
+            ]
+    if len(msg) < 4 or int.from_bytes(msg[:4], "big") != len(msg) - 4:
+        return None, fds
+    return msg[4:], fds
 
 
-__all__ = ["Preloaded", "discard", "preload", "set_setup", "take", "waiting"]
+__all__ = ["Preloaded", "apply", "discard", "load", "receive", "set_setup", "start", "take", "waiting"]

@@ -16,7 +16,7 @@ import pytest
 import structlog
 
 from openfang.supervisor import _proc, preload
-from openfang.supervisor.spec import ChildSpec, ChildType, SupervisorSpec
+from openfang.supervisor.spec import ChildSpec, SupervisorSpec
 
 pytestmark = pytest.mark.integration
 
@@ -76,9 +76,10 @@ def _exited(pid: int) -> bool:
 
 def test_preloaded_process_becomes_the_first_child_as_a_fork_would_start_it(tmp_path: Path) -> None:
     """The first spawn of the module launches the preloaded process: the child's pid is the preloaded one,
-    the module was imported there (not here), and the child sees its id, args and CPU, the environment,
-    the structlog context of the launch's moment and the setup calls registered after the preload."""
-    pre = preload.preload(MODULE)
+        the module was imported there (not here), and the child sees its id, args and CPU, the environment,
+        the structlog context of the launch's moment and the setup calls registered after the preload; the
+    module's preloaded() ran there before the launch."""
+    pre = _proc.preload(MODULE)
     assert pre is not None and preload.waiting(MODULE)
     os.environ["PRELOAD_TEST_VALUE"] = "set after the preload"
     structlog.contextvars.bind_contextvars(test_bound="bound after the preload")
@@ -89,7 +90,7 @@ def test_preloaded_process_becomes_the_first_child_as_a_fork_would_start_it(tmp_
         del os.environ["PRELOAD_TEST_VALUE"]
         structlog.contextvars.unbind_contextvars("test_bound")
     assert spawned.pid == pre.pid == facts["pid"] and facts["ppid"] == os.getpid()
-    assert facts["imported_by"] == pre.pid  # imported in the preloaded process itself
+    assert facts["imported_by"] == facts["ahead"] == pre.pid  # imported, and its preloaded() run, there
     assert MODULE not in sys.modules and not preload.waiting(MODULE)
     assert facts["id"] == "c" and facts["path"] == "t/c" and facts["args"] == {"n": 3}
     assert facts["cpu"] == 0 and facts["affinity"] == [0]
@@ -100,19 +101,20 @@ def test_preloaded_process_becomes_the_first_child_as_a_fork_would_start_it(tmp_
 def test_the_next_fork_of_a_launched_module_imports_it_here_first(tmp_path: Path) -> None:
     """While the preloaded process waits, a preimport leaves the module to it; once it is launched, the
     next spawn (a restart) imports the module here and forks, as any first fork does."""
-    preload.preload(MODULE)
+    _proc.preload(MODULE)
     _proc.preimport_child(ChildSpec(id="c", start=START))
     assert MODULE not in sys.modules
     first, _ = _run(tmp_path / "1.json")
     second, facts = _run(tmp_path / "2.json")
     assert MODULE in sys.modules and facts["imported_by"] == os.getpid() != facts["pid"]
+    assert facts["ahead"] is None  # a fork's child: its preloaded() never ran
     assert second.pid == facts["pid"] != first.pid
 
 
 def test_a_forked_nested_supervisor_imports_what_a_preloaded_process_here_waits_for() -> None:
     """The children of a forked nested supervisor are forked there, where this process's preloaded one
     cannot be taken: the preimport of such a subtree imports the module here as always."""
-    preload.preload(MODULE)
+    _proc.preload(MODULE)
     nested = SupervisorSpec(children=(ChildSpec(id="w", start=START),))
     _proc.preimport_child(ChildSpec(id="pool", start="x:y", supervisor=nested), here=False)
     assert MODULE in sys.modules and preload.waiting(MODULE)
@@ -121,7 +123,7 @@ def test_a_forked_nested_supervisor_imports_what_a_preloaded_process_here_waits_
 def test_spawn_forks_as_usual_when_the_preloaded_process_is_gone(tmp_path: Path) -> None:
     """A preloaded process killed before its launch: the spawn forks the child (the module imported here
     first) and the dead process is reaped, not left a zombie."""
-    pre = preload.preload(MODULE)
+    pre = _proc.preload(MODULE)
     assert pre is not None
     os.kill(pre.pid, signal.SIGKILL)
     _wait(lambda: _exited(pre.pid))
@@ -134,7 +136,7 @@ def test_spawn_forks_as_usual_when_the_args_do_not_pickle(tmp_path: Path) -> Non
     """Args a launch cannot carry (a lock) are given by a fork instead; the preloaded process is reaped."""
     import threading
 
-    pre = preload.preload(MODULE)
+    pre = _proc.preload(MODULE)
     assert pre is not None
     args = {"out": str(tmp_path / "r.json"), "lock": threading.Lock()}
     spawned = _proc.spawn(child_id="c", path="t/c", start=START, args=args, cpu=None, close_fds=[])
@@ -148,7 +150,7 @@ def test_spawn_forks_as_usual_when_the_args_do_not_pickle(tmp_path: Path) -> Non
 def test_a_preloaded_process_whose_import_fails_leaves_the_spawn_to_a_fork(tmp_path: Path) -> None:
     """A module that does not import in the preloaded process: it exits, and the spawn forks (where the
     child reports its own failed start, as without a preload)."""
-    pre = preload.preload("no_such_module_for_preload_xyz")
+    pre = _proc.preload("no_such_module_for_preload_xyz")
     assert pre is not None
     _wait(lambda: _exited(pre.pid))
     assert preload.take("no_such_module_for_preload_xyz") is pre
@@ -162,7 +164,7 @@ def test_a_preloaded_process_whose_import_fails_leaves_the_spawn_to_a_fork(tmp_p
 
 def test_discard_kills_and_reaps_a_preloaded_process_no_child_took() -> None:
     """A tree without a child of that module: discard kills the waiting process and reaps it."""
-    pre = preload.preload(MODULE)
+    pre = _proc.preload(MODULE)
     assert pre is not None and not _gone(pre.pid)
     preload.discard()
     assert _gone(pre.pid) and not preload.waiting(MODULE)
@@ -170,7 +172,7 @@ def test_discard_kills_and_reaps_a_preloaded_process_no_child_took() -> None:
 
 def test_a_preloaded_process_ignores_a_terminal_interrupt_while_it_waits(tmp_path: Path) -> None:
     """^C reaches the whole process group: the waiting process stays, and is launched afterwards."""
-    pre = preload.preload(MODULE)
+    pre = _proc.preload(MODULE)
     assert pre is not None
     time.sleep(0.2)
     os.kill(pre.pid, signal.SIGINT)
@@ -186,7 +188,7 @@ def test_a_preloaded_process_dies_with_its_parent(tmp_path: Path) -> None:
     middle = os.fork()
     if middle == 0:  # pragma: no cover - the parent under test, killed below
         os.close(r)
-        pre = preload.preload(MODULE)
+        pre = _proc.preload(MODULE)
         os.write(w, str(pre.pid if pre else 0).encode())
         time.sleep(60)
         os._exit(0)
@@ -202,7 +204,7 @@ def test_a_preloaded_process_dies_with_its_parent(tmp_path: Path) -> None:
 
 def test_a_process_forked_here_cannot_launch_this_ones_preloaded_process() -> None:
     """A child forked after the preload (the gateway, a nested supervisor) forgets it: not its child."""
-    pre = preload.preload(MODULE)
+    pre = _proc.preload(MODULE)
     assert pre is not None
     r, w = os.pipe()
     child = os.fork()
