@@ -11,9 +11,6 @@ and :meth:`Preloaded.launch` sends it what a fork would have given it: the child
 CPU, the uplink's child end (``SCM_RIGHTS``), the environment and the ``structlog`` context of that moment,
 and the setup calls registered with :func:`set_setup` (the daemon's logging configuration). It then runs
 exactly as a forked child (``_proc._child_main``); its pid and the pidfd taken at its fork are the child's.
-A start module may define ``preloaded()``: run by the preloaded process after the import, while it waits,
-for work the child would do first that depends on none of its launch (its errors are ignored: the child
-then does that work itself).
 
 While the process waits, this process does not import that module (:func:`waiting`); once it is taken, the
 next fork of that module (a restart, another worker) imports it first, as any first fork does. Anything
@@ -38,7 +35,6 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-PRELOADED_HOOK = "preloaded"  # a start module's function run by its preloaded process before the launch
 _LAUNCH_MAX = 1 << 22  # a launch message's size limit (args are a child spec's: kilobytes)
 _FD_SIZE = 4  # sizeof(int): one fd in SCM_RIGHTS
 EXIT_NOT_LAUNCHED = 0  # the supervisor said "exit" (or is gone): nothing ran
@@ -190,16 +186,14 @@ def discard() -> None:
 
 def load(module: str) -> bool:
     """In the preloaded process: import ``module`` (the collector off meanwhile, as in the supervisor's own
-    start) and run its ``preloaded()`` if it has one; False when the import fails."""
+    start); False when the import fails. Nothing more is done ahead: this process is what the first
+    child's start waits for (stamped: it finishes its imports ~10-15 ms after the gateway's ready), so
+    work moved here from after the child's ready only moves along that same path."""
     gc.disable()  # next to no garbage (openfang/_coldstart.py)
     try:
-        loaded = importlib.import_module(module)
+        importlib.import_module(module)
     except BaseException:
         return False
-    ahead = getattr(loaded, PRELOADED_HOOK, None)
-    if callable(ahead):
-        with contextlib.suppress(Exception):  # only work done ahead: the child does it itself otherwise
-            ahead()
     gc.freeze()
     gc.enable()
     return True

@@ -33,8 +33,6 @@ from openfang.protocol.sockets import send_nowait
 from openfang.security import injection
 from openfang.supervisor.child import ChildContext
 from openfang.workers.host import wiring as host_wiring
-from openfang.workers.host.spawner import WARM_UP_MANIFEST
-from openfang.workers.manifest import load_manifest
 from openfang.workers.sandbox._wasmtime import release_compiler_pages as release_code_pages
 from openfang.workers.sandbox._wasmtime import release_compiler_pages_at_next_fork
 
@@ -397,14 +395,6 @@ def _open_memory(notes: list[tuple[str, dict[str, Any]]]) -> MemoryAPI | None:
     from openfang.memory.api import MemoryAPI
 
     return MemoryAPI.open(endpoint, db_path)
-
-
-def preloaded() -> None:
-    """Done by a preloaded worker process while it waits for its launch (supervisor/preload.py): the
-    first spawn's body schemas and the manifest readers, which the warm-up steps after the ready (or the
-    first spawn) would build otherwise; they depend on none of the worker's args."""
-    Worker._warm_schemas()
-    load_manifest(WARM_UP_MANIFEST, source="warm-up")
 
 
 def main(ctx: ChildContext) -> None:

@@ -16,13 +16,6 @@ import structlog
 from openfang.supervisor.child import ChildContext
 
 IMPORTED_BY = os.getpid()
-AHEAD: int | None = None  # the pid that ran preloaded(): only a preloaded process runs it
-
-
-def preloaded() -> None:
-    """Work done ahead by a preloaded process, before its launch."""
-    global AHEAD
-    AHEAD = os.getpid()
 
 
 def report(ctx: ChildContext) -> None:
@@ -32,7 +25,6 @@ def report(ctx: ChildContext) -> None:
         "pid": os.getpid(),
         "ppid": os.getppid(),
         "imported_by": IMPORTED_BY,
-        "ahead": AHEAD,
         "id": ctx.id,
         "path": ctx.path,
         "args": {k: v for k, v in ctx.args.items() if k not in ("out", "lock")},
