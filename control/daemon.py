@@ -672,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: ok ({len(config.tree.children)} children under root)")
         return 0
     set_title("openfang: supervisor")
+    preload.fit(config.tree)  # the preloaded worker process, kept only if this tree starts one such worker
     level, fmt = args.log_level or config.logging.level, args.log_format or config.logging.format
     configure_logging(level, fmt)
     # A child launched from its preloaded process (forked before this) was not forked after this call.

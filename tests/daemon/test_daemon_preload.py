@@ -95,3 +95,15 @@ def test_a_config_check_leaves_no_preloaded_process_behind(make_cluster: type[Cl
     assert c.proc.wait(30) == 0  # type: ignore[union-attr]
     me = psutil.Process()
     assert not [p for p in me.children(recursive=True) if "preload" in " ".join(p.cmdline())]
+
+
+def test_a_fixed_pool_of_two_forks_both_workers_after_one_import_here(make_cluster: type[Cluster]) -> None:
+    """Two workers started at once: the preloaded process is dropped as soon as the tree is known (the
+    second worker's fork needs the import here anyway); both are forked after the gateway and serve."""
+    c = make_cluster(workers=2, inline=True).start()
+    gateway = c.node("control")["pid"]
+    assert all(c.node("workers", f"workers-{i}")["pid"] > gateway for i in (0, 1))
+    assert "openfang: preload" not in _titles(c)
+    _echo(c)
+    assert c.stop() == 0
+    c.assert_no_survivors()

@@ -214,3 +214,25 @@ def test_a_process_forked_here_cannot_launch_this_ones_preloaded_process() -> No
     os.close(r)
     os.waitpid(child, 0)
     assert preload.waiting(MODULE)
+
+
+def test_fit_keeps_a_preloaded_process_only_for_a_tree_starting_one_child_of_it_here() -> None:
+    """One child of the module started here (directly or under an inline supervisor): kept. None, two, only
+    a stopped one, or one under a forked nested supervisor: killed and reaped at once."""
+    one = ChildSpec(id="w0", start=START)
+    inline_pool = ChildSpec(id="pool", start="x:y", inline=True, supervisor=SupervisorSpec(children=(one,)))
+    forked_pool = ChildSpec(id="pool", start="x:y", supervisor=SupervisorSpec(children=(one,)))
+    stopped = ChildSpec(id="w1", start=START, autostart=False)
+    two = SupervisorSpec(children=(one, ChildSpec(id="w1", start=START)))
+    for spec, kept in [
+        (SupervisorSpec(children=(inline_pool, stopped)), True),
+        (SupervisorSpec(children=(one,)), True),
+        (two, False),
+        (SupervisorSpec(children=(forked_pool,)), False),
+        (SupervisorSpec(children=(stopped,)), False),
+    ]:
+        pre = _proc.preload(MODULE)
+        assert pre is not None
+        preload.fit(spec)
+        assert preload.waiting(MODULE) is kept and _gone(pre.pid) is not kept, spec
+        preload.discard()
