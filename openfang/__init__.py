@@ -25,7 +25,7 @@ _precompiled.install()  # before our first dataclass: see the module's docstring
 
 from openfang.protocol.errors import OpenFangError  # noqa: E402  (after the finder, on purpose)
 
-_coldstart.preload()  # the daemon's first worker imports its modules meanwhile: see its docstring
-
 __version__ = "0.1.0"
 __all__ = ["OpenFangError", "__version__"]
+
+_coldstart.preload()  # the daemon's first worker imports its modules meanwhile: see its docstring
