@@ -672,7 +672,7 @@ def routing_rate(
 ) -> tuple[float, int, dict[str, float], list[float]]:
     """tasks/s of router-then-class-agent over ``rounds`` x ``count`` distinct messages (tasks / wall seconds
     of all rounds), every reply checked; the worker count; CPU us per task by role; each round's tasks/s."""
-    msgs = wl.routing_messages(count * rounds + 5 + GROW_TASKS_MAX)
+    msgs = wl.routing_messages(count * rounds + 5 + GROW_TASKS_MAX + GROW_STEP)  # grow_pool's run after
     with cluster(workers) as (c, pipe):
         running = worker_ids(pipe)
         ids = pool_members(pipe)
@@ -742,7 +742,7 @@ def bench_routing(count: int, max_workers: int) -> list[dict[str, Any]]:
 
 def bench_toolchain(count: int) -> list[dict[str, Any]]:
     """tasks/s of the 4-model-call, 3-tool-call chain inside one agent per task, every answer checked."""
-    tasks = wl.toolchain_tasks(count + 5 + GROW_TASKS_MAX)
+    tasks = wl.toolchain_tasks(count + 5 + GROW_TASKS_MAX + GROW_STEP)  # grow_pool's run after
     with cluster(extra=pool_args(tools=True)) as (_c, pipe):
         running = worker_ids(pipe)
         ids = pool_members(pipe)

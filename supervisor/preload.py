@@ -13,7 +13,9 @@ and the setup calls registered with :func:`set_setup` (the daemon's logging conf
 exactly as a forked child (``_proc._child_main``); its pid and the pidfd taken at its fork are the child's.
 
 While the process waits, this process does not import that module (:func:`waiting`); once it is taken, the
-next fork of that module (a restart, another worker) imports it first, as any first fork does. Anything
+daemon imports it here a little after READY (:func:`import_taken`), off the first requests' path, so a
+later fork (a restart, a pool growing under load) starts warm; a fork before that imports it first, as
+any first fork does. Anything
 wrong (the process died, its import failed, the args do not pickle, the launch cannot be sent) makes the
 supervisor fork as it always did: a preloaded process can only save time. One the tree cannot use well
 (:func:`fit`: no child, or several, of that module start here) is killed as soon as the tree is known, one
@@ -112,6 +114,7 @@ class Preloaded:
 
 
 _waiting: dict[str, Preloaded] = {}  # module -> its process, until taken or discarded
+_taken: list[str] = []  # modules whose process a child took: not imported here yet (import_taken)
 _setup: list[tuple[str, dict[str, Any]]] = []  # ("module:function", kwargs) run in a launched child first
 
 
@@ -178,7 +181,22 @@ def waiting(module: str) -> bool:
 
 def take(module: str) -> Preloaded | None:
     """The process waiting for ``module``, now the caller's to launch (or None)."""
-    return _waiting.pop(module, None)
+    pre = _waiting.pop(module, None)
+    if pre is not None:
+        _taken.append(module)
+    return pre
+
+
+def import_taken() -> None:
+    """Import here, now, the modules whose preloaded process a child took, so that the next fork of one (a
+    restart, a pool growing under load) finds it imported, as after a preimport; the daemon calls this once
+    its tree is up and its first requests are answered. An import that fails is left to the child that
+    needs it, as in a preimport."""
+    while _taken:
+        module = _taken.pop(0)
+        if module not in sys.modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(module)
 
 
 def fit(spec: SupervisorSpec) -> None:
@@ -272,4 +290,16 @@ def _receive(sock: _socket.socket) -> tuple[bytes | None, list[int]]:
     return msg[4:], fds
 
 
-__all__ = ["Preloaded", "apply", "discard", "fit", "load", "receive", "set_setup", "start", "take", "waiting"]
+__all__ = [
+    "Preloaded",
+    "apply",
+    "discard",
+    "fit",
+    "import_taken",
+    "load",
+    "receive",
+    "set_setup",
+    "start",
+    "take",
+    "waiting",
+]

@@ -46,6 +46,25 @@ def test_first_worker_is_the_process_preloaded_before_the_gateway_and_serves(
     c.assert_no_survivors()
 
 
+def _maps_wasmtime(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as f:
+        return "_libwasmtime" in f.read()
+
+
+def test_the_daemon_imports_the_preloaded_workers_modules_itself_after_ready(
+    make_cluster: type[Cluster],
+) -> None:
+    """Once the first requests are answered the root imports the workers' modules too (it maps wasmtime's
+    library then, which only their import loads), so a later fork of a worker starts warm."""
+    c = make_cluster(workers=1, inline=True).start()
+    daemon_pid = c.proc.pid  # type: ignore[union-attr]
+    assert c.node("workers", "workers-0")["pid"] < c.node("control")["pid"]
+    wait_for(lambda: _maps_wasmtime(daemon_pid), timeout=10, what="the root importing the workers' modules")
+    _echo(c)
+    assert c.stop() == 0
+    c.assert_no_survivors()
+
+
 def test_preloaded_worker_killed_is_restarted_by_a_fork_and_serves_again(make_cluster: type[Cluster]) -> None:
     """kill -9 of the preloaded first worker: the root restarts it by a fork (its module imported first,
     so the new pid comes after the gateway's), and agents are served again."""
