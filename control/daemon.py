@@ -44,7 +44,6 @@ EXIT_CONFIG = 2
 EXIT_START_FAILED = EXIT_CRASH  # as a nested supervisor whose children cannot start
 WORKER_START = "openfang.workers.worker:"
 _GATEWAY_PATH = f"root/{GATEWAY_ID}"
-IMPORT_TAKEN_AFTER_S = 0.5  # READY -> the root imports what its preloaded worker imported (preload.py)
 EVACUATE_TIMEOUT_S = 15.0  # a reload waits this long for the gateway to move agents off leaving workers
 Reply = Callable[[bool, Any], None]
 
@@ -154,9 +153,6 @@ class Daemon:
         if baseline is not None:
             baseline.close()  # after READY: told to exit and reaped here, never by the orphan reaper
         preload.discard()  # a preloaded worker process no child took (a tree without such workers)
-        # The module the preloaded first worker imported, imported here too once the first requests are
-        # answered: a pool growing under load (or a restart) then forks warm instead of importing first.
-        self.loop.call_later(IMPORT_TAKEN_AFTER_S, preload.import_taken)
         log.info("tree_started", config=self.config_path, endpoint=self.config.control.endpoint, **counts)
         if self.notifier.watchdog_interval_s:
             self._feed_watchdog()

@@ -119,7 +119,10 @@ class Supervisor(SupervisorCore):
         The children's start modules are imported here first (:func:`_proc.preimport_tree`). In an ordered
         start only the first child's are imported before its fork: the others' are imported while it
         starts, so a first child that imports its own modules (``preimport = false``) or has work to do
-        before its ready overlaps the supervisor's imports instead of waiting for them."""
+        before its ready overlaps the supervisor's imports instead of waiting for them. Not the first
+        child's own again: launched from a preloaded process (``preload``), its module is not imported here
+        until a later fork needs it (imported while only that child runs, it would be this process's
+        alone)."""
         children = self.record.spec.children
         with self._serial:
             if self.record.spec.flags.start_order == StartOrder.PARALLEL:
@@ -132,14 +135,15 @@ class Supervisor(SupervisorCore):
                     self._start_or_roll_back(rec, self._launcher.settle)
             else:
                 first = True
-                for spec in children:
+                for i, spec in enumerate(children):
                     rec = self.record.add(spec)
                     if not spec.autostart:
                         continue  # a kept spec, as after terminate_child: restart_child starts it
                     _proc.preimport_child(spec)  # a no-op after the first (see below)
                     self._start_or_roll_back(rec, self._launcher.fork)
-                    if first:  # while the first child starts
-                        _proc.preimport_tree(self.record.spec)
+                    if first:  # while the first child starts: the others' (not its own: see below)
+                        for later in children[i + 1 :]:
+                            _proc.preimport_child(later)
                         first = False
                     self._start_or_roll_back(rec, self._launcher.settle)
         self.events.changed()

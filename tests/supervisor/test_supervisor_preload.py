@@ -109,16 +109,6 @@ def test_the_next_fork_of_a_launched_module_imports_it_here_first(tmp_path: Path
     assert second.pid == facts["pid"] != first.pid
 
 
-def test_import_taken_imports_here_the_module_of_a_launched_process(tmp_path: Path) -> None:
-    """After the launch, import_taken imports the module here (once): later forks start warm."""
-    _proc.preload(MODULE)
-    _run(tmp_path / "r.json")
-    assert MODULE not in sys.modules
-    preload.import_taken()
-    assert MODULE in sys.modules
-    preload.import_taken()  # nothing left to do
-
-
 def test_a_forked_nested_supervisor_imports_what_a_preloaded_process_here_waits_for() -> None:
     """The children of a forked nested supervisor are forked there, where this process's preloaded one
     cannot be taken: the preimport of such a subtree imports the module here as always."""
