@@ -149,21 +149,54 @@ def spawn(
             os._exit(EXIT_CRASH)
     child_end.close()
     try:
-        pidfd = os.pidfd_open(pid)
+        pidfd = _pidfd_of(pid)
     except OSError:
-        # Cannot happen for our own unreaped child; never leave it running unwatched.
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
         parent_end.close()
         raise
     parent_end.setblocking(False)
     return Spawned(pid=pid, pidfd=pidfd, uplink=parent_end)
 
 
+def _pidfd_of(pid: int) -> int:
+    """A pidfd on this process's new child ``pid``. Cannot fail for our own unreaped child; if it does, the
+    child is killed and reaped (never left running unwatched) and the OSError raised."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+
+
 def preload(module: str, *, title: str = "") -> preload_.Preloaded | None:
     """Fork a process that imports ``module`` now and becomes the first child of it this process starts
     (:mod:`.preload`); None when it could not be forked. ``title``: its name in ``ps`` while it waits."""
-    return preload_.start(module, functools.partial(_serve_preloaded, title=title))
+    if preload_.waiting(module):
+        return None
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        return None
+    if pid == 0:  # pragma: no cover - runs in the preloaded process, which never returns from here
+        code = preload_.EXIT_IMPORT_FAILED
+        try:
+            ours.close()
+            code = _serve_preloaded(module, theirs, parent, title=title)
+        finally:
+            os._exit(code)
+    theirs.close()
+    try:
+        pidfd = _pidfd_of(pid)
+    except OSError:
+        ours.close()
+        return None
+    pre = preload_.Preloaded(module, pid, pidfd, ours)
+    preload_.register(pre)
+    return pre
 
 
 def _serve_preloaded(

@@ -36,7 +36,7 @@ import importlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ EXIT_IMPORT_FAILED = 3
 
 
 class Preloaded:
-    """A process forked by :func:`start` (``_proc.preload``), waiting for its launch."""
+    """A process forked by ``_proc.preload``, waiting for its launch."""
 
     def __init__(self, module: str, pid: int, pidfd: int, sock: _socket.socket) -> None:
         self.module = module
@@ -131,39 +131,15 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def start(module: str, serve: Callable[[str, _socket.socket, int], int]) -> Preloaded | None:
-    """Fork a process that runs ``serve(module, sock, parent_pid)`` (``_proc._serve_preloaded``: import,
-    wait, run the child) and register it; None when the fork fails or one already waits for ``module``."""
-    if module in _waiting:
-        return None
-    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
-    parent = os.getpid()
-    try:
-        pid = os.fork()
-    except OSError:
-        ours.close()
-        theirs.close()
-        return None
-    if pid == 0:  # pragma: no cover - runs in the preloaded process, which never returns from here
-        code = EXIT_IMPORT_FAILED
-        try:
-            ours.close()
-            code = serve(module, theirs, parent)
-        finally:
-            os._exit(code)
-    theirs.close()
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        ours.close()
-        return None
-    pre = Preloaded(module, pid, pidfd, ours)
+def register(pre: Preloaded) -> bool:
+    """Keep ``pre`` (forked by ``_proc.preload``) until a child takes it; False when one already waits for
+    its module (the caller kills ``pre``)."""
+    if pre.module in _waiting:
+        return False
     if not _waiting:
         atexit.register(discard)  # whatever way this process ends (a --check, a config error): reaped
-    _waiting[module] = pre
-    return pre
+    _waiting[pre.module] = pre
+    return True
 
 
 def set_setup(target: str, **kwargs: Any) -> None:
@@ -282,8 +258,8 @@ __all__ = [
     "fit",
     "load",
     "receive",
+    "register",
     "set_setup",
-    "start",
     "take",
     "waiting",
 ]
