@@ -9,6 +9,7 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -46,8 +47,29 @@ def test_writer_ack_carries_seq_and_a_resent_id_gets_the_same_ack(writer) -> Non
 
 
 def test_poison_request_fails_alone_while_its_group_commits(writer) -> None:
-    """A request failing inside its savepoint gets an error; the rest of the same group commits."""
-    w = writer()
+    """A request failing mid-group is answered with its error; the rest of its group commits.
+
+    The requests are queued while the writer is stopped, so that they land in one group when it resumes;
+    under load its I/O thread may hand them to its loop in two drains, split right at the poison, where the
+    group property is not exercised: the scenario is then run again on a fresh writer (up to 3 times), and
+    every other property is checked on each run."""
+    for _attempt in range(3):
+        w = writer()
+        done, ids, poison = _poison_amid_queued_requests(w)
+        assert isinstance(done[poison].error, ProtocolError)
+        assert "ops[1]" in str(done[poison].error) and "dimension 8" in str(done[poison].error)
+        assert all(done[i].ok for i in ids)
+        assert _count(w.db, "SELECT count(*) FROM episodes WHERE text LIKE 'good %'") == 20
+        assert _count(w.db, "SELECT count(*) FROM episodes WHERE text = 'poison part'") == 0
+        # FIFO on one DEALER: the poison sat between ids[9] and ids[10]; sharing a seq, they shared its group.
+        if done[ids[9]].body["seq"] == done[ids[10]].body["seq"]:
+            return
+    raise AssertionError("in 3 runs the poison never landed inside a group (its neighbours' seqs differ)")
+
+
+def _poison_amid_queued_requests(w: Any) -> tuple[dict[str, Any], list[str], str]:
+    """20 good episodes with a poisoned write between the 10th and the 11th, all sent while the writer is
+    stopped; the answers by id, the good ids, the poison's id."""
     with MemoryClient(w.endpoint) as c:
         c.store("a", "registers an 8-d embedder", embedder="e8", vector=[0.5] * 8)
         assert w.proc is not None
@@ -74,13 +96,7 @@ def test_poison_request_fails_alone_while_its_group_commits(writer) -> None:
         time.sleep(0.3)  # let ZeroMQ's I/O thread hand every frame to the kernel before the writer wakes
         w.proc.send_signal(signal.SIGCONT)
         done = {d.id: d for d in c.wait_all(20)}
-    assert isinstance(done[poison].error, ProtocolError)
-    assert "ops[1]" in str(done[poison].error) and "dimension 8" in str(done[poison].error)
-    assert all(done[i].ok for i in ids)
-    # FIFO on one DEALER: the poison sat between ids[9] and ids[10]; sharing a seq, they shared its group.
-    assert done[ids[9]].body["seq"] == done[ids[10]].body["seq"], "poison and neighbours in one group"
-    assert _count(w.db, "SELECT count(*) FROM episodes WHERE text LIKE 'good %'") == 20
-    assert _count(w.db, "SELECT count(*) FROM episodes WHERE text = 'poison part'") == 0
+    return done, ids, poison
 
 
 def test_undecodable_frame_gets_a_bad_request_reply_naming_the_problem(writer) -> None:
