@@ -175,6 +175,8 @@ def preload(module: str, *, title: str = "") -> preload_.Preloaded | None:
         return None
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
     parent = os.getpid()
+    sys.stdout.flush()  # as before any fork: the child would write this process's buffered output again
+    sys.stderr.flush()
     try:
         pid = os.fork()
     except OSError:

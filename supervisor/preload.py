@@ -68,7 +68,7 @@ class Preloaded:
         uplink: _socket.socket,
     ) -> bool:
         """Send the child's launch (the uplink's child end with it); False when it cannot be sent (the
-        caller forks instead, and :func:`discard` reaps this process)."""
+        caller then kills this process and forks)."""
         import pickle
 
         import structlog
@@ -91,9 +91,8 @@ class Preloaded:
             return False
         fd = uplink.fileno().to_bytes(_FD_SIZE, sys.byteorder)  # a C int (not array: off the start's imports)
         try:
-            self.sock.sendmsg(
-                [len(data).to_bytes(4, "big") + data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd)]
-            )
+            # One datagram (SOCK_SEQPACKET keeps its bounds): the receiver sees it whole or truncated.
+            self.sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd)])
         except OSError:
             return False
         self._close_sock()
@@ -131,20 +130,17 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def register(pre: Preloaded) -> bool:
-    """Keep ``pre`` (forked by ``_proc.preload``) until a child takes it; False when one already waits for
-    its module (the caller kills ``pre``)."""
-    if pre.module in _waiting:
-        return False
+def register(pre: Preloaded) -> None:
+    """Keep ``pre`` (forked by ``_proc.preload``, which forks none for a module already waiting) until a
+    child takes it."""
     if not _waiting:
         atexit.register(discard)  # whatever way this process ends (a --check, a config error): reaped
     _waiting[pre.module] = pre
-    return True
 
 
 def set_setup(target: str, **kwargs: Any) -> None:
     """Run ``target(**kwargs)`` (``"module:function"``) in every child launched from now on, before its
-    start: what this process configured after :func:`preload` that a fork would have inherited (the
+    start: what this process configured after ``_proc.preload`` that a fork would have inherited (the
     daemon's logging). A target already registered is replaced."""
     _setup[:] = [(t, k) for t, k in _setup if t != target]
     _setup.append((target, dict(kwargs)))
@@ -237,18 +233,19 @@ def apply(msg: dict[str, Any]) -> None:
 
 
 def _receive(sock: _socket.socket) -> tuple[bytes | None, list[int]]:
-    """One launch message and its fds; (None, []) when the supervisor closed its end."""
+    """One launch message and its fds; (None, fds) when the supervisor closed its end or the message or its
+    fds came truncated."""
     fds: list[int] = []
-    msg, ancdata, _flags, _addr = sock.recvmsg(_LAUNCH_MAX + 4, _socket.CMSG_SPACE(_FD_SIZE))
+    msg, ancdata, flags, _addr = sock.recvmsg(_LAUNCH_MAX, _socket.CMSG_SPACE(_FD_SIZE))
     for level, kind, cdata in ancdata:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             fds += [
                 int.from_bytes(cdata[k : k + _FD_SIZE], sys.byteorder)
                 for k in range(0, len(cdata) - _FD_SIZE + 1, _FD_SIZE)
             ]
-    if len(msg) < 4 or int.from_bytes(msg[:4], "big") != len(msg) - 4:
+    if not msg or flags & (_socket.MSG_TRUNC | _socket.MSG_CTRUNC):
         return None, fds
-    return msg[4:], fds
+    return msg, fds
 
 
 __all__ = [

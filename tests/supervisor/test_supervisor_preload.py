@@ -236,3 +236,33 @@ def test_fit_keeps_a_preloaded_process_only_for_a_tree_starting_one_child_of_it_
         preload.fit(spec)
         assert preload.waiting(MODULE) is kept and _gone(pre.pid) is not kept, spec
         preload.discard()
+
+
+def test_receive_takes_only_a_whole_launch_with_its_uplink(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message without an fd, a datagram cut short by the receive buffer, or a closed end is no launch
+    (the preloaded process then exits without running anything); a whole one gives the message and fd."""
+    import _socket
+    import pickle
+
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    r, w = os.pipe()
+    try:
+        ours.send(pickle.dumps({"child_id": "c"}))
+        assert preload.receive(theirs) is None  # no uplink fd with it
+        fd = w.to_bytes(4, sys.byteorder)
+        monkeypatch.setattr(preload, "_LAUNCH_MAX", 64)  # a receive buffer smaller than the message
+        open_fds = len(os.listdir("/proc/self/fd"))
+        ours.sendmsg([b"x" * 65], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd)])
+        assert preload.receive(theirs) is None  # truncated
+        assert len(os.listdir("/proc/self/fd")) == open_fds  # the fd it carried closed, not leaked
+        monkeypatch.undo()
+        ours.sendmsg([pickle.dumps({"child_id": "c"})], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd)])
+        got = preload.receive(theirs)
+        assert got is not None and got[0] == {"child_id": "c"}
+        os.close(got[1])
+        ours.close()
+        assert preload.receive(theirs) is None  # the supervisor's end closed
+    finally:
+        theirs.close()
+        os.close(r)
+        os.close(w)
